@@ -1,0 +1,165 @@
+"""Methods as one registry: how unimodal posteriors become the latents decoders read.
+
+Every method is a function ``(mu, logvar, mask, eps, alpha) -> (z, reg)`` with
+mu, logvar, eps of shape [B, M, D], mask bool [B, M]; it returns z [B, M, D] (the
+latent modality m's decoder reads) and the per-sample regulariser reg [B]. All
+methods share encoders and decoders; only this function differs (reference note,
+section 2). Aggregated methods decode every modality from one joint z.
+
+| method      | latent of modality m                 | regulariser                      |
+|-------------|--------------------------------------|----------------------------------|
+| independent | z_m ~ q_m                            | sum_m KL(q_m || N(0,I))          |
+| mmvm        | z_m ~ q_m                            | mmvm_regularizer (mixture prior) |
+| avg         | z ~ N(mean mu_m, mean var_m)         | M KL(q_avg || N(0,I))            |
+| poe         | z ~ prod_m q_m (no prior expert)     | M KL(q_poe || N(0,I))            |
+| moe         | z ~ q_k, one k per sample            | M KL(q_k || N(0,I))              |
+| mopoe       | z ~ PoE(q_S), one subset S per sample| M KL(q_S || N(0,I))              |
+
+MMVAE+ needs modality-specific latents as well as shared ones; it will register here
+as another function once those exist in the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from mmvm.objectives import _check_posteriors, kl_standard_normal, mmvm_regularizer
+
+Method = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
+_METHODS: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[Method], Method]:
+    """Decorator adding a method to the registry under ``name``."""
+
+    def add(fn: Method) -> Method:
+        _METHODS[name] = fn
+        return fn
+
+    return add
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; the error lists the valid names."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {available_methods()}") from None
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+    """z = mu + sigma * eps, sigma = exp(logvar / 2)."""
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+# ------------------------------------------------------------------ unimodal methods
+@register("independent")
+def independent(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 1.0):
+    mask = _check_posteriors(mu, logvar, mask)
+    kl = torch.where(mask, kl_standard_normal(mu, logvar), torch.zeros_like(mu[..., 0]))
+    return reparameterize(mu, logvar, eps), kl.sum(1)
+
+
+@register("mmvm")
+def mmvm(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
+    return reparameterize(mu, logvar, eps), mmvm_regularizer(mu, logvar, alpha, mask)
+
+
+# ------------------------------------------------------------------ joint posteriors
+def average(mu: Tensor, logvar: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """AVG: mean of the present means and of the present variances. [B, D] each."""
+    w = mask.to(mu.dtype).unsqueeze(-1)
+    n = w.sum(1)
+    mu_avg = (mu * w).sum(1) / n
+    var_avg = (torch.exp(logvar) * w).sum(1) / n
+    return mu_avg, torch.log(var_avg)
+
+
+def product_of_experts(mu: Tensor, logvar: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """PoE without a prior expert: 1/var = sum_m 1/var_m, mu = var sum_m mu_m / var_m."""
+    w = mask.to(mu.dtype).unsqueeze(-1)
+    precision = torch.exp(-logvar) * w
+    total = precision.sum(1)
+    mu_poe = (mu * precision).sum(1) / total
+    return mu_poe, -torch.log(total)
+
+
+def slice_selection(batch_size: int, n_choices: int, device=None) -> Tensor:
+    """The reference's MoE selection: the batch cut into ``n_choices`` equal slices."""
+    return torch.arange(batch_size, device=device) * n_choices // batch_size
+
+
+def _joint(z_joint: Tensor, mu_j: Tensor, lv_j: Tensor, mask: Tensor, M: int):
+    n_present = mask.sum(1).to(mu_j.dtype)
+    reg = n_present * kl_standard_normal(mu_j, lv_j)
+    return z_joint.unsqueeze(1).expand(-1, M, -1), reg
+
+
+@register("avg")
+def avg(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
+    mask = _check_posteriors(mu, logvar, mask)
+    mu_j, lv_j = average(mu, logvar, mask)
+    return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, mu.shape[1])
+
+
+@register("poe")
+def poe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
+    mask = _check_posteriors(mu, logvar, mask)
+    mu_j, lv_j = product_of_experts(mu, logvar, mask)
+    return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, mu.shape[1])
+
+
+def _select_present(mask: Tensor, candidates: Tensor) -> Tensor:
+    """Per sample, pick among the valid candidates by the slice rule. -> index [B].
+
+    candidates: bool [B, K], which of K components a sample may use. Sample b in
+    slice s takes the (s mod n_valid_b)-th valid candidate, so with everything
+    present this is exactly the reference's equal slices.
+    """
+    B, K = candidates.shape
+    slot = slice_selection(B, K, candidates.device)
+    n_valid = candidates.sum(1)
+    rank = slot % n_valid  # which valid candidate
+    order = torch.cumsum(candidates.long(), dim=1) - 1  # rank of each valid candidate
+    hit = candidates & (order == rank.unsqueeze(1))
+    return hit.long().argmax(1)
+
+
+@register("moe")
+def moe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
+    mask = _check_posteriors(mu, logvar, mask)
+    k = _select_present(mask, mask)
+    rows = torch.arange(mu.shape[0], device=mu.device)
+    mu_j, lv_j = mu[rows, k], logvar[rows, k]
+    return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, mu.shape[1])
+
+
+def subsets(M: int) -> Tensor:
+    """All 2^M - 1 non-empty subsets as a bool matrix [S, M], smallest first."""
+    rows = [
+        [m in combo for m in range(M)]
+        for size in range(1, M + 1)
+        for combo in itertools.combinations(range(M), size)
+    ]
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+@register("mopoe")
+def mopoe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
+    mask = _check_posteriors(mu, logvar, mask)
+    B, M, D = mu.shape
+    subs = subsets(M).to(mu.device)  # [S, M]
+    # a subset is usable when all its modalities are present
+    usable = (subs.unsqueeze(0) & ~mask.unsqueeze(1)).sum(-1) == 0  # [B, S]
+    s = _select_present(mask, usable)
+    sub_mask = subs[s]  # [B, M]
+    mu_j, lv_j = product_of_experts(mu, logvar, sub_mask)
+    return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, M)

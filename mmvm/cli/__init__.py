@@ -1,0 +1,58 @@
+"""The ``mmvm`` command line: ``mmvm data|train|evaluate|plot ... --help``.
+
+Each command group lives in its own module exposing ``register(subparsers)``, which
+adds its parser(s) and sets ``func`` to a callable ``(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mmvm.config import ConfigError
+
+COMMAND_MODULES = ("data", "train", "evaluate", "plot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmvm",
+        description="MMVM VAE: multimodal representation learning, centralized or "
+        "federated (the federated app runs with `flwr run .`).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"mmvm.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"mmvm.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"mmvm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--config FILE`` and repeatable ``--set section.key=value`` overrides."""
+    parser.add_argument("--config", default=default,
+                        help=f"experiment TOML (default: {default})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set train.epochs=5 "
+                        "(repeatable)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

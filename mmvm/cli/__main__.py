@@ -1,0 +1,5 @@
+import sys
+
+from mmvm.cli import main
+
+sys.exit(main())

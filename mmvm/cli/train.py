@@ -1,0 +1,41 @@
+"""``mmvm train``: the centralized trainer on a dataset's Parquet files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mmvm.cli import add_config_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model centrally (the reference for federated runs)",
+        description="Train the configured method on <data.root>/<data.train>. "
+        "Resumes from <train.out_dir>/checkpoint.pt when the config matches.")
+    add_config_arguments(p, "configs/polymnist.toml")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore an existing checkpoint in train.out_dir and start over")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmvm.config import load_config
+    from mmvm.data.dataset import MultimodalDataset
+    from mmvm.training import train
+
+    cfg = load_config(args.config, args.overrides)
+    path = Path(cfg.data.root) / cfg.data.train
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist; make it first, e.g. `mmvm data make polymnist "
+            f"--out {cfg.data.root}`")
+    names = [m.name for m in cfg.model.modalities]
+    data = MultimodalDataset.from_parquet(path, names, cfg.data.label, cfg.data.max_train)
+    result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {cfg.model.method} for {cfg.train.epochs} epochs; final loss "
+          f"{last.get('loss', float('nan')):.2f}; run folder: {result.out_dir} "
+          f"(checkpoint.pt, metrics.csv, config.json)")
+    return 0

@@ -1,0 +1,226 @@
+"""Experiment configuration: frozen dataclasses read once from TOML, strictly.
+
+A config file (``configs/*.toml``) has the sections ``[data]``, ``[model]`` with one
+``[model.modalities.<name>]`` table per modality, ``[train]`` and ``[eval]``. Any value
+can be overridden as ``section.key=value`` (``--set train.epochs=3``); values are
+parsed as TOML, so ``3`` is an int and ``"a"``/``a`` a string. Unknown keys and values
+of the wrong type raise :class:`ConfigError` naming the key and the file, with the
+closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the source."""
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality: its tensor shape, network kind and likelihood."""
+
+    name: str
+    kind: str  # "image" (residual conv, [C, 28, 28]) or "vector" (MLP, any shape)
+    shape: tuple[int, ...]
+    likelihood: str = "laplace"
+    scale: float = 0.75  # likelihood scale (Laplace b, Gaussian sigma)
+    weight: float = 1.0  # w_m in the loss
+    width: int = 32  # image: base channels; vector: hidden units (0 = 10 x input size)
+    layers: int = 2  # vector: hidden layers of the MLP
+
+    def __post_init__(self) -> None:
+        from mmvm.likelihoods import get_likelihood
+
+        if self.kind not in ("image", "vector"):
+            raise ConfigError(f"modality {self.name!r}: kind must be 'image' or 'vector', got {self.kind!r}")
+        try:
+            get_likelihood(self.likelihood)
+        except ValueError as err:
+            raise ConfigError(f"modality {self.name!r}: {err}") from None
+        if self.kind == "image" and (len(self.shape) != 3 or tuple(self.shape[1:]) != (28, 28)):
+            raise ConfigError(
+                f"modality {self.name!r}: image networks take [C, 28, 28], got shape {list(self.shape)}"
+            )
+        if self.scale <= 0 or self.weight < 0:
+            raise ConfigError(f"modality {self.name!r}: scale must be > 0 and weight >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/polymnist"  # folder with train.parquet / test.parquet
+    train: str = "train.parquet"
+    test: str = "test.parquet"
+    label: str = "label"
+    max_train: int = 0  # 0 = all rows; else the first N (for quick runs)
+    max_test: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    method: str = "mmvm"
+    latent_dim: int = 64
+    modalities: tuple[ModalitySpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 5e-4
+    beta: float = 1.0
+    alpha: float = 0.0  # final alpha (0 = pure MMVM)
+    alpha_schedule: str = "constant"  # constant | linear | cosine | exponential
+    alpha_start: float = 1.0
+    alpha_steps: int = 150_000
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs/default"
+    checkpoint_every: int = 1  # epochs
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    probe_train: int = 10_000  # samples used to fit the latent probes
+    classifier_epochs: int = 3  # epochs of the coherence classifiers
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: str = "<defaults>"
+
+
+# ----------------------------------------------------------------------------- loading
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a TOML config and apply ``section.key=value`` overrides, strictly."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return config_from_dict(raw, source)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    raw = dict(raw)
+    model_raw = dict(raw.pop("model", {}))
+    mods_raw = model_raw.pop("modalities", {})
+    if not isinstance(mods_raw, dict) or not mods_raw:
+        raise ConfigError(f"{source}: [model.modalities.<name>] tables are required")
+    specs = tuple(
+        _build(ModalitySpec, {"name": name, **body}, f"model.modalities.{name}", source)
+        for name, body in mods_raw.items()
+    )
+    sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+    _reject_unknown(raw, set(sections), "", source)
+    built = {k: _build(cls, raw.get(k, {}), k, source) for k, cls in sections.items()}
+    model = _build(ModelConfig, model_raw, "model", source, extra={"modalities": specs})
+    from mmvm.aggregation import available_methods
+
+    if model.method not in available_methods():
+        raise ConfigError(
+            f"{source}: model.method = {model.method!r} is unknown; choose one of {available_methods()}"
+        )
+    if built["train"].alpha_schedule not in ("constant", "linear", "cosine", "exponential"):
+        raise ConfigError(
+            f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}; "
+            "choose constant, linear, cosine or exponential"
+        )
+    return ExperimentConfig(model=model, source=source, **built)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
+    node[parts[-1]] = parsed
+
+
+def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str) -> None:
+    for key in raw:
+        if key not in valid:
+            full = f"{prefix}{key}"
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{source}: unknown key {full!r}{hint} (valid: {', '.join(sorted(valid))})"
+            )
+
+
+def _build(cls, raw: Any, where: str, source: str, extra: dict | None = None):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table, got {raw!r}")
+    extra = extra or {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    _reject_unknown(raw, fields, f"{where}.", source)
+    values = {}
+    for key, value in raw.items():
+        values[key] = _coerce(value, hints[key], f"{where}.{key}", source)
+    try:
+        return cls(**values, **extra)
+    except TypeError as err:
+        raise ConfigError(f"{source}: [{where}]: {err}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+            raise ConfigError(f"{source}: {key} must be a list of integers, got {value!r}")
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))
+    ):
+        raise ConfigError(
+            f"{source}: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """A plain dict (JSON/TOML-able) of the config, modalities keyed by name."""
+    d = dataclasses.asdict(cfg)
+    d["model"]["modalities"] = {
+        m.pop("name"): {k: list(v) if isinstance(v, tuple) else v for k, v in m.items()}
+        for m in d["model"]["modalities"]
+    }
+    return d

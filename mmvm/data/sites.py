@@ -1,0 +1,150 @@
+"""Split one multimodal dataset into per-site Parquet files (vertical/horizontal/hybrid).
+
+A site holds some modalities for some samples. The layouts:
+
+- ``vertical``: one site per modality, every sample (hospital A has the frontal views,
+  hospital B the lateral views of the same studies);
+- ``horizontal``: ``shards`` sites, each with every modality for a disjoint part of the
+  samples (the classic horizontal federation);
+- ``hybrid``: one site per modality, except that the first modality is spread over
+  ``shards`` sites holding different samples (its weights are averaged among them).
+
+``missing`` removes each modality from that fraction of the samples (chosen per
+modality from the seed, never leaving a sample with no modality): the site simply has
+no record of them, and the mixture prior runs over the modalities a sample has.
+Shard membership and missingness are functions of the seed and the sample id only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data.store import DataError, read_site_table, write_site_table
+
+LAYOUTS = ("vertical", "horizontal", "hybrid")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One site: a name, the modalities it holds and its shard among their holders."""
+
+    name: str
+    modalities: tuple[str, ...]
+    shard: int = 0
+    shards: int = 1
+
+
+def site_layout(kind: str, modalities: Sequence[str], shards: int = 2) -> list[SiteSpec]:
+    """The sites of a named layout (see the module docstring)."""
+    mods = list(modalities)
+    if kind == "vertical":
+        return [SiteSpec(f"site-{m}", (m,)) for m in mods]
+    if kind == "horizontal":
+        return [SiteSpec(f"site-{k}", tuple(mods), k, shards) for k in range(shards)]
+    if kind == "hybrid":
+        first = [SiteSpec(f"site-{mods[0]}-{k}", (mods[0],), k, shards) for k in range(shards)]
+        return first + [SiteSpec(f"site-{m}", (m,)) for m in mods[1:]]
+    raise ValueError(f"unknown site layout {kind!r}; choose one of {list(LAYOUTS)}")
+
+
+def _unit(seed: int, salt: str, sample_id: str) -> float:
+    """A uniform number in [0, 1) from (seed, salt, id): stable across machines."""
+    h = hashlib.blake2b(f"{seed}/{salt}/{sample_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+def assignment(sample_ids: Sequence[str], sites: Sequence[SiteSpec], missing: float = 0.0,
+               seed: int = 0) -> np.ndarray:
+    """``bool [N, S]``: which site holds which sample (for each site's modalities)."""
+    _check_sites(sites)
+    mods = list(dict.fromkeys(m for s in sites for m in s.modalities))
+    n = len(sample_ids)
+    present = np.ones((n, len(mods)), dtype=bool)
+    if missing:
+        if not 0.0 <= missing < 1.0:
+            raise ValueError(f"missing fraction must be in [0, 1), got {missing}")
+        for j, m in enumerate(mods):
+            present[:, j] = [_unit(seed, f"missing/{m}", s) >= missing for s in sample_ids]
+        empty = ~present.any(1)  # keep at least one modality: the one with the largest draw
+        for i in np.flatnonzero(empty):
+            present[i, int(np.argmax([_unit(seed, f"missing/{m}", sample_ids[i])
+                                      for m in mods]))] = True
+    held = np.zeros((n, len(sites)), dtype=bool)
+    for k, site in enumerate(sites):
+        shard = np.array([int(_unit(seed, "shard", s) * site.shards) for s in sample_ids])
+        has_any = present[:, [mods.index(m) for m in site.modalities]].any(1)
+        held[:, k] = (shard == site.shard) & has_any
+    return held
+
+
+def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
+                sites: Sequence[SiteSpec], missing: float = 0.0, seed: int = 0) -> dict:
+    """Write ``<out_dir>/<site>/<split>.parquet`` for each split file in ``source``.
+
+    ``source`` is a file or a list of files (e.g. train and test); each split is split
+    the same way. Returns ``{site: {split: path}}`` and writes ``sites.json``.
+    """
+    paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
+    out_dir = Path(out_dir)
+    result: dict[str, dict[str, str]] = {s.name: {} for s in sites}
+    for path in paths:
+        table = read_site_table(path)
+        for s in sites:
+            unknown = [m for m in s.modalities if m not in table.tensors]
+            if unknown:
+                raise DataError(f"{path}: site {s.name!r} wants modalities {unknown}; "
+                                f"the file has {table.modalities}")
+        held = assignment(table.sample_ids, sites, missing, seed)
+        mods = list(dict.fromkeys(m for s in sites for m in s.modalities))
+        present = _presence(table.sample_ids, mods, missing, seed)
+        for k, s in enumerate(sites):
+            rows = np.flatnonzero(held[:, k])
+            # a site with two modalities may hold a sample with only one of them:
+            # keep the row only for the modalities present (one file per modality set)
+            cols = [mods.index(m) for m in s.modalities]
+            rows = rows[present[rows][:, cols].all(1)] if len(cols) > 1 and missing else rows
+            meta = {**table.dataset_meta, "site": asdict(s), "missing": missing,
+                    "split_seed": seed, "source": str(path)}
+            out = write_site_table(
+                out_dir / s.name / path.name, [table.sample_ids[i] for i in rows],
+                {m: table.tensors[m][rows] for m in s.modalities},
+                {k2: v[rows] for k2, v in table.labels.items()}, meta,
+                scales={m: table.scales[m] for m in s.modalities})
+            result[s.name][path.stem] = str(out)
+    (out_dir / "sites.json").write_text(json.dumps(
+        {"sites": [asdict(s) for s in sites], "missing": missing, "seed": seed,
+         "files": result}, indent=2))
+    return result
+
+
+def _presence(ids: Sequence[str], mods: list[str], missing: float, seed: int) -> np.ndarray:
+    one = [SiteSpec(f"_{m}", (m,)) for m in mods]
+    return assignment(ids, one, missing, seed)
+
+
+def _check_sites(sites: Sequence[SiteSpec]) -> None:
+    if not sites:
+        raise ValueError("no sites given")
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        raise ValueError(f"site names must be unique, got {names}")
+    by_mod: dict[str, list[SiteSpec]] = {}
+    for s in sites:
+        if not s.modalities:
+            raise ValueError(f"site {s.name!r} holds no modality")
+        if not 0 <= s.shard < s.shards:
+            raise ValueError(f"site {s.name!r}: shard {s.shard} not in [0, {s.shards})")
+        for m in s.modalities:
+            by_mod.setdefault(m, []).append(s)
+    for m, holders in by_mod.items():
+        counts = {h.shards for h in holders}
+        shards = sorted(h.shard for h in holders)
+        if len(counts) != 1 or shards != list(range(counts.pop())):
+            raise ValueError(f"modality {m!r}: its sites {[h.name for h in holders]} must "
+                             f"hold shards 0..n-1 of the same n exactly once")

@@ -1,0 +1,406 @@
+"""The site Parquet format: one file per (site, split), see docs/design.md.
+
+Columns
+-------
+- ``sample_id``: string, unique, never null.
+- one ``fixed_size_list<uint8 | float32>`` column per modality (``m0``, ``frontal``),
+  the flattened tensor; schema metadata ``mmvm.tensor.<column>`` holds the JSON
+  ``{"shape": [3, 28, 28], "dtype": "uint8", "scale": 255}`` (divide by ``scale`` to
+  get the model's input).
+- optional labels ``label`` / ``label.<name>`` (integers, read as int64, null -> -1).
+- any other column is carried as-is (``SiteTable.columns``) and never used by the model.
+- file metadata ``mmvm.dataset``: JSON describing source, versions, seed, recipe.
+
+Every reader check raises :class:`DataError` naming the file, the column and, where
+one exists, the row and sample id. The writer is atomic: a temp file in the target
+directory, fsync, ``os.replace``; on any error no file (and no temp file) is left.
+
+Example
+-------
+>>> write_site_table("s0/train.parquet", ids, {"m0": x_uint8}, {"label": y}, meta)
+>>> t = read_site_table("s0/train.parquet", modalities=["m0"])
+>>> t.tensors["m0"].shape, t.scales["m0"]
+((N, 3, 28, 28), 255.0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SAMPLE_ID = "sample_id"
+TENSOR_KEY = "mmvm.tensor."
+DATASET_KEY = "mmvm.dataset"
+LABEL = "label"
+DTYPES = {"uint8": pa.uint8(), "float32": pa.float32()}
+DEFAULT_SCALE = {"uint8": 255.0, "float32": 1.0}
+
+
+class DataError(ValueError):
+    """Invalid site data; the message names file, column and row where known."""
+
+
+@dataclass
+class SiteTable:
+    """One site file (or one streamed batch of it) in memory.
+
+    ``tensors[name]`` is ``[N, *shape]`` in the stored dtype (uint8 or float32);
+    ``labels`` maps label column names to int64 ``[N]`` (-1 = unknown); ``columns``
+    holds any other carried column; ``start`` is the row offset of a streamed batch.
+    """
+
+    sample_ids: list[str]
+    tensors: dict[str, np.ndarray]
+    scales: dict[str, float]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    dataset_meta: dict = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    path: str = ""
+    start: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.tensors)
+
+
+def is_label_column(name: str) -> bool:
+    return name == LABEL or name.startswith(LABEL + ".")
+
+
+# ----------------------------------------------------------------------------- write
+
+
+def write_site_table(
+    path: str | os.PathLike,
+    sample_ids: Sequence[str],
+    tensors: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray] | None,
+    dataset_meta: Mapping,
+    *,
+    columns: Mapping[str, np.ndarray] | None = None,
+    scales: Mapping[str, float] | None = None,
+    row_group_size: int = 1024,
+    compression: str = "zstd",
+) -> Path:
+    """Write one site file atomically.
+
+    Parameters
+    ----------
+    path : target ``.parquet`` file; its directory is created if needed.
+    sample_ids : N unique, non-empty strings.
+    tensors : modality name -> ``[N, *shape]`` uint8 or float32 array.
+    labels : label column name (``label`` or ``label.<name>``) -> integer ``[N]``.
+    dataset_meta : JSON-serialisable dict stored as ``mmvm.dataset``.
+    columns : other carried columns -> ``[N]`` arrays.
+    scales : per-modality scale; default 255 for uint8, 1 for float32.
+    row_group_size : rows per Parquet row group (the unit of streaming).
+
+    Returns
+    -------
+    The written path. Raises :class:`DataError` on invalid input, leaving no file.
+    """
+    path = Path(path)
+    n = len(sample_ids)
+    ids = [str(s) if s is not None else None for s in sample_ids]
+    _check_ids(ids, str(path), start=0, seen={})
+    arrays: dict[str, pa.Array] = {SAMPLE_ID: pa.array(ids, type=pa.string())}
+    meta: dict[bytes, bytes] = {}
+    scales = dict(scales or {})
+    for name, arr in tensors.items():
+        _check_column_name(name, path)
+        arr = np.asarray(arr)
+        if arr.ndim < 1 or arr.shape[0] != n:
+            raise DataError(f"{path}: column '{name}': {arr.shape[0] if arr.ndim else 0}"
+                            f" rows for {n} sample ids")
+        dtype = arr.dtype.name
+        if dtype not in DTYPES:
+            raise DataError(f"{path}: column '{name}': dtype {dtype} not allowed "
+                            f"(allowed: {sorted(DTYPES)})")
+        _check_finite(arr, name, str(path), ids, start=0)
+        shape = [int(s) for s in arr.shape[1:]]
+        size = int(np.prod(shape, dtype=np.int64))
+        flat = pa.array(np.ascontiguousarray(arr).reshape(-1), type=DTYPES[dtype])
+        arrays[name] = pa.FixedSizeListArray.from_arrays(flat, size)
+        scale = float(scales.pop(name, DEFAULT_SCALE[dtype]))
+        if not scale > 0:
+            raise DataError(f"{path}: column '{name}': scale must be > 0, got {scale}")
+        info = {"shape": shape, "dtype": dtype, "scale": scale}
+        meta[(TENSOR_KEY + name).encode()] = json.dumps(info).encode()
+    if scales:
+        raise DataError(f"{path}: scales given for unknown tensors {sorted(scales)}")
+    for name, arr in (labels or {}).items():
+        if not is_label_column(name):
+            raise DataError(f"{path}: column '{name}': label columns are named "
+                            f"'label' or 'label.<name>'")
+        arr = np.asarray(arr)
+        if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(f"{path}: column '{name}': labels must be integer [{n}], "
+                            f"got {arr.dtype} {arr.shape}")
+        arrays[name] = pa.array(arr.astype(np.int64), type=pa.int64())
+    for name, arr in (columns or {}).items():
+        _check_column_name(name, path)
+        if is_label_column(name):
+            raise DataError(f"{path}: column '{name}': pass labels via `labels`")
+        arr = np.asarray(arr)
+        if len(arr) != n:
+            raise DataError(f"{path}: column '{name}': {len(arr)} rows for {n} ids")
+        arrays[name] = pa.array(arr)
+    meta[DATASET_KEY.encode()] = json.dumps(dict(dataset_meta), sort_keys=True).encode()
+    table = pa.table(arrays).replace_schema_metadata(meta)
+    _atomic_write(table, path, max(1, int(row_group_size)), compression)
+    return path
+
+
+def _check_column_name(name: str, path: Path) -> None:
+    if not isinstance(name, str) or not name or name == SAMPLE_ID:
+        raise DataError(f"{path}: invalid column name {name!r}")
+
+
+def _atomic_write(table: pa.Table, path: Path, row_group_size: int, comp: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with pq.ParquetWriter(fh, table.schema, compression=comp) as writer:
+                writer.write_table(table, row_group_size=row_group_size)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # persist the rename itself
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------ read
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the schema says: tensor specs, labels, other columns."""
+
+    path: str
+    specs: dict[str, dict]  # name -> {"shape": tuple, "dtype": str, "scale": float}
+    labels: list[str]
+    others: list[str]
+    dataset_meta: dict
+    num_rows: int
+
+
+def _open(path: str | os.PathLike) -> pq.ParquetFile:
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a Parquet file ({e})") from None
+
+
+def _layout(pf: pq.ParquetFile, path: str) -> _Layout:
+    schema = pf.schema_arrow
+    raw = schema.metadata or {}
+    meta = {k.decode(): v.decode() for k, v in raw.items()}
+    if SAMPLE_ID not in schema.names:
+        raise DataError(f"{path}: missing column '{SAMPLE_ID}' "
+                        f"(columns: {schema.names})")
+    if not (pa.types.is_string(schema.field(SAMPLE_ID).type)
+            or pa.types.is_large_string(schema.field(SAMPLE_ID).type)):
+        raise DataError(f"{path}: column '{SAMPLE_ID}' must be string, "
+                        f"got {schema.field(SAMPLE_ID).type}")
+    specs, labels, others = {}, [], []
+    for f in schema:
+        if f.name == SAMPLE_ID:
+            continue
+        key = TENSOR_KEY + f.name
+        if key in meta:
+            specs[f.name] = _spec(f, meta[key], path)
+        elif pa.types.is_fixed_size_list(f.type):
+            raise DataError(f"{path}: column '{f.name}': tensor column without "
+                            f"schema metadata '{key}'")
+        elif is_label_column(f.name):
+            if not pa.types.is_integer(f.type):
+                raise DataError(f"{path}: column '{f.name}': labels must be integer, "
+                                f"got {f.type}")
+            labels.append(f.name)
+        else:
+            others.append(f.name)
+    for key in meta:
+        if key.startswith(TENSOR_KEY) and key[len(TENSOR_KEY):] not in schema.names:
+            raise DataError(f"{path}: metadata '{key}' names a column that does not "
+                            f"exist (columns: {schema.names})")
+    try:
+        dataset_meta = json.loads(meta.get(DATASET_KEY, "{}"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: metadata '{DATASET_KEY}' is not JSON ({e})") from None
+    return _Layout(path, specs, labels, others, dataset_meta, pf.metadata.num_rows)
+
+
+def _spec(f: pa.Field, text: str, path: str) -> dict:
+    col = f"{path}: column '{f.name}'"
+    try:
+        info = json.loads(text)
+        shape = tuple(int(s) for s in info["shape"])
+        dtype = str(info["dtype"])
+        scale = float(info.get("scale", DEFAULT_SCALE.get(dtype, 1.0)))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{col}: bad tensor metadata {text!r} ({e!r})") from None
+    if dtype not in DTYPES:
+        raise DataError(f"{col}: metadata dtype '{dtype}' not allowed "
+                        f"(allowed: {sorted(DTYPES)})")
+    if not pa.types.is_fixed_size_list(f.type):
+        raise DataError(f"{col}: expected fixed_size_list<{dtype}>, got {f.type}")
+    if f.type.value_type != DTYPES[dtype]:
+        raise DataError(f"{col}: stored dtype {f.type.value_type} does not match "
+                        f"metadata dtype {dtype}")
+    size = int(np.prod(shape, dtype=np.int64))
+    if f.type.list_size != size or any(s <= 0 for s in shape):
+        raise DataError(f"{col}: list size {f.type.list_size} does not match metadata "
+                        f"shape {list(shape)} ({size} values)")
+    if not scale > 0:
+        raise DataError(f"{col}: metadata scale must be > 0, got {scale}")
+    return {"shape": shape, "dtype": dtype, "scale": scale}
+
+
+def _select(layout: _Layout, modalities: Sequence[str] | None) -> list[str]:
+    if modalities is None:
+        return list(layout.specs)
+    unknown = [m for m in modalities if m not in layout.specs]
+    if unknown:
+        raise DataError(f"{layout.path}: unknown modality {unknown}; "
+                        f"available: {list(layout.specs)}")
+    return list(modalities)
+
+
+def _check_ids(ids: list, path: str, start: int, seen: dict[str, int]) -> None:
+    for i, sid in enumerate(ids):
+        row = start + i
+        if sid is None or sid == "":
+            raise DataError(f"{path}: column '{SAMPLE_ID}', row {row}: "
+                            f"{'null' if sid is None else 'empty'} sample id")
+        first = seen.setdefault(sid, row)
+        if first != row:
+            raise DataError(f"{path}: column '{SAMPLE_ID}': duplicate sample id "
+                            f"'{sid}' in rows {first} and {row}")
+
+
+def _check_finite(arr: np.ndarray, name: str, path: str, ids: list, start: int) -> None:
+    if arr.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{path}: column '{name}', row {start + i} (id '{ids[i]}'): "
+                        f"NaN or inf in a float tensor")
+
+
+def _convert(batch: pa.RecordBatch | pa.Table, layout: _Layout, names: list[str],
+             start: int, seen: dict[str, int]) -> SiteTable:
+    path = layout.path
+    ids = batch.column(SAMPLE_ID).to_pylist()
+    _check_ids(ids, path, start, seen)
+    tensors, scales = {}, {}
+    for name in names:
+        spec = layout.specs[name]
+        col = batch.column(name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if col.null_count:
+            i = int(np.argmax(np.asarray(col.is_null())))
+            raise DataError(f"{path}: column '{name}', row {start + i} "
+                            f"(id '{ids[i]}'): null tensor")
+        flat = col.flatten()
+        if flat.null_count:
+            i = int(np.argmax(np.asarray(flat.is_null()))) // col.type.list_size
+            raise DataError(f"{path}: column '{name}', row {start + i} "
+                            f"(id '{ids[i]}'): null value inside the tensor")
+        arr = flat.to_numpy(zero_copy_only=False).reshape(len(ids), *spec["shape"])
+        arr = np.require(arr, dtype=spec["dtype"], requirements=["C", "W"])
+        _check_finite(arr, name, path, ids, start)
+        tensors[name], scales[name] = arr, spec["scale"]
+    labels = {}
+    for name in layout.labels:
+        col = batch.column(name)
+        col = col.fill_null(-1) if col.null_count else col
+        labels[name] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    columns = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in layout.others}
+    return SiteTable(ids, tensors, scales, labels, dict(layout.dataset_meta), columns,
+                     path, start)
+
+
+def read_site_table(path: str | os.PathLike,
+                    modalities: Sequence[str] | None = None) -> SiteTable:
+    """Read and validate a whole site file.
+
+    Parameters
+    ----------
+    path : the ``.parquet`` file.
+    modalities : tensor columns to load (default: all); unknown names raise
+        :class:`DataError` listing the available ones.
+    """
+    path = str(path)
+    pf = _open(path)
+    layout = _layout(pf, path)
+    names = _select(layout, modalities)
+    cols = [SAMPLE_ID, *names, *layout.labels, *layout.others]
+    try:
+        table = pf.read(columns=cols)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: unreadable Parquet data ({e})") from None
+    return _convert(table, layout, names, 0, {})
+
+
+def read_site_meta(path: str | os.PathLike) -> dict:
+    """Schema-level facts without reading the data: rows, tensor specs, labels, meta."""
+    path = str(path)
+    pf = _open(path)
+    lay = _layout(pf, path)
+    return {"num_rows": lay.num_rows, "num_row_groups": pf.metadata.num_row_groups,
+            "tensors": lay.specs, "labels": lay.labels, "columns": lay.others,
+            "dataset": lay.dataset_meta, "schema": pf.schema_arrow}
+
+
+def iter_site_batches(path: str | os.PathLike, modalities: Sequence[str] | None,
+                      batch_size: int = 1024) -> Iterator[SiteTable]:
+    """Stream a site file in batches of at most ``batch_size`` rows.
+
+    Reads row group by row group (``ParquetFile.iter_batches``), so a site's data
+    need not fit in memory. Each yielded :class:`SiteTable` carries ``start``, its
+    first row's index in the file; every batch gets the checks of
+    :func:`read_site_table`, and sample ids are checked unique across batches.
+    """
+    path = str(path)
+    pf = _open(path)
+    layout = _layout(pf, path)
+    names = _select(layout, modalities)
+    cols = [SAMPLE_ID, *names, *layout.labels, *layout.others]
+    seen: dict[str, int] = {}
+    start = 0
+    try:
+        for batch in pf.iter_batches(batch_size=max(1, int(batch_size)), columns=cols):
+            yield _convert(batch, layout, names, start, seen)
+            start += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: unreadable Parquet data near row {start} ({e})") \
+            from None

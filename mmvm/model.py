@@ -1,0 +1,130 @@
+"""The multimodal VAE: one encoder and one decoder per modality, nothing shared.
+
+Composition, not inheritance: ``encoders`` and ``decoders`` are ``ModuleDict``s keyed
+by modality name, and the method (MMVM or a baseline) is a function from
+``mmvm.aggregation`` applied to their outputs. Because no parameter is shared across
+modalities, a site that holds modality m can own exactly ``encoders[m]`` and
+``decoders[m]`` (see ``submodel``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mmvm.config import ModalitySpec
+from mmvm.likelihoods import get_likelihood
+from mmvm.networks import build_decoder, build_encoder
+
+
+class MultimodalVAE(nn.Module):
+    def __init__(
+        self,
+        specs: Sequence[ModalitySpec],
+        latent_dim: int,
+        seed: int | None = None,
+        global_names: Sequence[str] | None = None,
+    ) -> None:
+        """Encoders/decoders for ``specs``.
+
+        With ``seed``, modality m's networks are initialised from a generator seeded by
+        (seed, position of m in ``global_names``), so a site that builds only its own
+        modalities starts from exactly the weights the centralized model has for them.
+        """
+        super().__init__()
+        if not specs:
+            raise ValueError("a MultimodalVAE needs at least one modality")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names must be unique, got {names}")
+        self.specs = {s.name: s for s in specs}
+        self.names = names
+        self.latent_dim = latent_dim
+        order = list(global_names) if global_names is not None else names
+        missing = [n for n in names if n not in order]
+        if missing:
+            raise ValueError(f"modalities {missing} are not in global_names {order}")
+        encoders, decoders = {}, {}
+        for s in specs:
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed * 1_000 + order.index(s.name))
+                encoders[s.name] = build_encoder(s, latent_dim)
+                decoders[s.name] = build_decoder(s, latent_dim)
+        self.encoders = nn.ModuleDict(encoders)
+        self.decoders = nn.ModuleDict(decoders)
+        self.register_buffer(
+            "likelihood_weights", torch.tensor([s.weight for s in specs]), persistent=False
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def encode_modality(self, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) [B, D] of q(z | x_name)."""
+        self._check_input(name, x)
+        return self.encoders[name](x)
+
+    def encode(self, x: dict[str, Tensor], mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) [B, M, D]; zeros for modalities a sample lacks (mask False).
+
+        A modality absent from the whole batch (not in ``x`` or all-False mask) is not
+        run through its encoder at all.
+        """
+        B = next(iter(x.values())).shape[0]
+        device = next(self.parameters()).device
+        mu = torch.zeros(B, len(self.names), self.latent_dim, device=device)
+        lv = torch.zeros_like(mu)
+        if mask is None:
+            mask = torch.ones(B, len(self.names), dtype=torch.bool, device=device)
+        mus, lvs = [], []
+        for m, name in enumerate(self.names):
+            present = mask[:, m]
+            if name not in x or not bool(present.any()):
+                mus.append(mu[:, m])
+                lvs.append(lv[:, m])
+                continue
+            mu_m, lv_m = self.encode_modality(name, x[name])
+            keep = present.unsqueeze(1)
+            mus.append(torch.where(keep, mu_m, torch.zeros_like(mu_m)))
+            lvs.append(torch.where(keep, lv_m, torch.zeros_like(lv_m)))
+        return torch.stack(mus, 1), torch.stack(lvs, 1)
+
+    # ------------------------------------------------------------------ decoding
+    def decode(self, name: str, z: Tensor) -> Tensor:
+        """Decoder output (the likelihood's location / logits) for latent z [B, D]."""
+        return self.decoders[name](z)
+
+    def log_likelihood(self, name: str, x: Tensor, out: Tensor) -> Tensor:
+        """log p(x_name | out) per sample [B], summed over the modality's dimensions."""
+        spec = self.specs[name]
+        return get_likelihood(spec.likelihood)(x, out, spec.scale)
+
+    def reconstruction_ll(self, x: dict[str, Tensor], z: Tensor, mask: Tensor) -> Tensor:
+        """log p(x_m | z[:, m]) for every present modality: [B, M], 0 where absent."""
+        cols = []
+        for m, name in enumerate(self.names):
+            present = mask[:, m]
+            if name not in x or not bool(present.any()):
+                cols.append(torch.zeros(z.shape[0], device=z.device))
+                continue
+            ll = self.log_likelihood(name, x[name], self.decode(name, z[:, m]))
+            cols.append(torch.where(present, ll, torch.zeros_like(ll)))
+        return torch.stack(cols, 1)
+
+    def modality_parameters(self, name: str) -> list[nn.Parameter]:
+        """The parameters that belong to one modality (its encoder and decoder)."""
+        return list(self.encoders[name].parameters()) + list(self.decoders[name].parameters())
+
+    def _check_input(self, name: str, x: Tensor) -> None:
+        if name not in self.specs:
+            raise ValueError(f"unknown modality {name!r}; the model has {self.names}")
+        expected = tuple(self.specs[name].shape)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"modality {name!r}: expected input of shape [batch, {', '.join(map(str, expected))}], "
+                f"got {list(x.shape)}"
+            )
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
+            raise ValueError(f"modality {name!r}: NaN or inf in batch rows {bad.tolist()[:10]}")

@@ -1,0 +1,221 @@
+"""The centralized trainer: the reference every federated run is measured against.
+
+One Adam optimiser over all modalities' parameters; batches from
+``mmvm.schedule.epoch_batches`` and noise from ``mmvm.noise.step_noise``, so a run is a
+deterministic function of its config. After every ``checkpoint_every`` epochs the
+model, optimiser and counters are written atomically to ``<out_dir>/checkpoint.pt``;
+a rerun with the same config resumes from there. Per-epoch metrics go to
+``<out_dir>/metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from mmvm.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from mmvm.config import ExperimentConfig, config_to_dict
+from mmvm.model import MultimodalVAE
+from mmvm.noise import step_noise
+from mmvm.objectives import alpha_schedule, compute_loss
+from mmvm.progress import progress_bar
+from mmvm.schedule import epoch_batches
+
+METRIC_FIELDS = ["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or inf; nothing of that step is saved."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def build_model(cfg: ExperimentConfig, names: list[str] | None = None) -> MultimodalVAE:
+    """The model for ``names`` (default: all modalities), initialised from the seed.
+
+    Initialisation is per modality, so ``build_model(cfg, ["m1"])`` at a site holds
+    exactly the weights of ``build_model(cfg)`` for m1.
+    """
+    all_names = [m.name for m in cfg.model.modalities]
+    names = all_names if names is None else names
+    specs = [m for m in cfg.model.modalities if m.name in names]
+    return MultimodalVAE(specs, cfg.model.latent_dim, seed=cfg.train.seed, global_names=all_names)
+
+
+def iterate_batches(
+    dataset: Dataset, batch_size: int, seed: int, epoch: int
+) -> Iterator[dict[str, Any]]:
+    """Batches of one epoch in the shared schedule's order.
+
+    Uses ``dataset.batch(rows)`` when the dataset has it (one gather per modality),
+    else collates ``dataset[i]`` items.
+    """
+    fast = getattr(dataset, "batch", None)
+    for rows in epoch_batches(len(dataset), batch_size, seed, epoch):
+        yield fast(rows) if fast else default_collate([dataset[int(i)] for i in rows])
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, dict):
+            out[k] = {n: t.to(device, non_blocking=True) for n, t in v.items()}
+        elif torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        else:
+            out[k] = v
+    return out
+
+
+@dataclass
+class TrainResult:
+    model: MultimodalVAE
+    history: list[dict[str, float]] = field(default_factory=list)
+    out_dir: Path = Path(".")
+
+
+def train_step(
+    model: MultimodalVAE,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    cfg: ExperimentConfig,
+    step: int,
+    alpha: float,
+) -> dict[str, float]:
+    """One optimiser step on one batch; returns the batch's metrics."""
+    B = batch["mask"].shape[0]
+    M, D = len(model.names), model.latent_dim
+    eps = step_noise(cfg.train.seed, step, B, M, D).to(batch["mask"].device)
+    terms = compute_loss(model, batch, cfg.model.method, cfg.train.beta, alpha, eps)
+    if not torch.isfinite(terms.loss):
+        raise TrainingDivergedError(
+            f"loss is {terms.loss.item()} at step {step}; lower train.lr or check the data"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    optimizer.step()
+    weights = model.likelihood_weights.to(terms.rec_ll)
+    return {
+        "loss": terms.loss.item(),
+        "rec_nll": -(terms.rec_ll * weights).sum(1).mean().item(),
+        "reg": terms.reg.mean().item(),
+    }
+
+
+def train(
+    cfg: ExperimentConfig,
+    train_set: Dataset,
+    *,
+    resume: bool = True,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg.model`` on ``train_set`` for ``cfg.train.epochs`` epochs."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    cfg_names = [m.name for m in cfg.model.modalities]
+    names = list(getattr(train_set, "names", cfg_names))
+    if names != cfg_names:
+        raise ValueError(f"dataset modalities {names} differ from the config's {cfg_names}")
+    device = resolve_device(cfg.train.device)
+    out_dir = Path(cfg.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    alpha_at = alpha_schedule(
+        cfg.train.alpha_schedule, cfg.train.alpha_start, cfg.train.alpha, cfg.train.alpha_steps
+    )
+    start_epoch, step, history = 0, 0, []
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        start_epoch, step, history = _resume(ckpt_path, cfg, model, optimizer)
+    atomic_write_bytes(out_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2).encode())
+
+    n_batches = math.ceil(len(train_set) / cfg.train.batch_size)
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("train", total=(cfg.train.epochs - start_epoch) * n_batches)
+        for epoch in range(start_epoch, cfg.train.epochs):
+            model.train()
+            t0, sums, count = time.perf_counter(), {"loss": 0.0, "rec_nll": 0.0, "reg": 0.0}, 0
+            for batch in iterate_batches(train_set, cfg.train.batch_size, cfg.train.seed, epoch):
+                batch = to_device(batch, device)
+                alpha = alpha_at(step)
+                metrics = train_step(model, optimizer, batch, cfg, step, alpha)
+                n = batch["mask"].shape[0]
+                for k in sums:
+                    sums[k] += metrics[k] * n
+                count += n
+                step += 1
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.train.epochs} loss {metrics['loss']:.1f}")
+            row = {"epoch": epoch + 1, "step": step, **{k: v / count for k, v in sums.items()},
+                   "alpha": alpha_at(step), "seconds": time.perf_counter() - t0}
+            history.append(row)
+            _write_metrics(out_dir / "metrics.csv", history)
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+                save_checkpoint(ckpt_path, _state(cfg, model, optimizer, epoch + 1, step, history))
+    model.eval()
+    return TrainResult(model=model, history=history, out_dir=out_dir)
+
+
+def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
+    return {
+        "config": config_to_dict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+    }
+
+
+def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, int, list]:
+    state = load_checkpoint(path)
+    saved, now = dict(state["config"]), config_to_dict(cfg)
+    for d in (saved, now):  # the epoch budget may grow on resume; nothing else may change
+        d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
+        d.pop("source", None)
+    if saved != now:
+        raise ValueError(
+            f"checkpoint {path} was written with a different config; "
+            "use another train.out_dir or delete the checkpoint to start over"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"], state["step"], list(state["history"])
+
+
+def load_trained_model(run_dir: str | Path, device: str = "cpu") -> tuple[MultimodalVAE, dict]:
+    """Model and plain-dict config from a run folder's checkpoint."""
+    from mmvm.config import config_from_dict
+
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+    raw = dict(state["config"])
+    raw.pop("source", None)
+    cfg = config_from_dict(raw, source=str(run_dir))
+    model = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path, buf.getvalue().encode())
