@@ -1,0 +1,74 @@
+"""The exchange plan: which optimiser steps run between two posterior exchanges.
+
+Training is the centralized schedule (``mmvm.schedule.epoch_batches`` over the aligned
+sample ids, the same seed) cut into *windows*. At the start of a window every site
+has the other sites' posterior parameters for the rows the window trains on; inside a
+window a site trains alone. The exchange period sets the window length:
+
+- ``step``: one step per window. Posteriors are always current: the federated run
+  reproduces centralized training exactly (vertical partitions).
+- ``steps``: ``k`` steps per window; posteriors up to k-1 steps stale. Fewer messages,
+  the same bytes (every row's posterior still travels once per epoch).
+- ``round``: ``local_epochs`` whole epochs per window on posteriors fetched once at
+  the window start; the bytes per epoch fall by ``local_epochs`` (and 2x more with
+  float16), at the price of staleness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmvm.schedule import epoch_batches
+
+EXCHANGES = ("step", "steps", "round")
+
+
+@dataclass(frozen=True)
+class Step:
+    step: int  # global optimiser step (drives noise and the alpha schedule)
+    epoch: int
+    rows: torch.Tensor  # int64 [B] rows of the aligned sample-id list
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    steps: tuple[Step, ...]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Sorted distinct rows the window touches (whose posteriors it needs)."""
+        return torch.unique(torch.cat([s.rows for s in self.steps]))
+
+    @property
+    def epochs(self) -> tuple[int, int]:
+        return self.steps[0].epoch, self.steps[-1].epoch
+
+
+def exchange_plan(n: int, batch_size: int, seed: int, epochs: int, exchange: str = "step",
+                  k: int = 1, local_epochs: int = 1) -> list[Window]:
+    """All windows of a run of ``epochs`` epochs over ``n`` aligned samples."""
+    if exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {list(EXCHANGES)}, got {exchange!r}")
+    if epochs <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    steps, t = [], 0
+    for epoch in range(epochs):
+        for rows in epoch_batches(n, batch_size, seed, epoch):
+            steps.append(Step(t, epoch, rows))
+            t += 1
+    if exchange == "step":
+        groups = [[s] for s in steps]
+    elif exchange == "steps":
+        if k < 1:
+            raise ValueError(f"exchange-steps must be >= 1, got {k}")
+        groups = [steps[i:i + k] for i in range(0, len(steps), k)]
+    else:
+        if local_epochs < 1:
+            raise ValueError(f"local-epochs must be >= 1, got {local_epochs}")
+        groups = []
+        for first in range(0, epochs, local_epochs):
+            groups.append([s for s in steps if first <= s.epoch < first + local_epochs])
+    return [Window(i, tuple(g)) for i, g in enumerate(groups)]
