@@ -61,7 +61,8 @@ def run_federation(transport: Transport, modalities: list[str], *, batch_size: i
     result = FederationResult(sites={i.key: {"site": i.name, "modalities": i.modalities,
                                              "n": len(i.held)} for i in infos})
     replies = transport.attach({key: {"sample_ids": coord.ids, "plan": coord.plan_args,
-                                      "float16": float16} for key in coord.sites})
+                                      "float16": float16, "shared": sorted(coord.shared)}
+                                for key in coord.sites})
     table, nbytes = _collect(replies, latent_dim, coord)
     result.bytes_total += nbytes + sum(len(s) for s in coord.ids) * len(coord.sites)
     averaged: dict[str, dict[str, np.ndarray]] = {}

@@ -32,8 +32,8 @@ def window(site: Site, req: Mapping) -> dict:
     metrics = site.train_window(index, others)
     reply = {"metrics": metrics,
              "posteriors": encode_table(site.encode(site.window_ids(index + 1)),
-                                        getattr(site, "float16", False))}
-    shared = [m for m in getattr(site, "shared", []) if m in site.names]
+                                        site.float16)}
+    shared = [m for m in site.shared if m in site.names]
     if shared:
         reply["weights"] = {m: site.weights(m) for m in shared}
     return reply
@@ -58,18 +58,10 @@ class LocalTransport:
         return [{"key": k, **describe(s)} for k, s in self.sites.items()]
 
     def attach(self, requests: Mapping[str, dict]) -> dict[str, dict]:
-        shared = self._shared()
-        return {k: attach(self.sites[k], {**r, "shared": shared}) for k, r in requests.items()}
+        return {k: attach(self.sites[k], r) for k, r in requests.items()}
 
     def window(self, requests: Mapping[str, dict]) -> dict[str, dict]:
         return {k: window(self.sites[k], r) for k, r in requests.items()}
 
     def evaluate(self, requests: Mapping[str, dict]) -> dict[str, dict]:
         return {k: evaluate(self.sites[k], r) for k, r in requests.items()}
-
-    def _shared(self) -> list[str]:
-        count: dict[str, int] = {}
-        for s in self.sites.values():
-            for m in s.names:
-                count[m] = count.get(m, 0) + 1
-        return [m for m, c in count.items() if c > 1]

@@ -65,6 +65,8 @@ class Site:
         self.global_ids: list[str] = []
         self.plan: list = []
         self.plan_args: dict = {}
+        self.float16 = False  # send own posteriors as float16
+        self.shared: list[str] = []  # own modalities other sites also hold (FedAvg)
 
     # ------------------------------------------------------------------ identity
     def describe(self) -> dict:
@@ -202,7 +204,8 @@ class Site:
         buf = io.BytesIO()
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "windows_done": self.windows_done, "names": self.names,
-                    "global_ids": self.global_ids, "plan_args": self.plan_args}, buf)
+                    "global_ids": self.global_ids, "plan_args": self.plan_args,
+                    "float16": self.float16, "shared": self.shared}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     def restore(self, path: str | Path) -> None:
@@ -213,6 +216,7 @@ class Site:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.windows_done = int(state["windows_done"])
+        self.float16, self.shared = bool(state["float16"]), list(state["shared"])
         if state["global_ids"]:
             self.attach(state["global_ids"], state["plan_args"])
 

@@ -1,0 +1,47 @@
+"""The embedded default federation: the PolyMNIST look-alike split into site files.
+
+Made on first use, under a file lock, so that several simulated sites starting at
+once on one machine build it exactly once. Every file is written atomically, so a run
+killed half way leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+from mmvm.data.polymnist import make_polymnist
+from mmvm.data.sites import SiteSpec, site_layout, split_sites
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards: int = 2,
+                         missing: float = 0.0, n_train: int = 3000, n_test: int = 1000,
+                         seed: int = 0, modalities: tuple[str, ...] = ("m0", "m1", "m2")
+                         ) -> tuple[list[SiteSpec], dict[str, dict[str, str]]]:
+    """Sites of ``layout`` and their ``{site: {"train": path, "test": path}}`` files."""
+    root = Path(data_dir).expanduser()
+    full = root / f"polymnist-seed{seed}-n{n_train}-{n_test}"
+    sites = site_layout(layout, modalities, shards)
+    tag = f"sites-{layout}-{shards}-missing{missing:g}"
+    out = full / tag
+    with _locked(root / ".lock"):
+        if not (full / "test.parquet").exists():
+            make_polymnist(full, seed=seed, n_train=n_train, n_test=n_test)
+        if not (out / "sites.json").exists():
+            split_sites([full / "train.parquet", full / "test.parquet"], out, sites,
+                        missing=missing, seed=seed)
+    files = json.loads((out / "sites.json").read_text())["files"]
+    return sites, files
