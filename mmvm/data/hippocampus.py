@@ -1,0 +1,267 @@
+"""Hippocampus look-alike: 5 rats' CA1 spike counts around odor onset (M = 5).
+
+The real data (Shahbaba et al. 2022, used by Sutter et al. 2024) are spike counts of
+92, 79, 104, 49 and 46 CA1 units of five rats, in 10 ms bins, while each rat smells
+odors A-E. The look-alike keeps everything the model sees and replaces the neurons by
+a seeded simulation.
+
+Simulation, per rat r (its own generator ``default_rng([seed, 1, r])``):
+
+- neuron n: baseline rate ``b_n ~ LogNormal(log 4 Hz, 0.8)``, response latency
+  ``l_n ~ U(0, 8)`` bins, odor tuning ``a_{n,o} ~ N(0, tuning^2)`` for each odor o.
+  Tuning is drawn independently per rat, so rats share the odor, never the code: the
+  rats are not aligned in input space (they do not even have the same dimension).
+- session: ``trials_per_odor + U{0..extra}`` trials of each of the five odors (E is
+  recorded but, as in the paper, never used) in random order; trial gain
+  ``g ~ LogNormal(0, 0.2)``; correctness ``~ Bernoulli(0.85)``.
+- spike count of neuron n in bin t of a trial with odor o:
+  ``Poisson(10 ms * b_n * g * exp(a_{n,o} * s((t - onset - l_n) / 1.5)))`` with s the
+  logistic function: baseline before onset, an odor-specific response after it.
+
+Samples (the authors' ``SPIKE`` dataset, yangmeng96/mmvmvae-hippocampal): rats are
+aligned by (odor, index of the trial among that rat's trials of that odor), keeping
+``min over rats`` trials per odor; the 25 bins (250 ms) after each rat's odor onset
+are cut into 16 sliding sub-windows of 10 bins (stride 1). One sample = one
+sub-window of one aligned trial across all five rats; the input of rat r is its
+float32 count matrix ``[neurons_r, 10]`` (raw counts, scale 1), column ``rat<r>``.
+
+Train and test are split by aligned trial (a random ``test_fraction`` of each odor's
+aligned trials), so every sub-window of a test trial is unseen in training.
+
+Raw layout (:func:`write_hippocampus_raw`, read by ``mmvm.data.prepare.hippocampus``)
+follows the authors' loader: ``<src>/<rat>/<rat>_spike_data_binned.npy`` int
+``[trials, neurons, bins]`` and ``<src>/<rat>/<rat>_trial_info.npy``
+``[trials, 4]`` with column 0 = correct (1/0) and column 3 = odor (1..5 = A..E).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data.store import DataError, write_site_table
+
+RATS = ("barat", "buchanan", "mitt", "stella", "superchris")  # the authors' order
+NEURONS = (92, 79, 104, 49, 46)
+ONSETS = (225, 225, 250, 250, 225)  # odor-onset bin per rat (authors' start_times)
+MODALITIES = tuple(f"rat{i + 1}" for i in range(len(RATS)))
+ODORS = "ABCDE"
+N_ODORS = 4  # odors A-D are used; E is recorded but dropped, as in the paper
+BIN_MS, WINDOW_BINS, SUB_BINS = 10, 25, 10
+N_SUB = WINDOW_BINS - SUB_BINS + 1  # 16 sliding sub-windows
+_SPLIT_SEED = 2
+
+Progress = Callable[[str, int, int], None]  # (description, step, total)
+
+
+@dataclass(frozen=True)
+class RatSession:
+    """One rat's recording: ``spikes`` int ``[trials, neurons, bins]``, ``odor`` int
+    ``[trials]`` (0..4 = A..E), ``correct`` int ``[trials]``, odor onset bin."""
+
+    name: str
+    spikes: np.ndarray
+    odor: np.ndarray
+    correct: np.ndarray
+    onset: int
+
+
+# ------------------------------------------------------------------------- simulation
+
+
+def simulate_sessions(seed: int = 0, trials_per_odor: int = 50, extra_trials: int = 8,
+                      tuning: float = 1.0, onsets: Sequence[int] = ONSETS,
+                      post_bins: int = 25, neurons: Sequence[int] = NEURONS,
+                      names: Sequence[str] = RATS) -> list[RatSession]:
+    """Simulated raw sessions of all rats (see the module docstring).
+
+    ``onsets[r]`` bins of baseline precede odor onset; ``post_bins`` follow the
+    250 ms window. Deterministic in all arguments.
+    """
+    if not (len(onsets) == len(neurons) == len(names)):
+        raise ValueError("onsets, neurons and names need one entry per rat")
+    if trials_per_odor < 1 or extra_trials < 0:
+        raise ValueError("trials_per_odor must be >= 1 and extra_trials >= 0")
+    sessions = []
+    for r, (name, n, onset) in enumerate(zip(names, neurons, onsets)):
+        rng = np.random.default_rng([seed, 1, r])
+        # baseline in spikes per bin
+        base = np.exp(rng.normal(np.log(4.0), 0.8, size=n)) * BIN_MS / 1000
+        latency = rng.uniform(0, 8, size=n)
+        tune = rng.normal(0.0, tuning, size=(len(ODORS), n))  # [odor, neuron]
+        counts = trials_per_odor + rng.integers(0, extra_trials + 1, size=len(ODORS))
+        odor = rng.permutation(np.repeat(np.arange(len(ODORS)), counts))
+        n_trials, n_bins = len(odor), onset + WINDOW_BINS + post_bins
+        gain = np.exp(rng.normal(0.0, 0.2, size=n_trials))
+        correct = (rng.random(n_trials) < 0.85).astype(np.int64)
+        t = np.arange(n_bins)
+        profile = 1 / (1 + np.exp(-((t[None, :] - onset - latency[:, None]) / 1.5)))
+        log_rate = tune[odor][:, :, None] * profile[None]  # [trials, neurons, bins]
+        rate = base[None, :, None] * gain[:, None, None] * np.exp(log_rate)
+        spikes = rng.poisson(rate).astype(np.int16)
+        sessions.append(RatSession(name, spikes, odor.astype(np.int64), correct, onset))
+    return sessions
+
+
+# --------------------------------------------------------------------------- windowing
+
+
+def window_samples(sessions: Sequence[RatSession], modalities: Sequence[str],
+                   test_fraction: float = 0.2, seed: int = 0,
+                   correct_only: bool = False) -> dict[str, dict]:
+    """Align rats by (odor, trial index within odor) and cut the sub-windows.
+
+    Returns ``{"train": split, "test": split}``, each split a dict with ``ids``,
+    ``x`` (modality -> float32 ``[N, neurons, 10]``), ``label`` (odor 0..3) and
+    ``cols`` (``trial``, ``odor_trial``, ``window``, ``source_trial.<rat>``).
+    """
+    if len(sessions) != len(modalities):
+        raise ValueError(f"{len(sessions)} sessions for modalities {list(modalities)}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    trials_of = []  # per rat, per odor: the rat's trial rows of that odor, in order
+    for s in sessions:
+        if s.spikes.ndim != 3 or len(s.spikes) != len(s.odor):
+            raise DataError(f"rat {s.name}: spikes {s.spikes.shape} do not match "
+                            f"{len(s.odor)} trials")
+        if s.onset < 0 or s.onset + WINDOW_BINS > s.spikes.shape[2]:
+            raise DataError(f"rat {s.name}: window [{s.onset}, {s.onset + WINDOW_BINS})"
+                            f" outside the {s.spikes.shape[2]} recorded bins")
+        keep = s.correct.astype(bool) if correct_only else np.ones(len(s.odor), bool)
+        trials_of.append([np.flatnonzero((s.odor == o) & keep) for o in range(N_ODORS)])
+    n_aligned = [min(len(t[o]) for t in trials_of) for o in range(N_ODORS)]
+    rng = np.random.default_rng([seed, _SPLIT_SEED])
+    pairs = {"train": [], "test": []}  # (odor, index within odor)
+    for o, k in enumerate(n_aligned):
+        n_test = int(round(test_fraction * k))
+        is_test = np.zeros(k, bool)
+        is_test[rng.permutation(k)[:n_test]] = True
+        for i in range(k):
+            pairs["test" if is_test[i] else "train"].append((o, i))
+    out = {}
+    for split, pp in pairs.items():
+        n = len(pp) * N_SUB
+        odor = np.repeat([o for o, _ in pp], N_SUB).astype(np.int64)
+        idx = np.repeat([i for _, i in pp], N_SUB).astype(np.int64)
+        win = np.tile(np.arange(N_SUB), len(pp)).astype(np.int64)
+        trial = np.repeat([sum(n_aligned[:o]) + i for o, i in pp], N_SUB)
+        trial = trial.astype(np.int64)
+        x, cols = {}, {"trial": trial, "odor_trial": idx, "window": win}
+        for m, s, tr in zip(modalities, sessions, trials_of):
+            rows = np.array([tr[o][i] for o, i in pp], dtype=np.int64)
+            # [trials, neurons, 25] -> [trials, 16, neurons, 10] -> [N, neurons, 10]
+            block = s.spikes[rows][:, :, s.onset:s.onset + WINDOW_BINS]
+            subs = np.lib.stride_tricks.sliding_window_view(block, SUB_BINS, axis=2)
+            x[m] = np.ascontiguousarray(subs.transpose(0, 2, 1, 3), dtype=np.float32) \
+                .reshape(n, s.spikes.shape[1], SUB_BINS)
+            cols[f"source_trial.{m}"] = np.repeat(rows, N_SUB)
+        ids = [f"{ODORS[o]}{i:03d}-w{w:02d}" for o, i, w in zip(odor, idx, win)]
+        out[split] = {"ids": ids, "x": x, "label": odor, "cols": cols,
+                      "n_trials": len(pp)}
+    out["n_aligned"] = n_aligned
+    return out
+
+
+def recipe() -> dict:
+    """The windowing recipe, recorded in every file's metadata."""
+    return {
+        "alignment": "rats aligned by (odor, index of the trial among the rat's trials "
+                     "of that odor); min over rats per odor; odors A-D (E dropped)",
+        "window": f"{WINDOW_BINS} bins of {BIN_MS} ms after each rat's odor onset",
+        "sub_windows": f"{N_SUB} sliding windows of {SUB_BINS} bins, stride 1",
+        "input": "float32 spike counts [neurons, 10] per rat, scale 1",
+        "split": "by aligned trial: a seeded test_fraction of each odor's trials",
+        "sample_id": "<odor letter><index within odor, 3 digits>-w<window, 2 digits>",
+    }
+
+
+def write_splits(out_dir: str | os.PathLike, data: Mapping[str, dict], meta: dict,
+                 row_group_size: int = 1024) -> dict[str, Path]:
+    """Write ``train.parquet`` / ``test.parquet`` of :func:`window_samples` output."""
+    paths = {}
+    for split in ("train", "test"):
+        d = data[split]
+        m = {**meta, "split": split, "n": len(d["ids"]), "n_trials": d["n_trials"],
+             "n_aligned_per_odor": list(map(int, data["n_aligned"]))}
+        paths[split] = write_site_table(
+            Path(out_dir) / f"{split}.parquet", d["ids"], d["x"], {"label": d["label"]},
+            m, columns=d["cols"], row_group_size=row_group_size)
+    return paths
+
+
+# ------------------------------------------------------------------------------ public
+
+
+def make_hippocampus(out_dir: str | os.PathLike, seed: int = 0,
+                     trials_per_odor: int = 50, *, extra_trials: int = 8,
+                     tuning: float = 1.0, test_fraction: float = 0.2,
+                     row_group_size: int = 1024,
+                     progress: Progress | None = None) -> dict[str, Path]:
+    """Write ``train.parquet`` and ``test.parquet`` of the hippocampus look-alike.
+
+    Parameters
+    ----------
+    out_dir : output directory (created).
+    seed : everything (neurons, sessions, spikes, split) is a function of it.
+    trials_per_odor : at least this many trials of each odor per rat (each rat gets
+        up to ``extra_trials`` more); aligned trials per odor = the minimum over rats.
+    tuning : standard deviation of the neurons' log-rate odor tuning (signal strength).
+    test_fraction : share of each odor's aligned trials held out for test.
+
+    Returns
+    -------
+    ``{"train": path, "test": path}``; with the defaults about 2,600 / 650 samples.
+    """
+    total = 3
+    step = (lambda d, i: progress(d, i, total)) if progress else (lambda d, i: None)
+    step("simulating spikes", 0)
+    sessions = simulate_sessions(seed, trials_per_odor, extra_trials, tuning)
+    step("cutting windows", 1)
+    data = window_samples(sessions, MODALITIES, test_fraction, seed)
+    meta = {
+        "name": "hippocampus-lookalike", "seed": seed, "modalities": list(MODALITIES),
+        "rats": dict(zip(MODALITIES, RATS)), "neurons": dict(zip(MODALITIES, NEURONS)),
+        "odors": list(ODORS[:N_ODORS]), "label": "odor (0..3 = A..D)",
+        "simulation": {"trials_per_odor": trials_per_odor, "extra_trials": extra_trials,
+                       "tuning": tuning, "baseline": "LogNormal(log 4 Hz, 0.8)",
+                       "latency": "U(0, 8) bins", "trial_gain": "LogNormal(0, 0.2)",
+                       "rate": "b_n g exp(a_no s((t - onset - l_n) / 1.5)), Poisson",
+                       "rng": "numpy default_rng([seed, 1, rat]); split [seed, 2]"},
+        "recipe": recipe(), "test_fraction": test_fraction,
+        "versions": {"numpy": np.__version__},
+        "created_by": "mmvm.data.hippocampus.make_hippocampus",
+    }
+    step("writing", 2)
+    paths = write_splits(out_dir, data, meta, row_group_size)
+    step("done", total)
+    return paths
+
+
+def write_hippocampus_raw(src: str | os.PathLike, seed: int = 0,
+                          trials_per_odor: int = 50, *, extra_trials: int = 8,
+                          tuning: float = 1.0, onsets: Sequence[int] = ONSETS,
+                          post_bins: int = 25,
+                          neurons: Sequence[int] = NEURONS) -> dict[str, Path]:
+    """Write simulated sessions in the authors' raw layout (module docstring).
+
+    ``prepare_hippocampus(src, out, seed=seed)`` on the result gives exactly the files
+    of ``make_hippocampus(out, seed, trials_per_odor, ...)`` (same arrays, same split)
+    when ``onsets``/``neurons`` are the defaults.
+    """
+    src = Path(src)
+    paths = {}
+    sessions = simulate_sessions(seed, trials_per_odor, extra_trials, tuning, onsets,
+                                 post_bins, neurons)
+    for s in sessions:
+        d = src / s.name
+        d.mkdir(parents=True, exist_ok=True)
+        info = np.zeros((len(s.odor), 4), dtype=np.int64)
+        info[:, 0], info[:, 3] = s.correct, s.odor + 1
+        np.save(d / f"{s.name}_spike_data_binned.npy", s.spikes)
+        np.save(d / f"{s.name}_trial_info.npy", info)
+        paths[s.name] = d
+    return paths

@@ -1,0 +1,110 @@
+"""Hippocampus (Shahbaba et al. 2022; Dryad doi:10.7280/D14X30) -> site Parquet.
+
+Raw layout (the loader of yangmeng96/mmvmvae-hippocampal, ``utils/RatsDataset.py``)::
+
+    <src>/<rat>/<rat>_spike_data_binned.npy   [trials, neurons, bins] spike counts,
+                                              10 ms bins
+    <src>/<rat>/<rat>_trial_info.npy          [trials, >= 4]: column 0 = correct
+                                              (1/0), column 3 = odor (1..5 = A..E)
+
+for the rats ``barat, buchanan, mitt, stella, superchris`` (modalities ``rat1`` ..
+``rat5`` in that order). Odor onset is at bin ``onsets[r]`` (default the authors'
+``start_times`` 225, 225, 250, 250, 225). Windowing, alignment and the split by trial
+are those of :mod:`mmvm.data.hippocampus` (its docstring); output ``train.parquet``
+and ``test.parquet`` with columns ``rat1..rat5`` (float32 ``[neurons, 10]``),
+``label`` (odor 0..3), ``trial``, ``odor_trial``, ``window``, ``source_trial.<rat>``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data import hippocampus as H
+from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.store import DataError
+
+
+def load_session(src: Path, rat: str, onset: int) -> H.RatSession:
+    """Read one rat's raw arrays, checking shapes and odor codes."""
+    spk_path = src / rat / f"{rat}_spike_data_binned.npy"
+    info_path = src / rat / f"{rat}_trial_info.npy"
+    arrays = {}
+    for p in (spk_path, info_path):
+        if not p.is_file():
+            raise DataError(f"{p}: missing (expected raw layout "
+                            f"<src>/<rat>/<rat>_spike_data_binned.npy and "
+                            f"<rat>_trial_info.npy)")
+        try:
+            arrays[p] = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{p}: not a readable .npy array ({e})") from None
+    spikes, info = arrays[spk_path], arrays[info_path]
+    if spikes.ndim != 3:
+        raise DataError(f"{spk_path}: expected [trials, neurons, bins], got shape "
+                        f"{spikes.shape}")
+    if info.ndim != 2 or info.shape[1] < 4 or len(info) != len(spikes):
+        raise DataError(f"{info_path}: expected [{len(spikes)} trials, >= 4 columns], "
+                        f"got shape {info.shape}")
+    if not np.isfinite(spikes).all() or (spikes < 0).any():
+        bad = ~(np.isfinite(spikes) & (spikes >= 0)).reshape(len(spikes), -1).all(1)
+        row = int(np.argmax(bad))
+        raise DataError(f"{spk_path}: trial {row}: negative, NaN or inf spike count")
+    odor = info[:, 3].astype(np.int64) - 1
+    bad = (odor < 0) | (odor >= len(H.ODORS))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"{info_path}: column 3, trial {row}: odor {info[row, 3]} "
+                        f"not in 1..{len(H.ODORS)}")
+    return H.RatSession(rat, spikes, odor, info[:, 0].astype(np.int64), int(onset))
+
+
+def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
+                        rats: Sequence[str] = H.RATS,
+                        onsets: Sequence[int] = H.ONSETS, seed: int = 0,
+                        test_fraction: float = 0.2, correct_only: bool = False,
+                        row_group_size: int = 1024,
+                        progress: Progress | None = None) -> dict[str, Path]:
+    """Window the raw recordings into ``train.parquet`` / ``test.parquet``.
+
+    Parameters
+    ----------
+    src : folder holding one sub-folder per rat (raw layout above).
+    out_dir : output folder; written atomically (nothing on error).
+    rats, onsets : rat folder names (modalities ``rat1..``) and odor-onset bins.
+    seed : seeds the split of aligned trials into train and test.
+    test_fraction : share of each odor's aligned trials held out.
+    correct_only : keep only correctly answered trials (the authors keep all).
+    """
+    if len(rats) != len(onsets):
+        raise ValueError(f"{len(rats)} rats but {len(onsets)} onsets")
+    src = Path(src)
+    step = step_fn(progress, len(rats) + 2)
+    sessions = []
+    for i, (rat, onset) in enumerate(zip(rats, onsets)):
+        step(f"reading {rat}", i)
+        sessions.append(load_session(src, rat, onset))
+    modalities = [f"rat{i + 1}" for i in range(len(rats))]
+    step("cutting windows", len(rats))
+    data = H.window_samples(sessions, modalities, test_fraction, seed, correct_only)
+    if min(data["n_aligned"]) == 0:
+        raise DataError(f"{src}: some odor has no trial in every rat "
+                        f"(aligned trials per odor: {data['n_aligned']})")
+    meta = {
+        "name": "hippocampus", "source": str(src.resolve()), "seed": seed,
+        "modalities": modalities, "rats": dict(zip(modalities, rats)),
+        "neurons": {m: int(s.spikes.shape[1]) for m, s in zip(modalities, sessions)},
+        "onsets": dict(zip(modalities, map(int, onsets))),
+        "odors": list(H.ODORS[:H.N_ODORS]), "label": "odor (0..3 = A..D)",
+        "correct_only": correct_only, "test_fraction": test_fraction,
+        "recipe": H.recipe(), "versions": {"numpy": np.__version__},
+        "created_by": "mmvm.data.prepare.hippocampus.prepare_hippocampus",
+    }
+    step("writing", len(rats) + 1)
+    with staged_output(out_dir) as stage:
+        paths = H.write_splits(stage, data, meta, row_group_size)
+    step("done", len(rats) + 2)
+    return final_paths(paths, stage, out_dir)

@@ -1,0 +1,198 @@
+"""MIMIC-CXR-JPG (PhysioNet, v2.0.0/2.1.0) -> one site per view: frontal, lateral.
+
+Published layout::
+
+    <src>/mimic-cxr-2.0.0-metadata.csv   dicom_id, subject_id, study_id, ViewPosition
+    <src>/mimic-cxr-2.0.0-chexpert.csv   subject_id, study_id, 14 CheXpert labels
+    <src>/files/p<2 digits>/p<subject_id>/s<study_id>/<dicom_id>.jpg
+
+(either CSV may be gzipped, ``.csv.gz``). Recipe (reference note, section 3):
+
+- views: frontal = ``AP`` or ``PA``, lateral = ``LATERAL`` or ``LL``; every frontal x
+  lateral pair of one study is a sample, id ``<study_id>_<frontal>_<lateral>``;
+- labels: the 14 CheXpert columns, 1 -> 1 and uncertain (-1), 0 and blank -> 0,
+  stored as ``label.<snake_case name>`` (the mapping is in the metadata); a study
+  without a CheXpert row gets -1 (unknown) in every label column;
+- split 80/10/10 by patient (``subject_id``), seeded, so no patient spans two splits;
+- images: grayscale, resized to ``size x size`` (aspect ratio not kept; the paper
+  uses 224), uint8 ``[1, size, size]``, scale 255.
+
+Output: ``<out>/frontal/{train,val,test}.parquet`` and ``<out>/lateral/...``; the two
+sites' files of one split hold the same sample ids in the same order, so
+:meth:`MultimodalDataset.from_parquet` joins them. Images of a study are decoded
+once even when they appear in several pairs.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.prepare.images import load_image
+from mmvm.data.store import DataError, write_site_table
+
+CHEXPERT = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+            "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion", "Lung Opacity",
+            "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+            "Pneumothorax", "Support Devices")
+VIEWS = {"frontal": ("AP", "PA"), "lateral": ("LATERAL", "LL")}
+SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+METADATA, LABELS = "mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-chexpert.csv"
+
+
+def label_column(name: str) -> str:
+    """``"Enlarged Cardiomediastinum"`` -> ``"label.enlarged_cardiomediastinum"``."""
+    return "label." + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _read_csv(src: Path, name: str, required: tuple[str, ...]) -> list[dict]:
+    for path in (src / name, src / (name + ".gz")):
+        if path.is_file():
+            break
+    else:
+        raise DataError(f"{src / name}: missing (nor {name}.gz)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing columns {missing} "
+                            f"(has {reader.fieldnames})")
+        return [dict(r, _row=i) for i, r in enumerate(reader)]
+
+
+def _label_value(text: str, path: str, row: int, col: str) -> int:
+    text = (text or "").strip()
+    if text == "":
+        return 0
+    try:
+        v = int(float(text))
+    except ValueError:
+        v = None
+    if v not in (1, 0, -1):
+        raise DataError(f"{path}: column '{col}', row {row}: {text!r} is not 1, 0, -1 "
+                        f"or blank")
+    return 1 if v == 1 else 0
+
+
+def patient_split(subjects: list[str], seed: int) -> dict[str, str]:
+    """subject -> split: 80/10/10 of the sorted unique subjects, seeded shuffle."""
+    uniq = sorted(set(subjects))
+    perm = np.random.default_rng([seed, 7]).permutation(len(uniq))
+    n_train = int(round(SPLITS["train"] * len(uniq)))
+    n_val = int(round(SPLITS["val"] * len(uniq)))
+    out = {}
+    for rank, i in enumerate(perm):
+        out[uniq[i]] = ("train" if rank < n_train else
+                        "val" if rank < n_train + n_val else "test")
+    return out
+
+
+def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
+                      size: int = 64, seed: int = 0, skip_missing: bool = False,
+                      row_group_size: int = 256,
+                      progress: Progress | None = None) -> dict[str, Path]:
+    """Pair the views of each study and write the frontal and lateral site files.
+
+    Parameters
+    ----------
+    src : MIMIC-CXR-JPG root (the CSVs and ``files/``).
+    out_dir : output folder; written atomically (nothing on error).
+    size : output image side in pixels (paper: 224).
+    seed : seeds the patient split.
+    skip_missing : drop pairs whose JPEG is absent (a partial download) instead of
+        raising; the number dropped is recorded in the metadata.
+
+    Returns
+    -------
+    ``{"frontal.train": path, "lateral.train": path, ...}``.
+    """
+    src = Path(src)
+    meta_rows = _read_csv(src, METADATA, ("dicom_id", "subject_id", "study_id",
+                                          "ViewPosition"))
+    lab_rows = _read_csv(src, LABELS, ("subject_id", "study_id", *CHEXPERT))
+    lab_path = str(src / LABELS)
+    labels = {}
+    for r in lab_rows:
+        labels[r["study_id"]] = [_label_value(r[c], lab_path, r["_row"], c)
+                                 for c in CHEXPERT]
+    studies: dict[str, dict] = defaultdict(lambda: {"frontal": [], "lateral": []})
+    for r in meta_rows:
+        view = (r["ViewPosition"] or "").strip().upper()
+        for site, codes in VIEWS.items():
+            if view in codes:
+                s = studies[r["study_id"]]
+                s["subject"] = r["subject_id"]
+                s[site].append(r["dicom_id"])
+    pairs = []  # (split, study, subject, frontal dicom, lateral dicom)
+    split_of = patient_split([s["subject"] for s in studies.values()], seed)
+    for study in sorted(studies, key=int):
+        s = studies[study]
+        for f in sorted(s["frontal"]):
+            for lat in sorted(s["lateral"]):
+                pairs.append((split_of[s["subject"]], study, s["subject"], f, lat))
+    if not pairs:
+        raise DataError(f"{src / METADATA}: no study has both a frontal (AP/PA) and a "
+                        f"lateral (LATERAL/LL) image")
+
+    def jpg(subject: str, study: str, dicom: str) -> Path:
+        return src / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" \
+            / f"{dicom}.jpg"
+
+    dropped = 0
+    if skip_missing:
+        kept = [p for p in pairs if jpg(p[2], p[1], p[3]).is_file()
+                and jpg(p[2], p[1], p[4]).is_file()]
+        dropped, pairs = len(pairs) - len(kept), kept
+    step = step_fn(progress, len(pairs))
+    done, paths = 0, {}
+    with staged_output(out_dir) as stage:
+        for split in SPLITS:
+            rows = [p for p in pairs if p[0] == split]
+            if not rows:
+                continue
+            x = {site: np.zeros((len(rows), 1, size, size), np.uint8) for site in VIEWS}
+            y = np.full((len(rows), len(CHEXPERT)), -1, np.int64)
+            cache: dict[str, np.ndarray] = {}
+            last_study = None
+            for k, (_, study, subject, f, lat) in enumerate(rows):
+                if study != last_study:  # rows are grouped by study
+                    cache, last_study = {}, study
+                for site, dicom in (("frontal", f), ("lateral", lat)):
+                    if dicom not in cache:
+                        cache[dicom] = load_image(jpg(subject, study, dicom), "L", size)
+                    x[site][k] = cache[dicom]
+                if study in labels:
+                    y[k] = labels[study]
+                done += 1
+                if done % 200 == 0 or done == len(pairs):
+                    step(f"reading {split}", done)
+            ids = [f"{r[1]}_{r[3]}_{r[4]}" for r in rows]
+            cols = {"subject_id": np.array([int(r[2]) for r in rows], np.int64),
+                    "study_id": np.array([int(r[1]) for r in rows], np.int64)}
+            lab = {label_column(c): y[:, j] for j, c in enumerate(CHEXPERT)}
+            for site in VIEWS:
+                meta = {"name": "mimic-cxr-jpg", "source": str(src.resolve()),
+                        "site": site, "views": list(VIEWS[site]), "split": split,
+                        "n": len(rows), "seed": seed, "size": size,
+                        "labels": {label_column(c): c for c in CHEXPERT},
+                        "recipe": {"pairs": "every frontal x lateral pair of a study",
+                                   "labels": "1 -> 1; 0, -1 (uncertain), blank -> 0; "
+                                             "study without CheXpert row -> -1",
+                                   "split": "80/10/10 by subject_id, "
+                                            "default_rng([seed, 7])",
+                                   "image": f"grayscale, resized to {size}x{size} "
+                                            f"(bicubic, aspect not kept)"},
+                        "dropped_missing_pairs": dropped,
+                        "created_by": "mmvm.data.prepare.mimic_cxr"}
+                paths[f"{site}.{split}"] = write_site_table(
+                    stage / site / f"{split}.parquet", ids, {site: x[site]}, lab, meta,
+                    columns=cols, row_group_size=row_group_size)
+    return final_paths(paths, stage, out_dir)

@@ -1,0 +1,64 @@
+"""``mmvm data``: make, prepare, check from the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmvm.cli import main
+from mmvm.data.prepare import PREPARERS
+from mmvm.data.store import read_site_table
+
+
+def test_make_hippocampus_and_check(tmp_path, capsys):
+    out = tmp_path / "hc"
+    assert main(["data", "make", "hippocampus", "--out", str(out), "--seed", "1",
+                 "--trials-per-odor", "2", "--quiet"]) == 0
+    t = read_site_table(out / "train.parquet")
+    assert t.modalities == ["rat1", "rat2", "rat3", "rat4", "rat5"]
+    capsys.readouterr()
+    assert main(["data", "check", str(out / "train.parquet"),
+                 str(out / "test.parquet")]) == 0
+    text = capsys.readouterr().out
+    assert "ok" in text and str(len(t)) in text
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"garbage")
+    assert main(["data", "check", str(out / "train.parquet"), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.parquet: not a Parquet file" in err
+
+
+def test_make_hippocampus_raw_then_prepare(tmp_path):
+    raw = tmp_path / "raw"
+    assert main(["data", "make", "hippocampus", "--raw", "--out", str(raw),
+                 "--trials-per-odor", "2"]) == 0
+    assert (raw / "barat" / "barat_trial_info.npy").is_file()
+    assert main(["data", "prepare", "hippocampus", str(raw), "--out",
+                 str(tmp_path / "out"), "--quiet"]) == 0
+    assert (tmp_path / "out" / "test.parquet").is_file()
+
+
+@pytest.mark.parametrize("name", PREPARERS)
+def test_prepare_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "prepare", name, "--help"])
+    assert e.value.code == 0
+    assert "--out" in capsys.readouterr().out
+
+
+def test_prepare_polymnist_png_cli_and_error_status(tmp_path, capsys):
+    for split in ("train", "test"):
+        for m in range(2):
+            d = tmp_path / "src" / split / f"m{m}"
+            d.mkdir(parents=True)
+            Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(d / "0.4.png")
+    assert main(["data", "prepare", "polymnist_png", str(tmp_path / "src"), "--out",
+                 str(tmp_path / "out"), "--quiet"]) == 0
+    assert read_site_table(tmp_path / "out" / "test.parquet").labels["label"].tolist() \
+        == [4]
+    (tmp_path / "src" / "test" / "m1" / "0.4.png").unlink()
+    assert main(["data", "prepare", "polymnist_png", str(tmp_path / "src"), "--out",
+                 str(tmp_path / "out2"), "--quiet"]) == 2
+    assert "test/m1: no <index>.<digit>.png files" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()

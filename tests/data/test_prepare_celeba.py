@@ -1,0 +1,71 @@
+"""prepare_celeba on a tiny tree in the published CelebA layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmvm.data.prepare.celeba import prepare_celeba
+from mmvm.data.store import DataError, read_site_table
+
+NAMES = [f"Attr_{k}" for k in range(40)]
+NAMES[0], NAMES[20] = "5_o_Clock_Shadow", "Male"
+
+
+def _tree(root, n=7):
+    rng = np.random.default_rng(0)
+    (root / "img_align_celeba").mkdir(parents=True)
+    attrs, part = {}, {}
+    for i in range(1, n + 1):
+        f = f"{i:06d}.jpg"
+        a = np.full((218, 178, 3), 40, np.uint8)
+        a[109 - 10:109 + 10, 89 - 10:89 + 10] = (200, 30, 30)  # red square at centre
+        Image.fromarray(a).save(root / "img_align_celeba" / f, quality=95)
+        attrs[f] = rng.choice([-1, 1], size=40)
+        part[f] = 0 if i <= 4 else (1 if i <= 5 else 2)
+    lines = [str(n), " ".join(NAMES)]
+    lines += [f"{f}  " + " ".join(f"{v:2d}" for v in v_) for f, v_ in attrs.items()]
+    (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{f} {p}\n" for f, p in part.items()))
+    return attrs
+
+
+def test_modalities_labels_and_splits(tmp_path):
+    attrs = _tree(tmp_path / "src")
+    paths = prepare_celeba(tmp_path / "src", tmp_path / "out", size=32)
+    t = read_site_table(paths["train"])
+    assert {k: len(read_site_table(p)) for k, p in paths.items()} == {
+        "train": 4, "val": 1, "test": 2}
+    assert t.sample_ids == ["000001", "000002", "000003", "000004"]
+    assert t.tensors["image"].shape == (4, 3, 32, 32)
+    assert t.tensors["attributes"].shape == (4, 40)
+    assert t.tensors["attributes"].dtype == np.float32 and t.scales["attributes"] == 1.0
+    for k, sid in enumerate(t.sample_ids):
+        want = (attrs[f"{sid}.jpg"] > 0).astype(np.float32)
+        np.testing.assert_array_equal(t.tensors["attributes"][k], want)
+        assert t.labels["label.male"][k] == want[20]
+        assert t.labels["label.5_o_clock_shadow"][k] == want[0]
+    # the 20x20 centre square fills 20/148 of the crop -> about 4 px of 32, centred
+    img = t.tensors["image"][0].astype(int)
+    assert img[0, 16, 16] > 150 and img[1, 16, 16] < 90 and img[0, 2, 2] < 80
+    assert t.dataset_meta["attributes"][20] == "Male"
+
+
+def test_missing_image_leaves_nothing(tmp_path):
+    _tree(tmp_path / "src")
+    (tmp_path / "src" / "img_align_celeba" / "000006.jpg").unlink()
+    with pytest.raises(DataError, match=r"000006.jpg: image file not found"):
+        prepare_celeba(tmp_path / "src", tmp_path / "out", size=16)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_attribute_line(tmp_path):
+    _tree(tmp_path / "src")
+    p = tmp_path / "src" / "list_attr_celeba.txt"
+    lines = p.read_text().splitlines()
+    lines[4] = lines[4].replace("-1", "0", 1)
+    p.write_text("\n".join(lines))
+    with pytest.raises(DataError, match=r"list_attr_celeba.txt: line 5: expected"):
+        prepare_celeba(tmp_path / "src", tmp_path / "out")

@@ -1,0 +1,75 @@
+"""prepare_cub on a tiny tree in the CUB image-captions layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmvm.data.prepare.cub import EOS, EXC, PAD, encode, prepare_cub, tokenize
+from mmvm.data.store import DataError, read_site_table
+
+CAPTION = "this bird has a red crown, and black wings."
+
+
+def _tree(root, caps=10):
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    images = []
+    for c in classes:
+        (root / "images" / c).mkdir(parents=True)
+        (root / "text" / c).mkdir(parents=True)
+        for j in range(3):
+            name = f"{c.split('.')[1]}_{j}"
+            Image.new("RGB", (50, 40), (10 * j, 100, 200)).save(
+                root / "images" / c / f"{name}.jpg")
+            lines = [CAPTION if k % 2 == 0 else f"a small {c[-9:].lower()} bird "
+                     f"with long wings number {k}" for k in range(caps)]
+            (root / "text" / c / f"{name}.txt").write_text("\n".join(lines) + "\n")
+            images.append(f"{c}/{name}.jpg")
+    (root / "images.txt").write_text(
+        "".join(f"{i + 1} {p}\n" for i, p in enumerate(images)))
+    (root / "train_test_split.txt").write_text(
+        "".join(f"{i + 1} {int(i % 3 != 2)}\n" for i in range(len(images))))
+
+
+def test_tokeniser_and_encoding():
+    assert tokenize("This bird, has RED wings.") == ["this", "bird", ",", "has", "red",
+                                                     "wings", "."]
+    w2i = {"<exc>": 0, "<pad>": 1, "<eos>": 2, "bird": 3}
+    ids = encode("a bird bird", w2i, length=6)
+    assert ids.tolist() == [EXC, 3, 3, EOS, PAD, PAD]
+    assert encode("bird " * 50, w2i, 8).tolist() == [3] * 7 + [EOS]  # cut to 31 + eos
+
+
+def test_samples_per_caption_vocab_and_labels(tmp_path):
+    _tree(tmp_path / "src")
+    paths = prepare_cub(tmp_path / "src", tmp_path / "out", size=16, min_occ=3)
+    tr, te = read_site_table(paths["train"]), read_site_table(paths["test"])
+    assert len(tr) == 4 * 10 and len(te) == 2 * 10
+    assert tr.tensors["image"].shape == (40, 3, 16, 16)
+    assert tr.tensors["text"].shape == (40, 32) and tr.tensors["text"].dtype == np.float32
+    assert tr.sample_ids[:2] == ["1-0", "1-1"]
+    assert tr.labels["label"].tolist() == [0] * 20 + [1] * 20
+    vocab = tr.dataset_meta["vocab"]
+    assert vocab[:3] == ["<exc>", "<pad>", "<eos>"] and te.dataset_meta["vocab"] == vocab
+    # words of CAPTION appear 20 times in train (> 3): in the vocabulary;
+    # "number" (20 times) too; odd digits 4 times each (> 3); "0" never
+    words = [vocab[int(i)] for i in tr.tensors["text"][0]]
+    assert words[:11] == tokenize(CAPTION) and words[11] == "<eos>"
+    assert set(words[12:]) == {"<pad>"}
+    assert "number" in vocab and "0" not in vocab
+    np.testing.assert_array_equal(tr.tensors["image"][0], tr.tensors["image"][9])
+    assert tr.tensors["image"][0, 2].mean() > 190  # blue channel 200
+
+
+def test_missing_caption_file_and_short_caption_file(tmp_path):
+    _tree(tmp_path / "src")
+    (tmp_path / "src/text/002.Laysan_Albatross/Laysan_Albatross_1.txt").unlink()
+    with pytest.raises(DataError, match=r"Laysan_Albatross_1.txt: caption file missing"):
+        prepare_cub(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    _tree(tmp_path / "src2", caps=5)
+    with pytest.raises(DataError, match=r"5 captions, expected at least 10"):
+        prepare_cub(tmp_path / "src2", tmp_path / "out")
+    paths = prepare_cub(tmp_path / "src2", tmp_path / "out", captions_per_image=5)
+    assert len(read_site_table(paths["train"])) == 20
