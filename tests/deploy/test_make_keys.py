@@ -1,0 +1,133 @@
+"""deploy.make_keys: certificate chain, SAN/EKU, key formats, file modes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import PolicyBuilder, Store
+
+from deploy import make_keys
+from mmvm.secure.keys import SiteKeys, SitePublicKeys, load_public_directory
+
+SITES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("keys")
+    rc = make_keys.main(["--out", str(out), "--sites", ",".join(SITES),
+                         "--hosts", "superlink.example.org,10.0.0.5"])
+    assert rc == 0
+    return out
+
+
+def _cert(path):
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_ca_certificate(out):
+    ca = _cert(out / "ca.crt")
+    bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    assert ca.issuer == ca.subject
+    ca.verify_directly_issued_by(ca)
+    key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), None)
+    assert key.public_key().public_numbers() == ca.public_key().public_numbers()
+
+
+def test_server_certificate_chain(out):
+    ca, srv = _cert(out / "ca.crt"), _cert(out / "server.pem")
+    assert srv.issuer == ca.subject
+    srv.verify_directly_issued_by(ca)  # signature by the CA key
+    san = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {
+        "localhost", "superlink.example.org"}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.0.0.5")}
+    eku = srv.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert not srv.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    now = dt.datetime.now(dt.timezone.utc)
+    assert srv.not_valid_before_utc <= now < srv.not_valid_after_utc
+    assert srv.not_valid_after_utc - now > dt.timedelta(days=365)
+    # what a TLS client does: path validation for each name in the SAN
+    verifier = PolicyBuilder().store(Store([ca])).build_server_verifier
+    loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    for name in (x509.DNSName("localhost"), loopback):
+        chain = verifier(name).verify(srv, [])
+        assert chain[-1] == ca
+    key = serialization.load_pem_private_key((out / "server.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key().public_numbers() == srv.public_key().public_numbers()
+
+
+def test_site_key_formats(out):
+    directory = load_public_directory(out / "public_keys.json")
+    assert sorted(directory) == SITES
+    for site in SITES:
+        d = out / "sites" / site
+        private = serialization.load_ssh_private_key((d / site).read_bytes(), None)
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        assert private.curve.name == "secp384r1"
+        header = b"-----BEGIN OPENSSH PRIVATE KEY-----"
+        assert (d / site).read_bytes().startswith(header)
+        pub_text = (d / f"{site}.pub").read_text()
+        assert pub_text.startswith("ecdsa-sha2-nistp384 ")
+        public = serialization.load_ssh_public_key(pub_text.encode())
+        assert public.public_numbers() == private.public_key().public_numbers()
+        keys = SiteKeys.load(d / "site_keys.json")
+        assert keys.public == directory[site]
+        record = (d / "site_public.json").read_bytes()
+        assert SitePublicKeys.from_bytes(record) == keys.public
+        assert (d / "ca.crt").read_bytes() == (out / "ca.crt").read_bytes()
+        assert load_public_directory(d / "public_keys.json") == directory
+
+
+def test_private_files_are_0600(out):
+    private = [out / "ca.key", out / "server.key"]
+    for site in SITES:
+        private += [out / "sites" / site / site,
+                    out / "sites" / site / "site_keys.json"]
+    for path in private:
+        assert os.stat(path).st_mode & 0o777 == 0o600, path
+    assert os.stat(out / "server.pem").st_mode & 0o777 == 0o644
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_refuses_to_overwrite_unless_forced(out, capsys):
+    before = (out / "ca.key").read_bytes()
+    assert make_keys.main(["--out", str(out), "--sites", "a"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (out / "ca.key").read_bytes() == before
+
+
+def test_force_and_per_party_modes(tmp_path):
+    out = tmp_path / "k"
+    assert make_keys.main(["--out", str(out), "--pki-only"]) == 0
+    first = (out / "ca.key").read_bytes()
+    assert make_keys.main(["--out", str(out), "--pki-only", "--force"]) == 0
+    assert (out / "ca.key").read_bytes() != first
+    for site in ("x", "y"):  # each site makes its own keys
+        assert make_keys.main(["--out", str(tmp_path / site), "--site", site]) == 0
+    assert make_keys.main(["--out", str(out), "--directory",
+                           str(tmp_path / "x" / "site_public.json"),
+                           str(tmp_path / "y" / "site_public.json")]) == 0
+    doc = json.loads((out / "public_keys.json").read_text())
+    assert sorted(doc["sites"]) == ["x", "y"]
+    assert make_keys.main(["--out", str(tmp_path / "z"), "--site", "bad name"]) == 2
+
+
+def test_cli_help():
+    res = subprocess.run([sys.executable, "-m", "deploy.make_keys", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--sites" in res.stdout and "--force" in res.stdout
