@@ -1,4 +1,8 @@
-"""The embedded default federation: the PolyMNIST look-alike split into site files.
+"""The embedded default federations: a look-alike dataset split into site files.
+
+Which look-alike is chosen by the experiment's modalities: ``m0, m1, m2`` -> the
+PolyMNIST look-alike (``n_train``/``n_test`` samples), ``rat1..rat5`` -> the
+hippocampus look-alike (its size is fixed by its trial counts).
 
 Made on first use, under a file lock, so that several simulated sites starting at
 once on one machine build it exactly once. Every file is written atomically, so a run
@@ -12,6 +16,8 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+from mmvm.data.hippocampus import MODALITIES as RAT_MODALITIES
+from mmvm.data.hippocampus import make_hippocampus
 from mmvm.data.polymnist import make_polymnist
 from mmvm.data.sites import SiteSpec, site_layout, split_sites
 
@@ -33,13 +39,22 @@ def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards:
                          ) -> tuple[list[SiteSpec], dict[str, dict[str, str]]]:
     """Sites of ``layout`` and their ``{site: {"train": path, "test": path}}`` files."""
     root = Path(data_dir).expanduser()
-    full = root / f"polymnist-seed{seed}-n{n_train}-{n_test}"
+    if tuple(modalities) == tuple(RAT_MODALITIES):
+        full = root / f"hippocampus-seed{seed}"
+        make = lambda: make_hippocampus(full, seed=seed)  # noqa: E731
+    elif tuple(modalities) == ("m0", "m1", "m2"):
+        full = root / f"polymnist-seed{seed}-n{n_train}-{n_test}"
+        make = lambda: make_polymnist(full, seed=seed, n_train=n_train,  # noqa: E731
+                                      n_test=n_test)
+    else:
+        raise ValueError(f"no embedded default data for modalities {list(modalities)}; "
+                         f"give each site its files (node config data=...)")
     sites = site_layout(layout, modalities, shards)
     tag = f"sites-{layout}-{shards}-missing{missing:g}"
     out = full / tag
     with _locked(root / ".lock"):
         if not (full / "test.parquet").exists():
-            make_polymnist(full, seed=seed, n_train=n_train, n_test=n_test)
+            make()
         if not (out / "sites.json").exists():
             split_sites([full / "train.parquet", full / "test.parquet"], out, sites,
                         missing=missing, seed=seed)
