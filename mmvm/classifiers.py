@@ -1,0 +1,252 @@
+"""Per-modality label classifiers for the coherence metric (reference note, section 3).
+
+Coherence asks whether a generated x_m' carries the label of the sample it was
+generated from; the judge is a classifier of modality m' trained on *real* m' data
+(the train split) and never on generations. One classifier per modality:
+
+- images ``[C, H, W]``: a small CNN, three stages of two conv + batch-norm layers,
+  widths ``w, 2w, 4w``, max pooling 28 -> 14 -> 7 -> 3 and a linear head
+  (translation-tolerant, which the translated PolyMNIST digits need);
+- vectors (any other shape): an MLP ``D -> h -> h -> classes`` with ReLU, h = 8w.
+
+Inputs are the model's float inputs (stored values divided by ``scale``), so a
+classifier reads real data and decoder outputs alike.
+
+Trained classifiers are cached in ``<data root>/classifiers/<modality>-<key>.pt``,
+``key`` a hash of the train and test files' metadata (dataset JSON, row count, file
+size, the modality's tensor spec), the modality and the :class:`ClassifierConfig`, so
+a regenerated dataset or a changed config trains afresh. Files are written atomically
+(temp file, fsync, rename); a corrupt cache file is retrained, not trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mmvm.checkpoint import load_checkpoint, save_checkpoint
+
+CLASSIFIER_VERSION = 2  # bump when the architectures or the training recipe change
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Training recipe of the coherence classifiers (part of the cache key)."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = 16  # image: base channels w; vector: 8 w hidden units (at least 64)
+    seed: int = 0
+
+
+@dataclass
+class TrainedClassifiers:
+    """Classifiers per modality with their accuracy on the real test split."""
+
+    models: dict[str, nn.Module]
+    test_accuracy: dict[str, float]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.models[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.models
+
+    def keys(self):
+        return self.models.keys()
+
+
+# ------------------------------------------------------------------ architectures
+class ImageClassifier(nn.Module):
+    def __init__(self, channels: int, n_classes: int, width: int = 32) -> None:
+        super().__init__()
+        w = width
+
+        def stage(a: int, b: int) -> list[nn.Module]:
+            return [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(),
+                    nn.Conv2d(b, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(),
+                    nn.MaxPool2d(2)]
+
+        self.net = nn.Sequential(
+            *stage(channels, w),  # (w, 14, 14)
+            *stage(w, 2 * w),  # (2w, 7, 7)
+            *stage(2 * w, 4 * w),  # (4w, 3, 3)
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * w * 9, n_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != (28, 28):  # the head is sized for 28x28 inputs
+            x = nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+class VectorClassifier(nn.Module):
+    def __init__(self, shape: Sequence[int], n_classes: int, width: int = 128) -> None:
+        super().__init__()
+        d = math.prod(shape)
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+            nn.Linear(width, n_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def build_classifier(shape: Sequence[int], n_classes: int, width: int) -> nn.Module:
+    """CNN for ``[C, H, W]`` images with C in {1, 3}, MLP for anything else."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return ImageClassifier(shape[0], n_classes, width)
+    return VectorClassifier(shape, n_classes, max(8 * width, 64))
+
+
+# ------------------------------------------------------------------ training
+def train_classifier(
+    x: Tensor, y: Tensor, n_classes: int, cfg: ClassifierConfig = ClassifierConfig(),
+    device: str | torch.device = "cpu", scale: float = 1.0,
+) -> nn.Module:
+    """Fit a classifier to (x [N, *shape], y [N]) with Adam and cross-entropy.
+
+    ``x`` may be stored uint8; each batch is converted to float and divided by
+    ``scale``, giving the model's input range.
+    """
+    if len(x) == 0:
+        raise ValueError("no labelled rows to train a classifier on")
+    g = torch.Generator().manual_seed(cfg.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_classifier(x.shape[1:], n_classes, cfg.width).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(cfg.epochs):
+        for rows in torch.randperm(len(x), generator=g).split(cfg.batch_size):
+            xb = x[rows].to(device).float().div_(scale)
+            loss = loss_fn(model(xb), y[rows].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 512, scale: float = 1.0) -> Tensor:
+    """Predicted class per row of ``x`` [N, *shape] (float or stored dtype)."""
+    device = next(model.parameters()).device
+    out = [model(x[i:i + batch_size].to(device).float().div_(scale)).argmax(1).cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+# ------------------------------------------------------------------ cache
+def cache_key(train_path: str | os.PathLike, test_path: str | os.PathLike, name: str,
+              cfg: ClassifierConfig) -> str:
+    """Hash of both files' metadata, the modality and the recipe (16 hex digits)."""
+    from mmvm.data.store import read_site_meta
+
+    parts = []
+    for p in (train_path, test_path):
+        meta = read_site_meta(p)
+        if name not in meta["tensors"]:
+            raise ValueError(f"{p}: no modality {name!r} (has {sorted(meta['tensors'])})")
+        parts.append({"dataset": meta["dataset"], "rows": meta["num_rows"],
+                      "bytes": Path(p).stat().st_size, "tensor": meta["tensors"][name]})
+    material = {"files": parts, "modality": name, "config": dataclasses.asdict(cfg),
+                "version": CLASSIFIER_VERSION}
+    blob = json.dumps(material, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _labelled(path, name: str, label: str) -> tuple[Tensor, Tensor, float]:
+    from mmvm.data.dataset import MultimodalDataset
+
+    ds = MultimodalDataset.from_parquet(path, [name], label=label)
+    if ds.labels is None:
+        raise ValueError(f"{path}: no label column {label!r}; coherence needs labels")
+    keep = ds.mask[:, 0] & (ds.labels >= 0)
+    return ds.tensors[name][keep], ds.labels[keep], ds.scales[name]
+
+
+def load_or_train(
+    train_path: str | os.PathLike, test_path: str | os.PathLike, names: Sequence[str], *,
+    label: str = "label", cfg: ClassifierConfig = ClassifierConfig(),
+    cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+    log=None,
+) -> TrainedClassifiers:
+    """The classifier of every modality in ``names``, from the cache or trained now.
+
+    Parameters
+    ----------
+    train_path, test_path : the real data's Parquet files (train fits, test scores).
+    cache_dir : where classifiers are kept; default ``<train file's folder>/classifiers``.
+    log : optional ``callable(str)`` told what is loaded or trained.
+    """
+    cache = Path(cache_dir) if cache_dir else Path(train_path).parent / "classifiers"
+    models, accs, paths = {}, {}, {}
+    for name in names:
+        path = cache / f"{name}-{cache_key(train_path, test_path, name, cfg)}.pt"
+        state = _read_cache(path)
+        model = _restore(state) if state is not None else None
+        if model is None:
+            if log:
+                log(f"training the {name} classifier ({cfg.epochs} epochs) -> {path}")
+            x, y, scale = _labelled(train_path, name, label)
+            n_classes = int(y.max()) + 1
+            model = train_classifier(x, y, n_classes, cfg, device, scale)
+            xt, yt, _ = _labelled(test_path, name, label)
+            hits = (predict(model, xt, scale=scale) == yt).float()
+            acc = float(hits.mean()) if len(yt) else math.nan
+            state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                     "shape": list(x.shape[1:]), "n_classes": n_classes,
+                     "config": dataclasses.asdict(cfg), "test_accuracy": acc,
+                     "version": CLASSIFIER_VERSION}
+            save_checkpoint(path, state)
+        elif log:
+            log(f"loaded the {name} classifier from {path}")
+        models[name] = model.to(device).eval()
+        accs[name] = float(state["test_accuracy"])
+        paths[name] = path
+    return TrainedClassifiers(models, accs, paths)
+
+
+def _read_cache(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except ValueError:
+        return None  # corrupt: retrain and overwrite
+    needed = {"state_dict", "shape", "n_classes", "config", "test_accuracy"}
+    return state if isinstance(state, dict) and needed <= set(state) else None
+
+
+def _restore(state: dict) -> nn.Module | None:
+    """The cached classifier, or None when its weights no longer fit the architecture."""
+    model = build_classifier(state["shape"], state["n_classes"], state["config"]["width"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (RuntimeError, KeyError):
+        return None
+    return model
+
+
+def classifiers_for(cfg, device: str | torch.device = "cpu", log=None) -> TrainedClassifiers:
+    """Classifiers for an :class:`~mmvm.config.ExperimentConfig`'s data and modalities."""
+    root = Path(cfg.data.root)
+    names = [m.name for m in cfg.model.modalities]
+    recipe = ClassifierConfig(epochs=cfg.eval.classifier_epochs)
+    return load_or_train(root / cfg.data.train, root / cfg.data.test, names,
+                         label=cfg.data.label, cfg=recipe, device=device, log=log)
+

@@ -1,0 +1,124 @@
+"""``mmvm evaluate``: probes, coherence and reconstruction of a trained run.
+
+The run's checkpoint fixes the model and the method; the config (``--config`` /
+``--set``) gives the data and the ``[eval]`` sizes. Writes ``<run>/eval.json`` and
+``<run>/generations.png`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from mmvm.cli import add_config_arguments
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate a trained run (probes, coherence, reconstruction)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, "configs/polymnist.toml")
+    p.add_argument("--run", default=None, metavar="DIR",
+                   help="run folder holding checkpoint.pt (default: the config's "
+                   "train.out_dir)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--no-coherence", action="store_true",
+                   help="skip coherence (no classifiers are trained or loaded)")
+    p.add_argument("--no-plot", action="store_true", help="do not write generations.png")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mmvm.checkpoint import atomic_write_bytes
+    from mmvm.config import load_config
+    from mmvm.data.dataset import MultimodalDataset
+    from mmvm.evaluation import evaluate_run
+    from mmvm.training import load_trained_model, resolve_device
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run or cfg.train.out_dir)
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(
+            f"no checkpoint.pt in {run_dir}; train first (mmvm train) or pass --run DIR")
+    device = resolve_device(args.device)
+    model, state = load_trained_model(run_dir, device=str(device))
+    # the run decides model and method; the command line the data and eval sizes
+    from mmvm.config import config_from_dict
+
+    raw = dict(state["config"])
+    raw.pop("source", None)
+    run_cfg = config_from_dict(raw, source=str(run_dir / "checkpoint.pt"))
+    cfg = dataclasses.replace(run_cfg, data=cfg.data, eval=cfg.eval)
+    root = Path(cfg.data.root)
+    names = model.names
+    for split in (cfg.data.train, cfg.data.test):
+        if not (root / split).is_file():
+            raise FileNotFoundError(f"{root / split} does not exist; make the data first "
+                                    "(mmvm data make ...) or set data.root")
+    train_set = MultimodalDataset.from_parquet(root / cfg.data.train, names, cfg.data.label,
+                                               cfg.data.max_train)
+    test_set = MultimodalDataset.from_parquet(root / cfg.data.test, names, cfg.data.label,
+                                              cfg.data.max_test)
+    classifiers = None
+    if not args.no_coherence:
+        from mmvm.classifiers import classifiers_for
+
+        classifiers = classifiers_for(cfg, device, log=print)
+    result = evaluate_run(cfg, model, train_set, test_set, classifiers)
+    result["run"] = str(run_dir)
+    result["epoch"] = state.get("epoch")
+    out = run_dir / "eval.json"
+    atomic_write_bytes(out, json.dumps(result, indent=2).encode())
+    print_result(result)
+    print(f"wrote {out}")
+    if not args.no_plot:
+        from mmvm.plots import generation_grid
+
+        grid = generation_grid(model, test_set, run_dir / "generations.png",
+                               method=cfg.model.method)
+        print(f"wrote {grid}")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def print_result(result: dict) -> None:
+    """A rich table: per modality probe, coherence from it, reconstruction NLL."""
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(result["reconstruction"]["per_modality"])
+    coh = result.get("coherence")
+    table = Table(title=f"{result['method']}  beta={result['beta']:g}  "
+                  f"(probe on {result['n_probe_train']} train, {result['n_test']} test)")
+    table.add_column("modality")
+    table.add_column("probe acc", justify="right")
+    if coh:
+        for t in coh["names"]:
+            table.add_column(f"coh -> {t}", justify="right")
+    table.add_column("recon NLL", justify="right")
+    for i, n in enumerate(names):
+        row = [n, _fmt(result["probe"].get(n))]
+        if coh:
+            row += [_fmt(v) for v in coh["matrix"][i]]
+        row.append(f"{result['reconstruction']['per_modality'][n]:.1f}")
+        table.add_row(*row)
+    last = ["mean / total", _fmt(result["probe"]["mean"])]
+    if coh:
+        last += [f"cross {_fmt(coh['mean'])}"] + [""] * (len(coh["names"]) - 1)
+    last.append(f"{result['reconstruction']['total']:.1f}")
+    table.add_row(*last, style="bold")
+    console = Console()
+    console.print(table)
+    if "all" in result["probe"]:
+        stacked = _fmt(result["probe"]["all"])
+        console.print(f"probe over all modalities' latents stacked: {stacked}")
+    if "classifier_accuracy" in result:
+        accs = ", ".join(f"{k} {_fmt(v)}" for k, v in result["classifier_accuracy"].items())
+        console.print(f"coherence classifiers, accuracy on real test data: {accs}")

@@ -1,0 +1,74 @@
+"""``mmvm plot scatter|curves``: the paper's figures from saved results.
+
+- ``scatter``: reconstruction error vs probe accuracy / coherence from a results file
+  (JSON: a list of ``eval.json`` dicts or of flat rows; CSV: columns method, beta,
+  recon_nll, probe, coherence, as written by benchmarks/compare_methods.py), or from
+  ``eval.json`` files of several runs.
+- ``curves``: training curves from one or more ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="plot results (scatter) or training curves",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="plot", metavar="KIND", required=True)
+    s = sub.add_parser("scatter", help="reconstruction error vs probe / coherence")
+    s.add_argument("results", nargs="+",
+                   help="results.json / results.csv, or several runs' eval.json")
+    s.add_argument("--y", choices=("probe", "coherence", "probe_all"), default="probe",
+                   help="quantity on the y axis (default: probe)")
+    s.add_argument("--out", required=True, help="PNG to write")
+    s.set_defaults(func=run_scatter)
+    c = sub.add_parser("curves", help="training curves from metrics.csv files")
+    c.add_argument("metrics", nargs="+", help="metrics.csv files (or run folders)")
+    c.add_argument("--keys", default="loss,rec_nll,reg",
+                   help="comma-separated columns (default: loss,rec_nll,reg)")
+    c.add_argument("--out", required=True, help="PNG to write")
+    c.set_defaults(func=run_curves)
+
+
+def read_results(paths: list[str]) -> list[dict]:
+    """Rows from JSON (one dict or a list) and CSV files; numbers parsed."""
+    rows: list[dict] = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such results file")
+        if p.suffix == ".csv":
+            with open(p, newline="") as fh:
+                for r in csv.DictReader(fh):
+                    rows.append({k: (v if k == "method" else float(v)) for k, v in r.items()
+                                 if v not in (None, "")})
+        else:
+            try:
+                data = json.loads(p.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{p}: not valid JSON ({err})") from None
+            rows.extend(data if isinstance(data, list) else [data])
+    return rows
+
+
+def run_scatter(args: argparse.Namespace) -> int:
+    from mmvm.plots import scatter_recon_vs
+
+    print(f"wrote {scatter_recon_vs(read_results(args.results), args.out, args.y)}")
+    return 0
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    from mmvm.plots import loss_curves
+
+    paths = [Path(p) / "metrics.csv" if Path(p).is_dir() else Path(p) for p in args.metrics]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such metrics file")
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    print(f"wrote {loss_curves(paths, args.out, keys)}")
+    return 0

@@ -1,0 +1,215 @@
+"""The paper's figures (matplotlib, Agg backend: no display needed).
+
+- :func:`generation_grid`: cross-modal generation; per source modality a block whose
+  first row is the input x_m and whose next rows are the generations of every modality
+  m' decoded from q(z | x_m) (the latent :func:`mmvm.evaluation.conditional_latent`
+  gives, its mean);
+- :func:`scatter_recon_vs`: reconstruction error (x) against probe accuracy or
+  coherence (y), one point per (method, beta), one colour per method, a line through
+  a method's betas in increasing order;
+- :func:`latent_2d`: one panel per method, latents coloured by label (the
+  hippocampus figure; latents with D > 2 are projected on their first two principal
+  components);
+- :func:`loss_curves`: training curves from ``metrics.csv`` files.
+
+Every function writes a PNG atomically and returns its path.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mmvm.checkpoint import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _as_image(t: torch.Tensor) -> np.ndarray:
+    """[C, H, W] (C = 1 or 3) -> [H, W, 3] in [0, 1]; any other shape -> a grey strip."""
+    a = t.detach().float().cpu().numpy()
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a
+        return np.clip(a.transpose(1, 2, 0), 0, 1)
+    flat = a.reshape(-1)
+    span = flat.max() - flat.min()
+    flat = (flat - flat.min()) / span if span > 0 else np.zeros_like(flat)
+    side = math.ceil(math.sqrt(flat.size))
+    grid = np.zeros(side * side, np.float32)
+    grid[:flat.size] = flat
+    return np.repeat(grid.reshape(side, side)[..., None], 3, -1)
+
+
+def _tile(rows: list[list[np.ndarray]], pad: int = 1) -> np.ndarray:
+    """Rows of [H, W, 3] images (resized to the first's size by padding) -> one canvas."""
+    h = max(im.shape[0] for r in rows for im in r)
+    w = max(im.shape[1] for r in rows for im in r)
+    canvas = np.ones((len(rows) * (h + pad) + pad, len(rows[0]) * (w + pad) + pad, 3))
+    for i, r in enumerate(rows):
+        for j, im in enumerate(r):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y:y + im.shape[0], x:x + im.shape[1]] = im
+    return canvas
+
+
+@torch.no_grad()
+def generation_grid(model, dataset, path: str | Path, n: int = 8,
+                    method: str = "mmvm", rows: Sequence[int] | None = None) -> Path:
+    """Conditional generations: per source m, the input row then one row per target.
+
+    Samples: ``rows`` or the first ``n`` samples having the source modality.
+    """
+    from mmvm.evaluation import conditional_latent
+
+    model.eval()
+    device = next(model.parameters()).device
+    names = model.names
+    size = (n * 0.7 + 1.2, len(names) * (len(names) + 1) * 0.75)
+    fig, axes = plt.subplots(len(names), 1, figsize=size)
+    axes = np.atleast_1d(axes)
+    for ax, src in zip(axes, names):
+        have = dataset.mask[:, dataset.names.index(src)].nonzero().flatten()
+        pick = torch.as_tensor(rows, dtype=torch.long) if rows is not None else have[:n]
+        if len(pick) == 0:
+            ax.set_axis_off()
+            ax.set_title(f"from {src}: no samples have it")
+            continue
+        b = dataset.batch(pick)
+        x = b["x"][src].to(device)
+        z = conditional_latent(model, method, src, x)
+        grid = [[_as_image(im) for im in x]]
+        grid += [[_as_image(im) for im in model.decode(t, z)] for t in names]
+        canvas = _tile(grid)
+        ax.imshow(canvas, interpolation="nearest")
+        step = canvas.shape[0] / len(grid)
+        ax.set_yticks([step * (k + 0.5) for k in range(len(grid))],
+                      [f"input {src}"] + [f"-> {t}" for t in names])
+        ax.set_xticks([])
+        shown = "label" in b and len(pick) <= 12
+        labels = f" (label {b['label'].tolist()})" if shown else ""
+        ax.set_title(f"{method}: generated from {src}{labels}", fontsize=9)
+    return _save(fig, path)
+
+
+_Y_LABEL = {"probe": "latent probe accuracy (mean over modalities)",
+            "coherence": "coherence (mean over pairs m != m')",
+            "probe_all": "latent probe accuracy (all modalities stacked)"}
+
+
+def scatter_recon_vs(results: Sequence[Mapping], path: str | Path, y: str = "probe",
+                     title: str | None = None) -> Path:
+    """Reconstruction NLL (x) vs ``y`` ("probe" | "coherence" | "probe_all").
+
+    ``results``: flat rows (see :func:`mmvm.evaluation.summary_row`) or full
+    :func:`~mmvm.evaluation.evaluate_run` dicts. Several rows with the same
+    (method, beta) (seeds) are averaged.
+    """
+    from mmvm.evaluation import summary_row
+
+    if y not in _Y_LABEL:
+        raise ValueError(f"y must be one of {sorted(_Y_LABEL)}, got {y!r}")
+    rows = [r if "recon_nll" in r else summary_row(r) for r in results]
+    if not rows:
+        raise ValueError("no results to plot")
+    groups: dict[str, dict[float, list[tuple[float, float]]]] = {}
+    for r in rows:
+        groups.setdefault(str(r["method"]), {}).setdefault(float(r["beta"]), []).append(
+            (float(r["recon_nll"]), float(r[y])))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    colors = plt.get_cmap("tab10")
+    for k, (method, by_beta) in enumerate(sorted(groups.items())):
+        betas = sorted(by_beta)
+        pts = np.array([np.mean(by_beta[b], axis=0) for b in betas])
+        ax.plot(pts[:, 0], pts[:, 1], "-o", color=colors(k % 10), label=method, ms=5)
+        for b, (px, py) in zip(betas, pts):
+            ax.annotate(f"{b:g}", (px, py), textcoords="offset points", xytext=(3, 3),
+                        fontsize=7, color=colors(k % 10))
+    ax.set_xlabel("reconstruction error (test NLL per sample)")
+    ax.set_ylabel(_Y_LABEL[y])
+    ax.set_title(title or f"reconstruction vs {y} (labels: beta)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _pca2(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def latent_2d(mus: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray] | np.ndarray,
+              path: str | Path, label_names: Sequence[str] | None = None,
+              max_points: int = 5000) -> Path:
+    """One panel per entry of ``mus`` (e.g. per method), points coloured by label.
+
+    ``labels``: one array for all panels or one per key. D > 2: first two PCs.
+    """
+    if not mus:
+        raise ValueError("no latents to plot")
+    n = len(mus)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (key, mu) in zip(axes[0], mus.items()):
+        mu = np.asarray(mu, dtype=np.float64)
+        lab = np.asarray(labels[key] if isinstance(labels, Mapping) else labels)
+        if len(lab) != len(mu):
+            raise ValueError(f"{key}: {len(mu)} latents but {len(lab)} labels")
+        pts = mu[:, :2] if mu.shape[1] <= 2 else _pca2(mu)
+        if pts.shape[1] == 1:
+            pts = np.column_stack([pts[:, 0], np.zeros(len(pts))])
+        pts, lab = pts[:max_points], lab[:max_points]
+        for c in np.unique(lab):
+            sel = lab == c
+            name = label_names[int(c)] if label_names is not None and c >= 0 else str(c)
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.6, color=cmap(int(c) % 10),
+                       label=name)
+        ax.set_title(key + ("" if mu.shape[1] <= 2 else " (PCA)"), fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0][-1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
+    return _save(fig, path)
+
+
+def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
+    """A ``metrics.csv`` as column -> float array."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
+                keys: Sequence[str] = ("loss", "rec_nll", "reg"),
+                labels: Sequence[str] | None = None) -> Path:
+    """One panel per metric, one line per run (label: the run folder's name)."""
+    if not metrics_paths:
+        raise ValueError("no metrics.csv given")
+    runs = [read_metrics(p) for p in metrics_paths]
+    labels = list(labels) if labels else [Path(p).parent.name or str(p) for p in metrics_paths]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for run, lab in zip(runs, labels):
+            if key in run:
+                ax.plot(run["epoch"], run[key], label=lab)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,100 @@
+"""Every figure writes a non-empty PNG; the plot CLI reads results JSON/CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.config import ModalitySpec
+from mmvm.data.dataset import MultimodalDataset
+from mmvm.model import MultimodalVAE
+from mmvm.plots import generation_grid, latent_2d, loss_curves, scatter_recon_vs
+
+torch.set_num_threads(1)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path) -> bool:
+    data = open(path, "rb").read()
+    return data.startswith(PNG) and len(data) > 2000
+
+
+ROWS = [{"method": m, "beta": b, "recon_nll": 100 + 10 * b + k, "probe": 0.5 + 0.1 * k,
+         "coherence": 0.3 + 0.05 * b} for k, m in enumerate(["mmvm", "poe"])
+        for b in (0.25, 1.0, 4.0)]
+
+
+def test_generation_grid_images_and_vectors(tmp_path):
+    specs = [ModalitySpec("a", "image", (3, 28, 28), width=4),
+             ModalitySpec("b", "vector", (10,), width=8, layers=1)]
+    model = MultimodalVAE(specs, latent_dim=4, seed=0).eval()
+    n = 6
+    rng = np.random.default_rng(0)
+    ds = MultimodalDataset([f"s{i}" for i in range(n)],
+                           {"a": rng.integers(0, 255, (n, 3, 28, 28), dtype=np.uint8),
+                            "b": rng.random((n, 10), dtype=np.float32)},
+                           {"a": 255.0, "b": 1.0}, np.ones((n, 2), bool), np.arange(n))
+    for method in ("mmvm", "poe"):
+        out = generation_grid(model, ds, tmp_path / f"grid-{method}.png", n=4, method=method)
+        assert _is_png(out)
+
+
+@pytest.mark.parametrize("y", ["probe", "coherence"])
+def test_scatter_recon_vs(tmp_path, y):
+    assert _is_png(scatter_recon_vs(ROWS, tmp_path / f"{y}.png", y=y))
+
+
+def test_scatter_accepts_full_eval_results_and_rejects_bad_axis(tmp_path):
+    full = [{"method": "mmvm", "beta": b, "reconstruction": {"total": 90.0 + b},
+             "probe": {"mean": 0.7}, "coherence": {"mean": 0.4}} for b in (1.0, 2.0)]
+    assert _is_png(scatter_recon_vs(full, tmp_path / "s.png", y="coherence"))
+    with pytest.raises(ValueError, match="y must be one of"):
+        scatter_recon_vs(ROWS, tmp_path / "x.png", y="accuracy")
+
+
+def test_latent_2d_one_panel_per_method(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    mus = {"mmvm": rng.normal(size=(200, 2)), "independent": rng.normal(size=(200, 5))}
+    assert _is_png(latent_2d(mus, labels, tmp_path / "lat.png", label_names="ABCD"))
+    with pytest.raises(ValueError, match="labels"):
+        latent_2d(mus, labels[:10], tmp_path / "bad.png")
+
+
+def _metrics(path, k):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"])
+        for e in range(1, 5):
+            w.writerow([e, 10 * e, 100 / e + k, 90 / e, 10, 0.0, 1.0])
+    return path
+
+
+def test_loss_curves(tmp_path):
+    paths = [_metrics(tmp_path / f"run{k}" / "metrics.csv", k) for k in range(2)]
+    assert _is_png(loss_curves(paths, tmp_path / "curves.png"))
+
+
+def test_plot_cli_scatter_and_curves(tmp_path):
+    from mmvm.cli import main
+
+    (tmp_path / "r.json").write_text(json.dumps(ROWS))
+    with open(tmp_path / "r.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(ROWS[0]))
+        w.writeheader()
+        w.writerows(ROWS)
+    for src in ("r.json", "r.csv"):
+        out = tmp_path / f"{src}.png"
+        assert main(["plot", "scatter", str(tmp_path / src), "--y", "coherence",
+                     "--out", str(out)]) == 0
+        assert _is_png(out)
+    run = _metrics(tmp_path / "run" / "metrics.csv", 0).parent
+    assert main(["plot", "curves", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    assert _is_png(tmp_path / "c.png")
+    assert main(["plot", "scatter", str(tmp_path / "missing.json"), "--out",
+                 str(tmp_path / "m.png")]) == 2
