@@ -173,7 +173,7 @@ def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str) -> Non
         if key not in valid:
             full = f"{prefix}{key}"
             close = difflib.get_close_matches(key, sorted(valid), n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(
                 f"{source}: unknown key {full!r}{hint} (valid: {', '.join(sorted(valid))})"
             )
