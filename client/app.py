@@ -5,6 +5,14 @@ A site is identified by ``--node-config 'site="..." data="/dir"'`` in deployment
 partition id in simulation, where the embedded default data is made on first use.
 Model and optimizer live on disk under ``state-dir`` between messages (a SuperNode
 starts a fresh process per message) and in memory while the process lives.
+
+Secure mode (run config ``secure = true``, see ``mmvm.federation.sealed``): the site's
+mmvm keys come from ``--node-config 'keys="/path/site_keys.json"'`` (or the directory
+holding it), the public key directory from ``directory="/path/public_keys.json"``
+(default: ``public_keys.json`` next to the site keys); in simulation from the run
+config ``keys-dir`` (a ``python -m deploy.make_keys --sites`` output:
+``<keys-dir>/sites/<site>/site_keys.json`` and ``<keys-dir>/public_keys.json``).
+The group id key and the replay guard are kept next to the site's state file.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from flwr.clientapp import ClientApp
 
 from client.wire import from_record, to_record
 from mmvm.data.default import ensure_default_sites
-from mmvm.federation import endpoint
+from mmvm.federation import endpoint, sealed
 from mmvm.federation.settings import load_settings
 from mmvm.federation.site import Site
 
@@ -63,9 +71,36 @@ def _get_site(context: Context) -> tuple[Site, Path]:
     return site, path
 
 
-def _answer(msg: Message, context: Context, handler, save: bool) -> Message:
+def _secrets(context: Context, site: Site, path: Path) -> sealed.SiteSecrets | None:
+    sec = sealed.secure_settings(context.run_config)
+    if not sec.secure:
+        return None
+    nc = context.node_config
+    if "keys" in nc:
+        keys, directory = str(nc["keys"]), nc.get("directory")
+    elif sec.keys_dir:
+        keys = str(Path(sec.keys_dir) / "sites" / site.name / "site_keys.json")
+        directory = nc.get("directory", str(Path(sec.keys_dir) / "public_keys.json"))
+    else:
+        raise ValueError(f"site {site.name}: secure = true needs the site's keys: "
+                         f"--node-config 'keys=\"/path/site_keys.json\"' or run config "
+                         f"keys-dir")
+    return sealed.SiteSecrets.load(keys, directory and str(directory),
+                                   run_id=context.run_id, state_dir=path.parent)
+
+
+def _answer(msg: Message, context: Context, name: str, save: bool) -> Message:
     site, path = _get_site(context)
-    reply = handler(site, from_record(msg.content))
+    req = from_record(msg.content)
+    secrets = _secrets(context, site, path)
+    if secrets is not None:
+        reply = getattr(sealed, name)(site, secrets, req)
+    elif name == "describe":
+        reply = endpoint.describe(site)
+    elif name == "align":
+        raise ValueError("align is a secure-mode message; this run has secure = false")
+    else:
+        reply = getattr(endpoint, name)(site, req)
     if save:
         site.save(path)
         _SITES[(context.run_id, context.node_id)] = (site, path.stat().st_mtime_ns)
@@ -74,19 +109,24 @@ def _answer(msg: Message, context: Context, handler, save: bool) -> Message:
 
 @app.query("describe")
 def describe(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, lambda site, _: endpoint.describe(site), save=False)
+    return _answer(msg, context, "describe", save=False)
+
+
+@app.train("align")
+def align(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, "align", save=False)
 
 
 @app.train("attach")
 def attach(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, endpoint.attach, save=True)
+    return _answer(msg, context, "attach", save=True)
 
 
 @app.train("window")
 def window(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, endpoint.window, save=True)
+    return _answer(msg, context, "window", save=True)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, endpoint.evaluate, save=False)
+    return _answer(msg, context, "evaluate", save=False)

@@ -3,6 +3,12 @@
 This file only turns the driver's requests into Flower Messages and back, waits for
 the sites, and writes the run's results (metrics.csv, results.json, the assembled
 model as a checkpoint ``mmvm evaluate`` reads, and a plot of the training curves).
+
+With ``secure = true`` the driver runs the sealed protocol (``mmvm.federation.sealed``):
+this process then handles pseudonyms, envelopes and masked arrays only. Two
+test-only run-config keys: ``test-dump-messages`` (a path: every message content
+sent and received is appended there, in Flower's wire encoding) and
+``test-tamper-window`` (flip one byte of one envelope routed in that window).
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from client.wire import from_record, to_record
+from client.wire import append_dump, from_record, to_record
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.driver import run_federation
 from mmvm.federation.results import write_results
+from mmvm.federation.sealed import secure_settings
 from mmvm.federation.settings import load_settings
 
 app = ServerApp()
@@ -27,10 +34,12 @@ app = ServerApp()
 class FlowerTransport:
     """The driver's transport over a Flower Grid; node ids are the site keys."""
 
-    def __init__(self, grid: Grid, num_sites: int, timeout: float) -> None:
+    def __init__(self, grid: Grid, num_sites: int, timeout: float, *, dump: str = "",
+                 tamper_window: int = -1) -> None:
         self.grid, self.num_sites, self.timeout = grid, num_sites, timeout
         self.names: dict[str, str] = {}
         self.sent = 0
+        self.dump, self.tamper_window = dump, tamper_window
 
     def _wait_for_nodes(self) -> list[int]:
         deadline = time.monotonic() + self.timeout
@@ -46,7 +55,16 @@ class FlowerTransport:
     def _exchange(self, kind: str, requests: Mapping[str, dict], stage: str) -> dict:
         msgs = [Message(to_record(req), dst_node_id=int(key), message_type=kind,
                         group_id=stage) for key, req in requests.items()]
+        if self.dump:
+            for m in msgs:
+                append_dump(self.dump, stage, "sent", str(m.metadata.dst_node_id),
+                            m.content)
         replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
+        if self.dump:
+            for r in replies:
+                if r.has_content():
+                    append_dump(self.dump, stage, "received", str(r.metadata.src_node_id),
+                                r.content)
         out: dict[str, dict] = {}
         for r in replies:
             key = str(r.metadata.src_node_id)
@@ -66,12 +84,23 @@ class FlowerTransport:
         self.names = {k: r["site"] for k, r in replies.items()}
         return [{"key": k, **r} for k, r in replies.items()]
 
+    def align(self, requests):
+        return self._exchange("train.align", requests, "align")
+
     def attach(self, requests):
         return self._exchange("train.attach", requests, "attach")
 
     def window(self, requests):
-        stage = f"window {next(iter(requests.values()))['window']}"
-        return self._exchange("train.window", requests, stage)
+        w = next(iter(requests.values()))["window"]
+        if w == self.tamper_window:  # test only: corrupt one routed envelope
+            key = min((k for k, r in requests.items() if r.get("sealed")), key=int)
+            sender = min(requests[key]["sealed"])
+            blob = bytearray(requests[key]["sealed"][sender])
+            blob[-1] ^= 0x01
+            requests[key]["sealed"][sender] = bytes(blob)
+            print(f"mmvm: TEST tamper: flipped a byte of {sender}'s envelope to "
+                  f"{self.names.get(key, key)} in window {w}", flush=True)
+        return self._exchange("train.window", requests, f"window {w}")
 
     def evaluate(self, requests):
         return self._exchange("evaluate", requests, "evaluate")
@@ -82,9 +111,12 @@ def main(grid: Grid, context: Context) -> None:
     s = load_settings(context.run_config)
     cfg = s.experiment
     out_dir = Path(s.out_dir) / f"run-{context.run_id}"
-    transport = FlowerTransport(grid, s.num_sites, s.reply_timeout)
+    sec = secure_settings(context.run_config)
+    transport = FlowerTransport(grid, s.num_sites, s.reply_timeout,
+                                dump=sec.dump_messages, tamper_window=sec.tamper_window)
     print(f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange {s.exchange}, "
-          f"{cfg.train.epochs} epochs; results will be in {out_dir}", flush=True)
+          f"{cfg.train.epochs} epochs, secure {sec.secure}; results will be in {out_dir}",
+          flush=True)
 
     def log(row: dict) -> None:
         print(f"window {row['window'] + 1}: epoch {row['epoch']} rec_nll {row['rec_nll']:.1f} "
@@ -95,7 +127,8 @@ def main(grid: Grid, context: Context) -> None:
         transport, [m.name for m in cfg.model.modalities], batch_size=cfg.train.batch_size,
         seed=cfg.train.seed, epochs=cfg.train.epochs, exchange=s.exchange,
         k=s.exchange_steps, local_epochs=s.local_epochs, float16=s.float16,
-        latent_dim=cfg.model.latent_dim, collect_model=s.collect_model, on_window=log)
+        latent_dim=cfg.model.latent_dim, collect_model=s.collect_model, on_window=log,
+        secure=sec.secure)
     paths = write_results(out_dir, s, result)
     print(json.dumps({k: v for k, v in result.evaluation.items()}, indent=1, default=str))
     print("mmvm: results written:", *(f"  {k}: {v}" for k, v in paths.items()), sep="\n",

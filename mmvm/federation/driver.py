@@ -51,8 +51,20 @@ def run_federation(transport: Transport, modalities: list[str], *, batch_size: i
                    seed: int, epochs: int, exchange: str = "step", k: int = 1,
                    local_epochs: int = 1, float16: bool = False, latent_dim: int | None = None,
                    collect_model: bool = False,
-                   on_window: Callable[[dict], None] | None = None) -> FederationResult:
-    """Align, train every window of the plan, evaluate; returns metrics and bytes."""
+                   on_window: Callable[[dict], None] | None = None,
+                   secure: bool = False) -> FederationResult:
+    """Align, train every window of the plan, evaluate; returns metrics and bytes.
+
+    ``secure``: the sealed protocol of :mod:`mmvm.federation.sealed` (pseudonymous
+    alignment, end-to-end encrypted posteriors, masked FedAvg); the transport then
+    needs an ``align`` method too."""
+    if secure:
+        from mmvm.federation.sealed import run_sealed
+
+        return run_sealed(transport, modalities, batch_size=batch_size, seed=seed,
+                          epochs=epochs, exchange=exchange, k=k, local_epochs=local_epochs,
+                          float16=float16, latent_dim=latent_dim,
+                          collect_model=collect_model, on_window=on_window)
     t0 = time.perf_counter()
     infos = [SiteInfo(d["key"], d["site"], list(d["modalities"]), list(d["sample_ids"]))
              for d in transport.describe()]
