@@ -52,6 +52,16 @@ class ModalitySpec:
             )
         if self.scale <= 0 or self.weight < 0:
             raise ConfigError(f"modality {self.name!r}: scale must be > 0 and weight >= 0")
+        if not self.shape or any(isinstance(d, bool) or d < 1 for d in self.shape):
+            raise ConfigError(
+                f"modality {self.name!r}: shape must be a non-empty list of positive "
+                f"integers, got {list(self.shape)}"
+            )
+        if self.width < (1 if self.kind == "image" else 0) or self.layers < 1:
+            raise ConfigError(
+                f"modality {self.name!r}: width must be >= {1 if self.kind == 'image' else 0} "
+                f"and layers >= 1, got width={self.width}, layers={self.layers}"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,12 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
     mods_raw = model_raw.pop("modalities", {})
     if not isinstance(mods_raw, dict) or not mods_raw:
         raise ConfigError(f"{source}: [model.modalities.<name>] tables are required")
+    for name, body in mods_raw.items():
+        if isinstance(body, dict) and "name" in body:
+            raise ConfigError(
+                f"{source}: model.modalities.{name}.name: a modality is named by its "
+                f"table key ({name!r}); remove the 'name' key"
+            )
     specs = tuple(
         _build(ModalitySpec, {"name": name, **body}, f"model.modalities.{name}", source)
         for name, body in mods_raw.items()
@@ -148,7 +164,39 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
             f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}; "
             "choose constant, linear, cosine or exponential"
         )
-    return ExperimentConfig(model=model, source=source, **built)
+    cfg = ExperimentConfig(model=model, source=source, **built)
+    _check_ranges(cfg, source)
+    return cfg
+
+
+# key -> (predicate, requirement), checked after types: a bad value fails here, at
+# load time, instead of deep inside training (checkpoint_every=0 divided by zero).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "data.max_train": (lambda v: v >= 0, ">= 0"),
+    "data.max_test": (lambda v: v >= 0, ">= 0"),
+    "model.latent_dim": (lambda v: v >= 1, ">= 1"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.lr": (lambda v: v > 0, "> 0"),
+    "train.beta": (lambda v: v >= 0, ">= 0"),
+    "train.alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.alpha_start": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.alpha_steps": (lambda v: v >= 1, ">= 1"),
+    "train.seed": (lambda v: v >= 0, ">= 0"),
+    "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
+    "train.num_threads": (lambda v: v >= 0, ">= 0"),
+    "eval.probe_train": (lambda v: v >= 1, ">= 1"),
+    "eval.classifier_epochs": (lambda v: v >= 0, ">= 0"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
+    for key, (ok, requirement) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise ConfigError(f"{source}: {key} must be {requirement}, got {value!r}")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

@@ -193,6 +193,12 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, i
             f"checkpoint {path} was written with a different config; "
             "use another train.out_dir or delete the checkpoint to start over"
         )
+    if state["epoch"] > cfg.train.epochs:  # else the caller would get a longer-trained model
+        raise ValueError(
+            f"checkpoint {path} is already trained for {state['epoch']} epochs, more than "
+            f"train.epochs = {cfg.train.epochs}; raise train.epochs, use another "
+            "train.out_dir, or start over (resume=False / --fresh)"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state["epoch"], state["step"], list(state["history"])

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from client.wire import append_dump, from_record, to_record
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.driver import run_federation
-from mmvm.federation.results import write_results
+from mmvm.federation.results import evaluate_assembled, write_results
 from mmvm.federation.sealed import secure_settings
 from mmvm.federation.settings import load_settings
 
@@ -130,6 +130,28 @@ def main(grid: Grid, context: Context) -> None:
         latent_dim=cfg.model.latent_dim, collect_model=s.collect_model, on_window=log,
         secure=sec.secure)
     paths = write_results(out_dir, s, result)
+    eval_data = _eval_data(context.run_config, s)
+    if eval_data and result.model_state:
+        paths.update(evaluate_assembled(cfg, result.model_state, eval_data, out_dir))
     print(json.dumps({k: v for k, v in result.evaluation.items()}, indent=1, default=str))
     print("mmvm: results written:", *(f"  {k}: {v}" for k, v in paths.items()), sep="\n",
           flush=True)
+
+
+def _eval_data(rc, s) -> str | None:
+    """Where the server may read evaluation data: ``eval-data`` = "" (nowhere), a folder
+    with train/test.parquet, or "default": the simulation's own look-alike data."""
+    value = str(rc.get("eval-data", ""))
+    if value != "default":
+        return value or None
+    from mmvm.data.default import ensure_default_sites
+
+    names = tuple(m.name for m in s.experiment.model.modalities)
+    try:
+        sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,
+                                            s.n_train, s.n_test, seed=s.experiment.train.seed,
+                                            modalities=names)
+    except ValueError as err:  # a deployment on its own data: nothing to evaluate here
+        print(f"mmvm: no server-side evaluation ({err})", flush=True)
+        return None
+    return str(Path(files[sites[0].name]["train"]).parents[2])

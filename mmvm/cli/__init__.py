@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from mmvm.config import ConfigError
+from mmvm.training import TrainingDivergedError
 
 COMMAND_MODULES = ("data", "train", "evaluate", "plot")
 
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, TrainingDivergedError) as err:
         print(f"mmvm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mmvm.cli import add_config_arguments
@@ -23,19 +24,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmvm.config import load_config
     from mmvm.data.dataset import MultimodalDataset
-    from mmvm.training import train
+    from mmvm.training import TrainingDivergedError, train
 
     cfg = load_config(args.config, args.overrides)
     path = Path(cfg.data.root) / cfg.data.train
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist; make it first, e.g. `mmvm data make polymnist "
-            f"--out {cfg.data.root}`")
     names = [m.name for m in cfg.model.modalities]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; {_how_to_make(names, cfg.data.root)}")
     data = MultimodalDataset.from_parquet(path, names, cfg.data.label, cfg.data.max_train)
-    result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress)
+    try:
+        result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress)
+    except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback
+        print(f"mmvm train: error: {err} (the last checkpoint in {cfg.train.out_dir}, "
+              "if any, is unchanged)", file=sys.stderr)
+        return 1
     last = result.history[-1] if result.history else {}
     print(f"trained {cfg.model.method} for {cfg.train.epochs} epochs; final loss "
           f"{last.get('loss', float('nan')):.2f}; run folder: {result.out_dir} "
           f"(checkpoint.pt, metrics.csv, config.json)")
     return 0
+
+
+def _how_to_make(names: list[str], root: str) -> str:
+    """The command that makes the data a config expects (its look-alike, if any)."""
+    from mmvm.data.hippocampus import MODALITIES as RATS
+    from mmvm.data.polymnist import MODALITIES as POLYMNIST
+
+    for kind, mods in (("polymnist", POLYMNIST), ("hippocampus", RATS)):
+        if tuple(names) == tuple(mods):
+            return f"make it first: `mmvm data make {kind} --out {root}`"
+    return (f"make it first with `mmvm data prepare DATASET SRC --out {root}` "
+            "(see `mmvm data prepare --help`), or set data.root")

@@ -11,7 +11,9 @@ A site holds some modalities for some samples. The layouts:
 
 ``missing`` removes each modality from that fraction of the samples (chosen per
 modality from the seed, never leaving a sample with no modality): the site simply has
-no record of them, and the mixture prior runs over the modalities a sample has.
+no record of them, and the mixture prior runs over the modalities a sample has. As a
+site file cannot hold a sample with only some of its modalities, ``missing`` needs one
+modality per site (vertical, hybrid).
 Shard membership and missingness are functions of the seed and the sample id only.
 """
 
@@ -43,6 +45,10 @@ class SiteSpec:
 def site_layout(kind: str, modalities: Sequence[str], shards: int = 2) -> list[SiteSpec]:
     """The sites of a named layout (see the module docstring)."""
     mods = list(modalities)
+    if not mods or len(set(mods)) != len(mods):
+        raise ValueError(f"site layout needs distinct modality names, got {mods}")
+    if kind in ("horizontal", "hybrid") and (isinstance(shards, bool) or shards < 1):
+        raise ValueError(f"site layout {kind!r}: shards must be >= 1, got {shards}")
     if kind == "vertical":
         return [SiteSpec(f"site-{m}", (m,)) for m in mods]
     if kind == "horizontal":
@@ -91,6 +97,13 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
     the same way. Returns ``{site: {split: path}}`` and writes ``sites.json``.
     """
     paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
+    multi = [s.name for s in sites if len(s.modalities) > 1]
+    if missing and multi:
+        # a site file has no nulls, so a sample holding only some of such a site's
+        # modalities cannot be written: it would be dropped, losing its other modalities
+        raise ValueError(f"missing = {missing} needs one modality per site, but sites "
+                         f"{multi} hold several (a horizontal layout); use missing = 0 or "
+                         f"a vertical / hybrid layout")
     out_dir = Path(out_dir)
     result: dict[str, dict[str, str]] = {s.name: {} for s in sites}
     for path in paths:
@@ -101,14 +114,8 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
                 raise DataError(f"{path}: site {s.name!r} wants modalities {unknown}; "
                                 f"the file has {table.modalities}")
         held = assignment(table.sample_ids, sites, missing, seed)
-        mods = list(dict.fromkeys(m for s in sites for m in s.modalities))
-        present = _presence(table.sample_ids, mods, missing, seed)
         for k, s in enumerate(sites):
             rows = np.flatnonzero(held[:, k])
-            # a site with two modalities may hold a sample with only one of them:
-            # keep the row only for the modalities present (one file per modality set)
-            cols = [mods.index(m) for m in s.modalities]
-            rows = rows[present[rows][:, cols].all(1)] if len(cols) > 1 and missing else rows
             meta = {**table.dataset_meta, "site": asdict(s), "missing": missing,
                     "split_seed": seed, "source": str(path)}
             out = write_site_table(
@@ -121,11 +128,6 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
         {"sites": [asdict(s) for s in sites], "missing": missing, "seed": seed,
          "files": result}, indent=2))
     return result
-
-
-def _presence(ids: Sequence[str], mods: list[str], missing: float, seed: int) -> np.ndarray:
-    one = [SiteSpec(f"_{m}", (m,)) for m in mods]
-    return assignment(ids, one, missing, seed)
 
 
 def _check_sites(sites: Sequence[SiteSpec]) -> None:

@@ -79,8 +79,18 @@ def decode_table(blob: bytes, *, latent_dim: int | None = None,
             if name is None:
                 raise PosteriorError(f"posterior table from {sender}: a batch lacks its "
                                      f"modality tag")
-            out[name.decode()] = _parse(batch, name.decode(), latent_dim, sender)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+            name = name.decode()
+            if name in out:
+                raise PosteriorError(f"posterior table from {sender}: modality {name!r} "
+                                     f"appears twice")
+            # the IPC reader checks only the message framing: validate the buffers
+            # (string offsets, list sizes) before reading values, or corrupted bytes
+            # can crash the process
+            batch.validate(full=True)
+            out[name] = _parse(batch, name, latent_dim, sender)
+    except PosteriorError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeDecodeError, ValueError, SystemError) as err:
         raise PosteriorError(f"posterior table from {sender}: corrupted Arrow data "
                              f"({err})") from None
     return out

@@ -1,0 +1,89 @@
+"""mmvm.federation.plan: windows cut from exactly the centralized batch schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmvm.federation.plan import exchange_plan
+from mmvm.schedule import epoch_batches
+
+N, BS, SEED, EPOCHS = 50, 8, 3, 4  # 7 batches per epoch, the last one of 2 rows
+
+
+def _central():
+    return [(e, rows) for e in range(EPOCHS) for rows in epoch_batches(N, BS, SEED, e)]
+
+
+def _flat(windows):
+    return [s for w in windows for s in w.steps]
+
+
+@pytest.mark.parametrize("kw", [
+    {"exchange": "step"}, {"exchange": "steps", "k": 1}, {"exchange": "steps", "k": 3},
+    {"exchange": "steps", "k": 7}, {"exchange": "steps", "k": 1000},
+    {"exchange": "round", "local_epochs": 1}, {"exchange": "round", "local_epochs": 3},
+    {"exchange": "round", "local_epochs": 10}])
+def test_windows_cover_the_centralized_schedule_in_order(kw):
+    windows = exchange_plan(N, BS, SEED, EPOCHS, **kw)
+    steps = _flat(windows)
+    central = _central()
+    assert len(steps) == len(central) == EPOCHS * math.ceil(N / BS)
+    assert [s.step for s in steps] == list(range(len(central)))  # each step once, in order
+    for s, (epoch, rows) in zip(steps, central):
+        assert s.epoch == epoch and torch.equal(s.rows, rows)
+    assert [w.index for w in windows] == list(range(len(windows)))
+    assert all(w.steps for w in windows)
+    # each epoch visits every row exactly once
+    for e in range(EPOCHS):
+        rows = torch.cat([s.rows for s in steps if s.epoch == e])
+        assert torch.equal(torch.sort(rows).values, torch.arange(N))
+
+
+def test_window_lengths():
+    total = EPOCHS * 7
+    assert [len(w.steps) for w in exchange_plan(N, BS, SEED, EPOCHS)] == [1] * total
+    ks = [len(w.steps) for w in exchange_plan(N, BS, SEED, EPOCHS, "steps", k=5)]
+    assert ks == [5] * (total // 5) + [total % 5]
+    rounds = exchange_plan(N, BS, SEED, EPOCHS, "round", local_epochs=3)
+    assert [w.epochs for w in rounds] == [(0, 2), (3, 3)]
+    assert [len(w.steps) for w in rounds] == [21, 7]
+    # a "steps" window may straddle an epoch boundary
+    straddle = exchange_plan(N, BS, SEED, EPOCHS, "steps", k=5)[1]
+    assert straddle.epochs == (0, 1)
+
+
+def test_window_rows_is_the_sorted_union():
+    for w in exchange_plan(N, BS, SEED, 2, "steps", k=3):
+        expect = sorted({int(r) for s in w.steps for r in s.rows})
+        assert w.rows.tolist() == expect
+    one = exchange_plan(N, BS, SEED, 1, "round")[0]
+    assert one.rows.tolist() == list(range(N))
+    step = exchange_plan(N, BS, SEED, 1, "step")[0]
+    assert step.rows.tolist() == sorted(step.steps[0].rows.tolist())
+
+
+def test_plan_follows_seed_and_batch_size():
+    a = exchange_plan(N, BS, SEED, 1)
+    b = exchange_plan(N, BS, SEED + 1, 1)
+    assert not all(torch.equal(x.steps[0].rows, y.steps[0].rows) for x, y in zip(a, b))
+    assert len(exchange_plan(N, N, SEED, 2)) == 2  # one batch per epoch
+    assert len(exchange_plan(1, BS, SEED, 1)) == 1
+
+
+@pytest.mark.parametrize("args, kw, match", [
+    ((N, BS, SEED, EPOCHS), {"exchange": "epoch"}, r"exchange must be one of \['step', "
+                                                   r"'steps', 'round'\], got 'epoch'"),
+    ((N, BS, SEED, 0), {}, r"epochs must be positive, got 0"),
+    ((N, BS, SEED, -1), {}, r"epochs must be positive"),
+    ((N, BS, SEED, 1), {"exchange": "steps", "k": 0}, r"exchange-steps must be >= 1, got 0"),
+    ((N, BS, SEED, 1), {"exchange": "round", "local_epochs": 0},
+     r"local-epochs must be >= 1, got 0"),
+    ((0, BS, SEED, 1), {}, r"need n > 0 and batch_size > 0"),
+    ((N, 0, SEED, 1), {}, r"need n > 0 and batch_size > 0"),
+])
+def test_invalid_arguments_raise(args, kw, match):
+    with pytest.raises(ValueError, match=match):
+        exchange_plan(*args, **kw)

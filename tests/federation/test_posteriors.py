@@ -1,0 +1,201 @@
+"""mmvm.federation.posteriors: the wire format of (mu, logvar) tables, and its checks."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mmvm.federation.posteriors import (MODALITY_KEY, PosteriorError, Posteriors, decode_table,
+                                        encode_table, merge_tables, select_rows)
+
+D = 8
+
+
+def _post(ids, seed=0, d=D, scale=3.0):
+    rng = np.random.default_rng(seed)
+    return Posteriors(list(ids), (scale * rng.normal(size=(len(ids), d))).astype(np.float32),
+                      rng.normal(size=(len(ids), d)).astype(np.float32))
+
+
+def _table():
+    return {"m0": _post([f"s{i}" for i in range(20)], 0),
+            "m1": _post([f"s{i}" for i in range(5, 30)], 1)}
+
+
+def _raw_blob(batches, d=D, dtype=pa.float32()):
+    """An IPC stream written by hand: [(modality or None, ids, mu, logvar)]."""
+    schema = pa.schema([("sample_id", pa.string()), ("mu", pa.list_(dtype, d)),
+                        ("logvar", pa.list_(dtype, d))])
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, schema) as w:
+        for name, ids, mu, lv in batches:
+            cols = [pa.array(ids, pa.string())] + [
+                pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), dtype), d)
+                for a in (mu, lv)]
+            meta = None if name is None else {MODALITY_KEY: name.encode()}
+            w.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema), custom_metadata=meta)
+    return sink.getvalue()
+
+
+# ----------------------------------------------------------------------- round trip
+def test_float32_round_trip_is_exact():
+    table = _table()
+    back = decode_table(encode_table(table), latent_dim=D)
+    assert list(back) == ["m0", "m1"]
+    for name, p in table.items():
+        q = back[name]
+        assert q.sample_ids == p.sample_ids
+        assert q.mu.dtype == q.logvar.dtype == np.float32
+        assert np.array_equal(q.mu, p.mu) and np.array_equal(q.logvar, p.logvar)
+
+
+def test_float16_round_trip_within_1e3_relative_and_half_the_bytes():
+    table = _table()
+    blob16, blob32 = encode_table(table, float16=True), encode_table(table)
+    back = decode_table(blob16, latent_dim=D)
+    for name, p in table.items():
+        q = back[name]
+        assert q.mu.dtype == np.float32 and q.sample_ids == p.sample_ids
+        for a, b in ((q.mu, p.mu), (q.logvar, p.logvar)):
+            # float16 keeps 11 significant bits: relative error <= 2^-11 ~ 4.9e-4
+            assert np.all(np.abs(a - b) <= 1e-3 * np.abs(b) + 1e-7)
+    value_bytes = sum(2 * p.mu.size for p in table.values())  # mu + logvar, per dtype byte
+    assert len(blob32) - len(blob16) >= value_bytes * 2 * 0.9
+
+
+def test_empty_table_and_empty_modality():
+    assert encode_table({}) == b"" and decode_table(b"") == {}
+    back = decode_table(encode_table({"m0": _post([], 0)}))
+    assert back["m0"].sample_ids == [] and back["m0"].mu.shape == (0, D)
+
+
+# ---------------------------------------------------------------------- bad messages
+def test_truncated_bytes_raise_posterior_error():
+    blob = encode_table(_table())
+    for cut in (1, 7, 50, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(PosteriorError, match=r"posterior table from site-b: corrupted "
+                                                 r"Arrow data"):
+            decode_table(blob[:cut], sender="site-b")
+
+
+def test_random_corruption_never_escapes_as_another_error_or_a_crash():
+    blob = encode_table(_table(), float16=True)
+    rng = random.Random(0)
+    errors = 0
+    for _ in range(400):
+        bad = bytearray(blob)
+        for _ in range(3):
+            bad[rng.randrange(len(bad))] ^= rng.randrange(1, 256)
+        try:
+            out = decode_table(bytes(bad), latent_dim=D)
+        except PosteriorError as err:
+            assert "posterior table from peer" in str(err)
+            errors += 1
+        else:  # IPC has no checksum: flipped value bits may decode, but validly
+            for p in out.values():
+                assert np.isfinite(p.mu).all() and len(set(p.sample_ids)) == len(p.sample_ids)
+    assert errors > 300
+
+
+def test_garbage_bytes():
+    with pytest.raises(PosteriorError, match="corrupted Arrow data"):
+        decode_table(b"this is not arrow at all" * 4)
+
+
+def test_wrong_latent_size_names_modality():
+    blob = encode_table({"m2": _post(["a", "b"], d=4)})
+    with pytest.raises(PosteriorError, match=r"from site-c, modality 'm2': mu has 4 "
+                                             r"dimensions, the model's latent space has 8"):
+        decode_table(blob, latent_dim=8, sender="site-c")
+    assert decode_table(blob)["m2"].mu.shape == (2, 4)  # no latent_dim: not checked
+
+
+@pytest.mark.parametrize("col", ["mu", "logvar"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_names_modality_column_and_sample(col, value):
+    p = _post(["a", "b", "c"])
+    getattr(p, col)[1, 3] = value
+    with pytest.raises(PosteriorError, match=rf"modality 'm1': NaN or inf in {col} of "
+                                             rf"sample 'b'"):
+        decode_table(encode_table({"m1": p}), latent_dim=D)
+
+
+def test_float16_overflow_is_caught_on_decode():
+    p = _post(["a", "b"])
+    p.mu[0, 0] = 1e6  # beyond float16's range -> inf on the wire
+    with pytest.raises(PosteriorError, match=r"modality 'm0': NaN or inf in mu of sample 'a'"):
+        decode_table(encode_table({"m0": p}, float16=True))
+
+
+def test_duplicate_and_empty_ids_name_modality():
+    with pytest.raises(PosteriorError, match=r"modality 'm0': duplicate sample ids"):
+        decode_table(encode_table({"m0": _post(["a", "b", "a"])}))
+    with pytest.raises(PosteriorError, match=r"modality 'm0': null or empty sample id"):
+        decode_table(encode_table({"m0": _post(["a", ""])}))
+
+
+def test_untagged_or_repeated_modality_batches():
+    p = _post(["a"])
+    blob = _raw_blob([(None, p.sample_ids, p.mu, p.logvar)])
+    with pytest.raises(PosteriorError, match="a batch lacks its modality tag"):
+        decode_table(blob)
+    q = _post(["b"])
+    blob = _raw_blob([("m0", p.sample_ids, p.mu, p.logvar), ("m0", q.sample_ids, q.mu, q.logvar)])
+    with pytest.raises(PosteriorError, match=r"modality 'm0' appears twice"):
+        decode_table(blob)
+
+
+def test_wrong_columns_name_modality():
+    schema = pa.schema([("sample_id", pa.string()), ("mean", pa.list_(pa.float32(), 2))])
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, schema) as w:
+        w.write_batch(pa.RecordBatch.from_arrays(
+            [pa.array(["a"]), pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0],
+                                                                         pa.float32()), 2)],
+            schema=schema), custom_metadata={MODALITY_KEY: b"m3"})
+    with pytest.raises(PosteriorError, match=r"modality 'm3': columns \['sample_id', 'mean'\]"):
+        decode_table(sink.getvalue())
+
+
+def test_encode_and_construct_checks():
+    with pytest.raises(PosteriorError, match=r"disagree on the latent size: \[4, 8\]"):
+        encode_table({"m0": _post(["a"], d=8), "m1": _post(["a"], d=4)})
+    with pytest.raises(PosteriorError, match=r"must both be \[2, D\]"):
+        Posteriors(["a", "b"], np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32))
+    with pytest.raises(PosteriorError, match=r"must both be \[3, D\]"):
+        Posteriors(["a", "b", "c"], np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))
+
+
+# ------------------------------------------------------------------ merge and select
+def test_merge_concatenates_shards_and_keeps_rows_aligned():
+    a, b = _post(["s0", "s2"], 0), _post(["s1", "s3"], 1)
+    c = _post(["s0", "s1"], 2)
+    merged = merge_tables([{"m0": a, "m1": c}, {"m0": b}])
+    assert merged["m0"].sample_ids == ["s0", "s2", "s1", "s3"]
+    assert np.array_equal(merged["m0"].mu, np.concatenate([a.mu, b.mu]))
+    assert np.array_equal(merged["m0"].logvar, np.concatenate([a.logvar, b.logvar]))
+    assert merged["m1"] is c
+    assert merge_tables([]) == {}
+
+
+def test_merge_rejects_the_same_sample_from_two_sites():
+    with pytest.raises(PosteriorError, match=r"modality 'm0': sample 's2' reported by two sites"):
+        merge_tables([{"m0": _post(["s1", "s2"])}, {"m0": _post(["s3", "s2"])}])
+    # the same sample in different modalities is the normal vertical case
+    merged = merge_tables([{"m0": _post(["s1"])}, {"m1": _post(["s1"])}])
+    assert set(merged) == {"m0", "m1"}
+
+
+def test_select_rows():
+    table = {"m0": _post(["a", "b", "c", "d"], 0), "m1": _post(["b", "d"], 1),
+             "m2": _post(["a"], 2)}
+    out = select_rows(table, {"d", "b", "zz"}, exclude=["m1"])
+    assert list(out) == ["m0"]  # m1 excluded; m2 has none of the wanted rows
+    assert out["m0"].sample_ids == ["b", "d"]
+    assert np.array_equal(out["m0"].mu, table["m0"].mu[[1, 3]])
+    assert np.array_equal(out["m0"].logvar, table["m0"].logvar[[1, 3]])
+    assert select_rows(table, set()) == {}

@@ -1,0 +1,160 @@
+"""The ``mmvm`` command line: every --help works, errors exit 2 and say what to do."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmvm.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+POLYMNIST = str(ROOT / "configs" / "polymnist.toml")
+HIPPOCAMPUS = str(ROOT / "configs" / "hippocampus.toml")
+
+
+def _command_paths() -> list[list[str]]:
+    """Every command and subcommand of the parser tree, e.g. ['data', 'make', 'polymnist']."""
+    found: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found.append(path + [name])
+                    walk(sub, path + [name])
+
+    walk(build_parser(), [])
+    return found
+
+
+PATHS = _command_paths()
+
+
+def test_the_tree_has_the_documented_commands():
+    tops = {p[0] for p in PATHS}
+    assert {"data", "train", "evaluate", "plot"} <= tops
+    assert ["data", "make", "polymnist"] in PATHS and ["data", "make", "hippocampus"] in PATHS
+    assert ["data", "check"] in PATHS and ["plot", "curves"] in PATHS
+
+
+@pytest.mark.parametrize("path", [[]] + PATHS, ids=lambda p: " ".join(p) or "mmvm")
+def test_help_exits_0_and_shows_usage(path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(path + ["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mmvm" + "".join(" " + p for p in path))
+    assert "-h, --help" in out
+
+
+def test_module_entry_point_help_in_a_subprocess():
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "train", "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "usage: mmvm train" in res.stdout and "--set SECTION.KEY=VALUE" in res.stdout
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ mmvm train
+def test_train_config_typo_exits_2_naming_the_key(capsys):
+    assert main(["train", "--config", POLYMNIST, "--set", "train.epochz=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmvm train: error: ")
+    assert "'train.epochz'" in err and "did you mean 'train.epochs'?" in err
+
+
+def test_train_subprocess_exit_status_2(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "train", "--config", POLYMNIST,
+                          "--set", "train.epochz=1"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and "'train.epochz'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_train_missing_config_file(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config, kind", [(POLYMNIST, "polymnist"), (HIPPOCAMPUS, "hippocampus")])
+def test_train_missing_data_root_says_how_to_make_it(tmp_path, capsys, config, kind):
+    root = tmp_path / "nodata"
+    assert main(["train", "--config", config, "--set", f'data.root="{root}"',
+                 "--set", f'train.out_dir="{tmp_path / "run"}"']) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'train.parquet'} does not exist" in err
+    assert f"mmvm data make {kind} --out {root}" in err
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_train_missing_data_for_other_modalities_points_to_prepare(tmp_path, capsys):
+    root = tmp_path / "nodata"
+    assert main(["train", "--config", HIPPOCAMPUS, "--set", f'data.root="{root}"',
+                 "--set", "model.modalities.rat1.shape=[3]",
+                 "--set", 'model.modalities.rat9.kind="vector"',
+                 "--set", "model.modalities.rat9.shape=[3]"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and f"mmvm data prepare DATASET SRC --out {root}" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_polymnist(tmp_path_factory):
+    from mmvm.data.polymnist import make_polymnist
+
+    root = tmp_path_factory.mktemp("pm")
+    make_polymnist(root, n_train=128, n_test=64, digits_source="sklearn")
+    return root
+
+
+def _tiny_args(root, out, *extra):
+    sets = [f'data.root="{root}"', f'train.out_dir="{out}"', "train.epochs=1",
+            "train.batch_size=64", 'train.device="cpu"', "train.num_threads=1",
+            "model.latent_dim=8"] + [f"model.modalities.m{i}.width=4" for i in range(3)]
+    return ["train", "--config", POLYMNIST, "--no-progress",
+            *[a for s in sets for a in ("--set", s)], *extra]
+
+
+def test_train_runs_and_resumes(tiny_polymnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny_args(tiny_polymnist, out)) == 0
+    text = capsys.readouterr().out
+    assert "trained mmvm for 1 epochs" in text and str(out) in text
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.csv", "config.json"}
+    blob = (out / "checkpoint.pt").read_bytes()
+    assert main(_tiny_args(tiny_polymnist, out)) == 0  # resumed: already done
+    assert (out / "checkpoint.pt").read_bytes() == blob
+    # a changed config on the same folder is refused, and --fresh starts over
+    assert main(_tiny_args(tiny_polymnist, out, "--set", "train.lr=0.002")) == 2
+    assert "different config" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == blob
+    assert main(_tiny_args(tiny_polymnist, out, "--fresh", "--set", "train.lr=0.002")) == 0
+    assert (out / "checkpoint.pt").read_bytes() != blob
+
+
+def test_train_divergence_exits_1_without_traceback(tiny_polymnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny_args(tiny_polymnist, out, "--set", "train.lr=1e30")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mmvm train: error: loss is ") and "lower train.lr" in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_train_with_a_modality_the_data_lacks(tiny_polymnist, tmp_path, capsys):
+    args = _tiny_args(tiny_polymnist, tmp_path / "run", "--set",
+                      'model.modalities.m3.kind="image"', "--set",
+                      "model.modalities.m3.shape=[3, 28, 28]")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "mmvm train: error:" in err and "m3" in err

@@ -1,0 +1,233 @@
+"""mmvm.config: strict TOML loading, --set overrides, clear errors for every mistake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmvm.config import (ConfigError, ExperimentConfig, ModalitySpec, config_from_dict,
+                         config_to_dict, load_config)
+
+ROOT = Path(__file__).resolve().parents[1]
+POLYMNIST = ROOT / "configs" / "polymnist.toml"
+HIPPOCAMPUS = ROOT / "configs" / "hippocampus.toml"
+
+
+def _minimal(**train) -> dict:
+    return {"model": {"latent_dim": 8, "modalities": {
+        "a": {"kind": "vector", "shape": [3]},
+        "b": {"kind": "image", "shape": [1, 28, 28], "width": 4}}},
+        "train": dict(train)}
+
+
+# ----------------------------------------------------------------------------- files
+def test_polymnist_config_values():
+    cfg = load_config(POLYMNIST)
+    assert cfg.source == str(POLYMNIST)
+    assert [m.name for m in cfg.model.modalities] == ["m0", "m1", "m2"]
+    for m in cfg.model.modalities:
+        assert (m.kind, m.shape, m.likelihood, m.scale, m.width) == (
+            "image", (3, 28, 28), "laplace", 0.75, 16)
+        assert m.weight == 1.0  # the default, w_m = 1 for images (reference note)
+    assert cfg.model.method == "mmvm" and cfg.model.latent_dim == 64
+    assert cfg.train.epochs == 10 and cfg.train.batch_size == 128
+    assert cfg.train.lr == pytest.approx(5e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.train.beta == 1.0 and isinstance(cfg.train.beta, float)  # TOML 1.0 ok
+    assert cfg.train.alpha == 0.0 and cfg.train.alpha_schedule == "constant"
+    assert cfg.data.root == "data/polymnist" and cfg.data.train == "train.parquet"
+    assert cfg.eval.probe_train == 10000
+
+
+def test_hippocampus_config_values():
+    cfg = load_config(HIPPOCAMPUS)
+    shapes = {m.name: m.shape for m in cfg.model.modalities}
+    # the five rats' unit counts (reference note, section 4) x 10 bins
+    assert shapes == {"rat1": (92, 10), "rat2": (79, 10), "rat3": (104, 10),
+                      "rat4": (49, 10), "rat5": (46, 10)}
+    assert all(m.kind == "vector" and m.likelihood == "mse" and m.width == 0
+               and m.layers == 2 for m in cfg.model.modalities)
+    assert cfg.model.latent_dim == 2 and cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.train.checkpoint_every == 10
+
+
+def test_defaults_without_file_need_modalities():
+    with pytest.raises(ConfigError, match=r"model\.modalities"):
+        load_config(None)
+    cfg = load_config(None, ['model.modalities.a.kind="vector"', "model.modalities.a.shape=[5]"])
+    assert cfg.source == "<defaults>"
+    assert cfg.model.modalities == (ModalitySpec("a", "vector", (5,)),)
+    assert cfg.train == ExperimentConfig().train
+
+
+def test_missing_file_and_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.toml does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load_config(bad)
+
+
+# ------------------------------------------------------------------------- overrides
+def test_overrides_scalar_nested_and_string_forms():
+    cfg = load_config(POLYMNIST, [
+        "train.epochs=3", "train.lr=1", "model.modalities.m1.width=8",
+        "model.modalities.m2.weight=2.5", "train.out_dir=runs/x",  # bare string
+        'model.method="poe"', "model.latent_dim = 16"])
+    assert cfg.train.epochs == 3
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int -> float
+    widths = {m.name: m.width for m in cfg.model.modalities}
+    assert widths == {"m0": 16, "m1": 8, "m2": 16}
+    assert [m.weight for m in cfg.model.modalities] == [1.0, 1.0, 2.5]
+    assert cfg.train.out_dir == "runs/x"
+    assert cfg.model.method == "poe" and cfg.model.latent_dim == 16
+    # the later of two overrides of the same key wins
+    assert load_config(POLYMNIST, ["train.epochs=3", "train.epochs=7"]).train.epochs == 7
+
+
+def test_override_adds_a_modality_and_shape_list():
+    cfg = load_config(POLYMNIST, ['model.modalities.txt.kind="vector"',
+                                  "model.modalities.txt.shape=[4, 2]"])
+    assert [m.name for m in cfg.model.modalities] == ["m0", "m1", "m2", "txt"]
+    assert cfg.model.modalities[-1].shape == (4, 2)
+
+
+@pytest.mark.parametrize("item, match", [
+    ("train.epochs", r"'train\.epochs' must look like section\.key=value"),
+    ("train.epochs.x=3", r"'epochs' is a value, not a section"),
+])
+def test_malformed_overrides(item, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(POLYMNIST, [item])
+
+
+# ----------------------------------------------------------------------------- typos
+@pytest.mark.parametrize("item, key, hint", [
+    ("train.epochz=1", "train.epochz", "train.epochs"),
+    ("trian.epochs=1", "trian", "train"),
+    ("model.latnt_dim=4", "model.latnt_dim", "model.latent_dim"),
+    ("model.modalities.m0.widht=4", "model.modalities.m0.widht", "model.modalities.m0.width"),
+    ("data.max_trian=4", "data.max_trian", "data.max_train"),
+])
+def test_override_typo_names_key_and_suggests(item, key, hint):
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, [item])
+    msg = str(info.value)
+    assert f"unknown key '{key}'" in msg
+    assert f"did you mean '{hint}'?" in msg
+    assert str(POLYMNIST) in msg
+
+
+def test_file_typo_names_file_key_and_suggestion(tmp_path):
+    text = POLYMNIST.read_text().replace("checkpoint_every = 1", "checkpoint_evry = 1")
+    text = text.replace('likelihood = "laplace"\nscale = 0.75\nwidth = 16\n\n[model.modalities.m2]',
+                        'likelihood = "laplace"\nscael = 0.75\nwidth = 16\n\n[model.modalities.m2]')
+    bad = tmp_path / "typo.toml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    msg = str(info.value)
+    # modalities are checked first: the m1 typo is reported
+    assert str(bad) in msg and "'model.modalities.m1.scael'" in msg
+    assert "did you mean 'model.modalities.m1.scale'?" in msg
+    bad.write_text(text.replace("scael", "scale"))
+    with pytest.raises(ConfigError, match=r"typo\.toml: unknown key 'train\.checkpoint_evry'; "
+                                          r"did you mean 'train\.checkpoint_every'\?"):
+        load_config(bad)
+
+
+def test_unknown_key_without_close_match_lists_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, ["train.zzzz=1"])
+    msg = str(info.value)
+    assert "'train.zzzz'" in msg and "did you mean" not in msg
+    assert "valid: " in msg and "epochs" in msg and "batch_size" in msg
+
+
+def test_name_key_inside_a_modality_table_is_rejected():
+    # the table key names the modality; a 'name' field would silently rename it
+    with pytest.raises(ConfigError, match=r"model\.modalities\.m0\.name"):
+        load_config(POLYMNIST, ['model.modalities.m0.name="zz"'])
+
+
+# ----------------------------------------------------------------------------- types
+@pytest.mark.parametrize("item, match", [
+    ('train.epochs="3"', r"train\.epochs must be int, got str '3'"),
+    ("train.epochs=3.5", r"train\.epochs must be int, got float 3\.5"),
+    ("train.epochs=true", r"train\.epochs must be int, got bool True"),
+    ("train.lr=true", r"train\.lr must be float, got bool"),
+    ("train.device=3", r"train\.device must be str, got int 3"),
+    ("model.latent_dim=[8]", r"model\.latent_dim must be int, got list"),
+    ("model.modalities.m0.shape=3", r"model\.modalities\.m0\.shape must be a list of integers"),
+    ('model.modalities.m0.shape=[3, "28", 28]', r"m0\.shape must be a list of integers"),
+    ("train=3", r"\[train\] must be a table"),
+])
+def test_wrong_types_name_the_key(item, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(POLYMNIST, [item])
+
+
+# ---------------------------------------------------------------------- bad values
+@pytest.mark.parametrize("item, match", [
+    ('model.method="mvae"', r"model\.method = 'mvae' is unknown; choose one of .*'mmvm'"),
+    ('train.alpha_schedule="step"', r"train\.alpha_schedule = 'step'; choose constant, linear"),
+    ("model.modalities.m0.shape=[3, 32, 32]",
+     r"modality 'm0': image networks take \[C, 28, 28\], got shape \[3, 32, 32\]"),
+    ("model.modalities.m1.shape=[3, 28]", r"modality 'm1': image networks take \[C, 28, 28\]"),
+    ("model.modalities.m0.scale=0", r"modality 'm0': scale must be > 0"),
+    ("model.modalities.m2.scale=-0.5", r"modality 'm2': scale must be > 0"),
+    ("model.modalities.m0.weight=-1", r"modality 'm0': .*weight >= 0"),
+    ('model.modalities.m0.kind="audio"', r"modality 'm0': kind must be 'image' or 'vector'"),
+    ('model.modalities.m0.likelihood="poisson"', r"modality 'm0': unknown likelihood 'poisson'"),
+    ("model.modalities.m0.shape=[0, 28, 28]", r"modality 'm0': shape must be .*positive"),
+    ("model.modalities.m0.width=0", r"modality 'm0': width must be >= 1"),
+    ("train.checkpoint_every=0", r"train\.checkpoint_every must be >= 1, got 0"),
+    ("train.batch_size=0", r"train\.batch_size must be >= 1"),
+    ("train.epochs=0", r"train\.epochs must be >= 1"),
+    ("train.lr=-1e-3", r"train\.lr must be > 0"),
+    ("train.alpha=1.5", r"train\.alpha must be in \[0, 1\]"),
+    ("model.latent_dim=0", r"model\.latent_dim must be >= 1"),
+    ("data.max_train=-1", r"data\.max_train must be >= 0"),
+])
+def test_invalid_values_raise_naming_what(item, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(POLYMNIST, [item])
+    assert str(POLYMNIST) in str(info.value)
+
+
+def test_missing_required_shape_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model\.modalities\.x.*shape"):
+        load_config(POLYMNIST, ['model.modalities.x.kind="vector"'])
+
+
+def test_vector_width_zero_is_allowed_and_any_shape():
+    cfg = config_from_dict(_minimal())
+    a = cfg.model.modalities[0]
+    assert a.kind == "vector" and a.width == 32
+    cfg = load_config(HIPPOCAMPUS, ["model.modalities.rat1.shape=[7]"])
+    assert cfg.model.modalities[0].shape == (7,) and cfg.model.modalities[0].width == 0
+
+
+# ------------------------------------------------------------------------ round trip
+@pytest.mark.parametrize("path", [POLYMNIST, HIPPOCAMPUS])
+def test_config_to_dict_round_trip(path):
+    cfg = load_config(path, ["train.epochs=2", "model.modalities." +
+                             ("m0" if path == POLYMNIST else "rat2") + ".weight=3"])
+    d = config_to_dict(cfg)
+    assert d["source"] == str(path)
+    mods = d["model"]["modalities"]
+    assert list(mods) == [m.name for m in cfg.model.modalities]
+    assert all("name" not in body and isinstance(body["shape"], list) for body in mods.values())
+    plain = json.loads(json.dumps(d))  # JSON-able, as written to config.json
+    plain.pop("source")
+    again = config_from_dict(plain, source=cfg.source)
+    assert again == cfg
+    assert config_to_dict(again) == d
+
+
+def test_configs_are_frozen():
+    cfg = load_config(POLYMNIST)
+    with pytest.raises(Exception):
+        cfg.train.epochs = 5  # type: ignore[misc]

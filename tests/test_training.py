@@ -1,0 +1,263 @@
+"""mmvm.training + mmvm.checkpoint: learning, determinism, resume, divergence, atomicity."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import mmvm.checkpoint as checkpoint
+import mmvm.training as training
+from mmvm.config import config_from_dict
+from mmvm.data.dataset import MultimodalDataset
+from mmvm.objectives import LossTerms
+from mmvm.training import (METRIC_FIELDS, TrainingDivergedError, load_trained_model,
+                           resolve_device, train)
+
+torch.set_num_threads(1)
+N, BS = 192, 64  # 3 steps per epoch
+
+
+@pytest.fixture(scope="module")
+def data() -> MultimodalDataset:
+    """Two vector modalities driven by one shared 2-D factor, plus noise."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(N, 2))
+    tensors = {m: (z @ rng.normal(size=(2, 6)) + 0.1 * rng.normal(size=(N, 6))).astype(np.float32)
+               for m in ("a", "b")}
+    mask = np.ones((N, 2), dtype=bool)
+    mask[::7, 1] = False  # some samples lack b
+    return MultimodalDataset([f"s{i:03d}" for i in range(N)], tensors,
+                             {"a": 1.0, "b": 1.0}, mask, labels=(z[:, 0] > 0).astype(np.int64))
+
+
+def _cfg(out_dir, **train):
+    mods = {m: {"kind": "vector", "shape": [6], "likelihood": "gaussian", "scale": 1.0,
+                "width": 4, "layers": 1} for m in ("a", "b")}
+    return config_from_dict({
+        "model": {"method": "mmvm", "latent_dim": 8, "modalities": mods},
+        "train": {"epochs": 2, "batch_size": BS, "lr": 1e-2, "seed": 5, "device": "cpu",
+                  "out_dir": str(out_dir), **train}})
+
+
+def _params_equal(m1, m2) -> bool:
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def _read_metrics(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------------------- learning
+def test_loss_falls_and_metrics_has_one_row_per_epoch(tmp_path, data):
+    result = train(_cfg(tmp_path, epochs=6), data, show_progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    # the data's variance is ~2 per dim, so a model that learns gains several nats
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert not result.model.training  # returned in eval mode
+
+    rows = _read_metrics(tmp_path / "metrics.csv")
+    assert list(rows[0]) == METRIC_FIELDS
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["step"]) for r in rows] == [3 * e for e in range(1, 7)]
+    assert [float(r["loss"]) for r in rows] == pytest.approx(losses)
+    for r, h in zip(rows, result.history):
+        # loss = rec_nll + beta * reg (beta = 1), as sample-weighted epoch means
+        assert float(r["loss"]) == pytest.approx(float(r["rec_nll"]) + float(r["reg"]), rel=1e-5)
+        assert float(r["alpha"]) == 0.0
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.pt", "metrics.csv", "config.json"}
+
+
+def test_same_seed_same_parameters_other_seed_differs(tmp_path, data):
+    a = train(_cfg(tmp_path / "a"), data, show_progress=False)
+    b = train(_cfg(tmp_path / "b"), data, show_progress=False)
+    assert _params_equal(a.model, b.model)
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    c = train(_cfg(tmp_path / "c", seed=6), data, show_progress=False)
+    assert not _params_equal(a.model, c.model)
+
+
+# ------------------------------------------------------------------------------ resume
+def test_resume_equals_a_straight_run(tmp_path, data):
+    straight = train(_cfg(tmp_path / "straight", epochs=2), data, show_progress=False)
+    first = train(_cfg(tmp_path / "resumed", epochs=1), data, show_progress=False)
+    assert len(first.history) == 1
+    resumed = train(_cfg(tmp_path / "resumed", epochs=2), data, show_progress=False)
+    assert _params_equal(straight.model, resumed.model)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+    assert len(_read_metrics(tmp_path / "resumed" / "metrics.csv")) == 2
+    # optimiser state came along too (Adam moments and step count)
+    s1 = checkpoint.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    s2 = checkpoint.load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert (s1["epoch"], s1["step"]) == (s2["epoch"], s2["step"]) == (2, 6)
+    for k, st in s1["optimizer"]["state"].items():
+        for name, t in st.items():
+            assert torch.equal(t, s2["optimizer"]["state"][k][name])
+
+
+def test_rerun_of_a_finished_run_changes_nothing(tmp_path, data):
+    first = train(_cfg(tmp_path), data, show_progress=False)
+    blob = (tmp_path / "checkpoint.pt").read_bytes()
+    again = train(_cfg(tmp_path), data, show_progress=False)
+    assert _params_equal(first.model, again.model)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == blob
+    fresh = train(_cfg(tmp_path), data, resume=False, show_progress=False)
+    assert _params_equal(first.model, fresh.model)  # same seed, from scratch
+
+
+def test_resume_with_changed_config_raises_and_keeps_checkpoint(tmp_path, data):
+    train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    blob = (tmp_path / "checkpoint.pt").read_bytes()
+    for change in ({"lr": 2e-2}, {"seed": 9}, {"batch_size": 32}):
+        with pytest.raises(ValueError, match=r"checkpoint\.pt was written with a different "
+                                             r"config; use another train\.out_dir"):
+            train(_cfg(tmp_path, epochs=2, **change), data, show_progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == blob
+    assert len(_read_metrics(tmp_path / "metrics.csv")) == 1
+
+
+def test_resume_with_fewer_epochs_than_checkpoint_raises(tmp_path, data):
+    train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    with pytest.raises(ValueError, match=r"already trained for 2 epochs.*train\.epochs = 1"):
+        train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+
+
+def test_load_trained_model_returns_the_trained_weights(tmp_path, data):
+    result = train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    model, state = load_trained_model(tmp_path)
+    assert _params_equal(model, result.model) and not model.training
+    assert state["epoch"] == 1
+
+
+def test_dataset_modalities_must_match_config(tmp_path, data):
+    with pytest.raises(ValueError, match=r"dataset modalities \['b'\] differ from the config's"):
+        train(_cfg(tmp_path), data.select(["b"]), show_progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+# -------------------------------------------------------------------------- divergence
+def _nan_after(monkeypatch, n_calls: int):
+    real = training.compute_loss
+    calls = {"n": 0}
+
+    def fake(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > n_calls:
+            return LossTerms(loss=terms.loss * float("nan"), rec_ll=terms.rec_ll, reg=terms.reg,
+                             mu=terms.mu, logvar=terms.logvar)
+        return terms
+
+    monkeypatch.setattr(training, "compute_loss", fake)
+
+
+def test_nan_loss_raises_and_keeps_previous_checkpoint(tmp_path, data, monkeypatch):
+    train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    ckpt, metrics = tmp_path / "checkpoint.pt", tmp_path / "metrics.csv"
+    blobs = ckpt.read_bytes(), metrics.read_bytes()
+    _nan_after(monkeypatch, 1)  # second step of epoch 2 (global step 4)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 4; lower train\.lr"):
+        train(_cfg(tmp_path, epochs=3), data, show_progress=False)
+    assert (ckpt.read_bytes(), metrics.read_bytes()) == blobs
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    # the run can go on from the intact checkpoint, and ends where a clean run ends
+    resumed = train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    straight = train(_cfg(tmp_path / "straight", epochs=2), data, show_progress=False)
+    assert _params_equal(resumed.model, straight.model)
+
+
+def test_absurd_learning_rate_diverges_without_checkpoint(tmp_path, data):
+    with pytest.raises(TrainingDivergedError, match=r"loss is (nan|inf|-inf) at step \d+"):
+        train(_cfg(tmp_path, epochs=2, lr=1e30), data, show_progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------- checkpoints
+def test_save_and_load_round_trip(tmp_path):
+    state = {"w": torch.arange(6.0).reshape(2, 3), "epoch": 3, "history": [{"loss": 1.5}]}
+    checkpoint.save_checkpoint(tmp_path / "sub" / "c.pt", state)
+    back = checkpoint.load_checkpoint(tmp_path / "sub" / "c.pt")
+    assert torch.equal(back["w"], state["w"]) and back["epoch"] == 3
+    assert back["history"] == [{"loss": 1.5}]
+    assert os.listdir(tmp_path / "sub") == ["c.pt"]
+
+
+def test_failed_save_keeps_previous_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    checkpoint.save_checkpoint(path, {"v": 1})
+    before = path.read_bytes()
+
+    def broken_save(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint(path, {"v": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.pt"]
+
+    def broken_replace(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(checkpoint.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        checkpoint.save_checkpoint(path, {"v": 3})
+    with pytest.raises(OSError, match="rename failed"):
+        checkpoint.atomic_write_bytes(tmp_path / "m.csv", b"epoch\n1\n")
+    monkeypatch.undo()
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.pt"]
+    assert checkpoint.load_checkpoint(path) == {"v": 1}
+
+
+def test_atomic_write_bytes_replaces_whole_file(tmp_path):
+    path = tmp_path / "a" / "m.csv"
+    checkpoint.atomic_write_bytes(path, b"x" * 1000)
+    checkpoint.atomic_write_bytes(path, b"short")
+    assert path.read_bytes() == b"short" and os.listdir(path.parent) == ["m.csv"]
+
+
+def test_corrupted_truncated_and_missing_checkpoints(tmp_path):
+    path = tmp_path / "c.pt"
+    checkpoint.save_checkpoint(path, {"w": torch.zeros(100)})
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match=r"checkpoint .*c\.pt cannot be read"):
+        checkpoint.load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"checkpoint .*c\.pt cannot be read"):
+        checkpoint.load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cannot be read"):
+        checkpoint.load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*none\.pt"):
+        checkpoint.load_checkpoint(tmp_path / "none.pt")
+
+
+def test_training_on_a_corrupted_checkpoint_raises_clearly(tmp_path, data):
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt cannot be read"):
+        train(_cfg(tmp_path), data, show_progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"garbage"  # not overwritten
+
+
+# ------------------------------------------------------------------------------ device
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=rf"device '{name}' requested but CUDA is not "
+                                             r"available"):
+            resolve_device(name)
