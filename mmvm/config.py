@@ -72,6 +72,16 @@ class DataConfig:
     label: str = "label"
     max_train: int = 0  # 0 = all rows; else the first N (for quick runs)
     max_test: int = 0
+    # streaming = true: the trainer reads the train file row group by row group
+    # (mmvm.data.streaming.StreamingDataset), holding at most cache_row_groups decoded
+    # groups, so the data need not fit in memory; same batches, same results.
+    streaming: bool = False
+    cache_row_groups: int = 8
+    # permutation: the full seeded permutation (exact, shared with federation);
+    # grouped (needs streaming): shuffle row groups, and rows within windows of
+    # schedule_window groups, so batches touch few groups (mmvm.schedule).
+    schedule: str = "permutation"
+    schedule_window: int = 4
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,18 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
             f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}; "
             "choose constant, linear, cosine or exponential"
         )
+    from mmvm.schedule import SCHEDULES
+
+    if built["data"].schedule not in SCHEDULES:
+        raise ConfigError(
+            f"{source}: data.schedule = {built['data'].schedule!r}; choose "
+            f"{' or '.join(SCHEDULES)}"
+        )
+    if built["data"].schedule == "grouped" and not built["data"].streaming:
+        raise ConfigError(
+            f"{source}: data.schedule = 'grouped' follows Parquet row groups and needs "
+            "data.streaming = true"
+        )
     cfg = ExperimentConfig(model=model, source=source, **built)
     _check_ranges(cfg, source)
     return cfg
@@ -174,6 +196,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
 _RANGES: dict[str, tuple[Any, str]] = {
     "data.max_train": (lambda v: v >= 0, ">= 0"),
     "data.max_test": (lambda v: v >= 0, ">= 0"),
+    "data.cache_row_groups": (lambda v: v >= 1, ">= 1"),
+    "data.schedule_window": (lambda v: v >= 1, ">= 1"),
     "model.latent_dim": (lambda v: v >= 1, ">= 1"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.batch_size": (lambda v: v >= 1, ">= 1"),

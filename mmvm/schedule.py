@@ -1,12 +1,26 @@
 """The batch schedule: which rows form each batch of each epoch, from the seed alone.
 
-Centralized training and the federated server share this function, so both visit the
-same samples in the same order (a precondition for their exact agreement).
+Centralized training and the federated server share :func:`epoch_batches`, so both
+visit the same samples in the same order (a precondition for their exact agreement).
+It is the default (``data.schedule = "permutation"``) and the one every exactness test
+and every federated run uses.
+
+:func:`epoch_batches_grouped` (``data.schedule = "grouped"``) is a memory-saving option
+for :class:`mmvm.data.streaming.StreamingDataset`: it shuffles whole Parquet row groups
+and rows only within a window of a few groups, so each batch touches few row groups and
+each group is read about once per epoch. It visits every row once per epoch like the
+full permutation, but the batches differ, so a grouped run does not reproduce (and is
+not compared against) a permutation run; federation always uses the full permutation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
+
+SCHEDULES = ("permutation", "grouped")
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -19,3 +33,34 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=g)
     return list(perm.split(batch_size))
+
+
+def epoch_batches_grouped(groups: Sequence[Sequence[int] | np.ndarray | torch.Tensor],
+                          batch_size: int, seed: int, epoch: int,
+                          window: int = 4) -> list[torch.Tensor]:
+    """Row indices of every batch of ``epoch``, shuffled locally to row groups.
+
+    ``groups`` partitions the rows (``groups[k]``: the dataset rows stored in row
+    group ``k``, e.g. ``StreamingDataset.row_groups()``). The order of the groups is a
+    seeded permutation; consecutive runs of ``window`` groups (in that order) form a
+    window whose rows are shuffled together; the concatenated windows are cut into
+    batches of ``batch_size`` (the last may be smaller, so there are
+    ``ceil(n / batch_size)`` batches as with :func:`epoch_batches`). A batch thus draws
+    from consecutive windows only: two (at most ``2 * window`` row groups) when a
+    window holds at least ``batch_size`` rows, and a row-group cache holding the groups
+    of the windows one batch spans reads each group once per epoch.
+    Deterministic in (groups, batch_size, seed, epoch, window).
+    """
+    sizes = [len(g) for g in groups]
+    n = sum(sizes)
+    if n <= 0 or batch_size <= 0 or window <= 0:
+        raise ValueError(f"need rows > 0, batch_size > 0 and window > 0, got n={n}, "
+                         f"batch_size={batch_size}, window={window}")
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+    tensors = [torch.as_tensor(np.asarray(x, dtype=np.int64)) for x in groups]
+    order = torch.randperm(len(tensors), generator=g).tolist()
+    parts = []
+    for w in range(0, len(order), window):
+        rows = torch.cat([tensors[k] for k in order[w:w + window]])
+        parts.append(rows[torch.randperm(len(rows), generator=g)])
+    return list(torch.cat(parts).split(batch_size))

@@ -1,7 +1,8 @@
 """The centralized trainer: the reference every federated run is measured against.
 
 One Adam optimiser over all modalities' parameters; batches from
-``mmvm.schedule.epoch_batches`` and noise from ``mmvm.noise.step_noise``, so a run is a
+``mmvm.schedule.epoch_batches`` (or, with ``data.schedule = "grouped"``, the row-group
+local ``epoch_batches_grouped``) and noise from ``mmvm.noise.step_noise``, so a run is a
 deterministic function of its config. After every ``checkpoint_every`` epochs the
 model, optimiser and counters are written atomically to ``<out_dir>/checkpoint.pt``;
 a rerun with the same config resumes from there. Per-epoch metrics go to
@@ -11,6 +12,7 @@ a rerun with the same config resumes from there. Per-epoch metrics go to
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -22,12 +24,12 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from mmvm.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from mmvm.config import ExperimentConfig, config_to_dict
+from mmvm.config import DataConfig, ExperimentConfig, config_to_dict
 from mmvm.model import MultimodalVAE
 from mmvm.noise import step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
 from mmvm.progress import progress_bar
-from mmvm.schedule import epoch_batches
+from mmvm.schedule import epoch_batches, epoch_batches_grouped
 
 METRIC_FIELDS = ["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"]
 
@@ -58,15 +60,29 @@ def build_model(cfg: ExperimentConfig, names: list[str] | None = None) -> Multim
 
 
 def iterate_batches(
-    dataset: Dataset, batch_size: int, seed: int, epoch: int
+    dataset: Dataset, batch_size: int, seed: int, epoch: int,
+    schedule: str = "permutation", window: int = 4,
 ) -> Iterator[dict[str, Any]]:
-    """Batches of one epoch in the shared schedule's order.
+    """Batches of one epoch in the schedule's order.
 
-    Uses ``dataset.batch(rows)`` when the dataset has it (one gather per modality),
-    else collates ``dataset[i]`` items.
+    ``schedule="permutation"`` (default): the shared full permutation
+    (``epoch_batches``); ``"grouped"``: ``epoch_batches_grouped`` over
+    ``dataset.row_groups()`` (a :class:`~mmvm.data.streaming.StreamingDataset`), with
+    windows of ``window`` row groups. Uses ``dataset.batch(rows)`` when the dataset
+    has it (one gather per modality), else collates ``dataset[i]`` items.
     """
     fast = getattr(dataset, "batch", None)
-    for rows in epoch_batches(len(dataset), batch_size, seed, epoch):
+    if schedule == "permutation":
+        batches = epoch_batches(len(dataset), batch_size, seed, epoch)
+    elif schedule == "grouped":
+        groups = getattr(dataset, "row_groups", None)
+        if groups is None:
+            raise ValueError("schedule 'grouped' needs a dataset with row groups "
+                             "(data.streaming = true)")
+        batches = epoch_batches_grouped(groups(), batch_size, seed, epoch, window)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose permutation or grouped")
+    for rows in batches:
         yield fast(rows) if fast else default_collate([dataset[int(i)] for i in rows])
 
 
@@ -151,7 +167,8 @@ def train(
         for epoch in range(start_epoch, cfg.train.epochs):
             model.train()
             t0, sums, count = time.perf_counter(), {"loss": 0.0, "rec_nll": 0.0, "reg": 0.0}, 0
-            for batch in iterate_batches(train_set, cfg.train.batch_size, cfg.train.seed, epoch):
+            for batch in iterate_batches(train_set, cfg.train.batch_size, cfg.train.seed, epoch,
+                                         cfg.data.schedule, cfg.data.schedule_window):
                 batch = to_device(batch, device)
                 alpha = alpha_at(step)
                 metrics = train_step(model, optimizer, batch, cfg, step, alpha)
@@ -182,11 +199,18 @@ def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
     }
 
 
+_READ_ONLY_KEYS = ("streaming", "cache_row_groups")
+
+
 def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, int, list]:
     state = load_checkpoint(path)
     saved, now = dict(state["config"]), config_to_dict(cfg)
+    # keys a checkpoint predating them lacks take their defaults (the old behaviour)
+    saved["data"] = {**dataclasses.asdict(DataConfig()), **saved.get("data", {})}
     for d in (saved, now):  # the epoch budget may grow on resume; nothing else may change
         d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
+        # how the data is read (streamed or in memory) never changes the result
+        d["data"] = {k: v for k, v in d["data"].items() if k not in _READ_ONLY_KEYS}
         d.pop("source", None)
     if saved != now:
         raise ValueError(

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model centrally (the reference for federated runs)",
         description="Train the configured method on <data.root>/<data.train>. "
-        "Resumes from <train.out_dir>/checkpoint.pt when the config matches.")
+        "Resumes from <train.out_dir>/checkpoint.pt when the config matches. "
+        "--set data.streaming=true reads the file row group by row group instead of "
+        "loading it whole.")
     add_config_arguments(p, "configs/polymnist.toml")
     p.add_argument("--fresh", action="store_true",
                    help="ignore an existing checkpoint in train.out_dir and start over")
@@ -31,7 +33,13 @@ def run(args: argparse.Namespace) -> int:
     names = [m.name for m in cfg.model.modalities]
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; {_how_to_make(names, cfg.data.root)}")
-    data = MultimodalDataset.from_parquet(path, names, cfg.data.label, cfg.data.max_train)
+    if cfg.data.streaming:  # row groups on demand: the data need not fit in memory
+        from mmvm.data.streaming import StreamingDataset
+
+        data = StreamingDataset(path, names, cfg.data.label, cfg.data.max_train,
+                                cache_row_groups=cfg.data.cache_row_groups)
+    else:
+        data = MultimodalDataset.from_parquet(path, names, cfg.data.label, cfg.data.max_train)
     try:
         result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress)
     except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback

@@ -57,6 +57,18 @@ class MultimodalDataset(torch.utils.data.Dataset):
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape[1:]) for k, v in self.tensors.items()}
 
+    def contains(self, sample_id: str) -> bool:
+        """Whether ``sample_id`` is one of this dataset's samples."""
+        return sample_id in self._pos
+
+    def position(self, sample_id: str) -> int:
+        """Row of ``sample_id``; an unknown id raises :class:`DataError`."""
+        try:
+            return self._pos[sample_id]
+        except KeyError:
+            raise DataError(f"unknown sample id {sample_id!r} "
+                            f"(this dataset holds {len(self)} ids)") from None
+
     def rows_of(self, sample_ids: Sequence[str]) -> np.ndarray:
         """Row positions of ``sample_ids``; an unknown id raises :class:`DataError`."""
         try:

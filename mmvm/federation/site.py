@@ -47,6 +47,9 @@ class Site:
                 f"method {cfg.model.method!r} cannot train federated: its joint posterior "
                 f"needs every encoder in one graph; use one of {list(FEDERATED_METHODS)} "
                 f"(the aggregated baselines train centrally with `mmvm train`)")
+        if cfg.data.schedule != "permutation":
+            raise ValueError(f"data.schedule = {cfg.data.schedule!r}: federated sites follow "
+                             f"the server's shared permutation schedule; use 'permutation'")
         self.cfg, self.name = cfg, name
         self.global_names = [m.name for m in cfg.model.modalities]
         held = read_site_meta(train_path)["tensors"]
@@ -55,7 +58,13 @@ class Site:
             raise DataError(f"{train_path}: site {name!r} holds none of the configured "
                             f"modalities {self.global_names} (file has {list(held)})")
         self.train_path, self.test_path = str(train_path), test_path and str(test_path)
-        self.data = MultimodalDataset.from_parquet(train_path, self.names, cfg.data.label)
+        if cfg.data.streaming:  # a site's data need not fit in memory
+            from mmvm.data.streaming import StreamingDataset
+
+            self.data = StreamingDataset(train_path, self.names, cfg.data.label,
+                                         cache_row_groups=cfg.data.cache_row_groups)
+        else:
+            self.data = MultimodalDataset.from_parquet(train_path, self.names, cfg.data.label)
         self.device = resolve_device(cfg.train.device)
         self.model = build_model(cfg, self.names).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
@@ -110,8 +119,9 @@ class Site:
         return out
 
     def _held_rows(self, sample_ids: list[str]) -> np.ndarray:
-        pos = self.data._pos
-        return np.array([pos[s] for s in sample_ids if s in pos], dtype=np.int64)
+        data = self.data
+        return np.array([data.position(s) for s in sample_ids if data.contains(s)],
+                        dtype=np.int64)
 
     # ------------------------------------------------------------------ train
     def train_window(self, index: int, others: dict[str, Posteriors]) -> dict:
@@ -138,8 +148,7 @@ class Site:
 
     def _step(self, spec: StepSpec, others, lookup) -> dict:
         B, D, M = len(spec.sample_ids), self.model.latent_dim, len(self.global_names)
-        pos = self.data._pos
-        where = [i for i, s in enumerate(spec.sample_ids) if s in pos]
+        where = [i for i, s in enumerate(spec.sample_ids) if self.data.contains(s)]
         if not where:
             return {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 1}
         ids = [spec.sample_ids[i] for i in where]
