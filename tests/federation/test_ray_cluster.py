@@ -1,0 +1,101 @@
+"""`flwr run` on an existing Ray cluster: head + worker node (`ray start`), SuperLink
+started with RAY_ADDRESS, per-site resources from the federation config.
+
+Both Ray nodes run on this machine, each with its own raylet and private temp dir
+(deploy.local.Fleet.start_ray_head/start_ray_worker); the head offers 0 CPUs, so
+every ClientApp actor must be scheduled on the worker node. That is what the test
+checks, from the worker node's own Ray session logs, next to the run's status
+(`flwr ls`, since `flwr run --stream` exits 0 on failure) and its results.
+This is the single-machine rehearsal of deploy/README.md section 6.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from deploy.local import Fleet, pids_mentioning
+
+ROOT = Path(__file__).resolve().parents[2]
+SITES = 5
+
+
+def _actor_logs(node) -> list[Path]:
+    """Ray worker-process logs of `node` that ran a ClientAppActor."""
+    hits = []
+    for logs in node.session_logs():
+        for path in logs.glob("worker-*.out"):
+            if "ClientAppActor" in path.read_text(errors="replace"):
+                hits.append(path)
+    return hits
+
+
+@pytest.mark.slow
+def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
+    rc = (f"config='configs/hippocampus.toml' set='train.epochs=2;train.device=cpu' "
+          f"num-sites={SITES} data-dir='{tmp_path}/data' out-dir='{tmp_path}/runs' "
+          f"state-dir='{tmp_path}/state' eval-data=''")
+    fleet = Fleet(tmp_path / "fleet")
+    ray_root = None
+    try:
+        head = fleet.start_ray_head(num_cpus=0)  # no actors on the head
+        ray_root = fleet.ray_root
+        worker = fleet.start_ray_worker(head, num_cpus=2)  # 2 actors of 1 CPU
+        status = fleet.wait_for_ray_nodes(head, 2)
+        assert "0.0/2.0 CPU" in status, status  # the cluster: 0 + 2 CPUs
+
+        link = fleet.start_superlink(simulation=True, ray_address=head)
+        fleet.write_connection("sim", link)
+        res = fleet.flwr(
+            "run", str(ROOT), "sim", "--stream", "--run-config", rc,
+            "--federation-config",
+            f"num-supernodes={SITES} client-resources-num-cpus=1", timeout=900)
+        out = res.stdout + res.stderr
+        found = re.search(r"run (?:ID )?(\d{5,})", out, re.IGNORECASE)
+        assert found, f"no run id in flwr run output:\n{out[-3000:]}"
+        run_id = found.group(1)
+
+        ls = fleet.flwr("ls", "sim", "--run-id", run_id, "--format", "json").stdout
+        run = json.loads(ls[ls.index("{"):]).get("runs", [{}])[0]
+        assert "completed" in str(run.get("status", run)), (
+            f"run {run_id}: {run}\n{out[-3000:]}\n{link.process.log_text()[-3000:]}")
+
+        results = tmp_path / "runs" / f"run-{run_id}" / "results.json"
+        assert results.exists()
+        assert json.loads(results.read_text())["windows"] == 2
+
+        # The simulation used *this* cluster, and its actors ran on the worker:
+        # one actor process per 1-CPU site slot of the worker's 2 CPUs.
+        actors = _actor_logs(worker)
+        assert len(actors) == 2, (
+            f"ClientAppActor logs on the worker node: {[str(p) for p in actors]} "
+            f"(session logs {[str(p) for p in worker.session_logs()]})")
+        assert not _actor_logs(head)
+        assert "RAY_ADDRESS" not in os.environ  # it was the SuperLink's alone
+    finally:
+        fleet.stop()
+    # nothing of the cluster is left: no process names its temp dir, which is gone
+    assert ray_root is not None
+    assert not pids_mentioning(str(ray_root))
+    assert not ray_root.exists()
+    groups = {proc.popen.pid for proc in fleet.processes}
+    for proc in fleet.processes:
+        assert proc.popen.poll() is not None, proc.name
+    assert not _pids_in_groups(groups), "processes left in the fleet's groups"
+
+
+def _pids_in_groups(groups: set[int]) -> list[int]:
+    """Live (non-zombie) processes whose process group is one of `groups`."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            pids.append(int(stat.parent.name))
+    return pids
