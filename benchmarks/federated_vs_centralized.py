@@ -56,11 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-MODES = [  # name, exchange, k, local_epochs, float16
-    ("federated: every step", "step", 1, 1, False),
-    ("federated: every k steps", "steps", None, 1, False),
-    ("federated: per round, 1 epoch, fp16", "round", 1, 1, True),
-    ("federated: per round, E epochs, fp16", "round", 1, None, True),
+MODES = [  # name, exchange, k, local_epochs, float16, warmup
+    ("federated: every step", "step", 1, 1, False, False),
+    ("federated: every k steps", "steps", None, 1, False, False),
+    ("federated: per round, 1 epoch, fp16", "round", 1, 1, True, False),
+    ("federated: per round, E epochs, fp16", "round", 1, None, True, False),
+    ("federated: per round, 1,2,4..E epochs, fp16", "round", 1, None, True, True),
 ]
 
 
@@ -95,16 +96,17 @@ def main(argv=None) -> int:
     rows.append(_row("centralized", cfg, model, train_set, test_set, clfs,
                      time.perf_counter() - t0, 0))
     print(rows[-1], flush=True)
-    for name, exchange, k, local_epochs, f16 in MODES:
+    for name, exchange, k, local_epochs, f16, warmup in MODES:
         k = k or args.k
         local_epochs = local_epochs or args.local_epochs
         label = name.replace("k steps", f"{k} steps").replace("E epochs",
                                                                f"{local_epochs} epochs")
+        label = label.replace("..E", f"..{local_epochs}")
         t0 = time.perf_counter()
         local = {s.name: Site(cfg, s.name, files[s.name]["train"]) for s in sites}
         res = run_federation(LocalTransport(local), names, batch_size=cfg.train.batch_size,
                              seed=cfg.train.seed, epochs=cfg.train.epochs, exchange=exchange,
-                             k=k, local_epochs=local_epochs, float16=f16,
+                             k=k, local_epochs=local_epochs, float16=f16, warmup=warmup,
                              latent_dim=cfg.model.latent_dim, collect_model=True)
         seconds = time.perf_counter() - t0
         fed = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)

@@ -38,7 +38,7 @@ class SiteInfo:
 class Coordinator:
     def __init__(self, sites: list[SiteInfo], modalities: list[str], *, batch_size: int,
                  seed: int, epochs: int, exchange: str = "step", k: int = 1,
-                 local_epochs: int = 1) -> None:
+                 local_epochs: int = 1, warmup: bool = False) -> None:
         self.sites = {s.key: s for s in sites}
         self.modalities = list(modalities)
         names = [s.name for s in sites]
@@ -64,7 +64,8 @@ class Coordinator:
                     seen[sid] = key
         self.ids = sorted(set().union(*(s.held for s in sites)))
         self.plan_args = {"batch_size": batch_size, "seed": seed, "epochs": epochs,
-                          "exchange": exchange, "k": k, "local_epochs": local_epochs}
+                          "exchange": exchange, "k": k, "local_epochs": local_epochs,
+                          "warmup": warmup}
         self.plan: list[Window] = exchange_plan(len(self.ids), **self.plan_args)
 
     @property

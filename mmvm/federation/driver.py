@@ -52,7 +52,7 @@ def run_federation(transport: Transport, modalities: list[str], *, batch_size: i
                    local_epochs: int = 1, float16: bool = False, latent_dim: int | None = None,
                    collect_model: bool = False,
                    on_window: Callable[[dict], None] | None = None,
-                   secure: bool = False) -> FederationResult:
+                   secure: bool = False, warmup: bool = False) -> FederationResult:
     """Align, train every window of the plan, evaluate; returns metrics and bytes.
 
     ``secure``: the sealed protocol of :mod:`mmvm.federation.sealed` (pseudonymous
@@ -63,13 +63,13 @@ def run_federation(transport: Transport, modalities: list[str], *, batch_size: i
 
         return run_sealed(transport, modalities, batch_size=batch_size, seed=seed,
                           epochs=epochs, exchange=exchange, k=k, local_epochs=local_epochs,
-                          float16=float16, latent_dim=latent_dim,
+                          warmup=warmup, float16=float16, latent_dim=latent_dim,
                           collect_model=collect_model, on_window=on_window)
     t0 = time.perf_counter()
     infos = [SiteInfo(d["key"], d["site"], list(d["modalities"]), list(d["sample_ids"]))
              for d in transport.describe()]
     coord = Coordinator(infos, modalities, batch_size=batch_size, seed=seed, epochs=epochs,
-                        exchange=exchange, k=k, local_epochs=local_epochs)
+                        exchange=exchange, k=k, local_epochs=local_epochs, warmup=warmup)
     result = FederationResult(sites={i.key: {"site": i.name, "modalities": i.modalities,
                                              "n": len(i.held)} for i in infos})
     replies = transport.attach({key: {"sample_ids": coord.ids, "plan": coord.plan_args,

@@ -467,6 +467,7 @@ def _sealed_bytes(replies: Mapping[str, Mapping]) -> int:
 
 def run_sealed(transport, modalities: list[str], *, batch_size: int, seed: int,
                epochs: int, exchange: str = "step", k: int = 1, local_epochs: int = 1,
+               warmup: bool = False,
                float16: bool = False, latent_dim: int | None = None,
                collect_model: bool = False,
                on_window: Callable[[dict], None] | None = None):
@@ -488,7 +489,7 @@ def run_sealed(transport, modalities: list[str], *, batch_size: int, seed: int,
                                   f"{d['n']} samples")
         infos.append(SiteInfo(key, names[key], list(d["modalities"]), pseud))
     coord = Coordinator(infos, modalities, batch_size=batch_size, seed=seed, epochs=epochs,
-                        exchange=exchange, k=k, local_epochs=local_epochs)
+                        exchange=exchange, k=k, local_epochs=local_epochs, warmup=warmup)
     result = FederationResult(sites={i.key: {"site": i.name, "modalities": i.modalities,
                                              "n": len(i.held)} for i in infos})
     row = {p: r for r, p in enumerate(coord.ids)}

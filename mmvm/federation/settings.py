@@ -27,6 +27,7 @@ class FederationSettings:
     exchange: str
     exchange_steps: int
     local_epochs: int
+    warmup: bool
     float16: bool
     data_dir: str
     n_train: int
@@ -72,6 +73,7 @@ def load_settings(rc: dict) -> FederationSettings:
         missing=_get(rc, "missing", float), exchange=_get(rc, "exchange", str),
         exchange_steps=_get(rc, "exchange-steps", int),
         local_epochs=_get(rc, "local-epochs", int), float16=_get(rc, "float16", bool),
+        warmup=_get(rc, "exchange-warmup", bool),
         data_dir=str(Path(_get(rc, "data-dir", str)).expanduser()),
         n_train=_get(rc, "n-train", int), n_test=_get(rc, "n-test", int),
         out_dir=str(Path(_get(rc, "out-dir", str)).expanduser()),

@@ -87,3 +87,13 @@ def test_plan_follows_seed_and_batch_size():
 def test_invalid_arguments_raise(args, kw, match):
     with pytest.raises(ValueError, match=match):
         exchange_plan(*args, **kw)
+
+
+def test_round_warmup_doubles_window_length_up_to_local_epochs():
+    from mmvm.federation.plan import exchange_plan
+
+    plan = exchange_plan(40, 10, 0, 20, "round", local_epochs=8, warmup=True)
+    lengths = [w.epochs[1] - w.epochs[0] + 1 for w in plan]
+    assert lengths == [1, 2, 4, 8, 5]
+    flat = [s.step for w in plan for s in w.steps]
+    assert flat == list(range(20 * 4))  # every centralized step once, in order
