@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=8, help="steps per window in 'steps' mode")
     p.add_argument("--local-epochs", type=int, default=5,
                    help="epochs per window in the cheapest ('round') mode")
+    p.add_argument("--delta-tol", type=float, default=0.5,
+                   help="tolerance of the event-triggered mode (latent units)")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/federated_vs_centralized"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -56,12 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-MODES = [  # name, exchange, k, local_epochs, float16, warmup
-    ("federated: every step", "step", 1, 1, False, False),
-    ("federated: every k steps", "steps", None, 1, False, False),
-    ("federated: per round, 1 epoch, fp16", "round", 1, 1, True, False),
-    ("federated: per round, E epochs, fp16", "round", 1, None, True, False),
-    ("federated: per round, 1,2,4..E epochs, fp16", "round", 1, None, True, True),
+MODES = [  # name, exchange, k, local_epochs, float16, warmup, event-triggered
+    ("federated: every step", "step", 1, 1, False, False, False),
+    ("federated: every k steps", "steps", None, 1, False, False, False),
+    ("federated: per round, 1 epoch, fp16", "round", 1, 1, True, False, False),
+    ("federated: per round, E epochs, fp16", "round", 1, None, True, False, False),
+    ("federated: per round, 1,2,4..E epochs, fp16", "round", 1, None, True, True, False),
+    ("federated: per round, 1 epoch, fp16, rows moved > TOL", "round", 1, 1, True, False,
+     True),
 ]
 
 
@@ -96,17 +100,18 @@ def main(argv=None) -> int:
     rows.append(_row("centralized", cfg, model, train_set, test_set, clfs,
                      time.perf_counter() - t0, 0))
     print(rows[-1], flush=True)
-    for name, exchange, k, local_epochs, f16, warmup in MODES:
+    for name, exchange, k, local_epochs, f16, warmup, event in MODES:
         k = k or args.k
         local_epochs = local_epochs or args.local_epochs
         label = name.replace("k steps", f"{k} steps").replace("E epochs",
                                                                f"{local_epochs} epochs")
-        label = label.replace("..E", f"..{local_epochs}")
+        label = label.replace("..E", f"..{local_epochs}").replace("TOL", f"{args.delta_tol:g}")
         t0 = time.perf_counter()
         local = {s.name: Site(cfg, s.name, files[s.name]["train"]) for s in sites}
         res = run_federation(LocalTransport(local), names, batch_size=cfg.train.batch_size,
                              seed=cfg.train.seed, epochs=cfg.train.epochs, exchange=exchange,
                              k=k, local_epochs=local_epochs, float16=f16, warmup=warmup,
+                             delta_tol=args.delta_tol if event else None,
                              latent_dim=cfg.model.latent_dim, collect_model=True)
         seconds = time.perf_counter() - t0
         fed = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)

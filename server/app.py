@@ -127,6 +127,7 @@ def main(grid: Grid, context: Context) -> None:
         transport, [m.name for m in cfg.model.modalities], batch_size=cfg.train.batch_size,
         seed=cfg.train.seed, epochs=cfg.train.epochs, exchange=s.exchange,
         k=s.exchange_steps, local_epochs=s.local_epochs, warmup=s.warmup, float16=s.float16,
+        delta_tol=s.delta_tol,
         latent_dim=cfg.model.latent_dim, collect_model=s.collect_model, on_window=log,
         secure=sec.secure)
     paths = write_results(out_dir, s, result)

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from mmvm.federation.coordinator import Coordinator, SiteInfo
+from mmvm.federation.delta import PosteriorCache
 from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
 
 
@@ -52,12 +53,16 @@ def run_federation(transport: Transport, modalities: list[str], *, batch_size: i
                    local_epochs: int = 1, float16: bool = False, latent_dim: int | None = None,
                    collect_model: bool = False,
                    on_window: Callable[[dict], None] | None = None,
-                   secure: bool = False, warmup: bool = False) -> FederationResult:
+                   secure: bool = False, warmup: bool = False,
+                   delta_tol: float | None = None) -> FederationResult:
     """Align, train every window of the plan, evaluate; returns metrics and bytes.
 
     ``secure``: the sealed protocol of :mod:`mmvm.federation.sealed` (pseudonymous
     alignment, end-to-end encrypted posteriors, masked FedAvg); the transport then
-    needs an ``align`` method too."""
+    needs an ``align`` method too. ``delta_tol`` (plaintext only): event-triggered
+    exchange, see :mod:`mmvm.federation.delta`."""
+    if secure and delta_tol is not None:
+        raise ValueError("delta-tol (event-triggered exchange) is not available in secure mode")
     if secure:
         from mmvm.federation.sealed import run_sealed
 
@@ -73,22 +78,33 @@ def run_federation(transport: Transport, modalities: list[str], *, batch_size: i
     result = FederationResult(sites={i.key: {"site": i.name, "modalities": i.modalities,
                                              "n": len(i.held)} for i in infos})
     replies = transport.attach({key: {"sample_ids": coord.ids, "plan": coord.plan_args,
-                                      "float16": float16, "shared": sorted(coord.shared)}
+                                      "float16": float16, "shared": sorted(coord.shared),
+                                      "delta_tol": -1.0 if delta_tol is None else delta_tol}
                                 for key in coord.sites})
     table, nbytes = _collect(replies, latent_dim, coord)
+    cache = forwarded = None
+    if delta_tol is not None:  # the server keeps the latest rows; forwards only news
+        cache, forwarded = PosteriorCache(), {key: PosteriorCache() for key in coord.sites}
+        cache.update(table)
     result.bytes_total += nbytes + sum(len(s) for s in coord.ids) * len(coord.sites)
     averaged: dict[str, dict[str, np.ndarray]] = {}
     for w in range(len(coord.plan)):
         tw = time.perf_counter()
+        if cache is not None:
+            table = cache.table(coord.window_ids(w))
         routed = coord.route(w, table)
         requests = {}
         for key, others in routed.items():
+            if forwarded is not None:
+                others = forwarded[key].changed(others, 0.0)
             blob = encode_table(others, float16)
             requests[key] = {"window": w, "others": blob,
                              "weights": _weights_for(coord, key, averaged)}
         sent = sum(len(r["others"]) + _nbytes(r["weights"]) for r in requests.values())
         replies = transport.window(requests)
         table, received = _collect(replies, latent_dim, coord)
+        if cache is not None:
+            cache.update(table)
         averaged = coord.fedavg({k2: r.get("weights", {}) for k2, r in replies.items()})
         received += sum(_nbytes(r.get("weights", {})) for r in replies.values())
         result.bytes_total += sent + received

@@ -21,7 +21,25 @@ def attach(site: Site, req: Mapping) -> dict:
     site.attach(list(req["sample_ids"]), dict(req["plan"]))
     site.float16 = bool(req.get("float16", False))
     site.shared = list(req.get("shared", []))
-    return {"posteriors": encode_table(site.encode(site.window_ids(0)), site.float16)}
+    tol = req.get("delta_tol", -1.0)
+    site.delta_tol = float(tol) if tol is not None and float(tol) >= 0 else None
+    return {"posteriors": encode_table(_outgoing(site, site.window_ids(0)), site.float16)}
+
+
+def _outgoing(site: Site, ids: list[str]):
+    """Own posteriors for ``ids``; with event-triggered exchange only rows that moved."""
+    table = site.encode(ids)
+    if site.delta_tol is None:
+        return table
+    return site.sent_cache.changed(table, site.delta_tol)
+
+
+def _incoming(site: Site, index: int, others):
+    """Others' posteriors for window ``index``: as sent, or merged into the site's cache."""
+    if site.delta_tol is None:
+        return others
+    site.others_cache.update(others)
+    return site.others_cache.table(site.window_ids(index), exclude=site.names)
 
 
 def window(site: Site, req: Mapping) -> dict:
@@ -29,9 +47,9 @@ def window(site: Site, req: Mapping) -> dict:
         site.load_weights(arrays)
     others = decode_table(req["others"], latent_dim=site.model.latent_dim, sender="server")
     index = int(req["window"])
-    metrics = site.train_window(index, others)
+    metrics = site.train_window(index, _incoming(site, index, others))
     reply = {"metrics": metrics,
-             "posteriors": encode_table(site.encode(site.window_ids(index + 1)),
+             "posteriors": encode_table(_outgoing(site, site.window_ids(index + 1)),
                                         site.float16)}
     shared = [m for m in site.shared if m in site.names]
     if shared:

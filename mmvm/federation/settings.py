@@ -28,6 +28,7 @@ class FederationSettings:
     exchange_steps: int
     local_epochs: int
     warmup: bool
+    delta_tol: float | None
     float16: bool
     data_dir: str
     n_train: int
@@ -74,6 +75,7 @@ def load_settings(rc: dict) -> FederationSettings:
         exchange_steps=_get(rc, "exchange-steps", int),
         local_epochs=_get(rc, "local-epochs", int), float16=_get(rc, "float16", bool),
         warmup=_get(rc, "exchange-warmup", bool),
+        delta_tol=(lambda t: t if t >= 0 else None)(_get(rc, "delta-tol", float)),
         data_dir=str(Path(_get(rc, "data-dir", str)).expanduser()),
         n_train=_get(rc, "n-train", int), n_test=_get(rc, "n-test", int),
         out_dir=str(Path(_get(rc, "out-dir", str)).expanduser()),

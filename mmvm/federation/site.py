@@ -20,6 +20,7 @@ from mmvm.checkpoint import atomic_write_bytes
 from mmvm.config import ExperimentConfig
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.data.store import DataError, read_site_meta
+from mmvm.federation.delta import PosteriorCache
 from mmvm.federation.plan import exchange_plan
 from mmvm.federation.posteriors import Posteriors, PosteriorError
 from mmvm.noise import modality_noise
@@ -76,6 +77,9 @@ class Site:
         self.plan_args: dict = {}
         self.float16 = False  # send own posteriors as float16
         self.shared: list[str] = []  # own modalities other sites also hold (FedAvg)
+        self.delta_tol: float | None = None  # event-triggered exchange (delta.py)
+        self.sent_cache = PosteriorCache()  # own rows as last sent
+        self.others_cache = PosteriorCache()  # other modalities' rows as last received
 
     # ------------------------------------------------------------------ identity
     def describe(self) -> dict:
@@ -214,7 +218,9 @@ class Site:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "windows_done": self.windows_done, "names": self.names,
                     "global_ids": self.global_ids, "plan_args": self.plan_args,
-                    "float16": self.float16, "shared": self.shared}, buf)
+                    "float16": self.float16, "shared": self.shared,
+                    "delta_tol": self.delta_tol, "sent_cache": self.sent_cache.state(),
+                    "others_cache": self.others_cache.state()}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     def restore(self, path: str | Path) -> None:
@@ -226,6 +232,9 @@ class Site:
         self.optimizer.load_state_dict(state["optimizer"])
         self.windows_done = int(state["windows_done"])
         self.float16, self.shared = bool(state["float16"]), list(state["shared"])
+        self.delta_tol = state.get("delta_tol")
+        self.sent_cache = PosteriorCache.from_state(state.get("sent_cache", {}))
+        self.others_cache = PosteriorCache.from_state(state.get("others_cache", {}))
         if state["global_ids"]:
             self.attach(state["global_ids"], state["plan_args"])
 

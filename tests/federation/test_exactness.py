@@ -60,3 +60,16 @@ def test_stale_exchange_differs_but_trains(tiny_polymnist, tiny_config, tmp_path
     diff = max(abs(exact[k] - stale[k]).max() for k in exact)
     assert diff > 1e-5
     assert res.bytes_total > 0
+
+
+def test_event_triggered_exchange(tiny_polymnist, tiny_config, tmp_path):
+    """delta_tol = 0 resends every row that changed at all: still exact; a positive
+    tolerance sends fewer bytes (rows that barely moved stay cached at the receiver)."""
+    cfg = tiny_config(tiny_polymnist)
+    sites = site_layout("vertical", ["m0", "m1", "m2"])
+    split_sites(tiny_polymnist / "train.parquet", tmp_path / "sites", sites)
+    full, exact = _federate(cfg, tmp_path / "sites", sites, "round")
+    zero, same = _federate(cfg, tmp_path / "sites", sites, "round", delta_tol=0.0)
+    assert max(abs(exact[k] - same[k]).max() for k in exact) == 0.0
+    loose, _ = _federate(cfg, tmp_path / "sites", sites, "round", delta_tol=1.0)
+    assert loose.bytes_total < zero.bytes_total
