@@ -112,16 +112,23 @@ def run_federation(transport: Transport, modalities: list[str], *, batch_size: i
         result.history.append(row)
         if on_window:
             on_window(row)
-    eval_requests = {key: {"weights": _weights_for(coord, key, averaged),
-                           "collect": collect_model} for key in coord.sites}
-    result.evaluation = transport.evaluate(eval_requests)
+    final_evaluation(transport, coord, averaged, collect_model, result)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def final_evaluation(transport, coord: Coordinator, averaged: Mapping[str, dict],
+                     collect_model: bool, result: FederationResult) -> None:
+    """Last message: sites load the averaged shared weights and evaluate; with
+    ``collect_model`` their weights are assembled into ``result.model_state``."""
+    result.evaluation = transport.evaluate(
+        {key: {"weights": _weights_for(coord, key, averaged), "collect": collect_model}
+         for key in coord.sites})
     if collect_model:
         result.model_state = {}
         for rep in result.evaluation.values():
             for arrays in rep.pop("model", {}).values():
                 result.model_state.update(arrays)
-    result.seconds = time.perf_counter() - t0
-    return result
 
 
 def _weights_for(coord: Coordinator, key: str, averaged: Mapping[str, dict]) -> dict:

@@ -60,7 +60,8 @@ from mmvm.federation.posteriors import (
     encode_table,
     merge_tables,
 )
-from mmvm.federation.site import Site, evaluate_site
+from mmvm.federation import endpoint
+from mmvm.federation.site import Site
 from mmvm.secure.envelope import ReplayGuard, open_envelope, seal
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SiteKeys, SitePublicKeys, atomic_write, load_public_directory
@@ -378,12 +379,8 @@ def _mask(site: Site, sec: SiteSecrets, m: str, index: int) -> dict[str, np.ndar
 
 
 def evaluate(site: Site, sec: SiteSecrets, req: Mapping) -> dict:
-    for arrays in req.get("weights", {}).values():
-        site.load_weights(arrays)
-    out = evaluate_site(site)
-    if req.get("collect"):
-        out["model"] = {m: site.weights(m) for m in site.names}
-    return out
+    """As in plaintext mode (the final weights go to the server only if collected)."""
+    return endpoint.evaluate(site, req)
 
 
 class SecureLocalTransport:
@@ -472,7 +469,8 @@ def run_sealed(transport, modalities: list[str], *, batch_size: int, seed: int,
                collect_model: bool = False,
                on_window: Callable[[dict], None] | None = None):
     """The round loop of secure mode (same result type as ``run_federation``)."""
-    from mmvm.federation.driver import FederationResult, _nbytes, _weights_for, _window_row
+    from mmvm.federation.driver import (FederationResult, _nbytes, _weights_for, _window_row,
+                                        final_evaluation)
 
     t0 = time.perf_counter()
     described = {d["key"]: d for d in transport.describe()}
@@ -528,13 +526,6 @@ def run_sealed(transport, modalities: list[str], *, batch_size: int, seed: int,
         result.history.append(row_w)
         if on_window:
             on_window(row_w)
-    result.evaluation = transport.evaluate(
-        {key: {"weights": _weights_for(coord, key, averaged), "collect": collect_model}
-         for key in coord.sites})
-    if collect_model:
-        result.model_state = {}
-        for rep in result.evaluation.values():
-            for arrays in rep.pop("model", {}).values():
-                result.model_state.update(arrays)
+    final_evaluation(transport, coord, averaged, collect_model, result)
     result.seconds = time.perf_counter() - t0
     return result
