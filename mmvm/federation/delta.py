@@ -19,31 +19,61 @@ import torch
 from mmvm.federation.posteriors import Posteriors
 
 
+class _Store:
+    """One modality's rows: id -> slot, and growing [capacity, D] arrays."""
+
+    def __init__(self, dim: int) -> None:
+        self.slot: dict[str, int] = {}
+        self.mu = np.zeros((0, dim), dtype=np.float32)
+        self.logvar = np.zeros((0, dim), dtype=np.float32)
+
+    def slots(self, ids: list[str], add: bool) -> np.ndarray:
+        """Slots of ``ids`` (-1 if unknown), new slots appended when ``add``."""
+        out = np.fromiter((self.slot.get(s, -1) for s in ids), dtype=np.int64, count=len(ids))
+        if add and (out < 0).any():
+            new = np.flatnonzero(out < 0)
+            start = len(self.slot)
+            for j, i in enumerate(new):
+                self.slot[ids[i]] = start + j
+            out[new] = start + np.arange(len(new))
+            grow = start + len(new) - len(self.mu)
+            if grow > 0:
+                pad = np.zeros((max(grow, len(self.mu)), self.mu.shape[1]), dtype=np.float32)
+                self.mu, self.logvar = np.concatenate([self.mu, pad]), np.concatenate(
+                    [self.logvar, pad])
+        return out
+
+
 class PosteriorCache:
     """Latest known (mu, logvar) per modality and sample id."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self.stores: dict[str, _Store] = {}
 
     def update(self, table: Mapping[str, Posteriors]) -> None:
         for m, p in table.items():
-            store = self.rows.setdefault(m, {})
-            for i, sid in enumerate(p.sample_ids):
-                store[sid] = (p.mu[i].copy(), p.logvar[i].copy())
+            store = self.stores.setdefault(m, _Store(p.mu.shape[1]))
+            idx = store.slots(p.sample_ids, add=True)
+            store.mu[idx], store.logvar[idx] = p.mu, p.logvar
 
     def changed(self, table: Mapping[str, Posteriors], tol: float) -> dict[str, Posteriors]:
         """The rows of ``table`` that differ from the cache by more than ``tol``
         (all rows not cached yet); the cache is updated with exactly those rows."""
         out = {}
         for m, p in table.items():
-            store = self.rows.get(m, {})
-            keep = []
-            for i, sid in enumerate(p.sample_ids):
-                old = store.get(sid)
-                if old is None or max(np.abs(p.mu[i] - old[0]).max(),
-                                      np.abs(p.logvar[i] - old[1]).max()) > tol:
-                    keep.append(i)
-            if keep:
+            store = self.stores.get(m)
+            if store is None:
+                keep = np.arange(len(p.sample_ids))
+            else:
+                idx = store.slots(p.sample_ids, add=False)
+                known = idx >= 0
+                moved = np.zeros(len(idx), dtype=bool)
+                if known.any():
+                    k = idx[known]
+                    moved[known] = np.maximum(np.abs(p.mu[known] - store.mu[k]).max(1),
+                                              np.abs(p.logvar[known] - store.logvar[k]).max(1)) > tol
+                keep = np.flatnonzero(~known | moved)
+            if len(keep):
                 out[m] = Posteriors([p.sample_ids[i] for i in keep], p.mu[keep], p.logvar[keep])
         self.update(out)
         return out
@@ -52,20 +82,25 @@ class PosteriorCache:
         """Cached rows for the ids ``wanted`` (those known), without ``exclude``."""
         wanted, skip = list(wanted), set(exclude)
         out = {}
-        for m, store in self.rows.items():
+        for m, store in self.stores.items():
             if m in skip:
                 continue
-            ids = [s for s in wanted if s in store]
-            if ids:
-                out[m] = Posteriors(ids, np.stack([store[s][0] for s in ids]),
-                                    np.stack([store[s][1] for s in ids]))
+            idx = store.slots(wanted, add=False)
+            have = np.flatnonzero(idx >= 0)
+            if len(have):
+                out[m] = Posteriors([wanted[i] for i in have], store.mu[idx[have]].copy(),
+                                    store.logvar[idx[have]].copy())
         return out
 
     def state(self) -> dict:
         """Tensors and lists only (loadable with ``torch.load(weights_only=True)``)."""
-        return {m: {"ids": list(store), "mu": torch.from_numpy(np.stack([v[0] for v in store.values()])),
-                    "logvar": torch.from_numpy(np.stack([v[1] for v in store.values()]))}
-                for m, store in self.rows.items() if store}
+        out = {}
+        for m, store in self.stores.items():
+            n = len(store.slot)
+            if n:
+                out[m] = {"ids": list(store.slot), "mu": torch.from_numpy(store.mu[:n].copy()),
+                          "logvar": torch.from_numpy(store.logvar[:n].copy())}
+        return out
 
     @classmethod
     def from_state(cls, state: Mapping) -> "PosteriorCache":
