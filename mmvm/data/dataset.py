@@ -20,7 +20,47 @@ import torch
 from mmvm.data.store import DataError, SiteTable, read_site_table
 
 
-class MultimodalDataset(torch.utils.data.Dataset):
+class IdIndex:
+    """Sample-id lookups shared by the in-memory and the streaming dataset
+    (both keep ``_pos``: sample id -> row)."""
+
+    _pos: dict[str, int]
+
+    def contains(self, sample_id: str) -> bool:
+        """Whether ``sample_id`` is one of this dataset's samples."""
+        return sample_id in self._pos
+
+    def position(self, sample_id: str) -> int:
+        """Row of ``sample_id``; an unknown id raises :class:`DataError`."""
+        try:
+            return self._pos[sample_id]
+        except KeyError:
+            raise DataError(f"unknown sample id {sample_id!r} "
+                            f"(this dataset holds {len(self)} ids)") from None
+
+    def rows_of(self, sample_ids: Sequence[str]) -> np.ndarray:
+        """Row positions of ``sample_ids``; an unknown id raises :class:`DataError`."""
+        try:
+            return np.fromiter((self._pos[s] for s in sample_ids), dtype=np.int64,
+                               count=len(sample_ids))
+        except KeyError as err:
+            raise DataError(f"unknown sample id {err.args[0]!r} "
+                            f"(this dataset holds {len(self)} ids)") from None
+
+
+def merge_labels(labels: np.ndarray, rows: np.ndarray, lab: np.ndarray, ids: list[str],
+                 path: str, label: str) -> None:
+    """Write one site file's known labels into ``labels`` at ``rows``; a sample whose
+    files disagree on its label is an error."""
+    known = lab >= 0
+    clash = known & (labels[rows] >= 0) & (labels[rows] != lab)
+    if clash.any():
+        raise DataError(f"{path}: sample id {ids[rows[clash][0]]!r} has "
+                        f"conflicting '{label}' values across site files")
+    labels[rows[known]] = lab[known]
+
+
+class MultimodalDataset(IdIndex, torch.utils.data.Dataset):
     """Aligned multimodal samples; tensors kept in their stored dtype (uint8 saves 4x).
 
     Parameters
@@ -56,27 +96,6 @@ class MultimodalDataset(torch.utils.data.Dataset):
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape[1:]) for k, v in self.tensors.items()}
-
-    def contains(self, sample_id: str) -> bool:
-        """Whether ``sample_id`` is one of this dataset's samples."""
-        return sample_id in self._pos
-
-    def position(self, sample_id: str) -> int:
-        """Row of ``sample_id``; an unknown id raises :class:`DataError`."""
-        try:
-            return self._pos[sample_id]
-        except KeyError:
-            raise DataError(f"unknown sample id {sample_id!r} "
-                            f"(this dataset holds {len(self)} ids)") from None
-
-    def rows_of(self, sample_ids: Sequence[str]) -> np.ndarray:
-        """Row positions of ``sample_ids``; an unknown id raises :class:`DataError`."""
-        try:
-            return np.fromiter((self._pos[s] for s in sample_ids), dtype=np.int64,
-                               count=len(sample_ids))
-        except KeyError as err:
-            raise DataError(f"unknown sample id {err.args[0]!r} "
-                            f"(this dataset holds {len(self)} ids)") from None
 
     def batch(self, rows: Sequence[int] | torch.Tensor) -> dict:
         """The batch dict for ``rows``: float inputs, mask, index and labels."""
@@ -156,13 +175,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 tensors[name][rows] = arr
                 mask[rows, j] = True
             if label in t.labels:
-                lab = t.labels[label][keep]
-                known = lab >= 0
-                clash = known & (labels[rows] >= 0) & (labels[rows] != lab)
-                if clash.any():
-                    raise DataError(f"{t.path}: sample id {ids[rows[clash][0]]!r} has "
-                                    f"conflicting '{label}' values across site files")
-                labels[rows[known]] = lab[known]
+                merge_labels(labels, rows, t.labels[label][keep], ids, t.path, label)
                 has_label = True
         absent = [m for m in names if m not in tensors]
         if absent:

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from mmvm.data.dataset import IdIndex, merge_labels
 from mmvm.data.store import (SAMPLE_ID, DataError, _check_ids, _convert, _layout, _open,
                              _select)
 
@@ -100,7 +101,7 @@ class _File:
                             f"(rows from {int(self.offsets[k])}) ({e})") from None
 
 
-class StreamingDataset(torch.utils.data.Dataset):
+class StreamingDataset(IdIndex, torch.utils.data.Dataset):
     """Aligned multimodal samples read from Parquet row groups on demand.
 
     Parameters
@@ -182,13 +183,7 @@ class StreamingDataset(torch.utils.data.Dataset):
                 src_row[name][rows] = file_rows
                 mask[rows, j] = True
             if lab is not None:
-                lab = lab[keep]
-                known = lab >= 0
-                clash = known & (labels[rows] >= 0) & (labels[rows] != lab)
-                if clash.any():
-                    raise DataError(f"{f.path}: sample id {ids[rows[clash][0]]!r} has "
-                                    f"conflicting '{label}' values across site files")
-                labels[rows[known]] = lab[known]
+                merge_labels(labels, rows, lab[keep], ids, f.path, label)
                 has_label = True
         absent = [m for m in names if m not in specs]
         if absent:
@@ -216,23 +211,6 @@ class StreamingDataset(torch.utils.data.Dataset):
     @property
     def paths(self) -> list[str]:
         return [f.path for f in self.files]
-
-    def contains(self, sample_id: str) -> bool:
-        """Whether ``sample_id`` is one of this dataset's samples."""
-        return sample_id in self._pos
-
-    def position(self, sample_id: str) -> int:
-        """Row of ``sample_id``; an unknown id raises :class:`DataError`."""
-        try:
-            return self._pos[sample_id]
-        except KeyError:
-            raise DataError(f"unknown sample id {sample_id!r} "
-                            f"(this dataset holds {len(self)} ids)") from None
-
-    def rows_of(self, sample_ids: Sequence[str]) -> np.ndarray:
-        """Row positions of ``sample_ids``; an unknown id raises :class:`DataError`."""
-        return np.fromiter((self.position(s) for s in sample_ids), dtype=np.int64,
-                           count=len(sample_ids))
 
     def row_groups(self) -> list[np.ndarray]:
         """Dataset rows grouped by the Parquet row group that holds them (for
