@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from mmvm.objectives import _check_posteriors, kl_standard_normal, mmvm_regularizer
+from mmvm.divergences import check_posteriors, kl_standard_normal, mmvm_regularizer
 
 Method = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
 _METHODS: dict[str, Method] = {}
@@ -63,7 +63,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
 # ------------------------------------------------------------------ unimodal methods
 @register("independent")
 def independent(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 1.0):
-    mask = _check_posteriors(mu, logvar, mask)
+    mask = check_posteriors(mu, logvar, mask)
     kl = torch.where(mask, kl_standard_normal(mu, logvar), torch.zeros_like(mu[..., 0]))
     return reparameterize(mu, logvar, eps), kl.sum(1)
 
@@ -105,14 +105,14 @@ def _joint(z_joint: Tensor, mu_j: Tensor, lv_j: Tensor, mask: Tensor, M: int):
 
 @register("avg")
 def avg(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
-    mask = _check_posteriors(mu, logvar, mask)
+    mask = check_posteriors(mu, logvar, mask)
     mu_j, lv_j = average(mu, logvar, mask)
     return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, mu.shape[1])
 
 
 @register("poe")
 def poe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
-    mask = _check_posteriors(mu, logvar, mask)
+    mask = check_posteriors(mu, logvar, mask)
     mu_j, lv_j = product_of_experts(mu, logvar, mask)
     return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, mu.shape[1])
 
@@ -135,7 +135,7 @@ def _select_present(mask: Tensor, candidates: Tensor) -> Tensor:
 
 @register("moe")
 def moe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
-    mask = _check_posteriors(mu, logvar, mask)
+    mask = check_posteriors(mu, logvar, mask)
     k = _select_present(mask, mask)
     rows = torch.arange(mu.shape[0], device=mu.device)
     mu_j, lv_j = mu[rows, k], logvar[rows, k]
@@ -154,7 +154,7 @@ def subsets(M: int) -> Tensor:
 
 @register("mopoe")
 def mopoe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
-    mask = _check_posteriors(mu, logvar, mask)
+    mask = check_posteriors(mu, logvar, mask)
     B, M, D = mu.shape
     subs = subsets(M).to(mu.device)  # [S, M]
     # a subset is usable when all its modalities are present

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmvm.aggregation import available_methods, get_method, subsets
-from mmvm.objectives import kl_standard_normal, mmvm_regularizer
+from mmvm.divergences import kl_standard_normal, mmvm_regularizer
 
 
 def hand_made():
