@@ -15,6 +15,11 @@ section 2). Aggregated methods decode every modality from one joint z.
 | moe         | z ~ q_k, one k per sample            | M KL(q_k || N(0,I))              |
 | mopoe       | z ~ PoE(q_S), one subset S per sample| M KL(q_S || N(0,I))              |
 
+Only the unimodal methods (``register(..., federated=True)``) train across sites that
+each hold some modalities: their objective couples modalities only through the
+per-sample (mu, logvar), so exchanging those gives the centralized gradient exactly.
+The aggregated methods decode every modality from a joint z and are centralized only.
+
 MMVAE+ needs modality-specific latents as well as shared ones; it will register here
 as another function once those exist in the model.
 """
@@ -31,13 +36,26 @@ from mmvm.divergences import check_posteriors, kl_standard_normal, mmvm_regulari
 
 Method = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
 _METHODS: dict[str, Method] = {}
+_FEDERATED: set[str] = set()
 
 
-def register(name: str) -> Callable[[Method], Method]:
-    """Decorator adding a method to the registry under ``name``."""
+def register(name: str, *, federated: bool = False) -> Callable[[Method], Method]:
+    """Decorator adding a method to the registry under ``name``.
+
+    Parameters
+    ----------
+    name : the method's name in configs and on the command line.
+    federated : whether the method can train across sites that each hold some
+        modalities: true when its objective couples modalities only through the
+        per-sample posterior parameters (mu, logvar), which sites can exchange.
+    """
 
     def add(fn: Method) -> Method:
         _METHODS[name] = fn
+        if federated:
+            _FEDERATED.add(name)
+        else:
+            _FEDERATED.discard(name)
         return fn
 
     return add
@@ -52,7 +70,19 @@ def get_method(name: str) -> Method:
 
 
 def available_methods() -> list[str]:
+    """Names of all registered methods, sorted."""
     return sorted(_METHODS)
+
+
+def federated_methods() -> list[str]:
+    """Names of the registered methods that can train federated, sorted."""
+    return sorted(_FEDERATED)
+
+
+def can_federate(name: str) -> bool:
+    """Whether method ``name`` can train federated; unknown names raise ValueError."""
+    get_method(name)
+    return name in _FEDERATED
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
@@ -61,14 +91,14 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------ unimodal methods
-@register("independent")
+@register("independent", federated=True)
 def independent(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 1.0):
     mask = check_posteriors(mu, logvar, mask)
     kl = torch.where(mask, kl_standard_normal(mu, logvar), torch.zeros_like(mu[..., 0]))
     return reparameterize(mu, logvar, eps), kl.sum(1)
 
 
-@register("mmvm")
+@register("mmvm", federated=True)
 def mmvm(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
     return reparameterize(mu, logvar, eps), mmvm_regularizer(mu, logvar, alpha, mask)
 

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from mmvm.aggregation import available_methods, get_method, subsets
+from mmvm.aggregation import (
+    available_methods,
+    can_federate,
+    federated_methods,
+    get_method,
+    register,
+    subsets,
+)
 from mmvm.divergences import kl_standard_normal, mmvm_regularizer
 
 
@@ -24,6 +31,33 @@ def test_registry_lists_all_methods_and_rejects_typos():
     assert set(available_methods()) >= {"independent", "mmvm", "avg", "poe", "moe", "mopoe"}
     with pytest.raises(ValueError, match="choose one of"):
         get_method("mopeo")
+
+
+def test_registry_records_which_methods_federate():
+    assert federated_methods() == ["independent", "mmvm"]
+    assert can_federate("mmvm") and can_federate("independent")
+    for name in ("avg", "poe", "moe", "mopoe"):
+        assert not can_federate(name)
+    assert set(federated_methods()) <= set(available_methods())
+
+
+def test_can_federate_rejects_unknown_names_like_get_method():
+    with pytest.raises(ValueError, match="choose one of") as got:
+        can_federate("mopeo")
+    with pytest.raises(ValueError) as expected:
+        get_method("mopeo")
+    assert str(got.value) == str(expected.value)
+
+
+def test_register_defaults_to_not_federated(monkeypatch):
+    import mmvm.aggregation as agg
+
+    monkeypatch.setattr(agg, "_METHODS", dict(agg._METHODS))
+    monkeypatch.setattr(agg, "_FEDERATED", set(agg._FEDERATED))
+    register("toy")(get_method("avg"))
+    register("toy_fed", federated=True)(get_method("mmvm"))
+    assert not can_federate("toy") and can_federate("toy_fed")
+    assert "toy_fed" in federated_methods() and "toy" not in federated_methods()
 
 
 def test_avg_means_means_and_variances():
