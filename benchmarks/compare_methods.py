@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from mmvm.checkpoint import atomic_write_bytes
+    from mmvm.atomic import atomic_write
     from mmvm.classifiers import ClassifierConfig, load_or_train
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run, summary_row
@@ -158,25 +158,25 @@ def main(argv=None) -> int:
             res = evaluate_run(cfg, trained.model, train_set, test_set, clf)
             res["train_seconds"] = t_train
             res["final_train_loss"] = trained.history[-1]["loss"] if trained.history else None
-            atomic_write_bytes(run_dir / "eval.json", json.dumps(res, indent=2).encode())
+            atomic_write(run_dir / "eval.json", json.dumps(res, indent=2).encode())
             row = {**summary_row(res), "train_seconds": t_train}
             results.append(res)
             rows.append(row)
             print(f"{method:>11} beta {beta:<6g} recon {row['recon_nll']:8.1f}  probe "
                   f"{row['probe']:.3f}  coherence {row['coherence']:.3f}  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    atomic_write(out / "results.json", json.dumps(results, indent=2).encode())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    atomic_write(out / "results.csv", buf.getvalue().encode())
     for y in ("probe", "coherence"):
         scatter_recon_vs(rows, out / f"scatter_{y}.png", y=y,
                          title=f"PolyMNIST look-alike, {len(train_set)} train, "
                          f"{args.epochs} epochs: reconstruction vs {y}")
     md = table(rows)
-    atomic_write_bytes(out / "results.md", (md + "\n").encode())
+    atomic_write(out / "results.md", (md + "\n").encode())
     try:
         from rich.console import Console
         from rich.markdown import Markdown

@@ -42,10 +42,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mmvm.atomic import atomic_write
 from mmvm.secure.keys import (
     SiteKeys,
     SitePublicKeys,
-    atomic_write,
     public_directory_bytes,
     validate_site_name,
 )

@@ -23,7 +23,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from mmvm.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from mmvm.atomic import atomic_write
+from mmvm.checkpoint import load_checkpoint, save_checkpoint
 from mmvm.config import DataConfig, ExperimentConfig, config_to_dict
 from mmvm.model import MultimodalVAE
 from mmvm.noise import step_noise
@@ -159,7 +160,7 @@ def train(
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.is_file():
         start_epoch, step, history = _resume(ckpt_path, cfg, model, optimizer)
-    atomic_write_bytes(out_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2).encode())
+    atomic_write(out_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2).encode())
 
     n_batches = math.ceil(len(train_set) / cfg.train.batch_size)
     with progress_bar(show_progress) as bar:
@@ -248,4 +249,4 @@ def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write(path, buf.getvalue().encode())

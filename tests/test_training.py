@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import mmvm.atomic as atomic
 import mmvm.checkpoint as checkpoint
 import mmvm.training as training
 from mmvm.config import config_from_dict
@@ -211,21 +212,14 @@ def test_failed_save_keeps_previous_file_and_no_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("rename failed")
 
-    monkeypatch.setattr(checkpoint.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(OSError, match="rename failed"):
         checkpoint.save_checkpoint(path, {"v": 3})
     with pytest.raises(OSError, match="rename failed"):
-        checkpoint.atomic_write_bytes(tmp_path / "m.csv", b"epoch\n1\n")
+        atomic.atomic_write(tmp_path / "m.csv", b"epoch\n1\n")
     monkeypatch.undo()
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.pt"]
     assert checkpoint.load_checkpoint(path) == {"v": 1}
-
-
-def test_atomic_write_bytes_replaces_whole_file(tmp_path):
-    path = tmp_path / "a" / "m.csv"
-    checkpoint.atomic_write_bytes(path, b"x" * 1000)
-    checkpoint.atomic_write_bytes(path, b"short")
-    assert path.read_bytes() == b"short" and os.listdir(path.parent) == ["m.csv"]
 
 
 def test_corrupted_truncated_and_missing_checkpoints(tmp_path):

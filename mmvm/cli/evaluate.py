@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mmvm.checkpoint import atomic_write_bytes
+    from mmvm.atomic import atomic_write
     from mmvm.config import load_config
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     result["run"] = str(run_dir)
     result["epoch"] = state.get("epoch")
     out = run_dir / "eval.json"
-    atomic_write_bytes(out, json.dumps(result, indent=2).encode())
+    atomic_write(out, json.dumps(result, indent=2).encode())
     print_result(result)
     print(f"wrote {out}")
     if not args.no_plot:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmvm.atomic import atomic_write
 from mmvm.data.store import DataError, write_site_table
 
 MODALITIES = ("m0", "m1", "m2")
@@ -110,10 +111,8 @@ def _npm_digits(cache: Path) -> Digits:
                     flat = np.asarray(json.load(fh)["data"], dtype=np.float32)
                     images.append(flat.reshape(-1, 28, 28))
                     labels.append(np.full(len(images[-1]), k, dtype=np.int64))
-            tmp_npz = Path(tmp) / "digits.npz"
-            np.savez_compressed(tmp_npz, images=np.concatenate(images),
-                                labels=np.concatenate(labels))
-            os.replace(tmp_npz, npz)
+            arrays = {"images": np.concatenate(images), "labels": np.concatenate(labels)}
+            atomic_write(npz, lambda fh: np.savez_compressed(fh, **arrays), mode=0o644)
     with np.load(npz) as z:
         images, labels = z["images"], z["labels"]
     source["n_digits"] = int(len(labels))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmvm.atomic import atomic_write
 from mmvm.data.store import DataError, read_site_table, write_site_table
 
 LAYOUTS = ("vertical", "horizontal", "hybrid")
@@ -124,9 +125,9 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
                 {k2: v[rows] for k2, v in table.labels.items()}, meta,
                 scales={m: table.scales[m] for m in s.modalities})
             result[s.name][path.stem] = str(out)
-    (out_dir / "sites.json").write_text(json.dumps(
-        {"sites": [asdict(s) for s in sites], "missing": missing, "seed": seed,
-         "files": result}, indent=2))
+    index = {"sites": [asdict(s) for s in sites], "missing": missing, "seed": seed,
+             "files": result}
+    atomic_write(out_dir / "sites.json", json.dumps(index, indent=2).encode(), mode=0o644)
     return result
 
 

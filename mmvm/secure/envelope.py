@@ -62,7 +62,8 @@ from mmvm.secure.errors import (
     UnexpectedSenderError,
     WrongRecipientError,
 )
-from mmvm.secure.keys import SiteKeys, SitePublicKeys, atomic_write, envelope_key
+from mmvm.atomic import atomic_write
+from mmvm.secure.keys import SiteKeys, SitePublicKeys, envelope_key
 
 MAGIC = b"MMVMENV"
 VERSION = 1

@@ -39,9 +39,7 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -59,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 )
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
+from mmvm.atomic import atomic_write
 from mmvm.secure.errors import InvalidSignatureError
 
 KEY_BYTES = 32
@@ -108,40 +107,6 @@ def _field(d: Mapping[str, object], name: str, what: str) -> object:
 def _lp(*fields: bytes) -> bytes:
     """Length-prefixed concatenation: unambiguous, unlike plain joining."""
     return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
-
-
-def atomic_write(
-    path: str | Path, data: bytes, *, mode: int = 0o600, overwrite: bool = False
-) -> None:
-    """Write ``data`` to ``path`` atomically with permission ``mode``.
-
-    The bytes go to a temporary file in the same directory (created with
-    ``mode`` from the start, so a private key is never world-readable), are
-    fsynced, then moved into place: ``os.replace`` when ``overwrite``, else
-    ``os.link``, which fails with ``FileExistsError`` if ``path`` exists.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""mmvm.atomic: content, permissions, refusal to overwrite, nothing left on failure."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+import mmvm.atomic as atomic
+from mmvm.atomic import atomic_write
+
+
+def test_bytes_and_writer_give_the_same_content(tmp_path):
+    atomic_write(tmp_path / "a.bin", b"hello\x00world")
+    atomic_write(tmp_path / "b.bin", lambda fh: (fh.write(b"hello"), fh.write(b"\x00world")))
+    assert (tmp_path / "a.bin").read_bytes() == b"hello\x00world"
+    assert (tmp_path / "b.bin").read_bytes() == b"hello\x00world"
+    assert sorted(os.listdir(tmp_path)) == ["a.bin", "b.bin"]
+
+
+def test_overwrite_replaces_the_whole_file_and_creates_the_directory(tmp_path):
+    path = tmp_path / "a" / "b" / "m.csv"
+    atomic_write(path, b"x" * 1000)
+    atomic_write(path, b"short")
+    assert path.read_bytes() == b"short" and os.listdir(path.parent) == ["m.csv"]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644, 0o640])
+def test_mode_bits_are_exact_whatever_the_umask(tmp_path, mode):
+    old = os.umask(0o077)
+    try:
+        atomic_write(tmp_path / "f", b"data", mode=mode)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == mode
+
+
+def test_default_mode_is_private(tmp_path):
+    atomic_write(tmp_path / "f", b"data")
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o600
+
+
+def test_overwrite_false_refuses_an_existing_file(tmp_path):
+    path = tmp_path / "key.json"
+    atomic_write(path, b"first", overwrite=False)
+    with pytest.raises(FileExistsError):
+        atomic_write(path, b"second", mode=0o644, overwrite=False)
+    assert path.read_bytes() == b"first"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["key.json"]
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_failing_writer_leaves_the_old_file_and_no_temp(tmp_path, error):
+    path = tmp_path / "c.pt"
+    atomic_write(path, b"old")
+
+    def writer(fh):
+        fh.write(b"half a file")
+        raise error
+
+    with pytest.raises(type(error)):
+        atomic_write(path, writer)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["c.pt"]
+    with pytest.raises(type(error)):
+        atomic_write(tmp_path / "new.pt", writer)
+    assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_failing_rename_leaves_no_temp(tmp_path, monkeypatch):
+    def broken(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(atomic.os, "replace", broken)
+    with pytest.raises(OSError, match="rename failed"):
+        atomic_write(tmp_path / "m.csv", b"epoch\n1\n")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
