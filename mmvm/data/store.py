@@ -12,8 +12,9 @@ Columns
 - file metadata ``mmvm.dataset``: JSON describing source, versions, seed, recipe.
 
 Every reader check raises :class:`DataError` naming the file, the column and, where
-one exists, the row and sample id. The writer is atomic: a temp file in the target
-directory, fsync, ``os.replace``; on any error no file (and no temp file) is left.
+one exists, the row and sample id. The writer is atomic (``mmvm.atomic``). Partial
+readers (``mmvm.data.streaming``) reuse the checks: :func:`open_parquet`,
+:func:`read_layout`, :func:`select_modalities`, :func:`check_ids`, :func:`convert_batch`.
 
 Example
 -------
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mmvm.atomic import atomic_write
 
 SAMPLE_ID = "sample_id"
 TENSOR_KEY = "mmvm.tensor."
@@ -113,7 +115,7 @@ def write_site_table(
     path = Path(path)
     n = len(sample_ids)
     ids = [str(s) if s is not None else None for s in sample_ids]
-    _check_ids(ids, str(path), start=0, seen={})
+    check_ids(ids, str(path), start=0, seen={})
     arrays: dict[str, pa.Array] = {SAMPLE_ID: pa.array(ids, type=pa.string())}
     meta: dict[bytes, bytes] = {}
     scales = dict(scales or {})
@@ -158,7 +160,13 @@ def write_site_table(
         arrays[name] = pa.array(arr)
     meta[DATASET_KEY.encode()] = json.dumps(dict(dataset_meta), sort_keys=True).encode()
     table = pa.table(arrays).replace_schema_metadata(meta)
-    _atomic_write(table, path, max(1, int(row_group_size)), compression)
+    rows = max(1, int(row_group_size))
+
+    def write(fh) -> None:
+        with pq.ParquetWriter(fh, table.schema, compression=compression) as writer:
+            writer.write_table(table, row_group_size=rows)
+
+    atomic_write(path, write)
     return path
 
 
@@ -167,38 +175,12 @@ def _check_column_name(name: str, path: Path) -> None:
         raise DataError(f"{path}: invalid column name {name!r}")
 
 
-def _atomic_write(table: pa.Table, path: Path, row_group_size: int, comp: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with pq.ParquetWriter(fh, table.schema, compression=comp) as writer:
-                writer.write_table(table, row_group_size=row_group_size)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # persist the rename itself
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 # ------------------------------------------------------------------------------ read
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """What the schema says: tensor specs, labels, other columns."""
+class Layout:
+    """What a site file's schema says: tensor specs, label columns, other columns."""
 
     path: str
     specs: dict[str, dict]  # name -> {"shape": tuple, "dtype": str, "scale": float}
@@ -208,7 +190,8 @@ class _Layout:
     num_rows: int
 
 
-def _open(path: str | os.PathLike) -> pq.ParquetFile:
+def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
+    """Open a Parquet file; a missing or non-Parquet file raises :class:`DataError`."""
     path = str(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
@@ -218,7 +201,8 @@ def _open(path: str | os.PathLike) -> pq.ParquetFile:
         raise DataError(f"{path}: not a Parquet file ({e})") from None
 
 
-def _layout(pf: pq.ParquetFile, path: str) -> _Layout:
+def read_layout(pf: pq.ParquetFile, path: str) -> Layout:
+    """Validate the schema of ``pf`` (opened from ``path``, named in errors): a Layout."""
     schema = pf.schema_arrow
     raw = schema.metadata or {}
     meta = {k.decode(): v.decode() for k, v in raw.items()}
@@ -254,7 +238,7 @@ def _layout(pf: pq.ParquetFile, path: str) -> _Layout:
         dataset_meta = json.loads(meta.get(DATASET_KEY, "{}"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: metadata '{DATASET_KEY}' is not JSON ({e})") from None
-    return _Layout(path, specs, labels, others, dataset_meta, pf.metadata.num_rows)
+    return Layout(path, specs, labels, others, dataset_meta, pf.metadata.num_rows)
 
 
 def _spec(f: pa.Field, text: str, path: str) -> dict:
@@ -283,7 +267,8 @@ def _spec(f: pa.Field, text: str, path: str) -> dict:
     return {"shape": shape, "dtype": dtype, "scale": scale}
 
 
-def _select(layout: _Layout, modalities: Sequence[str] | None) -> list[str]:
+def select_modalities(layout: Layout, modalities: Sequence[str] | None) -> list[str]:
+    """The tensor columns to read: all (``None``) or ``modalities``, which must exist."""
     if modalities is None:
         return list(layout.specs)
     unknown = [m for m in modalities if m not in layout.specs]
@@ -293,7 +278,11 @@ def _select(layout: _Layout, modalities: Sequence[str] | None) -> list[str]:
     return list(modalities)
 
 
-def _check_ids(ids: list, path: str, start: int, seen: dict[str, int]) -> None:
+def check_ids(ids: list, path: str, start: int, seen: dict[str, int]) -> None:
+    """Raise :class:`DataError` on a null, empty or repeated id among rows ``start..``.
+
+    ``seen`` (id -> row, ids of earlier batches of the file) is updated in place.
+    """
     for i, sid in enumerate(ids):
         row = start + i
         if sid is None or sid == "":
@@ -315,11 +304,15 @@ def _check_finite(arr: np.ndarray, name: str, path: str, ids: list, start: int) 
                         f"NaN or inf in a float tensor")
 
 
-def _convert(batch: pa.RecordBatch | pa.Table, layout: _Layout, names: list[str],
-             start: int, seen: dict[str, int]) -> SiteTable:
+def convert_batch(batch: pa.RecordBatch | pa.Table, layout: Layout, names: list[str],
+                  start: int, seen: dict[str, int]) -> SiteTable:
+    """Validate rows ``start..`` of a file (batch or table) into a :class:`SiteTable`.
+
+    Ids via :func:`check_ids`; tensors ``names`` non-null and finite; all of ``layout``'s
+    label and other columns."""
     path = layout.path
     ids = batch.column(SAMPLE_ID).to_pylist()
-    _check_ids(ids, path, start, seen)
+    check_ids(ids, path, start, seen)
     tensors, scales = {}, {}
     for name in names:
         spec = layout.specs[name]
@@ -360,22 +353,22 @@ def read_site_table(path: str | os.PathLike,
         :class:`DataError` listing the available ones.
     """
     path = str(path)
-    pf = _open(path)
-    layout = _layout(pf, path)
-    names = _select(layout, modalities)
+    pf = open_parquet(path)
+    layout = read_layout(pf, path)
+    names = select_modalities(layout, modalities)
     cols = [SAMPLE_ID, *names, *layout.labels, *layout.others]
     try:
         table = pf.read(columns=cols)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: unreadable Parquet data ({e})") from None
-    return _convert(table, layout, names, 0, {})
+    return convert_batch(table, layout, names, 0, {})
 
 
 def read_site_meta(path: str | os.PathLike) -> dict:
     """Schema-level facts without reading the data: rows, tensor specs, labels, meta."""
     path = str(path)
-    pf = _open(path)
-    lay = _layout(pf, path)
+    pf = open_parquet(path)
+    lay = read_layout(pf, path)
     return {"num_rows": lay.num_rows, "num_row_groups": pf.metadata.num_row_groups,
             "tensors": lay.specs, "labels": lay.labels, "columns": lay.others,
             "dataset": lay.dataset_meta, "schema": pf.schema_arrow}
@@ -391,15 +384,15 @@ def iter_site_batches(path: str | os.PathLike, modalities: Sequence[str] | None,
     :func:`read_site_table`, and sample ids are checked unique across batches.
     """
     path = str(path)
-    pf = _open(path)
-    layout = _layout(pf, path)
-    names = _select(layout, modalities)
+    pf = open_parquet(path)
+    layout = read_layout(pf, path)
+    names = select_modalities(layout, modalities)
     cols = [SAMPLE_ID, *names, *layout.labels, *layout.others]
     seen: dict[str, int] = {}
     start = 0
     try:
         for batch in pf.iter_batches(batch_size=max(1, int(batch_size)), columns=cols):
-            yield _convert(batch, layout, names, start, seen)
+            yield convert_batch(batch, layout, names, start, seen)
             start += batch.num_rows
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: unreadable Parquet data near row {start} ({e})") \

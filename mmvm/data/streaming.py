@@ -36,8 +36,15 @@ import pyarrow as pa
 import torch
 
 from mmvm.data.dataset import IdIndex, merge_labels
-from mmvm.data.store import (SAMPLE_ID, DataError, _check_ids, _convert, _layout, _open,
-                             _select)
+from mmvm.data.store import (
+    SAMPLE_ID,
+    DataError,
+    check_ids,
+    convert_batch,
+    open_parquet,
+    read_layout,
+    select_modalities,
+)
 
 
 class _File:
@@ -45,16 +52,16 @@ class _File:
 
     def __init__(self, path: str, names: Sequence[str] | None) -> None:
         self.path = path
-        self.pf = _open(path)
-        self.layout = _layout(self.pf, path)
+        self.pf = open_parquet(path)
+        self.layout = read_layout(self.pf, path)
         if names is None:
-            self.held = _select(self.layout, None)
+            self.held = select_modalities(self.layout, None)
         else:
             self.held = [m for m in names if m in self.layout.specs]
         meta = self.pf.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        # _convert also reads labels/other columns; a streamed group needs neither
+        # convert_batch also reads labels/other columns; a streamed group needs neither
         self.tensor_layout = dataclasses.replace(self.layout, labels=[], others=[])
         self.global_rows = np.zeros(0, dtype=np.int64)  # file row -> dataset row (-1: cut)
 
@@ -71,7 +78,7 @@ class _File:
         for k in range(self.num_row_groups):
             t = self._read(k, cols)
             chunk = t.column(SAMPLE_ID).to_pylist()
-            _check_ids(chunk, self.path, len(ids), seen)
+            check_ids(chunk, self.path, len(ids), seen)
             ids.extend(chunk)
             if len(cols) > 1:
                 col = t.column(label)
@@ -86,7 +93,7 @@ class _File:
         """Row group ``k``'s held tensors (stored dtype), validated."""
         start = int(self.offsets[k])
         t = self._read(k, [SAMPLE_ID, *self.held])
-        st = _convert(t, self.tensor_layout, self.held, start, {})
+        st = convert_batch(t, self.tensor_layout, self.held, start, {})
         if st.sample_ids != ids:
             raise DataError(f"{self.path}: row group {k} (rows {start}.."
                             f"{start + len(st) - 1}) no longer holds the sample ids it held "
