@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from mmvm.config import load_config  # noqa: E402
 from mmvm.data.dataset import MultimodalDataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
+from mmvm.evaluation import fit_probe  # noqa: E402
 from mmvm.federation.driver import run_federation  # noqa: E402
 from mmvm.federation.endpoint import LocalTransport  # noqa: E402
 from mmvm.federation.site import Site  # noqa: E402
@@ -62,8 +62,9 @@ def pooled_means(model: MultimodalVAE, ds: MultimodalDataset, method: str):
 def probes(model, train_set, test_set, method) -> dict:
     xa, ya, ra = pooled_means(model, train_set, method)
     xb, yb, rb = pooled_means(model, test_set, method)
-    out = {"pooled": LogisticRegression(max_iter=10_000).fit(xa, ya).score(xb, yb)}
-    per_rat = [LogisticRegression(max_iter=10_000).fit(xa[ra == r], ya[ra == r])
+    # standardize=False: this benchmark has always probed the raw latents
+    out = {"pooled": fit_probe(xa, ya, standardize=False).score(xb, yb)}
+    per_rat = [fit_probe(xa[ra == r], ya[ra == r], standardize=False)
                .score(xb[rb == r], yb[rb == r]) for r in range(int(ra.max()) + 1)]
     out["per_rat_mean"] = float(np.mean(per_rat))
     return out

@@ -71,7 +71,22 @@ def present_labels(dataset, names: list[str]) -> dict[str, np.ndarray]:
     return {n: labels[dataset.mask[:, dataset.names.index(n)].numpy()] for n in names}
 
 
-def _fit_logreg(x: np.ndarray, y: np.ndarray, standardize: bool):
+def fit_probe(x: np.ndarray, y: np.ndarray, standardize: bool = True):
+    """Fit the project's one latent probe: a logistic regression of ``y`` on ``x``.
+
+    scikit-learn defaults (lbfgs, C = 1, L2) with ``max_iter=10000``, as the reference.
+    ``standardize`` puts a StandardScaler fitted on ``x`` in front.
+
+    Parameters
+    ----------
+    x : [N, D] latents (e.g. posterior means).
+    y : [N] integer labels, at least two classes.
+    standardize : scale each latent dimension to zero mean, unit variance first.
+
+    Returns
+    -------
+    The fitted scikit-learn estimator (``.score(x, y)``, ``.predict(x)``).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -88,8 +103,8 @@ def probe_accuracy(
 ) -> dict[str, float]:
     """Test accuracy of a logistic regression on latents, per modality and ``"all"``.
 
-    scikit-learn defaults (lbfgs, C = 1, L2) with ``max_iter=10000``, as the reference.
-    ``standardize`` (default) puts a StandardScaler fitted on the training latents in
+    Each probe is :func:`fit_probe`: scikit-learn defaults (lbfgs, C = 1, L2) with
+    ``max_iter=10000``, as the reference. ``standardize`` (default) puts a StandardScaler fitted on the training latents in
     front: lbfgs then converges in far fewer iterations on latents whose scales differ
     by orders of magnitude; it changes the effective strength of the C = 1 penalty, so
     numbers may differ slightly from raw-mu probes. The first ``max_train`` training
@@ -117,13 +132,13 @@ def probe_accuracy(
         if len(np.unique(ytr)) < 2 or len(yte) == 0:
             raise ValueError(f"modality {name!r}: a probe needs at least two classes in "
                              f"train and some test rows (got {len(ytr)} / {len(yte)})")
-        acc[name] = float(_fit_logreg(xtr, ytr, standardize).score(xte, yte))
+        acc[name] = float(fit_probe(xtr, ytr, standardize).score(xte, yte))
         for k, v in zip(stack, (xtr, ytr, xte, yte)):
             stack[k].append(v)
     acc["mean"] = float(np.mean([acc[n] for n in train_mu]))
     if len(train_mu) > 1:
         xtr, ytr, xte, yte = (np.concatenate(stack[k]) for k in stack)
-        acc["all"] = float(_fit_logreg(xtr, ytr, standardize).score(xte, yte))
+        acc["all"] = float(fit_probe(xtr, ytr, standardize).score(xte, yte))
     return acc
 
 

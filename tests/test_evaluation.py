@@ -22,6 +22,7 @@ from mmvm.evaluation import (
     coherence,
     encode_dataset,
     evaluate_run,
+    fit_probe,
     present_labels,
     probe_accuracy,
     reconstruction_nll,
@@ -64,6 +65,19 @@ def test_probe_random_latents_near_chance_and_all_detects_unshared_space():
     te = {m: c[m][yte] + 0.01 * rng.normal(size=(600, 2)) for m in NAMES}
     acc = probe_accuracy(tr, ytr, te, yte, max_train=300)
     assert acc["mean"] > 0.99 and acc["all"] < 0.8
+
+
+def test_fit_probe_standardized_ignores_the_latents_scale_and_offset():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 400)
+    x = rng.normal(size=(400, 4)) + y[:, None]
+    xt = rng.normal(size=(200, 4)) + rng.integers(0, 3, 200)[:, None]
+    scale, shift = np.array([1e3, 1e-2, 1.0, 50.0]), np.array([5.0, -3.0, 0.0, 1e3])
+    a = fit_probe(x, y).predict_proba(xt)
+    b = fit_probe(x * scale + shift, y).predict_proba(xt * scale + shift)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    raw = fit_probe(x, y, standardize=False)  # a plain logistic regression on x
+    assert raw.max_iter == 10_000 and raw.coef_.shape == (3, 4)
 
 
 def test_probe_rejects_mismatched_lengths():
