@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmvm.config import load_config
-    from mmvm.data.dataset import MultimodalDataset
+    from mmvm.data import open_dataset
     from mmvm.training import TrainingDivergedError, train
 
     cfg = load_config(args.config, args.overrides)
@@ -33,13 +33,7 @@ def run(args: argparse.Namespace) -> int:
     names = [m.name for m in cfg.model.modalities]
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; {_how_to_make(names, cfg.data.root)}")
-    if cfg.data.streaming:  # row groups on demand: the data need not fit in memory
-        from mmvm.data.streaming import StreamingDataset
-
-        data = StreamingDataset(path, names, cfg.data.label, cfg.data.max_train,
-                                cache_row_groups=cfg.data.cache_row_groups)
-    else:
-        data = MultimodalDataset.from_parquet(path, names, cfg.data.label, cfg.data.max_train)
+    data = open_dataset(path, names, cfg.data, limit=cfg.data.max_train)
     try:
         result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress)
     except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback

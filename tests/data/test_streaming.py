@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmvm.config import ConfigError, config_from_dict
+from mmvm.config import ConfigError, DataConfig, config_from_dict
+from mmvm.data import open_dataset
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.data.store import DataError, write_site_table
 from mmvm.data.streaming import StreamingDataset
@@ -46,6 +47,15 @@ def one_file(tmp_path):
 
 
 # ------------------------------------------------------------------------- exactness
+def test_open_dataset_follows_the_streaming_switch(one_file):
+    mem = open_dataset(one_file, ["vec"], DataConfig(label="label"), limit=50)
+    st = open_dataset(one_file, ["vec"], DataConfig(streaming=True, cache_row_groups=2),
+                      limit=50)
+    assert type(mem) is MultimodalDataset and type(st) is StreamingDataset
+    assert len(mem) == len(st) == 50 and st.cache_row_groups == 2
+    _assert_batches_equal(st.batch(range(50)), mem.batch(range(50)))
+
+
 def test_single_file_batches_equal_in_memory(one_file):
     mem = MultimodalDataset.from_parquet(one_file)
     st = StreamingDataset(one_file, cache_row_groups=3)
