@@ -109,15 +109,6 @@ def test_train_missing_data_for_other_modalities_points_to_prepare(tmp_path, cap
     assert "does not exist" in err and f"mmvm data prepare DATASET SRC --out {root}" in err
 
 
-@pytest.fixture(scope="module")
-def tiny_polymnist(tmp_path_factory):
-    from mmvm.data.polymnist import make_polymnist
-
-    root = tmp_path_factory.mktemp("pm")
-    make_polymnist(root, n_train=128, n_test=64, digits_source="sklearn")
-    return root
-
-
 def _tiny_args(root, out, *extra):
     sets = [f'data.root="{root}"', f'train.out_dir="{out}"', "train.epochs=1",
             "train.batch_size=64", 'train.device="cpu"', "train.num_threads=1",

@@ -1,11 +1,16 @@
-"""Tiny PolyMNIST look-alike shared by the federation tests (made once per session)."""
+"""Fixtures shared by the whole suite: one tiny PolyMNIST look-alike per session.
+
+``tiny_polymnist`` is made once: seed 0, 192 train / 96 test samples (three batches of
+64 per epoch), scikit-learn digits (no network), 16-row row groups (12 train groups, for
+the streaming tests). ``tiny_config`` builds a small experiment config over it.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mmvm.config import config_from_dict
+from mmvm.config import ExperimentConfig, config_from_dict
 from mmvm.data.polymnist import make_polymnist
 
 
@@ -13,11 +18,12 @@ from mmvm.data.polymnist import make_polymnist
 def tiny_polymnist(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("polymnist")
-    make_polymnist(root, seed=0, n_train=192, n_test=96)
+    make_polymnist(root, seed=0, n_train=192, n_test=96, digits_source="sklearn",
+                   row_group_size=16)
     return root
 
 
-def _tiny_config(root, method: str = "mmvm", **train) -> object:
+def _tiny_config(root, method: str = "mmvm", **train) -> ExperimentConfig:
     mods = {m: {"kind": "image", "shape": [3, 28, 28], "width": 4} for m in ("m0", "m1", "m2")}
     return config_from_dict({
         "data": {"root": str(root)},
