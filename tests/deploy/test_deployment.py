@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 
 from deploy import make_keys
-from deploy.local import Fleet, wait_for_log
+from tests.support.fleet import Fleet
+from tests.support.processes import wait_for_log
 
 BIN = Path(sys.executable).parent
 APP = Path(__file__).resolve().parents[2]

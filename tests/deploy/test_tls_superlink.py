@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from deploy import make_keys
-from deploy.local import Fleet, wait_for_log
+from tests.support.fleet import Fleet
+from tests.support.processes import wait_for_log
 
 BIN = Path(sys.executable).parent
 pytestmark = [

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import Fleet, pids_mentioning
+from tests.support.fleet import Fleet
+from tests.support.processes import pids_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = 5

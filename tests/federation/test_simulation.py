@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local import Fleet
+from tests.support.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 WIDTHS = ";".join(f"model.modalities.rat{i}.width=32" for i in range(1, 6))

@@ -1,0 +1,117 @@
+"""Processes for the tests: start in a group, wait for a port or a log line, stop.
+
+Each process runs in its own process group (``start_new_session``) with its output
+in a log file; :func:`stop_process` terminates the whole group, SIGTERM then
+SIGKILL, so children that outlive their leader go too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+QUIET_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (race-prone, fine for tests)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0,
+                  proc: subprocess.Popen | None = None) -> None:
+    """Block until ``host:port`` accepts TCP connections; raise on timeout/exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before port {port} opened"
+            )
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout:.0f} s")
+
+
+def wait_for_log(path: Path, needles: Sequence[str], timeout: float = 60.0,
+                 proc: subprocess.Popen | None = None) -> str | None:
+    """Wait until the log at ``path`` contains one of ``needles``; return it.
+
+    Returns ``None`` if the process exits first or the time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for needle in needles:
+            if needle in text:
+                return needle
+        if proc is not None and proc.poll() is not None:
+            return None
+        time.sleep(0.25)
+    return None
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate ``proc``'s whole process group: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # children may outlive the leader; the group id is the leader's pid
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait(timeout)
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """PIDs of this user's processes whose command line contains ``text``."""
+    pids = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            # zombies have an empty cmdline and are gone once reaped
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@dataclass
+class Process:
+    """A started process, its name and log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
