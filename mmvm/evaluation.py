@@ -133,7 +133,7 @@ def probe_accuracy(
             raise ValueError(f"modality {name!r}: a probe needs at least two classes in "
                              f"train and some test rows (got {len(ytr)} / {len(yte)})")
         acc[name] = float(fit_probe(xtr, ytr, standardize).score(xte, yte))
-        for k, v in zip(stack, (xtr, ytr, xte, yte)):
+        for k, v in zip(stack, (xtr, ytr, xte, yte), strict=True):
             stack[k].append(v)
     acc["mean"] = float(np.mean([acc[n] for n in train_mu]))
     if len(train_mu) > 1:

@@ -83,7 +83,7 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
     size = (n * 0.7 + 1.2, len(names) * (len(names) + 1) * 0.75)
     fig, axes = plt.subplots(len(names), 1, figsize=size)
     axes = np.atleast_1d(axes)
-    for ax, src in zip(axes, names):
+    for ax, src in zip(axes, names, strict=True):
         have = dataset.mask[:, dataset.names.index(src)].nonzero().flatten()
         pick = torch.as_tensor(rows, dtype=torch.long) if rows is not None else have[:n]
         if len(pick) == 0:
@@ -137,7 +137,7 @@ def scatter_recon_vs(results: Sequence[Mapping], path: str | Path, y: str = "pro
         betas = sorted(by_beta)
         pts = np.array([np.mean(by_beta[b], axis=0) for b in betas])
         ax.plot(pts[:, 0], pts[:, 1], "-o", color=colors(k % 10), label=method, ms=5)
-        for b, (px, py) in zip(betas, pts):
+        for b, (px, py) in zip(betas, pts, strict=True):
             ax.annotate(f"{b:g}", (px, py), textcoords="offset points", xytext=(3, 3),
                         fontsize=7, color=colors(k % 10))
     ax.set_xlabel("reconstruction error (test NLL per sample)")
@@ -166,7 +166,7 @@ def latent_2d(mus: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray] | 
     n = len(mus)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
     cmap = plt.get_cmap("tab10")
-    for ax, (key, mu) in zip(axes[0], mus.items()):
+    for ax, (key, mu) in zip(axes[0], mus.items(), strict=True):
         mu = np.asarray(mu, dtype=np.float64)
         lab = np.asarray(labels[key] if isinstance(labels, Mapping) else labels)
         if len(lab) != len(mu):
@@ -204,8 +204,8 @@ def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
     runs = [read_metrics(p) for p in metrics_paths]
     labels = list(labels) if labels else [Path(p).parent.name or str(p) for p in metrics_paths]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for run, lab in zip(runs, labels):
+    for ax, key in zip(axes[0], keys, strict=True):
+        for run, lab in zip(runs, labels, strict=False):
             if key in run:
                 ax.plot(run["epoch"], run[key], label=lab)
         ax.set_xlabel("epoch")

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from mmvm.config import (ConfigError, ExperimentConfig, ModalitySpec, config_from_dict,
-                         config_to_dict, load_config)
+from mmvm.config import (
+    ConfigError,
+    ExperimentConfig,
+    ModalitySpec,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 POLYMNIST = ROOT / "configs" / "polymnist.toml"
@@ -229,5 +236,5 @@ def test_config_to_dict_round_trip(path):
 
 def test_configs_are_frozen():
     cfg = load_config(POLYMNIST)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.epochs = 5  # type: ignore[misc]

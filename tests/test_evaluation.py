@@ -90,7 +90,7 @@ def test_probe_rejects_mismatched_lengths():
 def _oracle_model(weights=(1.0, 1.0, 1.0), perm_m1: bool = False) -> MultimodalVAE:
     """Encoders/decoders that are identities on one-hot vectors; q has variance e^-30."""
     specs = [ModalitySpec(m, "vector", (10,), likelihood="gaussian", scale=1.0, weight=w,
-                          width=10, layers=1) for m, w in zip(NAMES, weights)]
+                          width=10, layers=1) for m, w in zip(NAMES, weights, strict=True)]
     model = MultimodalVAE(specs, latent_dim=10)
     eye = torch.eye(10)
     with torch.no_grad():

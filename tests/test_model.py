@@ -67,10 +67,10 @@ def test_mlp_sizes_and_width_zero_means_input_size():
     model = MultimodalVAE([spec], latent_dim=2)
     linears = [m for m in model.encoders["r"].modules() if isinstance(m, torch.nn.Linear)]
     # D -> D -> D, then heads to 2 (hippocampus: D = 10 x neurons)
-    assert [(l.in_features, l.out_features) for l in linears] == [(70, 70), (70, 70), (70, 2),
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(70, 70), (70, 70), (70, 2),
                                                                    (70, 2)]
     dec = [m for m in model.decoders["r"].modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in dec] == [(2, 70), (70, 70), (70, 70)]
+    assert [(lin.in_features, lin.out_features) for lin in dec] == [(2, 70), (70, 70), (70, 70)]
 
 
 def test_encode_zeros_where_mask_false_and_skips_absent_modality():

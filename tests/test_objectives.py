@@ -13,7 +13,7 @@ def test_alpha_schedules_anneal_from_start_to_end(kind):
     values = [f(t) for t in range(0, 121)]
     assert values[0] == pytest.approx(1.0)
     assert values[100] == pytest.approx(0.0, abs=1e-12) and values[120] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
+    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:], strict=False))
     if kind == "linear":
         assert f(50) == pytest.approx(0.5)
     if kind == "cosine":

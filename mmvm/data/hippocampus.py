@@ -87,7 +87,7 @@ def simulate_sessions(seed: int = 0, trials_per_odor: int = 50, extra_trials: in
     if trials_per_odor < 1 or extra_trials < 0:
         raise ValueError("trials_per_odor must be >= 1 and extra_trials >= 0")
     sessions = []
-    for r, (name, n, onset) in enumerate(zip(names, neurons, onsets)):
+    for r, (name, n, onset) in enumerate(zip(names, neurons, onsets, strict=True)):
         rng = np.random.default_rng([seed, 1, r])
         # baseline in spikes per bin
         base = np.exp(rng.normal(np.log(4.0), 0.8, size=n)) * BIN_MS / 1000
@@ -151,7 +151,7 @@ def window_samples(sessions: Sequence[RatSession], modalities: Sequence[str],
         trial = np.repeat([sum(n_aligned[:o]) + i for o, i in pp], N_SUB)
         trial = trial.astype(np.int64)
         x, cols = {}, {"trial": trial, "odor_trial": idx, "window": win}
-        for m, s, tr in zip(modalities, sessions, trials_of):
+        for m, s, tr in zip(modalities, sessions, trials_of, strict=True):
             rows = np.array([tr[o][i] for o, i in pp], dtype=np.int64)
             # [trials, neurons, 25] -> [trials, 16, neurons, 10] -> [N, neurons, 10]
             block = s.spikes[rows][:, :, s.onset:s.onset + WINDOW_BINS]
@@ -159,7 +159,7 @@ def window_samples(sessions: Sequence[RatSession], modalities: Sequence[str],
             x[m] = np.ascontiguousarray(subs.transpose(0, 2, 1, 3), dtype=np.float32) \
                 .reshape(n, s.spikes.shape[1], SUB_BINS)
             cols[f"source_trial.{m}"] = np.repeat(rows, N_SUB)
-        ids = [f"{ODORS[o]}{i:03d}-w{w:02d}" for o, i, w in zip(odor, idx, win)]
+        ids = [f"{ODORS[o]}{i:03d}-w{w:02d}" for o, i, w in zip(odor, idx, win, strict=True)]
         out[split] = {"ids": ids, "x": x, "label": odor, "cols": cols,
                       "n_trials": len(pp)}
     out["n_aligned"] = n_aligned
@@ -224,7 +224,7 @@ def make_hippocampus(out_dir: str | os.PathLike, seed: int = 0,
     data = window_samples(sessions, MODALITIES, test_fraction, seed)
     meta = {
         "name": "hippocampus-lookalike", "seed": seed, "modalities": list(MODALITIES),
-        "rats": dict(zip(MODALITIES, RATS)), "neurons": dict(zip(MODALITIES, NEURONS)),
+        "rats": dict(zip(MODALITIES, RATS, strict=True)), "neurons": dict(zip(MODALITIES, NEURONS, strict=True)),
         "odors": list(ODORS[:N_ODORS]), "label": "odor (0..3 = A..D)",
         "simulation": {"trials_per_odor": trials_per_odor, "extra_trials": extra_trials,
                        "tuning": tuning, "baseline": "LogNormal(log 4 Hz, 0.8)",

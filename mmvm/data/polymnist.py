@@ -206,7 +206,7 @@ def _distinct_perms(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
             bad = np.flatnonzero((perms[k][None] == perms[:k]).any(axis=0))
             if bad.size == 0:
                 break
-            for b, o in zip(bad, rng.integers(0, n, size=bad.size)):
+            for b, o in zip(bad, rng.integers(0, n, size=bad.size), strict=True):
                 perms[k, [b, o]] = perms[k, [o, b]]
     return perms
 

@@ -163,7 +163,7 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
         labels = np.full(n, -1, dtype=np.int64)
         home = np.full(n, -1, dtype=np.int64)  # first file holding the id
         has_label = False
-        for fi, (f, (fids, lab)) in enumerate(zip(self.files, index)):
+        for fi, (f, (fids, lab)) in enumerate(zip(self.files, index, strict=True)):
             self._file_ids.append(fids)
             rows = np.array([pos.get(s, -1) for s in fids], dtype=np.int64)
             f.global_rows = rows

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from mmvm.atomic import atomic_write
 from mmvm.secure.errors import (
     ContextMismatchError,
     MalformedEnvelopeError,
@@ -62,7 +63,6 @@ from mmvm.secure.errors import (
     UnexpectedSenderError,
     WrongRecipientError,
 )
-from mmvm.atomic import atomic_write
 from mmvm.secure.keys import SiteKeys, SitePublicKeys, envelope_key
 
 MAGIC = b"MMVMENV"

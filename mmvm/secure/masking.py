@@ -274,7 +274,7 @@ def aggregate_masked(
         arrays = masked[site]
         if [np.shape(a) for a in arrays] != layout:
             raise MaskingError(f"masked update of {site!r} has another layout")
-        for t, a in zip(total, arrays):
+        for t, a in zip(total, arrays, strict=True):
             t += np.asarray(a, dtype=np.uint64)  # wraps modulo 2^64
     if dropped:
         needed = {s: {d: revealed[s][d] for d in dropped} for s in survivors}

@@ -186,7 +186,7 @@ def psi_client_intersection(
     shared: list[str] = []
     with progress_bar(_show(len(ids), progress)) as bar:
         task = bar.add_task("PSI intersection", total=len(ids))
-        for chunk, raw in zip(chunks, resp_raw):
+        for chunk, raw in zip(chunks, resp_raw, strict=True):
             resp = _psi.Response()
             resp.ParseFromString(raw)
             shared += [chunk[i] for i in client.GetIntersection(setup, resp)]

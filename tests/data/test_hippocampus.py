@@ -20,7 +20,7 @@ def test_layout_shapes_and_counts(small):
     tables, paths = small
     for split, t in tables.items():
         assert t.modalities == list(H.MODALITIES)
-        for m, n in zip(H.MODALITIES, H.NEURONS):
+        for m, n in zip(H.MODALITIES, H.NEURONS, strict=True):
             x = t.tensors[m]
             assert x.shape == (len(t), n, H.SUB_BINS) and x.dtype == np.float32
             assert t.scales[m] == 1.0
@@ -46,7 +46,7 @@ def test_every_trial_has_16_sliding_windows(small):
 
 def test_split_is_by_trial(small):
     tables, _ = small
-    key = lambda t: set(zip(t.labels["label"], t.columns["odor_trial"]))  # noqa: E731
+    key = lambda t: set(zip(t.labels["label"], t.columns["odor_trial"], strict=True))  # noqa: E731
     train, test = key(tables["train"]), key(tables["test"])
     assert train and test and not (train & test)
 
@@ -56,7 +56,7 @@ def test_windows_match_the_simulated_sessions(small):
     sessions = H.simulate_sessions(5, 8)
     t = tables["test"]
     for i in range(0, len(t), 7):
-        for m, s in zip(H.MODALITIES, sessions):
+        for m, s in zip(H.MODALITIES, sessions, strict=True):
             src = t.columns[f"source_trial.{m}"][i]
             w = t.columns["window"][i]
             assert s.odor[src] == t.labels["label"][i]  # aligned by odor ...

@@ -41,7 +41,7 @@ def _pooled_probe(tmp_path, trials_per_odor, epochs, width, lr):
             *[f"model.modalities.rat{i}.width={width}" for i in range(1, 6)]])
         model = train(cfg, tr, show_progress=False).model
 
-        def means(ds):
+        def means(ds, model=model):
             b = ds.batch(np.arange(len(ds)))
             with torch.no_grad():
                 mu, _ = model.encode(b["x"], b["mask"])  # [N, M, 2]

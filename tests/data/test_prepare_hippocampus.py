@@ -36,7 +36,7 @@ def test_custom_onsets_and_correct_only(tmp_path):
                               onsets=(3, 3, 5, 5, 3), correct_only=True)
     t = read_site_table(out["train"])
     assert [t.tensors[m].shape[1] for m in H.MODALITIES] == [6, 5, 7, 4, 3]
-    for m, rat in zip(H.MODALITIES, H.RATS):
+    for m, rat in zip(H.MODALITIES, H.RATS, strict=True):
         info = np.load(tmp_path / "raw" / rat / f"{rat}_trial_info.npy")
         assert info[t.columns[f"source_trial.{m}"], 0].all()  # only correct trials
 

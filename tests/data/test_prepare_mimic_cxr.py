@@ -80,7 +80,7 @@ def test_pairs_labels_and_patient_split(tmp_path):
 def test_label_mapping(tmp_path):
     _tree(tmp_path / "src")
     paths = prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8)
-    for key, p in paths.items():
+    for p in paths.values():
         t = read_site_table(p)
         for i, sid in enumerate(t.sample_ids):
             got = [t.labels[label_column(c)][i] for c in CHEXPERT]

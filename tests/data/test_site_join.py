@@ -18,7 +18,7 @@ def _site(path, ids, name, shape, dtype, seed, label=True):
         x = rng.normal(size=(len(ids), *shape)).astype(np.float32)
     labels = {"label": np.array([int(s[1:]) % 4 for s in ids])} if label else None
     write_site_table(path, ids, {name: x}, labels, {"site": name})
-    return dict(zip(ids, x))
+    return dict(zip(ids, x, strict=True))
 
 
 def test_join_with_missing_modalities_sets_mask_and_zeros(tmp_path):

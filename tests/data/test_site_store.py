@@ -9,8 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmvm.data.store import (DataError, iter_site_batches, read_site_meta,
-                             read_site_table, write_site_table)
+from mmvm.data.store import (
+    DataError,
+    iter_site_batches,
+    read_site_meta,
+    read_site_table,
+    write_site_table,
+)
 
 META = {"name": "unit-test"}
 

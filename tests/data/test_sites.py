@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mmvm.data.sites import LAYOUTS, SiteSpec, assignment, site_layout, split_sites
+from mmvm.data.sites import SiteSpec, assignment, site_layout, split_sites
 from mmvm.data.store import DataError, read_site_table, write_site_table
 
 MODS = ["a", "b", "c"]

@@ -197,8 +197,8 @@ def test_grouped_schedule_is_deterministic_and_a_partition():
     b = epoch_batches_grouped(groups, 8, seed=1, epoch=2, window=2)
     c = epoch_batches_grouped(groups, 8, seed=1, epoch=3, window=2)
     assert len(a) == math.ceil(73 / 8) and all(len(x) == 8 for x in a[:-1])
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert sorted(torch.cat(a).tolist()) == list(range(73))
     for rows in a:  # a batch draws from at most 2 windows = 4 groups
         assert len({int(r) // 10 for r in rows}) <= 4

@@ -105,7 +105,7 @@ class Deployment:
                 node_config=f'site="{s}" data="{self.data[s]}" '
                             f'keys="{site_dir / "site_keys.json"}" '
                             f'directory="{site_dir / "public_keys.json"}"')
-        for s, proc in self.nodes.items():
+        for proc in self.nodes.values():
             assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
                 proc.log_text()
 

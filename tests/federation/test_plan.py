@@ -32,7 +32,7 @@ def test_windows_cover_the_centralized_schedule_in_order(kw):
     central = _central()
     assert len(steps) == len(central) == EPOCHS * math.ceil(N / BS)
     assert [s.step for s in steps] == list(range(len(central)))  # each step once, in order
-    for s, (epoch, rows) in zip(steps, central):
+    for s, (epoch, rows) in zip(steps, central, strict=True):
         assert s.epoch == epoch and torch.equal(s.rows, rows)
     assert [w.index for w in windows] == list(range(len(windows)))
     assert all(w.steps for w in windows)
@@ -68,7 +68,7 @@ def test_window_rows_is_the_sorted_union():
 def test_plan_follows_seed_and_batch_size():
     a = exchange_plan(N, BS, SEED, 1)
     b = exchange_plan(N, BS, SEED + 1, 1)
-    assert not all(torch.equal(x.steps[0].rows, y.steps[0].rows) for x, y in zip(a, b))
+    assert not all(torch.equal(x.steps[0].rows, y.steps[0].rows) for x, y in zip(a, b, strict=True))
     assert len(exchange_plan(N, N, SEED, 2)) == 2  # one batch per epoch
     assert len(exchange_plan(1, BS, SEED, 1)) == 1
 

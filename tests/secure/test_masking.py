@@ -47,7 +47,7 @@ def test_sum_decodes_to_weighted_mean(sites):
     assert weight == sum(WEIGHTS.values())
     # each site's rounding error is <= 1/2 ulp of 2^-24; the mean's <= n/2 * 2^-24 / W
     bound = 4 * 0.5 * 2.0**-24 / weight + 1e-12
-    for got, want in zip(means, _true_mean("abcd")):
+    for got, want in zip(means, _true_mean("abcd"), strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=bound)
 
@@ -92,7 +92,7 @@ def test_dropout_recovery(sites):
     means, weight = aggregate_masked(survivors, participants="abcd",
                                      revealed=revealed, return_weight=True)
     assert weight == WEIGHTS["a"] + WEIGHTS["b"]
-    for got, want in zip(means, _true_mean("ab")):
+    for got, want in zip(means, _true_mean("ab"), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
     # a revealed seed of another round does not unmask this one
     wrong = {s: reveal_seeds(keys[s], pubs, ["c", "d"], **{**CTX, "round": 6})

@@ -84,7 +84,7 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     src = Path(src)
     step = step_fn(progress, len(rats) + 2)
     sessions = []
-    for i, (rat, onset) in enumerate(zip(rats, onsets)):
+    for i, (rat, onset) in enumerate(zip(rats, onsets, strict=True)):
         step(f"reading {rat}", i)
         sessions.append(load_session(src, rat, onset))
     modalities = [f"rat{i + 1}" for i in range(len(rats))]
@@ -95,9 +95,9 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                         f"(aligned trials per odor: {data['n_aligned']})")
     meta = {
         "name": "hippocampus", "source": str(src.resolve()), "seed": seed,
-        "modalities": modalities, "rats": dict(zip(modalities, rats)),
-        "neurons": {m: int(s.spikes.shape[1]) for m, s in zip(modalities, sessions)},
-        "onsets": dict(zip(modalities, map(int, onsets))),
+        "modalities": modalities, "rats": dict(zip(modalities, rats, strict=True)),
+        "neurons": {m: int(s.spikes.shape[1]) for m, s in zip(modalities, sessions, strict=True)},
+        "onsets": dict(zip(modalities, map(int, onsets), strict=True)),
         "odors": list(H.ODORS[:H.N_ODORS]), "label": "odor (0..3 = A..D)",
         "correct_only": correct_only, "test_fraction": test_fraction,
         "recipe": H.recipe(), "versions": {"numpy": np.__version__},
