@@ -1,0 +1,190 @@
+"""The federation's messages: one request and one reply dataclass per step.
+
+    describe -> align (secure mode only) -> attach -> window 0 .. W-1 -> evaluate
+
+Both modes speak the same messages; what differs is what fills them (sample ids or a
+count, plain Arrow tables or sealed envelopes, weights or masked weights). Every field
+declares how it travels, so one codec (``wire/records.py``) maps any message to a
+Flower ``RecordDict`` and back, and which fields are payload, so every run counts its
+bytes the same way (:func:`payload_bytes`).
+
+Wire kinds of a field (``metadata["wire"]``):
+
+- ``value``: a Flower config value (str, int, float, bool, bytes, or a list of str /
+  int) in the message's ``body`` record; ``metadata["type"]`` is checked on decode.
+- ``json``: a small nested structure (plan arguments, peer rows, metrics) as JSON.
+- ``blobs``: ``{name: bytes}`` (posterior tables or envelopes per counterpart).
+- ``arrays``: ``{modality: {parameter: ndarray}}`` (weights).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+Arrays = dict[str, dict[str, np.ndarray]]
+SERVER = "server"  # the counterpart of every posterior table in plaintext mode
+MASK_WEIGHT = "__weight__"  # secure mode: the masked sample count next to masked weights
+
+
+class MessageError(ValueError):
+    """A message that does not have the shape its kind requires."""
+
+
+def _value(kind: type, of: type | None = None, *, payload: bool = False, default: Any = None):
+    meta = {"wire": "value", "type": kind, "of": of, "payload": payload}
+    if default is None:
+        return field(metadata=meta)
+    return field(default_factory=(lambda: list(default)) if isinstance(default, list)
+                 else (lambda: default), metadata=meta)
+
+
+def _json(*, payload: bool = False, default: Any = dict):
+    return field(default_factory=default, metadata={"wire": "json", "payload": payload})
+
+
+def _blobs():
+    return field(default_factory=dict, metadata={"wire": "blobs", "payload": True})
+
+
+def _arrays(*, payload: bool = True):
+    return field(default_factory=dict, metadata={"wire": "arrays", "payload": payload})
+
+
+# ------------------------------------------------------------------------ describe
+@dataclass
+class DescribeRequest:
+    kind: ClassVar[str] = "describe"
+
+
+@dataclass
+class DescribeReply:
+    """Who the site is. Plaintext: its sample ids (sorted); secure: only their count,
+    and a sealed id-key contribution for every other site of its key directory."""
+
+    kind: ClassVar[str] = "describe"
+    site: str = _value(str)
+    modalities: list[str] = _value(list, str)
+    n: int = _value(int)
+    labelled: bool = _value(bool)
+    identifiers: list[str] = _value(list, str, payload=True, default=[])
+    sealed: dict[str, bytes] = _blobs()
+
+
+# ------------------------------------------------------------------------ align
+@dataclass
+class AlignRequest:
+    """Secure mode: the other sites' sealed id-key contributions, by sender."""
+
+    kind: ClassVar[str] = "align"
+    sealed: dict[str, bytes] = _blobs()
+
+
+@dataclass
+class AlignReply:
+    """Secure mode: the keyed pseudonyms of the site's ids, sorted."""
+
+    kind: ClassVar[str] = "align"
+    identifiers: list[str] = _value(list, str, payload=True, default=[])
+
+
+# ------------------------------------------------------------------------ attach
+@dataclass
+class AttachRequest:
+    """The federation's row order and plan, as far as this site needs it.
+
+    ``rows[i]`` is the aligned row of the i-th identifier the site reported;
+    ``shared`` maps each modality the site shares with others to its holders' names
+    (FedAvg groups); ``peers`` (secure mode) gives per peer the rows both hold and
+    the peer's modalities, so the site can seal posteriors to it directly."""
+
+    kind: ClassVar[str] = "attach"
+    n: int = _value(int)
+    rows: list[int] = _value(list, int, payload=True)
+    float16: bool = _value(bool)
+    plan: dict = _json()
+    shared: dict = _json()
+    peers: dict = _json(payload=True)
+    delta_tol: float = _value(float, default=-1.0)
+
+
+@dataclass
+class AttachReply:
+    """The site's own posteriors for window 0's rows, per recipient."""
+
+    kind: ClassVar[str] = "attach"
+    posteriors: dict[str, bytes] = _blobs()
+
+
+# ------------------------------------------------------------------------ window
+@dataclass
+class WindowRequest:
+    """Train window ``window``: the other modalities' posteriors for the site's rows
+    of it (per sender) and the averaged weights of the modalities it shares."""
+
+    kind: ClassVar[str] = "window"
+    window: int = _value(int)
+    posteriors: dict[str, bytes] = _blobs()
+    weights: Arrays = _arrays()
+
+
+@dataclass
+class WindowReply:
+    """Sums of the window's training metrics, the site's own posteriors for the next
+    window's rows (per recipient) and its shared weights (masked in secure mode)."""
+
+    kind: ClassVar[str] = "window"
+    metrics: dict = _json()
+    posteriors: dict[str, bytes] = _blobs()
+    weights: Arrays = _arrays()
+
+
+# ------------------------------------------------------------------------ evaluate
+@dataclass
+class EvaluateRequest:
+    kind: ClassVar[str] = "evaluate"
+    weights: Arrays = _arrays(payload=False)
+    collect: bool = _value(bool, default=False)
+
+
+@dataclass
+class EvaluateReply:
+    """What the site measured on its own data; its weights if it hands them in."""
+
+    kind: ClassVar[str] = "evaluate"
+    site: str = _value(str)
+    modalities: list[str] = _value(list, str)
+    metrics: dict = _json()
+    model: Arrays = _arrays(payload=False)
+
+
+REQUESTS = {c.kind: c for c in (DescribeRequest, AlignRequest, AttachRequest,
+                                 WindowRequest, EvaluateRequest)}
+REPLIES = {c.kind: c for c in (DescribeReply, AlignReply, AttachReply, WindowReply,
+                                EvaluateReply)}
+
+
+def payload_bytes(message: Any) -> int:
+    """Bytes of a message's payload fields: identifiers (UTF-8), rows (4 bytes each),
+    posterior tables and envelopes, weight arrays, JSON payload (UTF-8 of its dump).
+    The same rule for every mode, so plaintext and secure runs compare."""
+    total = 0
+    for f in fields(message):
+        if not f.metadata.get("payload"):
+            continue
+        v = getattr(message, f.name)
+        wire = f.metadata["wire"]
+        if wire == "blobs":
+            total += sum(len(b) for b in v.values())
+        elif wire == "arrays":
+            total += sum(int(a.nbytes) for arrays in v.values() for a in arrays.values())
+        elif wire == "json":
+            total += len(json.dumps(v).encode()) if v else 0
+        elif f.metadata["of"] is str:
+            total += sum(len(s.encode()) for s in v)
+        else:
+            total += 4 * len(v)
+    return total

@@ -1,0 +1,122 @@
+"""wire.records: every federation message survives Flower's wire encoding, and a
+malformed one is refused before a handler sees it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+
+from mmvm.federation.messages import (
+    AlignReply,
+    AlignRequest,
+    AttachReply,
+    AttachRequest,
+    DescribeReply,
+    DescribeRequest,
+    EvaluateReply,
+    EvaluateRequest,
+    MessageError,
+    WindowReply,
+    WindowRequest,
+)
+from wire.records import (
+    FLOWER_TYPES,
+    flower_type,
+    reply_from_record,
+    request_from_record,
+    to_record,
+)
+
+W = {"m0": {"encoders.m0.w": np.arange(6, dtype=np.float32).reshape(2, 3),
+            "encoders.m0.b": np.zeros(0, dtype=np.float32)},
+     "m1": {"__weight__": np.array([7], dtype=np.int64)}}
+REQUESTS = [DescribeRequest(), AlignRequest(sealed={"a": b"\x00\x01", "b": b""}),
+            AttachRequest(n=5, rows=[4, 0, 2], float16=True,
+                          plan={"batch_size": 2, "seed": 1, "epochs": 1},
+                          shared={"m0": ["a", "b"]}, peers={"b": {"rows": [0]}},
+                          delta_tol=0.5),
+            WindowRequest(window=3, posteriors={"server": b"arrow"}, weights=W),
+            EvaluateRequest(weights=W, collect=True)]
+REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
+                         identifiers=["x", "y"]),
+           DescribeReply(site="a", modalities=["m0", "m1"], n=0, labelled=False,
+                         sealed={"b": b"env"}),
+           AlignReply(identifiers=["p1", "p2"]), AttachReply(posteriors={}),
+           WindowReply(metrics={"rec_nll": 1.5, "rows": 3}, posteriors={"b": b"e"},
+                       weights=W),
+           EvaluateReply(site="a", modalities=["m0"], metrics={"probe/m0": 0.5}, model=W)]
+
+
+def _over_the_wire(rd: RecordDict) -> RecordDict:
+    return recorddict_from_proto(recorddict_to_proto(rd))
+
+
+def _equal(a, b) -> None:
+    assert type(a) is type(b)
+    for k, v in vars(a).items():
+        w = vars(b)[k]
+        if k in ("weights", "model"):
+            assert v.keys() == w.keys()
+            for m in v:
+                assert v[m].keys() == w[m].keys()
+                for n in v[m]:
+                    assert v[m][n].dtype == w[m][n].dtype
+                    np.testing.assert_array_equal(v[m][n], w[m][n])
+        else:
+            assert v == w, k
+
+
+@pytest.mark.parametrize("msg", REQUESTS, ids=lambda m: type(m).__name__)
+def test_requests_round_trip(msg):
+    _equal(request_from_record(msg.kind, _over_the_wire(to_record(msg))), msg)
+
+
+@pytest.mark.parametrize("msg", REPLIES, ids=lambda m: type(m).__name__)
+def test_replies_round_trip(msg):
+    _equal(reply_from_record(msg.kind, _over_the_wire(to_record(msg))), msg)
+
+
+def test_every_kind_has_one_flower_message_type():
+    assert {flower_type(m) for m in REQUESTS} == set(FLOWER_TYPES.values())
+    assert len(set(FLOWER_TYPES.values())) == len(FLOWER_TYPES)
+
+
+def _body(rd: RecordDict, **changes) -> RecordDict:
+    body = dict(rd["body"].items())
+    body.update(changes)
+    out = RecordDict({k: rd[k] for k in rd.keys() if k != "body"})
+    out["body"] = ConfigRecord({k: v for k, v in body.items() if v is not None})
+    return out
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"window": "3"}, r"window request: field 'window' must be a int, got str"),
+    ({"window": True}, r"field 'window' must be a int, got bool"),
+    ({"window": None}, r"window request: missing field 'window'"),
+    ({"extra": 1}, r"window request: unknown fields \['extra'\]"),
+])
+def test_wrong_field_types_and_names_are_refused(change, match):
+    rd = to_record(WindowRequest(window=3))
+    with pytest.raises(MessageError, match=match):
+        request_from_record("window", _body(rd, **change))
+
+
+def test_malformed_records_are_refused():
+    rd = to_record(AttachRequest(n=2, rows=[0, 1], float16=False, plan={}))
+    with pytest.raises(MessageError, match=r"field 'rows' must be a list of int"):
+        request_from_record("attach", _body(rd, rows=["0", "1"]))
+    with pytest.raises(MessageError, match=r"field 'plan' must be a JSON object"):
+        request_from_record("attach", _body(rd, plan="[1, 2]"))
+    with pytest.raises(MessageError, match=r"field 'plan' is not JSON"):
+        request_from_record("attach", _body(rd, plan="{nope"))
+    rd["blobs/unknown"] = ConfigRecord({"a": b"x"})
+    with pytest.raises(MessageError, match=r"unknown records \['blobs/unknown'\]"):
+        request_from_record("attach", rd)
+    bad = to_record(WindowRequest(window=0))
+    bad["blobs/posteriors"] = ConfigRecord({"a": "text, not bytes"})
+    with pytest.raises(MessageError, match=r"blobs/posteriors must map names to bytes"):
+        request_from_record("window", bad)
+    with pytest.raises(MessageError, match=r"no 'body' record"):
+        reply_from_record("window", RecordDict())
