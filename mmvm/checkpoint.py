@@ -10,11 +10,6 @@ import torch
 from mmvm.atomic import atomic_write
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Deprecated alias of ``mmvm.atomic.atomic_write(path, data)``; use that instead."""
-    atomic_write(path, data)
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """torch.save ``state`` atomically (mode 0600)."""
     atomic_write(path, lambda fh: torch.save(state, fh))

@@ -1,11 +1,12 @@
 """The server's logic without the wire: alignment, routing, FedAvg bookkeeping.
 
-The coordinator learns from each site which modalities it holds for which sample ids,
-fixes the aligned id order (sorted union: the order the centralized dataset uses), and
-for every window tells each site which posteriors of the *other* modalities it needs:
-those of the rows the site holds among the window's rows. Modalities held by several
-sites (horizontal or hybrid layouts) have their weights averaged among those sites,
-weighted by how many samples of the modality each holds (FedAvg).
+The coordinator learns from each site which modalities it holds for which
+identifiers (sample ids, or keyed pseudonyms in secure mode), fixes the aligned row
+order (sorted union: the order the centralized dataset uses), and for every window
+tells each site which posteriors of the *other* modalities it needs: those of the
+rows the site holds among the window's rows. Modalities held by several sites
+(horizontal or hybrid layouts) have their weights averaged among those sites,
+weighted by how many samples each holds (FedAvg).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmvm.federation.plan import Window, exchange_plan
-from mmvm.federation.posteriors import Posteriors, merge_tables, select_rows
+from mmvm.federation.messages import AttachRequest
+from mmvm.federation.plan import PlanArgs, Window
+from mmvm.federation.posteriors import Posteriors, select_rows
 
 
 class FederationError(RuntimeError):
-    """The sites do not form a valid federation (overlaps, unknown modalities, ...)."""
+    """The sites do not form a valid federation, or a site broke the protocol."""
 
 
 @dataclass
@@ -28,19 +30,31 @@ class SiteInfo:
     key: str  # transport address (Flower node id as text)
     name: str
     modalities: list[str]
-    sample_ids: list[str]
-    held: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.held = set(self.sample_ids)
+    identifiers: list[str]  # as the site reported them (its order)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per identifier
+    held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted rows
 
 
 class Coordinator:
-    def __init__(self, sites: list[SiteInfo], modalities: list[str], *, batch_size: int,
-                 seed: int, epochs: int, exchange: str = "step", k: int = 1,
-                 local_epochs: int = 1, warmup: bool = False) -> None:
+    def __init__(self, sites: list[SiteInfo], modalities: list[str], plan: PlanArgs) -> None:
         self.sites = {s.key: s for s in sites}
         self.modalities = list(modalities)
+        self._check_sites(sites)
+        self.holders = {m: [s.key for s in sites if m in s.modalities] for m in self.modalities}
+        missing = [m for m, h in self.holders.items() if not h]
+        if missing:
+            raise FederationError(f"no connected site holds modalities {missing}")
+        self.ids = sorted(set().union(*(s.identifiers for s in sites)))
+        row_of = {sid: r for r, sid in enumerate(self.ids)}
+        for s in sites:
+            s.rows = np.fromiter((row_of[i] for i in s.identifiers), dtype=np.int64,
+                                 count=len(s.identifiers))
+            s.held = np.sort(s.rows)
+        self._check_overlaps()
+        self.plan_args = plan
+        self.plan: list[Window] = plan.plan(len(self.ids))
+
+    def _check_sites(self, sites: list[SiteInfo]) -> None:
         names = [s.name for s in sites]
         if len(set(names)) != len(names):
             raise FederationError(f"two sites report the same name: {sorted(names)}")
@@ -49,46 +63,68 @@ class Coordinator:
             if unknown:
                 raise FederationError(f"site {s.name} holds modalities {unknown} that the "
                                       f"config does not know ({self.modalities})")
-        self.holders = {m: [s.key for s in sites if m in s.modalities] for m in self.modalities}
-        missing = [m for m, h in self.holders.items() if not h]
-        if missing:
-            raise FederationError(f"no connected site holds modalities {missing}")
+            if len(set(s.identifiers)) != len(s.identifiers):
+                raise FederationError(f"site {s.name} reported a sample twice")
+
+    def _check_overlaps(self) -> None:
         for m, keys in self.holders.items():
-            seen: dict[str, str] = {}
-            for key in keys:
-                for sid in self.sites[key].held:
-                    if sid in seen:
-                        raise FederationError(
-                            f"sample {sid!r} of modality {m!r} is held by both "
-                            f"{self.sites[seen[sid]].name} and {self.sites[key].name}")
-                    seen[sid] = key
-        self.ids = sorted(set().union(*(s.held for s in sites)))
-        self.plan_args = {"batch_size": batch_size, "seed": seed, "epochs": epochs,
-                          "exchange": exchange, "k": k, "local_epochs": local_epochs,
-                          "warmup": warmup}
-        self.plan: list[Window] = exchange_plan(len(self.ids), **self.plan_args)
+            rows = np.concatenate([self.sites[k].held for k in keys])
+            uniq, counts = np.unique(rows, return_counts=True)
+            if (counts > 1).any():
+                r = int(uniq[counts > 1][0])
+                both = [self.sites[k].name for k in keys
+                        if np.isin(r, self.sites[k].held)]
+                raise FederationError(f"a sample of modality {m!r} is held by both "
+                                      f"{both[0]} and {both[1]}")
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
 
     @property
     def shared(self) -> dict[str, list[str]]:
         """Modalities held by more than one site -> their sites' keys (FedAvg groups)."""
         return {m: keys for m, keys in self.holders.items() if len(keys) > 1}
 
-    def window_ids(self, index: int) -> list[str]:
+    def name(self, key: str) -> str:
+        return self.sites[key].name
+
+    def window_rows(self, index: int) -> np.ndarray:
+        """Sorted rows window ``index`` trains on (empty past the last window)."""
         if index >= len(self.plan):
-            return []
-        return [self.ids[int(r)] for r in self.plan[index].rows]
+            return np.zeros(0, dtype=np.int64)
+        return self.plan[index].rows.numpy()
+
+    def attach_request(self, key: str, *, float16: bool, delta_tol: float | None,
+                       peers: bool) -> AttachRequest:
+        """The attach message for site ``key``; ``peers`` adds the rows it shares with
+        every other site (secure mode seals posteriors to peers directly)."""
+        site = self.sites[key]
+        shared = {m: sorted(self.name(h) for h in hs) for m, hs in self.shared.items()
+                  if key in hs}
+        return AttachRequest(n=self.n, rows=site.rows.tolist(), float16=float16,
+                             plan=self.plan_args.to_dict(), shared=shared,
+                             peers=self._peers(key) if peers else {},
+                             delta_tol=-1.0 if delta_tol is None else float(delta_tol))
+
+    def _peers(self, key: str) -> dict:
+        site, out = self.sites[key], {}
+        for other, o in self.sites.items():
+            both = np.intersect1d(site.held, o.held) if other != key else ()
+            if len(both):
+                out[o.name] = {"rows": both.tolist(), "modalities": list(o.modalities)}
+        return out
 
     def route(self, index: int, table: Mapping[str, Posteriors]) -> dict[str, dict]:
         """Per site: the other modalities' posteriors for its rows of window ``index``."""
-        wanted = set(self.window_ids(index))
-        out = {}
-        for key, site in self.sites.items():
-            out[key] = select_rows(table, wanted & site.held, exclude=site.modalities)
-        return out
+        wanted = self.window_rows(index)
+        return {key: select_rows(table, np.intersect1d(wanted, site.held),
+                                 exclude=site.modalities)
+                for key, site in self.sites.items()}
 
-    @staticmethod
-    def merge(tables: list[Mapping[str, Posteriors]]) -> dict[str, Posteriors]:
-        return merge_tables(tables)
+    def weights_for(self, key: str, averaged: Mapping[str, dict]) -> dict:
+        """The averaged weights of the modalities site ``key`` holds."""
+        return {m: a for m, a in averaged.items() if m in self.sites[key].modalities}
 
     def fedavg(self, weights: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
                ) -> dict[str, dict[str, np.ndarray]]:
@@ -98,9 +134,17 @@ class Coordinator:
             got = [k for k in keys if m in weights.get(k, {})]
             if not got:
                 continue
+            names = sorted(weights[got[0]][m])
+            first = weights[got[0]][m]
+            for k in got:
+                if sorted(weights[k][m]) != names or any(
+                        weights[k][m][n].shape != first[n].shape for n in names):
+                    raise FederationError(f"site {self.name(k)} sent weights of {m!r} with "
+                                          f"other parameters or shapes than "
+                                          f"{self.name(got[0])}")
             counts = np.array([len(self.sites[k].held) for k in got], dtype=np.float64)
             frac = counts / counts.sum()
-            names = weights[got[0]][m].keys()
-            out[m] = {n: sum(f * weights[k][m][n].astype(np.float64) for k, f in zip(got, frac)
-                             ).astype(weights[got[0]][m][n].dtype) for n in names}
+            out[m] = {n: sum(f * weights[k][m][n].astype(np.float64)
+                             for k, f in zip(got, frac, strict=True)).astype(first[n].dtype)
+                      for n in names}
         return out

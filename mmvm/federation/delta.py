@@ -2,7 +2,7 @@
 
 Late in training most posteriors barely change between windows, yet every window
 would resend all of them. With ``delta-tol`` > 0 each sender remembers what it last
-sent; a (modality, sample) row travels again only when max |mu - mu_sent| or
+sent; a (modality, aligned row) travels again only when max |mu - mu_sent| or
 max |logvar - logvar_sent| exceeds the tolerance (or it was never sent), and each
 receiver keeps a cache of the latest rows it received. Sites apply this to their own
 posteriors (site -> server), the server to what it forwards (server -> site, exact
@@ -20,15 +20,16 @@ from mmvm.federation.posteriors import Posteriors
 
 
 class _Store:
-    """One modality's rows: id -> slot, and growing [capacity, D] arrays."""
+    """One modality's rows: aligned row -> slot, and growing [capacity, D] arrays."""
 
     def __init__(self, dim: int) -> None:
-        self.slot: dict[str, int] = {}
+        self.slot: dict[int, int] = {}
         self.mu = np.zeros((0, dim), dtype=np.float32)
         self.logvar = np.zeros((0, dim), dtype=np.float32)
 
-    def slots(self, ids: list[str], add: bool) -> np.ndarray:
-        """Slots of ``ids`` (-1 if unknown), new slots appended when ``add``."""
+    def slots(self, rows: np.ndarray, add: bool) -> np.ndarray:
+        """Slots of ``rows`` (-1 if unknown), new slots appended when ``add``."""
+        ids = np.asarray(rows, dtype=np.int64).tolist()
         out = np.fromiter((self.slot.get(s, -1) for s in ids), dtype=np.int64, count=len(ids))
         if add and (out < 0).any():
             new = np.flatnonzero(out < 0)
@@ -45,7 +46,7 @@ class _Store:
 
 
 class PosteriorCache:
-    """Latest known (mu, logvar) per modality and sample id."""
+    """Latest known (mu, logvar) per modality and aligned row."""
 
     def __init__(self) -> None:
         self.stores: dict[str, _Store] = {}
@@ -53,7 +54,7 @@ class PosteriorCache:
     def update(self, table: Mapping[str, Posteriors]) -> None:
         for m, p in table.items():
             store = self.stores.setdefault(m, _Store(p.mu.shape[1]))
-            idx = store.slots(p.sample_ids, add=True)
+            idx = store.slots(p.rows, add=True)
             store.mu[idx], store.logvar[idx] = p.mu, p.logvar
 
     def changed(self, table: Mapping[str, Posteriors], tol: float) -> dict[str, Posteriors]:
@@ -63,9 +64,9 @@ class PosteriorCache:
         for m, p in table.items():
             store = self.stores.get(m)
             if store is None:
-                keep = np.arange(len(p.sample_ids))
+                keep = np.arange(len(p))
             else:
-                idx = store.slots(p.sample_ids, add=False)
+                idx = store.slots(p.rows, add=False)
                 known = idx >= 0
                 moved = np.zeros(len(idx), dtype=bool)
                 if known.any():
@@ -74,13 +75,13 @@ class PosteriorCache:
                                               np.abs(p.logvar[known] - store.logvar[k]).max(1)) > tol
                 keep = np.flatnonzero(~known | moved)
             if len(keep):
-                out[m] = Posteriors([p.sample_ids[i] for i in keep], p.mu[keep], p.logvar[keep])
+                out[m] = p.take(keep)
         self.update(out)
         return out
 
-    def table(self, wanted: Iterable[str], exclude: Iterable[str] = ()) -> dict[str, Posteriors]:
-        """Cached rows for the ids ``wanted`` (those known), without ``exclude``."""
-        wanted, skip = list(wanted), set(exclude)
+    def table(self, wanted: np.ndarray, exclude: Iterable[str] = ()) -> dict[str, Posteriors]:
+        """Cached entries for the ``wanted`` rows (those known), without ``exclude``."""
+        wanted, skip = np.asarray(wanted, dtype=np.int64), set(exclude)
         out = {}
         for m, store in self.stores.items():
             if m in skip:
@@ -88,7 +89,7 @@ class PosteriorCache:
             idx = store.slots(wanted, add=False)
             have = np.flatnonzero(idx >= 0)
             if len(have):
-                out[m] = Posteriors([wanted[i] for i in have], store.mu[idx[have]].copy(),
+                out[m] = Posteriors(wanted[have], store.mu[idx[have]].copy(),
                                     store.logvar[idx[have]].copy())
         return out
 
@@ -98,13 +99,14 @@ class PosteriorCache:
         for m, store in self.stores.items():
             n = len(store.slot)
             if n:
-                out[m] = {"ids": list(store.slot), "mu": torch.from_numpy(store.mu[:n].copy()),
+                out[m] = {"rows": torch.tensor(list(store.slot), dtype=torch.int64),
+                          "mu": torch.from_numpy(store.mu[:n].copy()),
                           "logvar": torch.from_numpy(store.logvar[:n].copy())}
         return out
 
     @classmethod
     def from_state(cls, state: Mapping) -> "PosteriorCache":
         cache = cls()
-        cache.update({m: Posteriors(list(s["ids"]), s["mu"].numpy(), s["logvar"].numpy())
+        cache.update({m: Posteriors(s["rows"].numpy(), s["mu"].numpy(), s["logvar"].numpy())
                       for m, s in state.items()})
         return cache

@@ -1,85 +1,110 @@
-"""Site-side request handling shared by the Flower ClientApp and in-process runs.
+"""A site's side of the protocol, over a plaintext or a sealed channel.
 
-Each function takes a :class:`~mmvm.federation.site.Site` and a request dict (what the
-server sent) and returns the reply dict; ``LocalTransport`` wires them to
-:func:`mmvm.federation.driver.run_federation` without a network.
+:class:`Endpoint` answers each typed request (:mod:`mmvm.federation.messages`) with
+its reply; the Flower ClientApp and :class:`LocalTransport` (tests, benchmarks, one
+process) only carry the messages. The channel (:mod:`mmvm.federation.channel`)
+decides what the messages carry; the order of checks is the same for both: every
+incoming part is checked before the site's state changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mmvm.federation.posteriors import decode_table, encode_table
-from mmvm.federation.site import Site, evaluate_site
+from mmvm.federation.channel import Channel
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.messages import (
+    AlignRequest,
+    AttachReply,
+    AttachRequest,
+    DescribeRequest,
+    EvaluateReply,
+    EvaluateRequest,
+    WindowReply,
+    WindowRequest,
+)
+from mmvm.federation.plan import PlanArgs
+from mmvm.federation.site import Site
+from mmvm.federation.site_eval import evaluate_site
 
 
-def describe(site: Site) -> dict:
-    return site.describe()
+class Endpoint:
+    """One site answering the federation's requests."""
 
+    def __init__(self, site: Site, channel: Channel) -> None:
+        self.site, self.channel = site, channel
+        self._handlers = {DescribeRequest: self.describe, AlignRequest: self.align,
+                          AttachRequest: self.attach, WindowRequest: self.window,
+                          EvaluateRequest: self.evaluate}
 
-def attach(site: Site, req: Mapping) -> dict:
-    site.attach(list(req["sample_ids"]), dict(req["plan"]))
-    site.float16 = bool(req.get("float16", False))
-    site.shared = list(req.get("shared", []))
-    tol = req.get("delta_tol", -1.0)
-    site.delta_tol = float(tol) if tol is not None and float(tol) >= 0 else None
-    return {"posteriors": encode_table(_outgoing(site, site.window_ids(0)), site.float16)}
+    def handle(self, request):
+        """The reply to ``request``, chosen by its type."""
+        try:
+            handler = self._handlers[type(request)]
+        except KeyError:
+            raise FederationError(f"site {self.site.name}: unknown request "
+                                  f"{type(request).__name__}") from None
+        return handler(request)
 
+    def describe(self, req: DescribeRequest):
+        return self.channel.describe(self.site)
 
-def _outgoing(site: Site, ids: list[str]):
-    """Own posteriors for ``ids``; with event-triggered exchange only rows that moved."""
-    table = site.encode(ids)
-    if site.delta_tol is None:
-        return table
-    return site.sent_cache.changed(table, site.delta_tol)
+    def align(self, req: AlignRequest):
+        return self.channel.align(self.site, req)
 
+    def attach(self, req: AttachRequest) -> AttachReply:
+        site = self.site
+        for m, holders in req.shared.items():
+            if m not in site.names or site.name not in holders or len(holders) < 2:
+                raise FederationError(f"site {site.name}: told to share modality {m!r} "
+                                      f"with {holders}")
+        try:
+            plan = PlanArgs.from_dict(req.plan)
+        except ValueError as err:
+            raise FederationError(f"site {site.name}: {err}") from None
+        positions = self.channel.positions(site, req)
+        site.attach(req.n, req.rows, positions, plan, float16=req.float16,
+                    shared=sorted(req.shared),
+                    delta_tol=req.delta_tol if req.delta_tol >= 0 else None)
+        return AttachReply(posteriors=self.channel.outgoing(site, 0))
 
-def _incoming(site: Site, index: int, others):
-    """Others' posteriors for window ``index``: as sent, or merged into the site's cache."""
-    if site.delta_tol is None:
-        return others
-    site.others_cache.update(others)
-    return site.others_cache.table(site.window_ids(index), exclude=site.names)
+    def window(self, req: WindowRequest) -> WindowReply:
+        site, index = self.site, req.window
+        site.check_window(index)
+        others, commit = self.channel.incoming(site, index, req.posteriors)
+        self._load_shared(req.weights)
+        metrics = site.train_window(index, others)
+        reply = WindowReply(metrics=metrics, posteriors=self.channel.outgoing(site, index + 1),
+                            weights=self.channel.shared(site, index))
+        commit()
+        return reply
 
+    def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
+        site = self.site
+        self._load_shared(req.weights)
+        model = {m: site.weights(m) for m in site.names} if req.collect else {}
+        return EvaluateReply(site=site.name, modalities=list(site.names),
+                             metrics=evaluate_site(site), model=model)
 
-def window(site: Site, req: Mapping) -> dict:
-    for arrays in req.get("weights", {}).values():
-        site.load_weights(arrays)
-    others = decode_table(req["others"], latent_dim=site.model.latent_dim, sender="server")
-    index = int(req["window"])
-    metrics = site.train_window(index, _incoming(site, index, others))
-    reply = {"metrics": metrics,
-             "posteriors": encode_table(_outgoing(site, site.window_ids(index + 1)),
-                                        site.float16)}
-    shared = [m for m in site.shared if m in site.names]
-    if shared:
-        reply["weights"] = {m: site.weights(m) for m in shared}
-    return reply
-
-
-def evaluate(site: Site, req: Mapping) -> dict:
-    for arrays in req.get("weights", {}).values():
-        site.load_weights(arrays)
-    out = evaluate_site(site)
-    if req.get("collect"):
-        out["model"] = {m: site.weights(m) for m in site.names}
-    return out
+    def _load_shared(self, weights: Mapping) -> None:
+        """Averaged weights, accepted only for the modalities this site shares."""
+        shared = set(self.site.linked().shared)
+        stray = set(weights) - shared
+        if stray:
+            raise FederationError(f"site {self.site.name}: weights for {sorted(stray)}, "
+                                  f"which it does not share with other sites")
+        for m, arrays in weights.items():
+            self.site.load_weights(m, arrays)
 
 
 class LocalTransport:
-    """Drive :class:`Site` objects in this process (tests, benchmarks)."""
+    """Endpoints in this process, addressed by key (tests, benchmarks)."""
 
-    def __init__(self, sites: Mapping[str, Site]) -> None:
-        self.sites = dict(sites)
+    def __init__(self, endpoints: Mapping[str, Endpoint]) -> None:
+        self.endpoints = dict(endpoints)
 
-    def describe(self) -> list[dict]:
-        return [{"key": k, **describe(s)} for k, s in self.sites.items()]
+    def nodes(self) -> list[str]:
+        return list(self.endpoints)
 
-    def attach(self, requests: Mapping[str, dict]) -> dict[str, dict]:
-        return {k: attach(self.sites[k], r) for k, r in requests.items()}
-
-    def window(self, requests: Mapping[str, dict]) -> dict[str, dict]:
-        return {k: window(self.sites[k], r) for k, r in requests.items()}
-
-    def evaluate(self, requests: Mapping[str, dict]) -> dict[str, dict]:
-        return {k: evaluate(self.sites[k], r) for k, r in requests.items()}
+    def exchange(self, requests: Mapping) -> dict:
+        return {key: self.endpoints[key].handle(req) for key, req in requests.items()}

@@ -16,7 +16,7 @@ window a site trains alone. The exchange period sets the window length:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -45,6 +45,41 @@ class Window:
     @property
     def epochs(self) -> tuple[int, int]:
         return self.steps[0].epoch, self.steps[-1].epoch
+
+
+@dataclass(frozen=True)
+class PlanArgs:
+    """What fixes the plan besides the number of aligned rows: the server sends these
+    and every site derives the same batches itself (batches never travel)."""
+
+    batch_size: int
+    seed: int
+    epochs: int
+    exchange: str = "step"
+    k: int = 1
+    local_epochs: int = 1
+    warmup: bool = False
+
+    def plan(self, n: int) -> list[Window]:
+        return exchange_plan(n, **asdict(self))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PlanArgs:
+        """Strict: unknown or missing keys and wrong types raise ValueError."""
+        names = {f.name: f.type for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) - set(names):
+            raise ValueError(f"plan arguments {d!r}: expected keys {sorted(names)}")
+        kinds = {"int": int, "str": str, "bool": bool}
+        for k, v in d.items():
+            if type(v) is not kinds[names[k]]:
+                raise ValueError(f"plan argument {k} = {v!r} is not a {names[k]}")
+        try:
+            return cls(**d)
+        except TypeError as err:
+            raise ValueError(f"plan arguments {d!r}: {err}") from None
 
 
 def exchange_plan(n: int, batch_size: int, seed: int, epochs: int, exchange: str = "step",

@@ -1,10 +1,13 @@
-"""Posterior tables on the wire: (mu, logvar) per sample, keyed by ``sample_id``.
+"""Posterior tables on the wire: (mu, logvar) per sample, keyed by aligned row.
 
-A table maps modality -> :class:`Posteriors` and travels as one Arrow IPC stream, one
-record batch per modality (columns ``sample_id``, ``mu``, ``logvar``; the modality
-name in the batch's schema metadata). ``float16`` halves the bytes; values are
-returned as float32. Decoding validates everything a peer could get wrong or a
-corrupted message could carry and raises :class:`PosteriorError` saying what and where.
+After alignment every party knows the federation's row order (the sorted union of
+sample ids, or of their keyed pseudonyms in secure mode), so a posterior row is named
+by its **row index** in that order; sample ids never travel again. A table maps
+modality -> :class:`Posteriors` and travels as one Arrow IPC stream, one record
+batch per modality (columns ``row`` uint32, ``mu``, ``logvar``; the modality name in
+the batch's schema metadata). ``float16`` halves the bytes; values are returned as
+float32. Decoding validates everything a peer could get wrong or a corrupted message
+could carry and raises :class:`PosteriorError` saying what and from whom.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 MODALITY_KEY = b"mmvm.modality"
+ROW = "row"
 
 
 class PosteriorError(ValueError):
@@ -25,17 +29,35 @@ class PosteriorError(ValueError):
 
 @dataclass
 class Posteriors:
-    """Posterior parameters of one modality for ``sample_ids`` (row-aligned)."""
+    """Posterior parameters of one modality for aligned ``rows`` (row-aligned arrays)."""
 
-    sample_ids: list[str]
+    rows: np.ndarray  # int64 [n], rows of the federation's aligned order
     mu: np.ndarray  # [n, D] float32
     logvar: np.ndarray  # [n, D] float32
 
     def __post_init__(self) -> None:
-        n = len(self.sample_ids)
+        self.rows = np.asarray(self.rows, dtype=np.int64).reshape(-1)
+        n = len(self.rows)
         if self.mu.shape != self.logvar.shape or self.mu.ndim != 2 or self.mu.shape[0] != n:
             raise PosteriorError(f"mu {self.mu.shape} and logvar {self.logvar.shape} "
                                  f"must both be [{n}, D]")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, index: np.ndarray) -> Posteriors:
+        """The entries at positions ``index`` (not rows)."""
+        return Posteriors(self.rows[index], self.mu[index], self.logvar[index])
+
+    def lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each of ``rows``: whether this table has it, and its position here."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(self.rows):
+            return np.zeros(len(rows), dtype=bool), np.zeros(len(rows), dtype=np.int64)
+        order = np.argsort(self.rows, kind="stable")
+        sorted_rows = self.rows[order]
+        at = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+        return sorted_rows[at] == rows, order[at]
 
 
 def encode_table(table: Mapping[str, Posteriors], float16: bool = False) -> bytes:
@@ -48,12 +70,12 @@ def encode_table(table: Mapping[str, Posteriors], float16: bool = False) -> byte
     if len(dims) != 1:
         raise PosteriorError(f"modalities disagree on the latent size: {sorted(dims)}")
     d = dims.pop()
-    schema = pa.schema([("sample_id", pa.string()), ("mu", pa.list_(dtype, d)),
+    schema = pa.schema([(ROW, pa.uint32()), ("mu", pa.list_(dtype, d)),
                         ("logvar", pa.list_(dtype, d))])
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, schema) as writer:
         for name, post in table.items():
-            cols = [pa.array(post.sample_ids, type=pa.string())]
+            cols = [pa.array(post.rows.astype(np.uint32), type=pa.uint32())]
             for arr in (post.mu, post.logvar):
                 flat = np.ascontiguousarray(arr, dtype=np_dtype).reshape(-1)
                 cols.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=dtype), d))
@@ -62,9 +84,11 @@ def encode_table(table: Mapping[str, Posteriors], float16: bool = False) -> byte
     return sink.getvalue()
 
 
-def decode_table(blob: bytes, *, latent_dim: int | None = None,
+def decode_table(blob: bytes, *, latent_dim: int | None = None, n_rows: int | None = None,
                  sender: str = "peer") -> dict[str, Posteriors]:
-    """Parse and validate a table made by :func:`encode_table`."""
+    """Parse and validate a table made by :func:`encode_table`.
+
+    ``n_rows``: the federation's number of aligned rows (rows must lie below it)."""
     if not blob:
         return {}
     try:
@@ -84,10 +108,10 @@ def decode_table(blob: bytes, *, latent_dim: int | None = None,
                 raise PosteriorError(f"posterior table from {sender}: modality {name!r} "
                                      f"appears twice")
             # the IPC reader checks only the message framing: validate the buffers
-            # (string offsets, list sizes) before reading values, or corrupted bytes
-            # can crash the process
+            # (list sizes, nulls) before reading values, or corrupted bytes can crash
             batch.validate(full=True)
-            out[name] = _parse(batch, name, latent_dim, sender)
+            out[name] = _parse(batch, f"posterior table from {sender}, modality {name!r}",
+                               latent_dim, n_rows)
     except PosteriorError:
         raise
     except (pa.ArrowException, OSError, UnicodeDecodeError, ValueError, SystemError) as err:
@@ -96,65 +120,70 @@ def decode_table(blob: bytes, *, latent_dim: int | None = None,
     return out
 
 
-def _parse(batch: pa.RecordBatch, name: str, latent_dim: int | None,
-           sender: str) -> Posteriors:
-    where = f"posterior table from {sender}, modality {name!r}"
-    if batch.schema.names != ["sample_id", "mu", "logvar"]:
+def _parse(batch: pa.RecordBatch, where: str, latent_dim: int | None,
+           n_rows: int | None) -> Posteriors:
+    if batch.schema.names != [ROW, "mu", "logvar"]:
         raise PosteriorError(f"{where}: columns {batch.schema.names}, expected "
-                             f"['sample_id', 'mu', 'logvar']")
-    ids = batch.column(0).to_pylist()
-    if any(s is None or s == "" for s in ids):
-        raise PosteriorError(f"{where}: null or empty sample id")
-    if len(set(ids)) != len(ids):
-        raise PosteriorError(f"{where}: duplicate sample ids")
+                             f"['{ROW}', 'mu', 'logvar']")
+    col = batch.column(0)
+    if not pa.types.is_integer(col.type) or col.null_count:
+        raise PosteriorError(f"{where}: the row column must be non-null integers, got "
+                             f"{col.type}")
+    rows = col.to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(rows) and (rows.min() < 0 or (n_rows is not None and rows.max() >= n_rows)):
+        raise PosteriorError(f"{where}: row {int(rows.max() if rows.min() >= 0 else rows.min())}"
+                             f" is outside the {n_rows} aligned rows")
+    if len(np.unique(rows)) != len(rows):
+        raise PosteriorError(f"{where}: duplicate rows")
     arrays = []
-    for col in ("mu", "logvar"):
-        lists = batch.column(batch.schema.names.index(col))
-        if not pa.types.is_fixed_size_list(lists.type):
-            raise PosteriorError(f"{where}: {col} must be a fixed-size list column")
+    for name in ("mu", "logvar"):
+        lists = batch.column(batch.schema.names.index(name))
+        if not pa.types.is_fixed_size_list(lists.type) or not pa.types.is_floating(
+                lists.type.value_type):
+            raise PosteriorError(f"{where}: {name} must be a fixed-size list of floats")
         d = lists.type.list_size
         if latent_dim is not None and d != latent_dim:
-            raise PosteriorError(f"{where}: {col} has {d} dimensions, the model's latent "
+            raise PosteriorError(f"{where}: {name} has {d} dimensions, the model's latent "
                                  f"space has {latent_dim}")
         if lists.null_count or lists.flatten().null_count:
-            raise PosteriorError(f"{where}: null values in {col}")
+            raise PosteriorError(f"{where}: null values in {name}")
         arr = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        arr = arr.reshape(len(ids), d)
+        arr = arr.reshape(len(rows), d)
         bad = ~np.isfinite(arr).all(1)
         if bad.any():
-            raise PosteriorError(f"{where}: NaN or inf in {col} of sample "
-                                 f"{ids[int(np.argmax(bad))]!r}")
+            raise PosteriorError(f"{where}: NaN or inf in {name} of row "
+                                 f"{int(rows[int(np.argmax(bad))])}")
         arrays.append(arr)
-    return Posteriors(ids, arrays[0], arrays[1])
+    return Posteriors(rows, arrays[0], arrays[1])
 
 
 def merge_tables(tables: Sequence[Mapping[str, Posteriors]]) -> dict[str, Posteriors]:
     """Union of tables from several sites; a modality held by several sites (different
-    samples) is concatenated; the same (modality, sample) twice is an error."""
-    out: dict[str, Posteriors] = {}
+    samples) is concatenated; the same (modality, row) twice is an error."""
+    parts: dict[str, list[Posteriors]] = {}
     for t in tables:
         for name, p in t.items():
-            if name not in out:
-                out[name] = p
-                continue
-            q = out[name]
-            dup = set(q.sample_ids) & set(p.sample_ids)
-            if dup:
-                raise PosteriorError(f"modality {name!r}: sample {sorted(dup)[0]!r} "
-                                     f"reported by two sites")
-            out[name] = Posteriors(q.sample_ids + p.sample_ids, np.concatenate([q.mu, p.mu]),
-                                   np.concatenate([q.logvar, p.logvar]))
+            parts.setdefault(name, []).append(p)
+    out = {}
+    for name, ps in parts.items():
+        rows = np.concatenate([p.rows for p in ps])
+        uniq, counts = np.unique(rows, return_counts=True)
+        if (counts > 1).any():
+            raise PosteriorError(f"modality {name!r}: row {int(uniq[counts > 1][0])} "
+                                 f"reported by two sites")
+        out[name] = ps[0] if len(ps) == 1 else Posteriors(
+            rows, np.concatenate([p.mu for p in ps]), np.concatenate([p.logvar for p in ps]))
     return out
 
 
-def select_rows(table: Mapping[str, Posteriors], wanted: set[str],
+def select_rows(table: Mapping[str, Posteriors], wanted: np.ndarray,
                 exclude: Sequence[str] = ()) -> dict[str, Posteriors]:
-    """The part of ``table`` for ``wanted`` sample ids, without modalities ``exclude``."""
+    """The part of ``table`` for the ``wanted`` rows, without modalities ``exclude``."""
     out = {}
     for name, p in table.items():
         if name in exclude:
             continue
-        keep = [i for i, s in enumerate(p.sample_ids) if s in wanted]
-        if keep:
-            out[name] = Posteriors([p.sample_ids[i] for i in keep], p.mu[keep], p.logvar[keep])
+        keep = np.flatnonzero(np.isin(p.rows, wanted))
+        if len(keep):
+            out[name] = p.take(keep)
     return out

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mmvm.checkpoint import atomic_write_bytes, save_checkpoint
+from mmvm.atomic import atomic_write
+from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
 
 WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds"]
@@ -27,7 +28,7 @@ def write_results(out_dir: str | Path, settings, result) -> dict[str, str]:
     writer = csv.DictWriter(buf, fieldnames=WINDOW_FIELDS)
     writer.writeheader()
     writer.writerows(result.history)
-    atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
+    atomic_write(out / "metrics.csv", buf.getvalue().encode())
     s = {k: v for k, v in asdict(settings).items() if k != "experiment"}
     summary = {"settings": s, "config": config_to_dict(settings.experiment),
                "sites": result.sites, "evaluation": result.evaluation,
@@ -37,7 +38,7 @@ def write_results(out_dir: str | Path, settings, result) -> dict[str, str]:
               if k.startswith("probe/")]
     if probes:
         summary["probe_mean"] = sum(probes) / len(probes)
-    atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2, default=str).encode())
+    atomic_write(out / "results.json", json.dumps(summary, indent=2, default=str).encode())
     paths = {"metrics": str(out / "metrics.csv"), "results": str(out / "results.json")}
     if result.model_state:
         last = result.history[-1] if result.history else {"epoch": 0, "step": 0}
@@ -61,7 +62,7 @@ def _plot_curves(path: Path, history: list[dict]) -> Path:
     steps = [r["step"] for r in history]
     for ax, key, label in zip(axes, ("rec_nll", "reg", "bytes"),
                               ("reconstruction NLL / sample", "regulariser / sample",
-                               "bytes per window")):
+                               "bytes per window"), strict=True):
         ax.plot(steps, [r[key] for r in history], marker="." if len(steps) < 50 else None)
         ax.set_xlabel("optimiser step")
         ax.set_title(label)
@@ -70,7 +71,7 @@ def _plot_curves(path: Path, history: list[dict]) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -101,7 +102,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
         + (", coherence classifiers" if images else "") + ")")
     clfs = classifiers_for(cfg) if images else None
     ev = evaluate_run(cfg, model, train_set, test_set, clfs)
-    atomic_write_bytes(out / "eval.json", json.dumps(ev, indent=2, default=str).encode())
+    atomic_write(out / "eval.json", json.dumps(ev, indent=2, default=str).encode())
     paths = {"eval": str(out / "eval.json")}
     if images:
         paths["generations"] = str(generation_grid(model, test_set, out / "generations.png"))

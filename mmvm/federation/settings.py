@@ -1,18 +1,22 @@
 """Federated run settings: the Flower run config, read once and checked.
 
-Keys are kebab-case as in ``[tool.flwr.app.config]``; an unknown exchange mode, a
-negative period or a config override that names no field fails here, before any
-site starts training, with a message naming the key.
+Keys are kebab-case as in ``[tool.flwr.app.config]`` (``pyproject.toml`` holds the
+only defaults); an unknown exchange mode, a negative period or a config override
+that names no field fails here, before any site starts training, with a message
+naming the key. The server reads them once per run, a site once per run and process.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmvm.config import ConfigError, ExperimentConfig, load_config
 from mmvm.data.sites import LAYOUTS
-from mmvm.federation.plan import EXCHANGES
+from mmvm.federation.plan import EXCHANGES, PlanArgs
 
 APP_DIR = Path(__file__).resolve().parents[2]
 
@@ -37,51 +41,70 @@ class FederationSettings:
     state_dir: str
     collect_model: bool
     reply_timeout: float
+    eval_data: str
+    secure: bool
+    keys_dir: str
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m.name for m in self.experiment.model.modalities]
+
+    def plan_args(self) -> PlanArgs:
+        t = self.experiment.train
+        return PlanArgs(batch_size=t.batch_size, seed=t.seed, epochs=t.epochs,
+                        exchange=self.exchange, k=self.exchange_steps,
+                        local_epochs=self.local_epochs, warmup=self.warmup)
 
 
-def _get(rc, key, kind):
+def _get(rc: Mapping, key: str, kind: type):
     if key not in rc:
         raise ConfigError(f"run config: missing key {key!r} (see [tool.flwr.app.config])")
     value = rc[key]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false", "1", "0", "yes", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise ConfigError(f"run config: {key} = {value!r} is not a boolean")
     try:
-        return kind(value) if kind is not bool else _as_bool(value, key)
+        return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"run config: {key} = {value!r} is not a valid "
                           f"{kind.__name__}") from None
 
 
-def _as_bool(v, key) -> bool:
-    if isinstance(v, bool):
-        return v
-    if str(v).lower() in ("true", "1", "yes"):
-        return True
-    if str(v).lower() in ("false", "0", "no"):
-        return False
-    raise ConfigError(f"run config: {key} = {v!r} is not a boolean")
+def _path(rc: Mapping, key: str) -> str:
+    value = _get(rc, key, str)
+    return str(Path(value).expanduser()) if value else ""
 
 
-def load_settings(rc: dict) -> FederationSettings:
+def load_settings(rc: Mapping) -> FederationSettings:
     """Parse a Flower ``context.run_config`` into settings (paths expanded)."""
     cfg_path = Path(_get(rc, "config", str))
     if not cfg_path.is_absolute():  # relative to the app (the FAB ships configs/)
         cfg_path = next((p for p in (APP_DIR / cfg_path, Path.cwd() / cfg_path)
                          if p.exists()), APP_DIR / cfg_path)
     overrides = [s.strip() for s in _get(rc, "set", str).split(";") if s.strip()]
-    experiment = load_config(cfg_path, overrides)
+    tol = _get(rc, "delta-tol", float)
+    eval_data = _get(rc, "eval-data", str)
     s = FederationSettings(
-        experiment=experiment, num_sites=_get(rc, "num-sites", int),
+        experiment=load_config(cfg_path, overrides), num_sites=_get(rc, "num-sites", int),
         layout=_get(rc, "layout", str), shards=_get(rc, "shards", int),
         missing=_get(rc, "missing", float), exchange=_get(rc, "exchange", str),
         exchange_steps=_get(rc, "exchange-steps", int),
         local_epochs=_get(rc, "local-epochs", int), float16=_get(rc, "float16", bool),
-        warmup=_get(rc, "exchange-warmup", bool),
-        delta_tol=(lambda t: t if t >= 0 else None)(_get(rc, "delta-tol", float)),
-        data_dir=str(Path(_get(rc, "data-dir", str)).expanduser()),
-        n_train=_get(rc, "n-train", int), n_test=_get(rc, "n-test", int),
-        out_dir=str(Path(_get(rc, "out-dir", str)).expanduser()),
-        state_dir=str(Path(_get(rc, "state-dir", str)).expanduser()),
-        collect_model=_get(rc, "collect-model", bool),
-        reply_timeout=_get(rc, "reply-timeout", float))
+        warmup=_get(rc, "exchange-warmup", bool), delta_tol=tol if tol >= 0 else None,
+        data_dir=_path(rc, "data-dir"), n_train=_get(rc, "n-train", int),
+        n_test=_get(rc, "n-test", int), out_dir=_path(rc, "out-dir"),
+        state_dir=_path(rc, "state-dir"), collect_model=_get(rc, "collect-model", bool),
+        reply_timeout=_get(rc, "reply-timeout", float),
+        eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
+        secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"))
+    _check(s)
+    return s
+
+
+def _check(s: FederationSettings) -> None:
     if s.exchange not in EXCHANGES:
         raise ConfigError(f"run config: exchange = {s.exchange!r}; choose one of "
                           f"{list(EXCHANGES)}")
@@ -92,4 +115,28 @@ def load_settings(rc: dict) -> FederationSettings:
                           "must be >= 1")
     if not 0.0 <= s.missing < 1.0:
         raise ConfigError(f"run config: missing = {s.missing} must be in [0, 1)")
-    return s
+    if not s.reply_timeout > 0:
+        raise ConfigError(f"run config: reply-timeout = {s.reply_timeout} must be > 0")
+    if s.secure and s.delta_tol is not None:
+        raise ConfigError("run config: delta-tol (event-triggered exchange) is not "
+                          "available with secure = true")
+
+
+def app_run_config(**overrides) -> dict:
+    """``[tool.flwr.app.config]`` of this app with ``overrides`` (underscores in the
+    names become dashes): how tests and benchmarks build settings without Flower."""
+    with open(APP_DIR / "pyproject.toml", "rb") as fh:
+        rc = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    for k, v in overrides.items():
+        key = k.replace("_", "-")
+        if key not in rc:
+            raise ConfigError(f"run config: unknown key {key!r}")
+        rc[key] = v
+    return rc
+
+
+def settings_for(experiment: ExperimentConfig, **overrides) -> FederationSettings:
+    """Settings of an in-process run (tests, benchmarks): this app's run config with
+    ``overrides``, training ``experiment``."""
+    return dataclasses.replace(load_settings(app_run_config(**overrides)),
+                               experiment=experiment)

@@ -7,8 +7,10 @@ One SuperLink (TLS, SuperNode authentication) and three registered SuperNodes
 * run a 2-window federation with ``secure = true`` and check its final status
   (``flwr ls``) and the ``results.json`` the server wrote;
 * check the server's audit log of that run (every message content the ServerApp
-  sent or received, in Flower's wire encoding) for raw sample ids, plaintext
-  posterior tables and the posterior values that travelled inside envelopes;
+  sent or received, in Flower's wire encoding, recorded by the test-only ServerApp
+  of ``tests/support/audit_app.py`` around the product's) for raw sample ids,
+  plaintext posterior tables and the posterior values that travelled inside
+  envelopes;
 * start a fourth SuperNode with an unregistered key and see it refused;
 * run with the server flipping one byte of one routed envelope: the run fails with
   the recipient's TamperedEnvelopeError and that site's state did not advance.
@@ -28,11 +30,11 @@ import numpy as np
 import pytest
 
 from deploy import make_keys
+from tests.support.audit_app import blobs_in, make_app, read_dump
 from tests.support.fleet import Fleet
 from tests.support.processes import wait_for_log
 
 BIN = Path(sys.executable).parent
-APP = Path(__file__).resolve().parents[2]
 SITES = ("a", "b", "c")
 pytestmark = [
     pytest.mark.slow,
@@ -91,6 +93,7 @@ class Deployment:
         self.fleet = Fleet(root / "fleet", bin_dir=BIN)
         self.state = root / "state"
         self.out = root / "runs"
+        self.app = make_app(root / "app")  # the product, with the audit ServerApp
 
     def start(self) -> None:
         ca = self.keys / "ca.crt"
@@ -116,7 +119,7 @@ class Deployment:
                "collect-model": False, "reply-timeout": 120.0, "secure": True, **extra}
         text = " ".join(f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
                         for k, v in cfg.items())
-        res = self.fleet.flwr("run", str(APP), "mmvm", "--stream", "--run-config", text,
+        res = self.fleet.flwr("run", str(self.app), "mmvm", "--stream", "--run-config", text,
                               timeout=300, check=False)
         out = res.stdout + res.stderr
         m = re.search(r"Successfully started run (\d+)", out)
@@ -170,7 +173,6 @@ def test_server_never_handles_ids_or_plaintext_posteriors(deployment, good_run):
     (the test opens them with the recipients' keys, which the server lacks).
     It does not inspect the SuperLink's memory; the SuperLink relays exactly
     these message contents (TLS covers the network)."""
-    from client.wire import parse_wire, read_dump
     from mmvm.data.store import read_site_table
     from mmvm.federation.posteriors import decode_table
     from mmvm.secure.envelope import open_envelope, peek_header
@@ -190,7 +192,7 @@ def test_server_never_handles_ids_or_plaintext_posteriors(deployment, good_run):
     directory = load_public_directory(deployment.keys / "public_keys.json")
     vectors = 0
     for _, body in records:
-        for blob in parse_wire(body).get("sealed", {}).values():
+        for blob in blobs_in(body):
             head = peek_header(blob)
             if head.kind != "posterior":
                 continue

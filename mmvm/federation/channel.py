@@ -1,0 +1,104 @@
+"""How a site talks to the federation: the plaintext channel, and the channel seam.
+
+A site's endpoint (:mod:`mmvm.federation.endpoint`) runs the protocol; its channel
+decides what the messages carry. Plaintext (this module): the site reports its sample
+ids, sends its own posteriors to the server as Arrow tables, receives the others'
+from the server, and hands in its shared weights as they are. Sealed
+(:mod:`mmvm.federation.sealed_channel`): pseudonyms, envelopes per peer, masked weights.
+
+Every method that receives something checks it completely and returns what to apply;
+nothing of the site's state changes before a window is known to be good (``commit``
+runs after training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import numpy as np
+
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.messages import (
+    SERVER,
+    AlignReply,
+    AlignRequest,
+    Arrays,
+    AttachRequest,
+    DescribeReply,
+)
+from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
+from mmvm.federation.site import Site
+
+Tables = dict[str, Posteriors]
+
+
+class Channel(Protocol):
+    """Where the plaintext and the sealed protocol differ, at a site."""
+
+    def describe(self, site: Site) -> DescribeReply: ...
+
+    def align(self, site: Site, req: AlignRequest) -> AlignReply: ...
+
+    def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
+        """Dataset rows of the identifiers the site reported, in that order (the
+        order of ``req.rows``); checks what the server says about peers."""
+        ...
+
+    def outgoing(self, site: Site, index: int) -> dict[str, bytes]:
+        """Own posteriors for window ``index``'s rows, per recipient."""
+        ...
+
+    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes]
+                 ) -> tuple[Tables, Callable[[], None]]:
+        """The others' posteriors for window ``index`` (checked, nothing applied) and
+        what to commit once the window is applied."""
+        ...
+
+    def shared(self, site: Site, index: int) -> Arrays:
+        """Weights of the modalities shared with other sites, as they travel."""
+        ...
+
+
+def describe_site(site: Site, **extra) -> DescribeReply:
+    return DescribeReply(site=site.name, modalities=list(site.names), n=len(site.data),
+                         labelled=site.data.labels is not None, **extra)
+
+
+class PlainChannel:
+    """Sample ids and posterior tables in the clear, through the server."""
+
+    def describe(self, site: Site) -> DescribeReply:
+        return describe_site(site, identifiers=list(site.data.sample_ids))
+
+    def align(self, site: Site, req: AlignRequest) -> AlignReply:
+        raise FederationError(f"site {site.name}: align is a secure-mode message; this "
+                              f"site runs the plaintext protocol")
+
+    def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
+        return np.arange(len(site.data), dtype=np.int64)
+
+    def outgoing(self, site: Site, index: int) -> dict[str, bytes]:
+        link = site.linked()
+        table = site.encode(site.window_rows(index))
+        if link.delta_tol is not None:  # event-triggered: only rows that moved
+            table = link.sent_cache.changed(table, link.delta_tol)
+        return {SERVER: encode_table(table, link.float16)} if table else {}
+
+    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes]
+                 ) -> tuple[Tables, Callable[[], None]]:
+        stray = set(blobs) - {SERVER}
+        if stray:
+            raise FederationError(f"site {site.name}: posteriors from {sorted(stray)} in "
+                                  f"plaintext mode, where only the server sends them")
+        link = site.linked()
+        table = decode_table(blobs.get(SERVER, b""), latent_dim=site.model.latent_dim,
+                             n_rows=link.n, sender=SERVER)
+        if link.delta_tol is None:
+            return table, lambda: None
+        link.others_cache.update(table)
+        return link.others_cache.table(site.window_rows(index), exclude=site.names), \
+            lambda: None
+
+    def shared(self, site: Site, index: int) -> Arrays:
+        return {m: site.weights(m) for m in site.linked().shared}

@@ -1,0 +1,139 @@
+"""The federated round loop, written once: describe -> align -> attach -> windows ->
+final evaluation.
+
+``run_federation`` is what the Flower ServerApp runs (over a transport made of
+Flower Messages, ``server/app.py``) and what tests and benchmarks run in one process
+(over :class:`mmvm.federation.endpoint.LocalTransport`). It knows nothing of
+encryption: a :class:`~mmvm.federation.routing.Routing` decides how sites are
+aligned, how a window's requests are built from the last replies and how shared
+weights are averaged. Bytes are counted the same way for every mode: the payload of
+every message through the transport (:func:`mmvm.federation.messages.payload_bytes`).
+
+Per window w: each site receives the other modalities' posteriors for its rows of w
+and the averaged weights of the modalities it shares; it trains w and answers with
+its own posteriors for the rows of w+1 (computed after its update: with one step per
+window they are exactly the current posteriors) and its shared weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from mmvm.federation.coordinator import Coordinator, FederationError
+from mmvm.federation.messages import DescribeRequest, EvaluateRequest, payload_bytes
+from mmvm.federation.routing import EventTriggeredRouting, PlainRouting, Routing
+from mmvm.federation.sealed_routing import SealedRouting
+from mmvm.federation.settings import FederationSettings
+
+
+class Transport(Protocol):
+    """How the server reaches sites: their keys, and one request per site at a time."""
+
+    def nodes(self) -> list[str]: ...
+
+    def exchange(self, requests: Mapping) -> dict: ...
+
+
+@dataclass
+class FederationResult:
+    history: list[dict] = field(default_factory=list)
+    evaluation: dict[str, dict] = field(default_factory=dict)
+    bytes_total: int = 0
+    seconds: float = 0.0
+    sites: dict[str, dict] = field(default_factory=dict)
+    model_state: dict[str, np.ndarray] | None = None
+
+
+class Metered:
+    """A transport that adds up the payload bytes of everything it carries."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner, self.total = inner, 0
+
+    def nodes(self) -> list[str]:
+        return self.inner.nodes()
+
+    def exchange(self, requests: Mapping) -> dict:
+        replies = self.inner.exchange(requests)
+        self.total += sum(payload_bytes(m) for m in (*requests.values(), *replies.values()))
+        return replies
+
+
+def make_routing(s: FederationSettings) -> Routing:
+    latent = s.experiment.model.latent_dim
+    if s.secure:
+        return SealedRouting()
+    if s.delta_tol is not None:
+        return EventTriggeredRouting(latent, s.float16)
+    return PlainRouting(latent, s.float16)
+
+
+def run_federation(transport: Transport, s: FederationSettings,
+                   on_window: Callable[[dict], None] | None = None) -> FederationResult:
+    """Align, train every window of the plan, evaluate; returns metrics and bytes."""
+    t0, meter, routing = time.perf_counter(), Metered(transport), make_routing(s)
+    described = meter.exchange({key: DescribeRequest() for key in transport.nodes()})
+    coord = Coordinator(routing.align(meter, described), s.modalities, s.plan_args())
+    result = FederationResult(sites={k: {"site": i.name, "modalities": i.modalities,
+                                         "n": len(i.held)} for k, i in coord.sites.items()})
+    replies = meter.exchange({key: coord.attach_request(key, float16=s.float16,
+                                                        delta_tol=s.delta_tol,
+                                                        peers=routing.peers)
+                              for key in coord.sites})
+    routing.receive(coord, replies)
+    averaged: dict = {}
+    for w in range(len(coord.plan)):
+        tw, before = time.perf_counter(), meter.total
+        replies = meter.exchange(routing.requests(coord, w, averaged))
+        routing.receive(coord, replies)
+        averaged = routing.aggregate(coord, replies)
+        row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
+        result.history.append(row)
+        if on_window:
+            on_window(row)
+    result.bytes_total = meter.total
+    final_evaluation(transport, coord, averaged, s.collect_model, result)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping,
+                     collect_model: bool, result: FederationResult) -> None:
+    """Last message: sites load the averaged shared weights and evaluate; with
+    ``collect_model`` their weights are assembled into ``result.model_state``."""
+    replies = transport.exchange({key: EvaluateRequest(weights=coord.weights_for(key, averaged),
+                                                       collect=collect_model)
+                                  for key in coord.sites})
+    result.evaluation = {k: {"site": r.site, "modalities": list(r.modalities), **r.metrics}
+                         for k, r in replies.items()}
+    if not collect_model:
+        return
+    result.model_state = {}
+    for key, r in replies.items():
+        own = coord.sites[key].modalities
+        for m, arrays in r.model.items():
+            if m not in own or any(not n.startswith((f"encoders.{m}.", f"decoders.{m}."))
+                                   for n in arrays):
+                raise FederationError(f"site {coord.name(key)} handed in parameters of "
+                                      f"{m!r} that are not its own")
+            result.model_state.update(arrays)
+
+
+def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,
+               seconds: float) -> dict:
+    """One line of ``metrics.csv``: per-sample means over the window's rows."""
+    window = coord.plan[w]
+    rows = sum(len(s.rows) for s in window.steps)
+    try:
+        sums = {k: sum(float(r.metrics[k]) for r in replies.values())
+                for k in ("rec_nll", "reg", "rows")}
+    except (KeyError, TypeError, ValueError) as err:
+        raise FederationError(f"window {w}: a site sent malformed metrics ({err!r})") from None
+    return {"window": w, "epoch": window.steps[-1].epoch + 1,
+            "step": window.steps[-1].step + 1, "rec_nll": sums["rec_nll"] / rows,
+            "reg": sums["reg"] / (sums["rows"] or 1.0), "bytes": nbytes, "seconds": seconds}

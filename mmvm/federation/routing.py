@@ -1,0 +1,144 @@
+"""Where plaintext and secure mode differ on the server: the routing seam.
+
+The round loop (:mod:`mmvm.federation.loop`) is written once; a :class:`Routing`
+decides how sites are aligned, what it keeps from the sites' replies, how the next
+window's requests are built from them and how shared weights are averaged.
+
+- :class:`PlainRouting`: aligns sample ids, reads the posterior tables, forwards each
+  site the other modalities' rows of its window, averages weights (FedAvg).
+- :class:`EventTriggeredRouting`: plaintext with a cache: forwards only rows that
+  changed since it last sent them to that site (``delta-tol``).
+- :class:`~mmvm.federation.sealed_routing.SealedRouting`: pseudonyms, envelopes it
+  cannot open, masked weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
+from mmvm.federation.delta import PosteriorCache
+from mmvm.federation.messages import SERVER, Arrays, DescribeReply, WindowRequest
+from mmvm.federation.posteriors import (
+    Posteriors,
+    decode_table,
+    encode_table,
+    merge_tables,
+)
+
+
+class Routing(Protocol):
+    peers: bool  # attach requests carry each site's peers (rows shared with each)
+
+    def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
+        ...
+
+    def receive(self, coord: Coordinator, replies: Mapping) -> None:
+        """Keep what the next window needs from attach or window replies."""
+        ...
+
+    def requests(self, coord: Coordinator, index: int, averaged: Arrays
+                 ) -> dict[str, WindowRequest]:
+        ...
+
+    def aggregate(self, coord: Coordinator, replies: Mapping) -> Arrays:
+        ...
+
+
+def check_counts(described: Mapping[str, DescribeReply], got: Mapping[str, list[str]]
+                 ) -> None:
+    for key, d in described.items():
+        ids = got[key]
+        if len(ids) != d.n or len(set(ids)) != len(ids):
+            raise FederationError(f"site {d.site}: {len(ids)} identifiers "
+                                  f"({len(set(ids))} distinct) for {d.n} samples")
+
+
+def site_infos(described: Mapping[str, DescribeReply], identifiers: Mapping[str, list[str]]
+               ) -> list[SiteInfo]:
+    check_counts(described, identifiers)
+    return [SiteInfo(key, d.site, list(d.modalities), list(identifiers[key]))
+            for key, d in described.items()]
+
+
+class PlainRouting:
+    """Sample ids and posterior tables in the clear."""
+
+    peers = False
+
+    def __init__(self, latent_dim: int, float16: bool) -> None:
+        self.latent_dim, self.float16 = latent_dim, float16
+        self.table: dict[str, Posteriors] = {}
+
+    def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
+        return site_infos(described, {k: d.identifiers for k, d in described.items()})
+
+    def receive(self, coord: Coordinator, replies: Mapping) -> None:
+        tables = []
+        for key, rep in replies.items():
+            site = coord.sites[key]
+            stray = set(rep.posteriors) - {SERVER}
+            if stray:
+                raise FederationError(f"site {site.name} addressed posteriors to "
+                                      f"{sorted(stray)} in plaintext mode")
+            t = decode_table(rep.posteriors.get(SERVER, b""), latent_dim=self.latent_dim,
+                             n_rows=coord.n, sender=site.name)
+            foreign = set(t) - set(site.modalities)
+            if foreign:
+                raise FederationError(f"site {site.name} sent posteriors for modalities "
+                                      f"{sorted(foreign)} it does not hold")
+            for m, p in t.items():
+                stray_rows = p.rows[~np.isin(p.rows, site.held)]
+                if len(stray_rows):
+                    raise FederationError(f"site {site.name} sent posteriors for row "
+                                          f"{int(stray_rows[0])} of {m!r}, which it does "
+                                          f"not hold")
+            tables.append(t)
+        self.table = merge_tables(tables)
+
+    def _table(self, coord: Coordinator, index: int) -> dict[str, Posteriors]:
+        return self.table
+
+    def _forward(self, key: str, others: dict[str, Posteriors]) -> dict[str, Posteriors]:
+        return others
+
+    def requests(self, coord: Coordinator, index: int, averaged: Arrays
+                 ) -> dict[str, WindowRequest]:
+        out = {}
+        for key, others in coord.route(index, self._table(coord, index)).items():
+            others = self._forward(key, others)
+            blobs = {SERVER: encode_table(others, self.float16)} if others else {}
+            out[key] = WindowRequest(window=index, posteriors=blobs,
+                                     weights=coord.weights_for(key, averaged))
+        return out
+
+    def aggregate(self, coord: Coordinator, replies: Mapping) -> Arrays:
+        for key, rep in replies.items():
+            wrong = set(rep.weights) - {m for m, hs in coord.shared.items() if key in hs}
+            if wrong:
+                raise FederationError(f"site {coord.name(key)} sent weights of "
+                                      f"{sorted(wrong)}, which it does not share")
+        return coord.fedavg({key: rep.weights for key, rep in replies.items()})
+
+
+class EventTriggeredRouting(PlainRouting):
+    """Plaintext, but the server keeps the latest rows and forwards only news:
+    a row goes to a site again only when it changed since it last went there."""
+
+    def __init__(self, latent_dim: int, float16: bool) -> None:
+        super().__init__(latent_dim, float16)
+        self.cache = PosteriorCache()
+        self.forwarded: dict[str, PosteriorCache] = {}
+
+    def receive(self, coord: Coordinator, replies: Mapping) -> None:
+        super().receive(coord, replies)
+        self.cache.update(self.table)
+
+    def _table(self, coord: Coordinator, index: int) -> dict[str, Posteriors]:
+        return self.cache.table(coord.window_rows(index))
+
+    def _forward(self, key: str, others: dict[str, Posteriors]) -> dict[str, Posteriors]:
+        return self.forwarded.setdefault(key, PosteriorCache()).changed(others, 0.0)

@@ -1,0 +1,200 @@
+"""Secure mode at a site: the server routes bytes it cannot read.
+
+1. **describe**: name, modalities, sample *count*; no ids. The site draws a random
+   32-byte contribution and seals it (``mmvm.secure.envelope``, kind ``idkey``, round
+   0) to every other site of its public key directory.
+2. **align**: the site opens its peers' contributions, derives the group id key
+   (:func:`mmvm.secure.session.group_key`, never held by the server) and answers the
+   sorted keyed pseudonyms of its ids. The server aligns *pseudonyms*.
+3. **attach**: the server sends the row of each pseudonym, and per peer the rows the
+   two share and the peer's modalities; a peer the site did not agree the id key
+   with is refused.
+4. **windows**: after training window ``w`` the site seals, per peer, its own
+   posteriors for the rows of window ``w+1`` that peer shares with it (kind
+   ``posterior``, round ``w+2``); it opens every envelope addressed to it (expected
+   round ``w+1``, replay guard on disk) *before* it applies anything: a tampered,
+   replayed, misaddressed, unexpected or missing envelope raises a
+   :class:`~mmvm.secure.errors.SecurityError`. Shared weights leave masked
+   (:func:`mmvm.secure.masking.mask_update`); the server learns only their mean.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from mmvm.federation.channel import Tables, describe_site
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.messages import (
+    MASK_WEIGHT,
+    AlignReply,
+    AlignRequest,
+    Arrays,
+    AttachRequest,
+    DescribeReply,
+)
+from mmvm.federation.posteriors import (
+    PosteriorError,
+    decode_table,
+    encode_table,
+    merge_tables,
+)
+from mmvm.federation.site import Site
+from mmvm.secure.envelope import open_envelope, seal
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.masking import mask_update
+from mmvm.secure.session import SiteSecrets, b64, group_key, pseudonym, unb64
+
+KIND_IDKEY = "idkey"
+KIND_POSTERIOR = "posterior"
+
+
+class MissingEnvelopeError(SecurityError):
+    """A peer's envelope that the protocol requires did not arrive."""
+
+
+class UnexpectedEnvelopeError(SecurityError):
+    """An envelope from a site that has nothing to send us in this window."""
+
+
+class SealedChannel:
+    """Pseudonymous alignment, posteriors sealed per peer, masked shared weights."""
+
+    def __init__(self, secrets: SiteSecrets) -> None:
+        self.sec = secrets
+
+    # ------------------------------------------------------------------ set-up
+    def describe(self, site: Site) -> DescribeReply:
+        sec = self.sec
+        if site.name != sec.site:
+            raise SecurityError(f"node config names site {site.name!r} but its keys are "
+                                f"those of {sec.site!r}")
+        contribution = os.urandom(32)
+        sec.state = {"contribution": b64(contribution)}
+        sec.save_state()
+        sealed = {peer: seal(sec.keys, pub, contribution, run_id=sec.run_id, round=0,
+                             kind=KIND_IDKEY)
+                  for peer, pub in sorted(sec.directory.items()) if peer != sec.site}
+        return describe_site(site, sealed=sealed)
+
+    def _pseudonyms(self, site: Site) -> list[tuple[str, str]]:
+        key = unb64(self.sec.state["group_key"])
+        return sorted((pseudonym(key, s), s) for s in site.data.sample_ids)
+
+    def align(self, site: Site, req: AlignRequest) -> AlignReply:
+        sec = self.sec
+        if "contribution" not in sec.state:
+            raise SecurityError(f"site {sec.site}: align before describe (no contribution)")
+        contributions = {sec.site: unb64(sec.state["contribution"])}
+        guard = copy.deepcopy(sec.guard)
+        for sender, blob in sorted(req.sealed.items()):
+            contributions[sender] = open_envelope(
+                sec.keys, sec.peer(sender), blob, run_id=sec.run_id, guard=guard,
+                expected_round=0, kind=KIND_IDKEY)
+            if len(contributions[sender]) != 32:
+                raise SecurityError(f"site {sec.site}: malformed id-key contribution from "
+                                    f"{sender!r}")
+        sec.state.update(group_key=b64(group_key(contributions, sec.run_id)),
+                         members=sorted(contributions))
+        sec.guard = guard
+        sec.save_state()
+        sec.save_guard()
+        return AlignReply(identifiers=[p for p, _ in self._pseudonyms(site)])
+
+    def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
+        sec = self.sec
+        if "group_key" not in sec.state:
+            raise SecurityError(f"site {sec.site}: attach before align (no group key)")
+        members = set(sec.state["members"])
+        peers = {str(p): {"rows": sorted(int(r) for r in v["rows"]),
+                          "modalities": [str(m) for m in v["modalities"]]}
+                 for p, v in req.peers.items()}
+        named = set(peers) | {h for v in req.shared.values() for h in v}
+        strangers = named - members
+        if strangers or sec.site in peers:
+            raise SecurityError(f"site {sec.site}: the server names peers "
+                                f"{sorted(strangers)} that did not take part in the "
+                                f"id-key agreement")
+        sec.state.update(peers=peers, holders={m: sorted(v) for m, v in req.shared.items()})
+        sec.save_state()
+        return site.data.rows_of([sid for _, sid in self._pseudonyms(site)])
+
+    # ------------------------------------------------------------------ windows
+    def outgoing(self, site: Site, index: int) -> dict[str, bytes]:
+        """Per peer: own posteriors for the rows of window ``index`` the peer shares."""
+        sec, link = self.sec, site.linked()
+        wrows = site.window_rows(index)
+        table = site.encode(wrows)
+        out = {}
+        for peer, info in sorted(sec.state["peers"].items()):
+            need = np.intersect1d(info["rows"], wrows)
+            if not len(need):
+                continue
+            sub = {m: p.take(np.flatnonzero(np.isin(p.rows, need)))
+                   for m, p in table.items() if m not in info["modalities"]}
+            sub = {m: p for m, p in sub.items() if len(p)}
+            out[peer] = seal(sec.keys, sec.peer(peer), encode_table(sub, link.float16),
+                             run_id=sec.run_id, round=index + 1, kind=KIND_POSTERIOR)
+        return out
+
+    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes]
+                 ) -> tuple[Tables, Callable[[], None]]:
+        """Open and check every envelope of window ``index``; nothing is applied."""
+        sec, link = self.sec, site.linked()
+        wrows = site.window_rows(index)
+        peers = sec.state["peers"]
+        shares = {p: np.intersect1d(info["rows"], wrows) for p, info in peers.items()}
+        expected = {p for p, rows in shares.items() if len(rows)}
+        unexpected = set(blobs) - expected
+        if unexpected:
+            raise UnexpectedEnvelopeError(f"site {sec.site}, window {index}: envelopes "
+                                          f"from {sorted(unexpected)}, which share no row "
+                                          f"of this window with us")
+        missing = expected - set(blobs)
+        if missing:
+            raise MissingEnvelopeError(f"site {sec.site}, window {index}: no posteriors "
+                                       f"from {sorted(missing)}; nothing was applied")
+        guard = copy.deepcopy(sec.guard)
+        tables = []
+        for sender in sorted(blobs):
+            payload = open_envelope(sec.keys, sec.peer(sender), blobs[sender],
+                                    run_id=sec.run_id, guard=guard,
+                                    expected_round=index + 1, kind=KIND_POSTERIOR)
+            t = decode_table(payload, latent_dim=site.model.latent_dim, n_rows=link.n,
+                             sender=sender)
+            for m, p in t.items():
+                if m in site.names or m not in site.global_names:
+                    raise PosteriorError(f"site {sec.site}: {sender} sent posteriors of "
+                                         f"modality {m!r}")
+                bad = p.rows[~np.isin(p.rows, shares[sender])]
+                if len(bad):
+                    raise PosteriorError(f"site {sec.site}: {sender} sent row {bad[0]}, "
+                                         f"which is not a shared row of window {index}")
+            tables.append(t)
+
+        def commit() -> None:
+            sec.guard = guard
+            sec.save_guard()
+
+        return merge_tables(tables), commit
+
+    def shared(self, site: Site, index: int) -> Arrays:
+        return {m: self._mask(site, m, index) for m in site.linked().shared}
+
+    def _mask(self, site: Site, m: str, index: int) -> dict[str, np.ndarray]:
+        sec = self.sec
+        holders = sec.state["holders"][m]
+        if m not in site.names or sec.site not in holders:
+            raise FederationError(f"site {sec.site}: told to share modality {m!r} with "
+                                  f"{holders}")
+        peers = {h: sec.peer(h) for h in holders if h != sec.site}
+        arrays = site.weights(m)
+        names = sorted(arrays)
+        masked = mask_update(sec.keys, peers, [arrays[n] for n in names], run_id=sec.run_id,
+                             round=index, weight=float(len(site.data)), group=f"weights/{m}")
+        out = dict(zip(names, masked[:-1], strict=True))
+        out[MASK_WEIGHT] = masked[-1]
+        return out

@@ -1,0 +1,54 @@
+"""What a site can measure on its own data, at the end of a federated run.
+
+Per own modality: a latent probe (the project's one probe,
+:func:`mmvm.evaluation.probe_accuracy`: train rows -> test rows) and the test
+reconstruction NLL decoding the posterior mean. Needs the site's test file; probes
+need labels with at least two classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmvm.data import open_dataset
+from mmvm.evaluation import encode_dataset, present_labels, probe_accuracy
+from mmvm.federation.site import Site
+
+
+@torch.no_grad()
+def evaluate_site(site: Site, max_probe_train: int = 10_000) -> dict[str, float]:
+    """``probe/<m>``, ``recon_nll/<m>`` and ``n_test``; empty without a test file."""
+    if not site.test_path:
+        return {}
+    test = open_dataset(site.test_path, site.names, site.cfg.data)
+    site.model.eval()
+    out: dict[str, float] = {}
+    for j, m in enumerate(site.names):
+        rec, rows = 0.0, torch.nonzero(test.mask[:, j]).flatten()
+        for chunk in rows.split(512):
+            x = test.batch(chunk)["x"][m].to(site.device)
+            mu, _ = site.model.encode_modality(m, x)
+            ll = site.model.log_likelihood(m, x, site.model.decode(m, mu))
+            rec -= float(ll.sum()) * float(site.model.specs[m].weight)
+        out[f"recon_nll/{m}"] = rec / max(len(rows), 1)
+    if site.data.labels is not None and test.labels is not None:
+        out.update(_probes(site, test, max_probe_train))
+    out["n_test"] = float(len(test))
+    return out
+
+
+def _probes(site: Site, test, max_train: int) -> dict[str, float]:
+    train_mu = encode_dataset(site.model, site.data, device=site.device)
+    test_mu = encode_dataset(site.model, test, device=site.device)
+    train_y = present_labels(site.data, site.names)
+    test_y = present_labels(test, site.names)
+    out = {}
+    for m in site.names:
+        ytr, yte = train_y[m], test_y[m]
+        if len(np.unique(ytr[ytr >= 0])) < 2 or not (yte >= 0).any():
+            continue
+        acc = probe_accuracy({m: train_mu[m]}, {m: ytr}, {m: test_mu[m]}, {m: yte},
+                             max_train=max_train)
+        out[f"probe/{m}"] = acc[m]
+    return out

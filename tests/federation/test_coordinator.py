@@ -1,0 +1,73 @@
+"""The server's bookkeeping without a network: alignment, routing, FedAvg."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
+from mmvm.federation.plan import PlanArgs
+from mmvm.federation.posteriors import Posteriors
+
+PLAN = PlanArgs(batch_size=2, seed=0, epochs=1, exchange="step")
+
+
+def _coord(*sites, modalities=("m0", "m1")):
+    return Coordinator([SiteInfo(f"k{i}", n, list(m), list(ids))
+                        for i, (n, m, ids) in enumerate(sites)], list(modalities), PLAN)
+
+
+def test_rows_are_the_sorted_union_and_each_site_gets_its_own():
+    c = _coord(("a", ["m0"], ["s3", "s1", "s2"]), ("b", ["m1"], ["s2", "s4"]))
+    assert c.ids == ["s1", "s2", "s3", "s4"]
+    assert c.sites["k0"].rows.tolist() == [2, 0, 1]  # in the order the site reported
+    assert c.sites["k1"].held.tolist() == [1, 3]
+    req = c.attach_request("k0", float16=True, delta_tol=None, peers=True)
+    assert (req.n, req.rows, req.delta_tol, req.shared) == (4, [2, 0, 1], -1.0, {})
+    assert req.peers == {"b": {"rows": [1], "modalities": ["m1"]}}
+    assert PlanArgs.from_dict(req.plan) == PLAN
+    assert c.attach_request("k0", float16=True, delta_tol=0.5, peers=False).peers == {}
+
+
+@pytest.mark.parametrize("sites,match", [
+    ((("a", ["m0"], ["s1"]), ("a", ["m1"], ["s1"])), "two sites report the same name"),
+    ((("a", ["m0", "m9"], ["s1"]), ("b", ["m1"], ["s1"])), r"modalities \['m9'\]"),
+    ((("a", ["m0"], ["s1"]),), r"no connected site holds modalities \['m1'\]"),
+    ((("a", ["m0"], ["s1", "s1"]), ("b", ["m1"], ["s1"])), "reported a sample twice"),
+    ((("a", ["m0"], ["s1", "s2"]), ("b", ["m0", "m1"], ["s2"])),
+     "modality 'm0' is held by both a and b"),
+])
+def test_invalid_federations_are_refused(sites, match):
+    with pytest.raises(FederationError, match=match):
+        _coord(*sites)
+
+
+def test_route_gives_each_site_the_other_modalities_of_its_window_rows():
+    c = _coord(("a", ["m0"], ["s0", "s1", "s2", "s3"]), ("b", ["m1"], ["s1", "s2", "s3"]))
+    rows = c.window_rows(0)
+    assert len(rows) == 2 and c.window_rows(99).size == 0
+    table = {m: Posteriors(np.arange(4), np.full((4, 2), i, np.float32),
+                           np.zeros((4, 2), np.float32)) for i, m in enumerate(["m0", "m1"])}
+    routed = c.route(0, table)
+    assert list(routed["k0"]) == ["m1"] and list(routed["k1"]) == ["m0"]
+    assert routed["k0"]["m1"].rows.tolist() == rows.tolist()
+    held_b = np.intersect1d(rows, [1, 2, 3])
+    assert routed["k1"]["m0"].rows.tolist() == held_b.tolist()
+
+
+def test_fedavg_is_the_sample_weighted_mean_of_the_holders():
+    c = _coord(("a", ["m0"], ["s0"]), ("b", ["m0"], ["s1", "s2", "s3"]),
+               ("c", ["m1"], ["s0", "s1", "s2", "s3"]))
+    assert c.shared == {"m0": ["k0", "k1"]}
+    w = {"k0": {"m0": {"p": np.array([1.0, 2.0], np.float32)}},
+         "k1": {"m0": {"p": np.array([5.0, 6.0], np.float32)}}}
+    out = c.fedavg(w)
+    np.testing.assert_allclose(out["m0"]["p"], [0.25 * 1 + 0.75 * 5, 0.25 * 2 + 0.75 * 6])
+    assert out["m0"]["p"].dtype == np.float32
+    assert c.weights_for("k2", out) == {} and c.weights_for("k0", out) == out
+    with pytest.raises(FederationError, match="other parameters"):
+        c.fedavg({"k0": {"m0": {"p": w["k0"]["m0"]["p"]}}, "k1": {"m0": {"q": np.zeros(2)}}})
+    with pytest.raises(FederationError, match="other parameters or shapes"):
+        c.fedavg({"k0": w["k0"], "k1": {"m0": {"p": np.zeros(3, np.float32)}}})
+    req = c.attach_request("k1", float16=False, delta_tol=None, peers=False)
+    assert req.shared == {"m0": ["a", "b"]}

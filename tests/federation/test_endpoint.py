@@ -1,0 +1,91 @@
+"""A site's endpoint: requests dispatched by type, checked before the site changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmvm.federation.channel import PlainChannel
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.messages import (
+    AlignRequest,
+    AttachRequest,
+    DescribeRequest,
+    EvaluateRequest,
+    WindowRequest,
+)
+from mmvm.federation.plan import PlanArgs
+from tests.support.federate import make_sites, split
+
+
+@pytest.fixture
+def endpoint(tiny_polymnist, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    return Endpoint(make_sites(cfg, specs, root)["n0"], PlainChannel())
+
+
+def _attach(ep, **change):
+    site = ep.site
+    n = len(site.data)
+    kw = dict(n=n, rows=list(range(n)), float16=False,
+              plan=PlanArgs(batch_size=64, seed=3, epochs=1).to_dict())
+    return ep.handle(AttachRequest(**{**kw, **change}))
+
+
+def test_describe_attach_window_evaluate(endpoint):
+    d = endpoint.handle(DescribeRequest())
+    assert (d.site, d.modalities, d.n) == ("site-m0", ["m0"], 192)
+    assert d.identifiers == endpoint.site.data.sample_ids and d.sealed == {}
+    first = _attach(endpoint)
+    assert list(first.posteriors) == ["server"]
+    reply = endpoint.handle(WindowRequest(window=0))
+    assert reply.metrics["rows"] == 64 and reply.metrics["steps"] == 1
+    assert reply.weights == {}  # nothing shared in a vertical split
+    ev = endpoint.handle(EvaluateRequest(collect=True))
+    assert ev.site == "site-m0" and "probe/m0" in ev.metrics
+    assert set(ev.model) == {"m0"}
+
+
+def test_requests_out_of_order_or_out_of_plan_are_refused(endpoint):
+    with pytest.raises(FederationError, match="not attached"):
+        endpoint.handle(WindowRequest(window=0))
+    with pytest.raises(FederationError, match="align is a secure-mode message"):
+        endpoint.handle(AlignRequest())
+    _attach(endpoint)
+    with pytest.raises(FederationError, match=r"window 3 is not in the plan \(3 windows\)"):
+        endpoint.handle(WindowRequest(window=3))
+    with pytest.raises(FederationError, match="unknown request"):
+        endpoint.handle(object())
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"rows": [0, 0]}, r"assigned 2 rows to 192 samples"),
+    ({"shared": {"m1": ["site-m0", "x"]}}, r"told to share modality 'm1'"),
+    ({"shared": {"m0": ["site-m0"]}}, r"told to share modality 'm0'"),
+    ({"plan": {"batch_size": 64}}, r"plan arguments"),
+    ({"plan": {"batch_size": "64", "seed": 3, "epochs": 1}}, r"is not a int"),
+])
+def test_bad_attach_requests_name_what_is_wrong(endpoint, change, match):
+    with pytest.raises(FederationError, match=match):
+        _attach(endpoint, **change)
+    assert endpoint.site.link is None
+
+
+def test_rows_must_be_a_permutation_within_n(endpoint):
+    with pytest.raises(FederationError, match="invalid or repeated rows"):
+        _attach(endpoint, rows=[0] * 192)
+    with pytest.raises(FederationError, match="invalid or repeated rows"):
+        _attach(endpoint, n=10, rows=list(range(192)))
+
+
+def test_weights_only_for_shared_modalities(endpoint):
+    _attach(endpoint)
+    w = endpoint.site.weights("m0")
+    before = {k: v.copy() for k, v in w.items()}
+    with pytest.raises(FederationError, match=r"weights for \['m0'\], which it does not share"):
+        endpoint.handle(WindowRequest(window=0, weights={"m0": w}))
+    after = endpoint.site.weights("m0")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert endpoint.site.windows_done == 0

@@ -1,0 +1,135 @@
+"""The routing seam on mock replies: what the server reads, forwards and averages.
+
+No site, no network: replies are built by hand, as a site (or an attacker posing as
+one) would send them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
+from mmvm.federation.messages import DescribeReply, WindowReply
+from mmvm.federation.plan import PlanArgs
+from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
+from mmvm.federation.routing import EventTriggeredRouting, PlainRouting
+from mmvm.federation.sealed_routing import SealedRouting, route
+from mmvm.secure.keys import SiteKeys
+from mmvm.secure.masking import mask_update
+
+D = 2
+
+
+def _coord():
+    """a: m0 of s0..s3; b: m1 of s0..s3; c: m1 of nothing else -> b, c disjoint shards."""
+    sites = [SiteInfo("ka", "a", ["m0"], [f"s{i}" for i in range(4)]),
+             SiteInfo("kb", "b", ["m1"], ["s0", "s1"]),
+             SiteInfo("kc", "c", ["m1"], ["s2", "s3"])]
+    return Coordinator(sites, ["m0", "m1"],
+                       PlanArgs(batch_size=4, seed=0, epochs=2, exchange="step"))
+
+
+def _post(rows, value):
+    rows = np.asarray(rows)
+    return Posteriors(rows, np.full((len(rows), D), value, np.float32),
+                      np.zeros((len(rows), D), np.float32))
+
+
+def _reply(table=None, weights=None, to="server"):
+    blobs = {to: encode_table(table)} if table else {}
+    return WindowReply(metrics={}, posteriors=blobs, weights=weights or {})
+
+
+def _replies(value=1.0):
+    return {"ka": _reply({"m0": _post(range(4), value)}),
+            "kb": _reply({"m1": _post([0, 1], value + 1)}),
+            "kc": _reply({"m1": _post([2, 3], value + 2)})}
+
+
+def _others(req):
+    return decode_table(req.posteriors.get("server", b""))
+
+
+def test_plain_routing_forwards_the_other_modalities_of_each_sites_rows():
+    c, r = _coord(), PlainRouting(D, float16=False)
+    r.receive(c, _replies())
+    reqs = r.requests(c, 0, {})
+    assert {k: q.window for k, q in reqs.items()} == {"ka": 0, "kb": 0, "kc": 0}
+    a, b, cc = (_others(reqs[k]) for k in ("ka", "kb", "kc"))
+    assert list(a) == ["m1"] and a["m1"].rows.tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(a["m1"].mu[:, 0], [2, 2, 3, 3])  # from b, then c
+    assert list(b) == ["m0"] and b["m0"].rows.tolist() == [0, 1]
+    assert cc["m0"].rows.tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("reply,match", [
+    (_reply({"m1": _post([0], 1.0)}), r"site a sent posteriors for modalities \['m1'\]"),
+    (_reply({"m0": _post([0], 1.0)}, to="b"), r"site a addressed posteriors to \['b'\]"),
+    (_reply({"m0": _post([9], 1.0)}), r"row 9 is outside the 4 aligned rows"),
+])
+def test_plain_routing_refuses_what_a_site_cannot_send(reply, match):
+    replies = {**_replies(), "ka": reply}
+    with pytest.raises(Exception, match=match):
+        PlainRouting(D, False).receive(_coord(), replies)
+
+
+def test_a_site_cannot_report_rows_it_does_not_hold():
+    replies = {**_replies(), "kb": _reply({"m1": _post([0, 2], 1.0)})}
+    with pytest.raises(FederationError, match="row 2 of 'm1', which it does not hold"):
+        PlainRouting(D, False).receive(_coord(), replies)
+
+
+def test_fedavg_accepts_only_shared_weights():
+    c, r = _coord(), PlainRouting(D, False)
+    w = {"p": np.ones(2, np.float32)}
+    out = r.aggregate(c, {"ka": _reply(), "kb": _reply(weights={"m1": w}),
+                          "kc": _reply(weights={"m1": {"p": 3 * w["p"]}})})
+    np.testing.assert_allclose(out["m1"]["p"], [2, 2])  # b and c hold 2 samples each
+    with pytest.raises(FederationError, match=r"site a sent weights of \['m0'\]"):
+        r.aggregate(c, {"ka": _reply(weights={"m0": w}), "kb": _reply(), "kc": _reply()})
+
+
+def test_event_triggered_routing_forwards_only_rows_that_changed():
+    c, r = _coord(), EventTriggeredRouting(D, float16=False)
+    r.receive(c, _replies(1.0))
+    first = _others(r.requests(c, 0, {})["ka"])
+    assert first["m1"].rows.tolist() == [0, 1, 2, 3]
+    # b's rows change, c's do not: only b's rows travel to a again
+    r.receive(c, {"ka": _reply(), "kb": _reply({"m1": _post([0, 1], 7.0)}), "kc": _reply()})
+    again = _others(r.requests(c, 0, {})["ka"])
+    assert again["m1"].rows.tolist() == [0, 1]
+    np.testing.assert_array_equal(again["m1"].mu[:, 0], [7, 7])
+    assert r.requests(c, 0, {})["ka"].posteriors == {}  # nothing new since
+
+
+def test_sealed_route_moves_envelopes_to_their_recipients_unopened():
+    names = {"ka": "a", "kb": "b", "kc": "c"}
+    inbox = route({"ka": {"b": b"ab", "c": b"ac"}, "kb": {"a": b"ba"}, "kc": {}}, names)
+    assert inbox == {"ka": {"b": b"ba"}, "kb": {"a": b"ab"}, "kc": {"a": b"ac"}}
+    for bad in ({"ka": {"a": b"self"}}, {"ka": {"mallory": b"x"}}):
+        with pytest.raises(FederationError, match="not another participant"):
+            route(bad, names)
+
+
+def test_sealed_routing_refuses_ids_in_secure_mode():
+    described = {"ka": DescribeReply(site="a", modalities=["m0"], n=1, labelled=False,
+                                     identifiers=["s0"])}
+    with pytest.raises(FederationError, match=r"sites \['a'\] sent sample ids"):
+        SealedRouting().align(None, described)
+
+
+def test_masked_fedavg_equals_the_plain_weighted_mean():
+    c = _coord()
+    keys = {n: SiteKeys.generate(n) for n in ("b", "c")}
+    w = {"b": np.array([1.0, -2.0], np.float32), "c": np.array([4.0, 0.5], np.float32)}
+    replies = {"ka": _reply()}
+    for k, n, other in (("kb", "b", "c"), ("kc", "c", "b")):
+        masked = mask_update(keys[n], {other: keys[other].public}, [w[n]], run_id="1",
+                             round=0, weight=2.0, group="weights/m1")
+        assert not np.allclose(masked[0], w[n])  # what the server sees is masked
+        replies[k] = _reply(weights={"m1": {"p": masked[0], "__weight__": masked[1]}})
+    out = SealedRouting().aggregate(c, replies)
+    np.testing.assert_allclose(out["m1"]["p"], (w["b"] + w["c"]) / 2, atol=1e-6)
+    del replies["kc"].weights["m1"]
+    with pytest.raises(FederationError, match="sent no masked update"):
+        SealedRouting().aggregate(c, replies)

@@ -1,0 +1,64 @@
+"""Run settings: read once from the run config, defaults only in pyproject.toml."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmvm.config import ConfigError
+from mmvm.federation.plan import PlanArgs
+from mmvm.federation.settings import app_run_config, load_settings, settings_for
+
+
+def test_the_apps_defaults_parse():
+    s = load_settings(app_run_config())
+    assert s.exchange in ("step", "steps", "round") and s.num_sites >= 1
+    assert s.delta_tol is None  # -1 in the file means off
+    assert s.secure is False and s.keys_dir == "" and s.eval_data == "default"
+    assert "~" not in s.state_dir and "~" not in s.out_dir  # expanded
+    t = s.experiment.train
+    assert s.plan_args() == PlanArgs(t.batch_size, t.seed, t.epochs, s.exchange,
+                                     s.exchange_steps, s.local_epochs, s.warmup)
+
+
+def test_overrides_and_string_forms_of_flower_values():
+    s = load_settings(app_run_config(exchange="step", float16="false", delta_tol=0.5,
+                                     set="train.epochs=1", keys_dir="~/k"))
+    assert (s.exchange, s.float16, s.delta_tol, s.experiment.train.epochs) == \
+        ("step", False, 0.5, 1)
+    assert s.keys_dir.endswith("/k") and not s.keys_dir.startswith("~")
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"exchange": "daily"}, r"exchange = 'daily'; choose one of"),
+    ({"layout": "diagonal"}, r"layout = 'diagonal'"),
+    ({"local_epochs": 0}, r"must be >= 1"),
+    ({"missing": 1.0}, r"missing = 1.0 must be in \[0, 1\)"),
+    ({"float16": "maybe"}, r"float16 = 'maybe' is not a boolean"),
+    ({"num_sites": "three"}, r"num-sites = 'three' is not a valid int"),
+    ({"reply_timeout": 0}, r"reply-timeout = 0.0 must be > 0"),
+    ({"secure": True, "delta_tol": 0.1}, r"delta-tol .* not available with secure"),
+    ({"set": "train.epochz=2"}, r"did you mean 'train.epochs'"),
+])
+def test_bad_values_fail_naming_the_key(change, match):
+    with pytest.raises(ConfigError, match=match):
+        load_settings(app_run_config(**change))
+
+
+def test_unknown_and_missing_keys():
+    with pytest.raises(ConfigError, match="unknown key 'exchnage'"):
+        app_run_config(exchnage="step")
+    rc = app_run_config()
+    del rc["secure"]
+    with pytest.raises(ConfigError, match="missing key 'secure'"):
+        load_settings(rc)
+
+
+def test_no_test_only_keys_ship_in_the_app_config():
+    assert not [k for k in app_run_config() if k.startswith("test")]
+
+
+def test_settings_for_an_in_process_run(tiny_polymnist, tiny_config):
+    cfg = tiny_config(tiny_polymnist)
+    s = settings_for(cfg, exchange="round", local_epochs=2)
+    assert s.experiment is cfg and s.modalities == ["m0", "m1", "m2"]
+    assert s.plan_args().plan(192)[0].epochs == (0, 1)

@@ -1,0 +1,77 @@
+"""In-process federations for tests: real sites, endpoints and round loop, no network.
+
+``split(cfg_root, tmp, layout)`` writes the site files of a layout once;
+``plain_endpoints`` / ``sealed_endpoints`` build one :class:`Endpoint` per site;
+``federate`` runs the loop over a :class:`LocalTransport` (optionally wrapped, e.g.
+by an attacker) and returns the result and the sites.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data.sites import site_layout, split_sites
+from mmvm.federation.channel import PlainChannel
+from mmvm.federation.endpoint import Endpoint, LocalTransport
+from mmvm.federation.loop import run_federation
+from mmvm.federation.sealed_channel import SealedChannel
+from mmvm.federation.settings import settings_for
+from mmvm.federation.site import Site
+from mmvm.secure.keys import SiteKeys
+from mmvm.secure.session import SiteSecrets
+
+MODALITIES = ["m0", "m1", "m2"]
+RUN = "77"
+
+
+def split(data_root: Path, out: Path, layout: str, missing: float = 0.0, shards: int = 2):
+    """Site specs of ``layout`` and the folder of their files (train and test)."""
+    specs = site_layout(layout, MODALITIES, shards)
+    root = out / f"sites-{layout}-{missing}"
+    if not root.exists():
+        split_sites([data_root / "train.parquet", data_root / "test.parquet"], root, specs,
+                    missing=missing)
+    return specs, root
+
+
+def make_sites(cfg, specs, root: Path) -> dict[str, Site]:
+    return {f"n{i}": Site(cfg, s.name, root / s.name / "train.parquet",
+                          root / s.name / "test.parquet") for i, s in enumerate(specs)}
+
+
+def plain_endpoints(sites: dict[str, Site]) -> dict[str, Endpoint]:
+    return {k: Endpoint(s, PlainChannel()) for k, s in sites.items()}
+
+
+def site_keys(sites: dict[str, Site]) -> dict[str, SiteKeys]:
+    return {s.name: SiteKeys.generate(s.name) for s in sites.values()}
+
+
+def secrets(site: Site, keys: dict[str, SiteKeys], state: Path) -> SiteSecrets:
+    """A fresh session from disk (as a new SuperNode process would load it)."""
+    directory = {n: k.public for n, k in keys.items()}
+    return SiteSecrets(keys[site.name], directory, RUN, state)
+
+
+def sealed_endpoints(sites: dict[str, Site], keys: dict[str, SiteKeys], state: Path
+                     ) -> dict[str, Endpoint]:
+    return {k: Endpoint(s, SealedChannel(secrets(s, keys, state))) for k, s in sites.items()}
+
+
+def federate(cfg, endpoints: dict[str, Endpoint], transport=None, **settings):
+    """Run the round loop in-process; ``settings`` override the app's run config
+    (underscores for dashes), e.g. ``exchange="step"``, ``secure=True``."""
+    settings.setdefault("float16", False)
+    transport = transport or LocalTransport(endpoints)
+    return run_federation(transport, settings_for(cfg, **settings))
+
+
+def params(sites) -> dict[str, np.ndarray]:
+    """Every parameter of every site, by its centralized name."""
+    out = {}
+    for site in sites:
+        for m in site.names:
+            out.update(site.weights(m))
+    return out
