@@ -30,9 +30,8 @@ from mmvm.config import load_config  # noqa: E402
 from mmvm.data.dataset import MultimodalDataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
 from mmvm.evaluation import evaluate_run  # noqa: E402
-from mmvm.federation.driver import run_federation  # noqa: E402
-from mmvm.federation.endpoint import LocalTransport  # noqa: E402
-from mmvm.federation.site import Site  # noqa: E402
+from mmvm.federation.local import run_local  # noqa: E402
+from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
@@ -107,12 +106,11 @@ def main(argv=None) -> int:
                                                                f"{local_epochs} epochs")
         label = label.replace("..E", f"..{local_epochs}").replace("TOL", f"{args.delta_tol:g}")
         t0 = time.perf_counter()
-        local = {s.name: Site(cfg, s.name, files[s.name]["train"]) for s in sites}
-        res = run_federation(LocalTransport(local), names, batch_size=cfg.train.batch_size,
-                             seed=cfg.train.seed, epochs=cfg.train.epochs, exchange=exchange,
-                             k=k, local_epochs=local_epochs, float16=f16, warmup=warmup,
-                             delta_tol=args.delta_tol if event else None,
-                             latent_dim=cfg.model.latent_dim, collect_model=True)
+        settings = settings_for(cfg, exchange=exchange, exchange_steps=k,
+                                local_epochs=local_epochs, float16=f16,
+                                exchange_warmup=warmup, collect_model=True,
+                                delta_tol=args.delta_tol if event else -1.0)
+        res, _ = run_local(settings, {s.name: (files[s.name]["train"], None) for s in sites})
         seconds = time.perf_counter() - t0
         fed = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)
         fed.load_state_dict({n: torch.as_tensor(v) for n, v in res.model_state.items()})

@@ -26,9 +26,8 @@ from mmvm.config import load_config  # noqa: E402
 from mmvm.data.dataset import MultimodalDataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
 from mmvm.evaluation import fit_probe  # noqa: E402
-from mmvm.federation.driver import run_federation  # noqa: E402
-from mmvm.federation.endpoint import LocalTransport  # noqa: E402
-from mmvm.federation.site import Site  # noqa: E402
+from mmvm.federation.local import run_local  # noqa: E402
+from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 from mmvm.plots import latent_2d  # noqa: E402
 from mmvm.training import train  # noqa: E402
@@ -99,10 +98,9 @@ def main(argv=None) -> int:
     if not args.no_federated:
         cfg = config("mmvm")
         t0 = time.perf_counter()
-        local = {s.name: Site(cfg, s.name, files[s.name]["train"]) for s in sites}
-        res = run_federation(LocalTransport(local), rats, batch_size=cfg.train.batch_size,
-                             seed=cfg.train.seed, epochs=cfg.train.epochs, exchange="round",
-                             float16=True, latent_dim=2, collect_model=True)
+        settings = settings_for(cfg, exchange="round", local_epochs=1, float16=True,
+                                collect_model=True, delta_tol=-1.0)
+        res, _ = run_local(settings, {s.name: (files[s.name]["train"], None) for s in sites})
         model = MultimodalVAE(cfg.model.modalities, 2)
         model.load_state_dict({k: torch.as_tensor(v) for k, v in res.model_state.items()})
         key = "mmvm federated (5 sites)"
