@@ -27,7 +27,8 @@ from mmvm.federation.messages import REPLIES, REQUESTS, MessageError
 BODY = "body"
 # Flower message types per kind: the ClientApp registers one handler for each
 FLOWER_TYPES = {"describe": "query.describe", "align": "train.align",
-                "attach": "train.attach", "window": "train.window", "evaluate": "evaluate"}
+                "attach": "train.attach", "window": "train.window",
+                "unmask": "train.unmask", "evaluate": "evaluate"}
 
 
 def flower_type(message) -> str:

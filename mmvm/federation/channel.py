@@ -26,6 +26,8 @@ from mmvm.federation.messages import (
     Arrays,
     AttachRequest,
     DescribeReply,
+    UnmaskReply,
+    UnmaskRequest,
 )
 from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
 from mmvm.federation.site import Site
@@ -35,6 +37,8 @@ Tables = dict[str, Posteriors]
 
 class Channel(Protocol):
     """Where the plaintext and the sealed protocol differ, at a site."""
+
+    secure: bool
 
     def describe(self, site: Site) -> DescribeReply: ...
 
@@ -55,8 +59,13 @@ class Channel(Protocol):
         what to commit once the window is applied."""
         ...
 
-    def shared(self, site: Site, index: int) -> Arrays:
-        """Weights of the modalities shared with other sites, as they travel."""
+    def shared(self, site: Site, index: int) -> tuple[Arrays, dict[str, bytes]]:
+        """Weights of the modalities shared with other sites, as they travel, and
+        (secure) the sealed self-mask shares per peer."""
+        ...
+
+    def unmask(self, site: Site, req: UnmaskRequest) -> UnmaskReply:
+        """Secure mode: the unmask step after a window."""
         ...
 
 
@@ -67,6 +76,8 @@ def describe_site(site: Site, **extra) -> DescribeReply:
 
 class PlainChannel:
     """Sample ids and posterior tables in the clear, through the server."""
+
+    secure = False
 
     def describe(self, site: Site) -> DescribeReply:
         return describe_site(site, identifiers=list(site.data.sample_ids))
@@ -100,5 +111,9 @@ class PlainChannel:
         return link.others_cache.table(site.window_rows(index), exclude=site.names), \
             lambda: None
 
-    def shared(self, site: Site, index: int) -> Arrays:
-        return {m: site.weights(m) for m in site.linked().shared}
+    def shared(self, site: Site, index: int) -> tuple[Arrays, dict[str, bytes]]:
+        return {m: site.weights(m) for m in site.linked().shared}, {}
+
+    def unmask(self, site: Site, req: UnmaskRequest) -> UnmaskReply:
+        raise FederationError(f"site {site.name}: unmask is a secure-mode message; this "
+                              f"site runs the plaintext protocol")

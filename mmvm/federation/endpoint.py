@@ -3,8 +3,10 @@
 :class:`Endpoint` answers each typed request (:mod:`mmvm.federation.messages`) with
 its reply; the Flower ClientApp and :class:`LocalTransport` (tests, benchmarks, one
 process) only carry the messages. The channel (:mod:`mmvm.federation.channel`)
-decides what the messages carry; the order of checks is the same for both: every
-incoming part is checked before the site's state changes.
+decides what the messages carry; the order of checks is the same for both: where
+the site is in the run (:mod:`mmvm.federation.progress`), then every incoming part,
+before the site's state changes. The site's policy (:mod:`mmvm.federation.policy`)
+decides whether its final weights may leave.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from mmvm.federation.messages import (
     DescribeRequest,
     EvaluateReply,
     EvaluateRequest,
+    UnmaskRequest,
     WindowReply,
     WindowRequest,
 )
 from mmvm.federation.plan import PlanArgs
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 
@@ -31,11 +35,13 @@ from mmvm.federation.site_eval import evaluate_site
 class Endpoint:
     """One site answering the federation's requests."""
 
-    def __init__(self, site: Site, channel: Channel) -> None:
+    def __init__(self, site: Site, channel: Channel, policy: SitePolicy | None = None
+                 ) -> None:
         self.site, self.channel = site, channel
+        self.policy = policy or SitePolicy(test_bed=True)
         self._handlers = {DescribeRequest: self.describe, AlignRequest: self.align,
                           AttachRequest: self.attach, WindowRequest: self.window,
-                          EvaluateRequest: self.evaluate}
+                          UnmaskRequest: self.unmask, EvaluateRequest: self.evaluate}
 
     def handle(self, request):
         """The reply to ``request``, chosen by its type."""
@@ -47,13 +53,23 @@ class Endpoint:
         return handler(request)
 
     def describe(self, req: DescribeRequest):
-        return self.channel.describe(self.site)
+        self.site.progress.describe(self.site.name)
+        reply = self.channel.describe(self.site)
+        self.site.progress.phase = "described"
+        return reply
 
     def align(self, req: AlignRequest):
-        return self.channel.align(self.site, req)
+        progress = self.site.progress
+        progress.align(self.site.name, req.step)
+        reply = self.channel.align(self.site, req)
+        progress.align_steps += 1
+        if reply.identifiers:
+            progress.phase = "aligned"
+        return reply
 
     def attach(self, req: AttachRequest) -> AttachReply:
         site = self.site
+        site.progress.attach(site.name, self.channel.secure)
         for m, holders in req.shared.items():
             if m not in site.names or site.name not in holders or len(holders) < 2:
                 raise FederationError(f"site {site.name}: told to share modality {m!r} "
@@ -66,25 +82,39 @@ class Endpoint:
         site.attach(req.n, req.rows, positions, plan, float16=req.float16,
                     shared=sorted(req.shared),
                     delta_tol=req.delta_tol if req.delta_tol >= 0 else None)
+        site.progress.phase = "attached"
         return AttachReply(posteriors=self.channel.outgoing(site, 0))
 
     def window(self, req: WindowRequest) -> WindowReply:
         site, index = self.site, req.window
+        site.progress.window_(site.name, index)
         site.check_window(index)
         others, commit = self.channel.incoming(site, index, req.posteriors)
         self._load_shared(req.weights)
         metrics = site.train_window(index, others)
+        weights, shares = self.channel.shared(site, index)
         reply = WindowReply(metrics=metrics, posteriors=self.channel.outgoing(site, index + 1),
-                            weights=self.channel.shared(site, index))
+                            weights=weights, shares=shares)
         commit()
+        site.progress.window = index
+        return reply
+
+    def unmask(self, req: UnmaskRequest):
+        self.site.progress.unmask(self.site.name, req.window)
+        reply = self.channel.unmask(self.site, req)
+        self.site.progress.unmasked = req.window
         return reply
 
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
         site = self.site
+        site.progress.evaluate(site.name)
         self._load_shared(req.weights)
-        model = {m: site.weights(m) for m in site.names} if req.collect else {}
-        return EvaluateReply(site=site.name, modalities=list(site.names),
-                             metrics=evaluate_site(site), model=model)
+        collect = req.collect and self.policy.allow_collect
+        model = {m: site.weights(m) for m in site.names} if collect else {}
+        reply = EvaluateReply(site=site.name, modalities=list(site.names),
+                              metrics=evaluate_site(site), model=model)
+        site.progress.phase = "evaluated"
+        return reply
 
     def _load_shared(self, weights: Mapping) -> None:
         """Averaged weights, accepted only for the modalities this site shares."""

@@ -91,7 +91,7 @@ def run_federation(transport: Transport, s: FederationSettings,
         tw, before = time.perf_counter(), meter.total
         replies = meter.exchange(routing.requests(coord, w, averaged))
         routing.receive(coord, replies)
-        averaged = routing.aggregate(coord, replies)
+        averaged = routing.aggregate(meter, coord, w, replies)
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         result.history.append(row)
         if on_window:

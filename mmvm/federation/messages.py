@@ -1,6 +1,8 @@
 """The federation's messages: one request and one reply dataclass per step.
 
     describe -> align (secure mode only) -> attach -> window 0 .. W-1 -> evaluate
+                                                   (secure, shared modalities: unmask
+                                                    after each window)
 
 Both modes speak the same messages; what differs is what fills them (sample ids or a
 count, plain Arrow tables or sealed envelopes, weights or masked weights). Every field
@@ -81,14 +83,17 @@ class AlignRequest:
 
     kind: ClassVar[str] = "align"
     sealed: dict[str, bytes] = _blobs()
+    step: int = _value(int, default=0)
 
 
 @dataclass
 class AlignReply:
-    """Secure mode: the keyed pseudonyms of the site's ids, sorted."""
+    """Secure mode: the site's identifiers once aligned (keyed pseudonyms, sorted, or
+    PSI tags); with PSI alignment, before that, sealed sets for the next site."""
 
     kind: ClassVar[str] = "align"
     identifiers: list[str] = _value(list, str, payload=True, default=[])
+    sealed: dict[str, bytes] = _blobs()
 
 
 # ------------------------------------------------------------------------ attach
@@ -140,6 +145,29 @@ class WindowReply:
     metrics: dict = _json()
     posteriors: dict[str, bytes] = _blobs()
     weights: Arrays = _arrays()
+    shares: dict[str, bytes] = _blobs()  # secure: self-mask seed shares, per recipient
+
+
+# ------------------------------------------------------------------------ unmask
+@dataclass
+class UnmaskRequest:
+    """Secure mode, after a window with shared modalities: who survived per masked
+    modality, and the other holders' self-mask shares for this site (per sender)."""
+
+    kind: ClassVar[str] = "unmask"
+    window: int = _value(int)
+    groups: dict = _json()  # modality -> {"survivors": [names], "dropped": [names]}
+    shares: dict[str, bytes] = _blobs()
+
+
+@dataclass
+class UnmaskReply:
+    """Per modality: shares of the other survivors' self-mask seeds and this
+    window's pair seeds with the dropped sites (base64)."""
+
+    kind: ClassVar[str] = "unmask"
+    shares: dict = _json(payload=True)
+    seeds: dict = _json(payload=True)
 
 
 # ------------------------------------------------------------------------ evaluate
@@ -162,9 +190,9 @@ class EvaluateReply:
 
 
 REQUESTS = {c.kind: c for c in (DescribeRequest, AlignRequest, AttachRequest,
-                                 WindowRequest, EvaluateRequest)}
+                                 WindowRequest, UnmaskRequest, EvaluateRequest)}
 REPLIES = {c.kind: c for c in (DescribeReply, AlignReply, AttachReply, WindowReply,
-                                EvaluateReply)}
+                                UnmaskReply, EvaluateReply)}
 
 
 def payload_bytes(message: Any) -> int:

@@ -44,7 +44,10 @@ class Routing(Protocol):
                  ) -> dict[str, WindowRequest]:
         ...
 
-    def aggregate(self, coord: Coordinator, replies: Mapping) -> Arrays:
+    def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
+                  ) -> Arrays:
+        """The averaged weights of each shared modality after window ``index``
+        (secure mode asks the sites for one more round: unmask)."""
         ...
 
 
@@ -115,7 +118,8 @@ class PlainRouting:
                                      weights=coord.weights_for(key, averaged))
         return out
 
-    def aggregate(self, coord: Coordinator, replies: Mapping) -> Arrays:
+    def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
+                  ) -> Arrays:
         for key, rep in replies.items():
             wrong = set(rep.weights) - {m for m, hs in coord.shared.items() if key in hs}
             if wrong:

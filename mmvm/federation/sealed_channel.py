@@ -27,25 +27,26 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from mmvm.federation.channel import Tables, describe_site
-from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import (
-    MASK_WEIGHT,
     AlignReply,
     AlignRequest,
     Arrays,
     AttachRequest,
     DescribeReply,
+    UnmaskReply,
+    UnmaskRequest,
 )
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import (
     PosteriorError,
     decode_table,
     encode_table,
     merge_tables,
 )
+from mmvm.federation.sealed_weights import group_labels, masked_weights, unmask
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import SecurityError
-from mmvm.secure.masking import mask_update
 from mmvm.secure.session import SiteSecrets, b64, group_key, pseudonym, unb64
 
 KIND_IDKEY = "idkey"
@@ -61,9 +62,16 @@ class UnexpectedEnvelopeError(SecurityError):
 
 
 class SealedChannel:
-    """Pseudonymous alignment, posteriors sealed per peer, masked shared weights."""
+    """Pseudonymous alignment, posteriors sealed per peer, masked shared weights.
 
-    def __init__(self, secrets: SiteSecrets) -> None:
+    The site's ``policy`` decides which directory entries it trusts (pinned peers)
+    and whether two-site masking groups are acceptable."""
+
+    secure = True
+
+    def __init__(self, secrets: SiteSecrets, policy: SitePolicy | None = None) -> None:
+        self.policy = policy or SitePolicy(test_bed=True)
+        secrets.directory = self.policy.trusted(secrets.site, secrets.directory)
         self.sec = secrets
 
     # ------------------------------------------------------------------ set-up
@@ -118,7 +126,9 @@ class SealedChannel:
             raise SecurityError(f"site {sec.site}: the server names peers "
                                 f"{sorted(strangers)} that did not take part in the "
                                 f"id-key agreement")
-        sec.state.update(peers=peers, holders={m: sorted(v) for m, v in req.shared.items()})
+        groups = group_labels(req.shared, req.n, req.plan, sec.run_id, sec.site,
+                              self.policy)
+        sec.state.update(peers=peers, groups=groups)
         sec.save_state()
         return site.data.rows_of([sid for _, sid in self._pseudonyms(site)])
 
@@ -181,20 +191,11 @@ class SealedChannel:
 
         return merge_tables(tables), commit
 
-    def shared(self, site: Site, index: int) -> Arrays:
-        return {m: self._mask(site, m, index) for m in site.linked().shared}
+    def shared(self, site: Site, index: int) -> tuple[Arrays, dict[str, bytes]]:
+        return masked_weights(site, self.sec, index)
 
-    def _mask(self, site: Site, m: str, index: int) -> dict[str, np.ndarray]:
-        sec = self.sec
-        holders = sec.state["holders"][m]
-        if m not in site.names or sec.site not in holders:
-            raise FederationError(f"site {sec.site}: told to share modality {m!r} with "
-                                  f"{holders}")
-        peers = {h: sec.peer(h) for h in holders if h != sec.site}
-        arrays = site.weights(m)
-        names = sorted(arrays)
-        masked = mask_update(sec.keys, peers, [arrays[n] for n in names], run_id=sec.run_id,
-                             round=index, weight=float(len(site.data)), group=f"weights/{m}")
-        out = dict(zip(names, masked[:-1], strict=True))
-        out[MASK_WEIGHT] = masked[-1]
-        return out
+    def unmask(self, site: Site, req: UnmaskRequest) -> UnmaskReply:
+        reply, guard = unmask(self.sec, req)
+        self.sec.guard = guard
+        self.sec.save_guard()
+        return reply

@@ -21,10 +21,13 @@ from mmvm.federation.messages import (
     AlignRequest,
     Arrays,
     DescribeReply,
+    UnmaskRequest,
     WindowRequest,
 )
 from mmvm.federation.routing import site_infos
 from mmvm.secure.masking import aggregate_masked
+from mmvm.secure.session import unb64
+from mmvm.secure.unmasking import combine_seed
 
 
 def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
@@ -72,24 +75,61 @@ class SealedRouting:
                                    weights=coord.weights_for(key, averaged))
                 for key in coord.sites}
 
-    def aggregate(self, coord: Coordinator, replies: Mapping) -> Arrays:
-        """Sample-weighted mean of each shared modality from masked updates only."""
-        out = {}
-        for m, keys in coord.shared.items():
-            masked = {}
-            for k in keys:
-                got = replies[k].weights.get(m)
-                if got is None:
-                    raise FederationError(f"site {coord.name(k)} sent no masked update "
-                                          f"of {m!r} (dropout recovery is not wired)")
-                masked[coord.name(k)] = got
-            params = sorted(n for n in next(iter(masked.values())) if n != MASK_WEIGHT)
-            for site, arrays in masked.items():
-                if sorted(arrays) != sorted([*params, MASK_WEIGHT]):
-                    raise FederationError(f"site {site}: its masked update of {m!r} names "
-                                          f"other parameters than its peers'")
-            means = aggregate_masked(
-                {s: [a[n] for n in params] + [a[MASK_WEIGHT]] for s, a in masked.items()},
-                participants=sorted(masked))
-            out[m] = {n: v.astype(np.float32) for n, v in zip(params, means, strict=True)}
-        return out
+    def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
+                  ) -> Arrays:
+        """Each shared modality's sample-weighted mean from masked updates: one unmask
+        round (survivors reveal self-mask shares and pair seeds with dropped sites),
+        then the sum is unmasked and its total weight checked against the counts."""
+        if not coord.shared:
+            return {}
+        names = {key: site.name for key, site in coord.sites.items()}
+        views = {m: self._view(coord, m, replies) for m in coord.shared}
+        inbox = route({k: r.shares for k, r in replies.items()}, names)
+        asked = sorted({k for v in views.values() for k in v[0]})
+        answers = transport.exchange({k: UnmaskRequest(
+            window=index, shares=inbox[k],
+            groups={m: {"survivors": sorted(names[s] for s in u),
+                        "dropped": sorted(names[d] for d in dd)}
+                    for m, (u, dd) in views.items() if k in u}) for k in asked})
+        return {m: self._mean(coord, m, u, dd, replies, answers)
+                for m, (u, dd) in views.items()}
+
+    @staticmethod
+    def _view(coord: Coordinator, m: str, replies: Mapping) -> tuple[list, list]:
+        survivors = [k for k in coord.shared[m] if k in replies and m in replies[k].weights]
+        dropped = [k for k in coord.shared[m] if k not in survivors]
+        if dropped:
+            raise FederationError(f"sites {[coord.name(k) for k in dropped]} sent no "
+                                  f"masked update of {m!r} (dropout recovery is not "
+                                  f"wired into the round loop)")
+        return survivors, dropped
+
+    @staticmethod
+    def _mean(coord: Coordinator, m: str, survivors: list, dropped: list, replies: Mapping,
+              answers: Mapping) -> dict:
+        name, n = coord.name, len(coord.shared[m])
+        masked = {name(k): replies[k].weights[m] for k in survivors}
+        params = sorted(p for p in next(iter(masked.values())) if p != MASK_WEIGHT)
+        for site, arrays in masked.items():
+            if sorted(arrays) != sorted([*params, MASK_WEIGHT]):
+                raise FederationError(f"site {site}: its masked update of {m!r} names "
+                                      f"other parameters than its peers'")
+        try:
+            seeds = {name(s): combine_seed(
+                [unb64(answers[j].shares[m][name(s)]) for j in survivors
+                 if j != s and name(s) in answers[j].shares.get(m, {})], n)
+                for s in survivors}
+            revealed = {name(k): {d: unb64(v) for d, v in answers[k].seeds.get(m, {}).items()}
+                        for k in survivors}
+            means, weight = aggregate_masked(
+                {s: [a[p] for p in params] + [a[MASK_WEIGHT]] for s, a in masked.items()},
+                participants=[name(k) for k in coord.shared[m]], revealed=revealed,
+                self_seeds=seeds, return_weight=True)
+        except (ValueError, KeyError, TypeError) as err:
+            raise FederationError(f"masked FedAvg of {m!r} failed: {err}") from None
+        expected = sum(len(coord.sites[k].held) for k in survivors)
+        if abs(weight - expected) > 0.5 or not all(np.isfinite(v).all() for v in means):
+            raise FederationError(f"masked FedAvg of {m!r}: total weight {weight:.3f} is "
+                                  f"not the survivors' {expected} samples; the sites' "
+                                  f"views of the group differ, or an update is corrupt")
+        return {p: v.astype(np.float32) for p, v in zip(params, means, strict=True)}

@@ -25,6 +25,7 @@ from mmvm.federation.coordinator import FederationError
 from mmvm.federation.delta import PosteriorCache
 from mmvm.federation.plan import PlanArgs, Step, Window
 from mmvm.federation.posteriors import PosteriorError, Posteriors
+from mmvm.federation.progress import Progress
 from mmvm.noise import modality_noise
 from mmvm.objectives import alpha_schedule, site_loss
 from mmvm.training import TrainingDivergedError, build_model, resolve_device
@@ -95,6 +96,7 @@ class Site:
                                        cfg.train.alpha, cfg.train.alpha_steps)
         self.windows_done = 0
         self.link: Link | None = None
+        self.progress = Progress()  # where the site is in the run's protocol
 
     # ------------------------------------------------------------------ alignment
     def attach(self, n: int, rows: list[int], positions: np.ndarray, plan: PlanArgs,
@@ -232,7 +234,8 @@ class Site:
         """Model, optimizer, counters and link, written atomically."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "windows_done": self.windows_done, "names": self.names,
-                 "link": None if self.link is None else self.link.state()}
+                 "link": None if self.link is None else self.link.state(),
+                 "progress": self.progress.state()}
         atomic_write(path, lambda fh: torch.save(state, fh))
 
     def restore(self, path: str | Path) -> None:
@@ -244,3 +247,4 @@ class Site:
         self.optimizer.load_state_dict(state["optimizer"])
         self.windows_done = int(state["windows_done"])
         self.link = None if state["link"] is None else Link.from_state(state["link"])
+        self.progress = Progress.from_state(state["progress"])

@@ -28,26 +28,26 @@ one of ``i``'s pair seeds), hence uniform on Z_{2^64}. ``group`` must name the
 aggregation (e.g. the modality): two groups masked with the same seed would let
 the server subtract them.
 
-Dropout (pairwise masks only, no self-mask). If site ``d`` sent nothing, the
-survivors' sum still contains ``±m_sd``. Each survivor ``s`` then reveals
-``s_sd(r)`` (one round's seed, not the run-level key), and
-:func:`unmask_dropout` regenerates and removes those masks.
-
-Security trade-off of this simplification: a server that lies, claiming that a
-site ``d`` dropped although ``y_d`` arrived (late), gets ``d``'s seeds from the
-survivors and unmasks ``y_d`` alone. Bonawitz's double masking (a self-mask
-``b_d`` whose seed is Shamir-shared, and survivors reveal either ``b_d``
-shares or ``s_sd`` for each ``d``, never both) closes that gap but needs a
-t-of-n secret-sharing round; not implemented here. What we have is safe against
-an honest-but-curious server that reports dropouts truthfully, and sites
-should refuse to reveal seeds for more than a few sites per round. Against a
-server colluding with sites, pairwise masks protect a site only as long as one
-of its peers in the group is honest; a group of two sites reveals each one's
-weights to the other (they can subtract their own from the mean).
+Self-masks (double masking, Bonawitz et al. 2017 §4; Flower's SecAgg+). Each site
+also adds a mask ``b_i`` from a fresh 16-byte seed per (round, group) and gives every
+other holder a Shamir share of that seed (threshold ``t = ceil(n / 2)``,
+:mod:`mmvm.secure.unmasking`). After the masked updates arrive, each survivor reveals
+the shares of the *other survivors'* seeds and this round's pair seeds with the
+*dropped* sites, never both for one site and never its own share; the server removes
+``sum b_i`` and the dropped sites' pair masks. A server that claims that a site
+dropped although its update arrived gets pair seeds but no share of that site's
+``b_i``; one that tells sites different stories is stopped by the rule that a site
+unmasks only if at least ``n - t + 1`` holders are survivors in its view (then the
+``t`` peers needed for its own ``b_i`` cannot all have revealed their pair seeds
+with it). Dropout tolerance: ``floor(n/2) - 1`` sites of a group (none for 2 or 3).
+Against a server colluding with sites, pairwise masks protect a site only as long as
+enough of its peers are honest; a group of two sites reveals each one's weights to
+the other (they can subtract their own from the mean).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -76,8 +76,16 @@ class FixedPoint:
         return 2.0 ** (_MOD_BITS - 1) / (n_sites * self.clip * self.scale)
 
     def encode(self, values: np.ndarray, weight: float = 1.0) -> np.ndarray:
-        """``round(weight * clip(values) * 2^frac_bits)`` as two's-complement uint64."""
-        v = np.clip(np.asarray(values, dtype=np.float64), -self.clip, self.clip)
+        """``round(weight * values * 2^frac_bits)`` as two's-complement uint64.
+
+        Non-finite values and values beyond ``clip`` are refused (clipping would make
+        the mean silently wrong; a NaN would encode as INT64_MIN)."""
+        v = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(v).all():
+            raise MaskingError("refusing to mask NaN or inf values")
+        if v.size and np.abs(v).max() > self.clip:
+            raise MaskingError(f"refusing to mask |values| up to {np.abs(v).max():.3g}, "
+                               f"beyond the fixed-point range {self.clip:g}")
         return np.rint(v * (weight * self.scale)).astype(np.int64).view(np.uint64)
 
     def decode(self, q: np.ndarray) -> np.ndarray:
@@ -90,6 +98,11 @@ def _expand(seed: bytes, n: int) -> np.ndarray:
     """``n`` uint64 from the ChaCha20 keystream keyed by ``seed`` (32 bytes)."""
     enc = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
     return np.frombuffer(enc.update(bytes(8 * n)), dtype="<u8").astype(np.uint64)
+
+
+def self_mask(seed: bytes, n: int) -> np.ndarray:
+    """The self-mask ``b_i`` of ``n`` uint64 from a site's 16-byte round seed."""
+    return _expand(hashlib.sha256(b"mmvm/self-mask/v1" + seed).digest(), n)
 
 
 def round_seed(
@@ -126,6 +139,7 @@ def mask_update(
     round: int,
     weight: float,
     group: str,
+    self_seed: bytes | None = None,
     codec: FixedPoint = FixedPoint(),
 ) -> list[np.ndarray]:
     """Encode and mask this site's contribution to a weighted mean.
@@ -143,6 +157,9 @@ def mask_update(
         Make the masks unique: never reuse a (run, round, group).
     weight
         This site's weight in the mean (its sample count), >= 0.
+    self_seed
+        16 random bytes, fresh for this (round, group): adds the self-mask whose
+        Shamir shares go to the other holders (``mmvm.secure.unmasking``).
     codec
         Fixed-point parameters; all sites must use the same.
 
@@ -154,7 +171,7 @@ def mask_update(
     """
     others = {name: p for name, p in peers.items() if name != me.site}
     n_sites = len(others) + 1
-    if not 0 <= weight <= codec.max_weight(n_sites):
+    if not 0 <= weight < codec.max_weight(n_sites):
         raise MaskingError(
             f"weight {weight} outside [0, {codec.max_weight(n_sites):.3g}] for "
             f"{n_sites} sites: the fixed-point sum could overflow 2^63"
@@ -170,6 +187,8 @@ def mask_update(
         seed = round_seed(me, peer, run_id=run_id, round=round, group=group)
         mask = _expand(seed, flat.size)
         flat = flat + mask if _pair_sign(me.site, name) > 0 else flat - mask
+    if self_seed is not None:
+        flat = flat + self_mask(self_seed, flat.size)
     return _split(flat, shapes)
 
 
@@ -231,6 +250,7 @@ def aggregate_masked(
     *,
     participants: Sequence[str] | None = None,
     revealed: Mapping[str, Mapping[str, bytes]] | None = None,
+    self_seeds: Mapping[str, bytes] | None = None,
     codec: FixedPoint = FixedPoint(),
     return_weight: bool = False,
 ) -> list[np.ndarray] | tuple[list[np.ndarray], float]:
@@ -246,6 +266,9 @@ def aggregate_masked(
         and ``revealed`` must hold every (survivor, dropped) seed.
     revealed
         Seeds from :func:`reveal_seeds`, ``revealed[survivor][dropped]``.
+    self_seeds
+        Every survivor's self-mask seed (reconstructed from shares), when the
+        updates carry self-masks.
 
     Returns
     -------
@@ -279,6 +302,18 @@ def aggregate_masked(
     if dropped:
         needed = {s: {d: revealed[s][d] for d in dropped} for s in survivors}
         total = unmask_dropout(total, needed)
+    if self_seeds is not None:
+        lacking = [s for s in survivors if s not in self_seeds]
+        if lacking:
+            raise MaskingError(f"no self-mask seed for survivors {lacking}")
+        sizes = [int(np.prod(s)) for s in layout]
+        flat = np.concatenate([np.ravel(t) for t in total])
+        for s in survivors:
+            flat = flat - self_mask(self_seeds[s], flat.size)
+        total, pos = [], 0
+        for shape, n in zip(layout, sizes, strict=True):
+            total.append(flat[pos:pos + n].reshape(shape))
+            pos += n
     weight = float(codec.decode(total[-1])[0])
     if weight <= 0:
         raise MaskingError(f"decoded total weight {weight} is not positive")

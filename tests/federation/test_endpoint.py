@@ -13,6 +13,7 @@ from mmvm.federation.messages import (
     AttachRequest,
     DescribeRequest,
     EvaluateRequest,
+    UnmaskRequest,
     WindowRequest,
 )
 from mmvm.federation.plan import PlanArgs
@@ -28,6 +29,8 @@ def endpoint(tiny_polymnist, tiny_config, tmp_path):
 
 def _attach(ep, **change):
     site = ep.site
+    if site.progress.phase == "new":
+        ep.handle(DescribeRequest())
     n = len(site.data)
     kw = dict(n=n, rows=list(range(n)), float16=False,
               plan=PlanArgs(batch_size=64, seed=3, epochs=1).to_dict())
@@ -37,6 +40,7 @@ def _attach(ep, **change):
 def test_describe_attach_window_evaluate(endpoint):
     d = endpoint.handle(DescribeRequest())
     assert (d.site, d.modalities, d.n) == ("site-m0", ["m0"], 192)
+    assert endpoint.site.progress.phase == "described"
     assert d.identifiers == endpoint.site.data.sample_ids and d.sealed == {}
     first = _attach(endpoint)
     assert list(first.posteriors) == ["server"]
@@ -49,13 +53,27 @@ def test_describe_attach_window_evaluate(endpoint):
 
 
 def test_requests_out_of_order_or_out_of_plan_are_refused(endpoint):
-    with pytest.raises(FederationError, match="not attached"):
+    with pytest.raises(FederationError, match=r"window 0 refused: the site is 'new'"):
         endpoint.handle(WindowRequest(window=0))
+    with pytest.raises(FederationError, match=r"attach refused: the site is 'new'"):
+        endpoint.handle(AttachRequest(n=1, rows=[0], float16=False, plan={}))
+    endpoint.handle(DescribeRequest())
+    with pytest.raises(FederationError, match="describe refused"):
+        endpoint.handle(DescribeRequest())  # once per run
     with pytest.raises(FederationError, match="align is a secure-mode message"):
         endpoint.handle(AlignRequest())
     _attach(endpoint)
+    with pytest.raises(FederationError, match="attach refused"):
+        _attach(endpoint)  # a second attach (e.g. with another plan) is refused
     with pytest.raises(FederationError, match=r"window 3 is not in the plan \(3 windows\)"):
         endpoint.handle(WindowRequest(window=3))
+    endpoint.handle(WindowRequest(window=1))  # a window may be skipped (missed) ...
+    for w in (0, 1):  # ... but windows never go back nor repeat
+        with pytest.raises(FederationError, match=rf"window {w} refused: window 1 is "
+                                                  rf"already done"):
+            endpoint.handle(WindowRequest(window=w))
+    with pytest.raises(FederationError, match="unmask is a secure-mode message"):
+        endpoint.handle(UnmaskRequest(window=1))
     with pytest.raises(FederationError, match="unknown request"):
         endpoint.handle(object())
 

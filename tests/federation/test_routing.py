@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
-from mmvm.federation.messages import DescribeReply, WindowReply
+from mmvm.federation.messages import DescribeReply, UnmaskReply, WindowReply
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
 from mmvm.federation.routing import EventTriggeredRouting, PlainRouting
 from mmvm.federation.sealed_routing import SealedRouting, route
 from mmvm.secure.keys import SiteKeys
 from mmvm.secure.masking import mask_update
+from mmvm.secure.session import b64
+from mmvm.secure.unmasking import new_seed, reveal, share_seed
 
 D = 2
 
@@ -82,11 +84,12 @@ def test_a_site_cannot_report_rows_it_does_not_hold():
 def test_fedavg_accepts_only_shared_weights():
     c, r = _coord(), PlainRouting(D, False)
     w = {"p": np.ones(2, np.float32)}
-    out = r.aggregate(c, {"ka": _reply(), "kb": _reply(weights={"m1": w}),
-                          "kc": _reply(weights={"m1": {"p": 3 * w["p"]}})})
+    out = r.aggregate(None, c, 0, {"ka": _reply(), "kb": _reply(weights={"m1": w}),
+                                   "kc": _reply(weights={"m1": {"p": 3 * w["p"]}})})
     np.testing.assert_allclose(out["m1"]["p"], [2, 2])  # b and c hold 2 samples each
     with pytest.raises(FederationError, match=r"site a sent weights of \['m0'\]"):
-        r.aggregate(c, {"ka": _reply(weights={"m0": w}), "kb": _reply(), "kc": _reply()})
+        r.aggregate(None, c, 0, {"ka": _reply(weights={"m0": w}), "kb": _reply(),
+                                 "kc": _reply()})
 
 
 def test_event_triggered_routing_forwards_only_rows_that_changed():
@@ -118,18 +121,59 @@ def test_sealed_routing_refuses_ids_in_secure_mode():
         SealedRouting().align(None, described)
 
 
+def _masked_round(c, holders=("b", "c"), claim_dropped=()):
+    """b and c mask one array each (double masking); returns the window replies and a
+    transport whose sites answer the unmask step as mmvm.secure.unmasking rules."""
+    keys = {n: SiteKeys.generate(n) for n in holders}
+    pubs = {n: k.public for n, k in keys.items()}
+    w = {"b": np.array([1.0, -2.0], np.float32), "c": np.array([4.0, 0.5], np.float32)}
+    replies, shares = {"ka": _reply()}, {}
+    for k, n in (("kb", "b"), ("kc", "c")):
+        seed = new_seed()
+        masked = mask_update(keys[n], pubs, [w[n]], run_id="1", round=0, weight=2.0,
+                             group="g", self_seed=seed)
+        assert not np.allclose(masked[0], w[n])  # what the server sees is masked
+        for peer, share in share_seed(seed, holders, n).items():
+            shares.setdefault(peer, {})[n] = share
+        other = "c" if n == "b" else "b"
+        replies[k] = WindowReply(metrics={}, weights={"m1": {"p": masked[0],
+                                                            "__weight__": masked[1]}},
+                                 shares={other: b"sealed share"})
+
+    class Sites:
+        asked = []
+
+        def exchange(self, requests):
+            out = {}
+            for key, req in requests.items():
+                me = {"kb": "b", "kc": "c"}[key]
+                view = req.groups["m1"]
+                self.asked.append((me, view))
+                got, seeds = reveal(keys[me], pubs, holders, view["survivors"],
+                                    view["dropped"], shares[me], run_id="1", round=0,
+                                    group="g")
+                out[key] = UnmaskReply(shares={"m1": {s: b64(v) for s, v in got.items()}},
+                                       seeds={"m1": {d: b64(v) for d, v in seeds.items()}})
+            return out
+
+    return replies, Sites(), w
+
+
 def test_masked_fedavg_equals_the_plain_weighted_mean():
     c = _coord()
-    keys = {n: SiteKeys.generate(n) for n in ("b", "c")}
-    w = {"b": np.array([1.0, -2.0], np.float32), "c": np.array([4.0, 0.5], np.float32)}
-    replies = {"ka": _reply()}
-    for k, n, other in (("kb", "b", "c"), ("kc", "c", "b")):
-        masked = mask_update(keys[n], {other: keys[other].public}, [w[n]], run_id="1",
-                             round=0, weight=2.0, group="weights/m1")
-        assert not np.allclose(masked[0], w[n])  # what the server sees is masked
-        replies[k] = _reply(weights={"m1": {"p": masked[0], "__weight__": masked[1]}})
-    out = SealedRouting().aggregate(c, replies)
+    replies, sites, w = _masked_round(c)
+    out = SealedRouting().aggregate(sites, c, 0, replies)
     np.testing.assert_allclose(out["m1"]["p"], (w["b"] + w["c"]) / 2, atol=1e-6)
+    assert sorted(me for me, _ in sites.asked) == ["b", "c"]
+    assert sites.asked[0][1] == {"survivors": ["b", "c"], "dropped": []}
     del replies["kc"].weights["m1"]
     with pytest.raises(FederationError, match="sent no masked update"):
-        SealedRouting().aggregate(c, replies)
+        SealedRouting().aggregate(sites, c, 0, replies)
+
+
+def test_masked_fedavg_refuses_a_total_weight_that_is_not_the_counts():
+    c = _coord()
+    c.sites["kb"].held = np.arange(3)  # the server believes b holds 3 samples, not 2
+    replies, sites, _ = _masked_round(c)
+    with pytest.raises(FederationError, match="total weight 4.000 is not the survivors' 5"):
+        SealedRouting().aggregate(sites, c, 0, replies)

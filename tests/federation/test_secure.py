@@ -49,18 +49,18 @@ def identity_pseudonyms(monkeypatch):
     monkeypatch.setattr(sealed_channel, "pseudonym", lambda key, sid: sid)
 
 
-def _secure_setup(cfg, tmp_path, data_root, layout="vertical"):
-    specs, root = split(data_root, tmp_path, layout)
+def _secure_setup(cfg, tmp_path, data_root, layout="vertical", shards=3, policy=None):
+    specs, root = split(data_root, tmp_path, layout, shards=shards)
     sites = make_sites(cfg, specs, root)
     keys = site_keys(sites)
-    return sites, keys, sealed_endpoints(sites, keys, tmp_path / "state")
+    return sites, keys, sealed_endpoints(sites, keys, tmp_path / "state", policy)
 
 
 @pytest.mark.parametrize("layout", ["vertical", "hybrid", "horizontal"])
 def test_secure_equals_plaintext(cfg, tmp_path, tiny_polymnist, layout, identity_pseudonyms):
     """Same parameters as the plaintext federation: posteriors routed sealed per peer
     and, where sites share a modality, its weights averaged through masking."""
-    specs, root = split(tiny_polymnist, tmp_path, layout)
+    specs, root = split(tiny_polymnist, tmp_path, layout, shards=3)
     plain = make_sites(cfg, specs, root)
     plain_res = federate(cfg, plain_endpoints(plain), exchange="step")
     sites, _, endpoints = _secure_setup(cfg, tmp_path, tiny_polymnist, layout)

@@ -110,12 +110,16 @@ def test_dropout_recovery(sites):
 def test_fixed_point_codec_and_overflow_guard(sites):
     keys, pubs = sites
     fp = FixedPoint()
-    x = np.array([-5000.0, -1.0, 0.0, 1e-9, 3.14159, 5000.0])
+    x = np.array([-4096.0, -1.0, 0.0, 1e-9, 3.14159, 4096.0])
     back = fp.decode(fp.encode(x))
-    np.testing.assert_allclose(back, np.clip(x, -fp.clip, fp.clip), atol=2.0**-25)
+    np.testing.assert_allclose(back, x, atol=2.0**-25)
     assert fp.max_weight(4) == pytest.approx(2.0**27 / 4)
-    with pytest.raises(MaskingError, match="overflow"):
-        mask_update(keys["a"], {s: pubs[s] for s in "ab"}, [x],
-                    weight=2.0**27, **CTX)
+    two = {s: pubs[s] for s in "ab"}
+    with pytest.raises(MaskingError, match="overflow"):  # the bound itself is refused
+        mask_update(keys["a"], two, [x], weight=fp.max_weight(2), **CTX)
+    # beyond the range, NaN and inf are refused, never clipped or wrapped
+    for bad in (np.array([4097.0]), np.array([np.nan]), np.array([-np.inf])):
+        with pytest.raises(MaskingError, match="refusing to mask"):
+            mask_update(keys["a"], two, [bad], weight=1.0, **CTX)
     with pytest.raises(MaskingError, match="outside the group"):
         aggregate_masked(_all_masked(keys, pubs, "ab"), participants="a")

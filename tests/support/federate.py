@@ -16,6 +16,7 @@ from mmvm.data.sites import site_layout, split_sites
 from mmvm.federation.channel import PlainChannel
 from mmvm.federation.endpoint import Endpoint, LocalTransport
 from mmvm.federation.loop import run_federation
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.settings import settings_for
 from mmvm.federation.site import Site
@@ -29,7 +30,7 @@ RUN = "77"
 def split(data_root: Path, out: Path, layout: str, missing: float = 0.0, shards: int = 2):
     """Site specs of ``layout`` and the folder of their files (train and test)."""
     specs = site_layout(layout, MODALITIES, shards)
-    root = out / f"sites-{layout}-{missing}"
+    root = out / f"sites-{layout}-{missing}-{shards}"
     if not root.exists():
         split_sites([data_root / "train.parquet", data_root / "test.parquet"], root, specs,
                     missing=missing)
@@ -55,9 +56,10 @@ def secrets(site: Site, keys: dict[str, SiteKeys], state: Path) -> SiteSecrets:
     return SiteSecrets(keys[site.name], directory, RUN, state)
 
 
-def sealed_endpoints(sites: dict[str, Site], keys: dict[str, SiteKeys], state: Path
-                     ) -> dict[str, Endpoint]:
-    return {k: Endpoint(s, SealedChannel(secrets(s, keys, state))) for k, s in sites.items()}
+def sealed_endpoints(sites: dict[str, Site], keys: dict[str, SiteKeys], state: Path,
+                     policy: SitePolicy | None = None) -> dict[str, Endpoint]:
+    return {k: Endpoint(s, SealedChannel(secrets(s, keys, state), policy), policy)
+            for k, s in sites.items()}
 
 
 def federate(cfg, endpoints: dict[str, Endpoint], transport=None, **settings):

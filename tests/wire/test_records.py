@@ -18,6 +18,8 @@ from mmvm.federation.messages import (
     EvaluateReply,
     EvaluateRequest,
     MessageError,
+    UnmaskReply,
+    UnmaskRequest,
     WindowReply,
     WindowRequest,
 )
@@ -38,6 +40,8 @@ REQUESTS = [DescribeRequest(), AlignRequest(sealed={"a": b"\x00\x01", "b": b""})
                           shared={"m0": ["a", "b"]}, peers={"b": {"rows": [0]}},
                           delta_tol=0.5),
             WindowRequest(window=3, posteriors={"server": b"arrow"}, weights=W),
+            UnmaskRequest(window=2, groups={"m0": {"survivors": ["a", "b"], "dropped": []}},
+                          shares={"b": b"env"}),
             EvaluateRequest(weights=W, collect=True)]
 REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
                          identifiers=["x", "y"]),
@@ -45,7 +49,8 @@ REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
                          sealed={"b": b"env"}),
            AlignReply(identifiers=["p1", "p2"]), AttachReply(posteriors={}),
            WindowReply(metrics={"rec_nll": 1.5, "rows": 3}, posteriors={"b": b"e"},
-                       weights=W),
+                       weights=W, shares={"b": b"s"}),
+           UnmaskReply(shares={"m0": {"b": "AAE="}}, seeds={"m0": {}}),
            EvaluateReply(site="a", modalities=["m0"], metrics={"probe/m0": 0.5}, model=W)]
 
 

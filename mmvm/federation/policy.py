@@ -1,0 +1,147 @@
+"""A site's own protection policy, read from its node config.
+
+Whoever submits a run writes the run config; only a site's administrator writes its
+SuperNode's node config (``flower-supernode --node-config '...'``). So everything that
+protects the site is decided here, and a run that asks for less is refused before
+anything leaves the site:
+
+=====================  ==========================================================
+``keys``               the site's ``site_keys.json`` (or its folder): makes it a
+                       secure site
+``directory``          the public key directory (default: next to ``keys``)
+``state``              where the site keeps its state between messages (default
+                       ``~/.mmvm/state/<site>``); run config ``state-dir`` is ignored
+``require-secure``     refuse runs with ``secure = false`` (default: on with ``keys``)
+``allow-collect``      hand the final weights to the server when a run asks
+                       (default: off with ``keys``, on without)
+``peers``              the peers it expects, pinned by fingerprint:
+                       ``"b=1a2b 3c4d ...;c=..."``; ``"*"`` trusts the whole
+                       directory (weaker, say so explicitly). Required with ``keys``.
+``allow-pair-masking`` accept FedAvg groups of two sites (each then learns the
+                       other's weights from the mean); default off: groups >= 3
+``require-psi``        refuse keyed-pseudonym alignment (ids guessable)
+=====================  ==========================================================
+
+A simulation has no node config: its sites follow the run config (``secure``,
+``keys-dir``), a test bed run by one person, where none of this applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.keys import SitePublicKeys
+
+KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
+        "allow-pair-masking", "require-psi")
+
+
+class PolicyError(SecurityError):
+    """A run asks for something the site's policy refuses, or the policy is invalid."""
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    keys: str = ""
+    directory: str = ""
+    state: str = ""
+    require_secure: bool = False
+    allow_collect: bool = True
+    peers: Mapping[str, str] | None = None  # name -> fingerprint; None = any entry
+    allow_pair_masking: bool = False
+    require_psi: bool = False
+    test_bed: bool = False  # simulation: the run config is the only config
+    sources: tuple[str, ...] = field(default=())  # node-config keys that were set
+
+    @property
+    def secure_site(self) -> bool:
+        return bool(self.keys)
+
+    def check_run(self, site: str, secure: bool, align: str) -> None:
+        """Refuse a run the policy does not allow, naming the policy."""
+        if self.require_secure and not secure:
+            raise PolicyError(f"site {site}: its node config requires secure runs "
+                              f"(require-secure); this run has secure = false. Nothing "
+                              f"was sent.")
+        if secure and self.require_psi and align != "psi":
+            raise PolicyError(f"site {site}: its node config requires PSI alignment "
+                              f"(require-psi); this run aligns by {align!r}")
+
+    def trusted(self, site: str, directory: Mapping[str, SitePublicKeys]
+                ) -> dict[str, SitePublicKeys]:
+        """The directory entries this site accepts: itself and its pinned peers,
+        each matching its pinned fingerprint."""
+        if self.peers is None:
+            return dict(directory)
+        out = {site: directory[site]} if site in directory else {}
+        for name, pinned in self.peers.items():
+            entry = directory.get(name)
+            if entry is None:
+                raise PolicyError(f"site {site}: pinned peer {name!r} is not in the "
+                                  f"public key directory")
+            if _norm(entry.fingerprint) != _norm(pinned):
+                raise PolicyError(f"site {site}: the directory's key of {name!r} has "
+                                  f"fingerprint {entry.fingerprint}, not the pinned "
+                                  f"{pinned}")
+            out[name] = entry
+        return out
+
+
+def _norm(fingerprint: str) -> str:
+    return fingerprint.replace(" ", "").replace(":", "").lower()
+
+
+def _bool(nc: Mapping, key: str, default: bool) -> bool:
+    if key not in nc:
+        return default
+    v = nc[key]
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("true", "1", "yes", "false", "0", "no"):
+        return str(v).lower() in ("true", "1", "yes")
+    raise PolicyError(f"node config: {key} = {v!r} is not a boolean")
+
+
+def _peers(text: str) -> dict[str, str] | None:
+    if text.strip() == "*":
+        return None
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        name, sep, fp = item.partition("=")
+        if not sep or not name.strip() or len(_norm(fp)) != 32:
+            raise PolicyError(f"node config: peers entry {item!r} is not "
+                              f"'name=fingerprint' (32 hex digits)")
+        out[name.strip()] = fp.strip()
+    if not out:
+        raise PolicyError("node config: peers is empty; list the expected peers or "
+                          "say peers=\"*\"")
+    return out
+
+
+def load_policy(nc: Mapping, site: str) -> SitePolicy:
+    """The policy of a SuperNode's node config (``site`` names it in messages)."""
+    if "data" not in nc:  # simulation: partition-id / num-partitions only
+        return SitePolicy(test_bed=True)
+    unknown = [k for k in nc if k not in (*KEYS, "data", "site")]
+    if unknown:
+        raise PolicyError(f"node config of site {site}: unknown keys {unknown}; "
+                          f"valid: {sorted((*KEYS, 'data', 'site'))}")
+    keys = str(Path(str(nc["keys"])).expanduser()) if nc.get("keys") else ""
+    if keys and "peers" not in nc:
+        raise PolicyError(f"node config of site {site}: a site with keys must pin its "
+                          f"peers: peers=\"b=<fingerprint>;c=<fingerprint>\" (or "
+                          f"peers=\"*\" to trust every directory entry)")
+    state = str(nc.get("state", "")) or str(Path("~/.mmvm/state") / site)
+    return SitePolicy(
+        keys=keys, directory=str(Path(str(nc["directory"])).expanduser())
+        if nc.get("directory") else "",
+        state=str(Path(state).expanduser()),
+        require_secure=_bool(nc, "require-secure", bool(keys)),
+        allow_collect=_bool(nc, "allow-collect", not keys),
+        peers=_peers(str(nc["peers"])) if "peers" in nc else None,
+        allow_pair_masking=_bool(nc, "allow-pair-masking", False),
+        require_psi=_bool(nc, "require-psi", False),
+        sources=tuple(k for k in KEYS if k in nc))

@@ -1,0 +1,76 @@
+"""Where a site is in a run: the protocol's state machine, kept with the site's state.
+
+    new -> described -> [aligned (secure)] -> attached -> window 0 < 1 < ... -> evaluated
+
+Each step happens once per run: a second describe, align or attach is refused (a
+server that re-attaches a site with another plan could otherwise make it mask new
+weights with the masks of an earlier window), windows must strictly increase (never
+two masked updates for one run, window and modality), and a window's unmask step
+follows that window once. The record is saved with the site's model, in the same
+atomic file, so it cannot run ahead of or behind the training it describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from mmvm.federation.coordinator import FederationError
+
+PHASES = ("new", "described", "aligned", "attached", "evaluated")
+
+
+class ProtocolOrderError(FederationError):
+    """A request that does not fit where the site is in the run."""
+
+
+@dataclass
+class Progress:
+    phase: str = "new"
+    align_steps: int = 0  # align requests answered (PSI alignment takes several)
+    window: int = -1  # last window trained
+    unmasked: int = -1  # last window whose unmask step was answered
+
+    def _need(self, site: str, what: str, *phases: str) -> None:
+        if self.phase not in phases:
+            raise ProtocolOrderError(f"site {site}: {what} refused: the site is "
+                                     f"{self.phase!r} in this run (expects "
+                                     f"{' or '.join(map(repr, phases))})")
+
+    def describe(self, site: str) -> None:
+        self._need(site, "describe", "new")
+
+    def align(self, site: str, step: int) -> None:
+        self._need(site, f"align step {step}", "described", "aligned")
+        if step != self.align_steps:
+            raise ProtocolOrderError(f"site {site}: align step {step} refused: the "
+                                     f"next is step {self.align_steps}")
+
+    def attach(self, site: str, secure: bool) -> None:
+        self._need(site, "attach", "aligned" if secure else "described")
+
+    def window_(self, site: str, index: int) -> None:
+        self._need(site, f"window {index}", "attached")
+        if index <= self.window:
+            raise ProtocolOrderError(f"site {site}: window {index} refused: window "
+                                     f"{self.window} is already done (windows only "
+                                     f"move forward)")
+
+    def unmask(self, site: str, index: int) -> None:
+        self._need(site, f"unmask of window {index}", "attached")
+        if index != self.window or self.unmasked >= index:
+            raise ProtocolOrderError(f"site {site}: unmask of window {index} refused "
+                                     f"(last window {self.window}, last unmasked "
+                                     f"{self.unmasked})")
+
+    def evaluate(self, site: str) -> None:
+        self._need(site, "evaluate", "attached")
+
+    def state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, s: dict) -> Progress:
+        p = cls(**s)
+        if p.phase not in PHASES:
+            raise ValueError(f"unknown protocol phase {p.phase!r}")
+        return p

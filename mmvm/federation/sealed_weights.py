@@ -1,0 +1,105 @@
+"""Secure mode at a site: shared weights leave double-masked, and the unmask step.
+
+For every modality the site shares (a FedAvg group of holders), each window:
+
+1. the weights are masked with pairwise masks and a fresh self-mask
+   (:func:`mmvm.secure.masking.mask_update`) under a group label that binds the
+   holders, the number of aligned rows and the plan: sites told different groups
+   derive different masks, and the aggregate fails its weight check;
+2. the self-mask seed is Shamir-shared; each peer's shares (of all shared
+   modalities) travel sealed to it (kind ``selfshare``, round ``w + 1``, counter 1);
+3. in the unmask step the site opens the shares addressed to it and reveals what
+   :func:`mmvm.secure.unmasking.reveal` allows.
+
+Groups must have at least three holders; two only if the site's policy says
+``allow-pair-masking`` (each then learns the other's weights from the mean).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+
+from mmvm.federation.messages import MASK_WEIGHT, UnmaskReply, UnmaskRequest
+from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.site import Site
+from mmvm.secure.envelope import open_envelope, seal
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.masking import mask_update
+from mmvm.secure.session import SiteSecrets, b64, unb64
+from mmvm.secure.unmasking import new_seed, reveal, share_seed
+
+KIND_SHARE = "selfshare"
+SHARE_COUNTER = 1  # posteriors of the same round use counter 0
+
+
+def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: str,
+                 site: str, policy: SitePolicy) -> dict[str, dict]:
+    """``{modality: {"holders": [...], "label": ...}}``, refusing groups that are
+    too small for this site's policy."""
+    out = {}
+    for m, holders in sorted(shared.items()):
+        holders = sorted(holders)
+        if len(holders) < 2 or (len(holders) == 2 and not policy.allow_pair_masking):
+            raise PolicyError(f"site {site}: modality {m!r} would be averaged over "
+                              f"{holders}; masking groups need >= 3 sites (2 only with "
+                              f"allow-pair-masking in every holder's node config)")
+        text = json.dumps({"m": m, "holders": holders, "n": n, "plan": plan,
+                           "run": run_id}, sort_keys=True)
+        label = f"weights/{m}/{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+        out[m] = {"holders": holders, "label": label}
+    return out
+
+
+def masked_weights(site: Site, sec: SiteSecrets, index: int
+                   ) -> tuple[dict, dict[str, bytes]]:
+    """(masked weights per shared modality, sealed self-mask shares per peer)."""
+    weights, shares = {}, {}
+    for m, g in sorted(sec.state.get("groups", {}).items()):
+        peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
+        arrays = site.weights(m)
+        names = sorted(arrays)
+        seed = new_seed()
+        masked = mask_update(sec.keys, peers, [arrays[n] for n in names],
+                             run_id=sec.run_id, round=index, weight=float(len(site.data)),
+                             group=g["label"], self_seed=seed)
+        weights[m] = dict(zip(names, masked[:-1], strict=True))
+        weights[m][MASK_WEIGHT] = masked[-1]
+        for peer, share in share_seed(seed, g["holders"], sec.site).items():
+            shares.setdefault(peer, {})[m] = b64(share)
+    sealed = {peer: seal(sec.keys, sec.peer(peer), json.dumps(s).encode(),
+                         run_id=sec.run_id, round=index + 1, counter=SHARE_COUNTER,
+                         kind=KIND_SHARE)
+              for peer, s in sorted(shares.items())}
+    return weights, sealed
+
+
+def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
+    """This site's unmask answer for window ``req.window`` and the replay guard to
+    keep once it is sent."""
+    groups = sec.state.get("groups", {})
+    stray = set(req.groups) - set(groups)
+    if stray:
+        raise SecurityError(f"site {sec.site}: unmask for modalities {sorted(stray)} "
+                            f"it does not share")
+    guard = copy.deepcopy(sec.guard)
+    opened: dict[str, dict] = {}
+    for sender, blob in sorted(req.shares.items()):
+        payload = open_envelope(sec.keys, sec.peer(sender), blob, run_id=sec.run_id,
+                                guard=guard, expected_round=req.window + 1,
+                                expected_counter=SHARE_COUNTER, kind=KIND_SHARE)
+        opened[sender] = json.loads(payload)
+    shares_out, seeds_out = {}, {}
+    for m, view in sorted(req.groups.items()):
+        g = groups[m]
+        got = {s: unb64(v[m]) for s, v in opened.items() if m in v}
+        peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
+        shares, seeds = reveal(sec.keys, peers, g["holders"], list(view["survivors"]),
+                               list(view["dropped"]), got, run_id=sec.run_id,
+                               round=req.window, group=g["label"])
+        shares_out[m] = {s: b64(v) for s, v in shares.items()}
+        seeds_out[m] = {d: b64(v) for d, v in seeds.items()}
+    return UnmaskReply(shares=shares_out, seeds=seeds_out), guard
+

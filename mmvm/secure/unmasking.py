@@ -1,0 +1,91 @@
+"""The unmask step of double masking: what a survivor reveals, and the server's side.
+
+Per (round, group) of ``n`` holders, each holder ``i`` draws a self-mask seed
+``b_i`` (16 bytes), masks its update with it (:func:`mmvm.secure.masking.mask_update`)
+and gives each other holder one Shamir share of ``b_i`` (threshold
+:func:`threshold`; pycryptodome's GF(2^128) Shamir). When the updates are in, the
+server names the survivors ``U`` and the dropped ``D`` and each survivor answers
+(:func:`reveal`):
+
+- for each other survivor ``s``: its share of ``b_s``;
+- for each dropped ``d``: this round's pair seed ``s_id``;
+
+never both for one site, never its own share, once per round and group (the site's
+protocol state), and only when ``|U| >= n - t + 1`` in its view. The server then
+rebuilds each ``b_s`` from ``t`` shares (:func:`combine_seed`) and removes the
+self-masks and the dropped sites' pair masks. Why the rules stop a server that lies
+about who dropped: see :mod:`mmvm.secure.masking`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+from Crypto.Protocol.SecretSharing import Shamir
+
+from mmvm.secure.errors import MaskingError
+from mmvm.secure.keys import SiteKeys, SitePublicKeys
+from mmvm.secure.masking import round_seed
+
+SEED_BYTES = 16
+
+
+def threshold(n_holders: int) -> int:
+    """Shares needed to rebuild a self-mask seed in a group of ``n_holders``."""
+    if n_holders < 2:
+        raise MaskingError(f"a masking group needs >= 2 sites, got {n_holders}")
+    return math.ceil(n_holders / 2)
+
+
+def new_seed() -> bytes:
+    return os.urandom(SEED_BYTES)
+
+
+def share_seed(seed: bytes, holders: Sequence[str], me: str) -> dict[str, bytes]:
+    """One share of ``seed`` per other holder: ``{peer: index byte || 16 bytes}``."""
+    peers = sorted(set(holders) - {me})
+    if len(seed) != SEED_BYTES or me not in holders or not peers:
+        raise MaskingError(f"cannot share a self-mask seed in group {sorted(holders)}")
+    shares = Shamir.split(threshold(len(holders)), len(peers), seed)
+    return {p: bytes([idx]) + share for p, (idx, share) in zip(peers, shares, strict=True)}
+
+
+def combine_seed(shares: Sequence[bytes], n_holders: int) -> bytes:
+    """The seed from at least ``threshold(n_holders)`` distinct shares."""
+    t = threshold(n_holders)
+    parsed = {b[0]: b[1:] for b in shares if len(b) == SEED_BYTES + 1}
+    if len(parsed) < t:
+        raise MaskingError(f"{len(parsed)} valid shares of a self-mask seed; {t} needed")
+    return Shamir.combine(sorted(parsed.items())[:t])
+
+
+def check_view(me: str, holders: Sequence[str], survivors: Sequence[str],
+               dropped: Sequence[str]) -> None:
+    """Refuse a survivor/dropped split that is not a partition of the holders with
+    this site among the survivors and enough survivors to keep it masked."""
+    u, d, h = set(survivors), set(dropped), set(holders)
+    if u & d or u | d != h or me not in u:
+        raise MaskingError(f"site {me}: survivors {sorted(u)} and dropped {sorted(d)} "
+                           f"are not a split of the group {sorted(h)} with {me} a survivor")
+    need = len(h) - threshold(len(h)) + 1
+    if len(u) < need:
+        raise MaskingError(f"site {me}: only {len(u)} survivors of {len(h)}; at least "
+                           f"{need} must remain or the server could unmask a site")
+
+
+def reveal(me: SiteKeys, peers: Mapping[str, SitePublicKeys], holders: Sequence[str],
+           survivors: Sequence[str], dropped: Sequence[str],
+           shares: Mapping[str, bytes], *, run_id: str | int, round: int, group: str
+           ) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """A survivor's answer: (shares of the other survivors' seeds, pair seeds with
+    the dropped). ``shares[s]`` is the share ``s`` gave this site for this round."""
+    check_view(me.site, holders, survivors, dropped)
+    others = sorted(set(survivors) - {me.site})
+    missing = [s for s in others if s not in shares]
+    if missing:
+        raise MaskingError(f"site {me.site}: no self-mask share from survivors {missing}")
+    seeds = {d: round_seed(me, peers[d], run_id=run_id, round=round, group=group)
+             for d in sorted(dropped)}
+    return {s: shares[s] for s in others}, seeds
