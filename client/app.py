@@ -1,17 +1,16 @@
 """The site: a Flower ClientApp over ``mmvm.federation`` (no training logic here).
 
-A site is identified by ``--node-config 'site="..." data="/dir"'`` in deployment
-(``data`` holds the site's ``train.parquet`` and ``test.parquet``), or by its
-partition id in simulation, where the embedded default data is made on first use.
-Model and optimizer live on disk under ``state-dir`` between messages (a SuperNode
-starts a fresh process per message) and in memory while the process lives.
+A site is identified by its node config in deployment (``--node-config 'site="a"
+data="/dir" keys=... peers=...'``: its files, its keys and its protection policy,
+``mmvm.federation.policy``), or by its partition id in simulation, where the
+embedded default data is made on first use and the run config is the only config.
+The site's policy is enforced before anything leaves: a run that asks for less
+protection than the node config requires fails here, naming the policy.
 
-Secure mode (run config ``secure = true``, see ``mmvm.federation.sealed_channel``):
-the site's keys come from ``--node-config 'keys="/path/site_keys.json"'`` (or the
-directory holding it), the public key directory from
-``directory="/path/public_keys.json"`` (default: next to the site keys); in
-simulation from the run config ``keys-dir`` (a ``python -m deploy.make_keys --sites``
-output). The group id key and the replay guard are kept next to the site's state.
+Model, optimizer and the site's place in the run live on disk between messages (a
+SuperNode may start a fresh process per message) and in memory while the process
+lives. In secure mode a failure reaches the server as an error code and a message
+that names no data; the details go to ``<state>/<site>.errors.log`` at the site.
 """
 
 from __future__ import annotations
@@ -24,10 +23,13 @@ from flwr.clientapp import ClientApp
 
 from mmvm.data.default import ensure_default_sites
 from mmvm.federation.channel import Channel, PlainChannel
+from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.policy import SitePolicy, load_policy
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site import Site
+from mmvm.federation.site_errors import public_error
 from mmvm.secure.session import SiteSecrets
 from wire.records import request_from_record, to_record
 
@@ -39,6 +41,7 @@ class Node:
     """What this process keeps of one site within one run."""
 
     settings: FederationSettings
+    policy: SitePolicy
     site: Site
     state: Path  # the site's state file
     version: int = -1  # mtime of the state file this process last read or wrote
@@ -64,15 +67,25 @@ def _site_files(nc, s: FederationSettings) -> tuple[str, str, str | None]:
     return name, files[name]["train"], files[name].get("test")
 
 
-def _node(context: Context) -> Node:
+def _policy(context: Context) -> tuple[FederationSettings, SitePolicy, tuple]:
+    """The run's settings and this site's policy, checked against each other before
+    anything is read or sent."""
+    s = load_settings(context.run_config)
+    files = _site_files(context.node_config, s)
+    policy = load_policy(context.node_config, files[0])
+    policy.check_run(files[0], s.secure, s.align)
+    return s, policy, files
+
+
+def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tuple
+          ) -> Node:
     """This site, its state restored when another process moved it on."""
     key = (context.run_id, context.node_id)
     node = _NODES.get(key)
     if node is None:
-        s = load_settings(context.run_config)
-        name, train, test = _site_files(context.node_config, s)
-        state = Path(s.state_dir) / f"run-{context.run_id}" / f"{name}.pt"
-        node = _NODES[key] = Node(s, Site(s.experiment, name, train, test), state)
+        name, train, test = files
+        state = _state_root(context, s, policy) / f"{name}.pt"
+        node = _NODES[key] = Node(s, policy, Site(s.experiment, name, train, test), state)
     on_disk = node.state.stat().st_mtime_ns if node.state.exists() else -1
     if on_disk not in (-1, node.version):
         node.site.restore(node.state)
@@ -81,56 +94,68 @@ def _node(context: Context) -> Node:
 
 
 def _channel(context: Context, node: Node) -> Channel:
-    s, nc = node.settings, context.node_config
+    s, policy, name = node.settings, node.policy, node.site.name
     if not s.secure:
         return PlainChannel()
-    if "keys" in nc:
-        keys, directory = str(nc["keys"]), nc.get("directory")
-    elif s.keys_dir:
-        keys = str(Path(s.keys_dir) / "sites" / node.site.name / "site_keys.json")
-        directory = nc.get("directory", str(Path(s.keys_dir) / "public_keys.json"))
+    if policy.secure_site:  # deployment: keys and directory from the node config
+        keys, directory = policy.keys, policy.directory or None
+    elif policy.test_bed and s.keys_dir:
+        keys = str(Path(s.keys_dir) / "sites" / name / "site_keys.json")
+        directory = str(Path(s.keys_dir) / "public_keys.json")
     else:
-        raise ValueError(f"site {node.site.name}: secure = true needs the site's keys: "
-                         f"--node-config 'keys=\"/path/site_keys.json\"' or run config "
-                         f"keys-dir")
-    return SealedChannel(SiteSecrets.load(keys, directory and str(directory),
-                                          run_id=context.run_id, state_dir=node.state.parent))
+        raise FederationError(f"site {name}: secure = true needs the site's keys in its "
+                              f"node config (keys=\"/path/site_keys.json\")")
+    secrets = SiteSecrets.load(keys, directory, run_id=context.run_id,
+                               state_dir=node.state.parent)
+    return SealedChannel(secrets, policy, s.align)
 
 
-def _answer(msg: Message, context: Context, kind: str, save: bool) -> Message:
-    node = _node(context)
+def _answer(msg: Message, context: Context, kind: str) -> Message:
+    s, policy, files = _policy(context)
     try:
+        node = _node(context, s, policy, files)
         request = request_from_record(kind, msg.content)
-        reply = Endpoint(node.site, _channel(context, node)).handle(request)
-        if save:
-            node.site.save(node.state)
-            node.version = node.state.stat().st_mtime_ns
-    except BaseException:  # the site in memory may be half-way: reread it next time
-        _NODES.pop((context.run_id, context.node_id), None)
-        raise
+        reply = Endpoint(node.site, _channel(context, node), policy).handle(request)
+        node.site.save(node.state)  # model and place in the run, in one atomic file
+        node.version = node.state.stat().st_mtime_ns
+    except Exception as err:
+        _NODES.pop((context.run_id, context.node_id), None)  # reread from disk next time
+        if not (s.secure or policy.secure_site):
+            raise
+        log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
+        raise public_error(files[0], log, kind, err) from None
     return Message(to_record(reply), reply_to=msg)
+
+
+def _state_root(context: Context, s: FederationSettings, policy: SitePolicy) -> Path:
+    return Path(s.state_dir if policy.test_bed else policy.state) / f"run-{context.run_id}"
 
 
 @app.query("describe")
 def describe(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, "describe", save=False)
+    return _answer(msg, context, "describe")
 
 
 @app.train("align")
 def align(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, "align", save=False)
+    return _answer(msg, context, "align")
 
 
 @app.train("attach")
 def attach(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, "attach", save=True)
+    return _answer(msg, context, "attach")
 
 
 @app.train("window")
 def window(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, "window", save=True)
+    return _answer(msg, context, "window")
+
+
+@app.train("unmask")
+def unmask(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, "unmask")
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, "evaluate", save=False)
+    return _answer(msg, context, "evaluate")

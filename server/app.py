@@ -85,6 +85,9 @@ def main(grid: Grid, context: Context) -> None:
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout)
     result = run_federation(transport, s, on_window=log)
+    if result.kept_weights:
+        print(f"mmvm: sites {result.kept_weights} keep their final weights (their policy "
+              f"says allow-collect = false): no assembled checkpoint", flush=True)
     paths = write_results(out_dir, s, result)
     eval_data = _eval_data(s)
     if eval_data and result.model_state:

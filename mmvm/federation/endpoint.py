@@ -63,7 +63,7 @@ class Endpoint:
         progress.align(self.site.name, req.step)
         reply = self.channel.align(self.site, req)
         progress.align_steps += 1
-        if reply.identifiers:
+        if reply.identifiers or reply.tagged:  # this site's last alignment step
             progress.phase = "aligned"
         return reply
 

@@ -47,6 +47,7 @@ class FederationResult:
     seconds: float = 0.0
     sites: dict[str, dict] = field(default_factory=dict)
     model_state: dict[str, np.ndarray] | None = None
+    kept_weights: list[str] = field(default_factory=list)
 
 
 class Metered:
@@ -67,7 +68,7 @@ class Metered:
 def make_routing(s: FederationSettings) -> Routing:
     latent = s.experiment.model.latent_dim
     if s.secure:
-        return SealedRouting()
+        return SealedRouting(s.align)
     if s.delta_tol is not None:
         return EventTriggeredRouting(latent, s.float16)
     return PlainRouting(latent, s.float16)
@@ -113,15 +114,19 @@ def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping
                          for k, r in replies.items()}
     if not collect_model:
         return
-    result.model_state = {}
+    state, kept = {}, []
     for key, r in replies.items():
         own = coord.sites[key].modalities
+        if not r.model:
+            kept.append(coord.name(key))
         for m, arrays in r.model.items():
             if m not in own or any(not n.startswith((f"encoders.{m}.", f"decoders.{m}."))
                                    for n in arrays):
                 raise FederationError(f"site {coord.name(key)} handed in parameters of "
                                       f"{m!r} that are not its own")
-            result.model_state.update(arrays)
+            state.update(arrays)
+    result.kept_weights = kept  # sites whose policy keeps their weights (allow-collect)
+    result.model_state = None if kept else state
 
 
 def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,

@@ -79,11 +79,14 @@ class DescribeReply:
 # ------------------------------------------------------------------------ align
 @dataclass
 class AlignRequest:
-    """Secure mode: the other sites' sealed id-key contributions, by sender."""
+    """Secure mode. Keyed pseudonyms: the other sites' sealed id-key contributions,
+    by sender. PSI: ring step ``step`` of the ring ``ring`` (sorted site names), with
+    the predecessor's sealed set from step 1 on."""
 
     kind: ClassVar[str] = "align"
     sealed: dict[str, bytes] = _blobs()
     step: int = _value(int, default=0)
+    ring: list[str] = _value(list, str, default=[])
 
 
 @dataclass
@@ -94,6 +97,7 @@ class AlignReply:
     kind: ClassVar[str] = "align"
     identifiers: list[str] = _value(list, str, payload=True, default=[])
     sealed: dict[str, bytes] = _blobs()
+    tagged: dict = _json(payload=True)  # PSI, last ring step: {origin site: [tags]}
 
 
 # ------------------------------------------------------------------------ attach

@@ -33,7 +33,7 @@ def write_results(out_dir: str | Path, settings, result) -> dict[str, str]:
     summary = {"settings": s, "config": config_to_dict(settings.experiment),
                "sites": result.sites, "evaluation": result.evaluation,
                "bytes_total": result.bytes_total, "seconds": result.seconds,
-               "windows": len(result.history)}
+               "windows": len(result.history), "kept_weights": result.kept_weights}
     probes = [v for ev in result.evaluation.values() for k, v in ev.items()
               if k.startswith("probe/")]
     if probes:
@@ -46,7 +46,7 @@ def write_results(out_dir: str | Path, settings, result) -> dict[str, str]:
             "config": config_to_dict(settings.experiment),
             "model": {k: torch.as_tensor(v) for k, v in result.model_state.items()},
             "epoch": last["epoch"], "step": last["step"], "history": result.history,
-            "federated": summary})
+            "federated": json.loads(json.dumps(summary, default=str))})  # plain types
         paths["checkpoint"] = str(out / "checkpoint.pt")
     paths["curves"] = str(_plot_curves(out / "curves.png", result.history))
     return paths

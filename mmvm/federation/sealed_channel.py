@@ -1,31 +1,30 @@
 """Secure mode at a site: the server routes bytes it cannot read.
 
-1. **describe**: name, modalities, sample *count*; no ids. The site draws a random
-   32-byte contribution and seals it (``mmvm.secure.envelope``, kind ``idkey``, round
-   0) to every other site of its public key directory.
-2. **align**: the site opens its peers' contributions, derives the group id key
-   (:func:`mmvm.secure.session.group_key`, never held by the server) and answers the
-   sorted keyed pseudonyms of its ids. The server aligns *pseudonyms*.
-3. **attach**: the server sends the row of each pseudonym, and per peer the rows the
-   two share and the peer's modalities; a peer the site did not agree the id key
-   with is refused.
+1. **describe**: name, modalities, sample *count*; no ids (pseudonym alignment also
+   seals a random contribution to every trusted peer).
+2. **align**: keyed pseudonyms or ECDH PSI around the ring of sites
+   (:mod:`mmvm.federation.sealed_align`); the server aligns identifiers it cannot
+   open.
+3. **attach**: the server sends the row of each identifier, and per peer the rows
+   the two share and the peer's modalities; a peer the site did not align with, or
+   a masking group the site's policy refuses, stops it.
 4. **windows**: after training window ``w`` the site seals, per peer, its own
    posteriors for the rows of window ``w+1`` that peer shares with it (kind
    ``posterior``, round ``w+2``); it opens every envelope addressed to it (expected
    round ``w+1``, replay guard on disk) *before* it applies anything: a tampered,
    replayed, misaddressed, unexpected or missing envelope raises a
-   :class:`~mmvm.secure.errors.SecurityError`. Shared weights leave masked
-   (:func:`mmvm.secure.masking.mask_update`); the server learns only their mean.
+   :class:`~mmvm.secure.errors.SecurityError`. Shared weights leave double-masked
+   (:mod:`mmvm.federation.sealed_weights`); the server learns only their mean.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from mmvm.federation import sealed_align
 from mmvm.federation.channel import Tables, describe_site
 from mmvm.federation.messages import (
     AlignReply,
@@ -47,9 +46,8 @@ from mmvm.federation.sealed_weights import group_labels, masked_weights, unmask
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import SecurityError
-from mmvm.secure.session import SiteSecrets, b64, group_key, pseudonym, unb64
+from mmvm.secure.session import SiteSecrets
 
-KIND_IDKEY = "idkey"
 KIND_POSTERIOR = "posterior"
 
 
@@ -69,10 +67,13 @@ class SealedChannel:
 
     secure = True
 
-    def __init__(self, secrets: SiteSecrets, policy: SitePolicy | None = None) -> None:
+    def __init__(self, secrets: SiteSecrets, policy: SitePolicy | None = None,
+                 align: str = "pseudonym") -> None:
+        if align not in sealed_align.MODES:
+            raise ValueError(f"align must be one of {sealed_align.MODES}, got {align!r}")
         self.policy = policy or SitePolicy(test_bed=True)
         secrets.directory = self.policy.trusted(secrets.site, secrets.directory)
-        self.sec = secrets
+        self.sec, self.align_mode = secrets, align
 
     # ------------------------------------------------------------------ set-up
     def describe(self, site: Site) -> DescribeReply:
@@ -80,42 +81,20 @@ class SealedChannel:
         if site.name != sec.site:
             raise SecurityError(f"node config names site {site.name!r} but its keys are "
                                 f"those of {sec.site!r}")
-        contribution = os.urandom(32)
-        sec.state = {"contribution": b64(contribution)}
-        sec.save_state()
-        sealed = {peer: seal(sec.keys, pub, contribution, run_id=sec.run_id, round=0,
-                             kind=KIND_IDKEY)
-                  for peer, pub in sorted(sec.directory.items()) if peer != sec.site}
-        return describe_site(site, sealed=sealed)
-
-    def _pseudonyms(self, site: Site) -> list[tuple[str, str]]:
-        key = unb64(self.sec.state["group_key"])
-        return sorted((pseudonym(key, s), s) for s in site.data.sample_ids)
+        if self.align_mode == "psi":
+            sec.state = {"mode": "psi"}
+            sec.save_state()
+            return describe_site(site)
+        return describe_site(site, sealed=sealed_align.contributions(sec))
 
     def align(self, site: Site, req: AlignRequest) -> AlignReply:
-        sec = self.sec
-        if "contribution" not in sec.state:
-            raise SecurityError(f"site {sec.site}: align before describe (no contribution)")
-        contributions = {sec.site: unb64(sec.state["contribution"])}
-        guard = copy.deepcopy(sec.guard)
-        for sender, blob in sorted(req.sealed.items()):
-            contributions[sender] = open_envelope(
-                sec.keys, sec.peer(sender), blob, run_id=sec.run_id, guard=guard,
-                expected_round=0, kind=KIND_IDKEY)
-            if len(contributions[sender]) != 32:
-                raise SecurityError(f"site {sec.site}: malformed id-key contribution from "
-                                    f"{sender!r}")
-        sec.state.update(group_key=b64(group_key(contributions, sec.run_id)),
-                         members=sorted(contributions))
-        sec.guard = guard
-        sec.save_state()
-        sec.save_guard()
-        return AlignReply(identifiers=[p for p, _ in self._pseudonyms(site)])
+        if self.align_mode == "psi":
+            return sealed_align.align_psi(site, self.sec, req)
+        return sealed_align.align_pseudonyms(site, self.sec, req)
 
     def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
         sec = self.sec
-        if "group_key" not in sec.state:
-            raise SecurityError(f"site {sec.site}: attach before align (no group key)")
+        order = sealed_align.positions(site, sec)
         members = set(sec.state["members"])
         peers = {str(p): {"rows": sorted(int(r) for r in v["rows"]),
                           "modalities": [str(m) for m in v["modalities"]]}
@@ -125,12 +104,12 @@ class SealedChannel:
         if strangers or sec.site in peers:
             raise SecurityError(f"site {sec.site}: the server names peers "
                                 f"{sorted(strangers)} that did not take part in the "
-                                f"id-key agreement")
+                                f"alignment")
         groups = group_labels(req.shared, req.n, req.plan, sec.run_id, sec.site,
                               self.policy)
         sec.state.update(peers=peers, groups=groups)
         sec.save_state()
-        return site.data.rows_of([sid for _, sid in self._pseudonyms(site)])
+        return order
 
     # ------------------------------------------------------------------ windows
     def outgoing(self, site: Site, index: int) -> dict[str, bytes]:

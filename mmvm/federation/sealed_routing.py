@@ -46,11 +46,12 @@ def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
 
 
 class SealedRouting:
-    """Pseudonymous alignment, envelopes routed unopened, masked FedAvg."""
+    """Private alignment, envelopes routed unopened, masked FedAvg."""
 
     peers = True
 
-    def __init__(self) -> None:
+    def __init__(self, align: str = "pseudonym") -> None:
+        self.align_mode = align
         self.inbox: dict[str, dict[str, bytes]] = {}
 
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
@@ -60,10 +61,34 @@ class SealedRouting:
         leaked = [d.site for d in described.values() if d.identifiers]
         if leaked:
             raise FederationError(f"sites {leaked} sent sample ids in secure mode")
+        if self.align_mode == "psi":
+            return site_infos(described, self._psi(transport, names))
         inbox = route({k: d.sealed for k, d in described.items()}, names)
         aligned = transport.exchange({key: AlignRequest(sealed=inbox[key])
                                       for key in described})
         return site_infos(described, {k: r.identifiers for k, r in aligned.items()})
+
+    @staticmethod
+    def _psi(transport, names: Mapping[str, str]) -> dict[str, list[str]]:
+        """Run the ring: step 0 blinds, each later step multiplies the predecessor's
+        set; the last step's replies carry every site's tags (in its own order)."""
+        ring, key_of = sorted(names.values()), {n: k for k, n in names.items()}
+        replies = transport.exchange({k: AlignRequest(step=0, ring=ring) for k in names})
+        for step in range(1, len(ring)):
+            inbox = route({k: r.sealed for k, r in replies.items()}, names)
+            replies = transport.exchange({k: AlignRequest(step=step, ring=ring,
+                                                          sealed=inbox[k]) for k in names})
+        tags: dict[str, list[str]] = {}
+        for key, r in replies.items():
+            for origin, t in r.tagged.items():
+                if origin not in key_of or key_of[origin] in tags or not isinstance(t, list):
+                    raise FederationError(f"site {names[key]} sent PSI tags for "
+                                          f"{origin!r}")
+                tags[key_of[origin]] = [str(x) for x in t]
+        missing = [names[k] for k in names if k not in tags]
+        if missing:
+            raise FederationError(f"PSI alignment: no tags for sites {missing}")
+        return tags
 
     def receive(self, coord: Coordinator, replies: Mapping) -> None:
         names = {key: site.name for key, site in coord.sites.items()}

@@ -19,6 +19,7 @@ from mmvm.data.sites import LAYOUTS
 from mmvm.federation.plan import EXCHANGES, PlanArgs
 
 APP_DIR = Path(__file__).resolve().parents[2]
+ALIGN_MODES = ("pseudonym", "psi")  # secure mode's id alignment (sealed_align.py)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class FederationSettings:
     eval_data: str
     secure: bool
     keys_dir: str
+    align: str
 
     @property
     def modalities(self) -> list[str]:
@@ -99,7 +101,8 @@ def load_settings(rc: Mapping) -> FederationSettings:
         state_dir=_path(rc, "state-dir"), collect_model=_get(rc, "collect-model", bool),
         reply_timeout=_get(rc, "reply-timeout", float),
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
-        secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"))
+        secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
+        align=_get(rc, "align", str))
     _check(s)
     return s
 
@@ -117,6 +120,9 @@ def _check(s: FederationSettings) -> None:
         raise ConfigError(f"run config: missing = {s.missing} must be in [0, 1)")
     if not s.reply_timeout > 0:
         raise ConfigError(f"run config: reply-timeout = {s.reply_timeout} must be > 0")
+    if s.align not in ALIGN_MODES:
+        raise ConfigError(f"run config: align = {s.align!r}; choose one of "
+                          f"{list(ALIGN_MODES)}")
     if s.secure and s.delta_tol is not None:
         raise ConfigError("run config: delta-tol (event-triggered exchange) is not "
                           "available with secure = true")

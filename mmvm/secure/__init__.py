@@ -2,8 +2,10 @@
 
 * :mod:`mmvm.secure.keys`: site identities (X25519 + Ed25519) and pairwise keys;
 * :mod:`mmvm.secure.envelope`: authenticated encryption site -> site via the server;
-* :mod:`mmvm.secure.masking`: secure aggregation of shared weights (pairwise masks);
-* :mod:`mmvm.secure.psi`: private sample-id intersection (ECDH PSI, HMAC fallback);
+* :mod:`mmvm.secure.masking`: secure aggregation of shared weights (pairwise masks,
+  self-masks); :mod:`mmvm.secure.unmasking`: the unmask step's rules (Shamir shares);
+* :mod:`mmvm.secure.psi`: private id alignment of several sites (commutative ECDH ring);
+* :mod:`mmvm.secure.session`: a site's keys, directory and secure state for one run;
 * :mod:`mmvm.secure.errors`: ``SecurityError`` and its subclasses.
 
 No module here imports flwr: the ServerApp/ClientApp call these functions and

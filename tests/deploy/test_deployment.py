@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from deploy import make_keys
+from mmvm.secure.keys import load_public_directory
 from tests.support.audit_app import blobs_in, make_app, read_dump
 from tests.support.fleet import Fleet
 from tests.support.processes import wait_for_log
@@ -100,14 +101,18 @@ class Deployment:
         self.link = self.fleet.start_superlink(certs=self.keys, auth=True)
         self.fleet.write_connection("mmvm", self.link, root_certificates=ca)
         self.nodes = {}
+        directory = load_public_directory(self.keys / "public_keys.json")
         for s in SITES:
             site_dir = self.keys / "sites" / s
             self.fleet.register(site_dir / f"{s}.pub", "mmvm")
+            pins = ";".join(f"{p}={directory[p].fingerprint.replace(' ', '')}"
+                            for p in SITES if p != s)  # the site's own policy
             self.nodes[s] = self.fleet.start_supernode(
                 s, self.link, auth_key=site_dir / s, root_certificates=ca,
                 node_config=f'site="{s}" data="{self.data[s]}" '
                             f'keys="{site_dir / "site_keys.json"}" '
-                            f'directory="{site_dir / "public_keys.json"}"')
+                            f'directory="{site_dir / "public_keys.json"}" '
+                            f'peers="{pins}" state="{self.state / s}"')
         for proc in self.nodes.values():
             assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
                 proc.log_text()
@@ -230,9 +235,20 @@ def test_tampered_envelope_fails_the_run_and_applies_nothing(deployment, good_ru
     assert m, out
     sender, victim = m.groups()
     assert "TamperedEnvelopeError" in out and "failed authentication" in out, out
-    state = deployment.state / f"run-{run_id}"
+    state = deployment.state / victim / f"run-{run_id}"  # from the node config
     saved = torch.load(state / f"{victim}.pt", weights_only=True)
     assert saved["windows_done"] == 0  # attached, window 0 never applied
     guard = json.loads((state / f"{victim}.guard.json").read_text())
     assert guard["latest_round"][sender] == 0  # only the id-key round was accepted
     assert not (deployment.out / f"run-{run_id}" / "results.json").exists()
+
+
+def test_a_secure_site_refuses_a_plaintext_run(deployment, good_run):
+    """Whoever submits the run sets secure = false: every site's node config has
+    keys, hence require-secure, so the run fails before any site sends anything."""
+    run_id, out = deployment.run(secure=False)
+    assert deployment.status(run_id).startswith("finished:failed"), out
+    assert "require-secure" in out and "Nothing was sent" in out, out
+    assert not (deployment.out / f"run-{run_id}" / "results.json").exists()
+    for s in SITES:  # no site even built its state for that run
+        assert not (deployment.state / s / f"run-{run_id}").exists()

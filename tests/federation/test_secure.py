@@ -13,7 +13,7 @@ import pytest
 import torch
 from flwr.common.serde import recorddict_to_proto
 
-from mmvm.federation import sealed_channel
+from mmvm.federation import sealed_align, sealed_channel
 from mmvm.federation.endpoint import LocalTransport
 from mmvm.federation.messages import AlignRequest, DescribeRequest
 from mmvm.federation.posteriors import decode_table
@@ -46,7 +46,7 @@ def cfg(tiny_polymnist, tiny_config):
 @pytest.fixture
 def identity_pseudonyms(monkeypatch):
     """Pseudonym = id: the secure run then uses the plaintext run's row order."""
-    monkeypatch.setattr(sealed_channel, "pseudonym", lambda key, sid: sid)
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
 
 
 def _secure_setup(cfg, tmp_path, data_root, layout="vertical", shards=3, policy=None):
@@ -218,3 +218,20 @@ def test_pseudonyms_hide_ids_but_align(cfg, tmp_path, tiny_polymnist):
     assert not set(sites["n0"].data.sample_ids) & ps[0]
     assert len({ep.channel.sec.state["group_key"] for ep in endpoints.values()}) == 1
     assert all(d.identifiers == [] for d in described.values())
+
+
+def test_psi_alignment_matches_ids_across_sites_and_hides_them(cfg, tmp_path,
+                                                              tiny_polymnist):
+    """align = "psi": the ring of commutative ECDH gives the same id the same tag at
+    every site (the union of 3 x 192 tags is 192 rows), no id reaches the server, and
+    the federation trains. (The rows are ordered by tag, not by id, so the batches
+    differ from a plaintext run's.)"""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys = site_keys(sites)
+    rec = Recorder(sealed_endpoints(sites, keys, tmp_path / "state-psi", align="psi"))
+    res = federate(cfg, {}, transport=rec, secure=True, align="psi", exchange="step")
+    assert all(s.link.n == 192 for s in sites.values())
+    assert len(res.history) == 3 and all(np.isfinite(r["rec_nll"]) for r in res.history)
+    assert _leaks(b"".join(rec.blobs), sites["n0"].data.sample_ids) == []
+    assert all(s.progress.phase == "evaluated" for s in sites.values())

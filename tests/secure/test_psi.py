@@ -1,66 +1,58 @@
-"""Private id alignment: correct intersections, nothing readable at the relay."""
+"""The ECDH ring: the same id gets the same tag whatever the ring order; nothing
+short of every site's scalar produces a tag; malformed ring elements are refused."""
 
 from __future__ import annotations
-
-from hashlib import sha256
 
 import pytest
 
 from mmvm.secure import psi
-
-IDS = {
-    "a": [f"patient-{i:05d}" for i in range(0, 300)],
-    "b": [f"patient-{i:05d}" for i in range(100, 450)],
-    "c": [f"patient-{i:05d}" for i in range(250, 260)] + ["only-c"],
-}
+from mmvm.secure.errors import SecurityError
 
 
-def _expected():
-    pair = {(x, y): sorted(set(IDS[x]) & set(IDS[y]))
-            for x, y in (("a", "b"), ("a", "c"), ("b", "c"))}
-    return pair, sorted(set(IDS["a"]) & set(IDS["b"]) & set(IDS["c"]))
+def _tags(ids, scalars):
+    """Run one origin's set through every scalar, in the given order."""
+    points = psi.blind(ids, list(range(len(ids))), scalars[0])
+    for k in scalars[1:]:
+        points = psi.exponentiate(points, k)
+    return points
 
 
-def _assert_no_ids(messages, ids):
-    blob = b"".join(messages)
-    for i in ids:
-        digest = sha256(i.encode())
-        assert i.encode() not in blob, i
-        assert digest.digest() not in blob, i
-        assert digest.hexdigest().encode() not in blob, i
-    assert b"patient" not in blob
+def test_tags_agree_across_ring_orders_and_separate_ids():
+    a, b, c = (psi.new_scalar() for _ in range(3))
+    ids = [f"patient-{i}" for i in range(50)]
+    t_abc = _tags(ids, [a, b, c])
+    assert t_abc == _tags(ids, [b, c, a]) == _tags(ids, [c, a, b])  # commutative
+    assert len(set(t_abc)) == len(ids)  # distinct ids, distinct tags
+    # an id another site holds gets the same tag there; a different id does not
+    other = _tags(["patient-7", "patient-999"], [b, c, a])
+    assert other[0] == t_abc[7] and other[1] not in t_abc
 
 
-@pytest.mark.parametrize("method", ["ecdh", "hmac"])
-def test_align_ids(method, sites):
-    if method == "ecdh" and not psi.have_ecdh_psi():
-        pytest.skip("openmined-psi not installed")
-    keys, _ = sites
-    al = psi.align_ids(IDS, method=method, keys=keys, progress=False)
-    pair, common = _expected()
-    assert al.pairwise == pair
-    assert al.common == common == [f"patient-{i:05d}" for i in range(250, 260)]
-    _assert_no_ids(al.relayed, [i for v in IDS.values() for i in v])
+def test_fewer_scalars_or_other_scalars_do_not_give_the_tag():
+    a, b, c = (psi.new_scalar() for _ in range(3))
+    ids = ["x", "y"]
+    full = _tags(ids, [a, b, c])
+    assert _tags(ids, [a, b]) != full  # a server colluding with a and b only
+    assert _tags(ids, [a, b, psi.new_scalar()]) != full
 
 
-def test_relay_protocol_steps():
-    if not psi.have_ecdh_psi():
-        pytest.skip("openmined-psi not installed")
-    client_ids, server_ids = IDS["a"], IDS["b"]
-    state, request = psi.psi_client_request(client_ids, progress=False)
-    response = psi.psi_server_response(server_ids, request, progress=False)
-    shared = psi.psi_client_intersection(state, client_ids, response, progress=False)
-    assert shared == sorted(set(client_ids) & set(server_ids))
-    assert state.key not in request + response  # the client's secret stays home
-    _assert_no_ids([request, response], client_ids + server_ids)
-    with pytest.raises(ValueError, match="differ"):
-        psi.psi_client_intersection(state, client_ids[:-1], response)
-    with pytest.raises(ValueError, match="unique"):
-        psi.psi_client_request(["x", "x"])
+def test_order_is_a_permutation_and_blind_follows_it():
+    order = psi.shuffled(100)
+    assert sorted(order) == list(range(100))
+    k = psi.new_scalar()
+    ids = [str(i) for i in range(100)]
+    assert psi.blind(ids, order, k) == [psi.blind([ids[i]], [0], k)[0] for i in order]
 
 
-def test_empty_and_disjoint():
-    if not psi.have_ecdh_psi():
-        pytest.skip("openmined-psi not installed")
-    al = psi.align_ids({"a": ["1", "2"], "b": ["3"]}, progress=False)
-    assert al.pairwise == {("a", "b"): []} and al.common == []
+def test_ring_helpers_and_malformed_elements():
+    ring = ["a", "b", "c"]
+    assert psi.ring_neighbours(ring, "a") == ("c", "b")
+    assert [psi.origin(ring, "c", s) for s in range(3)] == ["c", "b", "a"]
+    pts = psi.blind(["1", "2"], [0, 1], psi.new_scalar())
+    assert psi.unpack(psi.pack(pts)) == pts
+    with pytest.raises(SecurityError, match="whole number of points"):
+        psi.unpack(b"x" * 33)
+    with pytest.raises(SecurityError, match="32-byte point"):
+        psi.exponentiate([b"short"], psi.new_scalar())
+    with pytest.raises(SecurityError, match="low-order point"):
+        psi.exponentiate([bytes(32)], psi.new_scalar())

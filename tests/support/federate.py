@@ -57,8 +57,9 @@ def secrets(site: Site, keys: dict[str, SiteKeys], state: Path) -> SiteSecrets:
 
 
 def sealed_endpoints(sites: dict[str, Site], keys: dict[str, SiteKeys], state: Path,
-                     policy: SitePolicy | None = None) -> dict[str, Endpoint]:
-    return {k: Endpoint(s, SealedChannel(secrets(s, keys, state), policy), policy)
+                     policy: SitePolicy | None = None, align: str = "pseudonym"
+                     ) -> dict[str, Endpoint]:
+    return {k: Endpoint(s, SealedChannel(secrets(s, keys, state), policy, align), policy)
             for k, s in sites.items()}
 
 

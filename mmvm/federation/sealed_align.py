@@ -1,0 +1,115 @@
+"""Secure mode at a site: aligning ids without showing them to the server.
+
+Two ways, chosen by the run config's ``align`` (a site can require PSI in its node
+config):
+
+- ``pseudonym`` (fast): at describe the site seals a random 32-byte contribution to
+  every trusted peer; at align it derives the group id key from all contributions
+  (:func:`mmvm.secure.session.group_key`) and answers the sorted keyed pseudonyms
+  of its ids. Every site holds the key: a server colluding with one site can test
+  guesses of any site's ids.
+- ``psi``: commutative ECDH around the ring of sites (:mod:`mmvm.secure.psi`):
+  ``len(ring)`` align steps; no key that a site or the server holds opens ids.
+
+Either way the site's identifiers reach the server in an order of the site's own
+choosing (sorted pseudonyms, or a secret shuffle), and :func:`positions` maps the
+server's rows back to the site's samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+
+from mmvm.federation.messages import AlignReply, AlignRequest
+from mmvm.federation.site import Site
+from mmvm.secure import psi
+from mmvm.secure.envelope import open_envelope, seal
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.session import SiteSecrets, b64, group_key, pseudonym, unb64
+
+KIND_IDKEY = "idkey"
+KIND_PSI = "psi"
+MODES = ("pseudonym", "psi")
+
+
+def contributions(sec: SiteSecrets) -> dict[str, bytes]:
+    """Describe, pseudonym mode: a fresh contribution sealed to every trusted peer."""
+    contribution = os.urandom(32)
+    sec.state = {"mode": "pseudonym", "contribution": b64(contribution)}
+    sec.save_state()
+    return {peer: seal(sec.keys, pub, contribution, run_id=sec.run_id, round=0,
+                       kind=KIND_IDKEY)
+            for peer, pub in sorted(sec.directory.items()) if peer != sec.site}
+
+
+def _pseudonyms(site: Site, sec: SiteSecrets) -> list[tuple[str, str]]:
+    key = unb64(sec.state["group_key"])
+    return sorted((pseudonym(key, s), s) for s in site.data.sample_ids)
+
+
+def align_pseudonyms(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignReply:
+    if "contribution" not in sec.state or req.step != 0:
+        raise SecurityError(f"site {sec.site}: pseudonym align out of order")
+    got = {sec.site: unb64(sec.state["contribution"])}
+    guard = copy.deepcopy(sec.guard)
+    for sender, blob in sorted(req.sealed.items()):
+        got[sender] = open_envelope(sec.keys, sec.peer(sender), blob, run_id=sec.run_id,
+                                    guard=guard, expected_round=0, kind=KIND_IDKEY)
+        if len(got[sender]) != 32:
+            raise SecurityError(f"site {sec.site}: malformed id-key contribution from "
+                                f"{sender!r}")
+    sec.state.update(group_key=b64(group_key(got, sec.run_id)), members=sorted(got))
+    sec.guard = guard
+    sec.save_state()
+    sec.save_guard()
+    return AlignReply(identifiers=[p for p, _ in _pseudonyms(site, sec)])
+
+
+def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignReply:
+    """One ring step: blind own ids (step 0) or multiply the predecessor's set."""
+    ring, me = list(req.ring), sec.site
+    if req.step == 0:
+        if ring != sorted(set(ring)) or me not in ring:
+            raise SecurityError(f"site {me}: PSI ring {ring} is not a sorted list of "
+                                f"distinct sites with this one in it")
+        for peer in ring:
+            if peer != me:
+                sec.peer(peer)  # raises for a site this one does not trust
+        order = psi.shuffled(len(site.data))
+        sec.state = {"mode": "psi", "ring": ring, "members": ring,
+                     "scalar": b64(psi.new_scalar()), "order": order}
+        points = psi.blind(site.data.sample_ids, order, unb64(sec.state["scalar"]))
+    else:
+        if sec.state.get("mode") != "psi" or ring != sec.state["ring"]:
+            raise SecurityError(f"site {me}: PSI step {req.step} for another ring")
+        prev, _ = psi.ring_neighbours(ring, me)
+        if set(req.sealed) != {prev}:
+            raise SecurityError(f"site {me}: PSI step {req.step} expects the set of "
+                                f"{prev!r} only, got {sorted(req.sealed)}")
+        guard = copy.deepcopy(sec.guard)
+        payload = open_envelope(sec.keys, sec.peer(prev), req.sealed[prev],
+                                run_id=sec.run_id, guard=guard, expected_round=0,
+                                expected_counter=req.step, kind=KIND_PSI)
+        points = psi.exponentiate(psi.unpack(payload), unb64(sec.state["scalar"]))
+        sec.guard = guard
+        sec.save_guard()
+    sec.save_state()
+    if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin
+        return AlignReply(tagged={psi.origin(ring, me, req.step):
+                                  [p.hex() for p in points]})
+    _, nxt = psi.ring_neighbours(ring, me)
+    return AlignReply(sealed={nxt: seal(sec.keys, sec.peer(nxt), psi.pack(points),
+                                        run_id=sec.run_id, round=0, counter=req.step + 1,
+                                        kind=KIND_PSI)})
+
+
+def positions(site: Site, sec: SiteSecrets) -> np.ndarray:
+    """Dataset rows of the identifiers this site reported, in that order."""
+    if sec.state.get("mode") == "psi":
+        return np.asarray(sec.state["order"], dtype=np.int64)
+    if "group_key" not in sec.state:
+        raise SecurityError(f"site {sec.site}: attach before align (no group key)")
+    return site.data.rows_of([sid for _, sid in _pseudonyms(site, sec)])

@@ -1,0 +1,39 @@
+"""What a secure site tells the server when something fails: a code, never its data.
+
+Error text travels to the server (Flower puts the exception's text in the error
+reply). Data errors name files, columns and sample ids; other exceptions may quote
+anything. So in secure mode a site keeps the whole error in its own log and answers
+with the error's class name; only errors about the protocol itself (a refused
+envelope, an order violation, a malformed message, a refused policy), whose text is
+about what the server sent, keep their message.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.messages import MessageError
+from mmvm.federation.posteriors import PosteriorError
+from mmvm.secure.errors import SecurityError
+
+PROTOCOL_ERRORS = (SecurityError, FederationError, MessageError, PosteriorError)
+
+
+class SiteError(RuntimeError):
+    """What the server learns of a secure site's failure."""
+
+
+def public_error(site: str, log: Path, kind: str, err: BaseException) -> SiteError:
+    """Append ``err`` with its traceback to ``log`` (the site's own file) and return
+    the error the server may see."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {kind}\n")
+        fh.write("".join(traceback.format_exception(err)))
+    code = type(err).__name__
+    if isinstance(err, PROTOCOL_ERRORS):
+        return SiteError(f"{code}: {err}")
+    return SiteError(f"{code} in {kind} at site {site}; the details are in its log")

@@ -1,0 +1,190 @@
+"""A malicious server against sites that enforce their own policy.
+
+Each test plays the server (a transport wrapper, or the requests it would send) and
+tries one attack a review found against the earlier protocol; it must fail at the
+site, before the site sends anything it protects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.data.store import DataError
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.endpoint import Endpoint, LocalTransport
+from mmvm.federation.messages import AlignRequest, DescribeRequest
+from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.progress import ProtocolOrderError
+from mmvm.federation.sealed_channel import SealedChannel
+from mmvm.federation.site_errors import public_error
+from mmvm.secure.envelope import seal
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.keys import SiteKeys
+from mmvm.secure.session import UnknownSiteError
+from tests.support.federate import (
+    RUN,
+    federate,
+    make_sites,
+    sealed_endpoints,
+    secrets,
+    site_keys,
+    split,
+)
+
+
+@pytest.fixture
+def cfg(tiny_polymnist, tiny_config):
+    torch.set_num_threads(1)
+    return tiny_config(tiny_polymnist, epochs=1)
+
+
+def _hybrid(cfg, tmp_path, data_root, policy=None, shards=3):
+    specs, root = split(data_root, tmp_path, "hybrid", shards=shards)
+    sites = make_sites(cfg, specs, root)
+    keys = site_keys(sites)
+    return sites, keys, sealed_endpoints(sites, keys, tmp_path / "state", policy)
+
+
+class Recorder(LocalTransport):
+    """Keeps every request and reply (the server's view), by kind."""
+
+    def __init__(self, endpoints):
+        super().__init__(endpoints)
+        self.log: list[tuple[str, dict, dict]] = []
+
+    def exchange(self, requests):
+        replies = super().exchange(requests)
+        self.log.append((next(iter(requests.values())).kind, requests, replies))
+        return replies
+
+
+def test_2a_groups_of_one_or_two_are_refused(cfg, tmp_path, tiny_polymnist):
+    """Averaging over two sites would tell each the other's weights; over one site,
+    its weights in the clear. Both are refused unless the site opts into pairs."""
+    _, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist, shards=2)
+    with pytest.raises(PolicyError, match="masking groups need >= 3 sites"):
+        federate(cfg, endpoints, secure=True)
+    pairs = SitePolicy(test_bed=True, allow_pair_masking=True)
+    _, _, endpoints = _hybrid(cfg, tmp_path / "pairs", tiny_polymnist, pairs, shards=2)
+    res = federate(cfg, endpoints, secure=True)
+    assert len(res.history) == 1
+    # a "group" of one: the server asks a holder to share m0 with itself alone
+    sites, _, endpoints = _hybrid(cfg, tmp_path / "one", tiny_polymnist)
+    victim, name = next((k, s.name) for k, s in sites.items() if "m0" in s.names)
+
+    class Alone(LocalTransport):
+        def exchange(self, requests):
+            if next(iter(requests.values())).kind == "attach":
+                requests[victim] = dataclasses.replace(requests[victim],
+                                                       shared={"m0": [name]})
+            return super().exchange(requests)
+
+    with pytest.raises(FederationError, match="told to share modality 'm0'"):
+        federate(cfg, {}, transport=Alone(endpoints), secure=True)
+    assert sites[victim].link is None  # nothing was attached, nothing masked
+
+
+def test_2b_a_site_is_never_attached_or_windowed_twice(cfg, tmp_path, tiny_polymnist):
+    """The proof of concept: after window 0, re-attach a site with a plan whose
+    window trains none of its rows, send it chosen weights, and subtract: the mask
+    of window 0 would come out. Every step of that is refused, and the site sends
+    no second masked update."""
+    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    rec = Recorder(endpoints)
+    federate(cfg, {}, transport=rec, secure=True, exchange="step")
+    attach = {k: r for kind, reqs, _ in rec.log if kind == "attach" for k, r in reqs.items()}
+    window0 = {k: r for kind, reqs, _ in rec.log if kind == "window"
+               for k, r in reqs.items() if r.window == 0}
+    key = next(k for k, s in sites.items() if s.link.shared)  # a holder of m0
+    ep, before = endpoints[key], sites[key].weights("m0")
+    empty_plan = dict(attach[key].plan, epochs=1, batch_size=1)
+    for attack in (lambda: ep.handle(dataclasses.replace(attach[key], plan=empty_plan)),
+                   lambda: ep.handle(dataclasses.replace(window0[key],
+                                                         weights={"m0": before})),
+                   lambda: ep.handle(DescribeRequest()),
+                   lambda: ep.handle(AlignRequest())):
+        with pytest.raises(ProtocolOrderError, match="refused"):
+            attack()
+    after = sites[key].weights("m0")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_3_pinned_peers_keep_an_added_directory_entry_out(cfg, tmp_path, tiny_polymnist):
+    """The operator adds 'mallory' to the key directory. A site that pins its peers
+    seals nothing to mallory and accepts nothing from her; without pins it would."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys = site_keys(sites)
+    mallory = SiteKeys.generate("mallory")
+    keys_with_mallory = {**keys, "mallory": mallory}
+    site = sites["n0"]
+    names = [s.name for s in sites.values()]
+    pins = {n: keys[n].public.fingerprint for n in names if n != site.name}
+    pinned = SitePolicy(peers=pins, keys="k", require_secure=True)
+    ep = Endpoint(site, SealedChannel(secrets(site, keys_with_mallory, tmp_path / "s1"),
+                                      pinned), pinned)
+    described = ep.handle(DescribeRequest())
+    assert sorted(described.sealed) == sorted(pins)  # no contribution to mallory
+    blob = seal(mallory, keys[site.name].public, b"k" * 32, run_id=RUN, round=0,
+                kind="idkey")
+    with pytest.raises(UnknownSiteError):
+        ep.handle(AlignRequest(sealed={"mallory": blob}))
+    # control: trusting the whole directory seals the group key's input to mallory
+    site2 = make_sites(cfg, specs, root)["n0"]
+    loose = Endpoint(site2, SealedChannel(secrets(site2, keys_with_mallory, tmp_path / "s2")))
+    assert "mallory" in loose.handle(DescribeRequest()).sealed
+    # the operator substitutes a peer's key: a pinned site refuses to start
+    forged = {**keys, names[1]: SiteKeys.generate(names[1])}
+    with pytest.raises(PolicyError, match="not the pinned"):
+        SealedChannel(secrets(site, forged, tmp_path / "s3"), pinned)
+
+
+def test_4_errors_reach_the_server_without_data(tmp_path):
+    """A data error names files and sample ids: the server gets only its class."""
+    log = tmp_path / "site.errors.log"
+    err = DataError("/hospital/frontal/train.parquet: column 'frontal', row 7 "
+                    "(id 'MRN-0012345'): NaN in a float tensor")
+    public = str(public_error("site-a", log, "window", err))
+    assert "MRN-0012345" not in public and "/hospital" not in public
+    assert public.startswith("DataError in window at site site-a")
+    assert "MRN-0012345" in log.read_text()  # the site keeps the details
+    protocol = str(public_error("site-a", log, "window", SecurityError("bad envelope")))
+    assert protocol == "SecurityError: bad envelope"
+
+
+def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_path,
+                                                                     tiny_polymnist):
+    """The server tells one holder of m0 that the group is another set of sites: its
+    masks no longer cancel. The run fails with an error instead of a wrong mean."""
+    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    holders = sorted(s.name for s in sites.values() if "m0" in s.names)
+    other = next(s.name for s in sites.values() if "m0" not in s.names)
+    victim = next(k for k, s in sites.items() if s.name == holders[-1])
+
+    class Liar(LocalTransport):
+        def exchange(self, requests):
+            if next(iter(requests.values())).kind == "attach":
+                r = requests[victim]
+                requests[victim] = dataclasses.replace(
+                    r, shared={"m0": sorted([holders[0], holders[-1], other])})
+            return super().exchange(requests)
+
+    with pytest.raises(SecurityError, match="no self-mask share|not a split of the group"):
+        federate(cfg, {}, transport=Liar(endpoints), secure=True, exchange="step")
+
+
+def test_1_a_secure_site_keeps_its_weights_unless_it_allows_collection(cfg, tmp_path,
+                                                                       tiny_polymnist):
+    policy = SitePolicy(keys="k", require_secure=True, allow_collect=False, peers=None)
+    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist, policy)
+    rec = Recorder(endpoints)
+    res = federate(cfg, {}, transport=rec, secure=True, collect_model=True)
+    assert res.model_state is None
+    assert sorted(res.kept_weights) == sorted(s.name for s in sites.values())
+    evaluated = [r for kind, _, reps in rec.log if kind == "evaluate" for r in reps.values()]
+    assert evaluated and all(r.model == {} for r in evaluated)
+

@@ -1,0 +1,65 @@
+"""A site's policy comes from its node config and refuses what it does not allow."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmvm.federation.policy import PolicyError, load_policy
+from mmvm.secure.keys import SiteKeys
+
+
+@pytest.fixture
+def directory():
+    return {n: SiteKeys.generate(n).public for n in ("a", "b", "c", "mallory")}
+
+
+def _pins(directory, *names):
+    return ";".join(f"{n}={directory[n].fingerprint}" for n in names)
+
+
+def test_a_site_with_keys_is_secure_by_default(tmp_path, directory):
+    p = load_policy({"data": "/d", "keys": str(tmp_path / "k.json"),
+                     "peers": _pins(directory, "b", "c")}, "a")
+    assert p.require_secure and not p.allow_collect and not p.allow_pair_masking
+    assert p.state.endswith("/.mmvm/state/a") and "~" not in p.state
+    with pytest.raises(PolicyError, match=r"requires secure runs \(require-secure\)"):
+        p.check_run("a", secure=False, align="pseudonym")
+    p.check_run("a", secure=True, align="pseudonym")
+    plain = load_policy({"data": "/d"}, "a")  # no keys: a plaintext site
+    assert not plain.require_secure and plain.allow_collect
+    plain.check_run("a", secure=False, align="pseudonym")
+    assert load_policy({"partition-id": 0, "num-partitions": 3}, "a").test_bed
+
+
+def test_switches_and_their_errors(tmp_path, directory):
+    nc = {"data": "/d", "keys": "k", "peers": "*", "require-secure": "false",
+          "allow-collect": "true", "allow-pair-masking": True, "require-psi": "yes",
+          "state": str(tmp_path)}
+    p = load_policy(nc, "a")
+    assert not p.require_secure and p.allow_collect and p.allow_pair_masking
+    assert p.peers is None and p.state == str(tmp_path)
+    with pytest.raises(PolicyError, match=r"requires PSI alignment \(require-psi\)"):
+        p.check_run("a", secure=True, align="pseudonym")
+    with pytest.raises(PolicyError, match="must pin its peers"):
+        load_policy({"data": "/d", "keys": "k"}, "a")
+    with pytest.raises(PolicyError, match=r"unknown keys \['alow-collect'\]"):
+        load_policy({"data": "/d", "alow-collect": "true"}, "a")
+    with pytest.raises(PolicyError, match="is not a boolean"):
+        load_policy({"data": "/d", "require-secure": "maybe"}, "a")
+    with pytest.raises(PolicyError, match="is not 'name=fingerprint'"):
+        load_policy({"data": "/d", "keys": "k", "peers": "b=12ab"}, "a")
+
+
+def test_pinned_peers_filter_the_directory_and_catch_substituted_keys(directory):
+    p = load_policy({"data": "/d", "keys": "k", "peers": _pins(directory, "b", "c")}, "a")
+    assert sorted(p.trusted("a", directory)) == ["a", "b", "c"]  # not mallory
+    forged = dict(directory, b=SiteKeys.generate("b").public)  # the operator swapped b
+    with pytest.raises(PolicyError, match="not the pinned"):
+        p.trusted("a", forged)
+    gone = {k: v for k, v in directory.items() if k != "c"}
+    with pytest.raises(PolicyError, match="pinned peer 'c' is not in the public key"):
+        p.trusted("a", gone)
+    fp = directory["b"].fingerprint  # spaces and case do not matter
+    same = load_policy({"data": "/d", "keys": "k",
+                        "peers": f"b={fp.replace(' ', '').upper()}"}, "a")
+    assert sorted(same.trusted("a", directory)) == ["a", "b"]
