@@ -7,7 +7,14 @@ normaliser included, so reconstruction errors are comparable across methods:
 - ``gaussian``: Normal(loc=out, scale) with fixed scale; ``mse`` is the summed squared
   error -sum (x - out)^2, what the hippocampus code optimises;
 - ``categorical``: out holds logits [B, positions, classes], x class indices
-  [B, positions] (or one-hot [B, positions, classes]).
+  [B, positions] (or one-hot [B, positions, classes]);
+- ``bernoulli``: out holds logits, x values in {0, 1} (or probabilities) of the same
+  shape (CelebA's 40 attributes).
+
+:func:`likelihood_mean` maps a decoder output to a point in data space, what a
+generated sample is compared and plotted as: the location for laplace / gaussian /
+mse, sigmoid(logits) for bernoulli, the most likely class index for categorical (the
+float token ids the data stores).
 """
 
 from __future__ import annotations
@@ -15,16 +22,26 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 LogLikelihood = Callable[[Tensor, Tensor, float], Tensor]
+Mean = Callable[[Tensor], Tensor]
 _LIKELIHOODS: dict[str, LogLikelihood] = {}
+_MEANS: dict[str, Mean] = {}
 
 
-def register(name: str) -> Callable[[LogLikelihood], LogLikelihood]:
+def _location(out: Tensor) -> Tensor:
+    return out
+
+
+def register(name: str, mean: Mean = _location) -> Callable[[LogLikelihood], LogLikelihood]:
+    """Add a log-likelihood as ``name``; ``mean`` maps its decoder output to data space."""
+
     def add(fn: LogLikelihood) -> LogLikelihood:
         _LIKELIHOODS[name] = fn
+        _MEANS[name] = mean
         return fn
 
     return add
@@ -37,6 +54,12 @@ def get_likelihood(name: str) -> LogLikelihood:
         raise ValueError(
             f"unknown likelihood {name!r}; choose one of {sorted(_LIKELIHOODS)}"
         ) from None
+
+
+def likelihood_mean(name: str) -> Mean:
+    """The map from decoder output to a point in data space (see the module doc)."""
+    get_likelihood(name)
+    return _MEANS[name]
 
 
 def _flat_sum(t: Tensor) -> Tensor:
@@ -63,10 +86,20 @@ def mse(x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
     return _flat_sum(-((x - out) ** 2))
 
 
-@register("categorical")
+def _mode(out: Tensor) -> Tensor:
+    return out.argmax(-1).float()
+
+
+@register("categorical", mean=_mode)
 def categorical(x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
     """log Categorical(x | softmax(out)) summed over positions; out [B, P, C]."""
     logp = F.log_softmax(out, dim=-1)
     if x.dim() == out.dim():  # one-hot or soft targets
         return _flat_sum((x * logp).sum(-1))
     return _flat_sum(logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1))
+
+
+@register("bernoulli", mean=torch.sigmoid)
+def bernoulli(x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
+    """log Bernoulli(x | sigmoid(out)) = x out - log(1 + e^out), summed; out = logits."""
+    return _flat_sum(-F.binary_cross_entropy_with_logits(out, x, reduction="none"))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mmvm.config import ModalitySpec
-from mmvm.likelihoods import get_likelihood
+from mmvm.likelihoods import get_likelihood, likelihood_mean
 from mmvm.networks import build_decoder, build_encoder
 
 
@@ -94,6 +94,12 @@ class MultimodalVAE(nn.Module):
     def decode(self, name: str, z: Tensor) -> Tensor:
         """Decoder output (the likelihood's location / logits) for latent z [B, D]."""
         return self.decoders[name](z)
+
+    def generate(self, name: str, z: Tensor) -> Tensor:
+        """A generated x_name [B, *shape] for latent z: the likelihood's mean of the
+        decoder output (image location, sigmoid of bernoulli logits, most likely token
+        id), comparable with the data a classifier or a plot reads."""
+        return likelihood_mean(self.specs[name].likelihood)(self.decode(name, z))
 
     def log_likelihood(self, name: str, x: Tensor, out: Tensor) -> Tensor:
         """log p(x_name | out) per sample [B], summed over the modality's dimensions."""

@@ -3,7 +3,7 @@
 - :func:`generation_grid`: cross-modal generation; per source modality a block whose
   first row is the input x_m and whose next rows are the generations of every modality
   m' decoded from q(z | x_m) (the latent :func:`mmvm.evaluation.conditional_latent`
-  gives, its mean);
+  gives, its mean), shown as the likelihood's mean (``MultimodalVAE.generate``);
 - :func:`scatter_recon_vs`: reconstruction error (x) against probe accuracy or
   coherence (y), one point per (method, beta), one colour per method, a line through
   a method's betas in increasing order;
@@ -94,7 +94,7 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
         x = b["x"][src].to(device)
         z = conditional_latent(model, method, src, x)
         grid = [[_as_image(im) for im in x]]
-        grid += [[_as_image(im) for im in model.decode(t, z)] for t in names]
+        grid += [[_as_image(im) for im in model.generate(t, z)] for t in names]
         canvas = _tile(grid)
         ax.imshow(canvas, interpolation="nearest")
         step = canvas.shape[0] / len(grid)
