@@ -26,42 +26,57 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModalitySpec:
-    """One modality: its tensor shape, network kind and likelihood."""
+    """One modality: its tensor shape, network and likelihood.
+
+    ``network`` names an entry of :mod:`mmvm.networks` ("" = the kind's default:
+    image -> ``conv28``, vector -> ``mlp``, tokens -> ``cub_text``); the network
+    decides which shapes it takes. ``layers`` 0 = the network's default depth. Both
+    are filled in on construction, so a saved config names what was built.
+    """
 
     name: str
-    kind: str  # "image" (residual conv, [C, 28, 28]) or "vector" (MLP, any shape)
+    kind: str  # "image" [C, H, W], "vector" (any shape) or "tokens" (ids [positions])
     shape: tuple[int, ...]
     likelihood: str = "laplace"
     scale: float = 0.75  # likelihood scale (Laplace b, Gaussian sigma)
     weight: float = 1.0  # w_m in the loss
-    width: int = 32  # image: base channels; vector: hidden units (0 = 10 x input size)
-    layers: int = 2  # vector: hidden layers of the MLP
+    width: int = 32  # base channels (image, tokens) or hidden units (vector; 0 = input size)
+    layers: int = 0  # MLP hidden layers; residual nets: blocks per stage; 0 = default
+    network: str = ""  # see mmvm.networks; "" = the kind's default
+    classes: int = 0  # tokens: categories per position (the vocabulary size)
 
     def __post_init__(self) -> None:
         from mmvm.likelihoods import get_likelihood
+        from mmvm.networks import KINDS, NetworkError, resolve
 
-        if self.kind not in ("image", "vector"):
-            raise ConfigError(f"modality {self.name!r}: kind must be 'image' or 'vector', got {self.kind!r}")
+        where = f"modality {self.name!r}"
+        if self.kind not in KINDS:
+            raise ConfigError(f"{where}: kind must be {', '.join(map(repr, KINDS[:-1]))} "
+                              f"or {KINDS[-1]!r}, got {self.kind!r}")
         try:
             get_likelihood(self.likelihood)
         except ValueError as err:
-            raise ConfigError(f"modality {self.name!r}: {err}") from None
-        if self.kind == "image" and (len(self.shape) != 3 or tuple(self.shape[1:]) != (28, 28)):
-            raise ConfigError(
-                f"modality {self.name!r}: image networks take [C, 28, 28], got shape {list(self.shape)}"
-            )
+            raise ConfigError(f"{where}: {err}") from None
         if self.scale <= 0 or self.weight < 0:
-            raise ConfigError(f"modality {self.name!r}: scale must be > 0 and weight >= 0")
+            raise ConfigError(f"{where}: scale must be > 0 and weight >= 0")
         if not self.shape or any(isinstance(d, bool) or d < 1 for d in self.shape):
             raise ConfigError(
-                f"modality {self.name!r}: shape must be a non-empty list of positive "
+                f"{where}: shape must be a non-empty list of positive "
                 f"integers, got {list(self.shape)}"
             )
-        if self.width < (1 if self.kind == "image" else 0) or self.layers < 1:
+        if self.kind == "tokens" and (self.likelihood != "categorical" or self.classes < 2):
             raise ConfigError(
-                f"modality {self.name!r}: width must be >= {1 if self.kind == 'image' else 0} "
-                f"and layers >= 1, got width={self.width}, layers={self.layers}"
-            )
+                f"{where}: kind 'tokens' needs likelihood = 'categorical' and classes >= 2 "
+                f"(the vocabulary size), got {self.likelihood!r} and classes={self.classes}")
+        if self.kind != "tokens" and self.classes != 0:
+            raise ConfigError(f"{where}: classes is the vocabulary of a 'tokens' modality; "
+                              f"kind {self.kind!r} takes classes = 0, got {self.classes}")
+        try:
+            network, layers = resolve(self)
+        except NetworkError as err:
+            raise ConfigError(str(err)) from None
+        object.__setattr__(self, "network", network)
+        object.__setattr__(self, "layers", layers)
 
 
 @dataclass(frozen=True)

@@ -181,12 +181,26 @@ def test_wrong_types_name_the_key(item, match):
     ('model.method="mvae"', r"model\.method = 'mvae' is unknown; choose one of .*'mmvm'"),
     ('train.alpha_schedule="step"', r"train\.alpha_schedule = 'step'; choose constant, linear"),
     ("model.modalities.m0.shape=[3, 32, 32]",
-     r"modality 'm0': image networks take \[C, 28, 28\], got shape \[3, 32, 32\]"),
-    ("model.modalities.m1.shape=[3, 28]", r"modality 'm1': image networks take \[C, 28, 28\]"),
+     r"modality 'm0': network 'conv28' takes \[C, 28, 28\], got shape \[3, 32, 32\] "
+     r"\(other image networks: .*res_image takes \[C, 64, 64\] or \[C, 224, 224\]"),
+    ("model.modalities.m1.shape=[3, 28]",
+     r"modality 'm1': network 'conv28' takes \[C, 28, 28\], got shape \[3, 28\]"),
+    ("model.modalities.m0.shape=[3, 32, 32]", r"polymnist_resnet takes \[C, 28, 28\]"),
+    ('model.modalities.m0.network="res_image"',
+     r"modality 'm0': network 'res_image' takes \[C, 64, 64\] or \[C, 224, 224\] "
+     r"\(no other size\), got shape \[3, 28, 28\]"),
+    ('model.modalities.m0.network="mlp"',
+     r"modality 'm0': network 'mlp' is for kind 'vector', not 'image'; image networks: "
+     r"\['conv28', 'cub_image', 'polymnist_resnet', 'res_image'\]"),
+    ('model.modalities.m0.network="vit"', r"modality 'm0': unknown network 'vit'; choose "),
+    ('model.modalities.m0.kind="tokens"',
+     r"modality 'm0': kind 'tokens' needs likelihood = 'categorical' and classes >= 2"),
+    ("model.modalities.m0.classes=10", r"modality 'm0': classes is the vocabulary of a "
+                                       r"'tokens' modality; kind 'image' takes classes = 0"),
     ("model.modalities.m0.scale=0", r"modality 'm0': scale must be > 0"),
     ("model.modalities.m2.scale=-0.5", r"modality 'm2': scale must be > 0"),
     ("model.modalities.m0.weight=-1", r"modality 'm0': .*weight >= 0"),
-    ('model.modalities.m0.kind="audio"', r"modality 'm0': kind must be 'image' or 'vector'"),
+    ('model.modalities.m0.kind="audio"', r"modality 'm0': kind must be 'image', 'vector' or 'tokens'"),
     ('model.modalities.m0.likelihood="poisson"', r"modality 'm0': unknown likelihood 'poisson'"),
     ("model.modalities.m0.shape=[0, 28, 28]", r"modality 'm0': shape must be .*positive"),
     ("model.modalities.m0.width=0", r"modality 'm0': width must be >= 1"),
@@ -215,6 +229,16 @@ def test_vector_width_zero_is_allowed_and_any_shape():
     assert a.kind == "vector" and a.width == 32
     cfg = load_config(HIPPOCAMPUS, ["model.modalities.rat1.shape=[7]"])
     assert cfg.model.modalities[0].shape == (7,) and cfg.model.modalities[0].width == 0
+
+
+def test_network_and_layers_defaults_are_written_into_the_spec():
+    cfg = config_from_dict(_minimal())
+    vec, img = cfg.model.modalities
+    assert (vec.network, vec.layers, img.network, img.layers) == ("mlp", 2, "conv28", 2)
+    cfg = load_config(HIPPOCAMPUS, ["model.modalities.rat1.layers=3"])
+    assert cfg.model.modalities[0].layers == 3
+    body = config_to_dict(load_config(POLYMNIST))["model"]["modalities"]["m0"]
+    assert (body["network"], body["classes"]) == ("conv28", 0)
 
 
 # ------------------------------------------------------------------------ round trip
