@@ -97,6 +97,15 @@ class DataConfig:
     # schedule_window groups, so batches touch few groups (mmvm.schedule).
     schedule: str = "permutation"
     schedule_window: int = 4
+    # sub-folders of root whose train / test files are joined by sample id, e.g.
+    # ["frontal", "lateral"] (MIMIC-CXR: <root>/frontal/train.parquet, ...); () = none
+    folders: tuple[str, ...] = ()
+
+    def files(self, split: str) -> list[Path]:
+        """The Parquet files of ``split`` ("train" or "test"), joined by sample id."""
+        name = {"train": self.train, "test": self.test}[split]
+        root = Path(self.root)
+        return [root / f / name for f in self.folders] if self.folders else [root / name]
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,10 @@ class EvalConfig:
     probe_train: int = 10_000  # samples used to fit the latent probes
     classifier_epochs: int = 3  # epochs of the coherence classifiers
     batch_size: int = 256
+    # label columns for per-label latent probes ("label.*" style patterns allowed);
+    # () = one probe of data.label, scored by accuracy
+    labels: tuple[str, ...] = ()
+    metric: str = "accuracy"  # per-label probe score: accuracy | auroc | ap
 
 
 @dataclass(frozen=True)
@@ -201,6 +214,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
             f"{source}: data.schedule = 'grouped' follows Parquet row groups and needs "
             "data.streaming = true"
         )
+    from mmvm.probes import METRICS
+
+    if built["eval"].metric not in METRICS:
+        raise ConfigError(f"{source}: eval.metric = {built['eval'].metric!r}; choose "
+                          f"{', '.join(METRICS)}")
+    if built["eval"].metric != "accuracy" and not built["eval"].labels:
+        raise ConfigError(f"{source}: eval.metric = {built['eval'].metric!r} scores "
+                          "per-label probes; name their columns in eval.labels")
     cfg = ExperimentConfig(model=model, source=source, **built)
     _check_ranges(cfg, source)
     return cfg
@@ -287,8 +308,10 @@ def _build(cls, raw: Any, where: str, source: str, extra: dict | None = None):
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-            raise ConfigError(f"{source}: {key} must be a list of integers, got {value!r}")
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) for v in value):
+            what = {int: "integers", str: "strings"}[item]
+            raise ConfigError(f"{source}: {key} must be a list of {what}, got {value!r}")
         return tuple(value)
     if origin in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))

@@ -1,13 +1,17 @@
 """Evaluation protocol of the paper (reference note, section 3): probes, coherence,
 reconstruction error.
 
-- **Latent probe**: a logistic regression per modality on the unimodal posterior
-  means mu_m of (up to) ``probe_train`` training samples, scored on the test split;
-  plus one classifier over all modalities' latents stacked as samples (the
-  hippocampus protocol's shared-space probe).
+- **Latent probe** (:mod:`mmvm.probes`): a logistic regression per modality on the
+  unimodal posterior means mu_m of (up to) ``probe_train`` training samples, scored
+  on the test split; plus one classifier over all modalities' latents stacked as
+  samples (the hippocampus protocol's shared-space probe). With ``eval.labels``, one
+  probe per (modality, label column) scored by ``eval.metric`` (MIMIC-CXR: AUROC per
+  CheXpert finding and view; CelebA: average precision per attribute).
 - **Coherence**: encode modality m alone, decode every modality m' from that latent,
-  classify the generation with a classifier trained on real m' data
-  (:mod:`mmvm.classifiers`), compare with the sample's label. The latent is the
+  take the likelihood's mean as the generation (:meth:`MultimodalVAE.generate`: the
+  image, or the most likely token per position for captions), classify it with a
+  classifier trained on real m' data (:mod:`mmvm.classifiers`), compare with the
+  sample's label. The latent is the
   method's own aggregation over the subset {m}: with only m present, AVG, PoE, MoE
   and MoPoE all reduce to q_m, and MMVM / independent read z_m ~ q_m; so every method
   uses q(z | x_m), by default its mean (``sample=True`` draws z instead).
@@ -29,6 +33,12 @@ from torch import Tensor
 
 from mmvm.aggregation import get_method
 from mmvm.model import MultimodalVAE
+from mmvm.probes import fit_probe, label_scores, probe_accuracy
+
+__all__ = ["coherence", "conditional_latent", "encode_dataset", "evaluate_run", "fit_probe",
+           "label_scores", "present_label_columns", "present_labels", "probe_accuracy",
+           "reconstruction_nll",
+           "summary_row"]
 
 
 def _device(model: MultimodalVAE) -> torch.device:
@@ -71,75 +81,19 @@ def present_labels(dataset, names: list[str]) -> dict[str, np.ndarray]:
     return {n: labels[dataset.mask[:, dataset.names.index(n)].numpy()] for n in names}
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, standardize: bool = True):
-    """Fit the project's one latent probe: a logistic regression of ``y`` on ``x``.
+def present_label_columns(dataset, names: list[str], paths, columns: list[str]
+                          ) -> dict[str, dict[str, np.ndarray]]:
+    """Label ``columns`` of the rows :func:`encode_dataset` returns, per modality:
+    ``{m: {column: int64 [N_m]}}`` (-1 = unknown), read from the site files
+    ``paths`` by the dataset's sample ids."""
+    from mmvm.data.labels import read_labels
 
-    scikit-learn defaults (lbfgs, C = 1, L2) with ``max_iter=10000``, as the reference.
-    ``standardize`` puts a StandardScaler fitted on ``x`` in front.
-
-    Parameters
-    ----------
-    x : [N, D] latents (e.g. posterior means).
-    y : [N] integer labels, at least two classes.
-    standardize : scale each latent dimension to zero mean, unit variance first.
-
-    Returns
-    -------
-    The fitted scikit-learn estimator (``.score(x, y)``, ``.predict(x)``).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = LogisticRegression(max_iter=10_000)
-    model = make_pipeline(StandardScaler(), clf) if standardize else clf
-    return model.fit(x, y)
-
-
-def probe_accuracy(
-    train_mu: Mapping[str, np.ndarray], train_y: Mapping[str, np.ndarray] | np.ndarray,
-    test_mu: Mapping[str, np.ndarray], test_y: Mapping[str, np.ndarray] | np.ndarray,
-    max_train: int = 10_000, standardize: bool = True,
-) -> dict[str, float]:
-    """Test accuracy of a logistic regression on latents, per modality and ``"all"``.
-
-    Each probe is :func:`fit_probe`: scikit-learn defaults (lbfgs, C = 1, L2) with
-    ``max_iter=10000``, as the reference. ``standardize`` (default) puts a StandardScaler fitted on the training latents in
-    front: lbfgs then converges in far fewer iterations on latents whose scales differ
-    by orders of magnitude; it changes the effective strength of the C = 1 penalty, so
-    numbers may differ slightly from raw-mu probes. The first ``max_train`` training
-    rows (0 = all) of each modality are used. Rows with label -1 are dropped.
-
-    ``"all"`` is one classifier fitted on every modality's training latents stacked as
-    samples and scored on every modality's test latents (a shared latent space scores
-    high, modality-specific clusters low); ``"mean"`` is the mean over modalities.
-    """
-    def per(y, name):
-        return np.asarray(y[name] if isinstance(y, Mapping) else y)
-
-    acc: dict[str, float] = {}
-    stack = {"xtr": [], "ytr": [], "xte": [], "yte": []}
-    for name in train_mu:
-        xtr, ytr = np.asarray(train_mu[name]), per(train_y, name)
-        xte, yte = np.asarray(test_mu[name]), per(test_y, name)
-        if len(xtr) != len(ytr) or len(xte) != len(yte):
-            raise ValueError(f"modality {name!r}: latents and labels differ in length "
-                             f"({len(xtr)} vs {len(ytr)}, {len(xte)} vs {len(yte)})")
-        keep_tr, keep_te = ytr >= 0, yte >= 0
-        xtr, ytr, xte, yte = xtr[keep_tr], ytr[keep_tr], xte[keep_te], yte[keep_te]
-        if max_train:
-            xtr, ytr = xtr[:max_train], ytr[:max_train]
-        if len(np.unique(ytr)) < 2 or len(yte) == 0:
-            raise ValueError(f"modality {name!r}: a probe needs at least two classes in "
-                             f"train and some test rows (got {len(ytr)} / {len(yte)})")
-        acc[name] = float(fit_probe(xtr, ytr, standardize).score(xte, yte))
-        for k, v in zip(stack, (xtr, ytr, xte, yte), strict=True):
-            stack[k].append(v)
-    acc["mean"] = float(np.mean([acc[n] for n in train_mu]))
-    if len(train_mu) > 1:
-        xtr, ytr, xte, yte = (np.concatenate(stack[k]) for k in stack)
-        acc["all"] = float(fit_probe(xtr, ytr, standardize).score(xte, yte))
-    return acc
+    cols = read_labels(paths, dataset.sample_ids, columns)
+    out = {}
+    for name in names:
+        present = dataset.mask[:, dataset.names.index(name)].numpy()
+        out[name] = {c: v[present] for c, v in cols.items()}
+    return out
 
 
 # ------------------------------------------------------------------ coherence
@@ -196,7 +150,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
             eps = torch.randn(len(x), model.latent_dim, generator=gen) if sample else None
             z = conditional_latent(model, method, src, x, eps)
             for tgt in targets:
-                pred = classifiers[tgt](model.decode(tgt, z)).argmax(1)
+                pred = classifiers[tgt](model.generate(tgt, z)).argmax(1)
                 hits[(src, tgt)] += int((pred == y).sum())
             count[src] += len(y)
     pairs = {f"{s}->{t}": hits[(s, t)] / count[s] if count[s] else math.nan
@@ -251,7 +205,10 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     ``cfg`` is the run's :class:`~mmvm.config.ExperimentConfig` (method, beta, eval
     sizes). ``classifiers``: a mapping modality -> classifier or a
     :class:`~mmvm.classifiers.TrainedClassifiers` (whose test accuracies are reported).
-    The result holds only JSON types (NaN aside).
+    With ``cfg.eval.labels`` the probes are :func:`~mmvm.probes.label_scores` over
+    those columns, read from ``cfg.data``'s files by sample id; ``result["probe"]``
+    then holds each modality's mean ``cfg.eval.metric`` and ``result["probe_labels"]``
+    the per-label scores. The result holds only JSON types (NaN aside).
     """
     names, bs = model.names, cfg.eval.batch_size
     method = cfg.model.method
@@ -260,14 +217,27 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         probe_set = train_set.subset(range(cfg.eval.probe_train))
     train_mu = encode_dataset(model, probe_set, bs)
     test_mu = encode_dataset(model, test_set, bs)
-    probe = probe_accuracy(train_mu, present_labels(probe_set, names), test_mu,
-                           present_labels(test_set, names), cfg.eval.probe_train)
+    extra: dict[str, Any] = {}
+    if cfg.eval.labels:
+        from mmvm.data.labels import label_columns
+
+        cols = label_columns(cfg.data.files("train"), cfg.eval.labels)
+        scores = label_scores(
+            train_mu, present_label_columns(probe_set, names, cfg.data.files("train"), cols),
+            test_mu, present_label_columns(test_set, names, cfg.data.files("test"), cols),
+            cfg.eval.metric, cfg.eval.probe_train)
+        probe = {**scores["per_modality"], "mean": scores["mean"]}
+        extra["probe_labels"] = scores
+    else:
+        probe = probe_accuracy(train_mu, present_labels(probe_set, names), test_mu,
+                               present_labels(test_set, names), cfg.eval.probe_train)
     result: dict[str, Any] = {
         "method": method, "beta": cfg.train.beta, "alpha": cfg.train.alpha,
         "latent_dim": model.latent_dim, "seed": cfg.train.seed,
         "n_probe_train": len(probe_set), "n_test": len(test_set),
         "probe": probe,
         "reconstruction": reconstruction_nll(model, test_set, method, bs, seed=cfg.train.seed),
+        "probe_metric": cfg.eval.metric, **extra,
     }
     if classifiers is not None:
         models = getattr(classifiers, "models", classifiers)

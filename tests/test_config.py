@@ -211,6 +211,10 @@ def test_wrong_types_name_the_key(item, match):
     ("train.alpha=1.5", r"train\.alpha must be in \[0, 1\]"),
     ("model.latent_dim=0", r"model\.latent_dim must be >= 1"),
     ("data.max_train=-1", r"data\.max_train must be >= 0"),
+    ('eval.metric="f1"', r"eval\.metric = 'f1'; choose accuracy, auroc, ap"),
+    ('eval.metric="auroc"', r"eval\.metric = 'auroc' scores per-label probes; name their "
+                            r"columns in eval\.labels"),
+    ("data.folders=[1]", r"data\.folders must be a list of strings"),
 ])
 def test_invalid_values_raise_naming_what(item, match):
     with pytest.raises(ConfigError, match=match) as info:

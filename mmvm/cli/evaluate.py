@@ -1,7 +1,9 @@
 """``mmvm evaluate``: probes, coherence and reconstruction of a trained run.
 
 The run's checkpoint fixes the model and the method; the config (``--config`` /
-``--set``) gives the data and the ``[eval]`` sizes. Writes ``<run>/eval.json`` and
+``--set``) gives the data and the ``[eval]`` settings (``eval.labels`` and
+``eval.metric``: per-label probes, e.g. AUROC per CheXpert finding). Coherence runs
+when the data has a ``data.label`` column. Writes ``<run>/eval.json`` and
 ``<run>/generations.png`` and prints a table.
 """
 
@@ -53,18 +55,20 @@ def run(args: argparse.Namespace) -> int:
     raw.pop("source", None)
     run_cfg = config_from_dict(raw, source=str(run_dir / "checkpoint.pt"))
     cfg = dataclasses.replace(run_cfg, data=cfg.data, eval=cfg.eval)
-    root = Path(cfg.data.root)
     names = model.names
-    for split in (cfg.data.train, cfg.data.test):
-        if not (root / split).is_file():
-            raise FileNotFoundError(f"{root / split} does not exist; make the data first "
+    for path in cfg.data.files("train") + cfg.data.files("test"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; make the data first "
                                     "(mmvm data make ...) or set data.root")
-    train_set = MultimodalDataset.from_parquet(root / cfg.data.train, names, cfg.data.label,
-                                               cfg.data.max_train)
-    test_set = MultimodalDataset.from_parquet(root / cfg.data.test, names, cfg.data.label,
+    train_set = MultimodalDataset.from_parquet(cfg.data.files("train"), names,
+                                               cfg.data.label, cfg.data.max_train)
+    test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label,
                                               cfg.data.max_test)
     classifiers = None
-    if not args.no_coherence:
+    if not args.no_coherence and train_set.labels is None:
+        print(f"coherence skipped: the data has no {cfg.data.label!r} column "
+              "(the classifiers judging generations need one label per sample)")
+    elif not args.no_coherence:
         from mmvm.classifiers import classifiers_for
 
         classifiers = classifiers_for(cfg, device, log=print)
@@ -98,7 +102,9 @@ def print_result(result: dict) -> None:
     table = Table(title=f"{result['method']}  beta={result['beta']:g}  "
                   f"(probe on {result['n_probe_train']} train, {result['n_test']} test)")
     table.add_column("modality")
-    table.add_column("probe acc", justify="right")
+    metric = {"accuracy": "acc"}.get(result.get("probe_metric", "accuracy"),
+                                     result.get("probe_metric"))
+    table.add_column(f"probe {metric}", justify="right")
     if coh:
         for t in coh["names"]:
             table.add_column(f"coh -> {t}", justify="right")
@@ -119,6 +125,29 @@ def print_result(result: dict) -> None:
     if "all" in result["probe"]:
         stacked = _fmt(result["probe"]["all"])
         console.print(f"probe over all modalities' latents stacked: {stacked}")
+    if "probe_labels" in result:
+        console.print(label_table(result["probe_labels"]))
     if "classifier_accuracy" in result:
         accs = ", ".join(f"{k} {_fmt(v)}" for k, v in result["classifier_accuracy"].items())
         console.print(f"coherence classifiers, accuracy on real test data: {accs}")
+
+
+def label_table(scores: dict):
+    """Per-label probe scores (rows: label columns, columns: modalities), with the
+    mean per modality; accuracy alongside the metric."""
+    from rich.table import Table
+
+    metric, names = scores["metric"], list(scores["labels"])
+    table = Table(title=f"per-label latent probes ({metric}; accuracy in brackets)")
+    table.add_column("label")
+    for n in names:
+        table.add_column(n, justify="right")
+    cols = list(dict.fromkeys(c for n in names for c in scores["labels"][n]))
+    for c in cols:
+        cells = []
+        for n in names:
+            r = scores["labels"][n].get(c, {})
+            cells.append(f"{_fmt(r.get(metric))} ({_fmt(r.get('accuracy'))})")
+        table.add_row(c, *cells)
+    table.add_row("mean", *[_fmt(scores["per_modality"][n]) for n in names], style="bold")
+    return table

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mmvm.cli import add_config_arguments
 
@@ -12,7 +11,8 @@ from mmvm.cli import add_config_arguments
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model centrally (the reference for federated runs)",
-        description="Train the configured method on <data.root>/<data.train>. "
+        description="Train the configured method on <data.root>/<data.train> (with "
+        "data.folders: <data.root>/<folder>/<data.train> for each, joined by sample id). "
         "Resumes from <train.out_dir>/checkpoint.pt when the config matches. "
         "--set data.streaming=true reads the file row group by row group instead of "
         "loading it whole.")
@@ -29,11 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from mmvm.training import TrainingDivergedError, train
 
     cfg = load_config(args.config, args.overrides)
-    path = Path(cfg.data.root) / cfg.data.train
+    paths = cfg.data.files("train")
     names = [m.name for m in cfg.model.modalities]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; {_how_to_make(names, cfg.data.root)}")
-    data = open_dataset(path, names, cfg.data, limit=cfg.data.max_train)
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist; {_how_to_make(names, cfg.data.root)}")
+    data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     try:
         result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress)
     except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback

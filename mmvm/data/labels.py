@@ -1,0 +1,63 @@
+"""Label columns of site files, read apart from the tensors (for per-label probes).
+
+A dataset carries one label column (``data.label``); multi-label evaluation (the 14
+CheXpert findings of MIMIC-CXR, CelebA's 40 attributes) reads the ``label.<name>``
+columns it needs here, by sample id, without decoding any image.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from mmvm.data.dataset import merge_labels
+from mmvm.data.store import SAMPLE_ID, DataError, read_site_meta
+
+Paths = Sequence[str | os.PathLike]
+
+
+def label_columns(paths: Paths, patterns: Sequence[str]) -> list[str]:
+    """The label columns of ``paths`` matching ``patterns`` (names or shell-style
+    patterns such as ``"label.*"``), in the files' order, each once.
+
+    A pattern that matches no column raises :class:`DataError` listing the columns.
+    """
+    available = list(dict.fromkeys(c for p in paths for c in read_site_meta(p)["labels"]))
+    out: list[str] = []
+    for pattern in patterns:
+        hits = fnmatch.filter(available, pattern)
+        if not hits:
+            raise DataError(f"label column {pattern!r} matches none of "
+                            f"{[str(p) for p in paths]}' label columns {available}")
+        out += [c for c in hits if c not in out]
+    return out
+
+
+def read_labels(paths: Paths, sample_ids: Sequence[str], columns: Sequence[str]
+                ) -> dict[str, np.ndarray]:
+    """``{column: int64 [len(sample_ids)]}`` from the site files, -1 where unknown.
+
+    A sample's label may come from any of the files (joined by sample id like
+    :class:`~mmvm.data.dataset.MultimodalDataset`); files that disagree on a known
+    value raise :class:`DataError`.
+    """
+    pos = {sid: i for i, sid in enumerate(sample_ids)}
+    out = {c: np.full(len(sample_ids), -1, dtype=np.int64) for c in columns}
+    for p in paths:
+        held = [c for c in columns if c in read_site_meta(p)["labels"]]
+        if not held:
+            continue
+        table = pq.read_table(p, columns=[SAMPLE_ID, *held])
+        ids = table.column(SAMPLE_ID).to_pylist()
+        rows = np.array([pos.get(s, -1) for s in ids], dtype=np.int64)
+        keep = rows >= 0
+        for c in held:
+            col = table.column(c)
+            lab = np.asarray((col.fill_null(-1) if col.null_count else col).to_numpy(),
+                             dtype=np.int64)
+            merge_labels(out[c], rows[keep], lab[keep], list(sample_ids), str(p), c)
+    return out

@@ -1,0 +1,80 @@
+"""mmvm.probes.label_scores: per-label probes scored by AUROC / average precision.
+
+Oracles on hand-made latents: a label that is a linear function of the latent scores
+AUROC = AP = 1; a label independent of it scores AUROC near 1/2 and AP near its
+prevalence; unknown labels (-1) are dropped for that label only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mmvm.probes import METRICS, label_scores
+
+
+def _data(n, rng):
+    z = rng.normal(size=(n, 4))
+    labels = {"label.sep": (z[:, 0] > 0).astype(np.int64),  # readable from the latent
+              "label.rand": rng.integers(0, 2, n)}  # independent of it
+    return z, labels
+
+
+@pytest.mark.parametrize("metric", ["auroc", "ap"])
+def test_readable_label_scores_one_and_random_label_chance(metric):
+    rng = np.random.default_rng(0)
+    (ztr, ytr), (zte, yte) = _data(400, rng), _data(2000, rng)
+    s = label_scores({"v": ztr}, {"v": ytr}, {"v": zte}, {"v": yte}, metric)
+    per = s["labels"]["v"]
+    assert per["label.sep"][metric] > 0.99 and per["label.sep"]["accuracy"] > 0.97
+    chance = 0.5 if metric == "auroc" else yte["label.rand"].mean()
+    assert abs(per["label.rand"][metric] - chance) < 0.05
+    assert s["per_modality"]["v"] == pytest.approx(
+        (per["label.sep"][metric] + per["label.rand"][metric]) / 2)
+    assert s["mean"] == s["per_modality"]["v"] and s["metric"] == metric
+
+
+def test_unknown_labels_are_dropped_per_label_and_single_class_is_nan():
+    rng = np.random.default_rng(1)
+    (ztr, ytr), (zte, yte) = _data(300, rng), _data(300, rng)
+    ytr["label.sep"][:100] = -1  # unknown for this label only
+    ytr["label.one"] = np.zeros(300, np.int64)  # a single class: no probe
+    yte["label.one"] = np.zeros(300, np.int64)
+    yte["label.rand"][:50] = -1
+    s = label_scores({"a": ztr, "b": ztr}, {"a": ytr, "b": ytr}, {"a": zte, "b": zte},
+                     {"a": yte, "b": yte}, "auroc", max_train=150)
+    per = s["labels"]["a"]
+    assert per["label.sep"]["n_train"] == 150 and per["label.rand"]["n_train"] == 150
+    assert per["label.sep"]["n_test"] == 300 and per["label.rand"]["n_test"] == 250
+    assert math.isnan(per["label.one"]["auroc"]) and math.isnan(per["label.one"]["accuracy"])
+    finite = [per["label.sep"]["auroc"], per["label.rand"]["auroc"]]
+    assert s["per_modality"]["a"] == pytest.approx(np.mean(finite))  # NaN left out
+    assert s["mean"] == pytest.approx(s["per_modality"]["b"])
+
+
+def test_accuracy_metric_and_errors():
+    rng = np.random.default_rng(2)
+    (ztr, ytr), (zte, yte) = _data(200, rng), _data(200, rng)
+    s = label_scores({"v": ztr}, {"v": ytr}, {"v": zte}, {"v": yte}, "accuracy")
+    assert set(s["labels"]["v"]["label.sep"]) == {"accuracy", "n_train", "n_test"}
+    assert s["mean"] == pytest.approx(s["mean_accuracy"])
+    assert METRICS == ("accuracy", "auroc", "ap")
+    with pytest.raises(ValueError, match=r"unknown probe metric 'f1'"):
+        label_scores({"v": ztr}, {"v": ytr}, {"v": zte}, {"v": yte}, "f1")
+    with pytest.raises(ValueError, match=r"modality 'v', 'label.sep': latents and labels "
+                                         r"differ in length"):
+        label_scores({"v": ztr[:10]}, {"v": ytr}, {"v": zte}, {"v": yte})
+
+
+def test_several_classes_use_one_vs_rest():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(600, 3))
+    y = np.digitize(z[:, 0], [-0.5, 0.5])  # three classes along one latent axis
+    s = label_scores({"v": z[:300]}, {"v": {"c": y[:300]}}, {"v": z[300:]},
+                     {"v": {"c": y[300:]}}, "auroc")
+    assert s["labels"]["v"]["c"]["auroc"] > 0.95
+    s = label_scores({"v": z[:300]}, {"v": {"c": y[:300]}}, {"v": z[300:]},
+                     {"v": {"c": y[300:]}}, "ap")
+    assert 0.8 < s["labels"]["v"]["c"]["ap"] <= 1.0
