@@ -7,7 +7,12 @@ generated from; the judge is a classifier of modality m' trained on *real* m' da
 - images ``[C, H, W]``: a small CNN, three stages of two conv + batch-norm layers,
   widths ``w, 2w, 4w``, max pooling 28 -> 14 -> 7 -> 3 and a linear head
   (translation-tolerant, which the translated PolyMNIST digits need);
-- vectors (any other shape): an MLP ``D -> h -> h -> classes`` with ReLU, h = 8w.
+- vectors (any other shape): an MLP ``D -> h -> h -> classes`` with ReLU, h = 8w;
+- token sequences (modalities of kind ``tokens``, e.g. CUB captions as word ids): an
+  embedding of the vocabulary into 8w dimensions, two 1-D convolutions (kernel 3,
+  batch-norm, ReLU) along the positions, max pooling over positions and a linear
+  head. Generated captions are read as the decoder's most likely token per position
+  (:meth:`mmvm.model.MultimodalVAE.generate`).
 
 Inputs are the model's float inputs (stored values divided by ``scale``), so a
 classifier reads real data and decoder outputs alike.
@@ -26,7 +31,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,9 +109,33 @@ class VectorClassifier(nn.Module):
         return self.net(x)
 
 
-def build_classifier(shape: Sequence[int], n_classes: int, width: int) -> nn.Module:
-    """CNN for ``[C, H, W]`` images with C in {1, 3}, MLP for anything else."""
+class TokenClassifier(nn.Module):
+    """Token ids ``[B, P]`` (float or int) -> class logits; ids outside the vocabulary
+    are clipped to it (generations never produce them, real data is checked)."""
+
+    def __init__(self, vocab: int, n_classes: int, width: int = 128) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.embed = nn.Embedding(vocab, width)
+        self.conv = nn.Sequential(
+            nn.Conv1d(width, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.Conv1d(width, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, n_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        ids = x.long().clamp(0, self.vocab - 1)
+        h = self.conv(self.embed(ids).transpose(1, 2))  # (B, width, P)
+        return self.head(h.amax(-1))
+
+
+def build_classifier(shape: Sequence[int], n_classes: int, width: int,
+                     vocab: int = 0) -> nn.Module:
+    """Token classifier when ``vocab`` (a tokens modality's vocabulary size) is
+    given; else a CNN for ``[C, H, W]`` images with C in {1, 3}, an MLP otherwise."""
     shape = tuple(int(s) for s in shape)
+    if vocab:
+        return TokenClassifier(vocab, n_classes, max(8 * width, 64))
     if len(shape) == 3 and shape[0] in (1, 3):
         return ImageClassifier(shape[0], n_classes, width)
     return VectorClassifier(shape, n_classes, max(8 * width, 64))
@@ -115,19 +144,20 @@ def build_classifier(shape: Sequence[int], n_classes: int, width: int) -> nn.Mod
 # ------------------------------------------------------------------ training
 def train_classifier(
     x: Tensor, y: Tensor, n_classes: int, cfg: ClassifierConfig = ClassifierConfig(),
-    device: str | torch.device = "cpu", scale: float = 1.0,
+    device: str | torch.device = "cpu", scale: float = 1.0, vocab: int = 0,
 ) -> nn.Module:
     """Fit a classifier to (x [N, *shape], y [N]) with Adam and cross-entropy.
 
     ``x`` may be stored uint8; each batch is converted to float and divided by
-    ``scale``, giving the model's input range.
+    ``scale``, giving the model's input range. ``vocab`` > 0: ``x`` holds token ids
+    of a vocabulary of that size (see :func:`build_classifier`).
     """
     if len(x) == 0:
         raise ValueError("no labelled rows to train a classifier on")
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_classifier(x.shape[1:], n_classes, cfg.width).to(device)
+        model = build_classifier(x.shape[1:], n_classes, cfg.width, vocab).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -152,7 +182,7 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512, scale: float = 1
 
 # ------------------------------------------------------------------ cache
 def cache_key(train_path: str | os.PathLike, test_path: str | os.PathLike, name: str,
-              cfg: ClassifierConfig) -> str:
+              cfg: ClassifierConfig, vocab: int = 0) -> str:
     """Hash of both files' metadata, the modality and the recipe (16 hex digits)."""
     from mmvm.data.store import read_site_meta
 
@@ -165,6 +195,8 @@ def cache_key(train_path: str | os.PathLike, test_path: str | os.PathLike, name:
                       "bytes": Path(p).stat().st_size, "tensor": meta["tensors"][name]})
     material = {"files": parts, "modality": name, "config": dataclasses.asdict(cfg),
                 "version": CLASSIFIER_VERSION}
+    if vocab:  # only then, so the keys of image and vector classifiers stay as they were
+        material["vocab"] = vocab
     blob = json.dumps(material, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -179,39 +211,56 @@ def _labelled(path, name: str, label: str) -> tuple[Tensor, Tensor, float]:
     return ds.tensors[name][keep], ds.labels[keep], ds.scales[name]
 
 
+def _holding(paths, name: str) -> Path:
+    """The first of ``paths`` (one file or several) that holds modality ``name``."""
+    from mmvm.data.store import read_site_meta
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    for p in paths:
+        if name in read_site_meta(p)["tensors"]:
+            return Path(p)
+    raise ValueError(f"no modality {name!r} in {[str(p) for p in paths]}")
+
+
 def load_or_train(
-    train_path: str | os.PathLike, test_path: str | os.PathLike, names: Sequence[str], *,
+    train_path, test_path, names: Sequence[str], *,
     label: str = "label", cfg: ClassifierConfig = ClassifierConfig(),
     cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-    log=None,
+    log=None, tokens: Mapping[str, int] | None = None,
 ) -> TrainedClassifiers:
     """The classifier of every modality in ``names``, from the cache or trained now.
 
     Parameters
     ----------
-    train_path, test_path : the real data's Parquet files (train fits, test scores).
+    train_path, test_path : the real data's Parquet files (train fits, test scores);
+        each one file or a list of site files, of which the one holding a modality
+        is used for it.
     cache_dir : where classifiers are kept; default ``<train file's folder>/classifiers``.
     log : optional ``callable(str)`` told what is loaded or trained.
+    tokens : modality -> vocabulary size, for modalities of kind ``tokens``.
     """
-    cache = Path(cache_dir) if cache_dir else Path(train_path).parent / "classifiers"
+    tokens = dict(tokens or {})
     models, accs, paths = {}, {}, {}
     for name in names:
-        path = cache / f"{name}-{cache_key(train_path, test_path, name, cfg)}.pt"
+        train_file, test_file = _holding(train_path, name), _holding(test_path, name)
+        cache = Path(cache_dir) if cache_dir else train_file.parent / "classifiers"
+        vocab = tokens.get(name, 0)
+        path = cache / f"{name}-{cache_key(train_file, test_file, name, cfg, vocab)}.pt"
         state = _read_cache(path)
         model = _restore(state) if state is not None else None
         if model is None:
             if log:
                 log(f"training the {name} classifier ({cfg.epochs} epochs) -> {path}")
-            x, y, scale = _labelled(train_path, name, label)
+            x, y, scale = _labelled(train_file, name, label)
             n_classes = int(y.max()) + 1
-            model = train_classifier(x, y, n_classes, cfg, device, scale)
-            xt, yt, _ = _labelled(test_path, name, label)
+            model = train_classifier(x, y, n_classes, cfg, device, scale, vocab)
+            xt, yt, _ = _labelled(test_file, name, label)
             hits = (predict(model, xt, scale=scale) == yt).float()
             acc = float(hits.mean()) if len(yt) else math.nan
             state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                      "shape": list(x.shape[1:]), "n_classes": n_classes,
                      "config": dataclasses.asdict(cfg), "test_accuracy": acc,
-                     "version": CLASSIFIER_VERSION}
+                     "version": CLASSIFIER_VERSION, "vocab": vocab}
             save_checkpoint(path, state)
         elif log:
             log(f"loaded the {name} classifier from {path}")
@@ -234,7 +283,8 @@ def _read_cache(path: Path) -> dict | None:
 
 def _restore(state: dict) -> nn.Module | None:
     """The cached classifier, or None when its weights no longer fit the architecture."""
-    model = build_classifier(state["shape"], state["n_classes"], state["config"]["width"])
+    model = build_classifier(state["shape"], state["n_classes"], state["config"]["width"],
+                             int(state.get("vocab", 0)))
     try:
         model.load_state_dict(state["state_dict"])
     except (RuntimeError, KeyError):
@@ -244,9 +294,10 @@ def _restore(state: dict) -> nn.Module | None:
 
 def classifiers_for(cfg, device: str | torch.device = "cpu", log=None) -> TrainedClassifiers:
     """Classifiers for an :class:`~mmvm.config.ExperimentConfig`'s data and modalities."""
-    root = Path(cfg.data.root)
     names = [m.name for m in cfg.model.modalities]
+    tokens = {m.name: m.classes for m in cfg.model.modalities if m.kind == "tokens"}
     recipe = ClassifierConfig(epochs=cfg.eval.classifier_epochs)
-    return load_or_train(root / cfg.data.train, root / cfg.data.test, names,
-                         label=cfg.data.label, cfg=recipe, device=device, log=log)
+    return load_or_train(cfg.data.files("train"), cfg.data.files("test"), names,
+                         label=cfg.data.label, cfg=recipe, device=device, log=log,
+                         tokens=tokens)
 

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmvm.config import load_config
-    from mmvm.data import open_dataset
+    from mmvm.data import check_token_classes, open_dataset
     from mmvm.training import TrainingDivergedError, train
 
     cfg = load_config(args.config, args.overrides)
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} does not exist; {_how_to_make(names, cfg.data.root)}")
+    check_token_classes(cfg.model.modalities, paths)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     try:
         result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress)

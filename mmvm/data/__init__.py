@@ -1,6 +1,8 @@
 """Site data: the Parquet format (``store``), datasets over it, look-alikes, preparers.
 
-:func:`open_dataset` is the one place that picks the dataset class for a config.
+:func:`open_dataset` is the one place that picks the dataset class for a config;
+:func:`check_token_classes` checks a config's vocabulary sizes against the data;
+:mod:`mmvm.data.labels` reads label columns for per-label probes.
 """
 
 from __future__ import annotations
@@ -47,3 +49,26 @@ def open_dataset(
     from mmvm.data.dataset import MultimodalDataset
 
     return MultimodalDataset.from_parquet(paths, names, data_cfg.label, limit)
+
+
+def check_token_classes(specs: Sequence, paths: str | os.PathLike | Sequence) -> None:
+    """Check each ``tokens`` modality's ``classes`` against the vocabulary its data
+    was prepared with (``vocab`` in the file's ``mmvm.dataset`` metadata, as
+    :mod:`mmvm.data.prepare.cub` writes it); a mismatch raises
+    :class:`~mmvm.data.store.DataError` saying which value to set. Files without a
+    ``vocab`` are not checked (the encoder still rejects out-of-range ids)."""
+    from mmvm.data.store import DataError, read_site_meta
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    for spec in specs:
+        if spec.kind != "tokens":
+            continue
+        for p in paths:
+            meta = read_site_meta(p)
+            vocab = meta["dataset"].get("vocab")
+            if spec.name in meta["tensors"] and vocab is not None \
+                    and len(vocab) != spec.classes:
+                raise DataError(
+                    f"{p}: modality {spec.name!r} was prepared with a vocabulary of "
+                    f"{len(vocab)} tokens, the config says classes = {spec.classes}; set "
+                    f"model.modalities.{spec.name}.classes = {len(vocab)}")
