@@ -9,7 +9,8 @@ modalities, a site that holds modality m can own exactly ``encoders[m]`` and
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,28 @@ from torch import Tensor, nn
 from mmvm.config import ModalitySpec
 from mmvm.likelihoods import get_likelihood, likelihood_mean
 from mmvm.networks import build_decoder, build_encoder
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@contextmanager
+def norm_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave every BatchNorm's running statistics as they were.
+
+    In training mode BatchNorm normalises by the batch's own statistics and also
+    updates its running averages. A federated site that encodes rows only to send
+    their posteriors must not update them a second time per step (the centralized
+    model runs each encoder once per step), or its running statistics drift from
+    the centralized run's although its parameters agree.
+    """
+    norms = [m for m in module.modules() if isinstance(m, _NORMS) and m.track_running_stats]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    try:
+        yield
+    finally:
+        for m, buffers in zip(norms, saved, strict=True):
+            for k, b in buffers.items():
+                getattr(m, k).copy_(b)
 
 
 class MultimodalVAE(nn.Module):

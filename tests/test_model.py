@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmvm.config import ModalitySpec, config_from_dict
-from mmvm.model import MultimodalVAE
+from mmvm.model import MultimodalVAE, norm_stats_frozen
 from mmvm.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from mmvm.objectives import compute_loss
 from mmvm.training import build_model
@@ -192,3 +192,17 @@ def test_likelihood_values_and_weights_enter_the_loss():
     w = torch.tensor([1.0, 3.0, 0.0])
     torch.testing.assert_close(t2.loss, (-(t2.rec_ll * w).sum(1) + t2.reg).mean())
     assert not torch.allclose(t1.loss, t2.loss)
+
+
+def test_norm_stats_frozen_keeps_running_statistics_but_uses_batch_statistics():
+    spec = ModalitySpec("t", "tokens", (32,), likelihood="categorical", classes=9, width=2)
+    model = MultimodalVAE([spec], D, seed=0).train()
+    x = torch.randint(0, 9, (4, 32)).float()
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    with norm_stats_frozen(model):
+        mu_frozen, _ = model.encode_modality("t", x)
+    assert all(torch.equal(before[k], v) for k, v in model.named_buffers())
+    mu, _ = model.encode_modality("t", x)  # the same forward, now updating the stats
+    torch.testing.assert_close(mu_frozen, mu)
+    assert not torch.equal(before["encoders.t.enc.1.running_mean"],
+                           model.encoders["t"].enc[1].running_mean)
