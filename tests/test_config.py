@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ from mmvm.config import (
 ROOT = Path(__file__).resolve().parents[1]
 POLYMNIST = ROOT / "configs" / "polymnist.toml"
 HIPPOCAMPUS = ROOT / "configs" / "hippocampus.toml"
+CELEBA = ROOT / "configs" / "celeba.toml"
+CUB = ROOT / "configs" / "cub.toml"
+MIMIC = ROOT / "configs" / "mimic_cxr.toml"
 
 
 def _minimal(**train) -> dict:
@@ -235,6 +239,26 @@ def test_vector_width_zero_is_allowed_and_any_shape():
     assert cfg.model.modalities[0].shape == (7,) and cfg.model.modalities[0].width == 0
 
 
+def test_paper_dataset_configs_name_their_networks_likelihoods_and_metrics():
+    celeba, cub, mimic = load_config(CELEBA), load_config(CUB), load_config(MIMIC)
+    img, attrs = celeba.model.modalities
+    assert (img.network, img.shape, attrs.network, attrs.likelihood) == (
+        "res_image", (3, 64, 64), "mlp", "bernoulli")
+    assert attrs.weight == pytest.approx(64 * 64 / 40)  # pixels / modality size
+    assert (celeba.eval.labels, celeba.eval.metric) == (("label.*",), "ap")
+    img, text = cub.model.modalities
+    assert (img.network, text.network, text.kind, text.shape) == (
+        "cub_image", "cub_text", "tokens", (32,))
+    assert text.weight == 64 * 64 / 32 and text.classes >= 2
+    assert [m.shape for m in mimic.model.modalities] == [(1, 224, 224)] * 2
+    assert mimic.model.latent_dim == 256 and mimic.eval.metric == "auroc"
+    assert len(mimic.eval.labels) == 14
+    root = Path(mimic.data.root)
+    assert mimic.data.files("test") == [root / "frontal" / "test.parquet",
+                                        root / "lateral" / "test.parquet"]
+    assert celeba.data.files("train") == [Path(celeba.data.root) / "train.parquet"]
+
+
 def test_network_and_layers_defaults_are_written_into_the_spec():
     cfg = config_from_dict(_minimal())
     vec, img = cfg.model.modalities
@@ -246,10 +270,10 @@ def test_network_and_layers_defaults_are_written_into_the_spec():
 
 
 # ------------------------------------------------------------------------ round trip
-@pytest.mark.parametrize("path", [POLYMNIST, HIPPOCAMPUS])
+@pytest.mark.parametrize("path", [POLYMNIST, HIPPOCAMPUS, CELEBA, CUB, MIMIC])
 def test_config_to_dict_round_trip(path):
-    cfg = load_config(path, ["train.epochs=2", "model.modalities." +
-                             ("m0" if path == POLYMNIST else "rat2") + ".weight=3"])
+    first = next(iter(tomllib.loads(path.read_text())["model"]["modalities"]))
+    cfg = load_config(path, ["train.epochs=2", f"model.modalities.{first}.weight=3"])
     d = config_to_dict(cfg)
     assert d["source"] == str(path)
     mods = d["model"]["modalities"]

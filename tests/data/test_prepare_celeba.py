@@ -4,32 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mmvm.data.prepare.celeba import prepare_celeba
 from mmvm.data.store import DataError, read_site_table
-
-NAMES = [f"Attr_{k}" for k in range(40)]
-NAMES[0], NAMES[20] = "5_o_Clock_Shadow", "Male"
-
-
-def _tree(root, n=7):
-    rng = np.random.default_rng(0)
-    (root / "img_align_celeba").mkdir(parents=True)
-    attrs, part = {}, {}
-    for i in range(1, n + 1):
-        f = f"{i:06d}.jpg"
-        a = np.full((218, 178, 3), 40, np.uint8)
-        a[109 - 10:109 + 10, 89 - 10:89 + 10] = (200, 30, 30)  # red square at centre
-        Image.fromarray(a).save(root / "img_align_celeba" / f, quality=95)
-        attrs[f] = rng.choice([-1, 1], size=40)
-        part[f] = 0 if i <= 4 else (1 if i <= 5 else 2)
-    lines = [str(n), " ".join(NAMES)]
-    lines += [f"{f}  " + " ".join(f"{v:2d}" for v in v_) for f, v_ in attrs.items()]
-    (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-    (root / "list_eval_partition.txt").write_text(
-        "".join(f"{f} {p}\n" for f, p in part.items()))
-    return attrs
+from tests.support.published import celeba_tree as _tree
 
 
 def test_modalities_labels_and_splits(tmp_path):

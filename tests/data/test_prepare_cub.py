@@ -4,32 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mmvm.data.prepare.cub import EOS, EXC, PAD, encode, prepare_cub, tokenize
 from mmvm.data.store import DataError, read_site_table
-
-CAPTION = "this bird has a red crown, and black wings."
-
-
-def _tree(root, caps=10):
-    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
-    images = []
-    for c in classes:
-        (root / "images" / c).mkdir(parents=True)
-        (root / "text" / c).mkdir(parents=True)
-        for j in range(3):
-            name = f"{c.split('.')[1]}_{j}"
-            Image.new("RGB", (50, 40), (10 * j, 100, 200)).save(
-                root / "images" / c / f"{name}.jpg")
-            lines = [CAPTION if k % 2 == 0 else f"a small {c[-9:].lower()} bird "
-                     f"with long wings number {k}" for k in range(caps)]
-            (root / "text" / c / f"{name}.txt").write_text("\n".join(lines) + "\n")
-            images.append(f"{c}/{name}.jpg")
-    (root / "images.txt").write_text(
-        "".join(f"{i + 1} {p}\n" for i, p in enumerate(images)))
-    (root / "train_test_split.txt").write_text(
-        "".join(f"{i + 1} {int(i % 3 != 2)}\n" for i in range(len(images))))
+from tests.support.published import CUB_CAPTION as CAPTION
+from tests.support.published import cub_tree as _tree
 
 
 def test_tokeniser_and_encoding():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,43 +9,7 @@ from PIL import Image
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.data.prepare.mimic_cxr import CHEXPERT, label_column, prepare_mimic_cxr
 from mmvm.data.store import DataError, read_site_table
-
-# subject -> study -> [(dicom, view)]
-STUDIES = {
-    "10000001": {"50000001": [("d1", "PA"), ("d2", "LATERAL")],
-                 "50000002": [("d3", "AP"), ("d4", "PA"), ("d5", "LL")]},
-    "10000002": {"50000003": [("d6", "PA")]},  # no lateral: no sample
-    "11000003": {"50000004": [("d7", "AP"), ("d8", "LATERAL"), ("d9", "LATERAL")]},
-}
-for s in range(4, 24):  # more patients so all three splits are populated
-    STUDIES[f"1{s:07d}"] = {f"6{s:07d}": [(f"f{s}", "PA"), (f"l{s}", "LATERAL")]}
-
-
-def _tree(root, size=(40, 48)):
-    rng = np.random.default_rng(0)
-    meta_rows, lab_rows = [], []
-    for subj, studies in STUDIES.items():
-        for study, images in studies.items():
-            d = root / "files" / f"p{subj[:2]}" / f"p{subj}" / f"s{study}"
-            d.mkdir(parents=True)
-            for dicom, view in images:
-                yy, xx = np.mgrid[0:size[1], 0:size[0]] / max(size)
-                fy, fx, ph = rng.uniform(1, 4), rng.uniform(1, 4), rng.uniform(0, 6)
-                a = (127 + 100 * np.sin(fy * yy * 3 + fx * xx * 3 + ph)).astype(np.uint8)
-                Image.fromarray(a, "L").save(d / f"{dicom}.jpg", quality=95)
-                meta_rows.append([dicom, subj, study, "CHEST", view])
-            if study != "50000004":  # one study without CheXpert row
-                vals = ["1.0", "0.0", "-1.0", ""] * 4
-                lab_rows.append([subj, study, *vals[:len(CHEXPERT)]])
-    with open(root / "mimic-cxr-2.0.0-metadata.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["dicom_id", "subject_id", "study_id",
-                    "PerformedProcedureStepDescription", "ViewPosition"])
-        w.writerows(meta_rows)
-    with open(root / "mimic-cxr-2.0.0-chexpert.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["subject_id", "study_id", *CHEXPERT])
-        w.writerows(lab_rows)
+from tests.support.published import mimic_tree as _tree
 
 
 def test_pairs_labels_and_patient_split(tmp_path):

@@ -1,0 +1,120 @@
+"""Tiny trees in the published layouts of CelebA, CUB and MIMIC-CXR-JPG.
+
+Written for the preparers' tests (tests/data/test_prepare_*.py) and the end-to-end
+training tests (tests/data/test_train_*.py): each writer makes the files the real
+download has, with a handful of synthetic images, and returns what a test compares
+the prepared data with.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+from PIL import Image
+
+from mmvm.data.prepare.mimic_cxr import CHEXPERT
+
+# ------------------------------------------------------------------ CelebA
+CELEBA_NAMES = [f"Attr_{k}" for k in range(40)]
+CELEBA_NAMES[0], CELEBA_NAMES[20] = "5_o_Clock_Shadow", "Male"
+
+
+def celeba_tree(root, n=7, n_train=4, n_val=1) -> dict[str, np.ndarray]:
+    """``n`` aligned faces (218 x 178, a red square at the centre), random
+    attributes; files 1..n_train train, the next n_val val, the rest test.
+    Returns file -> attributes in {-1, 1}."""
+    rng = np.random.default_rng(0)
+    (root / "img_align_celeba").mkdir(parents=True)
+    attrs, part = {}, {}
+    for i in range(1, n + 1):
+        f = f"{i:06d}.jpg"
+        a = np.full((218, 178, 3), 40, np.uint8)
+        a[109 - 10:109 + 10, 89 - 10:89 + 10] = (200, 30, 30)  # red square at centre
+        Image.fromarray(a).save(root / "img_align_celeba" / f, quality=95)
+        attrs[f] = rng.choice([-1, 1], size=40)
+        part[f] = 0 if i <= n_train else (1 if i <= n_train + n_val else 2)
+    lines = [str(n), " ".join(CELEBA_NAMES)]
+    lines += [f"{f}  " + " ".join(f"{v:2d}" for v in v_) for f, v_ in attrs.items()]
+    (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{f} {p}\n" for f, p in part.items()))
+    return attrs
+
+
+# ------------------------------------------------------------------ CUB
+CUB_CAPTION = "this bird has a red crown, and black wings."
+
+
+def cub_tree(root, caps=10) -> None:
+    """Two classes of three images (50 x 40) with ``caps`` captions each; per class
+    images 1 and 2 are train, image 3 test."""
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    images = []
+    for c in classes:
+        (root / "images" / c).mkdir(parents=True)
+        (root / "text" / c).mkdir(parents=True)
+        for j in range(3):
+            name = f"{c.split('.')[1]}_{j}"
+            Image.new("RGB", (50, 40), (10 * j, 100, 200)).save(
+                root / "images" / c / f"{name}.jpg")
+            lines = [CUB_CAPTION if k % 2 == 0 else f"a small {c[-9:].lower()} bird "
+                     f"with long wings number {k}" for k in range(caps)]
+            (root / "text" / c / f"{name}.txt").write_text("\n".join(lines) + "\n")
+            images.append(f"{c}/{name}.jpg")
+    (root / "images.txt").write_text(
+        "".join(f"{i + 1} {p}\n" for i, p in enumerate(images)))
+    (root / "train_test_split.txt").write_text(
+        "".join(f"{i + 1} {int(i % 3 != 2)}\n" for i in range(len(images))))
+
+
+# ------------------------------------------------------------------ MIMIC-CXR
+def mimic_studies(extra: int = 20) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """subject -> study -> [(dicom, view)]: three hand-made patients (two frontal
+    views in one study, two laterals in another, one study without a lateral), then
+    ``extra`` patients with one PA and one LATERAL image each."""
+    studies = {
+        "10000001": {"50000001": [("d1", "PA"), ("d2", "LATERAL")],
+                     "50000002": [("d3", "AP"), ("d4", "PA"), ("d5", "LL")]},
+        "10000002": {"50000003": [("d6", "PA")]},  # no lateral: no sample
+        "11000003": {"50000004": [("d7", "AP"), ("d8", "LATERAL"), ("d9", "LATERAL")]},
+    }
+    for s in range(4, 4 + extra):  # more patients so all three splits are populated
+        studies[f"1{s:07d}"] = {f"6{s:07d}": [(f"f{s}", "PA"), (f"l{s}", "LATERAL")]}
+    return studies
+
+
+
+def mimic_tree(root, size=(40, 48), extra: int = 20, labels: str = "fixed") -> None:
+    """Grey sine-pattern images (``size`` = width, height) for :func:`mimic_studies`
+    and the two CSVs. Study 50000004 has no CheXpert row. ``labels``: ``"fixed"``
+    gives every other study ``1, 0, -1, blank`` repeated; ``"random"`` draws each
+    finding from {1, 1, 0, -1, blank} (seeded), so probes see both classes."""
+    rng = np.random.default_rng(0)
+    meta_rows, lab_rows = [], []
+    for subj, studies in mimic_studies(extra).items():
+        for study, images in studies.items():
+            d = root / "files" / f"p{subj[:2]}" / f"p{subj}" / f"s{study}"
+            d.mkdir(parents=True)
+            for dicom, view in images:
+                yy, xx = np.mgrid[0:size[1], 0:size[0]] / max(size)
+                fy, fx, ph = rng.uniform(1, 4), rng.uniform(1, 4), rng.uniform(0, 6)
+                a = (127 + 100 * np.sin(fy * yy * 3 + fx * xx * 3 + ph)).astype(np.uint8)
+                Image.fromarray(a, "L").save(d / f"{dicom}.jpg", quality=95)
+                meta_rows.append([dicom, subj, study, "CHEST", view])
+            if study != "50000004":  # one study without CheXpert row
+                if labels == "random":
+                    vals = list(rng.choice(["1.0", "1.0", "0.0", "-1.0", ""],
+                                           size=len(CHEXPERT)))
+                else:
+                    vals = ["1.0", "0.0", "-1.0", ""] * 4
+                lab_rows.append([subj, study, *vals[:len(CHEXPERT)]])
+    with open(root / "mimic-cxr-2.0.0-metadata.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["dicom_id", "subject_id", "study_id",
+                    "PerformedProcedureStepDescription", "ViewPosition"])
+        w.writerows(meta_rows)
+    with open(root / "mimic-cxr-2.0.0-chexpert.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["subject_id", "study_id", *CHEXPERT])
+        w.writerows(lab_rows)
