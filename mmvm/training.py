@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, default_collate
 
 from mmvm.atomic import atomic_write
 from mmvm.checkpoint import load_checkpoint, save_checkpoint
-from mmvm.config import DataConfig, ExperimentConfig, config_to_dict
+from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
 from mmvm.model import MultimodalVAE
 from mmvm.noise import step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
@@ -205,9 +205,10 @@ _READ_ONLY_KEYS = ("streaming", "cache_row_groups")
 
 def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, int, list]:
     state = load_checkpoint(path)
-    saved, now = dict(state["config"]), config_to_dict(cfg)
+    raw = {k: v for k, v in dict(state["config"]).items() if k != "source"}
     # keys a checkpoint predating them lacks take their defaults (the old behaviour)
-    saved["data"] = {**dataclasses.asdict(DataConfig()), **saved.get("data", {})}
+    raw["data"] = {**dataclasses.asdict(DataConfig()), **raw.get("data", {})}
+    saved, now = config_to_dict(config_from_dict(raw, source=str(path))), config_to_dict(cfg)
     for d in (saved, now):  # the epoch budget may grow on resume; nothing else may change
         d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
         # how the data is read (streamed or in memory) never changes the result

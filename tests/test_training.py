@@ -131,6 +131,20 @@ def test_resume_with_changed_config_raises_and_keeps_checkpoint(tmp_path, data):
     assert len(_read_metrics(tmp_path / "metrics.csv")) == 1
 
 
+def test_a_checkpoint_from_before_new_config_keys_resumes(tmp_path, data):
+    """Keys added to the config since a checkpoint was written take their defaults."""
+    train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    for spec in state["config"]["model"]["modalities"].values():
+        spec.pop("network", None)
+        spec.pop("classes", None)
+    state["config"]["eval"] = {k: v for k, v in state["config"]["eval"].items()
+                               if k not in ("labels", "metric")}
+    checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", state)
+    resumed = train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    assert len(resumed.history) == 2
+
+
 def test_resume_with_fewer_epochs_than_checkpoint_raises(tmp_path, data):
     train(_cfg(tmp_path, epochs=2), data, show_progress=False)
     with pytest.raises(ValueError, match=r"already trained for 2 epochs.*train\.epochs = 1"):

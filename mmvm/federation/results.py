@@ -78,8 +78,9 @@ def _plot_curves(path: Path, history: list[dict]) -> Path:
 def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: str | Path,
                        log=print) -> dict[str, str]:
     """Evaluate the assembled federated model on a dataset folder the server may read
-    (train.parquet + test.parquet; in simulation, the look-alike's full split):
-    probes, coherence with the cached classifiers, reconstruction, and pictures."""
+    (the config's train and test files under ``data_dir``; in simulation, the
+    look-alike's full split): probes, coherence with the cached classifiers where
+    the data has a label per sample, reconstruction, and pictures."""
     import dataclasses
 
     from mmvm.classifiers import classifiers_for
@@ -88,25 +89,26 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     from mmvm.model import MultimodalVAE
     from mmvm.plots import generation_grid, latent_2d
 
-    data_dir, out = Path(data_dir), Path(out_dir)
+    out = Path(out_dir)
     names = [m.name for m in cfg.model.modalities]
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_dir)))
     model = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in model_state.items()})
     model.eval()
-    train_set = MultimodalDataset.from_parquet(data_dir / cfg.data.train, names,
+    train_set = MultimodalDataset.from_parquet(cfg.data.files("train"), names,
                                                cfg.data.label, cfg.eval.probe_train)
-    test_set = MultimodalDataset.from_parquet(data_dir / cfg.data.test, names, cfg.data.label)
-    images = all(m.kind == "image" for m in cfg.model.modalities)
+    test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label)
+    judged = train_set.labels is not None
     log("mmvm: evaluating the assembled model (probes"
-        + (", coherence classifiers" if images else "") + ")")
-    clfs = classifiers_for(cfg) if images else None
-    ev = evaluate_run(cfg, model, train_set, test_set, clfs)
+        + (", coherence classifiers" if judged else "") + ")")
+    ev = evaluate_run(cfg, model, train_set, test_set,
+                      classifiers_for(cfg) if judged else None)
     atomic_write(out / "eval.json", json.dumps(ev, indent=2, default=str).encode())
     paths = {"eval": str(out / "eval.json")}
-    if images:
-        paths["generations"] = str(generation_grid(model, test_set, out / "generations.png"))
-    else:
+    if any(m.kind == "image" for m in cfg.model.modalities):
+        paths["generations"] = str(generation_grid(model, test_set, out / "generations.png",
+                                                   method=cfg.model.method))
+    elif test_set.labels is not None:
         b = test_set.batch(range(len(test_set)))
         with torch.no_grad():
             mu, _ = model.encode(b["x"], b["mask"])

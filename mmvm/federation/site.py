@@ -19,13 +19,14 @@ import torch
 from mmvm.aggregation import can_federate, federated_methods
 from mmvm.atomic import atomic_write
 from mmvm.config import ExperimentConfig
-from mmvm.data import open_dataset
+from mmvm.data import check_token_classes, open_dataset
 from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.delta import PosteriorCache
 from mmvm.federation.plan import PlanArgs, Step, Window
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
+from mmvm.model import norm_stats_frozen
 from mmvm.noise import modality_noise
 from mmvm.objectives import alpha_schedule, site_loss
 from mmvm.training import TrainingDivergedError, build_model, resolve_device
@@ -88,6 +89,8 @@ class Site:
             raise DataError(f"{train_path}: site {name!r} holds none of the configured "
                             f"modalities {self.global_names} (file has {list(held)})")
         self.train_path, self.test_path = str(train_path), test_path and str(test_path)
+        check_token_classes([s for s in cfg.model.modalities if s.name in self.names],
+                            [train_path])
         self.data = open_dataset(train_path, self.names, cfg.data)
         self.device = resolve_device(cfg.train.device)
         self.model = build_model(cfg, self.names).to(self.device)
@@ -142,12 +145,13 @@ class Site:
         if len(rows) == 0:
             return out
         batch = self.data.batch(local)
-        for j, m in enumerate(self.names):
-            keep = batch["mask"][:, j].numpy()
-            if not keep.any():
-                continue
-            mu, lv = self.model.encode_modality(m, batch["x"][m][keep].to(self.device))
-            out[m] = Posteriors(rows[keep], mu.cpu().numpy(), lv.cpu().numpy())
+        with norm_stats_frozen(self.model):  # the training step runs each encoder once
+            for j, m in enumerate(self.names):
+                keep = batch["mask"][:, j].numpy()
+                if not keep.any():
+                    continue
+                mu, lv = self.model.encode_modality(m, batch["x"][m][keep].to(self.device))
+                out[m] = Posteriors(rows[keep], mu.cpu().numpy(), lv.cpu().numpy())
         return out
 
     # ------------------------------------------------------------------ train
