@@ -1,6 +1,6 @@
 """Compare MMVM with the baselines on the translated PolyMNIST look-alike.
 
-Every method (independent, mmvm, avg, poe, moe, mopoe) is trained with the same
+Every method (independent, mmvm, avg, poe, moe, mopoe, mmvaeplus) is trained with the same
 networks, data and budget at several betas, then evaluated with the paper's protocol
 (mmvm.evaluation): latent probe accuracy (mean over modalities), coherence (mean over
 pairs m != m'), test reconstruction NLL. Outputs under --out:
@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe"]
+METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
 DEFAULTS = dict(n_train=2000, epochs=6, latent_dim=32, width=8, batch_size=32,
                 betas=[0.25, 1.0, 4.0], classifier_epochs=4)
 QUICK = dict(n_train=256, epochs=1, latent_dim=8, width=4, batch_size=64,
@@ -104,6 +104,8 @@ def run_config(args, method: str, beta: float, out: Path):
             f"eval.probe_train={args.probe_train or args.n_train}",
             f"eval.classifier_epochs={args.classifier_epochs}"]
     sets += [f"model.modalities.{m}.width={args.width}" for m in ("m0", "m1", "m2")]
+    if method == "mmvaeplus":  # shared latent_dim plus a private part of the same size
+        sets.append(f"model.private_dim={args.latent_dim}")
     return load_config(args.config, sets)
 
 

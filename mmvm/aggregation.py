@@ -14,14 +14,18 @@ section 2). Aggregated methods decode every modality from one joint z.
 | poe         | z ~ prod_m q_m (no prior expert)     | M KL(q_poe || N(0,I))            |
 | moe         | z ~ q_k, one k per sample            | M KL(q_k || N(0,I))              |
 | mopoe       | z ~ PoE(q_S), one subset S per sample| M KL(q_S || N(0,I))              |
+| mmvaeplus   | [shared z of a present modality, own private w or w ~ N(0, I)] | see below |
 
 Only the unimodal methods (``register(..., federated=True)``) train across sites that
 each hold some modalities: their objective couples modalities only through the
 per-sample (mu, logvar), so exchanging those gives the centralized gradient exactly.
 The aggregated methods decode every modality from a joint z and are centralized only.
 
-MMVAE+ needs modality-specific latents as well as shared ones; it will register here
-as another function once those exist in the model.
+MMVAE+ (Palumbo et al., ICLR 2023) splits each code into a shared part (``latent_dim``)
+and a modality-specific one (``private_dim``, passed as ``private_dim=``: use
+:func:`aggregate`). Its registered function gives the latents decoders read outside
+training; its training objective has cross-reconstructions and a Monte-Carlo mixture
+KL and lives in :mod:`mmvm.mmvaeplus`.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ from torch import Tensor
 
 from mmvm.divergences import check_posteriors, kl_standard_normal, mmvm_regularizer
 
-Method = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
+Method = Callable[..., tuple[Tensor, Tensor]]
 _METHODS: dict[str, Method] = {}
 _FEDERATED: set[str] = set()
+_SPLIT: set[str] = set()  # methods whose codes are [shared, private] (private_dim > 0)
 
 
-def register(name: str, *, federated: bool = False) -> Callable[[Method], Method]:
+def register(name: str, *, federated: bool = False, split: bool = False
+             ) -> Callable[[Method], Method]:
     """Decorator adding a method to the registry under ``name``.
 
     Parameters
@@ -48,10 +54,13 @@ def register(name: str, *, federated: bool = False) -> Callable[[Method], Method
     federated : whether the method can train across sites that each hold some
         modalities: true when its objective couples modalities only through the
         per-sample posterior parameters (mu, logvar), which sites can exchange.
+    split : whether the method's codes carry a modality-specific part (it then
+        takes ``private_dim=``).
     """
 
     def add(fn: Method) -> Method:
         _METHODS[name] = fn
+        (_SPLIT.add if split else _SPLIT.discard)(name)
         if federated:
             _FEDERATED.add(name)
         else:
@@ -83,6 +92,18 @@ def can_federate(name: str) -> bool:
     """Whether method ``name`` can train federated; unknown names raise ValueError."""
     get_method(name)
     return name in _FEDERATED
+
+
+def aggregate(name: str, mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor,
+              alpha: float = 0.0, private_dim: int = 0) -> tuple[Tensor, Tensor]:
+    """``get_method(name)`` applied; ``private_dim`` only for methods that split codes."""
+    fn = get_method(name)
+    if name in _SPLIT:
+        return fn(mu, logvar, mask, eps, alpha, private_dim=private_dim)
+    if private_dim:
+        raise ValueError(f"method {name!r} has no modality-specific latent "
+                         f"(private_dim = {private_dim})")
+    return fn(mu, logvar, mask, eps, alpha)
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
@@ -193,3 +214,27 @@ def mopoe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 
     sub_mask = subs[s]  # [B, M]
     mu_j, lv_j = product_of_experts(mu, logvar, sub_mask)
     return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, M)
+
+
+# ------------------------------------------------------------------ MMVAE+
+@register("mmvaeplus", split=True)
+def mmvaeplus(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0,
+              private_dim: int = 0):
+    """The latents MMVAE+ decoders read outside training: a present modality decodes
+    its own sample [z_m, w_m]; an absent one decodes the shared z of a present
+    modality (the slice rule) with its private w drawn from the prior N(0, I) (``eps``;
+    zero noise gives the prior mean). reg: the closed-form KLs of the present
+    posteriors (shared and private) to N(0, I), a diagnostic; training uses
+    :func:`mmvm.mmvaeplus.mmvaeplus_loss`."""
+    mask = check_posteriors(mu, logvar, mask)
+    if not 0 < private_dim < mu.shape[-1]:
+        raise ValueError(f"mmvaeplus needs 0 < private_dim < {mu.shape[-1]}, got {private_dim}")
+    D = mu.shape[-1] - private_dim
+    z = reparameterize(mu, logvar, eps)  # [B, M, D + P]
+    source = _select_present(mask, mask)  # [B]
+    shared = z[torch.arange(z.shape[0], device=z.device), source, :D]  # [B, D]
+    keep = mask.unsqueeze(-1)
+    out = torch.cat([torch.where(keep, z[..., :D], shared.unsqueeze(1).expand_as(z[..., :D])),
+                     torch.where(keep, z[..., D:], eps[..., D:])], -1)
+    kl = torch.where(mask, kl_standard_normal(mu, logvar), torch.zeros_like(mu[..., 0]))
+    return out, kl.sum(1)

@@ -112,6 +112,7 @@ class DataConfig:
 class ModelConfig:
     method: str = "mmvm"
     latent_dim: int = 64
+    private_dim: int = 0  # MMVAE+ only: modality-specific latent size (shared = latent_dim)
     modalities: tuple[ModalitySpec, ...] = ()
 
 
@@ -197,6 +198,11 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
         raise ConfigError(
             f"{source}: model.method = {model.method!r} is unknown; choose one of {available_methods()}"
         )
+    if (model.method == "mmvaeplus") != (model.private_dim > 0) or model.private_dim < 0:
+        raise ConfigError(
+            f"{source}: model.private_dim = {model.private_dim}: MMVAE+ (method "
+            f"'mmvaeplus') needs a modality-specific latent (private_dim >= 1); every "
+            f"other method needs private_dim = 0")
     if built["train"].alpha_schedule not in ("constant", "linear", "cosine", "exponential"):
         raise ConfigError(
             f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}; "

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmvm.aggregation import get_method
+from mmvm.aggregation import aggregate
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 
@@ -68,7 +68,7 @@ def encode_dataset(model: MultimodalVAE, dataset, batch_size: int = 256,
             if name not in b["x"] or not bool(present.any()):
                 continue
             mu, _ = model.encode_modality(name, b["x"][name][present].to(device))
-            out[name].append(mu.cpu().numpy())
+            out[name].append(mu[:, :model.latent_dim].cpu().numpy())  # the shared part
     return {n: np.concatenate(v) if v else np.zeros((0, model.latent_dim), np.float32)
             for n, v in out.items()}
 
@@ -116,7 +116,7 @@ def conditional_latent(model: MultimodalVAE, method: str, name: str, x: Tensor,
     noise = mu.new_zeros(B, M, D)
     if eps is not None:
         noise[:, :] = eps.to(mu).unsqueeze(1)
-    z, _ = get_method(method)(mu, lv, mask, noise, 0.0)
+    z, _ = aggregate(method, mu, lv, mask, noise, 0.0, model.private_dim)
     return z[:, j]
 
 
@@ -147,7 +147,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
             if src not in b["x"] or not bool(keep.any()):
                 continue
             x, y = b["x"][src][keep].to(device), b["label"][keep].to(device)
-            eps = torch.randn(len(x), model.latent_dim, generator=gen) if sample else None
+            eps = torch.randn(len(x), model.code_dim, generator=gen) if sample else None
             z = conditional_latent(model, method, src, x, eps)
             for tgt in targets:
                 pred = classifiers[tgt](model.generate(tgt, z)).argmax(1)
@@ -177,7 +177,7 @@ def reconstruction_nll(model: MultimodalVAE, dataset, method: str, batch_size: i
     device = _device(model)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    M, D = len(model.names), model.latent_dim
+    M, D = len(model.names), model.code_dim
     w = model.likelihood_weights.to(device)
     sums, counts, total, n = torch.zeros(M), torch.zeros(M), 0.0, 0
     for rows in _chunks(len(dataset), batch_size):
@@ -186,7 +186,7 @@ def reconstruction_nll(model: MultimodalVAE, dataset, method: str, batch_size: i
         mask = b["mask"].to(device)
         mu, lv = model.encode(x, mask)
         eps = torch.randn(len(rows), M, D, generator=gen).to(device)
-        z, _ = get_method(method)(mu, lv, mask, eps, 0.0)
+        z, _ = aggregate(method, mu, lv, mask, eps, 0.0, model.private_dim)
         nll = -model.reconstruction_ll(x, z, mask) * w  # [B, M], 0 where absent
         sums += nll.sum(0).cpu()
         counts += mask.sum(0).cpu().float()

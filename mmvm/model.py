@@ -49,12 +49,18 @@ class MultimodalVAE(nn.Module):
         latent_dim: int,
         seed: int | None = None,
         global_names: Sequence[str] | None = None,
+        private_dim: int = 0,
     ) -> None:
         """Encoders/decoders for ``specs``.
 
         With ``seed``, modality m's networks are initialised from a generator seeded by
         (seed, position of m in ``global_names``), so a site that builds only its own
         modalities starts from exactly the weights the centralized model has for them.
+
+        ``private_dim`` > 0 (MMVAE+): every encoder's code is the shared latent
+        (``latent_dim``) followed by a modality-specific one (``private_dim``), every
+        decoder reads both, and each modality gets the learnable log standard deviation
+        of its auxiliary prior r_m(w) = N(0, diag exp(2 aux_logstd)) (``mmvm.mmvaeplus``).
         """
         super().__init__()
         if not specs:
@@ -64,7 +70,8 @@ class MultimodalVAE(nn.Module):
             raise ValueError(f"modality names must be unique, got {names}")
         self.specs = {s.name: s for s in specs}
         self.names = names
-        self.latent_dim = latent_dim
+        self.latent_dim, self.private_dim = latent_dim, private_dim
+        self.code_dim = latent_dim + private_dim  # what encoders emit and decoders read
         order = list(global_names) if global_names is not None else names
         missing = [n for n in names if n not in order]
         if missing:
@@ -74,10 +81,13 @@ class MultimodalVAE(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 if seed is not None:
                     torch.manual_seed(seed * 1_000 + order.index(s.name))
-                encoders[s.name] = build_encoder(s, latent_dim)
-                decoders[s.name] = build_decoder(s, latent_dim)
+                encoders[s.name] = build_encoder(s, self.code_dim)
+                decoders[s.name] = build_decoder(s, self.code_dim)
         self.encoders = nn.ModuleDict(encoders)
         self.decoders = nn.ModuleDict(decoders)
+        self.aux_logstd = nn.ParameterDict(
+            {s.name: nn.Parameter(torch.zeros(private_dim)) for s in specs} if private_dim
+            else {})
         self.register_buffer(
             "likelihood_weights", torch.tensor([s.weight for s in specs]), persistent=False
         )
@@ -96,7 +106,7 @@ class MultimodalVAE(nn.Module):
         """
         B = next(iter(x.values())).shape[0]
         device = next(self.parameters()).device
-        mu = torch.zeros(B, len(self.names), self.latent_dim, device=device)
+        mu = torch.zeros(B, len(self.names), self.code_dim, device=device)
         lv = torch.zeros_like(mu)
         if mask is None:
             mask = torch.ones(B, len(self.names), dtype=torch.bool, device=device)
@@ -142,8 +152,9 @@ class MultimodalVAE(nn.Module):
         return torch.stack(cols, 1)
 
     def modality_parameters(self, name: str) -> list[nn.Parameter]:
-        """The parameters that belong to one modality (its encoder and decoder)."""
-        return list(self.encoders[name].parameters()) + list(self.decoders[name].parameters())
+        """The parameters that belong to one modality (encoder, decoder, aux prior)."""
+        own = list(self.encoders[name].parameters()) + list(self.decoders[name].parameters())
+        return own + ([self.aux_logstd[name]] if name in self.aux_logstd else [])
 
     def _check_input(self, name: str, x: Tensor) -> None:
         if name not in self.specs:

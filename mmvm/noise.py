@@ -29,3 +29,11 @@ def step_noise(seed: int, step: int, batch: int, n_modalities: int, dim: int) ->
     return torch.stack(
         [modality_noise(seed, step, m, batch, dim) for m in range(n_modalities)], dim=1
     )
+
+
+def aux_noise(seed: int, step: int, batch: int, n_modalities: int, dim: int) -> Tensor:
+    """eps [batch, M (source), M (target), dim] for MMVAE+'s auxiliary priors at
+    ``step``: streams after the modalities' own (indices M, M + 1, ...)."""
+    M = n_modalities
+    return torch.stack([torch.stack([modality_noise(seed, step, M + r * M + d, batch, dim)
+                                     for d in range(M)], 1) for r in range(M)], 1)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mmvm.aggregation import get_method
+from mmvm.mmvaeplus import mmvaeplus_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmvm.model import MultimodalVAE
@@ -75,9 +76,16 @@ def compute_loss(
     beta: float,
     alpha: float,
     eps: Tensor,
+    aux_eps: Tensor | None = None,
 ) -> LossTerms:
-    """loss = mean_b [ -sum_m w_m log p(x_m | z_m) + beta R ] for any registered method."""
+    """loss = mean_b [ -sum_m w_m log p(x_m | z_m) + beta R ] for any registered method;
+    MMVAE+ has its own objective (:mod:`mmvm.mmvaeplus`; ``aux_eps`` is its
+    auxiliary prior's noise)."""
     mu, logvar = model.encode(batch["x"], batch["mask"])
+    if method == "mmvaeplus":
+        loss, rec_ll, reg, _ = mmvaeplus_loss(model, batch["x"], batch["mask"], mu, logvar,
+                                              beta, eps, aux_eps)
+        return LossTerms(loss=loss, rec_ll=rec_ll, reg=reg, mu=mu, logvar=logvar)
     return _assemble_loss(model, batch["x"], batch["mask"], mu, logvar, model.names, method, beta, alpha, eps)
 
 

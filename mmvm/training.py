@@ -27,7 +27,7 @@ from mmvm.atomic import atomic_write
 from mmvm.checkpoint import load_checkpoint, save_checkpoint
 from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
 from mmvm.model import MultimodalVAE
-from mmvm.noise import step_noise
+from mmvm.noise import aux_noise, step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
 from mmvm.progress import progress_bar
 from mmvm.schedule import epoch_batches, epoch_batches_grouped
@@ -57,7 +57,8 @@ def build_model(cfg: ExperimentConfig, names: list[str] | None = None) -> Multim
     all_names = [m.name for m in cfg.model.modalities]
     names = all_names if names is None else names
     specs = [m for m in cfg.model.modalities if m.name in names]
-    return MultimodalVAE(specs, cfg.model.latent_dim, seed=cfg.train.seed, global_names=all_names)
+    return MultimodalVAE(specs, cfg.model.latent_dim, seed=cfg.train.seed, global_names=all_names,
+                         private_dim=cfg.model.private_dim)
 
 
 def iterate_batches(
@@ -116,9 +117,12 @@ def train_step(
 ) -> dict[str, float]:
     """One optimiser step on one batch; returns the batch's metrics."""
     B = batch["mask"].shape[0]
-    M, D = len(model.names), model.latent_dim
-    eps = step_noise(cfg.train.seed, step, B, M, D).to(batch["mask"].device)
-    terms = compute_loss(model, batch, cfg.model.method, cfg.train.beta, alpha, eps)
+    M, D = len(model.names), model.code_dim
+    device = batch["mask"].device
+    eps = step_noise(cfg.train.seed, step, B, M, D).to(device)
+    aux = aux_noise(cfg.train.seed, step, B, M, model.private_dim).to(device) \
+        if model.private_dim else None
+    terms = compute_loss(model, batch, cfg.model.method, cfg.train.beta, alpha, eps, aux)
     if not torch.isfinite(terms.loss):
         raise TrainingDivergedError(
             f"loss is {terms.loss.item()} at step {step}; lower train.lr or check the data"
@@ -238,7 +242,8 @@ def load_trained_model(run_dir: str | Path, device: str = "cpu") -> tuple[Multim
     raw = dict(state["config"])
     raw.pop("source", None)
     cfg = config_from_dict(raw, source=str(run_dir))
-    model = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)
+    model = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim,
+                          private_dim=cfg.model.private_dim)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 

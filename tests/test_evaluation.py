@@ -87,19 +87,22 @@ def test_probe_rejects_mismatched_lengths():
 
 
 # ------------------------------------------------------------------ oracle model
-def _oracle_model(weights=(1.0, 1.0, 1.0), perm_m1: bool = False) -> MultimodalVAE:
-    """Encoders/decoders that are identities on one-hot vectors; q has variance e^-30."""
+def _oracle_model(weights=(1.0, 1.0, 1.0), perm_m1: bool = False,
+                  private_dim: int = 0) -> MultimodalVAE:
+    """Encoders/decoders that are identities on one-hot vectors; q has variance e^-30.
+    With ``private_dim`` (MMVAE+) the codes get private dimensions that encoders set
+    to 0 and decoders ignore."""
     specs = [ModalitySpec(m, "vector", (10,), likelihood="gaussian", scale=1.0, weight=w,
                           width=10, layers=1) for m, w in zip(NAMES, weights, strict=True)]
-    model = MultimodalVAE(specs, latent_dim=10)
-    eye = torch.eye(10)
+    model = MultimodalVAE(specs, latent_dim=10, private_dim=private_dim)
+    eye, pad = torch.eye(10), torch.zeros(private_dim, 10)
     with torch.no_grad():
         for name in NAMES:
             enc, dec = model.encoders[name], model.decoders[name]
             enc.body[1][0].weight.copy_(eye), enc.body[1][0].bias.zero_()
-            enc.mu.weight.copy_(eye), enc.mu.bias.zero_()
+            enc.mu.weight.copy_(torch.cat([eye, pad])), enc.mu.bias.zero_()
             enc.logvar.weight.zero_(), enc.logvar.bias.fill_(-30.0)
-            dec.body[0][0].weight.copy_(eye), dec.body[0][0].bias.zero_()
+            dec.body[0][0].weight.copy_(torch.cat([eye, pad.T], 1)), dec.body[0][0].bias.zero_()
             out = eye.roll(1, 0) if (perm_m1 and name == "m1") else eye  # class c -> c+1
             dec.body[1].weight.copy_(out), dec.body[1].bias.zero_()
     return model.eval()
@@ -118,7 +121,8 @@ ARGMAX = {m: nn.Flatten() for m in NAMES}  # logits = the vector itself
 
 @pytest.mark.parametrize("method", available_methods())
 def test_coherence_of_oracle_model_is_one_for_every_method(method):
-    res = coherence(_oracle_model(), _onehot_dataset(), ARGMAX, method, batch_size=16)
+    model = _oracle_model(private_dim=2 if method == "mmvaeplus" else 0)
+    res = coherence(model, _onehot_dataset(), ARGMAX, method, batch_size=16)
     assert res["mean"] == 1.0 and res["self"] == 1.0
     assert set(res["pairs"]) == {f"{s}->{t}" for s in NAMES for t in NAMES}
 
