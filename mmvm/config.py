@@ -131,6 +131,9 @@ class TrainConfig:
     out_dir: str = "runs/default"
     checkpoint_every: int = 1  # epochs
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    amp: str = "off"  # off | bf16 (CPU or CUDA) | fp16 (CUDA): autocast of the forward pass
+    channels_last: bool = False  # NHWC images (faster convolutions on oneDNN / cuDNN)
+    compile: bool = False  # torch.compile each encoder and decoder (needs a C++ compiler)
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
             f"{source}: model.private_dim = {model.private_dim}: MMVAE+ (method "
             f"'mmvaeplus') needs a modality-specific latent (private_dim >= 1); every "
             f"other method needs private_dim = 0")
+    if built["train"].amp not in ("off", "bf16", "fp16"):
+        raise ConfigError(f"{source}: train.amp = {built['train'].amp!r}; choose off, bf16 "
+                          f"or fp16")
     if built["train"].alpha_schedule not in ("constant", "linear", "cosine", "exponential"):
         raise ConfigError(
             f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}; "

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from mmvm import accel
 from mmvm.atomic import atomic_write
 from mmvm.checkpoint import load_checkpoint, save_checkpoint
 from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
@@ -88,11 +89,14 @@ def iterate_batches(
         yield fast(rows) if fast else default_collate([dataset[int(i)] for i in rows])
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False
+              ) -> dict[str, Any]:
     out = {}
     for k, v in batch.items():
         if isinstance(v, dict):
             out[k] = {n: t.to(device, non_blocking=True) for n, t in v.items()}
+            if channels_last:
+                out[k] = {n: accel.to_channels_last(t) for n, t in out[k].items()}
         elif torch.is_tensor(v):
             out[k] = v.to(device, non_blocking=True)
         else:
@@ -114,22 +118,30 @@ def train_step(
     cfg: ExperimentConfig,
     step: int,
     alpha: float,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One optimiser step on one batch; returns the batch's metrics."""
+    """One optimiser step on one batch; returns the batch's metrics. The forward pass
+    runs under ``train.amp``'s autocast; ``scaler`` (float16) scales the gradients."""
     B = batch["mask"].shape[0]
     M, D = len(model.names), model.code_dim
     device = batch["mask"].device
     eps = step_noise(cfg.train.seed, step, B, M, D).to(device)
     aux = aux_noise(cfg.train.seed, step, B, M, model.private_dim).to(device) \
         if model.private_dim else None
-    terms = compute_loss(model, batch, cfg.model.method, cfg.train.beta, alpha, eps, aux)
+    with accel.autocast(cfg.train.amp, device):
+        terms = compute_loss(model, batch, cfg.model.method, cfg.train.beta, alpha, eps, aux)
     if not torch.isfinite(terms.loss):
         raise TrainingDivergedError(
             f"loss is {terms.loss.item()} at step {step}; lower train.lr or check the data"
         )
     optimizer.zero_grad(set_to_none=True)
-    terms.loss.backward()
-    optimizer.step()
+    if scaler is None:
+        terms.loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(terms.loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     weights = model.likelihood_weights.to(terms.rec_ll)
     return {
         "loss": terms.loss.item(),
@@ -155,8 +167,11 @@ def train(
     device = resolve_device(cfg.train.device)
     out_dir = Path(cfg.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg).to(device)
+    model = accel.prepare(build_model(cfg).to(device), channels_last=cfg.train.channels_last,
+                          compile=cfg.train.compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    scaler = accel.grad_scaler(cfg.train.amp, device)
+    accel.amp_dtype(cfg.train.amp, device)  # fails now, not at the first step
     alpha_at = alpha_schedule(
         cfg.train.alpha_schedule, cfg.train.alpha_start, cfg.train.alpha, cfg.train.alpha_steps
     )
@@ -174,9 +189,9 @@ def train(
             t0, sums, count = time.perf_counter(), {"loss": 0.0, "rec_nll": 0.0, "reg": 0.0}, 0
             for batch in iterate_batches(train_set, cfg.train.batch_size, cfg.train.seed, epoch,
                                          cfg.data.schedule, cfg.data.schedule_window):
-                batch = to_device(batch, device)
+                batch = to_device(batch, device, cfg.train.channels_last)
                 alpha = alpha_at(step)
-                metrics = train_step(model, optimizer, batch, cfg, step, alpha)
+                metrics = train_step(model, optimizer, batch, cfg, step, alpha, scaler)
                 n = batch["mask"].shape[0]
                 for k in sums:
                     sums[k] += metrics[k] * n

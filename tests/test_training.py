@@ -274,3 +274,18 @@ def test_resolve_device(monkeypatch):
         with pytest.raises(ValueError, match=rf"device '{name}' requested but CUDA is not "
                                              r"available"):
             resolve_device(name)
+
+
+def test_bf16_autocast_and_channels_last_train_and_stay_close(tmp_path, data):
+    """The speed switches change the arithmetic, not the model: a step in bfloat16
+    autocast and NHWC layout lands near the float32 NCHW step."""
+    ref = train(_cfg(tmp_path / "ref", epochs=1), data, show_progress=False)
+    fast = train(_cfg(tmp_path / "fast", epochs=1, amp="bf16", channels_last=True), data,
+                 show_progress=False)
+    a, b = ref.model.state_dict(), fast.model.state_dict()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert 0 < worst < 0.05, worst
+    assert ref.history[0]["loss"] == pytest.approx(fast.history[0]["loss"], rel=0.05)
+    with pytest.raises(ValueError, match="fp16' needs CUDA"):
+        train(_cfg(tmp_path / "fp16", epochs=1, amp="fp16", device="cpu"), data,
+              show_progress=False)

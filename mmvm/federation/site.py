@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmvm import accel
 from mmvm.aggregation import can_federate, federated_methods
 from mmvm.atomic import atomic_write
 from mmvm.config import ExperimentConfig
@@ -93,8 +94,12 @@ class Site:
                             [train_path])
         self.data = open_dataset(train_path, self.names, cfg.data)
         self.device = resolve_device(cfg.train.device)
-        self.model = build_model(cfg, self.names).to(self.device)
+        self.model = accel.prepare(build_model(cfg, self.names).to(self.device),
+                                   channels_last=cfg.train.channels_last,
+                                   compile=cfg.train.compile)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.scaler = accel.grad_scaler(cfg.train.amp, self.device)
+        accel.amp_dtype(cfg.train.amp, self.device)  # fails here, not at the first step
         self.alpha_at = alpha_schedule(cfg.train.alpha_schedule, cfg.train.alpha_start,
                                        cfg.train.alpha, cfg.train.alpha_steps)
         self.windows_done = 0
@@ -192,18 +197,26 @@ class Site:
                 mask[have, g] = True
         eps = torch.stack([modality_noise(self.cfg.train.seed, step.step, g, B, D)[where]
                            for g in range(M)], 1)
-        dev = self.device
-        terms = site_loss(self.model, {k: v.to(dev) for k, v in batch["x"].items()},
-                          mask.to(dev), mu_all.to(dev), lv_all.to(dev), self.global_names,
-                          self.cfg.model.method, self.cfg.train.beta,
-                          self.alpha_at(step.step), eps.to(dev))
+        dev, t = self.device, self.cfg.train
+        x = {k: v.to(dev) for k, v in batch["x"].items()}
+        if t.channels_last:
+            x = {k: accel.to_channels_last(v) for k, v in x.items()}
+        with accel.autocast(t.amp, dev):
+            terms = site_loss(self.model, x, mask.to(dev), mu_all.to(dev), lv_all.to(dev),
+                              self.global_names, self.cfg.model.method, t.beta,
+                              self.alpha_at(step.step), eps.to(dev))
         loss = terms.loss * (len(where) / B)  # the centralized loss is a mean over B rows
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"site {self.name}: loss {loss.item()} at step "
                                         f"{step.step}; nothing of this step is applied")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         w = self.model.likelihood_weights.to(terms.rec_ll)
         own = [self.global_names.index(n) for n in self.names]
         return {"rec_nll": float(-(terms.rec_ll[:, own] * w).sum().item()),

@@ -1,0 +1,112 @@
+"""Training-step throughput on this machine: samples per second of ``train_step``.
+
+Two model sizes on the PolyMNIST look-alike's shape (3 x 28 x 28, 3 modalities):
+
+- ``paper``: the authors' ResNet (``polymnist_resnet``, channels 64/128/256), latent
+  512, batch 128 (reference note, section 4);
+- ``cpu``: the configuration the main job trains (``configs/polymnist.toml`` with the
+  app's overrides);
+
+and, for each, what PyTorch offers on a CPU: threads (1, all cores), the NHWC memory
+format (``channels_last``), bfloat16 autocast (``amp = "bf16"``) and ``torch.compile``.
+Each row: warm-up steps (compilation included there), then timed steps on random
+batches (throughput does not depend on the values). Writes ``results.json`` and
+``results.csv`` and prints a table.
+
+    python benchmarks/throughput.py                       # ~10 min on 2 cores
+    python benchmarks/throughput.py --sizes cpu --steps 5  # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmvm import accel  # noqa: E402
+from mmvm.config import load_config  # noqa: E402
+from mmvm.training import build_model, train_step  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("m0", "m1", "m2")
+SIZES = {
+    "paper": ["model.latent_dim=512", "train.batch_size=128",
+              *[f"model.modalities.{m}.network=polymnist_resnet" for m in NAMES],
+              *[f"model.modalities.{m}.width=64" for m in NAMES]],
+    "cpu": [],  # the config file as the main job uses it
+}
+VARIANTS = [  # (label, threads, channels_last, amp, compile)
+    ("1 thread", 1, False, "off", False),
+    ("all threads", 0, False, "off", False),
+    ("all threads, channels_last", 0, True, "off", False),
+    ("all threads, bf16 autocast", 0, False, "bf16", False),
+    ("all threads, torch.compile", 0, False, "off", True),
+]
+
+
+def measure(size: str, threads: int, channels_last: bool, amp: str, compile: bool,
+            steps: int, warmup: int) -> float:
+    cfg = load_config(ROOT / "configs" / "polymnist.toml", ["train.device=cpu", *SIZES[size]])
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = accel.prepare(build_model(cfg), channels_last=channels_last, compile=compile)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    B = cfg.train.batch_size
+    batch = {"x": {m: torch.rand(B, 3, 28, 28) for m in NAMES},
+             "mask": torch.ones(B, len(NAMES), dtype=torch.bool)}
+    if channels_last:
+        batch["x"] = {m: accel.to_channels_last(v) for m, v in batch["x"].items()}
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp))
+    for step in range(warmup + steps):
+        if step == warmup:
+            t0 = time.perf_counter()
+        train_step(model, opt, batch, cfg, step, alpha=0.0)
+    return steps * B / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/results/throughput")
+    args = p.parse_args(argv)
+    rows = []
+    for size in args.sizes:
+        base = None
+        for label, threads, cl, amp, comp in VARIANTS:
+            try:
+                sps = measure(size, threads, cl, amp, comp, args.steps, args.warmup)
+            except Exception as err:  # e.g. no compiler for torch.compile
+                print(f"{size} / {label}: failed ({type(err).__name__}: {err})", flush=True)
+                continue
+            base = base or sps
+            rows.append({"size": size, "variant": label, "samples_per_s": round(sps, 1),
+                         "vs_1_thread": round(sps / base, 2)})
+            print(rows[-1], flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "cores": os.cpu_count(), "steps": args.steps,
+            "warmup": args.warmup}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print("\n| size | variant | samples/s | vs 1 thread |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']} | {r['variant']} | {r['samples_per_s']} | {r['vs_1_thread']}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
