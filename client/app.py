@@ -59,7 +59,8 @@ def _site_files(nc, s: FederationSettings) -> tuple[str, str, str | None]:
     pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
     sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,
                                         s.n_train, s.n_test, seed=s.experiment.train.seed,
-                                        modalities=tuple(s.modalities))
+                                        modalities=tuple(s.modalities),
+                                        variant=s.data_variant)
     if num != len(sites):
         raise ValueError(f"layout {s.layout!r} has {len(sites)} sites but the simulation "
                          f"runs {num} SuperNodes; set num-supernodes={len(sites)}")

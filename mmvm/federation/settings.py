@@ -46,6 +46,7 @@ class FederationSettings:
     secure: bool
     keys_dir: str
     align: str
+    data_variant: str
 
     @property
     def modalities(self) -> list[str]:
@@ -102,7 +103,7 @@ def load_settings(rc: Mapping) -> FederationSettings:
         reply_timeout=_get(rc, "reply-timeout", float),
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
-        align=_get(rc, "align", str))
+        align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str))
     _check(s)
     return s
 
@@ -120,6 +121,9 @@ def _check(s: FederationSettings) -> None:
         raise ConfigError(f"run config: missing = {s.missing} must be in [0, 1)")
     if not s.reply_timeout > 0:
         raise ConfigError(f"run config: reply-timeout = {s.reply_timeout} must be > 0")
+    if s.data_variant not in ("translated", "untranslated"):
+        raise ConfigError(f"run config: data-variant = {s.data_variant!r}; choose "
+                          f"'translated' or 'untranslated'")
     if s.align not in ALIGN_MODES:
         raise ConfigError(f"run config: align = {s.align!r}; choose one of "
                           f"{list(ALIGN_MODES)}")
