@@ -12,13 +12,18 @@ Columns
 - file metadata ``mmvm.dataset``: JSON describing source, versions, seed, recipe.
 
 Every reader check raises :class:`DataError` naming the file, the column and, where
-one exists, the row and sample id. The writer is atomic (``mmvm.atomic``). Partial
-readers (``mmvm.data.streaming``) reuse the checks: :func:`open_parquet`,
-:func:`read_layout`, :func:`select_modalities`, :func:`check_ids`, :func:`convert_batch`.
+one exists, the row and sample id. Partial readers (``mmvm.data.streaming``) reuse
+the checks: :func:`open_parquet`, :func:`read_layout`, :func:`select_modalities`,
+:func:`check_ids`, :func:`convert_batch`. The writers live in
+:mod:`mmvm.data.store_write` (re-exported here): :func:`write_site_table` for arrays
+in memory, :func:`write_site_table_batches` for chunks of rows streamed into one
+file; both are atomic (``mmvm.atomic``) and apply the same checks.
 
 Example
 -------
 >>> write_site_table("s0/train.parquet", ids, {"m0": x_uint8}, {"label": y}, meta)
+>>> write_site_table_batches("s0/big.parquet", (SiteChunk(i, {"m0": x}) for i, x
+...                           in chunks), meta, row_group_size=256)
 >>> t = read_site_table("s0/train.parquet", modalities=["m0"])
 >>> t.tensors["m0"].shape, t.scales["m0"]
 ((N, 3, 28, 28), 255.0)
@@ -28,26 +33,34 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmvm.atomic import atomic_write
+from mmvm.data.store_format import (
+    DATASET_KEY,
+    DEFAULT_SCALE,
+    DTYPES,
+    LABEL,
+    SAMPLE_ID,
+    TENSOR_KEY,
+    DataError,
+    check_finite,
+    check_ids,
+    is_label_column,
+)
+from mmvm.data.store_write import SiteChunk, write_site_table, write_site_table_batches
 
-SAMPLE_ID = "sample_id"
-TENSOR_KEY = "mmvm.tensor."
-DATASET_KEY = "mmvm.dataset"
-LABEL = "label"
-DTYPES = {"uint8": pa.uint8(), "float32": pa.float32()}
-DEFAULT_SCALE = {"uint8": 255.0, "float32": 1.0}
-
-
-class DataError(ValueError):
-    """Invalid site data; the message names file, column and row where known."""
+__all__ = [
+    "DATASET_KEY", "DEFAULT_SCALE", "DTYPES", "LABEL", "SAMPLE_ID", "TENSOR_KEY",
+    "DataError", "Layout", "SiteChunk", "SiteTable", "check_finite", "check_ids",
+    "convert_batch", "is_label_column", "iter_site_batches", "open_parquet",
+    "read_layout", "read_site_meta", "read_site_table", "select_modalities",
+    "write_site_table", "write_site_table_batches",
+]
 
 
 @dataclass
@@ -74,105 +87,6 @@ class SiteTable:
     @property
     def modalities(self) -> list[str]:
         return list(self.tensors)
-
-
-def is_label_column(name: str) -> bool:
-    return name == LABEL or name.startswith(LABEL + ".")
-
-
-# ----------------------------------------------------------------------------- write
-
-
-def write_site_table(
-    path: str | os.PathLike,
-    sample_ids: Sequence[str],
-    tensors: Mapping[str, np.ndarray],
-    labels: Mapping[str, np.ndarray] | None,
-    dataset_meta: Mapping,
-    *,
-    columns: Mapping[str, np.ndarray] | None = None,
-    scales: Mapping[str, float] | None = None,
-    row_group_size: int = 1024,
-    compression: str = "zstd",
-) -> Path:
-    """Write one site file atomically.
-
-    Parameters
-    ----------
-    path : target ``.parquet`` file; its directory is created if needed.
-    sample_ids : N unique, non-empty strings.
-    tensors : modality name -> ``[N, *shape]`` uint8 or float32 array.
-    labels : label column name (``label`` or ``label.<name>``) -> integer ``[N]``.
-    dataset_meta : JSON-serialisable dict stored as ``mmvm.dataset``.
-    columns : other carried columns -> ``[N]`` arrays.
-    scales : per-modality scale; default 255 for uint8, 1 for float32.
-    row_group_size : rows per Parquet row group (the unit of streaming).
-
-    Returns
-    -------
-    The written path. Raises :class:`DataError` on invalid input, leaving no file.
-    """
-    path = Path(path)
-    n = len(sample_ids)
-    ids = [str(s) if s is not None else None for s in sample_ids]
-    check_ids(ids, str(path), start=0, seen={})
-    arrays: dict[str, pa.Array] = {SAMPLE_ID: pa.array(ids, type=pa.string())}
-    meta: dict[bytes, bytes] = {}
-    scales = dict(scales or {})
-    for name, arr in tensors.items():
-        _check_column_name(name, path)
-        arr = np.asarray(arr)
-        if arr.ndim < 1 or arr.shape[0] != n:
-            raise DataError(f"{path}: column '{name}': {arr.shape[0] if arr.ndim else 0}"
-                            f" rows for {n} sample ids")
-        dtype = arr.dtype.name
-        if dtype not in DTYPES:
-            raise DataError(f"{path}: column '{name}': dtype {dtype} not allowed "
-                            f"(allowed: {sorted(DTYPES)})")
-        _check_finite(arr, name, str(path), ids, start=0)
-        shape = [int(s) for s in arr.shape[1:]]
-        size = int(np.prod(shape, dtype=np.int64))
-        flat = pa.array(np.ascontiguousarray(arr).reshape(-1), type=DTYPES[dtype])
-        arrays[name] = pa.FixedSizeListArray.from_arrays(flat, size)
-        scale = float(scales.pop(name, DEFAULT_SCALE[dtype]))
-        if not scale > 0:
-            raise DataError(f"{path}: column '{name}': scale must be > 0, got {scale}")
-        info = {"shape": shape, "dtype": dtype, "scale": scale}
-        meta[(TENSOR_KEY + name).encode()] = json.dumps(info).encode()
-    if scales:
-        raise DataError(f"{path}: scales given for unknown tensors {sorted(scales)}")
-    for name, arr in (labels or {}).items():
-        if not is_label_column(name):
-            raise DataError(f"{path}: column '{name}': label columns are named "
-                            f"'label' or 'label.<name>'")
-        arr = np.asarray(arr)
-        if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
-            raise DataError(f"{path}: column '{name}': labels must be integer [{n}], "
-                            f"got {arr.dtype} {arr.shape}")
-        arrays[name] = pa.array(arr.astype(np.int64), type=pa.int64())
-    for name, arr in (columns or {}).items():
-        _check_column_name(name, path)
-        if is_label_column(name):
-            raise DataError(f"{path}: column '{name}': pass labels via `labels`")
-        arr = np.asarray(arr)
-        if len(arr) != n:
-            raise DataError(f"{path}: column '{name}': {len(arr)} rows for {n} ids")
-        arrays[name] = pa.array(arr)
-    meta[DATASET_KEY.encode()] = json.dumps(dict(dataset_meta), sort_keys=True).encode()
-    table = pa.table(arrays).replace_schema_metadata(meta)
-    rows = max(1, int(row_group_size))
-
-    def write(fh) -> None:
-        with pq.ParquetWriter(fh, table.schema, compression=compression) as writer:
-            writer.write_table(table, row_group_size=rows)
-
-    atomic_write(path, write)
-    return path
-
-
-def _check_column_name(name: str, path: Path) -> None:
-    if not isinstance(name, str) or not name or name == SAMPLE_ID:
-        raise DataError(f"{path}: invalid column name {name!r}")
 
 
 # ------------------------------------------------------------------------------ read
@@ -278,32 +192,6 @@ def select_modalities(layout: Layout, modalities: Sequence[str] | None) -> list[
     return list(modalities)
 
 
-def check_ids(ids: list, path: str, start: int, seen: dict[str, int]) -> None:
-    """Raise :class:`DataError` on a null, empty or repeated id among rows ``start..``.
-
-    ``seen`` (id -> row, ids of earlier batches of the file) is updated in place.
-    """
-    for i, sid in enumerate(ids):
-        row = start + i
-        if sid is None or sid == "":
-            raise DataError(f"{path}: column '{SAMPLE_ID}', row {row}: "
-                            f"{'null' if sid is None else 'empty'} sample id")
-        first = seen.setdefault(sid, row)
-        if first != row:
-            raise DataError(f"{path}: column '{SAMPLE_ID}': duplicate sample id "
-                            f"'{sid}' in rows {first} and {row}")
-
-
-def _check_finite(arr: np.ndarray, name: str, path: str, ids: list, start: int) -> None:
-    if arr.dtype.kind != "f":
-        return
-    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DataError(f"{path}: column '{name}', row {start + i} (id '{ids[i]}'): "
-                        f"NaN or inf in a float tensor")
-
-
 def convert_batch(batch: pa.RecordBatch | pa.Table, layout: Layout, names: list[str],
                   start: int, seen: dict[str, int]) -> SiteTable:
     """Validate rows ``start..`` of a file (batch or table) into a :class:`SiteTable`.
@@ -330,7 +218,7 @@ def convert_batch(batch: pa.RecordBatch | pa.Table, layout: Layout, names: list[
                             f"(id '{ids[i]}'): null value inside the tensor")
         arr = flat.to_numpy(zero_copy_only=False).reshape(len(ids), *spec["shape"])
         arr = np.require(arr, dtype=spec["dtype"], requirements=["C", "W"])
-        _check_finite(arr, name, path, ids, start)
+        check_finite(arr, name, path, ids, start)
         tensors[name], scales[name] = arr, spec["scale"]
     labels = {}
     for name in layout.labels:
