@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from PIL import Image
 
+import mmvm.data.prepare.mimic_cxr as mc
 from mmvm.data.dataset import MultimodalDataset
-from mmvm.data.prepare.mimic_cxr import CHEXPERT, label_column, prepare_mimic_cxr
-from mmvm.data.store import DataError, read_site_table
+from mmvm.data.prepare.images import load_image
+from mmvm.data.prepare.mimic_cxr import (
+    CHEXPERT,
+    label_column,
+    patient_split,
+    prepare_mimic_cxr,
+)
+from mmvm.data.store import DataError, read_site_meta, read_site_table, write_site_table
+from tests.support.published import mimic_studies
 from tests.support.published import mimic_tree as _tree
 
 
@@ -93,3 +103,102 @@ def test_bad_label_value_names_file_row_column(tmp_path):
                                         r"'2.0' is not 1, 0, -1 or blank"):
         prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ streaming
+EXTRA, SIZE, GROUP = 55, 64, 8  # 60 pairs; 47 of them in train
+
+
+def _one_shot(src, site: str, split: str, seed: int = 0):
+    """The split's arrays built in memory, as the one-shot preparer built them: the
+    golden for the streamed files (pairs, order, images, labels, columns)."""
+    studies = mimic_studies(EXTRA)
+    split_of = patient_split(list(studies), seed)
+    rows = []
+    for subj, st in studies.items():
+        for study, images in st.items():
+            fr = sorted(d for d, v in images if v in ("AP", "PA"))
+            la = sorted(d for d, v in images if v in ("LATERAL", "LL"))
+            rows += [(int(study), f, lat, subj, study) for f in fr for lat in la
+                     if split_of[subj] == split]
+    rows.sort()
+    ids = [f"{study}_{f}_{lat}" for _, f, lat, _, study in rows]
+    x = np.stack([load_image(src / "files" / f"p{subj[:2]}" / f"p{subj}" / f"s{study}"
+                             / f"{f if site == 'frontal' else lat}.jpg", "L", SIZE)
+                  for _, f, lat, subj, study in rows])
+    fixed = ([1, 0, 0, 0] * 4)[:14]
+    y = np.array([[-1] * 14 if r[4] == "50000004" else fixed for r in rows])
+    labels = {label_column(c): y[:, j] for j, c in enumerate(CHEXPERT)}
+    cols = {"subject_id": np.array([int(r[3]) for r in rows]),
+            "study_id": np.array([r[0] for r in rows])}
+    return ids, {site: x}, labels, cols
+
+
+def test_streamed_files_equal_the_one_shot_arrays(tmp_path):
+    _tree(tmp_path / "src", extra=EXTRA)
+    paths = prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=SIZE,
+                              row_group_size=GROUP)
+    for key, p in paths.items():
+        site, split = key.split(".")
+        ids, x, labels, cols = _one_shot(tmp_path / "src", site, split)
+        t = read_site_table(p)
+        assert t.sample_ids == ids
+        np.testing.assert_array_equal(t.tensors[site], x[site])
+        for k in labels:
+            np.testing.assert_array_equal(t.labels[k], labels[k])
+        for k in cols:
+            np.testing.assert_array_equal(t.columns[k], cols[k])
+        # the one-shot preparer passed these arrays to write_site_table: same bytes
+        golden = write_site_table(tmp_path / "golden" / f"{key}.parquet", ids, x,
+                                  labels, t.dataset_meta, columns=cols,
+                                  row_group_size=GROUP)
+        assert golden.read_bytes() == p.read_bytes()
+        assert read_site_meta(p)["num_row_groups"] == -(-len(ids) // GROUP)
+    assert len(read_site_table(paths["frontal.train"])) == 47
+
+
+def test_holds_one_row_group_of_images_not_a_split(tmp_path, monkeypatch):
+    """Images are decoded only as the writer asks for a chunk of ``GROUP`` rows, each
+    once; traced memory grows with the image size by far less than one split."""
+    _tree(tmp_path / "src", extra=EXTRA)
+    decoded, seen = [], []
+    real_load, real_write = mc.load_image, mc.write_site_table_batches
+
+    def load(path, *args, **kwargs):
+        decoded.append(str(path))
+        return real_load(path, *args, **kwargs)
+
+    def write(path, batches, *args, **kwargs):
+        def watch():
+            start, rows = len(decoded), 0
+            for chunk in batches:
+                rows += len(chunk.sample_ids)
+                # no read-ahead: at most one decoded image per row handed over
+                seen.append((len(chunk.sample_ids), len(decoded) - start <= rows))
+                yield chunk
+        return real_write(path, watch(), *args, **kwargs)
+
+    monkeypatch.setattr(mc, "load_image", load)
+    monkeypatch.setattr(mc, "write_site_table_batches", write)
+    prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=SIZE,
+                      row_group_size=GROUP)
+    assert max(n for n, _ in seen) == GROUP and all(ok for _, ok in seen)
+    assert sum(n for n, _ in seen) == 2 * 60
+    assert len(decoded) == len(set(decoded)) == 8 + 2 * EXTRA  # each image once
+
+    def peak(size: int, out: str) -> int:
+        tracemalloc.start()
+        try:
+            prepare_mimic_cxr(tmp_path / "src", tmp_path / out, size=size,
+                              row_group_size=GROUP)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    monkeypatch.undo()
+    prepare_mimic_cxr(tmp_path / "src", tmp_path / "warm", size=8)  # lazy imports
+    images = peak(SIZE, "big") - peak(8, "small")  # what the images themselves cost
+    split = 47 * SIZE * SIZE  # one site's train split of uint8 [1, 64, 64] images
+    # the one-shot preparer held both sites' train splits (~2 x split); streaming
+    # holds about two row groups (the chunk and its stacked copy)
+    assert images < split / 2, (images, split)

@@ -14,9 +14,13 @@ Path]``:
 - ``cub``: ``images/``, ``text/``, ``images.txt``, ``train_test_split.txt`` ->
   ``{train,test}.parquet``.
 
-Every preparer writes into a staging directory next to ``out_dir`` and moves the
-finished files into place only when all of them were written (:func:`staged_output`),
-so an error (a missing file, a corrupt image) leaves no partial output.
+The image preparers stream: they decode one row group of images at a time
+(:func:`batched`) and hand it to :func:`mmvm.data.store.write_site_table_batches`,
+so memory holds about one row group, never a whole split (the hippocampus data are
+small and written at once). Every preparer writes into a staging directory next to
+``out_dir`` and moves the finished files into place only when all of them were
+written (:func:`staged_output`), so an error (a missing file, a corrupt image)
+leaves no partial output.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import importlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 PREPARERS = ("polymnist_png", "mimic_cxr", "hippocampus", "celeba", "cub")
 
 Progress = Callable[[str, int, int], None]  # (description, step, total)
+T = TypeVar("T")
 
 
 def get_preparer(name: str) -> Callable[..., dict[str, Path]]:
@@ -76,3 +82,20 @@ def step_fn(progress: Progress | None, total: int) -> Callable[[str, int], None]
     if progress is None:
         return lambda d, i: None
     return lambda d, i: progress(d, i, total)
+
+
+def batched(items: Sequence, n: int) -> Iterator[Sequence]:
+    """Consecutive slices of ``items`` of ``n`` (at least 1) elements, the last shorter."""
+    n = max(1, int(n))
+    for lo in range(0, len(items), n):
+        yield items[lo:lo + n]
+
+
+def reported(chunks: Iterable[T], step: Callable[[str, int], None], description: str,
+             done: int) -> Iterator[T]:
+    """Pass ``chunks`` (each with ``sample_ids``) through; after each one is consumed
+    call ``step(description, done + rows so far)``."""
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk.sample_ids)
+        step(description, done)

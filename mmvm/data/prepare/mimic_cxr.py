@@ -20,7 +20,8 @@ Published layout::
 Output: ``<out>/frontal/{train,val,test}.parquet`` and ``<out>/lateral/...``; the two
 sites' files of one split hold the same sample ids in the same order, so
 :meth:`MultimodalDataset.from_parquet` joins them. Images of a study are decoded
-once even when they appear in several pairs.
+once even when they appear in several pairs. Each file is streamed one row group
+at a time (:func:`site_chunks`): memory holds a row group of images, never a split.
 """
 
 from __future__ import annotations
@@ -30,13 +31,21 @@ import gzip
 import os
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.prepare import (
+    Progress,
+    batched,
+    final_paths,
+    reported,
+    staged_output,
+    step_fn,
+)
 from mmvm.data.prepare.images import load_image
-from mmvm.data.store import DataError, write_site_table
+from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 
 CHEXPERT = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
             "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion", "Lung Opacity",
@@ -95,6 +104,37 @@ def patient_split(subjects: list[str], seed: int) -> dict[str, str]:
     return out
 
 
+def site_chunks(rows: list[tuple[str, str, str, str, str]], site: str,
+                labels: dict[str, list[int]],
+                image: Callable[[tuple[str, str, str]], np.ndarray],
+                n: int) -> Iterator[SiteChunk]:
+    """One site's file, ``n`` rows at a time, each chunk decoded when it is asked for.
+
+    ``rows``: ``(split, study, subject, frontal dicom, lateral dicom)`` grouped by
+    study; ``image((subject, study, dicom))`` decodes to uint8 ``[1, size, size]``;
+    ``labels``: study -> 14 CheXpert values (a study without one gets -1s). A study's
+    images are decoded once, even when the study spans two chunks.
+    """
+    pos = 3 if site == "frontal" else 4
+    cache: dict[str, np.ndarray] = {}
+    last_study = None
+    for part in batched(rows, n):
+        x = []
+        for row in part:
+            study, subject, dicom = row[1], row[2], row[pos]
+            if study != last_study:  # rows are grouped by study
+                cache, last_study = {}, study
+            if dicom not in cache:
+                cache[dicom] = image((subject, study, dicom))
+            x.append(cache[dicom])
+        y = np.array([labels.get(r[1], [-1] * len(CHEXPERT)) for r in part], np.int64)
+        yield SiteChunk(
+            [f"{r[1]}_{r[3]}_{r[4]}" for r in part], {site: np.stack(x)},
+            {label_column(c): y[:, j] for j, c in enumerate(CHEXPERT)},
+            {"subject_id": np.array([int(r[2]) for r in part], np.int64),
+             "study_id": np.array([int(r[1]) for r in part], np.int64)})
+
+
 def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                       size: int = 64, seed: int = 0, skip_missing: bool = False,
                       row_group_size: int = 256,
@@ -151,33 +191,13 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         kept = [p for p in pairs if jpg(p[2], p[1], p[3]).is_file()
                 and jpg(p[2], p[1], p[4]).is_file()]
         dropped, pairs = len(pairs) - len(kept), kept
-    step = step_fn(progress, len(pairs))
+    step = step_fn(progress, len(pairs) * len(VIEWS))
     done, paths = 0, {}
     with staged_output(out_dir) as stage:
         for split in SPLITS:
             rows = [p for p in pairs if p[0] == split]
             if not rows:
                 continue
-            x = {site: np.zeros((len(rows), 1, size, size), np.uint8) for site in VIEWS}
-            y = np.full((len(rows), len(CHEXPERT)), -1, np.int64)
-            cache: dict[str, np.ndarray] = {}
-            last_study = None
-            for k, (_, study, subject, f, lat) in enumerate(rows):
-                if study != last_study:  # rows are grouped by study
-                    cache, last_study = {}, study
-                for site, dicom in (("frontal", f), ("lateral", lat)):
-                    if dicom not in cache:
-                        cache[dicom] = load_image(jpg(subject, study, dicom), "L", size)
-                    x[site][k] = cache[dicom]
-                if study in labels:
-                    y[k] = labels[study]
-                done += 1
-                if done % 200 == 0 or done == len(pairs):
-                    step(f"reading {split}", done)
-            ids = [f"{r[1]}_{r[3]}_{r[4]}" for r in rows]
-            cols = {"subject_id": np.array([int(r[2]) for r in rows], np.int64),
-                    "study_id": np.array([int(r[1]) for r in rows], np.int64)}
-            lab = {label_column(c): y[:, j] for j, c in enumerate(CHEXPERT)}
             for site in VIEWS:
                 meta = {"name": "mimic-cxr-jpg", "source": str(src.resolve()),
                         "site": site, "views": list(VIEWS[site]), "split": split,
@@ -192,7 +212,12 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                                             f"(bicubic, aspect not kept)"},
                         "dropped_missing_pairs": dropped,
                         "created_by": "mmvm.data.prepare.mimic_cxr"}
-                paths[f"{site}.{split}"] = write_site_table(
-                    stage / site / f"{split}.parquet", ids, {site: x[site]}, lab, meta,
-                    columns=cols, row_group_size=row_group_size)
+                chunks = site_chunks(rows, site, labels,
+                                     lambda p: load_image(jpg(*p), "L", size),
+                                     row_group_size)
+                paths[f"{site}.{split}"] = write_site_table_batches(
+                    stage / site / f"{split}.parquet",
+                    reported(chunks, step, f"reading {split} {site}", done), meta,
+                    row_group_size=row_group_size)
+                done += len(rows)
     return final_paths(paths, stage, out_dir)
