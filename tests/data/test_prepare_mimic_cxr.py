@@ -18,7 +18,7 @@ from mmvm.data.prepare.mimic_cxr import (
     prepare_mimic_cxr,
 )
 from mmvm.data.store import DataError, read_site_meta, read_site_table, write_site_table
-from tests.support.published import mimic_studies
+from tests.support.published import mimic_studies, record_chunks
 from tests.support.published import mimic_tree as _tree
 
 
@@ -161,29 +161,12 @@ def test_holds_one_row_group_of_images_not_a_split(tmp_path, monkeypatch):
     """Images are decoded only as the writer asks for a chunk of ``GROUP`` rows, each
     once; traced memory grows with the image size by far less than one split."""
     _tree(tmp_path / "src", extra=EXTRA)
-    decoded, seen = [], []
-    real_load, real_write = mc.load_image, mc.write_site_table_batches
-
-    def load(path, *args, **kwargs):
-        decoded.append(str(path))
-        return real_load(path, *args, **kwargs)
-
-    def write(path, batches, *args, **kwargs):
-        def watch():
-            start, rows = len(decoded), 0
-            for chunk in batches:
-                rows += len(chunk.sample_ids)
-                # no read-ahead: at most one decoded image per row handed over
-                seen.append((len(chunk.sample_ids), len(decoded) - start <= rows))
-                yield chunk
-        return real_write(path, watch(), *args, **kwargs)
-
-    monkeypatch.setattr(mc, "load_image", load)
-    monkeypatch.setattr(mc, "write_site_table_batches", write)
+    decoded, chunks = record_chunks(monkeypatch, mc)
     prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=SIZE,
                       row_group_size=GROUP)
-    assert max(n for n, _ in seen) == GROUP and all(ok for _, ok in seen)
-    assert sum(n for n, _ in seen) == 2 * 60
+    assert max(rows for rows, _ in chunks) == GROUP
+    assert all(images <= rows for rows, images in chunks)  # no read-ahead
+    assert sum(rows for rows, _ in chunks) == 2 * 60
     assert len(decoded) == len(set(decoded)) == 8 + 2 * EXTRA  # each image once
 
     def peak(size: int, out: str) -> int:

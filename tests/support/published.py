@@ -3,7 +3,7 @@
 Written for the preparers' tests (tests/data/test_prepare_*.py) and the end-to-end
 training tests (tests/data/test_train_*.py): each writer makes the files the real
 download has, with a handful of synthetic images, and returns what a test compares
-the prepared data with.
+the prepared data with. :func:`record_chunks` shows that a preparer streams.
 """
 
 from __future__ import annotations
@@ -14,6 +14,34 @@ import numpy as np
 from PIL import Image
 
 from mmvm.data.prepare.mimic_cxr import CHEXPERT
+
+
+# ------------------------------------------------------------------ streaming
+def record_chunks(monkeypatch, module) -> tuple[list[str], list[tuple[int, int]]]:
+    """Wrap the ``load_image`` and ``write_site_table_batches`` a preparer ``module``
+    uses. Returns ``(decoded, chunks)``: every image path decoded, in order, and per
+    chunk handed to the writer ``(rows, images decoded since the previous chunk of
+    that file)``; a preparer that streams decodes a chunk's images only when asked."""
+    decoded: list[str] = []
+    chunks: list[tuple[int, int]] = []
+    load, write = module.load_image, module.write_site_table_batches
+
+    def counting_load(path, *args, **kwargs):
+        decoded.append(str(path))
+        return load(path, *args, **kwargs)
+
+    def watching_write(path, batches, *args, **kwargs):
+        def watch():
+            before = len(decoded)
+            for chunk in batches:
+                chunks.append((len(chunk.sample_ids), len(decoded) - before))
+                before = len(decoded)
+                yield chunk
+        return write(path, watch(), *args, **kwargs)
+
+    monkeypatch.setattr(module, "load_image", counting_load)
+    monkeypatch.setattr(module, "write_site_table_batches", watching_write)
+    return decoded, chunks
 
 # ------------------------------------------------------------------ CelebA
 CELEBA_NAMES = [f"Attr_{k}" for k in range(40)]
