@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from mmvm.data.prepare import celeba
 from mmvm.data.prepare.celeba import prepare_celeba
 from mmvm.data.store import DataError, read_site_table
 from tests.support.published import celeba_tree as _tree
+from tests.support.published import record_chunks
 
 
 def test_modalities_labels_and_splits(tmp_path):
@@ -47,3 +50,17 @@ def test_bad_attribute_line(tmp_path):
     p.write_text("\n".join(lines))
     with pytest.raises(DataError, match=r"list_attr_celeba.txt: line 5: expected"):
         prepare_celeba(tmp_path / "src", tmp_path / "out")
+
+
+def test_streams_one_row_group_at_a_time(tmp_path, monkeypatch):
+    _tree(tmp_path / "src")
+    whole = prepare_celeba(tmp_path / "src", tmp_path / "whole", size=16)
+    decoded, chunks = record_chunks(monkeypatch, celeba)
+    paths = prepare_celeba(tmp_path / "src", tmp_path / "out", size=16,
+                           row_group_size=2)
+    assert chunks == [(2, 2), (2, 2), (1, 1), (2, 2)]  # train 4, val 1, test 2
+    assert len(decoded) == 7
+    for k, p in paths.items():
+        assert pq.read_table(p).equals(pq.read_table(whole[k]))
+        assert pq.ParquetFile(p).metadata.num_row_groups == {"train": 2, "val": 1,
+                                                             "test": 1}[k]

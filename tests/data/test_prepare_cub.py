@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from mmvm.data.prepare import cub
 from mmvm.data.prepare.cub import EOS, EXC, PAD, encode, prepare_cub, tokenize
 from mmvm.data.store import DataError, read_site_table
 from tests.support.published import CUB_CAPTION as CAPTION
 from tests.support.published import cub_tree as _tree
+from tests.support.published import record_chunks
 
 
 def test_tokeniser_and_encoding():
@@ -52,3 +55,20 @@ def test_missing_caption_file_and_short_caption_file(tmp_path):
         prepare_cub(tmp_path / "src2", tmp_path / "out")
     paths = prepare_cub(tmp_path / "src2", tmp_path / "out", captions_per_image=5)
     assert len(read_site_table(paths["train"])) == 20
+
+
+@pytest.mark.parametrize("group, chunks", [
+    (20, [(20, 2), (20, 2), (20, 2)]),  # 2 images x 10 captions per chunk
+    (5, [(10, 1)] * 6),  # a row group smaller than one image's captions
+])
+def test_streams_about_one_row_group_of_images(tmp_path, monkeypatch, group, chunks):
+    _tree(tmp_path / "src")
+    whole = prepare_cub(tmp_path / "src", tmp_path / "whole", size=16)
+    decoded, seen = record_chunks(monkeypatch, cub)
+    paths = prepare_cub(tmp_path / "src", tmp_path / "out", size=16,
+                        row_group_size=group)
+    assert seen == chunks and len(decoded) == 6
+    for k, p in paths.items():
+        assert pq.read_table(p).equals(pq.read_table(whole[k]))
+        md = pq.ParquetFile(p).metadata
+        assert {md.row_group(i).num_rows for i in range(md.num_row_groups)} == {group}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mmvm.data.prepare import polymnist_png
 from mmvm.data.prepare.polymnist_png import prepare_polymnist_png
 from mmvm.data.store import DataError, read_site_table
+from tests.support.published import record_chunks
 
 
 def _tree(root, n_per_digit=2, digits=(0, 3, 7), mods=3):
@@ -58,3 +61,15 @@ def test_corrupt_png_names_the_file(tmp_path):
         prepare_polymnist_png(tmp_path / "src", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no staging left behind
+
+
+def test_streams_one_row_group_at_a_time(tmp_path, monkeypatch):
+    _tree(tmp_path / "src")
+    whole = prepare_polymnist_png(tmp_path / "src", tmp_path / "whole")
+    decoded, chunks = record_chunks(monkeypatch, polymnist_png)
+    paths = prepare_polymnist_png(tmp_path / "src", tmp_path / "out", row_group_size=4)
+    assert chunks == [(4, 12), (2, 6)] * 2  # 6 samples of 3 modalities per split
+    assert len(decoded) == len(set(decoded)) == 2 * 6 * 3
+    for k, p in paths.items():
+        assert pq.read_table(p).equals(pq.read_table(whole[k]))
+        assert pq.ParquetFile(p).metadata.num_row_groups == 2

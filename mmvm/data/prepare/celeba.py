@@ -17,19 +17,28 @@ Modalities:
   and suits a ``vector`` modality (an MLP) directly.
 
 Labels ``label.<attribute lower-case>`` (0/1) for the probes. Output
-``<out>/{train,val,test}.parquet``, sample id = the image file stem.
+``<out>/{train,val,test}.parquet``, sample id = the image file stem; each file is
+streamed one row group of images at a time.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.prepare import (
+    Progress,
+    batched,
+    final_paths,
+    reported,
+    staged_output,
+    step_fn,
+)
 from mmvm.data.prepare.images import load_image
-from mmvm.data.store import DataError, write_site_table
+from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 
 SPLITS = {0: "train", 1: "val", 2: "test"}
 
@@ -68,6 +77,20 @@ def read_partition(path: Path) -> dict[str, str]:
     return out
 
 
+def _chunks(src: Path, files: list[str], attrs: dict[str, np.ndarray],
+            labels: list[str], size: int, crop: int, n: int) -> Iterator[SiteChunk]:
+    """``files`` ``n`` at a time, decoded when asked for: ``image`` uint8
+    ``[n, 3, size, size]``, ``attributes`` float32 ``[n, 40]`` and the ``labels``
+    columns (one per attribute, in order)."""
+    for part in batched(files, n):
+        img = np.stack([load_image(src / "img_align_celeba" / f, "RGB", size, crop)
+                        for f in part])
+        a = np.stack([attrs[f] for f in part])
+        yield SiteChunk([Path(f).stem for f in part],
+                        {"image": img, "attributes": a.astype(np.float32)},
+                        {c: a[:, j].astype(np.int64) for j, c in enumerate(labels)})
+
+
 def prepare_celeba(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                    size: int = 64, crop: int = 148, row_group_size: int = 1024,
                    progress: Progress | None = None) -> dict[str, Path]:
@@ -94,13 +117,6 @@ def prepare_celeba(src: str | os.PathLike, out_dir: str | os.PathLike, *,
             files = sorted(f for f, s in part.items() if s == split)
             if not files:
                 continue
-            img = np.zeros((len(files), 3, size, size), np.uint8)
-            for k, f in enumerate(files):
-                img[k] = load_image(src / "img_align_celeba" / f, "RGB", size, crop)
-                done += 1
-                if done % 1000 == 0 or done == len(part):
-                    step(f"reading {split}", done)
-            a = np.stack([attrs[f] for f in files])
             meta = {"name": "celeba-bimodal", "source": str(src.resolve()),
                     "split": split, "n": len(files), "attributes": names,
                     "labels": label_cols,
@@ -109,10 +125,11 @@ def prepare_celeba(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                                "attributes": "float32 [40], 1 = present (file: 1), "
                                              "0 = absent (file: -1)"},
                     "created_by": "mmvm.data.prepare.celeba"}
-            ids = [Path(f).stem for f in files]
-            paths[split] = write_site_table(
-                stage / f"{split}.parquet", ids,
-                {"image": img, "attributes": a.astype(np.float32)},
-                {c: a[:, j].astype(np.int64) for j, c in enumerate(label_cols)},
-                meta, row_group_size=row_group_size)
+            chunks = _chunks(src, files, attrs, list(label_cols), size, crop,
+                             row_group_size)
+            paths[split] = write_site_table_batches(
+                stage / f"{split}.parquet",
+                reported(chunks, step, f"reading {split}", done), meta,
+                row_group_size=row_group_size)
+            done += len(files)
     return final_paths(paths, stage, out_dir)

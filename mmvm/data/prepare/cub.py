@@ -19,7 +19,8 @@ Modalities (as the authors' ``utils/CUBDataset.py``, thomassutter/mmvmvae):
   metadata under ``vocab``.
 
 One sample per (image, caption): id ``<image_id>-<k>``, ``label`` = class index
-(0-based, the sorted class folders). Output ``<out>/{train,test}.parquet``.
+(0-based, the sorted class folders). Output ``<out>/{train,test}.parquet``, each
+streamed about one row group of images at a time (never a whole split).
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.prepare import (
+    Progress,
+    batched,
+    final_paths,
+    reported,
+    staged_output,
+    step_fn,
+)
 from mmvm.data.prepare.images import load_image
-from mmvm.data.store import DataError, write_site_table
+from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 
 SPECIALS = ("<exc>", "<pad>", "<eos>")
 EXC, PAD, EOS = 0, 1, 2
@@ -120,27 +129,27 @@ def prepare_cub(src: str | os.PathLike, out_dir: str | os.PathLike, *, size: int
     caps = {iid: _captions(src, images[iid], captions_per_image) for iid in images}
     vocab = build_vocab([c for iid in by_split["train"] for c in caps[iid]], min_occ)
     w2i = {w: i for i, w in enumerate(vocab)}
-    step = step_fn(progress, len(images))
+    k = captions_per_image
+
+    def chunk(part: Sequence[str]) -> SiteChunk:
+        """Images ``part`` with ``k`` captions each: ``len(part) * k`` rows."""
+        img = np.stack([load_image(src / "images" / images[iid], "RGB", size)
+                        for iid in part])  # [n, 3, size, size]
+        text = [encode(c, w2i, seq_len) for iid in part for c in caps[iid]]
+        label = [class_of[Path(images[iid]).parts[0]] for iid in part]
+        return SiteChunk([f"{iid}-{j}" for iid in part for j in range(k)],
+                         {"image": np.repeat(img, k, axis=0), "text": np.stack(text)},
+                         {"label": np.repeat(np.array(label, np.int64), k)},
+                         {"image_id": np.repeat(np.array(part, np.int64), k)})
+
+    step = step_fn(progress, len(images) * k)
     done, paths = 0, {}
     with staged_output(out_dir) as stage:
         for split, ids in by_split.items():
             if not ids:
                 continue
-            k = captions_per_image
-            img = np.zeros((len(ids) * k, 3, size, size), np.uint8)
-            text = np.zeros((len(ids) * k, seq_len), np.float32)
-            for i, iid in enumerate(ids):
-                img[i * k:(i + 1) * k] = load_image(src / "images" / images[iid], "RGB",
-                                                    size)
-                for j, c in enumerate(caps[iid]):
-                    text[i * k + j] = encode(c, w2i, seq_len)
-                done += 1
-                if done % 500 == 0 or done == len(images):
-                    step(f"reading {split}", done)
-            label = np.repeat([class_of[Path(images[iid]).parts[0]] for iid in ids], k)
-            sids = [f"{iid}-{j}" for iid in ids for j in range(k)]
             meta = {"name": "cub-image-captions", "source": str(src.resolve()),
-                    "split": split, "n": len(sids), "classes": classes,
+                    "split": split, "n": len(ids) * k, "classes": classes,
                     "vocab": vocab, "seq_len": seq_len, "min_occ": min_occ,
                     "recipe": {"image": f"resize to {size}x{size} (bicubic)",
                                "text": "lower-case word/punctuation tokens, cut to "
@@ -148,9 +157,10 @@ def prepare_cub(src: str | os.PathLike, out_dir: str | os.PathLike, *, size: int
                                "vocab": f"<exc>, <pad>, <eos>, then train words seen "
                                         f"> {min_occ} times, first-appearance order"},
                     "created_by": "mmvm.data.prepare.cub"}
-            paths[split] = write_site_table(
-                stage / f"{split}.parquet", sids, {"image": img, "text": text},
-                {"label": label.astype(np.int64)}, meta,
-                columns={"image_id": np.repeat(np.array(ids, dtype=np.int64), k)},
+            chunks = map(chunk, batched(ids, row_group_size // k))
+            paths[split] = write_site_table_batches(
+                stage / f"{split}.parquet",
+                reported(chunks, step, f"reading {split}", done), meta,
                 row_group_size=row_group_size)
+            done += len(ids) * k
     return final_paths(paths, stage, out_dir)

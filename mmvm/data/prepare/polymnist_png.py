@@ -14,20 +14,29 @@ works when every folder lists identically; pairing by name is what that relies o
 Output: ``<out>/train.parquet`` and ``<out>/test.parquet`` with modalities
 ``m0..m<M-1>`` (uint8 ``[3, 28, 28]``, scale 255), ``label`` (digit) and sample id
 ``<split>-<digit>-<i>``. A name present in one modality folder and missing in
-another raises :class:`DataError` naming both (no partial output).
+another raises :class:`DataError` naming both (no partial output). Each file is
+streamed one row group of images at a time.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.prepare import (
+    Progress,
+    batched,
+    final_paths,
+    reported,
+    staged_output,
+    step_fn,
+)
 from mmvm.data.prepare.images import load_image
-from mmvm.data.store import DataError, write_site_table
+from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 
 NAME = re.compile(r"^(\d+)\.(\d)\.png$")
 SPLITS = ("train", "test")
@@ -44,6 +53,25 @@ def _index(folder: Path) -> dict[str, Path]:
     if not files:
         raise DataError(f"{folder}: no <index>.<digit>.png files")
     return files
+
+
+def _chunks(split: str, mods: list[str], names: list[str],
+            index: dict[str, dict[str, Path]], n: int) -> Iterator[SiteChunk]:
+    """The samples ``names`` of ``split``, ``n`` at a time, decoded when asked for:
+    one uint8 ``[n, 3, 28, 28]`` tensor per modality, the digit as ``label``."""
+    for part in batched(names, n):
+        x: dict[str, list[np.ndarray]] = {m: [] for m in mods}
+        for name in part:
+            for m in mods:
+                img = load_image(index[m][name], "RGB")
+                if img.shape != (3, 28, 28):
+                    raise DataError(f"{index[m][name]}: expected a 28x28 image, got "
+                                    f"{img.shape[2]}x{img.shape[1]}")
+                x[m].append(img)
+        match = [NAME.match(name) for name in part]
+        yield SiteChunk([f"{split}-{g[2]}-{g[1]}" for g in match],
+                        {m: np.stack(v) for m, v in x.items()},
+                        {"label": np.array([int(g[2]) for g in match], np.int64)})
 
 
 def prepare_polymnist_png(src: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -83,24 +111,14 @@ def prepare_polymnist_png(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     done, paths = 0, {}
     with staged_output(out_dir) as stage:
         for split, (mods, names, index) in plan.items():
-            x = {m: np.zeros((len(names), 3, 28, 28), np.uint8) for m in mods}
-            for k, n in enumerate(names):
-                for m in mods:
-                    img = load_image(index[m][n], "RGB")
-                    if img.shape != (3, 28, 28):
-                        raise DataError(f"{index[m][n]}: expected a 28x28 image, got "
-                                        f"{img.shape[2]}x{img.shape[1]}")
-                    x[m][k] = img
-                done += 1
-                if done % 1000 == 0 or done == total:
-                    step(f"reading {split}", done)
-            labels = np.array([int(NAME.match(n)[2]) for n in names], np.int64)
-            ids = [f"{split}-{NAME.match(n)[2]}-{NAME.match(n)[1]}" for n in names]
             meta = {"name": "translated-polymnist", "source": str(src.resolve()),
                     "split": split, "n": len(names), "modalities": mods,
                     "layout": "<split>/m<k>/<i>.<digit>.png, paired by file name",
                     "created_by": "mmvm.data.prepare.polymnist_png"}
-            paths[split] = write_site_table(stage / f"{split}.parquet", ids, x,
-                                            {"label": labels}, meta,
-                                            row_group_size=row_group_size)
+            chunks = _chunks(split, mods, names, index, row_group_size)
+            paths[split] = write_site_table_batches(
+                stage / f"{split}.parquet",
+                reported(chunks, step, f"reading {split}", done), meta,
+                row_group_size=row_group_size)
+            done += len(names)
     return final_paths(paths, stage, out_dir)
