@@ -18,22 +18,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
+from mmvm.config import ConfigError
 from mmvm.data.default import ensure_default_sites
+from mmvm.data.store import DataError
 from mmvm.federation.channel import Channel, PlainChannel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.messages import MessageError
 from mmvm.federation.policy import SitePolicy, load_policy
+from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site import Site
 from mmvm.federation.site_errors import public_error
+from mmvm.secure.errors import SecurityError
 from mmvm.secure.session import SiteSecrets
+from mmvm.training import TrainingDivergedError
 from wire.records import request_from_record, to_record
 
 app = ClientApp()
+# failures a site explains in one line (configuration, data, protocol, policy)
+EXPECTED = (ConfigError, DataError, SecurityError, FederationError, MessageError,
+            PosteriorError, TrainingDivergedError)
 
 
 @dataclass
@@ -57,13 +67,19 @@ def _site_files(nc, s: FederationSettings) -> tuple[str, str, str | None]:
         return str(nc.get("site", data.name)), str(data / "train.parquet"), \
             str(test) if test.exists() else None
     pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
-    sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,
-                                        s.n_train, s.n_test, seed=s.experiment.train.seed,
-                                        modalities=tuple(s.modalities),
-                                        variant=s.data_variant)
+    try:
+        sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,
+                                            s.n_train, s.n_test,
+                                            seed=s.experiment.train.seed,
+                                            modalities=tuple(s.modalities),
+                                            variant=s.data_variant)
+    except ValueError as err:
+        raise ConfigError(f"simulation data: {err}") from None
     if num != len(sites):
-        raise ValueError(f"layout {s.layout!r} has {len(sites)} sites but the simulation "
-                         f"runs {num} SuperNodes; set num-supernodes={len(sites)}")
+        raise ConfigError(f"layout {s.layout!r} has {len(sites)} sites but the simulation "
+                          f"runs {num} SuperNodes: set num-sites={len(sites)} (mmvm run "
+                          f"starts that many) or --federation-config "
+                          f"'num-supernodes={len(sites)}'")
     name = sites[pid].name
     return name, files[name]["train"], files[name].get("test")
 
@@ -112,7 +128,12 @@ def _channel(context: Context, node: Node) -> Channel:
 
 
 def _answer(msg: Message, context: Context, kind: str) -> Message:
-    s, policy, files = _policy(context)
+    """The site's reply; a failure the site can explain is an error reply of one line
+    (no traceback reaches the server; in secure mode none of the site's data either)."""
+    try:
+        s, policy, files = _policy(context)
+    except EXPECTED as err:  # settings or policy: nothing of the site was read yet
+        return _error(msg, f"{type(err).__name__}: {err}")
     try:
         node = _node(context, s, policy, files)
         request = request_from_record(kind, msg.content)
@@ -121,11 +142,18 @@ def _answer(msg: Message, context: Context, kind: str) -> Message:
         node.version = node.state.stat().st_mtime_ns
     except Exception as err:
         _NODES.pop((context.run_id, context.node_id), None)  # reread from disk next time
-        if not (s.secure or policy.secure_site):
-            raise
-        log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
-        raise public_error(files[0], log, kind, err) from None
+        if s.secure or policy.secure_site:
+            log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
+            return _error(msg, str(public_error(files[0], log, kind, err)))
+        if isinstance(err, EXPECTED):
+            return _error(msg, f"{type(err).__name__}: {err}")
+        raise
     return Message(to_record(reply), reply_to=msg)
+
+
+def _error(msg: Message, text: str) -> Message:
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=text),
+                   reply_to=msg)
 
 
 def _state_root(context: Context, s: FederationSettings, policy: SitePolicy) -> Path:

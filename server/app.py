@@ -8,7 +8,8 @@ curves, and, where the server may read evaluation data, eval.json and pictures).
 
 from __future__ import annotations
 
-import json
+import logging
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,11 +17,16 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from mmvm.config import ConfigError
+from mmvm.data.store import DataError
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.loop import run_federation
 from mmvm.federation.messages import MessageError
+from mmvm.federation.posteriors import PosteriorError
+from mmvm.federation.report import summary, window_line
 from mmvm.federation.results import evaluate_assembled, write_results
 from mmvm.federation.settings import FederationSettings, load_settings
+from mmvm.secure.errors import SecurityError
 from wire.records import flower_type, reply_from_record, to_record
 
 app = ServerApp()
@@ -29,20 +35,33 @@ app = ServerApp()
 class FlowerTransport:
     """The loop's transport over a Flower Grid; node ids (as text) are the site keys."""
 
-    def __init__(self, grid: Grid, num_sites: int, timeout: float) -> None:
+    def __init__(self, grid: Grid, num_sites: int, timeout: float, connect_timeout: float
+                 ) -> None:
         self.grid, self.num_sites, self.timeout = grid, num_sites, timeout
+        self.connect_timeout = connect_timeout
         self.names: dict[str, str] = {}
 
     def nodes(self) -> list[str]:
-        deadline = time.monotonic() + self.timeout
+        """The sites' node ids once exactly ``num-sites`` are connected."""
+        deadline = time.monotonic() + self.connect_timeout
+        n = self.num_sites
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= self.num_sites:
-                return [str(n) for n in nodes]
+            if len(nodes) > n:
+                raise FederationError(
+                    f"{len(nodes)} SuperNodes are connected but this run expects "
+                    f"num-sites = {n}: in a simulation pass --federation-config "
+                    f"'num-supernodes={n}' (or set num-sites), in a deployment stop the "
+                    f"extra SuperNodes")
+            if len(nodes) == n:
+                return [str(x) for x in nodes]
             if time.monotonic() > deadline:
-                raise FederationError(f"only {len(nodes)} of {self.num_sites} sites "
-                                      f"connected within {self.timeout:.0f} s")
-            time.sleep(1.0)
+                raise FederationError(
+                    f"only {len(nodes)} of the {n} sites this run expects (num-sites = "
+                    f"{n}) connected within connect-timeout = {self.connect_timeout:.0f} "
+                    f"s: in a simulation pass --federation-config 'num-supernodes={n}' "
+                    f"(or set num-sites), in a deployment start the missing SuperNodes")
+            time.sleep(0.5)
 
     def exchange(self, requests: Mapping) -> dict:
         kind = next(iter(requests.values())).kind
@@ -55,7 +74,8 @@ class FlowerTransport:
             key = str(r.metadata.src_node_id)
             who = self.names.get(key, f"node {key}")
             if r.has_error():
-                raise FederationError(f"{stage}: site {who} failed: {r.error.reason}")
+                raise FederationError(f"{stage}: site {who} failed: "
+                                      f"{_reason(r.error.reason)}")
             try:
                 out[key] = reply_from_record(kind, r.content)
             except MessageError as err:
@@ -69,32 +89,57 @@ class FlowerTransport:
         return out
 
 
+class RunFailed(RuntimeError):
+    """A run that stopped for a reason the console already stated in one line."""
+
+
+class _NoTraceback(logging.Filter):
+    """Flower logs a ServerApp's exception with its traceback; for RunFailed the one
+    line mmvm printed says everything, so the traceback is dropped (narrowly: only
+    for this exception type)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RunFailed):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("flwr").addFilter(_NoTraceback())
+EXPECTED = (FederationError, ConfigError, SecurityError, MessageError, PosteriorError,
+            DataError)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    try:
+        run(grid, context)
+    except EXPECTED as err:
+        print(f"mmvm: run failed: {err}", flush=True)
+        raise RunFailed(str(err)) from None
+
+
+def run(grid: Grid, context: Context) -> None:
     s = load_settings(context.run_config)
     out_dir = Path(s.out_dir) / f"run-{context.run_id}"
     cfg = s.experiment
     print(f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange {s.exchange}, "
           f"{cfg.train.epochs} epochs, secure {s.secure}; results will be in {out_dir}",
           flush=True)
+    t0 = time.perf_counter()
 
     def log(row: dict) -> None:
-        print(f"window {row['window'] + 1}: epoch {row['epoch']} rec_nll {row['rec_nll']:.1f} "
-              f"reg {row['reg']:.2f} {row['bytes'] / 1e6:.2f} MB {row['seconds']:.1f} s",
-              flush=True)
+        print(window_line(row, row["windows"], time.perf_counter() - t0), flush=True)
 
-    transport = FlowerTransport(grid, s.num_sites, s.reply_timeout)
+    transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
     result = run_federation(transport, s, on_window=log)
-    if result.kept_weights:
-        print(f"mmvm: sites {result.kept_weights} keep their final weights (their policy "
-              f"says allow-collect = false): no assembled checkpoint", flush=True)
-    paths = write_results(out_dir, s, result)
     eval_data = _eval_data(s)
+    paths = write_results(out_dir, s, result, eval_data)
+    assembled = None
     if eval_data and result.model_state:
-        paths.update(evaluate_assembled(cfg, result.model_state, eval_data, out_dir))
-    print(json.dumps(result.evaluation, indent=1, default=str))
-    print("mmvm: results written:", *(f"  {k}: {v}" for k, v in paths.items()), sep="\n",
-          flush=True)
+        written, assembled = evaluate_assembled(cfg, result.model_state, eval_data, out_dir,
+                                                log=lambda line: print(line, flush=True))
+        paths.update(written)
+    print(summary(result, str(out_dir), paths, assembled), flush=True)
 
 
 def _eval_data(s: FederationSettings) -> str | None:
@@ -113,3 +158,9 @@ def _eval_data(s: FederationSettings) -> str | None:
         print(f"mmvm: no server-side evaluation ({err})", flush=True)
         return None
     return str(Path(files[sites[0].name]["train"]).parents[2])
+
+
+def _reason(text: str) -> str:
+    """Flower's ``"<class 'pkg.Error'>:<'message'>"`` -> ``"Error: message"``."""
+    m = re.match(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", text.strip(), re.S)
+    return f"{m.group(1)}: {m.group(2).strip()}" if m else text.strip()

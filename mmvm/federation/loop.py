@@ -139,6 +139,6 @@ def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,
                 for k in ("rec_nll", "reg", "rows")}
     except (KeyError, TypeError, ValueError) as err:
         raise FederationError(f"window {w}: a site sent malformed metrics ({err!r})") from None
-    return {"window": w, "epoch": window.steps[-1].epoch + 1,
+    return {"window": w, "windows": len(coord.plan), "epoch": window.steps[-1].epoch + 1,
             "step": window.steps[-1].step + 1, "rec_nll": sums["rec_nll"] / rows,
             "reg": sums["reg"] / (sums["rows"] or 1.0), "bytes": nbytes, "seconds": seconds}

@@ -21,16 +21,30 @@ from mmvm.config import config_to_dict
 WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds"]
 
 
-def write_results(out_dir: str | Path, settings, result) -> dict[str, str]:
+def used_config(settings, out_dir: str | Path, data: str | None) -> dict:
+    """The experiment config as the run used it: the run folder and the data it read
+    replace the config file's ``train.out_dir`` and ``data.root`` (which a federated
+    run does not use; in a deployment only the sites know their files)."""
+    cfg = config_to_dict(settings.experiment)
+    cfg["train"]["out_dir"] = str(out_dir)
+    cfg["data"]["root"] = data or "at the sites (node config data=...)"
+    return cfg
+
+
+def write_results(out_dir: str | Path, settings, result, data: str | None = None
+                  ) -> dict[str, str]:
+    """metrics.csv, results.json, checkpoint.pt (if the sites handed in their weights)
+    and curves.png in ``out_dir``; ``data``: the data folder the sites read, where the
+    server knows it (simulation)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=WINDOW_FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=WINDOW_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(result.history)
     atomic_write(out / "metrics.csv", buf.getvalue().encode())
     s = {k: v for k, v in asdict(settings).items() if k != "experiment"}
-    summary = {"settings": s, "config": config_to_dict(settings.experiment),
+    summary = {"settings": s, "config": used_config(settings, out, data),
                "sites": result.sites, "evaluation": result.evaluation,
                "bytes_total": result.bytes_total, "seconds": result.seconds,
                "windows": len(result.history), "kept_weights": result.kept_weights}
@@ -43,7 +57,7 @@ def write_results(out_dir: str | Path, settings, result) -> dict[str, str]:
     if result.model_state:
         last = result.history[-1] if result.history else {"epoch": 0, "step": 0}
         save_checkpoint(out / "checkpoint.pt", {
-            "config": config_to_dict(settings.experiment),
+            "config": used_config(settings, out, data),
             "model": {k: torch.as_tensor(v) for k, v in result.model_state.items()},
             "epoch": last["epoch"], "step": last["step"], "history": result.history,
             "federated": json.loads(json.dumps(summary, default=str))})  # plain types
@@ -76,12 +90,14 @@ def _plot_curves(path: Path, history: list[dict]) -> Path:
 
 
 def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: str | Path,
-                       log=print) -> dict[str, str]:
+                       log=print) -> tuple[dict[str, str], dict]:
     """Evaluate the assembled federated model on a dataset folder the server may read
     (the config's train and test files under ``data_dir``; in simulation, the
     look-alike's full split): probes, coherence with the cached classifiers where
-    the data has a label per sample, reconstruction, and pictures."""
+    the data has a label per sample, reconstruction, and pictures. Returns the paths
+    written and the evaluation; ``log`` gets one line per stage."""
     import dataclasses
+    import time
 
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
@@ -99,10 +115,17 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
                                                cfg.data.label, cfg.eval.probe_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label)
     judged = train_set.labels is not None
-    log("mmvm: evaluating the assembled model (probes"
-        + (", coherence classifiers" if judged else "") + ")")
-    ev = evaluate_run(cfg, model, train_set, test_set,
-                      classifiers_for(cfg) if judged else None)
+    t0 = time.perf_counter()
+    stages = 3 if judged else 2
+    if judged:
+        log(f"mmvm: evaluation 1/{stages}: judge classifiers for coherence (trained on "
+            f"the real data once, then cached)")
+    clfs = classifiers_for(cfg) if judged else None
+    log(f"mmvm: evaluation {stages - 1}/{stages}: probes, coherence, reconstruction "
+        f"({time.perf_counter() - t0:.0f} s so far)")
+    ev = evaluate_run(cfg, model, train_set, test_set, clfs)
+    log(f"mmvm: evaluation {stages}/{stages}: pictures ({time.perf_counter() - t0:.0f} s "
+        f"so far)")
     atomic_write(out / "eval.json", json.dumps(ev, indent=2, default=str).encode())
     paths = {"eval": str(out / "eval.json")}
     if any(m.kind == "image" for m in cfg.model.modalities):
@@ -117,4 +140,4 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
                                           mu.reshape(n * m, d).numpy()},
                                          b["label"].repeat_interleave(m).numpy(),
                                          out / "latents.png"))
-    return paths
+    return paths, ev

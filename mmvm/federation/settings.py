@@ -42,6 +42,7 @@ class FederationSettings:
     state_dir: str
     collect_model: bool
     reply_timeout: float
+    connect_timeout: float
     eval_data: str
     secure: bool
     keys_dir: str
@@ -101,6 +102,7 @@ def load_settings(rc: Mapping) -> FederationSettings:
         n_test=_get(rc, "n-test", int), out_dir=_path(rc, "out-dir"),
         state_dir=_path(rc, "state-dir"), collect_model=_get(rc, "collect-model", bool),
         reply_timeout=_get(rc, "reply-timeout", float),
+        connect_timeout=_get(rc, "connect-timeout", float),
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
         align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str))
@@ -119,8 +121,9 @@ def _check(s: FederationSettings) -> None:
                           "must be >= 1")
     if not 0.0 <= s.missing < 1.0:
         raise ConfigError(f"run config: missing = {s.missing} must be in [0, 1)")
-    if not s.reply_timeout > 0:
-        raise ConfigError(f"run config: reply-timeout = {s.reply_timeout} must be > 0")
+    if not s.reply_timeout > 0 or not s.connect_timeout > 0:
+        raise ConfigError(f"run config: reply-timeout = {s.reply_timeout} and "
+                          f"connect-timeout = {s.connect_timeout} must be > 0")
     if s.data_variant not in ("translated", "untranslated", "soft"):
         raise ConfigError(f"run config: data-variant = {s.data_variant!r}; choose "
                           f"'translated', 'untranslated' or 'soft'")

@@ -18,7 +18,8 @@ from mmvm.federation.site import Site
 
 @torch.no_grad()
 def evaluate_site(site: Site, max_probe_train: int = 10_000) -> dict[str, float]:
-    """``probe/<m>``, ``recon_nll/<m>`` and ``n_test``; empty without a test file."""
+    """``probe/<m>``, ``classes/<m>``, ``recon_nll/<m>`` and ``n_test``; empty without
+    a test file."""
     if not site.test_path:
         return {}
     test = open_dataset(site.test_path, site.names, site.cfg.data)
@@ -51,4 +52,5 @@ def _probes(site: Site, test, max_train: int) -> dict[str, float]:
         acc = probe_accuracy({m: train_mu[m]}, {m: ytr}, {m: test_mu[m]}, {m: yte},
                              max_train=max_train)
         out[f"probe/{m}"] = acc[m]
+        out[f"classes/{m}"] = float(len(np.unique(ytr[ytr >= 0])))  # chance = 1 / classes
     return out

@@ -1,0 +1,69 @@
+"""What a person reads on the console during and after a federated run.
+
+One line per exchange window (``window k/K``, the window's loss terms, bytes and
+time, and an estimate of the time left), and at the end a table by site: each own
+modality's probe accuracy against chance, its test reconstruction error, then the
+assembled model's evaluation where the server had data for one, bytes, wall time and
+where the files are. Pure functions of the loop's records: the ServerApp prints them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+
+def duration(seconds: float) -> str:
+    """``"2 min 05 s"`` / ``"41 s"``."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def window_line(row: Mapping, total: int, elapsed: float) -> str:
+    """The progress line of window ``row`` out of ``total``; ``elapsed``: seconds of
+    training so far (the time left is extrapolated from it)."""
+    k = row["window"] + 1
+    left = elapsed / k * (total - k)
+    tail = f"  ~{duration(left)} left" if k < total else \
+        "  (last window: no posteriors to send on)"
+    return (f"window {k}/{total}  epoch {row['epoch']}  rec_nll {row['rec_nll']:.1f}  "
+            f"reg {row['reg']:.2f}  {row['bytes'] / 1e6:.2f} MB  "
+            f"{row['seconds']:.1f} s" + tail)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+
+
+def _num(v, digits: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping | None
+            ) -> str:
+    """The closing summary of a run (see the module docstring)."""
+    rows = []
+    for ev in sorted(result.evaluation.values(), key=lambda e: e["site"]):
+        for m in ev["modalities"]:
+            classes = ev.get(f"classes/{m}")
+            chance = f" (chance {1 / classes:.2f})" if classes else ""
+            rows.append([ev["site"], m, _num(ev.get(f"probe/{m}")) + chance,
+                         _num(ev.get(f"recon_nll/{m}"), 1)])
+    n = len(result.history)
+    lines = [f"mmvm: finished {n} window{'s' if n != 1 else ''} in {duration(result.seconds)}; "
+             f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
+    lines += _table(["site", "modality", "probe accuracy", "test recon NLL"], rows)
+    if assembled:
+        probe, coh = assembled.get("probe", {}), assembled.get("coherence", {})
+        lines += ["", "assembled model, evaluated by the server: probe "
+                  f"{_num(probe.get('mean'))} (one probe over all modalities "
+                  f"{_num(probe.get('all'))}), coherence {_num(coh.get('mean'))}, "
+                  f"reconstruction NLL {_num(assembled.get('reconstruction', {}).get('total'), 1)}"]
+    if result.kept_weights:
+        lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights "
+                      f"(their policy: allow-collect = false): no assembled model"]
+    lines += ["", f"files in {run_dir}: " + ", ".join(sorted(
+        str(p).rsplit("/", 1)[-1] for p in paths.values()))]
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""The console lines of a run: progress with time left, and the closing summary."""
+
+from __future__ import annotations
+
+from mmvm.federation.loop import FederationResult
+from mmvm.federation.report import duration, summary, window_line
+
+
+def _row(w, n=12):
+    return {"window": w, "windows": n, "epoch": w + 1, "rec_nll": 3600.0, "reg": 20.5,
+            "bytes": 7.03e6, "seconds": 10.0}
+
+
+def test_progress_line_counts_windows_and_estimates_the_time_left():
+    line = window_line(_row(2), 12, elapsed=33.0)  # 3 windows in 33 s: 11 s each
+    assert line.startswith("window 3/12  epoch 3")
+    assert "7.03 MB" in line and "~1 min 39 s left" in line
+    last = window_line(_row(11), 12, elapsed=130.0)
+    assert "left" not in last and "last window: no posteriors to send on" in last
+    assert duration(41.4) == "41 s" and duration(125) == "2 min 05 s"
+
+
+def test_summary_is_a_table_by_site_with_chance_and_the_files():
+    res = FederationResult(history=[_row(w) for w in range(12)], bytes_total=84e6,
+                           seconds=186.0)
+    res.evaluation = {
+        "7": {"site": "site-m1", "modalities": ["m1"], "probe/m1": 0.854,
+              "classes/m1": 10.0, "recon_nll/m1": 1122.05},
+        "3": {"site": "site-m0", "modalities": ["m0"], "probe/m0": 0.743,
+              "classes/m0": 10.0, "recon_nll/m0": 1225.0},
+        "9": {"site": "site-x", "modalities": ["x"], "recon_nll/x": 5.0}}
+    text = summary(res, "/runs/run-1", {"results": "/runs/run-1/results.json"},
+                   {"probe": {"mean": 0.81, "all": 0.74}, "coherence": {"mean": 0.23},
+                    "reconstruction": {"total": 3593.0}})
+    lines = text.splitlines()
+    assert lines[0] == "mmvm: finished 12 windows in 3 min 06 s; 84.0 MB exchanged"
+    body = [line for line in lines if line.startswith("site-")]
+    assert [b.split()[0] for b in body] == ["site-m0", "site-m1", "site-x"]  # by name
+    assert "0.743 (chance 0.10)" in body[0] and "1225.0" in body[0]
+    assert body[2].split()[2] == "-"  # no labels at that site: no probe
+    assert "probe 0.810 (one probe over all modalities 0.740), coherence 0.230" in text
+    assert text.endswith("files in /runs/run-1: results.json")

@@ -1,0 +1,51 @@
+"""FlowerTransport.nodes: a run starts with exactly num-sites SuperNodes or says why not.
+
+A fake Grid stands in for Flower here (one function under test); the real SuperLink
+path is tests/federation/test_run_command.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mmvm.federation.coordinator import FederationError
+from server.app import FlowerTransport
+
+
+class FakeGrid:
+    """Reports a growing list of connected node ids, one more per call."""
+
+    def __init__(self, arrivals: list[list[int]]) -> None:
+        self.arrivals = arrivals
+        self.calls = 0
+
+    def get_node_ids(self) -> list[int]:
+        ids = self.arrivals[min(self.calls, len(self.arrivals) - 1)]
+        self.calls += 1
+        return ids
+
+
+def test_waits_until_all_sites_connect(monkeypatch):
+    monkeypatch.setattr("server.app.time.sleep", lambda s: None)
+    grid = FakeGrid([[], [7], [7, 3], [7, 3, 5]])
+    nodes = FlowerTransport(grid, 3, timeout=10, connect_timeout=60).nodes()
+    assert nodes == ["3", "5", "7"]
+    assert grid.calls == 4
+
+
+def test_too_many_supernodes_fail_at_once_naming_the_fix():
+    grid = FakeGrid([[1, 2, 3]])
+    with pytest.raises(FederationError) as err:
+        FlowerTransport(grid, 2, timeout=10, connect_timeout=60).nodes()
+    msg = str(err.value)
+    assert "3 SuperNodes" in msg and "num-sites = 2" in msg
+    assert "num-supernodes=2" in msg
+    assert grid.calls == 1
+
+
+def test_missing_sites_fail_after_the_connect_timeout():
+    grid = FakeGrid([[1]])
+    with pytest.raises(FederationError) as err:
+        FlowerTransport(grid, 3, timeout=10, connect_timeout=0.0).nodes()
+    msg = str(err.value)
+    assert "only 1 of the 3 sites" in msg and "connect-timeout" in msg
