@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from mmvm.config import ConfigError
 from mmvm.training import TrainingDivergedError
 
-COMMAND_MODULES = ("data", "train", "evaluate", "plot")
+COMMAND_MODULES = ("data", "train", "evaluate", "plot", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmvm",
         description="MMVM VAE: multimodal representation learning, centralized or "
-        "federated (the federated app runs with `flwr run .`).",
+        "federated (`mmvm run`: the federated app, as `flwr run .` runs it).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

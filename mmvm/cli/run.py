@@ -1,0 +1,139 @@
+"""``mmvm run``: run the federated app with ``flwr run`` and exit with the run's status.
+
+``flwr run --stream`` exits 0 even when the run failed, and an interrupted CLI leaves
+the run going in the SuperLink. This command runs the app as ``flwr run`` would,
+streams its output, then asks the SuperLink for the run's final status (``flwr ls``)
+and exits 0 only if it completed; Ctrl-C stops the run (``flwr stop``). For a
+simulation it starts exactly ``num-sites`` SuperNodes (the run config's value, or the
+one given with ``--run-config``), so the two can never disagree. It spawns the
+``flwr`` CLI; it imports nothing of Flower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parents[2]
+QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+             "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
+             "RAY_USAGE_STATS_ENABLED": "0",
+             # Ray's FutureWarning about accelerator env vars (no GPU is requested)
+             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+
+
+# Third-party lines a person does not need, matched exactly (what mmvm could not fix at
+# the cause): Flower's unconditional note on the default simulation size (this command
+# sets the size) with its how-to, and Ray tearing actors down at the end of a run.
+NOISE = (re.compile(r"Since flwr 1\.32, default simulated SuperNodes changed from 10 to 2"),
+         re.compile(r"To change federation size, use the following command"),
+         re.compile(r"flwr federation simulation-config .* --num-supernodes <N>"),
+         re.compile(r"Manually terminating ClientAppActor"))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="run the federated app (flwr run) and exit with the run's status",
+        description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1])
+    p.add_argument("--app", default=str(APP_DIR), help=f"the Flower app (default {APP_DIR})")
+    p.add_argument("--connection", default=None,
+                   help="a SuperLink connection of $FLWR_HOME/config.toml (default: "
+                        "flwr's default, a local simulation)")
+    p.add_argument("--run-config", default="",
+                   help="run-config overrides as flwr takes them, e.g. "
+                        "\"set='train.epochs=2' exchange='step'\"")
+    p.add_argument("--deployment", action="store_true",
+                   help="the connection is a deployment (SuperNodes started by the "
+                        "sites): no simulated SuperNodes are configured")
+    p.add_argument("--cpus-per-site", type=float, default=1.0,
+                   help="simulation: CPU cores per simulated site (default 1)")
+    p.add_argument("--gpus-per-site", type=float, default=0.0,
+                   help="simulation: GPU share per simulated site (default 0)")
+    p.set_defaults(func=run)
+
+
+def num_sites(app: Path, overrides: str) -> int:
+    """``num-sites`` of the run: the override if given, else the app's default."""
+    for token in shlex.split(overrides):
+        key, _, value = token.partition("=")
+        if key == "num-sites":
+            return int(value)
+    with open(app / "pyproject.toml", "rb") as fh:
+        return int(tomllib.load(fh)["tool"]["flwr"]["app"]["config"]["num-sites"])
+
+
+def flwr_command(args: argparse.Namespace) -> list[str]:
+    flwr = Path(sys.executable).with_name("flwr")
+    cmd = [str(flwr if flwr.exists() else "flwr"), "run", str(args.app)]
+    cmd += [args.connection] if args.connection else []
+    cmd += ["--stream"]
+    if args.run_config:
+        cmd += ["--run-config", args.run_config]
+    if not args.deployment:
+        n = num_sites(Path(args.app), args.run_config)
+        resources = f"client-resources-num-cpus={args.cpus_per_site:g}"
+        if args.gpus_per_site:
+            resources += f" client-resources-num-gpus={args.gpus_per_site:g}"
+        cmd += ["--federation-config", f"num-supernodes={n} {resources}"]
+    return cmd
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, **QUIET_ENV}
+    bin_dir = str(Path(sys.executable).parent)  # the SuperLink spawns flwr tools from PATH
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _flwr(cmd: list[str], args: argparse.Namespace, *extra: str) -> list[str]:
+    return [cmd[0], *extra, *([args.connection] if args.connection else [])]
+
+
+def status(cmd: list[str], args: argparse.Namespace, run_id: str) -> str:
+    """The run's status as the SuperLink reports it (e.g. ``finished:completed``)."""
+    res = subprocess.run(_flwr(cmd, args, "ls", "--run-id", run_id, "--format", "json"),
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    try:
+        doc = json.loads(res.stdout[res.stdout.index("{"):])
+        return str(doc["runs"][0]["status"])
+    except (ValueError, KeyError, IndexError):
+        return f"unknown ({(res.stdout + res.stderr).strip()[-300:]})"
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = flwr_command(args)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    run_id = None
+    try:
+        for line in proc.stdout:
+            if not any(p.search(line) for p in NOISE):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            started = re.search(r"Successfully started run (\d+)", line)
+            if started and run_id is None:
+                run_id = started.group(1)
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        if run_id:
+            subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
+                           capture_output=True, timeout=120)
+            print(f"\nmmvm run: stopped run {run_id}", file=sys.stderr)
+        return 130
+    if run_id is None:
+        print(f"mmvm run: flwr run did not start a run (exit code {proc.returncode})",
+              file=sys.stderr)
+        return 1
+    final = status(cmd, args, run_id)
+    ok = final == "finished:completed"
+    print(f"mmvm run: run {run_id} {final}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
