@@ -192,7 +192,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
         for name, body in mods_raw.items()
     )
     sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
-    _reject_unknown(raw, set(sections), "", source)
+    _reject_unknown_sections(raw, {**sections, "model": ModelConfig}, source)
     built = {k: _build(cls, raw.get(k, {}), k, source) for k, cls in sections.items()}
     model = _build(ModelConfig, model_raw, "model", source, extra={"modalities": specs})
     from mmvm.aggregation import available_methods
@@ -286,6 +286,22 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
     node[parts[-1]] = parsed
+
+
+def _reject_unknown_sections(raw: dict, sections: dict[str, type], source: str) -> None:
+    """A top-level key that is no section; when it is (close to) a key of one, say
+    which: ``epochs`` -> ``train.epochs``."""
+    for key in raw:
+        if key in sections:
+            continue
+        near = difflib.get_close_matches(key, sorted(sections), n=1)
+        owners = [f"{name}.{field}" for name, cls in sections.items()
+                  for field in difflib.get_close_matches(
+                      key, [f.name for f in dataclasses.fields(cls)], n=1)]
+        guess = near + owners if isinstance(raw[key], dict) else owners + near
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        raise ConfigError(f"{source}: unknown key {key!r}{hint} (keys are section.key; "
+                          f"sections: {', '.join(sorted(sections))})")
 
 
 def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str) -> None:

@@ -99,6 +99,15 @@ def test_train_missing_data_root_says_how_to_make_it(tmp_path, capsys, config, k
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_train_mistyped_data_root_suggests_the_folder_that_exists(tmp_path, capsys):
+    (tmp_path / "polymnist").mkdir()
+    (tmp_path / "polymnist" / "train.parquet").touch()
+    assert main(["train", "--config", POLYMNIST, "--set",
+                 f'data.root="{tmp_path / "polymnsit"}"']) == 2
+    err = capsys.readouterr().err
+    assert f"did you mean {tmp_path / 'polymnist' / 'train.parquet'}?" in err
+
+
 def test_train_missing_data_for_other_modalities_points_to_prepare(tmp_path, capsys):
     root = tmp_path / "nodata"
     assert main(["train", "--config", HIPPOCAMPUS, "--set", f'data.root="{root}"',

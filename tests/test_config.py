@@ -121,6 +121,8 @@ def test_malformed_overrides(item, match):
     ("model.latnt_dim=4", "model.latnt_dim", "model.latent_dim"),
     ("model.modalities.m0.widht=4", "model.modalities.m0.widht", "model.modalities.m0.width"),
     ("data.max_trian=4", "data.max_trian", "data.max_train"),
+    ("epochs=2", "epochs", "train.epochs"),          # the section left out
+    ("latent_dim=8", "latent_dim", "model.latent_dim"),
 ])
 def test_override_typo_names_key_and_suggests(item, key, hint):
     with pytest.raises(ConfigError) as info:

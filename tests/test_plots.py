@@ -98,3 +98,16 @@ def test_plot_cli_scatter_and_curves(tmp_path):
     assert _is_png(tmp_path / "c.png")
     assert main(["plot", "scatter", str(tmp_path / "missing.json"), "--out",
                  str(tmp_path / "m.png")]) == 2
+
+
+def test_plot_cli_writes_into_the_run_folder_by_default(tmp_path, monkeypatch):
+    from mmvm.cli import main
+
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    run = _metrics(tmp_path / "run" / "metrics.csv", 0).parent
+    assert main(["plot", "curves", str(run)]) == 0
+    assert _is_png(run / "curves.png")
+    (run / "results.json").write_text(json.dumps(ROWS))
+    assert main(["plot", "scatter", str(run / "results.json")]) == 0
+    assert _is_png(run / "scatter_probe.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -201,7 +201,8 @@ def _check(args: argparse.Namespace) -> int:
 
     table = Table(title="site files")
     for col in ("file", "status", "rows", "modalities", "labels", "dataset"):
-        table.add_column(col)
+        # a long path wraps onto further lines instead of being cut with "…"
+        table.add_column(col, overflow="fold", min_width=12 if col == "file" else None)
     errors = []
     for f in args.files:
         try:

@@ -25,13 +25,15 @@ def register(subparsers) -> None:
                    help="results.json / results.csv, or several runs' eval.json")
     s.add_argument("--y", choices=("probe", "coherence", "probe_all"), default="probe",
                    help="quantity on the y axis (default: probe)")
-    s.add_argument("--out", required=True, help="PNG to write")
+    s.add_argument("--out", default=None,
+                   help="PNG to write (default: scatter_<y>.png next to the first file)")
     s.set_defaults(func=run_scatter)
     c = sub.add_parser("curves", help="training curves from metrics.csv files")
     c.add_argument("metrics", nargs="+", help="metrics.csv files (or run folders)")
     c.add_argument("--keys", default="loss,rec_nll,reg",
                    help="comma-separated columns (default: loss,rec_nll,reg)")
-    c.add_argument("--out", required=True, help="PNG to write")
+    c.add_argument("--out", default=None,
+                   help="PNG to write (default: curves.png in the first run's folder)")
     c.set_defaults(func=run_curves)
 
 
@@ -58,7 +60,8 @@ def read_results(paths: list[str]) -> list[dict]:
 def run_scatter(args: argparse.Namespace) -> int:
     from mmvm.plots import scatter_recon_vs
 
-    print(f"wrote {scatter_recon_vs(read_results(args.results), args.out, args.y)}")
+    out = args.out or Path(args.results[0]).parent / f"scatter_{args.y}.png"
+    print(f"wrote {scatter_recon_vs(read_results(args.results), out, args.y)}")
     return 0
 
 
@@ -70,5 +73,6 @@ def run_curves(args: argparse.Namespace) -> int:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such metrics file")
     keys = [k.strip() for k in args.keys.split(",") if k.strip()]
-    print(f"wrote {loss_curves(paths, args.out, keys)}")
+    out = args.out or paths[0].parent / "curves.png"
+    print(f"wrote {loss_curves(paths, out, keys)}")
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+from pathlib import Path
 
 from mmvm.cli import add_config_arguments
 
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(
-                f"{path} does not exist; {_how_to_make(names, cfg.data.root)}")
+                f"{path} does not exist; {_near(path)}"
+                f"{_how_to_make(names, cfg.data.root)}")
     check_token_classes(cfg.model.modalities, paths)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     try:
@@ -48,6 +51,20 @@ def run(args: argparse.Namespace) -> int:
           f"{last.get('loss', float('nan')):.2f}; run folder: {result.out_dir} "
           f"(checkpoint.pt, metrics.csv, config.json)")
     return 0
+
+
+def _near(path: Path) -> str:
+    """'did you mean X?' when one folder on the way to ``path`` has a near namesake."""
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the deepest folder on the way that exists
+    if existing == path.parent or not existing.is_dir():
+        return ""
+    rest = path.relative_to(existing).parts
+    close = difflib.get_close_matches(rest[0], [p.name for p in existing.iterdir()], n=1)
+    if not close:
+        return ""
+    return f"did you mean {existing / close[0] / Path(*rest[1:])}? If the data is not made yet, "
 
 
 def _how_to_make(names: list[str], root: str) -> str:

@@ -29,6 +29,18 @@ def test_make_hippocampus_and_check(tmp_path, capsys):
     assert "bad.parquet: not a Parquet file" in err
 
 
+def test_check_shows_long_file_names_whole(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal
+    out = tmp_path / "a_site_folder_with_a_rather_long_name" / "hippocampus_prepared"
+    assert main(["data", "make", "hippocampus", "--out", str(out), "--trials-per-odor",
+                 "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(out / "train.parquet")]) == 0
+    cells = "".join(line.split("│")[1].strip() for line in
+                    capsys.readouterr().out.splitlines() if line.count("│") > 2)
+    assert str(out / "train.parquet") in cells  # folded over lines, not cut with "…"
+
+
 def test_make_hippocampus_raw_then_prepare(tmp_path):
     raw = tmp_path / "raw"
     assert main(["data", "make", "hippocampus", "--raw", "--out", str(raw),
