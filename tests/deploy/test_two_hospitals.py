@@ -1,0 +1,229 @@
+"""docs/deploy-two-hospitals.md, run as written on 127.0.0.1 (paths aside).
+
+Hospital A holds the frontal chest X-rays, hospital B the lateral views of the same
+studies. From one tiny tree in the published MIMIC-CXR-JPG layout
+(tests/support/published.py) the test follows the guide's steps with real processes:
+
+1. each site runs ``mmvm data prepare mimic_cxr ... --size 64`` and keeps its own
+   view's folder (``frontal/`` at A, ``lateral/`` at B), then ``mmvm data check``
+   on its files (exit status 0); both sites hold the same sample ids;
+2. keys as in production: the operator's ``make_keys --pki-only``, each site's
+   ``make_keys --site``, the operator's ``--directory``; each site checks the
+   directory's fingerprints with the guide's one-liner;
+3. the SuperLink with TLS, SuperNode authentication and ``--database``; both keys
+   registered (``flwr supernode register``); both SuperNodes with the guide's node
+   configs (``site``, ``data``, ``keys``, ``directory``, ``state``, ``peers``): A's
+   on the command line, B's in a TOML file; ``flwr supernode list`` shows both online;
+4. ``flwr run`` with the guide's run config (``configs/mimic_cxr_64.toml``,
+   ``num-sites=2 eval-data='' secure=true collect-model=false``); the run ends
+   ``finished:completed`` (``flwr ls``), ``results.json`` names both sites and says
+   both kept their weights;
+5. the guide's Python snippet loads hospital A's state file into a
+   ``MultimodalVAE`` and encodes one of A's JPEGs (the snippet is read from the
+   guide, its three paths replaced).
+
+The strings the guide gives for the node configs and the run config are checked to
+be in the guide, so the two cannot drift apart. Every process started is stopped
+in ``finally``. About 1.5-2 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmvm.data.store import read_site_table
+from tests.support.fleet import Fleet
+from tests.support.processes import free_port, wait_for_log, wait_for_port
+from tests.support.published import mimic_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "deploy-two-hospitals.md"
+BIN = Path(sys.executable).parent
+SITES = {"hospital-a": "frontal", "hospital-b": "lateral"}
+RUN_CONFIG = ("config='configs/mimic_cxr_64.toml' num-sites=2 eval-data='' "
+              "secure=true collect-model=false")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("flower-superlink", path=str(BIN)) is None,
+        reason="flower-superlink not installed next to this Python",
+    ),
+]
+
+
+def _sh(fleet: Fleet, *argv: str | Path) -> subprocess.CompletedProcess:
+    """One of the guide's commands, with the fleet's environment; output captured."""
+    res = subprocess.run([str(a) for a in argv], env=fleet.env, cwd=fleet.workdir,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"{argv} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def _node_config(site: str, data: Path, keys: Path, state: Path, peer: str,
+                 fingerprint: str) -> dict[str, str]:
+    """The guide's node config of ``site`` (section 4), key -> value."""
+    return {"site": site, "data": str(data), "keys": str(keys / "site_keys.json"),
+            "directory": str(keys / "public_keys.json"), "state": str(state),
+            "peers": f"{peer}={fingerprint}"}
+
+
+def _inline(nc: dict[str, str]) -> str:
+    """Hospital A's form: one ``--node-config`` string."""
+    return " ".join(f'{k}="{v}"' for k, v in nc.items())
+
+
+def _toml(nc: dict[str, str]) -> str:
+    """Hospital B's form: a TOML file that ``--node-config`` names."""
+    return "".join(f'{k} = "{v}"\n' for k, v in nc.items())
+
+
+def _generic(site: str) -> dict[str, str]:
+    """The node config as the guide prints it."""
+    peer = next(p for p in SITES if p != site)
+    return _node_config(site, Path(f"/srv/mmvm/mimic/{SITES[site]}"),
+                        Path(f"/etc/mmvm/{site}"), Path(f"/var/lib/mmvm/{site}"), peer,
+                        f"<fingerprint of {peer}>")
+
+
+def _snippet(guide: str) -> str:
+    """The guide's model-loading snippet (the python block after its marker)."""
+    m = re.search(r"<!-- test: load-model -->\s*```python\n(.*?)```", guide, re.S)
+    assert m, "the guide lost its load-model snippet"
+    return m.group(1)
+
+
+def test_two_hospital_walkthrough(tmp_path):
+    guide = GUIDE.read_text()
+    fleet = Fleet(tmp_path / "operator", bin_dir=BIN)
+    python, mmvm = BIN / "python", BIN / "mmvm"
+    mimic_tree(tmp_path / "published", size=(40, 48), extra=40, labels="random")
+    site_dir = {s: tmp_path / s for s in SITES}
+    try:
+        # -- 1. data, at each site ------------------------------------------------
+        data = {}
+        for site, view in SITES.items():
+            out = site_dir[site] / "mimic"
+            _sh(fleet, mmvm, "data", "prepare", "mimic_cxr", tmp_path / "published",
+                "--out", out, "--size", "64", "--seed", "0", "--quiet")
+            other = "lateral" if view == "frontal" else "frontal"
+            shutil.rmtree(out / other)  # the site keeps its own view only
+            data[site] = out / view
+            res = _sh(fleet, mmvm, "data", "check", data[site] / "train.parquet",
+                      data[site] / "test.parquet")
+            assert "1x64x64" in res.stdout and view in res.stdout, res.stdout
+        ids = {s: read_site_table(d / "train.parquet").sample_ids for s, d in data.items()}
+        assert ids["hospital-a"] == ids["hospital-b"] and len(ids["hospital-a"]) > 16
+        assert len(ids["hospital-a"]) % 16 != 1  # res_image: no batch of one (guide)
+
+        # -- 2. keys: operator, each site, the directory -------------------------------
+        pki = tmp_path / "operator" / "pki"
+        _sh(fleet, python, "-m", "deploy.make_keys", "--out", pki, "--pki-only",
+            "--hosts", "localhost")
+        fingerprint, keys = {}, {}
+        for site in SITES:
+            keys[site] = site_dir[site] / "keys"
+            res = _sh(fleet, python, "-m", "deploy.make_keys", "--out", keys[site],
+                      "--site", site)
+            m = re.search(rf"site {site}: fingerprint ([0-9a-f ]+)\n", res.stdout)
+            assert m, res.stdout
+            fingerprint[site] = m.group(1).replace(" ", "")  # read out by phone
+        _sh(fleet, python, "-m", "deploy.make_keys", "--out", pki, "--directory",
+            *(keys[s] / "site_public.json" for s in SITES))
+        for site in SITES:  # the operator sends ca.crt and public_keys.json
+            shutil.copy(pki / "ca.crt", keys[site] / "ca.crt")
+            shutil.copy(pki / "public_keys.json", keys[site] / "public_keys.json")
+            res = _sh(fleet, python, "-c",
+                      "from mmvm.secure.keys import load_public_directory as l; "
+                      "[print(n, p.fingerprint) for n, p in "
+                      f"l('{keys[site] / 'public_keys.json'}').items()]")
+            listed = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1].replace(" ", "")
+                      for ln in res.stdout.splitlines()}
+            assert listed == fingerprint  # each site compares with what it was told
+
+        # -- 3. the SuperLink, registrations, the SuperNodes --------------------------
+        port = free_port()
+        link = fleet.start("superlink", [
+            str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
+            "--ssl-ca-certfile", str(pki / "ca.crt"),
+            "--ssl-certfile", str(pki / "server.pem"),
+            "--ssl-keyfile", str(pki / "server.key"),
+            "--enable-supernode-auth", "--disable-runtime-dependency-installation",
+            "--database", str(tmp_path / "operator" / "superlink.db")])
+        wait_for_port("127.0.0.1", port, 60, link.popen)
+        fleet.write_connection("mmvm", f"127.0.0.1:{port}",
+                               root_certificates=pki / "ca.crt")
+        for site in SITES:  # the operator received <site>.pub
+            out = fleet.register(keys[site] / f"{site}.pub", "mmvm")
+            assert "registered successfully" in out, out
+        assert f"--node-config '{_inline(_generic('hospital-a'))}'" in guide
+        assert _toml(_generic("hospital-b")) in guide
+        nodes, state = {}, {}
+        for site in SITES:
+            peer = next(p for p in SITES if p != site)
+            state[site] = site_dir[site] / "state"
+            nc = _node_config(site, data[site], keys[site], state[site], peer,
+                              fingerprint[peer])
+            if site == "hospital-a":
+                text = _inline(nc)
+            else:
+                text = str(keys[site] / "node-config.toml")
+                Path(text).write_text(_toml(nc))
+            nodes[site] = fleet.start_supernode(
+                site, f"127.0.0.1:{port}", auth_key=keys[site] / site,
+                root_certificates=keys[site] / "ca.crt", port=free_port(),
+                node_config=text)
+        for proc in nodes.values():
+            assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
+                proc.log_text()
+        listed = fleet.flwr("supernode", "list", "mmvm", "--format", "json")
+        nodes_json = json.loads(listed.stdout)["nodes"]
+        assert [n["status"] for n in nodes_json] == ["online", "online"], listed.stdout
+
+        # -- 4. the run -------------------------------------------------------------
+        assert f'--run-config "{RUN_CONFIG}"' in guide
+        runs = tmp_path / "operator" / "runs"
+        res = fleet.flwr("run", str(ROOT), "mmvm", "--stream", "--run-config",
+                         f"{RUN_CONFIG} out-dir='{runs}'", timeout=300, check=False)
+        out = res.stdout + res.stderr
+        m = re.search(r"Successfully started run (\d+)", out)
+        assert m, out
+        run_id = m.group(1)
+        ls = fleet.flwr("ls", "--run-id", run_id, "--format", "json")
+        status = json.loads(ls.stdout)["runs"][0]["status"]
+        assert status == "finished:completed", out
+        results = json.loads((runs / f"run-{run_id}" / "results.json").read_text())
+        assert sorted(v["site"] for v in results["sites"].values()) == sorted(SITES)
+        assert results["windows"] == 2
+        for ev in results["evaluation"].values():  # each hospital on its test.parquet
+            view = SITES[ev["site"]]
+            assert ev["modalities"] == [view] and f"recon_nll/{view}" in ev, ev
+            assert 0.0 <= ev[f"probe/{view}"] <= 1.0, ev  # "No Finding" probe
+        assert not (runs / f"run-{run_id}" / "checkpoint.pt").exists()
+        for site in SITES:
+            assert (state[site] / f"run-{run_id}" / f"{site}.pt").is_file()
+            assert not (state[site] / f"run-{run_id}" / f"{site}.errors.log").exists()
+
+        # -- 5. hospital A loads its model and encodes one of its images -----------
+        jpg = next((tmp_path / "published" / "files").rglob("f4.jpg"))  # a PA view
+        code = _snippet(guide)
+        for name, value in (("CONFIG", ROOT / "configs" / "mimic_cxr_64.toml"),
+                            ("STATE", state["hospital-a"] / f"run-{run_id}"
+                             / "hospital-a.pt"),
+                            ("IMAGE", jpg)):
+            code, n = re.subn(rf'^{name} = ".*"$', f'{name} = "{value}"', code,
+                              flags=re.M)
+            assert n == 1, f"the snippet has no line {name} = \"...\""
+        res = _sh(fleet, python, "-c", code)
+        assert "mu (1, 32) logvar (1, 32) recon (1, 1, 64, 64)" in res.stdout, res.stdout
+        n = len(ids["hospital-a"])
+        assert f"aligned rows {n} held here {n}" in res.stdout, res.stdout
+    finally:
+        fleet.stop()
+        assert all(p.popen.poll() is not None for p in fleet.processes)
