@@ -32,7 +32,7 @@ _PREPARE_HELP = {
 }
 
 
-_PREPARE_OPTIONS = ("size", "seed", "skip_missing", "test_fraction", "correct_only",
+_PREPARE_OPTIONS = ("size", "seed", "skip_missing", "view", "test_fraction", "correct_only",
                     "crop", "onsets")
 _MAKE_HC_OPTIONS = ("seed", "trials_per_odor", "tuning", "test_fraction")
 
@@ -104,6 +104,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             q.add_argument("--skip-missing", action="store_true",
                            default=argparse.SUPPRESS,
                            help="drop pairs whose JPEG is missing (partial download)")
+            q.add_argument("--view", choices=("frontal", "lateral"),
+                           default=argparse.SUPPRESS,
+                           help="write only this view's site files, reading only its "
+                                "JPEGs (a hospital that holds one view); ids and splits "
+                                "come from the metadata CSV, the same at both sites")
         if name == "hippocampus":
             q.add_argument("--test-fraction", type=float, default=argparse.SUPPRESS,
                            help="share of aligned trials held out (default 0.2)")

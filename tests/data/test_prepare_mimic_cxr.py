@@ -93,6 +93,31 @@ def test_missing_image_error_or_skip(tmp_path):
     assert t.dataset_meta["dropped_missing_pairs"] == 1
 
 
+def test_one_view_needs_only_its_jpegs_and_names_samples_as_both_views_do(tmp_path):
+    """A hospital with only the frontal images prepares the frontal site alone; its ids,
+    splits and images equal those of a preparation that had both views."""
+    _tree(tmp_path / "src")
+    both = prepare_mimic_cxr(tmp_path / "src", tmp_path / "both", size=8)
+    lateral = {dicom for studies in mimic_studies().values() for images in studies.values()
+               for dicom, view in images if view in ("LATERAL", "LL")}
+    for jpg in (tmp_path / "src" / "files").rglob("*.jpg"):
+        if jpg.stem in lateral:
+            jpg.unlink()  # the lateral views live at the other hospital
+    own = prepare_mimic_cxr(tmp_path / "src", tmp_path / "a", size=8, view="frontal")
+    assert set(own) == {"frontal.train", "frontal.val", "frontal.test"}
+    assert not (tmp_path / "a" / "lateral").exists()
+    for key, path in own.items():
+        got, want = read_site_table(path), read_site_table(both[key])
+        assert got.sample_ids == want.sample_ids
+        np.testing.assert_array_equal(got.tensors["frontal"], want.tensors["frontal"])
+    with pytest.raises(DataError, match="image file not found"):
+        prepare_mimic_cxr(tmp_path / "src", tmp_path / "b", size=8, view="lateral")
+    with pytest.raises(DataError, match=r"no lateral JPEG of any pair was found"):
+        prepare_mimic_cxr(tmp_path / "src", tmp_path / "b", size=8, view="lateral",
+                          skip_missing=True)
+    assert not (tmp_path / "b").exists()
+
+
 def test_bad_label_value_names_file_row_column(tmp_path):
     _tree(tmp_path / "src")
     p = tmp_path / "src" / "mimic-cxr-2.0.0-chexpert.csv"

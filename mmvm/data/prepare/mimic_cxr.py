@@ -9,7 +9,8 @@ Published layout::
 (either CSV may be gzipped, ``.csv.gz``). Recipe (reference note, section 3):
 
 - views: frontal = ``AP`` or ``PA``, lateral = ``LATERAL`` or ``LL``; every frontal x
-  lateral pair of one study is a sample, id ``<study_id>_<frontal>_<lateral>``;
+  lateral pair of one study is a sample, id ``<study_id>_<frontal>_<lateral>``
+  (from the metadata CSV alone: ``view=`` writes one site, reading only its JPEGs);
 - labels: the 14 CheXpert columns, 1 -> 1 and uncertain (-1), 0 and blank -> 0,
   stored as ``label.<snake_case name>`` (the mapping is in the metadata); a study
   without a CheXpert row gets -1 (unknown) in every label column;
@@ -137,7 +138,7 @@ def site_chunks(rows: list[tuple[str, str, str, str, str]], site: str,
 
 def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                       size: int = 64, seed: int = 0, skip_missing: bool = False,
-                      row_group_size: int = 256,
+                      view: str | None = None, row_group_size: int = 256,
                       progress: Progress | None = None) -> dict[str, Path]:
     """Pair the views of each study and write the frontal and lateral site files.
 
@@ -149,12 +150,19 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     seed : seeds the patient split.
     skip_missing : drop pairs whose JPEG is absent (a partial download) instead of
         raising; the number dropped is recorded in the metadata.
+    view : "frontal" or "lateral": write only that site's files, reading only that
+        view's JPEGs (a hospital that holds one view). Sample ids and splits come from
+        the metadata CSV alone, so two sites that prepare their view from the same
+        CSV name the same studies the same way.
 
     Returns
     -------
     ``{"frontal.train": path, "lateral.train": path, ...}``.
     """
     src = Path(src)
+    if view is not None and view not in VIEWS:
+        raise DataError(f"view {view!r}: choose one of {sorted(VIEWS)}")
+    views = [view] if view else list(VIEWS)
     meta_rows = _read_csv(src, METADATA, ("dicom_id", "subject_id", "study_id",
                                           "ViewPosition"))
     lab_rows = _read_csv(src, LABELS, ("subject_id", "study_id", *CHEXPERT))
@@ -188,17 +196,21 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     dropped = 0
     if skip_missing:
-        kept = [p for p in pairs if jpg(p[2], p[1], p[3]).is_file()
-                and jpg(p[2], p[1], p[4]).is_file()]
+        cols = [3 + list(VIEWS).index(v) for v in views]
+        kept = [p for p in pairs if all(jpg(p[2], p[1], p[c]).is_file() for c in cols)]
         dropped, pairs = len(pairs) - len(kept), kept
-    step = step_fn(progress, len(pairs) * len(VIEWS))
+        if not pairs:
+            raise DataError(f"{src / 'files'}: no {' and '.join(views)} JPEG of any pair "
+                            f"was found (--skip-missing dropped all {dropped}); is SRC "
+                            f"the folder that holds files/?")
+    step = step_fn(progress, len(pairs) * len(views))
     done, paths = 0, {}
     with staged_output(out_dir) as stage:
         for split in SPLITS:
             rows = [p for p in pairs if p[0] == split]
             if not rows:
                 continue
-            for site in VIEWS:
+            for site in views:
                 meta = {"name": "mimic-cxr-jpg", "source": str(src.resolve()),
                         "site": site, "views": list(VIEWS[site]), "split": split,
                         "n": len(rows), "seed": seed, "size": size,
