@@ -26,13 +26,24 @@ SCHEDULES = ("permutation", "grouped")
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """Row indices of every batch of ``epoch``: a seeded permutation cut into batches.
 
-    The last batch may be smaller. Deterministic in (n, batch_size, seed, epoch).
+    The last batch may be smaller; a last batch of one row joins the batch before it
+    (BatchNorm cannot train on one sample, and a 1-in-``batch_size`` chance of that on
+    real data is not a user's problem). Deterministic in (n, batch_size, seed, epoch).
     """
     if n <= 0 or batch_size <= 0:
         raise ValueError(f"need n > 0 and batch_size > 0, got n={n}, batch_size={batch_size}")
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=g)
-    return list(perm.split(batch_size))
+    return cut(perm, batch_size)
+
+
+def cut(rows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """``rows`` in batches of ``batch_size``; a trailing batch of one joins the one
+    before it (when there is one)."""
+    batches = list(rows.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
 
 
 def epoch_batches_grouped(groups: Sequence[Sequence[int] | np.ndarray | torch.Tensor],
@@ -44,8 +55,8 @@ def epoch_batches_grouped(groups: Sequence[Sequence[int] | np.ndarray | torch.Te
     group ``k``, e.g. ``StreamingDataset.row_groups()``). The order of the groups is a
     seeded permutation; consecutive runs of ``window`` groups (in that order) form a
     window whose rows are shuffled together; the concatenated windows are cut into
-    batches of ``batch_size`` (the last may be smaller, so there are
-    ``ceil(n / batch_size)`` batches as with :func:`epoch_batches`). A batch thus draws
+    batches of ``batch_size`` as :func:`epoch_batches` cuts them (the last may be
+    smaller; one of a single row joins the batch before). A batch thus draws
     from consecutive windows only: two (at most ``2 * window`` row groups) when a
     window holds at least ``batch_size`` rows, and a row-group cache holding the groups
     of the windows one batch spans reads each group once per epoch.
@@ -63,4 +74,4 @@ def epoch_batches_grouped(groups: Sequence[Sequence[int] | np.ndarray | torch.Te
     for w in range(0, len(order), window):
         rows = torch.cat([tensors[k] for k in order[w:w + window]])
         parts.append(rows[torch.randperm(len(rows), generator=g)])
-    return list(torch.cat(parts).split(batch_size))
+    return cut(torch.cat(parts), batch_size)

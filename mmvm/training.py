@@ -181,7 +181,8 @@ def train(
         start_epoch, step, history = _resume(ckpt_path, cfg, model, optimizer)
     atomic_write(out_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2).encode())
 
-    n_batches = math.ceil(len(train_set) / cfg.train.batch_size)
+    n, b = len(train_set), cfg.train.batch_size
+    n_batches = math.ceil(n / b) - (n > b and n % b == 1)  # as mmvm.schedule.cut cuts
     with progress_bar(show_progress) as bar:
         task = bar.add_task("train", total=(cfg.train.epochs - start_epoch) * n_batches)
         for epoch in range(start_epoch, cfg.train.epochs):
