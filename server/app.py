@@ -20,10 +20,10 @@ from flwr.serverapp import Grid, ServerApp
 from mmvm.config import ConfigError
 from mmvm.data.store import DataError
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.loop import run_federation
+from mmvm.federation.loop import FederationResult, run_federation
 from mmvm.federation.messages import MessageError
 from mmvm.federation.posteriors import PosteriorError
-from mmvm.federation.report import summary, window_line
+from mmvm.federation.report import alignment_line, summary, window_line
 from mmvm.federation.results import evaluate_assembled, write_results
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.secure.errors import SecurityError
@@ -70,8 +70,13 @@ class FlowerTransport:
         msgs = [Message(to_record(req), dst_node_id=int(key), message_type=flower_type(req),
                         group_id=stage) for key, req in requests.items()]
         out: dict = {}
-        for r in self.grid.send_and_receive(msgs, timeout=self.timeout):
-            key = str(r.metadata.src_node_id)
+        replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
+        # a reply names the message it answers; an error Flower makes for a site that
+        # went away comes from the SuperLink's own node, so its sender is not the site
+        asked = {m.metadata.message_id or m.object_id: k
+                 for m, k in zip(msgs, requests, strict=True)}
+        for r in replies:
+            key = asked.get(r.metadata.reply_to_message_id, str(r.metadata.src_node_id))
             who = self.names.get(key, f"node {key}")
             if r.has_error():
                 raise FederationError(f"{stage}: site {who} failed: "
@@ -131,8 +136,9 @@ def run(grid: Grid, context: Context) -> None:
         print(window_line(row, row["windows"], time.perf_counter() - t0), flush=True)
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
-    result = run_federation(transport, s, on_window=log)
-    eval_data = _eval_data(s)
+    result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
+        alignment_line(al, s.num_sites), flush=True))
+    eval_data = _eval_data(s, result) if result.model_state else None
     paths = write_results(out_dir, s, result, eval_data)
     assembled = None
     if eval_data and result.model_state:
@@ -142,12 +148,24 @@ def run(grid: Grid, context: Context) -> None:
     print(summary(result, str(out_dir), paths, assembled), flush=True)
 
 
-def _eval_data(s: FederationSettings) -> str | None:
+def _eval_data(s: FederationSettings, result: FederationResult) -> str | None:
     """Where the server may read evaluation data: ``eval-data`` = "" (nowhere), a folder
-    with train/test.parquet, or "default": the simulation's own look-alike data."""
+    with train/test.parquet, or "default": the simulation's own look-alike data, used
+    only when the sites are the simulation's (a deployment's sites bring their own)."""
     if s.eval_data != "default":
         return s.eval_data or None
     from mmvm.data.default import ensure_default_sites
+    from mmvm.data.sites import site_layout
+
+    try:
+        expected = {x.name for x in site_layout(s.layout, tuple(s.modalities), s.shards)}
+    except ValueError:
+        expected = set()
+    if {info["site"] for info in result.sites.values()} != expected:
+        print("mmvm: no server-side evaluation (eval-data = 'default' is the simulation's "
+              "look-alike data; these sites bring their own: set eval-data to a folder "
+              "or '')", flush=True)
+        return None
 
     try:
         sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,

@@ -51,6 +51,7 @@ class Coordinator:
                                  count=len(s.identifiers))
             s.held = np.sort(s.rows)
         self._check_overlaps()
+        self._check_coupled()
         self.plan_args = plan
         self.plan: list[Window] = plan.plan(len(self.ids))
 
@@ -76,6 +77,27 @@ class Coordinator:
                         if np.isin(r, self.sites[k].held)]
                 raise FederationError(f"a sample of modality {m!r} is held by both "
                                       f"{both[0]} and {both[1]}")
+
+    def alignment(self) -> dict:
+        """How many aligned samples each modality has, and how many have two or more
+        (only those couple the modalities' models through the mixture prior)."""
+        count = np.zeros(self.n, np.int64)
+        per = {}
+        for m, keys in self.holders.items():
+            rows = np.concatenate([self.sites[k].held for k in keys])
+            per[m] = int(len(rows))
+            count[rows] += 1
+        return {"samples": self.n, "per_modality": per,
+                "multimodal": int((count >= 2).sum()),
+                "complete": int((count == len(self.modalities)).sum())}
+
+    def _check_coupled(self) -> None:
+        if len(self.modalities) > 1 and self.n and self.alignment()["multimodal"] == 0:
+            names = sorted(s.name for s in self.sites.values())
+            raise FederationError(
+                f"the sites {names} share no sample: no id is held for two modalities, "
+                f"so nothing would couple their models; check that the sites name "
+                f"samples the same way (same preparer, --seed and metadata)")
 
     @property
     def n(self) -> int:

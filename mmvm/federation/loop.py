@@ -48,6 +48,7 @@ class FederationResult:
     sites: dict[str, dict] = field(default_factory=dict)
     model_state: dict[str, np.ndarray] | None = None
     kept_weights: list[str] = field(default_factory=list)
+    alignment: dict = field(default_factory=dict)
 
 
 class Metered:
@@ -75,13 +76,17 @@ def make_routing(s: FederationSettings) -> Routing:
 
 
 def run_federation(transport: Transport, s: FederationSettings,
-                   on_window: Callable[[dict], None] | None = None) -> FederationResult:
+                   on_window: Callable[[dict], None] | None = None,
+                   on_align: Callable[[dict], None] | None = None) -> FederationResult:
     """Align, train every window of the plan, evaluate; returns metrics and bytes."""
     t0, meter, routing = time.perf_counter(), Metered(transport), make_routing(s)
     described = meter.exchange({key: DescribeRequest() for key in transport.nodes()})
     coord = Coordinator(routing.align(meter, described), s.modalities, s.plan_args())
     result = FederationResult(sites={k: {"site": i.name, "modalities": i.modalities,
-                                         "n": len(i.held)} for k, i in coord.sites.items()})
+                                         "n": len(i.held)} for k, i in coord.sites.items()},
+                              alignment=coord.alignment())
+    if on_align:
+        on_align(result.alignment)
     replies = meter.exchange({key: coord.attach_request(key, float16=s.float16,
                                                         delta_tol=s.delta_tol,
                                                         peers=routing.peers)
@@ -112,7 +117,8 @@ def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping
                                   for key in coord.sites})
     result.evaluation = {k: {"site": r.site, "modalities": list(r.modalities), **r.metrics}
                          for k, r in replies.items()}
-    if not collect_model:
+    if not collect_model:  # every site keeps its weights
+        result.kept_weights = sorted(coord.name(k) for k in replies)
         return
     state, kept = {}, []
     for key, r in replies.items():

@@ -31,6 +31,13 @@ def window_line(row: Mapping, total: int, elapsed: float) -> str:
             f"{row['seconds']:.1f} s" + tail)
 
 
+def alignment_line(al: Mapping, num_sites: int) -> str:
+    """How many samples the sites share (an id scheme that does not match shows here)."""
+    per = ", ".join(f"{m} {n}" for m, n in al["per_modality"].items())
+    return (f"mmvm: aligned {al['samples']} samples across {num_sites} sites ({per}); "
+            f"{al['multimodal']} have two or more modalities, {al['complete']} all")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
@@ -62,8 +69,9 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
                   f"{_num(probe.get('all'))}), coherence {_num(coh.get('mean'))}, "
                   f"reconstruction NLL {_num(assembled.get('reconstruction', {}).get('total'), 1)}"]
     if result.kept_weights:
-        lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights "
-                      f"(their policy: allow-collect = false): no assembled model"]
+        lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights, "
+                      f"each in its state file (collect-model = false, or the site's "
+                      f"policy allow-collect = false): no assembled model"]
     lines += ["", f"files in {run_dir}: " + ", ".join(sorted(
         str(p).rsplit("/", 1)[-1] for p in paths.values()))]
     return "\n".join(lines)

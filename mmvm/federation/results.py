@@ -47,7 +47,8 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
     summary = {"settings": s, "config": used_config(settings, out, data),
                "sites": result.sites, "evaluation": result.evaluation,
                "bytes_total": result.bytes_total, "seconds": result.seconds,
-               "windows": len(result.history), "kept_weights": result.kept_weights}
+               "windows": len(result.history), "kept_weights": result.kept_weights,
+               "alignment": result.alignment}
     probes = [v for ev in result.evaluation.values() for k, v in ev.items()
               if k.startswith("probe/")]
     if probes:

@@ -29,6 +29,13 @@ def test_rows_are_the_sorted_union_and_each_site_gets_its_own():
     assert c.attach_request("k0", float16=True, delta_tol=0.5, peers=False).peers == {}
 
 
+def test_alignment_counts_the_samples_that_couple_modalities():
+    c = _coord(("a", ["m0"], ["s1", "s2", "s3"]), ("b", ["m1"], ["s2", "s3", "s4"]),
+               ("c", ["m2"], ["s3"]), modalities=("m0", "m1", "m2"))
+    assert c.alignment() == {"samples": 4, "per_modality": {"m0": 3, "m1": 3, "m2": 1},
+                             "multimodal": 2, "complete": 1}
+
+
 @pytest.mark.parametrize("sites,match", [
     ((("a", ["m0"], ["s1"]), ("a", ["m1"], ["s1"])), "two sites report the same name"),
     ((("a", ["m0", "m9"], ["s1"]), ("b", ["m1"], ["s1"])), r"modalities \['m9'\]"),
@@ -36,6 +43,8 @@ def test_rows_are_the_sorted_union_and_each_site_gets_its_own():
     ((("a", ["m0"], ["s1", "s1"]), ("b", ["m1"], ["s1"])), "reported a sample twice"),
     ((("a", ["m0"], ["s1", "s2"]), ("b", ["m0", "m1"], ["s2"])),
      "modality 'm0' is held by both a and b"),
+    ((("a", ["m0"], ["s1", "s2"]), ("b", ["m1"], ["x1", "x2"])),  # id schemes differ
+     r"the sites \['a', 'b'\] share no sample"),
 ])
 def test_invalid_federations_are_refused(sites, match):
     with pytest.raises(FederationError, match=match):

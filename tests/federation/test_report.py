@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mmvm.federation.loop import FederationResult
-from mmvm.federation.report import duration, summary, window_line
+from mmvm.federation.report import alignment_line, duration, summary, window_line
 
 
 def _row(w, n=12):
@@ -40,3 +40,11 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
     assert body[2].split()[2] == "-"  # no labels at that site: no probe
     assert "probe 0.810 (one probe over all modalities 0.740), coherence 0.230" in text
     assert text.endswith("files in /runs/run-1: results.json")
+
+
+def test_alignment_line_says_how_many_samples_the_sites_share():
+    al = {"samples": 120, "per_modality": {"frontal": 100, "lateral": 90},
+          "multimodal": 70, "complete": 70}
+    line = alignment_line(al, 2)
+    assert line == ("mmvm: aligned 120 samples across 2 sites (frontal 100, lateral 90); "
+                    "70 have two or more modalities, 70 all")

@@ -43,6 +43,7 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     alarming = [ln for ln in lines if any(word in ln for word in ALARMING)]
     assert not alarming, "\n".join(alarming)
     assert any("window 1/1" in ln for ln in lines), out[-3000:]
+    assert any(ln.startswith("mmvm: aligned 300 samples across 3 sites") for ln in lines)
     assert any("completed" in ln for ln in lines)
     run_dir = next((tmp_path / "runs").glob("run-*"))
     assert str(run_dir) in out  # the summary says where the results are

@@ -7,8 +7,10 @@ path is tests/federation/test_run_command.py.
 from __future__ import annotations
 
 import pytest
+from flwr.app import Error, Message
 
 from mmvm.federation.coordinator import FederationError
+from mmvm.federation.messages import EvaluateRequest
 from server.app import FlowerTransport
 
 
@@ -49,3 +51,30 @@ def test_missing_sites_fail_after_the_connect_timeout():
         FlowerTransport(grid, 3, timeout=10, connect_timeout=0.0).nodes()
     msg = str(err.value)
     assert "only 1 of the 3 sites" in msg and "connect-timeout" in msg
+
+
+class ReplyingGrid:
+    """Answers every message the way Flower does when a SuperNode has gone away: an
+    error reply whose sender is the SuperLink's own node (1), not the site."""
+
+    def send_and_receive(self, msgs, timeout):
+        replies = []
+        for i, m in enumerate(msgs):
+            m.metadata.__dict__["_message_id"] = f"msg-{i}"  # as Grid.push_messages does
+            m.metadata.__dict__["_src_node_id"] = 1
+            err = Message(Error(code=0, reason="Node Unavailable"), reply_to=m)
+            err.metadata.__dict__["_src_node_id"] = 1
+            replies.append(err)
+        return replies
+
+
+def test_a_site_that_went_away_is_named_not_the_superlink(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # as a ServerApp process has it
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    transport = FlowerTransport(ReplyingGrid(), 1, timeout=10, connect_timeout=1)
+    transport.names["7"] = "hospital-b"
+    with pytest.raises(FederationError, match=r"site hospital-b failed: .*Node Unavailable"):
+        transport.exchange({"7": EvaluateRequest(weights={}, collect=False)})
