@@ -4,8 +4,8 @@ Hospital A holds the frontal chest X-rays, hospital B the lateral views of the s
 studies. From one tiny tree in the published MIMIC-CXR-JPG layout
 (tests/support/published.py) the test follows the guide's steps with real processes:
 
-1. each site runs ``mmvm data prepare mimic_cxr ... --size 64`` and keeps its own
-   view's folder (``frontal/`` at A, ``lateral/`` at B), then ``mmvm data check``
+1. each site holds only its own view's JPEGs, runs ``mmvm data prepare mimic_cxr ...
+   --size 64 --view frontal`` (A) or ``--view lateral`` (B), then ``mmvm data check``
    on its files (exit status 0); both sites hold the same sample ids;
 2. keys as in production: the operator's ``make_keys --pki-only``, each site's
    ``make_keys --site``, the operator's ``--directory``; each site checks the
@@ -41,12 +41,15 @@ import pytest
 from mmvm.data.store import read_site_table
 from tests.support.fleet import Fleet
 from tests.support.processes import free_port, wait_for_log, wait_for_port
-from tests.support.published import mimic_tree
+from tests.support.published import mimic_studies, mimic_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "deploy-two-hospitals.md"
 BIN = Path(sys.executable).parent
 SITES = {"hospital-a": "frontal", "hospital-b": "lateral"}
+VIEW_OF = {dicom: "lateral" if view in ("LATERAL", "LL") else "frontal"
+           for studies in mimic_studies(40).values() for images in studies.values()
+           for dicom, view in images}
 RUN_CONFIG = ("config='configs/mimic_cxr_64.toml' num-sites=2 eval-data='' "
               "secure=true collect-model=false")
 pytestmark = [
@@ -109,18 +112,20 @@ def test_two_hospital_walkthrough(tmp_path):
         # -- 1. data, at each site ------------------------------------------------
         data = {}
         for site, view in SITES.items():
-            out = site_dir[site] / "mimic"
-            _sh(fleet, mmvm, "data", "prepare", "mimic_cxr", tmp_path / "published",
-                "--out", out, "--size", "64", "--seed", "0", "--quiet")
-            other = "lateral" if view == "frontal" else "frontal"
-            shutil.rmtree(out / other)  # the site keeps its own view only
+            out, src = site_dir[site] / "mimic", site_dir[site] / "published"
+            shutil.copytree(tmp_path / "published", src)
+            for jpg in src.rglob("*.jpg"):  # the site holds its own view's images only
+                if VIEW_OF[jpg.stem] != view:
+                    jpg.unlink()
+            _sh(fleet, mmvm, "data", "prepare", "mimic_cxr", src, "--out", out,
+                "--size", "64", "--seed", "0", "--view", view, "--quiet")
+            assert sorted(p.name for p in out.iterdir()) == [view]
             data[site] = out / view
             res = _sh(fleet, mmvm, "data", "check", data[site] / "train.parquet",
                       data[site] / "test.parquet")
             assert "1x64x64" in res.stdout and view in res.stdout, res.stdout
         ids = {s: read_site_table(d / "train.parquet").sample_ids for s, d in data.items()}
         assert ids["hospital-a"] == ids["hospital-b"] and len(ids["hospital-a"]) > 16
-        assert len(ids["hospital-a"]) % 16 != 1  # res_image: no batch of one (guide)
 
         # -- 2. keys: operator, each site, the directory -------------------------------
         pki = tmp_path / "operator" / "pki"
@@ -201,6 +206,9 @@ def test_two_hospital_walkthrough(tmp_path):
         results = json.loads((runs / f"run-{run_id}" / "results.json").read_text())
         assert sorted(v["site"] for v in results["sites"].values()) == sorted(SITES)
         assert results["windows"] == 2
+        assert results["kept_weights"] == sorted(SITES)  # collect-model=false
+        n = len(ids["hospital-a"])
+        assert results["alignment"]["complete"] == n == results["alignment"]["samples"]
         for ev in results["evaluation"].values():  # each hospital on its test.parquet
             view = SITES[ev["site"]]
             assert ev["modalities"] == [view] and f"recon_nll/{view}" in ev, ev
