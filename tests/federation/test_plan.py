@@ -97,4 +97,3 @@ def test_round_warmup_doubles_window_length_up_to_local_epochs():
     assert lengths == [1, 2, 4, 8, 5]
     flat = [s.step for w in plan for s in w.steps]
     assert flat == list(range(20 * 4))  # every centralized step once, in order
-
