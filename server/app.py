@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import Context, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from mmvm.config import ConfigError
@@ -63,22 +64,36 @@ class FlowerTransport:
                     f"(or set num-sites), in a deployment start the missing SuperNodes")
             time.sleep(0.5)
 
-    def exchange(self, requests: Mapping) -> dict:
+    def online(self) -> list[str]:
+        """Node ids (as text) the SuperLink counts as connected now."""
+        return [str(x) for x in self.grid.get_node_ids()]
+
+    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
+        """Send one message per site and collect the replies.
+
+        ``wait=None``: every site must answer within ``reply-timeout``. ``wait=s``:
+        the replies that came within ``s`` seconds; a site that is away (no reply, or
+        Flower reports its node, message or ClientApp process gone) is left out, and
+        its message expires at the SuperLink after ``s`` seconds so a site that comes
+        back never trains a stale window."""
         kind = next(iter(requests.values())).kind
-        stage = f"window {requests[next(iter(requests))].window}" if kind == "window" \
-            else kind
+        stage = f"window {requests[next(iter(requests))].window}" \
+            if kind in ("window", "unmask") else kind
+        timeout = self.timeout if wait is None else wait
         msgs = [Message(to_record(req), dst_node_id=int(key), message_type=flower_type(req),
-                        group_id=stage) for key, req in requests.items()]
+                        group_id=stage, ttl=timeout + 5.0)
+                for key, req in requests.items()]
+        ids = list(self.grid.push_messages(msgs))
+        asked = dict(zip(ids, requests, strict=True))
         out: dict = {}
-        replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
-        # a reply names the message it answers; an error Flower makes for a site that
-        # went away comes from the SuperLink's own node, so its sender is not the site
-        asked = {m.metadata.message_id or m.object_id: k
-                 for m, k in zip(msgs, requests, strict=True)}
-        for r in replies:
+        for r in _collect(self.grid, ids, timeout):
+            # a reply names the message it answers; an error Flower makes for a site that
+            # went away comes from the SuperLink's own node, so its sender is not the site
             key = asked.get(r.metadata.reply_to_message_id, str(r.metadata.src_node_id))
             who = self.names.get(key, f"node {key}")
             if r.has_error():
+                if wait is not None and r.error.code in AWAY:
+                    continue
                 raise FederationError(f"{stage}: site {who} failed: "
                                       f"{_reason(r.error.reason)}")
             try:
@@ -88,10 +103,33 @@ class FlowerTransport:
             if kind == "describe":
                 self.names[key] = out[key].site
         silent = [self.names.get(k, k) for k in requests if k not in out]
-        if silent:
+        if silent and wait is None:
             raise FederationError(f"{stage}: no reply from sites {silent} within "
                                   f"{self.timeout:.0f} s; their state is kept on disk")
         return out
+
+
+# Flower's errors for a site that is away: its message or reply expired, its node
+# stopped sending heartbeats, its ClientApp process died
+AWAY = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+        ErrorCode.NODE_UNAVAILABLE, ErrorCode.CLIENT_APP_CRASHED)
+
+
+def _collect(grid: Grid, ids: list[str], timeout: float, poll: float = 0.05,
+             max_poll: float = 0.5) -> list[Message]:
+    """Replies to ``ids`` until all came or ``timeout`` passed. Polls fast at first
+    and backs off to ``max_poll`` (Flower's own send_and_receive sleeps 3 s)."""
+    pending, got = set(ids), []
+    deadline = time.monotonic() + timeout
+    while pending:
+        replies = list(grid.pull_messages(list(pending)))
+        got += replies
+        pending -= {r.metadata.reply_to_message_id for r in replies}
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        poll = min(max_poll, poll * 1.5)
+    return got
 
 
 class RunFailed(RuntimeError):
@@ -137,7 +175,8 @@ def run(grid: Grid, context: Context) -> None:
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
     result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
-        alignment_line(al, s.num_sites), flush=True))
+        alignment_line(al, s.num_sites), flush=True),
+        log=lambda line: print(line, flush=True))
     eval_data = _eval_data(s, result) if result.model_state else None
     paths = write_results(out_dir, s, result, eval_data)
     assembled = None

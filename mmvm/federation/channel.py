@@ -13,7 +13,7 @@ runs after training).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -53,10 +53,11 @@ class Channel(Protocol):
         """Own posteriors for window ``index``'s rows, per recipient."""
         ...
 
-    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes]
-                 ) -> tuple[Tables, Callable[[], None]]:
+    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes],
+                 absent: Sequence[str] = ()) -> tuple[Tables, Callable[[], None]]:
         """The others' posteriors for window ``index`` (checked, nothing applied) and
-        what to commit once the window is applied."""
+        what to commit once the window is applied; ``absent``: sites that missed the
+        last window, so nothing of theirs comes."""
         ...
 
     def shared(self, site: Site, index: int) -> tuple[Arrays, dict[str, bytes]]:
@@ -96,8 +97,8 @@ class PlainChannel:
             table = link.sent_cache.changed(table, link.delta_tol)
         return {SERVER: encode_table(table, link.float16)} if table else {}
 
-    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes]
-                 ) -> tuple[Tables, Callable[[], None]]:
+    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes],
+                 absent: Sequence[str] = ()) -> tuple[Tables, Callable[[], None]]:
         stray = set(blobs) - {SERVER}
         if stray:
             raise FederationError(f"site {site.name}: posteriors from {sorted(stray)} in "

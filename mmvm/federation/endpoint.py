@@ -89,7 +89,9 @@ class Endpoint:
         site, index = self.site, req.window
         site.progress.window_(site.name, index)
         site.check_window(index)
-        others, commit = self.channel.incoming(site, index, req.posteriors)
+        if req.resync:
+            site.linked().resync()
+        others, commit = self.channel.incoming(site, index, req.posteriors, req.absent)
         self._load_shared(req.weights)
         metrics = site.train_window(index, others)
         weights, shares = self.channel.shared(site, index)
@@ -136,5 +138,8 @@ class LocalTransport:
     def nodes(self) -> list[str]:
         return list(self.endpoints)
 
-    def exchange(self, requests: Mapping) -> dict:
+    def online(self) -> list[str]:
+        return list(self.endpoints)
+
+    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
         return {key: self.endpoints[key].handle(req) for key, req in requests.items()}

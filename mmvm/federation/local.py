@@ -6,7 +6,7 @@ as Python objects (:class:`~mmvm.federation.endpoint.LocalTransport`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from mmvm.federation.channel import PlainChannel
 from mmvm.federation.endpoint import Endpoint, LocalTransport
@@ -15,12 +15,43 @@ from mmvm.federation.settings import FederationSettings
 from mmvm.federation.site import Site
 
 
+class Outages:
+    """A transport on which sites are away for given windows: a site away in window
+    w receives neither that window nor its unmask step (as if its machine were off);
+    the server sees it leave FedAvg and the mixture prior, and come back."""
+
+    def __init__(self, inner, away: Mapping[str, Collection[int]]) -> None:
+        self.inner, self.away = inner, {k: set(v) for k, v in away.items()}
+        self.window = -1
+
+    def nodes(self) -> list[str]:
+        return self.inner.nodes()
+
+    def _here(self, key: str) -> bool:
+        return self.window not in self.away.get(key, ())
+
+    def online(self) -> list[str]:
+        return [k for k in self.inner.online() if self._here(k)]
+
+    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
+        if wait is None:
+            return self.inner.exchange(requests)
+        first = next(iter(requests.values()), None)
+        self.window = getattr(first, "window", self.window)
+        return self.inner.exchange({k: r for k, r in requests.items() if self._here(k)},
+                                   wait)
+
+
 def run_local(s: FederationSettings, files: Mapping[str, tuple[str, str | None]],
-              on_window: Callable[[dict], None] | None = None
+              on_window: Callable[[dict], None] | None = None,
+              away: Mapping[str, Collection[int]] | None = None
               ) -> tuple[FederationResult, dict[str, Site]]:
-    """Train ``s`` over sites ``{name: (train file, test file or None)}``."""
+    """Train ``s`` over sites ``{name: (train file, test file or None)}``; ``away``:
+    windows each site misses (:class:`Outages`)."""
     sites = {name: Site(s.experiment, name, train, test)
              for name, (train, test) in files.items()}
     transport = LocalTransport({name: Endpoint(site, PlainChannel())
                                 for name, site in sites.items()})
+    if away:
+        transport = Outages(transport, away)
     return run_federation(transport, s, on_window), sites

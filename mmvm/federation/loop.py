@@ -17,6 +17,7 @@ window they are exactly the current posteriors) and its shared weights.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.messages import DescribeRequest, EvaluateRequest, payload_bytes
 from mmvm.federation.routing import EventTriggeredRouting, PlainRouting, Routing
@@ -36,12 +38,22 @@ class Transport(Protocol):
 
     def nodes(self) -> list[str]: ...
 
-    def exchange(self, requests: Mapping) -> dict: ...
+    def online(self) -> list[str]:
+        """Keys of the sites connected now."""
+        ...
+
+    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
+        """Replies by site key. ``wait=None``: every site must answer (or the run
+        fails); ``wait=seconds``: the replies that came in that time (sites that are
+        away are left out; a site that answers with an error still fails the run)."""
+        ...
 
 
 @dataclass
 class FederationResult:
     history: list[dict] = field(default_factory=list)
+    missed: dict[str, list[int]] = field(default_factory=dict)  # site -> windows missed
+    not_evaluated: list[str] = field(default_factory=list)  # sites away at the end
     evaluation: dict[str, dict] = field(default_factory=dict)
     bytes_total: int = 0
     seconds: float = 0.0
@@ -54,14 +66,22 @@ class FederationResult:
 class Metered:
     """A transport that adds up the payload bytes of everything it carries."""
 
-    def __init__(self, inner: Transport) -> None:
-        self.inner, self.total = inner, 0
+    def __init__(self, inner: Transport, window_wait: float | None = None) -> None:
+        self.inner, self.total, self.window_wait = inner, 0, window_wait
 
     def nodes(self) -> list[str]:
         return self.inner.nodes()
 
-    def exchange(self, requests: Mapping) -> dict:
-        replies = self.inner.exchange(requests)
+    def online(self) -> list[str]:
+        return self.inner.online()
+
+    def gather(self, requests: Mapping) -> dict:
+        """A window's exchange: the replies that came within ``site-timeout``."""
+        return self.exchange(requests, wait=self.window_wait)
+
+    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
+        replies = self.inner.exchange(requests, wait) if wait is not None else \
+            self.inner.exchange(requests)
         self.total += sum(payload_bytes(m) for m in (*requests.values(), *replies.values()))
         return replies
 
@@ -77,9 +97,12 @@ def make_routing(s: FederationSettings) -> Routing:
 
 def run_federation(transport: Transport, s: FederationSettings,
                    on_window: Callable[[dict], None] | None = None,
-                   on_align: Callable[[dict], None] | None = None) -> FederationResult:
-    """Align, train every window of the plan, evaluate; returns metrics and bytes."""
-    t0, meter, routing = time.perf_counter(), Metered(transport), make_routing(s)
+                   on_align: Callable[[dict], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> FederationResult:
+    """Align, train every window of the plan, evaluate; returns metrics and bytes.
+    Sites that miss windows are left out of them (:mod:`mmvm.federation.attendance`)."""
+    t0, routing = time.perf_counter(), make_routing(s)
+    meter = Metered(transport, s.site_timeout)
     described = meter.exchange({key: DescribeRequest() for key in transport.nodes()})
     coord = Coordinator(routing.align(meter, described), s.modalities, s.plan_args())
     result = FederationResult(sites={k: {"site": i.name, "modalities": i.modalities,
@@ -93,28 +116,41 @@ def run_federation(transport: Transport, s: FederationSettings,
                               for key in coord.sites})
     routing.receive(coord, replies)
     averaged: dict = {}
+    att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites, s.pause_timeout)
     for w in range(len(coord.plan)):
+        att.wait_for_quorum(meter.online, log)
         tw, before = time.perf_counter(), meter.total
-        replies = meter.exchange(routing.requests(coord, w, averaged))
+        absent = att.absent_names()
+        requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent)
+                    for k, r in routing.requests(coord, w, averaged).items()}
+        replies = meter.gather(requests)
+        gone = att.record(w, replies)
+        for key in att.absent:
+            routing.missed(key)
         routing.receive(coord, replies)
-        averaged = routing.aggregate(meter, coord, w, replies)
+        averaged = {**averaged, **routing.aggregate(meter, coord, w, replies)}
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
+        row["missed"] = gone
         result.history.append(row)
         if on_window:
             on_window(row)
+    result.missed = att.summary()
     result.bytes_total = meter.total
-    final_evaluation(transport, coord, averaged, s.collect_model, result)
+    final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout)
     result.seconds = time.perf_counter() - t0
     return result
 
 
 def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping,
-                     collect_model: bool, result: FederationResult) -> None:
+                     collect_model: bool, result: FederationResult, wait: float) -> None:
     """Last message: sites load the averaged shared weights and evaluate; with
-    ``collect_model`` their weights are assembled into ``result.model_state``."""
+    ``collect_model`` their weights are assembled into ``result.model_state``. A site
+    that does not answer within ``wait`` is listed in ``result.not_evaluated`` (its
+    weights stay with it: no assembled model)."""
     replies = transport.exchange({key: EvaluateRequest(weights=coord.weights_for(key, averaged),
                                                        collect=collect_model)
-                                  for key in coord.sites})
+                                  for key in coord.sites}, wait)
+    result.not_evaluated = sorted(coord.name(k) for k in coord.sites if k not in replies)
     result.evaluation = {k: {"site": r.site, "modalities": list(r.modalities), **r.metrics}
                          for k, r in replies.items()}
     if not collect_model:  # every site keeps its weights
@@ -132,7 +168,7 @@ def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping
                                       f"{m!r} that are not its own")
             state.update(arrays)
     result.kept_weights = kept  # sites whose policy keeps their weights (allow-collect)
-    result.model_state = None if kept else state
+    result.model_state = None if kept or result.not_evaluated else state
 
 
 def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,

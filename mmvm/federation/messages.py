@@ -132,12 +132,19 @@ class AttachReply:
 @dataclass
 class WindowRequest:
     """Train window ``window``: the other modalities' posteriors for the site's rows
-    of it (per sender) and the averaged weights of the modalities it shares."""
+    of it (per sender) and the averaged weights of the modalities it shares.
+
+    ``absent``: sites that missed the last window (nothing of theirs comes with this
+    one; their modality is absent from the prior of their rows). ``resync``: this
+    site missed the last window; with event-triggered exchange it forgets what it
+    thinks it sent and received, and sends all its rows again."""
 
     kind: ClassVar[str] = "window"
     window: int = _value(int)
     posteriors: dict[str, bytes] = _blobs()
     weights: Arrays = _arrays()
+    absent: list[str] = _value(list, str, default=[])
+    resync: bool = _value(bool, default=False)
 
 
 @dataclass

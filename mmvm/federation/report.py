@@ -26,9 +26,10 @@ def window_line(row: Mapping, total: int, elapsed: float) -> str:
     left = elapsed / k * (total - k)
     tail = f"  ~{duration(left)} left" if k < total else \
         "  (last window: no posteriors to send on)"
+    away = f"  (without {', '.join(row['missed'])}: no reply)" if row.get("missed") else ""
     return (f"window {k}/{total}  epoch {row['epoch']}  rec_nll {row['rec_nll']:.1f}  "
             f"reg {row['reg']:.2f}  {row['bytes'] / 1e6:.2f} MB  "
-            f"{row['seconds']:.1f} s" + tail)
+            f"{row['seconds']:.1f} s" + tail + away)
 
 
 def alignment_line(al: Mapping, num_sites: int) -> str:
@@ -46,6 +47,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _num(v, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _spans(windows: list[int]) -> str:
+    """``[2, 3, 4, 7]`` -> ``"3-5, 8"`` (1-based, as the progress lines count)."""
+    out, start = [], None
+    for i, w in enumerate(windows):
+        if start is None:
+            start = w
+        if i + 1 == len(windows) or windows[i + 1] != w + 1:
+            out.append(f"{start + 1}" if start == w else f"{start + 1}-{w + 1}")
+            start = None
+    return ", ".join(out)
 
 
 def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping | None
@@ -68,6 +81,12 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
                   f"{_num(probe.get('mean'))} (one probe over all modalities "
                   f"{_num(probe.get('all'))}), coherence {_num(coh.get('mean'))}, "
                   f"reconstruction NLL {_num(assembled.get('reconstruction', {}).get('total'), 1)}"]
+    if result.missed:
+        lines += ["", "windows missed (the run went on without the site): " + "; ".join(
+            f"{site} {_spans(ws)}" for site, ws in sorted(result.missed.items()))]
+    if result.not_evaluated:
+        lines += ["", f"sites {result.not_evaluated} did not answer the final evaluation: "
+                      f"they keep their weights, no assembled model"]
     if result.kept_weights:
         lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights, "
                       f"each in its state file (collect-model = false, or the site's "

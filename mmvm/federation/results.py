@@ -48,7 +48,8 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "sites": result.sites, "evaluation": result.evaluation,
                "bytes_total": result.bytes_total, "seconds": result.seconds,
                "windows": len(result.history), "kept_weights": result.kept_weights,
-               "alignment": result.alignment}
+               "alignment": result.alignment,
+               "missed_windows": result.missed, "not_evaluated": result.not_evaluated}
     probes = [v for ev in result.evaluation.values() for k, v in ev.items()
               if k.startswith("probe/")]
     if probes:

@@ -47,7 +47,12 @@ class Routing(Protocol):
     def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
                   ) -> Arrays:
         """The averaged weights of each shared modality after window ``index``
-        (secure mode asks the sites for one more round: unmask)."""
+        (secure mode asks the sites for one more round: unmask). Only the sites in
+        ``replies`` answered; a modality none of them sent is left out."""
+        ...
+
+    def missed(self, key: str) -> None:
+        """Site ``key`` did not answer the last window."""
         ...
 
 
@@ -127,6 +132,9 @@ class PlainRouting:
                                       f"{sorted(wrong)}, which it does not share")
         return coord.fedavg({key: rep.weights for key, rep in replies.items()})
 
+    def missed(self, key: str) -> None:
+        """Nothing to forget: the next window's table holds only this window's replies."""
+
 
 class EventTriggeredRouting(PlainRouting):
     """Plaintext, but the server keeps the latest rows and forwards only news:
@@ -146,3 +154,9 @@ class EventTriggeredRouting(PlainRouting):
 
     def _forward(self, key: str, others: dict[str, Posteriors]) -> dict[str, Posteriors]:
         return self.forwarded.setdefault(key, PosteriorCache()).changed(others, 0.0)
+
+    def missed(self, key: str) -> None:
+        """What went to ``key`` may never have arrived: send it everything again (it
+        is told to ``resync``). Its own last rows stay in the cache, stale, as rows
+        within the tolerance do: event-triggered exchange trades exactness for bytes."""
+        self.forwarded.pop(key, None)

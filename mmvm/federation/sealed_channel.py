@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -129,9 +129,11 @@ class SealedChannel:
                              run_id=sec.run_id, round=index + 1, kind=KIND_POSTERIOR)
         return out
 
-    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes]
-                 ) -> tuple[Tables, Callable[[], None]]:
-        """Open and check every envelope of window ``index``; nothing is applied."""
+    def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes],
+                 absent: Sequence[str] = ()) -> tuple[Tables, Callable[[], None]]:
+        """Open and check every envelope of window ``index``; nothing is applied. A
+        peer the server reports ``absent`` (it missed the last window) sends none:
+        its modality is then absent from the prior of the rows it holds."""
         sec, link = self.sec, site.linked()
         wrows = site.window_rows(index)
         peers = sec.state["peers"]
@@ -142,7 +144,7 @@ class SealedChannel:
             raise UnexpectedEnvelopeError(f"site {sec.site}, window {index}: envelopes "
                                           f"from {sorted(unexpected)}, which share no row "
                                           f"of this window with us")
-        missing = expected - set(blobs)
+        missing = expected - set(blobs) - set(absent)
         if missing:
             raise MissingEnvelopeError(f"site {sec.site}, window {index}: no posteriors "
                                        f"from {sorted(missing)}; nothing was applied")

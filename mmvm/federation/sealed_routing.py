@@ -27,7 +27,7 @@ from mmvm.federation.messages import (
 from mmvm.federation.routing import site_infos
 from mmvm.secure.masking import aggregate_masked
 from mmvm.secure.session import unb64
-from mmvm.secure.unmasking import combine_seed
+from mmvm.secure.unmasking import combine_seed, threshold
 
 
 def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
@@ -100,33 +100,49 @@ class SealedRouting:
                                    weights=coord.weights_for(key, averaged))
                 for key in coord.sites}
 
+    def missed(self, key: str) -> None:
+        """Nothing kept per site: the next window carries only this window's envelopes."""
+
     def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
                   ) -> Arrays:
         """Each shared modality's sample-weighted mean from masked updates: one unmask
         round (survivors reveal self-mask shares and pair seeds with dropped sites),
-        then the sum is unmasked and its total weight checked against the counts."""
+        then the sum is unmasked and its total weight checked against the counts.
+
+        A modality is not averaged this window (its holders keep their own weights)
+        when fewer holders survived than the masking can unmask without exposing
+        anyone (:meth:`_needed`), or when a survivor does not answer the unmask round."""
         if not coord.shared:
             return {}
         names = {key: site.name for key, site in coord.sites.items()}
-        views = {m: self._view(coord, m, replies) for m in coord.shared}
+        views = {m: v for m in coord.shared
+                 if (v := self._view(coord, m, replies))[0]
+                 and len(v[0]) >= self._needed(len(coord.shared[m]))}
+        if not views:
+            return {}
         inbox = route({k: r.shares for k, r in replies.items()}, names)
         asked = sorted({k for v in views.values() for k in v[0]})
-        answers = transport.exchange({k: UnmaskRequest(
+        answers = transport.gather({k: UnmaskRequest(
             window=index, shares=inbox[k],
             groups={m: {"survivors": sorted(names[s] for s in u),
                         "dropped": sorted(names[d] for d in dd)}
                     for m, (u, dd) in views.items() if k in u}) for k in asked})
         return {m: self._mean(coord, m, u, dd, replies, answers)
-                for m, (u, dd) in views.items()}
+                for m, (u, dd) in views.items() if all(k in answers for k in u)}
+
+    @staticmethod
+    def _needed(n: int) -> int:
+        """Survivors a group of ``n`` needs: each survivor's self-mask seed is rebuilt
+        from ``t`` shares held by the *other* survivors, and a site reveals pair seeds
+        only when ``n - t + 1`` survive (``unmasking.check_view``). Groups of 3 cannot
+        lose a site; 4 and 5 can lose one, 6 two."""
+        t = threshold(n)
+        return max(n - t + 1, t + 1)
 
     @staticmethod
     def _view(coord: Coordinator, m: str, replies: Mapping) -> tuple[list, list]:
         survivors = [k for k in coord.shared[m] if k in replies and m in replies[k].weights]
         dropped = [k for k in coord.shared[m] if k not in survivors]
-        if dropped:
-            raise FederationError(f"sites {[coord.name(k) for k in dropped]} sent no "
-                                  f"masked update of {m!r} (dropout recovery is not "
-                                  f"wired into the round loop)")
         return survivors, dropped
 
     @staticmethod

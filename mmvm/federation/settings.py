@@ -43,6 +43,9 @@ class FederationSettings:
     collect_model: bool
     reply_timeout: float
     connect_timeout: float
+    site_timeout: float
+    min_sites: int
+    pause_timeout: float
     eval_data: str
     secure: bool
     keys_dir: str
@@ -103,6 +106,8 @@ def load_settings(rc: Mapping) -> FederationSettings:
         state_dir=_path(rc, "state-dir"), collect_model=_get(rc, "collect-model", bool),
         reply_timeout=_get(rc, "reply-timeout", float),
         connect_timeout=_get(rc, "connect-timeout", float),
+        site_timeout=_get(rc, "site-timeout", float), min_sites=_get(rc, "min-sites", int),
+        pause_timeout=_get(rc, "pause-timeout", float),
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
         align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str))
@@ -124,6 +129,12 @@ def _check(s: FederationSettings) -> None:
     if not s.reply_timeout > 0 or not s.connect_timeout > 0:
         raise ConfigError(f"run config: reply-timeout = {s.reply_timeout} and "
                           f"connect-timeout = {s.connect_timeout} must be > 0")
+    if not (s.site_timeout > 0 and s.pause_timeout > 0):
+        raise ConfigError(f"run config: site-timeout = {s.site_timeout} and "
+                          f"pause-timeout = {s.pause_timeout} must be > 0")
+    if s.min_sites < 1:
+        raise ConfigError(f"run config: min-sites = {s.min_sites} must be >= 1 (values "
+                          f"above num-sites mean every site)")
     if s.data_variant not in ("translated", "untranslated", "soft"):
         raise ConfigError(f"run config: data-variant = {s.data_variant!r}; choose "
                           f"'translated', 'untranslated' or 'soft'")

@@ -60,6 +60,11 @@ class Link:
                 "sent_cache": self.sent_cache.state(),
                 "others_cache": self.others_cache.state()}
 
+    def resync(self) -> None:
+        """After missed windows: what this site sent or received may not have
+        arrived; with event-triggered exchange it starts both caches afresh."""
+        self.sent_cache, self.others_cache = PosteriorCache(), PosteriorCache()
+
     @classmethod
     def from_state(cls, s: dict) -> Link:
         return cls(int(s["n"]), s["local_of"].numpy().copy(),
@@ -229,7 +234,7 @@ class Site:
               self.model.encoders[modality].state_dict().items()}
         sd.update({f"decoders.{modality}.{k}": v for k, v in
                    self.model.decoders[modality].state_dict().items()})
-        return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+        return {k: v.detach().cpu().numpy().copy() for k, v in sd.items()}  # no alias
 
     def load_weights(self, modality: str, arrays: dict[str, np.ndarray]) -> None:
         """Replace ``modality``'s parameters by ``arrays`` (all of them, same shapes)."""

@@ -1,4 +1,5 @@
-"""FlowerTransport.nodes: a run starts with exactly num-sites SuperNodes or says why not.
+"""FlowerTransport: a run starts with exactly num-sites SuperNodes, a window goes on
+without a site that is away, and failures name the site.
 
 A fake Grid stands in for Flower here (one function under test); the real SuperLink
 path is tests/federation/test_run_command.py.
@@ -57,24 +58,51 @@ class ReplyingGrid:
     """Answers every message the way Flower does when a SuperNode has gone away: an
     error reply whose sender is the SuperLink's own node (1), not the site."""
 
-    def send_and_receive(self, msgs, timeout):
-        replies = []
+    def __init__(self, code: int = 5) -> None:
+        self.code, self.pushed = code, []
+
+    def push_messages(self, msgs):
         for i, m in enumerate(msgs):
             m.metadata.__dict__["_message_id"] = f"msg-{i}"  # as Grid.push_messages does
             m.metadata.__dict__["_src_node_id"] = 1
-            err = Message(Error(code=0, reason="Node Unavailable"), reply_to=m)
-            err.metadata.__dict__["_src_node_id"] = 1
-            replies.append(err)
+        self.pushed = list(msgs)
+        return [m.metadata.message_id for m in msgs]
+
+    def pull_messages(self, ids):
+        replies = []
+        for m in self.pushed:
+            if m.metadata.message_id in ids:
+                err = Message(Error(code=self.code, reason="Node Unavailable"), reply_to=m)
+                err.metadata.__dict__["_src_node_id"] = 1
+                replies.append(err)
         return replies
 
 
-def test_a_site_that_went_away_is_named_not_the_superlink(monkeypatch):
+def _identity(monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # as a ServerApp process has it
     monkeypatch.setattr(TaskIdentity, "_node_id", 1)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def test_a_site_that_went_away_is_named_not_the_superlink(monkeypatch):
+    _identity(monkeypatch)
     transport = FlowerTransport(ReplyingGrid(), 1, timeout=10, connect_timeout=1)
     transport.names["7"] = "hospital-b"
     with pytest.raises(FederationError, match=r"site hospital-b failed: .*Node Unavailable"):
         transport.exchange({"7": EvaluateRequest(weights={}, collect=False)})
+
+
+def test_a_window_goes_on_without_a_site_that_went_away(monkeypatch):
+    _identity(monkeypatch)
+    transport = FlowerTransport(ReplyingGrid(), 1, timeout=10, connect_timeout=1)
+    assert transport.exchange({"7": EvaluateRequest(weights={}, collect=False)},
+                              wait=5.0) == {}
+
+
+def test_a_site_that_fails_still_fails_the_window(monkeypatch):
+    _identity(monkeypatch)
+    transport = FlowerTransport(ReplyingGrid(code=2), 1, timeout=10, connect_timeout=1)
+    with pytest.raises(FederationError, match="site node 7 failed"):
+        transport.exchange({"7": EvaluateRequest(weights={}, collect=False)}, wait=5.0)

@@ -1,0 +1,81 @@
+"""Which sites answered which window: dropouts, rejoins and when the server pauses.
+
+A site that does not answer a window within ``site-timeout`` (its machine rebooted,
+its VPN dropped) does not stop the run: MMVM treats an absent site like a missing
+modality. For the windows it misses its posteriors are absent from the mixture prior
+of the samples it holds (the other sites' masks), and its shared weights leave
+FedAvg (in secure mode through the dropout path of the masking). Every window is
+sent to every site, so a site that is back (same node key, same state dir) answers
+the next one: it restores its state from disk, receives the averaged weights it
+missed, and its posteriors enter the prior again.
+
+``min-sites`` is the quorum: when fewer sites answered the last window, the server
+waits (up to ``pause-timeout`` since the last window that had a quorum) until that
+many are connected again, and fails with a clear error only if they never return.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from mmvm.federation.coordinator import FederationError
+
+
+@dataclass
+class Attendance:
+    names: dict[str, str]  # site key -> site name
+    min_sites: int
+    pause_timeout: float
+    poll: float = 1.0
+    missed: dict[str, list[int]] = field(default_factory=dict)  # site name -> windows
+    absent: set[str] = field(default_factory=set)  # keys that missed the last window
+    last_quorum: float = field(default_factory=time.monotonic)
+
+    @property
+    def quorum(self) -> int:
+        return min(self.min_sites, len(self.names))
+
+    def record(self, index: int, answered: Iterable[str]) -> list[str]:
+        """Note who answered window ``index``; returns the names of those who did not."""
+        answered = set(answered)
+        gone = [k for k in self.names if k not in answered]
+        for k in gone:
+            self.missed.setdefault(self.names[k], []).append(index)
+        self.absent = set(gone)
+        if len(answered) >= self.quorum:
+            self.last_quorum = time.monotonic()
+        return sorted(self.names[k] for k in gone)
+
+    def absent_names(self) -> list[str]:
+        return sorted(self.names[k] for k in self.absent)
+
+    def wait_for_quorum(self, online: Callable[[], Iterable[str]],
+                        log: Callable[[str], None] | None = None) -> None:
+        """Before a window: if the last one had fewer than ``min-sites`` answers, wait
+        until that many sites are connected (or fail after ``pause-timeout``)."""
+        if len(self.names) - len(self.absent) >= self.quorum:
+            return
+        deadline, said = self.last_quorum + self.pause_timeout, False
+        while True:
+            up = set(online()) & set(self.names)
+            if len(up) >= self.quorum:
+                return
+            if time.monotonic() > deadline:
+                away = sorted(self.names[k] for k in self.names if k not in up)
+                raise FederationError(
+                    f"only {len(up)} of the {len(self.names)} sites are connected and the "
+                    f"run needs min-sites = {self.quorum}; sites {away} did not return "
+                    f"within pause-timeout = {self.pause_timeout:.0f} s. The sites' state "
+                    f"is on their disks")
+            if log and not said:
+                log(f"mmvm: paused: {len(up)} of {len(self.names)} sites connected, "
+                    f"waiting for min-sites = {self.quorum} (sites "
+                    f"{self.absent_names()} are away)")
+                said = True
+            time.sleep(self.poll)
+
+    def summary(self) -> dict[str, list[int]]:
+        return {name: list(ws) for name, ws in sorted(self.missed.items())}
+

@@ -1,0 +1,152 @@
+"""Sites that miss windows, in one process (real sites, endpoints and round loop).
+
+A site that is away in window w (:class:`mmvm.federation.local.Outages`: it receives
+neither the window nor its unmask step) must leave the mixture prior of the next
+window (its posteriors for those rows never arrived) and FedAvg, train again when it
+is back, and get the averaged weights it missed. Secure mode must do exactly what
+plaintext does with the same outages (the masking's dropout path). Real processes
+(SuperNodes killed and restarted) are in tests/deploy/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.federation import sealed_align
+from mmvm.federation.attendance import Attendance
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import Outages
+from mmvm.federation.messages import SERVER
+from mmvm.federation.posteriors import decode_table
+from mmvm.federation.report import summary, window_line
+from tests.support.federate import (
+    federate,
+    make_sites,
+    params,
+    plain_endpoints,
+    sealed_endpoints,
+    site_keys,
+    split,
+)
+
+
+@pytest.fixture
+def cfg(tiny_polymnist, tiny_config):
+    torch.set_num_threads(1)
+    return tiny_config(tiny_polymnist, epochs=1)  # 192 rows / 64: 3 one-step windows
+
+
+class Spy(LocalTransport):
+    """Keeps every window request and reply by (window, site key)."""
+
+    def __init__(self, endpoints):
+        super().__init__(endpoints)
+        self.requests, self.replies = {}, {}
+
+    def exchange(self, requests, wait=None):
+        replies = super().exchange(requests, wait)
+        for k, r in requests.items():
+            if r.kind == "window":
+                self.requests[r.window, k] = r
+                if k in replies:
+                    self.replies[r.window, k] = replies[k]
+        return replies
+
+
+def _adam_steps(site) -> int:
+    return int(next(iter(site.optimizer.state_dict()["state"].values()))["step"])
+
+
+def test_an_away_site_leaves_the_prior_and_trains_again(cfg, tmp_path, tiny_polymnist):
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    spy = Spy(plain_endpoints(sites))
+    res = federate(cfg, {}, Outages(spy, {"n1": {1}}), exchange="step")
+    away = sites["n1"].name
+    assert res.missed == {away: [1]}
+    assert [r["missed"] for r in res.history] == [[], [away], []]
+    # window 1: n1's posteriors came with its window-0 reply; window 2: none (away in 1)
+    seen = {w: set(decode_table(spy.requests[w, "n0"].posteriors[SERVER], latent_dim=8,
+                                n_rows=192, sender=SERVER)) for w in (1, 2)}
+    assert seen == {1: {"m1", "m2"}, 2: {"m2"}}
+    assert spy.requests[2, "n0"].absent == [away] and spy.requests[2, "n1"].resync
+    assert (1, "n1") not in spy.replies and (2, "n1") in spy.replies  # back in window 2
+    assert [_adam_steps(sites[k]) for k in ("n0", "n1", "n2")] == [3, 2, 3]
+    assert res.model_state is not None  # everyone answered the final evaluation
+
+
+def test_fedavg_goes_on_among_the_sites_that_answered(cfg, tmp_path, tiny_polymnist):
+    """m0 is held by three sites; n0 is away in window 0: the weights n0 gets when it
+    is back are the sample-weighted mean of the two others' window-0 weights."""
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=3)
+    sites = make_sites(cfg, specs, root)
+    spy = Spy(plain_endpoints(sites))
+    res = federate(cfg, {}, Outages(spy, {"n0": {0}}), exchange="step")
+    assert res.missed == {sites["n0"].name: [0]}
+    counts = {k: len(sites[k].data) for k in ("n1", "n2")}
+    total = sum(counts.values())
+    got = spy.requests[1, "n0"].weights["m0"]
+    for name, value in got.items():
+        want = sum(c / total * spy.replies[0, k].weights["m0"][name].astype(np.float64)
+                   for k, c in counts.items())
+        np.testing.assert_allclose(value, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("layout", ["vertical", "hybrid"])
+def test_secure_dropout_equals_plaintext_dropout(cfg, tmp_path, tiny_polymnist, layout,
+                                                 monkeypatch):
+    """Envelopes from an absent peer are not required; its masked update leaves the
+    sum through the survivors' revealed pair seeds: the same parameters as plaintext."""
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)  # same row order
+    specs, root = split(tiny_polymnist, tmp_path, layout, shards=4)  # a group of 4
+    away = {"n0": {1}}  # can lose one holder (a group of 3 cannot: test_routing)
+    plain = make_sites(cfg, specs, root)
+    plain_res = federate(cfg, {}, Outages(LocalTransport(plain_endpoints(plain)), away),
+                         exchange="step")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state")
+    res = federate(cfg, {}, Outages(LocalTransport(endpoints), away), exchange="step",
+                   secure=True)
+    assert res.missed == plain_res.missed == {sites["n0"].name: [1]}
+    a, b = params(plain.values()), params(sites.values())
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < (1e-7 if layout == "vertical" else 1e-5), worst
+
+
+def test_below_min_sites_the_server_pauses_then_fails_clearly(cfg, tmp_path, tiny_polymnist):
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    outages = Outages(LocalTransport(plain_endpoints(sites)), {"n1": {1, 2}})
+    with pytest.raises(FederationError, match=r"min-sites = 3; sites \['site-m1'\] did "
+                                              r"not return within pause-timeout"):
+        federate(cfg, {}, outages, exchange="step", min_sites=3, pause_timeout=0.2)
+
+
+def test_attendance_counts_missed_windows_and_the_quorum():
+    att = Attendance({"k0": "a", "k1": "b", "k2": "c"}, min_sites=2, pause_timeout=1.0)
+    assert att.record(0, ["k0", "k1", "k2"]) == []
+    assert att.record(1, ["k0"]) == ["b", "c"]
+    assert att.record(2, ["k0", "k2"]) == ["b"]
+    assert att.summary() == {"b": [1, 2], "c": [1]}
+    att.wait_for_quorum(lambda: [])  # the last window had 2 answers: no pause
+    att.record(3, ["k0"])
+    att.wait_for_quorum(lambda: ["k0", "k1"])  # two connected again: go on
+    att.pause_timeout = 0.0
+    with pytest.raises(FederationError, match=r"only 1 of the 3 sites"):
+        att.wait_for_quorum(lambda: ["k0"])
+
+
+def test_the_console_says_which_site_was_missing():
+    row = {"window": 3, "epoch": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 10, "seconds": 1.0,
+           "missed": ["hospital-b"]}
+    assert window_line(row, 10, 4.0).endswith("(without hospital-b: no reply)")
+
+    class Result:
+        evaluation, history, seconds, bytes_total = {}, [], 1.0, 0
+        missed, not_evaluated, kept_weights = {"hospital-b": [2, 3, 4, 7]}, ["c"], []
+
+    text = summary(Result(), "/runs/1", {}, None)
+    assert "hospital-b 3-5, 8" in text and "sites ['c'] did not answer" in text
