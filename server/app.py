@@ -68,25 +68,28 @@ class FlowerTransport:
         """Node ids (as text) the SuperLink counts as connected now."""
         return [str(x) for x in self.grid.get_node_ids()]
 
-    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
+    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
+                 ) -> dict:
         """Send one message per site and collect the replies.
 
         ``wait=None``: every site must answer within ``reply-timeout``. ``wait=s``:
-        the replies that came within ``s`` seconds; a site that is away (no reply, or
-        Flower reports its node, message or ClientApp process gone) is left out, and
-        its message expires at the SuperLink after ``s`` seconds so a site that comes
-        back never trains a stale window."""
+        the replies that came within ``s`` seconds, or later, up to ``2 s``, while
+        fewer than ``need`` came (a slow window is not a dropout); a site that is
+        away (no reply, or Flower reports its node, message or ClientApp process
+        gone) is left out. Its message expires at the SuperLink when the server stops
+        waiting, so a site that comes back never trains a stale window."""
         kind = next(iter(requests.values())).kind
         stage = f"window {requests[next(iter(requests))].window}" \
             if kind in ("window", "unmask") else kind
-        timeout = self.timeout if wait is None else wait
+        soft = self.timeout if wait is None else min(wait, self.timeout)
+        hard = self.timeout if wait is None else min(2 * wait, self.timeout)
         msgs = [Message(to_record(req), dst_node_id=int(key), message_type=flower_type(req),
-                        group_id=stage, ttl=timeout + 5.0)
+                        group_id=stage, ttl=hard)
                 for key, req in requests.items()]
         ids = list(self.grid.push_messages(msgs))
         asked = dict(zip(ids, requests, strict=True))
         out: dict = {}
-        for r in _collect(self.grid, ids, timeout):
+        for r in _collect(self.grid, ids, hard, soft, need):
             # a reply names the message it answers; an error Flower makes for a site that
             # went away comes from the SuperLink's own node, so its sender is not the site
             key = asked.get(r.metadata.reply_to_message_id, str(r.metadata.src_node_id))
@@ -115,19 +118,23 @@ AWAY = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
         ErrorCode.NODE_UNAVAILABLE, ErrorCode.CLIENT_APP_CRASHED)
 
 
-def _collect(grid: Grid, ids: list[str], timeout: float, poll: float = 0.05,
-             max_poll: float = 0.5) -> list[Message]:
-    """Replies to ``ids`` until all came or ``timeout`` passed. Polls fast at first
-    and backs off to ``max_poll`` (Flower's own send_and_receive sleeps 3 s)."""
-    pending, got = set(ids), []
-    deadline = time.monotonic() + timeout
+def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
+             poll: float = 0.05, max_poll: float = 0.5) -> list[Message]:
+    """Replies to ``ids`` until all came, or ``soft`` seconds passed and ``need``
+    answers (error replies of sites that are away do not count) are in, or
+    ``timeout`` passed. Polls fast at first and backs off to ``max_poll`` (Flower's
+    own send_and_receive sleeps 3 s between polls)."""
+    pending, got, answers = set(ids), [], 0
+    start = time.monotonic()
     while pending:
         replies = list(grid.pull_messages(list(pending)))
         got += replies
+        answers += sum(1 for r in replies if not (r.has_error() and r.error.code in AWAY))
         pending -= {r.metadata.reply_to_message_id for r in replies}
-        if not pending or time.monotonic() >= deadline:
+        elapsed = time.monotonic() - start
+        if not pending or elapsed >= timeout or (elapsed >= soft and answers >= need):
             break
-        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        time.sleep(poll)
         poll = min(max_poll, poll * 1.5)
     return got
 

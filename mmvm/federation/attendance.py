@@ -54,27 +54,35 @@ class Attendance:
     def wait_for_quorum(self, online: Callable[[], Iterable[str]],
                         log: Callable[[str], None] | None = None) -> None:
         """Before a window: if the last one had fewer than ``min-sites`` answers, wait
-        until that many sites are connected (or fail after ``pause-timeout``)."""
+        until that many sites are connected; fail when no window has had a quorum
+        for ``pause-timeout`` seconds."""
         if len(self.names) - len(self.absent) >= self.quorum:
             return
-        deadline, said = self.last_quorum + self.pause_timeout, False
+        said = False
         while True:
             up = set(online()) & set(self.names)
+            if time.monotonic() - self.last_quorum > self.pause_timeout:
+                raise FederationError(self._why(up))
             if len(up) >= self.quorum:
                 return
-            if time.monotonic() > deadline:
-                away = sorted(self.names[k] for k in self.names if k not in up)
-                raise FederationError(
-                    f"only {len(up)} of the {len(self.names)} sites are connected and the "
-                    f"run needs min-sites = {self.quorum}; sites {away} did not return "
-                    f"within pause-timeout = {self.pause_timeout:.0f} s. The sites' state "
-                    f"is on their disks")
             if log and not said:
                 log(f"mmvm: paused: {len(up)} of {len(self.names)} sites connected, "
                     f"waiting for min-sites = {self.quorum} (sites "
                     f"{self.absent_names()} are away)")
                 said = True
             time.sleep(self.poll)
+
+    def _why(self, up: set[str]) -> str:
+        if len(up) >= self.quorum:  # connected, yet the windows go unanswered
+            return (f"fewer than min-sites = {self.quorum} sites answered any window for "
+                    f"pause-timeout = {self.pause_timeout:.0f} s although {len(up)} are "
+                    f"connected: a window takes longer than site-timeout (raise it), or "
+                    f"the sites fail (see their logs)")
+        away = sorted(self.names[k] for k in self.names if k not in up)
+        return (f"only {len(up)} of the {len(self.names)} sites are connected and the run "
+                f"needs min-sites = {self.quorum}; sites {away} did not return within "
+                f"pause-timeout = {self.pause_timeout:.0f} s. The sites' state is on "
+                f"their disks")
 
     def summary(self) -> dict[str, list[int]]:
         return {name: list(ws) for name, ws in sorted(self.missed.items())}

@@ -141,5 +141,6 @@ class LocalTransport:
     def online(self) -> list[str]:
         return list(self.endpoints)
 
-    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
+    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
+                 ) -> dict:
         return {key: self.endpoints[key].handle(req) for key, req in requests.items()}

@@ -33,13 +33,14 @@ class Outages:
     def online(self) -> list[str]:
         return [k for k in self.inner.online() if self._here(k)]
 
-    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
+    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
+                 ) -> dict:
         if wait is None:
             return self.inner.exchange(requests)
         first = next(iter(requests.values()), None)
         self.window = getattr(first, "window", self.window)
         return self.inner.exchange({k: r for k, r in requests.items() if self._here(k)},
-                                   wait)
+                                   wait, need)
 
 
 def run_local(s: FederationSettings, files: Mapping[str, tuple[str, str | None]],

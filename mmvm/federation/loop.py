@@ -42,10 +42,12 @@ class Transport(Protocol):
         """Keys of the sites connected now."""
         ...
 
-    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
+    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
+                 ) -> dict:
         """Replies by site key. ``wait=None``: every site must answer (or the run
-        fails); ``wait=seconds``: the replies that came in that time (sites that are
-        away are left out; a site that answers with an error still fails the run)."""
+        fails); ``wait=seconds``: the replies that came in that time, or until ``need``
+        came (sites that are away are left out; a site that answers with an error
+        still fails the run)."""
         ...
 
 
@@ -68,6 +70,7 @@ class Metered:
 
     def __init__(self, inner: Transport, window_wait: float | None = None) -> None:
         self.inner, self.total, self.window_wait = inner, 0, window_wait
+        self.need = 1  # replies a window waits for beyond window_wait (the quorum)
 
     def nodes(self) -> list[str]:
         return self.inner.nodes()
@@ -77,10 +80,11 @@ class Metered:
 
     def gather(self, requests: Mapping) -> dict:
         """A window's exchange: the replies that came within ``site-timeout``."""
-        return self.exchange(requests, wait=self.window_wait)
+        return self.exchange(requests, wait=self.window_wait, need=self.need)
 
-    def exchange(self, requests: Mapping, wait: float | None = None) -> dict:
-        replies = self.inner.exchange(requests, wait) if wait is not None else \
+    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
+                 ) -> dict:
+        replies = self.inner.exchange(requests, wait, need) if wait is not None else \
             self.inner.exchange(requests)
         self.total += sum(payload_bytes(m) for m in (*requests.values(), *replies.values()))
         return replies
@@ -117,6 +121,7 @@ def run_federation(transport: Transport, s: FederationSettings,
     routing.receive(coord, replies)
     averaged: dict = {}
     att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites, s.pause_timeout)
+    meter.need = att.quorum
     for w in range(len(coord.plan)):
         att.wait_for_quorum(meter.online, log)
         tw, before = time.perf_counter(), meter.total

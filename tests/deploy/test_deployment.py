@@ -30,13 +30,11 @@ import numpy as np
 import pytest
 
 from deploy import make_keys
-from mmvm.secure.keys import load_public_directory
-from tests.support.audit_app import blobs_in, make_app, read_dump
-from tests.support.fleet import Fleet
+from tests.support.audit_app import blobs_in, read_dump
+from tests.support.deployment import SITES, Deployment
 from tests.support.processes import wait_for_log
 
 BIN = Path(sys.executable).parent
-SITES = ("a", "b", "c")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -44,97 +42,6 @@ pytestmark = [
         reason="flower-superlink not installed next to this Python",
     ),
 ]
-
-TINY = """
-[data]
-root = "unused"
-label = "label"
-[model]
-method = "mmvm"
-latent_dim = 8
-[model.modalities.m0]
-kind = "image"
-shape = [3, 28, 28]
-width = 4
-[model.modalities.m1]
-kind = "image"
-shape = [3, 28, 28]
-width = 4
-[model.modalities.m2]
-kind = "image"
-shape = [3, 28, 28]
-width = 4
-[train]
-epochs = 2
-batch_size = 32
-lr = 1e-3
-seed = 0
-device = "cpu"
-"""
-
-
-def _make_data(root: Path) -> dict[str, Path]:
-    from mmvm.data.polymnist import make_polymnist
-    from mmvm.data.sites import SiteSpec, split_sites
-
-    full = root / "full"
-    make_polymnist(full, seed=0, n_train=96, n_test=48)
-    specs = [SiteSpec(s, (f"m{i}",)) for i, s in enumerate(SITES)]
-    split_sites([full / "train.parquet", full / "test.parquet"], root / "sites", specs)
-    return {s: root / "sites" / s for s in SITES}
-
-
-class Deployment:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.keys = root / "keys"
-        assert make_keys.main(["--out", str(self.keys), "--sites", ",".join(SITES)]) == 0
-        self.data = _make_data(root / "data")
-        (root / "tiny.toml").write_text(TINY)
-        self.fleet = Fleet(root / "fleet", bin_dir=BIN)
-        self.state = root / "state"
-        self.out = root / "runs"
-        self.app = make_app(root / "app")  # the product, with the audit ServerApp
-
-    def start(self) -> None:
-        ca = self.keys / "ca.crt"
-        self.link = self.fleet.start_superlink(certs=self.keys, auth=True)
-        self.fleet.write_connection("mmvm", self.link, root_certificates=ca)
-        self.nodes = {}
-        directory = load_public_directory(self.keys / "public_keys.json")
-        for s in SITES:
-            site_dir = self.keys / "sites" / s
-            self.fleet.register(site_dir / f"{s}.pub", "mmvm")
-            pins = ";".join(f"{p}={directory[p].fingerprint.replace(' ', '')}"
-                            for p in SITES if p != s)  # the site's own policy
-            self.nodes[s] = self.fleet.start_supernode(
-                s, self.link, auth_key=site_dir / s, root_certificates=ca,
-                node_config=f'site="{s}" data="{self.data[s]}" '
-                            f'keys="{site_dir / "site_keys.json"}" '
-                            f'directory="{site_dir / "public_keys.json"}" '
-                            f'peers="{pins}" state="{self.state / s}"')
-        for proc in self.nodes.values():
-            assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
-                proc.log_text()
-
-    def run(self, **extra: object) -> tuple[int, str]:
-        cfg = {"config": str(self.root / "tiny.toml"), "set": "", "num-sites": 3,
-               "exchange": "round", "local-epochs": 1, "float16": False,
-               "out-dir": str(self.out), "state-dir": str(self.state),
-               "collect-model": False, "reply-timeout": 120.0, "secure": True, **extra}
-        text = " ".join(f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
-                        for k, v in cfg.items())
-        res = self.fleet.flwr("run", str(self.app), "mmvm", "--stream", "--run-config", text,
-                              timeout=300, check=False)
-        out = res.stdout + res.stderr
-        m = re.search(r"Successfully started run (\d+)", out)
-        assert m, out
-        return int(m.group(1)), out
-
-    def status(self, run_id: int) -> str:
-        res = self.fleet.flwr("ls", "--run-id", str(run_id), "--format", "json")
-        doc = json.loads(res.stdout)
-        return doc["runs"][0]["status"]
 
 
 @pytest.fixture(scope="module")

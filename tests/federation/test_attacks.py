@@ -56,8 +56,8 @@ class Recorder(LocalTransport):
         super().__init__(endpoints)
         self.log: list[tuple[str, dict, dict]] = []
 
-    def exchange(self, requests, wait=None):
-        replies = super().exchange(requests, wait)
+    def exchange(self, requests, wait=None, need=1):
+        replies = super().exchange(requests, wait, need)
         self.log.append((next(iter(requests.values())).kind, requests, replies))
         return replies
 
@@ -77,11 +77,11 @@ def test_2a_groups_of_one_or_two_are_refused(cfg, tmp_path, tiny_polymnist):
     victim, name = next((k, s.name) for k, s in sites.items() if "m0" in s.names)
 
     class Alone(LocalTransport):
-        def exchange(self, requests, wait=None):
+        def exchange(self, requests, wait=None, need=1):
             if next(iter(requests.values())).kind == "attach":
                 requests[victim] = dataclasses.replace(requests[victim],
                                                        shared={"m0": [name]})
-            return super().exchange(requests, wait)
+            return super().exchange(requests, wait, need)
 
     with pytest.raises(FederationError, match="told to share modality 'm0'"):
         federate(cfg, {}, transport=Alone(endpoints), secure=True)
@@ -166,12 +166,12 @@ def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_pa
     victim = next(k for k, s in sites.items() if s.name == holders[-1])
 
     class Liar(LocalTransport):
-        def exchange(self, requests, wait=None):
+        def exchange(self, requests, wait=None, need=1):
             if next(iter(requests.values())).kind == "attach":
                 r = requests[victim]
                 requests[victim] = dataclasses.replace(
                     r, shared={"m0": sorted([holders[0], holders[-1], other])})
-            return super().exchange(requests, wait)
+            return super().exchange(requests, wait, need)
 
     with pytest.raises(SecurityError, match="no self-mask share|not a split of the group"):
         federate(cfg, {}, transport=Liar(endpoints), secure=True, exchange="step")

@@ -46,8 +46,8 @@ class Spy(LocalTransport):
         super().__init__(endpoints)
         self.requests, self.replies = {}, {}
 
-    def exchange(self, requests, wait=None):
-        replies = super().exchange(requests, wait)
+    def exchange(self, requests, wait=None, need=1):
+        replies = super().exchange(requests, wait, need)
         for k, r in requests.items():
             if r.kind == "window":
                 self.requests[r.window, k] = r

@@ -143,7 +143,7 @@ def _masked_round(c, holders=("b", "c"), claim_dropped=()):
     class Sites:
         asked = []
 
-        def exchange(self, requests, wait=None):
+        def exchange(self, requests, wait=None, need=1):
             out = {}
             for key, req in requests.items():
                 me = {"kb": "b", "kc": "c"}[key]

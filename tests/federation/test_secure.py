@@ -82,8 +82,8 @@ class Recorder(LocalTransport):
         super().__init__(endpoints)
         self.blobs: list[bytes] = []
 
-    def exchange(self, requests, wait=None):
-        replies = super().exchange(requests, wait)
+    def exchange(self, requests, wait=None, need=1):
+        replies = super().exchange(requests, wait, need)
         for m in (*requests.values(), *replies.values()):
             self.blobs.append(recorddict_to_proto(to_record(m)).SerializeToString())
         return replies
@@ -131,13 +131,13 @@ class Evil(LocalTransport):
         super().__init__(endpoints)
         self.attack, self.seen = attack, []
 
-    def exchange(self, requests, wait=None):
+    def exchange(self, requests, wait=None, need=1):
         first = next(iter(requests.values()))
         if first.kind == "window":
             self.seen.append(requests)
             if first.window == 1:
                 self.attack(requests, self.seen)
-        return super().exchange(requests, wait)
+        return super().exchange(requests, wait, need)
 
 
 def _snapshot(site):

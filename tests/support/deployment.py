@@ -1,0 +1,147 @@
+"""A secure deployment on 127.0.0.1 for tests: SuperLink + 3 SuperNodes, TLS, node auth.
+
+Sites a, b, c hold one PolyMNIST modality each (data written here, keys by
+``deploy.make_keys``); each SuperNode's node config pins its peers, keys and state
+dir (the site's own policy). :meth:`Deployment.run` submits a run and waits for it;
+:meth:`Deployment.submit` starts one in the background (fault tests kill and
+restart SuperNodes meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deploy import make_keys
+from mmvm.secure.keys import load_public_directory
+from tests.support.audit_app import make_app
+from tests.support.fleet import Fleet
+from tests.support.processes import Process, wait_for_log
+
+BIN = Path(sys.executable).parent
+SITES = ("a", "b", "c")
+
+TINY = """
+[data]
+root = "unused"
+label = "label"
+[model]
+method = "mmvm"
+latent_dim = 8
+[model.modalities.m0]
+kind = "image"
+shape = [3, 28, 28]
+width = 4
+[model.modalities.m1]
+kind = "image"
+shape = [3, 28, 28]
+width = 4
+[model.modalities.m2]
+kind = "image"
+shape = [3, 28, 28]
+width = 4
+[train]
+epochs = 2
+batch_size = 32
+lr = 1e-3
+seed = 0
+device = "cpu"
+"""
+
+
+def _make_data(root: Path) -> dict[str, Path]:
+    from mmvm.data.polymnist import make_polymnist
+    from mmvm.data.sites import SiteSpec, split_sites
+
+    full = root / "full"
+    make_polymnist(full, seed=0, n_train=96, n_test=48)
+    specs = [SiteSpec(s, (f"m{i}",)) for i, s in enumerate(SITES)]
+    split_sites([full / "train.parquet", full / "test.parquet"], root / "sites", specs)
+    return {s: root / "sites" / s for s in SITES}
+
+
+class Deployment:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.keys = root / "keys"
+        assert make_keys.main(["--out", str(self.keys), "--sites", ",".join(SITES)]) == 0
+        self.data = _make_data(root / "data")
+        (root / "tiny.toml").write_text(TINY)
+        self.fleet = Fleet(root / "fleet", bin_dir=BIN)
+        self.state = root / "state"
+        self.out = root / "runs"
+        self.app = make_app(root / "app")  # the product, with the audit ServerApp
+
+    def start(self) -> None:
+        ca = self.keys / "ca.crt"
+        self.link = self.fleet.start_superlink(certs=self.keys, auth=True)
+        self.fleet.write_connection("mmvm", self.link, root_certificates=ca)
+        self.nodes: dict[str, Process] = {}
+        for s in SITES:
+            self.fleet.register(self.keys / "sites" / s / f"{s}.pub", "mmvm")
+            self.nodes[s] = self.start_node(s)
+        for proc in self.nodes.values():
+            assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
+                proc.log_text()
+
+    def start_node(self, s: str, log_name: str | None = None) -> Process:
+        """SuperNode ``s`` with its node key, keys, pinned peers and state dir."""
+        site_dir = self.keys / "sites" / s
+        directory = load_public_directory(self.keys / "public_keys.json")
+        pins = ";".join(f"{p}={directory[p].fingerprint.replace(' ', '')}"
+                        for p in SITES if p != s)  # the site's own policy
+        return self.fleet.start_supernode(
+            log_name or s, self.link, auth_key=site_dir / s, root_certificates=self.keys / "ca.crt",
+            node_config=f'site="{s}" data="{self.data[s]}" '
+                        f'keys="{site_dir / "site_keys.json"}" '
+                        f'directory="{site_dir / "public_keys.json"}" '
+                        f'peers="{pins}" state="{self.state / s}"')
+
+    def restart_node(self, s: str, timeout: float = 180.0) -> Process:
+        """Start SuperNode ``s`` again, as a service manager would (systemd
+        ``Restart=always``): the SuperLink refuses the node key until it has marked
+        the old connection offline (up to 2 heartbeats, 60 s), so retry until active."""
+        deadline, attempt = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            attempt += 1
+            proc = self.nodes[s] = self.start_node(s, f"{s}-restart{attempt}")
+            if wait_for_log(proc.log, ["SuperNode ID:"], 20, proc.popen):
+                return proc
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+            time.sleep(3)
+        raise AssertionError(f"SuperNode {s} did not come back:\n{proc.log_text()}")
+
+    def _run_args(self, extra: dict) -> list[str]:
+        cfg = {"config": str(self.root / "tiny.toml"), "set": "", "num-sites": 3,
+               "exchange": "round", "local-epochs": 1, "float16": False,
+               "out-dir": str(self.out), "state-dir": str(self.state),
+               "collect-model": False, "reply-timeout": 120.0, "secure": True, **extra}
+        text = " ".join(f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
+                        for k, v in cfg.items())
+        return ["run", str(self.app), "mmvm", "--stream", "--run-config", text]
+
+    def run(self, **extra: object) -> tuple[int, str]:
+        res = self.fleet.flwr(*self._run_args(extra), timeout=300, check=False)
+        out = res.stdout + res.stderr
+        m = re.search(r"Successfully started run (\d+)", out)
+        assert m, out
+        return int(m.group(1)), out
+
+    def submit(self, log: Path, **extra: object) -> subprocess.Popen:
+        """``flwr run --stream`` in the background, its output in ``log``."""
+        with open(log, "wb") as fh:
+            return subprocess.Popen([str(BIN / "flwr"), *self._run_args(extra)],
+                                    stdout=fh, stderr=subprocess.STDOUT,
+                                    env=self.fleet.env, cwd=self.fleet.workdir)
+
+    def status(self, run_id: int) -> str:
+        res = self.fleet.flwr("ls", "--run-id", str(run_id), "--format", "json")
+        doc = json.loads(res.stdout)
+        return doc["runs"][0]["status"]
+
+
