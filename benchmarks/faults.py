@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     names = [m.name for m in base.model.modalities]
     sites, files = ensure_default_sites(args.data_dir, "vertical", seed=0,
                                         modalities=tuple(names))
-    full = Path(files[sites[0].name]["train"]).parents[1]
+    full = Path(files[sites[0].name]["train"]).parents[2]
     train_set = MultimodalDataset.from_parquet(full / "train.parquet", names)
     test_set = MultimodalDataset.from_parquet(full / "test.parquet", names)
     site_files = {s.name: (files[s.name]["train"], None) for s in sites}

@@ -137,6 +137,9 @@ def test_attendance_counts_missed_windows_and_the_quorum():
     att.pause_timeout = 0.0
     with pytest.raises(FederationError, match=r"only 1 of the 3 sites"):
         att.wait_for_quorum(lambda: ["k0"])
+    with pytest.raises(FederationError, match=r"although 3 are connected: a window takes "
+                                              r"longer than site-timeout"):
+        att.wait_for_quorum(lambda: ["k0", "k1", "k2"])
 
 
 def test_the_console_says_which_site_was_missing():
