@@ -122,7 +122,7 @@ def _channel(context: Context, node: Node) -> Channel:
     else:
         raise FederationError(f"site {name}: secure = true needs the site's keys in its "
                               f"node config (keys=\"/path/site_keys.json\")")
-    secrets = SiteSecrets.load(keys, directory, run_id=context.run_id,
+    secrets = SiteSecrets.load(keys, directory, run_id=_run_id(context, s),
                                state_dir=node.state.parent)
     return SealedChannel(secrets, policy, s.align)
 
@@ -156,8 +156,15 @@ def _error(msg: Message, text: str) -> Message:
                    reply_to=msg)
 
 
+def _run_id(context: Context, s: FederationSettings) -> int:
+    """The run this site's state belongs to: a resumed run continues the old one's
+    state (forward only: the site's place in the run is kept with it)."""
+    return int(s.resume) if s.resume else context.run_id
+
+
 def _state_root(context: Context, s: FederationSettings, policy: SitePolicy) -> Path:
-    return Path(s.state_dir if policy.test_bed else policy.state) / f"run-{context.run_id}"
+    root = Path(s.state_dir if policy.test_bed else policy.state)
+    return root / f"run-{_run_id(context, s)}"
 
 
 @app.query("describe")
@@ -183,6 +190,11 @@ def window(msg: Message, context: Context) -> Message:
 @app.train("unmask")
 def unmask(msg: Message, context: Context) -> Message:
     return _answer(msg, context, "unmask")
+
+
+@app.query("resume")
+def resume(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, "resume")
 
 
 @app.evaluate()

@@ -103,7 +103,7 @@ class FlowerTransport:
                 out[key] = reply_from_record(kind, r.content)
             except MessageError as err:
                 raise FederationError(f"{stage}: site {who}: {err}") from None
-            if kind == "describe":
+            if kind in ("describe", "resume"):
                 self.names[key] = out[key].site
         silent = [self.names.get(k, k) for k in requests if k not in out]
         if silent and wait is None:
@@ -181,9 +181,11 @@ def run(grid: Grid, context: Context) -> None:
         print(window_line(row, row["windows"], time.perf_counter() - t0), flush=True)
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
+    resume = Path(s.out_dir) / f"run-{s.resume}" / "server_state.pt" if s.resume else None
     result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
         alignment_line(al, s.num_sites), flush=True),
-        log=lambda line: print(line, flush=True))
+        log=lambda line: print(line, flush=True), checkpoint=out_dir / "server_state.pt",
+        resume_from=resume)
     eval_data = _eval_data(s, result) if result.model_state else None
     paths = write_results(out_dir, s, result, eval_data)
     assembled = None

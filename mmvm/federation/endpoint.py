@@ -22,6 +22,8 @@ from mmvm.federation.messages import (
     DescribeRequest,
     EvaluateReply,
     EvaluateRequest,
+    ResumeReply,
+    ResumeRequest,
     UnmaskRequest,
     WindowReply,
     WindowRequest,
@@ -41,7 +43,8 @@ class Endpoint:
         self.policy = policy or SitePolicy(test_bed=True)
         self._handlers = {DescribeRequest: self.describe, AlignRequest: self.align,
                           AttachRequest: self.attach, WindowRequest: self.window,
-                          UnmaskRequest: self.unmask, EvaluateRequest: self.evaluate}
+                          UnmaskRequest: self.unmask, ResumeRequest: self.resume,
+                          EvaluateRequest: self.evaluate}
 
     def handle(self, request):
         """The reply to ``request``, chosen by its type."""
@@ -85,8 +88,18 @@ class Endpoint:
         site.progress.phase = "attached"
         return AttachReply(posteriors=self.channel.outgoing(site, 0))
 
+    def resume(self, req: ResumeRequest) -> ResumeReply:
+        """Where this site is in the run a restarted server continues (nothing changes)."""
+        p = self.site.progress
+        p.resume(self.site.name)
+        return ResumeReply(site=self.site.name, phase=p.phase, window=p.window,
+                           unmasked=p.unmasked)
+
     def window(self, req: WindowRequest) -> WindowReply:
         site, index = self.site, req.window
+        again = site.replies.get("window", index)
+        if again is not None:  # a restarted server asks again: the same reply, byte for
+            return again       # byte (the site trains a window once, masks it once)
         site.progress.window_(site.name, index)
         site.check_window(index)
         if req.resync:
@@ -99,12 +112,17 @@ class Endpoint:
                             weights=weights, shares=shares)
         commit()
         site.progress.window = index
+        site.replies.keep("window", index, reply)
         return reply
 
     def unmask(self, req: UnmaskRequest):
+        again = self.site.replies.get("unmask", req.window, req.groups)
+        if again is not None:  # asked again with the same view: the same answer
+            return again
         self.site.progress.unmask(self.site.name, req.window)
         reply = self.channel.unmask(self.site, req)
         self.site.progress.unmasked = req.window
+        self.site.replies.keep("unmask", req.window, reply, req.groups)
         return reply
 
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:

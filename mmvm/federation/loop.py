@@ -21,15 +21,27 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
-from mmvm.federation.messages import DescribeRequest, EvaluateRequest, payload_bytes
+from mmvm.federation.messages import (
+    DescribeRequest,
+    EvaluateRequest,
+    ResumeRequest,
+    payload_bytes,
+)
 from mmvm.federation.routing import EventTriggeredRouting, PlainRouting, Routing
 from mmvm.federation.sealed_routing import SealedRouting
+from mmvm.federation.server_state import (
+    ServerState,
+    load_server_state,
+    rebuild,
+    save_server_state,
+)
 from mmvm.federation.settings import FederationSettings
 
 
@@ -102,27 +114,38 @@ def make_routing(s: FederationSettings) -> Routing:
 def run_federation(transport: Transport, s: FederationSettings,
                    on_window: Callable[[dict], None] | None = None,
                    on_align: Callable[[dict], None] | None = None,
-                   log: Callable[[str], None] | None = None) -> FederationResult:
+                   log: Callable[[str], None] | None = None,
+                   checkpoint: str | Path | None = None,
+                   resume_from: str | Path | None = None) -> FederationResult:
     """Align, train every window of the plan, evaluate; returns metrics and bytes.
-    Sites that miss windows are left out of them (:mod:`mmvm.federation.attendance`)."""
+
+    Sites that miss windows are left out of them (:mod:`mmvm.federation.attendance`).
+    With ``checkpoint`` the server's state is written there after attach and after
+    every window; ``resume_from`` continues the run whose state is there
+    (:mod:`mmvm.federation.server_state`) instead of starting one."""
     t0, routing = time.perf_counter(), make_routing(s)
     meter = Metered(transport, s.site_timeout)
-    described = meter.exchange({key: DescribeRequest() for key in transport.nodes()})
-    coord = Coordinator(routing.align(meter, described), s.modalities, s.plan_args())
-    result = FederationResult(sites={k: {"site": i.name, "modalities": i.modalities,
-                                         "n": len(i.held)} for k, i in coord.sites.items()},
-                              alignment=coord.alignment())
+    if resume_from:
+        coord, start, averaged, att, result = _resume(meter, s, routing, resume_from, log)
+    else:
+        coord, result = _start(meter, s, routing)
+        start, averaged = 0, {}
+        att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites,
+                         s.pause_timeout)
     if on_align:
         on_align(result.alignment)
-    replies = meter.exchange({key: coord.attach_request(key, float16=s.float16,
-                                                        delta_tol=s.delta_tol,
-                                                        peers=routing.peers)
-                              for key in coord.sites})
-    routing.receive(coord, replies)
-    averaged: dict = {}
-    att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites, s.pause_timeout)
-    meter.need = att.quorum
-    for w in range(len(coord.plan)):
+    meter.need, before_restart = att.quorum, result.seconds
+
+    def save(window: int) -> None:
+        if checkpoint:
+            save_server_state(checkpoint, s, ServerState(
+                window, list(coord.sites.values()), averaged, routing.state(),
+                att.summary(), sorted(att.absent), result.history, meter.total,
+                before_restart + time.perf_counter() - t0, result.alignment))
+
+    if not resume_from:
+        save(-1)
+    for w in range(start, len(coord.plan)):
         att.wait_for_quorum(meter.online, log)
         tw, before = time.perf_counter(), meter.total
         absent = att.absent_names()
@@ -137,13 +160,69 @@ def run_federation(transport: Transport, s: FederationSettings,
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         row["missed"] = gone
         result.history.append(row)
+        save(w)
         if on_window:
             on_window(row)
     result.missed = att.summary()
     result.bytes_total = meter.total
     final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout)
-    result.seconds = time.perf_counter() - t0
+    result.seconds = before_restart + time.perf_counter() - t0
     return result
+
+
+def _start(meter: Metered, s: FederationSettings, routing: Routing
+           ) -> tuple[Coordinator, FederationResult]:
+    """describe -> align -> attach."""
+    described = meter.exchange({key: DescribeRequest() for key in meter.nodes()})
+    coord = Coordinator(routing.align(meter, described), s.modalities, s.plan_args())
+    result = FederationResult(sites=_site_summary(coord), alignment=coord.alignment())
+    replies = meter.exchange({key: coord.attach_request(key, float16=s.float16,
+                                                        delta_tol=s.delta_tol,
+                                                        peers=routing.peers)
+                              for key in coord.sites})
+    routing.receive(coord, replies)
+    return coord, result
+
+
+def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str | Path,
+            log: Callable[[str], None] | None):
+    """The saved run's coordinator and routing, checked against where the sites are:
+    each site is at most one window ahead of the server's checkpoint (it answered a
+    window the server did not live to record; it repeats that reply)."""
+    saved = load_server_state(path, s)
+    coord = rebuild(saved, s)
+    routing.load(saved.routing)
+    nodes = set(meter.nodes())
+    if nodes != set(coord.sites):
+        raise FederationError(
+            f"resume = {s.resume}: the connected SuperNodes are not the sites of that run "
+            f"({sorted(i.name for i in saved.sites)}); a site rejoins with the same node "
+            f"key (node authentication) and the same state folder")
+    replies = meter.exchange({k: ResumeRequest(run=s.resume) for k in coord.sites})
+    for key, r in replies.items():
+        if r.site != coord.name(key):
+            raise FederationError(f"resume = {s.resume}: node {key} answers as site "
+                                  f"{r.site}; in that run it was {coord.name(key)}")
+        if r.window > saved.window + 1:
+            raise FederationError(f"resume = {s.resume}: site {r.site} has trained window "
+                                  f"{r.window + 1}, the server's state ends at window "
+                                  f"{saved.window + 1}: they are not of the same run")
+    att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites, s.pause_timeout,
+                     missed={n: list(w) for n, w in saved.missed.items()},
+                     absent=set(saved.absent))
+    result = FederationResult(sites=_site_summary(coord), alignment=saved.alignment,
+                              history=list(saved.history), seconds=saved.seconds)
+    meter.total = saved.bytes_total
+    if log:
+        at = ", ".join(f"{r.site} {r.window + 1}" for r in replies.values())
+        log(f"mmvm: resuming run {s.resume} after window {saved.window + 1}/"
+            f"{len(coord.plan)} (sites' last windows: {at})")
+    return coord, saved.window + 1, saved.averaged, att, result
+
+
+def _site_summary(coord: Coordinator) -> dict[str, dict]:
+    return {k: {"site": i.name, "modalities": i.modalities, "n": len(i.held)}
+            for k, i in coord.sites.items()}
 
 
 def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping,

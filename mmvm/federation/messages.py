@@ -3,6 +3,7 @@
     describe -> align (secure mode only) -> attach -> window 0 .. W-1 -> evaluate
                                                    (secure, shared modalities: unmask
                                                     after each window)
+    resume (a restarted server, instead of describe .. attach) -> window w .. W-1
 
 Both modes speak the same messages; what differs is what fills them (sample ids or a
 count, plain Arrow tables or sealed envelopes, weights or masked weights). Every field
@@ -181,6 +182,26 @@ class UnmaskReply:
     seeds: dict = _json(payload=True)
 
 
+# ------------------------------------------------------------------------ resume
+@dataclass
+class ResumeRequest:
+    """A restarted server continues run ``run``: where is this site in it?"""
+
+    kind: ClassVar[str] = "resume"
+    run: str = _value(str)
+
+
+@dataclass
+class ResumeReply:
+    """The site's place in the run: its phase, last window trained and unmasked."""
+
+    kind: ClassVar[str] = "resume"
+    site: str = _value(str)
+    phase: str = _value(str)
+    window: int = _value(int)
+    unmasked: int = _value(int)
+
+
 # ------------------------------------------------------------------------ evaluate
 @dataclass
 class EvaluateRequest:
@@ -201,9 +222,10 @@ class EvaluateReply:
 
 
 REQUESTS = {c.kind: c for c in (DescribeRequest, AlignRequest, AttachRequest,
-                                 WindowRequest, UnmaskRequest, EvaluateRequest)}
+                                 WindowRequest, UnmaskRequest, ResumeRequest,
+                                 EvaluateRequest)}
 REPLIES = {c.kind: c for c in (DescribeReply, AlignReply, AttachReply, WindowReply,
-                                UnmaskReply, EvaluateReply)}
+                                UnmaskReply, ResumeReply, EvaluateReply)}
 
 
 def payload_bytes(message: Any) -> int:

@@ -187,3 +187,16 @@ def select_rows(table: Mapping[str, Posteriors], wanted: np.ndarray,
         if len(keep):
             out[name] = p.take(keep)
     return out
+
+
+def table_state(table: Mapping[str, Posteriors]) -> dict:
+    """A posterior table as tensors (``torch.load(weights_only=True)`` reads it back)."""
+    import torch
+
+    return {m: {"rows": torch.from_numpy(p.rows.copy()), "mu": torch.from_numpy(p.mu.copy()),
+                "logvar": torch.from_numpy(p.logvar.copy())} for m, p in table.items()}
+
+
+def table_from_state(state: Mapping) -> dict[str, Posteriors]:
+    return {m: Posteriors(s["rows"].numpy(), s["mu"].numpy(), s["logvar"].numpy())
+            for m, s in state.items()}

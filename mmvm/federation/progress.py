@@ -62,6 +62,9 @@ class Progress:
                                      f"(last window {self.window}, last unmasked "
                                      f"{self.unmasked})")
 
+    def resume(self, site: str) -> None:
+        self._need(site, "resume", "attached")
+
     def evaluate(self, site: str) -> None:
         self._need(site, "evaluate", "attached")
 

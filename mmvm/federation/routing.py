@@ -27,6 +27,8 @@ from mmvm.federation.posteriors import (
     decode_table,
     encode_table,
     merge_tables,
+    table_from_state,
+    table_state,
 )
 
 
@@ -53,6 +55,13 @@ class Routing(Protocol):
 
     def missed(self, key: str) -> None:
         """Site ``key`` did not answer the last window."""
+        ...
+
+    def state(self) -> dict:
+        """What the next window's requests are built from (the server's checkpoint)."""
+        ...
+
+    def load(self, state: dict) -> None:
         ...
 
 
@@ -135,6 +144,12 @@ class PlainRouting:
     def missed(self, key: str) -> None:
         """Nothing to forget: the next window's table holds only this window's replies."""
 
+    def state(self) -> dict:
+        return {"table": table_state(self.table)}
+
+    def load(self, state: dict) -> None:
+        self.table = table_from_state(state["table"])
+
 
 class EventTriggeredRouting(PlainRouting):
     """Plaintext, but the server keeps the latest rows and forwards only news:
@@ -160,3 +175,13 @@ class EventTriggeredRouting(PlainRouting):
         is told to ``resync``). Its own last rows stay in the cache, stale, as rows
         within the tolerance do: event-triggered exchange trades exactness for bytes."""
         self.forwarded.pop(key, None)
+
+    def state(self) -> dict:
+        return {**super().state(), "cache": self.cache.state(),
+                "forwarded": {k: c.state() for k, c in self.forwarded.items()}}
+
+    def load(self, state: dict) -> None:
+        super().load(state)
+        self.cache = PosteriorCache.from_state(state["cache"])
+        self.forwarded = {k: PosteriorCache.from_state(c)
+                          for k, c in state["forwarded"].items()}

@@ -103,6 +103,12 @@ class SealedRouting:
     def missed(self, key: str) -> None:
         """Nothing kept per site: the next window carries only this window's envelopes."""
 
+    def state(self) -> dict:
+        return {"inbox": {k: dict(v) for k, v in self.inbox.items()}}
+
+    def load(self, state: dict) -> None:
+        self.inbox = {k: dict(v) for k, v in state["inbox"].items()}
+
     def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
                   ) -> Arrays:
         """Each shared modality's sample-weighted mean from masked updates: one unmask

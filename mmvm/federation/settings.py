@@ -46,6 +46,7 @@ class FederationSettings:
     site_timeout: float
     min_sites: int
     pause_timeout: float
+    resume: str
     eval_data: str
     secure: bool
     keys_dir: str
@@ -107,7 +108,7 @@ def load_settings(rc: Mapping) -> FederationSettings:
         reply_timeout=_get(rc, "reply-timeout", float),
         connect_timeout=_get(rc, "connect-timeout", float),
         site_timeout=_get(rc, "site-timeout", float), min_sites=_get(rc, "min-sites", int),
-        pause_timeout=_get(rc, "pause-timeout", float),
+        pause_timeout=_get(rc, "pause-timeout", float), resume=_get(rc, "resume", str).strip(),
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
         align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str))
@@ -132,6 +133,9 @@ def _check(s: FederationSettings) -> None:
     if not (s.site_timeout > 0 and s.pause_timeout > 0):
         raise ConfigError(f"run config: site-timeout = {s.site_timeout} and "
                           f"pause-timeout = {s.pause_timeout} must be > 0")
+    if s.resume and not s.resume.isdigit():
+        raise ConfigError(f"run config: resume = {s.resume!r} is not a run id (the number "
+                          f"`flwr ls` shows, or '' to start a new run)")
     if s.min_sites < 1:
         raise ConfigError(f"run config: min-sites = {s.min_sites} must be >= 1 (values "
                           f"above num-sites mean every site)")

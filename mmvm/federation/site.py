@@ -27,6 +27,7 @@ from mmvm.federation.delta import PosteriorCache
 from mmvm.federation.plan import PlanArgs, Step, Window
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
+from mmvm.federation.reply_cache import ReplyCache
 from mmvm.model import norm_stats_frozen
 from mmvm.noise import modality_noise
 from mmvm.objectives import alpha_schedule, site_loss
@@ -110,6 +111,7 @@ class Site:
         self.windows_done = 0
         self.link: Link | None = None
         self.progress = Progress()  # where the site is in the run's protocol
+        self.replies = ReplyCache()  # last window/unmask replies, for a restarted server
 
     # ------------------------------------------------------------------ alignment
     def attach(self, n: int, rows: list[int], positions: np.ndarray, plan: PlanArgs,
@@ -257,7 +259,7 @@ class Site:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
-                 "progress": self.progress.state()}
+                 "progress": self.progress.state(), "replies": self.replies.state()}
         atomic_write(path, lambda fh: torch.save(state, fh))
 
     def restore(self, path: str | Path) -> None:
@@ -270,3 +272,4 @@ class Site:
         self.windows_done = int(state["windows_done"])
         self.link = None if state["link"] is None else Link.from_state(state["link"])
         self.progress = Progress.from_state(state["progress"])
+        self.replies = ReplyCache.from_state(state.get("replies", {}))

@@ -5,7 +5,7 @@ neither the window nor its unmask step) must leave the mixture prior of the next
 window (its posteriors for those rows never arrived) and FedAvg, train again when it
 is back, and get the averaged weights it missed. Secure mode must do exactly what
 plaintext does with the same outages (the masking's dropout path). Real processes
-(SuperNodes killed and restarted) are in tests/deploy/test_faults.py.
+(SuperNodes killed and restarted) are in tests/deploy/test_node_faults.py.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from mmvm.federation.messages import (
     EvaluateReply,
     EvaluateRequest,
     MessageError,
+    ResumeReply,
+    ResumeRequest,
     UnmaskReply,
     UnmaskRequest,
     WindowReply,
@@ -42,7 +44,7 @@ REQUESTS = [DescribeRequest(), AlignRequest(sealed={"a": b"\x00\x01", "b": b""})
             WindowRequest(window=3, posteriors={"server": b"arrow"}, weights=W),
             UnmaskRequest(window=2, groups={"m0": {"survivors": ["a", "b"], "dropped": []}},
                           shares={"b": b"env"}),
-            EvaluateRequest(weights=W, collect=True)]
+            ResumeRequest(run="123"), EvaluateRequest(weights=W, collect=True)]
 REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
                          identifiers=["x", "y"]),
            DescribeReply(site="a", modalities=["m0", "m1"], n=0, labelled=False,
@@ -51,6 +53,7 @@ REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
            WindowReply(metrics={"rec_nll": 1.5, "rows": 3}, posteriors={"b": b"e"},
                        weights=W, shares={"b": b"s"}),
            UnmaskReply(shares={"m0": {"b": "AAE="}}, seeds={"m0": {}}),
+           ResumeReply(site="a", phase="attached", window=4, unmasked=3),
            EvaluateReply(site="a", modalities=["m0"], metrics={"probe/m0": 0.5}, model=W)]
 
 

@@ -1,0 +1,67 @@
+"""A site's last window and unmask replies, kept with its state.
+
+A server that crashes after a site answered window w, but before it wrote its own
+checkpoint, resumes at window w and asks again. The site must not train w a second
+time (its model moved on) nor mask a second update for w (two masked updates of one
+window under the same pair masks, one claimed dropped and one not, would unmask it):
+it answers with the reply it sent, byte for byte. The unmask answer is repeated only
+for the same view of survivors and dropped sites; any other view is refused as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from mmvm.federation.messages import REPLIES
+
+
+def _to_state(value):
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {k: _to_state(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_state(v) for v in value]
+    return value
+
+
+def _from_state(value):
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _from_state(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_state(v) for v in value]
+    return value
+
+
+class ReplyCache:
+    """``{kind: (window, view, reply)}`` for the kinds ``window`` and ``unmask``."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, object, object]] = {}
+
+    def keep(self, kind: str, window: int, reply, view=None) -> None:
+        self.entries[kind] = (window, view, reply)
+
+    def get(self, kind: str, window: int, view=None):
+        """The reply kept for ``kind`` at ``window`` with the same ``view``, or None."""
+        entry = self.entries.get(kind)
+        if entry is None or entry[0] != window or entry[1] != view:
+            return None
+        return entry[2]
+
+    def state(self) -> dict:
+        return {kind: {"window": w, "view": _to_state(view), "reply": _to_state(asdict(r))}
+                for kind, (w, view, r) in self.entries.items()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> ReplyCache:
+        cache = cls()
+        for kind, e in state.items():
+            reply = REPLIES[kind](**_from_state(e["reply"]))
+            cache.entries[kind] = (int(e["window"]), _from_state(e["view"]), reply)
+        return cache

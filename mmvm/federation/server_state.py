@@ -1,0 +1,97 @@
+"""The server's checkpoint: what a restarted server needs to continue a run.
+
+Written atomically after attach and after every window to
+``<out-dir>/run-<id>/server_state.pt`` (tensors, strings and numbers only: it loads
+with ``torch.load(weights_only=True)``): the last completed window, the sites (their
+node keys, names, modalities and identifiers, from which the row order and the plan
+are rebuilt exactly), the averaged shared weights, what the routing builds the next
+requests from (posterior table, caches, or sealed envelopes), who missed which
+window, the history so far, and a fingerprint of the settings that must not change.
+A run started with ``resume = <id>`` reads it and continues from the next window;
+the sites continue their own state of that run (``mmvm.federation.reply_cache``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmvm.atomic import atomic_write
+from mmvm.config import ConfigError
+from mmvm.federation.coordinator import Coordinator, SiteInfo
+from mmvm.federation.settings import FederationSettings
+
+VERSION = 1
+
+
+def fingerprint(s: FederationSettings) -> dict:
+    """The settings a resumed run must share with the run it continues."""
+    return {"plan": s.plan_args().to_dict(), "modalities": s.modalities,
+            "secure": s.secure, "align": s.align, "float16": s.float16,
+            "delta_tol": s.delta_tol, "latent_dim": s.experiment.model.latent_dim,
+            "method": s.experiment.model.method}
+
+
+@dataclass
+class ServerState:
+    window: int  # last completed window (-1: attached, no window yet)
+    sites: list[SiteInfo]
+    averaged: dict
+    routing: dict
+    missed: dict[str, list[int]]
+    absent: list[str]
+    history: list[dict]
+    bytes_total: int
+    seconds: float
+    alignment: dict
+
+
+def save_server_state(path: str | Path, s: FederationSettings, state: ServerState) -> None:
+    doc = {"version": VERSION, "fingerprint": json.dumps(fingerprint(s), sort_keys=True),
+           "window": state.window,
+           "sites": [{"key": i.key, "name": i.name, "modalities": list(i.modalities),
+                      "identifiers": list(i.identifiers)} for i in state.sites],
+           "averaged": {m: {p: torch.from_numpy(a.copy()) for p, a in arrays.items()}
+                        for m, arrays in state.averaged.items()},
+           "routing": state.routing, "missed": state.missed, "absent": state.absent,
+           "history": json.dumps(state.history), "bytes_total": state.bytes_total,
+           "seconds": state.seconds, "alignment": json.dumps(state.alignment)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda fh: torch.save(doc, fh))
+
+
+def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:
+    """The checkpoint at ``path``, refused if it was written under other settings."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"resume = {s.resume}: no server state at {path} (the server "
+                          f"writes it after every window; is out-dir the one that run "
+                          f"used?)")
+    doc = torch.load(path, map_location="cpu", weights_only=True)
+    if doc.get("version") != VERSION:
+        raise ConfigError(f"{path}: server state version {doc.get('version')}, this "
+                          f"mmvm reads version {VERSION}")
+    was, now = json.loads(doc["fingerprint"]), fingerprint(s)
+    changed = sorted(k for k in now if was.get(k) != now[k])
+    if changed:
+        raise ConfigError(f"resume = {s.resume}: the run was started with other "
+                          f"settings ({', '.join(f'{k}: {was.get(k)} -> {now[k]}' for k in changed)}); "
+                          f"a resumed run must train the same plan")
+    return ServerState(
+        window=int(doc["window"]),
+        sites=[SiteInfo(d["key"], d["name"], list(d["modalities"]), list(d["identifiers"]))
+               for d in doc["sites"]],
+        averaged={m: {p: t.numpy() for p, t in arrays.items()}
+                  for m, arrays in doc["averaged"].items()},
+        routing=doc["routing"], missed={k: list(v) for k, v in doc["missed"].items()},
+        absent=list(doc["absent"]), history=json.loads(doc["history"]),
+        bytes_total=int(doc["bytes_total"]), seconds=float(doc["seconds"]),
+        alignment=json.loads(doc["alignment"]))
+
+
+def rebuild(state: ServerState, s: FederationSettings) -> Coordinator:
+    """The coordinator of the saved run: same sites, same row order, same plan."""
+    return Coordinator(state.sites, s.modalities, s.plan_args())

@@ -1,0 +1,154 @@
+"""A server that dies mid-run and is started again continues the run exactly.
+
+The server writes its state after attach and after every window
+(``mmvm.federation.server_state``); a crash is simulated by a transport that raises
+when window k is sent, either before the sites see it or after they trained it (the
+server died before it recorded their replies: the sites are one window ahead and
+must repeat their replies, not train or mask again). The sites are rebuilt from
+their state files, as restarted processes would be, and a new loop resumes from the
+server's checkpoint. In exact mode the result equals a run without the crash.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.config import ConfigError
+from mmvm.federation import sealed_align
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.loop import run_federation
+from mmvm.federation.settings import settings_for
+from mmvm.federation.site import Site
+from tests.support.federate import (
+    make_sites,
+    params,
+    plain_endpoints,
+    sealed_endpoints,
+    site_keys,
+    split,
+)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAt(LocalTransport):
+    """Raises when window ``k`` is sent; ``delivered``: after the sites trained it."""
+
+    def __init__(self, endpoints, k: int, delivered: bool):
+        super().__init__(endpoints)
+        self.k, self.delivered = k, delivered
+
+    def exchange(self, requests, wait=None, need=1):
+        first = next(iter(requests.values()))
+        if first.kind == "window" and first.window == self.k:
+            if self.delivered:
+                super().exchange(requests, wait, need)
+            raise Crash(f"server killed at window {self.k}")
+        return super().exchange(requests, wait, need)
+
+
+@pytest.fixture
+def cfg(tiny_polymnist, tiny_config):
+    torch.set_num_threads(1)
+    return tiny_config(tiny_polymnist, epochs=2)  # 6 one-step windows
+
+
+def _restarted(cfg, sites: dict[str, Site], tmp_path) -> dict[str, Site]:
+    """Each site saved and loaded into a fresh Site, as a restarted process does."""
+    out = {}
+    for key, site in sites.items():
+        path = tmp_path / "sites" / f"{site.name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        site.save(path)
+        fresh = Site(cfg, site.name, site.train_path, site.test_path)
+        fresh.restore(path)
+        out[key] = fresh
+    return out
+
+
+def _endpoints(sites, secure, keys, state):
+    return sealed_endpoints(sites, keys, state) if secure else plain_endpoints(sites)
+
+
+@pytest.mark.parametrize("secure,layout,k,delivered", [
+    (False, "vertical", 3, False), (False, "vertical", 3, True),
+    (True, "hybrid", 2, True)])
+def test_a_resumed_run_ends_as_if_nothing_happened(cfg, tmp_path, tiny_polymnist, secure,
+                                                   layout, k, delivered, monkeypatch):
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)  # one row order
+    specs, root = split(tiny_polymnist, tmp_path, layout, shards=4)
+    opts = {"exchange": "step", "float16": False, "secure": secure}
+    ref_sites = make_sites(cfg, specs, root)
+    ref_keys = site_keys(ref_sites)
+    ref = run_federation(LocalTransport(_endpoints(ref_sites, secure, ref_keys,
+                                                   tmp_path / "ref-state")),
+                         settings_for(cfg, **opts))
+
+    sites = make_sites(cfg, specs, root)
+    keys, state, ckpt = ref_keys, tmp_path / "state", tmp_path / "server_state.pt"
+    with pytest.raises(Crash):
+        run_federation(CrashAt(_endpoints(sites, secure, keys, state), k, delivered),
+                       settings_for(cfg, **opts), checkpoint=ckpt)
+    if delivered:
+        assert all(s.progress.window == k for s in sites.values())  # one ahead
+    sites = _restarted(cfg, sites, tmp_path)
+    lines = []
+    res = run_federation(LocalTransport(_endpoints(sites, secure, keys, state)),
+                         settings_for(cfg, resume="1", **opts), log=lines.append,
+                         checkpoint=ckpt, resume_from=ckpt)
+    assert f"after window {k}/6" in lines[0]
+    assert [r["window"] for r in res.history] == list(range(6))
+    a, b = params(ref_sites.values()), params(sites.values())
+    worst = max(float(np.abs(a[n] - b[n]).max()) for n in a)
+    assert worst == 0.0, worst
+    assert [r["rec_nll"] for r in res.history] == pytest.approx(
+        [r["rec_nll"] for r in ref.history], rel=1e-6)
+
+
+def test_resume_refuses_other_settings_and_other_sites(cfg, tmp_path, tiny_polymnist):
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    ckpt = tmp_path / "server_state.pt"
+    with pytest.raises(Crash):
+        run_federation(CrashAt(plain_endpoints(sites), 1, False),
+                       settings_for(cfg, exchange="step"), checkpoint=ckpt)
+    with pytest.raises(ConfigError, match=r"other settings \(plan: "):
+        run_federation(LocalTransport(plain_endpoints(sites)),
+                       settings_for(cfg, exchange="round", resume="1"), resume_from=ckpt)
+    others = {f"x{k}": s for k, s in sites.items()}  # other node keys
+    with pytest.raises(FederationError, match="not the sites of that run"):
+        run_federation(LocalTransport(plain_endpoints(others)),
+                       settings_for(cfg, exchange="step", resume="1"), resume_from=ckpt)
+    fresh = make_sites(cfg, specs, root)  # sites that never took part
+    with pytest.raises(FederationError, match="resume refused: the site is 'new'"):
+        run_federation(LocalTransport(plain_endpoints(fresh)),
+                       settings_for(cfg, exchange="step", resume="1"), resume_from=ckpt)
+    with pytest.raises(ConfigError, match="no server state"):
+        run_federation(LocalTransport(plain_endpoints(sites)),
+                       settings_for(cfg, exchange="step", resume="1"),
+                       resume_from=tmp_path / "missing.pt")
+
+
+def test_a_site_repeats_its_reply_but_never_trains_a_window_twice(cfg, tmp_path,
+                                                                   tiny_polymnist):
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    with pytest.raises(Crash):
+        run_federation(CrashAt(plain_endpoints(sites), 2, True),
+                       settings_for(cfg, exchange="step"))
+    site = sites["n0"]
+    endpoint = plain_endpoints({"n0": site})["n0"]
+    kept = site.replies.get("window", 2)
+    weights = {k: v.copy() for k, v in site.weights("m0").items()}
+    from mmvm.federation.messages import WindowRequest
+
+    again = endpoint.handle(WindowRequest(window=2))
+    assert again is kept and site.progress.window == 2
+    assert all(np.array_equal(weights[k], v) for k, v in site.weights("m0").items())
+    with pytest.raises(FederationError, match="window 1 refused"):
+        endpoint.handle(WindowRequest(window=1))
