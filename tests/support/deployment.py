@@ -76,9 +76,14 @@ class Deployment:
         self.out = root / "runs"
         self.app = make_app(root / "app")  # the product, with the audit ServerApp
 
-    def start(self) -> None:
+    def start(self, database: bool = False) -> None:
+        """SuperLink and SuperNodes; ``database``: the SuperLink keeps its state (node
+        registrations, runs) in a file, so it can be killed and started again."""
         ca = self.keys / "ca.crt"
-        self.link = self.fleet.start_superlink(certs=self.keys, auth=True)
+        self.db = str(self.root / "superlink.db") if database else None
+        self.link = self.fleet.start_superlink(
+            certs=self.keys, auth=True,
+            extra_args=["--database", self.db] if self.db else ())
         self.fleet.write_connection("mmvm", self.link, root_certificates=ca)
         self.nodes: dict[str, Process] = {}
         for s in SITES:
@@ -87,6 +92,18 @@ class Deployment:
         for proc in self.nodes.values():
             assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
                 proc.log_text()
+
+    def restart_superlink(self) -> None:
+        """Kill the SuperLink (and the ServerApp it started) with SIGKILL and start it
+        again on the same port and database; the SuperNodes reconnect on their own."""
+        import os
+        import signal
+
+        os.killpg(self.link.process.popen.pid, signal.SIGKILL)
+        self.link.process.popen.wait(10)
+        self.link = self.fleet.start_superlink(certs=self.keys, auth=True,
+                                               port=self.link.port,
+                                               extra_args=["--database", self.db])
 
     def start_node(self, s: str, log_name: str | None = None) -> Process:
         """SuperNode ``s`` with its node key, keys, pinned peers and state dir."""
