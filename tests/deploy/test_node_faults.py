@@ -93,7 +93,9 @@ def test_sites_drop_out_one_rejoins_and_the_run_completes(deployment, tmp_path):
     assert {e["site"] for e in res["evaluation"].values()} == {"a", "b"}
     state = _site_state(dep, "b", run_id)
     assert state["progress"]["window"] == windows - 1
-    assert state["windows_done"] == windows - len(missed["b"])
+    # it trained every window it answered, and perhaps the one it was killed in (whose
+    # reply never arrived)
+    assert windows - len(missed["b"]) <= state["windows_done"] <= windows
 
 
 def test_a_killed_superlink_and_serverapp_resume_the_run(deployment, tmp_path):
