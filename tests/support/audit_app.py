@@ -92,7 +92,7 @@ class AuditGrid:
     def __getattr__(self, name):
         return getattr(self.grid, name)
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         messages = list(messages)
         for m in messages:
             if m.metadata.group_id == f"window {self.tamper_window}":
@@ -100,7 +100,10 @@ class AuditGrid:
                 break
         for m in messages:
             self._log(m.metadata.group_id, "sent", m.metadata.dst_node_id, m.content)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        replies = list(self.grid.pull_messages(message_ids))
         for r in replies:
             if not r.has_content():
                 continue
