@@ -192,13 +192,8 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
     saved = load_server_state(path, s)
     coord = rebuild(saved, s)
     routing.load(saved.routing)
-    nodes = set(meter.nodes())
-    if nodes != set(coord.sites):
-        raise FederationError(
-            f"resume = {s.resume}: the connected SuperNodes are not the sites of that run "
-            f"({sorted(i.name for i in saved.sites)}); a site rejoins with the same node "
-            f"key (node authentication) and the same state folder")
-    replies = meter.exchange({k: ResumeRequest(run=s.resume) for k in coord.sites})
+    here = _wait_for_sites(meter, s, coord)
+    replies = meter.exchange({k: ResumeRequest(run=s.resume) for k in here})
     for key, r in replies.items():
         if r.site != coord.name(key):
             raise FederationError(f"resume = {s.resume}: node {key} answers as site "
@@ -215,9 +210,35 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
     meter.total = saved.bytes_total
     if log:
         at = ", ".join(f"{r.site} {r.window + 1}" for r in replies.values())
+        away = sorted(coord.name(k) for k in coord.sites if k not in replies)
         log(f"mmvm: resuming run {s.resume} after window {saved.window + 1}/"
-            f"{len(coord.plan)} (sites' last windows: {at})")
+            f"{len(coord.plan)} (sites' last windows: {at}"
+            + (f"; away: {', '.join(away)})" if away else ")"))
     return coord, saved.window + 1, saved.averaged, att, result
+
+
+def _wait_for_sites(meter: Metered, s: FederationSettings, coord: Coordinator,
+                    poll: float = 0.5) -> list[str]:
+    """The saved run's sites that are connected: all of them, or after
+    ``connect-timeout`` at least ``min-sites`` (the others are away: they miss windows
+    until they are back). A connected node that was not a site of the run is refused."""
+    keys, need = set(coord.sites), min(s.min_sites, len(coord.sites))
+    deadline = time.monotonic() + s.connect_timeout
+    while True:
+        up = set(meter.online())
+        if up - keys:
+            raise FederationError(
+                f"resume = {s.resume}: the connected SuperNodes are not the sites of that "
+                f"run ({sorted(coord.name(k) for k in keys)}); a site rejoins with the same "
+                f"node key (node authentication) and the same state folder")
+        if up == keys or (time.monotonic() > deadline and len(up) >= need):
+            return sorted(up)
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"resume = {s.resume}: {len(up)} of the run's {len(keys)} sites connected "
+                f"within connect-timeout = {s.connect_timeout:.0f} s; it needs min-sites "
+                f"= {need}")
+        time.sleep(poll)
 
 
 def _site_summary(coord: Coordinator) -> dict[str, dict]:
