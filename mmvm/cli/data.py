@@ -195,14 +195,37 @@ def check_file(path: str) -> dict:
     for batch in iter_site_batches(path, None, batch_size=4096):
         rows += len(batch)
     return {"rows": rows, "tensors": meta["tensors"], "labels": meta["labels"],
-            "columns": meta["columns"], "name": meta["dataset"].get("name", "")}
+            "columns": meta["columns"], "name": str(meta["dataset"].get("name", ""))}
+
+
+def check_problem(path: str) -> tuple[dict | None, str | None]:
+    """``(summary, None)`` for a valid file, ``(None, why)`` otherwise: whatever a
+    file holds, :func:`check_file` is reported, never raised, so every file is
+    checked."""
+    from mmvm.data.store import DataError
+
+    try:
+        return check_file(path), None
+    except DataError as e:
+        return None, str(e)
+    except MemoryError as e:
+        return None, f"{path}: out of memory while checking ({e})"
+    except Exception as e:  # noqa: BLE001 - a check must not stop at one file
+        return None, (f"{path}: unexpected {type(e).__name__} while checking ({e}); "
+                      f"please report it, the file is not valid")
+
+
+def _plain(text: str, keep: int = 0) -> str:
+    """``text`` with non-printable characters escaped (a hostile file's names must not
+    drive the terminal), cut to ``keep`` characters when ``keep``."""
+    out = "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
+    return out if not keep or len(out) <= keep else out[:keep] + "..."
 
 
 def _check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
-
-    from mmvm.data.store import DataError
+    from rich.text import Text
 
     table = Table(title="site files")
     for col in ("file", "status", "rows", "modalities", "labels", "dataset"):
@@ -210,20 +233,20 @@ def _check(args: argparse.Namespace) -> int:
         table.add_column(col, overflow="fold", min_width=12 if col == "file" else None)
     errors = []
     for f in args.files:
-        try:
-            s = check_file(f)
-        except DataError as e:
-            errors.append(str(e))
-            table.add_row(f, "[red]invalid[/red]", "", "", "", "")
+        s, problem = check_problem(f)
+        if problem is not None:
+            errors.append(problem)
+            table.add_row(Text(_plain(f)), Text("invalid", style="red"), "", "", "", "")
             continue
         mods = "\n".join(f"{n} {'x'.join(map(str, t['shape']))} {t['dtype']}"
                          for n, t in s["tensors"].items()) or "-"
         labels = ", ".join(s["labels"])
         if len(labels) > 60:
             labels = f"{len(s['labels'])} columns"
-        table.add_row(f, "[green]ok[/green]", str(s["rows"]), mods, labels or "-",
-                      s["name"])
+        table.add_row(Text(_plain(f)), Text("ok", style="green"), str(s["rows"]),
+                      Text(_plain(mods, 400)), Text(_plain(labels) or "-"),
+                      Text(_plain(s["name"], 60)))
     Console().print(table)
     for e in errors:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_plain(e, 2000)}", file=sys.stderr)
     return 1 if errors else 0

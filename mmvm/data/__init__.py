@@ -66,6 +66,10 @@ def check_token_classes(specs: Sequence, paths: str | os.PathLike | Sequence) ->
         for p in paths:
             meta = read_site_meta(p)
             vocab = meta["dataset"].get("vocab")
+            if vocab is not None and not (isinstance(vocab, list)
+                                          and all(isinstance(t, str) for t in vocab)):
+                raise DataError(f"{p}: metadata 'mmvm.dataset' key 'vocab' must be a list "
+                                f"of token strings, got {type(vocab).__name__}")
             if spec.name in meta["tensors"] and vocab is not None \
                     and len(vocab) != spec.classes:
                 raise DataError(

@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmvm.data.store import DataError, SiteTable, read_site_table
+from mmvm.data.store import (
+    IN_MEMORY_HINT,
+    DataError,
+    SiteTable,
+    read_site_meta,
+    read_site_table,
+)
+from mmvm.data.store_limits import ROW_INDEX_BYTES, check_fits, row_bytes
 
 
 class IdIndex:
@@ -191,13 +198,18 @@ class MultimodalDataset(IdIndex, torch.utils.data.Dataset):
         """Read and join one or several site files (see :meth:`from_tables`)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        tables = []
+        held, need = [], 0
         for p in paths:
             if not Path(p).exists():
                 raise DataError(f"{p}: no such site file")
-            held = None
-            if names is not None:
-                from mmvm.data.store import read_site_meta
-                held = [m for m in names if m in read_site_meta(p)["tensors"]]
-            tables.append(read_site_table(p, held))
+            meta = read_site_meta(p)
+            names_p = list(meta["tensors"]) if names is None else [
+                m for m in names if m in meta["tensors"]]
+            held.append(names_p)
+            # each table, then the joined arrays: twice the declared tensor bytes
+            need += 2 * meta["num_rows"] * (row_bytes(meta["tensors"], names_p)
+                                            + ROW_INDEX_BYTES)
+        check_fits(", ".join(str(p) for p in paths), "holding the dataset in memory",
+                   need, IN_MEMORY_HINT)
+        tables = [read_site_table(p, h) for p, h in zip(paths, held, strict=True)]
         return cls.from_tables(tables, names, label, limit)

@@ -12,10 +12,15 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from mmvm.data.dataset import merge_labels
-from mmvm.data.store import SAMPLE_ID, DataError, read_site_meta
+from mmvm.data.store import (
+    DataError,
+    open_parquet,
+    read_layout,
+    read_rows,
+    read_site_meta,
+)
 
 Paths = Sequence[str | os.PathLike]
 
@@ -48,16 +53,16 @@ def read_labels(paths: Paths, sample_ids: Sequence[str], columns: Sequence[str]
     pos = {sid: i for i, sid in enumerate(sample_ids)}
     out = {c: np.full(len(sample_ids), -1, dtype=np.int64) for c in columns}
     for p in paths:
-        held = [c for c in columns if c in read_site_meta(p)["labels"]]
+        pf = open_parquet(p)
+        layout = read_layout(pf, str(p))
+        held = [c for c in columns if c in layout.labels]
         if not held:
             continue
-        table = pq.read_table(p, columns=[SAMPLE_ID, *held])
-        ids = table.column(SAMPLE_ID).to_pylist()
-        rows = np.array([pos.get(s, -1) for s in ids], dtype=np.int64)
+        # the same checks as every reader: ids, label range; no tensor is decoded
+        table = read_rows(pf, layout, [], labels=held, others=[])
+        rows = np.array([pos.get(s, -1) for s in table.sample_ids], dtype=np.int64)
         keep = rows >= 0
         for c in held:
-            col = table.column(c)
-            lab = np.asarray((col.fill_null(-1) if col.null_count else col).to_numpy(),
-                             dtype=np.int64)
-            merge_labels(out[c], rows[keep], lab[keep], list(sample_ids), str(p), c)
+            merge_labels(out[c], rows[keep], table.labels[c][keep], list(sample_ids),
+                         str(p), c)
     return out

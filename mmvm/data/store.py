@@ -2,14 +2,23 @@
 
 Columns
 -------
-- ``sample_id``: string, unique, never null.
+- ``sample_id``: string, unique, never null: 1..256 printable characters in NFC, no
+  leading or trailing space (docs/data-limits.md).
 - one ``fixed_size_list<uint8 | float32>`` column per modality (``m0``, ``frontal``),
   the flattened tensor; schema metadata ``mmvm.tensor.<column>`` holds the JSON
   ``{"shape": [3, 28, 28], "dtype": "uint8", "scale": 255}`` (divide by ``scale`` to
-  get the model's input).
-- optional labels ``label`` / ``label.<name>`` (integers, read as int64, null -> -1).
-- any other column is carried as-is (``SiteTable.columns``) and never used by the model.
-- file metadata ``mmvm.dataset``: JSON describing source, versions, seed, recipe.
+  get the model's input; 1..8 dimensions, at most 2**28 values, scale finite within
+  [1e-6, 1e9]).
+- optional labels ``label`` / ``label.<name>`` (integers -1..2**31-1, read as int64,
+  null -> -1).
+- any other column is carried as-is (``SiteTable.columns``) and never used by the
+  model: one flat value per row, strings and binaries of at most 64 KiB.
+- file metadata ``mmvm.dataset``: a JSON object describing source, versions, seed,
+  recipe.
+
+A file with no rows is valid: every reader returns an empty table. Before decoding,
+the readers check each row group's declared sizes against the schema and the memory
+the machine has (:mod:`mmvm.data.store_limits`), then decode batch by batch.
 
 Every reader check raises :class:`DataError` naming the file, the column and, where
 one exists, the row and sample id. Partial readers (``mmvm.data.streaming``) reuse
@@ -31,8 +40,10 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -48,9 +59,21 @@ from mmvm.data.store_format import (
     SAMPLE_ID,
     TENSOR_KEY,
     DataError,
+    check_carried,
     check_finite,
     check_ids,
     is_label_column,
+    label_values,
+    show,
+    tensor_spec,
+)
+from mmvm.data.store_limits import (
+    ROW_INDEX_BYTES,
+    check_fits,
+    check_row_groups,
+    decode_bytes,
+    read_batch_rows,
+    row_bytes,
 )
 from mmvm.data.store_write import SiteChunk, write_site_table, write_site_table_batches
 
@@ -58,9 +81,15 @@ __all__ = [
     "DATASET_KEY", "DEFAULT_SCALE", "DTYPES", "LABEL", "SAMPLE_ID", "TENSOR_KEY",
     "DataError", "Layout", "SiteChunk", "SiteTable", "check_finite", "check_ids",
     "convert_batch", "is_label_column", "iter_site_batches", "open_parquet",
-    "read_layout", "read_site_meta", "read_site_table", "select_modalities",
-    "write_site_table", "write_site_table_batches",
+    "read_layout", "read_rows", "read_site_meta", "read_site_table",
+    "select_modalities", "write_site_table", "write_site_table_batches",
 ]
+
+IN_MEMORY_HINT = ("; stream it instead (data.streaming = true) or use a machine with "
+                  "more memory")
+# errors a Parquet read can raise on a corrupt or hostile file (ArrowMemoryError is
+# an ArrowException and a MemoryError)
+READ_ERRORS = (pa.ArrowException, OSError, MemoryError)
 
 
 @dataclass
@@ -111,15 +140,21 @@ def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
         raise DataError(f"{path}: no such file")
     try:
         return pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
+    except (*READ_ERRORS, ValueError) as e:
         raise DataError(f"{path}: not a Parquet file ({e})") from None
 
 
 def read_layout(pf: pq.ParquetFile, path: str) -> Layout:
-    """Validate the schema of ``pf`` (opened from ``path``, named in errors): a Layout."""
+    """Validate the schema of ``pf`` (opened from ``path``, named in errors): a Layout.
+
+    Also checks every row group's declared sizes against the schema
+    (:func:`~mmvm.data.store_limits.check_row_groups`) before any data is decoded."""
     schema = pf.schema_arrow
-    raw = schema.metadata or {}
-    meta = {k.decode(): v.decode() for k, v in raw.items()}
+    meta = _mmvm_metadata(schema.metadata or {}, path)
+    twice = sorted(n for n, c in Counter(schema.names).items() if c > 1)
+    if twice:
+        raise DataError(f"{path}: columns {', '.join(show(n) for n in twice)} appear "
+                        f"more than once")
     if SAMPLE_ID not in schema.names:
         raise DataError(f"{path}: missing column '{SAMPLE_ID}' "
                         f"(columns: {schema.names})")
@@ -133,7 +168,7 @@ def read_layout(pf: pq.ParquetFile, path: str) -> Layout:
             continue
         key = TENSOR_KEY + f.name
         if key in meta:
-            specs[f.name] = _spec(f, meta[key], path)
+            specs[f.name] = tensor_spec(f, meta[key], path)
         elif pa.types.is_fixed_size_list(f.type):
             raise DataError(f"{path}: column '{f.name}': tensor column without "
                             f"schema metadata '{key}'")
@@ -142,43 +177,44 @@ def read_layout(pf: pq.ParquetFile, path: str) -> Layout:
                 raise DataError(f"{path}: column '{f.name}': labels must be integer, "
                                 f"got {f.type}")
             labels.append(f.name)
+        elif pa.types.is_nested(f.type):
+            raise DataError(f"{path}: column '{f.name}': a carried column must hold "
+                            f"one value per row, got {f.type}")
         else:
             others.append(f.name)
     for key in meta:
         if key.startswith(TENSOR_KEY) and key[len(TENSOR_KEY):] not in schema.names:
-            raise DataError(f"{path}: metadata '{key}' names a column that does not "
-                            f"exist (columns: {schema.names})")
-    try:
-        dataset_meta = json.loads(meta.get(DATASET_KEY, "{}"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: metadata '{DATASET_KEY}' is not JSON ({e})") from None
+            raise DataError(f"{path}: metadata {show(key)} names a column that does "
+                            f"not exist (columns: {schema.names})")
+    dataset_meta = _dataset_meta(meta.get(DATASET_KEY, "{}"), path)
+    check_row_groups(pf, path, specs)
     return Layout(path, specs, labels, others, dataset_meta, pf.metadata.num_rows)
 
 
-def _spec(f: pa.Field, text: str, path: str) -> dict:
-    col = f"{path}: column '{f.name}'"
+def _mmvm_metadata(raw: dict[bytes, bytes], path: str) -> dict[str, str]:
+    """The schema metadata keys of this format (``mmvm.*``), decoded; a key or value
+    that is not UTF-8 raises :class:`DataError` (other keys are not ours: ignored)."""
+    out = {}
+    for k, v in raw.items():
+        if not k.startswith(b"mmvm."):
+            continue
+        try:
+            out[k.decode()] = v.decode()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: schema metadata {show(k.decode(errors='replace'))}"
+                            f" is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return out
+
+
+def _dataset_meta(text: str, path: str) -> dict:
     try:
-        info = json.loads(text)
-        shape = tuple(int(s) for s in info["shape"])
-        dtype = str(info["dtype"])
-        scale = float(info.get("scale", DEFAULT_SCALE.get(dtype, 1.0)))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{col}: bad tensor metadata {text!r} ({e!r})") from None
-    if dtype not in DTYPES:
-        raise DataError(f"{col}: metadata dtype '{dtype}' not allowed "
-                        f"(allowed: {sorted(DTYPES)})")
-    if not pa.types.is_fixed_size_list(f.type):
-        raise DataError(f"{col}: expected fixed_size_list<{dtype}>, got {f.type}")
-    if f.type.value_type != DTYPES[dtype]:
-        raise DataError(f"{col}: stored dtype {f.type.value_type} does not match "
-                        f"metadata dtype {dtype}")
-    size = int(np.prod(shape, dtype=np.int64))
-    if f.type.list_size != size or any(s <= 0 for s in shape):
-        raise DataError(f"{col}: list size {f.type.list_size} does not match metadata "
-                        f"shape {list(shape)} ({size} values)")
-    if not scale > 0:
-        raise DataError(f"{col}: metadata scale must be > 0, got {scale}")
-    return {"shape": shape, "dtype": dtype, "scale": scale}
+        value = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: metadata '{DATASET_KEY}' is not JSON ({e!r})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: metadata '{DATASET_KEY}' must be a JSON object, got "
+                        f"{type(value).__name__}")
+    return value
 
 
 def select_modalities(layout: Layout, modalities: Sequence[str] | None) -> list[str]:
@@ -197,7 +233,7 @@ def convert_batch(batch: pa.RecordBatch | pa.Table, layout: Layout, names: list[
     """Validate rows ``start..`` of a file (batch or table) into a :class:`SiteTable`.
 
     Ids via :func:`check_ids`; tensors ``names`` non-null and finite; all of ``layout``'s
-    label and other columns."""
+    label (:func:`~mmvm.data.store_format.label_values`) and other columns."""
     path = layout.path
     ids = batch.column(SAMPLE_ID).to_pylist()
     check_ids(ids, path, start, seen)
@@ -216,23 +252,82 @@ def convert_batch(batch: pa.RecordBatch | pa.Table, layout: Layout, names: list[
             i = int(np.argmax(np.asarray(flat.is_null()))) // col.type.list_size
             raise DataError(f"{path}: column '{name}', row {start + i} "
                             f"(id '{ids[i]}'): null value inside the tensor")
+        if len(flat) != len(ids) * col.type.list_size:
+            raise DataError(f"{path}: column '{name}', rows {start}..{start + len(ids) - 1}"
+                            f": {len(flat)} values for {len(ids)} rows of "
+                            f"{col.type.list_size}")
         arr = flat.to_numpy(zero_copy_only=False).reshape(len(ids), *spec["shape"])
         arr = np.require(arr, dtype=spec["dtype"], requirements=["C", "W"])
         check_finite(arr, name, path, ids, start)
         tensors[name], scales[name] = arr, spec["scale"]
-    labels = {}
-    for name in layout.labels:
-        col = batch.column(name)
-        col = col.fill_null(-1) if col.null_count else col
-        labels[name] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
-    columns = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in layout.others}
+    labels = {name: label_values(batch.column(name), name, path, ids, start)
+              for name in layout.labels}
+    columns = {}
+    for c in layout.others:
+        check_carried(batch.column(c), c, path, ids, start)
+        columns[c] = batch.column(c).to_numpy(zero_copy_only=False)
     return SiteTable(ids, tensors, scales, labels, dict(layout.dataset_meta), columns,
+                     path, start)
+
+
+def read_rows(pf: pq.ParquetFile, layout: Layout, names: Sequence[str],
+              groups: Sequence[int] | None = None, *, labels: Sequence[str] | None = None,
+              others: Sequence[str] | None = None, hint: str = "") -> SiteTable:
+    """The rows of row groups ``groups`` (default all; consecutive) as one validated
+    :class:`SiteTable` with the tensors ``names`` and the ``labels`` and ``others``
+    columns (default: all of ``layout``'s).
+
+    Decodes batch by batch into arrays allocated once, so memory is the result plus
+    one batch's working set; a result that cannot fit, or rows the row groups do not
+    declare, raise :class:`DataError` (``hint`` ends the first message)."""
+    md, path, names = pf.metadata, layout.path, list(names)
+    groups = list(range(md.num_row_groups)) if groups is None else list(groups)
+    lay = dataclasses.replace(
+        layout, labels=list(layout.labels if labels is None else labels),
+        others=list(layout.others if others is None else others))
+    start = sum(md.row_group(k).num_rows for k in range(groups[0])) if groups else 0
+    n = sum(md.row_group(k).num_rows for k in groups)
+    size = read_batch_rows(layout.specs, names)
+    check_fits(path, f"reading {n} rows", decode_bytes(layout.specs, names, min(n, size))
+               + n * (row_bytes(layout.specs, names) + ROW_INDEX_BYTES
+                      + 8 * len(lay.labels)), hint)
+    tensors = {m: np.empty((n, *layout.specs[m]["shape"]), layout.specs[m]["dtype"])
+               for m in names}
+    cols = [SAMPLE_ID, *names, *lay.labels, *lay.others]
+    parts: list[SiteTable] = []
+    seen: dict[str, int] = {}
+    pos = 0
+    try:
+        for batch in pf.iter_batches(batch_size=size, row_groups=groups, columns=cols) \
+                if groups else ():
+            if pos + batch.num_rows > n:
+                raise DataError(f"{path}: row groups {groups[0]}..{groups[-1]} hold more "
+                                f"than the {n} rows they declare")
+            st = convert_batch(batch, lay, names, start + pos, seen)
+            for m in names:
+                tensors[m][pos:pos + len(st)] = st.tensors.pop(m)
+            parts.append(st)
+            pos += len(st)
+    except READ_ERRORS as e:
+        raise DataError(f"{path}: unreadable Parquet data near row {start + pos} "
+                        f"({e})") from None
+    if pos != n:
+        raise DataError(f"{path}: row groups {groups[0]}..{groups[-1]} hold {pos} rows, "
+                        f"they declare {n}")
+    if not parts:  # no rows: the empty arrays of the right types
+        parts = [convert_batch(pf.schema_arrow.empty_table().select(cols), lay, [],
+                               start, seen)]
+    return SiteTable([s for p in parts for s in p.sample_ids], tensors,
+                     {m: layout.specs[m]["scale"] for m in names},
+                     {c: np.concatenate([p.labels[c] for p in parts]) for c in lay.labels},
+                     dict(layout.dataset_meta),
+                     {c: np.concatenate([p.columns[c] for p in parts]) for c in lay.others},
                      path, start)
 
 
 def read_site_table(path: str | os.PathLike,
                     modalities: Sequence[str] | None = None) -> SiteTable:
-    """Read and validate a whole site file.
+    """Read and validate a whole site file, batch by batch (:func:`read_rows`).
 
     Parameters
     ----------
@@ -244,12 +339,7 @@ def read_site_table(path: str | os.PathLike,
     pf = open_parquet(path)
     layout = read_layout(pf, path)
     names = select_modalities(layout, modalities)
-    cols = [SAMPLE_ID, *names, *layout.labels, *layout.others]
-    try:
-        table = pf.read(columns=cols)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: unreadable Parquet data ({e})") from None
-    return convert_batch(table, layout, names, 0, {})
+    return read_rows(pf, layout, names, hint=IN_MEMORY_HINT)
 
 
 def read_site_meta(path: str | os.PathLike) -> dict:
@@ -267,21 +357,31 @@ def iter_site_batches(path: str | os.PathLike, modalities: Sequence[str] | None,
     """Stream a site file in batches of at most ``batch_size`` rows.
 
     Reads row group by row group (``ParquetFile.iter_batches``), so a site's data
-    need not fit in memory. Each yielded :class:`SiteTable` carries ``start``, its
-    first row's index in the file; every batch gets the checks of
-    :func:`read_site_table`, and sample ids are checked unique across batches.
+    need not fit in memory; batches are smaller than ``batch_size`` where its rows
+    are large (:func:`~mmvm.data.store_limits.read_batch_rows`). Each yielded
+    :class:`SiteTable` carries ``start``, its first row's index in the file; every
+    batch gets the checks of :func:`read_site_table`, and sample ids are checked
+    unique across batches.
     """
     path = str(path)
     pf = open_parquet(path)
     layout = read_layout(pf, path)
     names = select_modalities(layout, modalities)
+    size = read_batch_rows(layout.specs, names, most=max(1, int(batch_size)))
+    check_fits(path, f"a batch of {size} rows", decode_bytes(layout.specs, names, size)
+               + size * row_bytes(layout.specs, names))
     cols = [SAMPLE_ID, *names, *layout.labels, *layout.others]
     seen: dict[str, int] = {}
     start = 0
     try:
-        for batch in pf.iter_batches(batch_size=max(1, int(batch_size)), columns=cols):
+        for batch in pf.iter_batches(batch_size=size, columns=cols):
+            if start + batch.num_rows > layout.num_rows:
+                raise DataError(f"{path}: holds more than the {layout.num_rows} rows "
+                                f"it declares")
             yield convert_batch(batch, layout, names, start, seen)
             start += batch.num_rows
-    except (pa.ArrowInvalid, OSError) as e:
+    except READ_ERRORS as e:
         raise DataError(f"{path}: unreadable Parquet data near row {start} ({e})") \
             from None
+    if start != layout.num_rows:
+        raise DataError(f"{path}: holds {start} rows, it declares {layout.num_rows}")

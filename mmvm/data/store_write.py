@@ -21,6 +21,7 @@ there is no file and no temporary file (an existing file is left as it was).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
@@ -36,12 +37,17 @@ from mmvm.data.store_format import (
     DATASET_KEY,
     DEFAULT_SCALE,
     DTYPES,
+    MAX_DIMS,
+    MAX_TENSOR_VALUES,
     SAMPLE_ID,
     TENSOR_KEY,
     DataError,
+    check_carried,
     check_column_name,
     check_finite,
     check_ids,
+    check_labels,
+    check_scale,
     is_label_column,
 )
 
@@ -122,7 +128,7 @@ def write_site_table_batches(
     """
     path = Path(path)
     rows = max(1, int(row_group_size))
-    dataset = json.dumps(dict(dataset_meta), sort_keys=True).encode()
+    dataset = _dataset_json(dataset_meta, path)
 
     def write(fh) -> None:
         with ExitStack() as stack:
@@ -152,6 +158,18 @@ def write_site_table_batches(
 
     atomic_write(path, write)
     return path
+
+
+def _dataset_json(dataset_meta: Mapping, path: Path) -> bytes:
+    """``dataset_meta`` as the JSON object readers expect; anything else is refused."""
+    if not isinstance(dataset_meta, Mapping):
+        raise DataError(f"{path}: dataset metadata must be a mapping, got "
+                        f"{type(dataset_meta).__name__}")
+    try:
+        return json.dumps(dict(dataset_meta), sort_keys=True).encode()
+    except (TypeError, ValueError, RecursionError) as e:
+        raise DataError(f"{path}: dataset metadata is not JSON-serialisable ({e})") \
+            from None
 
 
 def _write_full_groups(writer: pq.ParquetWriter, pending: list[pa.Table],
@@ -185,14 +203,17 @@ def _chunk_table(chunk: SiteChunk, path: str, start: int, seen: dict[str, int],
         if dtype not in DTYPES:
             raise DataError(f"{path}: column '{name}'{at}: dtype {dtype} not allowed "
                             f"(allowed: {sorted(DTYPES)})")
-        check_finite(arr, name, path, ids, start)
         shape = [int(s) for s in arr.shape[1:]]
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
+        if not 1 <= len(shape) <= MAX_DIMS or size == 0 or size > MAX_TENSOR_VALUES:
+            raise DataError(f"{path}: column '{name}'{at}: a sample's tensor has shape "
+                            f"{shape}; it needs 1 to {MAX_DIMS} dimensions, all > 0, and "
+                            f"at most {MAX_TENSOR_VALUES} values ([N, *shape] arrays)")
+        check_finite(arr, name, path, ids, start)
         flat = pa.array(np.ascontiguousarray(arr).reshape(-1), type=DTYPES[dtype])
         arrays[name] = pa.FixedSizeListArray.from_arrays(flat, size)
-        scale = float(scales.get(name, DEFAULT_SCALE[dtype]))
-        if not scale > 0:
-            raise DataError(f"{path}: column '{name}': scale must be > 0, got {scale}")
+        scale = check_scale(scales.get(name, DEFAULT_SCALE[dtype]),
+                            f"{path}: column '{name}'")
         specs[name] = {"shape": shape, "dtype": dtype, "scale": scale}
     unknown = sorted(set(scales) - set(specs))
     if unknown:
@@ -205,7 +226,7 @@ def _chunk_table(chunk: SiteChunk, path: str, start: int, seen: dict[str, int],
         if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
             raise DataError(f"{path}: column '{name}'{at}: labels must be integer "
                             f"[{n}], got {arr.dtype} {arr.shape}")
-        arrays[name] = pa.array(arr.astype(np.int64), type=pa.int64())
+        arrays[name] = pa.array(check_labels(arr, name, path, ids, start), type=pa.int64())
     for name, arr in (chunk.columns or {}).items():
         check_column_name(name, path)
         if is_label_column(name):
@@ -213,7 +234,12 @@ def _chunk_table(chunk: SiteChunk, path: str, start: int, seen: dict[str, int],
         arr = np.asarray(arr)
         if len(arr) != n:
             raise DataError(f"{path}: column '{name}'{at}: {len(arr)} rows for {n} ids")
-        arrays[name] = pa.array(arr)
+        try:
+            arrays[name] = pa.array(arr)
+        except (pa.ArrowException, TypeError, ValueError) as e:
+            raise DataError(f"{path}: column '{name}'{at}: not an Arrow column ({e})") \
+                from None
+        check_carried(arrays[name], name, path, ids, start)
     return pa.table(arrays), specs
 
 

@@ -7,7 +7,8 @@ where the trainer and a federated site use it (``names``, ``sample_ids``, ``mask
 memory (the sorted sample ids, the mask, the labels and, per modality, which file and
 row hold each sample: a few dozen bytes per row) plus a bounded LRU cache of decoded row
 groups (``cache_row_groups``). ``batch(rows)`` reads only the row groups holding
-``rows`` (``ParquetFile.read_row_group`` with the needed columns), validates them like
+``rows`` (:func:`mmvm.data.store.read_rows`: the needed columns of that group, batch
+by batch, into arrays allocated once), validates them like
 :mod:`mmvm.data.store` does (errors name the file, the column and the row) and returns
 exactly what ``MultimodalDataset.from_parquet(paths, ...).batch(rows)`` returns, built
 by the same sorted outer join of sample ids.
@@ -25,26 +26,25 @@ Example
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from mmvm.data.dataset import IdIndex, merge_labels
 from mmvm.data.store import (
-    SAMPLE_ID,
     DataError,
-    check_ids,
-    convert_batch,
     open_parquet,
     read_layout,
+    read_rows,
     select_modalities,
 )
+from mmvm.data.store_limits import ROW_INDEX_BYTES, check_fits, row_bytes
+
+STREAM_HINT = "; lower data.cache_row_groups or write smaller row groups"
 
 
 class _File:
@@ -61,51 +61,33 @@ class _File:
         meta = self.pf.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        # convert_batch also reads labels/other columns; a streamed group needs neither
-        self.tensor_layout = dataclasses.replace(self.layout, labels=[], others=[])
         self.global_rows = np.zeros(0, dtype=np.int64)  # file row -> dataset row (-1: cut)
 
     @property
     def num_row_groups(self) -> int:
         return len(self.offsets) - 1
 
+    def group_bytes(self) -> int:
+        """Bytes of the largest decoded row group (held tensors)."""
+        rows = int(np.diff(self.offsets).max()) if self.num_row_groups else 0
+        return rows * row_bytes(self.layout.specs, self.held)
+
     def read_index(self, label: str) -> tuple[list[str], np.ndarray | None]:
-        """All sample ids (validated) and the ``label`` column, group by group."""
-        cols = [SAMPLE_ID] + ([label] if label in self.layout.labels else [])
-        ids: list[str] = []
-        labels = []
-        seen: dict[str, int] = {}
-        for k in range(self.num_row_groups):
-            t = self._read(k, cols)
-            chunk = t.column(SAMPLE_ID).to_pylist()
-            check_ids(chunk, self.path, len(ids), seen)
-            ids.extend(chunk)
-            if len(cols) > 1:
-                col = t.column(label)
-                col = col.fill_null(-1) if col.null_count else col
-                labels.append(np.asarray(col.to_numpy(), dtype=np.int64))
-        lab = None
-        if len(cols) > 1:
-            lab = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-        return ids, lab
+        """All sample ids (validated) and the ``label`` column, batch by batch."""
+        labels = [label] if label in self.layout.labels else []
+        t = read_rows(self.pf, self.layout, [], labels=labels, others=[])
+        return t.sample_ids, t.labels[label] if labels else None
 
     def read_group(self, k: int, ids: list[str]) -> dict[str, np.ndarray]:
         """Row group ``k``'s held tensors (stored dtype), validated."""
-        start = int(self.offsets[k])
-        t = self._read(k, [SAMPLE_ID, *self.held])
-        st = convert_batch(t, self.tensor_layout, self.held, start, {})
+        st = read_rows(self.pf, self.layout, self.held, [k], labels=[], others=[],
+                       hint=STREAM_HINT)
         if st.sample_ids != ids:
+            start = int(self.offsets[k])
             raise DataError(f"{self.path}: row group {k} (rows {start}.."
                             f"{start + len(st) - 1}) no longer holds the sample ids it held "
                             "when the dataset was opened; was the file rewritten?")
         return st.tensors
-
-    def _read(self, k: int, cols: list[str]) -> pa.Table:
-        try:
-            return self.pf.read_row_group(k, columns=cols)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"{self.path}: unreadable Parquet data in row group {k} "
-                            f"(rows from {int(self.offsets[k])}) ({e})") from None
 
 
 class StreamingDataset(IdIndex, torch.utils.data.Dataset):
@@ -139,6 +121,11 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
                 raise DataError(f"{p}: no such site file")
             files.append(_File(str(p), names))
         self.files = files
+        rows = sum(int(f.offsets[-1]) for f in files)
+        groups = sorted((f.group_bytes() for f in files), reverse=True)
+        check_fits(", ".join(str(p) for p in paths),
+                   f"an index of {rows} rows and {self.cache_row_groups} cached row groups",
+                   rows * ROW_INDEX_BYTES + sum(groups[:self.cache_row_groups]), STREAM_HINT)
         self._build_index(names, label, limit)
         self._cache: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
         self.reads: Counter[tuple[int, int]] = Counter()  # (file, group) -> reads

@@ -105,7 +105,8 @@ class PlainChannel:
                                   f"plaintext mode, where only the server sends them")
         link = site.linked()
         table = decode_table(blobs.get(SERVER, b""), latent_dim=site.model.latent_dim,
-                             n_rows=link.n, sender=SERVER)
+                             n_rows=link.n, sender=SERVER,
+                             max_rows=len(site.window_rows(index)))
         if link.delta_tol is None:
             return table, lambda: None
         link.others_cache.update(table)

@@ -7,13 +7,16 @@ modality -> :class:`Posteriors` and travels as one Arrow IPC stream, one record
 batch per modality (columns ``row`` uint32, ``mu``, ``logvar``; the modality name in
 the batch's schema metadata). ``float16`` halves the bytes; values are returned as
 float32. Decoding validates everything a peer could get wrong or a corrupted message
-could carry and raises :class:`PosteriorError` saying what and from whom.
+could carry and raises :class:`PosteriorError` saying what and from whom; it reads
+each batch's header first and refuses compressed buffers and more rows than the
+caller allows, so a small hostile blob cannot make it allocate much more than itself.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +24,7 @@ import pyarrow as pa
 
 MODALITY_KEY = b"mmvm.modality"
 ROW = "row"
+MAX_NAME = 256  # characters of a modality tag
 
 
 class PosteriorError(ValueError):
@@ -85,13 +89,20 @@ def encode_table(table: Mapping[str, Posteriors], float16: bool = False) -> byte
 
 
 def decode_table(blob: bytes, *, latent_dim: int | None = None, n_rows: int | None = None,
-                 sender: str = "peer") -> dict[str, Posteriors]:
+                 sender: str = "peer", max_rows: int | None = None) -> dict[str, Posteriors]:
     """Parse and validate a table made by :func:`encode_table`.
 
-    ``n_rows``: the federation's number of aligned rows (rows must lie below it)."""
+    ``n_rows``: the federation's number of aligned rows (rows must lie below it).
+    ``max_rows``: the most rows one modality may carry (default ``n_rows``: rows are
+    unique and below it); pass the window's size where it is known. Every batch's
+    header is checked before its buffers are read (:func:`_check_headers`), so a
+    small blob cannot make the decoder allocate more than the rows the caller allows.
+    """
     if not blob:
         return {}
+    limit = n_rows if max_rows is None else max_rows
     try:
+        _check_headers(blob, sender, limit)
         reader = pa.ipc.open_stream(io.BytesIO(blob))
         out: dict[str, Posteriors] = {}
         while True:
@@ -99,11 +110,7 @@ def decode_table(blob: bytes, *, latent_dim: int | None = None, n_rows: int | No
                 batch, meta = reader.read_next_batch_with_custom_metadata()
             except StopIteration:
                 break
-            name = (meta or {}).get(MODALITY_KEY)
-            if name is None:
-                raise PosteriorError(f"posterior table from {sender}: a batch lacks its "
-                                     f"modality tag")
-            name = name.decode()
+            name = _modality(meta, sender)
             if name in out:
                 raise PosteriorError(f"posterior table from {sender}: modality {name!r} "
                                      f"appears twice")
@@ -114,10 +121,95 @@ def decode_table(blob: bytes, *, latent_dim: int | None = None, n_rows: int | No
                                latent_dim, n_rows)
     except PosteriorError:
         raise
-    except (pa.ArrowException, OSError, UnicodeDecodeError, ValueError, SystemError) as err:
+    except (pa.ArrowException, OSError, UnicodeDecodeError, ValueError, SystemError,
+            struct.error, IndexError) as err:
         raise PosteriorError(f"posterior table from {sender}: corrupted Arrow data "
                              f"({err})") from None
     return out
+
+
+def _modality(meta: Mapping[bytes, bytes] | None, sender: str) -> str:
+    """The modality tag of a batch: UTF-8, 1..MAX_NAME printable characters."""
+    raw = (meta or {}).get(MODALITY_KEY)
+    if raw is None:
+        raise PosteriorError(f"posterior table from {sender}: a batch lacks its "
+                             f"modality tag")
+    try:
+        name = raw.decode()
+    except UnicodeDecodeError:
+        raise PosteriorError(f"posterior table from {sender}: a batch's modality tag "
+                             f"{raw[:40]!r} is not UTF-8") from None
+    if not 0 < len(name) <= MAX_NAME or not name.isprintable():
+        raise PosteriorError(f"posterior table from {sender}: modality tag "
+                             f"{name[:40]!r} ({len(name)} characters) is not a name "
+                             f"of 1 to {MAX_NAME} printable characters")
+    return name
+
+
+def _check_headers(blob: bytes, sender: str, max_rows: int | None) -> None:
+    """Read only the messages' headers: record batches only, uncompressed (a
+    compressed buffer of a few bytes can inflate to gigabytes; :func:`encode_table`
+    never compresses), each of at most ``max_rows`` rows."""
+    for message in pa.ipc.MessageReader.open_stream(pa.BufferReader(blob)):
+        if message.type == "schema":
+            continue
+        if message.type != "record batch":
+            raise PosteriorError(f"posterior table from {sender}: a {message.type} "
+                                 f"message; a table holds record batches only")
+        rows, compressed, meta = _batch_header(memoryview(message.metadata))
+        where = f"posterior table from {sender}"
+        if MODALITY_KEY in meta:
+            where += f", modality {meta[MODALITY_KEY][:40].decode(errors='replace')!r}"
+        if compressed:
+            raise PosteriorError(f"{where}: compressed buffers are not accepted")
+        if rows < 0:
+            raise PosteriorError(f"{where}: a batch header declares {rows} rows")
+        if max_rows is not None and rows > max_rows:
+            raise PosteriorError(f"{where}: {rows} rows, more than the {max_rows} "
+                                 f"expected")
+
+
+def _batch_header(buf: memoryview) -> tuple[int, bool, dict[bytes, bytes]]:
+    """(rows, compressed, custom metadata) of a RecordBatch message's flatbuffer
+    (format/Message.fbs: Message{version, header_type, header, bodyLength,
+    custom_metadata}, RecordBatch{length, nodes, buffers, compression})."""
+    msg = _fb_table(buf, _fb_deref(buf, 0))
+    batch = _fb_table(buf, _fb_deref(buf, msg(2)))
+    rows = struct.unpack_from("<q", buf, batch(0))[0] if batch(0) is not None else 0
+    meta = {}
+    if msg(4) is not None:
+        vec = _fb_deref(buf, msg(4))
+        for j in range(struct.unpack_from("<I", buf, vec)[0]):
+            kv = _fb_table(buf, _fb_deref(buf, vec + 4 + 4 * j))
+            meta[_fb_bytes(buf, kv(0))] = _fb_bytes(buf, kv(1))
+    return rows, batch(3) is not None, meta
+
+
+def _fb_deref(buf: memoryview, pos: int | None) -> int:
+    if pos is None:
+        raise ValueError("a required flatbuffer field is missing")
+    return pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def _fb_table(buf: memoryview, pos: int) -> Callable[[int], int | None]:
+    """Field ``i`` -> its position in the flatbuffer table at ``pos``, None if absent."""
+    vtable = pos - struct.unpack_from("<i", buf, pos)[0]
+    size = struct.unpack_from("<H", buf, vtable)[0]
+
+    def field(i: int) -> int | None:
+        at = 4 + 2 * i
+        off = struct.unpack_from("<H", buf, vtable + at)[0] if at + 2 <= size else 0
+        return pos + off if off else None
+
+    return field
+
+
+def _fb_bytes(buf: memoryview, pos: int | None) -> bytes:
+    if pos is None:
+        return b""
+    at = _fb_deref(buf, pos)
+    n = struct.unpack_from("<I", buf, at)[0]
+    return bytes(buf[at + 4:at + 4 + n])
 
 
 def _parse(batch: pa.RecordBatch, where: str, latent_dim: int | None,
@@ -126,9 +218,9 @@ def _parse(batch: pa.RecordBatch, where: str, latent_dim: int | None,
         raise PosteriorError(f"{where}: columns {batch.schema.names}, expected "
                              f"['{ROW}', 'mu', 'logvar']")
     col = batch.column(0)
-    if not pa.types.is_integer(col.type) or col.null_count:
-        raise PosteriorError(f"{where}: the row column must be non-null integers, got "
-                             f"{col.type}")
+    if col.type != pa.uint32() or col.null_count:
+        raise PosteriorError(f"{where}: column '{ROW}' must be non-null uint32, got "
+                             f"{col.type}" + (" with nulls" if col.null_count else ""))
     rows = col.to_numpy(zero_copy_only=False).astype(np.int64)
     if len(rows) and (rows.min() < 0 or (n_rows is not None and rows.max() >= n_rows)):
         raise PosteriorError(f"{where}: row {int(rows.max() if rows.min() >= 0 else rows.min())}"
@@ -138,13 +230,17 @@ def _parse(batch: pa.RecordBatch, where: str, latent_dim: int | None,
     arrays = []
     for name in ("mu", "logvar"):
         lists = batch.column(batch.schema.names.index(name))
-        if not pa.types.is_fixed_size_list(lists.type) or not pa.types.is_floating(
-                lists.type.value_type):
-            raise PosteriorError(f"{where}: {name} must be a fixed-size list of floats")
+        if not pa.types.is_fixed_size_list(lists.type) or \
+                lists.type.value_type not in (pa.float16(), pa.float32()):
+            raise PosteriorError(f"{where}: column '{name}' must be a fixed-size list of "
+                                 f"float16 or float32, got {lists.type}")
         d = lists.type.list_size
         if latent_dim is not None and d != latent_dim:
             raise PosteriorError(f"{where}: {name} has {d} dimensions, the model's latent "
                                  f"space has {latent_dim}")
+        if arrays and d != arrays[0].shape[1]:
+            raise PosteriorError(f"{where}: mu has {arrays[0].shape[1]} dimensions, "
+                                 f"logvar {d}")
         if lists.null_count or lists.flatten().null_count:
             raise PosteriorError(f"{where}: null values in {name}")
         arr = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32)

@@ -102,7 +102,7 @@ class PlainRouting:
                 raise FederationError(f"site {site.name} addressed posteriors to "
                                       f"{sorted(stray)} in plaintext mode")
             t = decode_table(rep.posteriors.get(SERVER, b""), latent_dim=self.latent_dim,
-                             n_rows=coord.n, sender=site.name)
+                             n_rows=coord.n, sender=site.name, max_rows=len(site.held))
             foreign = set(t) - set(site.modalities)
             if foreign:
                 raise FederationError(f"site {site.name} sent posteriors for modalities "

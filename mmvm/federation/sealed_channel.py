@@ -155,7 +155,7 @@ class SealedChannel:
                                     run_id=sec.run_id, guard=guard,
                                     expected_round=index + 1, kind=KIND_POSTERIOR)
             t = decode_table(payload, latent_dim=site.model.latent_dim, n_rows=link.n,
-                             sender=sender)
+                             sender=sender, max_rows=len(shares[sender]))
             for m, p in t.items():
                 if m in site.names or m not in site.global_names:
                     raise PosteriorError(f"site {sec.site}: {sender} sent posteriors of "
