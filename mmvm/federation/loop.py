@@ -40,6 +40,7 @@ from mmvm.federation.server_state import (
     ServerState,
     load_server_state,
     rebuild,
+    rekey,
     save_server_state,
 )
 from mmvm.federation.settings import FederationSettings
@@ -186,18 +187,27 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing
 
 def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str | Path,
             log: Callable[[str], None] | None):
-    """The saved run's coordinator and routing, checked against where the sites are:
-    each site is at most one window ahead of the server's checkpoint (it answered a
-    window the server did not live to record; it repeats that reply)."""
+    """The saved run's coordinator and routing, checked against where the sites are.
+
+    Sites are found by the name they answer with, so a SuperNode that came back with
+    another node id (simulation, or no node authentication) is still recognised;
+    each is at most one window ahead of the server's checkpoint (it answered a window
+    the server did not live to record, and repeats that reply)."""
     saved = load_server_state(path, s)
+    key_of = {i.name: i.key for i in saved.sites}
+    here = _wait_for_sites(meter, s, len(key_of))
+    replies = meter.exchange({k: ResumeRequest(run=s.resume) for k in here})
+    strangers = sorted(r.site for r in replies.values() if r.site not in key_of)
+    names = [r.site for r in replies.values()]
+    if strangers or len(set(names)) != len(names):
+        raise FederationError(
+            f"resume = {s.resume}: the connected SuperNodes ({sorted(names)}) are not the "
+            f"sites of that run ({sorted(key_of)}); a site rejoins with its node config "
+            f"and the same state folder")
+    saved = rekey(saved, {key_of[r.site]: k for k, r in replies.items()})
     coord = rebuild(saved, s)
     routing.load(saved.routing)
-    here = _wait_for_sites(meter, s, coord)
-    replies = meter.exchange({k: ResumeRequest(run=s.resume) for k in here})
-    for key, r in replies.items():
-        if r.site != coord.name(key):
-            raise FederationError(f"resume = {s.resume}: node {key} answers as site "
-                                  f"{r.site}; in that run it was {coord.name(key)}")
+    for r in replies.values():
         if r.window > saved.window + 1:
             raise FederationError(f"resume = {s.resume}: site {r.site} has trained window "
                                   f"{r.window + 1}, the server's state ends at window "
@@ -217,27 +227,24 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
     return coord, saved.window + 1, saved.averaged, att, result
 
 
-def _wait_for_sites(meter: Metered, s: FederationSettings, coord: Coordinator,
-                    poll: float = 0.5) -> list[str]:
-    """The saved run's sites that are connected: all of them, or after
-    ``connect-timeout`` at least ``min-sites`` (the others are away: they miss windows
-    until they are back). A connected node that was not a site of the run is refused."""
-    keys, need = set(coord.sites), min(s.min_sites, len(coord.sites))
+def _wait_for_sites(meter: Metered, s: FederationSettings, n: int, poll: float = 0.5
+                    ) -> list[str]:
+    """The connected nodes once all ``n`` sites of the saved run are, or, after
+    ``connect-timeout``, at least ``min-sites`` (the others are away: they miss
+    windows until they are back)."""
+    need = min(s.min_sites, n)
     deadline = time.monotonic() + s.connect_timeout
     while True:
-        up = set(meter.online())
-        if up - keys:
-            raise FederationError(
-                f"resume = {s.resume}: the connected SuperNodes are not the sites of that "
-                f"run ({sorted(coord.name(k) for k in keys)}); a site rejoins with the same "
-                f"node key (node authentication) and the same state folder")
-        if up == keys or (time.monotonic() > deadline and len(up) >= need):
-            return sorted(up)
+        up = sorted(meter.online())
+        if len(up) > n:
+            raise FederationError(f"resume = {s.resume}: {len(up)} SuperNodes are "
+                                  f"connected, the run had {n} sites")
+        if len(up) == n or (time.monotonic() > deadline and len(up) >= need):
+            return up
         if time.monotonic() > deadline:
             raise FederationError(
-                f"resume = {s.resume}: {len(up)} of the run's {len(keys)} sites connected "
-                f"within connect-timeout = {s.connect_timeout:.0f} s; it needs min-sites "
-                f"= {need}")
+                f"resume = {s.resume}: {len(up)} of the run's {n} sites connected within "
+                f"connect-timeout = {s.connect_timeout:.0f} s; it needs min-sites = {need}")
         time.sleep(poll)
 
 

@@ -13,6 +13,7 @@ the sites continue their own state of that run (``mmvm.federation.reply_cache``)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,20 @@ def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:
         absent=list(doc["absent"]), history=json.loads(doc["history"]),
         bytes_total=int(doc["bytes_total"]), seconds=float(doc["seconds"]),
         alignment=json.loads(doc["alignment"]))
+
+
+def rekey(state: ServerState, new: dict[str, str]) -> ServerState:
+    """``state`` with site keys (node ids) replaced by ``new[old]`` where given: a
+    SuperNode may come back with another node id. Routing state keyed by site
+    (``forwarded`` caches, the sealed ``inbox``) is rekeyed too."""
+    key = lambda k: new.get(k, k)  # noqa: E731
+    routing = {name: ({key(k): v for k, v in part.items()}
+                      if name in ("forwarded", "inbox") else part)
+               for name, part in state.routing.items()}
+    sites = [SiteInfo(key(i.key), i.name, list(i.modalities), list(i.identifiers))
+             for i in state.sites]
+    return dataclasses.replace(state, sites=sites, routing=routing,
+                               absent=[key(k) for k in state.absent])
 
 
 def rebuild(state: ServerState, s: FederationSettings) -> Coordinator:

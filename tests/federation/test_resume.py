@@ -120,9 +120,9 @@ def test_resume_refuses_other_settings_and_other_sites(cfg, tmp_path, tiny_polym
     with pytest.raises(ConfigError, match=r"other settings \(plan: "):
         run_federation(LocalTransport(plain_endpoints(sites)),
                        settings_for(cfg, exchange="round", resume="1"), resume_from=ckpt)
-    others = {f"x{k}": s for k, s in sites.items()}  # other node keys
-    with pytest.raises(FederationError, match="not the sites of that run"):
-        run_federation(LocalTransport(plain_endpoints(others)),
+    strangers = make_sites(cfg, *split(tiny_polymnist, tmp_path, "horizontal", shards=3))
+    with pytest.raises(FederationError, match="resume refused: the site is 'new'"):
+        run_federation(LocalTransport(plain_endpoints(strangers)),
                        settings_for(cfg, exchange="step", resume="1"), resume_from=ckpt)
     fresh = make_sites(cfg, specs, root)  # sites that never took part
     with pytest.raises(FederationError, match="resume refused: the site is 'new'"):
@@ -132,6 +132,27 @@ def test_resume_refuses_other_settings_and_other_sites(cfg, tmp_path, tiny_polym
         run_federation(LocalTransport(plain_endpoints(sites)),
                        settings_for(cfg, exchange="step", resume="1"),
                        resume_from=tmp_path / "missing.pt")
+
+
+def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_path,
+                                                                     tiny_polymnist):
+    """Simulated SuperNodes, or SuperNodes without node authentication, get a new node
+    id when they start again: the resumed run maps them by site name, exactly."""
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=3)
+    ref = make_sites(cfg, specs, root)
+    run_federation(LocalTransport(plain_endpoints(ref)),
+                   settings_for(cfg, exchange="step", delta_tol=0.0))
+    sites = make_sites(cfg, specs, root)
+    ckpt = tmp_path / "server_state.pt"
+    with pytest.raises(Crash):
+        run_federation(CrashAt(plain_endpoints(sites), 4, True),
+                       settings_for(cfg, exchange="step", delta_tol=0.0), checkpoint=ckpt)
+    renamed = {f"new-{k}": s for k, s in reversed(list(sites.items()))}
+    run_federation(LocalTransport(plain_endpoints(renamed)),
+                   settings_for(cfg, exchange="step", delta_tol=0.0, resume="1"),
+                   resume_from=ckpt)
+    a, b = params(ref.values()), params(sites.values())
+    assert max(float(np.abs(a[n] - b[n]).max()) for n in a) == 0.0
 
 
 def test_a_site_repeats_its_reply_but_never_trains_a_window_twice(cfg, tmp_path,
