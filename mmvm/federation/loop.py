@@ -230,8 +230,8 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
 def _wait_for_sites(meter: Metered, s: FederationSettings, n: int, poll: float = 0.5
                     ) -> list[str]:
     """The connected nodes once all ``n`` sites of the saved run are, or, after
-    ``connect-timeout``, at least ``min-sites`` (the others are away: they miss
-    windows until they are back)."""
+    ``connect-timeout``, once at least ``min-sites`` are (the others are away: they
+    miss windows until they are back); fails after a further ``pause-timeout``."""
     need = min(s.min_sites, n)
     deadline = time.monotonic() + s.connect_timeout
     while True:
@@ -239,12 +239,14 @@ def _wait_for_sites(meter: Metered, s: FederationSettings, n: int, poll: float =
         if len(up) > n:
             raise FederationError(f"resume = {s.resume}: {len(up)} SuperNodes are "
                                   f"connected, the run had {n} sites")
-        if len(up) == n or (time.monotonic() > deadline and len(up) >= need):
+        late = time.monotonic() - deadline
+        if len(up) == n or (late > 0 and len(up) >= need):
             return up
-        if time.monotonic() > deadline:
+        if late > s.pause_timeout:
             raise FederationError(
                 f"resume = {s.resume}: {len(up)} of the run's {n} sites connected within "
-                f"connect-timeout = {s.connect_timeout:.0f} s; it needs min-sites = {need}")
+                f"connect-timeout + pause-timeout = "
+                f"{s.connect_timeout + s.pause_timeout:.0f} s; it needs min-sites = {need}")
         time.sleep(poll)
 
 
