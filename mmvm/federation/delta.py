@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-import torch
 
-from mmvm.federation.posteriors import Posteriors
+from mmvm.federation.posteriors import Posteriors, table_from_state, table_state
 
 
 class _Store:
@@ -94,19 +93,17 @@ class PosteriorCache:
         return out
 
     def state(self) -> dict:
-        """Tensors and lists only (loadable with ``torch.load(weights_only=True)``)."""
-        out = {}
+        """Tensors only (loadable with ``torch.load(weights_only=True)``)."""
+        table = {}
         for m, store in self.stores.items():
             n = len(store.slot)
             if n:
-                out[m] = {"rows": torch.tensor(list(store.slot), dtype=torch.int64),
-                          "mu": torch.from_numpy(store.mu[:n].copy()),
-                          "logvar": torch.from_numpy(store.logvar[:n].copy())}
-        return out
+                table[m] = Posteriors(np.fromiter(store.slot, np.int64, n), store.mu[:n],
+                                      store.logvar[:n])
+        return table_state(table)
 
     @classmethod
     def from_state(cls, state: Mapping) -> "PosteriorCache":
         cache = cls()
-        cache.update({m: Posteriors(s["rows"].numpy(), s["mu"].numpy(), s["logvar"].numpy())
-                      for m, s in state.items()})
+        cache.update(table_from_state(state))
         return cache
