@@ -145,6 +145,9 @@ class EvalConfig:
     # () = one probe of data.label, scored by accuracy
     labels: tuple[str, ...] = ()
     metric: str = "accuracy"  # per-label probe score: accuracy | auroc | ap
+    # the paper's protocol: probes on raw latent means, coherence from sampled z
+    probe_standardize: bool = False  # true: StandardScaler before the probe
+    coherence_sample: bool = True  # false: decode the posterior mean instead
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,12 @@
 reconstruction error.
 
 - **Latent probe** (:mod:`mmvm.probes`): a logistic regression per modality on the
-  unimodal posterior means mu_m of (up to) ``probe_train`` training samples, scored
-  on the test split; plus one classifier over all modalities' latents stacked as
-  samples (the hippocampus protocol's shared-space probe). With ``eval.labels``, one
+  raw unimodal posterior means mu_m of (up to) ``probe_train`` training samples,
+  scored on the test split; plus one classifier over all modalities' latents stacked
+  as samples (the hippocampus protocol's shared-space probe). The **aggregated
+  probe** (the authors' ``lr_aggregated``) fits the same probes on what each
+  modality's decoder reads once all modalities are aggregated: the joint posterior
+  mean for AVG / PoE / MoE / MoPoE, the unimodal mean for MMVM and independent VAEs. With ``eval.labels``, one
   probe per (modality, label column) scored by ``eval.metric`` (MIMIC-CXR: AUROC per
   CheXpert finding and view; CelebA: average precision per attribute).
 - **Coherence**: encode modality m alone, decode every modality m' from that latent,
@@ -14,7 +17,9 @@ reconstruction error.
   sample's label. The latent is the
   method's own aggregation over the subset {m}: with only m present, AVG, PoE, MoE
   and MoPoE all reduce to q_m, and MMVM / independent read z_m ~ q_m; so every method
-  uses q(z | x_m), by default its mean (``sample=True`` draws z instead).
+  uses q(z | x_m). As the authors' code, each generation decodes its own sample
+  z ~ q(z | x_m) (``sample=True``, ``eval.coherence_sample``); ``sample=False``
+  decodes the posterior mean.
 - **Reconstruction error**: the loss's likelihood term on the test split,
   NLL = -sum_m w_m log p(x_m | z_m) per sample, with z drawn exactly as in training
   (the method's aggregation of all present modalities, one seeded reparametrised
@@ -35,7 +40,8 @@ from mmvm.aggregation import aggregate
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 
-__all__ = ["coherence", "conditional_latent", "encode_dataset", "evaluate_run", "fit_probe",
+__all__ = ["coherence", "conditional_latent", "encode_aggregated", "encode_dataset",
+           "evaluate_run", "fit_probe",
            "label_scores", "present_label_columns", "present_labels", "probe_accuracy",
            "reconstruction_nll",
            "summary_row"]
@@ -73,6 +79,33 @@ def encode_dataset(model: MultimodalVAE, dataset, batch_size: int = 256,
             for n, v in out.items()}
 
 
+@torch.no_grad()
+def encode_aggregated(model: MultimodalVAE, dataset, method: str, batch_size: int = 256,
+                      device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+    """What each modality's decoder reads after aggregation, at the mean: per modality
+    m the slot m of ``aggregate(method, mu, logvar, mask, eps=0)`` over all present
+    modalities, rows where m is present (the row order of :func:`encode_dataset`).
+
+    For AVG / PoE every slot holds the joint posterior mean; MoE's and MoPoE's the
+    mean of the component the reference's batch-slice rule selects (so it depends on
+    ``batch_size``, as in training); MMVM and independent VAEs give mu_m.
+    """
+    device = torch.device(device) if device is not None else _device(model)
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {n: [] for n in model.names}
+    for rows in _chunks(len(dataset), batch_size):
+        b = dataset.batch(rows)
+        x = {k: v.to(device) for k, v in b["x"].items()}
+        mask = b["mask"].to(device)
+        mu, lv = model.encode(x, mask)
+        z, _ = aggregate(method, mu, lv, mask, torch.zeros_like(mu), 0.0, model.private_dim)
+        for j, name in enumerate(model.names):
+            if bool(mask[:, j].any()):
+                out[name].append(z[mask[:, j], j, :model.latent_dim].cpu().numpy())
+    return {n: np.concatenate(v) if v else np.zeros((0, model.latent_dim), np.float32)
+            for n, v in out.items()}
+
+
 def present_labels(dataset, names: list[str]) -> dict[str, np.ndarray]:
     """Labels of the rows :func:`encode_dataset` returns, per modality (-1 = unknown)."""
     if dataset.labels is None:
@@ -98,14 +131,16 @@ def present_label_columns(dataset, names: list[str], paths, columns: list[str]
 
 # ------------------------------------------------------------------ coherence
 def conditional_latent(model: MultimodalVAE, method: str, name: str, x: Tensor,
-                       eps: Tensor | None = None) -> Tensor:
+                       eps: Tensor | None = None,
+                       posterior: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The latent [B, D] the method decodes from modality ``name`` alone.
 
     The method's aggregation is applied with only ``name`` in the mask, and the latent
     of that slot is returned (for joint methods all slots hold the same joint z; for
-    unimodal ones the slot is z_m). ``eps`` [B, D] None gives the mean.
+    unimodal ones the slot is z_m). ``eps`` [B, D] None gives the mean. ``posterior``
+    (mu_m, logvar_m) of ``x``, when already encoded, saves encoding it again.
     """
-    mu_m, lv_m = model.encode_modality(name, x)
+    mu_m, lv_m = posterior if posterior is not None else model.encode_modality(name, x)
     B, D = mu_m.shape
     M, j = len(model.names), model.names.index(name)
     mu = mu_m.new_zeros(B, M, D)
@@ -122,8 +157,11 @@ def conditional_latent(model: MultimodalVAE, method: str, name: str, x: Tensor,
 
 @torch.no_grad()
 def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
-              batch_size: int = 256, sample: bool = False, seed: int = 0) -> dict[str, Any]:
+              batch_size: int = 256, sample: bool = True, seed: int = 0) -> dict[str, Any]:
     """Cross-modal coherence: accuracy of classifier[m'] on decode_m'(z | x_m).
+
+    ``sample`` (default, as the authors): every target m' decodes its own seeded draw
+    z ~ q(z | x_m); otherwise the posterior mean.
 
     Returns ``{"pairs": {"m->m'": acc}, "matrix": [[acc]] (rows source, cols target,
     NaN where no classifier), "mean": mean over pairs m != m', "self": mean over m = m}``.
@@ -147,9 +185,10 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
             if src not in b["x"] or not bool(keep.any()):
                 continue
             x, y = b["x"][src][keep].to(device), b["label"][keep].to(device)
-            eps = torch.randn(len(x), model.code_dim, generator=gen) if sample else None
-            z = conditional_latent(model, method, src, x, eps)
+            post = model.encode_modality(src, x)
             for tgt in targets:
+                eps = torch.randn(len(x), model.code_dim, generator=gen) if sample else None
+                z = conditional_latent(model, method, src, x, eps, post)
                 pred = classifiers[tgt](model.generate(tgt, z)).argmax(1)
                 hits[(src, tgt)] += int((pred == y).sum())
             count[src] += len(y)
@@ -225,23 +264,30 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         scores = label_scores(
             train_mu, present_label_columns(probe_set, names, cfg.data.files("train"), cols),
             test_mu, present_label_columns(test_set, names, cfg.data.files("test"), cols),
-            cfg.eval.metric, cfg.eval.probe_train)
+            cfg.eval.metric, cfg.eval.probe_train, cfg.eval.probe_standardize)
         probe = {**scores["per_modality"], "mean": scores["mean"]}
         extra["probe_labels"] = scores
     else:
-        probe = probe_accuracy(train_mu, present_labels(probe_set, names), test_mu,
-                               present_labels(test_set, names), cfg.eval.probe_train)
+        ytr, yte = present_labels(probe_set, names), present_labels(test_set, names)
+        std = cfg.eval.probe_standardize
+        probe = probe_accuracy(train_mu, ytr, test_mu, yte, cfg.eval.probe_train, std)
+        extra["probe_aggregated"] = probe_accuracy(
+            encode_aggregated(model, probe_set, method, bs), ytr,
+            encode_aggregated(model, test_set, method, bs), yte, cfg.eval.probe_train, std)
     result: dict[str, Any] = {
         "method": method, "beta": cfg.train.beta, "alpha": cfg.train.alpha,
         "latent_dim": model.latent_dim, "seed": cfg.train.seed,
         "n_probe_train": len(probe_set), "n_test": len(test_set),
         "probe": probe,
         "reconstruction": reconstruction_nll(model, test_set, method, bs, seed=cfg.train.seed),
-        "probe_metric": cfg.eval.metric, **extra,
+        "probe_metric": cfg.eval.metric, "probe_standardized": cfg.eval.probe_standardize,
+        "coherence_sampled": cfg.eval.coherence_sample, **extra,
     }
     if classifiers is not None:
         models = getattr(classifiers, "models", classifiers)
-        result["coherence"] = coherence(model, test_set, models, method, bs)
+        result["coherence"] = coherence(model, test_set, models, method, bs,
+                                        sample=cfg.eval.coherence_sample,
+                                        seed=cfg.train.seed)
         accs = getattr(classifiers, "test_accuracy", None)
         if accs is not None:
             result["classifier_accuracy"] = dict(accs)
@@ -254,4 +300,5 @@ def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
     return {"method": result["method"], "beta": result["beta"],
             "recon_nll": result["reconstruction"]["total"],
             "probe": result["probe"]["mean"], "probe_all": result["probe"].get("all", math.nan),
+            "probe_agg": result.get("probe_aggregated", {}).get("mean", math.nan),
             "coherence": coh.get("mean", math.nan)}

@@ -32,14 +32,23 @@ def alpha_schedule(
 ) -> Callable[[int], float]:
     """Annealing of alpha from ``start`` to ``end`` over ``steps`` optimiser steps.
 
-    kinds: ``constant`` (always ``end``), ``linear``, ``cosine`` (half cosine) and
-    ``exponential`` (geometric decay of (alpha - end) to 1e-3 of its size at ``steps``).
-    After ``steps`` alpha stays at ``end``.
+    As the authors' code (thomassutter/mmvmvae, ``MVVAE.*_annealing``):
+
+    - ``constant``: always ``end``;
+    - ``linear``: ``start + (end - start) t`` with ``t = step / steps``, then ``end``;
+    - ``cosine``: ``end + (start - end) (1 + cos(pi t)) / 2``, then ``end``;
+    - ``exponential``: ``max(start exp(r step), end)`` with
+      ``r = (ln(end + 1e-10) - ln(start + 1e-10)) / steps``. From 1 to 0 this is
+      ``exp(ln(1e-10) t)`` (0.1 at t = 0.1, 1e-10 at t = 1), which goes on decaying
+      after ``steps`` and never snaps to 0.
     """
     if kind not in _SCHEDULES:
         raise ValueError(f"unknown alpha schedule {kind!r}; choose one of {sorted(_SCHEDULES)}")
     if steps <= 0:
         raise ValueError(f"alpha annealing steps must be positive, got {steps}")
+    if kind == "exponential":
+        rate = (math.log(end + 1e-10) - math.log(start + 1e-10)) / steps
+        return lambda step: max(start * math.exp(rate * max(step, 0)), end)
     shape = _SCHEDULES[kind]
 
     def alpha_at(step: int) -> float:
@@ -49,11 +58,11 @@ def alpha_schedule(
     return alpha_at
 
 
-_SCHEDULES: dict[str, Callable[[float], float]] = {
+_SCHEDULES: dict[str, Callable[[float], float] | None] = {
     "constant": lambda t: 0.0,
     "linear": lambda t: 1.0 - t,
     "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
-    "exponential": lambda t: 0.0 if t >= 1.0 else math.exp(math.log(1e-3) * t),
+    "exponential": None,  # not a shape of t: see alpha_schedule
 }
 
 

@@ -21,17 +21,20 @@ import numpy as np
 METRICS = ("accuracy", "auroc", "ap")
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, standardize: bool = True):
+def fit_probe(x: np.ndarray, y: np.ndarray, standardize: bool = False):
     """Fit the project's one latent probe: a logistic regression of ``y`` on ``x``.
 
-    scikit-learn defaults (lbfgs, C = 1, L2) with ``max_iter=10000``, as the reference.
-    ``standardize`` puts a StandardScaler fitted on ``x`` in front.
+    scikit-learn defaults (lbfgs, C = 1, L2) with ``max_iter=10000`` on the raw
+    latents, as the authors' code (``train_clf_lr_PM``). ``standardize`` puts a
+    StandardScaler fitted on ``x`` in front (not the paper's protocol: it changes the
+    effective strength of the C = 1 penalty; ``eval.probe_standardize``).
 
     Parameters
     ----------
     x : [N, D] latents (e.g. posterior means).
     y : [N] integer labels, at least two classes.
-    standardize : scale each latent dimension to zero mean, unit variance first.
+    standardize : scale each latent dimension to zero mean, unit variance first
+        (default off, as the paper).
 
     Returns
     -------
@@ -49,16 +52,16 @@ def fit_probe(x: np.ndarray, y: np.ndarray, standardize: bool = True):
 def probe_accuracy(
     train_mu: Mapping[str, np.ndarray], train_y: Mapping[str, np.ndarray] | np.ndarray,
     test_mu: Mapping[str, np.ndarray], test_y: Mapping[str, np.ndarray] | np.ndarray,
-    max_train: int = 10_000, standardize: bool = True,
+    max_train: int = 10_000, standardize: bool = False,
 ) -> dict[str, float]:
     """Test accuracy of a logistic regression on latents, per modality and ``"all"``.
 
     Each probe is :func:`fit_probe`: scikit-learn defaults (lbfgs, C = 1, L2) with
-    ``max_iter=10000``, as the reference. ``standardize`` (default) puts a StandardScaler fitted on the training latents in
-    front: lbfgs then converges in far fewer iterations on latents whose scales differ
-    by orders of magnitude; it changes the effective strength of the C = 1 penalty, so
-    numbers may differ slightly from raw-mu probes. The first ``max_train`` training
-    rows (0 = all) of each modality are used. Rows with label -1 are dropped.
+    ``max_iter=10000`` on the raw latents, as the reference. ``standardize`` puts a
+    StandardScaler fitted on the training latents in front (off by default: it changes
+    the effective strength of the C = 1 penalty, so numbers differ from the paper's).
+    The first ``max_train`` training rows (0 = all) of each modality are used. Rows
+    with label -1 are dropped.
 
     ``"all"`` is one classifier fitted on every modality's training latents stacked as
     samples and scored on every modality's test latents (a shared latent space scores
@@ -115,7 +118,7 @@ def _score(metric: str, probe, x: np.ndarray, y: np.ndarray) -> float:
 def label_scores(
     train_mu: Mapping[str, np.ndarray], train_labels: Mapping[str, Mapping[str, np.ndarray]],
     test_mu: Mapping[str, np.ndarray], test_labels: Mapping[str, Mapping[str, np.ndarray]],
-    metric: str = "auroc", max_train: int = 10_000, standardize: bool = True,
+    metric: str = "auroc", max_train: int = 10_000, standardize: bool = False,
 ) -> dict:
     """Per-label probes: for every modality m and label column c, :func:`fit_probe` of
     c on m's latents, scored on the test latents by ``metric`` and by accuracy.

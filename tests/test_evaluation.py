@@ -20,6 +20,7 @@ from mmvm.config import ModalitySpec, config_from_dict
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.evaluation import (
     coherence,
+    encode_aggregated,
     encode_dataset,
     evaluate_run,
     fit_probe,
@@ -73,11 +74,26 @@ def test_fit_probe_standardized_ignores_the_latents_scale_and_offset():
     x = rng.normal(size=(400, 4)) + y[:, None]
     xt = rng.normal(size=(200, 4)) + rng.integers(0, 3, 200)[:, None]
     scale, shift = np.array([1e3, 1e-2, 1.0, 50.0]), np.array([5.0, -3.0, 0.0, 1e3])
-    a = fit_probe(x, y).predict_proba(xt)
-    b = fit_probe(x * scale + shift, y).predict_proba(xt * scale + shift)
+    a = fit_probe(x, y, standardize=True).predict_proba(xt)
+    b = fit_probe(x * scale + shift, y, standardize=True).predict_proba(xt * scale + shift)
     np.testing.assert_allclose(a, b, atol=1e-4)
-    raw = fit_probe(x, y, standardize=False)  # a plain logistic regression on x
+
+
+def test_fit_probe_default_is_the_papers_raw_logistic_regression():
+    """The authors' probe: LogisticRegression(max_iter=10000) on the raw means, no
+    scaler: the default must give exactly its predictions."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    x = (rng.normal(size=(300, 4)) + y[:, None]) * np.array([10.0, 0.1, 1.0, 3.0])
+    xt = rng.normal(size=(100, 4)) * 3
+    raw = fit_probe(x, y)
     assert raw.max_iter == 10_000 and raw.coef_.shape == (3, 4)
+    ref = LogisticRegression(max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(raw.predict_proba(xt), ref.predict_proba(xt), atol=1e-10)
+    std = fit_probe(x, y, standardize=True)  # differs: the penalty acts on other units
+    assert np.abs(std.predict_proba(xt) - ref.predict_proba(xt)).max() > 1e-4
 
 
 def test_probe_rejects_mismatched_lengths():
@@ -147,6 +163,69 @@ def test_encode_dataset_returns_present_rows_only():
     assert mu["m0"].shape == (30, 10) and mu["m2"].shape == (20, 10)
     labels = present_labels(ds, NAMES)
     assert (mu["m2"].argmax(1) == labels["m2"]).all()
+
+
+def test_sampled_coherence_matches_the_gaussian_closed_form():
+    """Oracle encoders with posterior variance 1: decoding a sample z = e_y + eps and
+    judging by argmax is right with probability int phi(t) Phi(t + 1)^9 dt. Each
+    generation draws its own z (the authors' code): pairs from one source differ."""
+    from scipy import integrate, stats
+
+    model = _oracle_model()
+    with torch.no_grad():
+        for name in NAMES:
+            model.encoders[name].logvar.bias.fill_(0.0)  # q(z | x) = N(e_y, I)
+    ds = _onehot_dataset(3000)
+    exact, _ = integrate.quad(lambda t: stats.norm.pdf(t) * stats.norm.cdf(t + 1) ** 9,
+                              -10, 10)
+    res = coherence(model, ds, ARGMAX, "mmvm", batch_size=500, seed=1)
+    se = math.sqrt(exact * (1 - exact) / len(ds))
+    for pair, acc in res["pairs"].items():
+        assert abs(acc - exact) < 4 * se, (pair, acc, exact)
+    assert len({res["pairs"][f"m0->{t}"] for t in NAMES}) == 3  # fresh draws per target
+    again = coherence(model, ds, ARGMAX, "mmvm", batch_size=500, seed=1)
+    assert again["pairs"] == res["pairs"]  # seeded
+    mean = coherence(model, ds, ARGMAX, "mmvm", batch_size=500, sample=False)
+    assert mean["mean"] == 1.0  # the posterior mean is e_y itself
+
+
+def _shifted_dataset(n=40, mask=None) -> MultimodalDataset:
+    """Modality k holds the one-hot of (y + k) mod 10."""
+    y = np.arange(n) % 10
+    x = {m: np.eye(10, dtype=np.float32)[(y + k) % 10] for k, m in enumerate(NAMES)}
+    mask = np.ones((n, 3), bool) if mask is None else mask
+    return MultimodalDataset([f"s{i}" for i in range(n)], x, {m: 1.0 for m in NAMES},
+                             mask, y)
+
+
+@pytest.mark.parametrize("method", ["mmvm", "independent", "avg", "poe"])
+def test_aggregated_latents_are_the_methods_joint_mean(method):
+    """Oracle encoders give mu_m = e_{y+k} with equal variances: AVG's and PoE's joint
+    mean is the average over the present modalities; MMVM and independent VAEs keep
+    mu_m (their aggregated probe is their unimodal one)."""
+    mask = np.ones((40, 3), bool)
+    mask[::4, 1] = False
+    ds = _shifted_dataset(mask=mask)
+    agg = encode_aggregated(_oracle_model(), ds, method, batch_size=9)
+    own = encode_dataset(_oracle_model(), ds, batch_size=9)
+    x = {m: ds.tensors[m].numpy() for m in NAMES}
+    present = ds.mask.numpy()
+    joint = sum(x[m] * present[:, [k]] for k, m in enumerate(NAMES)) / present.sum(1, keepdims=True)
+    for k, m in enumerate(NAMES):
+        expected = own[m] if method in ("mmvm", "independent") else joint[present[:, k]]
+        np.testing.assert_allclose(agg[m], expected, atol=1e-5)
+
+
+def test_evaluate_run_reports_the_aggregated_probe_and_protocol(tmp_path):
+    """``probe_aggregated`` sits next to the unimodal probe; on the shifted one-hots a
+    joint mean of three different codes still names the class (perfect probe)."""
+    cfg = config_from_dict({"model": {"method": "avg", "latent_dim": 10, "modalities": {
+        m: {"kind": "vector", "shape": [10], "likelihood": "gaussian", "width": 10,
+            "layers": 1} for m in NAMES}}})
+    ds = _shifted_dataset(60)
+    res = evaluate_run(cfg, _oracle_model(), ds, ds)
+    assert res["probe"]["mean"] == 1.0 and res["probe_aggregated"]["mean"] == 1.0
+    assert res["probe_standardized"] is False and res["coherence_sampled"] is True
 
 
 @pytest.mark.parametrize("method", ["mmvm", "poe", "mopoe"])

@@ -50,7 +50,8 @@ def _probes(site: Site, test, max_train: int) -> dict[str, float]:
         if len(np.unique(ytr[ytr >= 0])) < 2 or not (yte >= 0).any():
             continue
         acc = probe_accuracy({m: train_mu[m]}, {m: ytr}, {m: test_mu[m]}, {m: yte},
-                             max_train=max_train)
+                             max_train=max_train,
+                             standardize=site.cfg.eval.probe_standardize)
         out[f"probe/{m}"] = acc[m]
         out[f"classes/{m}"] = float(len(np.unique(ytr[ytr >= 0])))  # chance = 1 / classes
     return out
