@@ -109,7 +109,8 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
 
 _Y_LABEL = {"probe": "latent probe accuracy (mean over modalities)",
             "coherence": "coherence (mean over pairs m != m')",
-            "probe_all": "latent probe accuracy (all modalities stacked)"}
+            "probe_all": "latent probe accuracy (all modalities stacked)",
+            "probe_agg": "aggregated probe accuracy (mean over modalities)"}
 
 
 def scatter_recon_vs(results: Sequence[Mapping], path: str | Path, y: str = "probe",
@@ -118,7 +119,7 @@ def scatter_recon_vs(results: Sequence[Mapping], path: str | Path, y: str = "pro
 
     ``results``: flat rows (see :func:`mmvm.evaluation.summary_row`) or full
     :func:`~mmvm.evaluation.evaluate_run` dicts. Several rows with the same
-    (method, beta) (seeds) are averaged.
+    (method, beta) (seeds) are averaged; their standard errors are drawn as error bars.
     """
     from mmvm.evaluation import summary_row
 
@@ -136,7 +137,10 @@ def scatter_recon_vs(results: Sequence[Mapping], path: str | Path, y: str = "pro
     for k, (method, by_beta) in enumerate(sorted(groups.items())):
         betas = sorted(by_beta)
         pts = np.array([np.mean(by_beta[b], axis=0) for b in betas])
-        ax.plot(pts[:, 0], pts[:, 1], "-o", color=colors(k % 10), label=method, ms=5)
+        err = np.array([np.std(by_beta[b], axis=0, ddof=1) / np.sqrt(len(by_beta[b]))
+                        if len(by_beta[b]) > 1 else np.zeros(2) for b in betas])
+        ax.errorbar(pts[:, 0], pts[:, 1], xerr=err[:, 0], yerr=err[:, 1], fmt="-o",
+                    color=colors(k % 10), label=method, ms=5, capsize=2)
         for b, (px, py) in zip(betas, pts, strict=True):
             ax.annotate(f"{b:g}", (px, py), textcoords="offset points", xytext=(3, 3),
                         fontsize=7, color=colors(k % 10))

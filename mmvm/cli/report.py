@@ -1,0 +1,55 @@
+"""``mmvm report RUN... --out report.html``: runs as one page to open in a browser.
+
+Each RUN is a run folder (centralized: checkpoint.pt, config.json, metrics.csv and,
+after ``mmvm evaluate``, eval.json and generations.png; federated: results.json,
+metrics.csv, curves.png and the assembled model's eval.json) or a benchmark's results
+file (results.json: a list of eval.json dicts or {"rows": [...]}; results.csv), or a
+folder holding one. Runs that differ only in their seed are grouped: the tables show
+mean ± standard error over seeds ("1 seed" when there is one, with no error bar).
+
+The page: a summary table per method and beta; reconstruction vs latent probe and vs
+coherence (one point per method and beta, error bars); coherence bars and matrices;
+a per-modality table; generation grids and latent plots (the run folders' own PNGs;
+--generate draws missing ones from checkpoints when the data is reachable); training
+curves; each federated run's sites; every run; each benchmark's own table.
+
+HTML (default) is one self-contained file, pictures inline, no scripts; Markdown
+(--format md, or an --out ending in .md) puts the PNGs in <stem>_files/ beside it.
+Exit status 2 with a message on a bad input (not a run folder, corrupt JSON).
+
+examples:
+  mmvm report runs/mmvm-seed* runs/poe-seed* --out report.html
+  mmvm report benchmarks/results/compare_methods --out methods.md
+  mmvm report ~/.mmvm/runs/run-123 --generate --title "hospital federation"
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="turn runs into one HTML or Markdown page",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders, results.json / results.csv files, or folders "
+                   "holding one")
+    p.add_argument("--out", default="report.html", metavar="PATH",
+                   help="the report to write (default: report.html)")
+    p.add_argument("--format", choices=("html", "md"), default=None,
+                   help="html or md (default: from --out's suffix; html otherwise)")
+    p.add_argument("--title", default="MMVM runs", help="the page title")
+    p.add_argument("--generate", action="store_true",
+                   help="draw generation grids and latent plots that the run folders "
+                   "lack from their checkpoints (needs the run's data on this machine)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmvm.reporting import write_report
+
+    written = write_report(args.runs, args.out, args.format, args.title, args.generate)
+    extra = f" (+{len(written) - 1} figures)" if len(written) > 1 else ""
+    print(f"wrote {written[0]}{extra}")
+    return 0

@@ -1,0 +1,191 @@
+"""The report's content: tables and figures from collected runs.
+
+Sections, in order: a summary table (one row per method, beta and other settings,
+mean ± standard error over seeds), the trade-off figures (reconstruction vs probe,
+reconstruction vs coherence, coherence bars and matrices), a per-modality table, the
+pictures (:mod:`mmvm.reporting.pictures`), the federated runs' details
+(:mod:`mmvm.reporting.federated`), every run on its own, and the benchmarks' own
+tables. A number a run lacks reads "not evaluated"; a figure that cannot be drawn is
+replaced by a note saying why.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+
+from mmvm.reporting.collect import Collection, ResultsFile
+from mmvm.reporting.document import Document, Figure, Paragraph, Section, Table
+from mmvm.reporting.federated import federated_section
+from mmvm.reporting.figures import (
+    MAX_HEATMAPS,
+    coherence_bars,
+    coherence_heatmaps,
+    scatter,
+)
+from mmvm.reporting.pictures import embed, picture_sections
+from mmvm.reporting.runs import METRICS, Run, number, text
+from mmvm.reporting.stats import (
+    NOT_EVALUATED,
+    Group,
+    group_runs,
+    modality_names,
+    show,
+    variants_of,
+)
+
+MAX_TABLE_ROWS = 200
+MAX_TABLE_COLUMNS = 20
+SE_NOTE = ("Numbers are mean ± standard error over seeds (sample standard deviation / "
+           "√n); a group with one seed shows its number and \"(1 seed)\", with no error "
+           "bar. \"not evaluated\": no run of the group has that number.")
+
+
+def build(collection: Collection, title: str, inputs: Sequence[str],
+          generate: bool = False) -> Document:
+    if not collection.runs and not any(r.rows for r in collection.results):
+        raise ValueError("no runs to report (the inputs hold no run and no results row)")
+    groups = group_runs(collection.runs)
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    doc = Document(title, intro=[
+        f"{len(collection.runs)} runs in {len(groups)} groups, from: {', '.join(inputs)}.",
+        f"Made by mmvm report on {now}.", SE_NOTE])
+    if groups:
+        doc.sections += [summary_section(groups), tradeoff_section(groups),
+                         modality_section(groups)]
+        doc.sections += picture_sections(groups, generate)
+        doc.sections += [federated_section(r) for r in collection.runs if r.federated]
+        doc.sections.append(runs_section(collection.runs))
+    doc.sections += [results_section(r) for r in collection.results]
+    if collection.notes:
+        doc.sections.append(Section("Notes").add(
+            *[Paragraph(n, note=True) for n in collection.notes]))
+    return doc
+
+
+def _optional(groups: Sequence[Group], metrics: Sequence[str]) -> list[str]:
+    """The metrics always shown, plus optional ones some group has."""
+    always = ("probe", "coherence", "recon_nll")
+    return [m for m in metrics if m in always or any(g.estimate(m) for g in groups)]
+
+
+def probe_metric(runs: Sequence[Run]) -> str:
+    names = {r.settings.get("eval.metric", "accuracy") for r in runs}
+    return names.pop() if len(names) == 1 else "score"
+
+
+def summary_section(groups: Sequence[Group]) -> Section:
+    metrics = _optional(groups, list(METRICS))
+    settings = any(g.settings for g in groups)
+    header = ["method", "beta"] + (["settings"] if settings else []) + ["runs (seeds)"]
+    header += [METRICS[m][0] for m in metrics] + ["numbers from"]
+    rows = []
+    for g in groups:
+        row = [g.method or "?", "?" if g.beta is None else f"{g.beta:g}"]
+        row += [g.setting_text] if settings else []
+        row += [g.seeds()] + [show(g.estimate(m), len(g.runs)) for m in metrics]
+        row.append(", ".join(dict.fromkeys(r.metric_source for r in g.runs)))
+        rows.append(row)
+    metric = probe_metric([r for g in groups for r in g.runs])
+    section = Section("Summary").add(Table(header, rows, caption=(
+        f"One row per method, beta and settings. Probes: {metric}; reconstruction: "
+        "lower is better. " + SE_NOTE)))
+    variants = variants_of(groups)
+    if variants:
+        keys = list(dict.fromkeys(k for s in variants.values() for k in s))
+        section.add(Table(["setting"] + [f"settings {v}" for v in variants],
+                          [[k] + [s.get(k, "-") for s in variants.values()] for k in keys],
+                          caption="The settings in which the groups differ (\"-\": "
+                          "the run does not record it)."))
+    return section
+
+
+def tradeoff_section(groups: Sequence[Group]) -> Section:
+    section = Section("Reconstruction vs representation and coherence")
+    wanted = [("probe", "scatter-probe", "Reconstruction error vs latent probe: one "
+               "point per method and beta (labels: beta), error bars ± standard error."),
+              ("coherence", "scatter-coherence", "Reconstruction error vs coherence of "
+               "conditional generations (m -> m', m != m').")]
+    for metric, name, caption in wanted:
+        png = scatter(groups, metric)
+        section.add(Figure(name, png, caption) if png else Paragraph(
+            f"Reconstruction vs {METRICS[metric][0]}: not drawn, no group has both "
+            "numbers (not evaluated).", note=True))
+    bars = coherence_bars(groups)
+    section.add(Figure("coherence-bars", bars, "Coherence per method and beta (solid: "
+                       "cross-modal, hatched: self; bars: ± standard error).") if bars
+                else Paragraph("Coherence: not evaluated (no eval.json with a coherence "
+                               "section; mmvm evaluate needs a label column).", note=True))
+    heat = coherence_heatmaps(groups)
+    if heat:
+        section.add(Figure("coherence-matrices", heat, "Coherence matrices, mean over "
+                           "each group's seeds: row = source modality, column = the "
+                           "modality generated from it."))
+    with_matrix = sum(any(r.coherence_matrix for r in g.runs) for g in groups)
+    if with_matrix > MAX_HEATMAPS:
+        section.add(Paragraph(f"Coherence matrices of {with_matrix - MAX_HEATMAPS} "
+                              "more groups left out (the summary table has their means).",
+                              note=True))
+    return section
+
+
+def modality_section(groups: Sequence[Group]) -> Section:
+    names = modality_names(groups)
+    section = Section("Per modality")
+    if not names:
+        return section.add(Paragraph("No per-modality numbers in these runs.", note=True))
+    rows = [[g.label, n, show(g.modality_estimate(n, "probe"), len(g.runs)),
+             show(g.modality_estimate(n, "recon_nll"), len(g.runs))]
+            for g in groups for n in names
+            if any(n in r.per_modality for r in g.runs)]
+    return section.add(Table(["group", "modality", "latent probe", "reconstruction NLL"],
+                             rows, caption="Each modality's own latent probe and test "
+                             "reconstruction NLL; mean ± standard error over seeds."))
+
+
+def runs_section(runs: Sequence[Run]) -> Section:
+    header = ["run", "kind", "method", "beta", "seed", "epoch", "probe", "coherence",
+              "reconstruction NLL", "numbers from", "source"]
+    rows = []
+    for r in runs:
+        cells = [r.metrics.get(m) for m in ("probe", "coherence", "recon_nll")]
+        rows.append([r.name, r.kind, r.method or "?", _plain(r.beta), _plain(r.seed),
+                     _plain(r.epoch)] + [NOT_EVALUATED if c is None else cell(c)
+                                        for c in cells] + [r.metric_source, r.source])
+    return Section("Runs").add(Table(header, rows, caption="Every run on its own."))
+
+
+def _plain(value) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
+def cell(value) -> str:
+    """A results-table cell: numbers rounded, lists and dicts as cut-short JSON."""
+    v = number(value)
+    if v is not None and not isinstance(value, dict):
+        if v == int(v):
+            return str(int(v))
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    out = text(value)
+    return out if len(out) <= 80 else out[:77] + "..."
+
+
+def results_section(results: ResultsFile) -> Section:
+    rows = results.rows[:MAX_TABLE_ROWS]
+    columns = list(dict.fromkeys(str(k) for r in rows for k in r))
+    shown = [c for c in columns if all(not isinstance(r.get(c), dict) or len(
+        str(r.get(c))) < 200 for r in rows)][:MAX_TABLE_COLUMNS]
+    section = Section(f"Benchmark table: {results.path}")
+    if not rows:
+        return section.add(Paragraph("The file lists no rows.", note=True))
+    section.add(Table(shown, [[cell(r[c]) if c in r else "" for c in shown] for r in rows],
+                      caption=f"The rows of {results.path.name} as the benchmark wrote "
+                      "them."))
+    cut = len(results.rows) - len(rows), len(columns) - len(shown)
+    if any(cut):
+        section.add(Paragraph(f"Left out: {cut[0]} rows and {cut[1]} columns (too many "
+                              "or too large to show).", note=True))
+    for path in results.images:
+        section.add(embed(path, f"{path.name}, drawn by the benchmark (shipped with "
+                          f"{results.path.name})"))
+    return section

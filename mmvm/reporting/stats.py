@@ -1,0 +1,165 @@
+"""Runs grouped by (method, beta, other settings) over seeds: mean ± standard error.
+
+The standard error is the sample standard deviation (n - 1 in the denominator) over
+sqrt(n). With one seed there is no spread to estimate: the number is shown as
+"x (1 seed)" and figures draw no error bar, rather than a made-up one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from mmvm.reporting.runs import Run
+
+NOT_EVALUATED = "not evaluated"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    se: float | None  # None when n == 1
+    n: int
+
+    def __str__(self) -> str:
+        if self.se is None:
+            return f"{fmt(self.mean)} (1 seed)"
+        return f"{fmt(self.mean)} ± {fmt(self.se, like=self.mean)}"
+
+
+def fmt(value: float, like: float | None = None) -> str:
+    """Three decimals for scores, one for large numbers such as an NLL of 3000;
+    ``like``: format as that number would be (an error next to its mean)."""
+    ref = abs(value if like is None else like)
+    return f"{value:.1f}" if ref >= 100 else f"{value:.3f}"
+
+
+def estimate(values: Iterable[float]) -> Estimate | None:
+    """Mean ± standard error of ``values``; None when there are none."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return Estimate(mean, None, 1)
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+    return Estimate(mean, math.sqrt(var / len(xs)), len(xs))
+
+
+def show(est: Estimate | None, runs: int | None = None) -> str:
+    """The estimate as a table shows it; ``runs``: the group's size, to say "n=2"
+    when fewer of its runs have the number."""
+    if est is None:
+        return NOT_EVALUATED
+    fewer = runs is not None and 1 < est.n < runs
+    return f"{est} (n={est.n})" if fewer else str(est)
+
+
+@dataclass
+class Group:
+    method: str | None
+    beta: float | None
+    settings: dict[str, str]  # the settings that tell this group from others
+    runs: list[Run] = field(default_factory=list)
+    variant: str = ""  # "A", "B", ...: a name for long settings (see name_variants)
+
+    @property
+    def setting_text(self) -> str:
+        """The settings, or their variant's name when they are too long to repeat."""
+        if self.variant:
+            return f"settings {self.variant}"
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items())
+
+    @property
+    def label(self) -> str:
+        beta = "?" if self.beta is None else f"{self.beta:g}"
+        extra = f" ({self.setting_text})" if self.setting_text else ""
+        return f"{self.method or '?'} beta={beta}{extra}"
+
+    def estimate(self, metric: str) -> Estimate | None:
+        return estimate(r.metrics.get(metric) for r in self.runs)
+
+    def modality_estimate(self, name: str, metric: str) -> Estimate | None:
+        return estimate(r.per_modality.get(name, {}).get(metric) for r in self.runs)
+
+    def seeds(self) -> str:
+        """``"3 (seeds 0, 1, 2)"``; unknown seeds are shown as ``?``."""
+        seeds = ", ".join("?" if r.seed is None else str(r.seed) for r in self.runs)
+        return f"{len(self.runs)} (seed{'s' if len(self.runs) > 1 else ''} {seeds})"
+
+
+def varying_settings(runs: Sequence[Run]) -> list[str]:
+    """Settings recorded with more than one value (a run may not record a setting)."""
+    keys = sorted({k for r in runs for k in r.settings})
+    return [k for k in keys if len({r.settings[k] for r in runs if k in r.settings}) > 1]
+
+
+def _agrees(group: Group, run: Run) -> bool:
+    return (group.method, group.beta) == (run.method, run.beta) and all(
+        group.settings.get(k, v) == v for k, v in run.settings.items())
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Groups in order of method, then beta; a group's runs differ only in seed.
+
+    A run that does not record some setting in which the others differ (a benchmark
+    row, say) joins the one group it agrees with, or else gets its own group.
+    """
+    keys = varying_settings(runs)
+    groups: dict[tuple, Group] = {}
+    partial = []
+    for run in runs:
+        if not all(k in run.settings for k in keys):
+            partial.append(run)
+            continue
+        key = (run.method, run.beta, tuple(run.settings[k] for k in keys))
+        shown = {k: run.settings[k] for k in keys}
+        groups.setdefault(key, Group(run.method, run.beta, shown)).runs.append(run)
+    for run in partial:
+        fits = [g for g in groups.values() if _agrees(g, run)]
+        if len(fits) == 1:
+            fits[0].runs.append(run)
+            continue
+        key = (run.method, run.beta, tuple(run.settings.get(k) for k in keys))
+        shown = {k: run.settings[k] for k in keys if k in run.settings}
+        groups.setdefault(key, Group(run.method, run.beta, shown)).runs.append(run)
+    ordered = sorted(groups.values(), key=lambda g: (
+        g.method is None, g.method or "", g.beta is None, g.beta or 0.0,
+        sorted(g.settings.items())))
+    name_variants(ordered)
+    return ordered
+
+
+def name_variants(groups: Sequence[Group], max_chars: int = 60) -> dict[str, dict[str, str]]:
+    """When some group's settings are too long to repeat in every label, give each
+    distinct settings a letter; returns letter -> settings (empty when not needed)."""
+    if all(len(g.setting_text) <= max_chars for g in groups):
+        return {}
+    variants: dict[str, dict[str, str]] = {}
+    for g in groups:
+        key = next((v for v, s in variants.items() if s == g.settings), None)
+        if key is None:
+            key = _letters(len(variants))
+            variants[key] = g.settings
+        g.variant = key
+    return variants
+
+
+def _letters(i: int) -> str:
+    """0 -> A, 25 -> Z, 26 -> AA, ..."""
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        out = chr(65 + r) + out
+    return out
+
+
+def variants_of(groups: Sequence[Group]) -> dict[str, dict[str, str]]:
+    """Letter -> settings, as :func:`name_variants` named them."""
+    return {g.variant: g.settings for g in groups if g.variant}
+
+
+def modality_names(groups: Sequence[Group]) -> list[str]:
+    return list(dict.fromkeys(n for g in groups for r in g.runs for n in r.per_modality))
