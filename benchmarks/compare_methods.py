@@ -1,13 +1,15 @@
-"""Compare MMVM with the baselines on the translated PolyMNIST look-alike.
+"""Compare MMVM with the baselines on a PolyMNIST look-alike, over seeds.
 
 Every method (independent, mmvm, avg, poe, moe, mopoe, mmvaeplus) is trained with the same
-networks, data and budget at several betas, then evaluated with the paper's protocol
-(mmvm.evaluation): latent probe accuracy (mean over modalities), coherence (mean over
-pairs m != m'), test reconstruction NLL. Outputs under --out:
+networks, data and budget at several betas and seeds, then evaluated with the paper's
+protocol (mmvm.evaluation): latent probe accuracy on the raw unimodal means (mean
+over modalities), the aggregated probe, coherence of sampled cross-modal generations
+(mean over pairs m != m'), test reconstruction NLL. Outputs under --out:
 
-    <method>-beta<b>/            one training run each (checkpoint, metrics.csv, eval.json)
+    <method>-beta<b>-seed<s>/    one training run each (checkpoint, metrics.csv, eval.json)
     results.json                 every evaluate_run() dict
-    results.csv                  one row per run: method, beta, recon_nll, probe, ...
+    results.csv                  one row per run: method, beta, seed, recon_nll, probe, ...
+    summary.csv                  mean and standard error over seeds per (method, beta)
     scatter_probe.png            reconstruction error vs probe accuracy (paper's figure)
     scatter_coherence.png        reconstruction error vs coherence
 
@@ -42,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
 DEFAULTS = dict(n_train=2000, epochs=6, latent_dim=32, width=8, batch_size=32,
-                betas=[0.25, 1.0, 4.0], classifier_epochs=4)
+                betas=[0.25, 1.0, 4.0], classifier_epochs=20)
 QUICK = dict(n_train=256, epochs=1, latent_dim=8, width=4, batch_size=64,
              betas=[0.5, 2.0, 8.0], classifier_epochs=1, n_test=200, probe_train=256)
 
@@ -67,7 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--probe-train", type=int, default=0,
                    help="training rows the probes fit on (0 = all --n-train rows)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (%(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="data and training seed (%(default)s)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="training seeds (default: %(default)s; the data uses seed 0)")
+    p.add_argument("--variant", default="translated", choices=("translated", "soft"),
+                   help="look-alike: the paper's translated digits, or the CPU-sized "
+                   "soft variant (README main job) where a CPU budget learns")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: cpu)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (default: %(default)s)")
@@ -81,24 +87,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def ensure_data(root: Path, seed: int) -> dict[str, Path]:
+def ensure_data(root: Path, variant: str) -> dict[str, Path]:
     from mmvm.data.polymnist import make_polymnist
 
     paths = {s: root / f"{s}.parquet" for s in ("train", "test")}
     if not all(p.is_file() for p in paths.values()):
-        print(f"making the PolyMNIST look-alike under {root} (once)")
-        paths = make_polymnist(root, seed=seed)
+        print(f"making the PolyMNIST look-alike ({variant}) under {root} (once)")
+        paths = make_polymnist(root, seed=0, variant=variant)
     return paths
 
 
-def run_config(args, method: str, beta: float, out: Path):
+def run_config(args, method: str, beta: float, seed: int, out: Path):
     from mmvm.config import load_config
 
     sets = [f"data.root={json.dumps(str(Path(args.data)))}",
             f"data.max_train={args.n_train}", f"data.max_test={args.n_test}",
             f'model.method="{method}"', f"model.latent_dim={args.latent_dim}",
             f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
-            f"train.lr={args.lr}", f"train.beta={beta}", f"train.seed={args.seed}",
+            f"train.lr={args.lr}", f"train.beta={beta}", f"train.seed={seed}",
             f'train.device="{args.device}"', f"train.num_threads={args.threads}",
             f"train.out_dir={json.dumps(str(out))}",
             f"eval.probe_train={args.probe_train or args.n_train}",
@@ -109,14 +115,40 @@ def run_config(args, method: str, beta: float, out: Path):
     return load_config(args.config, sets)
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown table of the summary rows (also printed with rich when available)."""
-    head = "| method | beta | recon NLL | probe | probe (all) | coherence | train s |"
-    lines = [head, "|" + "---|" * 7]
+KEYS = ("recon_nll", "probe", "probe_agg", "probe_all", "coherence", "train_seconds")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard error over seeds per (method, beta), in the rows' order."""
+    from mmvm.reporting.stats import estimate
+
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        lines.append(f"| {r['method']} | {r['beta']:g} | {r['recon_nll']:.1f} | "
-                     f"{r['probe']:.3f} | {r['probe_all']:.3f} | {r['coherence']:.3f} | "
-                     f"{r['train_seconds']:.0f} |")
+        groups.setdefault((r["method"], r["beta"]), []).append(r)
+    out = []
+    for (method, beta), rs in groups.items():
+        row = {"method": method, "beta": beta, "seeds": len(rs)}
+        for k in KEYS:
+            est = estimate(r[k] for r in rs)
+            row[k] = est.mean if est else float("nan")
+            row[k + "_se"] = (est.se or 0.0) if est else float("nan")
+        out.append(row)
+    return out
+
+
+def table(summary: list[dict]) -> str:
+    """Markdown table, mean +/- standard error over seeds (printed with rich too)."""
+    def cell(r, k, digits=3):
+        return f"{r[k]:.{digits}f} ± {r[k + '_se']:.{digits}f}"
+
+    head = ("| method | beta | seeds | recon NLL | probe | aggregated probe | probe (all) "
+            "| coherence | train s |")
+    lines = [head, "|" + "---|" * 9]
+    for r in summary:
+        lines.append(f"| {r['method']} | {r['beta']:g} | {r['seeds']} | "
+                     f"{cell(r, 'recon_nll', 1)} | {cell(r, 'probe')} | "
+                     f"{cell(r, 'probe_agg')} | {cell(r, 'probe_all')} | "
+                     f"{cell(r, 'coherence')} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -135,7 +167,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    paths = ensure_data(Path(args.data), args.seed)
+    paths = ensure_data(Path(args.data), args.variant)
     device = resolve_device(args.device)
     names = ["m0", "m1", "m2"]
     t0 = time.perf_counter()
@@ -150,34 +182,41 @@ def main(argv=None) -> int:
           f"betas {args.betas}; {args.epochs} epochs, latent {args.latent_dim}, "
           f"width {args.width}, device {device}")
     results, rows = [], []
-    for method in args.methods:
-        for beta in args.betas:
-            run_dir = out / f"{method}-beta{beta:g}"
-            cfg = run_config(args, method, beta, run_dir)
-            t0 = time.perf_counter()
-            trained = train(cfg, train_set, show_progress=sys.stdout.isatty())
-            t_train = sum(h["seconds"] for h in trained.history)
-            res = evaluate_run(cfg, trained.model, train_set, test_set, clf)
-            res["train_seconds"] = t_train
-            res["final_train_loss"] = trained.history[-1]["loss"] if trained.history else None
-            atomic_write(run_dir / "eval.json", json.dumps(res, indent=2).encode())
-            row = {**summary_row(res), "train_seconds": t_train}
-            results.append(res)
-            rows.append(row)
-            print(f"{method:>11} beta {beta:<6g} recon {row['recon_nll']:8.1f}  probe "
-                  f"{row['probe']:.3f}  coherence {row['coherence']:.3f}  "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    runs = [(m, b, s) for s in args.seeds for m in args.methods for b in args.betas]
+    for method, beta, seed in runs:
+        run_dir = out / f"{method}-beta{beta:g}-seed{seed}"
+        cfg = run_config(args, method, beta, seed, run_dir)
+        t0 = time.perf_counter()
+        trained = train(cfg, train_set, show_progress=sys.stdout.isatty())
+        t_train = sum(h["seconds"] for h in trained.history)
+        res = evaluate_run(cfg, trained.model, train_set, test_set, clf)
+        res["train_seconds"] = t_train
+        res["final_train_loss"] = trained.history[-1]["loss"] if trained.history else None
+        atomic_write(run_dir / "eval.json", json.dumps(res, indent=2).encode())
+        row = {**summary_row(res), "seed": seed, "train_seconds": t_train}
+        results.append(res)
+        rows.append(row)
+        print(f"{method:>11} beta {beta:<6g} seed {seed} recon {row['recon_nll']:8.1f}"
+              f"  probe {row['probe']:.3f}  aggregated {row['probe_agg']:.3f}  "
+              f"coherence {row['coherence']:.3f} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
     atomic_write(out / "results.json", json.dumps(results, indent=2).encode())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(out / "results.csv", buf.getvalue().encode())
+    summary = summarize(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(summary[0]))
+    writer.writeheader()
+    writer.writerows(summary)
+    atomic_write(out / "summary.csv", buf.getvalue().encode())
     for y in ("probe", "coherence"):
         scatter_recon_vs(rows, out / f"scatter_{y}.png", y=y,
-                         title=f"PolyMNIST look-alike, {len(train_set)} train, "
-                         f"{args.epochs} epochs: reconstruction vs {y}")
-    md = table(rows)
+                         title=f"PolyMNIST look-alike ({args.variant}), {len(train_set)} "
+                         f"train, {args.epochs} epochs, {len(args.seeds)} seeds")
+    md = table(summary)
     atomic_write(out / "results.md", (md + "\n").encode())
     try:
         from rich.console import Console

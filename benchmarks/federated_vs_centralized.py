@@ -1,6 +1,8 @@
 """Centralized MMVM vs federated MMVM at several exchange periods.
 
-Every run starts from the same seed (same initial weights, same batch schedule). The
+For each training seed (``--seeds``, default 0 1 2) every run starts from that seed
+(same initial weights, same batch schedule); the table gives mean ± standard error
+over seeds and the paired per-seed difference to the centralized run. The
 federated runs use the in-process transport, which moves exactly the bytes the Flower
 apps move (Arrow posterior tables, optionally float16, and shared weights); wall time
 therefore excludes Flower's messaging overhead (see the README for a `flwr run` timing).
@@ -29,6 +31,7 @@ from mmvm.classifiers import classifiers_for  # noqa: E402
 from mmvm.config import load_config  # noqa: E402
 from mmvm.data.dataset import MultimodalDataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
+from mmvm.data.hippocampus_knobs import parse_knobs  # noqa: E402
 from mmvm.evaluation import evaluate_run  # noqa: E402
 from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
@@ -50,9 +53,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="epochs per window in the cheapest ('round') mode")
     p.add_argument("--delta-tol", type=float, default=0.5,
                    help="tolerance of the event-triggered mode (latent units)")
+    p.add_argument("--hippocampus", default="default", type=parse_knobs,
+                   help="hippocampus look-alike (rat configs): default | dense (the "
+                        "first look-alike, v1) | knobs, e.g. 'tuning=1.0,noise-sd=0'")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/federated_vs_centralized"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="training seeds (default: %(default)s); the data is fixed")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
     return p.parse_args(argv)
 
@@ -83,7 +91,8 @@ def main(argv=None) -> int:
     names = [m.name for m in base.model.modalities]
     sites, files = ensure_default_sites(args.data_dir, "vertical", n_train=args.n_train,
                                         n_test=args.n_test, seed=base.train.seed,
-                                        modalities=tuple(names))
+                                        modalities=tuple(names),
+                                        hippocampus=args.hippocampus)
     full = Path(files[sites[0].name]["train"]).parents[2]
     cfg = load_config(args.config, args.overrides + [
         f"train.epochs={args.epochs}", "train.device=cpu", f"data.root={full}",
@@ -93,12 +102,30 @@ def main(argv=None) -> int:
     print(f"data: {len(train_set)} train / {len(test_set)} test at {full}", flush=True)
     clfs = classifiers_for(cfg)
     rows = []
+    for seed in args.seeds:
+        rows += run_seed(args, cfg, seed, sites, files, train_set, test_set, clfs)
+    exact = {r["seed"]: r["bytes"] for r in rows if r["mode"].endswith("every step")}
+    for r in rows:
+        r["bytes_vs_exact"] = round(exact[r["seed"]] / r["bytes"], 1) if r["bytes"] else None
+    summary = summarize(rows)
+    _write(out, rows, summary, vars(args))
+    print(_markdown(summary, len(args.seeds)))
+    print(f"\nwritten: {out / 'results.json'}, {out / 'results.csv'}")
+    return 0
 
+
+def run_seed(args, cfg0, seed, sites, files, train_set, test_set, clfs) -> list[dict]:
+    """Centralized and every federated mode at one training seed."""
+    import dataclasses
+
+    out = Path(args.out)
+    cfg = dataclasses.replace(cfg0, train=dataclasses.replace(
+        cfg0.train, seed=seed, out_dir=str(out / f"central-seed{seed}")))
     t0 = time.perf_counter()
     model = train(cfg, train_set, resume=False, show_progress=True).model
-    rows.append(_row("centralized", cfg, model, train_set, test_set, clfs,
-                     time.perf_counter() - t0, 0))
-    print(rows[-1], flush=True)
+    rows = [_row("centralized", cfg, model, train_set, test_set, clfs,
+                 time.perf_counter() - t0, 0)]
+    print(seed, rows[-1]["mode"], rows[-1]["probe"], flush=True)
     for name, exchange, k, local_epochs, f16, warmup, event in MODES:
         k = k or args.k
         local_epochs = local_epochs or args.local_epochs
@@ -116,14 +143,30 @@ def main(argv=None) -> int:
         fed.load_state_dict({n: torch.as_tensor(v) for n, v in res.model_state.items()})
         rows.append(_row(label, cfg, fed.eval(), train_set, test_set, clfs, seconds,
                          res.bytes_total, windows=len(res.history)))
-        print(rows[-1], flush=True)
-    exact = next(r["bytes"] for r in rows if r["mode"].endswith("every step"))
+        print(seed, rows[-1]["mode"], rows[-1]["probe"], flush=True)
     for r in rows:
-        r["bytes_vs_exact"] = round(exact / r["bytes"], 1) if r["bytes"] else None
-    _write(out, rows, vars(args))
-    print(_markdown(rows))
-    print(f"\nwritten: {out / 'results.json'}, {out / 'results.csv'}")
-    return 0
+        r["seed"] = seed
+        r["d_probe"] = r["probe"] - rows[0]["probe"]
+        r["d_coherence"] = r["coherence"] - rows[0]["coherence"]
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean ± standard error over seeds per mode (order of first appearance)."""
+    from mmvm.reporting.stats import estimate
+
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    out = []
+    for mode in modes:
+        mine = [r for r in rows if r["mode"] == mode]
+        row = {"mode": mode, "seeds": len(mine)}
+        for k in ("probe", "coherence", "recon_nll", "d_probe", "d_coherence", "seconds",
+                  "bytes", "bytes_vs_exact"):
+            est = estimate(r[k] for r in mine if r[k] is not None)
+            row[k] = est.mean if est else None
+            row[k + "_se"] = (est.se or 0.0) if est else None
+        out.append(row)
+    return out
 
 
 def _row(mode, cfg, model, train_set, test_set, clfs, seconds, nbytes, windows=0) -> dict:
@@ -135,10 +178,14 @@ def _row(mode, cfg, model, train_set, test_set, clfs, seconds, nbytes, windows=0
             "detail": ev}
 
 
-def _write(out: Path, rows: list[dict], args: dict) -> None:
-    (out / "results.json").write_text(json.dumps({"args": args, "rows": rows}, indent=2,
-                                                 default=str))
-    fields = ["mode", "probe", "coherence", "recon_nll", "seconds", "bytes",
+def _write(out: Path, rows: list[dict], summary: list[dict], args: dict) -> None:
+    (out / "results.json").write_text(json.dumps(
+        {"args": args, "rows": rows, "summary": summary}, indent=2, default=str))
+    with open(out / "summary.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(summary[0]))
+        w.writeheader()
+        w.writerows(summary)
+    fields = ["mode", "seed", "probe", "coherence", "recon_nll", "seconds", "bytes",
               "bytes_vs_exact", "windows"]
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
@@ -146,14 +193,23 @@ def _write(out: Path, rows: list[dict], args: dict) -> None:
         w.writerows(rows)
 
 
-def _markdown(rows: list[dict]) -> str:
-    lines = ["| mode | probe acc | coherence | recon NLL | wall s | MB exchanged | "
-             "bytes cut vs exact |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        cut = f"{r['bytes_vs_exact']}x" if r["bytes_vs_exact"] else "-"
-        lines.append(f"| {r['mode']} | {r['probe']:.3f} | {r['coherence']:.3f} | "
-                     f"{r['recon_nll']:.1f} | {r['seconds']:.0f} | {r['bytes'] / 1e6:.1f} | "
-                     f"{cut} |")
+def _markdown(summary: list[dict], seeds: int) -> str:
+    def pm(r, k, d=3, sign=""):
+        return f"{r[k]:{sign}.{d}f} ± {r[k + '_se']:.{d}f}"
+
+    lines = [f"mean ± standard error over {seeds} seed(s); Δ = paired difference to "
+             "centralized", "",
+             "| mode | probe acc | Δ probe | coherence | Δ coherence | recon NLL | wall s "
+             "| MB exchanged | bytes cut vs exact |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        cut = f"{r['bytes_vs_exact']:.1f}x" if r["bytes_vs_exact"] else "-"
+        central = r["mode"] == "centralized"
+        lines.append(f"| {r['mode']} | {pm(r, 'probe')} | "
+                     f"{'—' if central else pm(r, 'd_probe', sign='+')} | "
+                     f"{pm(r, 'coherence')} | "
+                     f"{'—' if central else pm(r, 'd_coherence', sign='+')} | "
+                     f"{pm(r, 'recon_nll', 1)} | {r['seconds']:.0f} | "
+                     f"{r['bytes'] / 1e6:.1f} | {cut} |")
     return "\n".join(lines)
 
 

@@ -8,7 +8,9 @@ independent VAEs, at the same epochs, for several seeds, and reports the latent
 probes: the mean over modalities of a per-modality logistic regression on the
 unimodal means ("probe"), and one classifier over every modality's latents together
 ("pooled", the paper's hippocampus protocol: high only if the modalities share one
-latent space). Mean and standard deviation over seeds; JSON and CSV next to the table.
+latent space). Mean and standard error over seeds, and the paired per-seed
+difference of each method to the first (mmvm) with its standard error; JSON and CSV
+next to the table.
 
     python benchmarks/main_job_methods.py                  # 3 seeds x 2 methods
     python benchmarks/main_job_methods.py --seeds 0 1 2 3 4 --methods mmvm independent
@@ -24,7 +26,6 @@ import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ from mmvm.config import load_config  # noqa: E402
 from mmvm.data import open_dataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
 from mmvm.evaluation import encode_dataset, present_labels, probe_accuracy  # noqa: E402
+from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
 
@@ -85,15 +87,21 @@ def main(argv=None) -> int:
     summary = {}
     for method in args.methods:
         mine = [r for r in rows if r["method"] == method]
-        summary[method] = {k: (float(np.mean([r[k] for r in mine])),
-                               float(np.std([r[k] for r in mine], ddof=1))
-                               if len(mine) > 1 else 0.0)
+        summary[method] = {k: mean_se([r[k] for r in mine])
                            for k in ("probe", "pooled", "train_s")}
+    first = args.methods[0]
+    paired = {}
+    for method in args.methods[1:]:
+        by_seed = {r["seed"]: r for r in rows if r["method"] == method}
+        ref = {r["seed"]: r for r in rows if r["method"] == first}
+        paired[f"{first} - {method}"] = {
+            k: mean_se([ref[s][k] - by_seed[s][k] for s in args.seeds])
+            for k in ("probe", "pooled")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(
         {"data": str(data), "app_config": rc, "extra": args.set, "rows": rows,
-         "summary": summary}, indent=2))
+         "summary": summary, "paired": paired}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -102,9 +110,18 @@ def main(argv=None) -> int:
     print("| method | probe (mean over modalities) | pooled probe | train s |")
     print("|---|---|---|---|")
     for method, s in summary.items():
-        print(f"| {method} | {s['probe'][0]:.3f} +/- {s['probe'][1]:.3f} | "
-              f"{s['pooled'][0]:.3f} +/- {s['pooled'][1]:.3f} | {s['train_s'][0]:.0f} |")
+        print(f"| {method} | {s['probe'][0]:.3f} ± {s['probe'][1]:.3f} | "
+              f"{s['pooled'][0]:.3f} ± {s['pooled'][1]:.3f} | {s['train_s'][0]:.0f} |")
+    for name, d in paired.items():
+        print(f"| {name} (paired) | {d['probe'][0]:+.3f} ± {d['probe'][1]:.3f} | "
+              f"{d['pooled'][0]:+.3f} ± {d['pooled'][1]:.3f} | |")
     return 0
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value), as `mmvm report`."""
+    est = estimate(values)
+    return est.mean, est.se or 0.0
 
 
 if __name__ == "__main__":
