@@ -33,8 +33,7 @@ from mmvm.classifiers import classifiers_for  # noqa: E402
 from mmvm.config import load_config  # noqa: E402
 from mmvm.data.dataset import MultimodalDataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
-from mmvm.data.hippocampus import make_hippocampus  # noqa: E402
-from mmvm.data.sites import site_layout, split_sites  # noqa: E402
+from mmvm.data.hippocampus_knobs import parse_knobs  # noqa: E402
 from mmvm.evaluation import evaluate_run  # noqa: E402
 from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.plan import PlanArgs  # noqa: E402
@@ -53,8 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--away", type=float, default=0.2, help="fraction of windows missed")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--tuning", type=float, default=None,
-                   help="odor tuning strength of the look-alike (sd of log-rate); "
-                        "default: the embedded default data (1.0)")
+                   help="log-rate SD of the look-alike's tuned neurons (over "
+                        "--hippocampus); default: that of --hippocampus")
+    p.add_argument("--hippocampus", default="default", type=parse_knobs,
+                   help="hippocampus look-alike (rat configs): default | dense (the "
+                        "first look-alike, v1) | knobs, e.g. 'tuning=1.0,noise-sd=0'")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/faults"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -71,12 +73,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(args.config, args.overrides)
     names = [m.name for m in base.model.modalities]
-    if args.tuning is None:
-        sites, files = ensure_default_sites(args.data_dir, "vertical", seed=0,
-                                            modalities=tuple(names))
-        full = Path(files[sites[0].name]["train"]).parents[2]
-    else:
-        sites, files, full = _tuned_sites(Path(args.data_dir), names, args.tuning)
+    knobs = args.hippocampus if args.tuning is None else {**args.hippocampus,
+                                                           "tuning": args.tuning}
+    sites, files = ensure_default_sites(args.data_dir, "vertical", seed=0,
+                                        modalities=tuple(names), hippocampus=knobs)
+    full = Path(files[sites[0].name]["train"]).parents[2]
     train_set = MultimodalDataset.from_parquet(full / "train.parquet", names)
     test_set = MultimodalDataset.from_parquet(full / "test.parquet", names)
     site_files = {s.name: (files[s.name]["train"], None) for s in sites}
@@ -116,18 +117,6 @@ def main(argv=None) -> int:
     print(markdown(table, args))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.csv'}")
     return 0
-
-
-def _tuned_sites(data_dir: Path, names: list[str], tuning: float):
-    """Vertical sites of a look-alike made with odor tuning ``tuning``."""
-    full = data_dir / f"hippocampus-tuning{tuning:g}"
-    if not (full / "test.parquet").exists():
-        make_hippocampus(full, seed=0, tuning=tuning)
-    sites = site_layout("vertical", names)
-    if not (full / "sites" / "sites.json").exists():
-        split_sites([full / "train.parquet", full / "test.parquet"], full / "sites", sites)
-    files = json.loads((full / "sites" / "sites.json").read_text())["files"]
-    return sites, files, full
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:

@@ -72,7 +72,8 @@ def _site_files(nc, s: FederationSettings) -> tuple[str, str, str | None]:
                                             s.n_train, s.n_test,
                                             seed=s.experiment.train.seed,
                                             modalities=tuple(s.modalities),
-                                            variant=s.data_variant)
+                                            variant=s.data_variant,
+                                            hippocampus=s.hippocampus)
     except ValueError as err:
         raise ConfigError(f"simulation data: {err}") from None
     if num != len(sites):

@@ -219,7 +219,8 @@ def _eval_data(s: FederationSettings, result: FederationResult) -> str | None:
         sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,
                                             s.n_train, s.n_test, seed=s.experiment.train.seed,
                                             modalities=tuple(s.modalities),
-                                            variant=s.data_variant)
+                                            variant=s.data_variant,
+                                            hippocampus=s.hippocampus)
     except ValueError as err:  # a deployment on its own data: nothing to evaluate here
         print(f"mmvm: no server-side evaluation ({err})", flush=True)
         return None

@@ -2,7 +2,8 @@
 
 Which look-alike is chosen by the experiment's modalities: ``m0, m1, m2`` -> the
 PolyMNIST look-alike (``n_train``/``n_test`` samples), ``rat1..rat5`` -> the
-hippocampus look-alike (its size is fixed by its trial counts).
+hippocampus look-alike (its size is fixed by its trial counts; ``hippocampus``: its
+knobs over the defaults, each set of knobs in a folder of its own).
 
 Made on first use, under a file lock, so that several simulated sites starting at
 once on one machine build it exactly once. Every file is written atomically, so a run
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from mmvm.data.hippocampus import MODALITIES as RAT_MODALITIES
 from mmvm.data.hippocampus import make_hippocampus
+from mmvm.data.hippocampus_knobs import knobs_tag, resolve_knobs
 from mmvm.data.polymnist import make_polymnist
 from mmvm.data.sites import SiteSpec, site_layout, split_sites
 
@@ -33,17 +36,28 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def hippocampus_folder(root: str | Path, seed: int,
+                       knobs: Mapping[str, float] | None = None) -> Path:
+    """``<root>/hippocampus-seed<seed>-<knobs tag>``: one folder per simulation, so a
+    folder made with other knobs (or before they existed) is never taken for it."""
+    return Path(root).expanduser() / f"hippocampus-seed{seed}-{knobs_tag(knobs or {})}"
+
+
 def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards: int = 2,
                          missing: float = 0.0, n_train: int = 3000, n_test: int = 1000,
                          seed: int = 0, modalities: tuple[str, ...] = ("m0", "m1", "m2"),
-                         variant: str = "translated"
+                         variant: str = "translated",
+                         hippocampus: Mapping[str, float] | None = None
                          ) -> tuple[list[SiteSpec], dict[str, dict[str, str]]]:
     """Sites of ``layout`` and their ``{site: {"train": path, "test": path}}`` files.
-    ``variant``: the PolyMNIST look-alike's (``mmvm.data.polymnist.VARIANTS``)."""
+    ``variant``: the PolyMNIST look-alike's (``mmvm.data.polymnist.VARIANTS``);
+    ``hippocampus``: the hippocampus look-alike's knobs (``mmvm.data.hippocampus_knobs``,
+    None = the defaults)."""
     root = Path(data_dir).expanduser()
     if tuple(modalities) == tuple(RAT_MODALITIES):
-        full = root / f"hippocampus-seed{seed}"
-        make = lambda: make_hippocampus(full, seed=seed)  # noqa: E731
+        knobs = resolve_knobs(hippocampus)
+        full = hippocampus_folder(root, seed, knobs)
+        make = lambda: make_hippocampus(full, seed=seed, **knobs)  # noqa: E731
     elif tuple(modalities) == ("m0", "m1", "m2"):
         prefix = "polymnist" if variant == "translated" else f"polymnist-{variant}"
         full = root / f"{prefix}-seed{seed}-n{n_train}-{n_test}"

@@ -5,18 +5,26 @@ The real data (Shahbaba et al. 2022, used by Sutter et al. 2024) are spike count
 odors A-E. The look-alike keeps everything the model sees and replaces the neurons by
 a seeded simulation.
 
-Simulation, per rat r (its own generator ``default_rng([seed, 1, r])``):
+Simulation, per rat r (generators ``default_rng([seed, 1, r])`` and, for the tuned
+subset and the noise, ``default_rng([seed, 3, r])``); the knobs are :data:`KNOBS`:
 
 - neuron n: baseline rate ``b_n ~ LogNormal(log 4 Hz, 0.8)``, response latency
-  ``l_n ~ U(0, 8)`` bins, odor tuning ``a_{n,o} ~ N(0, tuning^2)`` for each odor o.
-  Tuning is drawn independently per rat, so rats share the odor, never the code: the
-  rats are not aligned in input space (they do not even have the same dimension).
+  ``l_n ~ U(0, 8)`` bins. A random ``round(tuned_fraction * neurons)`` of the rat's
+  neurons are odor-tuned, ``a_{n,o} ~ N(0, tuning^2)`` for each odor o; the others have
+  ``a_{n,o} = 0`` (same rate for every odor). Subset and tuning are drawn independently
+  per rat, so rats share the odor, never the code: the rats are not aligned in input
+  space (they do not even have the same dimension).
 - session: ``trials_per_odor + U{0..extra}`` trials of each of the five odors (E is
-  recorded but, as in the paper, never used) in random order; trial gain
-  ``g ~ LogNormal(0, 0.2)``; correctness ``~ Bernoulli(0.85)``.
+  recorded but, as in the paper, never used) in random order; trial gain shared by the
+  rat's neurons ``g ~ LogNormal(0, gain_sd)``; per-trial, per-neuron log-rate noise
+  ``e ~ N(0, noise_sd^2)`` (overdispersion); correctness ``~ Bernoulli(0.85)``.
 - spike count of neuron n in bin t of a trial with odor o:
-  ``Poisson(10 ms * b_n * g * exp(a_{n,o} * s((t - onset - l_n) / 1.5)))`` with s the
-  logistic function: baseline before onset, an odor-specific response after it.
+  ``Poisson(10 ms * b_n * g * exp(a_{n,o} * s((t - onset - l_n) / 1.5) + e_n))`` with
+  s the logistic function: baseline before onset, an odor-specific response after it.
+
+:data:`DENSE_V1` (every neuron tuned with SD 1.0, gain SD 0.2, no noise) is the first
+look-alike, reproduced bit for bit; it builds a strong shared odor code into all rats.
+docs/hippocampus-lookalike.md has the defaults' raw odor decoding and the sources.
 
 Samples (the authors' ``SPIKE`` dataset, yangmeng96/mmvmvae-hippocampal): rats are
 aligned by (odor, index of the trial among that rat's trials of that odor), keeping
@@ -31,11 +39,13 @@ aligned trials), so every sub-window of a test trial is unseen in training.
 Raw layout (:func:`write_hippocampus_raw`, read by ``mmvm.data.prepare.hippocampus``)
 follows the authors' loader: ``<src>/<rat>/<rat>_spike_data_binned.npy`` int
 ``[trials, neurons, bins]`` and ``<src>/<rat>/<rat>_trial_info.npy``
-``[trials, 4]`` with column 0 = correct (1/0) and column 3 = odor (1..5 = A..E).
+``[trials, 4]`` with column 0 = correct (1/0) and column 3 = odor (1..5 = A..E); the
+knobs go to ``<src>/lookalike.json``, which ``prepare`` copies into the metadata.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +53,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mmvm.data.hippocampus_knobs import (  # noqa: F401 - re-exported
+    DEFAULTS,
+    DENSE_V1,
+    KNOBS,
+    check_knobs,
+    preset_name,
+)
 from mmvm.data.store import DataError, write_site_table
 
 RATS = ("barat", "buchanan", "mitt", "stella", "superchris")  # the authors' order
@@ -61,49 +78,61 @@ Progress = Callable[[str, int, int], None]  # (description, step, total)
 @dataclass(frozen=True)
 class RatSession:
     """One rat's recording: ``spikes`` int ``[trials, neurons, bins]``, ``odor`` int
-    ``[trials]`` (0..4 = A..E), ``correct`` int ``[trials]``, odor onset bin."""
+    ``[trials]`` (0..4 = A..E), ``correct`` int ``[trials]``, odor onset bin;
+    ``tuned`` bool ``[neurons]``: which neurons are odor-tuned (simulations only)."""
 
     name: str
     spikes: np.ndarray
     odor: np.ndarray
     correct: np.ndarray
     onset: int
+    tuned: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------- simulation
 
 
 def simulate_sessions(seed: int = 0, trials_per_odor: int = 50, extra_trials: int = 8,
-                      tuning: float = 1.0, onsets: Sequence[int] = ONSETS,
+                      tuning: float = DEFAULTS["tuning"], onsets: Sequence[int] = ONSETS,
                       post_bins: int = 25, neurons: Sequence[int] = NEURONS,
-                      names: Sequence[str] = RATS) -> list[RatSession]:
+                      names: Sequence[str] = RATS, *,
+                      tuned_fraction: float = DEFAULTS["tuned_fraction"],
+                      gain_sd: float = DEFAULTS["gain_sd"],
+                      noise_sd: float = DEFAULTS["noise_sd"]) -> list[RatSession]:
     """Simulated raw sessions of all rats (see the module docstring).
 
     ``onsets[r]`` bins of baseline precede odor onset; ``post_bins`` follow the
     250 ms window. Deterministic in all arguments.
     """
+    knobs = check_knobs(tuned_fraction, tuning, gain_sd, noise_sd)
     if not (len(onsets) == len(neurons) == len(names)):
         raise ValueError("onsets, neurons and names need one entry per rat")
     if trials_per_odor < 1 or extra_trials < 0:
         raise ValueError("trials_per_odor must be >= 1 and extra_trials >= 0")
     sessions = []
     for r, (name, n, onset) in enumerate(zip(names, neurons, onsets, strict=True)):
-        rng = np.random.default_rng([seed, 1, r])
+        rng = np.random.default_rng([seed, 1, r])  # the v1 stream, draw for draw
+        extra = np.random.default_rng([seed, 3, r])  # tuned subset and noise
         # baseline in spikes per bin
         base = np.exp(rng.normal(np.log(4.0), 0.8, size=n)) * BIN_MS / 1000
         latency = rng.uniform(0, 8, size=n)
-        tune = rng.normal(0.0, tuning, size=(len(ODORS), n))  # [odor, neuron]
+        tuned = np.zeros(n, bool)
+        tuned[extra.permutation(n)[:int(round(knobs["tuned_fraction"] * n))]] = True
+        tune = rng.normal(0.0, knobs["tuning"], size=(len(ODORS), n)) * tuned  # [odor, n]
         counts = trials_per_odor + rng.integers(0, extra_trials + 1, size=len(ODORS))
         odor = rng.permutation(np.repeat(np.arange(len(ODORS)), counts))
         n_trials, n_bins = len(odor), onset + WINDOW_BINS + post_bins
-        gain = np.exp(rng.normal(0.0, 0.2, size=n_trials))
+        gain = np.exp(rng.normal(0.0, knobs["gain_sd"], size=n_trials))
+        noise = extra.normal(0.0, knobs["noise_sd"], size=(n_trials, n))
         correct = (rng.random(n_trials) < 0.85).astype(np.int64)
         t = np.arange(n_bins)
         profile = 1 / (1 + np.exp(-((t[None, :] - onset - latency[:, None]) / 1.5)))
-        log_rate = tune[odor][:, :, None] * profile[None]  # [trials, neurons, bins]
+        # [trials, neurons, bins]; + 0.0 noise leaves the v1 values bit for bit
+        log_rate = tune[odor][:, :, None] * profile[None] + noise[:, :, None]
         rate = base[None, :, None] * gain[:, None, None] * np.exp(log_rate)
         spikes = rng.poisson(rate).astype(np.int16)
-        sessions.append(RatSession(name, spikes, odor.astype(np.int64), correct, onset))
+        sessions.append(RatSession(name, spikes, odor.astype(np.int64), correct, onset,
+                                   tuned))
     return sessions
 
 
@@ -196,9 +225,27 @@ def write_splits(out_dir: str | os.PathLike, data: Mapping[str, dict], meta: dic
 # ------------------------------------------------------------------------------ public
 
 
+def simulation_meta(trials_per_odor: int, extra_trials: int,
+                    knobs: Mapping[str, float]) -> dict:
+    """The ``simulation`` entry of the files' metadata: every knob and the model."""
+    return {"preset": preset_name(knobs), "version": 2, **{k: knobs[k] for k in KNOBS},
+            "trials_per_odor": trials_per_odor, "extra_trials": extra_trials,
+            "baseline": "LogNormal(log 4 Hz, 0.8)", "latency": "U(0, 8) bins",
+            "tuned": "round(tuned_fraction * neurons) random neurons per rat",
+            "odor_tuning": "a_no ~ N(0, tuning^2) if tuned else 0",
+            "trial_gain": f"LogNormal(0, {knobs['gain_sd']:g}) per trial",
+            "noise": f"e_n ~ N(0, {knobs['noise_sd']:g}^2) per trial and neuron",
+            "rate": "b_n g exp(a_no s((t - onset - l_n) / 1.5) + e_n), Poisson",
+            "rng": "numpy default_rng([seed, 1, rat]), tuned subset and noise "
+                   "[seed, 3, rat]; split [seed, 2]"}
+
+
 def make_hippocampus(out_dir: str | os.PathLike, seed: int = 0,
                      trials_per_odor: int = 50, *, extra_trials: int = 8,
-                     tuning: float = 1.0, test_fraction: float = 0.2,
+                     tuning: float = DEFAULTS["tuning"],
+                     tuned_fraction: float = DEFAULTS["tuned_fraction"],
+                     gain_sd: float = DEFAULTS["gain_sd"],
+                     noise_sd: float = DEFAULTS["noise_sd"], test_fraction: float = 0.2,
                      row_group_size: int = 1024,
                      progress: Progress | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the hippocampus look-alike.
@@ -209,28 +256,27 @@ def make_hippocampus(out_dir: str | os.PathLike, seed: int = 0,
     seed : everything (neurons, sessions, spikes, split) is a function of it.
     trials_per_odor : at least this many trials of each odor per rat (each rat gets
         up to ``extra_trials`` more); aligned trials per odor = the minimum over rats.
-    tuning : standard deviation of the neurons' log-rate odor tuning (signal strength).
+    tuning, tuned_fraction, gain_sd, noise_sd : the simulation's knobs (:data:`KNOBS`;
+        ``**DENSE_V1`` gives the first, dense look-alike).
     test_fraction : share of each odor's aligned trials held out for test.
 
     Returns
     -------
     ``{"train": path, "test": path}``; with the defaults about 2,600 / 650 samples.
     """
+    knobs = check_knobs(tuned_fraction, tuning, gain_sd, noise_sd)
     total = 3
     step = (lambda d, i: progress(d, i, total)) if progress else (lambda d, i: None)
     step("simulating spikes", 0)
-    sessions = simulate_sessions(seed, trials_per_odor, extra_trials, tuning)
+    sessions = simulate_sessions(seed, trials_per_odor, extra_trials, **knobs)
     step("cutting windows", 1)
     data = window_samples(sessions, MODALITIES, test_fraction, seed)
     meta = {
         "name": "hippocampus-lookalike", "seed": seed, "modalities": list(MODALITIES),
-        "rats": dict(zip(MODALITIES, RATS, strict=True)), "neurons": dict(zip(MODALITIES, NEURONS, strict=True)),
+        "rats": dict(zip(MODALITIES, RATS, strict=True)),
+        "neurons": dict(zip(MODALITIES, NEURONS, strict=True)),
         "odors": list(ODORS[:N_ODORS]), "label": "odor (0..3 = A..D)",
-        "simulation": {"trials_per_odor": trials_per_odor, "extra_trials": extra_trials,
-                       "tuning": tuning, "baseline": "LogNormal(log 4 Hz, 0.8)",
-                       "latency": "U(0, 8) bins", "trial_gain": "LogNormal(0, 0.2)",
-                       "rate": "b_n g exp(a_no s((t - onset - l_n) / 1.5)), Poisson",
-                       "rng": "numpy default_rng([seed, 1, rat]); split [seed, 2]"},
+        "simulation": simulation_meta(trials_per_odor, extra_trials, knobs),
         "recipe": recipe(), "test_fraction": test_fraction,
         "versions": {"numpy": np.__version__},
         "created_by": "mmvm.data.hippocampus.make_hippocampus",
@@ -241,21 +287,29 @@ def make_hippocampus(out_dir: str | os.PathLike, seed: int = 0,
     return paths
 
 
+SIMULATION_FILE = "lookalike.json"  # in a raw folder: the simulation that wrote it
+
+
 def write_hippocampus_raw(src: str | os.PathLike, seed: int = 0,
                           trials_per_odor: int = 50, *, extra_trials: int = 8,
-                          tuning: float = 1.0, onsets: Sequence[int] = ONSETS,
-                          post_bins: int = 25,
+                          tuning: float = DEFAULTS["tuning"],
+                          tuned_fraction: float = DEFAULTS["tuned_fraction"],
+                          gain_sd: float = DEFAULTS["gain_sd"],
+                          noise_sd: float = DEFAULTS["noise_sd"],
+                          onsets: Sequence[int] = ONSETS, post_bins: int = 25,
                           neurons: Sequence[int] = NEURONS) -> dict[str, Path]:
-    """Write simulated sessions in the authors' raw layout (module docstring).
+    """Write simulated sessions in the authors' raw layout (module docstring), and the
+    knobs in ``<src>/lookalike.json`` (``prepare`` records them in its metadata).
 
-    ``prepare_hippocampus(src, out, seed=seed)`` on the result gives exactly the files
-    of ``make_hippocampus(out, seed, trials_per_odor, ...)`` (same arrays, same split)
-    when ``onsets``/``neurons`` are the defaults.
+    ``prepare_hippocampus(src, out, seed=seed)`` on the result gives exactly the arrays
+    and split of ``make_hippocampus(out, seed, trials_per_odor, ...)`` with the same
+    knobs, when ``onsets``/``neurons`` are the defaults.
     """
+    knobs = check_knobs(tuned_fraction, tuning, gain_sd, noise_sd)
     src = Path(src)
     paths = {}
-    sessions = simulate_sessions(seed, trials_per_odor, extra_trials, tuning, onsets,
-                                 post_bins, neurons)
+    sessions = simulate_sessions(seed, trials_per_odor, extra_trials, onsets=onsets,
+                                 post_bins=post_bins, neurons=neurons, **knobs)
     for s in sessions:
         d = src / s.name
         d.mkdir(parents=True, exist_ok=True)
@@ -264,4 +318,6 @@ def write_hippocampus_raw(src: str | os.PathLike, seed: int = 0,
         np.save(d / f"{s.name}_spike_data_binned.npy", s.spikes)
         np.save(d / f"{s.name}_trial_info.npy", info)
         paths[s.name] = d
+    sim = {"seed": seed, **simulation_meta(trials_per_odor, extra_trials, knobs)}
+    (src / SIMULATION_FILE).write_text(json.dumps(sim, indent=1))
     return paths

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmvm.config import ConfigError, ExperimentConfig, load_config
+from mmvm.data.hippocampus_knobs import parse_knobs
 from mmvm.data.sites import LAYOUTS
 from mmvm.federation.plan import EXCHANGES, PlanArgs
 
@@ -52,6 +53,7 @@ class FederationSettings:
     keys_dir: str
     align: str
     data_variant: str
+    hippocampus: dict  # the simulation's hippocampus look-alike knobs
 
     @property
     def modalities(self) -> list[str]:
@@ -86,6 +88,14 @@ def _path(rc: Mapping, key: str) -> str:
     return str(Path(value).expanduser()) if value else ""
 
 
+def _hippocampus(rc: Mapping) -> dict:
+    text = _get(rc, "hippocampus", str)
+    try:
+        return parse_knobs(text)
+    except ValueError as err:
+        raise ConfigError(f"run config: hippocampus = {text!r}: {err}") from None
+
+
 def load_settings(rc: Mapping) -> FederationSettings:
     """Parse a Flower ``context.run_config`` into settings (paths expanded)."""
     cfg_path = Path(_get(rc, "config", str))
@@ -111,7 +121,8 @@ def load_settings(rc: Mapping) -> FederationSettings:
         pause_timeout=_get(rc, "pause-timeout", float), resume=_get(rc, "resume", str).strip(),
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
-        align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str))
+        align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str),
+        hippocampus=_hippocampus(rc))
     _check(s)
     return s
 

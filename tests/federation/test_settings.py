@@ -38,10 +38,22 @@ def test_overrides_and_string_forms_of_flower_values():
     ({"reply_timeout": 0}, r"reply-timeout = 0.0 and connect-timeout = 30.0 must be > 0"),
     ({"secure": True, "delta_tol": 0.1}, r"delta-tol .* not available with secure"),
     ({"set": "train.epochz=2"}, r"did you mean 'train.epochs'"),
+    ({"hippocampus": "tuning=-1"}, r"hippocampus = 'tuning=-1': tuning is a standard dev"),
+    ({"hippocampus": "sparse"}, r"hippocampus = 'sparse': 'sparse': expected name=number"),
 ])
 def test_bad_values_fail_naming_the_key(change, match):
     with pytest.raises(ConfigError, match=match):
         load_settings(app_run_config(**change))
+
+
+def test_hippocampus_lookalike_knobs():
+    """The simulation's hippocampus look-alike: defaults, the dense v1 preset, knobs."""
+    from mmvm.data.hippocampus import DEFAULTS, DENSE_V1
+
+    assert load_settings(app_run_config()).hippocampus == DEFAULTS
+    assert load_settings(app_run_config(hippocampus="dense")).hippocampus == DENSE_V1
+    s = load_settings(app_run_config(hippocampus="tuning=1.0, tuned-fraction=0.5"))
+    assert s.hippocampus == {**DEFAULTS, "tuning": 1.0, "tuned_fraction": 0.5}
 
 
 def test_unknown_and_missing_keys():

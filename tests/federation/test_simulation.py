@@ -37,10 +37,12 @@ def _status(fleet: Fleet, connection: str, run_id: str) -> str:
 
 @pytest.mark.slow
 def test_flwr_run_on_ray_trains_hippocampus_sites(tmp_path):
-    """5 rats = 5 sites (one modality each), per-round exchange, float16 posteriors."""
+    """5 rats = 5 sites (one modality each), per-round exchange, float16 posteriors.
+    The dense (v1) look-alike: 12 epochs learn its strong odor code (probes > 0.4); the
+    default one is weak by design (docs/hippocampus-lookalike.md)."""
     rc = (f"config='configs/hippocampus.toml' "
           f"set='train.epochs=12;train.lr=3e-3;train.device=cpu;{WIDTHS}' "
-          f"num-sites=5 exchange='round' data-dir='{tmp_path}/data' "
+          f"num-sites=5 exchange='round' hippocampus='dense' data-dir='{tmp_path}/data' "
           f"out-dir='{tmp_path}/runs' state-dir='{tmp_path}/state'")
     with Fleet(tmp_path / "fleet") as fleet:
         link = fleet.start_superlink(simulation=True)

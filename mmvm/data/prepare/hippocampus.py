@@ -17,6 +17,7 @@ and ``test.parquet`` with columns ``rat1..rat5`` (float32 ``[neurons, 10]``),
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,22 @@ def load_session(src: Path, rat: str, onset: int) -> H.RatSession:
     return H.RatSession(rat, spikes, odor, info[:, 0].astype(np.int64), int(onset))
 
 
+def read_simulation(src: Path) -> dict | None:
+    """The knobs of a simulated raw folder (``<src>/lookalike.json``), or None."""
+    path = src / H.SIMULATION_FILE
+    if not path.is_file():
+        return None
+    if path.stat().st_size > 65536:
+        raise DataError(f"{path}: over 64 KiB, not a look-alike's knobs")
+    try:
+        sim = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(sim, dict):
+        raise DataError(f"{path}: expected a JSON object of simulation knobs")
+    return sim
+
+
 def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                         rats: Sequence[str] = H.RATS,
                         onsets: Sequence[int] = H.ONSETS, seed: int = 0,
@@ -103,6 +120,9 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         "recipe": H.recipe(), "versions": {"numpy": np.__version__},
         "created_by": "mmvm.data.prepare.hippocampus.prepare_hippocampus",
     }
+    simulation = read_simulation(src)
+    if simulation is not None:  # a look-alike written by `data make hippocampus --raw`
+        meta["simulation"] = simulation
     step("writing", len(rats) + 1)
     with staged_output(out_dir) as stage:
         paths = H.write_splits(stage, data, meta, row_group_size)
