@@ -234,6 +234,7 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, i
         # how the data is read (streamed or in memory) never changes the result
         d["data"] = {k: v for k, v in d["data"].items() if k not in _READ_ONLY_KEYS}
         d.pop("source", None)
+        d.pop("eval", None)  # how the model is scored afterwards never changes training
     if saved != now:
         raise ValueError(
             f"checkpoint {path} was written with a different config; "

@@ -145,6 +145,21 @@ def test_a_checkpoint_from_before_new_config_keys_resumes(tmp_path, data):
     assert len(resumed.history) == 2
 
 
+def test_resume_ignores_how_the_model_is_evaluated(tmp_path, data):
+    """The [eval] section scores a finished model; changing it never refuses a resume
+    (a benchmark re-scores saved runs under a new protocol without retraining)."""
+    import dataclasses
+
+    first = train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    blob = (tmp_path / "checkpoint.pt").read_bytes()
+    cfg = _cfg(tmp_path, epochs=1)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
+        cfg.eval, probe_standardize=True, coherence_sample=False, probe_train=7))
+    again = train(cfg, data, show_progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == blob
+    assert _params_equal(first.model, again.model)
+
+
 def test_resume_with_fewer_epochs_than_checkpoint_raises(tmp_path, data):
     train(_cfg(tmp_path, epochs=2), data, show_progress=False)
     with pytest.raises(ValueError, match=r"already trained for 2 epochs.*train\.epochs = 1"):
