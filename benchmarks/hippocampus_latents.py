@@ -216,25 +216,35 @@ def figures(summary: list[dict], mus: dict, out: Path) -> list[Path]:
     paths = [out / "latents.png", out / "probes_vs_tuning.png"]
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
+    plot_probes(summary, paths[1])
+    return paths
+
+
+def plot_probes(summary: list[dict], path: Path) -> Path:
+    """probes_vs_tuning.png: both probes against tuning; one colour per run in both
+    panels (the raw decoders only have a per-rat value)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    names = list(dict.fromkeys(s["run"] for s in summary))
+    colour = {run: plt.get_cmap("tab10")(i % 10) for i, run in enumerate(names)}
     for ax, key, title in zip(axes, ("pooled", "per_rat"),
                               ("pooled odor probe (all rats)", "per-rat probe (mean)"),
                               strict=True):
-        for run in dict.fromkeys(s["run"] for s in summary):
+        for run in names:
             pts = [(s["tuning"], s[key]) for s in summary if s["run"] == run and s[key]]
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
                             yerr=[p[1]["se"] or 0 for p in pts], marker="o", capsize=3,
-                            label=run, linestyle="--" if run in (RAW, RAW_SUB) else "-")
+                            label=run, color=colour[run],
+                            linestyle="--" if run in (RAW, RAW_SUB) else "-")
         ax.axhline(0.25, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("tuning (log-rate SD of tuned neurons)")
         ax.set_title(title, fontsize=10)
     axes[0].set_ylabel("test accuracy (chance 0.25)")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
+    return path
 
 
 def main(argv=None) -> int:
