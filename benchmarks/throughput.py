@@ -10,8 +10,9 @@ Two model sizes on the PolyMNIST look-alike's shape (3 x 28 x 28, 3 modalities):
 and, for each, what PyTorch offers on a CPU: threads (1, all cores), the NHWC memory
 format (``channels_last``), bfloat16 autocast (``amp = "bf16"``) and ``torch.compile``.
 Each row: warm-up steps (compilation included there), then timed steps on random
-batches (throughput does not depend on the values). Writes ``results.json`` and
-``results.csv`` and prints a table.
+batches (throughput does not depend on the values), repeated ``--repeats`` times
+(default 3, each a fresh model): mean ± standard error of samples per second. Writes
+``results.json`` and ``results.csv`` and prints a table.
 
     python benchmarks/throughput.py                       # ~10 min on 2 cores
     python benchmarks/throughput.py --sizes cpu --steps 5  # quick look
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmvm import accel  # noqa: E402
 from mmvm.config import load_config  # noqa: E402
+from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import build_model, train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="measurements per row")
     p.add_argument("--out", default="benchmarks/results/throughput")
     args = p.parse_args(argv)
     rows = []
@@ -85,26 +88,31 @@ def main(argv=None) -> int:
         base = None
         for label, threads, cl, amp, comp in VARIANTS:
             try:
-                sps = measure(size, threads, cl, amp, comp, args.steps, args.warmup)
+                runs = [measure(size, threads, cl, amp, comp, args.steps, args.warmup)
+                        for _ in range(args.repeats)]
             except Exception as err:  # e.g. no compiler for torch.compile
                 print(f"{size} / {label}: failed ({type(err).__name__}: {err})", flush=True)
                 continue
-            base = base or sps
-            rows.append({"size": size, "variant": label, "samples_per_s": round(sps, 1),
-                         "vs_1_thread": round(sps / base, 2)})
+            est = estimate(runs)
+            base = base or est.mean
+            rows.append({"size": size, "variant": label, "samples_per_s": round(est.mean, 1),
+                         "se": round(est.se or 0.0, 1), "repeats": len(runs),
+                         "vs_1_thread": round(est.mean / base, 2)})
             print(rows[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "cores": os.cpu_count(), "steps": args.steps,
-            "warmup": args.warmup}
+            "warmup": args.warmup, "repeats": args.repeats}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print("\n| size | variant | samples/s | vs 1 thread |\n|---|---|---|---|")
+    print(f"\nmean ± standard error over {args.repeats} repeats\n"
+          "| size | variant | samples/s | vs 1 thread |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['variant']} | {r['samples_per_s']} | {r['vs_1_thread']}x |")
+        print(f"| {r['size']} | {r['variant']} | {r['samples_per_s']} ± {r['se']} | "
+              f"{r['vs_1_thread']}x |")
     return 0
 
 
