@@ -271,9 +271,13 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         ytr, yte = present_labels(probe_set, names), present_labels(test_set, names)
         std = cfg.eval.probe_standardize
         probe = probe_accuracy(train_mu, ytr, test_mu, yte, cfg.eval.probe_train, std)
-        extra["probe_aggregated"] = probe_accuracy(
-            encode_aggregated(model, probe_set, method, bs), ytr,
-            encode_aggregated(model, test_set, method, bs), yte, cfg.eval.probe_train, std)
+        agg_tr = encode_aggregated(model, probe_set, method, bs)
+        agg_te = encode_aggregated(model, test_set, method, bs)
+        same = all(np.array_equal(agg_tr[m], train_mu[m]) and
+                   np.array_equal(agg_te[m], test_mu[m]) for m in names)
+        # methods that decode z_m (MMVM, independent) aggregate nothing: same probe
+        extra["probe_aggregated"] = dict(probe) if same else probe_accuracy(
+            agg_tr, ytr, agg_te, yte, cfg.eval.probe_train, std)
     result: dict[str, Any] = {
         "method": method, "beta": cfg.train.beta, "alpha": cfg.train.alpha,
         "latent_dim": model.latent_dim, "seed": cfg.train.seed,

@@ -132,24 +132,43 @@ def scatter_recon_vs(results: Sequence[Mapping], path: str | Path, y: str = "pro
     for r in rows:
         groups.setdefault(str(r["method"]), {}).setdefault(float(r["beta"]), []).append(
             (float(r["recon_nll"]), float(r[y])))
+    series = {}
+    for method, by_beta in sorted(groups.items()):
+        series[method] = []
+        for b in sorted(by_beta):
+            pts = np.array(by_beta[b])
+            se = (pts.std(axis=0, ddof=1) / np.sqrt(len(pts))).tolist() if len(pts) > 1 \
+                else [None, None]
+            series[method].append((f"{b:g}", *pts.mean(axis=0).tolist(), *se))
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    colors = plt.get_cmap("tab10")
-    for k, (method, by_beta) in enumerate(sorted(groups.items())):
-        betas = sorted(by_beta)
-        pts = np.array([np.mean(by_beta[b], axis=0) for b in betas])
-        err = np.array([np.std(by_beta[b], axis=0, ddof=1) / np.sqrt(len(by_beta[b]))
-                        if len(by_beta[b]) > 1 else np.zeros(2) for b in betas])
-        ax.errorbar(pts[:, 0], pts[:, 1], xerr=err[:, 0], yerr=err[:, 1], fmt="-o",
-                    color=colors(k % 10), label=method, ms=5, capsize=2)
-        for b, (px, py) in zip(betas, pts, strict=True):
-            ax.annotate(f"{b:g}", (px, py), textcoords="offset points", xytext=(3, 3),
-                        fontsize=7, color=colors(k % 10))
+    draw_tradeoff(ax, series)
     ax.set_xlabel("reconstruction error (test NLL per sample)")
     ax.set_ylabel(_Y_LABEL[y])
     ax.set_title(title or f"reconstruction vs {y} (labels: beta)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+Point = tuple[str, float, float, float | None, float | None]  # label, x, y, x SE, y SE
+
+
+def draw_tradeoff(ax, series: Mapping[str, Sequence[Point]]) -> None:
+    """The paper's trade-off figure on ``ax``: per series (a method) a line through its
+    points (one per beta, labelled), with standard-error bars where a point has one
+    (none for a single seed)."""
+    colors = plt.get_cmap("tab10")
+    for k, (name, points) in enumerate(series.items()):
+        color = colors(k % 10)
+        xs, ys = [p[1] for p in points], [p[2] for p in points]
+        ax.plot(xs, ys, "-o", color=color, ms=5, label=name[:60])
+        for label, x, y, ex, ey in points:
+            if ex is not None or ey is not None:
+                ax.errorbar([x], [y], xerr=None if ex is None else [ex],
+                            yerr=None if ey is None else [ey], fmt="none", ecolor=color,
+                            capsize=3, lw=1)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3),
+                        fontsize=7, color=color)
 
 
 def _pca2(x: np.ndarray) -> np.ndarray:

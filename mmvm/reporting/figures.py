@@ -53,25 +53,19 @@ def _errors(ax, xs, ys, xerr, yerr, color) -> None:
 
 def scatter(groups: Sequence[Group], y: str) -> bytes | None:
     """Reconstruction NLL vs ``y`` with error bars; None when no group has both."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    colors, drawn = plt.get_cmap("tab10"), 0
-    for k, (name, members) in enumerate(_series(groups).items()):
+    from mmvm.plots import draw_tradeoff
+
+    series = {}
+    for name, members in _series(groups).items():
         pts = [(g, g.estimate("recon_nll"), g.estimate(y)) for g in members]
         pts = sorted([p for p in pts if p[1] and p[2]], key=lambda p: p[0].beta or 0.0)
-        if not pts:
-            continue
-        drawn += 1
-        xs, ys = [p[1].mean for p in pts], [p[2].mean for p in pts]
-        color = colors(k % 10)
-        ax.plot(xs, ys, "-o", color=color, ms=5, label=name[:60])
-        _errors(ax, xs, ys, [p[1].se for p in pts], [p[2].se for p in pts], color)
-        for g, px, py in zip([p[0] for p in pts], xs, ys, strict=True):
-            note = "?" if g.beta is None else f"{g.beta:g}"
-            ax.annotate(note, (px, py), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color=color)
-    if not drawn:
-        plt.close(fig)
+        if pts:
+            series[name] = [("?" if g.beta is None else f"{g.beta:g}", ex.mean, ey.mean,
+                             ex.se, ey.se) for g, ex, ey in pts]
+    if not series:
         return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    draw_tradeoff(ax, series)
     ax.set_xlabel(METRICS["recon_nll"][0] + "  (lower is better)")
     ax.set_ylabel(METRICS[y][0])
     ax.set_title(f"reconstruction vs {METRICS[y][0]}\n(point labels: beta; bars: "
