@@ -53,6 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="epochs per window in the cheapest ('round') mode")
     p.add_argument("--delta-tol", type=float, default=0.5,
                    help="tolerance of the event-triggered mode (latent units)")
+    p.add_argument("--delta-tol-std", type=float, default=0.5,
+                   help="tolerance of the int8 event-triggered modes (posterior stds)")
+    p.add_argument("--modes", nargs="+", type=int, default=None,
+                   help="indices into MODES to run (default: all; centralized always "
+                        "runs, and mode 0, exact, is what 'bytes cut' divides)")
     p.add_argument("--hippocampus", default="default", type=parse_knobs,
                    help="hippocampus look-alike (rat configs): default | dense (the "
                         "first look-alike, v1) | knobs, e.g. 'tuning=1.0,noise-sd=0'")
@@ -65,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-MODES = [  # name, exchange, k, local_epochs, float16, warmup, event-triggered
+MODES = [  # name, exchange, k, local_epochs, float16, warmup, event-triggered[, settings]
     ("federated: every step", "step", 1, 1, False, False, False),
     ("federated: every k steps", "steps", None, 1, False, False, False),
     ("federated: per round, 1 epoch, fp16", "round", 1, 1, True, False, False),
@@ -73,7 +78,19 @@ MODES = [  # name, exchange, k, local_epochs, float16, warmup, event-triggered
     ("federated: per round, 1,2,4..E epochs, fp16", "round", 1, None, True, True, False),
     ("federated: per round, 1 epoch, fp16, rows moved > TOL", "round", 1, 1, True, False,
      True),
+    # int8 (power-of-two scale per column), rows implied by the window (no row column);
+    # event-triggered: tolerance in posterior stds, int8 increments with error feedback
+    ("federated: every step, int8", "step", 1, 1, False, False, False, {"quantize": "int8"}),
+    ("federated: per round, 1 epoch, int8", "round", 1, 1, False, False, False,
+     {"quantize": "int8"}),
+    ("federated: per round, 1 epoch, int8, rows moved > TOLσ", "round", 1, 1, False, False,
+     True, {"quantize": "int8", "delta_unit": "std"}),
+    ("federated: per round, 1,2,4..E epochs, int8", "round", 1, None, False, True, False,
+     {"quantize": "int8"}),
+    ("federated: per round, 1,2,4..E epochs, int8, rows moved > TOLσ", "round", 1, None,
+     False, True, True, {"quantize": "int8", "delta_unit": "std"}),
 ]
+PHYSICAL = "N x M x d x 2 float32 numbers (4 bytes) per epoch"  # bytes_vs_limit's unit
 
 
 def main(argv=None) -> int:
@@ -105,8 +122,12 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         rows += run_seed(args, cfg, seed, sites, files, train_set, test_set, clfs)
     exact = {r["seed"]: r["bytes"] for r in rows if r["mode"].endswith("every step")}
+    limit = len(train_set) * len(names) * cfg.model.latent_dim * 2 * 4 * args.epochs
     for r in rows:
         r["bytes_vs_exact"] = round(exact[r["seed"]] / r["bytes"], 1) if r["bytes"] else None
+        r["bytes_vs_limit"] = round(r["bytes"] / limit, 3) if r["bytes"] else None
+    print(f"physical limit: {PHYSICAL}: {len(train_set)} x {len(names)} x "
+          f"{cfg.model.latent_dim} x 2 x 4 B x {args.epochs} epochs = {limit / 1e6:.2f} MB")
     summary = summarize(rows)
     _write(out, rows, summary, vars(args))
     print(_markdown(summary, len(args.seeds)))
@@ -126,17 +147,21 @@ def run_seed(args, cfg0, seed, sites, files, train_set, test_set, clfs) -> list[
     rows = [_row("centralized", cfg, model, train_set, test_set, clfs,
                  time.perf_counter() - t0, 0)]
     print(seed, rows[-1]["mode"], rows[-1]["probe"], flush=True)
-    for name, exchange, k, local_epochs, f16, warmup, event in MODES:
+    for i, (name, exchange, k, local_epochs, f16, warmup, event, *extra) in enumerate(MODES):
+        if args.modes is not None and i not in args.modes and i != 0:
+            continue
+        extra = extra[0] if extra else {}
+        tol = args.delta_tol_std if extra.get("delta_unit") == "std" else args.delta_tol
         k = k or args.k
         local_epochs = local_epochs or args.local_epochs
         label = name.replace("k steps", f"{k} steps").replace("E epochs",
                                                                f"{local_epochs} epochs")
-        label = label.replace("..E", f"..{local_epochs}").replace("TOL", f"{args.delta_tol:g}")
+        label = label.replace("..E", f"..{local_epochs}").replace("TOL", f"{tol:g}")
         t0 = time.perf_counter()
         settings = settings_for(cfg, exchange=exchange, exchange_steps=k,
                                 local_epochs=local_epochs, float16=f16,
                                 exchange_warmup=warmup, collect_model=True,
-                                delta_tol=args.delta_tol if event else -1.0)
+                                delta_tol=tol if event else -1.0, **extra)
         res, _ = run_local(settings, {s.name: (files[s.name]["train"], None) for s in sites})
         seconds = time.perf_counter() - t0
         fed = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)
@@ -161,7 +186,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["mode"] == mode]
         row = {"mode": mode, "seeds": len(mine)}
         for k in ("probe", "coherence", "recon_nll", "d_probe", "d_coherence", "seconds",
-                  "bytes", "bytes_vs_exact"):
+                  "bytes", "bytes_vs_exact", "bytes_vs_limit"):
             est = estimate(r[k] for r in mine if r[k] is not None)
             row[k] = est.mean if est else None
             row[k + "_se"] = (est.se or 0.0) if est else None
@@ -186,7 +211,7 @@ def _write(out: Path, rows: list[dict], summary: list[dict], args: dict) -> None
         w.writeheader()
         w.writerows(summary)
     fields = ["mode", "seed", "probe", "coherence", "recon_nll", "seconds", "bytes",
-              "bytes_vs_exact", "windows"]
+              "bytes_vs_exact", "bytes_vs_limit", "windows"]
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -198,18 +223,20 @@ def _markdown(summary: list[dict], seeds: int) -> str:
         return f"{r[k]:{sign}.{d}f} ± {r[k + '_se']:.{d}f}"
 
     lines = [f"mean ± standard error over {seeds} seed(s); Δ = paired difference to "
-             "centralized", "",
+             f"centralized; x physical limit = bytes / ({PHYSICAL} x epochs)", "",
              "| mode | probe acc | Δ probe | coherence | Δ coherence | recon NLL | wall s "
-             "| MB exchanged | bytes cut vs exact |", "|---|---|---|---|---|---|---|---|---|"]
+             "| MB exchanged | bytes cut vs exact | x physical limit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         cut = f"{r['bytes_vs_exact']:.1f}x" if r["bytes_vs_exact"] else "-"
+        phys = f"{r['bytes_vs_limit']:.2f}" if r["bytes_vs_limit"] else "-"
         central = r["mode"] == "centralized"
         lines.append(f"| {r['mode']} | {pm(r, 'probe')} | "
                      f"{'—' if central else pm(r, 'd_probe', sign='+')} | "
                      f"{pm(r, 'coherence')} | "
                      f"{'—' if central else pm(r, 'd_coherence', sign='+')} | "
                      f"{pm(r, 'recon_nll', 1)} | {r['seconds']:.0f} | "
-                     f"{r['bytes'] / 1e6:.1f} | {cut} |")
+                     f"{r['bytes'] / 1e6:.1f} | {cut} | {phys} |")
     return "\n".join(lines)
 
 

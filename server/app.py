@@ -119,11 +119,13 @@ AWAY = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
 
 
 def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
-             poll: float = 0.05, max_poll: float = 0.5) -> list[Message]:
+             poll: float = 0.005, fast: float = 2.0, max_poll: float = 0.5
+             ) -> list[Message]:
     """Replies to ``ids`` until all came, or ``soft`` seconds passed and ``need``
     answers (error replies of sites that are away do not count) are in, or
-    ``timeout`` passed. Polls fast at first and backs off to ``max_poll`` (Flower's
-    own send_and_receive sleeps 3 s between polls)."""
+    ``timeout`` passed. Polls every ``poll`` s for the first ``fast`` seconds (an
+    exact window is a step: ~0.1 s), then backs off to ``max_poll`` (Flower's own
+    send_and_receive sleeps 3 s between polls)."""
     pending, got, answers = set(ids), [], 0
     start = time.monotonic()
     while pending:
@@ -135,7 +137,8 @@ def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
         if not pending or elapsed >= timeout or (elapsed >= soft and answers >= need):
             break
         time.sleep(poll)
-        poll = min(max_poll, poll * 1.5)
+        if elapsed > fast:
+            poll = min(max_poll, poll * 1.5)
     return got
 
 

@@ -53,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deployment", action="store_true",
                    help="the connection is a deployment (SuperNodes started by the "
                         "sites): no simulated SuperNodes are configured")
-    p.add_argument("--cpus-per-site", type=float, default=1.0,
-                   help="simulation: CPU cores per simulated site (default 1)")
+    p.add_argument("--cpus-per-site", type=int, default=1,
+                   help="simulation: CPU cores Ray reserves per message a site answers "
+                        "(default 1; whole cores: Flower takes integers)")
     p.add_argument("--gpus-per-site", type=float, default=0.0,
                    help="simulation: GPU share per simulated site (default 0)")
     p.set_defaults(func=run)
@@ -79,9 +80,14 @@ def flwr_command(args: argparse.Namespace) -> list[str]:
         cmd += ["--run-config", args.run_config]
     if not args.deployment:
         n = num_sites(Path(args.app), args.run_config)
-        resources = f"client-resources-num-cpus={args.cpus_per_site:g}"
+        resources = f"client-resources-num-cpus={args.cpus_per_site}"
         if args.gpus_per_site:
             resources += f" client-resources-num-gpus={args.gpus_per_site:g}"
+        if "RAY_ADDRESS" not in os.environ:  # a cluster brings its own CPU count
+            # every site's message in flight at once: the Flower actors only forward
+            # to the sites' hosts (client/hosts.py), which do the work
+            cores = max(os.cpu_count() or 1, n * args.cpus_per_site)
+            resources += f" init-args-num-cpus={cores}"
         cmd += ["--federation-config", f"num-supernodes={n} {resources}"]
     return cmd
 

@@ -92,10 +92,16 @@ class PlainChannel:
 
     def outgoing(self, site: Site, index: int) -> dict[str, bytes]:
         link = site.linked()
-        table = site.encode(site.window_rows(index))
-        if link.delta_tol is not None:  # event-triggered: only rows that moved
-            table = link.sent_cache.changed(table, link.delta_tol)
-        return {SERVER: encode_table(table, link.float16)} if table else {}
+        rows = site.window_rows(index)
+        table, deltas = site.encode(rows), None
+        tol, unit = link.delta_tol, link.plan_args.delta_unit
+        if tol is not None and link.int8:  # event-triggered, with error feedback
+            table, deltas = link.sent_cache.changed_int8(table, tol, unit)
+        elif tol is not None:  # event-triggered: only rows that moved
+            table = link.sent_cache.changed(table, tol, unit)
+        blob = encode_table(table, link.float16, int8=link.int8, frame=link.frame(rows),
+                            deltas=deltas)
+        return {SERVER: blob} if blob else {}
 
     def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes],
                  absent: Sequence[str] = ()) -> tuple[Tables, Callable[[], None]]:
@@ -103,11 +109,13 @@ class PlainChannel:
         if stray:
             raise FederationError(f"site {site.name}: posteriors from {sorted(stray)} in "
                                   f"plaintext mode, where only the server sends them")
-        link = site.linked()
+        link, rows = site.linked(), site.window_rows(index)
+        event = link.delta_tol is not None
         table = decode_table(blobs.get(SERVER, b""), latent_dim=site.model.latent_dim,
-                             n_rows=link.n, sender=SERVER,
-                             max_rows=len(site.window_rows(index)))
-        if link.delta_tol is None:
+                             n_rows=link.n, sender=SERVER, max_rows=len(rows),
+                             frame=link.frame(rows),
+                             base=link.others_cache.values if event else None)
+        if not event:
             return table, lambda: None
         link.others_cache.update(table)
         return link.others_cache.table(site.window_rows(index), exclude=site.names), \

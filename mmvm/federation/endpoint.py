@@ -11,6 +11,7 @@ decides whether its final weights may leave.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from mmvm.federation.channel import Channel
@@ -32,14 +33,15 @@ from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
+from mmvm.federation.site_store import SiteStore
 
 
 class Endpoint:
     """One site answering the federation's requests."""
 
-    def __init__(self, site: Site, channel: Channel, policy: SitePolicy | None = None
-                 ) -> None:
-        self.site, self.channel = site, channel
+    def __init__(self, site: Site, channel: Channel, policy: SitePolicy | None = None,
+                 store: SiteStore | None = None) -> None:
+        self.site, self.channel, self.store = site, channel, store
         self.policy = policy or SitePolicy(test_bed=True)
         self._handlers = {DescribeRequest: self.describe, AlignRequest: self.align,
                           AttachRequest: self.attach, WindowRequest: self.window,
@@ -89,9 +91,21 @@ class Endpoint:
         return AttachReply(posteriors=self.channel.outgoing(site, 0))
 
     def resume(self, req: ResumeRequest) -> ResumeReply:
-        """Where this site is in the run a restarted server continues (nothing changes)."""
+        """Where this site is in the run a restarted server continues. A plaintext
+        site more than one window past the server's checkpoint goes back to its
+        snapshot of that window (:mod:`mmvm.federation.site_store`); one window past,
+        it repeats its reply; a secure site never goes back (a window is masked once)."""
+        self.site.progress.resume(self.site.name)
+        if req.window >= -1 and self.site.progress.window > req.window + 1:
+            if self.channel.secure or self.store is None:
+                raise FederationError(
+                    f"site {self.site.name}: trained up to window "
+                    f"{self.site.progress.window + 1}, the server resumes after window "
+                    f"{req.window + 1}; "
+                    + ("a secure site never trains a window twice" if self.channel.secure
+                       else "this site keeps no snapshots to go back to"))
+            self.store.rollback(self.site, req.window)
         p = self.site.progress
-        p.resume(self.site.name)
         return ResumeReply(site=self.site.name, phase=p.phase, window=p.window,
                            unmasked=p.unmasked)
 
@@ -104,12 +118,18 @@ class Endpoint:
         site.check_window(index)
         if req.resync:
             site.linked().resync()
+        t0 = time.perf_counter()
         others, commit = self.channel.incoming(site, index, req.posteriors, req.absent)
         self._load_shared(req.weights)
+        t1 = time.perf_counter()
         metrics = site.train_window(index, others)
+        t2 = time.perf_counter()
         weights, shares = self.channel.shared(site, index)
-        reply = WindowReply(metrics=metrics, posteriors=self.channel.outgoing(site, index + 1),
-                            weights=weights, shares=shares)
+        posteriors = self.channel.outgoing(site, index + 1)
+        # seconds of this window at the site: training, and reading / writing messages
+        metrics.update(train_s=t2 - t1, codec_s=t1 - t0 + time.perf_counter() - t2)
+        reply = WindowReply(metrics=metrics, posteriors=posteriors, weights=weights,
+                            shares=shares)
         commit()
         site.progress.window = index
         site.replies.keep("window", index, reply)

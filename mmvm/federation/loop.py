@@ -146,13 +146,17 @@ def run_federation(transport: Transport, s: FederationSettings,
 
     if not resume_from:
         save(-1)
+    persist = s.checkpoints(coord.plan)
     for w in range(start, len(coord.plan)):
         att.wait_for_quorum(meter.online, log)
         tw, before = time.perf_counter(), meter.total
         absent = att.absent_names()
-        requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent)
+        requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent,
+                                           persist=w in persist)
                     for k, r in routing.requests(coord, w, averaged).items()}
+        t_server = time.perf_counter() - tw
         replies = meter.gather(requests)
+        t_sent = time.perf_counter()
         gone = att.record(w, replies)
         for key in att.absent:
             routing.missed(key)
@@ -160,8 +164,10 @@ def run_federation(transport: Transport, s: FederationSettings,
         averaged = {**averaged, **routing.aggregate(meter, coord, w, replies)}
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         row["missed"] = gone
+        row["server_s"] = t_server + time.perf_counter() - t_sent
         result.history.append(row)
-        save(w)
+        if w in persist:
+            save(w)
         if on_window:
             on_window(row)
     result.missed = att.summary()
@@ -196,7 +202,8 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
     saved = load_server_state(path, s)
     key_of = {i.name: i.key for i in saved.sites}
     here = _wait_for_sites(meter, s, len(key_of))
-    replies = meter.exchange({k: ResumeRequest(run=s.resume) for k in here})
+    replies = meter.exchange({k: ResumeRequest(run=s.resume, window=saved.window)
+                              for k in here})
     strangers = sorted(r.site for r in replies.values() if r.site not in key_of)
     names = [r.site for r in replies.values()]
     if strangers or len(set(names)) != len(names):
@@ -297,4 +304,22 @@ def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,
         raise FederationError(f"window {w}: a site sent malformed metrics ({err!r})") from None
     return {"window": w, "windows": len(coord.plan), "epoch": window.steps[-1].epoch + 1,
             "step": window.steps[-1].step + 1, "rec_nll": sums["rec_nll"] / rows,
-            "reg": sums["reg"] / (sums["rows"] or 1.0), "bytes": nbytes, "seconds": seconds}
+            "reg": sums["reg"] / (sums["rows"] or 1.0), "bytes": nbytes, "seconds": seconds,
+            **site_seconds(replies)}
+
+
+TIMINGS = ("train_s", "codec_s", "disk_s")  # what a site reports of its window's time
+
+
+def site_seconds(replies: Mapping) -> dict:
+    """The slowest site's seconds in the window (sites run concurrently, so the
+    window waits for it): its total and the parts (training, message coding, disk)."""
+    def parts(r) -> dict:
+        try:
+            return {k: max(0.0, float(r.metrics.get(k, 0.0))) for k in TIMINGS}
+        except (TypeError, ValueError):
+            return dict.fromkeys(TIMINGS, 0.0)
+
+    slowest = max((parts(r) for r in replies.values()), key=lambda p: sum(p.values()),
+                  default=dict.fromkeys(TIMINGS, 0.0))
+    return {"site_s": sum(slowest.values()), **slowest}

@@ -138,7 +138,9 @@ class WindowRequest:
     ``absent``: sites that missed the last window (nothing of theirs comes with this
     one; their modality is absent from the prior of their rows). ``resync``: this
     site missed the last window; with event-triggered exchange it forgets what it
-    thinks it sent and received, and sends all its rows again."""
+    thinks it sent and received, and sends all its rows again. ``persist``: the server
+    checkpoints after this window, so the site writes its state durably (and keeps a
+    snapshot of it) before it answers; a site kept in memory writes nothing between."""
 
     kind: ClassVar[str] = "window"
     window: int = _value(int)
@@ -146,6 +148,7 @@ class WindowRequest:
     weights: Arrays = _arrays()
     absent: list[str] = _value(list, str, default=[])
     resync: bool = _value(bool, default=False)
+    persist: bool = _value(bool, default=True)
 
 
 @dataclass
@@ -185,10 +188,13 @@ class UnmaskReply:
 # ------------------------------------------------------------------------ resume
 @dataclass
 class ResumeRequest:
-    """A restarted server continues run ``run``: where is this site in it?"""
+    """A restarted server continues run ``run`` after window ``window`` (its last
+    checkpoint): where is this site in it? A plaintext site that trained beyond
+    ``window + 1`` goes back to its snapshot of ``window`` (``-2``: only report)."""
 
     kind: ClassVar[str] = "resume"
     run: str = _value(str)
+    window: int = _value(int, default=-2)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 from mmvm.schedule import epoch_batches
 
 EXCHANGES = ("step", "steps", "round")
+QUANTIZE = ("none", "fp16", "int8")  # how posterior values travel
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,10 @@ class Window:
 @dataclass(frozen=True)
 class PlanArgs:
     """What fixes the plan besides the number of aligned rows: the server sends these
-    and every site derives the same batches itself (batches never travel)."""
+    and every site derives the same batches itself (batches never travel). With them
+    travels how the plan's exchanges are encoded, which both ends of every exchange
+    must agree on: ``quantize`` ("none", "fp16", "int8") and ``delta_unit``, the unit
+    of the event-triggered tolerance ("latent" or "std", :mod:`mmvm.federation.delta`)."""
 
     batch_size: int
     seed: int
@@ -59,12 +63,21 @@ class PlanArgs:
     k: int = 1
     local_epochs: int = 1
     warmup: bool = False
+    quantize: str = "none"
+    delta_unit: str = "latent"
 
     def plan(self, n: int) -> list[Window]:
-        return exchange_plan(n, **asdict(self))
+        return exchange_plan(n, self.batch_size, self.seed, self.epochs, self.exchange,
+                             self.k, self.local_epochs, self.warmup)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Encoding keys at their defaults are left out: such a plan reads the same
+        as before they existed (server fingerprints, sites of earlier versions)."""
+        d = asdict(self)
+        for key, default in (("quantize", "none"), ("delta_unit", "latent")):
+            if d[key] == default:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PlanArgs:
@@ -76,6 +89,10 @@ class PlanArgs:
         for k, v in d.items():
             if type(v) is not kinds[names[k]]:
                 raise ValueError(f"plan argument {k} = {v!r} is not a {names[k]}")
+        if d.get("quantize", "none") not in QUANTIZE or \
+                d.get("delta_unit", "latent") not in ("latent", "std"):
+            raise ValueError(f"plan arguments {d!r}: quantize must be one of "
+                             f"{list(QUANTIZE)}, delta_unit 'latent' or 'std'")
         try:
             return cls(**d)
         except TypeError as err:
@@ -114,3 +131,24 @@ def exchange_plan(n: int, batch_size: int, seed: int, epochs: int, exchange: str
             first += length
             length = min(2 * length, local_epochs)
     return [Window(i, tuple(g)) for i, g in enumerate(groups)]
+
+
+def checkpoint_windows(plan: list[Window], every: int, epochs_every: int) -> set[int]:
+    """Windows the server checkpoints after (and sites keep a snapshot of).
+
+    ``every > 0``: every ``every``-th window; ``every == 0``: each window that
+    completes a multiple of ``epochs_every`` epochs (the centralized trainer's
+    ``train.checkpoint_every``; ``round`` windows may complete several). The last
+    window always."""
+    if every < 0 or epochs_every < 1:
+        raise ValueError(f"checkpoint every {every} windows / {epochs_every} epochs")
+    out = {len(plan) - 1} if plan else set()
+    done = 0  # epochs complete before the window
+    for w in range(len(plan)):
+        # the next window's first epoch = epochs complete after this one
+        after = plan[w + 1].steps[0].epoch if w + 1 < len(plan) else done + 1
+        if (every and (w + 1) % every == 0) or \
+                (not every and after // epochs_every > done // epochs_every):
+            out.add(w)
+        done = after
+    return out

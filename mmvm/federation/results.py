@@ -18,7 +18,8 @@ from mmvm.atomic import atomic_write
 from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
 
-WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds"]
+WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds", "site_s",
+                 "train_s", "codec_s", "disk_s", "server_s"]
 
 
 def used_config(settings, out_dir: str | Path, data: str | None) -> dict:

@@ -89,6 +89,18 @@ class PlainRouting:
     def __init__(self, latent_dim: int, float16: bool) -> None:
         self.latent_dim, self.float16 = latent_dim, float16
         self.table: dict[str, Posteriors] = {}
+        # the window whose rows the next replies carry (attach: 0; window w: w + 1):
+        # a site's rows of it are the frame its table's implied rows stand for
+        self.carries = 0
+
+    @staticmethod
+    def frame(coord: Coordinator, key: str, index: int) -> np.ndarray:
+        """Rows of window ``index`` site ``key`` holds (what both sides derive)."""
+        return np.intersect1d(coord.window_rows(index), coord.sites[key].held)
+
+    def _base(self):
+        """The receiver's values increments are added to (none: no increments)."""
+        return None
 
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         return site_infos(described, {k: d.identifiers for k, d in described.items()})
@@ -102,7 +114,8 @@ class PlainRouting:
                 raise FederationError(f"site {site.name} addressed posteriors to "
                                       f"{sorted(stray)} in plaintext mode")
             t = decode_table(rep.posteriors.get(SERVER, b""), latent_dim=self.latent_dim,
-                             n_rows=coord.n, sender=site.name, max_rows=len(site.held))
+                             n_rows=coord.n, sender=site.name, max_rows=len(site.held),
+                             frame=self.frame(coord, key, self.carries), base=self._base())
             foreign = set(t) - set(site.modalities)
             if foreign:
                 raise FederationError(f"site {site.name} sent posteriors for modalities "
@@ -119,16 +132,20 @@ class PlainRouting:
     def _table(self, coord: Coordinator, index: int) -> dict[str, Posteriors]:
         return self.table
 
-    def _forward(self, key: str, others: dict[str, Posteriors]) -> dict[str, Posteriors]:
-        return others
+    def _forward(self, key: str, others: dict[str, Posteriors], int8: bool
+                 ) -> tuple[dict[str, Posteriors], dict[str, Posteriors] | None]:
+        """What goes to site ``key``: values, and increments on its own values."""
+        return others, None
 
     def requests(self, coord: Coordinator, index: int, averaged: Arrays
                  ) -> dict[str, WindowRequest]:
-        out = {}
+        out, int8 = {}, coord.plan_args.quantize == "int8"
+        self.carries = index + 1
         for key, others in coord.route(index, self._table(coord, index)).items():
-            others = self._forward(key, others)
-            blobs = {SERVER: encode_table(others, self.float16)} if others else {}
-            out[key] = WindowRequest(window=index, posteriors=blobs,
+            values, deltas = self._forward(key, others, int8)
+            blob = encode_table(values, self.float16, int8=int8, deltas=deltas,
+                                frame=self.frame(coord, key, index))
+            out[key] = WindowRequest(window=index, posteriors={SERVER: blob} if blob else {},
                                      weights=coord.weights_for(key, averaged))
         return out
 
@@ -153,12 +170,19 @@ class PlainRouting:
 
 class EventTriggeredRouting(PlainRouting):
     """Plaintext, but the server keeps the latest rows and forwards only news:
-    a row goes to a site again only when it changed since it last went there."""
+    a row goes to a site again only when it changed since it last went there. With
+    int8, what goes is the increment from what the site holds (``held``, its exact
+    reconstruction) to the server's value: what quantization missed goes with the
+    row's next change (error feedback)."""
 
     def __init__(self, latent_dim: int, float16: bool) -> None:
         super().__init__(latent_dim, float16)
         self.cache = PosteriorCache()
         self.forwarded: dict[str, PosteriorCache] = {}
+        self.held: dict[str, PosteriorCache] = {}
+
+    def _base(self):
+        return self.cache.values
 
     def receive(self, coord: Coordinator, replies: Mapping) -> None:
         super().receive(coord, replies)
@@ -167,21 +191,28 @@ class EventTriggeredRouting(PlainRouting):
     def _table(self, coord: Coordinator, index: int) -> dict[str, Posteriors]:
         return self.cache.table(coord.window_rows(index))
 
-    def _forward(self, key: str, others: dict[str, Posteriors]) -> dict[str, Posteriors]:
-        return self.forwarded.setdefault(key, PosteriorCache()).changed(others, 0.0)
+    def _forward(self, key: str, others: dict[str, Posteriors], int8: bool
+                 ) -> tuple[dict[str, Posteriors], dict[str, Posteriors] | None]:
+        news = self.forwarded.setdefault(key, PosteriorCache()).changed(others, 0.0)
+        if not int8:
+            return news, None
+        return self.held.setdefault(key, PosteriorCache()).changed_int8(news, -1.0)
 
     def missed(self, key: str) -> None:
         """What went to ``key`` may never have arrived: send it everything again (it
         is told to ``resync``). Its own last rows stay in the cache, stale, as rows
         within the tolerance do: event-triggered exchange trades exactness for bytes."""
         self.forwarded.pop(key, None)
+        self.held.pop(key, None)
 
     def state(self) -> dict:
         return {**super().state(), "cache": self.cache.state(),
-                "forwarded": {k: c.state() for k, c in self.forwarded.items()}}
+                "forwarded": {k: c.state() for k, c in self.forwarded.items()},
+                "held": {k: c.state() for k, c in self.held.items()}}
 
     def load(self, state: dict) -> None:
         super().load(state)
         self.cache = PosteriorCache.from_state(state["cache"])
         self.forwarded = {k: PosteriorCache.from_state(c)
                           for k, c in state["forwarded"].items()}
+        self.held = {k: PosteriorCache.from_state(c) for k, c in state.get("held", {}).items()}

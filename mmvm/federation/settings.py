@@ -17,7 +17,8 @@ from pathlib import Path
 from mmvm.config import ConfigError, ExperimentConfig, load_config
 from mmvm.data.hippocampus_knobs import parse_knobs
 from mmvm.data.sites import LAYOUTS
-from mmvm.federation.plan import EXCHANGES, PlanArgs
+from mmvm.federation.delta import UNITS
+from mmvm.federation.plan import EXCHANGES, QUANTIZE, PlanArgs, checkpoint_windows
 
 APP_DIR = Path(__file__).resolve().parents[2]
 ALIGN_MODES = ("pseudonym", "psi")  # secure mode's id alignment (sealed_align.py)
@@ -54,6 +55,16 @@ class FederationSettings:
     align: str
     data_variant: str
     hippocampus: dict  # the simulation's hippocampus look-alike knobs
+    checkpoint_every: int = 0  # windows between checkpoints; 0: as train.checkpoint_every
+    site_hosts: bool = True  # simulation: each site stays in memory in its own process
+    quantize: str = "none"  # posterior values: none | fp16 (= float16) | int8
+    delta_unit: str = "latent"  # delta-tol in latent units or posterior stds (delta.py)
+
+    def checkpoints(self, plan: list) -> set[int]:
+        """Windows the server checkpoints after; secure runs: every window (a site
+        never goes back to a snapshot, so it must never be ahead of one)."""
+        every = 1 if self.secure else self.checkpoint_every
+        return checkpoint_windows(plan, every, self.experiment.train.checkpoint_every)
 
     @property
     def modalities(self) -> list[str]:
@@ -63,7 +74,8 @@ class FederationSettings:
         t = self.experiment.train
         return PlanArgs(batch_size=t.batch_size, seed=t.seed, epochs=t.epochs,
                         exchange=self.exchange, k=self.exchange_steps,
-                        local_epochs=self.local_epochs, warmup=self.warmup)
+                        local_epochs=self.local_epochs, warmup=self.warmup,
+                        quantize=self.quantize, delta_unit=self.delta_unit)
 
 
 def _get(rc: Mapping, key: str, kind: type):
@@ -96,6 +108,20 @@ def _hippocampus(rc: Mapping) -> dict:
         raise ConfigError(f"run config: hippocampus = {text!r}: {err}") from None
 
 
+def _encoding(rc: Mapping) -> dict:
+    """float16, quantize and delta-unit; ``float16 = true`` is ``quantize = "fp16"``."""
+    float16, quantize = _get(rc, "float16", bool), _get(rc, "quantize", str)
+    unit = _get(rc, "delta-unit", str)
+    if quantize not in QUANTIZE or unit not in UNITS:
+        raise ConfigError(f"run config: quantize = {quantize!r}, delta-unit = {unit!r}; "
+                          f"choose from {list(QUANTIZE)} and {list(UNITS)}")
+    if float16 and quantize == "int8":
+        raise ConfigError("run config: float16 = true and quantize = 'int8' disagree; "
+                          "set float16 = false")
+    return {"float16": float16 or quantize == "fp16", "quantize": quantize,
+            "delta_unit": unit}
+
+
 def load_settings(rc: Mapping) -> FederationSettings:
     """Parse a Flower ``context.run_config`` into settings (paths expanded)."""
     cfg_path = Path(_get(rc, "config", str))
@@ -110,7 +136,7 @@ def load_settings(rc: Mapping) -> FederationSettings:
         layout=_get(rc, "layout", str), shards=_get(rc, "shards", int),
         missing=_get(rc, "missing", float), exchange=_get(rc, "exchange", str),
         exchange_steps=_get(rc, "exchange-steps", int),
-        local_epochs=_get(rc, "local-epochs", int), float16=_get(rc, "float16", bool),
+        local_epochs=_get(rc, "local-epochs", int),
         warmup=_get(rc, "exchange-warmup", bool), delta_tol=tol if tol >= 0 else None,
         data_dir=_path(rc, "data-dir"), n_train=_get(rc, "n-train", int),
         n_test=_get(rc, "n-test", int), out_dir=_path(rc, "out-dir"),
@@ -122,7 +148,8 @@ def load_settings(rc: Mapping) -> FederationSettings:
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
         align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str),
-        hippocampus=_hippocampus(rc))
+        hippocampus=_hippocampus(rc), checkpoint_every=_get(rc, "checkpoint-every", int),
+        site_hosts=_get(rc, "site-hosts", bool), **_encoding(rc))
     _check(s)
     return s
 
@@ -147,6 +174,9 @@ def _check(s: FederationSettings) -> None:
     if s.resume and not s.resume.isdigit():
         raise ConfigError(f"run config: resume = {s.resume!r} is not a run id (the number "
                           f"`flwr ls` shows, or '' to start a new run)")
+    if s.checkpoint_every < 0:
+        raise ConfigError(f"run config: checkpoint-every = {s.checkpoint_every} must be "
+                          f">= 0 (0: every train.checkpoint_every epochs)")
     if s.min_sites < 1:
         raise ConfigError(f"run config: min-sites = {s.min_sites} must be >= 1 (values "
                           f"above num-sites mean every site)")
@@ -156,6 +186,9 @@ def _check(s: FederationSettings) -> None:
     if s.align not in ALIGN_MODES:
         raise ConfigError(f"run config: align = {s.align!r}; choose one of "
                           f"{list(ALIGN_MODES)}")
+    if s.secure and s.quantize == "int8":
+        raise ConfigError("run config: quantize = 'int8' is not available with secure = "
+                          "true (use float16)")
     if s.secure and s.delta_tol is not None:
         raise ConfigError("run config: delta-tol (event-triggered exchange) is not "
                           "available with secure = true")

@@ -61,6 +61,16 @@ class Link:
                 "sent_cache": self.sent_cache.state(),
                 "others_cache": self.others_cache.state()}
 
+    @property
+    def int8(self) -> bool:
+        """Posteriors travel as int8 (``quantize = "int8"``, carried by the plan)."""
+        return self.plan_args.quantize == "int8"
+
+    def frame(self, rows: np.ndarray) -> np.ndarray:
+        """The ones of a window's ``rows`` this site holds: the rows its posterior
+        tables with the server can hold, which both sides derive from the plan."""
+        return rows[self.local_of[rows] >= 0]
+
     def resync(self) -> None:
         """After missed windows: what this site sent or received may not have
         arrived; with event-triggered exchange it starts both caches afresh."""

@@ -69,8 +69,10 @@ def test_an_away_site_leaves_the_prior_and_trains_again(cfg, tmp_path, tiny_poly
     assert res.missed == {away: [1]}
     assert [r["missed"] for r in res.history] == [[], [away], []]
     # window 1: n1's posteriors came with its window-0 reply; window 2: none (away in 1)
+    n0 = sites["n0"].linked()
     seen = {w: set(decode_table(spy.requests[w, "n0"].posteriors[SERVER], latent_dim=8,
-                                n_rows=192, sender=SERVER)) for w in (1, 2)}
+                                n_rows=192, sender=SERVER,
+                                frame=n0.frame(sites["n0"].window_rows(w)))) for w in (1, 2)}
     assert seen == {1: {"m1", "m2"}, 2: {"m2"}}
     assert spy.requests[2, "n0"].absent == [away] and spy.requests[2, "n1"].resync
     assert (1, "n1") not in spy.replies and (2, "n1") in spy.replies  # back in window 2

@@ -220,3 +220,129 @@ def test_lookup_finds_rows_in_any_order():
     assert pos[found].tolist() == [2, 0, 1]
     found, _ = _post([]).lookup(np.array([1, 2]))
     assert not found.any()
+
+
+# ---------------------------------------------------------------- frames, int8, increments
+FRAME = np.arange(0, 60, 2)  # the rows of a window a site holds (sorted)
+
+
+def _framed_blob(batches, d=D, dtype=F32):
+    """An implied-rows stream by hand: [(metadata, mu, logvar)] (no row column)."""
+    schema = pa.schema([("mu", pa.list_(dtype, d)), ("logvar", pa.list_(dtype, d))])
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, schema) as w:
+        for meta, mu, lv in batches:
+            cols = [pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=dtype), d)
+                    for a in (mu, lv)]
+            w.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema),
+                          custom_metadata={MODALITY_KEY: b"m0", **meta})
+    return sink.getvalue()
+
+
+def test_rows_of_the_whole_frame_travel_implied():
+    table = {"m0": _post(FRAME, 0), "m1": _post(FRAME, 1)}
+    framed = encode_table(table, frame=FRAME)
+    assert len(encode_table(table)) - len(framed) >= 2 * 4 * len(FRAME)  # no uint32 rows
+    assert pa.ipc.open_stream(io.BytesIO(framed)).schema.names == ["mu", "logvar"]
+    back = decode_table(framed, frame=FRAME, latent_dim=D)
+    for m in table:
+        np.testing.assert_array_equal(back[m].rows, FRAME)
+        np.testing.assert_array_equal(back[m].mu, table[m].mu)
+
+
+def test_part_of_the_frame_travels_as_a_bitmap_in_any_order():
+    rows = FRAME[[7, 3, 20, 0]]  # unsorted, as merged shards come
+    table = {"m0": _post(rows, 0)}
+    blob = encode_table(table, frame=FRAME)
+    assert len(encode_table(table)) > len(blob)
+    back = decode_table(blob, frame=FRAME)["m0"]
+    assert back.rows.tolist() == sorted(rows.tolist())
+    found, pos = back.lookup(rows)
+    assert found.all()
+    np.testing.assert_array_equal(back.mu[pos], table["m0"].mu)
+
+
+def test_rows_outside_the_frame_keep_the_row_column():
+    table = {"m0": _post([1, 2, 4], 0)}  # 1 is not in FRAME
+    blob = encode_table(table, frame=FRAME)
+    assert pa.ipc.open_stream(io.BytesIO(blob)).schema.names[0] == "row"
+    assert decode_table(blob, frame=FRAME)["m0"].rows.tolist() == [1, 2, 4]
+
+
+def test_int8_round_trip_within_half_a_quantum_and_a_quarter_of_float32():
+    frame = np.arange(2000)
+    table = {"m0": _post(frame, 0, scale=3.0)}
+    blob = encode_table(table, int8=True, frame=frame)
+    assert len(blob) < len(encode_table(table, frame=frame)) / 3.5
+    back = decode_table(blob, frame=frame)["m0"]
+    for got, want in ((back.mu, table["m0"].mu), (back.logvar, table["m0"].logvar)):
+        half_quantum = np.exp2(np.ceil(np.log2(np.abs(want).max(0) / 127))) / 2
+        assert (np.abs(got - want) <= half_quantum).all()
+
+
+def test_increments_add_to_the_receivers_values():
+    base_mu, base_lv = np.ones((3, D), np.float32), np.zeros((3, D), np.float32)
+    inc = _post(FRAME[:3], 2, scale=0.1)
+    blob = encode_table({"m0": _post(FRAME[3:5])}, int8=True, frame=FRAME,
+                        deltas={"m0": inc})
+    got = decode_table(blob, frame=FRAME, base=lambda m, rows: (base_mu, base_lv))["m0"]
+    assert sorted(got.rows.tolist()) == FRAME[:5].tolist()
+    found, pos = got.lookup(FRAME[:3])
+    assert np.abs(got.mu[pos] - (1 + inc.mu)).max() <= 0.1 * 4 / 127
+    with pytest.raises(PosteriorError, match="receiver holds no values"):
+        decode_table(blob, frame=FRAME)
+    with pytest.raises(PosteriorError, match="receiver holds no values"):
+        decode_table(blob, frame=FRAME, base=lambda m, rows: None)
+
+
+def _mu_lv(n, dtype=np.float32):
+    return np.zeros((n, D), dtype), np.zeros((n, D), dtype)
+
+
+def _zeros(m, rows):
+    """A receiver's values: zeros for every row."""
+    return _mu_lv(len(rows))
+
+
+@pytest.mark.parametrize("batches,dtype,frame,match", [
+    ([({}, *_mu_lv(len(FRAME)))], F32, None, "no window frame"),
+    ([({}, *_mu_lv(4))], F32, FRAME, r"4 rows without a row column or bitmap; the "
+                                     r"window's frame has 30"),
+    ([({b"mmvm.present": b"\xff"}, *_mu_lv(8))], F32, FRAME, "bitmap of 1 bytes"),
+    ([({b"mmvm.present": b"\x01\x00\x00\xc0"}, *_mu_lv(1))], F32, FRAME,
+     "bits set past the frame"),
+    ([({b"mmvm.present": b"\x03\x00\x00\x00"}, *_mu_lv(1))], F32, FRAME,
+     "bitmap marks 2 rows, the batch has 1"),
+    ([({}, *_mu_lv(len(FRAME), np.int8))], pa.int8(), FRAME, "need 16 scale exponents"),
+    ([({b"mmvm.exp": bytes([100] * 16)}, *_mu_lv(len(FRAME), np.int8))], pa.int8(),
+     FRAME, r"exponent outside"),
+    ([({b"mmvm.exp": bytes(16)}, *_mu_lv(len(FRAME)))], F32, FRAME, "exponents on non-int8"),
+    ([({b"mmvm.delta": b"yes"}, *_mu_lv(len(FRAME)))], F32, FRAME, "increment flag"),
+    ([({}, *_mu_lv(len(FRAME)))] * 2, F32, FRAME, "appears twice"),
+    ([({}, *_mu_lv(len(FRAME))), ({b"mmvm.delta": b"1"}, *_mu_lv(len(FRAME)))], F32,
+     FRAME, "both as a value and as an increment"),
+])
+def test_malformed_implied_rows_int8_and_increments(batches, dtype, frame, match):
+    blob = _framed_blob(batches, dtype=dtype)
+    with pytest.raises(PosteriorError, match=f"from site b.*{match}"):
+        decode_table(blob, frame=frame, sender="site b", base=_zeros)
+
+
+def test_a_framed_table_refuses_more_rows_than_the_frame():
+    blob = _framed_blob([({}, *_mu_lv(40))])
+    with pytest.raises(PosteriorError, match="40 rows, more than the 30 expected"):
+        decode_table(blob, frame=FRAME)
+
+
+def test_random_corruption_of_framed_int8_tables_raises_posterior_error_only():
+    blob = encode_table({"m0": _post(FRAME[::3]), "m1": _post(FRAME)}, int8=True,
+                        frame=FRAME, deltas={"m0": _post(FRAME[1::3], 3, scale=0.1)})
+    rng = random.Random(5)
+    for _ in range(300):
+        bad = bytearray(blob)
+        for _ in range(rng.randint(1, 4)):
+            bad[rng.randrange(len(bad))] = rng.randrange(256)
+        try:
+            decode_table(bytes(bad), frame=FRAME, latent_dim=D, n_rows=60, base=_zeros)
+        except PosteriorError:
+            pass

@@ -82,7 +82,7 @@ def test_a_resumed_run_ends_as_if_nothing_happened(cfg, tmp_path, tiny_polymnist
                                                    layout, k, delivered, monkeypatch):
     monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)  # one row order
     specs, root = split(tiny_polymnist, tmp_path, layout, shards=4)
-    opts = {"exchange": "step", "float16": False, "secure": secure}
+    opts = {"exchange": "step", "float16": False, "secure": secure, "checkpoint_every": 1}
     ref_sites = make_sites(cfg, specs, root)
     ref_keys = site_keys(ref_sites)
     ref = run_federation(LocalTransport(_endpoints(ref_sites, secure, ref_keys,
@@ -141,15 +141,17 @@ def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_pat
     specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=3)
     ref = make_sites(cfg, specs, root)
     run_federation(LocalTransport(plain_endpoints(ref)),
-                   settings_for(cfg, exchange="step", delta_tol=0.0))
+                   settings_for(cfg, exchange="step", delta_tol=0.0, checkpoint_every=1))
     sites = make_sites(cfg, specs, root)
     ckpt = tmp_path / "server_state.pt"
     with pytest.raises(Crash):
         run_federation(CrashAt(plain_endpoints(sites), 4, True),
-                       settings_for(cfg, exchange="step", delta_tol=0.0), checkpoint=ckpt)
+                       settings_for(cfg, exchange="step", delta_tol=0.0, checkpoint_every=1),
+                       checkpoint=ckpt)
     renamed = {f"new-{k}": s for k, s in reversed(list(sites.items()))}
     run_federation(LocalTransport(plain_endpoints(renamed)),
-                   settings_for(cfg, exchange="step", delta_tol=0.0, resume="1"),
+                   settings_for(cfg, exchange="step", delta_tol=0.0, resume="1",
+                                checkpoint_every=1),
                    resume_from=ckpt)
     a, b = params(ref.values()), params(sites.values())
     assert max(float(np.abs(a[n] - b[n]).max()) for n in a) == 0.0

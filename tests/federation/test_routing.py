@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
+from mmvm.federation.delta import PosteriorCache
 from mmvm.federation.messages import DescribeReply, UnmaskReply, WindowReply
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
@@ -48,8 +49,10 @@ def _replies(value=1.0):
             "kc": _reply({"m1": _post([2, 3], value + 2)})}
 
 
-def _others(req):
-    return decode_table(req.posteriors.get("server", b""))
+def _others(req, key, coord=None):
+    """What site ``key`` reads from its request (rows implied by its frame)."""
+    frame = PlainRouting.frame(coord or _coord(), key, req.window)
+    return decode_table(req.posteriors.get("server", b""), frame=frame)
 
 
 def test_plain_routing_forwards_the_other_modalities_of_each_sites_rows():
@@ -57,7 +60,7 @@ def test_plain_routing_forwards_the_other_modalities_of_each_sites_rows():
     r.receive(c, _replies())
     reqs = r.requests(c, 0, {})
     assert {k: q.window for k, q in reqs.items()} == {"ka": 0, "kb": 0, "kc": 0}
-    a, b, cc = (_others(reqs[k]) for k in ("ka", "kb", "kc"))
+    a, b, cc = (_others(reqs[k], k) for k in ("ka", "kb", "kc"))
     assert list(a) == ["m1"] and a["m1"].rows.tolist() == [0, 1, 2, 3]
     np.testing.assert_array_equal(a["m1"].mu[:, 0], [2, 2, 3, 3])  # from b, then c
     assert list(b) == ["m0"] and b["m0"].rows.tolist() == [0, 1]
@@ -95,11 +98,11 @@ def test_fedavg_accepts_only_shared_weights():
 def test_event_triggered_routing_forwards_only_rows_that_changed():
     c, r = _coord(), EventTriggeredRouting(D, float16=False)
     r.receive(c, _replies(1.0))
-    first = _others(r.requests(c, 0, {})["ka"])
+    first = _others(r.requests(c, 0, {})["ka"], "ka")
     assert first["m1"].rows.tolist() == [0, 1, 2, 3]
     # b's rows change, c's do not: only b's rows travel to a again
     r.receive(c, {"ka": _reply(), "kb": _reply({"m1": _post([0, 1], 7.0)}), "kc": _reply()})
-    again = _others(r.requests(c, 0, {})["ka"])
+    again = _others(r.requests(c, 0, {})["ka"], "ka")
     assert again["m1"].rows.tolist() == [0, 1]
     np.testing.assert_array_equal(again["m1"].mu[:, 0], [7, 7])
     assert r.requests(c, 0, {})["ka"].posteriors == {}  # nothing new since
@@ -178,3 +181,22 @@ def test_masked_fedavg_refuses_a_total_weight_that_is_not_the_counts():
     replies, sites, _ = _masked_round(c)
     with pytest.raises(FederationError, match="total weight 4.000 is not the survivors' 5"):
         SealedRouting().aggregate(sites, c, 0, replies)
+
+
+def test_event_triggered_int8_forwards_increments_the_site_adds_to_its_values():
+    sites = [SiteInfo("ka", "a", ["m0"], [f"s{i}" for i in range(4)]),
+             SiteInfo("kb", "b", ["m1"], [f"s{i}" for i in range(4)])]
+    c = Coordinator(sites, ["m0", "m1"], PlanArgs(batch_size=4, seed=0, epochs=2,
+                                                  exchange="round", quantize="int8"))
+    r, held = EventTriggeredRouting(D, float16=False), PosteriorCache()
+    for value in (1.0, 1.3):
+        r.receive(c, {"ka": _reply({"m0": _post(range(4), value)}), "kb": _reply()})
+        req = r.requests(c, 0, {})["kb"]
+        got = decode_table(req.posteriors["server"], frame=PlainRouting.frame(c, "kb", 0),
+                           base=held.values)
+        held.update(got)
+        assert abs(got["m0"].mu - value).max() <= value / 127
+    # the second time only increments travelled (and the site holds what the server
+    # thinks it holds)
+    assert held.values("m0", np.arange(4))[0].tolist() == \
+        r.held["kb"].values("m0", np.arange(4))[0].tolist()

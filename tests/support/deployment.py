@@ -53,12 +53,13 @@ device = "cpu"
 """
 
 
-def _make_data(root: Path) -> dict[str, Path]:
+def make_data(root: Path, n_train: int = 96, n_test: int = 48) -> dict[str, Path]:
+    """Three sites a, b, c holding PolyMNIST modality m0, m1, m2 of the same samples."""
     from mmvm.data.polymnist import make_polymnist
     from mmvm.data.sites import SiteSpec, split_sites
 
     full = root / "full"
-    make_polymnist(full, seed=0, n_train=96, n_test=48)
+    make_polymnist(full, seed=0, n_train=n_train, n_test=n_test)
     specs = [SiteSpec(s, (f"m{i}",)) for i, s in enumerate(SITES)]
     split_sites([full / "train.parquet", full / "test.parquet"], root / "sites", specs)
     return {s: root / "sites" / s for s in SITES}
@@ -69,7 +70,7 @@ class Deployment:
         self.root = root
         self.keys = root / "keys"
         assert make_keys.main(["--out", str(self.keys), "--sites", ",".join(SITES)]) == 0
-        self.data = _make_data(root / "data")
+        self.data = make_data(root / "data")
         (root / "tiny.toml").write_text(TINY)
         self.fleet = Fleet(root / "fleet", bin_dir=BIN)
         self.state = root / "state"

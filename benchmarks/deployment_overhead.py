@@ -1,0 +1,325 @@
+"""What Flower adds to each exchange window in a deployment (SuperLink + 3 SuperNodes).
+
+Three sites (one PolyMNIST modality each, a few dozen samples, a tiny network: the
+sites' compute is a small part of a window) on 127.0.0.1, exchange once per epoch,
+in four configurations that add one change each:
+
+    stock     flower-supernode (subprocess isolation): a fresh flwr-clientapp process
+              per message (interpreter + torch + app import), SuperExec polls every 1 s
+    poll      + FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.05 in the SuperNodes' environment
+    fork      + --isolation process and deploy.superexec_fork next to each SuperNode
+              (flwr and torch imported once; each task forked, Flower's run_clientapp)
+    patched   + a patched copy of Flower's fixed waits, in this benchmark's processes
+              only (a sitecustomize.py on their PYTHONPATH): the SuperNode's 3 s idle
+              sleep and 0.5 s reply checks -> 0.02 s, object-pull retries from 1 s ->
+              0.05 s. What Flower itself would have to change; never in the product.
+
+Per window: wall time at the server (``seconds`` of metrics.csv) and the overhead =
+wall - site compute, where site compute is the slowest site's own seconds in that
+window (``site_s``, reported by the sites) or, for an app whose window replies carry
+no timing, the per-window seconds of the same run in one process (no Flower).
+Each configuration runs ``--repeats`` times on a fresh set of processes; the table
+gives mean ± standard error over repeats of each run's mean over its windows.
+
+    python benchmarks/deployment_overhead.py              # 4 configs x 3 runs; ~15 min
+                                                          # on 2 idle cores (estimate)
+    python benchmarks/deployment_overhead.py --quick      # 1 repeat, 2 windows
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmvm.reporting.stats import estimate  # noqa: E402
+from tests.support.fleet import Fleet  # noqa: E402
+from tests.support.processes import free_port, wait_for_log  # noqa: E402
+
+SITES = ("a", "b", "c")
+CONFIGS = ("stock", "poll", "fork", "patched")
+POLL = "0.05"
+TINY = """
+[data]
+root = "unused"
+label = "label"
+[model]
+method = "mmvm"
+latent_dim = 8
+{modalities}
+[train]
+epochs = {epochs}
+batch_size = 32
+lr = 1e-3
+seed = 0
+device = "cpu"
+"""
+MODALITY = """[model.modalities.m{i}]
+kind = "image"
+shape = [3, 28, 28]
+width = 4
+"""
+# benchmark-only: Flower 1.41's fixed waits, shortened in the processes that import
+# this file (PYTHONPATH); the constants stay in Flower's source
+PATCH = '''"""Benchmark-only patch of Flower 1.41's fixed waits (deployment_overhead.py)."""
+import importlib.abc, importlib.machinery, sys, time as _time
+
+IDLE, REPLY, BACKOFF = 0.02, 0.02, 0.05
+
+
+class _Time:  # start_client_internal's `time`: sleep(3) and sleep(0.5) shortened
+    def __getattr__(self, name):
+        return getattr(_time, name)
+
+    @staticmethod
+    def sleep(s):
+        _time.sleep(IDLE if s == 3 else REPLY if s == 0.5 else s)
+
+
+def _patch(name, module):
+    if name == "flwr.supernode.start_client_internal":
+        module.time = _Time()
+    else:  # object pulls: first retry after BACKOFF s instead of 1 s
+        for fn in (module.pull_objects, module.pull_and_inflate_object_from_tree):
+            fn.__kwdefaults__["initial_backoff"] = BACKOFF
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    names = ("flwr.supernode.start_client_internal",
+             "flwr.supercore.inflatable.inflatable_utils")
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.names:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _patch(name, module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Finder())
+'''
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--windows", type=int, default=3, help="windows (= epochs) per run")
+    p.add_argument("--n-train", type=int, default=64, help="samples per site")
+    p.add_argument("--tls", action="store_true", help="TLS + SuperNode authentication")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/deployment_overhead"))
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    p.add_argument("--debug-logs", action="store_true",
+                   help="FLWR_LOG_LEVEL=DEBUG in every process (timestamped logs)")
+    p.add_argument("--quick", action="store_true", help="1 repeat, 2 windows")
+    return p.parse_args(argv)
+
+
+def make_workdir(work: Path, n_train: int, windows: int) -> dict:
+    """Site data, the experiment config and a snapshot of the app (what flwr run ships)."""
+    from mmvm.data.polymnist import make_polymnist
+    from mmvm.data.sites import SiteSpec, split_sites
+
+    full = work / "data" / "full"
+    make_polymnist(full, seed=0, n_train=n_train, n_test=32)
+    specs = [SiteSpec(s, (f"m{i}",)) for i, s in enumerate(SITES)]
+    split_sites([full / "train.parquet", full / "test.parquet"], work / "data", specs)
+    mods = "".join(MODALITY.format(i=i) for i in range(len(SITES)))
+    (work / "tiny.toml").write_text(TINY.format(modalities=mods, epochs=windows))
+    app = work / "app"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for d in ("mmvm", "server", "client", "wire", "configs"):
+        shutil.copytree(ROOT / d, app / d, ignore=skip)
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, app / f)
+    (work / "patch").mkdir()
+    (work / "patch" / "sitecustomize.py").write_text(PATCH)
+    return {"app": app, "config": work / "tiny.toml",
+            "data": {s: work / "data" / s for s in SITES}}
+
+
+def run_config(s: dict) -> dict:
+    return {"config": str(s["config"]), "num-sites": len(SITES), "exchange": "round",
+            "local-epochs": 1, "eval-data": "", "collect-model": False,
+            "out-dir": str(s["out"]), "reply-timeout": 300.0}
+
+
+def start_fleet(work: Path, name: str, s: dict, tls: bool, debug: bool = False
+                ) -> Fleet:
+    """SuperLink and one SuperNode per site (plus its fork server) for ``name``."""
+    extra = {"PYTHONPATH": str(work / "patch")} if name == "patched" else {}
+    if debug:
+        extra["FLWR_LOG_LEVEL"] = "DEBUG"
+    fleet = Fleet(work / name, extra_env=extra)
+    keys = None
+    if tls:
+        from deploy import make_keys
+
+        keys = work / name / "keys"
+        make_keys.main(["--out", str(keys), "--sites", ",".join(SITES)])
+    link = fleet.start_superlink(certs=keys, auth=tls)
+    fleet.write_connection("bench", link,
+                           root_certificates=keys / "ca.crt" if keys else None)
+    for site in SITES:
+        port = free_port()
+        args, env = [], {}
+        if name == "poll":
+            env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = POLL
+        if name in ("fork", "patched"):
+            args = ["--isolation", "process"]
+        if tls:
+            fleet.register(keys / "sites" / site / f"{site}.pub", "bench")
+        node_config = (f'site="{site}" data="{s["data"][site]}" '
+                       f'state="{work / name / "state" / site}"')
+        fleet.extra_env = {**extra, **env}  # this SuperNode's environment
+        node = fleet.start_supernode(
+            site, link, node_config=node_config, port=port, extra_args=args,
+            auth_key=keys / "sites" / site / site if tls else None,
+            root_certificates=keys / "ca.crt" if tls else None)
+        fleet.extra_env = extra
+        if name in ("fork", "patched"):
+            fleet.start(f"superexec-{site}", [
+                sys.executable, "-m", "deploy.superexec_fork", "--insecure",
+                "--runtime-api-address", f"127.0.0.1:{port}",
+                "--task-poll-interval", POLL])
+        assert wait_for_log(node.log, ["SuperNode ID:"], 90, node.popen), node.log_text()
+    return fleet
+
+
+def flwr_run(fleet: Fleet, s: dict) -> tuple[int, Path]:
+    cfg = " ".join(f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
+                   for k, v in run_config(s).items())
+    res = fleet.flwr("run", str(s["app"]), "bench", "--stream", "--run-config", cfg,
+                     timeout=900, check=False)
+    out = res.stdout + res.stderr
+    m = re.search(r"Successfully started run (\d+)", out)
+    assert m, out
+    run_id = int(m.group(1))
+    status = json.loads(fleet.flwr("ls", "--run-id", str(run_id), "--format", "json")
+                        .stdout)["runs"][0]["status"]
+    assert status == "finished:completed", f"run {run_id}: {status}\n{out[-3000:]}"
+    return run_id, Path(s["out"]) / f"run-{run_id}" / "metrics.csv"
+
+
+def read_windows(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(fh)]
+
+
+def in_process_seconds(s: dict, windows: int) -> float:
+    """Mean per-window seconds of the same federation in one process (no Flower)."""
+    import tomllib
+
+    from mmvm.federation.local import run_local
+    from mmvm.federation.settings import load_settings
+
+    defaults = tomllib.loads((s["app"] / "pyproject.toml").read_text())
+    settings = load_settings({**defaults["tool"]["flwr"]["app"]["config"],
+                              **run_config(s)})
+    files = {site: (str(d / "train.parquet"), str(d / "test.parquet"))
+             for site, d in s["data"].items()}
+    result, _ = run_local(settings, files)
+    return sum(r["seconds"] for r in result.history) / max(1, len(result.history))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the fleet on kill
+    if args.quick:
+        args.repeats, args.windows = 1, 2
+    work = Path(tempfile.mkdtemp(prefix="mmvm-deploy-bench-"))
+    s = make_workdir(work, args.n_train, args.windows)
+    local = None  # in-process per-window seconds, if the replies carry no timing
+    runs: list[dict] = []
+    try:
+        for name in args.configs:
+            t0 = time.perf_counter()
+            fleet = start_fleet(work, name, s, args.tls, args.debug_logs)
+            try:
+                for rep in range(args.repeats):
+                    s["out"] = work / name / "runs"
+                    run_id, metrics = flwr_run(fleet, s)
+                    rows = read_windows(metrics)
+                    if not all("site_s" in r for r in rows) and local is None:
+                        local = in_process_seconds(s, args.windows)
+                    compute = [r.get("site_s", local) for r in rows]
+                    wall = [r["seconds"] for r in rows]
+                    runs.append({"config": name, "repeat": rep, "run_id": run_id,
+                                 "windows": len(rows), "window_s": wall,
+                                 "compute_s": compute,
+                                 "compute_from": "site_s" if "site_s" in rows[0]
+                                 else "in-process"})
+                    write_tables(runs, Path(args.out), args, quiet=True)  # so far
+                    print(f"{name} #{rep + 1}: {sum(wall) / len(wall):.2f} s/window "
+                          f"({len(wall)} windows, compute {sum(compute) / len(wall):.3f} "
+                          f"s/window)", flush=True)
+            finally:
+                fleet.stop()
+            print(f"{name}: {time.perf_counter() - t0:.0f} s in all", flush=True)
+    finally:
+        if args.keep:
+            print(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if runs:
+        write_tables(runs, Path(args.out), args)
+    return 0
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    rows = []
+    for name in CONFIGS:
+        mine = [r for r in runs if r["config"] == name]
+        if not mine:
+            continue
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        wall = estimate(mean(r["window_s"]) for r in mine)
+        over = estimate(mean([w - c for w, c in zip(r["window_s"], r["compute_s"],
+                                                    strict=True)]) for r in mine)
+        show = lambda e: f"{e.mean:.2f}" + (f" ± {e.se:.2f}" if e.se else "")  # noqa: E731
+        rows.append({"config": name, "window_s": show(wall), "overhead_s": show(over),
+                     "overhead_mean": over.mean, "compute_s": round(
+                         mean([mean(r["compute_s"]) for r in mine]), 3),
+                     "windows": sum(r["windows"] for r in mine), "repeats": len(mine)})
+    return rows
+
+
+def write_tables(runs: list[dict], out: Path, args: argparse.Namespace,
+                 quiet: bool = False) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(runs)
+    lines = ["| config | s/window | overhead s/window (wall − site compute) | site compute "
+             "s/window | windows (repeats) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['config']} | {r['window_s']} | {r['overhead_s']} | {r['compute_s']} "
+              f"| {r['windows']} ({r['repeats']}) |" for r in rows]
+    table = "\n".join(lines)
+    if not quiet:
+        print(table)
+    (out / "table.md").write_text(table + "\n")
+    with open(out / "summary.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "runs.json").write_text(json.dumps(
+        {"args": vars(args), "summary": rows, "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Simulation: every site in a process of its own that keeps it in memory for the run.
+
+Flower's Ray backend hands each message to whichever actor of its pool is free, so
+without help a site's model, optimizer and place in the run would go to disk after
+every message and be read back by the next actor (at ~40 MB per hippocampus site,
+more time than the one step of an exact window). A **site host** is a Ray actor
+named after the run and the node: the ClientApp, in whichever Flower actor it runs,
+forwards the message to it and returns its reply. The host answers one message at a
+time, keeps the site in memory and writes it only when the server checkpoints
+(``client/site_node.py``); sites train concurrently, one host per site.
+
+Hosts ask Ray for no CPU of their own (the Flower actor that forwards a message
+holds its CPUs while the host computes); each uses ``cores // sites`` torch threads
+of its machine. ``mmvm run`` sizes Ray's CPU count so that every site's message is
+in flight at once (a Flower actor per site).
+A host belongs to the Flower actor that made it and ends with the simulation. If a
+host dies, the message fails and the next one starts a new host from the site's
+last checkpoint (``resume``-style recovery is the server's, not the host's).
+"""
+
+from __future__ import annotations
+
+import os
+
+from flwr.app import Context, RecordDict
+
+from client.site_node import answer
+
+try:  # Ray is there whenever flwr[simulation] is; a deployment never uses hosts
+    import ray
+except ImportError:  # pragma: no cover
+    ray = None
+
+
+def hosted(context: Context, enabled: bool) -> bool:
+    """Whether this message goes to a site host: a simulation (the node config has a
+    partition id) running on Ray, with ``site-hosts`` on."""
+    return bool(enabled and ray is not None and "partition-id" in context.node_config
+                and ray.is_initialized())
+
+
+def forward(kind: str, content: RecordDict, context: Context, sites: int
+            ) -> RecordDict | str:
+    """The site host's answer to this message (made on first use)."""
+    name = f"mmvm-site-{context.run_id}-{context.node_id}"
+    host = _HOSTS.get(name)
+    if host is None:
+        host = _HOSTS[name] = _host(name, sites)
+    try:
+        return ray.get(host.answer.remote(kind, content, context))
+    except ray.exceptions.RayActorError:
+        _HOSTS.pop(name, None)  # the host died: the next message starts a new one
+        raise
+
+
+_HOSTS: dict = {}  # this Flower actor's handles to site hosts, by name
+
+
+def _host(name: str, sites: int):
+    cores = os.cpu_count() or 1  # this machine's (Ray's count may be set higher)
+    # the job's runtime env (Flower's, with the app on PYTHONPATH) is inherited; a
+    # GPU the Flower actor was given is passed on
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    extra = {"runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": gpus}}} if gpus else {}
+    return SiteHost.options(name=name, get_if_exists=True, num_cpus=0, **extra
+                            ).remote(max(1, cores // max(1, sites)))
+
+
+if ray is not None:
+    @ray.remote
+    class SiteHost:
+        """One site, in memory for the run (see the module docstring)."""
+
+        def __init__(self, threads: int) -> None:
+            import torch
+
+            torch.set_num_threads(threads)
+
+        def answer(self, kind: str, content: RecordDict, context: Context
+                   ) -> RecordDict | str:
+            return answer(kind, content, context, resident=True)

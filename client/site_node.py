@@ -1,0 +1,166 @@
+"""A site's answer to one message, in whichever process runs it.
+
+The ClientApp (``client/app.py``) calls :func:`answer` in its own process, or, in a
+simulation with site hosts, a host process that keeps the site in memory for the run
+calls it (``client/hosts.py``). The site is identified by its node config in
+deployment (``--node-config 'site="a" data="/dir" keys=... peers=...'``: its files,
+its keys and its protection policy, ``mmvm.federation.policy``), or by its partition
+id in simulation, where the embedded default data is made on first use and the run
+config is the only config. The policy is enforced before anything leaves: a run that
+asks for less protection than the node config requires fails here, naming it.
+
+State on disk (``mmvm.federation.site_store``): a process that may not see the next
+message writes the site's live state after every message; a resident one (a site
+host) only when the server checkpoints. In secure mode a failure reaches the server
+as an error code and a message that names no data; the details go to
+``<state>/<site>.errors.log`` at the site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context, RecordDict
+
+from mmvm.config import ConfigError
+from mmvm.data.default import ensure_default_sites
+from mmvm.data.store import DataError
+from mmvm.federation.channel import Channel, PlainChannel
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.messages import MessageError
+from mmvm.federation.policy import SitePolicy, load_policy
+from mmvm.federation.posteriors import PosteriorError
+from mmvm.federation.sealed_channel import SealedChannel
+from mmvm.federation.settings import FederationSettings, load_settings
+from mmvm.federation.site import Site
+from mmvm.federation.site_errors import public_error
+from mmvm.federation.site_store import SiteStore
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.session import SiteSecrets
+from mmvm.training import TrainingDivergedError
+from wire.records import request_from_record, to_record
+
+# failures a site explains in one line (configuration, data, protocol, policy)
+EXPECTED = (ConfigError, DataError, SecurityError, FederationError, MessageError,
+            PosteriorError, TrainingDivergedError)
+
+
+@dataclass
+class Node:
+    """What this process keeps of one site within one run."""
+
+    settings: FederationSettings
+    policy: SitePolicy
+    site: Site
+    store: SiteStore  # the site's state file and snapshots
+
+
+_NODES: dict[tuple[int, int], Node] = {}
+
+
+def _site_files(nc, s: FederationSettings) -> tuple[str, str, str | None]:
+    if "data" in nc:  # deployment: the site brings its own files
+        data = Path(str(nc["data"])).expanduser()
+        test = data / "test.parquet"
+        return str(nc.get("site", data.name)), str(data / "train.parquet"), \
+            str(test) if test.exists() else None
+    pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
+    try:
+        sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,
+                                            s.n_train, s.n_test,
+                                            seed=s.experiment.train.seed,
+                                            modalities=tuple(s.modalities),
+                                            variant=s.data_variant,
+                                            hippocampus=s.hippocampus)
+    except ValueError as err:
+        raise ConfigError(f"simulation data: {err}") from None
+    if num != len(sites):
+        raise ConfigError(f"layout {s.layout!r} has {len(sites)} sites but the simulation "
+                          f"runs {num} SuperNodes: set num-sites={len(sites)} (mmvm run "
+                          f"starts that many) or --federation-config "
+                          f"'num-supernodes={len(sites)}'")
+    name = sites[pid].name
+    return name, files[name]["train"], files[name].get("test")
+
+
+def settings_and_policy(context: Context) -> tuple[FederationSettings, SitePolicy, tuple]:
+    """The run's settings and this site's policy, checked against each other before
+    anything is read or sent."""
+    s = load_settings(context.run_config)
+    files = _site_files(context.node_config, s)
+    policy = load_policy(context.node_config, files[0])
+    policy.check_run(files[0], s.secure, s.align)
+    return s, policy, files
+
+
+def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tuple
+          ) -> Node:
+    """This site, its state restored when another process moved it on."""
+    key = (context.run_id, context.node_id)
+    node = _NODES.get(key)
+    if node is None:
+        name, train, test = files
+        store = SiteStore(_state_root(context, s, policy) / f"{name}.pt")
+        node = _NODES[key] = Node(s, policy, Site(s.experiment, name, train, test), store)
+    node.store.refresh(node.site)
+    return node
+
+
+def _channel(context: Context, node: Node) -> Channel:
+    s, policy, name = node.settings, node.policy, node.site.name
+    if not s.secure:
+        return PlainChannel()
+    if policy.secure_site:  # deployment: keys and directory from the node config
+        keys, directory = policy.keys, policy.directory or None
+    elif policy.test_bed and s.keys_dir:
+        keys = str(Path(s.keys_dir) / "sites" / name / "site_keys.json")
+        directory = str(Path(s.keys_dir) / "public_keys.json")
+    else:
+        raise FederationError(f"site {name}: secure = true needs the site's keys in its "
+                              f"node config (keys=\"/path/site_keys.json\")")
+    secrets = SiteSecrets.load(keys, directory, run_id=_run_id(context, s),
+                               state_dir=node.store.path.parent)
+    return SealedChannel(secrets, policy, s.align)
+
+
+def answer(kind: str, content: RecordDict, context: Context, resident: bool = False
+           ) -> RecordDict | str:
+    """The site's reply to a ``kind`` message, or one line saying why it failed (no
+    traceback reaches the server; in secure mode none of the site's data either).
+
+    ``resident``: this process keeps the site for the whole run, so its state is
+    written only when the server checkpoints (``WindowRequest.persist``)."""
+    try:
+        s, policy, files = settings_and_policy(context)
+    except EXPECTED as err:  # settings or policy: nothing of the site was read yet
+        return f"{type(err).__name__}: {err}"
+    try:
+        node = _node(context, s, policy, files)
+        request = request_from_record(kind, content)
+        endpoint = Endpoint(node.site, _channel(context, node), policy, node.store)
+        reply = endpoint.handle(request)
+        node.store.after(node.site, request, resident, s.secure)
+        if kind == "window":
+            reply.metrics["disk_s"] = node.store.take()
+    except Exception as err:
+        _NODES.pop((context.run_id, context.node_id), None)  # reread from disk next time
+        if s.secure or policy.secure_site:
+            log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
+            return str(public_error(files[0], log, kind, err))
+        if isinstance(err, EXPECTED):
+            return f"{type(err).__name__}: {err}"
+        raise
+    return to_record(reply)
+
+
+def _run_id(context: Context, s: FederationSettings) -> int:
+    """The run this site's state belongs to: a resumed run continues the old one's
+    state (forward only: the site's place in the run is kept with it)."""
+    return int(s.resume) if s.resume else context.run_id
+
+
+def _state_root(context: Context, s: FederationSettings, policy: SitePolicy) -> Path:
+    root = Path(s.state_dir if policy.test_bed else policy.state)
+    return root / f"run-{_run_id(context, s)}"

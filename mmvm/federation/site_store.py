@@ -1,0 +1,98 @@
+"""Where a site's state lives on disk between processes and across a restarted run.
+
+Two kinds of file, because they answer two different needs:
+
+- the **live** file ``<site>.pt``: the state a later process of the same run picks up
+  (a SuperNode may start a fresh ClientApp process per message). A site that stays
+  in memory for the whole run (a simulation's site host, ``client/hosts.py``) writes
+  it only when a checkpoint is due.
+- **snapshots** ``<site>.w<window>.pt`` at the windows the server checkpoints after
+  (``WindowRequest.persist``), the last :data:`KEEP` of them, as hard links of the
+  live file (no second copy of the bytes). A restarted server continues from its
+  last checkpoint; a plaintext site that trained beyond it goes back to the snapshot
+  of that window, so server and sites agree again and the resumed run ends as if
+  nothing had happened. Secure runs checkpoint every window and never go back: a
+  window is masked once (:mod:`mmvm.federation.progress`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.site import Site
+
+KEEP = 2  # snapshots kept: the server's checkpoint is at most one persist window behind
+
+
+class SiteStore:
+    """The live file of one site and its snapshots (same folder)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.version = -1  # mtime of the live file this process last read or wrote
+        self.seconds = 0.0  # time spent reading and writing since the last take()
+
+    def _snapshot(self, window: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.w{window}{self.path.suffix}")
+
+    def snapshots(self) -> list[int]:
+        """Windows with a snapshot, oldest first."""
+        pat = re.compile(rf"{re.escape(self.path.stem)}\.w(-?\d+){re.escape(self.path.suffix)}$")
+        found = (pat.match(p.name) for p in self.path.parent.glob(f"{self.path.stem}.w*"))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def refresh(self, site: Site) -> None:
+        """Load the live file if another process wrote it since this one last did."""
+        on_disk = self.path.stat().st_mtime_ns if self.path.exists() else -1
+        if on_disk not in (-1, self.version):
+            t = time.perf_counter()
+            site.restore(self.path)
+            self.seconds += time.perf_counter() - t
+            self.version = on_disk
+
+    def save(self, site: Site, snapshot: bool) -> None:
+        """Write the live file; with ``snapshot`` keep it as the snapshot of the
+        site's last window too (and drop all but the last :data:`KEEP`)."""
+        t = time.perf_counter()
+        site.save(self.path)
+        self.version = self.path.stat().st_mtime_ns
+        if snapshot:
+            link = self._snapshot(site.progress.window)
+            tmp = link.with_name(f".{link.name}.tmp")
+            tmp.unlink(missing_ok=True)
+            os.link(self.path, tmp)
+            os.replace(tmp, link)  # atomic: a reader sees the old snapshot or this one
+            for old in self.snapshots()[:-KEEP]:
+                self._snapshot(old).unlink(missing_ok=True)
+        self.seconds += time.perf_counter() - t
+
+    def after(self, site: Site, request, resident: bool, secure: bool) -> None:
+        """Write what ``request`` changed, when it has to be: after every message in a
+        process that may not see the next one; in a ``resident`` one (the site stays
+        in memory for the run) after messages other than windows, after windows the
+        server checkpoints after, and, in ``secure`` runs, after every window."""
+        checkpoint = request.kind == "attach" or \
+            (request.kind == "window" and request.persist)
+        if not resident or request.kind != "window" or checkpoint or secure:
+            self.save(site, snapshot=checkpoint)
+
+    def rollback(self, site: Site, window: int) -> None:
+        """Go back to the snapshot of ``window`` (the server's last checkpoint), and
+        make it the live state."""
+        if window not in self.snapshots():
+            raise FederationError(
+                f"site {site.name}: the server resumes after window {window + 1}, the "
+                f"site trained up to window {site.progress.window + 1} and kept "
+                f"snapshots of windows {[w + 1 for w in self.snapshots()]} only: its "
+                f"state folder is not the one of that run, or was pruned")
+        site.restore(self._snapshot(window))
+        self.save(site, snapshot=False)
+
+    def take(self) -> float:
+        """Seconds spent on disk since the last call (for the window's timing)."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
