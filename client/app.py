@@ -13,7 +13,6 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from client.hosts import forward, hosted
-from client.site_node import answer
 
 app = ClientApp()
 
@@ -27,6 +26,8 @@ def _answer(msg: Message, context: Context, kind: str) -> Message:
             sites = 1
         reply = forward(kind, msg.content, context, sites)
     else:
+        from client.site_node import answer  # torch & co.: not in a forwarding actor
+
         reply = answer(kind, msg.content, context)
     if isinstance(reply, str):
         return _error(msg, reply)

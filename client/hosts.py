@@ -24,8 +24,6 @@ import os
 
 from flwr.app import Context, RecordDict
 
-from client.site_node import answer
-
 try:  # Ray is there whenever flwr[simulation] is; a deployment never uses hosts
     import ray
 except ImportError:  # pragma: no cover
@@ -72,10 +70,12 @@ if ray is not None:
         """One site, in memory for the run (see the module docstring)."""
 
         def __init__(self, threads: int) -> None:
-            import torch
+            import torch  # here, not at import: the forwarding Flower actors need none
 
             torch.set_num_threads(threads)
 
         def answer(self, kind: str, content: RecordDict, context: Context
                    ) -> RecordDict | str:
+            from client.site_node import answer
+
             return answer(kind, content, context, resident=True)
