@@ -17,11 +17,13 @@ import torch
 
 from mmvm.config import ConfigError
 from mmvm.federation import sealed_align
+from mmvm.federation.channel import PlainChannel
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.endpoint import Endpoint, LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
 from mmvm.federation.site import Site
+from mmvm.federation.site_store import SiteStore
 from tests.support.federate import (
     make_sites,
     params,
@@ -175,3 +177,127 @@ def test_a_site_repeats_its_reply_but_never_trains_a_window_twice(cfg, tmp_path,
     assert all(np.array_equal(weights[k], v) for k, v in site.weights("m0").items())
     with pytest.raises(FederationError, match="window 1 refused"):
         endpoint.handle(WindowRequest(window=1))
+
+
+class Stored(Endpoint):
+    """A site as its process answers (``client/site_node.answer``): after each reply
+    its :class:`SiteStore` writes what has to be written; ``resident`` (a site host
+    that keeps the site in memory): only at attach and the server's checkpoints."""
+
+    def __init__(self, site: Site, folder, resident: bool):
+        super().__init__(site, PlainChannel(), store=SiteStore(folder / f"{site.name}.pt"))
+        self.resident = resident
+
+    def handle(self, request):
+        reply = super().handle(request)
+        self.store.after(self.site, request, self.resident, self.channel.secure)
+        return reply
+
+
+def _every_third(delta_tol: float | None) -> dict:
+    return {"exchange": "step", "float16": False, "checkpoint_every": 3,
+            **({} if delta_tol is None else {"delta_tol": delta_tol})}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_polymnist, tiny_config, tmp_path_factory):
+    """``run(delta_tol)``: the result and final parameters of the run without a crash
+    (hybrid layout, checkpoint_every = 3), once per module."""
+    runs = {}
+
+    def run(delta_tol):
+        if delta_tol not in runs:
+            cfg = tiny_config(tiny_polymnist, epochs=2)
+            sites = make_sites(cfg, *split(tiny_polymnist, tmp_path_factory.mktemp("ref"),
+                                           "hybrid"))
+            res = run_federation(LocalTransport(plain_endpoints(sites)),
+                                 settings_for(cfg, **_every_third(delta_tol)))
+            runs[delta_tol] = res, params(sites.values())
+        return runs[delta_tol]
+    return run
+
+
+def _from_live_file(cfg, site: Site, folder) -> Site:
+    fresh = Site(cfg, site.name, site.train_path, site.test_path)
+    SiteStore(folder / f"{site.name}.pt").refresh(fresh)
+    return fresh
+
+
+@pytest.mark.parametrize("resident,restart,k,delivered,delta_tol", [
+    (True, False, 5, False, None), (False, True, 4, True, 0.0),
+    (True, True, 5, True, None), (True, False, 1, True, 0.0)])
+def test_plaintext_sites_ahead_of_the_checkpoint_roll_back_to_it(
+        cfg, tmp_path, tiny_polymnist, uninterrupted, resident, restart, k, delivered,
+        delta_tol):
+    """checkpoint_every = 3 over 6 windows: the server checkpoints after attach and
+    windows 3 and 6 (1-based). Killed at window ``k`` (0-based), it resumes after
+    window 3 (or after attach, k = 1) with sites two or three windows past that: a
+    ``resident`` site (it writes at checkpoints only) still in memory, or, with
+    ``restart``, a site process started again from its live file (written after
+    every message, or, resident, after the last window, which the server did not live
+    to record). Each goes back to its snapshot of the server's window, and the
+    resumed run ends exactly as the run without the crash."""
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid")
+    opts = _every_third(delta_tol)
+    ref, ref_params = uninterrupted(delta_tol)
+
+    sites, folder = make_sites(cfg, specs, root), tmp_path / "state"
+    ckpt, saved = tmp_path / "server_state.pt", 2 if k > 2 else -1
+    with pytest.raises(Crash):
+        run_federation(CrashAt({key: Stored(s, folder, resident) for key, s in sites.items()},
+                               k, delivered), settings_for(cfg, **opts), checkpoint=ckpt)
+    ahead = k if delivered else k - 1
+    assert ahead >= saved + 2
+    assert all(s.progress.window == ahead for s in sites.values())
+    kept = [2, 5] if ahead == 5 else sorted({-1, saved})  # the last two
+    for site in sites.values():
+        assert SiteStore(folder / f"{site.name}.pt").snapshots() == kept
+    if restart:  # restarted processes: each site is its live file
+        sites = {key: _from_live_file(cfg, s, folder) for key, s in sites.items()}
+        assert all(s.progress.window == ahead for s in sites.values())
+    lines = []
+    res = run_federation(
+        LocalTransport({key: Stored(s, folder, resident) for key, s in sites.items()}),
+        settings_for(cfg, resume="1", **opts), log=lines.append, checkpoint=ckpt,
+        resume_from=ckpt)
+    at = ", ".join(f"{s.name} {saved + 1}" for s in sites.values())
+    assert f"after window {saved + 1}/6 (sites' last windows: {at})" in lines[0]
+    assert all(s.progress.window == 5 for s in sites.values())
+    a, b = ref_params, params(sites.values())
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[n] - b[n]).max()) for n in a)
+    assert worst == 0.0, worst
+    assert [r["window"] for r in res.history] == list(range(6))
+    for key in ("rec_nll", "reg", "bytes"):
+        assert [r[key] for r in res.history] == [r[key] for r in ref.history], key
+    assert res.evaluation == ref.evaluation
+
+
+def test_a_secure_site_ahead_of_the_checkpoint_refuses_to_go_back(cfg, tmp_path,
+                                                                   tiny_polymnist,
+                                                                   monkeypatch):
+    """A secure server checkpoints every window, so its sites are never two windows
+    ahead; a server started from an older checkpoint finds them so, and they refuse
+    (a window is masked once), whether or not they keep snapshots."""
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=4)
+    opts = {"exchange": "step", "float16": False, "secure": True, "checkpoint_every": 3}
+    sites = make_sites(cfg, specs, root)
+    keys, state, ckpt = site_keys(sites), tmp_path / "state", tmp_path / "server_state.pt"
+    old = tmp_path / "window-1.pt"
+
+    def keep_first(row):
+        if row["window"] == 0:
+            old.write_bytes(ckpt.read_bytes())
+
+    with pytest.raises(Crash):
+        run_federation(CrashAt(sealed_endpoints(sites, keys, state), 2, True),
+                       settings_for(cfg, **opts), on_window=keep_first, checkpoint=ckpt)
+    endpoints = sealed_endpoints(sites, keys, state)
+    for e in endpoints.values():
+        e.store = SiteStore(tmp_path / "snapshots" / f"{e.site.name}.pt")
+    with pytest.raises(FederationError, match=r"trained up to window 3, the server resumes "
+                       r"after window 1; a secure site never trains a window twice"):
+        run_federation(LocalTransport(endpoints), settings_for(cfg, resume="1", **opts),
+                       resume_from=old)
+    assert all(s.progress.window == 2 for s in sites.values())
