@@ -12,7 +12,8 @@ in four configurations that add one change each:
     patched   + a patched copy of Flower's fixed waits, in this benchmark's processes
               only (a sitecustomize.py on their PYTHONPATH): the SuperNode's 3 s idle
               sleep and 0.5 s reply checks -> 0.02 s, object-pull retries from 1 s ->
-              0.05 s. What Flower itself would have to change; never in the product.
+              0.05 s (and the simulation engine's 0.1 s dispatch poll -> 0.005 s).
+              What Flower itself would have to change; never in the product.
 
 Per window: wall time at the server (``seconds`` of metrics.csv) and the overhead =
 wall - site compute, where site compute is the slowest site's own seconds in that
@@ -71,10 +72,10 @@ width = 4
 """
 # benchmark-only: Flower 1.41's fixed waits, shortened in the processes that import
 # this file (PYTHONPATH); the constants stay in Flower's source
-PATCH = '''"""Benchmark-only patch of Flower 1.41's fixed waits (deployment_overhead.py)."""
+PATCH = '''"""Benchmark-only patch of Flower 1.41's fixed waits (benchmarks/ only)."""
 import importlib.abc, importlib.machinery, sys, time as _time
 
-IDLE, REPLY, BACKOFF = 0.02, 0.02, 0.05
+IDLE, REPLY, BACKOFF, DISPATCH = 0.02, 0.02, 0.05, 0.005
 
 
 class _Time:  # start_client_internal's `time`: sleep(3) and sleep(0.5) shortened
@@ -86,9 +87,21 @@ class _Time:  # start_client_internal's `time`: sleep(3) and sleep(0.5) shortene
         _time.sleep(IDLE if s == 3 else REPLY if s == 0.5 else s)
 
 
+def _dispatch(state, queue, nodes_mapping, f_stop):
+    # the simulation engine's vce_api.add_messages_to_queue, polling every DISPATCH s
+    # instead of 0.1 s (a message waits for the next poll before a ClientApp runs it)
+    while not f_stop.is_set():
+        for node_id in nodes_mapping.keys():
+            for msg in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(msg)
+        f_stop.wait(DISPATCH)
+
+
 def _patch(name, module):
     if name == "flwr.supernode.start_client_internal":
         module.time = _Time()
+    elif name.endswith("vce_api"):
+        module.add_messages_to_queue = _dispatch
     else:  # object pulls: first retry after BACKOFF s instead of 1 s
         for fn in (module.pull_objects, module.pull_and_inflate_object_from_tree):
             fn.__kwdefaults__["initial_backoff"] = BACKOFF
@@ -96,7 +109,8 @@ def _patch(name, module):
 
 class _Finder(importlib.abc.MetaPathFinder):
     names = ("flwr.supernode.start_client_internal",
-             "flwr.supercore.inflatable.inflatable_utils")
+             "flwr.supercore.inflatable.inflatable_utils",
+             "flwr.server.superlink.fleet.vce.vce_api")
 
     def find_spec(self, name, path, target=None):
         if name not in self.names:
@@ -142,16 +156,27 @@ def make_workdir(work: Path, n_train: int, windows: int) -> dict:
     split_sites([full / "train.parquet", full / "test.parquet"], work / "data", specs)
     mods = "".join(MODALITY.format(i=i) for i in range(len(SITES)))
     (work / "tiny.toml").write_text(TINY.format(modalities=mods, epochs=windows))
+    write_patch(work)
+    return {"app": copy_app(work), "config": work / "tiny.toml",
+            "data": {s: work / "data" / s for s in SITES}}
+
+
+def copy_app(work: Path) -> Path:
+    """A snapshot of the app (what ``flwr run`` ships) at ``work/app``."""
     app = work / "app"
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for d in ("mmvm", "server", "client", "wire", "configs"):
         shutil.copytree(ROOT / d, app / d, ignore=skip)
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / f, app / f)
-    (work / "patch").mkdir()
+    return app
+
+
+def write_patch(work: Path) -> Path:
+    """``work/patch/sitecustomize.py``: put the folder on PYTHONPATH to apply PATCH."""
+    (work / "patch").mkdir(exist_ok=True)
     (work / "patch" / "sitecustomize.py").write_text(PATCH)
-    return {"app": app, "config": work / "tiny.toml",
-            "data": {s: work / "data" / s for s in SITES}}
+    return work / "patch"
 
 
 def run_config(s: dict) -> dict:
@@ -172,11 +197,11 @@ def start_fleet(work: Path, name: str, s: dict, tls: bool, debug: bool = False
         from deploy import make_keys
 
         keys = work / name / "keys"
-        make_keys.main(["--out", str(keys), "--sites", ",".join(SITES)])
+        make_keys.main(["--out", str(keys), "--sites", ",".join(s["data"])])
     link = fleet.start_superlink(certs=keys, auth=tls)
     fleet.write_connection("bench", link,
                            root_certificates=keys / "ca.crt" if keys else None)
-    for site in SITES:
+    for site in s["data"]:
         port = free_port()
         args, env = [], {}
         if name == "poll":

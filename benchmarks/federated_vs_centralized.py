@@ -11,6 +11,12 @@ cached digit classifiers, test reconstruction NLL.
 
     python benchmarks/federated_vs_centralized.py            # ~25 min on 2 CPU cores
     python benchmarks/federated_vs_centralized.py --quick    # smoke test, ~2 min
+
+Under Flower (``flwr run`` simulation and a local deployment, exact windows, wall
+time per window split into Flower messaging, serialization, site compute and disk;
+``--flower --help`` lists its options, benchmarks/flower_runs.py has the rows):
+
+    python benchmarks/federated_vs_centralized.py --flower --config configs/hippocampus.toml
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="training seeds (default: %(default)s); the data is fixed")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
+    p.add_argument("--flower", action="store_true",
+                   help="time exact runs under flwr run instead (benchmarks/flower_runs.py;"
+                        " its own options follow)")
     return p.parse_args(argv)
 
 
@@ -94,6 +103,12 @@ PHYSICAL = "N x M x d x 2 float32 numbers (4 bytes) per epoch"  # bytes_vs_limit
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--flower" in argv:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import flower_runs
+
+        return flower_runs.main([a for a in argv if a != "--flower"])
     args = parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.epochs, args.local_epochs, args.k = 256, 128, 2, 2, 2
