@@ -9,11 +9,18 @@ in four configurations that add one change each:
     poll      + FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.05 in the SuperNodes' environment
     fork      + --isolation process and deploy.superexec_fork next to each SuperNode
               (flwr and torch imported once; each task forked, Flower's run_clientapp)
-    patched   + a patched copy of Flower's fixed waits, in this benchmark's processes
-              only (a sitecustomize.py on their PYTHONPATH): the SuperNode's 3 s idle
-              sleep and 0.5 s reply checks -> 0.02 s, object-pull retries from 1 s ->
-              0.05 s (and the simulation engine's 0.1 s dispatch poll -> 0.005 s).
-              What Flower itself would have to change; never in the product.
+    patched   + a patched copy of Flower's waits, in this benchmark's processes only
+              (a sitecustomize.py on their PYTHONPATH): the SuperLink holds a
+              SuperNode's empty PullMessages until a message is stored (up to 1 s)
+              instead of the SuperNode sleeping 3 s, the SuperNode holds SuperExec's
+              empty AcquireTask until a task is created, 0.5 s reply checks -> 0.02 s,
+              object-pull retries 1 s (doubling to 10 s) -> 0.02 s (to 0.1 s), no FAB
+              unzip per task once installed (and the simulation engine's 0.1 s
+              dispatch poll -> 0.005 s). What Flower itself would have to change;
+              never in the product.
+
+Every site's ClientApps get cores // sites torch threads (OMP_NUM_THREADS, or
+deploy.superexec_fork --threads): the sites share this host's cores.
 
 Per window: wall time at the server (``seconds`` of metrics.csv) and the overhead =
 wall - site compute, where site compute is the slowest site's own seconds in that
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import shutil
 import signal
@@ -72,10 +80,15 @@ width = 4
 """
 # benchmark-only: Flower 1.41's fixed waits, shortened in the processes that import
 # this file (PYTHONPATH); the constants stay in Flower's source
-PATCH = '''"""Benchmark-only patch of Flower 1.41's fixed waits (benchmarks/ only)."""
-import importlib.abc, importlib.machinery, sys, time as _time
+PATCH = '''"""Benchmark-only patch of Flower 1.41's waits (benchmarks/ only)."""
+import hashlib, importlib.abc, importlib.machinery, sys, threading, time as _time
 
-IDLE, REPLY, BACKOFF, DISPATCH = 0.02, 0.02, 0.05, 0.005
+# SuperNode: sleep after an empty pull (the pull itself is held at the SuperLink, HOLD)
+# and between checks for the ClientApp's reply; object pulls: first retry and cap;
+# the simulation engine's dispatch poll; how long an empty pull / task poll is held
+IDLE, REPLY, BACKOFF, BACKOFF_CAP, DISPATCH, HOLD = 0.01, 0.02, 0.02, 0.1, 0.005, 1.0
+_ready = threading.Condition()  # notified when a message or a task is stored
+_count = [0]
 
 
 class _Time:  # start_client_internal's `time`: sleep(3) and sleep(0.5) shortened
@@ -97,20 +110,85 @@ def _dispatch(state, queue, nodes_mapping, f_stop):
         f_stop.wait(DISPATCH)
 
 
+def _notifying(method):
+    # LinkState.store_message_ins, CoreState.create_task: wake the held polls (_held)
+    def stored(self, *args, **kwargs):
+        out = method(self, *args, **kwargs)
+        with _ready:
+            _count[0] += 1
+            _ready.notify_all()
+        return out
+    return stored
+
+
+def _held(handler, found):
+    # a poll answered when there is something, or after HOLD s: the SuperLink's Fleet
+    # PullMessages (instead of a SuperNode polling every 3 s, or every IDLE s at ~15% of
+    # a core per SuperNode and as much again in the SuperLink) and the SuperNode's
+    # AcquireTask (instead of a SuperExec polling every 0.05-1 s)
+    def held(*args, **kwargs):
+        end = _time.monotonic() + HOLD
+        while True:
+            with _ready:
+                seen = _count[0]
+            res = handler(*args, **kwargs)
+            left = end - _time.monotonic()
+            if found(res) or left <= 0:
+                return res
+            with _ready:
+                _ready.wait_for(lambda: _count[0] != seen, timeout=left)
+    return held
+
+
+def _install_once(install_from_fab):
+    # run_clientapp: every task unzips and hash-checks the whole FAB before finding it
+    # installed; skip that when the FAB's folder is there already
+    def install(fab_file, install_dir=None, skip_prompt=False):
+        from flwr.supercore.utils import get_flwr_home
+        if isinstance(fab_file, bytes):
+            short = hashlib.sha256(fab_file).hexdigest()[:8]
+            apps = (install_dir or get_flwr_home()) / "apps"
+            found = sorted(apps.glob(f"*.{short}")) if apps.is_dir() else []
+            if found and skip_prompt:
+                return found[0]
+        return install_from_fab(fab_file, install_dir, skip_prompt)
+    return install
+
+
 def _patch(name, module):
     if name == "flwr.supernode.start_client_internal":
         module.time = _Time()
     elif name.endswith("vce_api"):
         module.add_messages_to_queue = _dispatch
-    else:  # object pulls: first retry after BACKOFF s instead of 1 s
+    elif name.endswith("fleet_handlers"):
+        module.pull_messages = _held(module.pull_messages,
+                                     lambda res: len(res.messages_list))
+    elif name.endswith("runtime.runtime_handlers"):
+        module.acquire_task = _held(module.acquire_task, lambda res: res.HasField("task"))
+    elif name.endswith(("linkstate", "corestate")):
+        for cls in vars(module).values():
+            for method in ("store_message_ins", "create_task"):
+                if isinstance(cls, type) and method in vars(cls):
+                    setattr(cls, method, _notifying(vars(cls)[method]))
+    elif name.endswith("run_clientapp"):
+        module.install_from_fab = _install_once(module.install_from_fab)
+    else:  # object pulls: retry after BACKOFF s (doubling up to BACKOFF_CAP), not 1 s
         for fn in (module.pull_objects, module.pull_and_inflate_object_from_tree):
             fn.__kwdefaults__["initial_backoff"] = BACKOFF
+            fn.__kwdefaults__["backoff_cap"] = BACKOFF_CAP
 
 
 class _Finder(importlib.abc.MetaPathFinder):
     names = ("flwr.supernode.start_client_internal",
              "flwr.supercore.inflatable.inflatable_utils",
-             "flwr.server.superlink.fleet.vce.vce_api")
+             "flwr.server.superlink.fleet.vce.vce_api",
+             "flwr.superlink.servicer.fleet.fleet_handlers",
+             "flwr.server.superlink.linkstate.in_memory_linkstate",
+             "flwr.server.superlink.linkstate.sql_linkstate",
+             "flwr.supercore.servicer.runtime.runtime_handlers",
+             "flwr.supercore.corestate.in_memory_corestate",
+             "flwr.supercore.corestate.sql_corestate",
+             "flwr.supernode.runtime.run_clientapp")
 
     def find_spec(self, name, path, target=None):
         if name not in self.names:
@@ -192,6 +270,9 @@ def start_fleet(work: Path, name: str, s: dict, tls: bool, debug: bool = False
     if debug:
         extra["FLWR_LOG_LEVEL"] = "DEBUG"
     fleet = Fleet(work / name, extra_env=extra)
+    # torch threads per site: the sites share this host's cores (OpenMP threads that
+    # outnumber the cores spin-wait: ~12x slower steps with 3 sites x 2 threads on 2)
+    threads = str(site_threads(len(s["data"])))
     keys = None
     if tls:
         from deploy import make_keys
@@ -203,7 +284,7 @@ def start_fleet(work: Path, name: str, s: dict, tls: bool, debug: bool = False
                            root_certificates=keys / "ca.crt" if keys else None)
     for site in s["data"]:
         port = free_port()
-        args, env = [], {}
+        args, env = [], {"OMP_NUM_THREADS": threads}  # inherited by its flwr-clientapps
         if name == "poll":
             env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = POLL
         if name in ("fork", "patched"):
@@ -222,9 +303,14 @@ def start_fleet(work: Path, name: str, s: dict, tls: bool, debug: bool = False
             fleet.start(f"superexec-{site}", [
                 sys.executable, "-m", "deploy.superexec_fork", "--insecure",
                 "--runtime-api-address", f"127.0.0.1:{port}",
-                "--task-poll-interval", POLL])
+                "--task-poll-interval", POLL, "--threads", threads])
         assert wait_for_log(node.log, ["SuperNode ID:"], 90, node.popen), node.log_text()
     return fleet
+
+
+def site_threads(sites: int) -> int:
+    """Torch CPU threads per site when ``sites`` sites share this host's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, sites))
 
 
 def flwr_run(fleet: Fleet, s: dict) -> tuple[int, Path]:

@@ -35,7 +35,11 @@ What a forked ClientApp shares, and what it does not:
   run instead of the bundle's code (:func:`check_preload` refuses the app's own
   packages).
 * Children run with the fork server's OpenMP/torch state from import only (no torch
-  op ever runs in the fork server, so no thread pool exists at fork time).
+  op ever runs in the fork server, so no thread pool exists at fork time). Each
+  child's torch uses one thread per core unless ``--threads N`` says otherwise: with
+  several sites on one host, give each ``cores // sites`` (OpenMP threads that
+  outnumber the cores spin-wait for each other: three sites with two threads each on
+  two cores train ~12x slower than with one each).
 """
 
 from __future__ import annotations
@@ -57,9 +61,12 @@ from flwr.supercore.superexec.executor import (
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 DEFAULT_POLL = 0.05  # seconds between AcquireTask calls (Flower's default: 1.0)
 # what a ClientApp process spends its start-up on, besides the app (measured: torch
-# 0.9 s, flwr's runtime 0.3 s, pyarrow/sklearn/scipy the rest)
+# 0.9 s, flwr's runtime 0.3 s, pyarrow/sklearn/scipy the rest); torch._dynamo (with
+# sympy) is what torch.optim's first optimizer imports (torch/_compile.py, ~1 s of CPU
+# on an idle core, 2.8 s with three sites on two cores): once here, not per message
 DEFAULT_PRELOAD = (
-    "torch", "numpy", "pyarrow", "pyarrow.parquet", "sklearn.linear_model",
+    "torch", "torch._dynamo", "numpy", "pyarrow", "pyarrow.parquet", "pyarrow.compute",
+    "sklearn.linear_model",
     "sklearn.metrics", "cryptography.hazmat.primitives.asymmetric.x25519",
     "flwr.supernode.runtime.run_clientapp", "flwr.clientapp", "flwr.cli.install",
 )
@@ -84,10 +91,16 @@ def check_preload(modules: Sequence[str], app_packages: Sequence[str] = APP_PACK
 
 def run_task(runtime_api_address: str, token: str, insecure: bool,
              root_certificates_path: str | None, parent_pid: int | None,
-             runtime_dependency_install: bool) -> None:
+             runtime_dependency_install: bool, threads: int | None = None) -> None:
     """In the forked child: what ``flwr-clientapp --token ...`` runs
-    (``flwr.supernode.cli.flwr_clientapp``), with the token handed over in memory."""
+    (``flwr.supernode.cli.flwr_clientapp``), with the token handed over in memory;
+    ``threads``: torch's CPU threads for this task (None: torch's default)."""
     from logging import INFO
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     from flwr.supercore import log
     from flwr.supercore.tls import validate_and_resolve_root_certificates
@@ -116,8 +129,9 @@ class ForkExecutor:
     ClientApp tasks run in children of a warm fork server, others as Flower's
     subprocess executor runs them."""
 
-    def __init__(self, preload: Sequence[str]) -> None:
+    def __init__(self, preload: Sequence[str], threads: int | None = None) -> None:
         self.preload = [*preload, __name__]  # this module: run_task, once
+        self.threads = threads
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(self.preload)
         self.fallback = SubprocessExecutor()
@@ -154,7 +168,7 @@ class ForkExecutor:
                 target=run_task, daemon=True, name=f"clientapp-task-{spec.task_id}",
                 args=(spec.runtime_api_address, spec.token, spec.insecure,
                       spec.root_certificates_path, spec.parent_pid,
-                      spec.runtime_dependency_install))
+                      spec.runtime_dependency_install, self.threads))
             child.start()
         except OSError as err:  # the fork server is gone or out of resources
             return LaunchResult.failed(f"fork server: {err}")
@@ -188,6 +202,10 @@ def _own_args() -> argparse.ArgumentParser:
                    help=f"seconds between task polls (sets {POLL_ENV}; without this "
                         f"flag: that variable if set, else {DEFAULT_POLL}; Flower's "
                         f"default is 1.0; 0.01-60)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads per ClientApp task (default: torch's, one "
+                        "per core: right for one site per host; with several sites on "
+                        "one host, cores // sites, see deploy/README.md section 8)")
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -209,12 +227,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         os.environ.setdefault(POLL_ENV, str(DEFAULT_POLL))
     preload = check_preload(own.preload or DEFAULT_PRELOAD)
+    if own.threads is not None and own.threads < 1:
+        raise SystemExit("superexec_fork: --threads must be >= 1")
+    if own.threads:  # OpenMP/MKL pools of the fork server's libraries: same size
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(own.threads)
 
     def get_executor(executor_type: ExecutorType, **_: object) -> ForkExecutor:
         if executor_type != ExecutorType.SUBPROCESS:
             raise ValueError("deploy.superexec_fork replaces the subprocess executor "
                              f"only (got --executor {executor_type})")
-        return ForkExecutor(preload)
+        return ForkExecutor(preload, own.threads)
 
     # the one seam: run_superexec builds its executor with this module-level name
     superexec.get_executor = get_executor
