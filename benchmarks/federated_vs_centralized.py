@@ -5,7 +5,7 @@ For each training seed (``--seeds``, default 0 1 2) every run starts from that s
 over seeds and the paired per-seed difference to the centralized run. The
 federated runs use the in-process transport, which moves exactly the bytes the Flower
 apps move (Arrow posterior tables, optionally float16, and shared weights); wall time
-therefore excludes Flower's messaging overhead (see the README for a `flwr run` timing).
+therefore excludes Flower's messaging overhead (`--flower` times exact runs under `flwr run`).
 Each final model is evaluated by the same code: latent probes, coherence with the
 cached digit classifiers, test reconstruction NLL.
 
