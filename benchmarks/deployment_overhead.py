@@ -52,32 +52,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmvm.reporting.stats import estimate  # noqa: E402
+from tests.support.deployment import SITES, TINY, make_data  # noqa: E402
 from tests.support.fleet import Fleet  # noqa: E402
 from tests.support.processes import free_port, wait_for_log  # noqa: E402
 
-SITES = ("a", "b", "c")
 CONFIGS = ("stock", "poll", "fork", "patched")
 POLL = "0.05"
-TINY = """
-[data]
-root = "unused"
-label = "label"
-[model]
-method = "mmvm"
-latent_dim = 8
-{modalities}
-[train]
-epochs = {epochs}
-batch_size = 32
-lr = 1e-3
-seed = 0
-device = "cpu"
-"""
-MODALITY = """[model.modalities.m{i}]
-kind = "image"
-shape = [3, 28, 28]
-width = 4
-"""
 # benchmark-only: Flower 1.41's fixed waits, shortened in the processes that import
 # this file (PYTHONPATH); the constants stay in Flower's source
 PATCH = '''"""Benchmark-only patch of Flower 1.41's waits (benchmarks/ only)."""
@@ -224,19 +204,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_workdir(work: Path, n_train: int, windows: int) -> dict:
-    """Site data, the experiment config and a snapshot of the app (what flwr run ships)."""
-    from mmvm.data.polymnist import make_polymnist
-    from mmvm.data.sites import SiteSpec, split_sites
-
-    full = work / "data" / "full"
-    make_polymnist(full, seed=0, n_train=n_train, n_test=32)
-    specs = [SiteSpec(s, (f"m{i}",)) for i, s in enumerate(SITES)]
-    split_sites([full / "train.parquet", full / "test.parquet"], work / "data", specs)
-    mods = "".join(MODALITY.format(i=i) for i in range(len(SITES)))
-    (work / "tiny.toml").write_text(TINY.format(modalities=mods, epochs=windows))
+    """Site data, the experiment config and a snapshot of the app (what flwr run ships):
+    the deployment tests' three tiny PolyMNIST sites (tests/support/deployment.py)."""
+    data = make_data(work / "data", n_train=n_train, n_test=32)
+    (work / "tiny.toml").write_text(TINY)
     write_patch(work)
-    return {"app": copy_app(work), "config": work / "tiny.toml",
-            "data": {s: work / "data" / s for s in SITES}}
+    return {"app": copy_app(work), "config": work / "tiny.toml", "data": data,
+            "windows": windows}
 
 
 def copy_app(work: Path) -> Path:
@@ -259,7 +233,8 @@ def write_patch(work: Path) -> Path:
 
 def run_config(s: dict) -> dict:
     return {"config": str(s["config"]), "num-sites": len(SITES), "exchange": "round",
-            "local-epochs": 1, "eval-data": "", "collect-model": False,
+            "set": f"train.epochs={s['windows']}", "local-epochs": 1, "eval-data": "",
+            "collect-model": False,
             "out-dir": str(s["out"]), "reply-timeout": 300.0}
 
 
@@ -313,9 +288,14 @@ def site_threads(sites: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, sites))
 
 
+def run_config_text(cfg: dict) -> str:
+    """``cfg`` as ``flwr run --run-config`` takes it (TOML values)."""
+    return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else json.dumps(v)}"
+                    for k, v in cfg.items())
+
+
 def flwr_run(fleet: Fleet, s: dict) -> tuple[int, Path]:
-    cfg = " ".join(f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
-                   for k, v in run_config(s).items())
+    cfg = run_config_text(run_config(s))
     res = fleet.flwr("run", str(s["app"]), "bench", "--stream", "--run-config", cfg,
                      timeout=900, check=False)
     out = res.stdout + res.stderr

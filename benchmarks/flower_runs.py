@@ -31,6 +31,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -74,19 +75,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def app_config(args: argparse.Namespace, work: Path) -> dict:
-    """The run config every federated row uses (the app's defaults + these keys)."""
-    defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    rc = dict(defaults["tool"]["flwr"]["app"]["config"])
-    rc.update({"config": args.config, "exchange": "step", "float16": False,
-               "set": ";".join(x for x in (f"train.epochs={args.epochs}", args.set) if x),
-               "eval-data": "", "data-dir": str(Path(rc["data-dir"]).expanduser())})
-    rc.update(_parse_run_config(args.run_config))
-    from mmvm.federation.settings import load_settings
+def app_config(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
+    """The run config every federated row uses (the app's defaults + these keys) and
+    the simulation's site folders, site -> folder (made if missing)."""
+    from mmvm.federation.settings import app_run_config, load_settings
 
-    s = load_settings({**rc, "config": str(ROOT / args.config)})
-    rc["num-sites"] = len(site_files(s))
-    return rc
+    extra = {k: _value(v) for k, _, v in
+             (t.partition("=") for t in shlex.split(args.run_config))}
+    rc = app_run_config(**{"config": args.config, "exchange": "step", "float16": False,
+                           "set": ";".join(x for x in (f"train.epochs={args.epochs}",
+                                                       args.set) if x),
+                           "eval-data": "", **extra})
+    rc["data-dir"] = str(Path(rc["data-dir"]).expanduser())
+    sites = site_files(load_settings({**rc, "config": str(ROOT / args.config)}))
+    rc["num-sites"] = len(sites)
+    return rc, sites
+
+
+def _value(text: str):
+    """A run-config value as flwr reads it: TOML if it parses, else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def site_files(s) -> dict[str, Path]:
@@ -98,18 +109,6 @@ def site_files(s) -> dict[str, Path]:
                                         modalities=tuple(s.modalities),
                                         variant=s.data_variant, hippocampus=s.hippocampus)
     return {x.name: Path(files[x.name]["train"]).parent for x in sites}
-
-
-def _parse_run_config(text: str) -> dict:
-    out = {}
-    for m in re.finditer(r"([\w-]+)=('[^']*'|\"[^\"]*\"|\S+)", text):
-        v = m.group(2)
-        out[m.group(1)] = v[1:-1] if v[0] in "'\"" else tomllib.loads(f"x={v}")["x"]
-    return out
-
-
-def _flwr_value(v) -> str:
-    return str(v).lower() if isinstance(v, bool) else json.dumps(v)
 
 
 def _env(patch: Path | None, home: Path) -> dict:
@@ -154,11 +153,8 @@ def timed_lines(cmd: list[str], env: dict, log: Path) -> tuple[int, dict]:
     return rc, marks
 
 
-def central(args, rc: dict, work: Path, rep: int) -> dict:
-    from mmvm.federation.settings import load_settings
-
-    s = load_settings({**rc, "config": str(ROOT / args.config)})
-    full = next(iter(site_files(s).values())).parents[1]
+def central(args, rc: dict, sites: dict[str, Path], work: Path, rep: int) -> dict:
+    full = next(iter(sites.values())).parents[1]  # <look-alike>/sites-.../<site>
     out = work / f"central-{rep}"
     sets = [f"data.root={full}", f"train.out_dir={out}", "train.device=cpu",
             *[x for x in rc["set"].split(";") if x]]
@@ -177,7 +173,7 @@ def simulation(args, rc: dict, work: Path, rep: int, patched: bool) -> dict:
     name = f"simulation{'-patched' if patched else ''}-{rep}"
     cfg = {**rc, "out-dir": str(work / "runs"), "state-dir": str(work / "state")}
     cmd = [sys.executable, "-m", "mmvm.cli", "run", "--run-config",
-           " ".join(f"{k}={_flwr_value(v)}" for k, v in cfg.items())]
+           deploy.run_config_text(cfg)]
     patch = deploy.write_patch(work) if patched else None
     code, marks = timed_lines(cmd, _env(patch, work / "flwr-home"), work / f"{name}.log")
     if code or "run_id" not in marks:
@@ -187,12 +183,10 @@ def simulation(args, rc: dict, work: Path, rep: int, patched: bool) -> dict:
             "set_up": marks["aligned"], "steps_per_window": 1}
 
 
-def deployment(args, rc: dict, work: Path, rep: int, patched: bool) -> dict:
-    from mmvm.federation.settings import load_settings
-
+def deployment(args, rc: dict, sites: dict[str, Path], work: Path, rep: int,
+               patched: bool) -> dict:
     name = "patched" if patched else "fork"
-    s = {"app": work / "app", "data": site_files(load_settings(
-        {**rc, "config": str(ROOT / args.config)})), "out": work / name / "runs"}
+    s = {"app": work / "app", "data": sites, "out": work / name / "runs"}
     if not s["app"].exists():
         deploy.copy_app(work)
         deploy.write_patch(work)
@@ -204,7 +198,7 @@ def deployment(args, rc: dict, work: Path, rep: int, patched: bool) -> dict:
             cfg.pop(k, None)
         t0 = time.perf_counter()
         res = fleet.flwr("run", str(s["app"]), "bench", "--stream", "--run-config",
-                         " ".join(f"{k}={_flwr_value(v)}" for k, v in cfg.items()),
+                         deploy.run_config_text(cfg),
                          timeout=3600, check=False)
         wall = time.perf_counter() - t0
         out = res.stdout + res.stderr
@@ -232,7 +226,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="mmvm-flower-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    rc = app_config(args, work)
+    rc, sites = app_config(args)
     print(f"{args.config}: {rc['num-sites']} sites, {args.epochs} epoch(s), exact "
           f"windows; work dir {work}", flush=True)
     runs: list[dict] = []
@@ -242,11 +236,11 @@ def main(argv=None) -> int:
             for rep in range(args.repeats):
                 patched = target.endswith("patched")
                 if target == "central":
-                    r = central(args, rc, work, rep)
+                    r = central(args, rc, sites, work, rep)
                 elif target.startswith("simulation"):
                     r = simulation(args, rc, work, rep, patched)
                 else:
-                    r = deployment(args, rc, work, rep, patched)
+                    r = deployment(args, rc, sites, work, rep, patched)
                 runs.append({"target": target, "repeat": rep, **r})
                 print(f"{target} #{rep + 1}: " + ", ".join(
                     f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)),
