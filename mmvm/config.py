@@ -140,6 +140,8 @@ class TrainConfig:
 class EvalConfig:
     probe_train: int = 10_000  # samples used to fit the latent probes
     classifier_epochs: int = 3  # epochs of the coherence classifiers
+    classifier_shift: int = 0  # image judges train on copies shifted up to this many px
+    classifier_width: int = 16  # judges' base width (image: channels w, 2w, 4w)
     batch_size: int = 256
     # label columns for per-label latent probes ("label.*" style patterns allowed);
     # () = one probe of data.label, scored by accuracy
@@ -262,6 +264,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.num_threads": (lambda v: v >= 0, ">= 0"),
     "eval.probe_train": (lambda v: v >= 1, ">= 1"),
     "eval.classifier_epochs": (lambda v: v >= 0, ">= 0"),
+    "eval.classifier_shift": (lambda v: v >= 0, ">= 0"),
+    "eval.classifier_width": (lambda v: v >= 1, ">= 1"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
 }
 

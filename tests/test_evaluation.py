@@ -334,6 +334,7 @@ def test_classifier_cache_key_follows_data_and_recipe(tmp_path):
     assert k == cache_key(p["train"], p["test"], "m0", ClassifierConfig())
     assert k != cache_key(p["train"], p["test"], "m1", ClassifierConfig())
     assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(epochs=4))
+    assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(shift=2))
 
 
 def test_corrupt_classifier_cache_is_retrained(tmp_path):

@@ -1,0 +1,106 @@
+"""Test accuracy of the coherence judges per look-alike and training recipe.
+
+Coherence is read by a classifier of real data per modality (``mmvm/classifiers.py``);
+a judge at accuracy a caps coherence near a, and the paper's judges score >= 0.97.
+This trains the judge of each modality for each recipe (epochs, width, shift
+augmentation) on a PolyMNIST look-alike's train split and scores it on the test split.
+The look-alike is made under ``--data`` on first use (``mmvm data make polymnist``).
+
+    python benchmarks/judges.py --variant translated                # ~40 min on 2 cores
+    python benchmarks/judges.py --variant translated --recipes 20:16:0 20:16:2 --modalities m0
+
+A recipe is ``epochs:width:shift``. docs/protocol.md quotes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def recipe(text: str) -> tuple[int, int, int]:
+    try:
+        epochs, width, shift = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"recipe {text!r}: expected epochs:width:shift, e.g. 20:16:2") from None
+    return epochs, width, shift
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", default="translated",
+                   choices=("translated", "untranslated", "soft"))
+    p.add_argument("--data", default="",
+                   help="look-alike folder (default data/polymnist-<variant>-judges)")
+    p.add_argument("--recipes", nargs="+", type=recipe,
+                   default=[recipe("20:16:0"), recipe("20:16:2")],
+                   help="epochs:width:shift per recipe (default: 20:16:0 20:16:2)")
+    p.add_argument("--modalities", nargs="+", default=["m0", "m1", "m2"])
+    p.add_argument("--seed", type=int, default=0, help="judge training seed")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/judges"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from mmvm.classifiers import (
+        ClassifierConfig,
+        labelled_rows,
+        predict,
+        train_classifier,
+    )
+    from mmvm.data.polymnist import make_polymnist
+
+    torch.set_num_threads(args.threads)
+    root = Path(args.data or ROOT / f"data/polymnist-{args.variant}-judges")
+    paths = {s: root / f"{s}.parquet" for s in ("train", "test")}
+    if not all(p.is_file() for p in paths.values()):
+        print(f"making the PolyMNIST look-alike ({args.variant}) under {root} (once)")
+        paths = make_polymnist(root, seed=0, variant=args.variant)
+    rows = []
+    for epochs, width, shift in args.recipes:
+        cfg = ClassifierConfig(epochs=epochs, width=width, shift=shift, seed=args.seed)
+        for name in args.modalities:
+            x, y, scale = labelled_rows(paths["train"], name)
+            xt, yt, _ = labelled_rows(paths["test"], name)
+            t0 = time.perf_counter()
+            model = train_classifier(x, y, int(y.max()) + 1, cfg, "cpu", scale)
+            acc = float((predict(model, xt, scale=scale) == yt).float().mean())
+            row = {"variant": args.variant, "modality": name, "train_images": len(x),
+                   "test_images": len(xt), "epochs": epochs, "width": width, "shift": shift,
+                   "seed": args.seed, "test_accuracy": round(acc, 4),
+                   "train_s": round(time.perf_counter() - t0, 1)}
+            rows.append(row)
+            print(row, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{args.variant}"
+    stem.with_suffix(".json").write_text(json.dumps({"args": vars(args) | {
+        "recipes": [":".join(map(str, r)) for r in args.recipes]}, "rows": rows}, indent=2))
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print("\n| recipe (epochs:width:shift) | " + " | ".join(args.modalities) + " |")
+    print("|---|" + "---|" * len(args.modalities))
+    for epochs, width, shift in args.recipes:
+        accs = [r["test_accuracy"] for r in rows
+                if (r["epochs"], r["width"], r["shift"]) == (epochs, width, shift)]
+        print(f"| {epochs}:{width}:{shift} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
+    print(f"wrote {stem}.json and .csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
