@@ -230,7 +230,8 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, i
     raw["data"] = {**dataclasses.asdict(DataConfig()), **raw.get("data", {})}
     saved, now = config_to_dict(config_from_dict(raw, source=str(path))), config_to_dict(cfg)
     for d in (saved, now):  # the epoch budget may grow on resume; nothing else may change
-        d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
+        # ... and the run folder may have moved since (out_dir is where, not what)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "out_dir")}
         # how the data is read (streamed or in memory) never changes the result
         d["data"] = {k: v for k, v in d["data"].items() if k not in _READ_ONLY_KEYS}
         d.pop("source", None)

@@ -160,6 +160,15 @@ def test_resume_ignores_how_the_model_is_evaluated(tmp_path, data):
     assert _params_equal(first.model, again.model)
 
 
+def test_a_moved_run_folder_resumes_and_equals_a_straight_run(tmp_path, data):
+    straight = train(_cfg(tmp_path / "straight", epochs=2), data, show_progress=False)
+    train(_cfg(tmp_path / "before", epochs=1), data, show_progress=False)
+    (tmp_path / "before").rename(tmp_path / "after")
+    resumed = train(_cfg(tmp_path / "after", epochs=2), data, show_progress=False)
+    assert len(resumed.history) == 2
+    assert _params_equal(straight.model, resumed.model)
+
+
 def test_resume_with_fewer_epochs_than_checkpoint_raises(tmp_path, data):
     train(_cfg(tmp_path, epochs=2), data, show_progress=False)
     with pytest.raises(ValueError, match=r"already trained for 2 epochs.*train\.epochs = 1"):
