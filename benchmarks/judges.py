@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
+    from compare_methods import ensure_data  # benchmarks/, on sys.path as a script
 
     from mmvm.classifiers import (
         ClassifierConfig,
@@ -60,20 +61,17 @@ def main(argv=None) -> int:
         predict,
         train_classifier,
     )
-    from mmvm.data.polymnist import make_polymnist
 
     torch.set_num_threads(args.threads)
     root = Path(args.data or ROOT / f"data/polymnist-{args.variant}-judges")
-    paths = {s: root / f"{s}.parquet" for s in ("train", "test")}
-    if not all(p.is_file() for p in paths.values()):
-        print(f"making the PolyMNIST look-alike ({args.variant}) under {root} (once)")
-        paths = make_polymnist(root, seed=0, variant=args.variant)
+    paths = ensure_data(root, args.variant)
+    data = {name: (labelled_rows(paths["train"], name), labelled_rows(paths["test"], name))
+            for name in args.modalities}  # read once, used by every recipe
     rows = []
     for epochs, width, shift in args.recipes:
         cfg = ClassifierConfig(epochs=epochs, width=width, shift=shift, seed=args.seed)
         for name in args.modalities:
-            x, y, scale = labelled_rows(paths["train"], name)
-            xt, yt, _ = labelled_rows(paths["test"], name)
+            (x, y, scale), (xt, yt, _) = data[name]
             t0 = time.perf_counter()
             model = train_classifier(x, y, int(y.max()) + 1, cfg, "cpu", scale)
             acc = float((predict(model, xt, scale=scale) == yt).float().mean())
