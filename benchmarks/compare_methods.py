@@ -115,6 +115,17 @@ def run_config(args, method: str, beta: float, seed: int, out: Path):
     return load_config(args.config, sets)
 
 
+def judge_recipe(args, base):
+    """The config's judge recipe with ``--classifier-epochs``; ``--quick``: also the
+    smallest network and no augmentation (a smoke run)."""
+    import dataclasses
+
+    recipe = dataclasses.replace(base, epochs=args.classifier_epochs)
+    if args.quick:
+        recipe = dataclasses.replace(recipe, width=4, shift=0, rotate=0.0, members=1)
+    return recipe
+
+
 KEYS = ("recon_nll", "probe", "probe_agg", "probe_all", "coherence", "train_seconds")
 
 
@@ -158,7 +169,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from mmvm.atomic import atomic_write
-    from mmvm.classifiers import ClassifierConfig, load_or_train
+    from mmvm.classifiers import load_or_train, recipe_for
+    from mmvm.config import load_config
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run, summary_row
     from mmvm.plots import scatter_recon_vs
@@ -171,8 +183,8 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     names = ["m0", "m1", "m2"]
     t0 = time.perf_counter()
-    clf = load_or_train(paths["train"], paths["test"], names,
-                        cfg=ClassifierConfig(epochs=args.classifier_epochs),
+    recipe = judge_recipe(args, recipe_for(load_config(args.config)))
+    clf = load_or_train(paths["train"], paths["test"], names, cfg=recipe,
                         device=device, log=print)
     print(f"classifiers ({time.perf_counter() - t0:.0f} s), real test accuracy: "
           + ", ".join(f"{k} {v:.3f}" for k, v in clf.test_accuracy.items()))

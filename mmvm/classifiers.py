@@ -17,9 +17,11 @@ generated from; the judge is a classifier of modality m' trained on *real* m' da
 
 Training: AdamW (weight decay 1e-4) with a one-cycle learning-rate schedule peaking at
 ``lr`` (0.86 -> 0.89 over plain Adam at a constant rate, same data and epochs). Image
-judges may train on randomly shifted copies (``shift`` pixels each way, edges
-replicated): the look-alikes hold 9,000 digits where the authors' judges see 60,000,
-and a shifted digit is still the same digit.
+judges may train on randomly shifted and rotated copies (``shift`` pixels each way,
+``rotate`` degrees either side, edges replicated): the look-alikes hold 9,000 digits
+where the authors' judges see 60,000, and a shifted or slightly turned digit is still
+the same digit. ``members`` > 1 trains that many judges from consecutive seeds and
+averages their log-probabilities (:class:`Ensemble`).
 
 Inputs are the model's float inputs (stored values divided by ``scale``), so a
 classifier reads real data and decoder outputs alike.
@@ -45,6 +47,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from mmvm.augment import random_rotate, random_shift
 from mmvm.checkpoint import load_checkpoint, save_checkpoint
 
 CLASSIFIER_VERSION = 3  # bump when the architectures or the training recipe change
@@ -60,6 +63,8 @@ class ClassifierConfig:
     width: int = 16  # image: base channels w; vector: 8 w hidden units (at least 64)
     seed: int = 0
     shift: int = 0  # images: random translation by up to this many pixels per axis
+    rotate: float = 0.0  # images: random rotation by up to this many degrees
+    members: int = 1  # an ensemble of this many judges (seeds seed, seed + 1, ...)
 
 
 @dataclass
@@ -138,10 +143,26 @@ class TokenClassifier(nn.Module):
         return self.head(h.amax(-1))
 
 
+class Ensemble(nn.Module):
+    """Judges that vote by their mean log-probability per class."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logp = torch.stack([m(x).log_softmax(-1) for m in self.members])
+        return logp.mean(0)
+
+
 def build_classifier(shape: Sequence[int], n_classes: int, width: int,
-                     vocab: int = 0) -> nn.Module:
+                     vocab: int = 0, members: int = 1) -> nn.Module:
     """Token classifier when ``vocab`` (a tokens modality's vocabulary size) is
-    given; else a CNN for ``[C, H, W]`` images with C in {1, 3}, an MLP otherwise."""
+    given; else a CNN for ``[C, H, W]`` images with C in {1, 3}, an MLP otherwise;
+    an :class:`Ensemble` of ``members`` of them when that is more than one."""
+    if members > 1:
+        return Ensemble([build_classifier(shape, n_classes, width, vocab)
+                         for _ in range(members)])
     shape = tuple(int(s) for s in shape)
     if vocab:
         return TokenClassifier(vocab, n_classes, max(8 * width, 64))
@@ -151,21 +172,6 @@ def build_classifier(shape: Sequence[int], n_classes: int, width: int,
 
 
 # ------------------------------------------------------------------ training
-def random_shift(x: Tensor, shift: int, generator: torch.Generator) -> Tensor:
-    """Each image of ``x`` [B, C, H, W] translated by its own offset in
-    ``[-shift, shift]`` per axis; pixels moved in from outside repeat the edge."""
-    if shift <= 0:
-        return x
-    b, c, h, w = x.shape
-    padded = nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
-    dy, dx = torch.randint(0, 2 * shift + 1, (2, b), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chans = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
-
-
 def train_classifier(
     x: Tensor, y: Tensor, n_classes: int, cfg: ClassifierConfig = ClassifierConfig(),
     device: str | torch.device = "cpu", scale: float = 1.0, vocab: int = 0,
@@ -178,19 +184,32 @@ def train_classifier(
     """
     if len(x) == 0:
         raise ValueError("no labelled rows to train a classifier on")
-    g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.members > 1:
+        one = dataclasses.replace(cfg, members=1)
+        return Ensemble([train_classifier(x, y, n_classes, dataclasses.replace(
+            one, seed=cfg.seed + i), device, scale, vocab) for i in range(cfg.members)])
+    # the whole fit under the recipe's seed (dropout draws from torch's global
+    # generator), so a judge is a function of its data and recipe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_classifier(x.shape[1:], n_classes, cfg.width, vocab).to(device)
+        return _fit(x, y, n_classes, cfg, device, scale, vocab)
+
+
+def _fit(x: Tensor, y: Tensor, n_classes: int, cfg: ClassifierConfig,
+         device: str | torch.device, scale: float, vocab: int) -> nn.Module:
+    g = torch.Generator().manual_seed(cfg.seed)
+    model = build_classifier(x.shape[1:], n_classes, cfg.width, vocab).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps = max(cfg.epochs * math.ceil(len(x) / cfg.batch_size), 1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
-    shift = cfg.shift if isinstance(model, ImageClassifier) else 0
+    image = isinstance(model, ImageClassifier)
+    shift, rotate = (cfg.shift, cfg.rotate) if image else (0, 0.0)
     model.train()
     for _ in range(cfg.epochs):
         for rows in torch.randperm(len(x), generator=g).split(cfg.batch_size):
-            xb = random_shift(x[rows].to(device).float().div_(scale), shift, g)
+            xb = x[rows].to(device).float().div_(scale)
+            xb = random_shift(random_rotate(xb, rotate, g), shift, g)
             loss = loss_fn(model(xb), y[rows].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -222,8 +241,9 @@ def cache_key(train_path: str | os.PathLike, test_path: str | os.PathLike, name:
         parts.append({"dataset": meta["dataset"], "rows": meta["num_rows"],
                       "bytes": Path(p).stat().st_size, "tensor": meta["tensors"][name]})
     recipe = dataclasses.asdict(cfg)
-    if not recipe["shift"]:  # keys of recipes without augmentation stay as they were
-        del recipe["shift"]
+    for knob, off in (("shift", 0), ("rotate", 0.0), ("members", 1)):
+        if recipe[knob] == off:  # keys of recipes without it stay as they were
+            del recipe[knob]
     material = {"files": parts, "modality": name, "config": recipe,
                 "version": CLASSIFIER_VERSION}
     if vocab:  # only then, so the keys of image and vector classifiers stay as they were
@@ -316,7 +336,8 @@ def _read_cache(path: Path) -> dict | None:
 def _restore(state: dict) -> nn.Module | None:
     """The cached classifier, or None when its weights no longer fit the architecture."""
     model = build_classifier(state["shape"], state["n_classes"], state["config"]["width"],
-                             int(state.get("vocab", 0)))
+                             int(state.get("vocab", 0)),
+                             int(state["config"].get("members", 1)))
     try:
         model.load_state_dict(state["state_dict"])
     except (RuntimeError, KeyError):
@@ -324,14 +345,18 @@ def _restore(state: dict) -> nn.Module | None:
     return model
 
 
+def recipe_for(cfg) -> ClassifierConfig:
+    """The judges' recipe of an :class:`~mmvm.config.ExperimentConfig` (its ``[eval]``)."""
+    ev = cfg.eval
+    return ClassifierConfig(epochs=ev.classifier_epochs, shift=ev.classifier_shift,
+                            rotate=ev.classifier_rotate, members=ev.classifier_members,
+                            width=ev.classifier_width)
+
+
 def classifiers_for(cfg, device: str | torch.device = "cpu", log=None) -> TrainedClassifiers:
     """Classifiers for an :class:`~mmvm.config.ExperimentConfig`'s data and modalities."""
     names = [m.name for m in cfg.model.modalities]
     tokens = {m.name: m.classes for m in cfg.model.modalities if m.kind == "tokens"}
-    recipe = ClassifierConfig(epochs=cfg.eval.classifier_epochs,
-                              shift=cfg.eval.classifier_shift,
-                              width=cfg.eval.classifier_width)
     return load_or_train(cfg.data.files("train"), cfg.data.files("test"), names,
-                         label=cfg.data.label, cfg=recipe, device=device, log=log,
+                         label=cfg.data.label, cfg=recipe_for(cfg), device=device, log=log,
                          tokens=tokens)
-

@@ -142,6 +142,8 @@ class EvalConfig:
     classifier_epochs: int = 3  # epochs of the coherence classifiers
     classifier_shift: int = 0  # image judges train on copies shifted up to this many px
     classifier_width: int = 16  # judges' base width (image: channels w, 2w, 4w)
+    classifier_rotate: float = 0.0  # image judges train on copies turned up to this many degrees
+    classifier_members: int = 1  # judges per modality, voting as an ensemble
     batch_size: int = 256
     # label columns for per-label latent probes ("label.*" style patterns allowed);
     # () = one probe of data.label, scored by accuracy
@@ -266,6 +268,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "eval.classifier_epochs": (lambda v: v >= 0, ">= 0"),
     "eval.classifier_shift": (lambda v: v >= 0, ">= 0"),
     "eval.classifier_width": (lambda v: v >= 1, ">= 1"),
+    "eval.classifier_rotate": (lambda v: 0 <= v <= 180, "in [0, 180]"),
+    "eval.classifier_members": (lambda v: v >= 1, ">= 1"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
 }
 

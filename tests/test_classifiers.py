@@ -1,38 +1,48 @@
-"""The judges' shift augmentation (mmvm.classifiers.random_shift)."""
+"""Judges: reproducible training, augmented batches, ensembles (mmvm.classifiers)."""
 
+import pytest
 import torch
 
-from mmvm.classifiers import random_shift
+from mmvm.classifiers import (
+    ClassifierConfig,
+    Ensemble,
+    ImageClassifier,
+    build_classifier,
+    train_classifier,
+)
 
 
-def test_shift_zero_is_the_identity():
-    x = torch.rand(4, 3, 28, 28)
-    assert random_shift(x, 0, torch.Generator().manual_seed(0)) is x
+def test_ensemble_votes_by_mean_log_probability():
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.tensor(logits)
+
+        def forward(self, x):
+            return self.logits.expand(len(x), -1)
+
+    # two judges lean weakly to class 0, one strongly to class 1: the mean
+    # log-probability prefers 1 although a majority vote would say 0
+    ens = Ensemble([Fixed([0.2, 0.0]), Fixed([0.2, 0.0]), Fixed([0.0, 5.0])])
+    out = ens(torch.zeros(2, 1))
+    want = torch.stack([torch.tensor(v).log_softmax(-1)
+                        for v in ([0.2, 0.0], [0.2, 0.0], [0.0, 5.0])]).mean(0)
+    assert torch.allclose(out, want.expand(2, -1)) and out.argmax(1).tolist() == [1, 1]
 
 
-def test_each_image_is_its_own_translation_with_edges_repeated():
-    x = torch.rand(64, 2, 9, 7)
-    out = random_shift(x, 2, torch.Generator().manual_seed(1))
-    assert out.shape == x.shape
-    offsets = set()
-    for i in range(len(x)):
-        # find the (dy, dx) in [-2, 2]^2 that reproduces image i: an interior pixel
-        # (r, c) of the output is x[r - dy, c - dx], the border repeats x's edge
-        hits = []
-        for dy in range(-2, 3):
-            for dx in range(-2, 3):
-                rows = (torch.arange(9) - dy).clamp(0, 8)
-                cols = (torch.arange(7) - dx).clamp(0, 6)
-                if torch.equal(out[i], x[i][:, rows][:, :, cols]):
-                    hits.append((dy, dx))
-        assert len(hits) == 1, (i, hits)
-        offsets.add(hits[0])
-    assert len(offsets) > 10  # offsets drawn per image, not one per batch
-
-
-def test_shift_is_reproducible_from_the_generator():
-    x = torch.rand(8, 1, 5, 5)
-    a = random_shift(x, 1, torch.Generator().manual_seed(3))
-    b = random_shift(x, 1, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-
+def test_ensemble_members_train_from_consecutive_seeds():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 3, 28, 28, generator=g), torch.randint(0, 3, (40,), generator=g)
+    cfg = ClassifierConfig(epochs=1, width=2, batch_size=20, seed=5, rotate=10.0, shift=1)
+    ens = train_classifier(x, y, 3, ClassifierConfig(**{**cfg.__dict__, "members": 2}))
+    assert isinstance(ens, Ensemble) and len(ens.members) == 2
+    for i, member in enumerate(ens.members):
+        alone = train_classifier(x, y, 3, ClassifierConfig(**{**cfg.__dict__, "seed": 5 + i}))
+        for p, q in zip(member.state_dict().values(), alone.state_dict().values(),
+                        strict=True):
+            assert torch.equal(p, q)
+    rebuilt = build_classifier((3, 28, 28), 3, 2, members=2)
+    rebuilt.load_state_dict(ens.state_dict())  # the cache restores the same layout
+    assert isinstance(rebuilt.members[0], ImageClassifier)
+    with pytest.raises(ValueError, match="no labelled rows"):
+        train_classifier(x[:0], y[:0], 3, cfg)

@@ -335,6 +335,8 @@ def test_classifier_cache_key_follows_data_and_recipe(tmp_path):
     assert k != cache_key(p["train"], p["test"], "m1", ClassifierConfig())
     assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(epochs=4))
     assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(shift=2))
+    assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(rotate=10.0))
+    assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(members=3))
 
 
 def test_corrupt_classifier_cache_is_retrained(tmp_path):
