@@ -38,20 +38,3 @@ def tiny_config():
     """A factory: tiny_config(root, method="mmvm", **train_overrides)."""
     return _tiny_config
 
-
-# ------------------------------------------------------------------ parallel runs
-# Under pytest-xdist (README: ``-n 2 --dist loadgroup``) the tests that start real
-# Flower processes run one at a time per group: deployments (their own SuperLinks and
-# SuperNodes on free ports) in one worker, Ray simulations (one local Ray cluster at
-# a time) in one worker; the other tests spread over both. Most of a deployment test
-# is waiting on Flower's processes and polls, which leaves a core to the rest.
-_GROUPS = {"deploy": "flower-deploy", "test_simulation.py": "flower-ray",
-           "test_run_command.py": "flower-ray", "test_ray_cluster.py": "flower-ray"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        parts = item.path.parts
-        group = _GROUPS.get(parts[-2]) or _GROUPS.get(parts[-1])
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
