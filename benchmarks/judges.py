@@ -12,7 +12,8 @@ scores it on the test split. The look-alike is made under ``--data`` on first us
 
 A recipe is ``epochs:width:shift[:rotate[:members]]`` (rotate in degrees, default 0;
 members default 1). Rows are merged into ``<out>/<variant>.csv`` (a rerun of a recipe
-replaces its rows). docs/protocol.md quotes the table.
+replaces its rows); ``<out>/<variant>.json`` holds the last run's arguments and rows.
+docs/protocol.md quotes the table.
 """
 
 from __future__ import annotations

@@ -185,9 +185,9 @@ def train_classifier(
     if len(x) == 0:
         raise ValueError("no labelled rows to train a classifier on")
     if cfg.members > 1:
-        one = dataclasses.replace(cfg, members=1)
-        return Ensemble([train_classifier(x, y, n_classes, dataclasses.replace(
-            one, seed=cfg.seed + i), device, scale, vocab) for i in range(cfg.members)])
+        return Ensemble([train_classifier(
+            x, y, n_classes, dataclasses.replace(cfg, members=1, seed=cfg.seed + i),
+            device, scale, vocab) for i in range(cfg.members)])
     # the whole fit under the recipe's seed (dropout draws from torch's global
     # generator), so a judge is a function of its data and recipe
     with torch.random.fork_rng(devices=[]):

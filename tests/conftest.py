@@ -37,4 +37,3 @@ def _tiny_config(root, method: str = "mmvm", **train) -> ExperimentConfig:
 def tiny_config():
     """A factory: tiny_config(root, method="mmvm", **train_overrides)."""
     return _tiny_config
-

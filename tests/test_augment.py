@@ -37,7 +37,6 @@ def test_shift_is_reproducible_from_the_generator():
     assert torch.equal(a, b)
 
 
-
 def test_rotation_by_zero_is_the_identity_and_by_quarter_turns_is_rot90():
     x = torch.rand(3, 2, 8, 8)
     assert torch.allclose(rotate_images(x, torch.zeros(3)), x, atol=1e-6)
@@ -69,5 +68,4 @@ def test_random_rotation_draws_angles_within_bounds_from_the_generator():
     b = random_rotate(x, 15.0, torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.allclose(a, x)
     angles = (torch.rand(16, generator=torch.Generator().manual_seed(2)) * 2 - 1) * 15.0
-    assert angles.abs().max() <= 15.0
     assert torch.allclose(a, rotate_images(x, angles), atol=1e-6)
