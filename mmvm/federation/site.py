@@ -113,7 +113,8 @@ class Site:
         self.model = accel.prepare(build_model(cfg, self.names).to(self.device),
                                    channels_last=cfg.train.channels_last,
                                    compile=cfg.train.compile)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self._optimizer: torch.optim.Optimizer | None = None  # built at the first step
+        self._optimizer_state: dict | None = None  # restored, not yet applied
         self.scaler = accel.grad_scaler(cfg.train.amp, self.device)
         accel.amp_dtype(cfg.train.amp, self.device)  # fails here, not at the first step
         self.alpha_at = alpha_schedule(cfg.train.alpha_schedule, cfg.train.alpha_start,
@@ -122,6 +123,26 @@ class Site:
         self.link: Link | None = None
         self.progress = Progress()  # where the site is in the run's protocol
         self.replies = ReplyCache()  # last window/unmask replies, for a restarted server
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the site's parameters, built (and given its restored state) on
+        first use. Why lazily: torch's optimizers import ``torch._dynamo`` (~1-2 s of
+        CPU) when built, and a deployment's ClientApp is a fresh process per message, so
+        messages that do not train (describe, align, attach, unmask, evaluate) skip it."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+            if self._optimizer_state is not None:
+                self._optimizer.load_state_dict(self._optimizer_state)
+                self._optimizer_state = None
+        return self._optimizer
+
+    def _optimizer_state_dict(self) -> dict | None:
+        """What :meth:`save` writes: the live optimizer's state, else the restored
+        state as it was read, else None (never stepped: a fresh Adam)."""
+        if self._optimizer is not None:
+            return self._optimizer.state_dict()
+        return self._optimizer_state
 
     # ------------------------------------------------------------------ alignment
     def attach(self, n: int, rows: list[int], positions: np.ndarray, plan: PlanArgs,
@@ -266,7 +287,7 @@ class Site:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Model, optimizer, counters and link, written atomically."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": self.model.state_dict(), "optimizer": self._optimizer_state_dict(),
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
                  "progress": self.progress.state(), "replies": self.replies.state()}
@@ -278,8 +299,23 @@ class Site:
             raise ValueError(f"{path}: saved for modalities {state['names']}, this site "
                              f"holds {self.names}")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._optimizer, self._optimizer_state = None, _checked_optimizer_state(
+            state["optimizer"], len(list(self.model.parameters())), path)
         self.windows_done = int(state["windows_done"])
         self.link = None if state["link"] is None else Link.from_state(state["link"])
         self.progress = Progress.from_state(state["progress"])
         self.replies = ReplyCache.from_state(state.get("replies", {}))
+
+
+def _checked_optimizer_state(state: dict | None, n_params: int, path: str | Path
+                             ) -> dict | None:
+    """A saved Adam state that fits a model of ``n_params`` parameter tensors (checked
+    here, where the file is read; the optimizer itself is built at the first step)."""
+    if state is None:
+        return None
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if (not isinstance(groups, list) or not isinstance(state.get("state"), dict)
+            or sum(len(g.get("params", ())) for g in groups) != n_params):
+        raise ValueError(f"{path}: the saved optimizer state does not fit this site's "
+                         f"model ({n_params} parameter tensors)")
+    return state

@@ -1,0 +1,83 @@
+"""A site's optimizer is built at its first step, and its state survives a restore.
+
+Building a torch optimizer imports ``torch._dynamo`` (1-2 s of CPU); a deployment's
+ClientApp is a new process per message, so a message that does not train must not pay
+for it. What is saved and restored must still be exactly the optimizer's state: a
+restored site trains on bit for bit as the one that saved it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmvm.federation.site import Site
+from tests.support.federate import federate, make_sites, plain_endpoints, split
+
+ROOT = Path(__file__).resolve().parents[2]
+
+NO_DYNAMO = """
+import sys, torch
+from mmvm.config import config_from_dict
+from mmvm.federation.site import Site
+root, out = sys.argv[1], sys.argv[2]
+mods = {m: {"kind": "image", "shape": [3, 28, 28], "width": 4} for m in ("m0", "m1", "m2")}
+cfg = config_from_dict({"data": {"root": root}, "model": {"latent_dim": 8, "modalities": mods},
+                        "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}})
+site = Site(cfg, "a", root + "/train.parquet")
+site.save(out)
+again = Site(cfg, "a", root + "/train.parquet")
+again.restore(out)
+again.save(out)
+print("before", "torch._dynamo" in sys.modules)
+again.optimizer
+print("after", "torch._dynamo" in sys.modules)
+"""
+
+
+def test_a_site_that_does_not_train_never_imports_dynamo(tiny_polymnist, tmp_path):
+    res = subprocess.run([sys.executable, "-c", NO_DYNAMO, str(tiny_polymnist),
+                          str(tmp_path / "a.pt")], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["before", "False", "after", "True"], res.stdout
+
+
+@pytest.fixture
+def trained(tiny_polymnist, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_polymnist)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    federate(cfg, plain_endpoints(sites), exchange="step")
+    return cfg, sites["n0"]
+
+
+def test_a_restored_site_trains_on_exactly_as_the_one_that_saved(trained, tmp_path):
+    cfg, site = trained
+    site.save(tmp_path / "a.pt")
+    fresh = Site(cfg, site.name, site.train_path)
+    fresh.restore(tmp_path / "a.pt")
+    fresh.save(tmp_path / "b.pt")  # its optimizer not built yet: the state as read
+    a, b = (torch.load(tmp_path / f, weights_only=True)["optimizer"] for f in ("a.pt", "b.pt"))
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for k, st in a["state"].items():
+        assert st["step"] > 0 and all(torch.equal(v, b["state"][k][n]) for n, v in st.items())
+    for s in (site, fresh):
+        s.train_window(0, {})
+    for (n, p), (n2, q) in zip(site.model.named_parameters(), fresh.model.named_parameters(),
+                               strict=True):
+        assert n == n2 and torch.equal(p, q), n
+
+
+def test_a_saved_optimizer_of_another_model_is_refused(trained, tmp_path):
+    cfg, site = trained
+    site.save(tmp_path / "a.pt")
+    state = torch.load(tmp_path / "a.pt", weights_only=True)
+    state["optimizer"]["param_groups"][0]["params"].pop()
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: the saved optimizer state does not fit"):
+        Site(cfg, site.name, site.train_path).restore(tmp_path / "bad.pt")
