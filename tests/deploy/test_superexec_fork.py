@@ -73,7 +73,7 @@ def test_sites_train_in_forked_clientapps(tmp_path):
                f"local-epochs=1 eval-data='' collect-model=false "
                f"out-dir='{tmp_path / 'runs'}' reply-timeout=120.0")
         res = fleet.flwr("run", str(app), "local", "--stream", "--run-config", cfg,
-                         timeout=300, check=False)
+                         timeout=600, check=False)
         out = res.stdout + res.stderr
         assert "Successfully started run" in out, out
         run_id = out.split("Successfully started run ")[1].split()[0]

@@ -195,7 +195,7 @@ def test_two_hospital_walkthrough(tmp_path):
         assert f'--run-config "{RUN_CONFIG}"' in guide
         runs = tmp_path / "operator" / "runs"
         res = fleet.flwr("run", str(ROOT), "mmvm", "--stream", "--run-config",
-                         f"{RUN_CONFIG} out-dir='{runs}'", timeout=300, check=False)
+                         f"{RUN_CONFIG} out-dir='{runs}'", timeout=600, check=False)
         out = res.stdout + res.stderr
         m = re.search(r"Successfully started run (\d+)", out)
         assert m, out

@@ -144,7 +144,7 @@ class Deployment:
         return ["run", str(self.app), "mmvm", "--stream", "--run-config", text]
 
     def run(self, **extra: object) -> tuple[int, str]:
-        res = self.fleet.flwr(*self._run_args(extra), timeout=300, check=False)
+        res = self.fleet.flwr(*self._run_args(extra), timeout=600, check=False)
         out = res.stdout + res.stderr
         m = re.search(r"Successfully started run (\d+)", out)
         assert m, out
