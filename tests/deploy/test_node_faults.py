@@ -1,13 +1,14 @@
 """Faults with real processes: SuperNodes killed mid-run, then the SuperLink killed.
 
 A secure deployment on 127.0.0.1 (SuperLink with TLS, node auth and a database file;
-three SuperNodes; ``tests/support/deployment.py``) runs one federation of 7 windows
+three SuperNodes, each site with the fork-server SuperExec of deploy/README.md section 8;
+``tests/support/deployment.py``) runs one federation of 7 windows
 with ``site-timeout`` 25 s and ``min-sites = 2``, and this happens to it:
 
-1. after window 2 site b's SuperNode is killed with SIGKILL (its ClientApp too: the
-   whole process group) and restarted 20 s later with the same node key and state
+1. after window 2 site b's SuperNode and SuperExec are killed with SIGKILL (their
+   process groups: its ClientApp too) and restarted 20 s later with the same node key and state
    dir, retried as a service manager would until the SuperLink takes it back;
-2. after window 3 site c's SuperNode is killed for good. While only a answers, a
+2. after window 3 site c is killed for good. While only a answers, a
    window waits up to twice the site-timeout for a second site (and the server
    pauses once the SuperLink counts the dead nodes offline);
 3. once b has answered a window again, the SuperLink is killed with SIGKILL (its
@@ -19,17 +20,18 @@ with ``site-timeout`` 25 s and ``min-sites = 2``, and this happens to it:
 back and trained the last window (its own state file says so), every window was
 trained once at a, and c never came back. (That a resumed run equals an uninterrupted
 one is shown in one process, where the row order of the sealed protocol can be fixed:
-tests/federation/test_resume.py.) Flower starts a ClientApp process per message: ~12 s
-a window. About 4 minutes.
+tests/federation/test_resume.py.) The fork-server SuperExec answers a message in a
+forked child of a process that imported torch once; with Flower's stock SuperExec (a
+``flwr-clientapp`` process per message, ~12 s a window on 2 slow cores; that path is
+what tests/deploy/test_deployment.py and test_two_hospitals.py run) this test took
+5 minutes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import time
 
 import pytest
@@ -46,11 +48,6 @@ pytestmark = [
     ),
 ]
 WINDOWS = 7
-
-
-def _kill(proc) -> None:
-    os.killpg(proc.popen.pid, signal.SIGKILL)  # SuperNode and its ClientApp process
-    proc.popen.wait(10)
 
 
 def _site_state(dep, site: str, run_id: int) -> dict:
@@ -75,7 +72,7 @@ def _b_answered_after(log, start: int, run, timeout: float) -> bool:
 
 
 def test_sites_drop_out_rejoin_and_the_server_resumes(tmp_path):
-    dep = Deployment(tmp_path / "dep")
+    dep = Deployment(tmp_path / "dep", fork=True)
     log, log2 = tmp_path / "run.log", tmp_path / "resumed.log"
     opts = {"set": f"train.epochs={WINDOWS}", "site-timeout": 25.0, "min-sites": 2,
             "pause-timeout": 300.0}
@@ -83,10 +80,10 @@ def test_sites_drop_out_rejoin_and_the_server_resumes(tmp_path):
         dep.start(database=True)
         run = dep.submit(log, **opts)
         assert wait_for_log(log, [f"window 2/{WINDOWS}"], 240, run), log.read_text()
-        _kill(dep.nodes["b"])
+        dep.kill_node("b")
         killed = time.monotonic()
         assert wait_for_log(log, [f"window 3/{WINDOWS}"], 120, run), log.read_text()
-        _kill(dep.nodes["c"])
+        dep.kill_node("c")
         time.sleep(max(0.0, 20 - (time.monotonic() - killed)))
         dep.restart_node("b")
         mark = len(log.read_text())

@@ -4,7 +4,10 @@ Sites a, b, c hold one PolyMNIST modality each (data written here, keys by
 ``deploy.make_keys``); each SuperNode's node config pins its peers, keys and state
 dir (the site's own policy). :meth:`Deployment.run` submits a run and waits for it;
 :meth:`Deployment.submit` starts one in the background (fault tests kill and
-restart SuperNodes meanwhile).
+restart SuperNodes meanwhile). ``fork=True``: each site runs its SuperNode with
+``--isolation process`` and, next to it, the fork-server SuperExec
+(``deploy.superexec_fork --threads 1``; deploy/README.md section 8) instead of a
+``flwr-clientapp`` process per message.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from deploy import make_keys
 from mmvm.secure.keys import load_public_directory
 from tests.support.audit_app import make_app
 from tests.support.fleet import Fleet
-from tests.support.processes import Process, wait_for_log
+from tests.support.processes import Process, free_port, wait_for_log
 
 BIN = Path(sys.executable).parent
 SITES = ("a", "b", "c")
@@ -66,8 +69,9 @@ def make_data(root: Path, n_train: int = 96, n_test: int = 48) -> dict[str, Path
 
 
 class Deployment:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, fork: bool = False) -> None:
+        self.root, self.fork = root, fork
+        self.execs: dict[str, Process] = {}  # fork: each site's SuperExec
         self.keys = root / "keys"
         assert make_keys.main(["--out", str(self.keys), "--sites", ",".join(SITES)]) == 0
         self.data = make_data(root / "data")
@@ -112,12 +116,32 @@ class Deployment:
         directory = load_public_directory(self.keys / "public_keys.json")
         pins = ";".join(f"{p}={directory[p].fingerprint.replace(' ', '')}"
                         for p in SITES if p != s)  # the site's own policy
-        return self.fleet.start_supernode(
+        port = free_port()
+        node = self.fleet.start_supernode(
             log_name or s, self.link, auth_key=site_dir / s, root_certificates=self.keys / "ca.crt",
+            port=port, extra_args=["--isolation", "process"] if self.fork else (),
             node_config=f'site="{s}" data="{self.data[s]}" '
                         f'keys="{site_dir / "site_keys.json"}" '
                         f'directory="{site_dir / "public_keys.json"}" '
                         f'peers="{pins}" state="{self.state / s}"')
+        if self.fork:
+            self.execs[s] = self.fleet.start(f"superexec-{log_name or s}", [
+                sys.executable, "-m", "deploy.superexec_fork", "--insecure", "--threads", "1",
+                "--runtime-api-address", f"127.0.0.1:{port}"])
+        return node
+
+    def kill_node(self, s: str) -> None:
+        """SIGKILL site ``s``: its SuperNode and whatever runs its ClientApps (the
+        stock SuperExec and its ``flwr-clientapp`` share the SuperNode's process
+        group; the fork-server SuperExec has its own), as if its host went down."""
+        import os
+        import signal
+
+        procs = [self.nodes[s]] + ([self.execs[s]] if s in self.execs else [])
+        for proc in procs:
+            if proc.popen.poll() is None:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(10)
 
     def restart_node(self, s: str, timeout: float = 180.0) -> Process:
         """Start SuperNode ``s`` again, as a service manager would (systemd
@@ -129,8 +153,7 @@ class Deployment:
             proc = self.nodes[s] = self.start_node(s, f"{s}-restart{attempt}")
             if wait_for_log(proc.log, ["SuperNode ID:"], 20, proc.popen):
                 return proc
-            if proc.popen.poll() is None:
-                proc.popen.kill()
+            self.kill_node(s)
             time.sleep(3)
         raise AssertionError(f"SuperNode {s} did not come back:\n{proc.log_text()}")
 
