@@ -131,10 +131,10 @@ class Site:
         CPU) when built, and a deployment's ClientApp is a fresh process per message, so
         messages that do not train (describe, align, attach, unmask, evaluate) skip it."""
         if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+            opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
             if self._optimizer_state is not None:
-                self._optimizer.load_state_dict(self._optimizer_state)
-                self._optimizer_state = None
+                opt.load_state_dict(self._optimizer_state)  # raises: the state stays
+            self._optimizer, self._optimizer_state = opt, None
         return self._optimizer
 
     def _optimizer_state_dict(self) -> dict | None:
@@ -309,13 +309,18 @@ class Site:
 
 def _checked_optimizer_state(state: dict | None, n_params: int, path: str | Path
                              ) -> dict | None:
-    """A saved Adam state that fits a model of ``n_params`` parameter tensors (checked
-    here, where the file is read; the optimizer itself is built at the first step)."""
+    """A saved Adam state that fits a model of ``n_params`` parameter tensors: one
+    parameter group over all of them, state only for those (checked here, where the
+    file is read; the optimizer itself is built at the first step)."""
     if state is None:
         return None
     groups = state.get("param_groups") if isinstance(state, dict) else None
-    if (not isinstance(groups, list) or not isinstance(state.get("state"), dict)
-            or sum(len(g.get("params", ())) for g in groups) != n_params):
+    ok = (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
+          and list(groups[0].get("params", ())) == list(range(n_params))
+          and isinstance(state.get("state"), dict)
+          and set(state["state"]) <= set(range(n_params)))
+    if not ok:
         raise ValueError(f"{path}: the saved optimizer state does not fit this site's "
-                         f"model ({n_params} parameter tensors)")
+                         f"model (one parameter group over its {n_params} parameter "
+                         f"tensors)")
     return state

@@ -76,6 +76,7 @@ def test_sites_drop_out_rejoin_and_the_server_resumes(tmp_path):
     log, log2 = tmp_path / "run.log", tmp_path / "resumed.log"
     opts = {"set": f"train.epochs={WINDOWS}", "site-timeout": 25.0, "min-sites": 2,
             "pause-timeout": 300.0}
+    run = None
     try:
         dep.start(database=True)
         run = dep.submit(log, **opts)
@@ -94,6 +95,8 @@ def test_sites_drop_out_rejoin_and_the_server_resumes(tmp_path):
         run = dep.submit(log2, **opts, **{"resume": str(first), "connect-timeout": 30.0})
         run.wait(600)
     finally:
+        if run is not None and run.poll() is None:
+            run.kill()  # a failed assertion left `flwr run --stream` running
         dep.fleet.stop()
     before, out = log.read_text(), log2.read_text()
     assert f"mmvm: resuming run {first} after window" in out and "away: c" in out, out

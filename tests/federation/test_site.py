@@ -73,11 +73,21 @@ def test_a_restored_site_trains_on_exactly_as_the_one_that_saved(trained, tmp_pa
         assert n == n2 and torch.equal(p, q), n
 
 
-def test_a_saved_optimizer_of_another_model_is_refused(trained, tmp_path):
+def _one_tensor_short(opt: dict) -> None:
+    opt["param_groups"][0]["params"].pop()
+
+
+def _two_groups(opt: dict) -> None:  # the right count, not the site's one group
+    g = opt["param_groups"][0]
+    opt["param_groups"] = [{**g, "params": g["params"][:2]}, {**g, "params": g["params"][2:]}]
+
+
+@pytest.mark.parametrize("spoil", [_one_tensor_short, _two_groups])
+def test_a_saved_optimizer_of_another_model_is_refused_when_read(trained, tmp_path, spoil):
     cfg, site = trained
     site.save(tmp_path / "a.pt")
     state = torch.load(tmp_path / "a.pt", weights_only=True)
-    state["optimizer"]["param_groups"][0]["params"].pop()
+    spoil(state["optimizer"])
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad\.pt: the saved optimizer state does not fit"):
         Site(cfg, site.name, site.train_path).restore(tmp_path / "bad.pt")

@@ -72,6 +72,7 @@ class Deployment:
     def __init__(self, root: Path, fork: bool = False) -> None:
         self.root, self.fork = root, fork
         self.execs: dict[str, Process] = {}  # fork: each site's SuperExec
+        self.ports: dict[str, int] = {}  # each SuperNode's Runtime API port
         self.keys = root / "keys"
         assert make_keys.main(["--out", str(self.keys), "--sites", ",".join(SITES)]) == 0
         self.data = make_data(root / "data")
@@ -110,48 +111,61 @@ class Deployment:
                                                port=self.link.port,
                                                extra_args=["--database", self.db])
 
-    def start_node(self, s: str, log_name: str | None = None) -> Process:
-        """SuperNode ``s`` with its node key, keys, pinned peers and state dir."""
+    def start_node(self, s: str, log_name: str | None = None,
+                   superexec: bool = True) -> Process:
+        """SuperNode ``s`` with its node key, keys, pinned peers and state dir (and,
+        with ``fork`` and ``superexec``, the site's SuperExec next to it)."""
         site_dir = self.keys / "sites" / s
         directory = load_public_directory(self.keys / "public_keys.json")
         pins = ";".join(f"{p}={directory[p].fingerprint.replace(' ', '')}"
                         for p in SITES if p != s)  # the site's own policy
-        port = free_port()
+        self.ports[s] = free_port()
         node = self.fleet.start_supernode(
             log_name or s, self.link, auth_key=site_dir / s, root_certificates=self.keys / "ca.crt",
-            port=port, extra_args=["--isolation", "process"] if self.fork else (),
+            port=self.ports[s], extra_args=["--isolation", "process"] if self.fork else (),
             node_config=f'site="{s}" data="{self.data[s]}" '
                         f'keys="{site_dir / "site_keys.json"}" '
                         f'directory="{site_dir / "public_keys.json"}" '
                         f'peers="{pins}" state="{self.state / s}"')
-        if self.fork:
-            self.execs[s] = self.fleet.start(f"superexec-{log_name or s}", [
-                sys.executable, "-m", "deploy.superexec_fork", "--insecure", "--threads", "1",
-                "--runtime-api-address", f"127.0.0.1:{port}"])
+        if self.fork and superexec:
+            self.start_superexec(s, log_name)
         return node
+
+    def start_superexec(self, s: str, log_name: str | None = None) -> None:
+        """The fork-server SuperExec of site ``s``, on its SuperNode's Runtime API."""
+        self.execs[s] = self.fleet.start(f"superexec-{log_name or s}", [
+            sys.executable, "-m", "deploy.superexec_fork", "--insecure", "--threads", "1",
+            "--runtime-api-address", f"127.0.0.1:{self.ports[s]}"])
 
     def kill_node(self, s: str) -> None:
         """SIGKILL site ``s``: its SuperNode and whatever runs its ClientApps (the
         stock SuperExec and its ``flwr-clientapp`` share the SuperNode's process
-        group; the fork-server SuperExec has its own), as if its host went down."""
+        group; the fork-server SuperExec has its own), as if its host went down.
+        Each whole group, even where its leader has exited already."""
         import os
         import signal
 
-        procs = [self.nodes[s]] + ([self.execs[s]] if s in self.execs else [])
-        for proc in procs:
-            if proc.popen.poll() is None:
+        for proc in [self.nodes[s]] + ([self.execs.pop(s)] if s in self.execs else []):
+            try:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the group is gone
             proc.popen.wait(10)
 
     def restart_node(self, s: str, timeout: float = 180.0) -> Process:
-        """Start SuperNode ``s`` again, as a service manager would (systemd
+        """Start site ``s`` again, as a service manager would (systemd
         ``Restart=always``): the SuperLink refuses the node key until it has marked
-        the old connection offline (up to 2 heartbeats, 60 s), so retry until active."""
+        the old connection offline (up to 2 heartbeats, 60 s), so retry until active.
+        With ``fork``, the SuperExec (torch and all, imported at its start) follows
+        once the SuperNode is in, not at every attempt."""
         deadline, attempt = time.monotonic() + timeout, 0
         while time.monotonic() < deadline:
             attempt += 1
-            proc = self.nodes[s] = self.start_node(s, f"{s}-restart{attempt}")
+            name = f"{s}-restart{attempt}"
+            proc = self.nodes[s] = self.start_node(s, name, superexec=False)
             if wait_for_log(proc.log, ["SuperNode ID:"], 20, proc.popen):
+                if self.fork:
+                    self.start_superexec(s, name)
                 return proc
             self.kill_node(s)
             time.sleep(3)
