@@ -22,6 +22,27 @@ from mmvm.networks import build_decoder, build_encoder
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def norm_buffers(module: nn.Module) -> list[dict[str, Tensor]]:
+    """The buffers (running statistics, batch count) of every BatchNorm layer of
+    ``module`` that tracks them, in module order: the tensors themselves."""
+    return [dict(m.named_buffers(recurse=False)) for m in _running_norms(module)]
+
+
+def swap_norm_buffers(module: nn.Module, buffers: list[dict[str, Tensor]]) -> None:
+    """Make ``buffers`` (as :func:`norm_buffers` lists them) the BatchNorm buffers.
+
+    The tensors are swapped, not written into: a forward pass in training mode keeps
+    its running statistics for the backward pass, which refuses tensors written in
+    place after it (their version counters)."""
+    for m, named in zip(_running_norms(module), buffers, strict=True):
+        for k, b in named.items():
+            setattr(m, k, b)
+
+
+def _running_norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, _NORMS) and m.track_running_stats]
+
+
 @contextmanager
 def norm_stats_frozen(module: nn.Module) -> Iterator[None]:
     """Forward passes inside leave every BatchNorm's running statistics as they were.
@@ -32,14 +53,13 @@ def norm_stats_frozen(module: nn.Module) -> Iterator[None]:
     model runs each encoder once per step), or its running statistics drift from
     the centralized run's although its parameters agree.
     """
-    norms = [m for m in module.modules() if isinstance(m, _NORMS) and m.track_running_stats]
-    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    saved = [{k: b.clone() for k, b in named.items()} for named in norm_buffers(module)]
     try:
         yield
     finally:
-        for m, buffers in zip(norms, saved, strict=True):
-            for k, b in buffers.items():
-                getattr(m, k).copy_(b)
+        for live, kept in zip(norm_buffers(module), saved, strict=True):
+            for k, b in kept.items():
+                live[k].copy_(b)
 
 
 class MultimodalVAE(nn.Module):

@@ -109,6 +109,7 @@ def site_loss(
     beta: float,
     alpha: float,
     eps: Tensor,
+    own: tuple[Tensor, Tensor] | None = None,
 ) -> LossTerms:
     """The loss a site computes for the modalities it owns (``model.names``).
 
@@ -119,11 +120,13 @@ def site_loss(
     unimodal methods (mmvm, independent) the gradient with respect to the site's
     parameters equals the centralized gradient exactly (reference note, "Why this
     federates exactly"). The batch mean runs over all B rows, as centrally.
+    ``own``: the site's encoder outputs ``model.encode(x_own, own mask)`` for these
+    rows when that pass already ran (``mmvm.federation.lookahead``).
     """
-    own = [names.index(n) for n in model.names]
-    mu_own, lv_own = model.encode(x_own, mask[:, own])
+    cols = [names.index(n) for n in model.names]
+    mu_own, lv_own = own if own is not None else model.encode(x_own, mask[:, cols])
     cols_mu, cols_lv = list(mu_all.unbind(1)), list(logvar_all.unbind(1))
-    for j, m in enumerate(own):
+    for j, m in enumerate(cols):
         cols_mu[m], cols_lv[m] = mu_own[:, j], lv_own[:, j]
     mu, logvar = torch.stack(cols_mu, 1), torch.stack(cols_lv, 1)
     return _assemble_loss(model, x_own, mask, mu, logvar, names, method, beta, alpha, eps)

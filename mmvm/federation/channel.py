@@ -93,7 +93,7 @@ class PlainChannel:
     def outgoing(self, site: Site, index: int) -> dict[str, bytes]:
         link = site.linked()
         rows = site.window_rows(index)
-        table, deltas = site.encode(rows), None
+        table, deltas = site.encode_window(index), None
         tol, unit = link.delta_tol, link.plan_args.delta_unit
         if tol is not None and link.int8:  # event-triggered, with error feedback
             table, deltas = link.sent_cache.changed_int8(table, tol, unit)

@@ -116,7 +116,7 @@ class SealedChannel:
         """Per peer: own posteriors for the rows of window ``index`` the peer shares."""
         sec, link = self.sec, site.linked()
         wrows = site.window_rows(index)
-        table = site.encode(wrows)
+        table = site.encode_window(index)
         out = {}
         for peer, info in sorted(sec.state["peers"].items()):
             need = np.intersect1d(info["rows"], wrows)

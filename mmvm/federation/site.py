@@ -24,6 +24,7 @@ from mmvm.data import check_token_classes, open_dataset
 from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.delta import PosteriorCache
+from mmvm.federation.lookahead import Lookahead, forward_ahead
 from mmvm.federation.plan import PlanArgs, Step, Window
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
@@ -123,6 +124,9 @@ class Site:
         self.link: Link | None = None
         self.progress = Progress()  # where the site is in the run's protocol
         self.replies = ReplyCache()  # last window/unmask replies, for a restarted server
+        self.lookahead = True  # one-step windows: encode the next batch once (lookahead.py)
+        self._ahead: Lookahead | None = None
+        self.forwards_reused = 0  # steps that took over the pass of the message before
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -197,6 +201,33 @@ class Site:
                 out[m] = Posteriors(rows[keep], mu.cpu().numpy(), lv.cpu().numpy())
         return out
 
+    def encode_window(self, index: int) -> dict[str, Posteriors]:
+        """Own posteriors for the rows of window ``index``. A window of one step gets
+        them from that step's own encoder pass, run now with autograd on and kept for
+        the step to take over (:mod:`mmvm.federation.lookahead`)."""
+        self._ahead = None
+        plan = self.linked().plan
+        if not (self.lookahead and index < len(plan) and len(plan[index].steps) == 1):
+            return self.encode(self.window_rows(index))
+        step = plan[index].steps[0]
+        rows = step.rows.numpy()
+        local = self.link.local_of[rows]
+        where = np.flatnonzero(local >= 0)
+        if not len(where):
+            return {}
+        t = self.cfg.train
+        ahead = forward_ahead(self.model, self.data, step.step, local[where], self.device,
+                              t.amp, t.channels_last)
+        self._ahead, rows, out = ahead, rows[where], {}
+        for j, m in enumerate(self.names):
+            keep = np.flatnonzero(ahead.mask[:, j].numpy())
+            keep = keep[np.argsort(rows[keep], kind="stable")]  # as encode(): row order
+            if len(keep):
+                mu, lv = (v[keep, j].detach().float().cpu().numpy()
+                          for v in (ahead.mu, ahead.logvar))
+                out[m] = Posteriors(rows[keep], mu, lv)
+        return out
+
     # ------------------------------------------------------------------ train
     def train_window(self, index: int, others: dict[str, Posteriors]) -> dict:
         """Run window ``index`` of the plan with the other modalities' posteriors fixed."""
@@ -221,12 +252,22 @@ class Site:
         where = np.flatnonzero(local >= 0)
         if not len(where):
             return {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 1}
-        batch = self.data.batch(local[where])
+        dev, t = self.device, self.cfg.train
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.valid_for(self.model, step.step, local[where]):
+            own_mask, x, own = ahead.mask, ahead.x, (ahead.mu, ahead.logvar)
+            self.forwards_reused += 1
+        else:
+            batch = self.data.batch(local[where])
+            own_mask, x, own = batch["mask"], batch["x"], None
+            x = {k: v.to(dev) for k, v in x.items()}
+            if t.channels_last:
+                x = {k: accel.to_channels_last(v) for k, v in x.items()}
         mask = torch.zeros(len(where), M, dtype=torch.bool)
         mu_all, lv_all = torch.zeros(len(where), M, D), torch.zeros(len(where), M, D)
         for g, m in enumerate(self.global_names):
             if m in self.names:
-                mask[:, g] = batch["mask"][:, self.names.index(m)]
+                mask[:, g] = own_mask[:, self.names.index(m)]
             elif m in others:
                 found, pos = others[m].lookup(rows[where])
                 have = torch.from_numpy(found)
@@ -235,14 +276,10 @@ class Site:
                 mask[have, g] = True
         eps = torch.stack([modality_noise(self.cfg.train.seed, step.step, g, B, D)[where]
                            for g in range(M)], 1)
-        dev, t = self.device, self.cfg.train
-        x = {k: v.to(dev) for k, v in batch["x"].items()}
-        if t.channels_last:
-            x = {k: accel.to_channels_last(v) for k, v in x.items()}
         with accel.autocast(t.amp, dev):
             terms = site_loss(self.model, x, mask.to(dev), mu_all.to(dev), lv_all.to(dev),
                               self.global_names, self.cfg.model.method, t.beta,
-                              self.alpha_at(step.step), eps.to(dev))
+                              self.alpha_at(step.step), eps.to(dev), own)
         loss = terms.loss * (len(where) / B)  # the centralized loss is a mean over B rows
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"site {self.name}: loss {loss.item()} at step "
@@ -299,6 +336,7 @@ class Site:
             raise ValueError(f"{path}: saved for modalities {state['names']}, this site "
                              f"holds {self.names}")
         self.model.load_state_dict(state["model"])
+        self._ahead = None
         self._optimizer, self._optimizer_state = None, _checked_optimizer_state(
             state["optimizer"], len(list(self.model.parameters())), path)
         self.windows_done = int(state["windows_done"])

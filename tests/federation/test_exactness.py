@@ -2,7 +2,10 @@
 
 The reference note's argument: dR/dtheta_m needs only q_m and the other modalities'
 current (mu, logvar); each site minimises its share of the batch-mean loss with its own
-Adam, so parameters must agree with one centralized Adam over all modalities. In a
+Adam, so parameters must agree with one centralized Adam over all modalities: bit for
+bit when every site holds every row, since a site's step then runs the centralized
+step's operations on the same tensors (its encoder pass feeds both the posteriors it
+sends and its own loss, ``mmvm.federation.lookahead``). In a
 horizontal split every site holds every modality of its own samples: FedAvg then only
 approximates centralized training, but it must train.
 """
@@ -45,7 +48,10 @@ def test_exchange_every_step_equals_centralized(tiny_polymnist, tiny_config, tmp
     assert len(res.history) == 2 * 3  # 192 samples / 64 per batch, 2 epochs
     assert set(fed) == set(central)
     worst = max(np.abs(fed[k] - central[k].numpy()).max() for k in central)
-    assert worst < 1e-4, f"largest parameter difference {worst}"
+    if missing:  # a site encodes only the rows it holds, a smaller batch than central
+        assert worst < 1e-4, f"largest parameter difference {worst}"
+    else:  # every site runs the very operations of the centralized step
+        assert worst == 0.0, f"largest parameter difference {worst}"
 
 
 def test_stale_exchange_differs_but_trains(tiny_polymnist, tiny_config, tmp_path):
