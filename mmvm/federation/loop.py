@@ -12,7 +12,8 @@ every message through the transport (:func:`mmvm.federation.messages.payload_byt
 Per window w: each site receives the other modalities' posteriors for its rows of w
 and the averaged weights of the modalities it shares; it trains w and answers with
 its own posteriors for the rows of w+1 (computed after its update: with one step per
-window they are exactly the current posteriors) and its shared weights.
+window they are exactly the current posteriors, from the encoder pass that step w+1
+then takes over, ``lookahead.py``) and its shared weights.
 """
 
 from __future__ import annotations
