@@ -88,11 +88,12 @@ def _site_files(nc, s: FederationSettings) -> tuple[str, str, str | None]:
 _SETTINGS: dict[tuple, FederationSettings] = {}  # the last run config's, parsed
 
 
-def run_settings(run_config) -> FederationSettings:
-    """The run's settings, parsed once per process and run config: a process that
-    keeps its site (a site host) answers every window, and parsing the experiment
-    config again costs ~3-8 ms of CPU per message."""
-    key = tuple(sorted((str(k), repr(v)) for k, v in run_config.items()))
+def run_settings(run_config, run_id: int) -> FederationSettings:
+    """The run's settings, parsed once per process, run and run config: a process
+    that keeps its site (a site host) answers every window, and parsing the
+    experiment config again costs ~3-8 ms of CPU per message. Another run is parsed
+    afresh (its app may bring another experiment config under the same name)."""
+    key = (int(run_id), *sorted((str(k), repr(v)) for k, v in run_config.items()))
     s = _SETTINGS.get(key)
     if s is None:
         s = load_settings(run_config)  # a bad config raises here, every time
@@ -104,7 +105,7 @@ def run_settings(run_config) -> FederationSettings:
 def settings_and_policy(context: Context) -> tuple[FederationSettings, SitePolicy, tuple]:
     """The run's settings and this site's policy, checked against each other before
     anything is read or sent."""
-    s = run_settings(context.run_config)
+    s = run_settings(context.run_config, context.run_id)
     files = _site_files(context.node_config, s)
     policy = load_policy(context.node_config, files[0])
     policy.check_run(files[0], s.secure, s.align)

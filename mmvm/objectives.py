@@ -125,7 +125,9 @@ def site_loss(
     """
     cols = [names.index(n) for n in model.names]
     mu_own, lv_own = own if own is not None else model.encode(x_own, mask[:, cols])
-    cols_mu, cols_lv = list(mu_all.unbind(1)), list(logvar_all.unbind(1))
+    # others' values in the own columns' dtype: under autocast the centralized step
+    # stacks every encoder's output in that lower precision, in which they were made
+    cols_mu, cols_lv = (list(t.to(mu_own.dtype).unbind(1)) for t in (mu_all, logvar_all))
     for j, m in enumerate(cols):
         cols_mu[m], cols_lv[m] = mu_own[:, j], lv_own[:, j]
     mu, logvar = torch.stack(cols_mu, 1), torch.stack(cols_lv, 1)

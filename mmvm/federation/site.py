@@ -206,9 +206,11 @@ class Site:
         them from that step's own encoder pass, run now with autograd on and kept for
         the step to take over (:mod:`mmvm.federation.lookahead`)."""
         self._ahead = None
-        plan = self.linked().plan
-        if not (self.lookahead and index < len(plan) and len(plan[index].steps) == 1):
+        link = self.linked()
+        if not (self.lookahead and not link.shared and index < len(link.plan)
+                and len(link.plan[index].steps) == 1):  # shared: FedAvg lands in between
             return self.encode(self.window_rows(index))
+        plan = link.plan
         step = plan[index].steps[0]
         rows = step.rows.numpy()
         local = self.link.local_of[rows]
@@ -258,6 +260,7 @@ class Site:
             own_mask, x, own = ahead.mask, ahead.x, (ahead.mu, ahead.logvar)
             self.forwards_reused += 1
         else:
+            ahead = None  # its graph goes now, not after this step's
             batch = self.data.batch(local[where])
             own_mask, x, own = batch["mask"], batch["x"], None
             x = {k: v.to(dev) for k, v in x.items()}

@@ -32,20 +32,25 @@ def _run(cfg, tmp_path, data_root, layout="vertical", missing=0.0, **settings):
     specs, root = split(data_root, tmp_path, layout, missing)
     sites = make_sites(cfg, specs, root)
     res = federate(cfg, plain_endpoints(sites), **settings)
-    return res, params(sites.values()), (specs, root)
+    return res, params(sites.values()), (specs, root, sites)
 
 
-@pytest.mark.parametrize("missing", [0.0, 0.3])
-def test_exchange_every_step_equals_centralized(tiny_polymnist, tiny_config, tmp_path, missing):
-    cfg = tiny_config(tiny_polymnist, out_dir=str(tmp_path / "central"))
-    res, fed, (specs, root) = _run(cfg, tmp_path, tiny_polymnist, missing=missing,
-                                   exchange="step")
+@pytest.mark.parametrize("missing, fast", [(0.0, False), (0.3, False), (0.0, True)],
+                         ids=["all rows", "missing 0.3", "bf16 + channels_last"])
+def test_exchange_every_step_equals_centralized(tiny_polymnist, tiny_config, tmp_path,
+                                                missing, fast):
+    cfg = tiny_config(tiny_polymnist, out_dir=str(tmp_path / "central"),
+                      **({"amp": "bf16", "channels_last": True} if fast else {}))
+    res, fed, (specs, root, sites) = _run(cfg, tmp_path, tiny_polymnist, missing=missing,
+                                          exchange="step")
     files = [root / s.name / "train.parquet" for s in specs]
     data = MultimodalDataset.from_parquet(files, MODALITIES)
     if missing:
         assert not bool(data.mask.all()), "the split should drop some modalities"
     central = train(cfg, data, resume=False, show_progress=False).model.state_dict()
     assert len(res.history) == 2 * 3  # 192 samples / 64 per batch, 2 epochs
+    # every step took over the encoder pass made when its posteriors were sent
+    assert [s.forwards_reused for s in sites.values()] == [6] * len(specs)
     assert set(fed) == set(central)
     worst = max(np.abs(fed[k] - central[k].numpy()).max() for k in central)
     if missing:  # a site encodes only the rows it holds, a smaller batch than central

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmvm import accel
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.federation.lookahead import forward_ahead
@@ -44,19 +45,22 @@ def model_and_data():
     return model, data
 
 
-def _ahead(model, data, step=5, rows=ROWS):
-    return forward_ahead(model, data, step, rows, torch.device("cpu"), "off", False)
+def _ahead(model, data, step=5, rows=ROWS, amp="off"):
+    return forward_ahead(model, data, step, rows, torch.device("cpu"), amp, False)
 
 
-def test_the_pass_is_the_forward_the_step_would_run(model_and_data):
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_the_pass_is_the_forward_the_step_would_run(model_and_data, amp):
     model, data = model_and_data
     reference = copy.deepcopy(model).train()
     before = [{k: b.clone() for k, b in d.items()} for d in norm_buffers(model)]
-    ahead = _ahead(model.eval(), data)  # whatever mode it was in: the step trains
+    ahead = _ahead(model.eval(), data, amp=amp)  # whatever mode it was in: the step trains
     for now, then in zip(norm_buffers(model), before, strict=True):  # untouched yet
         assert all(torch.equal(now[k], then[k]) for k in then)
     batch = data.batch(ROWS)
-    mu, logvar = reference.encode(batch["x"], batch["mask"])
+    with accel.autocast(amp, torch.device("cpu")):
+        mu, logvar = reference.encode(batch["x"], batch["mask"])
+    assert mu.dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
     assert torch.equal(ahead.mu, mu) and torch.equal(ahead.logvar, logvar)
 
     assert ahead.valid_for(model, 5, ROWS.copy())
@@ -81,10 +85,17 @@ def _load_weights(model):
     model.load_state_dict(copy.deepcopy(model.state_dict()))
 
 
+def _write_a_buffer(model):
+    with torch.no_grad():
+        model.encoders["a"][0].running_var.mul_(1.0)
+
+
 @pytest.mark.parametrize("change", [
     lambda m: (6, ROWS), lambda m: (5, ROWS[::-1].copy()),
-    lambda m: _write_a_parameter(m) or (5, ROWS), lambda m: _load_weights(m) or (5, ROWS)],
-    ids=["another step", "other rows", "parameter written", "weights loaded"])
+    lambda m: _write_a_parameter(m) or (5, ROWS), lambda m: _write_a_buffer(m) or (5, ROWS),
+    lambda m: _load_weights(m) or (5, ROWS)],
+    ids=["another step", "other rows", "parameter written", "buffer written",
+         "weights loaded"])
 def test_the_pass_is_refused_once_anything_it_read_changed(model_and_data, change):
     model, data = model_and_data
     ahead = _ahead(model, data)
@@ -95,15 +106,17 @@ def test_the_pass_is_refused_once_anything_it_read_changed(model_and_data, chang
         assert all(torch.equal(now[k], then[k]) for k in then)
 
 
-def test_shared_weights_arriving_each_window_make_every_step_encode_again(
-        tiny_polymnist, tiny_config, tmp_path):
+@pytest.mark.parametrize("shared", [False, True])
+def test_sites_that_share_weights_do_not_keep_the_pass(tiny_polymnist, tiny_config,
+                                                       tmp_path, shared):
     """Horizontal sites exchanging every step get averaged weights in every window
-    after the first: the pass of the message before was made with other weights, so
-    only window 0 (no weights averaged yet) may reuse it, and the run still trains."""
+    after the first, so a kept pass would be refused each time: they encode without
+    one. A site whose weights nobody else changes (vertical) keeps it every step."""
     cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "horizontal")
+    specs, root = split(tiny_polymnist, tmp_path, "horizontal" if shared else "vertical")
     sites = make_sites(cfg, specs, root)
     res = federate(cfg, plain_endpoints(sites), exchange="step")
     assert len(res.history) == 3
-    assert [s.forwards_reused for s in sites.values()] == [1] * len(sites)
+    assert [s.forwards_reused for s in sites.values()] == [0 if shared else 3] * len(sites)
+    assert all(bool(s.linked().shared) == shared for s in sites.values())
     assert all(np.isfinite(r["rec_nll"]) for r in res.history)
