@@ -50,6 +50,9 @@ class Coordinator:
             s.rows = np.fromiter((row_of[i] for i in s.identifiers), dtype=np.int64,
                                  count=len(s.identifiers))
             s.held = np.sort(s.rows)
+        self._holds = {s.key: np.zeros(len(self.ids), dtype=bool) for s in sites}
+        for s in sites:
+            self._holds[s.key][s.held] = True
         self._check_overlaps()
         self._check_coupled()
         self.plan_args = plan
@@ -117,6 +120,12 @@ class Coordinator:
             return np.zeros(0, dtype=np.int64)
         return self.plan[index].rows.numpy()
 
+    def held_of(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """The ones of aligned ``rows`` (sorted, distinct) site ``key`` holds, in
+        order: ``np.intersect1d(rows, held)`` without sorting all held rows again,
+        which the server does for every site twice a window."""
+        return rows[self._holds[key][rows]]
+
     def attach_request(self, key: str, *, float16: bool, delta_tol: float | None,
                        peers: bool) -> AttachRequest:
         """The attach message for site ``key``; ``peers`` adds the rows it shares with
@@ -140,8 +149,7 @@ class Coordinator:
     def route(self, index: int, table: Mapping[str, Posteriors]) -> dict[str, dict]:
         """Per site: the other modalities' posteriors for its rows of window ``index``."""
         wanted = self.window_rows(index)
-        return {key: select_rows(table, np.intersect1d(wanted, site.held),
-                                 exclude=site.modalities)
+        return {key: select_rows(table, self.held_of(key, wanted), exclude=site.modalities)
                 for key, site in self.sites.items()}
 
     def weights_for(self, key: str, averaged: Mapping[str, dict]) -> dict:

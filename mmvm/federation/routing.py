@@ -96,7 +96,7 @@ class PlainRouting:
     @staticmethod
     def frame(coord: Coordinator, key: str, index: int) -> np.ndarray:
         """Rows of window ``index`` site ``key`` holds (what both sides derive)."""
-        return np.intersect1d(coord.window_rows(index), coord.sites[key].held)
+        return coord.held_of(key, coord.window_rows(index))
 
     def _base(self):
         """The receiver's values increments are added to (none: no increments)."""

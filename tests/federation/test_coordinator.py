@@ -80,3 +80,15 @@ def test_fedavg_is_the_sample_weighted_mean_of_the_holders():
         c.fedavg({"k0": w["k0"], "k1": {"m0": {"p": np.zeros(3, np.float32)}}})
     req = c.attach_request("k1", float16=False, delta_tol=None, peers=False)
     assert req.shared == {"m0": ["a", "b"]}
+
+
+def test_held_of_is_the_intersection_with_the_rows_a_site_holds():
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(50)]
+    a, b = (list(rng.choice(ids, size=k, replace=False)) for k in (40, 17))
+    c = _coord(("a", ["m0"], a), ("b", ["m1"], b))
+    for index in range(len(c.plan)):
+        rows = c.window_rows(index)
+        for key, site in c.sites.items():
+            assert c.held_of(key, rows).tolist() == np.intersect1d(rows, site.held).tolist()
+    assert c.held_of("k1", np.zeros(0, np.int64)).size == 0
