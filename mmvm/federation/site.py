@@ -210,10 +210,9 @@ class Site:
         if not (self.lookahead and not link.shared and index < len(link.plan)
                 and len(link.plan[index].steps) == 1):  # shared: FedAvg lands in between
             return self.encode(self.window_rows(index))
-        plan = link.plan
-        step = plan[index].steps[0]
+        step = link.plan[index].steps[0]
         rows = step.rows.numpy()
-        local = self.link.local_of[rows]
+        local = link.local_of[rows]
         where = np.flatnonzero(local >= 0)
         if not len(where):
             return {}
