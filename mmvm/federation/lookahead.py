@@ -61,23 +61,31 @@ def versions(model: nn.Module) -> tuple[tuple[int, int], ...]:
                  for t in itertools.chain(model.parameters(), model.buffers()))
 
 
+def step_inputs(data, local: np.ndarray, device: torch.device, channels_last: bool
+                ) -> tuple[dict[str, Tensor], Tensor]:
+    """A training step's inputs for dataset rows ``local``: the batch on ``device``
+    in the step's memory format, and its modality mask (on the CPU)."""
+    batch = data.batch(local)
+    x = {k: v.to(device) for k, v in batch["x"].items()}
+    if channels_last:
+        x = {k: accel.to_channels_last(v) for k, v in x.items()}
+    return x, batch["mask"]
+
+
 def forward_ahead(model, data, step: int, local: np.ndarray, device: torch.device,
                   amp: str, channels_last: bool) -> Lookahead:
     """The training step's encoder pass over dataset rows ``local`` (model in training
     mode, autograd on). The model's BatchNorm buffers stay as they were: the pass
     updates copies, which the step swaps in."""
-    batch = data.batch(local)
-    x = {k: v.to(device) for k, v in batch["x"].items()}
-    if channels_last:
-        x = {k: accel.to_channels_last(v) for k, v in x.items()}
+    x, mask = step_inputs(data, local, device, channels_last)
     model.train()  # as the step will be
     before = norm_buffers(model)
     swap_norm_buffers(model, [{k: b.clone() for k, b in named.items()} for named in before])
     try:
         with torch.enable_grad(), accel.autocast(amp, device):
-            mu, logvar = model.encode(x, batch["mask"].to(device))
+            mu, logvar = model.encode(x, mask.to(device))
         after = norm_buffers(model)
     finally:
         swap_norm_buffers(model, before)
-    return Lookahead(step, np.array(local, copy=True), x, batch["mask"], mu, logvar, after,
+    return Lookahead(step, np.array(local, copy=True), x, mask, mu, logvar, after,
                      versions(model))

@@ -24,7 +24,7 @@ from mmvm.data import check_token_classes, open_dataset
 from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.delta import PosteriorCache
-from mmvm.federation.lookahead import Lookahead, forward_ahead
+from mmvm.federation.lookahead import Lookahead, forward_ahead, step_inputs
 from mmvm.federation.plan import PlanArgs, Step, Window
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
@@ -260,11 +260,8 @@ class Site:
             self.forwards_reused += 1
         else:
             ahead = None  # its graph goes now, not after this step's
-            batch = self.data.batch(local[where])
-            own_mask, x, own = batch["mask"], batch["x"], None
-            x = {k: v.to(dev) for k, v in x.items()}
-            if t.channels_last:
-                x = {k: accel.to_channels_last(v) for k, v in x.items()}
+            x, own_mask = step_inputs(self.data, local[where], dev, t.channels_last)
+            own = None
         mask = torch.zeros(len(where), M, dtype=torch.bool)
         mu_all, lv_all = torch.zeros(len(where), M, D), torch.zeros(len(where), M, D)
         for g, m in enumerate(self.global_names):

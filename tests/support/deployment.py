@@ -13,7 +13,9 @@ restart SuperNodes meanwhile). ``fork=True``: each site runs its SuperNode with
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -142,9 +144,6 @@ class Deployment:
         stock SuperExec and its ``flwr-clientapp`` share the SuperNode's process
         group; the fork-server SuperExec has its own), as if its host went down.
         Each whole group, even where its leader has exited already."""
-        import os
-        import signal
-
         for proc in [self.nodes[s]] + ([self.execs.pop(s)] if s in self.execs else []):
             try:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
