@@ -9,6 +9,11 @@ forwards the message to it and returns its reply. The host answers one message a
 time, keeps the site in memory and writes it only when the server checkpoints
 (``client/site_node.py``); sites train concurrently, one host per site.
 
+A host imports what the site's first step would otherwise import lazily
+(``torch._dynamo``, which torch's optimizers load when built: seconds of CPU with
+every site starting at once), so that cost falls in the run's set-up, where the host
+starts (the first message), and not in its first training window.
+
 Hosts ask Ray for no CPU of their own (the Flower actor that forwards a message
 holds its CPUs while the host computes); each uses ``cores // sites`` torch threads
 of its machine. ``mmvm run`` sizes Ray's CPU count so that every site's message is
@@ -51,6 +56,18 @@ def forward(kind: str, content: RecordDict, context: Context, sites: int
         raise
 
 
+def warm_imports() -> None:
+    """Import what a site's first training step would import lazily: torch's
+    optimizers load ``torch._dynamo`` (with sympy) when the first one is built, and
+    more at its first step. A throwaway step on one number does all of it."""
+    import torch
+
+    weight = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([weight])
+    weight.sum().backward()
+    opt.step()
+
+
 _HOSTS: dict = {}  # this Flower actor's handles to site hosts, by name
 
 
@@ -72,6 +89,7 @@ if ray is not None:
         def __init__(self, threads: int) -> None:
             import torch  # here, not at import: the forwarding Flower actors need none
 
+            warm_imports()
             torch.set_num_threads(threads)
 
         def answer(self, kind: str, content: RecordDict, context: Context
