@@ -57,6 +57,7 @@ class Coordinator:
         self._check_coupled()
         self.plan_args = plan
         self.plan: list[Window] = plan.plan(len(self.ids))
+        self._window_rows: dict[int, np.ndarray] = {}
 
     def _check_sites(self, sites: list[SiteInfo]) -> None:
         names = [s.name for s in sites]
@@ -118,13 +119,23 @@ class Coordinator:
         """Sorted rows window ``index`` trains on (empty past the last window)."""
         if index >= len(self.plan):
             return np.zeros(0, dtype=np.int64)
-        return self.plan[index].rows.numpy()
+        rows = self._window_rows.get(index)
+        if rows is None:  # asked ~10 times a window (and the next): made once, read-only
+            if len(self._window_rows) > 3:
+                self._window_rows.clear()
+            rows = self._window_rows[index] = self.plan[index].rows.numpy()
+            rows.flags.writeable = False
+        return rows
+
+    def holds(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Whether site ``key`` holds each of the aligned ``rows`` (in ``[0, n)``)."""
+        return self._holds[key][rows]
 
     def held_of(self, key: str, rows: np.ndarray) -> np.ndarray:
         """The ones of aligned ``rows`` (sorted, distinct) site ``key`` holds, in
         order: ``np.intersect1d(rows, held)`` without sorting all held rows again,
         which the server does for every site twice a window."""
-        return rows[self._holds[key][rows]]
+        return rows[self.holds(key, rows)]
 
     def attach_request(self, key: str, *, float16: bool, delta_tol: float | None,
                        peers: bool) -> AttachRequest:

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from mmvm.federation.arrow_headers import headers
 from mmvm.federation.quantize import EXP_MAX, EXP_MIN, dequantize, quantize
+from mmvm.federation.rows import in_sorted
 
 MODALITY_KEY = b"mmvm.modality"
 PRESENT_KEY = b"mmvm.present"  # bitmap of the frame's rows in this batch
@@ -109,7 +110,7 @@ def encode_table(table: Mapping[str, Posteriors], float16: bool = False, *,
     dtype = VALUE_TYPES["int8" if int8 else "float16" if float16 else "float32"]
     if frame is not None and not (np.diff(frame := np.asarray(frame, np.int64)) > 0).all():
         raise PosteriorError("a frame must be sorted rows without repeats")
-    implied = frame is not None and all(np.isin(p.rows, frame).all() for _, p, _ in parts)
+    implied = frame is not None and all(in_sorted(p.rows, frame).all() for _, p, _ in parts)
     schema = pa.schema(([] if implied else [(ROW, pa.uint32())])
                        + [("mu", pa.list_(dtype, d)), ("logvar", pa.list_(dtype, d))])
     sink = io.BytesIO()
@@ -376,11 +377,11 @@ def merge_tables(tables: Sequence[Mapping[str, Posteriors]]) -> dict[str, Poster
 def select_rows(table: Mapping[str, Posteriors], wanted: np.ndarray,
                 exclude: Sequence[str] = ()) -> dict[str, Posteriors]:
     """The part of ``table`` for the ``wanted`` rows, without modalities ``exclude``."""
-    out = {}
+    out, wanted = {}, np.sort(wanted)  # already sorted from the server: ~free
     for name, p in table.items():
         if name in exclude:
             continue
-        keep = np.flatnonzero(np.isin(p.rows, wanted))
+        keep = np.flatnonzero(in_sorted(p.rows, wanted))
         if len(keep):
             out[name] = p.take(keep)
     return out

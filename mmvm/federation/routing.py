@@ -121,7 +121,7 @@ class PlainRouting:
                 raise FederationError(f"site {site.name} sent posteriors for modalities "
                                       f"{sorted(foreign)} it does not hold")
             for m, p in t.items():
-                stray_rows = p.rows[~np.isin(p.rows, site.held)]
+                stray_rows = p.rows[~coord.holds(key, p.rows)]  # decode_table: rows < n
                 if len(stray_rows):
                     raise FederationError(f"site {site.name} sent posteriors for row "
                                           f"{int(stray_rows[0])} of {m!r}, which it does "

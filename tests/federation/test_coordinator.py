@@ -92,3 +92,13 @@ def test_held_of_is_the_intersection_with_the_rows_a_site_holds():
         for key, site in c.sites.items():
             assert c.held_of(key, rows).tolist() == np.intersect1d(rows, site.held).tolist()
     assert c.held_of("k1", np.zeros(0, np.int64)).size == 0
+
+
+def test_window_rows_are_the_plans_sorted_rows_and_cannot_be_written():
+    c = _coord(("a", ["m0"], [f"s{i}" for i in range(30)]), ("b", ["m1"], ["s1", "s2"]))
+    for index in (0, 1, 0, len(c.plan) - 1, 1):  # cached: the same answer when asked again
+        rows = c.window_rows(index)
+        assert rows.tolist() == sorted(set(c.plan[index].rows.tolist()))
+        with pytest.raises(ValueError):
+            rows[0] = -1
+    assert c.window_rows(len(c.plan)).size == 0

@@ -346,3 +346,12 @@ def test_random_corruption_of_framed_int8_tables_raises_posterior_error_only():
             decode_table(bytes(bad), frame=FRAME, latent_dim=D, n_rows=60, base=_zeros)
         except PosteriorError:
             pass
+
+
+def test_select_rows_takes_wanted_rows_in_any_order():
+    p = Posteriors(np.array([2, 5, 7, 9]), np.arange(8.0).reshape(4, 2).astype(np.float32),
+                   np.zeros((4, 2), np.float32))
+    got = select_rows({"m": p, "own": p}, np.array([9, 2, 4]), exclude=["own"])
+    assert list(got) == ["m"] and got["m"].rows.tolist() == [2, 9]
+    assert got["m"].mu.tolist() == [[0.0, 1.0], [6.0, 7.0]]
+    assert select_rows({"m": p}, np.zeros(0, np.int64)) == {}
