@@ -1,7 +1,8 @@
 """Exact federated MMVM under Flower against ``mmvm train``: wall time, window by window.
 
 ``python benchmarks/federated_vs_centralized.py --flower ...`` runs this. The rows,
-each ``--repeats`` times one after another (use an otherwise idle machine):
+each ``--repeats`` times, interleaved (repeat 1 of every row, then repeat 2, ...; use
+an otherwise idle machine):
 
     central              mmvm train: seconds per optimiser step (its metrics.csv)
     simulation           mmvm run = flwr run on Ray, sites kept in site hosts, exchange
@@ -230,11 +231,16 @@ def main(argv=None) -> int:
     print(f"{args.config}: {rc['num-sites']} sites, {args.epochs} epoch(s), exact "
           f"windows; work dir {work}", flush=True)
     runs: list[dict] = []
+    env = None  # the environment flwr's local SuperLink was started with
     try:
-        for target in args.targets:
-            stop_local_superlink()  # each row starts flwr's local SuperLink afresh
-            for rep in range(args.repeats):
+        # repeats outermost: a drift in the machine's speed (a noisy neighbour) then
+        # touches every row alike, and "x central" pairs runs of the same repeat
+        for rep in range(args.repeats):
+            for target in args.targets:
                 patched = target.endswith("patched")
+                if target != "central" and env != (patched, target):
+                    stop_local_superlink()  # the next flwr run starts one with this env
+                    env = (patched, target)
                 if target == "central":
                     r = central(args, rc, sites, work, rep)
                 elif target.startswith("simulation"):
@@ -254,8 +260,9 @@ def main(argv=None) -> int:
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """Mean ± standard error over repeats, per target."""
-    step = estimate(r["per_step"] for r in runs if r["target"] == "central")
+    """Mean ± standard error over repeats, per target; "x central" is the mean of the
+    per-repeat ratios to the central run of the same repeat."""
+    central = {r["repeat"]: r["per_step"] for r in runs if r["target"] == "central"}
     rows = []
     for target in dict.fromkeys(r["target"] for r in runs):
         mine = [r for r in runs if r["target"] == target]
@@ -265,9 +272,10 @@ def summarize(runs: list[dict]) -> list[dict]:
             est = estimate(r[k] for r in mine if k in r)
             if est:
                 row[k], row[k + "_se"] = est.mean, est.se or 0.0
-        per = row.get("per_window", row.get("per_step"))
         k = mine[0].get("steps_per_window", 1)  # x central: per step of the window
-        row["x_central"] = per / (k * step.mean) if step and per else None
+        x = estimate(r.get("per_window", r.get("per_step")) / (k * central[r["repeat"]])
+                     for r in mine if r["repeat"] in central)
+        row["x_central"], row["x_central_se"] = (x.mean, x.se or 0.0) if x else (None, None)
         rows.append(row)
     return rows
 
@@ -281,7 +289,7 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per = "per_window" if "per_window" in r else "per_step"
-        x = f"{r['x_central']:.2f}" if r.get("x_central") else "—"
+        x = pm(r, "x_central", 2) if r.get("x_central") else "—"
         lines.append(
             f"| {r['target']} | {pm(r, per)} | {x} | {pm(r, 'train_s')} | "
             f"{pm(r, 'codec_s')} | {pm(r, 'disk_s')} | {pm(r, 'server_s')} | "
