@@ -110,6 +110,7 @@ def site_loss(
     alpha: float,
     eps: Tensor,
     own: tuple[Tensor, Tensor] | None = None,
+    reconstruct: Callable[[Tensor], Tensor] | None = None,
 ) -> LossTerms:
     """The loss a site computes for the modalities it owns (``model.names``).
 
@@ -122,6 +123,8 @@ def site_loss(
     federates exactly"). The batch mean runs over all B rows, as centrally.
     ``own``: the site's encoder outputs ``model.encode(x_own, own mask)`` for these
     rows when that pass already ran (``mmvm.federation.lookahead``).
+    ``reconstruct``: log p(x_m | z_m) [B, M_own] from the own columns of z, in place
+    of the decoders (the lookahead's decoder half already ran them).
     """
     cols = [names.index(n) for n in model.names]
     mu_own, lv_own = own if own is not None else model.encode(x_own, mask[:, cols])
@@ -131,16 +134,30 @@ def site_loss(
     for j, m in enumerate(cols):
         cols_mu[m], cols_lv[m] = mu_own[:, j], lv_own[:, j]
     mu, logvar = torch.stack(cols_mu, 1), torch.stack(cols_lv, 1)
-    return _assemble_loss(model, x_own, mask, mu, logvar, names, method, beta, alpha, eps)
+    return _assemble_loss(model, x_own, mask, mu, logvar, names, method, beta, alpha, eps,
+                          reconstruct)
 
 
-def _assemble_loss(model, x, mask, mu, logvar, names, method, beta, alpha, eps) -> LossTerms:
+def _assemble_loss(model, x, mask, mu, logvar, names, method, beta, alpha, eps,
+                   reconstruct=None) -> LossTerms:
     z, reg = get_method(method)(mu, logvar, mask, eps, alpha)
     own = [names.index(n) for n in model.names]
-    rec_own = model.reconstruction_ll(x, z[:, own], mask[:, own])  # [B, M_own]
+    z_own = z[:, own]
+    rec_own = reconstruct(z_own) if reconstruct is not None else \
+        model.reconstruction_ll(x, z_own, mask[:, own])  # [B, M_own]
+    loss, rec_ll = combine_loss(model, rec_own, reg, mask, names, beta)
+    return LossTerms(loss=loss, rec_ll=rec_ll, reg=reg, mu=mu, logvar=logvar)
+
+
+def combine_loss(model: MultimodalVAE, rec_own: Tensor, reg: Tensor, mask: Tensor,
+                 names: list[str], beta: float) -> tuple[Tensor, Tensor]:
+    """mean_b [ -sum_m w_m log p(x_m | z_m) + beta R ] from the own modalities'
+    log-likelihoods ``rec_own`` [B, M_own] and the regulariser ``reg`` [B]; also
+    log p(x_m | z_m) for all ``names`` [B, M] (0 for the modalities not own)."""
+    own = [names.index(n) for n in model.names]
     rec_ll = torch.zeros(mask.shape, dtype=rec_own.dtype, device=rec_own.device)
     rec_ll[:, own] = rec_own
     weights = torch.zeros(len(names), dtype=rec_own.dtype, device=rec_own.device)
     weights[own] = model.likelihood_weights.to(rec_own)
     loss = (-(rec_ll * weights).sum(1) + beta * reg).mean()
-    return LossTerms(loss=loss, rec_ll=rec_ll, reg=reg, mu=mu, logvar=logvar)
+    return loss, rec_ll

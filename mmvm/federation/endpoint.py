@@ -50,6 +50,7 @@ class Endpoint:
 
     def handle(self, request):
         """The reply to ``request``, chosen by its type."""
+        self.site.settle()  # work the site started after its last reply
         try:
             handler = self._handlers[type(request)]
         except KeyError:

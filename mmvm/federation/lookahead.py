@@ -16,19 +16,32 @@ all change them). Otherwise it is dropped and the step runs its own forward, as
 without it. The pass updates copies of the BatchNorm running statistics: the model's
 stay as they were (a step that never comes must not have updated them) until the step
 takes the pass over and swaps the updated copies in.
+
+**The decoder half** (:func:`decode_ahead`). For the federated methods z_m depends on
+the own posterior q(z_m | x_m) only, so the reconstruction terms, the decoders'
+gradients and the loss's gradient with respect to the own columns of z need nothing
+from the other sites. A site that stays in memory runs them in a thread while its
+reply travels and the server routes (the site would otherwise wait idle); the step
+then needs only the regulariser, the encoders' backward and the optimizer.
+:class:`Decoded` stands in for the decoders in the step's graph and hands back the
+gradient they computed, so the parameters end bit for bit as with one backward pass.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mmvm import accel
+from mmvm.aggregation import get_method
 from mmvm.model import norm_buffers, swap_norm_buffers
+from mmvm.objectives import combine_loss
 
 
 @dataclass
@@ -43,15 +56,78 @@ class Lookahead:
     logvar: Tensor
     norms_after: list[dict[str, Tensor]]  # BatchNorm buffers as the pass left them
     versions: tuple[tuple[int, int], ...]  # of the model's tensors after the pass
+    decoded: Background | None = None  # the decoder half, when it runs ahead
+
+    def settle(self) -> None:
+        """Wait for the decoder half (it uses the model) to end, if one runs."""
+        if self.decoded is not None:
+            self.decoded.join()
 
     def valid_for(self, model: nn.Module, step: int, local: np.ndarray) -> bool:
         """Whether the step ``step`` over dataset rows ``local`` can use this pass;
         if so, BatchNorm running statistics become those the pass computed."""
+        self.settle()
         if step != self.step or not np.array_equal(local, self.local) \
                 or versions(model) != self.versions:
             return False
         swap_norm_buffers(model, self.norms_after)
         return True
+
+    def reconstruct(self) -> Callable[[Tensor], Tensor] | None:
+        """What the step puts in place of its decoders when the decoder half ran
+        (None when it did not; its error, if it failed)."""
+        if self.decoded is None:
+            return None
+        rec, grad_z = self.decoded.result()
+        return lambda z_own: Decoded.apply(z_own, rec, grad_z)
+
+
+@dataclass
+class Background:
+    """A function running in a thread; :meth:`result` waits and returns or raises."""
+
+    fn: Callable[[], tuple[Tensor, Tensor]]
+    value: tuple[Tensor, Tensor] | None = None
+    error: BaseException | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> Background:
+        self.thread = threading.Thread(target=self._run, name="mmvm-decoder-half",
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the step that waits
+            self.error = err
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+
+class Decoded(torch.autograd.Function):
+    """log p(x | z_own) computed ahead, with its gradient with respect to ``z_own``:
+    forward returns ``rec``, backward hands ``grad_z`` to z (whatever reaches it,
+    which is what reached the decoders' output when the gradient was computed)."""
+
+    @staticmethod
+    def forward(ctx, z_own: Tensor, rec: Tensor, grad_z: Tensor) -> Tensor:
+        ctx.grad_z = grad_z
+        return rec.clone()
+
+    @staticmethod
+    def backward(ctx, grad_rec: Tensor):
+        return ctx.grad_z, None, None
 
 
 def versions(model: nn.Module) -> tuple[tuple[int, int], ...]:
@@ -89,3 +165,40 @@ def forward_ahead(model, data, step: int, local: np.ndarray, device: torch.devic
         swap_norm_buffers(model, before)
     return Lookahead(step, np.array(local, copy=True), x, mask, mu, logvar, after,
                      versions(model))
+
+
+def decode_ahead(model, ahead: Lookahead, names: list[str], method: str, beta: float,
+                 alpha: float, eps: Tensor, share: float, amp: str, scaler=None
+                 ) -> tuple[Tensor, Tensor]:
+    """The step's decoder half for the pass ``ahead``: decoders forward and backward
+    from the own columns of z (their gradients go to the decoders' ``.grad``, which
+    must be empty). Returns log p(x | z_own) [B, M_own] and d loss / d z_own.
+
+    ``names`` is the global modality order, ``eps`` [B, M, D] the step's noise,
+    ``share`` the factor the step scales its loss by (its rows' share of the batch). z is
+    made as the step makes it: a [B, M, D] stack with the own columns in place (the
+    others are N(0, 1) stand-ins) through the method, so each own element passes
+    through the same kernels as in the step and comes out bit for bit the same."""
+    cols = [names.index(n) for n in model.names]
+    device = ahead.mu.device
+    B, D = ahead.mu.shape[0], ahead.mu.shape[-1]
+    mu = torch.zeros(B, len(names), D, dtype=ahead.mu.dtype, device=device)
+    logvar = torch.zeros_like(mu)
+    mask = torch.ones(B, len(names), dtype=torch.bool)
+    mu[:, cols], logvar[:, cols] = ahead.mu.detach(), ahead.logvar.detach()
+    mask[:, cols] = ahead.mask
+    mask = mask.to(device)
+    before = norm_buffers(model)
+    swap_norm_buffers(model, ahead.norms_after)  # decoders' statistics: the step's too
+    try:
+        with torch.enable_grad(), accel.autocast(amp, device):
+            with torch.no_grad():
+                z, reg = get_method(method)(mu, logvar, mask, eps.to(device), alpha)
+            z_own = z[:, cols].requires_grad_()
+            rec = model.reconstruction_ll(ahead.x, z_own, mask[:, cols])
+            loss, _ = combine_loss(model, rec, torch.zeros_like(reg), mask, names, beta)
+        loss = loss * share
+        (loss if scaler is None else scaler.scale(loss)).backward()
+    finally:
+        swap_norm_buffers(model, before)
+    return rec.detach(), z_own.grad

@@ -24,7 +24,13 @@ from mmvm.data import check_token_classes, open_dataset
 from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.delta import PosteriorCache
-from mmvm.federation.lookahead import Lookahead, forward_ahead, step_inputs
+from mmvm.federation.lookahead import (
+    Background,
+    Lookahead,
+    decode_ahead,
+    forward_ahead,
+    step_inputs,
+)
 from mmvm.federation.plan import PlanArgs, Step, Window
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
@@ -125,8 +131,10 @@ class Site:
         self.progress = Progress()  # where the site is in the run's protocol
         self.replies = ReplyCache()  # last window/unmask replies, for a restarted server
         self.lookahead = True  # one-step windows: encode the next batch once (lookahead.py)
+        self.overlap = True  # ... and run its decoder half while the server routes
         self._ahead: Lookahead | None = None
         self.forwards_reused = 0  # steps that took over the pass of the message before
+        self.halves_reused = 0  # ... and its decoder half
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -140,6 +148,12 @@ class Site:
                 opt.load_state_dict(self._optimizer_state)  # raises: the state stays
             self._optimizer, self._optimizer_state = opt, None
         return self._optimizer
+
+    def settle(self) -> None:
+        """Wait until work started after the last reply (the decoder half of the
+        next step, :mod:`mmvm.federation.lookahead`) is done with the model."""
+        if self._ahead is not None:
+            self._ahead.settle()
 
     def _optimizer_state_dict(self) -> dict | None:
         """What :meth:`save` writes: the live optimizer's state, else the restored
@@ -185,6 +199,7 @@ class Site:
     @torch.no_grad()
     def encode(self, rows: np.ndarray) -> dict[str, Posteriors]:
         """Own posteriors for the aligned ``rows`` this site holds."""
+        self.settle()
         local = self.linked().local_of[rows]
         held = local >= 0
         rows, local = rows[held], local[held]
@@ -204,7 +219,9 @@ class Site:
     def encode_window(self, index: int) -> dict[str, Posteriors]:
         """Own posteriors for the rows of window ``index``. A window of one step gets
         them from that step's own encoder pass, run now with autograd on and kept for
-        the step to take over (:mod:`mmvm.federation.lookahead`)."""
+        the step to take over (:mod:`mmvm.federation.lookahead`); with ``overlap`` the
+        step's decoder half then runs in a thread while the reply travels."""
+        self.settle()
         self._ahead = None
         link = self.linked()
         if not (self.lookahead and not link.shared and index < len(link.plan)
@@ -219,6 +236,12 @@ class Site:
         t = self.cfg.train
         ahead = forward_ahead(self.model, self.data, step.step, local[where], self.device,
                               t.amp, t.channels_last)
+        if self.overlap:
+            self.model.zero_grad(set_to_none=True)  # the half fills the decoders'
+            args = (self.model, ahead, self.global_names, self.cfg.model.method, t.beta,
+                    self.alpha_at(step.step), self._noise(step.step, len(rows), where),
+                    len(where) / len(rows), t.amp, self.scaler)
+            ahead.decoded = Background(lambda: decode_ahead(*args)).start()
         self._ahead, rows, out = ahead, rows[where], {}
         for j, m in enumerate(self.names):
             keep = np.flatnonzero(ahead.mask[:, j].numpy())
@@ -254,10 +277,12 @@ class Site:
         if not len(where):
             return {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 1}
         dev, t = self.device, self.cfg.train
-        ahead, self._ahead = self._ahead, None
+        ahead, self._ahead, reconstruct = self._ahead, None, None
         if ahead is not None and ahead.valid_for(self.model, step.step, local[where]):
             own_mask, x, own = ahead.mask, ahead.x, (ahead.mu, ahead.logvar)
+            reconstruct = ahead.reconstruct()  # the decoder half, if it ran
             self.forwards_reused += 1
+            self.halves_reused += reconstruct is not None
         else:
             ahead = None  # its graph goes now, not after this step's
             x, own_mask = step_inputs(self.data, local[where], dev, t.channels_last)
@@ -273,17 +298,17 @@ class Site:
                 mu_all[have, g] = torch.from_numpy(others[m].mu[pos[found]])
                 lv_all[have, g] = torch.from_numpy(others[m].logvar[pos[found]])
                 mask[have, g] = True
-        eps = torch.stack([modality_noise(self.cfg.train.seed, step.step, g, B, D)[where]
-                           for g in range(M)], 1)
+        eps = self._noise(step.step, B, where)
         with accel.autocast(t.amp, dev):
             terms = site_loss(self.model, x, mask.to(dev), mu_all.to(dev), lv_all.to(dev),
                               self.global_names, self.cfg.model.method, t.beta,
-                              self.alpha_at(step.step), eps.to(dev), own)
+                              self.alpha_at(step.step), eps.to(dev), own, reconstruct)
         loss = terms.loss * (len(where) / B)  # the centralized loss is a mean over B rows
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"site {self.name}: loss {loss.item()} at step "
                                         f"{step.step}; nothing of this step is applied")
-        self.optimizer.zero_grad(set_to_none=True)
+        if reconstruct is None:  # else the decoders' gradients are in, the rest is not
+            self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
             self.optimizer.step()
@@ -296,9 +321,16 @@ class Site:
         return {"rec_nll": float(-(terms.rec_ll[:, own] * w).sum().item()),
                 "reg": float(terms.reg.sum().item()), "rows": len(where), "steps": 1}
 
+    def _noise(self, step: int, B: int, where: np.ndarray) -> torch.Tensor:
+        """The step's reparameterization noise [len(where), M, D], as centrally."""
+        D, M = self.model.latent_dim, len(self.global_names)
+        return torch.stack([modality_noise(self.cfg.train.seed, step, g, B, D)[where]
+                            for g in range(M)], 1)
+
     # ------------------------------------------------------------------ weights
     def weights(self, modality: str) -> dict[str, np.ndarray]:
         """Encoder and decoder parameters of ``modality`` (for FedAvg among holders)."""
+        self.settle()
         sd = {f"encoders.{modality}.{k}": v for k, v in
               self.model.encoders[modality].state_dict().items()}
         sd.update({f"decoders.{modality}.{k}": v for k, v in
@@ -307,6 +339,7 @@ class Site:
 
     def load_weights(self, modality: str, arrays: dict[str, np.ndarray]) -> None:
         """Replace ``modality``'s parameters by ``arrays`` (all of them, same shapes)."""
+        self.settle()
         own = self.weights(modality)
         if set(arrays) != set(own):
             raise FederationError(f"site {self.name}: weights for {modality!r} name "
@@ -323,6 +356,7 @@ class Site:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Model, optimizer, counters and link, written atomically."""
+        self.settle()
         state = {"model": self.model.state_dict(), "optimizer": self._optimizer_state_dict(),
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
@@ -330,6 +364,7 @@ class Site:
         atomic_write(path, lambda fh: torch.save(state, fh))
 
     def restore(self, path: str | Path) -> None:
+        self.settle()
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state["names"] != self.names:
             raise ValueError(f"{path}: saved for modalities {state['names']}, this site "

@@ -1,4 +1,5 @@
-"""A one-step window's encoder pass, run when its posteriors are sent, is the step's.
+"""A one-step window's encoder pass, run when its posteriors are sent, is the step's;
+its decoder half, run while the reply travels, gives the step's gradients.
 
 What the step takes over must be exactly the forward it would have run itself (the
 same outputs, gradients and BatchNorm statistics), and it must be refused as soon as
@@ -9,6 +10,7 @@ written in between (an optimizer step, FedAvg weights, a restore).
 from __future__ import annotations
 
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -16,10 +18,13 @@ import torch
 from torch import nn
 
 from mmvm import accel
+from mmvm.aggregation import federated_methods, get_method
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
-from mmvm.federation.lookahead import forward_ahead
+from mmvm.federation.lookahead import Background, decode_ahead, forward_ahead
+from mmvm.federation.plan import PlanArgs
 from mmvm.model import norm_buffers
+from mmvm.objectives import site_loss
 from mmvm.training import build_model
 from tests.support.federate import federate, make_sites, plain_endpoints, split
 
@@ -120,3 +125,142 @@ def test_sites_that_share_weights_do_not_keep_the_pass(tiny_polymnist, tiny_conf
     assert [s.forwards_reused for s in sites.values()] == [0 if shared else 3] * len(sites)
     assert all(bool(s.linked().shared) == shared for s in sites.values())
     assert all(np.isfinite(r["rec_nll"]) for r in res.history)
+
+
+# ------------------------------------------------------------------ the decoder half
+NAMES = ["a", "b"]  # the federation's modalities; the site below holds "a"
+
+
+@pytest.fixture
+def site_a():
+    """A site's model of modality "a" (BatchNorm in its encoder and its decoder) and
+    its data; the other modality's posteriors come from elsewhere."""
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": {"latent_dim": 3, "modalities": {
+        "a": {"kind": "vector", "shape": [6], "width": 16},
+        "b": {"kind": "vector", "shape": [4], "width": 16}}}, "train": {"seed": 1}})
+    model = build_model(cfg, ["a"])
+    model.encoders["a"] = nn.Sequential(nn.BatchNorm1d(6), model.encoders["a"])
+    model.decoders["a"] = nn.Sequential(model.decoders["a"], nn.BatchNorm1d(6))
+    rng = np.random.default_rng(0)
+    data = MultimodalDataset([f"s{i}" for i in range(16)],
+                             {"a": rng.normal(size=(16, 6)).astype(np.float32)},
+                             {"a": 1.0}, rng.random((16, 1)) > 0.2)
+    return model, data
+
+
+def _others(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    B = len(ROWS)
+    mask = torch.rand(B, 2, generator=g) > 0.3
+    return (torch.randn(B, 2, 3, generator=g), torch.randn(B, 2, 3, generator=g) * 0.3,
+            mask, torch.randn(B, 2, 3, generator=g))
+
+
+def _step_loss(model, x, mask, mu_all, lv_all, eps, method, own=None, reconstruct=None):
+    return site_loss(model, x, mask, mu_all, lv_all, NAMES, method, 1.0, 0.2, eps, own,
+                     reconstruct)
+
+
+@pytest.mark.parametrize("method", federated_methods())
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_the_decoder_half_gives_the_gradients_of_the_whole_step(site_a, amp, method):
+    """Decoders run ahead in a thread, the step runs the rest: every gradient, the
+    loss and the BatchNorm statistics are bit for bit those of one backward pass."""
+    model, data = site_a
+    reference = copy.deepcopy(model).train()
+    mu_all, lv_all, mask, eps = _others()
+    ahead = _ahead(model, data, amp=amp)
+    mask[:, 0] = ahead.mask[:, 0]
+    share = 0.75  # the site's rows' share of the batch, as the step scales its loss
+    ahead.decoded = Background(lambda: decode_ahead(
+        model, ahead, NAMES, method, 1.0, 0.2, eps, share, amp)).start()
+    assert ahead.valid_for(model, 5, ROWS)
+    with accel.autocast(amp, torch.device("cpu")):
+        terms = _step_loss(model, ahead.x, mask, mu_all, lv_all, eps, method,
+                           (ahead.mu, ahead.logvar), ahead.reconstruct())
+        want = _step_loss(reference, data.batch(ROWS)["x"], mask, mu_all, lv_all, eps,
+                          method)
+    (terms.loss * share).backward()
+    (want.loss * share).backward()
+    assert torch.equal(terms.loss, want.loss) and torch.equal(terms.rec_ll, want.rec_ll)
+    for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(),
+                              strict=True):
+        assert q.grad is not None, n
+        assert torch.equal(p.grad, q.grad), n
+    for now, ref in zip(norm_buffers(model), norm_buffers(reference), strict=True):
+        assert all(torch.equal(now[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("method", federated_methods())
+def test_the_own_columns_of_z_need_no_other_modality(method):
+    """What the decoder half rests on: for a method that federates, z_m is made from
+    q(z_m | x_m) alone, so other modalities' posteriors do not change it."""
+    g = torch.Generator().manual_seed(0)
+    mu, lv, eps = (torch.randn(8, 3, 2, generator=g) for _ in range(3))
+    z, _ = get_method(method)(mu, lv, torch.ones(8, 3, dtype=torch.bool), eps, 0.2)
+    mu2, lv2 = mu.clone(), lv.clone()
+    mu2[:, 1:], lv2[:, 1:] = 5.0, -2.0
+    mask = torch.ones(8, 3, dtype=torch.bool)
+    mask[:4, 2] = False
+    z2, _ = get_method(method)(mu2, lv2, mask, eps, 0.7)
+    assert torch.equal(z[:, 0], z2[:, 0])
+    assert not torch.equal(z[:, 1], z2[:, 1])
+
+
+def test_a_decoder_half_that_failed_fails_its_step_not_the_wait(site_a, monkeypatch):
+    model, data = site_a
+    ahead = _ahead(model, data)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(model, "reconstruction_ll", broken)
+    ahead.decoded = Background(lambda: decode_ahead(
+        model, ahead, NAMES, "mmvm", 1.0, 0.0, _others()[3], 1.0, "off")).start()
+    ahead.settle()  # another message may come first: waiting never raises
+    assert ahead.valid_for(model, 5, ROWS)
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        ahead.reconstruct()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_running_ahead_changes_nothing_in_a_federation(tiny_polymnist, tiny_config,
+                                                       tmp_path):
+    """Sites with the decoder half and sites without it end bit for bit the same
+    (parameters and BatchNorm statistics), with modalities missing from some rows."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    states = []
+    for overlap in (True, False):
+        specs, root = split(tiny_polymnist, tmp_path, "vertical", missing=0.3)
+        sites = make_sites(cfg, specs, root)
+        for s in sites.values():
+            s.overlap = overlap
+        federate(cfg, plain_endpoints(sites), exchange="step")
+        assert [s.halves_reused for s in sites.values()] == [3 * overlap] * len(sites)
+        states.append({(s.name, k): v.clone() for s in sites.values()
+                       for k, v in s.model.state_dict().items()})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_site_waits_for_its_decoder_half_before_it_saves(tiny_polymnist, tiny_config,
+                                                          tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    site = next(iter(make_sites(cfg, specs, root).values()))
+    n = len(site.data)
+    site.attach(n, list(range(n)), np.arange(n), PlanArgs(batch_size=64, seed=3, epochs=1))
+    released = threading.Event()
+    decode = site.model.reconstruction_ll
+
+    def slow(*args, **kwargs):
+        released.wait(5)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(site.model, "reconstruction_ll", slow)
+    site.encode_window(0)
+    threading.Timer(0.3, released.set).start()
+    site.save(tmp_path / "site.pt")
+    assert released.is_set()  # save waited for the half, which had to be released
+    assert not site._ahead.decoded.thread.is_alive()
