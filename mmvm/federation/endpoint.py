@@ -127,8 +127,11 @@ class Endpoint:
         t2 = time.perf_counter()
         weights, shares = self.channel.shared(site, index)
         posteriors = self.channel.outgoing(site, index + 1)
-        # seconds of this window at the site: training, and reading / writing messages
-        metrics.update(train_s=t2 - t1, codec_s=t1 - t0 + time.perf_counter() - t2)
+        # seconds of this window at the site: training (with any wait for the decoder
+        # half that ran while the server routed, whose own time is ahead_s), and
+        # reading / writing messages
+        metrics.update(train_s=t2 - t1 + site.take_waited(),
+                       codec_s=t1 - t0 + time.perf_counter() - t2)
         reply = WindowReply(metrics=metrics, posteriors=posteriors, weights=weights,
                             shares=shares)
         commit()

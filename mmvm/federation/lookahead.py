@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -89,6 +90,7 @@ class Background:
     fn: Callable[[], tuple[Tensor, Tensor]]
     value: tuple[Tensor, Tensor] | None = None
     error: BaseException | None = None
+    seconds: float = 0.0  # how long it ran
     thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> Background:
@@ -98,10 +100,12 @@ class Background:
         return self
 
     def _run(self) -> None:
+        t = time.perf_counter()
         try:
             self.value = self.fn()
         except BaseException as err:  # noqa: BLE001 - handed to the step that waits
             self.error = err
+        self.seconds = time.perf_counter() - t
 
     def join(self) -> None:
         if self.thread is not None:

@@ -314,7 +314,8 @@ TIMINGS = ("train_s", "codec_s", "disk_s")  # what a site reports of its window'
 
 def site_seconds(replies: Mapping) -> dict:
     """The slowest site's seconds in the window (sites run concurrently, so the
-    window waits for it): its total and the parts (training, message coding, disk)."""
+    window waits for it): its total and the parts (training, message coding, disk);
+    and the longest decoder half run ahead, while the server routed (``ahead_s``)."""
     def parts(r) -> dict:
         try:
             return {k: max(0.0, float(r.metrics.get(k, 0.0))) for k in TIMINGS}
@@ -323,4 +324,12 @@ def site_seconds(replies: Mapping) -> dict:
 
     slowest = max((parts(r) for r in replies.values()), key=lambda p: sum(p.values()),
                   default=dict.fromkeys(TIMINGS, 0.0))
-    return {"site_s": sum(slowest.values()), **slowest}
+    return {"site_s": sum(slowest.values()), **slowest, "ahead_s": max(
+        (_seconds(r.metrics.get("ahead_s")) for r in replies.values()), default=0.0)}
+
+
+def _seconds(value) -> float:
+    try:
+        return max(0.0, float(value or 0.0))
+    except (TypeError, ValueError):
+        return 0.0

@@ -19,7 +19,7 @@ from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
 
 WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds", "site_s",
-                 "train_s", "codec_s", "disk_s", "server_s"]
+                 "train_s", "codec_s", "disk_s", "server_s", "ahead_s"]
 
 
 def used_config(settings, out_dir: str | Path, data: str | None) -> dict:

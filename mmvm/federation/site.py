@@ -5,12 +5,12 @@ parameters (mu, logvar) for the rows of the current window. For each step it com
 ``mmvm.objectives.site_loss`` on the batch rows it holds, scaled so that the gradient
 equals the centralized one (the centralized loss is a mean over all B rows of the
 batch), and applies its own Adam step. Rows are the federation's aligned order
-(:class:`Link`); nothing here knows about Flower or about encryption.
+(:class:`~mmvm.federation.link.Link`); nothing here knows about Flower or about encryption.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from mmvm.config import ExperimentConfig
 from mmvm.data import check_token_classes, open_dataset
 from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.delta import PosteriorCache
+from mmvm.federation.link import Link
 from mmvm.federation.lookahead import (
     Background,
     Lookahead,
@@ -31,7 +31,7 @@ from mmvm.federation.lookahead import (
     forward_ahead,
     step_inputs,
 )
-from mmvm.federation.plan import PlanArgs, Step, Window
+from mmvm.federation.plan import PlanArgs, Step
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
 from mmvm.federation.reply_cache import ReplyCache
@@ -39,57 +39,6 @@ from mmvm.model import norm_stats_frozen
 from mmvm.noise import modality_noise
 from mmvm.objectives import alpha_schedule, site_loss
 from mmvm.training import TrainingDivergedError, build_model, resolve_device
-
-
-@dataclass
-class Link:
-    """What attaching to a federation fixed: the aligned rows and the plan.
-
-    ``local_of[r]`` is the dataset row of aligned row r (-1 where this site does not
-    hold the sample); ``shared`` are own modalities other sites also hold (FedAvg)."""
-
-    n: int
-    local_of: np.ndarray
-    plan_args: PlanArgs
-    float16: bool = False
-    shared: list[str] = field(default_factory=list)
-    delta_tol: float | None = None  # event-triggered exchange (delta.py)
-    sent_cache: PosteriorCache = field(default_factory=PosteriorCache)
-    others_cache: PosteriorCache = field(default_factory=PosteriorCache)
-    plan: list[Window] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.plan = self.plan_args.plan(self.n)
-
-    def state(self) -> dict:
-        return {"n": self.n, "local_of": torch.from_numpy(self.local_of),
-                "plan_args": self.plan_args.to_dict(), "float16": self.float16,
-                "shared": list(self.shared), "delta_tol": self.delta_tol,
-                "sent_cache": self.sent_cache.state(),
-                "others_cache": self.others_cache.state()}
-
-    @property
-    def int8(self) -> bool:
-        """Posteriors travel as int8 (``quantize = "int8"``, carried by the plan)."""
-        return self.plan_args.quantize == "int8"
-
-    def frame(self, rows: np.ndarray) -> np.ndarray:
-        """The ones of a window's ``rows`` this site holds: the rows its posterior
-        tables with the server can hold, which both sides derive from the plan."""
-        return rows[self.local_of[rows] >= 0]
-
-    def resync(self) -> None:
-        """After missed windows: what this site sent or received may not have
-        arrived; with event-triggered exchange it starts both caches afresh."""
-        self.sent_cache, self.others_cache = PosteriorCache(), PosteriorCache()
-
-    @classmethod
-    def from_state(cls, s: dict) -> Link:
-        return cls(int(s["n"]), s["local_of"].numpy().copy(),
-                   PlanArgs.from_dict(dict(s["plan_args"])), bool(s["float16"]),
-                   list(s["shared"]), s["delta_tol"],
-                   PosteriorCache.from_state(s["sent_cache"]),
-                   PosteriorCache.from_state(s["others_cache"]))
 
 
 class Site:
@@ -135,6 +84,7 @@ class Site:
         self._ahead: Lookahead | None = None
         self.forwards_reused = 0  # steps that took over the pass of the message before
         self.halves_reused = 0  # ... and its decoder half
+        self.waited_s = 0.0  # for it to end (see settle)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -153,7 +103,14 @@ class Site:
         """Wait until work started after the last reply (the decoder half of the
         next step, :mod:`mmvm.federation.lookahead`) is done with the model."""
         if self._ahead is not None:
+            t = time.perf_counter()
             self._ahead.settle()
+            self.waited_s += time.perf_counter() - t
+
+    def take_waited(self) -> float:
+        """Seconds spent waiting in :meth:`settle` since the last call."""
+        waited, self.waited_s = self.waited_s, 0.0
+        return waited
 
     def _optimizer_state_dict(self) -> dict | None:
         """What :meth:`save` writes: the live optimizer's state, else the restored
@@ -261,7 +218,7 @@ class Site:
             raise PosteriorError(f"site {self.name}: posteriors for modalities "
                                  f"{sorted(foreign)} (own or unknown)")
         self.model.train()
-        sums = {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 0}
+        sums = {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 0, "ahead_s": 0.0}
         for step in self.link.plan[index].steps:
             m = self._step(step, others)
             for k in sums:
@@ -275,14 +232,16 @@ class Site:
         local = self.link.local_of[rows]
         where = np.flatnonzero(local >= 0)
         if not len(where):
-            return {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 1}
+            return {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 1, "ahead_s": 0.0}
         dev, t = self.device, self.cfg.train
-        ahead, self._ahead, reconstruct = self._ahead, None, None
+        ahead, self._ahead, reconstruct, ahead_s = self._ahead, None, None, 0.0
         if ahead is not None and ahead.valid_for(self.model, step.step, local[where]):
             own_mask, x, own = ahead.mask, ahead.x, (ahead.mu, ahead.logvar)
             reconstruct = ahead.reconstruct()  # the decoder half, if it ran
             self.forwards_reused += 1
-            self.halves_reused += reconstruct is not None
+            if reconstruct is not None:  # it ran while the server routed
+                self.halves_reused += 1
+                ahead_s = ahead.decoded.seconds
         else:
             ahead = None  # its graph goes now, not after this step's
             x, own_mask = step_inputs(self.data, local[where], dev, t.channels_last)
@@ -319,7 +278,8 @@ class Site:
         w = self.model.likelihood_weights.to(terms.rec_ll)
         own = [self.global_names.index(n) for n in self.names]
         return {"rec_nll": float(-(terms.rec_ll[:, own] * w).sum().item()),
-                "reg": float(terms.reg.sum().item()), "rows": len(where), "steps": 1}
+                "reg": float(terms.reg.sum().item()), "rows": len(where), "steps": 1,
+                "ahead_s": ahead_s}
 
     def _noise(self, step: int, B: int, where: np.ndarray) -> torch.Tensor:
         """The step's reparameterization noise [len(where), M, D], as centrally."""

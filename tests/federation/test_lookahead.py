@@ -236,8 +236,10 @@ def test_running_ahead_changes_nothing_in_a_federation(tiny_polymnist, tiny_conf
         sites = make_sites(cfg, specs, root)
         for s in sites.values():
             s.overlap = overlap
-        federate(cfg, plain_endpoints(sites), exchange="step")
+        res = federate(cfg, plain_endpoints(sites), exchange="step")
         assert [s.halves_reused for s in sites.values()] == [3 * overlap] * len(sites)
+        # every window reports how long its half ran (window 0's ran after attach)
+        assert all((r["ahead_s"] > 0) == overlap for r in res.history), res.history
         states.append({(s.name, k): v.clone() for s in sites.values()
                        for k, v in s.model.state_dict().items()})
     assert states[0].keys() == states[1].keys()

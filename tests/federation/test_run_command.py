@@ -7,6 +7,7 @@ it, Ray under it.
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -34,9 +35,10 @@ def _dirs(tmp: Path) -> str:
 
 @pytest.mark.slow
 def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
-    # judges of 2 epochs: this test is about the console, not the judges' accuracy
-    rc = (f"set='train.epochs=1;eval.classifier_epochs=2' n-train=300 n-test=100 "
-          f"{_dirs(tmp_path)}")
+    # judges of 2 epochs: this test is about the console, not the judges' accuracy;
+    # exact windows of one step: the site hosts run each step's decoder half ahead
+    rc = (f"set='train.epochs=1;train.batch_size=100;eval.classifier_epochs=2' "
+          f"exchange='step' n-train=300 n-test=100 {_dirs(tmp_path)}")
     with Fleet(tmp_path / "fleet") as fleet:
         fleet.write_connection("sim", fleet.start_superlink(simulation=True))
         code, out = _mmvm_run(fleet, rc)
@@ -44,12 +46,15 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     lines = out.splitlines()
     alarming = [ln for ln in lines if any(word in ln for word in ALARMING)]
     assert not alarming, "\n".join(alarming)
-    assert any("window 1/1" in ln for ln in lines), out[-3000:]
+    assert any("window 3/3" in ln for ln in lines), out[-3000:]
     assert any(ln.startswith("mmvm: aligned 300 samples across 3 sites") for ln in lines)
     assert any("completed" in ln for ln in lines)
     run_dir = next((tmp_path / "runs").glob("run-*"))
     assert str(run_dir) in out  # the summary says where the results are
     assert (run_dir / "checkpoint.pt").exists() and (run_dir / "curves.png").exists()
+    with open(run_dir / "metrics.csv") as fh:
+        ahead = [float(r["ahead_s"]) for r in csv.DictReader(fh)]
+    assert len(ahead) == 3 and min(ahead) > 0, ahead  # the decoder half ran every window
     used = json.loads((run_dir / "results.json").read_text())["config"]
     assert used["train"]["out_dir"] == str(run_dir)  # what the run used, not the file's
     assert used["data"]["root"].startswith(str(tmp_path / "data"))
