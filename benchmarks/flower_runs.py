@@ -7,6 +7,9 @@ an otherwise idle machine):
     central              mmvm train: seconds per optimiser step (its metrics.csv)
     simulation           mmvm run = flwr run on Ray, sites kept in site hosts, exchange
                          'step' (exact: one window per step, the centralized result)
+    simulation-no-ahead  the same with decode-ahead = false: each site runs its whole
+                         step when the others' posteriors arrive (A/B of the decoder
+                         half run while the server routes, mmvm/federation/lookahead.py)
     simulation, patched  the same with Flower's simulation engine polling for messages
                          every 5 ms instead of 0.1 s (benchmark-only patch,
                          ``deployment_overhead.PATCH``; never in the product)
@@ -52,8 +55,8 @@ import deployment_overhead as deploy  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from tests.support.processes import QUIET_ENV, pids_mentioning  # noqa: E402
 
-TARGETS = ("central", "simulation", "simulation-patched", "deployment",
-           "deployment-patched")
+TARGETS = ("central", "simulation", "simulation-no-ahead", "simulation-patched",
+           "deployment", "deployment-patched")
 SPLIT = ("train_s", "codec_s", "disk_s", "server_s")  # + messaging = the rest
 
 
@@ -173,7 +176,8 @@ def central(args, rc: dict, sites: dict[str, Path], work: Path, rep: int) -> dic
 
 
 def simulation(args, rc: dict, work: Path, rep: int, patched: bool) -> dict:
-    name = f"simulation{'-patched' if patched else ''}-{rep}"
+    name = (f"simulation{'-patched' if patched else ''}"
+            f"{'' if rc.get('decode-ahead', True) else '-no-ahead'}-{rep}")
     cfg = {**rc, "out-dir": str(work / "runs"), "state-dir": str(work / "state")}
     cmd = [sys.executable, "-m", "mmvm.cli", "run", "--run-config",
            deploy.run_config_text(cfg)]
@@ -247,7 +251,8 @@ def main(argv=None) -> int:
                 if target == "central":
                     r = central(args, rc, sites, work, rep)
                 elif target.startswith("simulation"):
-                    r = simulation(args, rc, work, rep, patched)
+                    ahead = {"decode-ahead": not target.endswith("no-ahead")}
+                    r = simulation(args, {**rc, **ahead}, work, rep, patched)
                 else:
                     r = deployment(args, rc, sites, work, rep, patched)
                 runs.append({"target": target, "repeat": rep, **r})

@@ -155,7 +155,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         return f"{type(err).__name__}: {err}"
     try:
         node = _node(context, s, policy, files)
-        node.site.overlap = resident  # a decoder half only where its step will run
+        # a decoder half only where its step will run, and unless the run says no
+        node.site.overlap = resident and s.decode_ahead
         request = request_from_record(kind, content)
         endpoint = Endpoint(node.site, _channel(context, node), policy, node.store)
         reply = endpoint.handle(request)

@@ -57,6 +57,7 @@ class FederationSettings:
     hippocampus: dict  # the simulation's hippocampus look-alike knobs
     checkpoint_every: int = 0  # windows between checkpoints; 0: as train.checkpoint_every
     site_hosts: bool = True  # simulation: each site stays in memory in its own process
+    decode_ahead: bool = True  # a resident site runs its next decoder half after replying
     quantize: str = "none"  # posterior values: none | fp16 (= float16) | int8
     delta_unit: str = "latent"  # delta-tol in latent units or posterior stds (delta.py)
 
@@ -149,7 +150,8 @@ def load_settings(rc: Mapping) -> FederationSettings:
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
         align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str),
         hippocampus=_hippocampus(rc), checkpoint_every=_get(rc, "checkpoint-every", int),
-        site_hosts=_get(rc, "site-hosts", bool), **_encoding(rc))
+        site_hosts=_get(rc, "site-hosts", bool),
+        decode_ahead=_get(rc, "decode-ahead", bool), **_encoding(rc))
     _check(s)
     return s
 

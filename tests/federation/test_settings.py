@@ -14,6 +14,7 @@ def test_the_apps_defaults_parse():
     assert s.exchange in ("step", "steps", "round") and s.num_sites >= 1
     assert s.delta_tol is None  # -1 in the file means off
     assert s.secure is False and s.keys_dir == "" and s.eval_data == "default"
+    assert s.site_hosts is True and s.decode_ahead is True
     assert "~" not in s.state_dir and "~" not in s.out_dir  # expanded
     t = s.experiment.train
     assert s.plan_args() == PlanArgs(t.batch_size, t.seed, t.epochs, s.exchange,
@@ -22,9 +23,10 @@ def test_the_apps_defaults_parse():
 
 def test_overrides_and_string_forms_of_flower_values():
     s = load_settings(app_run_config(exchange="step", float16="false", delta_tol=0.5,
-                                     set="train.epochs=1", keys_dir="~/k"))
-    assert (s.exchange, s.float16, s.delta_tol, s.experiment.train.epochs) == \
-        ("step", False, 0.5, 1)
+                                     set="train.epochs=1", keys_dir="~/k",
+                                     decode_ahead="false"))
+    assert (s.exchange, s.float16, s.delta_tol, s.experiment.train.epochs,
+            s.decode_ahead) == ("step", False, 0.5, 1, False)
     assert s.keys_dir.endswith("/k") and not s.keys_dir.startswith("~")
 
 
