@@ -87,7 +87,7 @@ class Lookahead:
 class Background:
     """A function running in a thread; :meth:`result` waits and returns or raises."""
 
-    fn: Callable[[], tuple[Tensor, Tensor]]
+    fn: Callable[[], tuple[Tensor, Tensor]] | None
     value: tuple[Tensor, Tensor] | None = None
     error: BaseException | None = None
     seconds: float = 0.0  # how long it ran
@@ -106,6 +106,7 @@ class Background:
         except BaseException as err:  # noqa: BLE001 - handed to the step that waits
             self.error = err
         self.seconds = time.perf_counter() - t
+        self.fn = None  # it holds the pass, which holds this: no cycle left for the GC
 
     def join(self) -> None:
         if self.thread is not None:

@@ -10,7 +10,9 @@ written in between (an optimizer step, FedAvg weights, a restore).
 from __future__ import annotations
 
 import copy
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -266,3 +268,26 @@ def test_a_site_waits_for_its_decoder_half_before_it_saves(tiny_polymnist, tiny_
     site.save(tmp_path / "site.pt")
     assert released.is_set()  # save waited for the half, which had to be released
     assert not site._ahead.decoded.thread.is_alive()
+
+
+def test_a_used_pass_is_freed_at_once_not_by_the_garbage_collector(tiny_polymnist,
+                                                                   tiny_config, tmp_path):
+    """The half's function holds the pass that holds the half: the cycle must be
+    broken when it ends, or each step's batch and graph wait for Python's GC."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    site = next(iter(make_sites(cfg, specs, root).values()))
+    n = len(site.data)
+    site.attach(n, list(range(n)), np.arange(n), PlanArgs(batch_size=64, seed=3, epochs=1))
+    others = {}  # no other modality's posteriors: the step still runs
+    site.encode_window(0)
+    site.train_window(0, others)  # (builds the optimizer, whose first import keeps frames)
+    gc.disable()
+    try:
+        site.encode_window(1)
+        ahead = weakref.ref(site._ahead)
+        site.train_window(1, others)
+        assert site.halves_reused == 2
+        assert ahead() is None
+    finally:
+        gc.enable()
