@@ -155,14 +155,18 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         return f"{type(err).__name__}: {err}"
     try:
         node = _node(context, s, policy, files)
-        # a decoder half only where its step will run, and unless the run says no
-        node.site.overlap = resident and s.decode_ahead
+        # a decoder half only where its step will run and the state is not written
+        # after every window (secure runs: the save would wait for it), unless the run
+        # says no
+        node.site.overlap = resident and s.decode_ahead and not s.secure \
+            and not node.site.cfg.train.compile
         request = request_from_record(kind, content)
         endpoint = Endpoint(node.site, _channel(context, node), policy, node.store)
         reply = endpoint.handle(request)
         node.store.after(node.site, request, resident, s.secure)
-        if kind == "window":
+        if kind == "window":  # a wait for the decoder half at a checkpoint: training
             reply.metrics["disk_s"] = node.store.take()
+            reply.metrics["train_s"] += node.site.take_waited()
     except Exception as err:
         _NODES.pop((context.run_id, context.node_id), None)  # reread from disk next time
         if s.secure or policy.secure_site:

@@ -49,7 +49,7 @@ def run_local(s: FederationSettings, files: Mapping[str, tuple[str, str | None]]
               ) -> tuple[FederationResult, dict[str, Site]]:
     """Train ``s`` over sites ``{name: (train file, test file or None)}``; ``away``:
     windows each site misses (:class:`Outages`)."""
-    sites = {name: Site(s.experiment, name, train, test)
+    sites = {name: Site(s.experiment, name, train, test, overlap=s.decode_ahead)
              for name, (train, test) in files.items()}
     transport = LocalTransport({name: Endpoint(site, PlainChannel())
                                 for name, site in sites.items()})

@@ -69,8 +69,9 @@ class Lookahead:
         if so, BatchNorm running statistics become those the pass computed."""
         self.settle()
         if step != self.step or not np.array_equal(local, self.local) \
-                or versions(model) != self.versions:
-            return False
+                or versions(model) != self.versions \
+                or (self.decoded is not None and self.decoded.error is not None):
+            return False  # a failed half: the step runs its own forward (and may fail)
         swap_norm_buffers(model, self.norms_after)
         return True
 
@@ -79,16 +80,18 @@ class Lookahead:
         (None when it did not; its error, if it failed)."""
         if self.decoded is None:
             return None
-        rec, grad_z = self.decoded.result()
-        return lambda z_own: Decoded.apply(z_own, rec, grad_z)
+        rec, grad_z, grad_rec = self.decoded.result()
+        if grad_z is None:  # no decoder ran: the step's own log-likelihoods are constants
+            return lambda z_own: rec
+        return lambda z_own: Decoded.apply(z_own, rec, grad_z, grad_rec)
 
 
 @dataclass
 class Background:
     """A function running in a thread; :meth:`result` waits and returns or raises."""
 
-    fn: Callable[[], tuple[Tensor, Tensor]] | None
-    value: tuple[Tensor, Tensor] | None = None
+    fn: Callable[[], tuple[Tensor, ...]] | None
+    value: tuple[Tensor, ...] | None = None
     error: BaseException | None = None
     seconds: float = 0.0  # how long it ran
     thread: threading.Thread | None = field(default=None, repr=False)
@@ -112,7 +115,7 @@ class Background:
         if self.thread is not None:
             self.thread.join()
 
-    def result(self) -> tuple[Tensor, Tensor]:
+    def result(self) -> tuple[Tensor, ...]:
         self.join()
         if self.error is not None:
             raise self.error
@@ -122,17 +125,22 @@ class Background:
 
 class Decoded(torch.autograd.Function):
     """log p(x | z_own) computed ahead, with its gradient with respect to ``z_own``:
-    forward returns ``rec``, backward hands ``grad_z`` to z (whatever reaches it,
-    which is what reached the decoders' output when the gradient was computed)."""
+    forward returns ``rec``, backward hands ``grad_z`` to z. What reaches ``rec`` in
+    the step must be ``grad_rec``, what reached it in the half (the same loss, share
+    and scale), or ``grad_z`` would be another loss's: checked, it costs nothing."""
 
     @staticmethod
-    def forward(ctx, z_own: Tensor, rec: Tensor, grad_z: Tensor) -> Tensor:
-        ctx.grad_z = grad_z
+    def forward(ctx, z_own: Tensor, rec: Tensor, grad_z: Tensor, grad_rec: Tensor
+                ) -> Tensor:
+        ctx.grad_z, ctx.grad_rec = grad_z, grad_rec
         return rec.clone()
 
     @staticmethod
     def backward(ctx, grad_rec: Tensor):
-        return ctx.grad_z, None, None
+        if not torch.equal(grad_rec, ctx.grad_rec):
+            raise RuntimeError("the step's loss differs from the one its decoder half "
+                               "differentiated (mmvm.federation.lookahead): a bug")
+        return ctx.grad_z, None, None, None
 
 
 def versions(model: nn.Module) -> tuple[tuple[int, int], ...]:
@@ -174,10 +182,11 @@ def forward_ahead(model, data, step: int, local: np.ndarray, device: torch.devic
 
 def decode_ahead(model, ahead: Lookahead, names: list[str], method: str, beta: float,
                  alpha: float, eps: Tensor, share: float, amp: str, scaler=None
-                 ) -> tuple[Tensor, Tensor]:
+                 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The step's decoder half for the pass ``ahead``: decoders forward and backward
     from the own columns of z (their gradients go to the decoders' ``.grad``, which
-    must be empty). Returns log p(x | z_own) [B, M_own] and d loss / d z_own.
+    must be empty). Returns log p(x | z_own) [B, M_own], d loss / d z_own and
+    d loss / d log p(x | z_own).
 
     ``names`` is the global modality order, ``eps`` [B, M, D] the step's noise,
     ``share`` the factor the step scales its loss by (its rows' share of the batch). z is
@@ -201,9 +210,12 @@ def decode_ahead(model, ahead: Lookahead, names: list[str], method: str, beta: f
                 z, reg = get_method(method)(mu, logvar, mask, eps.to(device), alpha)
             z_own = z[:, cols].requires_grad_()
             rec = model.reconstruction_ll(ahead.x, z_own, mask[:, cols])
+            if not rec.requires_grad:  # no own modality in the batch: no decoder ran
+                return rec.detach(), None, None
+            rec.retain_grad()
             loss, _ = combine_loss(model, rec, torch.zeros_like(reg), mask, names, beta)
         loss = loss * share
         (loss if scaler is None else scaler.scale(loss)).backward()
     finally:
         swap_norm_buffers(model, before)
-    return rec.detach(), z_own.grad
+    return rec.detach(), z_own.grad, rec.grad

@@ -45,7 +45,7 @@ class Site:
     """State of one site: data, model, optimizer, link to the federation."""
 
     def __init__(self, cfg: ExperimentConfig, name: str, train_path: str | Path,
-                 test_path: str | Path | None = None) -> None:
+                 test_path: str | Path | None = None, overlap: bool = True) -> None:
         if not can_federate(cfg.model.method):
             raise ValueError(
                 f"method {cfg.model.method!r} cannot train federated: its joint posterior "
@@ -80,7 +80,9 @@ class Site:
         self.progress = Progress()  # where the site is in the run's protocol
         self.replies = ReplyCache()  # last window/unmask replies, for a restarted server
         self.lookahead = True  # one-step windows: encode the next batch once (lookahead.py)
-        self.overlap = True  # ... and run its decoder half while the server routes
+        # ... and run its decoder half in a thread while the server routes (not with
+        # torch.compile, whose compiled modules are not safe to run from two threads)
+        self.overlap = overlap and not cfg.train.compile
         self._ahead: Lookahead | None = None
         self.forwards_reused = 0  # steps that took over the pass of the message before
         self.halves_reused = 0  # ... and its decoder half
@@ -213,6 +215,7 @@ class Site:
     def train_window(self, index: int, others: dict[str, Posteriors]) -> dict:
         """Run window ``index`` of the plan with the other modalities' posteriors fixed."""
         self.check_window(index)
+        self.settle()
         foreign = set(others) - (set(self.global_names) - set(self.names))
         if foreign:
             raise PosteriorError(f"site {self.name}: posteriors for modalities "

@@ -57,6 +57,7 @@ class SiteStore:
     def save(self, site: Site, snapshot: bool) -> None:
         """Write the live file; with ``snapshot`` keep it as the snapshot of the
         site's last window too (and drop all but the last :data:`KEEP`)."""
+        site.settle()  # not disk time: the decoder half still running (site.py)
         t = time.perf_counter()
         site.save(self.path)
         self.version = self.path.stat().st_mtime_ns

@@ -210,9 +210,13 @@ def test_the_own_columns_of_z_need_no_other_modality(method):
     assert not torch.equal(z[:, 1], z2[:, 1])
 
 
-def test_a_decoder_half_that_failed_fails_its_step_not_the_wait(site_a, monkeypatch):
+def test_a_failed_decoder_half_is_refused_and_changes_nothing(site_a, monkeypatch):
+    """The half is an optimisation: if it failed (say, out of memory in its backward),
+    the step runs its own forward, as without it, and finds the error there if it is
+    real. Waiting for it never raises; nothing it did stays in the model."""
     model, data = site_a
     ahead = _ahead(model, data)
+    kept = [{k: b.clone() for k, b in d.items()} for d in norm_buffers(model)]
 
     def broken(*args, **kwargs):
         raise RuntimeError("decoder exploded")
@@ -221,10 +225,28 @@ def test_a_decoder_half_that_failed_fails_its_step_not_the_wait(site_a, monkeypa
     ahead.decoded = Background(lambda: decode_ahead(
         model, ahead, NAMES, "mmvm", 1.0, 0.0, _others()[3], 1.0, "off")).start()
     ahead.settle()  # another message may come first: waiting never raises
-    assert ahead.valid_for(model, 5, ROWS)
+    assert not ahead.valid_for(model, 5, ROWS)
     with pytest.raises(RuntimeError, match="decoder exploded"):
-        ahead.reconstruct()
+        ahead.reconstruct()  # asked anyway: the half's own error
     assert all(p.grad is None for p in model.parameters())
+    for now, then in zip(norm_buffers(model), kept, strict=True):
+        assert all(torch.equal(now[k], then[k]) for k in then)
+
+
+def test_a_step_whose_loss_is_not_the_halfs_is_caught(site_a):
+    """Decoded hands on the half's gradient whatever reaches it; if the step's loss
+    were another (here: another share of the batch), that gradient would be wrong."""
+    model, data = site_a
+    mu_all, lv_all, mask, eps = _others()
+    ahead = _ahead(model, data)
+    mask[:, 0] = ahead.mask[:, 0]
+    ahead.decoded = Background(lambda: decode_ahead(
+        model, ahead, NAMES, "mmvm", 1.0, 0.2, eps, 0.5, "off")).start()
+    assert ahead.valid_for(model, 5, ROWS)
+    terms = _step_loss(model, ahead.x, mask, mu_all, lv_all, eps, "mmvm",
+                       (ahead.mu, ahead.logvar), ahead.reconstruct())
+    with pytest.raises(RuntimeError, match="differs from the one its decoder half"):
+        (terms.loss * 0.75).backward()
 
 
 def test_running_ahead_changes_nothing_in_a_federation(tiny_polymnist, tiny_config,
