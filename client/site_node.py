@@ -158,8 +158,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         # a decoder half only where its step will run and the state is not written
         # after every window (secure runs: the save would wait for it), unless the run
         # says no
-        node.site.overlap = resident and s.decode_ahead and not s.secure \
-            and not node.site.cfg.train.compile
+        node.site.overlap = resident and s.decode_ahead and not s.secure
         request = request_from_record(kind, content)
         endpoint = Endpoint(node.site, _channel(context, node), policy, node.store)
         reply = endpoint.handle(request)

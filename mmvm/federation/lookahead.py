@@ -30,10 +30,10 @@ gradient they computed, so the parameters end bit for bit as with one backward p
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,12 +57,12 @@ class Lookahead:
     logvar: Tensor
     norms_after: list[dict[str, Tensor]]  # BatchNorm buffers as the pass left them
     versions: tuple[tuple[int, int], ...]  # of the model's tensors after the pass
-    decoded: Background | None = None  # the decoder half, when it runs ahead
+    decoded: Future | None = None  # the decoder half, when it runs ahead (start_ahead)
 
     def settle(self) -> None:
         """Wait for the decoder half (it uses the model) to end, if one runs."""
         if self.decoded is not None:
-            self.decoded.join()
+            self.decoded.exception()  # waits; never raises
 
     def valid_for(self, model: nn.Module, step: int, local: np.ndarray) -> bool:
         """Whether the step ``step`` over dataset rows ``local`` can use this pass;
@@ -70,7 +70,7 @@ class Lookahead:
         self.settle()
         if step != self.step or not np.array_equal(local, self.local) \
                 or versions(model) != self.versions \
-                or (self.decoded is not None and self.decoded.error is not None):
+                or (self.decoded is not None and self.decoded.exception() is not None):
             return False  # a failed half: the step runs its own forward (and may fail)
         swap_norm_buffers(model, self.norms_after)
         return True
@@ -80,47 +80,29 @@ class Lookahead:
         (None when it did not; its error, if it failed)."""
         if self.decoded is None:
             return None
-        rec, grad_z, grad_rec = self.decoded.result()
+        (rec, grad_z, grad_rec), _ = self.decoded.result()
         if grad_z is None:  # no decoder ran: the step's own log-likelihoods are constants
             return lambda z_own: rec
         return lambda z_own: Decoded.apply(z_own, rec, grad_z, grad_rec)
 
+    @property
+    def ahead_seconds(self) -> float:
+        """How long the decoder half ran (0 when none did or it failed)."""
+        if self.decoded is None or self.decoded.exception() is not None:
+            return 0.0
+        return self.decoded.result()[1]
 
-@dataclass
-class Background:
-    """A function running in a thread; :meth:`result` waits and returns or raises."""
 
-    fn: Callable[[], tuple[Tensor, ...]] | None
-    value: tuple[Tensor, ...] | None = None
-    error: BaseException | None = None
-    seconds: float = 0.0  # how long it ran
-    thread: threading.Thread | None = field(default=None, repr=False)
-
-    def start(self) -> Background:
-        self.thread = threading.Thread(target=self._run, name="mmvm-decoder-half",
-                                       daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
+def start_ahead(pool: ThreadPoolExecutor, *args) -> Future:
+    """:func:`decode_ahead` ``(*args)`` in ``pool``'s thread; the future's result is
+    its outputs and the seconds it ran. (The pool drops the call, and with it the
+    pass, once it ran: nothing keeps the step's batch and graph alive after it.)"""
+    def timed():
         t = time.perf_counter()
-        try:
-            self.value = self.fn()
-        except BaseException as err:  # noqa: BLE001 - handed to the step that waits
-            self.error = err
-        self.seconds = time.perf_counter() - t
-        self.fn = None  # it holds the pass, which holds this: no cycle left for the GC
+        out = decode_ahead(*args)
+        return out, time.perf_counter() - t
 
-    def join(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-
-    def result(self) -> tuple[Tensor, ...]:
-        self.join()
-        if self.error is not None:
-            raise self.error
-        assert self.value is not None
-        return self.value
+    return pool.submit(timed)
 
 
 class Decoded(torch.autograd.Function):

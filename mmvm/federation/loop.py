@@ -317,10 +317,7 @@ def site_seconds(replies: Mapping) -> dict:
     window waits for it): its total and the parts (training, message coding, disk);
     and the longest decoder half run ahead, while the server routed (``ahead_s``)."""
     def parts(r) -> dict:
-        try:
-            return {k: max(0.0, float(r.metrics.get(k, 0.0))) for k in TIMINGS}
-        except (TypeError, ValueError):
-            return dict.fromkeys(TIMINGS, 0.0)
+        return {k: _seconds(r.metrics.get(k)) for k in TIMINGS}
 
     slowest = max((parts(r) for r in replies.values()), key=lambda p: sum(p.values()),
                   default=dict.fromkeys(TIMINGS, 0.0))

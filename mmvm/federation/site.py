@@ -11,6 +11,7 @@ batch), and applies its own Adam step. Rows are the federation's aligned order
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,9 @@ from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.link import Link
 from mmvm.federation.lookahead import (
-    Background,
     Lookahead,
-    decode_ahead,
     forward_ahead,
+    start_ahead,
     step_inputs,
 )
 from mmvm.federation.plan import PlanArgs, Step
@@ -80,9 +80,9 @@ class Site:
         self.progress = Progress()  # where the site is in the run's protocol
         self.replies = ReplyCache()  # last window/unmask replies, for a restarted server
         self.lookahead = True  # one-step windows: encode the next batch once (lookahead.py)
-        # ... and run its decoder half in a thread while the server routes (not with
-        # torch.compile, whose compiled modules are not safe to run from two threads)
-        self.overlap = overlap and not cfg.train.compile
+        # ... and run its decoder half in a thread while the server routes
+        self.overlap = overlap
+        self._pool: ThreadPoolExecutor | None = None  # its one thread, made on first use
         self._ahead: Lookahead | None = None
         self.forwards_reused = 0  # steps that took over the pass of the message before
         self.halves_reused = 0  # ... and its decoder half
@@ -195,12 +195,14 @@ class Site:
         t = self.cfg.train
         ahead = forward_ahead(self.model, self.data, step.step, local[where], self.device,
                               t.amp, t.channels_last)
-        if self.overlap:
+        if self.overlap and not t.compile:  # compiled modules: not from two threads
             self.model.zero_grad(set_to_none=True)  # the half fills the decoders'
-            args = (self.model, ahead, self.global_names, self.cfg.model.method, t.beta,
-                    self.alpha_at(step.step), self._noise(step.step, len(rows), where),
-                    len(where) / len(rows), t.amp, self.scaler)
-            ahead.decoded = Background(lambda: decode_ahead(*args)).start()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmvm-decoder-half")
+            ahead.decoded = start_ahead(
+                self._pool, self.model, ahead, self.global_names, self.cfg.model.method,
+                t.beta, self.alpha_at(step.step), self._noise(step.step, len(rows), where),
+                len(where) / len(rows), t.amp, self.scaler)
         self._ahead, rows, out = ahead, rows[where], {}
         for j, m in enumerate(self.names):
             keep = np.flatnonzero(ahead.mask[:, j].numpy())
@@ -244,7 +246,7 @@ class Site:
             self.forwards_reused += 1
             if reconstruct is not None:  # it ran while the server routed
                 self.halves_reused += 1
-                ahead_s = ahead.decoded.seconds
+                ahead_s = ahead.ahead_seconds
         else:
             ahead = None  # its graph goes now, not after this step's
             x, own_mask = step_inputs(self.data, local[where], dev, t.channels_last)

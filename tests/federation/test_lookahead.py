@@ -13,6 +13,7 @@ import copy
 import gc
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from mmvm import accel
 from mmvm.aggregation import federated_methods, get_method
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
-from mmvm.federation.lookahead import Background, decode_ahead, forward_ahead
+from mmvm.federation.lookahead import forward_ahead, start_ahead
 from mmvm.federation.plan import PlanArgs
 from mmvm.model import norm_buffers
 from mmvm.objectives import site_loss
@@ -131,6 +132,7 @@ def test_sites_that_share_weights_do_not_keep_the_pass(tiny_polymnist, tiny_conf
 
 # ------------------------------------------------------------------ the decoder half
 NAMES = ["a", "b"]  # the federation's modalities; the site below holds "a"
+POOL = ThreadPoolExecutor(1)  # the decoder half's thread, as a site's
 
 
 @pytest.fixture
@@ -175,8 +177,8 @@ def test_the_decoder_half_gives_the_gradients_of_the_whole_step(site_a, amp, met
     ahead = _ahead(model, data, amp=amp)
     mask[:, 0] = ahead.mask[:, 0]
     share = 0.75  # the site's rows' share of the batch, as the step scales its loss
-    ahead.decoded = Background(lambda: decode_ahead(
-        model, ahead, NAMES, method, 1.0, 0.2, eps, share, amp)).start()
+    ahead.decoded = start_ahead(
+        POOL, model, ahead, NAMES, method, 1.0, 0.2, eps, share, amp)
     assert ahead.valid_for(model, 5, ROWS)
     with accel.autocast(amp, torch.device("cpu")):
         terms = _step_loss(model, ahead.x, mask, mu_all, lv_all, eps, method,
@@ -222,8 +224,8 @@ def test_a_failed_decoder_half_is_refused_and_changes_nothing(site_a, monkeypatc
         raise RuntimeError("decoder exploded")
 
     monkeypatch.setattr(model, "reconstruction_ll", broken)
-    ahead.decoded = Background(lambda: decode_ahead(
-        model, ahead, NAMES, "mmvm", 1.0, 0.0, _others()[3], 1.0, "off")).start()
+    ahead.decoded = start_ahead(
+        POOL, model, ahead, NAMES, "mmvm", 1.0, 0.0, _others()[3], 1.0, "off")
     ahead.settle()  # another message may come first: waiting never raises
     assert not ahead.valid_for(model, 5, ROWS)
     with pytest.raises(RuntimeError, match="decoder exploded"):
@@ -240,8 +242,8 @@ def test_a_step_whose_loss_is_not_the_halfs_is_caught(site_a):
     mu_all, lv_all, mask, eps = _others()
     ahead = _ahead(model, data)
     mask[:, 0] = ahead.mask[:, 0]
-    ahead.decoded = Background(lambda: decode_ahead(
-        model, ahead, NAMES, "mmvm", 1.0, 0.2, eps, 0.5, "off")).start()
+    ahead.decoded = start_ahead(
+        POOL, model, ahead, NAMES, "mmvm", 1.0, 0.2, eps, 0.5, "off")
     assert ahead.valid_for(model, 5, ROWS)
     terms = _step_loss(model, ahead.x, mask, mu_all, lv_all, eps, "mmvm",
                        (ahead.mu, ahead.logvar), ahead.reconstruct())
@@ -289,7 +291,7 @@ def test_a_site_waits_for_its_decoder_half_before_it_saves(tiny_polymnist, tiny_
     threading.Timer(0.3, released.set).start()
     site.save(tmp_path / "site.pt")
     assert released.is_set()  # save waited for the half, which had to be released
-    assert not site._ahead.decoded.thread.is_alive()
+    assert site._ahead.decoded.done()
 
 
 def test_a_used_pass_is_freed_at_once_not_by_the_garbage_collector(tiny_polymnist,
