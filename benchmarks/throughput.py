@@ -61,7 +61,7 @@ def measure(size: str, threads: int, channels_last: bool, amp: str, compile: boo
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     model = accel.prepare(build_model(cfg), channels_last=channels_last, compile=compile)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt = accel.adam(model.parameters(), cfg.train.lr, cfg.train.adam)
     B = cfg.train.batch_size
     batch = {"x": {m: torch.rand(B, 3, 28, 28) for m in NAMES},
              "mask": torch.ones(B, len(NAMES), dtype=torch.bool)}

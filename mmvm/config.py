@@ -134,6 +134,7 @@ class TrainConfig:
     amp: str = "off"  # off | bf16 (CPU or CUDA) | fp16 (CUDA): autocast of the forward pass
     channels_last: bool = False  # NHWC images (faster convolutions on oneDNN / cuDNN)
     compile: bool = False  # torch.compile each encoder and decoder (needs a C++ compiler)
+    adam: str = "fused"  # fused | foreach | loop: torch's Adam kernels (same update)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
     if built["train"].amp not in ("off", "bf16", "fp16"):
         raise ConfigError(f"{source}: train.amp = {built['train'].amp!r}; choose off, bf16 "
                           f"or fp16")
+    if built["train"].adam not in ("fused", "foreach", "loop"):
+        raise ConfigError(f"{source}: train.adam = {built['train'].adam!r}; choose fused, "
+                          f"foreach or loop")
     if built["train"].alpha_schedule not in ("constant", "linear", "cosine", "exponential"):
         raise ConfigError(
             f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}; "

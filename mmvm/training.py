@@ -169,7 +169,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = accel.prepare(build_model(cfg).to(device), channels_last=cfg.train.channels_last,
                           compile=cfg.train.compile)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = accel.adam(model.parameters(), cfg.train.lr, cfg.train.adam)
     scaler = accel.grad_scaler(cfg.train.amp, device)
     accel.amp_dtype(cfg.train.amp, device)  # fails now, not at the first step
     alpha_at = alpha_schedule(
@@ -248,7 +248,7 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, i
             "train.out_dir, or start over (resume=False / --fresh)"
         )
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    accel.load_optimizer_state(optimizer, state["optimizer"])
     return state["epoch"], state["step"], list(state["history"])
 
 

@@ -95,9 +95,10 @@ class Site:
         CPU) when built, and a deployment's ClientApp is a fresh process per message, so
         messages that do not train (describe, align, attach, unmask, evaluate) skip it."""
         if self._optimizer is None:
-            opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
-            if self._optimizer_state is not None:
-                opt.load_state_dict(self._optimizer_state)  # raises: the state stays
+            t = self.cfg.train
+            opt = accel.adam(self.model.parameters(), t.lr, t.adam)
+            if self._optimizer_state is not None:  # raises: the state stays
+                accel.load_optimizer_state(opt, self._optimizer_state)
             self._optimizer, self._optimizer_state = opt, None
         return self._optimizer
 

@@ -10,11 +10,12 @@ FIRST_STEP = """
 import sys
 import torch
 from client.hosts import warm_imports
+from mmvm import accel
 
 warm_imports()
 before = set(sys.modules)
 model = torch.nn.Linear(3, 2)
-opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+opt = accel.adam(model.parameters(), 1e-3)
 model(torch.randn(4, 3)).square().sum().backward()
 opt.step()
 print(sorted(m for m in set(sys.modules) - before if m.startswith("torch")))

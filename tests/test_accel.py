@@ -1,0 +1,93 @@
+"""Adam's kernels (``train.adam``): every choice makes Adam's update, and a restored
+state keeps the kernels the optimizer was built with."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmvm import accel
+from mmvm.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_adam(p: torch.Tensor, grads: list[torch.Tensor], lr: float,
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> torch.Tensor:
+    """Adam as written in Kingma & Ba (2015), Algorithm 1, in float64."""
+    p, m, v = p.double().clone(), torch.zeros_like(p, dtype=torch.float64), \
+        torch.zeros_like(p, dtype=torch.float64)
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    return p
+
+
+def run(kernels: str, p0: torch.Tensor, grads: list[torch.Tensor], lr: float
+        ) -> tuple[torch.Tensor, torch.optim.Adam]:
+    p = torch.nn.Parameter(p0.clone())
+    opt = accel.adam([p], lr, kernels)
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    return p.detach(), opt
+
+
+@pytest.mark.parametrize("kernels", accel.ADAM_KERNELS)
+def test_every_kernel_makes_adams_update(kernels):
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(37, 53, generator=gen)  # not a multiple of any vector width
+    grads = [torch.randn(37, 53, generator=gen) for _ in range(5)]
+    got, _ = run(kernels, p0, grads, lr=1e-2)
+    torch.testing.assert_close(got.double(), reference_adam(p0, grads, 1e-2),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_first_step_moves_every_weight_by_lr_against_its_gradient():
+    # closed form: after one step m_hat = g and v_hat = g^2, so p -= lr * g / (|g| + eps)
+    p0, g = torch.zeros(64), torch.linspace(-3, 3, 64) + 0.01
+    for kernels in accel.ADAM_KERNELS:
+        got, _ = run(kernels, p0, [g], lr=0.1)
+        torch.testing.assert_close(got, -0.1 * torch.sign(g), rtol=1e-6, atol=1e-6)
+
+
+def test_the_kernels_asked_for_are_the_ones_used_on_a_cpu():
+    flags = {k: run(k, torch.zeros(3), [torch.ones(3)], 1e-3)[1].param_groups[0]
+             for k in accel.ADAM_KERNELS}
+    assert flags["fused"]["fused"] is True
+    assert flags["foreach"]["foreach"] is True and not flags["foreach"]["fused"]
+    assert flags["loop"]["foreach"] is False and not flags["loop"]["fused"]
+
+
+def test_unknown_kernels_are_refused_by_name():
+    with pytest.raises(ValueError, match="adam must be one of"):
+        accel.adam([torch.nn.Parameter(torch.zeros(1))], 1e-3, "fast")
+    with pytest.raises(ConfigError, match="train.adam = 'fast'"):
+        load_config(ROOT / "configs" / "hippocampus.toml", ["train.adam=fast"])
+
+
+def test_a_restored_state_keeps_the_optimizers_kernels_and_continues_adam():
+    # a state saved by the per-tensor loop (as every checkpoint before train.adam)
+    gen = torch.Generator().manual_seed(1)
+    p0 = torch.randn(10, 7, generator=gen)
+    grads = [torch.randn(10, 7, generator=gen) for _ in range(6)]
+    half, loop_opt = run("loop", p0, grads[:3], lr=1e-2)
+    p = torch.nn.Parameter(half.clone())
+    fused = accel.adam([p], 1e-2, "fused")
+    accel.load_optimizer_state(fused, loop_opt.state_dict())
+    assert fused.param_groups[0]["fused"] is True  # not the saved state's kernels
+    for g in grads[3:]:
+        p.grad = g.clone()
+        fused.step()
+    torch.testing.assert_close(p.detach().double(), reference_adam(p0, grads, 1e-2),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_state_of_another_model_is_refused():
+    opt = accel.adam([torch.nn.Parameter(torch.zeros(2)),
+                      torch.nn.Parameter(torch.zeros(3))], 1e-3)
+    other = accel.adam([torch.nn.Parameter(torch.zeros(2))], 1e-3)
+    with pytest.raises(ValueError):
+        accel.load_optimizer_state(opt, other.state_dict())
