@@ -126,12 +126,14 @@ class Endpoint:
         metrics = site.train_window(index, others)
         t2 = time.perf_counter()
         weights, shares = self.channel.shared(site, index)
+        encoded = site.encoded_s
         posteriors = self.channel.outgoing(site, index + 1)
+        encoded = site.encoded_s - encoded
         # seconds of this window at the site: training (with any wait for the decoder
-        # half that ran while the server routed, whose own time is ahead_s), and
-        # reading / writing messages
-        metrics.update(train_s=t2 - t1 + site.take_waited(),
-                       codec_s=t1 - t0 + time.perf_counter() - t2)
+        # half that ran while the server routed, whose own time is ahead_s, and the
+        # encoder pass of the posteriors sent), and reading / writing messages
+        metrics.update(train_s=t2 - t1 + site.take_waited() + encoded,
+                       codec_s=max(0.0, t1 - t0 + time.perf_counter() - t2 - encoded))
         reply = WindowReply(metrics=metrics, posteriors=posteriors, weights=weights,
                             shares=shares)
         commit()

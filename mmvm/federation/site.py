@@ -87,6 +87,7 @@ class Site:
         self.forwards_reused = 0  # steps that took over the pass of the message before
         self.halves_reused = 0  # ... and its decoder half
         self.waited_s = 0.0  # for it to end (see settle)
+        self.encoded_s = 0.0  # in all, in encode_window (model compute of a reply)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -182,6 +183,13 @@ class Site:
         the step to take over (:mod:`mmvm.federation.lookahead`); with ``overlap`` the
         step's decoder half then runs in a thread while the reply travels."""
         self.settle()
+        t = time.perf_counter()
+        try:
+            return self._encode_window(index)
+        finally:
+            self.encoded_s += time.perf_counter() - t
+
+    def _encode_window(self, index: int) -> dict[str, Posteriors]:
         self._ahead = None
         link = self.linked()
         if not (self.lookahead and not link.shared and index < len(link.plan)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,23 @@ def test_describe_attach_window_evaluate(endpoint):
     ev = endpoint.handle(EvaluateRequest(collect=True))
     assert ev.site == "site-m0" and "probe/m0" in ev.metrics
     assert set(ev.model) == {"m0"}
+
+
+def test_the_encoder_pass_of_a_reply_counts_as_training_not_message_coding(
+        endpoint, monkeypatch):
+    """A window's reply carries the posteriors of the next batch: the encoder pass
+    that makes them is the site's compute (train_s), not serialization (codec_s)."""
+    _attach(endpoint)
+    model, encode = endpoint.site.model, endpoint.site.model.encode_modality
+
+    def slow(*args, **kwargs):
+        time.sleep(0.2)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode_modality", slow)
+    metrics = endpoint.handle(WindowRequest(window=0)).metrics
+    assert metrics["train_s"] >= 0.2
+    assert metrics["codec_s"] < 0.2
 
 
 def test_requests_out_of_order_or_out_of_plan_are_refused(endpoint):
