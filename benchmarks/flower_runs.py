@@ -19,8 +19,8 @@ an otherwise idle machine):
                          checks, object-pull back-off)
 
 A federated window is split with what the sites and the server report (metrics.csv):
-compute (``train_s``: the slowest site's step), serialization (``codec_s``: reading
-the incoming posteriors, the encoder pass for the next batch and writing them),
+compute (``train_s``: the slowest site's step, with the encoder pass for the next
+batch's posteriors), serialization (``codec_s``: reading and writing posteriors),
 disk (``disk_s``: state written at checkpoint windows), server (``server_s``:
 routing, aggregation) and messaging, the rest of the wall time (Flower: dispatch,
 Ray or gRPC, polls). "ahead" (``ahead_s``) is not a part of the window: it is how long

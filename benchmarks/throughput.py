@@ -7,8 +7,9 @@ Two model sizes on the PolyMNIST look-alike's shape (3 x 28 x 28, 3 modalities):
 - ``cpu``: the configuration the main job trains (``configs/polymnist.toml`` with the
   app's overrides);
 
-and, for each, what PyTorch offers on a CPU: threads (1, all cores), the NHWC memory
-format (``channels_last``), bfloat16 autocast (``amp = "bf16"``) and ``torch.compile``.
+and, for each, what PyTorch offers on a CPU: threads (1, all cores), Adam's kernels
+(``adam``: fused, the default, or torch's per-tensor loop), the NHWC memory format
+(``channels_last``), bfloat16 autocast (``amp = "bf16"``) and ``torch.compile``.
 Each row: warm-up steps (compilation included there), then timed steps on random
 batches (throughput does not depend on the values), repeated ``--repeats`` times
 (default 3, each a fresh model): mean ± standard error of samples per second. Writes
@@ -46,22 +47,23 @@ SIZES = {
               *[f"model.modalities.{m}.width=64" for m in NAMES]],
     "cpu": [],  # the config file as the main job uses it
 }
-VARIANTS = [  # (label, threads, channels_last, amp, compile)
-    ("1 thread", 1, False, "off", False),
-    ("all threads", 0, False, "off", False),
-    ("all threads, channels_last", 0, True, "off", False),
-    ("all threads, bf16 autocast", 0, False, "bf16", False),
-    ("all threads, torch.compile", 0, False, "off", True),
+VARIANTS = [  # (label, threads, channels_last, amp, compile, adam)
+    ("1 thread", 1, False, "off", False, "fused"),
+    ("all threads", 0, False, "off", False, "fused"),
+    ("all threads, Adam per-tensor loop", 0, False, "off", False, "loop"),
+    ("all threads, channels_last", 0, True, "off", False, "fused"),
+    ("all threads, bf16 autocast", 0, False, "bf16", False, "fused"),
+    ("all threads, torch.compile", 0, False, "off", True, "fused"),
 ]
 
 
 def measure(size: str, threads: int, channels_last: bool, amp: str, compile: bool,
-            steps: int, warmup: int) -> float:
+            adam: str, steps: int, warmup: int) -> float:
     cfg = load_config(ROOT / "configs" / "polymnist.toml", ["train.device=cpu", *SIZES[size]])
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     model = accel.prepare(build_model(cfg), channels_last=channels_last, compile=compile)
-    opt = accel.adam(model.parameters(), cfg.train.lr, cfg.train.adam)
+    opt = accel.adam(model.parameters(), cfg.train.lr, adam)
     B = cfg.train.batch_size
     batch = {"x": {m: torch.rand(B, 3, 28, 28) for m in NAMES},
              "mask": torch.ones(B, len(NAMES), dtype=torch.bool)}
@@ -86,9 +88,9 @@ def main(argv=None) -> int:
     rows = []
     for size in args.sizes:
         base = None
-        for label, threads, cl, amp, comp in VARIANTS:
+        for label, threads, cl, amp, comp, adam in VARIANTS:
             try:
-                runs = [measure(size, threads, cl, amp, comp, args.steps, args.warmup)
+                runs = [measure(size, threads, cl, amp, comp, adam, args.steps, args.warmup)
                         for _ in range(args.repeats)]
             except Exception as err:  # e.g. no compiler for torch.compile
                 print(f"{size} / {label}: failed ({type(err).__name__}: {err})", flush=True)
