@@ -214,12 +214,13 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
             f"{source}: model.private_dim = {model.private_dim}: MMVAE+ (method "
             f"'mmvaeplus') needs a modality-specific latent (private_dim >= 1); every "
             f"other method needs private_dim = 0")
-    if built["train"].amp not in ("off", "bf16", "fp16"):
-        raise ConfigError(f"{source}: train.amp = {built['train'].amp!r}; choose off, bf16 "
-                          f"or fp16")
-    if built["train"].adam not in ("fused", "foreach", "loop"):
-        raise ConfigError(f"{source}: train.adam = {built['train'].adam!r}; choose fused, "
-                          f"foreach or loop")
+    from mmvm.accel import ADAM_KERNELS, AMP_MODES
+
+    for key, choices in (("amp", AMP_MODES), ("adam", ADAM_KERNELS)):
+        value = getattr(built["train"], key)
+        if value not in choices:
+            raise ConfigError(f"{source}: train.{key} = {value!r}; choose "
+                              f"{', '.join(choices[:-1])} or {choices[-1]}")
     if built["train"].alpha_schedule not in ("constant", "linear", "cosine", "exponential"):
         raise ConfigError(
             f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}; "
