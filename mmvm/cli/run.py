@@ -5,8 +5,9 @@ the run going in the SuperLink. This command runs the app as ``flwr run`` would,
 streams its output, then asks the SuperLink for the run's final status (``flwr ls``)
 and exits 0 only if it completed; Ctrl-C stops the run (``flwr stop``). For a
 simulation it starts exactly ``num-sites`` SuperNodes (the run config's value, or the
-one given with ``--run-config``), so the two can never disagree. It spawns the
-``flwr`` CLI; it imports nothing of Flower.
+one given with ``--run-config``), so the two can never disagree. Flower packages a
+staged copy of the app (``mmvm.cli.app_stage``: the same FAB, without listing the
+project's ``.venv``). It spawns the ``flwr`` CLI; it imports nothing of Flower.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+from mmvm.cli.app_stage import staged_app
 
 APP_DIR = Path(__file__).resolve().parents[2]
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -71,9 +74,10 @@ def num_sites(app: Path, overrides: str) -> int:
         return int(tomllib.load(fh)["tool"]["flwr"]["app"]["config"]["num-sites"])
 
 
-def flwr_command(args: argparse.Namespace) -> list[str]:
+def flwr_command(args: argparse.Namespace, app: Path | None = None) -> list[str]:
+    """``flwr run`` of the app ``app`` (default ``args.app``) as ``args`` asks."""
     flwr = Path(sys.executable).with_name("flwr")
-    cmd = [str(flwr if flwr.exists() else "flwr"), "run", str(args.app)]
+    cmd = [str(flwr if flwr.exists() else "flwr"), "run", str(app or args.app)]
     cmd += [args.connection] if args.connection else []
     cmd += ["--stream"]
     if args.run_config:
@@ -115,7 +119,15 @@ def status(cmd: list[str], args: argparse.Namespace, run_id: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cmd = flwr_command(args)
+    try:
+        with staged_app(Path(args.app)) as app:
+            return _run(args, flwr_command(args, app))
+    except FileNotFoundError as err:
+        print(f"mmvm run: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, cmd: list[str]) -> int:
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     run_id = None

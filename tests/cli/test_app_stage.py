@@ -1,0 +1,95 @@
+"""`mmvm run` hands Flower a staged copy of the app: Flower's own FAB of the copy is the
+FAB of the app, byte for byte, while the directories Flower never packages (the
+project's .venv, what .gitignore ignores) are not listed at all."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from flwr.cli.build import build_fab_from_disk
+
+from mmvm.cli import main
+from mmvm.cli.app_stage import app_files, staged_app
+
+ROOT = Path(__file__).resolve().parents[2]
+PRUNED = (".venv/", "data/", "runs/", "pkg/__pycache__/")
+
+
+def _app(tmp_path: Path, gitignore: str | None = None) -> Path:
+    """An app with this project's pyproject, its source, and the clutter of a
+    working project: a virtual environment, git, data, runs, byte code, links."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", app)
+    (app / ".gitignore").write_text(gitignore or (ROOT / ".gitignore").read_text())
+    files = {"pkg/mod.py": "x = 1\n", "pkg/conf.toml": "a = 1\n", "README.md": "# app\n",
+             "pkg/picture.png": "not packaged\n",
+             ".venv/lib/site.py": "venv\n", ".venv/lib/meta.json": "{}\n",
+             ".git/info.json": "{}\n", "sub/.venv/kept.py": "Flower packages it\n",
+             "data/secret.json": "{}\n",
+             "runs/r1/metrics.json": "{}\n", "pkg/__pycache__/mod.py": "cache\n",
+             "deep/er/still/mod.py": "y = 2\n"}
+    for rel, text in files.items():
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_text(text)
+    (app / "link.py").symlink_to(app / "pkg/mod.py")
+    (app / "linked_dir").symlink_to(app / "pkg", target_is_directory=True)
+    return app
+
+
+def test_flowers_fab_of_the_staged_app_is_the_fab_of_the_app(tmp_path):
+    app = _app(tmp_path)
+    with staged_app(app) as stage:
+        assert stage != app and (stage / "pyproject.toml").is_file()
+        staged = build_fab_from_disk(stage)
+    assert staged == build_fab_from_disk(app)
+    assert not (stage.parent).exists()  # removed when the block ends
+
+
+def test_ignored_directories_and_links_are_not_listed(tmp_path):
+    files = app_files(_app(tmp_path))
+    assert {"pyproject.toml", ".gitignore", "pkg/mod.py", "pkg/picture.png",
+            "deep/er/still/mod.py"} <= set(files)
+    assert not [f for f in files if f.startswith(PRUNED)], files
+    assert ".git/info.json" in files  # Flower packages it: so does the copy
+    assert "link.py" not in files and not [f for f in files if f.startswith("linked_dir")]
+
+
+def test_a_negated_pattern_keeps_every_directory_and_the_same_fab(tmp_path):
+    """git cannot bring a file back from an ignored directory, a pattern matcher can:
+    with a '!' pattern nothing is pruned by .gitignore, and the FAB stays Flower's."""
+    app = _app(tmp_path, gitignore="/data/\n!/data/secret.json\n")
+    files = app_files(app)
+    assert "data/secret.json" in files and "runs/r1/metrics.json" in files
+    assert not [f for f in files if f.startswith(".venv/")]  # Flower's rule: the top's
+    assert "sub/.venv/kept.py" in files  # ... and only the top's
+    with staged_app(app) as stage:
+        assert build_fab_from_disk(stage) == build_fab_from_disk(app)
+
+
+def test_this_project_stages_its_app_without_its_environment():
+    files = set(app_files(ROOT))
+    assert {"pyproject.toml", "client/app.py", "server/app.py", "mmvm/model.py",
+            "configs/hippocampus.toml"} <= files
+    assert not [f for f in files if f.startswith(PRUNED)]
+
+
+def test_mmvm_run_without_an_app_says_so_and_starts_nothing(tmp_path, capsys):
+    assert main(["run", "--app", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no Flower app" in err and str(tmp_path) in err
+
+
+def test_the_staged_app_is_a_copy_not_the_app(tmp_path):
+    """The stage is a directory of its own: replacing a file there (as an editor or a
+    tool that writes a new file and renames it does) leaves the app's file as it was,
+    and the stage is gone afterwards. (A write into a hard-linked file in place would
+    reach the app's file, as it does when Flower is given the app itself.)"""
+    app = _app(tmp_path)
+    before = (app / "pyproject.toml").read_bytes()
+    with staged_app(app) as stage:
+        (stage / "pyproject.toml").unlink()  # a hard link: the original stays
+        (stage / "pyproject.toml").write_text("changed\n")
+    assert (app / "pyproject.toml").read_bytes() == before
+    assert not stage.exists()
