@@ -60,24 +60,40 @@ class Node:
 _NODES: dict[tuple[int, int], Node] = {}
 
 
-def _site_files(nc, s: FederationSettings) -> tuple[str, str, str | None]:
+def _site_files(nc, s: FederationSettings, run_id: int) -> tuple[str, str, str | None]:
     if "data" in nc:  # deployment: the site brings its own files
         data = Path(str(nc["data"])).expanduser()
         test = data / "test.parquet"
         return str(nc.get("site", data.name)), str(data / "train.parquet"), \
             str(test) if test.exists() else None
     pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
+    args = (s.data_dir, s.layout, s.shards, s.missing, s.n_train, s.n_test)
+    kwargs = {"seed": s.experiment.train.seed, "modalities": tuple(s.modalities),
+              "variant": s.data_variant, "hippocampus": s.hippocampus}
+    key = (int(run_id), pid, num, args, repr(sorted(kwargs.items())))
+    files = _SIM_FILES.get(key)
+    if files is None:
+        files = _simulation_files(pid, num, args, kwargs)
+        for old in [k for k in _SIM_FILES if k[0] != key[0]]:
+            del _SIM_FILES[old]  # another run's
+        _SIM_FILES[key] = files
+    return files
+
+
+# A simulated site's files, made or found once per run and process: checking them
+# takes a lock all sites share, and a site host answers every window (five sites
+# queued on it every window, on a busy machine, cost milliseconds of each window).
+_SIM_FILES: dict[tuple, tuple[str, str, str | None]] = {}
+
+
+def _simulation_files(pid: int, num: int, args: tuple, kwargs: dict
+                      ) -> tuple[str, str, str | None]:
     try:
-        sites, files = ensure_default_sites(s.data_dir, s.layout, s.shards, s.missing,
-                                            s.n_train, s.n_test,
-                                            seed=s.experiment.train.seed,
-                                            modalities=tuple(s.modalities),
-                                            variant=s.data_variant,
-                                            hippocampus=s.hippocampus)
+        sites, files = ensure_default_sites(*args, **kwargs)
     except ValueError as err:
         raise ConfigError(f"simulation data: {err}") from None
     if num != len(sites):
-        raise ConfigError(f"layout {s.layout!r} has {len(sites)} sites but the simulation "
+        raise ConfigError(f"layout {args[1]!r} has {len(sites)} sites but the simulation "
                           f"runs {num} SuperNodes: set num-sites={len(sites)} (mmvm run "
                           f"starts that many) or --federation-config "
                           f"'num-supernodes={len(sites)}'")
@@ -106,7 +122,7 @@ def settings_and_policy(context: Context) -> tuple[FederationSettings, SitePolic
     """The run's settings and this site's policy, checked against each other before
     anything is read or sent."""
     s = run_settings(context.run_config, context.run_id)
-    files = _site_files(context.node_config, s)
+    files = _site_files(context.node_config, s, context.run_id)
     policy = load_policy(context.node_config, files[0])
     policy.check_run(files[0], s.secure, s.align)
     return s, policy, files

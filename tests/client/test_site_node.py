@@ -25,3 +25,29 @@ def test_the_run_config_is_parsed_once_per_process_and_config(monkeypatch):
     assert len(parsed) == 4
     assert site_node.run_settings({**rc, "float16": not rc["float16"]}, 7) is other
     assert site_node.run_settings(rc, 8) is not first and len(parsed) == 5  # a new run
+
+
+def test_a_simulated_sites_files_are_found_once_per_run(monkeypatch, tmp_path):
+    """Finding them takes a lock every simulated site shares: a site host answers
+    every window, so it looks once per run (a new run, or other data, looks again)."""
+    made = []
+    real = site_node.ensure_default_sites
+    monkeypatch.setattr(site_node, "ensure_default_sites",
+                        lambda *a, **k: made.append(a) or real(*a, **k))
+    monkeypatch.setattr(site_node, "_SIM_FILES", {})
+    rc = {**app_run_config(), "data-dir": str(tmp_path), "n-train": 60, "n-test": 20}
+    s = site_node.run_settings(rc, 7)
+    nc = {"partition-id": 1, "num-partitions": 3}
+    first = site_node._site_files(nc, s, 7)
+    assert first[0] and first[1].endswith(".parquet") and len(made) == 1
+    assert [site_node._site_files(nc, s, 7) for _ in range(3)] == [first] * 3
+    assert len(made) == 1
+    other = site_node._site_files({**nc, "partition-id": 0}, s, 7)
+    assert other[0] != first[0] and len(made) == 2
+    assert site_node._site_files(nc, s, 8) == first and len(made) == 3  # a new run
+    assert all(k[0] == 8 for k in site_node._SIM_FILES)  # the old run's are dropped
+    with pytest.raises(ConfigError, match="num-sites=3"):  # refused every time
+        site_node._site_files({**nc, "num-partitions": 2}, s, 8)
+    with pytest.raises(ConfigError, match="num-sites=3"):
+        site_node._site_files({**nc, "num-partitions": 2}, s, 8)
+    assert len(made) == 5
