@@ -53,8 +53,12 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     assert str(run_dir) in out  # the summary says where the results are
     assert (run_dir / "checkpoint.pt").exists() and (run_dir / "curves.png").exists()
     with open(run_dir / "metrics.csv") as fh:
-        ahead = [float(r["ahead_s"]) for r in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
+    ahead = [float(r["ahead_s"]) for r in rows]
     assert len(ahead) == 3 and min(ahead) > 0, ahead  # the decoder half ran every window
+    # the hosts write their state at attach and at the last window's checkpoint only:
+    # no disk time in the windows between (attach's writes are not window 1's)
+    assert [float(r["disk_s"]) for r in rows][:2] == [0.0, 0.0], rows
     used = json.loads((run_dir / "results.json").read_text())["config"]
     assert used["train"]["out_dir"] == str(run_dir)  # what the run used, not the file's
     assert used["data"]["root"].startswith(str(tmp_path / "data"))
