@@ -136,6 +136,52 @@ def test_resume_refuses_other_settings_and_other_sites(cfg, tmp_path, tiny_polym
                        resume_from=tmp_path / "missing.pt")
 
 
+class GoneAtResume(LocalTransport):
+    """Lists every site as connected, but site ``gone`` is gone: Flower answers its
+    resume message with an error saying so (``MESSAGE_UNAVAILABLE``: its node was
+    still listed when the message was sent). ``FlowerTransport`` leaves such a site
+    out of an exchange that may go on without it and fails one that may not
+    (tests/server/test_transport.py); this transport does the same."""
+
+    def __init__(self, endpoints, gone: str):
+        super().__init__(endpoints)
+        self.gone = gone
+
+    def exchange(self, requests, wait=None, need=1):
+        if next(iter(requests.values())).kind == "resume" and self.gone in requests:
+            if wait is None:
+                raise FederationError(f"resume: site {self.gone} failed: Message "
+                                      f"Unavailable")
+            requests = {k: r for k, r in requests.items() if k != self.gone}
+        return super().exchange(requests, wait, need)
+
+
+def test_a_listed_site_that_is_gone_at_resume_is_away_not_fatal(cfg, tmp_path,
+                                                                tiny_polymnist):
+    """After a restart the SuperLink may still list a SuperNode that died (its
+    heartbeat not yet expired). The resumed run goes on with the others (min-sites
+    allowing), says the site is away, and the site trains again when it answers;
+    with fewer answers than min-sites the resume fails, saying so."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites, ckpt = make_sites(cfg, specs, root), tmp_path / "server_state.pt"
+    opts = {"exchange": "step", "checkpoint_every": 1}
+    with pytest.raises(Crash):
+        run_federation(CrashAt(plain_endpoints(sites), 3, False), settings_for(cfg, **opts),
+                       checkpoint=ckpt)
+    with pytest.raises(FederationError, match=r"2 of the 3 connected SuperNodes .* "
+                                              r"min-sites = 3"):
+        run_federation(GoneAtResume(plain_endpoints(sites), "n2"),
+                       settings_for(cfg, resume="1", min_sites=3, site_timeout=5.0, **opts),
+                       resume_from=ckpt, checkpoint=ckpt)
+    lines = []
+    res = run_federation(GoneAtResume(plain_endpoints(sites), "n1"),
+                         settings_for(cfg, resume="1", min_sites=2, **opts),
+                         log=lines.append, checkpoint=ckpt, resume_from=ckpt)
+    assert f"away: {sites['n1'].name})" in lines[0], lines[0]
+    assert [r["window"] for r in res.history] == list(range(6))
+    assert sites["n1"].progress.window == 5  # it answered the windows after the resume
+
+
 def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_path,
                                                                      tiny_polymnist):
     """Simulated SuperNodes, or SuperNodes without node authentication, get a new node
