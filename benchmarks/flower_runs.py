@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import deployment_overhead as deploy  # noqa: E402
+from window_plot import window_histogram  # noqa: E402
 
 from mmvm.reporting.stats import estimate  # noqa: E402
 from tests.support.processes import QUIET_ENV, pids_mentioning  # noqa: E402
@@ -232,7 +233,8 @@ def _windows(path: Path) -> dict:
     return {"windows": len(rows), "per_window": wall, **split,
             "per_window_no_ckpt": wall - split["disk_s"],
             "messaging_s": wall - sum(split.values()), "ahead_s": mean("ahead_s"),
-            "rec_nll": rows[-1]["rec_nll"]}
+            "rec_nll": rows[-1]["rec_nll"],
+            "window_seconds": [round(r["seconds"], 4) for r in rows]}
 
 
 def main(argv=None) -> int:
@@ -329,6 +331,8 @@ def write(runs: list[dict], out: Path, args: argparse.Namespace) -> None:
     (out / "runs.json").write_text(json.dumps(
         {"args": vars(args), "summary": rows, "runs": runs}, indent=1))
     print(f"written: {out / 'table.md'}, {out / 'summary.csv'}, {out / 'runs.json'}")
+    if window_histogram(runs, out / "windows.png"):
+        print(f"written: {out / 'windows.png'} (seconds per window, per row)")
 
 
 if __name__ == "__main__":

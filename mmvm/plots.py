@@ -33,7 +33,8 @@ import torch  # noqa: E402
 from mmvm.atomic import atomic_write  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (no half-written image) and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -104,7 +105,7 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
         shown = "label" in b and len(pick) <= 12
         labels = f" (label {b['label'].tolist()})" if shown else ""
         ax.set_title(f"{method}: generated from {src}{labels}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _Y_LABEL = {"probe": "latent probe accuracy (mean over modalities)",
@@ -147,7 +148,7 @@ def scatter_recon_vs(results: Sequence[Mapping], path: str | Path, y: str = "pro
     ax.set_title(title or f"reconstruction vs {y} (labels: beta)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 Point = tuple[str, float, float, float | None, float | None]  # label, x, y, x SE, y SE
@@ -206,7 +207,7 @@ def latent_2d(mus: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray] | 
         ax.set_title(key + ("" if mu.shape[1] <= 2 else " (PCA)"), fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
     axes[0][-1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
@@ -235,4 +236,4 @@ def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
         ax.set_title(key)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
