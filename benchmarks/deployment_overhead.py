@@ -15,9 +15,9 @@ in four configurations that add one change each:
               instead of the SuperNode sleeping 3 s, the SuperNode holds SuperExec's
               empty AcquireTask until a task is created, 0.5 s reply checks -> 0.02 s,
               object-pull retries 1 s (doubling to 10 s) -> 0.02 s (to 0.1 s), no FAB
-              unzip per task once installed (and the simulation engine's 0.1 s
-              dispatch poll -> 0.005 s). What Flower itself would have to change;
-              never in the product.
+              unzip per task once installed (and the simulation engine's dispatch
+              woken when a message is stored instead of looking every 0.1 s). What
+              Flower itself would have to change; never in the product.
 
 Every site's ClientApps get cores // sites torch threads (OMP_NUM_THREADS, or
 deploy.superexec_fork --threads): the sites share this host's cores.
@@ -65,8 +65,9 @@ import hashlib, importlib.abc, importlib.machinery, sys, threading, time as _tim
 
 # SuperNode: sleep after an empty pull (the pull itself is held at the SuperLink, HOLD)
 # and between checks for the ClientApp's reply; object pulls: first retry and cap;
-# the simulation engine's dispatch poll; how long an empty pull / task poll is held
-IDLE, REPLY, BACKOFF, BACKOFF_CAP, DISPATCH, HOLD = 0.01, 0.02, 0.02, 0.1, 0.005, 1.0
+# the simulation engine's longest wait for a stored message (it is woken by the
+# store); how long an empty pull / task poll is held
+IDLE, REPLY, BACKOFF, BACKOFF_CAP, DISPATCH, HOLD = 0.01, 0.02, 0.02, 0.1, 0.1, 1.0
 _ready = threading.Condition()  # notified when a message or a task is stored
 _count = [0]
 
@@ -81,13 +82,20 @@ class _Time:  # start_client_internal's `time`: sleep(3) and sleep(0.5) shortene
 
 
 def _dispatch(state, queue, nodes_mapping, f_stop):
-    # the simulation engine's vce_api.add_messages_to_queue, polling every DISPATCH s
-    # instead of 0.1 s (a message waits for the next poll before a ClientApp runs it)
+    # the simulation engine's vce_api.add_messages_to_queue, woken when a message is
+    # stored (_notifying) instead of looking every 0.1 s (a message waited for the next
+    # look before a ClientApp ran it); DISPATCH s at most between looks, as a fallback
     while not f_stop.is_set():
+        with _ready:
+            seen = _count[0]
+        found = False
         for node_id in nodes_mapping.keys():
             for msg in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(msg)
-        f_stop.wait(DISPATCH)
+                found = True
+        if not found:  # a node with more messages is looked at again at once
+            with _ready:
+                _ready.wait_for(lambda: _count[0] != seen, timeout=DISPATCH)
 
 
 def _notifying(method):

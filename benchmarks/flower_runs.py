@@ -10,8 +10,9 @@ an otherwise idle machine):
     simulation-no-ahead  the same with decode-ahead = false: each site runs its whole
                          step when the others' posteriors arrive (A/B of the decoder
                          half run while the server routes, mmvm/federation/lookahead.py)
-    simulation, patched  the same with Flower's simulation engine polling for messages
-                         every 5 ms instead of 0.1 s (benchmark-only patch,
+    simulation, patched  the same with Flower's simulation engine woken when a
+                         message is stored instead of looking every 0.1 s (until
+                         ab89daf: looking every 5 ms; benchmark-only patch,
                          ``deployment_overhead.PATCH``; never in the product)
     deployment           SuperLink + one SuperNode per site on 127.0.0.1 (--isolation
                          process, deploy.superexec_fork, task poll 0.05 s)
