@@ -77,12 +77,15 @@ class FlowerTransport:
         fewer than ``need`` came (a slow window is not a dropout); a site that is
         away (no reply, or Flower reports its node, message or ClientApp process
         gone) is left out. Its message expires at the SuperLink when the server stops
-        waiting, so a site that comes back never trains a stale window."""
+        waiting, so a site that comes back never trains a stale window. A resume
+        (set-up) waits up to ``reply-timeout`` while fewer than ``need`` answered: a
+        site may first finish the window it was in when the server went."""
         kind = next(iter(requests.values())).kind
         stage = f"window {requests[next(iter(requests))].window}" \
             if kind in ("window", "unmask") else kind
         soft = self.timeout if wait is None else min(wait, self.timeout)
-        hard = self.timeout if wait is None else min(2 * wait, self.timeout)
+        hard = self.timeout if wait is None or kind == "resume" \
+            else min(2 * wait, self.timeout)
         msgs = [Message(to_record(req), dst_node_id=int(key), message_type=flower_type(req),
                         group_id=stage, ttl=hard)
                 for key, req in requests.items()]

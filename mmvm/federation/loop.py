@@ -204,14 +204,16 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
     key_of = {i.name: i.key for i in saved.sites}
     here = _wait_for_sites(meter, s, len(key_of))
     # a node the SuperLink still lists may be gone (its heartbeat not yet expired):
-    # Flower answers its message with an error, and it is away like one not listed
+    # Flower answers its message with an error, and it is away like one not listed;
+    # a slow one is waited for (up to reply-timeout) while fewer than need answered
     need = min(s.min_sites, len(key_of))
     replies = meter.exchange({k: ResumeRequest(run=s.resume, window=saved.window)
                               for k in here}, wait=s.site_timeout, need=need)
     if len(replies) < need:
         raise FederationError(
             f"resume = {s.resume}: {len(replies)} of the {len(here)} connected "
-            f"SuperNodes answered within site-timeout = {s.site_timeout:g} s; it needs "
+            f"SuperNodes answered (within site-timeout = {s.site_timeout:g} s, or up to "
+            f"reply-timeout = {s.reply_timeout:g} s while fewer had); it needs "
             f"min-sites = {need}")
     strangers = sorted(r.site for r in replies.values() if r.site not in key_of)
     names = [r.site for r in replies.values()]

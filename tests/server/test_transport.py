@@ -7,12 +7,15 @@ path is tests/federation/test_run_command.py.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from flwr.app import Error, Message
 
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.messages import EvaluateRequest
+from mmvm.federation.messages import EvaluateRequest, ResumeReply, ResumeRequest
 from server.app import FlowerTransport
+from wire.records import to_record
 
 
 class FakeGrid:
@@ -106,3 +109,40 @@ def test_a_site_that_fails_still_fails_the_window(monkeypatch):
     transport = FlowerTransport(ReplyingGrid(code=2), 1, timeout=10, connect_timeout=1)
     with pytest.raises(FederationError, match="site node 7 failed"):
         transport.exchange({"7": EvaluateRequest(weights={}, collect=False)}, wait=5.0)
+
+
+class LateGrid(ReplyingGrid):
+    """Answers every message, with a site's reply, ``delay`` seconds after it was
+    pushed: a site that first finishes the window it was in when the server went."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay, self.start = delay, 0.0
+
+    def push_messages(self, msgs):
+        self.start = time.monotonic()
+        return super().push_messages(msgs)
+
+    def pull_messages(self, ids):
+        if time.monotonic() - self.start < self.delay:
+            return []
+        content = to_record(ResumeReply(site="hospital-b", phase="window", window=3,
+                                        unmasked=3))
+        return [Message(content, reply_to=m) for m in self.pushed
+                if m.metadata.message_id in ids]
+
+
+def test_a_resume_waits_for_a_slow_site_while_fewer_than_min_sites_answered(monkeypatch):
+    """A window leaves a site that has not answered after twice ``wait`` out; a resume
+    waits for it up to reply-timeout while fewer than ``need`` answered (CI saw a
+    SuperNode finish its old window for ~40 s after a SuperLink restart)."""
+    _identity(monkeypatch)
+    transport = FlowerTransport(LateGrid(delay=0.3), 1, timeout=10, connect_timeout=1)
+    assert transport.exchange({"7": EvaluateRequest(weights={}, collect=False)},
+                              wait=0.05) == {}
+    transport = FlowerTransport(LateGrid(delay=0.3), 1, timeout=10, connect_timeout=1)
+    got = transport.exchange({"7": ResumeRequest(run="1", window=2)}, wait=0.05, need=1)
+    assert got["7"] == ResumeReply(site="hospital-b", phase="window", window=3, unmasked=3)
+    transport = FlowerTransport(LateGrid(delay=0.3), 1, timeout=0.1, connect_timeout=1)
+    assert transport.exchange({"7": ResumeRequest(run="1", window=2)}, wait=0.05,
+                              need=1) == {}  # reply-timeout still bounds it
