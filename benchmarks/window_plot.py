@@ -33,6 +33,7 @@ def window_histogram(runs: Sequence[Mapping], path: str | Path, goal: float = 1.
     if not rows:
         return None
     central = [r["per_step"] for r in runs if r["target"] == "central"]
+    step = float(np.mean(central)) if central else None
     top = max(np.percentile(v, 99) for v in rows.values())
     bins = np.linspace(0.0, top * 1.05, 60)
     fig, axes = plt.subplots(len(rows), 1, figsize=(7, 1.9 * len(rows) + 0.6),
@@ -41,8 +42,7 @@ def window_histogram(runs: Sequence[Mapping], path: str | Path, goal: float = 1.
         ax.hist(seconds, bins=bins, color="tab:blue", alpha=0.8)
         ax.axvline(float(np.mean(seconds)), color="tab:blue", ls="--", lw=1,
                    label=f"mean {np.mean(seconds):.3f} s")
-        if central:
-            step = float(np.mean(central))
+        if step is not None:
             ax.axvline(step, color="black", lw=1.2, label=f"central step {step:.3f} s")
             ax.axvline(goal * step, color="tab:red", lw=1.2, ls=":",
                        label=f"{goal:g}x central")
