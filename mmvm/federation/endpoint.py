@@ -30,7 +30,7 @@ from mmvm.federation.messages import (
     WindowRequest,
 )
 from mmvm.federation.plan import PlanArgs
-from mmvm.federation.policy import SitePolicy
+from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
@@ -77,7 +77,8 @@ class Endpoint:
         site = self.site
         site.progress.attach(site.name, self.channel.secure)
         for m, holders in req.shared.items():
-            if m not in site.names or site.name not in holders or len(holders) < 2:
+            if m not in site.names or site.name not in holders or len(holders) < 2 \
+                    or len(set(holders)) != len(holders):
                 raise FederationError(f"site {site.name}: told to share modality {m!r} "
                                       f"with {holders}")
         try:
@@ -88,6 +89,12 @@ class Endpoint:
         site.attach(req.n, req.rows, positions, plan, float16=req.float16,
                     shared=sorted(req.shared),
                     delta_tol=req.delta_tol if req.delta_tol >= 0 else None)
+        if self.channel.secure:  # the server's plan must not single samples out
+            try:
+                self.policy.check_plan(site.name, site.own_rows(), bool(req.shared))
+            except PolicyError:
+                site.link = None
+                raise
         site.progress.phase = "attached"
         return AttachReply(posteriors=self.channel.outgoing(site, 0))
 

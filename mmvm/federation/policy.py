@@ -20,6 +20,9 @@ anything leaves the site:
 ``allow-pair-masking`` accept FedAvg groups of two sites (each then learns the
                        other's weights from the mean); default off: groups >= 3
 ``require-psi``        refuse keyed-pseudonym alignment (ids guessable)
+``min-rows``           secure runs: refuse a plan with a window that trains fewer
+                       than this many of the site's rows (default 1); see
+                       :meth:`SitePolicy.check_plan`
 =====================  ==========================================================
 
 A simulation has no node config: its sites follow the run config (``secure``,
@@ -32,11 +35,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SitePublicKeys
 
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
-        "allow-pair-masking", "require-psi")
+        "allow-pair-masking", "require-psi", "min-rows")
 
 
 class PolicyError(SecurityError):
@@ -53,6 +58,7 @@ class SitePolicy:
     peers: Mapping[str, str] | None = None  # name -> fingerprint; None = any entry
     allow_pair_masking: bool = False
     require_psi: bool = False
+    min_rows: int = 1  # secure runs: fewest own rows a window may train (check_plan)
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
@@ -69,6 +75,25 @@ class SitePolicy:
         if secure and self.require_psi and align != "psi":
             raise PolicyError(f"site {site}: its node config requires PSI alignment "
                               f"(require-psi); this run aligns by {align!r}")
+
+    def check_plan(self, site: str, own_rows: np.ndarray, shares: bool) -> None:
+        """Refuse a secure run's plan (``own_rows[w]``: how many of this site's rows
+        window ``w`` trains) in which a window's replies would describe too few of
+        the site's samples: its metrics are sums over those rows, and the weights it
+        shares are trained on them. A window of none is refused too when the site
+        shares weights: it would send back the weights it was given, and were every
+        holder but one in that case, the masked mean would be that one's weights.
+        The server picks the plan (batch size, exchange period), so the floor is
+        the site's."""
+        low = (own_rows < self.min_rows) & ((own_rows > 0) | shares)
+        if low.any():
+            w = int(np.flatnonzero(low)[0])
+            raise PolicyError(
+                f"site {site}: the plan trains {int(own_rows[w])} of its rows in window "
+                f"{w} ({int(low.sum())} of {len(own_rows)} windows below the site's "
+                f"min-rows = {self.min_rows}"
+                + (", and a site that shares weights must train in every window"
+                   if shares else "") + "); use larger batches or exchange = \"round\"")
 
     def trusted(self, site: str, directory: Mapping[str, SitePublicKeys]
                 ) -> dict[str, SitePublicKeys]:
@@ -103,6 +128,17 @@ def _bool(nc: Mapping, key: str, default: bool) -> bool:
     if str(v).lower() in ("true", "1", "yes", "false", "0", "no"):
         return str(v).lower() in ("true", "1", "yes")
     raise PolicyError(f"node config: {key} = {v!r} is not a boolean")
+
+
+def _positive(nc: Mapping, key: str, default: int) -> int:
+    v = nc.get(key, default)
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(v, bool) or isinstance(v, float) and v != n or n < 1:
+        raise PolicyError(f"node config: {key} = {v!r} is not a positive integer")
+    return n
 
 
 def _peers(text: str) -> dict[str, str] | None:
@@ -144,4 +180,5 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         peers=_peers(str(nc["peers"])) if "peers" in nc else None,
         allow_pair_masking=_bool(nc, "allow-pair-masking", False),
         require_psi=_bool(nc, "require-psi", False),
+        min_rows=_positive(nc, "min-rows", 1),
         sources=tuple(k for k in KEYS if k in nc))

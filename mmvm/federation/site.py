@@ -150,6 +150,16 @@ class Site:
         plan = self.linked().plan
         return plan[index].rows.numpy() if index < len(plan) else np.zeros(0, np.int64)
 
+    def own_rows(self) -> np.ndarray:
+        """How many of this site's rows each window of the plan trains (distinct)."""
+        link = self.linked()
+        own = link.local_of >= 0
+        out = np.empty(len(link.plan), dtype=np.int64)
+        for i, w in enumerate(link.plan):  # a step's rows are distinct already
+            rows = w.steps[0].rows if len(w.steps) == 1 else w.rows
+            out[i] = np.count_nonzero(own[rows.numpy()])
+        return out
+
     def check_window(self, index: int) -> None:
         plan = self.linked().plan
         if not 0 <= index < len(plan):

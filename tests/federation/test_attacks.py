@@ -113,6 +113,53 @@ def test_2b_a_site_is_never_attached_or_windowed_twice(cfg, tmp_path, tiny_polym
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_path,
+                                                                    tiny_polymnist):
+    """The same plan to every holder (so the group labels agree), one row per step:
+    in most windows all holders of m0 but one train nothing and send back the weights
+    they got, and the masked mean is that one's weights, trained on one sample. Each
+    holder refuses at attach; a listed holder twice does not make a group of three;
+    and a site's min-rows keeps one-row windows from reporting one sample's loss."""
+    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    holders = [s.name for s in sites.values() if "m0" in s.names]
+
+    class Planner(LocalTransport):
+        def __init__(self, endpoints, change):
+            super().__init__(endpoints)
+            self.change = change
+
+        def exchange(self, requests, wait=None, need=1):
+            if next(iter(requests.values())).kind == "attach":
+                requests = {k: self.change(r) for k, r in requests.items()}
+            return super().exchange(requests, wait, need)
+
+    def one_row(r):
+        return dataclasses.replace(r, plan=dict(r.plan, batch_size=1))
+
+    with pytest.raises(PolicyError, match="must train in every window"):
+        federate(cfg, {}, transport=Planner(endpoints, one_row), secure=True,
+                 exchange="step")
+    assert all(s.link is None for s in sites.values() if "m0" in s.names)
+
+    def twice(r):
+        return dataclasses.replace(r, shared={"m0": [*holders[:2], holders[1]]}) \
+            if r.shared else r
+
+    sites, _, endpoints = _hybrid(cfg, tmp_path / "twice", tiny_polymnist)
+    with pytest.raises(FederationError, match="told to share modality 'm0'"):
+        federate(cfg, {}, transport=Planner(endpoints, twice), secure=True)
+    # a site that shares nothing: two-row windows tell the sum of two samples' losses;
+    # a site whose node config says min-rows = 3 refuses them (the default allows them)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    plain = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(plain, site_keys(plain), tmp_path / "v",
+                                 SitePolicy(test_bed=True, min_rows=3))
+    with pytest.raises(PolicyError, match=r"trains 2 of its rows in window 0 .*min-rows "
+                                          r"= 3\); use larger batches"):
+        federate(cfg, {}, transport=Planner(endpoints, lambda r: dataclasses.replace(
+            r, plan=dict(r.plan, batch_size=2))), secure=True, exchange="step")
+
+
 def test_3_pinned_peers_keep_an_added_directory_entry_out(cfg, tmp_path, tiny_polymnist):
     """The operator adds 'mallory' to the key directory. A site that pins its peers
     seals nothing to mallory and accepts nothing from her; without pins it would."""

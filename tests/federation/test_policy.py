@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mmvm.federation.policy import PolicyError, load_policy
@@ -63,3 +64,26 @@ def test_pinned_peers_filter_the_directory_and_catch_substituted_keys(directory)
     same = load_policy({"data": "/d", "keys": "k",
                         "peers": f"b={fp.replace(' ', '').upper()}"}, "a")
     assert sorted(same.trusted("a", directory)) == ["a", "b"]
+
+
+def test_min_rows_floors_what_a_plans_windows_may_say_about_the_site():
+    """``own[w]``: the site's rows in window w. Metrics are sums over them; a window
+    of none is harmless for a site that shares nothing, but a sharing holder would
+    send back the weights it got, and the masked mean could isolate another one."""
+    assert load_policy({"data": "/d"}, "a").min_rows == 1
+    p = load_policy({"data": "/d", "min-rows": 4}, "a")
+    p.check_plan("a", np.array([4, 9, 0, 5]), shares=False)
+    with pytest.raises(PolicyError, match=r"trains 3 of its rows in window 1 \(1 of 3 "
+                                          r"windows below the site's min-rows = 4\)"):
+        p.check_plan("a", np.array([4, 3, 8]), shares=False)
+    with pytest.raises(PolicyError, match=r"trains 0 of its rows in window 2 .*must "
+                                          r"train in every window"):
+        p.check_plan("a", np.array([4, 9, 0, 5]), shares=True)
+    default = load_policy({"data": "/d"}, "a")
+    default.check_plan("a", np.array([1, 1, 0]), shares=False)
+    with pytest.raises(PolicyError, match="window 2"):
+        default.check_plan("a", np.array([1, 1, 0]), shares=True)
+    for bad in ("many", 0, -2, 2.5, True):
+        with pytest.raises(PolicyError, match="min-rows = .* is not a positive integer"):
+            load_policy({"data": "/d", "min-rows": bad}, "a")
+    assert load_policy({"data": "/d", "min-rows": "16"}, "a").min_rows == 16
