@@ -18,6 +18,7 @@ as an error code and a message that names no data; the details go to
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,15 +105,16 @@ def _simulation_files(pid: int, num: int, args: tuple, kwargs: dict
 _SETTINGS: dict[tuple, FederationSettings] = {}  # the last run config's, parsed
 
 
-def run_settings(run_config, run_id: int) -> FederationSettings:
+def run_settings(run_config, run_id: int, app_only: bool = False) -> FederationSettings:
     """The run's settings, parsed once per process, run and run config: a process
     that keeps its site (a site host) answers every window, and parsing the
     experiment config again costs ~3-8 ms of CPU per message. Another run is parsed
     afresh (its app may bring another experiment config under the same name)."""
-    key = (int(run_id), *sorted((str(k), repr(v)) for k, v in run_config.items()))
+    key = (int(run_id), app_only,
+           *sorted((str(k), repr(v)) for k, v in run_config.items()))
     s = _SETTINGS.get(key)
     if s is None:
-        s = load_settings(run_config)  # a bad config raises here, every time
+        s = load_settings(run_config, app_only)  # a bad config raises here, every time
         _SETTINGS.clear()
         _SETTINGS[key] = s
     return s
@@ -120,12 +122,33 @@ def run_settings(run_config, run_id: int) -> FederationSettings:
 
 def settings_and_policy(context: Context) -> tuple[FederationSettings, SitePolicy, tuple]:
     """The run's settings and this site's policy, checked against each other before
-    anything is read or sent."""
-    s = run_settings(context.run_config, context.run_id)
+    anything is read or sent. A deployment site (``data`` in its node config) reads
+    only the app's own experiment configs."""
+    deployment = "data" in context.node_config
+    if not deployment:
+        _require_simulation(context.node_config)
+    s = run_settings(context.run_config, context.run_id, app_only=deployment)
     files = _site_files(context.node_config, s, context.run_id)
     policy = load_policy(context.node_config, files[0])
     policy.check_run(files[0], s.secure, s.align)
     return s, policy, files
+
+
+def _require_simulation(nc) -> None:
+    """A node config without ``data`` is a simulation's: the run config then decides
+    everything (data, keys and state folders, secure mode), a test bed run by one
+    person. A deployment SuperNode started that way would hand all of that to
+    whoever submits the run, so it is refused unless this process is one of the
+    simulation's Ray workers."""
+    ray = sys.modules.get("ray")  # imported in a simulation's workers; never here
+    if {"partition-id", "num-partitions"} <= set(nc) and ray is not None \
+            and ray.is_initialized():
+        return
+    raise ConfigError(
+        f"node config (keys {sorted(nc)}) has no data=\"/path/to/site\": a deployment "
+        f"site names its data folder, keys and policy there (deploy/README.md section "
+        f"3); partition-id / num-partitions alone belong to a simulation, and this "
+        f"ClientApp is not running in one")
 
 
 def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tuple

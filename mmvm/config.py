@@ -175,9 +175,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path}: {err.strerror}") from None
     for item in overrides or []:
         _apply_override(raw, item)
     return config_from_dict(raw, source)

@@ -101,6 +101,22 @@ def _path(rc: Mapping, key: str) -> str:
     return str(Path(value).expanduser()) if value else ""
 
 
+def _config_path(text: str, app_only: bool) -> Path:
+    path = Path(text)
+    if app_only:
+        inside = (APP_DIR / path).resolve()
+        if path.is_absolute() or not inside.is_relative_to(APP_DIR):
+            raise ConfigError(f"run config: config = {text!r}: a site reads only the "
+                              f"app's own config files (a path inside the app, e.g. "
+                              f"'configs/hippocampus.toml')")
+        return inside
+    if path.is_absolute():
+        return path
+    # relative to the app (the FAB ships configs/), else to where the run started
+    return next((p for p in (APP_DIR / path, Path.cwd() / path) if p.exists()),
+                APP_DIR / path)
+
+
 def _hippocampus(rc: Mapping) -> dict:
     text = _get(rc, "hippocampus", str)
     try:
@@ -123,12 +139,13 @@ def _encoding(rc: Mapping) -> dict:
             "delta_unit": unit}
 
 
-def load_settings(rc: Mapping) -> FederationSettings:
-    """Parse a Flower ``context.run_config`` into settings (paths expanded)."""
-    cfg_path = Path(_get(rc, "config", str))
-    if not cfg_path.is_absolute():  # relative to the app (the FAB ships configs/)
-        cfg_path = next((p for p in (APP_DIR / cfg_path, Path.cwd() / cfg_path)
-                         if p.exists()), APP_DIR / cfg_path)
+def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
+    """Parse a Flower ``context.run_config`` into settings (paths expanded).
+
+    ``app_only``: the experiment config must be one of the app's own files (a
+    deployment site: whoever submits the run must not make it read, and echo
+    errors about, any file of the site's)."""
+    cfg_path = _config_path(_get(rc, "config", str), app_only)
     overrides = [s.strip() for s in _get(rc, "set", str).split(";") if s.strip()]
     tol = _get(rc, "delta-tol", float)
     eval_data = _get(rc, "eval-data", str)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
+from flwr.app import Context, RecordDict
 
 from client import site_node
 from mmvm.config import ConfigError
@@ -12,7 +15,7 @@ from mmvm.federation.settings import app_run_config
 def test_the_run_config_is_parsed_once_per_process_and_config(monkeypatch):
     parsed = []
     real = site_node.load_settings
-    monkeypatch.setattr(site_node, "load_settings", lambda rc: parsed.append(rc) or real(rc))
+    monkeypatch.setattr(site_node, "load_settings", lambda rc, *a: parsed.append(rc) or real(rc, *a))
     monkeypatch.setattr(site_node, "_SETTINGS", {})
     rc = app_run_config()
     first = site_node.run_settings(rc, 7)
@@ -51,3 +54,49 @@ def test_a_simulated_sites_files_are_found_once_per_run(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="num-sites=3"):
         site_node._site_files({**nc, "num-partitions": 2}, s, 8)
     assert len(made) == 5
+
+
+class _Ray:
+    def __init__(self, initialized: bool) -> None:
+        self.initialized = initialized
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+
+@pytest.mark.parametrize("ray", [None, _Ray(False)])
+def test_a_deployment_node_config_without_data_is_refused(monkeypatch, ray):
+    """Flower's tutorials start SuperNodes with partition-id / num-partitions. Outside
+    a simulation that would make the run config (whoever submits the run) pick the
+    site's folders and switch secure mode off: the site refuses, saying what to set."""
+    monkeypatch.setitem(sys.modules, "ray", ray)  # None: Ray was never imported
+    for nc in ({"partition-id": 0, "num-partitions": 3}, {"site": "a"}, {}):
+        context = Context(run_id=7, node_id=1, node_config=nc, state=RecordDict(),
+                          run_config={**app_run_config(), "secure": False})
+        reply = site_node.answer("describe", RecordDict(), context)
+        assert reply.startswith("ConfigError: node config (keys ") and \
+            'no data="/path/to/site"' in reply and "section 3" in reply, reply
+
+
+def test_a_simulated_site_follows_the_run_config(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", _Ray(True))
+    nc = {"partition-id": 0, "num-partitions": 3}
+    site_node._require_simulation(nc)  # a simulation's Ray worker: the test bed
+    with pytest.raises(ConfigError, match="no data="):
+        site_node._require_simulation({"partition-id": 0})
+
+
+def test_a_deployment_site_reads_only_the_apps_configs(tmp_path):
+    """The run config names the experiment config; at a deployment site it must be
+    one of the app's files, not any file the site can read."""
+    secret = tmp_path / "secret.toml"
+    secret.write_text('[train]\ntoken = "s3cr3t"\n')
+    rc = app_run_config()
+    for path in (str(secret), "../" * 12 + str(secret)[1:], "configs/../../x.toml"):
+        with pytest.raises(ConfigError, match="reads only the app's own config files"):
+            site_node.run_settings({**rc, "config": path}, 7, app_only=True)
+    with pytest.raises(ConfigError, match="secret.toml: "):  # a test bed reads it
+        site_node.run_settings({**rc, "config": str(secret)}, 7)
+    s = site_node.run_settings({**rc, "config": "configs/hippocampus.toml"}, 7,
+                               app_only=True)
+    assert s.experiment.model.latent_dim > 0

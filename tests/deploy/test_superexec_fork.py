@@ -51,8 +51,8 @@ def test_help_lists_flower_superexec_arguments():
                     reason="flower-supernode not installed next to this Python")
 def test_sites_train_in_forked_clientapps(tmp_path):
     data = make_data(tmp_path / "data", n_train=48, n_test=16)
-    (tmp_path / "tiny.toml").write_text(TINY)
     app = make_app(tmp_path / "app")
+    (app / "configs" / "tiny.toml").write_text(TINY)  # sites read the app's configs only
     fleet = Fleet(tmp_path / "fleet", bin_dir=BIN)
     try:
         link = fleet.start_superlink()
@@ -69,7 +69,7 @@ def test_sites_train_in_forked_clientapps(tmp_path):
         for proc in nodes:
             assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
                 proc.log_text()
-        cfg = (f"config='{tmp_path / 'tiny.toml'}' num-sites=3 exchange='round' "
+        cfg = ("config='configs/tiny.toml' num-sites=3 exchange='round' "
                f"local-epochs=1 eval-data='' collect-model=false "
                f"out-dir='{tmp_path / 'runs'}' reply-timeout=120.0")
         res = fleet.flwr("run", str(app), "local", "--stream", "--run-config", cfg,

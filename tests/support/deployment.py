@@ -78,11 +78,12 @@ class Deployment:
         self.keys = root / "keys"
         assert make_keys.main(["--out", str(self.keys), "--sites", ",".join(SITES)]) == 0
         self.data = make_data(root / "data")
-        (root / "tiny.toml").write_text(TINY)
         self.fleet = Fleet(root / "fleet", bin_dir=BIN)
         self.state = root / "state"
         self.out = root / "runs"
         self.app = make_app(root / "app")  # the product, with the audit ServerApp
+        # a site reads only the app's own experiment configs: ship it in the FAB
+        (self.app / "configs" / "tiny.toml").write_text(TINY)
 
     def start(self, database: bool = False) -> None:
         """SuperLink and SuperNodes; ``database``: the SuperLink keeps its state (node
@@ -171,7 +172,7 @@ class Deployment:
         raise AssertionError(f"SuperNode {s} did not come back:\n{proc.log_text()}")
 
     def _run_args(self, extra: dict) -> list[str]:
-        cfg = {"config": str(self.root / "tiny.toml"), "set": "", "num-sites": 3,
+        cfg = {"config": "configs/tiny.toml", "set": "", "num-sites": 3,
                "exchange": "round", "local-epochs": 1, "float16": False,
                "out-dir": str(self.out), "state-dir": str(self.state),
                "collect-model": False, "reply-timeout": 120.0, "secure": True, **extra}
