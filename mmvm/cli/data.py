@@ -6,15 +6,19 @@
     mmvm data make hippocampus --out data/hippocampus [--seed 0 --trials-per-odor 50
         --tuned-fraction 0.2 --tuning 0.5 --gain-sd 0.2 --noise-sd 0.5]
     mmvm data prepare mimic_cxr SRC --out data/mimic [--size 224]
+    mmvm data split data/polymnist/train.parquet data/polymnist/test.parquet --out data
+        [--layout vertical --names a,b,c --shards 2 --missing 0 --seed 0]
     mmvm data check data/polymnist/train.parquet data/polymnist/test.parquet
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from mmvm.data.hippocampus_knobs import KNOBS as HC_KNOBS
@@ -45,7 +49,7 @@ _HC_EPILOG = ("The defaults give per-rat raw odor decoding of about 0.5 (4 odors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``mmvm data {make,prepare,check}``."""
+    """Add ``mmvm data {make,prepare,split,check}``."""
     data = subparsers.add_parser(
         "data", help="make look-alike datasets, prepare real ones, check site files",
         description="Site data: Parquet files, one per (site, split); see "
@@ -136,6 +140,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _add_quiet(q)
         q.set_defaults(func=_prepare)
 
+    sp = sub.add_parser(
+        "split", help="split a dataset into one folder per site (a site layout)",
+        description="Write OUT/<site>/<file name> for each FILE (train and test are "
+                    "split the same way) and OUT/sites.json. Layouts: vertical, one "
+                    "site per modality; horizontal, --shards sites with every modality "
+                    "for disjoint samples; hybrid, the first modality over --shards "
+                    "sites and one site for each other modality.")
+    sp.add_argument("files", nargs="+", metavar="FILE", help="dataset .parquet files")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--layout", default="vertical",
+                    help="vertical, horizontal or hybrid (default vertical)")
+    sp.add_argument("--shards", type=int, default=2,
+                    help="sites a modality is spread over (horizontal, hybrid)")
+    sp.add_argument("--missing", type=float, default=0.0,
+                    help="fraction of each modality's samples left out at random "
+                         "(one modality per site only; default 0)")
+    sp.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    sp.add_argument("--names", default="",
+                    help="comma-separated site folder names, in the layout's order "
+                         "(default site-<modality>, site-<k>, ...)")
+    sp.set_defaults(func=_split)
+
     c = sub.add_parser("check", help="validate site files and summarise them",
                        description="Read every row of each file with all checks "
                                    "(schema, ids, dtypes, NaN/inf) and print a "
@@ -195,6 +221,24 @@ def _prepare(args: argparse.Namespace) -> int:
     with _progress(not args.quiet) as cb:
         paths = get_preparer(args.dataset)(args.src, args.out, progress=cb, **kwargs)
     return _report(paths)
+
+
+def _split(args: argparse.Namespace) -> int:
+    from mmvm.data.sites import site_layout, split_sites
+    from mmvm.data.store import read_site_meta
+
+    modalities = list(read_site_meta(args.files[0])["tensors"])
+    sites = site_layout(args.layout, modalities, args.shards)
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    if names:
+        if len(names) != len(sites) or len(set(names)) != len(names):
+            raise ValueError(f"--names: {len(sites)} distinct names needed for the "
+                             f"{args.layout} layout's sites "
+                             f"{[s.name for s in sites]}, got {names}")
+        sites = [dataclasses.replace(s, name=n) for s, n in zip(sites, names, strict=True)]
+    written = split_sites(args.files, args.out, sites, missing=args.missing, seed=args.seed)
+    return _report({f"{site} {Path(f).stem}": f for site, files in written.items()
+                    for f in files.values()})
 
 
 def check_file(path: str) -> dict:

@@ -74,3 +74,31 @@ def test_prepare_polymnist_png_cli_and_error_status(tmp_path, capsys):
                  str(tmp_path / "out2"), "--quiet"]) == 2
     assert "test/m1: no <index>.<digit>.png files" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_split_writes_one_folder_per_site_named_as_asked(tmp_path, capsys):
+    """The deployment guide's test bed: one dataset, one folder per site (a, b, c),
+    train and test split the same way; a vertical site holds one modality of every
+    sample, a horizontal site every modality of its own samples."""
+    src = tmp_path / "hc"
+    assert main(["data", "make", "hippocampus", "--out", str(src), "--trials-per-odor",
+                 "2", "--quiet"]) == 0
+    whole = read_site_table(src / "train.parquet")
+    files = [str(src / "train.parquet"), str(src / "test.parquet")]
+    assert main(["data", "split", *files, "--out", str(tmp_path / "v"),
+                 "--names", "a,b,c,d,e"]) == 0
+    for k, name in enumerate("abcde"):
+        t = read_site_table(tmp_path / "v" / name / "train.parquet")
+        assert t.modalities == [whole.modalities[k]] and t.sample_ids == whole.sample_ids
+        assert (tmp_path / "v" / name / "test.parquet").exists()
+    assert main(["data", "split", *files, "--out", str(tmp_path / "h"),
+                 "--layout", "horizontal", "--shards", "2"]) == 0
+    parts = [read_site_table(tmp_path / "h" / f"site-{k}" / "train.parquet")
+             for k in range(2)]
+    assert all(p.modalities == whole.modalities for p in parts)
+    assert sorted(parts[0].sample_ids + parts[1].sample_ids) == sorted(whole.sample_ids)
+    capsys.readouterr()
+    assert main(["data", "split", *files, "--out", str(tmp_path / "x"),
+                 "--names", "a,b"]) == 2
+    assert "5 distinct names needed" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything was written
