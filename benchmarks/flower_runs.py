@@ -12,7 +12,7 @@ an otherwise idle machine):
                          half run while the server routes, mmvm/federation/lookahead.py)
     simulation, patched  the same with Flower's simulation engine woken when a
                          message is stored instead of looking every 0.1 s (until
-                         ab89daf: looking every 5 ms; benchmark-only patch,
+                         8c07937: looking every 5 ms; benchmark-only patch,
                          ``deployment_overhead.PATCH``; never in the product)
     deployment           SuperLink + one SuperNode per site on 127.0.0.1 (--isolation
                          process, deploy.superexec_fork, task poll 0.05 s)
