@@ -227,9 +227,20 @@ def _split(args: argparse.Namespace) -> int:
     from mmvm.data.sites import site_layout, split_sites
     from mmvm.data.store import read_site_meta
 
+    # everything is checked before anything is written
     modalities = list(read_site_meta(args.files[0])["tensors"])
+    for f in args.files[1:]:
+        lacking = [m for m in modalities if m not in read_site_meta(f)["tensors"]]
+        if lacking:
+            raise ValueError(f"{f}: lacks modalities {lacking} of {args.files[0]}")
+    if len({Path(f).name for f in args.files}) != len(args.files):
+        raise ValueError(f"FILEs {args.files}: two have the same name and would be "
+                         f"written over each other in a site's folder")
     sites = site_layout(args.layout, modalities, args.shards)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
+    odd = [n for n in names if n in (".", "..") or "/" in n or "\\" in n]
+    if odd:
+        raise ValueError(f"--names: {odd} are not plain folder names")
     if names:
         if len(names) != len(sites) or len(set(names)) != len(names):
             raise ValueError(f"--names: {len(sites)} distinct names needed for the "
