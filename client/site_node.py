@@ -199,9 +199,9 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         # says no
         node.site.overlap = resident and s.decode_ahead and not s.secure
         request = request_from_record(kind, content)
-        endpoint = Endpoint(node.site, _channel(context, node), policy, node.store)
-        reply = endpoint.handle(request)
-        node.store.after(node.site, request, resident, s.secure)
+        endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
+                            resident)
+        reply = endpoint.handle(request)  # and writes the state as due
         disk = node.store.take()  # every message's: set-up writes are no window's
         if kind == "window":  # a wait for the decoder half at a checkpoint: training
             reply.metrics["disk_s"] = disk

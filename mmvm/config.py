@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import tomllib
 import types
 import typing
@@ -162,6 +164,14 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = "<defaults>"
+
+
+def config_digest(cfg: ExperimentConfig) -> str:
+    """SHA-256 of every setting of ``cfg`` (not where it was read from): sites that
+    must train alike check with it that they were given the same experiment."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- loading

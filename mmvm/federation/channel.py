@@ -60,13 +60,17 @@ class Channel(Protocol):
         last window, so nothing of theirs comes."""
         ...
 
-    def shared(self, site: Site, index: int) -> tuple[Arrays, dict[str, bytes]]:
+    def shared(self, site: Site, index: int, received: Arrays
+               ) -> tuple[Arrays, dict[str, bytes]]:
         """Weights of the modalities shared with other sites, as they travel, and
-        (secure) the sealed self-mask shares per peer."""
+        (secure) the sealed self-mask shares per peer; ``received``: the averaged
+        weights the server sent with this window."""
         ...
 
-    def unmask(self, site: Site, req: UnmaskRequest) -> UnmaskReply:
-        """Secure mode: the unmask step after a window."""
+    def unmask(self, site: Site, req: UnmaskRequest
+               ) -> tuple[UnmaskReply, Callable[[], None]]:
+        """Secure mode: the unmask step after a window, and what to commit once the
+        site's state is written (the replay guard of the shares it opened)."""
         ...
 
 
@@ -121,9 +125,11 @@ class PlainChannel:
         return link.others_cache.table(site.window_rows(index), exclude=site.names), \
             lambda: None
 
-    def shared(self, site: Site, index: int) -> tuple[Arrays, dict[str, bytes]]:
+    def shared(self, site: Site, index: int, received: Arrays
+               ) -> tuple[Arrays, dict[str, bytes]]:
         return {m: site.weights(m) for m in site.linked().shared}, {}
 
-    def unmask(self, site: Site, req: UnmaskRequest) -> UnmaskReply:
+    def unmask(self, site: Site, req: UnmaskRequest
+               ) -> tuple[UnmaskReply, Callable[[], None]]:
         raise FederationError(f"site {site.name}: unmask is a secure-mode message; this "
                               f"site runs the plaintext protocol")

@@ -40,8 +40,13 @@ class Endpoint:
     """One site answering the federation's requests."""
 
     def __init__(self, site: Site, channel: Channel, policy: SitePolicy | None = None,
-                 store: SiteStore | None = None) -> None:
+                 store: SiteStore | None = None, resident: bool = False) -> None:
+        """``store``: where the site's state is written after each reply
+        (:meth:`SiteStore.after`; ``resident``: this process keeps the site for the
+        run, so windows are written only when due)."""
         self.site, self.channel, self.store = site, channel, store
+        self.resident = resident
+        self._commits: list = []  # what marks this message's envelopes as used
         self.policy = policy or SitePolicy(test_bed=True)
         self._handlers = {DescribeRequest: self.describe, AlignRequest: self.align,
                           AttachRequest: self.attach, WindowRequest: self.window,
@@ -56,7 +61,16 @@ class Endpoint:
         except KeyError:
             raise FederationError(f"site {self.site.name}: unknown request "
                                   f"{type(request).__name__}") from None
-        return handler(request)
+        self._commits.clear()
+        reply = handler(request)
+        # the state first, then the replay guard: a process killed in between
+        # retries the message from the old state (or repeats the kept reply) instead
+        # of finding its envelopes already marked as used
+        if self.store is not None:
+            self.store.after(self.site, request, self.resident, self.channel.secure)
+        for commit in self._commits:
+            commit()
+        return reply
 
     def describe(self, req: DescribeRequest):
         self.site.progress.describe(self.site.name)
@@ -91,7 +105,8 @@ class Endpoint:
                     delta_tol=req.delta_tol if req.delta_tol >= 0 else None)
         if self.channel.secure:  # the server's plan must not single samples out
             try:
-                self.policy.check_plan(site.name, site.own_rows(), bool(req.shared))
+                self.policy.check_plan(site.name, site.own_rows(),
+                                       {m: site.own_rows(m) for m in req.shared})
             except PolicyError:
                 site.link = None
                 raise
@@ -132,7 +147,7 @@ class Endpoint:
         t1 = time.perf_counter()
         metrics = site.train_window(index, others)
         t2 = time.perf_counter()
-        weights, shares = self.channel.shared(site, index)
+        weights, shares = self.channel.shared(site, index, req.weights)
         encoded = site.encoded_s
         posteriors = self.channel.outgoing(site, index + 1)
         encoded = site.encoded_s - encoded
@@ -143,7 +158,7 @@ class Endpoint:
                        codec_s=max(0.0, t1 - t0 + time.perf_counter() - t2 - encoded))
         reply = WindowReply(metrics=metrics, posteriors=posteriors, weights=weights,
                             shares=shares)
-        commit()
+        self._commits.append(commit)
         site.progress.window = index
         site.replies.keep("window", index, reply)
         return reply
@@ -153,7 +168,8 @@ class Endpoint:
         if again is not None:  # asked again with the same view: the same answer
             return again
         self.site.progress.unmask(self.site.name, req.window)
-        reply = self.channel.unmask(self.site, req)
+        reply, commit = self.channel.unmask(self.site, req)
+        self._commits.append(commit)
         self.site.progress.unmasked = req.window
         self.site.replies.keep("unmask", req.window, reply, req.groups)
         return reply

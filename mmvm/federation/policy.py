@@ -76,24 +76,36 @@ class SitePolicy:
             raise PolicyError(f"site {site}: its node config requires PSI alignment "
                               f"(require-psi); this run aligns by {align!r}")
 
-    def check_plan(self, site: str, own_rows: np.ndarray, shares: bool) -> None:
-        """Refuse a secure run's plan (``own_rows[w]``: how many of this site's rows
-        window ``w`` trains) in which a window's replies would describe too few of
-        the site's samples: its metrics are sums over those rows, and the weights it
-        shares are trained on them. A window of none is refused too when the site
-        shares weights: it would send back the weights it was given, and were every
-        holder but one in that case, the masked mean would be that one's weights.
-        The server picks the plan (batch size, exchange period), so the floor is
-        the site's."""
-        low = (own_rows < self.min_rows) & ((own_rows > 0) | shares)
+    def check_plan(self, site: str, own_rows: np.ndarray,
+                   shared: Mapping[str, np.ndarray]) -> None:
+        """Refuse a secure run's plan in which a window's replies would describe too
+        few of the site's samples (the server picks batch size and exchange period).
+
+        ``own_rows[w]``: how many of the site's rows window ``w`` trains; its metrics
+        are sums over them. ``shared[m][w]``: of those, the rows holding modality
+        ``m``, whose weights the site shares (masked FedAvg): a window of none would
+        send back the weights the site was given, and were every holder but one in
+        that case, the masked mean would be that one's weights."""
+        low = (own_rows > 0) & (own_rows < self.min_rows)
         if low.any():
             w = int(np.flatnonzero(low)[0])
             raise PolicyError(
                 f"site {site}: the plan trains {int(own_rows[w])} of its rows in window "
                 f"{w} ({int(low.sum())} of {len(own_rows)} windows below the site's "
-                f"min-rows = {self.min_rows}"
-                + (", and a site that shares weights must train in every window"
-                   if shares else "") + "); use larger batches or exchange = \"round\"")
+                f"min-rows = {self.min_rows}); use larger batches or exchange = \"round\"")
+        floor = max(1, self.min_rows)
+        for m, rows in sorted(shared.items()):
+            low = rows < floor
+            if low.any():
+                w = int(np.flatnonzero(low)[0])
+                raise PolicyError(
+                    f"site {site}: the plan trains {int(rows[w])} of its rows with "
+                    f"modality {m!r} in window {w} ({int(low.sum())} of {len(rows)} "
+                    f"windows); a site that shares {m!r}'s weights trains it on at "
+                    f"least {floor} row(s) in every window, or the masked mean could "
+                    f"single out another holder's weights. With several holders of a "
+                    f"modality use exchange = \"round\" (or \"steps\" with windows "
+                    f"long enough)")
 
     def trusted(self, site: str, directory: Mapping[str, SitePublicKeys]
                 ) -> dict[str, SitePublicKeys]:
@@ -134,7 +146,7 @@ def _positive(nc: Mapping, key: str, default: int) -> int:
     v = nc.get(key, default)
     try:
         n = int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         n = 0
     if isinstance(v, bool) or isinstance(v, float) and v != n or n < 1:
         raise PolicyError(f"node config: {key} = {v!r} is not a positive integer")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from mmvm.config import config_digest
 from mmvm.federation import sealed_align
 from mmvm.federation.channel import Tables, describe_site
 from mmvm.federation.messages import (
@@ -106,7 +107,7 @@ class SealedChannel:
                                 f"{sorted(strangers)} that did not take part in the "
                                 f"alignment")
         groups = group_labels(req.shared, req.n, req.plan, sec.run_id, sec.site,
-                              self.policy)
+                              self.policy, config_digest(site.cfg))
         sec.state.update(peers=peers, groups=groups)
         sec.save_state()
         return order
@@ -172,11 +173,16 @@ class SealedChannel:
 
         return merge_tables(tables), commit
 
-    def shared(self, site: Site, index: int) -> tuple[Arrays, dict[str, bytes]]:
-        return masked_weights(site, self.sec, index)
+    def shared(self, site: Site, index: int, received: Arrays
+               ) -> tuple[Arrays, dict[str, bytes]]:
+        return masked_weights(site, self.sec, index, received)
 
-    def unmask(self, site: Site, req: UnmaskRequest) -> UnmaskReply:
+    def unmask(self, site: Site, req: UnmaskRequest
+               ) -> tuple[UnmaskReply, Callable[[], None]]:
         reply, guard = unmask(self.sec, req)
-        self.sec.guard = guard
-        self.sec.save_guard()
-        return reply
+
+        def commit() -> None:
+            self.sec.guard = guard
+            self.sec.save_guard()
+
+        return reply, commit

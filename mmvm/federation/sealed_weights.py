@@ -22,6 +22,8 @@ import hashlib
 import json
 from collections.abc import Mapping
 
+import numpy as np
+
 from mmvm.federation.messages import MASK_WEIGHT, UnmaskReply, UnmaskRequest
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
@@ -36,9 +38,12 @@ SHARE_COUNTER = 1  # posteriors of the same round use counter 0
 
 
 def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: str,
-                 site: str, policy: SitePolicy) -> dict[str, dict]:
+                 site: str, policy: SitePolicy, config: str = "") -> dict[str, dict]:
     """``{modality: {"holders": [...], "label": ...}}``, refusing groups that are
-    too small for this site's policy."""
+    too small for this site's policy. ``config``: the digest of the experiment
+    config the site trains with (:func:`mmvm.config.config_digest`): holders given
+    different ones (a server that slows all but one holder's training down to
+    single it out) derive different masks, and nothing can be unmasked."""
     out = {}
     for m, holders in sorted(shared.items()):
         holders = sorted(holders)
@@ -47,24 +52,48 @@ def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: st
                               f"{holders}; masking groups need >= 3 sites (2 only with "
                               f"allow-pair-masking in every holder's node config)")
         text = json.dumps({"m": m, "holders": holders, "n": n, "plan": plan,
-                           "run": run_id}, sort_keys=True)
+                           "run": run_id, "config": config}, sort_keys=True)
         label = f"weights/{m}/{hashlib.sha256(text.encode()).hexdigest()[:32]}"
         out[m] = {"holders": holders, "label": label}
     return out
 
 
-def masked_weights(site: Site, sec: SiteSecrets, index: int
+def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _window_group(label: str, digest: str) -> str:
+    return f"{label}/{digest[:32]}"
+
+
+def masked_weights(site: Site, sec: SiteSecrets, index: int,
+                   received: Mapping[str, Mapping[str, np.ndarray]]
                    ) -> tuple[dict, dict[str, bytes]]:
-    """(masked weights per shared modality, sealed self-mask shares per peer)."""
+    """(masked weights per shared modality, sealed self-mask shares per peer).
+
+    ``received``: the averaged weights the server sent with this window. The masks
+    are bound to their digest: were holders sent different "means" (e.g. weights on
+    which all but one holder's training cannot move, so that the others send back
+    what they got), their masks would not cancel and nothing could be unmasked."""
+    groups = sec.state.get("groups", {})
+    digests = {m: weights_digest(received.get(m, {})) for m in sorted(groups)}
+    if digests:
+        sec.save_received(index, digests)  # before anything masked under them leaves
     weights, shares = {}, {}
-    for m, g in sorted(sec.state.get("groups", {}).items()):
+    for m, g in sorted(groups.items()):
         peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
         arrays = site.weights(m)
         names = sorted(arrays)
         seed = new_seed()
         masked = mask_update(sec.keys, peers, [arrays[n] for n in names],
                              run_id=sec.run_id, round=index, weight=float(len(site.data)),
-                             group=g["label"], self_seed=seed)
+                             group=_window_group(g["label"], digests[m]), self_seed=seed)
         weights[m] = dict(zip(names, masked[:-1], strict=True))
         weights[m][MASK_WEIGHT] = masked[-1]
         for peer, share in share_seed(seed, g["holders"], sec.site).items():
@@ -84,6 +113,10 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
     if stray:
         raise SecurityError(f"site {sec.site}: unmask for modalities {sorted(stray)} "
                             f"it does not share")
+    received = sec.received
+    if req.groups and received.get("window") != req.window:
+        raise SecurityError(f"site {sec.site}: unmask of window {req.window}, but the "
+                            f"last window it masked is {received.get('window')}")
     guard = copy.deepcopy(sec.guard)
     opened: dict[str, dict] = {}
     for sender, blob in sorted(req.shares.items()):
@@ -98,7 +131,8 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
         peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
         shares, seeds = reveal(sec.keys, peers, g["holders"], list(view["survivors"]),
                                list(view["dropped"]), got, run_id=sec.run_id,
-                               round=req.window, group=g["label"])
+                               round=req.window,
+                               group=_window_group(g["label"], received["digests"][m]))
         shares_out[m] = {s: b64(v) for s, v in shares.items()}
         seeds_out[m] = {d: b64(v) for d, v in seeds.items()}
     return UnmaskReply(shares=shares_out, seeds=seeds_out), guard

@@ -104,11 +104,16 @@ def _path(rc: Mapping, key: str) -> str:
 def _config_path(text: str, app_only: bool) -> Path:
     path = Path(text)
     if app_only:
-        inside = (APP_DIR / path).resolve()
-        if path.is_absolute() or not inside.is_relative_to(APP_DIR):
+        try:
+            inside = (APP_DIR / path).resolve()
+        except (OSError, ValueError):  # a NUL, a symlink loop
+            inside = None
+        if path.is_absolute() or inside is None or not inside.is_relative_to(APP_DIR):
             raise ConfigError(f"run config: config = {text!r}: a site reads only the "
                               f"app's own config files (a path inside the app, e.g. "
                               f"'configs/hippocampus.toml')")
+        if not inside.is_file():  # named as given: not where the app is installed
+            raise ConfigError(f"run config: config = {text!r} is not a file of the app")
         return inside
     if path.is_absolute():
         return path

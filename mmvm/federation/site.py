@@ -150,10 +150,16 @@ class Site:
         plan = self.linked().plan
         return plan[index].rows.numpy() if index < len(plan) else np.zeros(0, np.int64)
 
-    def own_rows(self) -> np.ndarray:
-        """How many of this site's rows each window of the plan trains (distinct)."""
+    def own_rows(self, modality: str | None = None) -> np.ndarray:
+        """How many of this site's rows each window of the plan trains (distinct);
+        with ``modality``, only rows that hold it."""
         link = self.linked()
         own = link.local_of >= 0
+        if modality is not None:
+            held = np.zeros_like(own)
+            held[own] = self.data.mask.numpy()[link.local_of[own],
+                                               self.names.index(modality)]
+            own = held
         out = np.empty(len(link.plan), dtype=np.int64)
         for i, w in enumerate(link.plan):  # a step's rows are distinct already
             rows = w.steps[0].rows if len(w.steps) == 1 else w.rows

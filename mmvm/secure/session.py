@@ -66,6 +66,10 @@ class SiteSecrets:
     state_dir: Path | None = None
     state: dict = field(default_factory=dict)
     guard: ReplayGuard = field(default_factory=ReplayGuard)
+    # the digests of the shared weights the server sent in the last window this site
+    # masked (``{"window": w, "digests": {modality: hex}}``): its masks were bound
+    # to them, and its unmask answer needs them
+    received: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.keys.site not in self.directory:
@@ -81,6 +85,9 @@ class SiteSecrets:
             if p.exists():
                 self.state = json.loads(p.read_text())
             self.guard = ReplayGuard.load(self._path("guard"))
+            p = self._path("received")
+            if p.exists():
+                self.received = json.loads(p.read_text())
 
     @classmethod
     def load(cls, keys: str | Path, directory: str | Path | None = None, *,
@@ -113,6 +120,13 @@ class SiteSecrets:
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self._path("secure"), json.dumps(self.state).encode(),
+                         overwrite=True)
+
+    def save_received(self, window: int, digests: dict[str, str]) -> None:
+        self.received = {"window": int(window), "digests": dict(digests)}
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._path("received"), json.dumps(self.received).encode(),
                          overwrite=True)
 
     def save_guard(self) -> None:

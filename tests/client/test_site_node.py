@@ -92,9 +92,13 @@ def test_a_deployment_site_reads_only_the_apps_configs(tmp_path):
     secret = tmp_path / "secret.toml"
     secret.write_text('[train]\ntoken = "s3cr3t"\n')
     rc = app_run_config()
-    for path in (str(secret), "../" * 12 + str(secret)[1:], "configs/../../x.toml"):
+    for path in (str(secret), "../" * 12 + str(secret)[1:], "configs/../../x.toml",
+                 "configs/\x00.toml"):
         with pytest.raises(ConfigError, match="reads only the app's own config files"):
             site_node.run_settings({**rc, "config": path}, 7, app_only=True)
+    with pytest.raises(ConfigError, match=r"^run config: config = 'configs/nope.toml' "
+                                          r"is not a file of the app$"):
+        site_node.run_settings({**rc, "config": "configs/nope.toml"}, 7, app_only=True)
     with pytest.raises(ConfigError, match="secret.toml: "):  # a test bed reads it
         site_node.run_settings({**rc, "config": str(secret)}, 7)
     s = site_node.run_settings({**rc, "config": "configs/hippocampus.toml"}, 7,

@@ -136,7 +136,7 @@ def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_pat
     def one_row(r):
         return dataclasses.replace(r, plan=dict(r.plan, batch_size=1))
 
-    with pytest.raises(PolicyError, match="must train in every window"):
+    with pytest.raises(PolicyError, match="single out another holder's weights"):
         federate(cfg, {}, transport=Planner(endpoints, one_row), secure=True,
                  exchange="step")
     assert all(s.link is None for s in sites.values() if "m0" in s.names)
@@ -222,6 +222,48 @@ def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_pa
 
     with pytest.raises(SecurityError, match="no self-mask share|not a split of the group"):
         federate(cfg, {}, transport=Liar(endpoints), secure=True, exchange="step")
+
+
+def test_5b_holders_given_different_experiments_cannot_be_unmasked(cfg, tmp_path,
+                                                                    tiny_polymnist):
+    """A SuperLink answers each SuperNode's run lookup on its own, so it could give all
+    holders of m0 but one a learning rate of 1e-30: they would send back about the
+    weights they got, and the masked mean, less those, would be the last one's. The
+    experiment config is bound into the masks: holders given different ones derive
+    different masks, and the aggregate is refused instead of unmasked."""
+    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    slow = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-30))
+    holders = [k for k, s in sites.items() if "m0" in s.names]
+    for k in holders[:-1]:  # every holder but the last: sites of the same data
+        site = sites[k]
+        endpoints[k].site = type(site)(slow, site.name, site.train_path, site.test_path)
+    with pytest.raises(FederationError, match="masked FedAvg of 'm0'"):
+        federate(cfg, endpoints, secure=True, exchange="step")
+
+
+def test_5c_holders_sent_different_means_cannot_be_unmasked(cfg, tmp_path,
+                                                            tiny_polymnist):
+    """The server sends all holders of m0 but one other "averaged" weights (say, ones
+    on which their training cannot move, so they send back about what they got):
+    the masks are bound to the digest of the weights each holder was sent, so they
+    no longer cancel and the aggregate is refused instead of unmasked."""
+    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    holders = [k for k, s in sites.items() if "m0" in s.names]
+
+    class Forger(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            for k in holders[:-1]:
+                r = requests.get(k)
+                if r is not None and r.kind == "window" and r.weights.get("m0"):
+                    dead = {n: np.zeros_like(a) for n, a in r.weights["m0"].items()}
+                    requests[k] = dataclasses.replace(r, weights={"m0": dead})
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(FederationError, match="masked FedAvg of 'm0'"):
+        federate(cfg, {}, transport=Forger(endpoints), secure=True, exchange="step")
+    # control: the same run with the same "mean" for every holder completes
+    sites, _, endpoints = _hybrid(cfg, tmp_path / "honest", tiny_polymnist)
+    assert len(federate(cfg, endpoints, secure=True, exchange="step").history) == 3
 
 
 def test_1_a_secure_site_keeps_its_weights_unless_it_allows_collection(cfg, tmp_path,

@@ -17,17 +17,21 @@ import torch
 from mmvm.federation import sealed_align
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.endpoint import Endpoint, LocalTransport
 from mmvm.federation.local import Outages
 from mmvm.federation.messages import SERVER
 from mmvm.federation.posteriors import decode_table
 from mmvm.federation.report import summary, window_line
+from mmvm.federation.sealed_channel import SealedChannel
+from mmvm.federation.site import Site
+from mmvm.federation.site_store import SiteStore
 from tests.support.federate import (
     federate,
     make_sites,
     params,
     plain_endpoints,
     sealed_endpoints,
+    secrets,
     site_keys,
     split,
 )
@@ -155,3 +159,43 @@ def test_the_console_says_which_site_was_missing():
 
     text = summary(Result(), "/runs/1", {}, None)
     assert "hospital-b 3-5, 8" in text and "sites ['c'] did not answer" in text
+
+
+def test_a_secure_site_that_dies_before_writing_its_state_can_retry(cfg, tmp_path,
+                                                                    tiny_polymnist):
+    """A site's replay guard is committed after its state is written. A process that
+    dies in between (here: the disk is full when it writes window 1) comes back with
+    the state of window 0 and must be able to train window 1 again from the same
+    envelopes; committed first, the guard would refuse them as a replay and the site
+    could never continue the run."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys = site_keys(sites)
+    endpoints = sealed_endpoints(sites, keys, tmp_path / "state")
+    victim, site = "n0", sites["n0"]
+    store = SiteStore(tmp_path / "live" / f"{site.name}.pt")
+    endpoints[victim] = Endpoint(site, endpoints[victim].channel, store=store)
+
+    class DiskFull(Spy):
+        def exchange(self, requests, wait=None, need=1):
+            if requests[victim].kind == "window" and requests[victim].window == 1:
+                self.requests[1, victim] = requests[victim]
+
+                def full(*args, **kwargs):
+                    raise OSError(28, "No space left on device")
+                store.save = full
+            return super().exchange(requests, wait, need)
+
+    transport = DiskFull(endpoints)
+    with pytest.raises(OSError, match="No space left"):
+        federate(cfg, {}, transport=transport, secure=True, exchange="step")
+    request = transport.requests[1, victim]
+    # the SuperNode's next process: the site and its session as they are on disk
+    again = Site(cfg, site.name, site.train_path, site.test_path)
+    SiteStore(store.path).refresh(again)
+    assert again.progress.window == 0
+    fresh = Endpoint(again, SealedChannel(secrets(again, keys, tmp_path / "state")),
+                     store=SiteStore(store.path))
+    reply = fresh.handle(request)
+    assert again.progress.window == 1 and reply.metrics["rows"] > 0
+    assert fresh.handle(request) is reply  # asked again: the kept reply

@@ -67,23 +67,29 @@ def test_pinned_peers_filter_the_directory_and_catch_substituted_keys(directory)
 
 
 def test_min_rows_floors_what_a_plans_windows_may_say_about_the_site():
-    """``own[w]``: the site's rows in window w. Metrics are sums over them; a window
-    of none is harmless for a site that shares nothing, but a sharing holder would
-    send back the weights it got, and the masked mean could isolate another one."""
+    """``own[w]``: the site's rows in window w; metrics are sums over them. A window of
+    none is harmless for a site that shares nothing, but a holder of a shared
+    modality must train it in every window (rows that hold that modality): else it
+    sends back the weights it got, and the masked mean could isolate another one."""
     assert load_policy({"data": "/d"}, "a").min_rows == 1
     p = load_policy({"data": "/d", "min-rows": 4}, "a")
-    p.check_plan("a", np.array([4, 9, 0, 5]), shares=False)
+    p.check_plan("a", np.array([4, 9, 0, 5]), {})
     with pytest.raises(PolicyError, match=r"trains 3 of its rows in window 1 \(1 of 3 "
                                           r"windows below the site's min-rows = 4\)"):
-        p.check_plan("a", np.array([4, 3, 8]), shares=False)
-    with pytest.raises(PolicyError, match=r"trains 0 of its rows in window 2 .*must "
-                                          r"train in every window"):
-        p.check_plan("a", np.array([4, 9, 0, 5]), shares=True)
+        p.check_plan("a", np.array([4, 3, 8]), {})
+    with pytest.raises(PolicyError, match=r"trains 0 of its rows with modality 'm0' in "
+                                          r"window 2 \(1 of 4 windows\); a site that "
+                                          r"shares 'm0'.s weights trains it on at least 4"):
+        p.check_plan("a", np.array([4, 9, 4, 5]), {"m0": np.array([4, 9, 0, 5])})
+    with pytest.raises(PolicyError, match="rows with modality 'm1' in window 0"):
+        p.check_plan("a", np.array([4, 4]), {"m0": np.array([4, 4]),
+                                             "m1": np.array([3, 4])})
     default = load_policy({"data": "/d"}, "a")
-    default.check_plan("a", np.array([1, 1, 0]), shares=False)
+    default.check_plan("a", np.array([1, 1, 0]), {})
+    default.check_plan("a", np.array([1, 1, 2]), {"m0": np.array([1, 1, 1])})
     with pytest.raises(PolicyError, match="window 2"):
-        default.check_plan("a", np.array([1, 1, 0]), shares=True)
-    for bad in ("many", 0, -2, 2.5, True):
+        default.check_plan("a", np.array([1, 1, 2]), {"m0": np.array([1, 1, 0])})
+    for bad in ("many", 0, -2, 2.5, True, float("inf"), float("nan")):
         with pytest.raises(PolicyError, match="min-rows = .* is not a positive integer"):
             load_policy({"data": "/d", "min-rows": bad}, "a")
     assert load_policy({"data": "/d", "min-rows": "16"}, "a").min_rows == 16

@@ -231,13 +231,8 @@ class Stored(Endpoint):
     that keeps the site in memory): only at attach and the server's checkpoints."""
 
     def __init__(self, site: Site, folder, resident: bool):
-        super().__init__(site, PlainChannel(), store=SiteStore(folder / f"{site.name}.pt"))
-        self.resident = resident
-
-    def handle(self, request):
-        reply = super().handle(request)
-        self.store.after(self.site, request, self.resident, self.channel.secure)
-        return reply
+        super().__init__(site, PlainChannel(), store=SiteStore(folder / f"{site.name}.pt"),
+                         resident=resident)
 
 
 def _every_third(delta_tol: float | None) -> dict:
