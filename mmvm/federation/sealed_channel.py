@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mmvm.config import config_digest
 from mmvm.federation import sealed_align
 from mmvm.federation.channel import Tables, describe_site
 from mmvm.federation.messages import (
@@ -107,7 +106,7 @@ class SealedChannel:
                                 f"{sorted(strangers)} that did not take part in the "
                                 f"alignment")
         groups = group_labels(req.shared, req.n, req.plan, sec.run_id, sec.site,
-                              self.policy, config_digest(site.cfg))
+                              self.policy)
         sec.state.update(peers=peers, groups=groups)
         sec.save_state()
         return order

@@ -4,8 +4,10 @@ For every modality the site shares (a FedAvg group of holders), each window:
 
 1. the weights are masked with pairwise masks and a fresh self-mask
    (:func:`mmvm.secure.masking.mask_update`) under a group label that binds the
-   holders, the number of aligned rows and the plan: sites told different groups
-   derive different masks, and the aggregate fails its weight check;
+   holders, the number of aligned rows and the plan, and, per window, the digests
+   of the experiment config and of the mean the server sent: sites told different
+   groups, configs or means derive different masks, and the aggregate fails its
+   weight check;
 2. the self-mask seed is Shamir-shared; each peer's shares (of all shared
    modalities) travel sealed to it (kind ``selfshare``, round ``w + 1``, counter 1);
 3. in the unmask step the site opens the shares addressed to it and reveals what
@@ -24,6 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mmvm.config import config_digest
 from mmvm.federation.messages import MASK_WEIGHT, UnmaskReply, UnmaskRequest
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
@@ -38,12 +41,9 @@ SHARE_COUNTER = 1  # posteriors of the same round use counter 0
 
 
 def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: str,
-                 site: str, policy: SitePolicy, config: str = "") -> dict[str, dict]:
+                 site: str, policy: SitePolicy) -> dict[str, dict]:
     """``{modality: {"holders": [...], "label": ...}}``, refusing groups that are
-    too small for this site's policy. ``config``: the digest of the experiment
-    config the site trains with (:func:`mmvm.config.config_digest`): holders given
-    different ones (a server that slows all but one holder's training down to
-    single it out) derive different masks, and nothing can be unmasked."""
+    too small for this site's policy."""
     out = {}
     for m, holders in sorted(shared.items()):
         holders = sorted(holders)
@@ -52,7 +52,7 @@ def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: st
                               f"{holders}; masking groups need >= 3 sites (2 only with "
                               f"allow-pair-masking in every holder's node config)")
         text = json.dumps({"m": m, "holders": holders, "n": n, "plan": plan,
-                           "run": run_id, "config": config}, sort_keys=True)
+                           "run": run_id}, sort_keys=True)
         label = f"weights/{m}/{hashlib.sha256(text.encode()).hexdigest()[:32]}"
         out[m] = {"holders": holders, "label": label}
     return out
@@ -78,11 +78,15 @@ def masked_weights(site: Site, sec: SiteSecrets, index: int,
     """(masked weights per shared modality, sealed self-mask shares per peer).
 
     ``received``: the averaged weights the server sent with this window. The masks
-    are bound to their digest: were holders sent different "means" (e.g. weights on
-    which all but one holder's training cannot move, so that the others send back
-    what they got), their masks would not cancel and nothing could be unmasked."""
+    are bound to their digest and to the experiment config the site trains with:
+    were holders sent different "means" (e.g. weights on which all but one holder's
+    training cannot move, so that the others send back what they got) or different
+    configs (a learning rate of 1e-30, a loss weight of 0; also on a resumed run),
+    their masks would not cancel and nothing could be unmasked."""
     groups = sec.state.get("groups", {})
-    digests = {m: weights_digest(received.get(m, {})) for m in sorted(groups)}
+    config = config_digest(site.cfg)
+    digests = {m: hashlib.sha256(f"{config}/{weights_digest(received.get(m, {}))}"
+                                 .encode()).hexdigest() for m in sorted(groups)}
     if digests:
         sec.save_received(index, digests)  # before anything masked under them leaves
     weights, shares = {}, {}

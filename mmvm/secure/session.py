@@ -4,8 +4,9 @@ Holds the site's own keys and the public key directory it trusts, the run id eve
 envelope is bound to, the state agreed during the run (its id-key contribution, the
 group id key, the peers and FedAvg groups the server announced) and the replay
 guard. With a ``state_dir`` both are kept on disk between messages (a SuperNode may
-start a fresh process for every message): ``<site>.secure.json`` (secret: 0600) and
-``<site>.guard.json``.
+start a fresh process for every message): ``<site>.secure.json`` (secret: 0600),
+``<site>.guard.json`` and ``<site>.received.json`` (digests of what the server sent in
+the last window the site masked, which its masks are bound to).
 
 Also here: the keyed pseudonyms of sample ids, and the group id key they are made
 with, derived from every participant's sealed random contribution (the server

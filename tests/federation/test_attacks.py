@@ -226,11 +226,12 @@ def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_pa
 
 def test_5b_holders_given_different_experiments_cannot_be_unmasked(cfg, tmp_path,
                                                                     tiny_polymnist):
-    """A SuperLink answers each SuperNode's run lookup on its own, so it could give all
-    holders of m0 but one a learning rate of 1e-30: they would send back about the
-    weights they got, and the masked mean, less those, would be the last one's. The
-    experiment config is bound into the masks: holders given different ones derive
-    different masks, and the aggregate is refused instead of unmasked."""
+    """A SuperLink answers each SuperNode's run lookup on its own (and a resumed run
+    brings a run config of its own), so it could give all holders of m0 but one a
+    learning rate of 1e-30: they would send back about the weights they got, and the
+    masked mean, less those, would be the last one's. Each window's masks bind the
+    experiment config: holders given different ones derive different masks, and the
+    aggregate is refused instead of unmasked."""
     sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
     slow = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-30))
     holders = [k for k, s in sites.items() if "m0" in s.names]
