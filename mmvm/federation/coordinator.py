@@ -127,6 +127,23 @@ class Coordinator:
             rows.flags.writeable = False
         return rows
 
+    def idle_holder(self) -> tuple[str, str, int] | None:
+        """The first (modality, site name, window) in which a holder of a shared
+        modality trains none of its rows, or None. Secure sites refuse such plans
+        (:meth:`mmvm.federation.policy.SitePolicy.check_plan`); the server says so
+        before it attaches anyone."""
+        groups = self.shared
+        if not groups:
+            return None
+        for w, window in enumerate(self.plan):
+            rows = window.steps[0].rows.numpy() if len(window.steps) == 1 \
+                else window.rows.numpy()
+            for m, keys in groups.items():
+                for key in keys:
+                    if not self._holds[key][rows].any():
+                        return m, self.name(key), w
+        return None
+
     def holds(self, key: str, rows: np.ndarray) -> np.ndarray:
         """Whether site ``key`` holds each of the aligned ``rows`` (in ``[0, n)``)."""
         return self._holds[key][rows]

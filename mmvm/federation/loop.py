@@ -183,6 +183,15 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing
     """describe -> align -> attach."""
     described = meter.exchange({key: DescribeRequest() for key in meter.nodes()})
     coord = Coordinator(routing.align(meter, described), s.modalities, s.plan_args())
+    idle = coord.idle_holder() if s.secure else None
+    if idle is not None:
+        m, site, w = idle
+        raise FederationError(
+            f"exchange plan: window {w} trains none of {site}'s rows of {m!r}, which "
+            f"several sites hold; in a secure run every holder of a shared modality "
+            f"refuses such a plan (its weights would go back unchanged, and the masked "
+            f"mean could single out another holder's). Use exchange = \"round\" (or "
+            f"\"steps\" with longer windows) or larger batches; nothing was attached")
     result = FederationResult(sites=_site_summary(coord), alignment=coord.alignment())
     replies = meter.exchange({key: coord.attach_request(key, float16=s.float16,
                                                         delta_tol=s.delta_tol,

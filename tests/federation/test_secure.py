@@ -8,12 +8,15 @@ missing envelope must stop a site before it applies anything.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from flwr.common.serde import recorddict_to_proto
 
 from mmvm.federation import sealed_align, sealed_channel
+from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import LocalTransport
 from mmvm.federation.messages import AlignRequest, DescribeRequest
 from mmvm.federation.posteriors import decode_table
@@ -235,3 +238,22 @@ def test_psi_alignment_matches_ids_across_sites_and_hides_them(cfg, tmp_path,
     assert len(res.history) == 3 and all(np.isfinite(r["rec_nll"]) for r in res.history)
     assert _leaks(b"".join(rec.blobs), sites["n0"].data.sample_ids) == []
     assert all(s.progress.phase == "evaluated" for s in sites.values())
+
+
+def test_a_plan_that_leaves_a_holder_idle_is_refused_by_the_server_first(
+        cfg, tmp_path, tiny_polymnist):
+    """Three sites hold m0, a third of the rows each; four-row steps leave one of them
+    without rows in some window. Every holder would refuse that plan at attach (its
+    weights would go back unchanged); the server says so first, naming the window,
+    the site and what to use instead, and attaches no one. One epoch per window
+    ("round") trains every holder in every window and runs."""
+    small = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=4))
+    sites, _, endpoints = _secure_setup(small, tmp_path, tiny_polymnist, "hybrid")
+    with pytest.raises(FederationError, match=r"exchange plan: window \d+ trains none of "
+                                              r"site-m0-\d's rows of 'm0'.*exchange = "
+                                              r"\"round\".*nothing was attached"):
+        federate(small, endpoints, exchange="step", secure=True)
+    assert all(s.link is None for s in sites.values())
+    sites, _, endpoints = _secure_setup(small, tmp_path / "round", tiny_polymnist,
+                                        "hybrid")
+    assert len(federate(small, endpoints, exchange="round", secure=True).history) == 1
