@@ -42,7 +42,11 @@ class Channel(Protocol):
 
     def describe(self, site: Site) -> DescribeReply: ...
 
-    def align(self, site: Site, req: AlignRequest) -> AlignReply: ...
+    def align(self, site: Site, req: AlignRequest
+              ) -> tuple[AlignReply, Callable[[], None]]:
+        """Secure mode: one alignment step, and what to commit once the site's state
+        is written (the replay guard of the envelopes it opened)."""
+        ...
 
     def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
         """Dataset rows of the identifiers the site reported, in that order (the
@@ -87,7 +91,8 @@ class PlainChannel:
     def describe(self, site: Site) -> DescribeReply:
         return describe_site(site, identifiers=list(site.data.sample_ids))
 
-    def align(self, site: Site, req: AlignRequest) -> AlignReply:
+    def align(self, site: Site, req: AlignRequest
+              ) -> tuple[AlignReply, Callable[[], None]]:
         raise FederationError(f"site {site.name}: align is a secure-mode message; this "
                               f"site runs the plaintext protocol")
 

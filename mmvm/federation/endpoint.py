@@ -81,7 +81,8 @@ class Endpoint:
     def align(self, req: AlignRequest):
         progress = self.site.progress
         progress.align(self.site.name, req.step)
-        reply = self.channel.align(self.site, req)
+        reply, commit = self.channel.align(self.site, req)
+        self._commits.append(commit)
         progress.align_steps += 1
         if reply.identifiers or reply.tagged:  # this site's last alignment step
             progress.phase = "aligned"

@@ -62,9 +62,8 @@ def align_pseudonyms(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignRe
             raise SecurityError(f"site {sec.site}: malformed id-key contribution from "
                                 f"{sender!r}")
     sec.state.update(group_key=b64(group_key(got, sec.run_id)), members=sorted(got))
-    sec.guard = guard
+    sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
-    sec.save_guard()
     return AlignReply(identifiers=[p for p, _ in _pseudonyms(site, sec)])
 
 
@@ -94,8 +93,7 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignReply:
                                 run_id=sec.run_id, guard=guard, expected_round=0,
                                 expected_counter=req.step, kind=KIND_PSI)
         points = psi.exponentiate(psi.unpack(payload), unb64(sec.state["scalar"]))
-        sec.guard = guard
-        sec.save_guard()
+        sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
     if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin
         return AlignReply(tagged={psi.origin(ring, me, req.step):

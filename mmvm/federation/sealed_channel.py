@@ -87,10 +87,11 @@ class SealedChannel:
             return describe_site(site)
         return describe_site(site, sealed=sealed_align.contributions(sec))
 
-    def align(self, site: Site, req: AlignRequest) -> AlignReply:
+    def align(self, site: Site, req: AlignRequest
+              ) -> tuple[AlignReply, Callable[[], None]]:
         if self.align_mode == "psi":
-            return sealed_align.align_psi(site, self.sec, req)
-        return sealed_align.align_pseudonyms(site, self.sec, req)
+            return sealed_align.align_psi(site, self.sec, req), self.sec.save_guard
+        return sealed_align.align_pseudonyms(site, self.sec, req), self.sec.save_guard
 
     def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
         sec = self.sec

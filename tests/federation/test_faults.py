@@ -199,3 +199,36 @@ def test_a_secure_site_that_dies_before_writing_its_state_can_retry(cfg, tmp_pat
     reply = fresh.handle(request)
     assert again.progress.window == 1 and reply.metrics["rows"] > 0
     assert fresh.handle(request) is reply  # asked again: the kept reply
+
+
+def test_a_secure_site_that_dies_while_aligning_can_retry(cfg, tmp_path, tiny_polymnist):
+    """The same for the alignment step: its envelopes (the other sites' id-key
+    contributions) are marked as used only once the site's state is written."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys = site_keys(sites)
+    endpoints = sealed_endpoints(sites, keys, tmp_path / "state")
+    victim, site = "n0", sites["n0"]
+    store = SiteStore(tmp_path / "live" / f"{site.name}.pt")
+    endpoints[victim] = Endpoint(site, endpoints[victim].channel, store=store)
+    seen = {}
+
+    class DiskFull(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            if requests[victim].kind == "align":
+                seen["align"] = requests[victim]
+
+                def full(*args, **kwargs):
+                    raise OSError(28, "No space left on device")
+                store.save = full
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(OSError, match="No space left"):
+        federate(cfg, {}, transport=DiskFull(endpoints), secure=True, exchange="step")
+    again = Site(cfg, site.name, site.train_path, site.test_path)
+    SiteStore(store.path).refresh(again)
+    assert again.progress.phase == "described"
+    fresh = Endpoint(again, SealedChannel(secrets(again, keys, tmp_path / "state")),
+                     store=SiteStore(store.path))
+    reply = fresh.handle(seen["align"])
+    assert again.progress.phase == "aligned" and len(reply.identifiers) == len(again.data)
