@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmvm.federation.messages import AttachRequest
-from mmvm.federation.plan import PlanArgs, Window
+from mmvm.federation.plan import PlanArgs, Window, window_counts
 from mmvm.federation.posteriors import Posteriors, select_rows
 
 
@@ -132,17 +132,16 @@ class Coordinator:
         modality trains none of its rows, or None. Secure sites refuse such plans
         (:meth:`mmvm.federation.policy.SitePolicy.check_plan`); the server says so
         before it attaches anyone."""
-        groups = self.shared
-        if not groups:
+        found = []
+        for m, keys in self.shared.items():
+            for key in keys:
+                idle = np.flatnonzero(window_counts(self.plan, self._holds[key]) == 0)
+                if len(idle):
+                    found.append((int(idle[0]), m, self.name(key)))
+        if not found:
             return None
-        for w, window in enumerate(self.plan):
-            rows = window.steps[0].rows.numpy() if len(window.steps) == 1 \
-                else window.rows.numpy()
-            for m, keys in groups.items():
-                for key in keys:
-                    if not self._holds[key][rows].any():
-                        return m, self.name(key), w
-        return None
+        w, m, site = min(found)
+        return m, site, w
 
     def holds(self, key: str, rows: np.ndarray) -> np.ndarray:
         """Whether site ``key`` holds each of the aligned ``rows`` (in ``[0, n)``)."""

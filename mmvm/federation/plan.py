@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 
 from mmvm.schedule import epoch_batches
@@ -131,6 +132,25 @@ def exchange_plan(n: int, batch_size: int, seed: int, epochs: int, exchange: str
             first += length
             length = min(2 * length, local_epochs)
     return [Window(i, tuple(g)) for i, g in enumerate(groups)]
+
+
+def window_counts(plan: list[Window], flags: np.ndarray) -> np.ndarray:
+    """Per window, how many of the distinct rows it trains have ``flags[row]`` set
+    (e.g. the rows a site holds). One pass over the plan: checks at attach look at
+    every window of runs that may have hundreds of thousands."""
+    out = np.zeros(len(plan), dtype=np.int64)
+    single = [i for i, w in enumerate(plan) if len(w.steps) == 1]
+    if single:
+        parts = [plan[i].steps[0].rows.numpy() for i in single]  # a step's rows differ
+        sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+        hits = flags[np.concatenate(parts)].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        sums = np.add.reduceat(hits, starts) if len(hits) else np.zeros(len(parts), int)
+        out[single] = np.where(sizes > 0, sums, 0)
+    for i, w in enumerate(plan):
+        if len(w.steps) > 1:
+            out[i] = int(np.count_nonzero(flags[w.rows.numpy()]))
+    return out
 
 
 def checkpoint_windows(plan: list[Window], every: int, epochs_every: int) -> set[int]:

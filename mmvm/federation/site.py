@@ -31,7 +31,7 @@ from mmvm.federation.lookahead import (
     start_ahead,
     step_inputs,
 )
-from mmvm.federation.plan import PlanArgs, Step
+from mmvm.federation.plan import PlanArgs, Step, window_counts
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
 from mmvm.federation.reply_cache import ReplyCache
@@ -160,11 +160,7 @@ class Site:
             held[own] = self.data.mask.numpy()[link.local_of[own],
                                                self.names.index(modality)]
             own = held
-        out = np.empty(len(link.plan), dtype=np.int64)
-        for i, w in enumerate(link.plan):  # a step's rows are distinct already
-            rows = w.steps[0].rows if len(w.steps) == 1 else w.rows
-            out[i] = np.count_nonzero(own[rows.numpy()])
-        return out
+        return window_counts(link.plan, own)
 
     def check_window(self, index: int) -> None:
         plan = self.linked().plan

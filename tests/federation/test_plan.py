@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from mmvm.federation.plan import exchange_plan
+from mmvm.federation.plan import exchange_plan, window_counts
 from mmvm.schedule import epoch_batches
 
 N, BS, SEED, EPOCHS = 50, 8, 3, 4  # 7 batches per epoch, the last one of 2 rows
@@ -97,3 +98,14 @@ def test_round_warmup_doubles_window_length_up_to_local_epochs():
     assert lengths == [1, 2, 4, 8, 5]
     flat = [s.step for w in plan for s in w.steps]
     assert flat == list(range(20 * 4))  # every centralized step once, in order
+
+
+@pytest.mark.parametrize("exchange,k", [("step", 1), ("steps", 3), ("round", 1)])
+def test_window_counts_counts_distinct_flagged_rows_per_window(exchange, k):
+    """Against the obvious count, window by window (two epochs per round window:
+    a row it trains twice counts once)."""
+    plan = exchange_plan(50, 8, seed=3, epochs=4, exchange=exchange, k=k, local_epochs=2)
+    flags = np.random.default_rng(0).random(50) < 0.3
+    expected = [int(flags[np.unique(w.rows.numpy())].sum()) for w in plan]
+    assert window_counts(plan, flags).tolist() == expected
+    assert window_counts(plan, np.zeros(50, bool)).sum() == 0
