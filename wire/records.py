@@ -83,8 +83,7 @@ def _decode(cls, rd: RecordDict, what: str):
         elif wire == "arrays":
             prefix = f"arrays/{name}/"
             mine = [r for r in records if r.startswith(prefix)]
-            values[name] = {r[len(prefix):]: {n: a.numpy() for n, a in rd[r].items()}
-                            for r in mine}
+            values[name] = {r[len(prefix):]: _arrays(rd, r, what) for r in mine}
             used.update(mine)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise MessageError(f"{what}: missing field {name!r}")
@@ -92,6 +91,27 @@ def _decode(cls, rd: RecordDict, what: str):
     if unknown:
         raise MessageError(f"{what}: unknown records {sorted(unknown)}")
     return cls(**values)
+
+
+def _arrays(rd: RecordDict, name: str, what: str) -> dict[str, np.ndarray]:
+    """The numeric arrays of record ``name``; anything else is a MessageError that
+    names the record and the parameter (not a traceback from deep in numpy)."""
+    record = rd[name]
+    if not isinstance(record, ArrayRecord):
+        raise MessageError(f"{what}: {name} must be an array record, got "
+                           f"{type(record).__name__}")
+    out = {}
+    for n, a in record.items():
+        try:
+            value = a.numpy()
+        except Exception as err:  # numpy's and Flower's many ways to refuse bytes
+            raise MessageError(f"{what}: {name}/{n} is not a numpy array "
+                               f"({type(err).__name__})") from None
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
+            raise MessageError(f"{what}: {name}/{n} must be a numeric array, got "
+                               f"{getattr(value, 'dtype', type(value).__name__)}")
+        out[n] = value
+    return out
 
 
 def _blobs(rd: RecordDict, name: str, what: str) -> dict[str, bytes]:

@@ -128,3 +128,26 @@ def test_malformed_records_are_refused():
         request_from_record("window", bad)
     with pytest.raises(MessageError, match=r"no 'body' record"):
         reply_from_record("window", RecordDict())
+
+
+def test_array_records_that_are_not_numeric_arrays_are_refused():
+    """A site's weights arrive as Flower Arrays; bytes that are not a numpy array, an
+    Array of another kind, a record of another type, or strings are refused as a
+    MessageError naming the record and parameter (the server names the site)."""
+    from flwr.app import Array, ArrayRecord
+
+    good = to_record(WindowReply(weights={"m0": {"w": np.ones(3, np.float32)}}))
+    assert reply_from_record("window", good).weights["m0"]["w"].tolist() == [1, 1, 1]
+    cases = [
+        (ArrayRecord({"w": Array(dtype="float32", shape=(3,), stype="numpy.ndarray",
+                                 data=b"garbage")}), r"arrays/weights/m0/w is not a numpy"),
+        (ConfigRecord({"w": 1.0}), r"arrays/weights/m0 must be an array record, got "
+                                   r"ConfigRecord"),
+        (ArrayRecord({"w": Array(np.array(["a", "b"]))}),
+         r"arrays/weights/m0/w must be a numeric array, got <U1"),
+    ]
+    for record, match in cases:
+        bad = to_record(WindowReply(weights={"m0": {"w": np.ones(3, np.float32)}}))
+        bad["arrays/weights/m0"] = record
+        with pytest.raises(MessageError, match=match):
+            reply_from_record("window", bad)
