@@ -20,6 +20,8 @@ from mmvm.federation.messages import AttachRequest
 from mmvm.federation.plan import PlanArgs, Window, window_counts
 from mmvm.federation.posteriors import Posteriors, select_rows
 
+FLOATS = tuple(np.dtype(t) for t in ("float16", "float32", "float64"))
+
 
 class FederationError(RuntimeError):
     """The sites do not form a valid federation, or a site broke the protocol."""
@@ -58,6 +60,7 @@ class Coordinator:
         self.plan_args = plan
         self.plan: list[Window] = plan.plan(len(self.ids))
         self._window_rows: dict[int, np.ndarray] = {}
+        self._shapes: dict[str, dict[str, tuple]] = {}  # each shared model's, as sent
 
     def _check_sites(self, sites: list[SiteInfo]) -> None:
         names = [s.name for s in sites]
@@ -173,6 +176,22 @@ class Coordinator:
                 out[o.name] = {"rows": both.tolist(), "modalities": list(o.modalities)}
         return out
 
+    def _check_weights(self, key: str, m: str, arrays: Mapping[str, np.ndarray],
+                       shapes: Mapping[str, tuple]) -> None:
+        """One site's weights of ``m``: the parameters and shapes of the modality's
+        model (as first sent), floating point and finite; else the error names it."""
+        site = self.name(key)
+        if sorted(arrays) != sorted(shapes) or any(
+                arrays[n].shape != shapes[n] for n in shapes):
+            raise FederationError(f"site {site} sent weights of {m!r} with other "
+                                  f"parameters or shapes than the modality's model")
+        for n, a in arrays.items():
+            if a.dtype not in FLOATS:
+                raise FederationError(f"site {site} sent weights {m}/{n} of dtype "
+                                      f"{a.dtype}; expected float16, float32 or float64")
+            if not np.isfinite(a).all():
+                raise FederationError(f"site {site} sent non-finite weights {m}/{n}")
+
     def route(self, index: int, table: Mapping[str, Posteriors]) -> dict[str, dict]:
         """Per site: the other modalities' posteriors for its rows of window ``index``."""
         wanted = self.window_rows(index)
@@ -193,15 +212,30 @@ class Coordinator:
                 continue
             names = sorted(weights[got[0]][m])
             first = weights[got[0]][m]
+            shapes = self._shapes.setdefault(m, {n: first[n].shape for n in names})
             for k in got:
-                if sorted(weights[k][m]) != names or any(
-                        weights[k][m][n].shape != first[n].shape for n in names):
-                    raise FederationError(f"site {self.name(k)} sent weights of {m!r} with "
-                                          f"other parameters or shapes than "
-                                          f"{self.name(got[0])}")
+                self._check_weights(k, m, weights[k][m], shapes)
             counts = np.array([len(self.sites[k].held) for k in got], dtype=np.float64)
+            if counts.sum() <= 0:
+                raise FederationError(f"no site that sent weights of {m!r} holds a sample")
             frac = counts / counts.sum()
             out[m] = {n: sum(f * weights[k][m][n].astype(np.float64)
                              for k, f in zip(got, frac, strict=True)).astype(first[n].dtype)
                       for n in names}
         return out
+
+    def _check_weights(self, key: str, m: str, arrays: Mapping[str, np.ndarray],
+                       shapes: Mapping[str, tuple]) -> None:
+        """One site's weights of ``m``: the parameters and shapes of the modality's
+        model (as first sent), floating point and finite; else the error names it."""
+        site = self.name(key)
+        if sorted(arrays) != sorted(shapes) or any(
+                arrays[n].shape != shapes[n] for n in shapes):
+            raise FederationError(f"site {site} sent weights of {m!r} with other "
+                                  f"parameters or shapes than the modality's model")
+        for n, a in arrays.items():
+            if a.dtype not in FLOATS:
+                raise FederationError(f"site {site} sent weights {m}/{n} of dtype "
+                                      f"{a.dtype}; expected float16, float32 or float64")
+            if not np.isfinite(a).all():
+                raise FederationError(f"site {site} sent non-finite weights {m}/{n}")

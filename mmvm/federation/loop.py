@@ -19,6 +19,7 @@ then takes over, ``lookahead.py``) and its shared weights.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -292,7 +293,8 @@ def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping
                                                        collect=collect_model)
                                   for key in coord.sites}, wait)
     result.not_evaluated = sorted(coord.name(k) for k in coord.sites if k not in replies)
-    result.evaluation = {k: {"site": r.site, "modalities": list(r.modalities), **r.metrics}
+    result.evaluation = {k: {**r.metrics, "site": coord.name(k),
+                             "modalities": list(r.modalities)}
                          for k, r in replies.items()}
     if not collect_model:  # every site keeps its weights
         result.kept_weights = sorted(coord.name(k) for k in replies)
@@ -317,11 +319,17 @@ def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,
     """One line of ``metrics.csv``: per-sample means over the window's rows."""
     window = coord.plan[w]
     rows = sum(len(s.rows) for s in window.steps)
-    try:
-        sums = {k: sum(float(r.metrics[k]) for r in replies.values())
-                for k in ("rec_nll", "reg", "rows")}
-    except (KeyError, TypeError, ValueError) as err:
-        raise FederationError(f"window {w}: a site sent malformed metrics ({err!r})") from None
+    sums = dict.fromkeys(("rec_nll", "reg", "rows"), 0.0)
+    for key, r in replies.items():
+        try:
+            got = {k: float(r.metrics[k]) for k in sums}
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            raise FederationError(f"window {w}: site {coord.name(key)} sent malformed "
+                                  f"metrics ({err!r})") from None
+        if not all(math.isfinite(v) for v in got.values()) or got["rows"] < 0:
+            raise FederationError(f"window {w}: site {coord.name(key)} sent metrics "
+                                  f"{got} (not finite, or negative rows)")
+        sums = {k: sums[k] + got[k] for k in sums}
     return {"window": w, "windows": len(coord.plan), "epoch": window.steps[-1].epoch + 1,
             "step": window.steps[-1].step + 1, "rec_nll": sums["rec_nll"] / rows,
             "reg": sums["reg"] / (sums["rows"] or 1.0), "bytes": nbytes, "seconds": seconds,
@@ -346,6 +354,7 @@ def site_seconds(replies: Mapping) -> dict:
 
 def _seconds(value) -> float:
     try:
-        return max(0.0, float(value or 0.0))
-    except (TypeError, ValueError):
+        seconds = float(value or 0.0)
+    except (TypeError, ValueError, OverflowError):
         return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0

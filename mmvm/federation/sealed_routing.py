@@ -25,7 +25,7 @@ from mmvm.federation.messages import (
     WindowRequest,
 )
 from mmvm.federation.routing import site_infos
-from mmvm.secure.masking import aggregate_masked
+from mmvm.secure.masking import FixedPoint, aggregate_masked
 from mmvm.secure.session import unb64
 from mmvm.secure.unmasking import combine_seed, threshold
 
@@ -172,10 +172,14 @@ class SealedRouting:
                 {s: [a[p] for p in params] + [a[MASK_WEIGHT]] for s, a in masked.items()},
                 participants=[name(k) for k in coord.shared[m]], revealed=revealed,
                 self_seeds=seeds, return_weight=True)
-        except (ValueError, KeyError, TypeError) as err:
-            raise FederationError(f"masked FedAvg of {m!r} failed: {err}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+            raise FederationError(f"masked FedAvg of {m!r} failed: "
+                                  f"{type(err).__name__}: {err}") from None
         expected = sum(len(coord.sites[k].held) for k in survivors)
-        if abs(weight - expected) > 0.5 or not all(np.isfinite(v).all() for v in means):
+        clip = FixedPoint().clip  # every site clipped its values: so is an honest mean
+        if abs(weight - expected) > 0.5 or not all(
+                np.isfinite(v).all() and np.abs(v).max(initial=0.0) <= clip
+                for v in means):
             raise FederationError(f"masked FedAvg of {m!r}: total weight {weight:.3f} is "
                                   f"not the survivors' {expected} samples; the sites' "
                                   f"views of the group differ, or an update is corrupt")

@@ -82,6 +82,23 @@ def test_fedavg_is_the_sample_weighted_mean_of_the_holders():
     assert req.shared == {"m0": ["a", "b"]}
 
 
+def test_fedavg_refuses_weights_it_must_not_average_naming_the_sender():
+    """NaN, a dtype that is not a float the model uses, or (even when a holder is the
+    only one that answered) other shapes than the modality's model: refused before the
+    mean is made, saved or sent, with the sender's name (not the next victim's)."""
+    c = _coord(("a", ["m0"], ["s0"]), ("b", ["m0"], ["s1"]),
+               ("c", ["m1"], ["s0", "s1"]))
+    ok = {"p": np.array([1.0, 2.0], np.float32)}
+    c.fedavg({"k0": {"m0": ok}, "k1": {"m0": ok}})
+    for arrays, match in (({"p": np.array([1.0, np.nan], np.float32)}, "non-finite"),
+                          ({"p": np.ones(2, np.longdouble)}, "dtype float128"),
+                          ({"p": np.ones(2, np.int64)}, "dtype int64")):
+        with pytest.raises(FederationError, match=f"site b sent .*{match}"):
+            c.fedavg({"k0": {"m0": ok}, "k1": {"m0": arrays}})
+    with pytest.raises(FederationError, match="site b sent weights of 'm0' with other"):
+        c.fedavg({"k1": {"m0": {"p": np.ones(5, np.float32)}}})  # b alone, wrong shape
+
+
 def test_held_of_is_the_intersection_with_the_rows_a_site_holds():
     rng = np.random.default_rng(0)
     ids = [f"s{i}" for i in range(50)]
@@ -102,3 +119,25 @@ def test_window_rows_are_the_plans_sorted_rows_and_cannot_be_written():
         with pytest.raises(ValueError):
             rows[0] = -1
     assert c.window_rows(len(c.plan)).size == 0
+
+
+def test_a_windows_metrics_are_checked_site_by_site():
+    """Per-sample means over the window's rows; a site's malformed, huge, NaN or
+    negative metrics stop the run naming that site (timings are only shown: odd
+    ones count as 0)."""
+    from mmvm.federation.loop import window_row
+    from mmvm.federation.messages import WindowReply
+
+    c = _coord(("a", ["m0"], ["s0", "s1"]), ("b", ["m1"], ["s0", "s1"]))
+
+    def reply(**metrics):
+        return WindowReply(metrics={"rec_nll": 2.0, "reg": 1.0, "rows": 2, **metrics})
+
+    row = window_row(0, c, {"k0": reply(), "k1": reply(train_s="nan")}, 10, 0.5)
+    assert (row["rec_nll"], row["reg"], row["train_s"]) == (2.0, 0.5, 0.0)
+    for bad, match in (({"rec_nll": float("nan")}, "not finite"),
+                       ({"rows": -1}, "negative rows"),
+                       ({"reg": 10 ** 400}, "malformed metrics"),
+                       ({"reg": "x"}, "malformed metrics")):
+        with pytest.raises(FederationError, match=f"window 0: site b sent .*{match}"):
+            window_row(0, c, {"k0": reply(), "k1": reply(**bad)}, 10, 0.5)
