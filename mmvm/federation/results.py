@@ -51,13 +51,18 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "windows": len(result.history), "kept_weights": result.kept_weights,
                "alignment": result.alignment,
                "missed_windows": result.missed, "not_evaluated": result.not_evaluated}
+    refused = assembled_problem(settings.experiment, result.model_state) \
+        if result.model_state else None
+    if refused:  # the run's results stay; no checkpoint that cannot be loaded
+        summary["model_refused"] = refused
+        result.model_state = None
     probes = [v for ev in result.evaluation.values() for k, v in ev.items()
-              if k.startswith("probe/")]
+              if k.startswith("probe/") and isinstance(v, (int, float))]
     if probes:
         summary["probe_mean"] = sum(probes) / len(probes)
     atomic_write(out / "results.json", json.dumps(summary, indent=2, default=str).encode())
     paths = {"metrics": str(out / "metrics.csv"), "results": str(out / "results.json")}
-    if result.model_state:
+    if result.model_state and not refused:
         last = result.history[-1] if result.history else {"epoch": 0, "step": 0}
         save_checkpoint(out / "checkpoint.pt", {
             "config": used_config(settings, out, data),
@@ -90,6 +95,23 @@ def _plot_curves(path: Path, history: list[dict]) -> Path:
     plt.close(fig)
     atomic_write(path, buf.getvalue())
     return path
+
+
+def assembled_problem(cfg, state: dict) -> str | None:
+    """Why the weights the sites handed in do not make the config's model (missing,
+    unknown or misshapen parameters, non-finite values), or None."""
+    from mmvm.model import MultimodalVAE
+
+    want = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim).state_dict()
+    missing, unknown = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unknown:
+        return f"parameters missing {missing[:3]}, unknown {unknown[:3]}"
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(want[k].shape):
+            return f"{k} has shape {tuple(v.shape)}, the model's is {tuple(want[k].shape)}"
+        if not torch.isfinite(torch.as_tensor(v)).all():
+            return f"{k} holds non-finite values"
+    return None
 
 
 def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: str | Path,

@@ -71,7 +71,14 @@ def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:
         raise ConfigError(f"resume = {s.resume}: no server state at {path} (the server "
                           f"writes it after every window; is out-dir the one that run "
                           f"used?)")
-    doc = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or unpickling refused
+        raise ConfigError(f"resume = {s.resume}: {path} is not a readable server state "
+                          f"({type(err).__name__}); the server writes it atomically, so "
+                          f"it was damaged or replaced after the run") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: not a server state (a {type(doc).__name__})")
     if doc.get("version") != VERSION:
         raise ConfigError(f"{path}: server state version {doc.get('version')}, this "
                           f"mmvm reads version {VERSION}")
@@ -81,6 +88,14 @@ def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:
         raise ConfigError(f"resume = {s.resume}: the run was started with other "
                           f"settings ({', '.join(f'{k}: {was.get(k)} -> {now[k]}' for k in changed)}); "
                           f"a resumed run must train the same plan")
+    try:
+        return _state_of(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"{path}: server state incomplete or malformed "
+                          f"({type(err).__name__}: {err})") from None
+
+
+def _state_of(doc: dict) -> ServerState:
     return ServerState(
         window=int(doc["window"]),
         sites=[SiteInfo(d["key"], d["name"], list(d["modalities"]), list(d["identifiers"]))

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmvm.config import ConfigError
 from mmvm.federation.coordinator import SiteInfo
 from mmvm.federation.server_state import (
     ServerState,
@@ -50,6 +51,29 @@ def test_round_trip(settings, tmp_path):
                                   averaged["m0"]["encoders.m0.w"])
     assert back.routing == routing and back.history == state.history
     assert (back.bytes_total, back.seconds, back.alignment) == (1234, 5.5, {"samples": 2})
+
+
+def test_a_damaged_server_state_is_refused_with_its_path(settings, tmp_path):
+    """Truncated, not a torch file, another object, or keys missing: a ConfigError
+    naming the file, never a traceback from torch's unpickler."""
+    state = ServerState(0, [SiteInfo("11", "a", ["m0"], ["x"])], {}, {}, {}, [], [], 0,
+                        0.0, {})
+    good = tmp_path / "good.pt"
+    save_server_state(good, settings, state)
+    data = good.read_bytes()
+    cases = {"cut.pt": data[: len(data) // 2], "text.pt": b"not a checkpoint"}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ConfigError, match=f"{name} is not a readable server state"):
+            load_server_state(tmp_path / name, settings)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ConfigError, match="not a server state"):
+        load_server_state(tmp_path / "list.pt", settings)
+    doc = torch.load(good, weights_only=True)
+    del doc["sites"]
+    torch.save(doc, tmp_path / "partial.pt")
+    with pytest.raises(ConfigError, match="partial.pt: server state incomplete"):
+        load_server_state(tmp_path / "partial.pt", settings)
 
 
 WRITER = textwrap.dedent("""

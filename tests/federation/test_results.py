@@ -1,0 +1,47 @@
+"""What a federated run writes: a collected model that does not make the config's
+model is refused (named in results.json), not written as an unloadable checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from mmvm.federation.loop import FederationResult
+from mmvm.federation.results import assembled_problem, write_results
+from mmvm.federation.settings import settings_for
+from mmvm.model import MultimodalVAE
+
+
+def _state(cfg) -> dict:
+    model = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+
+def test_a_collected_model_is_checked_against_the_configs(tiny_polymnist, tiny_config,
+                                                          tmp_path):
+    cfg = tiny_config(tiny_polymnist)
+    good = _state(cfg)
+    assert assembled_problem(cfg, good) is None
+    name = next(k for k, v in good.items() if v.ndim == 2)
+    nan = {**good, name: np.full_like(good[name], np.nan)}
+    assert assembled_problem(cfg, nan) == f"{name} holds non-finite values"
+    wide = {**good, name: np.zeros((1, 1), np.float32)}
+    assert "has shape (1, 1), the model's is" in assembled_problem(cfg, wide)
+    short = {k: v for k, v in good.items() if k != name}
+    assert f"parameters missing ['{name}']" in assembled_problem(cfg, short)
+
+    history = [{"window": 0, "epoch": 1, "step": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 9}]
+    s = settings_for(cfg)
+    result = FederationResult(history=history, model_state=nan,
+                              evaluation={"k0": {"site": "a", "probe/m0": "x"}})
+    paths = write_results(tmp_path / "bad", s, result)
+    summary = json.loads((tmp_path / "bad" / "results.json").read_text())
+    assert summary["model_refused"] == f"{name} holds non-finite values"
+    assert "checkpoint" not in paths and not (tmp_path / "bad" / "checkpoint.pt").exists()
+    assert result.model_state is None  # so the server does not evaluate it
+    assert "probe_mean" not in summary  # a probe that is not a number is not averaged
+    paths = write_results(tmp_path / "ok", s, FederationResult(history=history,
+                                                               model_state=good))
+    assert "checkpoint" in paths and "model_refused" not in json.loads(
+        (tmp_path / "ok" / "results.json").read_text())
