@@ -101,7 +101,7 @@ class FlowerTransport:
                 if wait is not None and r.error.code in AWAY:
                     continue
                 raise FederationError(f"{stage}: site {who} failed: "
-                                      f"{_reason(r.error.reason)}")
+                                      f"{site_reason(r.error.reason)}")
             try:
                 out[key] = reply_from_record(kind, r.content)
             except MessageError as err:
@@ -242,7 +242,12 @@ def _eval_data(s: FederationSettings, result: FederationResult) -> str | None:
     return str(Path(files[sites[0].name]["train"]).parents[2])
 
 
-def _reason(text: str) -> str:
+REASON_CHARS = 2000  # of a site's error text, shown
+
+
+def site_reason(text: str) -> str:
     """Flower's ``"<class 'pkg.Error'>:<'message'>"`` -> ``"Error: message"``."""
     m = re.match(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", text.strip(), re.S)
-    return f"{m.group(1)}: {m.group(2).strip()}" if m else text.strip()
+    out = f"{m.group(1)}: {m.group(2).strip()}" if m else text.strip()
+    keep = REASON_CHARS  # a site's text: readable, and not a flood in the server's log
+    return out if len(out) <= keep else f"{out[:keep]} ... ({len(out) - keep} more characters)"

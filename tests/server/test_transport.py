@@ -146,3 +146,14 @@ def test_a_resume_waits_for_a_slow_site_while_fewer_than_min_sites_answered(monk
     transport = FlowerTransport(LateGrid(delay=0.3), 1, timeout=0.1, connect_timeout=1)
     assert transport.exchange({"7": ResumeRequest(run="1", window=2)}, wait=0.05,
                               need=1) == {}  # reply-timeout still bounds it
+
+
+def test_a_sites_error_text_is_shown_readable_and_bounded():
+    """Flower wraps a ClientApp's error as "<class '...'>:<'...'>"; the server shows
+    "Class: message", and cuts a flood (a site's text is not the server's to trust)."""
+    from server.app import REASON_CHARS, site_reason
+
+    assert site_reason("<class 'mmvm.data.store.DataError'>:<'bad row 3'>") == \
+        "DataError: bad row 3"
+    long = site_reason("x" * (REASON_CHARS + 500))
+    assert long.endswith("... (500 more characters)") and len(long) < REASON_CHARS + 40
