@@ -176,22 +176,6 @@ class Coordinator:
                 out[o.name] = {"rows": both.tolist(), "modalities": list(o.modalities)}
         return out
 
-    def _check_weights(self, key: str, m: str, arrays: Mapping[str, np.ndarray],
-                       shapes: Mapping[str, tuple]) -> None:
-        """One site's weights of ``m``: the parameters and shapes of the modality's
-        model (as first sent), floating point and finite; else the error names it."""
-        site = self.name(key)
-        if sorted(arrays) != sorted(shapes) or any(
-                arrays[n].shape != shapes[n] for n in shapes):
-            raise FederationError(f"site {site} sent weights of {m!r} with other "
-                                  f"parameters or shapes than the modality's model")
-        for n, a in arrays.items():
-            if a.dtype not in FLOATS:
-                raise FederationError(f"site {site} sent weights {m}/{n} of dtype "
-                                      f"{a.dtype}; expected float16, float32 or float64")
-            if not np.isfinite(a).all():
-                raise FederationError(f"site {site} sent non-finite weights {m}/{n}")
-
     def route(self, index: int, table: Mapping[str, Posteriors]) -> dict[str, dict]:
         """Per site: the other modalities' posteriors for its rows of window ``index``."""
         wanted = self.window_rows(index)

@@ -161,49 +161,14 @@ def test_the_console_says_which_site_was_missing():
     assert "hospital-b 3-5, 8" in text and "sites ['c'] did not answer" in text
 
 
+@pytest.mark.parametrize("kind", ["window", "align"])
 def test_a_secure_site_that_dies_before_writing_its_state_can_retry(cfg, tmp_path,
-                                                                    tiny_polymnist):
+                                                                    tiny_polymnist, kind):
     """A site's replay guard is committed after its state is written. A process that
-    dies in between (here: the disk is full when it writes window 1) comes back with
-    the state of window 0 and must be able to train window 1 again from the same
-    envelopes; committed first, the guard would refuse them as a replay and the site
-    could never continue the run."""
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    keys = site_keys(sites)
-    endpoints = sealed_endpoints(sites, keys, tmp_path / "state")
-    victim, site = "n0", sites["n0"]
-    store = SiteStore(tmp_path / "live" / f"{site.name}.pt")
-    endpoints[victim] = Endpoint(site, endpoints[victim].channel, store=store)
-
-    class DiskFull(Spy):
-        def exchange(self, requests, wait=None, need=1):
-            if requests[victim].kind == "window" and requests[victim].window == 1:
-                self.requests[1, victim] = requests[victim]
-
-                def full(*args, **kwargs):
-                    raise OSError(28, "No space left on device")
-                store.save = full
-            return super().exchange(requests, wait, need)
-
-    transport = DiskFull(endpoints)
-    with pytest.raises(OSError, match="No space left"):
-        federate(cfg, {}, transport=transport, secure=True, exchange="step")
-    request = transport.requests[1, victim]
-    # the SuperNode's next process: the site and its session as they are on disk
-    again = Site(cfg, site.name, site.train_path, site.test_path)
-    SiteStore(store.path).refresh(again)
-    assert again.progress.window == 0
-    fresh = Endpoint(again, SealedChannel(secrets(again, keys, tmp_path / "state")),
-                     store=SiteStore(store.path))
-    reply = fresh.handle(request)
-    assert again.progress.window == 1 and reply.metrics["rows"] > 0
-    assert fresh.handle(request) is reply  # asked again: the kept reply
-
-
-def test_a_secure_site_that_dies_while_aligning_can_retry(cfg, tmp_path, tiny_polymnist):
-    """The same for the alignment step: its envelopes (the other sites' id-key
-    contributions) are marked as used only once the site's state is written."""
+    dies in between (here: the disk is full when it writes window 1, or its alignment
+    step) comes back with the state before that message and must be able to answer it
+    again from the same envelopes; committed first, the guard would refuse them as a
+    replay and the site could never continue the run."""
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
     keys = site_keys(sites)
@@ -215,8 +180,9 @@ def test_a_secure_site_that_dies_while_aligning_can_retry(cfg, tmp_path, tiny_po
 
     class DiskFull(LocalTransport):
         def exchange(self, requests, wait=None, need=1):
-            if requests[victim].kind == "align":
-                seen["align"] = requests[victim]
+            r = requests[victim]
+            if r.kind == kind and getattr(r, "window", 1) == 1:
+                seen["request"] = r
 
                 def full(*args, **kwargs):
                     raise OSError(28, "No space left on device")
@@ -225,10 +191,17 @@ def test_a_secure_site_that_dies_while_aligning_can_retry(cfg, tmp_path, tiny_po
 
     with pytest.raises(OSError, match="No space left"):
         federate(cfg, {}, transport=DiskFull(endpoints), secure=True, exchange="step")
+    # the SuperNode's next process: the site and its session as they are on disk
     again = Site(cfg, site.name, site.train_path, site.test_path)
     SiteStore(store.path).refresh(again)
-    assert again.progress.phase == "described"
+    assert (again.progress.phase, again.progress.window) == \
+        (("attached", 0) if kind == "window" else ("described", -1))
     fresh = Endpoint(again, SealedChannel(secrets(again, keys, tmp_path / "state")),
                      store=SiteStore(store.path))
-    reply = fresh.handle(seen["align"])
-    assert again.progress.phase == "aligned" and len(reply.identifiers) == len(again.data)
+    reply = fresh.handle(seen["request"])
+    if kind == "window":
+        assert again.progress.window == 1 and reply.metrics["rows"] > 0
+        assert fresh.handle(seen["request"]) is reply  # asked again: the kept reply
+    else:
+        assert again.progress.phase == "aligned"
+        assert len(reply.identifiers) == len(again.data)
