@@ -249,5 +249,6 @@ def site_reason(text: str) -> str:
     """Flower's ``"<class 'pkg.Error'>:<'message'>"`` -> ``"Error: message"``."""
     m = re.match(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", text.strip(), re.S)
     out = f"{m.group(1)}: {m.group(2).strip()}" if m else text.strip()
-    keep = REASON_CHARS  # a site's text: readable, and not a flood in the server's log
-    return out if len(out) <= keep else f"{out[:keep]} ... ({len(out) - keep} more characters)"
+    if len(out) <= REASON_CHARS:  # a site's text: readable, not a flood in the log
+        return out
+    return f"{out[:REASON_CHARS]} ... ({len(out) - REASON_CHARS} more characters)"
