@@ -22,11 +22,12 @@ from mmvm.config import ConfigError
 from mmvm.data.store import DataError
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.loop import FederationResult, run_federation
-from mmvm.federation.messages import MessageError
+from mmvm.federation.messages import MessageError, SiteFailure
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.report import alignment_line, summary, window_line
 from mmvm.federation.results import evaluate_assembled, write_results
 from mmvm.federation.settings import FederationSettings, load_settings
+from mmvm.federation.site_errors import refused_by_protection
 from mmvm.secure.errors import SecurityError
 from wire.records import flower_type, reply_from_record, to_record
 
@@ -76,7 +77,9 @@ class FlowerTransport:
         the replies that came within ``s`` seconds, or later, up to ``2 s``, while
         fewer than ``need`` came (a slow window is not a dropout); a site that is
         away (no reply, or Flower reports its node, message or ClientApp process
-        gone) is left out. Its message expires at the SuperLink when the server stops
+        gone) is left out; a site that failed, or whose reply does not decode, is a
+        :class:`SiteFailure`, unless its protection refused the request (that fails
+        the run). Its message expires at the SuperLink when the server stops
         waiting, so a site that comes back never trains a stale window. A resume
         (set-up) waits up to ``reply-timeout`` while fewer than ``need`` answered: a
         site may first finish the window it was in when the server went."""
@@ -100,12 +103,18 @@ class FlowerTransport:
             if r.has_error():
                 if wait is not None and r.error.code in AWAY:
                     continue
-                raise FederationError(f"{stage}: site {who} failed: "
-                                      f"{site_reason(r.error.reason)}")
+                reason = site_reason(r.error.reason)
+                if wait is None or refused_by_protection(reason):
+                    raise FederationError(f"{stage}: site {who} failed: {reason}")
+                out[key] = SiteFailure(who, reason)
+                continue
             try:
                 out[key] = reply_from_record(kind, r.content)
             except MessageError as err:
-                raise FederationError(f"{stage}: site {who}: {err}") from None
+                if wait is None:
+                    raise FederationError(f"{stage}: site {who}: {err}") from None
+                out[key] = SiteFailure(who, f"its reply does not decode: {err}")
+                continue
             if kind in ("describe", "resume"):
                 self.names[key] = out[key].site
         silent = [self.names.get(k, k) for k in requests if k not in out]

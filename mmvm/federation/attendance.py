@@ -9,6 +9,10 @@ sent to every site, so a site that is back (same node key, same state dir) answe
 the next one: it restores its state from disk, receives the averaged weights it
 missed, and its posteriors enter the prior again.
 
+A site whose reply is refused, or that fails a window (``admission.py``), misses it
+the same way; ``max-refused`` (default 2) windows in a row are tolerated, one more
+stops the run with the site's last reason.
+
 ``min-sites`` is the quorum: when fewer sites answered the last window, the server
 waits (up to ``pause-timeout`` since the last window that had a quorum) until that
 many are connected again, and fails with a clear error only if they never return.
@@ -17,7 +21,7 @@ many are connected again, and fails with a clear error only if they never return
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mmvm.federation.coordinator import FederationError
@@ -32,6 +36,8 @@ class Attendance:
     missed: dict[str, list[int]] = field(default_factory=dict)  # site name -> windows
     absent: set[str] = field(default_factory=set)  # keys that missed the last window
     last_quorum: float = field(default_factory=time.monotonic)
+    max_refused: int = 2  # windows in a row a site's replies may be refused
+    strikes: dict[str, int] = field(default_factory=dict)  # site key -> refused in a row
 
     @property
     def quorum(self) -> int:
@@ -47,6 +53,20 @@ class Attendance:
         if len(answered) >= self.quorum:
             self.last_quorum = time.monotonic()
         return sorted(self.names[k] for k in gone)
+
+    def refuse(self, index: int, refused: Mapping[str, str]) -> None:
+        """Note the sites whose window ``index`` was refused (by key, with why; they
+        are then :meth:`record`-ed as not answering). A site refused more than
+        ``max_refused`` windows in a row stops the run, its last reason named."""
+        for k in self.names:
+            self.strikes[k] = self.strikes.get(k, 0) + 1 if k in refused else 0
+        over = sorted(k for k in refused if self.strikes[k] > self.max_refused)
+        if over:
+            k = over[0]
+            raise FederationError(
+                f"window {index}: site {self.names[k]} failed, or its reply was refused, "
+                f"{self.strikes[k]} window{'s' if self.strikes[k] > 1 else ''} in a row "
+                f"(max-refused = {self.max_refused}); the last time: {refused[k]}")
 
     def absent_names(self) -> list[str]:
         return sorted(self.names[k] for k in self.absent)

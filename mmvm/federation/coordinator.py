@@ -60,7 +60,7 @@ class Coordinator:
         self.plan_args = plan
         self.plan: list[Window] = plan.plan(len(self.ids))
         self._window_rows: dict[int, np.ndarray] = {}
-        self._shapes: dict[str, dict[str, tuple]] = {}  # each shared model's, as sent
+        self._shapes: dict[str, dict[str, tuple]] = {}  # each modality's (expect_shapes)
 
     def _check_sites(self, sites: list[SiteInfo]) -> None:
         names = [s.name for s in sites]
@@ -196,9 +196,8 @@ class Coordinator:
                 continue
             names = sorted(weights[got[0]][m])
             first = weights[got[0]][m]
-            shapes = self._shapes.setdefault(m, {n: first[n].shape for n in names})
             for k in got:
-                self._check_weights(k, m, weights[k][m], shapes)
+                self.check_weights(k, m, weights[k][m])
             counts = np.array([len(self.sites[k].held) for k in got], dtype=np.float64)
             if counts.sum() <= 0:
                 raise FederationError(f"no site that sent weights of {m!r} holds a sample")
@@ -208,11 +207,19 @@ class Coordinator:
                       for n in names}
         return out
 
-    def _check_weights(self, key: str, m: str, arrays: Mapping[str, np.ndarray],
-                       shapes: Mapping[str, tuple]) -> None:
+    def expect_shapes(self, shapes: Mapping[str, Mapping[str, tuple]]) -> None:
+        """Each modality's parameter shapes, from the experiment's model (without them,
+        the first weights a site sends of a modality are the reference)."""
+        self._shapes.update({m: {n: tuple(v) for n, v in s.items()}
+                             for m, s in shapes.items()})
+
+    def check_weights(self, key: str, m: str, arrays: Mapping[str, np.ndarray]) -> None:
         """One site's weights of ``m``: the parameters and shapes of the modality's
-        model (as first sent), floating point and finite; else the error names it."""
+        model, floating point and finite; else the error names it."""
         site = self.name(key)
+        if not isinstance(arrays, Mapping) or not arrays:
+            raise FederationError(f"site {site} sent no parameters of {m!r}")
+        shapes = self._shapes.setdefault(m, {n: a.shape for n, a in arrays.items()})
         if sorted(arrays) != sorted(shapes) or any(
                 arrays[n].shape != shapes[n] for n in shapes):
             raise FederationError(f"site {site} sent weights of {m!r} with other "

@@ -25,6 +25,7 @@ from mmvm.federation.messages import (
     EvaluateRequest,
     ResumeReply,
     ResumeRequest,
+    SiteFailure,
     UnmaskRequest,
     WindowReply,
     WindowRequest,
@@ -34,6 +35,7 @@ from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
+from mmvm.secure.errors import SecurityError
 
 
 class Endpoint:
@@ -211,4 +213,17 @@ class LocalTransport:
 
     def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
                  ) -> dict:
-        return {key: self.endpoints[key].handle(req) for key, req in requests.items()}
+        """As Flower's: with ``wait``, a site that raises anything but a refusal of
+        its protection (:class:`SecurityError`, raised as is) is a :class:`SiteFailure`."""
+        out: dict = {}
+        for key, req in requests.items():
+            try:
+                out[key] = self.endpoints[key].handle(req)
+            except SecurityError:
+                raise
+            except Exception as err:
+                if wait is None:
+                    raise
+                out[key] = SiteFailure(self.endpoints[key].site.name,
+                                       f"{type(err).__name__}: {err}")
+        return out

@@ -28,12 +28,14 @@ from typing import Protocol
 
 import numpy as np
 
+from mmvm.federation.admission import SUMS, admit, window_sums
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.messages import (
     DescribeRequest,
     EvaluateRequest,
     ResumeRequest,
+    SiteFailure,
     payload_bytes,
 )
 from mmvm.federation.routing import EventTriggeredRouting, PlainRouting, Routing
@@ -46,6 +48,7 @@ from mmvm.federation.server_state import (
     save_server_state,
 )
 from mmvm.federation.settings import FederationSettings
+from mmvm.training import build_model
 
 
 class Transport(Protocol):
@@ -93,12 +96,24 @@ class Metered:
     def online(self) -> list[str]:
         return self.inner.online()
 
-    def gather(self, requests: Mapping) -> dict:
-        """A window's exchange: the replies that came within ``site-timeout``."""
-        return self.exchange(requests, wait=self.window_wait, need=self.need)
+    def gather(self, requests: Mapping) -> tuple[dict, dict[str, str]]:
+        """A window's exchange: the replies that came within ``site-timeout``, and the
+        sites that failed it (:class:`SiteFailure`) with the reason."""
+        replies = self._exchange(requests, self.window_wait, self.need)
+        failed = {k: r.reason for k, r in replies.items() if isinstance(r, SiteFailure)}
+        return {k: r for k, r in replies.items() if k not in failed}, failed
 
     def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
                  ) -> dict:
+        """Any exchange but a window's: a site that fails it fails the run."""
+        replies = self._exchange(requests, wait, need)
+        for r in replies.values():
+            if isinstance(r, SiteFailure):
+                kind = next(iter(requests.values())).kind
+                raise FederationError(f"{kind}: site {r.site} failed: {r.reason}")
+        return replies
+
+    def _exchange(self, requests: Mapping, wait: float | None, need: int) -> dict:
         replies = self.inner.exchange(requests, wait, need) if wait is not None else \
             self.inner.exchange(requests)
         self.total += sum(payload_bytes(m) for m in (*requests.values(), *replies.values()))
@@ -134,7 +149,8 @@ def run_federation(transport: Transport, s: FederationSettings,
         coord, result = _start(meter, s, routing)
         start, averaged = 0, {}
         att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites,
-                         s.pause_timeout)
+                         s.pause_timeout, max_refused=s.max_refused)
+    coord.expect_shapes(model_shapes(s.experiment, coord.shared))
     if on_align:
         on_align(result.alignment)
     meter.need, before_restart = att.quorum, result.seconds
@@ -157,15 +173,17 @@ def run_federation(transport: Transport, s: FederationSettings,
                                            persist=w in persist)
                     for k, r in routing.requests(coord, w, averaged).items()}
         t_server = time.perf_counter() - tw
-        replies = meter.gather(requests)
+        replies, failed = meter.gather(requests)
         t_sent = time.perf_counter()
+        replies, refused = admit(w, coord, routing, replies, failed)
+        att.refuse(w, refused)
         gone = att.record(w, replies)
         for key in att.absent:
             routing.missed(key)
-        routing.receive(coord, replies)
         averaged = {**averaged, **routing.aggregate(meter, coord, w, replies)}
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         row["missed"] = gone
+        row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
         row["server_s"] = t_server + time.perf_counter() - t_sent
         result.history.append(row)
         if w in persist:
@@ -198,7 +216,8 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing
                                                         delta_tol=s.delta_tol,
                                                         peers=routing.peers)
                               for key in coord.sites})
-    routing.receive(coord, replies)
+    for why in routing.receive(coord, replies).values():
+        raise FederationError(f"attach: {why}")
     return coord, result
 
 
@@ -242,7 +261,7 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
                                   f"{saved.window + 1}: they are not of the same run")
     att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites, s.pause_timeout,
                      missed={n: list(w) for n, w in saved.missed.items()},
-                     absent=set(saved.absent))
+                     absent=set(saved.absent), max_refused=s.max_refused)
     result = FederationResult(sites=_site_summary(coord), alignment=saved.alignment,
                               history=list(saved.history), seconds=saved.seconds)
     meter.total = saved.bytes_total
@@ -319,21 +338,29 @@ def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,
     """One line of ``metrics.csv``: per-sample means over the window's rows."""
     window = coord.plan[w]
     rows = sum(len(s.rows) for s in window.steps)
-    sums = dict.fromkeys(("rec_nll", "reg", "rows"), 0.0)
+    sums = dict.fromkeys(SUMS, 0.0)
     for key, r in replies.items():
         try:
-            got = {k: float(r.metrics[k]) for k in sums}
-        except (KeyError, TypeError, ValueError, OverflowError) as err:
-            raise FederationError(f"window {w}: site {coord.name(key)} sent malformed "
-                                  f"metrics ({err!r})") from None
-        if not all(math.isfinite(v) for v in got.values()) or got["rows"] < 0:
-            raise FederationError(f"window {w}: site {coord.name(key)} sent metrics "
-                                  f"{got} (not finite, or negative rows)")
+            got = window_sums(r)
+        except ValueError as err:
+            raise FederationError(f"window {w}: site {coord.name(key)} sent {err}") from None
         sums = {k: sums[k] + got[k] for k in sums}
+    nan = float("nan")  # no site's reply was taken: no loss to report
     return {"window": w, "windows": len(coord.plan), "epoch": window.steps[-1].epoch + 1,
-            "step": window.steps[-1].step + 1, "rec_nll": sums["rec_nll"] / rows,
-            "reg": sums["reg"] / (sums["rows"] or 1.0), "bytes": nbytes, "seconds": seconds,
-            **site_seconds(replies)}
+            "step": window.steps[-1].step + 1,
+            "rec_nll": sums["rec_nll"] / rows if replies else nan,
+            "reg": sums["reg"] / (sums["rows"] or 1.0) if replies else nan, "bytes": nbytes,
+            "seconds": seconds, **site_seconds(replies)}
+
+
+def model_shapes(cfg, modalities) -> dict[str, dict[str, tuple]]:
+    """The parameter shapes (by the names sites send) of each of ``modalities`` in
+    the experiment's model: what FedAvg accepts of a site."""
+    if not modalities:
+        return {}
+    sd = build_model(cfg).state_dict()
+    return {m: {n: tuple(v.shape) for n, v in sd.items()
+                if n.startswith((f"encoders.{m}.", f"decoders.{m}."))} for m in modalities}
 
 
 TIMINGS = ("train_s", "codec_s", "disk_s")  # what a site reports of its window's time

@@ -234,6 +234,18 @@ REPLIES = {c.kind: c for c in (DescribeReply, AlignReply, AttachReply, WindowRep
                                 UnmaskReply, ResumeReply, EvaluateReply)}
 
 
+@dataclass(frozen=True)
+class SiteFailure:
+    """Not a message: what a transport returns, in a window's exchange, for a site that
+    answered with an error other than a refusal by its protection (a crash, a full
+    disk, a reply that does not decode). The round loop leaves the site out of the
+    window, as one that is away (``max-refused`` in a row stop the run)."""
+
+    site: str  # its name where the transport knows it, else its key
+    reason: str
+    kind: ClassVar[str] = "failure"
+
+
 def payload_bytes(message: Any) -> int:
     """Bytes of a message's payload fields: identifiers (UTF-8), rows (4 bytes each),
     posterior tables and envelopes, weight arrays, JSON payload (UTF-8 of its dump).

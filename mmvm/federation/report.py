@@ -26,7 +26,10 @@ def window_line(row: Mapping, total: int, elapsed: float) -> str:
     left = elapsed / k * (total - k)
     tail = f"  ~{duration(left)} left" if k < total else \
         "  (last window: no posteriors to send on)"
-    away = f"  (without {', '.join(row['missed'])}: no reply)" if row.get("missed") else ""
+    refused = row.get("refused") or {}
+    silent = [n for n in row.get("missed", []) if n not in refused]
+    away = f"  (without {', '.join(silent)}: no reply)" if silent else ""
+    away += "".join(f"  (without {n}: refused, {why})" for n, why in refused.items())
     return (f"window {k}/{total}  epoch {row['epoch']}  rec_nll {row['rec_nll']:.1f}  "
             f"reg {row['reg']:.2f}  {row['bytes'] / 1e6:.2f} MB  "
             f"{row['seconds']:.1f} s" + tail + away)
@@ -84,6 +87,12 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     if result.missed:
         lines += ["", "windows missed (the run went on without the site): " + "; ".join(
             f"{site} {_spans(ws)}" for site, ws in sorted(result.missed.items()))]
+    refused = refusals(result.history)
+    if refused:
+        lines += ["", "windows refused (the site failed them or sent what the server "
+                      "does not take; the run went on without it): " + "; ".join(
+                          f"{site} {_spans([r['window'] for r in rs])} (last: "
+                          f"{rs[-1]['reason']})" for site, rs in sorted(refused.items()))]
     if result.not_evaluated:
         lines += ["", f"sites {result.not_evaluated} did not answer the final evaluation: "
                       f"they keep their weights, no assembled model"]
@@ -94,3 +103,13 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     lines += ["", f"files in {run_dir}: " + ", ".join(sorted(
         str(p).rsplit("/", 1)[-1] for p in paths.values()))]
     return "\n".join(lines)
+
+
+def refusals(history: list[Mapping]) -> dict[str, list[dict]]:
+    """``{site: [{"window", "reason"}, ...]}`` of the windows whose reply the server
+    refused (each history row keeps them, so a resumed run still has them)."""
+    out: dict[str, list[dict]] = {}
+    for row in history:
+        for site, why in (row.get("refused") or {}).items():
+            out.setdefault(site, []).append({"window": row["window"], "reason": why})
+    return out

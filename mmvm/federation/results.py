@@ -17,6 +17,8 @@ import torch
 from mmvm.atomic import atomic_write
 from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
+from mmvm.federation.report import refusals
+from mmvm.training import build_model
 
 WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds", "site_s",
                  "train_s", "codec_s", "disk_s", "server_s", "ahead_s"]
@@ -50,7 +52,8 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "bytes_total": result.bytes_total, "seconds": result.seconds,
                "windows": len(result.history), "kept_weights": result.kept_weights,
                "alignment": result.alignment,
-               "missed_windows": result.missed, "not_evaluated": result.not_evaluated}
+               "missed_windows": result.missed, "refused_windows": refusals(result.history),
+               "not_evaluated": result.not_evaluated}
     refused = assembled_problem(settings.experiment, result.model_state) \
         if result.model_state else None
     if refused:  # the run's results stay; no checkpoint that cannot be loaded
@@ -100,9 +103,7 @@ def _plot_curves(path: Path, history: list[dict]) -> Path:
 def assembled_problem(cfg, state: dict) -> str | None:
     """Why the weights the sites handed in do not make the config's model (missing,
     unknown or misshapen parameters, non-finite values), or None."""
-    from mmvm.model import MultimodalVAE
-
-    want = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim).state_dict()
+    want = build_model(cfg).state_dict()
     missing, unknown = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or unknown:
         return f"parameters missing {missing[:3]}, unknown {unknown[:3]}"
@@ -127,13 +128,12 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run
-    from mmvm.model import MultimodalVAE
     from mmvm.plots import generation_grid, latent_2d
 
     out = Path(out_dir)
     names = [m.name for m in cfg.model.modalities]
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_dir)))
-    model = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim)
+    model = build_model(cfg)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in model_state.items()})
     model.eval()
     train_set = MultimodalDataset.from_parquet(cfg.data.files("train"), names,

@@ -23,6 +23,7 @@ from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.delta import PosteriorCache
 from mmvm.federation.messages import SERVER, Arrays, DescribeReply, WindowRequest
 from mmvm.federation.posteriors import (
+    PosteriorError,
     Posteriors,
     decode_table,
     encode_table,
@@ -38,8 +39,14 @@ class Routing(Protocol):
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         ...
 
-    def receive(self, coord: Coordinator, replies: Mapping) -> None:
-        """Keep what the next window needs from attach or window replies."""
+    def screen(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+        """Window replies whose weights (or envelopes) the server refuses, by site key
+        with the reason; keeps nothing."""
+        ...
+
+    def receive(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+        """Keep what the next window needs from attach or window replies; returns the
+        sites whose posteriors were refused (nothing of theirs is kept), with why."""
         ...
 
     def requests(self, coord: Coordinator, index: int, averaged: Arrays
@@ -105,29 +112,52 @@ class PlainRouting:
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         return site_infos(described, {k: d.identifiers for k, d in described.items()})
 
-    def receive(self, coord: Coordinator, replies: Mapping) -> None:
-        tables = []
+    def screen(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+        refused = {}
         for key, rep in replies.items():
-            site = coord.sites[key]
-            stray = set(rep.posteriors) - {SERVER}
-            if stray:
-                raise FederationError(f"site {site.name} addressed posteriors to "
-                                      f"{sorted(stray)} in plaintext mode")
-            t = decode_table(rep.posteriors.get(SERVER, b""), latent_dim=self.latent_dim,
-                             n_rows=coord.n, sender=site.name, max_rows=len(site.held),
-                             frame=self.frame(coord, key, self.carries), base=self._base())
-            foreign = set(t) - set(site.modalities)
-            if foreign:
-                raise FederationError(f"site {site.name} sent posteriors for modalities "
-                                      f"{sorted(foreign)} it does not hold")
-            for m, p in t.items():
-                stray_rows = p.rows[~coord.holds(key, p.rows)]  # decode_table: rows < n
-                if len(stray_rows):
-                    raise FederationError(f"site {site.name} sent posteriors for row "
-                                          f"{int(stray_rows[0])} of {m!r}, which it does "
-                                          f"not hold")
-            tables.append(t)
+            try:
+                wrong = set(rep.weights) - {m for m, hs in coord.shared.items()
+                                            if key in hs}
+                if wrong:
+                    raise FederationError(f"site {coord.name(key)} sent weights of "
+                                          f"{sorted(wrong)}, which it does not share")
+                for m, arrays in rep.weights.items():
+                    coord.check_weights(key, m, arrays)
+            except FederationError as err:
+                refused[key] = str(err)
+        return refused
+
+    def receive(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+        tables, refused = [], {}
+        for key, rep in replies.items():
+            try:
+                tables.append(self._read(coord, key, rep))
+            except (FederationError, PosteriorError) as err:
+                refused[key] = str(err)
         self.table = merge_tables(tables)
+        return refused
+
+    def _read(self, coord: Coordinator, key: str, rep) -> dict[str, Posteriors]:
+        """Site ``key``'s posterior table, checked against what it holds."""
+        site = coord.sites[key]
+        stray = set(rep.posteriors) - {SERVER}
+        if stray:
+            raise FederationError(f"site {site.name} addressed posteriors to "
+                                  f"{sorted(stray)} in plaintext mode")
+        t = decode_table(rep.posteriors.get(SERVER, b""), latent_dim=self.latent_dim,
+                         n_rows=coord.n, sender=site.name, max_rows=len(site.held),
+                         frame=self.frame(coord, key, self.carries), base=self._base())
+        foreign = set(t) - set(site.modalities)
+        if foreign:
+            raise FederationError(f"site {site.name} sent posteriors for modalities "
+                                  f"{sorted(foreign)} it does not hold")
+        for m, p in t.items():
+            stray_rows = p.rows[~coord.holds(key, p.rows)]  # decode_table: rows < n
+            if len(stray_rows):
+                raise FederationError(f"site {site.name} sent posteriors for row "
+                                      f"{int(stray_rows[0])} of {m!r}, which it does "
+                                      f"not hold")
+        return t
 
     def _table(self, coord: Coordinator, index: int) -> dict[str, Posteriors]:
         return self.table
@@ -151,11 +181,6 @@ class PlainRouting:
 
     def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
                   ) -> Arrays:
-        for key, rep in replies.items():
-            wrong = set(rep.weights) - {m for m, hs in coord.shared.items() if key in hs}
-            if wrong:
-                raise FederationError(f"site {coord.name(key)} sent weights of "
-                                      f"{sorted(wrong)}, which it does not share")
         return coord.fedavg({key: rep.weights for key, rep in replies.items()})
 
     def missed(self, key: str) -> None:
@@ -184,9 +209,10 @@ class EventTriggeredRouting(PlainRouting):
     def _base(self):
         return self.cache.values
 
-    def receive(self, coord: Coordinator, replies: Mapping) -> None:
-        super().receive(coord, replies)
+    def receive(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+        refused = super().receive(coord, replies)
         self.cache.update(self.table)
+        return refused
 
     def _table(self, coord: Coordinator, index: int) -> dict[str, Posteriors]:
         return self.cache.table(coord.window_rows(index))

@@ -90,9 +90,31 @@ class SealedRouting:
             raise FederationError(f"PSI alignment: no tags for sites {missing}")
         return tags
 
-    def receive(self, coord: Coordinator, replies: Mapping) -> None:
+    def screen(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+        """Envelopes and shares must go to other participants, masked weights only of
+        modalities the site shares, with the weight field (what the masked sum can
+        check of one site; its values only the unmasked mean shows)."""
+        names = {key: site.name for key, site in coord.sites.items()}
+        refused = {}
+        for key, r in replies.items():
+            try:
+                route({key: r.posteriors}, names)
+                route({key: r.shares}, names)
+                shared = {m for m, hs in coord.shared.items() if key in hs}
+                bad = [m for m, a in r.weights.items()
+                       if m not in shared or not isinstance(a, Mapping) or MASK_WEIGHT not in a]
+                if bad:
+                    raise FederationError(f"site {names[key]} sent masked weights of "
+                                          f"{sorted(bad)}: not a modality it shares, or "
+                                          f"without the masked weight")
+            except FederationError as err:
+                refused[key] = str(err)
+        return refused
+
+    def receive(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
         names = {key: site.name for key, site in coord.sites.items()}
         self.inbox = route({k: r.posteriors for k, r in replies.items()}, names)
+        return {}
 
     def requests(self, coord: Coordinator, index: int, averaged: Arrays
                  ) -> dict[str, WindowRequest]:
@@ -128,11 +150,14 @@ class SealedRouting:
             return {}
         inbox = route({k: r.shares for k, r in replies.items()}, names)
         asked = sorted({k for v in views.values() for k in v[0]})
-        answers = transport.gather({k: UnmaskRequest(
+        answers, failed = transport.gather({k: UnmaskRequest(
             window=index, shares=inbox[k],
             groups={m: {"survivors": sorted(names[s] for s in u),
                         "dropped": sorted(names[d] for d in dd)}
                     for m, (u, dd) in views.items() if k in u}) for k in asked})
+        for k, why in failed.items():  # (one that is away leaves its modality unaveraged)
+            raise FederationError(f"window {index}: site {names[k]} failed the unmask "
+                                  f"step: {why}")
         return {m: self._mean(coord, m, u, dd, replies, answers)
                 for m, (u, dd) in views.items() if all(k in answers for k in u)}
 

@@ -58,6 +58,7 @@ class FederationSettings:
     checkpoint_every: int = 0  # windows between checkpoints; 0: as train.checkpoint_every
     site_hosts: bool = True  # simulation: each site stays in memory in its own process
     decode_ahead: bool = True  # a resident site runs its next decoder half after replying
+    max_refused: int = 2  # windows in a row a site may fail, or have its reply refused
     quantize: str = "none"  # posterior values: none | fp16 (= float16) | int8
     delta_unit: str = "latent"  # delta-tol in latent units or posterior stds (delta.py)
 
@@ -173,7 +174,8 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
         align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str),
         hippocampus=_hippocampus(rc), checkpoint_every=_get(rc, "checkpoint-every", int),
         site_hosts=_get(rc, "site-hosts", bool),
-        decode_ahead=_get(rc, "decode-ahead", bool), **_encoding(rc))
+        decode_ahead=_get(rc, "decode-ahead", bool), max_refused=_get(rc, "max-refused", int),
+        **_encoding(rc))
     _check(s)
     return s
 
@@ -201,6 +203,10 @@ def _check(s: FederationSettings) -> None:
     if s.checkpoint_every < 0:
         raise ConfigError(f"run config: checkpoint-every = {s.checkpoint_every} must be "
                           f">= 0 (0: every train.checkpoint_every epochs)")
+    if s.max_refused < 0:
+        raise ConfigError(f"run config: max-refused = {s.max_refused} must be >= 0 (0: the "
+                          f"first window a site fails, or whose reply is refused, stops "
+                          f"the run)")
     if s.min_sites < 1:
         raise ConfigError(f"run config: min-sites = {s.min_sites} must be >= 1 (values "
                           f"above num-sites mean every site)")

@@ -14,9 +14,11 @@ import time
 import traceback
 from pathlib import Path
 
+from mmvm.federation import policy, sealed_channel  # noqa: F401  (their SecurityErrors)
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import MessageError
 from mmvm.federation.posteriors import PosteriorError
+from mmvm.secure import session  # noqa: F401  (UnknownSiteError)
 from mmvm.secure.errors import SecurityError
 
 PROTOCOL_ERRORS = (SecurityError, FederationError, MessageError, PosteriorError)
@@ -37,3 +39,20 @@ def public_error(site: str, log: Path, kind: str, err: BaseException) -> SiteErr
     if isinstance(err, PROTOCOL_ERRORS):
         return SiteError(f"{code}: {err}")
     return SiteError(f"{code} in {kind} at site {site}; the details are in its log")
+
+
+def security_errors() -> set[str]:
+    """Class names of every :class:`SecurityError` (this module imports the modules
+    that define them)."""
+    names, todo = set(), [SecurityError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+def refused_by_protection(reason: str) -> bool:
+    """Whether a site's error text (``"ClassName: ..."``, as sites answer) says that
+    its protection refused what it was sent: never a fault a run rides through."""
+    return reason.split(":", 1)[0].strip() in security_errors()

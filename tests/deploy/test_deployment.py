@@ -13,7 +13,9 @@ One SuperLink (TLS, SuperNode authentication) and three registered SuperNodes
   envelopes;
 * start a fourth SuperNode with an unregistered key and see it refused;
 * run with the server flipping one byte of one routed envelope: the run fails with
-  the recipient's TamperedEnvelopeError and that site's state did not advance.
+  the recipient's TamperedEnvelopeError and that site's state did not advance;
+* run with one site's window reply spoiled (a NaN loss): the server refuses it and
+  the run completes without that site for that window.
 
 Every process started is stopped in ``finally`` (and checked). About 2-3 minutes.
 """
@@ -148,6 +150,24 @@ def test_tampered_envelope_fails_the_run_and_applies_nothing(deployment, good_ru
     guard = json.loads((state / f"{victim}.guard.json").read_text())
     assert guard["latest_round"][sender] == 0  # only the id-key round was accepted
     assert not (deployment.out / f"run-{run_id}" / "results.json").exists()
+
+
+def test_a_refused_reply_leaves_the_site_out_of_that_window_only(deployment, good_run):
+    """The server refuses one site's window-0 reply (it reports a NaN loss, as a site
+    whose training diverged would): the run goes on without that site for window 0
+    (in secure mode its masked update leaves the sum through the dropout path), and
+    the site trains window 1 and is evaluated."""
+    run_id, out = deployment.run(**{"test-spoil-window": 0})
+    assert deployment.status(run_id) == "finished:completed", out
+    m = re.search(r"TEST spoil: (\w+)'s reply to window 0", out)
+    assert m, out
+    site = m.group(1)
+    assert re.search(rf"window 1/2 .*\(without {site}: refused, sent metrics .*nan", out), out
+    res = json.loads((deployment.out / f"run-{run_id}" / "results.json").read_text())
+    assert res["missed_windows"] == {site: [0]}
+    (refusal,) = res["refused_windows"][site]
+    assert refusal["window"] == 0 and "not finite" in refusal["reason"]
+    assert sorted(e["site"] for e in res["evaluation"].values()) == list(SITES)
 
 
 def test_a_secure_site_refuses_a_plaintext_run(deployment, good_run):

@@ -5,6 +5,8 @@ one) would send them."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -73,15 +75,18 @@ def test_plain_routing_forwards_the_other_modalities_of_each_sites_rows():
     (_reply({"m0": _post([9], 1.0)}), r"row 9 is outside the 4 aligned rows"),
 ])
 def test_plain_routing_refuses_what_a_site_cannot_send(reply, match):
-    replies = {**_replies(), "ka": reply}
-    with pytest.raises(Exception, match=match):
-        PlainRouting(D, False).receive(_coord(), replies)
+    """The refused site's table is left out (as an away site's); the others' kept."""
+    replies, r = {**_replies(), "ka": reply}, PlainRouting(D, False)
+    refused = r.receive(_coord(), replies)
+    assert list(refused) == ["ka"] and re.search(match, refused["ka"])
+    assert sorted(r.table) == ["m1"] and r.table["m1"].rows.tolist() == [0, 1, 2, 3]
 
 
 def test_a_site_cannot_report_rows_it_does_not_hold():
     replies = {**_replies(), "kb": _reply({"m1": _post([0, 2], 1.0)})}
-    with pytest.raises(FederationError, match="row 2 of 'm1', which it does not hold"):
-        PlainRouting(D, False).receive(_coord(), replies)
+    refused = PlainRouting(D, False).receive(_coord(), replies)
+    assert list(refused) == ["kb"]
+    assert "row 2 of 'm1', which it does not hold" in refused["kb"]
 
 
 def test_fedavg_accepts_only_shared_weights():
@@ -90,9 +95,12 @@ def test_fedavg_accepts_only_shared_weights():
     out = r.aggregate(None, c, 0, {"ka": _reply(), "kb": _reply(weights={"m1": w}),
                                    "kc": _reply(weights={"m1": {"p": 3 * w["p"]}})})
     np.testing.assert_allclose(out["m1"]["p"], [2, 2])  # b and c hold 2 samples each
-    with pytest.raises(FederationError, match=r"site a sent weights of \['m0'\]"):
-        r.aggregate(None, c, 0, {"ka": _reply(weights={"m0": w}), "kb": _reply(),
-                                 "kc": _reply()})
+    refused = r.screen(c, {"ka": _reply(weights={"m0": w}), "kb": _reply(),
+                           "kc": _reply(weights={"m1": {"p": np.full(2, np.nan, np.float32)}})})
+    assert sorted(refused) == ["ka", "kc"]
+    assert re.search(r"site a sent weights of \['m0'\], which it does not share",
+                     refused["ka"])
+    assert "site c sent non-finite weights m1/p" in refused["kc"]
 
 
 def test_event_triggered_routing_forwards_only_rows_that_changed():
@@ -159,7 +167,8 @@ def _masked_round(c, holders=("b", "c"), claim_dropped=()):
                                        seeds={"m1": {d: b64(v) for d, v in seeds.items()}})
             return out
 
-        gather = exchange  # the unmask round: replies within site-timeout
+        def gather(self, requests):  # the unmask round: replies, failed sites
+            return self.exchange(requests), {}
 
     return replies, Sites(), w
 

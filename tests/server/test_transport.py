@@ -13,7 +13,12 @@ import pytest
 from flwr.app import Error, Message
 
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.messages import EvaluateRequest, ResumeReply, ResumeRequest
+from mmvm.federation.messages import (
+    EvaluateRequest,
+    ResumeReply,
+    ResumeRequest,
+    SiteFailure,
+)
 from server.app import FlowerTransport
 from wire.records import to_record
 
@@ -61,8 +66,8 @@ class ReplyingGrid:
     """Answers every message the way Flower does when a SuperNode has gone away: an
     error reply whose sender is the SuperLink's own node (1), not the site."""
 
-    def __init__(self, code: int = 5) -> None:
-        self.code, self.pushed = code, []
+    def __init__(self, code: int = 5, reason: str = "Node Unavailable") -> None:
+        self.code, self.reason, self.pushed = code, reason, []
 
     def push_messages(self, msgs):
         for i, m in enumerate(msgs):
@@ -75,7 +80,7 @@ class ReplyingGrid:
         replies = []
         for m in self.pushed:
             if m.metadata.message_id in ids:
-                err = Message(Error(code=self.code, reason="Node Unavailable"), reply_to=m)
+                err = Message(Error(code=self.code, reason=self.reason), reply_to=m)
                 err.metadata.__dict__["_src_node_id"] = 1
                 replies.append(err)
         return replies
@@ -104,10 +109,27 @@ def test_a_window_goes_on_without_a_site_that_went_away(monkeypatch):
                               wait=5.0) == {}
 
 
-def test_a_site_that_fails_still_fails_the_window(monkeypatch):
+def test_a_site_that_fails_a_window_is_reported_not_raised(monkeypatch):
+    """A window (``wait`` set) goes on without a site that failed it: the round loop
+    leaves it out (``admission.py``); any other exchange still fails the run."""
     _identity(monkeypatch)
-    transport = FlowerTransport(ReplyingGrid(code=2), 1, timeout=10, connect_timeout=1)
-    with pytest.raises(FederationError, match="site node 7 failed"):
+    transport = FlowerTransport(ReplyingGrid(code=2, reason="OSError: disk full"), 1,
+                                timeout=10, connect_timeout=1)
+    transport.names["7"] = "hospital-b"
+    got = transport.exchange({"7": EvaluateRequest(weights={}, collect=False)}, wait=5.0)
+    assert got == {"7": SiteFailure("hospital-b", "OSError: disk full")}
+    with pytest.raises(FederationError, match="site hospital-b failed: OSError: disk full"):
+        transport.exchange({"7": EvaluateRequest(weights={}, collect=False)})
+
+
+@pytest.mark.parametrize("reason", ["TamperedEnvelopeError: failed authentication",
+                                    "ReplayError: round 1 again",
+                                    "PolicyError: this site requires secure mode"])
+def test_a_site_whose_protection_refused_a_window_fails_the_run(monkeypatch, reason):
+    _identity(monkeypatch)
+    transport = FlowerTransport(ReplyingGrid(code=2, reason=reason), 1, timeout=10,
+                                connect_timeout=1)
+    with pytest.raises(FederationError, match=f"site node 7 failed: {reason}"):
         transport.exchange({"7": EvaluateRequest(weights={}, collect=False)}, wait=5.0)
 
 

@@ -7,7 +7,10 @@ Never shipped: the deployment test copies the app into a temporary folder whose
   receives is appended there in Flower's wire encoding (protobuf), to check what
   the server handled;
 - ``test-tamper-window``: in that window, flip the last byte of one envelope routed
-  to the site with the smallest node id (the recipient must refuse it).
+  to the site with the smallest node id (the recipient must refuse it);
+- ``test-spoil-window``: in that window, the reply of the site with the smallest node
+  id reports a NaN loss, as a site whose training diverged would (the server must
+  refuse that reply and go on without the site for the window).
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ def blobs_in(body: bytes) -> list[bytes]:
 
 
 def make_app(dest: Path) -> Path:
-    """A copy of this app at ``dest`` whose ServerApp is this module's, with the two
-    test-only run-config keys; the product's pyproject.toml has neither."""
+    """A copy of this app at ``dest`` whose ServerApp is this module's, with the
+    test-only run-config keys; the product's pyproject.toml has none of them."""
     root = Path(__file__).resolve().parents[2]
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for d in ("mmvm", "server", "client", "wire", "configs"):
@@ -76,7 +79,8 @@ def make_app(dest: Path) -> Path:
     text = text.replace('serverapp = "server.app:app"',
                         'serverapp = "tests.support.audit_app:app"')
     text = text.replace("[tool.flwr.app.config]\n", "[tool.flwr.app.config]\n"
-                        'test-dump-messages = ""\ntest-tamper-window = -1\n')
+                        'test-dump-messages = ""\ntest-tamper-window = -1\n'
+                        'test-spoil-window = -1\n')
     (dest / "pyproject.toml").write_text(text)
     (dest / ".gitignore").write_text("__pycache__/\n*.pyc\n")
     return dest
@@ -85,8 +89,10 @@ def make_app(dest: Path) -> Path:
 class AuditGrid:
     """A Grid that logs every message content and may corrupt one envelope."""
 
-    def __init__(self, grid: Grid, dump: str, tamper_window: int) -> None:
+    def __init__(self, grid: Grid, dump: str, tamper_window: int, spoil_window: int = -1
+                 ) -> None:
         self.grid, self.dump, self.tamper_window = grid, dump, tamper_window
+        self.spoil_window = spoil_window
         self.names: dict[int, str] = {}
 
     def __getattr__(self, name):
@@ -111,7 +117,20 @@ class AuditGrid:
             if r.metadata.message_type == "query.describe":
                 self.names[r.metadata.src_node_id] = reply_from_record("describe",
                                                                        r.content).site
+        spoil = [r for r in replies if r.has_content()
+                 and r.metadata.group_id == f"window {self.spoil_window}"]
+        if spoil:
+            self._spoil(min(spoil, key=lambda r: r.metadata.src_node_id))
         return replies
+
+    def _spoil(self, reply) -> None:
+        body = reply.content["body"]
+        metrics = json.loads(body["metrics"])
+        metrics["rec_nll"] = float("nan")
+        body["metrics"] = json.dumps(metrics)
+        self.spoil_window = -1  # once
+        print(f"mmvm: TEST spoil: {self.names.get(reply.metadata.src_node_id)}'s reply "
+              f"to {reply.metadata.group_id} reports a NaN loss", flush=True)
 
     def _log(self, stage: str, direction: str, node: int, content) -> None:
         if self.dump:
@@ -134,4 +153,5 @@ class AuditGrid:
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     product_main(AuditGrid(grid, str(rc.get("test-dump-messages", "")),
-                           int(rc.get("test-tamper-window", -1))), context)
+                           int(rc.get("test-tamper-window", -1)),
+                           int(rc.get("test-spoil-window", -1))), context)

@@ -1,0 +1,50 @@
+"""Which window replies the server takes: a site that fails a window, or whose reply
+the server refuses, is left out of it as a site that is away.
+
+A reply is refused when its metrics are not finite sums, its shared weights are not
+finite arrays of the modality's model (or of a modality the site does not share),
+or its posteriors do not decode into rows the site holds (plaintext; in secure mode
+the recipients check the envelopes, and a refusal there is the recipient's
+protection, which stops the run). One bad reply no longer ends a run of many
+windows: nothing of it is averaged or routed, the site is told to resync, and
+:class:`mmvm.federation.attendance.Attendance` stops the run when the same site is
+refused more than ``max-refused`` windows in a row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from mmvm.federation.coordinator import Coordinator
+
+SUMS = ("rec_nll", "reg", "rows")  # what a window reply's metrics must hold
+
+
+def window_sums(reply) -> dict[str, float]:
+    """A window reply's metric sums; ``ValueError`` says what is wrong with them."""
+    try:
+        got = {k: float(reply.metrics[k]) for k in SUMS}
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"malformed metrics ({err!r})") from None
+    if not all(math.isfinite(v) for v in got.values()) or got["rows"] < 0:
+        raise ValueError(f"metrics {got} (not finite, or negative rows)")
+    return got
+
+
+def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping[str, str]
+          ) -> tuple[dict, dict[str, str]]:
+    """Window ``w``'s replies the server takes (``routing`` has kept their
+    posteriors), and the refused sites by key with the reason (``failed``: those
+    that answered with an error)."""
+    refused = {k: f"failed: {why}" for k, why in failed.items()}
+    for key, rep in replies.items():
+        try:
+            window_sums(rep)
+        except ValueError as err:
+            refused[key] = f"sent {err}"
+    rest = {k: r for k, r in replies.items() if k not in refused}
+    refused.update(routing.screen(coord, rest))
+    rest = {k: r for k, r in rest.items() if k not in refused}
+    refused.update(routing.receive(coord, rest))
+    return {k: r for k, r in rest.items() if k not in refused}, refused

@@ -1,0 +1,203 @@
+"""A site that fails a window, or whose reply the server refuses, misses that window
+as an away site does (``mmvm/federation/admission.py``), in one process: real sites,
+endpoints and round loop. The same in a real deployment: tests/deploy/test_deployment.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.config import ConfigError
+from mmvm.federation import sealed_align
+from mmvm.federation.attendance import Attendance
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import Outages
+from mmvm.federation.messages import SERVER
+from mmvm.federation.posteriors import decode_table
+from mmvm.federation.report import summary, window_line
+from mmvm.federation.settings import app_run_config, load_settings
+from tests.support.federate import (
+    federate,
+    make_sites,
+    params,
+    plain_endpoints,
+    sealed_endpoints,
+    site_keys,
+    split,
+)
+
+
+@pytest.fixture
+def cfg(tiny_polymnist, tiny_config):
+    torch.set_num_threads(1)
+    return tiny_config(tiny_polymnist, epochs=1)  # 192 rows / 64: 3 one-step windows
+
+
+class Spoiler(LocalTransport):
+    """Keeps every window request and reply by (window, site key) and hands the round
+    loop ``spoil(window, key, reply)``'s version of each reply."""
+
+    def __init__(self, endpoints, spoil=lambda w, k, r: r):
+        super().__init__(endpoints)
+        self.spoil, self.requests, self.replies = spoil, {}, {}
+
+    def exchange(self, requests, wait=None, need=1):
+        replies = super().exchange(requests, wait, need)
+        for k, r in requests.items():
+            if r.kind == "window":
+                self.requests[r.window, k] = r
+                if k in replies:
+                    self.replies[r.window, k] = replies[k]
+                    replies[k] = self.spoil(r.window, k, replies[k])
+        return replies
+
+
+def _failing(monkeypatch, site, windows, error: Exception | None = None):
+    """``site`` raises ``error`` when it trains one of ``windows`` (nothing applied)."""
+    train = site.train_window
+
+    def train_window(index, others):
+        if index in windows:
+            raise error or RuntimeError("CUDA out of memory")
+        return train(index, others)
+
+    monkeypatch.setattr(site, "train_window", train_window)
+
+
+def test_a_site_that_fails_a_window_ends_as_if_it_had_been_away(cfg, tmp_path,
+                                                                  tiny_polymnist,
+                                                                  monkeypatch):
+    """n1 raises when it trains window 1 (before applying anything): every site's
+    parameters end exactly as in the run where n1 was away in window 1."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    away = make_sites(cfg, specs, root)
+    want = federate(cfg, {}, Outages(LocalTransport(plain_endpoints(away)), {"n1": {1}}),
+                    exchange="step")
+    sites = make_sites(cfg, specs, root)
+    _failing(monkeypatch, sites["n1"], {1})
+    res = federate(cfg, plain_endpoints(sites), exchange="step")
+    name = sites["n1"].name
+    assert res.missed == want.missed == {name: [1]}
+    assert res.history[1]["refused"] == {name: "failed: RuntimeError: CUDA out of memory"}
+    assert [r["refused"] for r in res.history[::2]] == [{}, {}]
+    a, b = params(away.values()), params(sites.values())
+    assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+    assert res.model_state is not None  # it answered the final evaluation
+
+
+def test_fedavg_goes_on_without_a_site_that_sent_nan_weights(cfg, tmp_path, tiny_polymnist):
+    """m0 is held by three sites; n0's window-0 weights are NaN (its training
+    diverged): refused, and the weights every holder gets for window 1 are the
+    sample-weighted mean of the two others' window-0 weights."""
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=3)
+    sites = make_sites(cfg, specs, root)
+
+    def nan(w, k, r):
+        if (w, k) != (0, "n0"):
+            return r
+        bad = {n: np.full_like(a, np.nan) for n, a in r.weights["m0"].items()}
+        return dataclasses.replace(r, weights={**r.weights, "m0": bad})
+
+    spy = Spoiler(plain_endpoints(sites), nan)
+    res = federate(cfg, {}, spy, exchange="step")
+    (why,) = res.history[0]["refused"].values()
+    assert f"site {sites['n0'].name} sent non-finite weights m0/" in why
+    assert res.missed == {sites["n0"].name: [0]}
+    assert spy.requests[1, "n0"].resync and not spy.requests[1, "n1"].resync
+    counts = {k: len(sites[k].data) for k in ("n1", "n2")}
+    for k in ("n0", "n1", "n2"):
+        for name, value in spy.requests[1, k].weights["m0"].items():
+            want = sum(c / sum(counts.values())
+                       * spy.replies[0, j].weights["m0"][name].astype(np.float64)
+                       for j, c in counts.items())
+            np.testing.assert_allclose(value, want, rtol=1e-6, atol=1e-7)
+    assert all(np.isfinite(v).all() for v in params(sites.values()).values())
+
+
+def test_posteriors_that_do_not_decode_leave_the_prior(cfg, tmp_path, tiny_polymnist):
+    """n1's window-0 posterior table is cut short in transit: refused, so window 1's
+    prior at n0 has only m2's rows (as if n1 had been away), and n1 is back in 2."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+
+    def cut(w, k, r):
+        if (w, k) != (0, "n1"):
+            return r
+        return dataclasses.replace(r, posteriors={SERVER: r.posteriors[SERVER][:-40]})
+
+    spy = Spoiler(plain_endpoints(sites), cut)
+    res = federate(cfg, {}, spy, exchange="step")
+    name = sites["n1"].name
+    assert list(res.history[0]["refused"]) == [name]
+    assert [r["missed"] for r in res.history] == [[name], [], []]
+    n0 = sites["n0"].linked()
+    got = decode_table(spy.requests[1, "n0"].posteriors[SERVER], latent_dim=8, n_rows=192,
+                       sender=SERVER, frame=n0.frame(sites["n0"].window_rows(1)))
+    assert set(got) == {"m2"} and spy.requests[1, "n0"].absent == [name]
+    assert (2, "n1") in spy.replies and spy.requests[1, "n1"].resync
+
+
+@pytest.mark.parametrize("limit", [0, 1])
+def test_a_site_refused_more_than_max_refused_windows_in_a_row_stops_the_run(
+        cfg, tmp_path, tiny_polymnist, monkeypatch, limit):
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    _failing(monkeypatch, sites["n2"], {0, 1, 2}, OSError(28, "No space left on device"))
+    with pytest.raises(FederationError, match=(
+            rf"window {limit}: site {sites['n2'].name} failed, or its reply was refused, "
+            rf"{limit + 1} windows? in a row \(max-refused = {limit}\); the last time: "
+            rf"failed: OSError: \[Errno 28\] No space left")):
+        federate(cfg, plain_endpoints(sites), exchange="step", max_refused=limit)
+
+
+def test_secure_mode_leaves_a_failed_site_out_through_the_dropout_path(
+        cfg, tmp_path, tiny_polymnist, monkeypatch):
+    """A group of four holders; n0 fails window 1 in a secure run: the survivors'
+    masked sum is unmasked without it, as plaintext averages without an away n0."""
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)  # same row order
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=4)
+    plain = make_sites(cfg, specs, root)
+    want = federate(cfg, {}, Outages(LocalTransport(plain_endpoints(plain)), {"n0": {1}}),
+                    exchange="step")
+    sites = make_sites(cfg, specs, root)
+    _failing(monkeypatch, sites["n0"], {1})
+    res = federate(cfg, sealed_endpoints(sites, site_keys(sites), tmp_path / "state"),
+                   exchange="step", secure=True)
+    assert res.missed == want.missed == {sites["n0"].name: [1]}
+    a, b = params(plain.values()), params(sites.values())
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+
+
+def test_attendance_counts_refusals_in_a_row():
+    att = Attendance({"k0": "a", "k1": "b"}, min_sites=1, pause_timeout=1.0, max_refused=1)
+    att.refuse(0, {"k1": "failed: x"})
+    att.refuse(1, {})  # b answered: its count starts again
+    att.refuse(2, {"k1": "failed: y"})
+    assert att.strikes == {"k0": 0, "k1": 1}
+    with pytest.raises(FederationError, match=r"site b .* 2 windows in a row .* failed: z"):
+        att.refuse(3, {"k1": "failed: z"})
+
+
+def test_max_refused_must_not_be_negative():
+    with pytest.raises(ConfigError, match="max-refused = -1 must be >= 0"):
+        load_settings(app_run_config(max_refused=-1))
+
+
+def test_the_console_says_which_window_was_refused_and_why():
+    row = {"window": 3, "epoch": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 10, "seconds": 1.0,
+           "missed": ["b", "c"], "refused": {"c": "failed: OSError: disk full"}}
+    assert window_line(row, 10, 4.0).endswith(
+        "(without b: no reply)  (without c: refused, failed: OSError: disk full)")
+
+    class Result:
+        evaluation, seconds, bytes_total = {}, 1.0, 0
+        missed, not_evaluated, kept_weights = {"c": [3, 4]}, [], []
+        history = [{**row, "window": w, "refused": {"c": f"failed: {w}"}} for w in (3, 4)]
+
+    text = summary(Result(), "/runs/1", {}, None)
+    assert "windows refused" in text and "c 4-5 (last: failed: 4)" in text
