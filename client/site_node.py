@@ -192,6 +192,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         s, policy, files = settings_and_policy(context)
     except EXPECTED as err:  # settings or policy: nothing of the site was read yet
         return f"{type(err).__name__}: {err}"
+    node = None
     try:
         node = _node(context, s, policy, files)
         # a decoder half only where its step will run and the state is not written
@@ -207,7 +208,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             reply.metrics["disk_s"] = disk
             reply.metrics["train_s"] += node.site.take_waited()
     except Exception as err:
-        _NODES.pop((context.run_id, context.node_id), None)  # reread from disk next time
+        _after_failure(context, node, kind, resident and not s.secure)
         if s.secure or policy.secure_site:
             log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
             return str(public_error(files[0], log, kind, err))
@@ -215,6 +216,20 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             return f"{type(err).__name__}: {err}"
         raise
     return to_record(reply)
+
+
+def _after_failure(context: Context, node: Node | None, kind: str, keep: bool) -> None:
+    """A failed message: the next one rereads the site from disk, except a window's
+    in a process that keeps a plaintext site (``keep``): it writes at checkpoints
+    only, so rereading would silently go back to the last one. (A secure site writes
+    every window, and its session must be what is on disk.)"""
+    if keep and kind == "window" and node is not None:
+        try:
+            node.site.abandon_window()
+            return
+        except Exception:  # noqa: BLE001  (then the disk is the one state to trust)
+            pass
+    _NODES.pop((context.run_id, context.node_id), None)
 
 
 def _run_id(context: Context, s: FederationSettings) -> int:

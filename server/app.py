@@ -137,7 +137,7 @@ def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
              poll: float | None = None, fast: float = 2.0, max_poll: float = 0.1
              ) -> list[Message]:
     """Replies to ``ids`` until all came, or ``soft`` seconds passed and ``need``
-    answers (error replies of sites that are away do not count) are in, or
+    answers (error replies do not count: a failed site is no answer) are in, or
     ``timeout`` passed. Polls every ``poll`` s for the first ``fast`` seconds (an
     exact window is a step: ~0.1 s), then backs off to ``max_poll`` (Flower's own
     send_and_receive sleeps 3 s between polls; at 0.5 s this cap added 0.25 s on
@@ -152,7 +152,7 @@ def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
     while pending:
         replies = list(grid.pull_messages(list(pending)))
         got += replies
-        answers += sum(1 for r in replies if not (r.has_error() and r.error.code in AWAY))
+        answers += sum(1 for r in replies if not r.has_error())  # a failure is no answer
         pending -= {r.metadata.reply_to_message_id for r in replies}
         elapsed = time.monotonic() - start
         if not pending or elapsed >= timeout or (elapsed >= soft and answers >= need):
@@ -258,6 +258,7 @@ def site_reason(text: str) -> str:
     """Flower's ``"<class 'pkg.Error'>:<'message'>"`` -> ``"Error: message"``."""
     m = re.match(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", text.strip(), re.S)
     out = f"{m.group(1)}: {m.group(2).strip()}" if m else text.strip()
+    out = "".join(c if c.isprintable() or c == "\n" else " " for c in out)  # no escapes
     if len(out) <= REASON_CHARS:  # a site's text: readable, not a flood in the log
         return out
     return f"{out[:REASON_CHARS]} ... ({len(out) - REASON_CHARS} more characters)"

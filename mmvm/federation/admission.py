@@ -4,8 +4,8 @@ the server refuses, is left out of it as a site that is away.
 A reply is refused when its metrics are not finite sums, its shared weights are not
 finite arrays of the modality's model (or of a modality the site does not share),
 or its posteriors do not decode into rows the site holds (plaintext; in secure mode
-the recipients check the envelopes, and a refusal there is the recipient's
-protection, which stops the run). One bad reply no longer ends a run of many
+the recipients check the envelopes: a refusal there is the recipient's protection,
+which stops the run, naming the sender). One bad reply no longer ends a run of many
 windows: nothing of it is averaged or routed, the site is told to resync, and
 :class:`mmvm.federation.attendance.Attendance` stops the run when the same site is
 refused more than ``max-refused`` windows in a row.
@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from mmvm.federation.coordinator import Coordinator
+from mmvm.federation.coordinator import Coordinator, FederationError
 
 SUMS = ("rec_nll", "reg", "rows")  # what a window reply's metrics must hold
+REASON_KEPT = 300  # characters of a refusal's reason kept in the window's record
 
 
 def window_sums(reply) -> dict[str, float]:
@@ -47,4 +48,17 @@ def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping
     refused.update(routing.screen(coord, rest))
     rest = {k: r for k, r in rest.items() if k not in refused}
     refused.update(routing.receive(coord, rest))
-    return {k: r for k, r in rest.items() if k not in refused}, refused
+    kept = {k: r for k, r in rest.items() if k not in refused}
+    if len(refused) == len(coord.sites):
+        raise FederationError(
+            f"window {w}: every site failed or was refused, so the fault is more "
+            f"likely the run's (config, code versions) than one site's: "
+            + "; ".join(f"{coord.name(k)}: {why}" for k, why in sorted(refused.items())))
+    return kept, {k: _short(why) for k, why in refused.items()}
+
+
+def _short(reason: str) -> str:
+    """What the window's record keeps of a reason (the server state keeps every
+    window's): printable, at most :data:`REASON_KEPT` characters."""
+    text = "".join(c if c.isprintable() else " " for c in reason)
+    return text if len(text) <= REASON_KEPT else text[:REASON_KEPT] + " ..."

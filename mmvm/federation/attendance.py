@@ -54,12 +54,16 @@ class Attendance:
             self.last_quorum = time.monotonic()
         return sorted(self.names[k] for k in gone)
 
-    def refuse(self, index: int, refused: Mapping[str, str]) -> None:
+    def refuse(self, index: int, refused: Mapping[str, str], admitted: Iterable[str]
+               ) -> None:
         """Note the sites whose window ``index`` was refused (by key, with why; they
-        are then :meth:`record`-ed as not answering). A site refused more than
-        ``max_refused`` windows in a row stops the run, its last reason named."""
-        for k in self.names:
-            self.strikes[k] = self.strikes.get(k, 0) + 1 if k in refused else 0
+        are then :meth:`record`-ed as not answering) and those whose reply was taken.
+        A site refused more than ``max_refused`` windows in a row (windows it missed
+        in between do not break the row) stops the run, its last reason named."""
+        for k in admitted:
+            self.strikes[k] = 0
+        for k in refused:
+            self.strikes[k] = self.strikes.get(k, 0) + 1
         over = sorted(k for k in refused if self.strikes[k] > self.max_refused)
         if over:
             k = over[0]
@@ -67,6 +71,16 @@ class Attendance:
                 f"window {index}: site {self.names[k]} failed, or its reply was refused, "
                 f"{self.strikes[k]} window{'s' if self.strikes[k] > 1 else ''} in a row "
                 f"(max-refused = {self.max_refused}); the last time: {refused[k]}")
+
+    def recount(self, history: Iterable[Mapping]) -> None:
+        """Strikes as the saved window rows leave them (a resumed run)."""
+        for row in history:
+            refused, missed = row.get("refused") or {}, set(row.get("missed", []))
+            for k, n in self.names.items():
+                if n in refused:
+                    self.strikes[k] = self.strikes.get(k, 0) + 1
+                elif n not in missed:
+                    self.strikes[k] = 0
 
     def absent_names(self) -> list[str]:
         return sorted(self.names[k] for k in self.absent)

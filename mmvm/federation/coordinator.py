@@ -19,8 +19,10 @@ import numpy as np
 from mmvm.federation.messages import AttachRequest
 from mmvm.federation.plan import PlanArgs, Window, window_counts
 from mmvm.federation.posteriors import Posteriors, select_rows
+from mmvm.secure.masking import FixedPoint
 
 FLOATS = tuple(np.dtype(t) for t in ("float16", "float32", "float64"))
+CLIP = FixedPoint().clip  # the largest weight a site may send (secure mode's fixed point)
 
 
 class FederationError(RuntimeError):
@@ -213,6 +215,10 @@ class Coordinator:
         self._shapes.update({m: {n: tuple(v) for n, v in s.items()}
                              for m, s in shapes.items()})
 
+    def model_shapes(self, m: str) -> Mapping[str, tuple] | None:
+        """The parameter shapes of modality ``m``'s model, where known."""
+        return self._shapes.get(m)
+
     def check_weights(self, key: str, m: str, arrays: Mapping[str, np.ndarray]) -> None:
         """One site's weights of ``m``: the parameters and shapes of the modality's
         model, floating point and finite; else the error names it."""
@@ -225,8 +231,15 @@ class Coordinator:
             raise FederationError(f"site {site} sent weights of {m!r} with other "
                                   f"parameters or shapes than the modality's model")
         for n, a in arrays.items():
-            if a.dtype not in FLOATS:
+            if a.dtype not in FLOATS and a.dtype.kind != "i":
                 raise FederationError(f"site {site} sent weights {m}/{n} of dtype "
-                                      f"{a.dtype}; expected float16, float32 or float64")
+                                      f"{a.dtype}; expected float16, float32 or float64 "
+                                      f"(or integers: a BatchNorm's batch count)")
+            if a.dtype.kind == "i":
+                continue
             if not np.isfinite(a).all():
                 raise FederationError(f"site {site} sent non-finite weights {m}/{n}")
+            if np.abs(a).max(initial=0.0) > CLIP:
+                raise FederationError(f"site {site} sent weights {m}/{n} beyond "
+                                      f"+-{CLIP:g}, which secure mode could not carry "
+                                      f"either (honest weights stay far inside)")

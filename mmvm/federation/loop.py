@@ -64,8 +64,8 @@ class Transport(Protocol):
                  ) -> dict:
         """Replies by site key. ``wait=None``: every site must answer (or the run
         fails); ``wait=seconds``: the replies that came in that time, or until ``need``
-        came (sites that are away are left out; a site that answers with an error
-        still fails the run)."""
+        came (sites that are away are left out; one that answers with an error is a
+        :class:`SiteFailure`, unless its protection refused: that fails the run)."""
         ...
 
 
@@ -137,7 +137,8 @@ def run_federation(transport: Transport, s: FederationSettings,
                    resume_from: str | Path | None = None) -> FederationResult:
     """Align, train every window of the plan, evaluate; returns metrics and bytes.
 
-    Sites that miss windows are left out of them (:mod:`mmvm.federation.attendance`).
+    Sites that miss windows, fail them or send replies the server refuses are left
+    out of them (:mod:`mmvm.federation.attendance`, :mod:`mmvm.federation.admission`).
     With ``checkpoint`` the server's state is written there after attach and after
     every window; ``resume_from`` continues the run whose state is there
     (:mod:`mmvm.federation.server_state`) instead of starting one."""
@@ -176,7 +177,7 @@ def run_federation(transport: Transport, s: FederationSettings,
         replies, failed = meter.gather(requests)
         t_sent = time.perf_counter()
         replies, refused = admit(w, coord, routing, replies, failed)
-        att.refuse(w, refused)
+        att.refuse(w, refused, replies)
         gone = att.record(w, replies)
         for key in att.absent:
             routing.missed(key)
@@ -262,6 +263,7 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
     att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites, s.pause_timeout,
                      missed={n: list(w) for n, w in saved.missed.items()},
                      absent=set(saved.absent), max_refused=s.max_refused)
+    att.recount(saved.history)
     result = FederationResult(sites=_site_summary(coord), alignment=saved.alignment,
                               history=list(saved.history), seconds=saved.seconds)
     meter.total = saved.bytes_total

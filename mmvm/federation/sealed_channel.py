@@ -45,7 +45,7 @@ from mmvm.federation.posteriors import (
 from mmvm.federation.sealed_weights import group_labels, masked_weights, unmask
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
-from mmvm.secure.errors import SecurityError
+from mmvm.secure.errors import PeerContentError, SecurityError
 from mmvm.secure.session import SiteSecrets
 
 KIND_POSTERIOR = "posterior"
@@ -135,7 +135,7 @@ class SealedChannel:
         """Open and check every envelope of window ``index``; nothing is applied. A
         peer the server reports ``absent`` (it missed the last window) sends none:
         its modality is then absent from the prior of the rows it holds."""
-        sec, link = self.sec, site.linked()
+        sec = self.sec
         wrows = site.window_rows(index)
         peers = sec.state["peers"]
         shares = {p: np.intersect1d(info["rows"], wrows) for p, info in peers.items()}
@@ -155,23 +155,34 @@ class SealedChannel:
             payload = open_envelope(sec.keys, sec.peer(sender), blobs[sender],
                                     run_id=sec.run_id, guard=guard,
                                     expected_round=index + 1, kind=KIND_POSTERIOR)
-            t = decode_table(payload, latent_dim=site.model.latent_dim, n_rows=link.n,
-                             sender=sender, max_rows=len(shares[sender]))
-            for m, p in t.items():
-                if m in site.names or m not in site.global_names:
-                    raise PosteriorError(f"site {sec.site}: {sender} sent posteriors of "
-                                         f"modality {m!r}")
-                bad = p.rows[~np.isin(p.rows, shares[sender])]
-                if len(bad):
-                    raise PosteriorError(f"site {sec.site}: {sender} sent row {bad[0]}, "
-                                         f"which is not a shared row of window {index}")
-            tables.append(t)
+            tables.append(self._peer_table(site, sender, payload, shares[sender], index))
 
         def commit() -> None:
             sec.guard = guard
             sec.save_guard()
 
         return merge_tables(tables), commit
+
+    def _peer_table(self, site: Site, sender: str, payload: bytes, rows: np.ndarray,
+                    index: int) -> Tables:
+        """A peer's posteriors from its opened envelope: rows of ``rows`` (the rows of
+        window ``index`` we share with it) of modalities we do not hold. Anything else
+        is the sender's fault: :class:`PeerContentError`, naming it."""
+        who = f"site {self.sec.site}, window {index}: {sender}"
+        try:
+            t = decode_table(payload, latent_dim=site.model.latent_dim,
+                             n_rows=site.linked().n, sender=sender, max_rows=len(rows))
+        except (PosteriorError, ValueError) as err:
+            raise PeerContentError(f"{who} sent posteriors that do not decode: "
+                                   f"{err}") from None
+        for m, p in t.items():
+            if m in site.names or m not in site.global_names:
+                raise PeerContentError(f"{who} sent posteriors of modality {m!r}")
+            bad = p.rows[~np.isin(p.rows, rows)]
+            if len(bad):
+                raise PeerContentError(f"{who} sent row {bad[0]}, which is not a row "
+                                       f"of this window we share")
+        return t
 
     def shared(self, site: Site, index: int, received: Arrays
                ) -> tuple[Arrays, dict[str, bytes]]:

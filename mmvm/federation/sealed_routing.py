@@ -45,6 +45,26 @@ def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
     return inbox
 
 
+def _check_masked(coord: Coordinator, key: str, m: str, arrays) -> None:
+    """A masked update of ``m``: of a modality site ``key`` shares, one uint64 array
+    per parameter of the modality's model and the masked weight (``(1,)``)."""
+    site = coord.name(key)
+    if key not in coord.shared.get(m, []):
+        raise FederationError(f"site {site} sent masked weights of {m!r}, which it does "
+                              f"not share")
+    want = dict(coord.model_shapes(m) or {})
+    if not isinstance(arrays, Mapping) or not want:
+        raise FederationError(f"site {site}: masked weights of {m!r} are not arrays of "
+                              f"a known model")
+    want[MASK_WEIGHT] = (1,)
+    if sorted(arrays) != sorted(want) or any(
+            getattr(a, "dtype", None) != np.uint64 or tuple(a.shape) != want[n]
+            for n, a in arrays.items()):
+        raise FederationError(f"site {site} sent a masked update of {m!r} that is not "
+                              f"one uint64 array per parameter of the modality's model "
+                              f"and the masked weight")
+
+
 class SealedRouting:
     """Private alignment, envelopes routed unopened, masked FedAvg."""
 
@@ -100,13 +120,8 @@ class SealedRouting:
             try:
                 route({key: r.posteriors}, names)
                 route({key: r.shares}, names)
-                shared = {m for m, hs in coord.shared.items() if key in hs}
-                bad = [m for m, a in r.weights.items()
-                       if m not in shared or not isinstance(a, Mapping) or MASK_WEIGHT not in a]
-                if bad:
-                    raise FederationError(f"site {names[key]} sent masked weights of "
-                                          f"{sorted(bad)}: not a modality it shares, or "
-                                          f"without the masked weight")
+                for m, arrays in r.weights.items():
+                    _check_masked(coord, key, m, arrays)
             except FederationError as err:
                 refused[key] = str(err)
         return refused

@@ -31,7 +31,7 @@ from mmvm.federation.messages import MASK_WEIGHT, UnmaskReply, UnmaskRequest
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
-from mmvm.secure.errors import SecurityError
+from mmvm.secure.errors import PeerContentError, SecurityError
 from mmvm.secure.masking import mask_update
 from mmvm.secure.session import SiteSecrets, b64, unb64
 from mmvm.secure.unmasking import new_seed, reveal, share_seed
@@ -109,6 +109,17 @@ def masked_weights(site: Site, sec: SiteSecrets, index: int,
     return weights, sealed
 
 
+def _peer_shares(me: str, sender: str, payload: bytes) -> dict[str, bytes]:
+    """``{modality: share}`` from a peer's opened share envelope; anything else is
+    the sender's fault (:class:`PeerContentError`, naming it)."""
+    try:
+        doc = json.loads(payload)
+        return {str(m): unb64(v) for m, v in doc.items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise PeerContentError(f"site {me}: {sender} sent self-mask shares that do not "
+                               f"decode ({type(err).__name__})") from None
+
+
 def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
     """This site's unmask answer for window ``req.window`` and the replay guard to
     keep once it is sent."""
@@ -127,11 +138,11 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
         payload = open_envelope(sec.keys, sec.peer(sender), blob, run_id=sec.run_id,
                                 guard=guard, expected_round=req.window + 1,
                                 expected_counter=SHARE_COUNTER, kind=KIND_SHARE)
-        opened[sender] = json.loads(payload)
+        opened[sender] = _peer_shares(sec.site, sender, payload)
     shares_out, seeds_out = {}, {}
     for m, view in sorted(req.groups.items()):
         g = groups[m]
-        got = {s: unb64(v[m]) for s, v in opened.items() if m in v}
+        got = {s: v[m] for s, v in opened.items() if m in v}
         peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
         shares, seeds = reveal(sec.keys, peers, g["holders"], list(view["survivors"]),
                                list(view["dropped"]), got, run_id=sec.run_id,

@@ -111,6 +111,14 @@ class Site:
             self._ahead.settle()
             self.waited_s += time.perf_counter() - t
 
+    def abandon_window(self) -> None:
+        """After a window that failed, in a process that keeps this site: what its
+        steps applied stays (as at a site whose reply came too late), nothing it
+        started carries over (the decoder half run ahead, gradients)."""
+        self.settle()
+        self._ahead = None
+        self.model.zero_grad(set_to_none=True)
+
     def take_waited(self) -> float:
         """Seconds spent waiting in :meth:`settle` since the last call."""
         waited, self.waited_s = self.waited_s, 0.0

@@ -42,3 +42,9 @@ class ReplayError(SecurityError):
 
 class MaskingError(SecurityError, ValueError):
     """Secure aggregation cannot be completed safely (missing seeds, overflow)."""
+
+
+class PeerContentError(SecurityError):
+    """A peer's envelope authenticated, but what it holds is not what the protocol
+    says it must (rows or modalities the peer may not send, values that do not
+    decode). The sender is named: the recipient refuses it, and is not to blame."""

@@ -104,3 +104,83 @@ def test_a_deployment_site_reads_only_the_apps_configs(tmp_path):
     s = site_node.run_settings({**rc, "config": "configs/hippocampus.toml"}, 7,
                                app_only=True)
     assert s.experiment.model.latent_dim > 0
+
+
+class _Processes:
+    """Sites as their ClientApp process answers (``site_node.answer``, resident: a
+    process that keeps its site for the run), over their messages' Flower records;
+    a site's error line is a window's :class:`SiteFailure`, as Flower delivers it."""
+
+    def __init__(self, contexts: dict) -> None:
+        self.contexts = contexts
+
+    def nodes(self) -> list[str]:
+        return list(self.contexts)
+
+    online = nodes
+
+    def exchange(self, requests, wait=None, need=1):
+        from mmvm.federation.coordinator import FederationError
+        from mmvm.federation.messages import SiteFailure
+        from wire.records import reply_from_record, to_record
+
+        out = {}
+        for key, req in requests.items():
+            try:
+                reply = site_node.answer(req.kind, to_record(req), self.contexts[key],
+                                         resident=True)
+            except Exception as err:  # Flower makes it an error reply
+                reply = f"{type(err).__name__}: {err}"
+            if isinstance(reply, str):
+                if wait is None:
+                    raise FederationError(reply)
+                out[key] = SiteFailure(key, reply)
+            else:
+                out[key] = reply_from_record(req.kind, reply)
+        return out
+
+
+def test_a_resident_site_that_fails_a_window_keeps_its_state(
+        monkeypatch, tmp_path, tiny_polymnist, tiny_config):
+    """A process that keeps its site writes it at checkpoints only. When its window
+    fails, rereading the site from disk would silently take it back to the last
+    checkpoint (here: attach) although the server counted its earlier windows; it
+    keeps the site instead, so the run ends exactly as one where it was away."""
+    import torch
+
+    from mmvm.federation.endpoint import LocalTransport
+    from mmvm.federation.local import Outages
+    from mmvm.federation.loop import run_federation
+    from mmvm.federation.settings import settings_for
+    from mmvm.federation.site import Site
+    from tests.support.federate import make_sites, params, plain_endpoints, split
+
+    torch.set_num_threads(1)
+    cfg = tiny_config(tiny_polymnist, epochs=1)  # 3 one-step windows
+    s = settings_for(cfg, exchange="step", float16=False, checkpoint_every=100)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    away = make_sites(cfg, specs, root)
+    run_federation(Outages(LocalTransport(plain_endpoints(away)), {"n2": {2}}), s)
+
+    monkeypatch.setattr(site_node, "_NODES", {})
+    monkeypatch.setattr(site_node, "run_settings", lambda rc, run_id, app_only=False: s)
+    names = {f"n{i}": spec.name for i, spec in enumerate(specs)}
+    train = Site.train_window
+
+    def failing(site, index, others):
+        if (site.name, index) == (names["n2"], 2):
+            raise OSError(28, "No space left on device")
+        return train(site, index, others)
+
+    monkeypatch.setattr(Site, "train_window", failing)
+    contexts = {k: Context(run_id=7, node_id=i + 1, state=RecordDict(), run_config={},
+                           node_config={"site": n, "data": str(root / n),
+                                        "state": str(tmp_path / "state" / n)})
+                for i, (k, n) in enumerate(names.items())}
+    res = run_federation(_Processes(contexts), s)
+    assert res.history[2]["refused"] == {
+        names["n2"]: "failed: OSError: [Errno 28] No space left on device"}
+    live = {k: site_node._NODES[(7, c.node_id)].site for k, c in contexts.items()}
+    assert live["n2"].windows_done == 2  # windows 0 and 1, not 0 (the attach state)
+    a, b = params(away.values()), params(live.values())
+    assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)

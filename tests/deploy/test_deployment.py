@@ -155,8 +155,8 @@ def test_tampered_envelope_fails_the_run_and_applies_nothing(deployment, good_ru
 def test_a_refused_reply_leaves_the_site_out_of_that_window_only(deployment, good_run):
     """The server refuses one site's window-0 reply (it reports a NaN loss, as a site
     whose training diverged would): the run goes on without that site for window 0
-    (in secure mode its masked update leaves the sum through the dropout path), and
-    the site trains window 1 and is evaluated."""
+    (its envelopes are not routed; the others' priors lack its modality), and the
+    site trains window 1 and is evaluated."""
     run_id, out = deployment.run(**{"test-spoil-window": 0})
     assert deployment.status(run_id) == "finished:completed", out
     m = re.search(r"TEST spoil: (\w+)'s reply to window 0", out)

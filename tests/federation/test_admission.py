@@ -142,6 +142,44 @@ def test_posteriors_that_do_not_decode_leave_the_prior(cfg, tmp_path, tiny_polym
     assert (2, "n1") in spy.replies and spy.requests[1, "n1"].resync
 
 
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_event_triggered_exchange_starts_afresh_after_a_refusal(cfg, tmp_path,
+                                                                tiny_polymnist, quantize):
+    """With delta-tol the site sends only rows that moved (int8: increments on what it
+    believes the server holds). Its refused reply never reached the server's cache, so
+    the next window tells it to resync (start its caches afresh); every later reply
+    decodes against the server's cache and is taken, and training stays finite."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+
+    def nan(w, k, r):
+        if (w, k) != (0, "n1"):
+            return r
+        return dataclasses.replace(r, metrics={**r.metrics, "rec_nll": float("nan")})
+
+    spy = Spoiler(plain_endpoints(sites), nan)
+    res = federate(cfg, {}, spy, exchange="step", delta_tol=0.0, quantize=quantize)
+    assert list(res.history[0]["refused"]) == [sites["n1"].name]
+    assert spy.requests[1, "n1"].resync and (2, "n1") in spy.replies
+    assert [r["refused"] for r in res.history[1:]] == [{}, {}]
+    assert all(np.isfinite(v).all() for v in params(sites.values()).values())
+
+
+def test_a_window_in_which_every_site_is_refused_stops_the_run_at_once(
+        cfg, tmp_path, tiny_polymnist):
+    """All sites refused by the same window: the run's fault (a config, mixed code
+    versions), not one site's; waiting max-refused windows would only hide it."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+
+    def nan(w, k, r):
+        return dataclasses.replace(r, metrics={**r.metrics, "reg": float("nan")})
+
+    with pytest.raises(FederationError, match=r"window 0: every site failed or was "
+                                              r"refused.*site-m0: sent metrics"):
+        federate(cfg, {}, Spoiler(plain_endpoints(sites), nan), exchange="step")
+
+
 @pytest.mark.parametrize("limit", [0, 1])
 def test_a_site_refused_more_than_max_refused_windows_in_a_row_stops_the_run(
         cfg, tmp_path, tiny_polymnist, monkeypatch, limit):
@@ -173,14 +211,60 @@ def test_secure_mode_leaves_a_failed_site_out_through_the_dropout_path(
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
 
 
+@pytest.mark.parametrize("payload", [b"not an Arrow table", "own-modality"])
+def test_a_peer_that_seals_bad_posteriors_is_named_not_its_recipient(
+        cfg, tmp_path, tiny_polymnist, monkeypatch, payload):
+    """A malicious n0 seals, with its own valid keys, posteriors that do not decode or
+    that claim the recipient's own modality. The recipient's protection refuses them
+    (a SecurityError: the run stops, it is not a fault to ride through) and names n0,
+    so an honest recipient is never the one refused or blamed."""
+    from mmvm.federation.posteriors import Posteriors, encode_table
+    from mmvm.federation.site_errors import refused_by_protection
+    from mmvm.secure.envelope import seal
+    from mmvm.secure.errors import PeerContentError
+    from tests.support.federate import RUN
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys = site_keys(sites)
+    endpoints = sealed_endpoints(sites, keys, tmp_path / "state")
+    evil, real = endpoints["n0"].channel, endpoints["n0"].channel.outgoing
+
+    def outgoing(site, index):
+        out = {}
+        for peer in real(site, index):
+            body = payload
+            if payload == "own-modality":  # rows 0-1 of the recipient's own modality
+                m = next(s.names[0] for s in sites.values() if s.name == peer)
+                body = encode_table({m: Posteriors(np.arange(2), np.zeros((2, 8), np.float32),
+                                                   np.zeros((2, 8), np.float32))}, False)
+            out[peer] = seal(keys[site.name], keys[peer].public, body, run_id=RUN,
+                             round=index + 1, kind="posterior")
+        return out
+
+    monkeypatch.setattr(evil, "outgoing", outgoing)
+    with pytest.raises(PeerContentError, match=rf": {sites['n0'].name} sent ") as info:
+        federate(cfg, {}, LocalTransport(endpoints), exchange="step", secure=True)
+    assert refused_by_protection(f"PeerContentError: {info.value}")
+
+
 def test_attendance_counts_refusals_in_a_row():
+    """Only a reply that was taken starts the count again: a window the site missed
+    in between (it was away, or timed out) does not."""
     att = Attendance({"k0": "a", "k1": "b"}, min_sites=1, pause_timeout=1.0, max_refused=1)
-    att.refuse(0, {"k1": "failed: x"})
-    att.refuse(1, {})  # b answered: its count starts again
-    att.refuse(2, {"k1": "failed: y"})
+    att.refuse(0, {"k1": "failed: x"}, ["k0"])
+    att.refuse(1, {}, ["k0", "k1"])  # b's reply was taken: its count starts again
+    att.refuse(2, {"k1": "failed: y"}, ["k0"])
+    att.refuse(3, {}, ["k0"])  # b was away
     assert att.strikes == {"k0": 0, "k1": 1}
     with pytest.raises(FederationError, match=r"site b .* 2 windows in a row .* failed: z"):
-        att.refuse(3, {"k1": "failed: z"})
+        att.refuse(4, {"k1": "failed: z"}, ["k0"])
+    again = Attendance({"k0": "a", "k1": "b"}, min_sites=1, pause_timeout=1.0)
+    again.recount([{"window": 0, "missed": ["b"], "refused": {"b": "x"}},
+                   {"window": 1, "missed": [], "refused": {}},
+                   {"window": 2, "missed": ["b"], "refused": {"b": "y"}},
+                   {"window": 3, "missed": ["b"], "refused": {}}])
+    assert again.strikes == {"k0": 0, "k1": 1}  # as a resumed run counts on
 
 
 def test_max_refused_must_not_be_negative():
