@@ -49,7 +49,8 @@ def to_record(message) -> RecordDict:
         elif wire == "arrays":
             for m, arrays in v.items():
                 rd[f"arrays/{f.name}/{m}"] = ArrayRecord(array_dict={
-                    n: Array.from_numpy_ndarray(np.ascontiguousarray(a))
+                    n: Array.from_numpy_ndarray(  # a 0-d array stays 0-d
+                        np.ascontiguousarray(a).reshape(np.shape(a)))
                     for n, a in arrays.items()})
     rd[BODY] = ConfigRecord(body)
     return rd

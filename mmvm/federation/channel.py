@@ -132,7 +132,7 @@ class PlainChannel:
 
     def shared(self, site: Site, index: int, received: Arrays
                ) -> tuple[Arrays, dict[str, bytes]]:
-        return {m: site.weights(m) for m in site.linked().shared}, {}
+        return {m: site.shared_weights(m) for m in site.linked().shared}, {}
 
     def unmask(self, site: Site, req: UnmaskRequest
                ) -> tuple[UnmaskReply, Callable[[], None]]:

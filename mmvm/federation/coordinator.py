@@ -231,12 +231,9 @@ class Coordinator:
             raise FederationError(f"site {site} sent weights of {m!r} with other "
                                   f"parameters or shapes than the modality's model")
         for n, a in arrays.items():
-            if a.dtype not in FLOATS and a.dtype.kind != "i":
+            if a.dtype not in FLOATS:
                 raise FederationError(f"site {site} sent weights {m}/{n} of dtype "
-                                      f"{a.dtype}; expected float16, float32 or float64 "
-                                      f"(or integers: a BatchNorm's batch count)")
-            if a.dtype.kind == "i":
-                continue
+                                      f"{a.dtype}; expected float16, float32 or float64")
             if not np.isfinite(a).all():
                 raise FederationError(f"site {site} sent non-finite weights {m}/{n}")
             if np.abs(a).max(initial=0.0) > CLIP:

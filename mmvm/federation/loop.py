@@ -360,9 +360,9 @@ def model_shapes(cfg, modalities) -> dict[str, dict[str, tuple]]:
     the experiment's model: what FedAvg accepts of a site."""
     if not modalities:
         return {}
-    sd = build_model(cfg).state_dict()
-    return {m: {n: tuple(v.shape) for n, v in sd.items()
-                if n.startswith((f"encoders.{m}.", f"decoders.{m}."))} for m in modalities}
+    sd = build_model(cfg).state_dict()  # what sites share: floating tensors only
+    return {m: {n: tuple(v.shape) for n, v in sd.items() if v.is_floating_point()
+                and n.startswith((f"encoders.{m}.", f"decoders.{m}."))} for m in modalities}
 
 
 TIMINGS = ("train_s", "codec_s", "disk_s")  # what a site reports of its window's time

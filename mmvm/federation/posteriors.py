@@ -15,15 +15,13 @@ nothing more, one that covers part of it carries a bitmap of the frame's rows (1
 per row, not a 4-byte row index). Without a frame (or for rows outside it) a uint32
 ``row`` column names them.
 
-Increments. With error feedback (:mod:`mmvm.federation.delta`) a batch may carry
-increments on what the receiver holds (``mmvm.delta``); the receiver adds them to its
-own values (``base``) and gets absolute values back.
+Increments (error feedback, :mod:`mmvm.federation.delta`, ``mmvm.delta``): the
+receiver adds them to its own values (``base``) and gets absolute values back.
 
-Decoding validates everything a peer could get wrong or a corrupted message could
-carry and raises :class:`PosteriorError` saying what and from whom; it reads each
-batch's header first and refuses compressed buffers and more rows than the caller
-allows, so a small hostile blob cannot make it allocate much more than itself.
-"""
+Decoding validates all a peer could get wrong or a corrupted message carry (values:
+within :data:`LIMITS`), raising :class:`PosteriorError` saying what and from whom; it
+reads batch headers first and refuses compressed buffers and more rows than the
+caller allows: a small hostile blob cannot make it allocate much more than itself."""
 
 from __future__ import annotations
 
@@ -45,6 +43,7 @@ EXP_KEY = b"mmvm.exp"  # int8: the scales' exponents, mu's D then logvar's D
 DELTA_KEY = b"mmvm.delta"  # increments on the receiver's values
 ROW = "row"
 MAX_NAME = 256  # characters of a modality tag
+LIMITS = {"mu": 65504.0, "logvar": 80.0}  # float16's largest; exp(logvar) fits float32
 VALUE_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8()}
 
 # the receiver's current values of a modality for rows (None if it lacks some)
@@ -347,10 +346,11 @@ def _parse(batch: pa.RecordBatch, meta: Mapping[bytes, bytes], where: str,
             else arr.astype(np.float32)
         if not int8 and EXP_KEY in meta:
             raise PosteriorError(f"{where}: scale exponents on non-int8 values")
-        bad = ~np.isfinite(arr).all(1)
+        bad = ~(np.abs(arr) <= LIMITS[name]).all(1)  # NaN compares False
         if bad.any():
-            raise PosteriorError(f"{where}: NaN or inf in {name} of row "
-                                 f"{int(rows[int(np.argmax(bad))])}")
+            row = int(rows[int(np.argmax(bad))])
+            raise PosteriorError(f"{where}: NaN or inf in {name} of row {row} (or a "
+                                 f"value beyond +-{LIMITS[name]:g})")
         arrays.append(arr)
     return Posteriors(rows, arrays[0], arrays[1])
 

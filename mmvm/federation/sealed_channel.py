@@ -161,7 +161,12 @@ class SealedChannel:
             sec.guard = guard
             sec.save_guard()
 
-        return merge_tables(tables), commit
+        try:
+            return merge_tables(tables), commit
+        except PosteriorError as err:  # two peers claim the same (modality, row)
+            raise PeerContentError(f"site {sec.site}, window {index}: peers "
+                                   f"{sorted(blobs)} sent overlapping posteriors: "
+                                   f"{err}") from None
 
     def _peer_table(self, site: Site, sender: str, payload: bytes, rows: np.ndarray,
                     index: int) -> Tables:
@@ -175,9 +180,11 @@ class SealedChannel:
         except (PosteriorError, ValueError) as err:
             raise PeerContentError(f"{who} sent posteriors that do not decode: "
                                    f"{err}") from None
+        held = self.sec.state["peers"][sender]["modalities"]
         for m, p in t.items():
-            if m in site.names or m not in site.global_names:
-                raise PeerContentError(f"{who} sent posteriors of modality {m!r}")
+            if m in site.names or m not in held:
+                raise PeerContentError(f"{who} sent posteriors of modality {m!r}, which "
+                                       f"it does not hold (or we do)")
             bad = p.rows[~np.isin(p.rows, rows)]
             if len(bad):
                 raise PeerContentError(f"{who} sent row {bad[0]}, which is not a row "

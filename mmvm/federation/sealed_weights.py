@@ -92,7 +92,7 @@ def masked_weights(site: Site, sec: SiteSecrets, index: int,
     weights, shares = {}, {}
     for m, g in sorted(groups.items()):
         peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
-        arrays = site.weights(m)
+        arrays = site.shared_weights(m)
         names = sorted(arrays)
         seed = new_seed()
         masked = mask_update(sec.keys, peers, [arrays[n] for n in names],
@@ -115,7 +115,7 @@ def _peer_shares(me: str, sender: str, payload: bytes) -> dict[str, bytes]:
     try:
         doc = json.loads(payload)
         return {str(m): unb64(v) for m, v in doc.items()}
-    except (ValueError, TypeError, AttributeError) as err:
+    except (ValueError, TypeError, AttributeError, RecursionError) as err:
         raise PeerContentError(f"site {me}: {sender} sent self-mask shares that do not "
                                f"decode ({type(err).__name__})") from None
 

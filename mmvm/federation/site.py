@@ -112,12 +112,15 @@ class Site:
             self.waited_s += time.perf_counter() - t
 
     def abandon_window(self) -> None:
-        """After a window that failed, in a process that keeps this site: what its
-        steps applied stays (as at a site whose reply came too late), nothing it
-        started carries over (the decoder half run ahead, gradients)."""
+        """After a failed window, in a process that keeps this site: what its steps
+        applied stays (as at a site whose reply came too late), nothing else does."""
         self.settle()
         self._ahead = None
         self.model.zero_grad(set_to_none=True)
+        if self.scaler is not None:  # its per-step stage (unscaled or not) starts afresh
+            scale, self.scaler = self.scaler.state_dict(), accel.grad_scaler(
+                self.cfg.train.amp, self.device)
+            self.scaler.load_state_dict(scale)
 
     def take_waited(self) -> float:
         """Seconds spent waiting in :meth:`settle` since the last call."""
@@ -331,10 +334,15 @@ class Site:
                    self.model.decoders[modality].state_dict().items()})
         return {k: v.detach().cpu().numpy().copy() for k, v in sd.items()}  # no alias
 
+    def shared_weights(self, modality: str) -> dict[str, np.ndarray]:
+        """What FedAvg averages of ``modality``: its float tensors (a BatchNorm's batch
+        count stays the site's: unused with a momentum, too large for the fixed point)."""
+        return {k: v for k, v in self.weights(modality).items() if v.dtype.kind == "f"}
+
     def load_weights(self, modality: str, arrays: dict[str, np.ndarray]) -> None:
-        """Replace ``modality``'s parameters by ``arrays`` (all of them, same shapes)."""
+        """Replace ``modality``'s shared parameters by ``arrays`` (all, same shapes)."""
         self.settle()
-        own = self.weights(modality)
+        own = self.shared_weights(modality)
         if set(arrays) != set(own):
             raise FederationError(f"site {self.name}: weights for {modality!r} name "
                                   f"parameters {sorted(set(arrays) ^ set(own))[:3]} that do "

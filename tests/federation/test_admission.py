@@ -211,7 +211,8 @@ def test_secure_mode_leaves_a_failed_site_out_through_the_dropout_path(
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
 
 
-@pytest.mark.parametrize("payload", [b"not an Arrow table", "own-modality"])
+@pytest.mark.parametrize("payload", [b"not an Arrow table", "own-modality",
+                                     "third-modality", "huge-logvar"])
 def test_a_peer_that_seals_bad_posteriors_is_named_not_its_recipient(
         cfg, tmp_path, tiny_polymnist, monkeypatch, payload):
     """A malicious n0 seals, with its own valid keys, posteriors that do not decode or
@@ -233,11 +234,16 @@ def test_a_peer_that_seals_bad_posteriors_is_named_not_its_recipient(
     def outgoing(site, index):
         out = {}
         for peer in real(site, index):
-            body = payload
-            if payload == "own-modality":  # rows 0-1 of the recipient's own modality
-                m = next(s.names[0] for s in sites.values() if s.name == peer)
-                body = encode_table({m: Posteriors(np.arange(2), np.zeros((2, 8), np.float32),
-                                                   np.zeros((2, 8), np.float32))}, False)
+            body, mine = payload, site.names[0]
+            theirs = next(s.names[0] for s in sites.values() if s.name == peer)
+            m = {"own-modality": theirs, "huge-logvar": mine,
+                 "third-modality": ({"m0", "m1", "m2"} - {mine, theirs}).pop()}.get(payload)
+            if m is not None:  # rows of this window it shares with the peer
+                rows = np.intersect1d(site.window_rows(index),
+                                      evil.sec.state["peers"][peer]["rows"])
+                lv = np.full((len(rows), 8), 200.0 if payload == "huge-logvar" else 0.0,
+                             np.float32)
+                body = encode_table({m: Posteriors(rows, np.zeros_like(lv), lv)}, False)
             out[peer] = seal(keys[site.name], keys[peer].public, body, run_id=RUN,
                              round=index + 1, kind="posterior")
         return out

@@ -92,14 +92,12 @@ def test_fedavg_refuses_weights_it_must_not_average_naming_the_sender():
     c.fedavg({"k0": {"m0": ok}, "k1": {"m0": ok}})
     for arrays, match in (({"p": np.array([1.0, np.nan], np.float32)}, "non-finite"),
                           ({"p": np.ones(2, np.longdouble)}, "dtype float128"),
-                          ({"p": np.ones(2, np.complex64)}, "dtype complex64"),
+                          ({"p": np.ones(2, np.int64)}, "dtype int64"),
                           ({"p": np.array([1.0, 5000.0], np.float32)}, "beyond")):
         with pytest.raises(FederationError, match=f"site b sent .*{match}"):
             c.fedavg({"k0": {"m0": ok}, "k1": {"m0": arrays}})
     with pytest.raises(FederationError, match="site b sent weights of 'm0' with other"):
         c.fedavg({"k1": {"m0": {"p": np.ones(5, np.float32)}}})  # b alone, wrong shape
-    count = {"p": np.array([6, 10], np.int64)}  # a BatchNorm's batch count: averaged
-    assert c.fedavg({"k0": {"m0": count}, "k1": {"m0": count}})["m0"]["p"].tolist() == [6, 10]
 
 
 def test_held_of_is_the_intersection_with_the_rows_a_site_holds():

@@ -151,3 +151,15 @@ def test_array_records_that_are_not_numeric_arrays_are_refused():
         bad["arrays/weights/m0"] = record
         with pytest.raises(MessageError, match=match):
             reply_from_record("window", bad)
+
+
+def test_weights_keep_their_shape_and_dtype_through_flower_arrays():
+    """A 0-d tensor (a BatchNorm's batch count) must not come back as shape (1,), nor
+    a masked update lose its uint64: the server checks both against the model."""
+    weights = {"m0": {"count": np.array(7, np.int64), "w": np.ones((2, 3), np.float32),
+                      "masked": np.arange(4, dtype=np.uint64).reshape(2, 2),
+                      "weight": np.array([5], np.uint64)}}
+    back = reply_from_record("window", to_record(WindowReply(weights=weights))).weights
+    for n, a in weights["m0"].items():
+        got = back["m0"][n]
+        assert got.shape == a.shape and got.dtype == a.dtype and np.array_equal(got, a), n
