@@ -207,12 +207,12 @@ def _absolute(parts: Mapping[tuple[str, bool], Posteriors], base: Base | None,
                 raise PosteriorError(f"{where}: increments for rows the receiver holds "
                                      f"no values of (did it miss a message?)")
             post = Posteriors(post.rows, known[0] + post.mu, known[1] + post.logvar)
-            if not (np.isfinite(post.mu).all() and np.isfinite(post.logvar).all()):
-                raise PosteriorError(f"{where}: increments overflow to inf")
+            if not ((np.abs(post.mu) <= LIMITS["mu"]).all()
+                    and (np.abs(post.logvar) <= LIMITS["logvar"]).all()):
+                raise PosteriorError(f"{where}: increments take values beyond {LIMITS}")
         if name in out:
             if np.isin(post.rows, (first := out[name]).rows).any():
-                raise PosteriorError(f"{where}: a row comes both as a value and as an "
-                                     f"increment")
+                raise PosteriorError(f"{where}: a row both as a value and an increment")
             post = Posteriors(np.concatenate([first.rows, post.rows]),
                               np.concatenate([first.mu, post.mu]),
                               np.concatenate([first.logvar, post.logvar]))
@@ -322,8 +322,7 @@ def _parse(batch: pa.RecordBatch, meta: Mapping[bytes, bytes], where: str,
     elif names == ["mu", "logvar"]:
         rows = _implied_rows(batch.num_rows, meta, frame, where)
     else:
-        raise PosteriorError(f"{where}: columns {names}, expected ['{ROW}', 'mu', "
-                             f"'logvar'] or ['mu', 'logvar']")
+        raise PosteriorError(f"{where}: columns {names}, expected [{ROW},] mu, logvar")
     arrays = []
     for j, name in enumerate(("mu", "logvar")):
         lists = batch.column(names.index(name))
@@ -346,11 +345,12 @@ def _parse(batch: pa.RecordBatch, meta: Mapping[bytes, bytes], where: str,
             else arr.astype(np.float32)
         if not int8 and EXP_KEY in meta:
             raise PosteriorError(f"{where}: scale exponents on non-int8 values")
-        bad = ~(np.abs(arr) <= LIMITS[name]).all(1)  # NaN compares False
+        limit = LIMITS[name] * (2 if DELTA_KEY in meta else 1)  # an increment: a - b
+        bad = ~(np.abs(arr) <= limit).all(1)  # NaN compares False
         if bad.any():
             row = int(rows[int(np.argmax(bad))])
             raise PosteriorError(f"{where}: NaN or inf in {name} of row {row} (or a "
-                                 f"value beyond +-{LIMITS[name]:g})")
+                                 f"value beyond +-{limit:g})")
         arrays.append(arr)
     return Posteriors(rows, arrays[0], arrays[1])
 

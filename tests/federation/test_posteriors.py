@@ -139,6 +139,26 @@ def test_float16_overflow_is_caught_on_decode():
         decode_table(encode_table({"m0": p}, float16=True))
 
 
+def test_values_beyond_the_limits_are_refused_also_when_increments_take_them_there():
+    """|mu| <= 65504 and |logvar| <= 80 (exp stays finite in float32), checked on the
+    absolute values: increments may be up to twice that (a - b), but the value they
+    make must stay inside, or a sender could push a row past the limit window by
+    window, and the recipient of the server's forward would be the one to fail."""
+    p = _post([4, 5])
+    p.logvar[1, 0] = -81.0
+    with pytest.raises(PosteriorError, match=r"logvar of row 5 \(or a value beyond \+-80\)"):
+        decode_table(encode_table({"m0": p}))
+    near = (np.zeros((2, D), np.float32), np.full((2, D), 60.0, np.float32))
+    inc = _post([0, 1])
+    inc.logvar[:] = 30.0  # within the increment's limit, 90 in all
+    blob = encode_table({}, deltas={"m0": inc})
+    with pytest.raises(PosteriorError, match="increments take values beyond"):
+        decode_table(blob, base=lambda m, rows: near)
+    inc.logvar[:] = -100.0  # -40 in all: fine
+    got = decode_table(encode_table({}, deltas={"m0": inc}), base=lambda m, rows: near)
+    assert np.allclose(got["m0"].logvar, -40.0)
+
+
 def test_duplicate_out_of_range_and_malformed_rows_name_modality():
     with pytest.raises(PosteriorError, match=r"modality 'm0': duplicate rows"):
         decode_table(encode_table({"m0": _post([1, 2, 1])}))
@@ -320,7 +340,7 @@ def _zeros(m, rows):
     ([({b"mmvm.delta": b"yes"}, *_mu_lv(len(FRAME)))], F32, FRAME, "increment flag"),
     ([({}, *_mu_lv(len(FRAME)))] * 2, F32, FRAME, "appears twice"),
     ([({}, *_mu_lv(len(FRAME))), ({b"mmvm.delta": b"1"}, *_mu_lv(len(FRAME)))], F32,
-     FRAME, "both as a value and as an increment"),
+     FRAME, "both as a value and an increment"),
 ])
 def test_malformed_implied_rows_int8_and_increments(batches, dtype, frame, match):
     blob = _framed_blob(batches, dtype=dtype)
