@@ -188,9 +188,10 @@ class Coordinator:
         """The averaged weights of the modalities site ``key`` holds."""
         return {m: a for m, a in averaged.items() if m in self.sites[key].modalities}
 
-    def fedavg(self, weights: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
-               ) -> dict[str, dict[str, np.ndarray]]:
-        """``weights[site key][modality]`` -> the sample-weighted mean per shared modality."""
+    def fedavg(self, weights: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+               screened: bool = False) -> dict[str, dict[str, np.ndarray]]:
+        """``weights[site key][modality]`` -> the sample-weighted mean per shared
+        modality; ``screened``: every array already passed :meth:`check_weights`."""
         out = {}
         for m, keys in self.shared.items():
             got = [k for k in keys if m in weights.get(k, {})]
@@ -198,7 +199,7 @@ class Coordinator:
                 continue
             names = sorted(weights[got[0]][m])
             first = weights[got[0]][m]
-            for k in got:
+            for k in () if screened else got:
                 self.check_weights(k, m, weights[k][m])
             counts = np.array([len(self.sites[k].held) for k in got], dtype=np.float64)
             if counts.sum() <= 0:

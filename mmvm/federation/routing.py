@@ -57,7 +57,8 @@ class Routing(Protocol):
                   ) -> Arrays:
         """The averaged weights of each shared modality after window ``index``
         (secure mode asks the sites for one more round: unmask). Only the sites in
-        ``replies`` answered; a modality none of them sent is left out."""
+        ``replies`` answered, and :meth:`screen` passed their replies; a modality none
+        of them sent is left out."""
         ...
 
     def missed(self, key: str) -> None:
@@ -181,7 +182,8 @@ class PlainRouting:
 
     def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
                   ) -> Arrays:
-        return coord.fedavg({key: rep.weights for key, rep in replies.items()})
+        return coord.fedavg({key: rep.weights for key, rep in replies.items()},
+                            screened=True)  # the round loop's admission did
 
     def missed(self, key: str) -> None:
         """Nothing to forget: the next window's table holds only this window's replies."""
