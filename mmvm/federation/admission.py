@@ -54,10 +54,10 @@ def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping
             f"window {w}: every site failed or was refused, so the fault is more "
             f"likely the run's (config, code versions) than one site's: "
             + "; ".join(f"{coord.name(k)}: {why}" for k, why in sorted(refused.items())))
-    return kept, {k: _short(why) for k, why in refused.items()}
+    return kept, {k: short_reason(why) for k, why in refused.items()}
 
 
-def _short(reason: str) -> str:
+def short_reason(reason: str) -> str:
     """What the window's record keeps of a reason (the server state keeps every
     window's): printable, at most :data:`REASON_KEPT` characters."""
     text = "".join(c if c.isprintable() else " " for c in reason)

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mmvm.federation.admission import SUMS, admit, window_sums
+from mmvm.federation.admission import SUMS, admit, short_reason, window_sums
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.messages import (
@@ -177,11 +177,13 @@ def run_federation(transport: Transport, s: FederationSettings,
         replies, failed = meter.gather(requests)
         t_sent = time.perf_counter()
         replies, refused = admit(w, coord, routing, replies, failed)
-        att.refuse(w, refused, replies)
         gone = att.record(w, replies)
         for key in att.absent:
             routing.missed(key)
         averaged = {**averaged, **routing.aggregate(meter, coord, w, replies)}
+        refused |= {k: short_reason(f"failed the unmask step: {why}")
+                    for k, why in routing.failed.items()}
+        att.refuse(w, refused, [k for k in replies if k not in refused])
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         row["missed"] = gone
         row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}

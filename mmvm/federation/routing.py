@@ -35,6 +35,7 @@ from mmvm.federation.posteriors import (
 
 class Routing(Protocol):
     peers: bool  # attach requests carry each site's peers (rows shared with each)
+    failed: dict[str, str]  # sites that failed the last aggregate's own round, and why
 
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         ...
@@ -93,6 +94,11 @@ class PlainRouting:
     """Sample ids and posterior tables in the clear."""
 
     peers = False
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """FedAvg asks the sites nothing more: nobody fails it."""
+        return {}
 
     def __init__(self, latent_dim: int, float16: bool) -> None:
         self.latent_dim, self.float16 = latent_dim, float16

@@ -73,6 +73,7 @@ class SealedRouting:
     def __init__(self, align: str = "pseudonym") -> None:
         self.align_mode = align
         self.inbox: dict[str, dict[str, bytes]] = {}
+        self.failed: dict[str, str] = {}  # the last unmask round's failed sites
 
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         names = {key: d.site for key, d in described.items()}
@@ -154,7 +155,9 @@ class SealedRouting:
 
         A modality is not averaged this window (its holders keep their own weights)
         when fewer holders survived than the masking can unmask without exposing
-        anyone (:meth:`_needed`), or when a survivor does not answer the unmask round."""
+        anyone (:meth:`_needed`), or when a survivor does not answer the unmask round
+        or fails it (those are in :attr:`failed`, with why)."""
+        self.failed = {}
         if not coord.shared:
             return {}
         names = {key: site.name for key, site in coord.sites.items()}
@@ -170,9 +173,7 @@ class SealedRouting:
             groups={m: {"survivors": sorted(names[s] for s in u),
                         "dropped": sorted(names[d] for d in dd)}
                     for m, (u, dd) in views.items() if k in u}) for k in asked})
-        for k, why in failed.items():  # (one that is away leaves its modality unaveraged)
-            raise FederationError(f"window {index}: site {names[k]} failed the unmask "
-                                  f"step: {why}")
+        self.failed = failed
         return {m: self._mean(coord, m, u, dd, replies, answers)
                 for m, (u, dd) in views.items() if all(k in answers for k in u)}
 

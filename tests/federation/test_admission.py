@@ -211,6 +211,41 @@ def test_secure_mode_leaves_a_failed_site_out_through_the_dropout_path(
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
 
 
+@pytest.mark.parametrize("limit", [2, 0])
+def test_a_site_that_fails_the_unmask_step_leaves_that_windows_mean_out(
+        cfg, tmp_path, tiny_polymnist, monkeypatch, limit):
+    """Secure, groups of four holders; n0 answers window 1 but fails its unmask step:
+    the modalities it shares are not averaged that window (each holder keeps its own
+    weights, as when a survivor is away at the unmask step), and it counts as a
+    refusal (max-refused = 0: the run stops, naming it)."""
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=4)
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state")
+    channel, unmask = endpoints["n0"].channel, endpoints["n0"].channel.unmask
+
+    def failing(site, req):
+        if req.window == 1:
+            raise OSError(28, "No space left on device")
+        return unmask(site, req)
+
+    monkeypatch.setattr(channel, "unmask", failing)
+    spy = Spoiler(endpoints)
+    name = sites["n0"].name
+    if limit == 0:
+        with pytest.raises(FederationError, match=rf"site {name} failed, .* the last time: "
+                                                  rf"failed the unmask step: OSError"):
+            federate(cfg, {}, spy, exchange="step", secure=True, max_refused=0)
+        return
+    res = federate(cfg, {}, spy, exchange="step", secure=True)
+    assert res.history[1]["refused"] == {
+        name: "failed the unmask step: OSError: [Errno 28] No space left on device"}
+    assert res.history[1]["missed"] == [] and res.missed == {}
+    for m in sites["n0"].names:  # window 1 averaged nothing of n0's modalities
+        for k in ("n0", "n1"):
+            got, before = spy.requests[2, k].weights[m], spy.requests[1, k].weights[m]
+            assert all(np.array_equal(got[n], before[n]) for n in before)
+
+
 @pytest.mark.parametrize("payload", [b"not an Arrow table", "own-modality",
                                      "third-modality", "huge-logvar"])
 def test_a_peer_that_seals_bad_posteriors_is_named_not_its_recipient(
