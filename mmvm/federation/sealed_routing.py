@@ -113,8 +113,8 @@ class SealedRouting:
 
     def screen(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
         """Envelopes and shares must go to other participants, masked weights only of
-        modalities the site shares, with the weight field (what the masked sum can
-        check of one site; its values only the unmasked mean shows)."""
+        modalities the site shares, shaped as their model (:func:`_check_masked`: what
+        can be checked of one site; its values only the unmasked mean shows)."""
         names = {key: site.name for key, site in coord.sites.items()}
         refused = {}
         for key, r in replies.items():
