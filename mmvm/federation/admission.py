@@ -13,24 +13,12 @@ refused more than ``max-refused`` windows in a row.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from mmvm.federation.coordinator import Coordinator, FederationError
+from mmvm.federation.window_metrics import window_sums
 
-SUMS = ("rec_nll", "reg", "rows")  # what a window reply's metrics must hold
 REASON_KEPT = 300  # characters of a refusal's reason kept in the window's record
-
-
-def window_sums(reply) -> dict[str, float]:
-    """A window reply's metric sums; ``ValueError`` says what is wrong with them."""
-    try:
-        got = {k: float(reply.metrics[k]) for k in SUMS}
-    except (KeyError, TypeError, ValueError, OverflowError) as err:
-        raise ValueError(f"malformed metrics ({err!r})") from None
-    if not all(math.isfinite(v) for v in got.values()) or got["rows"] < 0:
-        raise ValueError(f"metrics {got} (not finite, or negative rows)")
-    return got
 
 
 def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping[str, str]
@@ -41,7 +29,7 @@ def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping
     refused = {k: f"failed: {why}" for k, why in failed.items()}
     for key, rep in replies.items():
         try:
-            window_sums(rep)
+            window_sums(rep, coord.sites[key].modalities)
         except ValueError as err:
             refused[key] = f"sent {err}"
     rest = {k: r for k, r in replies.items() if k not in refused}

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mmvm.federation.admission import SUMS, admit, short_reason, window_sums
+from mmvm.federation.admission import admit, short_reason
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.messages import (
@@ -48,6 +48,7 @@ from mmvm.federation.server_state import (
     save_server_state,
 )
 from mmvm.federation.settings import FederationSettings
+from mmvm.federation.window_metrics import window_means
 from mmvm.training import build_model
 
 
@@ -339,22 +340,12 @@ def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping
 
 def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,
                seconds: float) -> dict:
-    """One line of ``metrics.csv``: per-sample means over the window's rows."""
+    """One line of ``metrics.csv``: per-sample means over the window's rows
+    (:func:`mmvm.federation.window_metrics.window_means`), bytes and seconds."""
     window = coord.plan[w]
-    rows = sum(len(s.rows) for s in window.steps)
-    sums = dict.fromkeys(SUMS, 0.0)
-    for key, r in replies.items():
-        try:
-            got = window_sums(r)
-        except ValueError as err:
-            raise FederationError(f"window {w}: site {coord.name(key)} sent {err}") from None
-        sums = {k: sums[k] + got[k] for k in sums}
-    nan = float("nan")  # no site's reply was taken: no loss to report
     return {"window": w, "windows": len(coord.plan), "epoch": window.steps[-1].epoch + 1,
-            "step": window.steps[-1].step + 1,
-            "rec_nll": sums["rec_nll"] / rows if replies else nan,
-            "reg": sums["reg"] / (sums["rows"] or 1.0) if replies else nan, "bytes": nbytes,
-            "seconds": seconds, **site_seconds(replies)}
+            "step": window.steps[-1].step + 1, **window_means(coord, w, replies),
+            "bytes": nbytes, "seconds": seconds, **site_seconds(replies)}
 
 
 def model_shapes(cfg, modalities) -> dict[str, dict[str, tuple]]:

@@ -30,7 +30,10 @@ def window_line(row: Mapping, total: int, elapsed: float) -> str:
     silent = [n for n in row.get("missed", []) if n not in refused]
     away = f"  (without {', '.join(silent)}: no reply)" if silent else ""
     away += "".join(f"  (without {n}: refused, {why})" for n, why in refused.items())
-    return (f"window {k}/{total}  epoch {row['epoch']}  rec_nll {row['rec_nll']:.1f}  "
+    rec = _num(row["rec_nll"], 1)
+    if row.get("estimated") and rec != "-":  # some sites' terms estimated from the others'
+        rec = "~" + rec
+    return (f"window {k}/{total}  epoch {row['epoch']}  rec_nll {rec}  "
             f"reg {row['reg']:.2f}  {row['bytes'] / 1e6:.2f} MB  "
             f"{row['seconds']:.1f} s" + tail + away)
 

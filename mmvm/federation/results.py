@@ -21,7 +21,7 @@ from mmvm.federation.report import refusals
 from mmvm.training import build_model
 
 WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds", "site_s",
-                 "train_s", "codec_s", "disk_s", "server_s", "ahead_s"]
+                 "train_s", "codec_s", "disk_s", "server_s", "ahead_s", "estimated"]
 
 
 def used_config(settings, out_dir: str | Path, data: str | None) -> dict:

@@ -35,6 +35,7 @@ from mmvm.federation.plan import PlanArgs, Step, window_counts
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
 from mmvm.federation.reply_cache import ReplyCache
+from mmvm.federation.window_metrics import step_sums, zero_sums
 from mmvm.model import norm_stats_frozen
 from mmvm.noise import modality_noise
 from mmvm.objectives import alpha_schedule, site_loss
@@ -255,7 +256,7 @@ class Site:
             raise PosteriorError(f"site {self.name}: posteriors for modalities "
                                  f"{sorted(foreign)} (own or unknown)")
         self.model.train()
-        sums = {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 0, "ahead_s": 0.0}
+        sums = zero_sums(self.names)
         for step in self.link.plan[index].steps:
             m = self._step(step, others)
             for k in sums:
@@ -269,7 +270,7 @@ class Site:
         local = self.link.local_of[rows]
         where = np.flatnonzero(local >= 0)
         if not len(where):
-            return {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 1, "ahead_s": 0.0}
+            return {**zero_sums(self.names), "steps": 1}
         dev, t = self.device, self.cfg.train
         ahead, self._ahead, reconstruct, ahead_s = self._ahead, None, None, 0.0
         if ahead is not None and ahead.valid_for(self.model, step.step, local[where]):
@@ -314,9 +315,7 @@ class Site:
             self.scaler.update()
         w = self.model.likelihood_weights.to(terms.rec_ll)
         own = [self.global_names.index(n) for n in self.names]
-        return {"rec_nll": float(-(terms.rec_ll[:, own] * w).sum().item()),
-                "reg": float(terms.reg.sum().item()), "rows": len(where), "steps": 1,
-                "ahead_s": ahead_s}
+        return step_sums(self.names, -(terms.rec_ll[:, own] * w), terms.reg, ahead_s)
 
     def _noise(self, step: int, B: int, where: np.ndarray) -> torch.Tensor:
         """The step's reparameterization noise [len(where), M, D], as centrally."""

@@ -85,6 +85,9 @@ def test_a_site_that_fails_a_window_ends_as_if_it_had_been_away(cfg, tmp_path,
     assert res.missed == want.missed == {name: [1]}
     assert res.history[1]["refused"] == {name: "failed: RuntimeError: CUDA out of memory"}
     assert [r["refused"] for r in res.history[::2]] == [{}, {}]
+    # n1 alone holds its modality: window 1's loss is unknown, not the others' sum
+    assert np.isnan(res.history[1]["rec_nll"]) and res.history[1]["estimated"] == 1
+    assert [r["estimated"] for r in res.history[::2]] == [0, 0]
     a, b = params(away.values()), params(sites.values())
     assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
     assert res.model_state is not None  # it answered the final evaluation
@@ -117,6 +120,14 @@ def test_fedavg_goes_on_without_a_site_that_sent_nan_weights(cfg, tmp_path, tiny
                        for j, c in counts.items())
             np.testing.assert_allclose(value, want, rtol=1e-6, atol=1e-7)
     assert all(np.isfinite(v).all() for v in params(sites.values()).values())
+    # window 0's loss: n0's m0 terms are estimated from n1's and n2's; its own reply
+    # (taken before the spoiling) says what the loss of the whole window was
+    sums = {k: spy.replies[0, k].metrics["rec_nll"] for k in sites}
+    true, biased = (sum(sums.values()) / cfg.train.batch_size,
+                    (sums["n1"] + sums["n2"]) / cfg.train.batch_size)
+    got = res.history[0]
+    assert got["estimated"] == 1 and res.history[1]["estimated"] == 0
+    assert abs(got["rec_nll"] - true) < abs(biased - true) / 2, (got["rec_nll"], true, biased)
 
 
 def test_posteriors_that_do_not_decode_leave_the_prior(cfg, tmp_path, tiny_polymnist):

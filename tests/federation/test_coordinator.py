@@ -132,13 +132,15 @@ def test_a_windows_metrics_are_checked_site_by_site():
     c = _coord(("a", ["m0"], ["s0", "s1"]), ("b", ["m1"], ["s0", "s1"]))
 
     def reply(**metrics):
-        return WindowReply(metrics={"rec_nll": 2.0, "reg": 1.0, "rows": 2, **metrics})
+        return WindowReply(metrics={"rec_nll": 2.0, "reg": 1.0, "rows": 2, "rec_nll.m0": 2.0,
+                                    "rec_nll.m1": 2.0, **metrics})
 
     row = window_row(0, c, {"k0": reply(), "k1": reply(train_s="nan")}, 10, 0.5)
     assert (row["rec_nll"], row["reg"], row["train_s"]) == (2.0, 0.5, 0.0)
     for bad, match in (({"rec_nll": float("nan")}, "not finite"),
                        ({"rows": -1}, "negative rows"),
                        ({"reg": 10 ** 400}, "malformed metrics"),
-                       ({"reg": "x"}, "malformed metrics")):
+                       ({"reg": "x"}, "malformed metrics"),
+                       ({"rec_nll.m1": float("inf")}, "not finite")):
         with pytest.raises(FederationError, match=f"window 0: site b sent .*{match}"):
             window_row(0, c, {"k0": reply(), "k1": reply(**bad)}, 10, 0.5)

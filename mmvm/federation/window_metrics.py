@@ -1,0 +1,93 @@
+"""A window's loss metrics: the sums a site reports, and the per-sample means the
+server makes of them.
+
+Over the rows it trained in a window a site reports the summed reconstruction NLL
+(``rec_nll``), regulariser (``reg``), its row count (``rows``), and the NLL sum of each
+modality it holds (``rec_nll.<m>``). When every site answered, the window's
+``rec_nll`` is the centralized one: the sites' sum over the window's rows.
+
+When a site is away or refused, its modalities' terms are missing from that sum,
+which would read as a dip in the loss curve. The server then scales each modality's
+sum by the window's rows its holders hold over those its answering holders hold (the
+absent holders' rows assumed like theirs), and marks the window ``estimated``. When
+no holder of a modality answered, nothing stands for its terms: the window's
+``rec_nll`` is NaN, a gap in the curve rather than a number that is not the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor
+
+from mmvm.federation.coordinator import FederationError
+
+SUMS = ("rec_nll", "reg", "rows")  # what every window reply's metrics hold
+
+
+def modality_key(m: str) -> str:
+    """The metric that holds modality ``m``'s NLL sum."""
+    return f"rec_nll.{m}"
+
+
+def zero_sums(names: Sequence[str]) -> dict[str, float]:
+    """A site's window sums before its first step (``names``: its modalities)."""
+    return {"rec_nll": 0.0, "reg": 0.0, "rows": 0, "steps": 0, "ahead_s": 0.0,
+            **{modality_key(m): 0.0 for m in names}}
+
+
+def step_sums(names: Sequence[str], nll: Tensor, reg: Tensor, ahead_s: float) -> dict:
+    """One step's sums: ``nll`` [B, M_own] the weighted negative log-likelihoods of the
+    site's modalities ``names`` (0 where not observed), ``reg`` [B]."""
+    per = nll.sum(0).tolist()
+    return {"rec_nll": float(nll.sum().item()), "reg": float(reg.sum().item()),
+            "rows": nll.shape[0], "steps": 1, "ahead_s": ahead_s,
+            **{modality_key(m): float(v) for m, v in zip(names, per, strict=True)}}
+
+
+def window_sums(reply, modalities: Sequence[str] = ()) -> dict[str, float]:
+    """A window reply's metric sums (the totals, and the NLL of each of the site's
+    ``modalities``); ``ValueError`` says what is wrong with them."""
+    keys = (*SUMS, *map(modality_key, modalities))
+    try:
+        got = {k: float(reply.metrics[k]) for k in keys}
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"malformed metrics ({err!r})") from None
+    if not all(math.isfinite(v) for v in got.values()) or got["rows"] < 0:
+        raise ValueError(f"metrics {got} (not finite, or negative rows)")
+    return got
+
+
+def window_means(coord, w: int, replies: Mapping) -> dict:
+    """``rec_nll`` and ``reg`` per sample of window ``w`` from the replies taken
+    (``coord``: the :class:`~mmvm.federation.coordinator.Coordinator`), and whether
+    ``rec_nll`` is ``estimated`` (1) or the sites' sum (0): see the module's docstring."""
+    window = coord.plan[w]
+    rows = sum(len(s.rows) for s in window.steps)
+    got = {}
+    for key, r in replies.items():
+        try:
+            got[key] = window_sums(r, coord.sites[key].modalities)
+        except ValueError as err:
+            raise FederationError(f"window {w}: site {coord.name(key)} sent {err}") from None
+    nan = float("nan")
+    if not got:  # no site's reply was taken: no loss to report
+        return {"rec_nll": nan, "reg": nan, "estimated": 0}
+    reg = sum(g["reg"] for g in got.values()) / (sum(g["rows"] for g in got.values()) or 1.0)
+    if len(got) == len(coord.sites):
+        return {"rec_nll": sum(g["rec_nll"] for g in got.values()) / rows, "reg": reg,
+                "estimated": 0}
+    held = {key: sum(int(coord.holds(key, s.rows.numpy()).sum()) for s in window.steps)
+            for key in coord.sites}
+    total = 0.0
+    for m, keys in coord.holders.items():
+        answered = [k for k in keys if k in got]
+        held_answered = sum(held[k] for k in answered)
+        if not held_answered:
+            if sum(held[k] for k in keys):  # m was trained in w, and nobody reported it
+                return {"rec_nll": nan, "reg": reg, "estimated": 1}
+            continue
+        total += sum(got[k][modality_key(m)] for k in answered) \
+            * sum(held[k] for k in keys) / held_answered
+    return {"rec_nll": total / rows, "reg": reg, "estimated": 1}

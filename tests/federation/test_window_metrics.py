@@ -1,0 +1,70 @@
+"""A window's loss per sample from the sites' sums, with and without every site
+(``mmvm/federation/window_metrics.py``). The same in a federation where a site is
+refused: tests/federation/test_admission.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
+from mmvm.federation.messages import WindowReply
+from mmvm.federation.plan import PlanArgs
+from mmvm.federation.window_metrics import step_sums, window_means, zero_sums
+
+IDS = [f"s{i}" for i in range(8)]
+
+
+def _coord() -> Coordinator:
+    """One window of all 8 rows. m0 is held by a (6 rows) and b (2 rows); m1 by c."""
+    plan = PlanArgs(batch_size=8, seed=0, epochs=1, exchange="step")
+    return Coordinator([SiteInfo("ka", "a", ["m0"], IDS[:6]),
+                        SiteInfo("kb", "b", ["m0"], IDS[6:]),
+                        SiteInfo("kc", "c", ["m1"], IDS)], ["m0", "m1"], plan)
+
+
+def _reply(m: str, nll: float, rows: int, reg: float = 1.0) -> WindowReply:
+    return WindowReply(metrics={"rec_nll": nll, "reg": reg, "rows": rows,
+                                f"rec_nll.{m}": nll})
+
+
+SUMS = {"ka": _reply("m0", 60.0, 6), "kb": _reply("m0", 30.0, 2), "kc": _reply("m1", 16.0, 8)}
+
+
+def test_with_every_site_the_window_is_the_sites_sum_per_row():
+    got = window_means(_coord(), 0, SUMS)
+    assert got == {"rec_nll": (60 + 30 + 16) / 8, "reg": 3 / 16, "estimated": 0}
+
+
+def test_an_absent_holder_is_stood_for_by_the_others_mean_per_row():
+    """b (2 of m0's 8 rows) is absent: m0's 60 over a's 6 rows is 10 per row, so 80
+    for all 8; m1 is complete."""
+    got = window_means(_coord(), 0, {k: SUMS[k] for k in ("ka", "kc")})
+    assert got["rec_nll"] == pytest.approx((80 + 16) / 8)
+    assert got["estimated"] == 1
+    biased = (60 + 16) / 8  # what the sum over the answering sites alone would say
+    assert got["rec_nll"] > biased
+
+
+def test_a_modality_no_answering_site_holds_leaves_the_window_unknown():
+    got = window_means(_coord(), 0, {k: SUMS[k] for k in ("ka", "kb")})
+    assert math.isnan(got["rec_nll"]) and got["estimated"] == 1
+    assert got["reg"] == pytest.approx(2 / 8)  # a mean over the rows that reported
+    none = window_means(_coord(), 0, {})
+    assert math.isnan(none["rec_nll"]) and math.isnan(none["reg"])
+
+
+def test_a_site_must_report_each_of_its_modalities():
+    bad = WindowReply(metrics={"rec_nll": 1.0, "reg": 1.0, "rows": 8})
+    with pytest.raises(FederationError, match="site c sent malformed metrics.*rec_nll.m1"):
+        window_means(_coord(), 0, {**SUMS, "kc": bad})
+
+
+def test_step_sums_split_the_total_by_modality():
+    nll = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.5, 4.0]])  # 0: not observed
+    got = step_sums(["x", "y"], nll, torch.tensor([1.0, 2.0, 3.0]), 0.25)
+    assert got == {"rec_nll": 10.5, "reg": 6.0, "rows": 3, "steps": 1, "ahead_s": 0.25,
+                   "rec_nll.x": 4.5, "rec_nll.y": 6.0}
+    assert set(zero_sums(["x", "y"])) == set(got)
