@@ -4,9 +4,8 @@ A config file (``configs/*.toml``) has the sections ``[data]``, ``[model]`` with
 ``[model.modalities.<name>]`` table per modality, ``[train]`` and ``[eval]``. Any value
 can be overridden as ``section.key=value`` (``--set train.epochs=3``); values are
 parsed as TOML, so ``3`` is an int and ``"a"``/``a`` a string. Unknown keys and values
-of the wrong type raise :class:`ConfigError` naming the key and the file, with the
-closest valid key.
-"""
+of the wrong type raise :class:`ConfigError` naming the key and the file (or override),
+with the closest valid key."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import tomllib
 import types
 import typing
@@ -192,7 +192,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path}: {err.strerror}") from None
     for item in overrides or []:
         _apply_override(raw, item)
-    return config_from_dict(raw, source)
+    try:
+        return config_from_dict(raw, source)
+    except ConfigError as err:  # say so when the culprit is an override, not the file
+        named = [o for o in overrides or [] if re.search(  # its key, or its section typo'd
+            rf"(?<![\w.]){re.escape(o.split('=', 1)[0].strip())}(?![\w.])|'{o.split('.')[0]}'",
+            str(err))]
+        if not named:
+            raise
+        raise ConfigError(str(err).replace(source, f"{source}, override {named[0]!r}", 1)) from None
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:

@@ -25,7 +25,7 @@ from mmvm.federation.loop import FederationResult, run_federation
 from mmvm.federation.messages import MessageError, SiteFailure
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.report import alignment_line, summary, window_line
-from mmvm.federation.results import evaluate_assembled, write_results
+from mmvm.federation.results import eval_data_problem, evaluate_assembled, write_results
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_errors import refused_by_protection
 from mmvm.secure.errors import SecurityError
@@ -196,6 +196,10 @@ def run(grid: Grid, context: Context) -> None:
     s = load_settings(context.run_config)
     out_dir = Path(s.out_dir) / f"run-{context.run_id}"
     cfg = s.experiment
+    if s.eval_data not in ("default", "") and s.collect_model:
+        problem = eval_data_problem(cfg, s.eval_data)
+        if problem:
+            raise ConfigError(f"run config: {problem}")
     print(f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange {s.exchange}, "
           f"{cfg.train.epochs} epochs, secure {s.secure}; results will be in {out_dir}",
           flush=True)
@@ -214,9 +218,15 @@ def run(grid: Grid, context: Context) -> None:
     paths = write_results(out_dir, s, result, eval_data)
     assembled = None
     if eval_data and result.model_state:
-        written, assembled = evaluate_assembled(cfg, result.model_state, eval_data, out_dir,
-                                                log=lambda line: print(line, flush=True))
-        paths.update(written)
+        try:
+            written, assembled = evaluate_assembled(
+                cfg, result.model_state, eval_data, out_dir,
+                log=lambda line: print(line, flush=True))
+            paths.update(written)
+        except (*EXPECTED, OSError, ValueError) as err:  # the trained run stays a result
+            print(f"mmvm: server-side evaluation failed ({err}); the trained model is in "
+                  f"{paths.get('checkpoint', out_dir)}: evaluate it with `mmvm evaluate "
+                  f"--run {out_dir} --set data.root=<data folder>`", flush=True)
     print(summary(result, str(out_dir), paths, assembled), flush=True)
 
 

@@ -7,7 +7,8 @@ and exits 0 only if it completed; Ctrl-C stops the run (``flwr stop``). For a
 simulation it starts exactly ``num-sites`` SuperNodes (the run config's value, or the
 one given with ``--run-config``), so the two can never disagree. Flower packages a
 staged copy of the app (``mmvm.cli.app_stage``: the same FAB, without listing the
-project's ``.venv``). It spawns the ``flwr`` CLI; it imports nothing of Flower.
+project's ``.venv``). It spawns the ``flwr`` CLI; it imports nothing of Flower. The
+run config is checked first (``mmvm.cli.run_config``): a typo fails at once.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import argparse
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 from mmvm.cli.app_stage import staged_app
+from mmvm.cli.run_config import app_defaults, check_run_config, parse_overrides
+from mmvm.config import ConfigError
 
 APP_DIR = Path(__file__).resolve().parents[2]
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -66,12 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def num_sites(app: Path, overrides: str) -> int:
     """``num-sites`` of the run: the override if given, else the app's default."""
-    for token in shlex.split(overrides):
-        key, _, value = token.partition("=")
-        if key == "num-sites":
-            return int(value)
-    with open(app / "pyproject.toml", "rb") as fh:
-        return int(tomllib.load(fh)["tool"]["flwr"]["app"]["config"]["num-sites"])
+    return int({**app_defaults(app), **parse_overrides(overrides)}["num-sites"])
 
 
 def flwr_command(args: argparse.Namespace, app: Path | None = None) -> list[str]:
@@ -120,9 +116,14 @@ def status(cmd: list[str], args: argparse.Namespace, run_id: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if Path(args.app).resolve() == APP_DIR:  # this mmvm's app: its checks apply
+            check_run_config(APP_DIR, args.run_config,
+                             local=not (args.connection or args.deployment))
+        else:
+            parse_overrides(args.run_config)
         with staged_app(Path(args.app)) as app:
             return _run(args, flwr_command(args, app))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ConfigError) as err:
         print(f"mmvm run: {err}", file=sys.stderr)
         return 2
 

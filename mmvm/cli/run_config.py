@@ -1,0 +1,81 @@
+"""The run config ``mmvm run`` hands to ``flwr run``, checked before Flower starts.
+
+Flower answers an unknown key with ``Invalid run configuration`` alone, and a value
+the app refuses only after Ray and the simulation engine are up (20-25 s), naming
+the staged copy of the config file. This reads the overrides as ``flwr run`` does
+(``key=value`` pairs of TOML values, or one ``.toml`` file), names an unknown key
+with the nearest known one, and loads the settings as the ServerApp will, so that a
+typo fails at once and names what the user typed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from mmvm.config import ConfigError
+
+# flwr.common.config.parse_config_args: key=value, the value quoted or one word
+PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
+EXAMPLE = "e.g. \"exchange='step' num-sites=3 set='train.epochs=2'\""
+
+
+def app_defaults(app: Path) -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of the app at ``app``."""
+    with open(app / "pyproject.toml", "rb") as fh:
+        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``--run-config`` as ``flwr run`` reads it."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.endswith(".toml") and "=" not in text:
+        try:
+            with open(Path(text).expanduser(), "rb") as fh:
+                return _flat(tomllib.load(fh))
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"--run-config {text}: {err}") from None
+    pairs = PAIR.findall(text)
+    stray = PAIR.sub("", text).split()
+    if stray:
+        raise ConfigError(f"--run-config: {stray[0]!r} is not key=value ({EXAMPLE})")
+    try:
+        return tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"--run-config {text!r}: {err}; strings take quotes "
+                          f"({EXAMPLE})") from None
+
+
+def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
+    """The run config of a run of ``app`` with overrides ``text``, checked as the
+    ServerApp will check it; ``local``: the server runs on this machine (a local
+    simulation), so the paths it will read can be checked here too."""
+    from mmvm.federation.results import eval_data_problem
+    from mmvm.federation.settings import load_settings
+
+    defaults, overrides = app_defaults(app), parse_overrides(text)
+    for key in overrides:
+        if key not in defaults:
+            close = difflib.get_close_matches(key, sorted(defaults), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"--run-config: unknown key {key!r}{hint} (the keys are "
+                              f"those of [tool.flwr.app.config] in {app / 'pyproject.toml'})")
+    rc = {**defaults, **overrides}
+    s = load_settings(rc)
+    if local and s.eval_data not in ("default", "") and s.collect_model:
+        problem = eval_data_problem(s.experiment, s.eval_data)
+        if problem:
+            raise ConfigError(f"run config: {problem}")
+    return rc

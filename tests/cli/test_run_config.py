@@ -1,0 +1,71 @@
+"""`mmvm run` checks the run config before Flower starts (mmvm/cli/run_config.py): an
+unknown key, a value the app refuses, or an eval-data folder that is not there fails
+at once with the key named, and no SuperLink or Ray is started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmvm.cli.run_config import app_defaults, check_run_config, parse_overrides
+from mmvm.config import ConfigError
+from mmvm.federation.results import eval_data_problem
+from mmvm.federation.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_overrides_are_read_as_flwr_reads_them(tmp_path):
+    got = parse_overrides("num-sites=4 exchange='step' float16=false "
+                          "set=\"train.epochs=2;train.lr=0.01\" delta-tol=0.5")
+    assert got == {"num-sites": 4, "exchange": "step", "float16": False,
+                   "set": "train.epochs=2;train.lr=0.01", "delta-tol": 0.5}
+    (tmp_path / "rc.toml").write_text("num-sites = 5\nlayout = 'hybrid'\n")
+    assert parse_overrides(str(tmp_path / "rc.toml")) == {"num-sites": 5, "layout": "hybrid"}
+    assert parse_overrides("  ") == {}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("num-site=3", r"unknown key 'num-site'; did you mean 'num-sites'\?"),
+    ("exchang='step'", r"unknown key 'exchang'; did you mean 'exchange'\?"),
+    ("zzz=1", r"unknown key 'zzz' \(the keys are those of \[tool.flwr.app.config\]"),
+    ("exchange=step", r"'exchange=step'.*strings take quotes"),
+    ("num-sites=3 oops", r"'oops' is not key=value"),
+    ("exchange='stp'", r"exchange = 'stp'; choose one of"),
+    ("set='train.epoch=1'", r"override 'train.epoch=1': unknown key 'train.epoch'; did "
+                            r"you mean 'train.epochs'\?"),
+    ("config='configs/polymnist-cpu.toml'", r"polymnist-cpu.toml does not exist"),
+    ("eval-data='/nowhere'", r"eval-data = '/nowhere': no /nowhere/train.parquet"),
+])
+def test_a_bad_run_config_is_named_before_anything_starts(text, match):
+    with pytest.raises(ConfigError, match=match):
+        check_run_config(ROOT, text, local=True)
+
+
+def test_a_good_run_config_is_the_apps_defaults_with_the_overrides():
+    rc = check_run_config(ROOT, "num-sites=3 exchange='step'", local=True)
+    assert rc == {**app_defaults(ROOT), "num-sites": 3, "exchange": "step"}
+    # a server elsewhere reads eval-data on its own machine: not checked here
+    check_run_config(ROOT, "eval-data='/nowhere'", local=False)
+
+
+def test_eval_data_needs_the_configs_train_and_test_files(tiny_polymnist, tmp_path):
+    cfg = load_settings({**app_defaults(ROOT), "config": "configs/polymnist_cpu.toml"}
+                        ).experiment
+    assert eval_data_problem(cfg, tiny_polymnist) is None
+    (tmp_path / "train.parquet").write_bytes((tiny_polymnist / "train.parquet").read_bytes())
+    assert "no " + str(tmp_path / "test.parquet") in eval_data_problem(cfg, tmp_path)
+
+
+def test_mmvm_run_exits_2_with_one_line_and_starts_no_flower(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--run-config",
+                          "num-site=3"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"mmvm run: --run-config: unknown key 'num-site'; did you mean 'num-sites'? (the "
+        f"keys are those of [tool.flwr.app.config] in {ROOT / 'pyproject.toml'})"]
+    assert "flwr" not in res.stdout.lower()
