@@ -203,10 +203,13 @@ def run(grid: Grid, context: Context) -> None:
     print(f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange {s.exchange}, "
           f"{cfg.train.epochs} epochs, secure {s.secure}; results will be in {out_dir}",
           flush=True)
-    t0 = time.perf_counter()
+    first: list[tuple[float, int]] = []  # when the first window of this process began
 
     def log(row: dict) -> None:
-        print(window_line(row, row["windows"], time.perf_counter() - t0), flush=True)
+        now = time.perf_counter()
+        first[:] = first or [(now - row["seconds"], row["window"])]
+        print(window_line(row, row["windows"], now - first[0][0],
+                          row["window"] - first[0][1] + 1), flush=True)
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
     resume = Path(s.out_dir) / f"run-{s.resume}" / "server_state.pt" if s.resume else None

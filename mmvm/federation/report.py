@@ -19,11 +19,12 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def window_line(row: Mapping, total: int, elapsed: float) -> str:
-    """The progress line of window ``row`` out of ``total``; ``elapsed``: seconds of
-    training so far (the time left is extrapolated from it)."""
+def window_line(row: Mapping, total: int, elapsed: float, done: int | None = None) -> str:
+    """The progress line of window ``row`` out of ``total``; ``elapsed``: seconds the
+    last ``done`` windows took (default: all so far), from which the time left is
+    extrapolated (set-up and, after a resume, the windows before it left out)."""
     k = row["window"] + 1
-    left = elapsed / k * (total - k)
+    left = elapsed / (done or k) * (total - k)
     tail = f"  ~{duration(left)} left" if k < total else \
         "  (last window: no posteriors to send on)"
     refused = row.get("refused") or {}
