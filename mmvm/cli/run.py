@@ -128,14 +128,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels
+
+
 def _run(args: argparse.Namespace, cmd: list[str]) -> int:
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
-    run_id = None
+    run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
     try:
         for line in proc.stdout:
             if not any(p.search(line) for p in NOISE):
-                sys.stdout.write(line)
+                sys.stdout.write(ANSI.sub("", line) if plain else line)
                 sys.stdout.flush()
             started = re.search(r"Successfully started run (\d+)", line)
             if started and run_id is None:

@@ -46,6 +46,7 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     lines = out.splitlines()
     alarming = [ln for ln in lines if any(word in ln for word in ALARMING)]
     assert not alarming, "\n".join(alarming)
+    assert "\x1b[" not in out  # a pipe gets no colour codes
     assert any("window 3/3" in ln for ln in lines), out[-3000:]
     assert any(ln.startswith("mmvm: aligned 300 samples across 3 sites") for ln in lines)
     assert any("completed" in ln for ln in lines)
