@@ -219,19 +219,42 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
+def _check_curve_keys(runs: Sequence[Mapping], paths: Sequence,
+                      keys: Sequence[str]) -> None:
+    """Raise ``ValueError`` for a run without epochs or a key no run has (a panel that
+    would be empty), naming the columns there are."""
+    if not keys:
+        raise ValueError("no metrics to plot: give at least one column name")
+    for run, p in zip(runs, paths, strict=True):
+        if "epoch" not in run:
+            raise ValueError(f"{p}: no 'epoch' column; is it a training metrics.csv?")
+    have = list(dict.fromkeys(k for run in runs for k in run if k != "epoch"))
+    unknown = [k for k in keys if k not in have]
+    if unknown:
+        where = "the metrics file" if len(runs) == 1 else "any of the metrics files"
+        raise ValueError(f"{', '.join(map(repr, unknown))}: not a column of {where}; "
+                         f"the columns are {', '.join(have)}")
+
+
 def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
                 keys: Sequence[str] = ("loss", "rec_nll", "reg"),
                 labels: Sequence[str] | None = None) -> Path:
-    """One panel per metric, one line per run (label: the run folder's name)."""
+    """One panel per metric, one line per run (label: the run folder's name).
+
+    A run with few epochs is drawn with markers (one epoch: a single point). A key
+    that no run has raises ``ValueError`` listing the columns there are.
+    """
     if not metrics_paths:
         raise ValueError("no metrics.csv given")
     runs = [read_metrics(p) for p in metrics_paths]
+    _check_curve_keys(runs, metrics_paths, keys)
     labels = list(labels) if labels else [Path(p).parent.name or str(p) for p in metrics_paths]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for run, lab in zip(runs, labels, strict=False):
             if key in run:
-                ax.plot(run["epoch"], run[key], label=lab)
+                marker = "." if len(run["epoch"]) < 50 else None
+                ax.plot(run["epoch"], run[key], marker=marker, label=lab)
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)

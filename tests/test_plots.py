@@ -65,12 +65,12 @@ def test_latent_2d_one_panel_per_method(tmp_path):
         latent_2d(mus, labels[:10], tmp_path / "bad.png")
 
 
-def _metrics(path, k):
+def _metrics(path, k, epochs=4):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"])
-        for e in range(1, 5):
+        for e in range(1, epochs + 1):
             w.writerow([e, 10 * e, 100 / e + k, 90 / e, 10, 0.0, 1.0])
     return path
 
@@ -78,6 +78,45 @@ def _metrics(path, k):
 def test_loss_curves(tmp_path):
     paths = [_metrics(tmp_path / f"run{k}" / "metrics.csv", k) for k in range(2)]
     assert _is_png(loss_curves(paths, tmp_path / "curves.png"))
+
+
+@pytest.mark.parametrize("epochs, marker", [(1, "."), (3, "."), (60, "None")])
+def test_loss_curves_mark_the_points_of_short_runs(tmp_path, monkeypatch, epochs, marker):
+    """A one-epoch run is one point per panel: without a marker nothing is drawn."""
+    import mmvm.plots
+
+    drawn, save = [], mmvm.plots.save_figure
+
+    def keep(fig, path):
+        drawn.extend(line for ax in fig.axes for line in ax.get_lines())
+        return save(fig, path)
+
+    monkeypatch.setattr(mmvm.plots, "save_figure", keep)
+    run = _metrics(tmp_path / "run" / "metrics.csv", 0, epochs)
+    assert _is_png(loss_curves([run], tmp_path / "c.png"))
+    assert len(drawn) == 3 and all(len(line.get_xdata()) == epochs for line in drawn)
+    assert {line.get_marker() for line in drawn} == {marker}
+
+
+def test_loss_curves_refuse_a_column_no_run_has(tmp_path):
+    runs = [_metrics(tmp_path / f"run{k}" / "metrics.csv", k) for k in range(2)]
+    with pytest.raises(ValueError, match=r"'recnll': not a column of any of the metrics "
+                       r"files; the columns are step, loss, rec_nll, reg, alpha, seconds"):
+        loss_curves(runs, tmp_path / "c.png", keys=["loss", "recnll"])
+    with pytest.raises(ValueError, match="give at least one column"):
+        loss_curves(runs, tmp_path / "c.png", keys=[])
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_cli_curves_unknown_key_is_an_error_not_an_empty_panel(tmp_path, capsys):
+    from mmvm.cli import main
+
+    run = _metrics(tmp_path / "run" / "metrics.csv", 0).parent
+    assert main(["plot", "curves", str(run), "--keys", "loss,recnll"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmvm plot curves: error: 'recnll': not a column of the "
+                          "metrics file; the columns are step, loss, rec_nll")
+    assert "Traceback" not in err and not (run / "curves.png").exists()
 
 
 def test_plot_cli_scatter_and_curves(tmp_path):
@@ -111,3 +150,22 @@ def test_plot_cli_writes_into_the_run_folder_by_default(tmp_path, monkeypatch):
     assert main(["plot", "scatter", str(run / "results.json")]) == 0
     assert _is_png(run / "scatter_probe.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_plot_cli_curves_of_a_federated_run_draw_the_columns_it_has(tmp_path):
+    """A federated metrics.csv (mmvm/federation/results.py) has no "loss": the default
+    panels are those of loss, rec_nll, reg the files have; asked for, "loss" is an error."""
+    from mmvm.cli import main
+    from mmvm.federation.results import WINDOW_FIELDS
+
+    run = tmp_path / "fed"
+    run.mkdir()
+    rows = [{k: 0 for k in WINDOW_FIELDS} | {"epoch": e, "rec_nll": 10.0 - e, "reg": 1.0}
+            for e in (1, 2)]
+    with open(run / "metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=WINDOW_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["plot", "curves", str(run)]) == 0 and (run / "curves.png").stat().st_size
+    assert main(["plot", "curves", str(run), "--keys", "loss", "--out",
+                 str(tmp_path / "x.png")]) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,14 +28,21 @@ def register(subparsers) -> None:
                    help="quantity on the y axis (default: probe)")
     s.add_argument("--out", default=None,
                    help="PNG to write (default: scatter_<y>.png next to the first file)")
-    s.set_defaults(func=run_scatter)
+    _handles(s, run_scatter)
     c = sub.add_parser("curves", help="training curves from metrics.csv files")
     c.add_argument("metrics", nargs="+", help="metrics.csv files (or run folders)")
-    c.add_argument("--keys", default="loss,rec_nll,reg",
-                   help="comma-separated columns (default: loss,rec_nll,reg)")
+    c.add_argument("--keys", default=None,
+                   help="comma-separated metrics.csv columns, one panel each "
+                        "(default: those of loss,rec_nll,reg the files have)")
     c.add_argument("--out", default=None,
                    help="PNG to write (default: curves.png in the first run's folder)")
-    c.set_defaults(func=run_curves)
+    _handles(c, run_curves)
+
+
+def _handles(parser: argparse.ArgumentParser,
+             func: Callable[[argparse.Namespace], int]) -> None:
+    """``func`` runs the command; its errors name it whole (``mmvm plot curves:``)."""
+    parser.set_defaults(func=func, command=parser.prog.removeprefix("mmvm "))
 
 
 def read_results(paths: list[str]) -> list[dict]:
@@ -72,7 +80,13 @@ def run_curves(args: argparse.Namespace) -> int:
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such metrics file")
-    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    if args.keys is None:  # a federated run's metrics.csv has no "loss" column
+        from mmvm.plots import read_metrics
+
+        have = set().union(*(read_metrics(p) for p in paths))
+        keys = [k for k in ("loss", "rec_nll", "reg") if k in have]
+    else:
+        keys = [k.strip() for k in args.keys.split(",") if k.strip()]
     out = args.out or paths[0].parent / "curves.png"
     print(f"wrote {loss_curves(paths, out, keys)}")
     return 0

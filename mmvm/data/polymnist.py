@@ -305,7 +305,9 @@ def make_polymnist(out_dir: str | os.PathLike, seed: int = 0, n_train: int | Non
     out_dir : output directory (created).
     seed : everything (digit split, pairing, offsets, crops) is a function of it.
     n_train, n_test : samples per split; default one pass over the split's digits
-        (npm: about 9,000 / 1,000). Larger values make more passes.
+        (npm: 9,001 / 999, each class's 10 % rounded on its own; scikit-learn:
+        1,618 / 179). Larger values make more passes. The rounding stays as it is: a
+        seed makes the same data as it did for every number the README quotes.
     digits_source : ``auto`` (npm, else scikit-learn), ``npm`` or ``sklearn``.
     test_fraction : share of each class's digits reserved for test.
     variant : ``translated`` (the MMVM paper's) or ``untranslated`` (the original

@@ -4,10 +4,11 @@ A site holds some modalities for some samples. The layouts:
 
 - ``vertical``: one site per modality, every sample (hospital A has the frontal views,
   hospital B the lateral views of the same studies);
-- ``horizontal``: ``shards`` sites, each with every modality for a disjoint part of the
-  samples (the classic horizontal federation);
+- ``horizontal``: ``shards`` >= 2 sites, each with every modality for a disjoint part
+  of the samples (the classic horizontal federation);
 - ``hybrid``: one site per modality, except that the first modality is spread over
-  ``shards`` sites holding different samples (its weights are averaged among them).
+  ``shards`` >= 2 sites holding different samples (its weights are averaged among
+  them).
 
 ``missing`` removes each modality from that fraction of the samples (chosen per
 modality from the seed, never leaving a sample with no modality): the site simply has
@@ -48,8 +49,11 @@ def site_layout(kind: str, modalities: Sequence[str], shards: int = 2) -> list[S
     mods = list(modalities)
     if not mods or len(set(mods)) != len(mods):
         raise ValueError(f"site layout needs distinct modality names, got {mods}")
-    if kind in ("horizontal", "hybrid") and (isinstance(shards, bool) or shards < 1):
-        raise ValueError(f"site layout {kind!r}: shards must be >= 1, got {shards}")
+    if kind in ("horizontal", "hybrid") and (isinstance(shards, bool) or shards < 2):
+        one = ("a single site holding every sample" if kind == "horizontal" else
+               "the vertical layout; use that")
+        raise ValueError(f"site layout {kind!r}: shards must be >= 2, got {shards} "
+                         f"(with one shard it is {one})")
     if kind == "vertical":
         return [SiteSpec(f"site-{m}", (m,)) for m in mods]
     if kind == "horizontal":

@@ -107,3 +107,65 @@ def test_split_writes_one_folder_per_site_named_as_asked(tmp_path, capsys):
     assert main(["data", "split", files[0], files[0], "--out", str(tmp_path / "x")]) == 2
     assert "written over each other" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def _data_options():
+    """(command, option) for every option of the ``mmvm data`` tree taking a value."""
+    import argparse
+
+    from mmvm.cli import build_parser
+
+    found = []
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+            elif action.option_strings and action.type is not None:
+                found.append((parser.prog, action))
+
+    walk(build_parser())
+    return [(prog, action) for prog, action in found if prog.startswith("mmvm data ")]
+
+
+@pytest.mark.parametrize("prog, action", _data_options(),
+                         ids=lambda v: v if isinstance(v, str) else v.dest)
+def test_numeric_options_say_their_default(prog, action):
+    assert "default" in action.help, f"{prog} {action.option_strings[0]}"
+
+
+def test_make_polymnist_help_shows_the_sample_counts(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "make", "polymnist", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--n-test N_TEST test samples (default: one pass over the test digits, " \
+           "999 from npm" in help_text
+
+
+def test_split_errors_name_the_subcommand(tiny_polymnist, tmp_path, capsys):
+    files = [str(tiny_polymnist / "train.parquet"), str(tiny_polymnist / "test.parquet")]
+    assert main(["data", "split", *files, "--out", str(tmp_path / "x"),
+                 "--layout", "verticl"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "mmvm data split: error: unknown site layout 'verticl'; choose one of "
+        "['vertical', 'horizontal', 'hybrid']")
+    assert main(["data", "make", "polymnist", "--out", str(tmp_path / "p"), "--quiet",
+                 "--digits-source", "sklearn", "--n-train", "-1"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "mmvm data make polymnist: error: train: cannot make -1 samples")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("layout", ["horizontal", "hybrid"])
+@pytest.mark.parametrize("shards", ["1", "0"])
+def test_split_refuses_fewer_than_two_shards(tiny_polymnist, tmp_path, capsys, layout,
+                                             shards):
+    """One horizontal shard is a single site with every sample (no federation); one
+    hybrid shard is the vertical layout under another name."""
+    assert main(["data", "split", str(tiny_polymnist / "train.parquet"), "--out",
+                 str(tmp_path / "x"), "--layout", layout, "--shards", shards]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmvm data split: error: site layout '{layout}': shards must "
+                          f"be >= 2, got {shards}")
+    assert "Traceback" not in err and not (tmp_path / "x").exists()

@@ -58,8 +58,13 @@ def test_named_layouts():
 
 @pytest.mark.parametrize("args, match", [
     (("diagonal", MODS), r"unknown site layout 'diagonal'; choose one of \['vertical'"),
-    (("horizontal", MODS, 0), r"shards must be >= 1, got 0"),
-    (("hybrid", MODS, -1), r"shards must be >= 1"),
+    (("horizontal", MODS, 0), r"shards must be >= 2, got 0"),
+    (("hybrid", MODS, -1), r"shards must be >= 2"),
+    (("horizontal", MODS, 1), r"shards must be >= 2, got 1 \(with one shard it is a "
+                              r"single site holding every sample\)"),
+    (("hybrid", MODS, 1), r"shards must be >= 2, got 1 \(with one shard it is the "
+                          r"vertical layout; use that\)"),
+    (("horizontal", MODS, True), r"shards must be >= 2, got True"),
     (("vertical", []), r"distinct modality names"),
     (("vertical", ["a", "a"]), r"distinct modality names"),
 ])

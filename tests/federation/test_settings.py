@@ -33,6 +33,7 @@ def test_overrides_and_string_forms_of_flower_values():
 @pytest.mark.parametrize("change,match", [
     ({"exchange": "daily"}, r"exchange = 'daily'; choose one of"),
     ({"layout": "diagonal"}, r"layout = 'diagonal'"),
+    ({"layout": "hybrid", "shards": 1}, r"layout = 'hybrid' needs shards >= 2 \(got 1\)"),
     ({"local_epochs": 0}, r"must be >= 1"),
     ({"missing": 1.0}, r"missing = 1.0 must be in \[0, 1\)"),
     ({"float16": "maybe"}, r"float16 = 'maybe' is not a boolean"),
