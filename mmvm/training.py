@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import Dataset, default_collate
@@ -109,6 +109,12 @@ class TrainResult:
     model: MultimodalVAE
     history: list[dict[str, float]] = field(default_factory=list)
     out_dir: Path = Path(".")
+    start_epoch: int = 0  # epochs the checkpoint held before this call (0: from scratch)
+
+    @property
+    def trained_epochs(self) -> int:
+        """Epochs this call trained (0: the checkpoint was already complete)."""
+        return len(self.history) - self.start_epoch
 
 
 def train_step(
@@ -156,8 +162,14 @@ def train(
     *,
     resume: bool = True,
     show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train ``cfg.model`` on ``train_set`` for ``cfg.train.epochs`` epochs."""
+    """Train ``cfg.model`` on ``train_set`` for ``cfg.train.epochs`` epochs.
+
+    ``log`` (e.g. ``print``) is told when a checkpoint is resumed. The progress bar
+    shows the running mean loss of the epoch so far, which at the epoch's end is the
+    epoch's ``loss`` in metrics.csv.
+    """
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     cfg_names = [m.name for m in cfg.model.modalities]
@@ -179,11 +191,14 @@ def train(
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.is_file():
         start_epoch, step, history = _resume(ckpt_path, cfg, model, optimizer)
+        if log is not None and start_epoch < cfg.train.epochs:
+            log(f"resuming from epoch {start_epoch} of {cfg.train.epochs} ({ckpt_path})")
     atomic_write(out_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2).encode())
 
     n, b = len(train_set), cfg.train.batch_size
     n_batches = math.ceil(n / b) - (n > b and n % b == 1)  # as mmvm.schedule.cut cuts
-    with progress_bar(show_progress) as bar:
+    # nothing left to train (a finished run rerun): no empty "0/0" bar
+    with progress_bar(show_progress and start_epoch < cfg.train.epochs) as bar:
         task = bar.add_task("train", total=(cfg.train.epochs - start_epoch) * n_batches)
         for epoch in range(start_epoch, cfg.train.epochs):
             model.train()
@@ -198,7 +213,7 @@ def train(
                     sums[k] += metrics[k] * n
                 count += n
                 step += 1
-                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.train.epochs} loss {metrics['loss']:.1f}")
+                bar.update(task, advance=1, description=_bar_text(epoch, cfg, sums, count))
             row = {"epoch": epoch + 1, "step": step, **{k: v / count for k, v in sums.items()},
                    "alpha": alpha_at(step), "seconds": time.perf_counter() - t0}
             history.append(row)
@@ -206,7 +221,13 @@ def train(
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 save_checkpoint(ckpt_path, _state(cfg, model, optimizer, epoch + 1, step, history))
     model.eval()
-    return TrainResult(model=model, history=history, out_dir=out_dir)
+    return TrainResult(model=model, history=history, out_dir=out_dir, start_epoch=start_epoch)
+
+
+def _bar_text(epoch: int, cfg: ExperimentConfig, sums: dict[str, float], count: int) -> str:
+    """The bar's label: the epoch and its running mean loss (sample-weighted, as the
+    epoch's row in metrics.csv), not the last batch's loss."""
+    return f"epoch {epoch + 1}/{cfg.train.epochs} mean loss {sums['loss'] / count:.1f}"
 
 
 def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
@@ -237,9 +258,11 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, i
         d.pop("source", None)
         d.pop("eval", None)  # how the model is scored afterwards never changes training
     if saved != now:
+        changes = "; ".join(config_changes(saved, now))
         raise ValueError(
-            f"checkpoint {path} was written with a different config; "
-            "use another train.out_dir or delete the checkpoint to start over"
+            f"checkpoint {path} was written with a different config ({changes}); "
+            "use another train.out_dir, set those keys back, or start over and overwrite "
+            "the checkpoint (--fresh / resume=False)"
         )
     if state["epoch"] > cfg.train.epochs:  # else the caller would get a longer-trained model
         raise ValueError(
@@ -250,6 +273,23 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, i
     model.load_state_dict(state["model"])
     accel.load_optimizer_state(optimizer, state["optimizer"])
     return state["epoch"], state["step"], list(state["history"])
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"train.lr: 0.001 -> 0.002"`` for each dotted key whose value differs
+    (``(unset)`` where one side lacks the key)."""
+    out = []
+    for key in sorted(set(saved) | set(now), key=str):
+        old, new = saved.get(key, "(unset)"), now.get(key, "(unset)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {_shown(old)} -> {_shown(new)}")
+    return out
+
+
+def _shown(value: Any) -> str:
+    return value if value == "(unset)" else json.dumps(value, default=str)
 
 
 def load_trained_model(run_dir: str | Path, device: str = "cpu") -> tuple[MultimodalVAE, dict]:

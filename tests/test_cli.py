@@ -99,6 +99,20 @@ def test_train_missing_data_root_says_how_to_make_it(tmp_path, capsys, config, k
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_train_missing_data_gives_the_configs_own_recipe(tmp_path, capsys, monkeypatch):
+    """polymnist_cpu trains on the soft variant with 3,000 samples: the advice is the
+    config's recipe, not the default look-alike in a folder of a similar name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "polymnist").mkdir(parents=True)
+    (tmp_path / "data" / "polymnist" / "train.parquet").touch()
+    config = str(Path(POLYMNIST).with_name("polymnist_cpu.toml"))
+    assert main(["train", "--config", config]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mmvm train: error: data/polymnist-soft/train.parquet does not exist; make it "
+        "first: `mmvm data make polymnist --variant soft --n-train 3000 --n-test 1000 "
+        "--out data/polymnist-soft`")
+
+
 def test_train_mistyped_data_root_suggests_the_folder_that_exists(tmp_path, capsys):
     (tmp_path / "polymnist").mkdir()
     (tmp_path / "polymnist" / "train.parquet").touch()
@@ -130,17 +144,35 @@ def test_train_runs_and_resumes(tiny_polymnist, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_tiny_args(tiny_polymnist, out)) == 0
     text = capsys.readouterr().out
-    assert "trained mmvm for 1 epochs" in text and str(out) in text
+    assert "trained mmvm for 1 epoch;" in text and str(out) in text
     assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "metrics.csv", "config.json"}
     blob = (out / "checkpoint.pt").read_bytes()
     assert main(_tiny_args(tiny_polymnist, out)) == 0  # resumed: already done
     assert (out / "checkpoint.pt").read_bytes() == blob
     # a changed config on the same folder is refused, and --fresh starts over
     assert main(_tiny_args(tiny_polymnist, out, "--set", "train.lr=0.002")) == 2
-    assert "different config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different config (train.lr: 0.0005 -> 0.002)" in err and "--fresh" in err
     assert (out / "checkpoint.pt").read_bytes() == blob
     assert main(_tiny_args(tiny_polymnist, out, "--fresh", "--set", "train.lr=0.002")) == 0
     assert (out / "checkpoint.pt").read_bytes() != blob
+
+
+def test_train_says_when_it_resumes_and_when_nothing_is_left(tiny_polymnist, tmp_path,
+                                                               capsys):
+    out = tmp_path / "run"
+    assert main(_tiny_args(tiny_polymnist, out)) == 0
+    capsys.readouterr()
+    assert main(_tiny_args(tiny_polymnist, out)) == 0  # rerun of a finished run
+    text = capsys.readouterr().out
+    assert text.startswith("nothing trained: the run is already complete at epoch 1")
+    assert "raise train.epochs (e.g. --set train.epochs=2)" in text and "--fresh" in text
+    assert "trained mmvm" not in text
+    assert main(_tiny_args(tiny_polymnist, out, "--set", "train.epochs=3")) == 0
+    first, *_, last = capsys.readouterr().out.splitlines()
+    assert first == f"resuming from epoch 1 of 3 ({out / 'checkpoint.pt'})"
+    assert last.startswith("trained mmvm for epochs 2-3 (resumed from epoch 1); "
+                           "last epoch's mean loss ")
 
 
 def test_train_divergence_exits_1_without_traceback(tiny_polymnist, tmp_path, capsys):

@@ -381,5 +381,16 @@ def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     res = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert res["method"] == "mmvm" and "coherence" in res
+    # the settings this evaluation used (its --config), not the run's config.json
+    used = res["settings"]
+    assert used["eval"]["classifier_epochs"] == 2 != cfg.eval.classifier_epochs
+    assert used["data"]["root"] == str(tmp_path) and used["data"]["max_test"] == 0
+    assert used["dataset"]["test_samples"] == res["n_test"]
     assert (tmp_path / "run" / "generations.png").stat().st_size > 1000
     assert "probe acc" in capsys.readouterr().out
+    # evaluated again without coherence: the first evaluation is kept, and it says so
+    assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
+    assert "eval.previous.json" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "eval.previous.json").read_text()) == res
+    assert "coherence" not in json.loads((tmp_path / "run" / "eval.json").read_text())

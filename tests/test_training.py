@@ -123,12 +123,70 @@ def test_rerun_of_a_finished_run_changes_nothing(tmp_path, data):
 def test_resume_with_changed_config_raises_and_keeps_checkpoint(tmp_path, data):
     train(_cfg(tmp_path, epochs=1), data, show_progress=False)
     blob = (tmp_path / "checkpoint.pt").read_bytes()
-    for change in ({"lr": 2e-2}, {"seed": 9}, {"batch_size": 32}):
+    for change, named in (({"lr": 2e-2}, r"train\.lr: 0\.01 -> 0\.02"),
+                          ({"seed": 9}, r"train\.seed: 5 -> 9"),
+                          ({"batch_size": 32}, r"train\.batch_size: 64 -> 32")):
         with pytest.raises(ValueError, match=r"checkpoint\.pt was written with a different "
-                                             r"config; use another train\.out_dir"):
+                           rf"config \({named}\); use another train\.out_dir.*--fresh"):
             train(_cfg(tmp_path, epochs=2, **change), data, show_progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == blob
     assert len(_read_metrics(tmp_path / "metrics.csv")) == 1
+
+
+def test_config_changes_name_every_differing_key_old_to_new():
+    saved = {"train": {"lr": 0.001, "seed": 0}, "model": {"modalities": {"a": {"width": 4}}}}
+    now = {"train": {"lr": 0.002, "seed": 0},
+           "model": {"modalities": {"a": {"width": 8}, "b": {"width": 4}}}}
+    assert training.config_changes(saved, now) == [
+        'model.modalities.a.width: 4 -> 8', 'model.modalities.b: (unset) -> {"width": 4}',
+        "train.lr: 0.001 -> 0.002"]
+
+
+def test_resume_says_where_it_starts_and_result_counts_epochs(tmp_path, data):
+    said: list[str] = []
+    first = train(_cfg(tmp_path, epochs=1), data, show_progress=False, log=said.append)
+    assert said == [] and (first.start_epoch, first.trained_epochs) == (0, 1)
+    more = train(_cfg(tmp_path, epochs=3), data, show_progress=False, log=said.append)
+    assert said == [f"resuming from epoch 1 of 3 ({tmp_path / 'checkpoint.pt'})"]
+    assert (more.start_epoch, more.trained_epochs) == (1, 2)
+    said.clear()
+    again = train(_cfg(tmp_path, epochs=3), data, show_progress=False, log=said.append)
+    assert said == [] and (again.start_epoch, again.trained_epochs) == (3, 0)
+
+
+def _recording_bar(monkeypatch) -> list:
+    """Replaces the trainer's progress bar; returns [(enabled, [descriptions])]."""
+    from contextlib import contextmanager
+
+    bars: list = []
+
+    class Bar:
+        def add_task(self, *a, **k):
+            return 0
+
+        def update(self, task, advance=0, description=""):
+            bars[-1][1].append(description)
+
+    @contextmanager
+    def fake(enabled=True):
+        bars.append((enabled, []))
+        yield Bar()
+
+    monkeypatch.setattr(training, "progress_bar", fake)
+    return bars
+
+
+def test_progress_bar_shows_the_running_epoch_mean_that_metrics_csv_records(
+        tmp_path, data, monkeypatch):
+    bars = _recording_bar(monkeypatch)
+    result = train(_cfg(tmp_path, epochs=2), data)
+    enabled, texts = bars[0]
+    assert enabled and len(texts) == 6  # 3 steps per epoch
+    for epoch, row in enumerate(result.history, start=1):
+        assert texts[3 * epoch - 1] == f"epoch {epoch}/2 mean loss {row['loss']:.1f}"
+    # a rerun of the finished run trains nothing and draws no (empty "0/0") bar
+    train(_cfg(tmp_path, epochs=2), data)
+    assert bars[1] == (False, [])
 
 
 def test_a_checkpoint_from_before_new_config_keys_resumes(tmp_path, data):

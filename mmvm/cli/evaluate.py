@@ -3,7 +3,8 @@
 The run's checkpoint fixes the model and the method; the config (``--config`` /
 ``--set``) gives the data and the ``[eval]`` settings (``eval.labels`` and
 ``eval.metric``: per-label probes, e.g. AUROC per CheXpert finding). Coherence runs
-when the data has a ``data.label`` column. Writes ``<run>/eval.json`` and
+when the data has a ``data.label`` column. Writes ``<run>/eval.json`` (its
+"settings": the [eval] and data settings this evaluation used) and
 ``<run>/generations.png`` and prints a table.
 """
 
@@ -13,8 +14,13 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmvm.cli import add_config_arguments
+
+if TYPE_CHECKING:
+    from mmvm.config import ExperimentConfig
+    from mmvm.data.dataset import MultimodalDataset
 
 
 def register(subparsers) -> None:
@@ -75,7 +81,12 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_run(cfg, model, train_set, test_set, classifiers)
     result["run"] = str(run_dir)
     result["epoch"] = state.get("epoch")
+    result["settings"] = evaluated_with(cfg, train_set, test_set)
     out = run_dir / "eval.json"
+    if out.is_file():  # e.g. the federated server's, with coherence: not lost unseen
+        out.replace(run_dir / "eval.previous.json")
+        print(f"mmvm evaluate: the earlier {out.name} of this run is now "
+              f"{run_dir / 'eval.previous.json'}")
     atomic_write(out, json.dumps(result, indent=2).encode())
     print_result(result)
     print(f"wrote {out}")
@@ -86,6 +97,30 @@ def run(args: argparse.Namespace) -> int:
                                method=cfg.model.method)
         print(f"wrote {grid}")
     return 0
+
+
+# the data settings evaluate reads (the rest of [data] is how the trainer reads)
+EVAL_DATA_KEYS = ("root", "folders", "train", "test", "label", "max_test")
+# what the data files say they are (mmvm.dataset metadata), as far as they say it
+DATASET_KEYS = ("name", "variant", "seed")
+
+
+def evaluated_with(cfg: ExperimentConfig, train_set: MultimodalDataset,
+                   test_set: MultimodalDataset) -> dict:
+    """The settings this evaluation used, for eval.json (and the report's tables): the
+    ``[eval]`` section and the data keys as given to ``mmvm evaluate`` (not the
+    training run's config.json), and the data files' name, variant and sample counts."""
+    import dataclasses
+
+    from mmvm.data.store import read_site_meta
+
+    data = dataclasses.asdict(cfg.data)
+    metas = [read_site_meta(p).get("dataset") or {} for p in cfg.data.files("train")]
+    dataset = {k: "+".join(dict.fromkeys(str(m[k]) for m in metas if k in m))
+               for k in DATASET_KEYS if any(k in m for m in metas)}
+    dataset.update(train_samples=len(train_set), test_samples=len(test_set))
+    return {"data": {k: data[k] for k in EVAL_DATA_KEYS}, "eval": dataclasses.asdict(cfg.eval),
+            "dataset": dataset}
 
 
 def _fmt(v) -> str:

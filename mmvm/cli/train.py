@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmvm.cli import add_config_arguments
+
+if TYPE_CHECKING:
+    from mmvm.training import TrainResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,22 +40,36 @@ def run(args: argparse.Namespace) -> int:
     names = [m.name for m in cfg.model.modalities]
     for path in paths:
         if not path.exists():
-            raise FileNotFoundError(
-                f"{path} does not exist; {_near(path)}"
-                f"{_how_to_make(names, cfg.data.root)}")
+            raise FileNotFoundError(f"{path} does not exist; "
+                                    f"{_how_to_make(names, cfg.source, cfg.data.root, path)}")
     check_token_classes(cfg.model.modalities, paths)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     try:
-        result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress)
+        result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress,
+                       log=print)
     except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback
         print(f"mmvm train: error: {err} (the last checkpoint in {cfg.train.out_dir}, "
               "if any, is unchanged)", file=sys.stderr)
         return 1
-    last = result.history[-1] if result.history else {}
-    print(f"trained {cfg.model.method} for {cfg.train.epochs} epochs; final loss "
-          f"{last.get('loss', float('nan')):.2f}; run folder: {result.out_dir} "
-          f"(checkpoint.pt, metrics.csv, config.json)")
+    print(summary(result, cfg.model.method))
     return 0
+
+
+def summary(result: TrainResult, method: str) -> str:
+    """The closing line: what this call trained (or that it had nothing to train)."""
+    last = result.history[-1] if result.history else {}
+    loss = f"{last.get('loss', float('nan')):.2f}"
+    done, epochs = result.trained_epochs, len(result.history)
+    folder = f"run folder: {result.out_dir} (checkpoint.pt, metrics.csv, config.json)"
+    if done == 0:
+        return (f"nothing trained: the run is already complete at epoch {epochs} "
+                f"(last epoch's mean loss {loss}); {folder}. To train more, raise "
+                f"train.epochs (e.g. --set train.epochs={2 * epochs}); to start over, "
+                "add --fresh.")
+    what = (f"epochs {result.start_epoch + 1}-{epochs} (resumed from epoch "
+            f"{result.start_epoch})" if result.start_epoch
+            else f"{epochs} epoch{'s' if epochs != 1 else ''}")
+    return f"trained {method} for {what}; last epoch's mean loss {loss}; {folder}"
 
 
 def _near(path: Path) -> str:
@@ -67,13 +86,33 @@ def _near(path: Path) -> str:
     return f"did you mean {existing / close[0] / Path(*rest[1:])}? If the data is not made yet, "
 
 
-def _how_to_make(names: list[str], root: str) -> str:
-    """The command that makes the data a config expects (its look-alike, if any)."""
+def config_recipe(source: str) -> tuple[str, str] | None:
+    """The ``mmvm data make ... --out DIR`` command a config file names for its data
+    (in a comment) and its DIR, or None. A config may be sized for data made with
+    options (polymnist_cpu: the soft variant, 3,000 samples) that the dataset's
+    default recipe, and a folder of a similar name, do not have."""
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    found = re.search(r"mmvm data make [^\n#)]*?--out (\S+)", text)
+    return (found.group(0), found.group(1)) if found else None
+
+
+def _how_to_make(names: list[str], source: str, root: str, path: Path) -> str:
+    """What to do about missing data: the command that makes the data a config
+    expects (its look-alike, if any; the config's own recipe first), after a folder
+    of a near name where ``root`` is not the config's own."""
     from mmvm.data.hippocampus import MODALITIES as RATS
     from mmvm.data.polymnist import MODALITIES as POLYMNIST
 
     for kind, mods in (("polymnist", POLYMNIST), ("hippocampus", RATS)):
         if tuple(names) == tuple(mods):
-            return f"make it first: `mmvm data make {kind} --out {root}`"
-    return (f"make it first with `mmvm data prepare DATASET SRC --out {root}` "
+            recipe = config_recipe(source)
+            if recipe and recipe[0].startswith(f"mmvm data make {kind} "):
+                command, out = recipe
+                near = "" if out == root else _near(path)  # a typo'd root, maybe
+                return f"{near}make it first: `{command.replace(f'--out {out}', f'--out {root}')}`"
+            return f"{_near(path)}make it first: `mmvm data make {kind} --out {root}`"
+    return (f"{_near(path)}make it first with `mmvm data prepare DATASET SRC --out {root}` "
             "(see `mmvm data prepare --help`), or set data.root")

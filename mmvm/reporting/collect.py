@@ -24,6 +24,7 @@ from typing import Any
 
 from mmvm.reporting.runs import (
     FEDERATED_SETTINGS,
+    WHERE_DATA_LIES,
     Run,
     apply_eval,
     apply_row,
@@ -126,6 +127,8 @@ def read_run_folder(folder: Path) -> Run:
         config = checkpoint_config(folder / "checkpoint.pt")
     if isinstance(config, Mapping):
         identity_from_config(run, config)
+    if not run.federated:  # a trainer's [eval] is not what `mmvm evaluate` was given
+        run.settings = {k: v for k, v in run.settings.items() if not k.startswith("eval.")}
     run.settings["mode"] = run.kind
     if (folder / "eval.json").is_file():
         result = read_json(folder / "eval.json")
@@ -250,7 +253,7 @@ def compatible(a: Run, b: Run) -> bool:
     """Same method, beta and seed, and no setting both record with different values."""
     same = (a.method, a.beta, a.seed) == (b.method, b.beta, b.seed) and a.seed is not None
     return same and all(b.settings.get(k, v) == v for k, v in a.settings.items()
-                        if k != "mode")
+                        if k not in ("mode", WHERE_DATA_LIES))
 
 
 def merge_rows_into_folders(runs: list[Run], notes: list[str]) -> list[Run]:

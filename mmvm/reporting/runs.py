@@ -28,11 +28,14 @@ METRICS: dict[str, tuple[str, bool]] = {
 
 # config keys that differ between seeds or machines without changing the experiment
 BOOKKEEPING = {
-    "source", "data.root", "data.folders", "data.streaming", "data.cache_row_groups",
+    "source", "data.folders", "data.streaming", "data.cache_row_groups",
     "train.seed", "train.out_dir", "train.device", "train.num_threads",
     "train.checkpoint_every", "train.compile", "train.amp", "train.channels_last",
     "model.method", "train.beta", "eval.batch_size",
 }
+# where the data lies: differs between machines holding the same data, so it never
+# tells runs apart, and is shown where their data differs (mmvm.reporting.stats)
+WHERE_DATA_LIES = "data.root"
 # settings of a federated run that shape the experiment (results.json "settings")
 FEDERATED_SETTINGS = ("num_sites", "layout", "shards", "missing", "exchange",
                       "exchange_steps", "local_epochs", "delta_tol", "float16", "secure")
@@ -124,6 +127,9 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
     run.beta = number(result.get("beta")) if "beta" in result else run.beta
     run.seed = integer(result.get("seed")) if "seed" in result else run.seed
     run.epoch = integer(result.get("epoch")) or run.epoch
+    used = result.get("settings")
+    if isinstance(used, Mapping):  # what mmvm evaluate used, over config.json's
+        run.settings.update(flatten(used))
     for key, setting in EVAL_SETTINGS.items():
         if key in result and setting not in run.settings:
             run.settings[setting] = text(result[key])

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from mmvm.reporting.runs import Run
+from mmvm.reporting.runs import WHERE_DATA_LIES, Run
 
 NOT_EVALUATED = "not evaluated"
 
@@ -90,9 +90,23 @@ class Group:
 
 
 def varying_settings(runs: Sequence[Run]) -> list[str]:
-    """Settings recorded with more than one value (a run may not record a setting)."""
-    keys = sorted({k for r in runs for k in r.settings})
+    """Settings recorded with more than one value (a run may not record a setting).
+
+    Never ``data.root``: the same data on two machines lies in two folders; runs on
+    other data differ in another data setting (``dataset.variant``, sample counts, ...),
+    and :func:`group_runs` then shows each group's ``data.root`` beside it.
+    """
+    keys = sorted({k for r in runs for k in r.settings} - {WHERE_DATA_LIES})
     return [k for k in keys if len({r.settings[k] for r in runs if k in r.settings}) > 1]
+
+
+def _show_data_root(group: Group) -> None:
+    """Add the folder(s) the group's data was read from to its shown settings."""
+    roots = dict.fromkeys(r.settings[WHERE_DATA_LIES] for r in group.runs
+                          if WHERE_DATA_LIES in r.settings)
+    if roots:
+        group.settings = dict(sorted({**group.settings,
+                                      WHERE_DATA_LIES: " | ".join(roots)}.items()))
 
 
 def _agrees(group: Group, run: Run) -> bool:
@@ -104,7 +118,8 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     """Groups in order of method, then beta; a group's runs differ only in seed.
 
     A run that does not record some setting in which the others differ (a benchmark
-    row, say) joins the one group it agrees with, or else gets its own group.
+    row, say) joins the one group it agrees with, or else gets its own group. Where
+    the runs' data differ, each group also shows the ``data.root`` it was read from.
     """
     keys = varying_settings(runs)
     groups: dict[tuple, Group] = {}
@@ -124,6 +139,9 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         key = (run.method, run.beta, tuple(run.settings.get(k) for k in keys))
         shown = {k: run.settings[k] for k in keys if k in run.settings}
         groups.setdefault(key, Group(run.method, run.beta, shown)).runs.append(run)
+    if any(k.startswith(("data.", "dataset.")) for k in keys):  # runs on other data
+        for group in groups.values():
+            _show_data_root(group)
     ordered = sorted(groups.values(), key=lambda g: (
         g.method is None, g.method or "", g.beta is None, g.beta or 0.0,
         sorted(g.settings.items())))
