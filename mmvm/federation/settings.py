@@ -9,6 +9,8 @@ naming the key. The server reads them once per run, a site once per run and proc
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,6 +125,21 @@ def _config_path(text: str, app_only: bool) -> Path:
                 APP_DIR / path)
 
 
+def _experiment(path: Path, overrides: list[str]) -> ExperimentConfig:
+    """The experiment config; its errors name the app's files as the run config does
+    (``configs/x.toml``), not the staged copy Flower runs (``~/.flwr/apps/<hash>/``),
+    with the nearest of the app's configs when the file is not there."""
+    try:
+        return load_config(path, overrides)
+    except ConfigError as err:
+        text = str(err).replace(f"{APP_DIR}{os.sep}", "")
+        if not path.is_file() and path.parent.is_dir():
+            close = difflib.get_close_matches(path.name, sorted(
+                p.name for p in path.parent.glob("*.toml")), n=1)
+            text += f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(text) from None
+
+
 def _hippocampus(rc: Mapping) -> dict:
     text = _get(rc, "hippocampus", str)
     try:
@@ -156,7 +173,7 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
     tol = _get(rc, "delta-tol", float)
     eval_data = _get(rc, "eval-data", str)
     s = FederationSettings(
-        experiment=load_config(cfg_path, overrides), num_sites=_get(rc, "num-sites", int),
+        experiment=_experiment(cfg_path, overrides), num_sites=_get(rc, "num-sites", int),
         layout=_get(rc, "layout", str), shards=_get(rc, "shards", int),
         missing=_get(rc, "missing", float), exchange=_get(rc, "exchange", str),
         exchange_steps=_get(rc, "exchange-steps", int),

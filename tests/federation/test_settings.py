@@ -41,6 +41,11 @@ def test_overrides_and_string_forms_of_flower_values():
     ({"reply_timeout": 0}, r"reply-timeout = 0.0 and connect-timeout = 30.0 must be > 0"),
     ({"secure": True, "delta_tol": 0.1}, r"delta-tol .* not available with secure"),
     ({"set": "train.epochz=2"}, r"did you mean 'train.epochs'"),
+    # named as the run config names them, not by where Flower staged the app
+    ({"set": "train.epochz=2"}, r"^configs/polymnist_cpu.toml, override 'train.epochz=2': "),
+    ({"config": "configs/polymnist-cpu.toml"}, r"^config file configs/polymnist-cpu.toml "
+                                               r"does not exist; did you mean "
+                                               r"'polymnist_cpu.toml'\?$"),
     ({"hippocampus": "tuning=-1"}, r"hippocampus = 'tuning=-1': tuning is a standard dev"),
     ({"hippocampus": "sparse"}, r"hippocampus = 'sparse': 'sparse': expected name=number"),
 ])
