@@ -9,17 +9,19 @@ with the closest valid key."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
-import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mmvm.config_ranges import range_problem
 
 
 class ConfigError(ValueError):
@@ -190,18 +192,35 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
         except OSError as err:
             raise ConfigError(f"config file {path}: {err.strerror}") from None
+    merged = copy.deepcopy(raw)
     for item in overrides or []:
-        _apply_override(raw, item)
+        _apply_override(merged, item)
     try:
-        return config_from_dict(raw, source)
+        return config_from_dict(merged, source)
     except ConfigError as err:  # say so when the culprit is an override, not the file
-        named = [o for o in overrides or [] if re.search(  # its key, or its section typo'd
-            rf"(?<![\w.]){re.escape(o.split('=', 1)[0].strip())}(?![\w.])|'{o.split('.')[0]}'",
-            str(err))]
-        if not named:
+        item = _culprit(raw, overrides or [], source, str(err))
+        if item is None:
             raise
-        raise ConfigError(str(err).replace(source, f"{source}, override {named[0]!r}", 1)) from None
+        raise ConfigError(str(err).replace(source, f"{source}, override {item!r}", 1)) from None
 
+
+def _culprit(raw: dict, overrides: list[str], source: str, error: str) -> str | None:
+    """The override that makes a valid file fail with ``error`` (applied one by one:
+    the first after which it fails so; else the first after which it fails), or None
+    when the file fails without them."""
+    failed = []
+    for k in range(len(overrides) + 1):
+        if k:
+            _apply_override(raw, overrides[k - 1])
+        try:
+            config_from_dict(raw, source)
+        except ConfigError as err:
+            if not k:
+                return None
+            if str(err) == error:
+                return overrides[k - 1]
+            failed.append(overrides[k - 1])
+    return failed[0] if failed else None
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
     raw = dict(raw)
@@ -267,44 +286,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
         raise ConfigError(f"{source}: eval.metric = {built['eval'].metric!r} scores "
                           "per-label probes; name their columns in eval.labels")
     cfg = ExperimentConfig(model=model, source=source, **built)
-    _check_ranges(cfg, source)
+    problem = range_problem(cfg)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     return cfg
-
-
-# key -> (predicate, requirement), checked after types: a bad value fails here, at
-# load time, instead of deep inside training (checkpoint_every=0 divided by zero).
-_RANGES: dict[str, tuple[Any, str]] = {
-    "data.max_train": (lambda v: v >= 0, ">= 0"),
-    "data.max_test": (lambda v: v >= 0, ">= 0"),
-    "data.cache_row_groups": (lambda v: v >= 1, ">= 1"),
-    "data.schedule_window": (lambda v: v >= 1, ">= 1"),
-    "model.latent_dim": (lambda v: v >= 1, ">= 1"),
-    "train.epochs": (lambda v: v >= 1, ">= 1"),
-    "train.batch_size": (lambda v: v >= 1, ">= 1"),
-    "train.lr": (lambda v: v > 0, "> 0"),
-    "train.beta": (lambda v: v >= 0, ">= 0"),
-    "train.alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "train.alpha_start": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "train.alpha_steps": (lambda v: v >= 1, ">= 1"),
-    "train.seed": (lambda v: v >= 0, ">= 0"),
-    "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
-    "train.num_threads": (lambda v: v >= 0, ">= 0"),
-    "eval.probe_train": (lambda v: v >= 1, ">= 1"),
-    "eval.classifier_epochs": (lambda v: v >= 0, ">= 0"),
-    "eval.classifier_shift": (lambda v: v >= 0, ">= 0"),
-    "eval.classifier_width": (lambda v: v >= 1, ">= 1"),
-    "eval.classifier_rotate": (lambda v: 0 <= v <= 180, "in [0, 180]"),
-    "eval.classifier_members": (lambda v: v >= 1, ">= 1"),
-    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
-}
-
-
-def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
-    for key, (ok, requirement) in _RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not ok(value):
-            raise ConfigError(f"{source}: {key} must be {requirement}, got {value!r}")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

@@ -292,3 +292,24 @@ def test_configs_are_frozen():
     cfg = load_config(POLYMNIST)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.epochs = 5  # type: ignore[misc]
+
+
+def test_an_override_is_blamed_only_when_it_makes_the_error(tmp_path):
+    """The override after which the config fails is named; one that merely shares a
+    name with the file's typo is not, and a bad file with overrides names the file."""
+    text = POLYMNIST.read_text()
+    assert "\nepochs = " in text
+    for typo in (text + "\n[traim]\nepochs = 2\n", text.replace("\nepochs = ", "\nepochz = ")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(typo)
+        with pytest.raises(ConfigError) as info:
+            load_config(bad, ["train.epochs=3"])
+        assert str(info.value).startswith(f"{bad}: unknown key")
+        assert ", override '" not in str(info.value)
+    with pytest.raises(ConfigError) as info:  # fails only with both: the first is named
+        load_config(POLYMNIST, ["train.lr=0.01", "model.method=mmvaeplus"])
+    assert str(info.value).startswith(f"{POLYMNIST}, override 'model.method=mmvaeplus': "
+                                      f"model.private_dim = 0")
+    for item in ("foo=(", "a(b=1", "train.epochs=["):
+        with pytest.raises(ConfigError):
+            load_config(POLYMNIST, [item])
