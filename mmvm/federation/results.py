@@ -90,7 +90,7 @@ def _plot_curves(path: Path, history: list[dict]) -> Path:
                                "bytes per window"), strict=True):
         ax.plot(steps, [r[key] for r in history], marker="." if len(steps) < 50 else None)
         gaps = [r for r in history if r.get("missed") or r.get("refused")]
-        if gaps:  # those windows lack a site's terms: a dip there is not learning
+        if gaps:  # a site's terms there are estimated from its co-holders', or unknown
             ax.plot([r["step"] for r in gaps], [r[key] for r in gaps], "x", color="C3",
                     label="a site away or refused")
             ax.legend(fontsize=7)

@@ -24,6 +24,7 @@ from torch import Tensor
 from mmvm.federation.coordinator import FederationError
 
 SUMS = ("rec_nll", "reg", "rows")  # what every window reply's metrics hold
+SPLIT_TOL = 1e-4  # the per-modality sums add up to the total (float32 sums of one tensor)
 
 
 def modality_key(m: str) -> str:
@@ -56,6 +57,10 @@ def window_sums(reply, modalities: Sequence[str] = ()) -> dict[str, float]:
         raise ValueError(f"malformed metrics ({err!r})") from None
     if not all(math.isfinite(v) for v in got.values()) or got["rows"] < 0:
         raise ValueError(f"metrics {got} (not finite, or negative rows)")
+    split = sum(got[modality_key(m)] for m in modalities)
+    if modalities and abs(split - got["rec_nll"]) > SPLIT_TOL * (1.0 + abs(got["rec_nll"])):
+        raise ValueError(f"metrics whose rec_nll per modality sum to {split}, not to its "
+                         f"rec_nll {got['rec_nll']}")
     return got
 
 
@@ -75,11 +80,13 @@ def window_means(coord, w: int, replies: Mapping) -> dict:
     if not got:  # no site's reply was taken: no loss to report
         return {"rec_nll": nan, "reg": nan, "estimated": 0}
     reg = sum(g["reg"] for g in got.values()) / (sum(g["rows"] for g in got.values()) or 1.0)
-    if len(got) == len(coord.sites):
+    def rows_of(key: str) -> int:  # the window's rows site ``key`` holds
+        return sum(int(coord.holds(key, s.rows.numpy()).sum()) for s in window.steps)
+
+    if not any(rows_of(k) for k in coord.sites if k not in got):  # all with rows answered
         return {"rec_nll": sum(g["rec_nll"] for g in got.values()) / rows, "reg": reg,
                 "estimated": 0}
-    held = {key: sum(int(coord.holds(key, s.rows.numpy()).sum()) for s in window.steps)
-            for key in coord.sites}
+    held = {key: rows_of(key) for key in coord.sites}
     total = 0.0
     for m, keys in coord.holders.items():
         answered = [k for k in keys if k in got]

@@ -68,3 +68,51 @@ def test_step_sums_split_the_total_by_modality():
     assert got == {"rec_nll": 10.5, "reg": 6.0, "rows": 3, "steps": 1, "ahead_s": 0.25,
                    "rec_nll.x": 4.5, "rec_nll.y": 6.0}
     assert set(zero_sums(["x", "y"])) == set(got)
+
+
+def _coord_round() -> Coordinator:
+    """One-step windows of 2 rows over 9. a and b hold m0 and m1 for
+    half the rows each, c holds m2 for all, d holds m0 for one row of its own."""
+    plan = PlanArgs(batch_size=2, seed=0, epochs=1, exchange="step")
+    sites = [SiteInfo("ka", "a", ["m0", "m1"], IDS[:4]), SiteInfo("kb", "b", ["m0", "m1"], IDS[4:]),
+             SiteInfo("kc", "c", ["m2"], IDS), SiteInfo("kd", "d", ["m0"], ["s8"])]
+    return Coordinator(sites, ["m0", "m1", "m2"], plan)
+
+
+def _two(m0: float, m1: float, rows: int) -> WindowReply:
+    return WindowReply(metrics={"rec_nll": m0 + m1, "reg": 0.0, "rows": rows,
+                                "rec_nll.m0": m0, "rec_nll.m1": m1})
+
+
+def test_a_site_holding_two_modalities_is_stood_for_in_each():
+    """b is absent from a window: each of its modalities is scaled by the rows of the
+    window its holders hold over those a holds."""
+    from mmvm.federation.plan import PlanArgs as Args
+
+    c = _coord_round()
+    c.plan = Args(batch_size=4, seed=0, epochs=1, exchange="round").plan(len(c.ids))
+    steps = c.plan[0].steps
+    assert len(steps) == 2 and sum(len(s.rows) for s in steps) == 9  # one window: all rows
+    got = window_means(c, 0, {"ka": _two(40.0, 20.0, 4), "kc": _reply("m2", 18.0, 8),
+                              "kd": WindowReply(metrics={"rec_nll": 3.0, "reg": 0.0, "rows": 1,
+                                                         "rec_nll.m0": 3.0})})
+    # m0: a's 40 and d's 3 over a's 4 + d's 1 rows, of 9 held: 43 * 9 / 5; m1: 20 * 8 / 4
+    assert got["rec_nll"] == pytest.approx((43 * 9 / 5 + 20 * 8 / 4 + 18) / 9)
+    assert got["estimated"] == 1
+
+
+def test_an_absent_site_without_rows_in_the_window_leaves_it_exact():
+    c = _coord_round()
+    w = next(w for w in range(len(c.plan)) if not c.holds("kd", c.window_rows(w)).any())
+    rows = c.window_rows(w)
+    a, b = int(c.holds("ka", rows).sum()), int(c.holds("kb", rows).sum())
+    got = window_means(c, w, {"ka": _two(1.0 * a, 2.0 * a, a), "kb": _two(1.0 * b, 2.0 * b, b),
+                              "kc": _reply("m2", 4.0 * len(rows), len(rows))})
+    assert (got["rec_nll"], got["estimated"]) == (pytest.approx(7.0), 0)
+
+
+def test_per_modality_sums_that_do_not_add_up_are_refused():
+    with pytest.raises(FederationError, match="site a sent metrics whose rec_nll per "
+                                              "modality sum to 1e\\+300"):
+        window_means(_coord_round(), 0, {"ka": WindowReply(metrics={
+            "rec_nll": 1.0, "reg": 0.0, "rows": 2, "rec_nll.m0": 1e300, "rec_nll.m1": 0.0})})
