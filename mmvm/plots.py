@@ -242,20 +242,25 @@ def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
     """One panel per metric, one line per run (label: the run folder's name).
 
     A run with few epochs is drawn with markers (one epoch: a single point). A key
-    that no run has raises ``ValueError`` listing the columns there are.
+    that no run has raises ``ValueError`` listing the columns there are. With a
+    federated run among them the x axis is the optimiser step.
     """
     if not metrics_paths:
         raise ValueError("no metrics.csv given")
     runs = [read_metrics(p) for p in metrics_paths]
     _check_curve_keys(runs, metrics_paths, keys)
     labels = list(labels) if labels else [Path(p).parent.name or str(p) for p in metrics_paths]
+    # a federated metrics.csv has a row per window, several per epoch: by step, as
+    # its own curves.png (a centralized one has steps too, so both fit one axis)
+    x = "step" if any("window" in r for r in runs) and all("step" in r for r in runs) \
+        else "epoch"
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for run, lab in zip(runs, labels, strict=False):
             if key in run:
-                marker = "." if len(run["epoch"]) < 50 else None
-                ax.plot(run["epoch"], run[key], marker=marker, label=lab)
-        ax.set_xlabel("epoch")
+                marker = "." if len(run[x]) < 50 else None
+                ax.plot(run[x], run[key], marker=marker, label=lab)
+        ax.set_xlabel("optimiser step" if x == "step" else "epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)

@@ -226,10 +226,11 @@ def run(grid: Grid, context: Context) -> None:
                 cfg, result.model_state, eval_data, out_dir,
                 log=lambda line: print(line, flush=True))
             paths.update(written)
-        except (*EXPECTED, OSError, ValueError) as err:  # the trained run stays a result
-            print(f"mmvm: server-side evaluation failed ({err}); the trained model is in "
-                  f"{paths.get('checkpoint', out_dir)}: evaluate it with `mmvm evaluate "
-                  f"--run {out_dir} --set data.root=<data folder>`", flush=True)
+        except Exception as err:  # noqa: BLE001 (out of memory too): the trained run stays
+            print(f"mmvm: server-side evaluation failed ({type(err).__name__}: {err}); the "
+                  f"trained model is in {paths.get('checkpoint', out_dir)}: evaluate it "
+                  f"with `mmvm evaluate --run {out_dir} --config "
+                  f"{context.run_config['config']} --set data.root=<data folder>`", flush=True)
     print(summary(result, str(out_dir), paths, assembled), flush=True)
 
 

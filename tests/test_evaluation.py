@@ -391,6 +391,11 @@ def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
     # evaluated again without coherence: the first evaluation is kept, and it says so
     assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
                  "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
-    assert "eval.previous.json" in capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / "eval.previous.json").read_text()) == res
+    assert "the earlier eval.json of this run is now" in capsys.readouterr().out
+    (kept,) = (tmp_path / "run").glob("eval.*-*.json")
+    assert json.loads(kept.read_text()) == res
     assert "coherence" not in json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
+    assert len(list((tmp_path / "run").glob("eval.*-*.json"))) == 2  # each one kept
+    assert json.loads(kept.read_text()) == res

@@ -154,7 +154,8 @@ def test_plot_cli_writes_into_the_run_folder_by_default(tmp_path, monkeypatch):
 
 def test_plot_cli_curves_of_a_federated_run_draw_the_columns_it_has(tmp_path):
     """A federated metrics.csv (mmvm/federation/results.py) has no "loss": the default
-    panels are those of loss, rec_nll, reg the files have; asked for, "loss" is an error."""
+    panels are those of loss, rec_nll, reg the files have; asked for, "loss" is an
+    error. The server's curves.png is left alone."""
     from mmvm.cli import main
     from mmvm.federation.results import WINDOW_FIELDS
 
@@ -166,6 +167,8 @@ def test_plot_cli_curves_of_a_federated_run_draw_the_columns_it_has(tmp_path):
         writer = csv.DictWriter(fh, fieldnames=WINDOW_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    assert main(["plot", "curves", str(run)]) == 0 and (run / "curves.png").stat().st_size
+    (run / "results.json").write_text("{}")  # a federated run folder: curves.png is the server's
+    assert main(["plot", "curves", str(run)]) == 0
+    assert (run / "metrics_curves.png").stat().st_size and not (run / "curves.png").exists()
     assert main(["plot", "curves", str(run), "--keys", "loss", "--out",
                  str(tmp_path / "x.png")]) == 2

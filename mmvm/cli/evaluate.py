@@ -4,7 +4,8 @@ The run's checkpoint fixes the model and the method; the config (``--config`` /
 ``--set``) gives the data and the ``[eval]`` settings (``eval.labels`` and
 ``eval.metric``: per-label probes, e.g. AUROC per CheXpert finding). Coherence runs
 when the data has a ``data.label`` column. Writes ``<run>/eval.json`` (its
-"settings": the [eval] and data settings this evaluation used) and
+"settings": the [eval] and data settings this evaluation used; an earlier one is
+kept as eval.<its time>.json) and
 ``<run>/generations.png`` and prints a table.
 """
 
@@ -83,10 +84,9 @@ def run(args: argparse.Namespace) -> int:
     result["epoch"] = state.get("epoch")
     result["settings"] = evaluated_with(cfg, train_set, test_set)
     out = run_dir / "eval.json"
-    if out.is_file():  # e.g. the federated server's, with coherence: not lost unseen
-        out.replace(run_dir / "eval.previous.json")
-        print(f"mmvm evaluate: the earlier {out.name} of this run is now "
-              f"{run_dir / 'eval.previous.json'}")
+    if out.is_file():  # e.g. the federated server's, with coherence: never lost unseen
+        kept = keep_earlier(out)
+        print(f"mmvm evaluate: the earlier {out.name} of this run is now {kept}")
     atomic_write(out, json.dumps(result, indent=2).encode())
     print_result(result)
     print(f"wrote {out}")
@@ -99,8 +99,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def keep_earlier(path: Path) -> Path:
+    """Move ``path`` aside as ``<stem>.<its time>[.k]<suffix>`` (every earlier
+    evaluation kept, the newest under the plain name) and return where it went."""
+    import time
+
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime(path.stat().st_mtime))
+    target, k = path.with_name(f"{path.stem}.{stamp}{path.suffix}"), 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.stem}.{stamp}.{k}{path.suffix}")
+    path.replace(target)
+    return target
+
+
 # the data settings evaluate reads (the rest of [data] is how the trainer reads)
-EVAL_DATA_KEYS = ("root", "folders", "train", "test", "label", "max_test")
+EVAL_DATA_KEYS = ("root", "folders", "train", "test", "label", "max_train", "max_test")
 # what the data files say they are (mmvm.dataset metadata), as far as they say it
 DATASET_KEYS = ("name", "variant", "seed")
 

@@ -35,7 +35,9 @@ def register(subparsers) -> None:
                    help="comma-separated metrics.csv columns, one panel each "
                         "(default: those of loss,rec_nll,reg the files have)")
     c.add_argument("--out", default=None,
-                   help="PNG to write (default: curves.png in the first run's folder)")
+                   help="PNG to write (default: curves.png in the first run's folder; "
+                        "metrics_curves.png in a federated run's, whose curves.png the "
+                        "server drew)")
     _handles(c, run_curves)
 
 
@@ -87,6 +89,8 @@ def run_curves(args: argparse.Namespace) -> int:
         keys = [k for k in ("loss", "rec_nll", "reg") if k in have]
     else:
         keys = [k.strip() for k in args.keys.split(",") if k.strip()]
-    out = args.out or paths[0].parent / "curves.png"
+    # a federated run folder's curves.png is the server's (it marks absent sites)
+    federated = (paths[0].parent / "results.json").is_file()
+    out = args.out or paths[0].parent / ("metrics_curves.png" if federated else "curves.png")
     print(f"wrote {loss_curves(paths, out, keys)}")
     return 0

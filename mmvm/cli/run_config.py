@@ -44,8 +44,8 @@ def parse_overrides(text: str) -> dict[str, Any]:
     stray = PAIR.sub("", text).split()
     if stray:
         raise ConfigError(f"--run-config: {stray[0]!r} is not key=value ({EXAMPLE})")
-    try:
-        return tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs))
+    try:  # flattened as flwr does: a.b=1 is the key "a.b"
+        return _flat(tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs)))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"--run-config {text!r}: {err}; strings take quotes "
                           f"({EXAMPLE})") from None
@@ -59,9 +59,9 @@ def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
-    """The run config of a run of ``app`` with overrides ``text``, checked as the
-    ServerApp will check it; ``local``: the server runs on this machine (a local
-    simulation), so the paths it will read can be checked here too."""
+    """The run config of a run of ``app`` with overrides ``text``: its keys checked,
+    and where ``local`` (the server runs on this machine, a local simulation) its
+    values as the ServerApp will check them, with the eval-data folder."""
     from mmvm.federation.results import eval_data_problem
     from mmvm.federation.settings import load_settings
 
@@ -73,8 +73,11 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
             raise ConfigError(f"--run-config: unknown key {key!r}{hint} (the keys are "
                               f"those of [tool.flwr.app.config] in {app / 'pyproject.toml'})")
     rc = {**defaults, **overrides}
+    if not local:  # the ServerApp reads its config and paths on its own machine
+        return rc
     s = load_settings(rc)
-    if local and s.eval_data not in ("default", "") and s.collect_model:
+    if s.eval_data not in ("default", "") and Path(s.eval_data).is_absolute() \
+            and s.collect_model:  # a relative folder is the ServerApp's to resolve
         problem = eval_data_problem(s.experiment, s.eval_data)
         if problem:
             raise ConfigError(f"run config: {problem}")

@@ -207,8 +207,10 @@ def _check(s: FederationSettings) -> None:
         raise ConfigError("run config: num-sites, shards, exchange-steps and local-epochs "
                           "must be >= 1")
     if s.layout in ("horizontal", "hybrid") and s.shards < 2:
+        one = "a single site with every modality" if s.layout == "horizontal" else \
+            "layout = 'vertical'"
         raise ConfigError(f"run config: layout = {s.layout!r} needs shards >= 2 (got "
-                          f"{s.shards}); one shard is layout = 'vertical'")
+                          f"{s.shards}); one shard is {one}")
     if not 0.0 <= s.missing < 1.0:
         raise ConfigError(f"run config: missing = {s.missing} must be in [0, 1)")
     if not s.reply_timeout > 0 or not s.connect_timeout > 0:

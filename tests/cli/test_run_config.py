@@ -18,6 +18,16 @@ from mmvm.federation.settings import load_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.parametrize("text", [
+    "num-sites=4 exchange='step' float16=false", "set=\"train.epochs=2;train.lr=0.01\"",
+    "delta-tol=0.5 n-train=300", "a.b=1 c='x y'", "eval-data='' resume=''",
+])
+def test_overrides_equal_flwrs_own_reading(text):
+    from flwr.common.config import parse_config_args
+
+    assert parse_overrides(text) == parse_config_args([text])
+
+
 def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     got = parse_overrides("num-sites=4 exchange='step' float16=false "
                           "set=\"train.epochs=2;train.lr=0.01\" delta-tol=0.5")
@@ -48,8 +58,10 @@ def test_a_bad_run_config_is_named_before_anything_starts(text, match):
 def test_a_good_run_config_is_the_apps_defaults_with_the_overrides():
     rc = check_run_config(ROOT, "num-sites=3 exchange='step'", local=True)
     assert rc == {**app_defaults(ROOT), "num-sites": 3, "exchange": "step"}
-    # a server elsewhere reads eval-data on its own machine: not checked here
-    check_run_config(ROOT, "eval-data='/nowhere'", local=False)
+    # a server elsewhere reads its config files and eval-data on its own machine
+    check_run_config(ROOT, "eval-data='/nowhere' config='/srv/x.toml'", local=False)
+    with pytest.raises(ConfigError, match="unknown key 'a.b'"):  # keys are checked there too
+        check_run_config(ROOT, "a.b=1", local=False)
 
 
 def test_eval_data_needs_the_configs_train_and_test_files(tiny_polymnist, tmp_path):

@@ -17,6 +17,10 @@ def test_progress_line_counts_windows_and_estimates_the_time_left():
     assert "7.03 MB" in line and "~1 min 39 s left" in line
     # resumed at window 3: windows 3-6 took 20 s, 6 are left (set-up not counted)
     assert "~30 s left" in window_line(_row(5), 12, elapsed=20.0, done=4)
+    # a window without some site: its terms estimated (~), or unknown (-)
+    assert "rec_nll ~3600.0" in window_line({**_row(2), "estimated": 1}, 12, 33.0)
+    assert "rec_nll -  " in window_line({**_row(2), "rec_nll": float("nan"),
+                                         "estimated": 1}, 12, 33.0)
     last = window_line(_row(11), 12, elapsed=130.0)
     assert "left" not in last and "last window: no posteriors to send on" in last
     assert duration(41.4) == "41 s" and duration(125) == "2 min 05 s"

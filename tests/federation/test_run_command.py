@@ -66,16 +66,21 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_that_cannot_start_exits_1_with_one_reason(tmp_path):
-    """num-sites=2 against the app's 3-modality default data: the sites say the layout
-    does not fit; the console shows that, not a traceback."""
-    rc = f"num-sites=2 n-train=100 n-test=50 {_dirs(tmp_path)}"
+@pytest.mark.parametrize("bad, reason", [
+    # the sites say the layout does not fit the app's 3-modality default data
+    ("num-sites=2", "num-sites"),
+    # the ServerApp checks the folder before the first window, not after training
+    ("eval-data='/nowhere'", "eval-data = '/nowhere': no /nowhere/train.parquet"),
+])
+def test_a_run_that_cannot_start_exits_1_with_one_reason(tmp_path, bad, reason):
+    """The console shows the reason, not a traceback, and no window was trained."""
+    rc = f"{bad} n-train=100 n-test=50 {_dirs(tmp_path)}"
     with Fleet(tmp_path / "fleet") as fleet:
         fleet.write_connection("sim", fleet.start_superlink(simulation=True))
         code, out = _mmvm_run(fleet, rc)
     assert code == 1, out[-4000:]
-    assert "Traceback" not in out
+    assert "Traceback" not in out and "window 1/" not in out
     failed = [ln for ln in out.splitlines() if "run failed:" in ln]
     assert len(failed) == 1, out[-3000:]
-    assert "num-sites" in failed[0]
+    assert reason in failed[0]
     assert len(out.splitlines()) < 40, out
