@@ -40,7 +40,15 @@ QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 NOISE = (re.compile(r"Since flwr 1\.32, default simulated SuperNodes changed from 10 to 2"),
          re.compile(r"To change federation size, use the following command"),
          re.compile(r"flwr federation simulation-config .* --num-supernodes <N>"),
-         re.compile(r"Manually terminating ClientAppActor"))
+         re.compile(r"Manually terminating ClientAppActor"),
+         re.compile(r"^(\x1b\[[0-9;]*m)*(INFO|ERROR) ?(\x1b\[[0-9;]*m)*:\s*$"))  # empty log line
+# Flower's note on a ServerApp that raised, after mmvm's one line saying why: the
+# exception is mmvm's RunFailed, so "unhandled" and its link to exit code 700 mislead
+AFTER_FAILURE = (re.compile(r"Simulation raised an exception"),
+                 re.compile(r"Exit Code: 700"),
+                 re.compile(r"An unhandled exception occurred when running the simulation"),
+                 re.compile(r"For more information, visit: <https://flower\.ai/.*/700\.html>"),
+                 re.compile(r"^\s*$"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -135,11 +143,14 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
+    failed = False  # mmvm said why the run failed
     try:
         for line in proc.stdout:
-            if not any(p.search(line) for p in NOISE):
+            quiet = NOISE + AFTER_FAILURE if failed else NOISE
+            if not any(p.search(line) for p in quiet):
                 sys.stdout.write(ANSI.sub("", line) if plain else line)
                 sys.stdout.flush()
+            failed = failed or line.startswith("mmvm: run failed:")
             started = re.search(r"Successfully started run (\d+)", line)
             if started and run_id is None:
                 run_id = started.group(1)

@@ -58,6 +58,16 @@ def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def simulated_sites(settings) -> int:
+    """How many sites a simulation of ``settings`` makes (its default data's layout)."""
+    from mmvm.data.sites import site_layout
+
+    try:
+        return len(site_layout(settings.layout, tuple(settings.modalities), settings.shards))
+    except ValueError as err:
+        raise ConfigError(f"run config: {err}") from None
+
+
 def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     """The run config of a run of ``app`` with overrides ``text``: its keys checked,
     and where ``local`` (the server runs on this machine, a local simulation) its
@@ -76,6 +86,11 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     if not local:  # the ServerApp reads its config and paths on its own machine
         return rc
     s = load_settings(rc)
+    sites = simulated_sites(s)
+    if sites != s.num_sites:
+        raise ConfigError(f"run config: layout = {s.layout!r} of the config's "
+                          f"{len(s.modalities)} modalities has {sites} sites but num-sites = "
+                          f"{s.num_sites}: set num-sites={sites}, or another layout")
     if s.eval_data not in ("default", "") and Path(s.eval_data).is_absolute() \
             and s.collect_model:  # a relative folder is the ServerApp's to resolve
         problem = eval_data_problem(s.experiment, s.eval_data)

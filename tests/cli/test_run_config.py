@@ -49,6 +49,9 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
                             r"you mean 'train.epochs'\?"),
     ("config='configs/polymnist-cpu.toml'", r"polymnist-cpu.toml does not exist"),
     ("eval-data='/nowhere'", r"eval-data = '/nowhere': no /nowhere/train.parquet"),
+    ("num-sites=2", r"layout = 'vertical' of the config's 3 modalities has 3 sites but "
+                    r"num-sites = 2: set num-sites=3"),
+    ("layout='horizontal' shards=1", r"layout = 'horizontal' needs shards >= 2"),
 ])
 def test_a_bad_run_config_is_named_before_anything_starts(text, match):
     with pytest.raises(ConfigError, match=match):
