@@ -31,7 +31,7 @@ from mmvm.federation.channel import Channel, PlainChannel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
 from mmvm.federation.messages import MessageError
-from mmvm.federation.policy import SitePolicy, load_policy
+from mmvm.federation.policy import SitePolicy, load_policy, missing_paths
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.settings import FederationSettings, load_settings
@@ -130,8 +130,20 @@ def settings_and_policy(context: Context) -> tuple[FederationSettings, SitePolic
     s = run_settings(context.run_config, context.run_id, app_only=deployment)
     files = _site_files(context.node_config, s, context.run_id)
     policy = load_policy(context.node_config, files[0])
+    missing = missing_paths(context.node_config) if deployment else []
+    if missing:  # the paths to the site's log only: the server learns the keys
+        _journal(files[0], f"node config: {'; '.join(missing)}")
+        raise ConfigError(f"node config of site {files[0]}: "
+                          f"{', '.join(m.split('=', 1)[0] for m in missing)} name files "
+                          f"that are not there (the site's log says which)")
     policy.check_run(files[0], s.secure, s.align)
     return s, policy, files
+
+
+def _journal(site: str, line: str) -> None:
+    """One line in the SuperNode's own log (its stderr): what the site refused or
+    failed, where its operator looks, whatever the server is told."""
+    print(f"mmvm site {site}: {line}", file=sys.stderr, flush=True)
 
 
 def _require_simulation(nc) -> None:
@@ -191,6 +203,9 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
     try:
         s, policy, files = settings_and_policy(context)
     except EXPECTED as err:  # settings or policy: nothing of the site was read yet
+        nc = context.node_config
+        _journal(str(nc.get("site", Path(str(nc.get("data", "?"))).name)),
+                 f"refused the run's {kind} message: {type(err).__name__}: {err}")
         return f"{type(err).__name__}: {err}"
     node = None
     try:
@@ -209,6 +224,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             reply.metrics["train_s"] += node.site.take_waited()
     except Exception as err:
         _after_failure(context, node, kind, resident and not s.secure)
+        _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}")
         if s.secure or policy.secure_site:
             log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
             return str(public_error(files[0], log, kind, err))

@@ -44,10 +44,13 @@ NOISE = (re.compile(r"Since flwr 1\.32, default simulated SuperNodes changed fro
          re.compile(r"^(\x1b\[[0-9;]*m)*(INFO|ERROR) ?(\x1b\[[0-9;]*m)*:\s*$"))  # empty log line
 # Flower's note on a ServerApp that raised, after mmvm's one line saying why: the
 # exception is mmvm's RunFailed, so "unhandled" and its link to exit code 700 mislead
-AFTER_FAILURE = (re.compile(r"Simulation raised an exception"),
-                 re.compile(r"Exit Code: 700"),
-                 re.compile(r"An unhandled exception occurred when running the simulation"),
-                 re.compile(r"For more information, visit: <https://flower\.ai/.*/700\.html>"),
+# (700: a simulation's ServerApp, 201: a deployment's)
+AFTER_FAILURE = (re.compile(r"(Simulation|ServerApp) raised an exception"),
+                 re.compile(r"Exit Code: (700|201)\b"),
+                 re.compile(r"An unhandled exception occurred (when running the "
+                            r"simulation|in the ServerApp)"),
+                 re.compile(r"For more information, visit: <https://flower\.ai/.*/"
+                            r"(700|201)\.html>"),
                  re.compile(r"^\s*$"))
 
 

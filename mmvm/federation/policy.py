@@ -194,3 +194,17 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         require_psi=_bool(nc, "require-psi", False),
         min_rows=_positive(nc, "min-rows", 1),
         sources=tuple(k for k in KEYS if k in nc))
+
+
+def missing_paths(nc: Mapping) -> list[str]:
+    """The paths of a deployment node config that are not there, as ``key=path
+    (what is missing)``: a typo found when the site starts a run, not as a bare
+    FileNotFoundError of the first message."""
+    found = []
+    if "data" in nc and not (Path(str(nc["data"])).expanduser() / "train.parquet").is_file():
+        found.append(f"data={nc['data']} (no train.parquet there)")
+    for key in ("keys", "directory"):
+        if nc.get(key) and not Path(str(nc[key])).expanduser().exists():
+            found.append(f"{key}={nc[key]} (no such file or folder)")
+    return found
+

@@ -10,6 +10,7 @@ about what the server sent, keep their message.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from pathlib import Path
@@ -31,8 +32,10 @@ class SiteError(RuntimeError):
 def public_error(site: str, log: Path, kind: str, err: BaseException) -> SiteError:
     """Append ``err`` with its traceback to ``log`` (the site's own file) and return
     the error the server may see."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as fh:
+    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # the site's eyes only: it may name files and sample ids (0600, as its state)
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as fh:
+        os.chmod(log, 0o600)  # a log made before (umask) is narrowed too
         fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {kind}\n")
         fh.write("".join(traceback.format_exception(err)))
     code = type(err).__name__

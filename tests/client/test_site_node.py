@@ -78,6 +78,35 @@ def test_a_deployment_node_config_without_data_is_refused(monkeypatch, ray):
             'no data="/path/to/site"' in reply and "section 3" in reply, reply
 
 
+def test_node_config_paths_that_are_not_there_are_named_at_the_site_only(tmp_path, capsys):
+    """A typo in data= or keys= fails the first message naming the keys to the server,
+    and the paths in the SuperNode's own log (its stderr), before anything is read."""
+    data = tmp_path / "frontl"
+    nc = {"site": "hospital-a", "data": str(data), "keys": str(tmp_path / "site_key.json"),
+          "peers": "*"}
+    context = Context(run_id=7, node_id=1, node_config=nc, state=RecordDict(),
+                      run_config=app_run_config(secure=True))
+    reply = site_node.answer("describe", RecordDict(), context)
+    assert reply == ("ConfigError: node config of site hospital-a: data, keys name files "
+                     "that are not there (the site's log says which)")
+    assert str(tmp_path) not in reply  # the server does not learn the site's paths
+    err = capsys.readouterr().err
+    assert f"mmvm site hospital-a: node config: data={data} (no train.parquet there); " \
+           f"keys={tmp_path / 'site_key.json'} (no such file or folder)" in err
+    assert "refused the run's describe message: ConfigError" in err
+
+
+def test_a_sites_error_log_is_its_own(tmp_path):
+    """The log of a secure site's failures may name files and sample ids: 0600."""
+    from mmvm.federation.site_errors import public_error
+
+    log = tmp_path / "run-7" / "a.errors.log"
+    err = public_error("a", log, "window", OSError("disk /data/ids.csv full"))
+    assert "in window at site a" in str(err) and "ids.csv" not in str(err)
+    assert log.stat().st_mode & 0o777 == 0o600 and log.parent.stat().st_mode & 0o777 == 0o700
+    assert "disk /data/ids.csv full" in log.read_text()
+
+
 def test_a_simulated_site_follows_the_run_config(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", _Ray(True))
     nc = {"partition-id": 0, "num-partitions": 3}
