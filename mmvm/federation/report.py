@@ -42,8 +42,18 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
 def alignment_line(al: Mapping, num_sites: int) -> str:
     """How many samples the sites share (an id scheme that does not match shows here)."""
     per = ", ".join(f"{m} {n}" for m, n in al["per_modality"].items())
-    return (f"mmvm: aligned {al['samples']} samples across {num_sites} sites ({per}); "
+    line = (f"mmvm: aligned {al['samples']} samples across {num_sites} sites ({per}); "
             f"{al['multimodal']} have two or more modalities, {al['complete']} all")
+    counts = list(al["per_modality"].values())
+    if len(counts) > 1 and al["multimodal"] < OVERLAP_NOTE * min(counts):
+        line += (f"\nmmvm: note: only {al['multimodal']} of the {min(counts)} samples of "
+                 f"the smallest modality are held for another one; if the sites should "
+                 f"hold the same samples, check that they prepared their data alike (same "
+                 f"preparer, --seed and metadata)")
+    return line
+
+
+OVERLAP_NOTE = 0.9  # a share of the smallest modality's samples with another one
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
