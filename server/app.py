@@ -95,6 +95,7 @@ class FlowerTransport:
         ids = list(self.grid.push_messages(msgs))
         asked = dict(zip(ids, requests, strict=True))
         out: dict = {}
+        fatal: dict[str, list[str]] = {}  # reason -> sites: all of them named at once
         for r in _collect(self.grid, ids, hard, soft, need):
             # a reply names the message it answers; an error Flower makes for a site that
             # went away comes from the SuperLink's own node, so its sender is not the site
@@ -105,7 +106,8 @@ class FlowerTransport:
                     continue
                 reason = site_reason(r.error.reason)
                 if wait is None or refused_by_protection(reason):
-                    raise FederationError(f"{stage}: site {who} failed: {reason}")
+                    fatal.setdefault(reason, []).append(who)
+                    continue
                 out[key] = SiteFailure(who, reason)
                 continue
             try:
@@ -117,6 +119,10 @@ class FlowerTransport:
                 continue
             if kind in ("describe", "resume"):
                 self.names[key] = out[key].site
+        if fatal:
+            raise FederationError(f"{stage}: " + "; ".join(
+                f"site{'s' * (len(who) > 1)} {', '.join(who)} failed: {reason}"
+                for reason, who in fatal.items()))
         silent = [self.names.get(k, k) for k in requests if k not in out]
         if silent and wait is None:
             raise FederationError(f"{stage}: no reply from sites {silent} within "

@@ -133,6 +133,18 @@ def test_a_site_whose_protection_refused_a_window_fails_the_run(monkeypatch, rea
         transport.exchange({"7": EvaluateRequest(weights={}, collect=False)}, wait=5.0)
 
 
+def test_every_site_that_refused_is_named_not_only_the_first(monkeypatch):
+    """Two require-secure sites refuse a plaintext run: one line names both."""
+    _identity(monkeypatch)
+    reason = "PolicyError: this site requires secure mode"
+    transport = FlowerTransport(ReplyingGrid(code=2, reason=reason), 2, timeout=10,
+                                connect_timeout=1)
+    transport.names.update({"7": "hospital-a", "8": "hospital-b"})
+    with pytest.raises(FederationError) as err:
+        transport.exchange({k: EvaluateRequest(weights={}, collect=False) for k in "78"})
+    assert str(err.value) == f"evaluate: sites hospital-a, hospital-b failed: {reason}"
+
+
 class LateGrid(ReplyingGrid):
     """Answers every message, with a site's reply, ``delay`` seconds after it was
     pushed: a site that first finishes the window it was in when the server went."""
