@@ -250,7 +250,7 @@ def test_evaluate_records_the_settings_it_used(real_run, tiny_polymnist):
     used = json.loads((real_run / "eval.json").read_text())["settings"]
     assert used["data"] == {"root": str(tiny_polymnist), "folders": [],
                             "train": "train.parquet", "test": "test.parquet",
-                            "label": "label", "max_test": 32}
+                            "label": "label", "max_train": 0, "max_test": 32}
     assert used["dataset"]["variant"] == "translated"
     assert (used["dataset"]["train_samples"], used["dataset"]["test_samples"]) == (192, 32)
     assert used["eval"]["classifier_members"] >= 1 and "probe_train" in used["eval"]
