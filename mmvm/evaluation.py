@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,8 +40,12 @@ from mmvm.aggregation import aggregate
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 
+if TYPE_CHECKING:
+    from mmvm.config import ExperimentConfig
+    from mmvm.data.dataset import MultimodalDataset
+
 __all__ = ["coherence", "conditional_latent", "encode_aggregated", "encode_dataset",
-           "evaluate_run", "fit_probe",
+           "evaluate_run", "evaluated_with", "fit_probe",
            "label_scores", "present_label_columns", "present_labels", "probe_accuracy",
            "reconstruction_nll",
            "summary_row"]
@@ -306,3 +310,27 @@ def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
             "probe": result["probe"]["mean"], "probe_all": result["probe"].get("all", math.nan),
             "probe_agg": result.get("probe_aggregated", {}).get("mean", math.nan),
             "coherence": coh.get("mean", math.nan)}
+
+
+# the data settings an evaluation reads (the rest of [data] is how the trainer reads)
+EVAL_DATA_KEYS = ("root", "folders", "train", "test", "label", "max_train", "max_test")
+# what the data files say they are (mmvm.dataset metadata), as far as they say it
+DATASET_KEYS = ("name", "variant", "seed")
+
+
+def evaluated_with(cfg: ExperimentConfig, train_set: MultimodalDataset,
+                   test_set: MultimodalDataset) -> dict:
+    """The settings an evaluation used, for eval.json's "settings" (and the report's
+    tables): the ``[eval]`` section and the data keys it read with (not the training
+    run's), and the data files' name, variant and sample counts."""
+    import dataclasses
+
+    from mmvm.data.store import read_site_meta
+
+    data = dataclasses.asdict(cfg.data)
+    metas = [read_site_meta(p).get("dataset") or {} for p in cfg.data.files("train")]
+    dataset = {k: "+".join(dict.fromkeys(str(m[k]) for m in metas if k in m))
+               for k in DATASET_KEYS if any(k in m for m in metas)}
+    dataset.update(train_samples=len(train_set), test_samples=len(test_set))
+    return {"data": {k: data[k] for k in EVAL_DATA_KEYS}, "eval": dataclasses.asdict(cfg.eval),
+            "dataset": dataset}

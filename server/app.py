@@ -26,6 +26,7 @@ from mmvm.federation.messages import MessageError, SiteFailure
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.report import alignment_line, summary, window_line
 from mmvm.federation.results import eval_data_problem, evaluate_assembled, write_results
+from mmvm.federation.server_state import load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_errors import refused_by_protection
 from mmvm.secure.errors import SecurityError
@@ -195,7 +196,26 @@ def main(grid: Grid, context: Context) -> None:
         run(grid, context)
     except EXPECTED as err:
         print(f"mmvm: run failed: {err}", flush=True)
+        hint = resume_hint(context)
+        if hint:
+            print(hint, flush=True)
         raise RunFailed(str(err)) from None
+
+
+def resume_hint(context: Context) -> str | None:
+    """Where a failed run can continue from: the server's state after its last
+    completed window (or after attach), if it got that far."""
+    try:
+        s = load_settings(context.run_config)
+        path = Path(s.out_dir) / f"run-{context.run_id}" / "server_state.pt"
+        if not path.is_file():
+            return None
+        done = load_server_state(path, s).window + 1
+    except Exception:  # noqa: BLE001 (a hint only: the failure line said what went wrong)
+        return None
+    where = f"after window {done}" if done else "after the sites attached"
+    return (f"mmvm: its state {where} is in {path}; once the cause is fixed, continue it "
+            f"with the same run config and resume='{context.run_id}'")
 
 
 def run(grid: Grid, context: Context) -> None:

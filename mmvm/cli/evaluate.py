@@ -15,13 +15,8 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mmvm.cli import add_config_arguments
-
-if TYPE_CHECKING:
-    from mmvm.config import ExperimentConfig
-    from mmvm.data.dataset import MultimodalDataset
 
 
 def register(subparsers) -> None:
@@ -45,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from mmvm.atomic import atomic_write
     from mmvm.config import load_config
     from mmvm.data.dataset import MultimodalDataset
-    from mmvm.evaluation import evaluate_run
+    from mmvm.evaluation import evaluate_run, evaluated_with
     from mmvm.training import load_trained_model, resolve_device
 
     cfg = load_config(args.config, args.overrides)
@@ -111,30 +106,6 @@ def keep_earlier(path: Path) -> Path:
         target = path.with_name(f"{path.stem}.{stamp}.{k}{path.suffix}")
     path.replace(target)
     return target
-
-
-# the data settings evaluate reads (the rest of [data] is how the trainer reads)
-EVAL_DATA_KEYS = ("root", "folders", "train", "test", "label", "max_train", "max_test")
-# what the data files say they are (mmvm.dataset metadata), as far as they say it
-DATASET_KEYS = ("name", "variant", "seed")
-
-
-def evaluated_with(cfg: ExperimentConfig, train_set: MultimodalDataset,
-                   test_set: MultimodalDataset) -> dict:
-    """The settings this evaluation used, for eval.json (and the report's tables): the
-    ``[eval]`` section and the data keys as given to ``mmvm evaluate`` (not the
-    training run's config.json), and the data files' name, variant and sample counts."""
-    import dataclasses
-
-    from mmvm.data.store import read_site_meta
-
-    data = dataclasses.asdict(cfg.data)
-    metas = [read_site_meta(p).get("dataset") or {} for p in cfg.data.files("train")]
-    dataset = {k: "+".join(dict.fromkeys(str(m[k]) for m in metas if k in m))
-               for k in DATASET_KEYS if any(k in m for m in metas)}
-    dataset.update(train_samples=len(train_set), test_samples=len(test_set))
-    return {"data": {k: data[k] for k in EVAL_DATA_KEYS}, "eval": dataclasses.asdict(cfg.eval),
-            "dataset": dataset}
 
 
 def _fmt(v) -> str:

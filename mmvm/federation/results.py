@@ -126,7 +126,9 @@ def eval_data_problem(cfg, data_dir: str | Path) -> str | None:
     ``eval-data`` must not cost a run its evaluation after hours of training."""
     import dataclasses
 
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_dir)))
+    # what is read below: the probes' training rows, every test row
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, root=str(data_dir), max_train=cfg.eval.probe_train, max_test=0))
     missing = [str(p) for split in ("train", "test") for p in cfg.data.files(split)
                if not p.is_file()]
     if not missing:
@@ -149,12 +151,14 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
 
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
-    from mmvm.evaluation import evaluate_run
+    from mmvm.evaluation import evaluate_run, evaluated_with
     from mmvm.plots import generation_grid, latent_2d
 
     out = Path(out_dir)
     names = [m.name for m in cfg.model.modalities]
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_dir)))
+    # what is read below: the probes' training rows, every test row
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, root=str(data_dir), max_train=cfg.eval.probe_train, max_test=0))
     model = build_model(cfg)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in model_state.items()})
     model.eval()
@@ -171,6 +175,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     log(f"mmvm: evaluation {stages - 1}/{stages}: probes, coherence, reconstruction "
         f"({time.perf_counter() - t0:.0f} s so far)")
     ev = evaluate_run(cfg, model, train_set, test_set, clfs)
+    ev["settings"] = evaluated_with(cfg, train_set, test_set)
     log(f"mmvm: evaluation {stages}/{stages}: pictures ({time.perf_counter() - t0:.0f} s "
         f"so far)")
     atomic_write(out / "eval.json", json.dumps(ev, indent=2, default=str).encode())

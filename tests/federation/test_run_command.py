@@ -63,6 +63,11 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     used = json.loads((run_dir / "results.json").read_text())["config"]
     assert used["train"]["out_dir"] == str(run_dir)  # what the run used, not the file's
     assert used["data"]["root"].startswith(str(tmp_path / "data"))
+    # the server's evaluation says what it read, as mmvm evaluate does
+    settings = json.loads((run_dir / "eval.json").read_text())["settings"]
+    assert settings["data"]["root"].startswith(str(tmp_path / "data"))
+    assert settings["dataset"]["test_samples"] == 100 and settings["data"]["max_test"] == 0
+    assert settings["eval"]["classifier_epochs"] == 2
 
 
 @pytest.mark.slow

@@ -1,0 +1,42 @@
+"""The ServerApp's failure line: where a failed run can continue from."""
+
+from __future__ import annotations
+
+from flwr.app import Context, RecordDict
+
+from mmvm.federation.server_state import ServerState, save_server_state
+from mmvm.federation.settings import app_run_config, load_settings
+from server.app import resume_hint
+
+
+def _context(tmp_path, run_id: int = 42) -> Context:
+    rc = app_run_config(out_dir=str(tmp_path / "runs"))
+    return Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
+                   run_config=rc)
+
+
+def _state(window: int) -> ServerState:
+    return ServerState(window=window, sites=[], averaged={}, routing={}, missed={},
+                       absent=[], history=[], bytes_total=0, seconds=0.0, alignment={})
+
+
+def test_a_failed_run_with_a_saved_state_says_how_to_resume_it(tmp_path):
+    ctx = _context(tmp_path)
+    assert resume_hint(ctx) is None  # failed before the sites attached: nothing saved
+    path = tmp_path / "runs" / "run-42" / "server_state.pt"
+    s = load_settings(ctx.run_config)
+    save_server_state(path, s, _state(-1))
+    assert "after the sites attached" in resume_hint(ctx)
+    save_server_state(path, s, _state(2))
+    hint = resume_hint(ctx)
+    assert f"after window 3 is in {path}" in hint and "resume='42'" in hint
+
+
+def test_no_hint_from_a_state_of_other_settings_or_a_broken_file(tmp_path):
+    ctx = _context(tmp_path)
+    path = tmp_path / "runs" / "run-42" / "server_state.pt"
+    other = load_settings(app_run_config(out_dir=str(tmp_path / "runs"), exchange="step"))
+    save_server_state(path, other, _state(0))
+    assert resume_hint(ctx) is None  # resume would refuse it: no false promise
+    path.write_bytes(b"not a checkpoint")
+    assert resume_hint(ctx) is None
