@@ -1,4 +1,4 @@
-"""The ``mmvm`` command line: ``mmvm data|train|evaluate|plot|report ... --help``.
+"""The ``mmvm`` command line: ``mmvm data|train|evaluate|plot|report|run|site ... --help``.
 
 Each command group lives in its own module exposing ``register(subparsers)``, which
 adds its parser(s) and sets ``func`` to a callable ``(args) -> int``.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from mmvm.config import ConfigError
 from mmvm.training import TrainingDivergedError
 
-COMMAND_MODULES = ("data", "train", "evaluate", "plot", "report", "run")
+COMMAND_MODULES = ("data", "train", "evaluate", "plot", "report", "run", "site")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,8 +29,11 @@ def app_defaults(app: Path) -> dict[str, Any]:
         return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
 
 
-def parse_overrides(text: str) -> dict[str, Any]:
-    """``--run-config`` as ``flwr run`` reads it."""
+def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPLE
+                    ) -> dict[str, Any]:
+    """``--run-config`` as ``flwr run`` reads it (and ``--node-config`` as
+    ``flower-supernode`` does: the same parser), except that a word that is not
+    ``key=value``, which Flower drops silently, is an error."""
     text = text.strip()
     if not text:
         return {}
@@ -39,16 +42,16 @@ def parse_overrides(text: str) -> dict[str, Any]:
             with open(Path(text).expanduser(), "rb") as fh:
                 return _flat(tomllib.load(fh))
         except (OSError, tomllib.TOMLDecodeError) as err:
-            raise ConfigError(f"--run-config {text}: {err}") from None
+            raise ConfigError(f"{flag} {text}: {err}") from None
     pairs = PAIR.findall(text)
     stray = PAIR.sub("", text).split()
     if stray:
-        raise ConfigError(f"--run-config: {stray[0]!r} is not key=value ({EXAMPLE})")
+        raise ConfigError(f"{flag}: {stray[0]!r} is not key=value ({example})")
     try:  # flattened as flwr does: a.b=1 is the key "a.b"
         return _flat(tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs)))
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"--run-config {text!r}: {err}; strings take quotes "
-                          f"({EXAMPLE})") from None
+        raise ConfigError(f"{flag} {text!r}: {err}; strings take quotes "
+                          f"({example})") from None
 
 
 def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:

@@ -31,6 +31,7 @@ A simulation has no node config: its sites follow the run config (``secure``,
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,8 +176,12 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         return SitePolicy(test_bed=True)
     unknown = [k for k in nc if k not in (*KEYS, "data", "site")]
     if unknown:
-        raise PolicyError(f"node config of site {site}: unknown keys {unknown}; "
-                          f"valid: {sorted((*KEYS, 'data', 'site'))}")
+        near = {k: difflib.get_close_matches(k, (*KEYS, "data", "site"), 1)
+                for k in unknown}
+        hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in near.items() if m)
+        raise PolicyError(f"node config of site {site}: unknown keys {unknown}"
+                          + (f" ({hint})" * bool(hint))
+                          + f"; valid: {sorted((*KEYS, 'data', 'site'))}")
     keys = str(Path(str(nc["keys"])).expanduser()) if nc.get("keys") else ""
     if keys and "peers" not in nc:
         raise PolicyError(f"node config of site {site}: a site with keys must pin its "

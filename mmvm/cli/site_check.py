@@ -1,0 +1,241 @@
+"""A site's node config, checked as its ClientApp will read it, before the SuperNode
+starts.
+
+The ClientApp reads the node config at every message (``client/site_node.py``). A
+typo there surfaces at the first run's first message, mid-federation, and the server
+learns only which key was wrong. This runs the same readers on the site's machine,
+all of them, so the administrator sees every problem at once and the protection the
+site will enforce: the policy (``mmvm.federation.policy``), the data files (every
+row, as ``mmvm data check``), the site's keys and the public key directory with the
+pinned peers (what ``SealedChannel`` accepts), the state folder, and, given the
+agreed experiment config, the site built as the first message builds it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmvm.config import ExperimentConfig
+from mmvm.federation.policy import KEYS, PolicyError, SitePolicy, load_policy
+
+OK, WARNING, ERROR = "ok", "warning", "error"
+
+
+@dataclass
+class Finding:
+    item: str  # what was checked: "policy", "data", "keys", ...
+    status: str  # ok | warning | error
+    detail: str
+
+
+@dataclass
+class NodeCheck:
+    site: str
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, item: str, status: str, detail: str) -> None:
+        self.findings.append(Finding(item, status, detail))
+
+    def count(self, status: str) -> int:
+        return sum(f.status == status for f in self.findings)
+
+    @property
+    def ok(self) -> bool:
+        return self.count(ERROR) == 0
+
+
+def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeCheck:
+    """Every finding about node config ``nc`` (as ``flower-supernode --node-config``
+    parses it); with ``cfg``, also whether the site's data trains that experiment."""
+    if "data" not in nc:
+        check = NodeCheck(str(nc.get("site", "?")))
+        check.add("data", ERROR, "no data=\"/path/to/site\": a deployment site names its "
+                  "data folder (train.parquet, test.parquet) in its node config")
+        return check
+    data = Path(str(nc["data"])).expanduser()
+    check = NodeCheck(str(nc.get("site", data.name)))
+    try:
+        policy = load_policy(nc, check.site)
+    except PolicyError as err:
+        check.add("policy", ERROR, str(err))
+        policy = _known_part(nc, check.site)
+    train, test = _data(check, data)
+    if cfg is not None and train is not None:
+        _experiment(check, cfg, train, test)
+    if policy is not None:
+        _policy(check, policy, partial=not check.ok)
+        if policy.secure_site:
+            _keys(check, policy)
+        _state(check, Path(policy.state))
+    return check
+
+
+def _known_part(nc: Mapping, site: str) -> SitePolicy | None:
+    """The policy of the keys that were understood (to check the rest as well), or
+    None where a known key's value is what failed."""
+    known = {k: v for k, v in nc.items() if k in (*KEYS, "data", "site")}
+    try:
+        return load_policy(known, site) if len(known) < len(nc) else None
+    except PolicyError:
+        return None
+
+
+def _data(check: NodeCheck, data: Path) -> tuple[Path | None, Path | None]:
+    from mmvm.cli.data import check_problem
+
+    train, test = data / "train.parquet", data / "test.parquet"
+    if not train.is_file():
+        check.add("data", ERROR, f"data={data}: no train.parquet there")
+        return None, None
+    summary, problem = check_problem(str(train))
+    if problem:
+        check.add("data", ERROR, problem)
+        return None, None
+    mods = ", ".join(f"{n} {'x'.join(map(str, t['shape']))}"
+                     for n, t in summary["tensors"].items())
+    check.add("data", OK, f"{train}: {summary['rows']:,} rows; {mods}"
+              + (f"; labels {', '.join(summary['labels'])}" * bool(summary["labels"])))
+    if not test.is_file():
+        check.add("data", WARNING, f"no {test}: the site's own evaluation (probes, "
+                  f"reconstruction on its test split) is skipped")
+        return train, None
+    summary, problem = check_problem(str(test))
+    if problem:
+        check.add("data", ERROR, problem)
+        return train, None
+    check.add("data", OK, f"{test}: {summary['rows']:,} rows")
+    return train, test
+
+
+def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path, test: Path | None
+                ) -> None:
+    """Build the site as a run's first message does (modalities, shapes, tokens,
+    device, method): what fails here fails there."""
+    from mmvm.federation.site import Site
+
+    try:
+        site = Site(cfg, check.site, train, test)
+    except Exception as err:  # noqa: BLE001 - reported, as the ClientApp would
+        check.add("experiment", ERROR, f"{cfg.source}: {type(err).__name__}: {err}")
+        return
+    n = sum(p.numel() for p in site.model.parameters())
+    check.add("experiment", OK, f"{cfg.source}: trains {', '.join(site.names)} "
+              f"({n:,} parameters, method {cfg.model.method}, device {site.device})")
+
+
+def _policy(check: NodeCheck, p: SitePolicy, partial: bool = False) -> None:
+    on = {True: "on", False: "off"}
+    check.add("policy", OK, "the keys understood: " * partial + f"require-secure {on[p.require_secure]}, allow-collect "
+              f"{on[p.allow_collect]}, allow-pair-masking {on[p.allow_pair_masking]}, "
+              f"require-psi {on[p.require_psi]}, min-rows {p.min_rows}")
+    if not p.secure_site:
+        check.add("policy", ERROR if p.require_secure else WARNING,
+                  "require-secure without keys: this site refuses plaintext runs and "
+                  "cannot take part in secure ones" if p.require_secure else
+                  "no keys: a plaintext site (secure = false runs only); the server "
+                  "sees its posteriors and weights in the clear (deploy/README.md "
+                  "section 7)")
+        return
+    if p.allow_collect:
+        check.add("policy", WARNING, "allow-collect on: the server receives this site's "
+                  "final weights when a run asks (collect-model)")
+    if p.allow_pair_masking:
+        check.add("policy", WARNING, "allow-pair-masking on: in a FedAvg group of two, "
+                  "each site learns the other's weights from the mean")
+    if not p.require_secure:
+        check.add("policy", WARNING, "require-secure off: plaintext runs are accepted")
+
+
+def _keys(check: NodeCheck, p: SitePolicy) -> None:
+    from mmvm.secure.keys import SiteKeys, load_public_directory, validate_site_name
+
+    keys = Path(p.keys)
+    key_file = keys / "site_keys.json" if keys.is_dir() else keys
+    dir_file = Path(p.directory) if p.directory else key_file.parent / "public_keys.json"
+    own = _try(check, "keys", lambda: SiteKeys.load(key_file))
+    directory = _try(check, "directory", lambda: load_public_directory(dir_file))
+    try:
+        validate_site_name(check.site)
+    except ValueError as err:
+        check.add("keys", ERROR, f"site name: {err}")
+    if own is not None and own.site != check.site:
+        check.add("keys", ERROR, f"{key_file} holds the keys of {own.site!r}, and the node "
+                  f"config names site {check.site!r} (site=, or the data folder's name)")
+        own = None
+    elif own is not None:
+        check.add("keys", OK, f"{key_file}: site {own.site}, fingerprint "
+                  f"{own.public.fingerprint}")
+    if directory is not None:
+        _directory(check, p, own, directory, dir_file)
+
+
+def _directory(check: NodeCheck, p: SitePolicy, own, directory: dict, path: Path
+               ) -> None:
+    """The directory's entry for this site (when its keys loaded) and the peers."""
+    mine = directory.get(check.site)
+    if mine is None:
+        check.add("directory", ERROR, f"{path} has no entry for {check.site}: the other "
+                  f"sites cannot seal anything to it")
+    elif own is None:
+        check.add("directory", OK, f"{path}: {len(directory)} sites")
+    elif mine.fingerprint != own.public.fingerprint:
+        check.add("directory", ERROR, f"{path}'s entry for {check.site} has fingerprint "
+                  f"{mine.fingerprint}, not this site's {own.public.fingerprint} (a "
+                  f"stale or replaced directory)")
+    else:
+        check.add("directory", OK, f"{path}: {len(directory)} sites; this site's entry "
+                  f"is its own key")
+    try:
+        trusted = p.trusted(check.site, directory)
+    except PolicyError as err:
+        check.add("peers", ERROR, str(err))
+        return
+    peers = sorted(n for n in trusted if n != check.site)
+    listing = "; ".join(f"{n} {directory[n].fingerprint}" for n in peers)
+    if p.peers is None:
+        check.add("peers", WARNING, f"peers=\"*\": every entry of {path} is trusted, "
+                  f"including any the operator adds later: {listing}")
+    else:
+        ignored = sorted(set(directory) - set(trusted))
+        check.add("peers", OK, f"pinned and matching the directory: {listing}"
+                  + (f"; not trusted: {', '.join(ignored)}" * bool(ignored)))
+    if not peers:
+        check.add("peers", ERROR, "no peer besides the site itself: a secure run needs "
+                  "at least one other site")
+
+
+def _state(check: NodeCheck, state: Path) -> None:
+    if state.exists():
+        if not state.is_dir():
+            check.add("state", ERROR, f"state={state} is not a folder")
+        elif not os.access(state, os.W_OK | os.X_OK):
+            check.add("state", ERROR, f"{state}: not writable by this user")
+        elif state.stat().st_mode & 0o077:
+            check.add("state", WARNING, f"{state}: open to group/others (mode "
+                      f"{state.stat().st_mode & 0o777:o}); it holds the site's model and "
+                      f"error log: chmod 700 it")
+        else:
+            check.add("state", OK, f"{state} (writable, mode "
+                      f"{state.stat().st_mode & 0o777:o})")
+        return
+    parent = next(p for p in state.resolve().parents if p.exists())
+    if os.access(parent, os.W_OK | os.X_OK):
+        check.add("state", OK, f"{state} (made at the first run, under {parent})")
+    else:
+        check.add("state", ERROR, f"{state} does not exist and {parent} is not writable "
+                  f"by this user")
+
+
+def _try(check: NodeCheck, item: str, load: Callable):
+    try:
+        return load()
+    except FileNotFoundError as err:
+        check.add(item, ERROR, f"{err.filename}: no such file")
+    except PermissionError as err:
+        check.add(item, ERROR, str(err))
+    except (ValueError, KeyError, TypeError) as err:
+        check.add(item, ERROR, f"not readable: {type(err).__name__}: {err}")
+    return None

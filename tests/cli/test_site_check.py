@@ -1,0 +1,137 @@
+"""``mmvm site check``: a node config read as the site's ClientApp reads it, on real
+site files, real keys and a real public key directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from mmvm.cli import main
+from mmvm.cli.site_check import ERROR, OK, WARNING, check_node_config
+from mmvm.config import load_config
+from mmvm.data.sites import site_layout, split_sites
+from mmvm.secure.keys import SiteKeys, save_public_directory
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "configs" / "polymnist_cpu.toml")
+SITES = ("site-a", "site-b", "site-c")
+
+
+@pytest.fixture
+def fed(tiny_polymnist, tmp_path) -> dict:
+    """Three vertical sites' files, every site's keys, the directory."""
+    layout = [dataclasses.replace(s, name=n) for s, n in
+              zip(site_layout("vertical", ["m0", "m1", "m2"]), SITES, strict=True)]
+    split_sites([tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet"],
+                tmp_path / "data", layout)
+    keys = {n: SiteKeys.generate(n) for n in SITES}
+    for n, k in keys.items():
+        k.save(tmp_path / "keys" / n / "site_keys.json")
+    save_public_directory(tmp_path / "keys" / "public_keys.json",
+                          {n: k.public for n, k in keys.items()})
+    return {"root": tmp_path, "keys": keys}
+
+
+def _nc(fed: dict, site: str = "site-a", **extra) -> dict:
+    root = fed["root"]
+    others = ";".join(f"{n}={k.public.fingerprint}" for n, k in fed["keys"].items()
+                      if n != site)
+    nc = {"site": site, "data": str(root / "data" / site),
+          "keys": str(root / "keys" / site / "site_keys.json"),
+          "directory": str(root / "keys" / "public_keys.json"), "peers": others,
+          "state": str(root / "state" / site)}
+    nc.update(extra)
+    return {k: v for k, v in nc.items() if v is not None}
+
+
+def _find(check, item: str, status: str) -> list[str]:
+    return [f.detail for f in check.findings if f.item == item and f.status == status]
+
+
+def test_a_good_secure_site_is_ready_and_its_peers_are_listed(fed):
+    check = check_node_config(_nc(fed), load_config(CONFIG))
+    assert check.ok, check.findings
+    assert {f.item for f in check.findings} == {"data", "experiment", "policy", "keys",
+                                                 "directory", "peers", "state"}
+    assert "trains m0" in _find(check, "experiment", OK)[0]
+    assert "192 rows" in _find(check, "data", OK)[0]
+    peers = _find(check, "peers", OK)[0]
+    for n in ("site-b", "site-c"):
+        assert f"{n} {fed['keys'][n].public.fingerprint}" in peers
+    assert "require-secure on, allow-collect off" in _find(check, "policy", OK)[0]
+
+
+def test_every_problem_is_found_at_once(fed):
+    """A typo'd key, a world-readable key file, a wrong pinned fingerprint: all
+    three reported, the typo with its nearest valid key."""
+    key_file = fed["root"] / "keys" / "site-a" / "site_keys.json"
+    key_file.chmod(0o644)
+    bad_pin = "site-b=" + "0" * 32 + ";site-c=" + fed["keys"]["site-c"].public.fingerprint
+    check = check_node_config(_nc(fed, peers=bad_pin, **{"min-rowz": 3}))
+    errors = [f"{f.item}: {f.detail}" for f in check.findings if f.status == ERROR]
+    assert len(errors) == 3, errors
+    assert "did you mean 'min-rows'?" in errors[0]
+    assert "chmod 600" in errors[1]
+    assert "'site-b' has fingerprint" in errors[2]
+
+
+def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
+    root = fed["root"]
+    check = check_node_config(_nc(fed, keys=str(root / "keys" / "site-b" / "site_keys.json")))
+    assert "holds the keys of 'site-b'" in _find(check, "keys", ERROR)[0]
+    # the operator's directory swaps site-a's key: the others would seal to it
+    forged = {n: k.public for n, k in fed["keys"].items()}
+    forged["site-a"] = SiteKeys.generate("site-a").public
+    save_public_directory(root / "forged.json", forged)
+    check = check_node_config(_nc(fed, directory=str(root / "forged.json")))
+    assert "not this site's" in _find(check, "directory", ERROR)[0]
+
+
+def test_a_plaintext_site_and_trust_in_the_whole_directory_are_warned(fed):
+    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None))
+    assert check.ok and "plaintext site" in _find(check, "policy", WARNING)[0]
+    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+                                  **{"require-secure": True}))
+    assert "cannot take part in secure ones" in _find(check, "policy", ERROR)[0]
+    check = check_node_config(_nc(fed, peers="*"))
+    assert check.ok and "every entry" in _find(check, "peers", WARNING)[0]
+
+
+def test_data_that_does_not_fit_the_experiment_or_is_missing(fed, tmp_path):
+    hippo = load_config(ROOT / "configs" / "hippocampus.toml")
+    check = check_node_config(_nc(fed), hippo)
+    assert "holds none of the configured modalities" in _find(check, "experiment",
+                                                               ERROR)[0]
+    (fed["root"] / "data" / "site-a" / "test.parquet").unlink()
+    check = check_node_config(_nc(fed))
+    assert check.ok and "evaluation" in _find(check, "data", WARNING)[0]
+    check = check_node_config(_nc(fed, data=str(tmp_path / "nowhere")))
+    assert "no train.parquet" in _find(check, "data", ERROR)[0]
+    (fed["root"] / "state").mkdir()
+    (fed["root"] / "state" / "site-a").write_text("a file")
+    assert "is not a folder" in _find(check_node_config(_nc(fed)), "state", ERROR)[0]
+
+
+def test_an_open_state_folder_is_warned(fed):
+    state = fed["root"] / "state" / "site-a"
+    state.mkdir(parents=True)
+    os.chmod(state, 0o755)
+    assert "chmod 700" in _find(check_node_config(_nc(fed)), "state", WARNING)[0]
+
+
+def test_the_command_takes_what_flower_supernode_takes(fed, capsys, tmp_path):
+    nc = _nc(fed)
+    text = " ".join(f'{k}="{v}"' for k, v in nc.items())
+    assert main(["site", "check", "--config", CONFIG, "--node-config", text]) == 0
+    out = capsys.readouterr().out
+    assert "site-a: ready; 0 warning(s)" in out
+    toml = tmp_path / "node.toml"  # flower-supernode --node-config FILE.toml
+    toml.write_text("\n".join(f'{k} = "{v}"' for k, v in nc.items()) + '\nmin-rows = 0\n')
+    assert main(["site", "check", "--node-config", str(toml)]) == 1
+    assert "min-rows = 0 is not a positive integer" in capsys.readouterr().out
+    # a word that is not key=value, which flower-supernode would drop silently
+    assert main(["site", "check", "--node-config", text + " peers"]) == 2
+    assert "'peers' is not key=value" in capsys.readouterr().err
