@@ -144,6 +144,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _add_quiet(q)
         _handles(q, _prepare)
 
+    _add_arrays(names)
+
     sp = sub.add_parser(
         "split", help="split a dataset into one folder per site (a site layout)",
         description="Write OUT/<site>/<file name> for each FILE (train and test are "
@@ -174,6 +176,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "summary. Exit status 1 if any file is invalid.")
     c.add_argument("files", nargs="+", metavar="FILE", help="site .parquet files")
     _handles(c, _check)
+
+
+def _add_arrays(names: argparse._SubParsersAction) -> None:
+    text = "your own NumPy arrays: one .npy [N, *shape] per modality, ids, labels"
+    q = names.add_parser("arrays", help=text, description=(
+        f"{text}. The split is decided per sample id (a hash of seed and id), so sites "
+        "that prepare their own modalities apart put each shared sample in the same "
+        "split. Prints the [model.modalities] sections for a config."))
+    q.add_argument("--modality", action="append", required=True, metavar="NAME=FILE.npy",
+                   help="a modality's array, [N, C, H, W] uint8 for images (scaled by "
+                        "255), else any numbers (float32 as is); repeatable")
+    q.add_argument("--ids", metavar="FILE", help="sample ids in row order: a text file "
+                   "(one per line) or .npy of strings/integers (default: row numbers, "
+                   "which align only sites with the same rows in the same order)")
+    q.add_argument("--label", action="append", default=[], metavar="[NAME=]FILE.npy",
+                   help="integer labels [N]: column 'label', or 'label.NAME'; repeatable")
+    q.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of samples held out (default %(default)g)")
+    q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
+    q.add_argument("--name", default="arrays", help="dataset name in the files' metadata")
+    q.add_argument("--out", required=True, help="output folder")
+    _add_quiet(q)
+    _handles(q, _prepare_arrays)
+
+
+def _pairs(items: list[str], flag: str, default_key: str | None = None) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        if not sep and default_key is None or sep and not key:
+            raise ValueError(f"{flag} {item!r}: expected NAME=FILE.npy")
+        key, path = (key, path) if sep else (default_key, item)
+        if key in out:
+            raise ValueError(f"{flag}: {key!r} given twice")
+        out[key] = path
+    return out
+
+
+def _prepare_arrays(args: argparse.Namespace) -> int:
+    from mmvm.data.prepare.arrays import config_snippet, prepare_arrays
+
+    mods = _pairs(args.modality, "--modality")
+    labels = {("label" if k == "label" else f"label.{k}"): v
+              for k, v in _pairs(args.label, "--label", "label").items()}
+    with _progress(not args.quiet) as cb:
+        paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
+                               test_fraction=args.test_fraction, seed=args.seed,
+                               name=args.name, progress=cb)
+    _report(paths)
+    print(f"\n# for your config (kind, shape from the files; likelihood a starting "
+          f"point):\n{config_snippet(paths)}")
+    return 0
 
 
 def _handles(parser: argparse.ArgumentParser,

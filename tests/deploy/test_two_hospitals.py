@@ -180,6 +180,10 @@ def test_two_hospital_walkthrough(tmp_path):
             else:
                 text = str(keys[site] / "node-config.toml")
                 Path(text).write_text(_toml(nc))
+            res = _sh(fleet, mmvm, "site", "check", "--config",
+                      ROOT / "configs" / "mimic_cxr_64.toml", "--node-config", text)
+            assert f"mmvm site check: {site}: ready; 0 warning(s)" in res.stdout, \
+                res.stdout
             nodes[site] = fleet.start_supernode(
                 site, f"127.0.0.1:{port}", auth_key=keys[site] / site,
                 root_certificates=keys[site] / "ca.crt", port=free_port(),

@@ -12,7 +12,10 @@ Path]``:
 - ``celeba``: ``img_align_celeba/`` + attribute and partition lists ->
   ``{train,val,test}.parquet``;
 - ``cub``: ``images/``, ``text/``, ``images.txt``, ``train_test_split.txt`` ->
-  ``{train,test}.parquet``.
+  ``{train,test}.parquet``;
+- ``arrays``: a user's own ``.npy`` per modality, sample ids and labels ->
+  ``{train,test}.parquet``, split by sample id (``prepare_arrays(out_dir,
+  modalities, ...)``: no published layout, so not in :data:`PREPARERS`).
 
 The image preparers stream: they decode one row group of images at a time
 (:func:`batched`) and hand it to :func:`mmvm.data.store.write_site_table_batches`,

@@ -1,0 +1,156 @@
+"""Your own arrays -> site Parquet: one ``.npy`` per modality, rows = samples.
+
+For data no preparer knows: a lab's recordings, a hospital's own modality. Each
+modality is a NumPy file ``[N, *shape]`` (uint8 images ``[N, C, H, W]`` with C = 1 or
+3 stay bytes, scaled by 255; anything else becomes float32 as is); the sample ids are a
+text file (one per line) or a ``.npy`` of N strings or integers, in the arrays' row
+order; labels are integer ``.npy`` files ``[N]``.
+
+The train/test split is decided per sample id, not per row: a sample is held out
+when a hash of (seed, id) falls below ``test_fraction``. So sites that prepare their
+own modalities separately, with their rows in any order, put every shared sample in
+the same split, as federated alignment needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
+
+
+def is_image(a: np.ndarray) -> bool:
+    """uint8 ``[N, C, H, W]`` with C = 1 or 3: kept as 0..255 bytes (scale 255); any
+    other array is stored as float32 numbers as they are."""
+    return a.dtype == np.uint8 and a.ndim == 4 and a.shape[1] in (1, 3)
+
+
+def load_ids(path: str | os.PathLike) -> list[str]:
+    """Sample ids from a text file (one per line) or a ``.npy`` of strings/integers."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        arr = _load(path)
+        if arr.ndim != 1 or arr.dtype.kind not in "iuUS":
+            raise DataError(f"{path}: sample ids must be a 1-D array of strings or "
+                            f"integers, got {arr.dtype} {arr.shape}")
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in arr.tolist()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
+    return [ln.strip() for ln in lines if ln.strip()]
+
+
+def held_out(ids: list[str], test_fraction: float, seed: int) -> np.ndarray:
+    """True for the ids in the test split: the same at every site, whatever the row
+    order, for the same seed and fraction."""
+    def unit(i: str) -> float:
+        h = hashlib.blake2b(f"{seed}\x00{i}".encode(), digest_size=8).digest()
+        return int.from_bytes(h, "big") / 2.0 ** 64
+    return np.array([unit(i) < test_fraction for i in ids], dtype=bool)
+
+
+def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os.PathLike],
+                   *, ids: str | os.PathLike | None = None,
+                   labels: Mapping[str, str | os.PathLike] | None = None,
+                   test_fraction: float = 0.2, seed: int = 0, name: str = "arrays",
+                   row_group_size: int = 1024,
+                   progress: Progress | None = None) -> dict[str, Path]:
+    """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
+    nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
+    (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
+    (default: the row numbers, which align only sites whose rows are the same
+    samples in the same order)."""
+    if not modalities:
+        raise ValueError("give at least one modality (name=file.npy)")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction = {test_fraction}: must be in (0, 1)")
+    arrays = {m: _load(Path(p), mmap=True) for m, p in modalities.items()}
+    cols = {c: _load(Path(p)) for c, p in (labels or {}).items()}
+    n = len(next(iter(arrays.values())))
+    sample_ids = load_ids(ids) if ids is not None else [str(i) for i in range(n)]
+    _check_rows(n, sample_ids, arrays, cols, modalities, labels or {}, ids)
+    test = held_out(sample_ids, test_fraction, seed)
+    meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
+            "sources": {m: str(Path(p).resolve()) for m, p in modalities.items()},
+            "created_by": "mmvm.data.prepare.arrays.prepare_arrays"}
+    step = step_fn(progress, 2)
+    paths = {}
+    with staged_output(out_dir) as stage:
+        for k, (split, rows) in enumerate((("train", np.flatnonzero(~test)),
+                                           ("test", np.flatnonzero(test)))):
+            if len(rows) == 0:
+                raise DataError(f"the {split} split is empty ({n} samples, test_fraction "
+                                f"{test_fraction}); give more samples or another fraction")
+            step(f"writing {split} ({len(rows):,} samples)", k)
+            chunks = _chunks(rows, sample_ids, arrays, cols, row_group_size)
+            paths[split] = write_site_table_batches(stage / f"{split}.parquet", chunks,
+                                                    meta, row_group_size=row_group_size)
+        step("done", 2)
+    return final_paths(paths, stage, out_dir)
+
+
+def config_snippet(paths: Mapping[str, Path]) -> str:
+    """``[model.modalities.<name>]`` sections for the written data: kind and shape as
+    the files say, a registered network that takes the shape, the usual likelihood
+    (a starting point, to be tuned)."""
+    from mmvm.data.store import read_site_meta
+    from mmvm.networks import DEFAULT_NETWORK, available_networks, get_network
+
+    out = []
+    for m, t in read_site_meta(paths["train"])["tensors"].items():
+        shape = tuple(t["shape"])
+        image = t["dtype"] == "uint8" and len(shape) == 3 and shape[0] in (1, 3)
+        kind = "image" if image else "vector"
+        names = [DEFAULT_NETWORK[kind]] + available_networks(kind)
+        fits = [n for n in dict.fromkeys(names) if get_network(n).accepts(shape)]
+        net = (f'network = "{fits[0]}"' if fits else
+               f"# no {kind} network takes {list(shape)}: "
+               + "; ".join(f"{n} takes {get_network(n).takes}"
+                           for n in available_networks(kind)))
+        out.append(f'[model.modalities.{m}]\nkind = "{kind}"\nshape = {list(shape)}\n'
+                   f'{net}\nlikelihood = "{"laplace" if image else "gaussian"}"\n')
+    return "\n".join(out)
+
+
+def _load(path: Path, mmap: bool = False) -> np.ndarray:
+    if path.suffix != ".npy":
+        raise DataError(f"{path}: expected a NumPy .npy file")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def _check_rows(n: int, ids: list[str], arrays: dict, cols: dict, mod_paths: Mapping,
+                label_paths: Mapping, id_path) -> None:
+    for m, a in arrays.items():
+        if a.ndim < 2 or len(a) != n:
+            raise DataError(f"{mod_paths[m]}: modality {m!r} has shape {a.shape}; every "
+                            f"modality needs [N = {n} samples, *shape]")
+        if a.dtype.kind not in "uif" or a.dtype == np.bool_:
+            raise DataError(f"{mod_paths[m]}: dtype {a.dtype}; expected numbers")
+    for c, a in cols.items():
+        if a.shape != (n,) or a.dtype.kind not in "iu":
+            raise DataError(f"{label_paths[c]}: label {c!r} must be [N = {n}] integers, "
+                            f"got {a.dtype} {a.shape}")
+    if len(ids) != n:
+        raise DataError(f"{id_path}: {len(ids)} sample ids for {n} rows")
+
+
+def _chunks(rows: np.ndarray, ids: list[str], arrays: dict, cols: dict, size: int
+            ) -> Iterator[SiteChunk]:
+    for lo in range(0, len(rows), size):
+        idx = rows[lo:lo + size]
+        tensors = {}
+        for m, a in arrays.items():
+            part = np.asarray(a[idx])
+            tensors[m] = part if is_image(a) else part.astype(np.float32)
+        yield SiteChunk([ids[i] for i in idx], tensors,
+                        {c: a[idx].astype(np.int64) for c, a in cols.items()} or None, None)

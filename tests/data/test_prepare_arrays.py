@@ -1,0 +1,107 @@
+"""prepare_arrays: a user's own .npy arrays -> site Parquet, split by sample id."""
+
+from __future__ import annotations
+
+import tomllib
+
+import numpy as np
+import pytest
+
+from mmvm.cli import main
+from mmvm.config import config_from_dict
+from mmvm.data.dataset import MultimodalDataset
+from mmvm.data.prepare.arrays import config_snippet, held_out, prepare_arrays
+from mmvm.data.store import DataError, read_site_table
+
+N = 120
+
+
+@pytest.fixture
+def arrays(tmp_path) -> dict:
+    """An EEG-like float64 vector modality and a 28 px grey image, with ids and
+    labels; the image site holds the same samples in another row order."""
+    rng = np.random.default_rng(0)
+    ids = [f"subject-{i:03d}" for i in range(N)]
+    eeg = rng.normal(size=(N, 4, 6))
+    img = rng.integers(0, 256, size=(N, 1, 28, 28), dtype=np.uint8)
+    label = rng.integers(0, 3, size=N)
+    perm = rng.permutation(N)
+    np.save(tmp_path / "eeg.npy", eeg)
+    np.save(tmp_path / "label.npy", label)
+    np.save(tmp_path / "img.npy", img[perm])
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    np.save(tmp_path / "ids_img.npy", np.array(ids)[perm])
+    return {"ids": ids, "eeg": eeg, "img": img, "label": label, "dir": tmp_path}
+
+
+def test_two_sites_split_their_shared_samples_alike(arrays):
+    d = arrays["dir"]
+    a = prepare_arrays(d / "a", {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
+                       labels={"label": d / "label.npy"}, seed=7)
+    b = prepare_arrays(d / "b", {"img": d / "img.npy"}, ids=d / "ids_img.npy", seed=7)
+    row = {i: k for k, i in enumerate(arrays["ids"])}
+    for split in ("train", "test"):
+        ta, tb = read_site_table(a[split]), read_site_table(b[split])
+        assert set(ta.sample_ids) == set(tb.sample_ids)  # whatever the row order
+        rows = [row[i] for i in ta.sample_ids]
+        np.testing.assert_array_equal(ta.tensors["eeg"],
+                                      arrays["eeg"][rows].astype(np.float32))
+        np.testing.assert_array_equal(ta.labels["label"], arrays["label"][rows])
+        np.testing.assert_array_equal(tb.tensors["img"],
+                                      arrays["img"][[row[i] for i in tb.sample_ids]])
+    n_test = len(read_site_table(a["test"]).sample_ids)
+    assert 0.1 * N < n_test < 0.35 * N  # test_fraction 0.2
+    # the split is a function of (seed, id) alone
+    again = held_out(arrays["ids"][::-1], 0.2, 7)[::-1]
+    np.testing.assert_array_equal(again, held_out(arrays["ids"], 0.2, 7))
+    assert (held_out(arrays["ids"], 0.2, 8) != again).any()
+
+
+def test_the_printed_config_sections_make_a_model_that_reads_the_files(arrays):
+    d = arrays["dir"]
+    np.save(d / "img_rows.npy", arrays["img"])
+    paths = prepare_arrays(d / "both", {"eeg": d / "eeg.npy", "img": d / "img_rows.npy"},
+                           ids=d / "ids.txt", labels={"label": d / "label.npy"})
+    snippet = config_snippet(paths)
+    assert 'network = "conv28"' in snippet and 'kind = "vector"' in snippet
+    mods = tomllib.loads(snippet)["model"]["modalities"]
+    cfg = config_from_dict({"data": {"root": str(d / "both")},
+                            "model": {"latent_dim": 4, "modalities": mods}})
+    ds = MultimodalDataset.from_parquet(cfg.data.files("train"), ["eeg", "img"], "label")
+    batch = ds.batch(range(8))
+    assert batch["x"]["img"].shape == (8, 1, 28, 28) and batch["x"]["img"].max() <= 1.0
+    assert batch["x"]["eeg"].shape == (8, 4, 6)
+
+
+def test_bad_arrays_are_refused_by_file_and_nothing_is_written(arrays):
+    d = arrays["dir"]
+    np.save(d / "short.npy", np.zeros((N - 1, 3)))
+    np.save(d / "floats.npy", np.zeros(N))
+    nan = arrays["eeg"].copy()
+    nan[5, 0, 0] = np.nan
+    np.save(d / "nan.npy", nan)
+    (d / "dup.txt").write_text("\n".join(["same"] * N))
+    cases = [({"eeg": d / "eeg.npy", "s": d / "short.npy"}, {}, "short.npy"),
+             ({"eeg": d / "eeg.npy"}, {"ids": d / "dup.txt"}, "same"),
+             ({"eeg": d / "nan.npy"}, {}, "NaN"),
+             ({"eeg": d / "eeg.npy"}, {"labels": {"label": d / "floats.npy"}}, "integers"),
+             ({"eeg": d / "ids.txt"}, {}, ".npy")]
+    for mods, kwargs, said in cases:
+        with pytest.raises(DataError, match=said):
+            prepare_arrays(d / "out", mods, **kwargs)
+        assert not (d / "out").exists()
+
+
+def test_the_command(arrays, capsys):
+    d = arrays["dir"]
+    assert main(["data", "prepare", "arrays", "--modality", f"eeg={d / 'eeg.npy'}",
+                 "--ids", str(d / "ids.txt"), "--label", str(d / "label.npy"),
+                 "--label", f"sex={d / 'label.npy'}", "--out", str(d / "cli"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[model.modalities.eeg]" in out and "shape = [4, 6]" in out
+    assert set(read_site_table(d / "cli" / "train.parquet").labels) == {"label",
+                                                                        "label.sex"}
+    assert main(["data", "prepare", "arrays", "--modality", str(d / "eeg.npy"),
+                 "--out", str(d / "x")]) == 2
+    assert "expected NAME=FILE.npy" in capsys.readouterr().err
