@@ -1,4 +1,5 @@
-"""The ``mmvm`` command line: ``mmvm data|train|evaluate|plot|report|run|site ... --help``.
+"""The ``mmvm`` command line: ``mmvm data|train|evaluate|encode|plot|report|run|site
+... --help``.
 
 Each command group lives in its own module exposing ``register(subparsers)``, which
 adds its parser(s) and sets ``func`` to a callable ``(args) -> int``.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from mmvm.config import ConfigError
 from mmvm.training import TrainingDivergedError
 
-COMMAND_MODULES = ("data", "train", "evaluate", "plot", "report", "run", "site")
+COMMAND_MODULES = ("data", "train", "evaluate", "encode", "plot", "report", "run", "site")
 
 
 def build_parser() -> argparse.ArgumentParser:

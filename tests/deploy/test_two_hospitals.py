@@ -36,6 +36,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from mmvm.data.store import read_site_table
@@ -236,6 +237,17 @@ def test_two_hospital_walkthrough(tmp_path):
         assert "mu (1, 32) logvar (1, 32) recon (1, 1, 64, 64)" in res.stdout, res.stdout
         n = len(ids["hospital-a"])
         assert f"aligned rows {n} held here {n}" in res.stdout, res.stdout
+        # ... and all its training samples at once (the guide's mmvm encode)
+        assert "mmvm encode --site-state" in guide
+        latents = tmp_path / "frontal-latents.parquet"
+        res = _sh(fleet, mmvm, "encode", "--site-state",
+                  state["hospital-a"] / f"run-{run_id}" / "hospital-a.pt", "--config",
+                  ROOT / "configs" / "mimic_cxr_64.toml",
+                  data["hospital-a"] / "train.parquet", "--out", latents, "--no-progress")
+        table = pq.read_table(latents)
+        assert table.column_names[:3] == ["sample_id", "mu.frontal", "logvar.frontal"]
+        assert table.num_rows == len(ids["hospital-a"]), res.stdout
+        assert table.column("mu.frontal").null_count == 0
     finally:
         fleet.stop()
         assert all(p.popen.poll() is not None for p in fleet.processes)

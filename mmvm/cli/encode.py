@@ -1,0 +1,101 @@
+"""``mmvm encode``: a dataset's latent representation, as one Parquet table.
+
+From a trained run (``--run``: a centralized run, or a federated run's folder with
+the assembled model) or, after a federated run, from one site's own encoders
+(``--site-state <state>/run-<id>/<site>.pt`` with the run's ``--config`` and ``--set``
+overrides): per sample ``sample_id``, ``mu.<m>`` and ``logvar.<m>`` for each modality
+the data holds (null where a sample lacks it) and ``label``. Nothing leaves the
+machine; the output is written atomically.
+
+    mmvm encode --run runs/polymnist-mmvm data/polymnist/test.parquet --out latents.parquet
+    mmvm encode --site-state /var/lib/mmvm/hospital-a/run-7/hospital-a.pt \\
+        --config configs/mimic_cxr_64.toml /srv/mmvm/mimic/frontal/train.parquet \\
+        --out frontal-latents.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mmvm.cli import add_config_arguments
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "encode", help="write each sample's latent posterior (mu, logvar) to Parquet",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="DIR", help="a run folder with checkpoint.pt")
+    src.add_argument("--site-state", metavar="FILE",
+                     help="a site's <site>.pt after a federated run (needs --config)")
+    p.add_argument("data", nargs="+", metavar="FILE",
+                   help="site .parquet files (several are joined by sample id)")
+    p.add_argument("--out", required=True, help="output .parquet file")
+    add_config_arguments(p, None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="samples per forward pass (default %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_encode)
+
+
+def _model(args: argparse.Namespace):
+    """The model, its config (``[data]``: label column, streaming) and where it came
+    from."""
+    import torch
+
+    from mmvm.config import config_from_dict, load_config
+    from mmvm.training import build_model, load_trained_model
+
+    if args.run:
+        if args.config or args.overrides:
+            raise ValueError("--run takes the model and its config from the run's "
+                             "checkpoint; --config/--set are for --site-state")
+        if not (Path(args.run) / "checkpoint.pt").is_file():
+            raise FileNotFoundError(f"no checkpoint.pt in {args.run}")
+        model, state = load_trained_model(args.run, device=args.device)
+        raw = {k: v for k, v in state["config"].items() if k != "source"}
+        return model, config_from_dict(raw, source=str(args.run)), {
+            "run": str(args.run), "epoch": state.get("epoch")}
+    if not args.config:
+        raise ValueError("--site-state needs --config (and the run's --set overrides): "
+                         "the state file holds weights, not the model's shapes")
+    cfg = load_config(args.config, args.overrides)
+    try:
+        state = torch.load(args.site_state, map_location="cpu", weights_only=True)
+        names = list(state["names"])
+        model = build_model(cfg, names)
+        model.load_state_dict(state["model"])
+    except FileNotFoundError:
+        raise
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{args.site_state}: not a site state of this config's model "
+                         f"({type(err).__name__}: {str(err)[:500]}); give the run's "
+                         f"--config and --set") from None
+    return model.to(args.device), cfg, {
+        "site_state": str(args.site_state), "config": str(args.config),
+        "overrides": list(args.overrides), "windows_done": state.get("windows_done")}
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from mmvm.data import open_dataset
+    from mmvm.latents import encode_table, write_latents
+    from mmvm.progress import progress_bar
+
+    model, cfg, source = _model(args)
+    # the config's reader: data.streaming reads row groups on demand (large data)
+    data = open_dataset(args.data, None, cfg.data)
+    with progress_bar(not args.no_progress) as bar:
+        task = bar.add_task("encoding", total=len(data))
+        table = encode_table(model, data, args.batch_size, args.device,
+                             step=lambda done, total: bar.update(task, completed=done))
+    meta = {**source, "data": [str(p) for p in args.data],
+            "latent_dim": model.latent_dim, "modalities": model.names}
+    out = write_latents(args.out, table, meta)
+    held = [c.split(".", 1)[1] for c in table.column_names if c.startswith("mu.")]
+    counts = ", ".join(f"{m} {table.column(f'mu.{m}').length() - table.column(f'mu.{m}').null_count:,}"
+                       for m in held)
+    print(f"wrote {out}: {table.num_rows:,} samples, latent {model.latent_dim}; "
+          f"encoded per modality: {counts}")
+    return 0

@@ -1,0 +1,82 @@
+"""A dataset's latent representation: each sample's unimodal posterior parameters.
+
+What a trained model (a centralized run, a federated run's assembled model, or one
+site's own encoders after a federated run) makes of each sample, as one Parquet
+table for downstream work (a classifier, a survival model, a plot): ``sample_id``,
+per modality ``m`` the posterior mean ``mu.m`` and log-variance ``logvar.m``
+(``latent_dim`` float32 each; null where the sample lacks m), and the data's label
+columns. The mean of q(z | x_m) is the representation the paper's probes read
+(``mmvm.evaluation.encode_dataset``); MMVAE+ models give their shared part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mmvm.atomic import atomic_write
+from mmvm.model import MultimodalVAE
+
+
+@torch.no_grad()
+def encode_table(model: MultimodalVAE, dataset, batch_size: int = 256,
+                 device: str | torch.device = "cpu",
+                 step: Callable[[int, int], None] | None = None) -> pa.Table:
+    """The table described in the module docstring, rows in the dataset's order.
+    ``step(done, total)`` is called after each batch."""
+    model.eval()
+    n, d = len(dataset), model.latent_dim
+    held = [m for m in model.names if m in dataset.names]
+    if not held:
+        raise ValueError(f"the data holds none of the model's modalities {model.names} "
+                         f"(it has {dataset.names})")
+    mu = {m: np.full((n, d), np.nan, np.float32) for m in held}
+    logvar = {m: np.full((n, d), np.nan, np.float32) for m in held}
+    present = {m: np.zeros(n, bool) for m in held}
+    for lo in range(0, n, batch_size):
+        rows = list(range(lo, min(n, lo + batch_size)))
+        b = dataset.batch(rows)
+        for m in held:
+            mask = b["mask"][:, dataset.names.index(m)].numpy()
+            if not mask.any():
+                continue
+            x = b["x"][m][torch.from_numpy(mask)].to(device)
+            mu_m, lv_m = model.encode_modality(m, x)
+            idx = np.asarray(rows)[mask]
+            mu[m][idx] = mu_m[:, :d].cpu().numpy()
+            logvar[m][idx] = lv_m[:, :d].cpu().numpy()
+            present[m][idx] = True
+        if step is not None:
+            step(rows[-1] + 1, n)
+    cols = {"sample_id": pa.array(dataset.sample_ids, pa.string())}
+    for m in held:
+        for what, arr in (("mu", mu[m]), ("logvar", logvar[m])):
+            cols[f"{what}.{m}"] = _lists(arr, present[m])
+    if getattr(dataset, "labels", None) is not None:
+        cols["label"] = pa.array(dataset.labels.numpy(), pa.int64())
+    return pa.table(cols)
+
+
+def write_latents(path: str | Path, table: pa.Table, meta: dict) -> Path:
+    """Write ``table`` to ``path`` atomically (nothing half-written), ``meta`` as the
+    file's ``mmvm.latents`` metadata (where the model and data came from)."""
+    import json
+
+    table = table.replace_schema_metadata({b"mmvm.latents": json.dumps(meta).encode()})
+    path = Path(path)
+    atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    return path
+
+
+def _lists(arr: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """``[N, D]`` float32 as a fixed-size list column, null where not ``valid``."""
+    n, d = arr.shape
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
+    return pa.Array.from_buffers(pa.list_(pa.float32(), d), n, [bitmap],
+                                 children=[pa.array(arr.reshape(-1), pa.float32())],
+                                 null_count=int(n - valid.sum()))

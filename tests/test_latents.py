@@ -1,0 +1,108 @@
+"""mmvm encode: the table holds exactly the encoders' posterior parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from mmvm.cli import main
+from mmvm.config import load_config
+from mmvm.data.dataset import MultimodalDataset
+from mmvm.data.sites import site_layout, split_sites
+from mmvm.federation.site import Site
+from mmvm.training import load_trained_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "polymnist_cpu.toml")
+SETS = ["model.latent_dim=6", "train.epochs=1", "train.batch_size=64", "train.device=cpu",
+        *(f"model.modalities.m{i}.width=4" for i in range(3))]
+
+
+def _flags(sets):
+    return [a for s in sets for a in ("--set", s)]
+
+
+def _column(path: Path, name: str) -> list:
+    return pq.read_table(path).column(name).to_pylist()
+
+
+def test_a_runs_latents_are_its_encoders_output(tiny_polymnist, tmp_path):
+    run = tmp_path / "run"
+    sets = [*SETS, f'data.root="{tiny_polymnist}"', f'train.out_dir="{run}"']
+    assert main(["train", "--config", CONFIG, "--no-progress", *_flags(sets)]) == 0
+    # two sites' files, each missing some samples: joined by id, nulls where absent
+    spec = site_layout("vertical", ["m0", "m1", "m2"])
+    files = split_sites([tiny_polymnist / "test.parquet"], tmp_path / "sites", spec,
+                        missing=0.3, seed=1)
+    parts = [files[s.name]["test"] for s in spec[:2]]
+    out = tmp_path / "latents.parquet"
+    assert main(["encode", "--run", str(run), *map(str, parts), "--out", str(out),
+                 "--no-progress"]) == 0
+    model, _ = load_trained_model(run)
+    data = MultimodalDataset.from_parquet(parts, None, "label")
+    ids = _column(out, "sample_id")
+    assert ids == data.sample_ids and "mu.m2" not in pq.read_table(out).column_names
+    assert _column(out, "label") == data.labels.tolist()
+    for j, m in enumerate(data.names):
+        mask = data.mask[:, j]
+        x = data.batch(range(len(data)))["x"][m][mask]
+        with torch.no_grad():
+            mu, logvar = model.encode_modality(m, x)
+        got_mu, got_lv = _column(out, f"mu.{m}"), _column(out, f"logvar.{m}")
+        assert [v is None for v in got_mu] == (~mask).tolist()
+        assert 0 < sum(v is None for v in got_mu) < len(ids)  # the 30 % missing
+        np.testing.assert_allclose(np.array([v for v in got_mu if v is not None]),
+                                   mu.numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.array([v for v in got_lv if v is not None]),
+                                   logvar.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_sites_own_encoder_after_a_federated_run(tiny_polymnist, tmp_path, capsys):
+    cfg = load_config(CONFIG, SETS)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                            root=str(tiny_polymnist)))
+    spec = site_layout("vertical", ["m0", "m1", "m2"])
+    files = split_sites([tiny_polymnist / "train.parquet"], tmp_path / "sites", spec)
+    train = files[spec[1].name]["train"]
+    site = Site(cfg, "b", train)
+    state = tmp_path / "state" / "b.pt"
+    state.parent.mkdir()
+    site.save(state)  # what <state>/run-<id>/<site>.pt holds
+    out = tmp_path / "b.parquet"
+    args = ["encode", "--site-state", str(state), "--config", CONFIG, *_flags(SETS),
+            str(train), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert "encoded per modality: m1 " in capsys.readouterr().out
+    data = MultimodalDataset.from_parquet(train, None, "label")
+    mu, _ = site.model.encode_modality("m1", data.batch(range(len(data)))["x"]["m1"])
+    np.testing.assert_allclose(np.array(_column(out, "mu.m1")), mu.numpy(), atol=1e-6)
+    # read as the config says: streamed row groups give the same table
+    streamed = tmp_path / "streamed.parquet"
+    assert main([*args[:-3], "--set", "data.streaming=true", "--set",
+                 "data.cache_row_groups=1", "--out", str(streamed), "--no-progress"]) == 0
+    assert pq.read_table(streamed).equals(pq.read_table(out))
+    # the run's --set overrides are part of the model's shapes
+    wrong = ["model.latent_dim=5" if s.startswith("model.latent_dim") else s for s in SETS]
+    assert main([*args[:5], *_flags(wrong), *args[5 + 2 * len(SETS):]]) == 2
+    assert "not a site state of this config's model" in capsys.readouterr().err
+    assert main(["encode", "--site-state", str(state), str(train), "--out",
+                 str(tmp_path / "x.parquet")]) == 2
+    assert "needs --config" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_encode_refuses_data_without_the_models_modalities(tiny_polymnist, tmp_path,
+                                                           capsys):
+    state = tmp_path / "s.pt"
+    cfg = load_config(CONFIG, SETS)
+    spec = site_layout("vertical", ["m0", "m1", "m2"])
+    files = split_sites([tiny_polymnist / "train.parquet"], tmp_path / "sites", spec)
+    Site(cfg, "a", files[spec[0].name]["train"]).save(state)
+    code = main(["encode", "--site-state", str(state), "--config", CONFIG, *_flags(SETS),
+                 str(files[spec[2].name]["train"]), "--out", str(tmp_path / "o.parquet")])
+    assert code == 2 and "holds none of the model's modalities" in capsys.readouterr().err
