@@ -202,12 +202,20 @@ def main(grid: Grid, context: Context) -> None:
         raise RunFailed(str(err)) from None
 
 
+def state_path(s: FederationSettings, run_id: int) -> Path:
+    """The server's state of the run: in the first run's folder, also while a resumed
+    run continues it, because the sites keep their state under that run's id
+    (``client/site_node.py`` ``_run_id``); so a resumed run that fails is resumed
+    again with the same id."""
+    return Path(s.out_dir) / f"run-{s.resume or run_id}" / "server_state.pt"
+
+
 def resume_hint(context: Context) -> str | None:
     """Where a failed run can continue from: the server's state after its last
     completed window (or after attach), if it got that far."""
     try:
         s = load_settings(context.run_config)
-        path = Path(s.out_dir) / f"run-{context.run_id}" / "server_state.pt"
+        path = state_path(s, context.run_id)
         if not path.is_file():
             return None
         done = load_server_state(path, s).window + 1
@@ -215,7 +223,7 @@ def resume_hint(context: Context) -> str | None:
         return None
     where = f"after window {done}" if done else "after the sites attached"
     return (f"mmvm: its state {where} is in {path}; once the cause is fixed, continue it "
-            f"with the same run config and resume='{context.run_id}'")
+            f"with the same run config and resume='{s.resume or context.run_id}'")
 
 
 def run(grid: Grid, context: Context) -> None:
@@ -238,11 +246,11 @@ def run(grid: Grid, context: Context) -> None:
                           row["window"] - first[0][1] + 1), flush=True)
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
-    resume = Path(s.out_dir) / f"run-{s.resume}" / "server_state.pt" if s.resume else None
+    state = state_path(s, context.run_id)
     result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
         alignment_line(al, s.num_sites), flush=True),
-        log=lambda line: print(line, flush=True), checkpoint=out_dir / "server_state.pt",
-        resume_from=resume)
+        log=lambda line: print(line, flush=True), checkpoint=state,
+        resume_from=state if s.resume else None)
     eval_data = _eval_data(s, result) if result.model_state else None
     paths = write_results(out_dir, s, result, eval_data)
     assembled = None

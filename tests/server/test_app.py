@@ -6,7 +6,7 @@ from flwr.app import Context, RecordDict
 
 from mmvm.federation.server_state import ServerState, save_server_state
 from mmvm.federation.settings import app_run_config, load_settings
-from server.app import resume_hint
+from server.app import resume_hint, state_path
 
 
 def _context(tmp_path, run_id: int = 42) -> Context:
@@ -40,3 +40,15 @@ def test_no_hint_from_a_state_of_other_settings_or_a_broken_file(tmp_path):
     assert resume_hint(ctx) is None  # resume would refuse it: no false promise
     path.write_bytes(b"not a checkpoint")
     assert resume_hint(ctx) is None
+
+
+def test_a_resumed_run_keeps_the_first_runs_state_and_id(tmp_path):
+    """The sites keep their state under the first run's id: a resumed run that fails
+    is resumed again with that id, from the state the resumed run wrote there."""
+    rc = app_run_config(out_dir=str(tmp_path / "runs"), resume="42")
+    ctx = Context(run_id=77, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    s = load_settings(rc)
+    assert state_path(s, 77) == tmp_path / "runs" / "run-42" / "server_state.pt"
+    save_server_state(state_path(s, 77), s, _state(5))
+    hint = resume_hint(ctx)
+    assert "after window 6" in hint and "resume='42'" in hint and "run-77" not in hint
