@@ -170,7 +170,9 @@ def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tu
     node = _NODES.get(key)
     if node is None:
         name, train, test = files
-        store = SiteStore(_state_root(context, s, policy) / f"{name}.pt")
+        root = _state_root(context, s, policy)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # the site's model: its own
+        store = SiteStore(root / f"{name}.pt")
         node = _NODES[key] = Node(s, policy, Site(s.experiment, name, train, test), store)
     node.store.refresh(node.site)
     return node

@@ -53,21 +53,29 @@ def _check(args: argparse.Namespace) -> int:
     if args.overrides and cfg is None:
         raise ValueError("--set needs --config (the experiment the overrides change)")
     check = check_node_config(nc, cfg)
+    site = _plain(check.site)
     if sys.stdout.isatty():
         style = {OK: "green", WARNING: "yellow", ERROR: "red"}
-        table = Table(title=f"site {check.site}: node config")
+        table = Table(title=Text(f"site {site}: node config"))
         for col in ("check", "status", "detail"):
             table.add_column(col, overflow="fold")
         for f in check.findings:
-            table.add_row(f.item, Text(f.status, style=style[f.status]), Text(f.detail))
+            table.add_row(f.item, Text(f.status, style=style[f.status]),
+                          Text(_plain(f.detail)))
         Console().print(table)
     else:  # a log or a pipe: one line per finding, whole
         for f in check.findings:
-            print(f"{f.status:<8} {f.item:<11} {f.detail}")
+            print(f"{f.status:<8} {f.item:<11} {_plain(f.detail)}")
     errors, warnings = check.count(ERROR), check.count(WARNING)
     verdict = (f"{errors} error(s): fix them before starting the SuperNode" if errors
                else "ready" + (" (untested against an experiment: add --config)"
                                * (cfg is None)))
-    print(f"mmvm site check: {check.site}: {verdict}; {warnings} warning(s)",
+    print(f"mmvm site check: {site}: {verdict}; {warnings} warning(s)",
           file=sys.stderr if errors else sys.stdout)
     return 1 if errors else 0
+
+
+def _plain(text: str) -> str:
+    """``text`` with control characters escaped: names and messages that come from
+    files (column names, a file's own error text) must not drive the terminal."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -8,7 +8,8 @@ all of them, so the administrator sees every problem at once and the protection 
 site will enforce: the policy (``mmvm.federation.policy``), the data files (every
 row, as ``mmvm data check``), the site's keys and the public key directory with the
 pinned peers (what ``SealedChannel`` accepts), the state folder, and, given the
-agreed experiment config, the site built as the first message builds it.
+agreed experiment config, the site built as the first message builds it and its
+test split read as the final evaluation reads it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmvm.config import ExperimentConfig
-from mmvm.federation.policy import KEYS, PolicyError, SitePolicy, load_policy
+from mmvm.federation.policy import KEYS, SitePolicy, load_policy, policy_problems
 
 OK, WARNING, ERROR = "ok", "warning", "error"
+PATH_KEYS = ("data", "keys", "directory", "state")
+SECURE_ONLY = ("peers", "directory", "require-psi", "allow-pair-masking")
 
 
 @dataclass
@@ -57,30 +60,37 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeC
         return check
     data = Path(str(nc["data"])).expanduser()
     check = NodeCheck(str(nc.get("site", data.name)))
-    try:
-        policy = load_policy(nc, check.site)
-    except PolicyError as err:
-        check.add("policy", ERROR, str(err))
-        policy = _known_part(nc, check.site)
+    _paths(check, nc)
+    problems = policy_problems(nc, check.site)
+    for _, message in problems:
+        check.add("policy", ERROR, message)
+    bad = {key for key, _ in problems}
+    policy = _usable_part(nc, check.site, bad)
     train, test = _data(check, data)
-    if cfg is not None and train is not None:
+    if cfg is not None:
         _experiment(check, cfg, train, test)
-    if policy is not None:
-        _policy(check, policy, partial=not check.ok)
-        if policy.secure_site:
-            _keys(check, policy)
-        _state(check, Path(policy.state))
+    _policy(check, policy, nc, partial=bool(problems))
+    _name(check, policy)
+    if policy.secure_site:
+        _keys(check, policy, pinned="peers" in nc and "peers" not in bad)
+    _state(check, Path(policy.state))
     return check
 
 
-def _known_part(nc: Mapping, site: str) -> SitePolicy | None:
-    """The policy of the keys that were understood (to check the rest as well), or
-    None where a known key's value is what failed."""
-    known = {k: v for k, v in nc.items() if k in (*KEYS, "data", "site")}
-    try:
-        return load_policy(known, site) if len(known) < len(nc) else None
-    except PolicyError:
-        return None
+def _paths(check: NodeCheck, nc: Mapping) -> None:
+    for key in PATH_KEYS:
+        if nc.get(key) and not Path(str(nc[key])).expanduser().is_absolute():
+            check.add("paths", WARNING, f"{key}={nc[key]} is relative: the SuperNode "
+                      f"resolves it against its own working directory (here: "
+                      f"{Path(str(nc[key])).resolve()}); give absolute paths")
+
+
+def _usable_part(nc: Mapping, site: str, bad: set[str]) -> SitePolicy:
+    """The policy of the keys that parse (to check the rest as well)."""
+    known = {k: v for k, v in nc.items() if k in (*KEYS, "data", "site") and k not in bad}
+    if known.get("keys") and "peers" not in known:
+        known["peers"] = "*"  # reported above; the directory is still checked
+    return load_policy(known, site)
 
 
 def _data(check: NodeCheck, data: Path) -> tuple[Path | None, Path | None]:
@@ -98,69 +108,95 @@ def _data(check: NodeCheck, data: Path) -> tuple[Path | None, Path | None]:
                      for n, t in summary["tensors"].items())
     check.add("data", OK, f"{train}: {summary['rows']:,} rows; {mods}"
               + (f"; labels {', '.join(summary['labels'])}" * bool(summary["labels"])))
-    if not test.is_file():
+    if not test.exists():
         check.add("data", WARNING, f"no {test}: the site's own evaluation (probes, "
                   f"reconstruction on its test split) is skipped")
         return train, None
-    summary, problem = check_problem(str(test))
+    tested, problem = check_problem(str(test))
     if problem:
         check.add("data", ERROR, problem)
         return train, None
-    check.add("data", OK, f"{test}: {summary['rows']:,} rows")
+    differ = [f"{n} {t['shape']} {t['dtype']}" for n, t in summary["tensors"].items()
+              if tested["tensors"].get(n) != t]
+    if differ:
+        check.add("data", ERROR, f"{test} does not hold train.parquet's modalities as "
+                  f"they are there ({'; '.join(differ)}; it has "
+                  f"{', '.join(tested['tensors']) or 'none'}): the final evaluation "
+                  f"would fail")
+        return train, None
+    check.add("data", OK, f"{test}: {tested['rows']:,} rows")
     return train, test
 
 
-def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path, test: Path | None
-                ) -> None:
+def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
+                test: Path | None) -> None:
     """Build the site as a run's first message does (modalities, shapes, tokens,
-    device, method): what fails here fails there."""
+    device, method), and read its test split as the final evaluation does."""
+    from mmvm.data import open_dataset
     from mmvm.federation.site import Site
 
+    if train is None:
+        check.add("experiment", WARNING, f"{cfg.source}: not checked (no valid "
+                  f"train.parquet)")
+        return
     try:
         site = Site(cfg, check.site, train, test)
+        if test is not None:
+            open_dataset(test, site.names, cfg.data)
     except Exception as err:  # noqa: BLE001 - reported, as the ClientApp would
         check.add("experiment", ERROR, f"{cfg.source}: {type(err).__name__}: {err}")
         return
     n = sum(p.numel() for p in site.model.parameters())
     check.add("experiment", OK, f"{cfg.source}: trains {', '.join(site.names)} "
-              f"({n:,} parameters, method {cfg.model.method}, device {site.device})")
+              f"({n:,} parameters, method {cfg.model.method}, device {site.device}); "
+              f"the run's config must be this file of the app, with the same `set`")
 
 
-def _policy(check: NodeCheck, p: SitePolicy, partial: bool = False) -> None:
+def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None:
     on = {True: "on", False: "off"}
-    check.add("policy", OK, "the keys understood: " * partial + f"require-secure {on[p.require_secure]}, allow-collect "
-              f"{on[p.allow_collect]}, allow-pair-masking {on[p.allow_pair_masking]}, "
-              f"require-psi {on[p.require_psi]}, min-rows {p.min_rows}")
+    check.add("policy", OK, "the values that parse: " * partial + f"require-secure "
+              f"{on[p.require_secure]}, allow-collect {on[p.allow_collect]}, "
+              f"allow-pair-masking {on[p.allow_pair_masking]}, require-psi "
+              f"{on[p.require_psi]}, min-rows {p.min_rows}")
     if not p.secure_site:
+        idle = [k for k in SECURE_ONLY if k in nc]
+        if idle:
+            check.add("policy", WARNING, f"{', '.join(idle)} without keys: no effect "
+                      f"(they protect secure runs, which need keys=)")
         check.add("policy", ERROR if p.require_secure else WARNING,
                   "require-secure without keys: this site refuses plaintext runs and "
                   "cannot take part in secure ones" if p.require_secure else
                   "no keys: a plaintext site (secure = false runs only); the server "
-                  "sees its posteriors and weights in the clear (deploy/README.md "
-                  "section 7)")
+                  "sees what the site sends (its latent posteriors and weights) "
+                  "unencrypted (deploy/README.md section 7)")
         return
     if p.allow_collect:
         check.add("policy", WARNING, "allow-collect on: the server receives this site's "
                   "final weights when a run asks (collect-model)")
     if p.allow_pair_masking:
-        check.add("policy", WARNING, "allow-pair-masking on: in a FedAvg group of two, "
-                  "each site learns the other's weights from the mean")
+        check.add("policy", WARNING, "allow-pair-masking on: when only two sites share "
+                  "a modality's weights, each learns the other's from their average")
     if not p.require_secure:
         check.add("policy", WARNING, "require-secure off: plaintext runs are accepted")
 
 
-def _keys(check: NodeCheck, p: SitePolicy) -> None:
-    from mmvm.secure.keys import SiteKeys, load_public_directory, validate_site_name
+def _name(check: NodeCheck, p: SitePolicy) -> None:
+    from mmvm.secure.keys import validate_site_name
+
+    try:
+        validate_site_name(check.site)
+    except ValueError as err:
+        check.add("site", ERROR if p.secure_site else WARNING,
+                  f"{err}; it also names the site's files in the state folder")
+
+
+def _keys(check: NodeCheck, p: SitePolicy, pinned: bool) -> None:
+    from mmvm.secure.keys import SiteKeys, load_public_directory
 
     keys = Path(p.keys)
     key_file = keys / "site_keys.json" if keys.is_dir() else keys
     dir_file = Path(p.directory) if p.directory else key_file.parent / "public_keys.json"
     own = _try(check, "keys", lambda: SiteKeys.load(key_file))
-    directory = _try(check, "directory", lambda: load_public_directory(dir_file))
-    try:
-        validate_site_name(check.site)
-    except ValueError as err:
-        check.add("keys", ERROR, f"site name: {err}")
     if own is not None and own.site != check.site:
         check.add("keys", ERROR, f"{key_file} holds the keys of {own.site!r}, and the node "
                   f"config names site {check.site!r} (site=, or the data folder's name)")
@@ -168,26 +204,37 @@ def _keys(check: NodeCheck, p: SitePolicy) -> None:
     elif own is not None:
         check.add("keys", OK, f"{key_file}: site {own.site}, fingerprint "
                   f"{own.public.fingerprint}")
+    directory = _try(check, "directory", lambda: load_public_directory(dir_file))
     if directory is not None:
         _directory(check, p, own, directory, dir_file)
+        if pinned:
+            _peers(check, p, directory, dir_file)
 
 
 def _directory(check: NodeCheck, p: SitePolicy, own, directory: dict, path: Path
                ) -> None:
-    """The directory's entry for this site (when its keys loaded) and the peers."""
+    """The directory's entry for this site (when its keys loaded); who may change it."""
     mine = directory.get(check.site)
     if mine is None:
         check.add("directory", ERROR, f"{path} has no entry for {check.site}: the other "
                   f"sites cannot seal anything to it")
-    elif own is None:
-        check.add("directory", OK, f"{path}: {len(directory)} sites")
-    elif mine.fingerprint != own.public.fingerprint:
+    elif own is not None and mine.fingerprint != own.public.fingerprint:
         check.add("directory", ERROR, f"{path}'s entry for {check.site} has fingerprint "
                   f"{mine.fingerprint}, not this site's {own.public.fingerprint} (a "
                   f"stale or replaced directory)")
     else:
-        check.add("directory", OK, f"{path}: {len(directory)} sites; this site's entry "
-                  f"is its own key")
+        check.add("directory", OK, f"{path}: {len(directory)} sites"
+                  + "; this site's entry is its own key" * (own is not None))
+    for f in (path, path.parent):
+        if f.stat().st_mode & 0o022:
+            check.add("directory", WARNING, f"{f} is writable by group/others (mode "
+                      f"{f.stat().st_mode & 0o777:o}): whoever can write it decides "
+                      f"whom the site trusts; chmod go-w it")
+
+
+def _peers(check: NodeCheck, p: SitePolicy, directory: dict, path: Path) -> None:
+    from mmvm.federation.policy import PolicyError
+
     try:
         trusted = p.trusted(check.site, directory)
     except PolicyError as err:
@@ -209,21 +256,22 @@ def _directory(check: NodeCheck, p: SitePolicy, own, directory: dict, path: Path
 
 def _state(check: NodeCheck, state: Path) -> None:
     if state.exists():
+        mode = state.stat().st_mode & 0o777
         if not state.is_dir():
             check.add("state", ERROR, f"state={state} is not a folder")
         elif not os.access(state, os.W_OK | os.X_OK):
-            check.add("state", ERROR, f"{state}: not writable by this user")
-        elif state.stat().st_mode & 0o077:
-            check.add("state", WARNING, f"{state}: open to group/others (mode "
-                      f"{state.stat().st_mode & 0o777:o}); it holds the site's model and "
-                      f"error log: chmod 700 it")
+            check.add("state", ERROR, f"{state}: not writable by this user (run the "
+                      f"check as the user that runs flower-supernode)")
+        elif mode & 0o077:
+            check.add("state", WARNING, f"{state}: open to group/others (mode {mode:o}); "
+                      f"each run's folder in it is made 700, chmod 700 it too")
         else:
-            check.add("state", OK, f"{state} (writable, mode "
-                      f"{state.stat().st_mode & 0o777:o})")
+            check.add("state", OK, f"{state} (writable, mode {mode:o})")
         return
     parent = next(p for p in state.resolve().parents if p.exists())
     if os.access(parent, os.W_OK | os.X_OK):
-        check.add("state", OK, f"{state} (made at the first run, under {parent})")
+        check.add("state", OK, f"{state} (made at the first run, under {parent}; each "
+                  f"run's folder mode 700)")
     else:
         check.add("state", ERROR, f"{state} does not exist and {parent} is not writable "
                   f"by this user")

@@ -170,23 +170,53 @@ def _peers(text: str) -> dict[str, str] | None:
     return out
 
 
-def load_policy(nc: Mapping, site: str) -> SitePolicy:
-    """The policy of a SuperNode's node config (``site`` names it in messages)."""
-    if "data" not in nc:  # simulation: partition-id / num-partitions only
-        return SitePolicy(test_bed=True)
+# each policy key's reader (its value -> the SitePolicy field), the defaults aside
+_READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
+            "allow-collect": lambda nc, k: _bool(nc, k, True),
+            "allow-pair-masking": lambda nc, k: _bool(nc, k, False),
+            "require-psi": lambda nc, k: _bool(nc, k, False),
+            "min-rows": lambda nc, k: _positive(nc, k, 1),
+            "peers": lambda nc, k: _peers(str(nc[k]))}
+
+
+def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
+    """Every problem of a deployment node config's policy as ``(key, message)``, one
+    per key: unknown keys (key "", with the nearest valid ones), values that do not
+    parse, keys without pinned peers (key "peers"). Empty for a valid policy (or a
+    simulation's node config)."""
+    if "data" not in nc:
+        return []
+    problems = []
     unknown = [k for k in nc if k not in (*KEYS, "data", "site")]
     if unknown:
         near = {k: difflib.get_close_matches(k, (*KEYS, "data", "site"), 1)
                 for k in unknown}
         hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in near.items() if m)
-        raise PolicyError(f"node config of site {site}: unknown keys {unknown}"
-                          + (f" ({hint})" * bool(hint))
-                          + f"; valid: {sorted((*KEYS, 'data', 'site'))}")
+        problems.append(("", f"node config of site {site}: unknown keys {unknown}"
+                         + (f" ({hint})" * bool(hint))
+                         + f"; valid: {sorted((*KEYS, 'data', 'site'))}"))
+    for key, read in _READERS.items():
+        if key in nc:
+            try:
+                read(nc, key)
+            except PolicyError as err:
+                problems.append((key, str(err)))
+    if nc.get("keys") and "peers" not in nc:
+        problems.append(("peers", f"node config of site {site}: a site with keys must "
+                         f"pin its peers: peers=\"b=<fingerprint>;c=<fingerprint>\" (or "
+                         f"peers=\"*\" to trust every directory entry)"))
+    return problems
+
+
+def load_policy(nc: Mapping, site: str) -> SitePolicy:
+    """The policy of a SuperNode's node config (``site`` names it in messages);
+    refused, with every problem (:func:`policy_problems`), if it has any."""
+    if "data" not in nc:  # simulation: partition-id / num-partitions only
+        return SitePolicy(test_bed=True)
+    problems = policy_problems(nc, site)
+    if problems:
+        raise PolicyError("; ".join(message for _, message in problems))
     keys = str(Path(str(nc["keys"])).expanduser()) if nc.get("keys") else ""
-    if keys and "peers" not in nc:
-        raise PolicyError(f"node config of site {site}: a site with keys must pin its "
-                          f"peers: peers=\"b=<fingerprint>;c=<fingerprint>\" (or "
-                          f"peers=\"*\" to trust every directory entry)")
     state = str(nc.get("state", "")) or str(Path("~/.mmvm/state") / site)
     return SitePolicy(
         keys=keys, directory=str(Path(str(nc["directory"])).expanduser())

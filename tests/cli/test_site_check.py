@@ -135,3 +135,37 @@ def test_the_command_takes_what_flower_supernode_takes(fed, capsys, tmp_path):
     # a word that is not key=value, which flower-supernode would drop silently
     assert main(["site", "check", "--node-config", text + " peers"]) == 2
     assert "'peers' is not key=value" in capsys.readouterr().err
+
+
+def test_bad_values_do_not_hide_the_other_checks(fed):
+    """Two values that do not parse and a wrong pin: three errors, and the keys, the
+    directory and the state are still checked."""
+    bad_pin = "site-b=" + "0" * 32 + ";site-c=" + fed["keys"]["site-c"].public.fingerprint
+    check = check_node_config(_nc(fed, peers=bad_pin, **{"min-rows": 0,
+                                                         "require-secure": "maybe"}))
+    errors = [f"{f.item}: {f.detail}" for f in check.findings if f.status == ERROR]
+    assert len(errors) == 3, errors
+    assert "not a boolean" in errors[0] and "positive integer" in errors[1]
+    assert "'site-b' has fingerprint" in errors[2]
+    assert _find(check, "keys", OK) and _find(check, "directory", OK)
+    assert "the values that parse" in _find(check, "policy", OK)[0]
+
+
+def test_a_test_split_of_other_modalities_fails_the_check(fed):
+    """The final evaluation reads test.parquet with the train file's modalities."""
+    root = fed["root"] / "data"
+    (root / "site-a" / "test.parquet").write_bytes(
+        (root / "site-b" / "test.parquet").read_bytes())
+    check = check_node_config(_nc(fed), load_config(CONFIG))
+    assert "does not hold train.parquet's modalities" in _find(check, "data", ERROR)[0]
+
+
+def test_who_may_change_the_directory_and_relative_paths(fed, monkeypatch):
+    directory = fed["root"] / "keys" / "public_keys.json"
+    directory.chmod(0o666)
+    check = check_node_config(_nc(fed))
+    assert check.ok and "whom the site trusts" in _find(check, "directory", WARNING)[0]
+    monkeypatch.chdir(fed["root"])
+    check = check_node_config(_nc(fed, data="data/site-a"))
+    assert "is relative" in _find(check, "paths", WARNING)[0]
+    assert _find(check, "data", OK)  # read from here, as the SuperNode would
