@@ -225,6 +225,9 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
                                test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, progress=cb)
     _report(paths)
+    print(f"split by sample id with --seed {args.seed} --test-fraction "
+          f"{args.test_fraction:g}: every site must use the same two values (and write "
+          f"the ids the same way) for their shared samples to fall in the same split")
     print(f"\n# for your config (kind, shape from the files; likelihood a starting "
           f"point):\n{config_snippet(paths)}")
     return 0

@@ -195,6 +195,9 @@ def _chunk_table(chunk: SiteChunk, path: str, start: int, seen: dict[str, int],
     specs: dict[str, dict] = {}
     for name, arr in chunk.tensors.items():
         check_column_name(name, path)
+        if is_label_column(name):
+            raise DataError(f"{path}: tensor {name!r}: 'label' and 'label.<name>' are "
+                            f"label columns; name the modality otherwise")
         arr = np.asarray(arr)
         if arr.ndim < 1 or arr.shape[0] != n:
             raise DataError(f"{path}: column '{name}'{at}: "
@@ -231,6 +234,9 @@ def _chunk_table(chunk: SiteChunk, path: str, start: int, seen: dict[str, int],
         check_column_name(name, path)
         if is_label_column(name):
             raise DataError(f"{path}: column '{name}': pass labels via `labels`")
+        if name in arrays:
+            raise DataError(f"{path}: column '{name}' is also a tensor; columns and "
+                            f"modalities need distinct names")
         arr = np.asarray(arr)
         if len(arr) != n:
             raise DataError(f"{path}: column '{name}'{at}: {len(arr)} rows for {n} ids")

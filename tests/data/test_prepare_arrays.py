@@ -105,3 +105,43 @@ def test_the_command(arrays, capsys):
     assert main(["data", "prepare", "arrays", "--modality", str(d / "eeg.npy"),
                  "--out", str(d / "x")]) == 2
     assert "expected NAME=FILE.npy" in capsys.readouterr().err
+
+
+def test_ids_written_differently_still_agree(arrays):
+    """A text file with a byte-order mark and blanks, a .npy of padded strings, and
+    plain ids give the same ids, hence the same split."""
+    d = arrays["dir"]
+    (d / "bom.txt").write_text("\ufeff" + "\n".join(f" {i} " for i in arrays["ids"]),
+                               encoding="utf-8")
+    np.save(d / "padded.npy", np.array([f"{i}  " for i in arrays["ids"]]))
+    got = [read_site_table(prepare_arrays(d / name, {"eeg": d / "eeg.npy"},
+                                          ids=d / f)["test"]).sample_ids
+           for name, f in (("a", "ids.txt"), ("b", "bom.txt"), ("c", "padded.npy"))]
+    assert got[0] == got[1] == got[2]
+
+
+def test_what_cannot_be_stored_says_what_to_do(arrays):
+    d = arrays["dir"]
+    np.save(d / "scalar.npy", np.float32(1.0))
+    np.save(d / "flags.npy", np.zeros((N, 3), bool))
+    np.save(d / "objects.npy", np.array(arrays["ids"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="not 'sample_id' or 'label"):
+        prepare_arrays(d / "out", {"label": d / "eeg.npy"})
+    with pytest.raises(ValueError, match="letters, digits"):
+        prepare_arrays(d / "out", {"my eeg": d / "eeg.npy"})
+    with pytest.raises(DataError, match=r"scalar.npy: .* expected \[N samples"):
+        prepare_arrays(d / "out", {"s": d / "scalar.npy"})
+    with pytest.raises(DataError, match="bernoulli"):
+        prepare_arrays(d / "out", {"f": d / "flags.npy"})
+    with pytest.raises(DataError, match=r"astype\(str\)"):
+        prepare_arrays(d / "out", {"eeg": d / "eeg.npy"}, ids=d / "objects.npy")
+    assert not (d / "out").exists()
+
+
+def test_image_shaped_numbers_get_a_note_in_the_config_sections(arrays):
+    d = arrays["dir"]
+    np.save(d / "xray.npy", arrays["img"].astype(np.float32) / 255)
+    paths = prepare_arrays(d / "f", {"xray": d / "xray.npy"}, ids=d / "ids.txt")
+    snippet = config_snippet(paths)
+    assert "save them as uint8 [N, C, H, W]" in snippet and 'kind = "vector"' in snippet
+    tomllib.loads(snippet)  # still a valid TOML fragment

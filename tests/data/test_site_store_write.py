@@ -191,3 +191,14 @@ def test_one_empty_chunk_writes_an_empty_file(tmp_path):
     p = write_site_table_batches(tmp_path / "a.parquet", [SiteChunk(ids, x, y, c)], {})
     t = read_site_table(p)
     assert len(t) == 0 and t.tensors["vec"].shape == (0, 3)
+
+
+def test_a_tensor_cannot_take_a_label_or_column_name(tmp_path):
+    """A label (or a carried column) of a tensor's name would overwrite the tensor's
+    column while the schema still describes the tensor: an unreadable file."""
+    ids, x, y, c = _data()
+    with pytest.raises(DataError, match="'label' and 'label.<name>' are label columns"):
+        write_site_table(tmp_path / "a.parquet", ids, {"label": x["vec"]}, y, META)
+    with pytest.raises(DataError, match="column 'vec' is also a tensor"):
+        write_site_table(tmp_path / "a.parquet", ids, x, y, META, columns={"vec": c["extra"]})
+    assert _files(tmp_path) == []

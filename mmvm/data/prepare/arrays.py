@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
+
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a modality: a column and a bare TOML key
 
 
 def is_image(a: np.ndarray) -> bool:
@@ -32,16 +35,22 @@ def is_image(a: np.ndarray) -> bool:
 
 
 def load_ids(path: str | os.PathLike) -> list[str]:
-    """Sample ids from a text file (one per line) or a ``.npy`` of strings/integers."""
+    """Sample ids from a text file (one per line, UTF-8, a byte-order mark dropped) or
+    a ``.npy`` of strings or integers; surrounding blanks are dropped either way, so
+    sites that wrote their ids differently still agree."""
     path = Path(path)
     if path.suffix == ".npy":
-        arr = _load(path)
+        arr = _load(path, what="sample ids")
         if arr.ndim != 1 or arr.dtype.kind not in "iuUS":
             raise DataError(f"{path}: sample ids must be a 1-D array of strings or "
                             f"integers, got {arr.dtype} {arr.shape}")
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in arr.tolist()]
+        try:
+            return [(v.decode() if isinstance(v, bytes) else str(v)).strip()
+                    for v in arr.tolist()]
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: sample ids are not UTF-8 ({e})") from None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
     return [ln.strip() for ln in lines if ln.strip()]
@@ -69,11 +78,20 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     samples in the same order)."""
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
+    bad = [m for m in modalities if not NAME.fullmatch(m) or m.startswith("label")
+           or m == "sample_id"]
+    if bad:
+        raise ValueError(f"modality names {bad}: use letters, digits, '_' and '-' (they "
+                         f"become config keys), not 'sample_id' or 'label...'")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction = {test_fraction}: must be in (0, 1)")
     arrays = {m: _load(Path(p), mmap=True) for m, p in modalities.items()}
     cols = {c: _load(Path(p)) for c, p in (labels or {}).items()}
-    n = len(next(iter(arrays.values())))
+    first = next(iter(modalities))
+    if arrays[first].ndim < 2:
+        raise DataError(f"{modalities[first]}: modality {first!r} has shape "
+                        f"{arrays[first].shape}; expected [N samples, *shape]")
+    n = len(arrays[first])
     sample_ids = load_ids(ids) if ids is not None else [str(i) for i in range(n)]
     _check_rows(n, sample_ids, arrays, cols, modalities, labels or {}, ids)
     test = held_out(sample_ids, test_fraction, seed)
@@ -89,7 +107,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                 raise DataError(f"the {split} split is empty ({n} samples, test_fraction "
                                 f"{test_fraction}); give more samples or another fraction")
             step(f"writing {split} ({len(rows):,} samples)", k)
-            chunks = _chunks(rows, sample_ids, arrays, cols, row_group_size)
+            chunks = _chunks(rows, sample_ids, arrays, cols, row_group_size, modalities)
             paths[split] = write_site_table_batches(stage / f"{split}.parquet", chunks,
                                                     meta, row_group_size=row_group_size)
         step("done", 2)
@@ -108,6 +126,10 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
         shape = tuple(t["shape"])
         image = t["dtype"] == "uint8" and len(shape) == 3 and shape[0] in (1, 3)
         kind = "image" if image else "vector"
+        if not image and len(shape) == 3 and (shape[0] in (1, 3) or shape[2] in (1, 3)):
+            out.append(f"# {m}: [{', '.join(map(str, shape))}] numbers. If these are "
+                       f"images, save them as uint8 [N, C, H, W] with values 0..255 "
+                       f"for kind = \"image\" and an image network")
         names = [DEFAULT_NETWORK[kind]] + available_networks(kind)
         fits = [n for n in dict.fromkeys(names) if get_network(n).accepts(shape)]
         net = (f'network = "{fits[0]}"' if fits else
@@ -119,12 +141,17 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
     return "\n".join(out)
 
 
-def _load(path: Path, mmap: bool = False) -> np.ndarray:
+def _load(path: Path, mmap: bool = False, what: str = "numbers") -> np.ndarray:
     if path.suffix != ".npy":
         raise DataError(f"{path}: expected a NumPy .npy file")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
+        if "pickle" in str(e):  # an object array (e.g. from pandas)
+            raise DataError(f"{path}: an object array; save {what} with a plain dtype "
+                            f"(e.g. np.save(path, values.astype(str)))") from None
+        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    except OSError as e:
         raise DataError(f"{path}: not a readable .npy array ({e})") from None
 
 
@@ -134,23 +161,36 @@ def _check_rows(n: int, ids: list[str], arrays: dict, cols: dict, mod_paths: Map
         if a.ndim < 2 or len(a) != n:
             raise DataError(f"{mod_paths[m]}: modality {m!r} has shape {a.shape}; every "
                             f"modality needs [N = {n} samples, *shape]")
-        if a.dtype.kind not in "uif" or a.dtype == np.bool_:
-            raise DataError(f"{mod_paths[m]}: dtype {a.dtype}; expected numbers")
+        if a.dtype.kind not in "uif":
+            raise DataError(f"{mod_paths[m]}: dtype {a.dtype}; expected numbers"
+                            + (" (0/1 values: save them as float32, likelihood "
+                               "'bernoulli')" if a.dtype == np.bool_ else ""))
     for c, a in cols.items():
         if a.shape != (n,) or a.dtype.kind not in "iu":
             raise DataError(f"{label_paths[c]}: label {c!r} must be [N = {n}] integers, "
                             f"got {a.dtype} {a.shape}")
     if len(ids) != n:
         raise DataError(f"{id_path}: {len(ids)} sample ids for {n} rows")
+    first: dict[str, int] = {}
+    for row, i in enumerate(ids):
+        if i in first:
+            raise DataError(f"{id_path or 'row numbers'}: sample id {i!r} at rows "
+                            f"{first[i]} and {row}; ids must be unique")
+        first[i] = row
 
 
-def _chunks(rows: np.ndarray, ids: list[str], arrays: dict, cols: dict, size: int
-            ) -> Iterator[SiteChunk]:
+def _chunks(rows: np.ndarray, ids: list[str], arrays: dict, cols: dict, size: int,
+            sources: Mapping) -> Iterator[SiteChunk]:
     for lo in range(0, len(rows), size):
         idx = rows[lo:lo + size]
         tensors = {}
         for m, a in arrays.items():
             part = np.asarray(a[idx])
             tensors[m] = part if is_image(a) else part.astype(np.float32)
+            finite = np.isfinite(tensors[m].reshape(len(idx), -1)).all(1)
+            if not finite.all():
+                row = int(idx[np.argmin(finite)])
+                raise DataError(f"{sources[m]}: row {row} (sample {ids[row]!r}): NaN, "
+                                f"inf, or beyond float32's range")
         yield SiteChunk([ids[i] for i in idx], tensors,
                         {c: a[idx].astype(np.int64) for c, a in cols.items()} or None, None)
