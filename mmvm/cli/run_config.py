@@ -37,7 +37,7 @@ def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPL
     text = text.strip()
     if not text:
         return {}
-    if text.endswith(".toml") and "=" not in text:
+    if text.endswith(".toml"):  # as flwr: a value ending so is a file, whatever else
         try:
             with open(Path(text).expanduser(), "rb") as fh:
                 return _flat(tomllib.load(fh))
