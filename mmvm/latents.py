@@ -80,3 +80,46 @@ def _lists(arr: np.ndarray, valid: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.list_(pa.float32(), d), n, [bitmap],
                                  children=[pa.array(arr.reshape(-1), pa.float32())],
                                  null_count=int(n - valid.sum()))
+
+
+def read_latents(paths: list[str | Path], label: str = "label"
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Posterior means per (file, modality) of ``mmvm encode`` outputs, the samples
+    that have the modality, and their ``label`` column (-1 where null; all 0 when the
+    files have none)."""
+    mus, labels = {}, {}
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such latents file (write one with mmvm "
+                                    f"encode)")
+        table = pq.read_table(p)
+        cols = [c for c in table.column_names if c.startswith("mu.")]
+        if not cols:
+            raise ValueError(f"{p}: no mu.<modality> column; not an mmvm encode output")
+        if label in table.column_names:
+            lab = table.column(label).to_numpy(zero_copy_only=False)
+            lab = np.where(np.isnan(lab.astype(float)), -1, lab).astype(np.int64)
+        else:
+            lab = np.zeros(table.num_rows, np.int64)
+        for c in cols:
+            col = table.column(c).combine_chunks()
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            d = col.type.list_size
+            values = col.flatten().to_numpy().reshape(-1, d)  # null rows hold values too
+            key = f"{p.stem}: {c[3:]}" if len(paths) > 1 else c[3:]
+            mus[key], labels[key] = values[valid], lab[valid]
+    return mus, labels
+
+
+def common_2d(mus: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    """The latents in two dimensions, all panels on the same axes: the first two
+    principal components of all of them together (panels of per-panel PCA would be
+    rotated against each other, hiding whether the modalities share a space).
+    Returns the points and whether PCA was needed."""
+    d = next(iter(mus.values())).shape[1]
+    if d <= 2:
+        return mus, False
+    stacked = np.concatenate(list(mus.values())).astype(np.float64)
+    centre = stacked.mean(0)
+    _, _, vt = np.linalg.svd(stacked - centre, full_matrices=False)
+    return {k: (v - centre) @ vt[:2].T for k, v in mus.items()}, True

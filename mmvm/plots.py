@@ -180,15 +180,17 @@ def _pca2(x: np.ndarray) -> np.ndarray:
 
 def latent_2d(mus: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray] | np.ndarray,
               path: str | Path, label_names: Sequence[str] | None = None,
-              max_points: int = 5000) -> Path:
+              max_points: int = 5000, share_axes: bool = False) -> Path:
     """One panel per entry of ``mus`` (e.g. per method), points coloured by label.
 
     ``labels``: one array for all panels or one per key. D > 2: first two PCs.
+    ``share_axes``: one x and y range for all panels (points in one coordinate system).
     """
     if not mus:
         raise ValueError("no latents to plot")
     n = len(mus)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False,
+                             sharex=share_axes, sharey=share_axes)
     cmap = plt.get_cmap("tab10")
     for ax, (key, mu) in zip(axes[0], mus.items(), strict=True):
         mu = np.asarray(mu, dtype=np.float64)

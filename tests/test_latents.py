@@ -106,3 +106,42 @@ def test_encode_refuses_data_without_the_models_modalities(tiny_polymnist, tmp_p
     code = main(["encode", "--site-state", str(state), "--config", CONFIG, *_flags(SETS),
                  str(files[spec[2].name]["train"]), "--out", str(tmp_path / "o.parquet")])
     assert code == 2 and "holds none of the model's modalities" in capsys.readouterr().err
+
+
+def test_latent_panels_share_one_basis(tmp_path, capsys):
+    """Above two dimensions every panel is projected on the same two principal axes
+    of all panels together: equal latents land on equal points, and the projection
+    keeps the two largest variances of the stacked latents."""
+    from mmvm.latents import common_2d
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 5)) * [5, 3, 1, 0.5, 0.1]
+    got, pca = common_2d({"a": a, "same": a.copy(), "b": a[:50] + 1.0})
+    assert pca
+    np.testing.assert_allclose(got["a"], got["same"])
+    stacked = np.concatenate([a, a, a[:50] + 1.0])
+    top2 = np.sort(np.linalg.eigvalsh(np.cov(stacked.T, bias=True)))[-2:].sum()
+    proj = np.concatenate(list(got.values()))
+    assert np.isclose(proj.var(0).sum(), top2)
+    flat, pca = common_2d({"x": a[:, :2]})
+    assert not pca
+    np.testing.assert_array_equal(flat["x"], a[:, :2])  # two dimensions: as they are
+
+
+def test_plot_latents_of_two_sites(tiny_polymnist, tmp_path, capsys):
+    cfg = load_config(CONFIG, SETS)
+    spec = site_layout("vertical", ["m0", "m1", "m2"])
+    files = split_sites([tiny_polymnist / "train.parquet"], tmp_path / "sites", spec)
+    outs = []
+    for s in spec[:2]:
+        state, out = tmp_path / f"{s.name}.pt", tmp_path / f"{s.name}.parquet"
+        Site(cfg, s.name, files[s.name]["train"]).save(state)
+        assert main(["encode", "--site-state", str(state), "--config", CONFIG,
+                     *_flags(SETS), str(files[s.name]["train"]), "--out", str(out),
+                     "--no-progress"]) == 0
+        outs.append(str(out))
+    png = tmp_path / "sites.png"
+    assert main(["plot", "latents", *outs, "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", "latents", str(tmp_path / "none.parquet")]) == 2
+    assert "mmvm encode" in capsys.readouterr().err

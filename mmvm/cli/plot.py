@@ -5,6 +5,9 @@
   recon_nll, probe, coherence, as written by benchmarks/compare_methods.py), or from
   ``eval.json`` files of several runs.
 - ``curves``: training curves from one or more ``metrics.csv``.
+- ``latents``: the posterior means ``mmvm encode`` wrote, one panel per (file,
+  modality), all on the same axes (a common PCA above two dimensions), coloured by
+  label: whether the modalities, or the sites, share one latent space.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="plot results (scatter) or training curves",
+    p = subparsers.add_parser("plot", help="plot results (scatter), training curves or "
+                              "latents",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="plot", metavar="KIND", required=True)
@@ -39,6 +43,13 @@ def register(subparsers) -> None:
                         "metrics_curves.png in a federated run's, whose curves.png the "
                         "server drew)")
     _handles(c, run_curves)
+    la = sub.add_parser("latents", help="latent means from mmvm encode, by label")
+    la.add_argument("latents", nargs="+", help="mmvm encode outputs (.parquet)")
+    la.add_argument("--label", default="label", help="column colouring the points "
+                    "(default %(default)s)")
+    la.add_argument("--out", default=None,
+                    help="PNG to write (default: <first file>.png next to it)")
+    _handles(la, run_latents)
 
 
 def _handles(parser: argparse.ArgumentParser,
@@ -93,4 +104,22 @@ def run_curves(args: argparse.Namespace) -> int:
     federated = (paths[0].parent / "results.json").is_file()
     out = args.out or paths[0].parent / ("metrics_curves.png" if federated else "curves.png")
     print(f"wrote {loss_curves(paths, out, keys)}")
+    return 0
+
+
+def run_latents(args: argparse.Namespace) -> int:
+    from mmvm.latents import common_2d, read_latents
+    from mmvm.plots import latent_2d
+
+    mus, labels = read_latents(args.latents, args.label)
+    dims = {v.shape[1] for v in mus.values()}
+    if len(dims) > 1:
+        raise ValueError(f"the files' latents have different sizes {sorted(dims)}: "
+                         f"one model's (or one federated run's) outputs share a space")
+    points, pca = common_2d(mus)
+    if pca:
+        points = {f"{k} (common PCA)": v for k, v in points.items()}
+        labels = {f"{k} (common PCA)": v for k, v in labels.items()}
+    out = args.out or Path(args.latents[0]).with_suffix(".png")
+    print(f"wrote {latent_2d(points, labels, out, share_axes=True)}")
     return 0
