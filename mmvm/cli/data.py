@@ -16,15 +16,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
+from mmvm.cli.data_common import add_quiet, data_progress, handles, report_paths
 from mmvm.data.hippocampus_knobs import KNOBS as HC_KNOBS
-from mmvm.progress import progress_bar
-
-Progress = Callable[[str, int, int], None]
 
 _PREPARE_HELP = {
     "polymnist_png": "translated PolyMNIST PNGs: SRC/{train,test}/m<k>/<i>.<digit>.png",
@@ -80,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default); untranslated: the original PolyMNIST (digit 28x28 "
                         "in place); soft: untranslated on blurred, low-contrast "
                         "backgrounds, which minutes of CPU training learn")
-    _add_quiet(p)
-    _handles(p, _make_polymnist)
+    add_quiet(p)
+    handles(p, _make_polymnist)
     h = kinds.add_parser("hippocampus", help="hippocampus look-alike (5 rats' spike "
                                              "counts, 4 odors)",
                          description="Generate the seeded hippocampus look-alike: 5 rats' "
@@ -100,8 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--raw", action="store_true",
                    help="write the raw per-rat layout (for `data prepare hippocampus`)"
                         " instead of Parquet")
-    _add_quiet(h)
-    _handles(h, _make_hippocampus)
+    add_quiet(h)
+    handles(h, _make_hippocampus)
 
     prep = sub.add_parser("prepare", help="convert a published dataset layout",
                           description="Convert a downloaded dataset in its published "
@@ -141,10 +136,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name == "celeba":
             q.add_argument("--crop", type=int, default=argparse.SUPPRESS,
                            help="central crop before resizing (default 148)")
-        _add_quiet(q)
-        _handles(q, _prepare)
+        add_quiet(q)
+        handles(q, _prepare)
 
-    _add_arrays(names)
+    from mmvm.cli.data_arrays import add_arrays
+
+    add_arrays(names)
 
     sp = sub.add_parser(
         "split", help="split a dataset into one folder per site (a site layout)",
@@ -168,107 +165,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--names", default="",
                     help="comma-separated site folder names, in the layout's order "
                          "(default site-<modality>, site-<k>, ...)")
-    _handles(sp, _split)
+    handles(sp, _split)
 
     c = sub.add_parser("check", help="validate site files and summarise them",
                        description="Read every row of each file with all checks "
                                    "(schema, ids, dtypes, NaN/inf) and print a "
                                    "summary. Exit status 1 if any file is invalid.")
     c.add_argument("files", nargs="+", metavar="FILE", help="site .parquet files")
-    _handles(c, _check)
-
-
-def _add_arrays(names: argparse._SubParsersAction) -> None:
-    text = "your own NumPy arrays: one .npy [N, *shape] per modality, ids, labels"
-    q = names.add_parser("arrays", help=text, description=(
-        f"{text}. The split is decided per sample id (a hash of seed and id), so sites "
-        "that prepare their own modalities apart put each shared sample in the same "
-        "split. Prints the [model.modalities] sections for a config."))
-    q.add_argument("--modality", action="append", required=True, metavar="NAME=FILE.npy",
-                   help="a modality's array, [N, C, H, W] uint8 for images (scaled by "
-                        "255), else any numbers (float32 as is); repeatable")
-    q.add_argument("--ids", metavar="FILE", help="sample ids in row order: a text file "
-                   "(one per line) or .npy of strings/integers (default: row numbers, "
-                   "which align only sites with the same rows in the same order)")
-    q.add_argument("--label", action="append", default=[], metavar="[NAME=]FILE.npy",
-                   help="integer labels [N]: column 'label', or 'label.NAME'; repeatable")
-    q.add_argument("--test-fraction", type=float, default=0.2,
-                   help="share of samples held out (default %(default)g)")
-    q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
-    q.add_argument("--name", default="arrays", help="dataset name in the files' metadata")
-    q.add_argument("--out", required=True, help="output folder")
-    _add_quiet(q)
-    _handles(q, _prepare_arrays)
-
-
-def _pairs(items: list[str], flag: str, default_key: str | None = None) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, path = item.partition("=")
-        if not sep and default_key is None or sep and not key:
-            raise ValueError(f"{flag} {item!r}: expected NAME=FILE.npy")
-        key, path = (key, path) if sep else (default_key, item)
-        if key in out:
-            raise ValueError(f"{flag}: {key!r} given twice")
-        out[key] = path
-    return out
-
-
-def _prepare_arrays(args: argparse.Namespace) -> int:
-    from mmvm.data.prepare.arrays import config_snippet, prepare_arrays
-
-    mods = _pairs(args.modality, "--modality")
-    labels = {("label" if k == "label" else f"label.{k}"): v
-              for k, v in _pairs(args.label, "--label", "label").items()}
-    with _progress(not args.quiet) as cb:
-        paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
-                               test_fraction=args.test_fraction, seed=args.seed,
-                               name=args.name, progress=cb)
-    _report(paths)
-    print(f"split by sample id with --seed {args.seed} --test-fraction "
-          f"{args.test_fraction:g}: every site must use the same two values (and write "
-          f"the ids the same way) for their shared samples to fall in the same split")
-    print(f"\n# for your config (kind, shape from the files; likelihood a starting "
-          f"point):\n{config_snippet(paths)}")
-    return 0
-
-
-def _handles(parser: argparse.ArgumentParser,
-             func: Callable[[argparse.Namespace], int]) -> None:
-    """``func`` runs the command; its errors name it whole (``mmvm data split:``)."""
-    parser.set_defaults(func=func, command=parser.prog.removeprefix("mmvm "))
-
-
-def _add_quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Progress]:
-    with progress_bar(enabled) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def update(desc: str, step: int, total: int) -> None:
-            bar.update(task, description=desc, completed=step, total=total)
-
-        yield update
-
-
-def _report(paths: dict) -> int:
-    from rich.console import Console
-
-    for k, p in paths.items():
-        Console().print(f"[green]wrote[/green] {k}: {p}")
-    return 0
+    handles(c, _check)
 
 
 def _make_polymnist(args: argparse.Namespace) -> int:
     from mmvm.data.polymnist import make_polymnist
 
-    with _progress(not args.quiet) as cb:
+    with data_progress(not args.quiet) as cb:
         paths = make_polymnist(args.out, args.seed, args.n_train, args.n_test,
                                args.digits_source, progress=cb, variant=args.variant)
-    return _report(paths)
+    return report_paths(paths)
 
 
 def _make_hippocampus(args: argparse.Namespace) -> int:
@@ -277,19 +190,19 @@ def _make_hippocampus(args: argparse.Namespace) -> int:
     kwargs = {k: getattr(args, k) for k in _MAKE_HC_OPTIONS if hasattr(args, k)}
     if args.raw:
         kwargs.pop("test_fraction", None)  # the split happens at `data prepare`
-        return _report(write_hippocampus_raw(args.out, **kwargs))
-    with _progress(not args.quiet) as cb:
+        return report_paths(write_hippocampus_raw(args.out, **kwargs))
+    with data_progress(not args.quiet) as cb:
         paths = make_hippocampus(args.out, progress=cb, **kwargs)
-    return _report(paths)
+    return report_paths(paths)
 
 
 def _prepare(args: argparse.Namespace) -> int:
     from mmvm.data.prepare import get_preparer
 
     kwargs = {k: getattr(args, k) for k in _PREPARE_OPTIONS if hasattr(args, k)}
-    with _progress(not args.quiet) as cb:
+    with data_progress(not args.quiet) as cb:
         paths = get_preparer(args.dataset)(args.src, args.out, progress=cb, **kwargs)
-    return _report(paths)
+    return report_paths(paths)
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -317,7 +230,7 @@ def _split(args: argparse.Namespace) -> int:
                              f"{[s.name for s in sites]}, got {names}")
         sites = [dataclasses.replace(s, name=n) for s, n in zip(sites, names, strict=True)]
     written = split_sites(args.files, args.out, sites, missing=args.missing, seed=args.seed)
-    return _report({f"{site} {Path(f).stem}": f for site, files in written.items()
+    return report_paths({f"{site} {Path(f).stem}": f for site, files in written.items()
                     for f in files.values()})
 
 

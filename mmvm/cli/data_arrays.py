@@ -1,0 +1,63 @@
+"""``mmvm data prepare arrays``: a user's own NumPy arrays -> site Parquet files."""
+
+from __future__ import annotations
+
+import argparse
+
+from mmvm.cli.data_common import add_quiet, data_progress, handles, report_paths
+
+
+def add_arrays(names: argparse._SubParsersAction) -> None:
+    """Add ``mmvm data prepare arrays``."""
+    text = "your own NumPy arrays: one .npy [N, *shape] per modality, ids, labels"
+    q = names.add_parser("arrays", help=text, description=(
+        f"{text}. The split is decided per sample id (a hash of seed and id), so sites "
+        "that prepare their own modalities apart put each shared sample in the same "
+        "split. Prints the [model.modalities] sections for a config."))
+    q.add_argument("--modality", action="append", required=True, metavar="NAME=FILE.npy",
+                   help="a modality's array, [N, C, H, W] uint8 for images (scaled by "
+                        "255), else any numbers (float32 as is); repeatable")
+    q.add_argument("--ids", metavar="FILE", help="sample ids in row order: a text file "
+                   "(one per line) or .npy of strings/integers (default: row numbers, "
+                   "which align only sites with the same rows in the same order)")
+    q.add_argument("--label", action="append", default=[], metavar="[NAME=]FILE.npy",
+                   help="integer labels [N]: column 'label', or 'label.NAME'; repeatable")
+    q.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of samples held out (default %(default)g)")
+    q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
+    q.add_argument("--name", default="arrays", help="dataset name in the files' metadata")
+    q.add_argument("--out", required=True, help="output folder")
+    add_quiet(q)
+    handles(q, _prepare_arrays)
+
+
+def _pairs(items: list[str], flag: str, default_key: str | None = None) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        if not sep and default_key is None or sep and not key:
+            raise ValueError(f"{flag} {item!r}: expected NAME=FILE.npy")
+        key, path = (key, path) if sep else (default_key, item)
+        if key in out:
+            raise ValueError(f"{flag}: {key!r} given twice")
+        out[key] = path
+    return out
+
+
+def _prepare_arrays(args: argparse.Namespace) -> int:
+    from mmvm.data.prepare.arrays import config_snippet, prepare_arrays
+
+    mods = _pairs(args.modality, "--modality")
+    labels = {("label" if k == "label" else f"label.{k}"): v
+              for k, v in _pairs(args.label, "--label", "label").items()}
+    with data_progress(not args.quiet) as cb:
+        paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
+                               test_fraction=args.test_fraction, seed=args.seed,
+                               name=args.name, progress=cb)
+    report_paths(paths)
+    print(f"split by sample id with --seed {args.seed} --test-fraction "
+          f"{args.test_fraction:g}: every site must use the same two values (and write "
+          f"the ids the same way) for their shared samples to fall in the same split")
+    print(f"\n# for your config (kind, shape from the files; likelihood a starting "
+          f"point):\n{config_snippet(paths)}")
+    return 0
