@@ -98,6 +98,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_quiet(h)
     handles(h, _make_hippocampus)
 
+    mc = kinds.add_parser(
+        "mimic_cxr", help="MIMIC-CXR-JPG look-alike tree in the published layout (to "
+        "rehearse the deployment guide)",
+        description="Write a tree that `mmvm data prepare mimic_cxr` reads (JPEGs, "
+                    "metadata and CheXpert CSVs), to rehearse docs/deploy-two-hospitals.md "
+                    "before the credentialed data arrives. Grey sine patterns, random "
+                    "findings: it tests the procedure, not the model.")
+    mc.add_argument("--out", required=True, help="output folder (new or empty)")
+    mc.add_argument("--patients", type=int, default=60,
+                    help="patients with one PA and one lateral image (default "
+                         "%(default)s; 3 hand-made ones are added)")
+    mc.add_argument("--size", type=_size, default=(320, 256), metavar="WxH",
+                    help="image size in pixels (default 320x256)")
+    mc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    handles(mc, _make_mimic_tree)
+
     prep = sub.add_parser("prepare", help="convert a published dataset layout",
                           description="Convert a downloaded dataset in its published "
                                       "layout into site Parquet files. Nothing is "
@@ -182,6 +198,26 @@ def _make_polymnist(args: argparse.Namespace) -> int:
         paths = make_polymnist(args.out, args.seed, args.n_train, args.n_test,
                                args.digits_source, progress=cb, variant=args.variant)
     return report_paths(paths)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 320x256"
+                                         ) from None
+    return w, h
+
+
+def _make_mimic_tree(args: argparse.Namespace) -> int:
+    from mmvm.data.mimic_lookalike import make_mimic_tree
+
+    out = make_mimic_tree(args.out, args.patients, args.size, args.seed)
+    jpgs = sum(1 for _ in out.rglob("*.jpg"))
+    print(f"wrote {out}: {jpgs} JPEGs, mimic-cxr-2.0.0-metadata.csv, "
+          f"mimic-cxr-2.0.0-chexpert.csv; next: mmvm data prepare mimic_cxr {out} "
+          f"--out DIR --view frontal (or lateral)")
+    return 0
 
 
 def _make_hippocampus(args: argparse.Namespace) -> int:

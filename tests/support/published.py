@@ -8,12 +8,8 @@ the prepared data with. :func:`record_chunks` shows that a preparer streams.
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 from PIL import Image
-
-from mmvm.data.prepare.mimic_cxr import CHEXPERT
 
 
 # ------------------------------------------------------------------ streaming
@@ -96,53 +92,5 @@ def cub_tree(root, caps=10) -> None:
         "".join(f"{i + 1} {int(i % 3 != 2)}\n" for i in range(len(images))))
 
 
-# ------------------------------------------------------------------ MIMIC-CXR
-def mimic_studies(extra: int = 20) -> dict[str, dict[str, list[tuple[str, str]]]]:
-    """subject -> study -> [(dicom, view)]: three hand-made patients (two frontal
-    views in one study, two laterals in another, one study without a lateral), then
-    ``extra`` patients with one PA and one LATERAL image each."""
-    studies = {
-        "10000001": {"50000001": [("d1", "PA"), ("d2", "LATERAL")],
-                     "50000002": [("d3", "AP"), ("d4", "PA"), ("d5", "LL")]},
-        "10000002": {"50000003": [("d6", "PA")]},  # no lateral: no sample
-        "11000003": {"50000004": [("d7", "AP"), ("d8", "LATERAL"), ("d9", "LATERAL")]},
-    }
-    for s in range(4, 4 + extra):  # more patients so all three splits are populated
-        studies[f"1{s:07d}"] = {f"6{s:07d}": [(f"f{s}", "PA"), (f"l{s}", "LATERAL")]}
-    return studies
-
-
-
-def mimic_tree(root, size=(40, 48), extra: int = 20, labels: str = "fixed") -> None:
-    """Grey sine-pattern images (``size`` = width, height) for :func:`mimic_studies`
-    and the two CSVs. Study 50000004 has no CheXpert row. ``labels``: ``"fixed"``
-    gives every other study ``1, 0, -1, blank`` repeated; ``"random"`` draws each
-    finding from {1, 1, 0, -1, blank} (seeded), so probes see both classes."""
-    rng = np.random.default_rng(0)
-    meta_rows, lab_rows = [], []
-    for subj, studies in mimic_studies(extra).items():
-        for study, images in studies.items():
-            d = root / "files" / f"p{subj[:2]}" / f"p{subj}" / f"s{study}"
-            d.mkdir(parents=True)
-            for dicom, view in images:
-                yy, xx = np.mgrid[0:size[1], 0:size[0]] / max(size)
-                fy, fx, ph = rng.uniform(1, 4), rng.uniform(1, 4), rng.uniform(0, 6)
-                a = (127 + 100 * np.sin(fy * yy * 3 + fx * xx * 3 + ph)).astype(np.uint8)
-                Image.fromarray(a, "L").save(d / f"{dicom}.jpg", quality=95)
-                meta_rows.append([dicom, subj, study, "CHEST", view])
-            if study != "50000004":  # one study without CheXpert row
-                if labels == "random":
-                    vals = list(rng.choice(["1.0", "1.0", "0.0", "-1.0", ""],
-                                           size=len(CHEXPERT)))
-                else:
-                    vals = ["1.0", "0.0", "-1.0", ""] * 4
-                lab_rows.append([subj, study, *vals[:len(CHEXPERT)]])
-    with open(root / "mimic-cxr-2.0.0-metadata.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["dicom_id", "subject_id", "study_id",
-                    "PerformedProcedureStepDescription", "ViewPosition"])
-        w.writerows(meta_rows)
-    with open(root / "mimic-cxr-2.0.0-chexpert.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["subject_id", "study_id", *CHEXPERT])
-        w.writerows(lab_rows)
+# MIMIC-CXR: the look-alike tree is the product's (mmvm data make mimic_cxr)
+from mmvm.data.mimic_lookalike import mimic_studies, mimic_tree  # noqa: E402,F401

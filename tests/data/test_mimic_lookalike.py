@@ -1,0 +1,27 @@
+"""mmvm data make mimic_cxr: a tree the MIMIC-CXR preparer reads, both views aligned."""
+
+from __future__ import annotations
+
+from mmvm.cli import main
+from mmvm.data.store import read_site_table
+
+
+def test_the_lookalike_tree_prepares_into_two_aligned_views(tmp_path, capsys):
+    tree = tmp_path / "mimic"
+    assert main(["data", "make", "mimic_cxr", "--out", str(tree), "--patients", "12",
+                 "--size", "48x40"]) == 0
+    assert "next: mmvm data prepare mimic_cxr" in capsys.readouterr().out
+    ids = {}
+    for view in ("frontal", "lateral"):
+        out = tmp_path / view
+        assert main(["data", "prepare", "mimic_cxr", str(tree), "--out", str(out),
+                     "--view", view, "--size", "64", "--quiet"]) == 0
+        ids[view] = {split: read_site_table(out / view / f"{split}.parquet").sample_ids
+                     for split in ("train", "val", "test")}
+    assert ids["frontal"] == ids["lateral"]  # what the two hospitals align on
+    assert all(len(v) > 0 for v in ids["frontal"].values())
+    # a second make into the same folder is refused and leaves it as it was
+    before = sorted(p.relative_to(tree) for p in tree.rglob("*"))
+    assert main(["data", "make", "mimic_cxr", "--out", str(tree)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.relative_to(tree) for p in tree.rglob("*")) == before
