@@ -55,6 +55,14 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
                                test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, progress=cb)
     report_paths(paths)
+    from mmvm.data.store import read_site_meta
+
+    rows = {k: read_site_meta(p)["num_rows"] for k, p in paths.items()}
+    print(", ".join(f"{k} {n:,} rows" for k, n in rows.items()))
+    if args.ids is None:
+        print("note: no --ids: the sample ids are the row numbers 0..N-1; they pair with "
+              "other sites' samples only if those sites' rows are the same samples in the "
+              "same order (give --ids otherwise)")
     print(f"split by sample id with --seed {args.seed} --test-fraction "
           f"{args.test_fraction:g}: every site must use the same two values (and write "
           f"the ids the same way) for their shared samples to fall in the same split")

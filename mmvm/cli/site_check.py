@@ -150,6 +150,13 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
     check.add("experiment", OK, f"{cfg.source}: trains {', '.join(site.names)} "
               f"({n:,} parameters, method {cfg.model.method}, device {site.device}); "
               f"the run's config must be this file of the app, with the same `set`")
+    import mmvm
+
+    app = Path(mmvm.__file__).resolve().parents[1] / "configs"
+    if app.is_dir() and not Path(cfg.source).resolve().is_relative_to(app):
+        check.add("experiment", WARNING, f"{cfg.source} is not under this app's {app}: a "
+                  f"deployed run names configs/<file> of the app bundle it ships, so copy "
+                  f"it there before the run is submitted")
 
 
 def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None:

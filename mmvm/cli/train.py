@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
                                     f"{_how_to_make(names, cfg.source, cfg.data.root, path)}")
     check_token_classes(cfg.model.modalities, paths)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
+    if len(paths) > 1:
+        print(joined_line(data, len(paths)))
     try:
         result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress,
                        log=print)
@@ -53,6 +55,19 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(summary(result, cfg.model.method))
     return 0
+
+
+def joined_line(data, files: int) -> str:
+    """What joining site files by sample id gave: samples per modality and how many
+    couple them (ids that do not match across the files show here)."""
+    from mmvm.data.coupling import coupling_counts, weak_coupling_note
+
+    c = coupling_counts(data.mask.numpy(), data.names)
+    per = ", ".join(f"{m} {n:,}" for m, n in c["per_modality"].items())
+    line = (f"joined {files} files by sample id: {c['samples']:,} samples ({per}); "
+            f"{c['multimodal']:,} have two or more modalities, {c['complete']:,} all")
+    note = weak_coupling_note(c["per_modality"], c["multimodal"])
+    return line + (f"\nnote: {note}" if note else "")
 
 
 def summary(result: TrainResult, method: str) -> str:
@@ -105,6 +120,15 @@ def _how_to_make(names: list[str], source: str, root: str, path: Path) -> str:
     of a near name where ``root`` is not the config's own."""
     from mmvm.data.hippocampus import MODALITIES as RATS
     from mmvm.data.polymnist import MODALITIES as POLYMNIST
+
+    under = Path(root)
+    sites = sorted(p.parent.name for p in under.glob(f"*/{path.name}")) \
+        if path.parent == under and under.is_dir() else []
+    if sites:  # site folders: join them
+        listed = ",".join(f'"{s}"' for s in sites)
+        return (f"the folders under {root} hold {path.name} ({', '.join(sites)}): join "
+                f"them by sample id with --set 'data.folders=[{listed}]' (or folders = "
+                f"[...] in the config's [data])")
 
     for kind, mods in (("polymnist", POLYMNIST), ("hippocampus", RATS)):
         if tuple(names) == tuple(mods):

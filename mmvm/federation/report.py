@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from mmvm.data.coupling import weak_coupling_note
+
 
 def duration(seconds: float) -> str:
     """``"2 min 05 s"`` / ``"41 s"``."""
@@ -44,16 +46,8 @@ def alignment_line(al: Mapping, num_sites: int) -> str:
     per = ", ".join(f"{m} {n}" for m, n in al["per_modality"].items())
     line = (f"mmvm: aligned {al['samples']} samples across {num_sites} sites ({per}); "
             f"{al['multimodal']} have two or more modalities, {al['complete']} all")
-    counts = list(al["per_modality"].values())
-    if len(counts) > 1 and al["multimodal"] < OVERLAP_NOTE * min(counts):
-        line += (f"\nmmvm: note: only {al['multimodal']} of the {min(counts)} samples of "
-                 f"the smallest modality are held for another one; if the sites should "
-                 f"hold the same samples, check that they prepared their data alike (same "
-                 f"preparer, --seed and metadata)")
-    return line
-
-
-OVERLAP_NOTE = 0.9  # a share of the smallest modality's samples with another one
+    note = weak_coupling_note(al["per_modality"], al["multimodal"])
+    return line + (f"\nmmvm: note: {note}" if note else "")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -169,3 +169,14 @@ def test_who_may_change_the_directory_and_relative_paths(fed, monkeypatch):
     check = check_node_config(_nc(fed, data="data/site-a"))
     assert "is relative" in _find(check, "paths", WARNING)[0]
     assert _find(check, "data", OK)  # read from here, as the SuperNode would
+
+
+def test_a_config_outside_the_app_is_noted(fed, tmp_path):
+    """A deployed run names configs/<file> of the app bundle: a config elsewhere
+    checks fine here but cannot be the run's."""
+    assert not _find(check_node_config(_nc(fed), load_config(CONFIG)), "experiment",
+                     WARNING)
+    copy = tmp_path / "lab.toml"
+    copy.write_text(Path(CONFIG).read_text())
+    check = check_node_config(_nc(fed), load_config(copy))
+    assert check.ok and "not under this app's" in _find(check, "experiment", WARNING)[0]

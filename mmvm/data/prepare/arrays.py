@@ -136,8 +136,13 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
                f"# no {kind} network takes {list(shape)}: "
                + "; ".join(f"{n} takes {get_network(n).takes}"
                            for n in available_networks(kind)))
+        size = ("" if image else "width = 0  # hidden units = input size (the "
+                "hippocampus paper's MLP)\nlayers = 2\n")
+        likelihood = ('"laplace"  # or gaussian, mse; bernoulli for values in 0..1'
+                      if image else '"mse"  # summed squared error; or gaussian, laplace, '
+                      'bernoulli for values in 0..1')
         out.append(f'[model.modalities.{m}]\nkind = "{kind}"\nshape = {list(shape)}\n'
-                   f'{net}\nlikelihood = "{"laplace" if image else "gaussian"}"\n')
+                   f'{net}\n{size}likelihood = {likelihood}\n')
     return "\n".join(out)
 
 
