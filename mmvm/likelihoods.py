@@ -9,12 +9,14 @@ normaliser included, so reconstruction errors are comparable across methods:
 - ``categorical``: out holds logits [B, positions, classes], x class indices
   [B, positions] (or one-hot [B, positions, classes]);
 - ``bernoulli``: out holds logits, x values in {0, 1} (or probabilities) of the same
-  shape (CelebA's 40 attributes).
+  shape (CelebA's 40 attributes);
+- ``poisson``: out holds log-rates, x non-negative counts (spike counts):
+  x out - e^out - log x!, summed.
 
 :func:`likelihood_mean` maps a decoder output to a point in data space, what a
 generated sample is compared and plotted as: the location for laplace / gaussian /
-mse, sigmoid(logits) for bernoulli, the most likely class index for categorical (the
-float token ids the data stores).
+mse, sigmoid(logits) for bernoulli, the rate e^out for poisson, the most likely class
+index for categorical (the float token ids the data stores).
 """
 
 from __future__ import annotations
@@ -103,3 +105,9 @@ def categorical(x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
 def bernoulli(x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
     """log Bernoulli(x | sigmoid(out)) = x out - log(1 + e^out), summed; out = logits."""
     return _flat_sum(-F.binary_cross_entropy_with_logits(out, x, reduction="none"))
+
+
+@register("poisson", mean=torch.exp)
+def poisson(x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
+    """log Poisson(x | e^out) = x out - e^out - log Gamma(x + 1), summed; out = log-rates."""
+    return _flat_sum(x * out - out.exp() - torch.lgamma(x + 1.0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.distributions import Bernoulli, Categorical, Laplace
+from torch.distributions import Bernoulli, Categorical, Laplace, Poisson
 
 from mmvm.likelihoods import get_likelihood, likelihood_mean
 
@@ -38,5 +38,22 @@ def test_means_map_decoder_outputs_to_data_space():
     torch.testing.assert_close(likelihood_mean("bernoulli")(out), torch.sigmoid(out))
     for name in ("laplace", "gaussian", "mse"):
         assert likelihood_mean(name)(out) is out
-    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
-        likelihood_mean("poisson")
+    torch.testing.assert_close(likelihood_mean("poisson")(out), out.exp())
+    with pytest.raises(ValueError, match="unknown likelihood 'negbinom'"):
+        likelihood_mean("negbinom")
+
+
+def test_poisson_equals_torch_distribution_and_its_gradient():
+    """Counts under log-rates: the distribution's log-probability summed, and the
+    gradient d/d out = x - e^out (zero where the rate equals the count)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.poisson(3 * torch.rand(4, 10, 6, generator=g), generator=g)
+    out = torch.randn(4, 10, 6, generator=g, requires_grad=True)
+    got = get_likelihood("poisson")(x, out, 1.0)
+    torch.testing.assert_close(got, Poisson(out.exp()).log_prob(x).sum((1, 2)))
+    got.sum().backward()
+    torch.testing.assert_close(out.grad, x - out.detach().exp())
+    at_mode = torch.log(torch.tensor([[2.0, 5.0]]))  # the rate that maximises it
+    near = [get_likelihood("poisson")(torch.tensor([[2.0, 5.0]]), at_mode + d, 1.0)
+            for d in (-0.1, 0.0, 0.1)]
+    assert near[1] > near[0] and near[1] > near[2]

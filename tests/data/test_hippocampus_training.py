@@ -34,15 +34,16 @@ from mmvm.training import train
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "hippocampus.toml"
 
 
-def _pooled_probe(tmp_path, trials_per_odor, epochs, width, lr):
+def _pooled_probe(tmp_path, trials_per_odor, epochs, width, lr,
+                  methods=("mmvm", "independent"), extra=()):
     torch.set_num_threads(1)
     paths = make_hippocampus(tmp_path / "data", seed=0, trials_per_odor=trials_per_odor,
                              **DENSE_V1)  # a strong odor code: see the module docstring
     tr = MultimodalDataset.from_parquet(paths["train"])
     te = MultimodalDataset.from_parquet(paths["test"])
     scores = {}
-    for method in ("mmvm", "independent"):
-        cfg = load_config(CONFIG, [
+    for method in methods:
+        cfg = load_config(CONFIG, [*extra,
             f"model.method={method}", f"train.epochs={epochs}", f"train.lr={lr}",
             f"train.out_dir={tmp_path / method}", "train.device=cpu",
             "train.checkpoint_every=1000",
@@ -68,6 +69,15 @@ def test_mmvm_shares_the_odor_space_fast(tmp_path):
     print(f"pooled odor probe: {s}")
     assert s["mmvm"] > 0.5  # chance is 0.25
     assert s["mmvm"] > s["independent"] + 0.2
+
+
+def test_a_poisson_likelihood_learns_the_odor_code_from_counts(tmp_path):
+    """The same run with log p(counts | rates) instead of squared error."""
+    poisson = [f"model.modalities.rat{i}.likelihood=poisson" for i in range(1, 6)]
+    s = _pooled_probe(tmp_path, trials_per_odor=20, epochs=30, width=32, lr=3e-3,
+                      methods=("mmvm",), extra=poisson)
+    print(f"pooled odor probe, poisson: {s}")
+    assert s["mmvm"] > 0.5  # chance is 0.25
 
 
 @pytest.mark.slow

@@ -97,6 +97,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     test = held_out(sample_ids, test_fraction, seed)
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
             "sources": {m: str(Path(p).resolve()) for m, p in modalities.items()},
+            "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},
             "created_by": "mmvm.data.prepare.arrays.prepare_arrays"}
     step = step_fn(progress, 2)
     paths = {}
@@ -121,8 +122,10 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
     from mmvm.data.store import read_site_meta
     from mmvm.networks import DEFAULT_NETWORK, available_networks, get_network
 
+    meta = read_site_meta(paths["train"])
+    dtypes = (meta.get("dataset") or {}).get("source_dtypes") or {}
     out = []
-    for m, t in read_site_meta(paths["train"])["tensors"].items():
+    for m, t in meta["tensors"].items():
         shape = tuple(t["shape"])
         image = t["dtype"] == "uint8" and len(shape) == 3 and shape[0] in (1, 3)
         kind = "image" if image else "vector"
@@ -138,9 +141,13 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
                            for n in available_networks(kind)))
         size = ("" if image else "width = 0  # hidden units = input size (the "
                 "hippocampus paper's MLP)\nlayers = 2\n")
+        counts = not image and np.dtype(dtypes.get(m, "float32")).kind in "iu"
         likelihood = ('"laplace"  # or gaussian, mse; bernoulli for values in 0..1'
-                      if image else '"mse"  # summed squared error; or gaussian, laplace, '
-                      'bernoulli for values in 0..1')
+                      if image else '"mse"  # summed squared error; or poisson (counts), '
+                      'gaussian, laplace, bernoulli (values in 0..1)')
+        if counts:
+            out.append(f"# {m}: integer input ({dtypes[m]}): if these are counts, "
+                       f"likelihood = \"poisson\" models them as such")
         out.append(f'[model.modalities.{m}]\nkind = "{kind}"\nshape = {list(shape)}\n'
                    f'{net}\n{size}likelihood = {likelihood}\n')
     return "\n".join(out)
