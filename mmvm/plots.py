@@ -43,11 +43,17 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def _as_image(t: torch.Tensor) -> np.ndarray:
-    """[C, H, W] (C = 1 or 3) -> [H, W, 3] in [0, 1]; any other shape -> a grey strip."""
+    """[C, H, W] (C = 1 or 3) -> [H, W, 3] in [0, 1]; a matrix (e.g. neurons x time
+    bins) -> itself as a heatmap, scaled to its own range; anything else -> a grey
+    square of its values."""
     a = t.detach().float().cpu().numpy()
     if a.ndim == 3 and a.shape[0] in (1, 3):
         a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a
         return np.clip(a.transpose(1, 2, 0), 0, 1)
+    if a.ndim == 2:
+        span = a.max() - a.min()
+        unit = (a - a.min()) / span if span > 0 else np.zeros_like(a)
+        return plt.get_cmap("viridis")(unit)[..., :3]
     flat = a.reshape(-1)
     span = flat.max() - flat.min()
     flat = (flat - flat.min()) / span if span > 0 else np.zeros_like(flat)
@@ -97,7 +103,9 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
         grid = [[_as_image(im) for im in x]]
         grid += [[_as_image(im) for im in model.generate(t, z)] for t in names]
         canvas = _tile(grid)
-        ax.imshow(canvas, interpolation="nearest")
+        # matrices (neurons x bins) fill the panel; images keep their aspect
+        images = all(len(model.specs[t].shape) == 3 for t in names)
+        ax.imshow(canvas, interpolation="nearest", aspect="equal" if images else "auto")
         step = canvas.shape[0] / len(grid)
         ax.set_yticks([step * (k + 0.5) for k in range(len(grid))],
                       [f"input {src}"] + [f"-> {t}" for t in names])
