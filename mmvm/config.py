@@ -72,6 +72,10 @@ class ModalitySpec:
             raise ConfigError(
                 f"{where}: kind 'tokens' needs likelihood = 'categorical' and classes >= 2 "
                 f"(the vocabulary size), got {self.likelihood!r} and classes={self.classes}")
+        if self.likelihood == "poisson" and self.kind != "vector":
+            raise ConfigError(f"{where}: likelihood 'poisson' is for counts, a 'vector' "
+                              f"modality (image decoders end in a sigmoid, and pixels are "
+                              f"stored scaled to 0..1); got kind {self.kind!r}")
         if self.kind != "tokens" and self.classes != 0:
             raise ConfigError(f"{where}: classes is the vocabulary of a 'tokens' modality; "
                               f"kind {self.kind!r} takes classes = 0, got {self.classes}")

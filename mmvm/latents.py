@@ -105,8 +105,13 @@ def read_latents(paths: list[str | Path], label: str = "label"
             col = table.column(c).combine_chunks()
             valid = col.is_valid().to_numpy(zero_copy_only=False)
             d = col.type.list_size
-            values = col.flatten().to_numpy().reshape(-1, d)  # null rows hold values too
+            # every slot, null rows' too (flatten() would skip those), then the valid
+            values = col.values.slice(col.offset * d, len(col) * d)
+            values = values.to_numpy(zero_copy_only=False).reshape(-1, d)
             key = f"{p.stem}: {c[3:]}" if len(paths) > 1 else c[3:]
+            if key in mus:
+                raise ValueError(f"two files named {p.name} hold {c}: give the latents "
+                                 f"files distinct names")
             mus[key], labels[key] = values[valid], lab[valid]
     return mus, labels
 

@@ -107,7 +107,21 @@ def bernoulli(x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
     return _flat_sum(-F.binary_cross_entropy_with_logits(out, x, reduction="none"))
 
 
-@register("poisson", mean=torch.exp)
+MAX_LOG_RATE = 30.0  # e^30 ~ 1e13 counts: beyond any data, below float32's overflow
+
+
+def _log_rate(out: Tensor) -> Tensor:
+    """Log-rates in float32 (mixed precision keeps exp's precision), capped so that
+    e^out stays finite."""
+    return out.float().clamp(max=MAX_LOG_RATE)
+
+
+def _rate(out: Tensor) -> Tensor:
+    return _log_rate(out).exp()
+
+
+@register("poisson", mean=_rate)
 def poisson(x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
     """log Poisson(x | e^out) = x out - e^out - log Gamma(x + 1), summed; out = log-rates."""
-    return _flat_sum(x * out - out.exp() - torch.lgamma(x + 1.0))
+    log_rate, x = _log_rate(out), x.float()
+    return _flat_sum(x * log_rate - log_rate.exp() - torch.lgamma(x + 1.0))

@@ -59,6 +59,16 @@ def test_a_runs_latents_are_its_encoders_output(tiny_polymnist, tmp_path):
                                    mu.numpy(), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(np.array([v for v in got_lv if v is not None]),
                                    logvar.numpy(), rtol=1e-6, atol=1e-6)
+    # the plot reads the present rows back, nulls left out
+    from mmvm.latents import read_latents
+
+    mus, labels = read_latents([out])
+    for j, m in enumerate(data.names):
+        mask = data.mask[:, j].numpy()
+        np.testing.assert_allclose(mus[m], np.array([v for v in _column(out, f"mu.{m}")
+                                                     if v is not None]))
+        np.testing.assert_array_equal(labels[m], data.labels.numpy()[mask])
+    assert main(["plot", "latents", str(out), "--out", str(tmp_path / "l.png")]) == 0
 
 
 @torch.no_grad()
@@ -93,6 +103,19 @@ def test_a_sites_own_encoder_after_a_federated_run(tiny_polymnist, tmp_path, cap
     assert main(["encode", "--site-state", str(state), str(train), "--out",
                  str(tmp_path / "x.parquet")]) == 2
     assert "needs --config" in capsys.readouterr().err
+    # a file that is not a site's state: said so, no traceback, nothing unpickled
+    for wrong, said in ((train, "not a readable state file"),
+                        (tmp_path, "no such site state file")):
+        args_wrong = ["encode", "--site-state", str(wrong), "--config", CONFIG,
+                      str(train), "--out", str(tmp_path / "x.parquet")]
+        assert main(args_wrong) == 2
+        assert said in capsys.readouterr().err
+    torch.save({"model": {}, "config": {}}, tmp_path / "checkpoint.pt")
+    assert main(["encode", "--site-state", str(tmp_path / "checkpoint.pt"), "--config",
+                 CONFIG, str(train), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "use --run" in capsys.readouterr().err
+    assert main([*args[:-3], "--out", str(train)]) == 2  # would replace its input
+    assert "is one of the data files" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Categorical, Laplace, Poisson
 
+from mmvm.config import ConfigError, ModalitySpec
 from mmvm.likelihoods import get_likelihood, likelihood_mean
 
 
@@ -39,6 +40,8 @@ def test_means_map_decoder_outputs_to_data_space():
     for name in ("laplace", "gaussian", "mse"):
         assert likelihood_mean(name)(out) is out
     torch.testing.assert_close(likelihood_mean("poisson")(out), out.exp())
+    with pytest.raises(ConfigError, match="'poisson' is for counts"):
+        ModalitySpec("img", "image", (1, 28, 28), likelihood="poisson")
     with pytest.raises(ValueError, match="unknown likelihood 'negbinom'"):
         likelihood_mean("negbinom")
 
@@ -57,3 +60,10 @@ def test_poisson_equals_torch_distribution_and_its_gradient():
     near = [get_likelihood("poisson")(torch.tensor([[2.0, 5.0]]), at_mode + d, 1.0)
             for d in (-0.1, 0.0, 0.1)]
     assert near[1] > near[0] and near[1] > near[2]
+    # a runaway decoder output stays finite, in bf16 too (exp in float32)
+    huge = get_likelihood("poisson")(torch.ones(1, 2), torch.full((1, 2), 200.0), 1.0)
+    assert torch.isfinite(huge).all()
+    assert torch.isfinite(likelihood_mean("poisson")(torch.full((2,), 200.0))).all()
+    bf = get_likelihood("poisson")(x, out.detach().bfloat16(), 1.0)
+    torch.testing.assert_close(bf, Poisson(out.detach().bfloat16().float().exp())
+                               .log_prob(x).sum((1, 2)))

@@ -3,9 +3,10 @@
 From a trained run (``--run``: a centralized run, or a federated run's folder with
 the assembled model) or, after a federated run, from one site's own encoders
 (``--site-state <state>/run-<id>/<site>.pt`` with the run's ``--config`` and ``--set``
-overrides): per sample ``sample_id``, ``mu.<m>`` and ``logvar.<m>`` for each modality
-the data holds (null where a sample lacks it) and ``label``. Nothing leaves the
-machine; the output is written atomically.
+overrides; after a resumed run, ``<id>`` is the first run's): per sample
+``sample_id``, ``mu.<m>`` and ``logvar.<m>`` for each modality the data holds (null
+where a sample lacks it) and ``label``. Nothing leaves the machine; the output is
+written atomically.
 
     mmvm encode --run runs/polymnist-mmvm data/polymnist/test.parquet --out latents.parquet
     mmvm encode --site-state /var/lib/mmvm/hospital-a/run-7/hospital-a.pt \\
@@ -43,7 +44,6 @@ def register(subparsers) -> None:
 def _model(args: argparse.Namespace):
     """The model, its config (``[data]``: label column, streaming) and where it came
     from."""
-    import torch
 
     from mmvm.config import config_from_dict, load_config
     from mmvm.training import build_model, load_trained_model
@@ -62,13 +62,10 @@ def _model(args: argparse.Namespace):
         raise ValueError("--site-state needs --config (and the run's --set overrides): "
                          "the state file holds weights, not the model's shapes")
     cfg = load_config(args.config, args.overrides)
+    state = _site_state(Path(args.site_state))
     try:
-        state = torch.load(args.site_state, map_location="cpu", weights_only=True)
-        names = list(state["names"])
-        model = build_model(cfg, names)
+        model = build_model(cfg, list(state["names"]))
         model.load_state_dict(state["model"])
-    except FileNotFoundError:
-        raise
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         raise ValueError(f"{args.site_state}: not a site state of this config's model "
                          f"({type(err).__name__}: {str(err)[:500]}); give the run's "
@@ -78,11 +75,32 @@ def _model(args: argparse.Namespace):
         "overrides": list(args.overrides), "windows_done": state.get("windows_done")}
 
 
+def _site_state(path: Path) -> dict:
+    """A site's ``<site>.pt``, loaded as plain tensors and values (weights_only)."""
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such site state file (a site keeps it as "
+                                f"<state>/run-<id>/<site>.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - not a torch file, or not plain values
+        raise ValueError(f"{path}: not a readable state file ({type(err).__name__}); a "
+                         f"site keeps its state as <state>/run-<id>/<site>.pt") from None
+    if not isinstance(state, dict) or not {"names", "model"} <= set(state):
+        run = isinstance(state, dict) and "config" in state
+        raise ValueError(f"{path}: not a site's state" + (
+            " but a run's checkpoint: use --run with its folder" if run else ""))
+    return state
+
+
 def _encode(args: argparse.Namespace) -> int:
     from mmvm.data import open_dataset
     from mmvm.latents import encode_table, write_latents
     from mmvm.progress import progress_bar
 
+    if any(Path(p).resolve() == Path(args.out).resolve() for p in args.data):
+        raise ValueError(f"--out {args.out} is one of the data files; write elsewhere")
     model, cfg, source = _model(args)
     # the config's reader: data.streaming reads row groups on demand (large data)
     data = open_dataset(args.data, None, cfg.data)

@@ -66,7 +66,7 @@ def joined_line(data, files: int) -> str:
     per = ", ".join(f"{m} {n:,}" for m, n in c["per_modality"].items())
     line = (f"joined {files} files by sample id: {c['samples']:,} samples ({per}); "
             f"{c['multimodal']:,} have two or more modalities, {c['complete']:,} all")
-    note = weak_coupling_note(c["per_modality"], c["multimodal"])
+    note = weak_coupling_note(c["per_modality"], c["coupled"])
     return line + (f"\nnote: {note}" if note else "")
 
 

@@ -80,7 +80,7 @@ def mimic_tree(root, size=(40, 48), extra: int = 20, labels: str = "fixed",
 
 def make_mimic_tree(out: str | Path, patients: int = 60, size: tuple[int, int] = (320, 256),
                     seed: int = 0) -> Path:
-    """The look-alike tree under ``out`` (written aside and moved into place whole);
+    """The look-alike tree under ``out`` (written aside, moved into place once complete);
     ``patients`` beyond the three hand-made ones, images ``size`` = (width, height),
     random findings. Returns ``out``."""
     if patients < 10:
@@ -88,8 +88,8 @@ def make_mimic_tree(out: str | Path, patients: int = 60, size: tuple[int, int] =
                          f"train, validation and test splits all get patients")
     if min(size) < 16:
         raise ValueError(f"size = {size}: images of at least 16 x 16 pixels")
-    if Path(out).exists() and any(Path(out).iterdir()):
-        raise ValueError(f"{out} exists and is not empty; give a new folder")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder; give a new folder")
     with staged_output(out) as stage:
         mimic_tree(stage, size=size, extra=patients, labels="random", seed=seed)
     return Path(out)

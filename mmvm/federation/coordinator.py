@@ -91,12 +91,12 @@ class Coordinator:
         """How many aligned samples each modality has, and how many have two or more
         (only those couple the modalities' models through the mixture prior)."""
         count = np.zeros(self.n, np.int64)
-        per = {}
-        for m, keys in self.holders.items():
-            rows = np.concatenate([self.sites[k].held for k in keys])
-            per[m] = int(len(rows))
-            count[rows] += 1
-        return {"samples": self.n, "per_modality": per,
+        rows = {m: np.concatenate([self.sites[k].held for k in keys])
+                for m, keys in self.holders.items()}
+        for r in rows.values():
+            count[r] += 1
+        return {"samples": self.n, "per_modality": {m: int(len(r)) for m, r in rows.items()},
+                "coupled": {m: int((count[r] >= 2).sum()) for m, r in rows.items()},
                 "multimodal": int((count >= 2).sum()),
                 "complete": int((count == len(self.modalities)).sum())}
 

@@ -46,7 +46,7 @@ def alignment_line(al: Mapping, num_sites: int) -> str:
     per = ", ".join(f"{m} {n}" for m, n in al["per_modality"].items())
     line = (f"mmvm: aligned {al['samples']} samples across {num_sites} sites ({per}); "
             f"{al['multimodal']} have two or more modalities, {al['complete']} all")
-    note = weak_coupling_note(al["per_modality"], al["multimodal"])
+    note = weak_coupling_note(al["per_modality"], al.get("coupled"))
     return line + (f"\nmmvm: note: {note}" if note else "")
 
 

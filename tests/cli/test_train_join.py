@@ -60,7 +60,8 @@ def test_the_join_is_reported_and_ids_that_do_not_match_are_noted(tmp_path, caps
     _sites(tmp_path / "x", b_ids=False)  # site b prepared without its ids
     assert _train(tmp_path / "x", '["site-a", "site-b"]') == 0
     out = capsys.readouterr().out
-    assert "have two or more modalities" in out and "note: only 0 of the" in out
+    assert "have two or more modalities" in out and "note: few samples" in out
+    assert "(a 0 of " in out and "; b 0 of " in out
 
 
 def test_a_folder_of_site_folders_suggests_data_folders(tmp_path, capsys):
@@ -74,6 +75,14 @@ def test_coupling_counts():
     mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 1]], bool)
     c = coupling_counts(mask, ["x", "y", "z"])
     assert c == {"samples": 4, "per_modality": {"x": 3, "y": 2, "z": 2},
-                 "multimodal": 2, "complete": 1}
-    assert weak_coupling_note(c["per_modality"], 2) is None  # 2 >= 0.9 * 2
-    assert "only 1 of the 2" in weak_coupling_note(c["per_modality"], 1)
+                 "coupled": {"x": 2, "y": 2, "z": 1}, "multimodal": 2, "complete": 1}
+    note = weak_coupling_note(c["per_modality"], c["coupled"])
+    assert "(x 2 of 3; z 1 of 2)" in note  # y: both of its samples coupled
+    # two sites that share ids and a third that shares none: the third is named,
+    # though as many samples are multimodal as the smallest modality has
+    ab = np.array([[1, 1, 0]] * 10 + [[0, 0, 1]] * 10, bool)
+    c = coupling_counts(ab, ["a", "b", "c"])
+    assert c["multimodal"] == 10 == min(c["per_modality"].values())
+    assert "(c 0 of 10)" in weak_coupling_note(c["per_modality"], c["coupled"])
+    assert weak_coupling_note({"a": 5, "b": 5}, {"a": 5, "b": 5}) is None
+    assert weak_coupling_note({"a": 5, "b": 5}, None) is None  # an older record

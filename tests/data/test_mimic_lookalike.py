@@ -23,5 +23,5 @@ def test_the_lookalike_tree_prepares_into_two_aligned_views(tmp_path, capsys):
     # a second make into the same folder is refused and leaves it as it was
     before = sorted(p.relative_to(tree) for p in tree.rglob("*"))
     assert main(["data", "make", "mimic_cxr", "--out", str(tree)]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    assert "exists and is not an empty folder" in capsys.readouterr().err
     assert sorted(p.relative_to(tree) for p in tree.rglob("*")) == before

@@ -145,3 +145,18 @@ def test_image_shaped_numbers_get_a_note_in_the_config_sections(arrays):
     snippet = config_snippet(paths)
     assert "save them as uint8 [N, C, H, W]" in snippet and 'kind = "vector"' in snippet
     tomllib.loads(snippet)  # still a valid TOML fragment
+
+
+def test_counts_get_the_poisson_suggestion_and_signed_integers_do_not(arrays):
+    d = arrays["dir"]
+    rng = np.random.default_rng(1)
+    np.save(d / "spikes.npy", rng.poisson(2.0, size=(N, 5, 3)).astype(np.int16))
+    np.save(d / "delta.npy", rng.integers(-3, 3, size=(N, 4)).astype(np.int16))
+    paths = prepare_arrays(d / "c", {"spikes": d / "spikes.npy", "delta": d / "delta.npy"},
+                           ids=d / "ids.txt")
+    snippet = config_snippet(paths)
+    assert '# spikes: non-negative integers (int16): if these are counts' in snippet
+    assert "# delta:" not in snippet
+    mods = tomllib.loads(snippet)["model"]["modalities"]
+    mods["spikes"]["likelihood"] = "poisson"
+    config_from_dict({"model": {"latent_dim": 2, "modalities": mods}})  # a valid model

@@ -33,6 +33,7 @@ def test_alignment_counts_the_samples_that_couple_modalities():
     c = _coord(("a", ["m0"], ["s1", "s2", "s3"]), ("b", ["m1"], ["s2", "s3", "s4"]),
                ("c", ["m2"], ["s3"]), modalities=("m0", "m1", "m2"))
     assert c.alignment() == {"samples": 4, "per_modality": {"m0": 3, "m1": 3, "m2": 1},
+                             "coupled": {"m0": 2, "m1": 2, "m2": 1},
                              "multimodal": 2, "complete": 1}
 
 

@@ -50,12 +50,13 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
 
 def test_alignment_line_says_how_many_samples_the_sites_share():
     al = {"samples": 120, "per_modality": {"frontal": 100, "lateral": 90},
-          "multimodal": 70, "complete": 70}
+          "coupled": {"frontal": 70, "lateral": 70}, "multimodal": 70, "complete": 70}
     line = alignment_line(al, 2)
     assert line.splitlines()[0] == ("mmvm: aligned 120 samples across 2 sites (frontal "
                                     "100, lateral 90); 70 have two or more modalities, 70 all")
     # 70 of lateral's 90 coupled: maybe data prepared differently (another --seed)
-    assert line.splitlines()[1].startswith("mmvm: note: only 70 of the 90 samples of the "
-                                           "smallest modality are held for another one")
-    al = {**al, "multimodal": 85}
+    assert line.splitlines()[1].startswith("mmvm: note: few samples are held with another "
+                                           "modality (frontal 70 of 100; lateral 70 of 90)")
+    al = {**al, "coupled": {"frontal": 90, "lateral": 90}, "multimodal": 90}
     assert "\n" not in alignment_line(al, 2)
+    assert "\n" not in alignment_line({**al, "coupled": None}, 2)  # an older server state

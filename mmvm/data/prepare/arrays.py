@@ -98,6 +98,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
             "sources": {m: str(Path(p).resolve()) for m, p in modalities.items()},
             "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},
+            "counts": [m for m, a in arrays.items()  # non-negative integers
+                       if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0],
             "created_by": "mmvm.data.prepare.arrays.prepare_arrays"}
     step = step_fn(progress, 2)
     paths = {}
@@ -124,6 +126,7 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
 
     meta = read_site_meta(paths["train"])
     dtypes = (meta.get("dataset") or {}).get("source_dtypes") or {}
+    counted = set((meta.get("dataset") or {}).get("counts") or [])
     out = []
     for m, t in meta["tensors"].items():
         shape = tuple(t["shape"])
@@ -141,13 +144,13 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
                            for n in available_networks(kind)))
         size = ("" if image else "width = 0  # hidden units = input size (the "
                 "hippocampus paper's MLP)\nlayers = 2\n")
-        counts = not image and np.dtype(dtypes.get(m, "float32")).kind in "iu"
+        counts = not image and m in counted
         likelihood = ('"laplace"  # or gaussian, mse; bernoulli for values in 0..1'
                       if image else '"mse"  # summed squared error; or poisson (counts), '
                       'gaussian, laplace, bernoulli (values in 0..1)')
         if counts:
-            out.append(f"# {m}: integer input ({dtypes[m]}): if these are counts, "
-                       f"likelihood = \"poisson\" models them as such")
+            out.append(f"# {m}: non-negative integers ({dtypes.get(m, '?')}): if these "
+                       f"are counts, likelihood = \"poisson\" models them as such")
         out.append(f'[model.modalities.{m}]\nkind = "{kind}"\nshape = {list(shape)}\n'
                    f'{net}\n{size}likelihood = {likelihood}\n')
     return "\n".join(out)
