@@ -162,6 +162,12 @@ def _encoding(rc: Mapping) -> dict:
             "delta_unit": unit}
 
 
+def _run_id(text: str) -> str:
+    """A run id as Flower prints it ('042' is run 42: the folders are named so)."""
+    text = text.strip()
+    return str(int(text)) if text.isascii() and text.isdigit() else text
+
+
 def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
     """Parse a Flower ``context.run_config`` into settings (paths expanded).
 
@@ -185,7 +191,7 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
         reply_timeout=_get(rc, "reply-timeout", float),
         connect_timeout=_get(rc, "connect-timeout", float),
         site_timeout=_get(rc, "site-timeout", float), min_sites=_get(rc, "min-sites", int),
-        pause_timeout=_get(rc, "pause-timeout", float), resume=_get(rc, "resume", str).strip(),
+        pause_timeout=_get(rc, "pause-timeout", float), resume=_run_id(_get(rc, "resume", str)),
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
         align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str),
@@ -219,7 +225,7 @@ def _check(s: FederationSettings) -> None:
     if not (s.site_timeout > 0 and s.pause_timeout > 0):
         raise ConfigError(f"run config: site-timeout = {s.site_timeout} and "
                           f"pause-timeout = {s.pause_timeout} must be > 0")
-    if s.resume and not s.resume.isdigit():
+    if s.resume and not (s.resume.isascii() and s.resume.isdigit()):
         raise ConfigError(f"run config: resume = {s.resume!r} is not a run id (the number "
                           f"`flwr ls` shows, or '' to start a new run)")
     if s.checkpoint_every < 0:

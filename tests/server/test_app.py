@@ -52,3 +52,6 @@ def test_a_resumed_run_keeps_the_first_runs_state_and_id(tmp_path):
     save_server_state(state_path(s, 77), s, _state(5))
     hint = resume_hint(ctx)
     assert "after window 6" in hint and "resume='42'" in hint and "run-77" not in hint
+    # written as Flower prints it or zero-padded, the id names the same folder
+    padded = load_settings(app_run_config(out_dir=str(tmp_path / "runs"), resume="042"))
+    assert state_path(padded, 77) == state_path(s, 77)
