@@ -122,8 +122,9 @@ def _how_to_make(names: list[str], source: str, root: str, path: Path) -> str:
     from mmvm.data.polymnist import MODALITIES as POLYMNIST
 
     under = Path(root)
-    sites = sorted(p.parent.name for p in under.glob(f"*/{path.name}")) \
-        if path.parent == under and under.is_dir() else []
+    sites = sorted(p.parent.name for p in under.glob(f"*/{path.name}")
+                   if not p.parent.name.startswith(".")) \
+        if path.parent == under and under.is_dir() else []  # not a preparer's staging
     if sites:  # site folders: join them
         listed = ",".join(f'"{s}"' for s in sites)
         return (f"the folders under {root} hold {path.name} ({', '.join(sites)}): join "
