@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_config_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
     """``--config FILE`` and repeatable ``--set section.key=value`` overrides."""
     parser.add_argument("--config", default=default,
-                        help=f"experiment TOML (default: {default})")
+                        help="experiment TOML" + (f" (default: {default})" if default else ""))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. --set train.epochs=5 "
