@@ -18,7 +18,13 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from mmvm.cli.data_common import add_quiet, data_progress, handles, report_paths
+from mmvm.cli.data_common import (
+    add_quiet,
+    data_progress,
+    handles,
+    printable,
+    report_paths,
+)
 from mmvm.data.hippocampus_knobs import KNOBS as HC_KNOBS
 
 _PREPARE_HELP = {
@@ -299,13 +305,6 @@ def check_problem(path: str) -> tuple[dict | None, str | None]:
                       f"please report it, the file is not valid")
 
 
-def _plain(text: str, keep: int = 0) -> str:
-    """``text`` with non-printable characters escaped (a hostile file's names must not
-    drive the terminal), cut to ``keep`` characters when ``keep``."""
-    out = "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
-    return out if not keep or len(out) <= keep else out[:keep] + "..."
-
-
 def _check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -320,17 +319,17 @@ def _check(args: argparse.Namespace) -> int:
         s, problem = check_problem(f)
         if problem is not None:
             errors.append(problem)
-            table.add_row(Text(_plain(f)), Text("invalid", style="red"), "", "", "", "")
+            table.add_row(Text(printable(f)), Text("invalid", style="red"), "", "", "", "")
             continue
         mods = "\n".join(f"{n} {'x'.join(map(str, t['shape']))} {t['dtype']}"
                          for n, t in s["tensors"].items()) or "-"
         labels = ", ".join(s["labels"])
         if len(labels) > 60:
             labels = f"{len(s['labels'])} columns"
-        table.add_row(Text(_plain(f)), Text("ok", style="green"), str(s["rows"]),
-                      Text(_plain(mods, 400)), Text(_plain(labels) or "-"),
-                      Text(_plain(s["name"], 60)))
+        table.add_row(Text(printable(f)), Text("ok", style="green"), str(s["rows"]),
+                      Text(printable(mods, 400)), Text(printable(labels) or "-"),
+                      Text(printable(s["name"], 60)))
     Console().print(table)
     for e in errors:
-        print(f"error: {_plain(e, 2000)}", file=sys.stderr)
+        print(f"error: {printable(e, 2000)}", file=sys.stderr)
     return 1 if errors else 0

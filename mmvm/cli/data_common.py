@@ -39,3 +39,10 @@ def report_paths(paths: dict) -> int:
     for k, p in paths.items():
         Console().print(f"[green]wrote[/green] {k}: {p}")
     return 0
+
+
+def printable(text: str, keep: int = 0) -> str:
+    """``text`` with non-printable characters escaped (a hostile file's names must not
+    drive the terminal), cut to ``keep`` characters when ``keep``."""
+    out = "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
+    return out if not keep or len(out) <= keep else out[:keep] + "..."

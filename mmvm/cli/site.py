@@ -44,6 +44,7 @@ def _check(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
+    from mmvm.cli.data_common import printable
     from mmvm.cli.run_config import parse_overrides
     from mmvm.cli.site_check import ERROR, OK, WARNING, check_node_config
     from mmvm.config import load_config
@@ -53,7 +54,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.overrides and cfg is None:
         raise ValueError("--set needs --config (the experiment the overrides change)")
     check = check_node_config(nc, cfg)
-    site = _plain(check.site)
+    site = printable(check.site)
     if sys.stdout.isatty():
         style = {OK: "green", WARNING: "yellow", ERROR: "red"}
         table = Table(title=Text(f"site {site}: node config"))
@@ -61,11 +62,11 @@ def _check(args: argparse.Namespace) -> int:
             table.add_column(col, overflow="fold")
         for f in check.findings:
             table.add_row(f.item, Text(f.status, style=style[f.status]),
-                          Text(_plain(f.detail)))
+                          Text(printable(f.detail)))
         Console().print(table)
     else:  # a log or a pipe: one line per finding, whole
         for f in check.findings:
-            print(f"{f.status:<8} {f.item:<11} {_plain(f.detail)}")
+            print(f"{f.status:<8} {f.item:<11} {printable(f.detail)}")
     errors, warnings = check.count(ERROR), check.count(WARNING)
     verdict = (f"{errors} error(s): fix them before starting the SuperNode" if errors
                else "ready" + (" (untested against an experiment: add --config)"
@@ -73,9 +74,3 @@ def _check(args: argparse.Namespace) -> int:
     print(f"mmvm site check: {site}: {verdict}; {warnings} warning(s)",
           file=sys.stderr if errors else sys.stdout)
     return 1 if errors else 0
-
-
-def _plain(text: str) -> str:
-    """``text`` with control characters escaped: names and messages that come from
-    files (column names, a file's own error text) must not drive the terminal."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
