@@ -29,7 +29,7 @@ reconstruction error.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,8 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["coherence", "conditional_latent", "encode_aggregated", "encode_dataset",
            "evaluate_run", "evaluated_with", "fit_probe",
            "label_scores", "present_label_columns", "present_labels", "probe_accuracy",
-           "reconstruction_nll",
-           "summary_row"]
+           "reconstruction_nll", "summary_row", "unimodal_posteriors"]
 
 
 def _device(model: MultimodalVAE) -> torch.device:
@@ -62,23 +61,37 @@ def _chunks(n: int, batch_size: int):
 
 # ------------------------------------------------------------------ latents
 @torch.no_grad()
+def unimodal_posteriors(model: MultimodalVAE, dataset, batch_size: int = 256,
+                        device: str | torch.device | None = None
+                        ) -> Iterator[tuple[str, np.ndarray, Tensor, Tensor]]:
+    """Per batch of ``dataset`` and per modality of the model that the data holds:
+    ``(name, rows, mu, logvar)`` of q(z | x_m) for the batch's rows that have m (their
+    positions in the dataset, ascending). mu / logvar are the model's full outputs
+    (MMVAE+ appends its private part to the shared ``latent_dim``). The mask column is
+    looked up by name, so the data may hold its modalities in any order or extra ones.
+    """
+    device = torch.device(device) if device is not None else _device(model)
+    model.eval()
+    held = [m for m in model.names if m in dataset.names]
+    for rows in _chunks(len(dataset), batch_size):
+        b = dataset.batch(rows)
+        for name in held:
+            present = b["mask"][:, dataset.names.index(name)]
+            if not bool(present.any()):
+                continue
+            mu, logvar = model.encode_modality(name, b["x"][name][present].to(device))
+            yield name, rows[present].numpy(), mu, logvar
+
+
 def encode_dataset(model: MultimodalVAE, dataset, batch_size: int = 256,
                    device: str | torch.device | None = None) -> dict[str, np.ndarray]:
     """Unimodal posterior means mu_m [N_m, D] per modality, rows where m is present.
 
     Row order is the dataset's; :func:`present_labels` gives the matching labels.
     """
-    device = torch.device(device) if device is not None else _device(model)
-    model.eval()
     out: dict[str, list[np.ndarray]] = {n: [] for n in model.names}
-    for rows in _chunks(len(dataset), batch_size):
-        b = dataset.batch(rows)
-        for j, name in enumerate(model.names):
-            present = b["mask"][:, j]
-            if name not in b["x"] or not bool(present.any()):
-                continue
-            mu, _ = model.encode_modality(name, b["x"][name][present].to(device))
-            out[name].append(mu[:, :model.latent_dim].cpu().numpy())  # the shared part
+    for name, _, mu, _ in unimodal_posteriors(model, dataset, batch_size, device):
+        out[name].append(mu[:, :model.latent_dim].cpu().numpy())  # the shared part
     return {n: np.concatenate(v) if v else np.zeros((0, model.latent_dim), np.float32)
             for n, v in out.items()}
 

@@ -6,7 +6,8 @@ table for downstream work (a classifier, a survival model, a plot): ``sample_id`
 per modality ``m`` the posterior mean ``mu.m`` and log-variance ``logvar.m``
 (``latent_dim`` float32 each; null where the sample lacks m), and the data's label
 columns. The mean of q(z | x_m) is the representation the paper's probes read
-(``mmvm.evaluation.encode_dataset``); MMVAE+ models give their shared part.
+(``mmvm.evaluation.encode_dataset``; both come from
+:func:`mmvm.evaluation.unimodal_posteriors`); MMVAE+ models give their shared part.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ import pyarrow.parquet as pq
 import torch
 
 from mmvm.atomic import atomic_write
+from mmvm.evaluation import unimodal_posteriors
 from mmvm.model import MultimodalVAE
 
 
-@torch.no_grad()
-def encode_table(model: MultimodalVAE, dataset, batch_size: int = 256,
+def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
                  device: str | torch.device = "cpu",
                  step: Callable[[int, int], None] | None = None) -> pa.Table:
     """The table described in the module docstring, rows in the dataset's order.
     ``step(done, total)`` is called after each batch."""
-    model.eval()
     n, d = len(dataset), model.latent_dim
     held = [m for m in model.names if m in dataset.names]
     if not held:
@@ -38,21 +38,14 @@ def encode_table(model: MultimodalVAE, dataset, batch_size: int = 256,
     mu = {m: np.full((n, d), np.nan, np.float32) for m in held}
     logvar = {m: np.full((n, d), np.nan, np.float32) for m in held}
     present = {m: np.zeros(n, bool) for m in held}
-    for lo in range(0, n, batch_size):
-        rows = list(range(lo, min(n, lo + batch_size)))
-        b = dataset.batch(rows)
-        for m in held:
-            mask = b["mask"][:, dataset.names.index(m)].numpy()
-            if not mask.any():
-                continue
-            x = b["x"][m][torch.from_numpy(mask)].to(device)
-            mu_m, lv_m = model.encode_modality(m, x)
-            idx = np.asarray(rows)[mask]
-            mu[m][idx] = mu_m[:, :d].cpu().numpy()
-            logvar[m][idx] = lv_m[:, :d].cpu().numpy()
-            present[m][idx] = True
+    for m, rows, mu_m, lv_m in unimodal_posteriors(model, dataset, batch_size, device):
+        mu[m][rows] = mu_m[:, :d].cpu().numpy()
+        logvar[m][rows] = lv_m[:, :d].cpu().numpy()
+        present[m][rows] = True
         if step is not None:
-            step(rows[-1] + 1, n)
+            step(int(rows[-1]) + 1, n)
+    if step is not None:
+        step(n, n)
     cols = {"sample_id": pa.array(dataset.sample_ids, pa.string())}
     for m in held:
         for what, arr in (("mu", mu[m]), ("logvar", logvar[m])):

@@ -165,6 +165,21 @@ def test_encode_dataset_returns_present_rows_only():
     assert (mu["m2"].argmax(1) == labels["m2"]).all()
 
 
+def test_encode_dataset_reads_each_modalitys_mask_by_name_not_position():
+    """Data holding the model's modalities in another order (a site's file, a
+    select()) must pair each modality's rows with its own mask column: m2's absent
+    rows are skipped, m0's kept, whatever the column order."""
+    mask = np.ones((30, 3), bool)
+    mask[::3, 2] = False
+    ds = _onehot_dataset(30, mask)
+    reordered = ds.select(["m2", "m0", "m1"])
+    assert reordered.names == ["m2", "m0", "m1"]
+    want, got = encode_dataset(_oracle_model(), ds), encode_dataset(_oracle_model(), reordered)
+    for m in NAMES:
+        np.testing.assert_array_equal(got[m], want[m])
+    assert got["m2"].shape == (20, 10) and got["m0"].shape == (30, 10)
+
+
 def test_sampled_coherence_matches_the_gaussian_closed_form():
     """Oracle encoders with posterior variance 1: decoding a sample z = e_y + eps and
     judging by argmax is right with probability int phi(t) Phi(t + 1)^9 dt. Each

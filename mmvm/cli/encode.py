@@ -96,7 +96,7 @@ def _site_state(path: Path) -> dict:
 
 def _encode(args: argparse.Namespace) -> int:
     from mmvm.data import open_dataset
-    from mmvm.latents import encode_table, write_latents
+    from mmvm.latents import latent_table, write_latents
     from mmvm.progress import progress_bar
 
     if any(Path(p).resolve() == Path(args.out).resolve() for p in args.data):
@@ -106,7 +106,7 @@ def _encode(args: argparse.Namespace) -> int:
     data = open_dataset(args.data, None, cfg.data)
     with progress_bar(not args.no_progress) as bar:
         task = bar.add_task("encoding", total=len(data))
-        table = encode_table(model, data, args.batch_size, args.device,
+        table = latent_table(model, data, args.batch_size, args.device,
                              step=lambda done, total: bar.update(task, completed=done))
     meta = {**source, "data": [str(p) for p in args.data],
             "latent_dim": model.latent_dim, "modalities": model.names}
