@@ -5,8 +5,8 @@ site's own encoders after a federated run) makes of each sample, as one Parquet
 table for downstream work (a classifier, a survival model, a plot): ``sample_id``,
 per modality ``m`` the posterior mean ``mu.m`` and log-variance ``logvar.m``
 (``latent_dim`` float32 each; null where the sample lacks m), and the data's label
-columns. The mean of q(z | x_m) is the representation the paper's probes read
-(``mmvm.evaluation.encode_dataset``; both come from
+(null where unknown). The mean of q(z | x_m) is the representation the paper's
+probes read (``mmvm.evaluation.encode_dataset``; both come from
 :func:`mmvm.evaluation.unimodal_posteriors`); MMVAE+ models give their shared part.
 """
 
@@ -50,8 +50,9 @@ def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
     for m in held:
         for what, arr in (("mu", mu[m]), ("logvar", logvar[m])):
             cols[f"{what}.{m}"] = _lists(arr, present[m])
-    if getattr(dataset, "labels", None) is not None:
-        cols["label"] = pa.array(dataset.labels.numpy(), pa.int64())
+    if getattr(dataset, "labels", None) is not None:  # unknown (-1 in the data): null
+        labels = dataset.labels.numpy()
+        cols["label"] = pa.array(labels, pa.int64(), mask=labels < 0)
     return pa.table(cols)
 
 

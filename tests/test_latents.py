@@ -14,7 +14,7 @@ from mmvm.config import load_config
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.data.sites import site_layout, split_sites
 from mmvm.federation.site import Site
-from mmvm.training import load_trained_model
+from mmvm.training import build_model, load_trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "polymnist_cpu.toml")
@@ -69,6 +69,26 @@ def test_a_runs_latents_are_its_encoders_output(tiny_polymnist, tmp_path):
                                                      if v is not None]))
         np.testing.assert_array_equal(labels[m], data.labels.numpy()[mask])
     assert main(["plot", "latents", str(out), "--out", str(tmp_path / "l.png")]) == 0
+
+
+@torch.no_grad()
+def test_unknown_labels_are_null_and_read_back_as_unknown(tmp_path):
+    """A sample without a label (-1 in the data) gets a null label, not a class -1 a
+    downstream classifier would learn; the plot's reader maps it back to -1."""
+    from mmvm.latents import latent_table, read_latents, write_latents
+
+    cfg = load_config(CONFIG, SETS)
+    model = build_model(cfg)
+    rng = np.random.default_rng(0)
+    x = {m: rng.random((5, 3, 28, 28), dtype=np.float32) for m in model.names}
+    labels = np.array([3, -1, 0, -1, 9])
+    data = MultimodalDataset([f"s{i}" for i in range(5)], x, {m: 1.0 for m in x},
+                             np.ones((5, 3), bool), labels)
+    table = latent_table(model, data, batch_size=2)
+    assert table.column("label").to_pylist() == [3, None, 0, None, 9]
+    out = write_latents(tmp_path / "l.parquet", table, {})
+    _, back = read_latents([out])
+    np.testing.assert_array_equal(back["m0"], labels)
 
 
 @torch.no_grad()
