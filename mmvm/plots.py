@@ -63,16 +63,32 @@ def _as_image(t: torch.Tensor) -> np.ndarray:
     return np.repeat(grid.reshape(side, side)[..., None], 3, -1)
 
 
-def _tile(rows: list[list[np.ndarray]], pad: int = 1) -> np.ndarray:
-    """Rows of [H, W, 3] images (resized to the first's size by padding) -> one canvas."""
-    h = max(im.shape[0] for r in rows for im in r)
+def tile_rows(rows: list[list[np.ndarray]], pad: int = 1) -> tuple[np.ndarray, list[float]]:
+    """Rows of [H, W, 3] images -> one canvas and each row's vertical centre. Each row
+    is as tall as its tallest image (a modality of 8 neurons under one of 40 keeps
+    its own height); images are centred in their cell."""
+    heights = [max(im.shape[0] for im in r) for r in rows]
     w = max(im.shape[1] for r in rows for im in r)
-    canvas = np.ones((len(rows) * (h + pad) + pad, len(rows[0]) * (w + pad) + pad, 3))
-    for i, r in enumerate(rows):
+    cols = max(len(r) for r in rows)
+    tops = np.cumsum([pad] + [h + pad for h in heights[:-1]]).tolist()
+    canvas = np.ones((sum(heights) + pad * (len(rows) + 1), cols * (w + pad) + pad, 3))
+    for r, top, h in zip(rows, tops, heights, strict=True):
         for j, im in enumerate(r):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            y = top + (h - im.shape[0]) // 2
+            x = pad + j * (w + pad) + (w - im.shape[1]) // 2
             canvas[y:y + im.shape[0], x:x + im.shape[1]] = im
-    return canvas
+    return canvas, [top + h / 2 for top, h in zip(tops, heights, strict=True)]
+
+
+def _enlarge_small(rows: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Rows much shorter than the tallest (a 4x4 vector square under 28 px images)
+    repeated by a whole factor to about a third of its height, pixels kept sharp."""
+    top = max(im.shape[0] for r in rows for im in r)
+    out = []
+    for r in rows:
+        k = max(1, top // 3 // max(im.shape[0] for im in r))
+        out.append([im.repeat(k, 0).repeat(k, 1) for im in r] if k > 1 else r)
+    return out
 
 
 @torch.no_grad()
@@ -102,12 +118,14 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
         z = conditional_latent(model, method, src, x)
         grid = [[_as_image(im) for im in x]]
         grid += [[_as_image(im) for im in model.generate(t, z)] for t in names]
-        canvas = _tile(grid)
+        grid = _enlarge_small(grid)
+        canvas, centres = tile_rows(grid)
         # matrices (neurons x bins) fill the panel; images keep their aspect
         images = all(len(model.specs[t].shape) == 3 for t in names)
         ax.imshow(canvas, interpolation="nearest", aspect="equal" if images else "auto")
-        step = canvas.shape[0] / len(grid)
-        ax.set_yticks([step * (k + 0.5) for k in range(len(grid))],
+        # imshow puts pixel k's centre at k: a row spanning [top, top + h) centres at
+        # top + h / 2 - 0.5
+        ax.set_yticks([c - 0.5 for c in centres],
                       [f"input {src}"] + [f"-> {t}" for t in names])
         ax.set_xticks([])
         shown = "label" in b and len(pick) <= 12

@@ -12,7 +12,13 @@ import torch
 from mmvm.config import ModalitySpec
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.model import MultimodalVAE
-from mmvm.plots import generation_grid, latent_2d, loss_curves, scatter_recon_vs
+from mmvm.plots import (
+    generation_grid,
+    latent_2d,
+    loss_curves,
+    scatter_recon_vs,
+    tile_rows,
+)
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -41,6 +47,19 @@ def test_generation_grid_images_and_vectors(tmp_path):
     for method in ("mmvm", "poe"):
         out = generation_grid(model, ds, tmp_path / f"grid-{method}.png", n=4, method=method)
         assert _is_png(out)
+
+
+def test_tile_rows_keeps_each_rows_height_and_centres_its_label():
+    """A generation grid's rows are as tall as their own modality (8 neurons under 40
+    keep 8 rows of pixels), images centred; the tick of each row sits on its middle."""
+    small, tall = np.zeros((8, 12, 3)), np.full((40, 12, 3), 0.5)
+    canvas, centres = tile_rows([[small, small], [tall, tall], [small]], pad=1)
+    assert canvas.shape == (1 + 8 + 1 + 40 + 1 + 8 + 1, 1 + 2 * 13, 3)
+    assert centres == [1 + 4, 10 + 20, 51 + 4]
+    assert (canvas[1:9, 1:13] == 0).all() and (canvas[10:50, 1:13] == 0.5).all()
+    assert (canvas[51:59, 14:26] == 1).all()  # the short row's missing cell stays blank
+    narrow, _ = tile_rows([[np.zeros((4, 4, 3))], [np.zeros((28, 28, 3))]], pad=0)
+    assert (narrow[:4, 12:16] == 0).all() and (narrow[:4, :12] == 1).all()  # centred
 
 
 @pytest.mark.parametrize("y", ["probe", "coherence"])
