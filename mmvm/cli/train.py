@@ -126,9 +126,13 @@ def _how_to_make(names: list[str], source: str, root: str, path: Path) -> str:
                    if not p.parent.name.startswith(".")) \
         if path.parent == under and under.is_dir() else []  # not a preparer's staging
     if sites:  # site folders: join them
-        listed = ",".join(f'"{s}"' for s in sites)
+        import json
+        import shlex
+
+        # a TOML array of basic strings (JSON's escapes), quoted once for the shell
+        listed = shlex.quote(f"data.folders=[{','.join(map(json.dumps, sites))}]")
         return (f"the folders under {root} hold {path.name} ({', '.join(sites)}): join "
-                f"them by sample id with --set 'data.folders=[{listed}]' (or folders = "
+                f"them by sample id with --set {listed} (or folders = "
                 f"[...] in the config's [data])")
 
     for kind, mods in (("polymnist", POLYMNIST), ("hippocampus", RATS)):

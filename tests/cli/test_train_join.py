@@ -71,6 +71,21 @@ def test_a_folder_of_site_folders_suggests_data_folders(tmp_path, capsys):
     assert """--set 'data.folders=["site-a","site-b"]'""" in err
 
 
+def test_the_suggested_setting_works_for_folder_names_with_quotes(tmp_path, capsys):
+    """The hint is a shell word and a TOML array: pasted as is, it trains."""
+    import shlex
+
+    _sites(tmp_path, b_ids=True)
+    odd = tmp_path / "sites" / """o'brien "b" lab"""
+    (tmp_path / "sites" / "site-b").rename(odd)
+    assert _train(tmp_path, "[]") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    words = shlex.split(err[err.index("--set "):err.index(" (or folders")])
+    assert words[1] == """data.folders=["o'brien \\"b\\" lab","site-a"]"""
+    assert main(["train", "--config", str(tmp_path / "lab.toml"), "--no-progress",
+                 "--fresh", *words]) == 0
+
+
 def test_coupling_counts():
     mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 1]], bool)
     c = coupling_counts(mask, ["x", "y", "z"])
