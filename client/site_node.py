@@ -40,7 +40,7 @@ from mmvm.federation.site_errors import public_error
 from mmvm.federation.site_store import SiteStore
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.session import SiteSecrets
-from mmvm.training import TrainingDivergedError
+from mmvm.training import TrainingDivergedError, count_parameters
 from wire.records import request_from_record, to_record
 
 # failures a site explains in one line (configuration, data, protocol, policy)
@@ -173,7 +173,10 @@ def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tu
         root = _state_root(context, s, policy)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)  # the site's model: its own
         store = SiteStore(root / f"{name}.pt")
-        node = _NODES[key] = Node(s, policy, Site(s.experiment, name, train, test), store)
+        site = Site(s.experiment, name, train, test,
+                    admit=lambda names: policy.check_params(
+                        name, count_parameters(s.experiment, names)))
+        node = _NODES[key] = Node(s, policy, site, store)
     node.store.refresh(node.site)
     return node
 

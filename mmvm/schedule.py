@@ -37,6 +37,14 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.
     return cut(perm, batch_size)
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """``len(epoch_batches(n, batch_size, ...))`` without drawing the permutation (a
+    trailing batch of one row joins the one before it)."""
+    count = -(-n // batch_size)
+    last = n - (count - 1) * batch_size
+    return count - (count > 1 and last == 1)
+
+
 def cut(rows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """``rows`` in batches of ``batch_size``; a trailing batch of one joins the one
     before it (when there is one)."""

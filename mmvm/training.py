@@ -62,6 +62,13 @@ def build_model(cfg: ExperimentConfig, names: list[str] | None = None) -> Multim
                          private_dim=cfg.model.private_dim)
 
 
+def count_parameters(cfg: ExperimentConfig, names: list[str] | None = None) -> int:
+    """Parameters of ``build_model(cfg, names)``, counted on the meta device: no
+    memory is allocated, so a config asking for a huge model can be refused."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(cfg, names).parameters())
+
+
 def iterate_batches(
     dataset: Dataset, batch_size: int, seed: int, epoch: int,
     schedule: str = "permutation", window: int = 4,

@@ -68,7 +68,7 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeC
     policy = _usable_part(nc, check.site, bad)
     train, test = _data(check, data)
     if cfg is not None:
-        _experiment(check, cfg, train, test)
+        _experiment(check, cfg, train, test, policy)
     _policy(check, policy, nc, partial=bool(problems))
     _name(check, policy)
     if policy.secure_site:
@@ -129,20 +129,26 @@ def _data(check: NodeCheck, data: Path) -> tuple[Path | None, Path | None]:
 
 
 def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
-                test: Path | None) -> None:
+                test: Path | None, policy: SitePolicy) -> None:
     """Build the site as a run's first message does (modalities, shapes, tokens,
-    device, method), and read its test split as the final evaluation does."""
+    device, method, the model's size against max-params), read its test split as the
+    final evaluation does, and check the plan's size on the site's own rows alone
+    (a run's aligned samples are usually as many or more)."""
     from mmvm.data import open_dataset
     from mmvm.federation.site import Site
+    from mmvm.training import count_parameters
 
     if train is None:
         check.add("experiment", WARNING, f"{cfg.source}: not checked (no valid "
                   f"train.parquet)")
         return
     try:
-        site = Site(cfg, check.site, train, test)
+        site = Site(cfg, check.site, train, test, admit=lambda names: policy.check_params(
+            check.site, count_parameters(cfg, names)))
         if test is not None:
             open_dataset(test, site.names, cfg.data)
+        policy.check_size(check.site, len(site.data), cfg.train.batch_size,
+                          cfg.train.epochs)
     except Exception as err:  # noqa: BLE001 - reported, as the ClientApp would
         check.add("experiment", ERROR, f"{cfg.source}: {type(err).__name__}: {err}")
         return
@@ -164,7 +170,9 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
     check.add("policy", OK, "the values that parse: " * partial + f"require-secure "
               f"{on[p.require_secure]}, allow-collect {on[p.allow_collect]}, "
               f"allow-pair-masking {on[p.allow_pair_masking]}, require-psi "
-              f"{on[p.require_psi]}, min-rows {p.min_rows}")
+              f"{on[p.require_psi]}, min-rows {p.min_rows}; max-steps {p.max_steps:,}, "
+              f"max-visits {p.max_visits:,}, max-batch {p.max_batch:,}, max-params "
+              f"{p.max_params:,}")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:

@@ -39,6 +39,7 @@ class Channel(Protocol):
     """Where the plaintext and the sealed protocol differ, at a site."""
 
     secure: bool
+    mode: str  # "plain" or "sealed/<alignment>": bound to the run at describe
 
     def describe(self, site: Site) -> DescribeReply: ...
 
@@ -87,6 +88,7 @@ class PlainChannel:
     """Sample ids and posterior tables in the clear, through the server."""
 
     secure = False
+    mode = "plain"
 
     def describe(self, site: Site) -> DescribeReply:
         return describe_site(site, identifiers=list(site.data.sample_ids))

@@ -64,6 +64,7 @@ class Endpoint:
             raise FederationError(f"site {self.site.name}: unknown request "
                                   f"{type(request).__name__}") from None
         self._commits.clear()
+        self.site.progress.same_mode(self.site.name, self.channel.mode)
         reply = handler(request)
         # the state first, then the replay guard: a process killed in between
         # retries the message from the old state (or repeats the kept reply) instead
@@ -77,7 +78,7 @@ class Endpoint:
     def describe(self, req: DescribeRequest):
         self.site.progress.describe(self.site.name)
         reply = self.channel.describe(self.site)
-        self.site.progress.phase = "described"
+        self.site.progress.phase, self.site.progress.mode = "described", self.channel.mode
         return reply
 
     def align(self, req: AlignRequest):
@@ -102,6 +103,8 @@ class Endpoint:
             plan = PlanArgs.from_dict(req.plan)
         except ValueError as err:
             raise FederationError(f"site {site.name}: {err}") from None
+        # before the plan is built: its size is the server's choice
+        self.policy.check_size(site.name, req.n, plan.batch_size, plan.epochs)
         positions = self.channel.positions(site, req)
         site.attach(req.n, req.rows, positions, plan, float16=req.float16,
                     shared=sorted(req.shared),

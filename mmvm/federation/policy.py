@@ -23,7 +23,18 @@ anything leaves the site:
 ``min-rows``           secure runs: refuse a plan with a window that trains fewer
                        than this many of the site's rows (default 1); see
                        :meth:`SitePolicy.check_plan`
+``max-steps``          the most optimiser steps a run's plan may hold (default
+                       1,000,000; the plan is built in memory, ~1 KB a step)
+``max-visits``         the most sample visits (epochs x aligned samples) a run may
+                       ask for (default 100,000,000; 8 bytes each in memory)
+``max-batch``          the largest batch a run may ask for (default 4,096)
+``max-params``         the most parameters of the site's model under the run's
+                       experiment config (default 200,000,000; counted before it
+                       is built)
 =====================  ==========================================================
+
+The ``max-*`` limits keep a server's plan or a submitter's config from exhausting
+the site's host: without them one attach message could ask for 10^9 epochs.
 
 A simulation has no node config: its sites follow the run config (``secure``,
 ``keys-dir``), a test bed run by one person, where none of this applies.
@@ -38,11 +49,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mmvm.schedule import batches_per_epoch
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SitePublicKeys
 
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
-        "allow-pair-masking", "require-psi", "min-rows")
+        "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
+        "max-batch", "max-params")
+LIMITS = {"max-steps": 1_000_000, "max-visits": 100_000_000, "max-batch": 4096,
+          "max-params": 200_000_000}  # the max-* keys' defaults
 
 
 class PolicyError(SecurityError):
@@ -60,6 +75,10 @@ class SitePolicy:
     allow_pair_masking: bool = False
     require_psi: bool = False
     min_rows: int = 1  # secure runs: fewest own rows a window may train (check_plan)
+    max_steps: int = LIMITS["max-steps"]
+    max_visits: int = LIMITS["max-visits"]
+    max_batch: int = LIMITS["max-batch"]
+    max_params: int = LIMITS["max-params"]
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
@@ -76,6 +95,27 @@ class SitePolicy:
         if secure and self.require_psi and align != "psi":
             raise PolicyError(f"site {site}: its node config requires PSI alignment "
                               f"(require-psi); this run aligns by {align!r}")
+
+    def check_size(self, site: str, n: int, batch_size: int, epochs: int) -> None:
+        """Refuse, before anything is built, a plan over ``n`` aligned samples larger
+        than the site's ``max-*`` limits (its steps, sample visits, batch)."""
+        steps = epochs * batches_per_epoch(n, batch_size)
+        for key, value, limit, what in (
+                ("max-batch", batch_size, self.max_batch, "a batch of"),
+                ("max-visits", epochs * n, self.max_visits,
+                 f"{epochs} epochs over {n} samples:"),
+                ("max-steps", steps, self.max_steps, f"{epochs} epochs of")):
+            if value > limit:
+                raise PolicyError(f"site {site}: the plan asks for {what} {value:,} "
+                                  f"{'steps' if key == 'max-steps' else 'rows'}; its node "
+                                  f"config allows {limit:,} ({key})")
+
+    def check_params(self, site: str, count: int) -> None:
+        """Refuse a model of more than ``max-params`` parameters (counted unbuilt)."""
+        if count > self.max_params:
+            raise PolicyError(f"site {site}: the run's model has {count:,} parameters at "
+                              f"this site; its node config allows {self.max_params:,} "
+                              f"(max-params)")
 
     def check_plan(self, site: str, own_rows: np.ndarray,
                    shared: Mapping[str, np.ndarray]) -> None:
@@ -176,6 +216,7 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "allow-pair-masking": lambda nc, k: _bool(nc, k, False),
             "require-psi": lambda nc, k: _bool(nc, k, False),
             "min-rows": lambda nc, k: _positive(nc, k, 1),
+            **{key: lambda nc, k: _positive(nc, k, LIMITS[k]) for key in LIMITS},
             "peers": lambda nc, k: _peers(str(nc[k]))}
 
 
@@ -228,6 +269,7 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         allow_pair_masking=_bool(nc, "allow-pair-masking", False),
         require_psi=_bool(nc, "require-psi", False),
         min_rows=_positive(nc, "min-rows", 1),
+        **{k.replace("-", "_"): _positive(nc, k, v) for k, v in LIMITS.items()},
         sources=tuple(k for k in KEYS if k in nc))
 
 

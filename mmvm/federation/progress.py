@@ -29,6 +29,7 @@ class Progress:
     align_steps: int = 0  # align requests answered (PSI alignment takes several)
     window: int = -1  # last window trained
     unmasked: int = -1  # last window whose unmask step was answered
+    mode: str = ""  # the channel the run began with ("plain", "sealed/<alignment>")
 
     def _need(self, site: str, what: str, *phases: str) -> None:
         if self.phase not in phases:
@@ -38,6 +39,18 @@ class Progress:
 
     def describe(self, site: str) -> None:
         self._need(site, "describe", "new")
+
+    def same_mode(self, site: str, mode: str) -> None:
+        """A run's protection is fixed when it begins: a later message over another
+        channel is refused. (Else a plaintext run resuming a secure run's state would
+        get the site's unmasked weights, or roll it back so that a window is masked
+        twice.) A state without a mode comes from before modes were kept: refused."""
+        if self.phase != "new" and self.mode != mode:
+            began = self.mode or "an unrecorded mode (an earlier version)"
+            raise ProtocolOrderError(
+                f"site {site}: this run's state began over {began}; a message over "
+                f"{mode} is refused (a run's secure / alignment settings cannot change "
+                f"after it began, also not on resume)")
 
     def align(self, site: str, step: int) -> None:
         self._need(site, f"align step {step}", "described", "aligned")

@@ -74,6 +74,7 @@ class SealedChannel:
         self.policy = policy or SitePolicy(test_bed=True)
         secrets.directory = self.policy.trusted(secrets.site, secrets.directory)
         self.sec, self.align_mode = secrets, align
+        self.mode = f"sealed/{align}"
 
     # ------------------------------------------------------------------ set-up
     def describe(self, site: Site) -> DescribeReply:

@@ -11,6 +11,7 @@ batch), and applies its own Adam step. Rows are the federation's aligned order
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,12 +26,7 @@ from mmvm.data import check_token_classes, open_dataset
 from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.link import Link
-from mmvm.federation.lookahead import (
-    Lookahead,
-    forward_ahead,
-    start_ahead,
-    step_inputs,
-)
+from mmvm.federation.lookahead import Lookahead, forward_ahead, start_ahead, step_inputs
 from mmvm.federation.plan import PlanArgs, Step, window_counts
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
@@ -46,7 +42,9 @@ class Site:
     """State of one site: data, model, optimizer, link to the federation."""
 
     def __init__(self, cfg: ExperimentConfig, name: str, train_path: str | Path,
-                 test_path: str | Path | None = None, overlap: bool = True) -> None:
+                 test_path: str | Path | None = None, overlap: bool = True,
+                 admit: Callable[[list[str]], None] | None = None) -> None:
+        """``admit(names)`` may refuse the model of ``names`` (raise) before it is built."""
         if not can_federate(cfg.model.method):
             raise ValueError(
                 f"method {cfg.model.method!r} cannot train federated: its joint posterior "
@@ -65,6 +63,8 @@ class Site:
         self.train_path, self.test_path = str(train_path), test_path and str(test_path)
         check_token_classes([s for s in cfg.model.modalities if s.name in self.names],
                             [train_path])
+        if admit is not None:
+            admit(self.names)
         self.data = open_dataset(train_path, self.names, cfg.data)
         self.device = resolve_device(cfg.train.device)
         self.model = accel.prepare(build_model(cfg, self.names).to(self.device),

@@ -115,6 +115,20 @@ def test_data_that_does_not_fit_the_experiment_or_is_missing(fed, tmp_path):
     assert "is not a folder" in _find(check_node_config(_nc(fed)), "state", ERROR)[0]
 
 
+def test_an_experiment_beyond_the_sites_limits_fails_the_check(fed):
+    """The limits a run's first messages would hit: the model's parameters
+    (max-params) and the plan on the site's own 192 rows (max-visits)."""
+    cfg = load_config(CONFIG)
+    ok = check_node_config(_nc(fed), cfg)
+    assert "max-params 200,000,000" in _find(ok, "policy", OK)[0]
+    small = check_node_config(_nc(fed, **{"max-params": "1000"}), cfg)
+    assert "(max-params)" in _find(small, "experiment", ERROR)[0]
+    short = check_node_config(_nc(fed, **{"max-visits": "1000"}), cfg)
+    visits = 192 * cfg.train.epochs
+    assert f"{cfg.train.epochs} epochs over 192 samples: {visits:,} rows" in \
+        _find(short, "experiment", ERROR)[0]
+
+
 def test_an_open_state_folder_is_warned(fed):
     state = fed["root"] / "state" / "site-a"
     state.mkdir(parents=True)

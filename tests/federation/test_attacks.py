@@ -113,6 +113,43 @@ def test_2b_a_site_is_never_attached_or_windowed_twice(cfg, tmp_path, tiny_polym
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_2d_a_secure_runs_state_is_never_continued_in_plaintext(cfg, tmp_path,
+                                                               tiny_polymnist):
+    """A submitter's ``secure = false, resume = <secure run>`` reaches the secure
+    run's state over a plain channel (a site whose node config does not require
+    secure runs): its next window would send its weights unmasked, and a plaintext
+    resume would roll it back to a snapshot to mask a window twice. The run's
+    channel is bound to its state at describe; every later message over another
+    one is refused, before anything is trained, rolled back or sent."""
+    from mmvm.federation.channel import PlainChannel
+    from mmvm.federation.messages import ResumeRequest, WindowRequest
+
+    class StopAfterWindow0(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            replies = super().exchange(requests, wait, need)
+            if next(iter(requests.values())).kind == "window":
+                raise RuntimeError("the server stops after window 0")
+            return replies
+
+    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    with pytest.raises(RuntimeError, match="stops after window 0"):
+        federate(cfg, {}, transport=StopAfterWindow0(endpoints), secure=True,
+                 exchange="step")
+    key = next(k for k, s in sites.items() if s.link.shared)  # a holder of m0
+    site = sites[key]
+    assert (site.progress.phase, site.progress.window) == ("attached", 0)
+    assert site.progress.mode == "sealed/pseudonym"
+    before = site.weights("m0")
+    plain = Endpoint(site, PlainChannel())
+    for attack in (WindowRequest(window=1), ResumeRequest(run=RUN, window=-1)):
+        with pytest.raises(ProtocolOrderError, match=r"began over sealed/pseudonym; a "
+                                                     r"message over plain is refused"):
+            plain.handle(attack)
+    after = site.weights("m0")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert site.progress.window == 0
+
+
 def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_path,
                                                                     tiny_polymnist):
     """The same plan to every holder (so the group labels agree), one row per step:

@@ -112,6 +112,21 @@ def test_bad_attach_requests_name_what_is_wrong(endpoint, change, match):
     assert endpoint.site.link is None
 
 
+def test_an_attach_beyond_the_sites_limits_is_refused_before_the_plan_is_built(endpoint):
+    """One attach asking for 10^9 epochs would build the plan in memory until the
+    host runs out; the site's max-visits refuses it at once."""
+    from mmvm.federation.policy import PolicyError
+
+    n = len(endpoint.site.data)
+    with pytest.raises(PolicyError, match=r"\(max-visits\)"):  # (built, it would hang)
+        _attach(endpoint, plan=PlanArgs(batch_size=64, seed=3, epochs=10**9).to_dict())
+    assert endpoint.site.link is None
+    with pytest.raises(PolicyError, match=r"\(max-batch\)"):
+        _attach(endpoint, plan=PlanArgs(batch_size=10**6, seed=3, epochs=1).to_dict())
+    first = _attach(endpoint, rows=list(range(n)))  # the site still attaches after
+    assert endpoint.site.progress.phase == "attached" and first.posteriors
+
+
 def test_rows_must_be_a_permutation_within_n(endpoint):
     with pytest.raises(FederationError, match="invalid or repeated rows"):
         _attach(endpoint, rows=[0] * 192)

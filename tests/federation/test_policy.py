@@ -93,3 +93,37 @@ def test_min_rows_floors_what_a_plans_windows_may_say_about_the_site():
         with pytest.raises(PolicyError, match="min-rows = .* is not a positive integer"):
             load_policy({"data": "/d", "min-rows": bad}, "a")
     assert load_policy({"data": "/d", "min-rows": "16"}, "a").min_rows == 16
+
+
+def test_max_limits_parse_and_refuse_plans_and_models_beyond_them():
+    """The server picks n, batch size and epochs, the submitter the model: a site
+    refuses any beyond its own limits, naming the key, before building anything."""
+    p = load_policy({"data": "/d"}, "a")  # defaults
+    assert (p.max_steps, p.max_visits, p.max_batch, p.max_params) == (
+        1_000_000, 100_000_000, 4096, 200_000_000)
+    p.check_size("a", 60_000, 256, 100)  # PolyMNIST, 100 epochs: 23,500 steps
+    with pytest.raises(PolicyError, match=r"10,000,000,000 rows; its node config "
+                                          r"allows 100,000,000 \(max-visits\)"):
+        p.check_size("a", 10, 2, 10**9)
+    tight = load_policy({"data": "/d", "max-steps": "100", "max-batch": 64,
+                         "max-visits": "1000", "max-params": "5000"}, "a")
+    tight.check_size("a", 10, 1, 11)  # 9 batches an epoch (the last row joins)
+    with pytest.raises(PolicyError, match=r"12 epochs of 108 steps.*\(max-steps\)"):
+        tight.check_size("a", 10, 1, 12)
+    with pytest.raises(PolicyError, match=r"a batch of 65 rows.*\(max-batch\)"):
+        tight.check_size("a", 100, 65, 1)
+    tight.check_params("a", 5000)
+    with pytest.raises(PolicyError, match=r"5,001 parameters.*allows 5,000 \(max-params\)"):
+        tight.check_params("a", 5001)
+    with pytest.raises(PolicyError, match=r"max-steps = '0' is not a positive integer"):
+        load_policy({"data": "/d", "max-steps": "0"}, "a")
+    with pytest.raises(PolicyError, match=r"'max-step': did you mean 'max-steps'"):
+        load_policy({"data": "/d", "max-step": "10"}, "a")
+
+
+def test_batches_per_epoch_counts_what_the_schedule_draws():
+    from mmvm.schedule import batches_per_epoch, epoch_batches
+
+    for n in range(1, 40):
+        for b in range(1, 12):
+            assert batches_per_epoch(n, b) == len(epoch_batches(n, b, 0, 0)), (n, b)

@@ -91,3 +91,28 @@ def test_a_saved_optimizer_of_another_model_is_refused_when_read(trained, tmp_pa
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad\.pt: the saved optimizer state does not fit"):
         Site(cfg, site.name, site.train_path).restore(tmp_path / "bad.pt")
+
+
+def test_a_model_beyond_max_params_is_refused_before_it_is_built(tiny_polymnist,
+                                                                  tiny_config, tmp_path):
+    """The submitter's config sets the model's size; the site counts its own
+    modalities' parameters on the meta device and refuses before allocating."""
+    from mmvm.federation.policy import PolicyError, load_policy
+    from mmvm.training import count_parameters
+
+    cfg = tiny_config(tiny_polymnist)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    train = root / specs[0].name / "train.parquet"
+    site = Site(cfg, specs[0].name, train)
+    built = sum(p.numel() for p in site.model.parameters())
+    assert count_parameters(cfg, site.names) == built < count_parameters(cfg)
+    policy = load_policy({"data": "/d", "max-params": str(built - 1)}, specs[0].name)
+    seen = []
+
+    def admit(names):
+        seen.append(names)
+        policy.check_params(specs[0].name, count_parameters(cfg, names))
+
+    with pytest.raises(PolicyError, match=rf"{built:,} parameters.*\(max-params\)"):
+        Site(cfg, specs[0].name, train, admit=admit)
+    assert seen == [site.names]
