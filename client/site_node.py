@@ -38,6 +38,7 @@ from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site import Site
 from mmvm.federation.site_errors import public_error
 from mmvm.federation.site_store import SiteStore
+from mmvm.federation.state_lock import state_lock
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.session import SiteSecrets
 from mmvm.training import TrainingDivergedError, count_parameters
@@ -163,15 +164,14 @@ def _require_simulation(nc) -> None:
         f"ClientApp is not running in one")
 
 
-def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tuple
-          ) -> Node:
-    """This site, its state restored when another process moved it on."""
+def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tuple,
+          root: Path) -> Node:
+    """This site, its state (in folder ``root``) restored when another process moved
+    it on."""
     key = (context.run_id, context.node_id)
     node = _NODES.get(key)
     if node is None:
         name, train, test = files
-        root = _state_root(context, s, policy)
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # the site's model: its own
         store = SiteStore(root / f"{name}.pt")
         site = Site(s.experiment, name, train, test,
                     admit=lambda names: policy.check_params(
@@ -212,18 +212,20 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         _journal(str(nc.get("site", Path(str(nc.get("data", "?"))).name)),
                  f"refused the run's {kind} message: {type(err).__name__}: {err}")
         return f"{type(err).__name__}: {err}"
-    node = None
+    node, root = None, _state_root(context, s, policy)
     try:
-        node = _node(context, s, policy, files)
-        # a decoder half only where its step will run and the state is not written
-        # after every window (secure runs: the save would wait for it), unless the run
-        # says no
-        node.site.overlap = resident and s.decode_ahead and not s.secure
-        request = request_from_record(kind, content)
-        endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
-                            resident)
-        reply = endpoint.handle(request)  # and writes the state as due
-        disk = node.store.take()  # every message's: set-up writes are no window's
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # the site's model: its own
+        with state_lock(root / f"{files[0]}.lock"):  # one process answers at a time
+            node = _node(context, s, policy, files, root)
+            # a decoder half only where its step will run and the state is not
+            # written after every window (secure runs: the save would wait for it),
+            # unless the run says no
+            node.site.overlap = resident and s.decode_ahead and not s.secure
+            request = request_from_record(kind, content)
+            endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
+                                resident)
+            reply = endpoint.handle(request)  # and writes the state as due
+            disk = node.store.take()  # every message's: set-up writes are no window's
         if kind == "window":  # a wait for the decoder half at a checkpoint: training
             reply.metrics["disk_s"] = disk
             reply.metrics["train_s"] += node.site.take_waited()
