@@ -28,6 +28,11 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the source."""
 
 
+# deeper is no network's need, and each layer is a Python module to build: a run
+# config asking for 10^6 would keep a site busy for minutes before training
+MAX_LAYERS = 64
+
+
 @dataclass(frozen=True)
 class ModalitySpec:
     """One modality: its tensor shape, network and likelihood.
@@ -76,6 +81,10 @@ class ModalitySpec:
             raise ConfigError(f"{where}: likelihood 'poisson' is for counts, a 'vector' "
                               f"modality (image decoders end in a sigmoid, and pixels are "
                               f"stored scaled to 0..1); got kind {self.kind!r}")
+        if not 0 <= self.layers <= MAX_LAYERS or self.width < 0:
+            raise ConfigError(f"{where}: layers must be 0..{MAX_LAYERS} (0 = the network's "
+                              f"default) and width >= 0, got layers={self.layers}, "
+                              f"width={self.width}")
         if self.kind != "tokens" and self.classes != 0:
             raise ConfigError(f"{where}: classes is the vocabulary of a 'tokens' modality; "
                               f"kind {self.kind!r} takes classes = 0, got {self.classes}")

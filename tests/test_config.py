@@ -223,6 +223,8 @@ def test_wrong_types_name_the_key(item, match):
     ('eval.metric="auroc"', r"eval\.metric = 'auroc' scores per-label probes; name their "
                             r"columns in eval\.labels"),
     ("data.folders=[1]", r"data\.folders must be a list of strings"),
+    ("model.modalities.m0.layers=1000000", r"modality 'm0': layers must be 0\.\.64"),
+    ("model.modalities.m1.width=-4", r"modality 'm1': layers .* and width >= 0"),
 ])
 def test_invalid_values_raise_naming_what(item, match):
     with pytest.raises(ConfigError, match=match) as info:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmvm.federation.messages import AttachRequest
-from mmvm.federation.plan import PlanArgs, Window, window_counts
+from mmvm.federation.plan import Plan, PlanArgs, window_counts
 from mmvm.federation.posteriors import Posteriors, select_rows
 from mmvm.secure.masking import FixedPoint
 
@@ -60,7 +60,7 @@ class Coordinator:
         self._check_overlaps()
         self._check_coupled()
         self.plan_args = plan
-        self.plan: list[Window] = plan.plan(len(self.ids))
+        self.plan: Plan = plan.plan(len(self.ids))
         self._window_rows: dict[int, np.ndarray] = {}
         self._shapes: dict[str, dict[str, tuple]] = {}  # each modality's (expect_shapes)
 

@@ -103,6 +103,8 @@ class Endpoint:
             plan = PlanArgs.from_dict(req.plan)
         except ValueError as err:
             raise FederationError(f"site {site.name}: {err}") from None
+        if req.n < 1:
+            raise FederationError(f"site {site.name}: attach with n = {req.n} rows")
         # before the plan is built: its size is the server's choice
         self.policy.check_size(site.name, req.n, plan.batch_size, plan.epochs)
         positions = self.channel.positions(site, req)

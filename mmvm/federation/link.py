@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mmvm.federation.delta import PosteriorCache
-from mmvm.federation.plan import PlanArgs, Window
+from mmvm.federation.plan import Plan, PlanArgs
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Link:
     delta_tol: float | None = None  # event-triggered exchange (delta.py)
     sent_cache: PosteriorCache = field(default_factory=PosteriorCache)
     others_cache: PosteriorCache = field(default_factory=PosteriorCache)
-    plan: list[Window] = field(default_factory=list)
+    plan: Plan = field(init=False)  # made from plan_args: windows on demand
 
     def __post_init__(self) -> None:
         self.plan = self.plan_args.plan(self.n)

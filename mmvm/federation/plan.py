@@ -16,12 +16,13 @@ window a site trains alone. The exchange period sets the window length:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 
-from mmvm.schedule import epoch_batches
+from mmvm.schedule import batches_per_epoch, epoch_batches
 
 EXCHANGES = ("step", "steps", "round")
 QUANTIZE = ("none", "fp16", "int8")  # how posterior values travel
@@ -67,7 +68,7 @@ class PlanArgs:
     quantize: str = "none"
     delta_unit: str = "latent"
 
-    def plan(self, n: int) -> list[Window]:
+    def plan(self, n: int) -> Plan:
         return exchange_plan(n, self.batch_size, self.seed, self.epochs, self.exchange,
                              self.k, self.local_epochs, self.warmup)
 
@@ -90,6 +91,10 @@ class PlanArgs:
         for k, v in d.items():
             if type(v) is not kinds[names[k]]:
                 raise ValueError(f"plan argument {k} = {v!r} is not a {names[k]}")
+        low = [k for k in ("batch_size", "epochs", "k", "local_epochs") if d.get(k, 1) < 1]
+        if low or d.get("exchange", "step") not in EXCHANGES:
+            raise ValueError(f"plan arguments {d!r}: {', '.join(low) or 'exchange'} "
+                             f"out of range (>= 1; exchange one of {list(EXCHANGES)})")
         if d.get("quantize", "none") not in QUANTIZE or \
                 d.get("delta_unit", "latent") not in ("latent", "std"):
             raise ValueError(f"plan arguments {d!r}: quantize must be one of "
@@ -101,59 +106,114 @@ class PlanArgs:
 
 
 def exchange_plan(n: int, batch_size: int, seed: int, epochs: int, exchange: str = "step",
-                  k: int = 1, local_epochs: int = 1, warmup: bool = False) -> list[Window]:
+                  k: int = 1, local_epochs: int = 1, warmup: bool = False) -> Plan:
     """All windows of a run of ``epochs`` epochs over ``n`` aligned samples.
 
     With ``warmup`` (``round`` only) window lengths double, 1, 2, 4, ... epochs, up to
     ``local_epochs``: posteriors move fastest early in training, so early exchanges
     buy the most accuracy per byte.
     """
-    if exchange not in EXCHANGES:
-        raise ValueError(f"exchange must be one of {list(EXCHANGES)}, got {exchange!r}")
-    if epochs <= 0:
-        raise ValueError(f"epochs must be positive, got {epochs}")
-    steps, t = [], 0
-    for epoch in range(epochs):
-        for rows in epoch_batches(n, batch_size, seed, epoch):
-            steps.append(Step(t, epoch, rows))
-            t += 1
-    if exchange == "step":
-        groups = [[s] for s in steps]
-    elif exchange == "steps":
-        if k < 1:
-            raise ValueError(f"exchange-steps must be >= 1, got {k}")
-        groups = [steps[i:i + k] for i in range(0, len(steps), k)]
-    else:
-        if local_epochs < 1:
-            raise ValueError(f"local-epochs must be >= 1, got {local_epochs}")
-        groups, first, length = [], 0, 1 if warmup else local_epochs
-        while first < epochs:
-            groups.append([s for s in steps if first <= s.epoch < first + length])
-            first += length
-            length = min(2 * length, local_epochs)
-    return [Window(i, tuple(g)) for i, g in enumerate(groups)]
+    return Plan(n, batch_size, seed, epochs, exchange, k, local_epochs, warmup)
 
 
-def window_counts(plan: list[Window], flags: np.ndarray) -> np.ndarray:
+class Plan(Sequence[Window]):
+    """The windows of a run, made when asked for: only where each window starts is
+    kept (8 bytes a window) and the batches of the last epochs read, so a site or
+    server holds O(n) of the plan, not O(epochs x n) (a million steps as objects
+    took ~1 GB, rebuilt at every message of a fresh ClientApp process)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epochs: int,
+                 exchange: str = "step", k: int = 1, local_epochs: int = 1,
+                 warmup: bool = False) -> None:
+        if exchange not in EXCHANGES:
+            raise ValueError(f"exchange must be one of {list(EXCHANGES)}, got {exchange!r}")
+        if epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {epochs}")
+        if n <= 0 or batch_size <= 0:
+            raise ValueError(f"need n > 0 and batch_size > 0, got n={n}, "
+                             f"batch_size={batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = batches_per_epoch(n, batch_size)
+        total = epochs * self.per_epoch
+        if exchange == "step":
+            starts = np.arange(total + 1, dtype=np.int64)
+        elif exchange == "steps":
+            if k < 1:
+                raise ValueError(f"exchange-steps must be >= 1, got {k}")
+            starts = np.append(np.arange(0, total, k, dtype=np.int64), total)
+        else:
+            if local_epochs < 1:
+                raise ValueError(f"local-epochs must be >= 1, got {local_epochs}")
+            bounds, first, length = [0], 0, 1 if warmup else local_epochs
+            while first < epochs:
+                first, length = min(epochs, first + length), min(2 * length, local_epochs)
+                bounds.append(first)
+            starts = np.asarray(bounds, dtype=np.int64) * self.per_epoch
+        self._starts = starts
+        self._epochs: dict[int, list[torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} of a plan of {len(self)}")
+        a, b = int(self._starts[index]), int(self._starts[index + 1])
+        return Window(index, tuple(Step(t, t // self.per_epoch, self._rows(t))
+                                   for t in range(a, b)))
+
+    def first_epoch(self, index: int) -> int:
+        """The epoch window ``index`` starts in (without making the window)."""
+        return int(self._starts[index]) // self.per_epoch
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        got = self._epochs.get(epoch)
+        if got is None:
+            if len(self._epochs) >= 2:  # a window spans at most the epochs in a row
+                self._epochs.pop(next(iter(self._epochs)))
+            got = self._epochs[epoch] = epoch_batches(self.n, self.batch_size,
+                                                      self.seed, epoch)
+        return got
+
+    def _rows(self, step: int) -> torch.Tensor:
+        epoch, j = divmod(step, self.per_epoch)
+        return self._batches(epoch)[j]
+
+    def step_counts(self, flags: np.ndarray) -> np.ndarray:
+        """Per step of the run, how many of its rows have ``flags[row]`` set; one
+        epoch's batches at a time."""
+        out = np.zeros(int(self._starts[-1]), dtype=np.int64)
+        for epoch in range(len(out) // self.per_epoch):
+            batches = epoch_batches(self.n, self.batch_size, self.seed, epoch)
+            sizes = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
+            hits = flags[torch.cat(batches).numpy()].astype(np.int64)
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            out[epoch * self.per_epoch:(epoch + 1) * self.per_epoch] = \
+                np.add.reduceat(hits, starts)
+        return out
+
+
+def window_counts(plan: Plan, flags: np.ndarray) -> np.ndarray:
     """Per window, how many of the distinct rows it trains have ``flags[row]`` set
-    (e.g. the rows a site holds). One pass over the plan: checks at attach look at
-    every window of runs that may have hundreds of thousands."""
-    out = np.zeros(len(plan), dtype=np.int64)
-    single = [i for i, w in enumerate(plan) if len(w.steps) == 1]
-    if single:
-        parts = [plan[i].steps[0].rows.numpy() for i in single]  # a step's rows differ
-        sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        hits = flags[np.concatenate(parts)].astype(np.int64)
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        sums = np.add.reduceat(hits, starts) if len(hits) else np.zeros(len(parts), int)
-        out[single] = np.where(sizes > 0, sums, 0)
-    for i, w in enumerate(plan):
-        if len(w.steps) > 1:
-            out[i] = int(np.count_nonzero(flags[w.rows.numpy()]))
+    (e.g. the rows a site holds). Checks at attach look at every window of runs that
+    may have millions: the steps' counts come one epoch at a time, and a window
+    within one epoch (a permutation's batches: no row twice) sums its steps'."""
+    per_step = plan.step_counts(flags)
+    starts = plan._starts
+    out = np.add.reduceat(per_step, starts[:-1]) if len(per_step) else \
+        np.zeros(len(plan), np.int64)
+    spans = np.flatnonzero(starts[:-1] // plan.per_epoch
+                           != (starts[1:] - 1) // plan.per_epoch)
+    for i in spans:  # over an epoch boundary: a row may come twice, count it once
+        out[i] = int(np.count_nonzero(flags[plan[int(i)].rows.numpy()]))
     return out
 
 
-def checkpoint_windows(plan: list[Window], every: int, epochs_every: int) -> set[int]:
+def checkpoint_windows(plan: Plan, every: int, epochs_every: int) -> set[int]:
     """Windows the server checkpoints after (and sites keep a snapshot of).
 
     ``every > 0``: every ``every``-th window; ``every == 0``: each window that
@@ -166,7 +226,7 @@ def checkpoint_windows(plan: list[Window], every: int, epochs_every: int) -> set
     done = 0  # epochs complete before the window
     for w in range(len(plan)):
         # the next window's first epoch = epochs complete after this one
-        after = plan[w + 1].steps[0].epoch if w + 1 < len(plan) else done + 1
+        after = plan.first_epoch(w + 1) if w + 1 < len(plan) else done + 1
         if (every and (w + 1) % every == 0) or \
                 (not every and after // epochs_every > done // epochs_every):
             out.add(w)

@@ -24,7 +24,7 @@ anything leaves the site:
                        than this many of the site's rows (default 1); see
                        :meth:`SitePolicy.check_plan`
 ``max-steps``          the most optimiser steps a run's plan may hold (default
-                       1,000,000; the plan is built in memory, ~1 KB a step)
+                       10,000,000; checked at attach, 8 bytes a step)
 ``max-visits``         the most sample visits (epochs x aligned samples) a run may
                        ask for (default 100,000,000; 8 bytes each in memory)
 ``max-batch``          the largest batch a run may ask for (default 4,096)
@@ -56,7 +56,7 @@ from mmvm.secure.keys import SitePublicKeys
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params")
-LIMITS = {"max-steps": 1_000_000, "max-visits": 100_000_000, "max-batch": 4096,
+LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000}  # the max-* keys' defaults
 
 
@@ -98,21 +98,25 @@ class SitePolicy:
 
     def check_size(self, site: str, n: int, batch_size: int, epochs: int) -> None:
         """Refuse, before anything is built, a plan over ``n`` aligned samples larger
-        than the site's ``max-*`` limits (its steps, sample visits, batch)."""
-        steps = epochs * batches_per_epoch(n, batch_size)
+        than the site's ``max-*`` limits (its steps, sample visits, batch). A
+        simulation's test bed has no node config to set them: no limits there."""
+        if self.test_bed:
+            return
+        per_epoch = batches_per_epoch(n, batch_size)
         for key, value, limit, what in (
-                ("max-batch", batch_size, self.max_batch, "a batch of"),
+                ("max-batch", batch_size, self.max_batch, "a batch of {:,} rows"),
                 ("max-visits", epochs * n, self.max_visits,
-                 f"{epochs} epochs over {n} samples:"),
-                ("max-steps", steps, self.max_steps, f"{epochs} epochs of")):
+                 f"{epochs:,} epochs over {n:,} samples: {{:,}} rows"),
+                ("max-steps", epochs * per_epoch, self.max_steps,
+                 f"{epochs:,} epochs x {per_epoch:,} steps = {{:,}} steps")):
             if value > limit:
-                raise PolicyError(f"site {site}: the plan asks for {what} {value:,} "
-                                  f"{'steps' if key == 'max-steps' else 'rows'}; its node "
-                                  f"config allows {limit:,} ({key})")
+                raise PolicyError(f"site {site}: the plan asks for {what.format(value)}; "
+                                  f"its node config allows {limit:,} ({key})")
 
     def check_params(self, site: str, count: int) -> None:
-        """Refuse a model of more than ``max-params`` parameters (counted unbuilt)."""
-        if count > self.max_params:
+        """Refuse a model of more than ``max-params`` parameters (counted unbuilt);
+        not in a simulation's test bed."""
+        if count > self.max_params and not self.test_bed:
             raise PolicyError(f"site {site}: the run's model has {count:,} parameters at "
                               f"this site; its node config allows {self.max_params:,} "
                               f"(max-params)")

@@ -20,7 +20,7 @@ from mmvm.config import ConfigError, ExperimentConfig, load_config
 from mmvm.data.hippocampus_knobs import parse_knobs
 from mmvm.data.sites import LAYOUTS
 from mmvm.federation.delta import UNITS
-from mmvm.federation.plan import EXCHANGES, QUANTIZE, PlanArgs, checkpoint_windows
+from mmvm.federation.plan import EXCHANGES, QUANTIZE, Plan, PlanArgs, checkpoint_windows
 
 APP_DIR = Path(__file__).resolve().parents[2]
 ALIGN_MODES = ("pseudonym", "psi")  # secure mode's id alignment (sealed_align.py)
@@ -64,7 +64,7 @@ class FederationSettings:
     quantize: str = "none"  # posterior values: none | fp16 (= float16) | int8
     delta_unit: str = "latent"  # delta-tol in latent units or posterior stds (delta.py)
 
-    def checkpoints(self, plan: list) -> set[int]:
+    def checkpoints(self, plan: Plan) -> set[int]:
         """Windows the server checkpoints after; secure runs: every window (a site
         never goes back to a snapshot, so it must never be ahead of one)."""
         every = 1 if self.secure else self.checkpoint_every

@@ -46,12 +46,18 @@ def state_lock(path: str | Path, wait: float = 60.0) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline:  # the name only: the text may travel
                     raise StateBusyError(
-                        f"{path}: another process has been answering for this site "
-                        f"from the same state folder for {wait:g} s (two SuperNodes "
-                        f"with one state=?); refused") from None
+                        f"{Path(path).parent.name}/{Path(path).name}: another process "
+                        f"has been answering for this site from the same state folder "
+                        f"for {wait:g} s (two SuperNodes with one state=?); "
+                        f"refused") from None
                 time.sleep(0.01)
+            except OSError as err:
+                raise FederationError(
+                    f"{Path(path).name}: the site's state folder cannot be locked "
+                    f"({err.strerror}; a file system without flock?): give the node "
+                    f"config a state= folder on a local disk") from None
         yield
     finally:
         os.close(fd)  # releases the lock

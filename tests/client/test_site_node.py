@@ -213,3 +213,61 @@ def test_a_resident_site_that_fails_a_window_keeps_its_state(
     assert live["n2"].windows_done == 2  # windows 0 and 1, not 0 (the attach state)
     a, b = params(away.values()), params(live.values())
     assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+
+
+@pytest.fixture
+def plain_site(tiny_polymnist, tmp_path):
+    """A plaintext deployment site's node config over real site files (it holds m0)."""
+    from mmvm.data.sites import site_layout, split_sites
+
+    layout = site_layout("vertical", ["m0", "m1", "m2"])
+    assert layout[0].name == "site-m0"
+    split_sites([tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet"],
+                tmp_path / "data", layout)
+    return {"data": str(tmp_path / "data" / "site-m0"), "state": str(tmp_path / "st")}
+
+
+def _describe(nc: dict, run_id: int = 7) -> RecordDict | str:
+    from mmvm.federation.messages import DescribeRequest
+    from wire.records import to_record
+
+    context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                      run_config=app_run_config())
+    return site_node.answer("describe", to_record(DescribeRequest()), context)
+
+
+def test_the_sites_max_params_refuses_the_runs_model_before_it_is_built(plain_site):
+    reply = _describe({**plain_site, "max-params": "1000"})
+    assert isinstance(reply, str) and reply.startswith("PolicyError: site site-m0: the "
+                                                       "run's model has ") \
+        and "allows 1,000 (max-params)" in reply, reply
+    assert not isinstance(_describe(plain_site, run_id=8), str)  # the default admits it
+
+
+def test_a_second_process_on_the_sites_state_is_refused_naming_no_path(plain_site,
+                                                                       monkeypatch):
+    """Two SuperNodes given one state folder: while one answers, the other waits, then
+    is refused; the reply names the lock, not the site's folders."""
+    import functools
+    import subprocess
+    from pathlib import Path
+
+    from mmvm.federation.state_lock import state_lock
+
+    lock = Path(plain_site["state"]) / "run-7" / "site-m0.lock"
+    lock.parent.mkdir(parents=True)
+    hold = ("import sys, time\nfrom mmvm.federation.state_lock import state_lock\n"
+            "with state_lock(sys.argv[1]):\n    print('held', flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(lock)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        monkeypatch.setattr(site_node, "state_lock", functools.partial(state_lock, wait=0.3))
+        reply = _describe(plain_site)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert reply.startswith("StateBusyError: run-7/site-m0.lock: another process"), reply
+    assert plain_site["state"] not in reply
+    assert not isinstance(_describe(plain_site), str)  # the holder gone: answered

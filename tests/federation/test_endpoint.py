@@ -105,6 +105,11 @@ def test_requests_out_of_order_or_out_of_plan_are_refused(endpoint):
     ({"shared": {"m0": ["site-m0"]}}, r"told to share modality 'm0'"),
     ({"plan": {"batch_size": 64}}, r"plan arguments"),
     ({"plan": {"batch_size": "64", "seed": 3, "epochs": 1}}, r"is not a int"),
+    ({"plan": {"batch_size": 0, "seed": 3, "epochs": 1}}, r"batch_size out of range"),
+    ({"plan": {"batch_size": 8, "seed": 3, "epochs": -1}}, r"epochs out of range"),
+    ({"plan": {"batch_size": 8, "seed": 3, "epochs": 1, "exchange": "x"}},
+     r"exchange out of range"),
+    ({"n": 0, "rows": []}, r"attach with n = 0 rows"),
 ])
 def test_bad_attach_requests_name_what_is_wrong(endpoint, change, match):
     with pytest.raises(FederationError, match=match):
@@ -115,8 +120,9 @@ def test_bad_attach_requests_name_what_is_wrong(endpoint, change, match):
 def test_an_attach_beyond_the_sites_limits_is_refused_before_the_plan_is_built(endpoint):
     """One attach asking for 10^9 epochs would build the plan in memory until the
     host runs out; the site's max-visits refuses it at once."""
-    from mmvm.federation.policy import PolicyError
+    from mmvm.federation.policy import PolicyError, load_policy
 
+    endpoint.policy = load_policy({"data": "/d"}, endpoint.site.name)  # a deployment's
     n = len(endpoint.site.data)
     with pytest.raises(PolicyError, match=r"\(max-visits\)"):  # (built, it would hang)
         _attach(endpoint, plan=PlanArgs(batch_size=64, seed=3, epochs=10**9).to_dict())

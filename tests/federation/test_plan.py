@@ -109,3 +109,16 @@ def test_window_counts_counts_distinct_flagged_rows_per_window(exchange, k):
     expected = [int(flags[np.unique(w.rows.numpy())].sum()) for w in plan]
     assert window_counts(plan, flags).tolist() == expected
     assert window_counts(plan, np.zeros(50, bool)).sum() == 0
+
+
+def test_a_plan_makes_its_windows_on_demand():
+    """Ten million steps: only where each window starts is held (a list of Step
+    objects took ~1 KB a step); any window is the schedule's own batches."""
+    plan = exchange_plan(N, BS, SEED, 10**7 // 7)
+    assert len(plan) == 10**7 // 7 * 7
+    last = plan[-1]
+    assert last.steps[0].step == len(plan) - 1 and last.steps[0].epoch == 10**7 // 7 - 1
+    assert torch.equal(last.steps[0].rows, epoch_batches(N, BS, SEED, last.steps[0].epoch)[-1])
+    assert [w.index for w in plan[3:5]] == [3, 4] and plan.first_epoch(7) == 1
+    with pytest.raises(IndexError):
+        plan[len(plan)]

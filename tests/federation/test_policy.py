@@ -100,7 +100,7 @@ def test_max_limits_parse_and_refuse_plans_and_models_beyond_them():
     refuses any beyond its own limits, naming the key, before building anything."""
     p = load_policy({"data": "/d"}, "a")  # defaults
     assert (p.max_steps, p.max_visits, p.max_batch, p.max_params) == (
-        1_000_000, 100_000_000, 4096, 200_000_000)
+        10_000_000, 100_000_000, 4096, 200_000_000)
     p.check_size("a", 60_000, 256, 100)  # PolyMNIST, 100 epochs: 23,500 steps
     with pytest.raises(PolicyError, match=r"10,000,000,000 rows; its node config "
                                           r"allows 100,000,000 \(max-visits\)"):
@@ -108,13 +108,17 @@ def test_max_limits_parse_and_refuse_plans_and_models_beyond_them():
     tight = load_policy({"data": "/d", "max-steps": "100", "max-batch": 64,
                          "max-visits": "1000", "max-params": "5000"}, "a")
     tight.check_size("a", 10, 1, 11)  # 9 batches an epoch (the last row joins)
-    with pytest.raises(PolicyError, match=r"12 epochs of 108 steps.*\(max-steps\)"):
+    with pytest.raises(PolicyError, match=r"12 epochs x 9 steps = 108 steps; its node "
+                                          r"config allows 100 \(max-steps\)"):
         tight.check_size("a", 10, 1, 12)
     with pytest.raises(PolicyError, match=r"a batch of 65 rows.*\(max-batch\)"):
         tight.check_size("a", 100, 65, 1)
     tight.check_params("a", 5000)
     with pytest.raises(PolicyError, match=r"5,001 parameters.*allows 5,000 \(max-params\)"):
         tight.check_params("a", 5001)
+    bed = load_policy({"partition-id": 0, "num-partitions": 3}, "a")  # a simulation:
+    bed.check_size("a", 10, 2, 10**9)  # the run config is its only config, no limits
+    bed.check_params("a", 10**12)
     with pytest.raises(PolicyError, match=r"max-steps = '0' is not a positive integer"):
         load_policy({"data": "/d", "max-steps": "0"}, "a")
     with pytest.raises(PolicyError, match=r"'max-step': did you mean 'max-steps'"):
