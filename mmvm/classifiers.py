@@ -36,11 +36,13 @@ a regenerated dataset or a changed config trains afresh. Files are written atomi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,28 +177,36 @@ def build_classifier(shape: Sequence[int], n_classes: int, width: int,
 def train_classifier(
     x: Tensor, y: Tensor, n_classes: int, cfg: ClassifierConfig = ClassifierConfig(),
     device: str | torch.device = "cpu", scale: float = 1.0, vocab: int = 0,
+    on_step: Callable[[], None] | None = None,
 ) -> nn.Module:
     """Fit a classifier to (x [N, *shape], y [N]) with Adam and cross-entropy.
 
     ``x`` may be stored uint8; each batch is converted to float and divided by
     ``scale``, giving the model's input range. ``vocab`` > 0: ``x`` holds token ids
-    of a vocabulary of that size (see :func:`build_classifier`).
+    of a vocabulary of that size (see :func:`build_classifier`). ``on_step()`` is
+    called after every batch (:func:`training_steps` of them, members included).
     """
     if len(x) == 0:
         raise ValueError("no labelled rows to train a classifier on")
     if cfg.members > 1:
         return Ensemble([train_classifier(
             x, y, n_classes, dataclasses.replace(cfg, members=1, seed=cfg.seed + i),
-            device, scale, vocab) for i in range(cfg.members)])
+            device, scale, vocab, on_step) for i in range(cfg.members)])
     # the whole fit under the recipe's seed (dropout draws from torch's global
     # generator), so a judge is a function of its data and recipe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return _fit(x, y, n_classes, cfg, device, scale, vocab)
+        return _fit(x, y, n_classes, cfg, device, scale, vocab, on_step)
+
+
+def training_steps(n: int, cfg: ClassifierConfig) -> int:
+    """Batches :func:`train_classifier` runs on ``n`` rows (all members together)."""
+    return cfg.members * cfg.epochs * math.ceil(n / cfg.batch_size)
 
 
 def _fit(x: Tensor, y: Tensor, n_classes: int, cfg: ClassifierConfig,
-         device: str | torch.device, scale: float, vocab: int) -> nn.Module:
+         device: str | torch.device, scale: float, vocab: int,
+         on_step: Callable[[], None] | None = None) -> nn.Module:
     g = torch.Generator().manual_seed(cfg.seed)
     model = build_classifier(x.shape[1:], n_classes, cfg.width, vocab).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -215,6 +225,8 @@ def _fit(x: Tensor, y: Tensor, n_classes: int, cfg: ClassifierConfig,
             loss.backward()
             opt.step()
             sched.step()
+            if on_step is not None:
+                on_step()
     return model.eval()
 
 
@@ -278,7 +290,7 @@ def load_or_train(
     train_path, test_path, names: Sequence[str], *,
     label: str = "label", cfg: ClassifierConfig = ClassifierConfig(),
     cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-    log=None, tokens: Mapping[str, int] | None = None,
+    log=None, tokens: Mapping[str, int] | None = None, progress: bool | None = None,
 ) -> TrainedClassifiers:
     """The classifier of every modality in ``names``, from the cache or trained now.
 
@@ -290,8 +302,10 @@ def load_or_train(
     cache_dir : where classifiers are kept; default ``<train file's folder>/classifiers``.
     log : optional ``callable(str)`` told what is loaded or trained.
     tokens : modality -> vocabulary size, for modalities of kind ``tokens``.
+    progress : a bar per classifier trained; None: when stdout is a terminal.
     """
     tokens = dict(tokens or {})
+    progress = sys.stdout.isatty() if progress is None else progress
     models, accs, paths = {}, {}, {}
     for name in names:
         train_file, test_file = _holding(train_path, name), _holding(test_path, name)
@@ -303,16 +317,8 @@ def load_or_train(
         if model is None:
             if log:
                 log(f"training the {name} classifier ({cfg.epochs} epochs) -> {path}")
-            x, y, scale = labelled_rows(train_file, name, label)
-            n_classes = int(y.max()) + 1
-            model = train_classifier(x, y, n_classes, cfg, device, scale, vocab)
-            xt, yt, _ = labelled_rows(test_file, name, label)
-            hits = (predict(model, xt, scale=scale) == yt).float()
-            acc = float(hits.mean()) if len(yt) else math.nan
-            state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                     "shape": list(x.shape[1:]), "n_classes": n_classes,
-                     "config": dataclasses.asdict(cfg), "test_accuracy": acc,
-                     "version": CLASSIFIER_VERSION, "vocab": vocab}
+            model, state = _train_judge(name, train_file, test_file, label, cfg, device,
+                                        vocab, progress)
             save_checkpoint(path, state)
         elif log:
             log(f"loaded the {name} classifier from {path}")
@@ -320,6 +326,34 @@ def load_or_train(
         accs[name] = float(state["test_accuracy"])
         paths[name] = path
     return TrainedClassifiers(models, accs, paths)
+
+
+def _train_judge(name: str, train_file: Path, test_file: Path, label: str,
+                 cfg: ClassifierConfig, device: str | torch.device, vocab: int,
+                 progress: bool) -> tuple[nn.Module, dict]:
+    """Modality ``name``'s judge, trained and scored, and the state the cache keeps."""
+    from mmvm.progress import counting_bar
+
+    x, y, scale = labelled_rows(train_file, name, label)
+    n_classes, text = int(y.max()) + 1, functools.partial(_judge_text, name, len(x), cfg)
+    with counting_bar(training_steps(len(x), cfg), text, progress) as step:
+        model = train_classifier(x, y, n_classes, cfg, device, scale, vocab, step)
+    xt, yt, _ = labelled_rows(test_file, name, label)
+    hits = (predict(model, xt, scale=scale) == yt).float()
+    acc = float(hits.mean()) if len(yt) else math.nan
+    state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+             "shape": list(x.shape[1:]), "n_classes": n_classes,
+             "config": dataclasses.asdict(cfg), "test_accuracy": acc,
+             "version": CLASSIFIER_VERSION, "vocab": vocab}
+    return model, state
+
+
+def _judge_text(name: str, n: int, cfg: ClassifierConfig, done: int) -> str:
+    """``judge m2 epoch 3/5`` (``member 2/3`` too for ensembles) ``done`` batches in."""
+    per_epoch = max(math.ceil(n / cfg.batch_size), 1)
+    member, epoch = divmod(max(done - 1, 0) // per_epoch, cfg.epochs)
+    text = f"judge {name} epoch {epoch + 1}/{cfg.epochs}"
+    return text + (f" member {member + 1}/{cfg.members}" if cfg.members > 1 else "")
 
 
 def _read_cache(path: Path) -> dict | None:
@@ -353,10 +387,12 @@ def recipe_for(cfg) -> ClassifierConfig:
                             width=ev.classifier_width)
 
 
-def classifiers_for(cfg, device: str | torch.device = "cpu", log=None) -> TrainedClassifiers:
-    """Classifiers for an :class:`~mmvm.config.ExperimentConfig`'s data and modalities."""
+def classifiers_for(cfg, device: str | torch.device = "cpu", log=None,
+                    progress: bool | None = None) -> TrainedClassifiers:
+    """Classifiers for an :class:`~mmvm.config.ExperimentConfig`'s data and modalities
+    (``progress``: see :func:`load_or_train`)."""
     names = [m.name for m in cfg.model.modalities]
     tokens = {m.name: m.classes for m in cfg.model.modalities if m.kind == "tokens"}
     return load_or_train(cfg.data.files("train"), cfg.data.files("test"), names,
                          label=cfg.data.label, cfg=recipe_for(cfg), device=device, log=log,
-                         tokens=tokens)
+                         tokens=tokens, progress=progress)

@@ -44,10 +44,10 @@ if TYPE_CHECKING:
     from mmvm.config import ExperimentConfig
     from mmvm.data.dataset import MultimodalDataset
 
-__all__ = ["coherence", "conditional_latent", "encode_aggregated", "encode_dataset",
-           "evaluate_run", "evaluated_with", "fit_probe",
-           "label_scores", "present_label_columns", "present_labels", "probe_accuracy",
-           "reconstruction_nll", "summary_row", "unimodal_posteriors"]
+__all__ = ["chance_levels", "coherence", "conditional_latent", "encode_aggregated",
+           "encode_dataset", "evaluate_run", "evaluated_with", "evaluation_warnings",
+           "fit_probe", "label_scores", "present_label_columns", "present_labels",
+           "probe_accuracy", "reconstruction_nll", "summary_row", "unimodal_posteriors"]
 
 
 def _device(model: MultimodalVAE) -> torch.device:
@@ -181,8 +181,10 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     z ~ q(z | x_m); otherwise the posterior mean.
 
     Returns ``{"pairs": {"m->m'": acc}, "matrix": [[acc]] (rows source, cols target,
-    NaN where no classifier), "mean": mean over pairs m != m', "self": mean over m = m}``.
-    Only samples with a known label and the source modality present count.
+    NaN where no classifier), "mean": mean over pairs m != m', "self": mean over m = m,
+    "degenerate": [pairs whose every generation (two or more) got one label],
+    "judged_class": {degenerate pair: that label}}`` (such a pair scores that class's
+    frequency whatever the model does). Only samples with a known label and the source modality present count.
     """
     if dataset.labels is None:
         raise ValueError("the dataset has no labels; coherence needs them")
@@ -194,6 +196,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     hits = {(s, t): 0 for s in names for t in targets}
+    seen: dict[tuple[str, str], set[int]] = {(s, t): set() for s in names for t in targets}
     count = dict.fromkeys(names, 0)
     for rows in _chunks(len(dataset), batch_size):
         b = dataset.batch(rows)
@@ -208,15 +211,57 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
                 z = conditional_latent(model, method, src, x, eps, post)
                 pred = classifiers[tgt](model.generate(tgt, z)).argmax(1)
                 hits[(src, tgt)] += int((pred == y).sum())
+                seen[(src, tgt)].update(pred.unique().tolist())
             count[src] += len(y)
     pairs = {f"{s}->{t}": hits[(s, t)] / count[s] if count[s] else math.nan
              for s in names for t in targets}
     matrix = [[pairs.get(f"{s}->{t}", math.nan) for t in names] for s in names]
     cross = [pairs[f"{s}->{t}"] for s in names for t in targets if s != t]
     own = [pairs[f"{s}->{s}"] for s in names if s in targets]
+    one = {f"{s}->{t}": int(next(iter(c))) for (s, t), c in seen.items()
+           if len(c) == 1 and count[s] > 1}
     return {"pairs": pairs, "matrix": matrix, "names": list(names),
             "mean": float(np.nanmean(cross)) if cross else math.nan,
-            "self": float(np.nanmean(own)) if own else math.nan}
+            "self": float(np.nanmean(own)) if own else math.nan,
+            "degenerate": list(one), "judged_class": one}
+
+
+def chance_levels(labels: np.ndarray | Tensor) -> dict[str, float]:
+    """The floor an accuracy must clear on ``labels`` (-1 ignored): ``{"majority": share
+    of the most frequent class, "majority_class": it, "uniform": 1 / classes present}``."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    y = y[y >= 0]
+    if not len(y):
+        return {"majority": math.nan, "majority_class": -1, "uniform": math.nan}
+    counts = np.bincount(y)
+    return {"majority": float(counts.max() / len(y)), "majority_class": int(counts.argmax()),
+            "uniform": 1.0 / int((counts > 0).sum())}
+
+
+JUDGE_MARGIN = 0.1  # a judge within this of the majority rate on real data says nothing
+
+
+def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
+    """One line per reason not to trust the coherence of ``result`` (an
+    :func:`evaluate_run` result): sources whose generations were all judged one class,
+    a mean coherence within 0.02 of chance, judges near chance on real test data."""
+    out, groups = [], {}
+    for pair, c in result.get("coherence", {}).get("judged_class", {}).items():
+        src, tgt = pair.split("->", 1)
+        groups.setdefault((src, c), []).append(tgt)
+    for (src, c), tgts in groups.items():
+        out.append(f"every generation from {src} (to {', '.join(tgts)}) was judged class "
+                   f"{c}: the decoder has not learnt yet, or the judge is weak")
+    floor = result.get("chance", {}).get("majority", math.nan)
+    mean = result.get("coherence", {}).get("mean", math.nan)
+    if mean <= floor + 0.02:  # False for NaN
+        out.append(f"coherence {mean:.3f} is at chance ({floor:.3f}, majority class): "
+                   "the generations do not carry their sample's label")
+    for m, acc in result.get("classifier_accuracy", {}).items():
+        if acc <= floor + JUDGE_MARGIN:  # False for NaN
+            out.append(f"the {m} judge scores {acc:.3f} on real test data, near chance "
+                       f"({floor:.3f}, majority class): coherence through it is meaningless")
+    return out
 
 
 # ------------------------------------------------------------------ reconstruction
@@ -312,6 +357,9 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         accs = getattr(classifiers, "test_accuracy", None)
         if accs is not None:
             result["classifier_accuracy"] = dict(accs)
+    if test_set.labels is not None:
+        result["chance"] = chance_levels(test_set.labels)
+    result["warnings"] = evaluation_warnings(result)
     return result
 
 
@@ -322,7 +370,8 @@ def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
             "recon_nll": result["reconstruction"]["total"],
             "probe": result["probe"]["mean"], "probe_all": result["probe"].get("all", math.nan),
             "probe_agg": result.get("probe_aggregated", {}).get("mean", math.nan),
-            "coherence": coh.get("mean", math.nan)}
+            "coherence": coh.get("mean", math.nan),
+            "chance": result.get("chance", {}).get("majority")}  # None: no labels
 
 
 # the data settings an evaluation reads (the rest of [data] is how the trainer reads)

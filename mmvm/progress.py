@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -27,3 +28,20 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress]:
     )
     with Progress(*columns, disable=not enabled, transient=False) as bar:
         yield bar
+
+
+@contextmanager
+def counting_bar(total: int, describe: Callable[[int], str],
+                 enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """A :func:`progress_bar` over ``total`` steps; yields the callback that advances
+    it by one step and labels it ``describe(steps done so far)``."""
+    done = 0
+    with progress_bar(enabled) as bar:
+        task = bar.add_task(describe(0), total=total)
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            bar.update(task, advance=1, description=describe(done))
+
+        yield step

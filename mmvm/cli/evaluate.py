@@ -5,8 +5,10 @@ The run's checkpoint fixes the model and the method; the config (``--config`` /
 ``eval.metric``: per-label probes, e.g. AUROC per CheXpert finding). Coherence runs
 when the data has a ``data.label`` column. Writes ``<run>/eval.json`` (its
 "settings": the [eval] and data settings this evaluation used; an earlier one is
-kept as eval.<its time>.json) and
-``<run>/generations.png`` and prints a table.
+kept as eval.<its time>.json; its "chance": the test labels' majority-class rate, the
+floor of every accuracy; its "warnings": coherence not to trust, also printed) and
+``<run>/generations.png`` and prints a table. The judges of coherence show a progress
+bar while they train, on a terminal (--no-progress: never).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-coherence", action="store_true",
                    help="skip coherence (no classifiers are trained or loaded)")
     p.add_argument("--no-plot", action="store_true", help="do not write generations.png")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar while the coherence classifiers train")
     p.set_defaults(func=run)
 
 
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     elif not args.no_coherence:
         from mmvm.classifiers import classifiers_for
 
-        classifiers = classifiers_for(cfg, device, log=print)
+        classifiers = classifiers_for(cfg, device, log=print,
+                                      progress=False if args.no_progress else None)
     result = evaluate_run(cfg, model, train_set, test_set, classifiers)
     result["run"] = str(run_dir)
     result["epoch"] = state.get("epoch")
@@ -150,6 +155,18 @@ def print_result(result: dict) -> None:
     if "classifier_accuracy" in result:
         accs = ", ".join(f"{k} {_fmt(v)}" for k, v in result["classifier_accuracy"].items())
         console.print(f"coherence classifiers, accuracy on real test data: {accs}")
+    if "chance" in result:
+        console.print(chance_line(result["chance"]), markup=False)
+    for line in result.get("warnings", []):
+        console.print(f"warning: {line}", style="bold yellow", markup=False)
+
+
+def chance_line(chance: dict) -> str:
+    """``chance 0.150 (majority class 3 ...)``: what always answering the test labels'
+    most frequent class scores, the floor of the probe accuracies and coherence."""
+    return (f"chance {_fmt(chance.get('majority'))} (majority class "
+            f"{chance.get('majority_class')} of the test labels; uniform "
+            f"{_fmt(chance.get('uniform'))}): accuracies at this level mean nothing")
 
 
 def label_table(scores: dict):

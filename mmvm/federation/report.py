@@ -78,20 +78,24 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     rows = []
     for ev in sorted(result.evaluation.values(), key=lambda e: e["site"]):
         for m in ev["modalities"]:
-            classes = ev.get(f"classes/{m}")
-            chance = f" (chance {1 / classes:.2f})" if classes else ""
+            majority = ev.get(f"majority/{m}")
+            chance = f" (chance {majority:.2f})" if majority is not None else ""
             rows.append([ev["site"], m, _num(ev.get(f"probe/{m}")) + chance,
                          _num(ev.get(f"recon_nll/{m}"), 1)])
     n = len(result.history)
-    lines = [f"mmvm: finished {n} window{'s' if n != 1 else ''} in {duration(result.seconds)}; "
-             f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
+    lines = [f"mmvm: trained {n} window{'s' if n != 1 else ''} in {duration(result.seconds)} "
+             f"(the evaluation after them not included); {result.bytes_total / 1e6:.1f} MB "
+             f"exchanged", ""]
     lines += _table(["site", "modality", "probe accuracy", "test recon NLL"], rows)
     if assembled:
         probe, coh = assembled.get("probe", {}), assembled.get("coherence", {})
         lines += ["", "assembled model, evaluated by the server: probe "
                   f"{_num(probe.get('mean'))} (one probe over all modalities "
                   f"{_num(probe.get('all'))}), coherence {_num(coh.get('mean'))}, "
-                  f"reconstruction NLL {_num(assembled.get('reconstruction', {}).get('total'), 1)}"]
+                  f"reconstruction NLL {_num(assembled.get('reconstruction', {}).get('total'), 1)}"
+                  + (f"; chance {_num(assembled['chance'].get('majority'))}"
+                     if assembled.get("chance") else "")]
+        lines += [f"warning: {w}" for w in assembled.get("warnings", [])]
     if result.missed:
         lines += ["", "windows missed (the run went on without the site): " + "; ".join(
             f"{site} {_spans(ws)}" for site, ws in sorted(result.missed.items()))]

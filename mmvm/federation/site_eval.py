@@ -12,7 +12,12 @@ import numpy as np
 import torch
 
 from mmvm.data import open_dataset
-from mmvm.evaluation import encode_dataset, present_labels, probe_accuracy
+from mmvm.evaluation import (
+    chance_levels,
+    encode_dataset,
+    present_labels,
+    probe_accuracy,
+)
 from mmvm.federation.site import Site
 
 
@@ -53,5 +58,7 @@ def _probes(site: Site, test, max_train: int) -> dict[str, float]:
                              max_train=max_train,
                              standardize=site.cfg.eval.probe_standardize)
         out[f"probe/{m}"] = acc[m]
-        out[f"classes/{m}"] = float(len(np.unique(ytr[ytr >= 0])))  # chance = 1 / classes
+        out[f"classes/{m}"] = float(len(np.unique(ytr[ytr >= 0])))
+        # the floor of the probe: always answering the test labels' commonest class
+        out[f"majority/{m}"] = chance_levels(yte)["majority"]
     return out

@@ -1,0 +1,127 @@
+"""Chance levels and untrustworthy coherence (mmvm.evaluation), judges' progress bars.
+
+An accuracy is only a result above the majority-class rate of the test labels (always
+answering the most frequent class), not above 1 / classes; a judge that labels every
+generation of a source as one class gives that class's frequency as "coherence".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mmvm.classifiers import (
+    ClassifierConfig,
+    TrainedClassifiers,
+    train_classifier,
+    training_steps,
+)
+from mmvm.cli.evaluate import chance_line
+from mmvm.config import config_from_dict
+from mmvm.data.dataset import MultimodalDataset
+from mmvm.evaluation import (
+    chance_levels,
+    coherence,
+    evaluate_run,
+    evaluation_warnings,
+    summary_row,
+)
+from mmvm.progress import counting_bar
+from tests.test_evaluation import ARGMAX, NAMES, _digit_vectors, _oracle_model
+
+torch.set_num_threads(1)
+
+
+def _skewed_dataset() -> MultimodalDataset:
+    """100 one-hot samples, class 3 the most frequent (15), 10 classes, plus 5
+    unlabelled rows (-1) that no chance level counts."""
+    y = np.concatenate([np.full(15, 3), np.repeat([0, 1, 2, 4, 5, 6, 7, 8, 9], [10] * 8 + [5]),
+                        np.full(5, -1)])
+    x = np.eye(10, dtype=np.float32)[np.maximum(y, 0)]
+    return MultimodalDataset([f"s{i}" for i in range(len(y))], {m: x for m in NAMES},
+                             {m: 1.0 for m in NAMES}, np.ones((len(y), 3), bool), y)
+
+
+class Always(nn.Module):
+    """A judge that answers ``label`` whatever it is shown."""
+
+    def __init__(self, label: int) -> None:
+        super().__init__()
+        self.label = label
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(torch.full((len(x),), self.label), 10).float()
+
+
+def test_chance_is_the_majority_class_rate_not_one_over_classes():
+    ds = _skewed_dataset()
+    chance = chance_levels(ds.labels)
+    assert chance == {"majority": 0.15, "majority_class": 3, "uniform": 0.1}
+    assert chance_levels(np.array([1, 1, 0, -1])) == pytest.approx(
+        {"majority": 2 / 3, "majority_class": 1, "uniform": 0.5})
+    assert math.isnan(chance_levels(np.array([-1]))["majority"])
+    assert "chance 0.150 (majority class 3" in chance_line(chance)
+
+
+def test_a_judge_answering_one_class_makes_coherence_degenerate_and_says_so():
+    ds = _skewed_dataset()
+    res = coherence(_oracle_model(), ds, {m: Always(3) for m in NAMES}, "mmvm")
+    assert all(v == pytest.approx(0.15) for v in res["pairs"].values())  # = chance
+    assert res["degenerate"] == [f"{s}->{t}" for s in NAMES for t in NAMES]
+    assert res["judged_class"]["m0->m2"] == 3
+    lines = evaluation_warnings({"coherence": res})
+    assert lines[0] == ("every generation from m0 (to m0, m1, m2) was judged class 3: "
+                        "the decoder has not learnt yet, or the judge is weak")
+    assert len(lines) == 3
+    at_chance = evaluation_warnings({"coherence": res, "chance": chance_levels(ds.labels)})
+    assert at_chance[3].startswith("coherence 0.150 is at chance (0.150, majority class)")
+    # only the judge of m1 is stuck: only the pairs into m1 are flagged
+    mixed = coherence(_oracle_model(), ds, {**ARGMAX, "m1": Always(7)}, "mmvm")
+    assert mixed["degenerate"] == ["m0->m1", "m1->m1", "m2->m1"]
+    assert coherence(_oracle_model(), ds, ARGMAX, "mmvm")["degenerate"] == []
+
+
+def test_evaluate_run_records_chance_and_warns_of_a_judge_near_chance():
+    cfg = config_from_dict({"model": {"method": "mmvm", "latent_dim": 10, "modalities": {
+        m: {"kind": "vector", "shape": [10], "likelihood": "gaussian", "width": 10,
+            "layers": 1} for m in NAMES}}})
+    ds = _skewed_dataset()
+    judges = TrainedClassifiers(dict(ARGMAX), {"m0": 0.99, "m1": 0.2, "m2": 0.9})
+    res = evaluate_run(cfg, _oracle_model(), ds, ds, judges)
+    assert res["chance"]["majority"] == 0.15 and res["chance"]["uniform"] == 0.1
+    assert res["coherence"]["degenerate"] == []
+    assert res["warnings"] == [
+        "the m1 judge scores 0.200 on real test data, near chance (0.150, majority "
+        "class): coherence through it is meaningless"]
+    assert summary_row(res)["chance"] == 0.15
+    no_judges = evaluate_run(cfg, _oracle_model(), ds, ds)
+    assert "coherence" not in no_judges and no_judges["warnings"] == []
+
+
+def test_judge_training_reports_every_batch_of_every_member():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(45, 8, generator=g), torch.randint(0, 3, (45,), generator=g)
+    cfg = ClassifierConfig(epochs=2, batch_size=20, width=2, members=2)
+    steps = []
+    train_classifier(x, y, 3, cfg, on_step=lambda: steps.append(1))
+    assert len(steps) == training_steps(45, cfg) == 12
+    seen = []
+    with counting_bar(3, lambda k: seen.append(k) or f"{k}", enabled=False) as step:
+        for _ in range(3):
+            step()
+    assert seen == [0, 1, 2, 3]
+
+
+def test_load_or_train_draws_a_bar_per_judge_trained(tmp_path, capsys):
+    from mmvm.classifiers import load_or_train
+
+    p = _digit_vectors(tmp_path)
+    recipe = ClassifierConfig(epochs=2)
+    load_or_train(p["train"], p["test"], ["m0"], cfg=recipe, progress=True)
+    assert "judge m0 epoch 2/2" in capsys.readouterr().out
+    load_or_train(p["train"], p["test"], ["m1"], cfg=recipe, progress=False)
+    assert "judge" not in capsys.readouterr().out
