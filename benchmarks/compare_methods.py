@@ -142,15 +142,19 @@ def summarize(rows: list[dict]) -> list[dict]:
         for k in KEYS:
             est = estimate(r[k] for r in rs)
             row[k] = est.mean if est else float("nan")
-            row[k + "_se"] = (est.se or 0.0) if est else float("nan")
+            # one seed has no spread to estimate: no standard error (empty in the CSV)
+            row[k + "_se"] = (est.se if est else float("nan"))
         out.append(row)
     return out
 
 
 def table(summary: list[dict]) -> str:
-    """Markdown table, mean +/- standard error over seeds (printed with rich too)."""
+    """Markdown table, mean ± standard error over seeds; a single seed's value alone
+    (the seeds column says n = 1; there is no spread to show)."""
     def cell(r, k, digits=3):
-        return f"{r[k]:.{digits}f} ± {r[k + '_se']:.{digits}f}"
+        se = r[k + "_se"]
+        mean = f"{r[k]:.{digits}f}"
+        return mean if r["seeds"] < 2 or se is None else f"{mean} ± {se:.{digits}f}"
 
     head = ("| method | beta | seeds | recon NLL | probe | aggregated probe | probe (all) "
             "| coherence | train s |")
@@ -160,7 +164,22 @@ def table(summary: list[dict]) -> str:
                      f"{cell(r, 'recon_nll', 1)} | {cell(r, 'probe')} | "
                      f"{cell(r, 'probe_agg')} | {cell(r, 'probe_all')} | "
                      f"{cell(r, 'coherence')} | {r['train_seconds']:.0f} |")
+    if any(r["seeds"] < 2 for r in summary):
+        lines += ["", "Rows of one seed show the value alone (no standard error)."]
     return "\n".join(lines)
+
+
+def print_table(md: str, file=None) -> None:
+    """The Markdown table on the console (rich where installed), wide enough for every
+    method and column name: a console of 80 columns would cut them to ``indepen…``."""
+    width = max(len(line) for line in md.splitlines()) + 20
+    try:
+        from rich.console import Console
+        from rich.markdown import Markdown
+    except ImportError:  # pragma: no cover
+        print(md, file=file)
+        return
+    Console(width=width, file=file).print(Markdown(md))
 
 
 def main(argv=None) -> int:
@@ -227,16 +246,11 @@ def main(argv=None) -> int:
     for y in ("probe", "coherence"):
         scatter_recon_vs(rows, out / f"scatter_{y}.png", y=y,
                          title=f"PolyMNIST look-alike ({args.variant}), {len(train_set)} "
-                         f"train, {args.epochs} epochs, {len(args.seeds)} seeds")
+                         f"train, {args.epochs} epochs, {len(args.seeds)} "
+                         f"seed{'s' if len(args.seeds) != 1 else ''}")
     md = table(summary)
     atomic_write(out / "results.md", (md + "\n").encode())
-    try:
-        from rich.console import Console
-        from rich.markdown import Markdown
-
-        Console().print(Markdown(md))
-    except ImportError:  # pragma: no cover
-        print(md)
+    print_table(md)
     print(f"classifier accuracy on real test data: {clf.test_accuracy}")
     print(f"wrote {out}/results.json, results.csv, results.md, scatter_probe.png, "
           f"scatter_coherence.png in {time.perf_counter() - t_start:.0f} s")

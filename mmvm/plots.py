@@ -4,9 +4,10 @@
   first row is the input x_m and whose next rows are the generations of every modality
   m' decoded from q(z | x_m) (the latent :func:`mmvm.evaluation.conditional_latent`
   gives, its mean), shown as the likelihood's mean (``MultimodalVAE.generate``);
-- :func:`scatter_recon_vs`: reconstruction error (x) against probe accuracy or
-  coherence (y), one point per (method, beta), one colour per method, a line through
-  a method's betas in increasing order;
+- :func:`scatter_recon_vs` / :func:`scatter_runs`: reconstruction error (x) against
+  probe accuracy or coherence (y), one point per (method, beta, settings) as ``mmvm
+  report`` groups runs (seeds averaged), one colour per series, a line through a
+  series' betas in increasing order;
 - :func:`latent_2d`: one panel per method, latents coloured by label (the
   hippocampus figure; latents with D > 2 are projected on their first two principal
   components);
@@ -20,7 +21,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+import textwrap
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -31,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mmvm.atomic import atomic_write  # noqa: E402
+from mmvm.reporting.stats import Point  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -139,45 +143,140 @@ _Y_LABEL = {"probe": "latent probe accuracy (mean over modalities)",
             "probe_all": "latent probe accuracy (all modalities stacked)",
             "probe_agg": "aggregated probe accuracy (mean over modalities)"}
 
+_METRIC = {"probe": "probe", "coherence": "coherence", "probe_all": "probe_all",
+           "probe_agg": "probe_aggregated"}  # --y -> the report's metric name
+
 
 def scatter_recon_vs(results: Sequence[Mapping], path: str | Path, y: str = "probe",
-                     title: str | None = None) -> Path:
-    """Reconstruction NLL (x) vs ``y`` ("probe" | "coherence" | "probe_all").
+                     title: str | None = None, sources: Sequence[str] | None = None,
+                     chance: float | None = None,
+                     log: Callable[[str], None] | None = None) -> Path:
+    """Reconstruction NLL (x) vs ``y`` ("probe" | "coherence" | "probe_all" | "probe_agg").
 
     ``results``: flat rows (see :func:`mmvm.evaluation.summary_row`) or full
-    :func:`~mmvm.evaluation.evaluate_run` dicts. Several rows with the same
-    (method, beta) (seeds) are averaged; their standard errors are drawn as error bars.
+    :func:`~mmvm.evaluation.evaluate_run` dicts; ``sources``: the file each row came
+    from (rows of different files are never averaged together). ``chance``: drawn as
+    a dashed line (default: the rows' common ``"chance"``, if any). See
+    :func:`scatter_runs` for how rows are grouped.
     """
-    from mmvm.evaluation import summary_row
+    from mmvm.reporting.collect import ResultsFile, runs_from_rows
+
+    if not results:
+        raise ValueError("no results to plot")
+    names = [str(s) for s in sources] if sources is not None else ["results"] * len(results)
+    by_source: dict[str, list[dict]] = {}
+    for row, src in zip(results, names, strict=True):
+        by_source.setdefault(src, []).append(dict(row))
+    runs = [run for src, rows in by_source.items()
+            for run in runs_from_rows(ResultsFile(Path(src), rows))]
+    return scatter_runs(runs, path, y, title, common_chance(results) if chance is None
+                        else chance, log)
+
+
+def scatter_runs(runs: Sequence, path: str | Path, y: str = "probe", title: str | None = None,
+                 chance: float | None = None,
+                 log: Callable[[str], None] | None = None) -> Path:
+    """The trade-off figure of :class:`mmvm.reporting.runs.Run` s, grouped as ``mmvm
+    report`` groups them (:func:`mmvm.reporting.stats.group_runs`): one point per
+    (method, beta, settings), mean ± standard error over the seeds of runs that differ
+    only in their seed. Runs of other settings are other series ("mmvm (settings B)",
+    the settings written under the plot); rows of different results files too; runs
+    repeating a seed are not averaged (separate series, and ``log`` says so).
+    """
+    from mmvm.reporting.collect import deduplicate
+    from mmvm.reporting.stats import group_runs, split_repeated_seeds, tradeoff_points
 
     if y not in _Y_LABEL:
         raise ValueError(f"y must be one of {sorted(_Y_LABEL)}, got {y!r}")
-    rows = [r if "recon_nll" in r else summary_row(r) for r in results]
-    if not rows:
-        raise ValueError("no results to plot")
-    groups: dict[str, dict[float, list[tuple[float, float]]]] = {}
-    for r in rows:
-        groups.setdefault(str(r["method"]), {}).setdefault(float(r["beta"]), []).append(
-            (float(r["recon_nll"]), float(r[y])))
-    series = {}
-    for method, by_beta in sorted(groups.items()):
-        series[method] = []
-        for b in sorted(by_beta):
-            pts = np.array(by_beta[b])
-            se = (pts.std(axis=0, ddof=1) / np.sqrt(len(pts))).tolist() if len(pts) > 1 \
-                else [None, None]
-            series[method].append((f"{b:g}", *pts.mean(axis=0).tolist(), *se))
+    notes: list[str] = []
+    runs = deduplicate(_tag_files(runs), notes)
+    groups, split = split_repeated_seeds(group_runs(runs))
+    series = tradeoff_points(groups, _METRIC[y])
+    if not series:
+        raise ValueError(f"none of the {len(runs)} results has both recon_nll and {y}")
+    for note in notes + split:
+        (log or _warn)(note)
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     draw_tradeoff(ax, series)
+    scale = _y_scale(ax, series, chance)
     ax.set_xlabel("reconstruction error (test NLL per sample)")
     ax.set_ylabel(_Y_LABEL[y])
-    ax.set_title(title or f"reconstruction vs {y} (labels: beta)")
+    ax.set_title(f"{title or f'reconstruction vs {y}'}\n({_point_text(groups, y)}{scale})",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _settings_footnote(fig, groups)
     return save_figure(fig, path)
 
 
-Point = tuple[str, float, float, float | None, float | None]  # label, x, y, x SE, y SE
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def common_chance(rows: Sequence[Mapping]) -> float | None:
+    """The rows' ``"chance"`` (a number, or an ``evaluate_run`` dict's ``{"majority":
+    ...}``) when all that give one give the same one."""
+    found = {c.get("majority") if isinstance(c := r.get("chance"), Mapping) else c
+             for r in rows}
+    found = {float(c) for c in found if isinstance(c, (int, float)) and math.isfinite(c)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _tag_files(runs: Sequence) -> list:
+    """Results rows of several files get their file as a setting: their settings are
+    mostly not recorded, so rows of two benchmarks could not be told apart."""
+    files = {r.source.rpartition("#")[0] for r in runs if r.kind == "results row"}
+    names = short_names(files)
+    for r in runs:
+        if r.kind == "results row" and len(files) > 1:
+            r.settings["file"] = names[r.source.rpartition("#")[0]]
+    return list(runs)
+
+
+def short_names(paths: Collection[str]) -> dict[str, str]:
+    """Each path by its fewest last parts that still tell it from the others
+    (``a/x/results.csv``, ``b/x/results.csv`` -> ``a/x/results.csv``, ...)."""
+    parts = {p: Path(p).parts for p in paths}
+    for k in range(1, max(map(len, parts.values()), default=0) + 1):
+        names = {p: "/".join(ps[-k:]) for p, ps in parts.items()}
+        if len(set(names.values())) == len(names):
+            return names
+    return {p: p for p in paths}
+
+
+def _point_text(groups: Sequence, y: str) -> str:
+    """``"point labels: beta; bars: ± standard error over 3 seeds"``."""
+    ns = sorted({e.n for g in groups if (e := g.estimate(_METRIC[y]))})
+    if ns[-1] == 1:
+        return "point labels: beta; 1 seed per point, no error bars"
+    many = f"{ns[0]}-{ns[-1]}" if len(ns) > 1 else str(ns[0])
+    return f"point labels: beta; bars: ± standard error over {many} seeds"
+
+
+def _y_scale(ax, series: Mapping[str, Sequence[Point]], chance: float | None) -> str:
+    """A dashed line at ``chance``; without one, points all within 0.01 of each other
+    are shown from 0 (a zoomed axis would make a tiny spread look large). Returns
+    what the title should add."""
+    if chance is not None:
+        ax.axhline(chance, ls="--", lw=1, color="grey", label=f"chance ({chance:g})")
+        return f"; dashed: chance {chance:g}"
+    ys = [p[2] for pts in series.values() for p in pts]
+    spread = max(ys) - min(ys)
+    if spread >= 0.01:
+        return ""
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(0.0, low), max(high, 1.15 * max(ys)))
+    return f"; all points within {spread:.3f}: y axis from 0"
+
+
+def _settings_footnote(fig, groups: Sequence) -> None:
+    """What "settings A", "settings B" of the legend are, under the plot."""
+    from mmvm.reporting.stats import variants_of
+
+    lines = [textwrap.fill(f"settings {k}: " + ", ".join(f"{a}={b}" for a, b in s.items()),
+                           110) for k, s in variants_of(groups).items()]
+    if lines:
+        fig.text(0.01, -0.01, "\n".join(lines), fontsize=6, va="top", ha="left")
 
 
 def draw_tradeoff(ax, series: Mapping[str, Sequence[Point]]) -> None:

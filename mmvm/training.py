@@ -269,13 +269,13 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, i
         raise ValueError(
             f"checkpoint {path} was written with a different config ({changes}); "
             "use another train.out_dir, set those keys back, or start over and overwrite "
-            "the checkpoint (--fresh / resume=False)"
+            "the checkpoint (mmvm train --fresh)"
         )
     if state["epoch"] > cfg.train.epochs:  # else the caller would get a longer-trained model
         raise ValueError(
             f"checkpoint {path} is already trained for {state['epoch']} epochs, more than "
             f"train.epochs = {cfg.train.epochs}; raise train.epochs, use another "
-            "train.out_dir, or start over (resume=False / --fresh)"
+            "train.out_dir, or start over (mmvm train --fresh)"
         )
     model.load_state_dict(state["model"])
     accel.load_optimizer_state(optimizer, state["optimizer"])

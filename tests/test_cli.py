@@ -153,6 +153,7 @@ def test_train_runs_and_resumes(tiny_polymnist, tmp_path, capsys):
     assert main(_tiny_args(tiny_polymnist, out, "--set", "train.lr=0.002")) == 2
     err = capsys.readouterr().err
     assert "different config (train.lr: 0.0005 -> 0.002)" in err and "--fresh" in err
+    assert "resume=False" not in err  # mmvm train has no such option
     assert (out / "checkpoint.pt").read_bytes() == blob
     assert main(_tiny_args(tiny_polymnist, out, "--fresh", "--set", "train.lr=0.002")) == 0
     assert (out / "checkpoint.pt").read_bytes() != blob

@@ -1,9 +1,13 @@
-"""``mmvm plot scatter|curves``: the paper's figures from saved results.
+"""``mmvm plot scatter|curves|latents``: the paper's figures from saved results.
 
-- ``scatter``: reconstruction error vs probe accuracy / coherence from a results file
+- ``scatter``: reconstruction error vs probe accuracy / coherence from results files
   (JSON: a list of ``eval.json`` dicts or of flat rows; CSV: columns method, beta,
-  recon_nll, probe, coherence, as written by benchmarks/compare_methods.py), or from
-  ``eval.json`` files of several runs.
+  seed, recon_nll, probe, coherence, as written by benchmarks/compare_methods.py), or
+  from run folders / their ``eval.json``. Runs are grouped as ``mmvm report`` groups
+  them: one point per method, beta and settings, mean ± standard error over seeds;
+  runs of other settings (e.g. other data sizes) are separate series ("mmvm
+  (settings B)", listed under the plot), and so are rows of different results files.
+  A seed given twice for the same point is not averaged (a warning says so).
 - ``curves``: training curves from one or more ``metrics.csv``.
 - ``latents``: the posterior means ``mmvm encode`` wrote, one panel per (file,
   modality), all on the same axes (a common PCA above two dimensions), coloured by
@@ -13,8 +17,7 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,9 +30,14 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="plot", metavar="KIND", required=True)
     s = sub.add_parser("scatter", help="reconstruction error vs probe / coherence")
     s.add_argument("results", nargs="+",
-                   help="results.json / results.csv, or several runs' eval.json")
-    s.add_argument("--y", choices=("probe", "coherence", "probe_all"), default="probe",
-                   help="quantity on the y axis (default: probe)")
+                   help="results.json / results.csv, or several runs' eval.json (or "
+                   "run folders)")
+    s.add_argument("--y", choices=("probe", "coherence", "probe_all", "probe_agg"),
+                   default="probe", help="quantity on the y axis (default: probe)")
+    s.add_argument("--chance", type=float, default=None, metavar="P",
+                   help="draw the chance level P as a dashed line (e.g. 0.1 for 10 "
+                   "balanced classes; default: the results' own \"chance\" (majority "
+                   "class rate), when they all give the same one)")
     s.add_argument("--out", default=None,
                    help="PNG to write (default: scatter_<y>.png next to the first file)")
     _handles(s, run_scatter)
@@ -58,32 +66,33 @@ def _handles(parser: argparse.ArgumentParser,
     parser.set_defaults(func=func, command=parser.prog.removeprefix("mmvm "))
 
 
-def read_results(paths: list[str]) -> list[dict]:
-    """Rows from JSON (one dict or a list) and CSV files; numbers parsed."""
-    rows: list[dict] = []
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such results file")
-        if p.suffix == ".csv":
-            with open(p, newline="") as fh:
-                for r in csv.DictReader(fh):
-                    rows.append({k: (v if k == "method" else float(v)) for k, v in r.items()
-                                 if v not in (None, "")})
-        else:
-            try:
-                data = json.loads(p.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{p}: not valid JSON ({err})") from None
-            rows.extend(data if isinstance(data, list) else [data])
-    return rows
-
-
 def run_scatter(args: argparse.Namespace) -> int:
-    from mmvm.plots import scatter_recon_vs
+    from mmvm.plots import common_chance, scatter_runs
+    from mmvm.reporting.collect import collect
 
-    out = args.out or Path(args.results[0]).parent / f"scatter_{args.y}.png"
-    print(f"wrote {scatter_recon_vs(read_results(args.results), out, args.y)}")
+    collection = collect(args.results)
+    for note in collection.notes:
+        print(f"note: {note}", file=sys.stderr)
+    chance = args.chance if args.chance is not None else common_chance(_chances(collection))
+    first = Path(args.results[0])
+    out = args.out or (first if first.is_dir() else first.parent) / f"scatter_{args.y}.png"
+    written = scatter_runs(collection.runs, out, args.y, chance=chance, log=_warn)
+    print(f"wrote {written}")
     return 0
+
+
+def _chances(collection) -> list[dict]:
+    """The results rows, and the eval.json of the run folders (their "chance")."""
+    from mmvm.reporting.collect import read_json
+
+    docs = [r for f in collection.results for r in f.rows]
+    evals = [r.folder / "eval.json" for r in collection.runs if r.folder is not None]
+    docs += [d for p in evals if p.is_file() and isinstance(d := read_json(p), dict)]
+    return docs
+
+
+def _warn(message: str) -> None:
+    print(f"mmvm plot scatter: warning: {message}", file=sys.stderr)
 
 
 def run_curves(args: argparse.Namespace) -> int:

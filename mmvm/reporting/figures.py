@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mmvm.reporting.runs import METRICS  # noqa: E402
-from mmvm.reporting.stats import Group  # noqa: E402
+from mmvm.reporting.stats import Group, tradeoff_points  # noqa: E402
 
 
 def png_bytes(fig) -> bytes:
@@ -31,15 +31,6 @@ def png_bytes(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _series(groups: Sequence[Group]) -> dict[str, list[Group]]:
-    """Groups by method and settings (a line through betas), in group order."""
-    out: dict[str, list[Group]] = {}
-    for g in groups:
-        extra = f" ({g.setting_text})" if g.setting_text else ""
-        out.setdefault(f"{g.method or '?'}{extra}", []).append(g)
-    return out
 
 
 def _errors(ax, xs, ys, xerr, yerr, color) -> None:
@@ -55,13 +46,7 @@ def scatter(groups: Sequence[Group], y: str) -> bytes | None:
     """Reconstruction NLL vs ``y`` with error bars; None when no group has both."""
     from mmvm.plots import draw_tradeoff
 
-    series = {}
-    for name, members in _series(groups).items():
-        pts = [(g, g.estimate("recon_nll"), g.estimate(y)) for g in members]
-        pts = sorted([p for p in pts if p[1] and p[2]], key=lambda p: p[0].beta or 0.0)
-        if pts:
-            series[name] = [("?" if g.beta is None else f"{g.beta:g}", ex.mean, ey.mean,
-                             ex.se, ey.se) for g, ex, ey in pts]
+    series = tradeoff_points(groups, y)
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.6))

@@ -63,13 +63,15 @@ class Group:
     settings: dict[str, str]  # the settings that tell this group from others
     runs: list[Run] = field(default_factory=list)
     variant: str = ""  # "A", "B", ...: a name for long settings (see name_variants)
+    tag: str = ""  # tells apart groups of the same settings (see split_repeated_seeds)
 
     @property
     def setting_text(self) -> str:
-        """The settings, or their variant's name when they are too long to repeat."""
-        if self.variant:
-            return f"settings {self.variant}"
-        return ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        """The settings, or their variant's name when they are too long to repeat
+        (then the tag, if any)."""
+        shown = f"settings {self.variant}" if self.variant else ", ".join(
+            f"{k}={v}" for k, v in self.settings.items())
+        return "; ".join(t for t in (shown, self.tag) if t)
 
     @property
     def label(self) -> str:
@@ -147,6 +149,64 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         sorted(g.settings.items())))
     name_variants(ordered)
     return ordered
+
+
+def split_repeated_seeds(groups: Sequence[Group]) -> tuple[list[Group], list[str]]:
+    """Groups whose runs repeat a (known) seed split so that no seed counts twice: the
+    k-th run of each seed goes to the group tagged ``repeat k`` (k > 1). Two runs of
+    one seed are not independent seeds, so they must not be averaged as if they were.
+    Returns the groups and a note for each group split."""
+    out: list[Group] = []
+    notes: list[str] = []
+    for g in groups:
+        parts: list[list[Run]] = []
+        seen: dict[int, int] = {}
+        for run in g.runs:
+            k = 0 if run.seed is None else seen.get(run.seed, 0)
+            if run.seed is not None:
+                seen[run.seed] = k + 1
+            parts.extend([] for _ in range(k + 1 - len(parts)))
+            parts[k].append(run)
+        if len(parts) == 1:
+            out.append(g)
+            continue
+        repeated = sorted({r.seed for p in parts[1:] for r in p})
+        notes.append(f"{g.label}: seed{'s' if len(repeated) > 1 else ''} "
+                     f"{', '.join(map(str, repeated))} given more than once ("
+                     f"{', '.join(r.name for r in g.runs if r.seed in repeated)}); drawn "
+                     "as separate series ('repeat 2', ...), not averaged as if they were "
+                     "independent seeds")
+        for k, runs in enumerate(parts):
+            out.append(Group(g.method, g.beta, g.settings, runs, g.variant,
+                             g.tag if k == 0 else f"repeat {k + 1}"))
+    return out, notes
+
+
+def series_of(groups: Sequence[Group]) -> dict[str, list[Group]]:
+    """Groups by method and settings (one line through their betas), in group order:
+    ``"mmvm"``, ``"mmvm (settings B)"``, ..."""
+    out: dict[str, list[Group]] = {}
+    for g in groups:
+        extra = f" ({g.setting_text})" if g.setting_text else ""
+        out.setdefault(f"{g.method or '?'}{extra}", []).append(g)
+    return out
+
+
+Point = tuple[str, float, float, float | None, float | None]  # label, x, y, x SE, y SE
+
+
+def tradeoff_points(groups: Sequence[Group], y: str,
+                    x: str = "recon_nll") -> dict[str, list[Point]]:
+    """Per series (:func:`series_of`) one point per group having both metrics, in
+    increasing beta: ``(beta label, x mean, y mean, x SE, y SE)``, SE None for n = 1."""
+    series: dict[str, list[Point]] = {}
+    for name, members in series_of(groups).items():
+        pts = [(g, g.estimate(x), g.estimate(y)) for g in members]
+        pts = sorted([p for p in pts if p[1] and p[2]], key=lambda p: p[0].beta or 0.0)
+        if pts:
+            series[name] = [("?" if g.beta is None else f"{g.beta:g}", ex.mean, ey.mean,
+                             ex.se, ey.se) for g, ex, ey in pts]
+    return series
 
 
 def name_variants(groups: Sequence[Group], max_chars: int = 60) -> dict[str, dict[str, str]]:
