@@ -190,10 +190,12 @@ def config_digest(cfg: ExperimentConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a TOML config and apply ``section.key=value`` overrides, strictly."""
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                base: tuple[dict, str] | None = None) -> ExperimentConfig:
+    """Read a TOML config and apply ``section.key=value`` overrides, strictly.
+    ``base``: instead of a file, a config dict and where it came from (a run's)."""
+    raw: dict[str, Any] = copy.deepcopy(base[0]) if base else {}
+    source = base[1] if base else "<defaults>"
     if path is not None:
         path = Path(path)
         source = str(path)

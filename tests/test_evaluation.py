@@ -9,6 +9,7 @@ then short real training runs (vector digits, PolyMNIST look-alike).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -372,9 +373,41 @@ def test_evaluate_cli_errors_are_clear(tmp_path, capsys):
 
     assert main(["evaluate", "--run", str(tmp_path)]) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err
-    assert main(["evaluate", "--set", "train.epoch=3", "--run", str(tmp_path)]) == 2
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "polymnist.toml")
+    assert main(["evaluate", "--config", config, "--set", "train.epoch=3", "--run",
+                 str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "train.epoch" in err and "did you mean" in err and "epochs" in err
+
+
+def test_evaluate_without_config_reads_the_data_the_run_trained_on(tmp_path, capsys):
+    """A run folder alone: its own config, so its own data (a federated run's is
+    elsewhere than configs/ says); another --config's data is used but noted."""
+    import json
+    import shutil
+
+    from mmvm.cli import main
+    from mmvm.training import train
+
+    data = tmp_path / "trained-on"
+    paths = _digit_vectors(data)
+    cfg = _vector_config(data, epochs=1)
+    train(cfg, MultimodalDataset.from_parquet(paths["train"], NAMES), show_progress=False)
+    run = str(data / "run")
+    flags = ["--device", "cpu", "--no-coherence", "--no-plot"]
+    assert main(["evaluate", "--run", run, "--set", "data.max_test=50", *flags]) == 0
+    used = json.loads((data / "run" / "eval.json").read_text())["settings"]
+    assert used["data"]["root"] == str(data) and used["dataset"]["test_samples"] == 50
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(paths[split], other / f"{split}.parquet")
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[data]\nroot = "{other}"\n[model]\nlatent_dim = 8\n' + "".join(
+        f'[model.modalities.{m}]\nkind = "vector"\nshape = [64]\n' for m in NAMES))
+    assert main(["evaluate", "--config", str(toml), "--run", run, *flags]) == 0
+    assert f"note: evaluating on data.root={other} (from {toml}); the run trained on " \
+        f"{data}" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
 """``mmvm evaluate``: probes, coherence and reconstruction of a trained run.
 
-The run's checkpoint fixes the model and the method; the config (``--config`` /
-``--set``) gives the data and the ``[eval]`` settings (``eval.labels`` and
-``eval.metric``: per-label probes, e.g. AUROC per CheXpert finding). Coherence runs
+The run's checkpoint fixes the model and the method; the config gives the data and the
+``[eval]`` settings (``eval.labels`` and ``eval.metric``: per-label probes, e.g. AUROC
+per CheXpert finding): with ``--run`` and no ``--config``, the run's own (the data it
+trained on, a federated run's too), with ``--set`` on top; with ``--config``, that
+file's (a note says when its data is not the run's). Coherence runs
 when the data has a ``data.label`` column. Writes ``<run>/eval.json`` (its
 "settings": the [eval] and data settings this evaluation used; an earlier one is
 kept as eval.<its time>.json; its "chance": the test labels' majority-class rate, the
@@ -20,15 +22,18 @@ from pathlib import Path
 
 from mmvm.cli import add_config_arguments
 
+DEFAULT_CONFIG = "configs/polymnist.toml"
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="evaluate a trained run (probes, coherence, reconstruction)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p, "configs/polymnist.toml")
+    add_config_arguments(p, None)
     p.add_argument("--run", default=None, metavar="DIR",
                    help="run folder holding checkpoint.pt (default: the config's "
-                   "train.out_dir)")
+                   "train.out_dir). Without --config: the run's own config, so its own "
+                   f"data; without either: {DEFAULT_CONFIG}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--no-coherence", action="store_true",
                    help="skip coherence (no classifiers are trained or loaded)")
@@ -42,12 +47,13 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from mmvm.atomic import atomic_write
-    from mmvm.config import load_config
+    from mmvm.config import config_from_dict, load_config
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run, evaluated_with
     from mmvm.training import load_trained_model, resolve_device
 
-    cfg = load_config(args.config, args.overrides)
+    own = args.config is None and args.run is not None  # the run's own config
+    cfg = None if own else load_config(args.config or DEFAULT_CONFIG, args.overrides)
     run_dir = Path(args.run or cfg.train.out_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(
@@ -55,11 +61,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, state = load_trained_model(run_dir, device=str(device))
     # the run decides model and method; the command line the data and eval sizes
-    from mmvm.config import config_from_dict
-
     raw = dict(state["config"])
     raw.pop("source", None)
-    run_cfg = config_from_dict(raw, source=str(run_dir / "checkpoint.pt"))
+    source = str(run_dir / "checkpoint.pt")
+    run_cfg = config_from_dict(raw, source=source)
+    if own:
+        cfg = load_config(None, args.overrides, base=(raw, source))
+    elif Path(cfg.data.root).resolve() != Path(run_cfg.data.root).resolve():
+        print(f"note: evaluating on data.root={cfg.data.root} (from {cfg.source}); the "
+              f"run trained on {run_cfg.data.root} (leave out --config to use it)")
     cfg = dataclasses.replace(run_cfg, data=cfg.data, eval=cfg.eval)
     names = model.names
     for path in cfg.data.files("train") + cfg.data.files("test"):
