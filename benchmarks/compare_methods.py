@@ -22,7 +22,9 @@ Default size: made for 2 free CPU cores, about 30 minutes (measured: one epoch o
 1,500 samples at width 8 costs about 9.5 CPU-seconds; an evaluation about 30 s; the
 classifiers about 3 minutes, once). At this budget the VAEs have seen a few hundred
 batches, far from the paper's 400 epochs: expect probes and coherence only a little
-above chance. --quick is a smoke test of about two minutes; on a GPU pass
+above chance. --quick is a smoke test (4 min measured on 2 busy cores; its tiny
+judges and models sit at chance, so it shows that every method runs, not how well:
+the evaluation says so in its warnings); on a GPU pass
 --device cuda and raise --n-train / --epochs / --width / --latent-dim.
 
     python benchmarks/compare_methods.py --quick --out runs/compare-quick

@@ -31,6 +31,7 @@ from mmvm.reporting.stats import (
     group_runs,
     modality_names,
     show,
+    split_repeated_seeds,
     variants_of,
 )
 
@@ -45,7 +46,8 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
           generate: bool = False) -> Document:
     if not collection.runs and not any(r.rows for r in collection.results):
         raise ValueError("no runs to report (the inputs hold no run and no results row)")
-    groups = group_runs(collection.runs)
+    # two runs of one seed are not two seeds: kept apart ("repeat 2"), as the plot does
+    groups, repeated = split_repeated_seeds(group_runs(collection.runs))
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     doc = Document(title, intro=[
         f"{len(collection.runs)} runs in {len(groups)} groups, from: {', '.join(inputs)}.",
@@ -57,9 +59,9 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
         doc.sections += [federated_section(r) for r in collection.runs if r.federated]
         doc.sections.append(runs_section(collection.runs))
     doc.sections += [results_section(r) for r in collection.results]
-    if collection.notes:
+    if collection.notes or repeated:
         doc.sections.append(Section("Notes").add(
-            *[Paragraph(n, note=True) for n in collection.notes]))
+            *[Paragraph(n, note=True) for n in (*collection.notes, *repeated)]))
     return doc
 
 
@@ -76,7 +78,7 @@ def probe_metric(runs: Sequence[Run]) -> str:
 
 def summary_section(groups: Sequence[Group]) -> Section:
     metrics = _optional(groups, list(METRICS))
-    settings = any(g.settings for g in groups)
+    settings = any(g.settings or g.tag for g in groups)
     header = ["method", "beta"] + (["settings"] if settings else []) + ["runs (seeds)"]
     header += [METRICS[m][0] for m in metrics] + ["numbers from"]
     rows = []

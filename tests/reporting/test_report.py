@@ -212,6 +212,20 @@ def test_one_seed_and_missing_sections(tmp_path):
     assert "generations.png is not a PNG file" in text and "<svg" not in text
 
 
+def test_a_seed_given_twice_is_not_averaged_as_two_seeds(tmp_path):
+    """Two evaluations of seed 0 (say, two data sizes whose settings the folders do
+    not record) are two rows, not one mean with a standard error."""
+    folders = [_fake_run(tmp_path / "runs" / f"mmvm-{k}", _eval("mmvm", 0, p, 300.0, 0.2))
+               for k, p in enumerate((0.40, 0.60))]
+    text, page = _report(tmp_path, *folders)
+    header, *rows = page.tables[0]
+    column = header.index("latent probe (mean over modalities)")
+    assert sorted(r[column] for r in rows if r[0] == "mmvm") == ["0.400 (1 seed)",
+                                                                 "0.600 (1 seed)"]
+    assert [r[header.index("settings")] for r in rows] == ["", "repeat 2"]
+    assert "seed 0 given more than once" in text
+
+
 def test_strings_from_files_are_escaped(tmp_path):
     evil = "<script>alert('x')</script>"
     result = _eval(evil, 0, 0.5, 100.0, 0.3)
