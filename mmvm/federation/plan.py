@@ -16,6 +16,7 @@ window a site trains alone. The exchange period sets the window length:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -151,6 +152,7 @@ class Plan(Sequence[Window]):
             starts = np.asarray(bounds, dtype=np.int64) * self.per_epoch
         self._starts = starts
         self._epochs: dict[int, list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._starts) - 1
@@ -171,13 +173,14 @@ class Plan(Sequence[Window]):
         return int(self._starts[index]) // self.per_epoch
 
     def _batches(self, epoch: int) -> list[torch.Tensor]:
-        got = self._epochs.get(epoch)
-        if got is None:
-            if len(self._epochs) >= 2:  # a window spans at most the epochs in a row
-                self._epochs.pop(next(iter(self._epochs)))
-            got = self._epochs[epoch] = epoch_batches(self.n, self.batch_size,
-                                                      self.seed, epoch)
-        return got
+        with self._lock:  # the site's look-ahead thread reads the plan too
+            got = self._epochs.get(epoch)
+            if got is None:
+                if len(self._epochs) >= 2:  # the current epoch and the one before
+                    self._epochs.pop(next(iter(self._epochs)))
+                got = self._epochs[epoch] = epoch_batches(self.n, self.batch_size,
+                                                          self.seed, epoch)
+            return got
 
     def _rows(self, step: int) -> torch.Tensor:
         epoch, j = divmod(step, self.per_epoch)
