@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     from mmvm.classifiers import load_or_train, recipe_for
     from mmvm.config import load_config
     from mmvm.data.dataset import MultimodalDataset
-    from mmvm.evaluation import evaluate_run, summary_row
+    from mmvm.evaluation import evaluate_run, evaluated_with, summary_row
     from mmvm.plots import scatter_recon_vs
     from mmvm.training import resolve_device, train
 
@@ -223,6 +223,7 @@ def main(argv=None) -> int:
         trained = train(cfg, train_set, show_progress=sys.stdout.isatty())
         t_train = sum(h["seconds"] for h in trained.history)
         res = evaluate_run(cfg, trained.model, train_set, test_set, clf)
+        res["settings"] = evaluated_with(cfg, train_set, test_set)  # as mmvm evaluate
         res["train_seconds"] = t_train
         res["final_train_loss"] = trained.history[-1]["loss"] if trained.history else None
         atomic_write(run_dir / "eval.json", json.dumps(res, indent=2).encode())
