@@ -156,7 +156,7 @@ def timed_lines(cmd: list[str], env: dict, log: Path) -> tuple[int, dict]:
             fh.write(f"{t:8.2f} {line}")
             for key, pat in (("run_id", r"Successfully started run (\d+)"),
                              ("aligned", r"mmvm: aligned"),
-                             ("trained", r"mmvm: finished \d+ windows")):
+                             ("trained", r"mmvm: trained \d+ window")):
                 m = re.search(pat, line)
                 if m and key not in marks:
                     marks[key] = int(m.group(1)) if key == "run_id" else t
@@ -217,7 +217,7 @@ def deployment(args, rc: dict, sites: dict[str, Path], work: Path, rep: int,
         out = res.stdout + res.stderr
         (work / f"deployment-{name}-{rep}.log").write_text(out)
         m = re.search(r"Successfully started run (\d+)", out)
-        if not m or "mmvm: finished" not in out:
+        if not m or not re.search(r"mmvm: trained \d+ window", out):
             raise RuntimeError(f"deployment {name} failed:\n{out[-3000:]}")
     finally:
         fleet.stop()
