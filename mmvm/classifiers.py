@@ -305,7 +305,8 @@ def load_or_train(
     progress : a bar per classifier trained; None: when stdout is a terminal.
     """
     tokens = dict(tokens or {})
-    progress = sys.stdout.isatty() if progress is None else progress
+    if progress is None:  # stdout may be None or a wrapper without isatty
+        progress = bool(getattr(sys.stdout, "isatty", lambda: False)())
     models, accs, paths = {}, {}, {}
     for name in names:
         train_file, test_file = _holding(train_path, name), _holding(test_path, name)

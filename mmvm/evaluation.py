@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from mmvm.aggregation import aggregate
+from mmvm.chance import chance_levels, evaluation_warnings
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 
@@ -218,50 +219,13 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     matrix = [[pairs.get(f"{s}->{t}", math.nan) for t in names] for s in names]
     cross = [pairs[f"{s}->{t}"] for s in names for t in targets if s != t]
     own = [pairs[f"{s}->{s}"] for s in names if s in targets]
+    # one label for every generation, and not because every one was right
     one = {f"{s}->{t}": int(next(iter(c))) for (s, t), c in seen.items()
-           if len(c) == 1 and count[s] > 1}
+           if len(c) == 1 and count[s] > 1 and hits[(s, t)] < count[s]}
     return {"pairs": pairs, "matrix": matrix, "names": list(names),
             "mean": float(np.nanmean(cross)) if cross else math.nan,
             "self": float(np.nanmean(own)) if own else math.nan,
             "degenerate": list(one), "judged_class": one}
-
-
-def chance_levels(labels: np.ndarray | Tensor) -> dict[str, float]:
-    """The floor an accuracy must clear on ``labels`` (-1 ignored): ``{"majority": share
-    of the most frequent class, "majority_class": it, "uniform": 1 / classes present}``."""
-    y = np.asarray(labels).astype(np.int64).ravel()
-    y = y[y >= 0]
-    if not len(y):
-        return {"majority": math.nan, "majority_class": -1, "uniform": math.nan}
-    counts = np.bincount(y)
-    return {"majority": float(counts.max() / len(y)), "majority_class": int(counts.argmax()),
-            "uniform": 1.0 / int((counts > 0).sum())}
-
-
-JUDGE_MARGIN = 0.1  # a judge within this of the majority rate on real data says nothing
-
-
-def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
-    """One line per reason not to trust the coherence of ``result`` (an
-    :func:`evaluate_run` result): sources whose generations were all judged one class,
-    a mean coherence within 0.02 of chance, judges near chance on real test data."""
-    out, groups = [], {}
-    for pair, c in result.get("coherence", {}).get("judged_class", {}).items():
-        src, tgt = pair.split("->", 1)
-        groups.setdefault((src, c), []).append(tgt)
-    for (src, c), tgts in groups.items():
-        out.append(f"every generation from {src} (to {', '.join(tgts)}) was judged class "
-                   f"{c}: the decoder has not learnt yet, or the judge is weak")
-    floor = result.get("chance", {}).get("majority", math.nan)
-    mean = result.get("coherence", {}).get("mean", math.nan)
-    if mean <= floor + 0.02:  # False for NaN
-        out.append(f"coherence {mean:.3f} is at chance ({floor:.3f}, majority class): "
-                   "the generations do not carry their sample's label")
-    for m, acc in result.get("classifier_accuracy", {}).items():
-        if acc <= floor + JUDGE_MARGIN:  # False for NaN
-            out.append(f"the {m} judge scores {acc:.3f} on real test data, near chance "
-                       f"({floor:.3f}, majority class): coherence through it is meaningless")
-    return out
 
 
 # ------------------------------------------------------------------ reconstruction

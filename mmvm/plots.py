@@ -181,7 +181,7 @@ def scatter_runs(runs: Sequence, path: str | Path, y: str = "probe", title: str 
     (method, beta, settings), mean ± standard error over the seeds of runs that differ
     only in their seed. Runs of other settings are other series ("mmvm (settings B)",
     the settings written under the plot); rows of different results files too; runs
-    repeating a seed are not averaged (separate series, and ``log`` says so).
+    repeating a seed are not averaged (each run its own series; ``log`` says so).
     """
     from mmvm.reporting.collect import deduplicate
     from mmvm.reporting.stats import group_runs, split_repeated_seeds, tradeoff_points
@@ -189,7 +189,7 @@ def scatter_runs(runs: Sequence, path: str | Path, y: str = "probe", title: str 
     if y not in _Y_LABEL:
         raise ValueError(f"y must be one of {sorted(_Y_LABEL)}, got {y!r}")
     notes: list[str] = []
-    runs = deduplicate(_tag_files(runs), notes)
+    runs = deduplicate(tag_results_files(runs), notes)
     groups, split = split_repeated_seeds(group_runs(runs))
     series = tradeoff_points(groups, _METRIC[y])
     if not series:
@@ -215,14 +215,16 @@ def _warn(message: str) -> None:
 
 def common_chance(rows: Sequence[Mapping]) -> float | None:
     """The rows' ``"chance"`` (a number, or an ``evaluate_run`` dict's ``{"majority":
-    ...}``) when all that give one give the same one."""
+    ...}``) when every row gives the same one (a row without one may be of other data,
+    whose chance another row's would misstate)."""
     found = {c.get("majority") if isinstance(c := r.get("chance"), Mapping) else c
              for r in rows}
-    found = {float(c) for c in found if isinstance(c, (int, float)) and math.isfinite(c)}
-    return found.pop() if len(found) == 1 else None
+    if not all(isinstance(c, (int, float)) and math.isfinite(c) for c in found):
+        return None
+    return float(found.pop()) if len(found) == 1 else None
 
 
-def _tag_files(runs: Sequence) -> list:
+def tag_results_files(runs: Sequence) -> list:
     """Results rows of several files get their file as a setting: their settings are
     mostly not recorded, so rows of two benchmarks could not be told apart."""
     files = {r.source.rpartition("#")[0] for r in runs if r.kind == "results row"}
@@ -254,19 +256,20 @@ def _point_text(groups: Sequence, y: str) -> str:
 
 
 def _y_scale(ax, series: Mapping[str, Sequence[Point]], chance: float | None) -> str:
-    """A dashed line at ``chance``; without one, points all within 0.01 of each other
-    are shown from 0 (a zoomed axis would make a tiny spread look large). Returns
-    what the title should add."""
+    """A dashed line at ``chance``, if given; points all within 0.01 of each other are
+    shown from 0 (a zoomed axis would make a tiny spread look large). Returns what
+    the title should add."""
+    said = ""
     if chance is not None:
         ax.axhline(chance, ls="--", lw=1, color="grey", label=f"chance ({chance:g})")
-        return f"; dashed: chance {chance:g}"
+        said = f"; dashed: chance {chance:g}"
     ys = [p[2] for pts in series.values() for p in pts]
     spread = max(ys) - min(ys)
     if spread >= 0.01:
-        return ""
+        return said
     low, high = ax.get_ylim()
     ax.set_ylim(min(0.0, low), max(high, 1.15 * max(ys)))
-    return f"; all points within {spread:.3f}: y axis from 0"
+    return f"{said}; all points within {spread:.3f}: y axis from 0"
 
 
 def _settings_footnote(fig, groups: Sequence) -> None:

@@ -102,6 +102,28 @@ def test_evaluate_run_records_chance_and_warns_of_a_judge_near_chance():
     assert "coherence" not in no_judges and no_judges["warnings"] == []
 
 
+@pytest.mark.parametrize("majority,acc,warned", [
+    (0.92, 0.995, False),  # an imbalanced test set: a near-perfect judge is fine
+    (0.92, 0.925, True),   # within a tenth of the way from chance to 1
+    (0.006, 0.10, False),  # 200 classes: weak, but 17x chance
+    (0.15, 0.20, True), (0.15, 0.90, False)])
+def test_a_judge_is_near_chance_relative_to_the_way_from_chance_to_one(majority, acc,
+                                                                         warned):
+    lines = evaluation_warnings({"chance": {"majority": majority},
+                                 "classifier_accuracy": {"m0": acc}})
+    assert bool(lines) == warned, lines
+
+
+def test_one_label_for_every_generation_is_not_degenerate_when_every_one_is_right():
+    """A source whose test rows are all of one class, perfectly generated."""
+    one_class = MultimodalDataset([f"s{i}" for i in range(20)],
+                                  {m: np.tile(np.eye(10, dtype=np.float32)[4], (20, 1))
+                                   for m in NAMES}, {m: 1.0 for m in NAMES},
+                                  np.ones((20, 3), bool), np.full(20, 4))
+    res = coherence(_oracle_model(), one_class, ARGMAX, "mmvm", sample=False)
+    assert res["mean"] == 1.0 and res["degenerate"] == []
+
+
 def test_judge_training_reports_every_batch_of_every_member():
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(45, 8, generator=g), torch.randint(0, 3, (45,), generator=g)

@@ -90,7 +90,22 @@ def test_a_seed_given_twice_is_not_averaged(tmp_path, drawn):
     with pytest.warns(UserWarning, match="seed 0 given more than once"):
         scatter_recon_vs(rows, tmp_path / "s.png")
     ax = drawn[-1]
-    assert _legend(ax) == ["mmvm", "mmvm (repeat 2)"] and _error_bars(ax) == 0
+    assert _legend(ax) == ["mmvm (run /results#0)", "mmvm (run /results#1)"]
+    assert _error_bars(ax) == 0
+
+
+def test_repeated_seeds_are_not_paired_by_the_order_they_were_given(tmp_path, drawn):
+    """Runs A (seeds 0, 1, 2) and B (seeds 1, 2) whose settings are not recorded: which
+    belong together cannot be known, so no two are averaged, in either order."""
+    a = [{"method": "mmvm", "beta": 1.0, "seed": s, "recon_nll": 100.0 + s, "probe": 0.5}
+         for s in (0, 1, 2)]
+    b = [{"method": "mmvm", "beta": 1.0, "seed": s, "recon_nll": 200.0 + s, "probe": 0.7}
+         for s in (1, 2)]
+    for rows in (a + b, b + a):
+        with pytest.warns(UserWarning, match="seeds 1, 2 given more than once"):
+            scatter_recon_vs(rows, tmp_path / "s.png")
+        ax = drawn[-1]
+        assert len(_legend(ax)) == 5 and _error_bars(ax) == 0
 
 
 def _csv(path: Path, rows: list[dict]) -> Path:
@@ -130,7 +145,7 @@ def test_a_tiny_spread_is_shown_from_zero_and_chance_is_a_dashed_line(tmp_path, 
     ax = drawn[-1]
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [0.1, 0.1]
-    assert "chance (0.1)" in _legend(ax) and ax.get_ylim()[0] < 0.1 < ax.get_ylim()[1]
+    assert "chance (0.1)" in _legend(ax) and ax.get_ylim()[0] <= 0.0  # still from 0
 
 
 def test_the_chance_an_eval_json_records_is_drawn(tmp_path, drawn):
@@ -143,6 +158,11 @@ def test_the_chance_an_eval_json_records_is_drawn(tmp_path, drawn):
     assert main(["plot", "scatter", *map(str, paths), "--chance", "0.1", "--out",
                  str(tmp_path / "s.png")]) == 0
     assert "chance (0.1)" in _legend(drawn[-1])
+    # a run that records no chance (other data, maybe): no line from the others'
+    other = _run(tmp_path / "other", _eval(0, 3500.0, 0.2), 1000, 300)
+    assert main(["plot", "scatter", *map(str, paths), str(other), "--y", "coherence",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert not any(t.startswith("chance") for t in _legend(drawn[-1]))
 
 
 def test_plot_help_names_every_kind(capsys):

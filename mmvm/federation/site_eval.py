@@ -23,8 +23,9 @@ from mmvm.federation.site import Site
 
 @torch.no_grad()
 def evaluate_site(site: Site, max_probe_train: int = 10_000) -> dict[str, float]:
-    """``probe/<m>``, ``classes/<m>``, ``recon_nll/<m>`` and ``n_test``; empty without
-    a test file."""
+    """``probe/<m>``, ``classes/<m>``, ``majority/<m>`` (the probe's chance: the share
+    of m's commonest test label), ``recon_nll/<m>`` and ``n_test``; empty without a
+    test file."""
     if not site.test_path:
         return {}
     test = open_dataset(site.test_path, site.names, site.cfg.data)

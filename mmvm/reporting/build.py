@@ -46,8 +46,10 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
           generate: bool = False) -> Document:
     if not collection.runs and not any(r.rows for r in collection.results):
         raise ValueError("no runs to report (the inputs hold no run and no results row)")
-    # two runs of one seed are not two seeds: kept apart ("repeat 2"), as the plot does
-    groups, repeated = split_repeated_seeds(group_runs(collection.runs))
+    # two runs of one seed are not two seeds: each on its own, as the plot does
+    from mmvm.plots import tag_results_files  # rows of two results files stay apart
+
+    groups, repeated = split_repeated_seeds(group_runs(tag_results_files(collection.runs)))
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     doc = Document(title, intro=[
         f"{len(collection.runs)} runs in {len(groups)} groups, from: {', '.join(inputs)}.",

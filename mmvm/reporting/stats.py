@@ -152,33 +152,27 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
 
 
 def split_repeated_seeds(groups: Sequence[Group]) -> tuple[list[Group], list[str]]:
-    """Groups whose runs repeat a (known) seed split so that no seed counts twice: the
-    k-th run of each seed goes to the group tagged ``repeat k`` (k > 1). Two runs of
-    one seed are not independent seeds, so they must not be averaged as if they were.
-    Returns the groups and a note for each group split."""
+    """A group whose runs repeat a (known) seed becomes one group per run, tagged with
+    the run's name: two runs of one seed are not independent seeds, and the group's
+    recorded settings evidently do not tell its runs apart, so which runs belong
+    together cannot be guessed (pairing them by order would depend on the order the
+    inputs were given). Returns the groups and a note for each group split."""
     out: list[Group] = []
     notes: list[str] = []
     for g in groups:
-        parts: list[list[Run]] = []
-        seen: dict[int, int] = {}
-        for run in g.runs:
-            k = 0 if run.seed is None else seen.get(run.seed, 0)
-            if run.seed is not None:
-                seen[run.seed] = k + 1
-            parts.extend([] for _ in range(k + 1 - len(parts)))
-            parts[k].append(run)
-        if len(parts) == 1:
+        seeds = [r.seed for r in g.runs if r.seed is not None]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if not repeated:
             out.append(g)
             continue
-        repeated = sorted({r.seed for p in parts[1:] for r in p})
         notes.append(f"{g.label}: seed{'s' if len(repeated) > 1 else ''} "
                      f"{', '.join(map(str, repeated))} given more than once ("
-                     f"{', '.join(r.name for r in g.runs if r.seed in repeated)}); drawn "
-                     "as separate series ('repeat 2', ...), not averaged as if they were "
-                     "independent seeds")
-        for k, runs in enumerate(parts):
-            out.append(Group(g.method, g.beta, g.settings, runs, g.variant,
-                             g.tag if k == 0 else f"repeat {k + 1}"))
+                     f"{', '.join(r.name for r in g.runs if r.seed in repeated)}): their "
+                     "settings as recorded do not tell them apart; each run drawn on its "
+                     "own, not averaged as if they were independent seeds")
+        out += [Group(g.method, g.beta, g.settings, [run], g.variant,
+                      "; ".join(t for t in (g.tag, f"run {run.name}") if t))
+                for run in g.runs]
     return out, notes
 
 

@@ -222,8 +222,25 @@ def test_a_seed_given_twice_is_not_averaged_as_two_seeds(tmp_path):
     column = header.index("latent probe (mean over modalities)")
     assert sorted(r[column] for r in rows if r[0] == "mmvm") == ["0.400 (1 seed)",
                                                                  "0.600 (1 seed)"]
-    assert [r[header.index("settings")] for r in rows] == ["", "repeat 2"]
+    assert [r[header.index("settings")] for r in rows] == ["run mmvm-0", "run mmvm-1"]
     assert "seed 0 given more than once" in text
+
+
+def test_rows_of_two_results_files_are_not_averaged_together(tmp_path):
+    """Two benchmarks' results.csv (settings not recorded, seeds 0 and 1): two rows,
+    each named by its file, not one mean over both."""
+    files = []
+    for k, probe in enumerate((0.30, 0.70)):
+        path = tmp_path / f"bench{k}" / "results.csv"
+        path.parent.mkdir()
+        path.write_text("method,beta,seed,recon_nll,probe,coherence\n"
+                        f"mmvm,1.0,{k},100.0,{probe},0.2\n")
+        files.append(path)
+    _, page = _report(tmp_path, *files)
+    header, *rows = page.tables[0]
+    probes = sorted(r[header.index("latent probe (mean over modalities)")] for r in rows
+                    if r[0] == "mmvm")
+    assert probes == ["0.300 (1 seed)", "0.700 (1 seed)"]
 
 
 def test_strings_from_files_are_escaped(tmp_path):

@@ -1,0 +1,58 @@
+"""What an accuracy must clear, and when coherence says nothing.
+
+A probe or a coherence score is only informative above what always answering the
+test labels' commonest class scores (the *majority* rate, not 1 / classes: 15 of
+100 test labels of one digit make 0.15 the floor). :func:`evaluation_warnings` names
+the ways coherence can look like a result and be none: every generation of a source
+judged one class, a mean at chance, a judge near chance on real data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+
+def chance_levels(labels: np.ndarray | Tensor) -> dict[str, float]:
+    """The floor an accuracy must clear on ``labels`` (-1 ignored): ``{"majority": share
+    of the most frequent class, "majority_class": it, "uniform": 1 / classes present}``."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    y = y[y >= 0]
+    if not len(y):
+        return {"majority": math.nan, "majority_class": -1, "uniform": math.nan}
+    counts = np.bincount(y)
+    return {"majority": float(counts.max() / len(y)), "majority_class": int(counts.argmax()),
+            "uniform": 1.0 / int((counts > 0).sum())}
+
+
+JUDGE_MARGIN = 0.1  # a judge within this of the majority rate on real data says nothing
+
+
+def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
+    """One line per reason not to trust the coherence of ``result`` (an
+    :func:`evaluate_run` result): sources whose generations were all judged one class,
+    a mean coherence within 0.02 of chance, judges near chance on real test data."""
+    out, groups = [], {}
+    for pair, c in result.get("coherence", {}).get("judged_class", {}).items():
+        src, tgt = pair.split("->", 1)
+        groups.setdefault((src, c), []).append(tgt)
+    for (src, c), tgts in groups.items():
+        out.append(f"every generation from {src} (to {', '.join(tgts)}) was judged class "
+                   f"{c}: the decoder has not learnt yet, or the judge is weak")
+    floor = result.get("chance", {}).get("majority", math.nan)
+    mean = result.get("coherence", {}).get("mean", math.nan)
+    if mean <= floor + 0.02:  # False for NaN
+        out.append(f"coherence {mean:.3f} is at chance ({floor:.3f}, majority class): "
+                   "the generations do not carry their sample's label")
+    for m, acc in result.get("classifier_accuracy", {}).items():
+        # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
+        # (a 200-class judge at 0.10 is weak but 17x chance; one at 0.995 over a 0.92
+        # majority is good)
+        if acc < floor + JUDGE_MARGIN * (1 - floor) and acc < 2 * floor:  # NaN: False
+            out.append(f"the {m} judge scores {acc:.3f} on real test data, near chance "
+                       f"({floor:.3f}, majority class): coherence through it is meaningless")
+    return out
