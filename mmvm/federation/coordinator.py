@@ -137,12 +137,13 @@ class Coordinator:
         modality trains none of its rows, or None. Secure sites refuse such plans
         (:meth:`mmvm.federation.policy.SitePolicy.check_plan`); the server says so
         before it attaches anyone."""
-        found = []
-        for m, keys in self.shared.items():
-            for key in keys:
-                idle = np.flatnonzero(window_counts(self.plan, self._holds[key]) == 0)
-                if len(idle):
-                    found.append((int(idle[0]), m, self.name(key)))
+        pairs = [(m, key) for m, keys in self.shared.items() for key in keys]
+        if not pairs:
+            return None
+        flags = np.stack([self._holds[key] for _, key in pairs], axis=1)
+        idle = window_counts(self.plan, flags) == 0  # one pass for every holder
+        found = [(int(np.argmax(idle[:, j])), m, self.name(key))
+                 for j, (m, key) in enumerate(pairs) if idle[:, j].any()]
         if not found:
             return None
         w, m, site = min(found)

@@ -113,8 +113,10 @@ class Endpoint:
                     delta_tol=req.delta_tol if req.delta_tol >= 0 else None)
         if self.channel.secure:  # the server's plan must not single samples out
             try:
-                self.policy.check_plan(site.name, site.own_rows(),
-                                       {m: site.own_rows(m) for m in req.shared})
+                shared = sorted(req.shared)
+                counts = site.own_rows(shared)
+                self.policy.check_plan(site.name, counts[:, 0],
+                                       {m: counts[:, 1 + j] for j, m in enumerate(shared)})
             except PolicyError:
                 site.link = None
                 raise

@@ -187,32 +187,33 @@ class Plan(Sequence[Window]):
         return self._batches(epoch)[j]
 
     def step_counts(self, flags: np.ndarray) -> np.ndarray:
-        """Per step of the run, how many of its rows have ``flags[row]`` set; one
-        epoch's batches at a time."""
-        out = np.zeros(int(self._starts[-1]), dtype=np.int64)
+        """Per step of the run, how many of its rows have ``flags[row]`` set (per
+        column for 2-D ``flags``); one epoch's batches at a time."""
+        out = np.zeros((int(self._starts[-1]),) + flags.shape[1:], dtype=np.int64)
         for epoch in range(len(out) // self.per_epoch):
             batches = epoch_batches(self.n, self.batch_size, self.seed, epoch)
             sizes = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
             hits = flags[torch.cat(batches).numpy()].astype(np.int64)
             starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
             out[epoch * self.per_epoch:(epoch + 1) * self.per_epoch] = \
-                np.add.reduceat(hits, starts)
+                np.add.reduceat(hits, starts, axis=0)
         return out
 
 
 def window_counts(plan: Plan, flags: np.ndarray) -> np.ndarray:
     """Per window, how many of the distinct rows it trains have ``flags[row]`` set
-    (e.g. the rows a site holds). Checks at attach look at every window of runs that
-    may have millions: the steps' counts come one epoch at a time, and a window
+    (e.g. the rows a site holds); 2-D ``flags`` ``[n, c]`` count ``c`` sets of rows
+    in one pass (``[windows, c]``). Checks at attach look at every window of runs
+    that may have millions: the steps' counts come one epoch at a time, and a window
     within one epoch (a permutation's batches: no row twice) sums its steps'."""
     per_step = plan.step_counts(flags)
     starts = plan._starts
-    out = np.add.reduceat(per_step, starts[:-1]) if len(per_step) else \
-        np.zeros(len(plan), np.int64)
+    out = np.add.reduceat(per_step, starts[:-1], axis=0) if len(per_step) else \
+        np.zeros((len(plan),) + flags.shape[1:], np.int64)
     spans = np.flatnonzero(starts[:-1] // plan.per_epoch
                            != (starts[1:] - 1) // plan.per_epoch)
     for i in spans:  # over an epoch boundary: a row may come twice, count it once
-        out[i] = int(np.count_nonzero(flags[plan[int(i)].rows.numpy()]))
+        out[i] = np.count_nonzero(flags[plan[int(i)].rows.numpy()], axis=0)
     return out
 
 

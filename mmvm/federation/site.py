@@ -11,7 +11,7 @@ batch), and applies its own Adam step. Rows are the federation's aligned order
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -162,17 +162,17 @@ class Site:
         plan = self.linked().plan
         return plan[index].rows.numpy() if index < len(plan) else np.zeros(0, np.int64)
 
-    def own_rows(self, modality: str | None = None) -> np.ndarray:
-        """How many of this site's rows each window of the plan trains (distinct);
-        with ``modality``, only rows that hold it."""
+    def own_rows(self, modalities: Sequence[str] = ()) -> np.ndarray:
+        """How many of this site's rows each window of the plan trains (distinct):
+        column 0 all of them, column ``1 + j`` those holding ``modalities[j]``; one
+        pass over the plan for all columns."""
         link = self.linked()
         own = link.local_of >= 0
-        if modality is not None:
-            held = np.zeros_like(own)
-            held[own] = self.data.mask.numpy()[link.local_of[own],
-                                               self.names.index(modality)]
-            own = held
-        return window_counts(link.plan, own)
+        flags = np.zeros((len(own), 1 + len(modalities)), dtype=bool)
+        flags[:, 0] = own
+        cols = [self.names.index(m) for m in modalities]
+        flags[own, 1:] = self.data.mask.numpy()[link.local_of[own]][:, cols]
+        return window_counts(link.plan, flags)
 
     def check_window(self, index: int) -> None:
         plan = self.linked().plan

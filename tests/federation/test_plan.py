@@ -109,6 +109,12 @@ def test_window_counts_counts_distinct_flagged_rows_per_window(exchange, k):
     expected = [int(flags[np.unique(w.rows.numpy())].sum()) for w in plan]
     assert window_counts(plan, flags).tolist() == expected
     assert window_counts(plan, np.zeros(50, bool)).sum() == 0
+    # several sets of rows in one pass: column j is the 1-D count of flags[:, j]
+    many = np.random.default_rng(1).random((50, 3)) < 0.4
+    both = window_counts(plan, many)
+    assert both.shape == (len(plan), 3)
+    for j in range(3):
+        assert both[:, j].tolist() == window_counts(plan, many[:, j]).tolist()
 
 
 def test_a_plan_makes_its_windows_on_demand():
