@@ -136,6 +136,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
     (a run's aligned samples are usually as many or more)."""
     from mmvm.data import open_dataset
     from mmvm.federation.site import Site
+    from mmvm.footprint import step_bytes
     from mmvm.training import count_parameters
 
     if train is None:
@@ -149,12 +150,16 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
             open_dataset(test, site.names, cfg.data)
         policy.check_size(check.site, len(site.data), cfg.train.batch_size,
                           cfg.train.epochs)
+        step = step_bytes(cfg, site.names, cfg.train.batch_size)
+        policy.check_step(check.site, cfg.train.batch_size, lambda: step)
     except Exception as err:  # noqa: BLE001 - reported, as the ClientApp would
         check.add("experiment", ERROR, f"{cfg.source}: {type(err).__name__}: {err}")
         return
     n = sum(p.numel() for p in site.model.parameters())
     check.add("experiment", OK, f"{cfg.source}: trains {', '.join(site.names)} "
-              f"({n:,} parameters, method {cfg.model.method}, device {site.device}); "
+              f"({n:,} parameters, about {step / 2**30:.2f} GiB a step at batch "
+              f"{cfg.train.batch_size:,}, method {cfg.model.method}, device "
+              f"{site.device}); "
               f"the run's config must be this file of the app, with the same `set`")
     import mmvm
 
@@ -172,7 +177,7 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"allow-pair-masking {on[p.allow_pair_masking]}, require-psi "
               f"{on[p.require_psi]}, min-rows {p.min_rows}; max-steps {p.max_steps:,}, "
               f"max-visits {p.max_visits:,}, max-batch {p.max_batch:,}, max-params "
-              f"{p.max_params:,}")
+              f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:

@@ -35,6 +35,7 @@ from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
+from mmvm.footprint import step_bytes
 from mmvm.secure.errors import SecurityError
 
 
@@ -107,6 +108,8 @@ class Endpoint:
             raise FederationError(f"site {site.name}: attach with n = {req.n} rows")
         # before the plan is built: its size is the server's choice
         self.policy.check_size(site.name, req.n, plan.batch_size, plan.epochs)
+        self.policy.check_step(site.name, plan.batch_size,
+                               lambda: step_bytes(site.cfg, site.names, plan.batch_size))
         positions = self.channel.positions(site, req)
         site.attach(req.n, req.rows, positions, plan, float16=req.float16,
                     shared=sorted(req.shared),

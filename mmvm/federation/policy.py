@@ -31,6 +31,10 @@ anything leaves the site:
 ``max-params``         the most parameters of the site's model under the run's
                        experiment config (default 200,000,000; counted before it
                        is built)
+``max-step-gib``       the most memory (GiB) one training step may need at the
+                       plan's batch size: the layers' outputs and the objective's
+                       terms (default 16; estimated on the meta device,
+                       :mod:`mmvm.footprint`)
 =====================  ==========================================================
 
 The ``max-*`` limits keep a server's plan or a submitter's config from exhausting
@@ -43,7 +47,7 @@ A simulation has no node config: its sites follow the run config (``secure``,
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +59,9 @@ from mmvm.secure.keys import SitePublicKeys
 
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
-        "max-batch", "max-params")
+        "max-batch", "max-params", "max-step-gib")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
-          "max-params": 200_000_000}  # the max-* keys' defaults
+          "max-params": 200_000_000, "max-step-gib": 16}  # the max-* keys' defaults
 
 
 class PolicyError(SecurityError):
@@ -79,6 +83,7 @@ class SitePolicy:
     max_visits: int = LIMITS["max-visits"]
     max_batch: int = LIMITS["max-batch"]
     max_params: int = LIMITS["max-params"]
+    max_step_gib: int = LIMITS["max-step-gib"]
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
@@ -120,6 +125,21 @@ class SitePolicy:
             raise PolicyError(f"site {site}: the run's model has {count:,} parameters at "
                               f"this site; its node config allows {self.max_params:,} "
                               f"(max-params)")
+
+    def check_step(self, site: str, batch_size: int, estimate: Callable[[], int]) -> None:
+        """Refuse a step that would need more than ``max-step-gib`` at ``batch_size``
+        rows; ``estimate()`` gives its bytes (:func:`mmvm.footprint.step_bytes`, only
+        called where the limits apply: not in a simulation's test bed). The
+        parameters do not bound it: a run config can add modalities the site does not
+        hold (the objective pairs all of them) or widen a convolution's outputs."""
+        if self.test_bed:
+            return
+        need = estimate()
+        if need > self.max_step_gib * 2**30:
+            raise PolicyError(f"site {site}: one training step of the run's model at a "
+                              f"batch of {batch_size:,} rows needs about "
+                              f"{need / 2**30:,.1f} GiB; its node config allows "
+                              f"{self.max_step_gib:,} GiB (max-step-gib)")
 
     def check_plan(self, site: str, own_rows: np.ndarray,
                    shared: Mapping[str, np.ndarray]) -> None:

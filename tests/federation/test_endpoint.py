@@ -133,6 +133,27 @@ def test_an_attach_beyond_the_sites_limits_is_refused_before_the_plan_is_built(e
     assert endpoint.site.progress.phase == "attached" and first.posteriors
 
 
+def test_a_step_beyond_the_sites_memory_limit_is_refused_at_attach(
+        tiny_polymnist, tmp_path):
+    """A run config that declares hundreds of modalities nobody holds leaves the
+    site's parameters as they are, but every step would pair all of them
+    ([B, M, M, D]): max-step-gib refuses the plan's batch before anything trains."""
+    from mmvm.config import config_from_dict
+    from mmvm.federation.policy import PolicyError, load_policy
+
+    mods = {m: {"kind": "image", "shape": [3, 28, 28], "width": 4} for m in ("m0", "m1", "m2")}
+    mods.update({f"x{i}": {"kind": "vector", "shape": [1]} for i in range(400)})
+    cfg = config_from_dict({"data": {"root": str(tiny_polymnist)}, "model": {
+        "latent_dim": 64, "modalities": mods}, "train": {"batch_size": 64, "seed": 3}})
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    ep = Endpoint(make_sites(cfg, specs, root)["n0"], PlainChannel(),
+                  load_policy({"data": "/d", "max-step-gib": "1"}, "site-m0"))
+    with pytest.raises(PolicyError, match=r"batch of 4,096 rows needs about [\d,.]+ GiB"
+                                          r"; its node config allows 1 GiB"):
+        _attach(ep, plan=PlanArgs(batch_size=4096, seed=3, epochs=1).to_dict())
+    assert ep.site.link is None
+
+
 def test_rows_must_be_a_permutation_within_n(endpoint):
     with pytest.raises(FederationError, match="invalid or repeated rows"):
         _attach(endpoint, rows=[0] * 192)

@@ -99,8 +99,8 @@ def test_max_limits_parse_and_refuse_plans_and_models_beyond_them():
     """The server picks n, batch size and epochs, the submitter the model: a site
     refuses any beyond its own limits, naming the key, before building anything."""
     p = load_policy({"data": "/d"}, "a")  # defaults
-    assert (p.max_steps, p.max_visits, p.max_batch, p.max_params) == (
-        10_000_000, 100_000_000, 4096, 200_000_000)
+    assert (p.max_steps, p.max_visits, p.max_batch, p.max_params, p.max_step_gib) == (
+        10_000_000, 100_000_000, 4096, 200_000_000, 16)
     p.check_size("a", 60_000, 256, 100)  # PolyMNIST, 100 epochs: 23,500 steps
     with pytest.raises(PolicyError, match=r"10,000,000,000 rows; its node config "
                                           r"allows 100,000,000 \(max-visits\)"):
@@ -119,6 +119,12 @@ def test_max_limits_parse_and_refuse_plans_and_models_beyond_them():
     bed = load_policy({"partition-id": 0, "num-partitions": 3}, "a")  # a simulation:
     bed.check_size("a", 10, 2, 10**9)  # the run config is its only config, no limits
     bed.check_params("a", 10**12)
+    tight = load_policy({"data": "/d", "max-step-gib": "2"}, "a")
+    tight.check_step("a", 64, lambda: 2 * 2**30)
+    with pytest.raises(PolicyError, match=r"batch of 64 rows needs about 2.5 GiB; its "
+                                          r"node config allows 2 GiB \(max-step-gib\)"):
+        tight.check_step("a", 64, lambda: int(2.5 * 2**30))
+    bed.check_step("a", 64, lambda: pytest.fail("no estimate in a test bed"))
     with pytest.raises(PolicyError, match=r"max-steps = '0' is not a positive integer"):
         load_policy({"data": "/d", "max-steps": "0"}, "a")
     with pytest.raises(PolicyError, match=r"'max-step': did you mean 'max-steps'"):

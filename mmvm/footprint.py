@@ -1,0 +1,62 @@
+"""The memory one training step needs, estimated before anything is allocated.
+
+A site refuses a run whose step would exhaust its host (``max-step-gib`` in its node
+config). The parameters alone do not bound it: a step keeps every layer's output for
+the backward pass (``batch x channels x pixels`` for a convolution, whose weights are
+few), and the objective compares every pair of the configured modalities' posteriors
+(``batch x M x M x latent``) whether or not the site holds them. Both are counted on
+torch's meta device: shapes only, no memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmvm.config import ExperimentConfig
+from mmvm.training import build_model
+
+FLOAT_BYTES = 4
+# tensors of [B, M, M, D] the closed-form pairwise KL makes (variance ratio, mean
+# difference, its square, their sum, the log, the result), and of [B, M, D] the step
+# holds per modality slot (mu, logvar, noise, z and their gradients)
+PAIRWISE_TENSORS, SLOT_TENSORS = 6, 8
+
+
+def step_bytes(cfg: ExperimentConfig, names: list[str], batch_size: int) -> int:
+    """Bytes of the tensors one training step at a site holding ``names`` creates at
+    ``batch_size`` rows: every layer's output of its encoders and decoders (a
+    forward pass on the meta device; the backward pass reuses them) plus the
+    objective's terms over all ``cfg``'s modalities. An upper bound of the forward's
+    live set: in-place and freed intermediates are counted too."""
+    with torch.device("meta"):
+        model = build_model(cfg, names)
+        count = _layer_outputs(model, batch_size)
+    m, d = len(cfg.model.modalities), model.code_dim
+    count += batch_size * m * (PAIRWISE_TENSORS * m * d + SLOT_TENSORS * d)
+    return count * FLOAT_BYTES
+
+
+def _layer_outputs(model: nn.Module, batch_size: int) -> int:
+    """Elements of each modality's batch and of every leaf module's outputs in one
+    encode-decode pass of each of ``model``'s modalities (on the meta device)."""
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        outs = output if isinstance(output, (tuple, list)) else (output,)
+        total += sum(t.numel() for t in outs if isinstance(t, torch.Tensor))
+
+    leaves = [m for m in model.modules() if not next(m.children(), None)]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        for name, spec in model.specs.items():
+            dtype = torch.long if spec.kind == "tokens" else torch.float32
+            x = torch.zeros(batch_size, *spec.shape, dtype=dtype)
+            total += x.numel()  # the batch itself
+            mu, _ = model.encoders[name](x)
+            model.decoders[name](mu)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total

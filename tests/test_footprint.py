@@ -1,0 +1,76 @@
+"""A step's memory estimated on the meta device, against what torch really keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmvm.config import config_from_dict, load_config
+from mmvm.divergences import mmvm_regularizer
+from mmvm.footprint import PAIRWISE_TENSORS, SLOT_TENSORS, step_bytes
+from mmvm.training import build_model, count_parameters
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _saved_bytes(fn, params=()) -> int:
+    """Bytes of the distinct tensors autograd saves for the backward pass while
+    ``fn()`` runs, ``params``' storage aside: what a training step must hold."""
+    seen: dict[tuple, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in params}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in weights:
+            seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("config,batch", [("polymnist_cpu", 16), ("hippocampus", 64),
+                                          ("cub", 8), ("mimic_cxr_64", 4)])
+def test_the_estimate_bounds_what_a_real_forward_pass_keeps(config, batch):
+    """Every network family the configs ship (convolutions, ResNets, MLPs, token
+    embeddings): the meta-device estimate is at least what autograd saves for the
+    backward pass of a real encode-decode, and not wildly more (< 3x)."""
+    cfg = load_config(CONFIGS / f"{config}.toml")
+    name = cfg.model.modalities[0].name
+    model = build_model(cfg, [name])
+    spec = model.specs[name]
+    x = torch.zeros(batch, *spec.shape, dtype=torch.long) if spec.kind == "tokens" \
+        else torch.rand(batch, *spec.shape)
+    saved = _saved_bytes(lambda: model.decoders[name](model.encoders[name](x)[0]),
+                         model.parameters())
+    m, d = len(cfg.model.modalities), model.code_dim
+    objective = 4 * batch * m * (PAIRWISE_TENSORS * m + SLOT_TENSORS) * d
+    layers = step_bytes(cfg, [name], batch) - objective
+    assert saved <= layers < 3 * saved
+
+
+@pytest.mark.parametrize("b,m,d", [(16, 3, 8), (8, 24, 16)])
+def test_the_objective_term_bounds_the_regulariser_and_grows_with_m_squared(b, m, d):
+    """The pairwise KL over all configured modalities keeps [B, M, M, D] tensors:
+    the estimate's term covers what the real regulariser saves."""
+    mu = torch.randn(b, m, d, requires_grad=True)
+    lv = torch.randn(b, m, d, requires_grad=True)
+    saved = _saved_bytes(lambda: mmvm_regularizer(mu, lv))
+    assert saved <= 4 * b * m * (PAIRWISE_TENSORS * m + SLOT_TENSORS) * d < 3 * saved
+
+
+def test_modalities_the_site_does_not_hold_still_cost_memory(tmp_path):
+    """A run config can declare modalities no site holds: the parameters at the site
+    stay the same, the step's objective grows quadratically with them."""
+    def cfg(extra: int):
+        mods = {"m0": {"kind": "image", "shape": [3, 28, 28], "width": 4},
+                **{f"x{i}": {"kind": "vector", "shape": [1]} for i in range(extra)}}
+        return config_from_dict({"data": {"root": str(tmp_path)}, "model": {
+            "latent_dim": 8, "modalities": mods}, "train": {"batch_size": 32}})
+
+    base, many = step_bytes(cfg(2), ["m0"], 32), step_bytes(cfg(200), ["m0"], 32)
+    assert count_parameters(cfg(2), ["m0"]) == count_parameters(cfg(200), ["m0"])
+    assert many - base > 4 * 32 * PAIRWISE_TENSORS * (201 ** 2 - 3 ** 2) * 8 * 0.99
+    assert step_bytes(cfg(2), ["m0"], 64) == 2 * base  # linear in the batch
