@@ -177,7 +177,8 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"allow-pair-masking {on[p.allow_pair_masking]}, require-psi "
               f"{on[p.require_psi]}, min-rows {p.min_rows}; max-steps {p.max_steps:,}, "
               f"max-visits {p.max_visits:,}, max-batch {p.max_batch:,}, max-params "
-              f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}")
+              f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}, max-align-rows "
+              f"{p.max_align_rows:,}")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:

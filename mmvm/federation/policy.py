@@ -31,6 +31,9 @@ anything leaves the site:
 ``max-params``         the most parameters of the site's model under the run's
                        experiment config (default 200,000,000; counted before it
                        is built)
+``max-align-rows``     PSI: the largest set of another site this site multiplies
+                       at an alignment step (default 1,000,000); a server colluding
+                       with one site can put guesses of ids into that site's set
 ``max-step-gib``       the most memory (GiB) one training step may need at the
                        plan's batch size: the layers' outputs and the objective's
                        terms (default 16; estimated on the meta device,
@@ -59,9 +62,10 @@ from mmvm.secure.keys import SitePublicKeys
 
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
-        "max-batch", "max-params", "max-step-gib")
+        "max-batch", "max-params", "max-step-gib", "max-align-rows")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
-          "max-params": 200_000_000, "max-step-gib": 16}  # the max-* keys' defaults
+          "max-params": 200_000_000, "max-step-gib": 16,
+          "max-align-rows": 1_000_000}  # the max-* keys' defaults
 
 
 class PolicyError(SecurityError):
@@ -84,6 +88,7 @@ class SitePolicy:
     max_batch: int = LIMITS["max-batch"]
     max_params: int = LIMITS["max-params"]
     max_step_gib: int = LIMITS["max-step-gib"]
+    max_align_rows: int = LIMITS["max-align-rows"]
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
@@ -140,6 +145,16 @@ class SitePolicy:
                               f"batch of {batch_size:,} rows needs about "
                               f"{need / 2**30:,.1f} GiB; its node config allows "
                               f"{self.max_step_gib:,} GiB (max-step-gib)")
+
+    def check_ring_set(self, site: str, origin: str, size: int) -> None:
+        """Refuse to multiply a PSI ring set of more than ``max-align-rows`` points:
+        a set's origin chooses what it holds, so a site colluding with the server
+        can fill it with guesses of this site's ids (each one tested), and each
+        point costs an elliptic-curve multiplication."""
+        if size > self.max_align_rows and not self.test_bed:
+            raise PolicyError(f"site {site}: the PSI set of {origin!r} has {size:,} "
+                              f"identifiers; its node config allows {self.max_align_rows:,} "
+                              f"(max-align-rows)")
 
     def check_plan(self, site: str, own_rows: np.ndarray,
                    shared: Mapping[str, np.ndarray]) -> None:

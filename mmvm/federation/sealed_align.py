@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from mmvm.federation.messages import AlignReply, AlignRequest
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
 from mmvm.secure import psi
 from mmvm.secure.envelope import open_envelope, seal
@@ -67,9 +68,15 @@ def align_pseudonyms(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignRe
     return AlignReply(identifiers=[p for p, _ in _pseudonyms(site, sec)])
 
 
-def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignReply:
-    """One ring step: blind own ids (step 0) or multiply the predecessor's set."""
+def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
+              policy: SitePolicy) -> AlignReply:
+    """One ring step: blind own ids (step 0) or multiply the predecessor's set (one
+    step per site of the ring, no more: each further step would let a server and
+    the set's origin test another set of guesses against this site's ids)."""
     ring, me = list(req.ring), sec.site
+    if not 0 <= req.step < len(ring):
+        raise SecurityError(f"site {me}: PSI step {req.step} refused: a ring of "
+                            f"{len(ring)} sites aligns in steps 0..{len(ring) - 1}")
     if req.step == 0:
         if ring != sorted(set(ring)) or me not in ring:
             raise SecurityError(f"site {me}: PSI ring {ring} is not a sorted list of "
@@ -92,7 +99,9 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignReply:
         payload = open_envelope(sec.keys, sec.peer(prev), req.sealed[prev],
                                 run_id=sec.run_id, guard=guard, expected_round=0,
                                 expected_counter=req.step, kind=KIND_PSI)
-        points = psi.exponentiate(psi.unpack(payload), unb64(sec.state["scalar"]))
+        points = psi.unpack(payload)
+        policy.check_ring_set(me, psi.origin(ring, me, req.step), len(points))
+        points = psi.exponentiate(points, unb64(sec.state["scalar"]))
         sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
     if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin

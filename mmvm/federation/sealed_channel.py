@@ -91,15 +91,15 @@ class SealedChannel:
     def align(self, site: Site, req: AlignRequest
               ) -> tuple[AlignReply, Callable[[], None]]:
         if self.align_mode == "psi":
-            return sealed_align.align_psi(site, self.sec, req), self.sec.save_guard
+            return sealed_align.align_psi(site, self.sec, req, self.policy), \
+                self.sec.save_guard
         return sealed_align.align_pseudonyms(site, self.sec, req), self.sec.save_guard
 
     def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
         sec = self.sec
         order = sealed_align.positions(site, sec)
         members = set(sec.state["members"])
-        peers = {str(p): {"rows": sorted(int(r) for r in v["rows"]),
-                          "modalities": [str(m) for m in v["modalities"]]}
+        peers = {str(p): _peer_claim(sec.site, str(p), v, req.n, site.global_names)
                  for p, v in req.peers.items()}
         named = set(peers) | {h for v in req.shared.values() for h in v}
         strangers = named - members
@@ -205,3 +205,21 @@ class SealedChannel:
             self.sec.save_guard()
 
         return reply, commit
+
+
+def _peer_claim(me: str, peer: str, claim, n: int, modalities: list[str]) -> dict:
+    """The server's word on which aligned rows and modalities ``peer`` holds (what
+    this site seals to it): distinct rows in ``[0, n)``, configured modalities.
+    It cannot be verified here; a malformed one is refused."""
+    try:
+        rows, mods = claim["rows"], claim["modalities"]
+        ok = isinstance(rows, list) and isinstance(mods, list) and \
+            all(type(r) is int for r in rows) and all(m in modalities for m in mods)
+    except (KeyError, TypeError):
+        ok = False
+    if not ok or len(set(rows)) != len(rows) or any(not 0 <= r < n for r in rows) \
+            or len(set(mods)) != len(mods):
+        raise SecurityError(f"site {me}: the server's description of peer {peer!r} is "
+                            f"not distinct aligned rows in [0, {n}) and distinct "
+                            f"configured modalities")
+    return {"rows": sorted(rows), "modalities": list(mods)}

@@ -315,3 +315,76 @@ def test_1_a_secure_site_keeps_its_weights_unless_it_allows_collection(cfg, tmp_
     evaluated = [r for kind, _, reps in rec.log if kind == "evaluate" for r in reps.values()]
     assert evaluated and all(r.model == {} for r in evaluated)
 
+
+
+def test_6_a_colluding_ring_peer_tests_one_bounded_set_of_guesses_at_most(
+        cfg, tmp_path, tiny_polymnist):
+    """PSI, a server colluding with the victim's ring neighbour S: S may put guessed
+    ids into "its" set (the victim cannot tell them from S's own), and the server
+    then sees which guesses are the victim's ids. The victim bounds that set
+    (max-align-rows) and multiplies one set per ring step, none after its last:
+    an extra step would be another round of guesses."""
+    from mmvm.secure import psi
+    from mmvm.secure.envelope import open_envelope
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    victim = make_sites(cfg, specs, root)["n0"]
+    a, s = victim.name, "zz-colluder"
+    keys = {a: SiteKeys.generate(a), s: SiteKeys.generate(s)}
+    pub = {n: k.public for n, k in keys.items()}
+    ring = sorted([a, s])
+
+    def endpoint(limit):
+        policy = SitePolicy(keys="k", peers={s: pub[s].fingerprint}, max_align_rows=limit)
+        return Endpoint(victim, SealedChannel(secrets(victim, keys, tmp_path / "st"),
+                                              policy, "psi"), policy)
+
+    def guesses_from_s(ids, counter):
+        blob = psi.pack(psi.blind(ids, range(len(ids)), k_s))
+        return seal(keys[s], pub[a], blob, run_id=RUN, round=0, counter=counter,
+                    kind="psi")
+
+    endpoint(100).handle(DescribeRequest())
+    first = endpoint(100).handle(AlignRequest(step=0, ring=ring))
+    k_s = psi.new_scalar()
+    mine = psi.unpack(open_envelope(keys[s], pub[a], first.sealed[s], run_id=RUN,
+                                    expected_round=0, expected_counter=1, kind="psi"))
+    tags = {t.hex() for t in psi.exponentiate(mine, k_s)}  # S finishes a's tags
+    guesses = [*victim.data.sample_ids[:3], *(f"nobody-{i}" for i in range(98))]
+    with pytest.raises(PolicyError, match=r"PSI set of 'zz-colluder' has 101 "
+                                          r"identifiers.*allows 100 \(max-align-rows\)"):
+        endpoint(100).handle(AlignRequest(step=1, ring=ring,
+                                          sealed={s: guesses_from_s(guesses, 1)}))
+    last = endpoint(101).handle(AlignRequest(step=1, ring=ring,
+                                             sealed={s: guesses_from_s(guesses, 1)}))
+    hits = [g for g, t in zip(guesses, last.tagged[s], strict=True) if t in tags]
+    assert hits == guesses[:3]  # what PSI cannot prevent: S's set is S's choice
+    with pytest.raises(ProtocolOrderError, match="align step 2"):
+        endpoint(10**6).handle(AlignRequest(step=2, ring=ring,
+                                            sealed={s: guesses_from_s(["x"], 2)}))
+
+
+def test_6b_the_servers_word_on_a_peers_rows_must_be_aligned_rows(cfg, tmp_path,
+                                                                tiny_polymnist):
+    """What a site seals to a peer follows the server's claim of the rows they share:
+    rows outside the alignment or a modality string (split into letters) are
+    refused, not sealed to."""
+    class Teller(LocalTransport):
+        def __init__(self, endpoints, change):
+            super().__init__(endpoints)
+            self.change = change
+
+        def exchange(self, requests, wait=None, need=1):
+            if next(iter(requests.values())).kind == "attach":
+                requests = {k: dataclasses.replace(r, peers={
+                    p: self.change(r, v) for p, v in r.peers.items()})
+                    for k, r in requests.items()}
+            return super().exchange(requests, wait, need)
+
+    for i, lie in enumerate([lambda r, v: dict(v, rows=[*v["rows"], r.n]),
+                             lambda r, v: dict(v, modalities="m0m1"),
+                             lambda r, v: dict(v, rows=[*v["rows"], v["rows"][0]])]):
+        sites, _, endpoints = _hybrid(cfg, tmp_path / str(i), tiny_polymnist)
+        with pytest.raises(SecurityError, match=r"server's description of peer .* not "
+                                                r"distinct aligned rows"):
+            federate(cfg, {}, transport=Teller(endpoints, lie), secure=True)
