@@ -31,6 +31,9 @@ class ConfigError(ValueError):
 # deeper is no network's need, and each layer is a Python module to build: a run
 # config asking for 10^6 would keep a site busy for minutes before training
 MAX_LAYERS = 64
+# an error names the override that caused it by re-checking the config after each of
+# the first this many (quadratic: a submitter's `set` of hundreds is not searched)
+CULPRIT_SEARCH = 32
 
 
 @dataclass(frozen=True)
@@ -69,14 +72,12 @@ class ModalitySpec:
         if self.scale <= 0 or self.weight < 0:
             raise ConfigError(f"{where}: scale must be > 0 and weight >= 0")
         if not self.shape or any(isinstance(d, bool) or d < 1 for d in self.shape):
-            raise ConfigError(
-                f"{where}: shape must be a non-empty list of positive "
-                f"integers, got {list(self.shape)}"
-            )
+            raise ConfigError(f"{where}: shape must be a non-empty list of positive "
+                              f"integers, got {list(self.shape)}")
         if self.kind == "tokens" and (self.likelihood != "categorical" or self.classes < 2):
-            raise ConfigError(
-                f"{where}: kind 'tokens' needs likelihood = 'categorical' and classes >= 2 "
-                f"(the vocabulary size), got {self.likelihood!r} and classes={self.classes}")
+            raise ConfigError(f"{where}: kind 'tokens' needs likelihood = 'categorical' "
+                              f"and classes >= 2 (the vocabulary size), got "
+                              f"{self.likelihood!r} and classes={self.classes}")
         if self.likelihood == "poisson" and self.kind != "vector":
             raise ConfigError(f"{where}: likelihood 'poisson' is for counts, a 'vector' "
                               f"modality (image decoders end in a sigmoid, and pixels are "
@@ -213,6 +214,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     try:
         return config_from_dict(merged, source)
     except ConfigError as err:  # say so when the culprit is an override, not the file
+        if len(overrides or []) > CULPRIT_SEARCH:  # each try re-checks the whole config
+            raise
         item = _culprit(raw, overrides or [], source, str(err))
         if item is None:
             raise
@@ -346,9 +349,8 @@ def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str) -> Non
             full = f"{prefix}{key}"
             close = difflib.get_close_matches(key, sorted(valid), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"{source}: unknown key {full!r}{hint} (valid: {', '.join(sorted(valid))})"
-            )
+            raise ConfigError(f"{source}: unknown key {full!r}{hint} (valid: "
+                              f"{', '.join(sorted(valid))})")
 
 
 def _build(cls, raw: Any, where: str, source: str, extra: dict | None = None):
@@ -358,9 +360,8 @@ def _build(cls, raw: Any, where: str, source: str, extra: dict | None = None):
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)} - set(extra)
     _reject_unknown(raw, fields, f"{where}.", source)
-    values = {}
-    for key, value in raw.items():
-        values[key] = _coerce(value, hints[key], f"{where}.{key}", source)
+    values = {key: _coerce(value, hints[key], f"{where}.{key}", source)
+              for key, value in raw.items()}
     try:
         return cls(**values, **extra)
     except TypeError as err:
@@ -381,20 +382,17 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool) and (
-        not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))
-    ):
-        raise ConfigError(
-            f"{source}: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}"
-        )
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (
+            hint is not bool and isinstance(value, bool))):
+        raise ConfigError(f"{source}: {key} must be {hint.__name__}, got "
+                          f"{type(value).__name__} {value!r}")
     return value
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """A plain dict (JSON/TOML-able) of the config, modalities keyed by name."""
     d = dataclasses.asdict(cfg)
-    d["model"]["modalities"] = {
-        m.pop("name"): {k: list(v) if isinstance(v, tuple) else v for k, v in m.items()}
-        for m in d["model"]["modalities"]
-    }
+    d["model"]["modalities"] = {m.pop("name"): {
+        k: list(v) if isinstance(v, tuple) else v for k, v in m.items()}
+        for m in d["model"]["modalities"]}
     return d

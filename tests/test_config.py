@@ -317,3 +317,11 @@ def test_an_override_is_blamed_only_when_it_makes_the_error(tmp_path):
     for item in ("foo=(", "a(b=1", "train.epochs=["):
         with pytest.raises(ConfigError):
             load_config(POLYMNIST, [item])
+    # the search re-checks the config after each override (quadratic): beyond
+    # CULPRIT_SEARCH overrides the error is the config's own, the override unnamed
+    many = [f"model.modalities.x{i}={{kind=\"vector\", shape=[1]}}" for i in range(40)]
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, [*many, "train.lr=-1"])
+    assert ", override '" not in str(info.value) and "lr" in str(info.value)
+    with pytest.raises(ConfigError, match=r"override 'train.lr=-1'"):
+        load_config(POLYMNIST, [*many[:3], "train.lr=-1"])

@@ -125,10 +125,18 @@ def _config_path(text: str, app_only: bool) -> Path:
                 APP_DIR / path)
 
 
+MAX_OVERRIDES = 256  # in a run config's `set`
+
+
 def _experiment(path: Path, overrides: list[str]) -> ExperimentConfig:
     """The experiment config; its errors name the app's files as the run config does
     (``configs/x.toml``), not the staged copy Flower runs (``~/.flwr/apps/<hash>/``),
-    with the nearest of the app's configs when the file is not there."""
+    with the nearest of the app's configs when the file is not there. Every site
+    parses it at every message: a ``set`` of more than ``MAX_OVERRIDES`` is refused."""
+    if len(overrides) > MAX_OVERRIDES:
+        raise ConfigError(f"run config: set has {len(overrides)} overrides; at most "
+                          f"{MAX_OVERRIDES} (write the experiment into a config file of "
+                          f"the app)")
     try:
         return load_config(path, overrides)
     except ConfigError as err:

@@ -48,6 +48,8 @@ def test_overrides_and_string_forms_of_flower_values():
                                                r"'polymnist_cpu.toml'\?$"),
     ({"hippocampus": "tuning=-1"}, r"hippocampus = 'tuning=-1': tuning is a standard dev"),
     ({"hippocampus": "sparse"}, r"hippocampus = 'sparse': 'sparse': expected name=number"),
+    # every site parses the run config at every message: not a `set` of thousands
+    ({"set": ";".join(["train.lr=0.001"] * 257)}, r"set has 257 overrides; at most 256"),
 ])
 def test_bad_values_fail_naming_the_key(change, match):
     with pytest.raises(ConfigError, match=match):
