@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from mmvm.schedule import batches_per_epoch, epoch_batches
+from mmvm.schedule import batch_starts, batches_per_epoch, epoch_permutation
 
 EXCHANGES = ("step", "steps", "round")
 QUANTIZE = ("none", "fp16", "int8")  # how posterior values travel
@@ -39,7 +39,7 @@ class Step:
 @dataclass(frozen=True)
 class Window:
     index: int
-    steps: tuple[Step, ...]
+    steps: Sequence[Step]  # made when read (:class:`Steps`)
 
     @property
     def rows(self) -> torch.Tensor:
@@ -164,40 +164,60 @@ class Plan(Sequence[Window]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} of a plan of {len(self)}")
-        a, b = int(self._starts[index]), int(self._starts[index + 1])
-        return Window(index, tuple(Step(t, t // self.per_epoch, self._rows(t))
-                                   for t in range(a, b)))
+        return Window(index, Steps(self, int(self._starts[index]),
+                                   int(self._starts[index + 1])))
 
     def first_epoch(self, index: int) -> int:
         """The epoch window ``index`` starts in (without making the window)."""
         return int(self._starts[index]) // self.per_epoch
 
-    def _batches(self, epoch: int) -> list[torch.Tensor]:
+    def _order(self, epoch: int) -> torch.Tensor:
         with self._lock:  # the site's look-ahead thread reads the plan too
             got = self._epochs.get(epoch)
             if got is None:
                 if len(self._epochs) >= 2:  # the current epoch and the one before
                     self._epochs.pop(next(iter(self._epochs)))
-                got = self._epochs[epoch] = epoch_batches(self.n, self.batch_size,
-                                                          self.seed, epoch)
+                got = self._epochs[epoch] = epoch_permutation(self.n, self.seed, epoch)
             return got
 
-    def _rows(self, step: int) -> torch.Tensor:
+    def rows(self, step: int) -> torch.Tensor:
+        """The rows of global step ``step`` (a view of its epoch's permutation)."""
         epoch, j = divmod(step, self.per_epoch)
-        return self._batches(epoch)[j]
+        a = j * self.batch_size
+        b = a + self.batch_size if j + 1 < self.per_epoch else self.n
+        return self._order(epoch)[a:b]
 
     def step_counts(self, flags: np.ndarray) -> np.ndarray:
         """Per step of the run, how many of its rows have ``flags[row]`` set (per
-        column for 2-D ``flags``); one epoch's batches at a time."""
+        column for 2-D ``flags``); one epoch's permutation at a time."""
         out = np.zeros((int(self._starts[-1]),) + flags.shape[1:], dtype=np.int64)
+        starts = batch_starts(self.n, self.batch_size)
         for epoch in range(len(out) // self.per_epoch):
-            batches = epoch_batches(self.n, self.batch_size, self.seed, epoch)
-            sizes = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches))
-            hits = flags[torch.cat(batches).numpy()].astype(np.int64)
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            hits = flags[epoch_permutation(self.n, self.seed, epoch).numpy()]
             out[epoch * self.per_epoch:(epoch + 1) * self.per_epoch] = \
-                np.add.reduceat(hits, starts, axis=0)
+                np.add.reduceat(hits.astype(np.int64), starts, axis=0)
         return out
+
+
+class Steps(Sequence[Step]):
+    """The steps of one window, made when read: a window of whole epochs at batch 1
+    would otherwise hold a Step (~1 KB) per sample."""
+
+    def __init__(self, plan: Plan, first: int, end: int) -> None:
+        self.plan, self.first, self.end = plan, first, end
+
+    def __len__(self) -> int:
+        return self.end - self.first
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"step {i} of a window of {len(self)}")
+        t = self.first + i
+        return Step(t, t // self.plan.per_epoch, self.plan.rows(t))
 
 
 def window_counts(plan: Plan, flags: np.ndarray) -> np.ndarray:

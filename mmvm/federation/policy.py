@@ -24,7 +24,8 @@ anything leaves the site:
                        than this many of the site's rows (default 1); see
                        :meth:`SitePolicy.check_plan`
 ``max-steps``          the most optimiser steps a run's plan may hold (default
-                       10,000,000; checked at attach, 8 bytes a step)
+                       10,000,000; 8 bytes a step held, ~100 while the plan
+                       is checked at attach)
 ``max-visits``         the most sample visits (epochs x aligned samples) a run may
                        ask for (default 100,000,000; 8 bytes each in memory)
 ``max-batch``          the largest batch a run may ask for (default 4,096)

@@ -128,3 +128,18 @@ def test_a_plan_makes_its_windows_on_demand():
     assert [w.index for w in plan[3:5]] == [3, 4] and plan.first_epoch(7) == 1
     with pytest.raises(IndexError):
         plan[len(plan)]
+
+
+def test_a_window_makes_its_steps_when_read():
+    """One window of a whole epoch at batch 1 over a million rows: its steps are
+    made as they are read (a Step object each would hold ~1 KB a sample), and each
+    is the schedule's own batch."""
+    n = 10**6
+    window = exchange_plan(n, 1, SEED, 1, "round")[0]
+    assert len(window.steps) == n - 1  # the last row joins the batch before
+    batches = epoch_batches(1000, 7, SEED, 0)  # a trailing batch of one joins
+    small = exchange_plan(1000, 7, SEED, 1, "round")[0]
+    assert len(small.steps) == len(batches)
+    assert all(torch.equal(s.rows, b) for s, b in zip(small.steps, batches, strict=True))
+    assert window.steps[-1].step == n - 2 and len(window.steps[-1].rows) == 2
+    assert [s.step for s in window.steps[2:4]] == [2, 3]
