@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -82,6 +83,7 @@ class SealedChannel:
         if site.name != sec.site:
             raise SecurityError(f"node config names site {site.name!r} but its keys are "
                                 f"those of {sec.site!r}")
+        begin_once(sec)
         if self.align_mode == "psi":
             sec.state = {"mode": "psi"}
             sec.save_state()
@@ -223,3 +225,25 @@ def _peer_claim(me: str, peer: str, claim, n: int, modalities: list[str]) -> dic
                             f"not distinct aligned rows in [0, {n}) and distinct "
                             f"configured modalities")
     return {"rows": sorted(rows), "modalities": list(mods)}
+
+
+def begin_once(sec: SiteSecrets) -> None:
+    """A secure run id begins once at a site. Its pair-mask seeds and envelope keys
+    derive from the run id, and only the run's state folder recorded that it was
+    used: were that folder lost, a server could replay the run under the same id
+    (``resume``) and, claiming other dropouts, unmask an earlier window. So every
+    secure run that begins here is written to ``<state>/<site>.secure-runs`` (beside
+    the runs' folders, appended and synced before the site answers), and a run id
+    found there is refused. Deleting that file gives the protection up."""
+    if sec.state_dir is None:  # a session without state on disk (unit tests)
+        return
+    ledger = sec.state_dir.parent / f"{sec.site}.secure-runs"
+    if ledger.is_file() and str(sec.run_id) in ledger.read_text().split():
+        raise SecurityError(f"site {sec.site}: secure run {sec.run_id} already began at "
+                            f"this site and its state is gone (masks and keys derive "
+                            f"from the run id: it is used once); start a new run")
+    ledger.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(ledger, "a", encoding="utf-8") as f:
+        f.write(f"{sec.run_id}\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -388,3 +388,30 @@ def test_6b_the_servers_word_on_a_peers_rows_must_be_aligned_rows(cfg, tmp_path,
         with pytest.raises(SecurityError, match=r"server's description of peer .* not "
                                                 r"distinct aligned rows"):
             federate(cfg, {}, transport=Teller(endpoints, lie), secure=True)
+
+
+def test_2e_a_secure_run_whose_state_was_lost_cannot_begin_again(cfg, tmp_path,
+                                                                 tiny_polymnist):
+    """Masks and envelope keys derive from the run id. Were a site's run folder
+    lost, a server could replay the run under the same id (resume = <id>) and,
+    claiming other dropouts, unmask an earlier window: the site remembers every
+    secure run that began there, beside the runs' folders, and refuses the id."""
+    import shutil
+
+    from mmvm.secure.session import SiteSecrets
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    keys = site_keys(make_sites(cfg, specs, root))
+    pub = {n: k.public for n, k in keys.items()}
+
+    def endpoint(run_id):
+        site = make_sites(cfg, specs, root)["n0"]
+        sec = SiteSecrets(keys[site.name], pub, run_id, tmp_path / "st" / f"run-{run_id}")
+        return Endpoint(site, SealedChannel(sec))
+
+    assert endpoint(RUN).handle(DescribeRequest()).sealed
+    shutil.rmtree(tmp_path / "st" / f"run-{RUN}")  # the run's state is gone
+    with pytest.raises(SecurityError, match=rf"secure run {RUN} already began at this "
+                                            rf"site and its state is gone"):
+        endpoint(RUN).handle(DescribeRequest())
+    assert endpoint("78").handle(DescribeRequest()).sealed  # another run begins

@@ -51,9 +51,10 @@ def site_keys(sites: dict[str, Site]) -> dict[str, SiteKeys]:
 
 
 def secrets(site: Site, keys: dict[str, SiteKeys], state: Path) -> SiteSecrets:
-    """A fresh session from disk (as a new SuperNode process would load it)."""
+    """A fresh session from disk (as a new SuperNode process would load it), kept
+    as a deployed site keeps it: in ``state/run-<id>``."""
     directory = {n: k.public for n, k in keys.items()}
-    return SiteSecrets(keys[site.name], directory, RUN, state)
+    return SiteSecrets(keys[site.name], directory, RUN, state / f"run-{RUN}")
 
 
 def sealed_endpoints(sites: dict[str, Site], keys: dict[str, SiteKeys], state: Path,
