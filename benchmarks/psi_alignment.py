@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmvm.federation import sealed_align  # noqa: E402
 from mmvm.federation.messages import AlignRequest, payload_bytes  # noqa: E402
+from mmvm.federation.policy import SitePolicy  # noqa: E402
 from mmvm.federation.sealed_routing import route  # noqa: E402
 from mmvm.secure.keys import SiteKeys, save_public_directory  # noqa: E402
 from mmvm.secure.session import SiteSecrets  # noqa: E402
@@ -40,7 +41,7 @@ def _step(root: str, name: str, i: int, n: int, req: AlignRequest):
     sec = SiteSecrets.load(root / name / "site_keys.json", root / "public_keys.json",
                            run_id="bench", state_dir=root / name / "state")
     t0 = time.perf_counter()
-    reply = sealed_align.align_psi(_Site(_ids(i, n)), sec, req)
+    reply = sealed_align.align_psi(_Site(_ids(i, n)), sec, req, SitePolicy(test_bed=True))
     return reply, time.perf_counter() - t0
 
 
@@ -96,7 +97,9 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t_all
     tags = {o: set(t) for r in replies.values() for o, t in r.tagged.items()}
     union = set().union(*tags.values())
-    expected_union = 10_000 * (args.sites - 1) + args.ids
+    # the ranges overlap only with more than 10,000 ids a site
+    expected_union = 10_000 * (args.sites - 1) + args.ids if args.ids > 10_000 \
+        else args.sites * args.ids
     common = set.intersection(*tags.values())
     expected_common = max(0, args.ids - 10_000 * (args.sites - 1))
     ok = len(union) == expected_union and len(common) == expected_common

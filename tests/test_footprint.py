@@ -31,14 +31,19 @@ def _saved_bytes(fn, params=()) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("config,batch", [("polymnist_cpu", 16), ("hippocampus", 64),
-                                          ("cub", 8), ("mimic_cxr_64", 4)])
-def test_the_estimate_bounds_what_a_real_forward_pass_keeps(config, batch):
+def _modalities(config: str) -> list[str]:
+    return [m.name for m in load_config(CONFIGS / f"{config}.toml").model.modalities]
+
+
+@pytest.mark.parametrize("config,batch,name", [
+    (c, b, m) for c, b in [("polymnist_cpu", 16), ("hippocampus", 64), ("cub", 8),
+                           ("mimic_cxr_64", 4), ("celeba", 4)]
+    for m in _modalities(c)[:2]])
+def test_the_estimate_bounds_what_a_real_forward_pass_keeps(config, batch, name):
     """Every network family the configs ship (convolutions, ResNets, MLPs, token
     embeddings): the meta-device estimate is at least what autograd saves for the
     backward pass of a real encode-decode, and not wildly more (< 3x)."""
     cfg = load_config(CONFIGS / f"{config}.toml")
-    name = cfg.model.modalities[0].name
     model = build_model(cfg, [name])
     spec = model.specs[name]
     x = torch.zeros(batch, *spec.shape, dtype=torch.long) if spec.kind == "tokens" \
@@ -74,3 +79,16 @@ def test_modalities_the_site_does_not_hold_still_cost_memory(tmp_path):
     assert count_parameters(cfg(2), ["m0"]) == count_parameters(cfg(200), ["m0"])
     assert many - base > 4 * 32 * PAIRWISE_TENSORS * (201 ** 2 - 3 ** 2) * 8 * 0.99
     assert step_bytes(cfg(2), ["m0"], 64) == 2 * base  # linear in the batch
+
+
+@pytest.mark.parametrize("config", sorted(p.stem for p in CONFIGS.glob("*.toml")))
+def test_every_shipped_modality_is_sized_within_the_default_limit(config):
+    """A deployed site sizes its step at every attach: every modality of every
+    shipped config can be sized (a token encoder's range check cannot run on the
+    meta device), and fits the default max-step-gib at the config's batch."""
+    from mmvm.federation.policy import LIMITS
+
+    cfg = load_config(CONFIGS / f"{config}.toml")
+    for m in cfg.model.modalities:
+        assert 0 < step_bytes(cfg, [m.name], cfg.train.batch_size) < \
+            LIMITS["max-step-gib"] * 2**30

@@ -24,7 +24,7 @@ from mmvm.federation.policy import KEYS, SitePolicy, load_policy, policy_problem
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 PATH_KEYS = ("data", "keys", "directory", "state")
-SECURE_ONLY = ("peers", "directory", "require-psi", "allow-pair-masking")
+SECURE_ONLY = ("peers", "directory", "require-psi", "allow-pair-masking", "max-align-rows")
 
 
 @dataclass

@@ -39,12 +39,12 @@ class Step:
 @dataclass(frozen=True)
 class Window:
     index: int
-    steps: Sequence[Step]  # made when read (:class:`Steps`)
+    steps: Steps  # made when read
 
     @property
     def rows(self) -> torch.Tensor:
         """Sorted distinct rows the window touches (whose posteriors it needs)."""
-        return torch.unique(torch.cat([s.rows for s in self.steps]))
+        return self.steps.rows()
 
     @property
     def epochs(self) -> tuple[int, int]:
@@ -172,7 +172,7 @@ class Plan(Sequence[Window]):
         return int(self._starts[index]) // self.per_epoch
 
     def _order(self, epoch: int) -> torch.Tensor:
-        with self._lock:  # the site's look-ahead thread reads the plan too
+        with self._lock:  # a site's threads may read the plan
             got = self._epochs.get(epoch)
             if got is None:
                 if len(self._epochs) >= 2:  # the current epoch and the one before
@@ -190,12 +190,13 @@ class Plan(Sequence[Window]):
     def step_counts(self, flags: np.ndarray) -> np.ndarray:
         """Per step of the run, how many of its rows have ``flags[row]`` set (per
         column for 2-D ``flags``); one epoch's permutation at a time."""
-        out = np.zeros((int(self._starts[-1]),) + flags.shape[1:], dtype=np.int64)
+        # int32: a batch is far below 2**31 rows, and a site checks 10^7-step plans
+        out = np.zeros((int(self._starts[-1]),) + flags.shape[1:], dtype=np.int32)
         starts = batch_starts(self.n, self.batch_size)
         for epoch in range(len(out) // self.per_epoch):
             hits = flags[epoch_permutation(self.n, self.seed, epoch).numpy()]
             out[epoch * self.per_epoch:(epoch + 1) * self.per_epoch] = \
-                np.add.reduceat(hits.astype(np.int64), starts, axis=0)
+                np.add.reduceat(hits.astype(np.int32), starts, axis=0)
         return out
 
 
@@ -219,6 +220,19 @@ class Steps(Sequence[Step]):
         t = self.first + i
         return Step(t, t // self.plan.per_epoch, self.plan.rows(t))
 
+    def rows(self) -> torch.Tensor:
+        """Sorted distinct rows of all the steps: one slice of each epoch's
+        permutation, not a tensor per step."""
+        plan, parts, t = self.plan, [], self.first
+        while t < self.end:
+            epoch, j = divmod(t, plan.per_epoch)
+            stop = min(self.end, (epoch + 1) * plan.per_epoch)
+            last = stop - epoch * plan.per_epoch  # batches [j, last) of the epoch
+            b = last * plan.batch_size if last < plan.per_epoch else plan.n
+            parts.append(plan._order(epoch)[j * plan.batch_size:b])
+            t = stop
+        return torch.unique(torch.cat(parts))
+
 
 def window_counts(plan: Plan, flags: np.ndarray) -> np.ndarray:
     """Per window, how many of the distinct rows it trains have ``flags[row]`` set
@@ -228,8 +242,8 @@ def window_counts(plan: Plan, flags: np.ndarray) -> np.ndarray:
     within one epoch (a permutation's batches: no row twice) sums its steps'."""
     per_step = plan.step_counts(flags)
     starts = plan._starts
-    out = np.add.reduceat(per_step, starts[:-1], axis=0) if len(per_step) else \
-        np.zeros((len(plan),) + flags.shape[1:], np.int64)
+    out = np.add.reduceat(per_step, starts[:-1], axis=0, dtype=np.int64) \
+        if len(per_step) else np.zeros((len(plan),) + flags.shape[1:], np.int64)
     spans = np.flatnonzero(starts[:-1] // plan.per_epoch
                            != (starts[1:] - 1) // plan.per_epoch)
     for i in spans:  # over an epoch boundary: a row may come twice, count it once

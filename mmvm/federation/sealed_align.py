@@ -99,9 +99,9 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
         payload = open_envelope(sec.keys, sec.peer(prev), req.sealed[prev],
                                 run_id=sec.run_id, guard=guard, expected_round=0,
                                 expected_counter=req.step, kind=KIND_PSI)
-        points = psi.unpack(payload)
-        policy.check_ring_set(me, psi.origin(ring, me, req.step), len(points))
-        points = psi.exponentiate(points, unb64(sec.state["scalar"]))
+        policy.check_ring_set(me, psi.origin(ring, me, req.step),
+                              len(payload) // psi.POINT_BYTES)  # before it is read
+        points = psi.exponentiate(psi.unpack(payload), unb64(sec.state["scalar"]))
         sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
     if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin

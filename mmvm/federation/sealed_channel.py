@@ -240,8 +240,9 @@ def begin_once(sec: SiteSecrets) -> None:
     ledger = sec.state_dir.parent / f"{sec.site}.secure-runs"
     if ledger.is_file() and str(sec.run_id) in ledger.read_text().split():
         raise SecurityError(f"site {sec.site}: secure run {sec.run_id} already began at "
-                            f"this site and its state is gone (masks and keys derive "
-                            f"from the run id: it is used once); start a new run")
+                            f"this site and its state is gone (or its first describe "
+                            f"failed); masks and keys derive from the run id, which is "
+                            f"used once: start a new run")
     ledger.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(ledger, "a", encoding="utf-8") as f:
         f.write(f"{sec.run_id}\n")

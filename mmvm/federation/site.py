@@ -31,8 +31,8 @@ from mmvm.federation.plan import PlanArgs, Step, window_counts
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
 from mmvm.federation.reply_cache import ReplyCache
+from mmvm.federation.site_encode import encode_rows
 from mmvm.federation.window_metrics import step_sums, zero_sums
-from mmvm.model import norm_stats_frozen
 from mmvm.noise import modality_noise
 from mmvm.objectives import alpha_schedule, site_loss
 from mmvm.training import TrainingDivergedError, build_model, resolve_device
@@ -188,18 +188,17 @@ class Site:
         local = self.linked().local_of[rows]
         held = local >= 0
         rows, local = rows[held], local[held]
-        out: dict[str, Posteriors] = {}
         if len(rows) == 0:
-            return out
-        batch = self.data.batch(local)
-        with norm_stats_frozen(self.model):  # the training step runs each encoder once
-            for j, m in enumerate(self.names):
-                keep = batch["mask"][:, j].numpy()
-                if not keep.any():
-                    continue
-                mu, lv = self.model.encode_modality(m, batch["x"][m][keep].to(self.device))
-                out[m] = Posteriors(rows[keep], mu.cpu().numpy(), lv.cpu().numpy())
-        return out
+            return {}
+        return encode_rows(self.model, self.data, rows, local, self.pass_rows,
+                           self.device)
+
+    @property
+    def pass_rows(self) -> int:
+        """Rows per forward pass outside a step (encoding a window's rows, evaluation):
+        the plan's batch, which the site's max-step-gib admitted, and at most 512."""
+        return min(512, self.linked().plan.batch_size if self.link else
+                   self.cfg.train.batch_size)
 
     def encode_window(self, index: int) -> dict[str, Posteriors]:
         """Own posteriors for the rows of window ``index``. A window of one step gets

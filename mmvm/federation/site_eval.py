@@ -33,7 +33,7 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000) -> dict[str, float]
     out: dict[str, float] = {}
     for j, m in enumerate(site.names):
         rec, rows = 0.0, torch.nonzero(test.mask[:, j]).flatten()
-        for chunk in rows.split(512):
+        for chunk in rows.split(site.pass_rows):  # passes the site's limits admitted
             x = test.batch(chunk)["x"][m].to(site.device)
             mu, _ = site.model.encode_modality(m, x)
             ll = site.model.log_likelihood(m, x, site.model.decode(m, mu))
@@ -46,8 +46,9 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000) -> dict[str, float]
 
 
 def _probes(site: Site, test, max_train: int) -> dict[str, float]:
-    train_mu = encode_dataset(site.model, site.data, device=site.device)
-    test_mu = encode_dataset(site.model, test, device=site.device)
+    size = site.pass_rows
+    train_mu = encode_dataset(site.model, site.data, size, device=site.device)
+    test_mu = encode_dataset(site.model, test, size, device=site.device)
     train_y = present_labels(site.data, site.names)
     test_y = present_labels(test, site.names)
     out = {}

@@ -109,7 +109,8 @@ class CubTextEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ids = x.long()
-        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab):
+        if len(ids) and not ids.is_meta and (  # meta: sizing a step (mmvm.footprint)
+                int(ids.min()) < 0 or int(ids.max()) >= self.vocab):
             raise ValueError(
                 f"modality {self.name!r}: token ids must lie in [0, {self.vocab}), got "
                 f"{int(ids.min())}..{int(ids.max())}; model.modalities.{self.name}.classes "

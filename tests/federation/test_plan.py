@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmvm.federation.plan import exchange_plan, window_counts
+from mmvm.federation.plan import Step, exchange_plan, window_counts
 from mmvm.schedule import epoch_batches
 
 N, BS, SEED, EPOCHS = 50, 8, 3, 4  # 7 batches per epoch, the last one of 2 rows
@@ -130,11 +130,17 @@ def test_a_plan_makes_its_windows_on_demand():
         plan[len(plan)]
 
 
-def test_a_window_makes_its_steps_when_read():
-    """One window of a whole epoch at batch 1 over a million rows: its steps are
-    made as they are read (a Step object each would hold ~1 KB a sample), and each
-    is the schedule's own batch."""
+def test_a_window_makes_its_steps_when_read(monkeypatch):
+    """One window of two whole epochs at batch 1 over a million rows: its rows come
+    from slices of the epochs' permutations and its steps are made as they are read
+    (a Step object each would hold ~1 KB a sample); each is the schedule's batch."""
+    import mmvm.federation.plan as plan_module
+
+    made = []
+    monkeypatch.setattr(plan_module, "Step", lambda *a: made.append(a) or Step(*a))
     n = 10**6
+    two = exchange_plan(n, 1, SEED, 2, "round", local_epochs=2)[0]
+    assert torch.equal(two.rows, torch.arange(n)) and not made
     window = exchange_plan(n, 1, SEED, 1, "round")[0]
     assert len(window.steps) == n - 1  # the last row joins the batch before
     batches = epoch_batches(1000, 7, SEED, 0)  # a trailing batch of one joins
