@@ -201,7 +201,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            where = f" (relative to {Path.cwd()})" * (not path.is_absolute())
+            raise ConfigError(f"config file {path} does not exist{where}")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

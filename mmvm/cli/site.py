@@ -10,8 +10,10 @@ trains it:
 
 It reads what the site's ClientApp will read (policy, every row of the data files,
 keys, the public key directory and the pinned peers' fingerprints, the state
-folder), prints one line per finding and exits 1 if any is an error. Nothing is
-written and nothing is sent.
+folder), prints one line per finding and exits 1 if any is an error (2 when the
+node config string or the experiment config cannot be read at all). Nothing is
+written and nothing is sent. The node config keys and their defaults are in
+deploy/README.md section 3.
 """
 
 from __future__ import annotations

@@ -135,6 +135,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
     final evaluation does, and check the plan's size on the site's own rows alone
     (a run's aligned samples are usually as many or more)."""
     from mmvm.data import open_dataset
+    from mmvm.federation.policy import PolicyError
     from mmvm.federation.site import Site
     from mmvm.footprint import step_bytes
     from mmvm.training import count_parameters
@@ -143,18 +144,27 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
         check.add("experiment", WARNING, f"{cfg.source}: not checked (no valid "
                   f"train.parquet)")
         return
-    try:
+    try:  # a model beyond max-params is not built, so the limits below wait for it
         site = Site(cfg, check.site, train, test, admit=lambda names: policy.check_params(
             check.site, count_parameters(cfg, names)))
         if test is not None:
             open_dataset(test, site.names, cfg.data)
-        policy.check_size(check.site, len(site.data), cfg.train.batch_size,
-                          cfg.train.epochs)
         step = step_bytes(cfg, site.names, cfg.train.batch_size)
-        policy.check_step(check.site, cfg.train.batch_size, lambda: step)
     except Exception as err:  # noqa: BLE001 - reported, as the ClientApp would
         check.add("experiment", ERROR, f"{cfg.source}: {type(err).__name__}: {err}")
         return
+    t = cfg.train
+    for limit in (lambda: policy.check_size(check.site, len(site.data), t.batch_size,
+                                            t.epochs),
+                  lambda: policy.check_step(check.site, t.batch_size, lambda: step)):
+        try:  # each limit the experiment breaks, not only the first
+            limit()
+        except PolicyError as err:
+            check.add("experiment", ERROR, f"{cfg.source}: {err}")
+    if policy.secure_site and policy.min_rows > len(site.data):
+        check.add("policy", WARNING, f"min-rows {policy.min_rows:,} is more than this "
+                  f"site's {len(site.data):,} train rows: every secure run's plan will be "
+                  f"refused")
     n = sum(p.numel() for p in site.model.parameters())
     check.add("experiment", OK, f"{cfg.source}: trains {', '.join(site.names)} "
               f"({n:,} parameters, about {step / 2**30:.2f} GiB a step at batch "
@@ -188,12 +198,17 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                   "require-secure without keys: this site refuses plaintext runs and "
                   "cannot take part in secure ones" if p.require_secure else
                   "no keys: a plaintext site (secure = false runs only); the server "
-                  "sees what the site sends (its latent posteriors and weights) "
-                  "unencrypted (deploy/README.md section 7)")
+                  "sees what the site sends (its sample ids, latent posteriors and "
+                  "weights) unencrypted (deploy/README.md section 7)")
         return
     if p.allow_collect:
         check.add("policy", WARNING, "allow-collect on: the server receives this site's "
                   "final weights when a run asks (collect-model)")
+    if not p.require_psi:
+        check.add("policy", WARNING, "require-psi off: runs may align by keyed pseudonyms, "
+                  "with which a server colluding with any one site can test guesses of "
+                  "this site's ids (MRNs, study numbers are guessable); set "
+                  "require-psi=true unless the ids are random")
     if p.allow_pair_masking:
         check.add("policy", WARNING, "allow-pair-masking on: when only two sites share "
                   "a modality's weights, each learns the other's from their average")
@@ -225,6 +240,11 @@ def _keys(check: NodeCheck, p: SitePolicy, pinned: bool) -> None:
     elif own is not None:
         check.add("keys", OK, f"{key_file}: site {own.site}, fingerprint "
                   f"{own.public.fingerprint}")
+    if not p.directory and not dir_file.exists():
+        check.add("directory", ERROR, f"{dir_file}: no such file; set directory= to the "
+                  f"public key directory (public_keys.json) your coordinator sent (without "
+                  f"it, it is looked for next to the site's keys)")
+        return
     directory = _try(check, "directory", lambda: load_public_directory(dir_file))
     if directory is not None:
         _directory(check, p, own, directory, dir_file)
@@ -268,8 +288,11 @@ def _peers(check: NodeCheck, p: SitePolicy, directory: dict, path: Path) -> None
                   f"including any the operator adds later: {listing}")
     else:
         ignored = sorted(set(directory) - set(trusted))
-        check.add("peers", OK, f"pinned and matching the directory: {listing}"
-                  + (f"; not trusted: {', '.join(ignored)}" * bool(ignored)))
+        check.add("peers", OK, f"pinned and matching the directory: {listing}")
+        if ignored:
+            check.add("peers", WARNING, f"not pinned, so not trusted: {', '.join(ignored)} "
+                      f"(nothing is sealed to them or accepted from them: a run with them "
+                      f"fails at this site; pin them if they are this federation's sites)")
     if not peers:
         check.add("peers", ERROR, "no peer besides the site itself: a secure run needs "
                   "at least one other site")

@@ -114,15 +114,16 @@ class SitePolicy:
         if self.test_bed:
             return
         per_epoch = batches_per_epoch(n, batch_size)
-        for key, value, limit, what in (
-                ("max-batch", batch_size, self.max_batch, "a batch of {:,} rows"),
-                ("max-visits", epochs * n, self.max_visits,
-                 f"{epochs:,} epochs over {n:,} samples: {{:,}} rows"),
-                ("max-steps", epochs * per_epoch, self.max_steps,
-                 f"{epochs:,} epochs x {per_epoch:,} steps = {{:,}} steps")):
-            if value > limit:
-                raise PolicyError(f"site {site}: the plan asks for {what.format(value)}; "
-                                  f"its node config allows {limit:,} ({key})")
+        over = [f"{what.format(value)}; its node config allows {limit:,} ({key})"
+                for key, value, limit, what in (
+                    ("max-batch", batch_size, self.max_batch, "a batch of {:,} rows"),
+                    ("max-visits", epochs * n, self.max_visits,
+                     f"{epochs:,} epochs over {n:,} samples: {{:,}} rows"),
+                    ("max-steps", epochs * per_epoch, self.max_steps,
+                     f"{epochs:,} epochs x {per_epoch:,} steps = {{:,}} steps"))
+                if value > limit]
+        if over:  # every limit it breaks, not only the first
+            raise PolicyError(f"site {site}: the plan asks for " + "; and ".join(over))
 
     def check_params(self, site: str, count: int) -> None:
         """Refuse a model of more than ``max-params`` parameters (counted unbuilt);
@@ -195,21 +196,32 @@ class SitePolicy:
         if self.peers is None:
             return dict(directory)
         out = {site: directory[site]} if site in directory else {}
-        for name, pinned in self.peers.items():
-            entry = directory.get(name)
-            if entry is None:
-                raise PolicyError(f"site {site}: pinned peer {name!r} is not in the "
-                                  f"public key directory")
-            if _norm(entry.fingerprint) != _norm(pinned):
-                raise PolicyError(f"site {site}: the directory's key of {name!r} has "
-                                  f"fingerprint {entry.fingerprint}, not the pinned "
-                                  f"{pinned}")
-            out[name] = entry
+        missing = [n for n in self.peers if n not in directory]
+        if missing:
+            raise PolicyError(f"site {site}: pinned peers {missing} are not in the "
+                              f"public key directory")
+        wrong = [n for n, pinned in self.peers.items()
+                 if _norm(directory[n].fingerprint) != _norm(pinned)]
+        if wrong:
+            raise PolicyError(
+                f"site {site}: the directory's keys of {wrong} are not the pinned ones ("
+                + "; ".join(f"{n}: directory {directory[n].fingerprint}, pinned "
+                            f"{_grouped(self.peers[n])}" for n in wrong)
+                + "). Re-confirm each fingerprint with that site's administrator out of "
+                  "band (phone, signed e-mail); do not copy it from the directory: a "
+                  "replaced directory entry is what pinning is there to catch")
+        out.update({n: directory[n] for n in self.peers})
         return out
 
 
 def _norm(fingerprint: str) -> str:
     return fingerprint.replace(" ", "").replace(":", "").lower()
+
+
+def _grouped(fingerprint: str) -> str:
+    """As fingerprints are printed: groups of 4 hex digits."""
+    f = _norm(fingerprint)
+    return " ".join(f[i:i + 4] for i in range(0, len(f), 4))
 
 
 def _bool(nc: Mapping, key: str, default: bool) -> bool:
@@ -218,9 +230,10 @@ def _bool(nc: Mapping, key: str, default: bool) -> bool:
     v = nc[key]
     if isinstance(v, bool):
         return v
-    if str(v).lower() in ("true", "1", "yes", "false", "0", "no"):
-        return str(v).lower() in ("true", "1", "yes")
-    raise PolicyError(f"node config: {key} = {v!r} is not a boolean")
+    if str(v).lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return str(v).lower() in ("true", "1", "yes", "on")
+    raise PolicyError(f"node config: {key} = {v!r} is not a boolean (true or false; "
+                      f"yes/no, on/off, 1/0 also do)")
 
 
 def _positive(nc: Mapping, key: str, default: int) -> int:
@@ -230,7 +243,8 @@ def _positive(nc: Mapping, key: str, default: int) -> int:
     except (TypeError, ValueError, OverflowError):
         n = 0
     if isinstance(v, bool) or isinstance(v, float) and v != n or n < 1:
-        raise PolicyError(f"node config: {key} = {v!r} is not a positive integer")
+        unit = " (whole GiB)" * key.endswith("-gib")
+        raise PolicyError(f"node config: {key} = {v!r} is not a positive integer{unit}")
     return n
 
 

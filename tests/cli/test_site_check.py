@@ -42,7 +42,7 @@ def _nc(fed: dict, site: str = "site-a", **extra) -> dict:
     nc = {"site": site, "data": str(root / "data" / site),
           "keys": str(root / "keys" / site / "site_keys.json"),
           "directory": str(root / "keys" / "public_keys.json"), "peers": others,
-          "state": str(root / "state" / site)}
+          "state": str(root / "state" / site), "require-psi": "true"}
     nc.update(extra)
     return {k: v for k, v in nc.items() if v is not None}
 
@@ -75,7 +75,7 @@ def test_every_problem_is_found_at_once(fed):
     assert len(errors) == 3, errors
     assert "did you mean 'min-rows'?" in errors[0]
     assert "chmod 600" in errors[1]
-    assert "'site-b' has fingerprint" in errors[2]
+    assert "keys of ['site-b'] are not the pinned ones" in errors[2]
 
 
 def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
@@ -91,7 +91,8 @@ def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
 
 
 def test_a_plaintext_site_and_trust_in_the_whole_directory_are_warned(fed):
-    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None))
+    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+                                  **{"require-psi": None}))
     assert check.ok and "plaintext site" in _find(check, "policy", WARNING)[0]
     check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
                                   **{"require-secure": True}))
@@ -160,7 +161,7 @@ def test_bad_values_do_not_hide_the_other_checks(fed):
     errors = [f"{f.item}: {f.detail}" for f in check.findings if f.status == ERROR]
     assert len(errors) == 3, errors
     assert "not a boolean" in errors[0] and "positive integer" in errors[1]
-    assert "'site-b' has fingerprint" in errors[2]
+    assert "keys of ['site-b'] are not the pinned ones" in errors[2]
     assert _find(check, "keys", OK) and _find(check, "directory", OK)
     assert "the values that parse" in _find(check, "policy", OK)[0]
 
@@ -194,3 +195,27 @@ def test_a_config_outside_the_app_is_noted(fed, tmp_path):
     copy.write_text(Path(CONFIG).read_text())
     check = check_node_config(_nc(fed), load_config(copy))
     assert check.ok and "not under this app's" in _find(check, "experiment", WARNING)[0]
+
+
+def test_settings_that_would_fail_runs_later_are_warned_now(fed):
+    """What an administrator gets wrong without an error at start: a peer left
+    unpinned, pseudonym alignment allowed for guessable ids, a min-rows no plan can
+    meet, a directory not where the default looks; and every limit an experiment
+    breaks is named, not only the first."""
+    site_b = next(n for n in fed["keys"] if n != "site-a")
+    pins = f"{site_b}={fed['keys'][site_b].public.fingerprint}"
+    check = check_node_config(_nc(fed, peers=pins, **{"require-psi": None,
+                                                     "min-rows": "100000"}),
+                              load_config(CONFIG))
+    assert "not pinned, so not trusted" in " ".join(_find(check, "peers", WARNING))
+    warned = " ".join(_find(check, "policy", WARNING))
+    assert "require-psi off" in warned and "min-rows 100,000 is more than" in warned
+    tight = check_node_config(_nc(fed, **{"max-batch": "2", "max-steps": "3",
+                                          "max-step-gib": "1"}),
+                              load_config(CONFIG, ["train.batch_size=4096"]))
+    errors = " ".join(_find(tight, "experiment", ERROR))
+    assert "(max-batch)" in errors and "(max-steps)" in errors
+    assert "(max-step-gib)" in errors
+    lost = check_node_config(_nc(fed, directory=None))
+    assert "set directory= to the public key directory" in _find(lost, "directory",
+                                                                ERROR)[0]

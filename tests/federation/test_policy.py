@@ -45,8 +45,9 @@ def test_switches_and_their_errors(tmp_path, directory):
         load_policy({"data": "/d", "keys": "k"}, "a")
     with pytest.raises(PolicyError, match=r"unknown keys \['alow-collect'\]"):
         load_policy({"data": "/d", "alow-collect": "true"}, "a")
-    with pytest.raises(PolicyError, match="is not a boolean"):
+    with pytest.raises(PolicyError, match=r"is not a boolean \(true or false"):
         load_policy({"data": "/d", "require-secure": "maybe"}, "a")
+    assert load_policy({"data": "/d", "require-secure": "on"}, "a").require_secure
     with pytest.raises(PolicyError, match="is not 'name=fingerprint'"):
         load_policy({"data": "/d", "keys": "k", "peers": "b=12ab"}, "a")
 
@@ -54,11 +55,14 @@ def test_switches_and_their_errors(tmp_path, directory):
 def test_pinned_peers_filter_the_directory_and_catch_substituted_keys(directory):
     p = load_policy({"data": "/d", "keys": "k", "peers": _pins(directory, "b", "c")}, "a")
     assert sorted(p.trusted("a", directory)) == ["a", "b", "c"]  # not mallory
-    forged = dict(directory, b=SiteKeys.generate("b").public)  # the operator swapped b
-    with pytest.raises(PolicyError, match="not the pinned"):
+    forged = dict(directory, b=SiteKeys.generate("b").public,  # the operator swapped
+                  c=SiteKeys.generate("c").public)  # b and c: both named, with advice
+    with pytest.raises(PolicyError, match=r"keys of \['b', 'c'\] are not the pinned ones"
+                                          r" \(b: directory .*; c: directory .*\)\. "
+                                          r"Re-confirm .* do not copy it from the dir"):
         p.trusted("a", forged)
     gone = {k: v for k, v in directory.items() if k != "c"}
-    with pytest.raises(PolicyError, match="pinned peer 'c' is not in the public key"):
+    with pytest.raises(PolicyError, match=r"pinned peers \['c'\] are not in the public key"):
         p.trusted("a", gone)
     fp = directory["b"].fingerprint  # spaces and case do not matter
     same = load_policy({"data": "/d", "keys": "k",
