@@ -15,7 +15,7 @@ studies. From one tiny tree in the published MIMIC-CXR-JPG layout
    configs (``site``, ``data``, ``keys``, ``directory``, ``state``, ``peers``): A's
    on the command line, B's in a TOML file; ``flwr supernode list`` shows both online;
 4. ``flwr run`` with the guide's run config (``configs/mimic_cxr_64.toml``,
-   ``num-sites=2 eval-data='' secure=true collect-model=false``); the run ends
+   ``num-sites=2 eval-data='' secure=true align='psi' collect-model=false``); the run ends
    ``finished:completed`` (``flwr ls``), ``results.json`` names both sites and says
    both kept their weights;
 5. the guide's Python snippet loads hospital A's state file into a
@@ -52,7 +52,7 @@ VIEW_OF = {dicom: "lateral" if view in ("LATERAL", "LL") else "frontal"
            for studies in mimic_studies(40).values() for images in studies.values()
            for dicom, view in images}
 RUN_CONFIG = ("config='configs/mimic_cxr_64.toml' num-sites=2 eval-data='' "
-              "secure=true collect-model=false")
+              "secure=true align='psi' collect-model=false")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -75,7 +75,7 @@ def _node_config(site: str, data: Path, keys: Path, state: Path, peer: str,
     """The guide's node config of ``site`` (section 4), key -> value."""
     return {"site": site, "data": str(data), "keys": str(keys / "site_keys.json"),
             "directory": str(keys / "public_keys.json"), "state": str(state),
-            "peers": f"{peer}={fingerprint}"}
+            "peers": f"{peer}={fingerprint}", "require-psi": "true"}
 
 
 def _inline(nc: dict[str, str]) -> str:
