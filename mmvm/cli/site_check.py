@@ -313,7 +313,11 @@ def _state(check: NodeCheck, state: Path) -> None:
             check.add("state", OK, f"{state} (writable, mode {mode:o})")
         return
     parent = next(p for p in state.resolve().parents if p.exists())
-    if os.access(parent, os.W_OK | os.X_OK):
+    if os.access(parent, os.W_OK | os.X_OK) and parent.stat().st_mode & 0o002:
+        check.add("state", WARNING, f"{state} does not exist yet and {parent} is writable "
+                  f"by every user: another one could make it first; make it now "
+                  f"(mkdir -m 700) or choose a folder of your own")
+    elif os.access(parent, os.W_OK | os.X_OK):
         check.add("state", OK, f"{state} (made at the first run, under {parent}; each "
                   f"run's folder mode 700)")
     else:

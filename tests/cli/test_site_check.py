@@ -216,6 +216,13 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     errors = " ".join(_find(tight, "experiment", ERROR))
     assert "(max-batch)" in errors and "(max-steps)" in errors
     assert "(max-step-gib)" in errors
+    import tempfile
+    import uuid
+
+    shared = Path(tempfile.gettempdir())
+    if shared.stat().st_mode & 0o002:  # /tmp: anyone may make the folder first
+        early = check_node_config(_nc(fed, state=str(shared / f"mmvm-{uuid.uuid4()}")))
+        assert "another one could make it first" in _find(early, "state", WARNING)[0]
     lost = check_node_config(_nc(fed, directory=None))
     assert "set directory= to the public key directory" in _find(lost, "directory",
                                                                 ERROR)[0]
