@@ -24,7 +24,8 @@ from mmvm.federation.policy import KEYS, SitePolicy, load_policy, policy_problem
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 PATH_KEYS = ("data", "keys", "directory", "state")
-SECURE_ONLY = ("peers", "directory", "require-psi", "allow-pair-masking", "max-align-rows")
+SECURE_ONLY = ("peers", "directory", "require-psi", "allow-pair-masking", "max-align-rows",
+               "min-rows")
 
 
 @dataclass
@@ -70,6 +71,8 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeC
     if cfg is not None:
         _experiment(check, cfg, train, test, policy)
     _policy(check, policy, nc, partial=bool(problems))
+    if train is not None and policy.secure_site:
+        _min_rows(check, policy, train)
     _name(check, policy)
     if policy.secure_site:
         _keys(check, policy, pinned="peers" in nc and "peers" not in bad)
@@ -161,10 +164,6 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
             limit()
         except PolicyError as err:
             check.add("experiment", ERROR, f"{cfg.source}: {err}")
-    if policy.secure_site and policy.min_rows > len(site.data):
-        check.add("policy", WARNING, f"min-rows {policy.min_rows:,} is more than this "
-                  f"site's {len(site.data):,} train rows: every secure run's plan will be "
-                  f"refused")
     n = sum(p.numel() for p in site.model.parameters())
     check.add("experiment", OK, f"{cfg.source}: trains {', '.join(site.names)} "
               f"({n:,} parameters, about {step / 2**30:.2f} GiB a step at batch "
@@ -178,6 +177,15 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
         check.add("experiment", WARNING, f"{cfg.source} is not under this app's {app}: a "
                   f"deployed run names configs/<file> of the app bundle it ships, so copy "
                   f"it there before the run is submitted")
+
+
+def _min_rows(check: NodeCheck, p: SitePolicy, train: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(train).metadata.num_rows
+    if p.min_rows > rows:
+        check.add("policy", WARNING, f"min-rows {p.min_rows:,} is more than this site's "
+                  f"{rows:,} train rows: every secure run's plan will be refused")
 
 
 def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None:
@@ -208,7 +216,9 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
         check.add("policy", WARNING, "require-psi off: runs may align by keyed pseudonyms, "
                   "with which a server colluding with any one site can test guesses of "
                   "this site's ids (MRNs, study numbers are guessable); set "
-                  "require-psi=true unless the ids are random")
+                  "require-psi=true unless the ids are random (PSI still lets a "
+                  "colluding peer test up to max-align-rows guesses a run: lower it "
+                  "towards the peers' cohort sizes)")
     if p.allow_pair_masking:
         check.add("policy", WARNING, "allow-pair-masking on: when only two sites share "
                   "a modality's weights, each learns the other's from their average")
@@ -299,6 +309,11 @@ def _peers(check: NodeCheck, p: SitePolicy, directory: dict, path: Path) -> None
 
 
 def _state(check: NodeCheck, state: Path) -> None:
+    if state.is_symlink() or state.exists() and state.stat().st_uid != os.geteuid():
+        check.add("state", ERROR, f"state={state} is a link or belongs to another user: "
+                  f"whoever owns it can read and change the site's model and keys' state; "
+                  f"use a folder this user made")
+        return
     if state.exists():
         mode = state.stat().st_mode & 0o777
         if not state.is_dir():
@@ -316,7 +331,7 @@ def _state(check: NodeCheck, state: Path) -> None:
     if os.access(parent, os.W_OK | os.X_OK) and parent.stat().st_mode & 0o002:
         check.add("state", WARNING, f"{state} does not exist yet and {parent} is writable "
                   f"by every user: another one could make it first; make it now "
-                  f"(mkdir -m 700) or choose a folder of your own")
+                  f"(mkdir -p, then chmod 700) or choose a folder of your own")
     elif os.access(parent, os.W_OK | os.X_OK):
         check.add("state", OK, f"{state} (made at the first run, under {parent}; each "
                   f"run's folder mode 700)")

@@ -197,19 +197,20 @@ class SitePolicy:
             return dict(directory)
         out = {site: directory[site]} if site in directory else {}
         missing = [n for n in self.peers if n not in directory]
-        if missing:
-            raise PolicyError(f"site {site}: pinned peers {missing} are not in the "
-                              f"public key directory")
-        wrong = [n for n, pinned in self.peers.items()
-                 if _norm(directory[n].fingerprint) != _norm(pinned)]
+        wrong = [n for n, pinned in self.peers.items() if n in directory
+                 and _norm(directory[n].fingerprint) != _norm(pinned)]
+        problems = [f"pinned peers {', '.join(missing)} are not in the public key "
+                    f"directory"] * bool(missing)
         if wrong:
-            raise PolicyError(
-                f"site {site}: the directory's keys of {wrong} are not the pinned ones ("
+            problems.append(
+                f"the directory's keys of {', '.join(wrong)} are not the pinned ones ("
                 + "; ".join(f"{n}: directory {directory[n].fingerprint}, pinned "
                             f"{_grouped(self.peers[n])}" for n in wrong)
                 + "). Re-confirm each fingerprint with that site's administrator out of "
                   "band (phone, signed e-mail); do not copy it from the directory: a "
                   "replaced directory entry is what pinning is there to catch")
+        if problems:
+            raise PolicyError(f"site {site}: " + "; and ".join(problems))
         out.update({n: directory[n] for n in self.peers})
         return out
 

@@ -53,7 +53,7 @@ def _find(check, item: str, status: str) -> list[str]:
 
 def test_a_good_secure_site_is_ready_and_its_peers_are_listed(fed):
     check = check_node_config(_nc(fed), load_config(CONFIG))
-    assert check.ok, check.findings
+    assert check.ok and check.count(WARNING) == 0, check.findings
     assert {f.item for f in check.findings} == {"data", "experiment", "policy", "keys",
                                                  "directory", "peers", "state"}
     assert "trains m0" in _find(check, "experiment", OK)[0]
@@ -75,7 +75,7 @@ def test_every_problem_is_found_at_once(fed):
     assert len(errors) == 3, errors
     assert "did you mean 'min-rows'?" in errors[0]
     assert "chmod 600" in errors[1]
-    assert "keys of ['site-b'] are not the pinned ones" in errors[2]
+    assert "keys of site-b are not the pinned ones" in errors[2]
 
 
 def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
@@ -161,7 +161,7 @@ def test_bad_values_do_not_hide_the_other_checks(fed):
     errors = [f"{f.item}: {f.detail}" for f in check.findings if f.status == ERROR]
     assert len(errors) == 3, errors
     assert "not a boolean" in errors[0] and "positive integer" in errors[1]
-    assert "keys of ['site-b'] are not the pinned ones" in errors[2]
+    assert "keys of site-b are not the pinned ones" in errors[2]
     assert _find(check, "keys", OK) and _find(check, "directory", OK)
     assert "the values that parse" in _find(check, "policy", OK)[0]
 
@@ -216,13 +216,18 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     errors = " ".join(_find(tight, "experiment", ERROR))
     assert "(max-batch)" in errors and "(max-steps)" in errors
     assert "(max-step-gib)" in errors
-    import tempfile
-    import uuid
-
-    shared = Path(tempfile.gettempdir())
-    if shared.stat().st_mode & 0o002:  # /tmp: anyone may make the folder first
-        early = check_node_config(_nc(fed, state=str(shared / f"mmvm-{uuid.uuid4()}")))
-        assert "another one could make it first" in _find(early, "state", WARNING)[0]
+    shared = fed["root"] / "shared"  # like /tmp: anyone may make the folder first
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    early = check_node_config(_nc(fed, state=str(shared / "site-a")))
+    assert "another one could make it first" in _find(early, "state", WARNING)[0]
+    (shared / "theirs").mkdir()
+    (shared / "link").symlink_to(shared / "theirs")
+    linked = check_node_config(_nc(fed, state=str(shared / "link")))
+    assert "is a link or belongs to another user" in _find(linked, "state", ERROR)[0]
+    plain = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+                                  **{"require-psi": None, "min-rows": "5"}))
+    assert "min-rows without keys: no effect" in " ".join(_find(plain, "policy", WARNING))
     lost = check_node_config(_nc(fed, directory=None))
     assert "set directory= to the public key directory" in _find(lost, "directory",
                                                                 ERROR)[0]
