@@ -160,10 +160,7 @@ class Plan(Sequence[Window]):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"window {index} of a plan of {len(self)}")
+        index = _position(index, len(self), "window", "a plan")
         return Window(index, Steps(self, int(self._starts[index]),
                                    int(self._starts[index + 1])))
 
@@ -213,11 +210,7 @@ class Steps(Sequence[Step]):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"step {i} of a window of {len(self)}")
-        t = self.first + i
+        t = self.first + _position(i, len(self), "step", "a window")
         return Step(t, t // self.plan.per_epoch, self.plan.rows(t))
 
     def rows(self) -> torch.Tensor:
@@ -232,6 +225,14 @@ class Steps(Sequence[Step]):
             parts.append(plan._order(epoch)[j * plan.batch_size:b])
             t = stop
         return torch.unique(torch.cat(parts))
+
+
+def _position(i: int, n: int, what: str, of: str) -> int:
+    """Sequence index ``i`` (negative from the end) of ``n`` items, checked."""
+    j = i + n if i < 0 else i
+    if not 0 <= j < n:
+        raise IndexError(f"{what} {i} of {of} of {n}")
+    return j
 
 
 def window_counts(plan: Plan, flags: np.ndarray) -> np.ndarray:

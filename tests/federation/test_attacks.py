@@ -49,6 +49,19 @@ def _hybrid(cfg, tmp_path, data_root, policy=None, shards=3):
     return sites, keys, sealed_endpoints(sites, keys, tmp_path / "state", policy)
 
 
+class AttachTamper(LocalTransport):
+    """Changes every attach request (``change(request) -> request``) on its way."""
+
+    def __init__(self, endpoints, change):
+        super().__init__(endpoints)
+        self.change = change
+
+    def exchange(self, requests, wait=None, need=1):
+        if next(iter(requests.values())).kind == "attach":
+            requests = {k: self.change(r) for k, r in requests.items()}
+        return super().exchange(requests, wait, need)
+
+
 class Recorder(LocalTransport):
     """Keeps every request and reply (the server's view), by kind."""
 
@@ -160,21 +173,11 @@ def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_pat
     sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
     holders = [s.name for s in sites.values() if "m0" in s.names]
 
-    class Planner(LocalTransport):
-        def __init__(self, endpoints, change):
-            super().__init__(endpoints)
-            self.change = change
-
-        def exchange(self, requests, wait=None, need=1):
-            if next(iter(requests.values())).kind == "attach":
-                requests = {k: self.change(r) for k, r in requests.items()}
-            return super().exchange(requests, wait, need)
-
     def one_row(r):
         return dataclasses.replace(r, plan=dict(r.plan, batch_size=1))
 
     with pytest.raises(PolicyError, match="single out another holder's weights"):
-        federate(cfg, {}, transport=Planner(endpoints, one_row), secure=True,
+        federate(cfg, {}, transport=AttachTamper(endpoints, one_row), secure=True,
                  exchange="step")
     assert all(s.link is None for s in sites.values() if "m0" in s.names)
 
@@ -184,7 +187,7 @@ def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_pat
 
     sites, _, endpoints = _hybrid(cfg, tmp_path / "twice", tiny_polymnist)
     with pytest.raises(FederationError, match="told to share modality 'm0'"):
-        federate(cfg, {}, transport=Planner(endpoints, twice), secure=True)
+        federate(cfg, {}, transport=AttachTamper(endpoints, twice), secure=True)
     # a site that shares nothing: two-row windows tell the sum of two samples' losses;
     # a site whose node config says min-rows = 3 refuses them (the default allows them)
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
@@ -193,7 +196,7 @@ def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_pat
                                  SitePolicy(test_bed=True, min_rows=3))
     with pytest.raises(PolicyError, match=r"trains 2 of its rows in window 0 .*min-rows "
                                           r"= 3\); use larger batches"):
-        federate(cfg, {}, transport=Planner(endpoints, lambda r: dataclasses.replace(
+        federate(cfg, {}, transport=AttachTamper(endpoints, lambda r: dataclasses.replace(
             r, plan=dict(r.plan, batch_size=2))), secure=True, exchange="step")
 
 
@@ -369,25 +372,15 @@ def test_6b_the_servers_word_on_a_peers_rows_must_be_aligned_rows(cfg, tmp_path,
     """What a site seals to a peer follows the server's claim of the rows they share:
     rows outside the alignment or a modality string (split into letters) are
     refused, not sealed to."""
-    class Teller(LocalTransport):
-        def __init__(self, endpoints, change):
-            super().__init__(endpoints)
-            self.change = change
-
-        def exchange(self, requests, wait=None, need=1):
-            if next(iter(requests.values())).kind == "attach":
-                requests = {k: dataclasses.replace(r, peers={
-                    p: self.change(r, v) for p, v in r.peers.items()})
-                    for k, r in requests.items()}
-            return super().exchange(requests, wait, need)
-
     for i, lie in enumerate([lambda r, v: dict(v, rows=[*v["rows"], r.n]),
                              lambda r, v: dict(v, modalities="m0m1"),
                              lambda r, v: dict(v, rows=[*v["rows"], v["rows"][0]])]):
         sites, _, endpoints = _hybrid(cfg, tmp_path / str(i), tiny_polymnist)
         with pytest.raises(SecurityError, match=r"server's description of peer .* not "
                                                 r"distinct aligned rows"):
-            federate(cfg, {}, transport=Teller(endpoints, lie), secure=True)
+            federate(cfg, {}, transport=AttachTamper(endpoints, lambda r, lie=lie: (
+                dataclasses.replace(r, peers={p: lie(r, v) for p, v in r.peers.items()}))),
+                secure=True)
 
 
 def test_2e_a_secure_run_whose_state_was_lost_cannot_begin_again(cfg, tmp_path,
