@@ -180,9 +180,13 @@ class Plan(Sequence[Window]):
     def rows(self, step: int) -> torch.Tensor:
         """The rows of global step ``step`` (a view of its epoch's permutation)."""
         epoch, j = divmod(step, self.per_epoch)
-        a = j * self.batch_size
-        b = a + self.batch_size if j + 1 < self.per_epoch else self.n
-        return self._order(epoch)[a:b]
+        return self.batches(epoch, j, j + 1)
+
+    def batches(self, epoch: int, first: int, end: int) -> torch.Tensor:
+        """The rows of batches ``first .. end - 1`` of ``epoch``, in order: one slice
+        of its permutation (the last batch ends at ``n``: a trailing one joined it)."""
+        b = end * self.batch_size if end < self.per_epoch else self.n
+        return self._order(epoch)[first * self.batch_size:b]
 
     def step_counts(self, flags: np.ndarray) -> np.ndarray:
         """Per step of the run, how many of its rows have ``flags[row]`` set (per
@@ -216,13 +220,11 @@ class Steps(Sequence[Step]):
     def rows(self) -> torch.Tensor:
         """Sorted distinct rows of all the steps: one slice of each epoch's
         permutation, not a tensor per step."""
-        plan, parts, t = self.plan, [], self.first
+        per, parts, t = self.plan.per_epoch, [], self.first
         while t < self.end:
-            epoch, j = divmod(t, plan.per_epoch)
-            stop = min(self.end, (epoch + 1) * plan.per_epoch)
-            last = stop - epoch * plan.per_epoch  # batches [j, last) of the epoch
-            b = last * plan.batch_size if last < plan.per_epoch else plan.n
-            parts.append(plan._order(epoch)[j * plan.batch_size:b])
+            epoch, j = divmod(t, per)
+            stop = min(self.end, (epoch + 1) * per)
+            parts.append(self.plan.batches(epoch, j, stop - epoch * per))
             t = stop
         return torch.unique(torch.cat(parts))
 
