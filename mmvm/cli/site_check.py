@@ -14,6 +14,7 @@ test split read as the final evaluation reads it.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeC
     _policy(check, policy, nc, partial=bool(problems))
     if train is not None and policy.secure_site:
         _min_rows(check, policy, train)
+    if train is not None:
+        _eval_labels(check, policy, train)
     _name(check, policy)
     if policy.secure_site:
         _keys(check, policy, pinned="peers" in nc and "peers" not in bad)
@@ -164,6 +167,10 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
             limit()
         except PolicyError as err:
             check.add("experiment", ERROR, f"{cfg.source}: {err}")
+    if not policy.label_allowed(cfg.data.label):
+        check.add("experiment", WARNING, f"{cfg.source}: data.label = "
+                  f"{cfg.data.label!r} is not in this site's eval-labels: its final "
+                  f"evaluation reports no probe (reconstruction only)")
     n = sum(p.numel() for p in site.model.parameters())
     check.add("experiment", OK, f"{cfg.source}: trains {', '.join(site.names)} "
               f"({n:,} parameters, about {step / 2**30:.2f} GiB a step at batch "
@@ -188,6 +195,19 @@ def _min_rows(check: NodeCheck, p: SitePolicy, train: Path) -> None:
                   f"{rows:,} train rows: every secure run's plan will be refused")
 
 
+def _eval_labels(check: NodeCheck, p: SitePolicy, train: Path) -> None:
+    """An eval-labels pattern that matches none of the site's label columns is a
+    typo or a column the data does not have: the probe it meant is withheld."""
+    import pyarrow.parquet as pq
+
+    columns = [c for c in pq.read_schema(train).names if c.split(".")[0] == "label"]
+    idle = [q for q in p.eval_labels
+            if q != "*" and not any(fnmatch.fnmatchcase(c, q) for c in columns)]
+    if idle:
+        check.add("policy", WARNING, f"eval-labels {', '.join(idle)} match no label "
+                  f"column of {train} (it has {', '.join(columns) or 'none'})")
+
+
 def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None:
     on = {True: "on", False: "off"}
     check.add("policy", OK, "the values that parse: " * partial + f"require-secure "
@@ -196,7 +216,7 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"{on[p.require_psi]}, min-rows {p.min_rows}; max-steps {p.max_steps:,}, "
               f"max-visits {p.max_visits:,}, max-batch {p.max_batch:,}, max-params "
               f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}, max-align-rows "
-              f"{p.max_align_rows:,}")
+              f"{p.max_align_rows:,}; eval-labels {','.join(p.eval_labels) or 'none'}")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:

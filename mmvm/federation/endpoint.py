@@ -79,6 +79,7 @@ class Endpoint:
     def describe(self, req: DescribeRequest):
         self.site.progress.describe(self.site.name)
         reply = self.channel.describe(self.site)
+        reply.labelled = reply.labelled and self._probes_allowed()  # nor if it has one
         self.site.progress.phase, self.site.progress.mode = "described", self.channel.mode
         return reply
 
@@ -193,10 +194,19 @@ class Endpoint:
         self._load_shared(req.weights)
         collect = req.collect and self.policy.allow_collect
         model = {m: site.weights(m) for m in site.names} if collect else {}
+        probes = self._probes_allowed()
+        metrics = evaluate_site(site, probes=probes)
+        if not probes:  # said whether or not the site has that column
+            metrics["probes_withheld"] = 1.0
         reply = EvaluateReply(site=site.name, modalities=list(site.names),
-                              metrics=evaluate_site(site), model=model)
+                              metrics=metrics, model=model)
         site.progress.phase = "evaluated"
         return reply
+
+    def _probes_allowed(self) -> bool:
+        """The site's node config lets the evaluation probe the run's label column
+        (``eval-labels``; a run config may name any column of the site's files)."""
+        return self.policy.label_allowed(self.site.cfg.data.label)
 
     def _load_shared(self, weights: Mapping) -> None:
         """Averaged weights, accepted only for the modalities this site shares."""

@@ -35,6 +35,12 @@ anything leaves the site:
 ``max-align-rows``     PSI: the largest set of another site this site multiplies
                        at an alignment step (default 1,000,000); a server colluding
                        with one site can put guesses of ids into that site's set
+``eval-labels``        the label columns the site's final evaluation may probe,
+                       comma-separated, ``fnmatch`` patterns (``"label,label.dx"``,
+                       ``"label.*"``, ``"*"``; ``""``: none). Default: ``label``
+                       with ``keys``, ``*`` without. The run config names the
+                       column (``data.label``); one it does not allow gets no
+                       probe (reconstruction is still evaluated)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
                        plan's batch size: the layers' outputs and the objective's
                        terms (default 16; estimated on the meta device,
@@ -51,6 +57,7 @@ A simulation has no node config: its sites follow the run config (``secure``,
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +70,7 @@ from mmvm.secure.keys import SitePublicKeys
 
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
-        "max-batch", "max-params", "max-step-gib", "max-align-rows")
+        "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -90,12 +97,19 @@ class SitePolicy:
     max_params: int = LIMITS["max-params"]
     max_step_gib: int = LIMITS["max-step-gib"]
     max_align_rows: int = LIMITS["max-align-rows"]
+    eval_labels: tuple[str, ...] = ("*",)  # label columns probed at evaluation
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
     @property
     def secure_site(self) -> bool:
         return bool(self.keys)
+
+    def label_allowed(self, label: str) -> bool:
+        """Whether the final evaluation may report a probe of label column ``label``
+        (its accuracy and the commonest class's share describe that column at the
+        site; the run config, not the site, names it)."""
+        return self.test_bed or any(fnmatch.fnmatchcase(label, p) for p in self.eval_labels)
 
     def check_run(self, site: str, secure: bool, align: str) -> None:
         """Refuse a run the policy does not allow, naming the policy."""
@@ -265,6 +279,16 @@ def _peers(text: str) -> dict[str, str] | None:
     return out
 
 
+def _labels(text: str) -> tuple[str, ...]:
+    out = tuple(filter(None, (s.strip() for s in text.split(","))))
+    odd = [p for p in out if p != "*" and not p.startswith("label")]
+    if odd:
+        raise PolicyError(f"node config: eval-labels entries {odd} are not label columns "
+                          f"('label' or 'label.<name>'; patterns such as 'label.*', or "
+                          f"'*' for any)")
+    return out
+
+
 # each policy key's reader (its value -> the SitePolicy field), the defaults aside
 _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "allow-collect": lambda nc, k: _bool(nc, k, True),
@@ -272,7 +296,8 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "require-psi": lambda nc, k: _bool(nc, k, False),
             "min-rows": lambda nc, k: _positive(nc, k, 1),
             **{key: lambda nc, k: _positive(nc, k, LIMITS[k]) for key in LIMITS},
-            "peers": lambda nc, k: _peers(str(nc[k]))}
+            "peers": lambda nc, k: _peers(str(nc[k])),
+            "eval-labels": lambda nc, k: _labels(str(nc[k]))}
 
 
 def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
@@ -325,6 +350,8 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         require_psi=_bool(nc, "require-psi", False),
         min_rows=_positive(nc, "min-rows", 1),
         **{k.replace("-", "_"): _positive(nc, k, v) for k, v in LIMITS.items()},
+        eval_labels=_labels(str(nc["eval-labels"])) if "eval-labels" in nc
+        else ("label",) if keys else ("*",),
         sources=tuple(k for k in KEYS if k in nc))
 
 

@@ -80,7 +80,9 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
         for m in ev["modalities"]:
             majority = ev.get(f"majority/{m}")
             chance = f" (chance {majority:.2f})" if majority is not None else ""
-            rows.append([ev["site"], m, _num(ev.get(f"probe/{m}")) + chance,
+            probe = "withheld (the site's eval-labels)" if ev.get("probes_withheld") \
+                else _num(ev.get(f"probe/{m}")) + chance
+            rows.append([ev["site"], m, probe,
                          _num(ev.get(f"recon_nll/{m}"), 1)])
     n = len(result.history)
     lines = [f"mmvm: trained {n} window{'s' if n != 1 else ''} in {duration(result.seconds)} "

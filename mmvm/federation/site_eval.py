@@ -22,10 +22,11 @@ from mmvm.federation.site import Site
 
 
 @torch.no_grad()
-def evaluate_site(site: Site, max_probe_train: int = 10_000) -> dict[str, float]:
+def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
+                  ) -> dict[str, float]:
     """``probe/<m>``, ``classes/<m>``, ``majority/<m>`` (the probe's chance: the share
-    of m's commonest test label), ``recon_nll/<m>`` and ``n_test``; empty without a
-    test file."""
+    of m's commonest test label; none of the three unless ``probes``),
+    ``recon_nll/<m>`` and ``n_test``; empty without a test file."""
     if not site.test_path:
         return {}
     test = open_dataset(site.test_path, site.names, site.cfg.data)
@@ -39,7 +40,7 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000) -> dict[str, float]
             ll = site.model.log_likelihood(m, x, site.model.decode(m, mu))
             rec -= float(ll.sum()) * float(site.model.specs[m].weight)
         out[f"recon_nll/{m}"] = rec / max(len(rows), 1)
-    if site.data.labels is not None and test.labels is not None:
+    if probes and site.data.labels is not None and test.labels is not None:
         out.update(_probes(site, test, max_probe_train))
     out["n_test"] = float(len(test))
     return out

@@ -228,6 +228,15 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     plain = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
                                   **{"require-psi": None, "min-rows": "5"}))
     assert "min-rows without keys: no effect" in " ".join(_find(plain, "policy", WARNING))
+    typo = check_node_config(_nc(fed, **{"eval-labels": "label,label.dx"}),
+                             load_config(CONFIG, ["data.label=label.dx"]))
+    assert "eval-labels label.dx match no label column" in " ".join(
+        _find(typo, "policy", WARNING))
+    assert "data.label = 'label.dx' is not in this site's eval-labels" not in " ".join(
+        _find(typo, "experiment", WARNING))
+    other = check_node_config(_nc(fed), load_config(CONFIG, ["data.label=label.dx"]))
+    assert "data.label = 'label.dx' is not in this site's eval-labels" in " ".join(
+        _find(other, "experiment", WARNING))
     lost = check_node_config(_nc(fed, directory=None))
     assert "set directory= to the public key directory" in _find(lost, "directory",
                                                                 ERROR)[0]

@@ -75,7 +75,8 @@ def _node_config(site: str, data: Path, keys: Path, state: Path, peer: str,
     """The guide's node config of ``site`` (section 4), key -> value."""
     return {"site": site, "data": str(data), "keys": str(keys / "site_keys.json"),
             "directory": str(keys / "public_keys.json"), "state": str(state),
-            "peers": f"{peer}={fingerprint}", "require-psi": "true"}
+            "peers": f"{peer}={fingerprint}", "require-psi": "true",
+            "eval-labels": "label.no_finding"}
 
 
 def _inline(nc: dict[str, str]) -> str:

@@ -19,6 +19,7 @@ from mmvm.federation.messages import (
     WindowRequest,
 )
 from mmvm.federation.plan import PlanArgs
+from mmvm.federation.policy import SitePolicy
 from tests.support.federate import make_sites, split
 
 
@@ -52,6 +53,30 @@ def test_describe_attach_window_evaluate(endpoint):
     ev = endpoint.handle(EvaluateRequest(collect=True))
     assert ev.site == "site-m0" and "probe/m0" in ev.metrics
     assert set(ev.model) == {"m0"}
+
+
+def test_a_label_column_outside_the_sites_eval_labels_gets_no_probe(
+        tiny_polymnist, tiny_config, tmp_path):
+    """The submitter names ``data.label``; a site reports a probe of it (accuracy,
+    classes, the commonest class's share) only if its node config allows the column,
+    and then does not say whether it has it. Reconstruction is still evaluated."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    site = make_sites(cfg, specs, root)["n0"]
+    assert site.data.labels is not None  # it has the column the run asks for
+    ep = Endpoint(site, PlainChannel(), SitePolicy(eval_labels=("label.dx",)))
+    assert ep.handle(DescribeRequest()).labelled is False
+    _attach(ep)
+    ep.handle(WindowRequest(window=0))
+    ev = ep.handle(EvaluateRequest(collect=False)).metrics
+    assert ev["probes_withheld"] == 1.0 and np.isfinite(ev["recon_nll/m0"])
+    assert not [k for k in ev if k.split("/")[0] in ("probe", "classes", "majority")]
+    allowed = Endpoint(make_sites(cfg, specs, root)["n0"], PlainChannel(),
+                       SitePolicy(eval_labels=("label",)))
+    assert allowed.handle(DescribeRequest()).labelled is True
+    _attach(allowed)
+    ev = allowed.handle(EvaluateRequest(collect=False)).metrics
+    assert "probe/m0" in ev and "majority/m0" in ev and "probes_withheld" not in ev
 
 
 def test_the_encoder_pass_of_a_reply_counts_as_training_not_message_coding(

@@ -139,6 +139,25 @@ def test_max_limits_parse_and_refuse_plans_and_models_beyond_them():
         load_policy({"data": "/d", "max-step": "10"}, "a")
 
 
+def test_eval_labels_name_the_columns_a_final_evaluation_may_probe(directory):
+    """The run config names the label column a site's evaluation probes; its node
+    config says which it reports on: by default only ``label`` at a secure site,
+    any at a plaintext one or in a simulation's test bed."""
+    secure = load_policy({"data": "/d", "keys": "k", "peers": "*"}, "a")
+    assert secure.label_allowed("label") and not secure.label_allowed("label.hiv")
+    assert load_policy({"data": "/d"}, "a").label_allowed("label.hiv")
+    assert load_policy({"partition-id": 0, "num-partitions": 3}, "a").label_allowed("x")
+    some = load_policy({"data": "/d", "eval-labels": "label.dx , label.view.*"}, "a")
+    assert some.eval_labels == ("label.dx", "label.view.*")
+    assert some.label_allowed("label.dx") and some.label_allowed("label.view.ap")
+    assert not some.label_allowed("label") and not some.label_allowed("label.dx2")
+    none = load_policy({"data": "/d", "eval-labels": ""}, "a")
+    assert none.eval_labels == () and not none.label_allowed("label")
+    with pytest.raises(PolicyError, match=r"eval-labels entries \['dx'\] are not label "
+                                          r"columns"):
+        load_policy({"data": "/d", "eval-labels": "label,dx"}, "a")
+
+
 def test_batches_per_epoch_counts_what_the_schedule_draws():
     from mmvm.schedule import batches_per_epoch, epoch_batches
 
