@@ -200,6 +200,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _make_polymnist(args: argparse.Namespace) -> int:
     from mmvm.data.polymnist import make_polymnist
 
+    for split, n in (("train", args.n_train), ("test", args.n_test)):
+        if n is not None and n < 1:
+            raise ValueError(f"--n-{split} {n}: a split needs at least 1 sample (an "
+                             f"empty file can be neither trained nor evaluated on)")
     with data_progress(not args.quiet) as cb:
         paths = make_polymnist(args.out, args.seed, args.n_train, args.n_test,
                                args.digits_source, progress=cb, variant=args.variant)
@@ -277,13 +281,17 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def check_file(path: str) -> dict:
-    """Read every batch of a site file; summary dict, or raise DataError."""
-    from mmvm.data.store import iter_site_batches, read_site_meta
+    """Read every batch of a site file; summary dict, or raise DataError (also for a
+    file without rows, which training and evaluation cannot use)."""
+    from mmvm.data.store import DataError, iter_site_batches, read_site_meta
 
     meta = read_site_meta(path)
     rows = 0
     for batch in iter_site_batches(path, None, batch_size=4096):
         rows += len(batch)
+    if rows == 0:
+        raise DataError(f"{path}: no rows; training and evaluation need at least one "
+                        f"sample (make or prepare the file again with samples)")
     return {"rows": rows, "tensors": meta["tensors"], "labels": meta["labels"],
             "columns": meta["columns"], "name": str(meta["dataset"].get("name", ""))}
 

@@ -21,12 +21,15 @@ def add_arrays(names: argparse._SubParsersAction) -> None:
                    "(one per line) or .npy of strings/integers (default: row numbers, "
                    "which align only sites with the same rows in the same order)")
     q.add_argument("--label", action="append", default=[], metavar="[NAME=]FILE.npy",
-                   help="integer labels [N]: column 'label', or 'label.NAME'; repeatable")
+                   help="integer labels [N] (class ids >= 0, -1: unknown): column "
+                        "'label', or 'label.NAME'; repeatable")
     q.add_argument("--test-fraction", type=float, default=0.2,
                    help="share of samples held out (default %(default)g)")
     q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
     q.add_argument("--name", default="arrays", help="dataset name in the files' metadata")
     q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--force", action="store_true",
+                   help="write over the site files (.parquet) already in --out")
     add_quiet(q)
     handles(q, _prepare_arrays)
 
@@ -53,7 +56,7 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
     with data_progress(not args.quiet) as cb:
         paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
                                test_fraction=args.test_fraction, seed=args.seed,
-                               name=args.name, progress=cb)
+                               name=args.name, force=args.force, progress=cb)
     report_paths(paths)
     from mmvm.data.store import read_site_meta
 

@@ -153,8 +153,35 @@ def test_split_errors_name_the_subcommand(tiny_polymnist, tmp_path, capsys):
     assert main(["data", "make", "polymnist", "--out", str(tmp_path / "p"), "--quiet",
                  "--digits-source", "sklearn", "--n-train", "-1"]) == 2
     assert capsys.readouterr().err.startswith(
-        "mmvm data make polymnist: error: train: cannot make -1 samples")
+        "mmvm data make polymnist: error: --n-train -1: a split needs at least 1 sample")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flag", ["--n-train", "--n-test"])
+def test_make_polymnist_refuses_an_empty_split(tmp_path, capsys, flag):
+    assert main(["data", "make", "polymnist", "--out", str(tmp_path / "p"), "--quiet",
+                 "--digits-source", "sklearn", flag, "0"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"mmvm data make polymnist: error: {flag} 0: a split needs at least 1 sample")
+    assert not (tmp_path / "p").exists()
+
+
+def test_check_calls_a_file_without_rows_an_error_naming_it(tiny_polymnist, tmp_path,
+                                                            capsys):
+    """What `data make polymnist --n-train 0` used to write: a valid, empty file, on
+    which training later failed naming no file."""
+    from mmvm.data.store import write_site_table
+
+    empty = write_site_table(tmp_path / "empty.parquet", [],
+                             {"m0": np.zeros((0, 3, 28, 28), np.uint8)},
+                             {"label": np.zeros(0, np.int64)}, {"name": "polymnist"})
+    good = str(tiny_polymnist / "test.parquet")
+    assert main(["data", "check", good, str(empty)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {empty}: no rows; training and evaluation "
+                                   f"need at least one sample")
+    assert captured.err.count("error:") == 1 and "invalid" in captured.out
+    assert captured.out.count(" ok ") == 1  # the other file is still checked
 
 
 @pytest.mark.parametrize("layout", ["horizontal", "hybrid"])

@@ -11,7 +11,7 @@ from mmvm.cli import main
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.data.prepare.arrays import config_snippet, held_out, prepare_arrays
-from mmvm.data.store import DataError, read_site_table
+from mmvm.data.store import DataError, read_site_meta, read_site_table
 
 N = 120
 
@@ -160,3 +160,92 @@ def test_counts_get_the_poisson_suggestion_and_signed_integers_do_not(arrays):
     mods = tomllib.loads(snippet)["model"]["modalities"]
     mods["spikes"]["likelihood"] = "poisson"
     config_from_dict({"model": {"latent_dim": 2, "modalities": mods}})  # a valid model
+
+
+def test_a_row_count_that_differs_is_blamed_on_its_own_file(arrays):
+    """The walkthrough's case: eeg 195 rows, img and ids 200: eeg's file is named, with
+    every input's count; with one modality and the ids, the ids decide."""
+    d = arrays["dir"]
+    np.save(d / "eeg_short.npy", arrays["eeg"][:N - 5])
+    np.save(d / "img_rows.npy", arrays["img"])
+    with pytest.raises(DataError) as e:
+        prepare_arrays(d / "out", {"eeg": d / "eeg_short.npy", "img": d / "img_rows.npy"},
+                       ids=d / "ids.txt")
+    msg = str(e.value)
+    assert msg.startswith(f"{d / 'eeg_short.npy'}: modality 'eeg' has {N - 5} rows, "
+                          f"where the other inputs have {N}"), msg
+    assert f"img_rows.npy (modality 'img') {N}" in msg and f"ids.txt (sample ids) {N}" in msg
+    assert "img_rows.npy: " not in msg
+    with pytest.raises(DataError, match=rf"eeg_short.npy: modality 'eeg' has {N - 5} rows, "
+                                        rf"where the sample ids \(.*ids.txt\) are {N}"):
+        prepare_arrays(d / "out", {"eeg": d / "eeg_short.npy"}, ids=d / "ids.txt")
+    np.save(d / "label_long.npy", np.zeros(N + 1, np.int64))
+    with pytest.raises(DataError, match=rf"^\S*label_long.npy: label 'label' has {N + 1}"):
+        prepare_arrays(d / "out", {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
+                       labels={"label": d / "label_long.npy"})
+    assert not (d / "out").exists()
+
+
+@pytest.mark.parametrize("values, row, said", [
+    (np.full(N, -2), 0, "is -2"),
+    (np.r_[np.zeros(7, np.int64), 2 ** 33, np.zeros(N - 8, np.int64)], 7, "is 8589934592"),
+    (np.r_[np.zeros(3, np.uint64), np.full(N - 3, 2 ** 63, np.uint64)], 3, "is 9223"),
+])
+def test_a_bad_label_is_named_by_its_npy_file_and_row(arrays, values, row, said):
+    d = arrays["dir"]
+    np.save(d / "diag_bad.npy", values)
+    with pytest.raises(DataError) as e:
+        prepare_arrays(d / "out", {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
+                       labels={"label.diag": d / "diag_bad.npy"})
+    msg = str(e.value)
+    assert msg.startswith(f"{d / 'diag_bad.npy'}: row {row} "
+                          f"(sample '{arrays['ids'][row]}'): label 'label.diag' {said}"), msg
+    assert "-1 for unknown" in msg and ".tmp" not in msg
+    np.save(d / "diag_ok.npy", np.where(np.arange(N) % 2, -1, 1))  # -1: unknown
+    paths = prepare_arrays(d / "ok", {"eeg": d / "eeg.npy"},
+                           labels={"label.diag": d / "diag_ok.npy"})
+    assert set(read_site_table(paths["train"]).labels["label.diag"]) == {-1, 1}
+
+
+def test_a_text_file_and_an_object_array_get_their_own_messages(arrays):
+    d = arrays["dir"]
+    (d / "text.npy").write_text("0.1 0.2\n0.3 0.4\n")
+    np.save(d / "obj.npy", np.zeros((N, 2), dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"text.npy: not a NumPy .npy file .*np.save"):
+        prepare_arrays(d / "out", {"eeg": d / "text.npy"})
+    with pytest.raises(DataError, match=r"text.npy: not a NumPy .npy file"):
+        prepare_arrays(d / "out", {"eeg": d / "eeg.npy"}, ids=d / "text.npy")
+    for kwargs in ({}, {"labels": {"label": d / "obj.npy"}}):  # memory-mapped or loaded
+        mods = {"eeg": d / ("eeg.npy" if kwargs else "obj.npy")}
+        with pytest.raises(DataError, match=r"obj.npy: an object array \(dtype object\); "
+                                            r"save (numbers|labels) with a plain dtype"):
+            prepare_arrays(d / "out", mods, **kwargs)
+    assert not (d / "out").exists()
+
+
+def test_no_samples_is_refused_naming_the_files(arrays):
+    d = arrays["dir"]
+    np.save(d / "none.npy", np.zeros((0, 3), np.int16))
+    np.save(d / "no_img.npy", np.zeros((0, 1, 28, 28), np.uint8))
+    with pytest.raises(DataError, match=r"none.npy, \S*no_img.npy: no samples \(0 rows\)"):
+        prepare_arrays(d / "out", {"a": d / "none.npy", "b": d / "no_img.npy"})
+    assert not (d / "out").exists()
+
+
+def test_a_folder_with_site_files_is_kept_unless_forced(arrays, capsys):
+    d = arrays["dir"]
+    cmd = ["data", "prepare", "arrays", "--modality", f"eeg={d / 'eeg.npy'}", "--ids",
+           str(d / "ids.txt"), "--out", str(d / "site"), "--quiet"]
+    assert main(cmd) == 0
+    before = (d / "site" / "train.parquet").read_bytes()
+    capsys.readouterr()
+    assert main([*cmd, "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{d / 'site'}: already holds site files (test.parquet, train.parquet)" in err
+    assert "--force" in err
+    assert (d / "site" / "train.parquet").read_bytes() == before
+    assert main([*cmd, "--seed", "3", "--force"]) == 0
+    assert read_site_meta(d / "site" / "train.parquet")["dataset"]["seed"] == 3
+    (d / "other").mkdir()
+    (d / "other" / "notes.txt").write_text("not a site file")
+    prepare_arrays(d / "other", {"eeg": d / "eeg.npy"})  # nothing to write over

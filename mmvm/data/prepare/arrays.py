@@ -4,7 +4,7 @@ For data no preparer knows: a lab's recordings, a hospital's own modality. Each
 modality is a NumPy file ``[N, *shape]`` (uint8 images ``[N, C, H, W]`` with C = 1 or
 3 stay bytes, scaled by 255; anything else becomes float32 as is); the sample ids are a
 text file (one per line) or a ``.npy`` of N strings or integers, in the arrays' row
-order; labels are integer ``.npy`` files ``[N]``.
+order; labels are integer ``.npy`` files ``[N]`` (class ids >= 0, -1 for unknown).
 
 The train/test split is decided per sample id, not per row: a sample is held out
 when a hash of (seed, id) falls below ``test_fraction``. So sites that prepare their
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
+from mmvm.data.store_format import LABEL_MAX
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a modality: a column and a bare TOML key
 
@@ -69,13 +71,14 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    *, ids: str | os.PathLike | None = None,
                    labels: Mapping[str, str | os.PathLike] | None = None,
                    test_fraction: float = 0.2, seed: int = 0, name: str = "arrays",
-                   row_group_size: int = 1024,
+                   row_group_size: int = 1024, force: bool = False,
                    progress: Progress | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
     (default: the row numbers, which align only sites whose rows are the same
-    samples in the same order)."""
+    samples in the same order). A folder that already holds site files is refused
+    unless ``force``."""
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
     bad = [m for m in modalities if not NAME.fullmatch(m) or m.startswith("label")
@@ -85,15 +88,17 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                          f"become config keys), not 'sample_id' or 'label...'")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction = {test_fraction}: must be in (0, 1)")
+    if not force:
+        _refuse_site_files(Path(out_dir))
+    labels = labels or {}
     arrays = {m: _load(Path(p), mmap=True) for m, p in modalities.items()}
-    cols = {c: _load(Path(p)) for c, p in (labels or {}).items()}
-    first = next(iter(modalities))
-    if arrays[first].ndim < 2:
-        raise DataError(f"{modalities[first]}: modality {first!r} has shape "
-                        f"{arrays[first].shape}; expected [N samples, *shape]")
-    n = len(arrays[first])
-    sample_ids = load_ids(ids) if ids is not None else [str(i) for i in range(n)]
-    _check_rows(n, sample_ids, arrays, cols, modalities, labels or {}, ids)
+    cols = {c: _load(Path(p), what="labels") for c, p in labels.items()}
+    _check_shapes(arrays, cols, modalities, labels)
+    given = load_ids(ids) if ids is not None else None
+    n = _check_counts(arrays, cols, given, modalities, labels, ids)
+    sample_ids = given if given is not None else [str(i) for i in range(n)]
+    _check_labels(cols, labels, sample_ids)
+    _check_unique(sample_ids, ids)
     test = held_out(sample_ids, test_fraction, seed)
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
             "sources": {m: str(Path(p).resolve()) for m, p in modalities.items()},
@@ -156,36 +161,102 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
     return "\n".join(out)
 
 
+_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def _load(path: Path, mmap: bool = False, what: str = "numbers") -> np.ndarray:
     if path.suffix != ".npy":
         raise DataError(f"{path}: expected a NumPy .npy file")
+    dtype = _header_dtype(path)
+    if dtype is not None and dtype.hasobject:  # e.g. from pandas: values are pickled
+        raise DataError(f"{path}: an object array (dtype {dtype}); save {what} with a plain "
+                        f"dtype (e.g. np.save(path, values.astype(str)))")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e):  # an object array (e.g. from pandas)
-            raise DataError(f"{path}: an object array; save {what} with a plain dtype "
-                            f"(e.g. np.save(path, values.astype(str)))") from None
+    except (ValueError, OSError) as e:
         raise DataError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def _header_dtype(path: Path) -> np.dtype | None:
+    """The dtype a ``.npy`` header declares (``None`` for a format version without a
+    public reader: :func:`numpy.load` checks those); :class:`DataError` when the file
+    has no NumPy header (a text or pickle file named ``.npy``)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = _HEADERS.get(version)
+            return None if read is None else read(f)[2]
     except OSError as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+        raise DataError(f"{path}: not readable ({e})") from None
+    except ValueError as e:
+        raise DataError(f"{path}: not a NumPy .npy file ({e}); save arrays with "
+                        f"np.save(path, array)") from None
 
 
-def _check_rows(n: int, ids: list[str], arrays: dict, cols: dict, mod_paths: Mapping,
-                label_paths: Mapping, id_path) -> None:
+def _refuse_site_files(out: Path) -> None:
+    held = sorted(p.name for p in out.glob("*.parquet")) if out.is_dir() else []
+    if held:
+        raise DataError(f"{out}: already holds site files ({', '.join(held)}); give "
+                        f"another output folder, or force (--force) to write "
+                        f"train.parquet and test.parquet over them")
+
+
+def _check_shapes(arrays: dict, cols: dict, mod_paths: Mapping,
+                  label_paths: Mapping) -> None:
     for m, a in arrays.items():
-        if a.ndim < 2 or len(a) != n:
-            raise DataError(f"{mod_paths[m]}: modality {m!r} has shape {a.shape}; every "
-                            f"modality needs [N = {n} samples, *shape]")
+        if a.ndim < 2:
+            raise DataError(f"{mod_paths[m]}: modality {m!r} has shape {a.shape}; "
+                            f"expected [N samples, *shape]")
         if a.dtype.kind not in "uif":
             raise DataError(f"{mod_paths[m]}: dtype {a.dtype}; expected numbers"
                             + (" (0/1 values: save them as float32, likelihood "
                                "'bernoulli')" if a.dtype == np.bool_ else ""))
     for c, a in cols.items():
-        if a.shape != (n,) or a.dtype.kind not in "iu":
-            raise DataError(f"{label_paths[c]}: label {c!r} must be [N = {n}] integers, "
-                            f"got {a.dtype} {a.shape}")
-    if len(ids) != n:
-        raise DataError(f"{id_path}: {len(ids)} sample ids for {n} rows")
+        if a.ndim != 1 or a.dtype.kind not in "iu":
+            raise DataError(f"{label_paths[c]}: label {c!r} must be [N] integers (class "
+                            f"ids >= 0, -1 for unknown), got {a.dtype} {a.shape}")
+
+
+def _check_counts(arrays: dict, cols: dict, ids: list[str] | None, mod_paths: Mapping,
+                  label_paths: Mapping, id_path) -> int:
+    """N, the rows every input has; else :class:`DataError` naming the inputs that
+    disagree with the majority, or with the sample ids when no count has a majority
+    (all inputs, with their counts, when there are no ids either)."""
+    inputs = ([(mod_paths[m], f"modality {m!r}", len(a)) for m, a in arrays.items()]
+              + [(label_paths[c], f"label {c!r}", len(a)) for c, a in cols.items()]
+              + ([(id_path, "sample ids", len(ids))] if ids is not None else []))
+    counts = Counter(k for _, _, k in inputs).most_common()
+    listed = ", ".join(f"{p} ({what}) {k}" for p, what, k in inputs)
+    if len(counts) == 1:
+        if counts[0][0] == 0:
+            raise DataError(f"{', '.join(str(p) for p, _, _ in inputs)}: no samples (0 "
+                            f"rows); a split needs at least one sample")
+        return counts[0][0]
+    if counts[0][1] > counts[1][1]:  # a majority
+        n, others = counts[0][0], "the other inputs have"
+    elif ids is not None:  # no majority: the ids say how many samples there are
+        n, others = len(ids), f"the sample ids ({id_path}) are"
+    else:
+        raise DataError(f"the inputs disagree on the number of samples (rows per input: "
+                        f"{listed}); every input needs one row per sample, in the same "
+                        f"order")
+    odd = "; ".join(f"{p}: {what} has {k} rows" for p, what, k in inputs if k != n)
+    raise DataError(f"{odd}, where {others} {n} (rows per input: {listed}); every input "
+                    f"needs one row per sample, in the same order")
+
+
+def _check_labels(cols: dict, label_paths: Mapping, ids: list[str]) -> None:
+    for c, a in cols.items():
+        bad = a > LABEL_MAX if a.dtype.kind == "u" else (a < -1) | (a > LABEL_MAX)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(f"{label_paths[c]}: row {row} (sample {ids[row]!r}): label "
+                            f"{c!r} is {a[row]}; labels are class ids 0..{LABEL_MAX}, "
+                            f"or -1 for unknown")
+
+
+def _check_unique(ids: list[str], id_path) -> None:
     first: dict[str, int] = {}
     for row, i in enumerate(ids):
         if i in first:
