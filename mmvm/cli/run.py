@@ -23,10 +23,15 @@ import sys
 from pathlib import Path
 
 from mmvm.cli.app_stage import staged_app
-from mmvm.cli.run_config import app_defaults, check_run_config, parse_overrides
+from mmvm.cli.run_config import (
+    APP_DIR,
+    app_defaults,
+    check_run_config,
+    is_mmvm_app,
+    parse_overrides,
+)
 from mmvm.config import ConfigError
 
-APP_DIR = Path(__file__).resolve().parents[2]
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
              "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
              "RAY_USAGE_STATS_ENABLED": "0",
@@ -127,8 +132,8 @@ def status(cmd: list[str], args: argparse.Namespace, run_id: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if Path(args.app).resolve() == APP_DIR:  # this mmvm's app: its checks apply
-            check_run_config(APP_DIR, args.run_config,
+        if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
+            check_run_config(Path(args.app), args.run_config,
                              local=not (args.connection or args.deployment))
         else:
             parse_overrides(args.run_config)
@@ -142,7 +147,33 @@ def run(args: argparse.Namespace) -> int:
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGHUP (``timeout``, a CI cancel, a batch scheduler, a closed
+    terminal): stop the run as Ctrl-C does, not leave it training."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals() -> dict[int, object]:
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    wanted = [signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
+    return {sig: signal.signal(sig, stop) for sig in wanted}
+
+
 def _run(args: argparse.Namespace, cmd: list[str]) -> int:
+    before = _stop_on_signals()
+    try:
+        return _stream(args, cmd)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _stream(args: argparse.Namespace, cmd: list[str]) -> int:
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
@@ -158,13 +189,14 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
             if started and run_id is None:
                 run_id = started.group(1)
         proc.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as why:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one: let the stop end
         proc.send_signal(signal.SIGINT)
         if run_id:
             subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
                            capture_output=True, timeout=120)
             print(f"\nmmvm run: stopped run {run_id}", file=sys.stderr)
-        return 130
+        return 128 + (why.signum if isinstance(why, Stopped) else signal.SIGINT)
     if run_id is None:
         print(f"mmvm run: flwr run did not start a run (exit code {proc.returncode})",
               file=sys.stderr)

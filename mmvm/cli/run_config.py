@@ -18,9 +18,24 @@ from typing import Any
 
 from mmvm.config import ConfigError
 
+APP_DIR = Path(__file__).resolve().parents[2]  # this checkout: the app mmvm ships
+
 # flwr.common.config.parse_config_args: key=value, the value quoted or one word
 PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 EXAMPLE = "e.g. \"exchange='step' num-sites=3 set='train.epochs=2'\""
+
+
+def is_mmvm_app(app: Path) -> bool:
+    """Whether ``app`` is this app or a copy of it (the same ServerApp and ClientApp
+    components): its run config is then checked before Flower starts."""
+    def components(folder: Path) -> dict | None:
+        try:
+            with open(folder / "pyproject.toml", "rb") as fh:
+                return tomllib.load(fh)["tool"]["flwr"]["app"]["components"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return None
+
+    return components(app) is not None and components(app) == components(APP_DIR)
 
 
 def app_defaults(app: Path) -> dict[str, Any]:
@@ -63,9 +78,11 @@ def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:
 
 def simulated_sites(settings) -> int:
     """How many sites a simulation of ``settings`` makes (its default data's layout)."""
+    from mmvm.data.default import check_default_modalities
     from mmvm.data.sites import site_layout
 
     try:
+        check_default_modalities(tuple(settings.modalities))
         return len(site_layout(settings.layout, tuple(settings.modalities), settings.shards))
     except ValueError as err:
         raise ConfigError(f"run config: {err}") from None
@@ -86,6 +103,9 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
             raise ConfigError(f"--run-config: unknown key {key!r}{hint} (the keys are "
                               f"those of [tool.flwr.app.config] in {app / 'pyproject.toml'})")
     rc = {**defaults, **overrides}
+    config = Path(str(rc.get("config", "")))
+    if app.resolve() != APP_DIR and not config.is_absolute():
+        rc["config"] = str(app / config)  # as the ServerApp will: a file of that app
     if not local:  # the ServerApp reads its config and paths on its own machine
         return rc
     s = load_settings(rc)

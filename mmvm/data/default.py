@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,6 +43,18 @@ def hippocampus_folder(root: str | Path, seed: int,
     return Path(root).expanduser() / f"hippocampus-seed{seed}-{knobs_tag(knobs or {})}"
 
 
+def check_default_modalities(modalities: Sequence[str]) -> None:
+    """Refuse modalities a simulation cannot make data for: its sites' files are
+    the embedded look-alikes (PolyMNIST's m0, m1, m2; the hippocampus rats)."""
+    if tuple(modalities) not in (tuple(RAT_MODALITIES), ("m0", "m1", "m2")):
+        raise ValueError(
+            f"no embedded default data for modalities {list(modalities)} (a simulation "
+            f"makes its sites' files only for the PolyMNIST look-alike, m0 m1 m2, and "
+            f"the hippocampus rats); sites with their own files are SuperNodes with "
+            f"data=\"/path/to/site\" in their node config, on one machine as in "
+            f"deploy/README.md section 5, run with --connection ... --deployment")
+
+
 def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards: int = 2,
                          missing: float = 0.0, n_train: int = 3000, n_test: int = 1000,
                          seed: int = 0, modalities: tuple[str, ...] = ("m0", "m1", "m2"),
@@ -54,6 +66,7 @@ def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards:
     ``hippocampus``: the hippocampus look-alike's knobs (``mmvm.data.hippocampus_knobs``,
     None = the defaults)."""
     root = Path(data_dir).expanduser()
+    check_default_modalities(modalities)
     if tuple(modalities) == tuple(RAT_MODALITIES):
         knobs = resolve_knobs(hippocampus)
         full = hippocampus_folder(root, seed, knobs)
@@ -63,9 +76,6 @@ def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards:
         full = root / f"{prefix}-seed{seed}-n{n_train}-{n_test}"
         make = lambda: make_polymnist(full, seed=seed, n_train=n_train,  # noqa: E731
                                       n_test=n_test, variant=variant)
-    else:
-        raise ValueError(f"no embedded default data for modalities {list(modalities)}; "
-                         f"give each site its files (node config data=...)")
     sites = site_layout(layout, modalities, shards)
     tag = f"sites-{layout}-{shards}-missing{missing:g}"
     out = full / tag

@@ -142,9 +142,10 @@ def _experiment(path: Path, overrides: list[str]) -> ExperimentConfig:
     except ConfigError as err:
         text = str(err).replace(f"{APP_DIR}{os.sep}", "")
         if not path.is_file() and path.parent.is_dir():
-            close = difflib.get_close_matches(path.name, sorted(
-                p.name for p in path.parent.glob("*.toml")), n=1)
-            text += f"; did you mean {close[0]!r}?" if close else ""
+            there = {p.stem: p.name for p in sorted(path.parent.glob("*.toml"))}
+            close = difflib.get_close_matches(path.stem, list(there), n=1)  # not ".toml"
+            text += f"; did you mean {there[close[0]]!r}?" if close else \
+                f"; the folder has {', '.join(there.values()) or 'no .toml file'}"
         raise ConfigError(text) from None
 
 
@@ -225,6 +226,9 @@ def _check(s: FederationSettings) -> None:
             "layout = 'vertical'"
         raise ConfigError(f"run config: layout = {s.layout!r} needs shards >= 2 (got "
                           f"{s.shards}); one shard is {one}")
+    if s.n_train < 1 or s.n_test < 1:
+        raise ConfigError(f"run config: n-train = {s.n_train} and n-test = {s.n_test} "
+                          f"(the simulation's default data) must be >= 1")
     if not 0.0 <= s.missing < 1.0:
         raise ConfigError(f"run config: missing = {s.missing} must be in [0, 1)")
     if not s.reply_timeout > 0 or not s.connect_timeout > 0:

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from mmvm.cli.run_config import app_defaults, check_run_config, parse_overrides
+from mmvm.cli.run_config import (
+    app_defaults,
+    check_run_config,
+    is_mmvm_app,
+    parse_overrides,
+)
 from mmvm.config import ConfigError
 from mmvm.federation.results import eval_data_problem
 from mmvm.federation.settings import load_settings
@@ -52,6 +57,11 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("num-sites=2", r"layout = 'vertical' of the config's 3 modalities has 3 sites but "
                     r"num-sites = 2: set num-sites=3"),
     ("layout='horizontal' shards=1", r"layout = 'horizontal' needs shards >= 2"),
+    ("n-train=-5", r"n-train = -5 and n-test = 1000 \(the simulation's default data\) "
+                   r"must be >= 1"),
+    # a simulation makes only the look-alikes' files; other sites are SuperNodes
+    ("config='configs/cub.toml'", r"no embedded default data for modalities \['image', "
+                                  r"'text'\].*deploy/README.md section 5"),
 ])
 def test_a_bad_run_config_is_named_before_anything_starts(text, match):
     with pytest.raises(ConfigError, match=match):
@@ -84,3 +94,26 @@ def test_mmvm_run_exits_2_with_one_line_and_starts_no_flower(tmp_path):
         f"mmvm run: --run-config: unknown key 'num-site'; did you mean 'num-sites'? (the "
         f"keys are those of [tool.flwr.app.config] in {ROOT / 'pyproject.toml'})"]
     assert "flwr" not in res.stdout.lower()
+
+
+def test_a_copy_of_the_app_is_checked_with_its_own_files(tmp_path):
+    """``mmvm run --app COPY``: a copy of this app (same ServerApp and ClientApp) gets
+    the same checks, its relative config read from the copy, as its ServerApp will."""
+    app = tmp_path / "app"
+    (app / "configs").mkdir(parents=True)
+    (app / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    (app / "configs" / "mine.toml").write_bytes(
+        (ROOT / "configs" / "polymnist_cpu.toml").read_bytes())  # only in the copy
+    check_run_config(app, "config='configs/mine.toml'", local=True)
+    with pytest.raises(ConfigError, match="has 3 sites but num-sites = 2"):
+        check_run_config(app, "config='configs/mine.toml' num-sites=2", local=True)
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--app", str(app),
+                          "--run-config", "num-site=3"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "did you mean 'num-sites'?" in res.stderr, res.stderr
+    assert str(app / "pyproject.toml") in res.stderr
+    other = tmp_path / "other"  # another Flower app: its own keys, not checked here
+    other.mkdir()
+    (other / "pyproject.toml").write_text(
+        '[tool.flwr.app.components]\nserverapp = "x:app"\nclientapp = "y:app"\n')
+    assert is_mmvm_app(app) and not is_mmvm_app(other) and is_mmvm_app(ROOT)

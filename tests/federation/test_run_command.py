@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,29 @@ def test_a_run_that_cannot_start_exits_1_with_one_reason(tmp_path, bad, reason):
     assert reason in failed[0]
     assert "Exit Code: 700" not in out  # Flower's "unhandled exception" note: mmvm said why
     assert len(out.splitlines()) < 40, out
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_run_as_ctrl_c_does(tmp_path):
+    """``timeout``, a CI cancel or a batch scheduler sends SIGTERM: the run in the
+    SuperLink is stopped, not left training after the command is gone."""
+    rc = f"set='train.epochs=200;train.batch_size=50' n-train=300 n-test=100 {_dirs(tmp_path)}"
+    with Fleet(tmp_path / "fleet") as fleet:
+        fleet.write_connection("sim", fleet.start_superlink(simulation=True))
+        proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
+                                 "sim", "--run-config", rc], env=fleet.env,
+                                cwd=fleet.workdir, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in proc.stdout:  # until the sites train
+            seen.append(line)
+            if line.startswith("window 1/"):
+                break
+        assert seen and seen[-1].startswith("window 1/"), "".join(seen[-40:])
+        proc.terminate()
+        out = "".join(seen) + proc.communicate(timeout=300)[0]
+        assert proc.returncode == 143, out[-3000:]  # 128 + SIGTERM, as a shell reports it
+        run_id = re.search(r"mmvm run: stopped run (\d+)", out).group(1)
+        text = fleet.flwr("ls", "--run-id", run_id, "--format", "json", "sim").stdout
+        listed = json.loads(text[text.index("{"):])
+        assert listed["runs"][0]["status"].startswith("finished:stopped"), listed
