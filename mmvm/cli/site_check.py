@@ -14,6 +14,7 @@ test split read as the final evaluation reads it.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 from collections.abc import Callable, Mapping
@@ -57,8 +58,10 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeC
     parses it); with ``cfg``, also whether the site's data trains that experiment."""
     if "data" not in nc:
         check = NodeCheck(str(nc.get("site", "?")))
+        typo = _unknown_keys(nc)
         check.add("data", ERROR, "no data=\"/path/to/site\": a deployment site names its "
-                  "data folder (train.parquet, test.parquet) in its node config")
+                  "data folder (train.parquet, test.parquet) in its node config"
+                  + f"; {typo}" * bool(typo))
         return check
     data = Path(str(nc["data"])).expanduser()
     check = NodeCheck(str(nc.get("site", data.name)))
@@ -81,6 +84,16 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeC
         _keys(check, policy, pinned="peers" in nc and "peers" not in bad)
     _state(check, Path(policy.state))
     return check
+
+
+def _unknown_keys(nc: Mapping) -> str:
+    """The keys that are none of the node config's, each with the nearest valid one
+    (``dta``: did you mean ``data``?); '' if all are known."""
+    valid = (*KEYS, "data", "site")
+    unknown = [k for k in nc if k not in valid]
+    near = {k: difflib.get_close_matches(k, valid, 1) for k in unknown}
+    return ", ".join(f"unknown key {k!r}" + f" (did you mean {m[0]!r}?)" * bool(m)
+                     for k, m in near.items())
 
 
 def _paths(check: NodeCheck, nc: Mapping) -> None:
