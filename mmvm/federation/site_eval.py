@@ -2,7 +2,8 @@
 
 Per own modality: a latent probe (the project's one probe,
 :func:`mmvm.evaluation.probe_accuracy`: train rows -> test rows) and the test
-reconstruction NLL decoding the posterior mean. Needs the site's test file; probes
+reconstruction NLL as `mmvm evaluate` reports it
+(:func:`mmvm.evaluation.reconstruction_nll`: z drawn from q(z | x_m) as in training). Needs the site's test file; probes
 need labels with at least two classes.
 """
 
@@ -17,6 +18,7 @@ from mmvm.evaluation import (
     encode_dataset,
     present_labels,
     probe_accuracy,
+    reconstruction_nll,
 )
 from mmvm.federation.site import Site
 
@@ -30,16 +32,11 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
     if not site.test_path:
         return {}
     test = open_dataset(site.test_path, site.names, site.cfg.data)
-    site.model.eval()
-    out: dict[str, float] = {}
-    for j, m in enumerate(site.names):
-        rec, rows = 0.0, torch.nonzero(test.mask[:, j]).flatten()
-        for chunk in rows.split(site.pass_rows):  # passes the site's limits admitted
-            x = test.batch(chunk)["x"][m].to(site.device)
-            mu, _ = site.model.encode_modality(m, x)
-            ll = site.model.log_likelihood(m, x, site.model.decode(m, mu))
-            rec -= float(ll.sum()) * float(site.model.specs[m].weight)
-        out[f"recon_nll/{m}"] = rec / max(len(rows), 1)
+    # the estimator `mmvm evaluate` reports (z drawn as in training, seeded), in
+    # passes of the size the site's limits admitted
+    rec = reconstruction_nll(site.model, test, site.cfg.model.method,
+                             batch_size=site.pass_rows, seed=site.cfg.train.seed)
+    out = {f"recon_nll/{m}": v for m, v in rec["per_modality"].items()}
     if probes and site.data.labels is not None and test.labels is not None:
         out.update(_probes(site, test, max_probe_train))
     out["n_test"] = float(len(test))

@@ -1,0 +1,44 @@
+"""A site's own evaluation reports the test reconstruction error as `mmvm evaluate`
+does: the expected weighted NLL under z ~ q(z | x_m), as in training (not the NLL of
+decoding the posterior mean, a smaller number where q is wide)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmvm.data import open_dataset
+from mmvm.federation.site_eval import evaluate_site
+from tests.support.federate import federate, make_sites, plain_endpoints, split
+
+
+def _per_row_draws(site, m: str, draws: int) -> torch.Tensor:
+    """[rows, draws] of -w log p(x | z), z = mu + sigma eps: the definition, by hand."""
+    test = open_dataset(site.test_path, site.names, site.cfg.data)
+    x = test.batch(torch.arange(len(test)))["x"][m]
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        mu, logvar = site.model.encode_modality(m, x)
+        out = []
+        for _ in range(draws):
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+            ll = site.model.log_likelihood(m, x, site.model.decode(m, z))
+            out.append(-ll * float(site.model.specs[m].weight))
+    return torch.stack(out, 1)
+
+
+def test_the_sites_recon_nll_is_the_expectation_under_the_posterior(
+        tiny_polymnist, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_polymnist)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    federate(cfg, plain_endpoints(sites), exchange="step")
+    site = sites["n0"]
+    reported = evaluate_site(site)["recon_nll/m0"]
+    draws = _per_row_draws(site, "m0", 32)
+    expected = float(draws.mean())
+    # the site's value is one draw a row: its Monte Carlo error around the rows'
+    # expectations has variance mean_i Var(draw_i) / rows
+    se = math.sqrt(float(draws.var(1).mean()) / draws.shape[0])
+    assert abs(reported - expected) < 4 * se, (reported, expected, se)
