@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmvm.config import load_config
-    from mmvm.data import check_token_classes, open_dataset
+    from mmvm.data import check_data_fits, open_dataset
     from mmvm.training import TrainingDivergedError, train
 
     cfg = load_config(args.config, args.overrides)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; "
                                     f"{_how_to_make(names, cfg.source, cfg.data.root, path)}")
-    check_token_classes(cfg.model.modalities, paths)
+    check_data_fits(cfg.model.modalities, paths, cfg.source)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     if len(paths) > 1:
         print(joined_line(data, len(paths)))
@@ -53,8 +53,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"mmvm train: error: {err} (the last checkpoint in {cfg.train.out_dir}, "
               "if any, is unchanged)", file=sys.stderr)
         return 1
+    finally:  # also when interrupted after a checkpoint was written
+        _set_aside_stale_evaluation(Path(cfg.train.out_dir))
     print(summary(result, cfg.model.method))
     return 0
+
+
+def _set_aside_stale_evaluation(run_dir: Path) -> None:
+    """An ``eval.json`` older than the run's checkpoint scored an earlier model: kept
+    under its time (as ``mmvm evaluate`` keeps earlier ones), so that ``mmvm report``
+    does not pair this run's config with those numbers."""
+    from mmvm.cli.evaluate import keep_earlier
+
+    ev, ckpt = run_dir / "eval.json", run_dir / "checkpoint.pt"
+    if ev.is_file() and ckpt.is_file() and ev.stat().st_mtime < ckpt.stat().st_mtime:
+        kept = keep_earlier(ev)
+        print(f"the evaluation of the earlier checkpoint is now {kept.name}; "
+              f"`mmvm evaluate --run {run_dir}` scores this one")
 
 
 def joined_line(data, files: int) -> str:

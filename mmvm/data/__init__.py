@@ -1,7 +1,8 @@
 """Site data: the Parquet format (``store``), datasets over it, look-alikes, preparers.
 
 :func:`open_dataset` is the one place that picks the dataset class for a config;
-:func:`check_token_classes` checks a config's vocabulary sizes against the data;
+:func:`check_data_fits` checks a config's shapes and vocabulary sizes
+(:func:`check_token_classes`) against the data's metadata;
 :mod:`mmvm.data.labels` reads label columns for per-label probes.
 """
 
@@ -49,6 +50,26 @@ def open_dataset(
     from mmvm.data.dataset import MultimodalDataset
 
     return MultimodalDataset.from_parquet(paths, names, data_cfg.label, limit)
+
+
+def check_data_fits(specs: Sequence, paths: str | os.PathLike | Sequence,
+                    source: str = "the config") -> None:
+    """Check, from the files' metadata and before any row is read, that each
+    configured modality a file holds has the config's shape (a mismatch would
+    otherwise surface at the first batch, naming neither file nor config) and each
+    ``tokens`` modality its vocabulary size (:func:`check_token_classes`)."""
+    from mmvm.data.store import DataError, read_site_meta
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    for p in paths:
+        held = read_site_meta(p)["tensors"]
+        bad = [f"{s.name} is {list(held[s.name]['shape'])} there, {list(s.shape)} in "
+               f"{source} (model.modalities.{s.name}.shape)"
+               for s in specs if s.name in held
+               and tuple(held[s.name]["shape"]) != tuple(s.shape)]
+        if bad:
+            raise DataError(f"{p}: " + "; ".join(bad))
+    check_token_classes(specs, paths)
 
 
 def check_token_classes(specs: Sequence, paths: str | os.PathLike | Sequence) -> None:

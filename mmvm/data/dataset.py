@@ -198,17 +198,22 @@ class MultimodalDataset(IdIndex, torch.utils.data.Dataset):
         """Read and join one or several site files (see :meth:`from_tables`)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        held, need = [], 0
+        held, need, have = [], 0, set()
         for p in paths:
             if not Path(p).exists():
                 raise DataError(f"{p}: no such site file")
             meta = read_site_meta(p)
+            have.update(meta["tensors"])
             names_p = list(meta["tensors"]) if names is None else [
                 m for m in names if m in meta["tensors"]]
             held.append(names_p)
             # each table, then the joined arrays: twice the declared tensor bytes
             need += 2 * meta["num_rows"] * (row_bytes(meta["tensors"], names_p)
                                             + ROW_INDEX_BYTES)
+        absent = [m for m in names or () if m not in have]
+        if absent:  # before any row is read
+            raise DataError(f"modalities {absent} are in no site file "
+                            f"({[str(p) for p in paths]}; they hold {sorted(have)})")
         check_fits(", ".join(str(p) for p in paths), "holding the dataset in memory",
                    need, IN_MEMORY_HINT)
         tables = [read_site_table(p, h) for p, h in zip(paths, held, strict=True)]

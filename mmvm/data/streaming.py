@@ -182,7 +182,8 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
         absent = [m for m in names if m not in specs]
         if absent:
             raise DataError(f"modalities {absent} are in no site file "
-                            f"({[f.path for f in self.files]})")
+                            f"({[f.path for f in self.files]}; they hold "
+                            f"{sorted({m for f in self.files for m in f.layout.specs})})")
         self.sample_ids = ids
         self.names = names
         self._pos = pos

@@ -22,7 +22,7 @@ from mmvm import accel
 from mmvm.aggregation import can_federate, federated_methods
 from mmvm.atomic import atomic_write
 from mmvm.config import ExperimentConfig
-from mmvm.data import check_token_classes, open_dataset
+from mmvm.data import check_data_fits, open_dataset
 from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.link import Link
@@ -61,8 +61,8 @@ class Site:
             raise DataError(f"{train_path}: site {name!r} holds none of the configured "
                             f"modalities {self.global_names} (file has {list(held)})")
         self.train_path, self.test_path = str(train_path), test_path and str(test_path)
-        check_token_classes([s for s in cfg.model.modalities if s.name in self.names],
-                            [train_path])
+        check_data_fits([s for s in cfg.model.modalities if s.name in self.names],
+                        [train_path], cfg.source)
         if admit is not None:
             admit(self.names)
         self.data = open_dataset(train_path, self.names, cfg.data)
