@@ -24,13 +24,15 @@ the same digit. ``members`` > 1 trains that many judges from consecutive seeds a
 averages their log-probabilities (:class:`Ensemble`).
 
 Inputs are the model's float inputs (stored values divided by ``scale``), so a
-classifier reads real data and decoder outputs alike.
+classifier reads real data and decoder outputs alike. Labels are joined by sample id
+across site files (:mod:`mmvm.judges`); a modality without labelled rows gets none.
 
-Trained classifiers are cached in ``<data root>/classifiers/<modality>-<key>.pt``,
+Trained classifiers are cached in ``<its folder>/classifiers/<modality>-<key>.pt``,
 ``key`` a hash of the train and test files' metadata (dataset JSON, row count, file
-size, the modality's tensor spec), the modality and the :class:`ClassifierConfig`, so
-a regenerated dataset or a changed config trains afresh. Files are written atomically
-(temp file, fsync, rename); a corrupt cache file is retrained, not trusted.
+size, the modality's tensor spec; the joined site files' too), the modality, the label
+column and the :class:`ClassifierConfig`, so a regenerated dataset or a changed config
+trains afresh. Files are written atomically (temp file, fsync, rename); a corrupt
+cache file is retrained, not trusted.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from torch import Tensor, nn
 
 from mmvm.augment import random_rotate, random_shift
 from mmvm.checkpoint import load_checkpoint, save_checkpoint
+from mmvm.judges import holding, labelled_count, labelled_rows, no_judge, site_files
 
 CLASSIFIER_VERSION = 3  # bump when the architectures or the training recipe change
 
@@ -71,11 +74,13 @@ class ClassifierConfig:
 
 @dataclass
 class TrainedClassifiers:
-    """Classifiers per modality with their accuracy on the real test split."""
+    """Classifiers per modality with their accuracy on the real test split;
+    ``skipped``: modality -> why it has no judge (no labelled rows)."""
 
     models: dict[str, nn.Module]
     test_accuracy: dict[str, float]
     paths: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> nn.Module:
         return self.models[name]
@@ -240,50 +245,36 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512, scale: float = 1
 
 
 # ------------------------------------------------------------------ cache
-def cache_key(train_path: str | os.PathLike, test_path: str | os.PathLike, name: str,
-              cfg: ClassifierConfig, vocab: int = 0) -> str:
-    """Hash of both files' metadata, the modality and the recipe (16 hex digits)."""
+def cache_key(train_path, test_path, name: str, cfg: ClassifierConfig, vocab: int = 0,
+              label: str = "label") -> str:
+    """Hash of the files' metadata, modality, label column and recipe (16 hex digits).
+    Of site files joined by id, the first holding ``name`` is keyed as one file is, the
+    others (whose rows and labels the judge reads too) under "joined"."""
     from mmvm.data.store import read_site_meta
 
-    parts = []
-    for p in (train_path, test_path):
+    def facts(p: Path) -> dict:
         meta = read_site_meta(p)
-        if name not in meta["tensors"]:
-            raise ValueError(f"{p}: no modality {name!r} (has {sorted(meta['tensors'])})")
-        parts.append({"dataset": meta["dataset"], "rows": meta["num_rows"],
-                      "bytes": Path(p).stat().st_size, "tensor": meta["tensors"][name]})
+        out = {"dataset": meta["dataset"], "rows": meta["num_rows"],
+               "bytes": p.stat().st_size}
+        return out | ({"tensor": meta["tensors"][name]} if name in meta["tensors"] else {})
+
+    split = [site_files(p) for p in (train_path, test_path)]
+    held = [holding(files, name)[0] for files in split]
     recipe = dataclasses.asdict(cfg)
     for knob, off in (("shift", 0), ("rotate", 0.0), ("members", 1)):
         if recipe[knob] == off:  # keys of recipes without it stay as they were
             del recipe[knob]
-    material = {"files": parts, "modality": name, "config": recipe,
+    material = {"files": [facts(p) for p in held], "modality": name, "config": recipe,
                 "version": CLASSIFIER_VERSION}
-    if vocab:  # only then, so the keys of image and vector classifiers stay as they were
+    # each only when there is one, so the keys of one-file data stay as they were
+    if vocab:
         material["vocab"] = vocab
+    if joined := [facts(p) for files in split for p in files if p not in held]:
+        material["joined"] = joined
+    if label != "label":
+        material["label"] = label
     blob = json.dumps(material, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def labelled_rows(path, name: str, label: str = "label") -> tuple[Tensor, Tensor, float]:
-    """A modality's stored rows that have it and a label, the labels, and its scale."""
-    from mmvm.data.dataset import MultimodalDataset
-
-    ds = MultimodalDataset.from_parquet(path, [name], label=label)
-    if ds.labels is None:
-        raise ValueError(f"{path}: no label column {label!r}; coherence needs labels")
-    keep = ds.mask[:, 0] & (ds.labels >= 0)
-    return ds.tensors[name][keep], ds.labels[keep], ds.scales[name]
-
-
-def _holding(paths, name: str) -> Path:
-    """The first of ``paths`` (one file or several) that holds modality ``name``."""
-    from mmvm.data.store import read_site_meta
-
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    for p in paths:
-        if name in read_site_meta(p)["tensors"]:
-            return Path(p)
-    raise ValueError(f"no modality {name!r} in {[str(p) for p in paths]}")
 
 
 def load_or_train(
@@ -292,33 +283,42 @@ def load_or_train(
     cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
     log=None, tokens: Mapping[str, int] | None = None, progress: bool | None = None,
 ) -> TrainedClassifiers:
-    """The classifier of every modality in ``names``, from the cache or trained now.
+    """The classifier of every modality in ``names`` with labelled rows, from the cache
+    or trained now; the others are ``skipped`` (and logged) before any judge trains.
 
     Parameters
     ----------
     train_path, test_path : the real data's Parquet files (train fits, test scores);
-        each one file or a list of site files, of which the one holding a modality
-        is used for it.
-    cache_dir : where classifiers are kept; default ``<train file's folder>/classifiers``.
-    log : optional ``callable(str)`` told what is loaded or trained.
+        each one file or a list of site files joined by sample id (a modality's rows
+        come from the files holding it, its labels from any file: :mod:`mmvm.judges`).
+    cache_dir : where classifiers are kept; default ``classifiers/`` by its train file.
+    log : optional ``callable(str)`` told what is loaded, trained or skipped.
     tokens : modality -> vocabulary size, for modalities of kind ``tokens``.
     progress : a bar per classifier trained; None: when stdout is a terminal.
     """
     tokens = dict(tokens or {})
     if progress is None:  # stdout may be None or a wrapper without isatty
         progress = bool(getattr(sys.stdout, "isatty", lambda: False)())
-    models, accs, paths = {}, {}, {}
-    for name in names:
-        train_file, test_file = _holding(train_path, name), _holding(test_path, name)
-        cache = Path(cache_dir) if cache_dir else train_file.parent / "classifiers"
+    todo, skipped = {}, {}
+    for name in names:  # every check first: no judge trains before another fails
         vocab = tokens.get(name, 0)
-        path = cache / f"{name}-{cache_key(train_file, test_file, name, cfg, vocab)}.pt"
+        cache = Path(cache_dir) if cache_dir else \
+            holding(train_path, name)[0].parent / "classifiers"
+        path = cache / f"{name}-{cache_key(train_path, test_path, name, cfg, vocab, label)}.pt"
         state = _read_cache(path)
         model = _restore(state) if state is not None else None
+        if model is None and not labelled_count(train_path, name, label):
+            skipped[name] = no_judge(train_path, name, label)
+            if log:
+                log(f"warning: {skipped[name]}")
+            continue
+        todo[name] = (path, vocab, model, state)
+    models, accs, paths = {}, {}, {}
+    for name, (path, vocab, model, state) in todo.items():
         if model is None:
             if log:
                 log(f"training the {name} classifier ({cfg.epochs} epochs) -> {path}")
-            model, state = _train_judge(name, train_file, test_file, label, cfg, device,
+            model, state = _train_judge(name, train_path, test_path, label, cfg, device,
                                         vocab, progress)
             save_checkpoint(path, state)
         elif log:
@@ -326,20 +326,20 @@ def load_or_train(
         models[name] = model.to(device).eval()
         accs[name] = float(state["test_accuracy"])
         paths[name] = path
-    return TrainedClassifiers(models, accs, paths)
+    return TrainedClassifiers(models, accs, paths, skipped)
 
 
-def _train_judge(name: str, train_file: Path, test_file: Path, label: str,
+def _train_judge(name: str, train_paths, test_paths, label: str,
                  cfg: ClassifierConfig, device: str | torch.device, vocab: int,
                  progress: bool) -> tuple[nn.Module, dict]:
     """Modality ``name``'s judge, trained and scored, and the state the cache keeps."""
     from mmvm.progress import counting_bar
 
-    x, y, scale = labelled_rows(train_file, name, label)
+    x, y, scale = labelled_rows(train_paths, name, label)
     n_classes, text = int(y.max()) + 1, functools.partial(_judge_text, name, len(x), cfg)
     with counting_bar(training_steps(len(x), cfg), text, progress) as step:
         model = train_classifier(x, y, n_classes, cfg, device, scale, vocab, step)
-    xt, yt, _ = labelled_rows(test_file, name, label)
+    xt, yt, _ = labelled_rows(test_paths, name, label)
     hits = (predict(model, xt, scale=scale) == yt).float()
     acc = float(hits.mean()) if len(yt) else math.nan
     state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},

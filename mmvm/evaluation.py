@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["chance_levels", "coherence", "conditional_latent", "encode_aggregated",
            "encode_dataset", "evaluate_run", "evaluated_with", "evaluation_warnings",
-           "fit_probe", "label_scores", "present_label_columns", "present_labels",
+           "fit_probe", "label_scores", "labelled_modalities", "present_label_columns",
+           "present_labels",
            "probe_accuracy", "reconstruction_nll", "summary_row", "unimodal_posteriors"]
 
 
@@ -217,14 +218,16 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     pairs = {f"{s}->{t}": hits[(s, t)] / count[s] if count[s] else math.nan
              for s in names for t in targets}
     matrix = [[pairs.get(f"{s}->{t}", math.nan) for t in names] for s in names]
-    cross = [pairs[f"{s}->{t}"] for s in names for t in targets if s != t]
-    own = [pairs[f"{s}->{s}"] for s in names if s in targets]
+    scored = {k: v for k, v in pairs.items() if not math.isnan(v)}  # NaN: no source row
+    cross = [scored[f"{s}->{t}"] for s in names for t in targets if s != t
+             and f"{s}->{t}" in scored]
+    own = [scored[f"{s}->{s}"] for s in names if f"{s}->{s}" in scored]
     # one label for every generation, and not because every one was right
     one = {f"{s}->{t}": int(next(iter(c))) for (s, t), c in seen.items()
            if len(c) == 1 and count[s] > 1 and hits[(s, t)] < count[s]}
     return {"pairs": pairs, "matrix": matrix, "names": list(names),
-            "mean": float(np.nanmean(cross)) if cross else math.nan,
-            "self": float(np.nanmean(own)) if own else math.nan,
+            "mean": float(np.mean(cross)) if cross else math.nan,
+            "self": float(np.mean(own)) if own else math.nan,
             "degenerate": list(one), "judged_class": one}
 
 
@@ -269,7 +272,8 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
 
     ``cfg`` is the run's :class:`~mmvm.config.ExperimentConfig` (method, beta, eval
     sizes). ``classifiers``: a mapping modality -> classifier or a
-    :class:`~mmvm.classifiers.TrainedClassifiers` (whose test accuracies are reported).
+    :class:`~mmvm.classifiers.TrainedClassifiers` (whose test accuracies are reported,
+    and its modalities without a judge as warnings; none at all: no coherence).
     With ``cfg.eval.labels`` the probes are :func:`~mmvm.probes.label_scores` over
     those columns, read from ``cfg.data``'s files by sample id; ``result["probe"]``
     then holds each modality's mean ``cfg.eval.metric`` and ``result["probe_labels"]``
@@ -283,6 +287,7 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     train_mu = encode_dataset(model, probe_set, bs)
     test_mu = encode_dataset(model, test_set, bs)
     extra: dict[str, Any] = {}
+    notes: list[str] = []  # what was left out, for result["warnings"]
     if cfg.eval.labels:
         from mmvm.data.labels import label_columns
 
@@ -295,12 +300,14 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         extra["probe_labels"] = scores
     else:
         ytr, yte = present_labels(probe_set, names), present_labels(test_set, names)
+        probed, notes = labelled_modalities(names, ytr, yte)
+        train_mu, test_mu = _only(train_mu, probed), _only(test_mu, probed)
         std = cfg.eval.probe_standardize
         probe = probe_accuracy(train_mu, ytr, test_mu, yte, cfg.eval.probe_train, std)
-        agg_tr = encode_aggregated(model, probe_set, method, bs)
-        agg_te = encode_aggregated(model, test_set, method, bs)
+        agg_tr = _only(encode_aggregated(model, probe_set, method, bs), probed)
+        agg_te = _only(encode_aggregated(model, test_set, method, bs), probed)
         same = all(np.array_equal(agg_tr[m], train_mu[m]) and
-                   np.array_equal(agg_te[m], test_mu[m]) for m in names)
+                   np.array_equal(agg_te[m], test_mu[m]) for m in probed)
         # methods that decode z_m (MMVM, independent) aggregate nothing: same probe
         extra["probe_aggregated"] = dict(probe) if same else probe_accuracy(
             agg_tr, ytr, agg_te, yte, cfg.eval.probe_train, std)
@@ -313,8 +320,8 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         "probe_metric": cfg.eval.metric, "probe_standardized": cfg.eval.probe_standardize,
         "coherence_sampled": cfg.eval.coherence_sample, **extra,
     }
-    if classifiers is not None:
-        models = getattr(classifiers, "models", classifiers)
+    models = getattr(classifiers, "models", classifiers)
+    if models:
         result["coherence"] = coherence(model, test_set, models, method, bs,
                                         sample=cfg.eval.coherence_sample,
                                         seed=cfg.train.seed)
@@ -323,8 +330,29 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
             result["classifier_accuracy"] = dict(accs)
     if test_set.labels is not None:
         result["chance"] = chance_levels(test_set.labels)
-    result["warnings"] = evaluation_warnings(result)
+    result["warnings"] = evaluation_warnings(result) + notes + list(
+        getattr(classifiers, "skipped", {}).values())
     return result
+
+
+def labelled_modalities(names: list[str], train_y: Mapping[str, np.ndarray],
+                        test_y: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """The modalities whose train and test rows have some known label (all of them
+    when none has: the probe then says what is missing), and a warning per other."""
+    def known(y: Mapping[str, np.ndarray], m: str) -> bool:
+        return bool((np.asarray(y[m]) >= 0).any())
+
+    probed = [m for m in names if known(train_y, m) and known(test_y, m)]
+    if not probed:
+        return list(names), []
+    return probed, [f"no probe of {m}: none of its "
+                    f"{'test' if known(train_y, m) else 'train'} samples has a label "
+                    f"(joined by sample id across the data files)"
+                    for m in names if m not in probed]
+
+
+def _only(latents: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    return {m: latents[m] for m in names}
 
 
 def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,15 +4,15 @@ What a trained model (a centralized run, a federated run's assembled model, or o
 site's own encoders after a federated run) makes of each sample, as one Parquet
 table for downstream work (a classifier, a survival model, a plot): ``sample_id``,
 per modality ``m`` the posterior mean ``mu.m`` and log-variance ``logvar.m``
-(``latent_dim`` float32 each; null where the sample lacks m), and the data's label
-(null where unknown). The mean of q(z | x_m) is the representation the paper's
+(``latent_dim`` float32 each; null where the sample lacks m), and every label column
+of the data (``label``, ``label.<name>``; null where unknown). The mean of q(z | x_m) is the representation the paper's
 probes read (``mmvm.evaluation.encode_dataset``; both come from
 :func:`mmvm.evaluation.unimodal_posteriors`); MMVAE+ models give their shared part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +21,18 @@ import pyarrow.parquet as pq
 import torch
 
 from mmvm.atomic import atomic_write
+from mmvm.data.store_format import is_label_column
 from mmvm.evaluation import unimodal_posteriors
 from mmvm.model import MultimodalVAE
 
 
 def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
                  device: str | torch.device = "cpu",
-                 step: Callable[[int, int], None] | None = None) -> pa.Table:
+                 step: Callable[[int, int], None] | None = None,
+                 labels: Mapping[str, np.ndarray] | None = None) -> pa.Table:
     """The table described in the module docstring, rows in the dataset's order.
-    ``step(done, total)`` is called after each batch."""
+    ``step(done, total)`` is called after each batch. ``labels``: column -> int64 per
+    row (-1 unknown), e.g. :func:`data_labels`; default the dataset's own ``label``."""
     n, d = len(dataset), model.latent_dim
     held = [m for m in model.names if m in dataset.names]
     if not held:
@@ -50,10 +53,25 @@ def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
     for m in held:
         for what, arr in (("mu", mu[m]), ("logvar", logvar[m])):
             cols[f"{what}.{m}"] = _lists(arr, present[m])
-    if getattr(dataset, "labels", None) is not None:  # unknown (-1 in the data): null
-        labels = dataset.labels.numpy()
-        cols["label"] = pa.array(labels, pa.int64(), mask=labels < 0)
+    if labels is None and getattr(dataset, "labels", None) is not None:
+        labels = {"label": dataset.labels.numpy()}
+    for c, values in (labels or {}).items():  # unknown (-1 in the data): null
+        values = np.asarray(values, np.int64)
+        if len(values) != n:
+            raise ValueError(f"label column {c!r}: {len(values)} values for {n} samples")
+        cols[c] = pa.array(values, pa.int64(), mask=values < 0)
     return pa.table(cols)
+
+
+def data_labels(paths: Sequence[str | Path], sample_ids: Sequence[str]
+                ) -> dict[str, np.ndarray]:
+    """Every label column of the site files ``paths`` (``label``, ``label.<name>``)
+    for ``sample_ids``, joined by sample id across the files (-1 where unknown)."""
+    from mmvm.data.labels import read_labels
+    from mmvm.data.store import read_site_meta
+
+    cols = list(dict.fromkeys(c for p in paths for c in read_site_meta(p)["labels"]))
+    return read_labels(paths, sample_ids, cols)
 
 
 def write_latents(path: str | Path, table: pa.Table, meta: dict) -> Path:
@@ -76,11 +94,12 @@ def _lists(arr: np.ndarray, valid: np.ndarray) -> pa.Array:
                                  null_count=int(n - valid.sum()))
 
 
-def read_latents(paths: list[str | Path], label: str = "label"
+def read_latents(paths: list[str | Path], label: str | None = None
                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Posterior means per (file, modality) of ``mmvm encode`` outputs, the samples
-    that have the modality, and their ``label`` column (-1 where null; all 0 when the
-    files have none)."""
+    that have the modality, and their ``label`` column (-1 where null). ``None``: the
+    ``label`` column, all 0 in a file without it; a column a file does not have raises
+    ``ValueError`` naming the label columns it has."""
     mus, labels = {}, {}
     for p in map(Path, paths):
         if not p.is_file():
@@ -90,11 +109,7 @@ def read_latents(paths: list[str | Path], label: str = "label"
         cols = [c for c in table.column_names if c.startswith("mu.")]
         if not cols:
             raise ValueError(f"{p}: no mu.<modality> column; not an mmvm encode output")
-        if label in table.column_names:
-            lab = table.column(label).to_numpy(zero_copy_only=False)
-            lab = np.where(np.isnan(lab.astype(float)), -1, lab).astype(np.int64)
-        else:
-            lab = np.zeros(table.num_rows, np.int64)
+        lab = _labels(table, p, label)
         for c in cols:
             col = table.column(c).combine_chunks()
             valid = col.is_valid().to_numpy(zero_copy_only=False)
@@ -108,6 +123,18 @@ def read_latents(paths: list[str | Path], label: str = "label"
                                  f"files distinct names")
             mus[key], labels[key] = values[valid], lab[valid]
     return mus, labels
+
+
+def _labels(table: pa.Table, path: Path, label: str | None) -> np.ndarray:
+    """The label column ``label`` of a latents table as int64, -1 where null."""
+    have = [c for c in table.column_names if is_label_column(c)]
+    if (label or "label") in have:
+        lab = table.column(label or "label").to_numpy(zero_copy_only=False)
+        return np.where(np.isnan(lab.astype(float)), -1, lab).astype(np.int64)
+    if label is None:
+        return np.zeros(table.num_rows, np.int64)
+    raise ValueError(f"{path}: no label column {label!r}; its label columns: "
+                     f"{', '.join(have) or 'none (the data mmvm encode read had none)'}")
 
 
 def common_2d(mus: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:

@@ -46,3 +46,110 @@ def test_ensemble_members_train_from_consecutive_seeds():
     assert isinstance(rebuilt.members[0], ImageClassifier)
     with pytest.raises(ValueError, match="no labelled rows"):
         train_classifier(x[:0], y[:0], 3, cfg)
+
+
+# ------------------------------------------------------------------ judges of site files
+LAB = """
+[data]
+root = "{root}"
+folders = ["site-eeg", "site-img"]
+[model]
+latent_dim = 2
+[model.modalities.eeg]
+kind = "vector"
+shape = [6]
+likelihood = "mse"
+[model.modalities.img]
+kind = "vector"
+shape = [4]
+likelihood = "mse"
+[train]
+epochs = 1
+batch_size = 32
+device = "cpu"
+num_threads = 1
+out_dir = "{out}"
+[eval]
+classifier_epochs = 1
+"""
+
+
+def _lab(tmp_path, img_ids: bool = True) -> list[str]:
+    """Two sites' folders and a trained run: only site-eeg's files have a label column;
+    site-img's samples are eeg's (same ids) or, without ``img_ids``, none of them.
+    Returns the evaluate command."""
+    import numpy as np
+
+    from mmvm.cli import main
+    from mmvm.data.prepare.arrays import prepare_arrays
+
+    rng, n = np.random.default_rng(0), 80
+    (tmp_path / "ids.txt").write_text("\n".join(f"t{i}" for i in range(n)))
+    y = rng.integers(0, 3, n)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "eeg.npy", rng.normal(size=(n, 6)) + y[:, None])
+    np.save(tmp_path / "img.npy", rng.normal(size=(n, 4)) - y[:, None])
+    sites = tmp_path / "sites"
+    prepare_arrays(sites / "site-eeg", {"eeg": tmp_path / "eeg.npy"},
+                   ids=tmp_path / "ids.txt", labels={"label": tmp_path / "y.npy"})
+    prepare_arrays(sites / "site-img", {"img": tmp_path / "img.npy"},
+                   ids=tmp_path / "ids.txt" if img_ids else None)
+    (tmp_path / "lab.toml").write_text(LAB.format(root=sites, out=tmp_path / "run"))
+    assert main(["train", "--config", str(tmp_path / "lab.toml"), "--no-progress"]) == 0
+    return ["evaluate", "--run", str(tmp_path / "run"), "--no-plot", "--no-progress",
+            "--device", "cpu"]
+
+
+def test_a_judge_trains_on_the_labels_other_site_files_hold(tmp_path, capsys):
+    """site-img's file has no label column: its judge reads its samples' labels from
+    site-eeg's file by sample id, as the probes do, and coherence to img is scored."""
+    import json
+
+    from mmvm.classifiers import cache_key
+    from mmvm.cli import main
+    from mmvm.data.dataset import MultimodalDataset
+    from mmvm.judges import labelled_count, labelled_rows
+
+    assert main(_lab(tmp_path)) == 0
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert set(result["classifier_accuracy"]) == {"eeg", "img"}
+    assert set(result["coherence"]["pairs"]) >= {"eeg->img", "img->img"}
+    assert not [w for w in result["warnings"] if "label" in w and "img" in w]
+    assert len(list((tmp_path / "sites" / "site-img" / "classifiers").glob("img-*.pt"))) == 1
+    files = [tmp_path / "sites" / s / "train.parquet" for s in ("site-eeg", "site-img")]
+    joined = MultimodalDataset.from_parquet(files, ["eeg", "img"])
+    x, y, _ = labelled_rows(files, "img")
+    assert len(y) == labelled_count(files, "img") == len(joined) > 0
+    assert y.tolist() == joined.labels.tolist()  # eeg's labels, by sample id
+    assert x.shape == (len(joined), 4)
+    # the joined file is part of the judge's key: other labels, another judge
+    key = cache_key(files, [f.with_name("test.parquet") for f in files], "img",
+                    ClassifierConfig())
+    assert key != cache_key(files[1], files[1].with_name("test.parquet"), "img",
+                            ClassifierConfig())
+
+
+def test_a_modality_without_labelled_rows_is_skipped_before_any_judge_trains(
+        tmp_path, capsys):
+    """site-img's samples are none of eeg's (no shared ids), so no img sample has a
+    label: evaluate warns, before training the eeg judge, and scores the rest."""
+    import json
+    import math
+
+    from mmvm.cli import main
+
+    command = _lab(tmp_path, img_ids=False)
+    capsys.readouterr()
+    assert main(command) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    said = "warning: no img sample has a known 'label' in "
+    assert said in out and "no img judge, so coherence to img is not scored" in out
+    assert out.index(said) < out.index("training the eeg classifier")
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert set(result["classifier_accuracy"]) == {"eeg"}
+    assert any("coherence to img is not scored" in w for w in result["warnings"])
+    # its probe needs labels too: left out, said so, the others' still scored
+    assert "no probe of img: none of its train samples has a label" in out
+    assert "img" not in result["probe"] and 0 <= result["probe"]["eeg"] <= 1
+    assert math.isnan(result["coherence"]["matrix"][0][1])  # eeg -> img: no judge
+    assert not (tmp_path / "sites" / "site-img" / "classifiers").exists()

@@ -52,6 +52,19 @@ def test_help_exits_0_and_shows_usage(path, capsys):
     assert "-h, --help" in out
 
 
+@pytest.mark.parametrize("path", [["plot"], ["plot", "scatter"], ["plot", "curves"],
+                                  ["plot", "latents"], ["encode"], ["evaluate"]],
+                         ids=" ".join)
+def test_help_says_what_the_command_does_in_plain_text(path, capsys):
+    """A description under the usage, and no RST markup (``x``) from docstrings."""
+    with pytest.raises(SystemExit):
+        main(path + ["--help"])
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    assert not description.startswith(("positional arguments", "options")), out
+    assert "``" not in out
+
+
 def test_module_entry_point_help_in_a_subprocess():
     res = subprocess.run([sys.executable, "-m", "mmvm.cli", "train", "--help"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120,
@@ -164,14 +177,19 @@ def test_train_says_when_it_resumes_and_when_nothing_is_left(tiny_polymnist, tmp
     out = tmp_path / "run"
     assert main(_tiny_args(tiny_polymnist, out)) == 0
     capsys.readouterr()
+    (out / "eval.json").write_text("{}")  # as `mmvm evaluate` leaves it, after the checkpoint
     assert main(_tiny_args(tiny_polymnist, out)) == 0  # rerun of a finished run
+    assert (out / "eval.json").exists()  # nothing trained: it still scores the checkpoint
     text = capsys.readouterr().out
     assert text.startswith("nothing trained: the run is already complete at epoch 1")
     assert "raise train.epochs (e.g. --set train.epochs=2)" in text and "--fresh" in text
     assert "trained mmvm" not in text
     assert main(_tiny_args(tiny_polymnist, out, "--set", "train.epochs=3")) == 0
-    first, *_, last = capsys.readouterr().out.splitlines()
+    first, *_, stale, last = capsys.readouterr().out.splitlines()
     assert first == f"resuming from epoch 1 of 3 ({out / 'checkpoint.pt'})"
+    kept = [p.name for p in out.glob("eval.*.json")]  # it scored epoch 1, not 3
+    assert not (out / "eval.json").exists() and len(kept) == 1
+    assert stale.startswith(f"the evaluation of the earlier checkpoint is now {kept[0]}")
     assert last.startswith("trained mmvm for epochs 2-3 (resumed from epoch 1); "
                            "last epoch's mean loss ")
 

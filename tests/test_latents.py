@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from mmvm.cli import main
@@ -89,6 +90,11 @@ def test_unknown_labels_are_null_and_read_back_as_unknown(tmp_path):
     out = write_latents(tmp_path / "l.parquet", table, {})
     _, back = read_latents([out])
     np.testing.assert_array_equal(back["m0"], labels)
+    # data without labels: one colour by default, an error when a column is asked for
+    bare = write_latents(tmp_path / "bare.parquet", table.drop_columns(["label"]), {})
+    assert read_latents([bare])[1]["m0"].tolist() == [0] * 5
+    with pytest.raises(ValueError, match="no label column 'label'; its label columns: none"):
+        read_latents([bare], "label")
 
 
 @torch.no_grad()
@@ -188,3 +194,87 @@ def test_plot_latents_of_two_sites(tiny_polymnist, tmp_path, capsys):
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert main(["plot", "latents", str(tmp_path / "none.parquet")]) == 2
     assert "mmvm encode" in capsys.readouterr().err
+
+
+LAB = """
+[data]
+root = "{root}"
+folders = ["site-eeg", "site-img"]
+[model]
+latent_dim = 3
+[model.modalities.eeg]
+kind = "vector"
+shape = [6]
+likelihood = "mse"
+[model.modalities.img]
+kind = "vector"
+shape = [4]
+likelihood = "mse"
+[train]
+epochs = 1
+batch_size = 32
+device = "cpu"
+num_threads = 1
+out_dir = "{out}"
+"""
+
+
+def _lab_run(tmp_path) -> tuple[Path, list[str], np.ndarray]:
+    """A run on two sites' folders; site-eeg's files hold label and label.sex (made by
+    mmvm data prepare arrays --label sex=...), site-img's none. Returns the run, the
+    test files and sex per sample t<i>."""
+    from mmvm.data.prepare.arrays import prepare_arrays
+
+    rng, n = np.random.default_rng(0), 60
+    (tmp_path / "ids.txt").write_text("\n".join(f"t{i}" for i in range(n)))
+    sex = rng.integers(0, 2, n)
+    for name, values in (("y", rng.integers(0, 3, n)), ("sex", sex),
+                         ("eeg", rng.normal(size=(n, 6))), ("img", rng.normal(size=(n, 4)))):
+        np.save(tmp_path / f"{name}.npy", values)
+    sites = tmp_path / "sites"
+    prepare_arrays(sites / "site-eeg", {"eeg": tmp_path / "eeg.npy"},
+                   ids=tmp_path / "ids.txt",
+                   labels={"label": tmp_path / "y.npy", "label.sex": tmp_path / "sex.npy"})
+    prepare_arrays(sites / "site-img", {"img": tmp_path / "img.npy"},
+                   ids=tmp_path / "ids.txt")
+    (tmp_path / "lab.toml").write_text(LAB.format(root=sites, out=tmp_path / "run"))
+    assert main(["train", "--config", str(tmp_path / "lab.toml"), "--no-progress"]) == 0
+    return tmp_path / "run", [str(sites / s / "test.parquet")
+                              for s in ("site-eeg", "site-img")], sex
+
+
+def test_encode_carries_every_label_column_and_plot_colours_by_any(tmp_path, capsys):
+    """label.<name> columns reach the latents file (joined by id: img-only rows too),
+    plot latents colours by one, and a column the file lacks is named with those it
+    has; --out must be Parquet; the device defaults to auto, as train.device."""
+    from mmvm.cli import build_parser
+
+    run, files, sex = _lab_run(tmp_path)
+    out = tmp_path / "lat.parquet"
+    assert main(["encode", "--run", str(run), *files, "--out", str(out),
+                 "--no-progress"]) == 0
+    table = pq.read_table(out)
+    assert {"label", "label.sex"} <= set(table.column_names)
+    ids = table.column("sample_id").to_pylist()
+    assert table.column("label.sex").to_pylist() == [int(sex[int(s[1:])]) for s in ids]
+    png = tmp_path / "sex.png"
+    assert main(["plot", "latents", str(out), "--label", "label.sex", "--out",
+                 str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    from mmvm.latents import read_latents
+
+    _, by_sex = read_latents([out], "label.sex")
+    assert set(np.unique(by_sex["img"])) <= {0, 1} and len(by_sex["img"]) == len(ids)
+    capsys.readouterr()
+    assert main(["plot", "latents", str(out), "--label", "nosuch", "--out",
+                 str(tmp_path / "no.png")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no label column 'nosuch'; its label columns: label, label.sex" in err
+    assert not (tmp_path / "no.png").exists()
+    # a CSV name is refused before anything runs, not silently written as Parquet
+    assert main(["encode", "--run", str(run), *files, "--out", str(tmp_path / "x.csv"),
+                 "--no-progress"]) == 2
+    assert "mmvm encode writes Parquet" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+    args = build_parser().parse_args(["encode", "--run", str(run), files[0], "--out", "o.pq"])
+    assert args.device == "auto"

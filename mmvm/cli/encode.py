@@ -1,12 +1,14 @@
-"""``mmvm encode``: a dataset's latent representation, as one Parquet table.
+"""mmvm encode: a dataset's latent representation, as one Parquet table.
 
-From a trained run (``--run``: a centralized run, or a federated run's folder with
-the assembled model) or, after a federated run, from one site's own encoders
-(``--site-state <state>/run-<id>/<site>.pt`` with the run's ``--config`` and ``--set``
-overrides; after a resumed run, ``<id>`` is the first run's): per sample
-``sample_id``, ``mu.<m>`` and ``logvar.<m>`` for each modality the data holds (null
-where a sample lacks it) and ``label``. Nothing leaves the machine; the output is
-written atomically.
+From a trained run (--run: a centralized run, or a federated run's folder with the
+assembled model) or, after a federated run, from one site's own encoders
+(--site-state <state>/run-<id>/<site>.pt with the run's --config and --set
+overrides; after a resumed run, <id> is the first run's): per sample sample_id,
+mu.<m> and logvar.<m> for each modality the data holds (null where a sample lacks
+it) and every label column of the data (label, label.<name>; null where unknown),
+joined by sample id. Nothing leaves the machine; the output is written atomically,
+as Parquet (a CSV cannot hold the per-modality vectors; pandas.read_parquet and
+pyarrow read it).
 
     mmvm encode --run runs/polymnist-mmvm data/polymnist/test.parquet --out latents.parquet
     mmvm encode --site-state /var/lib/mmvm/hospital-a/run-7/hospital-a.pt \\
@@ -34,16 +36,18 @@ def register(subparsers) -> None:
                    help="site .parquet files (several are joined by sample id)")
     p.add_argument("--out", required=True, help="output .parquet file")
     add_config_arguments(p, None)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps (default %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | mps (default: auto, CUDA when present, as "
+                   "train.device)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="samples per forward pass (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_encode)
 
 
-def _model(args: argparse.Namespace):
-    """The model, its config (``[data]``: label column, streaming) and where it came
-    from."""
+def _model(args: argparse.Namespace, device: str):
+    """The model on ``device``, its config (``[data]``: label column, streaming) and
+    where it came from."""
 
     from mmvm.config import config_from_dict, load_config
     from mmvm.training import build_model, load_trained_model
@@ -54,7 +58,7 @@ def _model(args: argparse.Namespace):
                              "checkpoint; --config/--set are for --site-state")
         if not (Path(args.run) / "checkpoint.pt").is_file():
             raise FileNotFoundError(f"no checkpoint.pt in {args.run}")
-        model, state = load_trained_model(args.run, device=args.device)
+        model, state = load_trained_model(args.run, device=device)
         raw = {k: v for k, v in state["config"].items() if k != "source"}
         return model, config_from_dict(raw, source=str(args.run)), {
             "run": str(args.run), "epoch": state.get("epoch")}
@@ -70,7 +74,7 @@ def _model(args: argparse.Namespace):
         raise ValueError(f"{args.site_state}: not a site state of this config's model "
                          f"({type(err).__name__}: {str(err)[:500]}); give the run's "
                          f"--config and --set") from None
-    return model.to(args.device), cfg, {
+    return model.to(device), cfg, {
         "site_state": str(args.site_state), "config": str(args.config),
         "overrides": list(args.overrides), "windows_done": state.get("windows_done")}
 
@@ -96,20 +100,24 @@ def _site_state(path: Path) -> dict:
 
 def _encode(args: argparse.Namespace) -> int:
     from mmvm.data import open_dataset
-    from mmvm.latents import latent_table, write_latents
+    from mmvm.latents import data_labels, latent_table, write_latents
     from mmvm.progress import progress_bar
+    from mmvm.training import resolve_device
 
-    if any(Path(p).resolve() == Path(args.out).resolve() for p in args.data):
-        raise ValueError(f"--out {args.out} is one of the data files; write elsewhere")
-    model, cfg, source = _model(args)
+    _check_out(args.out, args.data)
+    device = str(resolve_device(args.device))
+    model, cfg, source = _model(args, device)
     # the config's reader: data.streaming reads row groups on demand (large data)
     data = open_dataset(args.data, None, cfg.data)
+    labels = data_labels(args.data, data.sample_ids)
     with progress_bar(not args.no_progress) as bar:
         task = bar.add_task("encoding", total=len(data))
-        table = latent_table(model, data, args.batch_size, args.device,
-                             step=lambda done, total: bar.update(task, completed=done))
+        table = latent_table(model, data, args.batch_size, device,
+                             step=lambda done, total: bar.update(task, completed=done),
+                             labels=labels)
     meta = {**source, "data": [str(p) for p in args.data],
-            "latent_dim": model.latent_dim, "modalities": model.names}
+            "latent_dim": model.latent_dim, "modalities": model.names,
+            "labels": list(labels)}
     out = write_latents(args.out, table, meta)
     held = [c.split(".", 1)[1] for c in table.column_names if c.startswith("mu.")]
     counts = ", ".join(f"{m} {table.column(f'mu.{m}').length() - table.column(f'mu.{m}').null_count:,}"
@@ -117,3 +125,13 @@ def _encode(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {table.num_rows:,} samples, latent {model.latent_dim}; "
           f"encoded per modality: {counts}")
     return 0
+
+
+def _check_out(out: str, data: list[str]) -> None:
+    """--out must be a new .parquet file: the table is Parquet whatever its name."""
+    if Path(out).suffix.lower() not in (".parquet", ".pq"):
+        raise ValueError(f"--out {out}: mmvm encode writes Parquet (a CSV cannot hold "
+                         f"the per-modality vectors); give a .parquet name and read it "
+                         f"with pandas.read_parquet or pyarrow")
+    if any(Path(p).resolve() == Path(out).resolve() for p in data):
+        raise ValueError(f"--out {out} is one of the data files; write elsewhere")

@@ -1,16 +1,18 @@
-"""``mmvm evaluate``: probes, coherence and reconstruction of a trained run.
+"""mmvm evaluate: probes, coherence and reconstruction of a trained run.
 
 The run's checkpoint fixes the model and the method; the config gives the data and the
-``[eval]`` settings (``eval.labels`` and ``eval.metric``: per-label probes, e.g. AUROC
-per CheXpert finding): with ``--run`` and no ``--config``, the run's own (the data it
-trained on, a federated run's too), with ``--set`` on top; with ``--config``, that
-file's (a note says when its data is not the run's). Coherence runs
-when the data has a ``data.label`` column. Writes ``<run>/eval.json`` (its
-"settings": the [eval] and data settings this evaluation used; an earlier one is
-kept as eval.<its time>.json; its "chance": the test labels' majority-class rate, the
-floor of every accuracy; its "warnings": coherence not to trust, also printed) and
-``<run>/generations.png`` and prints a table. The judges of coherence show a progress
-bar while they train, on a terminal (--no-progress: never).
+[eval] settings (eval.labels and eval.metric: per-label probes, e.g. AUROC per
+CheXpert finding): with --run and no --config, the run's own (the data it trained on,
+a federated run's too), with --set on top; with --config, that file's (a note says
+when its data is not the run's). Coherence runs when the data has a data.label column;
+labels are joined by sample id across the site files, so a modality whose own file
+has none is judged by the labels the others hold, and one with no labelled sample is
+left out of the probes and coherence with a warning. Writes <run>/eval.json (its
+"settings": the [eval] and data settings this evaluation used; an earlier one is kept
+as eval.<its time>.json; its "chance": the test labels' majority-class rate, the floor
+of every accuracy; its "warnings": coherence not to trust, also printed) and
+<run>/generations.png and prints a table. The judges of coherence show a progress bar
+while they train, on a terminal (--no-progress: never).
 """
 
 from __future__ import annotations

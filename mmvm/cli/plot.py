@@ -1,17 +1,18 @@
-"""``mmvm plot scatter|curves|latents``: the paper's figures from saved results.
+"""mmvm plot scatter|curves|latents: the paper's figures from saved results.
 
-- ``scatter``: reconstruction error vs probe accuracy / coherence from results files
-  (JSON: a list of ``eval.json`` dicts or of flat rows; CSV: columns method, beta,
-  seed, recon_nll, probe, coherence, as written by benchmarks/compare_methods.py), or
-  from run folders / their ``eval.json``. Runs are grouped as ``mmvm report`` groups
-  them: one point per method, beta and settings, mean ± standard error over seeds;
-  runs of other settings (e.g. other data sizes) are separate series ("mmvm
-  (settings B)", listed under the plot), and so are rows of different results files.
-  A seed given twice for the same point is not averaged (a warning says so).
-- ``curves``: training curves from one or more ``metrics.csv``.
-- ``latents``: the posterior means ``mmvm encode`` wrote, one panel per (file,
-  modality), all on the same axes (a common PCA above two dimensions), coloured by
-  label: whether the modalities, or the sites, share one latent space.
+- scatter: reconstruction error vs probe accuracy / coherence from results files
+  (JSON: a list of eval.json dicts or of flat rows; CSV: columns method, beta, seed,
+  recon_nll, probe, coherence, as written by benchmarks/compare_methods.py), or from
+  run folders / their eval.json. Runs are grouped as mmvm report groups them: one
+  point per method, beta and settings, mean ± standard error over seeds; runs of
+  other settings (e.g. other data sizes) are separate series ("mmvm (settings B)",
+  listed under the plot), and so are rows of different results files. A seed given
+  twice for the same point is not averaged (a warning says so).
+- curves: training curves from one or more metrics.csv.
+- latents: the posterior means mmvm encode wrote, one panel per (file, modality), all
+  on the same axes (a common PCA above two dimensions), coloured by a label column
+  (label, or e.g. label.sex): whether the modalities, or the sites, share one latent
+  space.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ def register(subparsers) -> None:
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="plot", metavar="KIND", required=True)
-    s = sub.add_parser("scatter", help="reconstruction error vs probe / coherence")
+    s = sub.add_parser(
+        "scatter", help="reconstruction error vs probe / coherence",
+        description="Reconstruction error (x) against probe accuracy or coherence (y), "
+        "one point per method, beta and settings (mean ± standard error over seeds), "
+        "from results files (results.json / results.csv), runs' eval.json or run "
+        "folders.")
     s.add_argument("results", nargs="+",
                    help="results.json / results.csv, or several runs' eval.json (or "
                    "run folders)")
@@ -41,7 +47,10 @@ def register(subparsers) -> None:
     s.add_argument("--out", default=None,
                    help="PNG to write (default: scatter_<y>.png next to the first file)")
     _handles(s, run_scatter)
-    c = sub.add_parser("curves", help="training curves from metrics.csv files")
+    c = sub.add_parser(
+        "curves", help="training curves from metrics.csv files",
+        description="Training curves, one panel per metrics.csv column, one line per "
+        "run, from metrics.csv files or run folders.")
     c.add_argument("metrics", nargs="+", help="metrics.csv files (or run folders)")
     c.add_argument("--keys", default=None,
                    help="comma-separated metrics.csv columns, one panel each "
@@ -51,10 +60,15 @@ def register(subparsers) -> None:
                         "metrics_curves.png in a federated run's, whose curves.png the "
                         "server drew)")
     _handles(c, run_curves)
-    la = sub.add_parser("latents", help="latent means from mmvm encode, by label")
+    la = sub.add_parser(
+        "latents", help="latent means from mmvm encode, by label",
+        description="The posterior means mmvm encode wrote, one panel per (file, "
+        "modality) on the same axes (a common PCA above two dimensions), coloured by a "
+        "label column.")
     la.add_argument("latents", nargs="+", help="mmvm encode outputs (.parquet)")
-    la.add_argument("--label", default="label", help="column colouring the points "
-                    "(default %(default)s)")
+    la.add_argument("--label", default=None, metavar="COLUMN",
+                    help="label column colouring the points, e.g. label.sex (default: "
+                    "label, one colour in files without it)")
     la.add_argument("--out", default=None,
                     help="PNG to write (default: <first file>.png next to it)")
     _handles(la, run_latents)
