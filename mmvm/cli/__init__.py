@@ -56,5 +56,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | None) -
                         "(repeatable)")
 
 
+def console():
+    """A rich console for tables: a terminal's width, or in a pipe or log none that
+    wraps (rich assumes 80 columns there and breaks paths mid-name)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=10_000)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -18,6 +18,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from mmvm.cli import console
 from mmvm.cli.data_common import (
     add_quiet,
     data_progress,
@@ -314,7 +315,6 @@ def check_problem(path: str) -> tuple[dict | None, str | None]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -337,7 +337,7 @@ def _check(args: argparse.Namespace) -> int:
         table.add_row(Text(printable(f)), Text("ok", style="green"), str(s["rows"]),
                       Text(printable(mods, 400)), Text(printable(labels) or "-"),
                       Text(printable(s["name"], 60)))
-    Console().print(table)
+    console().print(table)
     for e in errors:
         print(f"error: {printable(e, 2000)}", file=sys.stderr)
     return 1 if errors else 0

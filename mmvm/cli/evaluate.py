@@ -131,8 +131,9 @@ def _fmt(v) -> str:
 
 def print_result(result: dict) -> None:
     """A rich table: per modality probe, coherence from it, reconstruction NLL."""
-    from rich.console import Console
     from rich.table import Table
+
+    from mmvm.cli import console as cli_console
 
     names = list(result["reconstruction"]["per_modality"])
     coh = result.get("coherence")
@@ -157,7 +158,7 @@ def print_result(result: dict) -> None:
         last += [f"cross {_fmt(coh['mean'])}"] + [""] * (len(coh["names"]) - 1)
     last.append(f"{result['reconstruction']['total']:.1f}")
     table.add_row(*last, style="bold")
-    console = Console()
+    console = cli_console()
     console.print(table)
     if "all" in result["probe"]:
         stacked = _fmt(result["probe"]["all"])
