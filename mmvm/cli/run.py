@@ -147,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels
 
 
+_STOP_SIGNALS = [signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
+
+
 class Stopped(Exception):
     """SIGTERM or SIGHUP (``timeout``, a CI cancel, a batch scheduler, a closed
     terminal): stop the run as Ctrl-C does, not leave it training."""
@@ -160,8 +163,7 @@ def _stop_on_signals() -> dict[int, object]:
     def stop(signum, frame):
         raise Stopped(signum)
 
-    wanted = [signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
-    return {sig: signal.signal(sig, stop) for sig in wanted}
+    return {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
 
 
 def _run(args: argparse.Namespace, cmd: list[str]) -> int:
@@ -190,7 +192,8 @@ def _stream(args: argparse.Namespace, cmd: list[str]) -> int:
                 run_id = started.group(1)
         proc.wait()
     except (KeyboardInterrupt, Stopped) as why:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one: let the stop end
+        for sig in _STOP_SIGNALS:  # a second one: let the stop end
+            signal.signal(sig, signal.SIG_IGN)
         proc.send_signal(signal.SIGINT)
         if run_id:
             subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),

@@ -103,12 +103,12 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
             raise ConfigError(f"--run-config: unknown key {key!r}{hint} (the keys are "
                               f"those of [tool.flwr.app.config] in {app / 'pyproject.toml'})")
     rc = {**defaults, **overrides}
-    config = Path(str(rc.get("config", "")))
-    if app.resolve() != APP_DIR and not config.is_absolute():
-        rc["config"] = str(app / config)  # as the ServerApp will: a file of that app
     if not local:  # the ServerApp reads its config and paths on its own machine
         return rc
-    s = load_settings(rc)
+    config = Path(str(rc.get("config", "")))
+    if app.resolve() != APP_DIR and not config.is_absolute():  # as its ServerApp will:
+        config = app / config  # a file of that app
+    s = load_settings({**rc, "config": str(config)})
     sites = simulated_sites(s)
     if sites != s.num_sites:
         raise ConfigError(f"run config: layout = {s.layout!r} of the config's "
