@@ -182,14 +182,14 @@ def _stream(args: argparse.Namespace, cmd: list[str]) -> int:
     failed = False  # mmvm said why the run failed
     try:
         for line in proc.stdout:
+            started = re.search(r"Successfully started run (\d+)", line)
+            if started and run_id is None:  # before it is shown: a stop then finds it
+                run_id = started.group(1)
             quiet = NOISE + AFTER_FAILURE if failed else NOISE
             if not any(p.search(line) for p in quiet):
                 sys.stdout.write(ANSI.sub("", line) if plain else line)
                 sys.stdout.flush()
             failed = failed or line.startswith("mmvm: run failed:")
-            started = re.search(r"Successfully started run (\d+)", line)
-            if started and run_id is None:
-                run_id = started.group(1)
         proc.wait()
     except (KeyboardInterrupt, Stopped) as why:
         for sig in _STOP_SIGNALS:  # a second one: let the stop end
