@@ -175,6 +175,18 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
             signal.signal(sig, handler)
 
 
+def _late_run_id(proc: subprocess.Popen) -> str | None:
+    """The run id in what ``flwr run`` wrote but was not read yet when the stop
+    came (it may have started the run just then)."""
+    try:
+        rest = proc.communicate(timeout=15)[0] or ""
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest = proc.communicate()[0] or ""
+    started = re.search(r"Successfully started run (\d+)", rest)
+    return started.group(1) if started else None
+
+
 def _stream(args: argparse.Namespace, cmd: list[str]) -> int:
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -195,6 +207,7 @@ def _stream(args: argparse.Namespace, cmd: list[str]) -> int:
         for sig in _STOP_SIGNALS:  # a second one: let the stop end
             signal.signal(sig, signal.SIG_IGN)
         proc.send_signal(signal.SIGINT)
+        run_id = run_id or _late_run_id(proc)
         if run_id:
             subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
                            capture_output=True, timeout=120)
