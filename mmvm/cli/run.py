@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from mmvm.cli.app_stage import staged_app
@@ -65,8 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1])
     p.add_argument("--app", default=str(APP_DIR), help=f"the Flower app (default {APP_DIR})")
     p.add_argument("--connection", default=None,
-                   help="a SuperLink connection of $FLWR_HOME/config.toml (default: "
-                        "flwr's default, a local simulation)")
+                   help="a SuperLink connection of $FLWR_HOME/config.toml (default: a "
+                        "local simulation: flwr's default if it is one, else a "
+                        "connection whose address is ':local:')")
     p.add_argument("--run-config", default="",
                    help="run-config overrides as flwr takes them, e.g. "
                         "\"set='train.epochs=2' exchange='step'\"")
@@ -130,11 +132,42 @@ def status(cmd: list[str], args: argparse.Namespace, run_id: str) -> str:
         return f"unknown ({(res.stdout + res.stderr).strip()[-300:]})"
 
 
+def local_connection() -> str | None:
+    """The connection of a local simulation: None where flwr's default is one (or
+    there is no config yet: flwr then makes one whose default is), else the name of
+    one whose address is ``:local:``. A default that is a SuperLink is not taken:
+    without --connection this command runs a simulation, not a real federation."""
+    home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+    try:
+        with open(home / "config.toml", "rb") as fh:
+            links = tomllib.load(fh).get("superlink", {})
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{home / 'config.toml'}: {err}") from None
+    default = links.get("default", "")
+    local = [k for k, v in links.items() if isinstance(v, dict)
+             and v.get("address") == ":local:"]
+    if default in local or not local and default == "":
+        return None
+    if local:
+        return local[0]
+    where = links.get(default, {}).get("address", "?") if isinstance(
+        links.get(default), dict) else "?"
+    raise ConfigError(
+        f"flwr's default connection {default!r} ({home / 'config.toml'}) is the SuperLink "
+        f"at {where}, not a local simulation: to run there, say so (--connection "
+        f"{default} --deployment); for a simulation add [superlink.local] with "
+        f"address = \":local:\"")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        simulation = not (args.connection or args.deployment)
+        if simulation:
+            args.connection = local_connection()
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
-            check_run_config(Path(args.app), args.run_config,
-                             local=not (args.connection or args.deployment))
+            check_run_config(Path(args.app), args.run_config, local=simulation)
         else:
             parse_overrides(args.run_config)
         with staged_app(Path(args.app)) as app:

@@ -4,6 +4,7 @@ at once with the key named, and no SuperLink or Ray is started."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,32 @@ def test_a_copy_of_the_app_is_checked_with_its_own_files(tmp_path):
     (other / "pyproject.toml").write_text(
         '[tool.flwr.app.components]\nserverapp = "x:app"\nclientapp = "y:app"\n')
     assert is_mmvm_app(app) and not is_mmvm_app(other) and is_mmvm_app(ROOT)
+
+
+def test_without_connection_it_is_a_local_simulation_never_a_superlink(tmp_path,
+                                                                      monkeypatch):
+    """flwr's default connection may be a real federation (deploy/README section 2
+    sets one): `mmvm run` without --connection must not send a run there."""
+    from mmvm.cli.run import local_connection
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    assert local_connection() is None  # no config yet: flwr's own default is local
+    conf = tmp_path / "config.toml"
+    link = '[superlink.mmvm]\naddress = "127.0.0.1:9093"\n'
+    conf.write_text('[superlink]\ndefault = "local"\n[superlink.local]\n'
+                    'address = ":local:"\n' + link)
+    assert local_connection() is None
+    conf.write_text('[superlink]\ndefault = "mmvm"\n[superlink.sim]\n'
+                    'address = ":local:"\n' + link)
+    assert local_connection() == "sim"
+    conf.write_text('[superlink]\ndefault = "mmvm"\n' + link)
+    with pytest.raises(ConfigError, match=r"default connection 'mmvm' .* is the SuperLink "
+                                          r"at 127.0.0.1:9093, not a local simulation: "
+                                          r"to run there, say so \(--connection mmvm "
+                                          r"--deployment\)"):
+        local_connection()
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "FLWR_HOME": str(tmp_path)})
+    assert res.returncode == 2 and "not a local simulation" in res.stderr, res.stderr
+    assert "Using SuperLink" not in res.stdout + res.stderr
