@@ -214,7 +214,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         return f"{type(err).__name__}: {err}"
     node, root = None, _state_root(context, s, policy)
     try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # the site's model: its own
+        for folder in (root.parent, root):  # the site's model and ledger: its own
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with state_lock(root / f"{files[0]}.lock"):  # one process answers at a time
             node = _node(context, s, policy, files, root)
             # a decoder half only where its step will run and the state is not

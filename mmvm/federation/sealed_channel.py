@@ -244,7 +244,8 @@ def begin_once(sec: SiteSecrets) -> None:
                             f"failed); masks and keys derive from the run id, which is "
                             f"used once: start a new run")
     ledger.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(ledger, "a", encoding="utf-8") as f:
+    with os.fdopen(os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
+                   encoding="utf-8") as f:  # the site's own, as its state
         f.write(f"{sec.run_id}\n")
         f.flush()
         os.fsync(f.fileno())

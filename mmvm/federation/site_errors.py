@@ -11,6 +11,7 @@ about what the server sent, keep their message.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -32,16 +33,23 @@ class SiteError(RuntimeError):
 def public_error(site: str, log: Path, kind: str, err: BaseException) -> SiteError:
     """Append ``err`` with its traceback to ``log`` (the site's own file) and return
     the error the server may see."""
-    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # the site's eyes only: it may name files and sample ids (0600, as its state)
-    with os.fdopen(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as fh:
-        os.chmod(log, 0o600)  # a log made before (umask) is narrowed too
-        fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {kind}\n")
-        fh.write("".join(traceback.format_exception(err)))
+    entry = (f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {kind}\n"
+             + "".join(traceback.format_exception(err)))
+    where = "its log"
+    try:
+        log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # the site's eyes only: it may name files and sample ids (0600, as its state)
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as fh:
+            os.chmod(log, 0o600)  # a log made before (umask) is narrowed too
+            fh.write(entry)
+    except OSError:  # the state folder itself failed: the SuperNode's own stderr
+        sys.stderr.write(f"mmvm site {site}: cannot write {log}; the error:\n{entry}")
+        where = "its SuperNode's log (its state folder could not be written)"
     code = type(err).__name__
     if isinstance(err, PROTOCOL_ERRORS):
         return SiteError(f"{code}: {err}")
-    return SiteError(f"{code} in {kind} at site {site}; the details are in its log")
+    return SiteError(f"{code} in {kind} at site {site}; the details are in {where}")
 
 
 def security_errors() -> set[str]:

@@ -236,6 +236,17 @@ def _describe(nc: dict, run_id: int = 7) -> RecordDict | str:
     return site_node.answer("describe", to_record(DescribeRequest()), context)
 
 
+def test_the_state_folders_a_site_makes_are_its_own(plain_site):
+    """The node config's state folder and the run's in it are made 0700 (its own
+    check warns of anything wider), not only the innermost one."""
+    from pathlib import Path
+
+    assert not isinstance(_describe(plain_site, run_id=70), str)
+    state = Path(plain_site["state"])
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / "run-70").stat().st_mode & 0o777 == 0o700
+
+
 def test_the_sites_max_params_refuses_the_runs_model_before_it_is_built(plain_site):
     reply = _describe({**plain_site, "max-params": "1000"})
     assert isinstance(reply, str) and reply.startswith("PolicyError: site site-m0: the "

@@ -243,6 +243,19 @@ def test_4_errors_reach_the_server_without_data(tmp_path):
     assert protocol == "SecurityError: bad envelope"
 
 
+def test_4b_a_state_folder_that_cannot_be_made_still_reaches_the_server_as_a_code(
+        tmp_path, capsys):
+    """state="/proc/mmvm" or a path through a file: the site's log cannot be
+    written either; the details go to its SuperNode's own log, not to the server."""
+    (tmp_path / "a-file").write_text("")
+    log = tmp_path / "a-file" / "state" / "site-a.errors.log"
+    err = FileNotFoundError(f"[Errno 2] No such file or directory: '{log.parent}'")
+    public = str(public_error("site-a", log, "describe", err))
+    assert public == ("FileNotFoundError in describe at site site-a; the details are in "
+                      "its SuperNode's log (its state folder could not be written)")
+    assert str(tmp_path) in capsys.readouterr().err  # the operator's copy has them
+
+
 def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_path,
                                                                      tiny_polymnist):
     """The server tells one holder of m0 that the group is another set of sites: its
@@ -403,6 +416,8 @@ def test_2e_a_secure_run_whose_state_was_lost_cannot_begin_again(cfg, tmp_path,
         return Endpoint(site, SealedChannel(sec))
 
     assert endpoint(RUN).handle(DescribeRequest()).sealed
+    ledger = next((tmp_path / "st").glob("*.secure-runs"))
+    assert ledger.stat().st_mode & 0o777 == 0o600  # the site's own, as its state
     shutil.rmtree(tmp_path / "st" / f"run-{RUN}")  # the run's state is gone
     with pytest.raises(SecurityError, match=rf"secure run {RUN} already began at this "
                                             rf"site and its state is gone"):
