@@ -24,6 +24,7 @@ from mmvm.federation.coordinator import FederationError
 from mmvm.federation.loop import FederationResult, run_federation
 from mmvm.federation.messages import MessageError, SiteFailure
 from mmvm.federation.posteriors import PosteriorError
+from mmvm.federation.progress import COMPLETE
 from mmvm.federation.report import alignment_line, summary, window_line
 from mmvm.federation.results import eval_data_problem, evaluate_assembled, write_results
 from mmvm.federation.server_state import load_server_state
@@ -196,7 +197,7 @@ def main(grid: Grid, context: Context) -> None:
         run(grid, context)
     except EXPECTED as err:
         print(f"mmvm: run failed: {err}", flush=True)
-        hint = resume_hint(context)
+        hint = None if COMPLETE in str(err) else resume_hint(context)
         if hint:
             print(hint, flush=True)
         raise RunFailed(str(err)) from None

@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass
 from mmvm.federation.coordinator import FederationError
 
 PHASES = ("new", "described", "aligned", "attached", "evaluated")
+# what a site says when asked to continue a run it finished (the server then gives
+# no resume hint: there is nothing left to continue)
+COMPLETE = "the run is complete here (its final evaluation was answered); start a new run"
+
 
 
 class ProtocolOrderError(FederationError):
@@ -77,6 +81,8 @@ class Progress:
                                      f"{self.unmasked})")
 
     def resume(self, site: str) -> None:
+        if self.phase == "evaluated":
+            raise ProtocolOrderError(f"site {site}: resume refused: {COMPLETE}")
         self._need(site, "resume", "attached")
 
     def evaluate(self, site: str) -> None:

@@ -15,11 +15,13 @@ from mmvm.federation.messages import (
     AttachRequest,
     DescribeRequest,
     EvaluateRequest,
+    ResumeRequest,
     UnmaskRequest,
     WindowRequest,
 )
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import SitePolicy
+from mmvm.federation.progress import ProtocolOrderError
 from tests.support.federate import make_sites, split
 
 
@@ -53,6 +55,9 @@ def test_describe_attach_window_evaluate(endpoint):
     ev = endpoint.handle(EvaluateRequest(collect=True))
     assert ev.site == "site-m0" and "probe/m0" in ev.metrics
     assert set(ev.model) == {"m0"}
+    # a finished run is not continued, and the site says so (not "expects attached")
+    with pytest.raises(ProtocolOrderError, match="the run is complete here"):
+        endpoint.handle(ResumeRequest(run="1", window=0))
 
 
 def test_a_label_column_outside_the_sites_eval_labels_gets_no_probe(
