@@ -18,6 +18,7 @@ as an error code and a message that names no data; the details go to
 
 from __future__ import annotations
 
+import difflib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,11 +158,13 @@ def _require_simulation(nc) -> None:
     if {"partition-id", "num-partitions"} <= set(nc) and ray is not None \
             and ray.is_initialized():
         return
+    typo = difflib.get_close_matches("data", [str(k) for k in nc], 1)
     raise ConfigError(
-        f"node config (keys {sorted(nc)}) has no data=\"/path/to/site\": a deployment "
-        f"site names its data folder, keys and policy there (deploy/README.md section "
-        f"3); partition-id / num-partitions alone belong to a simulation, and this "
-        f"ClientApp is not running in one")
+        f"node config (keys {sorted(nc)}) has no data=\"/path/to/site\""
+        + f" (is {typo[0]!r} meant to be 'data'?)" * bool(typo)
+        + ": a deployment site names its data folder, keys and policy there "
+          "(deploy/README.md section 3); partition-id / num-partitions alone belong to "
+          "a simulation, and this ClientApp is not running in one")
 
 
 def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tuple,

@@ -76,6 +76,10 @@ def test_a_deployment_node_config_without_data_is_refused(monkeypatch, ray):
         reply = site_node.answer("describe", RecordDict(), context)
         assert reply.startswith("ConfigError: node config (keys ") and \
             'no data="/path/to/site"' in reply and "section 3" in reply, reply
+    typo = Context(run_id=7, node_id=1, node_config={"site": "a", "dat": "/srv/a"},
+                   state=RecordDict(), run_config=app_run_config())
+    assert "(is 'dat' meant to be 'data'?)" in site_node.answer("describe", RecordDict(),
+                                                                  typo)
 
 
 def test_node_config_paths_that_are_not_there_are_named_at_the_site_only(tmp_path, capsys):
