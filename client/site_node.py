@@ -161,7 +161,7 @@ def _require_simulation(nc) -> None:
     typo = difflib.get_close_matches("data", [str(k) for k in nc], 1)
     raise ConfigError(
         f"node config (keys {sorted(nc)}) has no data=\"/path/to/site\""
-        + f" (is {typo[0]!r} meant to be 'data'?)" * bool(typo)
+        + "".join(f" (is {t!r} meant to be 'data'?)" for t in typo)
         + ": a deployment site names its data folder, keys and policy there "
           "(deploy/README.md section 3); partition-id / num-partitions alone belong to "
           "a simulation, and this ClientApp is not running in one")

@@ -92,7 +92,7 @@ def _unknown_keys(nc: Mapping) -> str:
     valid = (*KEYS, "data", "site")
     unknown = [k for k in nc if k not in valid]
     near = {k: difflib.get_close_matches(k, valid, 1) for k in unknown}
-    return ", ".join(f"unknown key {k!r}" + f" (did you mean {m[0]!r}?)" * bool(m)
+    return ", ".join(f"unknown key {k!r}" + "".join(f" (did you mean {c!r}?)" for c in m)
                      for k, m in near.items())
 
 

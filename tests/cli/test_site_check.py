@@ -237,8 +237,9 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     other = check_node_config(_nc(fed), load_config(CONFIG, ["data.label=label.dx"]))
     assert "data.label = 'label.dx' is not in this site's eval-labels" in " ".join(
         _find(other, "experiment", WARNING))
-    typo_data = check_node_config({"site": "site-a", "dta": "/srv/site-a"})
-    assert "unknown key 'dta' (did you mean 'data'?)" in _find(typo_data, "data", ERROR)[0]
+    typo_data = check_node_config({"site": "site-a", "dta": "/srv/site-a", "zzzz": "1"})
+    found = _find(typo_data, "data", ERROR)[0]
+    assert "unknown key 'dta' (did you mean 'data'?), unknown key 'zzzz'" in found
     lost = check_node_config(_nc(fed, directory=None))
     assert "set directory= to the public key directory" in _find(lost, "directory",
                                                                 ERROR)[0]
