@@ -176,7 +176,7 @@ def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tu
     if node is None:
         name, train, test = files
         store = SiteStore(root / f"{name}.pt")
-        site = Site(s.experiment, name, train, test,
+        site = Site(policy.experiment(s.experiment), name, train, test,
                     admit=lambda names: policy.check_params(
                         name, count_parameters(s.experiment, names)))
         node = _NODES[key] = Node(s, policy, site, store)

@@ -183,9 +183,10 @@ class ExperimentConfig:
 
 
 def config_digest(cfg: ExperimentConfig) -> str:
-    """SHA-256 of every setting of ``cfg`` (not where it was read from): sites that
-    must train alike check with it that they were given the same experiment."""
+    """SHA-256 of the settings sites must share (not ``source``, nor ``train.device``,
+    a site's node config's to set): they check with it that they train alike."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
+    settings["train"].pop("device", None)
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -244,7 +244,9 @@ def _stream(args: argparse.Namespace, cmd: list[str]) -> int:
         if run_id:
             subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
                            capture_output=True, timeout=120)
-            print(f"\nmmvm run: stopped run {run_id}", file=sys.stderr)
+            print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
+                  f"--run-config and resume='{run_id}' (if its sites had attached)",
+                  file=sys.stderr)
         return 128 + (why.signum if isinstance(why, Stopped) else signal.SIGINT)
     if run_id is None:
         print(f"mmvm run: flwr run did not start a run (exit code {proc.returncode})",

@@ -164,6 +164,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
                   f"train.parquet)")
         return
     try:  # a model beyond max-params is not built, so the limits below wait for it
+        cfg = policy.experiment(cfg)  # on the site's own device, if it names one
         site = Site(cfg, check.site, train, test, admit=lambda names: policy.check_params(
             check.site, count_parameters(cfg, names)))
         if test is not None:
@@ -229,7 +230,8 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"{on[p.require_psi]}, min-rows {p.min_rows}; max-steps {p.max_steps:,}, "
               f"max-visits {p.max_visits:,}, max-batch {p.max_batch:,}, max-params "
               f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}, max-align-rows "
-              f"{p.max_align_rows:,}; eval-labels {','.join(p.eval_labels) or 'none'}")
+              f"{p.max_align_rows:,}; eval-labels {','.join(p.eval_labels) or 'none'}; device "
+              f"{p.device or 'as the run config says'}")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:

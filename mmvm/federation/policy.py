@@ -41,6 +41,9 @@ anything leaves the site:
                        with ``keys``, ``*`` without. The run config names the
                        column (``data.label``); one it does not allow gets no
                        probe (reconstruction is still evaluated)
+``device``             where the site trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
+                       ``auto``): the run config's ``train.device`` is ignored then
+                       (default: the run config's)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
                        plan's batch size: the layers' outputs and the objective's
                        terms (default 16; estimated on the meta device,
@@ -56,8 +59,10 @@ A simulation has no node config: its sites follow the run config (``secure``,
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +75,8 @@ from mmvm.secure.keys import SitePublicKeys
 
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
-        "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels")
+        "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
+        "device")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -98,12 +104,21 @@ class SitePolicy:
     max_step_gib: int = LIMITS["max-step-gib"]
     max_align_rows: int = LIMITS["max-align-rows"]
     eval_labels: tuple[str, ...] = ("*",)  # label columns probed at evaluation
+    device: str = ""  # where the site trains; "" = the run config's train.device
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
     @property
     def secure_site(self) -> bool:
         return bool(self.keys)
+
+    def experiment(self, cfg):
+        """The run's experiment config as this site runs it: on its own ``device``
+        when its node config names one (sites still share every other setting)."""
+        if not self.device:
+            return cfg
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                  device=self.device))
 
     def label_allowed(self, label: str) -> bool:
         """Whether the final evaluation may report a probe of label column ``label``
@@ -289,6 +304,13 @@ def _labels(text: str) -> tuple[str, ...]:
     return out
 
 
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text.strip()):
+        raise PolicyError(f"node config: device = {text!r} is not a device (cpu, cuda, "
+                          f"cuda:N, mps or auto)")
+    return text.strip()
+
+
 # each policy key's reader (its value -> the SitePolicy field), the defaults aside
 _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "allow-collect": lambda nc, k: _bool(nc, k, True),
@@ -297,7 +319,8 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "min-rows": lambda nc, k: _positive(nc, k, 1),
             **{key: lambda nc, k: _positive(nc, k, LIMITS[k]) for key in LIMITS},
             "peers": lambda nc, k: _peers(str(nc[k])),
-            "eval-labels": lambda nc, k: _labels(str(nc[k]))}
+            "eval-labels": lambda nc, k: _labels(str(nc[k])),
+            "device": lambda nc, k: _device(str(nc[k]))}
 
 
 def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
@@ -352,6 +375,7 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         **{k.replace("-", "_"): _positive(nc, k, v) for k, v in LIMITS.items()},
         eval_labels=_labels(str(nc["eval-labels"])) if "eval-labels" in nc
         else ("label",) if keys else ("*",),
+        device=_device(str(nc["device"])) if "device" in nc else "",
         sources=tuple(k for k in KEYS if k in nc))
 
 

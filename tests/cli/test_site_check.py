@@ -234,6 +234,9 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
         _find(typo, "policy", WARNING))
     assert "data.label = 'label.dx' is not in this site's eval-labels" not in " ".join(
         _find(typo, "experiment", WARNING))
+    on_cpu = check_node_config(_nc(fed, device="cpu"),
+                               load_config(CONFIG, ["train.device=cuda"]))
+    assert "device cpu)" in _find(on_cpu, "experiment", OK)[0]  # the site's, not the run's
     other = check_node_config(_nc(fed), load_config(CONFIG, ["data.label=label.dx"]))
     assert "data.label = 'label.dx' is not in this site's eval-labels" in " ".join(
         _find(other, "experiment", WARNING))

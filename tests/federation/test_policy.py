@@ -158,6 +158,27 @@ def test_eval_labels_name_the_columns_a_final_evaluation_may_probe(directory):
         load_policy({"data": "/d", "eval-labels": "label,dx"}, "a")
 
 
+def test_a_sites_device_is_its_node_configs_and_not_part_of_the_shared_experiment():
+    """A hospital picks its GPU (or the CPU); the run config's train.device is
+    ignored there, and the sites still agree on the experiment (masks bind to it)."""
+    from pathlib import Path
+
+    from mmvm.config import config_digest, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "hippocampus.toml",
+                      ["train.device=cuda"])
+    p = load_policy({"data": "/d", "device": "cpu"}, "a")
+    assert p.experiment(cfg).train.device == "cpu" and cfg.train.device == "cuda"
+    assert config_digest(p.experiment(cfg)) == config_digest(cfg)
+    other = load_config(Path(__file__).resolve().parents[2] / "configs" /
+                        "hippocampus.toml", ["train.lr=0.002"])
+    assert config_digest(other) != config_digest(cfg)  # the rest still counts
+    assert load_policy({"data": "/d"}, "a").experiment(cfg) is cfg  # the run's
+    assert load_policy({"data": "/d", "device": "cuda:1"}, "a").device == "cuda:1"
+    with pytest.raises(PolicyError, match=r"device = 'gpu' is not a device"):
+        load_policy({"data": "/d", "device": "gpu"}, "a")
+
+
 def test_batches_per_epoch_counts_what_the_schedule_draws():
     from mmvm.schedule import batches_per_epoch, epoch_batches
 
