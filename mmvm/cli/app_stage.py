@@ -32,7 +32,8 @@ SKIP = frozenset({"__pycache__"})
 @contextmanager
 def staged_app(app: Path) -> Iterator[Path]:
     """A temporary copy of the app ``app`` without its ignored directories; removed
-    when the block ends. Files are hard links where the file system allows."""
+    when the block ends. Files are hard links where the file system allows, but
+    ``pyproject.toml``, which ``flwr run`` may rewrite, is a copy."""
     app = Path(app).resolve()
     if not (app / "pyproject.toml").is_file():
         raise FileNotFoundError(f"no Flower app at {app}: it has no pyproject.toml")
@@ -41,7 +42,9 @@ def staged_app(app: Path) -> Iterator[Path]:
         for rel in app_files(app):
             dest = stage / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
+            try:  # pyproject.toml copied: flwr may rewrite it (its federations section)
+                if rel == "pyproject.toml":
+                    raise OSError
                 os.link(app / rel, dest)
             except OSError:  # another file system, or links not allowed
                 shutil.copy2(app / rel, dest)

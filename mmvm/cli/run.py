@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -146,14 +147,16 @@ def local_connection() -> str | None:
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"{home / 'config.toml'}: {err}") from None
     default = links.get("default", "")
-    local = [k for k, v in links.items() if isinstance(v, dict)
-             and v.get("address") == ":local:"]
+    local = [k for k, v in links.items() if isinstance(v, dict) and _is_local(v)]
     if default in local or not local and default == "":
         return None
     if local:
         return local[0]
-    where = links.get(default, {}).get("address", "?") if isinstance(
-        links.get(default), dict) else "?"
+    if not isinstance(links.get(default), dict):
+        raise ConfigError(f"flwr's default connection {default!r} is not defined in "
+                          f"{home / 'config.toml'}; add [superlink.local] with "
+                          f"address = \":local:\" for a simulation")
+    where = links[default].get("address", "?")
     raise ConfigError(
         f"flwr's default connection {default!r} ({home / 'config.toml'}) is the SuperLink "
         f"at {where}, not a local simulation: to run there, say so (--connection "
@@ -161,10 +164,34 @@ def local_connection() -> str | None:
         f"address = \":local:\"")
 
 
+def _is_local(link: dict) -> bool:
+    """A connection flwr 1.41 runs as a local simulation (``flwr/cli/constant.py``;
+    one with options and no address is its older form)."""
+    return link.get("address") in (":local:", ":local-in-memory:") \
+        or "address" not in link and "options" in link
+
+
+def _no_federations(app: Path) -> None:
+    """``flwr run`` moves an app's ``[tool.flwr.federations]`` into its config.toml and
+    makes their default flwr's, which could turn a simulation into a run on a SuperLink
+    after :func:`local_connection` looked: such an app is refused here."""
+    try:
+        with open(app / "pyproject.toml", "rb") as fh:
+            feds = tomllib.load(fh).get("tool", {}).get("flwr", {}).get("federations")
+    except (OSError, tomllib.TOMLDecodeError):
+        return  # flwr says what is wrong with it
+    if feds:
+        raise ConfigError(f"{app / 'pyproject.toml'} has a [tool.flwr.federations] "
+                          f"section, which flwr run would make its default connection: "
+                          f"move it to $FLWR_HOME/config.toml and name it with "
+                          f"--connection")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         simulation = not (args.connection or args.deployment)
         if simulation:
+            _no_federations(Path(args.app))
             args.connection = local_connection()
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
             check_run_config(Path(args.app), args.run_config, local=simulation)
@@ -180,76 +207,77 @@ def run(args: argparse.Namespace) -> int:
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels
 
 
-_STOP_SIGNALS = [signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
-
-
-class Stopped(Exception):
-    """SIGTERM or SIGHUP (``timeout``, a CI cancel, a batch scheduler, a closed
-    terminal): stop the run as Ctrl-C does, not leave it training."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _stop_on_signals() -> dict[int, object]:
-    def stop(signum, frame):
-        raise Stopped(signum)
-
-    return {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
+# Ctrl-C, and SIGTERM / SIGHUP (``timeout``, a CI cancel, a batch scheduler, a closed
+# terminal): each stops the run in the SuperLink, not only this command
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
+RUN_LINE = re.compile(r"Successfully started run (\d+)")
 
 
 def _run(args: argparse.Namespace, cmd: list[str]) -> int:
-    before = _stop_on_signals()
+    """``flwr run`` streamed to the end. A stop signal only asks flwr to end (SIGINT;
+    killed 15 s later if it has not) and is noted: reading goes on to the end of its
+    output, so no line that names the run is lost, then the run is stopped with
+    ``flwr stop`` while further signals are ignored."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    stop: list[int] = []
+    kill = threading.Timer(15, proc.kill)
+    kill.daemon = True
+
+    def on_signal(signum, frame):
+        if not stop:
+            stop.append(signum)
+            proc.send_signal(signal.SIGINT)
+            kill.start()
+
+    before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        return _stream(args, cmd)
+        run_id = _stream(proc)
+        for sig in STOP_SIGNALS:  # from here on: the stop and the status query finish
+            signal.signal(sig, signal.SIG_IGN)
+        if stop:
+            return _stop(cmd, args, run_id, stop[0])
+        return _final(cmd, args, run_id, proc.returncode)
     finally:
+        kill.cancel()
         for sig, handler in before.items():
             signal.signal(sig, handler)
 
 
-def _late_run_id(proc: subprocess.Popen) -> str | None:
-    """The run id in what ``flwr run`` wrote but was not read yet when the stop
-    came (it may have started the run just then)."""
-    try:
-        rest = proc.communicate(timeout=15)[0] or ""
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rest = proc.communicate()[0] or ""
-    started = re.search(r"Successfully started run (\d+)", rest)
-    return started.group(1) if started else None
-
-
-def _stream(args: argparse.Namespace, cmd: list[str]) -> int:
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+def _stream(proc: subprocess.Popen) -> str | None:
+    """Show ``flwr run``'s output until it ends; the run id it started, if any."""
     run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
     failed = False  # mmvm said why the run failed
-    try:
-        for line in proc.stdout:
-            started = re.search(r"Successfully started run (\d+)", line)
-            if started and run_id is None:  # before it is shown: a stop then finds it
-                run_id = started.group(1)
-            quiet = NOISE + AFTER_FAILURE if failed else NOISE
-            if not any(p.search(line) for p in quiet):
-                sys.stdout.write(ANSI.sub("", line) if plain else line)
-                sys.stdout.flush()
-            failed = failed or line.startswith("mmvm: run failed:")
-        proc.wait()
-    except (KeyboardInterrupt, Stopped) as why:
-        for sig in _STOP_SIGNALS:  # a second one: let the stop end
-            signal.signal(sig, signal.SIG_IGN)
-        proc.send_signal(signal.SIGINT)
-        run_id = run_id or _late_run_id(proc)
-        if run_id:
-            subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
-                           capture_output=True, timeout=120)
-            print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
-                  f"--run-config and resume='{run_id}' (if its sites had attached)",
-                  file=sys.stderr)
-        return 128 + (why.signum if isinstance(why, Stopped) else signal.SIGINT)
+    for line in proc.stdout:
+        started = RUN_LINE.search(line)
+        if started and run_id is None:
+            run_id = started.group(1)
+        quiet = NOISE + AFTER_FAILURE if failed else NOISE
+        if not any(p.search(line) for p in quiet):
+            sys.stdout.write(ANSI.sub("", line) if plain else line)
+            sys.stdout.flush()
+        failed = failed or line.startswith("mmvm: run failed:")
+    proc.wait()
+    return run_id
+
+
+def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int
+          ) -> int:
+    if run_id:
+        subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
+                       capture_output=True, timeout=120)
+        # a resumed run keeps the state of the run it continues, under that one's id
+        first = str(parse_overrides(args.run_config).get("resume") or run_id)
+        print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
+              f"--run-config and resume='{first}' (if its sites had attached)",
+              file=sys.stderr)
+    return 128 + signum
+
+
+def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: int
+           ) -> int:
     if run_id is None:
-        print(f"mmvm run: flwr run did not start a run (exit code {proc.returncode})",
+        print(f"mmvm run: flwr run did not start a run (exit code {code})",
               file=sys.stderr)
         return 1
     final = status(cmd, args, run_id)

@@ -9,6 +9,8 @@ need labels with at least two classes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -36,7 +38,8 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
     # passes of the size the site's limits admitted
     rec = reconstruction_nll(site.model, test, site.cfg.model.method,
                              batch_size=site.pass_rows, seed=site.cfg.train.seed)
-    out = {f"recon_nll/{m}": v for m, v in rec["per_modality"].items()}
+    out = {f"recon_nll/{m}": v for m, v in rec["per_modality"].items()
+           if not math.isnan(v)}  # NaN: no test row holds m here
     if probes and site.data.labels is not None and test.labels is not None:
         out.update(_probes(site, test, max_probe_train))
     out["n_test"] = float(len(test))

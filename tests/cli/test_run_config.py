@@ -147,3 +147,55 @@ def test_without_connection_it_is_a_local_simulation_never_a_superlink(tmp_path,
                          env={**os.environ, "FLWR_HOME": str(tmp_path)})
     assert res.returncode == 2 and "not a local simulation" in res.stderr, res.stderr
     assert "Using SuperLink" not in res.stdout + res.stderr
+
+
+LATE = """
+import signal, sys, time
+def late(*_):  # the run was started just as the stop came
+    print("Successfully started run 42", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, late)
+print("starting", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_stop_finds_the_run_named_after_it_came(tmp_path, capsys):
+    """SIGTERM before flwr run has said which run it started: its output is read to the
+    end, so the run is still found and stopped (here with a stand-in for flwr)."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli.run import _run
+
+    args = argparse.Namespace(connection=None, run_config="resume='7'")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    code = _run(args, [sys.executable, "-c", LATE])
+    assert code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    # a resumed run's state stays under the id it continues
+    assert "stopped run 42; continue it with the same --run-config and resume='7'" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_local_connection_knows_flwrs_local_forms(tmp_path, monkeypatch):
+    from mmvm.cli.run import _no_federations, local_connection
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    conf = tmp_path / "config.toml"
+    conf.write_text('[superlink]\ndefault = "mem"\n[superlink.mem]\n'
+                    'address = ":local-in-memory:"\n')
+    assert local_connection() is None
+    conf.write_text('[superlink]\ndefault = "old"\n[superlink.old]\n'
+                    'options.num-supernodes = 3\n')
+    assert local_connection() is None  # the older form: options, no address
+    conf.write_text('[superlink]\ndefault = "gone"\n')
+    with pytest.raises(ConfigError, match="'gone' is not defined"):
+        local_connection()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text('[tool.flwr.federations]\ndefault = "remote"\n')
+    with pytest.raises(ConfigError, match=r"\[tool.flwr.federations\] section"):
+        _no_federations(app)
+    _no_federations(ROOT)  # this app has none

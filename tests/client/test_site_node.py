@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 from flwr.app import Context, RecordDict
 
 from client import site_node
@@ -249,6 +250,24 @@ def test_the_state_folders_a_site_makes_are_its_own(plain_site):
     state = Path(plain_site["state"])
     assert state.stat().st_mode & 0o777 == 0o700
     assert (state / "run-70").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_sites_device_is_its_node_configs(plain_site):
+    """A run config asking for CUDA at a CPU site: the site trains where its node
+    config says; without the key the run's device fails there."""
+    from mmvm.federation.messages import DescribeRequest
+    from wire.records import to_record
+
+    def describe(nc, run_id):
+        context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                          run_config=app_run_config(set="train.device=cuda"))
+        return site_node.answer("describe", to_record(DescribeRequest()), context)
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the run's device would work")
+    assert not isinstance(describe({**plain_site, "device": "cpu"}, 71), str)
+    with pytest.raises(ValueError, match="CUDA is not available"):  # Flower reports it
+        describe(plain_site, 72)
 
 
 def test_the_sites_max_params_refuses_the_runs_model_before_it_is_built(plain_site):
