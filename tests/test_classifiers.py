@@ -10,6 +10,7 @@ from mmvm.classifiers import (
     build_classifier,
     train_classifier,
 )
+from tests.support.lab import lab_config
 
 
 def test_ensemble_votes_by_mean_log_probability():
@@ -49,31 +50,6 @@ def test_ensemble_members_train_from_consecutive_seeds():
 
 
 # ------------------------------------------------------------------ judges of site files
-LAB = """
-[data]
-root = "{root}"
-folders = ["site-eeg", "site-img"]
-[model]
-latent_dim = 2
-[model.modalities.eeg]
-kind = "vector"
-shape = [6]
-likelihood = "mse"
-[model.modalities.img]
-kind = "vector"
-shape = [4]
-likelihood = "mse"
-[train]
-epochs = 1
-batch_size = 32
-device = "cpu"
-num_threads = 1
-out_dir = "{out}"
-[eval]
-classifier_epochs = 1
-"""
-
-
 def _lab(tmp_path, img_ids: bool = True) -> list[str]:
     """Two sites' folders and a trained run: only site-eeg's files have a label column;
     site-img's samples are eeg's (same ids) or, without ``img_ids``, none of them.
@@ -94,7 +70,9 @@ def _lab(tmp_path, img_ids: bool = True) -> list[str]:
                    ids=tmp_path / "ids.txt", labels={"label": tmp_path / "y.npy"})
     prepare_arrays(sites / "site-img", {"img": tmp_path / "img.npy"},
                    ids=tmp_path / "ids.txt" if img_ids else None)
-    (tmp_path / "lab.toml").write_text(LAB.format(root=sites, out=tmp_path / "run"))
+    (tmp_path / "lab.toml").write_text(lab_config(
+        sites, tmp_path / "run", '["site-eeg", "site-img"]', {"eeg": 6, "img": 4},
+        extra="[eval]\nclassifier_epochs = 1\n"))
     assert main(["train", "--config", str(tmp_path / "lab.toml"), "--no-progress"]) == 0
     return ["evaluate", "--run", str(tmp_path / "run"), "--no-plot", "--no-progress",
             "--device", "cpu"]

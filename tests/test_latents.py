@@ -16,6 +16,7 @@ from mmvm.data.dataset import MultimodalDataset
 from mmvm.data.sites import site_layout, split_sites
 from mmvm.federation.site import Site
 from mmvm.training import build_model, load_trained_model
+from tests.support.lab import lab_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "polymnist_cpu.toml")
@@ -196,29 +197,6 @@ def test_plot_latents_of_two_sites(tiny_polymnist, tmp_path, capsys):
     assert "mmvm encode" in capsys.readouterr().err
 
 
-LAB = """
-[data]
-root = "{root}"
-folders = ["site-eeg", "site-img"]
-[model]
-latent_dim = 3
-[model.modalities.eeg]
-kind = "vector"
-shape = [6]
-likelihood = "mse"
-[model.modalities.img]
-kind = "vector"
-shape = [4]
-likelihood = "mse"
-[train]
-epochs = 1
-batch_size = 32
-device = "cpu"
-num_threads = 1
-out_dir = "{out}"
-"""
-
-
 def _lab_run(tmp_path) -> tuple[Path, list[str], np.ndarray]:
     """A run on two sites' folders; site-eeg's files hold label and label.sex (made by
     mmvm data prepare arrays --label sex=...), site-img's none. Returns the run, the
@@ -237,7 +215,9 @@ def _lab_run(tmp_path) -> tuple[Path, list[str], np.ndarray]:
                    labels={"label": tmp_path / "y.npy", "label.sex": tmp_path / "sex.npy"})
     prepare_arrays(sites / "site-img", {"img": tmp_path / "img.npy"},
                    ids=tmp_path / "ids.txt")
-    (tmp_path / "lab.toml").write_text(LAB.format(root=sites, out=tmp_path / "run"))
+    (tmp_path / "lab.toml").write_text(lab_config(
+        sites, tmp_path / "run", '["site-eeg", "site-img"]', {"eeg": 6, "img": 4},
+        latent_dim=3))
     assert main(["train", "--config", str(tmp_path / "lab.toml"), "--no-progress"]) == 0
     return tmp_path / "run", [str(sites / s / "test.parquet")
                               for s in ("site-eeg", "site-img")], sex

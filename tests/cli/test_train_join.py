@@ -8,28 +8,7 @@ import numpy as np
 from mmvm.cli import main
 from mmvm.data.coupling import coupling_counts, weak_coupling_note
 from mmvm.data.prepare.arrays import prepare_arrays
-
-CONFIG = """
-[data]
-root = "{root}"
-folders = {folders}
-[model]
-latent_dim = 2
-[model.modalities.a]
-kind = "vector"
-shape = [6]
-likelihood = "mse"
-[model.modalities.b]
-kind = "vector"
-shape = [4]
-likelihood = "mse"
-[train]
-epochs = 1
-batch_size = 32
-device = "cpu"
-num_threads = 1
-out_dir = "{out}"
-"""
+from tests.support.lab import lab_config
 
 
 def _sites(tmp_path, b_ids: bool) -> None:
@@ -47,8 +26,8 @@ def _sites(tmp_path, b_ids: bool) -> None:
 
 def _train(tmp_path, folders: str) -> int:
     cfg = tmp_path / "lab.toml"
-    cfg.write_text(CONFIG.format(root=tmp_path / "sites", folders=folders,
-                                 out=tmp_path / "run"))
+    cfg.write_text(lab_config(tmp_path / "sites", tmp_path / "run", folders,
+                              {"a": 6, "b": 4}))
     return main(["train", "--config", str(cfg), "--no-progress", "--fresh"])
 
 
