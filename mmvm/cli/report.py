@@ -30,7 +30,7 @@ import argparse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="turn runs into one HTML or Markdown page",
-                              description=__doc__,
+                              description=__doc__.replace("``", ""),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="run folders, results.json / results.csv files, or folders "

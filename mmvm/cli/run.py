@@ -3,9 +3,11 @@
 ``flwr run --stream`` exits 0 even when the run failed, and an interrupted CLI leaves
 the run going in the SuperLink. This command runs the app as ``flwr run`` would,
 streams its output, then asks the SuperLink for the run's final status (``flwr ls``)
-and exits 0 only if it completed; Ctrl-C stops the run (``flwr stop``). For a
-simulation it starts exactly ``num-sites`` SuperNodes (the run config's value, or the
-one given with ``--run-config``), so the two can never disagree. Flower packages a
+and exits 0 only if it completed; Ctrl-C, SIGTERM or SIGHUP stop the run (``flwr
+stop``). Without ``--connection`` it is a local simulation, never flwr's default
+connection where that is a SuperLink; it starts exactly ``num-sites`` SuperNodes (the
+run config's value, or the one given with ``--run-config``), so the two can never
+disagree. Flower packages a
 staged copy of the app (``mmvm.cli.app_stage``: the same FAB, without listing the
 project's ``.venv``). It spawns the ``flwr`` CLI; it imports nothing of Flower. The
 run config is checked first (``mmvm.cli.run_config``): a typo fails at once.
@@ -64,7 +66,8 @@ AFTER_FAILURE = (re.compile(r"(Simulation|ServerApp) raised an exception"),
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run the federated app (flwr run) and exit with the run's status",
-        description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1])
+        description=(__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1]
+                     ).replace("``", ""))  # no RST markup in a terminal
     p.add_argument("--app", default=str(APP_DIR), help=f"the Flower app (default {APP_DIR})")
     p.add_argument("--connection", default=None,
                    help="a SuperLink connection of $FLWR_HOME/config.toml (default: a "

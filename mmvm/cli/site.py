@@ -29,11 +29,11 @@ NODE_EXAMPLE = "e.g. 'site=\"site-a\" data=\"/srv/site-a\" keys=\"/etc/mmvm/site
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "site", help="check a site's node config before its SuperNode starts",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = sub.add_parser("check", help="check a node config (policy, data, keys, peers, "
                        "state) as the site's ClientApp reads it",
-                       description=__doc__,
+                       description=__doc__.replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--node-config", required=True, metavar="TEXT|FILE.toml",
                    help="what you give flower-supernode --node-config")
