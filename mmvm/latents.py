@@ -67,11 +67,9 @@ def data_labels(paths: Sequence[str | Path], sample_ids: Sequence[str]
                 ) -> dict[str, np.ndarray]:
     """Every label column of the site files ``paths`` (``label``, ``label.<name>``)
     for ``sample_ids``, joined by sample id across the files (-1 where unknown)."""
-    from mmvm.data.labels import read_labels
-    from mmvm.data.store import read_site_meta
+    from mmvm.data.labels import all_label_columns, read_labels
 
-    cols = list(dict.fromkeys(c for p in paths for c in read_site_meta(p)["labels"]))
-    return read_labels(paths, sample_ids, cols)
+    return read_labels(paths, sample_ids, all_label_columns(paths))
 
 
 def write_latents(path: str | Path, table: pa.Table, meta: dict) -> Path:

@@ -25,13 +25,19 @@ from mmvm.data.store import (
 Paths = Sequence[str | os.PathLike]
 
 
+def all_label_columns(paths: Paths) -> list[str]:
+    """Every label column of ``paths`` (``label``, ``label.<name>``), in the files'
+    order, each once."""
+    return list(dict.fromkeys(c for p in paths for c in read_site_meta(p)["labels"]))
+
+
 def label_columns(paths: Paths, patterns: Sequence[str]) -> list[str]:
     """The label columns of ``paths`` matching ``patterns`` (names or shell-style
     patterns such as ``"label.*"``), in the files' order, each once.
 
     A pattern that matches no column raises :class:`DataError` listing the columns.
     """
-    available = list(dict.fromkeys(c for p in paths for c in read_site_meta(p)["labels"]))
+    available = all_label_columns(paths)
     out: list[str] = []
     for pattern in patterns:
         hits = fnmatch.filter(available, pattern)
