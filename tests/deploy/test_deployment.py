@@ -2,10 +2,15 @@
 
 One SuperLink (TLS, SuperNode authentication) and three registered SuperNodes
 (sites a, b, c: one PolyMNIST modality each, data written by the test, keys by
-``deploy.make_keys``) are started once for the module; the tests then
+``deploy.make_keys``) are started once for the module, each SuperNode with
+``--isolation process`` and the site's fork-server SuperExec next to it
+(``deploy.superexec_fork``, deploy/README.md section 8; Flower's stock SuperExec, a
+``flwr-clientapp`` process per message, is what test_two_hospitals.py runs); the
+tests then
 
 * run a 2-window federation with ``secure = true`` and check its final status
-  (``flwr ls``) and the ``results.json`` the server wrote;
+  (``flwr ls``), the ``results.json`` the server wrote, and that every ClientApp
+  message ran in a child forked by the site's SuperExec, which stays up;
 * check the server's audit log of that run (every message content the ServerApp
   sent or received, in Flower's wire encoding, recorded by the test-only ServerApp
   of ``tests/support/audit_app.py`` around the product's) for raw sample ids,
@@ -17,7 +22,7 @@ One SuperLink (TLS, SuperNode authentication) and three registered SuperNodes
 * run with one site's window reply spoiled (a NaN loss): the server refuses it and
   the run completes without that site for that window.
 
-Every process started is stopped in ``finally`` (and checked). About 2-3 minutes.
+Every process started is stopped in ``finally`` (and checked). About 1.5 minutes.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    dep = Deployment(tmp_path_factory.mktemp("deploy"))
+    dep = Deployment(tmp_path_factory.mktemp("deploy"), fork=True)
     try:
         dep.start()
         dep.runs = {}
@@ -78,6 +83,11 @@ def test_two_windows_secure_run_completes(deployment, good_run):
         (m,) = e["modalities"]
         assert np.isfinite(e[f"recon_nll/{m}"]) and 0.0 <= e[f"probe/{m}"] <= 1.0
     assert res["bytes_total"] > 0
+    # describe, align, attach, 2 windows and evaluate at each site, each in a child
+    # forked by that site's SuperExec (the SuperNodes start none of their own)
+    for s, proc in deployment.execs.items():
+        assert proc.log_text().count("forked by deploy.superexec_fork") >= 6, s
+        assert proc.popen.poll() is None, proc.log_text()  # the fork servers stay up
 
 
 def test_server_never_handles_ids_or_plaintext_posteriors(deployment, good_run):
