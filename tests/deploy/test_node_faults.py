@@ -3,7 +3,7 @@
 A secure deployment on 127.0.0.1 (SuperLink with TLS, node auth and a database file;
 three SuperNodes, each site with the fork-server SuperExec of deploy/README.md section 8;
 ``tests/support/deployment.py``) runs one federation of 7 windows
-with ``site-timeout`` 25 s and ``min-sites = 2``, and this happens to it:
+with ``site-timeout`` 15 s and ``min-sites = 2``, and this happens to it:
 
 1. after window 2 site b's SuperNode and SuperExec are killed with SIGKILL (their
    process groups: its ClientApp too) and restarted 20 s later with the same node key and state
@@ -73,7 +73,7 @@ def _b_answered_after(log, start: int, run, timeout: float) -> bool:
 def test_sites_drop_out_rejoin_and_the_server_resumes(tmp_path):
     dep = Deployment(tmp_path / "dep", fork=True)
     log, log2 = tmp_path / "run.log", tmp_path / "resumed.log"
-    opts = {"set": f"train.epochs={WINDOWS}", "site-timeout": 25.0, "min-sites": 2,
+    opts = {"set": f"train.epochs={WINDOWS}", "site-timeout": 15.0, "min-sites": 2,
             "pause-timeout": 300.0}
     run = None
     try:
