@@ -77,7 +77,8 @@ class FederationResult:
     not_evaluated: list[str] = field(default_factory=list)  # sites away at the end
     evaluation: dict[str, dict] = field(default_factory=dict)
     bytes_total: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time of the whole run, over its resumes
+    resumed_after: int = 0  # windows the run had trained before this resume
     sites: dict[str, dict] = field(default_factory=dict)
     model_state: dict[str, np.ndarray] | None = None
     kept_weights: list[str] = field(default_factory=list)
@@ -268,7 +269,8 @@ def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str |
                      absent=set(saved.absent), max_refused=s.max_refused)
     att.recount(saved.history)
     result = FederationResult(sites=_site_summary(coord), alignment=saved.alignment,
-                              history=list(saved.history), seconds=saved.seconds)
+                              history=list(saved.history), seconds=saved.seconds,
+                              resumed_after=len(saved.history))
     meter.total = saved.bytes_total
     if log:
         at = ", ".join(f"{r.site} {r.window + 1}" for r in replies.values())

@@ -85,9 +85,11 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
             rows.append([ev["site"], m, probe,
                          _num(ev.get(f"recon_nll/{m}"), 1)])
     n = len(result.history)
+    before = result.resumed_after  # the time is the whole run's, over its resumes
+    resumed = f"; {before} of them before this resume" if before else ""
     lines = [f"mmvm: trained {n} window{'s' if n != 1 else ''} in {duration(result.seconds)} "
-             f"(the evaluation after them not included); {result.bytes_total / 1e6:.1f} MB "
-             f"exchanged", ""]
+             f"(the evaluation after them not included{resumed}); "
+             f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
     lines += _table(["site", "modality", "probe accuracy", "test recon NLL"], rows)
     if assembled:
         probe, coh = assembled.get("probe", {}), assembled.get("coherence", {})

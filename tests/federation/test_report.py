@@ -58,6 +58,14 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
     assert text.endswith("files in /runs/run-1: results.json")
 
 
+def test_a_resumed_runs_summary_says_how_many_windows_came_before_the_resume():
+    res = FederationResult(history=[_row(w) for w in range(7)], bytes_total=5e5,
+                           seconds=118.0, resumed_after=6)
+    first = summary(res, "/runs/run-2", {}, None).splitlines()[0]
+    assert first == ("mmvm: trained 7 windows in 1 min 58 s (the evaluation after them "
+                     "not included; 6 of them before this resume); 0.5 MB exchanged")
+
+
 def test_alignment_line_says_how_many_samples_the_sites_share():
     al = {"samples": 120, "per_modality": {"frontal": 100, "lateral": 90},
           "coupled": {"frontal": 70, "lateral": 70}, "multimodal": 70, "complete": 70}

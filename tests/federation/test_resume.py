@@ -105,6 +105,7 @@ def test_a_resumed_run_ends_as_if_nothing_happened(cfg, tmp_path, tiny_polymnist
                          checkpoint=ckpt, resume_from=ckpt)
     assert f"after window {k}/6" in lines[0]
     assert [r["window"] for r in res.history] == list(range(6))
+    assert res.resumed_after == k  # the summary says k of the 6 came before the resume
     a, b = params(ref_sites.values()), params(sites.values())
     worst = max(float(np.abs(a[n] - b[n]).max()) for n in a)
     assert worst == 0.0, worst
