@@ -13,13 +13,20 @@ def add_arrays(names: argparse._SubParsersAction) -> None:
     q = names.add_parser("arrays", help=text, description=(
         f"{text}. The split is decided per sample id (a hash of seed and id), so sites "
         "that prepare their own modalities apart put each shared sample in the same "
-        "split. Prints the [model.modalities] sections for a config."))
+        "split; with --groups per group (e.g. trial), so that overlapping windows of "
+        "one trial never fall on both sides. Prints the [model.modalities] sections "
+        "for a config."))
     q.add_argument("--modality", action="append", required=True, metavar="NAME=FILE.npy",
                    help="a modality's array, [N, C, H, W] uint8 for images (scaled by "
                         "255), else any numbers (float32 as is); repeatable")
     q.add_argument("--ids", metavar="FILE", help="sample ids in row order: a text file "
                    "(one per line) or .npy of strings/integers (default: row numbers, "
                    "which align only sites with the same rows in the same order)")
+    q.add_argument("--groups", metavar="FILE", help="a group id per row (e.g. the trial "
+                   "or patient; a text file, one per line, or .npy): split by group, so "
+                   "that samples that are not independent (overlapping windows of one "
+                   "trial) never fall in both train and test; every site gives the same "
+                   "group for a shared sample")
     q.add_argument("--label", action="append", default=[], metavar="[NAME=]FILE.npy",
                    help="integer labels [N] (class ids >= 0, -1: unknown): column "
                         "'label', or 'label.NAME'; repeatable")
@@ -55,7 +62,7 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
               for k, v in _pairs(args.label, "--label", "label").items()}
     with data_progress(not args.quiet) as cb:
         paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
-                               test_fraction=args.test_fraction, seed=args.seed,
+                               groups=args.groups, test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb)
     report_paths(paths)
     from mmvm.data.store import read_site_meta
@@ -66,9 +73,15 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
         print("note: no --ids: the sample ids are the row numbers 0..N-1; they pair with "
               "other sites' samples only if those sites' rows are the same samples in the "
               "same order (give --ids otherwise)")
-    print(f"split by sample id with --seed {args.seed} --test-fraction "
+    by = "sample id" if args.groups is None else f"group ({args.groups})"
+    print(f"split by {by} with --seed {args.seed} --test-fraction "
           f"{args.test_fraction:g}: every site must use the same two values (and write "
-          f"the ids the same way) for their shared samples to fall in the same split")
+          f"the ids{'' if args.groups is None else ' and groups'} the same way) for "
+          f"their shared samples to fall in the same split")
+    if args.groups is None:
+        print("note: samples are split one by one; if several come from one trial or "
+              "patient (e.g. overlapping time windows), give --groups so that none of "
+              "them is tested on after training on its neighbours")
     print(f"\n# for your config (kind, shape from the files; likelihood a starting "
           f"point):\n{config_snippet(paths)}")
     return 0

@@ -9,7 +9,11 @@ order; labels are integer ``.npy`` files ``[N]`` (class ids >= 0, -1 for unknown
 The train/test split is decided per sample id, not per row: a sample is held out
 when a hash of (seed, id) falls below ``test_fraction``. So sites that prepare their
 own modalities separately, with their rows in any order, put every shared sample in
-the same split, as federated alignment needs.
+the same split, as federated alignment needs. Samples that are not independent (the
+overlapping time windows of one trial, several images of one patient) are split by
+*group* instead (``groups``: one group id per row, e.g. the trial): the hash is of
+(seed, group), so no group has samples on both sides and the test split measures
+what a model learnt, not what it saw of the same trial.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ def held_out(ids: list[str], test_fraction: float, seed: int) -> np.ndarray:
 def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os.PathLike],
                    *, ids: str | os.PathLike | None = None,
                    labels: Mapping[str, str | os.PathLike] | None = None,
+                   groups: str | os.PathLike | None = None,
                    test_fraction: float = 0.2, seed: int = 0, name: str = "arrays",
                    row_group_size: int = 1024, force: bool = False,
                    progress: Progress | None = None) -> dict[str, Path]:
@@ -77,8 +82,9 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
     (default: the row numbers, which align only sites whose rows are the same
-    samples in the same order). A folder that already holds site files is refused
-    unless ``force``."""
+    samples in the same order); ``groups``: a group id per row, read as ``ids`` are,
+    to split by group (module docstring). A folder that already holds site files is
+    refused unless ``force``."""
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
     bad = [m for m in modalities if not NAME.fullmatch(m) or m.startswith("label")
@@ -99,8 +105,11 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     sample_ids = given if given is not None else [str(i) for i in range(n)]
     _check_labels(cols, labels, sample_ids)
     _check_unique(sample_ids, ids)
-    test = held_out(sample_ids, test_fraction, seed)
+    group_of = _load_groups(groups, n) if groups is not None else None
+    test = held_out(group_of or sample_ids, test_fraction, seed)
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
+            "split_by": "sample id" if group_of is None else
+                        f"group ({len(set(group_of))} groups from {Path(groups).name})",
             "sources": {m: str(Path(p).resolve()) for m, p in modalities.items()},
             "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},
             "counts": [m for m, a in arrays.items()  # non-negative integers
@@ -120,6 +129,16 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                                                     meta, row_group_size=row_group_size)
         step("done", 2)
     return final_paths(paths, stage, out_dir)
+
+
+def _load_groups(path: str | os.PathLike, n: int) -> list[str]:
+    """One group id per row (a text file: one per line, no blank lines; or a ``.npy``
+    of N strings or integers); :class:`DataError` when they are not N."""
+    groups = load_ids(path)
+    if len(groups) != n:
+        raise DataError(f"{path}: {len(groups)} group ids, the arrays have {n} rows; "
+                        f"give one group id (e.g. the trial) per row, in row order")
+    return groups
 
 
 def config_snippet(paths: Mapping[str, Path]) -> str:
