@@ -124,11 +124,28 @@ def _blobs(rd: RecordDict, name: str, what: str) -> dict[str, bytes]:
     return out
 
 
+INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def _int64(text: str) -> int:
+    """A JSON integer, refused beyond 64 bits: a site keeps parts of what the
+    server sends (plan arguments, the unmask view) in its state file, and torch's
+    ``weights_only`` loader refuses integers of ~600 digits and more, so one such
+    number would leave the site's state unloadable."""
+    value = int(text)
+    if not INT64[0] <= value <= INT64[1]:
+        raise ValueError(f"an integer of {len(text)} digits (beyond 64 bits)")
+    return value
+
+
 def _checked(f, value, what: str):
     if f.metadata["wire"] == "json":
         try:
-            value = json.loads(value)
-        except (TypeError, ValueError):
+            value = json.loads(value, parse_int=_int64)
+        except ValueError as err:
+            raise MessageError(f"{what}: field {f.name!r} is not JSON of 64-bit "
+                               f"numbers ({str(err)[:80]})") from None
+        except TypeError:
             raise MessageError(f"{what}: field {f.name!r} is not JSON") from None
         if not isinstance(value, dict):
             raise MessageError(f"{what}: field {f.name!r} must be a JSON object")

@@ -11,6 +11,7 @@ decides whether its final weights may leave.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 
@@ -29,6 +30,7 @@ from mmvm.federation.messages import (
     UnmaskRequest,
     WindowReply,
     WindowRequest,
+    unmask_view,
 )
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import PolicyError, SitePolicy
@@ -121,11 +123,26 @@ class Endpoint:
                 counts = site.own_rows(shared)
                 self.policy.check_plan(site.name, counts[:, 0],
                                        {m: counts[:, 1 + j] for j, m in enumerate(shared)})
-            except PolicyError:
-                site.link = None
-                raise
+            except PolicyError as err:
+                self._refuse_plan(err)
         site.progress.phase = "attached"
         return AttachReply(posteriors=self.channel.outgoing(site, 0))
+
+    def _refuse_plan(self, err: PolicyError) -> None:
+        """Refuse the run's plan for good: the refusal is written with the site's
+        state, so the run cannot attach it again, and the server learns no counts
+        (the site's log keeps ``err``). Else a server could attach again and again
+        with plans of its choice, each refusal telling how many of the rows it put
+        in a window lack a modality: whether one sample lacks it, whatever min-rows."""
+        site = self.site
+        site.link, site.progress.phase = None, "refused"
+        if self.store is not None:
+            self.store.save(site, snapshot=False)
+        raise PolicyError(
+            f"site {site.name}: refuses this run's plan: a window would train fewer of "
+            f"its rows than its min-rows = {self.policy.min_rows}, in all or with a "
+            f"modality it shares (the site's log says which); this run cannot attach it "
+            f"again. Start a new run with larger batches or exchange = \"round\"") from err
 
     def resume(self, req: ResumeRequest) -> ResumeReply:
         """Where this site is in the run a restarted server continues. A plaintext
@@ -178,6 +195,7 @@ class Endpoint:
         return reply
 
     def unmask(self, req: UnmaskRequest):
+        req = dataclasses.replace(req, groups=unmask_view(req.groups))
         again = self.site.replies.get("unmask", req.window, req.groups)
         if again is not None:  # asked again with the same view: the same answer
             return again

@@ -175,6 +175,25 @@ class UnmaskRequest:
     shares: dict[str, bytes] = _blobs()
 
 
+def unmask_view(groups: dict) -> dict[str, dict[str, list[str]]]:
+    """An unmask request's view in its one form: per modality exactly ``survivors``
+    and ``dropped``, each a sorted list of distinct site names. A site keeps the view
+    with its state (to repeat its answer for the same view), so nothing else the
+    server put there is stored, and one view always compares equal to itself."""
+    out = {}
+    for m, view in groups.items():
+        if not isinstance(view, dict) or set(view) != {"survivors", "dropped"}:
+            raise MessageError(f"unmask request: the view of {m!r} must hold exactly "
+                               f"'survivors' and 'dropped'")
+        for key, names in view.items():
+            if not isinstance(names, list) or len(set(map(str, names))) != len(names) \
+                    or not all(isinstance(n, str) for n in names):
+                raise MessageError(f"unmask request: {key} of {m!r} must be a list of "
+                                   f"distinct site names")
+        out[m] = {k: sorted(view[k]) for k in ("survivors", "dropped")}
+    return out
+
+
 @dataclass
 class UnmaskReply:
     """Per modality: shares of the other survivors' self-mask seeds and this

@@ -1,6 +1,7 @@
 """Where a site is in a run: the protocol's state machine, kept with the site's state.
 
     new -> described -> [aligned (secure)] -> attached -> window 0 < 1 < ... -> evaluated
+                                          or: refused (its policy refused the plan: final)
 
 Each step happens once per run: a second describe, align or attach is refused (a
 server that re-attaches a site with another plan could otherwise make it mask new
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from mmvm.federation.coordinator import FederationError
 
-PHASES = ("new", "described", "aligned", "attached", "evaluated")
+PHASES = ("new", "described", "aligned", "attached", "evaluated", "refused")
 # what a site says when asked to continue a run it finished (the server then gives
 # no resume hint: there is nothing left to continue)
 COMPLETE = "the run is complete here (its final evaluation was answered); start a new run"

@@ -24,6 +24,7 @@ from mmvm.secure import session  # noqa: F401  (UnknownSiteError)
 from mmvm.secure.errors import SecurityError
 
 PROTOCOL_ERRORS = (SecurityError, FederationError, MessageError, PosteriorError)
+LOG_BYTES = 4 << 20  # a site's error log is rotated at this size (one older file kept)
 
 
 class SiteError(RuntimeError):
@@ -38,6 +39,7 @@ def public_error(site: str, log: Path, kind: str, err: BaseException) -> SiteErr
     where = "its log"
     try:
         log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _rotate(log)
         # the site's eyes only: it may name files and sample ids (0600, as its state)
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as fh:
@@ -50,6 +52,14 @@ def public_error(site: str, log: Path, kind: str, err: BaseException) -> SiteErr
     if isinstance(err, PROTOCOL_ERRORS):
         return SiteError(f"{code}: {err}")
     return SiteError(f"{code} in {kind} at site {site}; the details are in {where}")
+
+
+def _rotate(log: Path) -> None:
+    """Keep a site's error log and the one before it, each under :data:`LOG_BYTES`:
+    a server that sends message after message the site refuses must not fill the
+    site's disk with tracebacks."""
+    if log.exists() and log.stat().st_size >= LOG_BYTES:
+        os.replace(log, log.with_name(log.name + ".1"))
 
 
 def security_errors() -> set[str]:

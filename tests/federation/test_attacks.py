@@ -8,6 +8,7 @@ site, before the site sends anything it protects.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -16,11 +17,12 @@ import torch
 from mmvm.data.store import DataError
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint, LocalTransport
-from mmvm.federation.messages import AlignRequest, DescribeRequest
+from mmvm.federation.messages import AlignRequest, AttachRequest, DescribeRequest
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import ProtocolOrderError
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.site_errors import public_error
+from mmvm.federation.site_store import SiteStore
 from mmvm.secure.envelope import seal
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SiteKeys
@@ -176,9 +178,12 @@ def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_pat
     def one_row(r):
         return dataclasses.replace(r, plan=dict(r.plan, batch_size=1))
 
-    with pytest.raises(PolicyError, match="single out another holder's weights"):
+    with pytest.raises(PolicyError, match="refuses this run's plan") as refused:
         federate(cfg, {}, transport=AttachTamper(endpoints, one_row), secure=True,
                  exchange="step")
+    # why, with the counts, is the site's (its log keeps the cause), not the server's
+    assert "single out another holder's weights" in str(refused.value.__cause__)
+    assert "single out" not in str(refused.value)
     assert all(s.link is None for s in sites.values() if "m0" in s.names)
 
     def twice(r):
@@ -194,10 +199,40 @@ def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_pat
     plain = make_sites(cfg, specs, root)
     endpoints = sealed_endpoints(plain, site_keys(plain), tmp_path / "v",
                                  SitePolicy(test_bed=True, min_rows=3))
-    with pytest.raises(PolicyError, match=r"trains 2 of its rows in window 0 .*min-rows "
-                                          r"= 3\); use larger batches"):
+    with pytest.raises(PolicyError, match=r"its min-rows = 3") as refused:
         federate(cfg, {}, transport=AttachTamper(endpoints, lambda r: dataclasses.replace(
             r, plan=dict(r.plan, batch_size=2))), secure=True, exchange="step")
+    assert re.search(r"trains 2 of its rows in window 0 .*min-rows = 3\); use larger "
+                     r"batches", str(refused.value.__cause__))
+
+
+def test_2f_a_refused_plan_is_final_for_the_run_and_tells_no_counts(cfg, tmp_path,
+                                                                    tiny_polymnist):
+    """A server that could attach again after a refusal, with plans of its choice,
+    would learn from each refusal's counts how many of the rows it put in a window
+    lack a modality, and so whether one sample does. The refusal is written with the
+    site's state: the next attach is refused whatever it asks, also by a new process
+    that reads the state file, and the text the server gets holds no count."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys, policy = site_keys(sites), SitePolicy(test_bed=True, min_rows=3)
+    stores = {k: SiteStore(tmp_path / "state" / f"{s.name}.pt") for k, s in sites.items()}
+    endpoints = {k: Endpoint(s, SealedChannel(secrets(s, keys, tmp_path / "keys"), policy,
+                                              "pseudonym"), policy, stores[k])
+                 for k, s in sites.items()}
+    with pytest.raises(PolicyError, match="refuses this run's plan") as refused:
+        federate(cfg, {}, transport=AttachTamper(endpoints, lambda r: dataclasses.replace(
+            r, plan=dict(r.plan, batch_size=2))), secure=True, exchange="step")
+    again = next(k for k, s in sites.items() if s.progress.phase == "refused")
+    text = str(refused.value).replace("min-rows = 3", "").replace(sites[again].name, "")
+    assert not re.search(r"\d", text), text
+    fresh, store = make_sites(cfg, specs, root)[again], SiteStore(stores[again].path)
+    store.refresh(fresh)  # what a new ClientApp process finds
+    assert fresh.progress.phase == "refused" and fresh.link is None
+    endpoint = Endpoint(fresh, SealedChannel(secrets(fresh, keys, tmp_path / "keys"),
+                                             policy, "pseudonym"), policy, store)
+    with pytest.raises(ProtocolOrderError, match="attach refused: the site is 'refused'"):
+        endpoint.handle(AttachRequest(n=1, rows=[0], float16=False, plan={}))
 
 
 def test_3_pinned_peers_keep_an_added_directory_entry_out(cfg, tmp_path, tiny_polymnist):
@@ -241,6 +276,22 @@ def test_4_errors_reach_the_server_without_data(tmp_path):
     assert "MRN-0012345" in log.read_text()  # the site keeps the details
     protocol = str(public_error("site-a", log, "window", SecurityError("bad envelope")))
     assert protocol == "SecurityError: bad envelope"
+
+
+def test_4c_refused_messages_cannot_fill_the_sites_disk(tmp_path, monkeypatch):
+    """Every failed message appends its traceback to the site's error log; a server
+    that keeps sending what the site refuses gets at most two logs' worth of disk,
+    and the last error is always in the current one."""
+    from mmvm.federation import site_errors
+
+    monkeypatch.setattr(site_errors, "LOG_BYTES", 2000)
+    log = tmp_path / "site-a.errors.log"
+    for i in range(200):
+        public_error("site-a", log, "window", SecurityError(f"refused message {i}"))
+    older = log.with_name(log.name + ".1")
+    assert log.stat().st_size < 2000 + 1000 and older.stat().st_size < 2000 + 1000
+    assert "refused message 199" in log.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [log.name, older.name]
 
 
 def test_4b_a_state_folder_that_cannot_be_made_still_reaches_the_server_as_a_code(
@@ -318,6 +369,31 @@ def test_5c_holders_sent_different_means_cannot_be_unmasked(cfg, tmp_path,
     # control: the same run with the same "mean" for every holder completes
     sites, _, endpoints = _hybrid(cfg, tmp_path / "honest", tiny_polymnist)
     assert len(federate(cfg, endpoints, secure=True, exchange="step").history) == 3
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda v: {**v, "note": "x" * 1000}, "must hold exactly 'survivors' and 'dropped'"),
+    (lambda v: {**v, "survivors": v["survivors"] * 2}, "list of distinct site names"),
+])
+def test_5d_a_site_keeps_only_the_unmask_view_itself(cfg, tmp_path, tiny_polymnist,
+                                                     change, match):
+    """A site keeps the unmask view with its state (to repeat its answer for the same
+    view): anything else the server puts there (a long note, a name listed many
+    times) would be written into the state after every window. Refused, with the
+    site's state still at the window before."""
+    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+
+    class Padder(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            requests = {k: dataclasses.replace(r, groups={m: change(v) for m, v in
+                                                          r.groups.items()})
+                        if r.kind == "unmask" else r for k, r in requests.items()}
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(FederationError, match=f"failed the unmask step: MessageError: "
+                                              f"unmask request: .*{match}"):
+        federate(cfg, {}, transport=Padder(endpoints), secure=True, exchange="step")
+    assert all(s.progress.unmasked == -1 for s in sites.values())
 
 
 def test_1_a_secure_site_keeps_its_weights_unless_it_allows_collection(cfg, tmp_path,

@@ -130,6 +130,28 @@ def test_malformed_records_are_refused():
         reply_from_record("window", RecordDict())
 
 
+def test_json_integers_beyond_64_bits_are_refused_before_a_site_keeps_them(tmp_path):
+    """A site stores plan arguments and unmask views in its state file; torch's
+    weights-only loader refuses a ~1000-digit integer, so a server that sent one
+    (in a field the site ignores, e.g. ``k`` of a ``step`` plan) would leave the
+    site's state unloadable. The largest 64-bit integers pass and load back."""
+    import io
+
+    import torch
+
+    rd = to_record(AttachRequest(n=2, rows=[0, 1], float16=False, plan={}))
+    for huge in (2 ** 63, -(2 ** 63) - 1, 10 ** 1000):
+        with pytest.raises(MessageError, match=r"field 'plan' is not JSON of 64-bit "
+                                               r"numbers \(an integer of \d+ digits"):
+            request_from_record("attach", _body(rd, plan=f'{{"k": {huge}}}'))
+    edge = request_from_record("attach", _body(rd, plan=f'{{"k": {2 ** 63 - 1}, '
+                                                       f'"seed": {-(2 ** 63)}}}'))
+    buf = io.BytesIO()
+    torch.save({"plan_args": edge.plan}, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["plan_args"] == edge.plan
+
+
 def test_array_records_that_are_not_numeric_arrays_are_refused():
     """A site's weights arrive as Flower Arrays; bytes that are not a numpy array, an
     Array of another kind, a record of another type, or strings are refused as a
