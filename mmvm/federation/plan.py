@@ -91,7 +91,9 @@ class PlanArgs:
         kinds = {"int": int, "str": str, "bool": bool}
         for k, v in d.items():
             if type(v) is not kinds[names[k]]:
-                raise ValueError(f"plan argument {k} = {v!r} is not a {names[k]}")
+                raise ValueError(f"plan argument {k} = {v!r:.40} is not a {names[k]}")
+            if type(v) is int and not -(2 ** 63) <= v < 2 ** 63:  # kept in state files
+                raise ValueError(f"plan argument {k}: an integer beyond 64 bits")
         low = [k for k in ("batch_size", "epochs", "k", "local_epochs") if d.get(k, 1) < 1]
         if low or d.get("exchange", "step") not in EXCHANGES:
             raise ValueError(f"plan arguments {d!r}: {', '.join(low) or 'exchange'} "

@@ -140,6 +140,9 @@ def test_requests_out_of_order_or_out_of_plan_are_refused(endpoint):
     ({"plan": {"batch_size": 8, "seed": 3, "epochs": 1, "exchange": "x"}},
      r"exchange out of range"),
     ({"n": 0, "rows": []}, r"attach with n = 0 rows"),
+    # ignored by a step plan, but kept in the state file (torch refuses to load it)
+    ({"plan": {"batch_size": 8, "seed": 3, "epochs": 1, "k": 10 ** 1000}},
+     r"plan argument k: an integer beyond 64 bits"),
 ])
 def test_bad_attach_requests_name_what_is_wrong(endpoint, change, match):
     with pytest.raises(FederationError, match=match):
