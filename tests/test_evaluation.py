@@ -410,6 +410,55 @@ def test_evaluate_without_config_reads_the_data_the_run_trained_on(tmp_path, cap
         f"{data}" in capsys.readouterr().out
 
 
+def test_evaluate_a_deployments_run_names_the_data_it_needs(tmp_path, capsys):
+    """A deployment's run folder as its ServerApp writes it (no data folder: the sites
+    kept their files): the error says so, where the sites' own evaluation is and how
+    to give readable data, and that data evaluates it; a run that collected no model
+    says why instead of asking for training."""
+    import dataclasses
+    import json
+
+    from mmvm.cli import main
+    from mmvm.data.sites import site_layout, split_sites
+    from mmvm.federation.loop import FederationResult
+    from mmvm.federation.results import write_results
+    from mmvm.federation.settings import settings_for
+    from mmvm.training import build_model
+
+    paths = _digit_vectors(tmp_path / "all")
+    cfg = _vector_config(tmp_path / "all")
+    sites = ["site-a", "site-b", "site-c"]
+    split_sites([paths["train"], paths["test"]], tmp_path / "sites", [
+        dataclasses.replace(s, name=n) for s, n in zip(site_layout("vertical", NAMES),
+                                                      sites, strict=True)])
+    state = {k: v.numpy() for k, v in build_model(cfg).state_dict().items()}
+    history = [{"window": 0, "epoch": 1, "step": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 9}]
+    evaluation = {f"k{i}": {"site": n, "probe/m0": 0.5} for i, n in enumerate(sites)}
+    run = tmp_path / "run-7"  # data=None: a deployment's server knows no data folder
+    write_results(run, settings_for(cfg), FederationResult(
+        history=history, model_state=state, evaluation=evaluation))
+    flags = ["--device", "cpu", "--no-coherence", "--no-plot"]
+    assert main(["evaluate", "--run", str(run), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "is a deployment's run: its data stayed at the sites" in err
+    assert f"already in {run / 'results.json'}" in err and "--set data.root=<folder>" in err
+    assert "data.folders=" in err and "does not exist" not in err
+    folders = '["site-a","site-b","site-c"]'
+    assert main(["evaluate", "--run", str(run), "--set", f"data.root={tmp_path / 'sites'}",
+                 "--set", f"data.folders={folders}", *flags]) == 0
+    used = json.loads((run / "eval.json").read_text())["settings"]
+    assert used["data"]["root"] == str(tmp_path / "sites")
+    assert used["dataset"]["test_samples"] == 397
+    kept = tmp_path / "run-8"  # collect-model = false: every site kept its weights
+    write_results(kept, settings_for(cfg, collect_model=False), FederationResult(
+        history=history, evaluation=evaluation, kept_weights=sites))
+    assert main(["evaluate", "--run", str(kept), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{kept} is a federated run without an assembled model" in err
+    assert "collect-model = false" in err and f"in {kept / 'results.json'}" in err
+    assert "train first" not in err
+
+
 @pytest.mark.slow
 def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
     import json

@@ -3,7 +3,8 @@
 The run's checkpoint fixes the model and the method; the config gives the data and the
 [eval] settings (eval.labels and eval.metric: per-label probes, e.g. AUROC per
 CheXpert finding): with --run and no --config, the run's own (the data it trained on,
-a federated run's too), with --set on top; with --config, that file's (a note says
+a simulated federated run's too; a deployment's stayed at the sites: give
+--set data.root=<folder>), with --set on top; with --config, that file's (a note says
 when its data is not the run's). Coherence runs when the data has a data.label column;
 labels are joined by sample id across the site files, so a modality whose own file
 has none is judged by the labels the others hold, and one with no labelled sample is
@@ -58,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = None if own else load_config(args.config or DEFAULT_CONFIG, args.overrides)
     run_dir = Path(args.run or cfg.train.out_dir)
     if not (run_dir / "checkpoint.pt").is_file():
-        raise FileNotFoundError(
-            f"no checkpoint.pt in {run_dir}; train first (mmvm train) or pass --run DIR")
+        raise FileNotFoundError(no_checkpoint(run_dir))
     device = resolve_device(args.device)
     model, state = load_trained_model(run_dir, device=str(device))
     # the run decides model and method; the command line the data and eval sizes
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
               f"run trained on {run_cfg.data.root} (leave out --config to use it)")
     cfg = dataclasses.replace(run_cfg, data=cfg.data, eval=cfg.eval)
     names = model.names
+    at_the_sites(run_dir, cfg)
     for path in cfg.data.files("train") + cfg.data.files("test"):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; make the data first "
@@ -109,6 +110,41 @@ def run(args: argparse.Namespace) -> int:
                                method=cfg.model.method)
         print(f"wrote {grid}")
     return 0
+
+
+def no_checkpoint(run_dir: Path) -> str:
+    """Why there is nothing to evaluate in ``run_dir``: a federated run (its
+    results.json) may have ended without an assembled model, which no training
+    brings back; anything else has not been trained yet."""
+    from mmvm.federation.results import why_no_model
+
+    results = run_dir / "results.json"
+    try:
+        summary = json.loads(results.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not (isinstance(summary, dict) and "settings" in summary and "sites" in summary):
+        return f"no checkpoint.pt in {run_dir}; train first (mmvm train) or pass --run DIR"
+    return (f"{run_dir} is a federated run without an assembled model (no "
+            f"checkpoint.pt): {why_no_model(summary)}. Each site's own evaluation of "
+            f"its networks is in {results} (\"evaluation\")")
+
+
+def at_the_sites(run_dir: Path, cfg) -> None:
+    """A deployment's run records no data folder (its sites kept their files):
+    evaluating its assembled model here needs data this user may read."""
+    from mmvm.config import ConfigError
+    from mmvm.federation.results import AT_THE_SITES
+
+    if cfg.data.root == AT_THE_SITES:
+        raise ConfigError(
+            f"{run_dir} is a deployment's run: its data stayed at the sites (its config "
+            f"records data.root = {AT_THE_SITES!r}), and each site's own evaluation is "
+            f"already in {run_dir / 'results.json'} (\"evaluation\"). To evaluate the "
+            f"assembled model here, give data you may read: --set data.root=<folder>, "
+            f"with --set 'data.folders=[\"site-a\",\"site-b\"]' when each site's "
+            f"train.parquet and test.parquet are in a sub-folder of it (joined by "
+            f"sample id)")
 
 
 def keep_earlier(path: Path) -> Path:

@@ -2,7 +2,8 @@
 
 Give it the string you will give ``flower-supernode --node-config`` (or the TOML file
 you pass there), and the agreed experiment config to check that the site's data
-trains it:
+trains it (a relative path is the app's file: this checkout's, or with --app DIR
+that of a copy of the app you changed, as mmvm run --app runs it):
 
     mmvm site check --config configs/mimic_cxr_64.toml --node-config \\
       'site="site-a" data="/srv/mmvm/data/site-a" keys="/etc/mmvm/site-a"
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mmvm.cli import add_config_arguments
+from mmvm.cli.run_config import APP_DIR
 
 NODE_EXAMPLE = "e.g. 'site=\"site-a\" data=\"/srv/site-a\" keys=\"/etc/mmvm/site-a\"'"
 
@@ -38,6 +41,9 @@ def register(subparsers) -> None:
     c.add_argument("--node-config", required=True, metavar="TEXT|FILE.toml",
                    help="what you give flower-supernode --node-config")
     add_config_arguments(c, None)
+    c.add_argument("--app", default=str(APP_DIR), metavar="DIR",
+                   help="the Flower app the run will ship, whose configs/ the sites read "
+                   f"(default {APP_DIR}); a relative --config is its file")
     c.set_defaults(func=_check)
 
 
@@ -52,10 +58,12 @@ def _check(args: argparse.Namespace) -> int:
     from mmvm.config import load_config
 
     nc = parse_overrides(args.node_config, "--node-config", NODE_EXAMPLE)
-    cfg = load_config(args.config, args.overrides) if args.config else None
+    app = checked_app(Path(args.app))
+    cfg = load_config(app_config(app, args.config), args.overrides) if args.config \
+        else None
     if args.overrides and cfg is None:
         raise ValueError("--set needs --config (the experiment the overrides change)")
-    check = check_node_config(nc, cfg)
+    check = check_node_config(nc, cfg, app)
     site = printable(check.site)
     if sys.stdout.isatty():
         style = {OK: "green", WARNING: "yellow", ERROR: "red"}
@@ -76,3 +84,31 @@ def _check(args: argparse.Namespace) -> int:
     print(f"mmvm site check: {site}: {verdict}; {warnings} warning(s)",
           file=sys.stderr if errors else sys.stdout)
     return 1 if errors else 0
+
+
+def checked_app(app: Path) -> Path:
+    """``app`` if it is this app or a copy of it (``mmvm run --app`` takes the same):
+    another folder's configs say nothing about what the sites will run."""
+    from mmvm.cli.run_config import is_mmvm_app
+
+    if not is_mmvm_app(app):
+        raise FileNotFoundError(f"--app {app}: not a copy of this app (no pyproject.toml "
+                                f"with its [tool.flwr.app.components] there); give the "
+                                f"folder of the app the run will ship")
+    return app
+
+
+def app_config(app: Path, text: str) -> Path:
+    """The experiment config file ``--config text`` names: a relative path is the
+    app's file where it has one (what the site's ClientApp reads), else read from
+    here (and then warned as not the app's); named as typed when both are one file."""
+    from mmvm.config import ConfigError
+
+    path = Path(text).expanduser()
+    inside = app / path
+    if not (path.is_absolute() or path.is_file() or inside.is_file()):
+        raise ConfigError(f"--config {text}: no such file in the app {app} (--app) nor "
+                          f"here ({Path.cwd()})")
+    if path.is_absolute() or not inside.is_file() or path.resolve() == inside.resolve():
+        return path
+    return inside

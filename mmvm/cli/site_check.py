@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmvm.cli.run_config import APP_DIR
 from mmvm.config import ExperimentConfig
 from mmvm.federation.policy import KEYS, SitePolicy, load_policy, policy_problems
 
@@ -53,9 +54,11 @@ class NodeCheck:
         return self.count(ERROR) == 0
 
 
-def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeCheck:
+def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
+                      app: Path = APP_DIR) -> NodeCheck:
     """Every finding about node config ``nc`` (as ``flower-supernode --node-config``
-    parses it); with ``cfg``, also whether the site's data trains that experiment."""
+    parses it); with ``cfg``, also whether the site's data trains that experiment and
+    is one of ``app``'s configs (the app the run will ship)."""
     if "data" not in nc:
         check = NodeCheck(str(nc.get("site", "?")))
         typo = _unknown_keys(nc)
@@ -73,7 +76,7 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None) -> NodeC
     policy = _usable_part(nc, check.site, bad)
     train, test = _data(check, data)
     if cfg is not None:
-        _experiment(check, cfg, train, test, policy)
+        _experiment(check, cfg, train, test, policy, app)
     _policy(check, policy, nc, partial=bool(problems))
     if train is not None and policy.secure_site:
         _min_rows(check, policy, train)
@@ -148,7 +151,7 @@ def _data(check: NodeCheck, data: Path) -> tuple[Path | None, Path | None]:
 
 
 def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
-                test: Path | None, policy: SitePolicy) -> None:
+                test: Path | None, policy: SitePolicy, app: Path) -> None:
     """Build the site as a run's first message does (modalities, shapes, tokens,
     device, method, the model's size against max-params), read its test split as the
     final evaluation does, and check the plan's size on the site's own rows alone
@@ -191,13 +194,12 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
               f"{cfg.train.batch_size:,}, method {cfg.model.method}, device "
               f"{site.device}); "
               f"the run's config must be this file of the app, with the same `set`")
-    import mmvm
-
-    app = Path(mmvm.__file__).resolve().parents[1] / "configs"
-    if app.is_dir() and not Path(cfg.source).resolve().is_relative_to(app):
-        check.add("experiment", WARNING, f"{cfg.source} is not under this app's {app}: a "
-                  f"deployed run names configs/<file> of the app bundle it ships, so copy "
-                  f"it there before the run is submitted")
+    configs = Path(app).resolve() / "configs"
+    if configs.is_dir() and not Path(cfg.source).resolve().is_relative_to(configs):
+        check.add("experiment", WARNING, f"{cfg.source} is not under the app's {configs} "
+                  f"(--app DIR, default this checkout): a deployed run names "
+                  f"configs/<file> of the app bundle it ships, so copy it there before "
+                  f"the run is submitted, or give --app the folder of the app it ships")
 
 
 def _min_rows(check: NodeCheck, p: SitePolicy, train: Path) -> None:

@@ -20,6 +20,8 @@ from mmvm.config import config_to_dict
 from mmvm.federation.report import refusals
 from mmvm.training import build_model
 
+# data.root of a deployment's run: only the sites know their files (node config data=)
+AT_THE_SITES = "at the sites (node config data=...)"
 WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds", "site_s",
                  "train_s", "codec_s", "disk_s", "server_s", "ahead_s", "estimated"]
 
@@ -30,7 +32,7 @@ def used_config(settings, out_dir: str | Path, data: str | None) -> dict:
     run does not use; in a deployment only the sites know their files)."""
     cfg = config_to_dict(settings.experiment)
     cfg["train"]["out_dir"] = str(out_dir)
-    cfg["data"]["root"] = data or "at the sites (node config data=...)"
+    cfg["data"]["root"] = data or AT_THE_SITES
     return cfg
 
 
@@ -75,6 +77,25 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
         paths["checkpoint"] = str(out / "checkpoint.pt")
     paths["curves"] = str(_plot_curves(out / "curves.png", result.history))
     return paths
+
+
+def why_no_model(summary: dict) -> str:
+    """Why the federated run of ``summary`` (its results.json) has no assembled model
+    (no checkpoint.pt): ``mmvm evaluate`` says so instead of asking for training."""
+    collect = summary.get("settings", {}).get("collect_model")
+    if summary.get("model_refused"):
+        return (f"the server refused the weights the sites handed in "
+                f"({summary['model_refused']})")
+    if collect is False:
+        return ("the run had collect-model = false, so every site kept its final "
+                "weights; run again with --run-config 'collect-model=true' to get one")
+    if summary.get("not_evaluated"):
+        return (f"sites {summary['not_evaluated']} did not answer the final evaluation, "
+                f"so their weights stayed with them")
+    if summary.get("kept_weights"):
+        return (f"sites {summary['kept_weights']} kept their final weights (their node "
+                f"config's allow-collect = false)")
+    return "the sites handed in no weights"
 
 
 def _plot_curves(path: Path, history: list[dict]) -> Path:

@@ -194,7 +194,39 @@ def test_a_config_outside_the_app_is_noted(fed, tmp_path):
     copy = tmp_path / "lab.toml"
     copy.write_text(Path(CONFIG).read_text())
     check = check_node_config(_nc(fed), load_config(copy))
-    assert check.ok and "not under this app's" in _find(check, "experiment", WARNING)[0]
+    assert check.ok and "not under the app's" in _find(check, "experiment", WARNING)[0]
+
+
+def test_a_copy_of_the_app_is_checked_with_app(fed, capsys, tmp_path, monkeypatch):
+    """A lab's config in a copy of the app (README: custom configs): without --app it
+    is not this checkout's, and the warning names the option; with --app the copy's
+    configs/ is the app's, from the copy or from anywhere else; a folder that is no
+    copy of the app is refused."""
+    import shutil
+
+    copy = tmp_path / "appcopy"
+    copy.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    shutil.copytree(ROOT / "configs", copy / "configs")
+    shutil.copy(CONFIG, copy / "configs" / "labs3.toml")
+    text = " ".join(f'{k}="{v}"' for k, v in _nc(fed).items())
+    check = ["site", "check", "--node-config", text, "--config", "configs/labs3.toml"]
+    monkeypatch.chdir(copy)
+    assert main(check) == 0
+    out = capsys.readouterr().out
+    assert f"configs/labs3.toml is not under the app's {ROOT / 'configs'} (--app DIR" in out
+    assert "site-a: ready; 1 warning(s)" in out
+    assert main([*check, "--app", "."]) == 0
+    out = capsys.readouterr().out
+    assert "site-a: ready; 0 warning(s)" in out and "configs/labs3.toml: trains m0" in out
+    monkeypatch.chdir(tmp_path)  # relative to the app, not to here
+    assert main([*check, "--app", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "ready; 0 warning(s)" in out and f"{copy}/configs/labs3.toml: trains" in out
+    assert main([*check, "--app", str(copy), "--config", "configs/nowhere.toml"]) == 2
+    assert f"no such file in the app {copy} (--app)" in capsys.readouterr().err
+    assert main([*check, "--app", str(tmp_path)]) == 2
+    assert f"--app {tmp_path}: not a copy of this app" in capsys.readouterr().err
 
 
 def test_settings_that_would_fail_runs_later_are_warned_now(fed):
