@@ -37,6 +37,7 @@ from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site import Site
+from mmvm.federation.site_dirs import own_site_files
 from mmvm.federation.site_errors import public_error
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.state_lock import state_lock
@@ -70,6 +71,8 @@ def _site_files(nc, s: FederationSettings, run_id: int) -> tuple[str, str, str |
         return str(nc.get("site", data.name)), str(data / "train.parquet"), \
             str(test) if test.exists() else None
     pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
+    if s.site_dirs:  # a simulation on the user's own site folders
+        return own_site_files(s.site_dirs, pid, num)
     args = (s.data_dir, s.layout, s.shards, s.missing, s.n_train, s.n_test)
     kwargs = {"seed": s.experiment.train.seed, "modalities": tuple(s.modalities),
               "variant": s.data_variant, "hippocampus": s.hippocampus}

@@ -275,6 +275,8 @@ def _eval_data(s: FederationSettings, result: FederationResult) -> str | None:
     only when the sites are the simulation's (a deployment's sites bring their own)."""
     if s.eval_data != "default":
         return s.eval_data or None
+    if s.site_dirs:  # the simulated sites' own folders, joined (data.folders)
+        return s.experiment.data.root
     from mmvm.data.default import ensure_default_sites
     from mmvm.data.sites import site_layout
 

@@ -77,10 +77,17 @@ def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def simulated_sites(settings) -> int:
-    """How many sites a simulation of ``settings`` makes (its default data's layout)."""
+    """How many sites a simulation of ``settings`` makes: its ``site-dirs``, or its
+    default data's layout."""
     from mmvm.data.default import check_default_modalities
     from mmvm.data.sites import site_layout
+    from mmvm.federation.site_dirs import site_dir_problem
 
+    if settings.site_dirs:  # the user's own site folders: one site each
+        problems = [p for p in map(site_dir_problem, settings.site_dirs) if p]
+        if problems:
+            raise ConfigError(f"run config: {problems[0]}")
+        return len(settings.site_dirs)
     try:
         check_default_modalities(tuple(settings.modalities))
         return len(site_layout(settings.layout, tuple(settings.modalities), settings.shards))

@@ -50,9 +50,11 @@ def check_default_modalities(modalities: Sequence[str]) -> None:
         raise ValueError(
             f"no embedded default data for modalities {list(modalities)} (a simulation "
             f"makes its sites' files only for the PolyMNIST look-alike, m0 m1 m2, and "
-            f"the hippocampus rats); sites with their own files are SuperNodes with "
-            f"data=\"/path/to/site\" in their node config, on one machine as in "
-            f"deploy/README.md section 5, run with --connection ... --deployment")
+            f"the hippocampus rats); to simulate sites with their own files list their "
+            f"folders: site-dirs='/abs/site-a,/abs/site-b' (num-sites = their count); "
+            f"a deployment's sites are SuperNodes with data=\"/path/to/site\" in their "
+            f"node config (deploy/README.md section 5), run with --connection ... "
+            f"--deployment")
 
 
 def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards: int = 2,

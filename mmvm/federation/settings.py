@@ -21,6 +21,7 @@ from mmvm.data.hippocampus_knobs import parse_knobs
 from mmvm.data.sites import LAYOUTS
 from mmvm.federation.delta import UNITS
 from mmvm.federation.plan import EXCHANGES, QUANTIZE, Plan, PlanArgs, checkpoint_windows
+from mmvm.federation.site_dirs import joined_experiment, parse_site_dirs
 
 APP_DIR = Path(__file__).resolve().parents[2]
 ALIGN_MODES = ("pseudonym", "psi")  # secure mode's id alignment (sealed_align.py)
@@ -63,6 +64,7 @@ class FederationSettings:
     max_refused: int = 2  # windows in a row a site may fail, or have its reply refused
     quantize: str = "none"  # posterior values: none | fp16 (= float16) | int8
     delta_unit: str = "latent"  # delta-tol in latent units or posterior stds (delta.py)
+    site_dirs: tuple[str, ...] = ()  # simulation: the sites' own folders (site_dirs.py)
 
     def checkpoints(self, plan: Plan) -> set[int]:
         """Windows the server checkpoints after; secure runs: every window (a site
@@ -187,8 +189,10 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
     overrides = [s.strip() for s in _get(rc, "set", str).split(";") if s.strip()]
     tol = _get(rc, "delta-tol", float)
     eval_data = _get(rc, "eval-data", str)
+    dirs = parse_site_dirs(_get(rc, "site-dirs", str))
     s = FederationSettings(
-        experiment=_experiment(cfg_path, overrides), num_sites=_get(rc, "num-sites", int),
+        experiment=joined_experiment(_experiment(cfg_path, overrides), dirs),
+        num_sites=_get(rc, "num-sites", int), site_dirs=dirs,
         layout=_get(rc, "layout", str), shards=_get(rc, "shards", int),
         missing=_get(rc, "missing", float), exchange=_get(rc, "exchange", str),
         exchange_steps=_get(rc, "exchange-steps", int),
@@ -221,6 +225,10 @@ def _check(s: FederationSettings) -> None:
     if s.exchange_steps < 1 or s.local_epochs < 1 or s.num_sites < 1 or s.shards < 1:
         raise ConfigError("run config: num-sites, shards, exchange-steps and local-epochs "
                           "must be >= 1")
+    if s.site_dirs and len(s.site_dirs) != s.num_sites:
+        raise ConfigError(f"run config: site-dirs lists {len(s.site_dirs)} folders and "
+                          f"num-sites = {s.num_sites}: set num-sites={len(s.site_dirs)} "
+                          f"(one simulated site per folder)")
     if s.layout in ("horizontal", "hybrid") and s.shards < 2:
         one = "a single site with every modality" if s.layout == "horizontal" else \
             "layout = 'vertical'"

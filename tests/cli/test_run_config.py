@@ -62,7 +62,10 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
                    r"must be >= 1"),
     # a simulation makes only the look-alikes' files; other sites are SuperNodes
     ("config='configs/cub.toml'", r"no embedded default data for modalities \['image', "
-                                  r"'text'\].*deploy/README.md section 5"),
+                                  r"'text'\].*site-dirs=.*deploy/README.md section 5"),
+    # or the user's own site folders, each with the files a preparer writes
+    ("num-sites=1 site-dirs='/nowhere/site-a'", r"site-dirs: /nowhere/site-a has no "
+                                                r"train.parquet"),
 ])
 def test_a_bad_run_config_is_named_before_anything_starts(text, match):
     with pytest.raises(ConfigError, match=match):

@@ -119,3 +119,50 @@ def test_sigterm_stops_the_run_as_ctrl_c_does(tmp_path):
         text = fleet.flwr("ls", "--run-id", run_id, "--format", "json", "sim").stdout
         listed = json.loads(text[text.index("{"):])
         assert listed["runs"][0]["status"].startswith("finished:stopped"), listed
+
+
+@pytest.mark.slow
+def test_a_simulation_on_the_users_own_site_folders(tmp_path):
+    """site-dirs: two labs' folders of `mmvm data prepare arrays` (modalities the
+    embedded simulations do not know) are the simulated sites, named after their
+    folders; the server evaluates the assembled model on the same folders joined by
+    sample id, and results.json records them for `mmvm evaluate --run`."""
+    import numpy as np
+
+    from mmvm.data.prepare.arrays import config_snippet, prepare_arrays
+
+    rng = np.random.default_rng(0)
+    n, labs = 160, tmp_path / "labs"
+    label = rng.integers(0, 2, n)
+    (tmp_path / "ids.txt").write_text("\n".join(f"trial-{i}" for i in range(n)))
+    np.save(tmp_path / "label.npy", label)
+    snippets = []
+    for lab, dim in (("lab-eeg", 6), ("lab-mri", 4)):
+        np.save(tmp_path / f"{lab}.npy", rng.normal(size=(n, dim)) + label[:, None])
+        paths = prepare_arrays(labs / lab, {lab.split("-")[1]: tmp_path / f"{lab}.npy"},
+                               ids=tmp_path / "ids.txt",
+                               labels={"label": tmp_path / "label.npy"})
+        snippets.append(config_snippet(paths))
+    config = tmp_path / "labs.toml"
+    config.write_text("[data]\nroot = 'unused'\nlabel = 'label'\n[model]\nlatent_dim = 2\n"
+                      + "\n".join(snippets) + "\n[train]\nepochs = 2\nbatch_size = 32\n"
+                      "device = 'cpu'\n[eval]\nclassifier_epochs = 2\n")
+    rc = (f"config='{config}' num-sites=2 site-dirs='{labs / 'lab-eeg'},{labs / 'lab-mri'}' "
+          f"{_dirs(tmp_path)}")
+    with Fleet(tmp_path / "fleet") as fleet:
+        fleet.write_connection("sim", fleet.start_superlink(simulation=True))
+        code, out = _mmvm_run(fleet, rc)
+    assert code == 0, out[-4000:]
+    run_dir = next((tmp_path / "runs").glob("run-*"))
+    res = json.loads((run_dir / "results.json").read_text())
+    assert sorted(v["site"] for v in res["sites"].values()) == ["lab-eeg", "lab-mri"]
+    assert {e["site"]: e["modalities"] for e in res["evaluation"].values()} == \
+        {"lab-eeg": ["eeg"], "lab-mri": ["mri"]}
+    data = res["config"]["data"]
+    assert data["root"] == str(labs) and data["folders"] == ["lab-eeg", "lab-mri"]
+    from mmvm.data.store import read_site_meta
+
+    ev = json.loads((run_dir / "eval.json").read_text())  # the server's, on both folders
+    tested = read_site_meta(labs / "lab-eeg" / "test.parquet")["num_rows"]
+    assert ev["settings"]["dataset"]["test_samples"] == tested > 0
+    assert set(ev["settings"]["data"]["folders"]) == {"lab-eeg", "lab-mri"}

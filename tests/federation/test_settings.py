@@ -50,6 +50,11 @@ def test_overrides_and_string_forms_of_flower_values():
     ({"hippocampus": "sparse"}, r"hippocampus = 'sparse': 'sparse': expected name=number"),
     # every site parses the run config at every message: not a `set` of thousands
     ({"set": ";".join(["train.lr=0.001"] * 257)}, r"set has 257 overrides; at most 256"),
+    # the user's own site folders: one simulated site per folder, named after it
+    ({"site_dirs": "/labs/a,/labs/b", "num_sites": 3},
+     r"site-dirs lists 2 folders and num-sites = 3: set num-sites=2"),
+    ({"site_dirs": "labs/a,/labs/b", "num_sites": 2}, r"site-dirs 'labs/a' is relative"),
+    ({"site_dirs": "/x/a,/y/a", "num_sites": 2}, r"several folders named 'a'"),
 ])
 def test_bad_values_fail_naming_the_key(change, match):
     with pytest.raises(ConfigError, match=match):
@@ -84,3 +89,11 @@ def test_settings_for_an_in_process_run(tiny_polymnist, tiny_config):
     s = settings_for(cfg, exchange="round", local_epochs=2)
     assert s.experiment is cfg and s.modalities == ["m0", "m1", "m2"]
     assert s.plan_args().plan(192)[0].epochs == (0, 1)
+
+
+def test_site_dirs_are_read_joined_by_sample_id_under_their_common_parent():
+    s = load_settings(app_run_config(site_dirs=" /labs/rat1 , /labs/sub/rat2,", num_sites=2))
+    assert s.site_dirs == ("/labs/rat1", "/labs/sub/rat2")
+    assert s.experiment.data.root == "/labs"
+    assert s.experiment.data.folders == ("rat1", "sub/rat2")
+    assert load_settings(app_run_config()).site_dirs == ()  # the embedded look-alike
