@@ -386,12 +386,15 @@ def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
         else "epoch"
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        for run, lab in zip(runs, labels, strict=False):
-            if key in run:
+        for i, (run, lab) in enumerate(zip(runs, labels, strict=False)):
+            if key in run:  # a run keeps its colour in every panel, with or without it
                 marker = "." if len(run[x]) < 50 else None
-                ax.plot(run[x], run[key], marker=marker, label=lab)
+                ax.plot(run[x], run[key], marker=marker, label=lab, color=f"C{i % 10}")
         ax.set_xlabel("optimiser step" if x == "step" else "epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    # name every run, on the fullest panel: a federated run has no line under "loss"
+    drawn = {(ln.get_label(), ln.get_color()): ln for a in axes[0] for ln in a.get_lines()}
+    max(axes[0], key=lambda a: len(a.get_lines())).legend(
+        drawn.values(), [lab for lab, _ in drawn], fontsize=7)
     return save_figure(fig, path)

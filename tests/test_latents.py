@@ -254,7 +254,18 @@ def test_encode_carries_every_label_column_and_plot_colours_by_any(tmp_path, cap
     # a CSV name is refused before anything runs, not silently written as Parquet
     assert main(["encode", "--run", str(run), *files, "--out", str(tmp_path / "x.csv"),
                  "--no-progress"]) == 2
-    assert "mmvm encode writes Parquet" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "mmvm encode writes Parquet" in err  # read by pyarrow, which mmvm installs
+    assert "pyarrow.parquet.read_table" in err and "pandas" not in err
     assert not (tmp_path / "x.csv").exists()
     args = build_parser().parse_args(["encode", "--run", str(run), files[0], "--out", "o.pq"])
     assert args.device == "auto"
+
+
+def test_encode_help_names_a_parquet_reader_mmvm_installs(capsys):
+    """pandas is no dependency of mmvm: the help names pyarrow, which is."""
+    with pytest.raises(SystemExit) as done:
+        main(["encode", "--help"])
+    assert done.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "pyarrow.parquet.read_table" in out and "pandas" not in out

@@ -191,3 +191,47 @@ def test_plot_cli_curves_of_a_federated_run_draw_the_columns_it_has(tmp_path):
     assert (run / "metrics_curves.png").stat().st_size and not (run / "curves.png").exists()
     assert main(["plot", "curves", str(run), "--keys", "loss", "--out",
                  str(tmp_path / "x.png")]) == 2
+
+
+def _federated_run(run):
+    """A federated run folder: its metrics.csv (by window) has no "loss" column."""
+    from mmvm.federation.results import WINDOW_FIELDS
+
+    run.mkdir(parents=True)
+    rows = [{k: 0 for k in WINDOW_FIELDS} | {"epoch": e, "step": 10 * e,
+                                             "rec_nll": 10.0 - e, "reg": 1.0}
+            for e in (1, 2)]
+    with open(run / "metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=WINDOW_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "results.json").write_text("{}")
+    return run
+
+
+@pytest.mark.parametrize("federated_first", [False, True])
+def test_plot_cli_curves_name_a_run_that_lacks_the_first_panel(tmp_path, monkeypatch,
+                                                               federated_first):
+    """`mmvm plot curves A B` with A centralized and B federated: the first panel
+    ("loss") has no line of B, yet a legend of the figure names both runs, each in
+    the colour its lines have in every panel."""
+    import mmvm.plots
+    from mmvm.cli import main
+
+    figs, save = [], mmvm.plots.save_figure
+    monkeypatch.setattr(mmvm.plots, "save_figure",
+                        lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    central = _metrics(tmp_path / "central" / "metrics.csv", 0).parent
+    runs = [central, _federated_run(tmp_path / "fed")]
+    runs = runs[::-1] if federated_first else runs
+    assert main(["plot", "curves", *map(str, runs), "--out", str(tmp_path / "x.png")]) == 0
+    (fig,) = figs
+    loss_panel = fig.axes[0]
+    assert loss_panel.get_title() == "loss"
+    assert [ln.get_label() for ln in loss_panel.get_lines()] == ["central"]
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + fig.legends
+    named = {t.get_text(): h.get_color() for lg in legends
+             for t, h in zip(lg.get_texts(), lg.legend_handles, strict=True)}
+    assert set(named) == {"central", "fed"}
+    for ln in (ln for ax in fig.axes for ln in ax.get_lines()):
+        assert ln.get_color() == named[ln.get_label()]

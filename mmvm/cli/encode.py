@@ -7,8 +7,8 @@ overrides; after a resumed run, <id> is the first run's): per sample sample_id,
 mu.<m> and logvar.<m> for each modality the data holds (null where a sample lacks
 it) and every label column of the data (label, label.<name>; null where unknown),
 joined by sample id. Nothing leaves the machine; the output is written atomically,
-as Parquet (a CSV cannot hold the per-modality vectors; pandas.read_parquet and
-pyarrow read it).
+as Parquet (a CSV cannot hold the per-modality vectors; read it with
+pyarrow.parquet.read_table(...), installed with mmvm, or any Parquet reader).
 
     mmvm encode --run runs/polymnist-mmvm data/polymnist/test.parquet --out latents.parquet
     mmvm encode --site-state /var/lib/mmvm/hospital-a/run-7/hospital-a.pt \\
@@ -132,6 +132,6 @@ def _check_out(out: str, data: list[str]) -> None:
     if Path(out).suffix.lower() not in (".parquet", ".pq"):
         raise ValueError(f"--out {out}: mmvm encode writes Parquet (a CSV cannot hold "
                          f"the per-modality vectors); give a .parquet name and read it "
-                         f"with pandas.read_parquet or pyarrow")
+                         f"with pyarrow.parquet.read_table")
     if any(Path(p).resolve() == Path(out).resolve() for p in data):
         raise ValueError(f"--out {out} is one of the data files; write elsewhere")
