@@ -89,6 +89,29 @@ def grad_scaler(mode: str, device: torch.device) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(device.type) if mode == "fp16" else None
 
 
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module,
+         names: list[str], clip: float = 0.0,
+         scaler: torch.amp.GradScaler | None = None) -> None:
+    """Backward and one optimizer step; with ``clip`` > 0 each modality's gradient
+    (its encoder's and decoder's parameters, in ``names``) first cut to that norm
+    (``train.grad_clip``). Per modality, not over all parameters: a site holds only
+    its own modalities, so its step stays the centralized step, bit for bit."""
+    if scaler is not None:
+        loss = scaler.scale(loss)
+    loss.backward()
+    if clip > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        for m in names:
+            params = [*model.encoders[m].parameters(), *model.decoders[m].parameters()]
+            torch.nn.utils.clip_grad_norm_(params, clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def prepare(model: nn.Module, *, channels_last: bool = False, compile: bool = False
             ) -> nn.Module:
     """Put ``model`` in the memory format asked for and compile its sub-networks in

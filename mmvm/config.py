@@ -153,6 +153,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC images (faster convolutions on oneDNN / cuDNN)
     compile: bool = False  # torch.compile each encoder and decoder (needs a C++ compiler)
     adam: str = "fused"  # fused | foreach | loop: torch's Adam kernels (same update)
+    grad_clip: float = 0.0  # > 0: cut each modality's gradient to this norm (accel.step)
 
 
 @dataclass(frozen=True)
@@ -281,10 +282,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
             raise ConfigError(f"{source}: train.{key} = {value!r}; choose "
                               f"{', '.join(choices[:-1])} or {choices[-1]}")
     if built["train"].alpha_schedule not in ("constant", "linear", "cosine", "exponential"):
-        raise ConfigError(
-            f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}; "
-            "choose constant, linear, cosine or exponential"
-        )
+        raise ConfigError(f"{source}: train.alpha_schedule = {built['train'].alpha_schedule!r}"
+                          f"; choose constant, linear, cosine or exponential")
     from mmvm.schedule import SCHEDULES
 
     if built["data"].schedule not in SCHEDULES:

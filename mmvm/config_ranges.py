@@ -24,6 +24,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.seed": (lambda v: v >= 0, ">= 0"),
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
     "train.num_threads": (lambda v: v >= 0, ">= 0"),
+    "train.grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
     "eval.probe_train": (lambda v: v >= 1, ">= 1"),
     "eval.classifier_epochs": (lambda v: v >= 0, ">= 0"),
     "eval.classifier_shift": (lambda v: v >= 0, ">= 0"),

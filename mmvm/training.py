@@ -148,13 +148,7 @@ def train_step(
             f"loss is {terms.loss.item()} at step {step}; lower train.lr or check the data"
         )
     optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        terms.loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(terms.loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    accel.step(optimizer, terms.loss, model, model.names, cfg.train.grad_clip, scaler)
     weights = model.likelihood_weights.to(terms.rec_ll)
     return {
         "loss": terms.loss.item(),

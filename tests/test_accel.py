@@ -91,3 +91,52 @@ def test_a_state_of_another_model_is_refused():
     other = accel.adam([torch.nn.Parameter(torch.zeros(2))], 1e-3)
     with pytest.raises(ValueError):
         accel.load_optimizer_state(opt, other.state_dict())
+
+
+class _Pair(torch.nn.Module):
+    """Two modalities, each an encoder and a decoder of one linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoders = torch.nn.ModuleDict({m: torch.nn.Linear(3, 2) for m in "ab"})
+        self.decoders = torch.nn.ModuleDict({m: torch.nn.Linear(2, 3) for m in "ab"})
+
+    def loss(self, scale: dict[str, float]) -> torch.Tensor:
+        x = torch.ones(4, 3)
+        return sum(scale[m] * self.decoders[m](self.encoders[m](x)).pow(2).sum() for m in "ab")
+
+
+def _grads(model, m):
+    return [p.grad.clone() for p in [*model.encoders[m].parameters(),
+                                     *model.decoders[m].parameters()]]
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_grad_clip_cuts_each_modalitys_gradient_to_the_norm_alone(clip):
+    """SGD with lr 1 moves each weight by its (cut) gradient: modality a's gradient
+    (norm far above 1) is scaled to norm 1, b's (below 1) is left as it is, each by
+    its own norm and not by the norm of both (which a site, holding one, cannot
+    know)."""
+    model = _Pair()
+    model.loss({"a": 10.0, "b": 1e-3}).backward()
+    raw = {m: _grads(model, m) for m in "ab"}
+    norm = {m: torch.linalg.vector_norm(torch.stack([g.norm() for g in raw[m]])) for m in "ab"}
+    assert norm["a"] > 1 > norm["b"]
+    before = {m: [p.detach().clone() for p in [*model.encoders[m].parameters(),
+                                                 *model.decoders[m].parameters()]]
+              for m in "ab"}
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    opt.zero_grad()
+    accel.step(opt, model.loss({"a": 10.0, "b": 1e-3}), model, ["a", "b"], clip)
+    for m in "ab":
+        factor = min(1.0, clip / (float(norm[m]) + 1e-6)) if clip else 1.0
+        after = [*model.encoders[m].parameters(), *model.decoders[m].parameters()]
+        for p0, p1, g in zip(before[m], after, raw[m], strict=True):
+            torch.testing.assert_close(p0 - p1.detach(), factor * g)
+
+
+def test_a_negative_grad_clip_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"train.grad_clip must be >= 0 \(0: no clipping\)"):
+        load_config(Path(__file__).parents[1] / "configs" / "hippocampus.toml",
+                    ["train.grad_clip=-1"])

@@ -305,13 +305,7 @@ class Site:
                                         f"{step.step}; nothing of this step is applied")
         if reconstruct is None:  # else the decoders' gradients are in, the rest is not
             self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-            self.optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        accel.step(self.optimizer, loss, self.model, self.names, t.grad_clip, self.scaler)
         w = self.model.likelihood_weights.to(terms.rec_ll)
         own = [self.global_names.index(n) for n in self.names]
         return step_sums(self.names, -(terms.rec_ll[:, own] * w), terms.reg, ahead_s)

@@ -35,12 +35,14 @@ def _run(cfg, tmp_path, data_root, layout="vertical", missing=0.0, **settings):
     return res, params(sites.values()), (specs, root, sites)
 
 
-@pytest.mark.parametrize("missing, fast", [(0.0, False), (0.3, False), (0.0, True)],
-                         ids=["all rows", "missing 0.3", "bf16 + channels_last"])
+@pytest.mark.parametrize("missing, extra", [
+    (0.0, {}), (0.3, {}), (0.0, {"amp": "bf16", "channels_last": True}),
+    # cut per modality, so a site's cut is the centralized one (0.5: every step cuts)
+    (0.0, {"grad_clip": 0.5})],
+    ids=["all rows", "missing 0.3", "bf16 + channels_last", "grad_clip"])
 def test_exchange_every_step_equals_centralized(tiny_polymnist, tiny_config, tmp_path,
-                                                missing, fast):
-    cfg = tiny_config(tiny_polymnist, out_dir=str(tmp_path / "central"),
-                      **({"amp": "bf16", "channels_last": True} if fast else {}))
+                                                missing, extra):
+    cfg = tiny_config(tiny_polymnist, out_dir=str(tmp_path / "central"), **extra)
     res, fed, (specs, root, sites) = _run(cfg, tmp_path, tiny_polymnist, missing=missing,
                                           exchange="step")
     files = [root / s.name / "train.parquet" for s in specs]
