@@ -93,9 +93,10 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module,
          names: list[str], clip: float = 0.0,
          scaler: torch.amp.GradScaler | None = None) -> None:
     """Backward and one optimizer step; with ``clip`` > 0 each modality's gradient
-    (its encoder's and decoder's parameters, in ``names``) first cut to that norm
-    (``train.grad_clip``). Per modality, not over all parameters: a site holds only
-    its own modalities, so its step stays the centralized step, bit for bit."""
+    (``model.modality_parameters``: encoder, decoder, MMVAE+'s prior scale; for the
+    modalities in ``names``) first cut to that norm (``train.grad_clip``). Per
+    modality, not over all parameters: a site holds only its own modalities, so its
+    step stays the centralized step, bit for bit."""
     if scaler is not None:
         loss = scaler.scale(loss)
     loss.backward()
@@ -103,8 +104,7 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module,
         if scaler is not None:
             scaler.unscale_(optimizer)
         for m in names:
-            params = [*model.encoders[m].parameters(), *model.decoders[m].parameters()]
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            torch.nn.utils.clip_grad_norm_(model.modality_parameters(m), clip)
     if scaler is None:
         optimizer.step()
     else:

@@ -8,6 +8,7 @@ curves, and, where the server may read evaluation data, eval.json and pictures).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -29,6 +30,7 @@ from mmvm.federation.report import alignment_line, summary, window_line
 from mmvm.federation.results import eval_data_problem, evaluate_assembled, write_results
 from mmvm.federation.server_state import load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
+from mmvm.federation.site_dirs import joined_experiment
 from mmvm.federation.site_errors import refused_by_protection
 from mmvm.secure.errors import SecurityError
 from wire.records import flower_type, reply_from_record, to_record
@@ -252,6 +254,9 @@ def run(grid: Grid, context: Context) -> None:
         alignment_line(al, s.num_sites), flush=True),
         log=lambda line: print(line, flush=True), checkpoint=state,
         resume_from=state if s.resume else None)
+    joined = _site_dirs_experiment(s, result)
+    if joined is not None:  # the simulated sites' folders, joined: evaluated and recorded
+        s, cfg = dataclasses.replace(s, experiment=joined), joined
     eval_data = _eval_data(s, result) if result.model_state else None
     paths = write_results(out_dir, s, result, eval_data)
     assembled = None
@@ -275,7 +280,13 @@ def _eval_data(s: FederationSettings, result: FederationResult) -> str | None:
     only when the sites are the simulation's (a deployment's sites bring their own)."""
     if s.eval_data != "default":
         return s.eval_data or None
-    if s.site_dirs:  # the simulated sites' own folders, joined (data.folders)
+    if s.site_dirs:  # the simulated sites' folders (s.experiment joins them, run())
+        problem = "the sites that ran are not the folders of site-dirs" \
+            if _site_dirs_experiment(s, result) is None else \
+            eval_data_problem(s.experiment, s.experiment.data.root)
+        if problem:
+            print(f"mmvm: no server-side evaluation ({problem})", flush=True)
+            return None
         return s.experiment.data.root
     from mmvm.data.default import ensure_default_sites
     from mmvm.data.sites import site_layout
@@ -300,6 +311,17 @@ def _eval_data(s: FederationSettings, result: FederationResult) -> str | None:
         print(f"mmvm: no server-side evaluation ({err})", flush=True)
         return None
     return str(Path(files[sites[0].name]["train"]).parents[2])
+
+
+def _site_dirs_experiment(s: FederationSettings, result: FederationResult):
+    """The experiment reading a simulation's ``site-dirs`` joined by sample id, where
+    the sites that ran are those folders' and the server evaluates on them
+    (``eval-data = "default"``); else None (a deployment's sites are its own)."""
+    if not s.site_dirs or s.eval_data != "default":
+        return None
+    if {info["site"] for info in result.sites.values()} != {Path(d).name for d in s.site_dirs}:
+        return None
+    return joined_experiment(s.experiment, s.site_dirs)
 
 
 REASON_CHARS = 2000  # of a site's error text, shown

@@ -102,6 +102,9 @@ class _Pair(torch.nn.Module):
         self.encoders = torch.nn.ModuleDict({m: torch.nn.Linear(3, 2) for m in "ab"})
         self.decoders = torch.nn.ModuleDict({m: torch.nn.Linear(2, 3) for m in "ab"})
 
+    def modality_parameters(self, m: str) -> list[torch.nn.Parameter]:
+        return [*self.encoders[m].parameters(), *self.decoders[m].parameters()]
+
     def loss(self, scale: dict[str, float]) -> torch.Tensor:
         x = torch.ones(4, 3)
         return sum(scale[m] * self.decoders[m](self.encoders[m](x)).pow(2).sum() for m in "ab")

@@ -440,7 +440,7 @@ def test_evaluate_a_deployments_run_names_the_data_it_needs(tmp_path, capsys):
     flags = ["--device", "cpu", "--no-coherence", "--no-plot"]
     assert main(["evaluate", "--run", str(run), *flags]) == 2
     err = capsys.readouterr().err
-    assert "is a deployment's run: its data stayed at the sites" in err
+    assert "records no data folder" in err and "a deployment's data stayed at the sites" in err
     assert f"already in {run / 'results.json'}" in err and "--set data.root=<folder>" in err
     assert "data.folders=" in err and "does not exist" not in err
     folders = '["site-a","site-b","site-c"]'

@@ -138,9 +138,10 @@ def at_the_sites(run_dir: Path, cfg) -> None:
 
     if cfg.data.root == AT_THE_SITES:
         raise ConfigError(
-            f"{run_dir} is a deployment's run: its data stayed at the sites (its config "
-            f"records data.root = {AT_THE_SITES!r}), and each site's own evaluation is "
-            f"already in {run_dir / 'results.json'} (\"evaluation\"). To evaluate the "
+            f"{run_dir} records no data folder (data.root = {AT_THE_SITES!r}): a "
+            f"deployment's data stayed at the sites, or the run had eval-data = ''; each "
+            f"site's own evaluation is already in {run_dir / 'results.json'} "
+            f"(\"evaluation\"). To evaluate the "
             f"assembled model here, give data you may read: --set data.root=<folder>, "
             f"with --set 'data.folders=[\"site-a\",\"site-b\"]' when each site's "
             f"train.parquet and test.parquet are in a sub-folder of it (joined by "

@@ -126,4 +126,19 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
         problem = eval_data_problem(s.experiment, s.eval_data)
         if problem:
             raise ConfigError(f"run config: {problem}")
+    if s.site_dirs and s.eval_data == "default" and s.collect_model:
+        _check_joined(s)
     return rc
+
+
+def _check_joined(s) -> None:
+    """The server evaluates the assembled model on the site-dirs joined by sample id:
+    each needs the config's train and test files, known before anything trains."""
+    from mmvm.federation.results import eval_data_problem
+    from mmvm.federation.site_dirs import joined_experiment
+
+    joined = joined_experiment(s.experiment, s.site_dirs)
+    problem = eval_data_problem(joined, joined.data.root)
+    if problem:
+        raise ConfigError(f"run config: site-dirs, joined for the server's evaluation "
+                          f"(eval-data = 'default'): {problem.split(': ', 1)[1]}")

@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     c.add_argument("--node-config", required=True, metavar="TEXT|FILE.toml",
                    help="what you give flower-supernode --node-config")
     add_config_arguments(c, None)
-    c.add_argument("--app", default=str(APP_DIR), metavar="DIR",
+    c.add_argument("--app", metavar="DIR",
                    help="the Flower app the run will ship, whose configs/ the sites read "
                    f"(default {APP_DIR}); a relative --config is its file")
     c.set_defaults(func=_check)
@@ -58,7 +58,9 @@ def _check(args: argparse.Namespace) -> int:
     from mmvm.config import load_config
 
     nc = parse_overrides(args.node_config, "--node-config", NODE_EXAMPLE)
-    app = checked_app(Path(args.app))
+    # an --app given must be an app; the default is this checkout, whatever it is
+    # (an installed package without configs/ only skips the check of the config's place)
+    app = checked_app(Path(args.app)) if args.app else APP_DIR
     cfg = load_config(app_config(app, args.config), args.overrides) if args.config \
         else None
     if args.overrides and cfg is None:

@@ -180,6 +180,8 @@ def unmask_view(groups: dict) -> dict[str, dict[str, list[str]]]:
     and ``dropped``, each a sorted list of distinct site names. A site keeps the view
     with its state (to repeat its answer for the same view), so nothing else the
     server put there is stored, and one view always compares equal to itself."""
+    if not isinstance(groups, dict):
+        raise MessageError("unmask request: groups must map modalities to views")
     out = {}
     for m, view in groups.items():
         if not isinstance(view, dict) or set(view) != {"survivors", "dropped"}:

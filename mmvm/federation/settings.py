@@ -21,7 +21,7 @@ from mmvm.data.hippocampus_knobs import parse_knobs
 from mmvm.data.sites import LAYOUTS
 from mmvm.federation.delta import UNITS
 from mmvm.federation.plan import EXCHANGES, QUANTIZE, Plan, PlanArgs, checkpoint_windows
-from mmvm.federation.site_dirs import joined_experiment, parse_site_dirs
+from mmvm.federation.site_dirs import parse_site_dirs
 
 APP_DIR = Path(__file__).resolve().parents[2]
 ALIGN_MODES = ("pseudonym", "psi")  # secure mode's id alignment (sealed_align.py)
@@ -189,9 +189,10 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
     overrides = [s.strip() for s in _get(rc, "set", str).split(";") if s.strip()]
     tol = _get(rc, "delta-tol", float)
     eval_data = _get(rc, "eval-data", str)
-    dirs = parse_site_dirs(_get(rc, "site-dirs", str))
+    # a deployment site's files are its node config's: it never reads site-dirs
+    dirs = () if app_only else parse_site_dirs(_get(rc, "site-dirs", str))
     s = FederationSettings(
-        experiment=joined_experiment(_experiment(cfg_path, overrides), dirs),
+        experiment=_experiment(cfg_path, overrides),
         num_sites=_get(rc, "num-sites", int), site_dirs=dirs,
         layout=_get(rc, "layout", str), shards=_get(rc, "shards", int),
         missing=_get(rc, "missing", float), exchange=_get(rc, "exchange", str),

@@ -55,11 +55,14 @@ def public_error(site: str, log: Path, kind: str, err: BaseException) -> SiteErr
 
 
 def _rotate(log: Path) -> None:
-    """Keep a site's error log and the one before it, each under :data:`LOG_BYTES`:
-    a server that sends message after message the site refuses must not fill the
-    site's disk with tracebacks."""
-    if log.exists() and log.stat().st_size >= LOG_BYTES:
-        os.replace(log, log.with_name(log.name + ".1"))
+    """Keep a site's error log and the one before it, each about :data:`LOG_BYTES`
+    (rotated once past it): a server that sends message after message the site
+    refuses must not fill the site's disk with tracebacks."""
+    try:
+        if log.stat().st_size >= LOG_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+    except FileNotFoundError:  # none yet, or another process of the site rotated it
+        pass
 
 
 def security_errors() -> set[str]:

@@ -202,3 +202,19 @@ def test_local_connection_knows_flwrs_local_forms(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"\[tool.flwr.federations\] section"):
         _no_federations(app)
     _no_federations(ROOT)  # this app has none
+
+
+def test_site_dirs_without_test_files_are_named_before_anything_trains(tiny_polymnist,
+                                                                        tmp_path):
+    """The server evaluates the assembled model on the site folders joined by sample
+    id: a folder without its test file would fail only after training."""
+    import shutil
+
+    site = tmp_path / "site-a"
+    site.mkdir()
+    shutil.copy(tiny_polymnist / "train.parquet", site / "train.parquet")
+    text = f"num-sites=1 site-dirs='{site}'"
+    with pytest.raises(ConfigError, match=r"site-dirs, joined for the server's evaluation "
+                                          r"\(eval-data = 'default'\): no .*site-a/test"):
+        check_run_config(ROOT, text, local=True)
+    check_run_config(ROOT, text + " eval-data=''", local=True)  # no evaluation: fine

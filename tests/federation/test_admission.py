@@ -17,6 +17,7 @@ from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import LocalTransport
 from mmvm.federation.local import Outages
+from mmvm.federation.loop import FederationResult
 from mmvm.federation.messages import SERVER
 from mmvm.federation.posteriors import decode_table
 from mmvm.federation.report import summary, window_line
@@ -330,10 +331,8 @@ def test_the_console_says_which_window_was_refused_and_why():
     assert window_line(row, 10, 4.0).endswith(
         "(without b: no reply)  (without c: refused, failed: OSError: disk full)")
 
-    class Result:
-        evaluation, seconds, bytes_total = {}, 1.0, 0
-        missed, not_evaluated, kept_weights = {"c": [3, 4]}, [], []
-        history = [{**row, "window": w, "refused": {"c": f"failed: {w}"}} for w in (3, 4)]
-
-    text = summary(Result(), "/runs/1", {}, None)
+    result = FederationResult(
+        seconds=1.0, missed={"c": [3, 4]},
+        history=[{**row, "window": w, "refused": {"c": f"failed: {w}"}} for w in (3, 4)])
+    text = summary(result, "/runs/1", {}, None)
     assert "windows refused" in text and "c 4-5 (last: failed: 4)" in text

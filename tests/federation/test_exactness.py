@@ -12,6 +12,8 @@ approximates centralized training, but it must train.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,11 @@ def test_exchange_every_step_equals_centralized(tiny_polymnist, tiny_config, tmp
         assert worst < 1e-4, f"largest parameter difference {worst}"
     else:  # every site runs the very operations of the centralized step
         assert worst == 0.0, f"largest parameter difference {worst}"
+    if extra.get("grad_clip"):  # the cut was made: without it the run ends elsewhere
+        t = dataclasses.replace(cfg.train, grad_clip=0.0, out_dir=str(tmp_path / "uncut"))
+        uncut = train(dataclasses.replace(cfg, train=t), data, resume=False,
+                      show_progress=False).model.state_dict()
+        assert max(np.abs(uncut[k].numpy() - central[k].numpy()).max() for k in central) > 0
 
 
 def test_stale_exchange_differs_but_trains(tiny_polymnist, tiny_config, tmp_path):

@@ -19,6 +19,7 @@ from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint, LocalTransport
 from mmvm.federation.local import Outages
+from mmvm.federation.loop import FederationResult
 from mmvm.federation.messages import SERVER
 from mmvm.federation.posteriors import decode_table
 from mmvm.federation.report import summary, window_line
@@ -153,11 +154,9 @@ def test_the_console_says_which_site_was_missing():
            "missed": ["hospital-b"]}
     assert window_line(row, 10, 4.0).endswith("(without hospital-b: no reply)")
 
-    class Result:
-        evaluation, history, seconds, bytes_total = {}, [], 1.0, 0
-        missed, not_evaluated, kept_weights = {"hospital-b": [2, 3, 4, 7]}, ["c"], []
-
-    text = summary(Result(), "/runs/1", {}, None)
+    result = FederationResult(seconds=1.0, missed={"hospital-b": [2, 3, 4, 7]},
+                              not_evaluated=["c"])
+    text = summary(result, "/runs/1", {}, None)
     assert "hospital-b 3-5, 8" in text and "sites ['c'] did not answer" in text
 
 

@@ -91,9 +91,16 @@ def test_settings_for_an_in_process_run(tiny_polymnist, tiny_config):
     assert s.plan_args().plan(192)[0].epochs == (0, 1)
 
 
-def test_site_dirs_are_read_joined_by_sample_id_under_their_common_parent():
-    s = load_settings(app_run_config(site_dirs=" /labs/rat1 , /labs/sub/rat2,", num_sites=2))
+def test_site_dirs_are_joined_by_sample_id_under_their_common_parent():
+    from mmvm.federation.site_dirs import joined_experiment
+
+    rc = app_run_config(site_dirs=" /labs/rat1 , /labs/sub/rat2,", num_sites=2)
+    s = load_settings(rc)
     assert s.site_dirs == ("/labs/rat1", "/labs/sub/rat2")
-    assert s.experiment.data.root == "/labs"
-    assert s.experiment.data.folders == ("rat1", "sub/rat2")
+    assert s.experiment.data.folders == ()  # the sites train on their own; the server
+    joined = joined_experiment(s.experiment, s.site_dirs)  # evaluates on them joined
+    assert joined.data.root == "/labs" and joined.data.folders == ("rat1", "sub/rat2")
     assert load_settings(app_run_config()).site_dirs == ()  # the embedded look-alike
+    # a deployment site reads its node config's data, never site-dirs, and a bad one
+    # does not make it refuse the run
+    assert load_settings({**rc, "site-dirs": "relative/x"}, app_only=True).site_dirs == ()

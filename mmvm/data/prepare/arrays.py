@@ -134,7 +134,10 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
 def _load_groups(path: str | os.PathLike, n: int) -> list[str]:
     """One group id per row (a text file: one per line, no blank lines; or a ``.npy``
     of N strings or integers); :class:`DataError` when they are not N."""
-    groups = load_ids(path)
+    try:
+        groups = load_ids(path)
+    except DataError as err:  # read as ids are: say what they were read as
+        raise DataError(str(err).replace("sample ids", "group ids")) from None
     if len(groups) != n:
         raise DataError(f"{path}: {len(groups)} group ids, the arrays have {n} rows; "
                         f"give one group id (e.g. the trial) per row, in row order")
