@@ -7,11 +7,13 @@ the final evaluation, ``test.parquet``) lists them instead::
     mmvm run --run-config "config='/labs/rats3.toml' num-sites=3 \
         site-dirs='/labs/site-rat1,/labs/site-rat2,/labs/site-rat3'"
 
-Simulated SuperNode ``i`` is the site of the ``i``-th folder, named after it. The
-server's evaluation of the assembled model reads the same folders joined by sample
-id (``data.folders`` under their common parent), as ``mmvm train`` does, and
-``results.json`` records them so ``mmvm evaluate --run`` reads them again. A
-deployment's sites ignore the key: their files are their node config's ``data``.
+Simulated SuperNode ``i`` is the site of the ``i``-th folder, named after it. With
+``eval-data = "default"`` the server's evaluation of the assembled model reads the
+same folders joined by sample id (``data.folders`` under their common parent), as
+``mmvm train`` does, and ``results.json`` records them so ``mmvm evaluate --run``
+reads them again (``server/app.py``; only where the sites that ran are those
+folders). A deployment's sites never read the key: their files are their node
+config's ``data``.
 """
 
 from __future__ import annotations
