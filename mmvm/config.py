@@ -184,10 +184,11 @@ class ExperimentConfig:
 
 
 def config_digest(cfg: ExperimentConfig) -> str:
-    """SHA-256 of the settings sites must share (not ``source``, nor ``train.device``,
-    a site's node config's to set): they check with it that they train alike."""
+    """SHA-256 of the settings sites must share (not ``source``, nor ``train.device``
+    and ``train.compile``, a site's node config's to decide): they check with it that
+    they train alike."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
-    settings["train"].pop("device", None)
+    settings["train"].pop("device", None), settings["train"].pop("compile", None)
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -44,6 +44,8 @@ anything leaves the site:
 ``device``             where the site trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
                        ``auto``): the run config's ``train.device`` is ignored then
                        (default: the run config's)
+``allow-compile``      let the run config's ``train.compile`` compile the site's
+                       networks (torch Inductor writes and builds code; default off)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
                        plan's batch size: the layers' outputs and the objective's
                        terms (default 16; estimated on the meta device,
@@ -76,7 +78,7 @@ from mmvm.secure.keys import SitePublicKeys
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
-        "device")
+        "device", "allow-compile")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -105,6 +107,7 @@ class SitePolicy:
     max_align_rows: int = LIMITS["max-align-rows"]
     eval_labels: tuple[str, ...] = ("*",)  # label columns probed at evaluation
     device: str = ""  # where the site trains; "" = the run config's train.device
+    allow_compile: bool = True  # a deployment site's default: False (load_policy)
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
@@ -114,11 +117,10 @@ class SitePolicy:
 
     def experiment(self, cfg):
         """The run's experiment config as this site runs it: on its own ``device``
-        when its node config names one (sites still share every other setting)."""
-        if not self.device:
-            return cfg
-        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
-                                                                  device=self.device))
+        when its node config names one, compiled only where it allows that."""
+        return dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, device=self.device or cfg.train.device,
+            compile=cfg.train.compile and self.allow_compile))
 
     def label_allowed(self, label: str) -> bool:
         """Whether the final evaluation may report a probe of label column ``label``
@@ -320,7 +322,8 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             **{key: lambda nc, k: _positive(nc, k, LIMITS[k]) for key in LIMITS},
             "peers": lambda nc, k: _peers(str(nc[k])),
             "eval-labels": lambda nc, k: _labels(str(nc[k])),
-            "device": lambda nc, k: _device(str(nc[k]))}
+            "device": lambda nc, k: _device(str(nc[k])),
+            "allow-compile": lambda nc, k: _bool(nc, k, False)}
 
 
 def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
@@ -376,7 +379,7 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         eval_labels=_labels(str(nc["eval-labels"])) if "eval-labels" in nc
         else ("label",) if keys else ("*",),
         device=_device(str(nc["device"])) if "device" in nc else "",
-        sources=tuple(k for k in KEYS if k in nc))
+        allow_compile=_bool(nc, "allow-compile", False), sources=tuple(k for k in KEYS if k in nc))
 
 
 def missing_paths(nc: Mapping) -> list[str]:

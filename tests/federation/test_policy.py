@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmvm.federation.policy import PolicyError, load_policy
+from mmvm.federation.policy import PolicyError, SitePolicy, load_policy
 from mmvm.secure.keys import SiteKeys
 
 
@@ -173,10 +173,31 @@ def test_a_sites_device_is_its_node_configs_and_not_part_of_the_shared_experimen
     other = load_config(Path(__file__).resolve().parents[2] / "configs" /
                         "hippocampus.toml", ["train.lr=0.002"])
     assert config_digest(other) != config_digest(cfg)  # the rest still counts
-    assert load_policy({"data": "/d"}, "a").experiment(cfg) is cfg  # the run's
+    assert load_policy({"data": "/d"}, "a").experiment(cfg) == cfg  # the run's
     assert load_policy({"data": "/d", "device": "cuda:1"}, "a").device == "cuda:1"
     with pytest.raises(PolicyError, match=r"device = 'gpu' is not a device"):
         load_policy({"data": "/d", "device": "gpu"}, "a")
+
+
+def test_a_run_config_compiles_a_sites_networks_only_where_the_site_allows_it():
+    """train.compile makes torch Inductor write C++/Triton code under /tmp and build
+    it at every message: a deployment site does that only with allow-compile; a
+    simulation follows the run config. Sites that differ still agree on the
+    experiment (masks bind to its digest)."""
+    from pathlib import Path
+
+    from mmvm.config import config_digest, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "hippocampus.toml",
+                      ["train.compile=true"])
+    site = load_policy({"data": "/d"}, "a")
+    assert site.allow_compile is False and site.experiment(cfg).train.compile is False
+    allowed = load_policy({"data": "/d", "allow-compile": "true"}, "a")
+    assert allowed.experiment(cfg).train.compile is True
+    assert config_digest(site.experiment(cfg)) == config_digest(cfg)
+    assert SitePolicy(test_bed=True).experiment(cfg).train.compile is True
+    with pytest.raises(PolicyError, match=r"allow-compile"):
+        load_policy({"data": "/d", "allow-compile": "maybe"}, "a")
 
 
 def test_batches_per_epoch_counts_what_the_schedule_draws():
