@@ -41,7 +41,7 @@ _PREPARE_HELP = {
 
 
 _PREPARE_OPTIONS = ("size", "seed", "skip_missing", "view", "test_fraction", "correct_only",
-                    "crop", "onsets")
+                    "crop", "onsets", "rats", "aligned")
 _MAKE_HC_OPTIONS = ("seed", "trials_per_odor", "tuning", "tuned_fraction", "gain_sd",
                     "noise_sd", "test_fraction")
 _HC_EPILOG = ("The defaults give per-rat raw odor decoding of about 0.5 (4 odors, chance "
@@ -155,7 +155,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             q.add_argument("--onsets", type=lambda s: [int(v) for v in s.split(",")],
                            default=argparse.SUPPRESS,
                            help="odor-onset bin per rat, comma-separated "
-                                "(default 225,225,250,250,225)")
+                                "(default the authors': 225,225,250,250,225)")
+            q.add_argument("--rats", type=lambda s: [v.strip() for v in s.split(",")],
+                           default=argparse.SUPPRESS, help="the rat folders to read, "
+                           "e.g. barat (a lab that holds one rat; it stays rat1)")
+            q.add_argument("--aligned", type=lambda s: [int(v) for v in s.split(",")],
+                           default=argparse.SUPPRESS, metavar="A,B,C,D",
+                           help="trials per odor to align: the fewest of any rat of "
+                                "any lab (each lab's output says its own); with the "
+                                "same --seed every lab then writes the same ids and "
+                                "split (default: the fewest of the rats read)")
         if name == "celeba":
             q.add_argument("--crop", type=int, default=argparse.SUPPRESS,
                            help="central crop before resizing (default 148)")
@@ -249,7 +258,15 @@ def _prepare(args: argparse.Namespace) -> int:
     kwargs = {k: getattr(args, k) for k in _PREPARE_OPTIONS if hasattr(args, k)}
     with data_progress(not args.quiet) as cb:
         paths = get_preparer(args.dataset)(args.src, args.out, progress=cb, **kwargs)
-    return report_paths(paths)
+    code = report_paths(paths)
+    if args.dataset == "hippocampus":  # what labs preparing their rats apart agree on
+        from mmvm.data.store import read_site_meta
+
+        counts = read_site_meta(next(iter(paths.values())))["dataset"]["aligned_per_odor"]
+        print(f"aligned trials per odor: {','.join(map(str, counts))} (labs that prepare "
+              f"their rats apart give each the fewest per odor of all of theirs as "
+              f"--aligned, and the same --seed)")
+    return code
 
 
 def _split(args: argparse.Namespace) -> int:

@@ -141,8 +141,13 @@ def simulate_sessions(seed: int = 0, trials_per_odor: int = 50, extra_trials: in
 
 def window_samples(sessions: Sequence[RatSession], modalities: Sequence[str],
                    test_fraction: float = 0.2, seed: int = 0,
-                   correct_only: bool = False) -> dict[str, dict]:
+                   correct_only: bool = False,
+                   aligned: Sequence[int] | None = None) -> dict[str, dict]:
     """Align rats by (odor, trial index within odor) and cut the sub-windows.
+
+    ``aligned``: trials per odor to align (default: the fewest of any of
+    ``sessions``); a lab that prepares only its own rat gives the federation's, so
+    that its ids and split are those of the others.
 
     Returns ``{"train": split, "test": split}``, each split a dict with ``ids``,
     ``x`` (modality -> float32 ``[N, neurons, 10]``), ``label`` (odor 0..3) and
@@ -163,6 +168,13 @@ def window_samples(sessions: Sequence[RatSession], modalities: Sequence[str],
         keep = s.correct.astype(bool) if correct_only else np.ones(len(s.odor), bool)
         trials_of.append([np.flatnonzero((s.odor == o) & keep) for o in range(N_ODORS)])
     n_aligned = [min(len(t[o]) for t in trials_of) for o in range(N_ODORS)]
+    if aligned is not None:
+        if len(aligned) != N_ODORS or any(not 1 <= a <= n for a, n in
+                                          zip(aligned, n_aligned, strict=True)):
+            raise DataError(f"aligned trials per odor {list(aligned)}: need {N_ODORS} "
+                            f"counts, each at least 1 and at most the trials of that odor "
+                            f"here ({', '.join(f'{ODORS[o]} {n}' for o, n in enumerate(n_aligned))})")
+        n_aligned = list(aligned)
     rng = np.random.default_rng([seed, _SPLIT_SEED])
     pairs = {"train": [], "test": []}  # (odor, index within odor)
     for o, k in enumerate(n_aligned):

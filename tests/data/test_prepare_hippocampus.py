@@ -61,3 +61,40 @@ def test_errors_name_the_file_and_leave_no_output(tmp_path):
         prepare_hippocampus(tmp_path / "raw", out, onsets=(3, 3, 5, 5, 3))
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_lab_that_holds_one_rat_prepares_it_as_the_full_set_would(tmp_path, capsys):
+    """One lab per rat, no spikes shared: each lab prepares its own rat folder with
+    the federation's aligned trials per odor (the fewest of any rat) and the same
+    seed, and writes exactly that rat's column of the all-rats preparation (same
+    sample ids, split and windows, the same modality name), so the labs' files
+    join by sample id. Without the counts a lone rat aligns more of its trials."""
+    import shutil
+
+    from mmvm.cli import main
+    from mmvm.data.store import read_site_meta
+
+    H.write_hippocampus_raw(tmp_path / "raw", seed=1, trials_per_odor=6)
+    full = prepare_hippocampus(tmp_path / "raw", tmp_path / "all", seed=5)
+    counts = read_site_meta(full["train"])["dataset"]["aligned_per_odor"]
+    for rat, m in (("barat", "rat1"), ("stella", "rat4")):
+        shutil.copytree(tmp_path / "raw" / rat, tmp_path / f"lab-{rat}" / rat)
+        argv = ["data", "prepare", "hippocampus", str(tmp_path / f"lab-{rat}"), "--out",
+                str(tmp_path / f"site-{rat}"), "--rats", rat, "--seed", "5", "--quiet",
+                "--aligned", ",".join(map(str, counts))]
+        assert main(argv) == 0
+        assert f"aligned trials per odor: {','.join(map(str, counts))}" in \
+            capsys.readouterr().out
+        for split in ("train", "test"):
+            lab = read_site_table(tmp_path / f"site-{rat}" / f"{split}.parquet")
+            ref = read_site_table(full[split])
+            assert list(lab.tensors) == [m] and lab.sample_ids == ref.sample_ids
+            np.testing.assert_array_equal(lab.tensors[m], ref.tensors[m])
+            np.testing.assert_array_equal(lab.labels["label"], ref.labels["label"])
+    alone = prepare_hippocampus(tmp_path / "lab-barat", tmp_path / "alone", rats=["barat"],
+                                seed=5)
+    assert read_site_meta(alone["train"])["dataset"]["aligned_per_odor"] != counts
+    with pytest.raises(DataError, match=r"aligned trials per odor \[99, 1, 1, 1\]: need 4 "
+                                        r"counts, each at least 1 and at most"):
+        prepare_hippocampus(tmp_path / "lab-barat", tmp_path / "x", rats=["barat"],
+                            aligned=[99, 1, 1, 1])

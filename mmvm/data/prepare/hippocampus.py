@@ -81,8 +81,9 @@ def read_simulation(src: Path) -> dict | None:
 
 def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                         rats: Sequence[str] = H.RATS,
-                        onsets: Sequence[int] = H.ONSETS, seed: int = 0,
+                        onsets: Sequence[int] | None = None, seed: int = 0,
                         test_fraction: float = 0.2, correct_only: bool = False,
+                        aligned: Sequence[int] | None = None,
                         row_group_size: int = 1024,
                         progress: Progress | None = None) -> dict[str, Path]:
     """Window the raw recordings into ``train.parquet`` / ``test.parquet``.
@@ -91,11 +92,22 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     ----------
     src : folder holding one sub-folder per rat (raw layout above).
     out_dir : output folder; written atomically (nothing on error).
-    rats, onsets : rat folder names (modalities ``rat1..``) and odor-onset bins.
+    rats, onsets : rat folder names and odor-onset bins (default: the authors', by
+        rat). The authors' rats keep their modality (``barat`` is ``rat1`` also
+        alone); other names are ``rat1..`` in the order given.
     seed : seeds the split of aligned trials into train and test.
     test_fraction : share of each odor's aligned trials held out.
     correct_only : keep only correctly answered trials (the authors keep all).
+    aligned : trials per odor to align (default: the fewest of any rat here). A lab
+        that prepares only its own rat gives the federation's (the fewest of any
+        rat of any lab) with the same seed: then its sample ids and split are the
+        other labs'.
     """
+    known = all(r in H.RATS for r in rats)
+    if onsets is None:
+        onsets = [H.ONSETS[H.RATS.index(r)] for r in rats] if known else H.ONSETS
+    if len(set(rats)) != len(rats):
+        raise ValueError(f"rats {list(rats)}: each rat once")
     if len(rats) != len(onsets):
         raise ValueError(f"{len(rats)} rats but {len(onsets)} onsets")
     src = Path(src)
@@ -104,9 +116,10 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     for i, (rat, onset) in enumerate(zip(rats, onsets, strict=True)):
         step(f"reading {rat}", i)
         sessions.append(load_session(src, rat, onset))
-    modalities = [f"rat{i + 1}" for i in range(len(rats))]
+    modalities = [f"rat{(H.RATS.index(r) if known else i) + 1}" for i, r in enumerate(rats)]
     step("cutting windows", len(rats))
-    data = H.window_samples(sessions, modalities, test_fraction, seed, correct_only)
+    data = H.window_samples(sessions, modalities, test_fraction, seed, correct_only,
+                            aligned)
     if min(data["n_aligned"]) == 0:
         raise DataError(f"{src}: some odor has no trial in every rat "
                         f"(aligned trials per odor: {data['n_aligned']})")
@@ -117,6 +130,7 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         "onsets": dict(zip(modalities, map(int, onsets), strict=True)),
         "odors": list(H.ODORS[:H.N_ODORS]), "label": "odor (0..3 = A..D)",
         "correct_only": correct_only, "test_fraction": test_fraction,
+        "aligned_per_odor": [int(n) for n in data["n_aligned"]],
         "recipe": H.recipe(), "versions": {"numpy": np.__version__},
         "created_by": "mmvm.data.prepare.hippocampus.prepare_hippocampus",
     }
