@@ -158,7 +158,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "(default the authors': 225,225,250,250,225)")
             q.add_argument("--rats", type=lambda s: [v.strip() for v in s.split(",")],
                            default=argparse.SUPPRESS, help="the rat folders to read, "
-                           "e.g. barat (a lab that holds one rat; it stays rat1)")
+                           "e.g. barat (a lab that holds one rat; it stays rat1; default "
+                           "the authors' five)")
             q.add_argument("--aligned", type=lambda s: [int(v) for v in s.split(",")],
                            default=argparse.SUPPRESS, metavar="A,B,C,D",
                            help="trials per odor to align: the fewest of any rat of "
