@@ -30,6 +30,13 @@ def _mmvm_run(fleet: Fleet, run_config: str) -> tuple[int, str]:
     return res.returncode, res.stdout + res.stderr
 
 
+def _simulate(tmp: Path, run_config: str) -> tuple[int, str]:
+    """`mmvm run` of ``run_config`` on a simulation SuperLink started for it."""
+    with Fleet(tmp / "fleet") as fleet:
+        fleet.write_connection("sim", fleet.start_superlink(simulation=True))
+        return _mmvm_run(fleet, run_config)
+
+
 def _dirs(tmp: Path) -> str:
     return f"data-dir='{tmp}/data' out-dir='{tmp}/runs' state-dir='{tmp}/state'"
 
@@ -40,9 +47,7 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     # exact windows of one step: the site hosts run each step's decoder half ahead
     rc = (f"set='train.epochs=1;train.batch_size=100;eval.classifier_epochs=2' "
           f"exchange='step' n-train=300 n-test=100 {_dirs(tmp_path)}")
-    with Fleet(tmp_path / "fleet") as fleet:
-        fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        code, out = _mmvm_run(fleet, rc)
+    code, out = _simulate(tmp_path, rc)
     assert code == 0, out[-4000:]
     lines = out.splitlines()
     alarming = [ln for ln in lines if any(word in ln for word in ALARMING)]
@@ -81,9 +86,7 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
 def test_a_run_that_cannot_start_exits_1_with_one_reason(tmp_path, bad, reason):
     """The console shows the reason, not a traceback, and no window was trained."""
     rc = f"{bad} n-train=100 n-test=50 {_dirs(tmp_path)}"
-    with Fleet(tmp_path / "fleet") as fleet:
-        fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        code, out = _mmvm_run(fleet, rc)
+    code, out = _simulate(tmp_path, rc)
     assert code == 1, out[-4000:]
     assert "Traceback" not in out and "window 1/" not in out
     failed = [ln for ln in out.splitlines() if "run failed:" in ln]
@@ -149,9 +152,7 @@ def test_a_simulation_on_the_users_own_site_folders(tmp_path):
                       "device = 'cpu'\n[eval]\nclassifier_epochs = 2\n")
     rc = (f"config='{config}' num-sites=2 site-dirs='{labs / 'lab-eeg'},{labs / 'lab-mri'}' "
           f"{_dirs(tmp_path)}")
-    with Fleet(tmp_path / "fleet") as fleet:
-        fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        code, out = _mmvm_run(fleet, rc)
+    code, out = _simulate(tmp_path, rc)
     assert code == 0, out[-4000:]
     run_dir = next((tmp_path / "runs").glob("run-*"))
     res = json.loads((run_dir / "results.json").read_text())
