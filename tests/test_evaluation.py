@@ -449,6 +449,13 @@ def test_evaluate_a_deployments_run_names_the_data_it_needs(tmp_path, capsys):
     used = json.loads((run / "eval.json").read_text())["settings"]
     assert used["data"]["root"] == str(tmp_path / "sites")
     assert used["dataset"]["test_samples"] == 397
+    capsys.readouterr()
+    toml = tmp_path / "eval.toml"  # another config's data: the note says what the run had
+    toml.write_text(f'[data]\nroot = "{tmp_path / "all"}"\n[model]\nlatent_dim = 8\n' + "".join(
+        f'[model.modalities.{m}]\nkind = "vector"\nshape = [64]\n' for m in NAMES))
+    assert main(["evaluate", "--run", str(run), "--config", str(toml), *flags]) == 0
+    assert "the run recorded no data folder (its data stayed at the sites)" in \
+        capsys.readouterr().out
     kept = tmp_path / "run-8"  # collect-model = false: every site kept its weights
     write_results(kept, settings_for(cfg, collect_model=False), FederationResult(
         history=history, evaluation=evaluation, kept_weights=sites))

@@ -70,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if own:
         cfg = load_config(None, args.overrides, base=(raw, source))
     elif Path(cfg.data.root).resolve() != Path(run_cfg.data.root).resolve():
+        from mmvm.federation.results import AT_THE_SITES
+
+        trained = "recorded no data folder (its data stayed at the sites)" \
+            if run_cfg.data.root == AT_THE_SITES else \
+            f"trained on {run_cfg.data.root} (leave out --config to use it)"
         print(f"note: evaluating on data.root={cfg.data.root} (from {cfg.source}); the "
-              f"run trained on {run_cfg.data.root} (leave out --config to use it)")
+              f"run {trained}")
     cfg = dataclasses.replace(run_cfg, data=cfg.data, eval=cfg.eval)
     names = model.names
     at_the_sites(run_dir, cfg)
