@@ -257,7 +257,7 @@ def run(grid: Grid, context: Context) -> None:
     joined = _site_dirs_experiment(s, result)
     if joined is not None:  # the simulated sites' folders, joined: evaluated and recorded
         s, cfg = dataclasses.replace(s, experiment=joined), joined
-    eval_data = _eval_data(s, result) if result.model_state else None
+    eval_data = _eval_data(s, result, joined is not None) if result.model_state else None
     paths = write_results(out_dir, s, result, eval_data)
     assembled = None
     if eval_data and result.model_state:
@@ -274,16 +274,16 @@ def run(grid: Grid, context: Context) -> None:
     print(summary(result, str(out_dir), paths, assembled), flush=True)
 
 
-def _eval_data(s: FederationSettings, result: FederationResult) -> str | None:
+def _eval_data(s: FederationSettings, result: FederationResult, joined: bool = False
+               ) -> str | None:
     """Where the server may read evaluation data: ``eval-data`` = "" (nowhere), a folder
     with train/test.parquet, or "default": the simulation's own look-alike data, used
     only when the sites are the simulation's (a deployment's sites bring their own)."""
     if s.eval_data != "default":
         return s.eval_data or None
-    if s.site_dirs:  # the simulated sites' folders (s.experiment joins them, run())
-        problem = "the sites that ran are not the folders of site-dirs" \
-            if _site_dirs_experiment(s, result) is None else \
-            eval_data_problem(s.experiment, s.experiment.data.root)
+    if s.site_dirs:  # ``joined``: s.experiment reads the simulated sites' folders
+        problem = eval_data_problem(s.experiment, s.experiment.data.root) if joined \
+            else "the sites that ran are not the folders of site-dirs"
         if problem:
             print(f"mmvm: no server-side evaluation ({problem})", flush=True)
             return None

@@ -122,13 +122,14 @@ def no_checkpoint(run_dir: Path) -> str:
     results.json) may have ended without an assembled model, which no training
     brings back; anything else has not been trained yet."""
     from mmvm.federation.results import why_no_model
+    from mmvm.reporting.collect import is_federated_summary
 
     results = run_dir / "results.json"
     try:
         summary = json.loads(results.read_text())
     except (OSError, ValueError):
         summary = None
-    if not (isinstance(summary, dict) and "settings" in summary and "sites" in summary):
+    if not is_federated_summary(summary):
         return f"no checkpoint.pt in {run_dir}; train first (mmvm train) or pass --run DIR"
     return (f"{run_dir} is a federated run without an assembled model (no "
             f"checkpoint.pt): {why_no_model(summary)}. Each site's own evaluation of "
