@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,17 @@ def test_train_subprocess_exit_status_2(tmp_path):
                          cwd=tmp_path, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 2 and "'train.epochz'" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_without_config_the_reference_is_the_main_jobs_experiment(command, tmp_path, capsys,
+                                                                  monkeypatch):
+    """`mmvm train` / `mmvm evaluate` without --config read the experiment `mmvm run`
+    trains (pyproject's run config), not the GPU-sized paper config."""
+    app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the error names the file it looked for
+    assert main([command]) == 2
+    assert f"{app['config']['config']} does not exist" in capsys.readouterr().err
 
 
 def test_train_missing_config_file(tmp_path, capsys):

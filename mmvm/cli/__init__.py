@@ -16,6 +16,10 @@ from mmvm.config import ConfigError
 from mmvm.training import TrainingDivergedError
 
 COMMAND_MODULES = ("data", "train", "evaluate", "encode", "plot", "report", "run", "site")
+# What `mmvm train` and `mmvm evaluate` read without --config: the main job's experiment,
+# the one `mmvm run` trains (pyproject.toml [tool.flwr.app.config] config), so that the
+# centralized reference of a default federated run is the default centralized run.
+MAIN_JOB_CONFIG = "configs/polymnist_cpu.toml"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,9 +23,7 @@ import json
 import math
 from pathlib import Path
 
-from mmvm.cli import add_config_arguments
-
-DEFAULT_CONFIG = "configs/polymnist.toml"
+from mmvm.cli import MAIN_JOB_CONFIG, add_config_arguments
 
 
 def register(subparsers) -> None:
@@ -36,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--run", default=None, metavar="DIR",
                    help="run folder holding checkpoint.pt (default: the config's "
                    "train.out_dir). Without --config: the run's own config, so its own "
-                   f"data; without either: {DEFAULT_CONFIG}")
+                   f"data; without either: {MAIN_JOB_CONFIG}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--no-coherence", action="store_true",
                    help="skip coherence (no classifiers are trained or loaded)")
@@ -56,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from mmvm.training import load_trained_model, resolve_device
 
     own = args.config is None and args.run is not None  # the run's own config
-    cfg = None if own else load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    cfg = None if own else load_config(args.config or MAIN_JOB_CONFIG, args.overrides)
     run_dir = Path(args.run or cfg.train.out_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(no_checkpoint(run_dir))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmvm.cli import add_config_arguments
+from mmvm.cli import MAIN_JOB_CONFIG, add_config_arguments
 
 if TYPE_CHECKING:
     from mmvm.training import TrainResult
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Resumes from <train.out_dir>/checkpoint.pt when the config matches. "
         "--set data.streaming=true reads the file row group by row group instead of "
         "loading it whole.")
-    add_config_arguments(p, "configs/polymnist.toml")
+    add_config_arguments(p, MAIN_JOB_CONFIG)
     p.add_argument("--fresh", action="store_true",
                    help="ignore an existing checkpoint in train.out_dir and start over")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
