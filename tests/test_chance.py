@@ -31,7 +31,7 @@ from mmvm.evaluation import (
     summary_row,
 )
 from mmvm.progress import counting_bar
-from tests.test_evaluation import ARGMAX, NAMES, _digit_vectors, _oracle_model
+from tests.support.evaluation_data import ARGMAX, NAMES, digit_vectors, oracle_model
 
 torch.set_num_threads(1)
 
@@ -69,7 +69,7 @@ def test_chance_is_the_majority_class_rate_not_one_over_classes():
 
 def test_a_judge_answering_one_class_makes_coherence_degenerate_and_says_so():
     ds = _skewed_dataset()
-    res = coherence(_oracle_model(), ds, {m: Always(3) for m in NAMES}, "mmvm")
+    res = coherence(oracle_model(), ds, {m: Always(3) for m in NAMES}, "mmvm")
     assert all(v == pytest.approx(0.15) for v in res["pairs"].values())  # = chance
     assert res["degenerate"] == [f"{s}->{t}" for s in NAMES for t in NAMES]
     assert res["judged_class"]["m0->m2"] == 3
@@ -80,9 +80,9 @@ def test_a_judge_answering_one_class_makes_coherence_degenerate_and_says_so():
     at_chance = evaluation_warnings({"coherence": res, "chance": chance_levels(ds.labels)})
     assert at_chance[3].startswith("coherence 0.150 is at chance (0.150, majority class)")
     # only the judge of m1 is stuck: only the pairs into m1 are flagged
-    mixed = coherence(_oracle_model(), ds, {**ARGMAX, "m1": Always(7)}, "mmvm")
+    mixed = coherence(oracle_model(), ds, {**ARGMAX, "m1": Always(7)}, "mmvm")
     assert mixed["degenerate"] == ["m0->m1", "m1->m1", "m2->m1"]
-    assert coherence(_oracle_model(), ds, ARGMAX, "mmvm")["degenerate"] == []
+    assert coherence(oracle_model(), ds, ARGMAX, "mmvm")["degenerate"] == []
 
 
 def test_evaluate_run_records_chance_and_warns_of_a_judge_near_chance():
@@ -91,14 +91,14 @@ def test_evaluate_run_records_chance_and_warns_of_a_judge_near_chance():
             "layers": 1} for m in NAMES}}})
     ds = _skewed_dataset()
     judges = TrainedClassifiers(dict(ARGMAX), {"m0": 0.99, "m1": 0.2, "m2": 0.9})
-    res = evaluate_run(cfg, _oracle_model(), ds, ds, judges)
+    res = evaluate_run(cfg, oracle_model(), ds, ds, judges)
     assert res["chance"]["majority"] == 0.15 and res["chance"]["uniform"] == 0.1
     assert res["coherence"]["degenerate"] == []
     assert res["warnings"] == [
         "the m1 judge scores 0.200 on real test data, near chance (0.150, majority "
         "class): coherence through it is meaningless"]
     assert summary_row(res)["chance"] == 0.15
-    no_judges = evaluate_run(cfg, _oracle_model(), ds, ds)
+    no_judges = evaluate_run(cfg, oracle_model(), ds, ds)
     assert "coherence" not in no_judges and no_judges["warnings"] == []
 
 
@@ -120,7 +120,7 @@ def test_one_label_for_every_generation_is_not_degenerate_when_every_one_is_righ
                                   {m: np.tile(np.eye(10, dtype=np.float32)[4], (20, 1))
                                    for m in NAMES}, {m: 1.0 for m in NAMES},
                                   np.ones((20, 3), bool), np.full(20, 4))
-    res = coherence(_oracle_model(), one_class, ARGMAX, "mmvm", sample=False)
+    res = coherence(oracle_model(), one_class, ARGMAX, "mmvm", sample=False)
     assert res["mean"] == 1.0 and res["degenerate"] == []
 
 
@@ -141,7 +141,7 @@ def test_judge_training_reports_every_batch_of_every_member():
 def test_load_or_train_draws_a_bar_per_judge_trained(tmp_path, capsys):
     from mmvm.classifiers import load_or_train
 
-    p = _digit_vectors(tmp_path)
+    p = digit_vectors(tmp_path)
     recipe = ClassifierConfig(epochs=2)
     load_or_train(p["train"], p["test"], ["m0"], cfg=recipe, progress=True)
     assert "judge m0 epoch 2/2" in capsys.readouterr().out

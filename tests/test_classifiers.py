@@ -10,6 +10,7 @@ from mmvm.classifiers import (
     build_classifier,
     train_classifier,
 )
+from tests.support.evaluation_data import digit_vectors
 from tests.support.lab import lab_config
 
 
@@ -131,3 +132,30 @@ def test_a_modality_without_labelled_rows_is_skipped_before_any_judge_trains(
     assert "img" not in result["probe"] and 0 <= result["probe"]["eeg"] <= 1
     assert math.isnan(result["coherence"]["matrix"][0][1])  # eeg -> img: no judge
     assert not (tmp_path / "sites" / "site-img" / "classifiers").exists()
+
+
+# ------------------------------------------------------------------ the judges' cache
+def test_classifier_cache_key_follows_data_and_recipe(tmp_path):
+    from mmvm.classifiers import ClassifierConfig, cache_key
+
+    p = digit_vectors(tmp_path)
+    k = cache_key(p["train"], p["test"], "m0", ClassifierConfig())
+    assert k == cache_key(p["train"], p["test"], "m0", ClassifierConfig())
+    assert k != cache_key(p["train"], p["test"], "m1", ClassifierConfig())
+    assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(epochs=4))
+    assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(shift=2))
+    assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(rotate=10.0))
+    assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(members=3))
+
+
+def test_corrupt_classifier_cache_is_retrained(tmp_path):
+    from mmvm.classifiers import ClassifierConfig, cache_key, load_or_train
+
+    p = digit_vectors(tmp_path)
+    recipe = ClassifierConfig(epochs=1)
+    path = tmp_path / "classifiers" / f"m0-{cache_key(p['train'], p['test'], 'm0', recipe)}.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"not a checkpoint")
+    clf = load_or_train(p["train"], p["test"], ["m0"], cfg=recipe)
+    assert clf.paths["m0"] == path and path.stat().st_size > 1000
+    assert 0.0 <= clf.test_accuracy["m0"] <= 1.0

@@ -34,6 +34,7 @@ from tests.support.federate import (
     site_keys,
     split,
 )
+from tests.support.malicious import AttachTamper, Recorder, hybrid_sites
 
 
 @pytest.fixture
@@ -42,51 +43,18 @@ def cfg(tiny_polymnist, tiny_config):
     return tiny_config(tiny_polymnist, epochs=1)
 
 
-def _hybrid(cfg, tmp_path, data_root, policy=None, shards=3):
-    specs, root = split(data_root, tmp_path, "hybrid", shards=shards)
-    sites = make_sites(cfg, specs, root)
-    keys = site_keys(sites)
-    return sites, keys, sealed_endpoints(sites, keys, tmp_path / "state", policy)
-
-
-class AttachTamper(LocalTransport):
-    """Changes every attach request (``change(request) -> request``) on its way."""
-
-    def __init__(self, endpoints, change):
-        super().__init__(endpoints)
-        self.change = change
-
-    def exchange(self, requests, wait=None, need=1):
-        if next(iter(requests.values())).kind == "attach":
-            requests = {k: self.change(r) for k, r in requests.items()}
-        return super().exchange(requests, wait, need)
-
-
-class Recorder(LocalTransport):
-    """Keeps every request and reply (the server's view), by kind."""
-
-    def __init__(self, endpoints):
-        super().__init__(endpoints)
-        self.log: list[tuple[str, dict, dict]] = []
-
-    def exchange(self, requests, wait=None, need=1):
-        replies = super().exchange(requests, wait, need)
-        self.log.append((next(iter(requests.values())).kind, requests, replies))
-        return replies
-
-
 def test_2a_groups_of_one_or_two_are_refused(cfg, tmp_path, tiny_polymnist):
     """Averaging over two sites would tell each the other's weights; over one site,
     its weights in the clear. Both are refused unless the site opts into pairs."""
-    _, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist, shards=2)
+    _, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=2)
     with pytest.raises(PolicyError, match="masking groups need >= 3 sites"):
         federate(cfg, endpoints, secure=True)
     pairs = SitePolicy(test_bed=True, allow_pair_masking=True)
-    _, _, endpoints = _hybrid(cfg, tmp_path / "pairs", tiny_polymnist, pairs, shards=2)
+    _, _, endpoints = hybrid_sites(cfg, tmp_path / "pairs", tiny_polymnist, pairs, shards=2)
     res = federate(cfg, endpoints, secure=True)
     assert len(res.history) == 1
     # a "group" of one: the server asks a holder to share m0 with itself alone
-    sites, _, endpoints = _hybrid(cfg, tmp_path / "one", tiny_polymnist)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path / "one", tiny_polymnist)
     victim, name = next((k, s.name) for k, s in sites.items() if "m0" in s.names)
 
     class Alone(LocalTransport):
@@ -106,7 +74,7 @@ def test_2b_a_site_is_never_attached_or_windowed_twice(cfg, tmp_path, tiny_polym
     window trains none of its rows, send it chosen weights, and subtract: the mask
     of window 0 would come out. Every step of that is refused, and the site sends
     no second masked update."""
-    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     rec = Recorder(endpoints)
     federate(cfg, {}, transport=rec, secure=True, exchange="step")
     attach = {k: r for kind, reqs, _ in rec.log if kind == "attach" for k, r in reqs.items()}
@@ -144,7 +112,7 @@ def test_2d_a_secure_runs_state_is_never_continued_in_plaintext(cfg, tmp_path,
                 raise RuntimeError("the server stops after window 0")
             return replies
 
-    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     with pytest.raises(RuntimeError, match="stops after window 0"):
         federate(cfg, {}, transport=StopAfterWindow0(endpoints), secure=True,
                  exchange="step")
@@ -170,7 +138,7 @@ def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_pat
     they got, and the masked mean is that one's weights, trained on one sample. Each
     holder refuses at attach; a listed holder twice does not make a group of three;
     and a site's min-rows keeps one-row windows from reporting one sample's loss."""
-    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     holders = [s.name for s in sites.values() if "m0" in s.names]
 
     def one_row(r):
@@ -188,7 +156,7 @@ def test_2c_a_plan_that_singles_out_a_holder_or_a_sample_is_refused(cfg, tmp_pat
         return dataclasses.replace(r, shared={"m0": [*holders[:2], holders[1]]}) \
             if r.shared else r
 
-    sites, _, endpoints = _hybrid(cfg, tmp_path / "twice", tiny_polymnist)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path / "twice", tiny_polymnist)
     with pytest.raises(FederationError, match="told to share modality 'm0'"):
         federate(cfg, {}, transport=AttachTamper(endpoints, twice), secure=True)
     # a site that shares nothing: two-row windows tell the sum of two samples' losses;
@@ -261,171 +229,6 @@ def test_3_pinned_peers_keep_an_added_directory_entry_out(cfg, tmp_path, tiny_po
     forged = {**keys, names[1]: SiteKeys.generate(names[1])}
     with pytest.raises(PolicyError, match="not the pinned"):
         SealedChannel(secrets(site, forged, tmp_path / "s3"), pinned)
-
-
-def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_path,
-                                                                     tiny_polymnist):
-    """The server tells one holder of m0 that the group is another set of sites: its
-    masks no longer cancel. The run fails with an error instead of a wrong mean."""
-    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
-    holders = sorted(s.name for s in sites.values() if "m0" in s.names)
-    other = next(s.name for s in sites.values() if "m0" not in s.names)
-    victim = next(k for k, s in sites.items() if s.name == holders[-1])
-
-    class Liar(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            if next(iter(requests.values())).kind == "attach":
-                r = requests[victim]
-                requests[victim] = dataclasses.replace(
-                    r, shared={"m0": sorted([holders[0], holders[-1], other])})
-            return super().exchange(requests, wait, need)
-
-    with pytest.raises(SecurityError, match="no self-mask share|not a split of the group"):
-        federate(cfg, {}, transport=Liar(endpoints), secure=True, exchange="step")
-
-
-def test_5b_holders_given_different_experiments_cannot_be_unmasked(cfg, tmp_path,
-                                                                    tiny_polymnist):
-    """A SuperLink answers each SuperNode's run lookup on its own (and a resumed run
-    brings a run config of its own), so it could give all holders of m0 but one a
-    learning rate of 1e-30: they would send back about the weights they got, and the
-    masked mean, less those, would be the last one's. Each window's masks bind the
-    experiment config: holders given different ones derive different masks, and the
-    aggregate is refused instead of unmasked."""
-    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
-    slow = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-30))
-    holders = [k for k, s in sites.items() if "m0" in s.names]
-    for k in holders[:-1]:  # every holder but the last: sites of the same data
-        site = sites[k]
-        endpoints[k].site = type(site)(slow, site.name, site.train_path, site.test_path)
-    with pytest.raises(FederationError, match="masked FedAvg of 'm0'"):
-        federate(cfg, endpoints, secure=True, exchange="step")
-
-
-def test_5c_holders_sent_different_means_cannot_be_unmasked(cfg, tmp_path,
-                                                            tiny_polymnist):
-    """The server sends all holders of m0 but one other "averaged" weights (say, ones
-    on which their training cannot move, so they send back about what they got):
-    the masks are bound to the digest of the weights each holder was sent, so they
-    no longer cancel and the aggregate is refused instead of unmasked."""
-    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
-    holders = [k for k, s in sites.items() if "m0" in s.names]
-
-    class Forger(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            for k in holders[:-1]:
-                r = requests.get(k)
-                if r is not None and r.kind == "window" and r.weights.get("m0"):
-                    dead = {n: np.zeros_like(a) for n, a in r.weights["m0"].items()}
-                    requests[k] = dataclasses.replace(r, weights={"m0": dead})
-            return super().exchange(requests, wait, need)
-
-    with pytest.raises(FederationError, match="masked FedAvg of 'm0'"):
-        federate(cfg, {}, transport=Forger(endpoints), secure=True, exchange="step")
-    # control: the same run with the same "mean" for every holder completes
-    sites, _, endpoints = _hybrid(cfg, tmp_path / "honest", tiny_polymnist)
-    assert len(federate(cfg, endpoints, secure=True, exchange="step").history) == 3
-
-
-@pytest.mark.parametrize("change, match", [
-    (lambda v: {**v, "note": "x" * 1000}, "must hold exactly 'survivors' and 'dropped'"),
-    (lambda v: {**v, "survivors": v["survivors"] * 2}, "list of distinct site names"),
-])
-def test_5d_a_site_keeps_only_the_unmask_view_itself(cfg, tmp_path, tiny_polymnist,
-                                                     change, match):
-    """A site keeps the unmask view with its state (to repeat its answer for the same
-    view): anything else the server puts there (a long note, a name listed many
-    times) would be written into the state after every window. Refused, with the
-    site's state still at the window before."""
-    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist)
-
-    class Padder(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            requests = {k: dataclasses.replace(r, groups={m: change(v) for m, v in
-                                                          r.groups.items()})
-                        if r.kind == "unmask" else r for k, r in requests.items()}
-            return super().exchange(requests, wait, need)
-
-    with pytest.raises(FederationError, match=f"failed the unmask step: MessageError: "
-                                              f"unmask request: .*{match}"):
-        federate(cfg, {}, transport=Padder(endpoints), secure=True, exchange="step")
-    assert all(s.progress.unmasked == -1 for s in sites.values())
-
-
-def test_1_a_secure_site_keeps_its_weights_unless_it_allows_collection(cfg, tmp_path,
-                                                                       tiny_polymnist):
-    policy = SitePolicy(keys="k", require_secure=True, allow_collect=False, peers=None)
-    sites, _, endpoints = _hybrid(cfg, tmp_path, tiny_polymnist, policy)
-    rec = Recorder(endpoints)
-    res = federate(cfg, {}, transport=rec, secure=True, collect_model=True)
-    assert res.model_state is None
-    assert sorted(res.kept_weights) == sorted(s.name for s in sites.values())
-    evaluated = [r for kind, _, reps in rec.log if kind == "evaluate" for r in reps.values()]
-    assert evaluated and all(r.model == {} for r in evaluated)
-
-
-
-def test_6_a_colluding_ring_peer_tests_one_bounded_set_of_guesses_at_most(
-        cfg, tmp_path, tiny_polymnist):
-    """PSI, a server colluding with the victim's ring neighbour S: S may put guessed
-    ids into "its" set (the victim cannot tell them from S's own), and the server
-    then sees which guesses are the victim's ids. The victim bounds that set
-    (max-align-rows) and multiplies one set per ring step, none after its last:
-    an extra step would be another round of guesses."""
-    from mmvm.secure import psi
-    from mmvm.secure.envelope import open_envelope
-
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    victim = make_sites(cfg, specs, root)["n0"]
-    a, s = victim.name, "zz-colluder"
-    keys = {a: SiteKeys.generate(a), s: SiteKeys.generate(s)}
-    pub = {n: k.public for n, k in keys.items()}
-    ring = sorted([a, s])
-
-    def endpoint(limit):
-        policy = SitePolicy(keys="k", peers={s: pub[s].fingerprint}, max_align_rows=limit)
-        return Endpoint(victim, SealedChannel(secrets(victim, keys, tmp_path / "st"),
-                                              policy, "psi"), policy)
-
-    def guesses_from_s(ids, counter):
-        blob = psi.pack(psi.blind(ids, range(len(ids)), k_s))
-        return seal(keys[s], pub[a], blob, run_id=RUN, round=0, counter=counter,
-                    kind="psi")
-
-    endpoint(100).handle(DescribeRequest())
-    first = endpoint(100).handle(AlignRequest(step=0, ring=ring))
-    k_s = psi.new_scalar()
-    mine = psi.unpack(open_envelope(keys[s], pub[a], first.sealed[s], run_id=RUN,
-                                    expected_round=0, expected_counter=1, kind="psi"))
-    tags = {t.hex() for t in psi.exponentiate(mine, k_s)}  # S finishes a's tags
-    guesses = [*victim.data.sample_ids[:3], *(f"nobody-{i}" for i in range(98))]
-    with pytest.raises(PolicyError, match=r"PSI set of 'zz-colluder' has 101 "
-                                          r"identifiers.*allows 100 \(max-align-rows\)"):
-        endpoint(100).handle(AlignRequest(step=1, ring=ring,
-                                          sealed={s: guesses_from_s(guesses, 1)}))
-    last = endpoint(101).handle(AlignRequest(step=1, ring=ring,
-                                             sealed={s: guesses_from_s(guesses, 1)}))
-    hits = [g for g, t in zip(guesses, last.tagged[s], strict=True) if t in tags]
-    assert hits == guesses[:3]  # what PSI cannot prevent: S's set is S's choice
-    with pytest.raises(ProtocolOrderError, match="align step 2"):
-        endpoint(10**6).handle(AlignRequest(step=2, ring=ring,
-                                            sealed={s: guesses_from_s(["x"], 2)}))
-
-
-def test_6b_the_servers_word_on_a_peers_rows_must_be_aligned_rows(cfg, tmp_path,
-                                                                tiny_polymnist):
-    """What a site seals to a peer follows the server's claim of the rows they share:
-    rows outside the alignment or a modality string (split into letters) are
-    refused, not sealed to."""
-    for i, lie in enumerate([lambda r, v: dict(v, rows=[*v["rows"], r.n]),
-                             lambda r, v: dict(v, modalities="m0m1"),
-                             lambda r, v: dict(v, rows=[*v["rows"], v["rows"][0]])]):
-        sites, _, endpoints = _hybrid(cfg, tmp_path / str(i), tiny_polymnist)
-        with pytest.raises(SecurityError, match=r"server's description of peer .* not "
-                                                r"distinct aligned rows"):
-            federate(cfg, {}, transport=AttachTamper(endpoints, lambda r, lie=lie: (
-                dataclasses.replace(r, peers={p: lie(r, v) for p, v in r.peers.items()}))),
-                secure=True)
 
 
 def test_2e_a_secure_run_whose_state_was_lost_cannot_begin_again(cfg, tmp_path,

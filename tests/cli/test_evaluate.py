@@ -1,0 +1,152 @@
+"""``mmvm evaluate``: clear errors, the data a run trained on (its own config, a
+deployment's sites' folders, another config's data noted), eval.json and the
+generations, earlier evaluations kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmvm.data.dataset import MultimodalDataset
+from tests.support.evaluation_data import NAMES, digit_vectors, vector_config
+
+torch.set_num_threads(1)
+
+
+def test_evaluate_cli_errors_are_clear(tmp_path, capsys):
+    from mmvm.cli import main
+
+    assert main(["evaluate", "--run", str(tmp_path)]) == 2
+    assert "no checkpoint.pt" in capsys.readouterr().err
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "polymnist.toml")
+    assert main(["evaluate", "--config", config, "--set", "train.epoch=3", "--run",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.epoch" in err and "did you mean" in err and "epochs" in err
+
+
+def test_evaluate_without_config_reads_the_data_the_run_trained_on(tmp_path, capsys):
+    """A run folder alone: its own config, so its own data (a federated run's is
+    elsewhere than configs/ says); another --config's data is used but noted."""
+    import json
+    import shutil
+
+    from mmvm.cli import main
+    from mmvm.training import train
+
+    data = tmp_path / "trained-on"
+    paths = digit_vectors(data)
+    cfg = vector_config(data, epochs=1)
+    train(cfg, MultimodalDataset.from_parquet(paths["train"], NAMES), show_progress=False)
+    run = str(data / "run")
+    flags = ["--device", "cpu", "--no-coherence", "--no-plot"]
+    assert main(["evaluate", "--run", run, "--set", "data.max_test=50", *flags]) == 0
+    used = json.loads((data / "run" / "eval.json").read_text())["settings"]
+    assert used["data"]["root"] == str(data) and used["dataset"]["test_samples"] == 50
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(paths[split], other / f"{split}.parquet")
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[data]\nroot = "{other}"\n[model]\nlatent_dim = 8\n' + "".join(
+        f'[model.modalities.{m}]\nkind = "vector"\nshape = [64]\n' for m in NAMES))
+    assert main(["evaluate", "--config", str(toml), "--run", run, *flags]) == 0
+    assert f"note: evaluating on data.root={other} (from {toml}); the run trained on " \
+        f"{data}" in capsys.readouterr().out
+
+
+def test_evaluate_a_deployments_run_names_the_data_it_needs(tmp_path, capsys):
+    """A deployment's run folder as its ServerApp writes it (no data folder: the sites
+    kept their files): the error says so, where the sites' own evaluation is and how
+    to give readable data, and that data evaluates it; a run that collected no model
+    says why instead of asking for training."""
+    import dataclasses
+    import json
+
+    from mmvm.cli import main
+    from mmvm.data.sites import site_layout, split_sites
+    from mmvm.federation.loop import FederationResult
+    from mmvm.federation.results import write_results
+    from mmvm.federation.settings import settings_for
+    from mmvm.training import build_model
+
+    paths = digit_vectors(tmp_path / "all")
+    cfg = vector_config(tmp_path / "all")
+    sites = ["site-a", "site-b", "site-c"]
+    split_sites([paths["train"], paths["test"]], tmp_path / "sites", [
+        dataclasses.replace(s, name=n) for s, n in zip(site_layout("vertical", NAMES),
+                                                      sites, strict=True)])
+    state = {k: v.numpy() for k, v in build_model(cfg).state_dict().items()}
+    history = [{"window": 0, "epoch": 1, "step": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 9}]
+    evaluation = {f"k{i}": {"site": n, "probe/m0": 0.5} for i, n in enumerate(sites)}
+    run = tmp_path / "run-7"  # data=None: a deployment's server knows no data folder
+    write_results(run, settings_for(cfg), FederationResult(
+        history=history, model_state=state, evaluation=evaluation))
+    flags = ["--device", "cpu", "--no-coherence", "--no-plot"]
+    assert main(["evaluate", "--run", str(run), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "records no data folder" in err and "a deployment's data stayed at the sites" in err
+    assert f"already in {run / 'results.json'}" in err and "--set data.root=<folder>" in err
+    assert "data.folders=" in err and "does not exist" not in err
+    folders = '["site-a","site-b","site-c"]'
+    assert main(["evaluate", "--run", str(run), "--set", f"data.root={tmp_path / 'sites'}",
+                 "--set", f"data.folders={folders}", *flags]) == 0
+    used = json.loads((run / "eval.json").read_text())["settings"]
+    assert used["data"]["root"] == str(tmp_path / "sites")
+    assert used["dataset"]["test_samples"] == 397
+    capsys.readouterr()
+    toml = tmp_path / "eval.toml"  # another config's data: the note says what the run had
+    toml.write_text(f'[data]\nroot = "{tmp_path / "all"}"\n[model]\nlatent_dim = 8\n' + "".join(
+        f'[model.modalities.{m}]\nkind = "vector"\nshape = [64]\n' for m in NAMES))
+    assert main(["evaluate", "--run", str(run), "--config", str(toml), *flags]) == 0
+    assert "the run recorded no data folder (its data stayed at the sites)" in \
+        capsys.readouterr().out
+    kept = tmp_path / "run-8"  # collect-model = false: every site kept its weights
+    write_results(kept, settings_for(cfg, collect_model=False), FederationResult(
+        history=history, evaluation=evaluation, kept_weights=sites))
+    assert main(["evaluate", "--run", str(kept), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{kept} is a federated run without an assembled model" in err
+    assert "collect-model = false" in err and f"in {kept / 'results.json'}" in err
+    assert "train first" not in err
+
+
+@pytest.mark.slow
+def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
+    import json
+
+    from mmvm.cli import main
+    from mmvm.training import train
+
+    paths = digit_vectors(tmp_path)
+    cfg = vector_config(tmp_path, epochs=1)
+    train(cfg, MultimodalDataset.from_parquet(paths["train"], NAMES), show_progress=False)
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f'[data]\nroot = "{tmp_path}"\n[model]\nlatent_dim = 8\n' + "".join(
+            f'[model.modalities.{m}]\nkind = "vector"\nshape = [64]\n' for m in NAMES)
+        + '[eval]\nclassifier_epochs = 2\n')
+    assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
+                 "--device", "cpu"]) == 0
+    res = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert res["method"] == "mmvm" and "coherence" in res
+    # the settings this evaluation used (its --config), not the run's config.json
+    used = res["settings"]
+    assert used["eval"]["classifier_epochs"] == 2 != cfg.eval.classifier_epochs
+    assert used["data"]["root"] == str(tmp_path) and used["data"]["max_test"] == 0
+    assert used["dataset"]["test_samples"] == res["n_test"]
+    assert (tmp_path / "run" / "generations.png").stat().st_size > 1000
+    assert "probe acc" in capsys.readouterr().out
+    # evaluated again without coherence: the first evaluation is kept, and it says so
+    assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
+    assert "the earlier eval.json of this run is now" in capsys.readouterr().out
+    (kept,) = (tmp_path / "run").glob("eval.*-*.json")
+    assert json.loads(kept.read_text()) == res
+    assert "coherence" not in json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
+    assert len(list((tmp_path / "run").glob("eval.*-*.json"))) == 2  # each one kept
+    assert json.loads(kept.read_text()) == res

@@ -1,0 +1,203 @@
+"""A malicious server against what sites share: secure aggregation's masks and
+unmasking, the weights a site keeps, and the rows ring peers exchange in PSI.
+
+As in test_attacks.py (the plan and protocol attacks), each test plays the server
+and tries one attack a review found; it must fail at the site, before the site sends
+anything it protects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.endpoint import Endpoint, LocalTransport
+from mmvm.federation.messages import AlignRequest, DescribeRequest
+from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.progress import ProtocolOrderError
+from mmvm.federation.sealed_channel import SealedChannel
+from mmvm.secure.envelope import seal
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.keys import SiteKeys
+from tests.support.federate import (
+    RUN,
+    federate,
+    make_sites,
+    secrets,
+    split,
+)
+from tests.support.malicious import AttachTamper, Recorder, hybrid_sites
+
+
+@pytest.fixture
+def cfg(tiny_polymnist, tiny_config):
+    torch.set_num_threads(1)
+    return tiny_config(tiny_polymnist, epochs=1)
+
+
+def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_path,
+                                                                     tiny_polymnist):
+    """The server tells one holder of m0 that the group is another set of sites: its
+    masks no longer cancel. The run fails with an error instead of a wrong mean."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    holders = sorted(s.name for s in sites.values() if "m0" in s.names)
+    other = next(s.name for s in sites.values() if "m0" not in s.names)
+    victim = next(k for k, s in sites.items() if s.name == holders[-1])
+
+    class Liar(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            if next(iter(requests.values())).kind == "attach":
+                r = requests[victim]
+                requests[victim] = dataclasses.replace(
+                    r, shared={"m0": sorted([holders[0], holders[-1], other])})
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(SecurityError, match="no self-mask share|not a split of the group"):
+        federate(cfg, {}, transport=Liar(endpoints), secure=True, exchange="step")
+
+
+def test_5b_holders_given_different_experiments_cannot_be_unmasked(cfg, tmp_path,
+                                                                    tiny_polymnist):
+    """A SuperLink answers each SuperNode's run lookup on its own (and a resumed run
+    brings a run config of its own), so it could give all holders of m0 but one a
+    learning rate of 1e-30: they would send back about the weights they got, and the
+    masked mean, less those, would be the last one's. Each window's masks bind the
+    experiment config: holders given different ones derive different masks, and the
+    aggregate is refused instead of unmasked."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    slow = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-30))
+    holders = [k for k, s in sites.items() if "m0" in s.names]
+    for k in holders[:-1]:  # every holder but the last: sites of the same data
+        site = sites[k]
+        endpoints[k].site = type(site)(slow, site.name, site.train_path, site.test_path)
+    with pytest.raises(FederationError, match="masked FedAvg of 'm0'"):
+        federate(cfg, endpoints, secure=True, exchange="step")
+
+
+def test_5c_holders_sent_different_means_cannot_be_unmasked(cfg, tmp_path,
+                                                            tiny_polymnist):
+    """The server sends all holders of m0 but one other "averaged" weights (say, ones
+    on which their training cannot move, so they send back about what they got):
+    the masks are bound to the digest of the weights each holder was sent, so they
+    no longer cancel and the aggregate is refused instead of unmasked."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    holders = [k for k, s in sites.items() if "m0" in s.names]
+
+    class Forger(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            for k in holders[:-1]:
+                r = requests.get(k)
+                if r is not None and r.kind == "window" and r.weights.get("m0"):
+                    dead = {n: np.zeros_like(a) for n, a in r.weights["m0"].items()}
+                    requests[k] = dataclasses.replace(r, weights={"m0": dead})
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(FederationError, match="masked FedAvg of 'm0'"):
+        federate(cfg, {}, transport=Forger(endpoints), secure=True, exchange="step")
+    # control: the same run with the same "mean" for every holder completes
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path / "honest", tiny_polymnist)
+    assert len(federate(cfg, endpoints, secure=True, exchange="step").history) == 3
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda v: {**v, "note": "x" * 1000}, "must hold exactly 'survivors' and 'dropped'"),
+    (lambda v: {**v, "survivors": v["survivors"] * 2}, "list of distinct site names"),
+])
+def test_5d_a_site_keeps_only_the_unmask_view_itself(cfg, tmp_path, tiny_polymnist,
+                                                     change, match):
+    """A site keeps the unmask view with its state (to repeat its answer for the same
+    view): anything else the server puts there (a long note, a name listed many
+    times) would be written into the state after every window. Refused, with the
+    site's state still at the window before."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+
+    class Padder(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            requests = {k: dataclasses.replace(r, groups={m: change(v) for m, v in
+                                                          r.groups.items()})
+                        if r.kind == "unmask" else r for k, r in requests.items()}
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(FederationError, match=f"failed the unmask step: MessageError: "
+                                              f"unmask request: .*{match}"):
+        federate(cfg, {}, transport=Padder(endpoints), secure=True, exchange="step")
+    assert all(s.progress.unmasked == -1 for s in sites.values())
+
+
+def test_1_a_secure_site_keeps_its_weights_unless_it_allows_collection(cfg, tmp_path,
+                                                                       tiny_polymnist):
+    policy = SitePolicy(keys="k", require_secure=True, allow_collect=False, peers=None)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, policy)
+    rec = Recorder(endpoints)
+    res = federate(cfg, {}, transport=rec, secure=True, collect_model=True)
+    assert res.model_state is None
+    assert sorted(res.kept_weights) == sorted(s.name for s in sites.values())
+    evaluated = [r for kind, _, reps in rec.log if kind == "evaluate" for r in reps.values()]
+    assert evaluated and all(r.model == {} for r in evaluated)
+
+
+def test_6_a_colluding_ring_peer_tests_one_bounded_set_of_guesses_at_most(
+        cfg, tmp_path, tiny_polymnist):
+    """PSI, a server colluding with the victim's ring neighbour S: S may put guessed
+    ids into "its" set (the victim cannot tell them from S's own), and the server
+    then sees which guesses are the victim's ids. The victim bounds that set
+    (max-align-rows) and multiplies one set per ring step, none after its last:
+    an extra step would be another round of guesses."""
+    from mmvm.secure import psi
+    from mmvm.secure.envelope import open_envelope
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    victim = make_sites(cfg, specs, root)["n0"]
+    a, s = victim.name, "zz-colluder"
+    keys = {a: SiteKeys.generate(a), s: SiteKeys.generate(s)}
+    pub = {n: k.public for n, k in keys.items()}
+    ring = sorted([a, s])
+
+    def endpoint(limit):
+        policy = SitePolicy(keys="k", peers={s: pub[s].fingerprint}, max_align_rows=limit)
+        return Endpoint(victim, SealedChannel(secrets(victim, keys, tmp_path / "st"),
+                                              policy, "psi"), policy)
+
+    def guesses_from_s(ids, counter):
+        blob = psi.pack(psi.blind(ids, range(len(ids)), k_s))
+        return seal(keys[s], pub[a], blob, run_id=RUN, round=0, counter=counter,
+                    kind="psi")
+
+    endpoint(100).handle(DescribeRequest())
+    first = endpoint(100).handle(AlignRequest(step=0, ring=ring))
+    k_s = psi.new_scalar()
+    mine = psi.unpack(open_envelope(keys[s], pub[a], first.sealed[s], run_id=RUN,
+                                    expected_round=0, expected_counter=1, kind="psi"))
+    tags = {t.hex() for t in psi.exponentiate(mine, k_s)}  # S finishes a's tags
+    guesses = [*victim.data.sample_ids[:3], *(f"nobody-{i}" for i in range(98))]
+    with pytest.raises(PolicyError, match=r"PSI set of 'zz-colluder' has 101 "
+                                          r"identifiers.*allows 100 \(max-align-rows\)"):
+        endpoint(100).handle(AlignRequest(step=1, ring=ring,
+                                          sealed={s: guesses_from_s(guesses, 1)}))
+    last = endpoint(101).handle(AlignRequest(step=1, ring=ring,
+                                             sealed={s: guesses_from_s(guesses, 1)}))
+    hits = [g for g, t in zip(guesses, last.tagged[s], strict=True) if t in tags]
+    assert hits == guesses[:3]  # what PSI cannot prevent: S's set is S's choice
+    with pytest.raises(ProtocolOrderError, match="align step 2"):
+        endpoint(10**6).handle(AlignRequest(step=2, ring=ring,
+                                            sealed={s: guesses_from_s(["x"], 2)}))
+
+
+def test_6b_the_servers_word_on_a_peers_rows_must_be_aligned_rows(cfg, tmp_path,
+                                                                tiny_polymnist):
+    """What a site seals to a peer follows the server's claim of the rows they share:
+    rows outside the alignment or a modality string (split into letters) are
+    refused, not sealed to."""
+    for i, lie in enumerate([lambda r, v: dict(v, rows=[*v["rows"], r.n]),
+                             lambda r, v: dict(v, modalities="m0m1"),
+                             lambda r, v: dict(v, rows=[*v["rows"], v["rows"][0]])]):
+        sites, _, endpoints = hybrid_sites(cfg, tmp_path / str(i), tiny_polymnist)
+        with pytest.raises(SecurityError, match=r"server's description of peer .* not "
+                                                r"distinct aligned rows"):
+            federate(cfg, {}, transport=AttachTamper(endpoints, lambda r, lie=lie: (
+                dataclasses.replace(r, peers={p: lie(r, v) for p, v in r.peers.items()}))),
+                secure=True)
