@@ -119,8 +119,23 @@ def read_latents(paths: list[str | Path], label: str | None = None
             if key in mus:
                 raise ValueError(f"two files named {p.name} hold {c}: give the latents "
                                  f"files distinct names")
-            mus[key], labels[key] = values[valid], lab[valid]
+            _check_finite(values, valid, p, c)
+            if valid.any():  # a modality no sample of the file has: no empty panel
+                mus[key], labels[key] = values[valid], lab[valid]
+    if not mus:
+        raise ValueError(f"{', '.join(map(str, paths))}: no sample has a posterior mean "
+                         "(no rows, or every mu.<modality> is null)")
     return mus, labels
+
+
+def _check_finite(values: np.ndarray, valid: np.ndarray, path: Path, column: str) -> None:
+    """A NaN mean (a diverged model's) would otherwise surface as "SVD did not
+    converge" or as points missing from the picture."""
+    bad = valid & ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: {column} is NaN or infinite in {int(bad.sum())} rows "
+                         f"(the first is row {int(bad.argmax())}); did the model that "
+                         "encoded them diverge?")
 
 
 def _labels(table: pa.Table, path: Path, label: str | None) -> np.ndarray:

@@ -18,7 +18,6 @@ Every function writes a PNG atomically and returns its path.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import textwrap
@@ -34,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mmvm.atomic import atomic_write  # noqa: E402
+from mmvm.metrics_csv import read_metrics  # noqa: E402
 from mmvm.reporting.stats import Point  # noqa: E402
 
 
@@ -338,15 +338,6 @@ def latent_2d(mus: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray] | 
         ax.set_xticks([]), ax.set_yticks([])
     axes[0][-1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
     return save_figure(fig, path)
-
-
-def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
-    """A ``metrics.csv`` as column -> float array."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
 def _check_curve_keys(runs: Sequence[Mapping], paths: Sequence,

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -269,3 +270,31 @@ def test_encode_help_names_a_parquet_reader_mmvm_installs(capsys):
     assert done.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "pyarrow.parquet.read_table" in out and "pandas" not in out
+
+
+@torch.no_grad()
+def test_nan_or_empty_latents_are_named_not_drawn(tmp_path, capsys):
+    """A NaN mean (a diverged model's) is named with its file, column and row, not an
+    "SVD did not converge"; a file without any posterior is an error, not a blank PNG."""
+    from mmvm.latents import latent_table, write_latents
+
+    cfg = load_config(CONFIG, SETS)
+    model = build_model(cfg)
+    x = {m: np.random.default_rng(0).random((4, 3, 28, 28), dtype=np.float32)
+         for m in model.names}
+    data = MultimodalDataset([f"s{i}" for i in range(4)], x, {m: 1.0 for m in x},
+                             np.ones((4, 3), bool), np.arange(4))
+    table = latent_table(model, data, batch_size=2)
+    mu = np.array(table.column("mu.m1").to_pylist())
+    mu[2, 0] = np.nan
+    col = pa.array(list(mu), type=table.schema.field("mu.m1").type)
+    nan = write_latents(tmp_path / "nan.parquet",
+                        table.set_column(table.column_names.index("mu.m1"), "mu.m1", col), {})
+    png = tmp_path / "l.png"
+    assert main(["plot", "latents", str(nan), "--out", str(png)]) == 2
+    assert "nan.parquet: mu.m1 is NaN or infinite in 1 rows (the first is row 2)" in \
+        capsys.readouterr().err
+    empty = write_latents(tmp_path / "empty.parquet", table.slice(0, 0), {})
+    assert main(["plot", "latents", str(empty), "--out", str(png)]) == 2
+    assert "no sample has a posterior mean" in capsys.readouterr().err
+    assert not png.exists()

@@ -9,10 +9,10 @@ Otherwise the section says what is missing and how to get it.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+from mmvm.metrics_csv import read_metrics
 from mmvm.reporting.document import Block, Figure, Paragraph, Section
 from mmvm.reporting.figures import curves as draw_curves
 from mmvm.reporting.generate import NotGenerated, generations, latents, load
@@ -115,34 +115,34 @@ def picture_sections(groups: Sequence[Group], draw: bool) -> list[Section]:
     ]
 
 
-def _columns(path: Path) -> list[str]:
-    try:
-        with open(path, newline="") as fh:
-            return next(csv.reader(fh), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-
-
 def curves_section(groups: Sequence[Group]) -> Section:
-    """Training curves, one figure per method (a line per run)."""
+    """Training curves, one figure per method (a line per run); a run whose
+    metrics.csv cannot be read is named in a note and left out of its figure."""
     section = Section("Training curves")
     by_method: dict[str, list[Run]] = {}
     for g in groups:
         by_method.setdefault(g.method or "?", []).extend(r for r in g.runs if r.metrics_csv)
     for method, runs in by_method.items():
-        if not runs:
-            continue
-        cols = {c for r in runs for c in _columns(r.metrics_csv)}
+        readable, cols = [], set()
+        for run in runs:
+            try:
+                cols |= set(read_metrics(run.metrics_csv))
+            except (ValueError, OSError) as err:
+                section.add(Paragraph(f"{method}: {run.name}'s metrics.csv is left out: "
+                                      f"{err}.", note=True))
+                continue
+            readable.append(run)
         keys = [k for k in CURVE_KEYS if k in cols]
-        try:
-            png = draw_curves([r.metrics_csv for r in runs],
-                                 [r.name[:30] for r in runs], keys) if keys else None
-        except (ValueError, KeyError, OSError) as err:
-            section.add(Paragraph(f"{method}: metrics.csv not readable ({err}).", note=True))
+        if not (readable and keys):
             continue
-        if png:
-            section.add(Figure(slug(f"curves-{method}"), png,
-                               f"{method}: {', '.join(keys)} per epoch, one line per run."))
+        try:
+            png = draw_curves([r.metrics_csv for r in readable],
+                              [r.name[:30] for r in readable], keys)
+        except (ValueError, KeyError) as err:  # e.g. a metrics.csv without epochs
+            section.add(Paragraph(f"{method}: no training curves ({err}).", note=True))
+            continue
+        section.add(Figure(slug(f"curves-{method}"), png,
+                           f"{method}: {', '.join(keys)} per epoch, one line per run."))
     if not section.blocks:
         section.add(Paragraph("No metrics.csv in these runs.", note=True))
     return section

@@ -289,3 +289,32 @@ def test_the_cli_splits_by_group_and_says_so(tmp_path, capsys):
                  "--ids", str(tmp_path / "ids.txt"), "--out", str(tmp_path / "o2"),
                  "--quiet"]) == 0
     assert "give --groups" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lines, said", [
+    (["a", "", "c"], r"ids.txt: line 2: sample id '' is empty \(a blank line\?\)"),
+    (["a", "b\x07", "c"], r"ids.txt: line 2: sample id .* non-printable character U\+0007"),
+    (["a", "cafe\u0301", "c"], r"ids.txt: line 2: sample id .* not in Unicode NFC form"),
+    (["a", "b", "a"], r"ids.txt: sample id 'a' at line 1 and line 3; ids must be unique"),
+])
+def test_a_bad_sample_id_is_named_by_its_line_in_the_ids_file(tmp_path, lines, said):
+    """Found before anything is staged (it was reported as a row of a split, in a
+    staging folder gone by the time the user read it); a trailing blank line is fine."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    (tmp_path / "ids.txt").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match=said):
+        prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"}, ids=tmp_path / "ids.txt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_group_for_all_rows_says_so(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((10, 2)))
+    (tmp_path / "trial.txt").write_text("T0\n" * 10)
+    with pytest.raises(DataError, match=r"split is empty \(10 samples in 1 groups, each "
+                                        r"wholly in one split.*give more samples or groups"):
+        prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
+                       groups=tmp_path / "trial.txt")
+    (tmp_path / "trial.txt").write_text("T0\n" * 4 + "\n" + "T1\n" * 5)
+    with pytest.raises(DataError, match=r"trial.txt: line 5 is blank; one group id per row"):
+        prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
+                       groups=tmp_path / "trial.txt")

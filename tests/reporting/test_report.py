@@ -212,6 +212,20 @@ def test_one_seed_and_missing_sections(tmp_path):
     assert "generations.png is not a PNG file" in text and "<svg" not in text
 
 
+def test_a_damaged_metrics_csv_is_named_and_the_others_still_drawn(tmp_path, fake_runs):
+    """A truncated row in one run's metrics.csv: the page is written, that run is left
+    out of its method's curves with the line named, the other runs are drawn."""
+    with open(fake_runs[0] / "metrics.csv", "a") as fh:
+        fh.write("4,12\n")
+    (fake_runs[3] / "metrics.csv").write_bytes(b"epoch,loss\n1,\xff\n")
+    text, page = _report(tmp_path, *fake_runs)
+    assert f"{fake_runs[0].name}&#x27;s metrics.csv is left out" in text
+    assert "line 5: 2 values for the header&#x27;s 7 columns" in text
+    assert f"{fake_runs[3].name}&#x27;s metrics.csv is left out" in text
+    assert "not a text (UTF-8) CSV file" in text
+    assert "mmvm: loss, rec_nll, reg per epoch" in text and "poe: loss" in text
+
+
 def test_a_seed_given_twice_is_not_averaged_as_two_seeds(tmp_path):
     """Two evaluations of seed 0 (say, two data sizes whose settings the folders do
     not record) are two rows, not one mean with a standard error."""

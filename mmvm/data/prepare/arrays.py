@@ -29,7 +29,7 @@ import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
-from mmvm.data.store_format import LABEL_MAX
+from mmvm.data.store_format import LABEL_MAX, id_problem, show
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a modality: a column and a bare TOML key
 
@@ -56,10 +56,12 @@ def load_ids(path: str | os.PathLike) -> list[str]:
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: sample ids are not UTF-8 ({e})") from None
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
-    return [ln.strip() for ln in lines if ln.strip()]
+    while lines and not lines[-1]:  # trailing blank lines; a blank line within is an error
+        lines.pop()
+    return lines
 
 
 def held_out(ids: list[str], test_fraction: float, seed: int) -> np.ndarray:
@@ -104,7 +106,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     n = _check_counts(arrays, cols, given, modalities, labels, ids)
     sample_ids = given if given is not None else [str(i) for i in range(n)]
     _check_labels(cols, labels, sample_ids)
-    _check_unique(sample_ids, ids)
+    _check_ids(sample_ids, ids)
     group_of = _load_groups(groups, n) if groups is not None else None
     test = held_out(group_of or sample_ids, test_fraction, seed)
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
@@ -121,8 +123,12 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
         for k, (split, rows) in enumerate((("train", np.flatnonzero(~test)),
                                            ("test", np.flatnonzero(test)))):
             if len(rows) == 0:
-                raise DataError(f"the {split} split is empty ({n} samples, test_fraction "
-                                f"{test_fraction}); give more samples or another fraction")
+                many = (f"{n} samples" if group_of is None else f"{n} samples in "
+                        f"{len(set(group_of))} groups, each wholly in one split")
+                raise DataError(f"the {split} split is empty ({many}, test_fraction "
+                                f"{test_fraction}); give more samples"
+                                f"{'' if group_of is None else ' or groups'} or another "
+                                "fraction")
             step(f"writing {split} ({len(rows):,} samples)", k)
             chunks = _chunks(rows, sample_ids, arrays, cols, row_group_size, modalities)
             paths[split] = write_site_table_batches(stage / f"{split}.parquet", chunks,
@@ -138,6 +144,9 @@ def _load_groups(path: str | os.PathLike, n: int) -> list[str]:
         groups = load_ids(path)
     except DataError as err:  # read as ids are: say what they were read as
         raise DataError(str(err).replace("sample ids", "group ids")) from None
+    if "" in groups:
+        raise DataError(f"{path}: line {groups.index('') + 1} is blank; one group id per "
+                        "row of the arrays")
     if len(groups) != n:
         raise DataError(f"{path}: {len(groups)} group ids, the arrays have {n} rows; "
                         f"give one group id (e.g. the trial) per row, in row order")
@@ -278,12 +287,20 @@ def _check_labels(cols: dict, label_paths: Mapping, ids: list[str]) -> None:
                             f"or -1 for unknown")
 
 
-def _check_unique(ids: list[str], id_path) -> None:
+def _check_ids(ids: list[str], id_path) -> None:
+    """Every id as a site file needs it (``store_format.id_problem``) and unique, named
+    by its line in a text ids file, else by its row: found here, not later as a row of
+    a split in a staging folder that is gone by the time the user reads the error."""
+    text = id_path is not None and Path(id_path).suffix != ".npy"
+    place = (lambda row: f"line {row + 1}") if text else (lambda row: f"row {row}")
     first: dict[str, int] = {}
     for row, i in enumerate(ids):
+        problem = "is empty (a blank line?)" if i == "" else id_problem(i)
+        if problem:
+            raise DataError(f"{id_path}: {place(row)}: sample id {show(i)} {problem}")
         if i in first:
-            raise DataError(f"{id_path or 'row numbers'}: sample id {i!r} at rows "
-                            f"{first[i]} and {row}; ids must be unique")
+            raise DataError(f"{id_path or 'row numbers'}: sample id {i!r} at "
+                            f"{place(first[i])} and {place(row)}; ids must be unique")
         first[i] = row
 
 
