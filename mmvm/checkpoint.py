@@ -1,13 +1,29 @@
-"""Checkpoints that are never half-written (through :func:`mmvm.atomic.atomic_write`)."""
+"""Checkpoints that are never half-written (through :func:`mmvm.atomic.atomic_write`),
+and the files a centralized run folder holds with its checkpoint.
+
+``mmvm train`` writes ``checkpoint.pt`` and, right after it and from it,
+``config.json`` and ``metrics.csv`` (:func:`save_run`): the three describe one model.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmvm.atomic import atomic_write
+
+METRIC_FIELDS = ["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"]
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.csv")  # what mmvm train writes
+# what resuming needs; a federated run's checkpoint has no optimizer (MODEL_KEYS)
+STATE_KEYS = ("config", "model", "optimizer", "epoch", "step", "history")
+MODEL_KEYS = ("config", "model")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -16,11 +32,93 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint; a missing file raises FileNotFoundError, a corrupt one ValueError."""
+    """Load a checkpoint; a missing file raises FileNotFoundError, a corrupt one ValueError.
+
+    Only tensors and plain data are unpickled (``weights_only``): a file holding other
+    Python objects is refused, never loaded, since loading those can run code.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupted or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read: {err}") from err
+    except OSError:  # not the file's fault (permission, I/O): said as such
+        raise
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # torch's text advises an unsafe load
+            raise ValueError(f"checkpoint {path} cannot be read: it holds Python objects "
+                             "other than tensors and plain data, which mmvm does not load "
+                             "(loading them could run code)") from None
+        raise ValueError(_unreadable(path)) from None
+    except Exception:  # foreign, corrupted or cut short; torch's text says nothing more
+        raise ValueError(_unreadable(path)) from None
+
+
+def _unreadable(path: Path) -> str:
+    return (f"checkpoint {path} cannot be read: it is not a torch checkpoint, or it is "
+            "truncated (a partial copy or download)")
+
+
+def training_state(path: Path, map_location: str | torch.device = "cpu",
+                   keys: tuple[str, ...] = STATE_KEYS) -> dict[str, Any]:
+    """A run's checkpoint holding ``keys`` (default: all a resume needs); ValueError
+    for a file that cannot be read or holds something else (e.g. a coherence
+    judge's, or a federated run's for a resume)."""
+    state = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
+    if missing or not isinstance(state["config"], dict):
+        what = ", ".join(missing) or "a config (a table)"
+        kind = "a training checkpoint to resume" if keys == STATE_KEYS else "a run's model"
+        raise ValueError(f"checkpoint {path} is not {kind} (it has no {what})")
+    return state
+
+
+def check_run_folder(folder: Path, names: tuple[str, ...] = RUN_FILES,
+                     key: str = "train.out_dir", elsewhere: bool = True) -> None:
+    """Refuse, before any work, a run folder that cannot take the files ``names``: a
+    file where the folder (or a folder above it) should be, one of ``names`` that is
+    a folder, a folder this user may not write in. ``key`` is the setting or option
+    that gave the folder; ``elsewhere``: advise choosing another."""
+    other = f"; choose another {key}" if elsewhere else ""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the deepest part of the path that is there
+    if not existing.is_dir():
+        raise ValueError(f"{key} = {folder}: {existing} is a file, not a folder{other}")
+    if existing == folder:
+        for name in names:
+            path = folder / name
+            if path.exists() and not path.is_file():
+                raise ValueError(f"{path} is a folder (or another non-file) where the run's "
+                                 f"{name} goes; move it away{other.replace(';', ' or')}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"no permission to write in {existing} ({key} = {folder}){other}")
+
+
+def save_run(out_dir: Path, state: dict[str, Any]) -> None:
+    """The checkpoint, then config.json and metrics.csv from it (each atomically): a
+    stop in between leaves the checkpoint, from which a resume rewrites the two."""
+    save_checkpoint(out_dir / "checkpoint.pt", state)
+    write_companions(out_dir, state)
+
+
+def write_companions(out_dir: Path, state: dict[str, Any]) -> None:
+    """config.json and metrics.csv as the checkpoint ``state`` says (a file already
+    so is left untouched)."""
+    _write_if_changed(out_dir / "config.json", json.dumps(state["config"], indent=2).encode())
+    _write_if_changed(out_dir / "metrics.csv", _metrics_csv(state["history"]))
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if not (path.is_file() and path.read_bytes() == data):
+        atomic_write(path, data)
+
+
+def _metrics_csv(history: list[dict[str, float]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue().encode()

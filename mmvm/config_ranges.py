@@ -1,9 +1,13 @@
 """Value ranges of the experiment config, checked after types: a bad value fails at
 load time (naming the key) instead of deep inside training (``checkpoint_every = 0``
-divided by zero)."""
+divided by zero, ``beta = inf`` a loss of inf at step 0, ``out_dir = ""`` a checkpoint
+written over the current folder's)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +29,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
     "train.num_threads": (lambda v: v >= 0, ">= 0"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "train.out_dir": (lambda v: bool(v.strip()),
+                      "a folder, e.g. \"runs/my-run\" (an empty one would write the "
+                      "run's checkpoint.pt into the current folder)"),
     "eval.probe_train": (lambda v: v >= 1, ">= 1"),
     "eval.classifier_epochs": (lambda v: v >= 0, ">= 0"),
     "eval.classifier_shift": (lambda v: v >= 0, ">= 0"),
@@ -34,13 +41,45 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
 }
 
+# the devices mmvm.training.resolve_device knows (as a site's node config's `device`)
+DEVICES = "auto, cpu, cuda, cuda:<n> or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def device_problem(name: str) -> str | None:
+    """``"'tpu' is not a device; choose ..."`` when ``name`` is not one of
+    :data:`DEVICES` (spelled exactly so: torch refuses ``CPU``), else None."""
+    if _DEVICE.fullmatch(name):
+        return None
+    near = name.strip().lower()
+    hint = f"; did you mean {near!r}?" if _DEVICE.fullmatch(near) else ""
+    return f"{name!r} is not a device; choose {DEVICES}{hint}"
+
 
 def range_problem(cfg) -> str | None:
     """``"train.lr must be > 0, got 0.0"`` for the first value of ``cfg`` (an
-    :class:`mmvm.config.ExperimentConfig`) out of its range, or None."""
+    :class:`mmvm.config.ExperimentConfig`) that is not finite or out of its range, or
+    an unknown ``train.device``; None when all are fine."""
+    problem = _non_finite(cfg)
+    if problem:
+        return problem
     for key, (ok, requirement) in RANGES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if not ok(value):
             return f"{key} must be {requirement}, got {value!r}"
+    device = device_problem(cfg.train.device)
+    return f"train.device = {device}" if device else None
+
+
+def _non_finite(cfg) -> str | None:
+    """The first float setting that is inf or nan (TOML reads ``inf`` and ``nan``;
+    ``beta = inf`` passes ``>= 0`` and ``scale = nan`` every comparison)."""
+    tables = [(name, getattr(cfg, name)) for name in ("data", "model", "train", "eval")]
+    tables += [(f"model.modalities.{m.name}", m) for m in cfg.model.modalities]
+    for prefix, table in tables:
+        for f in dataclasses.fields(table):
+            value = getattr(table, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{prefix}.{f.name} must be a finite number, got {value!r}"
     return None

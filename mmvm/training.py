@@ -5,13 +5,15 @@ One Adam optimiser over all modalities' parameters; batches from
 local ``epoch_batches_grouped``) and noise from ``mmvm.noise.step_noise``, so a run is a
 deterministic function of its config. After every ``checkpoint_every`` epochs the
 model, optimiser and counters are written atomically to ``<out_dir>/checkpoint.pt``;
-a rerun with the same config resumes from there. Per-epoch metrics go to
-``<out_dir>/metrics.csv``.
+a rerun with the same config resumes from there. Right after each checkpoint (never
+before) ``config.json`` and ``metrics.csv`` (one row per epoch) are written from it, so
+the three always describe one model: a run that fails or is stopped before its first
+checkpoint (``resume=False`` over an earlier run included) leaves the folder as it was,
+and a resume rewrites the two from the checkpoint it resumes.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -24,16 +26,20 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from mmvm import accel
-from mmvm.atomic import atomic_write
-from mmvm.checkpoint import load_checkpoint, save_checkpoint
+from mmvm.checkpoint import (
+    MODEL_KEYS,
+    check_run_folder,
+    save_run,
+    training_state,
+    write_companions,
+)
 from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
+from mmvm.config_ranges import device_problem
 from mmvm.model import MultimodalVAE
 from mmvm.noise import aux_noise, step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
 from mmvm.progress import progress_bar
 from mmvm.schedule import epoch_batches, epoch_batches_grouped
-
-METRIC_FIELDS = ["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -41,11 +47,22 @@ class TrainingDivergedError(RuntimeError):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
+    """``auto`` picks CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:<n>`` and
+    ``mps`` are taken as named, once this machine has them (ValueError otherwise)."""
+    problem = device_problem(name)
+    if problem:
+        raise ValueError(problem)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device {name!r} requested but this machine has {count} CUDA "
+                         f"device{'s' * (count != 1)} (cuda:0 to cuda:{count - 1})")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but Apple's MPS is not available on this "
+                         "machine; use cpu or auto")
     return torch.device(name)
 
 
@@ -164,12 +181,15 @@ def train(
     resume: bool = True,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``train_set`` for ``cfg.train.epochs`` epochs.
 
-    ``log`` (e.g. ``print``) is told when a checkpoint is resumed. The progress bar
-    shows the running mean loss of the epoch so far, which at the epoch's end is the
-    epoch's ``loss`` in metrics.csv.
+    ``log`` (e.g. ``print``) is told when a checkpoint is resumed; ``on_checkpoint``
+    is called with the epoch after each checkpoint (with its config.json and
+    metrics.csv) is written. The progress bar shows the running mean loss of the
+    epoch so far, which at the epoch's end is the epoch's ``loss`` in metrics.csv.
+    Nothing is written before the first checkpoint.
     """
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -177,9 +197,11 @@ def train(
     names = list(getattr(train_set, "names", cfg_names))
     if names != cfg_names:
         raise ValueError(f"dataset modalities {names} differ from the config's {cfg_names}")
+    if len(train_set) == 0:
+        raise ValueError("the training data has no samples; training needs at least one")
     device = resolve_device(cfg.train.device)
     out_dir = Path(cfg.train.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out_dir)
     model = accel.prepare(build_model(cfg).to(device), channels_last=cfg.train.channels_last,
                           compile=cfg.train.compile)
     optimizer = accel.adam(model.parameters(), cfg.train.lr, cfg.train.adam)
@@ -191,10 +213,11 @@ def train(
     start_epoch, step, history = 0, 0, []
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.is_file():
-        start_epoch, step, history = _resume(ckpt_path, cfg, model, optimizer)
+        state = _resume(ckpt_path, cfg, model, optimizer)
+        start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
+        write_companions(out_dir, state)  # whatever an earlier run left: this model's
         if log is not None and start_epoch < cfg.train.epochs:
             log(f"resuming from epoch {start_epoch} of {cfg.train.epochs} ({ckpt_path})")
-    atomic_write(out_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2).encode())
 
     n, b = len(train_set), cfg.train.batch_size
     n_batches = math.ceil(n / b) - (n > b and n % b == 1)  # as mmvm.schedule.cut cuts
@@ -218,9 +241,10 @@ def train(
             row = {"epoch": epoch + 1, "step": step, **{k: v / count for k, v in sums.items()},
                    "alpha": alpha_at(step), "seconds": time.perf_counter() - t0}
             history.append(row)
-            _write_metrics(out_dir / "metrics.csv", history)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-                save_checkpoint(ckpt_path, _state(cfg, model, optimizer, epoch + 1, step, history))
+                save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history))
+                if on_checkpoint is not None:
+                    on_checkpoint(epoch + 1)
     model.eval()
     return TrainResult(model=model, history=history, out_dir=out_dir, start_epoch=start_epoch)
 
@@ -238,15 +262,22 @@ def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "step": step,
-        "history": history,
+        "history": list(history),
     }
 
 
 _READ_ONLY_KEYS = ("streaming", "cache_row_groups")
 
 
-def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, int, list]:
-    state = load_checkpoint(path)
+def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked against ``cfg`` and loaded into ``model``
+    and ``optimizer``."""
+    try:
+        state = training_state(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; start over with `mmvm train --fresh` (the file is "
+                         "replaced when the new run's first checkpoint is written) or "
+                         "choose another train.out_dir") from None
     raw = {k: v for k, v in dict(state["config"]).items() if k != "source"}
     # keys a checkpoint predating them lacks take their defaults (the old behaviour)
     raw["data"] = {**dataclasses.asdict(DataConfig()), **raw.get("data", {})}
@@ -271,9 +302,18 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> tuple[int, i
             f"train.epochs = {cfg.train.epochs}; raise train.epochs, use another "
             "train.out_dir, or start over (mmvm train --fresh)"
         )
-    model.load_state_dict(state["model"])
+    _load_weights(model, state, path)
     accel.load_optimizer_state(optimizer, state["optimizer"])
-    return state["epoch"], state["step"], list(state["history"])
+    return state
+
+
+def _load_weights(model: MultimodalVAE, state: dict[str, Any], path: Path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # the weights do not fit the model its config builds
+        first = str(err).splitlines()[0]
+        raise ValueError(f"checkpoint {path}: its weights do not fit the model its "
+                         f"config describes ({first})") from None
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
@@ -297,21 +337,12 @@ def load_trained_model(run_dir: str | Path, device: str = "cpu") -> tuple[Multim
     """Model and plain-dict config from a run folder's checkpoint."""
     from mmvm.config import config_from_dict
 
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+    path = Path(run_dir) / "checkpoint.pt"
+    state = training_state(path, map_location=device, keys=MODEL_KEYS)
     raw = dict(state["config"])
     raw.pop("source", None)
     cfg = config_from_dict(raw, source=str(run_dir))
     model = MultimodalVAE(cfg.model.modalities, cfg.model.latent_dim,
                           private_dim=cfg.model.private_dim)
-    model.load_state_dict(state["model"])
+    _load_weights(model, state, path)
     return model.to(device).eval(), state
-
-
-def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write(path, buf.getvalue().encode())

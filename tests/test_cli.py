@@ -221,3 +221,40 @@ def test_train_with_a_modality_the_data_lacks(tiny_polymnist, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "mmvm train: error:" in err and "m3" in err
+
+
+# -------------------------------------------------- last resorts: OSError, Ctrl-C
+def _failing(monkeypatch, error: BaseException | None, afile: Path | None = None) -> None:
+    """`mmvm evaluate` raising ``error``, or (None) writing under the file ``afile``."""
+    import mmvm.cli.evaluate as evaluate
+
+    def run(args):
+        if error is None:  # the OS's own NotADirectoryError, with its path
+            (afile / "eval.json").write_text("{}")
+        else:
+            raise error
+
+    monkeypatch.setattr(evaluate, "run", run)
+
+
+@pytest.mark.parametrize("error, said", [
+    (IsADirectoryError(21, "Is a directory", "runs/x/eval.json"),
+     "mmvm evaluate: error: Is a directory: runs/x/eval.json"),
+    (PermissionError(13, "Permission denied", "runs/x/.eval.tmp", None, "runs/x/eval.json"),
+     "mmvm evaluate: error: Permission denied: runs/x/.eval.tmp -> runs/x/eval.json"),
+    (FileExistsError("runs/x/eval.json exists; pass --force"),
+     "mmvm evaluate: error: runs/x/eval.json exists; pass --force"),
+    (KeyboardInterrupt(), "mmvm evaluate: interrupted"),
+])
+def test_an_uncaught_os_error_or_ctrl_c_is_one_line(monkeypatch, capsys, error, said):
+    _failing(monkeypatch, error)
+    assert main(["evaluate"]) == (130 if isinstance(error, KeyboardInterrupt) else 2)
+    assert capsys.readouterr().err == said + "\n"
+
+
+def test_a_real_os_error_names_the_path(monkeypatch, capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    _failing(monkeypatch, None, tmp_path / "afile")
+    assert main(["evaluate"]) == 2
+    assert capsys.readouterr().err == (f"mmvm evaluate: error: Not a directory: "
+                                       f"{tmp_path / 'afile' / 'eval.json'}\n")

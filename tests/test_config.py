@@ -232,6 +232,53 @@ def test_invalid_values_raise_naming_what(item, match):
     assert str(POLYMNIST) in str(info.value)
 
 
+@pytest.mark.parametrize("item, key, value", [
+    ("train.beta=inf", "train.beta", "inf"),  # passed ">= 0", then a loss of inf at step 0
+    ("train.beta=nan", "train.beta", "nan"),
+    ("train.lr=inf", "train.lr", "inf"),
+    ("train.grad_clip=inf", "train.grad_clip", "inf"),
+    ("train.alpha=nan", "train.alpha", "nan"),
+    ("model.modalities.m0.scale=nan", "model.modalities.m0.scale", "nan"),  # no comparison fails
+    ("model.modalities.m1.weight=inf", "model.modalities.m1.weight", "inf"),
+    ("eval.classifier_rotate=nan", "eval.classifier_rotate", "nan"),
+    ("train.lr=-inf", "train.lr", "-inf"),
+])
+def test_non_finite_float_settings_are_refused_at_load(item, key, value):
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, [item])
+    assert str(info.value) == (f"{POLYMNIST}, override {item!r}: {key} must be a finite "
+                               f"number, got {value}")
+
+
+@pytest.mark.parametrize("item", ['train.out_dir=""', "train.out_dir=", 'train.out_dir="  "'])
+def test_an_empty_out_dir_is_refused(item):
+    """An empty train.out_dir wrote the run into the current folder, over a
+    checkpoint.pt there."""
+    with pytest.raises(ConfigError, match=r"train\.out_dir must be a folder, e\.g\. "
+                       r"\"runs/my-run\" \(an empty one would write the run's checkpoint\.pt "
+                       r"into the current folder\)"):
+        load_config(POLYMNIST, [item])
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_device_names_mmvm_knows_load(device):
+    """Whether this machine has the device is asked when training starts, not here
+    (a config is written on one machine and trained on another)."""
+    assert load_config(POLYMNIST, [f'train.device="{device}"']).train.device == device
+
+
+@pytest.mark.parametrize("device, hint", [
+    ("tpu", ""), ("CPU", "; did you mean 'cpu'?"), ("Cuda:1", "; did you mean 'cuda:1'?"),
+    ("cuda:", ""), ("cuda:one", ""), (" cpu", "; did you mean 'cpu'?"), ("", ""),
+])
+def test_unknown_device_names_are_refused_at_load(device, hint):
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, [f'train.device="{device}"'])
+    assert str(info.value).endswith(
+        f"train.device = {device!r} is not a device; choose auto, cpu, cuda, cuda:<n> or "
+        f"mps{hint}")
+
+
 def test_missing_required_shape_is_a_config_error():
     with pytest.raises(ConfigError, match=r"model\.modalities\.x.*shape"):
         load_config(POLYMNIST, ['model.modalities.x.kind="vector"'])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 
@@ -13,11 +14,11 @@ import torch
 import mmvm.atomic as atomic
 import mmvm.checkpoint as checkpoint
 import mmvm.training as training
+from mmvm.checkpoint import METRIC_FIELDS
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.objectives import LossTerms
 from mmvm.training import (
-    METRIC_FIELDS,
     TrainingDivergedError,
     load_trained_model,
     resolve_device,
@@ -350,12 +351,30 @@ def test_training_on_a_corrupted_checkpoint_raises_clearly(tmp_path, data):
 # ------------------------------------------------------------------------------ device
 def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
     for name in ("cuda", "cuda:1"):
         with pytest.raises(ValueError, match=rf"device '{name}' requested but CUDA is not "
                                              r"available"):
             resolve_device(name)
+    with pytest.raises(ValueError, match=r"device 'mps' requested but Apple's MPS is not "
+                       r"available on this machine; use cpu or auto"):
+        resolve_device("mps")
+    for name, hint in (("tpu", ""), ("CPU", "; did you mean 'cpu'?")):
+        with pytest.raises(ValueError) as info:
+            resolve_device(name)
+        assert str(info.value) == (f"{name!r} is not a device; choose auto, cpu, cuda, "
+                                   f"cuda:<n> or mps{hint}")
+
+
+def test_resolve_device_names_the_cuda_devices_there_are(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"device 'cuda:2' requested but this machine has 2 "
+                       r"CUDA devices \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")
 
 
 def test_bf16_autocast_and_channels_last_train_and_stay_close(tmp_path, data):
@@ -371,3 +390,135 @@ def test_bf16_autocast_and_channels_last_train_and_stay_close(tmp_path, data):
     with pytest.raises(ValueError, match="fp16' needs CUDA"):
         train(_cfg(tmp_path / "fp16", epochs=1, amp="fp16", device="cpu"), data,
               show_progress=False)
+
+
+# ------------------------------------------------------- the run folder, one model
+def _blobs(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _interrupt_at(monkeypatch, call: int):
+    """Ctrl-C in the ``call``-th training step (1-based)."""
+    real, calls = training.train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", step)
+
+
+def test_config_and_metrics_are_written_with_each_checkpoint_and_agree(tmp_path, data,
+                                                                       monkeypatch):
+    """checkpoint_every = 2 over 3 epochs: the files appear with the epoch-2
+    checkpoint, not before, and each time say what the checkpoint says."""
+    seen = []
+
+    run = tmp_path / "run"
+
+    def check(epoch):
+        state = checkpoint.load_checkpoint(run / "checkpoint.pt")
+        rows = _read_metrics(run / "metrics.csv")
+        assert [int(r["epoch"]) for r in rows] == list(range(1, epoch + 1)) and \
+            state["epoch"] == epoch
+        assert [float(r["loss"]) for r in rows] == [h["loss"] for h in state["history"]]
+        assert json.loads((run / "config.json").read_text()) == \
+            json.loads(json.dumps(state["config"]))  # tuples as lists
+        seen.append(epoch)
+
+    calls = {"n": 0}
+    real = training.train_step
+
+    def step(*args, **kwargs):  # after epoch 1 (3 steps) nothing is written yet
+        calls["n"] += 1
+        if calls["n"] == 4:
+            assert not run.exists()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", step)
+    train(_cfg(tmp_path / "run", epochs=3, checkpoint_every=2), data, show_progress=False,
+          on_checkpoint=check)
+    assert seen == [2, 3] and calls["n"] == 9
+
+
+def test_a_fresh_run_stopped_before_its_first_checkpoint_leaves_the_old_run_whole(
+        tmp_path, data, monkeypatch):
+    train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    before = _blobs(tmp_path)
+    _interrupt_at(monkeypatch, 2)  # Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, epochs=2, beta=4.0), data, resume=False, show_progress=False)
+    assert _blobs(tmp_path) == before
+    monkeypatch.undo()
+    _nan_after(monkeypatch, 1)  # diverges in its first epoch
+    with pytest.raises(TrainingDivergedError):
+        train(_cfg(tmp_path, epochs=2, lr=0.5), data, resume=False, show_progress=False)
+    assert _blobs(tmp_path) == before
+
+
+def test_a_fresh_run_replaces_the_three_files_together_at_its_first_checkpoint(
+        tmp_path, data, monkeypatch):
+    train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    _interrupt_at(monkeypatch, 5)  # epoch 2 of the fresh run: epoch 1 is checkpointed
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, epochs=2, beta=4.0), data, resume=False, show_progress=False)
+    state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["config"]["train"]["beta"] == 4.0
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["beta"] == 4.0
+    assert len(_read_metrics(tmp_path / "metrics.csv")) == 1
+
+
+def test_a_resume_rewrites_config_and_metrics_from_the_checkpoint(tmp_path, data):
+    """Whatever an earlier run left beside the checkpoint (an aborted run's rows, a
+    config of another model), a rerun puts back what the checkpoint says, even when
+    nothing is left to train."""
+    train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    right = _blobs(tmp_path)
+    (tmp_path / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n1,3,9,9,9,0,1\n")
+    (tmp_path / "config.json").write_text('{"model": {"method": "poe"}}')
+    again = train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    assert again.trained_epochs == 0 and _blobs(tmp_path) == right
+
+
+def test_nothing_is_written_for_empty_data_or_an_unusable_out_dir(tmp_path, data):
+    with pytest.raises(ValueError, match="the training data has no samples"):
+        train(_cfg(tmp_path / "run"), data.subset(np.arange(0)), show_progress=False)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"afile is a file, not a folder; choose another "
+                       r"train\.out_dir"):
+        train(_cfg(tmp_path / "afile"), data, show_progress=False)
+    (tmp_path / "run" / "checkpoint.pt").mkdir(parents=True)  # found before training
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is a folder .* where the run's "
+                       r"checkpoint\.pt goes"):
+        train(_cfg(tmp_path / "run"), data, show_progress=False)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_corrupted_checkpoint_advises_fresh_not_an_unsafe_load(tmp_path, data):
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError) as info:
+        train(_cfg(tmp_path), data, show_progress=False)
+    text = str(info.value)
+    assert text.startswith(f"checkpoint {tmp_path / 'checkpoint.pt'} cannot be read: it is "
+                           "not a torch checkpoint, or it is truncated")
+    assert "mmvm train --fresh" in text and "another train.out_dir" in text
+    assert "weights_only" not in text and "\n" not in text
+    fresh = train(_cfg(tmp_path, epochs=1), data, resume=False, show_progress=False)
+    assert fresh.trained_epochs == 1  # --fresh replaces it
+
+
+def test_a_federated_checkpoint_is_not_resumed(tmp_path, data):
+    """A federated run's checkpoint (no optimizer state) evaluates, but a resume
+    would go on without Adam's moments: refused, naming what is missing."""
+    train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["optimizer"]
+    checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match=r"is not a training checkpoint to resume \(it has "
+                       r"no optimizer\); start over with `mmvm train --fresh`"):
+        train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    model, _ = load_trained_model(tmp_path)
+    assert model.names == ["a", "b"]

@@ -41,13 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: its exit status; errors it expects (bad config, data, files)
+    and, as a last resort, any OSError are one line and exit 2; Ctrl-C exits 130."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, TrainingDivergedError) as err:
+    except (ConfigError, ValueError, TrainingDivergedError) as err:
         print(f"mmvm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file or folder the command could not use
+        print(f"mmvm {args.command}: error: {os_error_text(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmvm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def os_error_text(err: OSError) -> str:
+    """``Is a directory: runs/x/eval.json``: what went wrong and on which path (the
+    message alone when the error names none, e.g. our own FileNotFoundError)."""
+    if err.filename is None:
+        return str(err)
+    where = str(err.filename) if err.filename2 is None \
+        else f"{err.filename} -> {err.filename2}"
+    return f"{err.strerror or type(err).__name__}: {where}"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:

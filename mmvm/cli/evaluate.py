@@ -1,19 +1,19 @@
 """mmvm evaluate: probes, coherence and reconstruction of a trained run.
 
-The run's checkpoint fixes the model and the method; the config gives the data and the
-[eval] settings (eval.labels and eval.metric: per-label probes, e.g. AUROC per
-CheXpert finding): with --run and no --config, the run's own (the data it trained on,
-a simulated federated run's too; a deployment's stayed at the sites: give
---set data.root=<folder>), with --set on top; with --config, that file's (a note says
-when its data is not the run's). Coherence runs when the data has a data.label column;
-labels are joined by sample id across the site files, so a modality whose own file
-has none is judged by the labels the others hold, and one with no labelled sample is
-left out of the probes and coherence with a warning. Writes <run>/eval.json (its
-"settings": the [eval] and data settings this evaluation used; an earlier one is kept
-as eval.<its time>.json; its "chance": the test labels' majority-class rate, the floor
-of every accuracy; its "warnings": coherence not to trust, also printed) and
-<run>/generations.png and prints a table. The judges of coherence show a progress bar
-while they train, on a terminal (--no-progress: never).
+The run's checkpoint fixes the model and the method (a --set of model.* or train.* is
+ignored, with a note); the config gives the data and the [eval] settings (eval.labels
+and eval.metric: per-label probes, e.g. AUROC per CheXpert finding): with --run and no
+--config, the run's own (the data it trained on, a simulated federated run's too; a
+deployment's stayed at the sites: give --set data.root=<folder>), with --set on top;
+with --config, that file's (a note says when its data is not the run's). Coherence runs
+when the data has a data.label column; labels are joined by sample id across the site
+files, so a modality whose own file has none is judged by the labels the others hold,
+and one with no labelled sample is left out of the probes and coherence with a warning.
+Writes <run>/eval.json (its "settings": the [eval] and data settings this evaluation
+used; an earlier one is kept as eval.<its time>.json; its "chance": the test labels'
+majority-class rate, the floor of every accuracy; its "warnings": coherence not to
+trust, also printed) and <run>/generations.png and prints a table. The judges of
+coherence show a progress bar while they train, on a terminal (--no-progress: never).
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmvm.cli import MAIN_JOB_CONFIG, add_config_arguments
+
+if TYPE_CHECKING:
+    import torch
 
 
 def register(subparsers) -> None:
@@ -35,7 +39,8 @@ def register(subparsers) -> None:
                    help="run folder holding checkpoint.pt (default: the config's "
                    "train.out_dir). Without --config: the run's own config, so its own "
                    f"data; without either: {MAIN_JOB_CONFIG}")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:<n> | mps (default: auto)")
     p.add_argument("--no-coherence", action="store_true",
                    help="skip coherence (no classifiers are trained or loaded)")
     p.add_argument("--no-plot", action="store_true", help="do not write generations.png")
@@ -51,14 +56,12 @@ def run(args: argparse.Namespace) -> int:
     from mmvm.config import config_from_dict, load_config
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run, evaluated_with
-    from mmvm.training import load_trained_model, resolve_device
+    from mmvm.training import load_trained_model
 
     own = args.config is None and args.run is not None  # the run's own config
     cfg = None if own else load_config(args.config or MAIN_JOB_CONFIG, args.overrides)
     run_dir = Path(args.run or cfg.train.out_dir)
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise FileNotFoundError(no_checkpoint(run_dir))
-    device = resolve_device(args.device)
+    device = preflight(args, run_dir)
     model, state = load_trained_model(run_dir, device=str(device))
     # the run decides model and method; the command line the data and eval sizes
     raw = dict(state["config"])
@@ -113,6 +116,39 @@ def run(args: argparse.Namespace) -> int:
                                method=cfg.model.method)
         print(f"wrote {grid}")
     return 0
+
+
+def preflight(args: argparse.Namespace, run_dir: Path) -> torch.device:
+    """Before any work: the checkpoint is there, eval.json (and generations.png) can be
+    written, the device exists; a note for --set the run ignores. Returns the device."""
+    from mmvm.checkpoint import check_run_folder
+    from mmvm.training import resolve_device
+
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(no_checkpoint(run_dir))
+    check_run_folder(run_dir, ("eval.json",) + ("generations.png",) * (not args.no_plot),
+                     key="--run" if args.run else "train.out_dir", elsewhere=False)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise ValueError(f"--device {args.device}: {err}") from None
+    note = ignored_overrides(args.overrides, run_dir, args.run is None)
+    if note:
+        print(note)
+    return device
+
+
+def ignored_overrides(overrides: list[str], run_dir: Path, picks_run: bool) -> str | None:
+    """A note naming each ``--set`` of model.* or train.*, which the run's checkpoint
+    fixes (``train.out_dir`` picks the run when --run is not given), or None."""
+    ignored = [item for item in overrides
+               if (key := item.split("=", 1)[0].strip()).startswith(("model.", "train."))
+               and not (key == "train.out_dir" and picks_run)]
+    if not ignored:
+        return None
+    return (f"note: ignored --set {', '.join(ignored)}: the model and how it was trained "
+            f"(model.*, train.*) are the run's, from {run_dir / 'checkpoint.pt'}; "
+            "evaluate takes data.* and eval.* settings")
 
 
 def no_checkpoint(run_dir: Path) -> str:

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 from mmvm.cli import MAIN_JOB_CONFIG, add_config_arguments
 
 if TYPE_CHECKING:
+    from mmvm.config import ExperimentConfig
+    from mmvm.data.dataset import MultimodalDataset
+    from mmvm.data.streaming import StreamingDataset
     from mmvm.training import TrainResult
 
 
@@ -25,17 +28,51 @@ def register(sub: argparse._SubParsersAction) -> None:
         "loading it whole.")
     add_config_arguments(p, MAIN_JOB_CONFIG)
     p.add_argument("--fresh", action="store_true",
-                   help="ignore an existing checkpoint in train.out_dir and start over")
+                   help="ignore an existing checkpoint in train.out_dir and start over "
+                   "(the earlier run stays whole until the new run's first checkpoint; "
+                   "then its eval.json and pictures are kept under their time)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmvm.checkpoint import check_run_folder
     from mmvm.config import load_config
-    from mmvm.data import check_data_fits, open_dataset
-    from mmvm.training import TrainingDivergedError, train
+    from mmvm.training import TrainingDivergedError, resolve_device, train
 
     cfg = load_config(args.config, args.overrides)
+    out_dir = Path(cfg.train.out_dir)
+    check_run_folder(out_dir)  # before any work: where the results go, and on what
+    resolve_device(cfg.train.device)
+    data = training_data(cfg)
+    saved: list[int] = []  # epochs this call checkpointed
+
+    def checkpointed(epoch: int) -> None:
+        saved.append(epoch)
+        _set_aside_stale_outputs(out_dir)  # the run's first checkpoint replaced the old
+
+    try:
+        result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress,
+                       log=print, on_checkpoint=checkpointed)
+    except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback
+        print(f"mmvm train: error: {err} ({left_behind(out_dir, saved, args.fresh)})",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback, and what is safe
+        print(f"mmvm train: interrupted; {left_behind(out_dir, saved, args.fresh)}"
+              f"{resume_hint(out_dir, saved, args.fresh)}", file=sys.stderr)
+        return 130
+    finally:  # also what an earlier, killed run left older than its checkpoint
+        _set_aside_stale_outputs(out_dir)
+    print(summary(result, cfg.model.method))
+    return 0
+
+
+def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset:
+    """The train split the config names, checked: there, fitting the modalities, not
+    empty (each problem names the files)."""
+    from mmvm.data import check_data_fits, open_dataset
+
     paths = cfg.data.files("train")
     names = [m.name for m in cfg.model.modalities]
     for path in paths:
@@ -44,32 +81,59 @@ def run(args: argparse.Namespace) -> int:
                                     f"{_how_to_make(names, cfg.source, cfg.data.root, path)}")
     check_data_fits(cfg.model.modalities, paths, cfg.source)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
+    if len(data) == 0:
+        raise ValueError(f"no samples to train on: {', '.join(map(str, paths))} "
+                         f"{'has' if len(paths) == 1 else 'have'} no rows; make the data "
+                         "again or set data.root to a folder with samples")
     if len(paths) > 1:
         print(joined_line(data, len(paths)))
-    try:
-        result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress,
-                       log=print)
-    except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback
-        print(f"mmvm train: error: {err} (the last checkpoint in {cfg.train.out_dir}, "
-              "if any, is unchanged)", file=sys.stderr)
-        return 1
-    finally:  # also when interrupted after a checkpoint was written
-        _set_aside_stale_evaluation(Path(cfg.train.out_dir))
-    print(summary(result, cfg.model.method))
-    return 0
+    return data
 
 
-def _set_aside_stale_evaluation(run_dir: Path) -> None:
-    """An ``eval.json`` older than the run's checkpoint scored an earlier model: kept
-    under its time (as ``mmvm evaluate`` keeps earlier ones), so that ``mmvm report``
-    does not pair this run's config with those numbers."""
+def left_behind(out_dir: Path, saved: list[int], fresh: bool) -> str:
+    """What a stopped ``mmvm train`` left in ``out_dir``: its own last checkpoint,
+    an earlier run untouched, or nothing."""
+    if saved:
+        return f"the checkpoint of epoch {saved[-1]} in {out_dir} is intact"
+    if not (out_dir / "checkpoint.pt").is_file():
+        return f"no checkpoint was written; nothing of this run is in {out_dir}"
+    if fresh:
+        return (f"{out_dir} still holds the earlier run, untouched: --fresh replaces it "
+                "only when the new run's first checkpoint is written")
+    return f"the last checkpoint in {out_dir} is unchanged"
+
+
+def resume_hint(out_dir: Path, saved: list[int], fresh: bool) -> str:
+    """How to go on after Ctrl-C: a rerun resumes a checkpoint of this config."""
+    if saved:
+        return f"; run the same command{' without --fresh' if fresh else ''} to resume from it"
+    if (out_dir / "checkpoint.pt").is_file() and not fresh:
+        return "; a re-run resumes from it"
+    return ""
+
+
+def _set_aside_stale_outputs(run_dir: Path) -> None:
+    """What scored or pictured an earlier model (eval.json, generations.png,
+    latents.png, curves.png older than the run's checkpoint) is kept under its time
+    (as ``mmvm evaluate`` keeps earlier evaluations), so that ``mmvm report`` does not
+    pair this run's config with it."""
     from mmvm.cli.evaluate import keep_earlier
+    from mmvm.reporting.collect import RUN_IMAGES
 
-    ev, ckpt = run_dir / "eval.json", run_dir / "checkpoint.pt"
-    if ev.is_file() and ckpt.is_file() and ev.stat().st_mtime < ckpt.stat().st_mtime:
-        kept = keep_earlier(ev)
-        print(f"the evaluation of the earlier checkpoint is now {kept.name}; "
-              f"`mmvm evaluate --run {run_dir}` scores this one")
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        return
+    made = ckpt.stat().st_mtime
+    for name in (*(f"{k}.png" for k in RUN_IMAGES), "eval.json"):
+        path = run_dir / name
+        if not (path.is_file() and path.stat().st_mtime < made):
+            continue
+        kept = keep_earlier(path)
+        if name == "eval.json":
+            print(f"the evaluation of the earlier checkpoint is now {kept.name}; "
+                  f"`mmvm evaluate --run {run_dir}` scores this one")
+        else:
+            print(f"{name} was made from the earlier checkpoint; it is now {kept.name}")
 
 
 def joined_line(data, files: int) -> str:

@@ -150,3 +150,100 @@ def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
                  "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
     assert len(list((tmp_path / "run").glob("eval.*-*.json"))) == 2  # each one kept
     assert json.loads(kept.read_text()) == res
+
+
+# ------------------------------------------------------ refused before any scoring
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch on the digit vectors: the data folder, its run in <data>/run."""
+    from mmvm.training import train
+
+    data = tmp_path_factory.mktemp("evaluate-data")
+    paths = digit_vectors(data)
+    train(vector_config(data, epochs=1), MultimodalDataset.from_parquet(paths["train"], NAMES),
+          show_progress=False)
+    return data
+
+
+def _run_copy(trained, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(trained / "run", tmp_path / "run"))
+
+
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """Fails the test if evaluate gets as far as scoring."""
+    import mmvm.evaluation
+
+    def scored(*args, **kwargs):
+        raise AssertionError("scored before refusing")
+
+    monkeypatch.setattr(mmvm.evaluation, "evaluate_run", scored)
+
+
+@pytest.mark.parametrize("name, flags", [("eval.json", ["--no-plot"]),
+                                         ("generations.png", [])])
+def test_an_output_that_is_a_folder_is_refused_before_scoring(trained, tmp_path, capsys,
+                                                               no_scoring, name, flags):
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    (run / name).mkdir()
+    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-coherence",
+                 *flags]) == 2
+    assert capsys.readouterr().err == (f"mmvm evaluate: error: {run / name} is a folder (or "
+                                       f"another non-file) where the run's {name} goes; "
+                                       "move it away\n")
+
+
+@pytest.mark.parametrize("device, said", [
+    ("tpu", "--device tpu: 'tpu' is not a device; choose auto, cpu, cuda, cuda:<n> or mps"),
+    ("mps", "--device mps: device 'mps' requested but Apple's MPS is not available on this "
+            "machine; use cpu or auto"),
+])
+def test_a_device_it_cannot_use_is_named_not_the_checkpoint(trained, capsys, monkeypatch,
+                                                            no_scoring, device, said):
+    from mmvm.cli import main
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert main(["evaluate", "--run", str(trained / "run"), "--device", device]) == 2
+    assert capsys.readouterr().err == f"mmvm evaluate: error: {said}\n"
+
+
+def test_a_corrupted_checkpoint_is_one_line(tmp_path, capsys):
+    from mmvm.cli import main
+
+    (tmp_path / "checkpoint.pt").write_text("garbage\n")
+    assert main(["evaluate", "--run", str(tmp_path), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        f"mmvm evaluate: error: checkpoint {tmp_path / 'checkpoint.pt'} cannot be read: it "
+        "is not a torch checkpoint, or it is truncated (a partial copy or download)\n")
+
+
+def test_a_set_of_the_model_is_noted_as_ignored(trained, tmp_path, capsys):
+    """The checkpoint fixes the model: --set model.latent_dim=16 would be silently
+    ignored; data.* and eval.* apply."""
+    import json
+
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-coherence",
+                 "--no-plot", "--set", "model.latent_dim=16", "--set", "train.beta=3",
+                 "--set", "data.max_test=40"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("note: ignored --set model.latent_dim=16, train.beta=3: the model and "
+                     "how it was trained (model.*, train.*) are the run's, from "
+                     f"{run / 'checkpoint.pt'}; evaluate takes data.* and eval.* settings")
+    result = json.loads((run / "eval.json").read_text())
+    assert result["n_test"] == 40 and result["beta"] == 1.0
+
+
+def test_train_out_dir_is_not_ignored_when_it_picks_the_run():
+    from mmvm.cli.evaluate import ignored_overrides
+
+    assert ignored_overrides(["train.out_dir=runs/a", "data.max_test=5"], Path("runs/a"),
+                             picks_run=True) is None
+    assert "ignored --set train.out_dir=runs/a:" in ignored_overrides(
+        ["train.out_dir=runs/a"], Path("runs/b"), picks_run=False)

@@ -1,0 +1,224 @@
+"""``mmvm train`` on real files: the run folder always describes one model (a --fresh
+run replaces the old one only with its first checkpoint; Ctrl-C and divergence leave
+what was there), and bad places, devices, checkpoints and data are one line, exit 2,
+before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import mmvm.training as training
+from mmvm.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+POLYMNIST = str(ROOT / "configs" / "polymnist.toml")
+
+
+def _args(root, out, *extra) -> list[str]:
+    """mmvm train on the tiny PolyMNIST look-alike: 1 epoch of 3 steps, narrow nets."""
+    sets = [f'data.root="{root}"', f'train.out_dir="{out}"', "train.epochs=1",
+            "train.batch_size=64", 'train.device="cpu"', "train.num_threads=1",
+            "model.latent_dim=8"] + [f"model.modalities.m{i}.width=4" for i in range(3)]
+    return ["train", "--config", POLYMNIST, "--no-progress",
+            *[a for s in sets for a in ("--set", s)], *extra]
+
+
+def _blobs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _evaluated(out: Path) -> None:
+    """What `mmvm evaluate` and `mmvm plot curves` leave after the checkpoint."""
+    (out / "eval.json").write_text('{"method": "mmvm"}')
+    (out / "generations.png").write_bytes(b"\x89PNG old generations")
+    (out / "curves.png").write_bytes(b"\x89PNG old curves")
+
+
+def _interrupt_at(monkeypatch, call: int) -> None:
+    """Ctrl-C in the ``call``-th training step (1-based)."""
+    real, calls = training.train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", step)
+
+
+def _method(out: Path) -> str:
+    return json.loads((out / "config.json").read_text())["model"]["method"]
+
+
+# ------------------------------------------------------------ one model per folder
+def test_a_fresh_run_replaces_the_old_one_only_with_its_first_checkpoint(
+        tiny_polymnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tiny_polymnist, out)) == 0
+    _evaluated(out)
+    before = _blobs(out)
+    capsys.readouterr()
+    # diverges before its first checkpoint: config.json, metrics.csv, all as they were
+    poe = ("--fresh", "--set", 'model.method="poe"')
+    assert main(_args(tiny_polymnist, out, *poe, "--set", "train.lr=1e30")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mmvm train: error: loss is ") and err.count("\n") == 1
+    assert err.rstrip().endswith(
+        f"({out} still holds the earlier run, untouched: --fresh replaces it only when the "
+        "new run's first checkpoint is written)")
+    assert _blobs(out) == before and _method(out) == "mmvm"
+    # trains: checkpoint, config.json and metrics.csv are the new model's; what scored
+    # or pictured the old one is kept under its time
+    assert main(_args(tiny_polymnist, out, *poe)) == 0
+    said = capsys.readouterr().out
+    assert _method(out) == "poe"
+    assert torch.load(out / "checkpoint.pt")["config"]["model"]["method"] == "poe"
+    assert not {"eval.json", "generations.png", "curves.png"} & set(os.listdir(out))
+    for name in ("eval.json", "generations.png", "curves.png"):
+        stem, suffix = name.split(".")
+        (kept,) = out.glob(f"{stem}.*-*.{suffix}")
+        assert kept.read_bytes() == before[name]
+        assert kept.name in said
+    assert "generations.png was made from the earlier checkpoint; it is now " \
+        "generations." in said
+
+
+def test_ctrl_c_is_one_line_and_leaves_one_model(tiny_polymnist, tmp_path, capsys,
+                                                 monkeypatch):
+    out = tmp_path / "run"
+    assert main(_args(tiny_polymnist, out)) == 0
+    _evaluated(out)
+    before = _blobs(out)
+    capsys.readouterr()
+    beta4 = ("--set", "train.beta=4", "--set", "train.epochs=2")
+    _interrupt_at(monkeypatch, 2)  # in the first epoch: no checkpoint of the new run yet
+    assert main(_args(tiny_polymnist, out, "--fresh", *beta4)) == 130
+    assert capsys.readouterr().err == (
+        f"mmvm train: interrupted; {out} still holds the earlier run, untouched: --fresh "
+        "replaces it only when the new run's first checkpoint is written\n")
+    assert _blobs(out) == before
+    monkeypatch.undo()
+    _interrupt_at(monkeypatch, 5)  # in epoch 2: epoch 1 is checkpointed
+    assert main(_args(tiny_polymnist, out, "--fresh", *beta4)) == 130
+    assert capsys.readouterr().err == (
+        f"mmvm train: interrupted; the checkpoint of epoch 1 in {out} is intact; run the "
+        "same command without --fresh to resume from it\n")
+    assert json.loads((out / "config.json").read_text())["train"]["beta"] == 4.0
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
+    assert not (out / "eval.json").exists() and len(list(out.glob("eval.*-*.json"))) == 1
+    monkeypatch.undo()
+    assert main(_args(tiny_polymnist, out, *beta4)) == 0  # as it said: resumes
+    assert capsys.readouterr().out.startswith(f"resuming from epoch 1 of 2 ({out}")
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130(tiny_polymnist, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmvm.cli", *_args(tiny_polymnist, out, "--set",
+                                                  "train.epochs=500")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.startswith("mmvm train: interrupted; the checkpoint of epoch ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.rstrip().endswith("run the same command to resume from it")
+
+
+# --------------------------------------------------------- refused before any work
+def test_an_out_dir_that_cannot_hold_the_run_is_refused_first(tiny_polymnist, tmp_path,
+                                                              capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        assert main(_args(tiny_polymnist, out)) == 2
+        assert capsys.readouterr().err == (
+            f"mmvm train: error: train.out_dir = {out}: {afile} is a file, not a folder; "
+            "choose another train.out_dir\n")
+    run = tmp_path / "run"
+    (run / "checkpoint.pt").mkdir(parents=True)
+    assert main(_args(tiny_polymnist, run)) == 2
+    assert capsys.readouterr().err == (
+        f"mmvm train: error: {run / 'checkpoint.pt'} is a folder (or another non-file) "
+        "where the run's checkpoint.pt goes; move it away or choose another "
+        "train.out_dir\n")
+    assert os.listdir(run) == ["checkpoint.pt"]  # no metrics.csv of a wasted training
+
+
+def test_an_empty_out_dir_is_refused_and_the_current_folders_checkpoint_kept(
+        tiny_polymnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"someone else's")
+    assert main(_args(tiny_polymnist, "")) == 2  # train.out_dir=""
+    assert "train.out_dir must be a folder" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"someone else's"
+
+
+@pytest.mark.parametrize("device, said", [
+    ("tpu", "train.device = 'tpu' is not a device; choose auto, cpu, cuda, cuda:<n> or mps"),
+    ("CPU", "train.device = 'CPU' is not a device; choose auto, cpu, cuda, cuda:<n> or "
+            "mps; did you mean 'cpu'?"),
+    ("mps", "device 'mps' requested but Apple's MPS is not available on this machine; "
+            "use cpu or auto"),
+    ("cuda:1", "device 'cuda:1' requested but CUDA is not available on this machine"),
+])
+def test_device_names_are_checked_before_anything_is_written(
+        tiny_polymnist, tmp_path, capsys, monkeypatch, device, said):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(_args(tiny_polymnist, out, "--set", f'train.device="{device}"')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmvm train: error: ") and err.count("\n") == 1
+    assert err.rstrip().endswith(said)
+    assert not out.exists()
+
+
+def test_a_corrupted_checkpoint_is_one_line_advising_fresh(tiny_polymnist, tmp_path,
+                                                           capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_text("garbage\n")
+    assert main(_args(tiny_polymnist, out)) == 2
+    err = capsys.readouterr().err
+    assert err == (f"mmvm train: error: checkpoint {out / 'checkpoint.pt'} cannot be read: it "
+                   "is not a torch checkpoint, or it is truncated (a partial copy or "
+                   "download); start over with `mmvm train --fresh` (the file is replaced "
+                   "when the new run's first checkpoint is written) or choose another "
+                   "train.out_dir\n")
+    assert os.listdir(out) == ["checkpoint.pt"]
+    assert main(_args(tiny_polymnist, out, "--fresh")) == 0  # as advised
+
+
+def test_a_train_file_without_rows_is_named_and_nothing_written(tiny_polymnist, tmp_path,
+                                                                capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    table = pq.read_table(tiny_polymnist / "train.parquet")
+    pq.write_table(table.slice(0, 0).replace_schema_metadata(table.schema.metadata),
+                   empty / "train.parquet")
+    out = tmp_path / "run"
+    assert main(_args(empty, out)) == 2
+    assert capsys.readouterr().err == (
+        f"mmvm train: error: no samples to train on: {empty / 'train.parquet'} has no "
+        "rows; make the data again or set data.root to a folder with samples\n")
+    assert not out.exists()
