@@ -143,7 +143,7 @@ def test_a_sites_own_encoder_after_a_federated_run(tiny_polymnist, tmp_path, cap
                  CONFIG, str(train), "--out", str(tmp_path / "x.parquet")]) == 2
     assert "use --run" in capsys.readouterr().err
     assert main([*args[:-3], "--out", str(train)]) == 2  # would replace its input
-    assert "is one of the data files" in capsys.readouterr().err
+    assert "is one of the input files" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
 
 

@@ -20,12 +20,19 @@ from pathlib import Path
 
 from mmvm.cli import console
 from mmvm.cli.data_common import (
+    add_force,
     add_quiet,
+    check_split_out,
     data_progress,
     handles,
+    old_layout,
     printable,
+    refuse_held,
+    remove_stale,
     report_paths,
+    site_files,
 )
+from mmvm.cli.outputs import check_folder_out, positive_int
 from mmvm.data.hippocampus_knobs import KNOBS as HC_KNOBS
 
 _PREPARE_HELP = {
@@ -82,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default); untranslated: the original PolyMNIST (digit 28x28 "
                         "in place); soft: untranslated on blurred, low-contrast "
                         "backgrounds, which minutes of CPU training learn")
+    add_force(p, "site files (.parquet), replacing train.parquet and test.parquet")
     add_quiet(p)
     handles(p, _make_polymnist)
     h = kinds.add_parser("hippocampus", help="hippocampus look-alike (5 rats' spike "
@@ -102,6 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--raw", action="store_true",
                    help="write the raw per-rat layout (for `data prepare hippocampus`)"
                         " instead of Parquet")
+    add_force(h, "site files (.parquet) or, with --raw, a raw layout, replacing the "
+                 "files written")
     add_quiet(h)
     handles(h, _make_hippocampus)
 
@@ -131,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         q.add_argument("src", help="dataset root folder")
         q.add_argument("--out", required=True, help="output folder")
         if name in ("mimic_cxr", "celeba", "cub"):
-            q.add_argument("--size", type=int, default=argparse.SUPPRESS,
+            q.add_argument("--size", type=positive_int, default=argparse.SUPPRESS,
                            help="output image side in pixels (default 64; "
                                 "paper: 224 for MIMIC-CXR)")
         if name in ("mimic_cxr", "hippocampus"):
@@ -198,6 +208,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--names", default="",
                     help="comma-separated site folder names, in the layout's order "
                          "(default site-<modality>, site-<k>, ...)")
+    add_force(sp, "a site layout (sites.json, or a folder of a site to write); the "
+                  "files the old sites.json lists that the new layout does not write "
+                  "are removed, and so are the old site folders they leave empty")
     handles(sp, _split)
 
     c = sub.add_parser("check", help="validate site files and summarise them",
@@ -215,6 +228,7 @@ def _make_polymnist(args: argparse.Namespace) -> int:
         if n is not None and n < 1:
             raise ValueError(f"--n-{split} {n}: a split needs at least 1 sample (an "
                              f"empty file can be neither trained nor evaluated on)")
+    _check_make_out(args)
     with data_progress(not args.quiet) as cb:
         paths = make_polymnist(args.out, args.seed, args.n_train, args.n_test,
                                args.digits_source, progress=cb, variant=args.variant)
@@ -233,6 +247,7 @@ def _size(text: str) -> tuple[int, int]:
 def _make_mimic_tree(args: argparse.Namespace) -> int:
     from mmvm.data.mimic_lookalike import make_mimic_tree
 
+    check_folder_out(args.out)
     out = make_mimic_tree(args.out, args.patients, args.size, args.seed)
     jpgs = sum(1 for _ in out.rglob("*.jpg"))
     print(f"wrote {out}: {jpgs} JPEGs, mimic-cxr-2.0.0-metadata.csv, "
@@ -245,6 +260,7 @@ def _make_hippocampus(args: argparse.Namespace) -> int:
     from mmvm.data.hippocampus import make_hippocampus, write_hippocampus_raw
 
     kwargs = {k: getattr(args, k) for k in _MAKE_HC_OPTIONS if hasattr(args, k)}
+    _check_make_out(args, raw=args.raw)
     if args.raw:
         kwargs.pop("test_fraction", None)  # the split happens at `data prepare`
         return report_paths(write_hippocampus_raw(args.out, **kwargs))
@@ -253,9 +269,19 @@ def _make_hippocampus(args: argparse.Namespace) -> int:
     return report_paths(paths)
 
 
+def _check_make_out(args: argparse.Namespace, raw: bool = False) -> None:
+    """``data make``'s --out: a folder, holding no data unless --force."""
+    out = check_folder_out(args.out)
+    if not args.force:
+        held = site_files(out) + (sorted(str(p.relative_to(out)) for p in out.glob(
+            "*/*.npy")) if raw and out.is_dir() else [])
+        refuse_held(out, held, "data files", "write over them")
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from mmvm.data.prepare import get_preparer
 
+    check_folder_out(args.out)
     kwargs = {k: getattr(args, k) for k in _PREPARE_OPTIONS if hasattr(args, k)}
     with data_progress(not args.quiet) as cb:
         paths = get_preparer(args.dataset)(args.src, args.out, progress=cb, **kwargs)
@@ -275,6 +301,7 @@ def _split(args: argparse.Namespace) -> int:
     from mmvm.data.store import read_site_meta
 
     # everything is checked before anything is written
+    check_folder_out(args.out)
     modalities = list(read_site_meta(args.files[0])["tensors"])
     for f in args.files[1:]:
         lacking = [m for m in modalities if m not in read_site_meta(f)["tensors"]]
@@ -294,9 +321,15 @@ def _split(args: argparse.Namespace) -> int:
                              f"{args.layout} layout's sites "
                              f"{[s.name for s in sites]}, got {names}")
         sites = [dataclasses.replace(s, name=n) for s, n in zip(sites, names, strict=True)]
-    written = split_sites(args.files, args.out, sites, missing=args.missing, seed=args.seed)
-    return report_paths({f"{site} {Path(f).stem}": f for site, files in written.items()
-                    for f in files.values()})
+    out = Path(args.out)
+    check_split_out(out, [s.name for s in sites], args.files, args.force)
+    old = old_layout(out) if args.force else {}
+    written = split_sites(args.files, out, sites, missing=args.missing, seed=args.seed)
+    report_paths({f"{site} {Path(f).stem}": f for site, files in written.items()
+                  for f in files.values()})
+    for note in remove_stale(out, old, written, args.files):
+        print(f"note: {note}")
+    return 0
 
 
 def check_file(path: str) -> dict:
@@ -304,6 +337,9 @@ def check_file(path: str) -> dict:
     file without rows, which training and evaluation cannot use)."""
     from mmvm.data.store import DataError, iter_site_batches, read_site_meta
 
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder; give its site files, e.g. "
+                        f"{Path(path) / '*.parquet'}")
     meta = read_site_meta(path)
     rows = 0
     for batch in iter_site_batches(path, None, batch_size=4096):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmvm.cli.data_common import add_quiet, data_progress, handles, report_paths
+from mmvm.cli.outputs import check_folder_out
 
 
 def add_arrays(names: argparse._SubParsersAction) -> None:
@@ -57,6 +58,7 @@ def _pairs(items: list[str], flag: str, default_key: str | None = None) -> dict[
 def _prepare_arrays(args: argparse.Namespace) -> int:
     from mmvm.data.prepare.arrays import config_snippet, prepare_arrays
 
+    check_folder_out(args.out)
     mods = _pairs(args.modality, "--modality")
     labels = {("label" if k == "label" else f"label.{k}"): v
               for k, v in _pairs(args.label, "--label", "label").items()}

@@ -1,13 +1,20 @@
-"""What the ``mmvm data`` actions share: their handler, ``--quiet``, the progress bar
-and the list of files written."""
+"""What the ``mmvm data`` actions share: their handler, ``--quiet``, ``--force``, the
+progress bar, the list of files written, and the checks of an --out folder that
+already holds data (refused unless --force; the library functions themselves write
+where they are told, as the federated simulation's first-use data needs)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
+from mmvm.cli.outputs import check_folder_out, same_file
 from mmvm.progress import progress_bar
+
+SITES_JSON = "sites.json"  # the index mmvm.data.sites.split_sites writes
 
 Progress = Callable[[str, int, int], None]  # (description, step, total)
 
@@ -46,3 +53,94 @@ def printable(text: str, keep: int = 0) -> str:
     drive the terminal), cut to ``keep`` characters when ``keep``."""
     out = "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
     return out if not keep or len(out) <= keep else out[:keep] + "..."
+
+
+def add_force(p: argparse.ArgumentParser, replaces: str) -> None:
+    """``--force``: write into an --out that holds ``replaces`` (refused without)."""
+    p.add_argument("--force", action="store_true",
+                   help=f"write into an --out that already holds {replaces}")
+
+
+def refuse_held(out: Path, held: Sequence[str], what: str, instead: str) -> None:
+    """Refuse ``out`` when it holds ``held`` (``what``, e.g. "site files"): nothing
+    is written over without ``--force`` (which would ``instead``)."""
+    if held:
+        shown = ", ".join(held[:6]) + (f", ... ({len(held)} in all)" if len(held) > 6
+                                       else "")
+        raise ValueError(f"--out {out}: already holds {what} ({shown}); give another "
+                         f"output folder, or --force to {instead}")
+
+
+def site_files(out: Path) -> list[str]:
+    """The site files (``*.parquet``) directly in ``out``, as ``data prepare arrays``
+    counts them."""
+    return sorted(p.name for p in out.glob("*.parquet")) if out.is_dir() else []
+
+
+# ------------------------------------------------------------------ data split's --out
+def check_split_out(out: Path, sites: Sequence[str], files: Sequence[str],
+                    force: bool) -> None:
+    """Refuse what ``data split`` would write wrongly into ``out``: under a file, over
+    an input (even with ``force``), or over an earlier layout (sites.json, site
+    folders of the new one) without ``force``."""
+    check_folder_out(out)
+    for site in sites:
+        folder = out / site
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out {out}: {folder} is a file, where the split writes "
+                             f"site {site}'s folder; move it or give another --out")
+        for f in files:
+            target = folder / Path(f).name
+            if target.is_dir() or any(same_file(target, g) for g in files):
+                why = "a folder" if target.is_dir() else "one of the input files"
+                raise ValueError(f"--out {out}: the split writes {target}, which is "
+                                 f"{why}; give another --out")
+    if not force:
+        held = [n for n in (SITES_JSON, *sites) if (out / n).exists()]
+        refuse_held(out, [n if n == SITES_JSON else f"{n}/" for n in held],
+                    "a site layout", "replace it (the files of the old sites.json's "
+                    "sites that the new layout does not write are removed)")
+
+
+def old_layout(out: Path) -> dict[str, list[str]]:
+    """Site -> file names of ``out``'s sites.json; empty when there is none or it is
+    unreadable (only plain names: a hostile sites.json cannot point elsewhere)."""
+    try:
+        index = json.loads((out / SITES_JSON).read_text())
+        listed = index["files"].items()
+        return {site: [Path(p).name for p in split.values()] for site, split in listed
+                if plain_name(site) and isinstance(split, dict)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def remove_stale(out: Path, old: dict[str, list[str]], written: dict[str, dict],
+                 inputs: Sequence[str]) -> list[str]:
+    """Remove the files of the old layout ``old`` that the new split (``written``)
+    did not replace, and the old site folders left empty; the notes to print."""
+    notes = []
+    for site, names in old.items():
+        new = {Path(p).name for p in written.get(site, {}).values()}
+        folder = out / site
+        gone = [n for n in names if n not in new and n.endswith(".parquet")
+                and (folder / n).is_file()
+                and not any(same_file(folder / n, f) for f in inputs)]
+        for name in gone:
+            (folder / name).unlink()
+        if site in written or not folder.is_dir():
+            if gone:
+                notes.append(f"removed {', '.join(gone)} from {folder}/ (the replaced "
+                             f"layout's, which the new one does not write)")
+        elif any(folder.iterdir()):
+            notes.append(f"left {folder}/, a site of the replaced layout: it holds "
+                         f"files that layout did not write")
+        else:
+            folder.rmdir()
+            notes.append(f"removed {folder}/, a site of the replaced layout")
+    return notes
+
+
+def plain_name(name: object) -> bool:
+    """A folder name that stays in its parent (no separator, not . or ..)."""
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and "/" not in name and "\\" not in name)

@@ -22,6 +22,9 @@ import argparse
 from pathlib import Path
 
 from mmvm.cli import add_config_arguments
+from mmvm.cli.outputs import check_file_out, positive_int
+
+LATENTS_KEY = b"mmvm.latents"  # the schema metadata key mmvm.latents.write_latents sets
 
 
 def register(subparsers) -> None:
@@ -34,12 +37,14 @@ def register(subparsers) -> None:
                      help="a site's <site>.pt after a federated run (needs --config)")
     p.add_argument("data", nargs="+", metavar="FILE",
                    help="site .parquet files (several are joined by sample id)")
-    p.add_argument("--out", required=True, help="output .parquet file")
+    p.add_argument("--out", required=True,
+                   help="output .parquet file: new, or an earlier mmvm encode output "
+                   "(never a site's data file)")
     add_config_arguments(p, None)
     p.add_argument("--device", default="auto",
                    help="auto | cpu | cuda | mps (default: auto, CUDA when present, as "
                    "train.device)")
-    p.add_argument("--batch-size", type=int, default=256,
+    p.add_argument("--batch-size", type=positive_int, default=256,
                    help="samples per forward pass (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_encode)
@@ -128,10 +133,30 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _check_out(out: str, data: list[str]) -> None:
-    """--out must be a new .parquet file: the table is Parquet whatever its name."""
-    if Path(out).suffix.lower() not in (".parquet", ".pq"):
-        raise ValueError(f"--out {out}: mmvm encode writes Parquet (a CSV cannot hold "
-                         f"the per-modality vectors); give a .parquet name and read it "
-                         f"with pyarrow.parquet.read_table")
-    if any(Path(p).resolve() == Path(out).resolve() for p in data):
-        raise ValueError(f"--out {out} is one of the data files; write elsewhere")
+    """--out must be a .parquet file (the table is Parquet whatever its name), no data
+    file, and new or an earlier ``mmvm encode`` output: never a site's data."""
+    path = check_file_out(
+        out, (".parquet", ".pq"), "Parquet (a CSV cannot hold the per-modality "
+        "vectors; read it with pyarrow.parquet.read_table)", data, writer="mmvm encode")
+    if path.exists():
+        _refuse_foreign(path)
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse an existing ``path`` that is not an earlier output (``mmvm.latents`` in
+    its schema metadata), naming a site data file (``mmvm.tensor.*`` keys) as such."""
+    import pyarrow.parquet as pq
+
+    from mmvm.data.store_format import TENSOR_KEY
+
+    try:
+        keys = set(pq.read_schema(path).metadata or {})
+    except Exception:  # noqa: BLE001 - whatever it holds, it is not ours to replace
+        keys = set()
+    if any(k.startswith(TENSOR_KEY.encode()) for k in keys):
+        raise ValueError(f"--out {path}: is a site data file (its schema has "
+                         f"{TENSOR_KEY}* keys); write the latents elsewhere")
+    if LATENTS_KEY not in keys:
+        raise ValueError(f"--out {path}: exists and is not an earlier mmvm encode "
+                         f"output (no {LATENTS_KEY.decode()} metadata); write the "
+                         f"latents elsewhere, or remove it first")

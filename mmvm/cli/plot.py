@@ -13,14 +13,19 @@
   on the same axes (a common PCA above two dimensions), coloured by a label column
   (label, or e.g. label.sex): whether the modalities, or the sites, share one latent
   space.
+
+Each writes one PNG (--out must end in .png): never over one of its inputs, and
+checked before any work; an earlier PNG of the same name is replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from mmvm.cli.outputs import check_file_out, input_files
 
 
 def register(subparsers) -> None:
@@ -84,15 +89,22 @@ def run_scatter(args: argparse.Namespace) -> int:
     from mmvm.plots import common_chance, scatter_runs
     from mmvm.reporting.collect import collect
 
+    first = Path(args.results[0])
+    out = args.out or (first if first.is_dir() else first.parent) / f"scatter_{args.y}.png"
+    out = _png_out(out, args.results)
     collection = collect(args.results)
     for note in collection.notes:
         print(f"note: {note}", file=sys.stderr)
     chance = args.chance if args.chance is not None else common_chance(_chances(collection))
-    first = Path(args.results[0])
-    out = args.out or (first if first.is_dir() else first.parent) / f"scatter_{args.y}.png"
     written = scatter_runs(collection.runs, out, args.y, chance=chance, log=_warn)
     print(f"wrote {written}")
     return 0
+
+
+def _png_out(out: str | Path, inputs: Sequence[str | Path]) -> Path:
+    """``out`` checked before any work (:func:`~mmvm.cli.outputs.check_file_out`)."""
+    return check_file_out(out, (".png",), "PNG images", input_files(inputs),
+                          writer="mmvm plot")
 
 
 def _chances(collection) -> list[dict]:
@@ -113,6 +125,10 @@ def run_curves(args: argparse.Namespace) -> int:
     from mmvm.plots import loss_curves
 
     paths = [Path(p) / "metrics.csv" if Path(p).is_dir() else Path(p) for p in args.metrics]
+    # a federated run folder's curves.png is the server's (it marks absent sites)
+    federated = (paths[0].parent / "results.json").is_file()
+    out = args.out or paths[0].parent / ("metrics_curves.png" if federated else "curves.png")
+    out = _png_out(out, paths)
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such metrics file")
@@ -123,9 +139,6 @@ def run_curves(args: argparse.Namespace) -> int:
         keys = [k for k in ("loss", "rec_nll", "reg") if k in have]
     else:
         keys = [k.strip() for k in args.keys.split(",") if k.strip()]
-    # a federated run folder's curves.png is the server's (it marks absent sites)
-    federated = (paths[0].parent / "results.json").is_file()
-    out = args.out or paths[0].parent / ("metrics_curves.png" if federated else "curves.png")
     print(f"wrote {loss_curves(paths, out, keys)}")
     return 0
 
@@ -134,6 +147,7 @@ def run_latents(args: argparse.Namespace) -> int:
     from mmvm.latents import common_2d, read_latents
     from mmvm.plots import latent_2d
 
+    out = _png_out(args.out or Path(args.latents[0]).with_suffix(".png"), args.latents)
     mus, labels = read_latents(args.latents, args.label)
     dims = {v.shape[1] for v in mus.values()}
     if len(dims) > 1:
@@ -143,6 +157,5 @@ def run_latents(args: argparse.Namespace) -> int:
     if pca:
         points = {f"{k} (common PCA)": v for k, v in points.items()}
         labels = {f"{k} (common PCA)": v for k, v in labels.items()}
-    out = args.out or Path(args.latents[0]).with_suffix(".png")
     print(f"wrote {latent_2d(points, labels, out, share_axes=True)}")
     return 0

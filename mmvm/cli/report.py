@@ -15,7 +15,9 @@ curves; each federated run's sites; every run; each benchmark's own table.
 
 HTML (default) is one self-contained file, pictures inline, no scripts; Markdown
 (--format md, or an --out ending in .md) puts the PNGs in <stem>_files/ beside it.
-Exit status 2 with a message on a bad input (not a run folder, corrupt JSON).
+Exit status 2 with a message on a bad input (not a run folder, corrupt JSON) or a bad
+--out (a folder, not .html/.htm for HTML nor .md/.markdown for Markdown, one of the
+inputs), checked before any work; an earlier report of the same name is replaced.
 
 examples:
   mmvm report runs/mmvm-seed* runs/poe-seed* --out report.html
@@ -26,6 +28,11 @@ examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from mmvm.cli.outputs import check_file_out, input_files
+
+SUFFIXES = {"html": (".html", ".htm"), "md": (".md", ".markdown")}
 
 
 def register(subparsers) -> None:
@@ -36,7 +43,8 @@ def register(subparsers) -> None:
                    help="run folders, results.json / results.csv files, or folders "
                    "holding one")
     p.add_argument("--out", default="report.html", metavar="PATH",
-                   help="the report to write (default: report.html)")
+                   help="the report to write, .html/.htm or .md/.markdown (default: "
+                   "report.html)")
     p.add_argument("--format", choices=("html", "md"), default=None,
                    help="html or md (default: from --out's suffix; html otherwise)")
     p.add_argument("--title", default="MMVM runs", help="the page title")
@@ -49,7 +57,22 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmvm.reporting import write_report
 
+    _check_out(args.out, args.format, args.runs)
     written = write_report(args.runs, args.out, args.format, args.title, args.generate)
     extra = f" (+{len(written) - 1} figures)" if len(written) > 1 else ""
     print(f"wrote {written[0]}{extra}")
     return 0
+
+
+def _check_out(out: str, fmt: str | None, runs: list[str]) -> None:
+    """``out`` names the format written (``--format``, else its suffix's) and none of
+    the inputs; Markdown's ``<stem>_files/`` must be a folder or not exist."""
+    path = Path(out)
+    if fmt is None:
+        fmt = "md" if path.suffix.lower() in SUFFIXES["md"] else "html"
+    kind = {"html": "an HTML page", "md": "a Markdown page"}[fmt]
+    check_file_out(path, SUFFIXES[fmt], kind, input_files(runs), writer="mmvm report")
+    folder = path.with_name(path.stem + "_files")
+    if fmt == "md" and (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise ValueError(f"--out {out}: its figures go to {folder}/, which is a file; "
+                         f"move that file or give another --out")
