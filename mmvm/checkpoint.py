@@ -2,7 +2,8 @@
 and the files a centralized run folder holds with its checkpoint.
 
 ``mmvm train`` writes ``checkpoint.pt`` and, right after it and from it,
-``config.json`` and ``metrics.csv`` (:func:`save_run`): the three describe one model.
+``config.json`` and ``metrics.csv`` (:func:`save_run`): the three describe one model
+(metrics.csv may run a few epochs ahead of the checkpoint, never behind it).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:  # not the file's fault (permission, I/O): said as such
+    except (OSError, MemoryError, torch.cuda.OutOfMemoryError):  # not the file's fault
         raise
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err):  # torch's text advises an unsafe load
@@ -108,7 +109,12 @@ def write_companions(out_dir: Path, state: dict[str, Any]) -> None:
     """config.json and metrics.csv as the checkpoint ``state`` says (a file already
     so is left untouched)."""
     _write_if_changed(out_dir / "config.json", json.dumps(state["config"], indent=2).encode())
-    _write_if_changed(out_dir / "metrics.csv", _metrics_csv(state["history"]))
+    write_metrics(out_dir, state["history"])
+
+
+def write_metrics(out_dir: Path, history: list[dict[str, float]]) -> None:
+    """metrics.csv, one row per epoch of ``history`` (atomically; unchanged: untouched)."""
+    _write_if_changed(out_dir / "metrics.csv", _metrics_csv(history))
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:

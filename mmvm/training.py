@@ -5,11 +5,13 @@ One Adam optimiser over all modalities' parameters; batches from
 local ``epoch_batches_grouped``) and noise from ``mmvm.noise.step_noise``, so a run is a
 deterministic function of its config. After every ``checkpoint_every`` epochs the
 model, optimiser and counters are written atomically to ``<out_dir>/checkpoint.pt``;
-a rerun with the same config resumes from there. Right after each checkpoint (never
-before) ``config.json`` and ``metrics.csv`` (one row per epoch) are written from it, so
-the three always describe one model: a run that fails or is stopped before its first
-checkpoint (``resume=False`` over an earlier run included) leaves the folder as it was,
-and a resume rewrites the two from the checkpoint it resumes.
+a rerun with the same config resumes from there. Right after each checkpoint
+``config.json`` and ``metrics.csv`` (one row per epoch) are written from it, so the
+three describe one model; between checkpoints metrics.csv gains each epoch's row (so a
+divergence's lead-up is on disk), except over an earlier run's checkpoint that this run
+has not replaced yet: a ``resume=False`` run that fails or is stopped before its first
+checkpoint leaves such a folder as it was. A resume rewrites the two from the
+checkpoint it resumes (rows ahead of it are dropped).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mmvm.checkpoint import (
     save_run,
     training_state,
     write_companions,
+    write_metrics,
 )
 from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
 from mmvm.config_ranges import device_problem
@@ -189,7 +192,8 @@ def train(
     is called with the epoch after each checkpoint (with its config.json and
     metrics.csv) is written. The progress bar shows the running mean loss of the
     epoch so far, which at the epoch's end is the epoch's ``loss`` in metrics.csv.
-    Nothing is written before the first checkpoint.
+    Over an earlier run's checkpoint (``resume=False``) nothing is written before this
+    run's first checkpoint; a resume rewrites config.json and metrics.csv at once.
     """
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -212,7 +216,9 @@ def train(
     )
     start_epoch, step, history = 0, 0, []
     ckpt_path = out_dir / "checkpoint.pt"
+    own = not ckpt_path.exists()  # no earlier run's checkpoint to keep whole here
     if resume and ckpt_path.is_file():
+        own = True
         state = _resume(ckpt_path, cfg, model, optimizer)
         start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
         write_companions(out_dir, state)  # whatever an earlier run left: this model's
@@ -243,8 +249,11 @@ def train(
             history.append(row)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history))
+                own = True
                 if on_checkpoint is not None:
                     on_checkpoint(epoch + 1)
+            elif own:  # rows ahead of the checkpoint: a divergence's lead-up stays on disk
+                write_metrics(out_dir, history)
     model.eval()
     return TrainResult(model=model, history=history, out_dir=out_dir, start_epoch=start_epoch)
 
@@ -275,6 +284,11 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> dict[str, An
     try:
         state = training_state(path)
     except ValueError as err:
+        if (path.parent / "results.json").is_file():  # a federated run's folder: keep it
+            raise ValueError(f"{path} is a federated run's assembled model (no optimizer "
+                             "state), which mmvm train does not continue; choose another "
+                             "train.out_dir (--fresh there would replace the run's "
+                             "checkpoint and metrics)") from None
         raise ValueError(f"{err}; start over with `mmvm train --fresh` (the file is "
                          "replaced when the new run's first checkpoint is written) or "
                          "choose another train.out_dir") from None

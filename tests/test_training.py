@@ -412,8 +412,9 @@ def _interrupt_at(monkeypatch, call: int):
 
 def test_config_and_metrics_are_written_with_each_checkpoint_and_agree(tmp_path, data,
                                                                        monkeypatch):
-    """checkpoint_every = 2 over 3 epochs: the files appear with the epoch-2
-    checkpoint, not before, and each time say what the checkpoint says."""
+    """checkpoint_every = 2 over 3 epochs in a new folder: epoch 1's metrics row is
+    written at once (a divergence's lead-up stays on disk), config.json and the
+    checkpoint with epoch 2, and at each checkpoint the files say what it says."""
     seen = []
 
     run = tmp_path / "run"
@@ -431,10 +432,11 @@ def test_config_and_metrics_are_written_with_each_checkpoint_and_agree(tmp_path,
     calls = {"n": 0}
     real = training.train_step
 
-    def step(*args, **kwargs):  # after epoch 1 (3 steps) nothing is written yet
+    def step(*args, **kwargs):  # after epoch 1 (3 steps): its row, nothing else
         calls["n"] += 1
         if calls["n"] == 4:
-            assert not run.exists()
+            assert sorted(p.name for p in run.iterdir()) == ["metrics.csv"]
+            assert [int(r["epoch"]) for r in _read_metrics(run / "metrics.csv")] == [1]
         return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "train_step", step)
@@ -522,3 +524,8 @@ def test_a_federated_checkpoint_is_not_resumed(tmp_path, data):
         train(_cfg(tmp_path, epochs=2), data, show_progress=False)
     model, _ = load_trained_model(tmp_path)
     assert model.names == ["a", "b"]
+    (tmp_path / "results.json").write_text("{}")  # as the ServerApp writes beside it
+    with pytest.raises(ValueError, match=r"checkpoint.pt is a federated run's assembled "
+                       r"model .* choose another train.out_dir \(--fresh there would "
+                       r"replace the run's checkpoint and metrics\)"):
+        train(_cfg(tmp_path, epochs=2), data, show_progress=False)

@@ -117,23 +117,32 @@ def old_layout(out: Path) -> dict[str, list[str]]:
 def remove_stale(out: Path, old: dict[str, list[str]], written: dict[str, dict],
                  inputs: Sequence[str]) -> list[str]:
     """Remove the files of the old layout ``old`` that the new split (``written``)
-    did not replace, and the old site folders left empty; the notes to print."""
+    did not replace, and the old site folders left empty; the notes to print, one
+    for every file removed. A site folder that is a link, or leads out of ``out``, is
+    left as it is (its files may be a site's data elsewhere)."""
     notes = []
     for site, names in old.items():
-        new = {Path(p).name for p in written.get(site, {}).values()}
         folder = out / site
+        if not folder.is_dir():
+            continue
+        if folder.is_symlink() or folder.resolve().parent != out.resolve():
+            notes.append(f"left {folder}/, a site of the replaced layout: it is a link or "
+                         "leads out of the output folder")
+            continue
+        new = {Path(p).name for p in written.get(site, {}).values()}
         gone = [n for n in names if n not in new and n.endswith(".parquet")
-                and (folder / n).is_file()
+                and (folder / n).is_file() and not (folder / n).is_symlink()
                 and not any(same_file(folder / n, f) for f in inputs)]
         for name in gone:
             (folder / name).unlink()
-        if site in written or not folder.is_dir():
-            if gone:
-                notes.append(f"removed {', '.join(gone)} from {folder}/ (the replaced "
-                             f"layout's, which the new one does not write)")
-        elif any(folder.iterdir()):
+        if gone:
+            notes.append(f"removed {', '.join(gone)} from {folder}/ (the replaced "
+                         "layout's, which the new one does not write)")
+        if site in written:
+            continue
+        if any(folder.iterdir()):
             notes.append(f"left {folder}/, a site of the replaced layout: it holds "
-                         f"files that layout did not write")
+                         "files that layout did not write")
         else:
             folder.rmdir()
             notes.append(f"removed {folder}/, a site of the replaced layout")

@@ -73,15 +73,15 @@ def refuse_inputs(out: str | os.PathLike, inputs: Iterable[str | os.PathLike],
                              f"the output elsewhere")
 
 
-RUN_FILES = ("eval.json", "results.json", "results.csv", "config.json", "metrics.csv",
+RUN_INPUTS = ("eval.json", "results.json", "results.csv", "config.json", "metrics.csv",
              "checkpoint.pt")
 
 
 def input_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """``inputs`` as files: a run folder stands for the files a command reads in it
-    (:data:`RUN_FILES`)."""
+    (:data:`RUN_INPUTS`)."""
     return [q for p in map(Path, inputs)
-            for q in ([p / n for n in RUN_FILES] if p.is_dir() else [p])]
+            for q in ([p / n for n in RUN_INPUTS] if p.is_dir() else [p])]
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(cfg.train.device)
     data = training_data(cfg)
     saved: list[int] = []  # epochs this call checkpointed
+    before = file_identity(out_dir / "checkpoint.pt")  # to tell, after a stop, whose it is
 
     def checkpointed(epoch: int) -> None:
         saved.append(epoch)
@@ -55,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
         result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress,
                        log=print, on_checkpoint=checkpointed)
     except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback
-        print(f"mmvm train: error: {err} ({left_behind(out_dir, saved, args.fresh)})",
+        print(f"mmvm train: error: {err} ({left_behind(out_dir, saved, args.fresh, before)})",
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback, and what is safe
-        print(f"mmvm train: interrupted; {left_behind(out_dir, saved, args.fresh)}"
-              f"{resume_hint(out_dir, saved, args.fresh)}", file=sys.stderr)
+        print(f"mmvm train: interrupted; {left_behind(out_dir, saved, args.fresh, before)}"
+              f"{resume_hint(out_dir, saved, args.fresh, before)}", file=sys.stderr)
         return 130
     finally:  # also what an earlier, killed run left older than its checkpoint
         _set_aside_stale_outputs(out_dir)
@@ -90,12 +91,29 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
     return data
 
 
-def left_behind(out_dir: Path, saved: list[int], fresh: bool) -> str:
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(inode, modification time in ns) of ``path``, None when it is not there: an
+    atomic write replaces the file, so a changed identity means it was written."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def left_behind(out_dir: Path, saved: list[int], fresh: bool,
+                before: tuple[int, int] | None) -> str:
     """What a stopped ``mmvm train`` left in ``out_dir``: its own last checkpoint,
-    an earlier run untouched, or nothing."""
+    an earlier run untouched, or nothing. ``before``: the checkpoint's
+    :func:`file_identity` when this call started (a stop can fall between the
+    checkpoint's write and the call that records it)."""
+    ckpt = out_dir / "checkpoint.pt"
     if saved:
         return f"the checkpoint of epoch {saved[-1]} in {out_dir} is intact"
-    if not (out_dir / "checkpoint.pt").is_file():
+    if file_identity(ckpt) not in (before, None):
+        return (f"this run's checkpoint in {ckpt} is intact (a resume rewrites its "
+                "config.json and metrics.csv)")
+    if not ckpt.is_file():
         return f"no checkpoint was written; nothing of this run is in {out_dir}"
     if fresh:
         return (f"{out_dir} still holds the earlier run, untouched: --fresh replaces it "
@@ -103,11 +121,13 @@ def left_behind(out_dir: Path, saved: list[int], fresh: bool) -> str:
     return f"the last checkpoint in {out_dir} is unchanged"
 
 
-def resume_hint(out_dir: Path, saved: list[int], fresh: bool) -> str:
+def resume_hint(out_dir: Path, saved: list[int], fresh: bool,
+                before: tuple[int, int] | None) -> str:
     """How to go on after Ctrl-C: a rerun resumes a checkpoint of this config."""
-    if saved:
+    ckpt = out_dir / "checkpoint.pt"
+    if saved or file_identity(ckpt) not in (before, None):
         return f"; run the same command{' without --fresh' if fresh else ''} to resume from it"
-    if (out_dir / "checkpoint.pt").is_file() and not fresh:
+    if ckpt.is_file() and not fresh:
         return "; a re-run resumes from it"
     return ""
 

@@ -283,3 +283,33 @@ def test_data_check_of_a_folder_suggests_its_files(made, capsys):
     err = capsys.readouterr().err
     assert f"{made['data']}: is a folder; give its site files, e.g. " \
            f"{made['data'] / '*.parquet'}" in err
+
+
+def test_split_force_removes_only_listed_files_inside_out_and_says_so(tmp_path):
+    """remove_stale: a listed .parquet of an old site is removed and named; a user's own
+    file keeps its folder; an input is never removed; a site folder that is a link
+    (its files may be data elsewhere) is left whole."""
+    from mmvm.cli.data_common import remove_stale
+
+    out, outside = tmp_path / "sp", tmp_path / "elsewhere"
+    for site in ("a", "b", "c"):
+        (out / site).mkdir(parents=True)
+        for f in ("train.parquet", "test.parquet"):
+            (out / site / f).write_bytes(b"old " + site.encode())
+    (out / "a" / "README.txt").write_text("the user's")
+    outside.mkdir()
+    (outside / "train.parquet").write_bytes(b"elsewhere")
+    (out / "d").symlink_to(outside, target_is_directory=True)
+    old = {s: ["train.parquet", "test.parquet"] for s in ("a", "b", "c", "d")}
+    notes = remove_stale(out, old, {"c": {"train": str(out / "c" / "train.parquet")}},
+                         inputs=[str(out / "b" / "test.parquet")])
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["README.txt"]
+    assert f"removed train.parquet, test.parquet from {out / 'a'}/ (the replaced " \
+           "layout's, which the new one does not write)" in notes
+    assert f"left {out / 'a'}/, a site of the replaced layout: it holds files that " \
+           "layout did not write" in notes
+    assert sorted(p.name for p in (out / "b").iterdir()) == ["test.parquet"]  # an input
+    assert sorted(p.name for p in (out / "c").iterdir()) == ["train.parquet"]
+    assert (outside / "train.parquet").read_bytes() == b"elsewhere"
+    assert f"left {out / 'd'}/, a site of the replaced layout: it is a link or leads " \
+           "out of the output folder" in notes

@@ -292,7 +292,8 @@ def test_the_cli_splits_by_group_and_says_so(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("lines, said", [
-    (["a", "", "c"], r"ids.txt: line 2: sample id '' is empty \(a blank line\?\)"),
+    (["a", "", "c"], r"ids.txt: line 2 is blank; give one id per line, one line per row"),
+    (["a", "", "b", "c"], r"ids.txt: line 2 is blank"),  # an extra line: not the count
     (["a", "b\x07", "c"], r"ids.txt: line 2: sample id .* non-printable character U\+0007"),
     (["a", "cafe\u0301", "c"], r"ids.txt: line 2: sample id .* not in Unicode NFC form"),
     (["a", "b", "a"], r"ids.txt: sample id 'a' at line 1 and line 3; ids must be unique"),
@@ -315,6 +316,6 @@ def test_one_group_for_all_rows_says_so(tmp_path):
         prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
                        groups=tmp_path / "trial.txt")
     (tmp_path / "trial.txt").write_text("T0\n" * 4 + "\n" + "T1\n" * 5)
-    with pytest.raises(DataError, match=r"trial.txt: line 5 is blank; one group id per row"):
+    with pytest.raises(DataError, match=r"trial.txt: line 5 is blank; give one id per line"):
         prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
                        groups=tmp_path / "trial.txt")

@@ -59,8 +59,11 @@ def load_ids(path: str | os.PathLike) -> list[str]:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
-    while lines and not lines[-1]:  # trailing blank lines; a blank line within is an error
+    while lines and not lines[-1]:  # trailing blank lines are fine
         lines.pop()
+    if "" in lines:  # within: a lost id or a stray line? Rows would pair by guesswork
+        raise DataError(f"{path}: line {lines.index('') + 1} is blank; give one id per "
+                        "line, one line per row of the arrays, without blank lines")
     return lines
 
 
@@ -144,9 +147,6 @@ def _load_groups(path: str | os.PathLike, n: int) -> list[str]:
         groups = load_ids(path)
     except DataError as err:  # read as ids are: say what they were read as
         raise DataError(str(err).replace("sample ids", "group ids")) from None
-    if "" in groups:
-        raise DataError(f"{path}: line {groups.index('') + 1} is blank; one group id per "
-                        "row of the arrays")
     if len(groups) != n:
         raise DataError(f"{path}: {len(groups)} group ids, the arrays have {n} rows; "
                         f"give one group id (e.g. the trial) per row, in row order")
