@@ -22,15 +22,16 @@ from mmvm.cli import console
 from mmvm.cli.data_common import (
     add_force,
     add_quiet,
+    check_make_out,
     check_split_out,
     data_progress,
     handles,
     old_layout,
+    prepared_files,
     printable,
     refuse_held,
     remove_stale,
     report_paths,
-    site_files,
 )
 from mmvm.cli.outputs import check_folder_out, positive_int
 from mmvm.data.hippocampus_knobs import KNOBS as HC_KNOBS
@@ -179,6 +180,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name == "celeba":
             q.add_argument("--crop", type=int, default=argparse.SUPPRESS,
                            help="central crop before resizing (default 148)")
+        add_force(q, "site files it writes (train.parquet, test.parquet), replacing them")
         add_quiet(q)
         handles(q, _prepare)
 
@@ -228,7 +230,7 @@ def _make_polymnist(args: argparse.Namespace) -> int:
         if n is not None and n < 1:
             raise ValueError(f"--n-{split} {n}: a split needs at least 1 sample (an "
                              f"empty file can be neither trained nor evaluated on)")
-    _check_make_out(args)
+    check_make_out(args)
     with data_progress(not args.quiet) as cb:
         paths = make_polymnist(args.out, args.seed, args.n_train, args.n_test,
                                args.digits_source, progress=cb, variant=args.variant)
@@ -260,7 +262,7 @@ def _make_hippocampus(args: argparse.Namespace) -> int:
     from mmvm.data.hippocampus import make_hippocampus, write_hippocampus_raw
 
     kwargs = {k: getattr(args, k) for k in _MAKE_HC_OPTIONS if hasattr(args, k)}
-    _check_make_out(args, raw=args.raw)
+    check_make_out(args, raw=args.raw)
     if args.raw:
         kwargs.pop("test_fraction", None)  # the split happens at `data prepare`
         return report_paths(write_hippocampus_raw(args.out, **kwargs))
@@ -269,19 +271,13 @@ def _make_hippocampus(args: argparse.Namespace) -> int:
     return report_paths(paths)
 
 
-def _check_make_out(args: argparse.Namespace, raw: bool = False) -> None:
-    """``data make``'s --out: a folder, holding no data unless --force."""
-    out = check_folder_out(args.out)
-    if not args.force:
-        held = site_files(out) + (sorted(str(p.relative_to(out)) for p in out.glob(
-            "*/*.npy")) if raw and out.is_dir() else [])
-        refuse_held(out, held, "data files", "write over them")
-
-
 def _prepare(args: argparse.Namespace) -> int:
     from mmvm.data.prepare import get_preparer
 
-    check_folder_out(args.out)
+    out = check_folder_out(args.out)
+    if not args.force:
+        refuse_held(out, prepared_files(out, args.dataset, getattr(args, "view", None)),
+                    "site files", "write over them")
     kwargs = {k: getattr(args, k) for k in _PREPARE_OPTIONS if hasattr(args, k)}
     with data_progress(not args.quiet) as cb:
         paths = get_preparer(args.dataset)(args.src, args.out, progress=cb, **kwargs)

@@ -77,6 +77,22 @@ def site_files(out: Path) -> list[str]:
     return sorted(p.name for p in out.glob("*.parquet")) if out.is_dir() else []
 
 
+def check_make_out(args: argparse.Namespace, raw: bool = False) -> None:
+    """``data make``'s --out: a folder, holding no data unless --force."""
+    out = check_folder_out(args.out)
+    if not args.force:
+        held = site_files(out) + (sorted(str(p.relative_to(out)) for p in out.glob(
+            "*/*.npy")) if raw and out.is_dir() else [])
+        refuse_held(out, held, "data files", "write over them")
+
+
+def prepared_files(out: Path, dataset: str, view: str | None) -> list[str]:
+    """The site files in ``out`` that ``data prepare <dataset>`` would write over: its
+    train and test files, or for mimic_cxr those of each view folder it writes."""
+    folders = ([view] if view else ["frontal", "lateral"]) if dataset == "mimic_cxr" else [""]
+    return [f"{d}/{f}" if d else f for d in folders for f in site_files(out / d)]
+
+
 # ------------------------------------------------------------------ data split's --out
 def check_split_out(out: Path, sites: Sequence[str], files: Sequence[str],
                     force: bool) -> None:

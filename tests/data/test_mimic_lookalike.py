@@ -25,3 +25,25 @@ def test_the_lookalike_tree_prepares_into_two_aligned_views(tmp_path, capsys):
     assert main(["data", "make", "mimic_cxr", "--out", str(tree)]) == 2
     assert "exists and is not an empty folder" in capsys.readouterr().err
     assert sorted(p.relative_to(tree) for p in tree.rglob("*")) == before
+
+
+def test_prepare_keeps_a_views_site_files_unless_forced(tmp_path, capsys):
+    """A second prepare into the same --out: the view it would write over is refused
+    (its files unchanged) unless --force; the other view's folder is free to write."""
+    tree = tmp_path / "mimic"
+    assert main(["data", "make", "mimic_cxr", "--out", str(tree), "--patients", "10",
+                 "--size", "48x40"]) == 0
+    out = tmp_path / "sites"
+    prep = ["data", "prepare", "mimic_cxr", str(tree), "--out", str(out), "--size", "32",
+            "--quiet", "--view"]
+    assert main([*prep, "frontal"]) == 0
+    before = {p: p.read_bytes() for p in (out / "frontal").iterdir()}
+    capsys.readouterr()
+    assert main([*prep, "frontal"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"mmvm data prepare mimic_cxr: error: --out {out}: already holds site files "
+        "(frontal/")
+    assert {p: p.read_bytes() for p in (out / "frontal").iterdir()} == before
+    assert main([*prep, "lateral"]) == 0  # the other view: nothing of it there yet
+    assert main([*prep, "frontal", "--force"]) == 0
+    assert main([*prep[:-1]]) == 2  # both views: both are there now
