@@ -74,7 +74,7 @@ def refuse_inputs(out: str | os.PathLike, inputs: Iterable[str | os.PathLike],
 
 
 RUN_INPUTS = ("eval.json", "results.json", "results.csv", "config.json", "metrics.csv",
-             "checkpoint.pt")
+              "checkpoint.pt")
 
 
 def input_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
