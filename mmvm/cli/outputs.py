@@ -42,13 +42,15 @@ def check_location(path: str | os.PathLike, flag: str = "--out") -> None:
 
 def check_file_out(out: str | os.PathLike, suffixes: Sequence[str], kind: str,
                    inputs: Iterable[str | os.PathLike] = (), flag: str = "--out",
-                   writer: str = "the command") -> Path:
+                   writer: str = "the command", marks: Sequence[bytes] = ()) -> Path:
     """``out`` as a :class:`Path` if ``writer`` (e.g. "mmvm plot"), which writes
     ``kind`` (e.g. "PNG images") named with one of ``suffixes``, may write it;
     ``ValueError`` otherwise.
 
-    An existing file of the right suffix that is not an input may be replaced: a
-    command run again writes over its own earlier output."""
+    An existing file of the right suffix that is not an input may be replaced when it
+    is an earlier output (a command run again): with ``marks``, only a file whose
+    first bytes hold one of them (what the writer puts in every file it writes), so
+    that a user's own image or page of the same suffix is never written over."""
     path = Path(out)
     check_location(path, flag)
     if path.is_dir():
@@ -60,7 +62,17 @@ def check_file_out(out: str | os.PathLike, suffixes: Sequence[str], kind: str,
                  if path.exists() else "")
         raise ValueError(f"{flag} {out}: {there}{writer} writes {kind}; give a name "
                          f"ending in {' or '.join(suffixes)}")
+    if marks and path.is_file() and not marked(path, marks):
+        raise ValueError(f"{flag} {out}: exists and was not written by {writer} (left as "
+                         "it is); give another name, or remove it first")
     return path
+
+
+def marked(path: Path, marks: Sequence[bytes], head: int = 65536) -> bool:
+    """Whether the first ``head`` bytes of ``path`` hold one of ``marks``."""
+    with open(path, "rb") as fh:
+        start = fh.read(head)
+    return any(m in start for m in marks)
 
 
 def refuse_inputs(out: str | os.PathLike, inputs: Iterable[str | os.PathLike],

@@ -27,6 +27,9 @@ from pathlib import Path
 
 from mmvm.cli.outputs import check_file_out, input_files
 
+# every PNG mmvm writes is matplotlib's (mmvm.plots.save_figure), which names itself
+MATPLOTLIB_PNG = b"tEXtSoftware\x00Matplotlib"
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("plot", help="plot results (scatter), training curves or "
@@ -104,7 +107,7 @@ def run_scatter(args: argparse.Namespace) -> int:
 def _png_out(out: str | Path, inputs: Sequence[str | Path]) -> Path:
     """``out`` checked before any work (:func:`~mmvm.cli.outputs.check_file_out`)."""
     return check_file_out(out, (".png",), "PNG images", input_files(inputs),
-                          writer="mmvm plot")
+                          writer="mmvm plot", marks=(MATPLOTLIB_PNG,))
 
 
 def _chances(collection) -> list[dict]:

@@ -71,8 +71,19 @@ def _check_out(out: str, fmt: str | None, runs: list[str]) -> None:
     if fmt is None:
         fmt = "md" if path.suffix.lower() in SUFFIXES["md"] else "html"
     kind = {"html": "an HTML page", "md": "a Markdown page"}[fmt]
-    check_file_out(path, SUFFIXES[fmt], kind, input_files(runs), writer="mmvm report")
+    check_file_out(path, SUFFIXES[fmt], kind, input_files(runs), writer="mmvm report",
+                   marks=_marks(fmt))
     folder = path.with_name(path.stem + "_files")
     if fmt == "md" and (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         raise ValueError(f"--out {out}: its figures go to {folder}/, which is a file; "
                          f"move that file or give another --out")
+
+
+def _marks(fmt: str) -> tuple[bytes, ...]:
+    """What every page of ``fmt`` that mmvm report wrote holds near its top (an HTML
+    page from before the generator tag: the start of its style sheet)."""
+    if fmt == "md":
+        from mmvm.reporting.render_markdown import GENERATOR
+        return (GENERATOR.encode(),)
+    from mmvm.reporting.render_html import GENERATOR, STYLE
+    return GENERATOR.encode(), f"<style>{STYLE}"[:200].encode()

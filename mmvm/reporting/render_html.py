@@ -12,6 +12,8 @@ import html
 
 from mmvm.reporting.document import Document, Figure, Paragraph, Section, Table
 
+# what `mmvm report` recognises as its own page when asked to write over one
+GENERATOR = '<meta name="generator" content="mmvm report">'
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
        padding: 0 1em; color: #222; line-height: 1.4; }
@@ -79,6 +81,7 @@ def render(doc: Document) -> str:
     intro = "".join(f"<p>{_e(line)}</p>\n" for line in doc.intro)
     body = "".join(section(s, a) for s, a in zip(doc.sections, anchors, strict=True))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"{GENERATOR}\n"
             f"<title>{_e(doc.title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
             f"<h1>{_e(doc.title)}</h1>\n{intro}<nav><ul>{toc}</ul></nav>\n{body}"
             "</body>\n</html>\n")

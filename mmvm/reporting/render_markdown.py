@@ -13,6 +13,10 @@ from urllib.parse import quote
 from mmvm.atomic import atomic_write
 from mmvm.reporting.document import Document, Figure, Paragraph, Table
 
+# the first line, which `mmvm report` recognises as its own page when asked to write
+# over one (a comment: Markdown viewers do not show it)
+GENERATOR = "<!-- generator: mmvm report -->"
+
 SPECIAL = "\\`*_[]|#"
 
 
@@ -32,7 +36,7 @@ def table(t: Table) -> str:
 
 def render(doc: Document, folder_name: str, names: dict[int, str]) -> str:
     """The Markdown text; ``names``: id(figure) -> its file name in ``folder_name``."""
-    parts = [f"# {_e(doc.title)}\n"] + [_e(line) + "\n" for line in doc.intro]
+    parts = [GENERATOR, f"# {_e(doc.title)}\n"] + [_e(line) + "\n" for line in doc.intro]
     for s in doc.sections:
         parts.append(f"## {_e(s.title)}\n")
         for b in s.blocks:

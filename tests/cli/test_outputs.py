@@ -115,6 +115,19 @@ def test_plot_refuses_its_inputs_other_kinds_and_bad_places(made, tmp_path, caps
     assert not (tmp_path / "x.pdf").exists()
 
 
+def test_plot_never_writes_over_an_image_it_did_not_make(made, tmp_path, capsys):
+    """A PNG that matplotlib did not write (here a user's scan, written by Pillow) is
+    refused, unchanged; the same name is free once the user removes it."""
+    from PIL import Image
+
+    scan = tmp_path / "xray-0001.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(scan)
+    _refused(["plot", "latents", str(made["latents"]), "--out", str(scan)], capsys,
+             f"--out {scan}: exists and was not written by mmvm plot (left as it is)", scan)
+    scan.unlink()
+    assert main(["plot", "latents", str(made["latents"]), "--out", str(scan)]) == 0
+
+
 def test_plot_defaults_and_reruns_write_over_their_own_png(made, tmp_path):
     run = shutil.copytree(made["run"], tmp_path / "run")
     metrics = (run / "metrics.csv").read_bytes()

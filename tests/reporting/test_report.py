@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from mmvm.cli import main
+from mmvm.reporting.render_html import GENERATOR, STYLE
 from mmvm.reporting.stats import estimate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -391,7 +392,7 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, case):
         target = tmp_path / "picture.png"
         target.write_bytes(b"\x89PNG")
     out = tmp_path / "report.html"
-    out.write_text("the previous report")
+    out.write_text(f"{GENERATOR}\nthe previous report")
     assert main(["report", str(target), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmvm report: error: ")
@@ -401,5 +402,24 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, case):
             "corrupt": f"{target / 'eval.json'}: corrupt JSON",
             "no-runs": "no runs to report",
             "png": f"{target}: not a results file"}[case] in err
-    assert out.read_text() == "the previous report"
+    assert out.read_text() == f"{GENERATOR}\nthe previous report"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_page_mmvm_report_did_not_write_is_never_written_over(tmp_path, fake_runs,
+                                                                 capsys):
+    """An earlier report (HTML or Markdown) is replaced; a user's own page of the same
+    suffix is refused, unchanged."""
+    for name in ("report.html", "report.md"):
+        out = tmp_path / name
+        assert main(["report", *map(str, fake_runs), "--out", str(out)]) == 0
+        assert main(["report", *map(str, fake_runs), "--out", str(out)]) == 0  # again
+        own = tmp_path / f"notes{out.suffix}"
+        own.write_text("# my notes\n")
+        assert main(["report", *map(str, fake_runs), "--out", str(own)]) == 2
+        assert f"--out {own}: exists and was not written by mmvm report (left as it " \
+            "is)" in capsys.readouterr().err
+        assert own.read_text() == "# my notes\n"
+    legacy = tmp_path / "before-the-tag.html"  # an HTML report from before the tag
+    legacy.write_text(f"<!DOCTYPE html>\n<head>\n<style>{STYLE}</style>\n</head>\n")
+    assert main(["report", *map(str, fake_runs), "--out", str(legacy)]) == 0
