@@ -171,8 +171,15 @@ def pki_files(out: Path, hosts: Sequence[str]) -> Files:
     }
 
 
+# the files a site's folder holds besides its auth key, which is named after the site
+SITE_FOLDER_FILES = ("ca.crt", "site_keys.json", "site_public.json", "public_keys.json")
+
+
 def site_files(site_dir: Path, site: str) -> tuple[Files, SitePublicKeys]:
     validate_site_name(site)
+    if site in SITE_FOLDER_FILES:  # its private key would be written over by that file
+        raise ValueError(f"site name {site!r} is the name of a file its folder holds "
+                         f"({', '.join(SITE_FOLDER_FILES)}); choose another name")
     private, public = supernode_auth_key(site)
     keys = SiteKeys.generate(site)
     files: Files = {
@@ -232,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     try:
         return _main(_parser().parse_args(argv))
-    except (FileExistsError, ValueError) as err:
+    except (OSError, ValueError) as err:  # e.g. an --out under a file, a refused name
         print(f"make_keys: error: {err}", file=sys.stderr)
         return 2
 

@@ -147,6 +147,8 @@ def _checked(f, value, what: str):
                                f"numbers ({str(err)[:80]})") from None
         except TypeError:
             raise MessageError(f"{what}: field {f.name!r} is not JSON") from None
+        except RecursionError:  # nesting deeper than the interpreter's stack
+            raise MessageError(f"{what}: field {f.name!r} is JSON nested too deep") from None
         if not isinstance(value, dict):
             raise MessageError(f"{what}: field {f.name!r} must be a JSON object")
         return value

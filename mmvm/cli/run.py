@@ -89,7 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def num_sites(app: Path, overrides: str) -> int:
     """``num-sites`` of the run: the override if given, else the app's default."""
-    return int({**app_defaults(app), **parse_overrides(overrides)}["num-sites"])
+    config = {**app_defaults(app), **parse_overrides(overrides)}
+    if "num-sites" not in config:
+        raise ConfigError(f"{app / 'pyproject.toml'}: the app's run config has no "
+                          "num-sites, which says how many SuperNodes to simulate: is --app "
+                          f"{app} the mmvm app or a copy of it?")
+    return int(config["num-sites"])
 
 
 def flwr_command(args: argparse.Namespace, app: Path | None = None) -> list[str]:

@@ -39,9 +39,17 @@ def is_mmvm_app(app: Path) -> bool:
 
 
 def app_defaults(app: Path) -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` of the app at ``app``."""
-    with open(app / "pyproject.toml", "rb") as fh:
-        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    """``[tool.flwr.app.config]`` of the app at ``app`` (ConfigError naming the file
+    when it is not TOML or has no such table: not a Flower app)."""
+    path = app / "pyproject.toml"
+    try:
+        with open(path, "rb") as fh:
+            return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"{path} has no [tool.flwr.app.config] table: --app {app} is not "
+                          "a Flower app (mmvm run runs this app or a copy of it)") from None
 
 
 def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPLE
@@ -112,6 +120,12 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     rc = {**defaults, **overrides}
     if not local:  # the ServerApp reads its config and paths on its own machine
         return rc
+    for key in ("out-dir", "state-dir", "data-dir", "keys-dir"):
+        value = str(rc.get(key, ""))
+        if value and not value.startswith("~") and not Path(value).is_absolute():
+            raise ConfigError(f"run config: {key} = {value!r} is relative, and the local "
+                              "SuperLink reads it from the folder it was started in, not "
+                              f"this one; give an absolute path, e.g. {Path(value).resolve()}")
     config = Path(str(rc.get("config", "")))
     if app.resolve() != APP_DIR and not config.is_absolute():  # as its ServerApp will:
         config = app / config  # a file of that app

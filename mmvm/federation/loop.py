@@ -74,7 +74,8 @@ class Transport(Protocol):
 class FederationResult:
     history: list[dict] = field(default_factory=list)
     missed: dict[str, list[int]] = field(default_factory=dict)  # site -> windows missed
-    not_evaluated: list[str] = field(default_factory=list)  # sites away at the end
+    not_evaluated: list[str] = field(default_factory=list)  # sites away or failed at the end
+    evaluation_errors: dict[str, str] = field(default_factory=dict)  # site -> why it failed
     evaluation: dict[str, dict] = field(default_factory=dict)
     bytes_total: int = 0
     seconds: float = 0.0  # training time of the whole run, over its resumes
@@ -98,10 +99,12 @@ class Metered:
     def online(self) -> list[str]:
         return self.inner.online()
 
-    def gather(self, requests: Mapping) -> tuple[dict, dict[str, str]]:
-        """A window's exchange: the replies that came within ``site-timeout``, and the
-        sites that failed it (:class:`SiteFailure`) with the reason."""
-        replies = self._exchange(requests, self.window_wait, self.need)
+    def gather(self, requests: Mapping, wait: float | None = None
+               ) -> tuple[dict, dict[str, str]]:
+        """A window's exchange (or, with ``wait``, the final evaluation's): the replies
+        that came within ``site-timeout`` (``wait``), and the sites that failed it
+        (:class:`SiteFailure`) with the reason."""
+        replies = self._exchange(requests, wait or self.window_wait, self.need)
         failed = {k: r.reason for k, r in replies.items() if isinstance(r, SiteFailure)}
         return {k: r for k, r in replies.items() if k not in failed}, failed
 
@@ -309,15 +312,18 @@ def _site_summary(coord: Coordinator) -> dict[str, dict]:
             for k, i in coord.sites.items()}
 
 
-def final_evaluation(transport: Transport, coord: Coordinator, averaged: Mapping,
+def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
                      collect_model: bool, result: FederationResult, wait: float) -> None:
     """Last message: sites load the averaged shared weights and evaluate; with
     ``collect_model`` their weights are assembled into ``result.model_state``. A site
-    that does not answer within ``wait`` is listed in ``result.not_evaluated`` (its
-    weights stay with it: no assembled model)."""
-    replies = transport.exchange({key: EvaluateRequest(weights=coord.weights_for(key, averaged),
-                                                       collect=collect_model)
-                                  for key in coord.sites}, wait)
+    that does not answer within ``wait``, or fails (its reason in
+    ``result.evaluation_errors``), is listed in ``result.not_evaluated``: the trained
+    run is still written, without that site's numbers (its weights stay with it, so
+    there is no assembled model)."""
+    replies, failed = transport.gather(
+        {key: EvaluateRequest(weights=coord.weights_for(key, averaged), collect=collect_model)
+         for key in coord.sites}, wait)
+    result.evaluation_errors = {coord.name(k): why for k, why in sorted(failed.items())}
     result.not_evaluated = sorted(coord.name(k) for k in coord.sites if k not in replies)
     result.evaluation = {k: {**r.metrics, "site": coord.name(k),
                              "modalities": list(r.modalities)}

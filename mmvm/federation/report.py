@@ -112,6 +112,7 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     if result.not_evaluated:
         lines += ["", f"sites {result.not_evaluated} did not answer the final evaluation: "
                       f"they keep their weights, no assembled model"]
+        lines += [f"  {site} failed it: {why}" for site, why in result.evaluation_errors.items()]
     if result.kept_weights:
         lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights, "
                       f"each in its state file (collect-model = false, or the site's "

@@ -55,7 +55,8 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "windows": len(result.history), "kept_weights": result.kept_weights,
                "alignment": result.alignment,
                "missed_windows": result.missed, "refused_windows": refusals(result.history),
-               "not_evaluated": result.not_evaluated}
+               "not_evaluated": result.not_evaluated,
+               "evaluation_errors": result.evaluation_errors}
     refused = assembled_problem(settings.experiment, result.model_state) \
         if result.model_state else None
     if refused:  # the run's results stay; no checkpoint that cannot be loaded
@@ -90,8 +91,8 @@ def why_no_model(summary: dict) -> str:
         return ("the run had collect-model = false, so every site kept its final "
                 "weights; run again with --run-config 'collect-model=true' to get one")
     if summary.get("not_evaluated"):
-        return (f"sites {summary['not_evaluated']} did not answer the final evaluation, "
-                f"so their weights stayed with them")
+        return (f"sites {summary['not_evaluated']} did not answer the final evaluation "
+                f"(or failed it), so their weights stayed with them")
     if summary.get("kept_weights"):
         return (f"sites {summary['kept_weights']} kept their final weights (their node "
                 f"config's allow-collect = false)")

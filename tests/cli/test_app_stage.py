@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from flwr.cli.build import build_fab_from_disk
 
 from mmvm.cli import main
@@ -79,6 +80,19 @@ def test_mmvm_run_without_an_app_says_so_and_starts_nothing(tmp_path, capsys):
     assert main(["run", "--app", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no Flower app" in err and str(tmp_path) in err
+
+
+@pytest.mark.parametrize("pyproject, said", [
+    ('[project]\nname = "other"\n', "has no [tool.flwr.app.config] table: --app"),
+    ('[tool.flwr.app.config]\nrounds = 3\n', "the app's run config has no num-sites"),
+    ("[tool.flwr\nbroken", "pyproject.toml: not valid TOML"),
+])
+def test_an_app_that_is_not_mmvm_is_one_line_not_a_traceback(tmp_path, capsys, pyproject,
+                                                              said):
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+    assert main(["run", "--app", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_the_staged_app_is_a_copy_not_the_app(tmp_path):

@@ -66,6 +66,10 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     # or the user's own site folders, each with the files a preparer writes
     ("num-sites=1 site-dirs='/nowhere/site-a'", r"site-dirs: /nowhere/site-a has no "
                                                 r"train.parquet"),
+    # the local SuperLink's folder is not the user's: results would land elsewhere
+    ("out-dir='rel/out'", r"out-dir = 'rel/out' is relative, and the local SuperLink "
+                          r"reads it from the folder it was started in.*e.g. /"),
+    ("state-dir='st'", r"state-dir = 'st' is relative"),
 ])
 def test_a_bad_run_config_is_named_before_anything_starts(text, match):
     with pytest.raises(ConfigError, match=match):

@@ -111,6 +111,23 @@ def test_refuses_to_overwrite_unless_forced(out, capsys):
     assert (out / "ca.key").read_bytes() == before
 
 
+@pytest.mark.parametrize("name", make_keys.SITE_FOLDER_FILES)
+def test_a_site_named_like_a_file_of_its_folder_is_refused(tmp_path, capsys, name):
+    """Its private key (named after the site) would be written over by that file, and
+    the operator would register a key the site no longer has."""
+    assert make_keys.main(["--out", str(tmp_path / "k"), "--sites", f"{name},b"]) == 2
+    assert f"site name {name!r} is the name of a file its folder holds" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
+
+
+def test_an_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert make_keys.main(["--out", str(tmp_path / "afile" / "k"), "--site", "a"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("make_keys: error: ") and err.count("\n") == 1
+
+
 def test_force_and_per_party_modes(tmp_path):
     out = tmp_path / "k"
     assert make_keys.main(["--out", str(out), "--pki-only"]) == 0

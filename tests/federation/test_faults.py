@@ -189,10 +189,15 @@ def test_a_secure_site_that_dies_before_writing_its_state_can_retry(cfg, tmp_pat
             return super().exchange(requests, wait, need)
 
     # a window the site fails is left out (and so is the next: the disk stays full),
-    # until a step that every site must answer: the final evaluation, or alignment
-    with pytest.raises(FederationError if kind == "window" else OSError,
-                       match="No space left"):
-        federate(cfg, {}, transport=DiskFull(endpoints), secure=True, exchange="step")
+    # and so is its final evaluation (the run is written without it); alignment is a
+    # step every site must answer: it fails the run
+    if kind == "window":
+        res = federate(cfg, {}, transport=DiskFull(endpoints), secure=True, exchange="step")
+        assert res.not_evaluated == [site.name]
+        assert "No space left" in res.evaluation_errors[site.name]
+    else:
+        with pytest.raises(OSError, match="No space left"):
+            federate(cfg, {}, transport=DiskFull(endpoints), secure=True, exchange="step")
     # the SuperNode's next process: the site and its session as they are on disk
     again = Site(cfg, site.name, site.train_path, site.test_path)
     SiteStore(store.path).refresh(again)
@@ -207,3 +212,30 @@ def test_a_secure_site_that_dies_before_writing_its_state_can_retry(cfg, tmp_pat
     else:
         assert again.progress.phase == "aligned"
         assert len(reply.identifiers) == len(again.data)
+
+
+def test_a_site_that_fails_the_final_evaluation_leaves_the_run_written(cfg, tmp_path,
+                                                                       tiny_polymnist):
+    """One site's evaluation raises (e.g. its test file is corrupt): the trained run is
+    kept, with the others' numbers, that site listed with its reason, and no
+    assembled model (its weights stayed with it); it used to fail the whole run."""
+    from mmvm.federation.results import write_results
+    from mmvm.federation.settings import settings_for
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    name = sites["n2"].name
+    test_file = next((root / name).glob("test*.parquet"))
+    test_file.write_bytes(test_file.read_bytes()[:500])  # cut short, as the tester did
+    res = federate(cfg, plain_endpoints(sites), exchange="step")
+    assert len(res.history) == 3 and res.not_evaluated == [name]
+    assert list(res.evaluation_errors) == [name]
+    assert "not a Parquet file" in res.evaluation_errors[name]
+    assert sorted(e["site"] for e in res.evaluation.values()) == sorted(
+        sites[k].name for k in ("n0", "n1"))
+    assert res.model_state is None
+    text = summary(res, str(tmp_path / "run"),
+                   {"results": str(tmp_path / "run" / "results.json")}, None)
+    assert f"{name} failed it: {res.evaluation_errors[name]}" in text
+    write_results(tmp_path / "run", settings_for(cfg), res)
+    assert (tmp_path / "run" / "results.json").is_file()

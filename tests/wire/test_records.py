@@ -152,6 +152,16 @@ def test_json_integers_beyond_64_bits_are_refused_before_a_site_keeps_them(tmp_p
     assert torch.load(buf, weights_only=True)["plan_args"] == edge.plan
 
 
+def test_json_nested_deeper_than_the_stack_is_a_message_error():
+    """A reply or request whose JSON field nests 200,000 lists (a few hundred KB) made
+    json.loads raise RecursionError, a traceback that ended the ServerApp instead of
+    counting as the sender's failure."""
+    rd = to_record(AttachRequest(n=2, rows=[0, 1], float16=False, plan={}))
+    deep = '{"a": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    with pytest.raises(MessageError, match=r"field 'plan' is JSON nested too deep"):
+        request_from_record("attach", _body(rd, plan=deep))
+
+
 def test_array_records_that_are_not_numeric_arrays_are_refused():
     """A site's weights arrive as Flower Arrays; bytes that are not a numpy array, an
     Array of another kind, a record of another type, or strings are refused as a
