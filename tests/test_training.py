@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,40 +12,26 @@ import mmvm.atomic as atomic
 import mmvm.checkpoint as checkpoint
 import mmvm.training as training
 from mmvm.checkpoint import METRIC_FIELDS
-from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
-from mmvm.objectives import LossTerms
 from mmvm.training import (
     TrainingDivergedError,
     load_trained_model,
     resolve_device,
     train,
 )
+from tests.support.training_data import (
+    nan_after,
+    read_metrics_rows,
+    tiny_config,
+    two_factor_data,
+)
 
 torch.set_num_threads(1)
-N, BS = 192, 64  # 3 steps per epoch
 
 
 @pytest.fixture(scope="module")
 def data() -> MultimodalDataset:
-    """Two vector modalities driven by one shared 2-D factor, plus noise."""
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(N, 2))
-    tensors = {m: (z @ rng.normal(size=(2, 6)) + 0.1 * rng.normal(size=(N, 6))).astype(np.float32)
-               for m in ("a", "b")}
-    mask = np.ones((N, 2), dtype=bool)
-    mask[::7, 1] = False  # some samples lack b
-    return MultimodalDataset([f"s{i:03d}" for i in range(N)], tensors,
-                             {"a": 1.0, "b": 1.0}, mask, labels=(z[:, 0] > 0).astype(np.int64))
-
-
-def _cfg(out_dir, **train):
-    mods = {m: {"kind": "vector", "shape": [6], "likelihood": "gaussian", "scale": 1.0,
-                "width": 4, "layers": 1} for m in ("a", "b")}
-    return config_from_dict({
-        "model": {"method": "mmvm", "latent_dim": 8, "modalities": mods},
-        "train": {"epochs": 2, "batch_size": BS, "lr": 1e-2, "seed": 5, "device": "cpu",
-                  "out_dir": str(out_dir), **train}})
+    return two_factor_data()
 
 
 def _params_equal(m1, m2) -> bool:
@@ -56,14 +39,9 @@ def _params_equal(m1, m2) -> bool:
     return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
-def _read_metrics(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 # ---------------------------------------------------------------------------- learning
 def test_loss_falls_and_metrics_has_one_row_per_epoch(tmp_path, data):
-    result = train(_cfg(tmp_path, epochs=6), data, show_progress=False)
+    result = train(tiny_config(tmp_path, epochs=6), data, show_progress=False)
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     # the data's variance is ~2 per dim, so a model that learns gains several nats
@@ -71,7 +49,7 @@ def test_loss_falls_and_metrics_has_one_row_per_epoch(tmp_path, data):
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
     assert not result.model.training  # returned in eval mode
 
-    rows = _read_metrics(tmp_path / "metrics.csv")
+    rows = read_metrics_rows(tmp_path / "metrics.csv")
     assert list(rows[0]) == METRIC_FIELDS
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [int(r["step"]) for r in rows] == [3 * e for e in range(1, 7)]
@@ -84,24 +62,24 @@ def test_loss_falls_and_metrics_has_one_row_per_epoch(tmp_path, data):
 
 
 def test_same_seed_same_parameters_other_seed_differs(tmp_path, data):
-    a = train(_cfg(tmp_path / "a"), data, show_progress=False)
-    b = train(_cfg(tmp_path / "b"), data, show_progress=False)
+    a = train(tiny_config(tmp_path / "a"), data, show_progress=False)
+    b = train(tiny_config(tmp_path / "b"), data, show_progress=False)
     assert _params_equal(a.model, b.model)
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
-    c = train(_cfg(tmp_path / "c", seed=6), data, show_progress=False)
+    c = train(tiny_config(tmp_path / "c", seed=6), data, show_progress=False)
     assert not _params_equal(a.model, c.model)
 
 
 # ------------------------------------------------------------------------------ resume
 def test_resume_equals_a_straight_run(tmp_path, data):
-    straight = train(_cfg(tmp_path / "straight", epochs=2), data, show_progress=False)
-    first = train(_cfg(tmp_path / "resumed", epochs=1), data, show_progress=False)
+    straight = train(tiny_config(tmp_path / "straight", epochs=2), data, show_progress=False)
+    first = train(tiny_config(tmp_path / "resumed", epochs=1), data, show_progress=False)
     assert len(first.history) == 1
-    resumed = train(_cfg(tmp_path / "resumed", epochs=2), data, show_progress=False)
+    resumed = train(tiny_config(tmp_path / "resumed", epochs=2), data, show_progress=False)
     assert _params_equal(straight.model, resumed.model)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(straight.history)
-    assert len(_read_metrics(tmp_path / "resumed" / "metrics.csv")) == 2
+    assert len(read_metrics_rows(tmp_path / "resumed" / "metrics.csv")) == 2
     # optimiser state came along too (Adam moments and step count)
     s1 = checkpoint.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     s2 = checkpoint.load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
@@ -112,26 +90,26 @@ def test_resume_equals_a_straight_run(tmp_path, data):
 
 
 def test_rerun_of_a_finished_run_changes_nothing(tmp_path, data):
-    first = train(_cfg(tmp_path), data, show_progress=False)
+    first = train(tiny_config(tmp_path), data, show_progress=False)
     blob = (tmp_path / "checkpoint.pt").read_bytes()
-    again = train(_cfg(tmp_path), data, show_progress=False)
+    again = train(tiny_config(tmp_path), data, show_progress=False)
     assert _params_equal(first.model, again.model)
     assert (tmp_path / "checkpoint.pt").read_bytes() == blob
-    fresh = train(_cfg(tmp_path), data, resume=False, show_progress=False)
+    fresh = train(tiny_config(tmp_path), data, resume=False, show_progress=False)
     assert _params_equal(first.model, fresh.model)  # same seed, from scratch
 
 
 def test_resume_with_changed_config_raises_and_keeps_checkpoint(tmp_path, data):
-    train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    train(tiny_config(tmp_path, epochs=1), data, show_progress=False)
     blob = (tmp_path / "checkpoint.pt").read_bytes()
     for change, named in (({"lr": 2e-2}, r"train\.lr: 0\.01 -> 0\.02"),
                           ({"seed": 9}, r"train\.seed: 5 -> 9"),
                           ({"batch_size": 32}, r"train\.batch_size: 64 -> 32")):
         with pytest.raises(ValueError, match=r"checkpoint\.pt was written with a different "
                            rf"config \({named}\); use another train\.out_dir.*--fresh"):
-            train(_cfg(tmp_path, epochs=2, **change), data, show_progress=False)
+            train(tiny_config(tmp_path, epochs=2, **change), data, show_progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == blob
-    assert len(_read_metrics(tmp_path / "metrics.csv")) == 1
+    assert len(read_metrics_rows(tmp_path / "metrics.csv")) == 1
 
 
 def test_config_changes_name_every_differing_key_old_to_new():
@@ -145,13 +123,13 @@ def test_config_changes_name_every_differing_key_old_to_new():
 
 def test_resume_says_where_it_starts_and_result_counts_epochs(tmp_path, data):
     said: list[str] = []
-    first = train(_cfg(tmp_path, epochs=1), data, show_progress=False, log=said.append)
+    first = train(tiny_config(tmp_path, epochs=1), data, show_progress=False, log=said.append)
     assert said == [] and (first.start_epoch, first.trained_epochs) == (0, 1)
-    more = train(_cfg(tmp_path, epochs=3), data, show_progress=False, log=said.append)
+    more = train(tiny_config(tmp_path, epochs=3), data, show_progress=False, log=said.append)
     assert said == [f"resuming from epoch 1 of 3 ({tmp_path / 'checkpoint.pt'})"]
     assert (more.start_epoch, more.trained_epochs) == (1, 2)
     said.clear()
-    again = train(_cfg(tmp_path, epochs=3), data, show_progress=False, log=said.append)
+    again = train(tiny_config(tmp_path, epochs=3), data, show_progress=False, log=said.append)
     assert said == [] and (again.start_epoch, again.trained_epochs) == (3, 0)
 
 
@@ -180,19 +158,19 @@ def _recording_bar(monkeypatch) -> list:
 def test_progress_bar_shows_the_running_epoch_mean_that_metrics_csv_records(
         tmp_path, data, monkeypatch):
     bars = _recording_bar(monkeypatch)
-    result = train(_cfg(tmp_path, epochs=2), data)
+    result = train(tiny_config(tmp_path, epochs=2), data)
     enabled, texts = bars[0]
     assert enabled and len(texts) == 6  # 3 steps per epoch
     for epoch, row in enumerate(result.history, start=1):
         assert texts[3 * epoch - 1] == f"epoch {epoch}/2 mean loss {row['loss']:.1f}"
     # a rerun of the finished run trains nothing and draws no (empty "0/0") bar
-    train(_cfg(tmp_path, epochs=2), data)
+    train(tiny_config(tmp_path, epochs=2), data)
     assert bars[1] == (False, [])
 
 
 def test_a_checkpoint_from_before_new_config_keys_resumes(tmp_path, data):
     """Keys added to the config since a checkpoint was written take their defaults."""
-    train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    train(tiny_config(tmp_path, epochs=1), data, show_progress=False)
     state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
     for spec in state["config"]["model"]["modalities"].values():
         spec.pop("network", None)
@@ -200,7 +178,7 @@ def test_a_checkpoint_from_before_new_config_keys_resumes(tmp_path, data):
     state["config"]["eval"] = {k: v for k, v in state["config"]["eval"].items()
                                if k not in ("labels", "metric")}
     checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", state)
-    resumed = train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    resumed = train(tiny_config(tmp_path, epochs=2), data, show_progress=False)
     assert len(resumed.history) == 2
 
 
@@ -209,9 +187,9 @@ def test_resume_ignores_how_the_model_is_evaluated(tmp_path, data):
     (a benchmark re-scores saved runs under a new protocol without retraining)."""
     import dataclasses
 
-    first = train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    first = train(tiny_config(tmp_path, epochs=1), data, show_progress=False)
     blob = (tmp_path / "checkpoint.pt").read_bytes()
-    cfg = _cfg(tmp_path, epochs=1)
+    cfg = tiny_config(tmp_path, epochs=1)
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
         cfg.eval, probe_standardize=True, coherence_sample=False, probe_train=7))
     again = train(cfg, data, show_progress=False)
@@ -220,22 +198,22 @@ def test_resume_ignores_how_the_model_is_evaluated(tmp_path, data):
 
 
 def test_a_moved_run_folder_resumes_and_equals_a_straight_run(tmp_path, data):
-    straight = train(_cfg(tmp_path / "straight", epochs=2), data, show_progress=False)
-    train(_cfg(tmp_path / "before", epochs=1), data, show_progress=False)
+    straight = train(tiny_config(tmp_path / "straight", epochs=2), data, show_progress=False)
+    train(tiny_config(tmp_path / "before", epochs=1), data, show_progress=False)
     (tmp_path / "before").rename(tmp_path / "after")
-    resumed = train(_cfg(tmp_path / "after", epochs=2), data, show_progress=False)
+    resumed = train(tiny_config(tmp_path / "after", epochs=2), data, show_progress=False)
     assert len(resumed.history) == 2
     assert _params_equal(straight.model, resumed.model)
 
 
 def test_resume_with_fewer_epochs_than_checkpoint_raises(tmp_path, data):
-    train(_cfg(tmp_path, epochs=2), data, show_progress=False)
+    train(tiny_config(tmp_path, epochs=2), data, show_progress=False)
     with pytest.raises(ValueError, match=r"already trained for 2 epochs.*train\.epochs = 1"):
-        train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+        train(tiny_config(tmp_path, epochs=1), data, show_progress=False)
 
 
 def test_load_trained_model_returns_the_trained_weights(tmp_path, data):
-    result = train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    result = train(tiny_config(tmp_path, epochs=1), data, show_progress=False)
     model, state = load_trained_model(tmp_path)
     assert _params_equal(model, result.model) and not model.training
     assert state["epoch"] == 1
@@ -243,45 +221,30 @@ def test_load_trained_model_returns_the_trained_weights(tmp_path, data):
 
 def test_dataset_modalities_must_match_config(tmp_path, data):
     with pytest.raises(ValueError, match=r"dataset modalities \['b'\] differ from the config's"):
-        train(_cfg(tmp_path), data.select(["b"]), show_progress=False)
+        train(tiny_config(tmp_path), data.select(["b"]), show_progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
 # -------------------------------------------------------------------------- divergence
-def _nan_after(monkeypatch, n_calls: int):
-    real = training.compute_loss
-    calls = {"n": 0}
-
-    def fake(*args, **kwargs):
-        terms = real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] > n_calls:
-            return LossTerms(loss=terms.loss * float("nan"), rec_ll=terms.rec_ll, reg=terms.reg,
-                             mu=terms.mu, logvar=terms.logvar)
-        return terms
-
-    monkeypatch.setattr(training, "compute_loss", fake)
-
-
 def test_nan_loss_raises_and_keeps_previous_checkpoint(tmp_path, data, monkeypatch):
-    train(_cfg(tmp_path, epochs=1), data, show_progress=False)
+    train(tiny_config(tmp_path, epochs=1), data, show_progress=False)
     ckpt, metrics = tmp_path / "checkpoint.pt", tmp_path / "metrics.csv"
     blobs = ckpt.read_bytes(), metrics.read_bytes()
-    _nan_after(monkeypatch, 1)  # second step of epoch 2 (global step 4)
+    nan_after(monkeypatch, 1)  # second step of epoch 2 (global step 4)
     with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 4; lower train\.lr"):
-        train(_cfg(tmp_path, epochs=3), data, show_progress=False)
+        train(tiny_config(tmp_path, epochs=3), data, show_progress=False)
     assert (ckpt.read_bytes(), metrics.read_bytes()) == blobs
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
     # the run can go on from the intact checkpoint, and ends where a clean run ends
-    resumed = train(_cfg(tmp_path, epochs=2), data, show_progress=False)
-    straight = train(_cfg(tmp_path / "straight", epochs=2), data, show_progress=False)
+    resumed = train(tiny_config(tmp_path, epochs=2), data, show_progress=False)
+    straight = train(tiny_config(tmp_path / "straight", epochs=2), data, show_progress=False)
     assert _params_equal(resumed.model, straight.model)
 
 
 def test_absurd_learning_rate_diverges_without_checkpoint(tmp_path, data):
     with pytest.raises(TrainingDivergedError, match=r"loss is (nan|inf|-inf) at step \d+"):
-        train(_cfg(tmp_path, epochs=2, lr=1e30), data, show_progress=False)
+        train(tiny_config(tmp_path, epochs=2, lr=1e30), data, show_progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -344,7 +307,7 @@ def test_corrupted_truncated_and_missing_checkpoints(tmp_path):
 def test_training_on_a_corrupted_checkpoint_raises_clearly(tmp_path, data):
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt cannot be read"):
-        train(_cfg(tmp_path), data, show_progress=False)
+        train(tiny_config(tmp_path), data, show_progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"garbage"  # not overwritten
 
 
@@ -380,152 +343,13 @@ def test_resolve_device_names_the_cuda_devices_there_are(monkeypatch):
 def test_bf16_autocast_and_channels_last_train_and_stay_close(tmp_path, data):
     """The speed switches change the arithmetic, not the model: a step in bfloat16
     autocast and NHWC layout lands near the float32 NCHW step."""
-    ref = train(_cfg(tmp_path / "ref", epochs=1), data, show_progress=False)
-    fast = train(_cfg(tmp_path / "fast", epochs=1, amp="bf16", channels_last=True), data,
+    ref = train(tiny_config(tmp_path / "ref", epochs=1), data, show_progress=False)
+    fast = train(tiny_config(tmp_path / "fast", epochs=1, amp="bf16", channels_last=True), data,
                  show_progress=False)
     a, b = ref.model.state_dict(), fast.model.state_dict()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert 0 < worst < 0.05, worst
     assert ref.history[0]["loss"] == pytest.approx(fast.history[0]["loss"], rel=0.05)
     with pytest.raises(ValueError, match="fp16' needs CUDA"):
-        train(_cfg(tmp_path / "fp16", epochs=1, amp="fp16", device="cpu"), data,
+        train(tiny_config(tmp_path / "fp16", epochs=1, amp="fp16", device="cpu"), data,
               show_progress=False)
-
-
-# ------------------------------------------------------- the run folder, one model
-def _blobs(folder) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-def _interrupt_at(monkeypatch, call: int):
-    """Ctrl-C in the ``call``-th training step (1-based)."""
-    real, calls = training.train_step, {"n": 0}
-
-    def step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_step", step)
-
-
-def test_config_and_metrics_are_written_with_each_checkpoint_and_agree(tmp_path, data,
-                                                                       monkeypatch):
-    """checkpoint_every = 2 over 3 epochs in a new folder: epoch 1's metrics row is
-    written at once (a divergence's lead-up stays on disk), config.json and the
-    checkpoint with epoch 2, and at each checkpoint the files say what it says."""
-    seen = []
-
-    run = tmp_path / "run"
-
-    def check(epoch):
-        state = checkpoint.load_checkpoint(run / "checkpoint.pt")
-        rows = _read_metrics(run / "metrics.csv")
-        assert [int(r["epoch"]) for r in rows] == list(range(1, epoch + 1)) and \
-            state["epoch"] == epoch
-        assert [float(r["loss"]) for r in rows] == [h["loss"] for h in state["history"]]
-        assert json.loads((run / "config.json").read_text()) == \
-            json.loads(json.dumps(state["config"]))  # tuples as lists
-        seen.append(epoch)
-
-    calls = {"n": 0}
-    real = training.train_step
-
-    def step(*args, **kwargs):  # after epoch 1 (3 steps): its row, nothing else
-        calls["n"] += 1
-        if calls["n"] == 4:
-            assert sorted(p.name for p in run.iterdir()) == ["metrics.csv"]
-            assert [int(r["epoch"]) for r in _read_metrics(run / "metrics.csv")] == [1]
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_step", step)
-    train(_cfg(tmp_path / "run", epochs=3, checkpoint_every=2), data, show_progress=False,
-          on_checkpoint=check)
-    assert seen == [2, 3] and calls["n"] == 9
-
-
-def test_a_fresh_run_stopped_before_its_first_checkpoint_leaves_the_old_run_whole(
-        tmp_path, data, monkeypatch):
-    train(_cfg(tmp_path, epochs=2), data, show_progress=False)
-    before = _blobs(tmp_path)
-    _interrupt_at(monkeypatch, 2)  # Ctrl-C
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tmp_path, epochs=2, beta=4.0), data, resume=False, show_progress=False)
-    assert _blobs(tmp_path) == before
-    monkeypatch.undo()
-    _nan_after(monkeypatch, 1)  # diverges in its first epoch
-    with pytest.raises(TrainingDivergedError):
-        train(_cfg(tmp_path, epochs=2, lr=0.5), data, resume=False, show_progress=False)
-    assert _blobs(tmp_path) == before
-
-
-def test_a_fresh_run_replaces_the_three_files_together_at_its_first_checkpoint(
-        tmp_path, data, monkeypatch):
-    train(_cfg(tmp_path, epochs=2), data, show_progress=False)
-    _interrupt_at(monkeypatch, 5)  # epoch 2 of the fresh run: epoch 1 is checkpointed
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tmp_path, epochs=2, beta=4.0), data, resume=False, show_progress=False)
-    state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
-    assert state["epoch"] == 1 and state["config"]["train"]["beta"] == 4.0
-    assert json.loads((tmp_path / "config.json").read_text())["train"]["beta"] == 4.0
-    assert len(_read_metrics(tmp_path / "metrics.csv")) == 1
-
-
-def test_a_resume_rewrites_config_and_metrics_from_the_checkpoint(tmp_path, data):
-    """Whatever an earlier run left beside the checkpoint (an aborted run's rows, a
-    config of another model), a rerun puts back what the checkpoint says, even when
-    nothing is left to train."""
-    train(_cfg(tmp_path, epochs=2), data, show_progress=False)
-    right = _blobs(tmp_path)
-    (tmp_path / "metrics.csv").write_text(",".join(METRIC_FIELDS) + "\n1,3,9,9,9,0,1\n")
-    (tmp_path / "config.json").write_text('{"model": {"method": "poe"}}')
-    again = train(_cfg(tmp_path, epochs=2), data, show_progress=False)
-    assert again.trained_epochs == 0 and _blobs(tmp_path) == right
-
-
-def test_nothing_is_written_for_empty_data_or_an_unusable_out_dir(tmp_path, data):
-    with pytest.raises(ValueError, match="the training data has no samples"):
-        train(_cfg(tmp_path / "run"), data.subset(np.arange(0)), show_progress=False)
-    assert not (tmp_path / "run").exists()
-    (tmp_path / "afile").write_text("x")
-    with pytest.raises(ValueError, match=r"afile is a file, not a folder; choose another "
-                       r"train\.out_dir"):
-        train(_cfg(tmp_path / "afile"), data, show_progress=False)
-    (tmp_path / "run" / "checkpoint.pt").mkdir(parents=True)  # found before training
-    with pytest.raises(ValueError, match=r"checkpoint\.pt is a folder .* where the run's "
-                       r"checkpoint\.pt goes"):
-        train(_cfg(tmp_path / "run"), data, show_progress=False)
-    assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint.pt"]
-
-
-def test_a_corrupted_checkpoint_advises_fresh_not_an_unsafe_load(tmp_path, data):
-    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
-    with pytest.raises(ValueError) as info:
-        train(_cfg(tmp_path), data, show_progress=False)
-    text = str(info.value)
-    assert text.startswith(f"checkpoint {tmp_path / 'checkpoint.pt'} cannot be read: it is "
-                           "not a torch checkpoint, or it is truncated")
-    assert "mmvm train --fresh" in text and "another train.out_dir" in text
-    assert "weights_only" not in text and "\n" not in text
-    fresh = train(_cfg(tmp_path, epochs=1), data, resume=False, show_progress=False)
-    assert fresh.trained_epochs == 1  # --fresh replaces it
-
-
-def test_a_federated_checkpoint_is_not_resumed(tmp_path, data):
-    """A federated run's checkpoint (no optimizer state) evaluates, but a resume
-    would go on without Adam's moments: refused, naming what is missing."""
-    train(_cfg(tmp_path, epochs=1), data, show_progress=False)
-    state = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
-    del state["optimizer"]
-    checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", state)
-    with pytest.raises(ValueError, match=r"is not a training checkpoint to resume \(it has "
-                       r"no optimizer\); start over with `mmvm train --fresh`"):
-        train(_cfg(tmp_path, epochs=2), data, show_progress=False)
-    model, _ = load_trained_model(tmp_path)
-    assert model.names == ["a", "b"]
-    (tmp_path / "results.json").write_text("{}")  # as the ServerApp writes beside it
-    with pytest.raises(ValueError, match=r"checkpoint.pt is a federated run's assembled "
-                       r"model .* choose another train.out_dir \(--fresh there would "
-                       r"replace the run's checkpoint and metrics\)"):
-        train(_cfg(tmp_path, epochs=2), data, show_progress=False)

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import mmvm.training as training
 from mmvm.cli import main
+from tests.support.training_data import blobs, interrupt_at
 
 ROOT = Path(__file__).resolve().parents[2]
 POLYMNIST = str(ROOT / "configs" / "polymnist.toml")
@@ -34,28 +34,11 @@ def _args(root, out, *extra) -> list[str]:
             *[a for s in sets for a in ("--set", s)], *extra]
 
 
-def _blobs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
 def _evaluated(out: Path) -> None:
     """What `mmvm evaluate` and `mmvm plot curves` leave after the checkpoint."""
     (out / "eval.json").write_text('{"method": "mmvm"}')
     (out / "generations.png").write_bytes(b"\x89PNG old generations")
     (out / "curves.png").write_bytes(b"\x89PNG old curves")
-
-
-def _interrupt_at(monkeypatch, call: int) -> None:
-    """Ctrl-C in the ``call``-th training step (1-based)."""
-    real, calls = training.train_step, {"n": 0}
-
-    def step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_step", step)
 
 
 def _method(out: Path) -> str:
@@ -68,7 +51,7 @@ def test_a_fresh_run_replaces_the_old_one_only_with_its_first_checkpoint(
     out = tmp_path / "run"
     assert main(_args(tiny_polymnist, out)) == 0
     _evaluated(out)
-    before = _blobs(out)
+    before = blobs(out)
     capsys.readouterr()
     # diverges before its first checkpoint: config.json, metrics.csv, all as they were
     poe = ("--fresh", "--set", 'model.method="poe"')
@@ -78,7 +61,7 @@ def test_a_fresh_run_replaces_the_old_one_only_with_its_first_checkpoint(
     assert err.rstrip().endswith(
         f"({out} still holds the earlier run, untouched: --fresh replaces it only when the "
         "new run's first checkpoint is written)")
-    assert _blobs(out) == before and _method(out) == "mmvm"
+    assert blobs(out) == before and _method(out) == "mmvm"
     # trains: checkpoint, config.json and metrics.csv are the new model's; what scored
     # or pictured the old one is kept under its time
     assert main(_args(tiny_polymnist, out, *poe)) == 0
@@ -100,17 +83,17 @@ def test_ctrl_c_is_one_line_and_leaves_one_model(tiny_polymnist, tmp_path, capsy
     out = tmp_path / "run"
     assert main(_args(tiny_polymnist, out)) == 0
     _evaluated(out)
-    before = _blobs(out)
+    before = blobs(out)
     capsys.readouterr()
     beta4 = ("--set", "train.beta=4", "--set", "train.epochs=2")
-    _interrupt_at(monkeypatch, 2)  # in the first epoch: no checkpoint of the new run yet
+    interrupt_at(monkeypatch, 2)  # in the first epoch: no checkpoint of the new run yet
     assert main(_args(tiny_polymnist, out, "--fresh", *beta4)) == 130
     assert capsys.readouterr().err == (
         f"mmvm train: interrupted; {out} still holds the earlier run, untouched: --fresh "
         "replaces it only when the new run's first checkpoint is written\n")
-    assert _blobs(out) == before
+    assert blobs(out) == before
     monkeypatch.undo()
-    _interrupt_at(monkeypatch, 5)  # in epoch 2: epoch 1 is checkpointed
+    interrupt_at(monkeypatch, 5)  # in epoch 2: epoch 1 is checkpointed
     assert main(_args(tiny_polymnist, out, "--fresh", *beta4)) == 130
     assert capsys.readouterr().err == (
         f"mmvm train: interrupted; the checkpoint of epoch 1 in {out} is intact; run the "
