@@ -94,11 +94,19 @@ def _get(rc: Mapping, key: str, kind: type):
         if str(value).lower() in ("true", "false", "1", "0", "yes", "no"):
             return str(value).lower() in ("true", "1", "yes")
         raise ConfigError(f"run config: {key} = {value!r} is not a boolean")
+    # flwr passes numbers as TOML gives them: 3.7 or true for an int would be cut to 3
+    # or 1 without a word, and NaN compares false with everything (delta-tol=nan: off)
+    if kind in (int, float) and isinstance(value, bool) or kind is int and \
+            isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"run config: {key} = {value!r} is not a valid {kind.__name__}")
     try:
-        return kind(value)
+        out = kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"run config: {key} = {value!r} is not a valid "
                           f"{kind.__name__}") from None
+    if kind is float and out != out:
+        raise ConfigError(f"run config: {key} = {value!r} is not a number")
+    return out
 
 
 def _path(rc: Mapping, key: str) -> str:

@@ -38,6 +38,11 @@ def test_overrides_and_string_forms_of_flower_values():
     ({"missing": 1.0}, r"missing = 1.0 must be in \[0, 1\)"),
     ({"float16": "maybe"}, r"float16 = 'maybe' is not a boolean"),
     ({"num_sites": "three"}, r"num-sites = 'three' is not a valid int"),
+    # flwr hands numbers over as TOML reads them: neither cut nor read as NaN
+    ({"num_sites": 3.7}, r"num-sites = 3.7 is not a valid int"),
+    ({"num_sites": True}, r"num-sites = True is not a valid int"),
+    ({"delta_tol": float("nan")}, r"delta-tol = nan is not a number"),
+    ({"delta_tol": "nan"}, r"delta-tol = 'nan' is not a number"),
     ({"reply_timeout": 0}, r"reply-timeout = 0.0 and connect-timeout = 30.0 must be > 0"),
     ({"secure": True, "delta_tol": 0.1}, r"delta-tol .* not available with secure"),
     ({"set": "train.epochz=2"}, r"did you mean 'train.epochs'"),
