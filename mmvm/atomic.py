@@ -85,3 +85,12 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def existing_part(path: str | Path) -> Path:
+    """The deepest part of ``path`` that exists (``path`` itself when it does): where a
+    write would first touch the disk, so a file there means "not a folder"."""
+    existing = Path(path)
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+        existing = existing.parent
+    return existing

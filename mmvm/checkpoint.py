@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mmvm.atomic import atomic_write
+from mmvm.atomic import atomic_write, existing_part
 
 METRIC_FIELDS = ["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"]
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.csv")  # what mmvm train writes
@@ -83,9 +83,7 @@ def check_run_folder(folder: Path, names: tuple[str, ...] = RUN_FILES,
     a folder, a folder this user may not write in. ``key`` is the setting or option
     that gave the folder; ``elsewhere``: advise choosing another."""
     other = f"; choose another {key}" if elsewhere else ""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent  # the deepest part of the path that is there
+    existing = existing_part(folder)
     if not existing.is_dir():
         raise ValueError(f"{key} = {folder}: {existing} is a file, not a folder{other}")
     if existing == folder:

@@ -25,6 +25,8 @@ from mmvm.data.store_format import is_label_column
 from mmvm.evaluation import unimodal_posteriors
 from mmvm.model import MultimodalVAE
 
+LATENTS_KEY = b"mmvm.latents"  # schema metadata of every table write_latents writes
+
 
 def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
                  device: str | torch.device = "cpu",
@@ -77,7 +79,7 @@ def write_latents(path: str | Path, table: pa.Table, meta: dict) -> Path:
     file's ``mmvm.latents`` metadata (where the model and data came from)."""
     import json
 
-    table = table.replace_schema_metadata({b"mmvm.latents": json.dumps(meta).encode()})
+    table = table.replace_schema_metadata({LATENTS_KEY: json.dumps(meta).encode()})
     path = Path(path)
     atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
     return path

@@ -24,8 +24,6 @@ from pathlib import Path
 from mmvm.cli import add_config_arguments
 from mmvm.cli.outputs import check_file_out, positive_int
 
-LATENTS_KEY = b"mmvm.latents"  # the schema metadata key mmvm.latents.write_latents sets
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -148,6 +146,7 @@ def _refuse_foreign(path: Path) -> None:
     import pyarrow.parquet as pq
 
     from mmvm.data.store_format import TENSOR_KEY
+    from mmvm.latents import LATENTS_KEY
 
     try:
         keys = set(pq.read_schema(path).metadata or {})

@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from mmvm.atomic import existing_part
+
 
 def positive_int(text: str) -> int:
     """An argparse ``type``: an integer of at least 1 (a count or a size)."""
@@ -32,12 +34,10 @@ def positive_int(text: str) -> int:
 
 def check_location(path: str | os.PathLike, flag: str = "--out") -> None:
     """Refuse ``path`` when the nearest of its folders that exists is a file."""
-    for parent in Path(path).parents:
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise ValueError(f"{flag} {path}: {parent} is not a folder (a file); "
-                                 f"give a path inside a folder")
-            return
+    parent = existing_part(Path(path).parent)
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is not a folder (a file); give a path "
+                         "inside a folder")
 
 
 def check_file_out(out: str | os.PathLike, suffixes: Sequence[str], kind: str,

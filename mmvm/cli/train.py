@@ -188,9 +188,9 @@ def summary(result: TrainResult, method: str) -> str:
 
 def _near(path: Path) -> str:
     """'did you mean X?' when one folder on the way to ``path`` has a near namesake."""
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent  # the deepest folder on the way that exists
+    from mmvm.atomic import existing_part
+
+    existing = existing_part(path.parent)
     if existing == path.parent or not existing.is_dir():
         return ""
     rest = path.relative_to(existing).parts
