@@ -146,14 +146,9 @@ def local_connection() -> str | None:
     there is no config yet: flwr then makes one whose default is), else the name of
     one whose address is ``:local:``. A default that is a SuperLink is not taken:
     without --connection this command runs a simulation, not a real federation."""
-    home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
-    try:
-        with open(home / "config.toml", "rb") as fh:
-            links = tomllib.load(fh).get("superlink", {})
-    except FileNotFoundError:
+    home, links = _connections()
+    if links is None:
         return None
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{home / 'config.toml'}: {err}") from None
     default = links.get("default", "")
     local = [k for k, v in links.items() if isinstance(v, dict) and _is_local(v)]
     if default in local or not local and default == "":
@@ -170,6 +165,33 @@ def local_connection() -> str | None:
         f"at {where}, not a local simulation: to run there, say so (--connection "
         f"{default} --deployment); for a simulation add [superlink.local] with "
         f"address = \":local:\"")
+
+
+def _connections() -> tuple[Path, dict | None]:
+    """flwr's home and the ``[superlink]`` table of its config.toml (None: no file)."""
+    home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+    try:
+        with open(home / "config.toml", "rb") as fh:
+            return home, tomllib.load(fh).get("superlink", {})
+    except FileNotFoundError:
+        return home, None
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{home / 'config.toml'}: {err}") from None
+
+
+def named_is_simulation(name: str, deployment: bool) -> bool:
+    """Whether ``--connection name`` runs a local simulation (its address is
+    ``:local:``): then the run config gets a simulation's checks and SuperNodes, as
+    without ``--connection``. A name that is not defined is flwr's to report, unless
+    ``--deployment`` contradicts a local one."""
+    home, links = _connections()
+    link = (links or {}).get(name)
+    local = isinstance(link, dict) and _is_local(link)
+    if local and deployment:
+        raise ConfigError(f"--connection {name} is a local simulation ({home / 'config.toml'}"
+                          f"), not a deployment: drop --deployment, or name the "
+                          f"SuperLink's connection")
+    return local
 
 
 def _is_local(link: dict) -> bool:
@@ -201,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
         if simulation:
             _no_federations(Path(args.app))
             args.connection = local_connection()
+        elif args.connection:  # a named local simulation is checked as one
+            simulation = named_is_simulation(args.connection, args.deployment)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
             check_run_config(Path(args.app), args.run_config, local=simulation)
         else:

@@ -70,11 +70,35 @@ def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPL
     stray = PAIR.sub("", text).split()
     if stray:
         raise ConfigError(f"{flag}: {stray[0]!r} is not key=value ({example})")
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:  # Flower keeps one of them; which one is the user's is not ours to guess
+        raise ConfigError(f"{flag}: {twice[0]} is given {keys.count(twice[0])} times; "
+                          f"give each key once")
     try:  # flattened as flwr does: a.b=1 is the key "a.b"
         return _flat(tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs)))
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{flag} {text!r}: {err}; strings take quotes "
+        raise ConfigError(f"{flag}: {_bad_pair(pairs) or err}; strings take quotes "
                           f"({example})") from None
+
+
+def _bad_pair(pairs: list[tuple[str, str]]) -> str:
+    """The first ``key=value`` of ``pairs`` that TOML cannot read, named by its words
+    (TOML's own message gives a line and column of a text the user never wrote)."""
+    for k, v in pairs:
+        if _toml_error(f"{k} = {v}"):
+            what = f"{v} is not a value" if _toml_error(f"x = {v}") else \
+                f"{k!r} is not a key (letters, digits, - _ and .)"
+            return f"{k}={v}: {what}"
+    return ""
+
+
+def _toml_error(line: str) -> bool:
+    try:
+        tomllib.loads(line)
+    except tomllib.TOMLDecodeError:
+        return True
+    return False
 
 
 def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:

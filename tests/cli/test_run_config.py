@@ -48,7 +48,10 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("num-site=3", r"unknown key 'num-site'; did you mean 'num-sites'\?"),
     ("exchang='step'", r"unknown key 'exchang'; did you mean 'exchange'\?"),
     ("zzz=1", r"unknown key 'zzz' \(the keys are those of \[tool.flwr.app.config\]"),
-    ("exchange=step", r"'exchange=step'.*strings take quotes"),
+    ("exchange=step", r"exchange=step: step is not a value; strings take quotes"),
+    ("num-sites=3 exchange=step", r": exchange=step: step is not a value"),  # its word
+    ("a..b=1", r"a..b=1: 'a..b' is not a key"),
+    ("num-sites=3 num-sites=4", r"num-sites is given 2 times; give each key once"),
     ("num-sites=3 oops", r"'oops' is not key=value"),
     ("exchange='stp'", r"exchange = 'stp'; choose one of"),
     ("set='train.epoch=1'", r"override 'train.epoch=1': unknown key 'train.epoch'; did "
@@ -222,3 +225,27 @@ def test_site_dirs_without_test_files_are_named_before_anything_trains(tiny_poly
                                           r"\(eval-data = 'default'\): no .*site-a/test"):
         check_run_config(ROOT, text, local=True)
     check_run_config(ROOT, text + " eval-data=''", local=True)  # no evaluation: fine
+
+
+def test_a_named_local_connection_gets_a_simulations_checks(tmp_path, monkeypatch):
+    """`--connection local` is the simulation that `mmvm run` alone starts: its
+    relative out-dir is refused before Flower starts, and --deployment on it is a
+    contradiction, not a run with Flower's default number of SuperNodes."""
+    from mmvm.cli.run import named_is_simulation
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n[superlink.local]\naddress = ":local:"\n'
+        '[superlink.remote]\naddress = "10.0.0.1:9093"\n')
+    assert named_is_simulation("local", deployment=False)
+    assert not named_is_simulation("remote", deployment=True)
+    assert not named_is_simulation("undefined", deployment=False)  # flwr says so
+    with pytest.raises(ConfigError, match="--connection local is a local simulation"):
+        named_is_simulation("local", deployment=True)
+    env = {**os.environ, "FLWR_HOME": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--connection", "local",
+                          "--run-config", "out-dir='rel/out'"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2 and "out-dir = 'rel/out' is relative" in res.stderr, \
+        res.stderr
+    assert not (tmp_path / "rel").exists()
