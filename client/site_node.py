@@ -32,7 +32,8 @@ from mmvm.federation.channel import Channel, PlainChannel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
 from mmvm.federation.messages import MessageError
-from mmvm.federation.policy import SitePolicy, load_policy, missing_paths
+from mmvm.federation.node_config import load_policy, missing_paths
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.settings import FederationSettings, load_settings

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from mmvm.cli.run_config import APP_DIR
 from mmvm.config import ExperimentConfig
-from mmvm.federation.policy import KEYS, SitePolicy, load_policy, policy_problems
+from mmvm.federation.node_config import load_policy, policy_problems
+from mmvm.federation.policy import KEYS, SitePolicy
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 PATH_KEYS = ("data", "keys", "directory", "state")
@@ -73,7 +74,7 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     for _, message in problems:
         check.add("policy", ERROR, message)
     bad = {key for key, _ in problems}
-    policy = _usable_part(nc, check.site, bad)
+    policy = _usable_part(nc, "site" if "site" in bad else check.site, bad)
     train, test = _data(check, data)
     if cfg is not None:
         _experiment(check, cfg, train, test, policy, app)
@@ -82,10 +83,10 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
         _min_rows(check, policy, train)
     if train is not None:
         _eval_labels(check, policy, train)
-    _name(check, policy)
     if policy.secure_site:
         _keys(check, policy, pinned="peers" in nc and "peers" not in bad)
-    _state(check, Path(policy.state))
+    if "site" not in bad:  # else the state's default folder is not the site's
+        _state(check, Path(policy.state))
     return check
 
 
@@ -261,16 +262,6 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                   "a modality's weights, each learns the other's from their average")
     if not p.require_secure:
         check.add("policy", WARNING, "require-secure off: plaintext runs are accepted")
-
-
-def _name(check: NodeCheck, p: SitePolicy) -> None:
-    from mmvm.secure.keys import validate_site_name
-
-    try:
-        validate_site_name(check.site)
-    except ValueError as err:
-        check.add("site", ERROR if p.secure_site else WARNING,
-                  f"{err}; it also names the site's files in the state folder")
 
 
 def _keys(check: NodeCheck, p: SitePolicy, pinned: bool) -> None:

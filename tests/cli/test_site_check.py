@@ -278,3 +278,15 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     lost = check_node_config(_nc(fed, directory=None))
     assert "set directory= to the public key directory" in _find(lost, "directory",
                                                                 ERROR)[0]
+
+
+def test_a_plaintext_site_named_outside_its_state_folder_is_an_error(fed):
+    """site="../x" would put `<state>/../x.pt` beside the folder; plaintext sites are
+    held to it too (the ClientApp refuses the run), and no state is checked for it."""
+    check = check_node_config(_nc(fed, site="../x", keys=None, directory=None,
+                                  peers=None, data=str(fed["root"] / "data" / "site-a"),
+                                  **{"require-psi": None}))
+    assert not check.ok
+    assert "invalid site name '../x'" in _find(check, "policy", ERROR)[0]
+    assert not [f for f in check.findings if f.item == "state"]
+    assert _find(check, "data", OK)  # the rest is still checked

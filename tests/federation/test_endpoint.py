@@ -153,7 +153,8 @@ def test_bad_attach_requests_name_what_is_wrong(endpoint, change, match):
 def test_an_attach_beyond_the_sites_limits_is_refused_before_the_plan_is_built(endpoint):
     """One attach asking for 10^9 epochs would build the plan in memory until the
     host runs out; the site's max-visits refuses it at once."""
-    from mmvm.federation.policy import PolicyError, load_policy
+    from mmvm.federation.node_config import load_policy
+    from mmvm.federation.policy import PolicyError
 
     endpoint.policy = load_policy({"data": "/d"}, endpoint.site.name)  # a deployment's
     n = len(endpoint.site.data)
@@ -172,7 +173,8 @@ def test_a_step_beyond_the_sites_memory_limit_is_refused_at_attach(
     site's parameters as they are, but every step would pair all of them
     ([B, M, M, D]): max-step-gib refuses the plan's batch before anything trains."""
     from mmvm.config import config_from_dict
-    from mmvm.federation.policy import PolicyError, load_policy
+    from mmvm.federation.node_config import load_policy
+    from mmvm.federation.policy import PolicyError
 
     mods = {m: {"kind": "image", "shape": [3, 28, 28], "width": 4} for m in ("m0", "m1", "m2")}
     mods.update({f"x{i}": {"kind": "vector", "shape": [1]} for i in range(400)})

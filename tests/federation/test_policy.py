@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from mmvm.federation.policy import PolicyError, SitePolicy, load_policy
+from mmvm.federation.node_config import load_policy
+from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.secure.keys import SiteKeys
 
 
@@ -72,6 +75,20 @@ def test_pinned_peers_filter_the_directory_and_catch_substituted_keys(directory)
     same = load_policy({"data": "/d", "keys": "k",
                         "peers": f"b={fp.replace(' ', '').upper()}"}, "a")
     assert sorted(same.trusted("a", directory)) == ["a", "b"]
+    twice = f"{_pins(directory, 'b')};b={forged['b'].fingerprint}"  # a pasted second pin
+    with pytest.raises(PolicyError, match=r"peers pins 'b' twice; keep the fingerprint its"):
+        load_policy({"data": "/d", "keys": "k", "peers": twice}, "a")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "my data", ""])
+def test_a_deployment_sites_name_is_a_file_name_in_its_state_folder(name, tmp_path):
+    """`<state>/<site>.errors.log`, `<site>.pt`: a name such as `../x` would put the
+    site's files outside its state folder, plaintext or secure alike."""
+    with pytest.raises(PolicyError, match=rf"invalid site name {re.escape(repr(name))}.*"
+                                          r"set site=\"<name>\""):
+        load_policy({"data": str(tmp_path), "site": name}, name)
+    assert load_policy({"data": str(tmp_path)}, "site-a.2").state.endswith("site-a.2")
+    assert load_policy({}, name).test_bed  # a simulation names its sites itself
 
 
 def test_min_rows_floors_what_a_plans_windows_may_say_about_the_site():

@@ -97,7 +97,8 @@ def test_a_model_beyond_max_params_is_refused_before_it_is_built(tiny_polymnist,
                                                                   tiny_config, tmp_path):
     """The submitter's config sets the model's size; the site counts its own
     modalities' parameters on the meta device and refuses before allocating."""
-    from mmvm.federation.policy import PolicyError, load_policy
+    from mmvm.federation.node_config import load_policy
+    from mmvm.federation.policy import PolicyError
     from mmvm.training import count_parameters
 
     cfg = tiny_config(tiny_polymnist)

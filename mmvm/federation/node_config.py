@@ -1,0 +1,171 @@
+"""A deployment site's node config read into its :class:`SitePolicy`.
+
+Every key's reader, every problem of a node config at once (what ``mmvm site check``
+lists before the SuperNode starts) and the paths it names that are missing. The keys
+and what each protects are in :mod:`mmvm.federation.policy`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from mmvm.federation.policy import (
+    KEYS,
+    LIMITS,
+    PolicyError,
+    SitePolicy,
+    fingerprint_digits,
+)
+from mmvm.secure.keys import validate_site_name
+
+
+def _bool(nc: Mapping, key: str, default: bool) -> bool:
+    if key not in nc:
+        return default
+    v = nc[key]
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return str(v).lower() in ("true", "1", "yes", "on")
+    raise PolicyError(f"node config: {key} = {v!r} is not a boolean (true or false; "
+                      f"yes/no, on/off, 1/0 also do)")
+
+
+def _positive(nc: Mapping, key: str, default: int) -> int:
+    v = nc.get(key, default)
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        n = 0
+    if isinstance(v, bool) or isinstance(v, float) and v != n or n < 1:
+        unit = " (whole GiB)" * key.endswith("-gib")
+        raise PolicyError(f"node config: {key} = {v!r} is not a positive integer{unit}")
+    return n
+
+
+def _peers(text: str) -> dict[str, str] | None:
+    if text.strip() == "*":
+        return None
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        name, sep, fp = item.partition("=")
+        if not sep or not name.strip() or len(fingerprint_digits(fp)) != 32:
+            raise PolicyError(f"node config: peers entry {item!r} is not "
+                              f"'name=fingerprint' (32 hex digits)")
+        if name.strip() in out:  # which of the two is the site's is not ours to guess
+            raise PolicyError(f"node config: peers pins {name.strip()!r} twice; keep the "
+                              f"fingerprint its administrator confirmed")
+        out[name.strip()] = fp.strip()
+    if not out:
+        raise PolicyError("node config: peers is empty; list the expected peers or "
+                          "say peers=\"*\"")
+    return out
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    out = tuple(filter(None, (s.strip() for s in text.split(","))))
+    odd = [p for p in out if p != "*" and not p.startswith("label")]
+    if odd:
+        raise PolicyError(f"node config: eval-labels entries {odd} are not label columns "
+                          f"('label' or 'label.<name>'; patterns such as 'label.*', or "
+                          f"'*' for any)")
+    return out
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text.strip()):
+        raise PolicyError(f"node config: device = {text!r} is not a device (cpu, cuda, "
+                          f"cuda:N, mps or auto)")
+    return text.strip()
+
+
+# each policy key's reader (its value -> the SitePolicy field), the defaults aside
+_READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
+            "allow-collect": lambda nc, k: _bool(nc, k, True),
+            "allow-pair-masking": lambda nc, k: _bool(nc, k, False),
+            "require-psi": lambda nc, k: _bool(nc, k, False),
+            "min-rows": lambda nc, k: _positive(nc, k, 1),
+            **{key: lambda nc, k: _positive(nc, k, LIMITS[k]) for key in LIMITS},
+            "peers": lambda nc, k: _peers(str(nc[k])),
+            "eval-labels": lambda nc, k: _labels(str(nc[k])),
+            "device": lambda nc, k: _device(str(nc[k])),
+            "allow-compile": lambda nc, k: _bool(nc, k, False)}
+
+
+def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
+    """Every problem of a deployment node config's policy as ``(key, message)``, one
+    per key: unknown keys (key "", with the nearest valid ones), values that do not
+    parse, keys without pinned peers (key "peers"). Empty for a valid policy (or a
+    simulation's node config)."""
+    if "data" not in nc:
+        return []
+    problems = []
+    unknown = [k for k in nc if k not in (*KEYS, "data", "site")]
+    if unknown:
+        near = {k: difflib.get_close_matches(k, (*KEYS, "data", "site"), 1)
+                for k in unknown}
+        hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in near.items() if m)
+        problems.append(("", f"node config of site {site}: unknown keys {unknown}"
+                         + (f" ({hint})" * bool(hint))
+                         + f"; valid: {sorted((*KEYS, 'data', 'site'))}"))
+    try:  # it names the site's files in its state folder: `../x` would be outside
+        validate_site_name(site)
+    except ValueError as err:
+        problems.append(("site", f"node config: {err}; it names the site's files in its "
+                         f"state folder and the site in the run; set site=\"<name>\""
+                         + " (the data folder's name is the default)" * ("site" not in nc)))
+    for key, read in _READERS.items():
+        if key in nc:
+            try:
+                read(nc, key)
+            except PolicyError as err:
+                problems.append((key, str(err)))
+    if nc.get("keys") and "peers" not in nc:
+        problems.append(("peers", f"node config of site {site}: a site with keys must "
+                         f"pin its peers: peers=\"b=<fingerprint>;c=<fingerprint>\" (or "
+                         f"peers=\"*\" to trust every directory entry)"))
+    return problems
+
+
+def load_policy(nc: Mapping, site: str) -> SitePolicy:
+    """The policy of a SuperNode's node config (``site`` names it in messages);
+    refused, with every problem (:func:`policy_problems`), if it has any."""
+    if "data" not in nc:  # simulation: partition-id / num-partitions only
+        return SitePolicy(test_bed=True)
+    problems = policy_problems(nc, site)
+    if problems:
+        raise PolicyError("; ".join(message for _, message in problems))
+    keys = str(Path(str(nc["keys"])).expanduser()) if nc.get("keys") else ""
+    state = str(nc.get("state", "")) or str(Path("~/.mmvm/state") / site)
+    return SitePolicy(
+        keys=keys, directory=str(Path(str(nc["directory"])).expanduser())
+        if nc.get("directory") else "",
+        state=str(Path(state).expanduser()),
+        require_secure=_bool(nc, "require-secure", bool(keys)),
+        allow_collect=_bool(nc, "allow-collect", not keys),
+        peers=_peers(str(nc["peers"])) if "peers" in nc else None,
+        allow_pair_masking=_bool(nc, "allow-pair-masking", False),
+        require_psi=_bool(nc, "require-psi", False),
+        min_rows=_positive(nc, "min-rows", 1),
+        **{k.replace("-", "_"): _positive(nc, k, v) for k, v in LIMITS.items()},
+        eval_labels=_labels(str(nc["eval-labels"])) if "eval-labels" in nc
+        else ("label",) if keys else ("*",),
+        device=_device(str(nc["device"])) if "device" in nc else "",
+        allow_compile=_bool(nc, "allow-compile", False), sources=tuple(k for k in KEYS if k in nc))
+
+
+def missing_paths(nc: Mapping) -> list[str]:
+    """The paths of a deployment node config that are not there, as ``key=path
+    (what is missing)``: a typo found when the site starts a run, not as a bare
+    FileNotFoundError of the first message."""
+    found = []
+    if "data" in nc and not (Path(str(nc["data"])).expanduser() / "train.parquet").is_file():
+        found.append(f"data={nc['data']} (no train.parquet there)")
+    for key in ("keys", "directory"):
+        if nc.get(key) and not Path(str(nc[key])).expanduser().exists():
+            found.append(f"{key}={nc[key]} (no such file or folder)")
+    return found
+
