@@ -177,7 +177,8 @@ SITE_FOLDER_FILES = ("ca.crt", "site_keys.json", "site_public.json", "public_key
 
 def site_files(site_dir: Path, site: str) -> tuple[Files, SitePublicKeys]:
     validate_site_name(site)
-    if site in SITE_FOLDER_FILES:  # its private key would be written over by that file
+    if site.lower() in SITE_FOLDER_FILES:  # its private key would be written over by
+        # that file (on a case-insensitive disk, macOS's or Windows', by CA.crt as well)
         raise ValueError(f"site name {site!r} is the name of a file its folder holds "
                          f"({', '.join(SITE_FOLDER_FILES)}); choose another name")
     private, public = supernode_auth_key(site)
@@ -262,8 +263,12 @@ def _main(args: argparse.Namespace) -> int:
     elif args.pki_only or args.sites:
         files.update(pki_files(out, hosts))
         sites = [s.strip() for s in (args.sites or "").split(",") if s.strip()]
-        if len(set(sites)) != len(sites):
-            raise SystemExit(f"duplicate site names in {sites}")
+        folded = [s.casefold() for s in sites]
+        twice = sorted({s for s in sites if folded.count(s.casefold()) > 1})
+        if twice:  # `A` and `a` are one folder on macOS's and Windows' disks
+            raise ValueError(f"--sites: {', '.join(twice)} name one site folder on a "
+                             f"case-insensitive disk; name each site once, told apart by "
+                             f"more than case")
         for site in sites:
             f, pub = site_files(out / "sites" / site, site)
             files.update(f)

@@ -121,6 +121,20 @@ def test_a_site_named_like_a_file_of_its_folder_is_refused(tmp_path, capsys, nam
     assert not (tmp_path / "k").exists()
 
 
+@pytest.mark.parametrize("sites, match", [
+    ("CA.crt,b", "site name 'CA.crt' is the name of a file its folder holds"),
+    ("Site-A,site-a,b", "Site-A, site-a name one site folder on a case-insensitive disk"),
+    ("a,a", "a name one site folder"),
+])
+def test_names_that_one_case_insensitive_disk_confuses_are_refused(tmp_path, capsys,
+                                                                   sites, match):
+    """On macOS's and Windows' disks `Site-A` and `site-a` are one folder, and a site
+    `CA.crt`'s key is the file ca.crt: one site's keys would replace another's."""
+    assert make_keys.main(["--out", str(tmp_path / "k"), "--sites", sites]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
+
+
 def test_an_out_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert make_keys.main(["--out", str(tmp_path / "afile" / "k"), "--site", "a"]) == 2
