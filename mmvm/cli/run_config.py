@@ -155,6 +155,15 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
         config = app / config  # a file of that app
     s = load_settings({**rc, "config": str(config)})
     sites = simulated_sites(s)
+    if not s.site_dirs and tuple(s.modalities) == ("m0", "m1", "m2"):  # made here
+        from mmvm.data.polymnist import check_lookalike_fits
+        from mmvm.data.store import DataError
+
+        try:
+            for split, n in (("train", s.n_train), ("test", s.n_test)):
+                check_lookalike_fits(split, n)
+        except DataError as err:
+            raise ConfigError(f"run config: {err}") from None
     if sites != s.num_sites:
         raise ConfigError(f"run config: layout = {s.layout!r} of the config's "
                           f"{len(s.modalities)} modalities has {sites} sites but num-sites = "

@@ -51,6 +51,7 @@ import numpy as np
 
 from mmvm.atomic import atomic_write
 from mmvm.data.store import DataError, write_site_table
+from mmvm.data.store_limits import check_fits
 
 MODALITIES = ("m0", "m1", "m2")
 BACKGROUNDS = {"m0": "astronaut", "m1": "chelsea", "m2": "coffee"}
@@ -264,6 +265,15 @@ def _pass(pool: np.ndarray, labels: np.ndarray, masks: np.ndarray,
     return out
 
 
+def check_lookalike_fits(split: str, n: int, modalities: int = 3) -> None:
+    """Refuse (:class:`DataError`) ``n`` samples of a split that cannot fit in this
+    machine's memory: its passes, their concatenation and the Arrow table written
+    hold about 3 copies of each row (28x28x3 bytes a modality)."""
+    row = modalities * (3 * CANVAS * CANVAS + 5 * 4) + 8
+    check_fits(f"PolyMNIST look-alike ({split})", f"{n:,} samples", 3 * n * row,
+               "; ask for fewer (--n-train / --n-test, or the run config's n-train)")
+
+
 def generate_split(split: str, pool: np.ndarray, digits: Digits,
                    images: dict[str, np.ndarray], n: int | None, seed: int,
                    variant: str = "translated") -> dict:
@@ -275,6 +285,7 @@ def generate_split(split: str, pool: np.ndarray, digits: Digits,
     n = len(pool) if n is None else int(n)
     if n < 0 or len(pool) == 0:
         raise ValueError(f"{split}: cannot make {n} samples from {len(pool)} digits")
+    check_lookalike_fits(split, n, len(images))
     size, offset = VARIANTS[variant][:2]
     masks = digit_masks(digits.images, size)
     parts, p = [], 0

@@ -63,6 +63,8 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("layout='horizontal' shards=1", r"layout = 'horizontal' needs shards >= 2"),
     ("n-train=-5", r"n-train = -5 and n-test = 1000 \(the simulation's default data\) "
                    r"must be >= 1"),
+    ("n-train=900000000000", r"run config: PolyMNIST look-alike \(train\): "
+                             r"900,000,000,000 samples needs .* TiB of memory, more than"),
     # a simulation makes only the look-alikes' files; other sites are SuperNodes
     ("config='configs/cub.toml'", r"no embedded default data for modalities \['image', "
                                   r"'text'\].*site-dirs=.*deploy/README.md section 5"),

@@ -168,6 +168,17 @@ def test_make_polymnist_refuses_an_empty_split(tmp_path, capsys, flag):
     assert not (tmp_path / "p").exists()
 
 
+def test_make_polymnist_refuses_more_samples_than_memory_holds(tmp_path, capsys):
+    """--n-train 10^12 filled memory until the kernel killed the process; it is now
+    refused before any sample is made, with what it would need."""
+    assert main(["data", "make", "polymnist", "--out", str(tmp_path / "p"), "--quiet",
+                 "--digits-source", "sklearn", "--n-train", str(10**12)]) == 2
+    err = capsys.readouterr().err
+    assert "PolyMNIST look-alike (train): 1,000,000,000,000 samples needs" in err
+    assert "ask for fewer (--n-train" in err and err.count("\n") == 1
+    assert not (tmp_path / "p" / "train.parquet").exists()
+
+
 def test_check_calls_a_file_without_rows_an_error_naming_it(tiny_polymnist, tmp_path,
                                                             capsys):
     """What `data make polymnist --n-train 0` used to write: a valid, empty file, on
