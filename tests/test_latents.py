@@ -115,7 +115,13 @@ def test_a_sites_own_encoder_after_a_federated_run(tiny_polymnist, tmp_path, cap
     args = ["encode", "--site-state", str(state), "--config", CONFIG, *_flags(SETS),
             str(train), "--out", str(out), "--no-progress"]
     assert main(args) == 0
-    assert "encoded per modality: m1 " in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "encoded per modality: m1 " in said.out
+    assert "has trained no window yet: these are the latents of its initial" in said.err
+    site.windows_done = 1  # as after its first window
+    site.save(state)
+    assert main([*args[:-3], "--out", str(tmp_path / "b1.parquet"), "--no-progress"]) == 0
+    assert "trained no window" not in capsys.readouterr().err
     data = MultimodalDataset.from_parquet(train, None, "label")
     mu, _ = site.model.encode_modality("m1", data.batch(range(len(data)))["x"]["m1"])
     np.testing.assert_allclose(np.array(_column(out, "mu.m1")), mu.numpy(), atol=1e-6)

@@ -19,6 +19,7 @@ pyarrow.parquet.read_table(...), installed with mmvm, or any Parquet reader).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mmvm.cli import add_config_arguments
@@ -110,6 +111,9 @@ def _encode(args: argparse.Namespace) -> int:
     _check_out(args.out, args.data)
     device = str(resolve_device(args.device))
     model, cfg, source = _model(args, device)
+    if source.get("windows_done") == 0:  # saved at attach, before any training
+        print(f"mmvm encode: note: {args.site_state} has trained no window yet: these "
+              f"are the latents of its initial weights", file=sys.stderr)
     # the config's reader: data.streaming reads row groups on demand (large data)
     data = open_dataset(args.data, None, cfg.data)
     labels = data_labels(args.data, data.sample_ids)
