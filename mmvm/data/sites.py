@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,6 +113,34 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
                          f"{multi} hold several (a horizontal layout); use missing = 0 or "
                          f"a vertical / hybrid layout")
     out_dir = Path(out_dir)
+    made = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # every file is written in a staging folder first and moved into place only when
+    # all are: a failure partway (a bad source, a full disk) leaves no partial layout
+    stage = Path(tempfile.mkdtemp(prefix=".split-", dir=out_dir))
+    try:
+        staged = _write_sites(paths, stage, sites, missing, seed)
+        result: dict[str, dict[str, str]] = {s.name: {} for s in sites}
+        for name, files in staged.items():
+            (out_dir / name).mkdir(exist_ok=True)
+            for split, f in files.items():
+                result[name][split] = str(out_dir / name / Path(f).name)
+                os.replace(f, result[name][split])
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if made:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+    index = {"sites": [asdict(s) for s in sites], "missing": missing, "seed": seed,
+             "files": result}
+    atomic_write(out_dir / "sites.json", json.dumps(index, indent=2).encode(), mode=0o644)
+    return result
+
+
+def _write_sites(paths: Sequence[Path], out_dir: Path, sites: Sequence[SiteSpec],
+                 missing: float, seed: int) -> dict[str, dict[str, str]]:
+    """Each site's file of each split in ``paths``, written under ``out_dir``."""
     result: dict[str, dict[str, str]] = {s.name: {} for s in sites}
     for path in paths:
         table = read_site_table(path)
@@ -129,9 +160,6 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
                 {k2: v[rows] for k2, v in table.labels.items()}, meta,
                 scales={m: table.scales[m] for m in s.modalities})
             result[s.name][path.stem] = str(out)
-    index = {"sites": [asdict(s) for s in sites], "missing": missing, "seed": seed,
-             "files": result}
-    atomic_write(out_dir / "sites.json", json.dumps(index, indent=2).encode(), mode=0o644)
     return result
 
 

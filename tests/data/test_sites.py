@@ -194,3 +194,19 @@ def test_split_rejects_unknown_modality_and_missing_file(source, tmp_path):
         split_sites(source["train"][0], tmp_path, site_layout("vertical", ["a", "z"]))
     with pytest.raises(DataError, match=r"nope\.parquet"):
         split_sites(tmp_path / "nope.parquet", tmp_path / "out", site_layout("vertical", MODS))
+
+
+def test_a_split_that_fails_partway_writes_no_file(source, tmp_path):
+    """The train file splits; the test file after it lacks a modality: no site's
+    train file is left behind (a partial layout), in a new or an existing folder."""
+    bad = write_site_table(tmp_path / "test.parquet", ["t-0"],
+                           {"a": np.zeros((1, 2), np.float32)}, None, {})
+    for out in (tmp_path / "new", tmp_path):
+        with pytest.raises(DataError, match=r"site 'site-b' wants modalities \['b'\]"):
+            split_sites([source["train"][0], bad], out, site_layout("vertical", MODS))
+        assert not out.exists() if out.name == "new" else \
+            sorted(p.name for p in out.iterdir()) == ["test.parquet"]
+    files = split_sites([source["train"][0]], tmp_path / "ok", site_layout("vertical", MODS))
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == [
+        "site-a", "site-b", "site-c", "sites.json"]  # no staging folder left
+    assert read_site_table(files["site-b"]["train"]).modalities == ["b"]
