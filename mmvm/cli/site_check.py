@@ -28,8 +28,7 @@ from mmvm.federation.policy import KEYS, SitePolicy
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 PATH_KEYS = ("data", "keys", "directory", "state")
-SECURE_ONLY = ("peers", "directory", "require-psi", "allow-pair-masking", "max-align-rows",
-               "min-rows")
+SECURE_ONLY = ("peers", "directory", "allow-pair-masking", "max-align-rows", "min-rows")
 
 
 @dataclass
@@ -240,6 +239,10 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
         if idle:
             check.add("policy", WARNING, f"{', '.join(idle)} without keys: no effect "
                       f"(they protect secure runs, which need keys=)")
+        if not p.allow_collect:
+            check.add("policy", WARNING, "allow-collect off without keys: this site "
+                      "refuses plaintext runs that average a modality's weights "
+                      "(horizontal and hybrid layouts): they send its weights in clear")
         check.add("policy", ERROR if p.require_secure else WARNING,
                   "require-secure without keys: this site refuses plaintext runs and "
                   "cannot take part in secure ones" if p.require_secure else

@@ -65,6 +65,11 @@ class Channel(Protocol):
         last window, so nothing of theirs comes."""
         ...
 
+    def begin_window(self, site: Site, index: int, received: Arrays) -> None:
+        """Before window ``index`` trains on ``received`` (the averaged weights the
+        server sent): secure mode accepts one mean per window (see SealedChannel)."""
+        ...
+
     def shared(self, site: Site, index: int, received: Arrays
                ) -> tuple[Arrays, dict[str, bytes]]:
         """Weights of the modalities shared with other sites, as they travel, and
@@ -131,6 +136,9 @@ class PlainChannel:
         link.others_cache.update(table)
         return link.others_cache.table(site.window_rows(index), exclude=site.names), \
             lambda: None
+
+    def begin_window(self, site: Site, index: int, received: Arrays) -> None:
+        pass  # the server sees a plaintext site's posteriors anyway
 
     def shared(self, site: Site, index: int, received: Arrays
                ) -> tuple[Arrays, dict[str, bytes]]:

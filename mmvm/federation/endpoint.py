@@ -34,11 +34,18 @@ from mmvm.federation.messages import (
 )
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.progress import EVALUATION
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
 from mmvm.footprint import step_bytes
 from mmvm.secure.errors import SecurityError
+
+
+class WorkFailedError(RuntimeError):
+    """A secure site's window or evaluation failed once it worked on the server's
+    mean; the cause is in the site's log only."""
+
 
 
 class Endpoint:
@@ -103,6 +110,7 @@ class Endpoint:
                     or len(set(holders)) != len(holders):
                 raise FederationError(f"site {site.name}: told to share modality {m!r} "
                                       f"with {holders}")
+        self.policy.check_sharing(site.name, sorted(req.shared), self.channel.secure)
         try:
             plan = PlanArgs.from_dict(req.plan)
         except ValueError as err:
@@ -174,7 +182,25 @@ class Endpoint:
             site.linked().resync()
         t0 = time.perf_counter()
         others, commit = self.channel.incoming(site, index, req.posteriors, req.absent)
+        self.channel.begin_window(site, index, req.weights)
         self._load_shared(req.weights)
+        try:
+            reply = self._train(req, others, t0)
+        except Exception as err:
+            if not self.channel.secure:
+                raise
+            # one outcome for whatever failed once the site trains on the server's
+            # mean: which error it was (a loss gone non-finite, trained weights beyond
+            # the masking range) would tell the server something of the site's rows
+            raise WorkFailedError(f"site {site.name}: window {index} failed in "
+                                  f"training (its log says why)") from err
+        self._commits.append(commit)
+        site.progress.window = index
+        site.replies.keep("window", index, reply)
+        return reply
+
+    def _train(self, req: WindowRequest, others, t0: float) -> WindowReply:
+        site, index = self.site, req.window
         t1 = time.perf_counter()
         metrics = site.train_window(index, others)
         t2 = time.perf_counter()
@@ -187,12 +213,8 @@ class Endpoint:
         # encoder pass of the posteriors sent), and reading / writing messages
         metrics.update(train_s=t2 - t1 + site.take_waited() + encoded,
                        codec_s=max(0.0, t1 - t0 + time.perf_counter() - t2 - encoded))
-        reply = WindowReply(metrics=metrics, posteriors=posteriors, weights=weights,
-                            shares=shares)
-        self._commits.append(commit)
-        site.progress.window = index
-        site.replies.keep("window", index, reply)
-        return reply
+        return WindowReply(metrics=metrics, posteriors=posteriors, weights=weights,
+                           shares=shares)
 
     def unmask(self, req: UnmaskRequest):
         req = dataclasses.replace(req, groups=unmask_view(req.groups))
@@ -209,11 +231,18 @@ class Endpoint:
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
         site = self.site
         site.progress.evaluate(site.name)
+        self.channel.begin_window(site, EVALUATION, req.weights)  # as a last window
         self._load_shared(req.weights)
         collect = req.collect and self.policy.allow_collect
         model = {m: site.weights(m) for m in site.names} if collect else {}
         probes = self._probes_allowed()
-        metrics = evaluate_site(site, probes=probes)
+        try:
+            metrics = evaluate_site(site, probes=probes)
+        except Exception as err:
+            if not self.channel.secure:
+                raise
+            raise WorkFailedError(f"site {site.name}: its evaluation failed (its log "
+                                  f"says why)") from err
         if not probes:  # said whether or not the site has that column
             metrics["probes_withheld"] = 1.0
         reply = EvaluateReply(site=site.name, modalities=list(site.names),

@@ -123,6 +123,11 @@ def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
                 read(nc, key)
             except PolicyError as err:
                 problems.append((key, str(err)))
+    if not nc.get("keys") and "require-psi" not in {k for k, _ in problems} \
+            and _bool(nc, "require-psi", False):
+        problems.append(("require-psi", f"node config of site {site}: require-psi "
+                         f"without keys would refuse every run (PSI needs a secure run, "
+                         f"and that needs keys=)"))
     if nc.get("keys") and "peers" not in nc:
         problems.append(("peers", f"node config of site {site}: a site with keys must "
                          f"pin its peers: peers=\"b=<fingerprint>;c=<fingerprint>\" (or "

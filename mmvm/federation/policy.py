@@ -13,13 +13,15 @@ anything leaves the site:
                        ``~/.mmvm/state/<site>``); run config ``state-dir`` is ignored
 ``require-secure``     refuse runs with ``secure = false`` (default: on with ``keys``)
 ``allow-collect``      hand the final weights to the server when a run asks
-                       (default: off with ``keys``, on without)
+                       (default: off with ``keys``, on without); off, a plaintext
+                       site also refuses to average weights (sent in clear)
 ``peers``              the peers it expects, pinned by fingerprint:
                        ``"b=1a2b 3c4d ...;c=..."``; ``"*"`` trusts the whole
                        directory (weaker, say so explicitly). Required with ``keys``.
 ``allow-pair-masking`` accept FedAvg groups of two sites (each then learns the
                        other's weights from the mean); default off: groups >= 3
-``require-psi``        refuse keyed-pseudonym alignment (ids guessable)
+``require-psi``        refuse keyed-pseudonym alignment (ids guessable) and
+                       plaintext runs (ids in clear); needs ``keys``
 ``min-rows``           secure runs: refuse a plan with a window that trains fewer
                        than this many of the site's rows (default 1); see
                        :meth:`SitePolicy.check_plan`
@@ -63,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,9 +133,11 @@ class SitePolicy:
             raise PolicyError(f"site {site}: its node config requires secure runs "
                               f"(require-secure); this run has secure = false. Nothing "
                               f"was sent.")
-        if secure and self.require_psi and align != "psi":
+        if self.require_psi and not (secure and align == "psi"):
             raise PolicyError(f"site {site}: its node config requires PSI alignment "
-                              f"(require-psi); this run aligns by {align!r}")
+                              f"(require-psi); this run " + (
+                                  f"aligns by {align!r}" if secure else
+                                  "has secure = false, which sends sample ids in clear"))
 
     def check_size(self, site: str, n: int, batch_size: int, epochs: int) -> None:
         """Refuse, before anything is built, a plan over ``n`` aligned samples larger
@@ -152,6 +156,17 @@ class SitePolicy:
                 if value > limit]
         if over:  # every limit it breaks, not only the first
             raise PolicyError(f"site {site}: the plan asks for " + "; and ".join(over))
+
+    def check_sharing(self, site: str, shared: Sequence[str], secure: bool) -> None:
+        """Refuse a plaintext run that would share modalities' weights when the site
+        keeps its weights (``allow-collect`` off): a plaintext site sends them to the
+        server in clear every window, and without keys it cannot tell real holders
+        from names the server made up (a "holder" of a modality only it has)."""
+        if shared and not secure and not self.allow_collect and not self.test_bed:
+            raise PolicyError(f"site {site}: its node config keeps its weights "
+                              f"(allow-collect = false), and this plaintext run would send "
+                              f"those of {', '.join(shared)} to the server in clear every "
+                              f"window; run with secure = true (masked) or allow-collect")
 
     def check_params(self, site: str, count: int) -> None:
         """Refuse a model of more than ``max-params`` parameters (counted unbuilt);

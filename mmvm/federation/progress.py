@@ -21,6 +21,9 @@ PHASES = ("new", "described", "aligned", "attached", "evaluated", "refused")
 # what a site says when asked to continue a run it finished (the server then gives
 # no resume hint: there is nothing left to continue)
 COMPLETE = "the run is complete here (its final evaluation was answered); start a new run"
+# the evaluation's place among the windows a secure site begins on the server's
+# means (SealedChannel.begin_window): after every window
+EVALUATION = 2**31
 
 
 

@@ -43,10 +43,17 @@ from mmvm.federation.posteriors import (
     encode_table,
     merge_tables,
 )
-from mmvm.federation.sealed_weights import group_labels, masked_weights, unmask
+from mmvm.federation.progress import EVALUATION
+from mmvm.federation.sealed_weights import (
+    group_labels,
+    masked_weights,
+    mean_digest,
+    unmask,
+)
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
+from mmvm.secure.masking import FixedPoint
 from mmvm.secure.session import SiteSecrets
 
 KIND_POSTERIOR = "posterior"
@@ -193,6 +200,24 @@ class SealedChannel:
                 raise PeerContentError(f"{who} sent row {bad[0]}, which is not a row "
                                        f"of this window we share")
         return t
+
+    def begin_window(self, site: Site, index: int, received: Arrays) -> None:
+        """Accept ``received`` as window ``index``'s mean only if it is the first mean
+        this site got for that window (or the same again) and no later window began:
+        written before training. Else a server could send a window's mean again and
+        again, each a crafted one, and read a bit of the site's rows from each failure
+        (the window's state is not kept when it fails). A mean beyond the fixed-point
+        range is no masked mean of holders' weights and is refused too."""
+        clip = FixedPoint().clip
+        for m, arrays in sorted(received.items()):
+            top = max((float(np.abs(a).max()) for a in arrays.values() if a.size),
+                      default=0.0)
+            if not top <= clip:
+                raise SecurityError(f"site {self.sec.site}, window {index}: the mean of "
+                                    f"{m!r} has |values| up to {top:.3g}, beyond the "
+                                    f"fixed-point range {clip:g} of any masked mean")
+        self.sec.begin_window(index, mean_digest(received),
+                              "the evaluation" if index == EVALUATION else "")
 
     def shared(self, site: Site, index: int, received: Arrays
                ) -> tuple[Arrays, dict[str, bytes]]:

@@ -68,6 +68,12 @@ def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def mean_digest(received: Mapping[str, Mapping[str, np.ndarray]]) -> str:
+    """SHA-256 of a window's averaged weights, every modality's."""
+    text = json.dumps({m: weights_digest(a) for m, a in sorted(received.items())})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _window_group(label: str, digest: str) -> str:
     return f"{label}/{digest[:32]}"
 

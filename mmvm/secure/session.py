@@ -71,6 +71,9 @@ class SiteSecrets:
     # masked (``{"window": w, "digests": {modality: hex}}``): its masks were bound
     # to them, and its unmask answer needs them
     received: dict = field(default_factory=dict)
+    # the last window this site began to train and the digest of the mean it was
+    # sent (``{"window": w, "mean": hex}``), written before it trains
+    began: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.keys.site not in self.directory:
@@ -86,9 +89,10 @@ class SiteSecrets:
             if p.exists():
                 self.state = json.loads(p.read_text())
             self.guard = ReplayGuard.load(self._path("guard"))
-            p = self._path("received")
-            if p.exists():
-                self.received = json.loads(p.read_text())
+            for what in ("received", "began"):
+                p = self._path(what)
+                if p.exists():
+                    setattr(self, what, json.loads(p.read_text()))
 
     @classmethod
     def load(cls, keys: str | Path, directory: str | Path | None = None, *,
@@ -128,6 +132,25 @@ class SiteSecrets:
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self._path("received"), json.dumps(self.received).encode(),
+                         overwrite=True)
+
+    def begin_window(self, window: int, mean: str, what: str = "") -> None:
+        """Record that window ``window`` (``what``, for messages: "window 3", "the
+        evaluation") works on the mean of digest ``mean``; refused for a window before
+        the last one begun, or for that one with another mean (a retry repeats it)."""
+        last = self.began.get("window", -2)
+        what = what or f"window {window}"
+        if window < last or window == last and mean != self.began.get("mean"):
+            raise SecurityError(
+                f"site {self.site}: {what} " + (
+                    f"comes after {self.began.get('what', f'window {last}')} began"
+                    if window < last else "was sent before with another mean")
+                + "; a site works on one mean per window, whatever failed (a retry "
+                  "repeats the same)")
+        self.began = {"window": int(window), "mean": mean, "what": what}
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._path("began"), json.dumps(self.began).encode(),
                          overwrite=True)
 
     def save_guard(self) -> None:

@@ -95,8 +95,15 @@ def test_a_plaintext_site_and_trust_in_the_whole_directory_are_warned(fed):
                                   **{"require-psi": None}))
     assert check.ok and "plaintext site" in _find(check, "policy", WARNING)[0]
     check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
-                                  **{"require-secure": True}))
+                                  **{"require-secure": True, "require-psi": None}))
     assert "cannot take part in secure ones" in _find(check, "policy", ERROR)[0]
+    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None))
+    assert "require-psi without keys would refuse every run" in \
+        _find(check, "policy", ERROR)[0]
+    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+                                  **{"require-psi": None, "allow-collect": "false"}))
+    assert check.ok and "refuses plaintext runs that average a modality's weights" in \
+        " ".join(_find(check, "policy", WARNING))
     check = check_node_config(_nc(fed, peers="*"))
     assert check.ok and "every entry" in _find(check, "peers", WARNING)[0]
 

@@ -223,3 +223,11 @@ def test_batches_per_epoch_counts_what_the_schedule_draws():
     for n in range(1, 40):
         for b in range(1, 12):
             assert batches_per_epoch(n, b) == len(epoch_batches(n, b, 0, 0)), (n, b)
+
+
+def test_require_psi_without_keys_is_a_node_config_error(tmp_path):
+    """PSI needs a secure run, which needs keys; a plaintext run sends its ids in
+    clear, so such a site would refuse every run: said when the node config is read."""
+    with pytest.raises(PolicyError, match="require-psi without keys would refuse every"):
+        load_policy({"data": str(tmp_path), "require-psi": "true"}, "a")
+    assert not load_policy({"data": str(tmp_path), "require-psi": "false"}, "a").require_psi

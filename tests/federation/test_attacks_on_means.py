@@ -1,0 +1,188 @@
+"""A malicious server against what a site trains on: the "mean" of a shared
+modality's weights that it sends with each window.
+
+The server chooses those weights, so a crafted mean makes the window's outcome a
+function of the site's rows (a loss that goes non-finite only if some row's pixel
+passes a threshold). A review read a secure site's pixels, one bit per retry, from
+which error a window failed with, sending the same window again and again. Each
+test plays the server; the site must refuse before it trains, or answer in a way
+that says nothing of its rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.federation.endpoint import LocalTransport, WorkFailedError
+from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.site_errors import public_error
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.keys import SiteKeys
+from mmvm.secure.session import SiteSecrets
+from tests.support.federate import federate, make_sites, plain_endpoints, split
+from tests.support.malicious import hybrid_sites
+
+
+@pytest.fixture
+def cfg(tiny_polymnist, tiny_config):
+    torch.set_num_threads(1)
+    return tiny_config(tiny_polymnist, epochs=1)
+
+
+class Stop(Exception):
+    """The test's server has seen what it came for."""
+
+
+def _filled(weights: dict, value: float) -> dict:
+    return {m: {n: np.full_like(a, value) for n, a in arrays.items()}
+            for m, arrays in weights.items()}
+
+
+def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_path,
+                                                                      tiny_polymnist):
+    """At a holder's window 1 the server sends a mean beyond the fixed-point range
+    (refused), then one that makes training fail (one outcome, whatever failed),
+    then another one for the same window (refused before training: no second
+    query); the first one again is a retry and is taken."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    victim = next(k for k, s in sites.items() if "m0" in s.names)
+    seen: list[tuple[str, BaseException | None]] = []
+
+    class Prober(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            r = requests.get(victim)
+            if r is not None and r.kind == "window" and r.window == 1:
+                for what, value in (("beyond", 5000.0), ("crafted", 4000.0),
+                                    ("another", 3999.0), ("again", 4000.0)):
+                    probe = dataclasses.replace(r, weights=_filled(r.weights, value))
+                    try:
+                        self.endpoints[victim].handle(probe)
+                        seen.append((what, None))
+                    except Exception as err:  # noqa: BLE001 - what the server learns
+                        seen.append((what, err))
+                raise Stop
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(Stop):
+        federate(cfg, {}, transport=Prober(endpoints), secure=True, exchange="step")
+    got = dict(seen)
+    assert isinstance(got["beyond"], SecurityError)
+    assert "beyond the fixed-point range 4096" in str(got["beyond"])
+    for what in ("crafted", "again"):  # the same mean twice: both trained, both failed
+        assert type(got[what]) is WorkFailedError, got[what]
+        assert str(got[what]) == f"site {sites[victim].name}: window 1 failed in " \
+                                 f"training (its log says why)"
+        assert got[what].__cause__ is not None  # the cause: in the site's log only
+    assert isinstance(got["another"], SecurityError)
+    assert "window 1 was sent before with another mean" in str(got["another"])
+    # what a deployed site answers the server: the code, not the cause's class
+    said = str(public_error(sites[victim].name, tmp_path / "log", "window", got["crafted"]))
+    assert said.startswith("WorkFailedError in window at site ")
+    assert "Diverged" not in said and "Masking" not in said and "nan" not in said
+    assert "TrainingDivergedError" in (tmp_path / "log").read_text() or \
+        "MaskingError" in (tmp_path / "log").read_text()
+
+
+def test_the_final_evaluation_is_the_last_window_of_one_mean(cfg, tmp_path,
+                                                             tiny_polymnist, monkeypatch):
+    """The evaluation loads the server's mean too, and its metrics go back in clear:
+    it fails with one outcome (here its scoring raises, quoting a value), another
+    mean after that is refused, and the same one again is answered."""
+    import mmvm.federation.endpoint as endpoint
+
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    victim = next(k for k, s in sites.items() if "m0" in s.names)
+    seen: dict[str, object] = {}
+    scoring = endpoint.evaluate_site
+
+    def leaky(*args, **kwargs):
+        raise ValueError("pixel 17 of row 3 is 246")
+
+    class Prober(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            r = requests.get(victim)
+            if r is not None and r.kind == "evaluate":
+                monkeypatch.setattr(endpoint, "evaluate_site", leaky)
+                for what, weights in (("first", r.weights),
+                                      ("another", _filled(r.weights, 0.5))):
+                    try:
+                        self.endpoints[victim].handle(dataclasses.replace(r, weights=weights))
+                    except Exception as err:  # noqa: BLE001 - what the server learns
+                        seen[what] = err
+                monkeypatch.setattr(endpoint, "evaluate_site", scoring)
+                seen["again"] = self.endpoints[victim].handle(r)
+                raise Stop
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(Stop):
+        federate(cfg, {}, transport=Prober(endpoints), secure=True, exchange="round")
+    assert type(seen["first"]) is WorkFailedError and "246" not in str(seen["first"])
+    assert "its evaluation failed" in str(seen["first"])
+    assert "the evaluation was sent before with another mean" in str(seen["another"])
+    assert seen["again"].metrics  # the same mean: answered
+
+
+def test_the_window_a_site_began_is_kept_on_disk(tmp_path):
+    """The record is written before training, so a new process of the site (after a
+    failure, the next message rereads the state) still refuses a second mean for
+    that window, and any window before it."""
+    keys = {n: SiteKeys.generate(n) for n in ("a", "b")}
+    directory = {n: k.public for n, k in keys.items()}
+
+    def session() -> SiteSecrets:
+        return SiteSecrets(keys["a"], directory, "7", tmp_path / "run-7")
+
+    session().begin_window(4, "mean-x")
+    again = session()  # a fresh process
+    again.begin_window(4, "mean-x")  # the same mean: a retry
+    for window, mean, said in ((4, "mean-y", "window 4 was sent before with another"),
+                               (3, "mean-x", "window 3 comes after window 4 began")):
+        with pytest.raises(SecurityError, match=said):
+            session().begin_window(window, mean)
+    session().begin_window(5, "mean-z")  # the run goes on
+    assert session().began == {"window": 5, "mean": "mean-z", "what": "window 5"}
+
+
+def test_a_plaintext_site_that_keeps_its_weights_refuses_to_share_them_in_clear(
+        cfg, tmp_path, tiny_polymnist):
+    """Without keys a site cannot tell a real holder from a name the server made up:
+    told that a modality only it has is shared with "ghost-site", it would send that
+    modality's weights in clear every window. With allow-collect off it refuses any
+    plaintext run that shares weights, before it trains or sends anything."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = plain_endpoints(sites)
+    keep = SitePolicy(allow_collect=False)
+    victim = next(iter(sites))
+    endpoints[victim].policy = keep
+    mine = sites[victim].names[0]
+
+    class Ghost(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            r = requests.get(victim)
+            if r is not None and r.kind == "attach":
+                requests[victim] = dataclasses.replace(
+                    r, shared={mine: sorted([sites[victim].name, "ghost-site"])})
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(PolicyError, match=rf"keeps its weights \(allow-collect = false\), "
+                                          rf"and this plaintext run would send those of "
+                                          rf"{mine} to the server in clear"):
+        federate(cfg, {}, transport=Ghost(endpoints), exchange="step")
+    assert sites[victim].link is None  # nothing attached, nothing trained
+    keep.check_sharing("a", [], secure=False)  # a vertical plaintext run shares nothing
+    keep.check_sharing("a", [mine], secure=True)  # masked: the server sees no one's
+
+
+def test_require_psi_refuses_plaintext_runs_which_send_ids_in_clear():
+    policy = SitePolicy(keys="k", require_psi=True, require_secure=False)
+    with pytest.raises(PolicyError, match=r"requires PSI alignment \(require-psi\); this "
+                                          r"run has secure = false, which sends sample ids"):
+        policy.check_run("a", secure=False, align="psi")
+    with pytest.raises(PolicyError, match="this run aligns by 'pseudonym'"):
+        policy.check_run("a", secure=True, align="pseudonym")
+    policy.check_run("a", secure=True, align="psi")
