@@ -37,9 +37,11 @@ def staged_app(app: Path) -> Iterator[Path]:
     app = Path(app).resolve()
     if not (app / "pyproject.toml").is_file():
         raise FileNotFoundError(f"no Flower app at {app}: it has no pyproject.toml")
+    files = app_files(app)
+    check_no_private_keys(app, files)
     with tempfile.TemporaryDirectory(prefix="mmvm-app-") as tmp:
         stage = Path(tmp) / app.name
-        for rel in app_files(app):
+        for rel in files:
             dest = stage / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:  # pyproject.toml copied: flwr may rewrite it (its federations section)
@@ -69,12 +71,34 @@ def app_files(app: Path) -> list[str]:
     return files
 
 
+def check_no_private_keys(app: Path, files: list[str]) -> None:
+    """Refuse an app whose bundle would carry a site's private keys: Flower packs
+    every ``*.json`` file its ``.gitignore`` does not ignore, and sends the FAB to
+    the SuperLink and every SuperNode (a test bed's ``keys/`` made in the project)."""
+    from mmvm.config import ConfigError
+    from mmvm.secure.keys import holds_private_keys
+
+    spec = pathspec.GitIgnoreSpec.from_lines(_gitignore(app))
+    leaked = [f for f in files if f.endswith(".json") and not spec.match_file(f)
+              and holds_private_keys(app / f)]
+    if leaked:
+        raise ConfigError(f"{app / leaked[0]} holds a site's private keys, and flwr would "
+                          f"pack it into the app bundle it sends to the SuperLink and "
+                          f"every SuperNode" + f" ({len(leaked)} such files)" * (len(leaked) > 1)
+                          + f"; move the keys out of {app}, or ignore their folder in its "
+                            f".gitignore")
+
+
+def _gitignore(app: Path) -> list[str]:
+    gitignore = app / ".gitignore"
+    return gitignore.read_text().splitlines() if gitignore.is_file() else []
+
+
 def _ignored_dir(app: Path) -> Callable[[str], bool]:
     """Whether the app's ``.gitignore`` ignores a directory (path ending in "/").
     With a negated pattern (``!...``) no directory is skipped: git could not bring a
     file back from an ignored directory, but a pattern matcher might."""
-    gitignore = app / ".gitignore"
-    lines = gitignore.read_text().splitlines() if gitignore.is_file() else []
+    lines = _gitignore(app)
     if any(line.strip().startswith("!") for line in lines):
         return lambda _path: False
     spec = pathspec.GitIgnoreSpec.from_lines(lines)

@@ -71,6 +71,17 @@ _RAW_PUBLIC = serialization.PublicFormat.Raw
 _RAW_PRIVATE = serialization.PrivateFormat.Raw
 
 
+def holds_private_keys(path: str | Path) -> bool:
+    """Whether the file at ``path`` looks like a site's private key file (its format
+    tag among its first 64 KiB), whatever it is named."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    return f'"{_PRIVATE_FORMAT}"'.encode() in head
+
+
 def validate_site_name(name: str) -> str:
     """Return ``name`` if it is 1-64 chars of ``[A-Za-z0-9._-]``, else raise."""
     if not isinstance(name, str) or not _SITE_NAME.match(name):

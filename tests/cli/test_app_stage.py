@@ -107,3 +107,26 @@ def test_the_staged_app_is_a_copy_not_the_app(tmp_path):
         (stage / "pyproject.toml").write_text("changed\n")
     assert (app / "pyproject.toml").read_bytes() == before
     assert not stage.exists()
+
+
+def test_an_app_whose_bundle_would_carry_a_sites_private_keys_is_refused(tmp_path):
+    """Flower packs every *.json file .gitignore does not ignore into the FAB that
+    the SuperLink and every SuperNode receive: a test bed's keys made in the project
+    (make_keys --out keys) went with it. This project's .gitignore ignores keys/; a
+    private key file elsewhere, whatever its name, stops the run before Flower."""
+    from mmvm.config import ConfigError
+    from mmvm.secure.keys import SiteKeys
+
+    app = _app(tmp_path)
+    SiteKeys.generate("a").save(app / "keys" / "sites" / "a" / "site_keys.json")
+    (app / "keys" / "public_keys.json").write_text("{}\n")
+    with staged_app(app) as stage:  # keys/ is ignored: not in the bundle
+        assert not (stage / "keys").exists()
+    SiteKeys.generate("b").save(app / "secrets" / "hospital-b.json")
+    with pytest.raises(ConfigError, match=r"secrets/hospital-b.json holds a site's private "
+                                          r"keys, and flwr would pack it"):
+        with staged_app(app):
+            pass
+    (app / ".gitignore").write_text((app / ".gitignore").read_text() + "secrets/\n")
+    with staged_app(app) as stage:
+        assert stage.is_dir()
