@@ -225,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
             args.connection = local_connection()
         elif args.connection:  # a named local simulation is checked as one
             simulation = named_is_simulation(args.connection, args.deployment)
+        if simulation:
+            _check_resources(args)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
             check_run_config(Path(args.app), args.run_config, local=simulation)
         else:
@@ -234,6 +236,21 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ConfigError) as err:
         print(f"mmvm run: {err}", file=sys.stderr)
         return 2
+
+
+def _check_resources(args: argparse.Namespace) -> None:
+    """Site resources a local simulation can give: Ray starts no site at all where
+    each needs a GPU share the machine does not have ("ActorPool is empty")."""
+    if args.cpus_per_site < 1 or not 0 <= args.gpus_per_site <= 1:
+        raise ConfigError(f"--cpus-per-site {args.cpus_per_site} must be >= 1 and "
+                          f"--gpus-per-site {args.gpus_per_site:g} in [0, 1]")
+    if args.gpus_per_site and "RAY_ADDRESS" not in os.environ:  # a cluster has its own
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--gpus-per-site {args.gpus_per_site:g}: torch sees no CUDA "
+                              f"GPU on this machine, so Ray would start no site; leave "
+                              f"it out to train on the CPU")
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels

@@ -251,3 +251,19 @@ def test_a_named_local_connection_gets_a_simulations_checks(tmp_path, monkeypatc
     assert res.returncode == 2 and "out-dir = 'rel/out' is relative" in res.stderr, \
         res.stderr
     assert not (tmp_path / "rel").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine "
+                    "without a CUDA GPU")
+def test_a_gpu_share_without_a_gpu_is_one_line_before_flower(tmp_path):
+    """Ray started no site ("ActorPool is empty", three tracebacks); now refused at
+    once, as is a resource count Flower cannot take."""
+    env = {**os.environ, "FLWR_HOME": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    for flags, said in ((["--gpus-per-site", "0.3"], "torch sees no CUDA GPU"),
+                        (["--cpus-per-site", "0"], "--cpus-per-site 0 must be >= 1")):
+        res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", *flags],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                             env=env)
+        assert res.returncode == 2 and said in res.stderr, res.stderr
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr

@@ -35,7 +35,7 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
                 img = img.crop((left, top, left + center_crop, top + center_crop))
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
