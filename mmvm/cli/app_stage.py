@@ -72,15 +72,25 @@ def app_files(app: Path) -> list[str]:
 
 
 def check_no_private_keys(app: Path, files: list[str]) -> None:
-    """Refuse an app whose bundle would carry a site's private keys: Flower packs
-    every ``*.json`` file its ``.gitignore`` does not ignore, and sends the FAB to
-    the SuperLink and every SuperNode (a test bed's ``keys/`` made in the project)."""
+    """Refuse an app whose bundle would carry a site's private keys: the FAB goes to
+    the SuperLink and every SuperNode, and Flower packs every ``*.json`` (``*.toml``,
+    ``*.yaml``, ...) file its ``.gitignore`` does not ignore (a test bed's ``keys/``
+    made in the project went with it). The files are those Flower's own rules keep."""
+    import tomllib
+
+    from flwr.cli.build import get_filtered_fab_paths
+    from flwr.cli.utils import filter_paths_for_publish
+
     from mmvm.config import ConfigError
     from mmvm.secure.keys import holds_private_keys
 
-    spec = pathspec.GitIgnoreSpec.from_lines(_gitignore(app))
-    leaked = [f for f in files if f.endswith(".json") and not spec.match_file(f)
-              and holds_private_keys(app / f)]
+    try:
+        config = tomllib.loads((app / "pyproject.toml").read_text())
+        packed = get_filtered_fab_paths(filter_paths_for_publish(
+            {f: app / f for f in files}), config)
+    except (OSError, UnicodeDecodeError, ValueError):  # TOML's errors too: flwr says
+        return                                         # what is wrong with the app
+    leaked = [f for f in packed if holds_private_keys(app / f)]
     if leaked:
         raise ConfigError(f"{app / leaked[0]} holds a site's private keys, and flwr would "
                           f"pack it into the app bundle it sends to the SuperLink and "

@@ -9,7 +9,8 @@ connection where that is a SuperLink; it starts exactly ``num-sites`` SuperNodes
 run config's value, or the one given with ``--run-config``), so the two can never
 disagree. Flower packages a
 staged copy of the app (``mmvm.cli.app_stage``: the same FAB, without listing the
-project's ``.venv``). It spawns the ``flwr`` CLI; it imports nothing of Flower. The
+project's ``.venv``, and refused if it would carry a site's private keys). It spawns
+the ``flwr`` CLI; of Flower it imports only the rules of what a FAB holds. The
 run config is checked first (``mmvm.cli.run_config``): a typo fails at once.
 """
 

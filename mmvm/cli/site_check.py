@@ -264,7 +264,9 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
         check.add("policy", WARNING, "allow-pair-masking on: when only two sites share "
                   "a modality's weights, each learns the other's from their average")
     if not p.require_secure:
-        check.add("policy", WARNING, "require-secure off: plaintext runs are accepted")
+        check.add("policy", WARNING, "require-secure off: plaintext runs are accepted"
+                  + (" (but none that average a modality's weights: allow-collect is "
+                     "off, and they send the weights in clear)") * (not p.allow_collect))
 
 
 def _keys(check: NodeCheck, p: SitePolicy, pinned: bool) -> None:

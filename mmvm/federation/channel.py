@@ -65,9 +65,11 @@ class Channel(Protocol):
         last window, so nothing of theirs comes."""
         ...
 
-    def begin_window(self, site: Site, index: int, received: Arrays) -> None:
+    def begin_window(self, site: Site, index: int, received: Arrays,
+                     inputs: Mapping[str, object]) -> None:
         """Before window ``index`` trains on ``received`` (the averaged weights the
-        server sent): secure mode accepts one mean per window (see SealedChannel)."""
+        server sent) and the request's other ``inputs`` (JSON-able): secure mode
+        accepts one set of them per window (see SealedChannel)."""
         ...
 
     def shared(self, site: Site, index: int, received: Arrays
@@ -137,7 +139,8 @@ class PlainChannel:
         return link.others_cache.table(site.window_rows(index), exclude=site.names), \
             lambda: None
 
-    def begin_window(self, site: Site, index: int, received: Arrays) -> None:
+    def begin_window(self, site: Site, index: int, received: Arrays,
+                     inputs: Mapping[str, object]) -> None:
         pass  # the server sees a plaintext site's posteriors anyway
 
     def shared(self, site: Site, index: int, received: Arrays

@@ -12,6 +12,7 @@ decides whether its final weights may leave.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Mapping
 
@@ -182,7 +183,11 @@ class Endpoint:
             site.linked().resync()
         t0 = time.perf_counter()
         others, commit = self.channel.incoming(site, index, req.posteriors, req.absent)
-        self.channel.begin_window(site, index, req.weights)
+        self._check_shared(req.weights)  # before the window's inputs are recorded
+        self.channel.begin_window(site, index, req.weights, {
+            "absent": sorted(req.absent), "resync": bool(req.resync),
+            "posteriors": {s: hashlib.sha256(b).hexdigest()
+                           for s, b in sorted(req.posteriors.items())}})
         self._load_shared(req.weights)
         try:
             reply = self._train(req, others, t0)
@@ -231,7 +236,9 @@ class Endpoint:
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
         site = self.site
         site.progress.evaluate(site.name)
-        self.channel.begin_window(site, EVALUATION, req.weights)  # as a last window
+        self._check_shared(req.weights)
+        self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
+                                  {"collect": bool(req.collect)})
         self._load_shared(req.weights)
         collect = req.collect and self.policy.allow_collect
         model = {m: site.weights(m) for m in site.names} if collect else {}
@@ -255,13 +262,18 @@ class Endpoint:
         (``eval-labels``; a run config may name any column of the site's files)."""
         return self.policy.label_allowed(self.site.cfg.data.label)
 
-    def _load_shared(self, weights: Mapping) -> None:
-        """Averaged weights, accepted only for the modalities this site shares."""
-        shared = set(self.site.linked().shared)
-        stray = set(weights) - shared
+    def _check_shared(self, weights: Mapping) -> None:
+        """Averaged weights only for the modalities this site shares, each of its
+        shapes and finite."""
+        stray = set(weights) - set(self.site.linked().shared)
         if stray:
             raise FederationError(f"site {self.site.name}: weights for {sorted(stray)}, "
                                   f"which it does not share with other sites")
+        for m, arrays in weights.items():
+            self.site.check_weights(m, arrays)
+
+    def _load_shared(self, weights: Mapping) -> None:
+        self._check_shared(weights)
         for m, arrays in weights.items():
             self.site.load_weights(m, arrays)
 

@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 
@@ -201,13 +203,16 @@ class SealedChannel:
                                        f"of this window we share")
         return t
 
-    def begin_window(self, site: Site, index: int, received: Arrays) -> None:
-        """Accept ``received`` as window ``index``'s mean only if it is the first mean
-        this site got for that window (or the same again) and no later window began:
-        written before training. Else a server could send a window's mean again and
-        again, each a crafted one, and read a bit of the site's rows from each failure
-        (the window's state is not kept when it fails). A mean beyond the fixed-point
-        range is no masked mean of holders' weights and is refused too."""
+    def begin_window(self, site: Site, index: int, received: Arrays,
+                     inputs: Mapping[str, object]) -> None:
+        """Accept ``received`` as window ``index``'s mean, with the request's other
+        ``inputs`` (absent peers, resync, the envelopes' digests), only if they are the
+        first this site got for that window (or the same again: a retry) and no later
+        window began: written before training. Else a server could send a window
+        again and again, each time with a crafted mean (or the same one and other
+        peers left out), and read a bit of the site's rows from each failure (a
+        failed window's state is not kept). A mean beyond the fixed-point range is no
+        masked mean of holders' weights and is refused too."""
         clip = FixedPoint().clip
         for m, arrays in sorted(received.items()):
             top = max((float(np.abs(a).max()) for a in arrays.values() if a.size),
@@ -216,7 +221,9 @@ class SealedChannel:
                 raise SecurityError(f"site {self.sec.site}, window {index}: the mean of "
                                     f"{m!r} has |values| up to {top:.3g}, beyond the "
                                     f"fixed-point range {clip:g} of any masked mean")
-        self.sec.begin_window(index, mean_digest(received),
+        digest = hashlib.sha256((mean_digest(received) + json.dumps(
+            inputs, sort_keys=True)).encode()).hexdigest()
+        self.sec.begin_window(index, digest,
                               "the evaluation" if index == EVALUATION else "")
 
     def shared(self, site: Site, index: int, received: Arrays

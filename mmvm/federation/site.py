@@ -333,6 +333,13 @@ class Site:
 
     def load_weights(self, modality: str, arrays: dict[str, np.ndarray]) -> None:
         """Replace ``modality``'s shared parameters by ``arrays`` (all, same shapes)."""
+        self.check_weights(modality, arrays)
+        self.model.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()},
+                                   strict=False)
+
+    def check_weights(self, modality: str, arrays: dict[str, np.ndarray]) -> None:
+        """Refuse ``arrays`` that are not all of ``modality``'s shared parameters, of
+        their shapes, finite."""
         self.settle()
         own = self.shared_weights(modality)
         if set(arrays) != set(own):
@@ -344,8 +351,6 @@ class Site:
                 raise FederationError(f"site {self.name}: parameter {k} has shape "
                                       f"{tuple(v.shape)} (expected {own[k].shape}) or "
                                       f"non-finite values")
-        self.model.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()},
-                                   strict=False)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:

@@ -136,17 +136,19 @@ class SiteSecrets:
 
     def begin_window(self, window: int, mean: str, what: str = "") -> None:
         """Record that window ``window`` (``what``, for messages: "window 3", "the
-        evaluation") works on the mean of digest ``mean``; refused for a window before
-        the last one begun, or for that one with another mean (a retry repeats it)."""
+        evaluation") works on the inputs of digest ``mean`` (the server's mean and
+        the rest of the request); refused for a window before the last one begun, or
+        for that one with other inputs (a retry repeats them)."""
         last = self.began.get("window", -2)
         what = what or f"window {window}"
         if window < last or window == last and mean != self.began.get("mean"):
             raise SecurityError(
                 f"site {self.site}: {what} " + (
                     f"comes after {self.began.get('what', f'window {last}')} began"
-                    if window < last else "was sent before with another mean")
-                + "; a site works on one mean per window, whatever failed (a retry "
-                  "repeats the same)")
+                    if window < last else "was sent before with other inputs (its "
+                    "mean, the peers' posteriors or the absent sites)")
+                + "; a site works on one set of inputs per window, whatever failed (a "
+                  "retry repeats them)")
         self.began = {"window": int(window), "mean": mean, "what": what}
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)

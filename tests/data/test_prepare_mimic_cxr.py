@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import tracemalloc
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from mmvm.data.prepare.mimic_cxr import (
 from mmvm.data.store import DataError, read_site_meta, read_site_table, write_site_table
 from tests.support.published import mimic_studies, record_chunks
 from tests.support.published import mimic_tree as _tree
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pairs_labels_and_patient_split(tmp_path):
@@ -194,18 +198,29 @@ def test_holds_one_row_group_of_images_not_a_split(tmp_path, monkeypatch):
     assert sum(rows for rows, _ in chunks) == 2 * 60
     assert len(decoded) == len(set(decoded)) == 8 + 2 * EXTRA  # each image once
 
-    def peak(size: int, out: str) -> int:
-        tracemalloc.start()
-        try:
-            prepare_mimic_cxr(tmp_path / "src", tmp_path / out, size=size,
-                              row_group_size=GROUP)
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    # measured in a process of its own: tracemalloc's peak counts whatever else the
+    # process allocates meanwhile (other threads: a full CI run once read 7.7 MB here
+    # in a test worker, against a few KB alone)
+    script = f"""
+import tracemalloc
+from mmvm.data.prepare.mimic_cxr import prepare_mimic_cxr
 
-    monkeypatch.undo()
-    prepare_mimic_cxr(tmp_path / "src", tmp_path / "warm", size=8)  # lazy imports
-    images = peak(SIZE, "big") - peak(8, "small")  # what the images themselves cost
+def peak(size, out):
+    tracemalloc.start()
+    try:
+        prepare_mimic_cxr({str(tmp_path / "src")!r} , {str(tmp_path)!r} + "/" + out,
+                          size=size, row_group_size={GROUP})
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+prepare_mimic_cxr({str(tmp_path / "src")!r}, {str(tmp_path / "warm")!r}, size=8)
+print(peak({SIZE}, "big") - peak(8, "small"))  # what the images themselves cost
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    images = int(res.stdout.split()[-1])
     split = 47 * SIZE * SIZE  # one site's train split of uint8 [1, 64, 64] images
     # the one-shot preparer held both sites' train splits (~2 x split); streaming
     # holds about two row groups (the chunk and its stacked copy)

@@ -44,10 +44,11 @@ def _filled(weights: dict, value: float) -> dict:
 
 def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_path,
                                                                       tiny_polymnist):
-    """At a holder's window 1 the server sends a mean beyond the fixed-point range
-    (refused), then one that makes training fail (one outcome, whatever failed),
-    then another one for the same window (refused before training: no second
-    query); the first one again is a retry and is taken."""
+    """At a holder's window 1 the server sends weights for a modality it does not
+    share and a mean beyond the fixed-point range (both refused, nothing recorded),
+    then one that makes training fail (one outcome, whatever failed), then another
+    mean, or the same one with a peer's posteriors left out (refused before
+    training: no second query); the first request again is a retry and is taken."""
     sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     victim = next(k for k, s in sites.items() if "m0" in s.names)
     seen: list[tuple[str, BaseException | None]] = []
@@ -56,9 +57,15 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
         def exchange(self, requests, wait=None, need=1):
             r = requests.get(victim)
             if r is not None and r.kind == "window" and r.window == 1:
-                for what, value in (("beyond", 5000.0), ("crafted", 4000.0),
-                                    ("another", 3999.0), ("again", 4000.0)):
-                    probe = dataclasses.replace(r, weights=_filled(r.weights, value))
+                peer = sorted(r.posteriors)[0]
+                crafted = _filled(r.weights, 4000.0)
+                for what, probe in (
+                        ("stray", dataclasses.replace(r, weights={**crafted, "zz": {}})),
+                        ("beyond", dataclasses.replace(r, weights=_filled(r.weights, 5e3))),
+                        ("crafted", dataclasses.replace(r, weights=crafted)),
+                        ("another", dataclasses.replace(r, weights=_filled(r.weights, 3999.0))),
+                        ("absent", dataclasses.replace(r, weights=crafted, absent=[peer])),
+                        ("again", dataclasses.replace(r, weights=crafted))):
                     try:
                         self.endpoints[victim].handle(probe)
                         seen.append((what, None))
@@ -70,6 +77,7 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
     with pytest.raises(Stop):
         federate(cfg, {}, transport=Prober(endpoints), secure=True, exchange="step")
     got = dict(seen)
+    assert "weights for ['zz'], which it does not share" in str(got["stray"])  # no record
     assert isinstance(got["beyond"], SecurityError)
     assert "beyond the fixed-point range 4096" in str(got["beyond"])
     for what in ("crafted", "again"):  # the same mean twice: both trained, both failed
@@ -77,8 +85,9 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
         assert str(got[what]) == f"site {sites[victim].name}: window 1 failed in " \
                                  f"training (its log says why)"
         assert got[what].__cause__ is not None  # the cause: in the site's log only
-    assert isinstance(got["another"], SecurityError)
-    assert "window 1 was sent before with another mean" in str(got["another"])
+    for what in ("another", "absent"):  # another mean; or the same, a peer left out
+        assert isinstance(got[what], SecurityError)
+        assert "window 1 was sent before with other inputs" in str(got[what])
     # what a deployed site answers the server: the code, not the cause's class
     said = str(public_error(sites[victim].name, tmp_path / "log", "window", got["crafted"]))
     assert said.startswith("WorkFailedError in window at site ")
@@ -122,7 +131,7 @@ def test_the_final_evaluation_is_the_last_window_of_one_mean(cfg, tmp_path,
         federate(cfg, {}, transport=Prober(endpoints), secure=True, exchange="round")
     assert type(seen["first"]) is WorkFailedError and "246" not in str(seen["first"])
     assert "its evaluation failed" in str(seen["first"])
-    assert "the evaluation was sent before with another mean" in str(seen["another"])
+    assert "the evaluation was sent before with other inputs" in str(seen["another"])
     assert seen["again"].metrics  # the same mean: answered
 
 
@@ -139,7 +148,7 @@ def test_the_window_a_site_began_is_kept_on_disk(tmp_path):
     session().begin_window(4, "mean-x")
     again = session()  # a fresh process
     again.begin_window(4, "mean-x")  # the same mean: a retry
-    for window, mean, said in ((4, "mean-y", "window 4 was sent before with another"),
+    for window, mean, said in ((4, "mean-y", "window 4 was sent before with other"),
                                (3, "mean-x", "window 3 comes after window 4 began")):
         with pytest.raises(SecurityError, match=said):
             session().begin_window(window, mean)

@@ -80,7 +80,7 @@ def test_pinned_peers_filter_the_directory_and_catch_substituted_keys(directory)
         load_policy({"data": "/d", "keys": "k", "peers": twice}, "a")
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "my data", ""])
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "my data", "", "site-a\n"])
 def test_a_deployment_sites_name_is_a_file_name_in_its_state_folder(name, tmp_path):
     """`<state>/<site>.errors.log`, `<site>.pt`: a name such as `../x` would put the
     site's files outside its state folder, plaintext or secure alike."""
