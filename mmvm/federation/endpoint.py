@@ -39,6 +39,7 @@ from mmvm.federation.progress import EVALUATION
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
+from mmvm.federation.window_metrics import WITHHELD, withhold_losses
 from mmvm.footprint import step_bytes
 from mmvm.secure.errors import SecurityError
 
@@ -199,6 +200,8 @@ class Endpoint:
             # the masking range) would tell the server something of the site's rows
             raise WorkFailedError(f"site {site.name}: window {index} failed in "
                                   f"training (its log says why)") from err
+        if not self.policy.report_losses:  # the crafted-mean channel, closed
+            reply.metrics = withhold_losses(reply.metrics)
         self._commits.append(commit)
         site.progress.window = index
         site.replies.keep("window", index, reply)
@@ -252,6 +255,9 @@ class Endpoint:
                                   f"says why)") from err
         if not probes:  # said whether or not the site has that column
             metrics["probes_withheld"] = 1.0
+        if not self.policy.report_losses:
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("recon_nll/")}
+            metrics[WITHHELD] = 1.0
         reply = EvaluateReply(site=site.name, modalities=list(site.names),
                               metrics=metrics, model=model)
         site.progress.phase = "evaluated"

@@ -92,7 +92,8 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "peers": lambda nc, k: _peers(str(nc[k])),
             "eval-labels": lambda nc, k: _labels(str(nc[k])),
             "device": lambda nc, k: _device(str(nc[k])),
-            "allow-compile": lambda nc, k: _bool(nc, k, False)}
+            "allow-compile": lambda nc, k: _bool(nc, k, False),
+            "report-losses": lambda nc, k: _bool(nc, k, True)}
 
 
 def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
@@ -159,7 +160,9 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         eval_labels=_labels(str(nc["eval-labels"])) if "eval-labels" in nc
         else ("label",) if keys else ("*",),
         device=_device(str(nc["device"])) if "device" in nc else "",
-        allow_compile=_bool(nc, "allow-compile", False), sources=tuple(k for k in KEYS if k in nc))
+        allow_compile=_bool(nc, "allow-compile", False),
+        report_losses=_bool(nc, "report-losses", True),
+        sources=tuple(k for k in KEYS if k in nc))
 
 
 def missing_paths(nc: Mapping) -> list[str]:

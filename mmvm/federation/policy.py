@@ -46,6 +46,11 @@ anything leaves the site:
 ``device``             where the site trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
                        ``auto``): the run config's ``train.device`` is ignored then
                        (default: the run config's)
+``report-losses``      send the server each window's loss sums and the final
+                       evaluation's reconstruction error (default on); off, the
+                       site sends row counts and timings only: a server that
+                       crafts the mean it sends reads nothing but whether a
+                       window failed (deploy/README.md section 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
@@ -77,7 +82,7 @@ from mmvm.secure.keys import SitePublicKeys
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
-        "device", "allow-compile")
+        "device", "allow-compile", "report-losses")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -107,6 +112,7 @@ class SitePolicy:
     eval_labels: tuple[str, ...] = ("*",)  # label columns probed at evaluation
     device: str = ""  # where the site trains; "" = the run config's train.device
     allow_compile: bool = True  # a deployment site's default: False (load_policy)
+    report_losses: bool = True  # off: loss sums and test NLL stay at the site
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 

@@ -82,8 +82,9 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
             chance = f" (chance {majority:.2f})" if majority is not None else ""
             probe = "withheld (the site's eval-labels)" if ev.get("probes_withheld") \
                 else _num(ev.get(f"probe/{m}")) + chance
-            rows.append([ev["site"], m, probe,
-                         _num(ev.get(f"recon_nll/{m}"), 1)])
+            recon = "withheld (report-losses)" if ev.get("losses_withheld") \
+                else _num(ev.get(f"recon_nll/{m}"), 1)
+            rows.append([ev["site"], m, probe, recon])
     n = len(result.history)
     before = result.resumed_after  # the time is the whole run's, over its resumes
     resumed = f"; {before} of them before this resume" if before else ""

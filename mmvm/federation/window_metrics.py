@@ -24,6 +24,7 @@ from torch import Tensor
 from mmvm.federation.coordinator import FederationError
 
 SUMS = ("rec_nll", "reg", "rows")  # what every window reply's metrics hold
+WITHHELD = "losses_withheld"  # 1: the site's node config keeps its loss sums (zeros)
 SPLIT_TOL = 1e-4  # the per-modality sums add up to the total (float32 sums of one tensor)
 
 
@@ -64,6 +65,14 @@ def window_sums(reply, modalities: Sequence[str] = ()) -> dict[str, float]:
     return got
 
 
+def withhold_losses(metrics: dict) -> dict:
+    """A window's metrics as a site that keeps its losses sends them: the sums
+    zeroed (the reply keeps its shape), rows, steps and timings as they are."""
+    lossy = ("rec_nll", "reg")
+    return {**{k: 0.0 if k in lossy or k.startswith("rec_nll.") else v
+               for k, v in metrics.items()}, WITHHELD: 1.0}
+
+
 def window_means(coord, w: int, replies: Mapping) -> dict:
     """``rec_nll`` and ``reg`` per sample of window ``w`` from the replies taken
     (``coord``: the :class:`~mmvm.federation.coordinator.Coordinator`), and whether
@@ -73,9 +82,11 @@ def window_means(coord, w: int, replies: Mapping) -> dict:
     got = {}
     for key, r in replies.items():
         try:
-            got[key] = window_sums(r, coord.sites[key].modalities)
+            sums = window_sums(r, coord.sites[key].modalities)
         except ValueError as err:
             raise FederationError(f"window {w}: site {coord.name(key)} sent {err}") from None
+        if not r.metrics.get(WITHHELD):  # a site that keeps its losses counts as away
+            got[key] = sums
     nan = float("nan")
     if not got:  # no site's reply was taken: no loss to report
         return {"rec_nll": nan, "reg": nan, "estimated": 0}

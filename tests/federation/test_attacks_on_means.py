@@ -195,3 +195,30 @@ def test_require_psi_refuses_plaintext_runs_which_send_ids_in_clear():
     with pytest.raises(PolicyError, match="this run aligns by 'pseudonym'"):
         policy.check_run("a", secure=True, align="pseudonym")
     policy.check_run("a", secure=True, align="psi")
+
+
+def test_a_site_that_keeps_its_losses_sends_row_counts_only(cfg, tmp_path, tiny_polymnist):
+    """report-losses = false: the loss sums of every window and the test NLL of the
+    evaluation stay at the site (a crafted mean then reads only whether a window
+    failed). The server's loss curve counts the site as away: the window's NLL is
+    estimated from the other holders of its modalities."""
+    from tests.support.malicious import Recorder
+
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    victim = next(k for k, s in sites.items() if "m0" in s.names)
+    endpoints[victim].policy = SitePolicy(report_losses=False)
+    seen = Recorder(endpoints)
+    res = federate(cfg, {}, transport=seen, secure=True, exchange="round")
+    windows = [replies[victim] for kind, _, replies in seen.log if kind == "window"]
+    assert windows and all(r.metrics["losses_withheld"] == 1.0 for r in windows)
+    for r in windows:
+        assert r.metrics["rows"] > 0 and r.metrics["train_s"] > 0
+        assert {v for k, v in r.metrics.items() if k.startswith(("rec_nll", "reg"))} == {0.0}
+    others = [replies[k] for kind, _, replies in seen.log if kind == "window"
+              for k in replies if k != victim]
+    assert all("losses_withheld" not in r.metrics for r in others)
+    assert all(row["estimated"] == 1 and np.isfinite(row["rec_nll"]) for row in res.history)
+    mine = res.evaluation[victim]
+    assert mine["losses_withheld"] == 1.0 and not any(k.startswith("recon_nll/") for k in mine)
+    assert any(k.startswith("recon_nll/") for k in res.evaluation[next(
+        k for k in sites if k != victim)])

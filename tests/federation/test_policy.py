@@ -231,3 +231,10 @@ def test_require_psi_without_keys_is_a_node_config_error(tmp_path):
     with pytest.raises(PolicyError, match="require-psi without keys would refuse every"):
         load_policy({"data": str(tmp_path), "require-psi": "true"}, "a")
     assert not load_policy({"data": str(tmp_path), "require-psi": "false"}, "a").require_psi
+
+
+def test_report_losses_is_on_unless_the_site_says_otherwise(tmp_path):
+    assert load_policy({"data": str(tmp_path)}, "a").report_losses
+    assert not load_policy({"data": str(tmp_path), "report-losses": "off"}, "a").report_losses
+    with pytest.raises(PolicyError, match="report-losses = 'some' is not a boolean"):
+        load_policy({"data": str(tmp_path), "report-losses": "some"}, "a")
