@@ -13,6 +13,9 @@ from typing import Any
 
 # key -> (predicate, requirement)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.root": (lambda v: bool(v.strip()),
+                  "the folder of train.parquet / test.parquet (\".\" for the current one; "
+                  "an empty one read the current folder unasked)"),
     "data.max_train": (lambda v: v >= 0, ">= 0"),
     "data.max_test": (lambda v: v >= 0, ">= 0"),
     "data.cache_row_groups": (lambda v: v >= 1, ">= 1"),

@@ -372,3 +372,12 @@ def test_an_override_is_blamed_only_when_it_makes_the_error(tmp_path):
     assert ", override '" not in str(info.value) and "lr" in str(info.value)
     with pytest.raises(ConfigError, match=r"override 'train.lr=-1'"):
         load_config(POLYMNIST, [*many[:3], "train.lr=-1"])
+
+
+def test_an_empty_data_root_is_refused_and_dot_is_the_current_folder():
+    """data.root = "" (an unset variable in a generated config) read the current
+    folder's train.parquet without saying so."""
+    with pytest.raises(ConfigError, match=r"data\.root must be the folder of "
+                                          r"train\.parquet / test\.parquet"):
+        load_config(POLYMNIST, ['data.root=""'])
+    assert load_config(POLYMNIST, ['data.root="."']).data.root == "."
