@@ -279,9 +279,9 @@ class Endpoint:
             self.site.check_weights(m, arrays)
 
     def _load_shared(self, weights: Mapping) -> None:
-        self._check_shared(weights)
+        """Weights :meth:`_check_shared` passed, loaded."""
         for m, arrays in weights.items():
-            self.site.load_weights(m, arrays)
+            self.site.load_weights(m, arrays, checked=True)
 
 
 class LocalTransport:

@@ -331,9 +331,12 @@ class Site:
         count stays the site's: unused with a momentum, too large for the fixed point)."""
         return {k: v for k, v in self.weights(modality).items() if v.dtype.kind == "f"}
 
-    def load_weights(self, modality: str, arrays: dict[str, np.ndarray]) -> None:
-        """Replace ``modality``'s shared parameters by ``arrays`` (all, same shapes)."""
-        self.check_weights(modality, arrays)
+    def load_weights(self, modality: str, arrays: dict[str, np.ndarray],
+                     checked: bool = False) -> None:
+        """Replace ``modality``'s shared parameters by ``arrays`` (all, same shapes;
+        ``checked``: :meth:`check_weights` passed them already)."""
+        if not checked:  # (which also waited for the decoder half: settle)
+            self.check_weights(modality, arrays)
         self.model.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()},
                                    strict=False)
 
