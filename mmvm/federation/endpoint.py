@@ -49,7 +49,6 @@ class WorkFailedError(RuntimeError):
     mean; the cause is in the site's log only."""
 
 
-
 class Endpoint:
     """One site answering the federation's requests."""
 
@@ -200,7 +199,7 @@ class Endpoint:
             # the masking range) would tell the server something of the site's rows
             raise WorkFailedError(f"site {site.name}: window {index} failed in "
                                   f"training (its log says why)") from err
-        if not self.policy.report_losses:  # the crafted-mean channel, closed
+        if not self.policy.report_losses:  # a crafted mean's widest channel, closed
             reply.metrics = withhold_losses(reply.metrics)
         self._commits.append(commit)
         site.progress.window = index

@@ -71,8 +71,9 @@ class SiteSecrets:
     # masked (``{"window": w, "digests": {modality: hex}}``): its masks were bound
     # to them, and its unmask answer needs them
     received: dict = field(default_factory=dict)
-    # the last window this site began to train and the digest of the mean it was
-    # sent (``{"window": w, "mean": hex}``), written before it trains
+    # the last window this site began to train and the digest of its inputs (the
+    # server's mean and the rest of the request: ``{"window": w, "inputs": hex,
+    # "what": "window w"}``), written before it trains
     began: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,14 +135,14 @@ class SiteSecrets:
             atomic_write(self._path("received"), json.dumps(self.received).encode(),
                          overwrite=True)
 
-    def begin_window(self, window: int, mean: str, what: str = "") -> None:
+    def begin_window(self, window: int, inputs: str, what: str = "") -> None:
         """Record that window ``window`` (``what``, for messages: "window 3", "the
-        evaluation") works on the inputs of digest ``mean`` (the server's mean and
+        evaluation") works on the inputs of digest ``inputs`` (the server's mean and
         the rest of the request); refused for a window before the last one begun, or
         for that one with other inputs (a retry repeats them)."""
         last = self.began.get("window", -2)
         what = what or f"window {window}"
-        if window < last or window == last and mean != self.began.get("mean"):
+        if window < last or window == last and inputs != self.began.get("inputs"):
             raise SecurityError(
                 f"site {self.site}: {what} " + (
                     f"comes after {self.began.get('what', f'window {last}')} began"
@@ -149,7 +150,7 @@ class SiteSecrets:
                     "mean, the peers' posteriors or the absent sites)")
                 + "; a site works on one set of inputs per window, whatever failed (a "
                   "retry repeats them)")
-        self.began = {"window": int(window), "mean": mean, "what": what}
+        self.began = {"window": int(window), "inputs": inputs, "what": what}
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self._path("began"), json.dumps(self.began).encode(),

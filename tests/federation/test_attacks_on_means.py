@@ -153,7 +153,7 @@ def test_the_window_a_site_began_is_kept_on_disk(tmp_path):
         with pytest.raises(SecurityError, match=said):
             session().begin_window(window, mean)
     session().begin_window(5, "mean-z")  # the run goes on
-    assert session().began == {"window": 5, "mean": "mean-z", "what": "window 5"}
+    assert session().began == {"window": 5, "inputs": "mean-z", "what": "window 5"}
 
 
 def test_a_plaintext_site_that_keeps_its_weights_refuses_to_share_them_in_clear(
