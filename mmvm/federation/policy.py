@@ -49,8 +49,8 @@ anything leaves the site:
 ``report-losses``      send the server each window's loss sums and the final
                        evaluation's reconstruction error (default on); off, the
                        site sends row counts and timings only: a server that
-                       crafts the mean it sends reads nothing but whether a
-                       window failed (deploy/README.md section 7)
+                       crafts the mean it sends reads from the replies only
+                       whether a window failed, and when (deploy/README.md 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
