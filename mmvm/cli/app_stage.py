@@ -15,6 +15,7 @@ FAB is the one it would have built from the app, byte for byte.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -38,7 +39,7 @@ def staged_app(app: Path) -> Iterator[Path]:
     if not (app / "pyproject.toml").is_file():
         raise FileNotFoundError(f"no Flower app at {app}: it has no pyproject.toml")
     files = app_files(app)
-    check_no_private_keys(app, files)
+    check_no_secrets(app, files)
     with tempfile.TemporaryDirectory(prefix="mmvm-app-") as tmp:
         stage = Path(tmp) / app.name
         for rel in files:
@@ -71,8 +72,9 @@ def app_files(app: Path) -> list[str]:
     return files
 
 
-def check_no_private_keys(app: Path, files: list[str]) -> None:
-    """Refuse an app whose bundle would carry a site's private keys: the FAB goes to
+def check_no_secrets(app: Path, files: list[str]) -> None:
+    """Refuse an app whose bundle would carry a site's secrets (its private keys, or
+    a secure run's session state when the state folder is in the app): the FAB goes to
     the SuperLink and every SuperNode, and Flower packs every ``*.json`` (``*.toml``,
     ``*.yaml``, ...) file its ``.gitignore`` does not ignore (a test bed's ``keys/``
     made in the project went with it). The files are those Flower's own rules keep."""
@@ -82,7 +84,6 @@ def check_no_private_keys(app: Path, files: list[str]) -> None:
     from flwr.cli.utils import filter_paths_for_publish
 
     from mmvm.config import ConfigError
-    from mmvm.secure.keys import holds_private_keys
 
     try:
         config = tomllib.loads((app / "pyproject.toml").read_text())
@@ -90,13 +91,34 @@ def check_no_private_keys(app: Path, files: list[str]) -> None:
             {f: app / f for f in files}), config)
     except (OSError, UnicodeDecodeError, ValueError):  # TOML's errors too: flwr says
         return                                         # what is wrong with the app
-    leaked = [f for f in packed if holds_private_keys(app / f)]
+    leaked = [f for f in packed if _holds_secrets(app / f)]
     if leaked:
-        raise ConfigError(f"{app / leaked[0]} holds a site's private keys, and flwr would "
+        raise ConfigError(f"{app / leaked[0]} holds a site's secrets (its private keys or "
+                          f"secure session state), and flwr would "
                           f"pack it into the app bundle it sends to the SuperLink and "
                           f"every SuperNode" + f" ({len(leaked)} such files)" * (len(leaked) > 1)
-                          + f"; move the keys out of {app}, or ignore their folder in its "
+                          + f"; move them out of {app}, or ignore their folder in its "
                             f".gitignore")
+
+
+# a site's secure session state (mmvm.secure.session, ``<site>.secure.json``): its
+# group id key, its pseudonym contribution, its PSI scalar
+SESSION_SECRETS = frozenset({"group_key", "contribution", "scalar"})
+
+
+def _holds_secrets(path: Path) -> bool:
+    """Whether the JSON file at ``path`` holds a site's secrets, whatever it is named:
+    its private keys (``*_private`` fields, as ``site_keys.json``) or its secure
+    session state. Files over 16 MiB are not read (a FAB holds 10 MB at most)."""
+    try:
+        if path.stat().st_size > 16 << 20:
+            return False
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and (
+        any(isinstance(k, str) and k.endswith("_private") for k in doc)
+        or any(isinstance(doc.get(k), str) for k in SESSION_SECRETS))
 
 
 def _gitignore(app: Path) -> list[str]:

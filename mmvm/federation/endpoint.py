@@ -16,6 +16,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 
+from mmvm.config import config_digest
 from mmvm.federation.channel import Channel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import (
@@ -185,6 +186,7 @@ class Endpoint:
         others, commit = self.channel.incoming(site, index, req.posteriors, req.absent)
         self._check_shared(req.weights)  # before the window's inputs are recorded
         self.channel.begin_window(site, index, req.weights, {
+            "config": config_digest(site.cfg),  # a resumed run brings its own
             "absent": sorted(req.absent), "resync": bool(req.resync),
             "posteriors": {s: hashlib.sha256(b).hexdigest()
                            for s, b in sorted(req.posteriors.items())}})
@@ -240,7 +242,8 @@ class Endpoint:
         site.progress.evaluate(site.name)
         self._check_shared(req.weights)
         self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
-                                  {"collect": bool(req.collect)})
+                                  {"config": config_digest(site.cfg),
+                                   "collect": bool(req.collect)})
         self._load_shared(req.weights)
         collect = req.collect and self.policy.allow_collect
         model = {m: site.weights(m) for m in site.names} if collect else {}

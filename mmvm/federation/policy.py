@@ -48,9 +48,11 @@ anything leaves the site:
                        (default: the run config's)
 ``report-losses``      send the server each window's loss sums and the final
                        evaluation's reconstruction error (default on); off, the
-                       site sends row counts and timings only: a server that
-                       crafts the mean it sends reads from the replies only
-                       whether a window failed, and when (deploy/README.md 7)
+                       site sends row counts and timings only (with
+                       ``eval-labels = ""`` its evaluation no probe either); a
+                       server that crafts the mean it sends then reads from the
+                       replies whether a window failed, and when, and from the
+                       masked aggregate what it always can (deploy/README.md 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
 ``max-step-gib``       the most memory (GiB) one training step may need at the

@@ -71,18 +71,6 @@ _RAW_PUBLIC = serialization.PublicFormat.Raw
 _RAW_PRIVATE = serialization.PrivateFormat.Raw
 
 
-def holds_private_keys(path: str | Path) -> bool:
-    """Whether the file at ``path`` is a site's private key file (JSON of its
-    format), whatever it is named."""
-    try:
-        if Path(path).stat().st_size > 1 << 16:  # a key file is ~500 bytes
-            return False
-        doc = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(doc, dict) and doc.get("format") == _PRIVATE_FORMAT
-
-
 def validate_site_name(name: str) -> str:
     """Return ``name`` if it is 1-64 chars of ``[A-Za-z0-9._-]``, else raise."""
     if not isinstance(name, str) or not _SITE_NAME.fullmatch(name):  # not "a\n"

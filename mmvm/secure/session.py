@@ -147,7 +147,8 @@ class SiteSecrets:
                 f"site {self.site}: {what} " + (
                     f"comes after {self.began.get('what', f'window {last}')} began"
                     if window < last else "was sent before with other inputs (its "
-                    "mean, the peers' posteriors or the absent sites)")
+                    "mean, the peers' posteriors, the absent sites or the experiment "
+                    "config)")
                 + "; a site works on one set of inputs per window, whatever failed (a "
                   "retry repeats them)")
         self.began = {"window": int(window), "inputs": inputs, "what": what}

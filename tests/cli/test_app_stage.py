@@ -4,6 +4,7 @@ project's .venv, what .gitignore ignores) are not listed at all."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -123,8 +124,9 @@ def test_an_app_whose_bundle_would_carry_a_sites_private_keys_is_refused(tmp_pat
     with staged_app(app) as stage:  # keys/ is ignored: not in the bundle
         assert not (stage / "keys").exists()
     SiteKeys.generate("b").save(app / "secrets" / "hospital-b.json")
-    with pytest.raises(ConfigError, match=r"secrets/hospital-b.json holds a site's private "
-                                          r"keys, and flwr would pack it"):
+    with pytest.raises(ConfigError, match=r"secrets/hospital-b.json holds a site's secrets "
+                                          r"\(its private keys or secure session state\), "
+                                          r"and flwr would pack it"):
         with staged_app(app):
             pass
     (app / ".gitignore").write_text((app / ".gitignore").read_text() + "secrets/\n")
@@ -134,5 +136,21 @@ def test_an_app_whose_bundle_would_carry_a_sites_private_keys_is_refused(tmp_pat
     # git's reading of the same .gitignore would ignore it
     (app / ".gitignore").write_text("*.json\n!sites/\nsecrets/\n")
     with pytest.raises(ConfigError, match=r"keys/sites/a/site_keys.json holds"):
+        with staged_app(app):
+            pass
+    (app / ".gitignore").write_text("keys/\nsecrets/\n")
+    # a secure run's session state, its state folder made in the project: the group
+    # id key, the PSI scalar; and a key file padded past any size a check might skip
+    state = app / "st" / "site-a" / "run-7" / "site-a.secure.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"mode": "psi", "scalar": "u2JZ", "order": [0, 1]}')
+    with pytest.raises(ConfigError, match=r"st/site-a/run-7/site-a.secure.json holds"):
+        with staged_app(app):
+            pass
+    state.unlink()
+    padded = app / "backup.json"
+    key = SiteKeys.generate("c").to_dict()
+    padded.write_text(json.dumps({**key, "note": "x" * 100_000}))
+    with pytest.raises(ConfigError, match=r"backup.json holds"):
         with staged_app(app):
             pass

@@ -65,12 +65,19 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
                         ("crafted", dataclasses.replace(r, weights=crafted)),
                         ("another", dataclasses.replace(r, weights=_filled(r.weights, 3999.0))),
                         ("absent", dataclasses.replace(r, weights=crafted, absent=[peer])),
+                        ("resumed", dataclasses.replace(r, weights=crafted)),
                         ("again", dataclasses.replace(r, weights=crafted))):
+                    site = self.endpoints[victim].site
+                    kept = site.cfg
+                    if what == "resumed":  # a run resuming this one, with its own `set`
+                        site.cfg = dataclasses.replace(kept, train=dataclasses.replace(
+                            kept.train, lr=kept.train.lr * 2))
                     try:
                         self.endpoints[victim].handle(probe)
                         seen.append((what, None))
                     except Exception as err:  # noqa: BLE001 - what the server learns
                         seen.append((what, err))
+                    site.cfg = kept
                 raise Stop
             return super().exchange(requests, wait, need)
 
@@ -85,7 +92,9 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
         assert str(got[what]) == f"site {sites[victim].name}: window 1 failed in " \
                                  f"training (its log says why)"
         assert got[what].__cause__ is not None  # the cause: in the site's log only
-    for what in ("another", "absent"):  # another mean; or the same, a peer left out
+    # another mean; or the same with a peer left out, or under another config (a run
+    # that resumes this one brings its own `set`)
+    for what in ("another", "absent", "resumed"):
         assert isinstance(got[what], SecurityError)
         assert "window 1 was sent before with other inputs" in str(got[what])
     # what a deployed site answers the server: the code, not the cause's class
