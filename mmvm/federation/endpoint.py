@@ -202,6 +202,8 @@ class Endpoint:
             raise WorkFailedError(f"site {site.name}: window {index} failed in "
                                   f"training (its log says why)") from err
         if not self.policy.report_losses:  # a crafted mean's widest channel, closed
+            if self.store is not None:  # the site's own view of its training
+                self.store.keep_losses(index, reply.metrics)
             reply.metrics = withhold_losses(reply.metrics)
         self._commits.append(commit)
         site.progress.window = index

@@ -48,7 +48,8 @@ anything leaves the site:
                        (default: the run config's)
 ``report-losses``      send the server each window's loss sums and the final
                        evaluation's reconstruction error (default on); off, the
-                       site sends row counts and timings only (with
+                       site sends row counts and timings only, keeping the sums
+                       in ``<site>.losses.csv`` in its state folder (with
                        ``eval-labels = ""`` its evaluation no probe either); a
                        server that crafts the mean it sends then reads from the
                        replies whether a window failed, and when, and from the

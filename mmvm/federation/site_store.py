@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from mmvm.federation.coordinator import FederationError
@@ -35,6 +36,19 @@ class SiteStore:
         self.path = Path(path)
         self.version = -1  # mtime of the live file this process last read or wrote
         self.seconds = 0.0  # time spent reading and writing since the last take()
+
+    def keep_losses(self, window: int, metrics: Mapping[str, float]) -> None:
+        """Append window ``window``'s loss sums to ``<site>.losses.csv`` beside the
+        live file (mode 0600): what a site whose node config withholds them from the
+        server (``report-losses = false``) sees of its own training."""
+        path = self.path.with_name(f"{self.path.stem}.losses.csv")
+        keys = ["rows", "rec_nll", "reg", *sorted(k for k in metrics if k.startswith("rec_nll."))]
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as fh:
+            if fh.tell() == 0:
+                fh.write(",".join(["window", *keys]) + "\n")
+            fh.write(",".join([str(window), *(f"{float(metrics.get(k, 0.0)):.6g}"
+                                              for k in keys)]) + "\n")
 
     def _snapshot(self, window: int) -> Path:
         return self.path.with_name(f"{self.path.stem}.w{window}{self.path.suffix}")

@@ -20,6 +20,7 @@ import torch
 from mmvm.federation.endpoint import LocalTransport, WorkFailedError
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site_errors import public_error
+from mmvm.federation.site_store import SiteStore
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SiteKeys
 from mmvm.secure.session import SiteSecrets
@@ -216,6 +217,8 @@ def test_a_site_that_keeps_its_losses_sends_row_counts_only(cfg, tmp_path, tiny_
     sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     victim = next(k for k, s in sites.items() if "m0" in s.names)
     endpoints[victim].policy = SitePolicy(report_losses=False)
+    live = tmp_path / "live" / f"{sites[victim].name}.pt"
+    endpoints[victim].store = SiteStore(live)  # where a deployed site keeps its state
     seen = Recorder(endpoints)
     res = federate(cfg, {}, transport=seen, secure=True, exchange="round")
     windows = [replies[victim] for kind, _, replies in seen.log if kind == "window"]
@@ -227,6 +230,12 @@ def test_a_site_that_keeps_its_losses_sends_row_counts_only(cfg, tmp_path, tiny_
               for k in replies if k != victim]
     assert all("losses_withheld" not in r.metrics for r in others)
     assert all(row["estimated"] == 1 and np.isfinite(row["rec_nll"]) for row in res.history)
+    # the site's own view: the sums it kept, one line per window, for its eyes only
+    kept = (live.parent / f"{live.stem}.losses.csv").read_text().splitlines()
+    assert kept[0].startswith("window,rows,rec_nll,reg,rec_nll.m0")
+    assert len(kept) == 1 + len(windows) and all(float(line.split(",")[2]) > 0
+                                                 for line in kept[1:])
+    assert (live.parent / f"{live.stem}.losses.csv").stat().st_mode & 0o777 == 0o600
     mine = res.evaluation[victim]
     assert mine["losses_withheld"] == 1.0 and not any(k.startswith("recon_nll/") for k in mine)
     assert any(k.startswith("recon_nll/") for k in res.evaluation[next(
