@@ -101,6 +101,23 @@ def check_no_secrets(app: Path, files: list[str]) -> None:
                             f".gitignore")
 
 
+def flower_app_above(path: Path) -> Path | None:
+    """The nearest folder holding ``path`` (or ``path`` itself) that is a Flower app
+    (its pyproject.toml has ``[tool.flwr.app]``), or None: a site's keys or state
+    there would go into that app's bundle with ``flwr run``."""
+    import tomllib
+
+    path = Path(path).expanduser().resolve()
+    for folder in (path, *path.parents):
+        try:
+            with open(folder / "pyproject.toml", "rb") as fh:
+                if "app" in tomllib.load(fh).get("tool", {}).get("flwr", {}):
+                    return folder
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+    return None
+
+
 # a site's secure session state (mmvm.secure.session, ``<site>.secure.json``): its
 # group id key, its pseudonym contribution, its PSI scalar
 SESSION_SECRETS = frozenset({"group_key", "contribution", "scalar"})

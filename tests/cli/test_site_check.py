@@ -297,3 +297,14 @@ def test_a_plaintext_site_named_outside_its_state_folder_is_an_error(fed):
     assert "invalid site name '../x'" in _find(check, "policy", ERROR)[0]
     assert not [f for f in check.findings if f.item == "state"]
     assert _find(check, "data", OK)  # the rest is still checked
+
+
+def test_keys_or_state_inside_a_flower_app_are_warned(fed):
+    """A test bed's keys and state made in the project go into the app bundle with a
+    plain `flwr run .` (mmvm run refuses; Flower does not)."""
+    (fed["root"] / "pyproject.toml").write_text('[tool.flwr.app]\npublisher = "x"\n')
+    check = check_node_config(_nc(fed))
+    said = " ".join(_find(check, "paths", WARNING))
+    for key in ("keys", "directory", "state"):
+        assert f"{key}={fed['root']}" in said
+    assert f"is inside the Flower app {fed['root']}" in said
