@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -121,17 +122,30 @@ def flower_app_above(path: Path) -> Path | None:
 # a site's secure session state (mmvm.secure.session, ``<site>.secure.json``): its
 # group id key, its pseudonym contribution, its PSI scalar
 SESSION_SECRETS = frozenset({"group_key", "contribution", "scalar"})
+# the same secrets as text, in whatever file a copy went to (YAML, TOML, Markdown, a
+# line of JSON Lines, Python): a field name, then ":", "=", "|" or ",", then a base64
+# value of at least 32 bytes (keys and scalars are 32 bytes; 44 characters in base64)
+_SECRET_TEXT = re.compile(
+    rb"""(?:\b(?:x25519|ed25519)_private|\b(?:group_key|contribution|scalar))["'`]?"""
+    rb"""\s*[:=|,]\s*[\[("'`]*\s*[A-Za-z0-9+/]{43}""")
 
 
 def _holds_secrets(path: Path) -> bool:
-    """Whether the JSON file at ``path`` holds a site's secrets, whatever it is named:
-    its private keys (``*_private`` fields, as ``site_keys.json``) or its secure
-    session state. Files over 16 MiB are not read (a FAB holds 10 MB at most)."""
+    """Whether the file at ``path`` holds a site's secrets, whatever it is named: its
+    private keys (``*_private`` fields, as ``site_keys.json``) or its secure session
+    state; as JSON, or as a copy of their values in any text. Files over 16 MiB are
+    not read (a FAB holds 10 MB at most)."""
     try:
         if path.stat().st_size > 16 << 20:
             return False
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        raw = path.read_bytes()
+    except OSError:
+        return False
+    if _SECRET_TEXT.search(raw):
+        return True
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
         return False
     return isinstance(doc, dict) and (
         any(isinstance(k, str) and k.endswith("_private") for k in doc)

@@ -154,3 +154,36 @@ def test_an_app_whose_bundle_would_carry_a_sites_private_keys_is_refused(tmp_pat
     with pytest.raises(ConfigError, match=r"backup.json holds"):
         with staged_app(app):
             pass
+
+
+@pytest.mark.parametrize("name, text", [
+    ("notes/keys.yaml", "x25519_private: {kx}\nsite: b\n"),
+    ("notes/setup.md", "| field | value |\n|---|---|\n| `ed25519_private` | `{sign}` |\n"),
+    ("conf/site.toml", 'x25519_private = "{kx}"\n'),
+    ("log/session.jsonl", '{{"run": 1}}\n{{"mode": "psi", "scalar": "{kx}"}}\n'),
+    ("pkg/constants.py", 'GROUP = dict(group_key="{kx}")\n'),
+])
+def test_a_secret_copied_into_any_packed_text_file_is_refused(tmp_path, name, text):
+    """Flower packs *.py, *.toml, *.md, *.yaml, *.yml, *.json and *.jsonl: a private
+    key or session secret pasted into any of them goes to every SuperNode."""
+    from mmvm.config import ConfigError
+    from mmvm.secure.keys import SiteKeys
+
+    app = _app(tmp_path)
+    key = SiteKeys.generate("b").to_dict()
+    (app / name).parent.mkdir(parents=True, exist_ok=True)
+    (app / name).write_text(text.format(kx=key["x25519_private"],
+                                        sign=key["ed25519_private"]))
+    with pytest.raises(ConfigError, match=f"{name} holds a site's secrets"):
+        with staged_app(app):
+            pass
+
+
+def test_the_names_of_secrets_in_code_and_docs_are_not_secrets(tmp_path):
+    """This project's own source and docs name every secret field; a value of a key's
+    length must follow the name for a file to be refused."""
+    app = _app(tmp_path)
+    (app / "pkg/keys.py").write_text('d = {"x25519_private": _b64(kx), "scalar": s}\n')
+    (app / "doc.md").write_text("`group_key`: the run's group id key (32 bytes)\n")
+    with staged_app(app) as stage:
+        assert (stage / "pkg/keys.py").is_file() and (stage / "doc.md").is_file()
