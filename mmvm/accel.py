@@ -89,6 +89,24 @@ def grad_scaler(mode: str, device: torch.device) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(device.type) if mode == "fp16" else None
 
 
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient is NaN or inf, or its squares overflow float32; no step was taken."""
+
+
+def check_gradients(model: nn.Module) -> None:
+    """Raise :class:`NonFiniteGradientError` (gradients cleared) unless every gradient
+    of ``model`` has a finite norm. A finite loss can still give such gradients (a
+    mixture component with a tiny variance); Adam would square them into an inf
+    second moment and freeze those weights for good, silently: refuse the step."""
+    bad = [name for name, p in model.named_parameters() if p.grad is not None
+           and not torch.isfinite(torch.linalg.vector_norm(p.grad.float()))]
+    if bad:
+        model.zero_grad(set_to_none=True)
+        raise NonFiniteGradientError(
+            f"the gradient of {len(bad)} parameter tensor(s) (first: {bad[0]}) is NaN, "
+            f"inf or beyond float32 range; the step was not applied")
+
+
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module,
          names: list[str], clip: float = 0.0,
          scaler: torch.amp.GradScaler | None = None) -> None:
@@ -96,10 +114,14 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module,
     (``model.modality_parameters``: encoder, decoder, MMVAE+'s prior scale; for the
     modalities in ``names``) first cut to that norm (``train.grad_clip``). Per
     modality, not over all parameters: a site holds only its own modalities, so its
-    step stays the centralized step, bit for bit."""
+    step stays the centralized step, bit for bit. Without a scaler, non-finite
+    gradients raise :class:`NonFiniteGradientError` before anything is applied
+    (float16's scaler instead skips such steps and lowers its scale)."""
     if scaler is not None:
         loss = scaler.scale(loss)
     loss.backward()
+    if scaler is None:
+        check_gradients(model)
     if clip > 0:
         if scaler is not None:
             scaler.unscale_(optimizer)

@@ -168,7 +168,10 @@ def train_step(
             f"loss is {terms.loss.item()} at step {step}; lower train.lr or check the data"
         )
     optimizer.zero_grad(set_to_none=True)
-    accel.step(optimizer, terms.loss, model, model.names, cfg.train.grad_clip, scaler)
+    try:
+        accel.step(optimizer, terms.loss, model, model.names, cfg.train.grad_clip, scaler)
+    except accel.NonFiniteGradientError as err:
+        raise TrainingDivergedError(f"step {step}: {err}; lower train.lr") from err
     weights = model.likelihood_weights.to(terms.rec_ll)
     return {
         "loss": terms.loss.item(),

@@ -143,3 +143,25 @@ def test_a_negative_grad_clip_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"train.grad_clip must be >= 0 \(0: no clipping\)"):
         load_config(Path(__file__).parents[1] / "configs" / "hippocampus.toml",
                     ["train.grad_clip=-1"])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 3e19])
+def test_a_gradient_adam_cannot_square_is_refused_and_cleared(value):
+    """3e19 is finite, but its square (Adam's second moment) is not in float32."""
+    from mmvm.accel import NonFiniteGradientError, check_gradients
+
+    net = torch.nn.Linear(3, 2)
+    net.weight.grad = torch.zeros(2, 3)
+    net.bias.grad = torch.tensor([0.0, value])
+    with pytest.raises(NonFiniteGradientError, match="first: bias"):
+        check_gradients(net)
+    assert net.weight.grad is None and net.bias.grad is None
+
+
+def test_finite_gradients_pass_untouched():
+    net = torch.nn.Linear(3, 2)
+    net.weight.grad, net.bias.grad = torch.ones(2, 3), torch.full((2,), 1e15)
+    from mmvm.accel import check_gradients
+
+    check_gradients(net)
+    assert torch.equal(net.weight.grad, torch.ones(2, 3))

@@ -24,6 +24,7 @@ from mmvm.atomic import atomic_write
 from mmvm.config import ExperimentConfig
 from mmvm.data import check_data_fits, open_dataset
 from mmvm.data.store import DataError, read_site_meta
+from mmvm.federation import peer_inputs
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.link import Link
 from mmvm.federation.lookahead import Lookahead, forward_ahead, start_ahead, step_inputs
@@ -265,7 +266,7 @@ class Site:
 
     def _step(self, step: Step, others: dict[str, Posteriors]) -> dict:
         rows = step.rows.numpy()
-        B, D, M = len(rows), self.model.latent_dim, len(self.global_names)
+        B, D = len(rows), self.model.latent_dim
         local = self.link.local_of[rows]
         where = np.flatnonzero(local >= 0)
         if not len(where):
@@ -283,17 +284,8 @@ class Site:
             ahead = None  # its graph goes now, not after this step's
             x, own_mask = step_inputs(self.data, local[where], dev, t.channels_last)
             own = None
-        mask = torch.zeros(len(where), M, dtype=torch.bool)
-        mu_all, lv_all = torch.zeros(len(where), M, D), torch.zeros(len(where), M, D)
-        for g, m in enumerate(self.global_names):
-            if m in self.names:
-                mask[:, g] = own_mask[:, self.names.index(m)]
-            elif m in others:
-                found, pos = others[m].lookup(rows[where])
-                have = torch.from_numpy(found)
-                mu_all[have, g] = torch.from_numpy(others[m].mu[pos[found]])
-                lv_all[have, g] = torch.from_numpy(others[m].logvar[pos[found]])
-                mask[have, g] = True
+        mask, mu_all, lv_all = peer_inputs.gather(others, rows[where], self.global_names,
+                                                  self.names, own_mask, D)
         eps = self._noise(step.step, B, where)
         with accel.autocast(t.amp, dev):
             terms = site_loss(self.model, x, mask.to(dev), mu_all.to(dev), lv_all.to(dev),
@@ -305,7 +297,12 @@ class Site:
                                         f"{step.step}; nothing of this step is applied")
         if reconstruct is None:  # else the decoders' gradients are in, the rest is not
             self.optimizer.zero_grad(set_to_none=True)
-        accel.step(self.optimizer, loss, self.model, self.names, t.grad_clip, self.scaler)
+        try:
+            accel.step(self.optimizer, loss, self.model, self.names, t.grad_clip,
+                       self.scaler)
+        except accel.NonFiniteGradientError as err:
+            raise TrainingDivergedError(f"site {self.name}, step {step.step}: {err}"
+                                        f"{peer_inputs.ranges(others, rows[where])}") from err
         w = self.model.likelihood_weights.to(terms.rec_ll)
         own = [self.global_names.index(n) for n in self.names]
         return step_sums(self.names, -(terms.rec_ll[:, own] * w), terms.reg, ahead_s)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,30 @@ def test_a_model_beyond_max_params_is_refused_before_it_is_built(tiny_polymnist,
     with pytest.raises(PolicyError, match=rf"{built:,} parameters.*\(max-params\)"):
         Site(cfg, specs[0].name, train, admit=admit)
     assert seen == [site.names]
+
+
+def test_admitted_but_extreme_peer_posteriors_stop_the_step_before_adam_sees_it(trained):
+    """mu = 0, logvar = -80 lies within what a site admits by default; the loss stays
+    finite but its gradients overflow float32. Adam would square them into an inf
+    second moment and freeze those weights silently: the step is refused instead,
+    naming the step and the values received, and nothing of it is applied."""
+    from mmvm.federation.posteriors import Posteriors
+    from mmvm.training import TrainingDivergedError
+
+    _, site = trained
+    rows = site.window_rows(0)
+    peer = next(m for m in site.global_names if m not in site.names)
+    n, d = len(rows), site.model.latent_dim
+    others = {peer: Posteriors(rows, np.zeros((n, d), np.float32),
+                               np.full((n, d), -80.0, np.float32))}
+    before = {k: v.clone() for k, v in site.model.state_dict().items()}
+    moments = {k: {n: v.clone() for n, v in st.items() if torch.is_tensor(v)}
+               for k, st in site.optimizer.state_dict()["state"].items()}
+    with pytest.raises(TrainingDivergedError, match=rf"step \d+: .*gradient.*{peer}: "
+                       r"\|mu\| <= 0, logvar in \[-80, -80\]"):
+        site.train_window(0, others)
+    after = site.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    state = site.optimizer.state_dict()["state"]
+    assert all(torch.equal(v, state[k][n]) for k, st in moments.items() for n, v in st.items())
+    assert all(p.grad is None for p in site.model.parameters())
