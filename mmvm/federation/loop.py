@@ -31,6 +31,7 @@ import numpy as np
 from mmvm.federation.admission import admit, short_reason
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
+from mmvm.federation.handover import assemble, checked_metrics
 from mmvm.federation.messages import (
     DescribeRequest,
     EvaluateRequest,
@@ -83,6 +84,7 @@ class FederationResult:
     sites: dict[str, dict] = field(default_factory=dict)
     model_state: dict[str, np.ndarray] | None = None
     kept_weights: list[str] = field(default_factory=list)
+    model_refused: str | None = None  # why the handed-in weights make no model
     alignment: dict = field(default_factory=dict)
 
 
@@ -325,25 +327,23 @@ def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
          for key in coord.sites}, wait)
     result.evaluation_errors = {coord.name(k): why for k, why in sorted(failed.items())}
     result.not_evaluated = sorted(coord.name(k) for k in coord.sites if k not in replies)
-    result.evaluation = {k: {**r.metrics, "site": coord.name(k),
-                             "modalities": list(r.modalities)}
-                         for k, r in replies.items()}
+    result.evaluation = {}
+    for k, r in replies.items():
+        metrics, problems = checked_metrics(r.metrics)
+        if problems:
+            result.evaluation_errors[coord.name(k)] = "; ".join(problems) + " (left out)"
+        result.evaluation[k] = {**metrics, "site": coord.name(k),
+                                "modalities": list(r.modalities)}
     if not collect_model:  # every site keeps its weights
         result.kept_weights = sorted(coord.name(k) for k in replies)
         return
-    state, kept = {}, []
-    for key, r in replies.items():
-        own = coord.sites[key].modalities
-        if not r.model:
-            kept.append(coord.name(key))
-        for m, arrays in r.model.items():
-            if m not in own or any(not n.startswith((f"encoders.{m}.", f"decoders.{m}."))
-                                   for n in arrays):
-                raise FederationError(f"site {coord.name(key)} handed in parameters of "
-                                      f"{m!r} that are not its own")
-            state.update(arrays)
-    result.kept_weights = kept  # sites whose policy keeps their weights (allow-collect)
-    result.model_state = None if kept or result.not_evaluated else state
+    result.kept_weights = sorted(coord.name(k) for k, r in replies.items() if not r.model)
+    if result.kept_weights or result.not_evaluated:
+        return  # (sites whose policy keeps their weights: allow-collect)
+    sites = {k: (coord.name(k), tuple(s.modalities)) for k, s in coord.sites.items()}
+    state, result.model_refused = assemble(
+        sites, {k: r.model for k, r in replies.items()}, coord.shared, averaged)
+    result.model_state = None if result.model_refused else state
 
 
 def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,

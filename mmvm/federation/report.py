@@ -113,7 +113,10 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     if result.not_evaluated:
         lines += ["", f"sites {result.not_evaluated} did not answer the final evaluation: "
                       f"they keep their weights, no assembled model"]
-        lines += [f"  {site} failed it: {why}" for site, why in result.evaluation_errors.items()]
+    lines += [f"  {site} {'failed it' if site in result.not_evaluated else 'evaluated'}: "
+              f"{why}" for site, why in result.evaluation_errors.items()]
+    if result.model_refused:
+        lines += ["", f"no assembled model: {result.model_refused}"]
     if result.kept_weights:
         lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights, "
                       f"each in its state file (collect-model = false, or the site's "

@@ -57,8 +57,8 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "missed_windows": result.missed, "refused_windows": refusals(result.history),
                "not_evaluated": result.not_evaluated,
                "evaluation_errors": result.evaluation_errors}
-    refused = assembled_problem(settings.experiment, result.model_state) \
-        if result.model_state else None
+    refused = result.model_refused or (assembled_problem(
+        settings.experiment, result.model_state) if result.model_state else None)
     if refused:  # the run's results stay; no checkpoint that cannot be loaded
         summary["model_refused"] = refused
         result.model_state = None

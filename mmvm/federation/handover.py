@@ -1,0 +1,64 @@
+"""What the server takes of the sites' final evaluation: their metrics (finite numbers
+under short names; anything else is left out and said), and with ``collect-model``
+their weights, assembled into one model only where they agree with the federation.
+
+A site is not trusted with the other sites' share of the model: it may hand in only
+its own modalities' parameters, and of a modality several sites share, the tensors
+FedAvg averages must be the average every holder loaded for the evaluation (the last
+holder to answer would otherwise decide that modality's weights alone)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+MAX_METRIC_NAME = 200
+
+
+def checked_metrics(metrics: Mapping) -> tuple[dict, list[str]]:
+    """``(kept, problems)``: the metrics that are finite numbers under a string name of
+    at most :data:`MAX_METRIC_NAME` characters, and what was wrong with the rest."""
+    kept, problems = {}, []
+    for k, v in metrics.items():
+        name = k if isinstance(k, str) and len(k) <= MAX_METRIC_NAME else None
+        if name is None:
+            problems.append(f"a metric name that is not a short string ({str(k)[:40]!r})")
+        elif isinstance(v, bool) or not isinstance(v, int | float) \
+                or not math.isfinite(v):
+            problems.append(f"metric {name!r} = {str(v)[:40]!r} is not a finite number")
+        else:
+            kept[name] = float(v) if isinstance(v, float) else v
+    return kept, problems
+
+
+def assemble(sites: Mapping[str, tuple[str, tuple[str, ...]]],
+             handed: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+             shared: Mapping[str, list[str]], averaged: Mapping[str, Mapping]
+             ) -> tuple[dict[str, np.ndarray], str | None]:
+    """The model from ``handed[site key][modality]`` (``sites[key]``: its name and
+    modalities; ``shared[m]``: the keys of the sites that hold m), or why not."""
+    state: dict[str, np.ndarray] = {}
+    reference: dict[str, Mapping[str, np.ndarray]] = dict(averaged)
+    for key in sorted(handed):
+        name, own = sites[key]
+        for m, arrays in handed[key].items():
+            if m not in own or any(not n.startswith((f"encoders.{m}.", f"decoders.{m}."))
+                                   for n in arrays):
+                return {}, f"site {name} handed in parameters of {m!r}, not its own"
+            if len(shared.get(m, ())) > 1:
+                ref = reference.setdefault(m, arrays)
+                differ = [n for n, v in arrays.items() if _float(v) and not (
+                    n in ref and np.array_equal(np.asarray(v, np.float32),
+                                                np.asarray(ref[n], np.float32)))]
+                if differ or any(_float(ref[n]) and n not in arrays for n in ref):
+                    return {}, (f"site {name} handed in weights of shared modality {m!r} "
+                                f"other than the ones the federation agreed on "
+                                f"({(differ or ['missing tensors'])[0]})")
+            state.update({n: np.asarray(v) for n, v in arrays.items()})
+    return state, None
+
+
+def _float(v) -> bool:
+    return np.asarray(v).dtype.kind == "f"
