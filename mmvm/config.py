@@ -103,7 +103,7 @@ class DataConfig:
     train: str = "train.parquet"
     test: str = "test.parquet"
     label: str = "label"
-    max_train: int = 0  # 0 = all rows; else the first N (for quick runs)
+    max_train: int = 0  # 0 = all rows; else N at random, by sample id (mmvm.subsample)
     max_test: int = 0
     # streaming = true: the trainer reads the train file row group by row group
     # (mmvm.data.streaming.StreamingDataset), holding at most cache_row_groups decoded

@@ -40,6 +40,7 @@ from mmvm.aggregation import aggregate
 from mmvm.chance import chance_levels, evaluation_warnings
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
+from mmvm.subsample import keep_rows
 
 if TYPE_CHECKING:
     from mmvm.config import ExperimentConfig
@@ -283,7 +284,7 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     method = cfg.model.method
     probe_set = train_set
     if cfg.eval.probe_train and len(train_set) > cfg.eval.probe_train:
-        probe_set = train_set.subset(range(cfg.eval.probe_train))
+        probe_set = train_set.subset(keep_rows(len(train_set), cfg.eval.probe_train))
     train_mu = encode_dataset(model, probe_set, bs)
     test_mu = encode_dataset(model, test_set, bs)
     extra: dict[str, Any] = {}

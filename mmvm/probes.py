@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mmvm.subsample import keep_rows
+
 METRICS = ("accuracy", "auroc", "ap")
 
 
@@ -60,7 +62,8 @@ def probe_accuracy(
     ``max_iter=10000`` on the raw latents, as the reference. ``standardize`` puts a
     StandardScaler fitted on the training latents in front (off by default: it changes
     the effective strength of the C = 1 penalty, so numbers differ from the paper's).
-    The first ``max_train`` training rows (0 = all) of each modality are used. Rows
+    ``max_train`` training rows (0 = all) of each modality are used, drawn at random
+    reproducibly (:func:`mmvm.subsample.keep_rows`). Rows
     with label -1 are dropped.
 
     ``"all"`` is one classifier fitted on every modality's training latents stacked as
@@ -80,8 +83,8 @@ def probe_accuracy(
                              f"({len(xtr)} vs {len(ytr)}, {len(xte)} vs {len(yte)})")
         keep_tr, keep_te = ytr >= 0, yte >= 0
         xtr, ytr, xte, yte = xtr[keep_tr], ytr[keep_tr], xte[keep_te], yte[keep_te]
-        if max_train:
-            xtr, ytr = xtr[:max_train], ytr[:max_train]
+        keep = keep_rows(len(ytr), max_train)
+        xtr, ytr = xtr[keep], ytr[keep]
         if len(np.unique(ytr)) < 2 or len(yte) == 0:
             raise ValueError(f"modality {name!r}: a probe needs at least two classes in "
                              f"train and some test rows (got {len(ytr)} / {len(yte)})")
@@ -129,7 +132,8 @@ def label_scores(
     train_labels, test_labels : modality -> {column -> ``int [N_m]``}, rows aligned
         with the latents; -1 = unknown, dropped for that column only.
     metric : ``"auroc"`` or ``"ap"`` (from ``predict_proba``), or ``"accuracy"``.
-    max_train : use the first ``max_train`` labelled training rows (0 = all).
+    max_train : use ``max_train`` labelled training rows drawn at random, reproducibly
+        (0 = all; :func:`mmvm.subsample.keep_rows`).
 
     Returns
     -------
@@ -155,8 +159,8 @@ def label_scores(
             keep_tr, keep_te = ytr_all >= 0, yte_all >= 0
             xtr, ytr = xtr_all[keep_tr], ytr_all[keep_tr]
             xte, yte = xte_all[keep_te], yte_all[keep_te]
-            if max_train:
-                xtr, ytr = xtr[:max_train], ytr[:max_train]
+            keep = keep_rows(len(ytr), max_train)
+            xtr, ytr = xtr[keep], ytr[keep]
             row = {metric: math.nan, "accuracy": math.nan, "n_train": len(ytr),
                    "n_test": len(yte)}
             if len(np.unique(ytr)) >= 2 and len(yte):

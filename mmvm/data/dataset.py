@@ -25,6 +25,7 @@ from mmvm.data.store import (
     read_site_table,
 )
 from mmvm.data.store_limits import ROW_INDEX_BYTES, check_fits, row_bytes
+from mmvm.subsample import keep_ids
 
 
 class IdIndex:
@@ -145,13 +146,13 @@ class MultimodalDataset(IdIndex, torch.utils.data.Dataset):
 
         A modality may appear in several tables (horizontal split: different samples);
         a sample that appears for the same modality twice is an error. ``limit`` keeps
-        the first ``limit`` ids of the sorted union (0 = all).
+        ``limit`` ids of the union chosen at random, reproducibly (0 = all;
+        :func:`mmvm.subsample.keep_ids`).
         """
         if not tables:
             raise DataError("no site tables given")
         ids = sorted(set().union(*(t.sample_ids for t in tables)))
-        if limit:
-            ids = ids[:limit]
+        ids = keep_ids(ids, limit)
         pos = {sid: i for i, sid in enumerate(ids)}
         names = list(names) if names else list(dict.fromkeys(
             m for t in tables for m in t.modalities))

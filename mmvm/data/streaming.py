@@ -43,6 +43,7 @@ from mmvm.data.store import (
     select_modalities,
 )
 from mmvm.data.store_limits import ROW_INDEX_BYTES, check_fits, row_bytes
+from mmvm.subsample import keep_ids
 
 STREAM_HINT = "; lower data.cache_row_groups or write smaller row groups"
 
@@ -100,7 +101,8 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
     names : modalities, in the model's order (default: every tensor column, in file
         order).
     label : label column (``label`` or ``label.<name>``); -1 where unknown.
-    limit : keep the first ``limit`` ids of the sorted union (0 = all).
+    limit : keep ``limit`` ids of the union chosen at random, reproducibly (0 = all;
+        :func:`mmvm.subsample.keep_ids`).
     cache_row_groups : decoded row groups kept in memory (LRU), at least 1. One batch
         reads each row group it needs once, whatever this size.
     """
@@ -135,8 +137,7 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
     def _build_index(self, names: Sequence[str] | None, label: str, limit: int) -> None:
         index = [f.read_index(label) for f in self.files]
         ids = sorted(set().union(*(i for i, _ in index)))
-        if limit:
-            ids = ids[:limit]
+        ids = keep_ids(ids, limit)
         pos = {sid: i for i, sid in enumerate(ids)}
         names = list(names) if names else list(dict.fromkeys(
             m for f in self.files for m in f.held))

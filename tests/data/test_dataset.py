@@ -80,13 +80,18 @@ def test_other_label_column(tmp_path):
     assert MultimodalDataset.from_parquet(tmp_path / "s.parquet", label="none").labels is None
 
 
-def test_limit_keeps_first_sorted_ids(tmp_path):
+def test_limit_keeps_the_hash_chosen_ids_in_sorted_order(tmp_path):
+    """Not the first ids (class-sorted in some datasets): mmvm.subsample's choice."""
+    from mmvm.subsample import keep_ids
+
     ids = [f"s{i}" for i in (5, 3, 9, 1, 7)]
     x = np.arange(5, dtype=np.float32)[:, None]
     p = _write(tmp_path / "s.parquet", ids, {"v": x})
     ds = MultimodalDataset.from_parquet(p, limit=3)
-    assert ds.sample_ids == ["s1", "s3", "s5"]
-    assert ds.batch([0, 1, 2])["x"]["v"].flatten().tolist() == [3.0, 1.0, 0.0]
+    want = keep_ids(sorted(ids), 3)
+    assert ds.sample_ids == want and len(want) == 3
+    assert ds.batch([0, 1, 2])["x"]["v"].flatten().tolist() == [
+        float(ids.index(s)) for s in want]
 
 
 def test_modality_in_no_file_raises(tmp_path):
