@@ -27,7 +27,7 @@ from mmvm.federation.messages import (
 from mmvm.federation.routing import site_infos
 from mmvm.secure.masking import FixedPoint, aggregate_masked
 from mmvm.secure.session import unb64
-from mmvm.secure.unmasking import combine_seed, threshold
+from mmvm.secure.unmasking import SEED_BYTES, combine_seed, threshold
 
 
 def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
@@ -202,11 +202,15 @@ class SealedRouting:
             if sorted(arrays) != sorted([*params, MASK_WEIGHT]):
                 raise FederationError(f"site {site}: its masked update of {m!r} names "
                                       f"other parameters than its peers'")
+        for s, arrays in masked.items():  # one shape per parameter across the group
+            first = next(iter(masked.values()))
+            odd = [p for p in arrays if np.shape(arrays[p]) != np.shape(first[p])]
+            if odd:
+                raise FederationError(f"site {s}: its masked update of {m!r} has another "
+                                      f"shape of {odd[0]} than its peers'")
         try:
-            seeds = {name(s): combine_seed(
-                [unb64(answers[j].shares[m][name(s)]) for j in survivors
-                 if j != s and name(s) in answers[j].shares.get(m, {})], n)
-                for s in survivors}
+            seeds = {name(s): combine_seed(_shares(coord, m, s, survivors, answers), n)
+                     for s in survivors}
             revealed = {name(k): {d: unb64(v) for d, v in answers[k].seeds.get(m, {}).items()}
                         for k in survivors}
             means, weight = aggregate_masked(
@@ -225,3 +229,28 @@ class SealedRouting:
                                   f"not the survivors' {expected} samples; the sites' "
                                   f"views of the group differ, or an update is corrupt")
         return {p: v.astype(np.float32) for p, v in zip(params, means, strict=True)}
+
+
+def _shares(coord: Coordinator, m: str, owner: str, survivors: list, answers: Mapping
+            ) -> list[bytes]:
+    """The shares of ``owner``'s self-mask seed for ``m`` from the other survivors'
+    unmask answers, each checked for form: a malformed or duplicated share names the
+    site that sent it (a well-formed wrong one is caught only by the mean's weight)."""
+    out, index_of = [], {}
+    for j in survivors:
+        text = answers[j].shares.get(m, {}).get(coord.name(owner)) if j != owner else None
+        if text is None:
+            continue
+        try:
+            share = unb64(text) if isinstance(text, str) else b""
+        except ValueError:
+            share = b""
+        if len(share) != SEED_BYTES + 1 or share[0] == 0 or share[0] in index_of:
+            raise FederationError(
+                f"site {coord.name(j)}: its unmask answer holds a malformed share of site "
+                f"{coord.name(owner)}'s self-mask seed for {m!r}"
+                + (f" (the same index as site {index_of[share[0]]}'s)"
+                   if share[:1] and share[0] in index_of else ""))
+        index_of[share[0]] = coord.name(j)
+        out.append(share)
+    return out
