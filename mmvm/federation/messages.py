@@ -31,6 +31,8 @@ import numpy as np
 Arrays = dict[str, dict[str, np.ndarray]]
 SERVER = "server"  # the counterpart of every posterior table in plaintext mode
 MASK_WEIGHT = "__weight__"  # secure mode: the masked sample count next to masked weights
+KIND_POSTERIOR = "posterior"  # envelope kinds: a window's posteriors to one peer,
+KIND_SHARE = "selfshare"  # and shares of a self-mask seed
 
 
 class MessageError(ValueError):

@@ -30,6 +30,7 @@ import numpy as np
 from mmvm.federation import sealed_align
 from mmvm.federation.channel import Tables, describe_site
 from mmvm.federation.messages import (
+    KIND_POSTERIOR,
     AlignReply,
     AlignRequest,
     Arrays,
@@ -57,8 +58,6 @@ from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
 from mmvm.secure.masking import FixedPoint
 from mmvm.secure.session import SiteSecrets
-
-KIND_POSTERIOR = "posterior"
 
 
 class MissingEnvelopeError(SecurityError):
@@ -164,9 +163,13 @@ class SealedChannel:
         guard = copy.deepcopy(sec.guard)
         tables = []
         for sender in sorted(blobs):
-            payload = open_envelope(sec.keys, sec.peer(sender), blobs[sender],
-                                    run_id=sec.run_id, guard=guard,
-                                    expected_round=index + 1, kind=KIND_POSTERIOR)
+            try:
+                payload = open_envelope(sec.keys, sec.peer(sender), blobs[sender],
+                                        run_id=sec.run_id, guard=guard,
+                                        expected_round=index + 1, kind=KIND_POSTERIOR)
+            except SecurityError as err:  # the sender's (or the relay's) fault: say whose
+                raise type(err)(f"site {sec.site}, window {index}: the envelope from "
+                                f"{sender!r}: {err}") from err
             tables.append(self._peer_table(site, sender, payload, shares[sender], index))
 
         def commit() -> None:

@@ -17,6 +17,8 @@ import numpy as np
 
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.messages import (
+    KIND_POSTERIOR,
+    KIND_SHARE,
     MASK_WEIGHT,
     AlignRequest,
     Arrays,
@@ -25,6 +27,8 @@ from mmvm.federation.messages import (
     WindowRequest,
 )
 from mmvm.federation.routing import site_infos
+from mmvm.secure.envelope import peek_header
+from mmvm.secure.errors import SecurityError
 from mmvm.secure.masking import FixedPoint, aggregate_masked
 from mmvm.secure.session import unb64
 from mmvm.secure.unmasking import SEED_BYTES, combine_seed, threshold
@@ -43,6 +47,22 @@ def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
                                       f"{recipient!r}, which is not another participant")
             inbox[key_of[recipient]][names[key]] = blob
     return inbox
+
+
+def _check_headers(site: str, blobs: Mapping[str, bytes], kind: str) -> None:
+    """Each envelope's header (read, not authenticated: only its recipient can) must
+    name ``site`` as its sender, the peer it goes to as recipient and ``kind``: a site
+    whose envelopes say otherwise is refused now, not blamed on its recipient later."""
+    for recipient, blob in blobs.items():
+        try:
+            h = peek_header(blob)
+        except SecurityError as err:
+            raise FederationError(f"site {site} sent {recipient!r} an envelope that does "
+                                  f"not parse: {err}") from None
+        if (h.sender, h.recipient, h.kind) != (site, recipient, kind):
+            raise FederationError(
+                f"site {site} sent {recipient!r} an envelope whose header says "
+                f"{h.kind!r} from {h.sender[:40]!r} to {h.recipient[:40]!r}")
 
 
 def _check_masked(coord: Coordinator, key: str, m: str, arrays) -> None:
@@ -121,6 +141,8 @@ class SealedRouting:
             try:
                 route({key: r.posteriors}, names)
                 route({key: r.shares}, names)
+                _check_headers(names[key], r.posteriors, KIND_POSTERIOR)
+                _check_headers(names[key], r.shares, KIND_SHARE)
                 for m, arrays in r.weights.items():
                     _check_masked(coord, key, m, arrays)
             except FederationError as err:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mmvm.config import config_digest
-from mmvm.federation.messages import MASK_WEIGHT, UnmaskReply, UnmaskRequest
+from mmvm.federation.messages import KIND_SHARE, MASK_WEIGHT, UnmaskReply, UnmaskRequest
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
@@ -36,7 +36,6 @@ from mmvm.secure.masking import mask_update
 from mmvm.secure.session import SiteSecrets, b64, unb64
 from mmvm.secure.unmasking import new_seed, reveal, share_seed
 
-KIND_SHARE = "selfshare"
 SHARE_COUNTER = 1  # posteriors of the same round use counter 0
 
 

@@ -46,3 +46,59 @@ def test_a_malformed_unmask_share_names_its_sender(cfg, tmp_path, tiny_polymnist
         federate(cfg, {}, transport=Tamper(endpoints), secure=True, exchange="step")
     assert str(err.value).startswith(f"site {seen['liar']}:") or (
         how == "duplicate" and f"site {seen['liar']}'s" in str(err.value))
+
+
+def test_a_site_whose_envelope_header_lies_is_refused_for_that_window_by_name(
+        cfg, tmp_path, tiny_polymnist):
+    """Site A's envelope for B is sent to C instead (its header still says B): C
+    would fail to open it and be blamed. The server reads the unauthenticated header,
+    refuses A's reply of that window naming A, and the run goes on."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    done: dict = {}
+
+    class Swap(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            for k, r in out.items():
+                if getattr(r, "kind", "") == "window" and len(r.posteriors) >= 2 \
+                        and "liar" not in done:
+                    b, c = sorted(r.posteriors)[:2]
+                    posts = {**r.posteriors, b: r.posteriors[c], c: r.posteriors[b]}
+                    out[k] = dataclasses.replace(r, posteriors=posts)
+                    done["liar"] = sites[k].name
+            return out
+
+    res = federate(cfg, {}, transport=Swap(endpoints), secure=True, exchange="step",
+                   max_refused=2)
+    refused = {site: why for row in res.history for site, why in
+               (row.get("refused") or {}).items()}
+    assert list(refused) == [done["liar"]]
+    assert refused[done["liar"]].startswith(f"site {done['liar']} sent ")
+    assert "whose header says 'posterior' from" in refused[done["liar"]]
+
+
+def test_an_envelope_that_does_not_open_is_blamed_on_its_sender_by_the_recipient(
+        cfg, tmp_path, tiny_polymnist):
+    """A body flipped in transit (the header intact): the recipient's error says
+    which peer's envelope failed, so an operator knows where to look."""
+    from mmvm.secure.errors import SecurityError
+
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    done: dict = {}
+
+    class Flip(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            for k, r in out.items():
+                if getattr(r, "kind", "") == "window" and r.posteriors and not done:
+                    to = sorted(r.posteriors)[0]
+                    blob = bytearray(r.posteriors[to])
+                    blob[-1] ^= 1
+                    out[k] = dataclasses.replace(r, posteriors={**r.posteriors,
+                                                                to: bytes(blob)})
+                    done["sender"] = sites[k].name
+            return out
+
+    with pytest.raises(SecurityError, match="the envelope from") as err:
+        federate(cfg, {}, transport=Flip(endpoints), secure=True, exchange="step")
+    assert f"the envelope from {done['sender']!r}" in str(err.value)
