@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from mmvm.aggregation import aggregate, has_private_latent
+from mmvm.evaluation import coherence, conditional_latent
 from mmvm.mmvaeplus import aux_logstds
-from tests.support.evaluation_data import NAMES, oracle_model
+from mmvm.plots import generation_grid
+from tests.support.evaluation_data import ARGMAX, NAMES, onehot_dataset, oracle_model
 
 torch.set_num_threads(1)
 
@@ -71,6 +73,82 @@ def _spy(model):
 
     model.generate = generate
     return fed
+
+
+def test_the_target_decodes_the_source_shared_sample_and_its_own_prior():
+    model, x = _model(), _x()
+    eps = torch.randn(len(x), D + P, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        mu, lv = model.encode_modality("m0", x)
+        for t in ("m1", "m2"):
+            z = conditional_latent(model, "mmvaeplus", "m0", x, eps, target=t)
+            # shared: the source's reparametrised sample with this noise
+            torch.testing.assert_close(z[:, :D], mu[:, :D] + torch.exp(0.5 * lv[:, :D])
+                                       * eps[:, :D])
+            # private: w = sigma_t * eps, so its spread is r_t's standard deviation
+            sigma = torch.tensor(AUX[t]).exp()
+            torch.testing.assert_close(z[:, D:], eps[:, D:] * sigma)
+            torch.testing.assert_close(z[:, D:].std(0), sigma, rtol=0.03, atol=0)
+            assert (z[:, D:].mean(0).abs() < 4 * sigma / math.sqrt(len(x))).all()
+        own = conditional_latent(model, "mmvaeplus", "m0", x, eps, target="m0")
+        torch.testing.assert_close(own, mu + torch.exp(0.5 * lv) * eps)  # [z_s, w_s]
+        assert torch.equal(conditional_latent(model, "mmvaeplus", "m0", x, eps), own)
+        mean = conditional_latent(model, "mmvaeplus", "m0", x, target="m2")
+        torch.testing.assert_close(mean[:, :D], mu[:, :D])  # no noise: the means,
+        assert torch.equal(mean[:, D:], torch.zeros(len(x), P))  # r_t's is 0
+
+
+def test_the_generated_private_part_ignores_the_source_private_posterior():
+    x = _x(500)
+    eps = torch.randn(len(x), D + P, generator=torch.Generator().manual_seed(2))
+    base, moved = _model(), _model(shift=5.0)
+    with torch.no_grad():
+        for t in ("m1", "m2"):
+            a = conditional_latent(base, "mmvaeplus", "m0", x, eps, target=t)
+            b = conditional_latent(moved, "mmvaeplus", "m0", x, eps, target=t)
+            assert torch.equal(a, b)
+        # the shift does reach the source's own code
+        a = conditional_latent(base, "mmvaeplus", "m0", x, eps, target="m0")
+        b = conditional_latent(moved, "mmvaeplus", "m0", x, eps, target="m0")
+        assert (b[:, D:] - a[:, D:]).abs().min() > 1.0
+
+
+def test_coherence_feeds_each_target_decoder_its_own_prior():
+    n = 4000
+    ds = onehot_dataset(n)
+    fed = {}
+    for shift in (0.0, 5.0):
+        model = _model(shift)
+        calls = _spy(model)
+        res = coherence(model, ds, ARGMAX, "mmvaeplus", batch_size=1000, seed=3)
+        assert res["mean"] == 1.0 and res["self"] == 1.0  # decoders ignore w
+        # coherence loops: batch, source, target
+        fed[shift] = {(s, t): torch.cat([z for i, (name, z) in enumerate(calls)
+                                         if name == t and NAMES[i // 3 % 3] == s])
+                      for s in NAMES for t in NAMES}
+    for (s, t), z in fed[0.0].items():
+        if s == t:  # own private sample: the oracle's posterior is N(0, e^-30)
+            assert z[:, D:].abs().max() < 1e-5
+            continue
+        torch.testing.assert_close(z[:, D:].std(0), torch.tensor(AUX[t]).exp(),
+                                   rtol=0.06, atol=0)
+        torch.testing.assert_close(z[:, :D], _onehots(ds, s), atol=1e-5, rtol=0)
+        # same seed, source private posterior moved: the same generations
+        assert torch.equal(fed[5.0][(s, t)], z)
+    assert (fed[5.0][("m0", "m0")][:, D:] > 4.0).all()
+
+
+def test_generation_grid_decodes_targets_with_the_prior_mean(tmp_path):
+    ds = onehot_dataset(6)
+    model = _model(shift=5.0)
+    calls = _spy(model)
+    generation_grid(model, ds, tmp_path / "grid.png", n=6, method="mmvaeplus")
+    assert len(calls) == 9  # per source (m0, m1, m2), per target
+    for i, (t, z) in enumerate(calls):
+        s = NAMES[i // 3]
+        torch.testing.assert_close(z[:, :D], _onehots(ds, s), atol=1e-5, rtol=0)
+        expected = 5.0 if s == t == "m0" else 0.0  # own mean, else r_t's mean 0
+        torch.testing.assert_close(z[:, D:], torch.full((6, P), expected), atol=1e-5, rtol=0)
 
 
 def test_absent_slots_draw_the_private_part_from_their_auxiliary_prior():
