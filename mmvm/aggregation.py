@@ -14,7 +14,7 @@ section 2). Aggregated methods decode every modality from one joint z.
 | poe         | z ~ prod_m q_m (no prior expert)     | M KL(q_poe || N(0,I))            |
 | moe         | z ~ q_k, one k per sample            | M KL(q_k || N(0,I))              |
 | mopoe       | z ~ PoE(q_S), one subset S per sample| M KL(q_S || N(0,I))              |
-| mmvaeplus   | [shared z of a present modality, own private w or w ~ N(0, I)] | see below |
+| mmvaeplus   | [shared z of a present modality, own private w or w ~ r_m] | see below |
 
 Only the unimodal methods (``register(..., federated=True)``) train across sites that
 each hold some modalities: their objective couples modalities only through the
@@ -95,15 +95,25 @@ def can_federate(name: str) -> bool:
 
 
 def aggregate(name: str, mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor,
-              alpha: float = 0.0, private_dim: int = 0) -> tuple[Tensor, Tensor]:
-    """``get_method(name)`` applied; ``private_dim`` only for methods that split codes."""
+              alpha: float = 0.0, private_dim: int = 0, aux_logstd: Tensor | None = None
+              ) -> tuple[Tensor, Tensor]:
+    """``get_method(name)`` applied; ``private_dim`` and ``aux_logstd`` (the [M, P]
+    log standard deviations of MMVAE+'s auxiliary priors r_m) only for methods that
+    split codes."""
     fn = get_method(name)
     if name in _SPLIT:
-        return fn(mu, logvar, mask, eps, alpha, private_dim=private_dim)
-    if private_dim:
+        return fn(mu, logvar, mask, eps, alpha, private_dim=private_dim, aux_logstd=aux_logstd)
+    if private_dim or aux_logstd is not None:
         raise ValueError(f"method {name!r} has no modality-specific latent "
                          f"(private_dim = {private_dim})")
     return fn(mu, logvar, mask, eps, alpha)
+
+
+def has_private_latent(name: str) -> bool:
+    """Whether method ``name``'s codes carry a modality-specific part (MMVAE+): its
+    modalities then decode different latents from one source; unknown names raise."""
+    get_method(name)
+    return name in _SPLIT
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
@@ -219,22 +229,30 @@ def mopoe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 
 # ------------------------------------------------------------------ MMVAE+
 @register("mmvaeplus", split=True)
 def mmvaeplus(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0,
-              private_dim: int = 0):
+              private_dim: int = 0, aux_logstd: Tensor | None = None):
     """The latents MMVAE+ decoders read outside training: a present modality decodes
-    its own sample [z_m, w_m]; an absent one decodes the shared z of a present
-    modality (the slice rule) with its private w drawn from the prior N(0, I) (``eps``;
-    zero noise gives the prior mean). reg: the closed-form KLs of the present
-    posteriors (shared and private) to N(0, I), a diagnostic; training uses
-    :func:`mmvm.mmvaeplus.mmvaeplus_loss`."""
+    its own sample [z_m, w_m]; an absent one m decodes the shared z of a present
+    modality (the slice rule) with its private w drawn from its auxiliary prior
+    r_m(w) = N(0, diag exp(2 aux_logstd[m])), w = exp(aux_logstd[m]) * eps[..., D:]
+    (zero noise gives the prior mean 0): the code the objective's cross-reconstruction
+    of m decodes (:func:`mmvm.mmvaeplus.mmvaeplus_loss`). ``aux_logstd`` [M, P] None:
+    w ~ p(w) = N(0, I). reg: the closed-form KLs of the present posteriors (shared and
+    private) to N(0, I), a diagnostic; training uses the objective."""
     mask = check_posteriors(mu, logvar, mask)
     if not 0 < private_dim < mu.shape[-1]:
         raise ValueError(f"mmvaeplus needs 0 < private_dim < {mu.shape[-1]}, got {private_dim}")
     D = mu.shape[-1] - private_dim
+    prior_w = eps[..., D:]  # [B, M, P]
+    if aux_logstd is not None:
+        if tuple(aux_logstd.shape) != (mu.shape[1], private_dim):
+            raise ValueError(f"aux_logstd must be [M, P] = [{mu.shape[1]}, {private_dim}], "
+                             f"got {list(aux_logstd.shape)}")
+        prior_w = prior_w * torch.exp(aux_logstd).to(prior_w)
     z = reparameterize(mu, logvar, eps)  # [B, M, D + P]
     source = _select_present(mask, mask)  # [B]
     shared = z[torch.arange(z.shape[0], device=z.device), source, :D]  # [B, D]
     keep = mask.unsqueeze(-1)
     out = torch.cat([torch.where(keep, z[..., :D], shared.unsqueeze(1).expand_as(z[..., :D])),
-                     torch.where(keep, z[..., D:], eps[..., D:])], -1)
+                     torch.where(keep, z[..., D:], prior_w)], -1)
     kl = torch.where(mask, kl_standard_normal(mu, logvar), torch.zeros_like(mu[..., 0]))
     return out, kl.sum(1)

@@ -14,12 +14,12 @@ reconstruction error.
   take the likelihood's mean as the generation (:meth:`MultimodalVAE.generate`: the
   image, or the most likely token per position for captions), classify it with a
   classifier trained on real m' data (:mod:`mmvm.classifiers`), compare with the
-  sample's label. The latent is the
-  method's own aggregation over the subset {m}: with only m present, AVG, PoE, MoE
-  and MoPoE all reduce to q_m, and MMVM / independent read z_m ~ q_m; so every method
-  uses q(z | x_m). As the authors' code, each generation decodes its own sample
-  z ~ q(z | x_m) (``sample=True``, ``eval.coherence_sample``); ``sample=False``
-  decodes the posterior mean.
+  sample's label. The latent is the method's own aggregation over the subset {m}:
+  with only m present, AVG, PoE, MoE and MoPoE all reduce to q_m, and MMVM /
+  independent read z_m ~ q_m; so every method uses q(z | x_m) (MMVAE+ its shared
+  part, with the target's private part drawn from its auxiliary prior r_m'). As the
+  authors' code, each generation decodes its own sample z ~ q(z | x_m)
+  (``sample=True``, ``eval.coherence_sample``); ``sample=False`` the posterior mean.
 - **Reconstruction error**: the loss's likelihood term on the test split,
   NLL = -sum_m w_m log p(x_m | z_m) per sample, with z drawn exactly as in training
   (the method's aggregation of all present modalities, one seeded reparametrised
@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmvm.aggregation import aggregate
+from mmvm.aggregation import aggregate, has_private_latent
 from mmvm.chance import chance_levels, evaluation_warnings
+from mmvm.mmvaeplus import aux_logstds
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 from mmvm.subsample import keep_rows
@@ -152,13 +153,17 @@ def present_label_columns(dataset, names: list[str], paths, columns: list[str]
 # ------------------------------------------------------------------ coherence
 def conditional_latent(model: MultimodalVAE, method: str, name: str, x: Tensor,
                        eps: Tensor | None = None,
-                       posterior: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """The latent [B, D] the method decodes from modality ``name`` alone.
+                       posterior: tuple[Tensor, Tensor] | None = None,
+                       target: str | None = None) -> Tensor:
+    """The latent [B, D] the method decodes ``target`` (default ``name``) from modality
+    ``name`` alone.
 
-    The method's aggregation is applied with only ``name`` in the mask, and the latent
-    of that slot is returned (for joint methods all slots hold the same joint z; for
-    unimodal ones the slot is z_m). ``eps`` [B, D] None gives the mean. ``posterior``
-    (mu_m, logvar_m) of ``x``, when already encoded, saves encoding it again.
+    The method's aggregation is applied with only ``name`` in the mask. For joint
+    methods all slots hold the same joint z, for unimodal ones the decoded slot is
+    z_name; MMVAE+ decodes the target's slot: [shared z of x_name, w ~ r_target]
+    (:mod:`mmvm.mmvaeplus`; ``eps``'s private part is the prior's noise), its own
+    sample [z, w] for ``target = name``. ``eps`` [B, D] None gives the means.
+    ``posterior`` (mu_m, logvar_m) of ``x``, when already encoded, saves encoding it.
     """
     mu_m, lv_m = posterior if posterior is not None else model.encode_modality(name, x)
     B, D = mu_m.shape
@@ -171,8 +176,10 @@ def conditional_latent(model: MultimodalVAE, method: str, name: str, x: Tensor,
     noise = mu.new_zeros(B, M, D)
     if eps is not None:
         noise[:, :] = eps.to(mu).unsqueeze(1)
-    z, _ = aggregate(method, mu, lv, mask, noise, 0.0, model.private_dim)
-    return z[:, j]
+    split = has_private_latent(method)
+    aux = aux_logstds(model).to(mu) if split else None
+    z, _ = aggregate(method, mu, lv, mask, noise, 0.0, model.private_dim, aux)
+    return z[:, model.names.index(target) if split and target is not None else j]
 
 
 @torch.no_grad()
@@ -181,7 +188,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     """Cross-modal coherence: accuracy of classifier[m'] on decode_m'(z | x_m).
 
     ``sample`` (default, as the authors): every target m' decodes its own seeded draw
-    z ~ q(z | x_m); otherwise the posterior mean.
+    z ~ q(z | x_m) (MMVAE+: with w ~ r_m'); otherwise the means (MMVAE+: w = 0).
 
     Returns ``{"pairs": {"m->m'": acc}, "matrix": [[acc]] (rows source, cols target,
     NaN where no classifier), "mean": mean over pairs m != m', "self": mean over m = m,
@@ -211,7 +218,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
             post = model.encode_modality(src, x)
             for tgt in targets:
                 eps = torch.randn(len(x), model.code_dim, generator=gen) if sample else None
-                z = conditional_latent(model, method, src, x, eps, post)
+                z = conditional_latent(model, method, src, x, eps, post, target=tgt)
                 pred = classifiers[tgt](model.generate(tgt, z)).argmax(1)
                 hits[(src, tgt)] += int((pred == y).sum())
                 seen[(src, tgt)].update(pred.unique().tolist())

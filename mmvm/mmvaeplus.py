@@ -17,6 +17,15 @@ The KL terms are single-sample Monte-Carlo estimates (the mixture density has no
 closed form). Differences from the authors: Gaussian rather than Laplace posteriors
 and priors (every method here shares the same Gaussian encoders), K = 1 (no IWAE or
 DReG), and the auxiliary prior's mean fixed at 0 as in the paper.
+
+Cross-modal generation (coherence, generation plots) decodes target t from source s
+with the code that term trains: [z ~ q(z | x_s), w~ ~ r_t(w)] (the target's auxiliary
+prior; never the source's private w_s, which describes x_s, not x_t); s = t decodes
+its own sample [z_s, w_s]. :func:`mmvm.aggregation.mmvaeplus` builds it given
+:func:`aux_logstds`. (The authors' evaluation code draws this w from the fixed prior
+p(w) instead: epalu/mmvaeplus ``self_and_cross_modal_generation_forward``,
+thomassutter/mmvmvae ``MVSplitVAE.cond_generate_samples``; passing no ``aux_logstd``
+to the aggregation gives that.)
 """
 
 from __future__ import annotations
@@ -32,6 +41,12 @@ _LOG_2PI = math.log(2 * math.pi)
 def log_normal(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(x; mu, diag exp(logvar)) summed over the last dimension."""
     return -0.5 * ((x - mu) ** 2 * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
+
+
+def aux_logstds(model) -> Tensor:
+    """[M, P] log standard deviations of the auxiliary priors r_m, rows in
+    ``model.names`` order: r_m(w) = N(0, diag exp(2 aux_logstds[m]))."""
+    return torch.stack([model.aux_logstd[name] for name in model.names])
 
 
 def mmvaeplus_loss(model, x: dict[str, Tensor], mask: Tensor, mu: Tensor, logvar: Tensor,

@@ -3,7 +3,7 @@
 - :func:`generation_grid`: cross-modal generation; per source modality a block whose
   first row is the input x_m and whose next rows are the generations of every modality
   m' decoded from q(z | x_m) (the latent :func:`mmvm.evaluation.conditional_latent`
-  gives, its mean), shown as the likelihood's mean (``MultimodalVAE.generate``);
+  gives for m', its mean), shown as the likelihood's mean (``MultimodalVAE.generate``);
 - :func:`scatter_recon_vs` / :func:`scatter_runs`: reconstruction error (x) against
   probe accuracy or coherence (y), one point per (method, beta, settings) as ``mmvm
   report`` groups runs (seeds averaged), one colour per series, a line through a
@@ -119,9 +119,11 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
             continue
         b = dataset.batch(pick)
         x = b["x"][src].to(device)
-        z = conditional_latent(model, method, src, x)
+        post = model.encode_modality(src, x)
         grid = [[_as_image(im) for im in x]]
-        grid += [[_as_image(im) for im in model.generate(t, z)] for t in names]
+        grid += [[_as_image(im) for im in model.generate(
+            t, conditional_latent(model, method, src, x, posterior=post, target=t))]
+            for t in names]
         grid = _enlarge_small(grid)
         canvas, centres = tile_rows(grid)
         # matrices (neurons x bins) fill the panel; images keep their aspect
