@@ -38,7 +38,6 @@ from torch import Tensor
 
 from mmvm.aggregation import aggregate, has_private_latent
 from mmvm.chance import chance_levels, evaluation_warnings
-from mmvm.mmvaeplus import aux_logstds
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 from mmvm.subsample import keep_rows
@@ -160,9 +159,11 @@ def conditional_latent(model: MultimodalVAE, method: str, name: str, x: Tensor,
 
     The method's aggregation is applied with only ``name`` in the mask. For joint
     methods all slots hold the same joint z, for unimodal ones the decoded slot is
-    z_name; MMVAE+ decodes the target's slot: [shared z of x_name, w ~ r_target]
-    (:mod:`mmvm.mmvaeplus`; ``eps``'s private part is the prior's noise), its own
-    sample [z, w] for ``target = name``. ``eps`` [B, D] None gives the means.
+    z_name; MMVAE+ decodes the target's slot: [shared z of x_name, w ~ p(w) = N(0, I)],
+    as both authors' codes generate at test time (epalu/mmvaeplus, thomassutter/mmvmvae;
+    training's cross-reconstructions use the auxiliary prior r_target instead,
+    :mod:`mmvm.mmvaeplus`); ``eps``'s private part is that noise. Never the source's
+    private sample w_name; that is ``target = name``'s own [z, w]. ``eps`` [B, D] None gives the means.
     ``posterior`` (mu_m, logvar_m) of ``x``, when already encoded, saves encoding it.
     """
     mu_m, lv_m = posterior if posterior is not None else model.encode_modality(name, x)
@@ -177,8 +178,7 @@ def conditional_latent(model: MultimodalVAE, method: str, name: str, x: Tensor,
     if eps is not None:
         noise[:, :] = eps.to(mu).unsqueeze(1)
     split = has_private_latent(method)
-    aux = aux_logstds(model).to(mu) if split else None
-    z, _ = aggregate(method, mu, lv, mask, noise, 0.0, model.private_dim, aux)
+    z, _ = aggregate(method, mu, lv, mask, noise, 0.0, model.private_dim)  # w ~ N(0, I)
     return z[:, model.names.index(target) if split and target is not None else j]
 
 

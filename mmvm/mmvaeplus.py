@@ -19,13 +19,12 @@ and priors (every method here shares the same Gaussian encoders), K = 1 (no IWAE
 DReG), and the auxiliary prior's mean fixed at 0 as in the paper.
 
 Cross-modal generation (coherence, generation plots) decodes target t from source s
-with the code that term trains: [z ~ q(z | x_s), w~ ~ r_t(w)] (the target's auxiliary
-prior; never the source's private w_s, which describes x_s, not x_t); s = t decodes
-its own sample [z_s, w_s]. :func:`mmvm.aggregation.mmvaeplus` builds it given
-:func:`aux_logstds`. (The authors' evaluation code draws this w from the fixed prior
-p(w) instead: epalu/mmvaeplus ``self_and_cross_modal_generation_forward``,
-thomassutter/mmvmvae ``MVSplitVAE.cond_generate_samples``; passing no ``aux_logstd``
-to the aggregation gives that.)
+as both authors' codes do at test time: [z ~ q(z | x_s), w ~ p(w) = N(0, I)]
+(epalu/mmvaeplus ``self_and_cross_modal_generation_forward``, thomassutter/mmvmvae
+``MVSplitVAE.cond_generate_samples``), never the source's private w_s, which
+describes x_s, not x_t; s = t decodes its own sample [z_s, w_s]. The code the
+training's cross term decodes, [z_s, w~ ~ r_t(w)], is
+``mmvm.aggregation.aggregate(..., aux_logstd=aux_logstds(model))``.
 """
 
 from __future__ import annotations
