@@ -34,6 +34,8 @@ import math
 import torch
 from torch import Tensor
 
+from mmvm.model import present_rows, scatter_rows
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -77,8 +79,16 @@ def mmvaeplus_loss(model, x: dict[str, Tensor], mask: Tensor, mu: Tensor, logvar
         codes = torch.cat([z, w_d], -1).reshape(B * M, C)
         x_d = x[name].unsqueeze(1).expand(B, M, *x[name].shape[1:]).reshape(
             B * M, *x[name].shape[1:])
-        out = model.decode(name, codes)
-        ll[:, :, d] = model.log_likelihood(name, x_d, out).reshape(B, M)
+        # only pairs with source and target present are decoded (mmvm.model: filler
+        # rows never enter a network, nor its BatchNorm statistics)
+        rows = present_rows((mask & present_d.unsqueeze(1)).reshape(B * M))
+        if rows is None:
+            ll_d = model.log_likelihood(name, x_d, model.decode(name, codes))
+        else:
+            ll_d = scatter_rows(model.log_likelihood(
+                name, x_d[rows.to(x_d.device)], model.decode(name, codes[rows.to(codes.device)])),
+                rows, B * M)
+        ll[:, :, d] = ll_d.reshape(B, M)
     pair = mask.unsqueeze(2) & mask.unsqueeze(1)  # source and target present
     ll = torch.where(pair, ll, torch.zeros_like(ll))
     weights = model.likelihood_weights.to(ll)

@@ -5,6 +5,19 @@ by modality name, and the method (MMVM or a baseline) is a function from
 ``mmvm.aggregation`` applied to their outputs. Because no parameter is shared across
 modalities, a site that holds modality m can own exactly ``encoders[m]`` and
 ``decoders[m]`` (see ``submodel``).
+
+**Only present rows run.** A sample that lacks modality m holds filler in ``x[m]``
+(zeros, or whatever the data had); its row never enters m's encoder or decoder:
+:meth:`MultimodalVAE.encode` and :meth:`MultimodalVAE.reconstruction_ll` select the
+present rows, run the network on them and scatter the results back into ``[B, ...]``
+tensors (zeros where absent). With BatchNorm in training mode the batch statistics
+and running averages are then those of the present rows alone, so filler cannot
+bias the model, and a federated site, which holds only its own rows, normalises
+over exactly the rows the centralized model does. A network with BatchNorm that is
+fed a single row in training mode (one sample of a batch has the modality) runs
+that pass in evaluation mode, on its running statistics, which it leaves as they
+were: batch statistics of one sample are degenerate, and impossible on 1 x 1
+feature maps (``res_image``).
 """
 
 from __future__ import annotations
@@ -62,6 +75,37 @@ def norm_stats_frozen(module: nn.Module) -> Iterator[None]:
                 live[k].copy_(b)
 
 
+def present_rows(present: Tensor) -> Tensor | None:
+    """Indices [K] of the True rows of ``present`` [B] (on its device), or None when
+    every row is present (the batch then runs as it is, no copy)."""
+    if bool(present.all()):
+        return None
+    return present.nonzero().flatten()
+
+
+def scatter_rows(values: Tensor, rows: Tensor, n: int) -> Tensor:
+    """[n, ...] zeros with ``values`` [K, ...] at ``rows`` [K]; differentiable in
+    ``values`` (an absent row gets no value and sends no gradient)."""
+    rows = rows.to(values.device)
+    return values.new_zeros((n, *values.shape[1:])).index_copy(0, rows, values)
+
+
+def run_network(module: nn.Module, x: Tensor):
+    """``module(x)``; a network with BatchNorm in training mode that gets a single
+    row runs it in evaluation mode (its running statistics, left as they were):
+    see the module docstring."""
+    if x.shape[0] != 1 or not module.training or \
+            not any(isinstance(m, _NORMS) for m in module.modules()):
+        return module(x)
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        return module(x)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 class MultimodalVAE(nn.Module):
     def __init__(
         self,
@@ -114,9 +158,12 @@ class MultimodalVAE(nn.Module):
 
     # ------------------------------------------------------------------ encoding
     def encode_modality(self, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu, logvar) [B, D] of q(z | x_name)."""
+        """(mu, logvar) [B, D] of q(z | x_name), every row of ``x`` a present one."""
         self._check_input(name, x)
-        return self.encoders[name](x)
+        return self._encode(name, x)
+
+    def _encode(self, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        return run_network(self.encoders[name], x)
 
     def encode(self, x: dict[str, Tensor], mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(mu, logvar) [B, M, D]; zeros for modalities a sample lacks (mask False).
@@ -137,16 +184,21 @@ class MultimodalVAE(nn.Module):
                 mus.append(mu[:, m])
                 lvs.append(lv[:, m])
                 continue
-            mu_m, lv_m = self.encode_modality(name, x[name])
-            keep = present.unsqueeze(1)
-            mus.append(torch.where(keep, mu_m, torch.zeros_like(mu_m)))
-            lvs.append(torch.where(keep, lv_m, torch.zeros_like(lv_m)))
+            rows = present_rows(present)
+            if rows is None:  # every row: the batch as it is
+                mu_m, lv_m = self.encode_modality(name, x[name])
+            else:
+                self._check_input(name, x[name], rows)
+                mu_m, lv_m = self._encode(name, x[name][rows.to(x[name].device)])
+                mu_m, lv_m = scatter_rows(mu_m, rows, B), scatter_rows(lv_m, rows, B)
+            mus.append(mu_m)
+            lvs.append(lv_m)
         return torch.stack(mus, 1), torch.stack(lvs, 1)
 
     # ------------------------------------------------------------------ decoding
     def decode(self, name: str, z: Tensor) -> Tensor:
         """Decoder output (the likelihood's location / logits) for latent z [B, D]."""
-        return self.decoders[name](z)
+        return run_network(self.decoders[name], z)
 
     def generate(self, name: str, z: Tensor) -> Tensor:
         """A generated x_name [B, *shape] for latent z: the likelihood's mean of the
@@ -160,15 +212,21 @@ class MultimodalVAE(nn.Module):
         return get_likelihood(spec.likelihood)(x, out, spec.scale)
 
     def reconstruction_ll(self, x: dict[str, Tensor], z: Tensor, mask: Tensor) -> Tensor:
-        """log p(x_m | z[:, m]) for every present modality: [B, M], 0 where absent."""
+        """log p(x_m | z[:, m]) for every present modality: [B, M], 0 where absent
+        (absent rows are not decoded)."""
         cols = []
         for m, name in enumerate(self.names):
             present = mask[:, m]
             if name not in x or not bool(present.any()):
                 cols.append(torch.zeros(z.shape[0], device=z.device))
                 continue
-            ll = self.log_likelihood(name, x[name], self.decode(name, z[:, m]))
-            cols.append(torch.where(present, ll, torch.zeros_like(ll)))
+            rows = present_rows(present)
+            if rows is None:
+                cols.append(self.log_likelihood(name, x[name], self.decode(name, z[:, m])))
+                continue
+            x_m = x[name][rows.to(x[name].device)]
+            ll = self.log_likelihood(name, x_m, self.decode(name, z[:, m][rows.to(z.device)]))
+            cols.append(scatter_rows(ll, rows, z.shape[0]))
         return torch.stack(cols, 1)
 
     def modality_parameters(self, name: str) -> list[nn.Parameter]:
@@ -176,7 +234,9 @@ class MultimodalVAE(nn.Module):
         own = list(self.encoders[name].parameters()) + list(self.decoders[name].parameters())
         return own + ([self.aux_logstd[name]] if name in self.aux_logstd else [])
 
-    def _check_input(self, name: str, x: Tensor) -> None:
+    def _check_input(self, name: str, x: Tensor, rows: Tensor | None = None) -> None:
+        """Shape and finiteness of ``x`` (its rows ``rows`` only, when given: the
+        others are filler and never run; errors name batch rows either way)."""
         if name not in self.specs:
             raise ValueError(f"unknown modality {name!r}; the model has {self.names}")
         expected = tuple(self.specs[name].shape)
@@ -185,6 +245,10 @@ class MultimodalVAE(nn.Module):
                 f"modality {name!r}: expected input of shape [batch, {', '.join(map(str, expected))}], "
                 f"got {list(x.shape)}"
             )
+        if rows is not None:
+            x = x[rows.to(x.device)]
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
+            if rows is not None:
+                bad = rows[bad.to(rows.device)]
             raise ValueError(f"modality {name!r}: NaN or inf in batch rows {bad.tolist()[:10]}")

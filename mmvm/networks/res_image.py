@@ -32,7 +32,9 @@ Differences from the authors, on purpose:
 
 BatchNorm on the 1 x 1 feature maps needs at least two samples per training batch;
 a batch of one raises a :class:`ValueError` saying so (choose ``train.batch_size`` so
-that the last batch of an epoch is not a single sample).
+that the last batch of an epoch is not a single sample). :mod:`mmvm.model` runs a
+network on a modality's present rows only; where one row of a training batch has the
+modality, it runs that row in evaluation mode (running statistics) instead.
 """
 
 from __future__ import annotations
