@@ -23,6 +23,7 @@ from mmvm.config_tables import (
     ConfigError,
     apply_override,
     build_table,
+    check_table,
     reject_unknown_sections,
 )
 
@@ -244,13 +245,13 @@ def _culprit(raw: dict, overrides: list[str], source: str, error: str) -> str | 
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    raw = dict(raw)
-    model_raw = dict(raw.pop("model", {}))
+    raw = dict(check_table(raw, "", source))
+    model_raw = dict(check_table(raw.pop("model", {}), "model", source))
     mods_raw = model_raw.pop("modalities", {})
     if not isinstance(mods_raw, dict) or not mods_raw:
         raise ConfigError(f"{source}: [model.modalities.<name>] tables are required")
     for name, body in mods_raw.items():
-        if isinstance(body, dict) and "name" in body:
+        if "name" in check_table(body, f"model.modalities.{name}", source):
             raise ConfigError(
                 f"{source}: model.modalities.{name}.name: a modality is named by its "
                 f"table key ({name!r}); remove the 'name' key"

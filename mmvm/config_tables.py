@@ -61,9 +61,21 @@ def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str) -> Non
                               f"{', '.join(sorted(valid))})")
 
 
-def build_table(cls, raw: Any, where: str, source: str, extra: dict | None = None):
+def check_table(raw: Any, where: str, source: str) -> dict:
+    """``raw`` when it is a table; else :class:`ConfigError`: ``[model] must be a
+    table`` (``--set model=1``, a section given as a value; ``where`` "" is the whole
+    config)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: [{where}] must be a table, got {raw!r}")
+        shown = repr(raw)
+        shown = shown if len(shown) <= 80 else f"{shown[:80]}..."
+        what = f"[{where}]" if where else "the config"
+        raise ConfigError(f"{source}: {what} must be a table (key = value pairs), got "
+                          f"{type(raw).__name__} {shown}")
+    return raw
+
+
+def build_table(cls, raw: Any, where: str, source: str, extra: dict | None = None):
+    check_table(raw, where, source)
     extra = extra or {}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)} - set(extra)

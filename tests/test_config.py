@@ -176,10 +176,32 @@ def test_name_key_inside_a_modality_table_is_rejected():
     ("model.modalities.m0.shape=3", r"model\.modalities\.m0\.shape must be a list of integers"),
     ('model.modalities.m0.shape=[3, "28", 28]', r"m0\.shape must be a list of integers"),
     ("train=3", r"\[train\] must be a table"),
+    # a section given as a value, and a table where a value belongs: no TypeError
+    ("model=1", r": \[model\] must be a table \(key = value pairs\), got int 1$"),
+    ("model.modalities.m0=1",
+     r": \[model\.modalities\.m0\] must be a table \(key = value pairs\), got int 1$"),
+    ("model.modalities.m1=[1, 2]", r"\[model\.modalities\.m1\] must be a table .*got list"),
+    ('data="x"', r"\[data\] must be a table \(key = value pairs\), got str 'x'$"),
+    ("train.epochs={a=1}", r"train\.epochs must be int, got dict \{'a': 1\}$"),
+    ("model.method={a=1}", r"model\.method must be str, got dict"),
+    ("model.modalities.m0.scale={x=1}", r"model\.modalities\.m0\.scale must be float"),
 ])
 def test_wrong_types_name_the_key(item, match):
     with pytest.raises(ConfigError, match=match):
         load_config(POLYMNIST, [item])
+
+
+def test_a_section_given_as_a_value_names_the_override_and_the_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, ["model=1"])
+    assert str(info.value) == (f"{POLYMNIST}, override 'model=1': [model] must be a "
+                               f"table (key = value pairs), got int 1")
+    bad = tmp_path / "flat.toml"
+    bad.write_text('model = 3\n[train]\nepochs = 2\n')
+    with pytest.raises(ConfigError, match=r"flat\.toml: \[model\] must be a table"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"^<dict>: the config must be a table"):
+        config_from_dict([("model", {})])  # a run's config.json holding a list
 
 
 # ---------------------------------------------------------------------- bad values
