@@ -254,6 +254,41 @@ def test_invalid_values_raise_naming_what(item, match):
     assert str(POLYMNIST) in str(info.value)
 
 
+@pytest.mark.parametrize("item, message", [
+    # torch.set_num_threads(10**8) segfaulted in OpenMP at the first matrix product
+    ("train.num_threads=100000000",
+     "train.num_threads must be in 0..1024 (0: torch's default), got 100000000"),
+    ("train.num_threads=-1", "train.num_threads must be in 0..1024 (0: torch's default), "
+                             "got -1"),
+    # seed * 100_003 + epoch overflowed torch's generator at the first epoch
+    ("train.seed=9223372036854775807", "train.seed must be in 0..2147483647 (2**31 - 1), "
+                                       "got 9223372036854775807"),
+    ("train.seed=2147483648", "train.seed must be in 0..2147483647 (2**31 - 1), "
+                              "got 2147483648"),
+    ("train.seed=-1", "train.seed must be in 0..2147483647 (2**31 - 1), got -1"),
+])
+def test_threads_and_seed_are_bounded_at_load(item, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, [item])
+    assert str(info.value) == f"{POLYMNIST}, override {item!r}: {message}"
+
+
+@pytest.mark.parametrize("item", ["train.seed=2147483647", "train.num_threads=1024",
+                                  "train.num_threads=0", "train.seed=0"])
+def test_the_bounds_themselves_load(item):
+    load_config(POLYMNIST, [item])
+
+
+def test_the_largest_seed_runs_the_schedule_and_the_noise():
+    from mmvm.noise import modality_noise
+    from mmvm.schedule import epoch_batches, epoch_batches_grouped
+
+    seed = 2**31 - 1
+    assert sum(len(b) for b in epoch_batches(10, 4, seed, 10_000)) == 10
+    assert sum(len(b) for b in epoch_batches_grouped([[0, 1], [2, 3]], 2, seed, 10_000)) == 4
+    assert modality_noise(seed, 10**9, 7, 2, 3).isfinite().all()
+
+
 @pytest.mark.parametrize("item, key, value", [
     ("train.beta=inf", "train.beta", "inf"),  # passed ">= 0", then a loss of inf at step 0
     ("train.beta=nan", "train.beta", "nan"),
