@@ -109,6 +109,18 @@ def test_mmvm_run_exits_2_with_one_line_and_starts_no_flower(tmp_path):
     assert "flwr" not in res.stdout.lower()
 
 
+def test_mmvm_run_refuses_an_empty_out_dir_before_flower_and_writes_nothing(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--run-config",
+                          "out-dir=''"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "mmvm run: run config: out-dir = '' names no folder: results "
+        "(<out-dir>/run-<id>/) would be written into the current folder of whichever "
+        "process runs; give a folder, e.g. out-dir='~/.mmvm/runs'"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_copy_of_the_app_is_checked_with_its_own_files(tmp_path):
     """``mmvm run --app COPY``: a copy of this app (same ServerApp and ClientApp) gets
     the same checks, its relative config read from the copy, as its ServerApp will."""
