@@ -52,6 +52,7 @@ def add_split(sub: argparse._SubParsersAction) -> None:
 
 
 def split(args: argparse.Namespace) -> int:
+    from mmvm.data.site_names import site_name_problem
     from mmvm.data.sites import site_layout, split_sites
     from mmvm.data.store import read_site_meta
 
@@ -67,9 +68,9 @@ def split(args: argparse.Namespace) -> int:
                          f"written over each other in a site's folder")
     sites = site_layout(args.layout, modalities, args.shards)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
-    odd = [n for n in names if n in (".", "..") or "/" in n or "\\" in n]
-    if odd:
-        raise ValueError(f"--names: {odd} are not plain folder names")
+    problem = next(filter(None, map(site_name_problem, names)), None)
+    if problem:
+        raise ValueError(f"--names: {problem}")
     if names:
         if len(names) != len(sites) or len(set(names)) != len(names):
             raise ValueError(f"--names: {len(sites)} distinct names needed for the "

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mmvm.atomic import atomic_write
+from mmvm.data.site_names import SITES_JSON, site_name_problem
 from mmvm.data.store import DataError, read_site_table, write_site_table
 
 LAYOUTS = ("vertical", "horizontal", "hybrid")
@@ -105,6 +106,7 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
     the same way. Returns ``{site: {split: path}}`` and writes ``sites.json``.
     """
     paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
+    _check_sites(sites)  # before anything is written
     multi = [s.name for s in sites if len(s.modalities) > 1]
     if missing and multi:
         # a site file has no nulls, so a sample holding only some of such a site's
@@ -134,7 +136,7 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
     shutil.rmtree(stage, ignore_errors=True)
     index = {"sites": [asdict(s) for s in sites], "missing": missing, "seed": seed,
              "files": result}
-    atomic_write(out_dir / "sites.json", json.dumps(index, indent=2).encode(), mode=0o644)
+    atomic_write(out_dir / SITES_JSON, json.dumps(index, indent=2).encode(), mode=0o644)
     return result
 
 
@@ -169,6 +171,9 @@ def _check_sites(sites: Sequence[SiteSpec]) -> None:
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise ValueError(f"site names must be unique, got {names}")
+    problem = next(filter(None, map(site_name_problem, names)), None)
+    if problem:
+        raise ValueError(problem)
     by_mod: dict[str, list[SiteSpec]] = {}
     for s in sites:
         if not s.modalities:

@@ -81,6 +81,10 @@ def test_invalid_layouts_raise(args, match):
     ([SiteSpec("x", ("a",), 0, 2)], r"modality 'a': its sites \['x'\] must hold shards 0\.\.n-1"),
     ([SiteSpec("x", ("a",)), SiteSpec("y", ("a",))], r"modality 'a'"),  # a held twice
     ([SiteSpec("x", ("a",), 0, 2), SiteSpec("y", ("a",), 1, 3)], r"modality 'a'"),
+    # a site's folder goes next to sites.json and the split's hidden staging files
+    ([SiteSpec("sites.json", ("a",))], r"site name 'sites\.json' is the layout's index"),
+    ([SiteSpec(".split-x", ("a",))], r"site name '\.split-x' starts with '\.'"),
+    ([SiteSpec("a/b", ("a",))], r"site name 'a/b' holds a path separator"),
 ])
 def test_invalid_site_sets_raise(sites, match):
     with pytest.raises(ValueError, match=match):
@@ -194,6 +198,17 @@ def test_split_rejects_unknown_modality_and_missing_file(source, tmp_path):
         split_sites(source["train"][0], tmp_path, site_layout("vertical", ["a", "z"]))
     with pytest.raises(DataError, match=r"nope\.parquet"):
         split_sites(tmp_path / "nope.parquet", tmp_path / "out", site_layout("vertical", MODS))
+
+
+@pytest.mark.parametrize("name", ["sites.json", "SITES.json", ".split-1", ".hidden", ".."])
+def test_a_reserved_site_name_is_refused_before_anything_is_written(source, tmp_path,
+                                                                     name):
+    """A site named sites.json made a folder where the index goes: every site file
+    was in place when writing sites.json failed (a half-written layout)."""
+    sites = [SiteSpec(name, ("a",)), SiteSpec("b", ("b",)), SiteSpec("c", ("c",))]
+    with pytest.raises(ValueError, match=r"^site name "):
+        split_sites([source["train"][0], source["test"][0]], tmp_path / "new", sites)
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_split_that_fails_partway_writes_no_file(source, tmp_path):
