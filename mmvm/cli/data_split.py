@@ -58,15 +58,27 @@ def split(args: argparse.Namespace) -> int:
 
     # everything is checked before anything is written
     check_folder_out(args.out)
-    modalities = list(read_site_meta(args.files[0])["tensors"])
+    metas = {f: read_site_meta(f) for f in args.files}
+    modalities = list(metas[args.files[0]]["tensors"])
     for f in args.files[1:]:
-        lacking = [m for m in modalities if m not in read_site_meta(f)["tensors"]]
+        lacking = [m for m in modalities if m not in metas[f]["tensors"]]
         if lacking:
             raise ValueError(f"{f}: lacks modalities {lacking} of {args.files[0]}")
     if len({Path(f).name for f in args.files}) != len(args.files):
         raise ValueError(f"FILEs {args.files}: two have the same name and would be "
                          f"written over each other in a site's folder")
     sites = site_layout(args.layout, modalities, args.shards)
+    shards = max(s.shards for s in sites)
+    for f, meta in metas.items():  # a site of no rows: an empty site file
+        rows = meta["num_rows"]
+        if not rows:
+            raise ValueError(f"{f}: has no rows; every site's file of it would be empty "
+                             f"(nothing trains or is evaluated on one)")
+        if rows < shards:
+            raise ValueError(f"--shards {shards}: {f} has {rows} rows, fewer than the "
+                             f"shards; a site would get none (an empty site file, on "
+                             f"which nothing trains or is evaluated): give at most "
+                             f"{rows} shards")
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     problem = next(filter(None, map(site_name_problem, names)), None)
     if problem:
@@ -80,7 +92,8 @@ def split(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_split_out(out, [s.name for s in sites], args.files, args.force)
     old = old_layout(out) if args.force else {}
-    written = split_sites(args.files, out, sites, missing=args.missing, seed=args.seed)
+    written = split_sites(args.files, out, sites, missing=args.missing, seed=args.seed,
+                          allow_empty=False)
     report_paths({f"{site} {Path(f).stem}": f for site, files in written.items()
                   for f in files.values()})
     for note in remove_stale(out, old, written, args.files):
