@@ -187,4 +187,4 @@ class MultimodalVAE(nn.Module):
             )
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
-            raise ValueError(f"modality {name!r}: NaN or inf in batch rows {bad.tolist()[:10]}")
+            raise ValueError(f"modality {name!r}: NaN or inf in the input at batch positions {bad.tolist()[:10]} of {x.shape[0]} (positions within this batch, not sample ids; site files are checked finite, also once divided by their scale, naming each bad sample id: `mmvm data check FILE`)")
