@@ -75,6 +75,12 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("out-dir='rel/out'", r"out-dir = 'rel/out' is relative, and the local SuperLink "
                           r"reads it from the folder it was started in.*e.g. /"),
     ("state-dir='st'", r"state-dir = 'st' is relative"),
+    # and an empty or blank one is no folder at all (Path('') is the current one)
+    ("state-dir=''", r"^run config: state-dir = '' names no folder: the sites' model and "
+                     r"optimizer state would be written into the current folder"),
+    ("data-dir='  '", r"^run config: data-dir = '  ' names no folder"),
+    ("keys-dir=' '", r"^run config: keys-dir = ' ' is blank; give a folder, or '' for "
+                     r"no keys"),
 ])
 def test_a_bad_run_config_is_named_before_anything_starts(text, match):
     with pytest.raises(ConfigError, match=match):
