@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmvm.config_ranges import range_problem
-
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the key and the source."""
-
+from mmvm.config_tables import (
+    ConfigError,
+    apply_override,
+    build_table,
+    check_table,
+    reject_unknown_sections,
+)
 
 # deeper is no network's need, and each layer is a Python module to build: a run
 # config asking for 10^6 would keep a site busy for minutes before training
@@ -214,7 +213,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
             raise ConfigError(f"config file {path}: {err.strerror}") from None
     merged = copy.deepcopy(raw)
     for item in overrides or []:
-        _apply_override(merged, item)
+        apply_override(merged, item)
     try:
         return config_from_dict(merged, source)
     except ConfigError as err:  # say so when the culprit is an override, not the file
@@ -233,7 +232,7 @@ def _culprit(raw: dict, overrides: list[str], source: str, error: str) -> str | 
     failed = []
     for k in range(len(overrides) + 1):
         if k:
-            _apply_override(raw, overrides[k - 1])
+            apply_override(raw, overrides[k - 1])
         try:
             config_from_dict(raw, source)
         except ConfigError as err:
@@ -244,26 +243,27 @@ def _culprit(raw: dict, overrides: list[str], source: str, error: str) -> str | 
             failed.append(overrides[k - 1])
     return failed[0] if failed else None
 
+
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    raw = dict(raw)
-    model_raw = dict(raw.pop("model", {}))
+    raw = dict(check_table(raw, "", source))
+    model_raw = dict(check_table(raw.pop("model", {}), "model", source))
     mods_raw = model_raw.pop("modalities", {})
     if not isinstance(mods_raw, dict) or not mods_raw:
         raise ConfigError(f"{source}: [model.modalities.<name>] tables are required")
     for name, body in mods_raw.items():
-        if isinstance(body, dict) and "name" in body:
+        if "name" in check_table(body, f"model.modalities.{name}", source):
             raise ConfigError(
                 f"{source}: model.modalities.{name}.name: a modality is named by its "
                 f"table key ({name!r}); remove the 'name' key"
             )
     specs = tuple(
-        _build(ModalitySpec, {"name": name, **body}, f"model.modalities.{name}", source)
+        build_table(ModalitySpec, {"name": name, **body}, f"model.modalities.{name}", source)
         for name, body in mods_raw.items()
     )
     sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
-    _reject_unknown_sections(raw, {**sections, "model": ModelConfig}, source)
-    built = {k: _build(cls, raw.get(k, {}), k, source) for k, cls in sections.items()}
-    model = _build(ModelConfig, model_raw, "model", source, extra={"modalities": specs})
+    reject_unknown_sections(raw, {**sections, "model": ModelConfig}, source)
+    built = {k: build_table(cls, raw.get(k, {}), k, source) for k, cls in sections.items()}
+    model = build_table(ModelConfig, model_raw, "model", source, extra={"modalities": specs})
     from mmvm.aggregation import available_methods
 
     if model.method not in available_methods():
@@ -310,85 +310,6 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
     if problem:
         raise ConfigError(f"{source}: {problem}")
     return cfg
-
-
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value")
-    key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value
-    node = raw
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
-    node[parts[-1]] = parsed
-
-
-def _reject_unknown_sections(raw: dict, sections: dict[str, type], source: str) -> None:
-    """A top-level key that is no section; when it is (close to) a key of one, say
-    which: ``epochs`` -> ``train.epochs``."""
-    for key in raw:
-        if key in sections:
-            continue
-        near = difflib.get_close_matches(key, sorted(sections), n=1)
-        owners = [f"{name}.{field}" for name, cls in sections.items()
-                  for field in difflib.get_close_matches(
-                      key, [f.name for f in dataclasses.fields(cls)], n=1)]
-        guess = near + owners if isinstance(raw[key], dict) else owners + near
-        hint = f"; did you mean '{guess[0]}'?" if guess else ""
-        raise ConfigError(f"{source}: unknown key {key!r}{hint} (keys are section.key; "
-                          f"sections: {', '.join(sorted(sections))})")
-
-
-def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str) -> None:
-    for key in raw:
-        if key not in valid:
-            full = f"{prefix}{key}"
-            close = difflib.get_close_matches(key, sorted(valid), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"{source}: unknown key {full!r}{hint} (valid: "
-                              f"{', '.join(sorted(valid))})")
-
-
-def _build(cls, raw: Any, where: str, source: str, extra: dict | None = None):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: [{where}] must be a table, got {raw!r}")
-    extra = extra or {}
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)} - set(extra)
-    _reject_unknown(raw, fields, f"{where}.", source)
-    values = {key: _coerce(value, hints[key], f"{where}.{key}", source)
-              for key, value in raw.items()}
-    try:
-        return cls(**values, **extra)
-    except TypeError as err:
-        raise ConfigError(f"{source}: [{where}]: {err}") from None
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) for v in value):
-            what = {int: "integers", str: "strings"}[item]
-            raise ConfigError(f"{source}: {key} must be a list of {what}, got {value!r}")
-        return tuple(value)
-    if origin in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (
-            hint is not bool and isinstance(value, bool))):
-        raise ConfigError(f"{source}: {key} must be {hint.__name__}, got "
-                          f"{type(value).__name__} {value!r}")
-    return value
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

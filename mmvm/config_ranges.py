@@ -11,6 +11,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+MAX_SEED = 2**31 - 1
+MAX_THREADS = 1024
+
 # key -> (predicate, requirement)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.root": (lambda v: bool(v.strip()),
@@ -28,9 +31,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.alpha_start": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.alpha_steps": (lambda v: v >= 1, ">= 1"),
-    "train.seed": (lambda v: v >= 0, ">= 0"),
+    # the batch order, noise and weights derive seeds as seed * 100_003 + epoch and
+    # the like: a seed near 2**63 overflowed torch's generator at the first epoch
+    "train.seed": (lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED} (2**31 - 1)"),
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
-    "train.num_threads": (lambda v: v >= 0, ">= 0"),
+    # torch.set_num_threads(10**8) segfaults in OpenMP
+    "train.num_threads": (lambda v: 0 <= v <= MAX_THREADS,
+                          f"in 0..{MAX_THREADS} (0: torch's default)"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
     "train.out_dir": (lambda v: bool(v.strip()),
                       "a folder, e.g. \"runs/my-run\" (an empty one would write the "

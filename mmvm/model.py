@@ -245,10 +245,15 @@ class MultimodalVAE(nn.Module):
                 f"modality {name!r}: expected input of shape [batch, {', '.join(map(str, expected))}], "
                 f"got {list(x.shape)}"
             )
+        B = x.shape[0]
         if rows is not None:
             x = x[rows.to(x.device)]
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
             if rows is not None:
                 bad = rows[bad.to(rows.device)]
-            raise ValueError(f"modality {name!r}: NaN or inf in batch rows {bad.tolist()[:10]}")
+            raise ValueError(
+                f"modality {name!r}: NaN or inf in the input at batch positions "
+                f"{bad.tolist()[:10]} of {B} (positions within this batch, not sample "
+                f"ids; site files are checked finite, also once divided by their scale, "
+                f"naming each bad sample id: `mmvm data check FILE`)")

@@ -97,6 +97,16 @@ def test_train_subprocess_exit_status_2(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_a_section_set_to_a_value_is_one_line_not_a_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "train", "--config", POLYMNIST,
+                          "--set", "model=1"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == (f"mmvm train: error: {POLYMNIST}, override 'model=1': "
+                                  f"[model] must be a table (key = value pairs), got int 1")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_without_config_the_reference_is_the_main_jobs_experiment(command, tmp_path, capsys,
                                                                   monkeypatch):

@@ -176,10 +176,32 @@ def test_name_key_inside_a_modality_table_is_rejected():
     ("model.modalities.m0.shape=3", r"model\.modalities\.m0\.shape must be a list of integers"),
     ('model.modalities.m0.shape=[3, "28", 28]', r"m0\.shape must be a list of integers"),
     ("train=3", r"\[train\] must be a table"),
+    # a section given as a value, and a table where a value belongs: no TypeError
+    ("model=1", r": \[model\] must be a table \(key = value pairs\), got int 1$"),
+    ("model.modalities.m0=1",
+     r": \[model\.modalities\.m0\] must be a table \(key = value pairs\), got int 1$"),
+    ("model.modalities.m1=[1, 2]", r"\[model\.modalities\.m1\] must be a table .*got list"),
+    ('data="x"', r"\[data\] must be a table \(key = value pairs\), got str 'x'$"),
+    ("train.epochs={a=1}", r"train\.epochs must be int, got dict \{'a': 1\}$"),
+    ("model.method={a=1}", r"model\.method must be str, got dict"),
+    ("model.modalities.m0.scale={x=1}", r"model\.modalities\.m0\.scale must be float"),
 ])
 def test_wrong_types_name_the_key(item, match):
     with pytest.raises(ConfigError, match=match):
         load_config(POLYMNIST, [item])
+
+
+def test_a_section_given_as_a_value_names_the_override_and_the_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, ["model=1"])
+    assert str(info.value) == (f"{POLYMNIST}, override 'model=1': [model] must be a "
+                               f"table (key = value pairs), got int 1")
+    bad = tmp_path / "flat.toml"
+    bad.write_text('model = 3\n[train]\nepochs = 2\n')
+    with pytest.raises(ConfigError, match=r"flat\.toml: \[model\] must be a table"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"^<dict>: the config must be a table"):
+        config_from_dict([("model", {})])  # a run's config.json holding a list
 
 
 # ---------------------------------------------------------------------- bad values
@@ -230,6 +252,41 @@ def test_invalid_values_raise_naming_what(item, match):
     with pytest.raises(ConfigError, match=match) as info:
         load_config(POLYMNIST, [item])
     assert str(POLYMNIST) in str(info.value)
+
+
+@pytest.mark.parametrize("item, message", [
+    # torch.set_num_threads(10**8) segfaulted in OpenMP at the first matrix product
+    ("train.num_threads=100000000",
+     "train.num_threads must be in 0..1024 (0: torch's default), got 100000000"),
+    ("train.num_threads=-1", "train.num_threads must be in 0..1024 (0: torch's default), "
+                             "got -1"),
+    # seed * 100_003 + epoch overflowed torch's generator at the first epoch
+    ("train.seed=9223372036854775807", "train.seed must be in 0..2147483647 (2**31 - 1), "
+                                       "got 9223372036854775807"),
+    ("train.seed=2147483648", "train.seed must be in 0..2147483647 (2**31 - 1), "
+                              "got 2147483648"),
+    ("train.seed=-1", "train.seed must be in 0..2147483647 (2**31 - 1), got -1"),
+])
+def test_threads_and_seed_are_bounded_at_load(item, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, [item])
+    assert str(info.value) == f"{POLYMNIST}, override {item!r}: {message}"
+
+
+@pytest.mark.parametrize("item", ["train.seed=2147483647", "train.num_threads=1024",
+                                  "train.num_threads=0", "train.seed=0"])
+def test_the_bounds_themselves_load(item):
+    load_config(POLYMNIST, [item])
+
+
+def test_the_largest_seed_runs_the_schedule_and_the_noise():
+    from mmvm.noise import modality_noise
+    from mmvm.schedule import epoch_batches, epoch_batches_grouped
+
+    seed = 2**31 - 1
+    assert sum(len(b) for b in epoch_batches(10, 4, seed, 10_000)) == 10
+    assert sum(len(b) for b in epoch_batches_grouped([[0, 1], [2, 3]], 2, seed, 10_000)) == 4
+    assert modality_noise(seed, 10**9, 7, 2, 3).isfinite().all()
 
 
 @pytest.mark.parametrize("item, key, value", [

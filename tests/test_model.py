@@ -109,11 +109,17 @@ def test_nan_and_inf_input_name_modality_and_rows():
     model, x = _model(), _x(b=5)
     x["vec"][1, 0, 0] = float("nan")
     x["vec"][3, 4, 1] = float("inf")
-    with pytest.raises(ValueError, match=r"modality 'vec': NaN or inf in batch rows \[1, 3\]"):
+    with pytest.raises(ValueError) as info:
         model.encode_modality("vec", x["vec"])
+    assert str(info.value) == (
+        "modality 'vec': NaN or inf in the input at batch positions [1, 3] of 5 "
+        "(positions within this batch, not sample ids; site files are checked finite, "
+        "also once divided by their scale, naming each bad sample id: `mmvm data check "
+        "FILE`)")
     x = _x(b=5)
     x["img"][4, 2, 10, 10] = float("nan")
-    with pytest.raises(ValueError, match=r"modality 'img': NaN or inf in batch rows \[4\]"):
+    with pytest.raises(ValueError, match=r"modality 'img': NaN or inf in the input at "
+                                         r"batch positions \[4\] of 5 \(positions within"):
         model.encode(x)
 
 

@@ -151,7 +151,7 @@ def test_filler_is_never_checked_but_present_rows_are():
     mu, _ = model.encode(x, MASK)
     assert bool(torch.isfinite(mu).all())
     x["img"][3, 0, 5, 5] = float("nan")
-    with pytest.raises(ValueError, match=r"modality 'img': NaN or inf in batch rows \[3\]"):
+    with pytest.raises(ValueError, match=r"modality .img.: NaN or inf in the input at batch positions \[3\] of"):
         model.encode(x, MASK)
 
 

@@ -14,25 +14,19 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
-from pathlib import Path
 
-from mmvm.cli import console
+from mmvm.cli.data_check import add_check
 from mmvm.cli.data_common import (
     add_force,
     add_quiet,
     check_make_out,
-    check_split_out,
     data_progress,
     handles,
-    old_layout,
     prepared_files,
-    printable,
     refuse_held,
-    remove_stale,
     report_paths,
 )
+from mmvm.cli.data_split import add_split
 from mmvm.cli.outputs import check_folder_out, positive_int
 from mmvm.data.hippocampus_knobs import KNOBS as HC_KNOBS
 
@@ -188,39 +182,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_arrays(names)
 
-    sp = sub.add_parser(
-        "split", help="split a dataset into one folder per site (a site layout)",
-        description="Write OUT/<site>/<file name> for each FILE (train and test are "
-                    "split the same way) and OUT/sites.json. Layouts: vertical, one "
-                    "site per modality; horizontal, --shards sites with every modality "
-                    "for disjoint samples; hybrid, the first modality over --shards "
-                    "sites and one site for each other modality.")
-    sp.add_argument("files", nargs="+", metavar="FILE", help="dataset .parquet files")
-    sp.add_argument("--out", required=True, help="output folder")
-    sp.add_argument("--layout", default="vertical",
-                    help="vertical, horizontal or hybrid (default %(default)s)")
-    sp.add_argument("--shards", type=int, default=2,
-                    help="sites a modality is spread over, at least 2 (horizontal, "
-                         "hybrid; default %(default)s)")
-    sp.add_argument("--missing", type=float, default=0.0,
-                    help="fraction of each modality's samples left out at random "
-                         "(one modality per site only; default %(default)g)")
-    sp.add_argument("--seed", type=int, default=0,
-                    help="split seed (default %(default)s)")
-    sp.add_argument("--names", default="",
-                    help="comma-separated site folder names, in the layout's order "
-                         "(default site-<modality>, site-<k>, ...)")
-    add_force(sp, "a site layout (sites.json, or a folder of a site to write); the "
-                  "files the old sites.json lists that the new layout does not write "
-                  "are removed, and so are the old site folders they leave empty")
-    handles(sp, _split)
-
-    c = sub.add_parser("check", help="validate site files and summarise them",
-                       description="Read every row of each file with all checks "
-                                   "(schema, ids, dtypes, NaN/inf) and print a "
-                                   "summary. Exit status 1 if any file is invalid.")
-    c.add_argument("files", nargs="+", metavar="FILE", help="site .parquet files")
-    handles(c, _check)
+    add_split(sub)
+    add_check(sub)
 
 
 def _make_polymnist(args: argparse.Namespace) -> int:
@@ -290,104 +253,3 @@ def _prepare(args: argparse.Namespace) -> int:
               f"their rats apart give each the fewest per odor of all of theirs as "
               f"--aligned, and the same --seed)")
     return code
-
-
-def _split(args: argparse.Namespace) -> int:
-    from mmvm.data.sites import site_layout, split_sites
-    from mmvm.data.store import read_site_meta
-
-    # everything is checked before anything is written
-    check_folder_out(args.out)
-    modalities = list(read_site_meta(args.files[0])["tensors"])
-    for f in args.files[1:]:
-        lacking = [m for m in modalities if m not in read_site_meta(f)["tensors"]]
-        if lacking:
-            raise ValueError(f"{f}: lacks modalities {lacking} of {args.files[0]}")
-    if len({Path(f).name for f in args.files}) != len(args.files):
-        raise ValueError(f"FILEs {args.files}: two have the same name and would be "
-                         f"written over each other in a site's folder")
-    sites = site_layout(args.layout, modalities, args.shards)
-    names = [n.strip() for n in args.names.split(",") if n.strip()]
-    odd = [n for n in names if n in (".", "..") or "/" in n or "\\" in n]
-    if odd:
-        raise ValueError(f"--names: {odd} are not plain folder names")
-    if names:
-        if len(names) != len(sites) or len(set(names)) != len(names):
-            raise ValueError(f"--names: {len(sites)} distinct names needed for the "
-                             f"{args.layout} layout's sites "
-                             f"{[s.name for s in sites]}, got {names}")
-        sites = [dataclasses.replace(s, name=n) for s, n in zip(sites, names, strict=True)]
-    out = Path(args.out)
-    check_split_out(out, [s.name for s in sites], args.files, args.force)
-    old = old_layout(out) if args.force else {}
-    written = split_sites(args.files, out, sites, missing=args.missing, seed=args.seed)
-    report_paths({f"{site} {Path(f).stem}": f for site, files in written.items()
-                  for f in files.values()})
-    for note in remove_stale(out, old, written, args.files):
-        print(f"note: {note}")
-    return 0
-
-
-def check_file(path: str) -> dict:
-    """Read every batch of a site file; summary dict, or raise DataError (also for a
-    file without rows, which training and evaluation cannot use)."""
-    from mmvm.data.store import DataError, iter_site_batches, read_site_meta
-
-    if Path(path).is_dir():
-        raise DataError(f"{path}: is a folder; give its site files, e.g. "
-                        f"{Path(path) / '*.parquet'}")
-    meta = read_site_meta(path)
-    rows = 0
-    for batch in iter_site_batches(path, None, batch_size=4096):
-        rows += len(batch)
-    if rows == 0:
-        raise DataError(f"{path}: no rows; training and evaluation need at least one "
-                        f"sample (make or prepare the file again with samples)")
-    return {"rows": rows, "tensors": meta["tensors"], "labels": meta["labels"],
-            "columns": meta["columns"], "name": str(meta["dataset"].get("name", ""))}
-
-
-def check_problem(path: str) -> tuple[dict | None, str | None]:
-    """``(summary, None)`` for a valid file, ``(None, why)`` otherwise: whatever a
-    file holds, :func:`check_file` is reported, never raised, so every file is
-    checked."""
-    from mmvm.data.store import DataError
-
-    try:
-        return check_file(path), None
-    except DataError as e:
-        return None, str(e)
-    except MemoryError as e:
-        return None, f"{path}: out of memory while checking ({e})"
-    except Exception as e:  # noqa: BLE001 - a check must not stop at one file
-        return None, (f"{path}: unexpected {type(e).__name__} while checking ({e}); "
-                      f"please report it, the file is not valid")
-
-
-def _check(args: argparse.Namespace) -> int:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="site files")
-    for col in ("file", "status", "rows", "modalities", "labels", "dataset"):
-        # a long path wraps onto further lines instead of being cut with "…"
-        table.add_column(col, overflow="fold", min_width=12 if col == "file" else None)
-    errors = []
-    for f in args.files:
-        s, problem = check_problem(f)
-        if problem is not None:
-            errors.append(problem)
-            table.add_row(Text(printable(f)), Text("invalid", style="red"), "", "", "", "")
-            continue
-        mods = "\n".join(f"{n} {'x'.join(map(str, t['shape']))} {t['dtype']}"
-                         for n, t in s["tensors"].items()) or "-"
-        labels = ", ".join(s["labels"])
-        if len(labels) > 60:
-            labels = f"{len(s['labels'])} columns"
-        table.add_row(Text(printable(f)), Text("ok", style="green"), str(s["rows"]),
-                      Text(printable(mods, 400)), Text(printable(labels) or "-"),
-                      Text(printable(s["name"], 60)))
-    console().print(table)
-    for e in errors:
-        print(f"error: {printable(e, 2000)}", file=sys.stderr)
-    return 1 if errors else 0

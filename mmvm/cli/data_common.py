@@ -12,9 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mmvm.cli.outputs import check_folder_out, same_file
+from mmvm.data.site_names import SITES_JSON
 from mmvm.progress import progress_bar
-
-SITES_JSON = "sites.json"  # the index mmvm.data.sites.split_sites writes
 
 Progress = Callable[[str, int, int], None]  # (description, step, total)
 

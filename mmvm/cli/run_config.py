@@ -146,7 +146,8 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
         return rc
     for key in ("out-dir", "state-dir", "data-dir", "keys-dir"):
         value = str(rc.get(key, ""))
-        if value and not value.startswith("~") and not Path(value).is_absolute():
+        if value.strip() and not value.startswith("~") and \
+                not Path(value).is_absolute():  # a blank one: load_settings names it
             raise ConfigError(f"run config: {key} = {value!r} is relative, and the local "
                               "SuperLink reads it from the folder it was started in, not "
                               f"this one; give an absolute path, e.g. {Path(value).resolve()}")

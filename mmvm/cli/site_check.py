@@ -124,7 +124,7 @@ def _usable_part(nc: Mapping, site: str, bad: set[str]) -> SitePolicy:
 
 
 def _data(check: NodeCheck, data: Path) -> tuple[Path | None, Path | None]:
-    from mmvm.cli.data import check_problem
+    from mmvm.cli.data_check import check_problem
 
     train, test = data / "train.parquet", data / "test.parquet"
     if not train.is_file():

@@ -73,6 +73,7 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
     """The train split the config names, checked: there, fitting the modalities, not
     empty (each problem names the files)."""
     from mmvm.data import check_data_fits, open_dataset
+    from mmvm.data.value_ranges import range_warnings
 
     paths = cfg.data.files("train")
     names = [m.name for m in cfg.model.modalities]
@@ -81,6 +82,8 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
             raise FileNotFoundError(f"{path} does not exist; "
                                     f"{_how_to_make(names, cfg.source, cfg.data.root, path)}")
     check_data_fits(cfg.model.modalities, paths, cfg.source)
+    for line in range_warnings(cfg.model.modalities, paths, cfg.train.amp):
+        print(f"mmvm train: warning: {line}", file=sys.stderr)  # trains all the same
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     if len(data) == 0:
         raise ValueError(f"no samples to train on: {', '.join(map(str, paths))} "

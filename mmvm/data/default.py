@@ -82,8 +82,8 @@ def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards:
     tag = f"sites-{layout}-{shards}-missing{missing:g}"
     out = full / tag
     with _locked(root / ".lock"):
-        if not (full / "test.parquet").exists():
-            make()
+        if not all((full / f).exists() for f in ("train.parquet", "test.parquet")):
+            make()  # the pair is moved into place together, the test file first
         if not (out / "sites.json").exists():
             split_sites([full / "train.parquet", full / "test.parquet"], out, sites,
                         missing=missing, seed=seed)

@@ -60,6 +60,7 @@ from mmvm.data.hippocampus_knobs import (  # noqa: F401 - re-exported
     check_knobs,
     preset_name,
 )
+from mmvm.data.prepare import final_paths, staged_output
 from mmvm.data.store import DataError, write_site_table
 
 RATS = ("barat", "buchanan", "mitt", "stella", "superchris")  # the authors' order
@@ -294,9 +295,10 @@ def make_hippocampus(out_dir: str | os.PathLike, seed: int = 0,
         "created_by": "mmvm.data.hippocampus.make_hippocampus",
     }
     step("writing", 2)
-    paths = write_splits(out_dir, data, meta, row_group_size)
+    with staged_output(out_dir) as stage:  # both files, or neither (a full disk)
+        paths = write_splits(stage, data, meta, row_group_size)
     step("done", total)
-    return paths
+    return final_paths(paths, stage, out_dir)
 
 
 SIMULATION_FILE = "lookalike.json"  # in a raw folder: the simulation that wrote it

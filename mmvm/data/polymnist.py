@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from mmvm.atomic import atomic_write
+from mmvm.data.prepare import final_paths, staged_output
 from mmvm.data.store import DataError, write_site_table
 from mmvm.data.store_limits import check_fits
 
@@ -343,41 +344,44 @@ def make_polymnist(out_dir: str | os.PathLike, seed: int = 0, n_train: int | Non
     images = load_backgrounds(blur=blur, contrast=contrast)
     train_pool, test_pool = split_digits(digits.labels, test_fraction,
                                          np.random.default_rng([seed, 0]))
-    paths = {}
-    for i, (split, pool, n) in enumerate((("train", train_pool, n_train),
-                                          ("test", test_pool, n_test))):
-        step(f"generating {split}", 2 + 2 * i)
-        data = generate_split(split, pool, digits, images, n, seed, variant)
-        count = len(data["label"])
-        meta = {
-            "name": f"{variant}-polymnist-lookalike", "split": split, "n": count,
-            "variant": variant,
-            "seed": seed, "modalities": list(images),
-            "digits": digits.source,
-            "backgrounds": {"package": "scikit-image", "version": skimage.__version__,
-                            "images": dict(BACKGROUNDS),
-                            "shapes": {m: list(a.shape) for m, a in images.items()}},
-            "split_digits": {"test_fraction": test_fraction,
-                             "n_pool": int(len(pool)), "passes": data["passes"]},
-            "recipe": {
-                "pairing": "per (modality, class) random permutation of the split's "
-                           "digits; collisions swapped away",
-                "resize": f"28x28 -> {size}x{size}, antialiased bilinear",
-                "binarise": f"> {THRESHOLD}",
-                "offset": f"uniform (dy, dx) in {{0..{offset}}}^2",
-                "background": f"uniform random {CANVAS}x{CANVAS} crop of the "
-                              f"modality's image (blur sigma {blur:g}, contrast "
-                              f"x{contrast:g})",
-                "invert": "pixels under the digit: v -> 255 - v (x -> 1 - x)",
-                "rng": "numpy default_rng([seed, split code, pass])",
-            },
-            "versions": {"numpy": np.__version__},
-            "created_by": "mmvm.data.polymnist.make_polymnist",
-        }
-        step(f"writing {split}", 3 + 2 * i)
-        ids = [f"{split}-{k:06d}" for k in range(count)]
-        paths[split] = write_site_table(
-            out_dir / f"{split}.parquet", ids, data["x"], {"label": data["label"]},
-            meta, columns=data["cols"], row_group_size=row_group_size)
+    # both files are written aside and moved into place together: a failure (a full
+    # disk) leaves neither, or the pair that was there
+    with staged_output(out_dir) as stage:
+        paths = {}
+        for i, (split, pool, n) in enumerate((("train", train_pool, n_train),
+                                              ("test", test_pool, n_test))):
+            step(f"generating {split}", 2 + 2 * i)
+            data = generate_split(split, pool, digits, images, n, seed, variant)
+            count = len(data["label"])
+            meta = {
+                "name": f"{variant}-polymnist-lookalike", "split": split, "n": count,
+                "variant": variant,
+                "seed": seed, "modalities": list(images),
+                "digits": digits.source,
+                "backgrounds": {"package": "scikit-image", "version": skimage.__version__,
+                                "images": dict(BACKGROUNDS),
+                                "shapes": {m: list(a.shape) for m, a in images.items()}},
+                "split_digits": {"test_fraction": test_fraction,
+                                 "n_pool": int(len(pool)), "passes": data["passes"]},
+                "recipe": {
+                    "pairing": "per (modality, class) random permutation of the split's "
+                               "digits; collisions swapped away",
+                    "resize": f"28x28 -> {size}x{size}, antialiased bilinear",
+                    "binarise": f"> {THRESHOLD}",
+                    "offset": f"uniform (dy, dx) in {{0..{offset}}}^2",
+                    "background": f"uniform random {CANVAS}x{CANVAS} crop of the "
+                                  f"modality's image (blur sigma {blur:g}, contrast "
+                                  f"x{contrast:g})",
+                    "invert": "pixels under the digit: v -> 255 - v (x -> 1 - x)",
+                    "rng": "numpy default_rng([seed, split code, pass])",
+                },
+                "versions": {"numpy": np.__version__},
+                "created_by": "mmvm.data.polymnist.make_polymnist",
+            }
+            step(f"writing {split}", 3 + 2 * i)
+            ids = [f"{split}-{k:06d}" for k in range(count)]
+            paths[split] = write_site_table(
+                stage / f"{split}.parquet", ids, data["x"], {"label": data["label"]},
+                meta, columns=data["cols"], row_group_size=row_group_size)
     step("done", total)
-    return paths
+    return final_paths(paths, stage, out_dir)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mmvm.atomic import atomic_write
+from mmvm.data.site_names import SITES_JSON, site_name_problem
 from mmvm.data.store import DataError, read_site_table, write_site_table
 
 LAYOUTS = ("vertical", "horizontal", "hybrid")
@@ -98,13 +99,19 @@ def assignment(sample_ids: Sequence[str], sites: Sequence[SiteSpec], missing: fl
 
 
 def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
-                sites: Sequence[SiteSpec], missing: float = 0.0, seed: int = 0) -> dict:
+                sites: Sequence[SiteSpec], missing: float = 0.0, seed: int = 0,
+                allow_empty: bool = True) -> dict:
     """Write ``<out_dir>/<site>/<split>.parquet`` for each split file in ``source``.
 
     ``source`` is a file or a list of files (e.g. train and test); each split is split
     the same way. Returns ``{site: {split: path}}`` and writes ``sites.json``.
+    ``allow_empty`` false: a site that would hold no row of a split (more shards than
+    rows, ``missing`` taking every row) raises :class:`DataError` and nothing is
+    written (the store reads an empty file, but it can be neither trained nor
+    evaluated on).
     """
     paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
+    _check_sites(sites)  # before anything is written
     multi = [s.name for s in sites if len(s.modalities) > 1]
     if missing and multi:
         # a site file has no nulls, so a sample holding only some of such a site's
@@ -119,7 +126,7 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
     # all are: a failure partway (a bad source, a full disk) leaves no partial layout
     stage = Path(tempfile.mkdtemp(prefix=".split-", dir=out_dir))
     try:
-        staged = _write_sites(paths, stage, sites, missing, seed)
+        staged = _write_sites(paths, stage, sites, missing, seed, allow_empty)
         result: dict[str, dict[str, str]] = {s.name: {} for s in sites}
         for name, files in staged.items():
             (out_dir / name).mkdir(exist_ok=True)
@@ -134,12 +141,12 @@ def split_sites(source: str | Path | Sequence[str | Path], out_dir: str | Path,
     shutil.rmtree(stage, ignore_errors=True)
     index = {"sites": [asdict(s) for s in sites], "missing": missing, "seed": seed,
              "files": result}
-    atomic_write(out_dir / "sites.json", json.dumps(index, indent=2).encode(), mode=0o644)
+    atomic_write(out_dir / SITES_JSON, json.dumps(index, indent=2).encode(), mode=0o644)
     return result
 
 
 def _write_sites(paths: Sequence[Path], out_dir: Path, sites: Sequence[SiteSpec],
-                 missing: float, seed: int) -> dict[str, dict[str, str]]:
+                 missing: float, seed: int, allow_empty: bool) -> dict[str, dict[str, str]]:
     """Each site's file of each split in ``paths``, written under ``out_dir``."""
     result: dict[str, dict[str, str]] = {s.name: {} for s in sites}
     for path in paths:
@@ -150,6 +157,9 @@ def _write_sites(paths: Sequence[Path], out_dir: Path, sites: Sequence[SiteSpec]
                 raise DataError(f"{path}: site {s.name!r} wants modalities {unknown}; "
                                 f"the file has {table.modalities}")
         held = assignment(table.sample_ids, sites, missing, seed)
+        empty = [s for k, s in enumerate(sites) if not held[:, k].any()]
+        if empty and not allow_empty:
+            raise DataError(_empty_site(path, empty[0], len(table), missing))
         for k, s in enumerate(sites):
             rows = np.flatnonzero(held[:, k])
             meta = {**table.dataset_meta, "site": asdict(s), "missing": missing,
@@ -163,12 +173,32 @@ def _write_sites(paths: Sequence[Path], out_dir: Path, sites: Sequence[SiteSpec]
     return result
 
 
+def _empty_site(path: Path, site: SiteSpec, rows: int, missing: float) -> str:
+    """Why ``site`` would hold none of the ``rows`` rows of ``path``."""
+    if rows == 0:
+        why = "the file has no rows"
+    elif site.shards > rows:
+        why = (f"{site.shards} shards of {rows} rows leave one empty: use at most "
+               f"{rows} shards")
+    elif site.shards > 1:
+        why = (f"shard {site.shard + 1} of {site.shards} drew none of the {rows} rows "
+               f"(a row's shard follows from its sample id and the seed): use fewer "
+               f"shards or another seed")
+    else:
+        why = f"missing = {missing:g} left it none of the {rows} rows: use less missing"
+    return (f"{path}: site {site.name!r} would hold no rows: {why}; an empty site file "
+            f"can be neither trained nor evaluated on, so nothing was written")
+
+
 def _check_sites(sites: Sequence[SiteSpec]) -> None:
     if not sites:
         raise ValueError("no sites given")
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise ValueError(f"site names must be unique, got {names}")
+    problem = next(filter(None, map(site_name_problem, names)), None)
+    if problem:
+        raise ValueError(problem)
     by_mod: dict[str, list[SiteSpec]] = {}
     for s in sites:
         if not s.modalities:

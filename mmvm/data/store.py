@@ -8,7 +8,7 @@ Columns
   the flattened tensor; schema metadata ``mmvm.tensor.<column>`` holds the JSON
   ``{"shape": [3, 28, 28], "dtype": "uint8", "scale": 255}`` (divide by ``scale`` to
   get the model's input; 1..8 dimensions, at most 2**28 values, scale finite within
-  [1e-6, 1e9]).
+  [1e-6, 1e9], every value / scale finite in float32).
 - optional labels ``label`` / ``label.<name>`` (integers -1..2**31-1, read as int64,
   null -> -1).
 - any other column is carried as-is (``SiteTable.columns``) and never used by the
@@ -258,7 +258,7 @@ def convert_batch(batch: pa.RecordBatch | pa.Table, layout: Layout, names: list[
                             f"{col.type.list_size}")
         arr = flat.to_numpy(zero_copy_only=False).reshape(len(ids), *spec["shape"])
         arr = np.require(arr, dtype=spec["dtype"], requirements=["C", "W"])
-        check_finite(arr, name, path, ids, start)
+        check_finite(arr, name, path, ids, start, spec["scale"])
         tensors[name], scales[name] = arr, spec["scale"]
     labels = {name: label_values(batch.column(name), name, path, ids, start)
               for name in layout.labels}

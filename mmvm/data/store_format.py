@@ -31,6 +31,7 @@ MAX_TENSOR_VALUES = 2 ** 28  # values of one sample's tensor (256 MiB of uint8)
 SCALE_RANGE = (1e-6, 1e9)  # a tensor's scale (the model's input is value / scale)
 LABEL_MAX = 2 ** 31 - 1  # labels are class ids 0..LABEL_MAX; -1 or null = unknown
 MAX_CELL_BYTES = 64 << 10  # a string or binary value of a carried (other) column
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model's input is float32
 
 
 class DataError(ValueError):
@@ -197,13 +198,28 @@ def check_carried(col: pa.Array | pa.ChunkedArray, name: str, path: str, ids: li
                         f"value of {int(size[i])} bytes, more than {MAX_CELL_BYTES}")
 
 
-def check_finite(arr: np.ndarray, name: str, path: str, ids: list, start: int) -> None:
+def check_finite(arr: np.ndarray, name: str, path: str, ids: list, start: int,
+                 scale: float = 1.0) -> None:
     """Raise :class:`DataError` naming the first row ``start + i`` of a float ``arr``
-    (``[n, ...]``, ids ``ids``) holding a NaN or an inf; other dtypes pass."""
+    (``[n, ...]``, ids ``ids``) holding a NaN or an inf, or a value that overflows
+    float32 once divided by ``scale`` (the model's input; only a scale below 1 can);
+    other dtypes pass."""
     if arr.dtype.kind != "f" or arr.size == 0:
         return
-    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+    rows = arr.reshape(len(arr), -1)
+    bad = ~np.isfinite(rows).all(axis=1)
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(f"{path}: column '{name}', row {start + i} (id '{ids[i]}'): "
                         f"NaN or inf in a float tensor")
+    if scale >= 1:
+        return
+    limit = FLOAT32_MAX * scale  # |value| beyond it is inf once divided by scale
+    big = (np.abs(rows) > limit).any(axis=1)
+    if big.any():
+        i = int(np.argmax(big))
+        value = float(rows[i][np.argmax(np.abs(rows[i]))])
+        raise DataError(f"{path}: column '{name}', row {start + i} (id '{ids[i]}'): "
+                        f"value {value:.6g} divided by the column's scale {scale:g} "
+                        f"overflows float32 (the model's input is value / scale, at most "
+                        f"{FLOAT32_MAX:.4g}): write the column with a larger scale")

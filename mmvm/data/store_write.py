@@ -212,11 +212,11 @@ def _chunk_table(chunk: SiteChunk, path: str, start: int, seen: dict[str, int],
             raise DataError(f"{path}: column '{name}'{at}: a sample's tensor has shape "
                             f"{shape}; it needs 1 to {MAX_DIMS} dimensions, all > 0, and "
                             f"at most {MAX_TENSOR_VALUES} values ([N, *shape] arrays)")
-        check_finite(arr, name, path, ids, start)
-        flat = pa.array(np.ascontiguousarray(arr).reshape(-1), type=DTYPES[dtype])
-        arrays[name] = pa.FixedSizeListArray.from_arrays(flat, size)
         scale = check_scale(scales.get(name, DEFAULT_SCALE[dtype]),
                             f"{path}: column '{name}'")
+        check_finite(arr, name, path, ids, start, scale)
+        flat = pa.array(np.ascontiguousarray(arr).reshape(-1), type=DTYPES[dtype])
+        arrays[name] = pa.FixedSizeListArray.from_arrays(flat, size)
         specs[name] = {"shape": shape, "dtype": dtype, "scale": scale}
     unknown = sorted(set(scales) - set(specs))
     if unknown:

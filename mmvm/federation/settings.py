@@ -25,6 +25,13 @@ from mmvm.federation.site_dirs import parse_site_dirs
 
 APP_DIR = Path(__file__).resolve().parents[2]
 ALIGN_MODES = ("pseudonym", "psi")  # secure mode's id alignment (sealed_align.py)
+# folders that must be named: "" read as Path("") is the folder a process runs in
+FOLDERS = {"out-dir": ("results (<out-dir>/run-<id>/)", "~/.mmvm/runs"),
+           "state-dir": ("the sites' model and optimizer state", "~/.mmvm/state"),
+           "data-dir": ("the simulation's default data", "~/.mmvm/data")}
+# folders where "" is documented to mean none: a blank one is a mistyped value
+OPTIONAL_FOLDERS = {"keys-dir": "no keys (a deployment's come from its node config)",
+                    "eval-data": "no server-side evaluation"}
 
 
 @dataclass(frozen=True)
@@ -225,7 +232,26 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
     return s
 
 
+def _check_folders(s: FederationSettings) -> None:
+    """Refuse an empty out-dir, state-dir or data-dir (their files would land in the
+    current folder of whichever process reads them) and a blank keys-dir or
+    eval-data (where "" means none, "  " is neither that nor a folder)."""
+    values = {"out-dir": s.out_dir, "state-dir": s.state_dir, "data-dir": s.data_dir,
+              "keys-dir": s.keys_dir, "eval-data": s.eval_data}
+    for key, (what, example) in FOLDERS.items():
+        if not values[key].strip():
+            raise ConfigError(f"run config: {key} = {values[key]!r} names no folder: "
+                              f"{what} would be written into the current folder of "
+                              f"whichever process runs; give a folder, e.g. "
+                              f"{key}='{example}'")
+    for key, none in OPTIONAL_FOLDERS.items():
+        if values[key] and not values[key].strip():
+            raise ConfigError(f"run config: {key} = {values[key]!r} is blank; give a "
+                              f"folder, or '' for {none}")
+
+
 def _check(s: FederationSettings) -> None:
+    _check_folders(s)
     if s.exchange not in EXCHANGES:
         raise ConfigError(f"run config: exchange = {s.exchange!r}; choose one of "
                           f"{list(EXCHANGES)}")

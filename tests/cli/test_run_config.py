@@ -75,6 +75,12 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("out-dir='rel/out'", r"out-dir = 'rel/out' is relative, and the local SuperLink "
                           r"reads it from the folder it was started in.*e.g. /"),
     ("state-dir='st'", r"state-dir = 'st' is relative"),
+    # and an empty or blank one is no folder at all (Path('') is the current one)
+    ("state-dir=''", r"^run config: state-dir = '' names no folder: the sites' model and "
+                     r"optimizer state would be written into the current folder"),
+    ("data-dir='  '", r"^run config: data-dir = '  ' names no folder"),
+    ("keys-dir=' '", r"^run config: keys-dir = ' ' is blank; give a folder, or '' for "
+                     r"no keys"),
 ])
 def test_a_bad_run_config_is_named_before_anything_starts(text, match):
     with pytest.raises(ConfigError, match=match):
@@ -107,6 +113,18 @@ def test_mmvm_run_exits_2_with_one_line_and_starts_no_flower(tmp_path):
         f"mmvm run: --run-config: unknown key 'num-site'; did you mean 'num-sites'? (the "
         f"keys are those of [tool.flwr.app.config] in {ROOT / 'pyproject.toml'})"]
     assert "flwr" not in res.stdout.lower()
+
+
+def test_mmvm_run_refuses_an_empty_out_dir_before_flower_and_writes_nothing(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--run-config",
+                          "out-dir=''"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "mmvm run: run config: out-dir = '' names no folder: results "
+        "(<out-dir>/run-<id>/) would be written into the current folder of whichever "
+        "process runs; give a folder, e.g. out-dir='~/.mmvm/runs'"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_copy_of_the_app_is_checked_with_its_own_files(tmp_path):

@@ -214,6 +214,29 @@ def test_a_train_file_without_rows_is_named_and_nothing_written(tiny_polymnist, 
     assert not out.exists()
 
 
+def test_pixels_the_model_would_see_as_0_to_255_are_warned_of_at_the_start(
+        tiny_polymnist, tmp_path, capsys):
+    """uint8 images written with scale 1 trained silently on 0..255 against a decoder
+    that ends in a sigmoid; the run still trains (the user may mean it)."""
+    from mmvm.data.store import read_site_table, write_site_table
+
+    data = tmp_path / "data"
+    t = read_site_table(tiny_polymnist / "train.parquet")
+    write_site_table(data / "train.parquet", t.sample_ids, t.tensors, t.labels, {},
+                     scales={"m2": 1.0})
+    assert main(_args(data, tmp_path / "run")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if "warning" in line]
+    assert warnings == [
+        f"mmvm train: warning: {data / 'train.parquet'}: modality 'm2' holds values "
+        f"0..255 (stored value / the file's scale), outside 0..1: kind 'image' takes "
+        f"pixels scaled to 0..1 (image decoders end in a sigmoid); the file stores uint8 "
+        f"with scale 1: write it with scale 255 (the default for uint8), as mmvm data "
+        f"prepare does"]
+    assert main(_args(tiny_polymnist, tmp_path / "run2")) == 0  # the made data: none
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_stop_right_after_the_checkpoint_is_written_says_it_is_this_runs(tmp_path):
     """Between the checkpoint's atomic write and the call that records it, the file's
     identity tells whose it is (the message must not say 'untouched')."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch  # noqa: F401 - mapped before the limit, as in a real run
 
 from mmvm.cli import main
-from mmvm.cli.data import check_problem
+from mmvm.cli.data_check import check_problem
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.data.labels import read_labels
 from mmvm.data.store import iter_site_batches, read_site_meta, read_site_table

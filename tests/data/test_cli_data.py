@@ -105,7 +105,7 @@ def test_split_writes_one_folder_per_site_named_as_asked(tmp_path, capsys):
     assert "5 distinct names needed" in capsys.readouterr().err
     assert main(["data", "split", *files, "--out", str(tmp_path / "x"),
                  "--names", "a,b,c,d,../e"]) == 2
-    assert "['../e'] are not plain folder names" in capsys.readouterr().err
+    assert "--names: site name '../e' holds a path separator" in capsys.readouterr().err
     assert main(["data", "split", files[0], files[0], "--out", str(tmp_path / "x")]) == 2
     assert "written over each other" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before anything was written

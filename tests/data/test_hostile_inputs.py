@@ -112,6 +112,15 @@ def _dup_columns(path: Path) -> None:
     pq.write_table(t, path)
 
 
+def _overflow(path: Path) -> None:
+    """Finite float32 values, but 3e37 / 1e-6 is inf in float32: training read inf
+    inputs and failed naming batch positions, while `data check` called it ok."""
+    values = np.ones(4 * 6, np.float32)
+    values[2 * 6 + 4] = -3e37
+    _site(path, tensor=pa.FixedSizeListArray.from_arrays(pa.array(values), 6),
+          meta=_tmeta([2, 3], scale=1e-6))
+
+
 def _extra(col: pa.Array) -> Callable[[Path], None]:
     return lambda path: _site(path, n=len(col), extra={"extra": col})
 
@@ -160,6 +169,11 @@ FILES: dict[str, tuple[Callable[[Path], None], list[str], list[str] | int]] = {
     "scale_text": (_meta(scale="255"), SCHEMA_READERS, ["column 'm0'", "number"]),
     "scale_bool": (_meta(scale=True), SCHEMA_READERS, ["column 'm0'", "number"]),
     "scale_zero": (_meta(scale=0), SCHEMA_READERS, ["column 'm0'", "> 0"]),
+    "value_overflows_scale": (_overflow, ["table", "stream", "memory", "streaming",
+                                          "check"],
+                              ["column 'm0'", "row 2", "id 's2'", "value -3e+37 divided "
+                               "by the column's scale 1e-06 overflows float32",
+                               "write the column with a larger scale"]),
     "duplicate_columns": (_dup_columns, SCHEMA_READERS, ["'extra'", "more than once"]),
     "nested_other": (_extra(pa.array([[1, 2], [3]])), SCHEMA_READERS,
                      ["column 'extra'", "one value per row"]),
@@ -387,6 +401,10 @@ def _write_args(n: int = 4) -> dict:
     (lambda a: a["sample_ids"].__setitem__(0, "e\u0301"), ["row 0", "NFC"]),
     (lambda a: a.update(scales={"m0": float("inf")}), ["column 'm0'", "scale"]),
     (lambda a: a.update(scales={"m0": 1e-310}), ["column 'm0'", "subnormal"]),
+    (lambda a: (a["tensors"]["m0"].__setitem__((1, 0, 2), 1e37),
+                a.update(scales={"m0": 1e-3})),
+     ["column 'm0'", "row 1", "id 's1'", "value 1e+37 divided by the column's scale "
+      "0.001 overflows float32"]),
     (lambda a: a["labels"].update(label=np.array([0, 2 ** 63 + 1, 0, 0], np.uint64)),
      ["column 'label'", "row 1", "id 's1'"]),
     (lambda a: a["labels"].update(label=np.array([0, 0, -3, 0])),

@@ -81,6 +81,10 @@ def test_invalid_layouts_raise(args, match):
     ([SiteSpec("x", ("a",), 0, 2)], r"modality 'a': its sites \['x'\] must hold shards 0\.\.n-1"),
     ([SiteSpec("x", ("a",)), SiteSpec("y", ("a",))], r"modality 'a'"),  # a held twice
     ([SiteSpec("x", ("a",), 0, 2), SiteSpec("y", ("a",), 1, 3)], r"modality 'a'"),
+    # a site's folder goes next to sites.json and the split's hidden staging files
+    ([SiteSpec("sites.json", ("a",))], r"site name 'sites\.json' is the layout's index"),
+    ([SiteSpec(".split-x", ("a",))], r"site name '\.split-x' starts with '\.'"),
+    ([SiteSpec("a/b", ("a",))], r"site name 'a/b' holds a path separator"),
 ])
 def test_invalid_site_sets_raise(sites, match):
     with pytest.raises(ValueError, match=match):
@@ -194,6 +198,47 @@ def test_split_rejects_unknown_modality_and_missing_file(source, tmp_path):
         split_sites(source["train"][0], tmp_path, site_layout("vertical", ["a", "z"]))
     with pytest.raises(DataError, match=r"nope\.parquet"):
         split_sites(tmp_path / "nope.parquet", tmp_path / "out", site_layout("vertical", MODS))
+
+
+@pytest.mark.parametrize("name", ["sites.json", "SITES.json", ".split-1", ".hidden", ".."])
+def test_a_reserved_site_name_is_refused_before_anything_is_written(source, tmp_path,
+                                                                     name):
+    """A site named sites.json made a folder where the index goes: every site file
+    was in place when writing sites.json failed (a half-written layout)."""
+    sites = [SiteSpec(name, ("a",)), SiteSpec("b", ("b",)), SiteSpec("c", ("c",))]
+    with pytest.raises(ValueError, match=r"^site name "):
+        split_sites([source["train"][0], source["test"][0]], tmp_path / "new", sites)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_site_left_without_rows_is_refused_when_asked_nothing_written(source, tmp_path):
+    """With allow_empty=False (mmvm data split) a shard that draws no row is refused
+    instead of written as an empty site file; an earlier layout stays as it was."""
+    one = write_site_table(tmp_path / "one.parquet", ["s-0", "s-1", "s-2"],
+                           {"a": np.zeros((3, 2), np.float32)}, None, {})
+    out = tmp_path / "out"
+    files = split_sites([source["train"][0]], out, site_layout("vertical", MODS))
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(DataError) as info:
+        split_sites([one], out, site_layout("horizontal", ["a"], 5), allow_empty=False)
+    assert str(info.value).startswith(
+        f"{one}: site 'site-") and "5 shards of 3 rows leave one empty: use at most 3 " \
+        "shards; an empty site file can be neither trained nor evaluated on, so nothing " \
+        "was written" in str(info.value)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert files == json.loads((out / "sites.json").read_text())["files"]
+    # by chance: 3 shards of 3 rows, drawn from the ids, leave one empty for this seed
+    seed = next(k for k in range(50) if not assignment(
+        ["s-0", "s-1", "s-2"], site_layout("horizontal", ["a"], 3), seed=k).any(0).all())
+    with pytest.raises(DataError, match=r"drew none of the 3 rows \(a row's shard "
+                                        r"follows from its sample id and the seed\): "
+                                        r"use fewer shards or another seed"):
+        split_sites([one], tmp_path / "new", site_layout("horizontal", ["a"], 3),
+                    seed=seed, allow_empty=False)
+    assert not (tmp_path / "new").exists()
+    # the library's default still writes it (the store reads empty files)
+    written = split_sites([one], tmp_path / "lib", site_layout("horizontal", ["a"], 5))
+    assert min(len(read_site_table(f["one"])) for f in written.values()) == 0
 
 
 def test_a_split_that_fails_partway_writes_no_file(source, tmp_path):

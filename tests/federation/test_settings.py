@@ -66,6 +66,34 @@ def test_bad_values_fail_naming_the_key(change, match):
         load_settings(app_run_config(**change))
 
 
+@pytest.mark.parametrize("key, what, example", [
+    ("out_dir", r"results \(<out-dir>/run-<id>/\)", "~/.mmvm/runs"),
+    ("state_dir", "the sites' model and optimizer state", "~/.mmvm/state"),
+    ("data_dir", "the simulation's default data", "~/.mmvm/data"),
+])
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_folder_setting_is_refused_naming_the_key(key, what, example, value):
+    """'' was read as Path(''): the server's results, the sites' state or the
+    simulation's data went into the current folder of whichever process ran."""
+    name = key.replace("_", "-")
+    with pytest.raises(ConfigError, match=rf"^run config: {name} = {value!r} names no "
+                       rf"folder: {what} would be written into the current folder of "
+                       rf"whichever process runs; give a folder, e\.g\. "
+                       rf"{name}='{example}'$"):
+        load_settings(app_run_config(**{key: value}))
+
+
+def test_empty_keys_dir_and_eval_data_keep_their_meaning_a_blank_one_is_refused():
+    s = load_settings(app_run_config(keys_dir="", eval_data=""))
+    assert s.keys_dir == "" and s.eval_data == ""  # documented: no keys, no evaluation
+    with pytest.raises(ConfigError, match=r"^run config: keys-dir = '  ' is blank; give a "
+                                          r"folder, or '' for no keys"):
+        load_settings(app_run_config(keys_dir="  "))
+    with pytest.raises(ConfigError, match=r"^run config: eval-data = ' ' is blank; give a "
+                                          r"folder, or '' for no server-side evaluation$"):
+        load_settings(app_run_config(eval_data=" "))
+
+
 def test_hippocampus_lookalike_knobs():
     """The simulation's hippocampus look-alike: defaults, the dense v1 preset, knobs."""
     from mmvm.data.hippocampus import DEFAULTS, DENSE_V1

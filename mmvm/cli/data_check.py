@@ -1,0 +1,140 @@
+"""``mmvm data check``: read every row of site files with all the store's checks and
+summarise them; every file is checked, whatever the others hold. Each modality's
+values as the model sees them (stored / scale) are shown; with ``--config`` they are
+checked against its likelihoods (:mod:`mmvm.data.value_ranges`) and its shapes, and
+without one a uint8 tensor stored with scale 1 (the model sees 0..255) is named."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmvm.cli import add_config_arguments, console
+from mmvm.cli.data_common import handles, printable
+
+
+def add_check(sub: argparse._SubParsersAction) -> None:
+    """Add ``mmvm data check``."""
+    c = sub.add_parser("check", help="validate site files and summarise them",
+                       description="Read every row of each file with all checks "
+                                   "(schema, ids, dtypes, NaN/inf, overflow once "
+                                   "scaled) and print a summary with each modality's "
+                                   "values as the model sees them (value / scale). "
+                                   "With --config, also the config's shapes (an error) "
+                                   "and the range its likelihoods expect (a warning). "
+                                   "Exit status 1 if any file is invalid.")
+    c.add_argument("files", nargs="+", metavar="FILE", help="site .parquet files")
+    add_config_arguments(c, None)
+    handles(c, run_check)
+
+
+def check_file(path: str) -> dict:
+    """Read every batch of a site file; summary dict, or raise DataError (also for a
+    file without rows, which training and evaluation cannot use)."""
+    from mmvm.data.store import DataError, iter_site_batches, read_site_meta
+
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder; give its site files, e.g. "
+                        f"{Path(path) / '*.parquet'}")
+    meta = read_site_meta(path)
+    rows, ranges = 0, {}
+    for batch in iter_site_batches(path, None, batch_size=4096):
+        rows += len(batch)
+        for name, x in batch.tensors.items():  # the model's input: value / scale
+            lo, hi = float(x.min()) / batch.scales[name], float(x.max()) / batch.scales[name]
+            old = ranges.get(name, (lo, hi))
+            ranges[name] = (min(old[0], lo), max(old[1], hi))
+    if rows == 0:
+        raise DataError(f"{path}: no rows; training and evaluation need at least one "
+                        f"sample (make or prepare the file again with samples)")
+    return {"rows": rows, "tensors": meta["tensors"], "labels": meta["labels"],
+            "columns": meta["columns"], "name": str(meta["dataset"].get("name", "")),
+            "ranges": ranges}
+
+
+def check_problem(path: str) -> tuple[dict | None, str | None]:
+    """``(summary, None)`` for a valid file, ``(None, why)`` otherwise: whatever a
+    file holds, :func:`check_file` is reported, never raised, so every file is
+    checked."""
+    from mmvm.data.store import DataError
+
+    try:
+        return check_file(path), None
+    except DataError as e:
+        return None, str(e)
+    except MemoryError as e:
+        return None, f"{path}: out of memory while checking ({e})"
+    except Exception as e:  # noqa: BLE001 - a check must not stop at one file
+        return None, (f"{path}: unexpected {type(e).__name__} while checking ({e}); "
+                      f"please report it, the file is not valid")
+
+
+def config_problems(cfg, path: str, summary: dict) -> tuple[str | None, list[str]]:
+    """``path`` against the config ``cfg``: a shape or vocabulary that does not fit
+    (an error), and values outside the range its likelihoods expect (warnings);
+    without a config, uint8 tensors stored with scale 1."""
+    from mmvm.data import check_data_fits
+    from mmvm.data.store import DataError
+    from mmvm.data.value_ranges import unscaled_pixels, value_warnings
+
+    ranges, stored = summary["ranges"], summary["tensors"]
+    if cfg is None:
+        return None, [f"{path}: {w}" for n, (_, hi) in ranges.items()
+                      if (w := unscaled_pixels(n, stored[n], hi))]
+    names = [m.name for m in cfg.model.modalities]
+    if not set(names) & set(stored):
+        return (f"{path}: holds none of the modalities of {cfg.source} ({names}); it "
+                f"has {list(stored)}"), []
+    try:
+        check_data_fits(cfg.model.modalities, path, cfg.source)
+    except DataError as e:
+        return str(e), []
+    return None, [w for spec in cfg.model.modalities if spec.name in ranges
+                  for w in value_warnings(path, spec, stored[spec.name],
+                                          *ranges[spec.name], cfg.train.amp)]
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    from mmvm.config import load_config
+
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    if args.overrides and cfg is None:
+        raise ValueError("--set changes a --config; give the config too")
+    table = Table(title="site files")
+    for col in ("file", "status", "rows", "modalities", "labels", "dataset"):
+        # a long path wraps onto further lines instead of being cut with "…"
+        table.add_column(col, overflow="fold", min_width=12 if col == "file" else None)
+    errors, warnings = [], []
+    for f in args.files:
+        s, problem = check_problem(f)
+        if problem is None:
+            problem, said = config_problems(cfg, f, s)
+            warnings += said
+        if problem is not None:
+            errors.append(problem)
+            table.add_row(Text(printable(f)), Text("invalid", style="red"), "", "", "", "")
+            continue
+        mods = "\n".join(f"{n} {'x'.join(map(str, t['shape']))} {t['dtype']} "
+                         f"{_values(*s['ranges'][n])}"
+                         for n, t in s["tensors"].items()) or "-"
+        labels = ", ".join(s["labels"])
+        if len(labels) > 60:
+            labels = f"{len(s['labels'])} columns"
+        table.add_row(Text(printable(f)), Text("ok", style="green"), str(s["rows"]),
+                      Text(printable(mods, 400)), Text(printable(labels) or "-"),
+                      Text(printable(s["name"], 60)))
+    console().print(table)
+    for w in warnings:
+        print(f"warning: {printable(w, 2000)}", file=sys.stderr)
+    for e in errors:
+        print(f"error: {printable(e, 2000)}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _values(lo: float, hi: float) -> str:
+    """``0..1``: a modality's values as the model sees them."""
+    return f"{lo + 0.0:.3g}..{hi + 0.0:.3g}"  # never -0

@@ -1,0 +1,120 @@
+"""Each modality's values as the model sees them (stored value / the file's scale),
+against the range its likelihood and network expect.
+
+A file can hold valid values the model was not built for: uint8 pixels written with
+scale 1 reach the model as 0..255, while an image decoder ends in a sigmoid (0..1) and
+a Bernoulli likelihood takes targets in 0..1. Training on them runs, and learns
+nothing useful, without a word. :func:`range_warnings` reads each tensor's minimum and
+maximum from the Parquet statistics (the file's metadata: no row is read) and says
+where they leave the expected range; :func:`unscaled_pixels` is what ``mmvm data
+check`` can say without a config (uint8 stored with scale 1). Warnings, not errors: a
+modality may be meant so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+FLOAT16_MAX = 65504.0  # train.amp = "fp16" casts the network's input to float16
+
+
+def expected_range(spec) -> tuple[float, float, str] | None:
+    """``(low, high, why)`` of the values a modality ``spec`` (a
+    :class:`~mmvm.config.ModalitySpec`) expects, or None where any value goes (a
+    vector with a laplace, gaussian or mse likelihood)."""
+    if spec.likelihood == "categorical":
+        top = spec.classes - 1
+        return 0.0, float(top), f"token ids 0..{top} (classes = {spec.classes})"
+    if spec.likelihood == "bernoulli":
+        return 0.0, 1.0, "likelihood 'bernoulli' takes targets in 0..1"
+    if spec.likelihood == "poisson":
+        return 0.0, math.inf, "likelihood 'poisson' takes counts >= 0"
+    if spec.kind == "image":
+        return 0.0, 1.0, "kind 'image' takes pixels scaled to 0..1 (image decoders " \
+                         "end in a sigmoid)"
+    return None
+
+
+def file_ranges(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
+    """Modality -> (min, max) of its values divided by the file's scale, from the
+    Parquet statistics of every row group; a modality some row group has no
+    statistics for is left out (unknown, never guessed)."""
+    from mmvm.data.store import open_parquet, read_layout
+
+    pf = open_parquet(path)
+    layout = read_layout(pf, str(path))
+    md = pf.metadata
+    leaves = {md.schema.column(i).path: i for i in range(md.num_columns)}
+    out = {}
+    for name, spec in layout.specs.items():
+        col = next((leaves[p] for p in (f"{name}.list.element", f"{name}.list.item")
+                    if p in leaves), None)
+        bounds = [_bounds(md.row_group(g).column(col)) for g in range(md.num_row_groups)
+                  if md.row_group(g).num_rows] if col is not None else []
+        if bounds and all(b is not None for b in bounds):
+            out[name] = (min(b[0] for b in bounds) / spec["scale"],
+                         max(b[1] for b in bounds) / spec["scale"])
+    return out
+
+
+def _bounds(chunk) -> tuple[float, float] | None:
+    stats = chunk.statistics
+    if stats is None or not stats.has_min_max:
+        return None
+    try:
+        lo, hi = float(stats.min) + 0.0, float(stats.max) + 0.0  # Parquet's min -0.0
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo <= hi else None
+
+
+def range_warnings(specs: Sequence, paths: str | os.PathLike | Sequence,
+                   amp: str = "off") -> list[str]:
+    """One line for each modality of ``specs`` in each file of ``paths`` whose values
+    (stored / scale, from the Parquet statistics) leave the range
+    :func:`expected_range` gives, or, under ``amp = "fp16"``, float16's."""
+    from mmvm.data.store import read_site_meta
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    lines = []
+    for p in paths:
+        ranges, stored = file_ranges(p), read_site_meta(p)["tensors"]
+        lines += [line for spec in specs if spec.name in ranges
+                  for line in value_warnings(p, spec, stored[spec.name],
+                                             *ranges[spec.name], amp)]
+    return lines
+
+
+def value_warnings(path, spec, stored: dict, lo: float, hi: float,
+                   amp: str = "off") -> list[str]:
+    """What is wrong with modality ``spec``'s values ``lo..hi`` (stored / scale) in
+    ``path``, whose tensor is ``stored`` (``dtype``, ``scale``): outside
+    :func:`expected_range`, or beyond float16 under ``amp = "fp16"``."""
+    where = f"{path}: modality {spec.name!r} holds values {lo:.4g}..{hi:.4g}"
+    lines = []
+    expected = expected_range(spec)
+    if expected and (lo < expected[0] or hi > expected[1]):
+        fix = ("the file stores uint8 with scale 1: write it with scale 255 (the "
+               "default for uint8), as mmvm data prepare does"
+               if unscaled_pixels(spec.name, stored, hi) else
+               "rescale the data, or write it with a scale that brings it there")
+        lines.append(f"{where} (stored value / the file's scale), outside "
+                     f"{expected[0]:g}..{expected[1]:g}: {expected[2]}; {fix}")
+    if amp == "fp16" and max(-lo, hi) > FLOAT16_MAX:
+        lines.append(f"{where}, beyond float16's {FLOAT16_MAX:g}: train.amp = 'fp16' "
+                     f"makes them inf; use amp = 'bf16' or 'off', or write the data "
+                     f"with a larger scale")
+    return lines
+
+
+def unscaled_pixels(name: str, stored: dict, hi: float) -> str | None:
+    """What ``mmvm data check`` says without a config of a uint8 tensor ``stored``
+    with scale 1 whose values exceed 1: the model sees 0..255."""
+    if stored["dtype"] != "uint8" or stored["scale"] != 1.0 or hi <= 1:
+        return None
+    return (f"modality {name!r} is uint8 stored with scale 1: the model sees values "
+            f"0..{hi:g}; images and bernoulli targets are expected in 0..1 (scale 255, "
+            f"the default for uint8); counts are fine as they are (check against a "
+            f"config's likelihoods: --config)")

@@ -1,0 +1,94 @@
+"""``mmvm data check`` on real files, as a user runs it: values the model would see
+wrongly (uint8 pixels stored with scale 1, values outside a likelihood's range) are
+named as warnings, values that overflow once scaled as errors naming the sample id;
+nothing is written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmvm.data.store import read_site_table, write_site_table
+
+ROOT = Path(__file__).resolve().parents[2]
+POLYMNIST = str(ROOT / "configs" / "polymnist.toml")
+
+
+def _check(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmvm.cli", "data", "check", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def unscaled(tiny_polymnist, tmp_path_factory) -> Path:
+    """The tiny PolyMNIST train file with m0 written with scale 1 (0..255)."""
+    t = read_site_table(tiny_polymnist / "train.parquet")
+    return write_site_table(tmp_path_factory.mktemp("u") / "train.parquet", t.sample_ids,
+                            t.tensors, t.labels, {}, scales={"m0": 1.0})
+
+
+def test_uint8_stored_with_scale_one_is_a_warning_with_the_values(unscaled, tmp_path):
+    res = _check(str(unscaled), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "m0 3x28x28 uint8 0..255" in res.stdout and "m1 3x28x28 uint8 0..1" in res.stdout
+    assert res.stderr.strip().splitlines() == [
+        f"warning: {unscaled}: modality 'm0' is uint8 stored with scale 1: the model sees "
+        f"values 0..255; images and bernoulli targets are expected in 0..1 (scale 255, "
+        f"the default for uint8); counts are fine as they are (check against a config's "
+        f"likelihoods: --config)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_with_a_config_the_likelihoods_range_is_checked(unscaled, tiny_polymnist,
+                                                        tmp_path):
+    res = _check(str(unscaled), str(tiny_polymnist / "test.parquet"), "--config",
+                 POLYMNIST, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"warning: {unscaled}: modality 'm0' holds values 0..255 (stored value / the "
+        f"file's scale), outside 0..1: kind 'image' takes pixels scaled to 0..1 (image "
+        f"decoders end in a sigmoid); the file stores uint8 with scale 1: write it with "
+        f"scale 255 (the default for uint8), as mmvm data prepare does"]
+
+
+def test_with_a_config_a_shape_that_does_not_fit_is_an_error(tiny_polymnist, tmp_path):
+    res = _check(str(tiny_polymnist / "test.parquet"), "--config", POLYMNIST, "--set",
+                 "model.modalities.m1.shape=[1, 28, 28]", cwd=tmp_path)
+    assert res.returncode == 1
+    assert (f"error: {tiny_polymnist / 'test.parquet'}: m1 is [3, 28, 28] there, "
+            f"[1, 28, 28] in {POLYMNIST} (model.modalities.m1.shape)") in res.stderr
+    res = _check(str(tiny_polymnist / "test.parquet"), "--config",
+                 str(ROOT / "configs" / "hippocampus.toml"), cwd=tmp_path)
+    assert res.returncode == 1 and "holds none of the modalities of" in res.stderr
+    res = _check(str(tiny_polymnist / "test.parquet"), "--set", "train.amp='fp16'",
+                 cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "mmvm data check: error: --set changes a --config; give the config too")
+
+
+def test_a_value_that_overflows_once_scaled_is_an_error_naming_the_sample(tmp_path):
+    """3e37 with scale 1e-6: finite on disk, inf as the model's input. It passed the
+    check; training then stopped on NaN/inf at batch positions, naming no sample."""
+    values = np.zeros(4 * 3, np.float32)
+    values[2 * 3 + 1] = 3e37
+    table = pa.table({"sample_id": pa.array([f"s{i}" for i in range(4)]),
+                      "x": pa.FixedSizeListArray.from_arrays(pa.array(values), 3)})
+    table = table.replace_schema_metadata(
+        {b"mmvm.tensor.x": b'{"shape": [3], "dtype": "float32", "scale": 1e-6}'})
+    path = tmp_path / "big.parquet"
+    pq.write_table(table, path)
+    res = _check(str(path), cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == (
+        f"error: {path}: column 'x', row 2 (id 's2'): value 3e+37 divided by the "
+        f"column's scale 1e-06 overflows float32 (the model's input is value / scale, at "
+        f"most 3.403e+38): write the column with a larger scale")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.parquet"]
