@@ -4,6 +4,10 @@ and the files a centralized run folder holds with its checkpoint.
 ``mmvm train`` writes ``checkpoint.pt`` and, right after it and from it,
 ``config.json`` and ``metrics.csv`` (:func:`save_run`): the three describe one model
 (metrics.csv may run a few epochs ahead of the checkpoint, never behind it).
+
+A checkpoint is serialized in memory first and then written whole, so a full disk is
+one :class:`~mmvm.atomic.WriteError` naming the file (torch's own writer would turn it
+into an opaque RuntimeError).
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ MODEL_KEYS = ("config", "model")
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """torch.save ``state`` atomically (mode 0600)."""
-    atomic_write(path, lambda fh: torch.save(state, fh))
+    write_torch(path, state)
+
+
+def write_torch(path: str | Path, obj: Any) -> None:
+    """torch.save ``obj`` into memory, then write the bytes atomically (mode 0600): an
+    error while writing is a :class:`~mmvm.atomic.WriteError` naming ``path`` (the
+    file there is intact), never torch's "unexpected pos" RuntimeError."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getbuffer())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

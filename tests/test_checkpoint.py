@@ -1,6 +1,6 @@
 """Checkpoints load without unpickling code: a file from elsewhere cannot run code; an
-unreadable one is one line naming it; a run folder's files are checked before any work
-and written together."""
+unreadable one is one line naming it, and so is a full disk; a run folder's files are
+checked before any work and written together."""
 
 from __future__ import annotations
 
@@ -156,3 +156,30 @@ def test_save_run_writes_config_and_metrics_from_the_checkpoint(tmp_path):
     stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     write_companions(run, state)
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamps
+
+
+# ------------------------------------------------------------------- a full disk
+def _state(**fields) -> dict:
+    """A training checkpoint's fields (as mmvm train writes them), ``fields`` on top."""
+    history = [{"epoch": 1, "step": 3, "loss": 2.5, "rec_nll": 2.0, "reg": 0.5,
+                "alpha": 0.0, "seconds": 0.1}]
+    return {"config": {"train": {"lr": 0.001}}, "model": {"enc.w": torch.ones(2, 3)},
+            "optimizer": {"state": {}, "param_groups": [{"params": [0]}]}, "epoch": 1,
+            "step": 3, "history": history, **fields}
+
+
+def test_a_full_disk_while_saving_is_named_not_torchs_runtime_error(tmp_path, monkeypatch):
+    """torch.save straight into the file turned ENOSPC into "unexpected pos";
+    serialized in memory first, the write's own error names the checkpoint."""
+    from tests.support.full_disk import disk_with_room
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _state())
+    before = path.read_bytes()
+    disk_with_room(monkeypatch, 4096)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, _state(model={"enc.w": torch.ones(100, 100)}))
+    assert str(info.value).startswith(f"could not write {path}: No space left on device")
+    assert str(info.value).endswith("; the previous checkpoint.pt is intact")
+    monkeypatch.undo()
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]

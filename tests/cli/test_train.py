@@ -1,7 +1,7 @@
 """``mmvm train`` on real files: the run folder always describes one model (a --fresh
-run replaces the old one only with its first checkpoint; Ctrl-C and divergence leave
-what was there), and bad places, devices, checkpoints and data are one line, exit 2,
-before any work."""
+run replaces the old one only with its first checkpoint; Ctrl-C, a full disk and
+divergence leave what was there), and bad places, devices, checkpoints and data
+are one line, exit 2, before any work."""
 
 from __future__ import annotations
 
@@ -131,6 +131,43 @@ def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130(tiny_polymnist, tmp_p
                         r"intact|this run's checkpoint in .* is intact \(a resume rewrites "
                         r"its config.json and metrics.csv\)); run the same command to "
                         r"resume from it\n", err), err
+
+
+def _train_process(root, out, *extra, preexec=None) -> subprocess.Popen:
+    """A real ``python -m mmvm train`` (one thread) in its own process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mmvm", *_args(root, out, *extra)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out.parent,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=preexec)
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_previous_one(
+        tiny_polymnist, tmp_path):
+    """A real refusal by the kernel: the file size limit (RLIMIT_FSIZE) lets the
+    metrics through but not a checkpoint; torch's writer used to turn that into
+    "unexpected pos". The folder stays as it was, with no temp file."""
+    import resource
+
+    out = tmp_path / "run"
+    assert main(_args(tiny_polymnist, out)) == 0
+    before = blobs(out)
+    limit = len(before["checkpoint.pt"]) // 4
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = _train_process(tiny_polymnist, out, "--set", "train.epochs=2",
+                          preexec=small_files)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    ckpt = out / "checkpoint.pt"
+    assert err == (f"mmvm train: error: could not write {ckpt}: File too large (is the "
+                   f"file system of {out} full, or a quota or file size limit hit?); the "
+                   "previous checkpoint.pt is intact\n")
+    assert blobs(out) == before
+    assert main(_args(tiny_polymnist, out, "--set", "train.epochs=2")) == 0  # room again
 
 
 # --------------------------------------------------------- refused before any work
