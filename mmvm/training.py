@@ -297,7 +297,8 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> dict[str, An
                          "choose another train.out_dir") from None
     raw = {k: v for k, v in dict(state["config"]).items() if k != "source"}
     # keys a checkpoint predating them lacks take their defaults (the old behaviour)
-    raw["data"] = {**dataclasses.asdict(DataConfig()), **raw.get("data", {})}
+    if isinstance(raw.get("data", {}), dict):  # else config_from_dict names it
+        raw["data"] = {**dataclasses.asdict(DataConfig()), **raw.get("data", {})}
     saved, now = config_to_dict(config_from_dict(raw, source=str(path))), config_to_dict(cfg)
     for d in (saved, now):  # the epoch budget may grow on resume; nothing else may change
         # ... and the run folder may have moved since (out_dir is where, not what)
@@ -320,7 +321,12 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> dict[str, An
             "train.out_dir, or start over (mmvm train --fresh)"
         )
     _load_weights(model, state, path)
-    accel.load_optimizer_state(optimizer, state["optimizer"])
+    try:
+        accel.load_optimizer_state(optimizer, state["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path}: its optimizer state does not fit the model "
+                         f"({type(err).__name__}: {str(err)[:200]}); start over with "
+                         "`mmvm train --fresh` or choose another train.out_dir") from None
     return state
 
 

@@ -1,6 +1,6 @@
 """Checkpoints load without unpickling code: a file from elsewhere cannot run code; an
-unreadable one is one line naming it, and so is a full disk; a run folder's files are
-checked before any work and written together."""
+unreadable one is one line naming it, and so is an edited field or a full disk; a run
+folder's files are checked before any work and written together."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from mmvm.checkpoint import (
     METRIC_FIELDS,
     MODEL_KEYS,
     RUN_FILES,
+    STATE_KEYS,
     check_run_folder,
     load_checkpoint,
     save_checkpoint,
@@ -158,7 +159,7 @@ def test_save_run_writes_config_and_metrics_from_the_checkpoint(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamps
 
 
-# ------------------------------------------------------------------- a full disk
+# ------------------------------------------------------- a full disk, edited fields
 def _state(**fields) -> dict:
     """A training checkpoint's fields (as mmvm train writes them), ``fields`` on top."""
     history = [{"epoch": 1, "step": 3, "loss": 2.5, "rec_nll": 2.0, "reg": 0.5,
@@ -183,3 +184,43 @@ def test_a_full_disk_while_saving_is_named_not_torchs_runtime_error(tmp_path, mo
     assert str(info.value).endswith("; the previous checkpoint.pt is intact")
     monkeypatch.undo()
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("epoch", "x", "epoch is 'x', not a whole number >= 0"),
+    ("epoch", -1, "epoch is -1, not a whole number >= 0"),
+    ("epoch", True, "epoch is True, not a whole number >= 0"),
+    ("step", None, "step is None, not a whole number >= 0"),
+    ("step", 2.5, "step is 2.5, not a whole number >= 0"),
+    ("history", 5, "history is an int, not a list of metrics rows"),
+    ("history", [1], "history row 0 is an int, not a table of metrics"),
+    ("config", [], "config is a list, not a table"),
+    ("model", 5, "model is an int, not a table of weight tensors"),
+    ("model", {"enc.w": [1.0]}, "model entry 'enc.w' is a list, not a weight tensor"),
+])
+def test_a_checkpoint_with_an_edited_field_is_refused_naming_it(tmp_path, field, value,
+                                                                said):
+    path = tmp_path / "checkpoint.pt"
+    torch.save(_state(**{field: value}), path)
+    for keys in (STATE_KEYS, MODEL_KEYS):
+        with pytest.raises(ValueError) as info:
+            training_state(path, keys=keys)
+        assert str(info.value) == (f"checkpoint {path}: {said}; mmvm never writes that "
+                                   "(the file was edited or damaged)")
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("optimizer", 5, "optimizer is not an optimizer's state (a table of state and "
+                     "param_groups)"),
+    ("history", [], "history has 0 rows for epoch 1 (one per epoch)"),
+    ("history", [{"epoch": 1, "bogus": 2}], "history row 0 has 'bogus', not a "
+                                            "metrics.csv column"),
+])
+def test_what_only_a_resume_needs_is_checked_for_a_resume(tmp_path, field, value, said):
+    path = tmp_path / "checkpoint.pt"
+    torch.save(_state(**{field: value}), path)
+    with pytest.raises(ValueError) as info:
+        training_state(path)
+    assert str(info.value) == (f"checkpoint {path}: {said}; mmvm never writes that "
+                               "(the file was edited or damaged)")
+    assert training_state(path, keys=MODEL_KEYS)[field] == value  # a model to evaluate

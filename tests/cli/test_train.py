@@ -170,6 +170,28 @@ def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_previous_one(
     assert main(_args(tiny_polymnist, out, "--set", "train.epochs=2")) == 0  # room again
 
 
+@pytest.mark.parametrize("field, value, said", [
+    ("epoch", "x", "epoch is 'x', not a whole number >= 0"),
+    ("history", 5, "history is an int, not a list of metrics rows"),
+    ("config", [], "config is a list, not a table"),
+])
+def test_a_checkpoint_with_an_edited_field_is_one_line_naming_it(
+        tiny_polymnist, tmp_path, capsys, field, value, said):
+    out = tmp_path / "run"
+    assert main(_args(tiny_polymnist, out)) == 0
+    state = torch.load(out / "checkpoint.pt")
+    torch.save({**state, field: value}, out / "checkpoint.pt")
+    before = blobs(out)
+    capsys.readouterr()
+    assert main(_args(tiny_polymnist, out, "--set", "train.epochs=2")) == 2
+    assert capsys.readouterr().err == (
+        f"mmvm train: error: checkpoint {out / 'checkpoint.pt'}: {said}; mmvm never "
+        "writes that (the file was edited or damaged); start over with `mmvm train "
+        "--fresh` (the file is replaced when the new run's first checkpoint is written) "
+        "or choose another train.out_dir\n")
+    assert blobs(out) == before
+
+
 # --------------------------------------------------------- refused before any work
 def test_an_out_dir_that_cannot_hold_the_run_is_refused_first(tiny_polymnist, tmp_path,
                                                               capsys):
