@@ -7,9 +7,9 @@ and the files a centralized run folder holds with its checkpoint.
 
 A checkpoint is serialized in memory first and then written whole, so a full disk is
 one :class:`~mmvm.atomic.WriteError` naming the file (torch's own writer would turn it
-into an opaque RuntimeError), and a checkpoint read for a resume, an evaluation
-or an encoding is checked field by field (:func:`training_state`): an edited or
-damaged one is one line naming the field.
+into an opaque RuntimeError); weights holding NaN or inf are never written, and a
+checkpoint read for a resume, an evaluation or an encoding is checked field by field
+(:func:`training_state`): an edited or damaged one is one line naming the field.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from mmvm.atomic import atomic_write, existing_part
+from mmvm.finite import nonfinite_tensor
 
 METRIC_FIELDS = ["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"]
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.csv")  # what mmvm train writes
@@ -34,7 +35,13 @@ MODEL_KEYS = ("config", "model")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save ``state`` atomically (mode 0600)."""
+    """torch.save ``state`` atomically (mode 0600); ValueError, nothing written, when
+    its ``model`` weights hold NaN or inf."""
+    weights = state.get("model") if isinstance(state, dict) else None
+    bad = nonfinite_tensor(weights) if isinstance(weights, dict) else None
+    if bad:
+        raise ValueError(f"refusing to write {path}: the model's weight {bad}; the "
+                         "training diverged (the previous checkpoint, if any, is kept)")
     write_torch(path, state)
 
 
@@ -80,9 +87,9 @@ def _unreadable(path: Path) -> str:
 def training_state(path: Path, map_location: str | torch.device = "cpu",
                    keys: tuple[str, ...] = STATE_KEYS) -> dict[str, Any]:
     """A run's checkpoint holding ``keys`` (default: all a resume needs), each of its
-    type (:func:`field_problem`); ValueError naming the file for one that cannot be
-    read or holds something else (e.g. a coherence judge's, or a federated run's for
-    a resume) or an edited field."""
+    type (:func:`field_problem`) and its weights finite; ValueError naming the file
+    for one that cannot be read or holds something else (e.g. a coherence judge's,
+    or a federated run's for a resume), an edited field, or NaN weights."""
     state = load_checkpoint(path, map_location=map_location)
     missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
     if missing:
@@ -92,6 +99,10 @@ def training_state(path: Path, map_location: str | torch.device = "cpu",
     if problem:
         raise ValueError(f"checkpoint {path}: {problem}; mmvm never writes that (the file "
                          "was edited or damaged)")
+    bad = nonfinite_tensor(state["model"])
+    if bad:
+        raise ValueError(f"checkpoint {path}: the model's weight {bad}; the training "
+                         "diverged before it was written")
     return state
 
 

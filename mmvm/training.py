@@ -11,7 +11,8 @@ three describe one model; between checkpoints metrics.csv gains each epoch's row
 divergence's lead-up is on disk), except over an earlier run's checkpoint that this run
 has not replaced yet: a ``resume=False`` run that fails or is stopped before its first
 checkpoint leaves such a folder as it was. A resume rewrites the two from the
-checkpoint it resumes (rows ahead of it are dropped).
+checkpoint it resumes (rows ahead of it are dropped). A model whose weights hold NaN
+or inf is never checkpointed (:class:`TrainingDivergedError`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mmvm.checkpoint import (
 )
 from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
 from mmvm.config_ranges import device_problem
+from mmvm.finite import nonfinite_tensor
 from mmvm.model import MultimodalVAE
 from mmvm.noise import aux_noise, step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
@@ -251,6 +253,7 @@ def train(
                    "alpha": alpha_at(step), "seconds": time.perf_counter() - t0}
             history.append(row)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+                _refuse_nonfinite(model, epoch + 1, step)
                 save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history))
                 own = True
                 if on_checkpoint is not None:
@@ -265,6 +268,14 @@ def _bar_text(epoch: int, cfg: ExperimentConfig, sums: dict[str, float], count: 
     """The bar's label: the epoch and its running mean loss (sample-weighted, as the
     epoch's row in metrics.csv), not the last batch's loss."""
     return f"epoch {epoch + 1}/{cfg.train.epochs} mean loss {sums['loss'] / count:.1f}"
+
+
+def _refuse_nonfinite(model: MultimodalVAE, epoch: int, step: int) -> None:
+    """A model with NaN or inf weights is not checkpointed: the last one stays."""
+    bad = nonfinite_tensor(model.state_dict())
+    if bad:
+        raise TrainingDivergedError(f"after epoch {epoch} (step {step}) the model's weight "
+                                    f"{bad}; not checkpointed; lower train.lr")
 
 
 def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Checkpoints load without unpickling code: a file from elsewhere cannot run code; an
-unreadable one is one line naming it, and so is an edited field or a full disk; a run
-folder's files are checked before any work and written together."""
+unreadable one is one line naming it, and so is an edited field, NaN weights or a full
+disk; a run folder's files are checked before any work and written together."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_save_run_writes_config_and_metrics_from_the_checkpoint(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamps
 
 
-# ------------------------------------------------------- a full disk, edited fields
+# ------------------------------------------------------- a full disk, diverged weights
 def _state(**fields) -> dict:
     """A training checkpoint's fields (as mmvm train writes them), ``fields`` on top."""
     history = [{"epoch": 1, "step": 3, "loss": 2.5, "rec_nll": 2.0, "reg": 0.5,
@@ -184,6 +184,27 @@ def test_a_full_disk_while_saving_is_named_not_torchs_runtime_error(tmp_path, mo
     assert str(info.value).endswith("; the previous checkpoint.pt is intact")
     monkeypatch.undo()
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_neither_written_nor_loaded(tmp_path, bad):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _state())
+    before = path.read_bytes()
+    weights = {"enc.w": torch.ones(2, 3), "dec.b": torch.tensor([0.0, bad, bad])}
+    with pytest.raises(ValueError) as info:
+        save_checkpoint(path, _state(model=weights))
+    assert str(info.value) == (f"refusing to write {path}: the model's weight dec.b (2 "
+                               "of its 3 values are NaN or infinite); the training "
+                               "diverged (the previous checkpoint, if any, is kept)")
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]
+    torch.save(_state(model=weights), path)  # written by other means
+    for keys in (STATE_KEYS, MODEL_KEYS):
+        with pytest.raises(ValueError) as info:
+            training_state(path, keys=keys)
+        assert str(info.value) == (f"checkpoint {path}: the model's weight dec.b (2 of its "
+                                   "3 values are NaN or infinite); the training diverged "
+                                   "before it was written")
 
 
 @pytest.mark.parametrize("field, value, said", [

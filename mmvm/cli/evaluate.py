@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from mmvm.config import config_from_dict, load_config
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run, evaluated_with
+    from mmvm.finite import finite_latents
     from mmvm.training import load_trained_model
 
     own = args.config is None and args.run is not None  # the run's own config
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
         classifiers = classifiers_for(cfg, device, log=print,
                                       progress=False if args.no_progress else None)
-    result = evaluate_run(cfg, model, train_set, test_set, classifiers)
+    with finite_latents(model, source):  # a diverged model: named, not sklearn's NaN
+        result = evaluate_run(cfg, model, train_set, test_set, classifiers)
     result["run"] = str(run_dir)
     result["epoch"] = state.get("epoch")
     result["settings"] = evaluated_with(cfg, train_set, test_set)
@@ -112,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         from mmvm.plots import generation_grid
 
-        grid = generation_grid(model, test_set, run_dir / "generations.png",
-                               method=cfg.model.method)
+        with finite_latents(model, source):
+            grid = generation_grid(model, test_set, run_dir / "generations.png",
+                                   method=cfg.model.method)
         print(f"wrote {grid}")
     return 0
 

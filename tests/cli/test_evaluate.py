@@ -1,6 +1,7 @@
 """``mmvm evaluate``: clear errors, the data a run trained on (its own config, a
 deployment's sites' folders, another config's data noted), eval.json and the
-generations, earlier evaluations kept."""
+generations, earlier evaluations kept; a diverged model (NaN weights, overflowing
+latents) is named by evaluate and encode alike."""
 
 from __future__ import annotations
 
@@ -219,6 +220,90 @@ def test_a_corrupted_checkpoint_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"mmvm evaluate: error: checkpoint {tmp_path / 'checkpoint.pt'} cannot be read: it "
         "is not a torch checkpoint, or it is truncated (a partial copy or download)\n")
+
+
+def _diverged(run: Path, value: float) -> str:
+    """Set ``run``'s checkpoint's first m0 encoder weight to ``value`` (as a diverged
+    run would have left it, written by other means); its name."""
+    state = torch.load(run / "checkpoint.pt")
+    name = next(k for k in state["model"] if k.startswith("encoders.m0.")
+                and k.endswith("weight"))
+    state["model"][name].fill_(value)
+    torch.save(state, run / "checkpoint.pt")
+    return name
+
+
+@pytest.mark.parametrize("command", ["evaluate", "encode"])
+def test_nan_weights_are_refused_naming_the_checkpoint_and_tensor(trained, tmp_path,
+                                                                  capsys, command):
+    """evaluate used to die in scikit-learn ("Input X contains NaN"), encode to write
+    NaN latents with exit 0."""
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    name = _diverged(run, float("nan"))
+    before = sorted(p.name for p in run.iterdir())
+    out = tmp_path / "latents.parquet"
+    argv = (["evaluate", "--run", str(run), "--no-coherence", "--no-plot"]
+            if command == "evaluate" else
+            ["encode", "--run", str(run), str(trained / "test.parquet"), "--out", str(out),
+             "--no-progress"])
+    assert main([*argv, "--device", "cpu"]) == 2
+    n = torch.load(run / "checkpoint.pt")["model"][name].numel()
+    assert capsys.readouterr().err == (
+        f"mmvm {command}: error: checkpoint {run / 'checkpoint.pt'}: the model's weight "
+        f"{name} ({n} of its {n} values are NaN or infinite); the training diverged "
+        "before it was written\n")
+    assert sorted(p.name for p in run.iterdir()) == before and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "encode"])
+def test_weights_that_overflow_the_latents_are_refused_naming_the_checkpoint(
+        trained, tmp_path, capsys, command):
+    """Huge but finite weights: every weight loads, the latents overflow (1e30 x an
+    input): named before scikit-learn sees a NaN or a table of them is written."""
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    _diverged(run, 1e30)
+    out = tmp_path / "latents.parquet"
+    argv = (["evaluate", "--run", str(run), "--no-coherence"] if command == "evaluate" else
+            ["encode", "--run", str(run), str(trained / "test.parquet"), "--out", str(out),
+             "--no-progress"])
+    assert main([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmvm {command}: error: {run / 'checkpoint.pt'}: the model "
+                          "gives NaN, infinite or overflowing latents (")
+    assert "of modality m0, beyond 1e+15): its training diverged before this checkpoint " \
+        "was written; train again with a lower train.lr" in err and err.count("\n") == 1
+    assert not (run / "eval.json").exists() and not (run / "generations.png").exists()
+    assert not out.exists()
+
+
+def test_a_site_state_with_nan_weights_is_refused_by_encode(trained, tmp_path, capsys):
+    from mmvm.cli import main
+    from mmvm.config import load_config
+    from mmvm.training import build_model
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\nlatent_dim = 8\n' + "".join(
+        f'[model.modalities.{m}]\nkind = "vector"\nshape = [64]\nscale = 0.3\n'
+        f'width = 64\nlayers = 1\n' for m in NAMES))
+    model = build_model(load_config(str(toml), []), ["m1"])
+    weights = model.state_dict()
+    name = next(iter(weights))
+    weights[name].fill_(float("inf"))
+    torch.save({"names": ["m1"], "model": weights}, tmp_path / "site-b.pt")
+    out = tmp_path / "latents.parquet"
+    assert main(["encode", "--site-state", str(tmp_path / "site-b.pt"), "--config",
+                 str(toml), str(trained / "test.parquet"), "--out", str(out),
+                 "--no-progress", "--device", "cpu"]) == 2
+    n = weights[name].numel()
+    assert capsys.readouterr().err == (
+        f"mmvm encode: error: {tmp_path / 'site-b.pt'}: the site's weight {name} ({n} of "
+        f"its {n} values are NaN or infinite); its training diverged before the state "
+        "was written\n")
+    assert not out.exists()
 
 
 def test_a_set_of_the_model_is_noted_as_ignored(trained, tmp_path, capsys):
