@@ -1,7 +1,7 @@
 """``mmvm evaluate``: clear errors, the data a run trained on (its own config, a
 deployment's sites' folders, another config's data noted), eval.json and the
-generations, earlier evaluations kept; a diverged model (NaN weights, overflowing
-latents) is named by evaluate and encode alike."""
+generations, earlier evaluations kept (a failed write loses none); a diverged model
+(NaN weights, overflowing latents) is named by evaluate and encode alike."""
 
 from __future__ import annotations
 
@@ -304,6 +304,45 @@ def test_a_site_state_with_nan_weights_is_refused_by_encode(trained, tmp_path, c
         f"its {n} values are NaN or infinite); its training diverged before the state "
         "was written\n")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_failed_eval_json_write_keeps_the_earlier_one(trained, tmp_path):
+    """The earlier eval.json used to be moved aside before the new one was written:
+    a write the kernel refuses (here the file size limit, RLIMIT_FSIZE) left none.
+    Now it stays under its own name, and nothing else is left behind."""
+    import json
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    argv = ["evaluate", "--run", str(run), "--device", "cpu", "--no-coherence", "--no-plot"]
+    assert main(argv) == 0
+    earlier = (run / "eval.json").read_bytes()
+    names = sorted(p.name for p in run.iterdir())
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    proc = subprocess.run([sys.executable, "-m", "mmvm", *argv], capture_output=True,
+                          text=True, timeout=300, preexec_fn=small_files,
+                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                               "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"mmvm evaluate: error: could not write {run / 'eval.json'}: "
+                           f"File too large (is the file system of {run} full, or a quota "
+                           "or file size limit hit?); the previous eval.json is intact\n")
+    assert (run / "eval.json").read_bytes() == earlier
+    assert sorted(p.name for p in run.iterdir()) == names  # no eval.<time>.json, no temp
+    assert main(argv) == 0  # room again: the earlier one kept under its time
+    (kept,) = run.glob("eval.*-*.json")
+    assert kept.read_bytes() == earlier and json.loads((run / "eval.json").read_text())
 
 
 def test_a_set_of_the_model_is_noted_as_ignored(trained, tmp_path, capsys):
