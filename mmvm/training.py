@@ -11,8 +11,10 @@ three describe one model; between checkpoints metrics.csv gains each epoch's row
 divergence's lead-up is on disk), except over an earlier run's checkpoint that this run
 has not replaced yet: a ``resume=False`` run that fails or is stopped before its first
 checkpoint leaves such a folder as it was. A resume rewrites the two from the
-checkpoint it resumes (rows ahead of it are dropped). A model whose weights hold NaN
-or inf is never checkpointed (:class:`TrainingDivergedError`).
+checkpoint it resumes (rows ahead of it are dropped). Ctrl-C and SIGTERM wait while a
+checkpoint and its two companions are written (:func:`mmvm.interrupts.deferred_signals`),
+so a stop never leaves metrics.csv behind the checkpoint; a model whose weights hold
+NaN or inf is never checkpointed (:class:`TrainingDivergedError`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from mmvm.checkpoint import (
 from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
 from mmvm.config_ranges import device_problem
 from mmvm.finite import nonfinite_tensor
+from mmvm.interrupts import deferred_signals
 from mmvm.model import MultimodalVAE
 from mmvm.noise import aux_noise, step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
@@ -254,10 +257,11 @@ def train(
             history.append(row)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 _refuse_nonfinite(model, epoch + 1, step)
-                save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history))
-                own = True
-                if on_checkpoint is not None:
-                    on_checkpoint(epoch + 1)
+                with deferred_signals():  # checkpoint, companions, the caller's record
+                    save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history))
+                    own = True
+                    if on_checkpoint is not None:
+                        on_checkpoint(epoch + 1)
             elif own:  # rows ahead of the checkpoint: a divergence's lead-up stays on disk
                 write_metrics(out_dir, history)
     model.eval()

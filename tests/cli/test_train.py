@@ -141,6 +141,37 @@ def _train_process(root, out, *extra, preexec=None) -> subprocess.Popen:
         env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=preexec)
 
 
+def test_a_ctrl_c_while_the_checkpoint_is_written_waits_for_its_metrics(
+        tiny_polymnist, tmp_path, capsys, monkeypatch):
+    """A real SIGINT the moment epoch 2's checkpoint is on disk (before config.json and
+    metrics.csv are rewritten from it, and before the run has recorded it) is held
+    until both are: metrics.csv is not behind the checkpoint, the message names the
+    epoch on disk."""
+    import mmvm.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    real, calls = checkpoint.save_checkpoint, []
+
+    def save_then_ctrl_c(path, state):
+        real(path, state)
+        calls.append(state["epoch"])
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # delivered here, were it not held
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_ctrl_c)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # xdist ignores it
+    try:
+        assert main(_args(tiny_polymnist, out, "--set", "train.epochs=3")) == 130
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert calls == [1, 2]
+    assert capsys.readouterr().err == (
+        f"mmvm train: interrupted; the checkpoint of epoch 2 in {out} is intact; run the "
+        "same command to resume from it\n")
+    assert torch.load(out / "checkpoint.pt")["epoch"] == 2
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
 @pytest.mark.slow
 def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_previous_one(
         tiny_polymnist, tmp_path):
