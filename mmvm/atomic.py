@@ -15,17 +15,21 @@ goes through :func:`atomic_write`:
 On any error, ``KeyboardInterrupt`` included, the temp file is removed and the target
 is left as it was; an ``OSError`` while writing (a full disk, a quota, a lost mount)
 becomes a :class:`WriteError` whose message names the target and says so.
+:func:`sweep_temps` removes the temp files a killed process (SIGKILL, power loss) left.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 Writer = Callable[[BinaryIO], None]
+# tempfile.mkstemp's names: its 8 random characters between our prefix and suffix
+_TEMP = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
 
 
 class WriteError(OSError):
@@ -103,6 +107,23 @@ def _write_error(path: Path, err: OSError, existed: bool) -> WriteError:
     kept = (f"the previous {path.name} is intact" if existed
             else f"no {path.name} was written, nor any part of it")
     return WriteError(err.errno, f"could not write {path}: {why}; {kept}")
+
+
+def sweep_temps(directory: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Remove the temp files :func:`atomic_write` left in ``directory`` for the files
+    ``names`` when its process was killed before it could clean up (SIGKILL, a power
+    cut); only names of that exact pattern (``.<name>.<8 random>.tmp``). Returns them."""
+    pattern = re.compile("|".join(_TEMP.format(name=re.escape(n)) for n in names))
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:  # not there yet, or unreadable: nothing of ours to remove
+        return []
+    removed = []
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -5,9 +5,11 @@ that describe it are written, then delivers the first that came as it would have
 been (Ctrl-C: ``KeyboardInterrupt`` right after the block): a stop never falls between
 the checkpoint and its ``metrics.csv``, nor before the caller has recorded it. A
 second signal of the same kind is delivered at once (a write that hangs, on a lost
-network mount, can still be stopped).
+network mount, can still be stopped). :func:`sigterm_as_interrupt` makes SIGTERM (a
+scheduler's or ``kill``'s stop) raise :class:`Terminated`, a ``KeyboardInterrupt``:
+the same cleanup (no temp file left) and the same message as Ctrl-C.
 
-Signals reach only the main thread: elsewhere it is a no-op.
+Signals reach only the main thread: elsewhere both are no-ops.
 """
 
 from __future__ import annotations
@@ -20,8 +22,29 @@ from collections.abc import Iterator
 HELD = (signal.SIGINT, signal.SIGTERM)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises ``KeyboardInterrupt``."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the block runs."""
+    if not _main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager

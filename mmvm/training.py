@@ -14,7 +14,8 @@ checkpoint leaves such a folder as it was. A resume rewrites the two from the
 checkpoint it resumes (rows ahead of it are dropped). Ctrl-C and SIGTERM wait while a
 checkpoint and its two companions are written (:func:`mmvm.interrupts.deferred_signals`),
 so a stop never leaves metrics.csv behind the checkpoint; a model whose weights hold
-NaN or inf is never checkpointed (:class:`TrainingDivergedError`).
+NaN or inf is never checkpointed (:class:`TrainingDivergedError`), and the temp files
+a killed run's writes left in ``out_dir`` are removed when the next run starts.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from mmvm import accel
+from mmvm.atomic import sweep_temps
 from mmvm.checkpoint import (
     MODEL_KEYS,
+    RUN_FILES,
     check_run_folder,
     save_run,
     training_state,
@@ -214,6 +217,10 @@ def train(
     device = resolve_device(cfg.train.device)
     out_dir = Path(cfg.train.out_dir)
     check_run_folder(out_dir)
+    swept = sweep_temps(out_dir, RUN_FILES)  # a killed run's (SIGKILL, power cut)
+    if swept and log is not None:
+        log(f"removed {len(swept)} temporary file{'s' * (len(swept) > 1)} an interrupted "
+            f"write left in {out_dir} ({', '.join(p.name for p in swept)})")
     model = accel.prepare(build_model(cfg).to(device), channels_last=cfg.train.channels_last,
                           compile=cfg.train.compile)
     optimizer = accel.adam(model.parameters(), cfg.train.lr, cfg.train.adam)

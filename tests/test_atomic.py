@@ -1,5 +1,5 @@
 """mmvm.atomic: content, permissions, refusal to overwrite, nothing left on failure (a
-full disk named, the previous file intact)."""
+full disk named, the previous file intact), a killed run's temp files swept."""
 
 from __future__ import annotations
 
@@ -109,3 +109,16 @@ def test_an_error_of_the_writers_own_input_is_not_taken_for_the_targets(tmp_path
         atomic_write(tmp_path / "out.parquet", writer)
     assert info.value.filename == str(tmp_path / "missing.csv")
     assert os.listdir(tmp_path) == []
+
+
+def test_sweep_temps_removes_only_the_temp_files_of_the_named_files(tmp_path):
+    ours = [".checkpoint.pt.ab_3x9z1.tmp", ".metrics.csv.q0w9e8r7.tmp"]
+    others = ["checkpoint.pt", ".checkpoint.pt.tmp", ".checkpoint.pt.ABCDEFGH.tmp",
+              ".eval.json.ab_3x9z1.tmp", "notes.ab_3x9z1.tmp", ".checkpoint.pt.abc.tmp"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".config.json.zzzzzzzz.tmp").mkdir()  # not a file: not ours
+    removed = atomic.sweep_temps(tmp_path, ("checkpoint.pt", "config.json", "metrics.csv"))
+    assert sorted(p.name for p in removed) == sorted(ours)
+    assert sorted(os.listdir(tmp_path)) == sorted(others + [".config.json.zzzzzzzz.tmp"])
+    assert atomic.sweep_temps(tmp_path / "not-there", ("checkpoint.pt",)) == []

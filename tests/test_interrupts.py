@@ -1,6 +1,6 @@
 """mmvm.interrupts with real signals: held while a checkpoint is written, delivered
-right after as they would have been; a second one goes through at once; handlers
-are put back."""
+right after as they would have been; a second one goes through at once; SIGTERM
+raises like Ctrl-C; handlers are put back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from mmvm.interrupts import deferred_signals
+from mmvm.interrupts import Terminated, deferred_signals, sigterm_as_interrupt
 
 
 @pytest.fixture
@@ -27,6 +27,14 @@ def test_a_signal_in_the_block_is_delivered_after_it(ctrl_c):
             done.append("written")  # would not run, were it not held
     assert done == ["written"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    term = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_interrupt():
+        with pytest.raises(Terminated):
+            with deferred_signals():
+                signal.raise_signal(signal.SIGTERM)
+                done.append("written again")
+        assert done == ["written", "written again"]
+    assert signal.getsignal(signal.SIGTERM) is term
 
 
 def test_a_second_signal_goes_through_at_once(ctrl_c):

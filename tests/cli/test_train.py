@@ -1,6 +1,6 @@
 """``mmvm train`` on real files: the run folder always describes one model (a --fresh
-run replaces the old one only with its first checkpoint; Ctrl-C, a full disk and
-divergence leave what was there), and bad places, devices, checkpoints and data
+run replaces the old one only with its first checkpoint; Ctrl-C, SIGTERM, a full disk
+and divergence leave what was there), and bad places, devices, checkpoints and data
 are one line, exit 2, before any work."""
 
 from __future__ import annotations
@@ -141,6 +141,11 @@ def _train_process(root, out, *extra, preexec=None) -> subprocess.Popen:
         env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=preexec)
 
 
+def _ours(out: Path) -> list[str]:
+    """Temp files of the run's atomic writes in ``out``."""
+    return sorted(p.name for p in out.glob(".*.tmp"))
+
+
 def test_a_ctrl_c_while_the_checkpoint_is_written_waits_for_its_metrics(
         tiny_polymnist, tmp_path, capsys, monkeypatch):
     """A real SIGINT the moment epoch 2's checkpoint is on disk (before config.json and
@@ -170,6 +175,35 @@ def test_a_ctrl_c_while_the_checkpoint_is_written_waits_for_its_metrics(
         "same command to resume from it\n")
     assert torch.load(out / "checkpoint.pt")["epoch"] == 2
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_a_killed_runs_temp_files_are_swept(
+        tiny_polymnist, tmp_path):
+    """SIGTERM (a scheduler's stop, ``kill``) to a real ``mmvm train``: one line saying
+    which checkpoint is intact and how to resume, exit 143, no temp file. Temp files a
+    SIGKILLed run's writes left are removed when the next run starts; nothing else."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [".checkpoint.pt.k1ll3d_x.tmp", ".metrics.csv.abcdefgh.tmp"]
+    kept = ["notes.tmp", ".checkpoint.pt.tmp", ".eval.json.abcdefgh.tmp"]
+    for name in stale + kept:
+        (out / name).write_bytes(b"half a file")
+    proc = _train_process(tiny_polymnist, out, "--set", "train.epochs=500")
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    said, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert re.fullmatch(rf"mmvm train: terminated \(SIGTERM\); the checkpoint of epoch "
+                        rf"\d+ in {re.escape(str(out))} is intact; run the same command "
+                        r"to resume from it\n", err), err
+    assert said.startswith(f"removed 2 temporary files an interrupted write left in {out}")
+    assert _ours(out) == sorted(kept[1:])  # the stale ones swept, none of this run's
+    epoch = torch.load(out / "checkpoint.pt")["epoch"]
+    assert len((out / "metrics.csv").read_text().splitlines()) - 1 >= epoch
 
 
 @pytest.mark.slow
