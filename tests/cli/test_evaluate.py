@@ -371,3 +371,41 @@ def test_train_out_dir_is_not_ignored_when_it_picks_the_run():
                              picks_run=True) is None
     assert "ignored --set train.out_dir=runs/a:" in ignored_overrides(
         ["train.out_dir=runs/a"], Path("runs/b"), picks_run=False)
+
+
+def test_without_hard_links_the_earlier_eval_json_is_copied_with_its_time(
+        tmp_path, monkeypatch):
+    """A file system that refuses hard links (some network and FUSE mounts): the
+    earlier evaluation is copied under its time instead, and a failed write of the
+    new one removes the copy again."""
+    import errno
+    import os
+
+    import mmvm.atomic
+    from mmvm.cli.evaluate import write_keeping_earlier
+
+    path = tmp_path / "eval.json"
+    path.write_text('{"earlier": 1}')
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+
+    def no_links(src, dst, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(mmvm.atomic.os, "link", no_links)
+    real = mmvm.atomic.os.replace
+
+    def replace(src, dst):  # the copy goes in, the new eval.json does not
+        if Path(dst) == path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(mmvm.atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="the previous eval.json is intact"):
+        write_keeping_earlier(path, b'{"new": 2}')
+    assert os.listdir(tmp_path) == ["eval.json"] and path.read_text() == '{"earlier": 1}'
+    monkeypatch.setattr(mmvm.atomic.os, "replace", real)
+    kept = write_keeping_earlier(path, b'{"new": 2}')
+    assert kept.read_text() == '{"earlier": 1}' and path.read_text() == '{"new": 2}'
+    assert kept.stat().st_mtime == 1_700_000_000
+    assert sorted(os.listdir(tmp_path)) == sorted(["eval.json", kept.name])
