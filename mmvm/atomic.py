@@ -13,17 +13,31 @@ goes through :func:`atomic_write`:
 5. ``fsync`` of the directory, so the rename itself survives a crash.
 
 On any error, ``KeyboardInterrupt`` included, the temp file is removed and the target
-is left as it was.
+is left as it was; an ``OSError`` while writing (a full disk, a quota, a lost mount)
+becomes a :class:`WriteError` whose message names the target and says so.
+:func:`sweep_temps` removes the temp files a killed process (SIGKILL, power loss) left.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 Writer = Callable[[BinaryIO], None]
+# tempfile.mkstemp's names: its 8 random characters between our prefix and suffix
+_TEMP = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
+
+
+class WriteError(OSError):
+    """An atomic write that failed after its temp file was made: ``errno`` is the
+    cause's, the message names the target and that it was left as it was."""
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def atomic_write(
@@ -49,10 +63,17 @@ def atomic_write(
     ------
     FileExistsError
         ``overwrite`` is false and ``path`` exists.
+    WriteError
+        the bytes could not be written or moved into place (e.g. the disk is full);
+        ``path`` is as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    existed = path.exists()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # no inode left, no permission: named by the target's name
+        raise _write_error(path, err, existed) from err
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)
@@ -67,10 +88,42 @@ def atomic_write(
         else:
             os.link(tmp, path)
             os.unlink(tmp)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        # the write's own failure (a writer reading another file keeps its error)
+        if isinstance(err, OSError) and not isinstance(err, (FileExistsError, WriteError)) \
+                and err.filename in (None, tmp):
+            raise _write_error(path, err, existed) from err
         raise
     _fsync_dir(path.parent)
+
+
+def _write_error(path: Path, err: OSError, existed: bool) -> WriteError:
+    """``could not write <path>: No space left on device (...); the previous <name>
+    is intact``: what failed, where, and that nothing was lost."""
+    why = err.strerror or str(err) or type(err).__name__
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why += f" (is the file system of {path.parent} full, or a quota or file size limit hit?)"
+    kept = (f"the previous {path.name} is intact" if existed
+            else f"no {path.name} was written, nor any part of it")
+    return WriteError(err.errno, f"could not write {path}: {why}; {kept}")
+
+
+def sweep_temps(directory: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Remove the temp files :func:`atomic_write` left in ``directory`` for the files
+    ``names`` when its process was killed before it could clean up (SIGKILL, a power
+    cut); only names of that exact pattern (``.<name>.<8 random>.tmp``). Returns them."""
+    pattern = re.compile("|".join(_TEMP.format(name=re.escape(n)) for n in names))
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:  # not there yet, or unreadable: nothing of ours to remove
+        return []
+    removed = []
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

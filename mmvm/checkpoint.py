@@ -4,6 +4,12 @@ and the files a centralized run folder holds with its checkpoint.
 ``mmvm train`` writes ``checkpoint.pt`` and, right after it and from it,
 ``config.json`` and ``metrics.csv`` (:func:`save_run`): the three describe one model
 (metrics.csv may run a few epochs ahead of the checkpoint, never behind it).
+
+A checkpoint is serialized in memory first and then written whole, so a full disk is
+one :class:`~mmvm.atomic.WriteError` naming the file (torch's own writer would turn it
+into an opaque RuntimeError); weights holding NaN or inf are never written, and a
+checkpoint read for a resume, an evaluation or an encoding is checked field by field
+(:func:`training_state`): an edited or damaged one is one line naming the field.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import torch
 
 from mmvm.atomic import atomic_write, existing_part
+from mmvm.finite import nonfinite_tensor
 
 METRIC_FIELDS = ["epoch", "step", "loss", "rec_nll", "reg", "alpha", "seconds"]
 RUN_FILES = ("checkpoint.pt", "config.json", "metrics.csv")  # what mmvm train writes
@@ -28,8 +35,23 @@ MODEL_KEYS = ("config", "model")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save ``state`` atomically (mode 0600)."""
-    atomic_write(path, lambda fh: torch.save(state, fh))
+    """torch.save ``state`` atomically (mode 0600); ValueError, nothing written, when
+    its ``model`` weights hold NaN or inf."""
+    weights = state.get("model") if isinstance(state, dict) else None
+    bad = nonfinite_tensor(weights) if isinstance(weights, dict) else None
+    if bad:
+        raise ValueError(f"refusing to write {path}: the model's weight {bad}; the "
+                         "training diverged (the previous checkpoint, if any, is kept)")
+    write_torch(path, state)
+
+
+def write_torch(path: str | Path, obj: Any) -> None:
+    """torch.save ``obj`` into memory, then write the bytes atomically (mode 0600): an
+    error while writing is a :class:`~mmvm.atomic.WriteError` naming ``path`` (the
+    file there is intact), never torch's "unexpected pos" RuntimeError."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getbuffer())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -64,16 +86,72 @@ def _unreadable(path: Path) -> str:
 
 def training_state(path: Path, map_location: str | torch.device = "cpu",
                    keys: tuple[str, ...] = STATE_KEYS) -> dict[str, Any]:
-    """A run's checkpoint holding ``keys`` (default: all a resume needs); ValueError
-    for a file that cannot be read or holds something else (e.g. a coherence
-    judge's, or a federated run's for a resume)."""
+    """A run's checkpoint holding ``keys`` (default: all a resume needs), each of its
+    type (:func:`field_problem`) and its weights finite; ValueError naming the file
+    for one that cannot be read or holds something else (e.g. a coherence judge's,
+    or a federated run's for a resume), an edited field, or NaN weights."""
     state = load_checkpoint(path, map_location=map_location)
     missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
-    if missing or not isinstance(state["config"], dict):
-        what = ", ".join(missing) or "a config (a table)"
+    if missing:
         kind = "a training checkpoint to resume" if keys == STATE_KEYS else "a run's model"
-        raise ValueError(f"checkpoint {path} is not {kind} (it has no {what})")
+        raise ValueError(f"checkpoint {path} is not {kind} (it has no {', '.join(missing)})")
+    problem = field_problem(state, resume=keys == STATE_KEYS)
+    if problem:
+        raise ValueError(f"checkpoint {path}: {problem}; mmvm never writes that (the file "
+                         "was edited or damaged)")
+    bad = nonfinite_tensor(state["model"])
+    if bad:
+        raise ValueError(f"checkpoint {path}: the model's weight {bad}; the training "
+                         "diverged before it was written")
     return state
+
+
+_INTEGERS = ("epoch", "step")
+
+
+def field_problem(state: dict[str, Any], resume: bool = True) -> str | None:
+    """What is wrong with the fields of a checkpoint ``state`` that are there (their
+    presence is the caller's): config a table, model a table of tensors, epoch and
+    step whole numbers >= 0, history a list of tables; for a ``resume`` also the
+    optimizer's state and one metrics row per epoch. None when all is well."""
+    if not isinstance(state["config"], dict):
+        return f"config is {_a(state['config'])}, not a table"
+    model = state["model"]
+    if not isinstance(model, dict):
+        return f"model is {_a(model)}, not a table of weight tensors"
+    odd = next((k for k, v in model.items() if not (isinstance(k, str)
+                                                     and torch.is_tensor(v))), None)
+    if odd is not None:
+        return f"model entry {odd!r} is {_a(model[odd])}, not a weight tensor"
+    for key in _INTEGERS:
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{key} is {value!r}, not a whole number >= 0"
+    history = state.get("history", [])
+    if not isinstance(history, list):
+        return f"history is {_a(history)}, not a list of metrics rows"
+    row = next((i for i, r in enumerate(history) if not isinstance(r, dict)), None)
+    if row is not None:
+        return f"history row {row} is {_a(history[row])}, not a table of metrics"
+    if not resume:
+        return None
+    optimizer = state["optimizer"]
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)):
+        return "optimizer is not an optimizer's state (a table of state and param_groups)"
+    if len(history) != state["epoch"]:
+        return f"history has {len(history)} rows for epoch {state['epoch']} (one per epoch)"
+    for i, r in enumerate(history):
+        extra = sorted(set(r) - set(METRIC_FIELDS), key=str)
+        if extra:
+            return f"history row {i} has {extra[0]!r}, not a metrics.csv column"
+    return None
+
+
+def _a(value: Any) -> str:
+    """``a list``, ``an int``: a value's type in words."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def check_run_folder(folder: Path, names: tuple[str, ...] = RUN_FILES,

@@ -11,7 +11,11 @@ three describe one model; between checkpoints metrics.csv gains each epoch's row
 divergence's lead-up is on disk), except over an earlier run's checkpoint that this run
 has not replaced yet: a ``resume=False`` run that fails or is stopped before its first
 checkpoint leaves such a folder as it was. A resume rewrites the two from the
-checkpoint it resumes (rows ahead of it are dropped).
+checkpoint it resumes (rows ahead of it are dropped). Ctrl-C and SIGTERM wait while a
+checkpoint and its two companions are written (:func:`mmvm.interrupts.deferred_signals`),
+so a stop never leaves metrics.csv behind the checkpoint; a model whose weights hold
+NaN or inf is never checkpointed (:class:`TrainingDivergedError`), and the temp files
+a killed run's writes left in ``out_dir`` are removed when the next run starts.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from mmvm import accel
+from mmvm.atomic import sweep_temps
 from mmvm.checkpoint import (
     MODEL_KEYS,
+    RUN_FILES,
     check_run_folder,
     save_run,
     training_state,
@@ -38,6 +44,8 @@ from mmvm.checkpoint import (
 )
 from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
 from mmvm.config_ranges import device_problem
+from mmvm.finite import nonfinite_tensor
+from mmvm.interrupts import deferred_signals
 from mmvm.model import MultimodalVAE
 from mmvm.noise import aux_noise, step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
@@ -209,6 +217,10 @@ def train(
     device = resolve_device(cfg.train.device)
     out_dir = Path(cfg.train.out_dir)
     check_run_folder(out_dir)
+    swept = sweep_temps(out_dir, RUN_FILES)  # a killed run's (SIGKILL, power cut)
+    if swept and log is not None:
+        log(f"removed {len(swept)} temporary file{'s' * (len(swept) > 1)} an interrupted "
+            f"write left in {out_dir} ({', '.join(p.name for p in swept)})")
     model = accel.prepare(build_model(cfg).to(device), channels_last=cfg.train.channels_last,
                           compile=cfg.train.compile)
     optimizer = accel.adam(model.parameters(), cfg.train.lr, cfg.train.adam)
@@ -251,10 +263,12 @@ def train(
                    "alpha": alpha_at(step), "seconds": time.perf_counter() - t0}
             history.append(row)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-                save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history))
-                own = True
-                if on_checkpoint is not None:
-                    on_checkpoint(epoch + 1)
+                _refuse_nonfinite(model, epoch + 1, step)
+                with deferred_signals():  # checkpoint, companions, the caller's record
+                    save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history))
+                    own = True
+                    if on_checkpoint is not None:
+                        on_checkpoint(epoch + 1)
             elif own:  # rows ahead of the checkpoint: a divergence's lead-up stays on disk
                 write_metrics(out_dir, history)
     model.eval()
@@ -265,6 +279,14 @@ def _bar_text(epoch: int, cfg: ExperimentConfig, sums: dict[str, float], count: 
     """The bar's label: the epoch and its running mean loss (sample-weighted, as the
     epoch's row in metrics.csv), not the last batch's loss."""
     return f"epoch {epoch + 1}/{cfg.train.epochs} mean loss {sums['loss'] / count:.1f}"
+
+
+def _refuse_nonfinite(model: MultimodalVAE, epoch: int, step: int) -> None:
+    """A model with NaN or inf weights is not checkpointed: the last one stays."""
+    bad = nonfinite_tensor(model.state_dict())
+    if bad:
+        raise TrainingDivergedError(f"after epoch {epoch} (step {step}) the model's weight "
+                                    f"{bad}; not checkpointed; lower train.lr")
 
 
 def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
@@ -297,7 +319,8 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> dict[str, An
                          "choose another train.out_dir") from None
     raw = {k: v for k, v in dict(state["config"]).items() if k != "source"}
     # keys a checkpoint predating them lacks take their defaults (the old behaviour)
-    raw["data"] = {**dataclasses.asdict(DataConfig()), **raw.get("data", {})}
+    if isinstance(raw.get("data", {}), dict):  # else config_from_dict names it
+        raw["data"] = {**dataclasses.asdict(DataConfig()), **raw.get("data", {})}
     saved, now = config_to_dict(config_from_dict(raw, source=str(path))), config_to_dict(cfg)
     for d in (saved, now):  # the epoch budget may grow on resume; nothing else may change
         # ... and the run folder may have moved since (out_dir is where, not what)
@@ -320,7 +343,12 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> dict[str, An
             "train.out_dir, or start over (mmvm train --fresh)"
         )
     _load_weights(model, state, path)
-    accel.load_optimizer_state(optimizer, state["optimizer"])
+    try:
+        accel.load_optimizer_state(optimizer, state["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path}: its optimizer state does not fit the model "
+                         f"({type(err).__name__}: {str(err)[:200]}); start over with "
+                         "`mmvm train --fresh` or choose another train.out_dir") from None
     return state
 
 

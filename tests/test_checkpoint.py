@@ -1,6 +1,6 @@
 """Checkpoints load without unpickling code: a file from elsewhere cannot run code; an
-unreadable one is one line naming it; a run folder's files are checked before any work
-and written together."""
+unreadable one is one line naming it, and so is an edited field, NaN weights or a full
+disk; a run folder's files are checked before any work and written together."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from mmvm.checkpoint import (
     METRIC_FIELDS,
     MODEL_KEYS,
     RUN_FILES,
+    STATE_KEYS,
     check_run_folder,
     load_checkpoint,
     save_checkpoint,
@@ -156,3 +157,91 @@ def test_save_run_writes_config_and_metrics_from_the_checkpoint(tmp_path):
     stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     write_companions(run, state)
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamps
+
+
+# ------------------------------------------------------- a full disk, diverged weights
+def _state(**fields) -> dict:
+    """A training checkpoint's fields (as mmvm train writes them), ``fields`` on top."""
+    history = [{"epoch": 1, "step": 3, "loss": 2.5, "rec_nll": 2.0, "reg": 0.5,
+                "alpha": 0.0, "seconds": 0.1}]
+    return {"config": {"train": {"lr": 0.001}}, "model": {"enc.w": torch.ones(2, 3)},
+            "optimizer": {"state": {}, "param_groups": [{"params": [0]}]}, "epoch": 1,
+            "step": 3, "history": history, **fields}
+
+
+def test_a_full_disk_while_saving_is_named_not_torchs_runtime_error(tmp_path, monkeypatch):
+    """torch.save straight into the file turned ENOSPC into "unexpected pos";
+    serialized in memory first, the write's own error names the checkpoint."""
+    from tests.support.full_disk import disk_with_room
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _state())
+    before = path.read_bytes()
+    disk_with_room(monkeypatch, 4096)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, _state(model={"enc.w": torch.ones(100, 100)}))
+    assert str(info.value).startswith(f"could not write {path}: No space left on device")
+    assert str(info.value).endswith("; the previous checkpoint.pt is intact")
+    monkeypatch.undo()
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_neither_written_nor_loaded(tmp_path, bad):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _state())
+    before = path.read_bytes()
+    weights = {"enc.w": torch.ones(2, 3), "dec.b": torch.tensor([0.0, bad, bad])}
+    with pytest.raises(ValueError) as info:
+        save_checkpoint(path, _state(model=weights))
+    assert str(info.value) == (f"refusing to write {path}: the model's weight dec.b (2 "
+                               "of its 3 values are NaN or infinite); the training "
+                               "diverged (the previous checkpoint, if any, is kept)")
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]
+    torch.save(_state(model=weights), path)  # written by other means
+    for keys in (STATE_KEYS, MODEL_KEYS):
+        with pytest.raises(ValueError) as info:
+            training_state(path, keys=keys)
+        assert str(info.value) == (f"checkpoint {path}: the model's weight dec.b (2 of its "
+                                   "3 values are NaN or infinite); the training diverged "
+                                   "before it was written")
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("epoch", "x", "epoch is 'x', not a whole number >= 0"),
+    ("epoch", -1, "epoch is -1, not a whole number >= 0"),
+    ("epoch", True, "epoch is True, not a whole number >= 0"),
+    ("step", None, "step is None, not a whole number >= 0"),
+    ("step", 2.5, "step is 2.5, not a whole number >= 0"),
+    ("history", 5, "history is an int, not a list of metrics rows"),
+    ("history", [1], "history row 0 is an int, not a table of metrics"),
+    ("config", [], "config is a list, not a table"),
+    ("model", 5, "model is an int, not a table of weight tensors"),
+    ("model", {"enc.w": [1.0]}, "model entry 'enc.w' is a list, not a weight tensor"),
+])
+def test_a_checkpoint_with_an_edited_field_is_refused_naming_it(tmp_path, field, value,
+                                                                said):
+    path = tmp_path / "checkpoint.pt"
+    torch.save(_state(**{field: value}), path)
+    for keys in (STATE_KEYS, MODEL_KEYS):
+        with pytest.raises(ValueError) as info:
+            training_state(path, keys=keys)
+        assert str(info.value) == (f"checkpoint {path}: {said}; mmvm never writes that "
+                                   "(the file was edited or damaged)")
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("optimizer", 5, "optimizer is not an optimizer's state (a table of state and "
+                     "param_groups)"),
+    ("history", [], "history has 0 rows for epoch 1 (one per epoch)"),
+    ("history", [{"epoch": 1, "bogus": 2}], "history row 0 has 'bogus', not a "
+                                            "metrics.csv column"),
+])
+def test_what_only_a_resume_needs_is_checked_for_a_resume(tmp_path, field, value, said):
+    path = tmp_path / "checkpoint.pt"
+    torch.save(_state(**{field: value}), path)
+    with pytest.raises(ValueError) as info:
+        training_state(path)
+    assert str(info.value) == (f"checkpoint {path}: {said}; mmvm never writes that "
+                               "(the file was edited or damaged)")
+    assert training_state(path, keys=MODEL_KEYS)[field] == value  # a model to evaluate

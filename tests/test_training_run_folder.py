@@ -152,3 +152,30 @@ def test_a_federated_checkpoint_is_not_resumed(tmp_path, data):
                        r"model .* choose another train.out_dir \(--fresh there would "
                        r"replace the run's checkpoint and metrics\)"):
         train(tiny_config(tmp_path, epochs=2), data, show_progress=False)
+
+
+def test_weights_gone_nan_are_not_checkpointed(tmp_path, data, monkeypatch):
+    """A step that leaves a weight infinite while its loss was finite (the next loss
+    would be NaN, but the epoch ends first): the checkpoint after it is refused,
+    naming the tensor, and epoch 1's stays."""
+    calls, real = {"n": 0}, training.train_step
+
+    def step(model, *args, **kwargs):
+        out = real(model, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 6:  # the last step of epoch 2
+            with torch.no_grad():
+                model.decoders["b"].body[-1].bias[:2] = float("inf")
+        return out
+
+    monkeypatch.setattr(training, "train_step", step)
+    train(tiny_config(tmp_path, epochs=1), data, show_progress=False)
+    before = blobs(tmp_path)
+    with pytest.raises(TrainingDivergedError) as info:
+        train(tiny_config(tmp_path, epochs=2), data, show_progress=False)
+    assert str(info.value).startswith("after epoch 2 (step 6) the model's weight decoders.b.")
+    assert "(2 of its 6 values are NaN or infinite); not checkpointed; lower train.lr" \
+        in str(info.value)
+    assert checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert {k: v for k, v in blobs(tmp_path).items() if k != "metrics.csv"} == \
+        {k: v for k, v in before.items() if k != "metrics.csv"}

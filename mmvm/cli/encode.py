@@ -54,6 +54,7 @@ def _model(args: argparse.Namespace, device: str):
     where it came from."""
 
     from mmvm.config import config_from_dict, load_config
+    from mmvm.finite import nonfinite_tensor
     from mmvm.training import build_model, load_trained_model
 
     if args.run:
@@ -78,6 +79,10 @@ def _model(args: argparse.Namespace, device: str):
         raise ValueError(f"{args.site_state}: not a site state of this config's model "
                          f"({type(err).__name__}: {str(err)[:500]}); give the run's "
                          f"--config and --set") from None
+    bad = nonfinite_tensor(model.state_dict())
+    if bad:
+        raise ValueError(f"{args.site_state}: the site's weight {bad}; its training "
+                         "diverged before the state was written")
     return model.to(device), cfg, {
         "site_state": str(args.site_state), "config": str(args.config),
         "overrides": list(args.overrides), "windows_done": state.get("windows_done")}
@@ -104,6 +109,7 @@ def _site_state(path: Path) -> dict:
 
 def _encode(args: argparse.Namespace) -> int:
     from mmvm.data import open_dataset
+    from mmvm.finite import finite_latents
     from mmvm.latents import data_labels, latent_table, write_latents
     from mmvm.progress import progress_bar
     from mmvm.training import resolve_device
@@ -117,7 +123,8 @@ def _encode(args: argparse.Namespace) -> int:
     # the config's reader: data.streaming reads row groups on demand (large data)
     data = open_dataset(args.data, None, cfg.data)
     labels = data_labels(args.data, data.sample_ids)
-    with progress_bar(not args.no_progress) as bar:
+    where = str(Path(args.run) / "checkpoint.pt") if args.run else str(args.site_state)
+    with progress_bar(not args.no_progress) as bar, finite_latents(model, where):
         task = bar.add_task("encoding", total=len(data))
         table = latent_table(model, data, args.batch_size, device,
                              step=lambda done, total: bar.update(task, completed=done),

@@ -52,10 +52,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mmvm.atomic import atomic_write
     from mmvm.config import config_from_dict, load_config
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run, evaluated_with
+    from mmvm.finite import finite_latents
     from mmvm.training import load_trained_model
 
     own = args.config is None and args.run is not None  # the run's own config
@@ -98,22 +98,24 @@ def run(args: argparse.Namespace) -> int:
 
         classifiers = classifiers_for(cfg, device, log=print,
                                       progress=False if args.no_progress else None)
-    result = evaluate_run(cfg, model, train_set, test_set, classifiers)
+    with finite_latents(model, source):  # a diverged model: named, not sklearn's NaN
+        result = evaluate_run(cfg, model, train_set, test_set, classifiers)
     result["run"] = str(run_dir)
     result["epoch"] = state.get("epoch")
     result["settings"] = evaluated_with(cfg, train_set, test_set)
     out = run_dir / "eval.json"
-    if out.is_file():  # e.g. the federated server's, with coherence: never lost unseen
-        kept = keep_earlier(out)
+    # e.g. the federated server's, with coherence: never lost unseen, nor by a failed write
+    kept = write_keeping_earlier(out, json.dumps(result, indent=2).encode())
+    if kept is not None:
         print(f"mmvm evaluate: the earlier {out.name} of this run is now {kept}")
-    atomic_write(out, json.dumps(result, indent=2).encode())
     print_result(result)
     print(f"wrote {out}")
     if not args.no_plot:
         from mmvm.plots import generation_grid
 
-        grid = generation_grid(model, test_set, run_dir / "generations.png",
-                               method=cfg.model.method)
+        with finite_latents(model, source):
+            grid = generation_grid(model, test_set, run_dir / "generations.png",
+                                   method=cfg.model.method)
         print(f"wrote {grid}")
     return 0
 
@@ -191,6 +193,13 @@ def at_the_sites(run_dir: Path, cfg) -> None:
 def keep_earlier(path: Path) -> Path:
     """Move ``path`` aside as ``<stem>.<its time>[.k]<suffix>`` (every earlier
     evaluation kept, the newest under the plain name) and return where it went."""
+    target = earlier_name(path)
+    path.replace(target)
+    return target
+
+
+def earlier_name(path: Path) -> Path:
+    """``<stem>.<path's time>[.k]<suffix>``, a name not taken yet beside ``path``."""
     import time
 
     stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime(path.stat().st_mtime))
@@ -198,8 +207,33 @@ def keep_earlier(path: Path) -> Path:
     while target.exists():
         k += 1
         target = path.with_name(f"{path.stem}.{stamp}.{k}{path.suffix}")
-    path.replace(target)
     return target
+
+
+def write_keeping_earlier(path: Path, data: bytes) -> Path | None:
+    """Write ``data`` to ``path`` atomically, an earlier ``path`` kept as
+    :func:`earlier_name` (returned; None when there was none). The earlier file is
+    linked (or copied) there first and left under its own name until the new one
+    replaces it: a write that fails (a full disk) leaves it as it was."""
+    import os
+
+    from mmvm.atomic import atomic_write
+
+    kept = earlier_name(path) if path.is_file() else None
+    if kept is not None:
+        try:
+            os.link(path, kept)  # refuses an existing name: nothing overwritten
+        except OSError:  # a file system without hard links: a copy, its time kept
+            st = path.stat()
+            atomic_write(kept, path.read_bytes(), mode=st.st_mode & 0o777)
+            os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        atomic_write(path, data)
+    except BaseException:
+        if kept is not None:  # the earlier one is still under its own name
+            kept.unlink(missing_ok=True)
+        raise
+    return kept
 
 
 def _fmt(v) -> str:

@@ -36,8 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmvm.interrupts import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a scheduler's or kill's stop: as Ctrl-C
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from mmvm.checkpoint import check_run_folder
     from mmvm.config import load_config
+    from mmvm.interrupts import Terminated
     from mmvm.training import TrainingDivergedError, resolve_device, train
 
     cfg = load_config(args.config, args.overrides)
@@ -59,10 +67,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"mmvm train: error: {err} ({left_behind(out_dir, saved, args.fresh, before)})",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback, and what is safe
-        print(f"mmvm train: interrupted; {left_behind(out_dir, saved, args.fresh, before)}"
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM: a line, not a traceback, and
+        term = isinstance(err, Terminated)  # what is safe
+        print(f"mmvm train: {'terminated (SIGTERM)' if term else 'interrupted'}; "
+              f"{left_behind(out_dir, saved, args.fresh, before)}"
               f"{resume_hint(out_dir, saved, args.fresh, before)}", file=sys.stderr)
-        return 130
+        return 143 if term else 130
     finally:  # also what an earlier, killed run left older than its checkpoint
         _set_aside_stale_outputs(out_dir)
     print(summary(result, cfg.model.method))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mmvm.atomic import atomic_write
+from mmvm.checkpoint import write_torch
 from mmvm.config import ConfigError
 from mmvm.federation.coordinator import Coordinator, SiteInfo
 from mmvm.federation.settings import FederationSettings
@@ -61,7 +61,7 @@ def save_server_state(path: str | Path, s: FederationSettings, state: ServerStat
            "history": json.dumps(state.history), "bytes_total": state.bytes_total,
            "seconds": state.seconds, "alignment": json.dumps(state.alignment)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda fh: torch.save(doc, fh))
+    write_torch(path, doc)
 
 
 def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:

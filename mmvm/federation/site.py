@@ -20,7 +20,7 @@ import torch
 
 from mmvm import accel
 from mmvm.aggregation import can_federate, federated_methods
-from mmvm.atomic import atomic_write
+from mmvm.checkpoint import write_torch
 from mmvm.config import ExperimentConfig
 from mmvm.data import check_data_fits, open_dataset
 from mmvm.data.store import DataError, read_site_meta
@@ -360,7 +360,7 @@ class Site:
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
                  "progress": self.progress.state(), "replies": self.replies.state()}
-        atomic_write(path, lambda fh: torch.save(state, fh))
+        write_torch(path, state)
 
     def restore(self, path: str | Path) -> None:
         self.settle()

@@ -1,6 +1,7 @@
 """``mmvm evaluate``: clear errors, the data a run trained on (its own config, a
 deployment's sites' folders, another config's data noted), eval.json and the
-generations, earlier evaluations kept."""
+generations, earlier evaluations kept (a failed write loses none); a diverged model
+(NaN weights, overflowing latents) is named by evaluate and encode alike."""
 
 from __future__ import annotations
 
@@ -221,6 +222,129 @@ def test_a_corrupted_checkpoint_is_one_line(tmp_path, capsys):
         "is not a torch checkpoint, or it is truncated (a partial copy or download)\n")
 
 
+def _diverged(run: Path, value: float) -> str:
+    """Set ``run``'s checkpoint's first m0 encoder weight to ``value`` (as a diverged
+    run would have left it, written by other means); its name."""
+    state = torch.load(run / "checkpoint.pt")
+    name = next(k for k in state["model"] if k.startswith("encoders.m0.")
+                and k.endswith("weight"))
+    state["model"][name].fill_(value)
+    torch.save(state, run / "checkpoint.pt")
+    return name
+
+
+@pytest.mark.parametrize("command", ["evaluate", "encode"])
+def test_nan_weights_are_refused_naming_the_checkpoint_and_tensor(trained, tmp_path,
+                                                                  capsys, command):
+    """evaluate used to die in scikit-learn ("Input X contains NaN"), encode to write
+    NaN latents with exit 0."""
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    name = _diverged(run, float("nan"))
+    before = sorted(p.name for p in run.iterdir())
+    out = tmp_path / "latents.parquet"
+    argv = (["evaluate", "--run", str(run), "--no-coherence", "--no-plot"]
+            if command == "evaluate" else
+            ["encode", "--run", str(run), str(trained / "test.parquet"), "--out", str(out),
+             "--no-progress"])
+    assert main([*argv, "--device", "cpu"]) == 2
+    n = torch.load(run / "checkpoint.pt")["model"][name].numel()
+    assert capsys.readouterr().err == (
+        f"mmvm {command}: error: checkpoint {run / 'checkpoint.pt'}: the model's weight "
+        f"{name} ({n} of its {n} values are NaN or infinite); the training diverged "
+        "before it was written\n")
+    assert sorted(p.name for p in run.iterdir()) == before and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "encode"])
+def test_weights_that_overflow_the_latents_are_refused_naming_the_checkpoint(
+        trained, tmp_path, capsys, command):
+    """Huge but finite weights: every weight loads, the latents overflow (1e30 x an
+    input): named before scikit-learn sees a NaN or a table of them is written."""
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    _diverged(run, 1e30)
+    out = tmp_path / "latents.parquet"
+    argv = (["evaluate", "--run", str(run), "--no-coherence"] if command == "evaluate" else
+            ["encode", "--run", str(run), str(trained / "test.parquet"), "--out", str(out),
+             "--no-progress"])
+    assert main([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmvm {command}: error: {run / 'checkpoint.pt'}: the model "
+                          "gives NaN, infinite or overflowing latents (")
+    assert "of modality m0, beyond 1e+15): its training diverged before this checkpoint " \
+        "was written; train again with a lower train.lr" in err and err.count("\n") == 1
+    assert not (run / "eval.json").exists() and not (run / "generations.png").exists()
+    assert not out.exists()
+
+
+def test_a_site_state_with_nan_weights_is_refused_by_encode(trained, tmp_path, capsys):
+    from mmvm.cli import main
+    from mmvm.config import load_config
+    from mmvm.training import build_model
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\nlatent_dim = 8\n' + "".join(
+        f'[model.modalities.{m}]\nkind = "vector"\nshape = [64]\nscale = 0.3\n'
+        f'width = 64\nlayers = 1\n' for m in NAMES))
+    model = build_model(load_config(str(toml), []), ["m1"])
+    weights = model.state_dict()
+    name = next(iter(weights))
+    weights[name].fill_(float("inf"))
+    torch.save({"names": ["m1"], "model": weights}, tmp_path / "site-b.pt")
+    out = tmp_path / "latents.parquet"
+    assert main(["encode", "--site-state", str(tmp_path / "site-b.pt"), "--config",
+                 str(toml), str(trained / "test.parquet"), "--out", str(out),
+                 "--no-progress", "--device", "cpu"]) == 2
+    n = weights[name].numel()
+    assert capsys.readouterr().err == (
+        f"mmvm encode: error: {tmp_path / 'site-b.pt'}: the site's weight {name} ({n} of "
+        f"its {n} values are NaN or infinite); its training diverged before the state "
+        "was written\n")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_failed_eval_json_write_keeps_the_earlier_one(trained, tmp_path):
+    """The earlier eval.json used to be moved aside before the new one was written:
+    a write the kernel refuses (here the file size limit, RLIMIT_FSIZE) left none.
+    Now it stays under its own name, and nothing else is left behind."""
+    import json
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    argv = ["evaluate", "--run", str(run), "--device", "cpu", "--no-coherence", "--no-plot"]
+    assert main(argv) == 0
+    earlier = (run / "eval.json").read_bytes()
+    names = sorted(p.name for p in run.iterdir())
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    proc = subprocess.run([sys.executable, "-m", "mmvm", *argv], capture_output=True,
+                          text=True, timeout=300, preexec_fn=small_files,
+                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                               "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"mmvm evaluate: error: could not write {run / 'eval.json'}: "
+                           f"File too large (is the file system of {run} full, or a quota "
+                           "or file size limit hit?); the previous eval.json is intact\n")
+    assert (run / "eval.json").read_bytes() == earlier
+    assert sorted(p.name for p in run.iterdir()) == names  # no eval.<time>.json, no temp
+    assert main(argv) == 0  # room again: the earlier one kept under its time
+    (kept,) = run.glob("eval.*-*.json")
+    assert kept.read_bytes() == earlier and json.loads((run / "eval.json").read_text())
+
+
 def test_a_set_of_the_model_is_noted_as_ignored(trained, tmp_path, capsys):
     """The checkpoint fixes the model: --set model.latent_dim=16 would be silently
     ignored; data.* and eval.* apply."""
@@ -247,3 +371,41 @@ def test_train_out_dir_is_not_ignored_when_it_picks_the_run():
                              picks_run=True) is None
     assert "ignored --set train.out_dir=runs/a:" in ignored_overrides(
         ["train.out_dir=runs/a"], Path("runs/b"), picks_run=False)
+
+
+def test_without_hard_links_the_earlier_eval_json_is_copied_with_its_time(
+        tmp_path, monkeypatch):
+    """A file system that refuses hard links (some network and FUSE mounts): the
+    earlier evaluation is copied under its time instead, and a failed write of the
+    new one removes the copy again."""
+    import errno
+    import os
+
+    import mmvm.atomic
+    from mmvm.cli.evaluate import write_keeping_earlier
+
+    path = tmp_path / "eval.json"
+    path.write_text('{"earlier": 1}')
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+
+    def no_links(src, dst, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(mmvm.atomic.os, "link", no_links)
+    real = mmvm.atomic.os.replace
+
+    def replace(src, dst):  # the copy goes in, the new eval.json does not
+        if Path(dst) == path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(mmvm.atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="the previous eval.json is intact"):
+        write_keeping_earlier(path, b'{"new": 2}')
+    assert os.listdir(tmp_path) == ["eval.json"] and path.read_text() == '{"earlier": 1}'
+    monkeypatch.setattr(mmvm.atomic.os, "replace", real)
+    kept = write_keeping_earlier(path, b'{"new": 2}')
+    assert kept.read_text() == '{"earlier": 1}' and path.read_text() == '{"new": 2}'
+    assert kept.stat().st_mtime == 1_700_000_000
+    assert sorted(os.listdir(tmp_path)) == sorted(["eval.json", kept.name])

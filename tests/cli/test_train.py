@@ -1,7 +1,7 @@
 """``mmvm train`` on real files: the run folder always describes one model (a --fresh
-run replaces the old one only with its first checkpoint; Ctrl-C and divergence leave
-what was there), and bad places, devices, checkpoints and data are one line, exit 2,
-before any work."""
+run replaces the old one only with its first checkpoint; Ctrl-C, SIGTERM, a full disk
+and divergence leave what was there), and bad places, devices, checkpoints and data
+are one line, exit 2, before any work."""
 
 from __future__ import annotations
 
@@ -131,6 +131,130 @@ def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130(tiny_polymnist, tmp_p
                         r"intact|this run's checkpoint in .* is intact \(a resume rewrites "
                         r"its config.json and metrics.csv\)); run the same command to "
                         r"resume from it\n", err), err
+
+
+def _train_process(root, out, *extra, preexec=None) -> subprocess.Popen:
+    """A real ``python -m mmvm train`` (one thread) in its own process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mmvm", *_args(root, out, *extra)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out.parent,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=preexec)
+
+
+def _ours(out: Path) -> list[str]:
+    """Temp files of the run's atomic writes in ``out``."""
+    return sorted(p.name for p in out.glob(".*.tmp"))
+
+
+def test_a_ctrl_c_while_the_checkpoint_is_written_waits_for_its_metrics(
+        tiny_polymnist, tmp_path, capsys, monkeypatch):
+    """A real SIGINT the moment epoch 2's checkpoint is on disk (before config.json and
+    metrics.csv are rewritten from it, and before the run has recorded it) is held
+    until both are: metrics.csv is not behind the checkpoint, the message names the
+    epoch on disk."""
+    import mmvm.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    real, calls = checkpoint.save_checkpoint, []
+
+    def save_then_ctrl_c(path, state):
+        real(path, state)
+        calls.append(state["epoch"])
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # delivered here, were it not held
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_ctrl_c)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # xdist ignores it
+    try:
+        assert main(_args(tiny_polymnist, out, "--set", "train.epochs=3")) == 130
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert calls == [1, 2]
+    assert capsys.readouterr().err == (
+        f"mmvm train: interrupted; the checkpoint of epoch 2 in {out} is intact; run the "
+        "same command to resume from it\n")
+    assert torch.load(out / "checkpoint.pt")["epoch"] == 2
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_a_killed_runs_temp_files_are_swept(
+        tiny_polymnist, tmp_path):
+    """SIGTERM (a scheduler's stop, ``kill``) to a real ``mmvm train``: one line saying
+    which checkpoint is intact and how to resume, exit 143, no temp file. Temp files a
+    SIGKILLed run's writes left are removed when the next run starts; nothing else."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [".checkpoint.pt.k1ll3d_x.tmp", ".metrics.csv.abcdefgh.tmp"]
+    kept = ["notes.tmp", ".checkpoint.pt.tmp", ".eval.json.abcdefgh.tmp"]
+    for name in stale + kept:
+        (out / name).write_bytes(b"half a file")
+    proc = _train_process(tiny_polymnist, out, "--set", "train.epochs=500")
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    said, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert re.fullmatch(rf"mmvm train: terminated \(SIGTERM\); the checkpoint of epoch "
+                        rf"\d+ in {re.escape(str(out))} is intact; run the same command "
+                        r"to resume from it\n", err), err
+    assert said.startswith(f"removed 2 temporary files an interrupted write left in {out}")
+    assert _ours(out) == sorted(kept[1:])  # the stale ones swept, none of this run's
+    epoch = torch.load(out / "checkpoint.pt")["epoch"]
+    assert len((out / "metrics.csv").read_text().splitlines()) - 1 >= epoch
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_previous_one(
+        tiny_polymnist, tmp_path):
+    """A real refusal by the kernel: the file size limit (RLIMIT_FSIZE) lets the
+    metrics through but not a checkpoint; torch's writer used to turn that into
+    "unexpected pos". The folder stays as it was, with no temp file."""
+    import resource
+
+    out = tmp_path / "run"
+    assert main(_args(tiny_polymnist, out)) == 0
+    before = blobs(out)
+    limit = len(before["checkpoint.pt"]) // 4
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = _train_process(tiny_polymnist, out, "--set", "train.epochs=2",
+                          preexec=small_files)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    ckpt = out / "checkpoint.pt"
+    assert err == (f"mmvm train: error: could not write {ckpt}: File too large (is the "
+                   f"file system of {out} full, or a quota or file size limit hit?); the "
+                   "previous checkpoint.pt is intact\n")
+    assert blobs(out) == before
+    assert main(_args(tiny_polymnist, out, "--set", "train.epochs=2")) == 0  # room again
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("epoch", "x", "epoch is 'x', not a whole number >= 0"),
+    ("history", 5, "history is an int, not a list of metrics rows"),
+    ("config", [], "config is a list, not a table"),
+])
+def test_a_checkpoint_with_an_edited_field_is_one_line_naming_it(
+        tiny_polymnist, tmp_path, capsys, field, value, said):
+    out = tmp_path / "run"
+    assert main(_args(tiny_polymnist, out)) == 0
+    state = torch.load(out / "checkpoint.pt")
+    torch.save({**state, field: value}, out / "checkpoint.pt")
+    before = blobs(out)
+    capsys.readouterr()
+    assert main(_args(tiny_polymnist, out, "--set", "train.epochs=2")) == 2
+    assert capsys.readouterr().err == (
+        f"mmvm train: error: checkpoint {out / 'checkpoint.pt'}: {said}; mmvm never "
+        "writes that (the file was edited or damaged); start over with `mmvm train "
+        "--fresh` (the file is replaced when the new run's first checkpoint is written) "
+        "or choose another train.out_dir\n")
+    assert blobs(out) == before
 
 
 # --------------------------------------------------------- refused before any work
