@@ -304,3 +304,24 @@ def test_nan_or_empty_latents_are_named_not_drawn(tmp_path, capsys):
     assert main(["plot", "latents", str(empty), "--out", str(png)]) == 2
     assert "no sample has a posterior mean" in capsys.readouterr().err
     assert not png.exists()
+
+
+def test_encode_refuses_images_of_another_size_before_reading_rows(tiny_polymnist,
+                                                                    tmp_path, capsys):
+    """A 32x32 file for a 28x28 model: named from the file's metadata, with the
+    config key, not at the first batch."""
+    from mmvm.data.store_write import write_site_table
+
+    state = tmp_path / "s.pt"
+    cfg = load_config(CONFIG, SETS)
+    spec = site_layout("vertical", ["m0", "m1", "m2"])
+    files = split_sites([tiny_polymnist / "train.parquet"], tmp_path / "sites", spec)
+    Site(cfg, "a", files[spec[0].name]["train"]).save(state)
+    big = write_site_table(tmp_path / "big.parquet", ["a", "b"],
+                           {"m0": np.zeros((2, 3, 32, 32), np.float32)}, None, {})
+    out = tmp_path / "o.parquet"
+    code = main(["encode", "--site-state", str(state), "--config", CONFIG, *_flags(SETS),
+                 str(big), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{big}: m0 is [3, 32, 32] there, [3, 28, 28] in" in err
+    assert "(model.modalities.m0.shape)" in err and not out.exists()

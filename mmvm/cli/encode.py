@@ -108,7 +108,7 @@ def _site_state(path: Path) -> dict:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from mmvm.data import open_dataset
+    from mmvm.data import check_data_fits, open_dataset
     from mmvm.finite import finite_latents
     from mmvm.latents import data_labels, latent_table, write_latents
     from mmvm.progress import progress_bar
@@ -120,6 +120,9 @@ def _encode(args: argparse.Namespace) -> int:
     if source.get("windows_done") == 0:  # saved at attach, before any training
         print(f"mmvm encode: note: {args.site_state} has trained no window yet: these "
               f"are the latents of its initial weights", file=sys.stderr)
+    # a file of another image size or vocabulary: refused from its metadata, naming it
+    check_data_fits([s for s in cfg.model.modalities if s.name in model.names],
+                    args.data, cfg.source)
     # the config's reader: data.streaming reads row groups on demand (large data)
     data = open_dataset(args.data, None, cfg.data)
     labels = data_labels(args.data, data.sample_ids)
