@@ -165,6 +165,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
     final evaluation does, and check the plan's size on the site's own rows alone
     (a run's aligned samples are usually as many or more)."""
     from mmvm.data import open_dataset
+    from mmvm.data.value_ranges import range_warnings
     from mmvm.federation.policy import PolicyError
     from mmvm.federation.site import Site
     from mmvm.footprint import step_bytes
@@ -185,6 +186,9 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
         check.add("experiment", ERROR, f"{cfg.source}: {type(err).__name__}: {err}")
         return
     t = cfg.train
+    for line in range_warnings([s for s in cfg.model.modalities if s.name in site.names],
+                               [p for p in (train, test) if p is not None], t.amp):
+        check.add("data", WARNING, line)  # values the model would read wrongly
     for limit in (lambda: policy.check_size(check.site, len(site.data), t.batch_size,
                                             t.epochs),
                   lambda: policy.check_step(check.site, t.batch_size, lambda: step)):

@@ -308,3 +308,19 @@ def test_keys_or_state_inside_a_flower_app_are_warned(fed):
     for key in ("keys", "directory", "state"):
         assert f"{key}={fed['root']}" in said
     assert f"is inside the Flower app {fed['root']}" in said
+
+
+def test_pixels_stored_unscaled_are_warned_before_a_run_trains_on_them(fed):
+    """uint8 images written with scale 1: the model would see 0..255 where its
+    sigmoid decoders produce 0..1; the file is valid, so this is a warning."""
+    from mmvm.data.store import read_site_table, write_site_table
+
+    files = [fed["root"] / "data" / "site-a" / f"{s}.parquet" for s in ("train", "test")]
+    for f in files:
+        t = read_site_table(f)
+        write_site_table(f, t.sample_ids, t.tensors, t.labels, {}, scales={"m0": 1.0})
+    check = check_node_config(_nc(fed), load_config(CONFIG))
+    warned = _find(check, "data", WARNING)
+    assert check.ok and len(warned) == 2, check.findings
+    for f, line in zip(files, warned, strict=True):
+        assert line.startswith(f"{f}: modality 'm0' holds values 0..255")
