@@ -98,9 +98,14 @@ def check_gradients(model: nn.Module) -> None:
     of ``model`` has a finite norm. A finite loss can still give such gradients (a
     mixture component with a tiny variance); Adam would square them into an inf
     second moment and freeze those weights for good, silently: refuse the step."""
-    bad = [name for name, p in model.named_parameters() if p.grad is not None
-           and not torch.isfinite(torch.linalg.vector_norm(p.grad.float()))]
-    if bad:
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return
+    norms = torch.stack([torch.linalg.vector_norm(g.float()).to(named[0][1].device)
+                         for _, g in named])
+    finite = torch.isfinite(norms)
+    if not bool(finite.all()):  # one device sync per step, not one per tensor
+        bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
         model.zero_grad(set_to_none=True)
         raise NonFiniteGradientError(
             f"the gradient of {len(bad)} parameter tensor(s) (first: {bad[0]}) is NaN, "
