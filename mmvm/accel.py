@@ -89,27 +89,35 @@ def grad_scaler(mode: str, device: torch.device) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(device.type) if mode == "fp16" else None
 
 
+# the largest gradient entry whose square float32 holds: Adam's second moment, a
+# gradient cut's norm square entries; beyond this an entry is an overflow, not a step
+MAX_GRADIENT = float(torch.finfo(torch.float32).max) ** 0.5  # ~1.8e19
+
+
 class NonFiniteGradientError(FloatingPointError):
-    """A gradient is NaN or inf, or its squares overflow float32; no step was taken."""
+    """A gradient entry is NaN, inf or beyond :data:`MAX_GRADIENT`; no step was taken."""
 
 
 def check_gradients(model: nn.Module) -> None:
     """Raise :class:`NonFiniteGradientError` (gradients cleared) unless every gradient
-    of ``model`` has a finite norm. A finite loss can still give such gradients (a
-    mixture component with a tiny variance); Adam would square them into an inf
-    second moment and freeze those weights for good, silently: refuse the step."""
+    entry of ``model`` is finite and at most :data:`MAX_GRADIENT` in size. A finite loss
+    can still give such gradients (a mixture component with a tiny variance); Adam
+    would square them into an inf second moment and freeze those weights for good,
+    silently: refuse the step."""
     named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
     if not named:
         return
-    norms = torch.stack([torch.linalg.vector_norm(g.float()).to(named[0][1].device)
-                         for _, g in named])
-    finite = torch.isfinite(norms)
-    if not bool(finite.all()):  # one device sync per step, not one per tensor
-        bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+    device = named[0][1].device
+    peaks = torch.stack([torch.linalg.vector_norm(g, float("inf")).float().to(device)
+                         for _, g in named])  # NaN propagates; an entry's size, no sum
+    fine = peaks <= MAX_GRADIENT  # False for NaN
+    if not bool(fine.all()):  # one device sync per step, not one per tensor
+        bad = [name for (name, _), ok in zip(named, fine.tolist(), strict=True) if not ok]
         model.zero_grad(set_to_none=True)
         raise NonFiniteGradientError(
-            f"the gradient of {len(bad)} parameter tensor(s) (first: {bad[0]}) is NaN, "
-            f"inf or beyond float32 range; the step was not applied")
+            f"the gradient of {len(bad)} parameter tensor(s) (first: {bad[0]}) holds NaN, "
+            f"inf or entries beyond {MAX_GRADIENT:.2g}, whose square overflows float32; "
+            f"the step was not applied")
 
 
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module,

@@ -11,7 +11,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-MAX_SEED = 2**31 - 1
+# the batch order derives generator seeds as seed * 100_003 + epoch (+ 7_919), which
+# torch's manual_seed takes up to 2**64 - 1: the largest seed that leaves room for
+# 2**33 epochs and offsets (a seed near 2**63 overflowed it at the first epoch)
+MAX_SEED = (2**64 - 2**33) // 100_003
 MAX_THREADS = 1024
 
 # key -> (predicate, requirement)
@@ -31,9 +34,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.alpha_start": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.alpha_steps": (lambda v: v >= 1, ">= 1"),
-    # the batch order, noise and weights derive seeds as seed * 100_003 + epoch and
-    # the like: a seed near 2**63 overflowed torch's generator at the first epoch
-    "train.seed": (lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED} (2**31 - 1)"),
+    "train.seed": (lambda v: 0 <= v <= MAX_SEED,
+                   f"in 0..{MAX_SEED} (derived generator seeds must fit 64 bits)"),
     "train.checkpoint_every": (lambda v: v >= 1, ">= 1"),
     # torch.set_num_threads(10**8) segfaults in OpenMP
     "train.num_threads": (lambda v: 0 <= v <= MAX_THREADS,

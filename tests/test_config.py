@@ -17,6 +17,7 @@ from mmvm.config import (
     config_to_dict,
     load_config,
 )
+from mmvm.config_ranges import MAX_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 POLYMNIST = ROOT / "configs" / "polymnist.toml"
@@ -261,11 +262,13 @@ def test_invalid_values_raise_naming_what(item, match):
     ("train.num_threads=-1", "train.num_threads must be in 0..1024 (0: torch's default), "
                              "got -1"),
     # seed * 100_003 + epoch overflowed torch's generator at the first epoch
-    ("train.seed=9223372036854775807", "train.seed must be in 0..2147483647 (2**31 - 1), "
-                                       "got 9223372036854775807"),
-    ("train.seed=2147483648", "train.seed must be in 0..2147483647 (2**31 - 1), "
-                              "got 2147483648"),
-    ("train.seed=-1", "train.seed must be in 0..2147483647 (2**31 - 1), got -1"),
+    ("train.seed=9223372036854775807", f"train.seed must be in 0..{MAX_SEED} (derived "
+                                       f"generator seeds must fit 64 bits), got "
+                                       f"9223372036854775807"),
+    (f"train.seed={MAX_SEED + 1}", f"train.seed must be in 0..{MAX_SEED} (derived generator "
+                                   f"seeds must fit 64 bits), got {MAX_SEED + 1}"),
+    ("train.seed=-1", f"train.seed must be in 0..{MAX_SEED} (derived generator seeds must "
+                      f"fit 64 bits), got -1"),
 ])
 def test_threads_and_seed_are_bounded_at_load(item, message):
     with pytest.raises(ConfigError) as info:
@@ -273,7 +276,8 @@ def test_threads_and_seed_are_bounded_at_load(item, message):
     assert str(info.value) == f"{POLYMNIST}, override {item!r}: {message}"
 
 
-@pytest.mark.parametrize("item", ["train.seed=2147483647", "train.num_threads=1024",
+@pytest.mark.parametrize("item", [f"train.seed={MAX_SEED}", "train.seed=4294967296",
+                                  "train.num_threads=1024",
                                   "train.num_threads=0", "train.seed=0"])
 def test_the_bounds_themselves_load(item):
     load_config(POLYMNIST, [item])
@@ -283,7 +287,7 @@ def test_the_largest_seed_runs_the_schedule_and_the_noise():
     from mmvm.noise import modality_noise
     from mmvm.schedule import epoch_batches, epoch_batches_grouped
 
-    seed = 2**31 - 1
+    seed = MAX_SEED
     assert sum(len(b) for b in epoch_batches(10, 4, seed, 10_000)) == 10
     assert sum(len(b) for b in epoch_batches_grouped([[0, 1], [2, 3]], 2, seed, 10_000)) == 4
     assert modality_noise(seed, 10**9, 7, 2, 3).isfinite().all()
