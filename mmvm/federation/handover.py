@@ -40,7 +40,7 @@ def assemble(sites: Mapping[str, tuple[str, tuple[str, ...]]],
     """The model from ``handed[site key][modality]`` (``sites[key]``: its name and
     modalities; ``shared[m]``: the keys of the sites that hold m), or why not."""
     state: dict[str, np.ndarray] = {}
-    reference: dict[str, Mapping[str, np.ndarray]] = dict(averaged)
+    first: dict[str, tuple[str, Mapping[str, np.ndarray]]] = {}  # m -> a holder's
     for key in sorted(handed):
         name, own = sites[key]
         for m, arrays in handed[key].items():
@@ -48,17 +48,35 @@ def assemble(sites: Mapping[str, tuple[str, tuple[str, ...]]],
                                    for n in arrays):
                 return {}, f"site {name} handed in parameters of {m!r}, not its own"
             if len(shared.get(m, ())) > 1:
-                ref = reference.setdefault(m, arrays)
-                differ = [n for n, v in arrays.items() if _float(v) and not (
-                    n in ref and np.array_equal(np.asarray(v, np.float32),
-                                                np.asarray(ref[n], np.float32)))]
-                if differ or any(_float(ref[n]) and n not in arrays for n in ref):
-                    return {}, (f"site {name} handed in weights of shared modality {m!r} "
-                                f"other than the ones the federation agreed on "
-                                f"({(differ or ['missing tensors'])[0]})")
+                if m in averaged:
+                    odd = _differ(arrays, averaged[m])
+                    if odd:
+                        return {}, (f"site {name} handed in weights of shared modality "
+                                    f"{m!r} other than the average every holder loaded "
+                                    f"({odd})")
+                else:  # never averaged: holders may differ, and then no one model
+                    other, ref = first.setdefault(m, (name, arrays))
+                    if other != name and _differ(arrays, _floats(ref)):
+                        return {}, (f"shared modality {m!r} was never averaged, and its "
+                                    f"holders {other} and {name} keep different weights: "
+                                    f"no single model")
             state.update({n: np.asarray(v) for n, v in arrays.items()})
     return state, None
 
 
-def _float(v) -> bool:
-    return np.asarray(v).dtype.kind == "f"
+def _floats(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {n: v for n, v in arrays.items() if np.asarray(v).dtype.kind == "f"}
+
+
+def _differ(arrays: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> str:
+    """The first tensor of ``arrays`` that is not ``ref``'s (a float tensor of the same
+    shape and values, compared as float32: what a float32 model loaded), or of a
+    float kind ``ref`` lacks; "" if none. By ``ref``'s names, whatever dtype a site
+    claims for them: an integer array would otherwise pass unchecked and be cast."""
+    for n, want in ref.items():
+        got = np.asarray(arrays[n]) if n in arrays else None
+        if got is None or got.dtype.kind != "f" or got.shape != np.shape(want) or \
+                not np.array_equal(got.astype(np.float32), np.asarray(want, np.float32)):
+            return n
+    return next((n for n, v in arrays.items()
+                 if n not in ref and np.asarray(v).dtype.kind == "f"), "")

@@ -137,6 +137,8 @@ def assembled_problem(cfg, state: dict) -> str | None:
     for k, v in state.items():
         if tuple(v.shape) != tuple(want[k].shape):
             return f"{k} has shape {tuple(v.shape)}, the model's is {tuple(want[k].shape)}"
+        if torch.as_tensor(v).is_floating_point() != want[k].is_floating_point():
+            return f"{k} is {torch.as_tensor(v).dtype}, the model's is {want[k].dtype}"
         if not torch.isfinite(torch.as_tensor(v)).all():
             return f"{k} holds non-finite values"
     return None

@@ -50,8 +50,32 @@ def test_a_holder_that_hands_in_other_weights_of_a_shared_modality_is_refused(av
     mean = {"m0": {"encoders.m0.w": np.full((2, 2), 0.1, np.float32)}} if averaged else {}
     handed = {"k0": {"m0": _arrays(0.1)}, "k1": {"m0": _arrays(0.7)}}
     state, why = assemble(SITES, handed, {"m0": ["k0", "k1"]}, mean)
-    assert state == {} and why.startswith("site b handed in weights of shared modality "
-                                          "'m0' other than the ones the federation agreed")
+    if averaged:
+        assert state == {} and why == ("site b handed in weights of shared modality 'm0' "
+                                       "other than the average every holder loaded "
+                                       "(encoders.m0.w)")
+    else:  # nobody to blame: no average was ever formed
+        assert state == {} and why == ("shared modality 'm0' was never averaged, and its "
+                                       "holders a and b keep different weights: no single "
+                                       "model")
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.float16])
+def test_a_shared_tensor_handed_in_as_another_dtype_is_compared_all_the_same(dtype):
+    """An integer array of 7s for a float parameter used to skip the comparison (only
+    float arrays were compared) and be cast into the model; float16 of the same
+    values is a fine representation only if the values agree."""
+    mean = {"m0": {"encoders.m0.w": np.full((2, 2), 0.1, np.float32)}}
+    forged = {**_arrays(0.1), "encoders.m0.w": np.full((2, 2), 7, dtype)}
+    handed = {"k0": {"m0": _arrays(0.1)}, "k1": {"m0": forged}}
+    state, why = assemble(SITES, handed, {"m0": ["k0", "k1"]}, mean)
+    assert state == {} and why.endswith("(encoders.m0.w)") and "site b" in why
+
+
+def test_holders_that_agree_without_an_average_make_a_model():
+    handed = {"k0": {"m0": _arrays(0.3)}, "k1": {"m0": _arrays(0.3)}}
+    state, why = assemble(SITES, handed, {"m0": ["k0", "k1"]}, {})
+    assert why is None and np.array_equal(state["encoders.m0.w"], _arrays(0.3)["encoders.m0.w"])
 
 
 def test_parameters_of_another_sites_modality_are_refused():
@@ -91,6 +115,7 @@ def test_a_tampering_site_leaves_the_run_without_a_model_and_with_its_name(
     name = sites[liar].name
     assert res.model_state is None
     assert res.model_refused.startswith(f"site {name} handed in weights of shared modality")
+    assert "other than the average every holder loaded" in res.model_refused
     assert res.evaluation_errors == {name: "metric 'probe/m0' = 'nan' is not a finite "
                                            "number (left out)"}
     assert "probe/m0" not in res.evaluation[liar]

@@ -28,6 +28,8 @@ def test_a_collected_model_is_checked_against_the_configs(tiny_polymnist, tiny_c
     assert assembled_problem(cfg, nan) == f"{name} holds non-finite values"
     wide = {**good, name: np.zeros((1, 1), np.float32)}
     assert "has shape (1, 1), the model's is" in assembled_problem(cfg, wide)
+    ints = {**good, name: np.full(good[name].shape, 7, np.int64)}  # cast on load
+    assert assembled_problem(cfg, ints) == f"{name} is torch.int64, the model's is torch.float32"
     short = {k: v for k, v in good.items() if k != name}
     assert f"parameters missing ['{name}']" in assembled_problem(cfg, short)
 
