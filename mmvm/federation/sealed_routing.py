@@ -31,7 +31,7 @@ from mmvm.secure.envelope import peek_header
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.masking import FixedPoint, aggregate_masked
 from mmvm.secure.session import unb64
-from mmvm.secure.unmasking import SEED_BYTES, combine_seed, threshold
+from mmvm.secure.unmasking import check_share, combine_seed, threshold
 
 
 def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
@@ -256,9 +256,13 @@ class SealedRouting:
 def _shares(coord: Coordinator, m: str, owner: str, survivors: list, answers: Mapping
             ) -> list[bytes]:
     """The shares of ``owner``'s self-mask seed for ``m`` from the other survivors'
-    unmask answers, each checked for form: a malformed or duplicated share names the
-    site that sent it (a well-formed wrong one is caught only by the mean's weight)."""
-    out, index_of = [], {}
+    unmask answers, each checked for form. The index a holder's share must carry is
+    fixed by the group, and every holder checks the share the owner sealed to it
+    before it answers (``sealed_weights.unmask``), so a malformed share here is the
+    relaying holder's doing: it is named. (A well-formed wrong one is caught only by
+    the mean's weight, without a name: no verifiable secret sharing.)"""
+    holders = [coord.name(k) for k in coord.shared[m]]
+    out = []
     for j in survivors:
         text = answers[j].shares.get(m, {}).get(coord.name(owner)) if j != owner else None
         if text is None:
@@ -267,12 +271,10 @@ def _shares(coord: Coordinator, m: str, owner: str, survivors: list, answers: Ma
             share = unb64(text) if isinstance(text, str) else b""
         except ValueError:
             share = b""
-        if len(share) != SEED_BYTES + 1 or share[0] == 0 or share[0] in index_of:
+        why = check_share(share, holders, coord.name(owner), coord.name(j))
+        if why:
             raise FederationError(
                 f"site {coord.name(j)}: its unmask answer holds a malformed share of site "
-                f"{coord.name(owner)}'s self-mask seed for {m!r}"
-                + (f" (the same index as site {index_of[share[0]]}'s)"
-                   if share[:1] and share[0] in index_of else ""))
-        index_of[share[0]] = coord.name(j)
+                f"{coord.name(owner)}'s self-mask seed for {m!r} ({why})")
         out.append(share)
     return out

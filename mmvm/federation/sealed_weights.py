@@ -34,7 +34,7 @@ from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
 from mmvm.secure.masking import mask_update
 from mmvm.secure.session import SiteSecrets, b64, unb64
-from mmvm.secure.unmasking import new_seed, reveal, share_seed
+from mmvm.secure.unmasking import check_share, new_seed, reveal, share_seed
 
 SHARE_COUNTER = 1  # posteriors of the same round use counter 0
 
@@ -148,6 +148,11 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
     for m, view in sorted(req.groups.items()):
         g = groups[m]
         got = {s: v[m] for s, v in opened.items() if m in v}
+        for owner, share in got.items():  # the owner's fault, named now: the server
+            why = check_share(share, g["holders"], owner, sec.site)  # would blame us
+            if owner in g["holders"] and why:
+                raise PeerContentError(f"site {sec.site}: {owner} sent a malformed share "
+                                       f"of its self-mask seed for {m!r} ({why})")
         peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
         shares, seeds = reveal(sec.keys, peers, g["holders"], list(view["survivors"]),
                                list(view["dropped"]), got, run_id=sec.run_id,

@@ -52,6 +52,22 @@ def share_seed(seed: bytes, holders: Sequence[str], me: str) -> dict[str, bytes]
     return {p: bytes([idx]) + share for p, (idx, share) in zip(peers, shares, strict=True)}
 
 
+def share_index(holders: Sequence[str], owner: str, holder: str) -> int:
+    """The Shamir index of the share of ``owner``'s seed that ``holder`` gets
+    (:func:`share_seed`: the other holders in sorted order, from 1): fixed by the group,
+    so the holder and the server can both check it."""
+    return sorted(set(holders) - {owner}).index(holder) + 1
+
+
+def check_share(share: bytes, holders: Sequence[str], owner: str, holder: str) -> str:
+    """Why ``share`` is not a well-formed share of ``owner``'s seed for ``holder``
+    (length, index byte), or ""."""
+    want = share_index(holders, owner, holder)
+    if len(share) != SEED_BYTES + 1:
+        return f"{len(share)} bytes, not {SEED_BYTES + 1}"
+    return "" if share[0] == want else f"index {share[0]}, not {want}"
+
+
 def combine_seed(shares: Sequence[bytes], n_holders: int) -> bytes:
     """The seed from at least ``threshold(n_holders)`` distinct shares."""
     t = threshold(n_holders)

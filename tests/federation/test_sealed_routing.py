@@ -44,8 +44,35 @@ def test_a_malformed_unmask_share_names_its_sender(cfg, tmp_path, tiny_polymnist
 
     with pytest.raises(FederationError, match="malformed share") as err:
         federate(cfg, {}, transport=Tamper(endpoints), secure=True, exchange="step")
-    assert str(err.value).startswith(f"site {seen['liar']}:") or (
-        how == "duplicate" and f"site {seen['liar']}'s" in str(err.value))
+    # a copy of another holder's share carries that holder's index: the relay is named,
+    # never the holder it copied
+    assert str(err.value).startswith(f"site {seen['liar']}:")
+
+
+def test_an_owner_that_seals_a_malformed_share_is_named_by_the_holder(
+        cfg, tmp_path, tiny_polymnist, monkeypatch):
+    """The owner gives one holder a share with another holder's index: the holder
+    checks it when it opens it and names the owner (the server would otherwise see a
+    bad share relayed by an honest holder)."""
+    import mmvm.federation.sealed_weights as sealed_weights
+    from mmvm.secure.errors import PeerContentError
+
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    owner = sorted(s.name for s in sites.values() if "m0" in s.names)[0]
+    honest = sealed_weights.share_seed
+
+    def lying(seed, holders, me):
+        shares = honest(seed, holders, me)
+        if me == owner:
+            first, second = sorted(shares)[:2]
+            shares[first] = bytes([shares[second][0]]) + shares[first][1:]
+        return shares
+
+    monkeypatch.setattr(sealed_weights, "share_seed", lying)
+    with pytest.raises(PeerContentError, match=f": {owner} sent a malformed share of its "
+                       r"self-mask seed for 'm0' \(index \d, not \d\)"):
+        federate(cfg, {}, transport=LocalTransport(endpoints), secure=True,
+                 exchange="step")
 
 
 def test_a_site_whose_envelope_header_lies_is_refused_for_that_window_by_name(
