@@ -14,7 +14,7 @@ section 2). Aggregated methods decode every modality from one joint z.
 | poe         | z ~ prod_m q_m (no prior expert)     | M KL(q_poe || N(0,I))            |
 | moe         | z ~ q_k, one k per sample            | M KL(q_k || N(0,I))              |
 | mopoe       | z ~ PoE(q_S), one subset S per sample| M KL(q_S || N(0,I))              |
-| mmvaeplus   | [shared z of a present modality, own private w or w ~ r_m] | see below |
+| mmvaeplus   | [shared z of a present modality, own private w or w ~ N(0,I)] | see below |
 
 Only the unimodal methods (``register(..., federated=True)``) train across sites that
 each hold some modalities: their objective couples modalities only through the

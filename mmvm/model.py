@@ -188,8 +188,9 @@ class MultimodalVAE(nn.Module):
             if rows is None:  # every row: the batch as it is
                 mu_m, lv_m = self.encode_modality(name, x[name])
             else:
-                self._check_input(name, x[name], rows)
-                mu_m, lv_m = self._encode(name, x[name][rows.to(x[name].device)])
+                x_m = x[name][rows.to(x[name].device)]  # gathered once
+                self._check_input(name, x_m, rows, B)
+                mu_m, lv_m = self._encode(name, x_m)
                 mu_m, lv_m = scatter_rows(mu_m, rows, B), scatter_rows(lv_m, rows, B)
             mus.append(mu_m)
             lvs.append(lv_m)
@@ -234,9 +235,11 @@ class MultimodalVAE(nn.Module):
         own = list(self.encoders[name].parameters()) + list(self.decoders[name].parameters())
         return own + ([self.aux_logstd[name]] if name in self.aux_logstd else [])
 
-    def _check_input(self, name: str, x: Tensor, rows: Tensor | None = None) -> None:
-        """Shape and finiteness of ``x`` (its rows ``rows`` only, when given: the
-        others are filler and never run; errors name batch rows either way)."""
+    def _check_input(self, name: str, x: Tensor, rows: Tensor | None = None,
+                     batch: int | None = None) -> None:
+        """Shape and finiteness of ``x``: a whole batch, or with ``rows`` the batch's
+        rows ``rows`` (of ``batch``) already gathered, the others being filler that
+        never runs; errors name positions in the whole batch either way."""
         if name not in self.specs:
             raise ValueError(f"unknown modality {name!r}; the model has {self.names}")
         expected = tuple(self.specs[name].shape)
@@ -245,9 +248,7 @@ class MultimodalVAE(nn.Module):
                 f"modality {name!r}: expected input of shape [batch, {', '.join(map(str, expected))}], "
                 f"got {list(x.shape)}"
             )
-        B = x.shape[0]
-        if rows is not None:
-            x = x[rows.to(x.device)]
+        B = x.shape[0] if batch is None else batch
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()
             if rows is not None:

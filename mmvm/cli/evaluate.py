@@ -225,6 +225,7 @@ def write_keeping_earlier(path: Path, data: bytes) -> Path | None:
             os.link(path, kept)  # refuses an existing name: nothing overwritten
         except OSError:  # a file system without hard links: a copy, its time kept
             st = path.stat()
+            # (overwrite=False would link again; the name is a fresh time stamp)
             atomic_write(kept, path.read_bytes(), mode=st.st_mode & 0o777)
             os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
     try:

@@ -39,7 +39,8 @@ def open_dataset(
     names : the modalities to load, in this order; ``None`` = all the files hold.
     data_cfg : the experiment's ``[data]`` section (``label``, ``streaming``,
         ``cache_row_groups``).
-    limit : keep the first ``limit`` samples (0 = all).
+    limit : keep ``limit`` samples chosen at random, reproducibly by sample id (0 = all;
+        :func:`mmvm.subsample.keep_ids`).
     """
     # imported here so that ``import mmvm.data.store`` does not pull in torch
     if data_cfg.streaming:
