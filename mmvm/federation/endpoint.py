@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from collections.abc import Mapping
+
+import numpy as np
 
 from mmvm.config import config_digest
 from mmvm.federation.channel import Channel
@@ -76,7 +79,8 @@ class Endpoint:
             raise FederationError(f"site {self.site.name}: unknown request "
                                   f"{type(request).__name__}") from None
         self._commits.clear()
-        self.site.progress.same_mode(self.site.name, self.channel.mode)
+        self.site.progress.same_mode(self.site.name, self.channel.mode,
+                                     config_digest(self.site.cfg))
         reply = handler(request)
         # the state first, then the replay guard: a process killed in between
         # retries the message from the old state (or repeats the kept reply) instead
@@ -91,7 +95,8 @@ class Endpoint:
         self.site.progress.describe(self.site.name)
         reply = self.channel.describe(self.site)
         reply.labelled = reply.labelled and self._probes_allowed()  # nor if it has one
-        self.site.progress.phase, self.site.progress.mode = "described", self.channel.mode
+        p = self.site.progress
+        p.phase, p.mode, p.config = "described", self.channel.mode, config_digest(self.site.cfg)
         return reply
 
     def align(self, req: AlignRequest):
@@ -175,21 +180,22 @@ class Endpoint:
 
     def window(self, req: WindowRequest) -> WindowReply:
         site, index = self.site, req.window
-        again = site.replies.get("window", index)
+        inputs = {"config": config_digest(site.cfg),  # a resumed run brings its own
+                  "absent": sorted(req.absent), "resync": bool(req.resync),
+                  "posteriors": {s: hashlib.sha256(b).hexdigest()
+                                 for s, b in sorted(req.posteriors.items())}}
+        asked = request_digest(inputs, req.weights)
+        again = site.replies.get("window", index, asked)
         if again is not None:  # a restarted server asks again: the same reply, byte for
-            return again       # byte (the site trains a window once, masks it once)
-        site.progress.window_(site.name, index)
+            return again       # byte (the site trains a window once, masks it once);
+        site.progress.window_(site.name, index)  # other inputs: "already done"
         site.check_window(index)
         if req.resync:
             site.linked().resync()
         t0 = time.perf_counter()
         others, commit = self.channel.incoming(site, index, req.posteriors, req.absent)
         self._check_shared(req.weights)  # before the window's inputs are recorded
-        self.channel.begin_window(site, index, req.weights, {
-            "config": config_digest(site.cfg),  # a resumed run brings its own
-            "absent": sorted(req.absent), "resync": bool(req.resync),
-            "posteriors": {s: hashlib.sha256(b).hexdigest()
-                           for s, b in sorted(req.posteriors.items())}})
+        self.channel.begin_window(site, index, req.weights, inputs)
         self._load_shared(req.weights)
         try:
             reply = self._train(req, others, t0)
@@ -207,7 +213,7 @@ class Endpoint:
             reply.metrics = withhold_losses(reply.metrics)
         self._commits.append(commit)
         site.progress.window = index
-        site.replies.keep("window", index, reply)
+        site.replies.keep("window", index, reply, asked)
         return reply
 
     def _train(self, req: WindowRequest, others, t0: float) -> WindowReply:
@@ -316,3 +322,16 @@ class LocalTransport:
                 out[key] = SiteFailure(self.endpoints[key].site.name,
                                        f"{type(err).__name__}: {err}")
         return out
+
+
+def request_digest(inputs: Mapping, weights: Mapping[str, Mapping[str, np.ndarray]]) -> str:
+    """SHA-256 of a window request's ``inputs`` and its weights: a kept reply answers
+    only the request that produced it (another run over the same state, say a
+    concurrent resume, would otherwise get its own window adopted by the live run)."""
+    h = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
+    for m in sorted(weights):
+        for n in sorted(weights[m]):
+            a = np.ascontiguousarray(weights[m][n])
+            h.update(f"{m}/{n}/{a.dtype.str}/{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()

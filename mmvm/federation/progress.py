@@ -38,6 +38,7 @@ class Progress:
     window: int = -1  # last window trained
     unmasked: int = -1  # last window whose unmask step was answered
     mode: str = ""  # the channel the run began with ("plain", "sealed/<alignment>")
+    config: str = ""  # the experiment's digest the run began with (mmvm.config)
 
     def _need(self, site: str, what: str, *phases: str) -> None:
         if self.phase not in phases:
@@ -48,11 +49,19 @@ class Progress:
     def describe(self, site: str) -> None:
         self._need(site, "describe", "new")
 
-    def same_mode(self, site: str, mode: str) -> None:
-        """A run's protection is fixed when it begins: a later message over another
-        channel is refused. (Else a plaintext run resuming a secure run's state would
-        get the site's unmasked weights, or roll it back so that a window is masked
-        twice.) A state without a mode comes from before modes were kept: refused."""
+    def same_mode(self, site: str, mode: str, config: str = "") -> None:
+        """A run's protection and experiment are fixed when it begins: a later message
+        over another channel, or with another experiment config, is refused. (Else a
+        plaintext run resuming a secure run's state would get the site's unmasked
+        weights, or roll it back so that a window is masked twice; and a resume could
+        widen the model past the limits checked at attach.) A state without a mode
+        comes from before modes were kept: refused; one without a config digest from
+        before those were kept: taken."""
+        if self.phase != "new" and self.config and config and self.config != config:
+            raise ProtocolOrderError(
+                f"site {site}: this run began under another experiment config; a message "
+                f"with a different one is refused (a resume must bring the run config it "
+                f"began with)")
         if self.phase != "new" and self.mode != mode:
             began = self.mode or "an unrecorded mode (an earlier version)"
             raise ProtocolOrderError(

@@ -305,3 +305,34 @@ def test_a_second_process_on_the_sites_state_is_refused_naming_no_path(plain_sit
     assert reply.startswith("StateBusyError: run-7/site-m0.lock: another process"), reply
     assert plain_site["state"] not in reply
     assert not isinstance(_describe(plain_site), str)  # the holder gone: answered
+
+
+def test_a_resume_that_brings_another_experiment_is_refused_before_it_trains(plain_site):
+    """A run attached under the app's config; a run resuming it whose `set` declares
+    200 modalities the site does not hold (its parameters, so its saved state, stay
+    the same, but every step pairs all of them) would train past the max-step-gib
+    checked at attach. Every message of the resumed run is refused; the same config
+    resumes."""
+    from mmvm.federation.messages import AttachRequest, DescribeRequest, WindowRequest
+    from wire.records import reply_from_record, to_record
+
+    nc = {**plain_site, "max-step-gib": "1"}
+
+    def send(req, rc, run_id):
+        site_node._NODES.clear()  # a fresh ClientApp process per message
+        context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                          run_config=rc)
+        out = site_node.answer(req.kind, to_record(req), context)
+        return out if isinstance(out, str) else reply_from_record(req.kind, out)
+
+    honest = app_run_config()
+    wide = ";".join(f'model.modalities.x{i}={{kind="vector",shape=[1]}}' for i in range(200))
+    d = send(DescribeRequest(), honest, 90)
+    plan = {"batch_size": 32, "seed": 0, "epochs": 1, "exchange": "step"}
+    assert not isinstance(send(AttachRequest(n=d.n, rows=list(range(d.n)), float16=False,
+                                             shared={}, peers={}, plan=plan), honest, 90), str)
+    said = send(WindowRequest(window=0), dict(app_run_config(set=wide), resume="90"), 91)
+    assert isinstance(said, str) and "this run began under another experiment config" \
+        in said, said
+    again = send(WindowRequest(window=0), dict(honest, resume="90"), 92)
+    assert not isinstance(again, str) and again.metrics["rows"] > 0

@@ -48,6 +48,7 @@ class CrashAt(LocalTransport):
     def exchange(self, requests, wait=None, need=1):
         first = next(iter(requests.values()))
         if first.kind == "window" and first.window == self.k:
+            self.sent = dict(requests)  # what the sites got, to be asked again
             if self.delivered:
                 super().exchange(requests, wait, need)
             raise Crash(f"server killed at window {self.k}")
@@ -210,18 +211,21 @@ def test_a_site_repeats_its_reply_but_never_trains_a_window_twice(cfg, tmp_path,
                                                                    tiny_polymnist):
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
+    crash = CrashAt(plain_endpoints(sites), 2, True)
     with pytest.raises(Crash):
-        run_federation(CrashAt(plain_endpoints(sites), 2, True),
-                       settings_for(cfg, exchange="step"))
+        run_federation(crash, settings_for(cfg, exchange="step"))
     site = sites["n0"]
     endpoint = plain_endpoints({"n0": site})["n0"]
-    kept = site.replies.get("window", 2)
     weights = {k: v.copy() for k, v in site.weights("m0").items()}
     from mmvm.federation.messages import WindowRequest
 
-    again = endpoint.handle(WindowRequest(window=2))
-    assert again is kept and site.progress.window == 2
+    first = endpoint.handle(crash.sent["n0"])  # the same request: the kept reply
+    assert endpoint.handle(crash.sent["n0"]) is first and site.progress.window == 2
     assert all(np.array_equal(weights[k], v) for k, v in site.weights("m0").items())
+    # other inputs for that window (another run over this state, a concurrent
+    # resume with its peers' posteriors left out, say): not the kept reply, refused
+    with pytest.raises(FederationError, match="window 2 is already done"):
+        endpoint.handle(WindowRequest(window=2))
     with pytest.raises(FederationError, match="window 1 refused"):
         endpoint.handle(WindowRequest(window=1))
 
