@@ -60,3 +60,14 @@ def _layer_outputs(model: nn.Module, batch_size: int) -> int:
         for h in hooks:
             h.remove()
     return total
+
+
+def table_bytes(cfg: ExperimentConfig, rows: int, modalities: int) -> int:
+    """Bytes of posterior tables, (mu, logvar) in float32, of ``modalities`` for
+    ``rows`` rows: what a window's message makes a site hold (the others' posteriors
+    it receives and its own it sends, kept with its state) and, for its train and test
+    rows, what its final evaluation collects. The latent size is the run config's
+    choice, and these grow with it and the rows, not with the batch: a huge latent
+    over tiny networks passes max-params and a small batch's step."""
+    code = cfg.model.latent_dim + cfg.model.private_dim
+    return rows * modalities * 2 * code * FLOAT_BYTES

@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Mapping
 
 import numpy as np
 
 from mmvm.config import config_digest
+from mmvm.data.store import read_site_meta
 from mmvm.federation.channel import Channel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import (
@@ -44,7 +46,7 @@ from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.window_metrics import WITHHELD, withhold_losses
-from mmvm.footprint import step_bytes
+from mmvm.footprint import step_bytes, table_bytes
 from mmvm.secure.errors import SecurityError
 
 
@@ -132,6 +134,11 @@ class Endpoint:
         site.attach(req.n, req.rows, positions, plan, float16=req.float16,
                     shared=sorted(req.shared),
                     delta_tol=req.delta_tol if req.delta_tol >= 0 else None)
+        try:
+            self._check_tables()
+        except PolicyError:
+            site.link = None  # nothing of this attach stays
+            raise
         if self.channel.secure:  # the server's plan must not single samples out
             try:
                 shared = sorted(req.shared)
@@ -142,6 +149,23 @@ class Endpoint:
                 self._refuse_plan(err)
         site.progress.phase = "attached"
         return AttachReply(posteriors=self.channel.outgoing(site, 0))
+
+    def _check_tables(self) -> None:
+        """The posterior tables a window makes the site hold (its rows of the largest
+        window, every modality of the run) and its final evaluation's latents (all its
+        train and test rows, its own modalities), against ``max-step-gib``."""
+        site, policy = self.site, self.policy
+        if policy.test_bed:
+            return
+        widest = int(site.own_rows()[:, 0].max(initial=0))
+        policy.check_held(site.name, f"a window's posteriors ({widest:,} rows x "
+                          f"{len(site.global_names)} modalities)",
+                          table_bytes(site.cfg, widest, len(site.global_names)))
+        test = site.test_path if site.test_path and os.path.isfile(site.test_path) else ""
+        rows = len(site.data) + (read_site_meta(test)["num_rows"] if test else 0)
+        policy.check_held(site.name, f"the final evaluation's latents ({rows:,} rows x "
+                          f"{len(site.names)} modalities)",
+                          table_bytes(site.cfg, rows, len(site.names)))
 
     def _refuse_plan(self, err: PolicyError) -> None:
         """Refuse the run's plan for good: the refusal is written with the site's

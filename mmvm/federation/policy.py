@@ -200,6 +200,14 @@ class SitePolicy:
                               f"{need / 2**30:,.1f} GiB; its node config allows "
                               f"{self.max_step_gib:,} GiB (max-step-gib)")
 
+    def check_held(self, site: str, what: str, need: int) -> None:
+        """Refuse a message that would make the site hold more than ``max-step-gib``
+        in ``what`` (:func:`mmvm.footprint.table_bytes`); not in a test bed."""
+        if not self.test_bed and need > self.max_step_gib * 2**30:
+            raise PolicyError(f"site {site}: {what} would need about {need / 2**30:,.1f} "
+                              f"GiB; its node config allows {self.max_step_gib:,} GiB "
+                              f"(max-step-gib)")
+
     def check_ring_set(self, site: str, origin: str, size: int) -> None:
         """Refuse to multiply a PSI ring set of more than ``max-align-rows`` points:
         a set's origin chooses what it holds, so a site colluding with the server

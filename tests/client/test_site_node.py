@@ -336,3 +336,35 @@ def test_a_resume_that_brings_another_experiment_is_refused_before_it_trains(pla
         in said, said
     again = send(WindowRequest(window=0), dict(honest, resume="90"), 92)
     assert not isinstance(again, str) and again.metrics["rows"] > 0
+
+
+@pytest.mark.parametrize("exchange, what", [
+    ("round", "a window's posteriors (192 rows x 3 modalities)"),
+    ("step", "the final evaluation's latents"),
+])
+def test_a_latent_that_would_fill_memory_in_tables_is_refused_at_attach(plain_site,
+                                                                         exchange, what):
+    """A run config with a 600,000-dimensional latent over 1-unit MLPs passes
+    max-params and a batch-of-one step, but a round window's posteriors (rows x
+    latent) or the evaluation's latents of every row would need GiBs: refused at
+    attach, before anything is encoded, naming what and the limit."""
+    from mmvm.federation.messages import AttachRequest, DescribeRequest
+    from wire.records import reply_from_record, to_record
+
+    nc = {**plain_site, "max-step-gib": "1"}
+    mods = ";".join(f"model.modalities.{m}.kind=vector;model.modalities.{m}.network=mlp;"
+                    f"model.modalities.{m}.width=1;model.modalities.{m}.layers=1"
+                    for m in ("m0", "m1", "m2"))
+    rc = app_run_config(set=f"model.latent_dim=600000;{mods}")
+    context = Context(run_id=93, node_id=1, node_config=nc, state=RecordDict(),
+                      run_config=rc)
+    site_node._NODES.clear()
+    d = reply_from_record("describe", site_node.answer(
+        "describe", to_record(DescribeRequest()), context))
+    plan = {"batch_size": 1 if exchange == "round" else 4, "seed": 0, "epochs": 1,
+            "exchange": exchange}
+    said = site_node.answer("attach", to_record(AttachRequest(
+        n=d.n, rows=list(range(d.n)), float16=False, shared={}, peers={}, plan=plan)),
+        context)
+    assert isinstance(said, str) and said.startswith(f"PolicyError: site site-m0: {what}")
+    assert said.endswith("its node config allows 1 GiB (max-step-gib)")
