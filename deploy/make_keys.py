@@ -285,7 +285,7 @@ def _main(args: argparse.Namespace) -> int:
     write_all(files, force=args.force)
     for pub in publics:
         print(f"site {pub.site}: fingerprint {pub.fingerprint}")
-    print(f"wrote {len(files)} files under {out}")
+    print(f"wrote {len(files)} file{'s' * (len(files) != 1)} under {out}")
     return 0
 
 

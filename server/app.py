@@ -238,7 +238,8 @@ def run(grid: Grid, context: Context) -> None:
         if problem:
             raise ConfigError(f"run config: {problem}")
     print(f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange {s.exchange}, "
-          f"{cfg.train.epochs} epochs, secure {s.secure}; results will be in {out_dir}",
+          f"{cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}, secure {s.secure}; "
+          f"results will be in {out_dir}",
           flush=True)
     first: list[tuple[float, int]] = []  # when the first window of this process began
 

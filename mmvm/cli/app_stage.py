@@ -166,3 +166,16 @@ def _ignored_dir(app: Path) -> Callable[[str], bool]:
         return lambda _path: False
     spec = pathspec.GitIgnoreSpec.from_lines(lines)
     return spec.match_file
+
+
+def ignored_by_app(app: Path, path: Path) -> bool:
+    """Whether the app's ``.gitignore`` keeps ``path`` (a file, or a folder and every
+    file in it) out of the bundle ``flwr run`` builds: Flower's own matching
+    (``flwr.cli.utils``, the rules its FAB builder applies)."""
+    from flwr.cli.utils import build_pathspec, load_gitignore_patterns
+
+    path = Path(path).expanduser().resolve()
+    rel = path.relative_to(Path(app).resolve()).as_posix()
+    spec = build_pathspec(load_gitignore_patterns(Path(app) / ".gitignore"))
+    files = [rel] if not path.is_dir() else [f"{rel}/state.json"]  # what it would hold
+    return all(spec.match_file(p) for p in files)

@@ -317,10 +317,19 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
         subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
                        capture_output=True, timeout=120)
         # a resumed run keeps the state of the run it continues, under that one's id
-        first = str(parse_overrides(args.run_config).get("resume") or run_id)
-        print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
-              f"--run-config and resume='{first}' (if its sites had attached)",
-              file=sys.stderr)
+        overrides = parse_overrides(args.run_config)
+        first = str(overrides.get("resume") or run_id)
+        folder = Path(str(overrides.get("out-dir") or "~/.mmvm/runs")).expanduser() \
+            / f"run-{first}"
+        if (folder / "results.json").is_file():  # trained and written: only evaluating
+            print(f"\nmmvm run: stopped run {run_id} after its training was written "
+                  f"({folder}); its sites answered the final evaluation, so it cannot be "
+                  f"resumed: evaluate its model with mmvm evaluate --run {folder}",
+                  file=sys.stderr)
+        else:
+            print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
+                  f"--run-config and resume='{first}' (if its sites had attached)",
+                  file=sys.stderr)
     return 128 + signum
 
 

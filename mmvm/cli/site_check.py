@@ -100,14 +100,14 @@ def _unknown_keys(nc: Mapping) -> str:
 
 
 def _paths(check: NodeCheck, nc: Mapping) -> None:
-    from mmvm.cli.app_stage import flower_app_above
+    from mmvm.cli.app_stage import flower_app_above, ignored_by_app
 
     for key in ("keys", "directory", "state"):  # JSON files flwr would pack
         app = flower_app_above(Path(str(nc[key]))) if nc.get(key) else None
-        if app is not None:
-            check.add("paths", WARNING, f"{key}={nc[key]} is inside the Flower app {app}: "
-                      f"`flwr run` there packs its JSON files, unless .gitignore ignores "
-                      f"them, into the bundle the SuperLink and every SuperNode get")
+        if app is not None and not ignored_by_app(app, Path(str(nc[key]))):
+            check.add("paths", WARNING, f"{key}={nc[key]} is inside the Flower app {app} "
+                      f"and not in its .gitignore: `flwr run` there packs its JSON files "
+                      f"into the bundle the SuperLink and every SuperNode get")
     for key in PATH_KEYS:
         if nc.get(key) and not Path(str(nc[key])).expanduser().is_absolute():
             check.add("paths", WARNING, f"{key}={nc[key]} is relative: the SuperNode "

@@ -285,3 +285,23 @@ def test_a_gpu_share_without_a_gpu_is_one_line_before_flower(tmp_path):
                              env=env)
         assert res.returncode == 2 and said in res.stderr, res.stderr
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_a_run_stopped_after_its_results_were_written_is_sent_to_evaluate(tmp_path,
+                                                                          capsys):
+    """Stopped while the server evaluated: its sites already answered the final
+    evaluation, so a resume is refused there; the message says to evaluate."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli.run import _run
+
+    (tmp_path / "run-42").mkdir()
+    (tmp_path / "run-42" / "results.json").write_text("{}")
+    args = argparse.Namespace(connection=None, run_config=f"out-dir='{tmp_path}'")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert _run(args, [sys.executable, "-c", LATE]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert f"stopped run 42 after its training was written ({tmp_path / 'run-42'})" in err
+    assert f"mmvm evaluate --run {tmp_path / 'run-42'}" in err and "resume=" not in err

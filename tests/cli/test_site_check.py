@@ -308,6 +308,10 @@ def test_keys_or_state_inside_a_flower_app_are_warned(fed):
     for key in ("keys", "directory", "state"):
         assert f"{key}={fed['root']}" in said
     assert f"is inside the Flower app {fed['root']}" in said
+    # the documented layout: keys/ in the app's .gitignore (Flower's own matching)
+    (fed["root"] / ".gitignore").write_text("/keys/\nstate/\n")
+    said = " ".join(_find(check_node_config(_nc(fed)), "paths", WARNING))
+    assert "keys=" not in said and "directory=" not in said and "state=" not in said
 
 
 def test_pixels_stored_unscaled_are_warned_before_a_run_trains_on_them(fed):
