@@ -216,7 +216,9 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         s, policy, files = settings_and_policy(context)
     except EXPECTED as err:  # settings or policy: nothing of the site was read yet
         nc = context.node_config
-        _journal(str(nc.get("site", Path(str(nc.get("data", "?"))).name)),
+        who = nc.get("site") or (Path(str(nc["data"])).name if nc.get("data") else
+                                 f"of partition {nc.get('partition-id', '?')}")
+        _journal(str(who),
                  f"refused the run's {kind} message: {type(err).__name__}: {err}")
         return f"{type(err).__name__}: {err}"
     node, root = None, _state_root(context, s, policy)
