@@ -158,6 +158,8 @@ class Endpoint:
         if policy.test_bed:
             return
         widest = int(site.own_rows()[:, 0].max(initial=0))
+        if site.linked().delta_tol is not None:  # event-triggered: every row received
+            widest = len(site.data)  # or sent stays cached, for every modality
         policy.check_held(site.name, f"a window's posteriors ({widest:,} rows x "
                           f"{len(site.global_names)} modalities)",
                           table_bytes(site.cfg, widest, len(site.global_names)))

@@ -332,8 +332,8 @@ def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
         metrics, problems = checked_metrics(r.metrics)
         if problems:
             result.evaluation_errors[coord.name(k)] = "; ".join(problems) + " (left out)"
-        result.evaluation[k] = {**metrics, "site": coord.name(k),
-                                "modalities": list(r.modalities)}
+        result.evaluation[k] = {**metrics, "site": coord.name(k),  # what it holds, as
+                                "modalities": list(coord.sites[k].modalities)}  # described
     if not collect_model:  # every site keeps its weights
         result.kept_weights = sorted(coord.name(k) for k in replies)
         return

@@ -368,3 +368,31 @@ def test_a_latent_that_would_fill_memory_in_tables_is_refused_at_attach(plain_si
         context)
     assert isinstance(said, str) and said.startswith(f"PolicyError: site site-m0: {what}")
     assert said.endswith("its node config allows 1 GiB (max-step-gib)")
+
+
+def test_event_triggered_exchange_counts_every_row_the_caches_keep(plain_site):
+    """With delta-tol the site keeps every row it received or sent, for every
+    modality: a batch-of-one plan's window tables are small, the caches are not."""
+    from mmvm.federation.messages import AttachRequest, DescribeRequest
+    from wire.records import reply_from_record, to_record
+
+    nc = {**plain_site, "max-step-gib": "1"}
+    mods = ";".join(f"model.modalities.{m}.kind=vector;model.modalities.{m}.network=mlp;"
+                    f"model.modalities.{m}.width=1;model.modalities.{m}.layers=1"
+                    for m in ("m0", "m1", "m2"))
+    rc = app_run_config(set=f"model.latent_dim=300000;{mods}")
+    context = Context(run_id=94, node_id=1, node_config=nc, state=RecordDict(),
+                      run_config=rc)
+    site_node._NODES.clear()
+    d = reply_from_record("describe", site_node.answer(
+        "describe", to_record(DescribeRequest()), context))
+    plan = {"batch_size": 1, "seed": 0, "epochs": 1, "exchange": "step"}
+
+    def attach(tol):
+        return site_node.answer("attach", to_record(AttachRequest(
+            n=d.n, rows=list(range(d.n)), float16=False, shared={}, peers={}, plan=plan,
+            delta_tol=tol)), context)
+
+    said = attach(0.05)
+    assert isinstance(said, str) and "a window's posteriors (192 rows x 3 " in said
+    assert not isinstance(attach(-1.0), str)  # without it: one row per window

@@ -119,3 +119,11 @@ def test_a_tampering_site_leaves_the_run_without_a_model_and_with_its_name(
     assert res.evaluation_errors == {name: "metric 'probe/m0' = 'nan' is not a finite "
                                            "number (left out)"}
     assert "probe/m0" not in res.evaluation[liar]
+
+
+def test_a_probe_accuracy_outside_0_1_is_left_out():
+    """1e300 would make the run's probe_mean 1e295."""
+    kept, problems = checked_metrics({"probe/m0": 1e300, "majority/m0": -0.1,
+                                      "probe/m1": 1.0})
+    assert kept == {"probe/m1": 1.0} and len(problems) == 2
+    assert "metric 'probe/m0' = 1e+300 is not a fraction in [0, 1]" in problems
