@@ -338,6 +338,29 @@ def test_a_resume_that_brings_another_experiment_is_refused_before_it_trains(pla
     assert not isinstance(again, str) and again.metrics["rows"] > 0
 
 
+def _wide_latent_site(plain_site: dict, latent: int, run_id: int):
+    """A site (max-step-gib 1) described in a run whose latent is ``latent`` wide over
+    1-unit MLPs; returns ``attach(plan, delta_tol)`` -> the site's reply."""
+    from mmvm.federation.messages import AttachRequest, DescribeRequest
+    from wire.records import reply_from_record, to_record
+
+    nc = {**plain_site, "max-step-gib": "1"}
+    mods = ";".join(f"model.modalities.{m}.kind=vector;model.modalities.{m}.network=mlp;"
+                    f"model.modalities.{m}.width=1;model.modalities.{m}.layers=1"
+                    for m in ("m0", "m1", "m2"))
+    context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                      run_config=app_run_config(set=f"model.latent_dim={latent};{mods}"))
+    site_node._NODES.clear()
+    d = reply_from_record("describe", site_node.answer(
+        "describe", to_record(DescribeRequest()), context))
+
+    def attach(plan: dict, delta_tol: float = -1.0):
+        return site_node.answer("attach", to_record(AttachRequest(
+            n=d.n, rows=list(range(d.n)), float16=False, shared={}, peers={}, plan=plan,
+            delta_tol=delta_tol)), context)
+    return attach
+
+
 @pytest.mark.parametrize("exchange, what", [
     ("round", "a window's posteriors (192 rows x 3 modalities)"),
     ("step", "the final evaluation's latents"),
@@ -348,24 +371,9 @@ def test_a_latent_that_would_fill_memory_in_tables_is_refused_at_attach(plain_si
     max-params and a batch-of-one step, but a round window's posteriors (rows x
     latent) or the evaluation's latents of every row would need GiBs: refused at
     attach, before anything is encoded, naming what and the limit."""
-    from mmvm.federation.messages import AttachRequest, DescribeRequest
-    from wire.records import reply_from_record, to_record
-
-    nc = {**plain_site, "max-step-gib": "1"}
-    mods = ";".join(f"model.modalities.{m}.kind=vector;model.modalities.{m}.network=mlp;"
-                    f"model.modalities.{m}.width=1;model.modalities.{m}.layers=1"
-                    for m in ("m0", "m1", "m2"))
-    rc = app_run_config(set=f"model.latent_dim=600000;{mods}")
-    context = Context(run_id=93, node_id=1, node_config=nc, state=RecordDict(),
-                      run_config=rc)
-    site_node._NODES.clear()
-    d = reply_from_record("describe", site_node.answer(
-        "describe", to_record(DescribeRequest()), context))
-    plan = {"batch_size": 1 if exchange == "round" else 4, "seed": 0, "epochs": 1,
-            "exchange": exchange}
-    said = site_node.answer("attach", to_record(AttachRequest(
-        n=d.n, rows=list(range(d.n)), float16=False, shared={}, peers={}, plan=plan)),
-        context)
+    attach = _wide_latent_site(plain_site, 600_000, 93)
+    said = attach({"batch_size": 1 if exchange == "round" else 4, "seed": 0,
+                   "epochs": 1, "exchange": exchange})
     assert isinstance(said, str) and said.startswith(f"PolicyError: site site-m0: {what}")
     assert said.endswith("its node config allows 1 GiB (max-step-gib)")
 
@@ -373,26 +381,8 @@ def test_a_latent_that_would_fill_memory_in_tables_is_refused_at_attach(plain_si
 def test_event_triggered_exchange_counts_every_row_the_caches_keep(plain_site):
     """With delta-tol the site keeps every row it received or sent, for every
     modality: a batch-of-one plan's window tables are small, the caches are not."""
-    from mmvm.federation.messages import AttachRequest, DescribeRequest
-    from wire.records import reply_from_record, to_record
-
-    nc = {**plain_site, "max-step-gib": "1"}
-    mods = ";".join(f"model.modalities.{m}.kind=vector;model.modalities.{m}.network=mlp;"
-                    f"model.modalities.{m}.width=1;model.modalities.{m}.layers=1"
-                    for m in ("m0", "m1", "m2"))
-    rc = app_run_config(set=f"model.latent_dim=300000;{mods}")
-    context = Context(run_id=94, node_id=1, node_config=nc, state=RecordDict(),
-                      run_config=rc)
-    site_node._NODES.clear()
-    d = reply_from_record("describe", site_node.answer(
-        "describe", to_record(DescribeRequest()), context))
+    attach = _wide_latent_site(plain_site, 300_000, 94)
     plan = {"batch_size": 1, "seed": 0, "epochs": 1, "exchange": "step"}
-
-    def attach(tol):
-        return site_node.answer("attach", to_record(AttachRequest(
-            n=d.n, rows=list(range(d.n)), float16=False, shared={}, peers={}, plan=plan,
-            delta_tol=tol)), context)
-
-    said = attach(0.05)
+    said = attach(plan, 0.05)
     assert isinstance(said, str) and "a window's posteriors (192 rows x 3 " in said
-    assert not isinstance(attach(-1.0), str)  # without it: one row per window
+    assert not isinstance(attach(plan), str)  # without it: one row per window
