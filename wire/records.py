@@ -140,6 +140,10 @@ def _int64(text: str) -> int:
 
 def _checked(f, value, what: str):
     if f.metadata["wire"] == "json":
+        cap = f.metadata.get("max_chars")
+        if isinstance(value, str) and cap is not None and len(value) > cap:
+            raise MessageError(f"{what}: field {f.name!r} holds {len(value)} characters "
+                               f"of JSON, more than the {cap} it may")
         try:
             value = json.loads(value, parse_int=_int64)
         except ValueError as err:

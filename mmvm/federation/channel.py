@@ -85,6 +85,11 @@ class Channel(Protocol):
         site's state is written (the replay guard of the shares it opened)."""
         ...
 
+    def prove(self, run: str, challenge: str) -> str:
+        """Secure mode: the signed answer to a restarted server's challenge
+        (:mod:`mmvm.secure.identity`); plaintext: ``""`` (nothing to sign with)."""
+        ...
+
 
 def describe_site(site: Site, **extra) -> DescribeReply:
     return DescribeReply(site=site.name, modalities=list(site.names), n=len(site.data),
@@ -151,3 +156,6 @@ class PlainChannel:
                ) -> tuple[UnmaskReply, Callable[[], None]]:
         raise FederationError(f"site {site.name}: unmask is a secure-mode message; this "
                               f"site runs the plaintext protocol")
+
+    def prove(self, run: str, challenge: str) -> str:
+        return ""

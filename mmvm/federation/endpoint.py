@@ -202,7 +202,9 @@ class Endpoint:
             self.store.rollback(self.site, req.window)
         p = self.site.progress
         return ResumeReply(site=self.site.name, phase=p.phase, window=p.window,
-                           unmasked=p.unmasked)
+                           unmasked=p.unmasked,
+                           proof=self.channel.prove(req.run, req.challenge)
+                           if self.channel.secure else "")
 
     def window(self, req: WindowRequest) -> WindowReply:
         site, index = self.site, req.window

@@ -35,19 +35,18 @@ from mmvm.federation.handover import assemble, checked_metrics
 from mmvm.federation.messages import (
     DescribeRequest,
     EvaluateRequest,
-    ResumeRequest,
     SiteFailure,
     payload_bytes,
 )
-from mmvm.federation.routing import EventTriggeredRouting, PlainRouting, Routing
-from mmvm.federation.sealed_routing import SealedRouting
-from mmvm.federation.server_state import (
-    ServerState,
-    load_server_state,
-    rebuild,
-    rekey,
-    save_server_state,
+from mmvm.federation.resume import resume_run
+from mmvm.federation.routing import (
+    EventTriggeredRouting,
+    PlainRouting,
+    Routing,
+    check_described,
 )
+from mmvm.federation.sealed_routing import SealedRouting
+from mmvm.federation.server_state import ServerState, save_server_state
 from mmvm.federation.settings import FederationSettings
 from mmvm.federation.window_metrics import window_means
 from mmvm.training import build_model
@@ -152,7 +151,13 @@ def run_federation(transport: Transport, s: FederationSettings,
     t0, routing = time.perf_counter(), make_routing(s)
     meter = Metered(transport, s.site_timeout)
     if resume_from:
-        coord, start, averaged, att, result = _resume(meter, s, routing, resume_from, log)
+        back = resume_run(meter, s, routing, resume_from, log)
+        coord, att, saved = back.coord, back.attendance, back.saved
+        start, averaged = saved.window + 1, saved.averaged
+        result = FederationResult(sites=_site_summary(coord), alignment=saved.alignment,
+                                  history=list(saved.history), seconds=saved.seconds,
+                                  resumed_after=len(saved.history))
+        meter.total = saved.bytes_total
     else:
         coord, result = _start(meter, s, routing)
         start, averaged = 0, {}
@@ -211,6 +216,7 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing
            ) -> tuple[Coordinator, FederationResult]:
     """describe -> align -> attach."""
     described = meter.exchange({key: DescribeRequest() for key in meter.nodes()})
+    check_described(described, s.max_site_rows)
     coord = Coordinator(routing.align(meter, described), s.modalities, s.plan_args())
     idle = coord.idle_holder() if s.secure else None
     if idle is not None:
@@ -229,84 +235,6 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing
     for why in routing.receive(coord, replies).values():
         raise FederationError(f"attach: {why}")
     return coord, result
-
-
-def _resume(meter: Metered, s: FederationSettings, routing: Routing, path: str | Path,
-            log: Callable[[str], None] | None):
-    """The saved run's coordinator and routing, checked against where the sites are.
-
-    Sites are found by the name they answer with, so a SuperNode that came back with
-    another node id (simulation, or no node authentication) is still recognised;
-    each is at most one window ahead of the server's checkpoint (it answered a window
-    the server did not live to record, and repeats that reply)."""
-    saved = load_server_state(path, s)
-    key_of = {i.name: i.key for i in saved.sites}
-    here = _wait_for_sites(meter, s, len(key_of))
-    # a node the SuperLink still lists may be gone (its heartbeat not yet expired):
-    # Flower answers its message with an error, and it is away like one not listed;
-    # a slow one is waited for (up to reply-timeout) while fewer than need answered
-    need = min(s.min_sites, len(key_of))
-    replies = meter.exchange({k: ResumeRequest(run=s.resume, window=saved.window)
-                              for k in here}, wait=s.site_timeout, need=need)
-    if len(replies) < need:
-        raise FederationError(
-            f"resume = {s.resume}: {len(replies)} of the {len(here)} connected "
-            f"SuperNodes answered (within site-timeout = {s.site_timeout:g} s, or up to "
-            f"reply-timeout = {s.reply_timeout:g} s while fewer had); it needs "
-            f"min-sites = {need}")
-    strangers = sorted(r.site for r in replies.values() if r.site not in key_of)
-    names = [r.site for r in replies.values()]
-    if strangers or len(set(names)) != len(names):
-        raise FederationError(
-            f"resume = {s.resume}: the connected SuperNodes ({sorted(names)}) are not the "
-            f"sites of that run ({sorted(key_of)}); a site rejoins with its node config "
-            f"and the same state folder")
-    saved = rekey(saved, {key_of[r.site]: k for k, r in replies.items()})
-    coord = rebuild(saved, s)
-    routing.load(saved.routing)
-    for r in replies.values():
-        if r.window > saved.window + 1:
-            raise FederationError(f"resume = {s.resume}: site {r.site} has trained window "
-                                  f"{r.window + 1}, the server's state ends at window "
-                                  f"{saved.window + 1}: they are not of the same run")
-    att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites, s.pause_timeout,
-                     missed={n: list(w) for n, w in saved.missed.items()},
-                     absent=set(saved.absent), max_refused=s.max_refused)
-    att.recount(saved.history)
-    result = FederationResult(sites=_site_summary(coord), alignment=saved.alignment,
-                              history=list(saved.history), seconds=saved.seconds,
-                              resumed_after=len(saved.history))
-    meter.total = saved.bytes_total
-    if log:
-        at = ", ".join(f"{r.site} {r.window + 1}" for r in replies.values())
-        away = sorted(coord.name(k) for k in coord.sites if k not in replies)
-        log(f"mmvm: resuming run {s.resume} after window {saved.window + 1}/"
-            f"{len(coord.plan)} (sites' last windows: {at}"
-            + (f"; away: {', '.join(away)})" if away else ")"))
-    return coord, saved.window + 1, saved.averaged, att, result
-
-
-def _wait_for_sites(meter: Metered, s: FederationSettings, n: int, poll: float = 0.5
-                    ) -> list[str]:
-    """The connected nodes once all ``n`` sites of the saved run are, or, after
-    ``connect-timeout``, once at least ``min-sites`` are (the others are away: they
-    miss windows until they are back); fails after a further ``pause-timeout``."""
-    need = min(s.min_sites, n)
-    deadline = time.monotonic() + s.connect_timeout
-    while True:
-        up = sorted(meter.online())
-        if len(up) > n:
-            raise FederationError(f"resume = {s.resume}: {len(up)} SuperNodes are "
-                                  f"connected, the run had {n} sites")
-        late = time.monotonic() - deadline
-        if len(up) == n or (late > 0 and len(up) >= need):
-            return up
-        if late > s.pause_timeout:
-            raise FederationError(
-                f"resume = {s.resume}: {len(up)} of the run's {n} sites connected within "
-                f"connect-timeout + pause-timeout = "
-                f"{s.connect_timeout + s.pause_timeout:.0f} s; it needs min-sites = {need}")
-        time.sleep(poll)
 
 
 def _site_summary(coord: Coordinator) -> dict[str, dict]:

@@ -47,8 +47,16 @@ def _value(kind: type, of: type | None = None, *, payload: bool = False, default
                  else (lambda: default), metadata=meta)
 
 
-def _json(*, payload: bool = False, default: Any = dict):
-    return field(default_factory=default, metadata={"wire": "json", "payload": payload})
+MAX_JSON_CHARS = 1 << 20  # a JSON field's text, unless it is sized by rows
+
+
+def _json(*, payload: bool = False, default: Any = dict,
+          max_chars: int | None = MAX_JSON_CHARS):
+    """A JSON field; its text is refused beyond ``max_chars`` before it is parsed
+    (parsing costs ~6x the text in Python objects). ``None``: fields whose size
+    grows with the rows (PSI tags, a peer's rows), checked against the counts."""
+    return field(default_factory=default, metadata={"wire": "json", "payload": payload,
+                                                    "max_chars": max_chars})
 
 
 def _blobs():
@@ -77,6 +85,7 @@ class DescribeReply:
     labelled: bool = _value(bool)
     identifiers: list[str] = _value(list, str, payload=True, default=[])
     sealed: dict[str, bytes] = _blobs()
+    identity: str = _value(str, default="")  # secure: its public key record
 
 
 # ------------------------------------------------------------------------ align
@@ -100,7 +109,7 @@ class AlignReply:
     kind: ClassVar[str] = "align"
     identifiers: list[str] = _value(list, str, payload=True, default=[])
     sealed: dict[str, bytes] = _blobs()
-    tagged: dict = _json(payload=True)  # PSI, last ring step: {origin site: [tags]}
+    tagged: dict = _json(payload=True, max_chars=None)  # PSI, last ring step: {origin site: [tags]}
 
 
 # ------------------------------------------------------------------------ attach
@@ -119,7 +128,7 @@ class AttachRequest:
     float16: bool = _value(bool)
     plan: dict = _json()
     shared: dict = _json()
-    peers: dict = _json(payload=True)
+    peers: dict = _json(payload=True, max_chars=None)
     delta_tol: float = _value(float, default=-1.0)
 
 
@@ -218,6 +227,7 @@ class ResumeRequest:
     kind: ClassVar[str] = "resume"
     run: str = _value(str)
     window: int = _value(int, default=-2)
+    challenge: str = _value(str, default="")  # secure: to be signed (mmvm.secure.identity)
 
 
 @dataclass
@@ -229,6 +239,7 @@ class ResumeReply:
     phase: str = _value(str)
     window: int = _value(int)
     unmasked: int = _value(int)
+    proof: str = _value(str, default="")  # secure: the signed challenge
 
 
 # ------------------------------------------------------------------------ evaluate

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mmvm.data.store_format import MAX_ID_CHARS
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.delta import PosteriorCache
 from mmvm.federation.messages import SERVER, Arrays, DescribeReply, WindowRequest
@@ -31,6 +32,7 @@ from mmvm.federation.posteriors import (
     table_from_state,
     table_state,
 )
+from mmvm.secure.keys import validate_site_name
 
 
 class Routing(Protocol):
@@ -70,8 +72,33 @@ class Routing(Protocol):
         """What the next window's requests are built from (the server's checkpoint)."""
         ...
 
+    def authenticate(self, state: dict, run: str, challenges: Mapping[str, str],
+                     replies: Mapping) -> dict[str, str]:
+        """Resume: the answers (by node key) whose sender does not prove to be the site
+        it names, with why; ``state``: the saved run's :meth:`state`."""
+        ...
+
     def load(self, state: dict) -> None:
         ...
+
+
+def check_described(described: Mapping[str, DescribeReply], max_rows: int) -> None:
+    """Each site's description within what the server takes (``max-site-rows``), a
+    valid site name and sample ids of 1 to ``MAX_ID_CHARS`` characters: checked
+    before alignment builds sets, rows and plans of them."""
+    for key, d in described.items():
+        try:
+            validate_site_name(d.site)
+        except ValueError as err:
+            raise FederationError(f"the SuperNode {key} describes itself as {err}") from None
+        if not 1 <= d.n <= max_rows or len(d.identifiers) > max_rows:
+            raise FederationError(
+                f"site {d.site}: describes {d.n} samples ({len(d.identifiers)} ids); the "
+                f"server takes 1 to max-site-rows = {max_rows} per site")
+        bad = next((i for i in d.identifiers if not 1 <= len(i) <= MAX_ID_CHARS), None)
+        if bad is not None:
+            raise FederationError(f"site {d.site}: a sample id of {len(bad)} characters "
+                                  f"(ids have 1 to {MAX_ID_CHARS})")
 
 
 def check_counts(described: Mapping[str, DescribeReply], got: Mapping[str, list[str]]
@@ -196,6 +223,10 @@ class PlainRouting:
 
     def state(self) -> dict:
         return {"table": table_state(self.table)}
+
+    def authenticate(self, state: dict, run: str, challenges: Mapping[str, str],
+                     replies: Mapping) -> dict[str, str]:
+        return {}  # a plaintext site has no key: its node id and its word
 
     def load(self, state: dict) -> None:
         self.table = table_from_state(state["table"])

@@ -56,6 +56,7 @@ from mmvm.federation.sealed_weights import (
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
+from mmvm.secure.identity import prove, record_of
 from mmvm.secure.masking import FixedPoint
 from mmvm.secure.session import SiteSecrets
 
@@ -95,8 +96,9 @@ class SealedChannel:
         if self.align_mode == "psi":
             sec.state = {"mode": "psi"}
             sec.save_state()
-            return describe_site(site)
-        return describe_site(site, sealed=sealed_align.contributions(sec))
+            return describe_site(site, identity=record_of(sec.keys))
+        return describe_site(site, sealed=sealed_align.contributions(sec),
+                             identity=record_of(sec.keys))
 
     def align(self, site: Site, req: AlignRequest
               ) -> tuple[AlignReply, Callable[[], None]]:
@@ -242,6 +244,12 @@ class SealedChannel:
             self.sec.save_guard()
 
         return reply, commit
+
+    def prove(self, run: str, challenge: str) -> str:
+        if not 0 < len(challenge) <= 64:
+            raise SecurityError(f"site {self.sec.site}: a resume challenge of "
+                                f"{len(challenge)} characters (it signs 1 to 64)")
+        return prove(self.sec.keys, run, challenge)
 
 
 def _peer_claim(me: str, peer: str, claim, n: int, modalities: list[str]) -> dict:

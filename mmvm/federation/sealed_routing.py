@@ -29,7 +29,9 @@ from mmvm.federation.messages import (
 from mmvm.federation.routing import site_infos
 from mmvm.secure.envelope import peek_header
 from mmvm.secure.errors import SecurityError
+from mmvm.secure.identity import parse_record, pinned, proof_problem
 from mmvm.secure.masking import FixedPoint, aggregate_masked
+from mmvm.secure.psi import origin
 from mmvm.secure.session import unb64
 from mmvm.secure.unmasking import check_share, combine_seed, threshold
 
@@ -94,6 +96,7 @@ class SealedRouting:
         self.align_mode = align
         self.inbox: dict[str, dict[str, bytes]] = {}
         self.failed: dict[str, str] = {}  # the last unmask round's failed sites
+        self.identities: dict[str, str] = {}  # site name -> its public key record
 
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         names = {key: d.site for key, d in described.items()}
@@ -102,6 +105,12 @@ class SealedRouting:
         leaked = [d.site for d in described.values() if d.identifiers]
         if leaked:
             raise FederationError(f"sites {leaked} sent sample ids in secure mode")
+        for d in described.values():  # pinned: at a resume it signs with this key
+            try:
+                parse_record(d.identity, d.site)
+            except ValueError as err:
+                raise FederationError(str(err)) from None
+        self.identities = {d.site: d.identity for d in described.values()}
         if self.align_mode == "psi":
             return site_infos(described, self._psi(transport, names))
         inbox = route({k: d.sealed for k, d in described.items()}, names)
@@ -120,12 +129,13 @@ class SealedRouting:
             replies = transport.exchange({k: AlignRequest(step=step, ring=ring,
                                                           sealed=inbox[k]) for k in names})
         tags: dict[str, list[str]] = {}
-        for key, r in replies.items():
-            for origin, t in r.tagged.items():
-                if origin not in key_of or key_of[origin] in tags or not isinstance(t, list):
-                    raise FederationError(f"site {names[key]} sent PSI tags for "
-                                          f"{origin!r}")
-                tags[key_of[origin]] = [str(x) for x in t]
+        for key, r in replies.items():  # each finishes one set: its origin's, named by
+            finished = origin(ring, names[key], len(ring) - 1)  # the ring, not the site
+            if list(r.tagged) != [finished] or not isinstance(r.tagged[finished], list):
+                raise FederationError(
+                    f"site {names[key]} sent PSI tags for {sorted(map(str, r.tagged))[:4]}"
+                    f"; at the last ring step it finishes {finished!r}'s set, and only it")
+            tags[key_of[finished]] = [str(x) for x in r.tagged[finished]]
         missing = [names[k] for k in names if k not in tags]
         if missing:
             raise FederationError(f"PSI alignment: no tags for sites {missing}")
@@ -164,10 +174,28 @@ class SealedRouting:
         """Nothing kept per site: the next window carries only this window's envelopes."""
 
     def state(self) -> dict:
-        return {"inbox": {k: dict(v) for k, v in self.inbox.items()}}
+        return {"inbox": {k: dict(v) for k, v in self.inbox.items()},
+                "identities": dict(self.identities)}
 
     def load(self, state: dict) -> None:
         self.inbox = {k: dict(v) for k, v in state["inbox"].items()}
+        self.identities = pinned(state.get("identities", {}))
+
+    @staticmethod
+    def authenticate(state: dict, run: str, challenges: Mapping[str, str],
+                     replies: Mapping) -> dict[str, str]:
+        """Each answer signed, over the server's challenge to that node, with the key
+        its site described itself with when the run began."""
+        records = pinned(state.get("identities", {}))
+        bad = {}
+        for key, r in replies.items():
+            if r.site not in records:
+                bad[key] = (f"the saved state has no public key record of {r.site} "
+                            f"(written before resume answers were signed)")
+            elif why := proof_problem(records[r.site], run, r.site,
+                                      challenges.get(key, ""), r.proof):
+                bad[key] = why
+        return bad
 
     def aggregate(self, transport, coord: Coordinator, index: int, replies: Mapping
                   ) -> Arrays:
@@ -195,6 +223,8 @@ class SealedRouting:
             groups={m: {"survivors": sorted(names[s] for s in u),
                         "dropped": sorted(names[d] for d in dd)}
                     for m, (u, dd) in views.items() if k in u}) for k in asked})
+        for k in [k for k, a in answers.items() if _unmask_form(a)]:
+            failed[k] = _unmask_form(answers.pop(k))  # left out, named, as one that failed
         self.failed = failed
         return {m: self._mean(coord, m, u, dd, replies, answers)
                 for m, (u, dd) in views.items() if all(k in answers for k in u)}
@@ -251,6 +281,20 @@ class SealedRouting:
                                   f"not the survivors' {expected} samples; the sites' "
                                   f"views of the group differ, or an update is corrupt")
         return {p: v.astype(np.float32) for p, v in zip(params, means, strict=True)}
+
+
+def _unmask_form(answer) -> str | None:
+    """Why an unmask answer is not ``{modality: {site: base64 text}}`` for both its
+    shares and its seeds, or ``None``."""
+    for what in ("shares", "seeds"):
+        part = getattr(answer, what, None)
+        if not isinstance(part, Mapping) or not all(
+                isinstance(m, str) and isinstance(v, Mapping)
+                and all(isinstance(o, str) and isinstance(t, str) for o, t in v.items())
+                for m, v in part.items()):
+            return (f"its unmask answer's {what} are not a map of modalities to "
+                    f"{{site: base64 text}}")
+    return None
 
 
 def _shares(coord: Coordinator, m: str, owner: str, survivors: list, answers: Mapping

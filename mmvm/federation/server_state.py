@@ -22,7 +22,7 @@ import torch
 
 from mmvm.checkpoint import write_torch
 from mmvm.config import ConfigError
-from mmvm.federation.coordinator import Coordinator, SiteInfo
+from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.settings import FederationSettings
 
 VERSION = 1
@@ -118,6 +118,10 @@ def rekey(state: ServerState, new: dict[str, str]) -> ServerState:
                for name, part in state.routing.items()}
     sites = [SiteInfo(key(i.key), i.name, list(i.modalities), list(i.identifiers))
              for i in state.sites]
+    keys = [i.key for i in sites]
+    if len(set(keys)) != len(keys):  # a node would be two sites at once
+        raise FederationError(f"resume: after matching sites to nodes, one node would "
+                              f"be several sites ({sorted(i.name for i in sites)})")
     return dataclasses.replace(state, sites=sites, routing=routing,
                                absent=[key(k) for k in state.absent])
 

@@ -69,6 +69,7 @@ class FederationSettings:
     site_hosts: bool = True  # simulation: each site stays in memory in its own process
     decode_ahead: bool = True  # a resident site runs its next decoder half after replying
     max_refused: int = 2  # windows in a row a site may fail, or have its reply refused
+    max_site_rows: int = 10_000_000  # samples one site may describe (server's memory)
     quantize: str = "none"  # posterior values: none | fp16 (= float16) | int8
     delta_unit: str = "latent"  # delta-tol in latent units or posterior stds (delta.py)
     site_dirs: tuple[str, ...] = ()  # simulation: the sites' own folders (site_dirs.py)
@@ -227,6 +228,7 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
         hippocampus=_hippocampus(rc), checkpoint_every=_get(rc, "checkpoint-every", int),
         site_hosts=_get(rc, "site-hosts", bool),
         decode_ahead=_get(rc, "decode-ahead", bool), max_refused=_get(rc, "max-refused", int),
+        max_site_rows=_get(rc, "max-site-rows", int),
         **_encoding(rc))
     _check(s)
     return s
@@ -290,6 +292,8 @@ def _check(s: FederationSettings) -> None:
         raise ConfigError(f"run config: max-refused = {s.max_refused} must be >= 0 (0: the "
                           f"first window a site fails, or whose reply is refused, stops "
                           f"the run)")
+    if s.max_site_rows < 1:
+        raise ConfigError(f"run config: max-site-rows = {s.max_site_rows} must be >= 1")
     if s.min_sites < 1:
         raise ConfigError(f"run config: min-sites = {s.min_sites} must be >= 1 (values "
                           f"above num-sites mean every site)")

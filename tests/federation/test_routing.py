@@ -132,6 +132,46 @@ def test_sealed_routing_refuses_ids_in_secure_mode():
         SealedRouting().align(None, described)
 
 
+@pytest.mark.parametrize("reply,match", [
+    (dict(n=11), r"site a: describes 11 samples \(0 ids\); the server takes 1 to "
+                 r"max-site-rows = 10 per site"),
+    (dict(n=0), r"describes 0 samples"),
+    (dict(n=2, identifiers=[f"s{i}" for i in range(11)]), r"describes 2 samples \(11 ids"),
+    (dict(n=1, identifiers=["x" * 257]), r"site a: a sample id of 257 characters"),
+    (dict(n=1, identifiers=[""]), r"a sample id of 0 characters"),
+    (dict(n=1, site="a\n" + "b" * 100), r"the SuperNode ka describes itself as invalid "
+                                         r"site name"),
+])
+def test_the_server_refuses_a_description_beyond_its_limits(reply, match):
+    """Checked before alignment builds sets and rows of a site's ids: a site cannot
+    make the server hold millions of rows (or ids of any length) it did not agree to."""
+    from mmvm.federation.routing import check_described
+
+    d = DescribeReply(**{"site": "a", "modalities": ["m0"], "labelled": False, **reply})
+    with pytest.raises(FederationError, match=match):
+        check_described({"ka": d}, max_rows=10)
+    check_described({"ka": DescribeReply(site="a", modalities=["m0"], n=10, labelled=False,
+                                         identifiers=[f"s{i}" for i in range(10)])}, 10)
+
+
+def test_sealed_routing_pins_each_sites_public_key_record():
+    keys = SiteKeys.generate("a")
+    record = keys.public.to_bytes().decode()
+    r = SealedRouting()
+    with pytest.raises(FederationError, match="site a sent the public key record of 'b'"):
+        r.align(None, {"ka": DescribeReply(site="a", modalities=["m0"], n=1, labelled=False,
+                                           identity=SiteKeys.generate("b").public.to_bytes()
+                                           .decode())})
+    with pytest.raises(FederationError, match="site a sent no public key record"):
+        r.align(None, {"ka": DescribeReply(site="a", modalities=["m0"], n=1,
+                                           labelled=False)})
+    assert r.state().get("identities", {}) == {}
+    r.identities = {"a": record}
+    again = SealedRouting()
+    again.load(r.state())
+    assert again.identities == {"a": record}
+
+
 def _masked_round(c, holders=("b", "c"), claim_dropped=()):
     """b and c mask one array each (double masking); returns the window replies and a
     transport whose sites answer the unmask step as mmvm.secure.unmasking rules."""

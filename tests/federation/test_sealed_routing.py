@@ -129,3 +129,62 @@ def test_an_envelope_that_does_not_open_is_blamed_on_its_sender_by_the_recipient
     with pytest.raises(SecurityError, match="the envelope from") as err:
         federate(cfg, {}, transport=Flip(endpoints), secure=True, exchange="step")
     assert f"the envelope from {done['sender']!r}" in str(err.value)
+
+
+@pytest.mark.parametrize("part", ["shares", "seeds"])
+def test_an_unmask_answer_of_the_wrong_form_fails_only_its_sender(cfg, tmp_path,
+                                                                  tiny_polymnist, part):
+    """A list where the answer's shares (or seeds) of a modality must be a map: that
+    site failed the unmask step, by name; the modality is not averaged that window
+    (its holders keep their weights) and the run goes on."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    done: dict = {}
+
+    class Garble(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            unmask = sorted(k for k, r in out.items() if getattr(r, "kind", "") == "unmask")
+            if unmask and not done:
+                k = unmask[0]
+                out[k] = dataclasses.replace(out[k], **{part: {"m0": ["not", "a", "map"]}})
+                done["liar"] = sites[k].name
+            return out
+
+    res = federate(cfg, {}, transport=Garble(endpoints), secure=True, exchange="step",
+                   max_refused=2)
+    refused = {site: why for row in res.history for site, why in
+               (row.get("refused") or {}).items()}
+    assert list(refused) == [done["liar"]]
+    assert f"unmask answer's {part} are not a map of modalities" in refused[done["liar"]]
+    assert len(res.history) == 3 and res.evaluation
+
+
+def test_psi_tags_of_a_set_a_site_did_not_finish_are_refused_naming_it(
+        cfg, tmp_path, tiny_polymnist):
+    """At the last ring step each site finishes one set, its predecessor's-by-ring
+    origin; tags it sends for another site's set would make the honest finisher's
+    look like a duplicate. The server names the site that sent them."""
+    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+    done: dict = {}
+
+    class Relabel(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            tagged = sorted(k for k, r in out.items() if getattr(r, "tagged", None))
+            if tagged and not done:
+                k = tagged[0]  # read first: the honest finisher would be blamed
+                other = next(n for n in sorted(s.name for s in sites.values())
+                             if n not in out[k].tagged)
+                out[k] = dataclasses.replace(out[k], tagged={
+                    **out[k].tagged, other: next(iter(out[k].tagged.values()))})
+                done["liar"] = sites[k].name
+            return out
+
+    with pytest.raises(FederationError, match="at the last ring step it finishes") as err:
+        federate(cfg, {}, transport=Relabel(endpoints), secure=True, align="psi",
+                 exchange="step")
+    assert str(err.value).startswith(f"site {done['liar']} sent PSI tags for")

@@ -195,3 +195,26 @@ def test_weights_keep_their_shape_and_dtype_through_flower_arrays():
     for n, a in weights["m0"].items():
         got = back["m0"][n]
         assert got.shape == a.shape and got.dtype == a.dtype and np.array_equal(got, a), n
+
+
+def test_json_text_beyond_its_fields_cap_is_refused_before_it_is_parsed(monkeypatch):
+    """Parsing JSON costs ~6x its text: a site's 2 MB of metrics (or unmask shares)
+    is refused by size; PSI tags, which grow with the rows, are checked against the
+    site's count instead."""
+    import wire.records as records
+
+    def no_parse(*a, **k):
+        raise AssertionError("parsed before the size check")
+
+    big = '{"a": "' + "x" * 2_000_000 + '"}'
+    monkeypatch.setattr(records.json, "loads", no_parse)
+    for kind, msg, name in [("evaluate", EvaluateReply(site="a", modalities=[]), "metrics"),
+                            ("unmask", UnmaskReply(), "shares")]:
+        with pytest.raises(MessageError, match=rf"field '{name}' holds 2000009 characters "
+                                               rf"of JSON, more than the 1048576"):
+            reply_from_record(kind, _body(to_record(msg), **{name: big}))
+    monkeypatch.undo()
+    tags = '{"s": [' + ",".join(['"' + "ab" * 32 + '"'] * 40_000) + "]}"
+    assert len(tags) > 1 << 20
+    got = reply_from_record("align", _body(to_record(AlignReply()), tagged=tags))
+    assert len(got.tagged["s"]) == 40_000

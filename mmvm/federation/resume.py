@@ -1,0 +1,125 @@
+"""A restarted server finds the sites of the run it continues, and only them.
+
+Sites are found by the name they answer with, so a SuperNode that came back with
+another node id (simulation, or no node authentication) is still recognised; each is
+at most one window ahead of the server's checkpoint (it answered a window the server
+did not live to record, and repeats that reply).
+
+A name is a claim, not a proof. A site that could answer as another one, away at the
+restart, would take that site's place: its identity, its rows' inputs, and the blame
+for what it then sends. So a node the saved run knew under one name may not answer
+under another (node ids are stable with Flower's node authentication), and in secure
+mode every answer must be signed with the key its site began the run with
+(:mod:`mmvm.secure.identity`); plaintext sites that change node ids can be told apart
+only by their word (deploy/README.md, section 7).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmvm.federation.attendance import Attendance
+from mmvm.federation.coordinator import Coordinator, FederationError
+from mmvm.federation.messages import ResumeRequest
+from mmvm.federation.routing import Routing
+from mmvm.federation.server_state import ServerState, load_server_state, rebuild, rekey
+from mmvm.federation.settings import FederationSettings
+from mmvm.secure.identity import new_challenge
+
+
+@dataclass
+class Resumed:
+    coord: Coordinator
+    attendance: Attendance
+    saved: ServerState  # rekeyed to the nodes the sites answer from now
+
+
+def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
+               log: Callable[[str], None] | None) -> Resumed:
+    """The saved run's coordinator and routing, checked against where the sites are."""
+    saved = load_server_state(path, s)
+    key_of = {i.name: i.key for i in saved.sites}
+    here = wait_for_sites(meter, s, len(key_of))
+    # a node the SuperLink still lists may be gone (its heartbeat not yet expired):
+    # Flower answers its message with an error, and it is away like one not listed;
+    # a slow one is waited for (up to reply-timeout) while fewer than need answered
+    need = min(s.min_sites, len(key_of))
+    challenges = {k: new_challenge() for k in here} if s.secure else {}
+    replies = meter.exchange({k: ResumeRequest(run=s.resume, window=saved.window,
+                                               challenge=challenges.get(k, ""))
+                              for k in here}, wait=s.site_timeout, need=need)
+    if len(replies) < need:
+        raise FederationError(
+            f"resume = {s.resume}: {len(replies)} of the {len(here)} connected "
+            f"SuperNodes answered (within site-timeout = {s.site_timeout:g} s, or up to "
+            f"reply-timeout = {s.reply_timeout:g} s while fewer had); it needs "
+            f"min-sites = {need}")
+    check_claims(s, saved, replies)
+    for key, why in routing.authenticate(saved.routing, s.resume, challenges,
+                                         replies).items():
+        raise FederationError(f"resume = {s.resume}: the SuperNode {key} answers as site "
+                              f"{replies[key].site}, and {why}: refused (a site cannot "
+                              f"take the place of another)")
+    saved = rekey(saved, {key_of[r.site]: k for k, r in replies.items()})
+    coord = rebuild(saved, s)
+    routing.load(saved.routing)
+    for r in replies.values():
+        if r.window > saved.window + 1:
+            raise FederationError(f"resume = {s.resume}: site {r.site} has trained window "
+                                  f"{r.window + 1}, the server's state ends at window "
+                                  f"{saved.window + 1}: they are not of the same run")
+    att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites, s.pause_timeout,
+                     missed={n: list(w) for n, w in saved.missed.items()},
+                     absent=set(saved.absent), max_refused=s.max_refused)
+    att.recount(saved.history)
+    if log:
+        at = ", ".join(f"{r.site} {r.window + 1}" for r in replies.values())
+        away = sorted(coord.name(k) for k in coord.sites if k not in replies)
+        log(f"mmvm: resuming run {s.resume} after window {saved.window + 1}/"
+            f"{len(coord.plan)} (sites' last windows: {at}"
+            + (f"; away: {', '.join(away)})" if away else ")"))
+    return Resumed(coord, att, saved)
+
+
+def check_claims(s: FederationSettings, saved: ServerState, replies: Mapping) -> None:
+    """Each answer names a site of the saved run, no name twice, and a node the run
+    knew under one name does not answer under another."""
+    names = [r.site for r in replies.values()]
+    known = {i.name for i in saved.sites}
+    if any(n not in known for n in names) or len(set(names)) != len(names):
+        raise FederationError(
+            f"resume = {s.resume}: the connected SuperNodes ({sorted(names)}) are not the "
+            f"sites of that run ({sorted(known)}); a site rejoins with its node config "
+            f"and the same state folder")
+    was = {i.key: i.name for i in saved.sites}
+    for key, r in replies.items():
+        if key in was and was[key] != r.site:
+            raise FederationError(
+                f"resume = {s.resume}: the SuperNode {key} was site {was[key]} in that run "
+                f"and now answers as site {r.site}: refused (a site cannot take the place "
+                f"of another)")
+
+
+def wait_for_sites(meter, s: FederationSettings, n: int, poll: float = 0.5) -> list[str]:
+    """The connected nodes once all ``n`` sites of the saved run are, or, after
+    ``connect-timeout``, once at least ``min-sites`` are (the others are away: they
+    miss windows until they are back); fails after a further ``pause-timeout``."""
+    need = min(s.min_sites, n)
+    deadline = time.monotonic() + s.connect_timeout
+    while True:
+        up = sorted(meter.online())
+        if len(up) > n:
+            raise FederationError(f"resume = {s.resume}: {len(up)} SuperNodes are "
+                                  f"connected, the run had {n} sites")
+        late = time.monotonic() - deadline
+        if len(up) == n or (late > 0 and len(up) >= need):
+            return up
+        if late > s.pause_timeout:
+            raise FederationError(
+                f"resume = {s.resume}: {len(up)} of the run's {n} sites connected within "
+                f"connect-timeout + pause-timeout = "
+                f"{s.connect_timeout + s.pause_timeout:.0f} s; it needs min-sites = {need}")
+        time.sleep(poll)

@@ -1,0 +1,102 @@
+"""At a resume a site cannot answer as another one that is away.
+
+If it could, it would take that site's identity and its rows' inputs, and the real
+site would be blamed for what it then sends. A node the saved run knew under one
+name may not answer under another; in secure mode every answer is signed with the
+key its site described itself with when the run began (mmvm.secure.identity), so
+a node that came back with a new id is checked too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.federation import sealed_align
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.loop import run_federation
+from mmvm.federation.settings import settings_for
+from tests.federation.test_resume import Crash, CrashAt
+from tests.support.federate import (
+    make_sites,
+    params,
+    plain_endpoints,
+    sealed_endpoints,
+    site_keys,
+    split,
+)
+
+
+@pytest.fixture
+def cfg(tiny_polymnist, tiny_config):
+    torch.set_num_threads(1)
+    return tiny_config(tiny_polymnist, epochs=2)
+
+
+class AnswersAs(LocalTransport):
+    """The node ``key`` answers the resume question in the name of site ``as_site``
+    (with its own proof: it has no other)."""
+
+    def __init__(self, endpoints, key: str, as_site: str):
+        super().__init__(endpoints)
+        self.key, self.as_site = key, as_site
+
+    def exchange(self, requests, wait=None, need=1):
+        replies = super().exchange(requests, wait, need)
+        if next(iter(requests.values())).kind == "resume":
+            replies[self.key] = dataclasses.replace(replies[self.key], site=self.as_site)
+        return replies
+
+
+def _crashed(cfg, tiny_polymnist, tmp_path, secure: bool):
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys, state = site_keys(sites), tmp_path / "state"
+
+    def endpoints(which):
+        return (sealed_endpoints(which, keys, state) if secure
+                else plain_endpoints(which))
+
+    opts = {"exchange": "step", "float16": False, "secure": secure, "checkpoint_every": 1,
+            "min_sites": 2, "connect_timeout": 0.01}
+    ckpt = tmp_path / "server_state.pt"
+    with pytest.raises(Crash):
+        run_federation(CrashAt(endpoints(sites), 2, False), settings_for(cfg, **opts),
+                       checkpoint=ckpt)
+    return sites, endpoints, settings_for(cfg, resume="1", **opts), ckpt
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_known_node_cannot_answer_as_an_away_site(cfg, tiny_polymnist, tmp_path, secure,
+                                                    monkeypatch):
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
+    sites, endpoints, s, ckpt = _crashed(cfg, tiny_polymnist, tmp_path, secure)
+    away, liar = sites["n0"].name, sites["n1"].name
+    here = {k: v for k, v in sites.items() if k != "n0"}
+    with pytest.raises(FederationError, match=f"the SuperNode n1 was site {liar} in that "
+                       f"run and now answers as site {away}: refused"):
+        run_federation(AnswersAs(endpoints(here), "n1", away), s, resume_from=ckpt)
+
+
+def test_a_secure_node_with_a_new_id_must_sign_as_the_site_it_names(cfg, tiny_polymnist,
+                                                                    tmp_path, monkeypatch):
+    """Without node authentication a node's id changes at a restart: only the
+    signature tells a site from one that claims to be it. The honest sites, all under
+    new ids, resume and finish the run."""
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
+    sites, endpoints, s, ckpt = _crashed(cfg, tiny_polymnist, tmp_path, True)
+    away = sites["n0"].name
+    liar = {"new-1": sites["n1"], "n2": sites["n2"]}
+    with pytest.raises(FederationError, match=f"the SuperNode new-1 answers as site {away}, "
+                       f"and its answer is not signed with the key {away} began the run "
+                       f"with .*: refused"):
+        run_federation(AnswersAs(endpoints(liar), "new-1", away), s, resume_from=ckpt)
+    renamed = {f"new-{k}": site for k, site in sites.items()}
+    res = run_federation(LocalTransport(endpoints(renamed)), s, resume_from=ckpt,
+                         checkpoint=ckpt)
+    assert [r["window"] for r in res.history] == list(range(6))
+    assert all(np.isfinite(v).all() for v in params(sites.values()).values())
