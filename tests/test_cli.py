@@ -194,6 +194,28 @@ def test_train_runs_and_resumes(tiny_polymnist, tmp_path, capsys):
     assert (out / "checkpoint.pt").read_bytes() != blob
 
 
+def test_a_second_train_on_a_run_folder_in_use_is_refused_touching_nothing(
+        tiny_polymnist, tmp_path, capsys):
+    """Two trainings writing one folder would sweep each other's temp files and
+    interleave checkpoints; the second is refused while the first holds the folder
+    (a flock, released however the first ends)."""
+    from mmvm.folder_lock import folder_lock
+
+    out = tmp_path / "run"
+    assert main(_tiny_args(tiny_polymnist, out)) == 0
+    writing = out / ".checkpoint.pt.abcd1234.tmp"  # the first one's write in progress
+    writing.write_bytes(b"half")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    with folder_lock(out, "the first train"):
+        assert main(_tiny_args(tiny_polymnist, out, "--fresh")) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: another process (another mmvm train) is writing this folder" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(_tiny_args(tiny_polymnist, out)) == 0  # free again: it sweeps and runs
+    assert not writing.exists()
+
+
 def test_train_says_when_it_resumes_and_when_nothing_is_left(tiny_polymnist, tmp_path,
                                                                capsys):
     out = tmp_path / "run"

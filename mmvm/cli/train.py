@@ -45,14 +45,30 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from mmvm.checkpoint import check_run_folder
     from mmvm.config import load_config
-    from mmvm.interrupts import Terminated
-    from mmvm.training import TrainingDivergedError, resolve_device, train
+    from mmvm.folder_lock import folder_lock
+    from mmvm.training import resolve_device
 
     cfg = load_config(args.config, args.overrides)
     out_dir = Path(cfg.train.out_dir)
     check_run_folder(out_dir)  # before any work: where the results go, and on what
     resolve_device(cfg.train.device)
     data = training_data(cfg)
+    # two trainings writing one run folder would sweep each other's temp files and
+    # interleave checkpoints: the second is refused, touching nothing, while one runs
+    with folder_lock(out_dir, "another mmvm train"):
+        result = _train(args, cfg, data, out_dir)
+    if isinstance(result, int):
+        return result
+    print(summary(result, cfg.model.method))
+    return 0
+
+
+def _train(args: argparse.Namespace, cfg: ExperimentConfig, data, out_dir: Path
+           ) -> TrainResult | int:
+    """The run's result, or the exit status of a divergence or a stop (said)."""
+    from mmvm.interrupts import Terminated
+    from mmvm.training import TrainingDivergedError, train
+
     saved: list[int] = []  # epochs this call checkpointed
     before = file_identity(out_dir / "checkpoint.pt")  # to tell, after a stop, whose it is
 
@@ -61,8 +77,8 @@ def _run(args: argparse.Namespace) -> int:
         _set_aside_stale_outputs(out_dir)  # the run's first checkpoint replaced the old
 
     try:
-        result = train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress,
-                       log=print, on_checkpoint=checkpointed)
+        return train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress,
+                     log=print, on_checkpoint=checkpointed)
     except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback
         print(f"mmvm train: error: {err} ({left_behind(out_dir, saved, args.fresh, before)})",
               file=sys.stderr)
@@ -75,8 +91,6 @@ def _run(args: argparse.Namespace) -> int:
         return 143 if term else 130
     finally:  # also what an earlier, killed run left older than its checkpoint
         _set_aside_stale_outputs(out_dir)
-    print(summary(result, cfg.model.method))
-    return 0
 
 
 def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset:

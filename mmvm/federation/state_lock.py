@@ -14,17 +14,12 @@ however it exits).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mmvm.federation.coordinator import FederationError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; Flower's one-message-at-a-time only
-    fcntl = None
+from mmvm.folder_lock import LockBusy, LockUnsupported, acquire
 
 
 class StateBusyError(FederationError):
@@ -35,29 +30,20 @@ class StateBusyError(FederationError):
 def state_lock(path: str | Path, wait: float = 60.0) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (made 0600 if absent) for the block;
     :class:`StateBusyError` if another process holds it for ``wait`` seconds."""
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:  # the name only: the text may travel
-                    raise StateBusyError(
-                        f"{Path(path).parent.name}/{Path(path).name}: another process "
-                        f"has been answering for this site from the same state folder "
-                        f"for {wait:g} s (two SuperNodes with one state=?); "
-                        f"refused") from None
-                time.sleep(0.01)
-            except OSError as err:
-                raise FederationError(
-                    f"{Path(path).name}: the site's state folder cannot be locked "
-                    f"({err.strerror}; a file system without flock?): give the node "
-                    f"config a state= folder on a local disk") from None
+        fd = acquire(path, wait)
+    except LockBusy:  # the name only: the text may travel
+        raise StateBusyError(
+            f"{Path(path).parent.name}/{Path(path).name}: another process has been "
+            f"answering for this site from the same state folder for {wait:g} s (two "
+            f"SuperNodes with one state=?); refused") from None
+    except LockUnsupported as err:
+        raise FederationError(
+            f"{Path(path).name}: the site's state folder cannot be locked "
+            f"({err.strerror}; a file system without flock?): give the node config a "
+            f"state= folder on a local disk") from None
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
