@@ -32,7 +32,7 @@ from mmvm.federation.plan import PlanArgs, Step, window_counts
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
 from mmvm.federation.reply_cache import ReplyCache
-from mmvm.federation.site_encode import encode_rows
+from mmvm.federation.site_encode import encode_rows, step_groups
 from mmvm.federation.window_metrics import step_sums, zero_sums
 from mmvm.noise import modality_noise
 from mmvm.objectives import alpha_schedule, site_loss
@@ -182,17 +182,15 @@ class Site:
                                   f"({len(plan)} windows)")
 
     # ------------------------------------------------------------------ encode
-    @torch.no_grad()
-    def encode(self, rows: np.ndarray) -> dict[str, Posteriors]:
-        """Own posteriors for the aligned ``rows`` this site holds."""
+    def encode(self, index: int) -> dict[str, Posteriors]:
+        """Own posteriors for the rows of window ``index`` this site holds, each pass
+        one step's batch of them (:mod:`mmvm.federation.site_encode`)."""
         self.settle()
-        local = self.linked().local_of[rows]
-        held = local >= 0
-        rows, local = rows[held], local[held]
-        if len(rows) == 0:
+        link = self.linked()
+        if index >= len(link.plan):
             return {}
-        return encode_rows(self.model, self.data, rows, local, self.pass_rows,
-                           self.device)
+        return encode_rows(self.model, self.data,
+                           step_groups(link.plan[index].steps, link.local_of), self.device)
 
     @property
     def pass_rows(self) -> int:
@@ -218,7 +216,7 @@ class Site:
         link = self.linked()
         if not (self.lookahead and not link.shared and index < len(link.plan)
                 and len(link.plan[index].steps) == 1):  # shared: FedAvg lands in between
-            return self.encode(self.window_rows(index))
+            return self.encode(index)
         step = link.plan[index].steps[0]
         rows = step.rows.numpy()
         local = link.local_of[rows]

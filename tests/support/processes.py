@@ -25,11 +25,21 @@ QUIET_ENV = {
 }
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (race-prone, fine for tests)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that was free a moment ago and that this process has not handed out
+    before (the kernel may give the same free port to two calls in a row, and Ray
+    refuses two of its components on one port); still race-prone against other
+    processes, fine for tests."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(host: str, port: int, timeout: float = 30.0,
