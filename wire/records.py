@@ -141,7 +141,10 @@ def _int64(text: str) -> int:
 def _checked(f, value, what: str):
     if f.metadata["wire"] == "json":
         cap = f.metadata.get("max_chars")
-        if isinstance(value, str) and cap is not None and len(value) > cap:
+        if not isinstance(value, str):  # json.loads takes bytes too, past the cap
+            raise MessageError(f"{what}: field {f.name!r} must be JSON text, got "
+                               f"{type(value).__name__}")
+        if cap is not None and len(value) > cap:
             raise MessageError(f"{what}: field {f.name!r} holds {len(value)} characters "
                                f"of JSON, more than the {cap} it may")
         try:

@@ -268,11 +268,11 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                   "final weights when a run asks (collect-model)")
     if not p.require_psi:
         check.add("policy", WARNING, "require-psi off: runs may align by keyed pseudonyms, "
-                  "with which a server colluding with any one site can test guesses of "
-                  "this site's ids (MRNs, study numbers are guessable); set "
-                  "require-psi=true unless the ids are random (PSI still lets a "
-                  "colluding peer test up to max-align-rows guesses a run: lower it "
-                  "towards the peers' cohort sizes)")
+                  "with which a server colluding with any one site can test any number "
+                  "of guesses of this site's ids offline (MRNs, study numbers are "
+                  "guessable); set require-psi=true unless the ids are random (a peer "
+                  "alone can test up to max-align-rows guesses a run either way: lower "
+                  "it towards the peers' cohort sizes)")
     if p.allow_pair_masking:
         check.add("policy", WARNING, "allow-pair-masking on: when only two sites share "
                   "a modality's weights, each learns the other's from their average")

@@ -107,7 +107,7 @@ class Endpoint:
         reply, commit = self.channel.align(self.site, req)
         self._commits.append(commit)
         progress.align_steps += 1
-        if reply.identifiers or reply.tagged:  # this site's last alignment step
+        if reply.identifiers or reply.tags:  # this site's last alignment step
             progress.phase = "aligned"
         return reply
 

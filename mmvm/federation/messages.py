@@ -109,7 +109,9 @@ class AlignReply:
     kind: ClassVar[str] = "align"
     identifiers: list[str] = _value(list, str, payload=True, default=[])
     sealed: dict[str, bytes] = _blobs()
-    tagged: dict = _json(payload=True, max_chars=None)  # PSI, last ring step: {origin site: [tags]}
+    # PSI, last ring step: the tags of the set this site finished, and whose set it is
+    origin: str = _value(str, default="")
+    tags: list[str] = _value(list, str, payload=True, default=[])
 
 
 # ------------------------------------------------------------------------ attach

@@ -34,9 +34,11 @@ anything leaves the site:
 ``max-params``         the most parameters of the site's model under the run's
                        experiment config (default 200,000,000; counted before it
                        is built)
-``max-align-rows``     PSI: the largest set of another site this site multiplies
-                       at an alignment step (default 1,000,000); a server colluding
-                       with one site can put guesses of ids into that site's set
+``max-align-rows``     the largest set of identifiers another site may align with
+                       this one (default 1,000,000): a peer can fill its set with
+                       guesses of this site's ids, and attach says which are this
+                       site's. PSI: checked on each set this site multiplies;
+                       pseudonyms: on each peer's count at attach (the server's)
 ``eval-labels``        the label columns the site's final evaluation may probe,
                        comma-separated, ``fnmatch`` patterns (``"label,label.dx"``,
                        ``"label.*"``, ``"*"``; ``""``: none). Default: ``label``
@@ -216,6 +218,17 @@ class SitePolicy:
         if size > self.max_align_rows and not self.test_bed:
             raise PolicyError(f"site {site}: the PSI set of {origin!r} has {size:,} "
                               f"identifiers; its node config allows {self.max_align_rows:,} "
+                              f"(max-align-rows)")
+
+    def check_peer_set(self, site: str, peer: str, size: int) -> None:
+        """Pseudonym alignment: refuse a peer that aligned more than ``max-align-rows``
+        identifiers. Every site holds the group key, so a peer can bring pseudonyms of
+        guesses of this site's ids; attach then tells it which are this site's, and
+        this site's posteriors of those go to it. The count is the server's (one
+        colluding with the peer can hide it: PSI does not depend on it)."""
+        if size > self.max_align_rows and not self.test_bed:
+            raise PolicyError(f"site {site}: peer {peer!r} aligned {size:,} identifiers; "
+                              f"its node config allows {self.max_align_rows:,} "
                               f"(max-align-rows)")
 
     def check_plan(self, site: str, own_rows: np.ndarray,

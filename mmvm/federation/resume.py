@@ -57,12 +57,8 @@ def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
             f"SuperNodes answered (within site-timeout = {s.site_timeout:g} s, or up to "
             f"reply-timeout = {s.reply_timeout:g} s while fewer had); it needs "
             f"min-sites = {need}")
-    check_claims(s, saved, replies)
-    for key, why in routing.authenticate(saved.routing, s.resume, challenges,
-                                         replies).items():
-        raise FederationError(f"resume = {s.resume}: the SuperNode {key} answers as site "
-                              f"{replies[key].site}, and {why}: refused (a site cannot "
-                              f"take the place of another)")
+    check_claims(s, saved, replies, routing.authenticate(saved.routing, s.resume,
+                                                         challenges, replies))
     saved = rekey(saved, {key_of[r.site]: k for k, r in replies.items()})
     coord = rebuild(saved, s)
     routing.load(saved.routing)
@@ -84,16 +80,12 @@ def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
     return Resumed(coord, att, saved)
 
 
-def check_claims(s: FederationSettings, saved: ServerState, replies: Mapping) -> None:
-    """Each answer names a site of the saved run, no name twice, and a node the run
-    knew under one name does not answer under another."""
-    names = [r.site for r in replies.values()]
-    known = {i.name for i in saved.sites}
-    if any(n not in known for n in names) or len(set(names)) != len(names):
-        raise FederationError(
-            f"resume = {s.resume}: the connected SuperNodes ({sorted(names)}) are not the "
-            f"sites of that run ({sorted(known)}); a site rejoins with its node config "
-            f"and the same state folder")
+def check_claims(s: FederationSettings, saved: ServerState, replies: Mapping,
+                 unproven: Mapping[str, str]) -> None:
+    """Each answer names a site of the saved run, no name twice, a node the run knew
+    under one name does not answer under another, and (secure) each proves the name
+    (``unproven``: the nodes that did not, with why). What can be pinned on one node
+    is checked first, and the error names it."""
     was = {i.key: i.name for i in saved.sites}
     for key, r in replies.items():
         if key in was and was[key] != r.site:
@@ -101,6 +93,17 @@ def check_claims(s: FederationSettings, saved: ServerState, replies: Mapping) ->
                 f"resume = {s.resume}: the SuperNode {key} was site {was[key]} in that run "
                 f"and now answers as site {r.site}: refused (a site cannot take the place "
                 f"of another)")
+    for key, why in unproven.items():
+        raise FederationError(f"resume = {s.resume}: the SuperNode {key} answers as site "
+                              f"{replies[key].site}, and {why}: refused (a site cannot "
+                              f"take the place of another)")
+    names = [r.site for r in replies.values()]
+    if any(n not in was.values() for n in names) or len(set(names)) != len(names):
+        said = ", ".join(f"{k}: {r.site}" for k, r in sorted(replies.items()))
+        raise FederationError(
+            f"resume = {s.resume}: the connected SuperNodes ({said}) are not the sites of "
+            f"that run ({sorted(was.values())}), each once; a site rejoins with its node "
+            f"config and the same state folder")
 
 
 def wait_for_sites(meter, s: FederationSettings, n: int, poll: float = 0.5) -> list[str]:

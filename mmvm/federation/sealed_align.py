@@ -51,14 +51,24 @@ def _pseudonyms(site: Site, sec: SiteSecrets) -> list[tuple[str, str]]:
     return sorted((pseudonym(key, s), s) for s in site.data.sample_ids)
 
 
+def _open(sec: SiteSecrets, sender: str, blob: bytes, what: str, **check) -> bytes:
+    """The payload of ``sender``'s alignment envelope (round 0); a failure says whose
+    envelope it was (the sender's, or the relay's, fault: not this site's)."""
+    try:
+        return open_envelope(sec.keys, sec.peer(sender), blob, run_id=sec.run_id,
+                             expected_round=0, **check)
+    except SecurityError as err:
+        raise type(err)(f"site {sec.site}, {what}: the envelope from {sender!r}: {err}") \
+            from err
+
+
 def align_pseudonyms(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignReply:
     if "contribution" not in sec.state or req.step != 0:
         raise SecurityError(f"site {sec.site}: pseudonym align out of order")
     got = {sec.site: unb64(sec.state["contribution"])}
     guard = copy.deepcopy(sec.guard)
     for sender, blob in sorted(req.sealed.items()):
-        got[sender] = open_envelope(sec.keys, sec.peer(sender), blob, run_id=sec.run_id,
-                                    guard=guard, expected_round=0, kind=KIND_IDKEY)
+        got[sender] = _open(sec, sender, blob, "align", guard=guard, kind=KIND_IDKEY)
         if len(got[sender]) != 32:
             raise SecurityError(f"site {sec.site}: malformed id-key contribution from "
                                 f"{sender!r}")
@@ -96,17 +106,16 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
             raise SecurityError(f"site {me}: PSI step {req.step} expects the set of "
                                 f"{prev!r} only, got {sorted(req.sealed)}")
         guard = copy.deepcopy(sec.guard)
-        payload = open_envelope(sec.keys, sec.peer(prev), req.sealed[prev],
-                                run_id=sec.run_id, guard=guard, expected_round=0,
-                                expected_counter=req.step, kind=KIND_PSI)
+        payload = _open(sec, prev, req.sealed[prev], f"PSI step {req.step}", guard=guard,
+                        expected_counter=req.step, kind=KIND_PSI)
         policy.check_ring_set(me, psi.origin(ring, me, req.step),
                               len(payload) // psi.POINT_BYTES)  # before it is read
         points = psi.exponentiate(psi.unpack(payload), unb64(sec.state["scalar"]))
         sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
     if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin
-        return AlignReply(tagged={psi.origin(ring, me, req.step):
-                                  [p.hex() for p in points]})
+        return AlignReply(origin=psi.origin(ring, me, req.step),
+                          tags=[p.hex() for p in points])
     _, nxt = psi.ring_neighbours(ring, me)
     return AlignReply(sealed={nxt: seal(sec.keys, sec.peer(nxt), psi.pack(points),
                                         run_id=sec.run_id, round=0, counter=req.step + 1,

@@ -113,6 +113,9 @@ class SealedChannel:
         members = set(sec.state["members"])
         peers = {str(p): _peer_claim(sec.site, str(p), v, req.n, site.global_names)
                  for p, v in req.peers.items()}
+        if self.align_mode != "psi":  # (PSI bounds each set as this site multiplies it)
+            for p, v in req.peers.items():
+                self.policy.check_peer_set(sec.site, str(p), v["n"])
         named = set(peers) | {h for v in req.shared.values() for h in v}
         strangers = named - members
         if strangers or sec.site in peers:
@@ -246,10 +249,15 @@ class SealedChannel:
         return reply, commit
 
     def prove(self, run: str, challenge: str) -> str:
+        """Signs the challenge for the run whose state this site holds, and no other
+        (a signature for a run of the asker's choosing could be relayed)."""
+        if run != str(self.sec.run_id):
+            raise SecurityError(f"site {self.sec.site}: asked to prove itself for run "
+                                f"{run[:24]!r}, its state is of run {self.sec.run_id}")
         if not 0 < len(challenge) <= 64:
             raise SecurityError(f"site {self.sec.site}: a resume challenge of "
                                 f"{len(challenge)} characters (it signs 1 to 64)")
-        return prove(self.sec.keys, run, challenge)
+        return prove(self.sec.keys, str(self.sec.run_id), challenge)
 
 
 def _peer_claim(me: str, peer: str, claim, n: int, modalities: list[str]) -> dict:
@@ -257,16 +265,17 @@ def _peer_claim(me: str, peer: str, claim, n: int, modalities: list[str]) -> dic
     this site seals to it): distinct rows in ``[0, n)``, configured modalities.
     It cannot be verified here; a malformed one is refused."""
     try:
-        rows, mods = claim["rows"], claim["modalities"]
+        rows, mods, count = claim["rows"], claim["modalities"], claim["n"]
         ok = isinstance(rows, list) and isinstance(mods, list) and \
-            all(type(r) is int for r in rows) and all(m in modalities for m in mods)
+            all(type(r) is int for r in rows) and all(m in modalities for m in mods) \
+            and type(count) is int and len(rows) <= count <= n
     except (KeyError, TypeError):
         ok = False
     if not ok or len(set(rows)) != len(rows) or any(not 0 <= r < n for r in rows) \
             or len(set(mods)) != len(mods):
         raise SecurityError(f"site {me}: the server's description of peer {peer!r} is "
-                            f"not distinct aligned rows in [0, {n}) and distinct "
-                            f"configured modalities")
+                            f"not distinct aligned rows in [0, {n}), distinct configured "
+                            f"modalities and the peer's count")
     return {"rows": sorted(rows), "modalities": list(mods)}
 
 

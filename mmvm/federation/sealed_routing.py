@@ -11,6 +11,7 @@ metrics, and the final model if ``collect-model`` is on (``deploy/README.md``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -27,13 +28,14 @@ from mmvm.federation.messages import (
     WindowRequest,
 )
 from mmvm.federation.routing import site_infos
+from mmvm.federation.sealed_align import KIND_IDKEY, KIND_PSI
+from mmvm.federation.unmask_answers import Answer, Asked, read_answer
 from mmvm.secure.envelope import peek_header
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.identity import parse_record, pinned, proof_problem
 from mmvm.secure.masking import FixedPoint, aggregate_masked
-from mmvm.secure.psi import origin
-from mmvm.secure.session import unb64
-from mmvm.secure.unmasking import check_share, combine_seed, threshold
+from mmvm.secure.psi import POINT_BYTES, origin
+from mmvm.secure.unmasking import combine_seed, threshold
 
 
 def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
@@ -87,6 +89,9 @@ def _check_masked(coord: Coordinator, key: str, m: str, arrays) -> None:
                               f"and the masked weight")
 
 
+_TAG = re.compile(f"[0-9a-f]{{{2 * POINT_BYTES}}}")  # a PSI tag: a point, in hex
+
+
 class SealedRouting:
     """Private alignment, envelopes routed unopened, masked FedAvg."""
 
@@ -112,30 +117,44 @@ class SealedRouting:
                 raise FederationError(str(err)) from None
         self.identities = {d.site: d.identity for d in described.values()}
         if self.align_mode == "psi":
-            return site_infos(described, self._psi(transport, names))
+            return site_infos(described, self._psi(transport, names, described))
+        for d in described.values():  # a bad envelope is its sender's, not the recipient's
+            _check_headers(d.site, d.sealed, KIND_IDKEY)
         inbox = route({k: d.sealed for k, d in described.items()}, names)
         aligned = transport.exchange({key: AlignRequest(sealed=inbox[key])
                                       for key in described})
         return site_infos(described, {k: r.identifiers for k, r in aligned.items()})
 
     @staticmethod
-    def _psi(transport, names: Mapping[str, str]) -> dict[str, list[str]]:
+    def _psi(transport, names: Mapping[str, str], described: Mapping[str, DescribeReply]
+             ) -> dict[str, list[str]]:
         """Run the ring: step 0 blinds, each later step multiplies the predecessor's
-        set; the last step's replies carry every site's tags (in its own order)."""
+        set; the last step's replies carry every site's tags (in its own order), each
+        checked against the count of the site whose set it is and blamed on the site
+        that finished it, which sent it."""
         ring, key_of = sorted(names.values()), {n: k for k, n in names.items()}
         replies = transport.exchange({k: AlignRequest(step=0, ring=ring) for k in names})
         for step in range(1, len(ring)):
+            for k, r in replies.items():
+                _check_headers(names[k], r.sealed, KIND_PSI)
             inbox = route({k: r.sealed for k, r in replies.items()}, names)
             replies = transport.exchange({k: AlignRequest(step=step, ring=ring,
                                                           sealed=inbox[k]) for k in names})
         tags: dict[str, list[str]] = {}
         for key, r in replies.items():  # each finishes one set: its origin's, named by
             finished = origin(ring, names[key], len(ring) - 1)  # the ring, not the site
-            if list(r.tagged) != [finished] or not isinstance(r.tagged[finished], list):
+            if r.origin != finished:
                 raise FederationError(
-                    f"site {names[key]} sent PSI tags for {sorted(map(str, r.tagged))[:4]}"
-                    f"; at the last ring step it finishes {finished!r}'s set, and only it")
-            tags[key_of[finished]] = [str(x) for x in r.tagged[finished]]
+                    f"site {names[key]} sent PSI tags for {r.origin[:64]!r}; at the last "
+                    f"ring step it finishes {finished!r}'s set, and only it")
+            n = described[key_of[finished]].n
+            if len(r.tags) != n or len(set(r.tags)) != n or \
+                    not all(_TAG.fullmatch(t) for t in r.tags):
+                raise FederationError(
+                    f"site {names[key]} finished {finished}'s PSI set with {len(r.tags)} "
+                    f"tags ({len(set(r.tags))} distinct) for its {n} samples, or tags that "
+                    f"are not {2 * POINT_BYTES} hex digits")
+            tags[key_of[finished]] = list(r.tags)
         missing = [names[k] for k in names if k not in tags]
         if missing:
             raise FederationError(f"PSI alignment: no tags for sites {missing}")
@@ -223,11 +242,18 @@ class SealedRouting:
             groups={m: {"survivors": sorted(names[s] for s in u),
                         "dropped": sorted(names[d] for d in dd)}
                     for m, (u, dd) in views.items() if k in u}) for k in asked})
-        for k in [k for k, a in answers.items() if _unmask_form(a)]:
-            failed[k] = _unmask_form(answers.pop(k))  # left out, named, as one that failed
+        read = {}
+        for k, answer in answers.items():  # each on its own: a bad one is its sender's
+            asked = {m: Asked([names[h] for h in coord.shared[m]], [names[s] for s in u],
+                              [names[d] for d in dd])
+                     for m, (u, dd) in views.items() if k in u}
+            try:
+                read[k] = read_answer(answer, names[k], asked)
+            except ValueError as err:  # left out, named, as one that failed the step
+                failed[k] = str(err)
         self.failed = failed
-        return {m: self._mean(coord, m, u, dd, replies, answers)
-                for m, (u, dd) in views.items() if all(k in answers for k in u)}
+        return {m: self._mean(coord, m, u, dd, replies, read)
+                for m, (u, dd) in views.items() if all(k in read for k in u)}
 
     @staticmethod
     def _needed(n: int) -> int:
@@ -246,7 +272,7 @@ class SealedRouting:
 
     @staticmethod
     def _mean(coord: Coordinator, m: str, survivors: list, dropped: list, replies: Mapping,
-              answers: Mapping) -> dict:
+              answers: Mapping[str, Answer]) -> dict:
         name, n = coord.name, len(coord.shared[m])
         masked = {name(k): replies[k].weights[m] for k in survivors}
         params = sorted(p for p in next(iter(masked.values())) if p != MASK_WEIGHT)
@@ -261,10 +287,10 @@ class SealedRouting:
                 raise FederationError(f"site {s}: its masked update of {m!r} has another "
                                       f"shape of {odd[0]} than its peers'")
         try:
-            seeds = {name(s): combine_seed(_shares(coord, m, s, survivors, answers), n)
+            seeds = {name(s): combine_seed([answers[j].shares[m][name(s)]
+                                            for j in survivors if j != s], n)
                      for s in survivors}
-            revealed = {name(k): {d: unb64(v) for d, v in answers[k].seeds.get(m, {}).items()}
-                        for k in survivors}
+            revealed = {name(k): answers[k].seeds[m] for k in survivors}
             means, weight = aggregate_masked(
                 {s: [a[p] for p in params] + [a[MASK_WEIGHT]] for s, a in masked.items()},
                 participants=[name(k) for k in coord.shared[m]], revealed=revealed,
@@ -281,44 +307,3 @@ class SealedRouting:
                                   f"not the survivors' {expected} samples; the sites' "
                                   f"views of the group differ, or an update is corrupt")
         return {p: v.astype(np.float32) for p, v in zip(params, means, strict=True)}
-
-
-def _unmask_form(answer) -> str | None:
-    """Why an unmask answer is not ``{modality: {site: base64 text}}`` for both its
-    shares and its seeds, or ``None``."""
-    for what in ("shares", "seeds"):
-        part = getattr(answer, what, None)
-        if not isinstance(part, Mapping) or not all(
-                isinstance(m, str) and isinstance(v, Mapping)
-                and all(isinstance(o, str) and isinstance(t, str) for o, t in v.items())
-                for m, v in part.items()):
-            return (f"its unmask answer's {what} are not a map of modalities to "
-                    f"{{site: base64 text}}")
-    return None
-
-
-def _shares(coord: Coordinator, m: str, owner: str, survivors: list, answers: Mapping
-            ) -> list[bytes]:
-    """The shares of ``owner``'s self-mask seed for ``m`` from the other survivors'
-    unmask answers, each checked for form. The index a holder's share must carry is
-    fixed by the group, and every holder checks the share the owner sealed to it
-    before it answers (``sealed_weights.unmask``), so a malformed share here is the
-    relaying holder's doing: it is named. (A well-formed wrong one is caught only by
-    the mean's weight, without a name: no verifiable secret sharing.)"""
-    holders = [coord.name(k) for k in coord.shared[m]]
-    out = []
-    for j in survivors:
-        text = answers[j].shares.get(m, {}).get(coord.name(owner)) if j != owner else None
-        if text is None:
-            continue
-        try:
-            share = unb64(text) if isinstance(text, str) else b""
-        except ValueError:
-            share = b""
-        why = check_share(share, holders, coord.name(owner), coord.name(j))
-        if why:
-            raise FederationError(
-                f"site {coord.name(j)}: its unmask answer holds a malformed share of site "
-                f"{coord.name(owner)}'s self-mask seed for {m!r} ({why})")
-        out.append(share)
-    return out

@@ -27,7 +27,9 @@ from tests.support.federate import (
     RUN,
     federate,
     make_sites,
+    sealed_endpoints,
     secrets,
+    site_keys,
     split,
 )
 from tests.support.malicious import AttachTamper, Recorder, hybrid_sites
@@ -180,7 +182,7 @@ def test_6_a_colluding_ring_peer_tests_one_bounded_set_of_guesses_at_most(
                                           sealed={s: guesses_from_s(guesses, 1)}))
     last = endpoint(101).handle(AlignRequest(step=1, ring=ring,
                                              sealed={s: guesses_from_s(guesses, 1)}))
-    hits = [g for g, t in zip(guesses, last.tagged[s], strict=True) if t in tags]
+    hits = [g for g, t in zip(guesses, last.tags, strict=True) if t in tags]
     assert hits == guesses[:3]  # what PSI cannot prevent: S's set is S's choice
     with pytest.raises(ProtocolOrderError, match="align step 2"):
         endpoint(10**6).handle(AlignRequest(step=2, ring=ring,
@@ -201,3 +203,25 @@ def test_6b_the_servers_word_on_a_peers_rows_must_be_aligned_rows(cfg, tmp_path,
             federate(cfg, {}, transport=AttachTamper(endpoints, lambda r, lie=lie: (
                 dataclasses.replace(r, peers={p: lie(r, v) for p, v in r.peers.items()}))),
                 secure=True)
+
+
+def test_6c_a_pseudonym_peer_that_aligned_more_than_max_align_rows_is_refused(
+        cfg, tmp_path, tiny_polymnist):
+    """Pseudonyms: every site holds the group key, so a peer alone (an honest server)
+    can bring pseudonyms of guessed ids; attach then tells it which are the victim's,
+    and the victim's posteriors of those go to it. The victim bounds each peer's set
+    by its max-align-rows, as PSI bounds the sets it multiplies; a server's
+    description without the peer's count is refused."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys = site_keys(sites)
+    strict = SitePolicy(keys="k", require_secure=True, max_align_rows=191)
+    with pytest.raises(PolicyError, match=r"peer 'site-m\d' aligned 192 identifiers; its "
+                                          r"node config allows 191 \(max-align-rows\)"):
+        federate(cfg, {}, transport=LocalTransport(
+            sealed_endpoints(sites, keys, tmp_path / "strict", strict)), secure=True)
+    _, _, endpoints = hybrid_sites(cfg, tmp_path / "uncounted", tiny_polymnist)
+    with pytest.raises(SecurityError, match="and the peer's count"):
+        federate(cfg, {}, transport=AttachTamper(endpoints, lambda r: dataclasses.replace(
+            r, peers={p: {k: v[k] for k in ("rows", "modalities")}
+                      for p, v in r.peers.items()})), secure=True)

@@ -25,6 +25,7 @@ from mmvm.federation.settings import settings_for
 from mmvm.federation.site import Site
 from mmvm.federation.site_store import SiteStore
 from tests.support.federate import (
+    RUN,
     make_sites,
     params,
     plain_endpoints,
@@ -102,7 +103,7 @@ def test_a_resumed_run_ends_as_if_nothing_happened(cfg, tmp_path, tiny_polymnist
     sites = _restarted(cfg, sites, tmp_path)
     lines = []
     res = run_federation(LocalTransport(_endpoints(sites, secure, keys, state)),
-                         settings_for(cfg, resume="1", **opts), log=lines.append,
+                         settings_for(cfg, resume=RUN, **opts), log=lines.append,
                          checkpoint=ckpt, resume_from=ckpt)
     assert f"after window {k}/6" in lines[0]
     assert [r["window"] for r in res.history] == list(range(6))
@@ -123,18 +124,18 @@ def test_resume_refuses_other_settings_and_other_sites(cfg, tmp_path, tiny_polym
                        settings_for(cfg, exchange="step"), checkpoint=ckpt)
     with pytest.raises(ConfigError, match=r"other settings \(plan: "):
         run_federation(LocalTransport(plain_endpoints(sites)),
-                       settings_for(cfg, exchange="round", resume="1"), resume_from=ckpt)
+                       settings_for(cfg, exchange="round", resume=RUN), resume_from=ckpt)
     strangers = make_sites(cfg, *split(tiny_polymnist, tmp_path, "horizontal", shards=3))
     with pytest.raises(FederationError, match="resume refused: the site is 'new'"):
         run_federation(LocalTransport(plain_endpoints(strangers)),
-                       settings_for(cfg, exchange="step", resume="1"), resume_from=ckpt)
+                       settings_for(cfg, exchange="step", resume=RUN), resume_from=ckpt)
     fresh = make_sites(cfg, specs, root)  # sites that never took part
     with pytest.raises(FederationError, match="resume refused: the site is 'new'"):
         run_federation(LocalTransport(plain_endpoints(fresh)),
-                       settings_for(cfg, exchange="step", resume="1"), resume_from=ckpt)
+                       settings_for(cfg, exchange="step", resume=RUN), resume_from=ckpt)
     with pytest.raises(ConfigError, match="no server state"):
         run_federation(LocalTransport(plain_endpoints(sites)),
-                       settings_for(cfg, exchange="step", resume="1"),
+                       settings_for(cfg, exchange="step", resume=RUN),
                        resume_from=tmp_path / "missing.pt")
 
 
@@ -173,11 +174,11 @@ def test_a_listed_site_that_is_gone_at_resume_is_away_not_fatal(cfg, tmp_path,
     with pytest.raises(FederationError, match=r"2 of the 3 connected SuperNodes .* "
                                               r"min-sites = 3"):
         run_federation(GoneAtResume(plain_endpoints(sites), "n2"),
-                       settings_for(cfg, resume="1", min_sites=3, site_timeout=5.0, **opts),
+                       settings_for(cfg, resume=RUN, min_sites=3, site_timeout=5.0, **opts),
                        resume_from=ckpt, checkpoint=ckpt)
     lines = []
     res = run_federation(GoneAtResume(plain_endpoints(sites), "n1"),
-                         settings_for(cfg, resume="1", min_sites=2, **opts),
+                         settings_for(cfg, resume=RUN, min_sites=2, **opts),
                          log=lines.append, checkpoint=ckpt, resume_from=ckpt)
     assert f"away: {sites['n1'].name})" in lines[0], lines[0]
     assert [r["window"] for r in res.history] == list(range(6))
@@ -200,7 +201,7 @@ def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_pat
                        checkpoint=ckpt)
     renamed = {f"new-{k}": s for k, s in reversed(list(sites.items()))}
     run_federation(LocalTransport(plain_endpoints(renamed)),
-                   settings_for(cfg, exchange="step", delta_tol=0.0, resume="1",
+                   settings_for(cfg, exchange="step", delta_tol=0.0, resume=RUN,
                                 checkpoint_every=1),
                    resume_from=ckpt)
     a, b = params(ref.values()), params(sites.values())
@@ -304,7 +305,7 @@ def test_plaintext_sites_ahead_of_the_checkpoint_roll_back_to_it(
     lines = []
     res = run_federation(
         LocalTransport({key: Stored(s, folder, resident) for key, s in sites.items()}),
-        settings_for(cfg, resume="1", **opts), log=lines.append, checkpoint=ckpt,
+        settings_for(cfg, resume=RUN, **opts), log=lines.append, checkpoint=ckpt,
         resume_from=ckpt)
     at = ", ".join(f"{s.name} {saved + 1}" for s in sites.values())
     assert f"after window {saved + 1}/6 (sites' last windows: {at})" in lines[0]
@@ -344,6 +345,6 @@ def test_a_secure_site_ahead_of_the_checkpoint_refuses_to_go_back(cfg, tmp_path,
         e.store = SiteStore(tmp_path / "snapshots" / f"{e.site.name}.pt")
     with pytest.raises(FederationError, match=r"trained up to window 3, the server resumes "
                        r"after window 1; a secure site never trains a window twice"):
-        run_federation(LocalTransport(endpoints), settings_for(cfg, resume="1", **opts),
+        run_federation(LocalTransport(endpoints), settings_for(cfg, resume=RUN, **opts),
                        resume_from=old)
     assert all(s.progress.window == 2 for s in sites.values())

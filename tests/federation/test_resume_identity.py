@@ -22,6 +22,7 @@ from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
 from tests.federation.test_resume import Crash, CrashAt
 from tests.support.federate import (
+    RUN,
     make_sites,
     params,
     plain_endpoints,
@@ -67,19 +68,25 @@ def _crashed(cfg, tiny_polymnist, tmp_path, secure: bool):
     with pytest.raises(Crash):
         run_federation(CrashAt(endpoints(sites), 2, False), settings_for(cfg, **opts),
                        checkpoint=ckpt)
-    return sites, endpoints, settings_for(cfg, resume="1", **opts), ckpt
+    return sites, endpoints, settings_for(cfg, resume=RUN, **opts), ckpt
 
 
 @pytest.mark.parametrize("secure", [False, True])
-def test_a_known_node_cannot_answer_as_an_away_site(cfg, tiny_polymnist, tmp_path, secure,
-                                                    monkeypatch):
+@pytest.mark.parametrize("target", ["away", "present", "unknown"])
+def test_a_known_node_cannot_answer_as_another_site(cfg, tiny_polymnist, tmp_path, secure,
+                                                    target, monkeypatch):
+    """As a site that is away (to take its place), one that is present or one the run
+    never had (to block the resume): refused, naming the node that lied, not the
+    site it named."""
     monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
     sites, endpoints, s, ckpt = _crashed(cfg, tiny_polymnist, tmp_path, secure)
-    away, liar = sites["n0"].name, sites["n1"].name
+    liar = sites["n1"].name
+    claim = {"away": sites["n0"].name, "present": sites["n2"].name,
+             "unknown": "site-zz"}[target]
     here = {k: v for k, v in sites.items() if k != "n0"}
     with pytest.raises(FederationError, match=f"the SuperNode n1 was site {liar} in that "
-                       f"run and now answers as site {away}: refused"):
-        run_federation(AnswersAs(endpoints(here), "n1", away), s, resume_from=ckpt)
+                       f"run and now answers as site {claim}: refused"):
+        run_federation(AnswersAs(endpoints(here), "n1", claim), s, resume_from=ckpt)
 
 
 def test_a_secure_node_with_a_new_id_must_sign_as_the_site_it_names(cfg, tiny_polymnist,
@@ -100,3 +107,19 @@ def test_a_secure_node_with_a_new_id_must_sign_as_the_site_it_names(cfg, tiny_po
                          checkpoint=ckpt)
     assert [r["window"] for r in res.history] == list(range(6))
     assert all(np.isfinite(v).all() for v in params(sites.values()).values())
+
+
+def test_a_secure_site_signs_only_for_the_run_its_state_is_of(cfg, tiny_polymnist, tmp_path,
+                                                              monkeypatch):
+    """A signature over a run of the asker's choosing could be relayed into another
+    run's resume; the site proves itself only for its own run."""
+    from mmvm.federation.messages import ResumeRequest
+    from mmvm.secure.errors import SecurityError
+
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
+    sites, endpoints, s, _ = _crashed(cfg, tiny_polymnist, tmp_path, True)
+    site = endpoints(sites)["n0"]
+    with pytest.raises(SecurityError, match=f"asked to prove itself for run '5', its "
+                       f"state is of run {RUN}"):
+        site.handle(ResumeRequest(run="5", window=1, challenge="ab"))
+    assert site.handle(ResumeRequest(run=RUN, window=1, challenge="ab")).proof

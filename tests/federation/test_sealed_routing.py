@@ -5,6 +5,7 @@ cannot tell an honest site from a liar otherwise)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -21,32 +22,51 @@ def cfg(tiny_polymnist, tiny_config):
     return tiny_config(tiny_polymnist, epochs=1)
 
 
-@pytest.mark.parametrize("how", ["garbled", "duplicate"])
-def test_a_malformed_unmask_share_names_its_sender(cfg, tmp_path, tiny_polymnist, how):
-    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+@pytest.mark.parametrize("how,match", [
+    ("garbled", "is not base64 text"),
+    ("duplicate", "malformed share of site .* \\(index"),  # another holder's index
+    ("missing", r"shares of 'm0' are for \[\], not for \['site-"),
+    ("stray seed", r"pair seeds of 'm0' are for \['x'\], not for \[\]")])
+def test_a_bad_unmask_answer_fails_only_its_sender_by_name(cfg, tmp_path, tiny_polymnist,
+                                                           how, match):
+    """Each unmask answer is read on its own before any is combined: a share that is
+    not base64, a copy of another holder's share (its index), shares left out, a pair
+    seed for a site that did not drop or of the wrong length make that site fail the
+    unmask step, by name; the modality is not averaged that window and the run goes
+    on (these used to stop the run with an error that named no one, or the relay)."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
     seen: dict = {}
 
     class Tamper(LocalTransport):
         def exchange(self, requests, wait=None, need=1):
             out = super().exchange(requests, wait, need)
             unmask = {k: r for k, r in out.items() if getattr(r, "kind", "") == "unmask"}
-            if unmask and "liar" not in seen:
-                keys = sorted(k for k, r in unmask.items() if any(r.shares.values()))
-                liar, other = keys[0], keys[1]
+            wanted = [k for k, r in unmask.items() if any(r.shares.values())]
+            if len(wanted) > 1 and "liar" not in seen:
+                liar, other = sorted(wanted)[:2]
                 m, by_owner = next((m, v) for m, v in out[liar].shares.items() if v)
                 owner = next(o for o in sorted(by_owner)
                              if o in out[other].shares.get(m, {}))
-                value = "%%%" if how == "garbled" else out[other].shares[m][owner]
-                out[liar] = dataclasses.replace(
-                    out[liar], shares={**out[liar].shares, m: {**by_owner, owner: value}})
+                r = out[liar]
+                if how in ("garbled", "duplicate"):
+                    value = "%%%" if how == "garbled" else out[other].shares[m][owner]
+                    r = dataclasses.replace(r, shares={**r.shares,
+                                                       m: {**by_owner, owner: value}})
+                elif how == "missing":
+                    r = dataclasses.replace(r, shares={**r.shares, m: {}})
+                else:
+                    r = dataclasses.replace(r, seeds={**r.seeds, m: {"x": "AAAA"}})
+                out[liar] = r
                 seen["liar"] = sites[liar].name
             return out
 
-    with pytest.raises(FederationError, match="malformed share") as err:
-        federate(cfg, {}, transport=Tamper(endpoints), secure=True, exchange="step")
-    # a copy of another holder's share carries that holder's index: the relay is named,
-    # never the holder it copied
-    assert str(err.value).startswith(f"site {seen['liar']}:")
+    res = federate(cfg, {}, transport=Tamper(endpoints), secure=True, exchange="step",
+                   max_refused=2, min_sites=2)
+    refused = {site: why for row in res.history for site, why in
+               (row.get("refused") or {}).items()}
+    assert list(refused) == [seen["liar"]], refused
+    assert re.search(match, refused[seen["liar"]]), refused[seen["liar"]]
+    assert len(res.history) == 3 and res.evaluation
 
 
 def test_an_owner_that_seals_a_malformed_share_is_named_by_the_holder(
@@ -159,11 +179,17 @@ def test_an_unmask_answer_of_the_wrong_form_fails_only_its_sender(cfg, tmp_path,
     assert len(res.history) == 3 and res.evaluation
 
 
-def test_psi_tags_of_a_set_a_site_did_not_finish_are_refused_naming_it(
-        cfg, tmp_path, tiny_polymnist):
-    """At the last ring step each site finishes one set, its predecessor's-by-ring
-    origin; tags it sends for another site's set would make the honest finisher's
-    look like a duplicate. The server names the site that sent them."""
+@pytest.mark.parametrize("how,match", [
+    ("origin", "at the last ring step it finishes"),
+    ("duplicate", r"tags \(191 distinct\) for its 192 samples"),
+    ("short", r"with 191 tags \(191 distinct\) for its 192 samples"),
+    ("not hex", "are not 64 hex digits")])
+def test_psi_tags_are_checked_and_blamed_on_the_site_that_finished_them(
+        cfg, tmp_path, tiny_polymnist, how, match):
+    """At the last ring step each site finishes one set, named by the ring. Tags it
+    sends for another site's set, or a set with a tag repeated or left out, would
+    otherwise be blamed on the honest origin (whose count they then miss): the
+    server names the site that sent them."""
     from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
 
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
@@ -174,17 +200,70 @@ def test_psi_tags_of_a_set_a_site_did_not_finish_are_refused_naming_it(
     class Relabel(LocalTransport):
         def exchange(self, requests, wait=None, need=1):
             out = super().exchange(requests, wait, need)
-            tagged = sorted(k for k, r in out.items() if getattr(r, "tagged", None))
+            tagged = sorted(k for k, r in out.items() if getattr(r, "tags", None))
             if tagged and not done:
-                k = tagged[0]  # read first: the honest finisher would be blamed
+                k = tagged[0]  # read first: the honest origin would be blamed
+                r, tags = out[k], list(out[k].tags)
                 other = next(n for n in sorted(s.name for s in sites.values())
-                             if n not in out[k].tagged)
-                out[k] = dataclasses.replace(out[k], tagged={
-                    **out[k].tagged, other: next(iter(out[k].tagged.values()))})
+                             if n != r.origin)
+                change = {"origin": {"origin": other},
+                          "duplicate": {"tags": [tags[0], tags[0], *tags[2:]]},
+                          "short": {"tags": tags[:-1]},
+                          "not hex": {"tags": ["zz" * 32, *tags[1:]]}}[how]
+                out[k] = dataclasses.replace(r, **change)
                 done["liar"] = sites[k].name
             return out
 
-    with pytest.raises(FederationError, match="at the last ring step it finishes") as err:
+    with pytest.raises(FederationError, match=match) as err:
         federate(cfg, {}, transport=Relabel(endpoints), secure=True, align="psi",
                  exchange="step")
-    assert str(err.value).startswith(f"site {done['liar']} sent PSI tags for")
+    assert str(err.value).startswith(f"site {done['liar']} ")
+
+
+@pytest.mark.parametrize("align", ["pseudonym", "psi"])
+@pytest.mark.parametrize("how", ["garbage", "header", "flipped"])
+def test_a_bad_alignment_envelope_is_blamed_on_its_sender(cfg, tmp_path, tiny_polymnist,
+                                                          align, how):
+    """Describe's id-key contributions and the PSI ring's sets are envelopes too: the
+    server reads their headers and names a sender whose envelope does not parse or is
+    addressed elsewhere; one damaged inside is refused by its recipient, which says
+    whose it was (it used to read as the honest recipient's failure)."""
+    from mmvm.secure.envelope import seal
+    from mmvm.secure.errors import SecurityError
+    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keys = site_keys(sites)
+    names = {k: s.name for k, s in sites.items()}
+    done: dict = {}
+
+    class Bad(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            if next(iter(requests.values())).kind not in ("describe", "align"):
+                return out
+            for k, r in out.items():
+                if done or not getattr(r, "sealed", None):
+                    continue
+                to = sorted(r.sealed)[0]
+                third = next(n for n in names.values() if n not in (names[k], to))
+                blob = {"garbage": b"\0" * 80,
+                        "header": seal(keys[names[k]], keys[third].public, b"x" * 32,
+                                       run_id="77", round=0,
+                                       kind="idkey" if align == "pseudonym" else "psi"),
+                        "flipped": r.sealed[to][:-1] + bytes([r.sealed[to][-1] ^ 1])}[how]
+                out[k] = dataclasses.replace(r, sealed={**r.sealed, to: blob})
+                done.update(liar=names[k], to=to)
+            return out
+
+    with pytest.raises((FederationError, SecurityError)) as err:
+        federate(cfg, {}, transport=Bad(sealed_endpoints(sites, keys, tmp_path / "state",
+                                                         align=align)),
+                 secure=True, align=align, exchange="step")
+    text = str(err.value)
+    if how == "flipped":
+        assert f"site {done['to']}, " in text and f"the envelope from {done['liar']!r}" \
+            in text, text
+    else:
+        assert text.startswith(f"site {done['liar']} sent {done['to']!r} an envelope"), text

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from mmvm.federation.endpoint import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
 from mmvm.federation.site_encode import step_groups
