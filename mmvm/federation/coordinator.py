@@ -176,8 +176,7 @@ class Coordinator:
         for other, o in self.sites.items():
             both = np.intersect1d(site.held, o.held) if other != key else ()
             if len(both):
-                out[o.name] = {"rows": both.tolist(), "modalities": list(o.modalities),
-                               "n": len(o.held)}  # its aligned set (max-align-rows)
+                out[o.name] = {"rows": both.tolist(), "modalities": list(o.modalities)}
         return out
 
     def route(self, index: int, table: Mapping[str, Posteriors]) -> dict[str, dict]:

@@ -99,6 +99,9 @@ class AlignRequest:
     sealed: dict[str, bytes] = _blobs()
     step: int = _value(int, default=0)
     ring: list[str] = _value(list, str, default=[])
+    # every participant's described sample count: a site bounds its peers' sets by
+    # them before its identifiers leave (pseudonyms) and checks the ring sets (PSI)
+    counts: dict = _json()
 
 
 @dataclass

@@ -38,7 +38,8 @@ anything leaves the site:
                        this one (default 1,000,000): a peer can fill its set with
                        guesses of this site's ids, and attach says which are this
                        site's. PSI: checked on each set this site multiplies;
-                       pseudonyms: on each peer's count at attach (the server's)
+                       pseudonyms: on each peer's count (the server's, from
+                       describe) before this site's pseudonyms leave
 ``eval-labels``        the label columns the site's final evaluation may probe,
                        comma-separated, ``fnmatch`` patterns (``"label,label.dx"``,
                        ``"label.*"``, ``"*"``; ``""``: none). Default: ``label``
@@ -221,15 +222,15 @@ class SitePolicy:
                               f"(max-align-rows)")
 
     def check_peer_set(self, site: str, peer: str, size: int) -> None:
-        """Pseudonym alignment: refuse a peer that aligned more than ``max-align-rows``
-        identifiers. Every site holds the group key, so a peer can bring pseudonyms of
+        """Pseudonym alignment: refuse, before this site's pseudonyms leave, a peer that
+        described more than ``max-align-rows`` samples. Every site holds the group key, so a peer can bring pseudonyms of
         guesses of this site's ids; attach then tells it which are this site's, and
         this site's posteriors of those go to it. The count is the server's (one
         colluding with the peer can hide it: PSI does not depend on it)."""
         if size > self.max_align_rows and not self.test_bed:
-            raise PolicyError(f"site {site}: peer {peer!r} aligned {size:,} identifiers; "
-                              f"its node config allows {self.max_align_rows:,} "
-                              f"(max-align-rows)")
+            raise PolicyError(f"site {site}: peer {peer!r} described {size:,} samples "
+                              f"to align; its node config allows "
+                              f"{self.max_align_rows:,} (max-align-rows)")
 
     def check_plan(self, site: str, own_rows: np.ndarray,
                    shared: Mapping[str, np.ndarray]) -> None:

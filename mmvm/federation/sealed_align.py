@@ -28,7 +28,7 @@ from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
 from mmvm.secure import psi
 from mmvm.secure.envelope import open_envelope, seal
-from mmvm.secure.errors import SecurityError
+from mmvm.secure.errors import PeerContentError, SecurityError
 from mmvm.secure.session import SiteSecrets, b64, group_key, pseudonym, unb64
 
 KIND_IDKEY = "idkey"
@@ -62,7 +62,20 @@ def _open(sec: SiteSecrets, sender: str, blob: bytes, what: str, **check) -> byt
             from err
 
 
-def align_pseudonyms(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignReply:
+def _count(sec: SiteSecrets, req: AlignRequest, peer: str) -> int:
+    n = req.counts.get(peer)
+    if type(n) is not int or n < 0:
+        raise SecurityError(f"site {sec.site}: the server gives no sample count of "
+                            f"{peer!r} with the alignment")
+    return n
+
+
+def align_pseudonyms(site: Site, sec: SiteSecrets, req: AlignRequest,
+                     policy: SitePolicy) -> AlignReply:
+    """Derive the group key and answer this site's pseudonyms, once every peer's set
+    is within ``max-align-rows``: a peer holds the key too and can bring pseudonyms of
+    guessed ids, and attach would tell it which are this site's (the counts are the
+    server's: one colluding with the peer can hide them, as deploy/README.md says)."""
     if "contribution" not in sec.state or req.step != 0:
         raise SecurityError(f"site {sec.site}: pseudonym align out of order")
     got = {sec.site: unb64(sec.state["contribution"])}
@@ -72,6 +85,7 @@ def align_pseudonyms(site: Site, sec: SiteSecrets, req: AlignRequest) -> AlignRe
         if len(got[sender]) != 32:
             raise SecurityError(f"site {sec.site}: malformed id-key contribution from "
                                 f"{sender!r}")
+        policy.check_peer_set(sec.site, sender, _count(sec, req, sender))
     sec.state.update(group_key=b64(group_key(got, sec.run_id)), members=sorted(got))
     sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
@@ -108,9 +122,10 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
         guard = copy.deepcopy(sec.guard)
         payload = _open(sec, prev, req.sealed[prev], f"PSI step {req.step}", guard=guard,
                         expected_counter=req.step, kind=KIND_PSI)
-        policy.check_ring_set(me, psi.origin(ring, me, req.step),
-                              len(payload) // psi.POINT_BYTES)  # before it is read
-        points = psi.exponentiate(psi.unpack(payload), unb64(sec.state["scalar"]))
+        origin = psi.origin(ring, me, req.step)
+        policy.check_ring_set(me, origin, len(payload) // psi.POINT_BYTES)  # before it
+        points = _multiplied(me, prev, origin, payload, _count(sec, req, origin),
+                             unb64(sec.state["scalar"]))  # is read
         sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
     if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin
@@ -120,6 +135,23 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
     return AlignReply(sealed={nxt: seal(sec.keys, sec.peer(nxt), psi.pack(points),
                                         run_id=sec.run_id, round=0, counter=req.step + 1,
                                         kind=KIND_PSI)})
+
+
+def _multiplied(me: str, prev: str, origin: str, payload: bytes, n: int, scalar: bytes
+                ) -> list[bytes]:
+    """The points of ``origin``'s set as ``prev`` sealed them, multiplied by this
+    site's scalar, once they are as many as ``origin`` described, distinct and valid
+    points. Each site checks the set it receives, so a bad one is the fault of the
+    site that sealed it (named), not of the honest site that would finish it."""
+    try:
+        points = psi.unpack(payload)
+        if len(points) != n or len(set(points)) != n:
+            raise ValueError(f"{len(points)} points ({len(set(points))} distinct) for "
+                             f"the {n} samples {origin} described")
+        return psi.exponentiate(points, scalar)
+    except (ValueError, SecurityError) as err:
+        raise PeerContentError(f"site {me}: the PSI set of {origin!r} from {prev!r} is "
+                               f"not a set of its samples: {err}") from None
 
 
 def positions(site: Site, sec: SiteSecrets) -> np.ndarray:

@@ -105,7 +105,8 @@ class SealedChannel:
         if self.align_mode == "psi":
             return sealed_align.align_psi(site, self.sec, req, self.policy), \
                 self.sec.save_guard
-        return sealed_align.align_pseudonyms(site, self.sec, req), self.sec.save_guard
+        return sealed_align.align_pseudonyms(site, self.sec, req, self.policy), \
+            self.sec.save_guard
 
     def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
         sec = self.sec
@@ -113,9 +114,6 @@ class SealedChannel:
         members = set(sec.state["members"])
         peers = {str(p): _peer_claim(sec.site, str(p), v, req.n, site.global_names)
                  for p, v in req.peers.items()}
-        if self.align_mode != "psi":  # (PSI bounds each set as this site multiplies it)
-            for p, v in req.peers.items():
-                self.policy.check_peer_set(sec.site, str(p), v["n"])
         named = set(peers) | {h for v in req.shared.values() for h in v}
         strangers = named - members
         if strangers or sec.site in peers:
@@ -265,17 +263,16 @@ def _peer_claim(me: str, peer: str, claim, n: int, modalities: list[str]) -> dic
     this site seals to it): distinct rows in ``[0, n)``, configured modalities.
     It cannot be verified here; a malformed one is refused."""
     try:
-        rows, mods, count = claim["rows"], claim["modalities"], claim["n"]
+        rows, mods = claim["rows"], claim["modalities"]
         ok = isinstance(rows, list) and isinstance(mods, list) and \
-            all(type(r) is int for r in rows) and all(m in modalities for m in mods) \
-            and type(count) is int and len(rows) <= count <= n
+            all(type(r) is int for r in rows) and all(m in modalities for m in mods)
     except (KeyError, TypeError):
         ok = False
     if not ok or len(set(rows)) != len(rows) or any(not 0 <= r < n for r in rows) \
             or len(set(mods)) != len(mods):
         raise SecurityError(f"site {me}: the server's description of peer {peer!r} is "
-                            f"not distinct aligned rows in [0, {n}), distinct configured "
-                            f"modalities and the peer's count")
+                            f"not distinct aligned rows in [0, {n}) and distinct "
+                            f"configured modalities")
     return {"rows": sorted(rows), "modalities": list(mods)}
 
 

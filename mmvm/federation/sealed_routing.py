@@ -34,7 +34,7 @@ from mmvm.secure.envelope import peek_header
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.identity import parse_record, pinned, proof_problem
 from mmvm.secure.masking import FixedPoint, aggregate_masked
-from mmvm.secure.psi import POINT_BYTES, origin
+from mmvm.secure.psi import POINT_BYTES, origin, ring_neighbours
 from mmvm.secure.unmasking import combine_seed, threshold
 
 
@@ -121,7 +121,8 @@ class SealedRouting:
         for d in described.values():  # a bad envelope is its sender's, not the recipient's
             _check_headers(d.site, d.sealed, KIND_IDKEY)
         inbox = route({k: d.sealed for k, d in described.items()}, names)
-        aligned = transport.exchange({key: AlignRequest(sealed=inbox[key])
+        counts = {d.site: d.n for d in described.values()}
+        aligned = transport.exchange({key: AlignRequest(sealed=inbox[key], counts=counts)
                                       for key in described})
         return site_infos(described, {k: r.identifiers for k, r in aligned.items()})
 
@@ -133,12 +134,19 @@ class SealedRouting:
         checked against the count of the site whose set it is and blamed on the site
         that finished it, which sent it."""
         ring, key_of = sorted(names.values()), {n: k for k, n in names.items()}
-        replies = transport.exchange({k: AlignRequest(step=0, ring=ring) for k in names})
+        counts = {d.site: d.n for d in described.values()}
+        replies = transport.exchange({k: AlignRequest(step=0, ring=ring, counts=counts)
+                                      for k in names})
         for step in range(1, len(ring)):
-            for k, r in replies.items():
+            for k, r in replies.items():  # one set, to the ring's next site
+                _, nxt = ring_neighbours(ring, names[k])
+                if sorted(r.sealed) != [nxt]:
+                    raise FederationError(f"site {names[k]} sent PSI sets to "
+                                          f"{sorted(r.sealed)[:4]}; at step {step - 1} it "
+                                          f"sends one, to {nxt!r}")
                 _check_headers(names[k], r.sealed, KIND_PSI)
             inbox = route({k: r.sealed for k, r in replies.items()}, names)
-            replies = transport.exchange({k: AlignRequest(step=step, ring=ring,
+            replies = transport.exchange({k: AlignRequest(step=step, ring=ring, counts=counts,
                                                           sealed=inbox[k]) for k in names})
         tags: dict[str, list[str]] = {}
         for key, r in replies.items():  # each finishes one set: its origin's, named by
@@ -174,6 +182,12 @@ class SealedRouting:
                 _check_headers(names[key], r.shares, KIND_SHARE)
                 for m, arrays in r.weights.items():
                     _check_masked(coord, key, m, arrays)
+                    unshared = [names[h] for h in coord.shared[m]
+                                if h != key and names[h] not in r.shares]
+                    if unshared:  # they could not unmask it: they would be blamed
+                        raise FederationError(
+                            f"site {names[key]} sent masked weights of {m!r} without a "
+                            f"self-mask share for its co-holders {unshared}")
             except FederationError as err:
                 refused[key] = str(err)
         return refused

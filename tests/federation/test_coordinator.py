@@ -24,7 +24,7 @@ def test_rows_are_the_sorted_union_and_each_site_gets_its_own():
     assert c.sites["k1"].held.tolist() == [1, 3]
     req = c.attach_request("k0", float16=True, delta_tol=None, peers=True)
     assert (req.n, req.rows, req.delta_tol, req.shared) == (4, [2, 0, 1], -1.0, {})
-    assert req.peers == {"b": {"rows": [1], "modalities": ["m1"], "n": 2}}
+    assert req.peers == {"b": {"rows": [1], "modalities": ["m1"]}}
     assert PlanArgs.from_dict(req.plan) == PLAN
     assert c.attach_request("k0", float16=True, delta_tol=0.5, peers=False).peers == {}
 

@@ -267,3 +267,90 @@ def test_a_bad_alignment_envelope_is_blamed_on_its_sender(cfg, tmp_path, tiny_po
             in text, text
     else:
         assert text.startswith(f"site {done['liar']} sent {done['to']!r} an envelope"), text
+
+
+def test_masked_weights_without_a_share_for_every_co_holder_are_refused_by_name(
+        cfg, tmp_path, tiny_polymnist):
+    """A holder that leaves out a co-holder's self-mask share envelope would make that
+    honest co-holder fail the unmask step (and the run stop, naming it): the server
+    refuses the reply of the holder that left it out, and the run goes on."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
+    seen: dict = {}
+
+    class Omit(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            for k, r in out.items():
+                if getattr(r, "kind", "") == "window" and r.shares and "liar" not in seen:
+                    victim = sorted(r.shares)[0]
+                    out[k] = dataclasses.replace(
+                        r, shares={p: b for p, b in r.shares.items() if p != victim})
+                    seen.update(liar=sites[k].name, victim=victim)
+            return out
+
+    res = federate(cfg, {}, transport=Omit(endpoints), secure=True, exchange="step",
+                   max_refused=2, min_sites=2)
+    refused = {s: w for row in res.history for s, w in (row.get("refused") or {}).items()}
+    assert list(refused) == [seen["liar"]]
+    assert f"without a self-mask share for its co-holders ['{seen['victim']}']" \
+        in refused[seen["liar"]]
+    assert len(res.history) == 3 and res.evaluation
+
+
+@pytest.mark.parametrize("how,match", [
+    ("duplicate", r"193 points \(192 distinct\) for the 192 samples site-m0 described"),
+    ("missing", r"191 points \(191 distinct\)"),
+    ("low order", "a low-order point")])
+def test_a_bad_psi_ring_set_is_blamed_on_the_site_that_sealed_it(
+        cfg, tmp_path, tiny_polymnist, monkeypatch, how, match):
+    """Each ring site checks the set it receives against the count its origin
+    described (distinct, valid points) before it multiplies it, so a compromised
+    origin's bad set is refused, naming it, by its successor; it used to pass along
+    the ring and be blamed on the honest site that finished it."""
+    from mmvm.secure import psi
+    from mmvm.secure.errors import PeerContentError
+    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
+
+    honest, calls = psi.blind, []
+
+    def blind(ids, order, scalar):  # the first site to blind (site-m0) lies
+        points = honest(ids, order, scalar)
+        calls.append(1)
+        if len(calls) == 1:
+            points = {"duplicate": [*points, points[0]], "missing": points[:-1],
+                      "low order": [bytes(32), *points[1:]]}[how]
+        return points
+
+    monkeypatch.setattr(psi, "blind", blind)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+    with pytest.raises(PeerContentError, match=match) as err:
+        federate(cfg, {}, transport=LocalTransport(endpoints), secure=True, align="psi",
+                 exchange="step")
+    assert str(err.value).startswith("site site-m1: the PSI set of 'site-m0' from "
+                                     "'site-m0' is not a set of its samples")
+
+
+def test_a_psi_set_sealed_to_a_site_other_than_the_next_is_refused_naming_its_sender(
+        cfg, tmp_path, tiny_polymnist):
+    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+
+    class Extra(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            r = out.get("n0")
+            if getattr(r, "kind", "") == "align" and r.sealed:
+                third = sorted(s.name for s in sites.values())[2]
+                out["n0"] = dataclasses.replace(r, sealed={**r.sealed, third: b"x"})
+            return out
+
+    with pytest.raises(FederationError, match=r"site site-m0 sent PSI sets to \['site-m1', "
+                                              r"'site-m2'\]; at step 0 it sends one, to "
+                                              r"'site-m1'"):
+        federate(cfg, {}, transport=Extra(endpoints), secure=True, align="psi",
+                 exchange="step")

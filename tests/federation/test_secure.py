@@ -215,7 +215,9 @@ def test_pseudonyms_hide_ids_but_align(cfg, tmp_path, tiny_polymnist):
     described = t.exchange({k: DescribeRequest() for k in endpoints})
     names = {k: d.site for k, d in described.items()}
     inbox = route({k: d.sealed for k, d in described.items()}, names)
-    aligned = t.exchange({k: AlignRequest(sealed=inbox[k]) for k in described})
+    counts = {d.site: d.n for d in described.values()}
+    aligned = t.exchange({k: AlignRequest(sealed=inbox[k], counts=counts)
+                          for k in described})
     ps = [set(r.identifiers) for r in aligned.values()]
     assert ps[0] == ps[1] == ps[2]  # vertical: every site holds every sample
     assert not set(sites["n0"].data.sample_ids) & ps[0]
