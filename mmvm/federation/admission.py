@@ -33,7 +33,7 @@ def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping
         except ValueError as err:
             refused[key] = f"sent {err}"
     rest = {k: r for k, r in replies.items() if k not in refused}
-    refused.update(routing.screen(coord, rest))
+    refused.update(routing.screen(coord, rest, w))
     rest = {k: r for k, r in rest.items() if k not in refused}
     refused.update(routing.receive(coord, rest))
     kept = {k: r for k, r in rest.items() if k not in refused}

@@ -42,7 +42,7 @@ class Routing(Protocol):
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         ...
 
-    def screen(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+    def screen(self, coord: Coordinator, replies: Mapping, index: int) -> dict[str, str]:
         """Window replies whose weights (or envelopes) the server refuses, by site key
         with the reason; keeps nothing."""
         ...
@@ -146,7 +146,7 @@ class PlainRouting:
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         return site_infos(described, {k: d.identifiers for k, d in described.items()})
 
-    def screen(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+    def screen(self, coord: Coordinator, replies: Mapping, index: int) -> dict[str, str]:
         refused = {}
         for key, rep in replies.items():
             try:

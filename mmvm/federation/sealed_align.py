@@ -63,7 +63,7 @@ def _open(sec: SiteSecrets, sender: str, blob: bytes, what: str, **check) -> byt
 
 
 def _count(sec: SiteSecrets, req: AlignRequest, peer: str) -> int:
-    n = req.counts.get(peer)
+    n = req.counts.get(peer) if isinstance(req.counts, dict) else None
     if type(n) is not int or n < 0:
         raise SecurityError(f"site {sec.site}: the server gives no sample count of "
                             f"{peer!r} with the alignment")
@@ -137,6 +137,9 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
                                         kind=KIND_PSI)})
 
 
+_FIELD = 2 ** 255 - 19  # X25519's field: a canonical u-coordinate is below it
+
+
 def _multiplied(me: str, prev: str, origin: str, payload: bytes, n: int, scalar: bytes
                 ) -> list[bytes]:
     """The points of ``origin``'s set as ``prev`` sealed them, multiplied by this
@@ -145,10 +148,20 @@ def _multiplied(me: str, prev: str, origin: str, payload: bytes, n: int, scalar:
     site that sealed it (named), not of the honest site that would finish it."""
     try:
         points = psi.unpack(payload)
-        if len(points) != n or len(set(points)) != n:
-            raise ValueError(f"{len(points)} points ({len(set(points))} distinct) for "
-                             f"the {n} samples {origin} described")
-        return psi.exponentiate(points, scalar)
+    except SecurityError as err:
+        raise PeerContentError(f"site {me}: the PSI set of {origin!r} from {prev!r}: "
+                               f"{err}") from None
+    if len(points) != n:  # the server's count or the set: which one lies is not known
+        raise SecurityError(f"site {me}: the PSI set of {origin!r} from {prev!r} has "
+                            f"{len(points)} points; the server's count of {origin}'s "
+                            f"samples is {n}")
+    try:
+        if any(int.from_bytes(p, "little") >= _FIELD for p in points):
+            raise ValueError("a point not in canonical form")
+        out = psi.exponentiate(points, scalar)
+        if len(set(out)) != n:  # also two encodings of one point: equal once multiplied
+            raise ValueError(f"{n - len(set(out))} of its {n} points repeat others")
+        return out
     except (ValueError, SecurityError) as err:
         raise PeerContentError(f"site {me}: the PSI set of {origin!r} from {prev!r} is "
                                f"not a set of its samples: {err}") from None

@@ -29,6 +29,7 @@ from mmvm.federation.messages import (
 )
 from mmvm.federation.routing import site_infos
 from mmvm.federation.sealed_align import KIND_IDKEY, KIND_PSI
+from mmvm.federation.sealed_weights import SHARE_COUNTER
 from mmvm.federation.unmask_answers import Answer, Asked, read_answer
 from mmvm.secure.envelope import peek_header
 from mmvm.secure.errors import SecurityError
@@ -53,10 +54,12 @@ def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
     return inbox
 
 
-def _check_headers(site: str, blobs: Mapping[str, bytes], kind: str) -> None:
+def _check_headers(site: str, blobs: Mapping[str, bytes], kind: str,
+                   at: tuple[int, int] | None = None) -> None:
     """Each envelope's header (read, not authenticated: only its recipient can) must
-    name ``site`` as its sender, the peer it goes to as recipient and ``kind``: a site
-    whose envelopes say otherwise is refused now, not blamed on its recipient later."""
+    name ``site`` as its sender, the peer it goes to as recipient and ``kind`` (and,
+    given ``at``, that round and counter): a site whose envelopes say otherwise is
+    refused now, not blamed on its recipient later."""
     for recipient, blob in blobs.items():
         try:
             h = peek_header(blob)
@@ -67,6 +70,10 @@ def _check_headers(site: str, blobs: Mapping[str, bytes], kind: str) -> None:
             raise FederationError(
                 f"site {site} sent {recipient!r} an envelope whose header says "
                 f"{h.kind!r} from {h.sender[:40]!r} to {h.recipient[:40]!r}")
+        if at is not None and (h.round, h.counter) != at:
+            raise FederationError(
+                f"site {site} sent {recipient!r} a {kind} envelope of round {h.round}, "
+                f"counter {h.counter}; this window's are round {at[0]}, counter {at[1]}")
 
 
 def _check_masked(coord: Coordinator, key: str, m: str, arrays) -> None:
@@ -168,7 +175,7 @@ class SealedRouting:
             raise FederationError(f"PSI alignment: no tags for sites {missing}")
         return tags
 
-    def screen(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+    def screen(self, coord: Coordinator, replies: Mapping, index: int) -> dict[str, str]:
         """Envelopes and shares must go to other participants, masked weights only of
         modalities the site shares, shaped as their model (:func:`_check_masked`: what
         can be checked of one site; its values only the unmasked mean shows)."""
@@ -178,8 +185,9 @@ class SealedRouting:
             try:
                 route({key: r.posteriors}, names)
                 route({key: r.shares}, names)
-                _check_headers(names[key], r.posteriors, KIND_POSTERIOR)
-                _check_headers(names[key], r.shares, KIND_SHARE)
+                # (window ``index``'s reply: posteriors for the next, shares for this)
+                _check_headers(names[key], r.posteriors, KIND_POSTERIOR, (index + 2, 0))
+                _check_headers(names[key], r.shares, KIND_SHARE, (index + 1, SHARE_COUNTER))
                 for m, arrays in r.weights.items():
                     _check_masked(coord, key, m, arrays)
                     unshared = [names[h] for h in coord.shared[m]

@@ -148,6 +148,10 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
     for m, view in sorted(req.groups.items()):
         g = groups[m]
         got = {s: v[m] for s, v in opened.items() if m in v}
+        empty = [s for s in view["survivors"] if s in opened and s not in got]
+        if empty:  # (an envelope's presence the server checks; its contents only we)
+            raise PeerContentError(f"site {sec.site}: {empty[0]} sealed it no share of its "
+                                   f"self-mask seed for {m!r}")
         for owner, share in got.items():  # the owner's fault, named now: the server
             why = check_share(share, g["holders"], owner, sec.site)  # would blame us
             if owner in g["holders"] and why:

@@ -227,13 +227,14 @@ def test_6c_a_pseudonym_peer_that_aligned_more_than_max_align_rows_is_refused(
         federate(cfg, {}, transport=rec, secure=True)
     assert [kind for kind, _, _ in rec.log] == ["describe"]  # no attach: no overlap told
 
-    class NoCounts(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            if next(iter(requests.values())).kind == "align":
-                requests = {k: dataclasses.replace(r, counts={})
-                            for k, r in requests.items()}
-            return super().exchange(requests, wait, need)
+    for i, counts in enumerate([{}, [1, 2]]):
+        class NoCounts(LocalTransport):
+            def exchange(self, requests, wait=None, need=1, counts=counts):
+                if next(iter(requests.values())).kind == "align":
+                    requests = {k: dataclasses.replace(r, counts=counts)
+                                for k, r in requests.items()}
+                return super().exchange(requests, wait, need)
 
-    _, _, endpoints = hybrid_sites(cfg, tmp_path / "uncounted", tiny_polymnist)
-    with pytest.raises(SecurityError, match="the server gives no sample count of"):
-        federate(cfg, {}, transport=NoCounts(endpoints), secure=True)
+        _, _, endpoints = hybrid_sites(cfg, tmp_path / f"uncounted{i}", tiny_polymnist)
+        with pytest.raises(SecurityError, match="the server gives no sample count of"):
+            federate(cfg, {}, transport=NoCounts(endpoints), secure=True)

@@ -96,7 +96,8 @@ def test_fedavg_accepts_only_shared_weights():
                                    "kc": _reply(weights={"m1": {"p": 3 * w["p"]}})})
     np.testing.assert_allclose(out["m1"]["p"], [2, 2])  # b and c hold 2 samples each
     refused = r.screen(c, {"ka": _reply(weights={"m0": w}), "kb": _reply(),
-                           "kc": _reply(weights={"m1": {"p": np.full(2, np.nan, np.float32)}})})
+                           "kc": _reply(weights={"m1": {"p": np.full(2, np.nan, np.float32)}})},
+                       0)
     assert sorted(refused) == ["ka", "kc"]
     assert re.search(r"site a sent weights of \['m0'\], which it does not share",
                      refused["ka"])

@@ -297,18 +297,27 @@ def test_masked_weights_without_a_share_for_every_co_holder_are_refused_by_name(
     assert len(res.history) == 3 and res.evaluation
 
 
+def _second_encoding(point: bytes) -> bytes:
+    """The same X25519 point with the (ignored) top bit set: other bytes, one point."""
+    return point[:-1] + bytes([point[-1] | 0x80])
+
+
 @pytest.mark.parametrize("how,match", [
-    ("duplicate", r"193 points \(192 distinct\) for the 192 samples site-m0 described"),
-    ("missing", r"191 points \(191 distinct\)"),
-    ("low order", "a low-order point")])
-def test_a_bad_psi_ring_set_is_blamed_on_the_site_that_sealed_it(
+    ("repeated", r"not a set of its samples: 1 of its 192 points repeat others"),
+    ("second encoding", "not a set of its samples: a point not in canonical form"),
+    ("low order", "not a set of its samples: PSI: a ring element is a low-order point"),
+    ("extra", r"has 193 points; the server's count of site-m0's samples is 192")])
+def test_a_bad_psi_ring_set_is_refused_by_the_next_site(
         cfg, tmp_path, tiny_polymnist, monkeypatch, how, match):
-    """Each ring site checks the set it receives against the count its origin
-    described (distinct, valid points) before it multiplies it, so a compromised
-    origin's bad set is refused, naming it, by its successor; it used to pass along
-    the ring and be blamed on the honest site that finished it."""
+    """Each ring site checks the set it receives before it multiplies it: as many
+    points as the server says the origin described, distinct once multiplied (two
+    encodings of one point, which X25519 accepts, become equal), canonical and of the
+    prime-order group. A compromised origin's bad set is refused by its successor,
+    naming the site that sealed it; it used to pass along the ring and be blamed on
+    the honest site that finished it. A wrong count alone names no one: the server's
+    count or the set may be the lie."""
     from mmvm.secure import psi
-    from mmvm.secure.errors import PeerContentError
+    from mmvm.secure.errors import PeerContentError, SecurityError
     from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
 
     honest, calls = psi.blind, []
@@ -317,19 +326,23 @@ def test_a_bad_psi_ring_set_is_blamed_on_the_site_that_sealed_it(
         points = honest(ids, order, scalar)
         calls.append(1)
         if len(calls) == 1:
-            points = {"duplicate": [*points, points[0]], "missing": points[:-1],
-                      "low order": [bytes(32), *points[1:]]}[how]
+            points = {"repeated": [points[0], points[0], *points[2:]],
+                      "second encoding": [points[0], _second_encoding(points[0]),
+                                          *points[2:]],
+                      "low order": [bytes(32), *points[1:]],
+                      "extra": [*points, points[0]]}[how]
         return points
 
     monkeypatch.setattr(psi, "blind", blind)
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
     endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
-    with pytest.raises(PeerContentError, match=match) as err:
+    with pytest.raises(SecurityError, match=match) as err:
         federate(cfg, {}, transport=LocalTransport(endpoints), secure=True, align="psi",
                  exchange="step")
     assert str(err.value).startswith("site site-m1: the PSI set of 'site-m0' from "
-                                     "'site-m0' is not a set of its samples")
+                                     "'site-m0'")
+    assert isinstance(err.value, PeerContentError) == (how != "extra")
 
 
 def test_a_psi_set_sealed_to_a_site_other_than_the_next_is_refused_naming_its_sender(
@@ -354,3 +367,60 @@ def test_a_psi_set_sealed_to_a_site_other_than_the_next_is_refused_naming_its_se
                                               r"'site-m1'"):
         federate(cfg, {}, transport=Extra(endpoints), secure=True, align="psi",
                  exchange="step")
+
+
+@pytest.mark.parametrize("payload", [b"{}", b'{"zz": "AAAA"}'])
+def test_a_share_envelope_without_the_share_is_blamed_on_its_sealer(
+        cfg, tmp_path, tiny_polymnist, monkeypatch, payload):
+    """The server checks that an envelope goes to every co-holder, not what it holds:
+    one that opens to no share of the modality stops the run at the co-holder, which
+    names the holder that sealed it (it used to say only that a share was missing)."""
+    import mmvm.federation.sealed_weights as sealed_weights
+    from mmvm.federation.messages import KIND_SHARE
+    from mmvm.secure.errors import PeerContentError
+
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
+    liar = sorted(s.name for s in sites.values() if "m0" in s.names)[0]
+    honest_seal = sealed_weights.seal
+
+    def seal(sender, recipient, data, **kw):
+        if sender.site == liar and kw.get("kind") == KIND_SHARE:
+            data = payload
+        return honest_seal(sender, recipient, data, **kw)
+
+    monkeypatch.setattr(sealed_weights, "seal", seal)
+    with pytest.raises(PeerContentError, match=f": {liar} sealed it no share of its "
+                                               f"self-mask seed for 'm0'"):
+        federate(cfg, {}, transport=LocalTransport(endpoints), secure=True,
+                 exchange="step", max_refused=3, min_sites=2)
+
+
+def test_an_envelope_of_another_round_is_refused_by_the_server_naming_its_sender(
+        cfg, tmp_path, tiny_polymnist):
+    """A holder that sends window 1 its window-0 share envelopes again would make its
+    co-holders refuse a replay and the run stop at them; the server reads the round in
+    the header and refuses that reply, naming the sender, and the run goes on."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
+    kept: dict = {}
+
+    class Replay(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            first = next(iter(requests.values()))
+            for k, r in out.items():
+                if getattr(r, "kind", "") != "window" or not r.shares:
+                    continue
+                if first.window == 0 and not kept:
+                    kept.update(key=k, shares=r.shares)
+                elif first.window == 1 and k == kept.get("key"):
+                    out[k] = dataclasses.replace(r, shares=kept["shares"])
+            return out
+
+    res = federate(cfg, {}, transport=Replay(endpoints), secure=True, exchange="step",
+                   max_refused=2, min_sites=2)
+    refused = {s: w for row in res.history for s, w in (row.get("refused") or {}).items()}
+    liar = sites[kept["key"]].name
+    assert list(refused) == [liar]
+    assert "selfshare envelope of round 1, counter 1; this window's are round 2" \
+        in refused[liar]
+    assert len(res.history) == 3 and res.evaluation
