@@ -123,9 +123,14 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
         payload = _open(sec, prev, req.sealed[prev], f"PSI step {req.step}", guard=guard,
                         expected_counter=req.step, kind=KIND_PSI)
         origin = psi.origin(ring, me, req.step)
-        policy.check_ring_set(me, origin, len(payload) // psi.POINT_BYTES)  # before it
-        points = _multiplied(me, prev, origin, payload, _count(sec, req, origin),
-                             unb64(sec.state["scalar"]))  # is read
+        n = _count(sec, req, origin)  # the server checked the set's size against it
+        if len(payload) != n * psi.POINT_BYTES:
+            raise SecurityError(f"site {me}: the PSI set of {origin!r} from {prev!r} has "
+                                f"{len(payload) / psi.POINT_BYTES:g} points, the server's "
+                                f"count of {origin}'s samples is {n}: the server's word is "
+                                f"wrong, or it let the set through unchecked")
+        policy.check_ring_set(me, origin, n)  # before it is read
+        points = _multiplied(me, prev, origin, payload, n, unb64(sec.state["scalar"]))
         sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
     if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin
@@ -146,15 +151,7 @@ def _multiplied(me: str, prev: str, origin: str, payload: bytes, n: int, scalar:
     site's scalar, once they are as many as ``origin`` described, distinct and valid
     points. Each site checks the set it receives, so a bad one is the fault of the
     site that sealed it (named), not of the honest site that would finish it."""
-    try:
-        points = psi.unpack(payload)
-    except SecurityError as err:
-        raise PeerContentError(f"site {me}: the PSI set of {origin!r} from {prev!r}: "
-                               f"{err}") from None
-    if len(points) != n:  # the server's count or the set: which one lies is not known
-        raise SecurityError(f"site {me}: the PSI set of {origin!r} from {prev!r} has "
-                            f"{len(points)} points; the server's count of {origin}'s "
-                            f"samples is {n}")
+    points = psi.unpack(payload)  # (its size checked: n whole points)
     try:
         if any(int.from_bytes(p, "little") >= _FIELD for p in points):
             raise ValueError("a point not in canonical form")

@@ -31,7 +31,7 @@ from mmvm.federation.routing import site_infos
 from mmvm.federation.sealed_align import KIND_IDKEY, KIND_PSI
 from mmvm.federation.sealed_weights import SHARE_COUNTER
 from mmvm.federation.unmask_answers import Answer, Asked, read_answer
-from mmvm.secure.envelope import peek_header
+from mmvm.secure.envelope import payload_size, peek_header
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.identity import parse_record, pinned, proof_problem
 from mmvm.secure.masking import FixedPoint, aggregate_masked
@@ -152,6 +152,12 @@ class SealedRouting:
                                           f"{sorted(r.sealed)[:4]}; at step {step - 1} it "
                                           f"sends one, to {nxt!r}")
                 _check_headers(names[k], r.sealed, KIND_PSI)
+                whose = origin(ring, nxt, step)  # the set nxt multiplies at this step
+                points = payload_size(r.sealed[nxt]) / POINT_BYTES
+                if points != counts[whose]:  # before it reaches nxt, which would fail
+                    raise FederationError(
+                        f"site {names[k]} sealed {nxt!r} {whose}'s PSI set of {points:g} "
+                        f"points; {whose} described {counts[whose]} samples")
             inbox = route({k: r.sealed for k, r in replies.items()}, names)
             replies = transport.exchange({k: AlignRequest(step=step, ring=ring, counts=counts,
                                                           sealed=inbox[k]) for k in names})

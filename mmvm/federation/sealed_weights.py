@@ -34,7 +34,7 @@ from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
 from mmvm.secure.masking import mask_update
 from mmvm.secure.session import SiteSecrets, b64, unb64
-from mmvm.secure.unmasking import check_share, new_seed, reveal, share_seed
+from mmvm.secure.unmasking import check_share, check_view, new_seed, reveal, share_seed
 
 SHARE_COUNTER = 1  # posteriors of the same round use counter 0
 
@@ -94,7 +94,7 @@ def masked_weights(site: Site, sec: SiteSecrets, index: int,
                                  .encode()).hexdigest() for m in sorted(groups)}
     if digests:
         sec.save_received(index, digests)  # before anything masked under them leaves
-    weights, shares = {}, {}
+    weights, shares, labels = {}, {}, {}
     for m, g in sorted(groups.items()):
         peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
         arrays = site.shared_weights(m)
@@ -107,20 +107,25 @@ def masked_weights(site: Site, sec: SiteSecrets, index: int,
         weights[m][MASK_WEIGHT] = masked[-1]
         for peer, share in share_seed(seed, g["holders"], sec.site).items():
             shares.setdefault(peer, {})[m] = b64(share)
-    sealed = {peer: seal(sec.keys, sec.peer(peer), json.dumps(s).encode(),
+            labels.setdefault(peer, {})[m] = g["label"]  # the group as this site was told
+    sealed = {peer: seal(sec.keys, sec.peer(peer),
+                         json.dumps({"shares": s, "groups": labels[peer]}).encode(),
                          run_id=sec.run_id, round=index + 1, counter=SHARE_COUNTER,
                          kind=KIND_SHARE)
               for peer, s in sorted(shares.items())}
     return weights, sealed
 
 
-def _peer_shares(me: str, sender: str, payload: bytes) -> dict[str, bytes]:
-    """``{modality: share}`` from a peer's opened share envelope; anything else is
-    the sender's fault (:class:`PeerContentError`, naming it)."""
+def _peer_shares(me: str, sender: str, payload: bytes
+                 ) -> tuple[dict[str, bytes], dict[str, str]]:
+    """``({modality: share}, {modality: group label})`` from a peer's opened share
+    envelope (the groups it was told it shares with this site); anything else is the
+    sender's fault (:class:`PeerContentError`, naming it)."""
     try:
         doc = json.loads(payload)
-        return {str(m): unb64(v) for m, v in doc.items()}
-    except (ValueError, TypeError, AttributeError, RecursionError) as err:
+        return ({str(m): unb64(v) for m, v in doc["shares"].items()},
+                {str(m): str(v) for m, v in doc["groups"].items()})
+    except (ValueError, TypeError, AttributeError, RecursionError, KeyError) as err:
         raise PeerContentError(f"site {me}: {sender} sent self-mask shares that do not "
                                f"decode ({type(err).__name__})") from None
 
@@ -139,19 +144,25 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
                             f"last window it masked is {received.get('window')}")
     guard = copy.deepcopy(sec.guard)
     opened: dict[str, dict] = {}
+    told: dict[str, dict] = {}  # by sender: the group labels it was given
     for sender, blob in sorted(req.shares.items()):
         payload = open_envelope(sec.keys, sec.peer(sender), blob, run_id=sec.run_id,
                                 guard=guard, expected_round=req.window + 1,
                                 expected_counter=SHARE_COUNTER, kind=KIND_SHARE)
-        opened[sender] = _peer_shares(sec.site, sender, payload)
+        opened[sender], told[sender] = _peer_shares(sec.site, sender, payload)
     shares_out, seeds_out = {}, {}
     for m, view in sorted(req.groups.items()):
         g = groups[m]
         got = {s: v[m] for s, v in opened.items() if m in v}
-        empty = [s for s in view["survivors"] if s in opened and s not in got]
-        if empty:  # (an envelope's presence the server checks; its contents only we)
-            raise PeerContentError(f"site {sec.site}: {empty[0]} sealed it no share of its "
-                                   f"self-mask seed for {m!r}")
+        check_view(sec.site, g["holders"], list(view["survivors"]), list(view["dropped"]))
+        for s in sorted(set(view["survivors"]) & set(opened) - {sec.site}):
+            if told[s].get(m) != g["label"]:  # the server's doing, not the peer's
+                raise SecurityError(f"site {sec.site}: {s} and this site were told "
+                                    f"different groups of {m!r} by the server")
+            if s not in got:  # (the envelope's presence the server checks; its contents
+                raise PeerContentError(  # only we)
+                    f"site {sec.site}: {s} sealed it no share of its self-mask seed for "
+                    f"{m!r}")
         for owner, share in got.items():  # the owner's fault, named now: the server
             why = check_share(share, g["holders"], owner, sec.site)  # would blame us
             if owner in g["holders"] and why:

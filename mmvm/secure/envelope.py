@@ -187,6 +187,12 @@ def peek_header(blob: bytes) -> Header:
     return Header.decode(blob)[0]
 
 
+def payload_size(blob: bytes) -> int:
+    """The length of the payload sealed in ``blob`` (AES-GCM adds only its tag): what
+    a relay can check of an envelope it cannot open."""
+    return len(blob) - Header.decode(blob)[1] - TAG_BYTES
+
+
 @dataclass
 class ReplayGuard:
     """Accepts each (sender, round, counter) once; rejects rounds older than seen.

@@ -306,7 +306,8 @@ def _second_encoding(point: bytes) -> bytes:
     ("repeated", r"not a set of its samples: 1 of its 192 points repeat others"),
     ("second encoding", "not a set of its samples: a point not in canonical form"),
     ("low order", "not a set of its samples: PSI: a ring element is a low-order point"),
-    ("extra", r"has 193 points; the server's count of site-m0's samples is 192")])
+    ("extra", r"^site site-m0 sealed 'site-m1' site-m0's PSI set of 193 points; "
+              r"site-m0 described 192 samples")])
 def test_a_bad_psi_ring_set_is_refused_by_the_next_site(
         cfg, tmp_path, tiny_polymnist, monkeypatch, how, match):
     """Each ring site checks the set it receives before it multiplies it: as many
@@ -314,8 +315,8 @@ def test_a_bad_psi_ring_set_is_refused_by_the_next_site(
     encodings of one point, which X25519 accepts, become equal), canonical and of the
     prime-order group. A compromised origin's bad set is refused by its successor,
     naming the site that sealed it; it used to pass along the ring and be blamed on
-    the honest site that finished it. A wrong count alone names no one: the server's
-    count or the set may be the lie."""
+    the honest site that finished it. A set of another size the server refuses
+    before it reaches the next site, naming the sender (it can read the size)."""
     from mmvm.secure import psi
     from mmvm.secure.errors import PeerContentError, SecurityError
     from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
@@ -337,12 +338,13 @@ def test_a_bad_psi_ring_set_is_refused_by_the_next_site(
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
     endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
-    with pytest.raises(SecurityError, match=match) as err:
+    with pytest.raises((SecurityError, FederationError), match=match) as err:
         federate(cfg, {}, transport=LocalTransport(endpoints), secure=True, align="psi",
                  exchange="step")
-    assert str(err.value).startswith("site site-m1: the PSI set of 'site-m0' from "
-                                     "'site-m0'")
-    assert isinstance(err.value, PeerContentError) == (how != "extra")
+    if how != "extra":
+        assert str(err.value).startswith("site site-m1: the PSI set of 'site-m0' from "
+                                         "'site-m0'")
+        assert isinstance(err.value, PeerContentError)
 
 
 def test_a_psi_set_sealed_to_a_site_other_than_the_next_is_refused_naming_its_sender(
@@ -369,15 +371,23 @@ def test_a_psi_set_sealed_to_a_site_other_than_the_next_is_refused_naming_its_se
                  exchange="step")
 
 
-@pytest.mark.parametrize("payload", [b"{}", b'{"zz": "AAAA"}'])
+@pytest.mark.parametrize("drop,match", [
+    ("share", ": {liar} sealed it no share of its self-mask seed for 'm0'"),
+    ("share and group", ": {liar} and this site were told different groups of 'm0' by "
+                        "the server")])
 def test_a_share_envelope_without_the_share_is_blamed_on_its_sealer(
-        cfg, tmp_path, tiny_polymnist, monkeypatch, payload):
+        cfg, tmp_path, tiny_polymnist, monkeypatch, drop, match):
     """The server checks that an envelope goes to every co-holder, not what it holds:
     one that opens to no share of the modality stops the run at the co-holder, which
-    names the holder that sealed it (it used to say only that a share was missing)."""
+    names the holder that sealed it (it used to say only that a share was missing).
+    Each envelope also says which groups its sealer was told it shares with the
+    recipient: one told another group (a server's lie, or a sealer that claims one)
+    is said to be the server's doing, not blamed on the sealer."""
+    import json
+
     import mmvm.federation.sealed_weights as sealed_weights
     from mmvm.federation.messages import KIND_SHARE
-    from mmvm.secure.errors import PeerContentError
+    from mmvm.secure.errors import PeerContentError, SecurityError
 
     sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
     liar = sorted(s.name for s in sites.values() if "m0" in s.names)[0]
@@ -385,14 +395,18 @@ def test_a_share_envelope_without_the_share_is_blamed_on_its_sealer(
 
     def seal(sender, recipient, data, **kw):
         if sender.site == liar and kw.get("kind") == KIND_SHARE:
-            data = payload
+            doc = json.loads(data)
+            doc["shares"].pop("m0", None)
+            if drop != "share":
+                doc["groups"].pop("m0", None)
+            data = json.dumps(doc).encode()
         return honest_seal(sender, recipient, data, **kw)
 
     monkeypatch.setattr(sealed_weights, "seal", seal)
-    with pytest.raises(PeerContentError, match=f": {liar} sealed it no share of its "
-                                               f"self-mask seed for 'm0'"):
+    with pytest.raises(SecurityError, match=match.format(liar=liar)) as err:
         federate(cfg, {}, transport=LocalTransport(endpoints), secure=True,
                  exchange="step", max_refused=3, min_sites=2)
+    assert isinstance(err.value, PeerContentError) == (drop == "share")
 
 
 def test_an_envelope_of_another_round_is_refused_by_the_server_naming_its_sender(
@@ -424,3 +438,32 @@ def test_an_envelope_of_another_round_is_refused_by_the_server_naming_its_sender
     assert "selfshare envelope of round 1, counter 1; this window's are round 2" \
         in refused[liar]
     assert len(res.history) == 3 and res.evaluation
+
+
+def test_a_middle_ring_site_that_resizes_a_set_is_named_by_the_server(
+        cfg, tmp_path, tiny_polymnist):
+    """The server reads each ring envelope's size (AES-GCM adds only its tag) against
+    the count the set's origin described: a middle site that drops or pads points is
+    named before the set reaches the next site, which would have blamed the origin
+    (max-align-rows) or no one."""
+    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+
+    class Resize(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            first = next(iter(requests.values()))
+            if first.kind == "align" and first.step == 1:
+                r = out["n1"]
+                (to, blob), = r.sealed.items()
+                out["n1"] = dataclasses.replace(r, sealed={to: blob[:-32]})
+            return out
+
+    with pytest.raises(FederationError, match=r"^site site-m1 sealed 'site-m2' site-m0's "
+                                              r"PSI set of 191 points; site-m0 described "
+                                              r"192 samples"):
+        federate(cfg, {}, transport=Resize(endpoints), secure=True, align="psi",
+                 exchange="step")
