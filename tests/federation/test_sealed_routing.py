@@ -12,8 +12,27 @@ import torch
 
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import LocalTransport
-from tests.support.federate import federate
+from tests.support.federate import (
+    federate,
+    make_sites,
+    sealed_endpoints,
+    site_keys,
+    split,
+)
 from tests.support.malicious import hybrid_sites
+
+
+def _refused(res) -> dict[str, str]:
+    """Every window's refused sites, with why."""
+    return {site: why for row in res.history for site, why in
+            (row.get("refused") or {}).items()}
+
+
+def _psi_sites(cfg, tmp_path, data_root):
+    """Three vertical sites behind sealed endpoints aligning by PSI."""
+    specs, root = split(data_root, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    return sites, sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
 
 
 @pytest.fixture
@@ -62,8 +81,7 @@ def test_a_bad_unmask_answer_fails_only_its_sender_by_name(cfg, tmp_path, tiny_p
 
     res = federate(cfg, {}, transport=Tamper(endpoints), secure=True, exchange="step",
                    max_refused=2, min_sites=2)
-    refused = {site: why for row in res.history for site, why in
-               (row.get("refused") or {}).items()}
+    refused = _refused(res)
     assert list(refused) == [seen["liar"]], refused
     assert re.search(match, refused[seen["liar"]]), refused[seen["liar"]]
     assert len(res.history) == 3 and res.evaluation
@@ -117,8 +135,7 @@ def test_a_site_whose_envelope_header_lies_is_refused_for_that_window_by_name(
 
     res = federate(cfg, {}, transport=Swap(endpoints), secure=True, exchange="step",
                    max_refused=2)
-    refused = {site: why for row in res.history for site, why in
-               (row.get("refused") or {}).items()}
+    refused = _refused(res)
     assert list(refused) == [done["liar"]]
     assert refused[done["liar"]].startswith(f"site {done['liar']} sent ")
     assert "whose header says 'posterior' from" in refused[done["liar"]]
@@ -172,8 +189,7 @@ def test_an_unmask_answer_of_the_wrong_form_fails_only_its_sender(cfg, tmp_path,
 
     res = federate(cfg, {}, transport=Garble(endpoints), secure=True, exchange="step",
                    max_refused=2)
-    refused = {site: why for row in res.history for site, why in
-               (row.get("refused") or {}).items()}
+    refused = _refused(res)
     assert list(refused) == [done["liar"]]
     assert f"unmask answer's {part} are not a map of modalities" in refused[done["liar"]]
     assert len(res.history) == 3 and res.evaluation
@@ -190,11 +206,7 @@ def test_psi_tags_are_checked_and_blamed_on_the_site_that_finished_them(
     sends for another site's set, or a set with a tag repeated or left out, would
     otherwise be blamed on the honest origin (whose count they then miss): the
     server names the site that sent them."""
-    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
-
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+    sites, endpoints = _psi_sites(cfg, tmp_path, tiny_polymnist)
     done: dict = {}
 
     class Relabel(LocalTransport):
@@ -230,8 +242,6 @@ def test_a_bad_alignment_envelope_is_blamed_on_its_sender(cfg, tmp_path, tiny_po
     whose it was (it used to read as the honest recipient's failure)."""
     from mmvm.secure.envelope import seal
     from mmvm.secure.errors import SecurityError
-    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
-
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
     keys = site_keys(sites)
@@ -290,7 +300,7 @@ def test_masked_weights_without_a_share_for_every_co_holder_are_refused_by_name(
 
     res = federate(cfg, {}, transport=Omit(endpoints), secure=True, exchange="step",
                    max_refused=2, min_sites=2)
-    refused = {s: w for row in res.history for s, w in (row.get("refused") or {}).items()}
+    refused = _refused(res)
     assert list(refused) == [seen["liar"]]
     assert f"without a self-mask share for its co-holders ['{seen['victim']}']" \
         in refused[seen["liar"]]
@@ -319,8 +329,6 @@ def test_a_bad_psi_ring_set_is_refused_by_the_next_site(
     before it reaches the next site, naming the sender (it can read the size)."""
     from mmvm.secure import psi
     from mmvm.secure.errors import PeerContentError, SecurityError
-    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
-
     honest, calls = psi.blind, []
 
     def blind(ids, order, scalar):  # the first site to blind (site-m0) lies
@@ -335,9 +343,7 @@ def test_a_bad_psi_ring_set_is_refused_by_the_next_site(
         return points
 
     monkeypatch.setattr(psi, "blind", blind)
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+    sites, endpoints = _psi_sites(cfg, tmp_path, tiny_polymnist)
     with pytest.raises((SecurityError, FederationError), match=match) as err:
         federate(cfg, {}, transport=LocalTransport(endpoints), secure=True, align="psi",
                  exchange="step")
@@ -349,11 +355,7 @@ def test_a_bad_psi_ring_set_is_refused_by_the_next_site(
 
 def test_a_psi_set_sealed_to_a_site_other_than_the_next_is_refused_naming_its_sender(
         cfg, tmp_path, tiny_polymnist):
-    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
-
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+    sites, endpoints = _psi_sites(cfg, tmp_path, tiny_polymnist)
 
     class Extra(LocalTransport):
         def exchange(self, requests, wait=None, need=1):
@@ -432,7 +434,7 @@ def test_an_envelope_of_another_round_is_refused_by_the_server_naming_its_sender
 
     res = federate(cfg, {}, transport=Replay(endpoints), secure=True, exchange="step",
                    max_refused=2, min_sites=2)
-    refused = {s: w for row in res.history for s, w in (row.get("refused") or {}).items()}
+    refused = _refused(res)
     liar = sites[kept["key"]].name
     assert list(refused) == [liar]
     assert "selfshare envelope of round 1, counter 1; this window's are round 2" \
@@ -446,11 +448,7 @@ def test_a_middle_ring_site_that_resizes_a_set_is_named_by_the_server(
     the count the set's origin described: a middle site that drops or pads points is
     named before the set reaches the next site, which would have blamed the origin
     (max-align-rows) or no one."""
-    from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
-
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+    sites, endpoints = _psi_sites(cfg, tmp_path, tiny_polymnist)
 
     class Resize(LocalTransport):
         def exchange(self, requests, wait=None, need=1):
