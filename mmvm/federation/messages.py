@@ -53,8 +53,8 @@ MAX_JSON_CHARS = 1 << 20  # a JSON field's text, unless it is sized by rows
 def _json(*, payload: bool = False, default: Any = dict,
           max_chars: int | None = MAX_JSON_CHARS):
     """A JSON field; its text is refused beyond ``max_chars`` before it is parsed
-    (parsing costs ~6x the text in Python objects). ``None``: fields whose size
-    grows with the rows (PSI tags, a peer's rows), checked against the counts."""
+    (parsing costs ~6x the text in Python objects). ``None``: a field whose size
+    grows with the rows (a secure attach's peer rows, from the server)."""
     return field(default_factory=default, metadata={"wire": "json", "payload": payload,
                                                     "max_chars": max_chars})
 

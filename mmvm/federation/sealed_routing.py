@@ -123,25 +123,24 @@ class SealedRouting:
             except ValueError as err:
                 raise FederationError(str(err)) from None
         self.identities = {d.site: d.identity for d in described.values()}
+        counts = {d.site: d.n for d in described.values()}  # sites check peers' sets
         if self.align_mode == "psi":
-            return site_infos(described, self._psi(transport, names, described))
+            return site_infos(described, self._psi(transport, names, counts))
         for d in described.values():  # a bad envelope is its sender's, not the recipient's
             _check_headers(d.site, d.sealed, KIND_IDKEY)
         inbox = route({k: d.sealed for k, d in described.items()}, names)
-        counts = {d.site: d.n for d in described.values()}
         aligned = transport.exchange({key: AlignRequest(sealed=inbox[key], counts=counts)
                                       for key in described})
         return site_infos(described, {k: r.identifiers for k, r in aligned.items()})
 
     @staticmethod
-    def _psi(transport, names: Mapping[str, str], described: Mapping[str, DescribeReply]
+    def _psi(transport, names: Mapping[str, str], counts: Mapping[str, int]
              ) -> dict[str, list[str]]:
         """Run the ring: step 0 blinds, each later step multiplies the predecessor's
         set; the last step's replies carry every site's tags (in its own order), each
         checked against the count of the site whose set it is and blamed on the site
         that finished it, which sent it."""
         ring, key_of = sorted(names.values()), {n: k for k, n in names.items()}
-        counts = {d.site: d.n for d in described.values()}
         replies = transport.exchange({k: AlignRequest(step=0, ring=ring, counts=counts)
                                       for k in names})
         for step in range(1, len(ring)):
@@ -168,12 +167,12 @@ class SealedRouting:
                 raise FederationError(
                     f"site {names[key]} sent PSI tags for {r.origin[:64]!r}; at the last "
                     f"ring step it finishes {finished!r}'s set, and only it")
-            n = described[key_of[finished]].n
-            if len(r.tags) != n or len(set(r.tags)) != n or \
+            n, distinct = counts[finished], len(set(r.tags))
+            if len(r.tags) != n or distinct != n or \
                     not all(_TAG.fullmatch(t) for t in r.tags):
                 raise FederationError(
                     f"site {names[key]} finished {finished}'s PSI set with {len(r.tags)} "
-                    f"tags ({len(set(r.tags))} distinct) for its {n} samples, or tags that "
+                    f"tags ({distinct} distinct) for its {n} samples, or tags that "
                     f"are not {2 * POINT_BYTES} hex digits")
             tags[key_of[finished]] = list(r.tags)
         missing = [names[k] for k in names if k not in tags]

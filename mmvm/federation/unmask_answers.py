@@ -14,12 +14,11 @@ sharing, deploy/README.md section 7.)
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mmvm.secure.keys import KEY_BYTES
+from mmvm.secure.session import unb64
 from mmvm.secure.unmasking import check_share
 
 
@@ -75,9 +74,8 @@ def _keyed(part: Mapping, want: list[str], what: str) -> dict[str, bytes]:
     out = {}
     for name, text in part.items():
         try:
-            out[name] = base64.b64decode(text if isinstance(text, str) else "\0",
-                                         validate=True)
-        except (binascii.Error, ValueError):
+            out[name] = unb64(text)
+        except ValueError:
             raise ValueError(f"its unmask answer's {what}: the one for {name} is not "
                              f"base64 text") from None
     return out

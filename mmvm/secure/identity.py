@@ -16,21 +16,20 @@ the run began. Whether that record is really the site's is for the sites to chec
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import secrets
 
 from mmvm.secure.errors import InvalidSignatureError
-from mmvm.secure.keys import SIGNATURE_BYTES, SiteKeys, SitePublicKeys
+from mmvm.secure.keys import SIGNATURE_BYTES, SiteKeys, SitePublicKeys, length_prefixed
+from mmvm.secure.session import b64, unb64
 
 CHALLENGE_BYTES = 16
 MAX_RECORD_CHARS = 1024  # a record is ~250 characters of JSON
 
 
 def _statement(run: str, site: str, challenge: str) -> bytes:
-    parts = (b"mmvm/resume/v1", run.encode(), site.encode(), challenge.encode())
-    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+    return length_prefixed(b"mmvm/resume/v1", run.encode(), site.encode(),
+                           challenge.encode())
 
 
 def new_challenge() -> str:
@@ -44,7 +43,7 @@ def record_of(keys: SiteKeys) -> str:
 
 def prove(keys: SiteKeys, run: str, challenge: str) -> str:
     """The answer to a resume challenge: base64 Ed25519 over (run, site, challenge)."""
-    return base64.b64encode(keys.sign(_statement(run, keys.site, challenge))).decode()
+    return b64(keys.sign(_statement(run, keys.site, challenge)))
 
 
 def parse_record(record: object, site: str) -> SitePublicKeys:
@@ -69,9 +68,12 @@ def proof_problem(record: str, run: str, site: str, challenge: str, proof: objec
     record pinned at describe), or ``None``."""
     try:
         pub = parse_record(record, site)
-        sig = base64.b64decode(proof if isinstance(proof, str) else "", validate=True)
-    except (ValueError, binascii.Error) as err:
+    except ValueError as err:
         return str(err)
+    try:
+        sig = unb64(proof)
+    except ValueError:
+        sig = b""
     if len(sig) != SIGNATURE_BYTES:
         return "its answer carries no signature of the challenge"
     try:

@@ -104,7 +104,7 @@ def _field(d: Mapping[str, object], name: str, what: str) -> object:
         raise ValueError(f"{what}: missing field {name!r}") from err
 
 
-def _lp(*fields: bytes) -> bytes:
+def length_prefixed(*fields: bytes) -> bytes:
     """Length-prefixed concatenation: unambiguous, unlike plain joining."""
     return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
 
@@ -120,7 +120,7 @@ class SitePublicKeys:
 
     @staticmethod
     def _binding(site: str, kx: bytes) -> bytes:
-        return _lp(b"mmvm/site-binding/v1", site.encode(), kx)
+        return length_prefixed(b"mmvm/site-binding/v1", site.encode(), kx)
 
     def verify(self, signature: bytes, data: bytes) -> None:
         """Raise ``InvalidSignatureError`` unless ``signature`` signs ``data``."""
@@ -139,7 +139,7 @@ class SitePublicKeys:
         ``"3f2a 91c0 ..."``; administrators read it to each other.
         """
         digest = hashlib.sha256(
-            _lp(b"mmvm/fingerprint/v1", self.site.encode(), self.kx, self.sign)
+            length_prefixed(b"mmvm/fingerprint/v1", self.site.encode(), self.kx, self.sign)
         ).hexdigest()[:32]
         return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
 
@@ -327,7 +327,7 @@ def key_context(purpose: str, run_id: str | int, first: str, second: str) -> byt
     """
     validate_site_name(first)
     validate_site_name(second)
-    return _lp(purpose.encode(), str(run_id).encode(), first.encode(), second.encode())
+    return length_prefixed(purpose.encode(), str(run_id).encode(), first.encode(), second.encode())
 
 
 def pairwise_key(
@@ -347,7 +347,7 @@ def pairwise_key(
     if mine == theirs:
         raise ValueError("pairwise_key: a site cannot agree a key with itself")
     shared = my_private.exchange(their_public)  # raises on a low-order point
-    info = _lp(b"mmvm/pairwise/v1", *sorted((mine, theirs)), context)
+    info = length_prefixed(b"mmvm/pairwise/v1", *sorted((mine, theirs)), context)
     return HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=info).derive(shared)
 
 
@@ -383,5 +383,5 @@ def subkey(
     if len(key) < KEY_BYTES:
         raise ValueError(f"subkey: key must be at least {KEY_BYTES} bytes")
     parts = [f if isinstance(f, bytes) else str(f).encode() for f in fields]
-    info = _lp(b"mmvm/subkey/v1", purpose.encode(), *parts)
+    info = length_prefixed(b"mmvm/subkey/v1", purpose.encode(), *parts)
     return HKDFExpand(hashes.SHA256(), length, info=info).derive(key)

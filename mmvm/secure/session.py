@@ -40,8 +40,12 @@ def b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
-def unb64(s: str) -> bytes:
-    return base64.b64decode(s)
+def unb64(s: object) -> bytes:
+    """Strict base64 text to bytes (what another party sent is read with it);
+    ``ValueError`` for anything else."""
+    if not isinstance(s, str):
+        raise ValueError(f"not base64 text but {type(s).__name__}")
+    return base64.b64decode(s, validate=True)  # binascii.Error is a ValueError
 
 
 def pseudonym(key: bytes, sample_id: str) -> str:
