@@ -131,8 +131,9 @@ def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
                          f"and that needs keys=)"))
     if nc.get("keys") and "peers" not in nc:
         problems.append(("peers", f"node config of site {site}: a site with keys must "
-                         f"pin its peers: peers=\"b=<fingerprint>;c=<fingerprint>\" (or "
-                         f"peers=\"*\" to trust every directory entry)"))
+                         f"pin its peers, one entry per other site of its public key "
+                         f"directory: peers=\"<site>=<fingerprint>;<site>=<fingerprint>\" "
+                         f"(or peers=\"*\" to trust every directory entry)"))
     return problems
 
 

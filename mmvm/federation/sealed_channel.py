@@ -82,7 +82,9 @@ class SealedChannel:
         if align not in sealed_align.MODES:
             raise ValueError(f"align must be one of {sealed_align.MODES}, got {align!r}")
         self.policy = policy or SitePolicy(test_bed=True)
-        secrets.directory = self.policy.trusted(secrets.site, secrets.directory)
+        trusted = self.policy.trusted(secrets.site, secrets.directory)
+        secrets.unpinned = frozenset(secrets.directory) - frozenset(trusted)
+        secrets.directory = trusted
         self.sec, self.align_mode = secrets, align
         self.mode = f"sealed/{align}"
 
