@@ -83,7 +83,8 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     if train is not None:
         _eval_labels(check, policy, train)
     if policy.secure_site:
-        _keys(check, policy, pinned="peers" in nc and "peers" not in bad)
+        _keys(check, policy, pinned="peers" in nc and "peers" not in bad,
+              unpinned="peers" not in nc)
     if "site" not in bad:  # else the state's default folder is not the site's
         _state(check, Path(policy.state))
     return check
@@ -282,7 +283,7 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                      "off, and they send the weights in clear)") * (not p.allow_collect))
 
 
-def _keys(check: NodeCheck, p: SitePolicy, pinned: bool) -> None:
+def _keys(check: NodeCheck, p: SitePolicy, pinned: bool, unpinned: bool) -> None:
     from mmvm.secure.keys import SiteKeys, load_public_directory
 
     keys = Path(p.keys)
@@ -306,6 +307,12 @@ def _keys(check: NodeCheck, p: SitePolicy, pinned: bool) -> None:
         _directory(check, p, own, directory, dir_file)
         if pinned:
             _peers(check, p, directory, dir_file)
+        elif unpinned:  # the policy error says peers is missing; name what to pin
+            others = sorted(n for n in directory if n != check.site)
+            check.add("peers", ERROR, "to pin this directory's other sites: peers=\""
+                      + ";".join(f"{n}=<fingerprint>" for n in others) + "\", each "
+                      "fingerprint confirmed with that site's administrator out of band "
+                      "(not copied from the directory)")
 
 
 def _directory(check: NodeCheck, p: SitePolicy, own, directory: dict, path: Path

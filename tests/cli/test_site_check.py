@@ -328,3 +328,13 @@ def test_pixels_stored_unscaled_are_warned_before_a_run_trains_on_them(fed):
     assert check.ok and len(warned) == 2, check.findings
     for f, line in zip(files, warned, strict=True):
         assert line.startswith(f"{f}: modality 'm0' holds values 0..255")
+
+
+def test_a_site_with_keys_but_no_peers_is_told_which_names_to_pin(fed):
+    check = check_node_config(_nc(fed, site="site-b", peers=None))
+    assert not check.ok
+    assert "must pin its peers" in _find(check, "policy", ERROR)[0]
+    others = sorted(n for n in fed["keys"] if n != "site-b")
+    hint = _find(check, "peers", ERROR)[0]
+    assert "peers=\"" + ";".join(f"{n}=<fingerprint>" for n in others) + "\"" in hint
+    assert "site-b=" not in hint and "out of band" in hint
