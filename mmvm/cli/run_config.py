@@ -69,7 +69,10 @@ def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPL
     pairs = PAIR.findall(text)
     stray = PAIR.sub("", text).split()
     if stray:
-        raise ConfigError(f"{flag}: {stray[0]!r} is not key=value ({example})")
+        spaced = re.search(r"[\w.-]+\s+=|=\s+\S", text)
+        raise ConfigError(f"{flag}: {stray[0]!r} is not key=value"
+                          + "; write key=value without spaces around '='" * bool(spaced)
+                          + f" ({example})")
     keys = [k for k, _ in pairs]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:  # Flower keeps one of them; which one is the user's is not ours to guess

@@ -53,6 +53,7 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("a..b=1", r"a..b=1: 'a..b' is not a key"),
     ("num-sites=3 num-sites=4", r"num-sites is given 2 times; give each key once"),
     ("num-sites=3 oops", r"'oops' is not key=value"),
+    ("num-sites = 3", r"'num-sites' is not key=value; write key=value without spaces "),
     ("exchange='stp'", r"exchange = 'stp'; choose one of"),
     ("set='train.epoch=1'", r"override 'train.epoch=1': unknown key 'train.epoch'; did "
                             r"you mean 'train.epochs'\?"),
