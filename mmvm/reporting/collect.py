@@ -79,7 +79,7 @@ def collect(paths: Iterable[str | Path]) -> Collection:
         else:
             results = read_results_file(target)
             out.results.append(results)
-            out.runs.extend(runs_from_rows(results))
+            out.runs.extend(attach_folders(runs_from_rows(results), target.parent))
     out.runs = merge_rows_into_folders(deduplicate(out.runs, out.notes), out.notes)
     disambiguate(out.runs)
     return out
@@ -231,22 +231,56 @@ def runs_from_rows(results: ResultsFile) -> list[Run]:
     return runs
 
 
+def attach_folders(runs: list[Run], parent: Path) -> list[Run]:
+    """Each benchmark row gets the run folder beside its results file that trained it
+    (same method, beta and seed, no conflicting setting; e.g. ``mmvm-beta2-seed0/`` of
+    ``benchmarks/compare_methods.py``): its curves, pictures and checkpoint, and its
+    name. The numbers stay the row's."""
+    folders = [read_run_folder(p) for p in sorted(parent.iterdir()) if p.is_dir()
+               and any((p / f).is_file() for f in ("eval.json", "checkpoint.pt",
+                                                   "metrics.csv"))]
+    for run in runs:
+        match = next((f for f in folders if compatible(f, run)), None)
+        if match is None:
+            continue
+        folders.remove(match)
+        run.name, run.folder, run.metrics_csv = match.name, match.folder, match.metrics_csv
+        run.images, run.checkpoint = match.images, match.checkpoint
+        run.epoch = run.epoch if run.epoch is not None else match.epoch
+    return runs
+
+
 def deduplicate(runs: list[Run], notes: list[str]) -> list[Run]:
-    """One run given twice (its folder and a results file listing it) counts once;
-    the folder, which has more to show, is kept."""
+    """One run given twice (its folder and a results file listing it, or a folder
+    given and also found beside a results file) counts once; the folder, which has
+    more to show, is kept, with numbers where either has them."""
     kept: dict[tuple, int] = {}
+    where: dict[Path, int] = {}  # run folder -> its index in out
     out: list[Run] = []
     for run in runs:
+        folder = run.folder.resolve() if run.folder is not None else None
         key = (run.method, run.beta, run.seed, tuple(sorted(run.metrics.items())))
-        if not run.metrics or key not in kept:
+        i = where.get(folder) if folder is not None else None
+        if i is None and run.metrics and key in kept:
+            i = kept[key]
+        if i is None:
             kept.setdefault(key, len(out))
+            if folder is not None:
+                where[folder] = len(out)
             out.append(run)
             continue
-        notes.append(f"{run.source}: the same run as {out[kept[key]].source}; "
-                     "counted once")
-        if out[kept[key]].folder is None and run.folder is not None:
-            out[kept[key]] = run
+        notes.append(f"{run.source}: the same run as {out[i].source}; counted once")
+        if out[i].folder is None and run.folder is not None:  # same numbers
+            out[i] = run
+            where[folder] = i
+        elif not out[i].metrics and run.metrics:  # one folder: its numbers from run
+            lend_numbers(run, out[i])
     return out
+
+
+def lend_numbers(source: Run, to: Run) -> None:
+    to.metrics, to.per_modality = source.metrics, source.per_modality
+    to.coherence_matrix, to.metric_source = source.coherence_matrix, source.metric_source
 
 
 def compatible(a: Run, b: Run) -> bool:
@@ -269,9 +303,7 @@ def merge_rows_into_folders(runs: list[Run], notes: list[str]) -> list[Run]:
             out.append(run)
             continue
         folders.remove(match)
-        match.metrics, match.per_modality = run.metrics, run.per_modality
-        match.coherence_matrix = run.coherence_matrix
-        match.metric_source = run.metric_source
+        lend_numbers(run, match)
         notes.append(f"{match.source}: numbers from {run.source} (same method, beta "
                      "and seed)")
     return out

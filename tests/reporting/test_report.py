@@ -292,6 +292,26 @@ def test_results_files_and_federated_folders(tmp_path, fake_runs):
     assert "Benchmark table:" in text
 
 
+def test_a_benchmark_folder_shows_its_rows_with_the_run_folders_beside_them(tmp_path):
+    """benchmarks/compare_methods.py writes results.csv and one folder per run beside
+    it: the report of the folder keeps the rows' numbers and draws the runs' curves;
+    a run folder given as well counts once."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    rows = ["method,beta,seed,recon_nll,probe,coherence"]
+    for seed, probe in enumerate((0.30, 0.50)):
+        _fake_run(bench / f"mmvm-beta1-seed{seed}", _eval("mmvm", seed, 0.9, 300.0, 0.2))
+        rows.append(f"mmvm,1.0,{seed},100.0,{probe},0.2")
+    (bench / "results.csv").write_text("\n".join(rows) + "\n")
+    for inputs in ((bench,), (bench, bench / "mmvm-beta1-seed0")):
+        text, page = _report(tmp_path, *inputs)
+        assert _summary_row(page, "mmvm")["latent probe (mean over modalities)"] \
+            == _se([0.30, 0.50])
+        assert "No metrics.csv" not in text and "no run folder" not in text
+        assert "mmvm: loss, rec_nll, reg per epoch" in text
+        assert "mmvm-beta1-seed0" in text and "mmvm-beta1-seed1" in text
+
+
 def test_evaluate_records_the_settings_it_used(real_run, tiny_polymnist):
     used = json.loads((real_run / "eval.json").read_text())["settings"]
     assert used["data"] == {"root": str(tiny_polymnist), "folders": [],
