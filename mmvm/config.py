@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import tomllib
@@ -256,6 +257,16 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
                 f"{source}: model.modalities.{name}.name: a modality is named by its "
                 f"table key ({name!r}); remove the 'name' key"
             )
+        missing = [k for k in ("kind", "shape") if k not in body]
+        if missing:  # most often an override's typo: model.modalities.m9.width=4
+            others = [n for n, b in mods_raw.items() if "kind" in b and "shape" in b]
+            near = [n for n in others if n.lower() == name.lower()] or \
+                difflib.get_close_matches(name, others, n=1)
+            raise ConfigError(
+                f"{source}: [model.modalities.{name}] has no {' and no '.join(missing)}: "
+                f"a modality of its own needs both"
+                + (f"; the config's modalities are {', '.join(others)}" if others else "")
+                + (f" (did you mean {near[0]!r}?)" if near else ""))
     specs = tuple(
         build_table(ModalitySpec, {"name": name, **body}, f"model.modalities.{name}", source)
         for name, body in mods_raw.items()

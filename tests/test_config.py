@@ -442,3 +442,14 @@ def test_an_empty_data_root_is_refused_and_dot_is_the_current_folder():
                                           r"train\.parquet / test\.parquet"):
         load_config(POLYMNIST, ['data.root=""'])
     assert load_config(POLYMNIST, ['data.root="."']).data.root == "."
+
+
+@pytest.mark.parametrize("name, hint", [("m9", ""), ("M0", " (did you mean 'm0'?)"),
+                                        ("m00", " (did you mean 'm0'?)")])
+def test_an_override_of_a_modality_the_config_lacks_names_the_configs_modalities(
+        name, hint):
+    with pytest.raises(ConfigError) as info:
+        load_config(POLYMNIST, [f"model.modalities.{name}.width=4"])
+    msg = str(info.value)
+    assert f"[model.modalities.{name}] has no kind and no shape" in msg
+    assert msg.endswith(f"the config's modalities are m0, m1, m2{hint}")
