@@ -21,11 +21,12 @@ import pyarrow.parquet as pq
 import torch
 
 from mmvm.atomic import atomic_write
+from mmvm.data.store_format import LATENTS_KEY as LATENTS_NAME
 from mmvm.data.store_format import is_label_column
 from mmvm.evaluation import unimodal_posteriors
 from mmvm.model import MultimodalVAE
 
-LATENTS_KEY = b"mmvm.latents"  # schema metadata of every table write_latents writes
+LATENTS_KEY = LATENTS_NAME.encode()  # schema metadata of every table write_latents writes
 
 
 def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,

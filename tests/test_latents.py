@@ -133,7 +133,15 @@ def test_a_sites_own_encoder_after_a_federated_run(tiny_polymnist, tmp_path, cap
     # the run's --set overrides are part of the model's shapes
     wrong = ["model.latent_dim=5" if s.startswith("model.latent_dim") else s for s in SETS]
     assert main([*args[:5], *_flags(wrong), *args[5 + 2 * len(SETS):]]) == 2
-    assert "not a site state of this config's model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a site state of this config's model (encoders.m1." in err
+    assert "in the state, [5, " in err and "in the config's model" in err
+    # a config whose modalities the state does not hold: both lists named
+    hippo = ["encode", "--site-state", str(state), "--config", "configs/hippocampus.toml",
+             str(train), "--out", str(tmp_path / "x.parquet")]
+    assert main(hippo) == 2
+    assert "the state holds modalities ['m1'], the config configs/hippocampus.toml has " \
+           "['rat1'" in capsys.readouterr().err
     assert main(["encode", "--site-state", str(state), str(train), "--out",
                  str(tmp_path / "x.parquet")]) == 2
     assert "needs --config" in capsys.readouterr().err
@@ -148,6 +156,12 @@ def test_a_sites_own_encoder_after_a_federated_run(tiny_polymnist, tmp_path, cap
     assert main(["encode", "--site-state", str(tmp_path / "checkpoint.pt"), "--config",
                  CONFIG, str(train), "--out", str(tmp_path / "x.parquet")]) == 2
     assert "use --run" in capsys.readouterr().err
+    # an encode output given as the data: said to be one
+    again = ["encode", "--site-state", str(state), "--config", CONFIG, *_flags(SETS),
+             str(out), "--out", str(tmp_path / "x.parquet"), "--no-progress"]
+    assert main(again) == 2
+    assert "an `mmvm encode` output (posterior means and variances per sample), not a " \
+           "site's data file" in capsys.readouterr().err
     assert main([*args[:-3], "--out", str(train)]) == 2  # would replace its input
     assert "is one of the input files" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()

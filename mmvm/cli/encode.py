@@ -72,13 +72,22 @@ def _model(args: argparse.Namespace, device: str):
                          "the state file holds weights, not the model's shapes")
     cfg = load_config(args.config, args.overrides)
     state = _site_state(Path(args.site_state))
+    names = [str(n) for n in state["names"]]
+    ours = [m.name for m in cfg.model.modalities]
+    if not names or not set(names) <= set(ours):
+        raise ValueError(f"{args.site_state}: the state holds modalities {names}, the "
+                         f"config {args.config} has {ours}; give the run's --config and "
+                         f"--set")
     try:
-        model = build_model(cfg, list(state["names"]))
-        model.load_state_dict(state["model"])
+        model = build_model(cfg, names)
+        why = _unlike(model.state_dict(), state["model"])
+        if not why:
+            model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        why = f"{type(err).__name__}: {str(err)[:300]}"
+    if why:
         raise ValueError(f"{args.site_state}: not a site state of this config's model "
-                         f"({type(err).__name__}: {str(err)[:500]}); give the run's "
-                         f"--config and --set") from None
+                         f"({why}); give the run's --config and --set") from None
     bad = nonfinite_tensor(model.state_dict())
     if bad:
         raise ValueError(f"{args.site_state}: the site's weight {bad}; its training "
@@ -86,6 +95,22 @@ def _model(args: argparse.Namespace, device: str):
     return model.to(device), cfg, {
         "site_state": str(args.site_state), "config": str(args.config),
         "overrides": list(args.overrides), "windows_done": state.get("windows_done")}
+
+
+def _unlike(ours: dict, theirs) -> str:
+    """How a state dict differs from the model's: its first tensor of another shape,
+    or the names one has and the other lacks; "" when they fit."""
+    if not isinstance(theirs, dict):
+        return "its model is not a state dict"
+    for name, want in ours.items():
+        got = theirs.get(name)
+        if got is not None and tuple(getattr(got, "shape", ())) != tuple(want.shape):
+            return (f"{name} is {list(got.shape)} in the state, {list(want.shape)} in "
+                    f"the config's model")
+    lacking, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    return "; ".join([f"the state lacks {', '.join(lacking[:3])}"] * bool(lacking)
+                     + [f"the config's model has no {', '.join(map(str, extra[:3]))}"]
+                     * bool(extra))
 
 
 def _site_state(path: Path) -> dict:

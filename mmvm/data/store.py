@@ -56,6 +56,7 @@ from mmvm.data.store_format import (
     DEFAULT_SCALE,
     DTYPES,
     LABEL,
+    LATENTS_KEY,
     SAMPLE_ID,
     TENSOR_KEY,
     DataError,
@@ -151,6 +152,9 @@ def read_layout(pf: pq.ParquetFile, path: str) -> Layout:
     (:func:`~mmvm.data.store_limits.check_row_groups`) before any data is decoded."""
     schema = pf.schema_arrow
     meta = _mmvm_metadata(schema.metadata or {}, path)
+    if LATENTS_KEY in meta:
+        raise DataError(f"{path}: an `mmvm encode` output (posterior means and "
+                        f"variances per sample), not a site's data file")
     twice = sorted(n for n, c in Counter(schema.names).items() if c > 1)
     if twice:
         raise DataError(f"{path}: columns {', '.join(show(n) for n in twice)} appear "

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 SAMPLE_ID = "sample_id"
 TENSOR_KEY = "mmvm.tensor."
 DATASET_KEY = "mmvm.dataset"
+LATENTS_KEY = "mmvm.latents"  # an `mmvm encode` output's metadata (mmvm.latents)
 LABEL = "label"
 DTYPES = {"uint8": pa.uint8(), "float32": pa.float32()}
 DEFAULT_SCALE = {"uint8": 255.0, "float32": 1.0}
