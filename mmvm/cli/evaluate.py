@@ -89,11 +89,17 @@ def run(args: argparse.Namespace) -> int:
                                                cfg.data.label, cfg.data.max_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label,
                                               cfg.data.max_test)
+    if train_set.labels is None or test_set.labels is None:
+        from mmvm.data.labels import all_label_columns
+
+        files = cfg.data.files("train") + cfg.data.files("test")
+        have = all_label_columns(files)
+        raise ValueError(f"the data has no label column {cfg.data.label!r} (data.label)"
+                         f"; probes and coherence need one label per sample. Its label "
+                         f"columns: {', '.join(have) or 'none'}"
+                         + f"; e.g. --set data.label={have[0]}" * bool(have))
     classifiers = None
-    if not args.no_coherence and train_set.labels is None:
-        print(f"coherence skipped: the data has no {cfg.data.label!r} column "
-              "(the classifiers judging generations need one label per sample)")
-    elif not args.no_coherence:
+    if not args.no_coherence:
         from mmvm.classifiers import classifiers_for
 
         classifiers = classifiers_for(cfg, device, log=print,

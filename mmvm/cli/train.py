@@ -97,6 +97,7 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
     """The train split the config names, checked: there, fitting the modalities, not
     empty (each problem names the files)."""
     from mmvm.data import check_data_fits, open_dataset
+    from mmvm.data.labels import all_label_columns
     from mmvm.data.value_ranges import range_warnings
 
     paths = cfg.data.files("train")
@@ -108,6 +109,11 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
     check_data_fits(cfg.model.modalities, paths, cfg.source)
     for line in range_warnings(cfg.model.modalities, paths, cfg.train.amp):
         print(f"mmvm train: warning: {line}", file=sys.stderr)  # trains all the same
+    have = all_label_columns(paths)
+    if have and cfg.data.label not in have:  # trains without; evaluate would refuse
+        print(f"mmvm train: warning: no label column {cfg.data.label!r} (data.label) in "
+              f"the data; its label columns: {', '.join(have)}. Training needs none, "
+              f"but mmvm evaluate's probes and coherence will", file=sys.stderr)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     if len(data) == 0:
         raise ValueError(f"no samples to train on: {', '.join(map(str, paths))} "

@@ -409,3 +409,17 @@ def test_without_hard_links_the_earlier_eval_json_is_copied_with_its_time(
     assert kept.read_text() == '{"earlier": 1}' and path.read_text() == '{"new": 2}'
     assert kept.stat().st_mtime == 1_700_000_000
     assert sorted(os.listdir(tmp_path)) == sorted(["eval.json", kept.name])
+
+
+def test_a_label_column_the_data_lacks_is_named_with_the_ones_it_has(trained, tmp_path,
+                                                                     capsys, no_scoring):
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-plot",
+                 "--set", "data.label=digit"]) == 2
+    err = capsys.readouterr().err
+    assert "the data has no label column 'digit' (data.label); probes and coherence " \
+           "need one label per sample. Its label columns: label; e.g. --set " \
+           "data.label=label" in err
+    assert not (run / "eval.json").exists()
