@@ -194,6 +194,7 @@ def config_digest(cfg: ExperimentConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
+CHECKOUT = Path(__file__).resolve().parents[1]  # the source tree this package runs from
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 base: tuple[dict, str] | None = None) -> ExperimentConfig:
     """Read a TOML config and apply ``section.key=value`` overrides, strictly.
@@ -205,6 +206,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         source = str(path)
         if not path.is_file():
             where = f" (relative to {Path.cwd()})" * (not path.is_absolute())
+            shipped = CHECKOUT / path
+            if not path.is_absolute() and shipped.is_file():
+                where += (f"; this mmvm checkout has {shipped} (run from {CHECKOUT}, "
+                          f"where its data paths point too, or give that path)")
             raise ConfigError(f"config file {path} does not exist{where}")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mmvm.config import (
+    CHECKOUT,
     ConfigError,
     ExperimentConfig,
     ModalitySpec,
@@ -73,9 +74,18 @@ def test_defaults_without_file_need_modalities():
     assert cfg.train == ExperimentConfig().train
 
 
-def test_missing_file_and_invalid_toml(tmp_path):
+def test_missing_file_and_invalid_toml(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"nope\.toml does not exist"):
         load_config(tmp_path / "nope.toml")
+    # a checkout's config named from another folder: where it is
+    monkeypatch.chdir(tmp_path)
+    relative = Path("configs/polymnist.toml")
+    with pytest.raises(ConfigError) as info:
+        load_config(relative)
+    assert str(info.value) == (
+        f"config file {relative} does not exist (relative to {tmp_path}); this mmvm "
+        f"checkout has {CHECKOUT / relative} (run from {CHECKOUT}, where its data paths "
+        f"point too, or give that path)")
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nepochs = 3\n")
     with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
