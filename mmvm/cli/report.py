@@ -68,6 +68,10 @@ def _check_out(out: str, fmt: str | None, runs: list[str]) -> None:
     """``out`` names the format written (``--format``, else its suffix's) and none of
     the inputs; Markdown's ``<stem>_files/`` must be a folder or not exist."""
     path = Path(out)
+    known = [x for xs in SUFFIXES.values() for x in xs]
+    if fmt is None and path.suffix.lower() not in known and not path.exists():
+        raise ValueError(f"--out {out}: mmvm report writes an HTML page (.html, .htm) or "
+                         f"Markdown (.md, .markdown); give a name ending in one of them")
     if fmt is None:
         fmt = "md" if path.suffix.lower() in SUFFIXES["md"] else "html"
     kind = {"html": "an HTML page", "md": "a Markdown page"}[fmt]

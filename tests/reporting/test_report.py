@@ -443,3 +443,11 @@ def test_a_page_mmvm_report_did_not_write_is_never_written_over(tmp_path, fake_r
     legacy = tmp_path / "before-the-tag.html"  # an HTML report from before the tag
     legacy.write_text(f"<!DOCTYPE html>\n<head>\n<style>{STYLE}</style>\n</head>\n")
     assert main(["report", *map(str, fake_runs), "--out", str(legacy)]) == 0
+
+
+def test_an_out_of_neither_format_names_both(tmp_path, fake_runs, capsys):
+    out = tmp_path / "r.pdf"
+    assert main(["report", str(fake_runs[0]), "--out", str(out)]) == 2
+    assert f"--out {out}: mmvm report writes an HTML page (.html, .htm) or Markdown " \
+           "(.md, .markdown); give a name ending in one of them" in capsys.readouterr().err
+    assert not out.exists()
