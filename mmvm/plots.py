@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mmvm.atomic import atomic_write  # noqa: E402
 from mmvm.metrics_csv import read_metrics  # noqa: E402
@@ -384,6 +385,11 @@ def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
                 marker = "." if len(run[x]) < 50 else None
                 ax.plot(run[x], run[key], marker=marker, label=lab, color=f"C{i % 10}")
         ax.set_xlabel("optimiser step" if x == "step" else "epoch")
+        xs = sorted({v for run in runs if key in run for v in run[x]})
+        if len(xs) <= 10:  # few epochs: a tick at each (an axis around one point
+            ax.set_xticks(xs)  # would read 0.96 .. 1.04)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2
         ax.set_title(key)
         ax.grid(alpha=0.3)
     # name every run, on the fullest panel: a federated run has no line under "loss"

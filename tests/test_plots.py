@@ -115,6 +115,8 @@ def test_loss_curves_mark_the_points_of_short_runs(tmp_path, monkeypatch, epochs
     assert _is_png(loss_curves([run], tmp_path / "c.png"))
     assert len(drawn) == 3 and all(len(line.get_xdata()) == epochs for line in drawn)
     assert {line.get_marker() for line in drawn} == {marker}
+    ticks = [t for line in drawn for t in line.axes.get_xticks()]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # no epoch 1.2
 
 
 def test_loss_curves_refuse_a_column_no_run_has(tmp_path):
