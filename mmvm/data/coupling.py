@@ -40,4 +40,5 @@ def weak_coupling_note(per_modality: Mapping[str, int], coupled: Mapping[str, in
         return None
     return (f"few samples are held with another modality ({'; '.join(weak)}); if the sites "
             f"should hold the same samples, check that they prepared their data alike "
-            f"(same preparer, ids, --seed and metadata)")
+            f"(same preparer, ids and metadata, and the same train/test split options: "
+            f"--seed, --test-fraction, --groups)")

@@ -106,7 +106,8 @@ class Coordinator:
             raise FederationError(
                 f"the sites {names} share no sample: no id is held for two modalities, "
                 f"so nothing would couple their models; check that the sites name "
-                f"samples the same way (same preparer, --seed and metadata)")
+                f"samples the same way (same preparer and metadata, and the same train/"
+                f"test split options: --seed, --test-fraction, --groups)")
 
     @property
     def n(self) -> int:
