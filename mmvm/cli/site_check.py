@@ -17,41 +17,18 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 from mmvm.cli.run_config import APP_DIR
+from mmvm.cli.site_findings import ERROR, OK, WARNING, NodeCheck
+from mmvm.cli.site_keys_check import check_keys
 from mmvm.config import ExperimentConfig
 from mmvm.federation.node_config import load_policy, policy_problems
 from mmvm.federation.policy import KEYS, SitePolicy
 
-OK, WARNING, ERROR = "ok", "warning", "error"
 PATH_KEYS = ("data", "keys", "directory", "state")
 SECURE_ONLY = ("peers", "directory", "allow-pair-masking", "max-align-rows", "min-rows")
-
-
-@dataclass
-class Finding:
-    item: str  # what was checked: "policy", "data", "keys", ...
-    status: str  # ok | warning | error
-    detail: str
-
-
-@dataclass
-class NodeCheck:
-    site: str
-    findings: list[Finding] = field(default_factory=list)
-
-    def add(self, item: str, status: str, detail: str) -> None:
-        self.findings.append(Finding(item, status, detail))
-
-    def count(self, status: str) -> int:
-        return sum(f.status == status for f in self.findings)
-
-    @property
-    def ok(self) -> bool:
-        return self.count(ERROR) == 0
 
 
 def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
@@ -83,7 +60,7 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     if train is not None:
         _eval_labels(check, policy, train)
     if policy.secure_site:
-        _keys(check, policy, pinned="peers" in nc and "peers" not in bad,
+        check_keys(check, policy, pinned="peers" in nc and "peers" not in bad,
               unpinned="peers" not in nc)
     if "site" not in bad:  # else the state's default folder is not the site's
         _state(check, Path(policy.state))
@@ -283,84 +260,6 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                      "off, and they send the weights in clear)") * (not p.allow_collect))
 
 
-def _keys(check: NodeCheck, p: SitePolicy, pinned: bool, unpinned: bool) -> None:
-    from mmvm.secure.keys import SiteKeys, load_public_directory
-
-    keys = Path(p.keys)
-    key_file = keys / "site_keys.json" if keys.is_dir() else keys
-    dir_file = Path(p.directory) if p.directory else key_file.parent / "public_keys.json"
-    own = _try(check, "keys", lambda: SiteKeys.load(key_file))
-    if own is not None and own.site != check.site:
-        check.add("keys", ERROR, f"{key_file} holds the keys of {own.site!r}, and the node "
-                  f"config names site {check.site!r} (site=, or the data folder's name)")
-        own = None
-    elif own is not None:
-        check.add("keys", OK, f"{key_file}: site {own.site}, fingerprint "
-                  f"{own.public.fingerprint}")
-    if not p.directory and not dir_file.exists():
-        check.add("directory", ERROR, f"{dir_file}: no such file; set directory= to the "
-                  f"public key directory (public_keys.json) your coordinator sent (without "
-                  f"it, it is looked for next to the site's keys)")
-        return
-    directory = _try(check, "directory", lambda: load_public_directory(dir_file))
-    if directory is not None:
-        _directory(check, p, own, directory, dir_file)
-        if pinned:
-            _peers(check, p, directory, dir_file)
-        elif unpinned:  # the policy error says peers is missing; name what to pin
-            others = sorted(n for n in directory if n != check.site)
-            check.add("peers", ERROR, "to pin this directory's other sites: peers=\""
-                      + ";".join(f"{n}=<fingerprint>" for n in others) + "\", each "
-                      "fingerprint confirmed with that site's administrator out of band "
-                      "(not copied from the directory)")
-
-
-def _directory(check: NodeCheck, p: SitePolicy, own, directory: dict, path: Path
-               ) -> None:
-    """The directory's entry for this site (when its keys loaded); who may change it."""
-    mine = directory.get(check.site)
-    if mine is None:
-        check.add("directory", ERROR, f"{path} has no entry for {check.site}: the other "
-                  f"sites cannot seal anything to it")
-    elif own is not None and mine.fingerprint != own.public.fingerprint:
-        check.add("directory", ERROR, f"{path}'s entry for {check.site} has fingerprint "
-                  f"{mine.fingerprint}, not this site's {own.public.fingerprint} (a "
-                  f"stale or replaced directory)")
-    else:
-        check.add("directory", OK, f"{path}: {len(directory)} sites"
-                  + "; this site's entry is its own key" * (own is not None))
-    for f in (path, path.parent):
-        if f.stat().st_mode & 0o022:
-            check.add("directory", WARNING, f"{f} is writable by group/others (mode "
-                      f"{f.stat().st_mode & 0o777:o}): whoever can write it decides "
-                      f"whom the site trusts; chmod go-w it")
-
-
-def _peers(check: NodeCheck, p: SitePolicy, directory: dict, path: Path) -> None:
-    from mmvm.federation.policy import PolicyError
-
-    try:
-        trusted = p.trusted(check.site, directory)
-    except PolicyError as err:
-        check.add("peers", ERROR, str(err))
-        return
-    peers = sorted(n for n in trusted if n != check.site)
-    listing = "; ".join(f"{n} {directory[n].fingerprint}" for n in peers)
-    if p.peers is None:
-        check.add("peers", WARNING, f"peers=\"*\": every entry of {path} is trusted, "
-                  f"including any the operator adds later: {listing}")
-    else:
-        ignored = sorted(set(directory) - set(trusted))
-        check.add("peers", OK, f"pinned and matching the directory: {listing}")
-        if ignored:
-            check.add("peers", WARNING, f"not pinned, so not trusted: {', '.join(ignored)} "
-                      f"(nothing is sealed to them or accepted from them: a run with them "
-                      f"fails at this site; pin them if they are this federation's sites)")
-    if not peers:
-        check.add("peers", ERROR, "no peer besides the site itself: a secure run needs "
-                  "at least one other site")
-
-
 def _state(check: NodeCheck, state: Path) -> None:
     if state.is_symlink() or state.exists() and state.stat().st_uid != os.geteuid():
         check.add("state", ERROR, f"state={state} is a link or belongs to another user: "
@@ -391,15 +290,3 @@ def _state(check: NodeCheck, state: Path) -> None:
     else:
         check.add("state", ERROR, f"{state} does not exist and {parent} is not writable "
                   f"by this user")
-
-
-def _try(check: NodeCheck, item: str, load: Callable):
-    try:
-        return load()
-    except FileNotFoundError as err:
-        check.add(item, ERROR, f"{err.filename}: no such file")
-    except PermissionError as err:
-        check.add(item, ERROR, str(err))
-    except (ValueError, KeyError, TypeError) as err:
-        check.add(item, ERROR, f"not readable: {type(err).__name__}: {err}")
-    return None
