@@ -12,8 +12,10 @@ that of a copy of the app you changed, as mmvm run --app runs it):
 It reads what the site's ClientApp will read (policy, every row of the data files,
 keys, the public key directory and the pinned peers' fingerprints, the state
 folder), prints one line per finding and exits 1 if any is an error (2 when the
-node config string or the experiment config cannot be read at all). Nothing is
-written and nothing is sent. The node config keys and their defaults are in
+node config string or the experiment config cannot be read at all). With
+--superlink HOST:PORT --root-certificates ca.crt (what the SuperNode will be given)
+it also reaches the SuperLink and verifies its TLS certificate against that file.
+Nothing is written and nothing is sent (beyond that TLS handshake). The node config keys and their defaults are in
 deploy/README.md section 3.
 """
 
@@ -44,6 +46,11 @@ def register(subparsers) -> None:
     c.add_argument("--app", metavar="DIR",
                    help="the Flower app the run will ship, whose configs/ the sites read "
                    f"(default {APP_DIR}); a relative --config is its file")
+    c.add_argument("--superlink", metavar="HOST:PORT",
+                   help="also reach the SuperLink as the SuperNode will (its --superlink)")
+    c.add_argument("--root-certificates", metavar="CA.crt",
+                   help="with --superlink: the CA file the SuperNode gets; the "
+                   "SuperLink's certificate is verified against it")
     c.set_defaults(func=_check)
 
 
@@ -65,7 +72,13 @@ def _check(args: argparse.Namespace) -> int:
         else None
     if args.overrides and cfg is None:
         raise ValueError("--set needs --config (the experiment the overrides change)")
+    if args.root_certificates and not args.superlink:
+        raise ValueError("--root-certificates needs --superlink (the SuperLink to verify)")
     check = check_node_config(nc, cfg, app)
+    if args.superlink:
+        from mmvm.cli.site_link import check_superlink
+
+        check_superlink(check, args.superlink, args.root_certificates)
     site = printable(check.site)
     if sys.stdout.isatty():
         style = {OK: "green", WARNING: "yellow", ERROR: "red"}

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from deploy import make_keys
+from mmvm.cli.site_findings import ERROR, OK, NodeCheck
+from mmvm.cli.site_link import check_superlink
 from tests.support.fleet import Fleet
 from tests.support.processes import wait_for_log
 
@@ -41,6 +43,15 @@ def test_tls_and_supernode_auth(tmp_path):
     try:
         link = fleet.start_superlink(certs=keys, auth=True)
         assert "Uvicorn running on https://" in link.process.log_text()
+        # what mmvm site check --superlink finds: verified by the CA, not by another
+        check = NodeCheck("a")
+        check_superlink(check, link.address, str(ca))
+        assert [f.status for f in check.findings] == [OK], check.findings
+        other = tmp_path / "other"
+        make_keys.write_all(make_keys.pki_files(other, ["localhost"]), force=False)
+        check_superlink(check, link.address, str(other / "ca.crt"))
+        assert check.findings[-1].status == ERROR
+        assert f"does not verify against {other / 'ca.crt'}" in check.findings[-1].detail
         fleet.write_connection("mmvm", link, root_certificates=ca)
         out = fleet.register(keys / "sites" / "a" / "a.pub", "mmvm")
         assert "registered successfully" in out, out
