@@ -148,6 +148,19 @@ def test_train_missing_data_gives_the_configs_own_recipe(tmp_path, capsys, monke
         "--out data/polymnist-soft`")
 
 
+@pytest.mark.parametrize("name, size", [("mimic_cxr", 224), ("mimic_cxr_64", 64)])
+def test_train_missing_prepared_data_gives_the_configs_own_prepare_command(
+        tmp_path, capsys, monkeypatch, name, size):
+    """The two MIMIC-CXR configs differ in image size: each names its own --size and
+    folder (the generic prepare hint led users to 64 px data for the 224 px config)."""
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(POLYMNIST).with_name(f"{name}.toml"))
+    assert main(["train", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert f"make it first: `mmvm data prepare mimic_cxr SRC --out data/{name} --size " \
+           f"{size}` (SRC: the dataset as published" in err
+
+
 def test_train_mistyped_data_root_suggests_the_folder_that_exists(tmp_path, capsys):
     (tmp_path / "polymnist").mkdir()
     (tmp_path / "polymnist" / "train.parquet").touch()

@@ -242,8 +242,8 @@ def config_recipe(source: str) -> tuple[str, str] | None:
         text = Path(source).read_text(encoding="utf-8")
     except (OSError, ValueError):
         return None
-    found = re.search(r"mmvm data make [^\n#)]*?--out (\S+)", text)
-    return (found.group(0), found.group(1)) if found else None
+    found = re.search(r"mmvm data (?:make|prepare) [^\n#()]*?--out (\S+)[^\n#()]*", text)
+    return (found.group(0).rstrip(), found.group(1)) if found else None
 
 
 def _how_to_make(names: list[str], source: str, root: str, path: Path) -> str:
@@ -275,5 +275,12 @@ def _how_to_make(names: list[str], source: str, root: str, path: Path) -> str:
                 near = "" if out == root else _near(path)  # a typo'd root, maybe
                 return f"{near}make it first: `{command.replace(f'--out {out}', f'--out {root}')}`"
             return f"{_near(path)}make it first: `mmvm data make {kind} --out {root}`"
+    recipe = config_recipe(source)
+    if recipe and recipe[0].startswith("mmvm data prepare "):  # the config's own
+        command, out = recipe
+        near = "" if out == root else _near(path)
+        return (f"{near}make it first: `{command.replace(f'--out {out}', f'--out {root}')}`"
+                f" (SRC: the dataset as published; see `mmvm data prepare --help`), or "
+                f"set data.root")
     return (f"{_near(path)}make it first with `mmvm data prepare DATASET SRC --out {root}` "
             "(see `mmvm data prepare --help`), or set data.root")
