@@ -145,7 +145,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name == "mimic_cxr":
             q.add_argument("--skip-missing", action="store_true",
                            default=argparse.SUPPRESS,
-                           help="drop pairs whose JPEG is missing (partial download)")
+                           help="leave out pairs whose JPEG is missing or does not "
+                                "decode (a partial or damaged download); they are "
+                                "counted and the undecodable ones named")
             q.add_argument("--view", choices=("frontal", "lateral"),
                            default=argparse.SUPPRESS,
                            help="write only this view's site files, reading only its "
@@ -242,9 +244,14 @@ def _prepare(args: argparse.Namespace) -> int:
         refuse_held(out, prepared_files(out, args.dataset, getattr(args, "view", None)),
                     "site files", "write over them")
     kwargs = {k: getattr(args, k) for k in _PREPARE_OPTIONS if hasattr(args, k)}
+    notes: list[str] = []
+    if args.dataset == "mimic_cxr":  # what it left out, said after the progress bar
+        kwargs["notes"] = notes
     with data_progress(not args.quiet) as cb:
         paths = get_preparer(args.dataset)(args.src, args.out, progress=cb, **kwargs)
     code = report_paths(paths)
+    for note in notes:
+        print(f"note: {note}")
     if args.dataset == "hippocampus":  # what labs preparing their rats apart agree on
         from mmvm.data.store import read_site_meta
 

@@ -41,9 +41,15 @@ def data_progress(enabled: bool) -> Iterator[Progress]:
 
 def report_paths(paths: dict) -> int:
     from rich.console import Console
+    from rich.markup import escape
+
+    from mmvm.data.store import read_site_meta
 
     for k, p in paths.items():
-        Console().print(f"[green]wrote[/green] {k}: {p}")
+        rows = read_site_meta(p)["num_rows"] if str(p).endswith(".parquet") else None
+        Console().print(f"[green]wrote[/green] {escape(k)}: {escape(str(p))}"
+                        + (f" ({rows:,} rows)" if rows is not None else ""),
+                        highlight=False, soft_wrap=True)  # a path whole in a log
     return 0
 
 

@@ -85,7 +85,8 @@ def make_mimic_tree(out: str | Path, patients: int = 60, size: tuple[int, int] =
     random findings. Returns ``out``."""
     if patients < 10:
         raise ValueError(f"patients = {patients}: at least 10, so that the preparer's "
-                         f"train, validation and test splits all get patients")
+                         f"train, validation and test splits can all get pairs (with "
+                         f"few patients a split may still get none; prepare says so)")
     if min(size) < 16:
         raise ValueError(f"size = {size}: images of at least 16 x 16 pixels")
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):

@@ -18,6 +18,9 @@ def test_the_lookalike_tree_prepares_into_two_aligned_views(tmp_path, capsys):
                      "--view", view, "--size", "64", "--quiet"]) == 0
         ids[view] = {split: read_site_table(out / view / f"{split}.parquet").sample_ids
                      for split in ("train", "val", "test")}
+        said = capsys.readouterr().out  # rows per file, and what was left out
+        assert f"{out / view / 'train.parquet'} ({len(ids[view]['train'])} rows)" in said
+        assert "note: 1 of 16 studies have one view only: no pair, left out" in said
     assert ids["frontal"] == ids["lateral"]  # what the two hospitals align on
     assert all(len(v) > 0 for v in ids["frontal"].values())
     # a second make into the same folder is refused and leaves it as it was

@@ -97,6 +97,33 @@ def test_missing_image_error_or_skip(tmp_path):
     assert t.dataset_meta["dropped_missing_pairs"] == 1
 
 
+def test_undecodable_images_are_all_named_and_their_pairs_left_out(tmp_path):
+    """A damaged download: without --skip-missing the first bad JPEG stops the prepare
+    (naming the option); with it, every pair of a bad image is left out and each bad
+    file named, and the notes say what else was left out."""
+    _tree(tmp_path / "src")
+    full = prepare_mimic_cxr(tmp_path / "src", tmp_path / "full", size=8)
+    bad = [tmp_path / "src" / "files/p11/p11000003/s50000004/d7.jpg",  # in 2 pairs
+           tmp_path / "src" / "files/p10/p10000001/s50000001/d2.jpg"]  # lateral, 1 pair
+    bad[0].write_bytes(b"not a jpeg")
+    bad[1].write_bytes(bad[1].read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match=r"cannot decode image .*; --skip-missing leaves "
+                                        r"out the pairs whose JPEG is missing or does not"):
+        prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8)
+    assert not (tmp_path / "out").exists()
+    notes: list[str] = []
+    paths = prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8,
+                              skip_missing=True, notes=notes)
+    rows = {k: len(read_site_table(p)) for k, p in paths.items()}
+    before = {k: len(read_site_table(p)) for k, p in full.items()}
+    assert sum(before[k] - rows[k] for k in rows if k.startswith("frontal.")) == 2
+    assert sum(before[k] - rows[k] for k in rows if k.startswith("lateral.")) == 1
+    said = next(n for n in notes if "do not decode" in n)
+    assert said.startswith("2 images do not decode; their pairs are left out")
+    assert all(str(b) in said for b in bad)
+    assert "1 of 24 studies have one view only: no pair, left out" in notes
+
+
 def test_one_view_needs_only_its_jpegs_and_names_samples_as_both_views_do(tmp_path):
     """A hospital with only the frontal images prepares the frontal site alone; its ids,
     splits and images equal those of a preparation that had both views."""

@@ -31,7 +31,7 @@ import csv
 import gzip
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -108,26 +108,32 @@ def patient_split(subjects: list[str], seed: int) -> dict[str, str]:
 def site_chunks(rows: list[tuple[str, str, str, str, str]], site: str,
                 labels: dict[str, list[int]],
                 image: Callable[[tuple[str, str, str]], np.ndarray],
-                n: int) -> Iterator[SiteChunk]:
+                n: int, unreadable: list[str] | None = None) -> Iterator[SiteChunk]:
     """One site's file, ``n`` rows at a time, each chunk decoded when it is asked for.
 
     ``rows``: ``(split, study, subject, frontal dicom, lateral dicom)`` grouped by
     study; ``image((subject, study, dicom))`` decodes to uint8 ``[1, size, size]``;
     ``labels``: study -> 14 CheXpert values (a study without one gets -1s). A study's
-    images are decoded once, even when the study spans two chunks.
+    images are decoded once, even when the study spans two chunks. ``unreadable``
+    (a list): a pair whose image does not decode is left out and the error added
+    there, instead of raised.
     """
     pos = 3 if site == "frontal" else 4
-    cache: dict[str, np.ndarray] = {}
+    cache: dict[str, np.ndarray | None] = {}
     last_study = None
-    for part in batched(rows, n):
-        x = []
-        for row in part:
+    for chunk in batched(rows, n):
+        x, part = [], []
+        for row in chunk:
             study, subject, dicom = row[1], row[2], row[pos]
             if study != last_study:  # rows are grouped by study
                 cache, last_study = {}, study
             if dicom not in cache:
-                cache[dicom] = image((subject, study, dicom))
-            x.append(cache[dicom])
+                cache[dicom] = _decoded(image, (subject, study, dicom), unreadable)
+            if cache[dicom] is not None:
+                x.append(cache[dicom])
+                part.append(row)
+        if not part:
+            continue
         y = np.array([labels.get(r[1], [-1] * len(CHEXPERT)) for r in part], np.int64)
         yield SiteChunk(
             [f"{r[1]}_{r[3]}_{r[4]}" for r in part], {site: np.stack(x)},
@@ -136,10 +142,23 @@ def site_chunks(rows: list[tuple[str, str, str, str, str]], site: str,
              "study_id": np.array([int(r[1]) for r in part], np.int64)})
 
 
+def _decoded(image: Callable, key: tuple[str, str, str], unreadable: list[str] | None
+             ) -> np.ndarray | None:
+    try:
+        return image(key)
+    except DataError as err:
+        if unreadable is None:
+            raise DataError(f"{err}; --skip-missing leaves out the pairs whose JPEG is "
+                            f"missing or does not decode, and names them") from None
+        unreadable.append(str(err))
+        return None
+
+
 def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                       size: int = 64, seed: int = 0, skip_missing: bool = False,
                       view: str | None = None, row_group_size: int = 256,
-                      progress: Progress | None = None) -> dict[str, Path]:
+                      progress: Progress | None = None,
+                      notes: list[str] | None = None) -> dict[str, Path]:
     """Pair the views of each study and write the frontal and lateral site files.
 
     Parameters
@@ -148,17 +167,22 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     out_dir : output folder; written atomically (nothing on error).
     size : output image side in pixels (paper: 224).
     seed : seeds the patient split.
-    skip_missing : drop pairs whose JPEG is absent (a partial download) instead of
-        raising; the number dropped is recorded in the metadata.
+    skip_missing : drop pairs whose JPEG is absent or does not decode (a partial or
+        damaged download) instead of raising; the number of absent ones is recorded
+        in the metadata, and ``notes`` names the undecodable ones.
     view : "frontal" or "lateral": write only that site's files, reading only that
         view's JPEGs (a hospital that holds one view). Sample ids and splits come from
         the metadata CSV alone, so two sites that prepare their view from the same
         CSV name the same studies the same way.
 
+    notes : a list the preparer adds what it left out to (studies without a pair,
+        other view positions, empty splits, dropped pairs), for the user.
+
     Returns
     -------
     ``{"frontal.train": path, "lateral.train": path, ...}``.
     """
+    notes = [] if notes is None else notes
     src = Path(src)
     if view is not None and view not in VIEWS:
         raise DataError(f"view {view!r}: choose one of {sorted(VIEWS)}")
@@ -172,6 +196,7 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         labels[r["study_id"]] = [_label_value(r[c], lab_path, r["_row"], c)
                                  for c in CHEXPERT]
     studies: dict[str, dict] = defaultdict(lambda: {"frontal": [], "lateral": []})
+    others: Counter[str] = Counter()
     for r in meta_rows:
         view = (r["ViewPosition"] or "").strip().upper()
         for site, codes in VIEWS.items():
@@ -179,6 +204,10 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                 s = studies[r["study_id"]]
                 s["subject"] = r["subject_id"]
                 s[site].append(r["dicom_id"])
+        others.update([view or "blank"] * all(view not in c for c in VIEWS.values()))
+    if others:
+        notes.append(f"{sum(others.values())} images of other view positions left out "
+                     f"({', '.join(f'{v} {n}' for v, n in others.most_common(5))})")
     pairs = []  # (split, study, subject, frontal dicom, lateral dicom)
     split_of = patient_split([s["subject"] for s in studies.values()], seed)
     for study in sorted(studies, key=int):
@@ -186,6 +215,10 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         for f in sorted(s["frontal"]):
             for lat in sorted(s["lateral"]):
                 pairs.append((split_of[s["subject"]], study, s["subject"], f, lat))
+    single = sum(not (s["frontal"] and s["lateral"]) for s in studies.values())
+    if single:
+        notes.append(f"{single} of {len(studies)} studies have one view only: no pair, "
+                     f"left out")
     if not pairs:
         raise DataError(f"{src / METADATA}: no study has both a frontal (AP/PA) and a "
                         f"lateral (LATERAL/LL) image")
@@ -203,12 +236,18 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
             raise DataError(f"{src / 'files'}: no {' and '.join(views)} JPEG of any pair "
                             f"was found (--skip-missing dropped all {dropped}); is SRC "
                             f"the folder that holds files/?")
+        if dropped:
+            notes.append(f"{dropped} pairs left out: a {' or '.join(views)} JPEG is "
+                         f"missing (--skip-missing)")
     step = step_fn(progress, len(pairs) * len(views))
     done, paths = 0, {}
+    unreadable: list[str] | None = [] if skip_missing else None
     with staged_output(out_dir) as stage:
         for split in SPLITS:
             rows = [p for p in pairs if p[0] == split]
             if not rows:
+                notes.append(f"no {split} split: none of its patients has a study with "
+                             f"both views; no {split}.parquet written")
                 continue
             for site in views:
                 meta = {"name": "mimic-cxr-jpg", "source": str(src.resolve()),
@@ -226,10 +265,14 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                         "created_by": "mmvm.data.prepare.mimic_cxr"}
                 chunks = site_chunks(rows, site, labels,
                                      lambda p: load_image(jpg(*p), "L", size),
-                                     row_group_size)
+                                     row_group_size, unreadable)
                 paths[f"{site}.{split}"] = write_site_table_batches(
                     stage / site / f"{split}.parquet",
                     reported(chunks, step, f"reading {split} {site}", done), meta,
                     row_group_size=row_group_size)
                 done += len(rows)
+    if unreadable:
+        notes.append(f"{len(unreadable)} images do not decode; their pairs are left out "
+                     f"(--skip-missing): " + "; ".join(unreadable[:5])
+                     + (f"; ... ({len(unreadable)} in all)" if len(unreadable) > 5 else ""))
     return final_paths(paths, stage, out_dir)
