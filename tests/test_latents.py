@@ -75,7 +75,7 @@ def test_a_runs_latents_are_its_encoders_output(tiny_polymnist, tmp_path):
 
 
 @torch.no_grad()
-def test_unknown_labels_are_null_and_read_back_as_unknown(tmp_path):
+def test_unknown_labels_are_null_and_read_back_as_unknown(tmp_path, capsys):
     """A sample without a label (-1 in the data) gets a null label, not a class -1 a
     downstream classifier would learn; the plot's reader maps it back to -1."""
     from mmvm.latents import latent_table, read_latents, write_latents
@@ -97,6 +97,15 @@ def test_unknown_labels_are_null_and_read_back_as_unknown(tmp_path):
     assert read_latents([bare])[1]["m0"].tolist() == [0] * 5
     with pytest.raises(ValueError, match="no label column 'label'; its label columns: none"):
         read_latents([bare], "label")
+    # only label.<name> columns (MIMIC-CXR's findings): the plot says which to use
+    from mmvm.cli import main
+
+    other = table.drop_columns(["label"]).append_column(
+        "label.edema", table.column("label"))
+    findings = write_latents(tmp_path / "findings.parquet", other, {})
+    assert main(["plot", "latents", str(findings), "--out", str(tmp_path / "f.png")]) == 0
+    assert "note: no 'label' column: the points are drawn in one colour; colour them by " \
+           "one of label.edema with --label COLUMN" in capsys.readouterr().out
 
 
 @torch.no_grad()

@@ -250,6 +250,15 @@ def _prepare(args: argparse.Namespace) -> int:
     with data_progress(not args.quiet) as cb:
         paths = get_preparer(args.dataset)(args.src, args.out, progress=cb, **kwargs)
     code = report_paths(paths)
+    size = getattr(args, "size", 64)
+    if args.dataset in ("mimic_cxr", "celeba"):
+        from mmvm.networks.res_image import SIZES
+
+        if size not in SIZES:  # the configs for these data use res_image
+            notes.append(f"--size {size}: the shipped network for these images "
+                         f"(res_image, configs/{args.dataset}*.toml) takes "
+                         f"{' or '.join(map(str, SIZES))} px; another size needs a "
+                         f"network of your own")
     for note in notes:
         print(f"note: {note}")
     if args.dataset == "hippocampus":  # what labs preparing their rats apart agree on

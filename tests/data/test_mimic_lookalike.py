@@ -41,7 +41,8 @@ def test_prepare_keeps_a_views_site_files_unless_forced(tmp_path, capsys):
             "--quiet", "--view"]
     assert main([*prep, "frontal"]) == 0
     before = {p: p.read_bytes() for p in (out / "frontal").iterdir()}
-    capsys.readouterr()
+    assert "note: --size 32: the shipped network for these images (res_image, " \
+           "configs/mimic_cxr*.toml) takes 64 or 224 px" in capsys.readouterr().out
     assert main([*prep, "frontal"]) == 2
     assert capsys.readouterr().err.startswith(
         f"mmvm data prepare mimic_cxr: error: --out {out}: already holds site files "
