@@ -19,6 +19,7 @@ as an error code and a message that names no data; the details go to
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,10 @@ from mmvm.federation.node_config import load_policy, missing_paths
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.sealed_channel import SealedChannel
-from mmvm.federation.settings import FederationSettings, load_settings
+from mmvm.federation.settings import APP_DIR, FederationSettings, load_settings
 from mmvm.federation.site import Site
 from mmvm.federation.site_dirs import own_site_files
-from mmvm.federation.site_errors import public_error
+from mmvm.federation.site_errors import SITE_TAG, public_error
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.state_lock import state_lock
 from mmvm.secure.errors import SecurityError
@@ -216,11 +217,11 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         s, policy, files = settings_and_policy(context)
     except EXPECTED as err:  # settings or policy: nothing of the site was read yet
         nc = context.node_config
-        who = nc.get("site") or (Path(str(nc["data"])).name if nc.get("data") else
-                                 f"of partition {nc.get('partition-id', '?')}")
+        name = nc.get("site") or (Path(str(nc["data"])).name if nc.get("data") else None)
+        who = name or f"of partition {nc.get('partition-id', '?')}"
         _journal(str(who),
                  f"refused the run's {kind} message: {type(err).__name__}: {err}")
-        return f"{type(err).__name__}: {err}"
+        return said(str(name), err) if name else f"{type(err).__name__}: {err}"
     node, root = None, _state_root(context, s, policy)
     try:
         for folder in (root.parent, root):  # the site's model and ledger: its own
@@ -246,9 +247,17 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
             return str(public_error(files[0], log, kind, err))
         if isinstance(err, EXPECTED):
-            return f"{type(err).__name__}: {err}"
+            return said(files[0], err)
         raise
     return to_record(reply)
+
+
+def said(site: str, err: BaseException) -> str:
+    """A plaintext site's failure as the server shows it: tagged with the site's name
+    (at describe the server knows only a node id) and the app's files named as in
+    the run config (``configs/x.toml``), not by the staged copy Flower runs."""
+    text = str(err).replace(f"{APP_DIR}{os.sep}", "")
+    return f"{SITE_TAG.format(site=site)}{type(err).__name__}: {text}"
 
 
 def _after_failure(context: Context, node: Node | None, kind: str, keep: bool) -> None:

@@ -31,7 +31,7 @@ from mmvm.federation.results import eval_data_problem, evaluate_assembled, write
 from mmvm.federation.server_state import load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_dirs import joined_experiment
-from mmvm.federation.site_errors import refused_by_protection
+from mmvm.federation.site_errors import refused_by_protection, untagged
 from mmvm.secure.errors import SecurityError
 from wire.records import flower_type, reply_from_record, to_record
 
@@ -108,7 +108,9 @@ class FlowerTransport:
             if r.has_error():
                 if wait is not None and r.error.code in AWAY:
                     continue
-                reason = site_reason(r.error.reason)
+                tag, reason = untagged(site_reason(r.error.reason))
+                if tag is not None and key not in self.names:  # a node id alone
+                    who = f"{who} ({tag})"
                 if wait is None or refused_by_protection(reason):
                     fatal.setdefault(reason, []).append(who)
                     continue

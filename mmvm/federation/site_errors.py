@@ -11,6 +11,7 @@ about what the server sent, keep their message.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import traceback
@@ -24,6 +25,8 @@ from mmvm.secure import session  # noqa: F401  (UnknownSiteError)
 from mmvm.secure.errors import SecurityError
 
 PROTOCOL_ERRORS = (SecurityError, FederationError, MessageError, PosteriorError)
+SITE_TAG = "[site {site}] "  # a plaintext site's error text starts so (its name)
+TAGGED = re.compile(r"\[site ([^\]\n]{1,100})\] (.*)", re.S)
 LOG_BYTES = 4 << 20  # a site's error log is rotated at this size (one older file kept)
 
 
@@ -74,6 +77,14 @@ def security_errors() -> set[str]:
         names.add(cls.__name__)
         todo += cls.__subclasses__()
     return names
+
+
+def untagged(reason: str) -> tuple[str | None, str]:
+    """``(site, reason)`` of an error text a site tagged with its name (``None``: an
+    untagged one). The name is the site's word: shown beside its node id, never
+    used to tell sites apart."""
+    m = TAGGED.fullmatch(reason)
+    return (m.group(1), m.group(2)) if m else (None, reason)
 
 
 def refused_by_protection(reason: str) -> bool:

@@ -11,6 +11,7 @@ from flwr.app import Context, RecordDict
 from client import site_node
 from mmvm.config import ConfigError
 from mmvm.federation.settings import app_run_config
+from mmvm.federation.site_errors import untagged
 
 
 def test_the_run_config_is_parsed_once_per_process_and_config(monkeypatch):
@@ -74,7 +75,8 @@ def test_a_deployment_node_config_without_data_is_refused(monkeypatch, ray):
     for nc in ({"partition-id": 0, "num-partitions": 3}, {"site": "a"}, {}):
         context = Context(run_id=7, node_id=1, node_config=nc, state=RecordDict(),
                           run_config={**app_run_config(), "secure": False})
-        reply = site_node.answer("describe", RecordDict(), context)
+        tag, reply = untagged(site_node.answer("describe", RecordDict(), context))
+        assert tag == nc.get("site")  # a site that names itself is named to the server
         assert reply.startswith("ConfigError: node config (keys ") and \
             'no data="/path/to/site"' in reply and "section 3" in reply, reply
     typo = Context(run_id=7, node_id=1, node_config={"site": "a", "dat": "/srv/a"},
@@ -92,7 +94,8 @@ def test_node_config_paths_that_are_not_there_are_named_at_the_site_only(tmp_pat
     context = Context(run_id=7, node_id=1, node_config=nc, state=RecordDict(),
                       run_config=app_run_config(secure=True))
     reply = site_node.answer("describe", RecordDict(), context)
-    assert reply == ("ConfigError: node config of site hospital-a: data, keys name files "
+    assert reply == ("[site hospital-a] ConfigError: node config of site hospital-a: data, "
+                     "keys name files "
                      "that are not there (the site's log says which)")
     assert str(tmp_path) not in reply  # the server does not learn the site's paths
     err = capsys.readouterr().err
@@ -271,7 +274,7 @@ def test_the_sites_device_is_its_node_configs(plain_site):
 
 
 def test_the_sites_max_params_refuses_the_runs_model_before_it_is_built(plain_site):
-    reply = _describe({**plain_site, "max-params": "1000"})
+    reply = untagged(_describe({**plain_site, "max-params": "1000"}))[1]
     assert isinstance(reply, str) and reply.startswith("PolicyError: site site-m0: the "
                                                        "run's model has ") \
         and "allows 1,000 (max-params)" in reply, reply
@@ -302,7 +305,8 @@ def test_a_second_process_on_the_sites_state_is_refused_naming_no_path(plain_sit
     finally:
         proc.kill()
         proc.wait()
-    assert reply.startswith("StateBusyError: run-7/site-m0.lock: another process"), reply
+    assert reply.startswith("[site site-m0] StateBusyError: run-7/site-m0.lock: another "
+                            "process"), reply
     assert plain_site["state"] not in reply
     assert not isinstance(_describe(plain_site), str)  # the holder gone: answered
 
@@ -374,7 +378,8 @@ def test_a_latent_that_would_fill_memory_in_tables_is_refused_at_attach(plain_si
     attach = _wide_latent_site(plain_site, 600_000, 93)
     said = attach({"batch_size": 1 if exchange == "round" else 4, "seed": 0,
                    "epochs": 1, "exchange": exchange})
-    assert isinstance(said, str) and said.startswith(f"PolicyError: site site-m0: {what}")
+    assert isinstance(said, str) and \
+        untagged(said)[1].startswith(f"PolicyError: site site-m0: {what}")
     assert said.endswith("its node config allows 1 GiB (max-step-gib)")
 
 

@@ -72,3 +72,25 @@ def test_flwr_run_failure_is_reported_as_failed(tmp_path):
         status = _status(fleet, "sim", run_id)
     assert "failed" in status, status
     assert "epochz" in out and "epochs" in out  # the error names the typo and a fix
+
+
+@pytest.mark.slow
+def test_a_site_that_fails_before_the_server_knows_its_name_is_named(tmp_path):
+    """At describe the server knows a node id only: a plaintext site's error says
+    which site it is, and names the app's config as the run config does, not the
+    staged copy Flower runs."""
+    rc = (f"set='model.modalities.m0.kind=\"vector\";model.modalities.m0.network=\"mlp\";"
+          f"model.modalities.m0.shape=[2352]' "
+          f"eval-data='' data-dir='{tmp_path}/data' out-dir='{tmp_path}/runs' "
+          f"state-dir='{tmp_path}/state'")
+    with Fleet(tmp_path / "fleet") as fleet:
+        link = fleet.start_superlink(simulation=True)
+        fleet.write_connection("sim", link)
+        run_id, out = _run(fleet, "sim", rc, nodes=3)
+        status = _status(fleet, "sim", run_id)
+    assert "failed" in status, status
+    said = re.search(r"run failed: describe: site node \d+ \(site-m0\) failed: "
+                     r"DataError: [^\n]*", out)
+    assert said, out[-3000:]
+    assert "configs/polymnist_cpu.toml" in said.group(0)
+    assert ".flwr" not in said.group(0) and "[site " not in said.group(0)
