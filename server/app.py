@@ -110,7 +110,7 @@ class FlowerTransport:
                     continue
                 tag, reason = untagged(site_reason(r.error.reason))
                 if tag is not None and key not in self.names:  # a node id alone
-                    who = f"{who} ({tag})"
+                    who = f"{who} (says it is {tag})"
                 if wait is None or refused_by_protection(reason):
                     fatal.setdefault(reason, []).append(who)
                     continue

@@ -89,15 +89,16 @@ def run(args: argparse.Namespace) -> int:
                                                cfg.data.label, cfg.data.max_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label,
                                               cfg.data.max_test)
-    if train_set.labels is None or test_set.labels is None:
-        from mmvm.data.labels import all_label_columns
+    for split, got in (("train", train_set), ("test", test_set)):
+        if got.labels is None:
+            from mmvm.data.labels import all_label_columns
 
-        files = cfg.data.files("train") + cfg.data.files("test")
-        have = all_label_columns(files)
-        raise ValueError(f"the data has no label column {cfg.data.label!r} (data.label)"
-                         f"; probes and coherence need one label per sample. Its label "
-                         f"columns: {', '.join(have) or 'none'}"
-                         + f"; e.g. --set data.label={have[0]}" * bool(have))
+            have = all_label_columns(cfg.data.files(split))
+            raise ValueError(
+                f"the {split} data has no label column {cfg.data.label!r} (data.label); "
+                f"probes and coherence need one label per sample. Its label columns: "
+                f"{', '.join(have) or 'none'}"
+                + f"; e.g. --set data.label={have[0]}" * bool(have))
     classifiers = None
     if not args.no_coherence:
         from mmvm.classifiers import classifiers_for

@@ -20,6 +20,13 @@ from mmvm.cli.site_findings import ERROR, OK, WARNING, NodeCheck
 EXPIRY_WARNING_DAYS = 30
 HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 IP_MISMATCH = 64  # X509_V_ERR_IP_ADDRESS_MISMATCH
+_WRONG_CA = (": that is not the CA that signed it; ask the operator for the "
+             "federation's ca.crt")
+VERIFY_CAUSES = {  # OpenSSL's X509_V_ERR_* codes -> what to do
+    9: ": not valid yet; check this host's clock",
+    10: ": ask the operator to renew the SuperLink's certificate",
+    18: _WRONG_CA, 19: _WRONG_CA, 20: _WRONG_CA, 21: _WRONG_CA,
+}
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -75,9 +82,14 @@ def _handshake(check: NodeCheck, context: ssl.SSLContext, sock: socket.socket,
                       f"the SuperNode --superlink with one of those names")
         else:
             check.add("superlink", ERROR, f"the SuperLink's certificate at {address} "
-                      f"does not verify against {ca} ({err.verify_message}): that is "
-                      f"not the CA that signed it; ask the operator for the "
-                      f"federation's ca.crt")
+                      f"does not verify against {ca} ({err.verify_message})"
+                      + VERIFY_CAUSES.get(err.verify_code, ""))
+        return
+    except TimeoutError:
+        sock.close()
+        check.add("superlink", ERROR, f"{address} accepted the connection but did not "
+                  f"answer the TLS handshake within {timeout:g} s (a busy or wrong "
+                  f"service on that port?)")
         return
     except (ssl.SSLError, OSError) as err:
         sock.close()

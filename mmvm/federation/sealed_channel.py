@@ -82,9 +82,7 @@ class SealedChannel:
         if align not in sealed_align.MODES:
             raise ValueError(f"align must be one of {sealed_align.MODES}, got {align!r}")
         self.policy = policy or SitePolicy(test_bed=True)
-        trusted = self.policy.trusted(secrets.site, secrets.directory)
-        secrets.unpinned = frozenset(secrets.directory) - frozenset(trusted)
-        secrets.directory = trusted
+        secrets.directory = self.policy.trusted(secrets.site, secrets.directory)
         self.sec, self.align_mode = secrets, align
         self.mode = f"sealed/{align}"
 

@@ -23,6 +23,7 @@ from mmvm.federation.messages import MessageError
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.secure import session  # noqa: F401  (UnknownSiteError)
 from mmvm.secure.errors import SecurityError
+from mmvm.secure.keys import validate_site_name
 
 PROTOCOL_ERRORS = (SecurityError, FederationError, MessageError, PosteriorError)
 SITE_TAG = "[site {site}] "  # a plaintext site's error text starts so (its name)
@@ -84,7 +85,12 @@ def untagged(reason: str) -> tuple[str | None, str]:
     untagged one). The name is the site's word: shown beside its node id, never
     used to tell sites apart."""
     m = TAGGED.fullmatch(reason)
-    return (m.group(1), m.group(2)) if m else (None, reason)
+    if m is None:
+        return None, reason
+    try:  # a name as sites are named, nothing that would read as the server's words
+        return validate_site_name(m.group(1)), m.group(2)
+    except ValueError:
+        return None, m.group(2)
 
 
 def refused_by_protection(reason: str) -> bool:

@@ -236,9 +236,14 @@ def attach_folders(runs: list[Run], parent: Path) -> list[Run]:
     (same method, beta and seed, no conflicting setting; e.g. ``mmvm-beta2-seed0/`` of
     ``benchmarks/compare_methods.py``): its curves, pictures and checkpoint, and its
     name. The numbers stay the row's."""
-    folders = [read_run_folder(p) for p in sorted(parent.iterdir()) if p.is_dir()
-               and any((p / f).is_file() for f in ("eval.json", "checkpoint.pt",
-                                                   "metrics.csv"))]
+    folders = []
+    for p in sorted(parent.iterdir()):
+        if p.is_dir() and any((p / f).is_file() for f in ("eval.json", "checkpoint.pt",
+                                                          "metrics.csv")):
+            try:
+                folders.append(read_run_folder(p))
+            except (ValueError, OSError):  # a damaged neighbour: the rows still count
+                continue
     for run in runs:
         match = next((f for f in folders if compatible(f, run)), None)
         if match is None:
@@ -273,8 +278,8 @@ def deduplicate(runs: list[Run], notes: list[str]) -> list[Run]:
         if out[i].folder is None and run.folder is not None:  # same numbers
             out[i] = run
             where[folder] = i
-        elif not out[i].metrics and run.metrics:  # one folder: its numbers from run
-            lend_numbers(run, out[i])
+        elif run.metrics and (not out[i].metrics or run.kind == "results row"):
+            lend_numbers(run, out[i])  # one folder: a row's numbers, whatever the order
     return out
 
 

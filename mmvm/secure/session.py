@@ -79,9 +79,6 @@ class SiteSecrets:
     # server's mean and the rest of the request: ``{"window": w, "inputs": hex,
     # "what": "window w"}``), written before it trains
     began: dict = field(default_factory=dict)
-    # directory entries the site's policy does not trust (not among its pinned
-    # peers): named as such when a message comes from one of them
-    unpinned: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.keys.site not in self.directory:
@@ -121,16 +118,11 @@ class SiteSecrets:
     def peer(self, name: str) -> SitePublicKeys:
         try:
             return self.directory[name]
-        except KeyError:
-            if name in self.unpinned:
-                raise UnknownSiteError(
-                    f"site {self.site}: {name!r} is in the public key directory but not "
-                    f"among the peers this site's node config pins (peers: "
-                    f"{sorted(set(self.directory) - {self.site})}), so it is not trusted; "
-                    f"if {name} belongs to this federation, confirm its fingerprint with "
-                    f"its administrator and add it to peers") from None
-            raise UnknownSiteError(f"site {self.site}: {name!r} is not in the public key "
-                                   f"directory ({sorted(self.directory)})") from None
+        except KeyError:  # one text for both causes: it reaches the server too
+            raise UnknownSiteError(
+                f"site {self.site}: {name!r} is not a site it trusts "
+                f"({sorted(self.directory)}): not in its public key directory, or not "
+                f"among the peers its node config pins (peers=)") from None
 
     def _path(self, what: str) -> Path:
         assert self.state_dir is not None

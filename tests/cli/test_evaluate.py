@@ -419,7 +419,7 @@ def test_a_label_column_the_data_lacks_is_named_with_the_ones_it_has(trained, tm
     assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-plot",
                  "--set", "data.label=digit"]) == 2
     err = capsys.readouterr().err
-    assert "the data has no label column 'digit' (data.label); probes and coherence " \
+    assert "the train data has no label column 'digit' (data.label); probes and coherence " \
            "need one label per sample. Its label columns: label; e.g. --set " \
            "data.label=label" in err
     assert not (run / "eval.json").exists()

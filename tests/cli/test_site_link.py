@@ -99,6 +99,28 @@ def test_a_certificate_about_to_expire_is_warned_of(tmp_path, monkeypatch):
     assert "expires in 9 days" in found[1][1] or "expires in 10 days" in found[1][1]
 
 
+def test_an_expired_certificate_is_not_blamed_on_the_ca_file(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    certs = _pki(tmp_path / "pki")  # the CA, valid; its server certificate replaced
+    ca_cert = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    monkeypatch.setattr(make_keys, "_now", lambda: dt.datetime.now(dt.UTC)
+                        - dt.timedelta(days=make_keys.SERVER_DAYS + 2))
+    cert, key = make_keys.make_server_cert(ca_cert, ca_key, ["localhost", "127.0.0.1"])
+    (certs / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (certs / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    with _server(certs) as address:
+        (status, detail), = _check(address, certs / "ca.crt")
+    assert status == ERROR and "certificate has expired" in detail, detail
+    assert "renew" in detail and "not the CA" not in detail
+
+
 def test_no_tls_an_unreachable_port_and_a_bad_ca_file(tmp_path):
     certs = _pki(tmp_path / "pki")
     with _server(None) as address:

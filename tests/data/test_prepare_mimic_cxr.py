@@ -119,9 +119,16 @@ def test_undecodable_images_are_all_named_and_their_pairs_left_out(tmp_path):
     assert sum(before[k] - rows[k] for k in rows if k.startswith("frontal.")) == 2
     assert sum(before[k] - rows[k] for k in rows if k.startswith("lateral.")) == 1
     said = next(n for n in notes if "do not decode" in n)
-    assert said.startswith("2 images do not decode; their pairs are left out")
+    assert said.startswith("2 images do not decode; their rows are left out of that view")
     assert all(str(b) in said for b in bad)
     assert "1 of 24 studies have one view only: no pair, left out" in notes
+    # every frontal image of the tree damaged: said, not a staging path's "no chunk"
+    for jpg in (tmp_path / "src" / "files").rglob("*.jpg"):
+        jpg.write_bytes(b"damaged")
+    with pytest.raises(DataError, match=r"no frontal image of the train split decodes"):
+        prepare_mimic_cxr(tmp_path / "src", tmp_path / "out2", size=8, skip_missing=True,
+                          view="frontal")
+    assert not (tmp_path / "out2").exists()
 
 
 def test_one_view_needs_only_its_jpegs_and_names_samples_as_both_views_do(tmp_path):

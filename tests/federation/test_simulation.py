@@ -89,7 +89,7 @@ def test_a_site_that_fails_before_the_server_knows_its_name_is_named(tmp_path):
         run_id, out = _run(fleet, "sim", rc, nodes=3)
         status = _status(fleet, "sim", run_id)
     assert "failed" in status, status
-    said = re.search(r"run failed: describe: site node \d+ \(site-m0\) failed: "
+    said = re.search(r"run failed: describe: site node \d+ \(says it is site-m0\) failed: "
                      r"DataError: [^\n]*", out)
     assert said, out[-3000:]
     assert "configs/polymnist_cpu.toml" in said.group(0)

@@ -49,3 +49,13 @@ def test_4b_a_state_folder_that_cannot_be_made_still_reaches_the_server_as_a_cod
     assert public == ("FileNotFoundError in describe at site site-a; the details are in "
                       "its SuperNode's log (its state folder could not be written)")
     assert str(tmp_path) in capsys.readouterr().err  # the operator's copy has them
+
+
+def test_a_site_name_tag_is_read_only_when_it_is_a_site_name():
+    from mmvm.federation.site_errors import untagged
+
+    assert untagged("[site lab-1] DataError: x") == ("lab-1", "DataError: x")
+    assert untagged("DataError: [site a] x") == (None, "DataError: [site a] x")
+    # text that would read as the server's own words is no name, and not shown as one
+    assert untagged("[site a, node 99 (b] DataError: x") == (None, "DataError: x")
+    assert untagged("[site ] DataError: x")[0] is None

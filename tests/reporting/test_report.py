@@ -303,7 +303,8 @@ def test_a_benchmark_folder_shows_its_rows_with_the_run_folders_beside_them(tmp_
         _fake_run(bench / f"mmvm-beta1-seed{seed}", _eval("mmvm", seed, 0.9, 300.0, 0.2))
         rows.append(f"mmvm,1.0,{seed},100.0,{probe},0.2")
     (bench / "results.csv").write_text("\n".join(rows) + "\n")
-    for inputs in ((bench,), (bench, bench / "mmvm-beta1-seed0")):
+    for inputs in ((bench,), (bench, bench / "mmvm-beta1-seed0"),
+                   (bench / "mmvm-beta1-seed0", bench)):  # the row's numbers either way
         text, page = _report(tmp_path, *inputs)
         assert _summary_row(page, "mmvm")["latent probe (mean over modalities)"] \
             == _se([0.30, 0.50])

@@ -120,7 +120,7 @@ def site_chunks(rows: list[tuple[str, str, str, str, str]], site: str,
     """
     pos = 3 if site == "frontal" else 4
     cache: dict[str, np.ndarray | None] = {}
-    last_study = None
+    last_study, yielded = None, False
     for chunk in batched(rows, n):
         x, part = [], []
         for row in chunk:
@@ -134,12 +134,16 @@ def site_chunks(rows: list[tuple[str, str, str, str, str]], site: str,
                 part.append(row)
         if not part:
             continue
+        yielded = True
         y = np.array([labels.get(r[1], [-1] * len(CHEXPERT)) for r in part], np.int64)
         yield SiteChunk(
             [f"{r[1]}_{r[3]}_{r[4]}" for r in part], {site: np.stack(x)},
             {label_column(c): y[:, j] for j, c in enumerate(CHEXPERT)},
             {"subject_id": np.array([int(r[2]) for r in part], np.int64),
              "study_id": np.array([int(r[1]) for r in part], np.int64)})
+    if rows and not yielded:
+        raise DataError(f"no {site} image of the {rows[0][0]} split decodes ("
+                        f"{len(unreadable or [])} tried, e.g. {(unreadable or ['?'])[0]})")
 
 
 def _decoded(image: Callable, key: tuple[str, str, str], unreadable: list[str] | None
@@ -246,8 +250,9 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         for split in SPLITS:
             rows = [p for p in pairs if p[0] == split]
             if not rows:
-                notes.append(f"no {split} split: none of its patients has a study with "
-                             f"both views; no {split}.parquet written")
+                notes.append(f"no {split}.parquet written: no pair falls in the {split} "
+                             f"split (few patients, or every pair of its patients was "
+                             f"left out)")
                 continue
             for site in views:
                 meta = {"name": "mimic-cxr-jpg", "source": str(src.resolve()),
@@ -272,7 +277,8 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                     row_group_size=row_group_size)
                 done += len(rows)
     if unreadable:
-        notes.append(f"{len(unreadable)} images do not decode; their pairs are left out "
-                     f"(--skip-missing): " + "; ".join(unreadable[:5])
+        notes.append(f"{len(unreadable)} images do not decode; their rows are left out "
+                     f"of that view's file (a pair keeps its other view, as a sample with "
+                     f"one modality) (--skip-missing): " + "; ".join(unreadable[:5])
                      + (f"; ... ({len(unreadable)} in all)" if len(unreadable) > 5 else ""))
     return final_paths(paths, stage, out_dir)
