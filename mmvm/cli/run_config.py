@@ -177,9 +177,28 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
         problem = eval_data_problem(s.experiment, s.eval_data)
         if problem:
             raise ConfigError(f"run config: {problem}")
+    if s.site_dirs:
+        _check_site_dirs(s)
     if s.site_dirs and s.eval_data == "default" and s.collect_model:
         _check_joined(s)
     return rc
+
+
+def _check_site_dirs(s) -> None:
+    """Each site folder's files against the config's shapes, from their metadata: a
+    mismatch would otherwise end the run at the sites' first message, after Flower
+    and Ray started (half a minute or more)."""
+    from mmvm.data import check_data_fits
+    from mmvm.data.store import DataError
+
+    for folder in map(Path, s.site_dirs):
+        files = [f for f in (folder / "train.parquet", folder / "test.parquet")
+                 if f.is_file()]
+        try:
+            check_data_fits(s.experiment.model.modalities, files,
+                            str(s.experiment.source).replace(f"{APP_DIR}/", ""))
+        except DataError as err:
+            raise ConfigError(f"run config: site-dirs: {err}") from None
 
 
 def _check_joined(s) -> None:

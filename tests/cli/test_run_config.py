@@ -306,3 +306,24 @@ def test_a_run_stopped_after_its_results_were_written_is_sent_to_evaluate(tmp_pa
     err = capsys.readouterr().err
     assert f"stopped run 42 after its training was written ({tmp_path / 'run-42'})" in err
     assert f"mmvm evaluate --run {tmp_path / 'run-42'}" in err and "resume=" not in err
+
+
+def test_site_dirs_whose_images_the_config_does_not_take_are_named_before_flower(
+        tiny_polymnist, tmp_path):
+    """A site folder prepared at another size than the config's (64 vs 224 px) failed
+    only at the sites' first message, after Flower and Ray had started."""
+    import shutil
+
+    site = tmp_path / "site-a"
+    site.mkdir()
+    for f in ("train.parquet", "test.parquet"):
+        shutil.copy(tiny_polymnist / f, site / f)
+    text = f"num-sites=1 site-dirs='{site}' eval-data=''"
+    check_run_config(ROOT, text, local=True)  # the config's shapes: fine
+    wrong = text + (" set='model.modalities.m0.kind=\"vector\";model.modalities.m0.network="
+                    "\"mlp\";model.modalities.m0.shape=[2352]'")
+    with pytest.raises(ConfigError) as info:
+        check_run_config(ROOT, wrong, local=True)
+    assert str(info.value) == (
+        f"run config: site-dirs: {site / 'train.parquet'}: m0 is [3, 28, 28] there, "
+        f"[2352] in configs/polymnist_cpu.toml (model.modalities.m0.shape)")
