@@ -35,6 +35,20 @@ def _status(fleet: Fleet, connection: str, run_id: str) -> str:
     return str(runs[0].get("status", runs[0]))
 
 
+def _dirs(tmp_path: Path) -> str:
+    return (f"data-dir='{tmp_path}/data' out-dir='{tmp_path}/runs' "
+            f"state-dir='{tmp_path}/state'")
+
+
+def _simulate(tmp_path: Path, run_config: str, nodes: int) -> tuple[str, str, str]:
+    """``flwr run`` on a simulation SuperLink started for it: run id, output, status."""
+    with Fleet(tmp_path / "fleet") as fleet:
+        link = fleet.start_superlink(simulation=True)
+        fleet.write_connection("sim", link)
+        run_id, out = _run(fleet, "sim", run_config, nodes=nodes)
+        return run_id, out, _status(fleet, "sim", run_id)
+
+
 @pytest.mark.slow
 def test_flwr_run_on_ray_trains_hippocampus_sites(tmp_path):
     """5 rats = 5 sites (one modality each), per-round exchange, float16 posteriors.
@@ -42,13 +56,8 @@ def test_flwr_run_on_ray_trains_hippocampus_sites(tmp_path):
     default one is weak by design (docs/hippocampus-lookalike.md)."""
     rc = (f"config='configs/hippocampus.toml' "
           f"set='train.epochs=12;train.lr=3e-3;train.device=cpu;{WIDTHS}' "
-          f"num-sites=5 exchange='round' hippocampus='dense' data-dir='{tmp_path}/data' "
-          f"out-dir='{tmp_path}/runs' state-dir='{tmp_path}/state'")
-    with Fleet(tmp_path / "fleet") as fleet:
-        link = fleet.start_superlink(simulation=True)
-        fleet.write_connection("sim", link)
-        run_id, out = _run(fleet, "sim", rc, nodes=5)
-        status = _status(fleet, "sim", run_id)
+          f"num-sites=5 exchange='round' hippocampus='dense' {_dirs(tmp_path)}")
+    run_id, out, status = _simulate(tmp_path, rc, nodes=5)
     assert "completed" in status, f"run {run_id} ended {status}:\n{out[-3000:]}"
     results = json.loads((tmp_path / "runs" / f"run-{run_id}" / "results.json").read_text())
     assert results["windows"] == 12
@@ -63,13 +72,8 @@ def test_flwr_run_on_ray_trains_hippocampus_sites(tmp_path):
 @pytest.mark.slow
 def test_flwr_run_failure_is_reported_as_failed(tmp_path):
     """A config typo makes the run fail; its status must say so (exit code does not)."""
-    rc = (f"set='train.epochz=1' data-dir='{tmp_path}/data' out-dir='{tmp_path}/runs' "
-          f"state-dir='{tmp_path}/state'")
-    with Fleet(tmp_path / "fleet") as fleet:
-        link = fleet.start_superlink(simulation=True)
-        fleet.write_connection("sim", link)
-        run_id, out = _run(fleet, "sim", rc, nodes=3)
-        status = _status(fleet, "sim", run_id)
+    rc = f"set='train.epochz=1' {_dirs(tmp_path)}"
+    run_id, out, status = _simulate(tmp_path, rc, nodes=3)
     assert "failed" in status, status
     assert "epochz" in out and "epochs" in out  # the error names the typo and a fix
 
@@ -81,13 +85,8 @@ def test_a_site_that_fails_before_the_server_knows_its_name_is_named(tmp_path):
     staged copy Flower runs."""
     rc = (f"set='model.modalities.m0.kind=\"vector\";model.modalities.m0.network=\"mlp\";"
           f"model.modalities.m0.shape=[2352]' "
-          f"eval-data='' data-dir='{tmp_path}/data' out-dir='{tmp_path}/runs' "
-          f"state-dir='{tmp_path}/state'")
-    with Fleet(tmp_path / "fleet") as fleet:
-        link = fleet.start_superlink(simulation=True)
-        fleet.write_connection("sim", link)
-        run_id, out = _run(fleet, "sim", rc, nodes=3)
-        status = _status(fleet, "sim", run_id)
+          f"eval-data='' {_dirs(tmp_path)}")
+    run_id, out, status = _simulate(tmp_path, rc, nodes=3)
     assert "failed" in status, status
     said = re.search(r"run failed: describe: site node \d+ \(says it is site-m0\) failed: "
                      r"DataError: [^\n]*", out)
