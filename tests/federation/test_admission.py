@@ -33,12 +33,6 @@ from tests.support.federate import (
 )
 
 
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=1)  # 192 rows / 64: 3 one-step windows
-
-
 class Spoiler(LocalTransport):
     """Keeps every window request and reply by (window, site key) and hands the round
     loop ``spoil(window, key, reply)``'s version of each reply."""

@@ -12,7 +12,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint, LocalTransport
@@ -35,12 +34,6 @@ from tests.support.federate import (
     split,
 )
 from tests.support.malicious import AttachTamper, Recorder, hybrid_sites
-
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=1)
 
 
 def test_2a_groups_of_one_or_two_are_refused(cfg, tmp_path, tiny_polymnist):

@@ -15,7 +15,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from mmvm.federation.endpoint import LocalTransport, WorkFailedError
 from mmvm.federation.policy import PolicyError, SitePolicy
@@ -26,12 +25,6 @@ from mmvm.secure.keys import SiteKeys
 from mmvm.secure.session import SiteSecrets
 from tests.support.federate import federate, make_sites, plain_endpoints, split
 from tests.support.malicious import hybrid_sites
-
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=1)
 
 
 class Stop(Exception):

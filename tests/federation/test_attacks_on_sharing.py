@@ -12,7 +12,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint, LocalTransport
@@ -33,12 +32,6 @@ from tests.support.federate import (
     split,
 )
 from tests.support.malicious import AttachTamper, Recorder, hybrid_sites
-
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=1)
 
 
 def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_path,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from mmvm.federation import sealed_align
 from mmvm.federation.attendance import Attendance
@@ -36,12 +35,6 @@ from tests.support.federate import (
     site_keys,
     split,
 )
-
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=1)  # 192 rows / 64: 3 one-step windows
 
 
 class Spy(LocalTransport):

@@ -8,23 +8,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import LocalTransport
 from tests.support.federate import (
+    Tampering,
     federate,
     make_sites,
     sealed_endpoints,
     site_keys,
     split,
 )
-
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=1)
 
 
 def _psi_sites(cfg, tmp_path, data_root):
@@ -48,26 +42,23 @@ def test_psi_tags_are_checked_and_blamed_on_the_site_that_finished_them(
     sites, endpoints = _psi_sites(cfg, tmp_path, tiny_polymnist)
     done: dict = {}
 
-    class Relabel(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            out = super().exchange(requests, wait, need)
-            tagged = sorted(k for k, r in out.items() if getattr(r, "tags", None))
-            if tagged and not done:
-                k = tagged[0]  # read first: the honest origin would be blamed
-                r, tags = out[k], list(out[k].tags)
-                other = next(n for n in sorted(s.name for s in sites.values())
-                             if n != r.origin)
-                change = {"origin": {"origin": other},
-                          "duplicate": {"tags": [tags[0], tags[0], *tags[2:]]},
-                          "short": {"tags": tags[:-1]},
-                          "not hex": {"tags": ["zz" * 32, *tags[1:]]}}[how]
-                out[k] = dataclasses.replace(r, **change)
-                done["liar"] = sites[k].name
-            return out
+    def relabel(requests, out):
+        tagged = sorted(k for k, r in out.items() if getattr(r, "tags", None))
+        if tagged and not done:
+            k = tagged[0]  # read first: the honest origin would be blamed
+            r, tags = out[k], list(out[k].tags)
+            other = next(n for n in sorted(s.name for s in sites.values())
+                         if n != r.origin)
+            change = {"origin": {"origin": other},
+                      "duplicate": {"tags": [tags[0], tags[0], *tags[2:]]},
+                      "short": {"tags": tags[:-1]},
+                      "not hex": {"tags": ["zz" * 32, *tags[1:]]}}[how]
+            out[k] = dataclasses.replace(r, **change)
+            done["liar"] = sites[k].name
 
     with pytest.raises(FederationError, match=match) as err:
-        federate(cfg, {}, transport=Relabel(endpoints), secure=True, align="psi",
-                 exchange="step")
+        federate(cfg, {}, transport=Tampering(endpoints, relabel), secure=True,
+                 align="psi", exchange="step")
     assert str(err.value).startswith(f"site {done['liar']} ")
 
 
@@ -87,29 +78,26 @@ def test_a_bad_alignment_envelope_is_blamed_on_its_sender(cfg, tmp_path, tiny_po
     names = {k: s.name for k, s in sites.items()}
     done: dict = {}
 
-    class Bad(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            out = super().exchange(requests, wait, need)
-            if next(iter(requests.values())).kind not in ("describe", "align"):
-                return out
-            for k, r in out.items():
-                if done or not getattr(r, "sealed", None):
-                    continue
-                to = sorted(r.sealed)[0]
-                third = next(n for n in names.values() if n not in (names[k], to))
-                blob = {"garbage": b"\0" * 80,
-                        "header": seal(keys[names[k]], keys[third].public, b"x" * 32,
-                                       run_id="77", round=0,
-                                       kind="idkey" if align == "pseudonym" else "psi"),
-                        "flipped": r.sealed[to][:-1] + bytes([r.sealed[to][-1] ^ 1])}[how]
-                out[k] = dataclasses.replace(r, sealed={**r.sealed, to: blob})
-                done.update(liar=names[k], to=to)
-            return out
+    def bad(requests, out):
+        if next(iter(requests.values())).kind not in ("describe", "align"):
+            return
+        for k, r in out.items():
+            if done or not getattr(r, "sealed", None):
+                continue
+            to = sorted(r.sealed)[0]
+            third = next(n for n in names.values() if n not in (names[k], to))
+            blob = {"garbage": b"\0" * 80,
+                    "header": seal(keys[names[k]], keys[third].public, b"x" * 32,
+                                   run_id="77", round=0,
+                                   kind="idkey" if align == "pseudonym" else "psi"),
+                    "flipped": r.sealed[to][:-1] + bytes([r.sealed[to][-1] ^ 1])}[how]
+            out[k] = dataclasses.replace(r, sealed={**r.sealed, to: blob})
+            done.update(liar=names[k], to=to)
 
     with pytest.raises((FederationError, SecurityError)) as err:
-        federate(cfg, {}, transport=Bad(sealed_endpoints(sites, keys, tmp_path / "state",
-                                                         align=align)),
-                 secure=True, align=align, exchange="step")
+        endpoints = sealed_endpoints(sites, keys, tmp_path / "state", align=align)
+        federate(cfg, {}, transport=Tampering(endpoints, bad), secure=True, align=align,
+                 exchange="step")
     text = str(err.value)
     if how == "flipped":
         assert f"site {done['to']}, " in text and f"the envelope from {done['liar']!r}" \
@@ -168,19 +156,16 @@ def test_a_psi_set_sealed_to_a_site_other_than_the_next_is_refused_naming_its_se
         cfg, tmp_path, tiny_polymnist):
     sites, endpoints = _psi_sites(cfg, tmp_path, tiny_polymnist)
 
-    class Extra(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            out = super().exchange(requests, wait, need)
-            r = out.get("n0")
-            if getattr(r, "kind", "") == "align" and r.sealed:
-                third = sorted(s.name for s in sites.values())[2]
-                out["n0"] = dataclasses.replace(r, sealed={**r.sealed, third: b"x"})
-            return out
+    def extra(requests, out):
+        r = out.get("n0")
+        if getattr(r, "kind", "") == "align" and r.sealed:
+            third = sorted(s.name for s in sites.values())[2]
+            out["n0"] = dataclasses.replace(r, sealed={**r.sealed, third: b"x"})
 
     with pytest.raises(FederationError, match=r"site site-m0 sent PSI sets to \['site-m1', "
                                               r"'site-m2'\]; at step 0 it sends one, to "
                                               r"'site-m1'"):
-        federate(cfg, {}, transport=Extra(endpoints), secure=True, align="psi",
+        federate(cfg, {}, transport=Tampering(endpoints, extra), secure=True, align="psi",
                  exchange="step")
 
 
@@ -192,18 +177,15 @@ def test_a_middle_ring_site_that_resizes_a_set_is_named_by_the_server(
     (max-align-rows) or no one."""
     sites, endpoints = _psi_sites(cfg, tmp_path, tiny_polymnist)
 
-    class Resize(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            out = super().exchange(requests, wait, need)
-            first = next(iter(requests.values()))
-            if first.kind == "align" and first.step == 1:
-                r = out["n1"]
-                (to, blob), = r.sealed.items()
-                out["n1"] = dataclasses.replace(r, sealed={to: blob[:-32]})
-            return out
+    def resize(requests, out):
+        first = next(iter(requests.values()))
+        if first.kind == "align" and first.step == 1:
+            r = out["n1"]
+            (to, blob), = r.sealed.items()
+            out["n1"] = dataclasses.replace(r, sealed={to: blob[:-32]})
 
     with pytest.raises(FederationError, match=r"^site site-m1 sealed 'site-m2' site-m0's "
                                               r"PSI set of 191 points; site-m0 described "
                                               r"192 samples"):
-        federate(cfg, {}, transport=Resize(endpoints), secure=True, align="psi",
+        federate(cfg, {}, transport=Tampering(endpoints, resize), secure=True, align="psi",
                  exchange="step")

@@ -9,7 +9,6 @@ import dataclasses
 import re
 
 import pytest
-import torch
 
 from mmvm.federation.endpoint import LocalTransport
 from tests.support.federate import (
@@ -23,11 +22,6 @@ def _refused(res) -> dict[str, str]:
     return {site: why for row in res.history for site, why in
             (row.get("refused") or {}).items()}
 
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=1)
 
 
 @pytest.mark.parametrize("how,match", [

@@ -41,12 +41,6 @@ from wire.records import to_record
 
 
 @pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=1)
-
-
-@pytest.fixture
 def identity_pseudonyms(monkeypatch):
     """Pseudonym = id: the secure run then uses the plaintext run's row order."""
     monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)

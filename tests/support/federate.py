@@ -79,3 +79,17 @@ def params(sites) -> dict[str, np.ndarray]:
         for m in site.names:
             out.update(site.weights(m))
     return out
+
+
+class Tampering(LocalTransport):
+    """Local endpoints whose replies ``alter(requests, replies)`` may change in place
+    before the server reads them: a hostile site, or a hostile wire."""
+
+    def __init__(self, endpoints, alter) -> None:
+        super().__init__(endpoints)
+        self.alter = alter
+
+    def exchange(self, requests, wait=None, need=1):
+        out = super().exchange(requests, wait, need)
+        self.alter(requests, out)
+        return out
