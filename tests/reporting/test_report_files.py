@@ -1,0 +1,89 @@
+"""``mmvm report``: Markdown beside PNGs, pictures drawn from checkpoints, bad inputs, pages it did not write."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from mmvm.cli import main
+from mmvm.reporting.render_html import GENERATOR, STYLE
+from tests.reporting.pages import decoded, write_report
+
+
+def test_markdown_report_puts_pngs_beside_it(tmp_path, fake_runs):
+    out = tmp_path / "out" / "report.md"
+    assert main(["report", *map(str, fake_runs), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "| mmvm | 1 | 3 (seeds 0, 1, 2) | 0.600 ± 0.058 |" in md
+    pngs = sorted((tmp_path / "out" / "report_files").glob("*.png"))
+    assert pngs and all(f"report_files/{p.name}" in md for p in pngs)
+    assert all(Image.open(p).size[0] > 100 for p in pngs)
+
+
+def test_generate_draws_grid_and_latents_from_the_checkpoint(tmp_path, real_run):
+    run = shutil.copytree(real_run, tmp_path / "copy")
+    (run / "generations.png").unlink()
+    text, _ = write_report(tmp_path, run)
+    assert "no generations.png in its run folders (--generate draws one)" in text
+    text, page = write_report(tmp_path, run, extra=["--generate"])
+    assert "generations drawn from the checkpoint of copy" in text
+    assert "latents drawn from the checkpoint of copy" in text
+    assert all(decoded(src).size[0] > 100 for src in page.images)
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-run", "corrupt", "no-runs", "png"])
+def test_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, case):
+    target = tmp_path / "x"
+    if case == "not-a-run":
+        target.mkdir()
+    elif case == "corrupt":
+        target.mkdir()
+        (target / "eval.json").write_text("{not json")
+    elif case == "no-runs":
+        target = tmp_path / "results.json"
+        target.write_text("[]")
+    elif case == "png":
+        target = tmp_path / "picture.png"
+        target.write_bytes(b"\x89PNG")
+    out = tmp_path / "report.html"
+    out.write_text(f"{GENERATOR}\nthe previous report")
+    assert main(["report", str(target), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmvm report: error: ")
+    assert {"missing": f"{target}: no such file or folder",
+            "not-a-run": f"{target}: not a run folder (no eval.json, results.json or "
+                         "checkpoint.pt)",
+            "corrupt": f"{target / 'eval.json'}: corrupt JSON",
+            "no-runs": "no runs to report",
+            "png": f"{target}: not a results file"}[case] in err
+    assert out.read_text() == f"{GENERATOR}\nthe previous report"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_page_mmvm_report_did_not_write_is_never_written_over(tmp_path, fake_runs,
+                                                                 capsys):
+    """An earlier report (HTML or Markdown) is replaced; a user's own page of the same
+    suffix is refused, unchanged."""
+    for name in ("report.html", "report.md"):
+        out = tmp_path / name
+        assert main(["report", *map(str, fake_runs), "--out", str(out)]) == 0
+        assert main(["report", *map(str, fake_runs), "--out", str(out)]) == 0  # again
+        own = tmp_path / f"notes{out.suffix}"
+        own.write_text("# my notes\n")
+        assert main(["report", *map(str, fake_runs), "--out", str(own)]) == 2
+        assert f"--out {own}: exists and was not written by mmvm report (left as it " \
+            "is)" in capsys.readouterr().err
+        assert own.read_text() == "# my notes\n"
+    legacy = tmp_path / "before-the-tag.html"  # an HTML report from before the tag
+    legacy.write_text(f"<!DOCTYPE html>\n<head>\n<style>{STYLE}</style>\n</head>\n")
+    assert main(["report", *map(str, fake_runs), "--out", str(legacy)]) == 0
+
+
+def test_an_out_of_neither_format_names_both(tmp_path, fake_runs, capsys):
+    out = tmp_path / "r.pdf"
+    assert main(["report", str(fake_runs[0]), "--out", str(out)]) == 2
+    assert f"--out {out}: mmvm report writes an HTML page (.html, .htm) or Markdown " \
+           "(.md, .markdown); give a name ending in one of them" in capsys.readouterr().err
+    assert not out.exists()
