@@ -17,16 +17,36 @@ import numpy as np
 from torch import Tensor
 
 
-def chance_levels(labels: np.ndarray | Tensor) -> dict[str, float]:
+def chance_levels(labels: np.ndarray | Tensor, classes: int | None = None
+                  ) -> dict[str, float]:
     """The floor an accuracy must clear on ``labels`` (-1 ignored): ``{"majority": share
-    of the most frequent class, "majority_class": it, "uniform": 1 / classes present}``."""
+    of the most frequent class, "majority_class": it, "uniform": 1 / classes}``.
+
+    ``classes`` is how many the label has (e.g. counted over train and test): a small
+    test split may hold only some of them, and 1 / (classes present) overstates chance
+    (1.000 for a binary label whose test rows are all one class)."""
     y = np.asarray(labels).astype(np.int64).ravel()
     y = y[y >= 0]
     if not len(y):
         return {"majority": math.nan, "majority_class": -1, "uniform": math.nan}
     counts = np.bincount(y)
+    present = int((counts > 0).sum())
     return {"majority": float(counts.max() / len(y)), "majority_class": int(counts.argmax()),
-            "uniform": 1.0 / int((counts > 0).sum())}
+            "uniform": 1.0 / max(present, classes or 0)}
+
+
+def labelled_rows(dataset) -> int:
+    """Rows of ``dataset`` (anything with ``.labels``) with a known label (-1: unknown)."""
+    labels = getattr(dataset, "labels", None)
+    return 0 if labels is None else int((np.asarray(labels) >= 0).sum())
+
+
+def label_classes(*datasets) -> int:
+    """Distinct known labels over ``datasets`` (train and test: a class absent from a
+    small test split is still one a probe could have answered)."""
+    seen = [np.asarray(d.labels).ravel() for d in datasets if d.labels is not None]
+    y = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+    return len(np.unique(y[y >= 0]))
 
 
 JUDGE_MARGIN = 0.1  # a judge within this of the majority rate on real data says nothing

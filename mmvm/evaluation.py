@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from mmvm.aggregation import aggregate, has_private_latent
-from mmvm.chance import chance_levels, evaluation_warnings
+from mmvm.chance import chance_levels, evaluation_warnings, label_classes, labelled_rows
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 from mmvm.subsample import keep_rows
@@ -337,7 +337,9 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         if accs is not None:
             result["classifier_accuracy"] = dict(accs)
     if test_set.labels is not None:
-        result["chance"] = chance_levels(test_set.labels)
+        result["chance"] = chance_levels(test_set.labels, label_classes(probe_set, test_set))
+        result["n_labelled"] = {"train": labelled_rows(probe_set),
+                                "test": labelled_rows(test_set)}
     result["warnings"] = evaluation_warnings(result) + notes + list(
         getattr(classifiers, "skipped", {}).values())
     return result

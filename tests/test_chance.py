@@ -20,7 +20,8 @@ from mmvm.classifiers import (
     train_classifier,
     training_steps,
 )
-from mmvm.cli.evaluate import chance_line
+from mmvm.chance import label_classes, labelled_rows
+from mmvm.cli.evaluate import chance_line, probe_rows
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.evaluation import (
@@ -67,6 +68,19 @@ def test_chance_is_the_majority_class_rate_not_one_over_classes():
     assert "chance 0.150 (majority class 3" in chance_line(chance)
 
 
+def test_uniform_chance_counts_the_labels_classes_not_those_the_test_split_holds():
+    """A binary label whose small test split holds one class: 1 / (classes present)
+    said uniform chance was 1.000."""
+    assert chance_levels(np.array([1, 1, 1]))["uniform"] == 1.0
+    assert chance_levels(np.array([1, 1, 1]), classes=2)["uniform"] == 0.5
+    assert chance_levels(np.array([0, 1, 2]), classes=2)["uniform"] == pytest.approx(1 / 3)
+    ds = _skewed_dataset()
+    assert labelled_rows(ds) == 100 and label_classes(ds) == 10
+    one = ds.subset(np.arange(15))  # the fifteen 3s
+    assert label_classes(one) == 1 and label_classes(one, ds) == 10
+    assert labelled_rows(ds.subset(np.arange(100, 105))) == 0
+
+
 def test_a_judge_answering_one_class_makes_coherence_degenerate_and_says_so():
     ds = _skewed_dataset()
     res = coherence(oracle_model(), ds, {m: Always(3) for m in NAMES}, "mmvm")
@@ -98,6 +112,10 @@ def test_evaluate_run_records_chance_and_warns_of_a_judge_near_chance():
         "the m1 judge scores 0.200 on real test data, near chance (0.150, majority "
         "class): coherence through it is meaningless"]
     assert summary_row(res)["chance"] == 0.15
+    # the 5 unlabelled rows are not probed: the title counts the labelled ones
+    assert res["n_labelled"] == {"train": 100, "test": 100} and res["n_test"] == 105
+    assert probe_rows(res) == "probe on 100 labelled of 105 train, 100 labelled of 105 test"
+    assert probe_rows({"n_probe_train": 9, "n_test": 4}) == "probe on 9 train, 4 test"
     no_judges = evaluate_run(cfg, oracle_model(), ds, ds)
     assert "coherence" not in no_judges and no_judges["warnings"] == []
 

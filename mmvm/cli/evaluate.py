@@ -256,8 +256,7 @@ def print_result(result: dict) -> None:
 
     names = list(result["reconstruction"]["per_modality"])
     coh = result.get("coherence")
-    table = Table(title=f"{result['method']}  beta={result['beta']:g}  "
-                  f"(probe on {result['n_probe_train']} train, {result['n_test']} test)")
+    table = Table(title=f"{result['method']}  beta={result['beta']:g}  ({probe_rows(result)})")
     table.add_column("modality")
     metric = {"accuracy": "acc"}.get(result.get("probe_metric", "accuracy"),
                                      result.get("probe_metric"))
@@ -291,6 +290,15 @@ def print_result(result: dict) -> None:
         console.print(chance_line(result["chance"]), markup=False)
     for line in result.get("warnings", []):
         console.print(f"warning: {line}", style="bold yellow", markup=False)
+
+
+def probe_rows(result: dict) -> str:
+    """``probe on 900 train, 100 test``, counting labelled rows where some are not."""
+    rows = {"train": result["n_probe_train"], "test": result["n_test"]}
+    known = result.get("n_labelled", rows)
+    return "probe on " + ", ".join(
+        f"{known[k]} {k}" if known[k] == n else f"{known[k]} labelled of {n} {k}"
+        for k, n in rows.items())
 
 
 def chance_line(chance: dict) -> str:
