@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+from mmvm.chance import label_classes, labelled_rows
 from mmvm.classifiers import (
     ClassifierConfig,
     TrainedClassifiers,
     train_classifier,
     training_steps,
 )
-from mmvm.chance import label_classes, labelled_rows
 from mmvm.cli.evaluate import chance_line, probe_rows
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
