@@ -236,6 +236,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
                                 resident)
             reply = endpoint.handle(request)  # and writes the state as due
+            for note in endpoint.notes:
+                _journal(files[0], note)
             disk = node.store.take()  # every message's: set-up writes are no window's
         if kind == "window":  # a wait for the decoder half at a checkpoint: training
             reply.metrics["disk_s"] = disk

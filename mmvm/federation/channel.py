@@ -85,6 +85,12 @@ class Channel(Protocol):
         site's state is written (the replay guard of the shares it opened)."""
         ...
 
+    def unconfirmed(self, received: Arrays) -> list[str]:
+        """The modalities of the server's mean ``received`` the site does not load:
+        secure mode, those no co-holder has confirmed sharing yet
+        (:func:`mmvm.federation.sealed_weights.unconfirmed`)."""
+        ...
+
     def prove(self, run: str, challenge: str) -> str:
         """Secure mode: the signed answer to a restarted server's challenge
         (:mod:`mmvm.secure.identity`); plaintext: ``""`` (nothing to sign with)."""
@@ -156,6 +162,9 @@ class PlainChannel:
                ) -> tuple[UnmaskReply, Callable[[], None]]:
         raise FederationError(f"site {site.name}: unmask is a secure-mode message; this "
                               f"site runs the plaintext protocol")
+
+    def unconfirmed(self, received: Arrays) -> list[str]:
+        return []  # plaintext sharing is the site's choice (allow-collect) or a test bed
 
     def prove(self, run: str, challenge: str) -> str:
         return ""

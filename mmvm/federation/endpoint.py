@@ -66,6 +66,7 @@ class Endpoint:
         self.site, self.channel, self.store = site, channel, store
         self.resident = resident
         self._commits: list = []  # what marks this message's envelopes as used
+        self.notes: list[str] = []  # for the site's own log, not the server
         self.policy = policy or SitePolicy(test_bed=True)
         self._handlers = {DescribeRequest: self.describe, AlignRequest: self.align,
                           AttachRequest: self.attach, WindowRequest: self.window,
@@ -81,6 +82,7 @@ class Endpoint:
             raise FederationError(f"site {self.site.name}: unknown request "
                                   f"{type(request).__name__}") from None
         self._commits.clear()
+        self.notes.clear()
         self.site.progress.same_mode(self.site.name, self.channel.mode,
                                      config_digest(self.site.cfg))
         reply = handler(request)
@@ -224,7 +226,7 @@ class Endpoint:
         others, commit = self.channel.incoming(site, index, req.posteriors, req.absent)
         self._check_shared(req.weights)  # before the window's inputs are recorded
         self.channel.begin_window(site, index, req.weights, inputs)
-        self._load_shared(req.weights)
+        self._load_shared(req.weights, f"window {index}")
         try:
             reply = self._train(req, others, t0)
         except Exception as err:
@@ -280,7 +282,7 @@ class Endpoint:
         self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
                                   {"config": config_digest(site.cfg),
                                    "collect": bool(req.collect)})
-        self._load_shared(req.weights)
+        self._load_shared(req.weights, "the evaluation")
         collect = req.collect and self.policy.allow_collect
         model = {m: site.weights(m) for m in site.names} if collect else {}
         probes = self._probes_allowed()
@@ -316,10 +318,19 @@ class Endpoint:
         for m, arrays in weights.items():
             self.site.check_weights(m, arrays)
 
-    def _load_shared(self, weights: Mapping) -> None:
-        """Weights :meth:`_check_shared` passed, loaded."""
+    def _load_shared(self, weights: Mapping, what: str) -> None:
+        """Weights :meth:`_check_shared` passed, loaded, but for those the channel
+        does not take yet (secure: a group no co-holder has confirmed)."""
+        kept = self.channel.unconfirmed(weights)
         for m, arrays in weights.items():
-            self.site.load_weights(m, arrays, checked=True)
+            if m not in kept:
+                self.site.load_weights(m, arrays, checked=True)
+        if kept:
+            self.notes.append(
+                f"{what}: kept its own weights of {', '.join(map(repr, kept))}, not the "
+                f"server's mean: no other holder has confirmed sharing it yet (a "
+                f"co-holder's sealed share envelope names the group at an unmask; only "
+                f"the server says the modality is shared)")
 
 
 class LocalTransport:

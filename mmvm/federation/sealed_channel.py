@@ -51,6 +51,7 @@ from mmvm.federation.sealed_weights import (
     group_labels,
     masked_weights,
     mean_digest,
+    unconfirmed,
     unmask,
 )
 from mmvm.federation.site import Site
@@ -238,13 +239,20 @@ class SealedChannel:
 
     def unmask(self, site: Site, req: UnmaskRequest
                ) -> tuple[UnmaskReply, Callable[[], None]]:
-        reply, guard = unmask(self.sec, req)
+        reply, guard, confirmed = unmask(self.sec, req)
 
         def commit() -> None:
             self.sec.guard = guard
             self.sec.save_guard()
+            known = set(self.sec.state.get("confirmed", []))
+            if not confirmed <= known:
+                self.sec.state["confirmed"] = sorted(known | confirmed)
+                self.sec.save_state()
 
         return reply, commit
+
+    def unconfirmed(self, received: Arrays) -> list[str]:
+        return unconfirmed(self.sec, received)
 
     def prove(self, run: str, challenge: str) -> str:
         """Signs the challenge for the run whose state this site holds, and no other

@@ -130,9 +130,11 @@ def _peer_shares(me: str, sender: str, payload: bytes
                                f"decode ({type(err).__name__})") from None
 
 
-def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
-    """This site's unmask answer for window ``req.window`` and the replay guard to
-    keep once it is sent."""
+def unmask(sec: SiteSecrets, req: UnmaskRequest
+           ) -> tuple[UnmaskReply, object, set[str]]:
+    """This site's unmask answer for window ``req.window``, the replay guard to keep
+    once it is sent, and the modalities whose group another holder confirmed: its
+    sealed share envelope names the same group label (see :func:`confirmed`)."""
     groups = sec.state.get("groups", {})
     stray = set(req.groups) - set(groups)
     if stray:
@@ -150,7 +152,7 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
                                 guard=guard, expected_round=req.window + 1,
                                 expected_counter=SHARE_COUNTER, kind=KIND_SHARE)
         opened[sender], told[sender] = _peer_shares(sec.site, sender, payload)
-    shares_out, seeds_out = {}, {}
+    shares_out, seeds_out, confirmed = {}, {}, set()
     for m, view in sorted(req.groups.items()):
         g = groups[m]
         got = {s: v[m] for s, v in opened.items() if m in v}
@@ -175,5 +177,22 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest) -> tuple[UnmaskReply, object]:
                                group=_window_group(g["label"], received["digests"][m]))
         shares_out[m] = {s: b64(v) for s, v in shares.items()}
         seeds_out[m] = {d: b64(v) for d, v in seeds.items()}
-    return UnmaskReply(shares=shares_out, seeds=seeds_out), guard
+        if any(told[s].get(m) == g["label"] for s in set(opened) - {sec.site}):
+            confirmed.add(m)
+    return UnmaskReply(shares=shares_out, seeds=seeds_out), guard, confirmed
+
+
+def unconfirmed(sec: SiteSecrets, received: Mapping) -> list[str]:
+    """The modalities of ``received`` (a mean the server sent) whose group no other
+    holder has confirmed yet. Only the server says a modality is shared, and with
+    whom: told that one only this site holds is "shared" with two sites that never
+    hear of it, a site would load whatever "mean" the server sends, and the server
+    would own that modality's encoder and decoder (and the site's final model). A
+    real co-holder seals this site a share of its self-mask seed every window, naming
+    the group label it was told (holders, rows, plan, run); the server cannot forge
+    that envelope. Until one such envelope has been opened at an unmask, the site
+    keeps its own weights (a holder that rejoins before its first unmask does so for
+    a window or two). A server colluding with a peer site is beyond this check."""
+    done = set(sec.state.get("confirmed", []))
+    return sorted(m for m in received if m not in done)
 

@@ -15,7 +15,12 @@ import pytest
 
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint, LocalTransport
-from mmvm.federation.messages import AlignRequest, DescribeRequest
+from mmvm.federation.messages import (
+    AlignRequest,
+    DescribeRequest,
+    EvaluateRequest,
+    WindowRequest,
+)
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import ProtocolOrderError
 from mmvm.federation.sealed_channel import SealedChannel
@@ -231,3 +236,67 @@ def test_6c_a_pseudonym_peer_that_aligned_more_than_max_align_rows_is_refused(
         _, _, endpoints = hybrid_sites(cfg, tmp_path / f"uncounted{i}", tiny_polymnist)
         with pytest.raises(SecurityError, match="the server gives no sample count of"):
             federate(cfg, {}, transport=NoCounts(endpoints), secure=True)
+
+
+class _Stop(Exception):
+    """The server leaves the round loop to go on by hand."""
+
+
+def test_5f_a_modality_only_the_site_holds_never_takes_the_servers_weights(
+        cfg, tmp_path, tiny_polymnist):
+    """Only the server says which modalities are shared. Told that m0, held by the
+    victim alone, is "shared" with two sites that never hear of it, the victim
+    accepted the attach and loaded every "mean" the server sent (each window's and the
+    evaluation's): the server owned m0's encoder and decoder, and the model the site
+    keeps. Now a mean is loaded only once a co-holder's sealed share envelope has
+    named the same group; the victim keeps its own weights and says so in its log."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state")
+    victim = next(k for k, s in sites.items() if s.names == ["m0"])
+    others = sorted(s.name for k, s in sites.items() if k != victim)
+
+    class Claim(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            if next(iter(requests.values())).kind != "attach":
+                return super().exchange(requests, wait, need)
+            requests[victim] = dataclasses.replace(
+                requests[victim], shared={"m0": [sites[victim].name, *others]})
+            super().exchange(requests, wait, need)
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        federate(cfg, {}, transport=Claim(endpoints), secure=True, exchange="round")
+    site, endpoint = sites[victim], endpoints[victim]
+    assert site.linked().shared == ["m0"]  # the attach itself cannot be told apart
+    rng = np.random.default_rng(0)
+    crafted = {n: rng.normal(0, 1, v.shape).astype(v.dtype)
+               for n, v in site.shared_weights("m0").items()}
+    before = site.shared_weights("m0")
+    endpoint.handle(WindowRequest(window=0, weights={"m0": crafted}, absent=others))
+    after = site.shared_weights("m0")
+    moved = max(float(np.abs(after[n] - before[n]).max()) for n in after)
+    assert 0 < moved < 0.1  # one window of Adam at lr 1e-3 from its own weights
+    assert endpoint.notes == [
+        "window 0: kept its own weights of 'm0', not the server's mean: no other holder "
+        "has confirmed sharing it yet (a co-holder's sealed share envelope names the "
+        "group at an unmask; only the server says the modality is shared)"]
+    endpoint.handle(EvaluateRequest(weights={"m0": crafted}))
+    assert all(np.array_equal(site.shared_weights("m0")[n], after[n]) for n in after)
+    assert endpoint.notes[0].startswith("the evaluation: kept its own weights of 'm0'")
+
+
+def test_5g_holders_load_the_mean_once_a_co_holder_confirmed_the_group(cfg, tmp_path,
+                                                                        tiny_polymnist):
+    """The rule costs a real group nothing: each window's unmask opens the co-holders'
+    share envelopes, which confirm the group, so every later mean is loaded and the
+    holders of m0 end with the same weights."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    federate(cfg, endpoints, secure=True, exchange="step")
+    holders = [k for k, s in sites.items() if "m0" in s.names]
+    assert all(endpoints[k].channel.sec.state["confirmed"] == ["m0"] for k in holders)
+    assert all(endpoints[k].notes == [] for k in holders)
+    first = sites[holders[0]].shared_weights("m0")
+    for k in holders[1:]:
+        assert all(np.array_equal(sites[k].shared_weights("m0")[n], v)
+                   for n, v in first.items())
