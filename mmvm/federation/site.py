@@ -25,7 +25,7 @@ from mmvm.config import ExperimentConfig
 from mmvm.data import check_data_fits, open_dataset
 from mmvm.data.store import DataError, read_site_meta
 from mmvm.federation import peer_inputs
-from mmvm.federation.coordinator import FederationError
+from mmvm.federation.coordinator import FLOATS, FederationError
 from mmvm.federation.link import Link
 from mmvm.federation.lookahead import Lookahead, forward_ahead, start_ahead, step_inputs
 from mmvm.federation.plan import PlanArgs, Step, window_counts
@@ -337,7 +337,7 @@ class Site:
 
     def check_weights(self, modality: str, arrays: dict[str, np.ndarray]) -> None:
         """Refuse ``arrays`` that are not all of ``modality``'s shared parameters, of
-        their shapes, finite."""
+        their shapes, native floats, finite."""
         self.settle()
         own = self.shared_weights(modality)
         if set(arrays) != set(own):
@@ -345,6 +345,9 @@ class Site:
                                   f"parameters {sorted(set(arrays) ^ set(own))[:3]} that do "
                                   f"not match its model")
         for k, v in arrays.items():
+            if v.dtype not in FLOATS:  # torch takes no float128, nor big-endian
+                raise FederationError(f"site {self.name}: parameter {k} is {v.dtype.str}, "
+                                      f"not float16, float32 or float64 in native order")
             if tuple(v.shape) != own[k].shape or not np.isfinite(v).all():
                 raise FederationError(f"site {self.name}: parameter {k} has shape "
                                       f"{tuple(v.shape)} (expected {own[k].shape}) or "

@@ -36,10 +36,15 @@ def _filled(weights: dict, value: float) -> dict:
             for m, arrays in weights.items()}
 
 
+def _cast(weights: dict, dtype: str) -> dict:
+    return {m: {n: a.astype(dtype) for n, a in arrays.items()} for m, arrays in weights.items()}
+
+
 def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_path,
                                                                       tiny_polymnist):
     """At a holder's window 1 the server sends weights for a modality it does not
-    share and a mean beyond the fixed-point range (both refused, nothing recorded),
+    share, a mean beyond the fixed-point range and one of a dtype torch does not take
+    (float128, big-endian; all refused, nothing recorded),
     then one that makes training fail (one outcome, whatever failed), then another
     mean, or the same one with a peer's posteriors left out (refused before
     training: no second query); the first request again is a retry and is taken."""
@@ -56,6 +61,8 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
                 for what, probe in (
                         ("stray", dataclasses.replace(r, weights={**crafted, "zz": {}})),
                         ("beyond", dataclasses.replace(r, weights=_filled(r.weights, 5e3))),
+                        ("float128", dataclasses.replace(r, weights=_cast(crafted, "g"))),
+                        ("big-endian", dataclasses.replace(r, weights=_cast(crafted, ">f4"))),
                         ("crafted", dataclasses.replace(r, weights=crafted)),
                         ("another", dataclasses.replace(r, weights=_filled(r.weights, 3999.0))),
                         ("absent", dataclasses.replace(r, weights=crafted, absent=[peer])),
@@ -80,6 +87,10 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
     got = dict(seen)
     assert "weights for ['zz'], which it does not share" in str(got["stray"])  # no record
     assert isinstance(got["beyond"], SecurityError)
+    # torch takes neither: the window failed after its inputs were recorded, and no
+    # later mean was taken for it
+    assert "is <f16, not float16, float32 or float64 in native order" in str(got["float128"])
+    assert "is >f4, not float16, float32 or float64" in str(got["big-endian"])
     assert "beyond the fixed-point range 4096" in str(got["beyond"])
     for what in ("crafted", "again"):  # the same mean twice: both trained, both failed
         assert type(got[what]) is WorkFailedError, got[what]
