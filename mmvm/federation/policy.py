@@ -29,7 +29,8 @@ anything leaves the site:
                        10,000,000; 8 bytes a step held, ~100 while the plan
                        is checked at attach)
 ``max-visits``         the most sample visits (epochs x aligned samples) a run may
-                       ask for (default 100,000,000; 8 bytes each in memory)
+                       ask for (default 100,000,000); attaching holds ~60 bytes per
+                       aligned sample while the plan is checked, 8 after
 ``max-batch``          the largest batch a run may ask for (default 4,096)
 ``max-params``         the most parameters of the site's model under the run's
                        experiment config (default 200,000,000; counted before it
