@@ -89,8 +89,9 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig, data, out_dir: Path
               f"{left_behind(out_dir, saved, args.fresh, before)}"
               f"{resume_hint(out_dir, saved, args.fresh, before)}", file=sys.stderr)
         return 143 if term else 130
-    finally:  # also what an earlier, killed run left older than its checkpoint
-        _set_aside_stale_outputs(out_dir)
+    finally:  # only when this call wrote a checkpoint: a copied run folder (cp -r)
+        if saved or file_identity(out_dir / "checkpoint.pt") not in (before, None):
+            _set_aside_stale_outputs(out_dir)  # has its files' times in any order
 
 
 def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset:

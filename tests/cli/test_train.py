@@ -78,6 +78,26 @@ def test_a_fresh_run_replaces_the_old_one_only_with_its_first_checkpoint(
         "generations." in said
 
 
+def test_a_rerun_that_trains_nothing_keeps_the_evaluation_of_a_copied_folder(
+        tiny_polymnist, tmp_path, capsys):
+    """``cp -r`` gives the copy's files the times of the copy, in any order: a
+    checkpoint newer than its own eval.json. A re-run that trained nothing (the run
+    complete, or a resume refused) set the evaluation aside, and ``mmvm report`` showed
+    the run as not evaluated. Only a call that writes a checkpoint sets aside."""
+    out = tmp_path / "run"
+    assert main(_args(tiny_polymnist, out)) == 0
+    _evaluated(out)
+    ckpt = out / "checkpoint.pt"
+    later = ckpt.stat().st_mtime_ns + 10**9
+    os.utime(ckpt, ns=(later, later))  # as a copy may leave it
+    before = blobs(out)
+    capsys.readouterr()
+    assert main(_args(tiny_polymnist, out)) == 0
+    assert "nothing trained" in capsys.readouterr().out
+    assert main(_args(tiny_polymnist, out, "--set", "train.beta=4")) == 2  # refused resume
+    assert blobs(out) == before
+
+
 def test_ctrl_c_is_one_line_and_leaves_one_model(tiny_polymnist, tmp_path, capsys,
                                                  monkeypatch):
     out = tmp_path / "run"
