@@ -73,6 +73,22 @@ def test_the_printed_config_sections_make_a_model_that_reads_the_files(arrays):
     assert batch["x"]["eeg"].shape == (8, 4, 6)
 
 
+def test_a_named_label_is_given_as_the_configs_data_label(arrays):
+    """``--label odor=...`` writes ``label.odor``; a config copied from
+    hippocampus.toml reads ``label``, and its probes found no labels."""
+    d = arrays["dir"]
+    paths = prepare_arrays(d / "odor", {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
+                           labels={"label.odor": d / "label.npy",
+                                   "label.rat": d / "label.npy"})
+    snippet = config_snippet(paths)
+    assert snippet.endswith('(the default, "label", is not in these files; or '
+                            'label.rat):\n#   label = "label.odor"')
+    assert "[data]" not in tomllib.loads(snippet)  # a comment: the config has [data]
+    plain = prepare_arrays(d / "plain", {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
+                           labels={"label": d / "label.npy"})
+    assert "label = " not in config_snippet(plain)
+
+
 def test_bad_arrays_are_refused_by_file_and_nothing_is_written(arrays):
     d = arrays["dir"]
     np.save(d / "short.npy", np.zeros((N - 1, 3)))

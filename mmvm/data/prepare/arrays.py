@@ -189,7 +189,23 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
                        f"are counts, likelihood = \"poisson\" models them as such")
         out.append(f'[model.modalities.{m}]\nkind = "{kind}"\nshape = {list(shape)}\n'
                    f'{net}\n{size}likelihood = {likelihood}\n')
-    return "\n".join(out)
+    return "\n".join(out + _label_line(paths["train"]))
+
+
+def _label_line(path: Path) -> list[str]:
+    """The ``[data] label`` a config needs for these files, where the default
+    (``label``) is not among their label columns (``--label odor=...`` writes
+    ``label.odor``; a config copied from hippocampus.toml reads ``label``)."""
+    from mmvm.data.labels import all_label_columns
+
+    cols = all_label_columns([path])
+    if not cols or "label" in cols:
+        return []
+    others = f"; or {', '.join(cols[1:])}" if len(cols) > 1 else ""
+    # a comment: the config has its [data] table already (a second is invalid TOML)
+    return [f"# in the config's [data] table, the label column the probes and coherence "
+            f"score (the default, \"label\", is not in these files{others}):\n"
+            f"#   label = \"{cols[0]}\""]
 
 
 _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
