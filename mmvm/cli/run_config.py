@@ -185,20 +185,29 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
 
 
 def _check_site_dirs(s) -> None:
-    """Each site folder's files against the config's shapes, from their metadata: a
-    mismatch would otherwise end the run at the sites' first message, after Flower
-    and Ray started (half a minute or more)."""
+    """Each site folder's files against the config's shapes, and the config's
+    modalities against what the folders hold, from their metadata: a mismatch would
+    otherwise end the run at the sites' first message, after Flower and Ray started
+    (half a minute or more)."""
     from mmvm.data import check_data_fits
-    from mmvm.data.store import DataError
+    from mmvm.data.store import DataError, read_site_meta
 
+    source = str(s.experiment.source).replace(f"{APP_DIR}/", "")
+    held: set[str] = set()
     for folder in map(Path, s.site_dirs):
         files = [f for f in (folder / "train.parquet", folder / "test.parquet")
                  if f.is_file()]
         try:
-            check_data_fits(s.experiment.model.modalities, files,
-                            str(s.experiment.source).replace(f"{APP_DIR}/", ""))
+            check_data_fits(s.experiment.model.modalities, files, source)
+            held |= {m for f in files for m in read_site_meta(f)["tensors"]}
         except DataError as err:
             raise ConfigError(f"run config: site-dirs: {err}") from None
+    orphans = [m.name for m in s.experiment.model.modalities if m.name not in held]
+    if orphans:
+        raise ConfigError(f"run config: site-dirs: modalities {orphans} of {source} are "
+                          f"in no site folder's files (they hold {', '.join(sorted(held))}):"
+                          f" remove their [model.modalities.<name>] sections from the "
+                          f"config, or add the folders that hold them")
 
 
 def _check_joined(s) -> None:

@@ -327,3 +327,25 @@ def test_site_dirs_whose_images_the_config_does_not_take_are_named_before_flower
     assert str(info.value) == (
         f"run config: site-dirs: {site / 'train.parquet'}: m0 is [3, 28, 28] there, "
         f"[2352] in configs/polymnist_cpu.toml (model.modalities.m0.shape)")
+
+
+def test_modalities_no_site_folder_holds_are_named_before_flower(tiny_polymnist,
+                                                                  tmp_path):
+    """A lab left two copied [model.modalities.ratN] sections in its config: the run
+    failed ~20 s in ("no connected site holds modalities"), after Flower started."""
+    import shutil
+
+    site = tmp_path / "site-a"
+    site.mkdir()
+    for f in ("train.parquet", "test.parquet"):
+        shutil.copy(tiny_polymnist / f, site / f)
+    extra = ("model.modalities.rat4.kind=\"vector\";model.modalities.rat4.shape=[3];"
+             "model.modalities.rat5.kind=\"vector\";model.modalities.rat5.shape=[3]")
+    with pytest.raises(ConfigError) as info:
+        check_run_config(ROOT, f"num-sites=1 site-dirs='{site}' eval-data='' set='{extra}'",
+                         local=True)
+    assert str(info.value) == (
+        "run config: site-dirs: modalities ['rat4', 'rat5'] of configs/polymnist_cpu.toml "
+        "are in no site folder's files (they hold m0, m1, m2): remove their "
+        "[model.modalities.<name>] sections from the config, or add the folders that "
+        "hold them")
