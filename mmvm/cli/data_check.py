@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mmvm.cli import add_config_arguments, console
 from mmvm.cli.data_common import handles, printable
@@ -34,10 +33,7 @@ def check_file(path: str) -> dict:
     file without rows, which training and evaluation cannot use)."""
     from mmvm.data.store import DataError, iter_site_batches, read_site_meta
 
-    if Path(path).is_dir():
-        raise DataError(f"{path}: is a folder; give its site files, e.g. "
-                        f"{Path(path) / '*.parquet'}")
-    meta = read_site_meta(path)
+    meta = read_site_meta(path)  # a folder: "give its site files"
     rows, ranges = 0, {}
     for batch in iter_site_batches(path, None, batch_size=4096):
         rows += len(batch)

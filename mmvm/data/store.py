@@ -137,6 +137,9 @@ class Layout:
 def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
     """Open a Parquet file; a missing or non-Parquet file raises :class:`DataError`."""
     path = str(path)
+    if os.path.isdir(path):  # a site folder where its files were meant
+        raise DataError(f"{path}: is a folder; give its site files, e.g. "
+                        f"{os.path.join(path, '*.parquet')}")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     try:

@@ -234,6 +234,11 @@ def test_corrupted_and_missing_files(tmp_path):
         read_site_meta(garbage)
     with pytest.raises(DataError, match=r"nothere.parquet: no such file"):
         read_site_table(tmp_path / "nothere.parquet")
+    # a site folder given where its files were meant (mmvm encode said "no such file")
+    with pytest.raises(DataError) as info:
+        read_site_meta(tmp_path)
+    assert str(info.value) == (f"{tmp_path}: is a folder; give its site files, e.g. "
+                               f"{tmp_path / '*.parquet'}")
 
 
 def test_corrupted_data_pages_raise_data_error(tmp_path):
