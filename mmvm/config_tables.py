@@ -51,14 +51,17 @@ def reject_unknown_sections(raw: dict, sections: dict[str, type], source: str) -
                           f"sections: {', '.join(sorted(sections))})")
 
 
-def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str) -> None:
+def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str,
+                    named: set[str] = frozenset()) -> None:
+    """``named``: keys read apart (``model.modalities``), valid but not in ``raw``
+    here; a near miss of one is suggested too (``[model.modalites.rat2]``)."""
     for key in raw:
         if key not in valid:
             full = f"{prefix}{key}"
-            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            close = difflib.get_close_matches(key, sorted(valid | named), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"{source}: unknown key {full!r}{hint} (valid: "
-                              f"{', '.join(sorted(valid))})")
+                              f"{', '.join(sorted(valid | named))})")
 
 
 def check_table(raw: Any, where: str, source: str) -> dict:
@@ -79,7 +82,7 @@ def build_table(cls, raw: Any, where: str, source: str, extra: dict | None = Non
     extra = extra or {}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)} - set(extra)
-    _reject_unknown(raw, fields, f"{where}.", source)
+    _reject_unknown(raw, fields, f"{where}.", source, set(extra))
     values = {key: coerce(value, hints[key], f"{where}.{key}", source)
               for key, value in raw.items()}
     try:

@@ -85,6 +85,18 @@ def test_file_typo_names_file_key_and_suggestion(tmp_path):
         load_config(bad)
 
 
+def test_a_misspelt_modalities_table_is_suggested(tmp_path):
+    """``[model.modalites.rat2]`` beside correct modality tables listed the model's
+    keys without ``modalities`` (read apart from the others) and suggested nothing."""
+    bad = tmp_path / "lab.toml"
+    bad.write_text(POLYMNIST.read_text() + '\n[model.modalites.rat2]\nkind = "vector"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert str(info.value) == (
+        f"{bad}: unknown key 'model.modalites'; did you mean 'model.modalities'? "
+        f"(valid: latent_dim, method, modalities, private_dim)")
+
+
 def test_unknown_key_without_close_match_lists_valid_keys():
     with pytest.raises(ConfigError) as info:
         load_config(POLYMNIST, ["train.zzzz=1"])
