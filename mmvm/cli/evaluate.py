@@ -12,7 +12,8 @@ and one with no labelled sample is left out of the probes and coherence with a w
 Writes <run>/eval.json (its "settings": the [eval] and data settings this evaluation
 used; an earlier one is kept as eval.<its time>.json; its "chance": the test labels'
 majority-class rate, the floor of every accuracy; its "warnings": coherence not to
-trust, also printed) and <run>/generations.png and prints a table. The judges of
+trust, also printed) and <run>/generations.png (image data; latents.png, coloured by
+label, for vector data) and prints a table. The judges of
 coherence show a progress bar while they train, on a terminal (--no-progress: never).
 """
 
@@ -43,7 +44,8 @@ def register(subparsers) -> None:
                    help="auto | cpu | cuda | cuda:<n> | mps (default: auto)")
     p.add_argument("--no-coherence", action="store_true",
                    help="skip coherence (no classifiers are trained or loaded)")
-    p.add_argument("--no-plot", action="store_true", help="do not write generations.png")
+    p.add_argument("--no-plot", action="store_true",
+                   help="do not write generations.png (image data) or latents.png")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar while the coherence classifiers train")
     p.set_defaults(func=run)
@@ -118,12 +120,14 @@ def run(args: argparse.Namespace) -> int:
     print_result(result)
     print(f"wrote {out}")
     if not args.no_plot:
-        from mmvm.plots import generation_grid
+        from mmvm.run_pictures import run_picture
 
         with finite_latents(model, source):
-            grid = generation_grid(model, test_set, run_dir / "generations.png",
-                                   method=cfg.model.method)
-        print(f"wrote {grid}")
+            drawn = run_picture(model, cfg, test_set, run_dir, cfg.model.method)
+        for path in drawn.values():
+            print(f"wrote {path}")
+        if not drawn:
+            print("no picture: vector data without labels to colour the latents by")
     return 0
 
 
@@ -135,7 +139,8 @@ def preflight(args: argparse.Namespace, run_dir: Path) -> torch.device:
 
     if not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(no_checkpoint(run_dir))
-    check_run_folder(run_dir, ("eval.json",) + ("generations.png",) * (not args.no_plot),
+    check_run_folder(run_dir, ("eval.json", "generations.png", "latents.png")[
+                         :1 if args.no_plot else 3],
                      key="--run" if args.run else "train.out_dir", elsewhere=False)
     try:
         device = resolve_device(args.device)

@@ -176,7 +176,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.evaluation import evaluate_run, evaluated_with
-    from mmvm.plots import generation_grid, latent_2d
+    from mmvm.run_pictures import run_picture
 
     out = Path(out_dir)
     names = [m.name for m in cfg.model.modalities]
@@ -204,16 +204,6 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
         f"so far)")
     atomic_write(out / "eval.json", json.dumps(ev, indent=2, default=str).encode())
     paths = {"eval": str(out / "eval.json")}
-    if any(m.kind == "image" for m in cfg.model.modalities):
-        paths["generations"] = str(generation_grid(model, test_set, out / "generations.png",
-                                                   method=cfg.model.method))
-    elif test_set.labels is not None:
-        b = test_set.batch(range(len(test_set)))
-        with torch.no_grad():
-            mu, _ = model.encode(b["x"], b["mask"])
-        n, m, d = mu.shape
-        paths["latents"] = str(latent_2d({"federated " + cfg.model.method:
-                                          mu.reshape(n * m, d).numpy()},
-                                         b["label"].repeat_interleave(m).numpy(),
-                                         out / "latents.png"))
+    drawn = run_picture(model, cfg, test_set, out, f"federated {cfg.model.method}")
+    paths.update({k: str(v) for k, v in drawn.items()})
     return paths, ev

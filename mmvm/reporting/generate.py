@@ -59,17 +59,11 @@ def generations(model, method: str, test_set) -> bytes:
 
 def latents(model, title: str, test_set) -> bytes:
     """Every present modality's posterior mean of every test sample, coloured by label."""
-    import torch
-
     from mmvm.plots import latent_2d
+    from mmvm.run_pictures import present_latents
 
     if test_set.labels is None:
         raise NotGenerated("the data has no labels to colour latents by")
-    b = test_set.batch(range(len(test_set)))
-    with torch.no_grad():
-        mu, _ = model.encode(b["x"], b["mask"])
-    present = b["mask"].bool()
-    points = mu[present].numpy()
-    labels = b["label"][:, None].expand_as(present)[present].numpy()
+    points, labels = present_latents(model, test_set)
     with tempfile.TemporaryDirectory() as tmp:
         return latent_2d({title: points}, labels, Path(tmp) / "l.png").read_bytes()

@@ -138,8 +138,12 @@ def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
     assert used["eval"]["classifier_epochs"] == 2 != cfg.eval.classifier_epochs
     assert used["data"]["root"] == str(tmp_path) and used["data"]["max_test"] == 0
     assert used["dataset"]["test_samples"] == res["n_test"]
-    assert (tmp_path / "run" / "generations.png").stat().st_size > 1000
-    assert "probe acc" in capsys.readouterr().out
+    # vector data: the latents by label (as the federated server draws), not vectors
+    # drawn as grey images
+    assert (tmp_path / "run" / "latents.png").stat().st_size > 1000
+    assert not (tmp_path / "run" / "generations.png").exists()
+    said = capsys.readouterr().out
+    assert "probe acc" in said and f"wrote {tmp_path / 'run' / 'latents.png'}" in said
     # evaluated again without coherence: the first evaluation is kept, and it says so
     assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
                  "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
