@@ -100,12 +100,26 @@ def test_bad_arrays_are_refused_by_file_and_nothing_is_written(arrays):
     cases = [({"eeg": d / "eeg.npy", "s": d / "short.npy"}, {}, "short.npy"),
              ({"eeg": d / "eeg.npy"}, {"ids": d / "dup.txt"}, "same"),
              ({"eeg": d / "nan.npy"}, {}, "NaN"),
-             ({"eeg": d / "eeg.npy"}, {"labels": {"label": d / "floats.npy"}}, "integers"),
+             ({"eeg": d / "eeg.npy"}, {"labels": {"label": d / "floats.npy"}},
+              r"integers .*got float64 \(\d+,\); whole numbers: save a\.astype\(np\.int64\)"),
              ({"eeg": d / "ids.txt"}, {}, ".npy")]
     for mods, kwargs, said in cases:
         with pytest.raises(DataError, match=said):
             prepare_arrays(d / "out", mods, **kwargs)
         assert not (d / "out").exists()
+
+
+@pytest.mark.parametrize("labels, hint", [
+    (np.array(["odor-a", "odor-b"] * (N // 2)), "np.unique(a, return_inverse=True)[1]"),
+    (np.eye(3, dtype=np.float32)[np.arange(N) % 3], "one-hot rows? save a.argmax(axis=1)"),
+    (np.linspace(0, 1, N), None)])  # fractions: no class ids to suggest
+def test_labels_in_another_form_say_how_to_make_class_ids(arrays, labels, hint):
+    d = arrays["dir"]
+    np.save(d / "odd.npy", labels)
+    with pytest.raises(DataError) as info:
+        prepare_arrays(d / "out", {"eeg": d / "eeg.npy"}, labels={"label": d / "odd.npy"})
+    assert str(info.value).endswith(hint) if hint else \
+        str(info.value).endswith(f"got float64 ({N},)")
 
 
 def test_the_command(arrays, capsys):
