@@ -117,8 +117,9 @@ class Endpoint:
         site = self.site
         site.progress.attach(site.name, self.channel.secure)
         for m, holders in req.shared.items():
-            if m not in site.names or site.name not in holders or len(holders) < 2 \
-                    or len(set(holders)) != len(holders):
+            if not isinstance(holders, list) or not all(isinstance(h, str) for h in holders) \
+                    or m not in site.names or site.name not in holders or len(holders) < 2 \
+                    or len(set(holders)) != len(holders):  # a str "holds" its substrings
                 raise FederationError(f"site {site.name}: told to share modality {m!r} "
                                       f"with {holders}")
         self.policy.check_sharing(site.name, sorted(req.shared), self.channel.secure)

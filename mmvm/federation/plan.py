@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from mmvm.config_ranges import MAX_SEED
 from mmvm.schedule import batch_starts, batches_per_epoch, epoch_permutation
 
 EXCHANGES = ("step", "steps", "round")
@@ -94,6 +95,8 @@ class PlanArgs:
                 raise ValueError(f"plan argument {k} = {v!r:.40} is not a {names[k]}")
             if type(v) is int and not -(2 ** 63) <= v < 2 ** 63:  # kept in state files
                 raise ValueError(f"plan argument {k}: an integer beyond 64 bits")
+        if not 0 <= d.get("seed", 0) <= MAX_SEED:  # seed * 100_003 + epoch: a generator's
+            raise ValueError(f"plan argument seed = {d['seed']} is not in 0..{MAX_SEED}")
         low = [k for k in ("batch_size", "epochs", "k", "local_epochs") if d.get(k, 1) < 1]
         if low or d.get("exchange", "step") not in EXCHANGES:
             raise ValueError(f"plan arguments {d!r}: {', '.join(low) or 'exchange'} "

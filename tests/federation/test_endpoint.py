@@ -133,9 +133,15 @@ def test_requests_out_of_order_or_out_of_plan_are_refused(endpoint):
     ({"rows": [0, 0]}, r"assigned 2 rows to 192 samples"),
     ({"shared": {"m1": ["site-m0", "x"]}}, r"told to share modality 'm1'"),
     ({"shared": {"m0": ["site-m0"]}}, r"told to share modality 'm0'"),
+    ({"shared": {"m0": "site-m0"}}, r"told to share modality 'm0'"),  # not a list
+    ({"shared": {"m0": ["site-m0", 7]}}, r"told to share modality 'm0'"),
     ({"plan": {"batch_size": 64}}, r"plan arguments"),
     ({"plan": {"batch_size": "64", "seed": 3, "epochs": 1}}, r"is not a int"),
     ({"plan": {"batch_size": 0, "seed": 3, "epochs": 1}}, r"batch_size out of range"),
+    # seed * 100_003 overflowed the plan's generator after the attach was recorded
+    ({"plan": {"batch_size": 8, "seed": 2**62, "epochs": 1}}, r"seed = 4611686018427387904 "
+                                                              r"is not in 0\.\."),
+    ({"plan": {"batch_size": 8, "seed": -1, "epochs": 1}}, r"seed = -1 is not in 0\.\."),
     ({"plan": {"batch_size": 8, "seed": 3, "epochs": -1}}, r"epochs out of range"),
     ({"plan": {"batch_size": 8, "seed": 3, "epochs": 1, "exchange": "x"}},
      r"exchange out of range"),
