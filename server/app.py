@@ -273,7 +273,9 @@ def run(grid: Grid, context: Context) -> None:
             print(f"mmvm: server-side evaluation failed ({type(err).__name__}: {err}); the "
                   f"trained model is in {paths.get('checkpoint', out_dir)}: evaluate it "
                   f"with `mmvm evaluate --run {out_dir} --config "
-                  f"{context.run_config['config']} --set data.root=<data folder>`", flush=True)
+                  f"{context.run_config['config']}` and a --set for what this names "
+                  f"(--set data.root=<a data folder> for data this machine lacks)",
+                  flush=True)
     print(summary(result, str(out_dir), paths, assembled), flush=True)
 
 

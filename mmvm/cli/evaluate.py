@@ -93,14 +93,9 @@ def run(args: argparse.Namespace) -> int:
                                               cfg.data.max_test)
     for split, got in (("train", train_set), ("test", test_set)):
         if got.labels is None:
-            from mmvm.data.labels import all_label_columns
+            from mmvm.data.labels import no_label_column
 
-            have = all_label_columns(cfg.data.files(split))
-            raise ValueError(
-                f"the {split} data has no label column {cfg.data.label!r} (data.label); "
-                f"probes and coherence need one label per sample. Its label columns: "
-                f"{', '.join(have) or 'none'}"
-                + f"; e.g. --set data.label={have[0]}" * bool(have))
+            raise ValueError(no_label_column(cfg.data.label, split, cfg.data.files(split)))
     classifiers = None
     if not args.no_coherence:
         from mmvm.classifiers import classifiers_for

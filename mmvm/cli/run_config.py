@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -194,14 +195,23 @@ def _check_site_dirs(s) -> None:
 
     source = str(s.experiment.source).replace(f"{APP_DIR}/", "")
     held: set[str] = set()
+    labels: dict[str, None] = {}
     for folder in map(Path, s.site_dirs):
         files = [f for f in (folder / "train.parquet", folder / "test.parquet")
                  if f.is_file()]
         try:
             check_data_fits(s.experiment.model.modalities, files, source)
-            held |= {m for f in files for m in read_site_meta(f)["tensors"]}
+            metas = [read_site_meta(f) for f in files]
         except DataError as err:
             raise ConfigError(f"run config: site-dirs: {err}") from None
+        held |= {m for meta in metas for m in meta["tensors"]}
+        labels.update(dict.fromkeys(c for meta in metas for c in meta["labels"]))
+    label = s.experiment.data.label
+    if labels and label not in labels:  # a run without probes is a run, but not this
+        print(f"mmvm run: warning: no site folder has the label column {label!r} "
+              f"(data.label of {source}); their label columns: {', '.join(labels)}: "
+              f"the sites' probes and the server's evaluation need it (e.g. "
+              f"set='data.label=\"{next(iter(labels))}\"')", file=sys.stderr)
     orphans = [m.name for m in s.experiment.model.modalities if m.name not in held]
     if orphans:
         raise ConfigError(f"run config: site-dirs: modalities {orphans} of {source} are "

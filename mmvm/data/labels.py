@@ -31,6 +31,15 @@ def all_label_columns(paths: Paths) -> list[str]:
     return list(dict.fromkeys(c for p in paths for c in read_site_meta(p)["labels"]))
 
 
+def no_label_column(label: str, split: str, paths: Paths) -> str:
+    """Why probes and coherence cannot run on ``split``'s ``paths``, which lack the
+    label column ``label`` (``data.label``), naming the columns they have."""
+    have = all_label_columns(paths)
+    return (f"the {split} data has no label column {label!r} (data.label); probes and "
+            f"coherence need one label per sample. Its label columns: "
+            f"{', '.join(have) or 'none'}" + f"; e.g. --set data.label={have[0]}" * bool(have))
+
+
 def label_columns(paths: Paths, patterns: Sequence[str]) -> list[str]:
     """The label columns of ``paths`` matching ``patterns`` (names or shell-style
     patterns such as ``"label.*"``), in the files' order, each once.

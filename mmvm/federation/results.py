@@ -175,6 +175,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
 
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
+    from mmvm.data.labels import no_label_column
     from mmvm.evaluation import evaluate_run, evaluated_with
     from mmvm.run_pictures import run_picture
 
@@ -189,13 +190,14 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     train_set = MultimodalDataset.from_parquet(cfg.data.files("train"), names,
                                                cfg.data.label, cfg.eval.probe_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label)
-    judged = train_set.labels is not None
+    for split, got in (("train", train_set), ("test", test_set)):
+        if got.labels is None:  # the probes need it (evaluate_run would say less)
+            raise ValueError(no_label_column(cfg.data.label, split, cfg.data.files(split)))
     t0 = time.perf_counter()
-    stages = 3 if judged else 2
-    if judged:
-        log(f"mmvm: evaluation 1/{stages}: judge classifiers for coherence (trained on "
-            f"the real data once, then cached)")
-    clfs = classifiers_for(cfg) if judged else None
+    stages = 3
+    log(f"mmvm: evaluation 1/{stages}: judge classifiers for coherence (trained on "
+        f"the real data once, then cached)")
+    clfs = classifiers_for(cfg)
     log(f"mmvm: evaluation {stages - 1}/{stages}: probes, coherence, reconstruction "
         f"({time.perf_counter() - t0:.0f} s so far)")
     ev = evaluate_run(cfg, model, train_set, test_set, clfs)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmvm.cli.run_config import (
@@ -349,3 +350,26 @@ def test_modalities_no_site_folder_holds_are_named_before_flower(tiny_polymnist,
         "are in no site folder's files (they hold m0, m1, m2): remove their "
         "[model.modalities.<name>] sections from the config, or add the folders that "
         "hold them")
+
+
+def test_a_label_column_no_site_folder_has_is_warned_of_before_flower(tmp_path, capsys):
+    """A lab's folders held ``label.odor`` (``--label odor=...``), the config read
+    ``label``: the run went through with no probes and a server error at the end."""
+    from mmvm.data.prepare.arrays import prepare_arrays
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "m0.npy", rng.normal(size=(40, 3)).astype(np.float32))
+    np.save(tmp_path / "odor.npy", rng.integers(0, 2, 40))
+    site = tmp_path / "lab"
+    prepare_arrays(site, {"m0": tmp_path / "m0.npy"},
+                   labels={"label.odor": tmp_path / "odor.npy"})
+    text = (f"num-sites=1 site-dirs='{site}' eval-data='' set='model.modalities.m0.kind="
+            f"\"vector\";model.modalities.m0.network=\"mlp\";model.modalities.m0.shape=[3];"
+            f"model.modalities.m0.likelihood=\"gaussian\"'")
+    # (the config's m1, m2 are in no folder: named as such, after the warning)
+    with pytest.raises(ConfigError, match="modalities \\['m1', 'm2'\\]"):
+        check_run_config(ROOT, text, local=True)
+    assert capsys.readouterr().err == (
+        "mmvm run: warning: no site folder has the label column 'label' (data.label of "
+        "configs/polymnist_cpu.toml); their label columns: label.odor: the sites' probes "
+        "and the server's evaluation need it (e.g. set='data.label=\"label.odor\"')\n")

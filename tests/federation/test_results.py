@@ -47,3 +47,24 @@ def test_a_collected_model_is_checked_against_the_configs(tiny_polymnist, tiny_c
                                                                model_state=good))
     assert "checkpoint" in paths and "model_refused" not in json.loads(
         (tmp_path / "ok" / "results.json").read_text())
+
+
+def test_the_servers_evaluation_names_a_missing_label_column(tmp_path):
+    """A lab's folders held ``label.odor`` and the config read ``label``: the server's
+    evaluation failed with "the dataset has no labels" and suggested data.root."""
+    import dataclasses
+
+    import pytest
+
+    from mmvm.federation.results import evaluate_assembled
+    from tests.support.evaluation_data import digit_vectors, vector_config
+
+    digit_vectors(tmp_path)
+    cfg = vector_config(tmp_path)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label="label.odor"))
+    with pytest.raises(ValueError) as info:
+        evaluate_assembled(cfg, _state(cfg), tmp_path, tmp_path / "out", log=print)
+    assert str(info.value) == (
+        "the train data has no label column 'label.odor' (data.label); probes and "
+        "coherence need one label per sample. Its label columns: label; e.g. --set "
+        "data.label=label")
