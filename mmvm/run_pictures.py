@@ -13,14 +13,23 @@ import numpy as np
 import torch
 
 
-def present_latents(model, test_set) -> tuple[np.ndarray, np.ndarray]:
-    """Every present modality's posterior mean of every sample of ``test_set`` and its
-    sample's label (``[points, d]``, ``[points]``)."""
-    b = test_set.batch(range(len(test_set)))
-    with torch.no_grad():
-        mu, _ = model.encode(b["x"], b["mask"])
-    present = b["mask"].bool()
-    return mu[present].numpy(), b["label"][:, None].expand_as(present)[present].numpy()
+def present_latents(model, test_set, batch_size: int = 256
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Every present modality's posterior mean of every labelled sample of
+    ``test_set`` and its sample's label (``[points, d]``, ``[points]``), encoded in
+    batches on the model's device."""
+    device = next(model.parameters()).device
+    points, labels = [], []
+    for start in range(0, len(test_set), batch_size):
+        b = test_set.batch(range(start, min(start + batch_size, len(test_set))))
+        with torch.no_grad():
+            mu, _ = model.encode({k: v.to(device) for k, v in b["x"].items()},
+                                 b["mask"].to(device))
+        keep = b["mask"].bool() & (b["label"] >= 0)[:, None]  # -1: unknown, no colour
+        points.append(mu.cpu()[keep].numpy())
+        labels.append(b["label"][:, None].expand_as(keep)[keep].numpy())
+    return (np.concatenate(points) if points else np.zeros((0, 0), np.float32),
+            np.concatenate(labels) if labels else np.zeros(0, np.int64))
 
 
 def run_picture(model, cfg, test_set, out: Path, title: str) -> dict[str, Path]:

@@ -207,7 +207,8 @@ def _check_site_dirs(s) -> None:
         held |= {m for meta in metas for m in meta["tensors"]}
         labels.update(dict.fromkeys(c for meta in metas for c in meta["labels"]))
     label = s.experiment.data.label
-    if labels and label not in labels:  # a run without probes is a run, but not this
+    if labels and label not in labels and not s.experiment.eval.labels:  # per-label
+        # probes (eval.labels) read their own columns
         print(f"mmvm run: warning: no site folder has the label column {label!r} "
               f"(data.label of {source}); their label columns: {', '.join(labels)}: "
               f"the sites' probes and the server's evaluation need it (e.g. "

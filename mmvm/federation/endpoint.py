@@ -283,9 +283,10 @@ class Endpoint:
         self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
                                   {"config": config_digest(site.cfg),
                                    "collect": bool(req.collect)})
-        self._load_shared(req.weights, "the evaluation")
+        kept = self._load_shared(req.weights, "the evaluation")
         collect = req.collect and self.policy.allow_collect
-        model = {m: site.weights(m) for m in site.names} if collect else {}
+        # not the mean the server sent: handing it in would read as a wrong average
+        model = {m: site.weights(m) for m in site.names if m not in kept} if collect else {}
         probes = self._probes_allowed()
         try:
             metrics = evaluate_site(site, probes=probes)
@@ -296,6 +297,8 @@ class Endpoint:
                                   f"says why)") from err
         if not probes:  # said whether or not the site has that column
             metrics["probes_withheld"] = 1.0
+        if kept:  # the server knows which means it sent; now also which were not taken
+            metrics["unconfirmed_means"] = float(len(kept))
         if not self.policy.report_losses:
             metrics = {k: v for k, v in metrics.items() if not k.startswith("recon_nll/")}
             metrics[WITHHELD] = 1.0
@@ -319,9 +322,9 @@ class Endpoint:
         for m, arrays in weights.items():
             self.site.check_weights(m, arrays)
 
-    def _load_shared(self, weights: Mapping, what: str) -> None:
+    def _load_shared(self, weights: Mapping, what: str) -> list[str]:
         """Weights :meth:`_check_shared` passed, loaded, but for those the channel
-        does not take yet (secure: a group no co-holder has confirmed)."""
+        does not take yet (secure: a group no co-holder has confirmed): returned."""
         kept = self.channel.unconfirmed(weights)
         for m, arrays in weights.items():
             if m not in kept:
@@ -332,6 +335,7 @@ class Endpoint:
                 f"server's mean: no other holder has confirmed sharing it yet (a "
                 f"co-holder's sealed share envelope names the group at an unmask; only "
                 f"the server says the modality is shared)")
+        return kept
 
 
 class LocalTransport:

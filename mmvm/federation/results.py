@@ -191,13 +191,16 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
                                                cfg.data.label, cfg.eval.probe_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label)
     for split, got in (("train", train_set), ("test", test_set)):
-        if got.labels is None:  # the probes need it (evaluate_run would say less)
-            raise ValueError(no_label_column(cfg.data.label, split, cfg.data.files(split)))
+        if got.labels is None and not cfg.eval.labels:  # per-label probes (CelebA,
+            raise ValueError(  # MIMIC-CXR) read their own columns; the others need it
+                no_label_column(cfg.data.label, split, cfg.data.files(split)))
+    judged = train_set.labels is not None
     t0 = time.perf_counter()
-    stages = 3
-    log(f"mmvm: evaluation 1/{stages}: judge classifiers for coherence (trained on "
-        f"the real data once, then cached)")
-    clfs = classifiers_for(cfg)
+    stages = 3 if judged else 2
+    if judged:
+        log(f"mmvm: evaluation 1/{stages}: judge classifiers for coherence (trained on "
+            f"the real data once, then cached)")
+    clfs = classifiers_for(cfg) if judged else None
     log(f"mmvm: evaluation {stages - 1}/{stages}: probes, coherence, reconstruction "
         f"({time.perf_counter() - t0:.0f} s so far)")
     ev = evaluate_run(cfg, model, train_set, test_set, clfs)

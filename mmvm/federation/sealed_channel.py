@@ -240,14 +240,15 @@ class SealedChannel:
     def unmask(self, site: Site, req: UnmaskRequest
                ) -> tuple[UnmaskReply, Callable[[], None]]:
         reply, guard, confirmed = unmask(self.sec, req)
+        known = set(self.sec.state.get("confirmed", []))
+        if not confirmed <= known:  # kept at once: a fact from authenticated envelopes
+            self.sec.state["confirmed"] = sorted(known | confirmed)  # that only grows (a
+            self.sec.save_state()  # commit lost to a crash would not run again: the
+            # retried unmask gets the cached reply)
 
         def commit() -> None:
             self.sec.guard = guard
             self.sec.save_guard()
-            known = set(self.sec.state.get("confirmed", []))
-            if not confirmed <= known:
-                self.sec.state["confirmed"] = sorted(known | confirmed)
-                self.sec.save_state()
 
         return reply, commit
 

@@ -134,7 +134,7 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest
            ) -> tuple[UnmaskReply, object, set[str]]:
     """This site's unmask answer for window ``req.window``, the replay guard to keep
     once it is sent, and the modalities whose group another holder confirmed: its
-    sealed share envelope names the same group label (see :func:`confirmed`)."""
+    sealed share envelope names the same group label (see :func:`unconfirmed`)."""
     groups = sec.state.get("groups", {})
     stray = set(req.groups) - set(groups)
     if stray:

@@ -427,3 +427,23 @@ def test_a_label_column_the_data_lacks_is_named_with_the_ones_it_has(trained, tm
            "need one label per sample. Its label columns: label; e.g. --set " \
            "data.label=label" in err
     assert not (run / "eval.json").exists()
+
+
+def test_per_label_probes_need_no_single_label_column(trained, tmp_path, capsys):
+    """configs/mimic_cxr.toml and celeba.toml probe label columns by name
+    (eval.labels) and their files have no 'label' column: the check for one refused
+    them (mmvm evaluate, and the federated server's evaluation)."""
+    import json
+
+    from mmvm.cli import main
+
+    run = _run_copy(trained, tmp_path)
+    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-plot",
+                 "--set", "data.label=digit", "--set", 'eval.labels=["label"]',
+                 "--set", "eval.classifier_epochs=1"]) == 0
+    res = json.loads((run / "eval.json").read_text())
+    assert {m: list(v) for m, v in res["probe_labels"]["labels"].items()} == \
+        {m: ["label"] for m in NAMES}
+    assert 0.3 < res["probe"]["mean"] <= 1.0  # ten digits: chance ~0.1
+    assert "coherence" not in res  # no single label to judge generations by
+    assert all("coherence to" in w for w in res["warnings"])

@@ -19,6 +19,7 @@ from mmvm.federation.messages import (
     AlignRequest,
     DescribeRequest,
     EvaluateRequest,
+    UnmaskRequest,
     WindowRequest,
 )
 from mmvm.federation.policy import PolicyError, SitePolicy
@@ -281,8 +282,17 @@ def test_5f_a_modality_only_the_site_holds_never_takes_the_servers_weights(
         "window 0: kept its own weights of 'm0', not the server's mean: no other holder "
         "has confirmed sharing it yet (a co-holder's sealed share envelope names the "
         "group at an unmask; only the server says the modality is shared)"]
-    endpoint.handle(EvaluateRequest(weights={"m0": crafted}))
+    # nor can the server confirm the group itself: an unmask that calls the others
+    # dropped, or names a survivor whose sealed share envelope it cannot bring
+    me = sites[victim].name
+    for view in ({"survivors": [me], "dropped": others},
+                 {"survivors": [me, others[0]], "dropped": [others[1]]}):
+        with pytest.raises(SecurityError, match="survivors"):
+            endpoint.handle(UnmaskRequest(window=0, groups={"m0": view}))
+    assert endpoint.channel.sec.state.get("confirmed", []) == []
+    said = endpoint.handle(EvaluateRequest(weights={"m0": crafted}))
     assert all(np.array_equal(site.shared_weights("m0")[n], after[n]) for n in after)
+    assert said.metrics["unconfirmed_means"] == 1.0  # the server learns it was not taken
     assert endpoint.notes[0].startswith("the evaluation: kept its own weights of 'm0'")
 
 

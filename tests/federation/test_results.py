@@ -68,3 +68,8 @@ def test_the_servers_evaluation_names_a_missing_label_column(tmp_path):
         "the train data has no label column 'label.odor' (data.label); probes and "
         "coherence need one label per sample. Its label columns: label; e.g. --set "
         "data.label=label")
+    # per-label probes (configs/celeba.toml, mimic_cxr.toml) read their own columns
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, labels=["label"]))
+    paths, ev = evaluate_assembled(cfg, _state(cfg), tmp_path, tmp_path / "out", log=print)
+    assert set(ev["probe_labels"]["labels"]["m0"]) == {"label"} and "coherence" not in ev
+    assert (tmp_path / "out" / "eval.json").is_file()
