@@ -81,6 +81,7 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
             majority = ev.get(f"majority/{m}")
             chance = f" (chance {majority:.2f})" if majority is not None else ""
             probe = "withheld (the site's eval-labels)" if ev.get("probes_withheld") \
+                else "- (no data.label column at the site)" if ev.get("unlabelled") \
                 else _num(ev.get(f"probe/{m}")) + chance
             recon = "withheld (report-losses)" if ev.get("losses_withheld") \
                 else _num(ev.get(f"recon_nll/{m}"), 1)

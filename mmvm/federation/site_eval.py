@@ -29,7 +29,8 @@ from mmvm.federation.site import Site
 def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
                   ) -> dict[str, float]:
     """``probe/<m>``, ``classes/<m>``, ``majority/<m>`` (the probe's chance: the share
-    of m's commonest test label; none of the three unless ``probes``),
+    of m's commonest test label; none of the three unless ``probes``; ``unlabelled``
+    when the site's files lack ``data.label``),
     ``recon_nll/<m>`` and ``n_test``; empty without a test file."""
     if not site.test_path:
         return {}
@@ -42,6 +43,8 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
            if not math.isnan(v)}  # NaN: no test row holds m here
     if probes and site.data.labels is not None and test.labels is not None:
         out.update(_probes(site, test, max_probe_train))
+    elif probes:  # the summary says why its probe column is empty
+        out["unlabelled"] = 1.0
     out["n_test"] = float(len(test))
     return out
 

@@ -35,6 +35,7 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
         "3": {"site": "site-m0", "modalities": ["m0"], "probe/m0": 0.743,
               "classes/m0": 10.0, "majority/m0": 0.15, "recon_nll/m0": 1225.0},
         "9": {"site": "site-x", "modalities": ["x"], "recon_nll/x": 5.0},
+        "5": {"site": "site-w", "modalities": ["w"], "recon_nll/w": 4.0, "unlabelled": 1.0},
         "4": {"site": "site-y", "modalities": ["y"], "recon_nll/y": 6.0,
               "probes_withheld": 1.0}}
     text = summary(res, "/runs/run-1", {"results": "/runs/run-1/results.json"},
@@ -45,13 +46,14 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
     assert lines[0] == ("mmvm: trained 12 windows in 3 min 06 s (the evaluation after "
                         "them not included); 84.0 MB exchanged")
     body = [line for line in lines if line.startswith("site-")]
-    assert [b.split()[0] for b in body] == ["site-m0", "site-m1", "site-x",
+    assert [b.split()[0] for b in body] == ["site-m0", "site-m1", "site-w", "site-x",
                                             "site-y"]  # by name
     # chance: always answering the commonest test label (not 1 / classes)
     assert "0.743 (chance 0.15)" in body[0] and "1225.0" in body[0]
     assert "0.854 (chance 0.12)" in body[1]
-    assert body[2].split()[2] == "-"  # no labels at that site: no probe
-    assert "withheld (the site's eval-labels)" in body[3]  # its node config's choice
+    assert "- (no data.label column at the site)" in body[2]  # says why it is empty
+    assert body[3].split()[2] == "-"  # an older site's reply: no probe, no reason
+    assert "withheld (the site's eval-labels)" in body[4]  # its node config's choice
     assert "probe 0.810 (one probe over all modalities 0.740), coherence 0.230" in text
     assert "reconstruction NLL 3593.0; chance 0.150" in text
     assert "warning: the m1 judge scores 0.200 on real test data" in text

@@ -42,3 +42,16 @@ def test_the_sites_recon_nll_is_the_expectation_under_the_posterior(
     # expectations has variance mean_i Var(draw_i) / rows
     se = math.sqrt(float(draws.var(1).mean()) / draws.shape[0])
     assert abs(reported - expected) < 4 * se, (reported, expected, se)
+
+
+def test_a_site_without_its_label_column_says_so(tiny_polymnist, tiny_config, tmp_path):
+    """Its probe column in the run's summary was a bare "-"."""
+    import dataclasses
+
+    cfg = tiny_config(tiny_polymnist)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label="label.odor"))
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    site = make_sites(cfg, specs, root)["n0"]
+    got = evaluate_site(site)
+    assert got["unlabelled"] == 1.0 and "probe/m0" not in got
+    assert "unlabelled" not in evaluate_site(site, probes=False)  # withheld: said apart
