@@ -131,16 +131,19 @@ def _env(patch: Path | None, home: Path) -> dict:
     return env
 
 
-def stop_local_superlink() -> None:
-    """Stop flwr's managed local SuperLink: the next ``flwr run`` starts one with this
-    row's environment (the patched rows need the patch in the SuperLink's children)."""
-    for pid in pids_mentioning("local-superlink"):
+def stop_local_superlink(home: Path) -> None:
+    """Stop the local SuperLink flwr manages under ``home`` (this benchmark's
+    FLWR_HOME; its log file is there, on its command line), not anyone else's: the
+    next ``flwr run`` starts one with this row's environment (the patched rows need
+    the patch in the SuperLink's children)."""
+    mine = str(home / "local-superlink")
+    for pid in pids_mentioning(mine):
         try:
             os.kill(pid, 15)
         except ProcessLookupError:
             pass
     for _ in range(50):
-        if not pids_mentioning("local-superlink"):
+        if not pids_mentioning(mine):
             return
         time.sleep(0.1)
 
@@ -254,7 +257,8 @@ def main(argv=None) -> int:
             for target in args.targets:
                 patched = target.endswith("patched")
                 if target != "central" and env != (patched, target):
-                    stop_local_superlink()  # the next flwr run starts one with this env
+                    stop_local_superlink(work / "flwr-home")  # the next flwr run starts
+                    # one with this env
                     env = (patched, target)
                 if target == "central":
                     r = central(args, rc, sites, work, rep)
@@ -268,7 +272,7 @@ def main(argv=None) -> int:
                     f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)),
                     flush=True)
     finally:
-        stop_local_superlink()
+        stop_local_superlink(work / "flwr-home")
     write(runs, Path(args.out), args)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

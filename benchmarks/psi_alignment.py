@@ -82,7 +82,11 @@ def main(argv=None) -> int:
             for step in range(len(ring)):
                 inbox = route({n: r.sealed for n, r in replies.items()}, by_name) \
                     if step else {n: {} for n in names}
-                reqs = {n: AlignRequest(step=step, ring=ring, sealed=inbox[n]) for n in names}
+                # the described counts travel with every step: each site bounds the
+                # ring sets by them before it multiplies
+                reqs = {n: AlignRequest(step=step, ring=ring, sealed=inbox[n],
+                                        counts={m: args.ids for m in names})
+                        for n in names}
                 t0 = time.perf_counter()
                 futures = {n: pool.submit(_step, tmp, n, i, args.ids, reqs[n])
                            for i, n in enumerate(names)}
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
                               "MB": round(nbytes / 1e6, 2)})
                 print(steps[-1], flush=True)
         wall = time.perf_counter() - t_all
-    tags = {o: set(t) for r in replies.values() for o, t in r.tagged.items()}
+    # the last ring step: each site hands in the tags of the set it finished (origin)
+    tags = {r.origin: set(r.tags) for r in replies.values() if r.origin}
     union = set().union(*tags.values())
     # the ranges overlap only with more than 10,000 ids a site
     expected_union = 10_000 * (args.sites - 1) + args.ids if args.ids > 10_000 \

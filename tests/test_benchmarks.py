@@ -1,0 +1,47 @@
+"""Benchmark scripts that tests can afford, run as a user runs them: they must keep
+working as the protocol changes (psi_alignment.py built alignment requests without
+the sample counts sites came to require, and read a reply field that was renamed),
+and must not touch what is not theirs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_psi_alignment_finds_the_known_union_and_overlap(tmp_path):
+    out = tmp_path / "psi"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "psi_alignment.py"),
+                           "--sites", "3", "--ids", "300", "--workers", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["correct"] and res["union"] == 900 and len(res["steps"]) == 3
+    assert "| 3 | 300 | 1 |" in done.stdout
+
+
+def test_the_flower_benchmark_stops_only_its_own_local_superlink(tmp_path):
+    """It stopped every process of the user whose command line named a
+    "local-superlink": another person's, under their own FLWR_HOME, too."""
+    spec = importlib.util.spec_from_file_location(
+        "flower_runs", ROOT / "benchmarks" / "flower_runs.py")
+    flower_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flower_runs)
+    sleep = "import time; time.sleep(60)"
+    theirs = subprocess.Popen([sys.executable, "-c", sleep,
+                               str(tmp_path / "theirs" / "local-superlink" / "x.log")])
+    mine = subprocess.Popen([sys.executable, "-c", sleep,
+                             str(tmp_path / "mine" / "local-superlink" / "x.log")])
+    try:
+        flower_runs.stop_local_superlink(tmp_path / "mine")
+        assert mine.wait(timeout=10) == -15  # SIGTERM
+        assert theirs.poll() is None
+    finally:
+        theirs.kill()
+        mine.kill()
+        theirs.wait()
