@@ -203,12 +203,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--windows", type=int, default=3, help="windows (= epochs) per run")
     p.add_argument("--n-train", type=int, default=64, help="samples per site")
     p.add_argument("--tls", action="store_true", help="TLS + SuperNode authentication")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/deployment_overhead"))
+    p.add_argument("--out", default=None,
+                   help="results folder (default: benchmarks/results/deployment_overhead; with --quick, deployment_overhead-quick)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     p.add_argument("--debug-logs", action="store_true",
                    help="FLWR_LOG_LEVEL=DEBUG in every process (timestamped logs)")
     p.add_argument("--quick", action="store_true", help="1 repeat, 2 windows")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    quick = "-quick" * args.quick  # a smoke run leaves the published results alone
+    args.out = args.out or str(ROOT / "benchmarks/results" / f"deployment_overhead{quick}")
+    return args
 
 
 def make_workdir(work: Path, n_train: int, windows: int) -> dict:

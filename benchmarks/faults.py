@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import time
@@ -58,10 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="hippocampus look-alike (rat configs): default | dense (the "
                         "first look-alike, v1) | knobs, e.g. 'tuning=1.0,noise-sd=0'")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/faults"))
+    p.add_argument("--out", default=None,
+                   help="results folder (default: benchmarks/results/faults; with --quick, faults-quick)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    quick = "-quick" * args.quick  # a smoke run leaves the published results alone
+    args.out = args.out or str(ROOT / "benchmarks/results" / f"faults{quick}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -141,7 +146,10 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def markdown(table: list[dict], args) -> str:
-    f = lambda ms, d=3: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
+    def f(ms: tuple[float, float], d: int = 3) -> str:  # one seed: no error bar
+        return f"{ms[0]:.{d}f} (1 seed)" if math.isnan(ms[1]) else \
+            f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"
+
     lines = [f"| rats away ({args.away:.0%} of windows each) | probe | Δ probe | coherence | "
              f"Δ coherence | recon NLL |", "|---|---|---|---|---|---|"]
     for e in table:

@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="hippocampus look-alike (rat configs): default | dense (the "
                         "first look-alike, v1) | knobs, e.g. 'tuning=1.0,noise-sd=0'")
     p.add_argument("--data-dir", default=str(ROOT / "data"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/federated_vs_centralized"))
+    p.add_argument("--out", default=None,
+                   help="results folder (default: benchmarks/results/federated_vs_centralized; with --quick, federated_vs_centralized-quick)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="training seeds (default: %(default)s); the data is fixed")
@@ -76,7 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flower", action="store_true",
                    help="time exact runs under flwr run instead (benchmarks/flower_runs.py;"
                         " its own options follow)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    quick = "-quick" * args.quick  # a smoke run leaves the published results alone
+    args.out = args.out or str(ROOT / "benchmarks/results" / f"federated_vs_centralized{quick}")
+    return args
 
 
 MODES = [  # name, exchange, k, local_epochs, float16, warmup, event-triggered[, settings]

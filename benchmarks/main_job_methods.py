@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", default=[],
                    help="extra config override section.key=value (repeatable)")
-    p.add_argument("--out", default="benchmarks/results/main_job_methods")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/main_job_methods"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rc = app_config()

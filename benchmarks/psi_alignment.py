@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--ids", type=int, default=100_000, help="ids per site")
     p.add_argument("--workers", type=int, default=2, help="processes (CPU cores)")
-    p.add_argument("--out", default="benchmarks/results/psi_alignment")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks/results/psi_alignment"))
     args = p.parse_args(argv)
     names = [f"site{i}" for i in range(args.sites)]
     with tempfile.TemporaryDirectory() as tmp:

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3, help="measurements per row")
-    p.add_argument("--out", default="benchmarks/results/throughput")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/throughput"))
     args = p.parse_args(argv)
     rows = []
     for size in args.sizes:
