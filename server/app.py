@@ -22,13 +22,13 @@ from flwr.serverapp import Grid, ServerApp
 from mmvm.config import ConfigError
 from mmvm.data.store import DataError
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.loop import FederationResult, run_federation
+from mmvm.federation.loop import FederationResult, RunStopped, run_federation
 from mmvm.federation.messages import MessageError, SiteFailure
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import COMPLETE
 from mmvm.federation.report import alignment_line, summary, window_line
 from mmvm.federation.results import eval_data_problem, evaluate_assembled, write_results
-from mmvm.federation.server_state import load_server_state
+from mmvm.federation.server_state import STOP_REQUEST, load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_dirs import joined_experiment
 from mmvm.federation.site_errors import refused_by_protection, untagged
@@ -253,10 +253,18 @@ def run(grid: Grid, context: Context) -> None:
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
     state = state_path(s, context.run_id)
-    result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
-        alignment_line(al, s.num_sites), flush=True),
-        log=lambda line: print(line, flush=True), checkpoint=state,
-        resume_from=state if s.resume else None)
+    stop = state.parent / STOP_REQUEST  # `mmvm run`'s Ctrl-C: Flower's stop alone did not
+    stop.unlink(missing_ok=True)  # end a simulation's ServerApp; an earlier one's: done
+    try:
+        result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
+            alignment_line(al, s.num_sites), flush=True),
+            log=lambda line: print(line, flush=True), checkpoint=state,
+            resume_from=state if s.resume else None, should_stop=stop.exists)
+    except RunStopped as err:
+        stop.unlink(missing_ok=True)  # the answer `mmvm run` waits for
+        print(f"mmvm: run {err}; its state is in {state}: continue it with the same run "
+              f"config and resume='{s.resume or context.run_id}'", flush=True)
+        return
     joined = _site_dirs_experiment(s, result)
     if joined is not None:  # the simulated sites' folders, joined: evaluated and recorded
         s, cfg = dataclasses.replace(s, experiment=joined), joined

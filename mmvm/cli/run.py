@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -314,13 +315,15 @@ def _stream(proc: subprocess.Popen) -> str | None:
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int
           ) -> int:
     if run_id:
-        subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
-                       capture_output=True, timeout=120)
         # a resumed run keeps the state of the run it continues, under that one's id
         overrides = parse_overrides(args.run_config)
         first = str(overrides.get("resume") or run_id)
         folder = Path(str(overrides.get("out-dir") or "~/.mmvm/runs")).expanduser() \
             / f"run-{first}"
+        _ask_to_stop(folder, run_id)  # flwr stop alone left a simulation's ServerApp
+        # training to the end
+        subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
+                       capture_output=True, timeout=120)
         if (folder / "results.json").is_file():  # trained and written: only evaluating
             print(f"\nmmvm run: stopped run {run_id} after its training was written "
                   f"({folder}); its sites answered the final evaluation, so it cannot be "
@@ -331,6 +334,31 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
                   f"--run-config and resume='{first}' (if its sites had attached)",
                   file=sys.stderr)
     return 128 + signum
+
+
+STOP_WAIT = 300  # seconds a stop waits for the current window to end and be written
+
+
+def _ask_to_stop(folder: Path, run_id: str) -> None:
+    """Ask the ServerApp to stop after its current window, which everyone then
+    checkpoints (``stop.request`` in the run's folder), and wait for it, up to
+    :data:`STOP_WAIT` s. Where the run's folder is not on this machine (a remote
+    SuperLink), or not written yet, flwr stop alone stops it."""
+    from mmvm.federation.server_state import STOP_REQUEST
+
+    if not folder.is_dir() or (folder / "results.json").is_file():
+        return
+    request = folder / STOP_REQUEST
+    request.write_text(f"run {run_id}\n")
+    print(f"\nmmvm run: stopping run {run_id} after its current window (its state is "
+          f"written then; up to {STOP_WAIT} s)", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + STOP_WAIT
+    while request.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if request.exists():
+        request.unlink(missing_ok=True)  # a later resume must not stop at once
+        print(f"mmvm run: run {run_id} did not end a window within {STOP_WAIT} s; "
+              f"stopping it in Flower", file=sys.stderr)
 
 
 def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: int

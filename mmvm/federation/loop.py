@@ -70,6 +70,15 @@ class Transport(Protocol):
         ...
 
 
+class RunStopped(Exception):
+    """The run stopped on request (``should_stop``) after a window, its state written
+    (the sites snapshot that window too): a resume continues from there."""
+
+    def __init__(self, window: int, windows: int) -> None:
+        super().__init__(f"stopped on request after window {window + 1}/{windows}")
+        self.window = window
+
+
 @dataclass
 class FederationResult:
     history: list[dict] = field(default_factory=list)
@@ -140,14 +149,17 @@ def run_federation(transport: Transport, s: FederationSettings,
                    on_align: Callable[[dict], None] | None = None,
                    log: Callable[[str], None] | None = None,
                    checkpoint: str | Path | None = None,
-                   resume_from: str | Path | None = None) -> FederationResult:
+                   resume_from: str | Path | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> FederationResult:
     """Align, train every window of the plan, evaluate; returns metrics and bytes.
 
     Sites that miss windows, fail them or send replies the server refuses are left
     out of them (:mod:`mmvm.federation.attendance`, :mod:`mmvm.federation.admission`).
     With ``checkpoint`` the server's state is written there after attach and after
     every window; ``resume_from`` continues the run whose state is there
-    (:mod:`mmvm.federation.server_state`) instead of starting one."""
+    (:mod:`mmvm.federation.server_state`) instead of starting one. When
+    ``should_stop()`` turns true, the next window is checkpointed by everyone and
+    :class:`RunStopped` raised after it."""
     t0, routing = time.perf_counter(), make_routing(s)
     meter = Metered(transport, s.site_timeout)
     if resume_from:
@@ -182,6 +194,9 @@ def run_federation(transport: Transport, s: FederationSettings,
         att.wait_for_quorum(meter.online, log)
         tw, before = time.perf_counter(), meter.total
         absent = att.absent_names()
+        stopping = bool(should_stop and should_stop())
+        if stopping:
+            persist = persist | {w}  # the sites snapshot this window: resumed from it
         requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent,
                                            persist=w in persist)
                     for k, r in routing.requests(coord, w, averaged).items()}
@@ -205,6 +220,8 @@ def run_federation(transport: Transport, s: FederationSettings,
             save(w)
         if on_window:
             on_window(row)
+        if stopping:
+            raise RunStopped(w, len(coord.plan))
     result.missed = att.summary()
     result.bytes_total = meter.total
     final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout)

@@ -26,6 +26,9 @@ from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.settings import FederationSettings
 
 VERSION = 1
+# beside server_state.pt: a request that the run stop after its current window (`mmvm
+# run`'s Ctrl-C); the ServerApp checkpoints that window, removes the file and ends
+STOP_REQUEST = "stop.request"
 
 
 def fingerprint(s: FederationSettings) -> dict:

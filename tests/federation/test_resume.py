@@ -348,3 +348,34 @@ def test_a_secure_site_ahead_of_the_checkpoint_refuses_to_go_back(cfg, tmp_path,
         run_federation(LocalTransport(endpoints), settings_for(cfg, resume=RUN, **opts),
                        resume_from=old)
     assert all(s.progress.window == 2 for s in sites.values())
+
+
+def test_a_stop_request_checkpoints_the_next_window_and_resumes_from_it(
+        cfg, tmp_path, tiny_polymnist):
+    """``mmvm run``'s Ctrl-C asks the ServerApp to stop (Flower's stop alone left a
+    simulation's ServerApp training to the end): the window after the request is
+    checkpointed by everyone, also between the run's own checkpoints, and a resume
+    continues from it as if nothing happened."""
+    from mmvm.federation.loop import RunStopped
+    from mmvm.federation.server_state import load_server_state
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    opts = {"exchange": "step", "float16": False}  # checkpoints after windows 3 and 6
+    ref_sites = make_sites(cfg, specs, root)
+    ref = run_federation(LocalTransport(plain_endpoints(ref_sites)), settings_for(cfg, **opts))
+    sites, ckpt = make_sites(cfg, specs, root), tmp_path / "server_state.pt"
+    asked = iter([False, True])  # the request comes during window 1
+    with pytest.raises(RunStopped, match=r"stopped on request after window 2/6"):
+        run_federation(LocalTransport(plain_endpoints(sites)), settings_for(cfg, **opts),
+                       checkpoint=ckpt, should_stop=lambda: next(asked))
+    assert load_server_state(ckpt, settings_for(cfg, **opts)).window == 1
+    assert all(s.progress.window == 1 for s in sites.values())
+    sites = _restarted(cfg, sites, tmp_path)
+    res = run_federation(LocalTransport(plain_endpoints(sites)),
+                         settings_for(cfg, resume=RUN, **opts), checkpoint=ckpt,
+                         resume_from=ckpt)
+    assert [r["window"] for r in res.history] == list(range(6))
+    a, b = params(ref_sites.values()), params(sites.values())
+    assert max(float(np.abs(a[n] - b[n]).max()) for n in a) == 0.0
+    assert [r["rec_nll"] for r in res.history] == pytest.approx(
+        [r["rec_nll"] for r in ref.history], rel=1e-6)

@@ -125,6 +125,42 @@ def test_sigterm_stops_the_run_as_ctrl_c_does(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_ends_the_training_after_its_window_and_leaves_it_resumable(tmp_path):
+    """Ctrl-C printed "stopped run X; continue it with resume=X" while the
+    simulation's ServerApp trained on to the end (Flower's stop did not reach it), so
+    the resume was then refused as complete. Now the ServerApp checkpoints its
+    current window and ends; the state is there to resume."""
+    import signal
+
+    rc = (f"set='train.epochs=30;train.batch_size=100' exchange='step' n-train=300 "
+          f"n-test=100 {_dirs(tmp_path)}")
+    with Fleet(tmp_path / "fleet") as fleet:
+        fleet.write_connection("sim", fleet.start_superlink(simulation=True))
+        proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
+                                 "sim", "--run-config", rc], env=fleet.env,
+                                cwd=fleet.workdir, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in proc.stdout:  # until the run trains
+            seen.append(line)
+            if line.startswith("window 2/"):
+                break
+        assert seen and seen[-1].startswith("window 2/"), "".join(seen[-40:])
+        proc.send_signal(signal.SIGINT)
+        out = "".join(seen) + proc.communicate(timeout=400)[0]
+    assert proc.returncode == 130, out[-3000:]
+    run_id = re.search(r"stopping run (\d+) after its current window", out).group(1)
+    assert f"stopped run {run_id}; continue it with the same --run-config and " \
+           f"resume='{run_id}'" in out
+    assert "did not end a window" not in out
+    folder = tmp_path / "runs" / f"run-{run_id}"
+    from mmvm.federation.server_state import STOP_REQUEST
+
+    assert (folder / "server_state.pt").is_file() and not (folder / STOP_REQUEST).exists()
+    assert not (folder / "results.json").exists()  # stopped, not trained to the end
+
+
+@pytest.mark.slow
 def test_a_simulation_on_the_users_own_site_folders(tmp_path):
     """site-dirs: two labs' folders of `mmvm data prepare arrays` (modalities the
     embedded simulations do not know) are the simulated sites, named after their
