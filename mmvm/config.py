@@ -183,13 +183,17 @@ class ExperimentConfig:
     source: str = "<defaults>"
 
 
-def config_digest(cfg: ExperimentConfig) -> str:
-    """SHA-256 of the settings sites must share (not ``source``, nor ``train.device``
-    and ``train.compile``, a site's node config's to decide): they check with it that
-    they train alike."""
+def shared_settings(cfg: ExperimentConfig) -> dict:
+    """The settings sites must share (not ``source``, nor ``train.device`` and
+    ``train.compile``, a site's node config's to decide), JSON-able."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
     settings["train"].pop("device", None), settings["train"].pop("compile", None)
-    text = json.dumps(settings, sort_keys=True, default=str)
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def config_digest(cfg: ExperimentConfig) -> str:
+    """SHA-256 of :func:`shared_settings`: sites check with it that they train alike."""
+    text = json.dumps(shared_settings(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -159,6 +159,10 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     if app.resolve() != APP_DIR and not config.is_absolute():  # as its ServerApp will:
         config = app / config  # a file of that app
     s = load_settings({**rc, "config": str(config)})
+    if s.resume:  # the ServerApp would refuse it after Flower and Ray started (~20 s)
+        from mmvm.federation.server_state import load_server_state
+
+        load_server_state(Path(s.out_dir) / f"run-{s.resume}" / "server_state.pt", s)
     sites = simulated_sites(s)
     if not s.site_dirs and tuple(s.modalities) == ("m0", "m1", "m2"):  # made here
         from mmvm.data.polymnist import check_lookalike_fits

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mmvm.checkpoint import write_torch
-from mmvm.config import ConfigError
+from mmvm.config import ConfigError, shared_settings
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.settings import FederationSettings
 
@@ -32,11 +33,32 @@ STOP_REQUEST = "stop.request"
 
 
 def fingerprint(s: FederationSettings) -> dict:
-    """The settings a resumed run must share with the run it continues."""
+    """The settings a resumed run must share with the run it continues: the plan, the
+    protocol, the experiment the sites train (they would refuse another, naming no
+    key), and what a simulation's sites hold (other samples misalign every row)."""
     return {"plan": s.plan_args().to_dict(), "modalities": s.modalities,
             "secure": s.secure, "align": s.align, "float16": s.float16,
             "delta_tol": s.delta_tol, "latent_dim": s.experiment.model.latent_dim,
-            "method": s.experiment.model.method}
+            "method": s.experiment.model.method,
+            "experiment": shared_settings(s.experiment),
+            "simulation": {"num-sites": s.num_sites, "layout": s.layout,
+                           "shards": s.shards, "missing": s.missing,
+                           "n-train": s.n_train, "n-test": s.n_test,
+                           "hippocampus": s.hippocampus, "site-dirs": list(s.site_dirs)}}
+
+
+def changes(was: Mapping, now: Mapping, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for each leaf that differs (nested keys dotted); keys
+    ``was`` lacks are not compared (a state written before they were recorded)."""
+    out = []
+    for k in now:
+        if k not in was or was[k] == now[k]:
+            continue
+        if isinstance(was[k], Mapping) and isinstance(now[k], Mapping):
+            out += changes(was[k], now[k], f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}: {was[k]!r} -> {now[k]!r}")
+    return out
 
 
 @dataclass
@@ -72,8 +94,8 @@ def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"resume = {s.resume}: no server state at {path} (the server "
-                          f"writes it after every window; is out-dir the one that run "
-                          f"used?)")
+                          f"writes it once the sites attached; is out-dir the one that "
+                          f"run used?)")
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, or unpickling refused
@@ -85,12 +107,12 @@ def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:
     if doc.get("version") != VERSION:
         raise ConfigError(f"{path}: server state version {doc.get('version')}, this "
                           f"mmvm reads version {VERSION}")
-    was, now = json.loads(doc["fingerprint"]), fingerprint(s)
-    changed = sorted(k for k in now if was.get(k) != now[k])
+    now = json.loads(json.dumps(fingerprint(s), sort_keys=True))  # as it was stored
+    changed = changes(json.loads(doc["fingerprint"]), now)
     if changed:
         raise ConfigError(f"resume = {s.resume}: the run was started with other "
-                          f"settings ({', '.join(f'{k}: {was.get(k)} -> {now[k]}' for k in changed)}); "
-                          f"a resumed run must train the same plan")
+                          f"settings ({'; '.join(changed)}); a resumed run must train "
+                          f"the same plan on the same data")
     try:
         return _state_of(doc)
     except (KeyError, TypeError, ValueError, AttributeError) as err:

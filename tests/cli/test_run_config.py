@@ -373,3 +373,26 @@ def test_a_label_column_no_site_folder_has_is_warned_of_before_flower(tmp_path, 
         "mmvm run: warning: no site folder has the label column 'label' (data.label of "
         "configs/polymnist_cpu.toml); their label columns: label.odor: the sites' probes "
         "and the server's evaluation need it (e.g. set='data.label=\"label.odor\"')\n")
+
+
+def test_a_resume_under_other_settings_is_refused_before_flower(tmp_path):
+    """The ServerApp refused it ~17 s in, after Flower and Ray started, showing two
+    raw dicts; a missing state the same."""
+    from mmvm.federation.server_state import ServerState, save_server_state
+    from mmvm.federation.settings import load_settings
+
+    dirs = f"out-dir='{tmp_path}/runs' state-dir='{tmp_path}/state' eval-data=''"
+    rc = {**app_defaults(ROOT), **parse_overrides(dirs)}
+    s = load_settings({**rc, "config": str(ROOT / rc["config"])})
+    save_server_state(tmp_path / "runs" / "run-123" / "server_state.pt", s, ServerState(
+        -1, [], {}, {}, {}, [], [], 0, 0.0, {}))
+    check_run_config(ROOT, f"{dirs} resume='123'", local=True)  # the same: fine
+    with pytest.raises(ConfigError) as info:
+        check_run_config(ROOT, f"{dirs} resume='123' set='train.epochs=7' n-train=200",
+                         local=True)
+    said = str(info.value)
+    assert "plan.epochs: " in said and "-> 7" in said and "experiment.train.epochs" in said
+    assert "simulation.n-train: " in said and said.endswith(
+        "a resumed run must train the same plan on the same data")
+    with pytest.raises(ConfigError, match=r"no server state at .*run-456"):
+        check_run_config(ROOT, f"{dirs} resume='456'", local=True)

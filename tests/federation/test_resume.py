@@ -122,9 +122,22 @@ def test_resume_refuses_other_settings_and_other_sites(cfg, tmp_path, tiny_polym
     with pytest.raises(Crash):
         run_federation(CrashAt(plain_endpoints(sites), 1, False),
                        settings_for(cfg, exchange="step"), checkpoint=ckpt)
-    with pytest.raises(ConfigError, match=r"other settings \(plan: "):
+    with pytest.raises(ConfigError, match=r"other settings \(plan\.exchange: 'step' -> "
+                                          r"'round'\); a resumed run must train"):
         run_federation(LocalTransport(plain_endpoints(sites)),
                        settings_for(cfg, exchange="round", resume=RUN), resume_from=ckpt)
+    # the experiment the sites train (they refused another without naming the key), and
+    # a simulation's data (other samples misaligned every row, in 700 lines of Ray)
+    import dataclasses
+
+    lr = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=0.5))
+    with pytest.raises(ConfigError, match=r"\(experiment\.train\.lr: 0\.001 -> 0\.5\)"):
+        run_federation(LocalTransport(plain_endpoints(sites)),
+                       settings_for(lr, exchange="step", resume=RUN), resume_from=ckpt)
+    with pytest.raises(ConfigError, match=r"\(simulation\.n-train: \d+ -> 200\)"):
+        run_federation(LocalTransport(plain_endpoints(sites)),
+                       settings_for(cfg, exchange="step", n_train=200, resume=RUN),
+                       resume_from=ckpt)
     strangers = make_sites(cfg, *split(tiny_polymnist, tmp_path, "horizontal", shards=3))
     with pytest.raises(FederationError, match="resume refused: the site is 'new'"):
         run_federation(LocalTransport(plain_endpoints(strangers)),
