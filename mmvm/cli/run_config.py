@@ -159,6 +159,8 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     if app.resolve() != APP_DIR and not config.is_absolute():  # as its ServerApp will:
         config = app / config  # a file of that app
     s = load_settings({**rc, "config": str(config)})
+    for key, folder in (("out-dir", s.out_dir), ("state-dir", s.state_dir)):
+        _check_writable(key, Path(folder))
     if s.resume:  # the ServerApp would refuse it after Flower and Ray started (~20 s)
         from mmvm.federation.server_state import load_server_state
 
@@ -187,6 +189,25 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     if s.site_dirs and s.eval_data == "default" and s.collect_model:
         _check_joined(s)
     return rc
+
+
+def _check_writable(key: str, folder: Path) -> None:
+    """The folder, or the deepest part of it that exists, takes a file: the ServerApp
+    failed there after alignment with a Flower traceback (a read-only or immutable
+    folder, which permission bits alone do not show to root)."""
+    import tempfile
+
+    from mmvm.atomic import existing_part
+
+    where = existing_part(folder)
+    try:
+        if not where.is_dir():
+            raise NotADirectoryError(f"{where} is not a folder")
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as err:
+        raise ConfigError(f"run config: {key} = {str(folder)!r}: cannot write in {where} "
+                          f"({err.strerror or err})") from None
 
 
 def _check_site_dirs(s) -> None:

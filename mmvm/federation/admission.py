@@ -13,11 +13,13 @@ refused more than ``max-refused`` windows in a row.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.window_metrics import window_sums
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 REASON_KEPT = 300  # characters of a refusal's reason kept in the window's record
 
 
@@ -48,5 +50,6 @@ def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping
 def short_reason(reason: str) -> str:
     """What the window's record keeps of a reason (the server state keeps every
     window's): printable, at most :data:`REASON_KEPT` characters."""
+    reason = ANSI.sub("", reason)  # Ray's coloured traceback lines, in a site's failure
     text = "".join(c if c.isprintable() else " " for c in reason)
     return text if len(text) <= REASON_KEPT else text[:REASON_KEPT] + " ..."

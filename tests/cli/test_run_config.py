@@ -396,3 +396,14 @@ def test_a_resume_under_other_settings_is_refused_before_flower(tmp_path):
         "a resumed run must train the same plan on the same data")
     with pytest.raises(ConfigError, match=r"no server state at .*run-456"):
         check_run_config(ROOT, f"{dirs} resume='456'", local=True)
+
+
+def test_an_out_dir_it_cannot_write_in_is_named_before_flower(tmp_path):
+    """The ServerApp failed after alignment with Flower's traceback ('Exit Code: 700')."""
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the folder would be")
+    with pytest.raises(ConfigError) as info:
+        check_run_config(ROOT, f"out-dir='{blocker}/runs' state-dir='{tmp_path}/s' "
+                               f"eval-data=''", local=True)
+    assert str(info.value) == (f"run config: out-dir = '{blocker}/runs': cannot write in "
+                               f"{blocker} ({blocker} is not a folder)")

@@ -330,3 +330,13 @@ def test_the_console_says_which_window_was_refused_and_why():
         history=[{**row, "window": w, "refused": {"c": f"failed: {w}"}} for w in (3, 4)])
     text = summary(result, "/runs/1", {}, None)
     assert "windows refused" in text and "c 4-5 (last: failed: 4)" in text
+
+
+def test_a_reason_keeps_its_text_not_a_terminals_colour_codes():
+    """A site killed in a simulation failed with Ray's coloured traceback: the
+    window's record and the console showed '[36mray::ClientAppActor.run()'."""
+    from mmvm.federation.admission import REASON_KEPT, short_reason
+
+    said = short_reason("failed: \x1b[36mray::ClientAppActor.run()\x1b[39m (pid=7)\nx")
+    assert said == "failed: ray::ClientAppActor.run() (pid=7) x"
+    assert short_reason("y" * 400) == "y" * REASON_KEPT + " ..."
