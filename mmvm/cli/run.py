@@ -317,7 +317,7 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
     if run_id:
         # a resumed run keeps the state of the run it continues, under that one's id
         overrides = parse_overrides(args.run_config)
-        first = str(overrides.get("resume") or run_id)
+        first = _first(args, run_id)
         folder = Path(str(overrides.get("out-dir") or "~/.mmvm/runs")).expanduser() \
             / f"run-{first}"
         _ask_to_stop(folder, run_id)  # flwr stop alone left a simulation's ServerApp
@@ -334,6 +334,11 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
                   f"--run-config and resume='{first}' (if its sites had attached)",
                   file=sys.stderr)
     return 128 + signum
+
+
+def _first(args: argparse.Namespace, run_id: str) -> str:
+    """The id a run's state is kept under: the run it resumes, or its own."""
+    return str(parse_overrides(args.run_config).get("resume") or run_id)
 
 
 STOP_WAIT = 300  # seconds a stop waits for the current window to end and be written
@@ -370,4 +375,10 @@ def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: i
     final = status(cmd, args, run_id)
     ok = final == "finished:completed"
     print(f"mmvm run: run {run_id} {final}", file=sys.stdout if ok else sys.stderr)
+    if not final.startswith("finished"):  # flwr run ended, the run did not: the
+        print(f"mmvm run: flwr run lost the SuperLink while run {run_id} ran (exit "
+              f"code {code}); its ServerApp may still be training without it (a "
+              f"simulation's goes on; `flwr ls` shows no such run on a new SuperLink). "
+              f"Once no process of it is left, continue it with the same --run-config "
+              f"and resume='{_first(args, run_id)}'", file=sys.stderr)
     return 0 if ok else 1

@@ -407,3 +407,18 @@ def test_an_out_dir_it_cannot_write_in_is_named_before_flower(tmp_path):
                                f"eval-data=''", local=True)
     assert str(info.value) == (f"run config: out-dir = '{blocker}/runs': cannot write in "
                                f"{blocker} ({blocker} is not a folder)")
+
+
+def test_a_run_that_outlived_flwr_run_says_what_to_do(monkeypatch, capsys):
+    """The SuperLink was killed: flwr run ended, the run was listed as running, and
+    mmvm run said only 'run X running' (the ServerApp trained on without it)."""
+    import argparse
+
+    from mmvm.cli import run as run_cli
+
+    monkeypatch.setattr(run_cli, "status", lambda *a: "running")
+    args = argparse.Namespace(connection=None, run_config="resume='7' exchange='step'")
+    assert run_cli._final(["flwr", "run"], args, "42", 1) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mmvm run: run 42 running\nmmvm run: flwr run lost the SuperLink ")
+    assert "continue it with the same --run-config and resume='7'" in err
