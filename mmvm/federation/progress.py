@@ -96,6 +96,11 @@ class Progress:
     def resume(self, site: str) -> None:
         if self.phase == "evaluated":
             raise ProtocolOrderError(f"site {site}: resume refused: {COMPLETE}")
+        if self.phase == "new":  # no state of the run where the site keeps it
+            raise ProtocolOrderError(
+                f"site {site}: resume refused: the site has no state of this run (its "
+                f"state-dir, or its node config's state folder, is not the one the run "
+                f"used, or the site never attached to it)")
         self._need(site, "resume", "attached")
 
     def evaluate(self, site: str) -> None:

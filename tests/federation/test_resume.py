@@ -139,11 +139,13 @@ def test_resume_refuses_other_settings_and_other_sites(cfg, tmp_path, tiny_polym
                        settings_for(cfg, exchange="step", n_train=200, resume=RUN),
                        resume_from=ckpt)
     strangers = make_sites(cfg, *split(tiny_polymnist, tmp_path, "horizontal", shards=3))
-    with pytest.raises(FederationError, match="resume refused: the site is 'new'"):
+    with pytest.raises(FederationError, match="resume refused: the site has no state of "
+                       "this run \\(its state-dir"):
         run_federation(LocalTransport(plain_endpoints(strangers)),
                        settings_for(cfg, exchange="step", resume=RUN), resume_from=ckpt)
     fresh = make_sites(cfg, specs, root)  # sites that never took part
-    with pytest.raises(FederationError, match="resume refused: the site is 'new'"):
+    with pytest.raises(FederationError, match="resume refused: the site has no state of "
+                       "this run \\(its state-dir"):
         run_federation(LocalTransport(plain_endpoints(fresh)),
                        settings_for(cfg, exchange="step", resume=RUN), resume_from=ckpt)
     with pytest.raises(ConfigError, match="no server state"):
