@@ -356,14 +356,20 @@ def _ask_to_stop(folder: Path, run_id: str) -> None:
     request = folder / STOP_REQUEST
     request.write_text(f"run {run_id}\n")
     print(f"\nmmvm run: stopping run {run_id} after its current window (its state is "
-          f"written then; up to {STOP_WAIT} s)", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + STOP_WAIT
-    while request.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
+          f"written then; up to {STOP_WAIT} s, Ctrl-C again to stop it now)",
+          file=sys.stderr, flush=True)
+    deadline, now = time.monotonic() + STOP_WAIT, []
+    before = signal.signal(signal.SIGINT, lambda *_: now.append(1))
+    try:
+        while request.exists() and not now and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        signal.signal(signal.SIGINT, before)
     if request.exists():
         request.unlink(missing_ok=True)  # a later resume must not stop at once
-        print(f"mmvm run: run {run_id} did not end a window within {STOP_WAIT} s; "
-              f"stopping it in Flower", file=sys.stderr)
+        print(f"mmvm run: run {run_id} did not end its window "
+              f"{'yet' if now else f'within {STOP_WAIT} s'}; stopping it in Flower (a "
+              f"resume continues from its last checkpoint)", file=sys.stderr)
 
 
 def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: int

@@ -152,7 +152,7 @@ def test_ctrl_c_ends_the_training_after_its_window_and_leaves_it_resumable(tmp_p
     run_id = re.search(r"stopping run (\d+) after its current window", out).group(1)
     assert f"stopped run {run_id}; continue it with the same --run-config and " \
            f"resume='{run_id}'" in out
-    assert "did not end a window" not in out
+    assert "did not end its window" not in out
     folder = tmp_path / "runs" / f"run-{run_id}"
     from mmvm.federation.server_state import STOP_REQUEST
 
