@@ -3,8 +3,9 @@
 ``flwr run --stream`` exits 0 even when the run failed, and an interrupted CLI leaves
 the run going in the SuperLink. This command runs the app as ``flwr run`` would,
 streams its output, then asks the SuperLink for the run's final status (``flwr ls``)
-and exits 0 only if it completed; Ctrl-C, SIGTERM or SIGHUP stop the run (``flwr
-stop``). Without ``--connection`` it is a local simulation, never flwr's default
+and exits 0 only if it completed; Ctrl-C, SIGTERM or SIGHUP stop the run: where its
+folder is on this machine the ServerApp first checkpoints the window it is in and
+ends (``stop.request``), then ``flwr stop``. Without ``--connection`` it is a local simulation, never flwr's default
 connection where that is a SuperLink; it starts exactly ``num-sites`` SuperNodes (the
 run config's value, or the one given with ``--run-config``), so the two can never
 disagree. Flower packages a
