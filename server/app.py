@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -32,6 +33,7 @@ from mmvm.federation.server_state import STOP_REQUEST, load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_dirs import joined_experiment
 from mmvm.federation.site_errors import refused_by_protection, untagged
+from mmvm.folder_lock import folder_lock
 from mmvm.secure.errors import SecurityError
 from wire.records import flower_type, reply_from_record, to_record
 
@@ -253,13 +255,21 @@ def run(grid: Grid, context: Context) -> None:
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
     state = state_path(s, context.run_id)
-    stop = state.parent / STOP_REQUEST  # `mmvm run`'s Ctrl-C: Flower's stop alone did not
-    stop.unlink(missing_ok=True)  # end a simulation's ServerApp; an earlier one's: done
+    # `mmvm run`'s Ctrl-C asks for a stop here: Flower's stop alone did not end a
+    # simulation's ServerApp
+    stop = state.parent / STOP_REQUEST
     try:
-        result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
-            alignment_line(al, s.num_sites), flush=True),
-            log=lambda line: print(line, flush=True), checkpoint=state,
-            resume_from=state if s.resume else None, should_stop=stop.exists)
+        with ExitStack() as held:  # one ServerApp at a time writes a run's state (two
+            try:  # resumes of one run raced, the second blaming a pruned state folder)
+                held.enter_context(folder_lock(
+                    state.parent, f"a ServerApp of run {s.resume or context.run_id}"))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            stop.unlink(missing_ok=True)  # an earlier stop's, answered: not this run's
+            result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
+                alignment_line(al, s.num_sites), flush=True),
+                log=lambda line: print(line, flush=True), checkpoint=state,
+                resume_from=state if s.resume else None, should_stop=stop.exists)
     except RunStopped as err:
         stop.unlink(missing_ok=True)  # the answer `mmvm run` waits for
         print(f"mmvm: run {err}; its state is in {state}: continue it with the same run "

@@ -55,3 +55,20 @@ def test_a_resumed_run_keeps_the_first_runs_state_and_id(tmp_path):
     # written as Flower prints it or zero-padded, the id names the same folder
     padded = load_settings(app_run_config(out_dir=str(tmp_path / "runs"), resume="042"))
     assert state_path(padded, 77) == state_path(s, 77)
+
+
+def test_a_run_whose_state_another_serverapp_writes_is_refused(tmp_path):
+    """Two resumes of one run at once: the second raced the first and failed blaming a
+    pruned state folder. The run's folder is held for the ServerApp's whole run."""
+    import pytest
+
+    from mmvm.config import ConfigError
+    from mmvm.folder_lock import folder_lock
+    from server.app import run
+
+    folder = tmp_path / "runs" / "run-42"
+    with folder_lock(folder, "a test"), pytest.raises(ConfigError) as info:
+        run(None, _context(tmp_path))  # the lock comes before the first message
+    assert str(info.value) == (f"{folder}: another process (a ServerApp of run 42) is "
+                               f"writing this folder now; wait for it to end or choose "
+                               f"another folder")
