@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,24 @@ def _mmvm_run(fleet: Fleet, run_config: str) -> tuple[int, str]:
                          env=fleet.env, cwd=fleet.workdir, capture_output=True, text=True,
                          timeout=900)
     return res.returncode, res.stdout + res.stderr
+
+
+def _interrupted(fleet: Fleet, run_config: str, until: str, signum: int
+                 ) -> tuple[subprocess.Popen, str]:
+    """`mmvm run` of ``run_config``, sent ``signum`` at its first output line that
+    contains ``until``; the process and its whole output."""
+    proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
+                             "sim", "--run-config", run_config], env=fleet.env,
+                            cwd=fleet.workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if until in line:
+            break
+    assert seen and until in seen[-1], "".join(seen[-40:])
+    proc.send_signal(signum)
+    return proc, "".join(seen) + proc.communicate(timeout=400)[0]
 
 
 def _simulate(tmp: Path, run_config: str) -> tuple[int, str]:
@@ -105,18 +124,8 @@ def test_sigterm_stops_the_run_as_ctrl_c_does(tmp_path):
     rc = f"set='train.epochs=200;train.batch_size=50' n-train=300 n-test=100 {_dirs(tmp_path)}"
     with Fleet(tmp_path / "fleet") as fleet:
         fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
-                                 "sim", "--run-config", rc], env=fleet.env,
-                                cwd=fleet.workdir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        seen = []
-        for line in proc.stdout:  # until the SuperLink has the run
-            seen.append(line)
-            if "Successfully started run" in line:
-                break
-        assert seen and "Successfully started run" in seen[-1], "".join(seen[-40:])
-        proc.terminate()
-        out = "".join(seen) + proc.communicate(timeout=300)[0]
+        # once the SuperLink has the run
+        proc, out = _interrupted(fleet, rc, "Successfully started run", signal.SIGTERM)
         assert proc.returncode == 143, out[-3000:]  # 128 + SIGTERM, as a shell reports it
         run_id = re.search(r"mmvm run: stopped run (\d+)", out).group(1)
         text = fleet.flwr("ls", "--run-id", run_id, "--format", "json", "sim").stdout
@@ -130,24 +139,11 @@ def test_ctrl_c_ends_the_training_after_its_window_and_leaves_it_resumable(tmp_p
     simulation's ServerApp trained on to the end (Flower's stop did not reach it), so
     the resume was then refused as complete. Now the ServerApp checkpoints its
     current window and ends; the state is there to resume."""
-    import signal
-
     rc = (f"set='train.epochs=30;train.batch_size=100' exchange='step' n-train=300 "
           f"n-test=100 {_dirs(tmp_path)}")
     with Fleet(tmp_path / "fleet") as fleet:
         fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
-                                 "sim", "--run-config", rc], env=fleet.env,
-                                cwd=fleet.workdir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        seen = []
-        for line in proc.stdout:  # until the run trains
-            seen.append(line)
-            if line.startswith("window 2/"):
-                break
-        assert seen and seen[-1].startswith("window 2/"), "".join(seen[-40:])
-        proc.send_signal(signal.SIGINT)
-        out = "".join(seen) + proc.communicate(timeout=400)[0]
+        proc, out = _interrupted(fleet, rc, "window 2/", signal.SIGINT)  # once it trains
     assert proc.returncode == 130, out[-3000:]
     run_id = re.search(r"stopping run (\d+) after its current window", out).group(1)
     assert f"stopped run {run_id}; continue it with the same --run-config and " \
