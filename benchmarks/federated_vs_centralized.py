@@ -238,8 +238,9 @@ def _write(out: Path, rows: list[dict], summary: list[dict], args: dict) -> None
 
 
 def _markdown(summary: list[dict], seeds: int) -> str:
-    def pm(r, k, d=3, sign=""):
-        return f"{r[k]:{sign}.{d}f} ± {r[k + '_se']:.{d}f}"
+    def pm(r, k, d=3, sign=""):  # one seed: no error bar to show
+        value = f"{r[k]:{sign}.{d}f}"
+        return value if r["seeds"] < 2 else f"{value} ± {r[k + '_se']:.{d}f}"
 
     lines = [f"mean ± standard error over {seeds} seed(s); Δ = paired difference to "
              f"centralized; x physical limit = bytes / ({PHYSICAL} x epochs)", "",

@@ -109,12 +109,15 @@ def main(argv=None) -> int:
     print(f"\n{len(args.seeds)} seeds, data {data.name}\n")
     print("| method | probe (mean over modalities) | pooled probe | train s |")
     print("|---|---|---|---|")
+    def pm(ms, sign=""):  # one seed: no error bar to show
+        value = f"{ms[0]:{sign}.3f}"
+        return value if len(args.seeds) < 2 else f"{value} ± {ms[1]:.3f}"
+
     for method, s in summary.items():
-        print(f"| {method} | {s['probe'][0]:.3f} ± {s['probe'][1]:.3f} | "
-              f"{s['pooled'][0]:.3f} ± {s['pooled'][1]:.3f} | {s['train_s'][0]:.0f} |")
+        print(f"| {method} | {pm(s['probe'])} | {pm(s['pooled'])} | "
+              f"{s['train_s'][0]:.0f} |")
     for name, d in paired.items():
-        print(f"| {name} (paired) | {d['probe'][0]:+.3f} ± {d['probe'][1]:.3f} | "
-              f"{d['pooled'][0]:+.3f} ± {d['pooled'][1]:.3f} | |")
+        print(f"| {name} (paired) | {pm(d['probe'], '+')} | {pm(d['pooled'], '+')} | |")
     return 0
 
 
