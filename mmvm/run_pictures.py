@@ -10,26 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
-def present_latents(model, test_set, batch_size: int = 256
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Every present modality's posterior mean of every labelled sample of
-    ``test_set`` and its sample's label (``[points, d]``, ``[points]``), encoded in
-    batches on the model's device."""
-    device = next(model.parameters()).device
-    points, labels = [], []
-    for start in range(0, len(test_set), batch_size):
-        b = test_set.batch(range(start, min(start + batch_size, len(test_set))))
-        with torch.no_grad():
-            mu, _ = model.encode({k: v.to(device) for k, v in b["x"].items()},
-                                 b["mask"].to(device))
-        keep = b["mask"].bool() & (b["label"] >= 0)[:, None]  # -1: unknown, no colour
-        points.append(mu.cpu()[keep].numpy())
-        labels.append(b["label"][:, None].expand_as(keep)[keep].numpy())
-    return (np.concatenate(points) if points else np.zeros((0, 0), np.float32),
-            np.concatenate(labels) if labels else np.zeros(0, np.int64))
+def present_latents(model, test_set) -> tuple[np.ndarray, np.ndarray]:
+    """Every present modality's posterior mean (the shared latent) of every labelled
+    sample of ``test_set`` and its sample's label (``[points, d]``, ``[points]``)."""
+    from mmvm.evaluation import encode_dataset, present_labels
+
+    mus, ys = encode_dataset(model, test_set), present_labels(test_set, model.names)
+    points = np.concatenate([mus[m] for m in model.names])
+    labels = np.concatenate([ys[m] for m in model.names])
+    return points[labels >= 0], labels[labels >= 0]  # -1: unknown, no colour
 
 
 def run_picture(model, cfg, test_set, out: Path, title: str) -> dict[str, Path]:

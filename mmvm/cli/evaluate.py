@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mmvm.config import config_from_dict, load_config
     from mmvm.data.dataset import MultimodalDataset
+    from mmvm.data.labels import require_label
     from mmvm.evaluation import evaluate_run, evaluated_with
     from mmvm.finite import finite_latents
     from mmvm.training import load_trained_model
@@ -91,11 +92,7 @@ def run(args: argparse.Namespace) -> int:
                                                cfg.data.label, cfg.data.max_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label,
                                               cfg.data.max_test)
-    for split, got in (("train", train_set), ("test", test_set)):
-        if got.labels is None and not cfg.eval.labels:  # per-label probes need none
-            from mmvm.data.labels import no_label_column
-
-            raise ValueError(no_label_column(cfg.data.label, split, cfg.data.files(split)))
+    require_label(cfg, train=train_set, test=test_set)
     classifiers = None
     if not args.no_coherence:
         from mmvm.classifiers import classifiers_for

@@ -5,8 +5,8 @@ the run going in the SuperLink. This command runs the app as ``flwr run`` would,
 streams its output, then asks the SuperLink for the run's final status (``flwr ls``)
 and exits 0 only if it completed; Ctrl-C, SIGTERM or SIGHUP stop the run: where its
 folder is on this machine the ServerApp first checkpoints the window it is in and
-ends (``stop.request``), then ``flwr stop``. Without ``--connection`` it is a local simulation, never flwr's default
-connection where that is a SuperLink; it starts exactly ``num-sites`` SuperNodes (the
+ends (``stop.request``), then ``flwr stop``. Without ``--connection`` it is a local
+simulation, never flwr's default connection where that is a SuperLink; it starts exactly ``num-sites`` SuperNodes (the
 run config's value, or the one given with ``--run-config``), so the two can never
 disagree. Flower packages a
 staged copy of the app (``mmvm.cli.app_stage``: the same FAB, without listing the
@@ -318,7 +318,7 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
     if run_id:
         # a resumed run keeps the state of the run it continues, under that one's id
         overrides = parse_overrides(args.run_config)
-        first = _first(args, run_id)
+        first = _first(overrides, run_id)
         folder = Path(str(overrides.get("out-dir") or "~/.mmvm/runs")).expanduser() \
             / f"run-{first}"
         _ask_to_stop(folder, run_id)  # flwr stop alone left a simulation's ServerApp
@@ -337,9 +337,9 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
     return 128 + signum
 
 
-def _first(args: argparse.Namespace, run_id: str) -> str:
+def _first(overrides: dict, run_id: str) -> str:
     """The id a run's state is kept under: the run it resumes, or its own."""
-    return str(parse_overrides(args.run_config).get("resume") or run_id)
+    return str(overrides.get("resume") or run_id)
 
 
 STOP_WAIT = 300  # seconds a stop waits for the current window to end and be written
@@ -387,5 +387,6 @@ def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: i
               f"code {code}); its ServerApp may still be training without it (a "
               f"simulation's goes on; `flwr ls` shows no such run on a new SuperLink). "
               f"Once no process of it is left, continue it with the same --run-config "
-              f"and resume='{_first(args, run_id)}'", file=sys.stderr)
+              f"and resume='{_first(parse_overrides(args.run_config), run_id)}'",
+              file=sys.stderr)
     return 0 if ok else 1

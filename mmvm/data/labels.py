@@ -31,13 +31,19 @@ def all_label_columns(paths: Paths) -> list[str]:
     return list(dict.fromkeys(c for p in paths for c in read_site_meta(p)["labels"]))
 
 
-def no_label_column(label: str, split: str, paths: Paths) -> str:
-    """Why probes and coherence cannot run on ``split``'s ``paths``, which lack the
-    label column ``label`` (``data.label``), naming the columns they have."""
-    have = all_label_columns(paths)
-    return (f"the {split} data has no label column {label!r} (data.label); probes and "
-            f"coherence need one label per sample. Its label columns: "
-            f"{', '.join(have) or 'none'}" + f"; e.g. --set data.label={have[0]}" * bool(have))
+def require_label(cfg, **splits) -> None:
+    """``ValueError`` naming the label columns there are when a split's dataset
+    (``train=..., test=...``) lacks ``cfg.data.label``: probes and coherence need one
+    label per sample, unless ``cfg.eval.labels`` names the columns to probe (CelebA,
+    MIMIC-CXR)."""
+    for split, dataset in splits.items():
+        if dataset.labels is None and not cfg.eval.labels:
+            have = all_label_columns(cfg.data.files(split))
+            raise ValueError(
+                f"the {split} data has no label column {cfg.data.label!r} (data.label); "
+                f"probes and coherence need one label per sample. Its label columns: "
+                f"{', '.join(have) or 'none'}"
+                + f"; e.g. --set data.label={have[0]}" * bool(have))
 
 
 def label_columns(paths: Paths, patterns: Sequence[str]) -> list[str]:

@@ -155,8 +155,8 @@ def run_federation(transport: Transport, s: FederationSettings,
 
     Sites that miss windows, fail them or send replies the server refuses are left
     out of them (:mod:`mmvm.federation.attendance`, :mod:`mmvm.federation.admission`).
-    With ``checkpoint`` the server's state is written there after attach and after
-    every window; ``resume_from`` continues the run whose state is there
+    With ``checkpoint`` the server's state is written there after attach and at the
+    checkpoint windows (``s.checkpoints``, which the sites snapshot); ``resume_from`` continues the run whose state is there
     (:mod:`mmvm.federation.server_state`) instead of starting one. When
     ``should_stop()`` turns true, the next window is checkpointed by everyone and
     :class:`RunStopped` raised after it."""

@@ -175,7 +175,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
 
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
-    from mmvm.data.labels import no_label_column
+    from mmvm.data.labels import require_label
     from mmvm.evaluation import evaluate_run, evaluated_with
     from mmvm.run_pictures import run_picture
 
@@ -190,10 +190,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     train_set = MultimodalDataset.from_parquet(cfg.data.files("train"), names,
                                                cfg.data.label, cfg.eval.probe_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label)
-    for split, got in (("train", train_set), ("test", test_set)):
-        if got.labels is None and not cfg.eval.labels:  # per-label probes (CelebA,
-            raise ValueError(  # MIMIC-CXR) read their own columns; the others need it
-                no_label_column(cfg.data.label, split, cfg.data.files(split)))
+    require_label(cfg, train=train_set, test=test_set)
     judged = train_set.labels is not None
     t0 = time.perf_counter()
     stages = 3 if judged else 2
