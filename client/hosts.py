@@ -19,13 +19,16 @@ holds its CPUs while the host computes); each uses ``cores // sites`` torch thre
 of its machine. ``mmvm run`` sizes Ray's CPU count so that every site's message is
 in flight at once (a Flower actor per site).
 A host belongs to the Flower actor that made it and ends with the simulation. If a
-host dies, the message fails and the next one starts a new host from the site's
-last checkpoint (``resume``-style recovery is the server's, not the host's).
+host dies (killed, out of memory), the message that finds it gone starts a new one
+and asks it again: it restores the site from its last checkpoint, as a site whose
+machine restarted does (:meth:`mmvm.federation.endpoint.Endpoint.window`), so the
+run goes on with the site, which has lost its own training since that checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from flwr.app import Context, RecordDict
 
@@ -44,16 +47,57 @@ def hosted(context: Context, enabled: bool) -> bool:
 
 def forward(kind: str, content: RecordDict, context: Context, sites: int
             ) -> RecordDict | str:
-    """The site host's answer to this message (made on first use)."""
+    """The site host's answer to this message (made on first use).
+
+    A host that died (killed, out of memory) is started again from the site's last
+    checkpoint and asked once more; another Flower actor's handle to the dead host
+    finds the new one by its name. A new host that dies too answers, in one line,
+    that it did: the window is the site's failure (``max-refused``), not a traceback."""
     name = f"mmvm-site-{context.run_id}-{context.node_id}"
-    host = _HOSTS.get(name)
-    if host is None:
-        host = _HOSTS[name] = _host(name, sites)
+    dead: set[str] = set()  # hosts that died answering this message
+    deadline = 0.0
+    while True:
+        host = _HOSTS.get(name)
+        if host is None:
+            host = _HOSTS[name] = _host(name, sites)
+        if _actor_id(host) in dead:  # Ray names the dead host a moment longer
+            _HOSTS.pop(name, None)
+            if time.monotonic() > deadline:
+                return f"HostDied: the site's host process died answering its {kind} " \
+                       f"message and no new one started within {RESTART_WAIT:g} s"
+            time.sleep(0.2)
+            continue
+        try:
+            return ray.get(host.answer.remote(kind, content, context))
+        except ray.exceptions.RayActorError as err:
+            _HOSTS.pop(name, None)  # this handle's host is gone
+            _release(host)
+            dead.add(_actor_id(host))
+            deadline = time.monotonic() + RESTART_WAIT
+            if len(dead) > 1:
+                return (f"HostDied: the site's host process died twice answering its "
+                        f"{kind} message ({_first_line(err)}); out of memory? the "
+                        f"Ray worker logs of the simulation say why")
+
+
+RESTART_WAIT = 10.0  # s a message waits for Ray to let a dead host's name go
+
+
+def _release(host) -> None:
+    """Let a dead host's name go: Ray keeps handing the dead actor out under its name
+    (``get_if_exists``) until it is killed by hand."""
     try:
-        return ray.get(host.answer.remote(kind, content, context))
-    except ray.exceptions.RayActorError:
-        _HOSTS.pop(name, None)  # the host died: the next message starts a new one
-        raise
+        ray.kill(host, no_restart=True)
+    except Exception:  # noqa: BLE001 (gone already: the name is free)
+        pass
+
+
+def _actor_id(handle) -> str:
+    return str(getattr(handle, "_actor_id", id(handle)))
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def warm_imports() -> None:

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from mmvm.config import ConfigError
 from mmvm.data.store import DataError
+from mmvm.federation.admission import ANSI
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.loop import FederationResult, RunStopped, run_federation
 from mmvm.federation.messages import MessageError, SiteFailure
@@ -351,10 +352,34 @@ REASON_CHARS = 2000  # of a site's error text, shown
 
 
 def site_reason(text: str) -> str:
-    """Flower's ``"<class 'pkg.Error'>:<'message'>"`` -> ``"Error: message"``."""
+    """Flower's ``"<class 'pkg.Error'>:<'message'>"`` -> ``"Error: message"``; a
+    traceback (a ClientApp that raised in a Ray worker) -> its first exception line,
+    the cause, and where it was raised."""
     m = re.match(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", text.strip(), re.S)
     out = f"{m.group(1)}: {m.group(2).strip()}" if m else text.strip()
+    if "Traceback" in out or "\n  File " in out:
+        out = _cause(ANSI.sub("", out)) or out
     out = "".join(c if c.isprintable() or c == "\n" else " " for c in out)  # no escapes
     if len(out) <= REASON_CHARS:  # a site's text: readable, not a flood in the log
         return out
     return f"{out[:REASON_CHARS]} ... ({len(out) - REASON_CHARS} more characters)"
+
+
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+_WHERE = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _cause(tb: str) -> str | None:
+    """``Name: message (file:line in function)`` of the first exception a traceback
+    text names (in a chain the cause comes first), with the last frame before it."""
+    where = None
+    for line in tb.splitlines():
+        found = _WHERE.match(line)
+        if found:
+            where = f"{Path(found.group(1)).name}:{found.group(2)} in {found.group(3)}"
+            continue
+        raised = _RAISED.match(line.strip())
+        if raised and "(" not in raised.group(1):
+            name = raised.group(1).rsplit(".", 1)[-1]
+            return f"{name}: {raised.group(2).strip()}" + (f" ({where})" if where else "")
+    return None

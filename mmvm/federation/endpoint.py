@@ -45,7 +45,7 @@ from mmvm.federation.progress import EVALUATION
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
-from mmvm.federation.window_metrics import WITHHELD, withhold_losses
+from mmvm.federation.window_metrics import RESTORED, WITHHELD, withhold_losses
 from mmvm.footprint import step_bytes, table_bytes
 from mmvm.secure.errors import SecurityError
 
@@ -221,6 +221,7 @@ class Endpoint:
             return again       # byte (the site trains a window once, masks it once);
         site.progress.window_(site.name, index)  # other inputs: "already done"
         site.check_window(index)
+        restored = self._check_place(req)  # the last window its state has
         if req.resync:
             site.linked().resync()
         t0 = time.perf_counter()
@@ -242,10 +243,27 @@ class Endpoint:
             if self.store is not None:  # the site's own view of its training
                 self.store.keep_losses(index, reply.metrics)
             reply.metrics = withhold_losses(reply.metrics)
+        if restored is not None:  # the server records it (``restored_after``)
+            reply.metrics[RESTORED] = float(restored)
         self._commits.append(commit)
         site.progress.window = index
         site.replies.keep("window", index, reply, asked)
         return reply
+
+    def _check_place(self, req: WindowRequest) -> int | None:
+        """The last window in the site's state, if older than the server believes
+        (a process restarted from a checkpoint): exact exchange sends posteriors in
+        full, so it trains on; event-triggered exchange sends news on what it no
+        longer holds, so it sits this window out (and is sent everything again)."""
+        last, index = self.site.progress.window, req.window
+        if req.resync or index <= last + 1:
+            return None
+        why = f"window {index}: its state is that of window {last} (a restarted process)"
+        if self.site.linked().delta_tol is not None:
+            raise FederationError(f"site {self.site.name}: {why}; with event-triggered "
+                                  f"exchange it sits this window out, then resyncs")
+        self.notes.append(f"{why}: its own training since is lost")
+        return last
 
     def _train(self, req: WindowRequest, others, t0: float) -> WindowReply:
         site, index = self.site, req.window

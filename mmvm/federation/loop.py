@@ -48,7 +48,7 @@ from mmvm.federation.routing import (
 from mmvm.federation.sealed_routing import SealedRouting
 from mmvm.federation.server_state import ServerState, save_server_state
 from mmvm.federation.settings import FederationSettings
-from mmvm.federation.window_metrics import window_means
+from mmvm.federation.window_metrics import restored_after, window_means
 from mmvm.training import build_model
 
 
@@ -214,6 +214,10 @@ def run_federation(transport: Transport, s: FederationSettings,
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         row["missed"] = gone
         row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
+        restored = {coord.name(k): restored_after(r, w) for k, r in replies.items()
+                    if k not in refused}
+        row["restored"] = {n: last for n, last in sorted(restored.items())
+                           if last is not None}
         row["server_s"] = t_server + time.perf_counter() - t_sent
         result.history.append(row)
         if w in persist:

@@ -33,6 +33,8 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     silent = [n for n in row.get("missed", []) if n not in refused]
     away = f"  (without {', '.join(silent)}: no reply)" if silent else ""
     away += "".join(f"  (without {n}: refused, {why})" for n, why in refused.items())
+    away += "".join(f"  ({n} restarted from its state after {_after(last)}: its own "
+                    f"training since is lost)" for n, last in (row.get("restored") or {}).items())
     rec = _num(row["rec_nll"], 1)
     if row.get("estimated") and rec != "-":  # some sites' terms estimated from the others'
         rec = "~" + rec
@@ -111,6 +113,13 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
                       "does not take; the run went on without it): " + "; ".join(
                           f"{site} {_spans([r['window'] for r in rs])} (last: "
                           f"{rs[-1]['reason']})" for site, rs in sorted(refused.items()))]
+    restored = restarts(result.history)
+    if restored:
+        lines += ["", "sites restarted from a checkpoint (their own training between it "
+                      "and the window was lost): " + "; ".join(
+                          f"{site} at window " + ", ".join(
+                              f"{r['window'] + 1} (from its state after {_after(r['after'])})"
+                              for r in rs) for site, rs in sorted(restored.items()))]
     if result.not_evaluated:
         lines += ["", f"sites {result.not_evaluated} did not answer the final evaluation: "
                       f"they keep their weights, no assembled model"]
@@ -135,3 +144,18 @@ def refusals(history: list[Mapping]) -> dict[str, list[dict]]:
         for site, why in (row.get("refused") or {}).items():
             out.setdefault(site, []).append({"window": row["window"], "reason": why})
     return out
+
+
+def restarts(history: list[Mapping]) -> dict[str, list[dict]]:
+    """``{site: [{"window", "after"}, ...]}``: the windows a site answered from an
+    older state than its last window's (its process restarted from a checkpoint;
+    ``after``: the last window that state had, -1 for attach)."""
+    out: dict[str, list[dict]] = {}
+    for row in history:
+        for site, last in (row.get("restored") or {}).items():
+            out.setdefault(site, []).append({"window": row["window"], "after": last})
+    return out
+
+
+def _after(last: int) -> str:
+    return "attach" if last < 0 else f"window {last + 1}"

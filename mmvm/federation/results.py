@@ -17,7 +17,7 @@ import torch
 from mmvm.atomic import atomic_write
 from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
-from mmvm.federation.report import refusals
+from mmvm.federation.report import refusals, restarts
 from mmvm.training import build_model
 
 # data.root of a deployment's run: only the sites know their files (node config data=)
@@ -55,6 +55,7 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "windows": len(result.history), "kept_weights": result.kept_weights,
                "alignment": result.alignment,
                "missed_windows": result.missed, "refused_windows": refusals(result.history),
+               "restarted_sites": restarts(result.history),
                "not_evaluated": result.not_evaluated,
                "evaluation_errors": result.evaluation_errors}
     refused = result.model_refused or (assembled_problem(

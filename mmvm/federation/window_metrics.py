@@ -25,6 +25,9 @@ from mmvm.federation.coordinator import FederationError
 
 SUMS = ("rec_nll", "reg", "rows")  # what every window reply's metrics hold
 WITHHELD = "losses_withheld"  # 1: the site's node config keeps its loss sums (zeros)
+# the last window a site's state had when it answered a later one (its process
+# restarted from a checkpoint): its own training since is lost
+RESTORED = "restored_after"
 SPLIT_TOL = 1e-4  # the per-modality sums add up to the total (float32 sums of one tensor)
 
 
@@ -109,3 +112,15 @@ def window_means(coord, w: int, replies: Mapping) -> dict:
         total += sum(got[k][modality_key(m)] for k in answered) \
             * sum(held[k] for k in keys) / held_answered
     return {"rec_nll": total / rows, "reg": reg, "estimated": 1}
+
+
+def restored_after(reply, window: int) -> int | None:
+    """The window whose state a site's reply to ``window`` was trained from, when it
+    says it restarted from a checkpoint (-1: from attach); None otherwise, or when
+    the number makes no sense."""
+    value = reply.metrics.get(RESTORED)
+    try:
+        last = int(value) if value is not None and float(value) == int(value) else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return last if last is not None and -1 <= last < window - 1 else None

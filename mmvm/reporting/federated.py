@@ -15,6 +15,8 @@ from mmvm.reporting.runs import FEDERATED_SETTINGS, Run, number, text
 
 RUN_FACTS = (("bytes_total", "bytes exchanged"), ("seconds", "wall time (s)"),
              ("windows", "exchange windows"), ("missed_windows", "missed windows"),
+             ("refused_windows", "refused windows"),
+             ("restarted_sites", "sites restarted from a checkpoint"),
              ("not_evaluated", "sites not evaluated"), ("alignment", "alignment"))
 
 

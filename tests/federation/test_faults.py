@@ -232,3 +232,50 @@ def test_a_site_that_fails_the_final_evaluation_leaves_the_run_written(cfg, tmp_
     assert f"{name} failed it: {res.evaluation_errors[name]}" in text
     write_results(tmp_path / "run", settings_for(cfg), res)
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("delta_tol", [None, 0.0])
+def test_a_site_restarted_from_an_older_checkpoint_goes_on(cfg, tmp_path, tiny_polymnist,
+                                                           delta_tol):
+    """A simulation's site host that dies is started again from the site's last
+    checkpoint (here: its state after attach) while the server believes it trained
+    the last window. Exact exchange sends a window's posteriors in full: the site
+    trains on from that state and the run records what it lost. Event-triggered
+    exchange sends only news on what the site no longer holds: it sits the window
+    out, then resyncs (a killed host failed the run after max-refused windows)."""
+    from mmvm.federation.channel import PlainChannel
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    victim, name = "n1", sites["n1"].name
+    path = tmp_path / "live" / f"{name}.pt"
+
+    class Restart(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            r = requests.get(victim)
+            if r is not None and r.kind == "window" and r.window == 1:
+                back = Site(cfg, name, sites[victim].train_path, sites[victim].test_path)
+                SiteStore(path).refresh(back)
+                self.endpoints[victim] = Endpoint(back, PlainChannel())
+                self.back = back
+            replies = super().exchange(requests, wait, need)
+            if r is not None and r.kind == "attach":  # the checkpoint after attach
+                SiteStore(path).save(sites[victim], snapshot=False)
+            return replies
+
+    transport = Restart(plain_endpoints(sites))
+    res = federate(cfg, {}, transport, exchange="step",
+                   **({} if delta_tol is None else {"delta_tol": delta_tol}))
+    assert len(res.history) == 3 and res.model_state is not None
+    if delta_tol is None:
+        assert [r["restored"] for r in res.history] == [{}, {name: -1}, {}]
+        assert [r["missed"] for r in res.history] == [[], [], []]
+        assert _adam_steps(transport.back) == 2  # windows 1 and 2: window 0's is lost
+        text = summary(res, "/runs/1", {}, None)
+        assert f"{name} at window 2 (from its state after attach)" in text
+        line = window_line(res.history[1], 3, 1.0)
+        assert f"({name} restarted from its state after attach" in line
+    else:
+        assert res.missed == {name: [1]} and "restarted" in res.history[1]["refused"][name]
+        assert [r["restored"] for r in res.history] == [{}, {}, {}]  # resynced at 2
+        assert _adam_steps(transport.back) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -154,6 +155,53 @@ def test_ctrl_c_ends_the_training_after_its_window_and_leaves_it_resumable(tmp_p
 
     assert (folder / "server_state.pt").is_file() and not (folder / STOP_REQUEST).exists()
     assert not (folder / "results.json").exists()  # stopped, not trained to the end
+
+
+def _kill_a_site_host(fleet: Fleet) -> int:
+    """SIGKILL one of this fleet's site hosts (a Ray actor process; the fleet's
+    FLWR_HOME in its environment tells it from anyone else's); its pid."""
+    mark = f"FLWR_HOME={fleet.env['FLWR_HOME']}".encode()
+    for pid in map(int, subprocess.run(["pgrep", "-f", "ray::SiteHost"], text=True,
+                                       capture_output=True).stdout.split()):
+        try:
+            if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        except OSError:
+            continue
+    raise AssertionError("no site host of this fleet is running")
+
+
+@pytest.mark.slow
+def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
+    """A simulated site's host process killed mid-run (out of memory, say) is started
+    again from the site's last checkpoint within the window: the run completes with
+    the site, says which windows it trained from an older state, and shows no Ray
+    traceback (it failed after max-refused windows, each line a traceback)."""
+    rc = (f"set='train.epochs=3;train.batch_size=100' exchange='step' n-train=300 "
+          f"n-test=100 eval-data='' {_dirs(tmp_path)}")
+    with Fleet(tmp_path / "fleet") as fleet:
+        fleet.write_connection("sim", fleet.start_superlink(simulation=True))
+        proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
+                                 "sim", "--run-config", rc], env=fleet.env,
+                                cwd=fleet.workdir, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "window 5/" in line:  # after window 3's checkpoint (an epoch)
+                _kill_a_site_host(fleet)
+                break
+        out = "".join(seen) + proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+    # Ray says a worker died ("(raylet) ... SYSTEM_ERROR"); Flower logs no exception
+    assert "Traceback" not in out and "ERROR :" not in out, out[-4000:]
+    summary = json.loads(next((tmp_path / "runs").glob("run-*/results.json")).read_text())
+    assert summary["missed_windows"] == {} and summary["windows"] == 9
+    (site, restarts), = summary["restarted_sites"].items()
+    assert restarts == [{"window": restarts[0]["window"], "after": 2}], restarts
+    assert 5 <= restarts[0]["window"] <= 6  # the window it died in, or the next
+    assert f"{site} restarted from its state after window 3" in out
 
 
 @pytest.mark.slow

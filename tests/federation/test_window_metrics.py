@@ -12,7 +12,13 @@ import torch
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.messages import WindowReply
 from mmvm.federation.plan import PlanArgs
-from mmvm.federation.window_metrics import step_sums, window_means, zero_sums
+from mmvm.federation.window_metrics import (
+    RESTORED,
+    restored_after,
+    step_sums,
+    window_means,
+    zero_sums,
+)
 
 IDS = [f"s{i}" for i in range(8)]
 
@@ -116,3 +122,14 @@ def test_per_modality_sums_that_do_not_add_up_are_refused():
                                               "modality sum to 1e\\+300"):
         window_means(_coord_round(), 0, {"ka": WindowReply(metrics={
             "rec_nll": 1.0, "reg": 0.0, "rows": 2, "rec_nll.m0": 1e300, "rec_nll.m1": 0.0})})
+
+
+@pytest.mark.parametrize("value, want", [
+    (None, None), (-1.0, -1), (3.0, 3), (4.0, None), (-2.0, None), (2.5, None),
+    (float("nan"), None), ("x", None), (float("inf"), None)])
+def test_a_restart_is_taken_only_as_a_window_before_the_last(value, want):
+    """``restored_after`` of a reply to window 5: the last window the site's state had,
+    from attach (-1) up to window 3 (4 is no gap); anything else is ignored, not
+    recorded (a site's number is not the server's to trust)."""
+    metrics = {"rec_nll": 1.0} if value is None else {"rec_nll": 1.0, RESTORED: value}
+    assert restored_after(WindowReply(metrics=metrics), 5) == want

@@ -191,3 +191,37 @@ def test_a_sites_error_text_is_shown_readable_and_bounded():
         "DataError: bad row 3"
     long = site_reason("x" * (REASON_CHARS + 500))
     assert long.endswith("... (500 more characters)") and len(long) < REASON_CHARS + 40
+
+
+RAY_REASON = """<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::\
+ClientAppActor.run()\x1b[39m (pid=20255, ip=192.0.2.2, actor_id=39f3)
+                  ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/work/main/client/app.py", line 27, in _answer
+    reply = forward(kind, msg.content, context, sites)
+  File "/work/main/client/hosts.py", line 53, in forward
+    return ray.get(host.answer.remote(kind, content, context))
+ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.
+\tclass_name: SiteHost
+The actor is dead because its worker process has died.
+
+The above exception was the direct cause of the following exception:
+
+ray::ClientAppActor.run() (pid=20255, ip=192.0.2.2, actor_id=39f3)
+  File "/flwr/simulation/ray_transport/ray_actor.py", line 65, in run
+    raise ClientAppException(str(ex)) from ex
+flwr.clientapp.client_app.ClientAppException:
+Exception ClientAppException occurred. Message: The actor died unexpectedly.'>"""
+
+
+def test_a_traceback_from_a_ray_worker_is_shown_as_its_cause():
+    """A ClientApp that raised in a simulation's Ray worker: Flower's reason is the
+    whole coloured chain of tracebacks (60 lines); the window line and results.json
+    kept its first 300 characters, the exception's class and Ray's frame markers.
+    Shown: the first exception (the cause) and the frame that raised it."""
+    from server.app import site_reason
+
+    assert site_reason(RAY_REASON) == ("ActorDiedError: The actor died unexpectedly "
+                                       "before finishing this task. (hosts.py:53 in forward)")
+    # a traceback without an exception line is kept as text (bounded, printable)
+    odd = site_reason('Traceback (most recent call last):\n  File "x.py", line 1, in f')
+    assert odd.startswith("Traceback") and "\x1b" not in odd
