@@ -36,6 +36,7 @@ from mmvm.federation.messages import MessageError
 from mmvm.federation.node_config import load_policy, missing_paths
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import PosteriorError
+from mmvm.federation.progress import Progress
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.settings import APP_DIR, FederationSettings, load_settings
 from mmvm.federation.site import Site
@@ -224,6 +225,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         return said(str(name), err) if name else f"{type(err).__name__}: {err}"
     node, root = None, _state_root(context, s, policy)
     try:
+        if kind == "resume" and not root.is_dir():  # no state of this run: leave none
+            Progress().resume(files[0])  # (its lock files were left in a wrong folder)
         for folder in (root.parent, root):  # the site's model and ledger: its own
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with state_lock(root / f"{files[0]}.lock"):  # one process answers at a time

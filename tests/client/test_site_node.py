@@ -255,6 +255,21 @@ def test_the_state_folders_a_site_makes_are_its_own(plain_site):
     assert (state / "run-70").stat().st_mode & 0o777 == 0o700
 
 
+def test_a_resume_where_the_site_has_no_state_leaves_nothing_behind(plain_site):
+    """A resume sent to a state folder without the run (a wrong state-dir) is refused
+    naming it, and makes no run folder there (it left one with the site's lock file)."""
+    from pathlib import Path
+
+    from mmvm.federation.messages import ResumeRequest
+    from wire.records import to_record
+
+    context = Context(run_id=71, node_id=1, node_config=plain_site, state=RecordDict(),
+                      run_config=dict(app_run_config(), resume="70"))
+    said = site_node.answer("resume", to_record(ResumeRequest(run="70", window=3)), context)
+    assert isinstance(said, str) and "has no state of this run (its state-dir" in said
+    assert not (Path(plain_site["state"]) / "run-70").exists()
+
+
 def test_the_sites_device_is_its_node_configs(plain_site):
     """A run config asking for CUDA at a CPU site: the site trains where its node
     config says; without the key the run's device fails there."""
