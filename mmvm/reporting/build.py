@@ -45,7 +45,8 @@ SE_NOTE = ("Numbers are mean ± standard error over seeds (sample standard devia
 def build(collection: Collection, title: str, inputs: Sequence[str],
           generate: bool = False) -> Document:
     if not collection.runs and not any(r.rows for r in collection.results):
-        raise ValueError("no runs to report (the inputs hold no run and no results row)")
+        raise ValueError("no runs to report (the inputs hold no run and no results row)"
+                         + "".join(f"; {n}" for n in collection.notes))
     # two runs of one seed are not two seeds: each on its own, as the plot does
     from mmvm.plots import tag_results_files  # rows of two results files stay apart
 

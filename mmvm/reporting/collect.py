@@ -73,6 +73,9 @@ def collect(paths: Iterable[str | Path]) -> Collection:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
+        if unfinished(path):
+            out.notes.append(unfinished_note(path))
+            continue
         kind, target = classify(path)
         if kind == "run":
             out.runs.append(read_run_folder(target))
@@ -83,6 +86,19 @@ def collect(paths: Iterable[str | Path]) -> Collection:
     out.runs = merge_rows_into_folders(deduplicate(out.runs, out.notes), out.notes)
     disambiguate(out.runs)
     return out
+
+
+def unfinished_note(path: Path) -> str:
+    run = path.name.removeprefix("run-") if path.name.startswith("run-") else "<its id>"
+    return (f"{path}: left out: a federated run that has not finished (it failed or was "
+            f"stopped: server_state.pt, no results.json); continue it with its run config "
+            f"and resume='{run}', then report it")
+
+
+def unfinished(path: Path) -> bool:
+    """A federated run's folder with the server's state and no results yet."""
+    return path.is_dir() and (path / "server_state.pt").is_file() and not any(
+        (path / f).is_file() for f in ("results.json", "eval.json", "checkpoint.pt"))
 
 
 def classify(path: Path) -> tuple[str, Path]:

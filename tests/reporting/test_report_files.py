@@ -87,3 +87,20 @@ def test_an_out_of_neither_format_names_both(tmp_path, fake_runs, capsys):
     assert f"--out {out}: mmvm report writes an HTML page (.html, .htm) or Markdown " \
            "(.md, .markdown); give a name ending in one of them" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_unfinished_federated_run_is_left_out_with_a_note(tmp_path, fake_runs, capsys):
+    """`mmvm report runs/*` over a federated run that failed or was stopped (its
+    folder holds the server's state, no results) reports the others and says why that
+    one is missing and how to finish it (it stopped the report: "not a run folder")."""
+    unfinished = tmp_path / "runs" / "run-123"
+    unfinished.mkdir()
+    (unfinished / "server_state.pt").write_bytes(b"state")
+    out = tmp_path / "out" / "report.md"
+    assert main(["report", *map(str, fake_runs), str(unfinished), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "run-123: left out: a federated run that has not finished" in md
+    assert "resume='123'" in md and "| mmvm | 1 | 3 (seeds 0, 1, 2) |" in md
+    assert main(["report", str(unfinished), "--out", str(tmp_path / "alone.md")]) == 2
+    err = capsys.readouterr().err
+    assert "no runs to report" in err and "resume='123'" in err
