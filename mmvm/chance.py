@@ -66,13 +66,17 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     floor = result.get("chance", {}).get("majority", math.nan)
     mean = result.get("coherence", {}).get("mean", math.nan)
     if mean <= floor + 0.02:  # False for NaN
-        out.append(f"coherence {mean:.3f} is at chance ({floor:.3f}, majority class): "
-                   "the generations do not carry their sample's label")
+        where = "at" if mean >= floor - 0.02 else "below"
+        out.append(f"coherence {mean:.3f} is {where} chance ({floor:.3f}, majority "
+                   "class): the generations do not carry their sample's label, or the "
+                   "judges do not read it (see their accuracy)")
     for m, acc in result.get("classifier_accuracy", {}).items():
         # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
         # (a 200-class judge at 0.10 is weak but 17x chance; one at 0.995 over a 0.92
         # majority is good)
         if acc < floor + JUDGE_MARGIN * (1 - floor) and acc < 2 * floor:  # NaN: False
             out.append(f"the {m} judge scores {acc:.3f} on real test data, near chance "
-                       f"({floor:.3f}, majority class): coherence through it is meaningless")
+                       f"({floor:.3f}, majority class): coherence through it is "
+                       f"meaningless; train the judges longer (eval.classifier_epochs: "
+                       f"a few hundred images need tens of epochs)")
     return out

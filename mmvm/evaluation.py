@@ -38,6 +38,7 @@ from torch import Tensor
 
 from mmvm.aggregation import aggregate, has_private_latent
 from mmvm.chance import chance_levels, evaluation_warnings, label_classes, labelled_rows
+from mmvm.data.labels import NO_LABELS, label_columns
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 from mmvm.subsample import keep_rows
@@ -285,8 +286,7 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     With ``cfg.eval.labels`` the probes are :func:`~mmvm.probes.label_scores` over
     those columns, read from ``cfg.data``'s files by sample id; ``result["probe"]``
     then holds each modality's mean ``cfg.eval.metric`` and ``result["probe_labels"]``
-    the per-label scores. The result holds only JSON types (NaN aside).
-    """
+    the per-label scores; without labels it is empty. JSON types only (NaN aside)."""
     names, bs = model.names, cfg.eval.batch_size
     method = cfg.model.method
     probe_set = train_set
@@ -297,8 +297,6 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     extra: dict[str, Any] = {}
     notes: list[str] = []  # what was left out, for result["warnings"]
     if cfg.eval.labels:
-        from mmvm.data.labels import label_columns
-
         cols = label_columns(cfg.data.files("train"), cfg.eval.labels)
         scores = label_scores(
             train_mu, present_label_columns(probe_set, names, cfg.data.files("train"), cols),
@@ -306,6 +304,8 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
             cfg.eval.metric, cfg.eval.probe_train, cfg.eval.probe_standardize)
         probe = {**scores["per_modality"], "mean": scores["mean"]}
         extra["probe_labels"] = scores
+    elif train_set.labels is None and test_set.labels is None:  # reconstruction only
+        probe, notes = {}, [NO_LABELS]
     else:
         ytr, yte = present_labels(probe_set, names), present_labels(test_set, names)
         probed, notes = labelled_modalities(names, ytr, yte)

@@ -139,7 +139,8 @@ def label_scores(
     -------
     ``{"metric", "per_modality": {m: mean over labels}, "mean": mean over modalities,
     "mean_accuracy", "labels": {m: {c: {metric: v, "accuracy": v, "n_train": n,
-    "n_test": n}}}}``. A label whose training rows hold one class only (no probe can
+    "n_test": n, "chance": metric's chance, "majority": accuracy's}}}}``
+    (:func:`chance_score` on the test labels). A label whose training rows hold one class only (no probe can
     be fitted) or whose test rows do not hold both classes (no AUROC / AP) scores NaN
     and is left out of the means.
     """
@@ -162,7 +163,8 @@ def label_scores(
             keep = keep_rows(len(ytr), max_train)
             xtr, ytr = xtr[keep], ytr[keep]
             row = {metric: math.nan, "accuracy": math.nan, "n_train": len(ytr),
-                   "n_test": len(yte)}
+                   "n_test": len(yte), "chance": chance_score(metric, yte),
+                   "majority": chance_score("accuracy", yte)}
             if len(np.unique(ytr)) >= 2 and len(yte):
                 probe = fit_probe(xtr, ytr, standardize)
                 row["accuracy"] = _score("accuracy", probe, xte, yte)
@@ -174,6 +176,23 @@ def label_scores(
     out["mean"] = _nanmean(list(out["per_modality"].values()))
     out["mean_accuracy"] = _nanmean(accs)
     return out
+
+
+def chance_score(metric: str, y: np.ndarray) -> float:
+    """What ``metric`` scores without information on test labels ``y``: accuracy of
+    always the commonest class; AUROC 0.5; AP the positive class's share (binary) or
+    the mean share over classes, 1/K (several: one-vs-rest, macro)."""
+    y = np.asarray(y)
+    if not len(y):
+        return math.nan
+    counts = np.unique(y, return_counts=True)[1]
+    if metric == "accuracy":
+        return float(counts.max() / len(y))
+    if len(counts) < 2:
+        return math.nan  # as the score itself: undefined with one class
+    if metric == "auroc":
+        return 0.5
+    return float(counts[-1] / len(y)) if len(counts) == 2 else 1.0 / len(counts)
 
 
 def _nanmean(values: list[float]) -> float:

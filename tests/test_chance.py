@@ -93,6 +93,11 @@ def test_a_judge_answering_one_class_makes_coherence_degenerate_and_says_so():
     assert len(lines) == 3
     at_chance = evaluation_warnings({"coherence": res, "chance": chance_levels(ds.labels)})
     assert at_chance[3].startswith("coherence 0.150 is at chance (0.150, majority class)")
+    # a judge that calls every real image the minority class: below, not "at" chance
+    below = evaluation_warnings({"coherence": {"mean": 0.161}, "chance": {"majority": 0.839}})
+    assert below == ["coherence 0.161 is below chance (0.839, majority class): the "
+                     "generations do not carry their sample's label, or the judges do "
+                     "not read it (see their accuracy)"]
     # only the judge of m1 is stuck: only the pairs into m1 are flagged
     mixed = coherence(oracle_model(), ds, {**ARGMAX, "m1": Always(7)}, "mmvm")
     assert mixed["degenerate"] == ["m0->m1", "m1->m1", "m2->m1"]
@@ -110,7 +115,8 @@ def test_evaluate_run_records_chance_and_warns_of_a_judge_near_chance():
     assert res["coherence"]["degenerate"] == []
     assert res["warnings"] == [
         "the m1 judge scores 0.200 on real test data, near chance (0.150, majority "
-        "class): coherence through it is meaningless"]
+        "class): coherence through it is meaningless; train the judges longer "
+        "(eval.classifier_epochs: a few hundred images need tens of epochs)"]
     assert summary_row(res)["chance"] == 0.15
     # the 5 unlabelled rows are not probed: the title counts the labelled ones
     assert res["n_labelled"] == {"train": 100, "test": 100} and res["n_test"] == 105

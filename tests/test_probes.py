@@ -31,6 +31,10 @@ def test_readable_label_scores_one_and_random_label_chance(metric):
     assert per["label.sep"][metric] > 0.99 and per["label.sep"]["accuracy"] > 0.97
     chance = 0.5 if metric == "auroc" else yte["label.rand"].mean()
     assert abs(per["label.rand"][metric] - chance) < 0.05
+    # each label carries its chance: what a random label scores, and the majority rate
+    assert per["label.rand"]["chance"] == pytest.approx(chance)
+    assert per["label.sep"]["majority"] == pytest.approx(
+        max(yte["label.sep"].mean(), 1 - yte["label.sep"].mean()))
     assert s["per_modality"]["v"] == pytest.approx(
         (per["label.sep"][metric] + per["label.rand"][metric]) / 2)
     assert s["mean"] == s["per_modality"]["v"] and s["metric"] == metric
@@ -58,7 +62,8 @@ def test_accuracy_metric_and_errors():
     rng = np.random.default_rng(2)
     (ztr, ytr), (zte, yte) = _data(200, rng), _data(200, rng)
     s = label_scores({"v": ztr}, {"v": ytr}, {"v": zte}, {"v": yte}, "accuracy")
-    assert set(s["labels"]["v"]["label.sep"]) == {"accuracy", "n_train", "n_test"}
+    assert set(s["labels"]["v"]["label.sep"]) == {"accuracy", "n_train", "n_test", "chance",
+                                                  "majority"}
     assert s["mean"] == pytest.approx(s["mean_accuracy"])
     assert METRICS == ("accuracy", "auroc", "ap")
     with pytest.raises(ValueError, match=r"unknown probe metric 'f1'"):
@@ -78,3 +83,24 @@ def test_several_classes_use_one_vs_rest():
     s = label_scores({"v": z[:300]}, {"v": {"c": y[:300]}}, {"v": z[300:]},
                      {"v": {"c": y[300:]}}, "ap")
     assert 0.8 < s["labels"]["v"]["c"]["ap"] <= 1.0
+
+
+def test_chance_scores_of_each_metric():
+    """Closed forms: accuracy of the commonest class, AUROC 0.5, AP the positive share
+    (binary) or 1/K (K classes, macro); one class: undefined but for accuracy."""
+    from mmvm.probes import chance_score
+
+    y = np.array([0, 0, 0, 1])
+    assert chance_score("accuracy", y) == 0.75 and chance_score("ap", y) == 0.25
+    assert chance_score("auroc", y) == 0.5
+    assert chance_score("ap", np.array([0, 1, 2, 2])) == pytest.approx(1 / 3)
+    assert chance_score("accuracy", np.zeros(3)) == 1.0
+    assert np.isnan(chance_score("auroc", np.zeros(3)))
+    assert np.isnan(chance_score("accuracy", np.zeros(0)))
+    # a probe of random scores on many rows lands on the AP chance
+    rng = np.random.default_rng(0)
+    yy = (rng.random(20000) < 0.3).astype(int)
+    from sklearn.metrics import average_precision_score
+
+    assert average_precision_score(yy, rng.random(20000)) == pytest.approx(
+        chance_score("ap", yy), abs=0.01)

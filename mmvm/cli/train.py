@@ -111,7 +111,7 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
     for line in range_warnings(cfg.model.modalities, paths, cfg.train.amp):
         print(f"mmvm train: warning: {line}", file=sys.stderr)  # trains all the same
     have = all_label_columns(paths)
-    if have and cfg.data.label not in have:  # trains without; evaluate would refuse
+    if have and cfg.data.label not in have and not cfg.eval.labels:  # evaluate refuses
         print(f"mmvm train: warning: no label column {cfg.data.label!r} (data.label) in "
               f"the data; its label columns: {', '.join(have)}. Training needs none, "
               f"but mmvm evaluate's probes and coherence will", file=sys.stderr)
@@ -199,6 +199,11 @@ def joined_line(data, files: int) -> str:
     per = ", ".join(f"{m} {n:,}" for m, n in c["per_modality"].items())
     line = (f"joined {files} files by sample id: {c['samples']:,} samples ({per}); "
             f"{c['multimodal']:,} have two or more modalities, {c['complete']:,} all")
+    if len(c["per_modality"]) > 1 and not c["multimodal"]:
+        return line + ("\nwarning: the files share no sample id: no sample has two "
+                       "modalities, so each one's mixture prior is its own posterior and "
+                       "this trains independent unimodal VAEs (a federated run refuses "
+                       "such sites). Check that the files name samples alike")
     note = weak_coupling_note(c["per_modality"], c["coupled"])
     return line + (f"\nnote: {note}" if note else "")
 

@@ -7,6 +7,7 @@ columns it needs here, by sample id, without decoding any image.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 from collections.abc import Sequence
@@ -31,19 +32,32 @@ def all_label_columns(paths: Paths) -> list[str]:
     return list(dict.fromkeys(c for p in paths for c in read_site_meta(p)["labels"]))
 
 
-def require_label(cfg, **splits) -> None:
-    """``ValueError`` naming the label columns there are when a split's dataset
-    (``train=..., test=...``) lacks ``cfg.data.label``: probes and coherence need one
-    label per sample, unless ``cfg.eval.labels`` names the columns to probe (CelebA,
-    MIMIC-CXR)."""
-    for split, dataset in splits.items():
-        if dataset.labels is None and not cfg.eval.labels:
-            have = all_label_columns(cfg.data.files(split))
-            raise ValueError(
-                f"the {split} data has no label column {cfg.data.label!r} (data.label); "
-                f"probes and coherence need one label per sample. Its label columns: "
-                f"{', '.join(have) or 'none'}"
-                + f"; e.g. --set data.label={have[0]}" * bool(have))
+def is_labelled(cfg, **splits) -> bool:
+    """Whether the splits' datasets (``train=..., test=...``) are labelled: by
+    ``cfg.data.label``, or by the columns ``cfg.eval.labels`` names (CelebA,
+    MIMIC-CXR). False when the files have no label column at all: probes and
+    coherence are left out, reconstruction is not. ``ValueError`` naming the label
+    columns there are when a split lacks ``cfg.data.label`` but has others (a typo,
+    or a column named otherwise) or another split has it."""
+    if cfg.eval.labels:
+        return True
+    lacking = [split for split, dataset in splits.items() if dataset.labels is None]
+    if not lacking:
+        return True
+    split = lacking[0]
+    have = all_label_columns(cfg.data.files(split))
+    if not have and len(lacking) == len(splits):
+        return False
+    close = difflib.get_close_matches(cfg.data.label, have, 1, 0.0)
+    raise ValueError(
+        f"the {split} data has no label column {cfg.data.label!r} (data.label); probes "
+        f"and coherence need one label per sample. Its label columns: "
+        f"{', '.join(have) or 'none'}"
+        + (f"; e.g. --set data.label={close[0]}" if close else ""))
+
+
+NO_LABELS = ("the data has no label column (data.label) and eval.labels names none: "
+             "no probes and no coherence; reconstruction and pictures only")
 
 
 def label_columns(paths: Paths, patterns: Sequence[str]) -> list[str]:
@@ -57,8 +71,10 @@ def label_columns(paths: Paths, patterns: Sequence[str]) -> list[str]:
     for pattern in patterns:
         hits = fnmatch.filter(available, pattern)
         if not hits:
-            raise DataError(f"label column {pattern!r} matches none of "
-                            f"{[str(p) for p in paths]}' label columns {available}")
+            close = difflib.get_close_matches(pattern, available, 1)
+            raise DataError(f"label column {pattern!r} (eval.labels) matches none of "
+                            f"the label columns of {[str(p) for p in paths]}: {available}"
+                            + (f"; did you mean {close[0]!r}?" if close else ""))
         out += [c for c in hits if c not in out]
     return out
 

@@ -96,13 +96,7 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
              f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
     lines += _table(["site", "modality", "probe accuracy", "test recon NLL"], rows)
     if assembled:
-        probe, coh = assembled.get("probe", {}), assembled.get("coherence", {})
-        lines += ["", "assembled model, evaluated by the server: probe "
-                  f"{_num(probe.get('mean'))} (one probe over all modalities "
-                  f"{_num(probe.get('all'))}), coherence {_num(coh.get('mean'))}, "
-                  f"reconstruction NLL {_num(assembled.get('reconstruction', {}).get('total'), 1)}"
-                  + (f"; chance {_num(assembled['chance'].get('majority'))}"
-                     if assembled.get("chance") else "")]
+        lines += ["", "assembled model, evaluated by the server: " + _assembled(assembled)]
         lines += [f"warning: {w}" for w in assembled.get("warnings", [])]
     if result.missed:
         lines += ["", "windows missed (the run went on without the site): " + "; ".join(
@@ -159,3 +153,25 @@ def restarts(history: list[Mapping]) -> dict[str, list[dict]]:
 
 def _after(last: int) -> str:
     return "attach" if last < 0 else f"window {last + 1}"
+
+
+def _assembled(ev: Mapping) -> str:
+    """The assembled model's evaluation in one line: probes (each label's with
+    ``eval.labels``, against their chance), coherence, reconstruction."""
+    probe, coh = ev.get("probe", {}), ev.get("coherence", {})
+    recon = f"reconstruction NLL {_num(ev.get('reconstruction', {}).get('total'), 1)}"
+    per_label = ev.get("probe_labels")
+    if per_label:
+        rows = [r for labels in per_label.get("labels", {}).values() for r in labels.values()]
+        chance = [r["chance"] for r in rows if isinstance(r.get("chance"), float)
+                  and not math.isnan(r["chance"])]
+        mean_chance = f", chance {_num(sum(chance) / len(chance))}" if chance else ""
+        n = len({c for labels in per_label.get("labels", {}).values() for c in labels})
+        return (f"probe {_num(probe.get('mean'))} ({per_label.get('metric')}, mean over "
+                f"{n} labels{mean_chance}; eval.json probe_labels), coherence "
+                f"{_num(coh.get('mean'))}, {recon}")
+    if not probe:
+        return f"no probes (no label column), {recon}"
+    return (f"probe {_num(probe.get('mean'))} (one probe over all modalities "
+            f"{_num(probe.get('all'))}), coherence {_num(coh.get('mean'))}, {recon}"
+            + (f"; chance {_num(ev['chance'].get('majority'))}" if ev.get("chance") else ""))

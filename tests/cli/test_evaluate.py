@@ -447,3 +447,38 @@ def test_per_label_probes_need_no_single_label_column(trained, tmp_path, capsys)
     assert 0.3 < res["probe"]["mean"] <= 1.0  # ten digits: chance ~0.1
     assert "coherence" not in res  # no single label to judge generations by
     assert all("coherence to" in w for w in res["warnings"])
+
+
+def test_unlabelled_data_is_evaluated_for_reconstruction(tmp_path, capsys):
+    """Files without any label column: mmvm evaluate scores the reconstruction and
+    says why there are no probes (it stopped at the missing label column, and with
+    eval.labels = [] raised an IndexError)."""
+    import json
+
+    from mmvm.cli import main
+    from mmvm.data.labels import NO_LABELS
+    from mmvm.training import train
+
+    paths = digit_vectors(tmp_path, labelled=False)
+    train(vector_config(tmp_path, epochs=1),
+          MultimodalDataset.from_parquet(paths["train"], NAMES), show_progress=False)
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {NO_LABELS}" in out and "Traceback" not in out
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["probe"] == {} and result["reconstruction"]["total"] > 0
+    assert "coherence" not in result and NO_LABELS in result["warnings"]
+
+
+def test_a_typo_in_eval_labels_is_named_before_the_judges_train(trained, tmp_path, capsys,
+                                                                 no_scoring, monkeypatch):
+    import mmvm.classifiers
+    from mmvm.cli import main
+
+    monkeypatch.setattr(mmvm.classifiers, "classifiers_for", lambda *a, **k: 1 / 0)
+    run = _run_copy(trained, tmp_path)
+    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-plot",
+                 "--set", 'eval.labels=["lable"]']) == 2
+    err = capsys.readouterr().err
+    assert "label column 'lable' (eval.labels) matches none" in err
+    assert "did you mean 'label'?" in err

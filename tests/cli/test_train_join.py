@@ -39,8 +39,10 @@ def test_the_join_is_reported_and_ids_that_do_not_match_are_noted(tmp_path, caps
     _sites(tmp_path / "x", b_ids=False)  # site b prepared without its ids
     assert _train(tmp_path / "x", '["site-a", "site-b"]') == 0
     out = capsys.readouterr().out
-    assert "have two or more modalities" in out and "note: few samples" in out
-    assert "(a 0 of " in out and "; b 0 of " in out
+    assert "have two or more modalities" in out and "note: few samples" not in out
+    # no shared id at all: a loud warning (a federated run refuses such sites)
+    assert "warning: the files share no sample id: no sample has two modalities" in out
+    assert "this trains independent unimodal VAEs" in out
 
 
 def test_a_folder_of_site_folders_suggests_data_folders(tmp_path, capsys):

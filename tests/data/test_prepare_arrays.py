@@ -175,6 +175,13 @@ def test_image_shaped_numbers_get_a_note_in_the_config_sections(arrays):
     snippet = config_snippet(paths)
     assert "save them as uint8 [N, C, H, W]" in snippet and 'kind = "vector"' in snippet
     tomllib.loads(snippet)  # still a valid TOML fragment
+    # grey images without their channel axis (uint8 [N, H, W]): they read as vectors
+    np.save(d / "grey.npy", arrays["img"][:, 0])
+    paths = prepare_arrays(d / "g", {"grey": d / "grey.npy"}, ids=d / "ids.txt")
+    snippet = config_snippet(paths)
+    assert "If these are grey images, add their channel axis (uint8 [N, 1, 28, 28]: " \
+           "a[:, None])" in snippet
+    tomllib.loads(snippet)
 
 
 def test_counts_get_the_poisson_suggestion_and_signed_integers_do_not(arrays):

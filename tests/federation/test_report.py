@@ -60,6 +60,22 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
     assert text.endswith("files in /runs/run-1: results.json")
 
 
+def test_the_assembled_models_line_says_what_its_probe_is_a_mean_of():
+    """With eval.labels the probe is a mean over labels: it was printed beside
+    data.label's chance ("probe 0.884 ...; chance 0.597" for a 3-class label among
+    them); without any label column there is no probe to print."""
+    res = FederationResult(seconds=1.0)
+    rows = {"label.a": {"ap": 0.9, "chance": 0.3}, "label.b": {"ap": 0.5, "chance": 0.5}}
+    per_label = {"probe": {"mean": 0.7}, "probe_labels": {"metric": "ap", "labels": {
+        "m0": rows, "m1": rows}}, "coherence": {}, "reconstruction": {"total": 10.0},
+        "chance": {"majority": 0.597}}
+    text = summary(res, "/r", {}, per_label)
+    assert ("probe 0.700 (ap, mean over 2 labels, chance 0.400; eval.json probe_labels), "
+            "coherence -, reconstruction NLL 10.0") in text and "0.597" not in text
+    unlabelled = summary(res, "/r", {}, {"probe": {}, "reconstruction": {"total": 10.0}})
+    assert "server: no probes (no label column), reconstruction NLL 10.0" in unlabelled
+
+
 def test_a_resumed_runs_summary_says_how_many_windows_came_before_the_resume():
     res = FederationResult(history=[_row(w) for w in range(7)], bytes_total=5e5,
                            seconds=118.0, resumed_after=6)

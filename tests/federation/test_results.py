@@ -73,3 +73,23 @@ def test_the_servers_evaluation_names_a_missing_label_column(tmp_path):
     paths, ev = evaluate_assembled(cfg, _state(cfg), tmp_path, tmp_path / "out", log=print)
     assert set(ev["probe_labels"]["labels"]["m0"]) == {"label"} and "coherence" not in ev
     assert (tmp_path / "out" / "eval.json").is_file()
+
+
+def test_the_servers_evaluation_of_unlabelled_data_is_reconstruction_only(tmp_path):
+    """Files without any label column (unlabelled scans): the evaluation says that
+    probes and coherence need labels and scores the reconstruction (it failed, and
+    so did the `mmvm evaluate` command it suggested)."""
+    import math
+
+    from mmvm.data.labels import NO_LABELS
+    from mmvm.federation.results import evaluate_assembled
+    from tests.support.evaluation_data import digit_vectors, vector_config
+
+    digit_vectors(tmp_path, labelled=False)
+    cfg = vector_config(tmp_path)
+    said = []
+    paths, ev = evaluate_assembled(cfg, _state(cfg), tmp_path, tmp_path / "out",
+                                   log=said.append)
+    assert ev["probe"] == {} and "coherence" not in ev and NO_LABELS in ev["warnings"]
+    assert math.isfinite(ev["reconstruction"]["total"]) and f"mmvm: {NO_LABELS}" in said
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["n_test"] == 397

@@ -48,9 +48,10 @@ def onehot_dataset(n=50, mask=None) -> MultimodalDataset:
 ARGMAX = {m: nn.Flatten() for m in NAMES}  # logits = the vector itself: an argmax judge
 
 
-def digit_vectors(tmp_path):
+def digit_vectors(tmp_path, labelled: bool = True):
     """sklearn's 8x8 digits as three vector modalities paired within class (a small,
-    translation-free PolyMNIST analogue), written as train/test Parquet files."""
+    translation-free PolyMNIST analogue), written as train/test Parquet files (with
+    ``labelled=False``: without their label column)."""
     from sklearn.datasets import load_digits
 
     from mmvm.data.store import write_site_table
@@ -67,7 +68,8 @@ def digit_vectors(tmp_path):
                 mods[m][y[rows] == c] = x[rng.permutation(idx)]
         ids = [f"{split}-{i}" for i in range(len(rows))]
         paths[split] = write_site_table(tmp_path / f"{split}.parquet", ids, mods,
-                                        {"label": y[rows]}, {"name": "digit-vectors"})
+                                        {"label": y[rows]} if labelled else {},
+                                        {"name": "digit-vectors"})
     return paths
 
 

@@ -172,6 +172,12 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
             out.append(f"# {m}: [{', '.join(map(str, shape))}] numbers. If these are "
                        f"images, save them as uint8 [N, C, H, W] with values 0..255 "
                        f"for kind = \"image\" and an image network")
+        elif not image and len(shape) == 2 and min(shape) >= 8 and \
+                dtypes.get(m) == "uint8":
+            out.append(f"# {m}: [{', '.join(map(str, shape))}] bytes. If these are "
+                       f"grey images, add their channel axis (uint8 [N, 1, "
+                       f"{shape[0]}, {shape[1]}]: a[:, None]) for kind = \"image\" and "
+                       f"an image network")
         names = [DEFAULT_NETWORK[kind]] + available_networks(kind)
         fits = [n for n in dict.fromkeys(names) if get_network(n).accepts(shape)]
         net = (f'network = "{fits[0]}"' if fits else
