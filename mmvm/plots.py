@@ -98,10 +98,12 @@ def _enlarge_small(rows: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
 
 @torch.no_grad()
 def generation_grid(model, dataset, path: str | Path, n: int = 8,
-                    method: str = "mmvm", rows: Sequence[int] | None = None) -> Path:
+                    method: str = "mmvm", rows: Sequence[int] | None = None,
+                    label_name: str = "label") -> Path:
     """Conditional generations: per source m, the input row then one row per target.
 
-    Samples: ``rows`` or the first ``n`` samples having the source modality.
+    Samples: ``rows`` or the first ``n`` samples having the source modality; their
+    labels (the column ``label_name``) are named in the title.
     """
     from mmvm.evaluation import conditional_latent
 
@@ -136,7 +138,7 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
                       [f"input {src}"] + [f"-> {t}" for t in names])
         ax.set_xticks([])
         shown = "label" in b and len(pick) <= 12
-        labels = f" (label {b['label'].tolist()})" if shown else ""
+        labels = f" ({label_name} {b['label'].tolist()})" if shown else ""
         ax.set_title(f"{method}: generated from {src}{labels}", fontsize=9)
     return save_figure(fig, path)
 

@@ -30,7 +30,8 @@ def run_picture(model, cfg, test_set, out: Path, title: str) -> dict[str, Path]:
 
     if any(m.kind == "image" for m in cfg.model.modalities):
         return {"generations": generation_grid(model, test_set, out / "generations.png",
-                                               method=cfg.model.method)}
+                                               method=cfg.model.method,
+                                               label_name=cfg.data.label)}
     if test_set.labels is None:
         return {}
     points, labels = present_latents(model, test_set)

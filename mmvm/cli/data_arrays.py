@@ -28,9 +28,11 @@ def add_arrays(names: argparse._SubParsersAction) -> None:
                    "that samples that are not independent (overlapping windows of one "
                    "trial) never fall in both train and test; every site gives the same "
                    "group for a shared sample")
-    q.add_argument("--label", action="append", default=[], metavar="[NAME=]FILE.npy",
-                   help="integer labels [N] (class ids >= 0, -1: unknown): column "
-                        "'label', or 'label.NAME'; repeatable")
+    q.add_argument("--label", action="append", default=[], metavar="[NAME=]FILE",
+                   help="labels [N]: class ids >= 0 (-1: unknown) or class names, in a "
+                        ".npy or a text file (one per line; names become ids in sorted "
+                        "order, listed with the config sections): column 'label', or "
+                        "'label.NAME'; repeatable")
     q.add_argument("--test-fraction", type=float, default=0.2,
                    help="share of samples held out (default %(default)g)")
     q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")

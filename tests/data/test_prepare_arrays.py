@@ -110,7 +110,6 @@ def test_bad_arrays_are_refused_by_file_and_nothing_is_written(arrays):
 
 
 @pytest.mark.parametrize("labels, hint", [
-    (np.array(["odor-a", "odor-b"] * (N // 2)), "np.unique(a, return_inverse=True)[1]"),
     (np.eye(3, dtype=np.float32)[np.arange(N) % 3], "one-hot rows? save a.argmax(axis=1)"),
     (np.linspace(0, 1, N), None)])  # fractions: no class ids to suggest
 def test_labels_in_another_form_say_how_to_make_class_ids(arrays, labels, hint):
@@ -356,3 +355,33 @@ def test_one_group_for_all_rows_says_so(tmp_path):
     with pytest.raises(DataError, match=r"trial.txt: line 5 is blank; give one id per line"):
         prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
                        groups=tmp_path / "trial.txt")
+
+
+@pytest.mark.parametrize("form", ["npy", "txt"])
+def test_class_names_become_ids_in_sorted_order_and_are_listed(arrays, form):
+    """Labels as names ("pacemaker"), in a .npy of strings or a text file: ids in
+    sorted name order, an empty name unknown (-1), and the config sections list what
+    each id means (they were refused; a text file was "expected a NumPy .npy")."""
+    import pyarrow.parquet as pq
+
+    d = arrays["dir"]
+    names = np.array(["pacemaker", "none", "", "line"] * (N // 4))
+    if form == "npy":
+        np.save(d / "device.npy", names)
+        path = d / "device.npy"
+    else:
+        path = d / "device.txt"
+        path.write_text("\n".join(names) + "\n")
+    out = prepare_arrays(d / form, {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
+                         labels={"label.device": path})
+    table = pq.read_table(out["train"]).to_pydict()
+    ids = {i: n for i, n in zip(arrays["ids"], names, strict=True)}
+    want = {"pacemaker": 2, "none": 1, "line": 0, "": -1}
+    assert all(table["label.device"][k] == want[ids[s]]
+               for k, s in enumerate(table["sample_id"]))
+    assert "# label.device: 0 = line, 1 = none, 2 = pacemaker" in config_snippet(out)
+    # a text file of class ids reads as ids
+    (d / "ids_labels.txt").write_text("\n".join(str(v) for v in arrays["label"]))
+    out = prepare_arrays(d / f"{form}2", {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
+                         labels={"label": d / "ids_labels.txt"})
+    assert "# label" not in config_snippet(out).replace("# in the config", "")

@@ -67,6 +67,34 @@ def load_ids(path: str | os.PathLike) -> list[str]:
     return lines
 
 
+def load_labels(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """Labels of a ``.npy`` (class ids, or strings) or a text file (one per line):
+    class ids as they are; names (``"pacemaker"``) as ids in sorted order, and the
+    names, so the files keep what each id means. An empty name is unknown (-1)."""
+    if path.suffix == ".npy":
+        a = _load(path, what="labels")
+        if a.ndim != 1 or a.dtype.kind not in "US":
+            return a, None
+        values = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in a]
+    else:
+        try:
+            values = [v.strip() for v in path.read_text(encoding="utf-8-sig").splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
+        while values and not values[-1]:
+            values.pop()
+        try:
+            return np.array([int(v) for v in values], dtype=np.int64), None
+        except ValueError:
+            pass  # names
+    names = sorted(set(values) - {""})
+    if len(names) > LABEL_MAX + 1:
+        raise DataError(f"{path}: {len(names)} distinct label names; labels are class "
+                        f"ids 0..{LABEL_MAX} (is this a column of ids or free text?)")
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index.get(v, -1) for v in values], dtype=np.int64), names
+
+
 def held_out(ids: list[str], test_fraction: float, seed: int) -> np.ndarray:
     """True for the ids in the test split: the same at every site, whatever the row
     order, for the same seed and fraction."""
@@ -103,7 +131,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
         _refuse_site_files(Path(out_dir))
     labels = labels or {}
     arrays = {m: _load(Path(p), mmap=True) for m, p in modalities.items()}
-    cols = {c: _load(Path(p), what="labels") for c, p in labels.items()}
+    loaded = {c: load_labels(Path(p)) for c, p in labels.items()}
+    cols = {c: a for c, (a, _) in loaded.items()}
     _check_shapes(arrays, cols, modalities, labels)
     given = load_ids(ids) if ids is not None else None
     n = _check_counts(arrays, cols, given, modalities, labels, ids)
@@ -119,6 +148,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
             "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},
             "counts": [m for m, a in arrays.items()  # non-negative integers
                        if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0],
+            "label_names": {c: names for c, (_, names) in loaded.items() if names},
             "created_by": "mmvm.data.prepare.arrays.prepare_arrays"}
     step = step_fn(progress, 2)
     paths = {}
@@ -195,6 +225,9 @@ def config_snippet(paths: Mapping[str, Path]) -> str:
                        f"are counts, likelihood = \"poisson\" models them as such")
         out.append(f'[model.modalities.{m}]\nkind = "{kind}"\nshape = {list(shape)}\n'
                    f'{net}\n{size}likelihood = {likelihood}\n')
+    named = (meta.get("dataset") or {}).get("label_names") or {}
+    out += [f"# {c}: " + ", ".join(f"{i} = {n}" for i, n in enumerate(names))
+            for c, names in named.items()]
     return "\n".join(out + _label_line(paths["train"]))
 
 
