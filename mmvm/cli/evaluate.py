@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mmvm.config import config_from_dict, load_config
     from mmvm.data.dataset import MultimodalDataset
-    from mmvm.data.labels import NO_LABELS, is_labelled, label_columns
+    from mmvm.data.labels import is_labelled, label_columns
     from mmvm.evaluation import evaluate_run, evaluated_with
     from mmvm.finite import finite_latents
     from mmvm.training import load_trained_model
@@ -95,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
     labelled = is_labelled(cfg, train=train_set, test=test_set)
     if cfg.eval.labels:  # a typo named before the judges train (minutes)
         label_columns(cfg.data.files("train"), cfg.eval.labels)
-    if not labelled:
-        print(f"note: {NO_LABELS}")
     classifiers = None
     if labelled and not args.no_coherence:
         from mmvm.classifiers import classifiers_for
@@ -257,24 +255,27 @@ def print_result(result: dict) -> None:
 
     names = list(result["reconstruction"]["per_modality"])
     coh = result.get("coherence")
-    table = Table(title=f"{result['method']}  beta={result['beta']:g}  ({probe_rows(result)})")
+    probed = bool(result["probe"])  # unlabelled data: reconstruction only
+    rows = probe_rows(result) if probed else f"no probes, {result['n_test']} test rows"
+    table = Table(title=f"{result['method']}  beta={result['beta']:g}  ({rows})")
     table.add_column("modality")
     metric = {"accuracy": "acc"}.get(result.get("probe_metric", "accuracy"),
                                      result.get("probe_metric"))
     per_label = "probe_labels" in result  # the column: each modality's mean over labels
-    table.add_column(f"probe {metric}" + (" (label mean)" if per_label else ""),
-                     justify="right")
+    if probed:
+        table.add_column(f"probe {metric}" + (" (label mean)" if per_label else ""),
+                         justify="right")
     if coh:
         for t in coh["names"]:
             table.add_column(f"coh -> {t}", justify="right")
     table.add_column("recon NLL", justify="right")
     for i, n in enumerate(names):
-        row = [n, _fmt(result["probe"].get(n))]
+        row = [n, _fmt(result["probe"].get(n))][:1 + probed]
         if coh:
             row += [_fmt(v) for v in coh["matrix"][i]]
         row.append(f"{result['reconstruction']['per_modality'][n]:.1f}")
         table.add_row(*row)
-    last = ["mean / total", _fmt(result["probe"].get("mean"))]
+    last = ["mean / total", _fmt(result["probe"].get("mean"))][:1 + probed]
     if coh:
         last += [f"cross {_fmt(coh['mean'])}"] + [""] * (len(coh["names"]) - 1)
     last.append(f"{result['reconstruction']['total']:.1f}")

@@ -176,7 +176,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
 
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
-    from mmvm.data.labels import NO_LABELS, is_labelled
+    from mmvm.data.labels import is_labelled
     from mmvm.evaluation import evaluate_run, evaluated_with
     from mmvm.run_pictures import run_picture
 
@@ -191,10 +191,8 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     train_set = MultimodalDataset.from_parquet(cfg.data.files("train"), names,
                                                cfg.data.label, cfg.eval.probe_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label)
-    labelled = is_labelled(cfg, train=train_set, test=test_set)
-    if not labelled:
-        log(f"mmvm: {NO_LABELS}")
-    judged = labelled and train_set.labels is not None
+    judged = is_labelled(cfg, train=train_set, test=test_set) and \
+        train_set.labels is not None  # else: no judges (the result's warnings say why)
     t0 = time.perf_counter()
     stages = 3 if judged else 2
     if judged:

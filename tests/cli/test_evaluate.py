@@ -463,8 +463,9 @@ def test_unlabelled_data_is_evaluated_for_reconstruction(tmp_path, capsys):
     train(vector_config(tmp_path, epochs=1),
           MultimodalDataset.from_parquet(paths["train"], NAMES), show_progress=False)
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert f"note: {NO_LABELS}" in out and "Traceback" not in out
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps to the terminal
+    assert f"warning: {NO_LABELS}" in out and "no probes, 397 test rows" in out
+    assert "probe acc" not in out and "Traceback" not in out
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["probe"] == {} and result["reconstruction"]["total"] > 0
     assert "coherence" not in result and NO_LABELS in result["warnings"]

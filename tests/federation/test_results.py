@@ -91,5 +91,5 @@ def test_the_servers_evaluation_of_unlabelled_data_is_reconstruction_only(tmp_pa
     paths, ev = evaluate_assembled(cfg, _state(cfg), tmp_path, tmp_path / "out",
                                    log=said.append)
     assert ev["probe"] == {} and "coherence" not in ev and NO_LABELS in ev["warnings"]
-    assert math.isfinite(ev["reconstruction"]["total"]) and f"mmvm: {NO_LABELS}" in said
+    assert math.isfinite(ev["reconstruction"]["total"]) and len(said) == 2  # no judges
     assert json.loads((tmp_path / "out" / "eval.json").read_text())["n_test"] == 397
