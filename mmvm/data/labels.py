@@ -71,7 +71,8 @@ def label_columns(paths: Paths, patterns: Sequence[str]) -> list[str]:
     for pattern in patterns:
         hits = fnmatch.filter(available, pattern)
         if not hits:
-            close = difflib.get_close_matches(pattern, available, 1)
+            close = [] if any(ch in pattern for ch in "*?[") else \
+                difflib.get_close_matches(pattern, available, 1)
             raise DataError(f"label column {pattern!r} (eval.labels) matches none of "
                             f"the label columns of {[str(p) for p in paths]}: {available}"
                             + (f"; did you mean {close[0]!r}?" if close else ""))

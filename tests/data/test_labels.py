@@ -21,10 +21,12 @@ def test_patterns_expand_in_file_order_once(tmp_path):
     b = _site(tmp_path / "b.parquet", ["1"], "n", {"label.c": [0]})
     assert label_columns([a, b], ["label.*"]) == ["label.b", "label.a", "label.c"]
     assert label_columns([a, b], ["label.a", "label.*"]) == ["label.a", "label.b", "label.c"]
-    with pytest.raises(DataError, match=r"label column 'label.x\*' matches none of .* "
-                                        r"label columns \['label.b', 'label.a', 'label', "
-                                        r"'label.c'\]"):
+    with pytest.raises(DataError, match=r"label column 'label.x\*' \(eval.labels\) matches "
+                                        r"none of the label columns of .*: \['label.b', "
+                                        r"'label.a', 'label', 'label.c'\]$"):
         label_columns([a, b], ["label.x*"])
+    with pytest.raises(DataError, match=r"did you mean 'label.a'\?$"):  # a name: the closest
+        label_columns([a, b], ["label.aa"])
 
 
 def test_labels_join_by_sample_id_unknown_is_minus_one_and_clashes_raise(tmp_path):
