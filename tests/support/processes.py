@@ -28,11 +28,27 @@ QUIET_ENV = {
 _HANDED_OUT: set[int] = set()
 
 
+PORT_RANGE = "MMVM_TEST_PORTS"  # e.g. "19500-19599": the only ports tests may take
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago and that this process has not handed out
     before (the kernel may give the same free port to two calls in a row, and Ray
     refuses two of its components on one port); still race-prone against other
-    processes, fine for tests."""
+    processes, fine for tests. With ``MMVM_TEST_PORTS=lo-hi`` in the environment
+    only ports of that range (a shared machine, a firewall that opens a few)."""
+    span = os.environ.get(PORT_RANGE)
+    if span:
+        try:
+            lo, hi = (int(x) for x in span.split("-"))
+        except ValueError:
+            raise ValueError(f"{PORT_RANGE}={span!r}: expected lo-hi, e.g. 19500-19599") \
+                from None
+        for port in range(lo, hi + 1):
+            if port not in _HANDED_OUT and _bindable(host, port):
+                _HANDED_OUT.add(port)
+                return port
+        raise RuntimeError(f"{PORT_RANGE}={span}: no free port left in the range")
     while True:
         with socket.socket() as s:
             s.bind((host, 0))
@@ -40,6 +56,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_port(host: str, port: int, timeout: float = 30.0,
