@@ -98,6 +98,9 @@ def _usable_part(nc: Mapping, site: str, bad: set[str]) -> SitePolicy:
     known = {k: v for k, v in nc.items() if k in (*KEYS, "data", "site") and k not in bad}
     if known.get("keys") and "peers" not in known:
         known["peers"] = "*"  # reported above; the directory is still checked
+    if not known.get("keys"):  # a secure site's keys without keys: reported above
+        for key in ("peers", "directory", "allow-pair-masking", "require-secure"):
+            known.pop(key, None)
     return load_policy(known, site)
 
 

@@ -129,6 +129,16 @@ def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
         problems.append(("require-psi", f"node config of site {site}: require-psi "
                          f"without keys would refuse every run (PSI needs a secure run, "
                          f"and that needs keys=)"))
+    secure_only = [k for k in ("peers", "directory", "allow-pair-masking") if k in nc]
+    if not nc.get("keys") and (secure_only or "require-secure" not in {
+            k for k, _ in problems} and _bool(nc, "require-secure", False)):
+        named = secure_only or ["require-secure"]
+        problems.append(("keys", f"node config of site {site}: {', '.join(named)} belong "
+                         f"to a secure site, but keys= is missing (spaces around its "
+                         f"'=', or a typo, drop it): without keys the site would answer "
+                         f"plaintext runs, which send its sample ids in clear. Give "
+                         f"keys=\"/path/site_keys.json\" (mmvm site check shows how "
+                         f"Flower reads the node config)"))
     if nc.get("keys") and "peers" not in nc:
         problems.append(("peers", f"node config of site {site}: a site with keys must "
                          f"pin its peers, one entry per other site of its public key "

@@ -96,7 +96,14 @@ def test_a_plaintext_site_and_trust_in_the_whole_directory_are_warned(fed):
     assert check.ok and "plaintext site" in _find(check, "policy", WARNING)[0]
     check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
                                   **{"require-secure": True, "require-psi": None}))
-    assert "cannot take part in secure ones" in _find(check, "policy", ERROR)[0]
+    # the node config is refused (it was a warning of the check only): require-secure
+    # without keys= is a secure site whose keys were lost to a typo
+    assert "require-secure belong to a secure site, but keys= is missing" in \
+        _find(check, "policy", ERROR)[0]
+    check = check_node_config(_nc(fed, keys=None, directory=None,
+                                  **{"require-psi": None}))
+    assert "peers belong to a secure site, but keys= is missing" in \
+        _find(check, "policy", ERROR)[0]
     check = check_node_config(_nc(fed, keys=None, peers=None, directory=None))
     assert "require-psi without keys would refuse every run" in \
         _find(check, "policy", ERROR)[0]

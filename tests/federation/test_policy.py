@@ -50,7 +50,8 @@ def test_switches_and_their_errors(tmp_path, directory):
         load_policy({"data": "/d", "alow-collect": "true"}, "a")
     with pytest.raises(PolicyError, match=r"is not a boolean \(true or false"):
         load_policy({"data": "/d", "require-secure": "maybe"}, "a")
-    assert load_policy({"data": "/d", "require-secure": "on"}, "a").require_secure
+    assert load_policy({"data": "/d", "keys": "k", "peers": "*", "require-secure": "on"},
+                       "a").require_secure
     with pytest.raises(PolicyError, match="is not 'name=fingerprint'"):
         load_policy({"data": "/d", "keys": "k", "peers": "b=12ab"}, "a")
 
@@ -231,6 +232,18 @@ def test_require_psi_without_keys_is_a_node_config_error(tmp_path):
     with pytest.raises(PolicyError, match="require-psi without keys would refuse every"):
         load_policy({"data": str(tmp_path), "require-psi": "true"}, "a")
     assert not load_policy({"data": str(tmp_path), "require-psi": "false"}, "a").require_psi
+
+
+@pytest.mark.parametrize("extra", [{"peers": "a=ff;c=ee"}, {"directory": "/d.json"},
+                                   {"require-secure": "true"}])
+def test_a_secure_sites_keys_without_keys_is_a_node_config_error(tmp_path, extra):
+    """`keys = "/k.json"` (spaces around its '=') is dropped by Flower: the site kept
+    its pinned peers, required nothing, answered a plaintext describe and sent every
+    sample id in clear. Peers, a directory or require-secure without keys: refused."""
+    with pytest.raises(PolicyError, match="belong to a secure site, but keys= is missing"):
+        load_policy({"data": str(tmp_path), **extra}, "b")
+    assert not load_policy({"data": str(tmp_path), "require-secure": "false"},
+                           "b").require_secure  # a plaintext site, said so
 
 
 def test_report_losses_is_on_unless_the_site_says_otherwise(tmp_path):
