@@ -4,8 +4,9 @@
 the run going in the SuperLink. This command runs the app as ``flwr run`` would,
 streams its output, then asks the SuperLink for the run's final status (``flwr ls``)
 and exits 0 only if it completed; Ctrl-C, SIGTERM or SIGHUP stop the run: where its
-folder is on this machine the ServerApp first checkpoints the window it is in and
-ends (``stop.request``), then ``flwr stop``. Without ``--connection`` it is a local
+folder is on this machine the ServerApp first ends at a window everyone checkpoints
+(the one it is in if that is a checkpoint window, else the next; ``stop.request``),
+then ``flwr stop``. Without ``--connection`` it is a local
 simulation, never flwr's default connection where that is a SuperLink; it starts exactly ``num-sites`` SuperNodes (the
 run config's value, or the one given with ``--run-config``), so the two can never
 disagree. Flower packages a
@@ -356,8 +357,9 @@ def _ask_to_stop(folder: Path, run_id: str) -> None:
         return
     request = folder / STOP_REQUEST
     request.write_text(f"run {run_id}\n")
-    print(f"\nmmvm run: stopping run {run_id} after its current window (its state is "
-          f"written then; up to {STOP_WAIT} s, Ctrl-C again to stop it now)",
+    print(f"\nmmvm run: stopping run {run_id} after its current window, or the next if "
+          f"the current one is not a checkpoint (its state is written then; up to "
+          f"{STOP_WAIT} s, Ctrl-C again to stop it now)",
           file=sys.stderr, flush=True)
     deadline, now = time.monotonic() + STOP_WAIT, []
     before = signal.signal(signal.SIGINT, lambda *_: now.append(1))

@@ -158,8 +158,9 @@ def run_federation(transport: Transport, s: FederationSettings,
     With ``checkpoint`` the server's state is written there after attach and at the
     checkpoint windows (``s.checkpoints``, which the sites snapshot); ``resume_from`` continues the run whose state is there
     (:mod:`mmvm.federation.server_state`) instead of starting one. When
-    ``should_stop()`` turns true, the next window is checkpointed by everyone and
-    :class:`RunStopped` raised after it."""
+    ``should_stop()`` turns true, the run stops after the window it is in if that is
+    a checkpoint window, else after the next, which everyone then checkpoints
+    (:class:`RunStopped`)."""
     t0, routing = time.perf_counter(), make_routing(s)
     meter = Metered(transport, s.site_timeout)
     if resume_from:
@@ -224,7 +225,9 @@ def run_federation(transport: Transport, s: FederationSettings,
             save(w)
         if on_window:
             on_window(row)
-        if stopping:
+        # asked during this window: stop now if everyone checkpointed it, else after
+        # the next (which everyone then checkpoints)
+        if stopping or w in persist and should_stop and should_stop():
             raise RunStopped(w, len(coord.plan))
     result.missed = att.summary()
     result.bytes_total = meter.total

@@ -394,3 +394,26 @@ def test_a_stop_request_checkpoints_the_next_window_and_resumes_from_it(
     assert max(float(np.abs(a[n] - b[n]).max()) for n in a) == 0.0
     assert [r["rec_nll"] for r in res.history] == pytest.approx(
         [r["rec_nll"] for r in ref.history], rel=1e-6)
+
+
+def test_a_stop_asked_during_a_checkpoint_window_stops_right_after_it(cfg, tmp_path,
+                                                                      tiny_polymnist):
+    """The request comes while window 3 (a checkpoint window: everyone writes it)
+    trains: the run stops after it, not after window 4 as it did (a deployment
+    walkthrough saw one window more than `mmvm run` promised)."""
+    from mmvm.federation.loop import RunStopped
+    from mmvm.federation.server_state import load_server_state
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    opts = {"exchange": "step", "float16": False}  # checkpoints after windows 3 and 6
+    sites, ckpt = make_sites(cfg, specs, root), tmp_path / "server_state.pt"
+    calls = []  # asked before windows 1, 2, 3; the request comes before the 4th ask
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+    with pytest.raises(RunStopped, match=r"stopped on request after window 3/6"):
+        run_federation(LocalTransport(plain_endpoints(sites)), settings_for(cfg, **opts),
+                       checkpoint=ckpt, should_stop=should_stop)
+    assert load_server_state(ckpt, settings_for(cfg, **opts)).window == 2
+    assert all(s.progress.window == 2 for s in sites.values())
