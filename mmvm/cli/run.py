@@ -285,20 +285,21 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
 
     before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        run_id = _stream(proc)
+        run_id, said = _stream(proc)
         for sig in STOP_SIGNALS:  # from here on: the stop and the status query finish
             signal.signal(sig, signal.SIG_IGN)
         if stop:
             return _stop(cmd, args, run_id, stop[0])
-        return _final(cmd, args, run_id, proc.returncode)
+        return _final(cmd, args, run_id, proc.returncode, said)
     finally:
         kill.cancel()
         for sig, handler in before.items():
             signal.signal(sig, handler)
 
 
-def _stream(proc: subprocess.Popen) -> str | None:
-    """Show ``flwr run``'s output until it ends; the run id it started, if any."""
+def _stream(proc: subprocess.Popen) -> tuple[str | None, bool]:
+    """Show ``flwr run``'s output until it ends; the run id it started, if any, and
+    whether the ServerApp said why it failed."""
     run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
     failed = False  # mmvm said why the run failed
     for line in proc.stdout:
@@ -311,7 +312,7 @@ def _stream(proc: subprocess.Popen) -> str | None:
             sys.stdout.flush()
         failed = failed or line.startswith("mmvm: run failed:")
     proc.wait()
-    return run_id
+    return run_id, failed
 
 
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int
@@ -375,8 +376,8 @@ def _ask_to_stop(folder: Path, run_id: str) -> None:
               f"resume continues from its last checkpoint)", file=sys.stderr)
 
 
-def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: int
-           ) -> int:
+def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: int,
+           said: bool = False) -> int:
     if run_id is None:
         print(f"mmvm run: flwr run did not start a run (exit code {code})",
               file=sys.stderr)
@@ -390,5 +391,11 @@ def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: i
               f"simulation's goes on; `flwr ls` shows no such run on a new SuperLink). "
               f"Once no process of it is left, continue it with the same --run-config "
               f"and resume='{_first(parse_overrides(args.run_config), run_id)}'",
+              file=sys.stderr)
+    elif final == "finished:failed" and not said:  # its ServerApp died (killed, OOM)
+        print(f"mmvm run: the run's ServerApp ended without a reason of its own (killed, "
+              f"out of memory? Flower's lines above); if its sites had attached, "
+              f"continue it with the same --run-config and "
+              f"resume='{_first(parse_overrides(args.run_config), run_id)}'",
               file=sys.stderr)
     return 0 if ok else 1

@@ -422,3 +422,21 @@ def test_a_run_that_outlived_flwr_run_says_what_to_do(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("mmvm run: run 42 running\nmmvm run: flwr run lost the SuperLink ")
     assert "continue it with the same --run-config and resume='7'" in err
+
+
+def test_a_run_whose_serverapp_died_says_how_to_resume(monkeypatch, capsys):
+    """The ServerApp was killed (Flower: 'No heartbeat received from the task'): the
+    run read finished:failed, and mmvm run said nothing of resuming it, as it does
+    when the SuperLink dies or the ServerApp fails for a reason it names."""
+    import argparse
+
+    from mmvm.cli import run as run_cli
+
+    monkeypatch.setattr(run_cli, "status", lambda *a: "finished:failed")
+    args = argparse.Namespace(connection=None, run_config="exchange='step'")
+    assert run_cli._final(["flwr", "run"], args, "42", 0) == 1
+    err = capsys.readouterr().err
+    assert "ended without a reason of its own" in err and "resume='42'" in err
+    # a ServerApp that said why (and gave its own hint when it had state): no second one
+    assert run_cli._final(["flwr", "run"], args, "42", 0, said=True) == 1
+    assert "resume" not in capsys.readouterr().err
