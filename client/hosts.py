@@ -15,8 +15,9 @@ every site starting at once), so that cost falls in the run's set-up, where the 
 starts (the first message), and not in its first training window.
 
 Hosts ask Ray for no CPU of their own (the Flower actor that forwards a message
-holds its CPUs while the host computes); each uses ``cores // sites`` torch threads
-of its machine. ``mmvm run`` sizes Ray's CPU count so that every site's message is
+holds its CPUs while the host computes) and start on the node of the Flower actor
+that makes them (on a cluster: a node that offers CPUs, never a 0-CPU head); each
+uses ``cores // sites`` torch threads of its machine. ``mmvm run`` sizes Ray's CPU count so that every site's message is
 in flight at once (a Flower actor per site).
 A host belongs to the Flower actor that made it and ends with the simulation. If a
 host dies (killed, out of memory), the message that finds it gone starts a new one
@@ -69,8 +70,8 @@ def forward(kind: str, content: RecordDict, context: Context, sites: int
             continue
         try:
             return ray.get(host.answer.remote(kind, content, context))
-        except ray.exceptions.RayActorError as err:
-            _HOSTS.pop(name, None)  # this handle's host is gone
+        except ray.exceptions.ActorDiedError as err:  # not ActorUnavailableError: a
+            _HOSTS.pop(name, None)  # host that may come back is not killed
             _release(host)
             dead.add(_actor_id(host))
             deadline = time.monotonic() + RESTART_WAIT
@@ -118,12 +119,19 @@ _HOSTS: dict = {}  # this Flower actor's handles to site hosts, by name
 
 
 def _host(name: str, sites: int):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     cores = os.cpu_count() or 1  # this machine's (Ray's count may be set higher)
     # the job's runtime env (Flower's, with the app on PYTHONPATH) is inherited; a
     # GPU the Flower actor was given is passed on
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
     extra = {"runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": gpus}}} if gpus else {}
-    return SiteHost.options(name=name, get_if_exists=True, num_cpus=0, **extra
+    # on this Flower actor's node, whose CPUs (and GPU) it holds for the host: a host
+    # of no CPU could go to any node, a cluster's 0-CPU head included
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                          soft=False)
+    return SiteHost.options(name=name, get_if_exists=True, num_cpus=0,
+                            scheduling_strategy=here, **extra
                             ).remote(max(1, cores // max(1, sites)))
 
 

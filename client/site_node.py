@@ -36,7 +36,7 @@ from mmvm.federation.messages import MessageError
 from mmvm.federation.node_config import load_policy, missing_paths
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import PosteriorError
-from mmvm.federation.progress import Progress
+from mmvm.federation.progress import Progress, ProtocolOrderError
 from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.settings import APP_DIR, FederationSettings, load_settings
 from mmvm.federation.site import Site
@@ -224,9 +224,14 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
                  f"refused the run's {kind} message: {type(err).__name__}: {err}")
         return said(str(name), err) if name else f"{type(err).__name__}: {err}"
     node, root = None, _state_root(context, s, policy)
+    if kind == "resume" and not root.is_dir():  # no state of this run: make none (its
+        try:  # lock and error log went into a folder made for them)
+            Progress().resume(files[0])
+        except ProtocolOrderError as err:
+            _journal(files[0], f"resume refused: {err}")
+            return said(files[0], err) if not (s.secure or policy.secure_site) \
+                else f"{type(err).__name__}: {err}"
     try:
-        if kind == "resume" and not root.is_dir():  # no state of this run: leave none
-            Progress().resume(files[0])  # (its lock files were left in a wrong folder)
         for folder in (root.parent, root):  # the site's model and ledger: its own
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with state_lock(root / f"{files[0]}.lock"):  # one process answers at a time

@@ -101,10 +101,8 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
                     method: str = "mmvm", rows: Sequence[int] | None = None,
                     label_name: str = "label") -> Path:
     """Conditional generations: per source m, the input row then one row per target.
-
     Samples: ``rows`` or the first ``n`` samples having the source modality; their
-    labels (the column ``label_name``) are named in the title.
-    """
+    labels (the column ``label_name``) are named in the title."""
     from mmvm.evaluation import conditional_latent
 
     model.eval()

@@ -109,10 +109,10 @@ def _score(metric: str, probe, x: np.ndarray, y: np.ndarray) -> float:
 
     proba = probe.predict_proba(x)
     classes = probe.classes_
-    if len(classes) == 2:
-        p = proba[:, 1]
-        return float(roc_auc_score(y, p) if metric == "auroc"
-                     else average_precision_score(y, p))
+    if len(classes) == 2:  # the larger class is the positive one (ids 1/2 as 0/1)
+        p, positive = proba[:, 1], y == classes[1]
+        return float(roc_auc_score(positive, p) if metric == "auroc"
+                     else average_precision_score(positive, p))
     if metric == "auroc":  # several classes: one-vs-rest, macro average
         return float(roc_auc_score(y, proba, multi_class="ovr", labels=classes))
     return float(average_precision_score(label_binarize(y, classes=classes), proba))
@@ -163,7 +163,7 @@ def label_scores(
             keep = keep_rows(len(ytr), max_train)
             xtr, ytr = xtr[keep], ytr[keep]
             row = {metric: math.nan, "accuracy": math.nan, "n_train": len(ytr),
-                   "n_test": len(yte), "chance": chance_score(metric, yte),
+                   "n_test": len(yte), "chance": chance_score(metric, yte, np.unique(ytr)),
                    "majority": chance_score("accuracy", yte)}
             if len(np.unique(ytr)) >= 2 and len(yte):
                 probe = fit_probe(xtr, ytr, standardize)
@@ -178,21 +178,24 @@ def label_scores(
     return out
 
 
-def chance_score(metric: str, y: np.ndarray) -> float:
+def chance_score(metric: str, y: np.ndarray, classes: np.ndarray | None = None) -> float:
     """What ``metric`` scores without information on test labels ``y``: accuracy of
-    always the commonest class; AUROC 0.5; AP the positive class's share (binary) or
-    the mean share over classes, 1/K (several: one-vs-rest, macro)."""
+    always the commonest class; AUROC 0.5; AP the share of the positive class (the
+    larger of two, as :func:`_score` takes it) or, for several ``classes`` (the
+    probe's; default: those in ``y``), the mean share over them (one-vs-rest, macro)."""
     y = np.asarray(y)
     if not len(y):
         return math.nan
-    counts = np.unique(y, return_counts=True)[1]
+    values, counts = np.unique(y, return_counts=True)
     if metric == "accuracy":
         return float(counts.max() / len(y))
-    if len(counts) < 2:
+    if len(values) < 2:
         return math.nan  # as the score itself: undefined with one class
     if metric == "auroc":
         return 0.5
-    return float(counts[-1] / len(y)) if len(counts) == 2 else 1.0 / len(counts)
+    classes = values if classes is None else np.asarray(classes)
+    shares = [float(np.mean(y == c)) for c in classes]
+    return shares[1] if len(classes) == 2 else float(np.mean(shares))
 
 
 def _nanmean(values: list[float]) -> float:

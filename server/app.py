@@ -365,21 +365,27 @@ def site_reason(text: str) -> str:
     return f"{out[:REASON_CHARS]} ... ({len(out) - REASON_CHARS} more characters)"
 
 
-_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Iteration))"
+                     r"(?:: ?(.*))?$")
 _WHERE = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
 
 
 def _cause(tb: str) -> str | None:
-    """``Name: message (file:line in function)`` of the first exception a traceback
-    text names (in a chain the cause comes first), with the last frame before it."""
-    where = None
+    """``Name: message (file:line in function)`` of the exception a traceback text is
+    about, with the last frame before it: the first one named (at the start of a
+    line) where a chain says "direct cause", the last where one was raised "during
+    handling" of another."""
+    where, found = None, []
     for line in tb.splitlines():
-        found = _WHERE.match(line)
-        if found:
-            where = f"{Path(found.group(1)).name}:{found.group(2)} in {found.group(3)}"
+        frame = _WHERE.match(line)
+        if frame:
+            where = f"{Path(frame.group(1)).name}:{frame.group(2)} in {frame.group(3)}"
             continue
-        raised = _RAISED.match(line.strip())
+        raised = _RAISED.match(line.rstrip())  # not stripped: source lines are indented
         if raised and "(" not in raised.group(1):
             name = raised.group(1).rsplit(".", 1)[-1]
-            return f"{name}: {raised.group(2).strip()}" + (f" ({where})" if where else "")
-    return None
+            found.append(f"{name}: {(raised.group(2) or '').strip()}".rstrip(": ")
+                         + (f" ({where})" if where else ""))
+    if not found:
+        return None
+    return found[-1] if "During handling of the above exception" in tb else found[0]

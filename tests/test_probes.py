@@ -104,3 +104,18 @@ def test_chance_scores_of_each_metric():
 
     assert average_precision_score(yy, rng.random(20000)) == pytest.approx(
         chance_score("ap", yy), abs=0.01)
+
+
+def test_ap_of_labels_coded_1_and_2_takes_the_larger_as_positive():
+    """Clinical labels coded 1/2: AP scored class 1 (sklearn's default pos_label)
+    with the probability of class 2, so a good probe read 0.60 and its chance 0.20."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(3000, 2))
+    y = np.where(z[:, 0] > 0.85, 2, 1)  # ~20% class 2, readable from the latent
+    s = label_scores({"v": z[:1000]}, {"v": {"c": y[:1000]}}, {"v": z[1000:]},
+                     {"v": {"c": y[1000:]}}, "ap")
+    row = s["labels"]["v"]["c"]
+    assert row["ap"] > 0.9 and row["chance"] == pytest.approx(np.mean(y[1000:] == 2))
+    noise = label_scores({"v": rng.normal(size=(1000, 2))}, {"v": {"c": y[:1000]}},
+                         {"v": rng.normal(size=(2000, 2))}, {"v": {"c": y[1000:]}}, "ap")
+    assert noise["labels"]["v"]["c"]["ap"] == pytest.approx(row["chance"], abs=0.05)

@@ -38,6 +38,7 @@ from mmvm.cli.run_config import (
     is_mmvm_app,
     parse_overrides,
 )
+from mmvm.cli.run_hints import CLUSTER_HINT, RAY_CLUSTER, after_run
 from mmvm.config import ConfigError
 
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -167,7 +168,8 @@ def local_connection() -> str | None:
     raise ConfigError(
         f"flwr's default connection {default!r} ({home / 'config.toml'}) is the SuperLink "
         f"at {where}, not a local simulation: to run there, say so (--connection "
-        f"{default} --deployment); for a simulation add [superlink.local] with "
+        f"{default}, and --deployment if its SuperNodes are real sites rather than a "
+        f"simulation SuperLink's); for a local simulation add [superlink.local] with "
         f"address = \":local:\"")
 
 
@@ -311,8 +313,12 @@ def _stream(proc: subprocess.Popen) -> tuple[str | None, bool]:
             sys.stdout.write(ANSI.sub("", line) if plain else line)
             sys.stdout.flush()
         failed = failed or line.startswith("mmvm: run failed:")
+        if RAY_CLUSTER in line:  # the SuperLink's Ray is a cluster: what to do
+            failed = True
+            print(CLUSTER_HINT, file=sys.stderr, flush=True)
     proc.wait()
     return run_id, failed
+
 
 
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int
@@ -385,17 +391,8 @@ def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: i
     final = status(cmd, args, run_id)
     ok = final == "finished:completed"
     print(f"mmvm run: run {run_id} {final}", file=sys.stdout if ok else sys.stderr)
-    if not final.startswith("finished"):  # flwr run ended, the run did not: the
-        print(f"mmvm run: flwr run lost the SuperLink while run {run_id} ran (exit "
-              f"code {code}); its ServerApp may still be training without it (a "
-              f"simulation's goes on; `flwr ls` shows no such run on a new SuperLink). "
-              f"Once no process of it is left, continue it with the same --run-config "
-              f"and resume='{_first(parse_overrides(args.run_config), run_id)}'",
-              file=sys.stderr)
-    elif final == "finished:failed" and not said:  # its ServerApp died (killed, OOM)
-        print(f"mmvm run: the run's ServerApp ended without a reason of its own (killed, "
-              f"out of memory? Flower's lines above); if its sites had attached, "
-              f"continue it with the same --run-config and "
-              f"resume='{_first(parse_overrides(args.run_config), run_id)}'",
-              file=sys.stderr)
+    hint = after_run(final, code, said, run_id, _first(parse_overrides(args.run_config),
+                                                      run_id))
+    if hint:
+        print(hint, file=sys.stderr)
     return 0 if ok else 1

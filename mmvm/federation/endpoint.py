@@ -258,7 +258,8 @@ class Endpoint:
         last, index = self.site.progress.window, req.window
         if req.resync or index <= last + 1:
             return None
-        why = f"window {index}: its state is that of window {last} (a restarted process)"
+        after = f"window {last + 1}" if last >= 0 else "attach"  # counted as the console does
+        why = f"window {index + 1}: its state is from after {after} (a restarted process)"
         if self.site.linked().delta_tol is not None:
             raise FederationError(f"site {self.site.name}: {why}; with event-triggered "
                                   f"exchange it sits this window out, then resyncs")

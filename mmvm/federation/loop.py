@@ -227,7 +227,8 @@ def run_federation(transport: Transport, s: FederationSettings,
             on_window(row)
         # asked during this window: stop now if everyone checkpointed it, else after
         # the next (which everyone then checkpoints)
-        if stopping or w in persist and should_stop and should_stop():
+        last = w == len(coord.plan) - 1  # a stop asked in it: the run ends anyway
+        if stopping or not last and w in persist and should_stop and should_stop():
             raise RunStopped(w, len(coord.plan))
     result.missed = att.summary()
     result.bytes_total = meter.total

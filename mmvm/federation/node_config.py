@@ -129,7 +129,7 @@ def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
         problems.append(("require-psi", f"node config of site {site}: require-psi "
                          f"without keys would refuse every run (PSI needs a secure run, "
                          f"and that needs keys=)"))
-    secure_only = [k for k in ("peers", "directory", "allow-pair-masking") if k in nc]
+    secure_only = [k for k in ("peers", "directory") if k in nc]
     if not nc.get("keys") and (secure_only or "require-secure" not in {
             k for k, _ in problems} and _bool(nc, "require-secure", False)):
         named = secure_only or ["require-secure"]

@@ -162,12 +162,14 @@ def _assembled(ev: Mapping) -> str:
     recon = f"reconstruction NLL {_num(ev.get('reconstruction', {}).get('total'), 1)}"
     per_label = ev.get("probe_labels")
     if per_label:
+        metric = per_label.get("metric")
         rows = [r for labels in per_label.get("labels", {}).values() for r in labels.values()]
-        chance = [r["chance"] for r in rows if isinstance(r.get("chance"), float)
-                  and not math.isnan(r["chance"])]
+        chance = [r["chance"] for r in rows  # of the labels the probe mean counts
+                  if all(isinstance(r.get(k), float) and not math.isnan(r[k])
+                         for k in ("chance", metric))]
         mean_chance = f", chance {_num(sum(chance) / len(chance))}" if chance else ""
         n = len({c for labels in per_label.get("labels", {}).values() for c in labels})
-        return (f"probe {_num(probe.get('mean'))} ({per_label.get('metric')}, mean over "
+        return (f"probe {_num(probe.get('mean'))} ({metric}, mean over "
                 f"{n} labels{mean_chance}; eval.json probe_labels), coherence "
                 f"{_num(coh.get('mean'))}, {recon}")
     if not probe:

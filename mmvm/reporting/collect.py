@@ -96,9 +96,22 @@ def unfinished_note(path: Path) -> str:
 
 
 def unfinished(path: Path) -> bool:
-    """A federated run's folder with the server's state and no results yet."""
-    return path.is_dir() and (path / "server_state.pt").is_file() and not any(
-        (path / f).is_file() for f in ("results.json", "eval.json", "checkpoint.pt"))
+    """A federated run's folder with the server's state and no results yet, nor a
+    run beside it that resumed it (a resumed run writes its results in its own
+    folder; the state stays in the first run's)."""
+    if not (path.is_dir() and (path / "server_state.pt").is_file()) or any(
+            (path / f).is_file() for f in ("results.json", "eval.json", "checkpoint.pt")):
+        return False
+    first = path.name.removeprefix("run-")
+    for results in path.parent.glob("run-*/results.json"):
+        try:
+            doc = json.loads(results.read_text())
+        except (OSError, ValueError):
+            continue
+        settings = doc.get("settings") if isinstance(doc, dict) else None
+        if isinstance(settings, dict) and str(settings.get("resume") or "") == first:
+            return False
+    return True
 
 
 def classify(path: Path) -> tuple[str, Path]:

@@ -171,8 +171,9 @@ def test_without_connection_it_is_a_local_simulation_never_a_superlink(tmp_path,
     conf.write_text('[superlink]\ndefault = "mmvm"\n' + link)
     with pytest.raises(ConfigError, match=r"default connection 'mmvm' .* is the SuperLink "
                                           r"at 127.0.0.1:9093, not a local simulation: "
-                                          r"to run there, say so \(--connection mmvm "
-                                          r"--deployment\)"):
+                                          r"to run there, say so \(--connection mmvm, "
+                                          r"and --deployment if its SuperNodes are real "
+                                          r"sites"):
         local_connection()
     res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120,
@@ -440,3 +441,19 @@ def test_a_run_whose_serverapp_died_says_how_to_resume(monkeypatch, capsys):
     # a ServerApp that said why (and gave its own hint when it had state): no second one
     assert run_cli._final(["flwr", "run"], args, "42", 0, said=True) == 1
     assert "resume" not in capsys.readouterr().err
+
+
+def test_a_simulation_on_a_ray_cluster_given_a_cpu_count_says_what_to_do(capsys):
+    """deploy/README said to set RAY_ADDRESS only for the SuperLink: mmvm run then
+    gave the simulation a CPU count, which Ray refuses on an existing cluster (a
+    ValueError among Flower's tracebacks, and 'finished:failed')."""
+    from mmvm.cli import run as run_cli
+
+    lines = ("Successfully started run 42\n"
+             "ValueError: When connecting to an existing cluster, num_cpus and num_gpus "
+             "must not be provided.\n")
+    proc = subprocess.Popen([sys.executable, "-c", f"print({lines!r}, end='')"],
+                            stdout=subprocess.PIPE, text=True)
+    assert run_cli._stream(proc) == ("42", True)  # said: no "without a reason" hint
+    err = capsys.readouterr().err
+    assert "give mmvm run the same RAY_ADDRESS" in err

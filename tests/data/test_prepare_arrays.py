@@ -10,7 +10,12 @@ import pytest
 from mmvm.cli import main
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
-from mmvm.data.prepare.arrays import config_snippet, held_out, prepare_arrays
+from mmvm.data.prepare.arrays import (
+    config_snippet,
+    held_out,
+    load_labels,
+    prepare_arrays,
+)
 from mmvm.data.store import DataError, read_site_meta, read_site_table
 
 N = 120
@@ -385,3 +390,11 @@ def test_class_names_become_ids_in_sorted_order_and_are_listed(arrays, form):
     out = prepare_arrays(d / f"{form}2", {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
                          labels={"label": d / "ids_labels.txt"})
     assert "# label" not in config_snippet(out).replace("# in the config", "")
+    # ids written as text, a blank line unknown: ids, not names sorted as text
+    # ('10' before '2', '-1' a class of its own)
+    (d / "ids_blank.txt").write_text("\n".join(["0", "1", "", "10", "-1"] * (N // 5)))
+    got, names = load_labels(d / "ids_blank.txt")
+    assert names is None and got[:5].tolist() == [0, 1, -1, 10, -1]
+    (d / "mixed.txt").write_text("\n".join(["none", "2"] * (N // 2)))
+    with pytest.raises(DataError, match="holds the number '2' among class names"):
+        load_labels(d / "mixed.txt")

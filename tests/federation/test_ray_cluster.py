@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SITES = 5
 
 
-def _actor_logs(node) -> list[Path]:
-    """Ray worker-process logs of `node` that ran a ClientAppActor."""
+def _actor_logs(node, actor: str = "ClientAppActor") -> list[Path]:
+    """Ray worker-process logs of `node` that ran an ``actor``."""
     hits = []
     for logs in node.session_logs():
         for path in logs.glob("worker-*.out"):
-            if "ClientAppActor" in path.read_text(errors="replace"):
+            if actor in path.read_text(errors="replace"):
                 hits.append(path)
     return hits
 
@@ -76,6 +76,10 @@ def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
             f"ClientAppActor logs on the worker node: {[str(p) for p in actors]} "
             f"(session logs {[str(p) for p in worker.session_logs()]})")
         assert not _actor_logs(head)
+        # the sites' hosts, which train, too: they ask Ray for no CPU, so without a
+        # node affinity two of five landed on the 0-CPU head
+        hosts = {n.name: len(_actor_logs(n, "SiteHost")) for n in (head, worker)}
+        assert hosts == {"head": 0, "worker1": SITES}, hosts
         assert "RAY_ADDRESS" not in os.environ  # it was the SuperLink's alone
     finally:
         fleet.stop()

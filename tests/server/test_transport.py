@@ -225,3 +225,13 @@ def test_a_traceback_from_a_ray_worker_is_shown_as_its_cause():
     # a traceback without an exception line is kept as text (bounded, printable)
     odd = site_reason('Traceback (most recent call last):\n  File "x.py", line 1, in f')
     assert odd.startswith("Traceback") and "\x1b" not in odd
+
+
+def test_a_traceback_raised_during_handling_is_shown_as_its_last_exception():
+    from server.app import site_reason
+
+    tb = ('Traceback (most recent call last):\n  File "a.py", line 3, in f\n'
+          '    lastError: int = 0\nKeyError: \'x\'\n\nDuring handling of the above '
+          'exception, another exception occurred:\n\nTraceback (most recent call last):'
+          '\n  File "b.py", line 9, in g\nMemoryError\n')
+    assert site_reason(tb) == "MemoryError (b.py:9 in g)"

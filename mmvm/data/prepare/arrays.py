@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.prepare.label_values import class_ids
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 from mmvm.data.store_format import LABEL_MAX, id_problem, show
 
@@ -69,8 +70,9 @@ def load_ids(path: str | os.PathLike) -> list[str]:
 
 def load_labels(path: Path) -> tuple[np.ndarray, list[str] | None]:
     """Labels of a ``.npy`` (class ids, or strings) or a text file (one per line):
-    class ids as they are; names (``"pacemaker"``) as ids in sorted order, and the
-    names, so the files keep what each id means. An empty name is unknown (-1)."""
+    class ids as they are (also written as text); names (``"pacemaker"``) as ids in
+    sorted order, and the names, so the files keep what each id means. An empty
+    entry is unknown (-1); ids and names mixed are refused."""
     if path.suffix == ".npy":
         a = _load(path, what="labels")
         if a.ndim != 1 or a.dtype.kind not in "US":
@@ -83,16 +85,7 @@ def load_labels(path: Path) -> tuple[np.ndarray, list[str] | None]:
             raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
         while values and not values[-1]:
             values.pop()
-        try:
-            return np.array([int(v) for v in values], dtype=np.int64), None
-        except ValueError:
-            pass  # names
-    names = sorted(set(values) - {""})
-    if len(names) > LABEL_MAX + 1:
-        raise DataError(f"{path}: {len(names)} distinct label names; labels are class "
-                        f"ids 0..{LABEL_MAX} (is this a column of ids or free text?)")
-    index = {name: i for i, name in enumerate(names)}
-    return np.array([index.get(v, -1) for v in values], dtype=np.int64), names
+    return class_ids(values, str(path))
 
 
 def held_out(ids: list[str], test_fraction: float, seed: int) -> np.ndarray:
