@@ -180,9 +180,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_quiet(q)
         handles(q, _prepare)
 
-    from mmvm.cli.data_arrays import add_arrays
+    from mmvm.cli.data_arrays import add_arrays, add_images
 
     add_arrays(names)
+    add_images(names)
 
     add_split(sub)
     add_check(sub)

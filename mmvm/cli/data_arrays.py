@@ -58,7 +58,7 @@ def _pairs(items: list[str], flag: str, default_key: str | None = None) -> dict[
 
 
 def _prepare_arrays(args: argparse.Namespace) -> int:
-    from mmvm.data.prepare.arrays import config_snippet, prepare_arrays
+    from mmvm.data.prepare.arrays import prepare_arrays
 
     check_folder_out(args.out)
     mods = _pairs(args.modality, "--modality")
@@ -68,24 +68,82 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
         paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
                                groups=args.groups, test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb)
-    report_paths(paths)
+    return _report(paths, args, args.ids is not None, args.groups)
+
+
+def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None,
+            group_flag: str = "--groups") -> int:
+    """What was written, how it was split, and the config sections for it."""
+    from mmvm.data.prepare.arrays import config_snippet
     from mmvm.data.store import read_site_meta
 
+    report_paths(paths)
     rows = {k: read_site_meta(p)["num_rows"] for k, p in paths.items()}
     print(", ".join(f"{k} {n:,} rows" for k, n in rows.items()))
-    if args.ids is None:
+    if not ids:
         print("note: no --ids: the sample ids are the row numbers 0..N-1; they pair with "
               "other sites' samples only if those sites' rows are the same samples in the "
               "same order (give --ids otherwise)")
-    by = "sample id" if args.groups is None else f"group ({args.groups})"
+    by = "sample id" if groups is None else f"group ({groups})"
     print(f"split by {by} with --seed {args.seed} --test-fraction "
           f"{args.test_fraction:g}: every site must use the same two values (and write "
-          f"the ids{'' if args.groups is None else ' and groups'} the same way) for "
+          f"the ids{'' if groups is None else ' and groups'} the same way) for "
           f"their shared samples to fall in the same split")
-    if args.groups is None:
+    if groups is None:
         print("note: samples are split one by one; if several come from one trial or "
-              "patient (e.g. overlapping time windows), give --groups so that none of "
-              "them is tested on after training on its neighbours")
+              f"patient (e.g. overlapping time windows), give {group_flag} so that none "
+              f"of them is tested on after training on its neighbours")
     print(f"\n# for your config (kind, shape from the files; likelihood a starting "
           f"point):\n{config_snippet(paths)}")
     return 0
+
+
+def add_images(names: argparse._SubParsersAction) -> None:
+    """Add ``mmvm data prepare images``."""
+    text = "your own images: a folder of image files per modality, labels from a CSV"
+    q = names.add_parser("images", help=text, description=(
+        f"{text}. A file's name without its suffix is its sample id (p0042.png -> "
+        "p0042): name the views of one study alike at every site. Images are decoded "
+        "to grey (L) or RGB and resized to SIZE x SIZE; labels and the patient (for a "
+        "split by patient) come from a CSV table with a sample id column. Prints the "
+        "[model.modalities] sections for a config."))
+    q.add_argument("--modality", action="append", required=True, metavar="NAME=FOLDER",
+                   help="a modality's folder of .png/.jpg/.bmp/.tif files; repeatable "
+                        "(the folders of one site hold the same sample ids)")
+    q.add_argument("--size", type=int, required=True, help="side in pixels (28, 64, "
+                   "224: the sizes the image networks take)")
+    q.add_argument("--mode", choices=("L", "RGB"), default="L",
+                   help="grey (L, one channel) or RGB (default %(default)s)")
+    q.add_argument("--table", metavar="CSV", help="labels (and groups) by sample id")
+    q.add_argument("--id-column", default="sample_id",
+                   help="the table's sample id column (default %(default)s)")
+    q.add_argument("--label", action="append", metavar="COLUMN", help="a table column "
+                   "to keep as a label (class ids or names); repeatable (default: every "
+                   "column but the id and group columns)")
+    q.add_argument("--group-column", metavar="COLUMN", help="the table's group column "
+                   "(e.g. patient): split by group, so no patient is in train and test")
+    q.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of samples held out (default %(default)g)")
+    q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
+    q.add_argument("--name", default="images", help="dataset name in the files' metadata")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--force", action="store_true",
+                   help="write over the site files (.parquet) already in --out")
+    add_quiet(q)
+    handles(q, _prepare_images)
+
+
+def _prepare_images(args: argparse.Namespace) -> int:
+    from mmvm.data.prepare.image_folder import prepare_images
+
+    check_folder_out(args.out)
+    if args.label and not args.table:
+        raise ValueError("--label names columns of --table, which is missing")
+    with data_progress(not args.quiet) as cb:
+        paths = prepare_images(args.out, _pairs(args.modality, "--modality"),
+                               size=args.size, mode=args.mode, table=args.table,
+                               id_column=args.id_column, labels=args.label,
+                               group_column=args.group_column,
+                               test_fraction=args.test_fraction, seed=args.seed,
+                               name=args.name, force=args.force, progress=cb)
+    return _report(paths, args, True, args.group_column, "--group-column")

@@ -103,7 +103,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    groups: str | os.PathLike | None = None,
                    test_fraction: float = 0.2, seed: int = 0, name: str = "arrays",
                    row_group_size: int = 1024, force: bool = False,
-                   progress: Progress | None = None) -> dict[str, Path]:
+                   progress: Progress | None = None,
+                   sources: Mapping[str, os.PathLike] | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
@@ -137,7 +138,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
             "split_by": "sample id" if group_of is None else
                         f"group ({len(set(group_of))} groups from {Path(groups).name})",
-            "sources": {m: str(Path(p).resolve()) for m, p in modalities.items()},
+            "sources": {m: str(Path(p).resolve())
+                        for m, p in (sources or modalities).items()},
             "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},
             "counts": [m for m, a in arrays.items()  # non-negative integers
                        if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0],

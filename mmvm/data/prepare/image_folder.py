@@ -1,0 +1,124 @@
+"""A site's own images: one folder of image files per modality -> site Parquet files.
+
+The sample id of an image is its file name without the suffix (``p0042.png`` ->
+``p0042``), so the frontal and lateral views of one study, kept at two sites, pair
+when they are named alike. Labels and groups (the patient, for a split by patient)
+come from a CSV table with a sample id column; samples it does not list have unknown
+labels. Images are decoded with Pillow to ``mode`` (``L``: grey, ``RGB``) and resized
+to ``size x size``, then everything goes through :func:`~mmvm.data.prepare.arrays.
+prepare_arrays` (its checks, its split by sample id or group, its config sections).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data.prepare import Progress
+from mmvm.data.prepare.arrays import prepare_arrays
+from mmvm.data.prepare.images import load_image
+from mmvm.data.store import DataError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def image_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """``{sample id: file}`` of the image files directly in ``folder`` (by suffix);
+    :class:`DataError` when there are none or two share a name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of images")
+    out: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in SUFFIXES:
+            if path.stem in out:
+                raise DataError(f"{folder}: {out[path.stem].name} and {path.name} would "
+                                f"both be sample {path.stem!r}; one image per sample id")
+            out[path.stem] = path
+    if not out:
+        raise DataError(f"{folder}: no image files ({', '.join(SUFFIXES)})")
+    return out
+
+
+def read_table(path: str | os.PathLike, id_column: str) -> dict[str, dict[str, str]]:
+    """``{sample id: {column: value}}`` of a CSV table with a header row."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable CSV table ({e})") from None
+    columns = list(rows[0]) if rows else []
+    if id_column not in columns:
+        raise DataError(f"{path}: no column {id_column!r} of sample ids (--id-column); "
+                        f"its columns: {columns}")
+    table: dict[str, dict[str, str]] = {}
+    for i, row in enumerate(rows, start=2):
+        sid = (row[id_column] or "").strip()
+        if sid in table:
+            raise DataError(f"{path}: line {i}: sample {sid!r} is listed twice")
+        table[sid] = {k: (v or "").strip() for k, v in row.items() if k != id_column}
+    return table
+
+
+def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.PathLike],
+                   *, size: int, mode: str = "L", table: str | os.PathLike | None = None,
+                   id_column: str = "sample_id", labels: Sequence[str] | None = None,
+                   group_column: str | None = None, test_fraction: float = 0.2,
+                   seed: int = 0, name: str = "images", force: bool = False,
+                   progress: Progress | None = None) -> dict[str, Path]:
+    """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
+    (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
+    ``labels``: the table's columns to keep as labels (default: all but the id and
+    group columns), written as ``label.<column>`` (``label`` stays ``label``)."""
+    if mode not in ("L", "RGB"):
+        raise ValueError(f"mode {mode!r}: 'L' (grey) or 'RGB'")
+    files = {m: image_files(f) for m, f in folders.items()}
+    ids = sorted(next(iter(files.values())))
+    for m, got in files.items():
+        if set(got) != set(ids):
+            other = next(iter(files))
+            odd = sorted(set(got) ^ set(ids))[:3]
+            raise DataError(f"{folders[m]} and {folders[other]} hold other sample ids "
+                            f"({len(got)} vs {len(ids)} images; e.g. {odd}): the "
+                            f"modalities of one site must hold the same samples")
+    rows = read_table(table, id_column) if table is not None else {}
+    columns = list(next(iter(rows.values()))) if rows else []
+    keep = list(labels) if labels is not None else \
+        [c for c in columns if c != group_column]
+    missing = [c for c in keep + ([group_column] if group_column else []) if c not in columns]
+    if missing:
+        raise DataError(f"{table}: no column {missing[0]!r}; its columns: {columns}")
+    with tempfile.TemporaryDirectory(prefix="mmvm-images-") as tmp:
+        tmp = Path(tmp)
+        arrays = {}
+        for m, got in files.items():
+            stack = np.stack([load_image(got[i], mode, size) for i in ids])
+            np.save(tmp / f"{m}.npy", stack)
+            arrays[m] = tmp / f"{m}.npy"
+        (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
+        label_files = {}
+        for c in keep:
+            key = "label" if c == "label" else f"label.{c}"
+            label_files[key] = tmp / f"{key}.npy"  # strings: an empty one is unknown
+            np.save(label_files[key], np.array([rows.get(i, {}).get(c, "") for i in ids],
+                                               dtype=str))
+        groups = None
+        if group_column:
+            values = [rows.get(i, {}).get(group_column, "") for i in ids]
+            lost = [i for i, v in zip(ids, values, strict=True) if not v]
+            if lost:
+                raise DataError(f"{table}: no {group_column!r} for samples {lost[:3]}"
+                                f"{' ...' if len(lost) > 3 else ''}: every image needs "
+                                f"its group to be split by it")
+            groups = tmp / "groups.txt"
+            groups.write_text("\n".join(values) + "\n")
+        return prepare_arrays(out_dir, arrays, ids=tmp / "ids.txt", labels=label_files,
+                              groups=groups, test_fraction=test_fraction, seed=seed,
+                              name=name, force=force, progress=progress,
+                              sources={m: Path(f).resolve() for m, f in folders.items()})
+

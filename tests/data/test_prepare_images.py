@@ -1,0 +1,101 @@
+"""prepare images: a site's own folders of image files (one per modality) and a CSV
+of labels -> site Parquet files, paired with other sites by file name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmvm.cli import main
+from mmvm.data.prepare.image_folder import prepare_images
+from mmvm.data.store import DataError, read_site_meta, read_site_table
+
+N = 40
+
+
+def _views(tmp_path) -> dict:
+    """Frontal and lateral PNGs of 40 studies (20 patients), 48 px, and their table;
+    the enlarged heart (cardiomegaly) is a brighter square in both views."""
+    rng = np.random.default_rng(0)
+    cardio = rng.integers(0, 2, N)
+    for view in ("frontal", "lateral"):
+        (tmp_path / view).mkdir()
+        for i in range(N):
+            img = rng.integers(0, 60, (48, 48)).astype(np.uint8)
+            img[16:32, 16:32] += np.uint8(150 * cardio[i])
+            Image.fromarray(img).save(tmp_path / view / f"s{i:03d}.png")
+    rows = ["sample_id,finding,patient"] + [
+        f"s{i:03d},{'cardiomegaly' if cardio[i] else 'normal'},p{i // 2}"
+        for i in range(N - 1)]  # s039 unlisted: unknown label (and no group)
+    (tmp_path / "table.csv").write_text("\n".join(rows) + "\n")
+    return {"cardio": cardio}
+
+
+def test_two_sites_views_pair_by_file_name_and_split_by_patient(tmp_path):
+    truth = _views(tmp_path)
+    table = tmp_path / "table.csv"
+    (tmp_path / "table_all.csv").write_text(table.read_text() + "s039,normal,p19\n")
+    paths = {v: prepare_images(tmp_path / f"site-{v}", {v: tmp_path / v}, size=28,
+                               table=tmp_path / "table_all.csv", labels=["finding"],
+                               group_column="patient") for v in ("frontal", "lateral")}
+    splits = {}
+    for v, p in paths.items():
+        meta = read_site_meta(p["train"])
+        assert list(meta["tensors"][v]["shape"]) == [1, 28, 28]
+        assert meta["dataset"]["label_names"] == {"label.finding": ["cardiomegaly",
+                                                                    "normal"]}
+        for split in ("train", "test"):
+            t = read_site_table(p[split])
+            splits[v, split] = set(t.sample_ids)
+            want = [0 if truth["cardio"][int(s[1:])] else 1 for s in t.sample_ids]
+            assert t.labels["label.finding"].tolist() == want
+    # the same studies in the same split at both sites, and no patient on both sides
+    assert splits["frontal", "test"] == splits["lateral", "test"]
+    patients = {split: {int(s[1:]) // 2 for s in splits["frontal", split]}
+                for split in ("train", "test")}
+    assert not patients["train"] & patients["test"]
+
+
+def test_a_sample_the_table_lacks_has_unknown_labels_but_needs_its_group(tmp_path):
+    _views(tmp_path)
+    p = prepare_images(tmp_path / "out", {"frontal": tmp_path / "frontal"}, size=28,
+                       mode="RGB", table=tmp_path / "table.csv", labels=["finding"])
+    rows = {s: y for split in ("train", "test")
+            for s, y in zip(read_site_table(p[split]).sample_ids,
+                            read_site_table(p[split]).labels["label.finding"],
+                            strict=True)}
+    assert rows["s039"] == -1 and len(rows) == N
+    assert list(read_site_meta(p["train"])["tensors"]["frontal"]["shape"]) == [3, 28, 28]
+    with pytest.raises(DataError, match=r"no 'patient' for samples \['s039'\]"):
+        prepare_images(tmp_path / "g", {"frontal": tmp_path / "frontal"}, size=28,
+                       table=tmp_path / "table.csv", group_column="patient")
+
+
+def test_mistakes_are_named(tmp_path):
+    _views(tmp_path)
+    (tmp_path / "lateral" / "s000.png").rename(tmp_path / "lateral" / "x000.png")
+    with pytest.raises(DataError, match="hold other sample ids"):
+        prepare_images(tmp_path / "o", {"f": tmp_path / "frontal",
+                                        "l": tmp_path / "lateral"}, size=28)
+    with pytest.raises(DataError, match=r"no column 'findings'; its columns"):
+        prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=28,
+                       table=tmp_path / "table.csv", labels=["findings"])
+    with pytest.raises(DataError, match="no column 'id' of sample ids"):
+        prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=28,
+                       table=tmp_path / "table.csv", id_column="id")
+    (tmp_path / "frontal" / "s001.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="would both be sample 's001'"):
+        prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=28)
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_the_command_prints_the_config_sections(tmp_path, capsys):
+    _views(tmp_path)
+    assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/frontal",
+                 "--size", "28", "--table", f"{tmp_path}/table.csv", "--label", "finding",
+                 "--out", f"{tmp_path}/site", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert '[model.modalities.frontal]\nkind = "image"\nshape = [1, 28, 28]' in out
+    assert "# label.finding: 0 = cardiomegaly, 1 = normal" in out
+    assert "give --group-column" in out
