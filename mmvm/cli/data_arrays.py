@@ -33,15 +33,20 @@ def add_arrays(names: argparse._SubParsersAction) -> None:
                         ".npy or a text file (one per line; names become ids in sorted "
                         "order, listed with the config sections): column 'label', or "
                         "'label.NAME'; repeatable")
+    _split_and_output(q, "arrays")
+    handles(q, _prepare_arrays)
+
+
+def _split_and_output(q: argparse.ArgumentParser, name: str) -> None:
+    """The options every preparer of a site's own data shares: split and output."""
     q.add_argument("--test-fraction", type=float, default=0.2,
                    help="share of samples held out (default %(default)g)")
     q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
-    q.add_argument("--name", default="arrays", help="dataset name in the files' metadata")
+    q.add_argument("--name", default=name, help="dataset name in the files' metadata")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--force", action="store_true",
                    help="write over the site files (.parquet) already in --out")
     add_quiet(q)
-    handles(q, _prepare_arrays)
 
 
 def _pairs(items: list[str], flag: str, default_key: str | None = None) -> dict[str, str]:
@@ -122,14 +127,7 @@ def add_images(names: argparse._SubParsersAction) -> None:
                    "column but the id and group columns)")
     q.add_argument("--group-column", metavar="COLUMN", help="the table's group column "
                    "(e.g. patient): split by group, so no patient is in train and test")
-    q.add_argument("--test-fraction", type=float, default=0.2,
-                   help="share of samples held out (default %(default)g)")
-    q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
-    q.add_argument("--name", default="images", help="dataset name in the files' metadata")
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--force", action="store_true",
-                   help="write over the site files (.parquet) already in --out")
-    add_quiet(q)
+    _split_and_output(q, "images")
     handles(q, _prepare_images)
 
 

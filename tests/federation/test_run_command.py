@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,9 @@ def _mmvm_run(fleet: Fleet, run_config: str) -> tuple[int, str]:
     return res.returncode, res.stdout + res.stderr
 
 
-def _interrupted(fleet: Fleet, run_config: str, until: str, signum: int
-                 ) -> tuple[subprocess.Popen, str]:
-    """`mmvm run` of ``run_config``, sent ``signum`` at its first output line that
+def _acting(fleet: Fleet, run_config: str, until: str,
+            act: Callable[[subprocess.Popen], object]) -> tuple[subprocess.Popen, str]:
+    """`mmvm run` of ``run_config``, ``act(proc)`` done at its first output line that
     contains ``until``; the process and its whole output."""
     proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
                              "sim", "--run-config", run_config], env=fleet.env,
@@ -46,8 +47,14 @@ def _interrupted(fleet: Fleet, run_config: str, until: str, signum: int
         if until in line:
             break
     assert seen and until in seen[-1], "".join(seen[-40:])
-    proc.send_signal(signum)
-    return proc, "".join(seen) + proc.communicate(timeout=400)[0]
+    act(proc)
+    return proc, "".join(seen) + proc.communicate(timeout=600)[0]
+
+
+def _interrupted(fleet: Fleet, run_config: str, until: str, signum: int
+                 ) -> tuple[subprocess.Popen, str]:
+    """`mmvm run` of ``run_config``, sent ``signum`` at its first line with ``until``."""
+    return _acting(fleet, run_config, until, lambda proc: proc.send_signal(signum))
 
 
 def _simulate(tmp: Path, run_config: str) -> tuple[int, str]:
@@ -182,17 +189,8 @@ def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
           f"n-test=100 eval-data='' {_dirs(tmp_path)}")
     with Fleet(tmp_path / "fleet") as fleet:
         fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
-                                 "sim", "--run-config", rc], env=fleet.env,
-                                cwd=fleet.workdir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "window 5/" in line:  # after window 3's checkpoint (an epoch)
-                _kill_a_site_host(fleet)
-                break
-        out = "".join(seen) + proc.communicate(timeout=600)[0]
+        # after window 3's checkpoint (an epoch)
+        proc, out = _acting(fleet, rc, "window 5/", lambda _: _kill_a_site_host(fleet))
     assert proc.returncode == 0, out[-4000:]
     # Ray says a worker died ("(raylet) ... SYSTEM_ERROR"); Flower logs no exception
     assert "Traceback" not in out and "ERROR :" not in out, out[-4000:]
