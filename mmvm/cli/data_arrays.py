@@ -115,8 +115,8 @@ def add_images(names: argparse._SubParsersAction) -> None:
     q.add_argument("--modality", action="append", required=True, metavar="NAME=FOLDER",
                    help="a modality's folder of .png/.jpg/.bmp/.tif files; repeatable "
                         "(the folders of one site hold the same sample ids)")
-    q.add_argument("--size", type=int, required=True, help="side in pixels (28, 64, "
-                   "224: the sizes the image networks take)")
+    q.add_argument("--size", type=int, default=64, help="side in pixels (default "
+                   "%(default)s; 28 and 224 are the other sizes the image networks take)")
     q.add_argument("--mode", choices=("L", "RGB"), default="L",
                    help="grey (L, one channel) or RGB (default %(default)s)")
     q.add_argument("--table", metavar="CSV", help="labels (and groups) by sample id")
