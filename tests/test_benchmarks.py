@@ -9,6 +9,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,13 @@ def test_the_flower_benchmark_stops_only_its_own_local_superlink(tmp_path):
     mine = subprocess.Popen([sys.executable, "-c", sleep,
                              str(tmp_path / "mine" / "local-superlink" / "x.log")])
     try:
+        from tests.support.processes import pids_mentioning
+
+        for _ in range(100):  # started: their command lines are there to be read
+            if pids_mentioning(str(tmp_path / "mine")) and \
+                    pids_mentioning(str(tmp_path / "theirs")):
+                break
+            time.sleep(0.05)
         flower_runs.stop_local_superlink(tmp_path / "mine")
         assert mine.wait(timeout=10) == -15  # SIGTERM
         assert theirs.poll() is None

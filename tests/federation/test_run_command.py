@@ -185,11 +185,13 @@ def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
     again from the site's last checkpoint within the window: the run completes with
     the site, says which windows it trained from an older state, and shows no Ray
     traceback (it failed after max-refused windows, each line a traceback)."""
+    # the sites' state is written after attach and the last window only: whenever the
+    # host dies, its successor has lost every window since attach (a checkpoint just
+    # before the kill would leave nothing lost: the test would race the saves)
     rc = (f"set='train.epochs=3;train.batch_size=100' exchange='step' n-train=300 "
-          f"n-test=100 eval-data='' {_dirs(tmp_path)}")
+          f"n-test=100 eval-data='' checkpoint-every=100 {_dirs(tmp_path)}")
     with Fleet(tmp_path / "fleet") as fleet:
         fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        # after window 3's checkpoint (an epoch)
         proc, out = _acting(fleet, rc, "window 5/", lambda _: _kill_a_site_host(fleet))
     assert proc.returncode == 0, out[-4000:]
     # Ray says a worker died ("(raylet) ... SYSTEM_ERROR"); Flower logs no exception
@@ -197,9 +199,9 @@ def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
     summary = json.loads(next((tmp_path / "runs").glob("run-*/results.json")).read_text())
     assert summary["missed_windows"] == {} and summary["windows"] == 9
     (site, restarts), = summary["restarted_sites"].items()
-    assert restarts == [{"window": restarts[0]["window"], "after": 2}], restarts
-    assert 5 <= restarts[0]["window"] <= 6  # the window it died in, or the next
-    assert f"{site} restarted from its state after window 3" in out
+    assert restarts == [{"window": restarts[0]["window"], "after": -1}], restarts
+    assert 5 <= restarts[0]["window"] <= 7  # the window it died in, or one soon after
+    assert f"{site} restarted from its state after attach" in out
 
 
 @pytest.mark.slow
