@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.eval.labels:  # a typo named before the judges train (minutes)
         label_columns(cfg.data.files("train"), cfg.eval.labels)
     classifiers = None
-    judged = labelled and train_set.labels is not None  # coherence: one label a sample
+    judged = train_set.labels is not None  # coherence: one label a sample
     if labelled and not judged and not args.no_coherence:
         print(f"note: no coherence: its judges need one label per sample (data.label = "
               f"{cfg.data.label!r}), which these files lack; eval.labels are probed")

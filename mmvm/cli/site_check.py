@@ -24,11 +24,15 @@ from mmvm.cli.run_config import APP_DIR
 from mmvm.cli.site_findings import ERROR, OK, WARNING, NodeCheck
 from mmvm.cli.site_keys_check import check_keys
 from mmvm.config import ExperimentConfig
-from mmvm.federation.node_config import load_policy, policy_problems
+from mmvm.federation.node_config import (
+    SECURE_ONLY,
+    SECURE_PEERS,
+    load_policy,
+    policy_problems,
+)
 from mmvm.federation.policy import KEYS, SitePolicy
 
 PATH_KEYS = ("data", "keys", "directory", "state")
-SECURE_ONLY = ("peers", "directory", "allow-pair-masking", "max-align-rows", "min-rows")
 
 
 def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
@@ -99,7 +103,7 @@ def _usable_part(nc: Mapping, site: str, bad: set[str]) -> SitePolicy:
     if known.get("keys") and "peers" not in known:
         known["peers"] = "*"  # reported above; the directory is still checked
     if not known.get("keys"):  # a secure site's keys without keys: reported above
-        for key in ("peers", "directory", "allow-pair-masking", "require-secure"):
+        for key in (*SECURE_PEERS, "require-secure"):
             known.pop(key, None)
     return load_policy(known, site)
 

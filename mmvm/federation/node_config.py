@@ -96,6 +96,13 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "report-losses": lambda nc, k: _bool(nc, k, True)}
 
 
+# keys that protect only secure runs (which need keys=): without keys they have no
+# effect (mmvm site check warns); of them, the ones that name a secure site's peers
+# are refused without keys (its keys= was lost: a typo, spaces around '=')
+SECURE_ONLY = ("peers", "directory", "allow-pair-masking", "max-align-rows", "min-rows")
+SECURE_PEERS = ("peers", "directory")
+
+
 def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
     """Every problem of a deployment node config's policy as ``(key, message)``, one
     per key: unknown keys (key "", with the nearest valid ones), values that do not
@@ -129,7 +136,7 @@ def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
         problems.append(("require-psi", f"node config of site {site}: require-psi "
                          f"without keys would refuse every run (PSI needs a secure run, "
                          f"and that needs keys=)"))
-    secure_only = [k for k in ("peers", "directory") if k in nc]
+    secure_only = [k for k in SECURE_PEERS if k in nc]
     if not nc.get("keys") and (secure_only or "require-secure" not in {
             k for k, _ in problems} and _bool(nc, "require-secure", False)):
         named = secure_only or ["require-secure"]

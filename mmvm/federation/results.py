@@ -191,8 +191,8 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     train_set = MultimodalDataset.from_parquet(cfg.data.files("train"), names,
                                                cfg.data.label, cfg.eval.probe_train)
     test_set = MultimodalDataset.from_parquet(cfg.data.files("test"), names, cfg.data.label)
-    judged = is_labelled(cfg, train=train_set, test=test_set) and \
-        train_set.labels is not None  # else: no judges (the result's warnings say why)
+    is_labelled(cfg, train=train_set, test=test_set)  # raises where half-labelled
+    judged = train_set.labels is not None  # coherence: one label a sample
     t0 = time.perf_counter()
     stages = 3 if judged else 2
     if judged:

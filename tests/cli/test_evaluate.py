@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmvm.data.dataset import MultimodalDataset
-from tests.support.evaluation_data import NAMES, digit_vectors, vector_config
+from tests.support.evaluation_data import NAMES, digit_vectors, run_copy, vector_config
 
 torch.set_num_threads(1)
 
@@ -158,42 +158,13 @@ def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
 
 
 # ------------------------------------------------------ refused before any scoring
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One epoch on the digit vectors: the data folder, its run in <data>/run."""
-    from mmvm.training import train
-
-    data = tmp_path_factory.mktemp("evaluate-data")
-    paths = digit_vectors(data)
-    train(vector_config(data, epochs=1), MultimodalDataset.from_parquet(paths["train"], NAMES),
-          show_progress=False)
-    return data
-
-
-def _run_copy(trained, tmp_path) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(trained / "run", tmp_path / "run"))
-
-
-@pytest.fixture
-def no_scoring(monkeypatch):
-    """Fails the test if evaluate gets as far as scoring."""
-    import mmvm.evaluation
-
-    def scored(*args, **kwargs):
-        raise AssertionError("scored before refusing")
-
-    monkeypatch.setattr(mmvm.evaluation, "evaluate_run", scored)
-
-
 @pytest.mark.parametrize("name, flags", [("eval.json", ["--no-plot"]),
                                          ("generations.png", [])])
 def test_an_output_that_is_a_folder_is_refused_before_scoring(trained, tmp_path, capsys,
                                                                no_scoring, name, flags):
     from mmvm.cli import main
 
-    run = _run_copy(trained, tmp_path)
+    run = run_copy(trained, tmp_path)
     (run / name).mkdir()
     assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-coherence",
                  *flags]) == 2
@@ -244,7 +215,7 @@ def test_nan_weights_are_refused_naming_the_checkpoint_and_tensor(trained, tmp_p
     NaN latents with exit 0."""
     from mmvm.cli import main
 
-    run = _run_copy(trained, tmp_path)
+    run = run_copy(trained, tmp_path)
     name = _diverged(run, float("nan"))
     before = sorted(p.name for p in run.iterdir())
     out = tmp_path / "latents.parquet"
@@ -268,7 +239,7 @@ def test_weights_that_overflow_the_latents_are_refused_naming_the_checkpoint(
     input): named before scikit-learn sees a NaN or a table of them is written."""
     from mmvm.cli import main
 
-    run = _run_copy(trained, tmp_path)
+    run = run_copy(trained, tmp_path)
     _diverged(run, 1e30)
     out = tmp_path / "latents.parquet"
     argv = (["evaluate", "--run", str(run), "--no-coherence"] if command == "evaluate" else
@@ -324,7 +295,7 @@ def test_a_failed_eval_json_write_keeps_the_earlier_one(trained, tmp_path):
 
     from mmvm.cli import main
 
-    run = _run_copy(trained, tmp_path)
+    run = run_copy(trained, tmp_path)
     argv = ["evaluate", "--run", str(run), "--device", "cpu", "--no-coherence", "--no-plot"]
     assert main(argv) == 0
     earlier = (run / "eval.json").read_bytes()
@@ -356,7 +327,7 @@ def test_a_set_of_the_model_is_noted_as_ignored(trained, tmp_path, capsys):
 
     from mmvm.cli import main
 
-    run = _run_copy(trained, tmp_path)
+    run = run_copy(trained, tmp_path)
     assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-coherence",
                  "--no-plot", "--set", "model.latent_dim=16", "--set", "train.beta=3",
                  "--set", "data.max_test=40"]) == 0
@@ -413,76 +384,3 @@ def test_without_hard_links_the_earlier_eval_json_is_copied_with_its_time(
     assert kept.read_text() == '{"earlier": 1}' and path.read_text() == '{"new": 2}'
     assert kept.stat().st_mtime == 1_700_000_000
     assert sorted(os.listdir(tmp_path)) == sorted(["eval.json", kept.name])
-
-
-def test_a_label_column_the_data_lacks_is_named_with_the_ones_it_has(trained, tmp_path,
-                                                                     capsys, no_scoring):
-    from mmvm.cli import main
-
-    run = _run_copy(trained, tmp_path)
-    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-plot",
-                 "--set", "data.label=digit"]) == 2
-    err = capsys.readouterr().err
-    assert "the train data has no label column 'digit' (data.label); probes and coherence " \
-           "need one label per sample. Its label columns: label; e.g. --set " \
-           "data.label=label" in err
-    assert not (run / "eval.json").exists()
-
-
-def test_per_label_probes_need_no_single_label_column(trained, tmp_path, capsys):
-    """configs/mimic_cxr.toml and celeba.toml probe label columns by name
-    (eval.labels) and their files have no 'label' column: the check for one refused
-    them (mmvm evaluate, and the federated server's evaluation)."""
-    import json
-
-    from mmvm.cli import main
-
-    run = _run_copy(trained, tmp_path)
-    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-plot",
-                 "--set", "data.label=digit", "--set", 'eval.labels=["label"]',
-                 "--set", "eval.classifier_epochs=1"]) == 0
-    res = json.loads((run / "eval.json").read_text())
-    assert {m: list(v) for m, v in res["probe_labels"]["labels"].items()} == \
-        {m: ["label"] for m in NAMES}
-    assert 0.3 < res["probe"]["mean"] <= 1.0  # ten digits: chance ~0.1
-    assert "coherence" not in res  # no single label to judge generations by
-    out = " ".join(capsys.readouterr().out.split())
-    # said once (each modality's "no judge" was printed, then repeated as a warning)
-    assert "note: no coherence: its judges need one label per sample (data.label = " \
-           "'digit')" in out and "warning" not in out and res["warnings"] == []
-
-
-def test_unlabelled_data_is_evaluated_for_reconstruction(tmp_path, capsys):
-    """Files without any label column: mmvm evaluate scores the reconstruction and
-    says why there are no probes (it stopped at the missing label column, and with
-    eval.labels = [] raised an IndexError)."""
-    import json
-
-    from mmvm.cli import main
-    from mmvm.data.labels import NO_LABELS
-    from mmvm.training import train
-
-    paths = digit_vectors(tmp_path, labelled=False)
-    train(vector_config(tmp_path, epochs=1),
-          MultimodalDataset.from_parquet(paths["train"], NAMES), show_progress=False)
-    assert main(["evaluate", "--run", str(tmp_path / "run"), "--device", "cpu"]) == 0
-    out = " ".join(capsys.readouterr().out.split())  # rich wraps to the terminal
-    assert f"warning: {NO_LABELS}" in out and "no probes, 397 test rows" in out
-    assert "probe acc" not in out and "Traceback" not in out
-    result = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert result["probe"] == {} and result["reconstruction"]["total"] > 0
-    assert "coherence" not in result and NO_LABELS in result["warnings"]
-
-
-def test_a_typo_in_eval_labels_is_named_before_the_judges_train(trained, tmp_path, capsys,
-                                                                 no_scoring, monkeypatch):
-    import mmvm.classifiers
-    from mmvm.cli import main
-
-    monkeypatch.setattr(mmvm.classifiers, "classifiers_for", lambda *a, **k: 1 / 0)
-    run = _run_copy(trained, tmp_path)
-    assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-plot",
-                 "--set", 'eval.labels=["lable"]']) == 2
-    err = capsys.readouterr().err
-    assert "label column 'lable' (eval.labels) matches none" in err
-    assert "did you mean 'label'?" in err

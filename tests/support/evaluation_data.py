@@ -83,3 +83,12 @@ def vector_config(tmp_path, **train):
                   "out_dir": str(tmp_path / "run"), "num_threads": 1, **train},
         "eval": {"probe_train": 1000, "classifier_epochs": 30, "batch_size": 256},
     })
+
+
+def run_copy(trained, tmp_path):
+    """A copy of the run folder ``trained/run``, for a test to evaluate (and write)
+    into."""
+    import shutil
+    from pathlib import Path
+
+    return Path(shutil.copytree(trained / "run", tmp_path / "run"))

@@ -95,11 +95,8 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
         raise DataError(f"{table}: no column {missing[0]!r}; its columns: {columns}")
     with tempfile.TemporaryDirectory(prefix="mmvm-images-") as tmp:
         tmp = Path(tmp)
-        arrays = {}
-        for m, got in files.items():
-            stack = np.stack([load_image(got[i], mode, size) for i in ids])
-            np.save(tmp / f"{m}.npy", stack)
-            arrays[m] = tmp / f"{m}.npy"
+        arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress)
+                  for m, got in files.items()}
         (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
         label_files = {}
         for c in keep:
@@ -122,3 +119,18 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                               name=name, force=force, progress=progress,
                               sources={m: Path(f).resolve() for m, f in folders.items()})
 
+
+def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
+            path: Path, progress: Progress | None) -> Path:
+    """The images of ``ids`` as one uint8 ``[N, C, size, size]`` .npy at ``path``,
+    each decoded into it in turn (never the whole set in memory)."""
+    channels = 1 if mode == "L" else 3
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                    shape=(len(ids), channels, size, size))
+    for k, i in enumerate(ids):
+        out[k] = load_image(files[i], mode, size)
+        if progress is not None and (k % 64 == 0 or k == len(ids) - 1):
+            progress(f"decoding {path.stem}", k + 1, len(ids))
+    out.flush()
+    del out
+    return path

@@ -1,0 +1,107 @@
+"""What `mmvm run` says when a run is stopped or ends without completing
+(mmvm/cli/run.py, mmvm/cli/run_hints.py): how to continue it, or what to change.
+A stand-in for flwr where a real run is not needed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+LATE = """
+import signal, sys, time
+def late(*_):  # the run was started just as the stop came
+    print("Successfully started run 42", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, late)
+print("starting", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_stop_finds_the_run_named_after_it_came(tmp_path, capsys):
+    """SIGTERM before flwr run has said which run it started: its output is read to the
+    end, so the run is still found and stopped (here with a stand-in for flwr)."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli.run import _run
+
+    args = argparse.Namespace(connection=None, run_config="resume='7'")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    code = _run(args, [sys.executable, "-c", LATE])
+    assert code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    # a resumed run's state stays under the id it continues
+    assert "stopped run 42; continue it with the same --run-config and resume='7'" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_a_run_stopped_after_its_results_were_written_is_sent_to_evaluate(tmp_path,
+                                                                          capsys):
+    """Stopped while the server evaluated: its sites already answered the final
+    evaluation, so a resume is refused there; the message says to evaluate."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli.run import _run
+
+    (tmp_path / "run-42").mkdir()
+    (tmp_path / "run-42" / "results.json").write_text("{}")
+    args = argparse.Namespace(connection=None, run_config=f"out-dir='{tmp_path}'")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert _run(args, [sys.executable, "-c", LATE]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert f"stopped run 42 after its training was written ({tmp_path / 'run-42'})" in err
+    assert f"mmvm evaluate --run {tmp_path / 'run-42'}" in err and "resume=" not in err
+
+
+def test_a_run_that_outlived_flwr_run_says_what_to_do(monkeypatch, capsys):
+    """The SuperLink was killed: flwr run ended, the run was listed as running, and
+    mmvm run said only 'run X running' (the ServerApp trained on without it)."""
+    import argparse
+
+    from mmvm.cli import run as run_cli
+
+    monkeypatch.setattr(run_cli, "status", lambda *a: "running")
+    args = argparse.Namespace(connection=None, run_config="resume='7' exchange='step'")
+    assert run_cli._final(["flwr", "run"], args, "42", 1) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mmvm run: run 42 running\nmmvm run: flwr run lost the SuperLink ")
+    assert "continue it with the same --run-config and resume='7'" in err
+
+
+def test_a_run_whose_serverapp_died_says_how_to_resume(monkeypatch, capsys):
+    """The ServerApp was killed (Flower: 'No heartbeat received from the task'): the
+    run read finished:failed, and mmvm run said nothing of resuming it, as it does
+    when the SuperLink dies or the ServerApp fails for a reason it names."""
+    import argparse
+
+    from mmvm.cli import run as run_cli
+
+    monkeypatch.setattr(run_cli, "status", lambda *a: "finished:failed")
+    args = argparse.Namespace(connection=None, run_config="exchange='step'")
+    assert run_cli._final(["flwr", "run"], args, "42", 0) == 1
+    err = capsys.readouterr().err
+    assert "ended without a reason of its own" in err and "resume='42'" in err
+    # a ServerApp that said why (and gave its own hint when it had state): no second one
+    assert run_cli._final(["flwr", "run"], args, "42", 0, said=True) == 1
+    assert "resume" not in capsys.readouterr().err
+
+
+def test_a_simulation_on_a_ray_cluster_given_a_cpu_count_says_what_to_do(capsys):
+    """deploy/README said to set RAY_ADDRESS only for the SuperLink: mmvm run then
+    gave the simulation a CPU count, which Ray refuses on an existing cluster (a
+    ValueError among Flower's tracebacks, and 'finished:failed')."""
+    from mmvm.cli import run as run_cli
+
+    lines = ("Successfully started run 42\n"
+             "ValueError: When connecting to an existing cluster, num_cpus and num_gpus "
+             "must not be provided.\n")
+    proc = subprocess.Popen([sys.executable, "-c", f"print({lines!r}, end='')"],
+                            stdout=subprocess.PIPE, text=True)
+    assert run_cli._stream(proc) == ("42", True)  # said: no "without a reason" hint
+    err = capsys.readouterr().err
+    assert "give mmvm run the same RAY_ADDRESS" in err
