@@ -51,15 +51,17 @@ def acquire(path: str | Path, wait: float, create: bool = True) -> int | None:
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[None]:
+def folder_lock(folder: Path, what: str, wait: float = 0.0) -> Iterator[None]:
     """Hold ``folder`` (made if absent) for the block; ``ValueError`` naming ``what``
-    if another process holds it."""
+    if another process holds it for ``wait`` seconds."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        fd = acquire(folder, 0.0, create=False)
+        fd = acquire(folder, wait, create=False)
     except LockBusy:
+        waited = f" (waited {wait:g} s)" if wait else ""
         raise ValueError(f"{folder}: another process ({what}) is writing this folder "
-                         f"now; wait for it to end or choose another folder") from None
+                         f"now{waited}; wait for it to end or choose another folder"
+                         ) from None
     except LockUnsupported:
         fd = None  # a file system without flock: as on Windows, nothing is locked
     try:

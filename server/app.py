@@ -262,8 +262,11 @@ def run(grid: Grid, context: Context) -> None:
     try:
         with ExitStack() as held:  # one ServerApp at a time writes a run's state (two
             try:  # resumes of one run raced, the second blaming a pruned state folder)
+                # a resume may come while the ServerApp it continues is still ending
+                # (its SuperLink was restarted): that one gets connect-timeout to go
                 held.enter_context(folder_lock(
-                    state.parent, f"a ServerApp of run {s.resume or context.run_id}"))
+                    state.parent, f"a ServerApp of run {s.resume or context.run_id}",
+                    wait=s.connect_timeout if s.resume else 0.0))
             except ValueError as err:
                 raise ConfigError(str(err)) from None
             stop.unlink(missing_ok=True)  # an earlier stop's, answered: not this run's

@@ -72,3 +72,25 @@ def test_a_run_whose_state_another_serverapp_writes_is_refused(tmp_path):
     assert str(info.value) == (f"{folder}: another process (a ServerApp of run 42) is "
                                f"writing this folder now; wait for it to end or choose "
                                f"another folder")
+
+
+def test_a_resume_waits_for_the_serverapp_it_continues_to_end(tmp_path):
+    """A resume submitted right after the SuperLink restarted found the run's folder
+    still held by the ServerApp it continues (ending once its SuperLink calls fail)
+    and was refused: a resume waits connect-timeout for it."""
+    import threading
+
+    import pytest
+
+    from mmvm.folder_lock import folder_lock
+
+    folder = tmp_path / "run-42"
+    ending = folder_lock(folder, "the old ServerApp")
+    ending.__enter__()
+    threading.Timer(0.3, ending.__exit__, (None, None, None)).start()
+    with folder_lock(folder, "the resume", wait=10.0):  # taken once the old one ends
+        pass
+    with folder_lock(folder, "a live ServerApp"), pytest.raises(ValueError,
+                                                               match=r"\(waited 0.2 s\)"):
+        with folder_lock(folder, "the resume", wait=0.2):
+            pass
