@@ -71,6 +71,11 @@ def window(msg: Message, context: Context) -> Message:
     return _answer(msg, context, "window")
 
 
+@app.train("confirm")
+def confirm(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, "confirm")
+
+
 @app.train("unmask")
 def unmask(msg: Message, context: Context) -> Message:
     return _answer(msg, context, "unmask")

@@ -92,7 +92,7 @@ class FlowerTransport:
         site may first finish the window it was in when the server went."""
         kind = next(iter(requests.values())).kind
         stage = f"window {requests[next(iter(requests))].window}" \
-            if kind in ("window", "unmask") else kind
+            if kind in ("window", "confirm", "unmask") else kind
         soft = self.timeout if wait is None else min(wait, self.timeout)
         hard = self.timeout if wait is None or kind == "resume" \
             else min(2 * wait, self.timeout)

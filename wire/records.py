@@ -28,8 +28,8 @@ BODY = "body"
 # Flower message types per kind: the ClientApp registers one handler for each
 FLOWER_TYPES = {"describe": "query.describe", "align": "train.align",
                 "attach": "train.attach", "window": "train.window",
-                "unmask": "train.unmask", "resume": "query.resume",
-                "evaluate": "evaluate"}
+                "confirm": "train.confirm", "unmask": "train.unmask",
+                "resume": "query.resume", "evaluate": "evaluate"}
 
 
 def flower_type(message) -> str:

@@ -25,6 +25,8 @@ from mmvm.federation.messages import (
     AlignRequest,
     Arrays,
     AttachRequest,
+    ConfirmReply,
+    ConfirmRequest,
     DescribeReply,
     UnmaskReply,
     UnmaskRequest,
@@ -77,6 +79,11 @@ class Channel(Protocol):
         """Weights of the modalities shared with other sites, as they travel, and
         (secure) the sealed self-mask shares per peer; ``received``: the averaged
         weights the server sent with this window."""
+        ...
+
+    def confirm(self, site: Site, req: ConfirmRequest) -> ConfirmReply:
+        """Secure mode: commit to an unmask view with dropped holders and seal it to
+        the co-survivors (:func:`mmvm.federation.sealed_weights.confirm`)."""
         ...
 
     def unmask(self, site: Site, req: UnmaskRequest
@@ -157,6 +164,10 @@ class PlainChannel:
     def shared(self, site: Site, index: int, received: Arrays
                ) -> tuple[Arrays, dict[str, bytes]]:
         return {m: site.shared_weights(m) for m in site.linked().shared}, {}
+
+    def confirm(self, site: Site, req: ConfirmRequest) -> ConfirmReply:
+        raise FederationError(f"site {site.name}: confirm is a secure-mode message; this "
+                              f"site runs the plaintext protocol")
 
     def unmask(self, site: Site, req: UnmaskRequest
                ) -> tuple[UnmaskReply, Callable[[], None]]:

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping
-
-import numpy as np
 
 from mmvm.config import config_digest
 from mmvm.data.store import read_site_meta
@@ -28,6 +25,8 @@ from mmvm.federation.messages import (
     AlignRequest,
     AttachReply,
     AttachRequest,
+    ConfirmReply,
+    ConfirmRequest,
     DescribeRequest,
     EvaluateReply,
     EvaluateRequest,
@@ -42,6 +41,7 @@ from mmvm.federation.messages import (
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import EVALUATION
+from mmvm.federation.reply_cache import request_digest
 from mmvm.federation.site import Site
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
@@ -70,6 +70,7 @@ class Endpoint:
         self.policy = policy or SitePolicy(test_bed=True)
         self._handlers = {DescribeRequest: self.describe, AlignRequest: self.align,
                           AttachRequest: self.attach, WindowRequest: self.window,
+                          ConfirmRequest: self.confirm,
                           UnmaskRequest: self.unmask, ResumeRequest: self.resume,
                           EvaluateRequest: self.evaluate}
 
@@ -283,6 +284,13 @@ class Endpoint:
         return WindowReply(metrics=metrics, posteriors=posteriors, weights=weights,
                            shares=shares)
 
+    def confirm(self, req: ConfirmRequest) -> ConfirmReply:
+        """Secure mode, a view with dropped holders: commit to it (once per window,
+        before this window's unmask step is answered)."""
+        req = dataclasses.replace(req, groups=unmask_view(req.groups))
+        self.site.progress.unmask(self.site.name, req.window)  # checks only: no commit
+        return self.channel.confirm(self.site, req)
+
     def unmask(self, req: UnmaskRequest):
         req = dataclasses.replace(req, groups=unmask_view(req.groups))
         again = self.site.replies.get("unmask", req.window, req.groups)
@@ -385,16 +393,3 @@ class LocalTransport:
                 out[key] = SiteFailure(self.endpoints[key].site.name,
                                        f"{type(err).__name__}: {err}")
         return out
-
-
-def request_digest(inputs: Mapping, weights: Mapping[str, Mapping[str, np.ndarray]]) -> str:
-    """SHA-256 of a window request's ``inputs`` and its weights: a kept reply answers
-    only the request that produced it (another run over the same state, say a
-    concurrent resume, would otherwise get its own window adopted by the live run)."""
-    h = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
-    for m in sorted(weights):
-        for n in sorted(weights[m]):
-            a = np.ascontiguousarray(weights[m][n])
-            h.update(f"{m}/{n}/{a.dtype.str}/{a.shape}".encode())
-            h.update(a.tobytes())
-    return h.hexdigest()

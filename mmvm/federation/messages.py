@@ -2,7 +2,8 @@
 
     describe -> align (secure mode only) -> attach -> window 0 .. W-1 -> evaluate
                                                    (secure, shared modalities: unmask
-                                                    after each window)
+                                                    after each window, confirm before it
+                                                    when a holder dropped)
     resume (a restarted server, instead of describe .. attach) -> window w .. W-1
 
 Both modes speak the same messages; what differs is what fills them (sample ids or a
@@ -32,7 +33,8 @@ Arrays = dict[str, dict[str, np.ndarray]]
 SERVER = "server"  # the counterpart of every posterior table in plaintext mode
 MASK_WEIGHT = "__weight__"  # secure mode: the masked sample count next to masked weights
 KIND_POSTERIOR = "posterior"  # envelope kinds: a window's posteriors to one peer,
-KIND_SHARE = "selfshare"  # and shares of a self-mask seed
+KIND_SHARE = "selfshare"  # and shares of a self-mask seed,
+KIND_VIEW = "view"  # and the unmask view a site committed to (dropouts)
 
 
 class MessageError(ValueError):
@@ -189,6 +191,26 @@ class UnmaskRequest:
     window: int = _value(int)
     groups: dict = _json()  # modality -> {"survivors": [names], "dropped": [names]}
     shares: dict[str, bytes] = _blobs()
+    confirmations: dict[str, bytes] = _blobs()  # per sender: its sealed view (confirm)
+
+
+@dataclass
+class ConfirmRequest:
+    """Secure mode, before an unmask whose view has dropped holders: the view this
+    site is to commit to, and seal to its co-survivors (see
+    :func:`mmvm.federation.sealed_weights.confirm`)."""
+
+    kind: ClassVar[str] = "confirm"
+    window: int = _value(int)
+    groups: dict = _json()  # as UnmaskRequest.groups
+
+
+@dataclass
+class ConfirmReply:
+    """The committed view, sealed to each co-survivor (kind ``view``)."""
+
+    kind: ClassVar[str] = "confirm"
+    sealed: dict[str, bytes] = _blobs()
 
 
 def unmask_view(groups: dict) -> dict[str, dict[str, list[str]]]:
@@ -267,10 +289,10 @@ class EvaluateReply:
 
 
 REQUESTS = {c.kind: c for c in (DescribeRequest, AlignRequest, AttachRequest,
-                                 WindowRequest, UnmaskRequest, ResumeRequest,
-                                 EvaluateRequest)}
+                                 WindowRequest, ConfirmRequest, UnmaskRequest,
+                                 ResumeRequest, EvaluateRequest)}
 REPLIES = {c.kind: c for c in (DescribeReply, AlignReply, AttachReply, WindowReply,
-                                UnmaskReply, ResumeReply, EvaluateReply)}
+                                ConfirmReply, UnmaskReply, ResumeReply, EvaluateReply)}
 
 
 @dataclass(frozen=True)

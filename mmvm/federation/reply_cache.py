@@ -10,6 +10,9 @@ for the same view of survivors and dropped sites; any other view is refused as b
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import asdict
 
 import numpy as np
@@ -65,3 +68,16 @@ class ReplyCache:
             reply = REPLIES[kind](**_from_state(e["reply"]))
             cache.entries[kind] = (int(e["window"]), _from_state(e["view"]), reply)
         return cache
+
+
+def request_digest(inputs: Mapping, weights: Mapping[str, Mapping[str, np.ndarray]]) -> str:
+    """SHA-256 of a window request's ``inputs`` and its weights: a kept reply answers
+    only the request that produced it (another run over the same state, say a
+    concurrent resume, would otherwise get its own window adopted by the live run)."""
+    h = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
+    for m in sorted(weights):
+        for n in sorted(weights[m]):
+            a = np.ascontiguousarray(weights[m][n])
+            h.update(f"{m}/{n}/{a.dtype.str}/{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()

@@ -35,6 +35,8 @@ from mmvm.federation.messages import (
     AlignRequest,
     Arrays,
     AttachRequest,
+    ConfirmReply,
+    ConfirmRequest,
     DescribeReply,
     UnmaskReply,
     UnmaskRequest,
@@ -48,6 +50,7 @@ from mmvm.federation.posteriors import (
 )
 from mmvm.federation.progress import EVALUATION
 from mmvm.federation.sealed_weights import (
+    confirm,
     group_labels,
     masked_weights,
     mean_digest,
@@ -236,6 +239,9 @@ class SealedChannel:
     def shared(self, site: Site, index: int, received: Arrays
                ) -> tuple[Arrays, dict[str, bytes]]:
         return masked_weights(site, self.sec, index, received)
+
+    def confirm(self, site: Site, req: ConfirmRequest) -> ConfirmReply:
+        return confirm(self.sec, req)
 
     def unmask(self, site: Site, req: UnmaskRequest
                ) -> tuple[UnmaskReply, Callable[[], None]]:

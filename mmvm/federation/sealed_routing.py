@@ -20,23 +20,25 @@ from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.messages import (
     KIND_POSTERIOR,
     KIND_SHARE,
+    KIND_VIEW,
     MASK_WEIGHT,
     AlignRequest,
     Arrays,
+    ConfirmRequest,
     DescribeReply,
     UnmaskRequest,
     WindowRequest,
 )
 from mmvm.federation.routing import site_infos
 from mmvm.federation.sealed_align import KIND_IDKEY, KIND_PSI
-from mmvm.federation.sealed_weights import SHARE_COUNTER
+from mmvm.federation.sealed_weights import SHARE_COUNTER, VIEW_COUNTER
 from mmvm.federation.unmask_answers import Answer, Asked, read_answer
 from mmvm.secure.envelope import payload_size, peek_header
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.identity import parse_record, pinned, proof_problem
 from mmvm.secure.masking import FixedPoint, aggregate_masked
 from mmvm.secure.psi import POINT_BYTES, origin, ring_neighbours
-from mmvm.secure.unmasking import combine_seed, threshold
+from mmvm.secure.unmasking import combine_seed, survivors_needed
 
 
 def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
@@ -248,27 +250,39 @@ class SealedRouting:
         """Each shared modality's sample-weighted mean from masked updates: one unmask
         round (survivors reveal self-mask shares and pair seeds with dropped sites),
         then the sum is unmasked and its total weight checked against the counts.
+        When a holder dropped, a confirm round comes first (:meth:`_confirm`).
 
         A modality is not averaged this window (its holders keep their own weights)
         when fewer holders survived than the masking can unmask without exposing
-        anyone (:meth:`_needed`), or when a survivor does not answer the unmask round
-        or fails it (those are in :attr:`failed`, with why)."""
+        anyone (:func:`~mmvm.secure.unmasking.survivors_needed`), or when a survivor
+        does not answer the confirm or unmask round or fails it (those are in
+        :attr:`failed`, with why)."""
         self.failed = {}
         if not coord.shared:
             return {}
         names = {key: site.name for key, site in coord.sites.items()}
         views = {m: v for m in coord.shared
                  if (v := self._view(coord, m, replies))[0]
-                 and len(v[0]) >= self._needed(len(coord.shared[m]))}
+                 and len(v[0]) >= survivors_needed(len(coord.shared[m]))}
         if not views:
             return {}
         inbox = route({k: r.shares for k, r in replies.items()}, names)
-        asked = sorted({k for v in views.values() for k in v[0]})
-        answers, failed = transport.gather({k: UnmaskRequest(
-            window=index, shares=inbox[k],
-            groups={m: {"survivors": sorted(names[s] for s in u),
+
+        def groups(k: str) -> dict:  # the view site k is sent: of its groups
+            return {m: {"survivors": sorted(names[s] for s in u),
                         "dropped": sorted(names[d] for d in dd)}
-                    for m, (u, dd) in views.items() if k in u}) for k in asked})
+                    for m, (u, dd) in views.items() if k in u}
+
+        confirmed, failed = self._confirm(transport, index, views, groups, names)
+        views = {m: v for m, v in views.items() if not set(v[0]) & set(failed)}
+        if not views:
+            self.failed = failed
+            return {}
+        asked = sorted({k for v in views.values() for k in v[0]})
+        answers, unmask_failed = transport.gather({k: UnmaskRequest(
+            window=index, shares=inbox[k], groups=groups(k),
+            confirmations=confirmed.get(k, {})) for k in asked})
+        failed.update(unmask_failed)
         read = {}
         for k, answer in answers.items():  # each on its own: a bad one is its sender's
             asked = {m: Asked([names[h] for h in coord.shared[m]], [names[s] for s in u],
@@ -283,13 +297,32 @@ class SealedRouting:
                 for m, (u, dd) in views.items() if all(k in read for k in u)}
 
     @staticmethod
-    def _needed(n: int) -> int:
-        """Survivors a group of ``n`` needs: each survivor's self-mask seed is rebuilt
-        from ``t`` shares held by the *other* survivors, and a site reveals pair seeds
-        only when ``n - t + 1`` survive (``unmasking.check_view``). Groups of 3 cannot
-        lose a site; 4 and 5 can lose one, 6 two."""
-        t = threshold(n)
-        return max(n - t + 1, t + 1)
+    def _confirm(transport, index: int, views: Mapping, groups, names: Mapping[str, str]
+                 ) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:
+        """Where a view has dropped holders, its survivors commit to it and seal it to
+        each other (``unmasking``'s rules alone let a server that tells each holder
+        another story unmask two holders' sum: :func:`.sealed_weights.confirm`):
+        ``({recipient key: {sender name: blob}}, {failed key: why})``. A survivor
+        that fails, or does not seal its view to every co-survivor, fails the step."""
+        asked = sorted({k for u, dd in views.values() if dd for k in u})
+        if not asked:
+            return {}, {}
+        replies, failed = transport.gather({k: ConfirmRequest(window=index,
+                                                              groups=groups(k))
+                                            for k in asked})
+        for k, r in list(replies.items()):
+            owed = sorted({s for v in groups(k).values() for s in v["survivors"]}
+                          - {names[k]})
+            try:
+                if sorted(r.sealed) != owed:
+                    raise FederationError(f"site {names[k]} sealed its view to "
+                                          f"{sorted(r.sealed)[:8]}, not to its "
+                                          f"co-survivors {owed}")
+                _check_headers(names[k], r.sealed, KIND_VIEW, (index + 1, VIEW_COUNTER))
+            except FederationError as err:
+                failed[k] = str(err)
+                del replies[k]
+        return route({k: r.sealed for k, r in replies.items()}, names), failed
 
     @staticmethod
     def _view(coord: Coordinator, m: str, replies: Mapping) -> tuple[list, list]:

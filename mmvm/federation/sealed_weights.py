@@ -11,7 +11,9 @@ For every modality the site shares (a FedAvg group of holders), each window:
 2. the self-mask seed is Shamir-shared; each peer's shares (of all shared
    modalities) travel sealed to it (kind ``selfshare``, round ``w + 1``, counter 1);
 3. in the unmask step the site opens the shares addressed to it and reveals what
-   :func:`mmvm.secure.unmasking.reveal` allows.
+   :func:`mmvm.secure.unmasking.reveal` allows. When its view of a group has dropped
+   holders, it first commits to that view (:func:`confirm`) and reveals only once
+   every other survivor has sealed it the same view.
 
 Groups must have at least three holders; two only if the site's policy says
 ``allow-pair-masking`` (each then learns the other's weights from the mean).
@@ -27,7 +29,16 @@ from collections.abc import Mapping
 import numpy as np
 
 from mmvm.config import config_digest
-from mmvm.federation.messages import KIND_SHARE, MASK_WEIGHT, UnmaskReply, UnmaskRequest
+from mmvm.federation.messages import (
+    KIND_SHARE,
+    KIND_VIEW,
+    MASK_WEIGHT,
+    ConfirmReply,
+    ConfirmRequest,
+    UnmaskReply,
+    UnmaskRequest,
+    unmask_view,
+)
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
@@ -37,6 +48,7 @@ from mmvm.secure.session import SiteSecrets, b64, unb64
 from mmvm.secure.unmasking import check_share, check_view, new_seed, reveal, share_seed
 
 SHARE_COUNTER = 1  # posteriors of the same round use counter 0
+VIEW_COUNTER = 2  # and confirmed views counter 2
 
 
 def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: str,
@@ -152,11 +164,16 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest
                                 guard=guard, expected_round=req.window + 1,
                                 expected_counter=SHARE_COUNTER, kind=KIND_SHARE)
         opened[sender], told[sender] = _peer_shares(sec.site, sender, payload)
+    agreed = _agreed_views(sec, req, guard)
+    for m, view in sorted(req.groups.items()):
+        check_view(sec.site, groups[m]["holders"], list(view["survivors"]),
+                   list(view["dropped"]))
+        _check_agreed(sec.site, m, view, agreed)
+    commit_view(sec, req.window, req.groups, "unmask")  # before anything is revealed
     shares_out, seeds_out, confirmed = {}, {}, set()
     for m, view in sorted(req.groups.items()):
         g = groups[m]
         got = {s: v[m] for s, v in opened.items() if m in v}
-        check_view(sec.site, g["holders"], list(view["survivors"]), list(view["dropped"]))
         for s in sorted(set(view["survivors"]) & set(opened) - {sec.site}):
             if told[s].get(m) != g["label"]:  # the server's doing, not the peer's
                 raise SecurityError(f"site {sec.site}: {s} and this site were told "
@@ -180,6 +197,85 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest
         if any(told[s].get(m) == g["label"] for s in set(opened) - {sec.site}):
             confirmed.add(m)
     return UnmaskReply(shares=shares_out, seeds=seeds_out), guard, confirmed
+
+
+def confirm(sec: SiteSecrets, req: ConfirmRequest) -> ConfirmReply:
+    """Commit to the unmask view of window ``req.window`` and seal it to each
+    co-survivor. Why: a server that tells holders different stories of who dropped
+    gets each one's answer under its own view; in a group of 4 the views {A,B,C} /
+    {A,B,D} / {B,C,D} / {A,C,D} each pass :func:`check_view`, and the shares and
+    pair seeds they reveal together unmask A + B alone (found by the attack review;
+    ``tests/federation/test_unmask_views.py``). A site reveals pair seeds only when
+    every other survivor sealed it the same view (:func:`unmask`), and commits to one
+    view per window, saved before its confirmation leaves: two views that both get
+    revealed would need disjoint survivor sets, each more than half of the group
+    (Bonawitz et al. 2017, §4: consistency check)."""
+    groups = sec.state.get("groups", {})
+    stray = set(req.groups) - set(groups)
+    if stray:
+        raise SecurityError(f"site {sec.site}: confirm for modalities {sorted(stray)} "
+                            f"it does not share")
+    if sec.received.get("window") != req.window:
+        raise SecurityError(f"site {sec.site}: confirm of window {req.window}, but the "
+                            f"last window it masked is {sec.received.get('window')}")
+    for m, view in req.groups.items():
+        check_view(sec.site, groups[m]["holders"], list(view["survivors"]),
+                   list(view["dropped"]))
+    commit_view(sec, req.window, req.groups, "confirm")  # before any confirmation leaves
+    peers = sorted({s for v in req.groups.values() for s in v["survivors"]} - {sec.site})
+    return ConfirmReply(sealed={p: seal(
+        sec.keys, sec.peer(p), json.dumps({m: v for m, v in req.groups.items()
+                                           if p in v["survivors"]}, sort_keys=True).encode(),
+        run_id=sec.run_id, round=req.window + 1, counter=VIEW_COUNTER, kind=KIND_VIEW)
+        for p in peers})
+
+
+def commit_view(sec: SiteSecrets, window: int, groups: Mapping[str, dict],
+                what: str) -> None:
+    """Keep this site's view of each modality of ``window`` (saved), refusing one
+    that differs from the view it was given before in that window (at a confirm or
+    an unmask): one view per window and modality."""
+    kept = sec.state.get("view", {})
+    views = dict(kept.get("groups", {})) if kept.get("window") == window else {}
+    changed = sorted(m for m in groups if m in views and views[m] != groups[m])
+    if changed:
+        raise SecurityError(f"site {sec.site}: {what} of window {window} with another "
+                            f"view of {changed} than it was given before in that window; "
+                            f"a site answers under one view per window")
+    if any(m not in views for m in groups):
+        sec.state["view"] = {"window": window, "groups": {**views, **groups}}
+        sec.save_state()
+
+
+def _agreed_views(sec: SiteSecrets, req: UnmaskRequest, guard) -> dict[str, dict]:
+    """``{sender: {modality: view}}`` from the sealed confirmations of ``req`` (only
+    the sender could have sealed them); a malformed one is the sender's fault."""
+    out = {}
+    for sender, blob in sorted(req.confirmations.items()):
+        payload = open_envelope(sec.keys, sec.peer(sender), blob, run_id=sec.run_id,
+                                guard=guard, expected_round=req.window + 1,
+                                expected_counter=VIEW_COUNTER, kind=KIND_VIEW)
+        try:
+            out[sender] = {str(m): unmask_view({m: v})[m]
+                           for m, v in json.loads(payload).items()}
+        except (ValueError, TypeError, AttributeError, RecursionError) as err:
+            raise PeerContentError(f"site {sec.site}: {sender} sealed a view that does "
+                                   f"not decode ({type(err).__name__})") from None
+    return out
+
+
+def _check_agreed(me: str, m: str, view: Mapping, agreed: Mapping[str, dict]) -> None:
+    """A view with dropped holders is revealed under only if every other survivor
+    sealed this site the same view (:func:`confirm`)."""
+    if not view["dropped"]:
+        return
+    for s in sorted(set(view["survivors"]) - {me}):
+        if s not in agreed:
+            raise SecurityError(f"site {me}: unmask of {m!r} with {view['dropped']} "
+                                f"dropped, but survivor {s} did not confirm that view")
+        if agreed[s].get(m) != view:
+            raise SecurityError(f"site {me}: survivor {s} was told another view of "
+                                f"{m!r} than this site: the server's doing")
 
 
 def unconfirmed(sec: SiteSecrets, received: Mapping) -> list[str]:

@@ -36,10 +36,14 @@ the shares of the *other survivors'* seeds and this round's pair seeds with the
 *dropped* sites, never both for one site and never its own share; the server removes
 ``sum b_i`` and the dropped sites' pair masks. A server that claims that a site
 dropped although its update arrived gets pair seeds but no share of that site's
-``b_i``; one that tells sites different stories is stopped by the rule that a site
-unmasks only if at least ``n - t + 1`` holders are survivors in its view (then the
-``t`` peers needed for its own ``b_i`` cannot all have revealed their pair seeds
-with it). Dropout tolerance: ``floor(n/2) - 1`` sites of a group (none for 2 or 3).
+``b_i``. One that tells sites different stories is stopped by two rules: a site
+unmasks only if at least ``max(n - t + 1, t + 1)`` holders are survivors in its view
+(then the ``t`` peers needed for its own ``b_i`` cannot all have revealed their pair
+seeds with it), and when its view has dropped sites it first commits to that view
+and reveals only once every other survivor sealed it the same view (Bonawitz et al.'s
+consistency check; without it, four views of three survivors each unmask the sum of
+two holders: :func:`mmvm.federation.sealed_weights.confirm`). Dropout tolerance:
+``floor(n/2) - 1`` sites of a group (none for 2 or 3).
 Against a server colluding with sites, pairwise masks protect a site only as long as
 enough of its peers are honest; a group of two sites reveals each one's weights to
 the other (they can subtract their own from the mean).

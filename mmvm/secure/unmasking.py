@@ -11,10 +11,11 @@ server names the survivors ``U`` and the dropped ``D`` and each survivor answers
 - for each dropped ``d``: this round's pair seed ``s_id``;
 
 never both for one site, never its own share, once per round and group (the site's
-protocol state), and only when ``|U| >= n - t + 1`` in its view. The server then
-rebuilds each ``b_s`` from ``t`` shares (:func:`combine_seed`) and removes the
-self-masks and the dropped sites' pair masks. Why the rules stop a server that lies
-about who dropped: see :mod:`mmvm.secure.masking`.
+protocol state), and only when ``|U| >= max(n - t + 1, t + 1)`` in its view
+(:func:`survivors_needed`). The server then rebuilds each ``b_s`` from ``t`` shares
+(:func:`combine_seed`) and removes the self-masks and the dropped sites' pair masks.
+Why the rules stop a server that lies about who dropped: see
+:mod:`mmvm.secure.masking`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ def threshold(n_holders: int) -> int:
     if n_holders < 2:
         raise MaskingError(f"a masking group needs >= 2 sites, got {n_holders}")
     return math.ceil(n_holders / 2)
+
+
+def survivors_needed(n_holders: int) -> int:
+    """Survivors a group of ``n_holders`` must keep for anything to be revealed.
+    ``n - t + 1``: then the ``t`` peers that hold shares of a site's seed cannot all
+    have revealed their pair seeds with it; ``t + 1``: each survivor's seed is
+    rebuilt from ``t`` shares of the *other* survivors. So more than half the group,
+    and at least 3 in a group of 3 or more (a sum over two sites is a pair's).
+    Groups of 3 cannot lose a site; 4 and 5 can lose one, 6 two."""
+    t = threshold(n_holders)
+    return max(n_holders - t + 1, t + 1)
 
 
 def new_seed() -> bytes:
@@ -85,10 +97,11 @@ def check_view(me: str, holders: Sequence[str], survivors: Sequence[str],
     if u & d or u | d != h or me not in u:
         raise MaskingError(f"site {me}: survivors {sorted(u)} and dropped {sorted(d)} "
                            f"are not a split of the group {sorted(h)} with {me} a survivor")
-    need = len(h) - threshold(len(h)) + 1
+    need = survivors_needed(len(h))
     if len(u) < need:
         raise MaskingError(f"site {me}: only {len(u)} survivors of {len(h)}; at least "
-                           f"{need} must remain or the server could unmask a site")
+                           f"{need} must remain or the server could unmask a site or a "
+                           f"pair")
 
 
 def reveal(me: SiteKeys, peers: Mapping[str, SitePublicKeys], holders: Sequence[str],

@@ -21,6 +21,7 @@ from mmvm.secure.unmasking import (
     new_seed,
     reveal,
     share_seed,
+    survivors_needed,
     threshold,
 )
 
@@ -29,6 +30,7 @@ CTX = {"run_id": "r", "round": 3, "group": "weights/m0/x"}
 
 def test_threshold_and_shares():
     assert [threshold(n) for n in (2, 3, 4, 5, 6)] == [1, 2, 2, 3, 3]
+    assert [survivors_needed(n) for n in (2, 3, 4, 5, 6, 7)] == [2, 3, 3, 4, 4, 5]
     seed = new_seed()
     shares = share_seed(seed, ["a", "b", "c", "d", "e"], "a")
     assert sorted(shares) == ["b", "c", "d", "e"]
@@ -117,6 +119,26 @@ def test_no_split_of_views_gets_a_site_both_its_self_mask_and_its_pair_masks(n):
         survivors = [x for x in names if x not in dropped]
         with pytest.raises(MaskingError, match="must remain"):
             check_view(target, names, survivors, dropped)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 7])
+def test_any_two_views_a_site_accepts_share_a_survivor(n):
+    """Why the confirm round stops split views: a site reveals under view V only when
+    every survivor of V committed to V, and a site commits to one view per window;
+    so two different views can both be revealed under only if their survivor sets
+    are disjoint. check_view's count (more than half of the group) rules that out,
+    exhaustively here; and no accepted view is a pair."""
+    names = [f"s{i}" for i in range(n)]
+    accepted = []
+    for k in range(1, n + 1):
+        for u in itertools.combinations(names, k):
+            try:
+                check_view(u[0], names, list(u), [x for x in names if x not in u])
+            except MaskingError:
+                continue
+            accepted.append(set(u))
+    assert accepted and min(map(len, accepted)) >= 3
+    assert all(a & b for a, b in itertools.combinations(accepted, 2))
 
 
 def test_reveal_refuses_malformed_views(group):

@@ -13,6 +13,8 @@ from mmvm.federation.messages import (
     AlignRequest,
     AttachReply,
     AttachRequest,
+    ConfirmReply,
+    ConfirmRequest,
     DescribeReply,
     DescribeRequest,
     EvaluateReply,
@@ -42,8 +44,10 @@ REQUESTS = [DescribeRequest(), AlignRequest(sealed={"a": b"\x00\x01", "b": b""})
                           shared={"m0": ["a", "b"]}, peers={"b": {"rows": [0]}},
                           delta_tol=0.5),
             WindowRequest(window=3, posteriors={"server": b"arrow"}, weights=W),
+            ConfirmRequest(window=2, groups={"m0": {"survivors": ["a", "b", "c"],
+                                                    "dropped": ["d"]}}),
             UnmaskRequest(window=2, groups={"m0": {"survivors": ["a", "b"], "dropped": []}},
-                          shares={"b": b"env"}),
+                          shares={"b": b"env"}, confirmations={"c": b"view"}),
             ResumeRequest(run="123"), EvaluateRequest(weights=W, collect=True)]
 REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
                          identifiers=["x", "y"]),
@@ -53,6 +57,7 @@ REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
            AttachReply(posteriors={}),
            WindowReply(metrics={"rec_nll": 1.5, "rows": 3}, posteriors={"b": b"e"},
                        weights=W, shares={"b": b"s"}),
+           ConfirmReply(sealed={"b": b"view", "c": b"view"}),
            UnmaskReply(shares={"m0": {"b": "AAE="}}, seeds={"m0": {}}),
            ResumeReply(site="a", phase="attached", window=4, unmasked=3),
            EvaluateReply(site="a", modalities=["m0"], metrics={"probe/m0": 0.5}, model=W)]
@@ -90,6 +95,15 @@ def test_replies_round_trip(msg):
 def test_every_kind_has_one_flower_message_type():
     assert {flower_type(m) for m in REQUESTS} == set(FLOWER_TYPES.values())
     assert len(set(FLOWER_TYPES.values())) == len(FLOWER_TYPES)
+
+
+def test_the_client_app_answers_every_kind():
+    """A kind the ClientApp has no handler for would fail at the site only in a run
+    that sends it (the confirm round: only when a holder dropped)."""
+    from client.app import app
+
+    handled = set(app._registered_funcs)  # Flower 1.41: "category.action"
+    assert {t if "." in t else f"{t}.default" for t in FLOWER_TYPES.values()} <= handled
 
 
 def _body(rd: RecordDict, **changes) -> RecordDict:

@@ -1,0 +1,181 @@
+"""A malicious server against the unmask step: it tells each holder of a shared
+modality a different story of who dropped (found by the attack review of 2026-12-05).
+
+Each story alone passes the survivor count: in a group of 4 the views {A,B,C} /
+{A,B,D} / {B,C,D} / {A,C,D} (each with the fourth "dropped") reveal, together, A's and
+B's self-mask seeds and every pair seed of A and B with C and D: the sum of two
+holders' weights, unmasked, with no site colluding. In a group of 3 two survivors
+were enough. Now a view with dropped holders needs the confirm round (each survivor
+commits to it and seals it to the others), a site reveals only when every other
+survivor sealed it the same view, and a group keeps more than half of its holders
+and at least 3. The tests play the server with the sites' own code and check that
+nothing is revealed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.messages import ConfirmRequest, UnmaskReply, UnmaskRequest
+from mmvm.federation.sealed_routing import route
+from mmvm.secure.errors import MaskingError, SecurityError
+from tests.support.federate import federate, params
+from tests.support.malicious import Recorder, hybrid_sites
+
+
+class Done(Exception):
+    """The attack has been played; the test reads what it got."""
+
+
+class SplitViews(LocalTransport):
+    """Plays window 0's unmask step itself: ``views(holders) -> {site: (survivors,
+    dropped)}`` for modality m0; ``confirm``: send the confirm round first (as the
+    honest server does when someone dropped), routing what the sites sealed."""
+
+    def __init__(self, endpoints, sites, views, confirm: bool):
+        super().__init__(endpoints)
+        self.sites, self.views, self.confirm = sites, views, confirm
+        self.answers: dict[str, object] = {}
+        self.window = None
+
+    def exchange(self, requests, wait=None, need=1):
+        kind = next(iter(requests.values())).kind
+        if kind not in ("confirm", "unmask"):
+            out = super().exchange(requests, wait, need)
+            if kind == "window":
+                self.window = out
+            return out
+        names = {k: s.name for k, s in self.sites.items()}
+        key_of = {n: k for k, n in names.items()}
+        holders = sorted(s.name for s in self.sites.values() if "m0" in s.names)
+        views = {n: {"m0": {"survivors": u, "dropped": d}}
+                 for n, (u, d) in self.views(holders).items()}
+        w = next(iter(requests.values())).window
+        inbox = route({k: r.shares for k, r in self.window.items()}, names)
+        sealed = {}
+        if self.confirm:
+            for n, g in views.items():
+                sealed[key_of[n]] = self.endpoints[key_of[n]].handle(
+                    ConfirmRequest(window=w, groups=g)).sealed
+        confirmations = route(sealed, names) if sealed else {}
+        for n, g in views.items():
+            k = key_of[n]
+            req = UnmaskRequest(window=w, groups=g, shares=inbox[k],
+                                confirmations=confirmations.get(k, {}))
+            try:
+                self.answers[n] = self.endpoints[k].handle(req)
+            except (SecurityError, MaskingError) as err:
+                self.answers[n] = err
+        raise Done
+
+
+def four(h):  # every view has 3 survivors; together they unmask h[0] + h[1]
+    a, b, c, d = h
+    return {a: ([a, b, c], [d]), b: ([a, b, d], [c]), c: ([b, c, d], [a]),
+            d: ([a, c, d], [b])}
+
+
+def three(h):  # two holders told the third dropped, the third told all survived
+    a, b, c = h
+    return {a: ([a, b], [c]), b: ([a, b], [c]), c: ([a, b, c], [])}
+
+
+@pytest.mark.parametrize("confirm", [False, True], ids=["no-confirm", "confirm"])
+def test_split_views_in_a_group_of_four_reveal_nothing(cfg, tmp_path, tiny_polymnist,
+                                                        confirm):
+    """Without the confirm round each site refuses (no co-survivor confirmed its
+    view); with it, each finds a co-survivor that confirmed another view, or none
+    that names it a survivor."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
+    t = SplitViews(endpoints, sites, four, confirm)
+    with pytest.raises(Done):
+        federate(cfg, {}, transport=t, secure=True, exchange="round")
+    assert len(t.answers) == 4
+    revealed = [n for n, a in t.answers.items() if isinstance(a, UnmaskReply)]
+    assert revealed == [], revealed
+    whys = [str(a) for a in t.answers.values()]
+    if not confirm:
+        assert all("did not confirm that view" in w for w in whys), whys
+    else:  # a co-survivor confirmed another view, or none naming this site a survivor
+        assert any("was told another view" in w for w in whys), whys
+        assert all("was told another view" in w or "did not confirm" in w
+                   for w in whys), whys
+
+
+def test_a_group_of_three_cannot_lose_a_site(cfg, tmp_path, tiny_polymnist):
+    """Two survivors of three would reveal a pair's sum: the site refuses the view,
+    as the honest server never sends it."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=3)
+    t = SplitViews(endpoints, sites, three, confirm=False)
+    with pytest.raises(Done):
+        federate(cfg, {}, transport=t, secure=True, exchange="round")
+    told_dropped = sorted(t.answers)[:2]
+    for n in told_dropped:
+        assert isinstance(t.answers[n], MaskingError), t.answers[n]
+        assert "at least 3 must remain" in str(t.answers[n])
+    # the third was told everyone survived: it reveals shares only, no pair seed
+    third = t.answers[sorted(t.answers)[2]]
+    assert isinstance(third, UnmaskReply) and third.seeds == {"m0": {}}
+
+
+def test_one_view_per_window(cfg, tmp_path, tiny_polymnist):
+    """A site that confirmed one view of window w answers under no other: not a
+    second confirm, and not an unmask that calls everyone a survivor (its share of
+    the "dropped" site's seed would join the pair seeds its co-survivors reveal)."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
+    first = {}
+
+    def views(h):
+        return {h[0]: (h[:3], [h[3]])}
+
+    class Twice(SplitViews):
+        def exchange(self, requests, wait=None, need=1):
+            try:
+                return super().exchange(requests, wait, need)
+            except Done:
+                first.update(self.answers)
+                raise
+
+    t = Twice(endpoints, sites, views, confirm=True)
+    with pytest.raises(Done):
+        federate(cfg, {}, transport=t, secure=True, exchange="round")
+    (name, answer), = first.items()  # refused: its co-survivors confirmed nothing
+    assert "did not confirm that view" in str(answer)
+    key = next(k for k, s in sites.items() if s.name == name)
+    h = sorted(s.name for s in sites.values() if "m0" in s.names)
+    other = {"m0": {"survivors": [h[0], h[1], h[3]], "dropped": [h[2]]}}
+    with pytest.raises(SecurityError, match="another view of \\['m0'\\]"):
+        endpoints[key].handle(ConfirmRequest(window=0, groups=other))
+    everyone = {"m0": {"survivors": h, "dropped": []}}  # would reveal h[3]'s share
+    with pytest.raises(SecurityError, match="another view of \\['m0'\\]"):
+        endpoints[key].handle(UnmaskRequest(window=0, groups=everyone))
+
+
+def test_an_honest_dropout_confirms_then_averages(cfg, tmp_path, tiny_polymnist):
+    """A group of 4 that loses one holder: the server sends the confirm round to the
+    survivors of that window only, and the mean goes on (equal to plaintext:
+    test_faults.py::test_secure_dropout_equals_plaintext_dropout)."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
+    away = sorted(k for k, s in sites.items() if "m0" in s.names)[0]
+
+    class Away(Recorder):
+        def exchange(self, requests, wait=None, need=1):
+            r = next(iter(requests.values()))
+            if r.kind == "window" and r.window == 1:
+                requests = {k: v for k, v in requests.items() if k != away}
+            return super().exchange(requests, wait, need)
+
+    t = Away(endpoints)
+    before = params([sites[away]])
+    res = federate(cfg, {}, transport=t, secure=True, exchange="step")
+    confirms = [(req, rep) for kind, req, rep in t.log if kind == "confirm"]
+    assert len(confirms) == 1
+    (requests, replies), = confirms
+    holders = {k for k, s in sites.items() if "m0" in s.names}
+    assert set(requests) == holders - {away} == set(replies)
+    assert all(r.window == 1 and r.groups["m0"]["dropped"] == [sites[away].name]
+               for r in requests.values())
+    assert res.missed == {sites[away].name: [1]}
+    assert not any(row.get("refused") for row in res.history)
+    assert params([sites[away]]).keys() == before.keys()
