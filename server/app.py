@@ -30,7 +30,7 @@ from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import COMPLETE
 from mmvm.federation.report import alignment_line, summary, window_line
 from mmvm.federation.results import eval_data_problem, evaluate_assembled, write_results
-from mmvm.federation.server_state import STOP_REQUEST, load_server_state
+from mmvm.federation.server_state import STATE_FILE, STOP_REQUEST, load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_dirs import joined_experiment
 from mmvm.federation.site_errors import refused_by_protection, untagged
@@ -215,7 +215,7 @@ def state_path(s: FederationSettings, run_id: int) -> Path:
     run continues it, because the sites keep their state under that run's id
     (``client/site_node.py`` ``_run_id``); so a resumed run that fails is resumed
     again with the same id."""
-    return Path(s.out_dir) / f"run-{s.resume or run_id}" / "server_state.pt"
+    return Path(s.out_dir) / f"run-{s.resume or run_id}" / STATE_FILE
 
 
 def resume_hint(context: Context) -> str | None:

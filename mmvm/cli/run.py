@@ -26,11 +26,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 
 from mmvm.cli.app_stage import staged_app
+from mmvm.cli.run_checks import check_ray_address, check_resources
 from mmvm.cli.run_config import (
     APP_DIR,
     app_defaults,
@@ -39,6 +39,7 @@ from mmvm.cli.run_config import (
     parse_overrides,
 )
 from mmvm.cli.run_hints import CLUSTER_HINT, RAY_CLUSTER, after_run
+from mmvm.cli.run_stop import ask_to_stop, first_run
 from mmvm.config import ConfigError
 
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -232,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.connection:  # a named local simulation is checked as one
             simulation = named_is_simulation(args.connection, args.deployment)
         if simulation:
-            _check_resources(args)
+            check_resources(args)
+            check_ray_address()
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
             check_run_config(Path(args.app), args.run_config, local=simulation)
         else:
@@ -242,21 +244,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ConfigError) as err:
         print(f"mmvm run: {err}", file=sys.stderr)
         return 2
-
-
-def _check_resources(args: argparse.Namespace) -> None:
-    """Site resources a local simulation can give: Ray starts no site at all where
-    each needs a GPU share the machine does not have ("ActorPool is empty")."""
-    if args.cpus_per_site < 1 or not 0 <= args.gpus_per_site <= 1:
-        raise ConfigError(f"--cpus-per-site {args.cpus_per_site} must be >= 1 and "
-                          f"--gpus-per-site {args.gpus_per_site:g} in [0, 1]")
-    if args.gpus_per_site and "RAY_ADDRESS" not in os.environ:  # a cluster has its own
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--gpus-per-site {args.gpus_per_site:g}: torch sees no CUDA "
-                              f"GPU on this machine, so Ray would start no site; leave "
-                              f"it out to train on the CPU")
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels
@@ -326,14 +313,18 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
     if run_id:
         # a resumed run keeps the state of the run it continues, under that one's id
         overrides = parse_overrides(args.run_config)
-        first = _first(overrides, run_id)
+        first = first_run(overrides, run_id)
         folder = Path(str(overrides.get("out-dir") or "~/.mmvm/runs")).expanduser() \
             / f"run-{first}"
-        _ask_to_stop(folder, run_id)  # flwr stop alone left a simulation's ServerApp
-        # training to the end
+        started = ask_to_stop(folder, run_id)  # flwr stop alone left a simulation's
+        # ServerApp training to the end
         subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
                        capture_output=True, timeout=120)
-        if (folder / "results.json").is_file():  # trained and written: only evaluating
+        if not started:
+            print(f"\nmmvm run: stopped run {run_id} before its sites attached (no "
+                  f"checkpoint in {folder}): nothing to resume; start it again",
+                  file=sys.stderr)
+        elif (folder / "results.json").is_file():  # trained and written: only evaluating
             print(f"\nmmvm run: stopped run {run_id} after its training was written "
                   f"({folder}); its sites answered the final evaluation, so it cannot be "
                   f"resumed: evaluate its model with mmvm evaluate --run {folder}",
@@ -345,43 +336,6 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
     return 128 + signum
 
 
-def _first(overrides: dict, run_id: str) -> str:
-    """The id a run's state is kept under: the run it resumes, or its own."""
-    return str(overrides.get("resume") or run_id)
-
-
-STOP_WAIT = 300  # seconds a stop waits for the current window to end and be written
-
-
-def _ask_to_stop(folder: Path, run_id: str) -> None:
-    """Ask the ServerApp to stop after its current window, which everyone then
-    checkpoints (``stop.request`` in the run's folder), and wait for it, up to
-    :data:`STOP_WAIT` s. Where the run's folder is not on this machine (a remote
-    SuperLink), or not written yet, flwr stop alone stops it."""
-    from mmvm.federation.server_state import STOP_REQUEST
-
-    if not folder.is_dir() or (folder / "results.json").is_file():
-        return
-    request = folder / STOP_REQUEST
-    request.write_text(f"run {run_id}\n")
-    print(f"\nmmvm run: stopping run {run_id} after its current window, or the next if "
-          f"the current one is not a checkpoint (its state is written then; up to "
-          f"{STOP_WAIT} s, Ctrl-C again to stop it now)",
-          file=sys.stderr, flush=True)
-    deadline, now = time.monotonic() + STOP_WAIT, []
-    before = signal.signal(signal.SIGINT, lambda *_: now.append(1))
-    try:
-        while request.exists() and not now and time.monotonic() < deadline:
-            time.sleep(0.5)
-    finally:
-        signal.signal(signal.SIGINT, before)
-    if request.exists():
-        request.unlink(missing_ok=True)  # a later resume must not stop at once
-        print(f"mmvm run: run {run_id} did not end its window "
-              f"{'yet' if now else f'within {STOP_WAIT} s'}; stopping it in Flower (a "
-              f"resume continues from its last checkpoint)", file=sys.stderr)
-
-
 def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: int,
            said: bool = False) -> int:
     if run_id is None:
@@ -391,7 +345,7 @@ def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: i
     final = status(cmd, args, run_id)
     ok = final == "finished:completed"
     print(f"mmvm run: run {run_id} {final}", file=sys.stdout if ok else sys.stderr)
-    hint = after_run(final, code, said, run_id, _first(parse_overrides(args.run_config),
+    hint = after_run(final, code, said, run_id, first_run(parse_overrides(args.run_config),
                                                       run_id))
     if hint:
         print(hint, file=sys.stderr)

@@ -162,9 +162,9 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     for key, folder in (("out-dir", s.out_dir), ("state-dir", s.state_dir)):
         _check_writable(key, Path(folder))
     if s.resume:  # the ServerApp would refuse it after Flower and Ray started (~20 s)
-        from mmvm.federation.server_state import load_server_state
+        from mmvm.federation.server_state import STATE_FILE, load_server_state
 
-        load_server_state(Path(s.out_dir) / f"run-{s.resume}" / "server_state.pt", s)
+        load_server_state(Path(s.out_dir) / f"run-{s.resume}" / STATE_FILE, s)
     sites = simulated_sites(s)
     if not s.site_dirs and tuple(s.modalities) == ("m0", "m1", "m2"):  # made here
         from mmvm.data.polymnist import check_lookalike_fits

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmvm.federation.server_state import STATE_FILE
 from mmvm.reporting.runs import (
     FEDERATED_SETTINGS,
     WHERE_DATA_LIES,
@@ -99,7 +100,7 @@ def unfinished(path: Path) -> bool:
     """A federated run's folder with the server's state and no results yet, nor a
     run beside it that resumed it (a resumed run writes its results in its own
     folder; the state stays in the first run's)."""
-    if not (path.is_dir() and (path / "server_state.pt").is_file()) or any(
+    if not (path.is_dir() and (path / STATE_FILE).is_file()) or any(
             (path / f).is_file() for f in ("results.json", "eval.json", "checkpoint.pt")):
         return False
     first = path.name.removeprefix("run-")

@@ -260,6 +260,34 @@ def test_a_gpu_share_without_a_gpu_is_one_line_before_flower(tmp_path):
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
+def test_a_ray_address_where_nothing_answers_is_one_line_before_flower(tmp_path):
+    """A wrong RAY_ADDRESS left the run waiting in Flower's ray.init with no message
+    (150 s of silence here, then a stop that waited 300 s for a window that never
+    began); now refused at once. One that answers, or none, passes."""
+    import socket
+
+    from mmvm.cli.run_checks import check_ray_address
+
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there now
+    env = {**os.environ, "FLWR_HOME": str(tmp_path), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2, res.stderr
+    assert f"RAY_ADDRESS=127.0.0.1:{port}: nothing answers there" in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    with socket.create_server(("127.0.0.1", 0)) as head, pytest.MonkeyPatch.context() as mp:
+        for address in (f"127.0.0.1:{head.getsockname()[1]}",
+                        f"ray://127.0.0.1:{head.getsockname()[1]}", "auto", ""):
+            mp.setenv("RAY_ADDRESS", address)
+            check_ray_address()
+        mp.setenv("RAY_ADDRESS", "head-node")
+        with pytest.raises(ConfigError, match="is not host:port"):
+            check_ray_address()
+
+
 def test_site_dirs_whose_images_the_config_does_not_take_are_named_before_flower(
         tiny_polymnist, tmp_path):
     """A site folder prepared at another size than the config's (64 vs 224 px) failed

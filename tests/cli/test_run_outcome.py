@@ -58,6 +58,26 @@ def test_a_run_stopped_after_its_results_were_written_is_sent_to_evaluate(tmp_pa
     assert f"mmvm evaluate --run {tmp_path / 'run-42'}" in err and "resume=" not in err
 
 
+def test_a_run_stopped_before_its_sites_attached_is_stopped_at_once(tmp_path, capsys):
+    """No checkpoint yet (a Ray that hangs, sites that never answer): the stop waited
+    up to 300 s for a window that could not begin, then said to resume a run that
+    had nothing to resume."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli.run import _run
+
+    (tmp_path / "run-42").mkdir()  # the ServerApp made it; it writes state at attach
+    args = argparse.Namespace(connection=None, run_config=f"out-dir='{tmp_path}'")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert _run(args, [sys.executable, "-c", LATE]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped run 42 before its sites attached" in err and "resume=" not in err
+    assert "stopping run 42 after its current window" not in err  # no wait for one
+    assert not (tmp_path / "run-42" / "stop.request").exists()
+
+
 def test_a_run_that_outlived_flwr_run_says_what_to_do(monkeypatch, capsys):
     """The SuperLink was killed: flwr run ended, the run was listed as running, and
     mmvm run said only 'run X running' (the ServerApp trained on without it)."""
