@@ -148,6 +148,12 @@ AWAY = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
 POLL_LOCAL, POLL_REMOTE = 0.005, 0.02  # s between reply polls (see _collect)
 
 
+def simulated(grid: Grid) -> bool:
+    """A simulation's grid (Flower 1.41: the in-memory grid of a `--simulation`
+    SuperLink); a deployment's talks to the SuperLink over gRPC."""
+    return type(grid).__name__ == "InMemoryGrid"
+
+
 def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
              poll: float | None = None, fast: float = 2.0, max_poll: float = 0.1
              ) -> list[Message]:
@@ -161,7 +167,7 @@ def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
     where every poll is an HTTP request the SuperLink serves (at 5 ms, 0.3 s of a 1 s
     window on two shared cores went to polling)."""
     if poll is None:
-        poll = POLL_LOCAL if type(grid).__name__ == "InMemoryGrid" else POLL_REMOTE
+        poll = POLL_LOCAL if simulated(grid) else POLL_REMOTE
     pending, got, answers = set(ids), [], 0
     start = time.monotonic()
     while pending:
@@ -283,7 +289,7 @@ def run(grid: Grid, context: Context) -> None:
     if joined is not None:  # the simulated sites' folders, joined: evaluated and recorded
         s, cfg = dataclasses.replace(s, experiment=joined), joined
     eval_data = _eval_data(s, result, joined is not None) if result.model_state else None
-    paths = write_results(out_dir, s, result, eval_data)
+    paths = write_results(out_dir, s, result, eval_data, simulated=simulated(grid))
     assembled = None
     if eval_data and result.model_state:
         try:

@@ -36,11 +36,20 @@ def used_config(settings, out_dir: str | Path, data: str | None) -> dict:
     return cfg
 
 
-def write_results(out_dir: str | Path, settings, result, data: str | None = None
-                  ) -> dict[str, str]:
+# run-config settings that only a simulation's sites read (what data they make or
+# find, where they keep state and keys, how they are hosted): a deployment's sites take
+# all of it from their own node config, so its results.json leaves them out
+SIMULATION_ONLY = ("layout", "shards", "missing", "data_dir", "n_train", "n_test",
+                   "state_dir", "keys_dir", "data_variant", "hippocampus", "site_hosts",
+                   "decode_ahead", "site_dirs")
+
+
+def write_results(out_dir: str | Path, settings, result, data: str | None = None,
+                  simulated: bool = True) -> dict[str, str]:
     """metrics.csv, results.json, checkpoint.pt (if the sites handed in their weights)
     and curves.png in ``out_dir``; ``data``: the data folder the sites read, where the
-    server knows it (simulation)."""
+    server knows it (simulation); ``simulated``: False in a deployment (its settings
+    then say ``"deployment": true`` and list no :data:`SIMULATION_ONLY` key)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -49,6 +58,8 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
     writer.writerows(result.history)
     atomic_write(out / "metrics.csv", buf.getvalue().encode())
     s = {k: v for k, v in asdict(settings).items() if k != "experiment"}
+    if not simulated:
+        s = {k: v for k, v in s.items() if k not in SIMULATION_ONLY} | {"deployment": True}
     summary = {"settings": s, "config": used_config(settings, out, data),
                "sites": result.sites, "evaluation": result.evaluation,
                "bytes_total": result.bytes_total, "seconds": result.seconds,

@@ -75,6 +75,10 @@ def test_two_windows_secure_run_completes(deployment, good_run):
     assert deployment.status(run_id) == "finished:completed", out
     res = json.loads((deployment.out / f"run-{run_id}" / "results.json").read_text())
     assert res["windows"] == 2
+    # the sites' node configs chose their data, state and keys: none of the run
+    # config's simulation-only settings is recorded as if they had been used
+    assert res["settings"]["deployment"] is True
+    assert not set(res["settings"]) & {"layout", "data_dir", "n_train", "state_dir"}
     assert sorted(v["site"] for v in res["sites"].values()) == list(SITES)
     assert all(v["n"] == 96 for v in res["sites"].values())
     ev = res["evaluation"]

@@ -61,6 +61,8 @@ def test_flwr_run_on_ray_trains_hippocampus_sites(tmp_path):
     assert "completed" in status, f"run {run_id} ended {status}:\n{out[-3000:]}"
     results = json.loads((tmp_path / "runs" / f"run-{run_id}" / "results.json").read_text())
     assert results["windows"] == 12
+    assert results["settings"]["num_sites"] == 5 and "layout" in results["settings"]
+    assert "deployment" not in results["settings"]
     probes = [v for ev in results["evaluation"].values() for k, v in ev.items()
               if k.startswith("probe/")]
     assert len(probes) == 5
