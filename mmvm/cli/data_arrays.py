@@ -33,8 +33,24 @@ def add_arrays(names: argparse._SubParsersAction) -> None:
                         ".npy or a text file (one per line; names become ids in sorted "
                         "order, listed with the config sections): column 'label', or "
                         "'label.NAME'; repeatable")
+    _classes_option(q, "NAME", "the --label NAME (default: label)")
     _split_and_output(q, "arrays")
     handles(q, _prepare_arrays)
+
+
+def _classes_option(q: argparse.ArgumentParser, key: str, which: str) -> None:
+    q.add_argument("--classes", action="append", default=[], metavar=f"[{key}=]A,B,...",
+                   help=f"a label's class names in id order ({key}: {which}), the same "
+                        "list at every site: names are numbered by it instead of by the "
+                        "sorted names one site's file holds (a site without one class "
+                        "would shift the others' ids), and ids given as ids are named; "
+                        "repeatable")
+
+
+def _classes(items: list[str], default: str | None) -> dict[str, list[str]]:
+    """``--classes`` as ``{key: [names]}`` (``default``: the key of a bare list)."""
+    return {k: [n.strip() for n in v.split(",")]
+            for k, v in _pairs(items, "--classes", default, "COLUMN=A,B,...").items()}
 
 
 def _split_and_output(q: argparse.ArgumentParser, name: str) -> None:
@@ -49,12 +65,13 @@ def _split_and_output(q: argparse.ArgumentParser, name: str) -> None:
     add_quiet(q)
 
 
-def _pairs(items: list[str], flag: str, default_key: str | None = None) -> dict[str, str]:
+def _pairs(items: list[str], flag: str, default_key: str | None = None,
+           form: str = "NAME=FILE.npy") -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, path = item.partition("=")
         if not sep and default_key is None or sep and not key:
-            raise ValueError(f"{flag} {item!r}: expected NAME=FILE.npy")
+            raise ValueError(f"{flag} {item!r}: expected {form}")
         key, path = (key, path) if sep else (default_key, item)
         if key in out:
             raise ValueError(f"{flag}: {key!r} given twice")
@@ -69,10 +86,13 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
     mods = _pairs(args.modality, "--modality")
     labels = {("label" if k == "label" else f"label.{k}"): v
               for k, v in _pairs(args.label, "--label", "label").items()}
+    classes = {("label" if k == "label" else f"label.{k}"): v
+               for k, v in _classes(args.classes, "label").items()}
     with data_progress(not args.quiet) as cb:
         paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
                                groups=args.groups, test_fraction=args.test_fraction, seed=args.seed,
-                               name=args.name, force=args.force, progress=cb)
+                               name=args.name, force=args.force, progress=cb,
+                               classes=classes)
     return _report(paths, args, args.ids is not None, args.groups)
 
 
@@ -127,6 +147,7 @@ def add_images(names: argparse._SubParsersAction) -> None:
                    "column but the id and group columns)")
     q.add_argument("--group-column", metavar="COLUMN", help="the table's group column "
                    "(e.g. patient): split by group, so no patient is in train and test")
+    _classes_option(q, "COLUMN", "a label column of --table")
     _split_and_output(q, "images")
     handles(q, _prepare_images)
 
@@ -143,5 +164,6 @@ def _prepare_images(args: argparse.Namespace) -> int:
                                id_column=args.id_column, labels=args.label,
                                group_column=args.group_column,
                                test_fraction=args.test_fraction, seed=args.seed,
-                               name=args.name, force=args.force, progress=cb)
+                               name=args.name, force=args.force, progress=cb,
+                               classes=_classes(args.classes, None))
     return _report(paths, args, True, args.group_column, "--group-column")

@@ -71,6 +71,9 @@ def check_data_fits(specs: Sequence, paths: str | os.PathLike | Sequence,
         if bad:
             raise DataError(f"{p}: " + "; ".join(bad))
     check_token_classes(specs, paths)
+    from mmvm.data.label_names import check_label_names
+
+    check_label_names(paths)
 
 
 def check_token_classes(specs: Sequence, paths: str | os.PathLike | Sequence) -> None:

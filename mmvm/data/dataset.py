@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmvm.data.label_names import check_label_names
 from mmvm.data.store import (
     IN_MEMORY_HINT,
     DataError,
@@ -215,6 +216,7 @@ class MultimodalDataset(IdIndex, torch.utils.data.Dataset):
         if absent:  # before any row is read
             raise DataError(f"modalities {absent} are in no site file "
                             f"({[str(p) for p in paths]}; they hold {sorted(have)})")
+        check_label_names(paths)
         check_fits(", ".join(str(p) for p in paths), "holding the dataset in memory",
                    need, IN_MEMORY_HINT)
         tables = [read_site_table(p, h) for p, h in zip(paths, held, strict=True)]

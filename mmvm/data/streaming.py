@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from mmvm.data.dataset import IdIndex, merge_labels
+from mmvm.data.label_names import check_label_names
 from mmvm.data.store import (
     DataError,
     open_parquet,
@@ -123,6 +124,7 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
                 raise DataError(f"{p}: no such site file")
             files.append(_File(str(p), names))
         self.files = files
+        check_label_names(paths)
         rows = sum(int(f.offsets[-1]) for f in files)
         groups = sorted((f.group_bytes() for f in files), reverse=True)
         check_fits(", ".join(str(p) for p in paths),

@@ -22,13 +22,13 @@ import hashlib
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
-from mmvm.data.prepare.label_values import class_ids
+from mmvm.data.prepare.label_values import check_named, class_ids
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 from mmvm.data.store_format import LABEL_MAX, id_problem, show
 
@@ -68,15 +68,20 @@ def load_ids(path: str | os.PathLike) -> list[str]:
     return lines
 
 
-def load_labels(path: Path) -> tuple[np.ndarray, list[str] | None]:
+def load_labels(path: Path, classes: Sequence[str] | None = None
+                ) -> tuple[np.ndarray, list[str] | None]:
     """Labels of a ``.npy`` (class ids, or strings) or a text file (one per line):
     class ids as they are (also written as text); names (``"pacemaker"``) as ids in
-    sorted order, and the names, so the files keep what each id means. An empty
-    entry is unknown (-1); ids and names mixed are refused."""
+    sorted order, or in the order of ``classes`` where given, and the names, so the
+    files keep what each id means. An empty entry is unknown (-1); ids and names
+    mixed are refused."""
     if path.suffix == ".npy":
         a = _load(path, what="labels")
         if a.ndim != 1 or a.dtype.kind not in "US":
-            return a, None
+            named = None
+            if classes is not None and a.ndim == 1 and a.dtype.kind in "iu":
+                named = check_named(a, classes, str(path))
+            return a, named
         values = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in a]
     else:
         try:
@@ -85,7 +90,7 @@ def load_labels(path: Path) -> tuple[np.ndarray, list[str] | None]:
             raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
         while values and not values[-1]:
             values.pop()
-    return class_ids(values, str(path))
+    return class_ids(values, str(path), classes)
 
 
 def held_out(ids: list[str], test_fraction: float, seed: int) -> np.ndarray:
@@ -104,14 +109,16 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    test_fraction: float = 0.2, seed: int = 0, name: str = "arrays",
                    row_group_size: int = 1024, force: bool = False,
                    progress: Progress | None = None,
-                   sources: Mapping[str, os.PathLike] | None = None) -> dict[str, Path]:
+                   sources: Mapping[str, os.PathLike] | None = None,
+                   classes: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
     (default: the row numbers, which align only sites whose rows are the same
     samples in the same order); ``groups``: a group id per row, read as ``ids`` are,
-    to split by group (module docstring). A folder that already holds site files is
-    refused unless ``force``."""
+    to split by group (module docstring); ``classes``: label column -> its class
+    names in id order (the same at every site). A folder that already holds site
+    files is refused unless ``force``."""
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
     bad = [m for m in modalities if not NAME.fullmatch(m) or m.startswith("label")
@@ -125,7 +132,12 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
         _refuse_site_files(Path(out_dir))
     labels = labels or {}
     arrays = {m: _load(Path(p), mmap=True) for m, p in modalities.items()}
-    loaded = {c: load_labels(Path(p)) for c, p in labels.items()}
+    classes = classes or {}
+    stray = sorted(set(classes) - set(labels))
+    if stray:
+        raise ValueError(f"--classes for {stray}, which no --label gives (labels: "
+                         f"{sorted(labels)})")
+    loaded = {c: load_labels(Path(p), classes.get(c)) for c, p in labels.items()}
     cols = {c: a for c, (a, _) in loaded.items()}
     _check_shapes(arrays, cols, modalities, labels)
     given = load_ids(ids) if ids is not None else None

@@ -70,11 +70,13 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                    id_column: str = "sample_id", labels: Sequence[str] | None = None,
                    group_column: str | None = None, test_fraction: float = 0.2,
                    seed: int = 0, name: str = "images", force: bool = False,
-                   progress: Progress | None = None) -> dict[str, Path]:
+                   progress: Progress | None = None,
+                   classes: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
     (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
     ``labels``: the table's columns to keep as labels (default: all but the id and
-    group columns), written as ``label.<column>`` (``label`` stays ``label``)."""
+    group columns), written as ``label.<column>`` (``label`` stays ``label``);
+    ``classes``: a table column -> its class names in id order."""
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode {mode!r}: 'L' (grey) or 'RGB'")
     files = {m: image_files(f) for m, f in folders.items()}
@@ -117,7 +119,9 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
         return prepare_arrays(out_dir, arrays, ids=tmp / "ids.txt", labels=label_files,
                               groups=groups, test_fraction=test_fraction, seed=seed,
                               name=name, force=force, progress=progress,
-                              sources={m: Path(f).resolve() for m, f in folders.items()})
+                              sources={m: Path(f).resolve() for m, f in folders.items()},
+                              classes={("label" if c == "label" else f"label.{c}"): v
+                                       for c, v in (classes or {}).items()})
 
 
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,

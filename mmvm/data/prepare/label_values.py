@@ -17,23 +17,54 @@ from mmvm.data.store import DataError
 from mmvm.data.store_format import LABEL_MAX
 
 
-def class_ids(values: Sequence[str], where: str) -> tuple[np.ndarray, list[str] | None]:
+def class_ids(values: Sequence[str], where: str, classes: Sequence[str] | None = None
+              ) -> tuple[np.ndarray, list[str] | None]:
     """``(ids [N] int64, names or None)`` of stripped text ``values`` (``where``
-    names their file in errors)."""
+    names their file in errors). ``classes``: the class names in id order, the same
+    list at every site (``--classes``): names are numbered by it, not by the sorted
+    names this file happens to hold (a site without one class would shift the ids
+    of the others), and ids given as ids are named by it."""
     numbers = [_int_or_none(v) for v in values]
     given = [v for v in values if v]
     if given and all(n is not None for v, n in zip(values, numbers, strict=True) if v):
-        return np.array([-1 if n is None else n for n in numbers], dtype=np.int64), None
+        ids = np.array([-1 if n is None else n for n in numbers], dtype=np.int64)
+        return ids, (check_named(ids, classes, where) if classes is not None else None)
     if any(n is not None for n in numbers):
         row = next(i for i, n in enumerate(numbers) if n is not None)
         raise DataError(f"{where}: row {row} holds the number {values[row]!r} among "
                         f"class names; give class ids or names, not both")
+    if classes is not None:
+        index = {name: i for i, name in enumerate(check_classes(classes, where))}
+        odd = sorted(set(given) - set(index))
+        if odd:
+            raise DataError(f"{where}: class names {odd[:5]} are not among --classes "
+                            f"{list(classes)[:10]}")
+        return np.array([index.get(v, -1) for v in values], dtype=np.int64), list(classes)
     names = sorted(set(given))
     if len(names) > LABEL_MAX + 1:
         raise DataError(f"{where}: {len(names)} distinct label names; labels are class "
                         f"ids 0..{LABEL_MAX} (is this a column of ids or free text?)")
     index = {name: i for i, name in enumerate(names)}
     return np.array([index.get(v, -1) for v in values], dtype=np.int64), names
+
+
+def check_classes(classes: Sequence[str], where: str) -> list[str]:
+    """``--classes``: distinct, non-empty names, at most as many as label ids."""
+    names = [str(c).strip() for c in classes]
+    if not names or any(not n for n in names) or len(set(names)) != len(names) \
+            or len(names) > LABEL_MAX + 1:
+        raise DataError(f"{where}: --classes {names[:10]} must be distinct, non-empty "
+                        f"class names (at most {LABEL_MAX + 1})")
+    return names
+
+
+def check_named(ids: np.ndarray, classes: Sequence[str], where: str) -> list[str]:
+    """Class ids named by ``classes``: every known id must have a name."""
+    names = check_classes(classes, where)
+    if ids.size and int(ids.max()) >= len(names):
+        raise DataError(f"{where}: class id {int(ids.max())} has no name in --classes "
+                        f"({len(names)} names: ids 0..{len(names) - 1})")
+    return names
 
 
 def _int_or_none(text: str) -> int | None:

@@ -1,0 +1,34 @@
+"""What each label id means, per file (``label_names`` in the ``mmvm.dataset``
+metadata, written where labels were given as names), compared where files are
+joined by sample id."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from mmvm.data.store import DataError, read_site_meta
+
+
+def check_label_names(paths: Sequence[str | os.PathLike]) -> None:
+    """Files joined by sample id must mean the same classes by the same label ids:
+    labels given as names become ids in sorted order per prepared folder, so a
+    site that has no "effusion" case numbers "normal" 0 where another numbers it 1
+    (``label_names`` in the ``mmvm.dataset`` metadata; files without names, ids
+    given as ids, are not compared)."""
+    seen: dict[str, tuple[list, str]] = {}
+    for p in paths:
+        named = read_site_meta(p)["dataset"].get("label_names") or {}
+        for column, names in (named.items() if isinstance(named, dict) else ()):
+            first = seen.setdefault(column, (names, str(p)))
+            if first[0] != names:
+                raise DataError(
+                    f"{first[1]} and {p} number the classes of {column!r} differently "
+                    f"({_ids(first[0])} vs {_ids(names)}): joined, one id would mean two "
+                    f"classes; prepare both with the same --classes "
+                    f"{column.removeprefix('label.')}=...")
+
+
+def _ids(names) -> str:
+    text = ", ".join(f"{i}={n}" for i, n in enumerate(names))
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,110 @@
+"""Class names that mean the same ids at every site: ``--classes`` when preparing, and
+files joined by sample id that number a label's classes differently are refused.
+
+Labels given as names become ids in the sorted order of the names one site's file
+holds: a hospital without an "effusion" case numbers "normal" 0 where another numbers
+it 1, and a model trained on both folders joined would learn one id for two findings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmvm.cli import main
+from mmvm.config import DataConfig, ModalitySpec
+from mmvm.data import check_data_fits, open_dataset
+from mmvm.data.dataset import MultimodalDataset
+from mmvm.data.prepare.arrays import config_snippet, load_labels, prepare_arrays
+from mmvm.data.prepare.image_folder import prepare_images
+from mmvm.data.prepare.label_values import class_ids
+from mmvm.data.store import DataError, read_site_meta
+
+N = 60
+SPEC = [ModalitySpec(name="x", kind="vector", shape=(3,))]
+
+
+def _site(tmp_path, name: str, findings: list[str], classes: str | None = None):
+    """A site's prepared folder (its own samples, one vector modality), via the CLI."""
+    rng = np.random.default_rng(len(name))
+    d = tmp_path / f"raw-{name}"
+    d.mkdir()
+    np.save(d / "x.npy", rng.normal(size=(N, 3)).astype(np.float32))
+    (d / "ids.txt").write_text("\n".join(f"{name}-{i}" for i in range(N)) + "\n")
+    (d / "finding.txt").write_text("\n".join(findings[i % len(findings)]
+                                             for i in range(N)) + "\n")
+    argv = ["data", "prepare", "arrays", "--modality", f"x={d / 'x.npy'}", "--ids",
+            str(d / "ids.txt"), "--label", str(d / "finding.txt"), "--out",
+            str(tmp_path / name), "--quiet"]
+    assert main(argv + (["--classes", classes] if classes else [])) == 0
+    return tmp_path / name / "train.parquet"
+
+
+def test_sites_that_number_names_differently_are_refused_when_joined(tmp_path):
+    a = _site(tmp_path, "a", ["normal", "pneumonia"])
+    b = _site(tmp_path, "b", ["effusion", "normal", "pneumonia"])
+    assert read_site_meta(a)["dataset"]["label_names"] == {"label": ["normal",
+                                                                      "pneumonia"]}
+    check_data_fits(SPEC, [a])  # alone: fine
+    with pytest.raises(DataError, match=r"number the classes of 'label' differently "
+                                        r"\(0=normal, 1=pneumonia vs 0=effusion, "
+                                        r"1=normal, 2=pneumonia\).*--classes label="):
+        check_data_fits(SPEC, [a, b])
+    for streaming in (False, True):  # every join of the files, not only the check
+        with pytest.raises(DataError, match="number the classes of 'label' differently"):
+            open_dataset([a, b], ["x"], DataConfig(streaming=streaming))
+
+
+def test_the_same_classes_at_every_site_give_the_same_ids(tmp_path):
+    order = "normal,pneumonia,effusion"
+    a = _site(tmp_path, "a", ["normal", "pneumonia"], order)
+    b = _site(tmp_path, "b", ["effusion", "normal", "pneumonia"], f"label={order}")
+    check_data_fits(SPEC, [a, b])
+    both = MultimodalDataset.from_parquet([a, b], ["x"], "label")
+    finding = {**{f"a-{i}": ["normal", "pneumonia"][i % 2] for i in range(N)},
+               **{f"b-{i}": ["effusion", "normal", "pneumonia"][i % 3] for i in range(N)}}
+    want = {"normal": 0, "pneumonia": 1, "effusion": 2}  # a has no effusion: no shift
+    got = dict(zip(both.sample_ids, both.labels.tolist(), strict=True))
+    assert {s[0] for s in got} == {"a", "b"}
+    assert all(got[s] == want[finding[s]] for s in got)
+    assert "# label: 0 = normal, 1 = pneumonia, 2 = effusion" in config_snippet(
+        {"train": a, "test": a.with_name("test.parquet")})
+
+
+def test_classes_that_do_not_fit_the_labels_are_refused(tmp_path):
+    assert class_ids(["b", "", "a"], "f.txt", ["b", "a", "c"])[0].tolist() == [0, -1, 1]
+    with pytest.raises(DataError, match=r"f.txt: class names \['d'\] are not among "
+                                        r"--classes \['a', 'b'\]"):
+        class_ids(["a", "d"], "f.txt", ["a", "b"])
+    with pytest.raises(DataError, match="must be distinct, non-empty class names"):
+        class_ids(["a"], "f.txt", ["a", "a"])
+    # ids given as ids are named by the list, which must name every id
+    ids, names = class_ids(["0", "2", ""], "f.txt", ["x", "y", "z"])
+    assert ids.tolist() == [0, 2, -1] and names == ["x", "y", "z"]
+    np.save(tmp_path / "ids.npy", np.array([0, 3, 1]))
+    with pytest.raises(DataError, match=r"class id 3 has no name in --classes \(2 "
+                                        r"names: ids 0..1\)"):
+        load_labels(tmp_path / "ids.npy", ["x", "y"])
+    np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"--classes for \['label.odor'\], which no "
+                                         r"--label gives"):
+        prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
+                       labels={"label": tmp_path / "ids.npy"},
+                       classes={"label.odor": ["a"]})
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_folders_take_classes_by_table_column(tmp_path):
+    (tmp_path / "frontal").mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((16, 16), 20 * i, np.uint8)).save(
+            tmp_path / "frontal" / f"s{i}.png")
+    (tmp_path / "table.csv").write_text("sample_id,finding\n" + "".join(
+        f"s{i},{'cardiomegaly' if i % 2 else 'normal'}\n" for i in range(8)))
+    paths = prepare_images(tmp_path / "site", {"frontal": tmp_path / "frontal"}, size=28,
+                           table=tmp_path / "table.csv", test_fraction=0.5,
+                           classes={"finding": ["normal", "cardiomegaly", "effusion"]})
+    meta = read_site_meta(paths["train"])
+    assert meta["dataset"]["label_names"] == {
+        "label.finding": ["normal", "cardiomegaly", "effusion"]}
