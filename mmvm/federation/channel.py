@@ -86,6 +86,12 @@ class Channel(Protocol):
         the co-survivors (:func:`mmvm.federation.sealed_weights.confirm`)."""
         ...
 
+    def committed_view(self) -> dict:
+        """Secure mode: the unmask view the site last committed to (``{"window": w,
+        "groups": {...}}``), which a restarted server must keep for that window;
+        plaintext: ``{}``."""
+        ...
+
     def unmask(self, site: Site, req: UnmaskRequest
                ) -> tuple[UnmaskReply, Callable[[], None]]:
         """Secure mode: the unmask step after a window, and what to commit once the
@@ -168,6 +174,9 @@ class PlainChannel:
     def confirm(self, site: Site, req: ConfirmRequest) -> ConfirmReply:
         raise FederationError(f"site {site.name}: confirm is a secure-mode message; this "
                               f"site runs the plaintext protocol")
+
+    def committed_view(self) -> dict:
+        return {}
 
     def unmask(self, site: Site, req: UnmaskRequest
                ) -> tuple[UnmaskReply, Callable[[], None]]:

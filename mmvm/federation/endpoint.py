@@ -206,7 +206,7 @@ class Endpoint:
             self.store.rollback(self.site, req.window)
         p = self.site.progress
         return ResumeReply(site=self.site.name, phase=p.phase, window=p.window,
-                           unmasked=p.unmasked,
+                           unmasked=p.unmasked, view=self.channel.committed_view(),
                            proof=self.channel.prove(req.run, req.challenge)
                            if self.channel.secure else "")
 
@@ -285,10 +285,14 @@ class Endpoint:
                            shares=shares)
 
     def confirm(self, req: ConfirmRequest) -> ConfirmReply:
-        """Secure mode, a view with dropped holders: commit to it (once per window,
-        before this window's unmask step is answered)."""
+        """Secure mode, a view with dropped holders: commit to it (one view per
+        window). Asked again after this window's unmask (a server restarted before
+        its checkpoint repeats the step), the same view is sealed again, any other
+        refused (:func:`mmvm.federation.sealed_weights.commit_view`)."""
         req = dataclasses.replace(req, groups=unmask_view(req.groups))
-        self.site.progress.unmask(self.site.name, req.window)  # checks only: no commit
+        p = self.site.progress
+        if not (p.unmasked == req.window == p.window):
+            p.unmask(self.site.name, req.window)  # checks only: no commit
         return self.channel.confirm(self.site, req)
 
     def unmask(self, req: UnmaskRequest):

@@ -267,6 +267,7 @@ class ResumeReply:
     window: int = _value(int)
     unmasked: int = _value(int)
     proof: str = _value(str, default="")  # secure: the signed challenge
+    view: dict = _json()  # secure: the unmask view it committed to ({window, groups})
 
 
 # ------------------------------------------------------------------------ evaluate

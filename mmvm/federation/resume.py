@@ -62,6 +62,7 @@ def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
     saved = rekey(saved, {key_of[r.site]: k for k, r in replies.items()})
     coord = rebuild(saved, s)
     routing.load(saved.routing)
+    routing.resumed(replies)
     for r in replies.values():
         if r.window > saved.window + 1:
             raise FederationError(f"resume = {s.resume}: site {r.site} has trained window "

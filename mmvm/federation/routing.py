@@ -81,6 +81,11 @@ class Routing(Protocol):
     def load(self, state: dict) -> None:
         ...
 
+    def resumed(self, replies: Mapping) -> None:
+        """Resume: what the sites' answers (by node key, rekeyed) say the routing
+        must keep of the window they were in (secure mode: committed unmask views)."""
+        ...
+
 
 def check_described(described: Mapping[str, DescribeReply], max_rows: int) -> None:
     """Each site's description within what the server takes (``max-site-rows``), a
@@ -227,6 +232,9 @@ class PlainRouting:
     def authenticate(self, state: dict, run: str, challenges: Mapping[str, str],
                      replies: Mapping) -> dict[str, str]:
         return {}  # a plaintext site has no key: its node id and its word
+
+    def resumed(self, replies: Mapping) -> None:
+        """Nothing a plaintext site commits to outlives its cached replies."""
 
     def load(self, state: dict) -> None:
         self.table = table_from_state(state["table"])

@@ -243,6 +243,9 @@ class SealedChannel:
     def confirm(self, site: Site, req: ConfirmRequest) -> ConfirmReply:
         return confirm(self.sec, req)
 
+    def committed_view(self) -> dict:
+        return dict(self.sec.state.get("view", {}))
+
     def unmask(self, site: Site, req: UnmaskRequest
                ) -> tuple[UnmaskReply, Callable[[], None]]:
         reply, guard, confirmed = unmask(self.sec, req)

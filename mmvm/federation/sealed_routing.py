@@ -14,31 +14,29 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import numpy as np
-
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
+from mmvm.federation.masked_mean import check_masked, masked_mean
 from mmvm.federation.messages import (
     KIND_POSTERIOR,
     KIND_SHARE,
     KIND_VIEW,
-    MASK_WEIGHT,
     AlignRequest,
     Arrays,
     ConfirmRequest,
     DescribeReply,
     UnmaskRequest,
     WindowRequest,
+    unmask_view,
 )
 from mmvm.federation.routing import site_infos
 from mmvm.federation.sealed_align import KIND_IDKEY, KIND_PSI
 from mmvm.federation.sealed_weights import SHARE_COUNTER, VIEW_COUNTER
-from mmvm.federation.unmask_answers import Answer, Asked, read_answer
+from mmvm.federation.unmask_answers import Asked, read_answer
 from mmvm.secure.envelope import payload_size, peek_header
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.identity import parse_record, pinned, proof_problem
-from mmvm.secure.masking import FixedPoint, aggregate_masked
 from mmvm.secure.psi import POINT_BYTES, origin, ring_neighbours
-from mmvm.secure.unmasking import combine_seed, survivors_needed
+from mmvm.secure.unmasking import survivors_needed
 
 
 def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
@@ -78,26 +76,6 @@ def _check_headers(site: str, blobs: Mapping[str, bytes], kind: str,
                 f"counter {h.counter}; this window's are round {at[0]}, counter {at[1]}")
 
 
-def _check_masked(coord: Coordinator, key: str, m: str, arrays) -> None:
-    """A masked update of ``m``: of a modality site ``key`` shares, one uint64 array
-    per parameter of the modality's model and the masked weight (``(1,)``)."""
-    site = coord.name(key)
-    if key not in coord.shared.get(m, []):
-        raise FederationError(f"site {site} sent masked weights of {m!r}, which it does "
-                              f"not share")
-    want = dict(coord.model_shapes(m) or {})
-    if not isinstance(arrays, Mapping) or not want:
-        raise FederationError(f"site {site}: masked weights of {m!r} are not arrays of "
-                              f"a known model")
-    want[MASK_WEIGHT] = (1,)
-    if sorted(arrays) != sorted(want) or any(
-            getattr(a, "dtype", None) != np.uint64 or tuple(a.shape) != want[n]
-            for n, a in arrays.items()):
-        raise FederationError(f"site {site} sent a masked update of {m!r} that is not "
-                              f"one uint64 array per parameter of the modality's model "
-                              f"and the masked weight")
-
-
 _TAG = re.compile(f"[0-9a-f]{{{2 * POINT_BYTES}}}")  # a PSI tag: a point, in hex
 
 
@@ -111,6 +89,8 @@ class SealedRouting:
         self.inbox: dict[str, dict[str, bytes]] = {}
         self.failed: dict[str, str] = {}  # the last unmask round's failed sites
         self.identities: dict[str, str] = {}  # site name -> its public key record
+        # resume: window -> modality -> (survivors, dropped) the sites committed to
+        self.committed: dict[int, dict[str, tuple[list[str], list[str]]]] = {}
 
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         names = {key: d.site for key, d in described.items()}
@@ -196,7 +176,7 @@ class SealedRouting:
                 _check_headers(names[key], r.posteriors, KIND_POSTERIOR, (index + 2, 0))
                 _check_headers(names[key], r.shares, KIND_SHARE, (index + 1, SHARE_COUNTER))
                 for m, arrays in r.weights.items():
-                    _check_masked(coord, key, m, arrays)
+                    check_masked(coord, key, m, arrays)
                     unshared = [names[h] for h in coord.shared[m]
                                 if h != key and names[h] not in r.shares]
                     if unshared:  # they could not unmask it: they would be blamed
@@ -228,6 +208,29 @@ class SealedRouting:
     def load(self, state: dict) -> None:
         self.inbox = {k: dict(v) for k, v in state["inbox"].items()}
         self.identities = pinned(state.get("identities", {}))
+
+    def resumed(self, replies: Mapping) -> None:
+        """The unmask views the sites committed to (``ResumeReply.view``): a server
+        that restarted between a window's confirm and its checkpoint asks for that
+        window again, and a site that had dropped may answer it now; the survivors
+        answer under no other view (a site commits to one per window), so the view
+        they agree on is kept for that window. Views the sites do not agree on are
+        not kept (the window's unmask then fails, as a lying server's would)."""
+        seen: dict[tuple[int, str], set] = {}
+        for r in replies.values():
+            try:
+                w = int(r.view["window"])
+                groups = unmask_view(r.view["groups"])
+            except (KeyError, TypeError, ValueError):
+                continue  # none (never committed), or not a view
+            for m, v in groups.items():
+                seen.setdefault((w, m), set()).add((tuple(v["survivors"]),
+                                                    tuple(v["dropped"])))
+        self.committed = {}
+        for (w, m), views in seen.items():
+            if len(views) == 1:
+                (u, d), = views
+                self.committed.setdefault(w, {})[m] = (list(u), list(d))
 
     @staticmethod
     def authenticate(state: dict, run: str, challenges: Mapping[str, str],
@@ -264,6 +267,7 @@ class SealedRouting:
         views = {m: v for m in coord.shared
                  if (v := self._view(coord, m, replies))[0]
                  and len(v[0]) >= survivors_needed(len(coord.shared[m]))}
+        views = self._keep_committed(views, coord, index, replies)
         if not views:
             return {}
         inbox = route({k: r.shares for k, r in replies.items()}, names)
@@ -274,7 +278,7 @@ class SealedRouting:
                     for m, (u, dd) in views.items() if k in u}
 
         confirmed, failed = self._confirm(transport, index, views, groups, names)
-        views = {m: v for m, v in views.items() if not set(v[0]) & set(failed)}
+        views = {m: v for m, v in views.items() if not (v[1] and set(v[0]) & set(failed))}
         if not views:
             self.failed = failed
             return {}
@@ -293,8 +297,25 @@ class SealedRouting:
             except ValueError as err:  # left out, named, as one that failed the step
                 failed[k] = str(err)
         self.failed = failed
-        return {m: self._mean(coord, m, u, dd, replies, read)
+        return {m: masked_mean(coord, m, u, replies, read)
                 for m, (u, dd) in views.items() if all(k in read for k in u)}
+
+    def _keep_committed(self, views: dict, coord: Coordinator, index: int,
+                        replies: Mapping) -> dict:
+        """Window ``index``'s views, with those the sites committed to before a
+        restart (:meth:`resumed`) in place of the server's new count; a committed
+        view whose survivors did not all answer now cannot be unmasked."""
+        kept = self.committed.pop(index, {})
+        key_of = {site.name: key for key, site in coord.sites.items()}
+        out = dict(views)
+        for m, (u, d) in kept.items():
+            if m not in coord.shared:
+                continue
+            survivors = [key_of.get(n) for n in u]
+            out.pop(m, None)
+            if all(k in replies and m in replies[k].weights for k in survivors):
+                out[m] = (survivors, [key_of[n] for n in d if n in key_of])
+        return out
 
     @staticmethod
     def _confirm(transport, index: int, views: Mapping, groups, names: Mapping[str, str]
@@ -329,41 +350,3 @@ class SealedRouting:
         survivors = [k for k in coord.shared[m] if k in replies and m in replies[k].weights]
         dropped = [k for k in coord.shared[m] if k not in survivors]
         return survivors, dropped
-
-    @staticmethod
-    def _mean(coord: Coordinator, m: str, survivors: list, dropped: list, replies: Mapping,
-              answers: Mapping[str, Answer]) -> dict:
-        name, n = coord.name, len(coord.shared[m])
-        masked = {name(k): replies[k].weights[m] for k in survivors}
-        params = sorted(p for p in next(iter(masked.values())) if p != MASK_WEIGHT)
-        for site, arrays in masked.items():
-            if sorted(arrays) != sorted([*params, MASK_WEIGHT]):
-                raise FederationError(f"site {site}: its masked update of {m!r} names "
-                                      f"other parameters than its peers'")
-        for s, arrays in masked.items():  # one shape per parameter across the group
-            first = next(iter(masked.values()))
-            odd = [p for p in arrays if np.shape(arrays[p]) != np.shape(first[p])]
-            if odd:
-                raise FederationError(f"site {s}: its masked update of {m!r} has another "
-                                      f"shape of {odd[0]} than its peers'")
-        try:
-            seeds = {name(s): combine_seed([answers[j].shares[m][name(s)]
-                                            for j in survivors if j != s], n)
-                     for s in survivors}
-            revealed = {name(k): answers[k].seeds[m] for k in survivors}
-            means, weight = aggregate_masked(
-                {s: [a[p] for p in params] + [a[MASK_WEIGHT]] for s, a in masked.items()},
-                participants=[name(k) for k in coord.shared[m]], revealed=revealed,
-                self_seeds=seeds, return_weight=True)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
-            raise FederationError(f"masked FedAvg of {m!r} failed: "
-                                  f"{type(err).__name__}: {err}") from None
-        expected = sum(len(coord.sites[k].held) for k in survivors)
-        clip = FixedPoint().clip  # every site clipped its values: so is an honest mean
-        if abs(weight - expected) > 0.5 or not all(
-                np.isfinite(v).all() and np.abs(v).max(initial=0.0) <= clip
-                for v in means):
-            raise FederationError(f"masked FedAvg of {m!r}: total weight {weight:.3f} is "
-                                  f"not the survivors' {expected} samples; the sites' "
-                                  f"views of the group differ, or an update is corrupt")
-        return {p: v.astype(np.float32) for p, v in zip(params, means, strict=True)}

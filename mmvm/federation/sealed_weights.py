@@ -207,9 +207,12 @@ def confirm(sec: SiteSecrets, req: ConfirmRequest) -> ConfirmReply:
     pair seeds they reveal together unmask A + B alone (found by the attack review;
     ``tests/federation/test_unmask_views.py``). A site reveals pair seeds only when
     every other survivor sealed it the same view (:func:`unmask`), and commits to one
-    view per window, saved before its confirmation leaves: two views that both get
-    revealed would need disjoint survivor sets, each more than half of the group
-    (Bonawitz et al. 2017, §4: consistency check)."""
+    view per window, saved before its confirmation leaves (Bonawitz et al. 2017, §4:
+    consistency check). So two views with dropped holders that both get revealed
+    would need disjoint survivor sets, each more than half of the group; and beside
+    one such view V only sites V calls dropped can answer under the view that
+    nobody dropped: fewer than ``t`` of them, too few for any dropped site's seed.
+    Sites colluding with the server are beyond this (deploy/README.md section 7)."""
     groups = sec.state.get("groups", {})
     stray = set(req.groups) - set(groups)
     if stray:

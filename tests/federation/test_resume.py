@@ -29,6 +29,7 @@ from tests.support.federate import (
     make_sites,
     params,
     plain_endpoints,
+    restarted,
     sealed_endpoints,
     site_keys,
     split,
@@ -62,19 +63,6 @@ def cfg(tiny_polymnist, tiny_config):
     return tiny_config(tiny_polymnist, epochs=2)  # 6 one-step windows
 
 
-def _restarted(cfg, sites: dict[str, Site], tmp_path) -> dict[str, Site]:
-    """Each site saved and loaded into a fresh Site, as a restarted process does."""
-    out = {}
-    for key, site in sites.items():
-        path = tmp_path / "sites" / f"{site.name}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        site.save(path)
-        fresh = Site(cfg, site.name, site.train_path, site.test_path)
-        fresh.restore(path)
-        out[key] = fresh
-    return out
-
-
 def _endpoints(sites, secure, keys, state):
     return sealed_endpoints(sites, keys, state) if secure else plain_endpoints(sites)
 
@@ -100,7 +88,7 @@ def test_a_resumed_run_ends_as_if_nothing_happened(cfg, tmp_path, tiny_polymnist
                        settings_for(cfg, **opts), checkpoint=ckpt)
     if delivered:
         assert all(s.progress.window == k for s in sites.values())  # one ahead
-    sites = _restarted(cfg, sites, tmp_path)
+    sites = restarted(cfg, sites, tmp_path)
     lines = []
     res = run_federation(LocalTransport(_endpoints(sites, secure, keys, state)),
                          settings_for(cfg, resume=RUN, **opts), log=lines.append,
@@ -385,7 +373,7 @@ def test_a_stop_request_checkpoints_the_next_window_and_resumes_from_it(
                        checkpoint=ckpt, should_stop=lambda: next(asked))
     assert load_server_state(ckpt, settings_for(cfg, **opts)).window == 1
     assert all(s.progress.window == 1 for s in sites.values())
-    sites = _restarted(cfg, sites, tmp_path)
+    sites = restarted(cfg, sites, tmp_path)
     res = run_federation(LocalTransport(plain_endpoints(sites)),
                          settings_for(cfg, resume=RUN, **opts), checkpoint=ckpt,
                          resume_from=ckpt)

@@ -16,11 +16,23 @@ from __future__ import annotations
 
 import pytest
 
+from mmvm.federation import sealed_align
 from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.loop import run_federation
 from mmvm.federation.messages import ConfirmRequest, UnmaskReply, UnmaskRequest
 from mmvm.federation.sealed_routing import route
+from mmvm.federation.settings import settings_for
 from mmvm.secure.errors import MaskingError, SecurityError
-from tests.support.federate import federate, params
+from tests.support.federate import (
+    RUN,
+    federate,
+    make_sites,
+    params,
+    restarted,
+    sealed_endpoints,
+    site_keys,
+    split,
+)
 from tests.support.malicious import Recorder, hybrid_sites
 
 
@@ -179,3 +191,53 @@ def test_an_honest_dropout_confirms_then_averages(cfg, tmp_path, tiny_polymnist)
     assert res.missed == {sites[away].name: [1]}
     assert not any(row.get("refused") for row in res.history)
     assert params([sites[away]]).keys() == before.keys()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("after,back", [("confirm", True), ("confirm", False),
+                                        ("unmask", False)])
+def test_a_server_restarted_in_a_dropout_window_keeps_the_view_the_sites_took(
+        cfg, tmp_path, tiny_polymnist, monkeypatch, after, back):
+    """The server dies after window 1's confirm (or unmask) round, before its
+    checkpoint; the resumed server asks window 1 again. The survivors committed to
+    "d dropped" and answer under no other view: the resumed server keeps that view
+    (the sites report it at resume), even where d answers window 1 now (the run
+    failed there: 'another view than it was given before'); after the unmask, the
+    repeated confirm is sealed again (it was refused, and the window not averaged)."""
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=4)
+    sites = make_sites(cfg, specs, root)
+    keys, state, ckpt = site_keys(sites), tmp_path / "state", tmp_path / "server.pt"
+    away = sorted(k for k, s in sites.items() if "m0" in s.names)[0]
+
+    class Away(Recorder):
+        def __init__(self, endpoints, crash: bool):
+            super().__init__(endpoints)
+            self.crash = crash
+
+        def exchange(self, requests, wait=None, need=1):
+            r = next(iter(requests.values()))
+            if r.kind == "window" and r.window == 1 and (self.crash or not back):
+                requests = {k: v for k, v in requests.items() if k != away}
+            out = super().exchange(requests, wait, need)
+            if self.crash and r.kind == after and r.window == 1:
+                raise Crash
+            return out
+
+    opts = {"exchange": "step", "float16": False, "secure": True, "checkpoint_every": 1}
+    with pytest.raises(Crash):
+        run_federation(Away(sealed_endpoints(sites, keys, state), crash=True),
+                       settings_for(cfg, **opts), checkpoint=ckpt)
+    sites = restarted(cfg, sites, tmp_path)
+    t = Away(sealed_endpoints(sites, keys, state), crash=False)
+    res = run_federation(t, settings_for(cfg, resume=RUN, **opts), checkpoint=ckpt,
+                         resume_from=ckpt)
+    assert [r["window"] for r in res.history] == list(range(3))  # all, 1 repeated
+    assert not any(row.get("refused") for row in res.history), res.history
+    unmasks = [req for kind, req, _ in t.log if kind == "unmask"
+               and next(iter(req.values())).window == 1]
+    assert unmasks and all(r.groups["m0"]["dropped"] == [sites[away].name]
+                           for r in unmasks[0].values())

@@ -139,6 +139,9 @@ def test_any_two_views_a_site_accepts_share_a_survivor(n):
             accepted.append(set(u))
     assert accepted and min(map(len, accepted)) >= 3
     assert all(a & b for a, b in itertools.combinations(accepted, 2))
+    # beside a confirmed view, only the sites it calls dropped can answer under the
+    # view that nobody dropped: fewer than t shares of a dropped site's seed
+    assert all(n - len(u) < threshold(n) for u in accepted)
 
 
 def test_reveal_refuses_malformed_views(group):

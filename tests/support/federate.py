@@ -93,3 +93,16 @@ class Tampering(LocalTransport):
         out = super().exchange(requests, wait, need)
         self.alter(requests, out)
         return out
+
+
+def restarted(cfg, sites: dict[str, Site], tmp_path) -> dict[str, Site]:
+    """Each site saved and loaded into a fresh Site, as a restarted process does."""
+    out = {}
+    for key, site in sites.items():
+        path = tmp_path / "sites" / f"{site.name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        site.save(path)
+        fresh = Site(cfg, site.name, site.train_path, site.test_path)
+        fresh.restore(path)
+        out[key] = fresh
+    return out
