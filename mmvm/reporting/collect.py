@@ -288,7 +288,9 @@ def attach_folders(runs: list[Run], parent: Path) -> list[Run]:
 def deduplicate(runs: list[Run], notes: list[str]) -> list[Run]:
     """One run given twice (its folder and a results file listing it, or a folder
     given and also found beside a results file) counts once; the folder, which has
-    more to show, is kept, with numbers where either has them."""
+    more to show, is kept, with numbers where either has them. Two folders are two
+    runs, whatever their numbers: an exact federated run and its centralized
+    reference have the same ones by design (the second was dropped as a copy)."""
     kept: dict[tuple, int] = {}
     where: dict[Path, int] = {}  # run folder -> its index in out
     out: list[Run] = []
@@ -296,7 +298,8 @@ def deduplicate(runs: list[Run], notes: list[str]) -> list[Run]:
         folder = run.folder.resolve() if run.folder is not None else None
         key = (run.method, run.beta, run.seed, tuple(sorted(run.metrics.items())))
         i = where.get(folder) if folder is not None else None
-        if i is None and run.metrics and key in kept:
+        if i is None and run.metrics and key in kept and (
+                folder is None or out[kept[key]].folder is None):
             i = kept[key]
         if i is None:
             kept.setdefault(key, len(out))

@@ -182,3 +182,16 @@ def test_a_benchmark_folder_shows_its_rows_with_the_run_folders_beside_them(tmp_
         assert "No metrics.csv" not in text and "no run folder" not in text
         assert "mmvm: loss, rec_nll, reg per epoch" in text
         assert "mmvm-beta1-seed0" in text and "mmvm-beta1-seed1" in text
+
+
+def test_two_folders_with_the_same_numbers_are_two_runs(tmp_path):
+    """An exact federated run and its centralized reference have the same numbers by
+    design (README: "equal to central"); the report dropped the second as a copy of
+    the first, hiding the very comparison the user made."""
+    result = eval_result("mmvm", 0, 0.8, 200.0, 0.3)
+    central = fake_run(tmp_path / "runs" / "central", result)
+    again = fake_run(tmp_path / "runs" / "rerun", result)
+    text, page = write_report(tmp_path, central, again)
+    assert "counted once" not in text
+    assert "central" in text and "rerun" in text
+    assert "seed 0 given more than once" in text  # both kept, and the user told
