@@ -9,8 +9,9 @@ listing costs ~8 s of CPU at the start of every run, before any site starts.
 :func:`staged_app` links (or copies) the app into a temporary directory without the
 directories that Flower would leave out anyway: those the app's ``.gitignore`` ignores,
 and those Flower's own rules exclude (``.venv`` and ``.flwr`` at the top, ``__pycache__``
-anywhere). Flower lists a few hundred files and applies its own rules to them, so the
-FAB is the one it would have built from the app, byte for byte.
+anywhere), and of the rest only the files Flower could pack (:func:`packable`). Flower
+lists a few hundred files and applies its own rules to them, so the FAB is the one it
+would have built from the app, byte for byte.
 """
 
 from __future__ import annotations
@@ -43,16 +44,41 @@ def staged_app(app: Path) -> Iterator[Path]:
     check_no_secrets(app, files)
     with tempfile.TemporaryDirectory(prefix="mmvm-app-") as tmp:
         stage = Path(tmp) / app.name
-        for rel in files:
+        for rel in packable(files):
             dest = stage / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            try:  # pyproject.toml copied: flwr may rewrite it (its federations section)
-                if rel == "pyproject.toml":
-                    raise OSError
-                os.link(app / rel, dest)
-            except OSError:  # another file system, or links not allowed
-                shutil.copy2(app / rel, dest)
+            try:
+                _stage_file(app / rel, dest, copy=rel == "pyproject.toml")
+            except FileNotFoundError:  # gone since the listing (an editor's temporary
+                continue               # file): not part of the app any more
         yield stage
+
+
+def _stage_file(src: Path, dest: Path, copy: bool) -> None:
+    """A hard link where the file system allows; ``copy``: always a copy
+    (``pyproject.toml``, which flwr may rewrite: its federations section)."""
+    try:
+        if copy:
+            raise OSError
+        os.link(src, dest)
+    except FileNotFoundError:
+        raise
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dest)
+
+
+def packable(files: list[str]) -> list[str]:
+    """The files Flower could pack (its built-in include patterns: ``*.py``,
+    ``*.toml``, ``*.md``, ...), the app's ``pyproject.toml`` and every
+    ``.gitignore`` (which Flower reads to leave files out): the rest of the app
+    (``.git``, data, images) Flower drops anyway, and a file that vanishes while it is
+    staged (``.git/index.lock`` while git runs in the checkout) failed the run."""
+    from flwr.cli.utils import build_pathspec
+    from flwr.common.constant import FAB_INCLUDE_PATTERNS
+
+    spec = build_pathspec(FAB_INCLUDE_PATTERNS)
+    return [f for f in files if f == "pyproject.toml" or f.rsplit("/", 1)[-1] ==
+            ".gitignore" or spec.match_file(f)]
 
 
 def app_files(app: Path) -> list[str]:
