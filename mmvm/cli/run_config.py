@@ -232,18 +232,21 @@ def _check_site_dirs(s) -> None:
         held |= {m for meta in metas for m in meta["tensors"]}
         labels.update(dict.fromkeys(c for meta in metas for c in meta["labels"]))
     label = s.experiment.data.label
-    if labels and label not in labels and not s.experiment.eval.labels:  # per-label
-        # probes (eval.labels) read their own columns
-        print(f"mmvm run: warning: no site folder has the label column {label!r} "
-              f"(data.label of {source}); their label columns: {', '.join(labels)}: "
-              f"the sites' probes and the server's evaluation need it (e.g. "
-              f"set='data.label=\"{next(iter(labels))}\"')", file=sys.stderr)
     orphans = [m.name for m in s.experiment.model.modalities if m.name not in held]
     if orphans:
         raise ConfigError(f"run config: site-dirs: modalities {orphans} of {source} are "
                           f"in no site folder's files (they hold {', '.join(sorted(held))}):"
                           f" remove their [model.modalities.<name>] sections from the "
                           f"config, or add the folders that hold them")
+    if labels and label not in labels and not s.experiment.eval.labels:  # per-label
+        # probes (eval.labels) read their own columns
+        close = difflib.get_close_matches(label, list(labels), 1, 0.0)
+        raise ConfigError(
+            f"run config: site-dirs: no site folder has the label column {label!r} "
+            f"(data.label of {source}); their label columns: {', '.join(labels)}. The "
+            f"sites' probes and the server's evaluation read it (the run trained to the "
+            f"end, then evaluated without it): set='data.label=\"{close[0]}\"' or "
+            f"another of them")
 
 
 def _check_joined(s) -> None:
