@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -186,9 +185,37 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
             raise ConfigError(f"run config: {problem}")
     if s.site_dirs:
         _check_site_dirs(s)
+    if s.secure and local:
+        _check_keys_dir(s)
     if s.site_dirs and s.eval_data == "default" and s.collect_model:
         _check_joined(s)
     return rc
+
+
+def _check_keys_dir(s) -> None:
+    """A secure simulation's sites read their keys from ``keys-dir``, one folder per
+    site name (``sites/<name>/site_keys.json``): a missing one failed each site at its
+    first message, after Flower and Ray started (~30 s), one traceback per site."""
+    from mmvm.data.sites import site_layout
+
+    names = [Path(d).name for d in s.site_dirs] or [
+        x.name for x in site_layout(s.layout, tuple(s.modalities), s.shards)]
+    make = (f"python -m deploy.make_keys --out {s.keys_dir or '<folder>'} --sites "
+            f"{','.join(names)}")
+    if not s.keys_dir:
+        raise ConfigError(f"run config: secure = true: a simulation's sites read their "
+                          f"keys from keys-dir; make them with `{make}` and give "
+                          f"keys-dir='<folder>'")
+    keys = Path(s.keys_dir)
+    missing = [n for n in names if not (keys / "sites" / n / "site_keys.json").is_file()]
+    if missing or not (keys / "public_keys.json").is_file():
+        there = sorted(p.name for p in (keys / "sites").glob("*") if p.is_dir())
+        raise ConfigError(
+            f"run config: keys-dir = {str(keys)!r} has no "
+            + (f"keys of the simulated sites {missing} (sites/<name>/site_keys.json; it "
+               f"holds {there or 'none'})" if missing else "public_keys.json")
+            + f"; a simulated site is named after its site-dirs folder or the layout: "
+              f"`{make}`")
 
 
 def _check_writable(key: str, folder: Path) -> None:
