@@ -39,7 +39,7 @@ from mmvm.cli.run_config import (
     parse_overrides,
 )
 from mmvm.cli.run_hints import CLUSTER_HINT, RAY_CLUSTER, after_run
-from mmvm.cli.run_stop import ask_to_stop, first_run
+from mmvm.cli.run_stop import first_run, request_stop, run_folder, wait_for_stop
 from mmvm.config import ConfigError
 
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -256,29 +256,42 @@ RUN_LINE = re.compile(r"Successfully started run (\d+)")
 
 
 def _run(args: argparse.Namespace, cmd: list[str]) -> int:
-    """``flwr run`` streamed to the end. A stop signal only asks flwr to end (SIGINT;
-    killed 15 s later if it has not) and is noted: reading goes on to the end of its
-    output, so no line that names the run is lost, then the run is stopped with
-    ``flwr stop`` while further signals are ignored."""
+    """``flwr run`` streamed to the end. The first stop signal asks the ServerApp to
+    stop after its window (:mod:`mmvm.cli.run_stop`) and streaming goes on; a second
+    one, or a first where nothing can be asked, asks flwr to end (SIGINT; killed 15 s
+    later if it has not): reading goes on to the end of its output, so no line that
+    names the run is lost, then the run is stopped with ``flwr stop`` while further
+    signals are ignored."""
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     stop: list[int] = []
+    seen: dict[str, str] = {}  # the run id, once flwr run has said it
+    asked: list[Path] = []  # the run folder where the first signal asked for a stop
+    ended: list[int] = []  # flwr run was asked to end
     kill = threading.Timer(15, proc.kill)
     kill.daemon = True
 
     def on_signal(signum, frame):
         if not stop:
             stop.append(signum)
+            if "run_id" in seen:
+                folder = run_folder(parse_overrides(args.run_config), seen["run_id"])
+                if request_stop(folder, seen["run_id"]):
+                    asked.append(folder)
+                    return
+        if not ended:
+            ended.append(signum)
             proc.send_signal(signal.SIGINT)
             kill.start()
 
     before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        run_id, said = _stream(proc)
+        run_id, said = _stream(proc, seen)
         for sig in STOP_SIGNALS:  # from here on: the stop and the status query finish
             signal.signal(sig, signal.SIG_IGN)
         if stop:
-            return _stop(cmd, args, run_id, stop[0])
+            return _stop(cmd, args, run_id, stop[0], asked=bool(asked),
+                         now=bool(ended))
         return _final(cmd, args, run_id, proc.returncode, said)
     finally:
         kill.cancel()
@@ -286,15 +299,19 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
             signal.signal(sig, handler)
 
 
-def _stream(proc: subprocess.Popen) -> tuple[str | None, bool]:
-    """Show ``flwr run``'s output until it ends; the run id it started, if any, and
-    whether the ServerApp said why it failed."""
+def _stream(proc: subprocess.Popen, seen: dict | None = None
+            ) -> tuple[str | None, bool]:
+    """Show ``flwr run``'s output until it ends; the run id it started, if any (also
+    in ``seen["run_id"]`` as soon as it is said), and whether the ServerApp said why
+    it failed."""
     run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
     failed = False  # mmvm said why the run failed
     for line in proc.stdout:
         started = RUN_LINE.search(line)
         if started and run_id is None:
             run_id = started.group(1)
+            if seen is not None:
+                seen["run_id"] = run_id
         quiet = NOISE + AFTER_FAILURE if failed else NOISE
         if not any(p.search(line) for p in quiet):
             sys.stdout.write(ANSI.sub("", line) if plain else line)
@@ -308,26 +325,30 @@ def _stream(proc: subprocess.Popen) -> tuple[str | None, bool]:
 
 
 
-def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int
-          ) -> int:
+def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int,
+          asked: bool = False, now: bool = False) -> int:
+    """Stop the run once ``flwr run`` ended: ``asked``: the stop request was written
+    at the signal (``now``: a second signal came); else it is written now, where it
+    can be, and waited for."""
+    from mmvm.federation.server_state import STATE_FILE
+
     if run_id:
-        # a resumed run keeps the state of the run it continues, under that one's id
         overrides = parse_overrides(args.run_config)
-        first = first_run(overrides, run_id)
-        folder = Path(str(overrides.get("out-dir") or "~/.mmvm/runs")).expanduser() \
-            / f"run-{first}"
-        started = ask_to_stop(folder, run_id)  # flwr stop alone left a simulation's
-        # ServerApp training to the end
+        first, folder = first_run(overrides, run_id), run_folder(overrides, run_id)
+        started = (folder / STATE_FILE).is_file()
+        if asked or (not now and request_stop(folder, run_id)):
+            wait_for_stop(folder, run_id, now)  # flwr stop alone left a simulation's
+            # ServerApp training to the end
         subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
                        capture_output=True, timeout=120)
-        if not started:
-            print(f"\nmmvm run: stopped run {run_id} before its sites attached (no "
-                  f"checkpoint in {folder}): nothing to resume; start it again",
-                  file=sys.stderr)
-        elif (folder / "results.json").is_file():  # trained and written: only evaluating
+        if (folder / "results.json").is_file():  # trained and written: only evaluating
             print(f"\nmmvm run: stopped run {run_id} after its training was written "
                   f"({folder}); its sites answered the final evaluation, so it cannot be "
                   f"resumed: evaluate its model with mmvm evaluate --run {folder}",
+                  file=sys.stderr)
+        elif folder.is_dir() and not started:
+            print(f"\nmmvm run: stopped run {run_id} before its sites attached (no "
+                  f"checkpoint in {folder}): nothing to resume; start it again",
                   file=sys.stderr)
         else:
             print(f"\nmmvm run: stopped run {run_id}; continue it with the same "

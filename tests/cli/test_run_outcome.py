@@ -125,3 +125,39 @@ def test_a_simulation_on_a_ray_cluster_given_a_cpu_count_says_what_to_do(capsys)
     assert run_cli._stream(proc) == ("42", True)  # said: no "without a reason" hint
     err = capsys.readouterr().err
     assert "give mmvm run the same RAY_ADDRESS" in err
+
+
+RUNNING = """
+import signal, sys, time
+signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+print("Successfully started run 42", flush=True)
+time.sleep(30)
+"""
+
+
+def test_the_first_stop_asks_at_once_and_a_second_stops_now(tmp_path, capsys):
+    """The stop request waited for flwr run to end (up to 15 s, the run training on
+    and nothing said); now the first signal writes it while the run streams on, and
+    a second ends it in Flower at once, taking the request back."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli.run import _run
+    from mmvm.federation.server_state import STATE_FILE, STOP_REQUEST
+
+    folder = tmp_path / "run-42"
+    folder.mkdir()
+    (folder / STATE_FILE).write_bytes(b"a checkpoint")
+    seen = []
+    args = argparse.Namespace(connection=None, run_config=f"out-dir='{tmp_path}'")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    threading.Timer(2.0, lambda: seen.append((folder / STOP_REQUEST).exists())).start()
+    threading.Timer(2.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    assert _run(args, [sys.executable, "-c", RUNNING]) == 128 + signal.SIGTERM
+    assert seen == [True]  # written while flwr run still streamed
+    err = capsys.readouterr().err
+    assert "stopping run 42 after its current window" in err
+    assert "run 42 did not end its window yet; stopping it in Flower" in err
+    assert "stopped run 42; continue it with the same --run-config and resume='42'" in err
+    assert not (folder / STOP_REQUEST).exists()

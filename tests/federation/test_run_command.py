@@ -157,6 +157,9 @@ def test_ctrl_c_ends_the_training_after_its_window_and_leaves_it_resumable(tmp_p
     assert f"stopped run {run_id}; continue it with the same --run-config and " \
            f"resume='{run_id}'" in out
     assert "did not end its window" not in out
+    # asked at once, and the run's own last lines streamed (flwr run was interrupted
+    # first, 15 s of silence before the request was written)
+    assert out.index("stopping run") < out.index("stopped on request after window")
     folder = tmp_path / "runs" / f"run-{run_id}"
     from mmvm.federation.server_state import STOP_REQUEST
 
