@@ -108,3 +108,23 @@ def test_image_folders_take_classes_by_table_column(tmp_path):
     meta = read_site_meta(paths["train"])
     assert meta["dataset"]["label_names"] == {
         "label.finding": ["normal", "cardiomegaly", "effusion"]}
+
+
+def test_a_continuous_label_is_told_how_to_bin_it(tmp_path):
+    """A rat's position in cm as the label: refused as "must be integers" with
+    nothing on what to do (the neuroscience walkthrough); the hint's own recipe
+    gives class ids prepare takes."""
+    rng = np.random.default_rng(0)
+    position = rng.uniform(0, 200, N)
+    np.save(tmp_path / "x.npy", rng.normal(size=(N, 3)).astype(np.float32))
+    np.save(tmp_path / "position.npy", position)
+    with pytest.raises(DataError, match=r"a continuous value \(a position, a time\)\? "
+                                        r"probes and coherence classify: bin it, e\.g\. "
+                                        r"np\.digitize"):
+        prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
+                       labels={"label": tmp_path / "position.npy"})
+    a = position
+    np.save(tmp_path / "bins.npy", np.digitize(a, np.linspace(a.min(), a.max(), 11)[1:-1]))
+    out = prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
+                         labels={"label": tmp_path / "bins.npy"})
+    assert read_site_meta(out["train"])["labels"] == ["label"]

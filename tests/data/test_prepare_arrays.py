@@ -116,7 +116,7 @@ def test_bad_arrays_are_refused_by_file_and_nothing_is_written(arrays):
 
 @pytest.mark.parametrize("labels, hint", [
     (np.eye(3, dtype=np.float32)[np.arange(N) % 3], "one-hot rows? save a.argmax(axis=1)"),
-    (np.linspace(0, 1, N), None)])  # fractions: no class ids to suggest
+    (np.linspace(0, 1, N), "decode the value itself from `mmvm encode`'s latents")])
 def test_labels_in_another_form_say_how_to_make_class_ids(arrays, labels, hint):
     d = arrays["dir"]
     np.save(d / "odd.npy", labels)

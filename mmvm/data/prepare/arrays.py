@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
-from mmvm.data.prepare.label_values import check_named, class_ids
+from mmvm.data.prepare.label_values import check_named, class_ids, label_hint
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 from mmvm.data.store_format import LABEL_MAX, id_problem, show
 
@@ -309,21 +309,7 @@ def _check_shapes(arrays: dict, cols: dict, mod_paths: Mapping,
         if a.ndim != 1 or a.dtype.kind not in "iu":
             raise DataError(f"{label_paths[c]}: label {c!r} must be [N] integers (class "
                             f"ids >= 0, -1 for unknown), got {a.dtype} {a.shape}"
-                            + _label_hint(a))
-
-
-def _label_hint(a: np.ndarray) -> str:
-    """How to make class ids of labels saved in another form."""
-    if a.ndim == 2 and a.shape[1] > 1 and a.dtype.kind in "iubf":
-        return "; one-hot rows? save a.argmax(axis=1)"
-    if a.ndim != 1:
-        return ""
-    if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all():
-        return "; whole numbers: save a.astype(np.int64)"
-    if a.dtype.kind in "USO":
-        return ("; names or other values: save class ids, e.g. "
-                "np.unique(a, return_inverse=True)[1]")
-    return ""
+                            + label_hint(a))
 
 
 def _check_counts(arrays: dict, cols: dict, ids: list[str] | None, mod_paths: Mapping,

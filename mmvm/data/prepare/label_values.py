@@ -67,6 +67,25 @@ def check_named(ids: np.ndarray, classes: Sequence[str], where: str) -> list[str
     return names
 
 
+def label_hint(a: np.ndarray) -> str:
+    """How to make class ids of labels saved in another form."""
+    if a.ndim == 2 and a.shape[1] > 1 and a.dtype.kind in "iubf":
+        return "; one-hot rows? save a.argmax(axis=1)"
+    if a.ndim != 1:
+        return ""
+    if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all():
+        return "; whole numbers: save a.astype(np.int64)"
+    if a.dtype.kind in "USO":
+        return ("; names or other values: save class ids, e.g. "
+                "np.unique(a, return_inverse=True)[1]")
+    if a.dtype.kind == "f":  # a continuous variable (a position, a speed)
+        return ("; a continuous value (a position, a time)? probes and coherence "
+                "classify: bin it, e.g. np.digitize(a, np.linspace(a.min(), a.max(), "
+                "11)[1:-1]) for 10 bins, and decode the value itself from `mmvm encode`'s "
+                "latents")
+    return ""
+
+
 def _int_or_none(text: str) -> int | None:
     try:
         return int(text)
