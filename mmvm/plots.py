@@ -8,9 +8,8 @@
   probe accuracy or coherence (y), one point per (method, beta, settings) as ``mmvm
   report`` groups runs (seeds averaged), one colour per series, a line through a
   series' betas in increasing order;
-- :func:`latent_2d`: one panel per method, latents coloured by label (the
-  hippocampus figure; latents with D > 2 are projected on their first two principal
-  components);
+- :func:`mmvm.plot_latents.latent_2d`: one panel per method, latents coloured by
+  label (the hippocampus figure);
 - :func:`loss_curves`: training curves from ``metrics.csv`` files.
 
 Every function writes a PNG atomically and returns its path.
@@ -301,46 +300,6 @@ def draw_tradeoff(ax, series: Mapping[str, Sequence[Point]]) -> None:
                             capsize=3, lw=1)
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3),
                         fontsize=7, color=color)
-
-
-def _pca2(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:2].T
-
-
-def latent_2d(mus: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray] | np.ndarray,
-              path: str | Path, label_names: Sequence[str] | None = None,
-              max_points: int = 5000, share_axes: bool = False) -> Path:
-    """One panel per entry of ``mus`` (e.g. per method), points coloured by label.
-
-    ``labels``: one array for all panels or one per key. D > 2: first two PCs.
-    ``share_axes``: one x and y range for all panels (points in one coordinate system).
-    """
-    if not mus:
-        raise ValueError("no latents to plot")
-    n = len(mus)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False,
-                             sharex=share_axes, sharey=share_axes)
-    cmap = plt.get_cmap("tab10")
-    for ax, (key, mu) in zip(axes[0], mus.items(), strict=True):
-        mu = np.asarray(mu, dtype=np.float64)
-        lab = np.asarray(labels[key] if isinstance(labels, Mapping) else labels)
-        if len(lab) != len(mu):
-            raise ValueError(f"{key}: {len(mu)} latents but {len(lab)} labels")
-        pts = mu[:, :2] if mu.shape[1] <= 2 else _pca2(mu)
-        if pts.shape[1] == 1:
-            pts = np.column_stack([pts[:, 0], np.zeros(len(pts))])
-        pts, lab = pts[:max_points], lab[:max_points]
-        for c in np.unique(lab):
-            sel = lab == c
-            name = label_names[int(c)] if label_names is not None and c >= 0 else str(c)
-            ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.6, color=cmap(int(c) % 10),
-                       label=name)
-        ax.set_title(key + ("" if mu.shape[1] <= 2 else " (PCA)"), fontsize=9)
-        ax.set_xticks([]), ax.set_yticks([])
-    axes[0][-1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
-    return save_figure(fig, path)
 
 
 def _check_curve_keys(runs: Sequence[Mapping], paths: Sequence,

@@ -26,7 +26,8 @@ def present_latents(model, test_set) -> tuple[np.ndarray, np.ndarray]:
 def run_picture(model, cfg, test_set, out: Path, title: str) -> dict[str, Path]:
     """``{"generations": path}`` or ``{"latents": path}`` written in ``out``; ``{}``
     for vector data without labels to colour by."""
-    from mmvm.plots import generation_grid, latent_2d
+    from mmvm.plot_latents import latent_2d
+    from mmvm.plots import generation_grid
 
     if any(m.kind == "image" for m in cfg.model.modalities):
         return {"generations": generation_grid(model, test_set, out / "generations.png",
@@ -34,5 +35,24 @@ def run_picture(model, cfg, test_set, out: Path, title: str) -> dict[str, Path]:
                                                label_name=cfg.data.label)}
     if test_set.labels is None:
         return {}
+    if 1 < len(model.names) <= MAX_PANELS:  # one panel per modality, on shared axes:
+        # whether the modalities' latents of one sample (rats, views) fall together
+        mus, ys = latents_by_modality(model, test_set)
+        return {"latents": latent_2d({f"{title}: {m}": mus[m] for m in mus},
+                                     {f"{title}: {m}": ys[m] for m in ys},
+                                     out / "latents.png", share_axes=True)}
     points, labels = present_latents(model, test_set)
-    return {"latents": latent_2d({title: points}, labels, out / "latents.png")}
+    name = title if len(model.names) == 1 else f"{title}: all {len(model.names)} modalities"
+    return {"latents": latent_2d({name: points}, labels, out / "latents.png")}
+
+
+MAX_PANELS = 6  # modalities drawn side by side; more are drawn in one panel
+
+
+def latents_by_modality(model, test_set) -> tuple[dict, dict]:
+    """Per modality: the posterior means of its labelled samples and their labels."""
+    from mmvm.evaluation import encode_dataset, present_labels
+
+    mus, ys = encode_dataset(model, test_set), present_labels(test_set, model.names)
+    return ({m: mus[m][ys[m] >= 0] for m in model.names},
+            {m: ys[m][ys[m] >= 0] for m in model.names})

@@ -12,9 +12,9 @@ import torch
 from mmvm.config import ModalitySpec
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.model import MultimodalVAE
+from mmvm.plot_latents import latent_2d
 from mmvm.plots import (
     generation_grid,
-    latent_2d,
     loss_curves,
     scatter_recon_vs,
     tile_rows,
@@ -82,6 +82,40 @@ def test_latent_2d_one_panel_per_method(tmp_path):
     assert _is_png(latent_2d(mus, labels, tmp_path / "lat.png", label_names="ABCD"))
     with pytest.raises(ValueError, match="labels"):
         latent_2d(mus, labels[:10], tmp_path / "bad.png")
+
+
+def test_latent_2d_colours_many_classes_in_order_and_draws_a_fair_subset(tmp_path,
+                                                                       monkeypatch):
+    """20 position bins along a track: tab10 gave bins 0 and 10 one colour (the
+    neuroscience walkthrough); more than 10 classes now get a sequential map and a
+    colour bar, unknown labels are grey, and a subset beyond max_points is drawn from
+    the whole set (it was the first rows, e.g. one rat's)."""
+    import mmvm.plot_latents
+
+    figs, save = [], mmvm.plot_latents.save_figure
+
+    def keep(fig, path):
+        figs.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(mmvm.plot_latents, "save_figure", keep)
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.arange(20).repeat(30), -np.ones(20, int)]
+    mus = {"rat A": rng.normal(size=(620, 2)), "rat B": rng.normal(size=(620, 2))}
+    assert _is_png(latent_2d(mus, labels, tmp_path / "bins.png", max_points=300,
+                             share_axes=True))
+    fig = figs[-1]
+    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
+    panel = fig.axes[0]
+    assert panel.get_title() == "rat A, 300 of 620"
+    grey, colours = panel.collections
+    assert np.allclose(grey.get_facecolor()[0][:3], 0.7)
+    shown = colours.get_array()
+    assert len(shown) + len(grey.get_offsets()) == 300
+    assert shown.max() > 10  # not rows 0..299 (classes 0..9)
+    latent_2d({"m": mus["rat A"][:40]}, np.arange(40) % 4, tmp_path / "few.png")
+    few = figs[-1]  # 4 classes: a legend, no colour bar
+    assert few.axes[0].get_legend() is not None and len(few.axes) == 1
 
 
 def _metrics(path, k, epochs=4):

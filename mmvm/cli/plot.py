@@ -162,7 +162,7 @@ def _say_other_labels(paths: list[str]) -> None:
 
 def run_latents(args: argparse.Namespace) -> int:
     from mmvm.latents import common_2d, read_latents
-    from mmvm.plots import latent_2d
+    from mmvm.plot_latents import latent_2d
 
     out = _png_out(args.out or Path(args.latents[0]).with_suffix(".png"), args.latents)
     mus, labels = read_latents(args.latents, args.label)

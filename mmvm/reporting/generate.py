@@ -3,7 +3,7 @@
 For a run folder with ``checkpoint.pt`` whose config points at data this machine can
 read (``data.root``): the generation grid (:func:`mmvm.plots.generation_grid`) and,
 when the data has labels, the 2-D latents coloured by label
-(:func:`mmvm.plots.latent_2d`; more than two latent dimensions are projected on their
+(:func:`mmvm.plot_latents.latent_2d`; more than two latent dimensions are projected on their
 first two principal components). Each returns PNG bytes, or raises
 :class:`NotGenerated` with the reason the report prints.
 """
@@ -59,7 +59,7 @@ def generations(model, method: str, test_set) -> bytes:
 
 def latents(model, title: str, test_set) -> bytes:
     """Every present modality's posterior mean of every test sample, coloured by label."""
-    from mmvm.plots import latent_2d
+    from mmvm.plot_latents import latent_2d
     from mmvm.run_pictures import present_latents
 
     if test_set.labels is None:
