@@ -243,6 +243,7 @@ def _check_site_dirs(s) -> None:
     otherwise end the run at the sites' first message, after Flower and Ray started
     (half a minute or more)."""
     from mmvm.data import check_data_fits
+    from mmvm.data.coupling import split_leak
     from mmvm.data.store import DataError, read_site_meta
 
     source = str(s.experiment.source).replace(f"{APP_DIR}/", "")
@@ -259,6 +260,10 @@ def _check_site_dirs(s) -> None:
         held |= {m for meta in metas for m in meta["tensors"]}
         labels.update(dict.fromkeys(c for meta in metas for c in meta["labels"]))
     label = s.experiment.data.label
+    leak = split_leak([Path(d) / "train.parquet" for d in s.site_dirs],
+                      [Path(d) / "test.parquet" for d in s.site_dirs])
+    if leak:
+        raise ConfigError(f"run config: site-dirs: {leak}")
     orphans = [m.name for m in s.experiment.model.modalities if m.name not in held]
     if orphans:
         raise ConfigError(f"run config: site-dirs: modalities {orphans} of {source} are "

@@ -98,6 +98,7 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
     """The train split the config names, checked: there, fitting the modalities, not
     empty (each problem names the files)."""
     from mmvm.data import check_data_fits, open_dataset
+    from mmvm.data.coupling import split_leak
     from mmvm.data.labels import all_label_columns
     from mmvm.data.value_ranges import range_warnings
 
@@ -108,6 +109,8 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
             raise FileNotFoundError(f"{path} does not exist; "
                                     f"{_how_to_make(names, cfg.source, cfg.data.root, path)}")
     check_data_fits(cfg.model.modalities, paths, cfg.source)
+    if len(paths) > 1 and (leak := split_leak(paths, cfg.data.files("test"))):
+        raise ValueError(leak)
     for line in range_warnings(cfg.model.modalities, paths, cfg.train.amp):
         print(f"mmvm train: warning: {line}", file=sys.stderr)  # trains all the same
     have = all_label_columns(paths)
@@ -193,7 +196,11 @@ def _set_aside_stale_outputs(run_dir: Path) -> None:
 def joined_line(data, files: int) -> str:
     """What joining site files by sample id gave: samples per modality and how many
     couple them (ids that do not match across the files show here)."""
-    from mmvm.data.coupling import coupling_counts, weak_coupling_note
+    from mmvm.data.coupling import (
+        coupling_counts,
+        uncoupled_warning,
+        weak_coupling_note,
+    )
 
     c = coupling_counts(data.mask.numpy(), data.names)
     per = ", ".join(f"{m} {n:,}" for m, n in c["per_modality"].items())
@@ -204,8 +211,10 @@ def joined_line(data, files: int) -> str:
                        "modalities, so each one's mixture prior is its own posterior and "
                        "this trains independent unimodal VAEs (a federated run refuses "
                        "such sites). Check that the files name samples alike")
+    alone = uncoupled_warning(c["per_modality"], c["coupled"])
     note = weak_coupling_note(c["per_modality"], c["coupled"])
-    return line + (f"\nnote: {note}" if note else "")
+    return line + (f"\nwarning: {alone}" if alone else "") + (f"\nnote: {note}" if note
+                                                              else "")
 
 
 def summary(result: TrainResult, method: str) -> str:

@@ -9,8 +9,10 @@ counts, and the note below them, are where it shows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 OVERLAP_NOTE = 0.9  # the share of a modality's samples that should be held with another
 
@@ -34,11 +36,57 @@ def weak_coupling_note(per_modality: Mapping[str, int], coupled: Mapping[str, in
     older record)."""
     if coupled is None or len(per_modality) < 2:
         return None
+    alone = set(uncoupled(per_modality, coupled))  # warned of on their own
     weak = [f"{m} {coupled.get(m, 0)} of {n}" for m, n in per_modality.items()
-            if n and coupled.get(m, 0) < OVERLAP_NOTE * n]
+            if n and coupled.get(m, 0) < OVERLAP_NOTE * n and m not in alone]
     if not weak:
         return None
     return (f"few samples are held with another modality ({'; '.join(weak)}); if the sites "
             f"should hold the same samples, check that they prepared their data alike "
             f"(same preparer, ids and metadata, and the same train/test split options: "
             f"--seed, --test-fraction, --groups)")
+
+
+def uncoupled(per_modality: Mapping[str, int], coupled: Mapping[str, int] | None
+              ) -> list[str]:
+    """Modalities none of whose samples is held with another modality while others
+    are coupled: such a modality trains as an independent VAE (its ids match no one
+    else's: prepared without --ids, or with other ids)."""
+    if coupled is None or len(per_modality) < 2 or not any(coupled.values()):
+        return []
+    return [m for m, n in per_modality.items() if n and not coupled.get(m, 0)]
+
+
+def uncoupled_warning(per_modality: Mapping[str, int], coupled: Mapping[str, int] | None
+                      ) -> str | None:
+    alone = uncoupled(per_modality, coupled)
+    if not alone:
+        return None
+    return (f"{', '.join(alone)} share{'s' if len(alone) == 1 else ''} no sample with "
+            f"another modality: {'it trains' if len(alone) == 1 else 'they train'} as "
+            f"an independent VAE, coupled to nothing; its sample ids match none of the "
+            f"others' (prepared without --ids, or with ids written another way)")
+
+
+def split_leak(train: Sequence, test: Sequence) -> str | None:
+    """Why the folders whose train files are ``train`` and test files ``test`` (the
+    same order) split their shared samples differently, or None: a sample in one
+    folder's test split and another's train split is trained on through the joint
+    prior and then scored as unseen (sites prepared with another --seed,
+    --test-fraction or --groups). Reads the ``sample_id`` column only."""
+    def ids(path) -> set[str]:
+        if not Path(path).is_file():
+            return set()
+        return set(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
+
+    trains, tests = [ids(p) for p in train], [ids(p) for p in test]
+    for i, held_out in enumerate(tests):
+        for j, trained in enumerate(trains):
+            both = held_out & trained if i != j else set()
+            if both:
+                return (f"{len(both)} of the {len(held_out)} test samples of {test[i]} are "
+                        f"in the train split of {train[j]} (e.g. {sorted(both)[0]!r}): "
+                        f"trained on through the joint prior, then scored as unseen. "
+                        f"Prepare every site with the same --seed, --test-fraction and "
+                        f"--groups")
+    return None

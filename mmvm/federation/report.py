@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from mmvm.data.coupling import weak_coupling_note
+from mmvm.data.coupling import uncoupled_warning, weak_coupling_note
 
 
 def duration(seconds: float) -> str:
@@ -48,8 +48,10 @@ def alignment_line(al: Mapping, num_sites: int) -> str:
     per = ", ".join(f"{m} {n}" for m, n in al["per_modality"].items())
     line = (f"mmvm: aligned {al['samples']} samples across {num_sites} sites ({per}); "
             f"{al['multimodal']} have two or more modalities, {al['complete']} all")
+    alone = uncoupled_warning(al["per_modality"], al.get("coupled"))
     note = weak_coupling_note(al["per_modality"], al.get("coupled"))
-    return line + (f"\nmmvm: note: {note}" if note else "")
+    return line + (f"\nmmvm: warning: {alone}" if alone else "") + (
+        f"\nmmvm: note: {note}" if note else "")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

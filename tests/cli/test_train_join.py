@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmvm.cli import main
-from mmvm.data.coupling import coupling_counts, weak_coupling_note
+from mmvm.data.coupling import coupling_counts, uncoupled_warning, weak_coupling_note
 from mmvm.data.prepare.arrays import prepare_arrays
 from tests.support.lab import lab_config
 
@@ -81,6 +81,46 @@ def test_coupling_counts():
     ab = np.array([[1, 1, 0]] * 10 + [[0, 0, 1]] * 10, bool)
     c = coupling_counts(ab, ["a", "b", "c"])
     assert c["multimodal"] == 10 == min(c["per_modality"].values())
-    assert "(c 0 of 10)" in weak_coupling_note(c["per_modality"], c["coupled"])
+    # ... on its own, as a warning (the walkthrough's rat prepared without --ids got
+    # the same note as a correct dataset whose rats share 76-90 %)
+    assert weak_coupling_note(c["per_modality"], c["coupled"]) is None
+    assert uncoupled_warning(c["per_modality"], c["coupled"]).startswith(
+        "c shares no sample with another modality: it trains as an independent VAE")
+    assert uncoupled_warning({"a": 5, "b": 5}, {"a": 0, "b": 0}) is None  # all alone:
+    # the files share no id at all, which mmvm train and a federated run say otherwise
     assert weak_coupling_note({"a": 5, "b": 5}, {"a": 5, "b": 5}) is None
     assert weak_coupling_note({"a": 5, "b": 5}, None) is None  # an older record
+
+
+def test_sites_split_differently_are_refused_when_joined(tmp_path, capsys):
+    """A lab prepared with --seed 1, the others with 0: 217 of one rat's test samples
+    were another's train samples and nobody was told (the neuroscience walkthrough);
+    a lab prepared without --ids shares nothing and got only the note every dataset
+    gets. Both are said now, the first as a refusal."""
+    from mmvm.data.coupling import split_leak
+    from mmvm.data.prepare.arrays import prepare_arrays
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "ids.txt").write_text("\n".join(f"s{i}" for i in range(80)) + "\n")
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        np.save(tmp_path / f"{name}.npy", rng.normal(size=(80, 3)).astype(np.float32))
+        prepare_arrays(tmp_path / f"site-{name}", {name: tmp_path / f"{name}.npy"},
+                       ids=tmp_path / "ids.txt", seed=seed)
+    files = lambda split, names: [tmp_path / f"site-{n}" / f"{split}.parquet"  # noqa: E731
+                                  for n in names]
+    assert split_leak(files("train", "ab"), files("test", "ab")) is None
+    said = split_leak(files("train", "abc"), files("test", "abc"))
+    assert said and "test samples of" in said and "are in the train split of" in said
+    assert said.endswith("Prepare every site with the same --seed, --test-fraction and "
+                         "--groups")
+    # mmvm train refuses the join, before training
+    (tmp_path / "sites").mkdir()
+    for name, seed in (("a", 0), ("b", 1)):
+        prepare_arrays(tmp_path / "sites" / f"site-{name}", {name: tmp_path / "c.npy"},
+                       ids=tmp_path / "ids.txt", seed=seed, force=True)
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text(lab_config(tmp_path / "sites", tmp_path / "run", '["site-a", "site-b"]',
+                              {"a": 3, "b": 3}))
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    assert "are in the train split of" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
