@@ -21,6 +21,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "probe": ("latent probe (mean over modalities)", True),
     "probe_all": ("latent probe (all modalities stacked)", True),
     "probe_aggregated": ("latent probe (aggregated latent)", True),
+    "chance": ("probe chance (the commonest test label's share)", True),  # the data's
     "coherence": ("coherence (m -> m', m != m')", True),
     "coherence_self": ("self-coherence (m -> m)", True),
     "recon_nll": ("reconstruction NLL (test, per sample)", False),
@@ -141,6 +142,8 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
              "probe_aggregated": _first(number(result.get("probe_aggregated")),
                                         number(probe.get("aggregated"))),
              "recon_nll": number(recon.get("total")),
+             "chance": number((result.get("chance") or {}).get("majority")
+                              if isinstance(result.get("chance"), Mapping) else None),
              "coherence": number(coh.get("mean")), "coherence_self": number(coh.get("self"))}
     _set_metrics(run, found, source)
     per_recon = recon.get("per_modality")

@@ -60,6 +60,10 @@ def test_html_report_of_fake_and_real_runs(tmp_path, fake_runs, real_run):
     real = summary_row(page, "mmvm", "1 (seed 0)")
     assert real["coherence (m -> m', m != m')"] == "not evaluated"
     assert real["latent probe (mean over modalities)"].endswith("(1 seed)")
+    # the probes' chance beside them (0.26 against what? the walkthrough asked)
+    chance = json.loads((real_run / "eval.json").read_text())["chance"]["majority"]
+    assert real["probe chance (the commonest test label's share)"].startswith(
+        f"{chance:.3f}")
     # figures: scatter x2, coherence bars and matrices, one generation grid (the real
     # run's), training curves per method
     assert len(page.images) >= 6
