@@ -38,6 +38,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def reject_unknown_sections(raw: dict, sections: dict[str, type], source: str) -> None:
     """A top-level key that is no section; when it is (close to) a key of one, say
     which: ``epochs`` -> ``train.epochs``."""
+    unknown = []
     for key in raw:
         if key in sections:
             continue
@@ -46,22 +47,32 @@ def reject_unknown_sections(raw: dict, sections: dict[str, type], source: str) -
                   for field in difflib.get_close_matches(
                       key, [f.name for f in dataclasses.fields(cls)], n=1)]
         guess = near + owners if isinstance(raw[key], dict) else owners + near
-        hint = f"; did you mean '{guess[0]}'?" if guess else ""
-        raise ConfigError(f"{source}: unknown key {key!r}{hint} (keys are section.key; "
-                          f"sections: {', '.join(sorted(sections))})")
+        unknown.append(f"{key!r}" + (f"; did you mean '{guess[0]}'?" if guess else ""))
+    if unknown:
+        raise ConfigError(f"{source}: {_keys(unknown)} (keys are section.key; sections: "
+                          f"{', '.join(sorted(sections))})")
+
+
+def _keys(unknown: list[str]) -> str:
+    """"unknown key 'x'; did you mean ..." or, several at once, each on its own."""
+    if len(unknown) == 1:
+        return f"unknown key {unknown[0]}"
+    return f"{len(unknown)} unknown keys: " + " | ".join(unknown)
 
 
 def _reject_unknown(raw: dict, valid: set[str], prefix: str, source: str,
                     named: set[str] = frozenset()) -> None:
     """``named``: keys read apart (``model.modalities``), valid but not in ``raw``
     here; a near miss of one is suggested too (``[model.modalites.rat2]``)."""
+    unknown = []
     for key in raw:
         if key not in valid:
-            full = f"{prefix}{key}"
             close = difflib.get_close_matches(key, sorted(valid | named), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"{source}: unknown key {full!r}{hint} (valid: "
-                              f"{', '.join(sorted(valid | named))})")
+            unknown.append(f"{prefix + key!r}" + (f"; did you mean '{prefix}{close[0]}'?"
+                                                  if close else ""))
+    if unknown:
+        raise ConfigError(f"{source}: {_keys(unknown)} (valid: "
+                          f"{', '.join(sorted(valid | named))})")
 
 
 def check_table(raw: Any, where: str, source: str) -> dict:

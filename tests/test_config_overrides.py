@@ -85,6 +85,18 @@ def test_file_typo_names_file_key_and_suggestion(tmp_path):
         load_config(bad)
 
 
+def test_several_typos_in_a_table_are_named_at_once(tmp_path):
+    """Five typos took five runs to find, one error each (the walkthrough)."""
+    bad = tmp_path / "typos.toml"
+    bad.write_text(POLYMNIST.read_text().replace("[train]\n", "[train]\nepochz = 3\n"
+                                                 "lerning_rate = 0.1\n", 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert str(info.value).startswith(
+        f"{bad}: 2 unknown keys: 'train.epochz'; did you mean 'train.epochs'? | "
+        f"'train.lerning_rate'")
+
+
 def test_a_misspelt_modalities_table_is_suggested(tmp_path):
     """``[model.modalites.rat2]`` beside correct modality tables listed the model's
     keys without ``modalities`` (read apart from the others) and suggested nothing."""
