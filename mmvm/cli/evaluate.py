@@ -261,7 +261,10 @@ def print_result(result: dict) -> None:
     coh = result.get("coherence")
     probed = bool(result["probe"])  # unlabelled data: reconstruction only
     rows = probe_rows(result) if probed else f"no probes, {result['n_test']} test rows"
-    table = Table(title=f"{result['method']}  beta={result['beta']:g}  ({rows})")
+    table = Table(title=f"{result['method']}  beta={result['beta']:g}  ({rows})",
+                  caption="recon NLL per sample: a modality's over the test samples that "
+                          "hold it; the total sums each sample's modalities (the mean "
+                          "row's probe is the modalities' mean)")
     table.add_column("modality")
     metric = {"accuracy": "acc"}.get(result.get("probe_metric", "accuracy"),
                                      result.get("probe_metric"))
