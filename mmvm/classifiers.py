@@ -27,7 +27,9 @@ Inputs are the model's float inputs (stored values divided by ``scale``), so a
 classifier reads real data and decoder outputs alike. Labels are joined by sample id
 across site files (:mod:`mmvm.judges`); a modality without labelled rows gets none.
 
-Trained classifiers are cached in ``<its folder>/classifiers/<modality>-<key>.pt``,
+Trained classifiers are cached in ``<its folder>/classifiers/<modality>-<key>.pt``
+(where that folder cannot be written, a read-only data mount, under
+``$MMVM_CACHE/classifiers/<folder name>-<hash of its path>/``),
 ``key`` a hash of the train and test files' metadata (dataset JSON, row count, file
 size, the modality's tensor spec; the joined site files' too), the modality, the label
 column and the :class:`ClassifierConfig`, so a regenerated dataset or a changed config
@@ -53,6 +55,7 @@ from torch import Tensor, nn
 
 from mmvm.augment import random_rotate, random_shift
 from mmvm.checkpoint import load_checkpoint, save_checkpoint
+from mmvm.classifier_nets import Ensemble, ImageClassifier, build_classifier
 from mmvm.judges import holding, labelled_count, labelled_rows, no_judge, site_files
 
 CLASSIFIER_VERSION = 3  # bump when the architectures or the training recipe change
@@ -90,92 +93,6 @@ class TrainedClassifiers:
 
     def keys(self):
         return self.models.keys()
-
-
-# ------------------------------------------------------------------ architectures
-class ImageClassifier(nn.Module):
-    def __init__(self, channels: int, n_classes: int, width: int = 32) -> None:
-        super().__init__()
-        w = width
-
-        def stage(a: int, b: int) -> list[nn.Module]:
-            return [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(),
-                    nn.Conv2d(b, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(),
-                    nn.MaxPool2d(2)]
-
-        self.net = nn.Sequential(
-            *stage(channels, w),  # (w, 14, 14)
-            *stage(w, 2 * w),  # (2w, 7, 7)
-            *stage(2 * w, 4 * w),  # (4w, 3, 3)
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(0.2),
-            nn.Linear(4 * w, n_classes),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2:] != (28, 28):  # the stages are sized for 28x28 inputs
-            x = nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
-        return self.net(x)
-
-
-class VectorClassifier(nn.Module):
-    def __init__(self, shape: Sequence[int], n_classes: int, width: int = 128) -> None:
-        super().__init__()
-        d = math.prod(shape)
-        self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-            nn.Linear(width, n_classes),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-class TokenClassifier(nn.Module):
-    """Token ids ``[B, P]`` (float or int) -> class logits; ids outside the vocabulary
-    are clipped to it (generations never produce them, real data is checked)."""
-
-    def __init__(self, vocab: int, n_classes: int, width: int = 128) -> None:
-        super().__init__()
-        self.vocab = vocab
-        self.embed = nn.Embedding(vocab, width)
-        self.conv = nn.Sequential(
-            nn.Conv1d(width, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
-            nn.Conv1d(width, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
-        )
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, n_classes))
-
-    def forward(self, x: Tensor) -> Tensor:
-        ids = x.long().clamp(0, self.vocab - 1)
-        h = self.conv(self.embed(ids).transpose(1, 2))  # (B, width, P)
-        return self.head(h.amax(-1))
-
-
-class Ensemble(nn.Module):
-    """Judges that vote by their mean log-probability per class."""
-
-    def __init__(self, members: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: Tensor) -> Tensor:
-        logp = torch.stack([m(x).log_softmax(-1) for m in self.members])
-        return logp.mean(0)
-
-
-def build_classifier(shape: Sequence[int], n_classes: int, width: int,
-                     vocab: int = 0, members: int = 1) -> nn.Module:
-    """Token classifier when ``vocab`` (a tokens modality's vocabulary size) is
-    given; else a CNN for ``[C, H, W]`` images with C in {1, 3}, an MLP otherwise;
-    an :class:`Ensemble` of ``members`` of them when that is more than one."""
-    if members > 1:
-        return Ensemble([build_classifier(shape, n_classes, width, vocab)
-                         for _ in range(members)])
-    shape = tuple(int(s) for s in shape)
-    if vocab:
-        return TokenClassifier(vocab, n_classes, max(8 * width, 64))
-    if len(shape) == 3 and shape[0] in (1, 3):
-        return ImageClassifier(shape[0], n_classes, width)
-    return VectorClassifier(shape, n_classes, max(8 * width, 64))
 
 
 # ------------------------------------------------------------------ training
@@ -302,9 +219,9 @@ def load_or_train(
     todo, skipped = {}, {}
     for name in names:  # every check first: no judge trains before another fails
         vocab = tokens.get(name, 0)
-        cache = Path(cache_dir) if cache_dir else \
-            holding(train_path, name)[0].parent / "classifiers"
-        path = cache / f"{name}-{cache_key(train_path, test_path, name, cfg, vocab, label)}.pt"
+        file = f"{name}-{cache_key(train_path, test_path, name, cfg, vocab, label)}.pt"
+        places = [Path(cache_dir)] if cache_dir else _default_places(train_path, name)
+        path = next((d / file for d in places if (d / file).is_file()), places[0] / file)
         state = _read_cache(path)
         model = _restore(state) if state is not None else None
         if model is None and not labelled_count(train_path, name, label):
@@ -320,13 +237,44 @@ def load_or_train(
                 log(f"training the {name} classifier ({cfg.epochs} epochs) -> {path}")
             model, state = _train_judge(name, train_path, test_path, label, cfg, device,
                                         vocab, progress)
-            save_checkpoint(path, state)
+            path = _save_judge(path, state, None if cache_dir else
+                               _default_places(train_path, name)[1], log)
         elif log:
             log(f"loaded the {name} classifier from {path}")
         models[name] = model.to(device).eval()
         accs[name] = float(state["test_accuracy"])
         paths[name] = path
     return TrainedClassifiers(models, accs, paths, skipped)
+
+
+def _default_places(train_path, name: str) -> list[Path]:
+    """Where a judge is kept: ``classifiers/`` beside the data it was trained on (later
+    evaluations of that data find it), else, where that folder cannot be written (a
+    read-only data mount), under the user's cache (``$MMVM_CACHE``), per data folder."""
+    import hashlib
+
+    from mmvm.data.polymnist import cache_dir
+
+    folder = holding(train_path, name)[0].parent.resolve()
+    tag = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    return [folder / "classifiers", cache_dir() / "classifiers" / f"{folder.name}-{tag}"]
+
+
+def _save_judge(path: Path, state: dict, fallback: Path | None, log) -> Path:
+    """The judge saved at ``path``, or under ``fallback`` where ``path``'s folder
+    cannot be written (it was trained already: the evaluation failed after it)."""
+    try:
+        save_checkpoint(path, state)
+        return path
+    except OSError as err:
+        if fallback is None:
+            raise
+        other = fallback / path.name
+        save_checkpoint(other, state)
+        if log:
+            log(f"cannot write {path.parent} ({err.strerror or err}): the classifier is "
+                f"kept in {other}")
+        return other
 
 
 def _train_judge(name: str, train_paths, test_paths, label: str,

@@ -3,13 +3,8 @@
 import pytest
 import torch
 
-from mmvm.classifiers import (
-    ClassifierConfig,
-    Ensemble,
-    ImageClassifier,
-    build_classifier,
-    train_classifier,
-)
+from mmvm.classifier_nets import Ensemble, ImageClassifier, build_classifier
+from mmvm.classifiers import ClassifierConfig, train_classifier
 from tests.support.evaluation_data import digit_vectors
 from tests.support.lab import lab_config
 
@@ -159,3 +154,24 @@ def test_corrupt_classifier_cache_is_retrained(tmp_path):
     clf = load_or_train(p["train"], p["test"], ["m0"], cfg=recipe)
     assert clf.paths["m0"] == path and path.stat().st_size > 1000
     assert 0.0 <= clf.test_accuracy["m0"] <= 1.0
+
+
+def test_a_data_folder_that_cannot_be_written_keeps_the_judge_in_the_user_cache(
+        tmp_path, monkeypatch):
+    """A read-only data mount: the judge was trained, then its save failed the whole
+    evaluation. It goes to $MMVM_CACHE now, where the next evaluation finds it."""
+    from mmvm.classifiers import ClassifierConfig, load_or_train
+
+    p = digit_vectors(tmp_path / "data")
+    (tmp_path / "data" / "classifiers").write_text("a file where the folder would be")
+    monkeypatch.setenv("MMVM_CACHE", str(tmp_path / "cache"))
+    said = []
+    clf = load_or_train(p["train"], p["test"], ["m0"], cfg=ClassifierConfig(epochs=1),
+                        log=said.append)
+    kept = clf.paths["m0"]
+    assert kept.is_file() and (tmp_path / "cache" / "classifiers") in kept.parents
+    assert any("the classifier is kept in" in line for line in said)
+    said.clear()
+    again = load_or_train(p["train"], p["test"], ["m0"], cfg=ClassifierConfig(epochs=1),
+                          log=said.append)
+    assert again.paths["m0"] == kept and any("loaded" in line for line in said)

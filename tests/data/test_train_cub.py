@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmvm.classifiers import ClassifierConfig, TokenClassifier, load_or_train
+from mmvm.classifier_nets import TokenClassifier
+from mmvm.classifiers import ClassifierConfig, load_or_train
 from mmvm.config import load_config
 from mmvm.data import check_token_classes, open_dataset
 from mmvm.data.dataset import MultimodalDataset
