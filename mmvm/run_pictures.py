@@ -37,9 +37,13 @@ def run_picture(model, cfg, test_set, out: Path, title: str) -> dict[str, Path]:
         return {}
     if 1 < len(model.names) <= MAX_PANELS:  # one panel per modality, on shared axes:
         # whether the modalities' latents of one sample (rats, views) fall together
+        from mmvm.latents import common_2d
+
         mus, ys = latents_by_modality(model, test_set)
-        return {"latents": latent_2d({f"{title}: {m}": mus[m] for m in mus},
-                                     {f"{title}: {m}": ys[m] for m in ys},
+        points, pca = common_2d(mus)  # one projection: per-panel PCA rotates each panel
+        name = {m: f"{title}: {m}" + (" (common PCA)" if pca else "") for m in mus}
+        return {"latents": latent_2d({name[m]: points[m] for m in mus},
+                                     {name[m]: ys[m] for m in ys},
                                      out / "latents.png", share_axes=True)}
     points, labels = present_latents(model, test_set)
     name = title if len(model.names) == 1 else f"{title}: all {len(model.names)} modalities"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -22,7 +21,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from mmvm.config import ConfigError
 from mmvm.data.store import DataError
-from mmvm.federation.admission import ANSI
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.loop import FederationResult, RunStopped, run_federation
 from mmvm.federation.messages import MessageError, SiteFailure
@@ -30,10 +28,11 @@ from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import COMPLETE
 from mmvm.federation.report import alignment_line, summary, window_line
 from mmvm.federation.results import eval_data_problem, evaluate_assembled, write_results
-from mmvm.federation.server_state import STATE_FILE, STOP_REQUEST, load_server_state
+from mmvm.federation.server_state import STATE_FILE, load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_dirs import joined_experiment
-from mmvm.federation.site_errors import refused_by_protection, untagged
+from mmvm.federation.site_errors import refused_by_protection, site_reason, untagged
+from mmvm.federation.stop_request import StopRequest
 from mmvm.folder_lock import folder_lock
 from mmvm.secure.errors import SecurityError
 from wire.records import flower_type, reply_from_record, to_record
@@ -262,9 +261,7 @@ def run(grid: Grid, context: Context) -> None:
 
     transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
     state = state_path(s, context.run_id)
-    # `mmvm run`'s Ctrl-C asks for a stop here: Flower's stop alone did not end a
-    # simulation's ServerApp
-    stop = state.parent / STOP_REQUEST
+    stop = StopRequest(state.parent, context.run_id)  # `mmvm run`'s Ctrl-C
     try:
         with ExitStack() as held:  # one ServerApp at a time writes a run's state (two
             try:  # resumes of one run raced, the second blaming a pruned state folder)
@@ -275,16 +272,18 @@ def run(grid: Grid, context: Context) -> None:
                     wait=s.connect_timeout if s.resume else 0.0))
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-            stop.unlink(missing_ok=True)  # an earlier stop's, answered: not this run's
+            stop.clear_stale()
             result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
                 alignment_line(al, s.num_sites), flush=True),
                 log=lambda line: print(line, flush=True), checkpoint=state,
-                resume_from=state if s.resume else None, should_stop=stop.exists)
+                resume_from=state if s.resume else None, should_stop=stop.asked)
     except RunStopped as err:
-        stop.unlink(missing_ok=True)  # the answer `mmvm run` waits for
-        print(f"mmvm: run {err}; its state is in {state}: continue it with the same run "
-              f"config and resume='{s.resume or context.run_id}'", flush=True)
+        print(f"mmvm: run {err}; " + ("nothing to resume" if err.window is None else
+              f"its state is in {state}: continue it with the same run config and "
+              f"resume='{s.resume or context.run_id}'"), flush=True)
         return
+    finally:
+        stop.answer()  # the answer `mmvm run` waits for, whichever way the run ends
     joined = _site_dirs_experiment(s, result)
     if joined is not None:  # the simulated sites' folders, joined: evaluated and recorded
         s, cfg = dataclasses.replace(s, experiment=joined), joined
@@ -355,46 +354,3 @@ def _site_dirs_experiment(s: FederationSettings, result: FederationResult):
     if {info["site"] for info in result.sites.values()} != {Path(d).name for d in s.site_dirs}:
         return None
     return joined_experiment(s.experiment, s.site_dirs)
-
-
-REASON_CHARS = 2000  # of a site's error text, shown
-
-
-def site_reason(text: str) -> str:
-    """Flower's ``"<class 'pkg.Error'>:<'message'>"`` -> ``"Error: message"``; a
-    traceback (a ClientApp that raised in a Ray worker) -> its first exception line,
-    the cause, and where it was raised."""
-    m = re.match(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", text.strip(), re.S)
-    out = f"{m.group(1)}: {m.group(2).strip()}" if m else text.strip()
-    if "Traceback" in out or "\n  File " in out:
-        out = _cause(ANSI.sub("", out)) or out
-    out = "".join(c if c.isprintable() or c == "\n" else " " for c in out)  # no escapes
-    if len(out) <= REASON_CHARS:  # a site's text: readable, not a flood in the log
-        return out
-    return f"{out[:REASON_CHARS]} ... ({len(out) - REASON_CHARS} more characters)"
-
-
-_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Iteration))"
-                     r"(?:: ?(.*))?$")
-_WHERE = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
-
-
-def _cause(tb: str) -> str | None:
-    """``Name: message (file:line in function)`` of the exception a traceback text is
-    about, with the last frame before it: the first one named (at the start of a
-    line) where a chain says "direct cause", the last where one was raised "during
-    handling" of another."""
-    where, found = None, []
-    for line in tb.splitlines():
-        frame = _WHERE.match(line)
-        if frame:
-            where = f"{Path(frame.group(1)).name}:{frame.group(2)} in {frame.group(3)}"
-            continue
-        raised = _RAISED.match(line.rstrip())  # not stripped: source lines are indented
-        if raised and "(" not in raised.group(1):
-            name = raised.group(1).rsplit(".", 1)[-1]
-            found.append(f"{name}: {(raised.group(2) or '').strip()}".rstrip(": ")
-                         + (f" ({where})" if where else ""))
-    if not found:
-        return None
-    return found[-1] if "During handling of the above exception" in tb else found[0]

@@ -39,7 +39,14 @@ from mmvm.cli.run_config import (
     parse_overrides,
 )
 from mmvm.cli.run_hints import CLUSTER_HINT, RAY_CLUSTER, after_run
-from mmvm.cli.run_stop import first_run, request_stop, run_folder, wait_for_stop
+from mmvm.cli.run_stop import (
+    ASKED,
+    EARLY,
+    first_run,
+    request_stop,
+    run_folders,
+    wait_for_stop,
+)
 from mmvm.config import ConfigError
 
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -258,29 +265,26 @@ RUN_LINE = re.compile(r"Successfully started run (\d+)")
 def _run(args: argparse.Namespace, cmd: list[str]) -> int:
     """``flwr run`` streamed to the end. The first stop signal asks the ServerApp to
     stop after its window (:mod:`mmvm.cli.run_stop`) and streaming goes on; a second
-    one, or a first where nothing can be asked, asks flwr to end (SIGINT; killed 15 s
-    later if it has not): reading goes on to the end of its output, so no line that
-    names the run is lost, then the run is stopped with ``flwr stop`` while further
-    signals are ignored."""
+    one, or a first where there is no window to wait for, asks flwr to end (SIGINT;
+    killed 15 s later if it has not): reading goes on to the end of its output, so no
+    line that names the run is lost, then the run is stopped with ``flwr stop`` while
+    further signals are ignored."""
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
-    stop: list[int] = []
+    signals: list[int] = []
     seen: dict[str, str] = {}  # the run id, once flwr run has said it
-    asked: list[Path] = []  # the run folder where the first signal asked for a stop
-    ended: list[int] = []  # flwr run was asked to end
+    asked: list[str] = []  # what the first signal's request did (run_stop.ASKED, EARLY)
     kill = threading.Timer(15, proc.kill)
     kill.daemon = True
 
     def on_signal(signum, frame):
-        if not stop:
-            stop.append(signum)
-            if "run_id" in seen:
-                folder = run_folder(parse_overrides(args.run_config), seen["run_id"])
-                if request_stop(folder, seen["run_id"]):
-                    asked.append(folder)
-                    return
-        if not ended:
-            ended.append(signum)
+        signals.append(signum)
+        if len(signals) == 1 and "run_id" in seen:
+            asked.append(request_stop(*run_folders(parse_overrides(args.run_config),
+                                                   seen["run_id"]), seen["run_id"]))
+            if asked[0] == ASKED:
+                return
+        if not kill.is_alive() and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             kill.start()
 
@@ -289,9 +293,9 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
         run_id, said = _stream(proc, seen)
         for sig in STOP_SIGNALS:  # from here on: the stop and the status query finish
             signal.signal(sig, signal.SIG_IGN)
-        if stop:
-            return _stop(cmd, args, run_id, stop[0], asked=bool(asked),
-                         now=bool(ended))
+        if signals:
+            return _stop(cmd, args, run_id, signals[0], asked[0] if asked else None,
+                         now=len(signals) > 1)
         return _final(cmd, args, run_id, proc.returncode, said)
     finally:
         kill.cancel()
@@ -326,34 +330,40 @@ def _stream(proc: subprocess.Popen, seen: dict | None = None
 
 
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int,
-          asked: bool = False, now: bool = False) -> int:
-    """Stop the run once ``flwr run`` ended: ``asked``: the stop request was written
-    at the signal (``now``: a second signal came); else it is written now, where it
-    can be, and waited for."""
+          asked: str | None = None, now: bool = False) -> int:
+    """Stop the run once ``flwr run`` ended. ``asked``: what the first signal's
+    request did (None: the run id was not known then: asked now, where it can be);
+    ``now``: a second signal came."""
     from mmvm.federation.server_state import STATE_FILE
 
-    if run_id:
-        overrides = parse_overrides(args.run_config)
-        first, folder = first_run(overrides, run_id), run_folder(overrides, run_id)
-        started = (folder / STATE_FILE).is_file()
-        if asked or (not now and request_stop(folder, run_id)):
-            wait_for_stop(folder, run_id, now)  # flwr stop alone left a simulation's
-            # ServerApp training to the end
-        subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
-                       capture_output=True, timeout=120)
-        if (folder / "results.json").is_file():  # trained and written: only evaluating
-            print(f"\nmmvm run: stopped run {run_id} after its training was written "
-                  f"({folder}); its sites answered the final evaluation, so it cannot be "
-                  f"resumed: evaluate its model with mmvm evaluate --run {folder}",
+    if not run_id:
+        return 128 + signum
+    overrides = parse_overrides(args.run_config)
+    first, (state, results) = first_run(overrides, run_id), run_folders(overrides, run_id)
+    if asked is None and not now:
+        asked = request_stop(state, results, run_id)
+    if asked == ASKED:  # flwr stop alone left a simulation's ServerApp training
+        wait_for_stop(state, run_id, now, lambda: status(cmd, args, run_id) == "running")
+    subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
+                   capture_output=True, timeout=120)
+    if (results / "results.json").is_file():  # trained and written
+        if status(cmd, args, run_id) == "finished:completed":
+            print(f"\nmmvm run: run {run_id} completed before the stop took effect "
+                  f"(its last window was under way); its results are in {results}",
                   file=sys.stderr)
-        elif folder.is_dir() and not started:
-            print(f"\nmmvm run: stopped run {run_id} before its sites attached (no "
-                  f"checkpoint in {folder}): nothing to resume; start it again",
-                  file=sys.stderr)
-        else:
-            print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
-                  f"--run-config and resume='{first}' (if its sites had attached)",
-                  file=sys.stderr)
+            return 0
+        print(f"\nmmvm run: stopped run {run_id} after its training was written "
+              f"({results}); its sites answered the final evaluation, so it cannot be "
+              f"resumed: evaluate its model with mmvm evaluate --run {results}",
+              file=sys.stderr)
+    elif asked == EARLY or (state.is_dir() and not (state / STATE_FILE).is_file()):
+        print(f"\nmmvm run: stopped run {run_id} before its sites attached (no "
+              f"checkpoint in {state}): nothing to resume; start it again",
+              file=sys.stderr)
+    else:
+        print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
+              f"--run-config and resume='{first}' (if its sites had attached)",
+              file=sys.stderr)
     return 128 + signum
 
 

@@ -276,9 +276,8 @@ def _check_site_dirs(s) -> None:
         raise ConfigError(
             f"run config: site-dirs: no site folder has the label column {label!r} "
             f"(data.label of {source}); their label columns: {', '.join(labels)}. The "
-            f"sites' probes and the server's evaluation read it (the run trained to the "
-            f"end, then evaluated without it): set='data.label=\"{close[0]}\"' or "
-            f"another of them")
+            f"sites' probes and the server's evaluation read it: "
+            f"set='data.label=\"{close[0]}\"' or another of them")
 
 
 def _check_joined(s) -> None:

@@ -1,18 +1,23 @@
 """How ``mmvm run`` stops a run it was asked to stop (Ctrl-C, SIGTERM): after the
 current window, which everyone checkpoints, so that ``resume=`` continues it.
 
-The first signal writes the request at once (``stop.request`` in the run's folder,
-which the ServerApp reads when a window begins) while ``flwr run`` goes on streaming
-the run's last window; a second signal stops it in Flower now. Where the request
-cannot be written (no run id yet, a remote SuperLink's folder, no checkpoint yet),
-the signal ends ``flwr run`` and the run is stopped in Flower."""
+The first signal writes the request at once (:mod:`mmvm.federation.stop_request`,
+which the ServerApp reads before its sites attach, after they did, and when a window
+begins) while ``flwr run`` goes on streaming the run's last window; a second signal
+stops it in Flower now. Before the sites attached there is no window to wait for: the
+request is left for the ServerApp and ``flwr run`` ends at once (a Ray that hangs
+would never read it). Where the request cannot be written (no run id yet, a remote
+SuperLink's folder), the signal ends ``flwr run`` and the run is stopped in Flower."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+ASKED, EARLY = "asked", "early"  # what request_stop did: wait for a window, or not
 
 
 def first_run(overrides: dict, run_id: str) -> str:
@@ -20,49 +25,60 @@ def first_run(overrides: dict, run_id: str) -> str:
     return str(overrides.get("resume") or run_id)
 
 
-def run_folder(overrides: dict, run_id: str) -> Path:
-    """Where the run's ServerApp keeps its state and results (``out-dir``, under the
-    id of the run it continues, if a resume)."""
-    return Path(str(overrides.get("out-dir") or "~/.mmvm/runs")).expanduser() \
-        / f"run-{first_run(overrides, run_id)}"
+def run_folders(overrides: dict, run_id: str) -> tuple[Path, Path]:
+    """``(state, results)``: where the run's ServerApp keeps its state (under the id
+    of the run it continues, if a resume) and writes its results (its own id)."""
+    out = Path(str(overrides.get("out-dir") or "~/.mmvm/runs")).expanduser()
+    return out / f"run-{first_run(overrides, run_id)}", out / f"run-{run_id}"
 
 
 STOP_WAIT = 300  # seconds a stop waits for the current window to end and be written
 
 
-def request_stop(folder: Path, run_id: str) -> bool:
-    """Ask the ServerApp to stop after its current window (it checkpoints it); False
-    where that cannot be asked here: its folder is not on this machine (a remote
-    SuperLink), or holds no checkpoint yet (its sites never attached: a Ray that
-    hangs, a site that does not answer; nothing to wait for, nothing to keep), or its
-    results (it is evaluating: nothing to stop after)."""
-    from mmvm.federation.server_state import STATE_FILE, STOP_REQUEST
+def request_stop(state: Path, results: Path, run_id: str) -> str:
+    """Ask the ServerApp to stop: :data:`ASKED` (it has a checkpoint: it stops after
+    its current window, which everyone checkpoints), :data:`EARLY` (its sites have not
+    attached: it stops before they do, nothing to resume) or ``""``: not asked, where
+    its folder is not on this machine (a remote SuperLink) or it has its results
+    (only the evaluation is left)."""
+    from mmvm.federation.server_state import STATE_FILE
+    from mmvm.federation.stop_request import StopRequest
 
-    if not (folder / STATE_FILE).is_file() or (folder / "results.json").is_file():
-        return False
-    (folder / STOP_REQUEST).write_text(f"run {run_id}\n")
+    if not state.is_dir() or (results / "results.json").is_file():
+        return ""
+    StopRequest(state, run_id).write()
+    if not (state / STATE_FILE).is_file():
+        return EARLY
     print(f"\nmmvm run: stopping run {run_id} after its current window, or the next if "
-          f"the current one is not a checkpoint (its state is written then; up to "
-          f"{STOP_WAIT} s, Ctrl-C again to stop it now)", file=sys.stderr, flush=True)
-    return True
+          f"the current one is not a checkpoint (its state is written then; Ctrl-C "
+          f"again to stop it now)", file=sys.stderr, flush=True)
+    return ASKED
 
 
-def wait_for_stop(folder: Path, run_id: str, now: bool = False) -> None:
+def wait_for_stop(state: Path, run_id: str, now: bool = False,
+                  running: Callable[[], bool] | None = None) -> None:
     """Wait up to :data:`STOP_WAIT` s for the ServerApp to answer the request (it
-    removes it), unless ``now`` or another Ctrl-C; a request still there is taken
-    back (a later resume must not stop at once)."""
-    from mmvm.federation.server_state import STOP_REQUEST
+    removes it when it ends, whichever way), unless ``now``, another Ctrl-C, or the
+    run is no longer ``running()`` (asked every 5 s: a ServerApp that was killed
+    answers nothing); a request still there is taken back (a later resume must not
+    stop at once)."""
+    from mmvm.federation.stop_request import StopRequest
 
-    request = folder / STOP_REQUEST
+    request = StopRequest(state, run_id)
     deadline, again = time.monotonic() + STOP_WAIT, [1] if now else []
     before = signal.signal(signal.SIGINT, lambda *_: again.append(1))
+    asked_status = time.monotonic()
     try:
-        while request.exists() and not again and time.monotonic() < deadline:
+        while request.pending() and not again and time.monotonic() < deadline:
             time.sleep(0.5)
+            if running is not None and time.monotonic() - asked_status > 5:
+                asked_status = time.monotonic()
+                if not running():
+                    break
     finally:
         signal.signal(signal.SIGINT, before)
-    if request.exists():
-        request.unlink(missing_ok=True)
+    if request.asked():
+        request.answer()
         print(f"mmvm run: run {run_id} did not end its window "
               f"{'yet' if again else f'within {STOP_WAIT} s'}; stopping it in Flower (a "
               f"resume continues from its last checkpoint)", file=sys.stderr)

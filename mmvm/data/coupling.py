@@ -62,9 +62,10 @@ def uncoupled_warning(per_modality: Mapping[str, int], coupled: Mapping[str, int
     alone = uncoupled(per_modality, coupled)
     if not alone:
         return None
-    return (f"{', '.join(alone)} share{'s' if len(alone) == 1 else ''} no sample with "
-            f"another modality: {'it trains' if len(alone) == 1 else 'they train'} as "
-            f"an independent VAE, coupled to nothing; its sample ids match none of the "
+    one = len(alone) == 1
+    return (f"{', '.join(alone)} share{'s' if one else ''} no sample with another "
+            f"modality: {'it trains as an independent VAE' if one else 'each trains as an independent VAE'}, "
+            f"coupled to nothing; {'its' if one else 'their'} sample ids match none of the "
             f"others' (prepared without --ids, or with ids written another way)")
 
 

@@ -15,13 +15,17 @@ def check_label_names(paths: Sequence[str | os.PathLike]) -> None:
     labels given as names become ids in sorted order per prepared folder, so a
     site that has no "effusion" case numbers "normal" 0 where another numbers it 1
     (``label_names`` in the ``mmvm.dataset`` metadata; files without names, ids
-    given as ids, are not compared)."""
+    given as ids, are not compared). One list that begins with the other numbers the
+    classes both name alike (``--classes`` lists may grow at the end)."""
     seen: dict[str, tuple[list, str]] = {}
     for p in paths:
         named = read_site_meta(p)["dataset"].get("label_names") or {}
         for column, names in (named.items() if isinstance(named, dict) else ()):
-            first = seen.setdefault(column, (names, str(p)))
-            if first[0] != names:
+            first = seen.setdefault(column, (list(names), str(p)))
+            short, long = sorted((first, (list(names), str(p))), key=lambda x: len(x[0]))
+            if long[0][:len(short[0])] == short[0]:  # one id per name both have
+                seen[column] = long  # the longer list, where it was
+            else:
                 raise DataError(
                     f"{first[1]} and {p} number the classes of {column!r} differently "
                     f"({_ids(first[0])} vs {_ids(names)}): joined, one id would mean two "

@@ -72,10 +72,12 @@ class Transport(Protocol):
 
 class RunStopped(Exception):
     """The run stopped on request (``should_stop``) after a window, its state written
-    (the sites snapshot that window too): a resume continues from there."""
+    (the sites snapshot that window too): a resume continues from there; ``window``
+    None: before the sites attached (nothing to resume)."""
 
-    def __init__(self, window: int, windows: int) -> None:
-        super().__init__(f"stopped on request after window {window + 1}/{windows}")
+    def __init__(self, window: int | None, windows: int = 0) -> None:
+        super().__init__("stopped on request before its sites attached" if window is None
+                         else f"stopped on request after window {window + 1}/{windows}")
         self.window = window
 
 
@@ -163,6 +165,8 @@ def run_federation(transport: Transport, s: FederationSettings,
     (:class:`RunStopped`)."""
     t0, routing = time.perf_counter(), make_routing(s)
     meter = Metered(transport, s.site_timeout)
+    if should_stop and should_stop() and not resume_from:  # asked while Ray started
+        raise RunStopped(None)
     if resume_from:
         back = resume_run(meter, s, routing, resume_from, log)
         coord, att, saved = back.coord, back.attendance, back.saved
@@ -190,6 +194,8 @@ def run_federation(transport: Transport, s: FederationSettings,
 
     if not resume_from:
         save(-1)
+    if should_stop and should_stop():  # asked while the sites attached: resumable
+        raise RunStopped(start - 1, len(coord.plan))
     persist = s.checkpoints(coord.plan)
     for w in range(start, len(coord.plan)):
         att.wait_for_quorum(meter.online, log)

@@ -28,9 +28,6 @@ from mmvm.federation.settings import FederationSettings
 
 VERSION = 1
 STATE_FILE = "server_state.pt"  # in the run's folder, from attach on
-# beside server_state.pt: a request that the run stop after its current window (`mmvm
-# run`'s Ctrl-C); the ServerApp checkpoints that window, removes the file and ends
-STOP_REQUEST = "stop.request"
 
 
 def fingerprint(s: FederationSettings) -> dict:

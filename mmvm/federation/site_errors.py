@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from mmvm.federation import policy, sealed_channel  # noqa: F401  (their SecurityErrors)
+from mmvm.federation.admission import ANSI
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import MessageError
 from mmvm.federation.posteriors import PosteriorError
@@ -97,3 +98,46 @@ def refused_by_protection(reason: str) -> bool:
     """Whether a site's error text (``"ClassName: ..."``, as sites answer) says that
     its protection refused what it was sent: never a fault a run rides through."""
     return reason.split(":", 1)[0].strip() in security_errors()
+
+
+REASON_CHARS = 2000  # of a site's error text, shown
+
+
+def site_reason(text: str) -> str:
+    """Flower's ``"<class 'pkg.Error'>:<'message'>"`` -> ``"Error: message"``; a
+    traceback (a ClientApp that raised in a Ray worker) -> its first exception line,
+    the cause, and where it was raised."""
+    m = re.match(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", text.strip(), re.S)
+    out = f"{m.group(1)}: {m.group(2).strip()}" if m else text.strip()
+    if "Traceback" in out or "\n  File " in out:
+        out = _cause(ANSI.sub("", out)) or out
+    out = "".join(c if c.isprintable() or c == "\n" else " " for c in out)  # no escapes
+    if len(out) <= REASON_CHARS:  # a site's text: readable, not a flood in the log
+        return out
+    return f"{out[:REASON_CHARS]} ... ({len(out) - REASON_CHARS} more characters)"
+
+
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Iteration))"
+                     r"(?:: ?(.*))?$")
+_WHERE = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _cause(tb: str) -> str | None:
+    """``Name: message (file:line in function)`` of the exception a traceback text is
+    about, with the last frame before it: the first one named (at the start of a
+    line) where a chain says "direct cause", the last where one was raised "during
+    handling" of another."""
+    where, found = None, []
+    for line in tb.splitlines():
+        frame = _WHERE.match(line)
+        if frame:
+            where = f"{Path(frame.group(1)).name}:{frame.group(2)} in {frame.group(3)}"
+            continue
+        raised = _RAISED.match(line.rstrip())  # not stripped: source lines are indented
+        if raised and "(" not in raised.group(1):
+            name = raised.group(1).rsplit(".", 1)[-1]
+            found.append(f"{name}: {(raised.group(2) or '').strip()}".rstrip(": ")
+                         + (f" ({where})" if where else ""))
+    if not found:
+        return None
+    return found[-1] if "During handling of the above exception" in tb else found[0]

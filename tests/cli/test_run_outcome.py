@@ -18,6 +18,13 @@ print("starting", flush=True)
 time.sleep(30)
 """
 
+RUNNING = """
+import signal, sys, time
+signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+print("Successfully started run 42", flush=True)
+time.sleep(30)
+"""
+
 
 def test_a_stop_finds_the_run_named_after_it_came(tmp_path, capsys):
     """SIGTERM before flwr run has said which run it started: its output is read to the
@@ -61,21 +68,24 @@ def test_a_run_stopped_after_its_results_were_written_is_sent_to_evaluate(tmp_pa
 def test_a_run_stopped_before_its_sites_attached_is_stopped_at_once(tmp_path, capsys):
     """No checkpoint yet (a Ray that hangs, sites that never answer): the stop waited
     up to 300 s for a window that could not begin, then said to resume a run that
-    had nothing to resume."""
+    had nothing to resume. Now flwr run ends at once and the request is left for the
+    ServerApp, which reads it before its sites attach (flwr stop alone left a
+    simulation's ServerApp training)."""
     import argparse
     import signal
     import threading
 
     from mmvm.cli.run import _run
+    from mmvm.federation.stop_request import StopRequest
 
     (tmp_path / "run-42").mkdir()  # the ServerApp made it; it writes state at attach
     args = argparse.Namespace(connection=None, run_config=f"out-dir='{tmp_path}'")
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    assert _run(args, [sys.executable, "-c", LATE]) == 128 + signal.SIGTERM
+    assert _run(args, [sys.executable, "-c", RUNNING]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert "stopped run 42 before its sites attached" in err and "resume=" not in err
     assert "stopping run 42 after its current window" not in err  # no wait for one
-    assert not (tmp_path / "run-42" / "stop.request").exists()
+    assert StopRequest(tmp_path / "run-42", 42).asked()  # for the ServerApp
 
 
 def test_a_run_that_outlived_flwr_run_says_what_to_do(monkeypatch, capsys):
@@ -127,14 +137,6 @@ def test_a_simulation_on_a_ray_cluster_given_a_cpu_count_says_what_to_do(capsys)
     assert "give mmvm run the same RAY_ADDRESS" in err
 
 
-RUNNING = """
-import signal, sys, time
-signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
-print("Successfully started run 42", flush=True)
-time.sleep(30)
-"""
-
-
 def test_the_first_stop_asks_at_once_and_a_second_stops_now(tmp_path, capsys):
     """The stop request waited for flwr run to end (up to 15 s, the run training on
     and nothing said); now the first signal writes it while the run streams on, and
@@ -144,7 +146,8 @@ def test_the_first_stop_asks_at_once_and_a_second_stops_now(tmp_path, capsys):
     import threading
 
     from mmvm.cli.run import _run
-    from mmvm.federation.server_state import STATE_FILE, STOP_REQUEST
+    from mmvm.federation.server_state import STATE_FILE
+    from mmvm.federation.stop_request import STOP_REQUEST
 
     folder = tmp_path / "run-42"
     folder.mkdir()
@@ -161,3 +164,42 @@ def test_the_first_stop_asks_at_once_and_a_second_stops_now(tmp_path, capsys):
     assert "run 42 did not end its window yet; stopping it in Flower" in err
     assert "stopped run 42; continue it with the same --run-config and resume='42'" in err
     assert not (folder / STOP_REQUEST).exists()
+
+
+FINISHING = """
+import sys, time
+from pathlib import Path
+folder = Path(sys.argv[1])
+print("Successfully started run 42", flush=True)
+while not (folder / "stop.request").exists():
+    time.sleep(0.1)
+time.sleep(0.5)  # its last window: a stop is not read there, the run completes
+(folder / "results.json").write_text("{}")
+(folder / "stop.request").unlink()  # the ServerApp answers it as it ends
+"""
+
+
+def test_a_stop_in_the_last_window_lets_the_run_complete_and_says_so(
+        tmp_path, capsys, monkeypatch):
+    """A stop in the last window (or the final evaluation) is not read: the run
+    completes. mmvm run waited 300 s for an answer after the run had ended, then said
+    "did not end its window" and "cannot be resumed", and exited 130."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli import run as run_cli
+    from mmvm.federation.server_state import STATE_FILE
+
+    folder = tmp_path / "run-42"
+    folder.mkdir()
+    (folder / STATE_FILE).write_bytes(b"a checkpoint")
+    monkeypatch.setattr(run_cli, "status", lambda *a: "finished:completed")
+    args = argparse.Namespace(connection=None, run_config=f"out-dir='{tmp_path}'")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    assert run_cli._run(args, [sys.executable, "-c", FINISHING, str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "stopping run 42 after its current window" in err
+    assert "run 42 completed before the stop took effect" in err
+    assert "did not end its window" not in err and "cannot be resumed" not in err
+

@@ -128,3 +128,15 @@ def test_a_continuous_label_is_told_how_to_bin_it(tmp_path):
     out = prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy"},
                          labels={"label": tmp_path / "bins.npy"})
     assert read_site_meta(out["train"])["labels"] == ["label"]
+
+
+def test_a_site_without_the_last_classes_numbers_the_others_alike(tmp_path):
+    """Sorted names ['a', 'b'] and ['a', 'b', 'c'] give a and b the same ids: joined,
+    nothing is mixed up (it was refused as if it were)."""
+    a = _site(tmp_path, "a", ["normal", "pneumonia"])
+    b = _site(tmp_path, "b", ["normal", "pneumonia", "tumour"])
+    c = _site(tmp_path, "c", ["effusion", "normal"])
+    check_data_fits(SPEC, [a, b])
+    with pytest.raises(DataError, match=r"\(0=normal, 1=pneumonia, 2=tumour vs "
+                                        r"0=effusion, 1=normal\)"):
+        check_data_fits(SPEC, [a, b, c])

@@ -367,7 +367,8 @@ def test_a_stop_request_checkpoints_the_next_window_and_resumes_from_it(
     ref_sites = make_sites(cfg, specs, root)
     ref = run_federation(LocalTransport(plain_endpoints(ref_sites)), settings_for(cfg, **opts))
     sites, ckpt = make_sites(cfg, specs, root), tmp_path / "server_state.pt"
-    asked = iter([False, True])  # the request comes during window 1
+    asked = iter([False, False, False, True])  # (before describe, after attach) the
+    # request comes during window 1
     with pytest.raises(RunStopped, match=r"stopped on request after window 2/6"):
         run_federation(LocalTransport(plain_endpoints(sites)), settings_for(cfg, **opts),
                        checkpoint=ckpt, should_stop=lambda: next(asked))
@@ -384,6 +385,32 @@ def test_a_stop_request_checkpoints_the_next_window_and_resumes_from_it(
         [r["rec_nll"] for r in ref.history], rel=1e-6)
 
 
+def test_a_stop_before_the_sites_attach_keeps_nothing_or_what_attach_wrote(
+        cfg, tmp_path, tiny_polymnist):
+    """Ctrl-C while Ray started: the ServerApp read the request only when a window
+    began, so a run whose sites were slow to attach trained on (flwr stop alone did
+    not end it). Asked before describe: nothing is done or kept; asked while the sites
+    attached: the run stops after attach, its state written, and resumes from it."""
+    from mmvm.federation.loop import RunStopped
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    opts = {"exchange": "step", "float16": False}
+    sites, ckpt = make_sites(cfg, specs, root), tmp_path / "server_state.pt"
+    with pytest.raises(RunStopped, match=r"^stopped on request before its sites attached$"):
+        run_federation(LocalTransport(plain_endpoints(sites)), settings_for(cfg, **opts),
+                       checkpoint=ckpt, should_stop=lambda: True)
+    assert not ckpt.exists() and all(s.progress.phase == "new" for s in sites.values())
+    asked = iter([False, True])
+    with pytest.raises(RunStopped, match=r"stopped on request after window 0/6") as info:
+        run_federation(LocalTransport(plain_endpoints(sites)), settings_for(cfg, **opts),
+                       checkpoint=ckpt, should_stop=lambda: next(asked))
+    assert info.value.window == -1 and ckpt.is_file()
+    res = run_federation(LocalTransport(plain_endpoints(restarted(cfg, sites, tmp_path))),
+                         settings_for(cfg, resume=RUN, **opts), checkpoint=ckpt,
+                         resume_from=ckpt)
+    assert [r["window"] for r in res.history] == list(range(6))
+
+
 def test_a_stop_asked_during_a_checkpoint_window_stops_right_after_it(cfg, tmp_path,
                                                                       tiny_polymnist):
     """The request comes while window 3 (a checkpoint window: everyone writes it)
@@ -395,11 +422,12 @@ def test_a_stop_asked_during_a_checkpoint_window_stops_right_after_it(cfg, tmp_p
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     opts = {"exchange": "step", "float16": False}  # checkpoints after windows 3 and 6
     sites, ckpt = make_sites(cfg, specs, root), tmp_path / "server_state.pt"
-    calls = []  # asked before windows 1, 2, 3; the request comes before the 4th ask
+    calls = []  # asked before describe, after attach, before windows 1, 2, 3; the
+    # request comes before the 6th ask
 
     def should_stop() -> bool:
         calls.append(1)
-        return len(calls) > 3
+        return len(calls) > 5
     with pytest.raises(RunStopped, match=r"stopped on request after window 3/6"):
         run_federation(LocalTransport(plain_endpoints(sites)), settings_for(cfg, **opts),
                        checkpoint=ckpt, should_stop=should_stop)

@@ -161,7 +161,7 @@ def test_ctrl_c_ends_the_training_after_its_window_and_leaves_it_resumable(tmp_p
     # first, 15 s of silence before the request was written)
     assert out.index("stopping run") < out.index("stopped on request after window")
     folder = tmp_path / "runs" / f"run-{run_id}"
-    from mmvm.federation.server_state import STOP_REQUEST
+    from mmvm.federation.stop_request import STOP_REQUEST
 
     assert (folder / "server_state.pt").is_file() and not (folder / STOP_REQUEST).exists()
     assert not (folder / "results.json").exists()  # stopped, not trained to the end

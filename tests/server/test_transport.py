@@ -185,7 +185,7 @@ def test_a_resume_waits_for_a_slow_site_while_fewer_than_min_sites_answered(monk
 def test_a_sites_error_text_is_shown_readable_and_bounded():
     """Flower wraps a ClientApp's error as "<class '...'>:<'...'>"; the server shows
     "Class: message", and cuts a flood (a site's text is not the server's to trust)."""
-    from server.app import REASON_CHARS, site_reason
+    from mmvm.federation.site_errors import REASON_CHARS, site_reason
 
     assert site_reason("<class 'mmvm.data.store.DataError'>:<'bad row 3'>") == \
         "DataError: bad row 3"
@@ -218,7 +218,7 @@ def test_a_traceback_from_a_ray_worker_is_shown_as_its_cause():
     whole coloured chain of tracebacks (60 lines); the window line and results.json
     kept its first 300 characters, the exception's class and Ray's frame markers.
     Shown: the first exception (the cause) and the frame that raised it."""
-    from server.app import site_reason
+    from mmvm.federation.site_errors import site_reason
 
     assert site_reason(RAY_REASON) == ("ActorDiedError: The actor died unexpectedly "
                                        "before finishing this task. (hosts.py:53 in forward)")
@@ -228,7 +228,7 @@ def test_a_traceback_from_a_ray_worker_is_shown_as_its_cause():
 
 
 def test_a_traceback_raised_during_handling_is_shown_as_its_last_exception():
-    from server.app import site_reason
+    from mmvm.federation.site_errors import site_reason
 
     tb = ('Traceback (most recent call last):\n  File "a.py", line 3, in f\n'
           '    lastError: int = 0\nKeyError: \'x\'\n\nDuring handling of the above '

@@ -60,6 +60,9 @@ REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
            ConfirmReply(sealed={"b": b"view", "c": b"view"}),
            UnmaskReply(shares={"m0": {"b": "AAE="}}, seeds={"m0": {}}),
            ResumeReply(site="a", phase="attached", window=4, unmasked=3),
+           ResumeReply(site="a", phase="attached", window=4, unmasked=3, proof="sig",
+                       view={"window": 4, "groups": {"m0": {"survivors": ["a", "b", "c"],
+                                                           "dropped": ["d"]}}}),
            EvaluateReply(site="a", modalities=["m0"], metrics={"probe/m0": 0.5}, model=W)]
 
 
