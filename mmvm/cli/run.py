@@ -332,16 +332,16 @@ def _stream(proc: subprocess.Popen, seen: dict | None = None
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int,
           asked: str | None = None, now: bool = False) -> int:
     """Stop the run once ``flwr run`` ended. ``asked``: what the first signal's
-    request did (None: the run id was not known then: asked now, where it can be);
-    ``now``: a second signal came."""
+    request did (else it is asked now, where it can be); ``now``: a second signal
+    came."""
     from mmvm.federation.server_state import STATE_FILE
 
     if not run_id:
         return 128 + signum
     overrides = parse_overrides(args.run_config)
     first, (state, results) = first_run(overrides, run_id), run_folders(overrides, run_id)
-    if asked is None and not now:
-        asked = request_stop(state, results, run_id)
+    if asked not in (ASKED, EARLY) and not now:  # not asked at the signal: the run id
+        asked = request_stop(state, results, run_id)  # or its folder was not there yet
     if asked == ASKED:  # flwr stop alone left a simulation's ServerApp training
         wait_for_stop(state, run_id, now, lambda: status(cmd, args, run_id) == "running")
     subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
