@@ -85,8 +85,10 @@ class FlowerTransport:
         away (no reply, or Flower reports its node, message or ClientApp process
         gone) is left out; a site that failed, or whose reply does not decode, is a
         :class:`SiteFailure`, unless its protection refused the request (that fails
-        the run). Its message expires at the SuperLink when the server stops
-        waiting, so a site that comes back never trains a stale window. A resume
+        the run). Its message expires at the SuperLink after the longest wait
+        (twice ``site-timeout``, while a quorum is missing): a site that crashed and
+        is back before then may still train a window the server went on from (its
+        reply is not used; Flower 1.41 cannot withdraw a message). A resume
         (set-up) waits up to ``reply-timeout`` while fewer than ``need`` answered: a
         site may first finish the window it was in when the server went."""
         kind = next(iter(requests.values())).kind

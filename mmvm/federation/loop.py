@@ -196,7 +196,7 @@ def run_federation(transport: Transport, s: FederationSettings,
         save(-1)
     if should_stop and should_stop():  # asked while the sites attached: resumable
         raise RunStopped(start - 1, len(coord.plan))
-    persist = s.checkpoints(coord.plan)
+    persist, timed_out = s.checkpoints(coord.plan), []
     for w in range(start, len(coord.plan)):
         att.wait_for_quorum(meter.online, log)
         tw, before = time.perf_counter(), meter.total
@@ -214,12 +214,14 @@ def run_federation(transport: Transport, s: FederationSettings,
         gone = att.record(w, replies)
         for key in att.absent:
             routing.missed(key)
-        averaged = {**averaged, **routing.aggregate(meter, coord, w, replies)}
+        means = routing.aggregate(meter, coord, w, replies)
+        averaged = {**averaged, **means}
         refused |= {k: short_reason(f"failed the unmask step: {why}")
                     for k, why in routing.failed.items()}
         att.refuse(w, refused, [k for k in replies if k not in refused])
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         row["missed"] = gone
+        row["unaveraged"] = sorted(m for m in coord.shared if m not in means)
         row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
         restored = {coord.name(k): restored_after(r, w) for k, r in replies.items()
                     if k not in refused}
@@ -227,6 +229,13 @@ def run_federation(transport: Transport, s: FederationSettings,
                            if last is not None}
         row["server_s"] = t_server + time.perf_counter() - t_sent
         result.history.append(row)
+        if gone and row["seconds"] >= 0.9 * s.site_timeout and log and not timed_out:
+            timed_out.append(w)  # said once: a window as long as the wait is the wait's
+            log(f"mmvm: note: window {w + 1} waited its site-timeout = "
+                f"{s.site_timeout:g} s and went on without {', '.join(gone)}; sites whose "
+                f"windows take longer than that train them all the same, and their "
+                f"replies come too late to be used: raise site-timeout if they are "
+                f"slow, not away")
         if w in persist:
             save(w)
         if on_window:

@@ -35,6 +35,9 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     away += "".join(f"  (without {n}: refused, {why})" for n, why in refused.items())
     away += "".join(f"  ({n} restarted from its state after {_after(last)}: its own "
                     f"training since is lost)" for n, last in (row.get("restored") or {}).items())
+    kept = row.get("unaveraged") or []
+    away += (f"  ({', '.join(kept)} not averaged: too few holders answered or "
+             f"unmasked; each keeps its own weights)") if kept else ""
     rec = _num(row["rec_nll"], 1)
     if row.get("estimated") and rec != "-":  # some sites' terms estimated from the others'
         rec = "~" + rec
@@ -139,6 +142,16 @@ def refusals(history: list[Mapping]) -> dict[str, list[dict]]:
     for row in history:
         for site, why in (row.get("refused") or {}).items():
             out.setdefault(site, []).append({"window": row["window"], "reason": why})
+    return out
+
+
+def unaveraged(history: list[Mapping]) -> dict[str, list[int]]:
+    """``{modality: [windows]}``: the windows in which a shared modality was not
+    averaged (too few holders answered, or the unmask step failed)."""
+    out: dict[str, list[int]] = {}
+    for row in history:
+        for m in row.get("unaveraged") or []:
+            out.setdefault(m, []).append(row["window"])
     return out
 
 

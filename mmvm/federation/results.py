@@ -17,7 +17,7 @@ import torch
 from mmvm.atomic import atomic_write
 from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
-from mmvm.federation.report import refusals, restarts
+from mmvm.federation.report import refusals, restarts, unaveraged
 from mmvm.training import build_model
 
 # data.root of a deployment's run: only the sites know their files (node config data=)
@@ -67,6 +67,7 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "alignment": result.alignment,
                "missed_windows": result.missed, "refused_windows": refusals(result.history),
                "restarted_sites": restarts(result.history),
+               "unaveraged_windows": unaveraged(result.history),
                "not_evaluated": result.not_evaluated,
                "evaluation_errors": result.evaluation_errors}
     refused = result.model_refused or (assembled_problem(

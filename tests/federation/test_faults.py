@@ -279,3 +279,23 @@ def test_a_site_restarted_from_an_older_checkpoint_goes_on(cfg, tmp_path, tiny_p
         assert res.missed == {name: [1]} and "restarted" in res.history[1]["refused"][name]
         assert [r["restored"] for r in res.history] == [{}, {}, {}]  # resynced at 2
         assert _adam_steps(transport.back) == 1
+
+
+def test_a_window_that_waited_its_whole_site_timeout_says_so_once(cfg, tmp_path,
+                                                                   tiny_polymnist):
+    """Sites slower than site-timeout train their windows all the same and are
+    listed as having missed them (the deployment walkthrough, at 20 s): a note says
+    so, once, when a window waited its whole site-timeout and went on without some."""
+    from mmvm.federation.loop import run_federation
+    from mmvm.federation.settings import settings_for
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    lines = []
+    run_federation(Outages(LocalTransport(plain_endpoints(sites)), {"n1": {1, 2}}),
+                   settings_for(cfg, exchange="step", float16=False, site_timeout=1e-6),
+                   log=lines.append)
+    notes = [line for line in lines if "waited its site-timeout" in line]
+    assert len(notes) == 1 and notes[0].startswith("mmvm: note: window 2 waited its "
+                                                   "site-timeout = 1e-06 s")
+    assert "raise site-timeout if they are slow, not away" in notes[0]

@@ -190,6 +190,7 @@ def test_an_honest_dropout_confirms_then_averages(cfg, tmp_path, tiny_polymnist)
                for r in requests.values())
     assert res.missed == {sites[away].name: [1]}
     assert not any(row.get("refused") for row in res.history)
+    assert all(row["unaveraged"] == [] for row in res.history)  # among the survivors
     assert params([sites[away]]).keys() == before.keys()
 
 
@@ -241,3 +242,32 @@ def test_a_server_restarted_in_a_dropout_window_keeps_the_view_the_sites_took(
                and next(iter(req.values())).window == 1]
     assert unmasks and all(r.groups["m0"]["dropped"] == [sites[away].name]
                            for r in unmasks[0].values())
+
+
+def test_a_window_that_cannot_average_a_modality_says_so(cfg, tmp_path, tiny_polymnist):
+    """Two of four holders away: nothing can be unmasked (3 survivors needed), the
+    holders keep their own weights, and only the sites' logs showed it (the deployment
+    walkthrough recomputed means from state files): the window line and results.json
+    name the modality now."""
+    from mmvm.federation.report import unaveraged, window_line
+
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=4)
+    gone = sorted(k for k, s in sites.items() if "m0" in s.names)[:2]
+
+    class TwoAway(Recorder):
+        def exchange(self, requests, wait=None, need=1):
+            r = next(iter(requests.values()))
+            if r.kind == "window" and r.window == 1:
+                requests = {k: v for k, v in requests.items() if k not in gone}
+            return super().exchange(requests, wait, need)
+
+    t = TwoAway(endpoints)
+    res = federate(cfg, {}, transport=t, secure=True, exchange="step")
+    assert [row["unaveraged"] for row in res.history][:3] == [[], ["m0"], []]
+    assert not [kind for kind, req, _ in t.log if kind in ("confirm", "unmask")
+                and next(iter(req.values())).window == 1]
+    line = window_line(res.history[1], len(res.history), 1.0)
+    assert "(m0 not averaged: too few holders answered or unmasked; each keeps its own " \
+           "weights)" in line
+    assert unaveraged(res.history) == {"m0": [1]}
+
