@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fleet import Fleet
+from tests.support.processes import pids_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 ALARMING = ("Traceback", "Warning", "warnings.warn", "ERROR")
@@ -170,13 +171,10 @@ def test_ctrl_c_ends_the_training_after_its_window_and_leaves_it_resumable(tmp_p
 def _kill_a_site_host(fleet: Fleet) -> int:
     """SIGKILL one of this fleet's site hosts (a Ray actor process; the fleet's
     FLWR_HOME in its environment tells it from anyone else's); its pid."""
-    mark = f"FLWR_HOME={fleet.env['FLWR_HOME']}".encode()
-    for pid in map(int, subprocess.run(["pgrep", "-f", "ray::SiteHost"], text=True,
-                                       capture_output=True).stdout.split()):
+    for pid in pids_mentioning("ray::SiteHost", fleet.env["FLWR_HOME"]):
         try:
-            if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                os.kill(pid, signal.SIGKILL)
-                return pid
+            os.kill(pid, signal.SIGKILL)
+            return pid
         except OSError:
             continue
     raise AssertionError("no site host of this fleet is running")

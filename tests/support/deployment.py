@@ -25,7 +25,13 @@ from deploy import make_keys
 from mmvm.secure.keys import load_public_directory
 from tests.support.audit_app import make_app
 from tests.support.fleet import Fleet
-from tests.support.processes import Process, free_port, wait_for_log
+from tests.support.processes import (
+    Process,
+    free_port,
+    kill_until_gone,
+    pids_mentioning,
+    wait_for_log,
+)
 
 BIN = Path(sys.executable).parent
 SITES = ("a", "b", "c")
@@ -119,32 +125,10 @@ class Deployment:
         """SIGKILL this fleet's ``flwr-serverapp`` processes (its FLWR_HOME in their
         environment tells them from anyone else's): they outlived the SuperLink's
         process group by up to ~40 s (the deployment walkthrough)."""
-        for _ in range(50):
-            left = self._serverapps()
-            if not left:
-                return
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
-        raise AssertionError(f"the ServerApp processes {left} survived SIGKILL")
-
-    def _serverapps(self) -> list[int]:
-        mark = f"FLWR_HOME={self.fleet.env['FLWR_HOME']}".encode()
-        found = subprocess.run(["pgrep", "-f", "flwr-serverapp"], text=True,
-                               capture_output=True).stdout.split()
-        out = []
-        for pid in map(int, found):
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
-            if mark in environ and state != "Z":  # a zombie is dead, its parent's to reap
-                out.append(pid)
-        return out
+        left = kill_until_gone(lambda: pids_mentioning(
+            "flwr-serverapp", self.fleet.env["FLWR_HOME"]), 5.0)
+        if left:
+            raise AssertionError(f"the ServerApp processes {left} survived SIGKILL")
 
     def start_node(self, s: str, log_name: str | None = None,
                    superexec: bool = True) -> Process:

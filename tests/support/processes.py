@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 QUIET_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -121,10 +121,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait(timeout)
 
 
-def pids_mentioning(text: str) -> list[int]:
-    """PIDs of this user's processes whose command line contains ``text``."""
+def pids_mentioning(text: str, flwr_home: str | None = None) -> list[int]:
+    """PIDs of this user's processes whose command line contains ``text`` (and, given
+    ``flwr_home``, whose environment has that FLWR_HOME: one fleet's, not another's)."""
     pids = []
     me = os.getpid()
+    mark = f"FLWR_HOME={flwr_home}".encode() if flwr_home else None
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
@@ -133,11 +135,27 @@ def pids_mentioning(text: str) -> list[int]:
                 continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             # zombies have an empty cmdline and are gone once reaped
+            if text.encode() not in cmdline or mark is not None and \
+                    mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
         except OSError:
             continue
-        if text.encode() in cmdline:
-            pids.append(int(entry.name))
+        pids.append(int(entry.name))
     return pids
+
+
+def kill_until_gone(find: Callable[[], list[int]], timeout: float) -> list[int]:
+    """SIGKILL what ``find()`` lists until it lists nothing or ``timeout`` s passed;
+    the survivors."""
+    deadline = time.monotonic() + timeout
+    while (pids := find()) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    return find()
 
 
 @dataclass

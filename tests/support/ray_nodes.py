@@ -22,16 +22,20 @@ people's simulations.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import Process, free_port, pids_mentioning, wait_for_log
+from tests.support.processes import (
+    Process,
+    free_port,
+    kill_until_gone,
+    pids_mentioning,
+    wait_for_log,
+)
 
 
 @dataclass
@@ -186,15 +190,7 @@ class RayNodes:
         errors: list[str] = []
         if self.ray_root is None:
             return errors
-        deadline = time.monotonic() + 15.0
-        while (pids := self.stray_ray_pids()) and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-        if pids := self.stray_ray_pids():
+        if pids := kill_until_gone(self.stray_ray_pids, 15.0):
             errors.append(f"ray processes survived: {pids}")
         # the temp dirs hold ray_current_cluster (a stale one makes later
         # `ray.init()` calls hang trying to reach a dead head), sockets, logs
