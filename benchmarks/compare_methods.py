@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmvm.help_format import DefaultsHelp
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -53,7 +55,7 @@ QUICK = dict(n_train=256, epochs=1, latent_dim=8, width=4, batch_size=64,
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=DefaultsHelp)
     p.add_argument("--out", default="runs/compare", help="output folder (default: %(default)s)")
     p.add_argument("--data", default="data/polymnist-bench",
                    help="data folder, made on first use (default: %(default)s)")

@@ -51,6 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from tests.support.deployment import SITES, TINY, make_data  # noqa: E402
 from tests.support.fleet import Fleet  # noqa: E402
@@ -197,9 +198,10 @@ sys.meta_path.insert(0, _Finder())
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
-    p.add_argument("--repeats", type=int, default=3)
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
+                   help="SuperExec setups to time (see the table above)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per config")
     p.add_argument("--windows", type=int, default=3, help="windows (= epochs) per run")
     p.add_argument("--n-train", type=int, default=64, help="samples per site")
     p.add_argument("--tls", action="store_true", help="TLS + SuperNode authentication")

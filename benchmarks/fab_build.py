@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from flwr.cli.build import build_fab_from_disk  # noqa: E402
 
 from mmvm.cli.app_stage import staged_app  # noqa: E402
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 
 
@@ -54,10 +55,11 @@ def measure(app: Path, staged: bool) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=DefaultsHelp)
     p.add_argument("--app", default=str(ROOT), help="the Flower app (default: this one)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/fab_build"))
+    p.add_argument("--repeats", type=int, default=3, help="builds per row")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/fab_build"),
+                   help="results folder")
     args = p.parse_args(argv)
     app = Path(args.app).resolve()
     runs = [{"row": row, "repeat": r, **measure(app, row == "staged")}

@@ -39,26 +39,28 @@ from mmvm.evaluation import evaluate_run  # noqa: E402
 from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.plan import PlanArgs  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs/hippocampus.toml"))
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--config", default=str(ROOT / "configs/hippocampus.toml"),
+                   help="experiment config")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="config override section.key=value (repeatable)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
     p.add_argument("--k", type=int, default=8, help="steps per window")
     p.add_argument("--away", type=float, default=0.2, help="fraction of windows missed")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     p.add_argument("--tuning", type=float, default=None,
                    help="log-rate SD of the look-alike's tuned neurons (over "
                         "--hippocampus); default: that of --hippocampus")
     p.add_argument("--hippocampus", default="default", type=parse_knobs,
                    help="hippocampus look-alike (rat configs): default | dense (the "
                         "first look-alike, v1) | knobs, e.g. 'tuning=1.0,noise-sd=0'")
-    p.add_argument("--data-dir", default=str(ROOT / "data"))
+    p.add_argument("--data-dir", default=str(ROOT / "data"), help="data folder, made on first use")
     p.add_argument("--out", default=None,
                    help="results folder (default: benchmarks/results/faults; with --quick, faults-quick)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

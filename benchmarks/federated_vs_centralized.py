@@ -41,19 +41,21 @@ from mmvm.data.hippocampus_knobs import parse_knobs  # noqa: E402
 from mmvm.evaluation import evaluate_run  # noqa: E402
 from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs/polymnist.toml"))
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--config", default=str(ROOT / "configs/polymnist.toml"),
+                   help="experiment config")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="config override section.key=value (repeatable)")
-    p.add_argument("--n-train", type=int, default=3000)
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--n-train", type=int, default=3000, help="training samples")
+    p.add_argument("--n-test", type=int, default=1000, help="test samples")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
     p.add_argument("--k", type=int, default=8, help="steps per window in 'steps' mode")
     p.add_argument("--local-epochs", type=int, default=5,
                    help="epochs per window in the cheapest ('round') mode")
@@ -67,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hippocampus", default="default", type=parse_knobs,
                    help="hippocampus look-alike (rat configs): default | dense (the "
                         "first look-alike, v1) | knobs, e.g. 'tuning=1.0,noise-sd=0'")
-    p.add_argument("--data-dir", default=str(ROOT / "data"))
+    p.add_argument("--data-dir", default=str(ROOT / "data"), help="data folder, made on first use")
     p.add_argument("--out", default=None,
                    help="results folder (default: benchmarks/results/federated_vs_centralized; with --quick, federated_vs_centralized-quick)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import deployment_overhead as deploy  # noqa: E402
 from window_plot import window_histogram  # noqa: E402
 
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from tests.support.processes import QUIET_ENV, pids_mentioning  # noqa: E402
 
@@ -69,21 +70,23 @@ SPLIT = ("train_s", "codec_s", "disk_s", "server_s")  # + messaging = the rest
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="federated_vs_centralized.py --flower",
                                 description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=DefaultsHelp)
     p.add_argument("--config", default="configs/hippocampus.toml",
                    help="experiment config, relative to the app (default: %(default)s)")
     p.add_argument("--set", default="", help="';'-separated config overrides (run "
                    "config 'set')")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    p.add_argument("--epochs", type=int, default=1, help="training epochs per run")
+    p.add_argument("--repeats", type=int, default=3, help="runs per target")
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS,
+                   help="rows to time")
     p.add_argument("--deploy-steps", type=int, default=1,
                    help="steps per window in the deployment rows (1 = exact, as the "
                         "simulation; more: fewer windows, the same overhead per window)")
     p.add_argument("--run-config", default="",
                    help="extra run-config keys for every federated row, flwr's syntax")
     p.add_argument("--work", default="", help="work dir (default: a new temp dir)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/flower_timing"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/flower_timing"),
+                   help="results folder")
     return p.parse_args(argv)
 
 

@@ -49,6 +49,7 @@ from mmvm.data.hippocampus_knobs import resolve_knobs  # noqa: E402
 from mmvm.data.odor_decoding import raw_odor_decoding  # noqa: E402
 from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 from mmvm.probes import fit_probe  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
@@ -63,23 +64,26 @@ FEDERATED = "mmvm federated (5 sites)"
 def parse_args(argv=None):
     floats = lambda s: [float(v) for v in s.split(",") if v.strip()]  # noqa: E731
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=DefaultsHelp)
     p.add_argument("--tunings", type=floats, default=[DEFAULTS["tuning"], 1.0, 2.0],
                    help="log-rate SDs of the tuned neurons, comma-separated (default "
                         f"{DEFAULTS['tuning']:g},1.0,2.0: the default look-alike, "
                         "stronger, strong)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     for knob in ("tuned_fraction", "gain_sd", "noise_sd"):
         p.add_argument(f"--{knob.replace('_', '-')}", type=float, default=DEFAULTS[knob],
                        help=f"look-alike knob (default {DEFAULTS[knob]:g})")
-    p.add_argument("--methods", nargs="+", default=["mmvm", "independent", "avg", "poe"])
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--methods", nargs="+", default=["mmvm", "independent", "avg", "poe"],
+                   help="centralized methods to train")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs")
     p.add_argument("--width", type=int, default=64, help="MLP hidden units per rat")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--no-federated", action="store_true")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--no-federated", action="store_true",
+                   help=f"skip the {FEDERATED!r} row")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--data-dir", default=str(ROOT / "data"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/hippocampus"))
+    p.add_argument("--data-dir", default=str(ROOT / "data"), help="data folder, made on first use")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/hippocampus"),
+                   help="results folder")
     return p.parse_args(argv)
 
 

@@ -33,6 +33,7 @@ from mmvm.data.hippocampus import (  # noqa: E402
     simulate_sessions,
 )
 from mmvm.data.odor_decoding import raw_odor_decoding  # noqa: E402
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 
 
@@ -47,13 +48,15 @@ def conditions(tunings: list[float]) -> dict[str, dict[str, float]]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="look-alike seeds")
     p.add_argument("--tunings", default="0.3,1.0,2.0",
                    type=lambda s: [float(v) for v in s.split(",") if v.strip()],
                    help="tuning strengths besides the default's (comma-separated)")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/hippocampus_raw_decoding"))
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/hippocampus_raw_decoding"),
+                   help="results folder")
     return p.parse_args(argv)
 
 

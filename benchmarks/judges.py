@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmvm.help_format import DefaultsHelp
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -69,19 +71,23 @@ def merge(path: Path, rows: list[dict]) -> list[dict]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelp)
     p.add_argument("--variant", default="translated",
-                   choices=("translated", "untranslated", "soft"))
+                   choices=("translated", "untranslated", "soft"),
+                   help="PolyMNIST look-alike variant")
     p.add_argument("--data", default="",
                    help="look-alike folder (default data/polymnist-<variant>-judges)")
     p.add_argument("--recipes", nargs="+", type=recipe,
                    default=[recipe("20:16:0"), recipe("20:16:2")],
                    help="epochs:width:shift[:rotate[:members]] per recipe "
                         "(default: 20:16:0 20:16:2)")
-    p.add_argument("--modalities", nargs="+", default=["m0", "m1", "m2"])
+    p.add_argument("--modalities", nargs="+", default=["m0", "m1", "m2"],
+                   help="modalities to train judges for")
     p.add_argument("--seed", type=int, default=0, help="judge training seed")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/judges"))
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/judges"),
+                   help="results folder")
     return p.parse_args(argv)
 
 

@@ -34,6 +34,7 @@ from mmvm.config import load_config  # noqa: E402
 from mmvm.data import open_dataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
 from mmvm.evaluation import encode_dataset, present_labels, probe_accuracy  # noqa: E402
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
@@ -65,13 +66,16 @@ def run(method: str, seed: int, args, data: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", nargs="+", default=["mmvm", "independent"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=2)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--methods", nargs="+", default=["mmvm", "independent"],
+                   help="methods to train at the main job's budget")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--set", action="append", default=[],
                    help="extra config override section.key=value (repeatable)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/main_job_methods"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/main_job_methods"),
+                   help="results folder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rc = app_config()

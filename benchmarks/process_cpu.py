@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmvm.help_format import DefaultsHelp
+
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 INTERPRETERS = ("python", "python3", "-u", "-m")
 
@@ -78,8 +80,8 @@ def measure(seconds: float, every: float = 0.5) -> dict[str, dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=50.0)
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--seconds", type=float, default=50.0, help="how long to sample")
     p.add_argument("--top", type=int, default=15, help="rows to print")
     p.add_argument("--out", default="", help="write the groups as JSON here")
     args = p.parse_args(argv)

@@ -27,6 +27,7 @@ from mmvm.federation import sealed_align  # noqa: E402
 from mmvm.federation.messages import AlignRequest, payload_bytes  # noqa: E402
 from mmvm.federation.policy import SitePolicy  # noqa: E402
 from mmvm.federation.sealed_routing import route  # noqa: E402
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.secure.keys import SiteKeys, save_public_directory  # noqa: E402
 from mmvm.secure.session import SiteSecrets  # noqa: E402
 
@@ -61,11 +62,13 @@ class _Data:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sites", type=int, default=3)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--sites", type=int, default=3, help="sites in the ring")
     p.add_argument("--ids", type=int, default=100_000, help="ids per site")
     p.add_argument("--workers", type=int, default=2, help="processes (CPU cores)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks/results/psi_alignment"))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks/results/psi_alignment"),
+                   help="results folder")
     args = p.parse_args(argv)
     names = [f"site{i}" for i in range(args.sites)]
     with tempfile.TemporaryDirectory() as tmp:

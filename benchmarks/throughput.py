@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmvm import accel  # noqa: E402
 from mmvm.config import load_config  # noqa: E402
+from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import build_model, train_step  # noqa: E402
 
@@ -78,12 +79,15 @@ def measure(size: str, threads: int, channels_last: bool, amp: str, compile: boo
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
+                   help="network sizes: the paper's, or the CPU main job's")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=3, help="measurements per row")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/throughput"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/throughput"),
+                   help="results folder")
     args = p.parse_args(argv)
     rows = []
     for size in args.sizes:
