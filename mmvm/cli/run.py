@@ -30,6 +30,7 @@ import tomllib
 from pathlib import Path
 
 from mmvm.cli.app_stage import staged_app
+from mmvm.cli.local_link import check_local_superlink
 from mmvm.cli.run_checks import check_ray_address, check_resources
 from mmvm.cli.run_config import (
     APP_DIR,
@@ -246,6 +247,9 @@ def run(args: argparse.Namespace) -> int:
             check_run_config(Path(args.app), args.run_config, local=simulation)
         else:
             parse_overrides(args.run_config)
+        restarted = simulation and check_local_superlink(_env())
+        if restarted:  # it kept an environment other than this run's
+            print(restarted, file=sys.stderr)
         with staged_app(Path(args.app)) as app:
             return _run(args, flwr_command(args, app))
     except (FileNotFoundError, ConfigError) as err:

@@ -1,0 +1,134 @@
+"""The local SuperLink keeps the environment it was started with: a run handed to it
+trained on the Ray its start had (a RAY_ADDRESS set or unset since was ignored)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mmvm.cli.local_link import check_local_superlink, local_superlinks
+from mmvm.config import ConfigError
+from tests.support.processes import (
+    QUIET_ENV,
+    free_port,
+    kill_until_gone,
+    pids_mentioning,
+)
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+
+
+def _env(home: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "CUDA_VISIBLE_DEVICES", "MMVM_CACHE", "PYTHONPATH")}
+    return {**env, **QUIET_ENV, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "FLWR_HOME": str(home),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port), **extra}
+
+
+def _flower_superlink(home: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    """The command flwr 1.41 starts (``flwr/cli/local_superlink.py``), as it does."""
+    log = home / "local-superlink" / "superlink.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation",
+         "subprocess", "--control-api-address", f"127.0.0.1:{free_port()}", "--host",
+         "127.0.0.1", "--port", str(port), "--log-file", str(log), "--database",
+         str(home / "local-superlink" / "state.db")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"flower-superlink did not answer on {port}: {log.read_text()[-2000:]}")
+
+
+def _look_alike(tmp_path: Path, home: Path, port: int, busy: bool) -> subprocess.Popen:
+    """A process tree named as the local SuperLink's, with a simulation under it when
+    ``busy``: a run in progress, without training one."""
+    log = home / "local-superlink" / "superlink.log"
+    sim = tmp_path / "flwr-simulation"
+    sim.write_text("import time\ntime.sleep(120)\n")
+    link = tmp_path / "flower-superlink"
+    link.write_text("import subprocess, sys, time\n"
+                    f"if {busy}: subprocess.Popen([sys.executable, {str(sim)!r}])\n"
+                    "time.sleep(120)\n")
+    return subprocess.Popen([sys.executable, str(link), "--simulation", "--port", str(port),
+                             "--log-file", str(log)], env=_env(home, port),
+                            start_new_session=True)
+
+
+def _gone(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def test_one_started_with_another_ray_address_is_restarted_and_one_that_matches_is_kept(
+        tmp_path):
+    home, port = tmp_path / "flwr", free_port()
+    link = _flower_superlink(home, port, _env(home, port, RAY_ADDRESS="10.9.9.9:6379"))
+    try:
+        [found] = [s for s in local_superlinks() if s.pid == link.pid]
+        assert found.home == home and found.port == str(port) and found.bin_dir == BIN
+        said = check_local_superlink(_env(home, port))
+        assert said and f"was pid {link.pid}" in said
+        assert "it has RAY_ADDRESS=10.9.9.9:6379, this run RAY_ADDRESS unset" in said
+        assert link.wait(timeout=20) is not None  # stopped, its SuperExec with it
+        assert not kill_until_gone(lambda: pids_mentioning(str(home)), timeout=20)
+        again = _flower_superlink(home, port, _env(home, port))
+        try:
+            assert check_local_superlink(_env(home, port)) is None
+            assert again.poll() is None  # the same environment: it is used as it is
+            said = check_local_superlink(_env(home, port), bin_dir=tmp_path)
+            assert f"it runs the Flower of {BIN}, this run that of {tmp_path}" in said
+        finally:
+            _gone(again)
+    finally:
+        _gone(link)
+
+
+def test_one_running_a_simulation_is_not_stopped_and_says_what_to_do(tmp_path):
+    home, port = tmp_path / "flwr", free_port()
+    link = _look_alike(tmp_path, home, port, busy=True)
+    try:
+        for _ in range(100):  # its simulation child started
+            if pids_mentioning(str(tmp_path / "flwr-simulation")):
+                break
+            time.sleep(0.05)
+        with pytest.raises(ConfigError, match=r"it has MMVM_CACHE unset, this run "
+                           r"MMVM_CACHE=/elsewhere.*running 1 simulation\(s\) now"):
+            check_local_superlink(_env(home, port, MMVM_CACHE="/elsewhere"),
+                                  bin_dir=tmp_path)
+        assert link.poll() is None
+    finally:
+        _gone(link)
+
+
+def test_another_flwr_homes_superlink_on_the_port_is_named(tmp_path):
+    theirs, port = tmp_path / "theirs", free_port()
+    link = _look_alike(tmp_path, theirs, port, busy=False)
+    try:
+        for _ in range(100):
+            if any(s.pid == link.pid for s in local_superlinks()):
+                break
+            time.sleep(0.05)
+        with pytest.raises(ConfigError, match=rf"127.0.0.1:{port} is the local SuperLink "
+                           rf"of FLWR_HOME={theirs} \(pid {link.pid}\), not of this"):
+            check_local_superlink(_env(tmp_path / "mine", port))
+        assert link.poll() is None
+    finally:
+        _gone(link)
