@@ -12,12 +12,16 @@ from mmvm.config import ConfigError
 
 
 def check_resources(args: argparse.Namespace) -> None:
-    """Site resources a local simulation can give: Ray starts no site at all where
-    each needs a GPU share the machine does not have ("ActorPool is empty")."""
+    """Site resources the simulation can give: Ray starts no site at all where each
+    needs more than any node has (Flower's "ActorPool is empty", in the SuperLink's
+    log, after the run was started)."""
     if args.cpus_per_site < 1 or not 0 <= args.gpus_per_site <= 1:
         raise ConfigError(f"--cpus-per-site {args.cpus_per_site} must be >= 1 and "
                           f"--gpus-per-site {args.gpus_per_site:g} in [0, 1]")
-    if args.gpus_per_site and "RAY_ADDRESS" not in os.environ:  # a cluster has its own
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address not in ("", "auto", "local"):  # a cluster: its nodes must hold a site
+        check_cluster_nodes(address, args.cpus_per_site, args.gpus_per_site)
+    elif args.gpus_per_site:
         import torch
 
         if not torch.cuda.is_available():
@@ -49,3 +53,31 @@ def check_ray_address(timeout: float = 5.0) -> None:
             f"the cluster's head (ray start --head --port {port}) or fix the address, or "
             f"unset RAY_ADDRESS for a simulation on this machine's own Ray "
             f"(deploy/README.md section 6)") from None
+
+
+def check_cluster_nodes(address: str, cpus: int, gpus: float) -> None:
+    """Some node of the Ray cluster at ``address`` must offer a site's ``cpus`` and
+    ``gpus`` at once, as Flower counts them (``pool_size_from_resources``, node by
+    node): where none does, the run fails in the SuperLink with "ActorPool is empty"."""
+    import logging
+
+    import ray
+
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
+                 configure_logging=False)
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    except Exception as err:  # Ray's many ways to refuse a connection
+        raise ConfigError(f"RAY_ADDRESS={address}: Ray could not connect to that cluster "
+                          f"({type(err).__name__}: {str(err)[:200]})") from None
+    finally:
+        ray.shutdown()
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    offered = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU"
+                        for n in nodes) or "none alive"
+    raise ConfigError(f"RAY_ADDRESS={address}: no node of that Ray cluster offers a "
+                      f"site's --cpus-per-site {cpus} and --gpus-per-site {gpus:g} at "
+                      f"once (its nodes: {offered}), so Ray would start no site: ask "
+                      f"for less, or add a node that has it (ray start --address "
+                      f"{address} --num-cpus N --num-gpus G)")

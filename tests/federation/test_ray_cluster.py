@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.fleet import Fleet
-from tests.support.processes import pids_mentioning
+from tests.support.processes import QUIET_ENV, pids_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = 5
@@ -48,6 +50,7 @@ def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
         worker = fleet.start_ray_worker(head, num_cpus=2)  # 2 actors of 1 CPU
         status = fleet.wait_for_ray_nodes(head, 2)
         assert "0.0/2.0 CPU" in status, status  # the cluster: 0 + 2 CPUs
+        _site_resources_no_node_has_are_refused(head.address, tmp_path)
 
         link = fleet.start_superlink(simulation=True, ray_address=head)
         fleet.write_connection("sim", link)
@@ -91,6 +94,23 @@ def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
     for proc in fleet.processes:
         assert proc.popen.poll() is not None, proc.name
     assert not _pids_in_groups(groups), "processes left in the fleet's groups"
+
+
+def _site_resources_no_node_has_are_refused(address: str, tmp_path: Path) -> None:
+    """Flower starts no site where no node of the cluster has a site's CPUs and GPU
+    share (its run fails in the SuperLink: "ActorPool is empty"); mmvm run says so,
+    with what the nodes have, before Flower starts."""
+    env = {**os.environ, **QUIET_ENV, "RAY_ADDRESS": address,
+           "FLWR_HOME": str(tmp_path / "flwr-home")}
+    for flags in (["--gpus-per-site", "0.5"], ["--cpus-per-site", "3"]):
+        res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", *flags], env=env,
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+        said = res.stderr
+        assert f"RAY_ADDRESS={address}: no node of that Ray cluster offers" in said, said
+        assert " ".join(flags) in said and "0 CPU + 0 GPU" in said and \
+            "2 CPU + 0 GPU" in said, said  # what it asked, what the two nodes have
+    assert not (tmp_path / "flwr-home" / "local-superlink").exists()  # no Flower started
 
 
 def _pids_in_groups(groups: set[int]) -> list[int]:
