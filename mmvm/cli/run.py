@@ -360,7 +360,8 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
               f"({results}); its sites answered the final evaluation, so it cannot be "
               f"resumed: evaluate its model with mmvm evaluate --run {results}",
               file=sys.stderr)
-    elif asked == EARLY or (state.is_dir() and not (state / STATE_FILE).is_file()):
+    elif state.is_dir() and not (state / STATE_FILE).is_file():  # by now: an early
+        # request may have been read only after the sites attached and state was written
         print(f"\nmmvm run: stopped run {run_id} before its sites attached (no "
               f"checkpoint in {state}): nothing to resume; start it again",
               file=sys.stderr)

@@ -88,6 +88,38 @@ def test_a_run_stopped_before_its_sites_attached_is_stopped_at_once(tmp_path, ca
     assert StopRequest(tmp_path / "run-42", 42).asked()  # for the ServerApp
 
 
+ATTACHED_MEANWHILE = """
+import pathlib, signal, sys, time
+def attached(*_):  # the ServerApp read the early request only after its sites attached
+    pathlib.Path(sys.argv[1]).write_text("{}")
+    sys.exit(0)
+signal.signal(signal.SIGINT, attached)
+print("Successfully started run 42", flush=True)
+time.sleep(30)
+"""
+
+
+def test_an_early_stop_read_after_the_sites_attached_says_to_resume(tmp_path, capsys):
+    """The request was made before any state existed, and the ServerApp read it after
+    attach, with its state written: the run is resumable, and was said not to be."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli.run import _run
+    from mmvm.federation.server_state import STATE_FILE
+
+    (tmp_path / "run-42").mkdir()
+    args = argparse.Namespace(connection=None, run_config=f"out-dir='{tmp_path}'")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    state = tmp_path / "run-42" / STATE_FILE
+    assert _run(args, [sys.executable, "-c", ATTACHED_MEANWHILE, str(state)]) == \
+        128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert state.is_file() and "before its sites attached" not in err
+    assert "stopped run 42; continue it with the same --run-config and resume='42'" in err
+
+
 def test_a_run_that_outlived_flwr_run_says_what_to_do(monkeypatch, capsys):
     """The SuperLink was killed: flwr run ended, the run was listed as running, and
     mmvm run said only 'run X running' (the ServerApp trained on without it)."""
