@@ -36,7 +36,7 @@ from mmvm.secure.envelope import payload_size, peek_header
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.identity import parse_record, pinned, proof_problem
 from mmvm.secure.psi import POINT_BYTES, origin, ring_neighbours
-from mmvm.secure.unmasking import survivors_needed
+from mmvm.secure.unmasking import full_view_confirmed, survivors_needed
 
 
 def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
@@ -253,7 +253,8 @@ class SealedRouting:
         """Each shared modality's sample-weighted mean from masked updates: one unmask
         round (survivors reveal self-mask shares and pair seeds with dropped sites),
         then the sum is unmasked and its total weight checked against the counts.
-        When a holder dropped, a confirm round comes first (:meth:`_confirm`).
+        When a holder dropped (in groups of 6 or more: always), a confirm round comes
+        first (:meth:`_confirm`).
 
         A modality is not averaged this window (its holders keep their own weights)
         when fewer holders survived than the masking can unmask without exposing
@@ -277,8 +278,12 @@ class SealedRouting:
                         "dropped": sorted(names[d] for d in dd)}
                     for m, (u, dd) in views.items() if k in u}
 
-        confirmed, failed = self._confirm(transport, index, views, groups, names)
-        views = {m: v for m, v in views.items() if not (v[1] and set(v[0]) & set(failed))}
+        confirming = {m for m, (u, dd) in views.items()
+                      if dd or full_view_confirmed(len(coord.shared[m]))}
+        confirmed, failed = self._confirm(transport, index, views, confirming, groups,
+                                          names)
+        views = {m: v for m, v in views.items()
+                 if not (m in confirming and set(v[0]) & set(failed))}
         if not views:
             self.failed = failed
             return {}
@@ -318,14 +323,17 @@ class SealedRouting:
         return out
 
     @staticmethod
-    def _confirm(transport, index: int, views: Mapping, groups, names: Mapping[str, str]
+    def _confirm(transport, index: int, views: Mapping, confirming: set, groups,
+                 names: Mapping[str, str]
                  ) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:
-        """Where a view has dropped holders, its survivors commit to it and seal it to
-        each other (``unmasking``'s rules alone let a server that tells each holder
-        another story unmask two holders' sum: :func:`.sealed_weights.confirm`):
-        ``({recipient key: {sender name: blob}}, {failed key: why})``. A survivor
-        that fails, or does not seal its view to every co-survivor, fails the step."""
-        asked = sorted({k for u, dd in views.values() if dd for k in u})
+        """Where a view has dropped holders (in groups of 6 and more, every view:
+        :func:`~mmvm.secure.unmasking.full_view_confirmed`), its survivors commit to
+        it and seal it to each other (``unmasking``'s rules alone let a server that
+        tells each holder another story unmask two holders' sum:
+        :func:`.sealed_weights.confirm`): ``({recipient key: {sender name: blob}},
+        {failed key: why})``. A survivor that fails, or does not seal its view to
+        every co-survivor, fails the step."""
+        asked = sorted({k for m in confirming for k in views[m][0]})
         if not asked:
             return {}, {}
         replies, failed = transport.gather({k: ConfirmRequest(window=index,

@@ -45,7 +45,14 @@ from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
 from mmvm.secure.masking import mask_update
 from mmvm.secure.session import SiteSecrets, b64, unb64
-from mmvm.secure.unmasking import check_share, check_view, new_seed, reveal, share_seed
+from mmvm.secure.unmasking import (
+    check_share,
+    check_view,
+    full_view_confirmed,
+    new_seed,
+    reveal,
+    share_seed,
+)
 
 SHARE_COUNTER = 1  # posteriors of the same round use counter 0
 VIEW_COUNTER = 2  # and confirmed views counter 2
@@ -168,7 +175,7 @@ def unmask(sec: SiteSecrets, req: UnmaskRequest
     for m, view in sorted(req.groups.items()):
         check_view(sec.site, groups[m]["holders"], list(view["survivors"]),
                    list(view["dropped"]))
-        _check_agreed(sec.site, m, view, agreed)
+        _check_agreed(sec.site, m, view, agreed, len(groups[m]["holders"]))
     commit_view(sec, req.window, req.groups, "unmask")  # before anything is revealed
     shares_out, seeds_out, confirmed = {}, {}, set()
     for m, view in sorted(req.groups.items()):
@@ -212,7 +219,9 @@ def confirm(sec: SiteSecrets, req: ConfirmRequest) -> ConfirmReply:
     would need disjoint survivor sets, each more than half of the group; and beside
     one such view V only sites V calls dropped can answer under the view that
     nobody dropped: fewer than ``t`` of them, too few for any dropped site's seed.
-    Sites colluding with the server are beyond this (deploy/README.md section 7)."""
+    With ``t - 1`` holders colluding, that is enough where V drops two or more; so
+    there every view is confirmed, the full one too
+    (:func:`~mmvm.secure.unmasking.full_view_confirmed`)."""
     groups = sec.state.get("groups", {})
     stray = set(req.groups) - set(groups)
     if stray:
@@ -267,10 +276,12 @@ def _agreed_views(sec: SiteSecrets, req: UnmaskRequest, guard) -> dict[str, dict
     return out
 
 
-def _check_agreed(me: str, m: str, view: Mapping, agreed: Mapping[str, dict]) -> None:
-    """A view with dropped holders is revealed under only if every other survivor
-    sealed this site the same view (:func:`confirm`)."""
-    if not view["dropped"]:
+def _check_agreed(me: str, m: str, view: Mapping, agreed: Mapping[str, dict],
+                  n_holders: int) -> None:
+    """A view with dropped holders (in groups of 6 and more, any view:
+    :func:`~mmvm.secure.unmasking.full_view_confirmed`) is revealed under only if
+    every other survivor sealed this site the same view (:func:`confirm`)."""
+    if not view["dropped"] and not full_view_confirmed(n_holders):
         return
     for s in sorted(set(view["survivors"]) - {me}):
         if s not in agreed:

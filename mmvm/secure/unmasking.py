@@ -89,6 +89,21 @@ def combine_seed(shares: Sequence[bytes], n_holders: int) -> bytes:
     return Shamir.combine(sorted(parsed.items())[:t])
 
 
+def full_view_confirmed(n_holders: int) -> bool:
+    """Whether a view in which nobody dropped must be confirmed by every survivor,
+    too (:func:`mmvm.federation.sealed_weights.confirm`). Where a view may call two
+    or more holders dropped (groups of 6 and more), ``t - 1`` holders colluding with
+    the server, and two honest holders A and B told that nobody dropped while the
+    others are told that A and B did, hand the server ``t`` shares of every self-mask
+    seed (A's and B's included: each reveals its share of the other's) and every
+    pair seed between A, B and the others: A + B unmasked besides the others' sum
+    (found by the attack review of 2026-12-05). Confirming every view closes it (A
+    and B find the others sealed them another view), at one more round trip per
+    window. In smaller groups a view drops at most one holder, whose seed only the
+    other survivors' shares rebuild, so a full view is revealed under unconfirmed."""
+    return n_holders - survivors_needed(n_holders) >= 2
+
+
 def check_view(me: str, holders: Sequence[str], survivors: Sequence[str],
                dropped: Sequence[str]) -> None:
     """Refuse a survivor/dropped split that is not a partition of the holders with

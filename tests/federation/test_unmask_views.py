@@ -271,3 +271,47 @@ def test_a_window_that_cannot_average_a_modality_says_so(cfg, tmp_path, tiny_pol
            "weights)" in line
     assert unaveraged(res.history) == {"m0": [1]}
 
+
+
+def six(h):  # a and b told nobody dropped; the other four told that a and b did
+    a, b, *rest = h
+    return {a: (h, []), b: (h, []), **{n: (rest, [a, b]) for n in rest}}
+
+
+def test_two_holders_told_nobody_dropped_in_a_group_of_six_reveal_nothing(
+        cfg, tmp_path, tiny_polymnist):
+    """The attack of t - 1 colluding holders (t = 3 of 6): a and b answered the full
+    view unconfirmed, each revealing its share of the other's self-mask seed, which
+    with the colluders' two made t; the four others revealed their pair seeds with a
+    and b: a + b unmasked besides the four's sum. Now a full view in a group of 6 is
+    confirmed too, and a and b find that the four sealed them nothing."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=6)
+    t = SplitViews(endpoints, sites, six, confirm=True)
+    with pytest.raises(Done):
+        federate(cfg, {}, transport=t, secure=True, exchange="round")
+    h = sorted(t.answers)
+    assert len(h) == 6
+    for n in h[:2]:  # told nobody dropped: refused, nothing of theirs revealed
+        assert isinstance(t.answers[n], SecurityError), t.answers[n]
+        assert "did not confirm that view" in str(t.answers[n])
+    for n in h[2:]:  # a consistent view of their own: the four's sum, as an honest run
+        assert isinstance(t.answers[n], UnmaskReply), t.answers[n]
+        assert sorted(t.answers[n].seeds["m0"]) == h[:2]
+
+
+def test_a_group_of_six_confirms_every_window_and_averages(cfg, tmp_path,
+                                                          tiny_polymnist):
+    """Nobody drops: every window with an unmask has its confirm round first, and
+    every window is averaged; in a group of 4 a full view needs none."""
+    for shards, confirmed in ((6, True), (4, False)):
+        sites, _, endpoints = hybrid_sites(cfg, tmp_path / str(shards), tiny_polymnist,
+                                           shards=shards)
+        t = Recorder(endpoints)
+        res = federate(cfg, {}, transport=t, secure=True, exchange="round")
+        rounds = [(kind, next(iter(req.values())).window) for kind, req, _ in t.log
+                  if kind in ("confirm", "unmask")]
+        unmasks = [w for kind, w in rounds if kind == "unmask"]
+        assert unmasks and all(row["unaveraged"] == [] for row in res.history)
+        expected = [x for w in unmasks for x in ((("confirm", w),) * confirmed
+                                                 + (("unmask", w),))]
+        assert rounds == expected, (shards, rounds)
