@@ -144,7 +144,7 @@ def _checked(f, value, what: str):
         if not isinstance(value, str):  # json.loads takes bytes too, past the cap
             raise MessageError(f"{what}: field {f.name!r} must be JSON text, got "
                                f"{type(value).__name__}")
-        if cap is not None and len(value) > cap:
+        if len(value) > cap:
             raise MessageError(f"{what}: field {f.name!r} holds {len(value)} characters "
                                f"of JSON, more than the {cap} it may")
         try:

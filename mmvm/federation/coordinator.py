@@ -167,18 +167,22 @@ class Coordinator:
         site = self.sites[key]
         shared = {m: sorted(self.name(h) for h in hs) for m, hs in self.shared.items()
                   if key in hs}
+        modalities, rows = self._peers(key) if peers else ({}, {})
         return AttachRequest(n=self.n, rows=site.rows.tolist(), float16=float16,
                              plan=self.plan_args.to_dict(), shared=shared,
-                             peers=self._peers(key) if peers else {},
+                             peers=modalities, peer_rows=rows,
                              delta_tol=-1.0 if delta_tol is None else float(delta_tol))
 
-    def _peers(self, key: str) -> dict:
-        site, out = self.sites[key], {}
+    def _peers(self, key: str) -> tuple[dict[str, dict], dict[str, bytes]]:
+        """Per other site sharing rows with ``key``: its modalities, and the shared
+        rows as sorted little-endian uint32 bytes."""
+        site, modalities, rows = self.sites[key], {}, {}
         for other, o in self.sites.items():
             both = np.intersect1d(site.held, o.held) if other != key else ()
             if len(both):
-                out[o.name] = {"rows": both.tolist(), "modalities": list(o.modalities)}
-        return out
+                modalities[o.name] = {"modalities": list(o.modalities)}
+                rows[o.name] = np.asarray(both, dtype="<u4").tobytes()
+        return modalities, rows
 
     def route(self, index: int, table: Mapping[str, Posteriors]) -> dict[str, dict]:
         """Per site: the other modalities' posteriors for its rows of window ``index``."""

@@ -49,14 +49,13 @@ def _value(kind: type, of: type | None = None, *, payload: bool = False, default
                  else (lambda: default), metadata=meta)
 
 
-MAX_JSON_CHARS = 1 << 20  # a JSON field's text, unless it is sized by rows
+MAX_JSON_CHARS = 1 << 20  # a JSON field's text (what grows with rows travels as bytes)
 
 
 def _json(*, payload: bool = False, default: Any = dict,
-          max_chars: int | None = MAX_JSON_CHARS):
+          max_chars: int = MAX_JSON_CHARS):
     """A JSON field; its text is refused beyond ``max_chars`` before it is parsed
-    (parsing costs ~6x the text in Python objects). ``None``: a field whose size
-    grows with the rows (a secure attach's peer rows, from the server)."""
+    (parsing costs ~6x the text in Python objects)."""
     return field(default_factory=default, metadata={"wire": "json", "payload": payload,
                                                     "max_chars": max_chars})
 
@@ -126,8 +125,11 @@ class AttachRequest:
 
     ``rows[i]`` is the aligned row of the i-th identifier the site reported;
     ``shared`` maps each modality the site shares with others to its holders' names
-    (FedAvg groups); ``peers`` (secure mode) gives per peer the rows both hold and
-    the peer's modalities, so the site can seal posteriors to it directly."""
+    (FedAvg groups); in secure mode ``peers`` gives per peer its modalities and
+    ``peer_rows`` the rows both hold (sorted little-endian uint32: a site bounds
+    them by its own rows, and bytes cost what they weigh, where JSON numbers cost
+    ~6x in Python objects before any check), so the site can seal posteriors to it
+    directly."""
 
     kind: ClassVar[str] = "attach"
     n: int = _value(int)
@@ -135,8 +137,9 @@ class AttachRequest:
     float16: bool = _value(bool)
     plan: dict = _json()
     shared: dict = _json()
-    peers: dict = _json(payload=True, max_chars=None)
+    peers: dict = _json(payload=True)
     delta_tol: float = _value(float, default=-1.0)
+    peer_rows: dict[str, bytes] = _blobs()
 
 
 @dataclass

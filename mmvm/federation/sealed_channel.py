@@ -116,8 +116,13 @@ class SealedChannel:
         sec = self.sec
         order = sealed_align.positions(site, sec)
         members = set(sec.state["members"])
-        peers = {str(p): _peer_claim(sec.site, str(p), v, req.n, site.global_names)
-                 for p, v in req.peers.items()}
+        if set(req.peers) != set(req.peer_rows):
+            raise SecurityError(f"site {sec.site}: the server names peers "
+                                f"{sorted(set(req.peers) ^ set(req.peer_rows))} with "
+                                f"modalities or with rows, not both")
+        own = np.asarray(req.rows, dtype=np.int64)
+        peers = {str(p): _peer_claim(sec.site, str(p), v, req.peer_rows[p], own,
+                                     site.global_names) for p, v in req.peers.items()}
         named = set(peers) | {h for v in req.shared.values() for h in v}
         strangers = named - members
         if strangers or sec.site in peers:
@@ -276,22 +281,25 @@ class SealedChannel:
         return prove(self.sec.keys, str(self.sec.run_id), challenge)
 
 
-def _peer_claim(me: str, peer: str, claim, n: int, modalities: list[str]) -> dict:
-    """The server's word on which aligned rows and modalities ``peer`` holds (what
-    this site seals to it): distinct rows in ``[0, n)``, configured modalities.
-    It cannot be verified here; a malformed one is refused."""
+def _peer_claim(me: str, peer: str, claim, rows: bytes, own: np.ndarray,
+                modalities: list[str]) -> dict:
+    """The server's word on which of this site's aligned rows ``peer`` also holds,
+    and its modalities (what this site seals to it): distinct rows among this site's
+    own, configured modalities. It cannot be verified here; a malformed one is
+    refused before anything is built from it."""
     try:
-        rows, mods = claim["rows"], claim["modalities"]
-        ok = isinstance(rows, list) and isinstance(mods, list) and \
-            all(type(r) is int for r in rows) and all(m in modalities for m in mods)
+        mods = claim["modalities"]
+        ok = isinstance(mods, list) and all(m in modalities for m in mods) and \
+            len(set(mods)) == len(mods) and set(claim) == {"modalities"}
     except (KeyError, TypeError):
         ok = False
-    if not ok or len(set(rows)) != len(rows) or any(not 0 <= r < n for r in rows) \
-            or len(set(mods)) != len(mods):
+    got = np.frombuffer(rows, dtype="<u4") if len(rows) % 4 == 0 else None
+    if not ok or got is None or not len(got) or len(got) > len(own) or \
+            np.any(np.diff(got.astype(np.int64)) <= 0) or not np.isin(got, own).all():
         raise SecurityError(f"site {me}: the server's description of peer {peer!r} is "
-                            f"not distinct aligned rows in [0, {n}) and distinct "
-                            f"configured modalities")
-    return {"rows": sorted(rows), "modalities": list(mods)}
+                            f"not distinct rows among this site's own aligned rows and "
+                            f"distinct configured modalities")
+    return {"rows": got.astype(np.int64).tolist(), "modalities": list(mods)}
 
 
 def begin_once(sec: SiteSecrets) -> None:

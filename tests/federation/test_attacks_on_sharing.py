@@ -191,20 +191,43 @@ def test_6_a_colluding_ring_peer_tests_one_bounded_set_of_guesses_at_most(
                                             sealed={s: guesses_from_s(["x"], 2)}))
 
 
-def test_6b_the_servers_word_on_a_peers_rows_must_be_aligned_rows(cfg, tmp_path,
-                                                                tiny_polymnist):
+def _rows(blob: bytes) -> list[int]:
+    return np.frombuffer(blob, "<u4").tolist()
+
+
+def _blob(rows: list[int]) -> bytes:
+    return np.asarray(rows, "<u4").tobytes()
+
+
+def test_6b_the_servers_word_on_a_peers_rows_must_be_the_sites_own_rows(
+        cfg, tmp_path, tiny_polymnist):
     """What a site seals to a peer follows the server's claim of the rows they share:
-    rows outside the alignment or a modality string (split into letters) are
-    refused, not sealed to."""
-    for i, lie in enumerate([lambda r, v: dict(v, rows=[*v["rows"], r.n]),
-                             lambda r, v: dict(v, modalities="m0m1"),
-                             lambda r, v: dict(v, rows=[*v["rows"], v["rows"][0]])]):
+    rows this site does not hold (beyond the alignment, or another site's), a row
+    twice, bytes that are not rows, more rows than the site holds, or a modality
+    string (split into letters) are refused, not sealed to."""
+    not_mine = lambda r: next((i for i in range(r.n) if i not in set(r.rows)),  # noqa: E731
+                              r.n)  # a site that holds every row: beyond them
+    lies = [lambda r, v, b: (v, _blob([*_rows(b), r.n])),
+            lambda r, v, b: (v, _blob([*_rows(b), not_mine(r)])),
+            lambda r, v, b: (v, _blob([_rows(b)[0], *_rows(b)])),
+            lambda r, v, b: (v, b + b"\0"),
+            lambda r, v, b: (v, _blob(list(range(len(r.rows) + 1)))),
+            lambda r, v, b: (dict(v, modalities="m0m1"), b)]
+    for i, lie in enumerate(lies):
+        def tamper(r, lie=lie):
+            told = {p: lie(r, v, r.peer_rows[p]) for p, v in r.peers.items()}
+            return dataclasses.replace(r, peers={p: v for p, (v, _) in told.items()},
+                                       peer_rows={p: b for p, (_, b) in told.items()})
+
         sites, _, endpoints = hybrid_sites(cfg, tmp_path / str(i), tiny_polymnist)
         with pytest.raises(SecurityError, match=r"server's description of peer .* not "
-                                                r"distinct aligned rows"):
-            federate(cfg, {}, transport=AttachTamper(endpoints, lambda r, lie=lie: (
-                dataclasses.replace(r, peers={p: lie(r, v) for p, v in r.peers.items()}))),
-                secure=True)
+                                                r"distinct rows among this site's own"):
+            federate(cfg, {}, transport=AttachTamper(endpoints, tamper), secure=True)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path / "half", tiny_polymnist)
+    with pytest.raises(SecurityError, match=r"names peers \['site-\w+'\] with "
+                                            r"modalities or with rows, not both"):
+        federate(cfg, {}, transport=AttachTamper(endpoints, lambda r: dataclasses.replace(
+            r, peer_rows=dict(list(r.peer_rows.items())[1:]))), secure=True)
 
 
 def test_6c_a_pseudonym_peer_that_aligned_more_than_max_align_rows_is_refused(

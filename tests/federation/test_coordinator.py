@@ -24,9 +24,11 @@ def test_rows_are_the_sorted_union_and_each_site_gets_its_own():
     assert c.sites["k1"].held.tolist() == [1, 3]
     req = c.attach_request("k0", float16=True, delta_tol=None, peers=True)
     assert (req.n, req.rows, req.delta_tol, req.shared) == (4, [2, 0, 1], -1.0, {})
-    assert req.peers == {"b": {"rows": [1], "modalities": ["m1"]}}
+    assert req.peers == {"b": {"modalities": ["m1"]}}
+    assert req.peer_rows == {"b": np.asarray([1], "<u4").tobytes()}  # 4 bytes a row
     assert PlanArgs.from_dict(req.plan) == PLAN
-    assert c.attach_request("k0", float16=True, delta_tol=0.5, peers=False).peers == {}
+    plain = c.attach_request("k0", float16=True, delta_tol=0.5, peers=False)
+    assert plain.peers == {} and plain.peer_rows == {}
 
 
 def test_alignment_counts_the_samples_that_couple_modalities():

@@ -52,12 +52,14 @@ def read_dump(path: str | Path) -> list[tuple[dict, bytes]]:
 
 
 def blobs_in(body: bytes) -> list[bytes]:
-    """Every bytes value of the ``blobs/...`` records of one recorded message."""
+    """Every bytes value of the ``blobs/...`` records of one recorded message that
+    carry envelopes: not ``blobs/peer_rows``, the rows the server itself computed (in
+    the clear, as the attach request's other rows)."""
     proto = ProtoRecordDict()
     proto.ParseFromString(body)
     rd, out = recorddict_from_proto(proto), []
     for name in rd.keys():
-        if name.startswith("blobs/"):
+        if name.startswith("blobs/") and name != "blobs/peer_rows":
             out += [b for b in rd[name].values() if isinstance(b, bytes)]
     return out
 
