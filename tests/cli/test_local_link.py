@@ -69,6 +69,14 @@ def _look_alike(tmp_path: Path, home: Path, port: int, busy: bool) -> subprocess
                             start_new_session=True)
 
 
+def _until(started, tries: int = 100) -> None:
+    """Wait for a look-alike process to be there to be read."""
+    for _ in range(tries):
+        if started():
+            return
+        time.sleep(0.05)
+
+
 def _gone(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, 9)
@@ -105,10 +113,7 @@ def test_one_running_a_simulation_is_not_stopped_and_says_what_to_do(tmp_path):
     home, port = tmp_path / "flwr", free_port()
     link = _look_alike(tmp_path, home, port, busy=True)
     try:
-        for _ in range(100):  # its simulation child started
-            if pids_mentioning(str(tmp_path / "flwr-simulation")):
-                break
-            time.sleep(0.05)
+        _until(lambda: pids_mentioning(str(tmp_path / "flwr-simulation")))  # its child
         with pytest.raises(ConfigError, match=r"it has MMVM_CACHE unset, this run "
                            r"MMVM_CACHE=/elsewhere.*running 1 simulation\(s\) now"):
             check_local_superlink(_env(home, port, MMVM_CACHE="/elsewhere"),
@@ -122,10 +127,7 @@ def test_another_flwr_homes_superlink_on_the_port_is_named(tmp_path):
     theirs, port = tmp_path / "theirs", free_port()
     link = _look_alike(tmp_path, theirs, port, busy=False)
     try:
-        for _ in range(100):
-            if any(s.pid == link.pid for s in local_superlinks()):
-                break
-            time.sleep(0.05)
+        _until(lambda: any(s.pid == link.pid for s in local_superlinks()))
         with pytest.raises(ConfigError, match=rf"127.0.0.1:{port} is the local SuperLink "
                            rf"of FLWR_HOME={theirs} \(pid {link.pid}\), not of this"):
             check_local_superlink(_env(tmp_path / "mine", port))
