@@ -139,6 +139,10 @@ def add_images(names: argparse._SubParsersAction) -> None:
                    "%(default)s; 28 and 224 are the other sizes the image networks take)")
     q.add_argument("--mode", choices=("L", "RGB"), default="L",
                    help="grey (L, one channel) or RGB (default %(default)s)")
+    q.add_argument("--white-level", type=float, metavar="VALUE",
+                   help="images of more than 8 bits (16-bit PNG, TIFF): the pixel value "
+                        "that is white (default: the file type's largest, 65535 for 16 "
+                        "bits; 4095 for 12-bit data)")
     q.add_argument("--table", metavar="CSV", help="labels (and groups) by sample id")
     q.add_argument("--id-column", default="sample_id",
                    help="the table's sample id column (default %(default)s)")
@@ -165,5 +169,6 @@ def _prepare_images(args: argparse.Namespace) -> int:
                                group_column=args.group_column,
                                test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
-                               classes=_classes(args.classes, None))
+                               classes=_classes(args.classes, None),
+                               white=args.white_level)
     return _report(paths, args, True, args.group_column, "--group-column")

@@ -99,3 +99,54 @@ def test_the_command_prints_the_config_sections(tmp_path, capsys):
     assert '[model.modalities.frontal]\nkind = "image"\nshape = [1, 28, 28]' in out
     assert "# label.finding: 0 = cardiomegaly, 1 = normal" in out
     assert "give --group-column" in out
+
+
+def _png16(path, values: np.ndarray) -> None:
+    Image.fromarray(values.astype(np.uint16)).save(path)  # Pillow writes I;16 PNG
+
+
+def test_16_bit_x_rays_are_scaled_not_clipped_to_white(tmp_path):
+    """Pillow's convert("L") clips every value above 255: a 16-bit PNG X-ray became a
+    white silhouette, its lesion gone, and the preparer said nothing."""
+    (tmp_path / "wide").mkdir()
+    img = np.full((32, 32), 20000.0)
+    img[8:16, 8:16] = 60000.0  # the lesion, brighter than its body
+    for i in range(6):
+        _png16(tmp_path / "wide" / f"s{i}.png", img)
+    p = prepare_images(tmp_path / "out", {"frontal": tmp_path / "wide"}, size=32,
+                       test_fraction=0.34)
+    x = read_site_table(p["train"]).tensors["frontal"][0, 0]
+    assert x[0, 0] == round(20000 / 65535 * 255) and x[12, 12] == round(60000 / 65535 * 255)
+
+
+def test_12_bit_data_in_16_bit_files_needs_its_white_level(tmp_path):
+    (tmp_path / "wide").mkdir()
+    img = np.full((32, 32), 1000.0)
+    img[8:16, 8:16] = 4000.0
+    for i in range(6):
+        _png16(tmp_path / "wide" / f"s{i}.png", img)
+    with pytest.raises(DataError, match=r"brightest pixel is 4000, below 4096 of 65535: "
+                                        r"12-bit data in a 16-bit file\? Give the value "
+                                        r"that is white \(--white-level 4095"):
+        prepare_images(tmp_path / "o", {"frontal": tmp_path / "wide"}, size=32)
+    assert not (tmp_path / "o").exists()
+    assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/wide",
+                 "--size", "32", "--white-level", "4095", "--test-fraction", "0.34",
+                 "--out", f"{tmp_path}/site", "--quiet"]) == 0
+    x = read_site_table(tmp_path / "site" / "train.parquet").tensors["frontal"][0, 0]
+    assert x[0, 0] == round(1000 / 4095 * 255) and x[12, 12] == round(4000 / 4095 * 255)
+    with pytest.raises(DataError, match=r"pixel values 1000\.\.4000 outside 0\.\.2000"):
+        prepare_images(tmp_path / "o", {"frontal": tmp_path / "wide"}, size=32, white=2000)
+
+
+def test_a_table_that_names_none_of_the_images_is_refused(tmp_path):
+    """Files s000_lat.png against a table keyed s000: every label was unknown, and
+    nothing said so."""
+    _views(tmp_path)
+    for f in (tmp_path / "lateral").iterdir():
+        f.rename(f.with_name(f.stem + "_lat.png"))
+    with pytest.raises(DataError, match=r"none of the 40 images' sample ids \(e\.g\. "
+                                        r"'s000_lat', from its file name\) is in the "
+                                        r"table's 'sample_id' column \(e\.g\. 's000'\)"):
+        prepare_images(tmp_path / "o", {"lateral": tmp_path / "lateral"}, size=28,
+                       table=tmp_path / "table.csv", labels=["finding"])

@@ -71,12 +71,14 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                    group_column: str | None = None, test_fraction: float = 0.2,
                    seed: int = 0, name: str = "images", force: bool = False,
                    progress: Progress | None = None,
-                   classes: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
+                   classes: Mapping[str, Sequence[str]] | None = None,
+                   white: float | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
     (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
     ``labels``: the table's columns to keep as labels (default: all but the id and
     group columns), written as ``label.<column>`` (``label`` stays ``label``);
-    ``classes``: a table column -> its class names in id order."""
+    ``classes``: a table column -> its class names in id order; ``white``: the pixel
+    value that is white in images of more than 8 bits (default: the file type's)."""
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode {mode!r}: 'L' (grey) or 'RGB'")
     files = {m: image_files(f) for m, f in folders.items()}
@@ -89,6 +91,11 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                             f"({len(got)} vs {len(ids)} images; e.g. {odd}): the "
                             f"modalities of one site must hold the same samples")
     rows = read_table(table, id_column) if table is not None else {}
+    if rows and not set(rows) & set(ids):
+        raise DataError(f"{table}: none of the {len(ids)} images' sample ids (e.g. "
+                        f"{ids[0]!r}, from its file name) is in the table's {id_column!r} "
+                        f"column (e.g. {next(iter(rows))!r}): name the files by the "
+                        f"table's ids, or give the column that holds them (--id-column)")
     columns = list(next(iter(rows.values()))) if rows else []
     keep = list(labels) if labels is not None else \
         [c for c in columns if c != group_column]
@@ -97,7 +104,7 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
         raise DataError(f"{table}: no column {missing[0]!r}; its columns: {columns}")
     with tempfile.TemporaryDirectory(prefix="mmvm-images-") as tmp:
         tmp = Path(tmp)
-        arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress)
+        arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress, white)
                   for m, got in files.items()}
         (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
         label_files = {}
@@ -125,14 +132,14 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
 
 
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
-            path: Path, progress: Progress | None) -> Path:
+            path: Path, progress: Progress | None, white: float | None = None) -> Path:
     """The images of ``ids`` as one uint8 ``[N, C, size, size]`` .npy at ``path``,
     each decoded into it in turn (never the whole set in memory)."""
     channels = 1 if mode == "L" else 3
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
                                     shape=(len(ids), channels, size, size))
     for k, i in enumerate(ids):
-        out[k] = load_image(files[i], mode, size)
+        out[k] = load_image(files[i], mode, size, white=white)
         if progress is not None and (k % 64 == 0 or k == len(ids) - 1):
             progress(f"decoding {path.stem}", k + 1, len(ids))
     out.flush()

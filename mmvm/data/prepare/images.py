@@ -8,16 +8,23 @@ import numpy as np
 
 from mmvm.data.store import DataError
 
+# grey modes of more than 8 bits a pixel (Pillow): the white level of the file type
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535,
+              "I": 65535, "F": None}
+LOW_BITS = 4096  # a 16-bit file whose brightest pixel is below this is 12-bit data
+
 
 def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
-               center_crop: int | None = None) -> np.ndarray:
+               center_crop: int | None = None, white: float | None = None) -> np.ndarray:
     """Decode ``path`` to uint8 ``[C, H, W]`` (``mode`` "L" -> C = 1, "RGB" -> 3).
 
     ``center_crop``: first cut the central ``c x c`` square; ``size``: then resize to
     ``size x size`` (bicubic with antialiasing, aspect ratio not kept). JPEGs are
     decoded in draft mode at the smallest scale still >= the target, which is exact
-    up to the decoder's own downsampling and much faster on large X-rays. Any
-    decoding problem raises :class:`DataError` naming the file.
+    up to the decoder's own downsampling and much faster on large X-rays. Grey images
+    of more than 8 bits (16-bit PNG, TIFF) are scaled, ``value / white * 255``
+    (:func:`to_8bit`). Any decoding problem raises :class:`DataError` naming the
+    file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -25,6 +32,8 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
         with Image.open(path) as img:
             if size is not None and center_crop is None and img.format == "JPEG":
                 img.draft(mode, (size, size))
+            if img.mode in WIDE_MODES:
+                img = to_8bit(img, path, white)
             img = img.convert(mode)
             if center_crop is not None:
                 w, h = img.size
@@ -45,3 +54,29 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
     else:
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
+
+
+def to_8bit(img, path: str | os.PathLike, white: float | None = None):
+    """A grey image of more than 8 bits a pixel as 8-bit "L": ``value / white * 255``,
+    ``white`` by default the file type's largest value (65535 for 16 bits, as
+    torchxrayvision reads 16-bit X-rays). Pillow's own ``convert("L")`` clips every
+    value above 255 to white, which turned a 16-bit X-ray into a white silhouette.
+    A 16-bit file whose brightest pixel is below 4096 holds 12-bit data (or less),
+    which that scale would leave black: it is refused unless ``white`` says where
+    white is."""
+    from PIL import Image
+
+    arr = np.asarray(img, dtype=np.float64)
+    top = white if white is not None else WIDE_MODES[img.mode]
+    if top is None:
+        raise DataError(f"{path}: a floating-point image ({img.mode}) has no white level "
+                        f"of its own: give the value that is white (--white-level)")
+    peak = float(arr.max()) if arr.size else 0.0
+    if white is None and peak < LOW_BITS:
+        raise DataError(f"{path}: a {img.mode} image whose brightest pixel is {peak:g}, "
+                        f"below {LOW_BITS} of {top}: 12-bit data in a 16-bit file? Give "
+                        f"the value that is white (--white-level 4095 for 12 bits)")
+    if not np.isfinite(peak) or peak > top or arr.min() < 0:
+        raise DataError(f"{path}: pixel values {arr.min():g}..{peak:g} outside 0..{top:g} "
+                        f"(the white level)")
+    return Image.fromarray(np.round(arr / top * 255).astype(np.uint8), "L")
