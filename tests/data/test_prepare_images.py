@@ -150,3 +150,13 @@ def test_a_table_that_names_none_of_the_images_is_refused(tmp_path):
                                         r"table's 'sample_id' column \(e\.g\. 's000'\)"):
         prepare_images(tmp_path / "o", {"lateral": tmp_path / "lateral"}, size=28,
                        table=tmp_path / "table.csv", labels=["finding"])
+
+
+def test_64_px_images_are_given_the_residual_network(tmp_path, capsys):
+    """cub_image was printed first (the first registered network to take 64 px): on
+    grey 64 px X-ray look-alikes it left the probe at 0.65 where res_image reached
+    0.99."""
+    _views(tmp_path)
+    assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/frontal",
+                 "--size", "64", "--out", f"{tmp_path}/site", "--quiet"]) == 0
+    assert 'shape = [1, 64, 64]\nnetwork = "res_image"' in capsys.readouterr().out
