@@ -214,7 +214,10 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     log(f"mmvm: evaluation {stages - 1}/{stages}: probes, coherence, reconstruction "
         f"({time.perf_counter() - t0:.0f} s so far)")
     ev = evaluate_run(cfg, model, train_set, test_set, clfs)
-    ev["settings"] = evaluated_with(cfg, train_set, test_set)
+    # data.max_train above only reads the probes' rows: the evaluation's setting is
+    # eval.probe_train over all training rows, as mmvm evaluate's with max_train 0
+    ev["settings"] = evaluated_with(dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, max_train=0)), train_set, test_set)
     log(f"mmvm: evaluation {stages}/{stages}: pictures ({time.perf_counter() - t0:.0f} s "
         f"so far)")
     atomic_write(out / "eval.json", json.dumps(ev, indent=2, default=str).encode())

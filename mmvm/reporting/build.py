@@ -61,6 +61,9 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
         doc.sections += picture_sections(groups, generate)
         doc.sections += [federated_section(r) for r in collection.runs if r.federated]
         doc.sections.append(runs_section(collection.runs))
+        warned = warnings_section(collection.runs)
+        if warned:  # first, where a reader looks before trusting a number
+            doc.sections.insert(0, warned)
     doc.sections += [results_section(r) for r in collection.results]
     if collection.notes or repeated:
         doc.sections.append(Section("Notes").add(
@@ -158,6 +161,16 @@ def runs_section(runs: Sequence[Run]) -> Section:
                      _plain(r.epoch)] + [NOT_EVALUATED if c is None else cell(c)
                                         for c in cells] + [r.metric_source, r.source])
     return Section("Runs").add(Table(header, rows, caption="Every run on its own."))
+
+
+def warnings_section(runs: Sequence[Run]) -> Section | None:
+    """What the evaluations said not to trust (a judge at chance, generations all
+    one class, a probe left out), per run: a number in a table does not say it."""
+    said = [r for r in runs if r.warnings]
+    if not said:
+        return None
+    return Section("Warnings").add(*[Paragraph(f"{r.name}: {w}", note=True)
+                                     for r in said for w in r.warnings])
 
 
 def _plain(value) -> str:

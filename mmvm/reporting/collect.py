@@ -197,21 +197,39 @@ def checkpoint_config(path: Path) -> Mapping | None:
 
 
 def site_evaluations(run: Run, summary: Mapping) -> None:
-    """A federated run without eval.json: each site's probe of its own modalities."""
+    """A federated run without eval.json: each site's probe, its chance (the
+    commonest test label's share) and test reconstruction of its own modalities; a
+    modality several sites hold gets their mean. The run's reconstruction is the sum
+    over its modalities, as eval.json's total (each site draws z from q(z | x_m), as
+    the server's evaluation does), when every modality has one."""
     evaluation = summary.get("evaluation")
     if not isinstance(evaluation, Mapping):
         return
+    seen: dict[str, dict[str, list[float]]] = {}
     for site in evaluation.values():
-        if not isinstance(site, Mapping):
-            continue
-        for key, value in site.items():
+        for key, value in (site.items() if isinstance(site, Mapping) else ()):
             kind, _, name = str(key).partition("/")
-            if kind in ("probe", "recon_nll") and name and number(value) is not None:
-                run.per_modality.setdefault(name, {})[kind] = number(value)
+            if kind in ("probe", "recon_nll", "majority") and name and \
+                    number(value) is not None:
+                seen.setdefault(name, {}).setdefault(kind, []).append(number(value))
+    means = {m: {k: sum(v) / len(v) for k, v in kinds.items()} for m, kinds in seen.items()}
+    for name, got in means.items():
+        cell = {k: v for k, v in got.items() if k != "majority"}
+        if cell:
+            run.per_modality.setdefault(name, {}).update(cell)
     probe = number(summary.get("probe_mean"))
     if probe is not None:
         run.metrics["probe"] = probe
         run.metric_source = "sites' own probes (results.json)"
+    chances = [got["majority"] for got in means.values() if "majority" in got]
+    if probe is not None and chances:
+        run.metrics["chance"] = sum(chances) / len(chances)
+    config = summary.get("config") if isinstance(summary.get("config"), Mapping) else {}
+    model = config.get("model") if isinstance(config.get("model"), Mapping) else {}
+    mods = model.get("modalities")  # {name: table}, as the config file has them
+    names = [str(n) for n in mods] if isinstance(mods, Mapping) else list(means)
+    if names and all("recon_nll" in means.get(n, {}) for n in names):
+        run.metrics["recon_nll"] = sum(means[n]["recon_nll"] for n in names)
 
 
 def read_results_file(path: Path) -> ResultsFile:

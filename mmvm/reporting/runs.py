@@ -67,6 +67,7 @@ class Run:
     images: dict[str, Path] = field(default_factory=dict)
     checkpoint: Path | None = None
     federated: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)  # the evaluation's own
 
     @property
     def label(self) -> str:
@@ -156,6 +157,9 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
         if cell:
             run.per_modality[str(name)] = cell
     run.coherence_matrix = coherence_matrix(coh)
+    said = result.get("warnings")
+    run.warnings = [str(w) for w in said if isinstance(w, str)] \
+        if isinstance(said, list) else []
 
 
 def coherence_matrix(coh: Mapping) -> tuple[list[str], list[list[float]]] | None:

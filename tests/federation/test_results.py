@@ -73,6 +73,10 @@ def test_the_servers_evaluation_names_a_missing_label_column(tmp_path):
     paths, ev = evaluate_assembled(cfg, _state(cfg), tmp_path, tmp_path / "out", log=print)
     assert set(ev["probe_labels"]["labels"]["m0"]) == {"label"} and "coherence" not in ev
     assert (tmp_path / "out" / "eval.json").is_file()
+    # its settings read as mmvm evaluate's of the same config: the report split the
+    # two into settings A and B on data.max_train, which only read the probes' rows
+    assert ev["settings"]["data"]["max_train"] == cfg.data.max_train == 0
+    assert ev["settings"]["eval"]["probe_train"] == cfg.eval.probe_train
 
 
 def test_the_servers_evaluation_of_unlabelled_data_is_reconstruction_only(tmp_path):

@@ -199,3 +199,34 @@ def test_two_folders_with_the_same_numbers_are_two_runs(tmp_path):
     assert "counted once" not in text
     assert "central" in text and "rerun" in text
     assert "seed 0 given more than once" in text  # both kept, and the user told
+
+
+def test_a_federated_run_without_eval_json_shows_its_chance_and_reconstruction(tmp_path):
+    """The sites' own results: "not evaluated" was shown for chance and
+    reconstruction although results.json held both; a modality two sites hold is
+    their mean, and the reconstruction is the sum over the config's modalities."""
+    fed = tmp_path / "run-9"
+    fed.mkdir()
+    (fed / "results.json").write_text(json.dumps({
+        "settings": {"num_sites": 3}, "probe_mean": 0.75,
+        "config": {"model": {"method": "mmvm", "modalities": {"m0": {}, "m1": {}}},
+                   "train": {"beta": 1.0, "seed": 0}},
+        "evaluation": {
+            "1": {"probe/m0": 0.8, "recon_nll/m0": 50.0, "majority/m0": 0.5},
+            "2": {"probe/m0": 0.6, "recon_nll/m0": 70.0, "majority/m0": 0.5},
+            "3": {"probe/m1": 0.85, "recon_nll/m1": 40.0, "majority/m1": 0.6}}}))
+    _, page = write_report(tmp_path, fed)
+    row = summary_row(page, "mmvm")
+    assert row["probe chance (the commonest test label's share)"] == "0.550 (1 seed)"
+    assert row["reconstruction NLL (test, per sample)"] == "100.0 (1 seed)"  # 60 + 40
+
+
+def test_what_an_evaluation_warned_of_is_on_the_page(tmp_path):
+    """A judge at chance made coherence meaningless: mmvm evaluate said so, and the
+    report showed the number alone."""
+    said = "the m0 judge scores 0.463 on real test data, near chance (0.537)"
+    run = fake_run(tmp_path / "weak", {**eval_result("mmvm", 0, 0.9, 100.0, 0.46),
+                                       "warnings": [said]})
+    text, _ = write_report(tmp_path, run)
+    assert "<h2>Warnings</h2>" in text and f"weak: {said}" in text
+    assert text.index("Warnings") < text.index("latent probe (mean over modalities)")
