@@ -46,6 +46,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
                       "run's checkpoint.pt into the current folder)"),
     "eval.probe_train": (lambda v: v >= 1, ">= 1"),
     "eval.classifier_epochs": (lambda v: v >= 0, ">= 0"),
+    "eval.classifier_min_image_steps": (lambda v: v >= 0, ">= 0"),
     "eval.classifier_shift": (lambda v: v >= 0, ">= 0"),
     "eval.classifier_width": (lambda v: v >= 1, ">= 1"),
     "eval.classifier_rotate": (lambda v: 0 <= v <= 180, "in [0, 180]"),

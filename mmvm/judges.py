@@ -35,6 +35,14 @@ def holding(paths: Paths, name: str) -> list[Path]:
     return held
 
 
+def is_image(paths: Paths, name: str) -> bool:
+    """Whether modality ``name`` is stored as images (uint8 ``[C, H, W]``)."""
+    from mmvm.data.store import read_site_meta
+
+    tensor = read_site_meta(holding(paths, name)[0])["tensors"][name]
+    return tensor["dtype"] == "uint8" and len(tensor["shape"]) == 3
+
+
 def labelled_count(paths: Paths, name: str, label: str = "label") -> int:
     """How many of modality ``name``'s rows in ``paths`` have a known ``label``,
     joined by sample id across all the files (no tensor is decoded)."""

@@ -5,8 +5,7 @@ parameters (mu, logvar) for the rows of the current window. For each step it com
 ``mmvm.objectives.site_loss`` on the batch rows it holds, scaled so that the gradient
 equals the centralized one (the centralized loss is a mean over all B rows of the
 batch), and applies its own Adam step. Rows are the federation's aligned order
-(:class:`~mmvm.federation.link.Link`); nothing here knows about Flower or about encryption.
-"""
+(:class:`~mmvm.federation.link.Link`); nothing here knows of Flower or encryption."""
 
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ from mmvm.federation.plan import PlanArgs, Step, window_counts
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import Progress
 from mmvm.federation.reply_cache import ReplyCache
+from mmvm.federation.site_data import check_same_data, data_record
 from mmvm.federation.site_encode import encode_rows, step_groups
 from mmvm.federation.window_metrics import step_sums, zero_sums
 from mmvm.noise import modality_noise
@@ -360,7 +360,8 @@ class Site:
         state = {"model": self.model.state_dict(), "optimizer": self._optimizer_state_dict(),
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
-                 "progress": self.progress.state(), "replies": self.replies.state()}
+                 "progress": self.progress.state(), "replies": self.replies.state(),
+                 **data_record(self.data.sample_ids)}
         write_torch(path, state)
 
     def restore(self, path: str | Path) -> None:
@@ -369,6 +370,7 @@ class Site:
         if state["names"] != self.names:
             raise ValueError(f"{path}: saved for modalities {state['names']}, this site "
                              f"holds {self.names}")
+        check_same_data(self.name, self.train_path, self.data.sample_ids, state, path)
         self.model.load_state_dict(state["model"])
         self._ahead = None
         self._optimizer, self._optimizer_state = None, _checked_optimizer_state(

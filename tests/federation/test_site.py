@@ -145,3 +145,43 @@ def test_admitted_but_extreme_peer_posteriors_stop_the_step_before_adam_sees_it(
     state = site.optimizer.state_dict()["state"]
     assert all(torch.equal(v, state[k][n]) for k, st in moments.items() for n, v in st.items())
     assert all(p.grad is None for p in site.model.parameters())
+
+
+def _rewrite_ids(path, change) -> None:
+    """Rewrite a site file's rows through ``change(ids) -> rows to keep, new ids``,
+    keeping its schema (and the metadata in it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    keep, ids = change(table.column("sample_id").to_pylist())
+    table = table.take(pa.array(keep))
+    i = table.schema.get_field_index("sample_id")
+    table = table.set_column(i, table.schema.field(i), pa.array(ids))
+    pq.write_table(table, path)
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda ids: (list(range(len(ids))), ["zzz", *ids[1:]]), "samples, but not the same"),
+    (lambda ids: (list(range(len(ids) - 5)), ids[:-5]), "samples now"),
+    (lambda ids: (list(range(len(ids)))[::-1], ids[::-1]), None)])  # order: the same ids
+def test_a_state_is_restored_only_over_the_sample_ids_it_attached(trained, tmp_path,
+                                                                   change, says):
+    """One id renamed in a site's file between a run and its resume (or under a
+    deployed site, which reads its files at every message): every later position
+    pointed at another sample, and training went on paired wrongly, without a word."""
+    from mmvm.federation.site_data import DataChangedError
+
+    cfg, site = trained
+    site.save(tmp_path / "a.pt")
+    n = len(site.data)
+    _rewrite_ids(site.train_path, change)
+    again = Site(cfg, site.name, site.train_path)
+    if says is None:
+        again.restore(tmp_path / "a.pt")
+        assert len(again.data) == n
+        return
+    with pytest.raises(DataChangedError, match=rf"site {site.name}: its training data "
+                       rf"\(.*train\.parquet\) is not what its state \(.*a\.pt\) was "
+                       rf"attached over: .*{says}.*put back the files the run began with"):
+        again.restore(tmp_path / "a.pt")
