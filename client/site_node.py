@@ -26,6 +26,7 @@ from pathlib import Path
 
 from flwr.app import Context, RecordDict
 
+from mmvm.atomic import WriteError
 from mmvm.config import ConfigError
 from mmvm.data.default import ensure_default_sites
 from mmvm.data.store import DataError
@@ -51,7 +52,7 @@ from wire.records import request_from_record, to_record
 
 # failures a site explains in one line (configuration, data, protocol, policy)
 EXPECTED = (ConfigError, DataError, SecurityError, FederationError, MessageError,
-            PosteriorError, TrainingDivergedError)
+            PosteriorError, TrainingDivergedError, WriteError)
 
 
 @dataclass
@@ -244,8 +245,9 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
                                 resident)
             reply = endpoint.handle(request)  # and writes the state as due
-            for note in endpoint.notes:
+            for note in [*node.store.notes, *endpoint.notes]:
                 _journal(files[0], note)
+            node.store.notes.clear()
             disk = node.store.take()  # every message's: set-up writes are no window's
         if kind == "window":  # a wait for the decoder half at a checkpoint: training
             reply.metrics["disk_s"] = disk

@@ -18,6 +18,7 @@ Two kinds of file, because they answer two different needs:
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import time
 from collections.abc import Mapping
@@ -27,6 +28,14 @@ from mmvm.federation.coordinator import FederationError
 from mmvm.federation.site import Site
 
 KEEP = 2  # snapshots kept: the server's checkpoint is at most one persist window behind
+# how torch.load refuses a damaged file: a zip without its directory, a short read,
+# a pickle cut off, a state dict without its keys (not a state of other modalities
+# or other data, which a snapshot would share: those are ValueErrors)
+UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError)
+
+
+class StateFileError(FederationError):
+    """A site's saved state, and every snapshot of it, cannot be read."""
 
 
 class SiteStore:
@@ -36,6 +45,7 @@ class SiteStore:
         self.path = Path(path)
         self.version = -1  # mtime of the live file this process last read or wrote
         self.seconds = 0.0  # time spent reading and writing since the last take()
+        self.notes: list[str] = []  # what a reader of the site's journal should know
 
     def keep_losses(self, window: int, metrics: Mapping[str, float]) -> None:
         """Append window ``window``'s loss sums to ``<site>.losses.csv`` beside the
@@ -60,13 +70,42 @@ class SiteStore:
         return sorted(int(m.group(1)) for m in found if m)
 
     def refresh(self, site: Site) -> None:
-        """Load the live file if another process wrote it since this one last did."""
+        """Load the live file if another process wrote it since this one last did; a
+        live file that cannot be read (truncated, damaged) gives way to the newest
+        snapshot that can, which becomes the live file (:meth:`_fall_back`)."""
         on_disk = self.path.stat().st_mtime_ns if self.path.exists() else -1
-        if on_disk not in (-1, self.version):
+        if on_disk == -1 and self.version == -1 and self.snapshots():  # removed by hand
+            self._fall_back(site, FileNotFoundError(f"no {self.path.name}"))
+        elif on_disk not in (-1, self.version):
             t = time.perf_counter()
-            site.restore(self.path)
+            try:
+                site.restore(self.path)
+            except UNREADABLE as err:
+                self._fall_back(site, err)
             self.seconds += time.perf_counter() - t
-            self.version = on_disk
+            self.version = self.path.stat().st_mtime_ns
+
+    def _fall_back(self, site: Site, err: BaseException) -> None:
+        """Restore the newest readable snapshot and write it as the live state: the
+        site is then behind, and a resumed server restarts it from that window (its
+        training since is lost, as a host's restarted from a checkpoint). The
+        snapshot of the last checkpoint can be the live file itself (a hard link),
+        damaged with it. None readable: :class:`StateFileError`, naming the file."""
+        why = f"{type(err).__name__}: {str(err)[:160]}"
+        for window in reversed(self.snapshots()):
+            try:
+                site.restore(self._snapshot(window))
+            except UNREADABLE:
+                continue
+            self.notes.append(f"state file {self.path.name} unreadable ({why}); "
+                              f"restored the snapshot of window {window + 1}")
+            self.path.unlink(missing_ok=True)  # a new file, not the snapshot's inode
+            self.save(site, snapshot=False)
+            return
+        raise StateFileError(
+            f"site {site.name}: its saved state {self.path} cannot be read ({why}), nor "
+            f"can any snapshot of it ({[w + 1 for w in self.snapshots()] or 'none'}): "
+            f"the disk or the file was damaged; start a new run") from None
 
     def save(self, site: Site, snapshot: bool) -> None:
         """Write the live file; with ``snapshot`` keep it as the snapshot of the

@@ -177,8 +177,23 @@ class _Processes:
         return out
 
 
+def _write_error():
+    from mmvm.atomic import WriteError
+
+    return WriteError(28, "could not write /srv/state/site-m2.pt: No space left on "
+                          "device; the previous site-m2.pt is intact")
+
+
+@pytest.mark.parametrize("error,reason", [
+    (lambda: OSError(28, "No space left on device"),
+     "failed: OSError: [Errno 28] No space left on device"),
+    # mmvm's own words, with the file, in one line: the server showed the OSError it
+    # was raised from, with the wrong place, and Flower printed two tracebacks
+    (_write_error, "failed: [site site-m2] WriteError: could not write "
+                   "/srv/state/site-m2.pt: No "
+                   "space left on device; the previous site-m2.pt is intact")])
 def test_a_resident_site_that_fails_a_window_keeps_its_state(
-        monkeypatch, tmp_path, tiny_polymnist, tiny_config):
+        monkeypatch, tmp_path, tiny_polymnist, tiny_config, error, reason):
     """A process that keeps its site writes it at checkpoints only. When its window
     fails, rereading the site from disk would silently take it back to the last
     checkpoint (here: attach) although the server counted its earlier windows; it
@@ -206,7 +221,7 @@ def test_a_resident_site_that_fails_a_window_keeps_its_state(
 
     def failing(site, index, others):
         if (site.name, index) == (names["n2"], 2):
-            raise OSError(28, "No space left on device")
+            raise error()
         return train(site, index, others)
 
     monkeypatch.setattr(Site, "train_window", failing)
@@ -215,8 +230,7 @@ def test_a_resident_site_that_fails_a_window_keeps_its_state(
                                         "state": str(tmp_path / "state" / n)})
                 for i, (k, n) in enumerate(names.items())}
     res = run_federation(_Processes(contexts), s)
-    assert res.history[2]["refused"] == {
-        names["n2"]: "failed: OSError: [Errno 28] No space left on device"}
+    assert res.history[2]["refused"] == {names["n2"]: reason}
     live = {k: site_node._NODES[(7, c.node_id)].site for k, c in contexts.items()}
     assert live["n2"].windows_done == 2  # windows 0 and 1, not 0 (the attach state)
     a, b = params(away.values()), params(live.values())

@@ -433,3 +433,39 @@ def test_a_stop_asked_during_a_checkpoint_window_stops_right_after_it(cfg, tmp_p
                        checkpoint=ckpt, should_stop=should_stop)
     assert load_server_state(ckpt, settings_for(cfg, **opts)).window == 2
     assert all(s.progress.window == 2 for s in sites.values())
+
+
+def test_a_damaged_live_state_gives_way_to_the_newest_readable_snapshot(
+        cfg, tmp_path, tiny_polymnist):
+    """A truncated live file ended the resume with PytorchStreamReader's words and no
+    file named; the snapshot of the last checkpoint is a hard link to it, damaged with
+    it, and an older one was intact. Now the newest readable snapshot becomes the
+    live state (the site is behind: the resumed server restarts it from there)."""
+    from mmvm.federation.site_store import StateFileError
+
+    sites, folder = make_sites(cfg, *split(tiny_polymnist, tmp_path, "hybrid")), \
+        tmp_path / "state"
+    run_federation(LocalTransport({k: Stored(s, folder, False) for k, s in sites.items()}),
+                   settings_for(cfg, **_every_third(None)))
+    site = next(iter(sites.values()))
+    live = folder / f"{site.name}.pt"
+    assert SiteStore(live).snapshots() == [2, 5]
+    for f in (live, folder / f"{site.name}.w5.pt"):  # the live file and window 6's
+        with open(f, "r+b") as fh:
+            fh.truncate(f.stat().st_size // 2)
+    store, fresh = SiteStore(live), Site(cfg, site.name, site.train_path, site.test_path)
+    store.refresh(fresh)
+    assert fresh.progress.window == 2 and live.stat().st_nlink == 1  # not w3's inode
+    assert "unreadable" in store.notes[0] and "snapshot of window 3" in store.notes[0]
+    again = Site(cfg, site.name, site.train_path, site.test_path)
+    SiteStore(live).refresh(again)  # the live file is whole again
+    assert again.progress.window == 2
+    live.unlink()  # removed by hand: the snapshot is found all the same
+    SiteStore(live).refresh(again := Site(cfg, site.name, site.train_path))
+    assert again.progress.window == 2
+    for f in (live, *(folder / f"{site.name}.w{w}.pt" for w in (2, 5))):
+        f.write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(StateFileError, match=rf"site {site.name}: its saved state "
+                       rf".*{site.name}\.pt cannot be read .* nor can any snapshot of it "
+                       rf"\(\[3, 6\]\)"):
+        SiteStore(live).refresh(Site(cfg, site.name, site.train_path))
