@@ -40,9 +40,12 @@ def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping
     refused.update(routing.receive(coord, rest))
     kept = {k: r for k, r in rest.items() if k not in refused}
     if len(refused) == len(coord.sites):
+        full = all("No space left on device" in why for why in refused.values())
         raise FederationError(
-            f"window {w}: every site failed or was refused, so the fault is more "
-            f"likely the run's (config, code versions) than one site's: "
+            f"window {w + 1}/{len(coord.plan)}: every site failed or was refused, so the "
+            + ("disk they write to is full (one file system under a shared state-dir?): "
+               if full else "fault is more likely the run's (config, code versions) "
+               "than one site's: ")
             + "; ".join(f"{coord.name(k)}: {why}" for k, why in sorted(refused.items())))
     return kept, {k: short_reason(why) for k, why in refused.items()}
 

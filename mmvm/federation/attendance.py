@@ -68,7 +68,7 @@ class Attendance:
         if over:
             k = over[0]
             raise FederationError(
-                f"window {index}: site {self.names[k]} failed, or its reply was refused, "
+                f"window {index + 1}: site {self.names[k]} failed, or its reply was refused, "
                 f"{self.strikes[k]} window{'s' if self.strikes[k] > 1 else ''} in a row "
                 f"(max-refused = {self.max_refused}); the last time: {refused[k]}")
 

@@ -181,9 +181,25 @@ def test_a_window_in_which_every_site_is_refused_stops_the_run_at_once(
     def nan(w, k, r):
         return dataclasses.replace(r, metrics={**r.metrics, "reg": float("nan")})
 
-    with pytest.raises(FederationError, match=r"window 0: every site failed or was "
-                                              r"refused.*site-m0: sent metrics"):
+    with pytest.raises(FederationError, match=r"window 1/\d+: every site failed or was "
+                                              r"refused, so the fault is more likely the "
+                                              r"run's.*site-m0: sent metrics"):
         federate(cfg, {}, Spoiler(plain_endpoints(sites), nan), exchange="step")
+
+
+def test_every_site_out_of_disk_is_said_to_be_a_full_disk(cfg, tmp_path, tiny_polymnist,
+                                                          monkeypatch):
+    """One state-dir for all simulated sites, full: the message blamed the run's
+    config or code versions."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    for site in sites.values():
+        _failing(monkeypatch, site, {1}, OSError(28, "No space left on device"))
+    with pytest.raises(FederationError, match=r"window 2/\d+: every site failed or was "
+                                              r"refused, so the disk they write to is "
+                                              r"full \(one file system under a shared "
+                                              r"state-dir\?\): site-m0: failed: OSError"):
+        federate(cfg, plain_endpoints(sites), exchange="step")
 
 
 @pytest.mark.parametrize("limit", [0, 1])
@@ -193,7 +209,7 @@ def test_a_site_refused_more_than_max_refused_windows_in_a_row_stops_the_run(
     sites = make_sites(cfg, specs, root)
     _failing(monkeypatch, sites["n2"], {0, 1, 2}, OSError(28, "No space left on device"))
     with pytest.raises(FederationError, match=(
-            rf"window {limit}: site {sites['n2'].name} failed, or its reply was refused, "
+            rf"window {limit + 1}: site {sites['n2'].name} failed, or its reply was refused, "
             rf"{limit + 1} windows? in a row \(max-refused = {limit}\); the last time: "
             rf"failed: OSError: \[Errno 28\] No space left")):
         federate(cfg, plain_endpoints(sites), exchange="step", max_refused=limit)
