@@ -162,7 +162,7 @@ class EvalConfig:
     classifier_epochs: int = 3  # epochs of the coherence classifiers
     # image judges: at least this many batches (a few hundred images need tens of
     # epochs; mmvm.classifiers.recipe_for_rows)
-    classifier_min_image_steps: int = 300
+    classifier_min_image_steps: int = 100
     classifier_shift: int = 0  # image judges train on copies shifted up to this many px
     classifier_width: int = 16  # judges' base width (image: channels w, 2w, 4w)
     classifier_rotate: float = 0.0  # image judges train on copies turned up to this many degrees

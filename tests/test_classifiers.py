@@ -68,7 +68,7 @@ def _lab(tmp_path, img_ids: bool = True) -> list[str]:
                    ids=tmp_path / "ids.txt" if img_ids else None)
     (tmp_path / "lab.toml").write_text(lab_config(
         sites, tmp_path / "run", '["site-eeg", "site-img"]', {"eeg": 6, "img": 4},
-        extra="[eval]\nclassifier_epochs = 1\n"))
+        extra="[eval]\nclassifier_epochs = 1\nclassifier_min_image_steps = 0\n"))
     assert main(["train", "--config", str(tmp_path / "lab.toml"), "--no-progress"]) == 0
     return ["evaluate", "--run", str(tmp_path / "run"), "--no-plot", "--no-progress",
             "--device", "cpu"]
@@ -175,3 +175,20 @@ def test_a_data_folder_that_cannot_be_written_keeps_the_judge_in_the_user_cache(
     again = load_or_train(p["train"], p["test"], ["m0"], cfg=ClassifierConfig(epochs=1),
                           log=said.append)
     assert again.paths["m0"] == kept and any("loaded" in line for line in said)
+
+
+def test_image_judges_train_at_least_min_steps_batches_and_other_recipes_keep_their_keys():
+    """Three epochs of 318 X-rays were nine batches: the judges stayed at chance and
+    coherence measured nothing. Vector judges keep their epochs (the hippocampus's
+    score lower at 40 epochs than at 3), and a recipe the floor does not change is
+    the recipe it was, so judges cached before are found again."""
+    import dataclasses
+
+    from mmvm.classifiers import ClassifierConfig, recipe_for_rows
+
+    cfg = ClassifierConfig(epochs=3, min_steps=100)  # batches of 128
+    assert recipe_for_rows(cfg, 318, image=True).epochs == 34  # 3 a epoch: 102 batches
+    assert recipe_for_rows(cfg, 318, image=False) == ClassifierConfig(epochs=3)
+    assert recipe_for_rows(cfg, 9000, image=True) == ClassifierConfig(epochs=3)  # 213
+    off = dataclasses.replace(cfg, min_steps=0)
+    assert recipe_for_rows(off, 10, image=True) == ClassifierConfig(epochs=3)

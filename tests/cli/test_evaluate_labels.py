@@ -33,7 +33,8 @@ def test_per_label_probes_need_no_single_label_column(trained, tmp_path, capsys)
     run = run_copy(trained, tmp_path)
     assert main(["evaluate", "--run", str(run), "--device", "cpu", "--no-plot",
                  "--set", "data.label=digit", "--set", 'eval.labels=["label"]',
-                 "--set", "eval.classifier_epochs=1"]) == 0
+                 "--set", "eval.classifier_epochs=1",
+                 "--set", "eval.classifier_min_image_steps=0"]) == 0
     res = json.loads((run / "eval.json").read_text())
     assert {m: list(v) for m, v in res["probe_labels"]["labels"].items()} == \
         {m: ["label"] for m in NAMES}

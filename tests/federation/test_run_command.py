@@ -73,7 +73,8 @@ def _dirs(tmp: Path) -> str:
 def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     # judges of 2 epochs: this test is about the console, not the judges' accuracy;
     # exact windows of one step: the site hosts run each step's decoder half ahead
-    rc = (f"set='train.epochs=1;train.batch_size=100;eval.classifier_epochs=2' "
+    rc = (f"set='train.epochs=1;train.batch_size=100;eval.classifier_epochs=2;"
+          f"eval.classifier_min_image_steps=0' "
           f"exchange='step' n-train=300 n-test=100 {_dirs(tmp_path)}")
     code, out = _simulate(tmp_path, rc)
     assert code == 0, out[-4000:]
