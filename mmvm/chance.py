@@ -53,9 +53,10 @@ JUDGE_MARGIN = 0.1  # a judge within this of the majority rate on real data says
 
 
 def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
-    """One line per reason not to trust the coherence of ``result`` (an
-    :func:`evaluate_run` result): sources whose generations were all judged one class,
-    a mean coherence within 0.02 of chance, judges near chance on real test data."""
+    """One line per reason not to trust the coherence or reconstruction of
+    ``result`` (an :func:`evaluate_run` result): sources whose generations were all
+    judged one class, a mean coherence within 0.02 of chance, a modality's
+    reconstruction no better than a constant's, judges near chance on real data."""
     out, groups = [], {}
     for pair, c in result.get("coherence", {}).get("judged_class", {}).items():
         src, tgt = pair.split("->", 1)
@@ -70,6 +71,14 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
         out.append(f"coherence {mean:.3f} is {where} chance ({floor:.3f}, majority "
                    "class): the generations do not carry their sample's label, or the "
                    "judges do not read it (see their accuracy)")
+    recon = result.get("reconstruction", {})
+    for m, floor_nll in recon.get("baseline", {}).items():
+        nll = recon.get("per_modality", {}).get(m, math.nan)
+        if nll >= floor_nll - 0.005 * abs(floor_nll):  # within 0.5%: False for NaN
+            out.append(f"the {m} reconstruction NLL {nll:.1f} is no better than "
+                       f"{floor_nll:.1f}, that of one constant image for every sample "
+                       f"(the training data's per-pixel median or mean): the decoder "
+                       f"reproduces the average sample, not this one")
     for m, acc in result.get("classifier_accuracy", {}).items():
         # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
         # (a 200-class judge at 0.10 is weak but 17x chance; one at 0.995 over a 0.92

@@ -23,8 +23,8 @@ reconstruction error.
 - **Reconstruction error**: the loss's likelihood term on the test split,
   NLL = -sum_m w_m log p(x_m | z_m) per sample, with z drawn exactly as in training
   (the method's aggregation of all present modalities, one seeded reparametrised
-  sample), reported per modality (mean over samples that have it) and in total.
-"""
+  sample), reported per modality (mean over samples that have it) and in total, and
+  beside it the NLL of one constant reconstruction (:mod:`mmvm.recon_baseline`)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from mmvm.chance import chance_levels, evaluation_warnings, label_classes, label
 from mmvm.data.labels import NO_LABELS, label_columns
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
+from mmvm.recon_baseline import baseline_nll
 from mmvm.subsample import keep_rows
 
 if TYPE_CHECKING:
@@ -59,8 +60,7 @@ def _device(model: MultimodalVAE) -> torch.device:
 
 
 def _chunks(n: int, batch_size: int):
-    for i in range(0, n, batch_size):
-        yield torch.arange(i, min(i + batch_size, n))
+    yield from (torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
 
 
 # ------------------------------------------------------------------ latents
@@ -322,9 +322,9 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     result: dict[str, Any] = {
         "method": method, "beta": cfg.train.beta, "alpha": cfg.train.alpha,
         "latent_dim": model.latent_dim, "seed": cfg.train.seed,
-        "n_probe_train": len(probe_set), "n_test": len(test_set),
-        "probe": probe,
-        "reconstruction": reconstruction_nll(model, test_set, method, bs, seed=cfg.train.seed),
+        "n_probe_train": len(probe_set), "n_test": len(test_set), "probe": probe,
+        "reconstruction": {**reconstruction_nll(model, test_set, method, bs, seed=cfg.train.seed),
+                           "baseline": baseline_nll(model, probe_set, test_set, bs)},
         "probe_metric": cfg.eval.metric, "probe_standardized": cfg.eval.probe_standardize,
         "coherence_sampled": cfg.eval.coherence_sample, **extra,
     }

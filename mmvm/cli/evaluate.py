@@ -264,7 +264,8 @@ def print_result(result: dict) -> None:
     table = Table(title=f"{result['method']}  beta={result['beta']:g}  ({rows})",
                   caption="recon NLL per sample: a modality's over the test samples that "
                           "hold it; the total sums each sample's modalities (the mean "
-                          "row's probe is the modalities' mean)")
+                          "row's probe is the modalities' mean); constant: the NLL of one "
+                          "image for all, the training data's per-pixel median or mean")
     table.add_column("modality")
     metric = {"accuracy": "acc"}.get(result.get("probe_metric", "accuracy"),
                                      result.get("probe_metric"))
@@ -276,16 +277,21 @@ def print_result(result: dict) -> None:
         for t in coh["names"]:
             table.add_column(f"coh -> {t}", justify="right")
     table.add_column("recon NLL", justify="right")
+    floor = result["reconstruction"].get("baseline", {})
+    if floor:
+        table.add_column("constant", justify="right")
     for i, n in enumerate(names):
         row = [n, _fmt(result["probe"].get(n))][:1 + probed]
         if coh:
             row += [_fmt(v) for v in coh["matrix"][i]]
         row.append(f"{result['reconstruction']['per_modality'][n]:.1f}")
+        row += [f"{floor[n]:.1f}" if n in floor else "-"] * bool(floor)
         table.add_row(*row)
     last = ["mean / total", _fmt(result["probe"].get("mean"))][:1 + probed]
     if coh:
         last += [f"cross {_fmt(coh['mean'])}"] + [""] * (len(coh["names"]) - 1)
     last.append(f"{result['reconstruction']['total']:.1f}")
+    last += [""] * bool(floor)
     table.add_row(*last, style="bold")
     console = cli_console()
     console.print(table)
