@@ -176,7 +176,7 @@ def run_federation(transport: Transport, s: FederationSettings,
                                   resumed_after=len(saved.history))
         meter.total = saved.bytes_total
     else:
-        coord, result = _start(meter, s, routing)
+        coord, result = _start(meter, s, routing, log or (lambda _: None))
         start, averaged = 0, {}
         att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites,
                          s.pause_timeout, max_refused=s.max_refused)
@@ -252,11 +252,17 @@ def run_federation(transport: Transport, s: FederationSettings,
     return result
 
 
-def _start(meter: Metered, s: FederationSettings, routing: Routing
-           ) -> tuple[Coordinator, FederationResult]:
-    """describe -> align -> attach."""
+def _start(meter: Metered, s: FederationSettings, routing: Routing,
+           log: Callable[[str], None]) -> tuple[Coordinator, FederationResult]:
+    """describe -> align -> attach, each said as it begins (a deployment's sites
+    answer each after seconds to minutes: the console was silent for 2.5 minutes)."""
+    log(f"mmvm: set-up 1/3: asking the {len(meter.nodes())} sites what they hold")
     described = meter.exchange({key: DescribeRequest() for key in meter.nodes()})
     check_described(described, s.max_site_rows)
+    log(f"mmvm: set-up 2/3: aligning the samples of "
+        f"{', '.join(sorted(d.site for d in described.values()))}"
+        + {"psi": f" (private set intersection: {len(described)} ring steps)",
+           "pseudonym": " (keyed pseudonyms)"}.get(s.align if s.secure else "", ""))
     coord = Coordinator(routing.align(meter, described), s.modalities, s.plan_args())
     idle = coord.idle_holder() if s.secure else None
     if idle is not None:
@@ -268,6 +274,8 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing
             f"mean could single out another holder's). Use exchange = \"round\" (or "
             f"\"steps\" with longer windows) or larger batches; nothing was attached")
     result = FederationResult(sites=_site_summary(coord), alignment=coord.alignment())
+    log(f"mmvm: set-up 3/3: attaching the sites to the {coord.n} aligned rows and the "
+        f"plan of {len(coord.plan)} windows")
     replies = meter.exchange({key: coord.attach_request(key, float16=s.float16,
                                                         delta_tol=s.delta_tol,
                                                         peers=routing.peers)
