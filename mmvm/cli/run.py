@@ -36,6 +36,7 @@ from mmvm.cli.run_config import (
     APP_DIR,
     app_defaults,
     check_run_config,
+    default_app,
     is_mmvm_app,
     parse_overrides,
 )
@@ -82,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="run the federated app (flwr run) and exit with the run's status",
         description=(__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1]
                      ).replace("``", ""))  # no RST markup in a terminal
-    p.add_argument("--app", default=str(APP_DIR), help=f"the Flower app (default {APP_DIR})")
+    p.add_argument("--app", default=None, help=f"the Flower app (default: the current "
+                   f"folder if it is a copy of this app, else {APP_DIR})")
     p.add_argument("--connection", default=None,
                    help="a SuperLink connection of $FLWR_HOME/config.toml (default: a "
                         "local simulation: flwr's default if it is one, else a "
@@ -233,6 +235,7 @@ def _no_federations(app: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.app = args.app or str(default_app())
     try:
         simulation = not (args.connection or args.deployment)
         if simulation:

@@ -38,6 +38,14 @@ def is_mmvm_app(app: Path) -> bool:
     return components(app) is not None and components(app) == components(APP_DIR)
 
 
+def default_app() -> Path:
+    """The app ``mmvm run`` and ``mmvm site check`` take without ``--app``: the
+    current folder where it is a copy of this app (as ``flwr run .`` takes it: a
+    hospital's own copy with its configs), else the checkout mmvm runs from."""
+    here = Path.cwd()
+    return here if here.resolve() != APP_DIR.resolve() and is_mmvm_app(here) else APP_DIR
+
+
 def app_defaults(app: Path) -> dict[str, Any]:
     """``[tool.flwr.app.config]`` of the app at ``app`` (ConfigError naming the file
     when it is not TOML or has no such table: not a Flower app)."""

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from mmvm.cli import add_config_arguments
-from mmvm.cli.run_config import APP_DIR
+from mmvm.cli.run_config import APP_DIR, default_app
 
 NODE_EXAMPLE = "e.g. 'site=\"site-a\" data=\"/srv/site-a\" keys=\"/etc/mmvm/site-a\"'"
 
@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     add_config_arguments(c, None)
     c.add_argument("--app", metavar="DIR",
                    help="the Flower app the run will ship, whose configs/ the sites read "
-                   f"(default {APP_DIR}); a relative --config is its file")
+                   f"(default: the current folder if it is a copy of this app, else "
+                   f"{APP_DIR}); a relative --config is its file")
     c.add_argument("--superlink", metavar="HOST:PORT",
                    help="also reach the SuperLink as the SuperNode will (its --superlink)")
     c.add_argument("--root-certificates", metavar="CA.crt",
@@ -65,9 +66,10 @@ def _check(args: argparse.Namespace) -> int:
     from mmvm.config import load_config
 
     nc = parse_overrides(args.node_config, "--node-config", NODE_EXAMPLE)
-    # an --app given must be an app; the default is this checkout, whatever it is
+    # an --app given must be an app; the default is the current folder's copy of it or
+    # this checkout, whatever it is
     # (an installed package without configs/ only skips the check of the config's place)
-    app = checked_app(Path(args.app)) if args.app else APP_DIR
+    app = checked_app(Path(args.app)) if args.app else default_app()
     cfg = load_config(app_config(app, args.config), args.overrides) if args.config \
         else None
     if args.overrides and cfg is None:

@@ -129,7 +129,7 @@ def test_mmvm_run_refuses_an_empty_out_dir_before_flower_and_writes_nothing(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_copy_of_the_app_is_checked_with_its_own_files(tmp_path):
+def test_a_copy_of_the_app_is_checked_with_its_own_files(tmp_path, monkeypatch):
     """``mmvm run --app COPY``: a copy of this app (same ServerApp and ClientApp) gets
     the same checks, its relative config read from the copy, as its ServerApp will."""
     app = tmp_path / "app"
@@ -150,6 +150,17 @@ def test_a_copy_of_the_app_is_checked_with_its_own_files(tmp_path):
     (other / "pyproject.toml").write_text(
         '[tool.flwr.app.components]\nserverapp = "x:app"\nclientapp = "y:app"\n')
     assert is_mmvm_app(app) and not is_mmvm_app(other) and is_mmvm_app(ROOT)
+    # without --app, in the copy: the copy, as `flwr run .` takes it (a hospital ran
+    # mmvm run in its own copy and got the installed checkout's configs)
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--run-config",
+                          "num-site=3"], cwd=app, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and str(app / "pyproject.toml") in res.stderr, res.stderr
+    from mmvm.cli.run_config import default_app
+
+    for where, want in ((app, app), (other, ROOT), (tmp_path, ROOT)):
+        monkeypatch.chdir(where)
+        assert default_app().resolve() == want.resolve()
 
 
 def test_without_connection_it_is_a_local_simulation_never_a_superlink(tmp_path,

@@ -212,7 +212,8 @@ def test_a_config_outside_the_app_is_noted(fed, tmp_path):
 
 
 def test_a_copy_of_the_app_is_checked_with_app(fed, capsys, tmp_path, monkeypatch):
-    """A lab's config in a copy of the app (README: custom configs): without --app it
+    """A lab's config in a copy of the app (README: custom configs): in the copy,
+    without --app, the copy is the app (as `flwr run .` takes it); from elsewhere it
     is not this checkout's, and the warning names the option; with --app the copy's
     configs/ is the app's, from the copy or from anywhere else; a folder that is no
     copy of the app is refused."""
@@ -228,8 +229,13 @@ def test_a_copy_of_the_app_is_checked_with_app(fed, capsys, tmp_path, monkeypatc
     monkeypatch.chdir(copy)
     assert main(check) == 0
     out = capsys.readouterr().out
-    assert f"configs/labs3.toml is not under the app's {ROOT / 'configs'} (--app DIR" in out
+    assert "site-a: ready; 0 warning(s)" in out and "configs/labs3.toml: trains m0" in out
+    monkeypatch.chdir(tmp_path)
+    assert main([*check, "--config", str(copy / "configs" / "labs3.toml")]) == 0
+    out = capsys.readouterr().out
+    assert f"labs3.toml is not under the app's {ROOT / 'configs'} (--app DIR" in out
     assert "site-a: ready; 1 warning(s)" in out
+    monkeypatch.chdir(copy)
     assert main([*check, "--app", "."]) == 0
     out = capsys.readouterr().out
     assert "site-a: ready; 0 warning(s)" in out and "configs/labs3.toml: trains m0" in out
