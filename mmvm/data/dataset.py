@@ -64,8 +64,13 @@ def merge_labels(labels: np.ndarray, rows: np.ndarray, lab: np.ndarray, ids: lis
     known = lab >= 0
     clash = known & (labels[rows] >= 0) & (labels[rows] != lab)
     if clash.any():
-        raise DataError(f"{path}: sample id {ids[rows[clash][0]]!r} has "
-                        f"conflicting '{label}' values across site files")
+        first = int(np.flatnonzero(clash)[0])
+        raise DataError(
+            f"{path}: sample id {ids[rows[first]]!r} has '{label}' {int(lab[first])} "
+            f"here and {int(labels[rows[first]])} in another site file "
+            f"({int(clash.sum())} samples disagree): files that number the classes "
+            f"differently (class names are numbered in sorted order) need the same "
+            f"--classes when prepared (mmvm data prepare ... --classes)")
     labels[rows[known]] = lab[known]
 
 

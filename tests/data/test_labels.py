@@ -36,5 +36,6 @@ def test_labels_join_by_sample_id_unknown_is_minus_one_and_clashes_raise(tmp_pat
     assert got["label.y"].tolist() == [0, 1, 1, -1]  # s3 known from b only
     assert got["label.z"].tolist() == [1, 1, -1, -1]
     c = _site(tmp_path / "c.parquet", ["s1"], "n", {"label.y": [0]})
-    with pytest.raises(DataError, match=r"sample id 's1' has conflicting 'label.y' values"):
+    with pytest.raises(DataError, match=r"sample id 's1' has 'label.y' 0 here and 1 in "
+                                        r"another site file \(1 samples disagree\)"):
         read_labels([a, c], ["s1"], ["label.y"])
