@@ -104,9 +104,10 @@ def run_check(args: argparse.Namespace) -> int:
     for col in ("file", "status", "rows", "modalities", "labels", "dataset"):
         # a long path wraps onto further lines instead of being cut with "…"
         table.add_column(col, overflow="fold", min_width=12 if col == "file" else None)
-    errors, warnings = [], []
+    errors, warnings, seen = [], [], set()
     for f in args.files:
         s, problem = check_problem(f)
+        seen.update(s["labels"] if s else ())
         if problem is None:
             problem, said = config_problems(cfg, f, s)
             warnings += said
@@ -124,11 +125,25 @@ def run_check(args: argparse.Namespace) -> int:
                       Text(printable(mods, 400)), Text(printable(labels) or "-"),
                       Text(printable(s["name"], 60)))
     console().print(table)
+    warnings += label_missing(cfg, seen)
     for w in warnings:
         print(f"warning: {printable(w, 2000)}", file=sys.stderr)
     for e in errors:
         print(f"error: {printable(e, 2000)}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def label_missing(cfg, labels: set[str]) -> list[str]:
+    """The config's ``data.label`` where none of the files has it: the evaluation
+    would refuse it after training."""
+    import difflib
+
+    if cfg is None or not cfg.data.label or not labels or cfg.data.label in labels:
+        return []
+    near = difflib.get_close_matches(cfg.data.label, sorted(labels), 1, 0.0)
+    return [f"{cfg.source}: data.label {cfg.data.label!r} is in none of these files "
+            f"(their label columns: {', '.join(sorted(labels))}); the probes and "
+            f"coherence read it: --set data.label={near[0]}"]
 
 
 def _values(lo: float, hi: float) -> str:

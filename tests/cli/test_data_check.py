@@ -59,6 +59,18 @@ def test_with_a_config_the_likelihoods_range_is_checked(unscaled, tiny_polymnist
         f"scale 255 (the default for uint8), as mmvm data prepare does"]
 
 
+def test_with_a_config_a_label_column_no_file_has_is_named(tiny_polymnist, tmp_path):
+    """configs/mimic_cxr_64.toml's label.no_finding against a hospital's own
+    label.finding: data check said ok, and the evaluation refused it after training."""
+    res = _check(str(tiny_polymnist / "test.parquet"), "--config", POLYMNIST, "--set",
+                 "data.label=label.digit", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"warning: {POLYMNIST}: data.label 'label.digit' is in none of these files "
+        f"(their label columns: label); the probes and coherence read it: --set "
+        f"data.label=label"]
+
+
 def test_with_a_config_a_shape_that_does_not_fit_is_an_error(tiny_polymnist, tmp_path):
     res = _check(str(tiny_polymnist / "test.parquet"), "--config", POLYMNIST, "--set",
                  "model.modalities.m1.shape=[1, 28, 28]", cwd=tmp_path)
