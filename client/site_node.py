@@ -149,6 +149,20 @@ def settings_and_policy(context: Context) -> tuple[FederationSettings, SitePolic
     return s, policy, files
 
 
+def _pictures(node: Node, site: str) -> None:
+    """The site's own pictures beside its state (its journal says where); a picture
+    that cannot be drawn costs the run nothing."""
+    from mmvm.federation.site_pictures import draw_site_pictures
+
+    try:
+        drawn = draw_site_pictures(node.site, node.store.path.parent)
+    except Exception as err:  # noqa: BLE001 - matplotlib, a full disk: said, not fatal
+        _journal(site, f"no pictures of its own model: {type(err).__name__}: {err}")
+        return
+    for path in drawn.values():
+        _journal(site, f"pictures of its own model: {path}")
+
+
 def _journal(site: str, line: str) -> None:
     """One line in the SuperNode's own log (its stderr): what the site refused or
     failed, where its operator looks, whatever the server is told."""
@@ -245,6 +259,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
                                 resident)
             reply = endpoint.handle(request)  # and writes the state as due
+            if kind == "evaluate" and policy.pictures:
+                _pictures(node, files[0])
             for note in [*node.store.notes, *endpoint.notes]:
                 _journal(files[0], note)
             node.store.notes.clear()

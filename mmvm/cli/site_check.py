@@ -231,7 +231,7 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}, max-align-rows "
               f"{p.max_align_rows:,}; eval-labels {','.join(p.eval_labels) or 'none'}; device "
               f"{p.device or 'as the run config says'}; allow-compile {on[p.allow_compile]}"
-              f", report-losses {on[p.report_losses]}")
+              f", report-losses {on[p.report_losses]}, pictures {on[p.pictures]}")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:

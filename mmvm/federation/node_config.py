@@ -93,7 +93,8 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "eval-labels": lambda nc, k: _labels(str(nc[k])),
             "device": lambda nc, k: _device(str(nc[k])),
             "allow-compile": lambda nc, k: _bool(nc, k, False),
-            "report-losses": lambda nc, k: _bool(nc, k, True)}
+            "report-losses": lambda nc, k: _bool(nc, k, True),
+            "pictures": lambda nc, k: _bool(nc, k, True)}
 
 
 # keys that protect only secure runs (which need keys=): without keys they have no
@@ -180,6 +181,7 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         device=_device(str(nc["device"])) if "device" in nc else "",
         allow_compile=_bool(nc, "allow-compile", False),
         report_losses=_bool(nc, "report-losses", True),
+        pictures=_bool(nc, "pictures", True),
         sources=tuple(k for k in KEYS if k in nc))
 
 

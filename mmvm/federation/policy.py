@@ -60,6 +60,10 @@ anything leaves the site:
                        masked aggregate what it always can (deploy/README.md 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
+``pictures``           at the final evaluation, draw the site's own model's
+                       pictures from its test file into its state folder
+                       (``<site>-pictures/``; default on; nothing of them leaves
+                       the site: :mod:`mmvm.federation.site_pictures`)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
                        plan's batch size: the layers' outputs and the objective's
                        terms (default 16; estimated on the meta device,
@@ -89,7 +93,7 @@ from mmvm.secure.keys import SitePublicKeys
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
-        "device", "allow-compile", "report-losses")
+        "device", "allow-compile", "report-losses", "pictures")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -120,6 +124,7 @@ class SitePolicy:
     device: str = ""  # where the site trains; "" = the run config's train.device
     allow_compile: bool = True  # a deployment site's default: False (load_policy)
     report_losses: bool = True  # off: loss sums and test NLL stay at the site
+    pictures: bool = False  # a deployment site's default: True (load_policy)
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 

@@ -231,6 +231,9 @@ def test_a_resident_site_that_fails_a_window_keeps_its_state(
                 for i, (k, n) in enumerate(names.items())}
     res = run_federation(_Processes(contexts), s)
     assert res.history[2]["refused"] == {names["n2"]: reason}
+    for n in names.values():  # a deployed site's own pictures, beside its state
+        assert (tmp_path / "state" / n / "run-7" / f"{n}-pictures" /
+                "generations.png").stat().st_size > 1000
     live = {k: site_node._NODES[(7, c.node_id)].site for k, c in contexts.items()}
     assert live["n2"].windows_done == 2  # windows 0 and 1, not 0 (the attach state)
     a, b = params(away.values()), params(live.values())

@@ -222,6 +222,9 @@ def test_two_hospital_walkthrough(tmp_path):
         assert not (runs / f"run-{run_id}" / "checkpoint.pt").exists()
         for site in SITES:
             assert (state[site] / f"run-{run_id}" / f"{site}.pt").is_file()
+            # its own model's pictures beside it (guide section 8), nothing sent
+            assert (state[site] / f"run-{run_id}" / f"{site}-pictures" /
+                    "generations.png").stat().st_size > 1000
             assert not (state[site] / f"run-{run_id}" / f"{site}.errors.log").exists()
 
         # -- 5. hospital A loads its model and encodes one of its images -----------
