@@ -37,12 +37,13 @@ def weak_coupling_note(per_modality: Mapping[str, int], coupled: Mapping[str, in
     if coupled is None or len(per_modality) < 2:
         return None
     alone = set(uncoupled(per_modality, coupled))  # warned of on their own
-    weak = [f"{m} {coupled.get(m, 0)} of {n}" for m, n in per_modality.items()
+    weak = [f"{m} {coupled.get(m, 0)} of {n}, {coupled.get(m, 0) / n:.0%}"
+            for m, n in per_modality.items()
             if n and coupled.get(m, 0) < OVERLAP_NOTE * n and m not in alone]
     if not weak:
         return None
-    return (f"few samples are held with another modality ({'; '.join(weak)}); if the sites "
-            f"should hold the same samples, check that they prepared their data alike "
+    return (f"not every sample is held with another modality ({'; '.join(weak)}); if the "
+            f"sites should hold the same samples, check that they prepared their data alike "
             f"(same preparer, ids and metadata, and the same train/test split options: "
             f"--seed, --test-fraction, --groups)")
 

@@ -73,7 +73,7 @@ def test_coupling_counts():
     assert c == {"samples": 4, "per_modality": {"x": 3, "y": 2, "z": 2},
                  "coupled": {"x": 2, "y": 2, "z": 1}, "multimodal": 2, "complete": 1}
     note = weak_coupling_note(c["per_modality"], c["coupled"])
-    assert "(x 2 of 3; z 1 of 2)" in note  # y: both of its samples coupled
+    assert "(x 2 of 3, 67%; z 1 of 2, 50%)" in note  # y: both of its samples coupled
     assert note.endswith("the same train/test split options: --seed, --test-fraction, "
                          "--groups)")  # a split by --groups at one site only: the cause
     # two sites that share ids and a third that shares none: the third is named,

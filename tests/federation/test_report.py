@@ -91,8 +91,9 @@ def test_alignment_line_says_how_many_samples_the_sites_share():
     assert line.splitlines()[0] == ("mmvm: aligned 120 samples across 2 sites (frontal "
                                     "100, lateral 90); 70 have two or more modalities, 70 all")
     # 70 of lateral's 90 coupled: maybe data prepared differently (another --seed)
-    assert line.splitlines()[1].startswith("mmvm: note: few samples are held with another "
-                                           "modality (frontal 70 of 100; lateral 70 of 90)")
+    assert line.splitlines()[1].startswith(
+        "mmvm: note: not every sample is held with another modality (frontal 70 of 100, "
+        "70%; lateral 70 of 90, 78%)")
     al = {**al, "coupled": {"frontal": 90, "lateral": 90}, "multimodal": 90}
     assert "\n" not in alignment_line(al, 2)
     assert "\n" not in alignment_line({**al, "coupled": None}, 2)  # an older server state
