@@ -253,7 +253,7 @@ class SealedRouting:
         """Each shared modality's sample-weighted mean from masked updates: one unmask
         round (survivors reveal self-mask shares and pair seeds with dropped sites),
         then the sum is unmasked and its total weight checked against the counts.
-        When a holder dropped (in groups of 6 or more: always), a confirm round comes
+        When a holder dropped (in groups of 8 or more: always), a confirm round comes
         first (:meth:`_confirm`).
 
         A modality is not averaged this window (its holders keep their own weights)
@@ -326,7 +326,7 @@ class SealedRouting:
     def _confirm(transport, index: int, views: Mapping, confirming: set, groups,
                  names: Mapping[str, str]
                  ) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:
-        """Where a view has dropped holders (in groups of 6 and more, every view:
+        """Where a view has dropped holders (in groups of 8 and more, every view:
         :func:`~mmvm.secure.unmasking.full_view_confirmed`), its survivors commit to
         it and seal it to each other (``unmasking``'s rules alone let a server that
         tells each holder another story unmask two holders' sum:

@@ -278,7 +278,7 @@ def _agreed_views(sec: SiteSecrets, req: UnmaskRequest, guard) -> dict[str, dict
 
 def _check_agreed(me: str, m: str, view: Mapping, agreed: Mapping[str, dict],
                   n_holders: int) -> None:
-    """A view with dropped holders (in groups of 6 and more, any view:
+    """A view with dropped holders (in groups of 8 and more, any view:
     :func:`~mmvm.secure.unmasking.full_view_confirmed`) is revealed under only if
     every other survivor sealed this site the same view (:func:`confirm`)."""
     if not view["dropped"] and not full_view_confirmed(n_holders):

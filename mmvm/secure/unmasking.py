@@ -44,11 +44,16 @@ def survivors_needed(n_holders: int) -> int:
     """Survivors a group of ``n_holders`` must keep for anything to be revealed.
     ``n - t + 1``: then the ``t`` peers that hold shares of a site's seed cannot all
     have revealed their pair seeds with it; ``t + 1``: each survivor's seed is
-    rebuilt from ``t`` shares of the *other* survivors. So more than half the group,
-    and at least 3 in a group of 3 or more (a sum over two sites is a pair's).
-    Groups of 3 cannot lose a site; 4 and 5 can lose one, 6 two."""
+    rebuilt from ``t`` shares of the *other* survivors (a sum over two sites is a
+    pair's); ``(n + t) / 2``: any two survivor sets then share ``t`` holders, so
+    with ``t - 1`` colluding one of them is honest, and commits to one view per
+    window. Without it, in a group of 6, colluders C1, C2 that sealed {A, B, C1, C2}
+    to A and B and {H1, H2, C1, C2} to H1 and H2 (each told the other pair dropped)
+    had every honest holder confirmed and unmasked A + B and H1 + H2 apart (found by
+    the review of 2026-12-05). Groups of 3 cannot lose a site; 4, 5 and 6 can lose
+    one, 7 one, 8 two."""
     t = threshold(n_holders)
-    return max(n_holders - t + 1, t + 1)
+    return max(n_holders - t + 1, t + 1, math.ceil((n_holders + t) / 2))
 
 
 def new_seed() -> bytes:
@@ -92,7 +97,7 @@ def combine_seed(shares: Sequence[bytes], n_holders: int) -> bytes:
 def full_view_confirmed(n_holders: int) -> bool:
     """Whether a view in which nobody dropped must be confirmed by every survivor,
     too (:func:`mmvm.federation.sealed_weights.confirm`). Where a view may call two
-    or more holders dropped (groups of 6 and more), ``t - 1`` holders colluding with
+    or more holders dropped (groups of 8 and more), ``t - 1`` holders colluding with
     the server, and two honest holders A and B told that nobody dropped while the
     others are told that A and B did, hand the server ``t`` shares of every self-mask
     seed (A's and B's included: each reveals its share of the other's) and every

@@ -273,37 +273,64 @@ def test_a_window_that_cannot_average_a_modality_says_so(cfg, tmp_path, tiny_pol
 
 
 
-def six(h):  # a and b told nobody dropped; the other four told that a and b did
+
+def eight(h):  # a and b told nobody dropped; the other six told that a and b did
     a, b, *rest = h
     return {a: (h, []), b: (h, []), **{n: (rest, [a, b]) for n in rest}}
 
 
-def test_two_holders_told_nobody_dropped_in_a_group_of_six_reveal_nothing(
+def test_two_holders_told_nobody_dropped_in_a_group_of_eight_reveal_nothing(
         cfg, tmp_path, tiny_polymnist):
-    """The attack of t - 1 colluding holders (t = 3 of 6): a and b answered the full
-    view unconfirmed, each revealing its share of the other's self-mask seed, which
-    with the colluders' two made t; the four others revealed their pair seeds with a
-    and b: a + b unmasked besides the four's sum. Now a full view in a group of 6 is
-    confirmed too, and a and b find that the four sealed them nothing."""
-    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=6)
-    t = SplitViews(endpoints, sites, six, confirm=True)
+    """The attack of t - 1 colluding holders (t = 4 of 8; a view may drop two): a and
+    b answered the full view unconfirmed, each revealing its share of the other's
+    self-mask seed, which with the colluders' three made t; the six others revealed
+    their pair seeds with a and b: a + b unmasked besides the six's sum. Where a view
+    can drop two, a full view is confirmed too, and a and b find that the six sealed
+    them nothing."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=8)
+    t = SplitViews(endpoints, sites, eight, confirm=True)
     with pytest.raises(Done):
         federate(cfg, {}, transport=t, secure=True, exchange="round")
     h = sorted(t.answers)
-    assert len(h) == 6
+    assert len(h) == 8
     for n in h[:2]:  # told nobody dropped: refused, nothing of theirs revealed
         assert isinstance(t.answers[n], SecurityError), t.answers[n]
         assert "did not confirm that view" in str(t.answers[n])
-    for n in h[2:]:  # a consistent view of their own: the four's sum, as an honest run
+    for n in h[2:]:  # a consistent view of their own: the six's sum, as an honest run
         assert isinstance(t.answers[n], UnmaskReply), t.answers[n]
         assert sorted(t.answers[n].seeds["m0"]) == h[:2]
 
 
-def test_a_group_of_six_confirms_every_window_and_averages(cfg, tmp_path,
-                                                          tiny_polymnist):
-    """Nobody drops: every window with an unmask has its confirm round first, and
-    every window is averaged; in a group of 4 a full view needs none."""
-    for shards, confirmed in ((6, True), (4, False)):
+def crossed(h):  # each honest pair told the other pair dropped; c1, c2 in both views
+    a, b, c1, c2, h1, h2 = h
+    return {a: ([a, b, c1, c2], [h1, h2]), b: ([a, b, c1, c2], [h1, h2]),
+            h1: ([c1, c2, h1, h2], [a, b]), h2: ([c1, c2, h1, h2], [a, b]),
+            c1: ([a, b, c1, c2], [h1, h2]), c2: ([a, b, c1, c2], [h1, h2])}
+
+
+def test_crossed_views_that_colluders_could_confirm_to_both_pairs_are_refused(
+        cfg, tmp_path, tiny_polymnist):
+    """Colluders C1 and C2 (t - 1 = 2 of 6) in both views can seal each honest pair
+    the view it was told, so every honest holder found its co-survivors agreeing and
+    revealed: a + b and h1 + h2 unmasked apart (found by the review of 2026-12-05).
+    A view now keeps (n + t) / 2 survivors, 5 of 6: two survivor sets share t
+    holders, one of them honest, and a view that drops two is refused outright."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, shards=6)
+    t = SplitViews(endpoints, sites, crossed, confirm=False)
+    with pytest.raises(Done):
+        federate(cfg, {}, transport=t, secure=True, exchange="round")
+    assert len(t.answers) == 6
+    for n, answer in t.answers.items():
+        assert isinstance(answer, MaskingError), (n, answer)
+        assert "only 4 survivors of 6; at least 5 must remain" in str(answer)
+
+
+def test_a_group_of_eight_confirms_every_window_and_averages(cfg, tmp_path,
+                                                            tiny_polymnist):
+    """Nobody drops: where a view can drop two (8 holders) every window with an
+    unmask has its confirm round first, and every window is averaged; in a group of
+    6, which can lose one, a full view needs none."""
+    for shards, confirmed in ((8, True), (6, False)):
         sites, _, endpoints = hybrid_sites(cfg, tmp_path / str(shards), tiny_polymnist,
                                            shards=shards)
         t = Recorder(endpoints)

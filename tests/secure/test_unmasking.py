@@ -30,7 +30,7 @@ CTX = {"run_id": "r", "round": 3, "group": "weights/m0/x"}
 
 def test_threshold_and_shares():
     assert [threshold(n) for n in (2, 3, 4, 5, 6)] == [1, 2, 2, 3, 3]
-    assert [survivors_needed(n) for n in (2, 3, 4, 5, 6, 7)] == [2, 3, 3, 4, 4, 5]
+    assert [survivors_needed(n) for n in (2, 3, 4, 5, 6, 7, 8)] == [2, 3, 3, 4, 5, 6, 6]
     seed = new_seed()
     shares = share_seed(seed, ["a", "b", "c", "d", "e"], "a")
     assert sorted(shares) == ["b", "c", "d", "e"]
@@ -121,7 +121,7 @@ def test_no_split_of_views_gets_a_site_both_its_self_mask_and_its_pair_masks(n):
             check_view(target, names, survivors, dropped)
 
 
-@pytest.mark.parametrize("n", [3, 4, 5, 6, 7])
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 7, 8, 9, 10])
 def test_any_two_views_a_site_accepts_share_a_survivor(n):
     """Why the confirm round stops split views: a site reveals under view V only when
     every survivor of V committed to V, and a site commits to one view per window;
@@ -139,6 +139,9 @@ def test_any_two_views_a_site_accepts_share_a_survivor(n):
             accepted.append(set(u))
     assert accepted and min(map(len, accepted)) >= 3
     assert all(a & b for a, b in itertools.combinations(accepted, 2))
+    # and share t: with t - 1 colluders (who may seal each their own view) one
+    # honest holder is in both, and it commits to one of them only
+    assert all(len(a & b) >= threshold(n) for a, b in itertools.combinations(accepted, 2))
     # beside a confirmed view, only the sites it calls dropped can answer under the
     # view that nobody dropped: fewer than t shares of a dropped site's seed
     assert all(n - len(u) < threshold(n) for u in accepted)
