@@ -196,7 +196,8 @@ def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tu
     node = _NODES.get(key)
     if node is None:
         name, train, test = files
-        store = SiteStore(root / f"{name}.pt")
+        store = SiteStore(root / f"{name}.pt",  # a secure site never goes back
+                          fall_back=not (s.secure or policy.secure_site))
         site = Site(policy.experiment(s.experiment), name, train, test,
                     admit=lambda names: policy.check_params(
                         name, count_parameters(s.experiment, names)))

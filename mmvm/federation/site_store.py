@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,10 +29,19 @@ from mmvm.federation.coordinator import FederationError
 from mmvm.federation.site import Site
 
 KEEP = 2  # snapshots kept: the server's checkpoint is at most one persist window behind
-# how torch.load refuses a damaged file: a zip without its directory, a short read,
-# a pickle cut off, a state dict without its keys (not a state of other modalities
-# or other data, which a snapshot would share: those are ValueErrors)
-UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError)
+# how torch.load refuses a damaged file: a short read, a pickle cut off, a zip that
+# is none (and a RuntimeError of PytorchStreamReader's, :func:`damaged`). Not an
+# OSError (a permission, a busy NFS server: passing, and the file whole) nor a
+# RuntimeError of another kind (CUDA out of memory while loading)
+UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def damaged(err: BaseException) -> bool:
+    """Whether ``err`` says a state file's bytes are damaged, not that reading it
+    failed for a while."""
+    if isinstance(err, RuntimeError):
+        return "PytorchStreamReader" in str(err)
+    return isinstance(err, UNREADABLE)
 
 
 class StateFileError(FederationError):
@@ -41,8 +51,9 @@ class StateFileError(FederationError):
 class SiteStore:
     """The live file of one site and its snapshots (same folder)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, fall_back: bool = True) -> None:
         self.path = Path(path)
+        self.fall_back = fall_back  # to a snapshot, where the live file is damaged
         self.version = -1  # mtime of the live file this process last read or wrote
         self.seconds = 0.0  # time spent reading and writing since the last take()
         self.notes: list[str] = []  # what a reader of the site's journal should know
@@ -81,31 +92,48 @@ class SiteStore:
             try:
                 site.restore(self.path)
             except UNREADABLE as err:
+                if not damaged(err):
+                    raise
                 self._fall_back(site, err)
             self.seconds += time.perf_counter() - t
             self.version = self.path.stat().st_mtime_ns
 
     def _fall_back(self, site: Site, err: BaseException) -> None:
-        """Restore the newest readable snapshot and write it as the live state: the
-        site is then behind, and a resumed server restarts it from that window (its
-        training since is lost, as a host's restarted from a checkpoint). The
+        """Restore the newest readable snapshot and write it as the live state: a
+        plaintext site is then behind, and a resumed server restarts it from that
+        window (its training since is lost, as a host's restarted from a
+        checkpoint). The damaged file is kept as ``<site>.pt.damaged-<time>``; the
         snapshot of the last checkpoint can be the live file itself (a hard link),
-        damaged with it. None readable: :class:`StateFileError`, naming the file."""
+        damaged with it. A secure site never goes back (it masked the windows since,
+        and masks a window once): it, or no snapshot readable, is a
+        :class:`StateFileError` naming the file."""
         why = f"{type(err).__name__}: {str(err)[:160]}"
-        for window in reversed(self.snapshots()):
+        for window in reversed(self.snapshots() if self.fall_back else []):
             try:
                 site.restore(self._snapshot(window))
-            except UNREADABLE:
-                continue
-            self.notes.append(f"state file {self.path.name} unreadable ({why}); "
-                              f"restored the snapshot of window {window + 1}")
-            self.path.unlink(missing_ok=True)  # a new file, not the snapshot's inode
-            self.save(site, snapshot=False)
+            except UNREADABLE as again:
+                if damaged(again):
+                    continue
+                raise
+            kept = self._set_aside()
+            self.notes.append(f"state file {self.path.name} unreadable ({why}), kept as "
+                              f"{kept.name if kept else 'nothing'}; restored the "
+                              f"snapshot of window {window + 1}")
+            self.save(site, snapshot=False)  # a new file, not the snapshot's inode
             return
         raise StateFileError(
-            f"site {site.name}: its saved state {self.path} cannot be read ({why}), nor "
-            f"can any snapshot of it ({[w + 1 for w in self.snapshots()] or 'none'}): "
-            f"the disk or the file was damaged; start a new run") from None
+            f"site {site.name}: its saved state {self.path} cannot be read ({why})"
+            + (f", nor can any snapshot of it ({[w + 1 for w in self.snapshots()] or 'none'})"
+               if self.fall_back else " and a secure site never goes back to a snapshot")
+            + ": the disk or the file was damaged; start a new run") from None
+
+    def _set_aside(self) -> Path | None:
+        """The damaged live file, renamed for whoever looks into it; None: gone."""
+        if not self.path.exists():
+            return None
+        kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(self.path, kept)
+        return kept
 
     def save(self, site: Site, snapshot: bool) -> None:
         """Write the live file; with ``snapshot`` keep it as the snapshot of the

@@ -435,6 +435,29 @@ def test_a_stop_asked_during_a_checkpoint_window_stops_right_after_it(cfg, tmp_p
     assert all(s.progress.window == 2 for s in sites.values())
 
 
+def test_a_state_that_cannot_be_read_for_a_while_is_not_given_up(cfg, tmp_path,
+                                                                 tiny_polymnist,
+                                                                 monkeypatch):
+    """A permission, a busy NFS server, CUDA out of memory while loading: the file is
+    whole, and going back to a snapshot (then deleting it) lost training for good."""
+    sites, folder = make_sites(cfg, *split(tiny_polymnist, tmp_path, "hybrid")), \
+        tmp_path / "state"
+    run_federation(LocalTransport({k: Stored(s, folder, False) for k, s in sites.items()}),
+                   settings_for(cfg, **_every_third(None)))
+    site = next(iter(sites.values()))
+    live = folder / f"{site.name}.pt"
+    before = live.read_bytes()
+    for err in (OSError(13, "Permission denied"), RuntimeError("CUDA out of memory")):
+        def failing(self, path, err=err):
+            raise err
+
+        monkeypatch.setattr(Site, "restore", failing)
+        with pytest.raises(type(err), match=str(err.args[-1])):
+            SiteStore(live).refresh(Site(cfg, site.name, site.train_path))
+        monkeypatch.undo()
+    assert live.read_bytes() == before and not list(folder.glob("*.damaged-*"))
+
+
 def test_a_damaged_live_state_gives_way_to_the_newest_readable_snapshot(
         cfg, tmp_path, tiny_polymnist):
     """A truncated live file ended the resume with PytorchStreamReader's words and no
@@ -453,10 +476,16 @@ def test_a_damaged_live_state_gives_way_to_the_newest_readable_snapshot(
     for f in (live, folder / f"{site.name}.w5.pt"):  # the live file and window 6's
         with open(f, "r+b") as fh:
             fh.truncate(f.stat().st_size // 2)
+    damaged = live.read_bytes()
+    with pytest.raises(StateFileError, match=r"cannot be read .* and a secure site "
+                                             r"never goes back to a snapshot"):
+        SiteStore(live, fall_back=False).refresh(Site(cfg, site.name, site.train_path))
     store, fresh = SiteStore(live), Site(cfg, site.name, site.train_path, site.test_path)
     store.refresh(fresh)
     assert fresh.progress.window == 2 and live.stat().st_nlink == 1  # not w3's inode
     assert "unreadable" in store.notes[0] and "snapshot of window 3" in store.notes[0]
+    (kept,) = folder.glob(f"{site.name}.pt.damaged-*")  # set aside, not deleted
+    assert kept.read_bytes() == damaged
     again = Site(cfg, site.name, site.train_path, site.test_path)
     SiteStore(live).refresh(again)  # the live file is whole again
     assert again.progress.window == 2
