@@ -40,10 +40,13 @@ def test_per_label_probes_need_no_single_label_column(trained, tmp_path, capsys)
         {m: ["label"] for m in NAMES}
     assert 0.3 < res["probe"]["mean"] <= 1.0  # ten digits: chance ~0.1
     assert "coherence" not in res  # no single label to judge generations by
-    out = " ".join(capsys.readouterr().out.split())
-    # said once (each modality's "no judge" was printed, then repeated as a warning)
+    lines = capsys.readouterr().out.splitlines()
+    out = " ".join(" ".join(lines).split())
+    # said once (each modality's "no judge" was printed, then repeated as a warning);
+    # the warnings left are the tiny model's reconstructions, no better than a constant
+    said = [w for w in res["warnings"] if "no better than" not in w]
     assert "note: no coherence: its judges need one label per sample (data.label = " \
-           "'digit')" in out and "warning" not in out and res["warnings"] == []
+           "'digit')" in out and said == [] and "judge" not in " ".join(res["warnings"])
 
 
 def test_unlabelled_data_is_evaluated_for_reconstruction(tmp_path, capsys):
