@@ -200,8 +200,9 @@ def site_evaluations(run: Run, summary: Mapping) -> None:
     """A federated run without eval.json: each site's probe, its chance (the
     commonest test label's share) and test reconstruction of its own modalities; a
     modality several sites hold gets their mean. The run's reconstruction is the sum
-    over its modalities, as eval.json's total (each site draws z from q(z | x_m), as
-    the server's evaluation does), when every modality has one."""
+    over its modalities, which is eval.json's total (the mean over samples of their
+    modalities' sum; each site draws z from q(z | x_m), as the server's evaluation
+    does) only where every sample holds every modality: so only there."""
     evaluation = summary.get("evaluation")
     if not isinstance(evaluation, Mapping):
         return
@@ -228,7 +229,10 @@ def site_evaluations(run: Run, summary: Mapping) -> None:
     model = config.get("model") if isinstance(config.get("model"), Mapping) else {}
     mods = model.get("modalities")  # {name: table}, as the config file has them
     names = [str(n) for n in mods] if isinstance(mods, Mapping) else list(means)
-    if names and all("recon_nll" in means.get(n, {}) for n in names):
+    align = summary.get("alignment") if isinstance(summary.get("alignment"), Mapping) \
+        else {}
+    whole = align.get("samples") is not None and align.get("complete") == align["samples"]
+    if whole and names and all("recon_nll" in means.get(n, {}) for n in names):
         run.metrics["recon_nll"] = sum(means[n]["recon_nll"] for n in names)
 
 

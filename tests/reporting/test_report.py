@@ -207,18 +207,26 @@ def test_a_federated_run_without_eval_json_shows_its_chance_and_reconstruction(t
     their mean, and the reconstruction is the sum over the config's modalities."""
     fed = tmp_path / "run-9"
     fed.mkdir()
-    (fed / "results.json").write_text(json.dumps({
+    summary = {
         "settings": {"num_sites": 3}, "probe_mean": 0.75,
+        "alignment": {"samples": 100, "complete": 100},
         "config": {"model": {"method": "mmvm", "modalities": {"m0": {}, "m1": {}}},
                    "train": {"beta": 1.0, "seed": 0}},
         "evaluation": {
             "1": {"probe/m0": 0.8, "recon_nll/m0": 50.0, "majority/m0": 0.5},
             "2": {"probe/m0": 0.6, "recon_nll/m0": 70.0, "majority/m0": 0.5},
-            "3": {"probe/m1": 0.85, "recon_nll/m1": 40.0, "majority/m1": 0.6}}}))
+            "3": {"probe/m1": 0.85, "recon_nll/m1": 40.0, "majority/m1": 0.6}}}
+    (fed / "results.json").write_text(json.dumps(summary))
     _, page = write_report(tmp_path, fed)
     row = summary_row(page, "mmvm")
     assert row["probe chance (the commonest test label's share)"] == "0.550 (1 seed)"
     assert row["reconstruction NLL (test, per sample)"] == "100.0 (1 seed)"  # 60 + 40
+    # samples without every modality: the sum of the modalities' means is no total
+    summary["alignment"] = {"samples": 100, "complete": 70}
+    (fed / "results.json").write_text(json.dumps(summary))
+    _, page = write_report(tmp_path / "partial", fed)
+    row = summary_row(page, "mmvm")
+    assert row["reconstruction NLL (test, per sample)"] == "not evaluated"
 
 
 def test_what_an_evaluation_warned_of_is_on_the_page(tmp_path):
