@@ -243,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
             args.connection = local_connection()
         elif args.connection:  # a named local simulation is checked as one
             simulation = named_is_simulation(args.connection, args.deployment)
-        if simulation or not args.deployment and os.environ.get("RAY_ADDRESS"):
-            check_ray_address()  # a simulation SuperLink with RAY_ADDRESS: its cluster
+        if simulation:  # the local SuperLink's Ray: this machine's, or RAY_ADDRESS's
+            check_ray_address()
             check_resources(args)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
             check_run_config(Path(args.app), args.run_config, local=simulation)

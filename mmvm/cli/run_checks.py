@@ -55,23 +55,29 @@ def check_ray_address(timeout: float = 5.0) -> None:
             f"(deploy/README.md section 6)") from None
 
 
-def check_cluster_nodes(address: str, cpus: int, gpus: float) -> None:
+def check_cluster_nodes(address: str, cpus: int, gpus: float,
+                        timeout: float = 60.0) -> None:
     """Some node of the Ray cluster at ``address`` must offer a site's ``cpus`` and
     ``gpus`` at once, as Flower counts them (``pool_size_from_resources``, node by
-    node): where none does, the run fails in the SuperLink with "ActorPool is empty"."""
-    import logging
-
-    import ray
+    node): where none does, the run fails in the SuperLink with "ActorPool is empty".
+    Asked from a child process: a Ray driver changes its process's environment
+    (``PYTHONBREAKPOINT``), which ``flwr run`` and the SuperLink would inherit."""
+    import json
+    import subprocess
+    import sys
 
     try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
-                 configure_logging=False)
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    except Exception as err:  # Ray's many ways to refuse a connection
-        raise ConfigError(f"RAY_ADDRESS={address}: Ray could not connect to that cluster "
-                          f"({type(err).__name__}: {str(err)[:200]})") from None
-    finally:
-        ray.shutdown()
+        done = subprocess.run([sys.executable, "-c", NODES, address], capture_output=True,
+                              text=True, timeout=timeout)
+        nodes = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 \
+            else None
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        nodes, done = None, None
+    if nodes is None:
+        why = (done.stderr.strip().splitlines() or ["no answer"])[-1][:200] if done \
+            else f"no answer within {timeout:g} s"
+        raise ConfigError(f"RAY_ADDRESS={address}: Ray could not connect to that "
+                          f"cluster ({why})")
     if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
         return
     offered = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU"
@@ -81,3 +87,14 @@ def check_cluster_nodes(address: str, cpus: int, gpus: float) -> None:
                       f"once (its nodes: {offered}), so Ray would start no site: ask "
                       f"for less, or add a node that has it (ray start --address "
                       f"{address} --num-cpus N --num-gpus G)")
+
+
+# the cluster's live nodes' resources, as JSON on the last line
+NODES = """
+import json, logging, sys
+import ray
+ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False,
+         configure_logging=False)
+print(json.dumps([n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]))
+ray.shutdown()
+"""
