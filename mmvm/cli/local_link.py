@@ -8,7 +8,8 @@ sending runs to a cluster; another virtualenv's ``mmvm run`` trains with the fir
 one's packages. ``flwr run`` says nothing of it. :func:`check_local_superlink`
 finds the SuperLink this run would be handed to and, where what the run needs
 differs from what it kept, stops it while it runs nothing (``flwr run`` then starts
-a fresh one) and refuses while it does.
+a fresh one) and refuses while it does (a run submitted a moment before, not yet
+started, is not seen: it ends with that SuperLink).
 
 Linux only (``/proc``); elsewhere nothing is checked.
 """
@@ -16,6 +17,7 @@ Linux only (``/proc``); elsewhere nothing is checked.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -118,7 +120,8 @@ def check_local_superlink(env: dict[str, str], bin_dir: Path | None = None,
                           wait: float = 15.0) -> str | None:
     """Make sure the local SuperLink ``flwr run`` would hand this run to (the one
     on ``127.0.0.1:$FLWR_LOCAL_SUPERLINK_HTTP_API_PORT``) runs it as ``env`` and
-    ``bin_dir`` (default: this interpreter's) ask. Returns a line saying what was
+    ``bin_dir`` (default: where the run's PATH finds ``flower-superlink``, as flwr
+    run starts it) ask. Returns a line saying what was
     done (it was stopped, for ``flwr run`` to start a fresh one), or None; raises
     ConfigError where it must not be stopped."""
     if not PROC.is_dir():
@@ -127,16 +130,19 @@ def check_local_superlink(env: dict[str, str], bin_dir: Path | None = None,
 
     home = Path(env.get("FLWR_HOME") or Path.home() / ".flwr")
     port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", LOCAL_SUPERLINK_HTTP_API_PORT)
-    bin_dir = bin_dir or Path(sys.executable).parent
+    # the flower-superlink flwr run would start: the first on the run's PATH
+    found = shutil.which("flower-superlink", path=env.get("PATH"))
+    bin_dir = bin_dir or (Path(found).parent if found else Path(sys.executable).parent)
     for link in (s for s in local_superlinks() if s.port == port):
-        if link.env is None or link.home is None or \
-                os.path.realpath(link.home) != os.path.realpath(home):
+        if link.home is None or os.path.realpath(link.home) != os.path.realpath(home):
             raise ConfigError(
                 f"127.0.0.1:{port} is the local SuperLink of FLWR_HOME={link.home} (pid "
                 f"{link.pid}), not of this FLWR_HOME={home}: flwr run would hand it this "
                 f"run, to train with that SuperLink's environment. Give this FLWR_HOME "
                 f"its own ports (FLWR_LOCAL_SUPERLINK_HTTP_API_PORT and "
                 f"FLWR_LOCAL_CONTROL_API_PORT), or use that FLWR_HOME")
+        if link.env is None:  # gone since the scan, or not this user's: not ours
+            continue
         said = differences(link, env, bin_dir)
         if not said:
             continue

@@ -12,6 +12,7 @@ is restored only over the same ids.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,8 @@ class DataChangedError(DataError):
 
 
 def ids_digest(sample_ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()[:32]
+    """One id list, one digest (JSON: no id can pass for two)."""
+    return hashlib.sha256(json.dumps(list(sample_ids)).encode()).hexdigest()[:32]
 
 
 def data_record(sample_ids: Sequence[str]) -> dict:
