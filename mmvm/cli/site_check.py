@@ -231,7 +231,10 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}, max-align-rows "
               f"{p.max_align_rows:,}; eval-labels {','.join(p.eval_labels) or 'none'}; device "
               f"{p.device or 'as the run config says'}; allow-compile {on[p.allow_compile]}"
-              f", report-losses {on[p.report_losses]}, pictures {on[p.pictures]}")
+              f", report-losses {on[p.report_losses]}, pictures {on[p.pictures]}; "
+              f"holders " + ("; ".join(f"{m}={','.join(sorted(s))}"
+                                       for m, s in sorted(p.holders.items()))
+                             if p.holders else "as the server says"))
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:
@@ -251,6 +254,14 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
     if p.allow_collect:
         check.add("policy", WARNING, "allow-collect on: the server receives this site's "
                   "final weights when a run asks (collect-model)")
+    if p.holders is None:
+        check.add("policy", WARNING, "no holders: the server alone says which sites share "
+                  "a modality with this one; one that puts it in a group of itself and "
+                  "colluding sites unmasks its weights: list each modality's holders "
+                  "(holders=\"frontal=hospital-a,hospital-c\")")
+    elif check.site not in set().union(*p.holders.values()):
+        check.add("policy", ERROR, f"holders lists groups without this site "
+                  f"({check.site}): every secure run that shares its modality is refused")
     if not p.require_psi:
         check.add("policy", WARNING, "require-psi off: runs may align by keyed pseudonyms, "
                   "with which a server colluding with any one site can test any number "

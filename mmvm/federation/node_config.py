@@ -65,6 +65,28 @@ def _peers(text: str) -> dict[str, str] | None:
     return out
 
 
+def _holders(text: str) -> dict[str, frozenset[str]]:
+    """``"m=a,b,c;m2=d,e"`` -> ``{m: {a, b, c}, m2: {d, e}}``."""
+    out: dict[str, frozenset[str]] = {}
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        m, sep, names = item.partition("=")
+        sites = frozenset(filter(None, (s.strip() for s in names.split(","))))
+        if not sep or not m.strip() or not sites or m.strip() in out:
+            raise PolicyError(f"node config: holders entry {item!r} is not "
+                              f"'modality=site,site,...' (one entry per modality; this "
+                              f"site alone: never in a masking group)")
+        try:
+            for name in sites:
+                validate_site_name(name)
+        except ValueError as err:
+            raise PolicyError(f"node config: holders: {err}") from None
+        out[m.strip()] = sites
+    if not out:
+        raise PolicyError("node config: holders is empty; leave it out, or list "
+                          "'modality=site,site,...' per modality")
+    return out
+
+
 def _labels(text: str) -> tuple[str, ...]:
     out = tuple(filter(None, (s.strip() for s in text.split(","))))
     odd = [p for p in out if p != "*" and not p.startswith("label")]
@@ -94,13 +116,15 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "device": lambda nc, k: _device(str(nc[k])),
             "allow-compile": lambda nc, k: _bool(nc, k, False),
             "report-losses": lambda nc, k: _bool(nc, k, True),
-            "pictures": lambda nc, k: _bool(nc, k, True)}
+            "pictures": lambda nc, k: _bool(nc, k, True),
+            "holders": lambda nc, k: _holders(str(nc[k]))}
 
 
 # keys that protect only secure runs (which need keys=): without keys they have no
 # effect (mmvm site check warns); of them, the ones that name a secure site's peers
 # are refused without keys (its keys= was lost: a typo, spaces around '=')
-SECURE_ONLY = ("peers", "directory", "allow-pair-masking", "max-align-rows", "min-rows")
+SECURE_ONLY = ("peers", "directory", "allow-pair-masking", "max-align-rows", "min-rows",
+               "holders")
 SECURE_PEERS = ("peers", "directory")
 
 
@@ -182,6 +206,7 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         allow_compile=_bool(nc, "allow-compile", False),
         report_losses=_bool(nc, "report-losses", True),
         pictures=_bool(nc, "pictures", True),
+        holders=_holders(str(nc["holders"])) if "holders" in nc else None,
         sources=tuple(k for k in KEYS if k in nc))
 
 

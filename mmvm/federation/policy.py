@@ -60,6 +60,18 @@ anything leaves the site:
                        masked aggregate what it always can (deploy/README.md 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
+``holders``            per modality this site holds, every site that holds it
+                       (``"frontal=hospital-a,hospital-c;lateral=hospital-b"``, this
+                       site included): the masking group a secure run may put it
+                       in. Only the server says who shares a modality; one that
+                       put the site in a group of itself and colluding holders
+                       (``{A, C1, C2}``: threshold 2, two colluders) had A's
+                       self-mask seed from A's own shares, and A's weights, every
+                       window (review of 2026-12-05). With ``holders`` a group
+                       that is not exactly the listed one is refused at attach,
+                       and so is a modality shared that it does not list
+                       (``frontal=hospital-a``: never shared). Default: the
+                       server's word (``mmvm site check`` warns)
 ``pictures``           at the final evaluation, draw the site's own model's
                        pictures from its test file into its state folder
                        (``<site>-pictures/``; default on; nothing of them leaves
@@ -93,7 +105,7 @@ from mmvm.secure.keys import SitePublicKeys
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
-        "device", "allow-compile", "report-losses", "pictures")
+        "device", "allow-compile", "report-losses", "pictures", "holders")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -125,6 +137,7 @@ class SitePolicy:
     allow_compile: bool = True  # a deployment site's default: False (load_policy)
     report_losses: bool = True  # off: loss sums and test NLL stay at the site
     pictures: bool = False  # a deployment site's default: True (load_policy)
+    holders: Mapping[str, frozenset[str]] | None = None  # modality -> its holders
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
@@ -156,6 +169,22 @@ class SitePolicy:
                               f"(require-psi); this run " + (
                                   f"aligns by {align!r}" if secure else
                                   "has secure = false, which sends sample ids in clear"))
+
+    def check_holders(self, site: str, shared: Mapping[str, Sequence[str]]) -> None:
+        """The server's masking groups against the node config's ``holders``: each
+        must be exactly the listed holders of its modality (no roster: taken as
+        the server says)."""
+        if self.holders is None:
+            return
+        for m, named in sorted(shared.items()):
+            want = self.holders.get(m)
+            if want is None or set(named) != want:
+                raise PolicyError(
+                    f"site {site}: the server puts modality {m!r} in the masking group "
+                    f"{sorted(named)}; its node config's holders= lists "
+                    + (f"{sorted(want)}" if want is not None else f"no group for {m!r}")
+                    + ": a group other than the real holders could unmask this site's "
+                    "weights with the help of a few of them. Nothing was sent")
 
     def check_size(self, site: str, n: int, batch_size: int, epochs: int) -> None:
         """Refuse, before anything is built, a plan over ``n`` aligned samples larger

@@ -12,8 +12,9 @@ For every modality the site shares (a FedAvg group of holders), each window:
    modalities) travel sealed to it (kind ``selfshare``, round ``w + 1``, counter 1);
 3. in the unmask step the site opens the shares addressed to it and reveals what
    :func:`mmvm.secure.unmasking.reveal` allows. When its view of a group has dropped
-   holders, it first commits to that view (:func:`confirm`) and reveals only once
-   every other survivor has sealed it the same view.
+   holders (in groups of 8 and more: any view), it first commits to that view
+   (:func:`confirm`) and reveals only once every other survivor has sealed it the
+   same view.
 
 Groups must have at least three holders; two only if the site's policy says
 ``allow-pair-masking`` (each then learns the other's weights from the mean).
@@ -61,7 +62,8 @@ VIEW_COUNTER = 2  # and confirmed views counter 2
 def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: str,
                  site: str, policy: SitePolicy) -> dict[str, dict]:
     """``{modality: {"holders": [...], "label": ...}}``, refusing groups that are
-    too small for this site's policy."""
+    too small for this site's policy, or other than its node config's ``holders``."""
+    policy.check_holders(site, shared)
     out = {}
     for m, holders in sorted(shared.items()):
         holders = sorted(holders)

@@ -37,13 +37,17 @@ the shares of the *other survivors'* seeds and this round's pair seeds with the
 ``sum b_i`` and the dropped sites' pair masks. A server that claims that a site
 dropped although its update arrived gets pair seeds but no share of that site's
 ``b_i``. One that tells sites different stories is stopped by two rules: a site
-unmasks only if at least ``max(n - t + 1, t + 1)`` holders are survivors in its view
-(then the ``t`` peers needed for its own ``b_i`` cannot all have revealed their pair
-seeds with it), and when its view has dropped sites it first commits to that view
-and reveals only once every other survivor sealed it the same view (Bonawitz et al.'s
-consistency check; without it, four views of three survivors each unmask the sum of
-two holders: :func:`mmvm.federation.sealed_weights.confirm`). Dropout tolerance:
-``floor(n/2) - 1`` sites of a group (none for 2 or 3).
+unmasks only if at least ``max(n - t + 1, t + 1, ceil((n + t) / 2))`` holders are
+survivors in its view (then the ``t`` peers needed for its own ``b_i`` cannot all
+have revealed their pair seeds with it, and any two views share ``t`` survivors, one
+of them honest with up to ``t - 1`` colluding), and when its view has dropped sites
+(in groups of 8 and more: always) it first commits to that view and reveals only
+once every other survivor sealed it the same view (Bonawitz et al.'s consistency
+check; without it, four views of three survivors each unmask the sum of two holders:
+:func:`mmvm.federation.sealed_weights.confirm`). Dropout tolerance: none for 2 or 3
+holders, one for 4 to 7, two for 8 to 10 (:func:`~mmvm.secure.unmasking.survivors_needed`).
+Which sites form the group only the server says: a site protects itself against a
+group of itself and colluders only with its node config's ``holders``.
 Against a server colluding with sites, pairwise masks protect a site only as long as
 enough of its peers are honest; a group of two sites reveals each one's weights to
 the other (they can subtract their own from the mean).

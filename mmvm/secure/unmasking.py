@@ -11,8 +11,8 @@ server names the survivors ``U`` and the dropped ``D`` and each survivor answers
 - for each dropped ``d``: this round's pair seed ``s_id``;
 
 never both for one site, never its own share, once per round and group (the site's
-protocol state), and only when ``|U| >= max(n - t + 1, t + 1)`` in its view
-(:func:`survivors_needed`). The server then rebuilds each ``b_s`` from ``t`` shares
+protocol state), and only when ``|U| >= max(n - t + 1, t + 1, ceil((n + t) / 2))``
+in its view (:func:`survivors_needed`). The server then rebuilds each ``b_s`` from ``t`` shares
 (:func:`combine_seed`) and removes the self-masks and the dropped sites' pair masks.
 Why the rules stop a server that lies about who dropped: see
 :mod:`mmvm.secure.masking`.

@@ -42,8 +42,12 @@ def _nc(fed: dict, site: str = "site-a", **extra) -> dict:
     nc = {"site": site, "data": str(root / "data" / site),
           "keys": str(root / "keys" / site / "site_keys.json"),
           "directory": str(root / "keys" / "public_keys.json"), "peers": others,
-          "state": str(root / "state" / site), "require-psi": "true"}
+          "state": str(root / "state" / site), "require-psi": "true",
+          # vertical: its modality alone (a site of another name: none listed)
+          "holders": f"m{SITES.index(site)}={site}" if site in SITES else None}
     nc.update(extra)
+    if nc.get("keys") is None and "holders" not in extra:  # a plaintext site's
+        nc["holders"] = None
     return {k: v for k, v in nc.items() if v is not None}
 
 
@@ -351,3 +355,12 @@ def test_a_site_with_keys_but_no_peers_is_told_which_names_to_pin(fed):
     hint = _find(check, "peers", ERROR)[0]
     assert "peers=\"" + ";".join(f"{n}=<fingerprint>" for n in others) + "\"" in hint
     assert "site-b=" not in hint and "out of band" in hint
+
+
+def test_a_secure_site_without_holders_is_warned_and_one_left_out_of_them_is_an_error(fed):
+    check = check_node_config(_nc(fed, holders=None))
+    assert check.ok and any("no holders: the server alone says which sites share"
+                            in d for d in _find(check, "policy", WARNING))
+    check = check_node_config(_nc(fed, holders="m0=site-b,site-c"))
+    assert not check.ok and any("holders lists groups without this site (site-a)" in d
+                                for d in _find(check, "policy", ERROR))

@@ -76,7 +76,7 @@ def _node_config(site: str, data: Path, keys: Path, state: Path, peer: str,
     return {"site": site, "data": str(data), "keys": str(keys / "site_keys.json"),
             "directory": str(keys / "public_keys.json"), "state": str(state),
             "peers": f"{peer}={fingerprint}", "require-psi": "true",
-            "eval-labels": "label.no_finding"}
+            "eval-labels": "label.no_finding", "holders": f"{SITES[site]}={site}"}
 
 
 def _inline(nc: dict[str, str]) -> str:

@@ -333,3 +333,32 @@ def test_5g_holders_load_the_mean_once_a_co_holder_confirmed_the_group(cfg, tmp_
     for k in holders[1:]:
         assert all(np.array_equal(sites[k].shared_weights("m0")[n], v)
                    for n, v in first.items())
+
+
+def test_6d_a_site_masks_only_in_the_group_its_node_config_lists(cfg, tmp_path,
+                                                                 tiny_polymnist):
+    """Only the server said who shares a modality: one that put a holder in a group
+    of itself and two colluding sites ({A, C1, C2}: threshold 2) had A's self-mask
+    seed from A's own two shares, and A's weights, every window (review of
+    2026-12-05). With holders= a site refuses any other group at attach, before its
+    first masked update; the real groups train as before."""
+    sites, keys, _ = hybrid_sites(cfg, tmp_path / "k", tiny_polymnist, shards=4)
+    names = sorted({m for s in sites.values() for m in s.names})
+    real = {m: frozenset(s.name for s in sites.values() if m in s.names) for m in names}
+    policy = SitePolicy(keys="k", require_secure=True, holders=real)
+    res = federate(cfg, sealed_endpoints(sites, keys, tmp_path / "ok", policy),
+                   secure=True)
+    assert res.history and all(row["unaveraged"] == [] for row in res.history)
+
+    sites, keys, _ = hybrid_sites(cfg, tmp_path / "k2", tiny_polymnist, shards=4)
+    m, group = next((m, sorted(g)) for m, g in real.items() if len(g) >= 4)
+
+    def fake(r):  # a group of three of the four holders, two of them colluding
+        return dataclasses.replace(r, shared={**r.shared, m: group[:3]}) \
+            if m in r.shared else r
+
+    with pytest.raises(PolicyError, match=rf"the server puts modality '{m}' in the "
+                       rf"masking group \[.*\]; its node config's holders= lists "
+                       rf"\[.*\]: a group other than the real holders"):
+        federate(cfg, {}, transport=AttachTamper(
+            sealed_endpoints(sites, keys, tmp_path / "bad", policy), fake), secure=True)

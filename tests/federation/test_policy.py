@@ -251,3 +251,19 @@ def test_report_losses_is_on_unless_the_site_says_otherwise(tmp_path):
     assert not load_policy({"data": str(tmp_path), "report-losses": "off"}, "a").report_losses
     with pytest.raises(PolicyError, match="report-losses = 'some' is not a boolean"):
         load_policy({"data": str(tmp_path), "report-losses": "some"}, "a")
+
+
+def test_holders_lists_each_modalitys_group_and_a_server_group_must_match(tmp_path):
+    p = load_policy({"data": str(tmp_path), "holders": "frontal=a, c;lateral=b"}, "a")
+    assert p.holders == {"frontal": frozenset({"a", "c"}), "lateral": frozenset({"b"})}
+    assert load_policy({"data": str(tmp_path)}, "a").holders is None  # the server's word
+    p.check_holders("a", {"frontal": ["c", "a"]})  # the listed group, in any order
+    for shared in ({"frontal": ["a", "c", "x"]}, {"frontal": ["a", "x", "y"]},
+                   {"lateral": ["a", "b"]}, {"m9": ["a", "b", "c"]}):
+        with pytest.raises(PolicyError, match="masking group .* holders= lists"):
+            p.check_holders("a", shared)
+    for bad, says in (("frontal", "not 'modality=site,site"), ("frontal=a;frontal=a,b",
+                      "one entry per modality"), ("frontal=a/b", "invalid site name"),
+                      (";", "holders is empty")):
+        with pytest.raises(PolicyError, match=says):
+            load_policy({"data": str(tmp_path), "holders": bad}, "a")
