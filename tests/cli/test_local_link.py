@@ -109,28 +109,26 @@ def test_one_started_with_another_ray_address_is_restarted_and_one_that_matches_
         _gone(link)
 
 
-def test_one_running_a_simulation_is_not_stopped_and_says_what_to_do(tmp_path):
-    home, port = tmp_path / "flwr", free_port()
-    link = _look_alike(tmp_path, home, port, busy=True)
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_superlink_it_must_not_stop_is_named_and_left_running(tmp_path, busy):
+    """One running a simulation (stopping it ends that run), or another FLWR_HOME's
+    on the same port (someone else's): refused with what to do, left as it is."""
+    port = free_port()
+    home = tmp_path / ("flwr" if busy else "theirs")
+    link = _look_alike(tmp_path, home, port, busy=busy)
     try:
-        _until(lambda: pids_mentioning(str(tmp_path / "flwr-simulation")))  # its child
-        with pytest.raises(ConfigError, match=r"it has MMVM_CACHE unset, this run "
-                           r"MMVM_CACHE=/elsewhere.*running 1 simulation\(s\) now"):
-            check_local_superlink(_env(home, port, MMVM_CACHE="/elsewhere"),
-                                  bin_dir=tmp_path)
-        assert link.poll() is None
-    finally:
-        _gone(link)
-
-
-def test_another_flwr_homes_superlink_on_the_port_is_named(tmp_path):
-    theirs, port = tmp_path / "theirs", free_port()
-    link = _look_alike(tmp_path, theirs, port, busy=False)
-    try:
-        _until(lambda: any(s.pid == link.pid for s in local_superlinks()))
-        with pytest.raises(ConfigError, match=rf"127.0.0.1:{port} is the local SuperLink "
-                           rf"of FLWR_HOME={theirs} \(pid {link.pid}\), not of this"):
-            check_local_superlink(_env(tmp_path / "mine", port))
+        if busy:
+            _until(lambda: pids_mentioning(str(tmp_path / "flwr-simulation")))  # its child
+            env, says = _env(home, port, MMVM_CACHE="/elsewhere"), (
+                r"it has MMVM_CACHE unset, this run MMVM_CACHE=/elsewhere.*running 1 "
+                r"simulation\(s\) now")
+        else:
+            _until(lambda: any(s.pid == link.pid for s in local_superlinks()))
+            env, says = _env(tmp_path / "mine", port), (
+                rf"127.0.0.1:{port} is the local SuperLink of FLWR_HOME={home} \(pid "
+                rf"{link.pid}\), not of this")
+        with pytest.raises(ConfigError, match=says):
+            check_local_superlink(env, bin_dir=tmp_path)
         assert link.poll() is None
     finally:
         _gone(link)

@@ -435,17 +435,23 @@ def test_a_stop_asked_during_a_checkpoint_window_stops_right_after_it(cfg, tmp_p
     assert all(s.progress.window == 2 for s in sites.values())
 
 
-def test_a_state_that_cannot_be_read_for_a_while_is_not_given_up(cfg, tmp_path,
-                                                                 tiny_polymnist,
-                                                                 monkeypatch):
-    """A permission, a busy NFS server, CUDA out of memory while loading: the file is
-    whole, and going back to a snapshot (then deleting it) lost training for good."""
+def _stored_run(cfg, tmp_path, tiny_polymnist):
+    """A finished 6-window run whose sites wrote after every message: one site, the
+    state folder, its live file."""
     sites, folder = make_sites(cfg, *split(tiny_polymnist, tmp_path, "hybrid")), \
         tmp_path / "state"
     run_federation(LocalTransport({k: Stored(s, folder, False) for k, s in sites.items()}),
                    settings_for(cfg, **_every_third(None)))
     site = next(iter(sites.values()))
-    live = folder / f"{site.name}.pt"
+    return site, folder, folder / f"{site.name}.pt"
+
+
+def test_a_state_that_cannot_be_read_for_a_while_is_not_given_up(cfg, tmp_path,
+                                                                 tiny_polymnist,
+                                                                 monkeypatch):
+    """A permission, a busy NFS server, CUDA out of memory while loading: the file is
+    whole, and going back to a snapshot (then deleting it) lost training for good."""
+    site, folder, live = _stored_run(cfg, tmp_path, tiny_polymnist)
     before = live.read_bytes()
     for err in (OSError(13, "Permission denied"), RuntimeError("CUDA out of memory")):
         def failing(self, path, err=err):
@@ -466,12 +472,7 @@ def test_a_damaged_live_state_gives_way_to_the_newest_readable_snapshot(
     live state (the site is behind: the resumed server restarts it from there)."""
     from mmvm.federation.site_store import StateFileError
 
-    sites, folder = make_sites(cfg, *split(tiny_polymnist, tmp_path, "hybrid")), \
-        tmp_path / "state"
-    run_federation(LocalTransport({k: Stored(s, folder, False) for k, s in sites.items()}),
-                   settings_for(cfg, **_every_third(None)))
-    site = next(iter(sites.values()))
-    live = folder / f"{site.name}.pt"
+    site, folder, live = _stored_run(cfg, tmp_path, tiny_polymnist)
     assert SiteStore(live).snapshots() == [2, 5]
     for f in (live, folder / f"{site.name}.w5.pt"):  # the live file and window 6's
         with open(f, "r+b") as fh:
