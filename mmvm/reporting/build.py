@@ -142,13 +142,17 @@ def modality_section(groups: Sequence[Group]) -> Section:
     section = Section("Per modality")
     if not names:
         return section.add(Paragraph("No per-modality numbers in these runs.", note=True))
-    rows = [[g.label, n, show(g.modality_estimate(n, "probe"), len(g.runs)),
-             show(g.modality_estimate(n, "recon_nll"), len(g.runs))]
+    rows = [[g.label, n, *(show(g.modality_estimate(n, m), len(g.runs))
+                           for m in ("probe", "recon_nll", "recon_constant"))]
             for g in groups for n in names
             if any(n in r.per_modality for r in g.runs)]
-    return section.add(Table(["group", "modality", "latent probe", "reconstruction NLL"],
-                             rows, caption="Each modality's own latent probe and test "
-                             "reconstruction NLL; mean ± standard error over seeds."))
+    return section.add(Table(["group", "modality", "latent probe", "reconstruction NLL",
+                              "NLL of a constant image"], rows,
+                             caption="Each modality's own latent probe and test "
+                             "reconstruction NLL, and beside it the NLL of one constant "
+                             "image for every sample (the training data's per-pixel "
+                             "median or mean: a decoder that ignores its input); mean "
+                             "± standard error over seeds."))
 
 
 def runs_section(runs: Sequence[Run]) -> Section:

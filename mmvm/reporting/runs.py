@@ -149,10 +149,12 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
     _set_metrics(run, found, source)
     per_recon = recon.get("per_modality")
     per_recon = per_recon if isinstance(per_recon, Mapping) else {}
+    floor = recon.get("baseline") if isinstance(recon.get("baseline"), Mapping) else {}
     for name in dict.fromkeys([*probe, *per_recon]):
         if name in ("mean", "all", "aggregated"):
             continue
-        cell = {"probe": number(probe.get(name)), "recon_nll": number(per_recon.get(name))}
+        cell = {"probe": number(probe.get(name)), "recon_nll": number(per_recon.get(name)),
+                "recon_constant": number(floor.get(name))}
         cell = {k: v for k, v in cell.items() if v is not None}
         if cell:
             run.per_modality[str(name)] = cell

@@ -19,6 +19,7 @@ import pytest
 from mmvm.reporting.stats import estimate
 from tests.reporting.pages import (
     COHERENCE,
+    NAMES,
     PROBES,
     RECON,
     decoded,
@@ -238,3 +239,20 @@ def test_what_an_evaluation_warned_of_is_on_the_page(tmp_path):
     text, _ = write_report(tmp_path, run)
     assert "<h2>Warnings</h2>" in text and f"weak: {said}" in text
     assert text.index("Warnings") < text.index("latent probe (mean over modalities)")
+
+
+def test_each_modalitys_reconstruction_stands_beside_a_constant_images(tmp_path):
+    """A reconstruction NLL of 1846 says nothing alone: the per-modality table gives
+    the NLL of one constant image (eval.json's reconstruction baseline) beside it;
+    runs evaluated before it was computed show "not evaluated" there."""
+    result = eval_result("mmvm", 0, 0.9, 300.0, 0.4)
+    result["reconstruction"]["baseline"] = {m: 150.0 + i for i, m in enumerate(NAMES)}
+    new = fake_run(tmp_path / "new", result)
+    old = fake_run(tmp_path / "old", {**eval_result("poe", 0, 0.5, 300.0, 0.2)})
+    _, page = write_report(tmp_path, new, old)
+    table = next(t for t in page.tables if "NLL of a constant image" in t[0])
+    rows = {(r[0].split()[0], r[1]): dict(zip(table[0], r, strict=True))
+            for r in table[1:]}
+    assert rows["mmvm", "m1"]["NLL of a constant image"] == "151.0 (1 seed)"
+    assert rows["mmvm", "m1"]["reconstruction NLL"] == "100.0 (1 seed)"  # 300 / 3
+    assert rows["poe", "m1"]["NLL of a constant image"] == "not evaluated"
