@@ -242,14 +242,18 @@ def load_or_train(
     todo, skipped = {}, {}
     for name in names:  # every check first: no judge trains before another fails
         vocab = tokens.get(name, 0)
-        rows = labelled_count(train_path, name, label)
-        recipe = recipe_for_rows(cfg, rows, is_image(train_path, name))
+        # the labelled rows: for a floor on an image judge's batches, and to skip
+        # one with none; a cached judge of a recipe without the floor needs neither
+        floor = bool(cfg.min_steps) and is_image(train_path, name)
+        rows = labelled_count(train_path, name, label) if floor else None
+        recipe = recipe_for_rows(cfg, rows or 0, floor)
         file = f"{name}-{cache_key(train_path, test_path, name, recipe, vocab, label)}.pt"
         places = [Path(cache_dir)] if cache_dir else _default_places(train_path, name)
         path = next((d / file for d in places if (d / file).is_file()), places[0] / file)
         state = _read_cache(path)
         model = _restore(state) if state is not None else None
-        if model is None and not rows:
+        if model is None and not (rows if rows is not None
+                                  else labelled_count(train_path, name, label)):
             skipped[name] = no_judge(train_path, name, label)
             if log:
                 log(f"warning: {skipped[name]}")

@@ -41,20 +41,22 @@ def baseline_nll(model, train_set, test_set, batch_size: int = 256) -> dict[str,
     of ``m``; the same estimator as the model's reconstruction NLL, with the decoder
     replaced by the constant."""
     b = train_set.batch(keep_rows(len(train_set), BASELINE_ROWS))
-    out = {}
+    consts = {}
     for j, name in enumerate(model.names):
         have = b["mask"][:, j].bool()
         const = constant_output(model.specs[name].likelihood,
                                 b["x"][name][have].float()) if bool(have.any()) else None
-        if const is None:
-            continue
-        weight, total, count = float(model.likelihood_weights[j]), 0.0, 0
-        for start in range(0, len(test_set), batch_size):
-            t = test_set.batch(torch.arange(start, min(start + batch_size, len(test_set))))
+        if const is not None:
+            consts[name] = (j, const, float(model.likelihood_weights[j]))
+    totals = {name: [0.0, 0] for name in consts}
+    for start in range(0, len(test_set) if consts else 0, batch_size):  # one pass
+        t = test_set.batch(torch.arange(start, min(start + batch_size, len(test_set))))
+        for name, (j, const, weight) in consts.items():
             present = t["mask"][:, j].bool()
             if bool(present.any()):
                 x = t["x"][name][present].float()
                 ll = model.log_likelihood(name, x, const.expand(len(x), *const.shape[1:]))
-                total, count = total - weight * float(ll.sum()), count + len(x)
-        out[name] = total / count if count else math.nan
-    return out
+                totals[name][0] -= weight * float(ll.sum())
+                totals[name][1] += len(x)
+    return {name: total / count if count else math.nan
+            for name, (total, count) in totals.items()}

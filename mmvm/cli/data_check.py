@@ -138,7 +138,8 @@ def label_missing(cfg, labels: set[str]) -> list[str]:
     would refuse it after training."""
     import difflib
 
-    if cfg is None or not cfg.data.label or not labels or cfg.data.label in labels:
+    if cfg is None or not cfg.data.label or not labels or cfg.data.label in labels \
+            or cfg.eval.labels:  # per-label probes read their own columns
         return []
     near = difflib.get_close_matches(cfg.data.label, sorted(labels), 1, 0.0)
     return [f"{cfg.source}: data.label {cfg.data.label!r} is in none of these files "

@@ -361,7 +361,7 @@ class Site:
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
                  "progress": self.progress.state(), "replies": self.replies.state(),
-                 **data_record(self.data.sample_ids)}
+                 **data_record(self.data)}
         write_torch(path, state)
 
     def restore(self, path: str | Path) -> None:
@@ -370,7 +370,7 @@ class Site:
         if state["names"] != self.names:
             raise ValueError(f"{path}: saved for modalities {state['names']}, this site "
                              f"holds {self.names}")
-        check_same_data(self.name, self.train_path, self.data.sample_ids, state, path)
+        check_same_data(self.name, self.train_path, self.data, state, path)
         self.model.load_state_dict(state["model"])
         self._ahead = None
         self._optimizer, self._optimizer_state = None, _checked_optimizer_state(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,16 +29,30 @@ def ids_digest(sample_ids: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(sample_ids)).encode()).hexdigest()[:32]
 
 
-def data_record(sample_ids: Sequence[str]) -> dict:
-    """What a saved state keeps of the data it was attached over."""
-    return {"data_ids": ids_digest(sample_ids), "data_rows": len(sample_ids)}
+# per dataset object: its ids do not change while it lives, and a resident site
+# saves every window (a secure one) or checkpoint: hash them once
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def check_same_data(site: str, train_path: str | Path, sample_ids: Sequence[str],
-                    state: dict, path: str | Path) -> None:
-    """Refuse to restore ``state`` (read from ``path``) over other samples than it was
-    saved with; a state written before ids were recorded is taken as it is."""
-    if "data_ids" not in state or state["data_ids"] == ids_digest(sample_ids):
+def data_digest(data) -> str:
+    """:func:`ids_digest` of ``data.sample_ids``, once per dataset object."""
+    if data not in _DIGESTS:
+        _DIGESTS[data] = ids_digest(data.sample_ids)
+    return _DIGESTS[data]
+
+
+def data_record(data) -> dict:
+    """What a saved state keeps of the data (a dataset) it was attached over."""
+    return {"data_ids": data_digest(data), "data_rows": len(data.sample_ids)}
+
+
+def check_same_data(site: str, train_path: str | Path, data, state: dict,
+                    path: str | Path) -> None:
+    """Refuse to restore ``state`` (read from ``path``) over other samples than the
+    dataset ``data`` holds; a state written before ids were recorded is taken as it
+    is."""
+    sample_ids = data.sample_ids
+    if "data_ids" not in state or state["data_ids"] == data_digest(data):
         return
     rows = int(state.get("data_rows", -1))
     count = (f"{len(sample_ids)} samples now, {rows} then" if rows != len(sample_ids)
