@@ -4,7 +4,8 @@ Every method (independent, mmvm, avg, poe, moe, mopoe, mmvaeplus) is trained wit
 networks, data and budget at several betas and seeds, then evaluated with the paper's
 protocol (mmvm.evaluation): latent probe accuracy on the raw unimodal means (mean
 over modalities), the aggregated probe, coherence of sampled cross-modal generations
-(mean over pairs m != m'), test reconstruction NLL. Outputs under --out:
+(mean over pairs m != m'), test reconstruction NLL, and the NLL of each modality
+imputed from the other two (mean over modalities). Outputs under --out:
 
     <method>-beta<b>-seed<s>/    one training run each (checkpoint, metrics.csv, eval.json)
     results.json                 every evaluate_run() dict
@@ -130,7 +131,8 @@ def judge_recipe(args, base):
     return recipe
 
 
-KEYS = ("recon_nll", "probe", "probe_agg", "probe_all", "coherence", "train_seconds")
+KEYS = ("recon_nll", "probe", "probe_agg", "probe_all", "coherence", "imputation_nll",
+        "train_seconds")
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -144,7 +146,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (method, beta), rs in groups.items():
         row = {"method": method, "beta": beta, "seeds": len(rs)}
         for k in KEYS:
-            est = estimate(r[k] for r in rs)
+            est = estimate(r.get(k, float("nan")) for r in rs)
             row[k] = est.mean if est else float("nan")
             # one seed has no spread to estimate: no standard error (empty in the CSV)
             row[k + "_se"] = (est.se if est else float("nan"))
@@ -157,17 +159,20 @@ def table(summary: list[dict]) -> str:
     (the seeds column says n = 1; there is no spread to show)."""
     def cell(r, k, digits=3):
         se = r[k + "_se"]
+        if r[k] != r[k]:  # NaN: not measured (rows from before the column)
+            return "-"
         mean = f"{r[k]:.{digits}f}"
         return mean if r["seeds"] < 2 or se is None else f"{mean} ± {se:.{digits}f}"
 
     head = ("| method | beta | seeds | recon NLL | probe | aggregated probe | probe (all) "
-            "| coherence | train s |")
-    lines = [head, "|" + "---|" * 9]
+            "| coherence | imputation NLL | train s |")
+    lines = [head, "|" + "---|" * 10]
     for r in summary:
         lines.append(f"| {r['method']} | {r['beta']:g} | {r['seeds']} | "
                      f"{cell(r, 'recon_nll', 1)} | {cell(r, 'probe')} | "
                      f"{cell(r, 'probe_agg')} | {cell(r, 'probe_all')} | "
-                     f"{cell(r, 'coherence')} | {r['train_seconds']:.0f} |")
+                     f"{cell(r, 'coherence')} | {cell(r, 'imputation_nll', 1)} | "
+                     f"{r['train_seconds']:.0f} |")
     if any(r["seeds"] < 2 for r in summary):
         lines += ["", "Rows of one seed show the value alone (no standard error)."]
     return "\n".join(lines)
@@ -195,7 +200,8 @@ def main(argv=None) -> int:
     from mmvm.classifiers import load_or_train, recipe_for
     from mmvm.config import load_config
     from mmvm.data.dataset import MultimodalDataset
-    from mmvm.evaluation import evaluate_run, evaluated_with, summary_row
+    from mmvm.eval_settings import evaluated_with
+    from mmvm.evaluation import evaluate_run, summary_row
     from mmvm.plots import scatter_recon_vs
     from mmvm.training import resolve_device, train
 
@@ -234,7 +240,8 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{method:>11} beta {beta:<6g} seed {seed} recon {row['recon_nll']:8.1f}"
               f"  probe {row['probe']:.3f}  aggregated {row['probe_agg']:.3f}  "
-              f"coherence {row['coherence']:.3f} ({time.perf_counter() - t0:.0f} s)",
+              f"coherence {row['coherence']:.3f}  imputation {row['imputation_nll']:8.1f}"
+              f" ({time.perf_counter() - t0:.0f} s)",
               flush=True)
     atomic_write(out / "results.json", json.dumps(results, indent=2).encode())
     buf = io.StringIO()

@@ -178,7 +178,7 @@ def poe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.
     return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, mu.shape[1])
 
 
-def _select_present(mask: Tensor, candidates: Tensor) -> Tensor:
+def select_present(mask: Tensor, candidates: Tensor) -> Tensor:
     """Per sample, pick among the valid candidates by the slice rule. -> index [B].
 
     candidates: bool [B, K], which of K components a sample may use. Sample b in
@@ -197,7 +197,7 @@ def _select_present(mask: Tensor, candidates: Tensor) -> Tensor:
 @register("moe")
 def moe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
     mask = check_posteriors(mu, logvar, mask)
-    k = _select_present(mask, mask)
+    k = select_present(mask, mask)
     rows = torch.arange(mu.shape[0], device=mu.device)
     mu_j, lv_j = mu[rows, k], logvar[rows, k]
     return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, mu.shape[1])
@@ -220,7 +220,7 @@ def mopoe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 
     subs = subsets(M).to(mu.device)  # [S, M]
     # a subset is usable when all its modalities are present
     usable = (subs.unsqueeze(0) & ~mask.unsqueeze(1)).sum(-1) == 0  # [B, S]
-    s = _select_present(mask, usable)
+    s = select_present(mask, usable)
     sub_mask = subs[s]  # [B, M]
     mu_j, lv_j = product_of_experts(mu, logvar, sub_mask)
     return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, M)
@@ -249,7 +249,7 @@ def mmvaeplus(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: floa
                              f"got {list(aux_logstd.shape)}")
         prior_w = prior_w * torch.exp(aux_logstd).to(prior_w)
     z = reparameterize(mu, logvar, eps)  # [B, M, D + P]
-    source = _select_present(mask, mask)  # [B]
+    source = select_present(mask, mask)  # [B]
     shared = z[torch.arange(z.shape[0], device=z.device), source, :D]  # [B, D]
     keep = mask.unsqueeze(-1)
     out = torch.cat([torch.where(keep, z[..., :D], shared.unsqueeze(1).expand_as(z[..., :D])),

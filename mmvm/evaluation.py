@@ -1,4 +1,4 @@
-"""Evaluation protocol of the paper (reference note, section 3): probes, coherence,
+"""Evaluation protocol of the paper (docs/protocol.md): probes, coherence,
 reconstruction error.
 
 - **Latent probe** (:mod:`mmvm.probes`): a logistic regression per modality on the
@@ -24,13 +24,16 @@ reconstruction error.
   NLL = -sum_m w_m log p(x_m | z_m) per sample, with z drawn exactly as in training
   (the method's aggregation of all present modalities, one seeded reparametrised
   sample), reported per modality (mean over samples that have it) and in total, and
-  beside it the NLL of one constant reconstruction (:mod:`mmvm.recon_baseline`)."""
+  beside it the NLL of one constant reconstruction (:mod:`mmvm.recon_baseline`).
+- **Missing-modality imputation** (:mod:`mmvm.imputation`): each modality left out,
+  decoded from the sample's other modalities (and from each one alone), its NLL on
+  the real data; read between the constant's NLL and its own reconstruction's."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,17 +42,14 @@ from torch import Tensor
 from mmvm.aggregation import aggregate, has_private_latent
 from mmvm.chance import chance_levels, evaluation_warnings, label_classes, labelled_rows
 from mmvm.data.labels import NO_LABELS, label_columns
+from mmvm.imputation import imputation_nll
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, probe_accuracy
 from mmvm.recon_baseline import baseline_nll
 from mmvm.subsample import keep_rows
 
-if TYPE_CHECKING:
-    from mmvm.config import ExperimentConfig
-    from mmvm.data.dataset import MultimodalDataset
-
 __all__ = ["chance_levels", "coherence", "conditional_latent", "encode_aggregated",
-           "encode_dataset", "evaluate_run", "evaluated_with", "evaluation_warnings",
+           "encode_dataset", "evaluate_run", "evaluation_warnings", "imputation_nll",
            "fit_probe", "label_scores", "labelled_modalities", "present_label_columns",
            "present_labels",
            "probe_accuracy", "reconstruction_nll", "summary_row", "unimodal_posteriors"]
@@ -325,6 +325,7 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         "n_probe_train": len(probe_set), "n_test": len(test_set), "probe": probe,
         "reconstruction": {**reconstruction_nll(model, test_set, method, bs, seed=cfg.train.seed),
                            "baseline": baseline_nll(model, probe_set, test_set, bs)},
+        "imputation": imputation_nll(model, test_set, method, bs, seed=cfg.train.seed),
         "probe_metric": cfg.eval.metric, "probe_standardized": cfg.eval.probe_standardize,
         "coherence_sampled": cfg.eval.coherence_sample, **extra,
     }
@@ -373,28 +374,5 @@ def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
             "probe": result["probe"]["mean"], "probe_all": result["probe"].get("all", math.nan),
             "probe_agg": result.get("probe_aggregated", {}).get("mean", math.nan),
             "coherence": coh.get("mean", math.nan),
+            "imputation_nll": result.get("imputation", {}).get("mean", math.nan),
             "chance": result.get("chance", {}).get("majority")}  # None: no labels
-
-
-# the data settings an evaluation reads (the rest of [data] is how the trainer reads)
-EVAL_DATA_KEYS = ("root", "folders", "train", "test", "label", "max_train", "max_test")
-# what the data files say they are (mmvm.dataset metadata), as far as they say it
-DATASET_KEYS = ("name", "variant", "seed")
-
-
-def evaluated_with(cfg: ExperimentConfig, train_set: MultimodalDataset,
-                   test_set: MultimodalDataset) -> dict:
-    """The settings an evaluation used, for eval.json's "settings" (and the report's
-    tables): the ``[eval]`` section and the data keys it read with (not the training
-    run's), and the data files' name, variant and sample counts."""
-    import dataclasses
-
-    from mmvm.data.store import read_site_meta
-
-    data = dataclasses.asdict(cfg.data)
-    metas = [read_site_meta(p).get("dataset") or {} for p in cfg.data.files("train")]
-    dataset = {k: "+".join(dict.fromkeys(str(m[k]) for m in metas if k in m))
-               for k in DATASET_KEYS if any(k in m for m in metas)}
-    dataset.update(train_samples=len(train_set), test_samples=len(test_set))
-    return {"data": {k: data[k] for k in EVAL_DATA_KEYS}, "eval": dataclasses.asdict(cfg.eval),
-            "dataset": dataset}

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from mmvm.config import config_from_dict, load_config
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.data.labels import is_labelled, label_columns
-    from mmvm.evaluation import evaluate_run, evaluated_with
+    from mmvm.eval_settings import evaluated_with
+    from mmvm.evaluation import evaluate_run
     from mmvm.finite import finite_latents
     from mmvm.training import load_trained_model
 
@@ -264,8 +265,10 @@ def print_result(result: dict) -> None:
     table = Table(title=f"{result['method']}  beta={result['beta']:g}  ({rows})",
                   caption="recon NLL per sample: a modality's over the test samples that "
                           "hold it; the total sums each sample's modalities (the mean "
-                          "row's probe is the modalities' mean); constant: the NLL of one "
-                          "image for all, the training data's per-pixel median or mean")
+                          "row's probe is the modalities' mean); imputed: the NLL of the "
+                          "modality decoded from the sample's other modalities; constant: "
+                          "the NLL of one image for all, the training data's per-pixel "
+                          "median or mean")
     table.add_column("modality")
     metric = {"accuracy": "acc"}.get(result.get("probe_metric", "accuracy"),
                                      result.get("probe_metric"))
@@ -277,6 +280,9 @@ def print_result(result: dict) -> None:
         for t in coh["names"]:
             table.add_column(f"coh -> {t}", justify="right")
     table.add_column("recon NLL", justify="right")
+    imputed = result.get("imputation", {}).get("rest", {})
+    if imputed:
+        table.add_column("imputed NLL", justify="right")
     floor = result["reconstruction"].get("baseline", {})
     if floor:
         table.add_column("constant", justify="right")
@@ -285,13 +291,14 @@ def print_result(result: dict) -> None:
         if coh:
             row += [_fmt(v) for v in coh["matrix"][i]]
         row.append(f"{result['reconstruction']['per_modality'][n]:.1f}")
+        row += [f"{imputed[n]:.1f}" if n in imputed else "-"] * bool(imputed)
         row += [f"{floor[n]:.1f}" if n in floor else "-"] * bool(floor)
         table.add_row(*row)
     last = ["mean / total", _fmt(result["probe"].get("mean"))][:1 + probed]
     if coh:
         last += [f"cross {_fmt(coh['mean'])}"] + [""] * (len(coh["names"]) - 1)
     last.append(f"{result['reconstruction']['total']:.1f}")
-    last += [""] * bool(floor)
+    last += [""] * (bool(imputed) + bool(floor))
     table.add_row(*last, style="bold")
     console = cli_console()
     console.print(table)

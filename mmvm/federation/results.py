@@ -189,7 +189,8 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
     from mmvm.data.labels import is_labelled
-    from mmvm.evaluation import evaluate_run, evaluated_with
+    from mmvm.eval_settings import evaluated_with
+    from mmvm.evaluation import evaluate_run
     from mmvm.run_pictures import run_picture
 
     out = Path(out_dir)

@@ -143,16 +143,20 @@ def modality_section(groups: Sequence[Group]) -> Section:
     if not names:
         return section.add(Paragraph("No per-modality numbers in these runs.", note=True))
     rows = [[g.label, n, *(show(g.modality_estimate(n, m), len(g.runs))
-                           for m in ("probe", "recon_nll", "recon_constant"))]
+                           for m in ("probe", "recon_nll", "imputed_nll", "recon_constant"))]
             for g in groups for n in names
             if any(n in r.per_modality for r in g.runs)]
     return section.add(Table(["group", "modality", "latent probe", "reconstruction NLL",
-                              "NLL of a constant image"], rows,
-                             caption="Each modality's own latent probe and test "
-                             "reconstruction NLL, and beside it the NLL of one constant "
-                             "image for every sample (the training data's per-pixel "
-                             "median or mean: a decoder that ignores its input); mean "
-                             "± standard error over seeds."))
+                              "imputed from the others: NLL", "NLL of a constant image"],
+                             rows, caption="Each modality's own latent probe and test "
+                             "reconstruction NLL; its NLL when it is left out and decoded "
+                             "from the sample's other modalities (missing-modality "
+                             "imputation); and the NLL of one constant image for every "
+                             "sample (the training data's per-pixel median or mean: a "
+                             "decoder that ignores its input). An imputation reads "
+                             "between the constant (no information) and the "
+                             "reconstruction (all of it). Mean ± standard error over "
+                             "seeds."))
 
 
 def runs_section(runs: Sequence[Run]) -> Section:

@@ -25,6 +25,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "coherence": ("coherence (m -> m', m != m')", True),
     "coherence_self": ("self-coherence (m -> m)", True),
     "recon_nll": ("reconstruction NLL (test, per sample)", False),
+    "imputation_nll": ("imputation NLL (each modality from the others, mean)", False),
 }
 
 # config keys that differ between seeds or machines without changing the experiment
@@ -139,13 +140,16 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
     recon = result.get("reconstruction")
     recon = recon if isinstance(recon, Mapping) else {}
     coh = result.get("coherence") if isinstance(result.get("coherence"), Mapping) else {}
+    imp = result.get("imputation") if isinstance(result.get("imputation"), Mapping) else {}
+    imputed = imp.get("rest") if isinstance(imp.get("rest"), Mapping) else {}
     found = {"probe": number(probe.get("mean")), "probe_all": number(probe.get("all")),
              "probe_aggregated": _first(number(result.get("probe_aggregated")),
                                         number(probe.get("aggregated"))),
              "recon_nll": number(recon.get("total")),
              "chance": number((result.get("chance") or {}).get("majority")
                               if isinstance(result.get("chance"), Mapping) else None),
-             "coherence": number(coh.get("mean")), "coherence_self": number(coh.get("self"))}
+             "coherence": number(coh.get("mean")), "coherence_self": number(coh.get("self")),
+             "imputation_nll": number(imp.get("mean"))}
     _set_metrics(run, found, source)
     per_recon = recon.get("per_modality")
     per_recon = per_recon if isinstance(per_recon, Mapping) else {}
@@ -154,7 +158,8 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
         if name in ("mean", "all", "aggregated"):
             continue
         cell = {"probe": number(probe.get(name)), "recon_nll": number(per_recon.get(name)),
-                "recon_constant": number(floor.get(name))}
+                "recon_constant": number(floor.get(name)),
+                "imputed_nll": number(imputed.get(name))}
         cell = {k: v for k, v in cell.items() if v is not None}
         if cell:
             run.per_modality[str(name)] = cell
@@ -180,7 +185,8 @@ def coherence_matrix(coh: Mapping) -> tuple[list[str], list[list[float]]] | None
 # flat-row keys (results.csv, benchmark rows) -> metric or setting
 ROW_METRICS = {"probe": "probe", "probe_all": "probe_all", "coherence": "coherence",
                "recon_nll": "recon_nll", "coherence_self": "coherence_self",
-               "probe_agg": "probe_aggregated", "probe_aggregated": "probe_aggregated"}
+               "probe_agg": "probe_aggregated", "probe_aggregated": "probe_aggregated",
+               "imputation_nll": "imputation_nll"}
 ROW_SETTINGS = {"alpha": "train.alpha", "latent_dim": "model.latent_dim",
                 "epochs": "train.epochs", "mode": "mode"}
 

@@ -1,0 +1,112 @@
+"""Missing-modality imputation against closed forms: an oracle model whose encoders
+and decoders are identities on one-hot class vectors (q's variance e^-30), so an
+imputed modality is exactly the one-hot vector of its source, and its Gaussian NLL
+(scale 1, 10 dimensions) is 10 * log(2 pi) / 2 plus half the squared distance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.aggregation import available_methods
+from mmvm.data.dataset import MultimodalDataset
+from mmvm.evaluation import reconstruction_nll
+from mmvm.imputation import imputation_nll, imputing_latent
+from tests.support.evaluation_data import NAMES, onehot_dataset, oracle_model
+
+NORM = 5 * math.log(2 * math.pi)  # -log N(x; x, I) in 10 dimensions
+
+
+def _method_model(method: str, **kw):
+    return oracle_model(private_dim=2 if method == "mmvaeplus" else 0, **kw)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_a_modality_the_others_describe_exactly_is_imputed_at_the_likelihoods_floor(
+        method):
+    got = imputation_nll(_method_model(method), onehot_dataset(40), method, batch_size=16)
+    assert set(got["rest"]) == set(NAMES) and got["n"] == dict.fromkeys(NAMES, 40)
+    for t in NAMES:
+        assert got["rest"][t] == pytest.approx(NORM, rel=1e-4)
+    assert set(got["pairs"]) == {f"{s}->{t}" for s in NAMES for t in NAMES if s != t}
+    assert all(v == pytest.approx(NORM, rel=1e-4) for v in got["pairs"].values())
+    assert all(math.isnan(got["matrix"][i][i]) for i in range(3))
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_the_left_out_modality_never_reaches_its_own_latent(method):
+    """m0 holds class c, m1 and m2 class c + 3: m0 imputed from them is c + 3's
+    one-hot, two squared units from the truth (NLL + 1), whatever x_m0 says; its own
+    reconstruction is exact."""
+    n = 40
+    y = np.arange(n) % 10
+    eye = np.eye(10, dtype=np.float32)
+    x = {"m0": eye[y], "m1": eye[(y + 3) % 10], "m2": eye[(y + 3) % 10]}
+    data = MultimodalDataset([f"s{i}" for i in range(n)], x, dict.fromkeys(NAMES, 1.0),
+                             np.ones((n, 3), bool), y)
+    model = _method_model(method)
+    got = imputation_nll(model, data, method, batch_size=16)
+    assert got["rest"]["m0"] == pytest.approx(NORM + 1.0, rel=1e-4)
+    assert got["pairs"]["m1->m0"] == pytest.approx(NORM + 1.0, rel=1e-4)
+    assert got["pairs"]["m2->m1"] == pytest.approx(NORM, rel=1e-4)
+    assert got["pairs"]["m0->m1"] == pytest.approx(NORM + 1.0, rel=1e-4)
+
+
+def test_a_decoder_that_moves_the_class_costs_its_target_only_and_weights_count():
+    model = oracle_model(weights=(1.0, 2.0, 1.0), perm_m1=True)  # m1 decodes c as c+1
+    got = imputation_nll(model, onehot_dataset(30), "mmvm")
+    assert got["rest"]["m1"] == pytest.approx(2.0 * (NORM + 1.0), rel=1e-4)
+    assert got["rest"]["m0"] == pytest.approx(NORM, rel=1e-4)
+    assert got["mean"] == pytest.approx((2 * NORM + 2 * (NORM + 1.0)) / 3, rel=1e-4)
+
+
+def test_only_samples_holding_the_target_and_another_modality_count():
+    mask = np.ones((30, 3), bool)
+    mask[:10, 1:] = False  # m0 alone: imputed for nothing, nothing imputed from it
+    mask[10:20, 0] = False  # m1 and m2
+    got = imputation_nll(oracle_model(), onehot_dataset(30, mask), "poe", batch_size=7)
+    assert got["n"] == {"m0": 10, "m1": 20, "m2": 20}
+    assert got["pairs"]["m1->m2"] == pytest.approx(NORM, rel=1e-4)
+    only = np.zeros((5, 3), bool)
+    only[:, 0] = True
+    none = imputation_nll(oracle_model(), onehot_dataset(5, only), "mmvm")
+    assert none["rest"] == {} and none["pairs"] == {} and math.isnan(none["mean"])
+
+
+def test_two_modalities_the_rest_is_the_pair_and_equals_the_mirrored_reconstruction():
+    """Identical modalities with identical networks: t imputed from s decodes z_s
+    with the draw s's own reconstruction uses, so the NLLs are equal exactly."""
+    from mmvm.config import ModalitySpec
+    from mmvm.model import MultimodalVAE
+
+    torch.manual_seed(0)
+    specs = [ModalitySpec(m, "vector", (6,), likelihood="gaussian", scale=0.5,
+                          width=8, layers=1) for m in ("a", "b")]
+    model = MultimodalVAE(specs, latent_dim=3)
+    model.encoders["b"].load_state_dict(model.encoders["a"].state_dict())
+    model.decoders["b"].load_state_dict(model.decoders["a"].state_dict())
+    x = np.random.default_rng(1).normal(size=(50, 6)).astype(np.float32)
+    data = MultimodalDataset([f"s{i}" for i in range(50)], {"a": x, "b": x},
+                             {"a": 1.0, "b": 1.0}, np.ones((50, 2), bool), None)
+    got = imputation_nll(model, data, "mmvm", batch_size=50, seed=3)
+    own = reconstruction_nll(model, data, "mmvm", batch_size=50, seed=3)["per_modality"]
+    assert got["rest"]["b"] == pytest.approx(own["a"], rel=1e-6)
+    assert got["pairs"] == {"a->b": got["rest"]["b"], "b->a": got["rest"]["a"]}
+
+
+def test_the_imputing_latent_of_poe_is_the_sources_product_whatever_the_target_holds():
+    mu, lv = torch.randn(4, 3, 2), torch.randn(4, 3, 2)
+    sources = torch.tensor([[False, True, True]] * 4)
+    eps = torch.zeros(4, 3, 2)
+    z = imputing_latent("poe", mu, lv, sources, 0, eps)
+    prec = torch.exp(-lv[:, 1:]).sum(1)
+    want = (mu[:, 1:] * torch.exp(-lv[:, 1:])).sum(1) / prec
+    assert torch.allclose(z, want, atol=1e-6)
+    mu2 = mu.clone()
+    mu2[:, 0] += 100.0  # what the left-out modality says changes nothing
+    assert torch.equal(imputing_latent("poe", mu2, lv, sources, 0, eps), z)
+    z = imputing_latent("mmvm", mu2, lv, sources, 0, eps)  # a source's own mean
+    assert all(any(torch.equal(z[b], mu[b, k]) for k in (1, 2)) for b in range(4))
