@@ -15,8 +15,8 @@ ceiling).
 Mean ± standard error over seeds; results.json/csv, latents.png (2-D latents of the
 first seed, one row per tuning, one panel per method) and probes_vs_tuning.png.
 
-    python benchmarks/hippocampus_latents.py      # tunings 0.5,1,2 x 3 seeds: ~30 min on 2
-                                                  # idle cores (~3 min per tuning and seed)
+    python benchmarks/hippocampus_latents.py --threads 1  # tunings 0.5,1,2 x 3 seeds:
+                                                  # 13 min on 2 cores (the README's run)
     python benchmarks/hippocampus_latents.py --tunings 0.3,0.5,1,2   # add a weaker one
     python benchmarks/hippocampus_latents.py --tunings 0.5,1.0 --seeds 0 --epochs 2  # smoke
 """

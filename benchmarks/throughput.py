@@ -3,7 +3,7 @@
 Two model sizes on the PolyMNIST look-alike's shape (3 x 28 x 28, 3 modalities):
 
 - ``paper``: the authors' ResNet (``polymnist_resnet``, channels 64/128/256), latent
-  512, batch 128 (reference note, section 4);
+  512, batch 128 (docs/protocol.md, "The paper's settings");
 - ``cpu``: the configuration the main job trains (``configs/polymnist.toml`` with the
   app's overrides);
 

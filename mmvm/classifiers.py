@@ -1,4 +1,4 @@
-"""Per-modality label classifiers for the coherence metric (reference note, section 3).
+"""Per-modality label classifiers for the coherence metric (docs/protocol.md).
 
 Coherence asks whether a generated x_m' carries the label of the sample it was
 generated from; the judge is a classifier of modality m' trained on *real* m' data

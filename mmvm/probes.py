@@ -1,4 +1,4 @@
-"""Latent probes (reference note, section 3): the project's one probe and its scores.
+"""Latent probes (docs/protocol.md): the project's one probe and its scores.
 
 - :func:`fit_probe`: a logistic regression (scikit-learn defaults, ``max_iter=10000``)
   of a label on latents, the one probe every score here uses;

@@ -55,7 +55,7 @@ def test_polymnist_config_values():
 def test_hippocampus_config_values():
     cfg = load_config(HIPPOCAMPUS)
     shapes = {m.name: m.shape for m in cfg.model.modalities}
-    # the five rats' unit counts (reference note, section 4) x 10 bins
+    # the five rats' unit counts (docs/protocol.md, "The paper's settings") x 10 bins
     assert shapes == {"rat1": (92, 10), "rat2": (79, 10), "rat3": (104, 10),
                       "rat4": (49, 10), "rat5": (46, 10)}
     assert all(m.kind == "vector" and m.likelihood == "mse" and m.width == 0

@@ -1,6 +1,6 @@
 """``conv28``: the default image network for [C, 28, 28] (PolyMNIST look-alike).
 
-A residual conv net 28 -> 14 -> 7 (reference note, section 4), widths ``w, 2w, 4w``
+A residual conv net 28 -> 14 -> 7 (docs/protocol.md, "The paper's settings"), widths ``w, 2w, 4w``
 (``w`` = the spec's ``width``); linear heads from the ``4w x 7 x 7`` features to mu
 and logvar. The decoder mirrors it and ends in a sigmoid (pixel values lie in
 [0, 1]). SiLU activations and strided convolutions: this is the project's own

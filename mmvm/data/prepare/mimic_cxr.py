@@ -6,7 +6,7 @@ Published layout::
     <src>/mimic-cxr-2.0.0-chexpert.csv   subject_id, study_id, 14 CheXpert labels
     <src>/files/p<2 digits>/p<subject_id>/s<study_id>/<dicom_id>.jpg
 
-(either CSV may be gzipped, ``.csv.gz``). Recipe (reference note, section 3):
+(either CSV may be gzipped, ``.csv.gz``). Recipe (docs/protocol.md):
 
 - views: frontal = ``AP`` or ``PA``, lateral = ``LATERAL`` or ``LL``; every frontal x
   lateral pair of one study is a sample, id ``<study_id>_<frontal>_<lateral>``
