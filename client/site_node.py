@@ -146,6 +146,7 @@ def settings_and_policy(context: Context) -> tuple[FederationSettings, SitePolic
                           f"{', '.join(m.split('=', 1)[0] for m in missing)} name files "
                           f"that are not there (the site's log says which)")
     policy.check_run(files[0], s.secure, s.align)
+    policy.check_experiment(files[0], s.experiment)
     return s, policy, files
 
 

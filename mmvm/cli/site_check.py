@@ -149,6 +149,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
     device, method, the model's size against max-params), read its test split as the
     final evaluation does, and check the plan's size on the site's own rows alone
     (a run's aligned samples are usually as many or more)."""
+    from mmvm.config import config_digest
     from mmvm.data import open_dataset
     from mmvm.data.value_ranges import range_warnings
     from mmvm.federation.policy import PolicyError
@@ -190,7 +191,12 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
               f"({n:,} parameters, about {step / 2**30:.2f} GiB a step at batch "
               f"{cfg.train.batch_size:,}, method {cfg.model.method}, device "
               f"{site.device}); "
-              f"the run's config must be this file of the app, with the same `set`")
+              f"the run's config must be this file of the app, with the same `set`; "
+              f"digest {config_digest(cfg)}")
+    try:
+        policy.check_experiment(check.site, cfg)
+    except PolicyError as err:
+        check.add("experiment", ERROR, f"{cfg.source}: {err}")
     configs = Path(app).resolve() / "configs"
     if configs.is_dir() and not Path(cfg.source).resolve().is_relative_to(configs):
         check.add("experiment", WARNING, f"{cfg.source} is not under the app's {configs} "
@@ -234,7 +240,15 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f", report-losses {on[p.report_losses]}, pictures {on[p.pictures]}; "
               f"holders " + ("; ".join(f"{m}={','.join(sorted(s))}"
                                        for m, s in sorted(p.holders.items()))
-                             if p.holders else "as the server says"))
+                             if p.holders else "as the server says")
+              + "; experiment " + (", ".join(d[:16] + "..." for d in p.experiments)
+                                    if p.experiments else "any"))
+    if not p.experiments:
+        check.add("policy", WARNING, "no experiment: whoever submits a run chooses the "
+                  "model this site trains and whose posteriors it sends; encoders chosen "
+                  "to be inverted (as wide as the input, a learning rate of ~0) send its "
+                  "samples themselves (deploy/README.md section 7): list the configs it "
+                  "may run (experiment=\"<digest>\", which --config FILE prints)")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:

@@ -87,6 +87,17 @@ def _holders(text: str) -> dict[str, frozenset[str]]:
     return out
 
 
+def _digests(text: str) -> tuple[str, ...]:
+    """``"<64 hex>,<64 hex>"`` -> the experiment digests a site may run."""
+    out = tuple(filter(None, (s.strip().lower() for s in text.split(","))))
+    bad = [d for d in out if not re.fullmatch(r"[0-9a-f]{64}", d)]
+    if bad or not out:
+        raise PolicyError(f"node config: experiment entries {bad or [text]} are not "
+                          f"experiment digests (64 hex digits each, comma-separated, as "
+                          f"`mmvm site check --config FILE` prints them)")
+    return out
+
+
 def _labels(text: str) -> tuple[str, ...]:
     out = tuple(filter(None, (s.strip() for s in text.split(","))))
     odd = [p for p in out if p != "*" and not p.startswith("label")]
@@ -117,7 +128,8 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "allow-compile": lambda nc, k: _bool(nc, k, False),
             "report-losses": lambda nc, k: _bool(nc, k, True),
             "pictures": lambda nc, k: _bool(nc, k, True),
-            "holders": lambda nc, k: _holders(str(nc[k]))}
+            "holders": lambda nc, k: _holders(str(nc[k])),
+            "experiment": lambda nc, k: _digests(str(nc[k]))}
 
 
 # keys that protect only secure runs (which need keys=): without keys they have no
@@ -207,6 +219,7 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         report_losses=_bool(nc, "report-losses", True),
         pictures=_bool(nc, "pictures", True),
         holders=_holders(str(nc["holders"])) if "holders" in nc else None,
+        experiments=_digests(str(nc["experiment"])) if "experiment" in nc else (),
         sources=tuple(k for k in KEYS if k in nc))
 
 

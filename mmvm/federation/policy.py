@@ -76,6 +76,16 @@ anything leaves the site:
                        pictures from its test file into its state folder
                        (``<site>-pictures/``; default on; nothing of them leaves
                        the site: :mod:`mmvm.federation.site_pictures`)
+``experiment``         the experiment configs the site may run, by digest (64 hex
+                       digits each, comma-separated; ``mmvm site check --config
+                       FILE --set ...`` prints it): the run config's ``config`` and
+                       ``set`` choose the model, and encoders chosen to be inverted
+                       (as wide as the input, a learning rate of ~0, weights known
+                       from ``train.seed``) make the posteriors a site sends its
+                       samples themselves, to its peers (secure) or the server
+                       (plaintext; review of 2026-12-05). A run under any other
+                       experiment is refused at its first message, before anything
+                       leaves the site. Default: any (``mmvm site check`` warns)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
                        plan's batch size: the layers' outputs and the objective's
                        terms (default 16; estimated on the meta device,
@@ -105,7 +115,7 @@ from mmvm.secure.keys import SitePublicKeys
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
-        "device", "allow-compile", "report-losses", "pictures", "holders")
+        "device", "allow-compile", "report-losses", "pictures", "holders", "experiment")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -138,6 +148,7 @@ class SitePolicy:
     report_losses: bool = True  # off: loss sums and test NLL stay at the site
     pictures: bool = False  # a deployment site's default: True (load_policy)
     holders: Mapping[str, frozenset[str]] | None = None  # modality -> its holders
+    experiments: tuple[str, ...] = ()  # config digests it may run (node config experiment); () = any
     test_bed: bool = False  # simulation: the run config is the only config
     sources: tuple[str, ...] = field(default=())  # node-config keys that were set
 
@@ -169,6 +180,21 @@ class SitePolicy:
                               f"(require-psi); this run " + (
                                   f"aligns by {align!r}" if secure else
                                   "has secure = false, which sends sample ids in clear"))
+
+    def check_experiment(self, site: str, cfg) -> None:
+        """Refuse a run whose experiment config (``cfg``, the run config's file and
+        ``set`` applied) is not one the node config's ``experiment`` lists."""
+        from mmvm.config import config_digest
+
+        digest = config_digest(cfg)
+        if self.experiments and digest not in self.experiments:
+            raise PolicyError(
+                f"site {site}: the run's experiment config (digest {digest[:16]}...) is "
+                f"not one its node config allows (experiment="
+                f"{','.join(d[:16] + '...' for d in self.experiments)}): whoever submits "
+                f"a run chooses the model, and encoders chosen to be inverted would "
+                f"send this site's samples as their posteriors. `mmvm site check "
+                f"--config FILE --set ...` prints a config's digest. Nothing was sent")
 
     def check_holders(self, site: str, shared: Mapping[str, Sequence[str]]) -> None:
         """The server's masking groups against the node config's ``holders``: each

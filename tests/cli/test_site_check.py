@@ -11,13 +11,14 @@ import pytest
 
 from mmvm.cli import main
 from mmvm.cli.site_check import ERROR, OK, WARNING, check_node_config
-from mmvm.config import load_config
+from mmvm.config import config_digest, load_config
 from mmvm.data.sites import site_layout, split_sites
 from mmvm.secure.keys import SiteKeys, save_public_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "polymnist_cpu.toml")
 SITES = ("site-a", "site-b", "site-c")
+DIGEST = config_digest(load_config(CONFIG))  # the experiment the sites pin
 
 
 @pytest.fixture
@@ -44,7 +45,8 @@ def _nc(fed: dict, site: str = "site-a", **extra) -> dict:
           "directory": str(root / "keys" / "public_keys.json"), "peers": others,
           "state": str(root / "state" / site), "require-psi": "true",
           # vertical: its modality alone (a site of another name: none listed)
-          "holders": f"m{SITES.index(site)}={site}" if site in SITES else None}
+          "holders": f"m{SITES.index(site)}={site}" if site in SITES else None,
+          "experiment": DIGEST}
     nc.update(extra)
     if nc.get("keys") is None and "holders" not in extra:  # a plaintext site's
         nc["holders"] = None
@@ -364,3 +366,19 @@ def test_a_secure_site_without_holders_is_warned_and_one_left_out_of_them_is_an_
     check = check_node_config(_nc(fed, holders="m0=site-b,site-c"))
     assert not check.ok and any("holders lists groups without this site (site-a)" in d
                                 for d in _find(check, "policy", ERROR))
+
+
+def test_the_experiment_a_site_may_run_is_pinned_by_the_digest_the_check_prints(fed):
+    cfg = load_config(CONFIG)
+    ok = check_node_config(_nc(fed), cfg)
+    assert f"digest {DIGEST}" in _find(ok, "experiment", OK)[0]
+    assert f"experiment {DIGEST[:16]}..." in _find(ok, "policy", OK)[0]
+    loose = check_node_config(_nc(fed, experiment=None), cfg)
+    assert loose.ok and any("no experiment: whoever submits a run chooses the model" in d
+                            for d in _find(loose, "policy", WARNING))
+    wide = load_config(CONFIG, ["model.latent_dim=256"])
+    other = check_node_config(_nc(fed), wide)
+    assert not other.ok and "is not one its node config allows" in \
+        _find(other, "experiment", ERROR)[0]
+    bad = check_node_config(_nc(fed, experiment="abc"), cfg)
+    assert "not experiment digests" in _find(bad, "policy", ERROR)[0]

@@ -423,3 +423,30 @@ def test_event_triggered_exchange_counts_every_row_the_caches_keep(plain_site):
     said = attach(plan, 0.05)
     assert isinstance(said, str) and "a window's posteriors (192 rows x 3 " in said
     assert not isinstance(attach(plan), str)  # without it: one row per window
+
+
+def test_a_site_that_pins_its_experiment_refuses_a_config_made_to_be_inverted(plain_site):
+    """The review's attack (2026-12-05): a run config whose `set` makes m0's encoder an
+    injective MLP as wide as the image, with a learning rate of ~0, would send the
+    site's images as their posteriors. With `experiment` in its node config the site
+    answers the app's config and refuses that one at describe, before anything is
+    read or sent."""
+    from mmvm.config import config_digest
+    from mmvm.federation.settings import load_settings
+
+    digest = config_digest(load_settings(app_run_config(), app_only=True).experiment)
+    pinned = {**plain_site, "experiment": digest}
+    assert not isinstance(_describe(pinned, run_id=11), str)
+    invert = ("model.latent_dim=4704;model.modalities.m0.kind=\"vector\";"
+              "model.modalities.m0.network=\"mlp\";model.modalities.m0.width=4704;"
+              "model.modalities.m0.layers=1;train.lr=1e-30")
+    from mmvm.federation.messages import DescribeRequest
+    from wire.records import to_record
+
+    site_node._NODES.clear()
+    context = Context(run_id=12, node_id=1, node_config=pinned, state=RecordDict(),
+                      run_config=app_run_config(set=invert))
+    reply = untagged(site_node.answer("describe", to_record(DescribeRequest()), context))[1]
+    assert isinstance(reply, str) and reply.startswith(
+        "PolicyError: site site-m0: the run's experiment config (digest ") \
+        and f"(experiment={digest[:16]}...)" in reply and "Nothing was sent" in reply, reply

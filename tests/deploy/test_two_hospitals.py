@@ -39,6 +39,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from mmvm.config import config_digest, load_config
 from mmvm.data.store import read_site_table
 from tests.support.fleet import Fleet
 from tests.support.processes import free_port, wait_for_log, wait_for_port
@@ -48,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "deploy-two-hospitals.md"
 BIN = Path(sys.executable).parent
 SITES = {"hospital-a": "frontal", "hospital-b": "lateral"}
+# the experiment both hospitals pin (node config experiment=): the run's config
+DIGEST = config_digest(load_config(ROOT / "configs" / "mimic_cxr_64.toml"))
 VIEW_OF = {dicom: "lateral" if view in ("LATERAL", "LL") else "frontal"
            for studies in mimic_studies(40).values() for images in studies.values()
            for dicom, view in images}
@@ -71,12 +74,14 @@ def _sh(fleet: Fleet, *argv: str | Path) -> subprocess.CompletedProcess:
 
 
 def _node_config(site: str, data: Path, keys: Path, state: Path, peer: str,
-                 fingerprint: str) -> dict[str, str]:
-    """The guide's node config of ``site`` (section 4), key -> value."""
+                 fingerprint: str, digest: str = DIGEST) -> dict[str, str]:
+    """The guide's node config of ``site`` (section 4), key -> value; ``digest``:
+    the experiment it may run (the run's config)."""
     return {"site": site, "data": str(data), "keys": str(keys / "site_keys.json"),
             "directory": str(keys / "public_keys.json"), "state": str(state),
             "peers": f"{peer}={fingerprint}", "require-psi": "true",
-            "eval-labels": "label.no_finding", "holders": f"{SITES[site]}={site}"}
+            "eval-labels": "label.no_finding", "holders": f"{SITES[site]}={site}",
+            "experiment": digest}
 
 
 def _inline(nc: dict[str, str]) -> str:
@@ -94,7 +99,7 @@ def _generic(site: str) -> dict[str, str]:
     peer = next(p for p in SITES if p != site)
     return _node_config(site, Path(f"/srv/mmvm/mimic/{SITES[site]}"),
                         Path(f"/etc/mmvm/{site}"), Path(f"/var/lib/mmvm/{site}"), peer,
-                        f"<fingerprint of {peer}>")
+                        f"<fingerprint of {peer}>", "<digest mmvm site check prints>")
 
 
 def _snippet(guide: str) -> str:

@@ -267,3 +267,21 @@ def test_holders_lists_each_modalitys_group_and_a_server_group_must_match(tmp_pa
                       (";", "holders is empty")):
         with pytest.raises(PolicyError, match=says):
             load_policy({"data": str(tmp_path), "holders": bad}, "a")
+
+
+def test_experiment_lists_the_config_digests_a_site_may_run(tmp_path):
+    from mmvm.config import config_digest, load_config
+
+    cfg = load_config("configs/polymnist_cpu.toml")
+    other = load_config("configs/polymnist_cpu.toml", ["model.latent_dim=4704"])
+    digest = config_digest(cfg)
+    p = load_policy({"data": str(tmp_path), "experiment": f" {digest.upper()} ,"}, "a")
+    assert p.experiments == (digest,)
+    p.check_experiment("a", cfg)
+    with pytest.raises(PolicyError, match=rf"digest {config_digest(other)[:16]}\.\.\.\) is "
+                       rf"not one its node config allows \(experiment={digest[:16]}"):
+        p.check_experiment("a", other)
+    load_policy({"data": str(tmp_path)}, "a").check_experiment("a", other)  # any
+    for bad in ("abc", digest + "0", ",", digest[:-1] + "g"):
+        with pytest.raises(PolicyError, match="not experiment digests"):
+            load_policy({"data": str(tmp_path), "experiment": bad}, "a")
