@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -49,13 +50,52 @@ def label_classes(*datasets) -> int:
     return len(np.unique(y[y >= 0]))
 
 
+def add_class_counts(counts: Tensor, labels: Tensor) -> Tensor:
+    """``counts`` (per class) plus the classes of ``labels``, grown as needed."""
+    new = torch.bincount(labels.cpu(), minlength=len(counts)).double()
+    return new + torch.nn.functional.pad(counts, (0, len(new) - len(counts)))
+
+
+def independent_accuracy(truth: Tensor, judged: Tensor) -> float:
+    """sum_k p(label k) p(judged k): the accuracy of judgements independent of the
+    labels, with these frequencies."""
+    k = max(len(truth), len(judged))
+    p, q = (torch.nn.functional.pad(c, (0, k - len(c))) / c.sum() for c in (truth, judged))
+    return float((p * q).sum())
+
+
 JUDGE_MARGIN = 0.1  # a judge within this of the majority rate on real data says nothing
+SWAP_P = 1e-3  # a pair this unlikely below label-independent judgements is swapped
+
+
+def swapped_pairs(coh: Mapping[str, Any]) -> list[str]:
+    """One line per target whose generations from other modalities score well below
+    what judgements independent of the labels would: by more than 0.05, and so far
+    below that independent ones would score as little with probability under
+    :data:`SWAP_P` (binomial tail). The source and target latents then arrange the
+    classes differently (swapped or mirrored), so the two share no latent space,
+    whatever each one's probe says."""
+    from scipy.stats import binom
+
+    low: dict[str, list[str]] = {}
+    for pair, expected in coh.get("independent", {}).items():
+        src, tgt = pair.split("->", 1)
+        acc, n = coh.get("pairs", {}).get(pair, math.nan), coh.get("n", {}).get(src, 0)
+        if src != tgt and n and acc < expected - 0.05 and \
+                binom.cdf(round(acc * n), n, expected) < SWAP_P:  # False for NaN
+            low.setdefault(tgt, []).append(f"{src} {acc:.3f} (independent {expected:.3f})")
+    return [f"coherence into {t} is below what generations independent of the labels "
+            f"would score, from {'; '.join(s)}: these latents arrange the classes "
+            f"otherwise than {t}'s (swapped or mirrored), so they share no latent space "
+            f"with it; the pooled probe (one classifier over every modality's latents) "
+            f"says so too, each modality's own probe does not" for t, s in low.items()]
 
 
 def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     """One line per reason not to trust the coherence or reconstruction of
     ``result`` (an :func:`evaluate_run` result): sources whose generations were all
-    judged one class, a mean coherence within 0.02 of chance, a modality's
+    judged one class, pairs below what label-independent generations would score
+    (:func:`swapped_pairs`), a mean coherence within 0.02 of chance, a modality's
     reconstruction no better than a constant's, judges near chance on real data."""
     out, groups = [], {}
     for pair, c in result.get("coherence", {}).get("judged_class", {}).items():
@@ -64,6 +104,7 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     for (src, c), tgts in groups.items():
         out.append(f"every generation from {src} (to {', '.join(tgts)}) was judged class "
                    f"{c}: the decoder has not learnt yet, or the judge is weak")
+    out += swapped_pairs(result.get("coherence", {}))
     floor = result.get("chance", {}).get("majority", math.nan)
     mean = result.get("coherence", {}).get("mean", math.nan)
     if mean <= floor + 0.02:  # False for NaN
@@ -76,9 +117,9 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
         nll = recon.get("per_modality", {}).get(m, math.nan)
         if nll >= floor_nll - 0.005 * abs(floor_nll):  # within 0.5%: False for NaN
             out.append(f"the {m} reconstruction NLL {nll:.1f} is no better than "
-                       f"{floor_nll:.1f}, that of one constant image for every sample "
-                       f"(the training data's per-pixel median or mean): the decoder "
-                       f"reproduces the average sample, not this one")
+                       f"{floor_nll:.1f}, that of one constant output for every sample "
+                       f"(the training data's median or mean at each pixel or value): the "
+                       f"decoder reproduces the average sample, not this one")
     for m, acc in result.get("classifier_accuracy", {}).items():
         # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
         # (a 200-class judge at 0.10 is weak but 17x chance; one at 0.995 over a 0.92

@@ -40,11 +40,18 @@ import torch
 from torch import Tensor
 
 from mmvm.aggregation import aggregate, has_private_latent
-from mmvm.chance import chance_levels, evaluation_warnings, label_classes, labelled_rows
+from mmvm.chance import (
+    add_class_counts,
+    chance_levels,
+    evaluation_warnings,
+    independent_accuracy,
+    label_classes,
+    labelled_rows,
+)
 from mmvm.data.labels import NO_LABELS, label_columns
 from mmvm.imputation import imputation_nll
 from mmvm.model import MultimodalVAE
-from mmvm.probes import fit_probe, label_scores, probe_accuracy
+from mmvm.probes import fit_probe, label_scores, labelled_modalities, probe_accuracy
 from mmvm.recon_baseline import baseline_nll
 from mmvm.subsample import keep_rows
 
@@ -194,8 +201,13 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     Returns ``{"pairs": {"m->m'": acc}, "matrix": [[acc]] (rows source, cols target,
     NaN where no classifier), "mean": mean over pairs m != m', "self": mean over m = m,
     "degenerate": [pairs whose every generation (two or more) got one label],
-    "judged_class": {degenerate pair: that label}}`` (such a pair scores that class's
-    frequency whatever the model does). Only samples with a known label and the source modality present count.
+    "judged_class": {degenerate pair: that label}, "independent": {"m->m'": the
+    accuracy generations with the same class frequencies would score were they
+    independent of the labels, sum_k p(label k) p(judged k)}, "n": {m: samples}}``
+    (a degenerate pair scores that class's frequency whatever the model does; a pair
+    well below its "independent" arranges the classes otherwise than its source, a
+    swapped or mirrored latent). Only samples with a known label and the source
+    modality present count.
     """
     if dataset.labels is None:
         raise ValueError("the dataset has no labels; coherence needs them")
@@ -208,6 +220,8 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     gen = torch.Generator().manual_seed(seed)
     hits = {(s, t): 0 for s in names for t in targets}
     seen: dict[tuple[str, str], set[int]] = {(s, t): set() for s in names for t in targets}
+    judged = {(s, t): torch.zeros(0) for s in names for t in targets}  # per class
+    truth = {s: torch.zeros(0) for s in names}
     count = dict.fromkeys(names, 0)
     for rows in _chunks(len(dataset), batch_size):
         b = dataset.batch(rows)
@@ -223,6 +237,8 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
                 pred = classifiers[tgt](model.generate(tgt, z)).argmax(1)
                 hits[(src, tgt)] += int((pred == y).sum())
                 seen[(src, tgt)].update(pred.unique().tolist())
+                judged[(src, tgt)] = add_class_counts(judged[(src, tgt)], pred)
+            truth[src] = add_class_counts(truth[src], y)
             count[src] += len(y)
     pairs = {f"{s}->{t}": hits[(s, t)] / count[s] if count[s] else math.nan
              for s in names for t in targets}
@@ -234,10 +250,15 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     # one label for every generation, and not because every one was right
     one = {f"{s}->{t}": int(next(iter(c))) for (s, t), c in seen.items()
            if len(c) == 1 and count[s] > 1 and hits[(s, t)] < count[s]}
+    independent = {f"{s}->{t}": independent_accuracy(truth[s], judged[(s, t)])
+                   for s in names for t in targets if count[s]}
     return {"pairs": pairs, "matrix": matrix, "names": list(names),
             "mean": float(np.mean(cross)) if cross else math.nan,
             "self": float(np.mean(own)) if own else math.nan,
-            "degenerate": list(one), "judged_class": one}
+            "degenerate": list(one), "judged_class": one, "independent": independent,
+            "n": {s: count[s] for s in names if count[s]}}
+
+
 
 
 # ------------------------------------------------------------------ reconstruction
@@ -344,22 +365,6 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     result["warnings"] = evaluation_warnings(result) + notes + list(
         getattr(classifiers, "skipped", {}).values())
     return result
-
-
-def labelled_modalities(names: list[str], train_y: Mapping[str, np.ndarray],
-                        test_y: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
-    """The modalities whose train and test rows have some known label (all of them
-    when none has: the probe then says what is missing), and a warning per other."""
-    def known(y: Mapping[str, np.ndarray], m: str) -> bool:
-        return bool((np.asarray(y[m]) >= 0).any())
-
-    probed = [m for m in names if known(train_y, m) and known(test_y, m)]
-    if not probed:
-        return list(names), []
-    return probed, [f"no probe of {m}: none of its "
-                    f"{'test' if known(train_y, m) else 'train'} samples has a label "
-                    f"(joined by sample id across the data files)"
-                    for m in names if m not in probed]
 
 
 def _only(latents: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:

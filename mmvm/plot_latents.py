@@ -79,7 +79,8 @@ def _scatter_classes(ax, pts: np.ndarray, lab: np.ndarray, ordinal: bool,
     cmap = plt.get_cmap("tab10")
     for c in np.unique(lab[~unknown]):
         sel = lab == c
-        name = label_names[int(c)] if label_names is not None else str(c)
+        name = label_names[int(c)] if label_names is not None and int(c) < len(
+            label_names) else str(c)
         ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.6, color=cmap(int(c) % 10),
                    label=name)
     return None

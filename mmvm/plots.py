@@ -142,7 +142,7 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
 
 _Y_LABEL = {"probe": "latent probe accuracy (mean over modalities)",
             "coherence": "coherence (mean over pairs m != m')",
-            "probe_all": "latent probe accuracy (all modalities stacked)",
+            "probe_all": "pooled probe accuracy (all modalities' latents, one classifier)",
             "probe_agg": "aggregated probe accuracy (mean over modalities)"}
 
 _METRIC = {"probe": "probe", "coherence": "coherence", "probe_all": "probe_all",

@@ -201,3 +201,19 @@ def chance_score(metric: str, y: np.ndarray, classes: np.ndarray | None = None) 
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan
+
+
+def labelled_modalities(names: list[str], train_y: Mapping[str, np.ndarray],
+                        test_y: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """The modalities whose train and test rows have some known label (all of them
+    when none has: the probe then says what is missing), and a warning per other."""
+    def known(y: Mapping[str, np.ndarray], m: str) -> bool:
+        return bool((np.asarray(y[m]) >= 0).any())
+
+    probed = [m for m in names if known(train_y, m) and known(test_y, m)]
+    if not probed:
+        return list(names), []
+    return probed, [f"no probe of {m}: none of its "
+                    f"{'test' if known(train_y, m) else 'train'} samples has a label "
+                    f"(joined by sample id across the data files)"
+                    for m in names if m not in probed]

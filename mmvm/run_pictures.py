@@ -23,9 +23,11 @@ def present_latents(model, test_set) -> tuple[np.ndarray, np.ndarray]:
     return points[labels >= 0], labels[labels >= 0]  # -1: unknown, no colour
 
 
-def run_picture(model, cfg, test_set, out: Path, title: str) -> dict[str, Path]:
+def run_picture(model, cfg, test_set, out: Path, title: str,
+                label_names: list[str] | None = None) -> dict[str, Path]:
     """``{"generations": path}`` or ``{"latents": path}`` written in ``out``; ``{}``
-    for vector data without labels to colour by."""
+    for vector data without labels to colour by. ``label_names``: what the label ids
+    mean, for the latents' legend (:func:`mmvm.data.label_names.label_names_for`)."""
     from mmvm.plot_latents import latent_2d
     from mmvm.plots import generation_grid
 
@@ -44,10 +46,10 @@ def run_picture(model, cfg, test_set, out: Path, title: str) -> dict[str, Path]:
         name = {m: f"{title}: {m}" + (" (common PCA)" if pca else "") for m in mus}
         return {"latents": latent_2d({name[m]: points[m] for m in mus},
                                      {name[m]: ys[m] for m in ys},
-                                     out / "latents.png", share_axes=True)}
+                                     out / "latents.png", label_names, share_axes=True)}
     points, labels = present_latents(model, test_set)
     name = title if len(model.names) == 1 else f"{title}: all {len(model.names)} modalities"
-    return {"latents": latent_2d({name: points}, labels, out / "latents.png")}
+    return {"latents": latent_2d({name: points}, labels, out / "latents.png", label_names)}
 
 
 MAX_PANELS = 6  # modalities drawn side by side; more are drawn in one panel

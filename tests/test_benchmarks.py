@@ -53,3 +53,22 @@ def test_the_flower_benchmark_stops_only_its_own_local_superlink(tmp_path):
         theirs.kill()
         mine.kill()
         theirs.wait()
+
+
+def test_the_imputation_benchmark_table_reads_each_nll_against_the_constant():
+    spec = importlib.util.spec_from_file_location("imputation_bench",
+                                                  ROOT / "benchmarks" / "imputation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    quads = bench.QUADRANTS
+
+    def res(shift: float) -> dict:
+        return {"reconstruction": {"per_modality": dict.fromkeys(quads, 30.0 + shift),
+                                   "baseline": dict.fromkeys(quads, 50.0)},
+                "imputation": {"rest": dict.fromkeys(quads, 45.0 + shift),
+                               "pairs": {"q0->q1": 48.0, "q1->q0": 46.0}},
+                "probe": {"mean": 0.6}}
+    rows = [bench.row_of("mmvm", s, res(s), 10.0) for s in (0, 2)]
+    assert rows[0]["gain"] == 5.0 and rows[1]["gain"] == 3.0 and rows[0]["imputed1"] == 47.0
+    md = bench.table(bench.summarize(rows))
+    assert "| mmvm | 2 | 31.0 ± 1.0 | 46.0 ± 1.0 | 47.0 ± 0.0 | 50.0 ± 0.0 | 4.0 ± 1.0 |" in md

@@ -171,3 +171,27 @@ def test_load_or_train_draws_a_bar_per_judge_trained(tmp_path, capsys):
     assert "judge m0 epoch 2/2" in capsys.readouterr().out
     load_or_train(p["train"], p["test"], ["m1"], cfg=recipe, progress=False)
     assert "judge" not in capsys.readouterr().out
+
+
+def test_generations_below_label_independent_ones_are_a_swapped_latent():
+    """m1's decoder draws class c + 1 for a latent of class c: every generation into
+    m1 is judged wrong (0.0) where judgements independent of the labels, with the same
+    uniform class frequencies, score sum_k p_k q_k = 1/10 (0 of 100 has probability
+    0.9^100 = 3e-5 for such judgements). Only m1 is named, once."""
+    from tests.support.evaluation_data import onehot_dataset
+
+    coh = coherence(oracle_model(perm_m1=True), onehot_dataset(100), ARGMAX, "mmvm")
+    assert coh["independent"]["m0->m1"] == pytest.approx(0.1)
+    assert coh["n"] == dict.fromkeys(NAMES, 100)
+    said = [w for w in evaluation_warnings({"coherence": coh}) if "independent" in w]
+    assert said == ["coherence into m1 is below what generations independent of the "
+                    "labels would score, from m0 0.000 (independent 0.100); m2 0.000 "
+                    "(independent 0.100): these latents arrange the classes otherwise "
+                    "than m1's (swapped or mirrored), so they share no latent space with "
+                    "it; the pooled probe (one classifier over every modality's latents) "
+                    "says so too, each modality's own probe does not"]
+    fair = {"pairs": {"a->b": 0.21, "b->a": 0.30}, "independent": {"a->b": 0.25,
+            "b->a": 0.25}, "n": {"a": 400, "b": 400}}  # 0.04 below: within 0.05
+    assert evaluation_warnings({"coherence": fair}) == []
+    fair["pairs"]["a->b"], fair["n"]["a"] = 0.15, 20  # 3 of 20: p = 0.23 for chance
+    assert evaluation_warnings({"coherence": fair}) == []

@@ -77,8 +77,8 @@ def test_only_samples_holding_the_target_and_another_modality_count():
 
 
 def test_two_modalities_the_rest_is_the_pair_and_equals_the_mirrored_reconstruction():
-    """Identical modalities with identical networks: t imputed from s decodes z_s
-    with the draw s's own reconstruction uses, so the NLLs are equal exactly."""
+    """Identical modalities with identical networks: t imputed from a draw of z_s
+    decodes the draw s's own reconstruction uses, so the NLLs are equal exactly."""
     from mmvm.config import ModalitySpec
     from mmvm.model import MultimodalVAE
 
@@ -91,7 +91,7 @@ def test_two_modalities_the_rest_is_the_pair_and_equals_the_mirrored_reconstruct
     x = np.random.default_rng(1).normal(size=(50, 6)).astype(np.float32)
     data = MultimodalDataset([f"s{i}" for i in range(50)], {"a": x, "b": x},
                              {"a": 1.0, "b": 1.0}, np.ones((50, 2), bool), None)
-    got = imputation_nll(model, data, "mmvm", batch_size=50, seed=3)
+    got = imputation_nll(model, data, "mmvm", batch_size=50, seed=3, sample=True)
     own = reconstruction_nll(model, data, "mmvm", batch_size=50, seed=3)["per_modality"]
     assert got["rest"]["b"] == pytest.approx(own["a"], rel=1e-6)
     assert got["pairs"] == {"a->b": got["rest"]["b"], "b->a": got["rest"]["a"]}
@@ -110,3 +110,23 @@ def test_the_imputing_latent_of_poe_is_the_sources_product_whatever_the_target_h
     assert torch.equal(imputing_latent("poe", mu2, lv, sources, 0, eps), z)
     z = imputing_latent("mmvm", mu2, lv, sources, 0, eps)  # a source's own mean
     assert all(any(torch.equal(z[b], mu[b, k]) for k in (1, 2)) for b in range(4))
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_the_point_imputation_is_the_mean_of_the_methods_latent_given_the_rest(method):
+    """m1 holds class c + 3, m2 class c + 5: every method's distribution of z given
+    both (equal variances) has the mean (e_{c+3} + e_{c+5}) / 2, whose decoding is
+    1 + 1/4 + 1/4 squared units from m0's e_c: NLL + 0.75. One draw (a component)
+    is e_{c+3} or e_{c+5}: NLL + 1."""
+    n = 40
+    y = np.arange(n) % 10
+    eye = np.eye(10, dtype=np.float32)
+    x = {"m0": eye[y], "m1": eye[(y + 3) % 10], "m2": eye[(y + 5) % 10]}
+    data = MultimodalDataset([f"s{i}" for i in range(n)], x, dict.fromkeys(NAMES, 1.0),
+                             np.ones((n, 3), bool), y)
+    model = _method_model(method)
+    assert imputation_nll(model, data, method)["rest"]["m0"] == pytest.approx(
+        NORM + 0.75, rel=1e-4)
+    if method not in ("avg", "poe", "mopoe"):  # mixtures: a draw is one component
+        drawn = imputation_nll(model, data, method, sample=True)["rest"]["m0"]
+        assert drawn == pytest.approx(NORM + 1.0, rel=1e-4)

@@ -53,4 +53,4 @@ def test_a_decoder_no_better_than_the_constant_is_warned_of():
         "baseline": {"frontal": 1845.1, "lateral": 1781.2}}})
     assert len(said) == 1 and said[0].startswith(
         "the frontal reconstruction NLL 1846.8 is no better than 1845.1, that of one "
-        "constant image for every sample")
+        "constant output for every sample")

@@ -119,10 +119,12 @@ def run(args: argparse.Namespace) -> int:
     print_result(result)
     print(f"wrote {out}")
     if not args.no_plot:
+        from mmvm.data.label_names import label_names_for
         from mmvm.run_pictures import run_picture
 
+        names = label_names_for(cfg.data.files("test"), cfg.data.label)
         with finite_latents(model, source):
-            drawn = run_picture(model, cfg, test_set, run_dir, cfg.model.method)
+            drawn = run_picture(model, cfg, test_set, run_dir, cfg.model.method, names)
         for path in drawn.values():
             print(f"wrote {path}")
         if not drawn:
@@ -267,8 +269,8 @@ def print_result(result: dict) -> None:
                           "hold it; the total sums each sample's modalities (the mean "
                           "row's probe is the modalities' mean); imputed: the NLL of the "
                           "modality decoded from the sample's other modalities; constant: "
-                          "the NLL of one image for all, the training data's per-pixel "
-                          "median or mean")
+                          "the NLL of one constant output for all, the training data's "
+                          "median or mean at each pixel or value")
     table.add_column("modality")
     metric = {"accuracy": "acc"}.get(result.get("probe_metric", "accuracy"),
                                      result.get("probe_metric"))
@@ -304,7 +306,10 @@ def print_result(result: dict) -> None:
     console.print(table)
     if "all" in result["probe"]:
         stacked = _fmt(result["probe"]["all"])
-        console.print(f"probe over all modalities' latents stacked: {stacked}")
+        console.print(f"pooled probe {stacked}: one classifier over every modality's "
+                      f"latents, stacked as samples (high only where the modalities "
+                      f"share one latent space; each modality's own probe cannot see a "
+                      f"swapped one)")
     if "probe_labels" in result:
         console.print(label_table(result["probe_labels"]))
     if "classifier_accuracy" in result:

@@ -33,6 +33,19 @@ def check_label_names(paths: Sequence[str | os.PathLike]) -> None:
                     f"{column.removeprefix('label.')}=...")
 
 
+def label_names_for(paths: Sequence[str | os.PathLike], column: str) -> list[str] | None:
+    """What the ids of label ``column`` mean (the longest ``label_names`` list any of
+    ``paths`` holds for it: :func:`check_label_names` keeps them consistent); None
+    where no file names them (ids given as ids)."""
+    found: list[str] = []
+    for p in paths:
+        named = read_site_meta(p)["dataset"].get("label_names") or {}
+        names = named.get(column) if isinstance(named, dict) else None
+        if isinstance(names, list) and len(names) > len(found):
+            found = [str(n) for n in names]
+    return found or None
+
+
 def _ids(names) -> str:
     text = ", ".join(f"{i}={n}" for i, n in enumerate(names))
     return text if len(text) <= 80 else text[:77] + "..."

@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from mmvm.data import open_dataset
+from mmvm.data.label_names import label_names_for
 from mmvm.federation.site import Site
 from mmvm.run_pictures import run_picture
 
@@ -31,4 +32,5 @@ def draw_site_pictures(site: Site, folder: str | Path) -> dict[str, Path]:
     out = Path(folder) / f"{site.name}-pictures"
     out.mkdir(mode=0o700, exist_ok=True)
     test = open_dataset(site.test_path, site.names, site.cfg.data)
-    return run_picture(site.model, cfg, test, out, f"{site.name}: its own model")
+    names = label_names_for([site.test_path], site.cfg.data.label)
+    return run_picture(site.model, cfg, test, out, f"{site.name}: its own model", names)

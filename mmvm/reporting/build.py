@@ -147,12 +147,12 @@ def modality_section(groups: Sequence[Group]) -> Section:
             for g in groups for n in names
             if any(n in r.per_modality for r in g.runs)]
     return section.add(Table(["group", "modality", "latent probe", "reconstruction NLL",
-                              "imputed from the others: NLL", "NLL of a constant image"],
+                              "imputed from the others: NLL", "NLL of a constant output"],
                              rows, caption="Each modality's own latent probe and test "
                              "reconstruction NLL; its NLL when it is left out and decoded "
                              "from the sample's other modalities (missing-modality "
-                             "imputation); and the NLL of one constant image for every "
-                             "sample (the training data's per-pixel median or mean: a "
+                             "imputation); and the NLL of one constant output for every "
+                             "sample (the training data's median or mean at each pixel or value: a "
                              "decoder that ignores its input). An imputation reads "
                              "between the constant (no information) and the "
                              "reconstruction (all of it). Mean ± standard error over "

@@ -19,7 +19,7 @@ from typing import Any
 # headline numbers: key -> (label, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
     "probe": ("latent probe (mean over modalities)", True),
-    "probe_all": ("latent probe (all modalities stacked)", True),
+    "probe_all": ("pooled probe (one classifier over all modalities' latents)", True),
     "probe_aggregated": ("latent probe (aggregated latent)", True),
     "chance": ("probe chance (the commonest test label's share)", True),  # the data's
     "coherence": ("coherence (m -> m', m != m')", True),

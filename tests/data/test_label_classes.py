@@ -140,3 +140,13 @@ def test_a_site_without_the_last_classes_numbers_the_others_alike(tmp_path):
     with pytest.raises(DataError, match=r"\(0=normal, 1=pneumonia, 2=tumour vs "
                                         r"0=effusion, 1=normal\)"):
         check_data_fits(SPEC, [a, b, c])
+
+
+def test_the_names_of_a_label_column_are_the_longest_list_a_file_holds(tmp_path):
+    from mmvm.data.label_names import label_names_for
+
+    a = _site(tmp_path, "a", ["normal", "pneumonia"], classes="label=normal,pneumonia")
+    b = _site(tmp_path, "b", ["normal", "effusion"],
+              classes="label=normal,pneumonia,effusion")
+    assert label_names_for([a, b], "label") == ["normal", "pneumonia", "effusion"]
+    assert label_names_for([a], "label.other") is None

@@ -250,9 +250,9 @@ def test_each_modalitys_reconstruction_stands_beside_a_constant_images(tmp_path)
     new = fake_run(tmp_path / "new", result)
     old = fake_run(tmp_path / "old", {**eval_result("poe", 0, 0.5, 300.0, 0.2)})
     _, page = write_report(tmp_path, new, old)
-    table = next(t for t in page.tables if "NLL of a constant image" in t[0])
+    table = next(t for t in page.tables if "NLL of a constant output" in t[0])
     rows = {(r[0].split()[0], r[1]): dict(zip(table[0], r, strict=True))
             for r in table[1:]}
-    assert rows["mmvm", "m1"]["NLL of a constant image"] == "151.0 (1 seed)"
+    assert rows["mmvm", "m1"]["NLL of a constant output"] == "151.0 (1 seed)"
     assert rows["mmvm", "m1"]["reconstruction NLL"] == "100.0 (1 seed)"  # 300 / 3
-    assert rows["poe", "m1"]["NLL of a constant image"] == "not evaluated"
+    assert rows["poe", "m1"]["NLL of a constant output"] == "not evaluated"
