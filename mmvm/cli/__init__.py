@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from mmvm.config import ConfigError
 from mmvm.training import TrainingDivergedError
 
-COMMAND_MODULES = ("data", "train", "evaluate", "encode", "plot", "report", "run", "site")
+COMMAND_MODULES = ("data", "train", "evaluate", "compare", "encode", "plot", "report", "run",
+                   "site")
 # What `mmvm train` and `mmvm evaluate` read without --config: the main job's experiment,
 # the one `mmvm run` trains (pyproject.toml [tool.flwr.app.config] config), so that the
 # centralized reference of a default federated run is the default centralized run.

@@ -1,0 +1,144 @@
+"""``mmvm compare``: MMVM against the baselines on your own experiment, over seeds.
+
+Each method and seed is an ``mmvm train`` of the config (its own ``--set`` plus
+``model.method``, ``train.seed`` and ``train.out_dir = OUT/<method>-seed<s>``) and an
+``mmvm evaluate`` of that run: the same networks, data and budget for every method.
+A finished run is reused (training resumes from its checkpoint, an evaluation newer
+than it is kept), so an interrupted comparison continues where it stopped. The end
+is one table, mean ± standard error over seeds (``OUT/summary.md``, ``summary.csv``),
+the warnings of every run (a seed whose latents came out swapped shows there, not in
+a mean), and ``mmvm report OUT/*`` for the page with the figures.
+
+MMVAE+ needs a modality-specific latent: without ``model.private_dim`` in the config
+it gets one as large as ``model.latent_dim`` (as ``benchmarks/compare_methods.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from mmvm.cli import MAIN_JOB_CONFIG, add_config_arguments
+
+METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
+# eval.json -> the table's columns (label, where in the result, higher is better)
+COLUMNS = {"probe": ("probe", ("probe", "mean")),
+           "pooled": ("pooled probe", ("probe", "all")),
+           "coherence": ("coherence", ("coherence", "mean")),
+           "recon_nll": ("recon NLL", ("reconstruction", "total")),
+           "imputed_nll": ("imputed NLL", ("imputation", "mean"))}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="train and evaluate several methods and seeds on one config",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, MAIN_JOB_CONFIG)
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
+                   help="methods to compare (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="training seeds (default: 0 1 2)")
+    p.add_argument("--out", default="runs/compare", help="folder of the runs and the "
+                   "summary (default: runs/compare)")
+    p.add_argument("--no-coherence", action="store_true",
+                   help="evaluate without coherence (no judge classifiers)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmvm.cli import main
+    from mmvm.config import load_config
+
+    base = load_config(args.config, args.overrides)  # a typo fails before any training
+    out = Path(args.out)
+    runs = []
+    for seed in args.seeds:
+        for method in args.methods:
+            run_dir = out / f"{method}-seed{seed}"
+            sets = [*args.overrides, f'model.method="{method}"', f"train.seed={seed}",
+                    f"train.out_dir={json.dumps(str(run_dir))}"]
+            if method == "mmvaeplus" and not base.model.private_dim:
+                sets.append(f"model.private_dim={base.model.latent_dim}")
+            print(f"mmvm compare: {method}, seed {seed} -> {run_dir}", flush=True)
+            flags = [a for s in sets for a in ("--set", s)]
+            code = main(["train", "--config", args.config, *flags, "--no-progress"])
+            if code:
+                return code
+            if _stale(run_dir):
+                code = main(["evaluate", "--run", str(run_dir), "--no-progress"]
+                            + ["--no-coherence"] * args.no_coherence)
+                if code:
+                    return code
+            runs.append((method, seed, json.loads((run_dir / "eval.json").read_text())))
+    print(write_summary(runs, out))
+    print(f"wrote {out / 'summary.md'}, {out / 'summary.csv'}; the page with the "
+          f"figures: mmvm report {out}/* --out {out / 'report.html'}")
+    return 0
+
+
+def _stale(run_dir: Path) -> bool:
+    """No evaluation of the run's last checkpoint yet."""
+    ev, ckpt = run_dir / "eval.json", run_dir / "checkpoint.pt"
+    return not ev.is_file() or ev.stat().st_mtime < ckpt.stat().st_mtime
+
+
+def _value(result: dict, path: tuple[str, str]) -> float:
+    section = result.get(path[0])
+    value = section.get(path[1]) if isinstance(section, dict) else None
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def summarize(runs: list[tuple[str, int, dict]]) -> list[dict]:
+    """Per method, in order: seeds, mean and standard error of every column, and the
+    evaluations' warnings by seed."""
+    from mmvm.reporting.stats import estimate
+
+    rows = []
+    for method in dict.fromkeys(m for m, _, _ in runs):
+        mine = [(s, r) for m, s, r in runs if m == method]
+        row: dict = {"method": method, "seeds": len(mine)}
+        for key, (_, path) in COLUMNS.items():
+            est = estimate(_value(r, path) for _, r in mine)
+            row[key] = est.mean if est else math.nan
+            row[key + "_se"] = est.se if est and est.se is not None else math.nan
+        row["warnings"] = [f"seed {s}: {w}" for s, r in mine for w in r.get("warnings", [])]
+        rows.append(row)
+    return rows
+
+
+def write_summary(runs: list[tuple[str, int, dict]], out: Path) -> str:
+    """``summary.md`` and ``summary.csv`` in ``out``; returns the Markdown."""
+    from mmvm.atomic import atomic_write
+
+    rows = summarize(runs)
+    chance = next((r["chance"]["majority"] for _, _, r in runs
+                   if isinstance(r.get("chance"), dict)), None)
+    head = ["method", "seeds", *(label for label, _ in COLUMNS.values())]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [_cell(r[k], r[k + "_se"], 1 if "nll" in k else 3) for k in COLUMNS]
+        lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    notes = [f"Mean ± standard error over seeds; chance (the commonest test label's "
+             f"share) {chance:.3f}." if chance is not None else "Mean ± standard error "
+             "over seeds.", "NLLs: lower is better; probes and coherence: higher."]
+    warned = [f"- {r['method']}, {w}" for r in rows for w in r["warnings"]]
+    md = "\n".join(lines + [""] + notes + (["", "Warnings:"] + warned if warned else []))
+    atomic_write(out / "summary.md", (md + "\n").encode())
+    buf = io.StringIO()
+    fields = ["method", "seeds"] + [k + s for k in COLUMNS for s in ("", "_se")]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "summary.csv", buf.getvalue().encode())
+    return md
+
+
+def _cell(mean: float, se: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")

@@ -1,0 +1,43 @@
+"""``mmvm compare``: every method and seed trained and evaluated as ``mmvm train`` and
+``mmvm evaluate`` do, on the user's own config, and one table over the seeds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from mmvm.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+POLYMNIST = str(ROOT / "configs" / "polymnist.toml")
+
+
+def test_compare_trains_each_method_and_seed_and_sums_them_up(tiny_polymnist, tmp_path,
+                                                              capsys):
+    out = tmp_path / "cmp"
+    sets = [f'data.root="{tiny_polymnist}"', "train.epochs=1", "train.batch_size=64",
+            'train.device="cpu"', "train.num_threads=1", "model.latent_dim=8"] + \
+        [f"model.modalities.m{i}.width=4" for i in range(3)]
+    argv = ["compare", "--config", POLYMNIST, *[a for s in sets for a in ("--set", s)],
+            "--methods", "mmvm", "mmvaeplus", "--seeds", "0", "1", "--out", str(out),
+            "--no-coherence"]
+    assert main(argv) == 0
+    probes = {}
+    for method in ("mmvm", "mmvaeplus"):
+        for seed in (0, 1):
+            run = out / f"{method}-seed{seed}"
+            cfg = json.loads((run / "config.json").read_text())
+            assert (cfg["model"]["method"], cfg["train"]["seed"]) == (method, seed)
+            if method == "mmvaeplus":  # a private latent as large as the shared one
+                assert cfg["model"]["private_dim"] == 8
+            ev = json.loads((run / "eval.json").read_text())
+            probes.setdefault(method, []).append(ev["probe"]["mean"])
+    md = (out / "summary.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| mmvm |"))
+    assert row.startswith(f"| mmvm | 2 | {statistics.mean(probes['mmvm']):.3f} ± "), md
+    assert "| mmvaeplus | 2 |" in md and (out / "summary.csv").is_file()
+    assert "mmvm report" in capsys.readouterr().out
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")}
+    assert main(argv) == 0  # finished runs are reused, their evaluations kept
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")} == stamps
