@@ -180,10 +180,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_quiet(q)
         handles(q, _prepare)
 
-    from mmvm.cli.data_arrays import add_arrays, add_images
+    from mmvm.cli.data_arrays import add_arrays, add_images, add_tables
 
     add_arrays(names)
     add_images(names)
+    add_tables(names)
 
     add_split(sub)
     add_check(sub)

@@ -123,6 +123,52 @@ def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None
     return 0
 
 
+def add_tables(names: argparse._SubParsersAction) -> None:
+    """Add ``mmvm data prepare table``."""
+    text = "your own tables: a CSV, TSV or Parquet file per modality, a row per sample"
+    q = names.add_parser("table", help=text, description=(
+        f"{text}: an id column, label columns, and the modality's numbers in every "
+        "other column (binned spike counts of one rat per trial, lab values per "
+        "visit). A missing value or a column that is not a number is named with its "
+        "row and sample id. The split and output are those of `mmvm data prepare "
+        "arrays`. Prints the [model.modalities] sections for a config."))
+    q.add_argument("--modality", action="append", required=True, metavar="NAME=FILE",
+                   help="a modality's table (.csv, .tsv, .parquet); repeatable, the "
+                        "tables then list the same ids in the same order (a site that "
+                        "holds one modality prepares it alone)")
+    q.add_argument("--id-column", required=True, help="the tables' sample id column")
+    q.add_argument("--label", action="append", default=[], metavar="[NAME=]COLUMN",
+                   help="a column of class ids or names to keep as a label: column "
+                        "'label', or 'label.NAME'; an empty cell is unknown; repeatable")
+    q.add_argument("--group-column", metavar="COLUMN", help="a group per row (trial, "
+                   "patient): split by group, so that no group is in train and test")
+    q.add_argument("--drop", action="append", default=[], metavar="COLUMN",
+                   help="a column that is neither numbers of the modality nor a label "
+                        "(a date, a session name); repeatable")
+    _classes_option(q, "NAME", "the --label NAME (default: label)")
+    _split_and_output(q, "table")
+    handles(q, _prepare_tables)
+
+
+def _prepare_tables(args: argparse.Namespace) -> int:
+    from mmvm.data.prepare.tables import prepare_tables
+
+    check_folder_out(args.out)
+    labels = {("label" if k == "label" else f"label.{k}"): v
+              for k, v in _pairs(args.label, "--label", "label", "[NAME=]COLUMN").items()}
+    classes = {("label" if k == "label" else f"label.{k}"): v
+               for k, v in _classes(args.classes, "label").items()}
+    with data_progress(not args.quiet) as cb:
+        paths = prepare_tables(args.out, _pairs(args.modality, "--modality",
+                                                form="NAME=FILE"),
+                               id_column=args.id_column, labels=labels,
+                               group_column=args.group_column, drop=args.drop,
+                               test_fraction=args.test_fraction, seed=args.seed,
+                               name=args.name, force=args.force, progress=cb,
+                               classes=classes)
+    return _report(paths, args, True, args.group_column, "--group-column")
+
+
 def add_images(names: argparse._SubParsersAction) -> None:
     """Add ``mmvm data prepare images``."""
     text = "your own images: a folder of image files per modality, labels from a CSV"

@@ -268,7 +268,9 @@ _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
 
 def _load(path: Path, mmap: bool = False, what: str = "numbers") -> np.ndarray:
     if path.suffix != ".npy":
-        raise DataError(f"{path}: expected a NumPy .npy file")
+        raise DataError(f"{path}: expected a NumPy .npy file" + (
+            " (a table: mmvm data prepare table --modality NAME=FILE --id-column COLUMN)"
+            if path.suffix in (".csv", ".tsv", ".parquet") else ""))
     dtype = _header_dtype(path)
     if dtype is not None and dtype.hasobject:  # e.g. from pandas: values are pickled
         raise DataError(f"{path}: an object array (dtype {dtype}); save {what} with a plain "

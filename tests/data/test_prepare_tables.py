@@ -1,0 +1,82 @@
+"""``mmvm data prepare table``: a lab's own CSV / Parquet tables (an id column, a label
+column, numbers in the rest) into site files, read back exactly; missing values and
+columns that are not numbers named with their row, sample id and column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmvm.cli import main
+from mmvm.data.prepare.tables import prepare_tables
+from mmvm.data.store import DataError, read_site_table
+
+ODORS = ["lemon", "mint", "rose", "vanilla"]
+
+
+def _rat_csv(path, n=40, nan_at=None, text_column=False):
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(2.0, size=(n, 6)).astype(np.int16)
+    ids = [f"T{1000 + 7 * i}" for i in range(n)]
+    odor = [ODORS[i % 4] for i in range(n)]
+    lines = ["trial_id,stimulus," + ",".join(f"n{j}" for j in range(6))
+             + (",session" if text_column else "")]
+    for i in range(n):
+        row = [str(v) for v in counts[i]]
+        if nan_at == i:
+            row[2] = ""
+        lines.append(f"{ids[i]},{odor[i]}," + ",".join(row)
+                     + (",day1" if text_column else ""))
+    path.write_text("\n".join(lines) + "\n")
+    return ids, counts, odor
+
+
+def test_a_csv_per_rat_becomes_site_files_with_its_ids_labels_and_counts(tmp_path):
+    ids, counts, odor = _rat_csv(tmp_path / "rat3.csv")
+    out = tmp_path / "rat3"
+    assert main(["data", "prepare", "table", "--modality", f"rat3={tmp_path / 'rat3.csv'}",
+                 "--id-column", "trial_id", "--label", "stimulus", "--out", str(out),
+                 "--quiet"]) == 0
+    parts = [read_site_table(out / f"{s}.parquet") for s in ("train", "test")]
+    got = {i: (x, y) for t in parts for i, x, y in
+           zip(t.sample_ids, t.tensors["rat3"], t.labels["label"], strict=True)}
+    assert sorted(got) == sorted(ids)
+    for i, c, o in zip(ids, counts, odor, strict=True):
+        assert np.array_equal(got[i][0], c.astype(np.float32))
+        assert got[i][1] == ODORS.index(o)  # names numbered in sorted order
+    assert parts[0].dataset_meta["label_names"] == {"label": ODORS}
+
+
+def test_missing_values_and_text_columns_are_named_where_they_are(tmp_path):
+    _rat_csv(tmp_path / "rat4.csv", nan_at=5)
+    with pytest.raises(DataError, match=r"rat4.csv: row 6 \(sample 'T1035'\), column "
+                                        r"'n2': nan \(1 values missing"):
+        prepare_tables(tmp_path / "out", {"rat4": tmp_path / "rat4.csv"},
+                       id_column="trial_id", labels={"label": "stimulus"})
+    _rat_csv(tmp_path / "rat1.csv", text_column=True)
+    with pytest.raises(DataError, match=r"columns \['session'\] are not numbers; name "
+                                        r"them with --label, --group-column or --drop"):
+        prepare_tables(tmp_path / "out", {"rat1": tmp_path / "rat1.csv"},
+                       id_column="trial_id", labels={"label": "stimulus"})
+    paths = prepare_tables(tmp_path / "out", {"rat1": tmp_path / "rat1.csv"},
+                           id_column="trial_id", labels={"label": "stimulus"},
+                           drop=["session"])
+    assert read_site_table(paths["train"]).tensors["rat1"].shape[1] == 6
+    with pytest.raises(DataError, match="no column 'trial'"):
+        prepare_tables(tmp_path / "o2", {"rat1": tmp_path / "rat1.csv"}, id_column="trial")
+
+
+def test_a_parquet_table_with_a_gap_in_integer_labels_keeps_it_unknown(tmp_path):
+    n = 30
+    table = pa.table({"id": [f"s{i}" for i in range(n)],
+                      "odor": [None if i == 4 else i % 4 for i in range(n)],
+                      "x0": np.arange(n, dtype=np.float64), "x1": np.ones(n)})
+    pq.write_table(table, tmp_path / "lab.parquet")
+    paths = prepare_tables(tmp_path / "out", {"v": tmp_path / "lab.parquet"},
+                           id_column="id", labels={"label": "odor"})
+    parts = [read_site_table(p) for p in paths.values()]
+    label = {i: y for t in parts for i, y in zip(t.sample_ids, t.labels["label"],
+                                                 strict=True)}
+    assert label["s4"] == -1 and label["s5"] == 1 and label["s8"] == 0
