@@ -189,6 +189,6 @@ def _assembled(ev: Mapping) -> str:
                 f"{_num(coh.get('mean'))}, {recon}")
     if not probe:
         return f"no probes (no label column), {recon}"
-    return (f"probe {_num(probe.get('mean'))} (one probe over all modalities "
+    return (f"probe {_num(probe.get('mean'))} (pooled over all modalities "
             f"{_num(probe.get('all'))}), coherence {_num(coh.get('mean'))}, {recon}"
             + (f"; chance {_num(ev['chance'].get('majority'))}" if ev.get("chance") else ""))

@@ -54,7 +54,7 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
     assert "- (no data.label column at the site)" in body[2]  # says why it is empty
     assert body[3].split()[2] == "-"  # an older site's reply: no probe, no reason
     assert "withheld (the site's eval-labels)" in body[4]  # its node config's choice
-    assert "probe 0.810 (one probe over all modalities 0.740), coherence 0.230" in text
+    assert "probe 0.810 (pooled over all modalities 0.740), coherence 0.230" in text
     assert "reconstruction NLL 3593.0; chance 0.150" in text
     assert "warning: the m1 judge scores 0.200 on real test data" in text
     assert text.endswith("files in /runs/run-1: results.json")
