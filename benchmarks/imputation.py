@@ -149,8 +149,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         rs = [r for r in rows if r["method"] == method]
         row = {"method": method, "seeds": len(rs)}
         for k in KEYS:
-            est = estimate(r[k] for r in rs)
-            row[k], row[k + "_se"] = est.mean, est.se
+            est = estimate(r[k] for r in rs)  # None: no finite value
+            row[k], row[k + "_se"] = (est.mean, est.se) if est else (float("nan"), None)
         out.append(row)
     return out
 

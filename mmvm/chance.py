@@ -68,27 +68,42 @@ JUDGE_MARGIN = 0.1  # a judge within this of the majority rate on real data says
 SWAP_P = 1e-3  # a pair this unlikely below label-independent judgements is swapped
 
 
-def swapped_pairs(coh: Mapping[str, Any]) -> list[str]:
-    """One line per target whose generations from other modalities score well below
-    what judgements independent of the labels would: by more than 0.05, and so far
-    below that independent ones would score as little with probability under
-    :data:`SWAP_P` (binomial tail). The source and target latents then arrange the
-    classes differently (swapped or mirrored), so the two share no latent space,
-    whatever each one's probe says."""
+def _below(coh: Mapping[str, Any], pair: str) -> bool:
+    """Whether ``pair`` scores below label-independent judgements: by more than
+    0.05 (or half their score, for many classes), and with probability under
+    :data:`SWAP_P` for independent ones (binomial tail). False for NaN."""
     from scipy.stats import binom
 
+    expected = coh.get("independent", {}).get(pair, math.nan)
+    acc = coh.get("pairs", {}).get(pair, math.nan)
+    n = coh.get("n", {}).get(pair.split("->", 1)[0], 0)
+    return bool(n) and acc < expected - min(0.05, expected / 2) and \
+        binom.cdf(round(acc * n), n, expected) < SWAP_P
+
+
+def swapped_pairs(coh: Mapping[str, Any], pooled: float | None = None) -> list[str]:
+    """One line per target whose generations from other modalities score below what
+    judgements independent of the labels would (:func:`_below`). Where its own
+    reconstructions (t -> t) score fine, the source and target latents arrange the
+    classes differently (swapped or mirrored): the two share no latent space,
+    whatever each one's probe says; where those are below too, t's decoder or its
+    judge maps the classes elsewhere. ``pooled``: the pooled probe, quoted."""
     low: dict[str, list[str]] = {}
-    for pair, expected in coh.get("independent", {}).items():
+    for pair in coh.get("independent", {}):
         src, tgt = pair.split("->", 1)
-        acc, n = coh.get("pairs", {}).get(pair, math.nan), coh.get("n", {}).get(src, 0)
-        if src != tgt and n and acc < expected - 0.05 and \
-                binom.cdf(round(acc * n), n, expected) < SWAP_P:  # False for NaN
-            low.setdefault(tgt, []).append(f"{src} {acc:.3f} (independent {expected:.3f})")
+        if src != tgt and _below(coh, pair):
+            low.setdefault(tgt, []).append(
+                f"{src} {coh['pairs'][pair]:.3f} (independent "
+                f"{coh['independent'][pair]:.3f})")
+    probe = "" if pooled is None else f" (pooled probe {pooled:.3f})"
     return [f"coherence into {t} is below what generations independent of the labels "
-            f"would score, from {'; '.join(s)}: these latents arrange the classes "
-            f"otherwise than {t}'s (swapped or mirrored), so they share no latent space "
-            f"with it; the pooled probe (one classifier over every modality's latents) "
-            f"says so too, each modality's own probe does not" for t, s in low.items()]
+            f"would score, from {'; '.join(s)}: "
+            + (f"{t}'s own reconstructions are judged below it too, so its decoder or its "
+               f"judge maps the classes elsewhere" if _below(coh, f"{t}->{t}") else
+               f"these latents arrange the classes otherwise than {t}'s (swapped or "
+               f"mirrored), so they share no latent space with it; the pooled probe, one "
+               f"classifier over every modality's latents, can show it{probe}, each "
+               f"modality's own probe cannot") for t, s in low.items()]
 
 
 def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
@@ -104,7 +119,9 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     for (src, c), tgts in groups.items():
         out.append(f"every generation from {src} (to {', '.join(tgts)}) was judged class "
                    f"{c}: the decoder has not learnt yet, or the judge is weak")
-    out += swapped_pairs(result.get("coherence", {}))
+    if result.get("method") != "independent":  # unaligned latents by design
+        out += swapped_pairs(result.get("coherence", {}),
+                             result.get("probe", {}).get("all"))
     floor = result.get("chance", {}).get("majority", math.nan)
     mean = result.get("coherence", {}).get("mean", math.nan)
     if mean <= floor + 0.02:  # False for NaN

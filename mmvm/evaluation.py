@@ -259,8 +259,6 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
             "n": {s: count[s] for s in names if count[s]}}
 
 
-
-
 # ------------------------------------------------------------------ reconstruction
 @torch.no_grad()
 def reconstruction_nll(model: MultimodalVAE, dataset, method: str, batch_size: int = 256,

@@ -72,9 +72,9 @@ def _mean_latent(method: str, mu: Tensor, logvar: Tensor, sources: Tensor,
         subs = subsets(mu.shape[1]).to(mu.device)  # [S, M]
         usable = ~(subs.unsqueeze(0) & ~sources.unsqueeze(1)).any(-1)  # [B, S]
         means = torch.stack([product_of_experts(mu, logvar, s.expand_as(sources))[0]
-                             for s in subs], 1)  # [B, S, D]; NaN-free: masked below
-        u = usable.to(mu.dtype).unsqueeze(-1)
-        return (torch.nan_to_num(means) * u).sum(1) / u.sum(1)
+                             for s in subs], 1)  # [B, S, D]; unusable ones masked below
+        u = usable.unsqueeze(-1)
+        return torch.where(u, means, 0.0).sum(1) / u.sum(1)
     z = (mu * w).sum(1) / w.sum(1)  # a mixture of the sources' posteriors: its mean
     if has_private_latent(method):  # MMVAE+: shared parts so, the private at 0
         z[:, z.shape[1] - private_dim:] = 0.0

@@ -173,23 +173,37 @@ def test_load_or_train_draws_a_bar_per_judge_trained(tmp_path, capsys):
     assert "judge" not in capsys.readouterr().out
 
 
-def test_generations_below_label_independent_ones_are_a_swapped_latent():
-    """m1's decoder draws class c + 1 for a latent of class c: every generation into
-    m1 is judged wrong (0.0) where judgements independent of the labels, with the same
-    uniform class frequencies, score sum_k p_k q_k = 1/10 (0 of 100 has probability
-    0.9^100 = 3e-5 for such judgements). Only m1 is named, once."""
+def test_generations_below_label_independent_ones_name_a_swapped_latent_or_decoder():
+    """m1's decoder draws class c + 1 for a latent of class c. Alone, every generation
+    into m1 is judged wrong (0.0), its own reconstructions too, where judgements
+    independent of the labels, with the same uniform class frequencies, score
+    sum_k p_k q_k = 1/10 (0 of 100: probability 0.9^100 = 3e-5): m1's decoder is
+    named. With m1's encoder shifted back (c -> c - 1) m1 reconstructs itself, and its
+    latent is the one arranged otherwise: named as a latent that shares no space."""
     from tests.support.evaluation_data import onehot_dataset
 
-    coh = coherence(oracle_model(perm_m1=True), onehot_dataset(100), ARGMAX, "mmvm")
+    model = oracle_model(perm_m1=True)
+    coh = coherence(model, onehot_dataset(100), ARGMAX, "mmvm")
     assert coh["independent"]["m0->m1"] == pytest.approx(0.1)
     assert coh["n"] == dict.fromkeys(NAMES, 100)
     said = [w for w in evaluation_warnings({"coherence": coh}) if "independent" in w]
     assert said == ["coherence into m1 is below what generations independent of the "
                     "labels would score, from m0 0.000 (independent 0.100); m2 0.000 "
-                    "(independent 0.100): these latents arrange the classes otherwise "
-                    "than m1's (swapped or mirrored), so they share no latent space with "
-                    "it; the pooled probe (one classifier over every modality's latents) "
-                    "says so too, each modality's own probe does not"]
+                    "(independent 0.100): m1's own reconstructions are judged below it "
+                    "too, so its decoder or its judge maps the classes elsewhere"]
+    with torch.no_grad():
+        model.encoders["m1"].mu.weight.copy_(torch.eye(10).roll(-1, 0))
+    coh = coherence(model, onehot_dataset(100), ARGMAX, "mmvm")
+    result = {"method": "mmvm", "coherence": coh, "probe": {"all": 0.4}}
+    said = [w for w in evaluation_warnings(result) if "independent" in w]
+    into = {w.split()[2]: w for w in said}  # "coherence into m0 ..."
+    assert sorted(into) == NAMES and all("(pooled probe 0.400)" in w for w in said)
+    assert into["m0"].startswith("coherence into m0 is below what generations "
+                                 "independent of the labels would score, from m1 0.000")
+    assert "these latents arrange the classes otherwise than m0's (swapped or " \
+        "mirrored)" in into["m0"], said
+    assert not [w for w in evaluation_warnings({**result, "method": "independent"})
+                if "independent" in w]  # unaligned latents: what that method is
     fair = {"pairs": {"a->b": 0.21, "b->a": 0.30}, "independent": {"a->b": 0.25,
             "b->a": 0.25}, "n": {"a": 400, "b": 400}}  # 0.04 below: within 0.05
     assert evaluation_warnings({"coherence": fair}) == []

@@ -56,35 +56,57 @@ def run(args: argparse.Namespace) -> int:
 
     base = load_config(args.config, args.overrides)  # a typo fails before any training
     out = Path(args.out)
-    runs = []
+    # evaluate reads data.* and eval.* from the command line; the model is the run's
+    evaluating = [a for s in args.overrides if s.split("=", 1)[0].strip().startswith(
+        ("data.", "eval.")) for a in ("--set", s)]
+    runs, failed = [], []
     for seed in args.seeds:
         for method in args.methods:
             run_dir = out / f"{method}-seed{seed}"
-            sets = [*args.overrides, f'model.method="{method}"', f"train.seed={seed}",
-                    f"train.out_dir={json.dumps(str(run_dir))}"]
-            if method == "mmvaeplus" and not base.model.private_dim:
-                sets.append(f"model.private_dim={base.model.latent_dim}")
             print(f"mmvm compare: {method}, seed {seed} -> {run_dir}", flush=True)
-            flags = [a for s in sets for a in ("--set", s)]
+            flags = [a for s in _sets(args.overrides, base, method, seed, run_dir)
+                     for a in ("--set", s)]
             code = main(["train", "--config", args.config, *flags, "--no-progress"])
-            if code:
-                return code
-            if _stale(run_dir):
-                code = main(["evaluate", "--run", str(run_dir), "--no-progress"]
+            if not code and _stale(run_dir, base, not args.no_coherence):
+                code = main(["evaluate", "--run", str(run_dir), "--config", args.config,
+                             *evaluating, "--no-progress"]
                             + ["--no-coherence"] * args.no_coherence)
-                if code:
-                    return code
+            if code:  # said on stderr; the others still run and are summed up
+                failed.append(f"{method} seed {seed}: failed (exit {code}; its output "
+                              f"above)")
+                continue
             runs.append((method, seed, json.loads((run_dir / "eval.json").read_text())))
-    print(write_summary(runs, out))
-    print(f"wrote {out / 'summary.md'}, {out / 'summary.csv'}; the page with the "
-          f"figures: mmvm report {out}/* --out {out / 'report.html'}")
-    return 0
+    if runs:
+        print(write_summary(runs, out, failed))
+        print(f"wrote {out / 'summary.md'}, {out / 'summary.csv'}; the page with the "
+              f"figures: mmvm report {out}/* --out {out / 'report.html'}")
+    for line in failed:
+        print(f"mmvm compare: {line}")
+    return 1 if failed else 0
 
 
-def _stale(run_dir: Path) -> bool:
-    """No evaluation of the run's last checkpoint yet."""
+def _sets(overrides: list[str], base, method: str, seed: int, run_dir: Path) -> list[str]:
+    """The run's ``--set``s: the user's, then method, seed and folder; MMVAE+ gets a
+    private latent (the config's, else one as large as the shared), every other
+    method none (the config's check allows private_dim only for MMVAE+)."""
+    private = (base.model.private_dim or base.model.latent_dim) if method == "mmvaeplus" \
+        else 0
+    return [*overrides, f'model.method="{method}"', f"train.seed={seed}",
+            f"train.out_dir={json.dumps(str(run_dir))}", f"model.private_dim={private}"]
+
+
+def _stale(run_dir: Path, base, coherence: bool) -> bool:
+    """No evaluation of the run's last checkpoint with these eval settings yet (or
+    one without the coherence now asked for)."""
+    import dataclasses
+
     ev, ckpt = run_dir / "eval.json", run_dir / "checkpoint.pt"
-    return not ev.is_file() or ev.stat().st_mtime < ckpt.stat().st_mtime
+    if not ev.is_file() or ev.stat().st_mtime < ckpt.stat().st_mtime:
+        return True
+    result = json.loads(ev.read_text())
+    wanted = json.loads(json.dumps(dataclasses.asdict(base.eval)))
+    return result.get("settings", {}).get("eval") != wanted or \
+        (coherence and "coherence" not in result)
 
 
 def _value(result: dict, path: tuple[str, str]) -> float:
@@ -106,12 +128,14 @@ def summarize(runs: list[tuple[str, int, dict]]) -> list[dict]:
             est = estimate(_value(r, path) for _, r in mine)
             row[key] = est.mean if est else math.nan
             row[key + "_se"] = est.se if est and est.se is not None else math.nan
+            row[key + "_n"] = est.n if est else 0
         row["warnings"] = [f"seed {s}: {w}" for s, r in mine for w in r.get("warnings", [])]
         rows.append(row)
     return rows
 
 
-def write_summary(runs: list[tuple[str, int, dict]], out: Path) -> str:
+def write_summary(runs: list[tuple[str, int, dict]], out: Path,
+                  failed: list[str] = ()) -> str:
     """``summary.md`` and ``summary.csv`` in ``out``; returns the Markdown."""
     from mmvm.atomic import atomic_write
 
@@ -121,12 +145,15 @@ def write_summary(runs: list[tuple[str, int, dict]], out: Path) -> str:
     head = ["method", "seeds", *(label for label, _ in COLUMNS.values())]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [_cell(r[k], r[k + "_se"], 1 if "nll" in k else 3) for k in COLUMNS]
+        cells = [_cell(r[k], r[k + "_se"], 1 if "nll" in k else 3)
+                 + (f" (n={r[k + '_n']})" if 0 < r[k + "_n"] < r["seeds"] else "")
+                 for k in COLUMNS]
         lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
     notes = [f"Mean ± standard error over seeds; chance (the commonest test label's "
              f"share) {chance:.3f}." if chance is not None else "Mean ± standard error "
              "over seeds.", "NLLs: lower is better; probes and coherence: higher."]
-    warned = [f"- {r['method']}, {w}" for r in rows for w in r["warnings"]]
+    warned = [f"- {line}" for line in failed] + \
+        [f"- {r['method']}, {w}" for r in rows for w in r["warnings"]]
     md = "\n".join(lines + [""] + notes + (["", "Warnings:"] + warned if warned else []))
     atomic_write(out / "summary.md", (md + "\n").encode())
     buf = io.StringIO()

@@ -96,6 +96,7 @@ def run_check(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from mmvm.config import load_config
+    from mmvm.data.label_names import bare_ids
 
     cfg = load_config(args.config, args.overrides) if args.config else None
     if args.overrides and cfg is None:
@@ -104,10 +105,12 @@ def run_check(args: argparse.Namespace) -> int:
     for col in ("file", "status", "rows", "modalities", "labels", "dataset"):
         # a long path wraps onto further lines instead of being cut with "…"
         table.add_column(col, overflow="fold", min_width=12 if col == "file" else None)
-    errors, warnings, seen = [], [], set()
+    errors, warnings, seen, columns = [], [], set(), {}
     for f in args.files:
         s, problem = check_problem(f)
         seen.update(s["labels"] if s else ())
+        if s:
+            columns[f] = list(s["labels"])
         if problem is None:
             problem, said = config_problems(cfg, f, s)
             warnings += said
@@ -125,7 +128,7 @@ def run_check(args: argparse.Namespace) -> int:
                       Text(printable(mods, 400)), Text(printable(labels) or "-"),
                       Text(printable(s["name"], 60)))
     console().print(table)
-    warnings += label_missing(cfg, seen)
+    warnings += label_missing(cfg, seen) + bare_ids(columns)
     for w in warnings:
         print(f"warning: {printable(w, 2000)}", file=sys.stderr)
     for e in errors:

@@ -5,7 +5,7 @@ joined by sample id."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mmvm.data.store import DataError, read_site_meta
 
@@ -31,6 +31,32 @@ def check_label_names(paths: Sequence[str | os.PathLike]) -> None:
                     f"({_ids(first[0])} vs {_ids(names)}): joined, one id would mean two "
                     f"classes; prepare both with the same --classes "
                     f"{column.removeprefix('label.')}=...")
+
+
+def bare_ids(columns: Mapping[str, Sequence[str]]) -> list[str]:
+    """One warning per label column whose classes some files name and others give as
+    bare ids (``columns``: file -> its label columns): joined, a bare id means the
+    class of that number in the named files' list, which holds only if the site that
+    wrote it numbered its classes in that order (a lab's odor codes happen to sort
+    like the names, or not)."""
+    named: dict[str, dict[str, list[str]]] = {}
+    bare: dict[str, list[str]] = {}
+    for path, cols in columns.items():
+        names = read_site_meta(path)["dataset"].get("label_names") or {}
+        for c in cols:
+            if isinstance(names, dict) and names.get(c):
+                named.setdefault(c, {})[str(path)] = list(names[c])
+            else:
+                bare.setdefault(c, []).append(str(path))
+    out = []
+    for c in sorted(set(named) & set(bare)):
+        names = max(named[c].values(), key=len)
+        key = "" if c == "label" else f"{c.removeprefix('label.')}="
+        out.append(f"label column {c!r}: {', '.join(named[c])} name its classes "
+                   f"({_ids(names)}); {', '.join(bare[c])} give bare ids, which are "
+                   f"joined as those classes only if they were numbered in that order: "
+                   f"prepare them with --classes {key}{','.join(names)}")
+    return out
 
 
 def label_names_for(paths: Sequence[str | os.PathLike], column: str) -> list[str] | None:

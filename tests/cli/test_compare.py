@@ -41,3 +41,32 @@ def test_compare_trains_each_method_and_seed_and_sums_them_up(tiny_polymnist, tm
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")}
     assert main(argv) == 0  # finished runs are reused, their evaluations kept
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")} == stamps
+
+
+def test_a_failed_run_is_named_and_the_others_summed_up(tiny_polymnist, tmp_path, capsys):
+    """A config written for MMVAE+ (private_dim 4) still trains MMVM (private_dim 0);
+    a run that cannot train (its folder is a file) fails alone, and the summary
+    lists it; new eval settings evaluate the finished runs again."""
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "mmvm-seed1").write_text("not a folder")
+    sets = [f'data.root="{tiny_polymnist}"', "train.epochs=1", "train.batch_size=64",
+            'train.device="cpu"', "train.num_threads=1", "model.latent_dim=8",
+            'model.method="mmvaeplus"', "model.private_dim=4"] + \
+        [f"model.modalities.m{i}.width=4" for i in range(3)]
+    argv = ["compare", "--config", POLYMNIST, *[a for s in sets for a in ("--set", s)],
+            "--methods", "mmvm", "mmvaeplus", "--seeds", "0", "1", "--out", str(out),
+            "--no-coherence"]
+    assert main(argv) == 1
+    said = capsys.readouterr().out
+    assert "mmvm compare: mmvm seed 1: failed (exit 2" in said, said
+    md = (out / "summary.md").read_text()
+    assert "| mmvm | 1 |" in md and "| mmvaeplus | 2 |" in md and \
+        "- mmvm seed 1: failed" in md, md
+    cfg = json.loads((out / "mmvaeplus-seed0" / "config.json").read_text())
+    assert cfg["model"]["private_dim"] == 4  # the config's own
+    before = json.loads((out / "mmvm-seed0" / "eval.json").read_text())
+    assert main(argv + ["--set", "eval.probe_train=50"]) == 1
+    after = json.loads((out / "mmvm-seed0" / "eval.json").read_text())
+    assert before["settings"]["eval"]["probe_train"] != 50
+    assert after["settings"]["eval"]["probe_train"] == 50 and after["n_probe_train"] == 50

@@ -150,3 +150,13 @@ def test_the_names_of_a_label_column_are_the_longest_list_a_file_holds(tmp_path)
               classes="label=normal,pneumonia,effusion")
     assert label_names_for([a, b], "label") == ["normal", "pneumonia", "effusion"]
     assert label_names_for([a], "label.other") is None
+
+
+def test_data_check_warns_where_one_site_names_the_classes_and_another_gives_ids(
+        tmp_path, capsys):
+    a = _site(tmp_path, "a", ["lemon", "mint"])
+    b = _site(tmp_path, "b", ["0", "1"])  # the lab's own odor codes
+    assert main(["data", "check", str(a), str(b)]) == 0
+    err = capsys.readouterr().err
+    assert f"label column 'label': {a} name its classes (0=lemon, 1=mint); {b} give " \
+        "bare ids" in " ".join(err.split()) and "--classes lemon,mint" in err, err
