@@ -80,3 +80,11 @@ def test_a_parquet_table_with_a_gap_in_integer_labels_keeps_it_unknown(tmp_path)
     label = {i: y for t in parts for i, y in zip(t.sample_ids, t.labels["label"],
                                                  strict=True)}
     assert label["s4"] == -1 and label["s5"] == 1 and label["s8"] == 0
+
+
+def test_integer_columns_are_offered_the_poisson_likelihood(tmp_path, capsys):
+    _rat_csv(tmp_path / "rat2.csv")
+    assert main(["data", "prepare", "table", "--modality", f"rat2={tmp_path / 'rat2.csv'}",
+                 "--id-column", "trial_id", "--label", "stimulus", "--out",
+                 str(tmp_path / "rat2"), "--quiet"]) == 0
+    assert 'likelihood = "poisson" models them as such' in capsys.readouterr().out

@@ -45,9 +45,9 @@ def read_table(path: str | os.PathLike) -> pa.Table:
 def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
                  group_column: str | None = None, drop: Sequence[str] = ()
                  ) -> tuple[list[str], np.ndarray, dict[str, list[str]], list[str] | None]:
-    """``(ids, numbers [N, F] float32, {label column: values as text}, groups)`` of one
-    table: the numbers are every column but the id, label, group and ``drop`` ones,
-    in the file's order."""
+    """``(ids, numbers [N, F], {label column: values as text}, groups)`` of one table:
+    the numbers are every column but the id, label, group and ``drop`` ones, in the
+    file's order (int64 where every such column holds integers, else float32)."""
     table = read_table(path)
     named = [id_column, *labels, *([group_column] if group_column else []), *drop]
     absent = [c for c in named if c not in table.column_names]
@@ -77,7 +77,9 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     text = {c: [_label_text(v) for v in table.column(c).to_pylist()] for c in labels}
     groups = [str(v) for v in table.column(group_column).to_pylist()] \
         if group_column else None
-    return ids, x.astype(np.float32), text, groups
+    whole = all(pa.types.is_integer(table.schema.field(c).type) for c in kept)
+    # integers stay integers, so the config snippet can say they look like counts
+    return ids, x.astype(np.int64 if whole else np.float32), text, groups
 
 
 def _label_text(value) -> str:
