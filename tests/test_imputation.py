@@ -20,6 +20,15 @@ from tests.support.evaluation_data import NAMES, onehot_dataset, oracle_model
 NORM = 5 * math.log(2 * math.pi)  # -log N(x; x, I) in 10 dimensions
 
 
+def _shifted(m1: int, m2: int, n: int = 40) -> MultimodalDataset:
+    """One-hot classes: m0 holds class c, m1 class c + ``m1``, m2 class c + ``m2``."""
+    y = np.arange(n) % 10
+    eye = np.eye(10, dtype=np.float32)
+    x = {"m0": eye[y], "m1": eye[(y + m1) % 10], "m2": eye[(y + m2) % 10]}
+    return MultimodalDataset([f"s{i}" for i in range(n)], x, dict.fromkeys(NAMES, 1.0),
+                             np.ones((n, 3), bool), y)
+
+
 def _method_model(method: str, **kw):
     return oracle_model(private_dim=2 if method == "mmvaeplus" else 0, **kw)
 
@@ -41,12 +50,7 @@ def test_the_left_out_modality_never_reaches_its_own_latent(method):
     """m0 holds class c, m1 and m2 class c + 3: m0 imputed from them is c + 3's
     one-hot, two squared units from the truth (NLL + 1), whatever x_m0 says; its own
     reconstruction is exact."""
-    n = 40
-    y = np.arange(n) % 10
-    eye = np.eye(10, dtype=np.float32)
-    x = {"m0": eye[y], "m1": eye[(y + 3) % 10], "m2": eye[(y + 3) % 10]}
-    data = MultimodalDataset([f"s{i}" for i in range(n)], x, dict.fromkeys(NAMES, 1.0),
-                             np.ones((n, 3), bool), y)
+    data = _shifted(3, 3)
     model = _method_model(method)
     got = imputation_nll(model, data, method, batch_size=16)
     assert got["rest"]["m0"] == pytest.approx(NORM + 1.0, rel=1e-4)
@@ -118,12 +122,7 @@ def test_the_point_imputation_is_the_mean_of_the_methods_latent_given_the_rest(m
     both (equal variances) has the mean (e_{c+3} + e_{c+5}) / 2, whose decoding is
     1 + 1/4 + 1/4 squared units from m0's e_c: NLL + 0.75. One draw (a component)
     is e_{c+3} or e_{c+5}: NLL + 1."""
-    n = 40
-    y = np.arange(n) % 10
-    eye = np.eye(10, dtype=np.float32)
-    x = {"m0": eye[y], "m1": eye[(y + 3) % 10], "m2": eye[(y + 5) % 10]}
-    data = MultimodalDataset([f"s{i}" for i in range(n)], x, dict.fromkeys(NAMES, 1.0),
-                             np.ones((n, 3), bool), y)
+    data = _shifted(3, 5)
     model = _method_model(method)
     assert imputation_nll(model, data, method)["rest"]["m0"] == pytest.approx(
         NORM + 0.75, rel=1e-4)

@@ -84,16 +84,24 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
 
     check_folder_out(args.out)
     mods = _pairs(args.modality, "--modality")
-    labels = {("label" if k == "label" else f"label.{k}"): v
-              for k, v in _pairs(args.label, "--label", "label").items()}
-    classes = {("label" if k == "label" else f"label.{k}"): v
-               for k, v in _classes(args.classes, "label").items()}
+    labels, classes = _label_columns(args, "[NAME=]FILE")
     with data_progress(not args.quiet) as cb:
         paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
                                groups=args.groups, test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
                                classes=classes)
     return _report(paths, args, args.ids is not None, args.groups)
+
+
+def _label_columns(args: argparse.Namespace, form: str) -> tuple[dict, dict]:
+    """``--label [NAME=]X`` and ``--classes [NAME=]A,B`` keyed by the label column
+    they fill: ``label`` for a bare one, ``label.NAME`` else."""
+    def column(k: str) -> str:
+        return "label" if k == "label" else f"label.{k}"
+
+    labels = {column(k): v for k, v in _pairs(args.label, "--label", "label", form).items()}
+    classes = {column(k): v for k, v in _classes(args.classes, "label").items()}
+    return labels, classes
 
 
 def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None,
@@ -154,10 +162,7 @@ def _prepare_tables(args: argparse.Namespace) -> int:
     from mmvm.data.prepare.tables import prepare_tables
 
     check_folder_out(args.out)
-    labels = {("label" if k == "label" else f"label.{k}"): v
-              for k, v in _pairs(args.label, "--label", "label", "[NAME=]COLUMN").items()}
-    classes = {("label" if k == "label" else f"label.{k}"): v
-               for k, v in _classes(args.classes, "label").items()}
+    labels, classes = _label_columns(args, "[NAME=]COLUMN")
     with data_progress(not args.quiet) as cb:
         paths = prepare_tables(args.out, _pairs(args.modality, "--modality",
                                                 form="NAME=FILE"),
