@@ -106,7 +106,7 @@ def _stale(run_dir: Path, base, coherence: bool) -> bool:
     result = json.loads(ev.read_text())
     wanted = json.loads(json.dumps(dataclasses.asdict(base.eval)))
     return result.get("settings", {}).get("eval") != wanted or \
-        (coherence and "coherence" not in result)
+        (coherence and "coherence" not in result and "chance" in result)  # labelled
 
 
 def _value(result: dict, path: tuple[str, str]) -> float:
