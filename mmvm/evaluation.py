@@ -377,5 +377,5 @@ def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
             "probe": result["probe"]["mean"], "probe_all": result["probe"].get("all", math.nan),
             "probe_agg": result.get("probe_aggregated", {}).get("mean", math.nan),
             "coherence": coh.get("mean", math.nan),
-            "imputation_nll": result.get("imputation", {}).get("mean", math.nan),
+            "imputation_nll": result.get("imputation", {}).get("total", math.nan),
             "chance": result.get("chance", {}).get("majority")}  # None: no labels

@@ -89,7 +89,8 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
     Returns ``{"rest": {t: NLL of t from all others}, "pairs": {"s->t": NLL of t
     from s}, "names", "matrix": rows source, columns target (NaN on the diagonal and
     where no sample holds both), "n": {t: samples t was imputed for}, "mean": mean
-    of ``rest`` over the modalities that have it}``. A sample counts for t when it
+    of ``rest`` over the modalities that have it, "total": its sum, which reads as
+    the reconstruction's total does where every sample holds every modality}``. A sample counts for t when it
     holds t and another modality. Empty dicts where no sample holds two. ``sample``:
     one seeded draw of the latent per imputation instead of its mean."""
     device = next(model.parameters()).device
@@ -158,4 +159,5 @@ def _summary(names: list[str], pair_sum: Tensor, pair_n: Tensor, rest_sum: Tenso
     matrix = [[pairs.get(f"{s}->{t}", math.nan) for t in names] for s in names]
     return {"rest": rest, "pairs": pairs, "names": list(names), "matrix": matrix,
             "n": {m: int(rest_n[t]) for t, m in enumerate(names) if rest_n[t] > 0},
-            "mean": sum(rest.values()) / len(rest) if rest else math.nan}
+            "mean": sum(rest.values()) / len(rest) if rest else math.nan,
+            "total": sum(rest.values()) if rest else math.nan}

@@ -65,6 +65,7 @@ def test_a_decoder_that_moves_the_class_costs_its_target_only_and_weights_count(
     assert got["rest"]["m1"] == pytest.approx(2.0 * (NORM + 1.0), rel=1e-4)
     assert got["rest"]["m0"] == pytest.approx(NORM, rel=1e-4)
     assert got["mean"] == pytest.approx((2 * NORM + 2 * (NORM + 1.0)) / 3, rel=1e-4)
+    assert got["total"] == pytest.approx(2 * NORM + 2 * (NORM + 1.0), rel=1e-4)
 
 
 def test_only_samples_holding_the_target_and_another_modality_count():

@@ -30,7 +30,7 @@ COLUMNS = {"probe": ("probe", ("probe", "mean")),
            "pooled": ("pooled probe", ("probe", "all")),
            "coherence": ("coherence", ("coherence", "mean")),
            "recon_nll": ("recon NLL", ("reconstruction", "total")),
-           "imputed_nll": ("imputed NLL", ("imputation", "mean"))}
+           "imputed_nll": ("imputed NLL", ("imputation", "total"))}
 
 
 def register(subparsers) -> None:
@@ -151,9 +151,11 @@ def write_summary(runs: list[tuple[str, int, dict]], out: Path,
         lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
     notes = [f"Mean ± standard error over seeds; chance (the commonest test label's "
              f"share) {chance:.3f}." if chance is not None else "Mean ± standard error "
-             "over seeds.", "NLLs: lower is better; probes and coherence: higher."]
+             "over seeds.", "NLLs per sample, summed over the modalities (imputed: each "
+             "one decoded from the others): lower is better; probes and coherence: "
+             "higher."]
     warned = [f"- {line}" for line in failed] + \
-        [f"- {r['method']}, {w}" for r in rows for w in r["warnings"]]
+        [f"- {r['method']}, {_short(w)}" for r in rows for w in r["warnings"]]
     md = "\n".join(lines + [""] + notes + (["", "Warnings:"] + warned if warned else []))
     atomic_write(out / "summary.md", (md + "\n").encode())
     buf = io.StringIO()
@@ -163,6 +165,11 @@ def write_summary(runs: list[tuple[str, int, dict]], out: Path,
     writer.writerows(rows)
     atomic_write(out / "summary.csv", buf.getvalue().encode())
     return md
+
+
+def _short(warning: str, limit: int = 200) -> str:
+    """A warning cut for the summary (each run's eval.json has it whole)."""
+    return warning if len(warning) <= limit else warning[:limit - 3] + "..."
 
 
 def _cell(mean: float, se: float, digits: int) -> str:

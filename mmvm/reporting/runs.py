@@ -25,7 +25,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "coherence": ("coherence (m -> m', m != m')", True),
     "coherence_self": ("self-coherence (m -> m)", True),
     "recon_nll": ("reconstruction NLL (test, per sample)", False),
-    "imputation_nll": ("imputation NLL (each modality from the others, mean)", False),
+    "imputation_nll": ("imputation NLL (each modality from the others, summed)", False),
 }
 
 # config keys that differ between seeds or machines without changing the experiment
@@ -149,7 +149,7 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
              "chance": number((result.get("chance") or {}).get("majority")
                               if isinstance(result.get("chance"), Mapping) else None),
              "coherence": number(coh.get("mean")), "coherence_self": number(coh.get("self")),
-             "imputation_nll": number(imp.get("mean"))}
+             "imputation_nll": number(imp.get("total"))}
     _set_metrics(run, found, source)
     per_recon = recon.get("per_modality")
     per_recon = per_recon if isinstance(per_recon, Mapping) else {}
