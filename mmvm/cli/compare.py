@@ -7,7 +7,7 @@ A finished run is reused (training resumes from its checkpoint, an evaluation ne
 than it is kept), so an interrupted comparison continues where it stopped. The end
 is one table, mean ± standard error over seeds (``OUT/summary.md``, ``summary.csv``),
 the warnings of every run (a seed whose latents came out swapped shows there, not in
-a mean), and ``mmvm report OUT/*`` for the page with the figures.
+a mean), and ``mmvm report OUT/*-seed*`` for the page with the figures.
 
 MMVAE+ needs a modality-specific latent: without ``model.private_dim`` in the config
 it gets one as large as ``model.latent_dim`` (as ``benchmarks/compare_methods.py``).
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if runs:
         print(write_summary(runs, out, failed))
         print(f"wrote {out / 'summary.md'}, {out / 'summary.csv'}; the page with the "
-              f"figures: mmvm report {out}/* --out {out / 'report.html'}")
+              f"figures: mmvm report {out}/*-seed* --out {out / 'report.html'}")
     for line in failed:
         print(f"mmvm compare: {line}")
     return 1 if failed else 0
