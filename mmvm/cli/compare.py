@@ -59,30 +59,31 @@ def run(args: argparse.Namespace) -> int:
     # evaluate reads data.* and eval.* from the command line; the model is the run's
     evaluating = [a for s in args.overrides if s.split("=", 1)[0].strip().startswith(
         ("data.", "eval.")) for a in ("--set", s)]
-    runs, failed = [], []
-    for seed in args.seeds:
-        for method in args.methods:
-            run_dir = out / f"{method}-seed{seed}"
-            print(f"mmvm compare: {method}, seed {seed} -> {run_dir}", flush=True)
-            flags = [a for s in _sets(args.overrides, base, method, seed, run_dir)
-                     for a in ("--set", s)]
-            code = main(["train", "--config", args.config, *flags, "--no-progress"])
-            if not code and _stale(run_dir, base, not args.no_coherence):
-                code = main(["evaluate", "--run", str(run_dir), "--config", args.config,
-                             *evaluating, "--no-progress"]
-                            + ["--no-coherence"] * args.no_coherence)
-            if code:  # said on stderr; the others still run and are summed up
-                failed.append(f"{method} seed {seed}: failed (exit {code}; its output "
-                              f"above)")
-                continue
-            runs.append((method, seed, json.loads((run_dir / "eval.json").read_text())))
+    runs, failed, code = [], [], 0
+    for seed, method in ((s, m) for s in args.seeds for m in args.methods):
+        if code == 130:  # Ctrl-C in a run: stop; what finished is summed up
+            break
+        run_dir = out / f"{method}-seed{seed}"
+        print(f"mmvm compare: {method}, seed {seed} -> {run_dir}", flush=True)
+        flags = [a for s in _sets(args.overrides, base, method, seed, run_dir)
+                 for a in ("--set", s)]
+        code = main(["train", "--config", args.config, *flags, "--no-progress"])
+        if not code and _stale(run_dir, base, not args.no_coherence):
+            code = main(["evaluate", "--run", str(run_dir), "--config", args.config,
+                         *evaluating, "--no-progress"]
+                        + ["--no-coherence"] * args.no_coherence)
+        if code:  # said on stderr; the others still run and are summed up
+            failed.append(f"{method} seed {seed}: " + ("interrupted" if code == 130
+                          else f"failed (exit {code}; its output above)"))
+            continue
+        runs.append((method, seed, json.loads((run_dir / "eval.json").read_text())))
     if runs:
         print(write_summary(runs, out, failed))
         print(f"wrote {out / 'summary.md'}, {out / 'summary.csv'}; the page with the "
               f"figures: mmvm report {out}/*-seed* --out {out / 'report.html'}")
     for line in failed:
         print(f"mmvm compare: {line}")
-    return 1 if failed else 0
+    return 130 if code == 130 else 1 if failed else 0
 
 
 def _sets(overrides: list[str], base, method: str, seed: int, run_dir: Path) -> list[str]:

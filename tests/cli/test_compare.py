@@ -70,3 +70,22 @@ def test_a_failed_run_is_named_and_the_others_summed_up(tiny_polymnist, tmp_path
     after = json.loads((out / "mmvm-seed0" / "eval.json").read_text())
     assert before["settings"]["eval"]["probe_train"] != 50
     assert after["settings"]["eval"]["probe_train"] == 50 and after["n_probe_train"] == 50
+
+
+def test_ctrl_c_in_one_run_stops_the_comparison(monkeypatch, tmp_path, capsys):
+    """`mmvm train` says 130 on Ctrl-C (mmvm.cli.main catches it): the comparison
+    stops there instead of starting the next run."""
+    import mmvm.cli
+
+    calls = []
+
+    def interrupted(argv):
+        calls.append(argv[0])
+        return 130
+
+    monkeypatch.setattr(mmvm.cli, "main", interrupted)
+    code = mmvm.cli.build_parser().parse_args(
+        ["compare", "--config", POLYMNIST, "--methods", "mmvm", "poe", "--out",
+         str(tmp_path / "c")])
+    assert code.func(code) == 130 and calls == ["train"]
+    assert "mmvm compare: mmvm seed 0: interrupted" in capsys.readouterr().out
