@@ -141,9 +141,10 @@ def add_tables(names: argparse._SubParsersAction) -> None:
         "row and sample id. The split and output are those of `mmvm data prepare "
         "arrays`. Prints the [model.modalities] sections for a config."))
     q.add_argument("--modality", action="append", required=True, metavar="NAME=FILE",
-                   help="a modality's table (.csv, .tsv, .parquet); repeatable, the "
-                        "tables then list the same ids in the same order (a site that "
-                        "holds one modality prepares it alone)")
+                   help="a modality's table (.csv, .tsv, .parquet); repeatable: the "
+                        "tables then hold the same sample ids, in any order, and a "
+                        "label column may be in any of them (a site that holds one "
+                        "modality prepares it alone)")
     q.add_argument("--id-column", required=True, help="the tables' sample id column")
     q.add_argument("--label", action="append", default=[], metavar="[NAME=]COLUMN",
                    help="a column of class ids or names to keep as a label: column "

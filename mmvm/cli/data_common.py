@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from mmvm.cli.outputs import check_folder_out, same_file
@@ -30,10 +30,16 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def data_progress(enabled: bool) -> Iterator[Progress]:
-    with progress_bar(enabled) as bar:
-        task = bar.add_task("starting", total=None)
+    """The bar starts at the first step: a file refused before any work (a gap, a
+    typo) prints its error alone, not under an empty bar."""
+    with ExitStack() as stack:
+        tasks: list = []
 
         def update(desc: str, step: int, total: int) -> None:
+            if not tasks:
+                bar = stack.enter_context(progress_bar(enabled))
+                tasks.append((bar, bar.add_task(desc, total=total)))
+            bar, task = tasks[0]
             bar.update(task, description=desc, completed=step, total=total)
 
         yield update

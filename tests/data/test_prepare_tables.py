@@ -88,3 +88,52 @@ def test_integer_columns_are_offered_the_poisson_likelihood(tmp_path, capsys):
                  "--id-column", "trial_id", "--label", "stimulus", "--out",
                  str(tmp_path / "rat2"), "--quiet"]) == 0
     assert 'likelihood = "poisson" models them as such' in capsys.readouterr().out
+
+
+def test_two_tables_in_another_order_are_aligned_by_id_and_share_one_label(tmp_path):
+    """A clinic's lab values and a second export of vitals list the same visits in
+    another order, the label only in the first: rows follow the ids, not the lines."""
+    ids, counts, odor = _rat_csv(tmp_path / "a.csv", n=24)
+    rng = np.random.default_rng(5)
+    vitals = rng.normal(size=(24, 3)).round(3)
+    order = rng.permutation(24)
+    (tmp_path / "b.csv").write_text("trial_id,v0,v1,v2\n" + "".join(
+        f"{ids[k]}," + ",".join(map(str, vitals[k])) + "\n" for k in order))
+    paths = prepare_tables(tmp_path / "out", {"a": tmp_path / "a.csv",
+                                              "b": tmp_path / "b.csv"},
+                           id_column="trial_id", labels={"label": "stimulus"})
+    parts = [read_site_table(paths[s]) for s in ("train", "test")]
+    got = {i: (a, b, y) for t in parts for i, a, b, y in
+           zip(t.sample_ids, t.tensors["a"], t.tensors["b"], t.labels["label"],
+               strict=True)}
+    for k, i in enumerate(ids):
+        assert np.array_equal(got[i][0], counts[k].astype(np.float32))
+        assert np.allclose(got[i][1], vitals[k].astype(np.float32))
+        assert got[i][2] == ODORS.index(odor[k])
+
+
+def test_tables_that_disagree_are_refused_with_the_sample_named(tmp_path):
+    ids, _, odor = _rat_csv(tmp_path / "a.csv", n=12)
+    both = {"a": tmp_path / "a.csv", "b": tmp_path / "b.csv"}
+    lines = [f"{i},{o},{k}" for k, (i, o) in enumerate(zip(ids, odor, strict=True))]
+    (tmp_path / "b.csv").write_text("trial_id,stimulus,x\n" + "\n".join(lines[:-1]) + "\n")
+    with pytest.raises(DataError, match=r"do not hold the same samples: 0 ids only in "
+                                        r".*b.csv, 1 only in .*a.csv \(e.g. 'T1077'\)"):
+        prepare_tables(tmp_path / "o1", both, id_column="trial_id",
+                       labels={"label": "stimulus"})
+    lines[3] = f"{ids[3]},rose_typo,3"
+    (tmp_path / "b.csv").write_text("trial_id,stimulus,x\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"column 'stimulus': sample 'T1021' is 'vanilla' "
+                                        r"in .*a.csv and 'rose_typo' in .*b.csv"):
+        prepare_tables(tmp_path / "o2", both, id_column="trial_id",
+                       labels={"label": "stimulus"})
+    lines[3] = lines[2]
+    (tmp_path / "b.csv").write_text("trial_id,stimulus,x\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"b.csv: sample id 'T1014' is on more than one "
+                                        r"row"):
+        prepare_tables(tmp_path / "o3", both, id_column="trial_id",
+                       labels={"label": "stimulus"})
+    with pytest.raises(DataError, match=r"no table has a column 'odor'"):
+        prepare_tables(tmp_path / "o4", {"a": tmp_path / "a.csv"}, id_column="trial_id",
+                       labels={"label": "odor"}, drop=["stimulus"])
+    assert not any((tmp_path / f"o{k}").exists() for k in range(1, 5))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -47,16 +48,22 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
                  ) -> tuple[list[str], np.ndarray, dict[str, list[str]], list[str] | None]:
     """``(ids, numbers [N, F], {label column: values as text}, groups)`` of one table:
     the numbers are every column but the id, label, group and ``drop`` ones, in the
-    file's order (int64 where every such column holds integers, else float32)."""
+    file's order (int64 where every such column holds integers, else float32). Label
+    and group columns the table lacks are left out (another table may hold them);
+    the id column and ``drop`` must be there."""
     table = read_table(path)
-    named = [id_column, *labels, *([group_column] if group_column else []), *drop]
-    absent = [c for c in named if c not in table.column_names]
+    absent = [c for c in [id_column, *drop] if c not in table.column_names]
     if absent:
-        shown = ", ".join(table.column_names[:12]) + (
-            f", ... ({table.num_columns} in all)" * (table.num_columns > 12))
         raise DataError(f"{path}: no column {', '.join(map(repr, absent))} (its columns: "
-                        f"{shown})")
+                        f"{shown_columns(table)})")
+    held = [c for c in [*labels, *([group_column] if group_column else [])]
+            if c in table.column_names]
+    named = [id_column, *held, *drop]
     ids = [str(v).strip() for v in table.column(id_column).to_pylist()]
+    twice = sorted({i for i, n in Counter(ids).items() if n > 1})
+    if twice:
+        raise DataError(f"{path}: sample id {twice[0]!r} is on more than one row "
+                        f"({len(twice)} ids repeated); one row per sample")
     kept = [c for c in table.column_names if c not in named]
     odd = [c for c in kept if not (pa.types.is_integer(table.schema.field(c).type)
                                    or pa.types.is_floating(table.schema.field(c).type))]
@@ -74,12 +81,19 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
         raise DataError(f"{path}: row {row + 1} (sample {ids[row]!r}), column "
                         f"{kept[col]!r}: {x[row, col]} ({len(bad)} values missing or not "
                         f"finite in all); fill or drop them before preparing")
-    text = {c: [_label_text(v) for v in table.column(c).to_pylist()] for c in labels}
+    text = {c: [_label_text(v) for v in table.column(c).to_pylist()]
+            for c in labels if c in held}
     groups = [str(v) for v in table.column(group_column).to_pylist()] \
-        if group_column else None
+        if group_column in held else None
     whole = all(pa.types.is_integer(table.schema.field(c).type) for c in kept)
     # integers stay integers, so the config snippet can say they look like counts
     return ids, x.astype(np.int64 if whole else np.float32), text, groups
+
+
+def shown_columns(table: pa.Table, keep: int = 12) -> str:
+    """A table's column names for a message, the first ``keep`` of them."""
+    return ", ".join(table.column_names[:keep]) + (
+        f", ... ({table.num_columns} in all)" * (table.num_columns > keep))
 
 
 def _label_text(value) -> str:
@@ -97,32 +111,37 @@ def prepare_tables(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    group_column: str | None = None, drop: Sequence[str] = (),
                    **split) -> dict[str, Path]:
     """``train.parquet`` and ``test.parquet`` under ``out_dir`` from one table per
-    modality (name -> file; several must hold the same ids in the same order: a site
-    that holds one modality prepares it alone). ``labels``: label column (``label``,
+    modality (name -> file). Several tables must hold the same sample ids, in any
+    order (rows follow the first table's); a label or group column may be in one
+    table or in several that agree. ``labels``: label column (``label``,
     ``label.<name>``) -> the table column that holds it; ``split``: the keywords of
     :func:`prepare_arrays` (test_fraction, seed, name, force, progress, classes)."""
     labels = labels or {}
     read = {m: table_arrays(p, id_column, list(labels.values()), group_column, drop)
             for m, p in modalities.items()}
-    (first, (ids, _, text, groups)), *rest = read.items()
-    for m, (other, *_) in rest:
-        if other != ids:
-            raise DataError(f"{modalities[m]} and {modalities[first]} do not list the same "
-                            f"sample ids in the same order: prepare each modality's table "
-                            f"on its own (one site each), or sort them alike")
-    first_path = modalities[first]
+    first = next(iter(read))
+    ids = read[first][0]
+    numbers = {m: in_order(x, got, ids, modalities[m], modalities[first])
+               for m, (got, x, _, _) in read.items()}
+    columns = {src: merged(src, {modalities[m]: in_order(text[src], got, ids)
+                                 for m, (got, _, text, _) in read.items() if src in text},
+                           ids, list(modalities.values()))
+               for src in labels.values()}
+    held_groups = {modalities[m]: in_order(g, got, ids)
+                   for m, (got, _, _, g) in read.items() if g is not None}
+    groups = merged(group_column, held_groups, ids, list(modalities.values())) \
+        if group_column else None
     with tempfile.TemporaryDirectory(prefix="mmvm-tables-") as tmp:
         t = Path(tmp)
         said = {**{str(t / f"{m}.npy"): f"{modalities[m]}" for m in read},
-                **{str(t / f"{c}.txt"): f"{first_path} column {src!r}"
-                   for c, src in labels.items()},
-                str(t / "ids.txt"): f"{first_path} column {id_column!r}",
-                str(t / "groups.txt"): f"{first_path} column {group_column!r}"}
+                **{str(t / f"{c}.txt"): f"column {src!r}" for c, src in labels.items()},
+                str(t / "ids.txt"): f"{modalities[first]} column {id_column!r}",
+                str(t / "groups.txt"): f"column {group_column!r}"}
         (t / "ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
-        for m, (_, x, _, _) in read.items():
+        for m, x in numbers.items():
             np.save(t / f"{m}.npy", x)
         for col, src in labels.items():
-            (t / f"{col}.txt").write_text("\n".join(text[src]) + "\n", encoding="utf-8")
+            (t / f"{col}.txt").write_text("\n".join(columns[src]) + "\n", encoding="utf-8")
         if groups is not None:
             (t / "groups.txt").write_text("\n".join(groups) + "\n", encoding="utf-8")
         try:
@@ -136,3 +155,40 @@ def prepare_tables(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
             for temp, where in said.items():
                 text = text.replace(temp, where)
             raise type(err)(text) from None
+
+
+def in_order(values, got: list[str], ids: list[str], path=None, first=None):
+    """``values`` (rows in the order of ``got``) in the order of ``ids``; the two id
+    lists must hold the same ids (``path`` and ``first`` name the tables)."""
+    if got == ids:
+        return values
+    if set(got) != set(ids):
+        only = sorted(set(got) - set(ids))
+        missing = sorted(set(ids) - set(got))
+        raise DataError(
+            f"{path} and {first} do not hold the same samples: {len(only)} ids only in "
+            f"{path}{f' (e.g. {only[0]!r})' if only else ''}, {len(missing)} only in "
+            f"{first}{f' (e.g. {missing[0]!r})' if missing else ''}; prepare each "
+            f"modality's table on its own (one site each, aligned when a run begins), "
+            f"or keep the samples all tables hold")
+    where = {i: k for k, i in enumerate(got)}
+    order = [where[i] for i in ids]
+    return values[order] if isinstance(values, np.ndarray) else [values[k] for k in order]
+
+
+def merged(column: str, held: Mapping, ids: list[str], tables: list) -> list[str]:
+    """One label or group column from the tables that hold it (``held``: table ->
+    values in ``ids`` order): a cell empty in one table is taken from another; two
+    tables that give a sample different values are refused."""
+    if not held:
+        raise DataError(f"no table has a column {column!r} (tables: "
+                        f"{', '.join(map(str, tables))})")
+    (path, out), *rest = held.items()
+    out = list(out)
+    for other, values in rest:
+        for k, v in enumerate(values):
+            if v and out[k] and v != out[k]:
+                raise DataError(f"column {column!r}: sample {ids[k]!r} is {out[k]!r} in "
+                                f"{path} and {v!r} in {other}")
+            out[k] = out[k] or v
+    return out
