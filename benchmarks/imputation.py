@@ -226,7 +226,7 @@ def main(argv=None) -> int:
 
 def draw_imputations(models: dict, test_set, path: Path, n: int = 8) -> None:
     """Test digits (rows): the real one, then each method's with its bottom-right
-    quadrant decoded from the other three (the mean latent given them), framed red."""
+    quadrant decoded from the other three (``imputed_mean``), framed red."""
     import matplotlib
     import numpy as np
     import torch
@@ -236,7 +236,7 @@ def draw_imputations(models: dict, test_set, path: Path, n: int = 8) -> None:
     from matplotlib.patches import Rectangle
 
     from mmvm.atomic import atomic_write
-    from mmvm.imputation import imputing_latent
+    from mmvm.imputation import imputed_mean
 
     b = test_set.batch(torch.linspace(0, len(test_set) - 1, n).long())  # all digits
     x = {q: b["x"][q] for q in QUADRANTS}
@@ -251,8 +251,8 @@ def draw_imputations(models: dict, test_set, path: Path, n: int = 8) -> None:
     for method, (_, model) in models.items():
         with torch.no_grad():
             mu, lv = model.encode(x, b["mask"])
-            z = imputing_latent(method, mu, lv, sources, 3, None, model.private_dim)
-            cols[method] = whole({**x, "q3": model.generate("q3", z).clamp(0, 1)})
+            q3 = imputed_mean(model, method, "q3", mu, lv, sources)
+            cols[method] = whole({**x, "q3": q3.clamp(0, 1)})
     fig, axes = plt.subplots(n, len(cols), figsize=(1.2 * len(cols), 1.2 * n))
     for j, (name, imgs) in enumerate(cols.items()):
         for i in range(n):

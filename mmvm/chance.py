@@ -87,7 +87,12 @@ def swapped_pairs(coh: Mapping[str, Any], pooled: float | None = None) -> list[s
     reconstructions (t -> t) score fine, the source and target latents arrange the
     classes differently (swapped or mirrored): the two share no latent space,
     whatever each one's probe says; where those are below too, t's decoder or its
-    judge maps the classes elsewhere. ``pooled``: the pooled probe, quoted."""
+    judge maps the classes elsewhere. ``pooled``: the pooled probe, quoted.
+
+    It sees a whole arrangement gone wrong, not part of one: with four balanced
+    classes of which two are swapped and two kept, a pair scores 0.5 against 0.25
+    independent and is not flagged (the coherence matrix of ``mmvm report`` shows
+    such a pair at half the others)."""
     low: dict[str, list[str]] = {}
     for pair in coh.get("independent", {}):
         src, tgt = pair.split("->", 1)

@@ -196,7 +196,8 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     """Cross-modal coherence: accuracy of classifier[m'] on decode_m'(z | x_m).
 
     ``sample`` (default, as the authors): every target m' decodes its own seeded draw
-    z ~ q(z | x_m) (MMVAE+: with w ~ r_m'); otherwise the means (MMVAE+: w = 0).
+    z ~ q(z | x_m) (MMVAE+: with w ~ p(w) = N(0, I), as the authors generate);
+    otherwise the means (MMVAE+: w = 0).
 
     Returns ``{"pairs": {"m->m'": acc}, "matrix": [[acc]] (rows source, cols target,
     NaN where no classifier), "mean": mean over pairs m != m', "self": mean over m = m,

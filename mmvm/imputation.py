@@ -1,19 +1,21 @@
 """Missing-modality imputation: how well a model fills in a modality it did not see.
 
 For a test sample that holds modality t and at least one other, t is left out, the
-sample is encoded from what remains, and t is decoded from that latent; the score is
-the likelihood term of the loss on the real x_t, NLL = -w_t log p(x_t | z). The
-latent is the mean of each method's own distribution of z given the rest, a point
-imputation (``sample=True``: one seeded draw from it instead, which a sharp decoder
-pays for: on PolyMNIST a drawn background is worse than the average one):
+sample is encoded from what remains, and t is decoded from each method's own
+distribution of z given the rest; the score is the likelihood term of the loss on the
+real x_t, NLL = -w_t log p(x_t | z). As the reconstruction beside it, z is one seeded
+draw (``sample=False``: the distribution's mean, or each component's):
 
 - AVG and PoE: the joint posterior of the present subset;
-- MMVM and independent VAEs: the mixture of the present unimodal posteriors (the
-  h(z | X) of the objective without x_t), as MoE: the mean of their means (a draw:
-  one component per sample, by MoE's slice rule);
-- MoPoE: the mixture of the PoEs of every subset of the present modalities;
-- MMVAE+: the present modalities' shared parts so, with t's private part at the
-  prior's mean 0 (a draw: N(0, I)).
+- MoPoE: the PoE of exactly the present subset (the authors' conditional generation
+  decodes ``latents['subsets'][A]``);
+- MMVM, independent VAEs and MoE: the mixture of the present unimodal posteriors (for
+  MMVM the h(z | X) of the objective without x_t). t is decoded from every component
+  and the mixture's likelihood is scored, -w_t log (1/K) sum_k p(x_t | z_k): the mean
+  of the component means is a point none of them decodes (two mirrored components
+  average to the origin);
+- MMVAE+: the same mixture of the present modalities' shared parts, t's private part
+  drawn from N(0, I) (its mean 0), as coherence decodes it.
 
 Two readings:
 
@@ -36,63 +38,72 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmvm.aggregation import (
-    aggregate,
-    can_federate,
-    has_private_latent,
-    product_of_experts,
-    select_present,
-    subsets,
-)
+from mmvm.aggregation import aggregate, has_private_latent, reparameterize
 from mmvm.model import MultimodalVAE
 
 
-def imputing_latent(method: str, mu: Tensor, logvar: Tensor, sources: Tensor,
-                    target: int, eps: Tensor | None = None, private_dim: int = 0
-                    ) -> Tensor:
-    """The latent [B, D] modality ``target`` is decoded from when only ``sources``
-    (bool [B, M], at least one per row, ``target`` not among them) are seen: the mean
-    of the method's distribution of z given them, or with ``eps`` [B, M, D] a draw."""
-    if eps is None:
-        return _mean_latent(method, mu, logvar, sources, private_dim)
-    z, _ = aggregate(method, mu, logvar, sources, eps, 0.0, private_dim)
-    if can_federate(method):  # unimodal latents: a draw from the sources' mixture
-        k = select_present(sources, sources)
-        return z[torch.arange(z.shape[0], device=z.device), k]
-    return z[:, target]  # joint methods: the one z; MMVAE+: target's slot
-
-
-def _mean_latent(method: str, mu: Tensor, logvar: Tensor, sources: Tensor,
-                 private_dim: int) -> Tensor:
-    w = sources.to(mu.dtype).unsqueeze(-1)
-    if method in ("avg", "poe"):  # the joint posterior's mean
-        z, _ = aggregate(method, mu, logvar, sources, torch.zeros_like(mu), 0.0)
-        return z[:, 0]
-    if method == "mopoe":  # mixture over the subsets of the sources: mean of PoE means
-        subs = subsets(mu.shape[1]).to(mu.device)  # [S, M]
-        usable = ~(subs.unsqueeze(0) & ~sources.unsqueeze(1)).any(-1)  # [B, S]
-        means = torch.stack([product_of_experts(mu, logvar, s.expand_as(sources))[0]
-                             for s in subs], 1)  # [B, S, D]; unusable ones masked below
-        u = usable.unsqueeze(-1)
-        return torch.where(u, means, 0.0).sum(1) / u.sum(1)
-    z = (mu * w).sum(1) / w.sum(1)  # a mixture of the sources' posteriors: its mean
-    if has_private_latent(method):  # MMVAE+: shared parts so, the private at 0
-        z[:, z.shape[1] - private_dim:] = 0.0
+def imputing_latents(method: str, mu: Tensor, logvar: Tensor, sources: Tensor,
+                     eps: Tensor | None = None, private_dim: int = 0) -> Tensor:
+    """The latents [B, K, D] modality t is decoded from when only ``sources`` (bool
+    [B, M], at least one per row, t not among them) are seen, with ``eps`` [B, M, D]
+    draws of them (None: means). Joint methods (AVG, PoE, MoPoE): K = 1, the subset's
+    joint posterior. Mixture methods (MMVM, independent, MoE, MMVAE+): K = M, one per
+    unimodal posterior; the rows of absent sources are to be left out of the mixture
+    (:func:`imputation_ll`)."""
+    if method in ("avg", "poe", "mopoe"):
+        fuse = "avg" if method == "avg" else "poe"  # MoPoE: the PoE of the subset
+        z, _ = aggregate(fuse, mu, logvar, sources,
+                         torch.zeros_like(mu) if eps is None else eps, 0.0)
+        return z[:, :1]
+    z = mu if eps is None else reparameterize(mu, logvar, eps)
+    if has_private_latent(method):  # t's private part from N(0, I): its draw, or 0
+        z = z.clone()
+        D = z.shape[-1] - private_dim
+        z[..., D:] = 0.0 if eps is None else eps[..., D:]
     return z
+
+
+def imputation_ll(model: MultimodalVAE, name: str, x_t: Tensor, z: Tensor,
+                  sources: Tensor) -> Tensor:
+    """log p(x_t | the rest) per sample [B] from the latents ``z`` [B, K, D] of
+    :func:`imputing_latents`: the decoded likelihood (K = 1), or the mixture's,
+    log (1/K) sum_k p(x_t | z_k) over the present sources."""
+    if z.shape[1] == 1:
+        return model.log_likelihood(name, x_t, model.decode(name, z[:, 0]))
+    ll = torch.stack([model.log_likelihood(name, x_t, model.decode(name, z[:, k]))
+                      for k in range(z.shape[1])], 1)  # [B, K]
+    ll = ll.masked_fill(~sources, -math.inf)
+    return torch.logsumexp(ll, 1) - torch.log(sources.sum(1).to(ll.dtype))
+
+
+@torch.no_grad()
+def imputed_mean(model: MultimodalVAE, method: str, name: str, mu: Tensor,
+                 logvar: Tensor, sources: Tensor) -> Tensor:
+    """The picture of x_``name`` given ``sources``: the decoded mean at the joint
+    posterior's mean (AVG, PoE, MoPoE), or the mean of the mixture's components'
+    decoded means over the present sources (MMVM, independent, MoE, MMVAE+)."""
+    z = imputing_latents(method, mu, logvar, sources, None, model.private_dim)
+    out = torch.stack([model.generate(name, z[:, k]) for k in range(z.shape[1])], 1)
+    if z.shape[1] == 1:
+        return out[:, 0]
+    w = sources.to(out.dtype).reshape(*sources.shape, *[1] * (out.dim() - 2))
+    return (out * w).sum(1) / w.sum(1)
 
 
 @torch.no_grad()
 def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int = 256,
-                   seed: int = 0, sample: bool = False) -> dict[str, Any]:
+                   seed: int = 0, sample: bool = True) -> dict[str, Any]:
     """Mean weighted test NLL of each modality imputed from the others.
 
     Returns ``{"rest": {t: NLL of t from all others}, "pairs": {"s->t": NLL of t
     from s}, "names", "matrix": rows source, columns target (NaN on the diagonal and
-    where no sample holds both), "n": {t: samples t was imputed for}, "mean": mean
-    of ``rest`` over the modalities that have it, "total": its sum, which reads as
-    the reconstruction's total does where every sample holds every modality}``. A sample counts for t when it
-    holds t and another modality. Empty dicts where no sample holds two. ``sample``:
-    one seeded draw of the latent per imputation instead of its mean."""
+    where no sample holds both), "n": {t: samples t was imputed for}, "samples":
+    samples that hold two modalities or more, "mean": mean of ``rest`` over the
+    modalities that have it, "total": the mean over those samples of the sum over
+    their modalities, as the reconstruction's total is}``. A sample counts for t when
+    it holds t and another modality. Empty dicts where no sample holds two.
+    ``sample``: one seeded draw of the latents per imputation, as the reconstruction
+    decodes (False: their means)."""
     device = next(model.parameters()).device
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -102,6 +113,7 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
     pair_n = torch.zeros(M, M, dtype=torch.float64)
     rest_sum = torch.zeros(M, dtype=torch.float64)
     rest_n = torch.zeros(M, dtype=torch.float64)
+    samples = 0
     for start in range(0, len(dataset), batch_size):
         b = dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
         x = {k: v.to(device) for k, v in b["x"].items()}
@@ -109,6 +121,7 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
         mu, lv = model.encode(x, mask)
         eps = torch.randn(mask.shape[0], M, D, generator=gen).to(device) if sample \
             else None
+        samples += int((mask.sum(1) > 1).sum())
         for t, name in enumerate(names):
             holds = mask[:, t] & (mask.sum(1) > 1)
             if not bool(holds.any()):
@@ -116,7 +129,7 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
             rows = holds.nonzero().squeeze(1)
             sub = mask[rows].clone()
             sub[:, t] = False
-            nll = _nll(model, method, name, x[name][rows], mu[rows], lv[rows], sub, t,
+            nll = _nll(model, method, name, x[name][rows], mu[rows], lv[rows], sub,
                        _rows(eps, rows), float(w[t]))
             rest_sum[t] += float(nll.sum())
             rest_n[t] += len(rows)
@@ -127,14 +140,14 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
                 one = torch.zeros_like(sub[both])
                 one[:, s] = True
                 nll = _nll(model, method, name, x[name][rows][both], mu[rows][both],
-                           lv[rows][both], one, t, _rows(_rows(eps, rows), both),
+                           lv[rows][both], one, _rows(_rows(eps, rows), both),
                            float(w[t]))
                 pair_sum[s, t] += float(nll.sum())
                 pair_n[s, t] += int(both.sum())
     if M == 2:  # the rest of t is the other modality
         for t in range(2):
             pair_sum[1 - t, t], pair_n[1 - t, t] = rest_sum[t], rest_n[t]
-    return _summary(names, pair_sum, pair_n, rest_sum, rest_n)
+    return _summary(names, pair_sum, pair_n, rest_sum, rest_n, samples)
 
 
 def _rows(eps: Tensor | None, rows: Tensor) -> Tensor | None:
@@ -142,13 +155,13 @@ def _rows(eps: Tensor | None, rows: Tensor) -> Tensor | None:
 
 
 def _nll(model: MultimodalVAE, method: str, name: str, x_t: Tensor, mu: Tensor,
-         lv: Tensor, sources: Tensor, t: int, eps: Tensor | None, weight: float) -> Tensor:
-    z = imputing_latent(method, mu, lv, sources, t, eps, model.private_dim)
-    return -weight * model.log_likelihood(name, x_t, model.decode(name, z))
+         lv: Tensor, sources: Tensor, eps: Tensor | None, weight: float) -> Tensor:
+    z = imputing_latents(method, mu, lv, sources, eps, model.private_dim)
+    return -weight * imputation_ll(model, name, x_t, z, sources)
 
 
 def _summary(names: list[str], pair_sum: Tensor, pair_n: Tensor, rest_sum: Tensor,
-             rest_n: Tensor) -> dict[str, Any]:
+             rest_n: Tensor, samples: int) -> dict[str, Any]:
     def mean(total: Tensor, n: Tensor) -> float:
         return float(total / n) if n > 0 else math.nan
 
@@ -159,5 +172,6 @@ def _summary(names: list[str], pair_sum: Tensor, pair_n: Tensor, rest_sum: Tenso
     matrix = [[pairs.get(f"{s}->{t}", math.nan) for t in names] for s in names]
     return {"rest": rest, "pairs": pairs, "names": list(names), "matrix": matrix,
             "n": {m: int(rest_n[t]) for t, m in enumerate(names) if rest_n[t] > 0},
+            "samples": samples,
             "mean": sum(rest.values()) / len(rest) if rest else math.nan,
-            "total": sum(rest.values()) if rest else math.nan}
+            "total": float(rest_sum.sum()) / samples if samples else math.nan}

@@ -14,7 +14,7 @@ import torch
 from mmvm.aggregation import available_methods
 from mmvm.data.dataset import MultimodalDataset
 from mmvm.evaluation import reconstruction_nll
-from mmvm.imputation import imputation_nll, imputing_latent
+from mmvm.imputation import imputation_nll, imputing_latents
 from tests.support.evaluation_data import NAMES, onehot_dataset, oracle_model
 
 NORM = 5 * math.log(2 * math.pi)  # -log N(x; x, I) in 10 dimensions
@@ -77,8 +77,11 @@ def test_only_samples_holding_the_target_and_another_modality_count():
     assert got["pairs"]["m1->m2"] == pytest.approx(NORM, rel=1e-4)
     only = np.zeros((5, 3), bool)
     only[:, 0] = True
+    assert got["samples"] == 20  # rows 10-29; the total sums their 10 + 20 + 20
+    assert got["total"] == pytest.approx(50 * NORM / 20, rel=1e-4)  # as recon's over them
     none = imputation_nll(oracle_model(), onehot_dataset(5, only), "mmvm")
     assert none["rest"] == {} and none["pairs"] == {} and math.isnan(none["mean"])
+    assert math.isnan(none["total"])
 
 
 def test_two_modalities_the_rest_is_the_pair_and_equals_the_mirrored_reconstruction():
@@ -105,28 +108,48 @@ def test_two_modalities_the_rest_is_the_pair_and_equals_the_mirrored_reconstruct
 def test_the_imputing_latent_of_poe_is_the_sources_product_whatever_the_target_holds():
     mu, lv = torch.randn(4, 3, 2), torch.randn(4, 3, 2)
     sources = torch.tensor([[False, True, True]] * 4)
-    eps = torch.zeros(4, 3, 2)
-    z = imputing_latent("poe", mu, lv, sources, 0, eps)
+    z = imputing_latents("poe", mu, lv, sources)
     prec = torch.exp(-lv[:, 1:]).sum(1)
     want = (mu[:, 1:] * torch.exp(-lv[:, 1:])).sum(1) / prec
-    assert torch.allclose(z, want, atol=1e-6)
+    assert z.shape == (4, 1, 2) and torch.allclose(z[:, 0], want, atol=1e-6)
     mu2 = mu.clone()
     mu2[:, 0] += 100.0  # what the left-out modality says changes nothing
-    assert torch.equal(imputing_latent("poe", mu2, lv, sources, 0, eps), z)
-    z = imputing_latent("mmvm", mu2, lv, sources, 0, eps)  # a source's own mean
-    assert all(any(torch.equal(z[b], mu[b, k]) for k in (1, 2)) for b in range(4))
+    assert torch.equal(imputing_latents("poe", mu2, lv, sources), z)
+    assert torch.equal(imputing_latents("mopoe", mu2, lv, sources), z)  # the subset's PoE
+    eps = torch.randn(4, 3, 2)
+    drawn = imputing_latents("mmvm", mu2, lv, sources, eps)  # one per component
+    assert torch.allclose(drawn[:, 1:], mu[:, 1:] + torch.exp(lv[:, 1:] / 2) * eps[:, 1:])
 
 
 @pytest.mark.parametrize("method", available_methods())
-def test_the_point_imputation_is_the_mean_of_the_methods_latent_given_the_rest(method):
-    """m1 holds class c + 3, m2 class c + 5: every method's distribution of z given
-    both (equal variances) has the mean (e_{c+3} + e_{c+5}) / 2, whose decoding is
-    1 + 1/4 + 1/4 squared units from m0's e_c: NLL + 0.75. One draw (a component)
-    is e_{c+3} or e_{c+5}: NLL + 1."""
+@pytest.mark.parametrize("sample", [False, True])
+def test_joint_methods_decode_the_subsets_posterior_mixtures_score_each_component(
+        method, sample):
+    """m1 holds class c + 3, m2 class c + 5 (equal variances). A joint posterior of
+    both has the mean (e_{c+3} + e_{c+5}) / 2, whose decoding is 1 + 1/4 + 1/4 squared
+    units from m0's e_c: NLL + 0.75. A mixture decodes e_{c+3} and e_{c+5}, each
+    2 squared units away: -log of the mean of two equal likelihoods is NLL + 1 (the
+    mean of the two components, never decoded, would score + 0.75)."""
     data = _shifted(3, 5)
     model = _method_model(method)
-    assert imputation_nll(model, data, method)["rest"]["m0"] == pytest.approx(
-        NORM + 0.75, rel=1e-4)
-    if method not in ("avg", "poe", "mopoe"):  # mixtures: a draw is one component
-        drawn = imputation_nll(model, data, method, sample=True)["rest"]["m0"]
-        assert drawn == pytest.approx(NORM + 1.0, rel=1e-4)
+    want = 0.75 if method in ("avg", "poe", "mopoe") else 1.0
+    got = imputation_nll(model, data, method, sample=sample)["rest"]["m0"]
+    assert got == pytest.approx(NORM + want, rel=1e-4)
+
+
+def test_mopoe_imputes_from_the_subsets_product_a_mixture_from_every_component():
+    """m1 is right and sure (variance e^-30), m2 wrong and vaguer (e^-26): the PoE
+    leans on m1, 1 / (1 + e^4) of the way to m2's class, so m0 from the rest costs
+    0.5 * 2 * (1 / (1 + e^4))^2 over the floor (MoPoE's mixture of subset means would
+    cost 1/9 more). MMVM's mixture: -log((1 + e^-1) / 2) over it."""
+    data = _shifted(0, 5)
+    got = {}
+    for method in ("poe", "mopoe", "mmvm"):
+        model = _method_model(method)
+        with torch.no_grad():
+            model.encoders["m2"].logvar.bias.fill_(-26.0)
+        got[method] = imputation_nll(model, data, method, sample=False)["rest"]["m0"]
+    lean = 1.0 / (1.0 + math.exp(4.0))
+    assert got["poe"] - NORM == pytest.approx(lean ** 2, rel=1e-3)
+    assert got["mopoe"] == pytest.approx(got["poe"], rel=1e-6)
+    assert got["mmvm"] - NORM == pytest.approx(-math.log((1 + math.exp(-1)) / 2), rel=1e-4)

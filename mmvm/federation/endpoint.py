@@ -169,8 +169,8 @@ class Endpoint:
                           table_bytes(site.cfg, widest, len(site.global_names)))
         test = site.test_path if site.test_path and os.path.isfile(site.test_path) else ""
         rows = len(site.data) + (read_site_meta(test)["num_rows"] if test else 0)
-        policy.check_held(site.name, f"the final evaluation's latents ({rows:,} rows x "
-                          f"{len(site.names)} modalities)",
+        policy.check_held(site.name, "the final evaluation's latents (its train and "
+                          "test rows; the server is not told how many)",
                           table_bytes(site.cfg, rows, len(site.names)))
 
     def _refuse_plan(self, err: PolicyError) -> None:
@@ -331,7 +331,8 @@ class Endpoint:
         if kept:  # the server knows which means it sent; now also which were not taken
             metrics["unconfirmed_means"] = float(len(kept))
         if not self.policy.report_losses:
-            metrics = {k: v for k, v in metrics.items() if not k.startswith("recon_nll/")}
+            metrics = {k: v for k, v in metrics.items()
+                       if not k.startswith("recon_nll/") and k != "n_test"}  # its size
             metrics[WITHHELD] = 1.0
         reply = EvaluateReply(site=site.name, modalities=list(site.names),
                               metrics=metrics, model=model)

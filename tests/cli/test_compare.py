@@ -41,6 +41,12 @@ def test_compare_trains_each_method_and_seed_and_sums_them_up(tiny_polymnist, tm
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")}
     assert main(argv) == 0  # finished runs are reused, their evaluations kept
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")} == stamps
+    one = out / "mmvm-seed0"  # evaluated by hand on 40 test samples: not averaged in
+    assert main(["evaluate", "--run", str(one), "--set", "data.max_test=40",
+                 "--no-coherence"]) == 0
+    assert json.loads((one / "eval.json").read_text())["settings"]["data"]["max_test"] == 40
+    assert main(argv) == 0
+    assert json.loads((one / "eval.json").read_text())["settings"]["data"]["max_test"] == 0
 
 
 def test_a_failed_run_is_named_and_the_others_summed_up(tiny_polymnist, tmp_path, capsys):

@@ -246,5 +246,6 @@ def test_a_site_that_keeps_its_losses_sends_row_counts_only(cfg, tmp_path, tiny_
     assert (live.parent / f"{live.stem}.losses.csv").stat().st_mode & 0o777 == 0o600
     mine = res.evaluation[victim]
     assert mine["losses_withheld"] == 1.0 and not any(k.startswith("recon_nll/") for k in mine)
+    assert "n_test" not in mine  # nor the size of its test set
     assert any(k.startswith("recon_nll/") for k in res.evaluation[next(
         k for k in sites if k != victim)])

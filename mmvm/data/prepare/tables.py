@@ -25,8 +25,10 @@ from mmvm.data.store import DataError
 READERS = (".csv", ".tsv", ".parquet")
 
 
-def read_table(path: str | os.PathLike) -> pa.Table:
-    """A CSV (``.csv``), tab-separated (``.tsv``) or Parquet file as a pyarrow table."""
+def read_table(path: str | os.PathLike, text: Sequence[str] = ()) -> pa.Table:
+    """A CSV (``.csv``), tab-separated (``.tsv``) or Parquet file as a pyarrow table;
+    a CSV's ``text`` columns are read as written (ids "007" and "7" are two samples,
+    not the number 7 twice)."""
     path = Path(path)
     try:
         if path.suffix == ".parquet":
@@ -37,7 +39,9 @@ def read_table(path: str | os.PathLike) -> pa.Table:
             from pyarrow import csv
 
             return csv.read_csv(path, parse_options=csv.ParseOptions(
-                delimiter="\t" if path.suffix == ".tsv" else ","))
+                delimiter="\t" if path.suffix == ".tsv" else ","),
+                convert_options=csv.ConvertOptions(
+                    column_types=dict.fromkeys(text, pa.string())))
     except (OSError, pa.ArrowInvalid) as err:
         raise DataError(f"{path}: not a readable table ({err})") from None
     raise DataError(f"{path}: expected a table file ({', '.join(READERS)})")
@@ -51,15 +55,19 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     file's order (int64 where every such column holds integers, else float32). Label
     and group columns the table lacks are left out (another table may hold them);
     the id column and ``drop`` must be there."""
-    table = read_table(path)
+    groups_of = [group_column] if group_column else []
+    table = read_table(path, [id_column, *labels, *groups_of])
     absent = [c for c in [id_column, *drop] if c not in table.column_names]
     if absent:
         raise DataError(f"{path}: no column {', '.join(map(repr, absent))} (its columns: "
                         f"{shown_columns(table)})")
-    held = [c for c in [*labels, *([group_column] if group_column else [])]
-            if c in table.column_names]
+    held = [c for c in [*labels, *groups_of] if c in table.column_names]
     named = [id_column, *held, *drop]
-    ids = [str(v).strip() for v in table.column(id_column).to_pylist()]
+    ids = [str(v).strip() if v is not None else "" for v in
+           table.column(id_column).to_pylist()]
+    if "" in ids:
+        raise DataError(f"{path}: row {ids.index('') + 1} has no sample id (column "
+                        f"{id_column!r}); every row needs one")
     twice = sorted({i for i, n in Counter(ids).items() if n > 1})
     if twice:
         raise DataError(f"{path}: sample id {twice[0]!r} is on more than one row "
@@ -83,7 +91,7 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
                         f"finite in all); fill or drop them before preparing")
     text = {c: [_label_text(v) for v in table.column(c).to_pylist()]
             for c in labels if c in held}
-    groups = [str(v) for v in table.column(group_column).to_pylist()] \
+    groups = [_label_text(v) for v in table.column(group_column).to_pylist()] \
         if group_column in held else None
     whole = all(pa.types.is_integer(table.schema.field(c).type) for c in kept)
     # integers stay integers, so the config snippet can say they look like counts
@@ -131,23 +139,28 @@ def prepare_tables(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    for m, (got, _, _, g) in read.items() if g is not None}
     groups = merged(group_column, held_groups, ids, list(modalities.values())) \
         if group_column else None
+    if groups is not None and "" in groups:
+        k = groups.index("")
+        raise DataError(f"sample {ids[k]!r} has no group (column {group_column!r}, "
+                        f"{groups.count('')} samples without one); give every sample "
+                        f"its trial or patient")
     with tempfile.TemporaryDirectory(prefix="mmvm-tables-") as tmp:
         t = Path(tmp)
         said = {**{str(t / f"{m}.npy"): f"{modalities[m]}" for m in read},
-                **{str(t / f"{c}.txt"): f"column {src!r}" for c, src in labels.items()},
+                **{str(t / f"{c}.npy"): f"column {src!r}" for c, src in labels.items()},
                 str(t / "ids.txt"): f"{modalities[first]} column {id_column!r}",
                 str(t / "groups.txt"): f"column {group_column!r}"}
         (t / "ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
         for m, x in numbers.items():
             np.save(t / f"{m}.npy", x)
-        for col, src in labels.items():
-            (t / f"{col}.txt").write_text("\n".join(columns[src]) + "\n", encoding="utf-8")
+        for col, src in labels.items():  # .npy: a text file lost an empty last cell
+            np.save(t / f"{col}.npy", np.array(columns[src], dtype=str))
         if groups is not None:
             (t / "groups.txt").write_text("\n".join(groups) + "\n", encoding="utf-8")
         try:
             return prepare_arrays(
                 out_dir, {m: t / f"{m}.npy" for m in read}, ids=t / "ids.txt",
-                labels={c: t / f"{c}.txt" for c in labels},
+                labels={c: t / f"{c}.npy" for c in labels},
                 groups=t / "groups.txt" if groups is not None else None,
                 sources={m: Path(p) for m, p in modalities.items()}, **split)
         except (DataError, ValueError) as err:  # name the tables, not the temp files
