@@ -17,7 +17,7 @@ reconstruction error.
   sample's label. The latent is the method's own aggregation over the subset {m}:
   with only m present, AVG, PoE, MoE and MoPoE all reduce to q_m, and MMVM /
   independent read z_m ~ q_m; so every method uses q(z | x_m) (MMVAE+ its shared
-  part, with the target's private part drawn from its auxiliary prior r_m'). As the
+  part, with the target's private part drawn from p(w) = N(0, I)). As the
   authors' code, each generation decodes its own sample z ~ q(z | x_m)
   (``sample=True``, ``eval.coherence_sample``); ``sample=False`` the posterior mean.
 - **Reconstruction error**: the loss's likelihood term on the test split,

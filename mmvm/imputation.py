@@ -10,10 +10,11 @@ draw (``sample=False``: the distribution's mean, or each component's):
 - MoPoE: the PoE of exactly the present subset (the authors' conditional generation
   decodes ``latents['subsets'][A]``);
 - MMVM, independent VAEs and MoE: the mixture of the present unimodal posteriors (for
-  MMVM the h(z | X) of the objective without x_t). t is decoded from every component
-  and the mixture's likelihood is scored, -w_t log (1/K) sum_k p(x_t | z_k): the mean
-  of the component means is a point none of them decodes (two mirrored components
-  average to the origin);
+  MMVM the h(z | X) of the objective without x_t). t is decoded from a draw of every
+  component and scored by the mean of their NLLs, -w_t (1/K) sum_k log p(x_t | z_k):
+  the expected score of one draw from the mixture (its component chosen at random),
+  as a joint method is scored on one draw. Not at the mean of the component means, a
+  point none of them decodes (two mirrored components average to the origin);
 - MMVAE+: the same mixture of the present modalities' shared parts, t's private part
   drawn from N(0, I) (its mean 0), as coherence decodes it.
 
@@ -41,6 +42,10 @@ from torch import Tensor
 from mmvm.aggregation import aggregate, has_private_latent, reparameterize
 from mmvm.model import MultimodalVAE
 
+# how an imputation is scored, in eval.json: an evaluation scored otherwise (the mean
+# latent, a mixture's likelihood; before 2026-12-05) is redone by ``mmvm compare``
+SCORING = "one draw; mixtures: mean NLL over components; MoPoE: subset PoE"
+
 
 def imputing_latents(method: str, mu: Tensor, logvar: Tensor, sources: Tensor,
                      eps: Tensor | None = None, private_dim: int = 0) -> Tensor:
@@ -65,15 +70,21 @@ def imputing_latents(method: str, mu: Tensor, logvar: Tensor, sources: Tensor,
 
 def imputation_ll(model: MultimodalVAE, name: str, x_t: Tensor, z: Tensor,
                   sources: Tensor) -> Tensor:
-    """log p(x_t | the rest) per sample [B] from the latents ``z`` [B, K, D] of
-    :func:`imputing_latents`: the decoded likelihood (K = 1), or the mixture's,
-    log (1/K) sum_k p(x_t | z_k) over the present sources."""
+    """log p(x_t | z) per sample [B] for the latents ``z`` [B, K, D] of
+    :func:`imputing_latents`: decoded once (K = 1), or for a mixture the mean over
+    its present components of log p(x_t | z_k): the expected score of one draw from
+    the mixture, its component drawn at random, without that choice's noise. (The
+    mixture's likelihood, log of the mean of p(x_t | z_k), would score K draws
+    against a joint method's one: more draws inside a log always score better.)"""
     if z.shape[1] == 1:
         return model.log_likelihood(name, x_t, model.decode(name, z[:, 0]))
-    ll = torch.stack([model.log_likelihood(name, x_t, model.decode(name, z[:, k]))
-                      for k in range(z.shape[1])], 1)  # [B, K]
-    ll = ll.masked_fill(~sources, -math.inf)
-    return torch.logsumexp(ll, 1) - torch.log(sources.sum(1).to(ll.dtype))
+    total = x_t.new_zeros(x_t.shape[0], dtype=torch.float32)
+    for k in range(z.shape[1]):  # only the rows that hold source k are decoded
+        rows = sources[:, k]
+        if bool(rows.any()):
+            total[rows] += model.log_likelihood(name, x_t[rows],
+                                                model.decode(name, z[rows, k])).float()
+    return total / sources.sum(1).to(total.dtype)
 
 
 @torch.no_grad()
@@ -81,11 +92,14 @@ def imputed_mean(model: MultimodalVAE, method: str, name: str, mu: Tensor,
                  logvar: Tensor, sources: Tensor) -> Tensor:
     """The picture of x_``name`` given ``sources``: the decoded mean at the joint
     posterior's mean (AVG, PoE, MoPoE), or the mean of the mixture's components'
-    decoded means over the present sources (MMVM, independent, MoE, MMVAE+)."""
+    decoded means over the present sources (MMVM, independent, MoE, MMVAE+); for
+    outputs that are not numbers to average (token ids) the first present source's."""
     z = imputing_latents(method, mu, logvar, sources, None, model.private_dim)
     out = torch.stack([model.generate(name, z[:, k]) for k in range(z.shape[1])], 1)
     if z.shape[1] == 1:
         return out[:, 0]
+    if not out.is_floating_point():
+        return out[torch.arange(out.shape[0], device=out.device), sources.int().argmax(1)]
     w = sources.to(out.dtype).reshape(*sources.shape, *[1] * (out.dim() - 2))
     return (out * w).sum(1) / w.sum(1)
 
@@ -147,7 +161,8 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
     if M == 2:  # the rest of t is the other modality
         for t in range(2):
             pair_sum[1 - t, t], pair_n[1 - t, t] = rest_sum[t], rest_n[t]
-    return _summary(names, pair_sum, pair_n, rest_sum, rest_n, samples)
+    return {**_summary(names, pair_sum, pair_n, rest_sum, rest_n, samples),
+            "scoring": SCORING if sample else f"{SCORING}; the means, not draws"}
 
 
 def _rows(eps: Tensor | None, rows: Tensor) -> Tensor | None:

@@ -128,8 +128,8 @@ def test_joint_methods_decode_the_subsets_posterior_mixtures_score_each_componen
     """m1 holds class c + 3, m2 class c + 5 (equal variances). A joint posterior of
     both has the mean (e_{c+3} + e_{c+5}) / 2, whose decoding is 1 + 1/4 + 1/4 squared
     units from m0's e_c: NLL + 0.75. A mixture decodes e_{c+3} and e_{c+5}, each
-    2 squared units away: -log of the mean of two equal likelihoods is NLL + 1 (the
-    mean of the two components, never decoded, would score + 0.75)."""
+    2 squared units away: each costs NLL + 1, and so does their mean (the mean of the
+    two components, never decoded, would score + 0.75)."""
     data = _shifted(3, 5)
     model = _method_model(method)
     want = 0.75 if method in ("avg", "poe", "mopoe") else 1.0
@@ -141,7 +141,7 @@ def test_mopoe_imputes_from_the_subsets_product_a_mixture_from_every_component()
     """m1 is right and sure (variance e^-30), m2 wrong and vaguer (e^-26): the PoE
     leans on m1, 1 / (1 + e^4) of the way to m2's class, so m0 from the rest costs
     0.5 * 2 * (1 / (1 + e^4))^2 over the floor (MoPoE's mixture of subset means would
-    cost 1/9 more). MMVM's mixture: -log((1 + e^-1) / 2) over it."""
+    cost 1/9 more). MMVM's mixture: the mean of its components' costs, (0 + 1) / 2."""
     data = _shifted(0, 5)
     got = {}
     for method in ("poe", "mopoe", "mmvm"):
@@ -152,4 +152,25 @@ def test_mopoe_imputes_from_the_subsets_product_a_mixture_from_every_component()
     lean = 1.0 / (1.0 + math.exp(4.0))
     assert got["poe"] - NORM == pytest.approx(lean ** 2, rel=1e-3)
     assert got["mopoe"] == pytest.approx(got["poe"], rel=1e-6)
-    assert got["mmvm"] - NORM == pytest.approx(-math.log((1 + math.exp(-1)) / 2), rel=1e-4)
+    assert got["mmvm"] - NORM == pytest.approx(0.5, rel=1e-4)
+
+
+def test_a_mixture_of_equal_components_scores_as_their_joint_draw_for_draw():
+    """Every modality says the same with variance 1/4: AVG's joint posterior and MMVM's
+    mixture are one distribution, so one draw from either costs the same on average:
+    the oracle decoder's ReLU passes half of the noise in the nine empty dimensions,
+    0.5 * (9 * 1/8 + 1/4) over the floor. PoE's product of two has half the variance:
+    half that. (Scored by the mixture's likelihood, two draws' likelihoods averaged
+    inside the log, MMVM would come out better for the same prediction.)"""
+    got = {}
+    for method in ("avg", "mmvm", "poe"):
+        model = _method_model(method)
+        with torch.no_grad():
+            for m in NAMES:
+                model.encoders[m].logvar.bias.fill_(math.log(0.25))
+        got[method] = imputation_nll(model, onehot_dataset(3000), method, batch_size=500,
+                                     seed=1)["rest"]
+    for t in NAMES:
+        assert got["avg"][t] - NORM == pytest.approx(0.6875, abs=0.04)
+        assert got["mmvm"][t] - NORM == pytest.approx(0.6875, abs=0.04)
+        assert got["poe"][t] - NORM == pytest.approx(0.6875 / 2, abs=0.03)

@@ -99,10 +99,12 @@ def _sets(overrides: list[str], base, method: str, seed: int, run_dir: Path) -> 
 def _stale(run_dir: Path, base, coherence: bool) -> bool:
     """No evaluation of the run's last checkpoint with these eval settings and data
     keys yet (an eval.json of another test file or ``max_test`` would be averaged
-    with the others), or one without the coherence now asked for."""
+    with the others), one whose imputation was scored otherwise, or one without the
+    coherence now asked for."""
     import dataclasses
 
     from mmvm.eval_settings import EVAL_DATA_KEYS
+    from mmvm.imputation import SCORING
 
     ev, ckpt = run_dir / "eval.json", run_dir / "checkpoint.pt"
     if not ev.is_file() or ev.stat().st_mtime < ckpt.stat().st_mtime:
@@ -112,7 +114,8 @@ def _stale(run_dir: Path, base, coherence: bool) -> bool:
     wanted = json.loads(json.dumps({"eval": dataclasses.asdict(base.eval),
                                     "data": {k: data[k] for k in EVAL_DATA_KEYS}}))
     settings = result.get("settings", {})
-    return any(settings.get(k) != v for k, v in wanted.items()) or \
+    scored = (result.get("imputation") or {}).get("scoring")
+    return any(settings.get(k) != v for k, v in wanted.items()) or scored != SCORING or \
         (coherence and "coherence" not in result and "chance" in result)  # labelled
 
 

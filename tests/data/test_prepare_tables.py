@@ -141,15 +141,17 @@ def test_tables_that_disagree_are_refused_with_the_sample_named(tmp_path):
 
 def test_ids_are_kept_as_written_and_a_row_without_id_or_group_is_refused(tmp_path):
     """A CSV reader guessing types made ids 007 and 7 one number, and an empty id the
-    sample 'None'; an empty label in the last row was lost with the text file's end."""
+    sample 'None'; an empty label in the last row was lost with the text file's end.
+    Labels are still read as numbers: 1.0 (pandas' ints with a gap) is class 1, NA
+    unknown."""
     (tmp_path / "a.csv").write_text(
-        "id,x,label,trial\n007,1,1,t1\n7,2,0,t2\n0007,3,,t3\n")
+        "id,x,label,trial\n007,1,1.0,t1\n7,2,0.0,t2\n0007,3,,t3\n00007,4,NA,t4\n")
     paths = prepare_tables(tmp_path / "o1", {"a": tmp_path / "a.csv"}, id_column="id",
                            labels={"label": "label"}, group_column="trial")
     parts = [read_site_table(paths[s]) for s in ("train", "test")]
     got = {i: y for t in parts for i, y in zip(t.sample_ids, t.labels["label"],
                                                strict=True)}
-    assert got == {"007": 1, "7": 0, "0007": -1}
+    assert got == {"007": 1, "7": 0, "0007": -1, "00007": -1}
     (tmp_path / "b.csv").write_text("id,x\n007,1\n,2\n")
     with pytest.raises(DataError, match=r"b.csv: row 2 has no sample id \(column 'id'\)"):
         prepare_tables(tmp_path / "o2", {"b": tmp_path / "b.csv"}, id_column="id")

@@ -28,7 +28,8 @@ READERS = (".csv", ".tsv", ".parquet")
 def read_table(path: str | os.PathLike, text: Sequence[str] = ()) -> pa.Table:
     """A CSV (``.csv``), tab-separated (``.tsv``) or Parquet file as a pyarrow table;
     a CSV's ``text`` columns are read as written (ids "007" and "7" are two samples,
-    not the number 7 twice)."""
+    not the number 7 twice). Other columns are typed by pyarrow: numbers, with empty
+    cells and NA / NaN / null as missing."""
     path = Path(path)
     try:
         if path.suffix == ".parquet":
@@ -56,7 +57,7 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     and group columns the table lacks are left out (another table may hold them);
     the id column and ``drop`` must be there."""
     groups_of = [group_column] if group_column else []
-    table = read_table(path, [id_column, *labels, *groups_of])
+    table = read_table(path, [id_column, *groups_of])  # labels: NA, 1.0 read as such
     absent = [c for c in [id_column, *drop] if c not in table.column_names]
     if absent:
         raise DataError(f"{path}: no column {', '.join(map(repr, absent))} (its columns: "
