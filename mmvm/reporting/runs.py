@@ -167,6 +167,10 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
     said = result.get("warnings")
     run.warnings = [str(w) for w in said if isinstance(w, str)] \
         if isinstance(said, list) else []
+    if imputed and "scoring" not in imp:  # eval.json of before 2026-12-05
+        run.warnings.append("its imputation NLL was scored the old way (at the mean "
+                            "latent, or by a mixture's likelihood), not as runs evaluated "
+                            "since: run mmvm evaluate on it again before comparing")
 
 
 def coherence_matrix(coh: Mapping) -> tuple[list[str], list[list[float]]] | None:

@@ -256,3 +256,16 @@ def test_each_modalitys_reconstruction_stands_beside_a_constant_images(tmp_path)
     assert rows["mmvm", "m1"]["NLL of a constant output"] == "151.0 (1 seed)"
     assert rows["mmvm", "m1"]["reconstruction NLL"] == "100.0 (1 seed)"  # 300 / 3
     assert rows["poe", "m1"]["NLL of a constant output"] == "not evaluated"
+
+
+def test_an_imputation_scored_the_old_way_is_named_before_it_is_compared(tmp_path):
+    """eval.json of before 2026-12-05 scored imputation at the mean latent: its NLL is
+    not comparable with a run's evaluated since, and the page says which run."""
+    imputed = {"rest": {m: 10.0 for m in NAMES}, "total": 30.0}
+    old = fake_run(tmp_path / "old", {**eval_result("mmvm", 0, 0.9, 300.0, 0.4),
+                                      "imputation": imputed})
+    new = fake_run(tmp_path / "new", {**eval_result("mmvm", 1, 0.9, 300.0, 0.4),
+                                      "imputation": {**imputed, "scoring": "one draw"}})
+    text, _ = write_report(tmp_path, old, new)
+    assert "old: its imputation NLL was scored the old way" in text
+    assert "new: its imputation NLL" not in text
