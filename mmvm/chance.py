@@ -116,7 +116,8 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     ``result`` (an :func:`evaluate_run` result): sources whose generations were all
     judged one class, pairs below what label-independent generations would score
     (:func:`swapped_pairs`), a mean coherence within 0.02 of chance, a modality's
-    reconstruction no better than a constant's, judges near chance on real data."""
+    reconstruction or imputation no better than a constant's
+    (:func:`imputation_warnings`), judges near chance on real data."""
     out, groups = [], {}
     for pair, c in result.get("coherence", {}).get("judged_class", {}).items():
         src, tgt = pair.split("->", 1)
@@ -142,6 +143,7 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
                        f"{floor_nll:.1f}, that of one constant output for every sample "
                        f"(the training data's median or mean at each pixel or value): the "
                        f"decoder reproduces the average sample, not this one")
+    out += imputation_warnings(result)
     for m, acc in result.get("classifier_accuracy", {}).items():
         # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
         # (a 200-class judge at 0.10 is weak but 17x chance; one at 0.995 over a 0.92
@@ -151,4 +153,30 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
                        f"({floor:.3f}, majority class): coherence through it is "
                        f"meaningless; train the judges longer (eval.classifier_epochs: "
                        f"a few hundred images need tens of epochs)")
+    return out
+
+
+def imputation_warnings(result: Mapping[str, Any], explode: float = 10.0) -> list[str]:
+    """A line per modality whose imputation from the others scores worse than one
+    constant output (the others' latents tell its decoder nothing it can use: they
+    share only a label, or training was short), and one naming the pairs whose
+    imputation NLL exceeds ``explode`` times the constant's (a decoder's output
+    running off on a latent it was not trained on: a lone PoE expert's draw)."""
+    out = []
+    imp = result.get("imputation") or {}
+    floor = (result.get("reconstruction") or {}).get("baseline") or {}
+    for m, nll in (imp.get("rest") or {}).items():
+        if m in floor and nll > floor[m]:  # False for NaN
+            out.append(f"{m} imputed from the other modalities scores {nll:.1f}, worse "
+                       f"than one constant output ({floor[m]:.1f}): their latents tell "
+                       f"{m}'s decoder nothing it can use about the sample (they share "
+                       f"only a label, or training was short)")
+    wild = [f"{pair} {nll:,.0f}" for pair, nll in (imp.get("pairs") or {}).items()
+            if (t := pair.split("->", 1)[1]) in floor
+            and nll > explode * abs(floor[t])]
+    if wild:
+        out.append(f"imputation runs off for {'; '.join(wild[:4])}"
+                   f"{' ...' * (len(wild) > 4)} (over {explode:g} times the constant's "
+                   f"NLL): the decoder's output explodes on latents drawn from one "
+                   f"source alone")
     return out

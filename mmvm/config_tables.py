@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -26,6 +27,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
+        if re.search(r"\s[A-Za-z_][\w.]*\.[\w]+\s*=", value):
+            raise ConfigError(
+                f"override {item!r} holds two or more: separate them with ';' in a run "
+                f"config's set (set='train.epochs=5; train.num_threads=1'), or give "
+                f"--set once for each") from None
         parsed = value
     node = raw
     for p in parts[:-1]:

@@ -209,3 +209,18 @@ def test_generations_below_label_independent_ones_name_a_swapped_latent_or_decod
     assert evaluation_warnings({"coherence": fair}) == []
     fair["pairs"]["a->b"], fair["n"]["a"] = 0.15, 20  # 3 of 20: p = 0.23 for chance
     assert evaluation_warnings({"coherence": fair}) == []
+
+
+def test_an_imputation_worse_than_a_constant_or_running_off_is_warned_of():
+    result = {"reconstruction": {"per_modality": {"a": 60.0, "b": 50.0, "c": 80.0},
+                                 "baseline": {"a": 71.4, "b": 66.8, "c": 91.5}},
+              "imputation": {"rest": {"a": 72.7, "b": 60.0, "c": float("nan")},
+                             "pairs": {"b->a": 70.0, "b->c": 7_566_420_298.0,
+                                       "a->c": 93.0}}}
+    said = evaluation_warnings(result)
+    assert any(w.startswith("a imputed from the other modalities scores 72.7, worse "
+                            "than one constant output (71.4)") for w in said)
+    assert not any(w.startswith(("b imputed", "c imputed")) for w in said)
+    wild = [w for w in said if w.startswith("imputation runs off")]
+    assert wild == [w for w in wild if "b->c 7,566,420,298" in w and "a->c" not in w]
+    assert len(wild) == 1

@@ -42,6 +42,8 @@ def test_override_adds_a_modality_and_shape_list():
 @pytest.mark.parametrize("item, match", [
     ("train.epochs", r"'train\.epochs' must look like section\.key=value"),
     ("train.epochs.x=3", r"'epochs' is a value, not a section"),
+    # a run config's set='...' with two overrides and no ';' between them
+    ("train.epochs=5 train.num_threads=1", r"holds two or more: separate them with ';'"),
 ])
 def test_malformed_overrides(item, match):
     with pytest.raises(ConfigError, match=match):

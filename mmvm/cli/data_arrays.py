@@ -104,6 +104,28 @@ def _label_columns(args: argparse.Namespace, form: str) -> tuple[dict, dict]:
     return labels, classes
 
 
+def label_coverage(paths: dict) -> list[str]:
+    """A line per label column with unknown entries (-1) in the written files: all
+    unknown is a warning (nothing to probe with it here), some a note."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    lines = []
+    schema = pq.read_schema(next(iter(paths.values())))
+    for col in (c for c in schema.names if c == "label" or c.startswith("label.")):
+        y = np.concatenate([pq.read_table(p, columns=[col]).column(col).to_numpy(
+            zero_copy_only=False) for p in paths.values()])
+        unknown = int((y < 0).sum())
+        if unknown == len(y):
+            lines.append(f"warning: {col}: every one of the {len(y):,} samples is unknown "
+                         f"(its cells are empty): nothing here to probe or judge with it; "
+                         f"leave it out, or prepare it from the table that holds it")
+        elif unknown:
+            lines.append(f"note: {col}: {unknown:,} of {len(y):,} samples unknown (empty "
+                         f"cells): the probes and judges leave them out")
+    return lines
+
+
 def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None,
             group_flag: str = "--groups") -> int:
     """What was written, how it was split, and the config sections for it."""
@@ -113,6 +135,14 @@ def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None
     report_paths(paths)
     rows = {k: read_site_meta(p)["num_rows"] for k, p in paths.items()}
     print(", ".join(f"{k} {n:,} rows" for k, n in rows.items()))
+    for line in label_coverage(paths):
+        print(line)
+    share = rows.get("test", 0) / max(sum(rows.values()), 1)
+    if groups is not None and abs(share - args.test_fraction) > max(
+            0.1, args.test_fraction / 2):
+        print(f"note: the test split holds {share:.0%} of the samples (--test-fraction "
+              f"{args.test_fraction:g}): whole groups fall on one side; with more groups, "
+              f"or another --seed, it comes closer")
     if not ids:
         print("note: no --ids: the sample ids are the row numbers 0..N-1; they pair with "
               "other sites' samples only if those sites' rows are the same samples in the "

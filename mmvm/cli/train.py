@@ -197,8 +197,10 @@ def joined_line(data, files: int) -> str:
     """What joining site files by sample id gave: samples per modality and how many
     couple them (ids that do not match across the files show here)."""
     from mmvm.data.coupling import (
+        OVERLAP_NOTE,
         coupling_counts,
         uncoupled_warning,
+        unmatched_ids,
         weak_coupling_note,
     )
 
@@ -213,6 +215,11 @@ def joined_line(data, files: int) -> str:
                        "such sites). Check that the files name samples alike")
     alone = uncoupled_warning(c["per_modality"], c["coupled"])
     note = weak_coupling_note(c["per_modality"], c["coupled"])
+    if note:
+        weak = [m for m, n in c["per_modality"].items() if n and c["coupled"].get(m, 0)
+                < OVERLAP_NOTE * n]
+        examples = unmatched_ids(data.sample_ids, data.mask.numpy(), data.names, weak)
+        note += f"; e.g. {examples}" if examples else ""
     return line + (f"\nwarning: {alone}" if alone else "") + (f"\nnote: {note}" if note
                                                               else "")
 

@@ -8,6 +8,7 @@ counts, and the note below them, are where it shows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -92,3 +93,36 @@ def split_leak(train: Sequence, test: Sequence) -> str | None:
                         f"Prepare every site with the same --seed, --test-fraction and "
                         f"--groups")
     return None
+
+
+def unmatched_ids(ids: Sequence[str], mask: np.ndarray, names: Sequence[str],
+                  weak: Sequence[str]) -> str | None:
+    """For each of the ``weak`` modalities: two of the ids it holds alone and two that
+    only the others hold, and which of them differ only in leading zeros, case or
+    spaces (``007`` and ``7``: one site's export zero-padded them). None when no
+    sample of those modalities is held alone."""
+    mask = np.asarray(mask, dtype=bool)
+    held = mask.sum(1)
+    ids = np.asarray(ids, dtype=object)
+
+    def plain(i: str) -> str:  # zeros that lead a run of digits dropped: t007 -> t7
+        return re.sub(r"(?<!\d)0+(?=\d)", "", str(i).strip().lower())
+
+    said = []
+    for m in weak:
+        j = list(names).index(m)
+        mine = ids[mask[:, j] & (held == 1)]
+        theirs = ids[~mask[:, j] & (held >= 1)]
+        if not len(mine):
+            continue
+        line = f"{m} alone holds {', '.join(map(repr, mine[:2]))}"
+        if len(theirs):
+            line += f", the others {', '.join(map(repr, theirs[:2]))}"
+        index = {plain(i): i for i in theirs}
+        alike = [(i, index[plain(i)]) for i in mine if plain(i) in index][:1]
+        if alike and not any("differ only" in d for d in said):  # said once
+            a, b = alike[0]
+            line += (f" ({a!r} and {b!r} differ only in leading zeros, case or spaces: "
+                     f"write the ids alike at every site)")
+        said.append(line)
+    return "; ".join(said) or None

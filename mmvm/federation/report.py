@@ -101,7 +101,9 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
              f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
     lines += _table(["site", "modality", "probe accuracy", "test recon NLL"], rows)
     if assembled:
-        lines += ["", "assembled model, evaluated by the server: " + _assembled(assembled)]
+        lines += ["", "assembled model, evaluated by the server: " + _assembled(assembled),
+                  "(its reconstruction NLLs decode z drawn by the server: they differ from "
+                  "the sites' own draws above by that noise)"]
         lines += [f"warning: {w}" for w in assembled.get("warnings", [])]
     if result.missed:
         lines += ["", "windows missed (the run went on without the site): " + "; ".join(

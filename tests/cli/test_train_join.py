@@ -11,17 +11,20 @@ from mmvm.data.prepare.arrays import prepare_arrays
 from tests.support.lab import lab_config
 
 
-def _sites(tmp_path, b_ids: bool) -> None:
+def _sites(tmp_path, b_ids: bool, b_padded: bool = False) -> None:
     rng = np.random.default_rng(0)
     n = 80
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "ids.txt").write_text("\n".join(f"t{i}" for i in range(n)))
+    (tmp_path / "padded.txt").write_text("\n".join(  # another export: t007 for t7
+        f"t{i:03d}" if i < 20 else f"t{i}" for i in range(n)))
     for m, d in (("a", 6), ("b", 4)):
         np.save(tmp_path / f"{m}.npy", rng.normal(size=(n, d)))
     prepare_arrays(tmp_path / "sites" / "site-a", {"a": tmp_path / "a.npy"},
                    ids=tmp_path / "ids.txt")
     prepare_arrays(tmp_path / "sites" / "site-b", {"b": tmp_path / "b.npy"},
-                   ids=tmp_path / "ids.txt" if b_ids else None)
+                   ids=(tmp_path / ("padded.txt" if b_padded else "ids.txt")) if b_ids
+                   else None)
 
 
 def _train(tmp_path, folders: str) -> int:
@@ -43,6 +46,15 @@ def test_the_join_is_reported_and_ids_that_do_not_match_are_noted(tmp_path, caps
     # no shared id at all: a loud warning (a federated run refuses such sites)
     assert "warning: the files share no sample id: no sample has two modalities" in out
     assert "this trains independent unimodal VAEs" in out
+
+
+def test_ids_one_site_zero_padded_are_shown_with_their_match(tmp_path, capsys):
+    _sites(tmp_path, b_ids=True, b_padded=True)
+    assert _train(tmp_path, '["site-a", "site-b"]') == 0
+    out = capsys.readouterr().out
+    assert "note: not every sample is held with another modality (a " in out
+    assert "differ only in leading zeros, case or spaces" in out
+    assert "'t1' and 't001'" in out or "'t0' and 't000'" in out, out
 
 
 def test_a_folder_of_site_folders_suggests_data_folders(tmp_path, capsys):

@@ -159,3 +159,21 @@ def test_ids_are_kept_as_written_and_a_row_without_id_or_group_is_refused(tmp_pa
     with pytest.raises(DataError, match=r"sample 's2' has no group \(column 'trial'"):
         prepare_tables(tmp_path / "o3", {"c": tmp_path / "c.csv"}, id_column="id",
                        group_column="trial")
+
+
+def test_a_label_column_with_no_class_and_a_lopsided_group_split_are_said(tmp_path,
+                                                                          capsys):
+    """One rat's export has the odor column empty (it lives in another rat's file),
+    and two sessions as groups put half the trials in the test split: both were
+    written without a word."""
+    rows = "".join(f"s{i},{i},,g{i % 2}\n" for i in range(40))
+    (tmp_path / "w.csv").write_text("id,a,odor,session\n" + rows)
+    for seed in range(20):  # a seed that puts one of the two sessions in test
+        code = main(["data", "prepare", "table", "--modality", f"w={tmp_path / 'w.csv'}",
+                     "--id-column", "id", "--label", "odor", "--group-column", "session",
+                     "--seed", str(seed), "--out", str(tmp_path / f"o{seed}"), "--quiet"])
+        if code == 0:
+            break
+    out = capsys.readouterr().out
+    assert "warning: label: every one of the 40 samples is unknown" in out
+    assert "note: the test split holds 50% of the samples (--test-fraction 0.2)" in out
