@@ -73,6 +73,10 @@ def _group_picture(group: Group, kind: str, drawer: Drawer | None) -> tuple[Bloc
     if not any(r.folder for r in group.runs):
         return None, "results rows only (no run folder)"
     if drawer is None:
+        if kind == "generations" and not reasons and all(map(_vectors_only, group.runs)):
+            return None, ("its modalities are vectors, which mmvm evaluate pictures by "
+                          "their latents, not as generations (--generate draws them as "
+                          "grey rows anyway)")
         found = "; ".join(reasons) or f"no {kind}.png in its run folders"
         return None, f"{found} (--generate draws one)"
     for run in (r for r in group.runs if r.checkpoint):
@@ -84,6 +88,13 @@ def _group_picture(group: Group, kind: str, drawer: Drawer | None) -> tuple[Bloc
         return Figure(slug(f"{run.name}-{kind}"), png,
                       f"{group.label}: {kind} drawn from the checkpoint of {run.name}"), ""
     return None, "; ".join(reasons) or "no checkpoint.pt in its run folders"
+
+
+def _vectors_only(run: Run) -> bool:
+    """Whether the run's config names modalities, every one of kind vector."""
+    kinds = [v for k, v in run.settings.items()
+             if k.startswith("model.modalities.") and k.endswith(".kind")]
+    return bool(kinds) and all(v == "vector" for v in kinds)
 
 
 def picture_section(title: str, kind: str, groups: Sequence[Group],

@@ -269,3 +269,13 @@ def test_an_imputation_scored_the_old_way_is_named_before_it_is_compared(tmp_pat
     text, _ = write_report(tmp_path, old, new)
     assert "old: its imputation NLL was scored the old way" in text
     assert "new: its imputation NLL" not in text
+
+
+def test_runs_of_vector_modalities_are_not_asked_for_generation_grids(tmp_path):
+    """Spike counts are pictured by their latents: the page said a generation grid
+    was missing and that --generate would draw one."""
+    run = fake_run(tmp_path / "rats", eval_result("mmvm", 0, 0.9, 300.0, 0.4))
+    (run / "config.json").write_text(json.dumps({"model": {"method": "mmvm", "modalities": {
+        m: {"kind": "vector", "shape": [30]} for m in NAMES}}}))
+    text, _ = write_report(tmp_path, run)
+    assert "its modalities are vectors, which mmvm evaluate pictures by their latents" in text
