@@ -306,6 +306,11 @@ def run(grid: Grid, context: Context) -> None:
                   f"(--set data.root=<a data folder> for data this machine lacks)",
                   flush=True)
     print(summary(result, str(out_dir), paths, assembled), flush=True)
+    if s.secure and simulated(grid) and result.model_state:
+        print("mmvm: note: a simulation has no node configs: its sites gave the server "
+              "their weights (allow-collect, a test bed's default); deployed sites with "
+              "keys keep them unless their node config says allow-collect = true",
+              flush=True)
 
 
 def _eval_data(s: FederationSettings, result: FederationResult, joined: bool = False

@@ -42,6 +42,7 @@ def staged_app(app: Path) -> Iterator[Path]:
         raise FileNotFoundError(f"no Flower app at {app}: it has no pyproject.toml")
     files = app_files(app)
     check_no_secrets(app, files)
+    check_flower_home(app, packable(files))
     with tempfile.TemporaryDirectory(prefix="mmvm-app-") as tmp:
         stage = Path(tmp) / app.name
         for rel in packable(files):
@@ -176,6 +177,26 @@ def _holds_secrets(path: Path) -> bool:
     return isinstance(doc, dict) and (
         any(isinstance(k, str) and k.endswith("_private") for k in doc)
         or any(isinstance(doc.get(k), str) for k in SESSION_SECRETS))
+
+
+def check_flower_home(app: Path, files: list[str]) -> None:
+    """Refuse an app folder that holds Flower's own home (``FLWR_HOME``) unignored:
+    flwr would pack its config and every app it installed into each run's bundle,
+    which grows run by run until Flower refuses it ("exceeds the maximum directory
+    depth of 10", the third run of a walkthrough)."""
+    from mmvm.config import ConfigError
+
+    home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr").expanduser()
+    try:
+        rel = home.resolve().relative_to(app).as_posix()
+    except ValueError:
+        return
+    inside = [f for f in files if f == rel or f.startswith(rel + "/")]
+    if inside:
+        raise ConfigError(f"FLWR_HOME={home} is inside the app folder {app}: flwr would "
+                          f"pack Flower's own files ({len(inside)}, its installed apps "
+                          f"among them) into every run's bundle; set FLWR_HOME outside "
+                          f"{app}, or add '/{rel}/' to its .gitignore")
 
 
 def _gitignore(app: Path) -> list[str]:

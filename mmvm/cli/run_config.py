@@ -218,12 +218,18 @@ def _check_keys_dir(s) -> None:
     missing = [n for n in names if not (keys / "sites" / n / "site_keys.json").is_file()]
     if missing or not (keys / "public_keys.json").is_file():
         there = sorted(p.name for p in (keys / "sites").glob("*") if p.is_dir())
+        hint = f"`{make}`"
+        if keys.is_dir() and any(keys.iterdir()):  # a deployment's keys: not to replace
+            hint = (f"`python -m deploy.make_keys --out {keys}-simulation --sites "
+                    f"{','.join(names)}` and keys-dir='{keys}-simulation' (make_keys "
+                    f"will not write over {keys}, nor should it: it may hold real "
+                    f"sites' keys)")
         raise ConfigError(
             f"run config: keys-dir = {str(keys)!r} has no "
             + (f"keys of the simulated sites {missing} (sites/<name>/site_keys.json; it "
                f"holds {there or 'none'})" if missing else "public_keys.json")
-            + f"; a simulated site is named after its site-dirs folder or the layout: "
-              f"`{make}`")
+            + "; a simulated site is named after its site-dirs folder or the layout: "
+              + hint)
 
 
 def _check_writable(key: str, folder: Path) -> None:

@@ -179,7 +179,9 @@ class SitePolicy:
             raise PolicyError(f"site {site}: its node config requires PSI alignment "
                               f"(require-psi); this run " + (
                                   f"aligns by {align!r}" if secure else
-                                  "has secure = false, which sends sample ids in clear"))
+                                  "has secure = false, which sends sample ids in clear")
+                              + ". Nothing was sent; submit it with secure=true "
+                                "align='psi' in its run config")
 
     def check_experiment(self, site: str, cfg) -> None:
         """Refuse a run whose experiment config (``cfg``, the run config's file and

@@ -77,6 +77,11 @@ def collect(paths: Iterable[str | Path]) -> Collection:
         if unfinished(path):
             out.notes.append(unfinished_note(path))
             continue
+        if empty_run(path):
+            out.notes.append(f"{path}: left out: a federated run folder with nothing in "
+                             f"it (the run failed before it wrote anything: its sites "
+                             f"refused it, or its set-up failed; its log says why)")
+            continue
         kind, target = classify(path)
         if kind == "run":
             out.runs.append(read_run_folder(target))
@@ -94,6 +99,13 @@ def unfinished_note(path: Path) -> str:
     return (f"{path}: left out: a federated run that has not finished (it failed or was "
             f"stopped: server_state.pt, no results.json); continue it with its run config "
             f"and resume='{run}', then report it")
+
+
+def empty_run(path: Path) -> bool:
+    """A ``run-<id>`` folder that holds no file at all (a run refused at its first
+    message leaves one), as a glob over a runs folder takes it."""
+    return path.is_dir() and path.name.startswith("run-") and not any(
+        p.is_file() for p in path.rglob("*"))
 
 
 def unfinished(path: Path) -> bool:

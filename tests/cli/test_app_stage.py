@@ -207,3 +207,28 @@ def test_the_names_of_secrets_in_code_and_docs_are_not_secrets(tmp_path):
     (app / "doc.md").write_text("`group_key`: the run's group id key (32 bytes)\n")
     with staged_app(app) as stage:
         assert (stage / "pkg/keys.py").is_file() and (stage / "doc.md").is_file()
+
+
+def test_a_flower_home_inside_the_app_is_refused_before_it_is_packed(tmp_path,
+                                                                     monkeypatch):
+    """FLWR_HOME in the app folder: each run's bundle carried Flower's config and
+    every app it had installed, until Flower refused the third ('maximum directory
+    depth of 10')."""
+    from mmvm.config import ConfigError
+
+    app = _app(tmp_path)
+    home = app / "flwrhome"
+    (home / "apps" / "x").mkdir(parents=True)
+    (home / "config.toml").write_text("[superlink]\n")
+    (home / "apps" / "x" / "pyproject.toml").write_text("[project]\n")
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    with pytest.raises(ConfigError, match=r"FLWR_HOME=.*flwrhome is inside the app folder"
+                                          r".*add '/flwrhome/' to its .gitignore"):
+        with staged_app(app):
+            pass
+    (app / ".gitignore").write_text((app / ".gitignore").read_text() + "/flwrhome/\n")
+    with staged_app(app) as stage:
+        assert not (stage / "flwrhome").exists()
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "elsewhere"))
+    with staged_app(app) as stage:
+        assert stage.is_dir()

@@ -41,7 +41,12 @@ def test_keys_made_for_other_site_names_are_refused_before_flower(tmp_path):
     said = str(info.value)
     assert "has no keys of the simulated sites ['site-ratA', 'site-ratB']" in said
     assert "it holds ['ratA', 'ratB']" in said
-    assert f"--out {keys} --sites site-ratA,site-ratB" in said
+    # a folder with keys in it (a deployment's): the command makes another, as
+    # make_keys refuses to write over it
+    assert f"--out {keys}-simulation --sites site-ratA,site-ratB` and keys-dir=" in said
+    assert make_keys.main(["--out", f"{keys}-simulation", "--sites",
+                           "site-ratA,site-ratB"]) == 0
+    check_run_config(ROOT, text.replace(str(keys), f"{keys}-simulation"), local=True)
     with pytest.raises(ConfigError, match="a simulation's sites read their keys from "
                                           "keys-dir; make them with"):
         check_run_config(ROOT, text.replace(f"keys-dir='{keys}'", ""), local=True)

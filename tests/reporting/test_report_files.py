@@ -89,6 +89,18 @@ def test_an_out_of_neither_format_names_both(tmp_path, fake_runs, capsys):
     assert not out.exists()
 
 
+def test_a_refused_runs_empty_folder_is_left_out_with_a_note(tmp_path, fake_runs):
+    """A run the sites refused at its first message leaves an empty run-<id> folder:
+    `mmvm report runs/*` stopped on it ("not a run folder")."""
+    empty = tmp_path / "runs" / "run-789"
+    empty.mkdir(parents=True)
+    out = tmp_path / "out" / "report.md"
+    assert main(["report", *map(str, fake_runs), str(empty), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "run-789: left out: a federated run folder with nothing in it" in md
+    assert "| mmvm | 1 | 3 (seeds 0, 1, 2) |" in md
+
+
 def test_an_unfinished_federated_run_is_left_out_with_a_note(tmp_path, fake_runs, capsys):
     """`mmvm report runs/*` over a federated run that failed or was stopped (its
     folder holds the server's state, no results) reports the others and says why that

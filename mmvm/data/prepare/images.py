@@ -76,7 +76,7 @@ def to_8bit(img, path: str | os.PathLike, white: float | None = None):
         raise DataError(f"{path}: a {img.mode} image whose brightest pixel is {peak:g}, "
                         f"below {LOW_BITS} of {top}: 12-bit data in a 16-bit file? Give "
                         f"the value that is white (--white-level 4095 for 12 bits, 255 "
-                        f"for 8-bit data in a 16-bit file)")
+                        f"for 8-bit data in a 16-bit file; load_image's white=)")
     if not np.isfinite(peak) or peak > top or arr.min() < 0:
         raise DataError(f"{path}: pixel values {arr.min():g}..{peak:g} outside 0..{top:g} "
                         f"(the white level)")
