@@ -171,9 +171,11 @@ def imputation_warnings(result: Mapping[str, Any], explode: float = 10.0) -> lis
                        f"than one constant output ({floor[m]:.1f}): their latents tell "
                        f"{m}'s decoder nothing it can use about the sample (they share "
                        f"only a label, or training was short)")
+    rest = imp.get("rest") or {}
     wild = [f"{pair} {nll:,.0f}" for pair, nll in (imp.get("pairs") or {}).items()
-            if (t := pair.split("->", 1)[1]) in floor
-            and nll > explode * abs(floor[t])]
+            if (t := pair.split("->", 1)[1]) in floor  # above the constant by more than
+            and nll - floor[t] > (explode - 1) * max(  # (explode - 1) of a scale that
+                abs(floor[t]), abs(rest.get(t, 0.0)), 1.0)]  # a near-0 NLL cannot shrink
     if wild:
         out.append(f"imputation runs off for {'; '.join(wild[:4])}"
                    f"{' ...' * (len(wild) > 4)} (over {explode:g} times the constant's "

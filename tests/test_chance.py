@@ -224,3 +224,7 @@ def test_an_imputation_worse_than_a_constant_or_running_off_is_warned_of():
     wild = [w for w in said if w.startswith("imputation runs off")]
     assert wild == [w for w in wild if "b->c 7,566,420,298" in w and "a->c" not in w]
     assert len(wild) == 1
+    # a constant near 0 (a Gaussian on standardized values) is no scale for "runs off"
+    small = {"reconstruction": {"baseline": {"a": 0.8}},
+             "imputation": {"rest": {"a": 0.5}, "pairs": {"b->a": 9.0}}}
+    assert not [w for w in evaluation_warnings(small) if w.startswith("imputation runs")]

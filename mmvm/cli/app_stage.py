@@ -191,6 +191,10 @@ def check_flower_home(app: Path, files: list[str]) -> None:
         rel = home.resolve().relative_to(app).as_posix()
     except ValueError:
         return
+    if rel == ".":
+        raise ConfigError(f"FLWR_HOME={home} is the app folder {app}: flwr would pack "
+                          f"Flower's own files into every run's bundle; set FLWR_HOME "
+                          f"outside {app}")
     inside = [f for f in files if f == rel or f.startswith(rel + "/")]
     if inside:
         raise ConfigError(f"FLWR_HOME={home} is inside the app folder {app}: flwr would "

@@ -118,11 +118,12 @@ def label_coverage(paths: dict) -> list[str]:
         unknown = int((y < 0).sum())
         if unknown == len(y):
             lines.append(f"warning: {col}: every one of the {len(y):,} samples is unknown "
-                         f"(its cells are empty): nothing here to probe or judge with it; "
-                         f"leave it out, or prepare it from the table that holds it")
+                         f"(empty, -1, or not listed by the labels' table: do its ids "
+                         f"match?): nothing here to probe or judge with it; leave it out, "
+                         f"or prepare it from the input that holds it")
         elif unknown:
-            lines.append(f"note: {col}: {unknown:,} of {len(y):,} samples unknown (empty "
-                         f"cells): the probes and judges leave them out")
+            lines.append(f"note: {col}: {unknown:,} of {len(y):,} samples unknown: the "
+                         f"probes and judges leave them out")
     return lines
 
 

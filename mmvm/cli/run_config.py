@@ -219,7 +219,8 @@ def _check_keys_dir(s) -> None:
     if missing or not (keys / "public_keys.json").is_file():
         there = sorted(p.name for p in (keys / "sites").glob("*") if p.is_dir())
         hint = f"`{make}`"
-        if keys.is_dir() and any(keys.iterdir()):  # a deployment's keys: not to replace
+        if (keys / "public_keys.json").is_file() or any(  # keys there: not to replace
+                keys.glob("sites/*/site_keys.json")):
             hint = (f"`python -m deploy.make_keys --out {keys}-simulation --sites "
                     f"{','.join(names)}` and keys-dir='{keys}-simulation' (make_keys "
                     f"will not write over {keys}, nor should it: it may hold real "

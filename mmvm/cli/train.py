@@ -209,17 +209,24 @@ def joined_line(data, files: int) -> str:
     line = (f"joined {files} files by sample id: {c['samples']:,} samples ({per}); "
             f"{c['multimodal']:,} have two or more modalities, {c['complete']:,} all")
     if len(c["per_modality"]) > 1 and not c["multimodal"]:
+        examples = unmatched_ids(data.sample_ids, data.mask.numpy(), data.names,
+                                 list(c["per_modality"])[:1])
         return line + ("\nwarning: the files share no sample id: no sample has two "
                        "modalities, so each one's mixture prior is its own posterior and "
                        "this trains independent unimodal VAEs (a federated run refuses "
-                       "such sites). Check that the files name samples alike")
+                       "such sites). Check that the files name samples alike"
+                       + (f"; e.g. {examples}" if examples else ""))
     alone = uncoupled_warning(c["per_modality"], c["coupled"])
     note = weak_coupling_note(c["per_modality"], c["coupled"])
-    if note:
-        weak = [m for m, n in c["per_modality"].items() if n and c["coupled"].get(m, 0)
-                < OVERLAP_NOTE * n]
-        examples = unmatched_ids(data.sample_ids, data.mask.numpy(), data.names, weak)
-        note += f"; e.g. {examples}" if examples else ""
+    weak = [m for m, n in c["per_modality"].items() if n and c["coupled"].get(m, 0)
+            < OVERLAP_NOTE * n]  # the uncoupled ones (warned of) among them
+    examples = unmatched_ids(data.sample_ids, data.mask.numpy(), data.names, weak) \
+        if alone or note else None
+    if examples:
+        if note:
+            note += f"; e.g. {examples}"
+        else:
+            alone += f"; e.g. {examples}"
     return line + (f"\nwarning: {alone}" if alone else "") + (f"\nnote: {note}" if note
                                                               else "")
 

@@ -74,9 +74,9 @@ def _group_picture(group: Group, kind: str, drawer: Drawer | None) -> tuple[Bloc
         return None, "results rows only (no run folder)"
     if drawer is None:
         if kind == "generations" and not reasons and all(map(_vectors_only, group.runs)):
-            return None, ("its modalities are vectors, which mmvm evaluate pictures by "
-                          "their latents, not as generations (--generate draws them as "
-                          "grey rows anyway)")
+            return None, ("its modalities are no images (vectors, tokens), which mmvm "
+                          "evaluate pictures by their latents, not as generations "
+                          "(--generate draws them anyway)")
         found = "; ".join(reasons) or f"no {kind}.png in its run folders"
         return None, f"{found} (--generate draws one)"
     for run in (r for r in group.runs if r.checkpoint):
@@ -91,10 +91,11 @@ def _group_picture(group: Group, kind: str, drawer: Drawer | None) -> tuple[Bloc
 
 
 def _vectors_only(run: Run) -> bool:
-    """Whether the run's config names modalities, every one of kind vector."""
+    """Whether the run's config names modalities, none of them an image (vectors,
+    tokens): mmvm evaluate draws generations.png only for images."""
     kinds = [v for k, v in run.settings.items()
              if k.startswith("model.modalities.") and k.endswith(".kind")]
-    return bool(kinds) and all(v == "vector" for v in kinds)
+    return bool(kinds) and all(v != "image" for v in kinds)
 
 
 def picture_section(title: str, kind: str, groups: Sequence[Group],

@@ -229,6 +229,10 @@ def test_a_flower_home_inside_the_app_is_refused_before_it_is_packed(tmp_path,
     (app / ".gitignore").write_text((app / ".gitignore").read_text() + "/flwrhome/\n")
     with staged_app(app) as stage:
         assert not (stage / "flwrhome").exists()
+    monkeypatch.setenv("FLWR_HOME", str(app))  # the app folder itself
+    with pytest.raises(ConfigError, match=r"FLWR_HOME=.* is the app folder"):
+        with staged_app(app):
+            pass
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "elsewhere"))
     with staged_app(app) as stage:
         assert stage.is_dir()

@@ -55,6 +55,15 @@ def test_ids_one_site_zero_padded_are_shown_with_their_match(tmp_path, capsys):
     assert "note: not every sample is held with another modality (a " in out
     assert "differ only in leading zeros, case or spaces" in out
     assert "'t1' and 't001'" in out or "'t0' and 't000'" in out, out
+    _sites(tmp_path / "all", b_ids=True, b_padded=True)  # every id padded: no join
+    (tmp_path / "all" / "padded.txt").write_text("\n".join(f"t{i:03d}" for i in range(80)))
+    from mmvm.data.prepare.arrays import prepare_arrays as prepare
+    prepare(tmp_path / "all" / "sites" / "site-b", {"b": tmp_path / "all" / "b.npy"},
+            ids=tmp_path / "all" / "padded.txt", force=True)
+    assert _train(tmp_path / "all", '["site-a", "site-b"]') == 0
+    out = capsys.readouterr().out
+    assert "warning: the files share no sample id" in out
+    assert "differ only in leading zeros, case or spaces" in out
 
 
 def test_a_folder_of_site_folders_suggests_data_folders(tmp_path, capsys):

@@ -278,4 +278,4 @@ def test_runs_of_vector_modalities_are_not_asked_for_generation_grids(tmp_path):
     (run / "config.json").write_text(json.dumps({"model": {"method": "mmvm", "modalities": {
         m: {"kind": "vector", "shape": [30]} for m in NAMES}}}))
     text, _ = write_report(tmp_path, run)
-    assert "its modalities are vectors, which mmvm evaluate pictures by their latents" in text
+    assert "its modalities are no images (vectors, tokens), which mmvm evaluate" in text
