@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--n-train", type=int, default=0, help="training rows (0 = all)")
+    p.add_argument("--imputation-draws", type=int, default=1,
+                   help="score imputation by the predictive log-likelihood over this "
+                   "many draws (1: the expected score of one draw)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quick", action="store_true",
                    help="smoke size: 1 epoch on 500 digits, one seed")
@@ -196,7 +199,8 @@ def main(argv=None) -> int:
             cfg = run_config(args, method, seed, run_dir)
             trained = train(cfg, train_set, show_progress=sys.stdout.isatty())
             seconds = sum(h["seconds"] for h in trained.history)
-            res = evaluate_run(cfg, trained.model, train_set, test_set)
+            res = evaluate_run(cfg, trained.model, train_set, test_set,
+                               imputation_draws=args.imputation_draws)
             atomic_write(run_dir / "eval.json", json.dumps(res, indent=2).encode())
             row = row_of(method, seed, res, seconds)
             results.append(res)

@@ -296,7 +296,8 @@ def reconstruction_nll(model: MultimodalVAE, dataset, method: str, batch_size: i
 
 # ------------------------------------------------------------------ everything
 def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
-                 classifiers: Mapping | None = None) -> dict[str, Any]:
+                 classifiers: Mapping | None = None,
+                 imputation_draws: int = 1) -> dict[str, Any]:
     """Probe, coherence (when ``classifiers`` are given) and reconstruction of one run.
 
     ``cfg`` is the run's :class:`~mmvm.config.ExperimentConfig` (method, beta, eval
@@ -306,7 +307,9 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     With ``cfg.eval.labels`` the probes are :func:`~mmvm.probes.label_scores` over
     those columns, read from ``cfg.data``'s files by sample id; ``result["probe"]``
     then holds each modality's mean ``cfg.eval.metric`` and ``result["probe_labels"]``
-    the per-label scores; without labels it is empty. JSON types only (NaN aside)."""
+    the per-label scores; without labels it is empty. ``imputation_draws`` > 1: the
+    imputation's predictive reading (:func:`~mmvm.imputation.imputation_nll`). JSON
+    types only (NaN aside)."""
     names, bs = model.names, cfg.eval.batch_size
     method = cfg.model.method
     probe_set = train_set
@@ -345,7 +348,8 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         "n_probe_train": len(probe_set), "n_test": len(test_set), "probe": probe,
         "reconstruction": {**reconstruction_nll(model, test_set, method, bs, seed=cfg.train.seed),
                            "baseline": baseline_nll(model, probe_set, test_set, bs)},
-        "imputation": imputation_nll(model, test_set, method, bs, seed=cfg.train.seed),
+        "imputation": imputation_nll(model, test_set, method, bs, seed=cfg.train.seed,
+                                     draws=imputation_draws),
         "probe_metric": cfg.eval.metric, "probe_standardized": cfg.eval.probe_standardize,
         "coherence_sampled": cfg.eval.coherence_sample, **extra,
     }

@@ -106,7 +106,7 @@ def imputed_mean(model: MultimodalVAE, method: str, name: str, mu: Tensor,
 
 @torch.no_grad()
 def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int = 256,
-                   seed: int = 0, sample: bool = True) -> dict[str, Any]:
+                   seed: int = 0, sample: bool = True, draws: int = 1) -> dict[str, Any]:
     """Mean weighted test NLL of each modality imputed from the others.
 
     Returns ``{"rest": {t: NLL of t from all others}, "pairs": {"s->t": NLL of t
@@ -117,7 +117,14 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
     their modalities, as the reconstruction's total is}``. A sample counts for t when
     it holds t and another modality. Empty dicts where no sample holds two.
     ``sample``: one seeded draw of the latents per imputation, as the reconstruction
-    decodes (False: their means)."""
+    decodes (False: their means). ``draws`` > 1: the predictive log-likelihood
+    instead, -w_t log (1/S) sum_s p(x_t | z_s) over S draws of each method's
+    distribution given the rest (a mixture's: a component drawn at random, then z
+    from it), the same S for every method; it rises towards log p(x_t | rest) as S
+    grows, and credits a mixture whose components cover the truth between them."""
+    if draws < 1 or (draws > 1 and not sample):
+        raise ValueError(f"draws = {draws}: one or more, and more than one only with "
+                         f"sample = True")
     device = next(model.parameters()).device
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -133,8 +140,10 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
         x = {k: v.to(device) for k, v in b["x"].items()}
         mask = b["mask"].to(device)
         mu, lv = model.encode(x, mask)
-        eps = torch.randn(mask.shape[0], M, D, generator=gen).to(device) if sample \
-            else None
+        eps = None if not sample else torch.randn(
+            mask.shape[0], M, D, generator=gen).to(device) if draws == 1 else (
+            torch.randn(mask.shape[0], draws, M, D, generator=gen).to(device),
+            torch.rand(mask.shape[0], draws, generator=gen).to(device))
         samples += int((mask.sum(1) > 1).sum())
         for t, name in enumerate(names):
             holds = mask[:, t] & (mask.sum(1) > 1)
@@ -162,17 +171,47 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
         for t in range(2):
             pair_sum[1 - t, t], pair_n[1 - t, t] = rest_sum[t], rest_n[t]
     return {**_summary(names, pair_sum, pair_n, rest_sum, rest_n, samples),
-            "scoring": SCORING if sample else f"{SCORING}; the means, not draws"}
+            "scoring": scoring(sample, draws)}
 
 
-def _rows(eps: Tensor | None, rows: Tensor) -> Tensor | None:
-    return None if eps is None else eps[rows]
+def scoring(sample: bool = True, draws: int = 1) -> str:
+    """What eval.json's ``imputation.scoring`` says for these settings."""
+    if not sample:
+        return f"{SCORING}; the means, not draws"
+    return SCORING if draws == 1 else f"{SCORING}; predictive over {draws} draws"
+
+
+def _rows(eps, rows: Tensor):
+    if eps is None:
+        return None
+    return eps[rows] if isinstance(eps, Tensor) else tuple(e[rows] for e in eps)
 
 
 def _nll(model: MultimodalVAE, method: str, name: str, x_t: Tensor, mu: Tensor,
-         lv: Tensor, sources: Tensor, eps: Tensor | None, weight: float) -> Tensor:
+         lv: Tensor, sources: Tensor, eps, weight: float) -> Tensor:
+    if isinstance(eps, tuple):  # (noise [B, S, M, D], component picks [B, S])
+        return -weight * _predictive_ll(model, method, name, x_t, mu, lv, sources, *eps)
     z = imputing_latents(method, mu, lv, sources, eps, model.private_dim)
     return -weight * imputation_ll(model, name, x_t, z, sources)
+
+
+def _predictive_ll(model: MultimodalVAE, method: str, name: str, x_t: Tensor,
+                   mu: Tensor, lv: Tensor, sources: Tensor, eps: Tensor,
+                   u: Tensor) -> Tensor:
+    """log (1/S) sum_s p(x_t | z_s) [B]: z_s from the method's distribution given
+    ``sources``, a mixture's component chosen by ``u`` (uniform in [0, 1): the
+    floor(u K)-th present source)."""
+    rows = torch.arange(x_t.shape[0], device=x_t.device)
+    count = sources.sum(1)
+    lls = []
+    for s in range(eps.shape[1]):
+        z = imputing_latents(method, mu, lv, sources, eps[:, s], model.private_dim)
+        if z.shape[1] > 1:
+            j = (u[:, s] * count).long().clamp(max=count - 1)  # the j-th present one
+            k = (sources.long().cumsum(1) <= j.unsqueeze(1)).sum(1)
+            z = z[rows, k].unsqueeze(1)
+        lls.append(model.log_likelihood(name, x_t, model.decode(name, z[:, 0])).float())
+    return torch.logsumexp(torch.stack(lls), 0) - math.log(len(lls))
 
 
 def _summary(names: list[str], pair_sum: Tensor, pair_n: Tensor, rest_sum: Tensor,

@@ -43,6 +43,8 @@ def test_a_modality_the_others_describe_exactly_is_imputed_at_the_likelihoods_fl
     assert set(got["pairs"]) == {f"{s}->{t}" for s in NAMES for t in NAMES if s != t}
     assert all(v == pytest.approx(NORM, rel=1e-4) for v in got["pairs"].values())
     assert all(math.isnan(got["matrix"][i][i]) for i in range(3))
+    several = imputation_nll(_method_model(method), onehot_dataset(40), method, draws=3)
+    assert all(v == pytest.approx(NORM, rel=1e-4) for v in several["pairs"].values())
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -174,3 +176,34 @@ def test_a_mixture_of_equal_components_scores_as_their_joint_draw_for_draw():
         assert got["avg"][t] - NORM == pytest.approx(0.6875, abs=0.04)
         assert got["mmvm"][t] - NORM == pytest.approx(0.6875, abs=0.04)
         assert got["poe"][t] - NORM == pytest.approx(0.6875 / 2, abs=0.03)
+
+
+def test_the_predictive_reading_credits_a_mixture_that_covers_the_truth():
+    """S draws, log of the mean of p(x_t | z_s): MMVM's mixture of a right (m1) and a
+    wrong (m2) component reads -log((1 + e^-1) / 2) over the floor as S grows, not
+    the one-draw 0.5; a near-point PoE reads as with one draw."""
+    data = _shifted(0, 5, n=400)
+    mmvm = imputation_nll(_method_model("mmvm"), data, "mmvm", draws=64)
+    assert mmvm["rest"]["m0"] - NORM == pytest.approx(-math.log((1 + math.exp(-1)) / 2),
+                                                      abs=0.03)
+    assert "predictive over 64 draws" in mmvm["scoring"]
+    one = imputation_nll(_method_model("poe"), data, "poe")["rest"]["m0"]
+    assert imputation_nll(_method_model("poe"), data, "poe", draws=8)["rest"]["m0"] == \
+        pytest.approx(one, rel=1e-6)
+    with pytest.raises(ValueError, match="more than one only with sample = True"):
+        imputation_nll(_method_model("poe"), data, "poe", sample=False, draws=4)
+
+
+def test_the_predictive_reading_of_equal_components_is_the_joint_draws():
+    """Every modality says the same with variance 1/4: with S draws each, AVG's joint
+    and MMVM's mixture are one distribution and read alike."""
+    got = {}
+    for method in ("avg", "mmvm"):
+        model = _method_model(method)
+        with torch.no_grad():
+            for m in NAMES:
+                model.encoders[m].logvar.bias.fill_(math.log(0.25))
+        got[method] = imputation_nll(model, onehot_dataset(2000), method, batch_size=500,
+                                     seed=2, draws=4)["rest"]
+    for t in NAMES:
+        assert got["avg"][t] == pytest.approx(got["mmvm"][t], abs=0.04)

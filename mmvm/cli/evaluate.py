@@ -44,11 +44,22 @@ def register(subparsers) -> None:
                    help="auto | cpu | cuda | cuda:<n> | mps (default: auto)")
     p.add_argument("--no-coherence", action="store_true",
                    help="skip coherence (no classifiers are trained or loaded)")
+    p.add_argument("--imputation-draws", type=_positive, default=1, metavar="S",
+                   help="score imputation by its predictive log-likelihood over S draws "
+                        "of each method's latent given the rest (default 1: the expected "
+                        "score of one draw, as the reconstruction's)")
     p.add_argument("--no-plot", action="store_true",
                    help="do not write generations.png (image data) or latents.png")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar while the coherence classifiers train")
     p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: one or more")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         classifiers = classifiers_for(cfg, device, log=print,
                                       progress=False if args.no_progress else None)
     with finite_latents(model, source):  # a diverged model: named, not sklearn's NaN
-        result = evaluate_run(cfg, model, train_set, test_set, classifiers)
+        result = evaluate_run(cfg, model, train_set, test_set, classifiers,
+                              imputation_draws=args.imputation_draws)
     result["run"] = str(run_dir)
     result["epoch"] = state.get("epoch")
     result["settings"] = evaluated_with(cfg, train_set, test_set)

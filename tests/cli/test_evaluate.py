@@ -339,6 +339,28 @@ def test_a_set_of_the_model_is_noted_as_ignored(trained, tmp_path, capsys):
     assert result["n_test"] == 40 and result["beta"] == 1.0
 
 
+def test_imputation_draws_give_the_predictive_reading_and_are_recorded(trained, tmp_path,
+                                                                      capsys):
+    import json
+
+    from mmvm.cli import main
+
+    run = run_copy(trained, tmp_path)
+    args = ["evaluate", "--run", str(run), "--device", "cpu", "--no-coherence", "--no-plot"]
+    assert main(args) == 0
+    one = json.loads((run / "eval.json").read_text())["imputation"]
+    assert main([*args, "--imputation-draws", "8"]) == 0
+    several = json.loads((run / "eval.json").read_text())["imputation"]
+    assert "predictive over 8 draws" in several["scoring"]
+    assert "predictive" not in one["scoring"]
+    # log of a mean of likelihoods is at least the mean of their logs, on average
+    assert several["total"] < one["total"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # argparse's usage error
+        main([*args, "--imputation-draws", "0"])
+    assert info.value.code == 2 and "0: one or more" in capsys.readouterr().err
+
+
 def test_train_out_dir_is_not_ignored_when_it_picks_the_run():
     from mmvm.cli.evaluate import ignored_overrides
 
