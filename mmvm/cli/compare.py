@@ -47,6 +47,9 @@ def register(subparsers) -> None:
                    "summary (default: runs/compare)")
     p.add_argument("--no-coherence", action="store_true",
                    help="evaluate without coherence (no judge classifiers)")
+    p.add_argument("--imputation-draws", type=int, default=1, metavar="S",
+                   help="imputation by its predictive log-likelihood over S draws "
+                        "(mmvm evaluate's option; default 1: one draw's expected score)")
     p.set_defaults(func=run)
 
 
@@ -68,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         flags = [a for s in _sets(args.overrides, base, method, seed, run_dir)
                  for a in ("--set", s)]
         code = main(["train", "--config", args.config, *flags, "--no-progress"])
-        if not code and _stale(run_dir, base, not args.no_coherence):
+        if not code and _stale(run_dir, base, not args.no_coherence,
+                               args.imputation_draws):
             code = main(["evaluate", "--run", str(run_dir), "--config", args.config,
-                         *evaluating, "--no-progress"]
+                         *evaluating, "--no-progress",
+                         "--imputation-draws", str(args.imputation_draws)]
                         + ["--no-coherence"] * args.no_coherence)
         if code:  # said on stderr; the others still run and are summed up
             failed.append(f"{method} seed {seed}: " + ("interrupted" if code == 130
@@ -96,15 +101,15 @@ def _sets(overrides: list[str], base, method: str, seed: int, run_dir: Path) -> 
             f"train.out_dir={json.dumps(str(run_dir))}", f"model.private_dim={private}"]
 
 
-def _stale(run_dir: Path, base, coherence: bool) -> bool:
+def _stale(run_dir: Path, base, coherence: bool, draws: int = 1) -> bool:
     """No evaluation of the run's last checkpoint with these eval settings and data
     keys yet (an eval.json of another test file or ``max_test`` would be averaged
-    with the others), one whose imputation was scored otherwise, or one without the
-    coherence now asked for."""
+    with the others), one whose imputation was scored otherwise (``draws``: the
+    predictive reading's), or one without the coherence now asked for."""
     import dataclasses
 
     from mmvm.eval_settings import EVAL_DATA_KEYS
-    from mmvm.imputation import SCORING
+    from mmvm.imputation import scoring
 
     ev, ckpt = run_dir / "eval.json", run_dir / "checkpoint.pt"
     if not ev.is_file() or ev.stat().st_mtime < ckpt.stat().st_mtime:
@@ -115,7 +120,8 @@ def _stale(run_dir: Path, base, coherence: bool) -> bool:
                                     "data": {k: data[k] for k in EVAL_DATA_KEYS}}))
     settings = result.get("settings", {})
     scored = (result.get("imputation") or {}).get("scoring")
-    return any(settings.get(k) != v for k, v in wanted.items()) or scored != SCORING or \
+    return any(settings.get(k) != v for k, v in wanted.items()) or \
+        scored != scoring(True, draws) or \
         (coherence and "coherence" not in result and "chance" in result)  # labelled
 
 
@@ -159,11 +165,13 @@ def write_summary(runs: list[tuple[str, int, dict]], out: Path,
                  + (f" (n={r[k + '_n']})" if 0 < r[k + "_n"] < r["seeds"] else "")
                  for k in COLUMNS]
         lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    scored = next(((r.get("imputation") or {}).get("scoring") for _, _, r in runs
+                   if (r.get("imputation") or {}).get("scoring")), None)
     notes = [f"Mean ± standard error over seeds; chance (the commonest test label's "
              f"share) {chance:.3f}." if chance is not None else "Mean ± standard error "
              "over seeds.", "NLLs per sample, summed over the modalities (imputed: each "
-             "one decoded from the others): lower is better; probes and coherence: "
-             "higher."]
+             "one decoded from the others" + (f"; {scored}" if scored else "") +
+             "): lower is better; probes and coherence: higher."]
     warned = [f"- {line}" for line in failed] + \
         [f"- {r['method']}, {_short(w)}" for r in rows for w in r["warnings"]]
     md = "\n".join(lines + [""] + notes + (["", "Warnings:"] + warned if warned else []))

@@ -47,6 +47,10 @@ def test_compare_trains_each_method_and_seed_and_sums_them_up(tiny_polymnist, tm
     assert json.loads((one / "eval.json").read_text())["settings"]["data"]["max_test"] == 40
     assert main(argv) == 0
     assert json.loads((one / "eval.json").read_text())["settings"]["data"]["max_test"] == 0
+    assert main([*argv, "--imputation-draws", "4"]) == 0  # the predictive reading: redone
+    for p in out.glob("*/eval.json"):
+        assert "predictive over 4 draws" in json.loads(p.read_text())["imputation"]["scoring"]
+    assert "predictive over 4 draws" in (out / "summary.md").read_text()
 
 
 def test_a_failed_run_is_named_and_the_others_summed_up(tiny_polymnist, tmp_path, capsys):
