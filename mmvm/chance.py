@@ -165,13 +165,13 @@ def imputation_warnings(result: Mapping[str, Any], explode: float = 10.0) -> lis
     out = []
     imp = result.get("imputation") or {}
     floor = (result.get("reconstruction") or {}).get("baseline") or {}
-    for m, nll in (imp.get("rest") or {}).items():
+    rest = imp.get("rest") or {}
+    for m, nll in rest.items():
         if m in floor and nll > floor[m]:  # False for NaN
             out.append(f"{m} imputed from the other modalities scores {nll:.1f}, worse "
                        f"than one constant output ({floor[m]:.1f}): their latents tell "
                        f"{m}'s decoder nothing it can use about the sample (they share "
                        f"only a label, or training was short)")
-    rest = imp.get("rest") or {}
     wild = [f"{pair} {nll:,.0f}" for pair, nll in (imp.get("pairs") or {}).items()
             if (t := pair.split("->", 1)[1]) in floor  # above the constant by more than
             and nll - floor[t] > (explode - 1) * max(  # (explode - 1) of a scale that

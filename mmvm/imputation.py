@@ -140,10 +140,12 @@ def imputation_nll(model: MultimodalVAE, dataset, method: str, batch_size: int =
         x = {k: v.to(device) for k, v in b["x"].items()}
         mask = b["mask"].to(device)
         mu, lv = model.encode(x, mask)
-        eps = None if not sample else torch.randn(
-            mask.shape[0], M, D, generator=gen).to(device) if draws == 1 else (
-            torch.randn(mask.shape[0], draws, M, D, generator=gen).to(device),
-            torch.rand(mask.shape[0], draws, generator=gen).to(device))
+        eps = None  # the means
+        if sample and draws == 1:  # one draw per component
+            eps = torch.randn(mask.shape[0], M, D, generator=gen).to(device)
+        elif sample:  # (noise, component picks) of each of the draws
+            eps = (torch.randn(mask.shape[0], draws, M, D, generator=gen).to(device),
+                   torch.rand(mask.shape[0], draws, generator=gen).to(device))
         samples += int((mask.sum(1) > 1).sum())
         for t, name in enumerate(names):
             holds = mask[:, t] & (mask.sum(1) > 1)

@@ -197,19 +197,20 @@ def joined_line(data, files: int) -> str:
     """What joining site files by sample id gave: samples per modality and how many
     couple them (ids that do not match across the files show here)."""
     from mmvm.data.coupling import (
-        OVERLAP_NOTE,
         coupling_counts,
         uncoupled_warning,
         unmatched_ids,
         weak_coupling_note,
+        weakly_coupled,
     )
 
-    c = coupling_counts(data.mask.numpy(), data.names)
+    mask = data.mask.numpy()
+    c = coupling_counts(mask, data.names)
     per = ", ".join(f"{m} {n:,}" for m, n in c["per_modality"].items())
     line = (f"joined {files} files by sample id: {c['samples']:,} samples ({per}); "
             f"{c['multimodal']:,} have two or more modalities, {c['complete']:,} all")
     if len(c["per_modality"]) > 1 and not c["multimodal"]:
-        examples = unmatched_ids(data.sample_ids, data.mask.numpy(), data.names,
+        examples = unmatched_ids(data.sample_ids, mask, data.names,
                                  list(c["per_modality"])[:1])
         return line + ("\nwarning: the files share no sample id: no sample has two "
                        "modalities, so each one's mixture prior is its own posterior and "
@@ -218,10 +219,8 @@ def joined_line(data, files: int) -> str:
                        + (f"; e.g. {examples}" if examples else ""))
     alone = uncoupled_warning(c["per_modality"], c["coupled"])
     note = weak_coupling_note(c["per_modality"], c["coupled"])
-    weak = [m for m, n in c["per_modality"].items() if n and c["coupled"].get(m, 0)
-            < OVERLAP_NOTE * n]  # the uncoupled ones (warned of) among them
-    examples = unmatched_ids(data.sample_ids, data.mask.numpy(), data.names, weak) \
-        if alone or note else None
+    examples = unmatched_ids(data.sample_ids, mask, data.names, weakly_coupled(
+        c["per_modality"], c["coupled"])) if alone or note else None
     if examples:
         if note:
             note += f"; e.g. {examples}"

@@ -30,6 +30,14 @@ def coupling_counts(mask: np.ndarray, names: Sequence[str]) -> dict:
             "multimodal": int((held >= 2).sum()), "complete": int((held == len(names)).sum())}
 
 
+def weakly_coupled(per_modality: Mapping[str, int], coupled: Mapping[str, int]
+                   ) -> list[str]:
+    """Modalities of which fewer than :data:`OVERLAP_NOTE` of the samples are held
+    with another modality (those held with none among them)."""
+    return [m for m, n in per_modality.items()
+            if n and coupled.get(m, 0) < OVERLAP_NOTE * n]
+
+
 def weak_coupling_note(per_modality: Mapping[str, int], coupled: Mapping[str, int] | None
                        ) -> str | None:
     """A note naming each modality of which fewer than :data:`OVERLAP_NOTE` of the
@@ -38,9 +46,9 @@ def weak_coupling_note(per_modality: Mapping[str, int], coupled: Mapping[str, in
     if coupled is None or len(per_modality) < 2:
         return None
     alone = set(uncoupled(per_modality, coupled))  # warned of on their own
-    weak = [f"{m} {coupled.get(m, 0)} of {n}, {coupled.get(m, 0) / n:.0%}"
-            for m, n in per_modality.items()
-            if n and coupled.get(m, 0) < OVERLAP_NOTE * n and m not in alone]
+    weak = [f"{m} {coupled.get(m, 0)} of {per_modality[m]}, "
+            f"{coupled.get(m, 0) / per_modality[m]:.0%}"
+            for m in weakly_coupled(per_modality, coupled) if m not in alone]
     if not weak:
         return None
     return (f"not every sample is held with another modality ({'; '.join(weak)}); if the "

@@ -73,7 +73,7 @@ def _group_picture(group: Group, kind: str, drawer: Drawer | None) -> tuple[Bloc
     if not any(r.folder for r in group.runs):
         return None, "results rows only (no run folder)"
     if drawer is None:
-        if kind == "generations" and not reasons and all(map(_vectors_only, group.runs)):
+        if kind == "generations" and not reasons and all(map(_no_images, group.runs)):
             return None, ("its modalities are no images (vectors, tokens), which mmvm "
                           "evaluate pictures by their latents, not as generations "
                           "(--generate draws them anyway)")
@@ -90,7 +90,7 @@ def _group_picture(group: Group, kind: str, drawer: Drawer | None) -> tuple[Bloc
     return None, "; ".join(reasons) or "no checkpoint.pt in its run folders"
 
 
-def _vectors_only(run: Run) -> bool:
+def _no_images(run: Run) -> bool:
     """Whether the run's config names modalities, none of them an image (vectors,
     tokens): mmvm evaluate draws generations.png only for images."""
     kinds = [v for k, v in run.settings.items()

@@ -1,0 +1,228 @@
+"""What a deployed site's node config decides at the site, whatever the run config
+says: its state folders and their lock, its device, the largest model and tables it
+holds, and the experiments it runs (a resume under another config, a config made to
+be inverted), each refused before anything is sent."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+
+from client import site_node
+from mmvm.federation.settings import app_run_config
+from mmvm.federation.site_errors import untagged
+
+
+@pytest.fixture
+def plain_site(tiny_polymnist, tmp_path):
+    """A plaintext deployment site's node config over real site files (it holds m0)."""
+    from mmvm.data.sites import site_layout, split_sites
+
+    layout = site_layout("vertical", ["m0", "m1", "m2"])
+    assert layout[0].name == "site-m0"
+    split_sites([tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet"],
+                tmp_path / "data", layout)
+    return {"data": str(tmp_path / "data" / "site-m0"), "state": str(tmp_path / "st")}
+
+
+def _describe(nc: dict, run_id: int = 7) -> RecordDict | str:
+    from mmvm.federation.messages import DescribeRequest
+    from wire.records import to_record
+
+    context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                      run_config=app_run_config())
+    return site_node.answer("describe", to_record(DescribeRequest()), context)
+
+
+def test_the_state_folders_a_site_makes_are_its_own(plain_site):
+    """The node config's state folder and the run's in it are made 0700 (its own
+    check warns of anything wider), not only the innermost one."""
+    from pathlib import Path
+
+    assert not isinstance(_describe(plain_site, run_id=70), str)
+    state = Path(plain_site["state"])
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / "run-70").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_resume_where_the_site_has_no_state_leaves_nothing_behind(plain_site):
+    """A resume sent to a state folder without the run (a wrong state-dir) is refused
+    naming it, and makes no run folder there (it left one with the site's lock file)."""
+    from pathlib import Path
+
+    from mmvm.federation.messages import ResumeRequest
+    from wire.records import to_record
+
+    context = Context(run_id=71, node_id=1, node_config=plain_site, state=RecordDict(),
+                      run_config=dict(app_run_config(), resume="70"))
+    said = site_node.answer("resume", to_record(ResumeRequest(run="70", window=3)), context)
+    assert isinstance(said, str) and "has no state of this run (its state-dir" in said
+    assert not (Path(plain_site["state"]) / "run-70").exists()
+
+
+def test_the_sites_device_is_its_node_configs(plain_site):
+    """A run config asking for CUDA at a CPU site: the site trains where its node
+    config says; without the key the run's device fails there."""
+    from mmvm.federation.messages import DescribeRequest
+    from wire.records import to_record
+
+    def describe(nc, run_id):
+        context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                          run_config=app_run_config(set="train.device=cuda"))
+        return site_node.answer("describe", to_record(DescribeRequest()), context)
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the run's device would work")
+    assert not isinstance(describe({**plain_site, "device": "cpu"}, 71), str)
+    with pytest.raises(ValueError, match="CUDA is not available"):  # Flower reports it
+        describe(plain_site, 72)
+
+
+def test_the_sites_max_params_refuses_the_runs_model_before_it_is_built(plain_site):
+    reply = untagged(_describe({**plain_site, "max-params": "1000"}))[1]
+    assert isinstance(reply, str) and reply.startswith("PolicyError: site site-m0: the "
+                                                       "run's model has ") \
+        and "allows 1,000 (max-params)" in reply, reply
+    assert not isinstance(_describe(plain_site, run_id=8), str)  # the default admits it
+
+
+def test_a_second_process_on_the_sites_state_is_refused_naming_no_path(plain_site,
+                                                                       monkeypatch):
+    """Two SuperNodes given one state folder: while one answers, the other waits, then
+    is refused; the reply names the lock, not the site's folders."""
+    import functools
+    import subprocess
+    from pathlib import Path
+
+    from mmvm.federation.state_lock import state_lock
+
+    lock = Path(plain_site["state"]) / "run-7" / "site-m0.lock"
+    lock.parent.mkdir(parents=True)
+    hold = ("import sys, time\nfrom mmvm.federation.state_lock import state_lock\n"
+            "with state_lock(sys.argv[1]):\n    print('held', flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(lock)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        monkeypatch.setattr(site_node, "state_lock", functools.partial(state_lock, wait=0.3))
+        reply = _describe(plain_site)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert reply.startswith("[site site-m0] StateBusyError: run-7/site-m0.lock: another "
+                            "process"), reply
+    assert plain_site["state"] not in reply
+    assert not isinstance(_describe(plain_site), str)  # the holder gone: answered
+
+
+def test_a_resume_that_brings_another_experiment_is_refused_before_it_trains(plain_site):
+    """A run attached under the app's config; a run resuming it whose `set` declares
+    200 modalities the site does not hold (its parameters, so its saved state, stay
+    the same, but every step pairs all of them) would train past the max-step-gib
+    checked at attach. Every message of the resumed run is refused; the same config
+    resumes."""
+    from mmvm.federation.messages import AttachRequest, DescribeRequest, WindowRequest
+    from wire.records import reply_from_record, to_record
+
+    nc = {**plain_site, "max-step-gib": "1"}
+
+    def send(req, rc, run_id):
+        site_node._NODES.clear()  # a fresh ClientApp process per message
+        context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                          run_config=rc)
+        out = site_node.answer(req.kind, to_record(req), context)
+        return out if isinstance(out, str) else reply_from_record(req.kind, out)
+
+    honest = app_run_config()
+    wide = ";".join(f'model.modalities.x{i}={{kind="vector",shape=[1]}}' for i in range(200))
+    d = send(DescribeRequest(), honest, 90)
+    plan = {"batch_size": 32, "seed": 0, "epochs": 1, "exchange": "step"}
+    assert not isinstance(send(AttachRequest(n=d.n, rows=list(range(d.n)), float16=False,
+                                             shared={}, peers={}, plan=plan), honest, 90), str)
+    said = send(WindowRequest(window=0), dict(app_run_config(set=wide), resume="90"), 91)
+    assert isinstance(said, str) and "this run began under another experiment config" \
+        in said, said
+    again = send(WindowRequest(window=0), dict(honest, resume="90"), 92)
+    assert not isinstance(again, str) and again.metrics["rows"] > 0
+
+
+def _wide_latent_site(plain_site: dict, latent: int, run_id: int):
+    """A site (max-step-gib 1) described in a run whose latent is ``latent`` wide over
+    1-unit MLPs; returns ``attach(plan, delta_tol)`` -> the site's reply."""
+    from mmvm.federation.messages import AttachRequest, DescribeRequest
+    from wire.records import reply_from_record, to_record
+
+    nc = {**plain_site, "max-step-gib": "1"}
+    mods = ";".join(f"model.modalities.{m}.kind=vector;model.modalities.{m}.network=mlp;"
+                    f"model.modalities.{m}.width=1;model.modalities.{m}.layers=1"
+                    for m in ("m0", "m1", "m2"))
+    context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                      run_config=app_run_config(set=f"model.latent_dim={latent};{mods}"))
+    site_node._NODES.clear()
+    d = reply_from_record("describe", site_node.answer(
+        "describe", to_record(DescribeRequest()), context))
+
+    def attach(plan: dict, delta_tol: float = -1.0):
+        return site_node.answer("attach", to_record(AttachRequest(
+            n=d.n, rows=list(range(d.n)), float16=False, shared={}, peers={}, plan=plan,
+            delta_tol=delta_tol)), context)
+    return attach
+
+
+@pytest.mark.parametrize("exchange, what", [
+    ("round", "a window's posteriors (192 rows x 3 modalities)"),
+    ("step", "the final evaluation's latents"),
+])
+def test_a_latent_that_would_fill_memory_in_tables_is_refused_at_attach(plain_site,
+                                                                         exchange, what):
+    """A run config with a 600,000-dimensional latent over 1-unit MLPs passes
+    max-params and a batch-of-one step, but a round window's posteriors (rows x
+    latent) or the evaluation's latents of every row would need GiBs: refused at
+    attach, before anything is encoded, naming what and the limit."""
+    attach = _wide_latent_site(plain_site, 600_000, 93)
+    said = attach({"batch_size": 1 if exchange == "round" else 4, "seed": 0,
+                   "epochs": 1, "exchange": exchange})
+    assert isinstance(said, str) and \
+        untagged(said)[1].startswith(f"PolicyError: site site-m0: {what}")
+    assert said.endswith("its node config allows 1 GiB (max-step-gib)")
+
+
+def test_event_triggered_exchange_counts_every_row_the_caches_keep(plain_site):
+    """With delta-tol the site keeps every row it received or sent, for every
+    modality: a batch-of-one plan's window tables are small, the caches are not."""
+    attach = _wide_latent_site(plain_site, 300_000, 94)
+    plan = {"batch_size": 1, "seed": 0, "epochs": 1, "exchange": "step"}
+    said = attach(plan, 0.05)
+    assert isinstance(said, str) and "a window's posteriors (192 rows x 3 " in said
+    assert not isinstance(attach(plan), str)  # without it: one row per window
+
+
+def test_a_site_that_pins_its_experiment_refuses_a_config_made_to_be_inverted(plain_site):
+    """The review's attack (2026-12-05): a run config whose `set` makes m0's encoder an
+    injective MLP as wide as the image, with a learning rate of ~0, would send the
+    site's images as their posteriors. With `experiment` in its node config the site
+    answers the app's config and refuses that one at describe, before anything is
+    read or sent."""
+    from mmvm.config import config_digest
+    from mmvm.federation.settings import load_settings
+
+    digest = config_digest(load_settings(app_run_config(), app_only=True).experiment)
+    pinned = {**plain_site, "experiment": digest}
+    assert not isinstance(_describe(pinned, run_id=11), str)
+    invert = ("model.latent_dim=4704;model.modalities.m0.kind=\"vector\";"
+              "model.modalities.m0.network=\"mlp\";model.modalities.m0.width=4704;"
+              "model.modalities.m0.layers=1;train.lr=1e-30")
+    from mmvm.federation.messages import DescribeRequest
+    from wire.records import to_record
+
+    site_node._NODES.clear()
+    context = Context(run_id=12, node_id=1, node_config=pinned, state=RecordDict(),
+                      run_config=app_run_config(set=invert))
+    reply = untagged(site_node.answer("describe", to_record(DescribeRequest()), context))[1]
+    assert isinstance(reply, str) and reply.startswith(
+        "PolicyError: site site-m0: the run's experiment config (digest ") \
+        and f"(experiment={digest[:16]}...)" in reply and "Nothing was sent" in reply, reply
