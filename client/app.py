@@ -86,6 +86,11 @@ def resume(msg: Message, context: Context) -> Message:
     return _answer(msg, context, "resume")
 
 
+@app.query("heldout")
+def held_out(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, "heldout")
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     return _answer(msg, context, "evaluate")

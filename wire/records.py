@@ -29,7 +29,8 @@ BODY = "body"
 FLOWER_TYPES = {"describe": "query.describe", "align": "train.align",
                 "attach": "train.attach", "window": "train.window",
                 "confirm": "train.confirm", "unmask": "train.unmask",
-                "resume": "query.resume", "evaluate": "evaluate"}
+                "resume": "query.resume", "heldout": "query.heldout",
+                "evaluate": "evaluate"}
 
 
 def flower_type(message) -> str:

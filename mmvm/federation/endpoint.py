@@ -22,6 +22,7 @@ from mmvm.data.store import read_site_meta
 from mmvm.federation.channel import Channel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import (
+    SERVER,
     AlignRequest,
     AttachReply,
     AttachRequest,
@@ -30,9 +31,10 @@ from mmvm.federation.messages import (
     DescribeRequest,
     EvaluateReply,
     EvaluateRequest,
+    HeldOutReply,
+    HeldOutRequest,
     ResumeReply,
     ResumeRequest,
-    SiteFailure,
     UnmaskRequest,
     WindowReply,
     WindowRequest,
@@ -43,11 +45,11 @@ from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import EVALUATION
 from mmvm.federation.reply_cache import request_digest
 from mmvm.federation.site import Site
+from mmvm.federation.site_cross_eval import held_out_reply
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.window_metrics import RESTORED, WITHHELD, withhold_losses
 from mmvm.footprint import step_bytes, table_bytes
-from mmvm.secure.errors import SecurityError
 
 
 class WorkFailedError(RuntimeError):
@@ -72,7 +74,7 @@ class Endpoint:
                           AttachRequest: self.attach, WindowRequest: self.window,
                           ConfirmRequest: self.confirm,
                           UnmaskRequest: self.unmask, ResumeRequest: self.resume,
-                          EvaluateRequest: self.evaluate}
+                          HeldOutRequest: self.test, EvaluateRequest: self.evaluate}
 
     def handle(self, request):
         """The reply to ``request``, chosen by its type."""
@@ -307,9 +309,23 @@ class Endpoint:
         self.site.replies.keep("unmask", req.window, reply, req.groups)
         return reply
 
+    def test(self, req: HeldOutRequest) -> HeldOutReply:
+        """Plaintext runs: the test samples' ids and posteriors, for the cross-site
+        evaluation (:mod:`mmvm.federation.site_cross_eval`), after the averaged
+        weights are loaded; none where the node config says ``share-test = false``."""
+        if self.channel.secure:  # ids and posteriors in clear: never from a secure site
+            raise FederationError(f"site {self.site.name}: a secure site does not send "
+                                  f"its test samples' ids or posteriors")
+        self.site.progress.evaluate(self.site.name)
+        self._check_shared(req.weights)
+        self._load_shared(req.weights, "the cross-site evaluation")
+        return held_out_reply(self.site, self.policy.share_test)
+
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
         site = self.site
         site.progress.evaluate(site.name)
+        if req.posteriors and self.channel.secure:  # test posteriors travel in clear
+            raise FederationError(f"site {site.name}: test posteriors in a secure run")
         self._check_shared(req.weights)
         self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
                                   {"config": config_digest(site.cfg),
@@ -320,7 +336,8 @@ class Endpoint:
         model = {m: site.weights(m) for m in site.names if m not in kept} if collect else {}
         probes = self._probes_allowed()
         try:
-            metrics = evaluate_site(site, probes=probes)
+            metrics = evaluate_site(site, probes=probes, cross=req.posteriors.get(SERVER),
+                                    draw=req.draw)
         except Exception as err:
             if not self.channel.secure:
                 raise
@@ -331,8 +348,9 @@ class Endpoint:
         if kept:  # the server knows which means it sent; now also which were not taken
             metrics["unconfirmed_means"] = float(len(kept))
         if not self.policy.report_losses:
-            metrics = {k: v for k, v in metrics.items()
-                       if not k.startswith("recon_nll/") and k != "n_test"}  # its size
+            metrics = {k: v for k, v in metrics.items()  # nor sizes (n_test, counts)
+                       if not k.startswith(("recon_nll/", "impute"))
+                       and k != "n_test" and not k.endswith("_n")}
             metrics[WITHHELD] = 1.0
         reply = EvaluateReply(site=site.name, modalities=list(site.names),
                               metrics=metrics, model=model)
@@ -368,33 +386,3 @@ class Endpoint:
                 f"co-holder's sealed share envelope names the group at an unmask; only "
                 f"the server says the modality is shared)")
         return kept
-
-
-class LocalTransport:
-    """Endpoints in this process, addressed by key (tests, benchmarks)."""
-
-    def __init__(self, endpoints: Mapping[str, Endpoint]) -> None:
-        self.endpoints = dict(endpoints)
-
-    def nodes(self) -> list[str]:
-        return list(self.endpoints)
-
-    def online(self) -> list[str]:
-        return list(self.endpoints)
-
-    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
-                 ) -> dict:
-        """As Flower's: with ``wait``, a site that raises anything but a refusal of
-        its protection (:class:`SecurityError`, raised as is) is a :class:`SiteFailure`."""
-        out: dict = {}
-        for key, req in requests.items():
-            try:
-                out[key] = self.endpoints[key].handle(req)
-            except SecurityError:
-                raise
-            except Exception as err:
-                if wait is None:
-                    raise
-                out[key] = SiteFailure(self.endpoints[key].site.name,
-                                       f"{type(err).__name__}: {err}")
-        return out

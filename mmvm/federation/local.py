@@ -1,7 +1,7 @@
 """A whole plaintext federation in one process: for benchmarks and quick checks.
 
 The same sites, endpoints and round loop as under Flower, with the messages passed
-as Python objects (:class:`~mmvm.federation.endpoint.LocalTransport`).
+as Python objects (:class:`LocalTransport`).
 """
 
 from __future__ import annotations
@@ -9,10 +9,42 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 
 from mmvm.federation.channel import PlainChannel
-from mmvm.federation.endpoint import Endpoint, LocalTransport
+from mmvm.federation.endpoint import Endpoint
 from mmvm.federation.loop import FederationResult, run_federation
+from mmvm.federation.messages import SiteFailure
 from mmvm.federation.settings import FederationSettings
 from mmvm.federation.site import Site
+from mmvm.secure.errors import SecurityError
+
+
+class LocalTransport:
+    """Endpoints in this process, addressed by key (tests, benchmarks)."""
+
+    def __init__(self, endpoints: Mapping[str, Endpoint]) -> None:
+        self.endpoints = dict(endpoints)
+
+    def nodes(self) -> list[str]:
+        return list(self.endpoints)
+
+    def online(self) -> list[str]:
+        return list(self.endpoints)
+
+    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
+                 ) -> dict:
+        """As Flower's: with ``wait``, a site that raises anything but a refusal of
+        its protection (:class:`SecurityError`, raised as is) is a :class:`SiteFailure`."""
+        out: dict = {}
+        for key, req in requests.items():
+            try:
+                out[key] = self.endpoints[key].handle(req)
+            except SecurityError:
+                raise
+            except Exception as err:
+                if wait is None:
+                    raise
+                out[key] = SiteFailure(self.endpoints[key].site.name,
+                                       f"{type(err).__name__}: {err}")
+        return out
 
 
 class Outages:

@@ -31,6 +31,7 @@ import numpy as np
 from mmvm.federation.admission import admit, short_reason
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
+from mmvm.federation.cross_eval import TestTables, combine, gather_tests
 from mmvm.federation.handover import assemble, checked_metrics
 from mmvm.federation.messages import (
     DescribeRequest,
@@ -96,6 +97,8 @@ class FederationResult:
     kept_weights: list[str] = field(default_factory=list)
     model_refused: str | None = None  # why the handed-in weights make no model
     alignment: dict = field(default_factory=dict)
+    cross_site: dict = field(default_factory=dict)  # imputation, coherence (cross_eval.py)
+    cross_notes: dict[str, str] = field(default_factory=dict)  # site -> why not in it
 
 
 class Metered:
@@ -247,7 +250,9 @@ def run_federation(transport: Transport, s: FederationSettings,
             raise RunStopped(w, len(coord.plan))
     result.missed = att.summary()
     result.bytes_total = meter.total
-    final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout)
+    final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout,
+                     cross="off" if s.secure else s.cross_eval,
+                     latent_dim=s.experiment.model.latent_dim, max_rows=s.max_site_rows)
     result.seconds = before_restart + time.perf_counter() - t0
     return result
 
@@ -291,15 +296,22 @@ def _site_summary(coord: Coordinator) -> dict[str, dict]:
 
 
 def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
-                     collect_model: bool, result: FederationResult, wait: float) -> None:
+                     collect_model: bool, result: FederationResult, wait: float,
+                     cross: str = "off", latent_dim: int = 0, max_rows: int = 0) -> None:
     """Last message: sites load the averaged shared weights and evaluate; with
     ``collect_model`` their weights are assembled into ``result.model_state``. A site
     that does not answer within ``wait``, or fails (its reason in
     ``result.evaluation_errors``), is listed in ``result.not_evaluated``: the trained
     run is still written, without that site's numbers (its weights stay with it, so
-    there is no assembled model)."""
+    there is no assembled model). ``cross`` (plaintext runs, "draw" or "mean"): a
+    heldout message before, and ``result.cross_site`` after (:mod:`cross_eval`)."""
+    tables = TestTables()
+    if cross != "off":
+        tables = gather_tests(transport, coord, averaged, wait, latent_dim, max_rows)
+        result.cross_notes = dict(tables.notes)
     replies, failed = transport.gather(
-        {key: EvaluateRequest(weights=coord.weights_for(key, averaged), collect=collect_model)
+        {key: EvaluateRequest(weights=coord.weights_for(key, averaged), collect=collect_model,
+                              posteriors=tables.request_for(coord, key), draw=cross == "draw")
          for key in coord.sites}, wait)
     result.evaluation_errors = {coord.name(k): why for k, why in sorted(failed.items())}
     result.not_evaluated = sorted(coord.name(k) for k in coord.sites if k not in replies)
@@ -310,6 +322,9 @@ def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
             result.evaluation_errors[coord.name(k)] = "; ".join(problems) + " (left out)"
         result.evaluation[k] = {**metrics, "site": coord.name(k),  # what it holds, as
                                 "modalities": list(coord.sites[k].modalities)}  # described
+    if cross != "off":
+        result.cross_site = combine(result.evaluation, coord.modalities, tables,
+                                    draw=cross == "draw")
     if not collect_model:  # every site keeps its weights
         result.kept_weights = sorted(coord.name(k) for k in replies)
         return

@@ -3,7 +3,8 @@
     describe -> align (secure mode only) -> attach -> window 0 .. W-1 -> evaluate
                                                    (secure, shared modalities: unmask
                                                     after each window, confirm before it
-                                                    when a holder dropped)
+                                                    when a holder dropped; plaintext:
+                                                    heldout before evaluate, cross_eval.py)
     resume (a restarted server, instead of describe .. attach) -> window w .. W-1
 
 Both modes speak the same messages; what differs is what fills them (sample ids or a
@@ -275,10 +276,37 @@ class ResumeReply:
 
 # ------------------------------------------------------------------------ evaluate
 @dataclass
+class HeldOutRequest:
+    """Plaintext runs, before the evaluation (cross-site evaluation,
+    :mod:`mmvm.federation.cross_eval`): the site loads the averaged weights of the
+    modalities it shares and answers with its test samples' posteriors."""
+
+    kind: ClassVar[str] = "heldout"
+    weights: Arrays = _arrays(payload=False)
+
+
+@dataclass
+class HeldOutReply:
+    """The site's test sample ids and its own modalities' posteriors for them
+    (``posteriors[SERVER]``, rows: positions in ``identifiers``)."""
+
+    kind: ClassVar[str] = "heldout"
+    identifiers: list[str] = _value(list, str, payload=True, default=[])
+    posteriors: dict[str, bytes] = _blobs()
+    reason: str = _value(str, default="")  # why it sent none
+
+
+@dataclass
 class EvaluateRequest:
+    """The last message. ``posteriors[SERVER]`` (plaintext runs with a cross-site
+    evaluation): the other modalities' test posteriors of the site's test samples,
+    rows: positions in the ids of its :class:`HeldOutReply`."""
+
     kind: ClassVar[str] = "evaluate"
     weights: Arrays = _arrays(payload=False)
     collect: bool = _value(bool, default=False)
+    posteriors: dict[str, bytes] = _blobs()
+    draw: bool = _value(bool, default=True)  # cross-site: one draw of z (False: means)
 
 
 @dataclass
@@ -294,9 +322,10 @@ class EvaluateReply:
 
 REQUESTS = {c.kind: c for c in (DescribeRequest, AlignRequest, AttachRequest,
                                  WindowRequest, ConfirmRequest, UnmaskRequest,
-                                 ResumeRequest, EvaluateRequest)}
+                                 ResumeRequest, HeldOutRequest, EvaluateRequest)}
 REPLIES = {c.kind: c for c in (DescribeReply, AlignReply, AttachReply, WindowReply,
-                                ConfirmReply, UnmaskReply, ResumeReply, EvaluateReply)}
+                                ConfirmReply, UnmaskReply, ResumeReply, HeldOutReply,
+                                EvaluateReply)}
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,7 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "allow-compile": lambda nc, k: _bool(nc, k, False),
             "report-losses": lambda nc, k: _bool(nc, k, True),
             "pictures": lambda nc, k: _bool(nc, k, True),
+            "share-test": lambda nc, k: _bool(nc, k, True),
             "holders": lambda nc, k: _holders(str(nc[k])),
             "experiment": lambda nc, k: _digests(str(nc[k]))}
 
@@ -218,6 +219,7 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         allow_compile=_bool(nc, "allow-compile", False),
         report_losses=_bool(nc, "report-losses", True),
         pictures=_bool(nc, "pictures", True),
+        share_test=_bool(nc, "share-test", True),
         holders=_holders(str(nc["holders"])) if "holders" in nc else None,
         experiments=_digests(str(nc["experiment"])) if "experiment" in nc else (),
         sources=tuple(k for k in KEYS if k in nc))

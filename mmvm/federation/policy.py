@@ -60,6 +60,12 @@ anything leaves the site:
                        masked aggregate what it always can (deploy/README.md 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
+``share-test``         plaintext runs: at the end, send the server the ids of its
+                       test samples and its posteriors of them, so that every site
+                       scores imputation and coherence of its modalities from the
+                       others' (:mod:`mmvm.federation.cross_eval`; default on;
+                       off, the site takes no part in it). A secure site never
+                       sends them
 ``holders``            per modality this site holds, every site that holds it
                        (``"frontal=hospital-a,hospital-c;lateral=hospital-b"``, this
                        site included): the masking group a secure run may put it
@@ -115,7 +121,8 @@ from mmvm.secure.keys import SitePublicKeys
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
-        "device", "allow-compile", "report-losses", "pictures", "holders", "experiment")
+        "device", "allow-compile", "report-losses", "pictures", "share-test", "holders",
+        "experiment")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -147,6 +154,7 @@ class SitePolicy:
     allow_compile: bool = True  # a deployment site's default: False (load_policy)
     report_losses: bool = True  # off: loss sums and test NLL stay at the site
     pictures: bool = False  # a deployment site's default: True (load_policy)
+    share_test: bool = True  # plaintext: test ids and posteriors for cross-site scores
     holders: Mapping[str, frozenset[str]] | None = None  # modality -> its holders
     experiments: tuple[str, ...] = ()  # config digests it may run (node config experiment); () = any
     test_bed: bool = False  # simulation: the run config is the only config

@@ -100,6 +100,7 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
              f"(the evaluation after them not included{resumed}); "
              f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
     lines += _table(["site", "modality", "probe accuracy", "test recon NLL"], rows)
+    lines += cross_site_lines(result.cross_site, result.cross_notes)
     if assembled:
         lines += ["", "assembled model, evaluated by the server: " + _assembled(assembled),
                   "(its reconstruction NLLs decode z drawn by the server: they differ from "
@@ -135,6 +136,26 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     lines += ["", f"files in {run_dir}: " + ", ".join(sorted(
         str(p).rsplit("/", 1)[-1] for p in paths.values()))]
     return "\n".join(lines)
+
+
+def cross_site_lines(cross: Mapping, notes: Mapping[str, str]) -> list[str]:
+    """The cross-site evaluation (each site scored its modalities from the others'
+    test posteriors): coherence and imputation NLL per target modality, and the
+    sites left out of it."""
+    imp, coh = cross.get("imputation") or {}, cross.get("coherence") or {}
+    if not (imp or coh or notes):
+        return []
+    lines = ["", "cross-site evaluation (each site scored its own modalities from the "
+                 "other sites' test posteriors; results.json cross_site):"]
+    if coh:
+        lines.append(f"  coherence {_num(coh.get('mean'))} (mean over source -> target "
+                     f"pairs; target from itself {_num(coh.get('self'))})")
+    if imp:
+        per = ", ".join(f"{m} {_num(v, 1)}" for m, v in imp.get("rest", {}).items())
+        lines.append(f"  imputation NLL from the other modalities: {per} (total "
+                     f"{_num(imp.get('total'), 1)}; {imp.get('scoring', '')})")
+    lines += [f"  {site}: not part of it ({why})" for site, why in sorted(notes.items())]
+    return lines
 
 
 def refusals(history: list[Mapping]) -> dict[str, list[dict]]:

@@ -69,7 +69,9 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "restarted_sites": restarts(result.history),
                "unaveraged_windows": unaveraged(result.history),
                "not_evaluated": result.not_evaluated,
-               "evaluation_errors": result.evaluation_errors}
+               "evaluation_errors": result.evaluation_errors,
+               # each site's modalities scored from the others' test posteriors
+               "cross_site": result.cross_site, "cross_site_notes": result.cross_notes}
     refused = result.model_refused or (assembled_problem(
         settings.experiment, result.model_state) if result.model_state else None)
     if refused:  # the run's results stay; no checkpoint that cannot be loaded

@@ -25,6 +25,7 @@ from mmvm.federation.site_dirs import parse_site_dirs
 
 APP_DIR = Path(__file__).resolve().parents[2]
 ALIGN_MODES = ("pseudonym", "psi")  # secure mode's id alignment (sealed_align.py)
+CROSS_EVAL = ("draw", "mean", "off")  # plaintext runs' cross-site evaluation (cross_eval.py)
 # folders that must be named: "" read as Path("") is the folder a process runs in
 FOLDERS = {"out-dir": ("results (<out-dir>/run-<id>/)", "~/.mmvm/runs"),
            "state-dir": ("the sites' model and optimizer state", "~/.mmvm/state"),
@@ -73,6 +74,7 @@ class FederationSettings:
     quantize: str = "none"  # posterior values: none | fp16 (= float16) | int8
     delta_unit: str = "latent"  # delta-tol in latent units or posterior stds (delta.py)
     site_dirs: tuple[str, ...] = ()  # simulation: the sites' own folders (site_dirs.py)
+    cross_eval: str = "draw"  # plaintext: cross-site imputation, coherence (cross_eval.py)
 
     def checkpoints(self, plan: Plan) -> set[int]:
         """Windows the server checkpoints after; secure runs: every window (a site
@@ -229,6 +231,7 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
         site_hosts=_get(rc, "site-hosts", bool),
         decode_ahead=_get(rc, "decode-ahead", bool), max_refused=_get(rc, "max-refused", int),
         max_site_rows=_get(rc, "max-site-rows", int),
+        cross_eval=_get(rc, "cross-eval", str),
         **_encoding(rc))
     _check(s)
     return s
@@ -257,6 +260,9 @@ def _check(s: FederationSettings) -> None:
     if s.exchange not in EXCHANGES:
         raise ConfigError(f"run config: exchange = {s.exchange!r}; choose one of "
                           f"{list(EXCHANGES)}")
+    if s.cross_eval not in CROSS_EVAL:
+        raise ConfigError(f"run config: cross-eval = {s.cross_eval!r}; choose one of "
+                          f"{list(CROSS_EVAL)}")
     if s.layout not in LAYOUTS:
         raise ConfigError(f"run config: layout = {s.layout!r}; choose one of {list(LAYOUTS)}")
     if s.exchange_steps < 1 or s.local_epochs < 1 or s.num_sites < 1 or s.shards < 1:

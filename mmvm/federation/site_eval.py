@@ -23,30 +23,53 @@ from mmvm.evaluation import (
     reconstruction_nll,
 )
 from mmvm.federation.site import Site
+from mmvm.federation.site_cross_eval import cross_scores, received
 
 
 @torch.no_grad()
-def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
-                  ) -> dict[str, float]:
+def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True,
+                  cross: bytes | None = None, draw: bool = True) -> dict[str, float]:
     """``probe/<m>``, ``classes/<m>``, ``majority/<m>`` (the probe's chance: the share
     of m's commonest test label; none of the three unless ``probes``; ``unlabelled``
     when the site's files lack ``data.label``),
-    ``recon_nll/<m>`` and ``n_test``; empty without a test file."""
+    ``recon_nll/<m>`` and ``n_test``; empty without a test file. ``cross``: the other
+    modalities' test posteriors (the server's table): imputation and, with
+    ``probes``, coherence of the site's own modalities from them
+    (:func:`mmvm.federation.site_cross_eval.cross_scores`; ``draw``: from one draw of
+    z, else the means)."""
     if not site.test_path:
         return {}
     test = open_dataset(site.test_path, site.names, site.cfg.data)
+    out = _cross(site, test, cross, probes, draw) if cross is not None else {}
     # the estimator `mmvm evaluate` reports (z drawn as in training, seeded), in
     # passes of the size the site's limits admitted
     rec = reconstruction_nll(site.model, test, site.cfg.model.method,
                              batch_size=site.pass_rows, seed=site.cfg.train.seed)
-    out = {f"recon_nll/{m}": v for m, v in rec["per_modality"].items()
-           if not math.isnan(v)}  # NaN: no test row holds m here
+    out.update({f"recon_nll/{m}": v for m, v in rec["per_modality"].items()
+                if not math.isnan(v)})  # NaN: no test row holds m here
     if probes and site.data.labels is not None and test.labels is not None:
         out.update(_probes(site, test, max_probe_train))
     elif probes:  # the summary says why its probe column is empty
         out["unlabelled"] = 1.0
     out["n_test"] = float(len(test))
     return out
+
+
+def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool) -> dict[str, float]:
+    """The cross-site scores; judges only where the site may report on its labels."""
+    from mmvm.classifiers import load_or_train, recipe_for  # a message that needs it
+
+    others = received(site, blob, len(test))
+    judges = None
+    if probes and site.data.labels is not None and test.labels is not None:
+        cfg = site.cfg
+        with torch.enable_grad():  # (evaluate_site runs without it) a judge may train
+            judges = load_or_train(
+                site.train_path, site.test_path, site.names, label=cfg.data.label,
+                cfg=recipe_for(cfg), device=site.device, tokens={
+                    m.name: m.classes for m in cfg.model.modalities if m.kind == "tokens"})
+    return cross_scores(site, test, others, judges, sample=draw,
+                        coherence_sample=draw and site.cfg.eval.coherence_sample)
 
 
 def _probes(site: Site, test, max_train: int) -> dict[str, float]:

@@ -199,8 +199,7 @@ def test_a_resident_site_that_fails_a_window_keeps_its_state(
     checkpoint (here: attach) although the server counted its earlier windows; it
     keeps the site instead, so the run ends exactly as one where it was away."""
 
-    from mmvm.federation.endpoint import LocalTransport
-    from mmvm.federation.local import Outages
+    from mmvm.federation.local import LocalTransport, Outages
     from mmvm.federation.loop import run_federation
     from mmvm.federation.settings import settings_for
     from mmvm.federation.site import Site

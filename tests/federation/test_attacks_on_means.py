@@ -16,7 +16,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mmvm.federation.endpoint import LocalTransport, WorkFailedError
+from mmvm.federation.endpoint import WorkFailedError
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site_errors import public_error
 from mmvm.federation.site_store import SiteStore

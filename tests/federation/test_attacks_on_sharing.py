@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import Endpoint, LocalTransport
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.messages import (
     AlignRequest,
     DescribeRequest,

@@ -16,8 +16,8 @@ import pytest
 from mmvm.federation import sealed_align
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import Endpoint, LocalTransport
-from mmvm.federation.local import Outages
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.local import LocalTransport, Outages
 from mmvm.federation.loop import FederationResult
 from mmvm.federation.messages import SERVER
 from mmvm.federation.posteriors import decode_table

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmvm.federation.endpoint import LocalTransport
 from mmvm.federation.handover import assemble, checked_metrics
+from mmvm.federation.local import LocalTransport
 from tests.support.federate import federate, make_sites, plain_endpoints, split
 
 

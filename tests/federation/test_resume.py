@@ -19,7 +19,8 @@ from mmvm.config import ConfigError
 from mmvm.federation import sealed_align
 from mmvm.federation.channel import PlainChannel
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import Endpoint, LocalTransport
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
 from mmvm.federation.site import Site

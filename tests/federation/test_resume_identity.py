@@ -17,7 +17,7 @@ import torch
 
 from mmvm.federation import sealed_align
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
 from tests.federation.test_resume import Crash, CrashAt

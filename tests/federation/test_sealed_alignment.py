@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import LocalTransport
 from tests.support.federate import (
     Tampering,
     federate,

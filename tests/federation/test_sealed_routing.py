@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import LocalTransport
 from tests.support.federate import (
     federate,
 )

@@ -17,7 +17,7 @@ from flwr.common.serde import recorddict_to_proto
 
 from mmvm.federation import sealed_align, sealed_channel
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.messages import AlignRequest, DescribeRequest
 from mmvm.federation.posteriors import decode_table
 from mmvm.federation.sealed_routing import route

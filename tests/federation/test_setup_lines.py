@@ -3,7 +3,7 @@ align (PSI) and attach took 2.5 minutes with nothing on the console."""
 
 from __future__ import annotations
 
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
 from tests.support.federate import make_sites, plain_endpoints, split

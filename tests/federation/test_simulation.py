@@ -69,6 +69,12 @@ def test_flwr_run_on_ray_trains_hippocampus_sites(tmp_path):
     assert min(probes) > 0.4, f"odor probes {probes} (chance 0.25)"
     assert results["bytes_total"] > 0
     assert (tmp_path / "runs" / f"run-{run_id}" / "checkpoint.pt").exists()
+    # each rat's site scored its own spikes from the other four rats' test posteriors
+    cross = results["cross_site"]
+    assert len(cross["imputation"]["pairs"]) == 20 and results["cross_site_notes"] == {}
+    assert set(cross["imputation"]["n"].values()) == {cross["imputation"]["samples"]}
+    assert cross["coherence"]["mean"] > 0.4, cross["coherence"]  # odor: chance 0.25
+    assert "cross-site evaluation" in out and "coherence" in out
 
 
 @pytest.mark.slow

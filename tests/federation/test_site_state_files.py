@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmvm.federation.channel import PlainChannel
-from mmvm.federation.endpoint import Endpoint, LocalTransport
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
 from mmvm.federation.site import Site

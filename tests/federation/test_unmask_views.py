@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from mmvm.federation import sealed_align
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.messages import ConfirmRequest, UnmaskReply, UnmaskRequest
 from mmvm.federation.sealed_routing import route

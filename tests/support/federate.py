@@ -14,7 +14,8 @@ import numpy as np
 
 from mmvm.data.sites import site_layout, split_sites
 from mmvm.federation.channel import PlainChannel
-from mmvm.federation.endpoint import Endpoint, LocalTransport
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.sealed_channel import SealedChannel
@@ -66,8 +67,11 @@ def sealed_endpoints(sites: dict[str, Site], keys: dict[str, SiteKeys], state: P
 
 def federate(cfg, endpoints: dict[str, Endpoint], transport=None, **settings):
     """Run the round loop in-process; ``settings`` override the app's run config
-    (underscores for dashes), e.g. ``exchange="step"``, ``secure=True``."""
+    (underscores for dashes), e.g. ``exchange="step"``, ``secure=True``. The
+    cross-site evaluation is off unless asked (``cross_eval="draw"``): its judges
+    train at every site (seconds each), which tests of other things need not wait for."""
     settings.setdefault("float16", False)
+    settings.setdefault("cross_eval", "off")
     transport = transport or LocalTransport(endpoints)
     return run_federation(transport, settings_for(cfg, **settings))
 

@@ -3,7 +3,7 @@ with the attach requests or keep everything the server sees."""
 
 from __future__ import annotations
 
-from mmvm.federation.endpoint import LocalTransport
+from mmvm.federation.local import LocalTransport
 from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
 
 

@@ -19,6 +19,8 @@ from mmvm.federation.messages import (
     DescribeRequest,
     EvaluateReply,
     EvaluateRequest,
+    HeldOutReply,
+    HeldOutRequest,
     MessageError,
     ResumeReply,
     ResumeRequest,
@@ -48,7 +50,9 @@ REQUESTS = [DescribeRequest(), AlignRequest(sealed={"a": b"\x00\x01", "b": b""})
                                                     "dropped": ["d"]}}),
             UnmaskRequest(window=2, groups={"m0": {"survivors": ["a", "b"], "dropped": []}},
                           shares={"b": b"env"}, confirmations={"c": b"view"}),
-            ResumeRequest(run="123"), EvaluateRequest(weights=W, collect=True)]
+            ResumeRequest(run="123"), HeldOutRequest(weights=W),
+            EvaluateRequest(weights=W, collect=True, posteriors={"server": b"\x02"},
+                            draw=False)]
 REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
                          identifiers=["x", "y"]),
            DescribeReply(site="a", modalities=["m0", "m1"], n=0, labelled=False,
@@ -63,6 +67,8 @@ REPLIES = [DescribeReply(site="a", modalities=["m0"], n=2, labelled=True,
            ResumeReply(site="a", phase="attached", window=4, unmasked=3, proof="sig",
                        view={"window": 4, "groups": {"m0": {"survivors": ["a", "b", "c"],
                                                            "dropped": ["d"]}}}),
+           HeldOutReply(identifiers=["s1", "s2"], posteriors={"server": b"\x03"}),
+           HeldOutReply(reason="no test file"),
            EvaluateReply(site="a", modalities=["m0"], metrics={"probe/m0": 0.5}, model=W)]
 
 

@@ -1,0 +1,174 @@
+"""The server's part of the cross-site evaluation (plaintext runs; the sites' part and
+what they score: :mod:`mmvm.federation.site_cross_eval`).
+
+Before the final evaluation every site answers a ``heldout`` message with its test
+samples' ids and its own modalities' posteriors of them. The server aligns the ids
+(sorted union, as training's), gives each site in its evaluate message the other
+modalities' posteriors of the test samples it holds (rows: positions in the ids it
+sent), and combines the per-site means into eval.json-shaped ``imputation`` and
+``coherence`` sections (weighted by the sites' counts: a modality held by several
+sites is scored on each one's samples). A site that sent nothing (no test file, its
+node config's ``share-test = false``, a failure) is named in ``notes``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmvm.data.store_format import MAX_ID_CHARS
+from mmvm.federation.coordinator import Coordinator
+from mmvm.federation.messages import SERVER, HeldOutReply, HeldOutRequest
+from mmvm.federation.posteriors import (
+    PosteriorError,
+    Posteriors,
+    decode_table,
+    encode_table,
+    merge_tables,
+    select_rows,
+)
+from mmvm.imputation import scoring
+
+
+@dataclass
+class TestTables:
+    """The sites' test posteriors, aligned: ``rows[key]`` the aligned row of each id a
+    site sent (in its order), ``table`` every modality's rows."""
+
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    table: dict[str, Posteriors] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # site name -> why not in it
+
+    def request_for(self, coord: Coordinator, key: str) -> dict[str, bytes]:
+        """The other modalities' posteriors of site ``key``'s test samples, keyed by
+        their positions in its ids (``{}`` where it sent none)."""
+        if key not in self.rows:
+            return {}
+        mine = self.rows[key]
+        order = np.argsort(mine)
+        part = select_rows(self.table, mine[order], exclude=coord.sites[key].modalities)
+        local = {m: Posteriors(order[np.searchsorted(mine[order], p.rows)], p.mu,
+                               p.logvar) for m, p in part.items()}
+        return {SERVER: encode_table(local)}
+
+    def multimodal(self) -> int:
+        """Test samples that hold two or more modalities."""
+        n = max((int(r.max(initial=-1)) + 1 for r in self.rows.values()), default=0)
+        count = np.zeros(n, np.int64)
+        for p in self.table.values():
+            count[p.rows] += 1
+        return int((count >= 2).sum())
+
+
+def align_tests(coord: Coordinator, replies: Mapping[str, HeldOutReply], latent_dim: int,
+                max_rows: int) -> TestTables:
+    """The sites' test replies checked (ids: distinct, 1 to ``MAX_ID_CHARS``
+    characters, at most ``max_rows``; tables: the site's own modalities, rows among
+    its ids) and aligned. A site whose reply fails a check is left out, named."""
+    out, tables, ids = TestTables(), {}, {}
+    for key, r in sorted(replies.items()):
+        name = coord.name(key)
+        try:
+            tables[key] = _checked(coord, key, r, latent_dim, max_rows)
+            ids[key] = r.identifiers
+        except (PosteriorError, ValueError) as err:
+            out.notes[name] = str(err)
+    union = sorted(set().union(*ids.values())) if ids else []
+    row_of = {sid: i for i, sid in enumerate(union)}
+    for key, site_ids in ids.items():
+        rows = np.fromiter((row_of[i] for i in site_ids), np.int64, len(site_ids))
+        out.rows[key] = rows
+        tables[key] = {m: Posteriors(rows[p.rows], p.mu, p.logvar)
+                       for m, p in tables[key].items()}
+    try:
+        out.table = merge_tables(list(tables.values()))
+    except PosteriorError as err:  # two sites hold one modality of a test sample
+        out.notes["server"] = f"{err}: no cross-site evaluation"
+        out.rows, out.table = {}, {}
+    return out
+
+
+def _checked(coord: Coordinator, key: str, r: HeldOutReply, latent_dim: int,
+             max_rows: int) -> dict[str, Posteriors]:
+    name, ids = coord.name(key), r.identifiers
+    if r.reason and not ids:
+        raise ValueError(r.reason)
+    if not ids:
+        raise ValueError("sent no test samples")
+    if len(ids) > max_rows or len(set(ids)) != len(ids):
+        raise ValueError(f"{len(ids)} test ids ({len(set(ids))} distinct; at most "
+                         f"max-site-rows = {max_rows})")
+    if any(not 1 <= len(i) <= MAX_ID_CHARS for i in ids):
+        raise ValueError(f"a test sample id outside 1 to {MAX_ID_CHARS} characters")
+    if set(r.posteriors) - {SERVER}:
+        raise ValueError(f"posteriors for {sorted(r.posteriors)[:3]}, not the server")
+    table = decode_table(r.posteriors.get(SERVER, b""), latent_dim=latent_dim,
+                         n_rows=len(ids), sender=name)
+    stray = sorted(set(table) - set(coord.sites[key].modalities))
+    if stray:
+        raise ValueError(f"test posteriors of {stray}, which it does not hold")
+    return table
+
+
+def gather_tests(transport, coord: Coordinator, averaged: Mapping, wait: float,
+                 latent_dim: int, max_rows: int) -> TestTables:
+    """The cross-site evaluation's heldout message: the sites' test posteriors, aligned;
+    a site that fails it is named in the tables' notes (it still evaluates)."""
+    replies, failed = transport.gather(
+        {key: HeldOutRequest(weights=coord.weights_for(key, averaged)) for key in coord.sites},
+        wait)
+    tables = align_tests(coord, replies, latent_dim, max_rows)
+    tables.notes.update({coord.name(k): f"failed: {why}" for k, why in failed.items()})
+    tables.notes.update({coord.name(k): "did not answer" for k in coord.sites
+                         if k not in replies and k not in failed})
+    return tables
+
+
+def combine(evaluation: Mapping[str, Mapping], names: list[str], tables: TestTables,
+            draw: bool) -> dict:
+    """``{"imputation": ..., "coherence": ...}`` in eval.json's shapes from the sites'
+    ``impute/``, ``impute_rest/`` and ``coherence/`` metrics (each site's mean
+    weighted by its ``_n`` count; by 1 where a site withheld its counts)."""
+    sums: dict[str, list[float]] = {}
+    withheld = False
+    for ev in evaluation.values():
+        for k, v in ev.items():
+            if k.startswith(("impute/", "impute_rest/", "coherence/")) and \
+                    not k.endswith("_n"):
+                n = ev.get(f"{k}_n")
+                withheld |= n is None
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0] += float(v) * float(n or 1)
+                acc[1] += float(n or 1)
+    means = {k: s / n for k, (s, n) in sums.items() if n > 0}
+    counts = {k: n for k, (_, n) in sums.items()}
+    out = {}
+    rest = {t: means[f"impute_rest/{t}"] for t in names if f"impute_rest/{t}" in means}
+    if rest:
+        samples = tables.multimodal()
+        total = sum(rest[t] * counts[f"impute_rest/{t}"] for t in rest) / samples \
+            if samples and not withheld and not tables.notes else math.nan
+        out["imputation"] = {
+            **_pairs(means, "impute", names), "rest": rest,
+            "n": {t: int(counts[f"impute_rest/{t}"]) for t in rest},
+            "samples": samples, "mean": sum(rest.values()) / len(rest), "total": total,
+            "scoring": scoring(sample=draw), "where": "cross-site"}
+    coherence = _pairs(means, "coherence", names)
+    if coherence["pairs"]:
+        cross = [v for k, v in coherence["pairs"].items() if len(set(k.split("->"))) == 2]
+        own = [coherence["pairs"][f"{m}->{m}"] for m in names
+               if f"{m}->{m}" in coherence["pairs"]]
+        out["coherence"] = {**coherence, "mean": float(np.mean(cross)) if cross else math.nan,
+                            "self": float(np.mean(own)) if own else math.nan,
+                            "where": "cross-site"}
+    return out
+
+
+def _pairs(means: Mapping[str, float], prefix: str, names: list[str]) -> dict:
+    pairs = {f"{s}->{t}": means[f"{prefix}/{s}->{t}"] for s in names for t in names
+             if f"{prefix}/{s}->{t}" in means}
+    matrix = [[pairs.get(f"{s}->{t}", math.nan) for t in names] for s in names]
+    return {"pairs": pairs, "names": list(names), "matrix": matrix}

@@ -1,0 +1,185 @@
+"""A site's part of the cross-site evaluation: its own modalities imputed and judged
+from the other sites' test posteriors (the server's part: :mod:`mmvm.federation.cross_eval`).
+
+Coherence and imputation need one modality's encoder and another's decoder on the same
+sample. A plaintext run whose sites keep their weights (``allow-collect``), or a
+deployment whose server has no data, had neither. Here each site sends the server its
+test samples' ids and its own modalities' posteriors (:func:`test_posteriors`); the
+server aligns them by id and gives every site the other modalities' posteriors of the
+test samples it holds; the site scores (:func:`cross_scores`), per own modality t and
+source s (another site's modality, or another of its own):
+
+- **imputation**: -w_t log p(x_t | z), z one seeded draw of q(z | x_s) (or its mean),
+  and from the rest: the mean of those over the sample's other modalities. For MMVM
+  and independent VAEs (the methods that train federated) this is
+  :func:`mmvm.imputation.imputation_nll`: t from the mixture of the present unimodal
+  posteriors, scored by the mean NLL over its components; with means the numbers equal
+  a central evaluation of the same weights;
+- **coherence**: the site's judge of t (trained on its own train file, cached as
+  ``mmvm evaluate``'s) on the generated x_t, z drawn from q(z | x_s), against the
+  site's label of the sample, as :func:`mmvm.evaluation.coherence`; t -> t as well
+  (``self``). A sample counts where the site knows its label (a central evaluation
+  also counts samples that lack t: their label is at another site).
+
+Only means and counts leave the site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from mmvm.data import open_dataset
+from mmvm.evaluation import unimodal_posteriors
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.messages import SERVER, HeldOutReply
+from mmvm.federation.posteriors import (
+    PosteriorError,
+    Posteriors,
+    decode_table,
+    encode_table,
+)
+from mmvm.federation.site import Site
+
+
+def held_out_reply(site: Site, share: bool) -> HeldOutReply:
+    """The ids of the site's test samples and its posteriors of them (float32: an
+    evaluation's precision); empty, with why, without a test file or ``share``."""
+    if not share:
+        return HeldOutReply(reason="its node config keeps its test posteriors "
+                                "(share-test = false)")
+    if not site.test_path:
+        return HeldOutReply(reason="no test file")
+    test = open_dataset(site.test_path, site.names, site.cfg.data)
+    table = test_posteriors(site, test)
+    return HeldOutReply(identifiers=list(test.sample_ids),
+                     posteriors={SERVER: encode_table(table)} if table else {})
+
+
+@torch.no_grad()
+def test_posteriors(site: Site, test) -> dict[str, Posteriors]:
+    """q(z | x_m) of the site's own modalities for the rows of ``test`` that hold them
+    (rows: positions in ``test``)."""
+    parts: dict[str, list] = {}
+    for name, rows, mu, lv in unimodal_posteriors(site.model, test, site.pass_rows,
+                                                  site.device):
+        parts.setdefault(name, []).append((rows, mu.float().cpu().numpy(),
+                                           lv.float().cpu().numpy()))
+    return {m: Posteriors(np.concatenate([r for r, _, _ in p]),
+                          np.concatenate([a for _, a, _ in p]),
+                          np.concatenate([b for _, _, b in p])) for m, p in parts.items()}
+
+
+def received(site: Site, blob: bytes, n_test: int) -> dict[str, Posteriors]:
+    """The other modalities' test posteriors the server sent, checked: modalities of
+    the run that the site does not hold, rows among its ``n_test`` test rows."""
+    try:
+        table = decode_table(blob, latent_dim=site.cfg.model.latent_dim, n_rows=n_test,
+                             sender="the server")
+    except PosteriorError as err:
+        raise FederationError(f"site {site.name}: cross-site evaluation: {err}") from None
+    stray = sorted(m for m in table if m not in site.global_names or m in site.names)
+    if stray:
+        raise FederationError(f"site {site.name}: cross-site evaluation: posteriors of "
+                              f"{stray}, which are not the run's other modalities")
+    return table
+
+
+@torch.no_grad()
+def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
+                 judges: Mapping | None, sample: bool = True,
+                 coherence_sample: bool = True) -> dict[str, float]:
+    """``impute/<s>-><t>``, ``impute_rest/<t>`` (mean weighted NLLs) and
+    ``coherence/<s>-><t>`` (accuracies, ``judges`` given and the test file labelled),
+    each with its count under ``<key>_n``; nothing for a pair no sample holds."""
+    model, names = site.model, site.global_names
+    model.eval()
+    gen = torch.Generator().manual_seed(site.cfg.train.seed)
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def add(key: str, values: torch.Tensor) -> None:
+        sums[key] = sums.get(key, 0.0) + float(values.double().sum())
+        counts[key] = counts.get(key, 0) + int(values.numel())
+
+    targets = [t for t in site.names if judges is not None and t in judges]
+    for start in range(0, len(test), site.pass_rows):
+        rows = np.arange(start, min(start + site.pass_rows, len(test)))
+        b = test.batch(torch.as_tensor(rows))
+        post = _sources(site, b, rows, list(test.names), others)
+        eps = torch.randn(len(rows), len(names), model.code_dim, generator=gen)
+        for t in site.names:
+            _impute(site, t, b, post, eps, sample, add)
+        labels = b.get("label")
+        for t in targets if labels is not None else ():
+            for s, (have, mu, lv) in post.items():
+                keep = have & (labels >= 0)
+                if bool(keep.any()):
+                    z = _draw(mu[keep], lv[keep], coherence_sample, gen)
+                    pred = judges[t](model.generate(t, z.to(site.device))).argmax(1)
+                    add(f"coherence/{s}->{t}", (pred.cpu() == labels[keep]).double())
+    out: dict[str, float] = {}
+    for key, total in sums.items():
+        out[key], out[f"{key}_n"] = total / counts[key], float(counts[key])
+    return out
+
+
+def _sources(site: Site, b: dict, rows: np.ndarray, columns: list[str],
+             others: Mapping[str, Posteriors]
+             ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per modality of the run: (present [B], mu [B, D], logvar [B, D]) for the batch,
+    its own encoded now, the others' from the server's table."""
+    out = {}
+    for m in site.global_names:
+        B, D = len(rows), site.model.code_dim
+        mu, lv = torch.zeros(B, D), torch.zeros(B, D)
+        if m in site.names:
+            have = b["mask"][:, columns.index(m)].clone()
+            if bool(have.any()):
+                got = site.model.encode_modality(m, b["x"][m][have].to(site.device))
+                mu[have], lv[have] = got[0].float().cpu(), got[1].float().cpu()
+        elif m in others:
+            found, at = others[m].lookup(rows)
+            have = torch.from_numpy(found)
+            mu[have] = torch.from_numpy(others[m].mu[at[found]])
+            lv[have] = torch.from_numpy(others[m].logvar[at[found]])
+        else:
+            continue
+        out[m] = (have, mu, lv)
+    return out
+
+
+def _draw(mu: torch.Tensor, lv: torch.Tensor, sample: bool, gen: torch.Generator,
+          eps: torch.Tensor | None = None) -> torch.Tensor:
+    if not sample:
+        return mu
+    noise = torch.randn(mu.shape, generator=gen) if eps is None else eps
+    return mu + torch.exp(0.5 * lv) * noise
+
+
+def _impute(site: Site, t: str, b: dict, post: Mapping, eps: torch.Tensor,
+            sample: bool, add) -> None:
+    """Modality t of the batch's rows that hold it, from each other modality present
+    (one draw of each, ``eps``'s) and from all of them (the mean of those NLLs)."""
+    model, names = site.model, site.global_names
+    holds = post[t][0] if t in post else torch.zeros(len(eps), dtype=torch.bool)
+    weight = float(model.specs[t].weight)
+    rest = torch.zeros(len(eps), dtype=torch.float64)
+    count = torch.zeros(len(eps), dtype=torch.float64)
+    for s, (have, mu, lv) in post.items():
+        keep = holds & have if s != t else torch.zeros_like(holds)
+        if not bool(keep.any()):
+            continue
+        j = names.index(s)
+        z = _draw(mu[keep], lv[keep], sample, None, eps[keep, j])
+        x = b["x"][t][keep].to(site.device)
+        nll = -weight * model.log_likelihood(t, x, model.decode(t, z.to(site.device)))
+        nll = nll.double().cpu()
+        add(f"impute/{s}->{t}", nll)
+        rest[keep] += nll
+        count[keep] += 1
+    scored = count > 0
+    if bool(scored.any()):
+        add(f"impute_rest/{t}", rest[scored] / count[scored])

@@ -1,0 +1,221 @@
+"""The cross-site evaluation: each site scores imputation and coherence of its own
+modalities from the other sites' test posteriors (plaintext runs).
+
+With posterior means (``cross-eval = "mean"``) the scores are a function of the
+trained weights and the test data only, so they must equal a central evaluation of
+the collected model on the joined test file (:func:`mmvm.imputation.imputation_nll`,
+:func:`mmvm.evaluation.coherence`, both with means), whichever site holds what."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmvm.classifiers import load_or_train, recipe_for
+from mmvm.data import open_dataset
+from mmvm.evaluation import coherence
+from mmvm.federation.channel import PlainChannel
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.messages import SERVER, HeldOutRequest
+from mmvm.federation.policy import SitePolicy
+from mmvm.federation.posteriors import decode_table, encode_table
+from mmvm.imputation import imputation_nll, scoring
+from mmvm.training import build_model
+from tests.support.federate import (
+    MODALITIES,
+    Tampering,
+    federate,
+    make_sites,
+    plain_endpoints,
+    sealed_endpoints,
+    site_keys,
+    split,
+)
+
+NO_LABELS = SitePolicy(eval_labels=())  # a deployed site that reports no label: no judges
+
+
+def _central(cfg, result, data_root):
+    model = build_model(cfg)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in result.model_state.items()})
+    test = open_dataset(data_root / "test.parquet", MODALITIES, cfg.data)
+    return model, test
+
+
+def _close(got: dict, want: dict, rel: float = 1e-4) -> None:
+    assert got.keys() == want.keys(), (sorted(got), sorted(want))
+    for k in want:
+        assert math.isclose(got[k], want[k], rel_tol=rel), (k, got[k], want[k])
+
+
+@pytest.fixture(scope="module")
+def vertical(tiny_polymnist, tmp_path_factory):
+    """Three sites, one modality each, every test sample at all three; judged."""
+    from tests.conftest import _tiny_config
+
+    torch.set_num_threads(1)
+    cfg = _tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path_factory.mktemp("cross"), "vertical")
+    sites = make_sites(cfg, specs, root)
+    result = federate(cfg, plain_endpoints(sites), exchange="step", cross_eval="mean")
+    return cfg, sites, result
+
+
+def test_imputation_equals_a_central_evaluation_of_the_collected_model(
+        vertical, tiny_polymnist):
+    cfg, _, result = vertical
+    model, test = _central(cfg, result, tiny_polymnist)
+    want = imputation_nll(model, test, "mmvm", sample=False)
+    got = result.cross_site["imputation"]
+    _close(got["pairs"], want["pairs"])
+    _close(got["rest"], want["rest"])
+    assert got["n"] == want["n"] and got["samples"] == want["samples"] == len(test)
+    assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
+    assert got["scoring"] == want["scoring"] and got["where"] == "cross-site"
+    assert result.cross_notes == {}
+
+
+def test_coherence_equals_a_central_evaluation_with_the_sites_judges(
+        vertical, tiny_polymnist):
+    cfg, sites, result = vertical
+    model, test = _central(cfg, result, tiny_polymnist)
+    judges = {}
+    for site in sites.values():  # the judges each site trained (cached beside its data)
+        judges.update(load_or_train(site.train_path, site.test_path, site.names,
+                                    cfg=recipe_for(cfg)).models)
+    want = coherence(model, test, judges, "mmvm", sample=False)
+    got = result.cross_site["coherence"]
+    assert got["pairs"].keys() == want["pairs"].keys()
+    for k, v in want["pairs"].items():  # one test sample's judgement at most
+        assert abs(got["pairs"][k] - v) <= 1 / len(test) + 1e-9, (k, got["pairs"][k], v)
+    assert abs(got["mean"] - want["mean"]) <= 1 / len(test) + 1e-9
+    assert abs(got["self"] - want["self"]) <= 1 / len(test) + 1e-9
+    every = [ev[f"coherence/{s}->{t}_n"] for ev in result.evaluation.values()
+             for s in MODALITIES for t in ev["modalities"]]
+    assert every == [len(test)] * 9  # each pair judged on every labelled test sample
+
+
+def test_a_modality_held_by_two_sites_is_scored_on_each_ones_samples(
+        tiny_polymnist, tiny_config, tmp_path):
+    """Hybrid layout: m0's test samples are split over two sites; each scores its
+    own, and their means weighted by count are the central evaluation's."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid")
+    sites = make_sites(cfg, specs, root)
+    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
+    result = federate(cfg, endpoints, exchange="step", cross_eval="mean")
+    model, test = _central(cfg, result, tiny_polymnist)
+    want = imputation_nll(model, test, "mmvm", sample=False)
+    got = result.cross_site["imputation"]
+    _close(got["pairs"], want["pairs"])
+    _close(got["rest"], want["rest"])
+    halves = [ev["impute_rest/m0_n"] for ev in result.evaluation.values()
+              if ev["modalities"] == ["m0"]]
+    assert len(halves) == 2 and sum(halves) == len(test) and min(halves) > 0
+    assert "coherence" not in result.cross_site  # eval-labels = "": no judge, no score
+
+
+def test_one_draw_scores_lie_around_the_means_and_say_so(tiny_polymnist, tiny_config,
+                                                          tmp_path):
+    """The default reading decodes one seeded draw of z, as `mmvm evaluate` does:
+    other numbers than the means', the same samples counted, and the scoring string
+    of a one-draw evaluation."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+
+    def run(mode):
+        sites = make_sites(cfg, specs, root)
+        endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
+        return federate(cfg, endpoints, exchange="step", cross_eval=mode).cross_site
+
+    drawn, means = run("draw")["imputation"], run("mean")["imputation"]
+    assert drawn["scoring"] == scoring(sample=True)
+    assert drawn["n"] == means["n"]
+    assert all(math.isfinite(v) for v in drawn["pairs"].values())
+    assert drawn["pairs"] != means["pairs"]
+
+
+def test_a_site_that_keeps_its_test_posteriors_is_named_and_left_out(
+        tiny_polymnist, tiny_config, tmp_path):
+    """share-test = false at site-m1: the server knows none of its test ids, so m1 is
+    neither a source nor a target; the run says so, and the others are scored."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    keep = SitePolicy(eval_labels=(), share_test=False)
+    endpoints = {k: Endpoint(s, PlainChannel(), keep if s.name == "site-m1" else NO_LABELS)
+                 for k, s in sites.items()}
+    result = federate(cfg, endpoints, exchange="step", cross_eval="mean")
+    assert set(result.cross_site["imputation"]["pairs"]) == {"m0->m2", "m2->m0"}
+    assert "share-test = false" in result.cross_notes["site-m1"]
+    assert math.isnan(result.cross_site["imputation"]["total"])  # not every sample's
+
+
+def test_a_site_that_reports_no_losses_sends_no_imputation_nor_counts(
+        tiny_polymnist, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    quiet = SitePolicy(eval_labels=(), report_losses=False)
+    endpoints = {k: Endpoint(s, PlainChannel(), quiet if s.name == "site-m0" else NO_LABELS)
+                 for k, s in sites.items()}
+    result = federate(cfg, endpoints, exchange="step", cross_eval="mean")
+    ev = next(e for e in result.evaluation.values() if e["site"] == "site-m0")
+    assert not [k for k in ev if k.startswith("impute") or k.endswith("_n")], ev
+    assert "m0" not in result.cross_site["imputation"]["rest"]
+    assert "m1" in result.cross_site["imputation"]["rest"]
+
+
+def _repeat_an_id(reply) -> None:
+    reply.identifiers[1] = reply.identifiers[0]
+
+
+def _relabel_as_m1(reply) -> None:  # its own table, sent as posteriors of m1
+    table = decode_table(reply.posteriors[SERVER])
+    reply.posteriors[SERVER] = encode_table({"m1": next(iter(table.values()))})
+
+
+@pytest.mark.parametrize("hostile, said", [(_repeat_an_id, "distinct"),
+                                           (_relabel_as_m1, "does not hold")])
+def test_a_hostile_test_reply_is_left_out_and_the_run_ends(
+        tiny_polymnist, tiny_config, tmp_path, hostile, said):
+    """A site that repeats an id, or sends posteriors of a modality it does not hold,
+    is named and left out (its ids cannot be trusted: it gets nothing either); the
+    others are still scored from each other, the run still written."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
+    names = {k: s.name for k, s in sites.items()}
+
+    def alter(requests, replies):
+        for key, reply in replies.items():
+            if reply.kind == "heldout" and names[key] == "site-m2":
+                hostile(reply)
+
+    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
+                      exchange="step", cross_eval="mean")
+    assert said in result.cross_notes["site-m2"]
+    assert set(result.cross_site["imputation"]["pairs"]) == {"m0->m1", "m1->m0"}
+    assert result.model_state is not None
+
+
+def test_a_secure_run_sends_no_test_message_and_a_secure_site_refuses_one(
+        tiny_polymnist, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state")
+    kinds = []
+
+    def alter(requests, replies):
+        kinds.append(next(iter(requests.values())).kind)
+
+    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
+                      exchange="step", secure=True, cross_eval="draw")
+    assert "heldout" not in kinds and result.cross_site == {}
+    site_endpoint = next(iter(endpoints.values()))
+    with pytest.raises(Exception, match="secure site does not send"):
+        site_endpoint.handle(HeldOutRequest())
