@@ -237,7 +237,8 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}, max-align-rows "
               f"{p.max_align_rows:,}; eval-labels {','.join(p.eval_labels) or 'none'}; device "
               f"{p.device or 'as the run config says'}; allow-compile {on[p.allow_compile]}"
-              f", report-losses {on[p.report_losses]}, pictures {on[p.pictures]}; "
+              f", report-losses {on[p.report_losses]}, pictures {on[p.pictures]}, "
+              f"share-test {on[p.share_test]}; "
               f"holders " + ("; ".join(f"{m}={','.join(sorted(s))}"
                                        for m, s in sorted(p.holders.items()))
                              if p.holders else "as the server says")

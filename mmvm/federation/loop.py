@@ -250,10 +250,14 @@ def run_federation(transport: Transport, s: FederationSettings,
             raise RunStopped(w, len(coord.plan))
     result.missed = att.summary()
     result.bytes_total = meter.total
+    cross = "off" if s.secure else s.cross_eval
+    if log and cross != "off":
+        log("mmvm: evaluation: the sites score each other's modalities from their test "
+            "posteriors (cross-eval; a site's judges train once, then are cached)")
+    result.seconds = before_restart + time.perf_counter() - t0  # training, not evaluation
     final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout,
-                     cross="off" if s.secure else s.cross_eval,
+                     cross=cross,
                      latent_dim=s.experiment.model.latent_dim, max_rows=s.max_site_rows)
-    result.seconds = before_restart + time.perf_counter() - t0
     return result
 
 

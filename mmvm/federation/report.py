@@ -152,8 +152,9 @@ def cross_site_lines(cross: Mapping, notes: Mapping[str, str]) -> list[str]:
                      f"pairs; target from itself {_num(coh.get('self'))})")
     if imp:
         per = ", ".join(f"{m} {_num(v, 1)}" for m, v in imp.get("rest", {}).items())
+        z = "posterior means" if "means" in str(imp.get("scoring")) else "one draw of z"
         lines.append(f"  imputation NLL from the other modalities: {per} (total "
-                     f"{_num(imp.get('total'), 1)}; {imp.get('scoring', '')})")
+                     f"{_num(imp.get('total'), 1)}; {z} per source)")
     lines += [f"  {site}: not part of it ({why})" for site, why in sorted(notes.items())]
     return lines
 

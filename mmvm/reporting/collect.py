@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mmvm.federation.server_state import STATE_FILE
+from mmvm.reporting.cross_site import cross_site_metrics
 from mmvm.reporting.runs import (
     FEDERATED_SETTINGS,
     WHERE_DATA_LIES,
@@ -180,6 +181,7 @@ def read_run_folder(folder: Path) -> Run:
         apply_eval(run, result, source)
     elif run.federated:
         site_evaluations(run, run.federated)
+        cross_site_metrics(run, run.federated)
     if (folder / "metrics.csv").is_file():
         run.metrics_csv = folder / "metrics.csv"
         run.epoch = run.epoch if run.epoch is not None else last_epoch(run.metrics_csv)

@@ -3,13 +3,16 @@
 From the run's ``results.json`` (:func:`mmvm.federation.results.write_results`): the
 federation settings, bytes and time, and per site its modalities and the probe and
 reconstruction of its own modalities; ``curves.png`` (reconstruction, regulariser and
-bytes per window) when present.
+bytes per window) when present; the cross-site evaluation's coherence and imputation
+(each site scoring its modalities from the others' test posteriors) where the run had
+one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mmvm.reporting.cross_site import cross_site_table
 from mmvm.reporting.document import Paragraph, Section, Table
 from mmvm.reporting.runs import FEDERATED_SETTINGS, Run, number, text
 
@@ -64,6 +67,9 @@ def federated_section(run: Run) -> Section:
     section = Section(f"Federated run {run.name}").add(settings_table(summary))
     sites = sites_table(summary)
     section.add(sites or Paragraph("No per-site records in results.json.", note=True))
+    cross = cross_site_table(summary)
+    if cross is not None:
+        section.add(cross)
     if "curves" in run.images:
         section.add(embed(run.images["curves"], f"{run.name}: reconstruction, "
                           "regulariser and bytes per exchange window"))

@@ -279,3 +279,35 @@ def test_runs_of_vector_modalities_are_not_asked_for_generation_grids(tmp_path):
         m: {"kind": "vector", "shape": [30]} for m in NAMES}}}))
     text, _ = write_report(tmp_path, run)
     assert "its modalities are no images (vectors, tokens), which mmvm evaluate" in text
+
+
+def test_a_federated_run_whose_weights_stayed_shows_its_cross_site_scores(tmp_path):
+    """No assembled model, no eval.json: the run's coherence and imputation are the
+    cross-site evaluation's (results.json cross_site), and its page lists the pairs."""
+    fed = tmp_path / "run-8"
+    fed.mkdir()
+    pairs = {"m0->m1": 0.75, "m1->m0": 0.25, "m0->m0": 0.9, "m1->m1": 0.8}
+    (fed / "results.json").write_text(json.dumps({
+        "settings": {"num_sites": 2, "exchange": "round"}, "bytes_total": 1000,
+        "config": {"model": {"method": "mmvm"}, "train": {"beta": 1.0, "seed": 0}},
+        "sites": {"11": {"site": "site-a", "modalities": ["m0"], "n": 100},
+                  "12": {"site": "site-b", "modalities": ["m1"], "n": 100}},
+        "evaluation": {"11": {"site": "site-a", "probe/m0": 0.8},
+                       "12": {"site": "site-b", "probe/m1": 0.6}},
+        "probe_mean": 0.7,
+        "cross_site": {
+            "coherence": {"pairs": pairs, "names": ["m0", "m1"],
+                          "matrix": [[0.9, 0.75], [0.25, 0.8]], "mean": 0.5,
+                          "self": 0.85},
+            "imputation": {"pairs": {"m0->m1": 120.5, "m1->m0": 80.25},
+                           "rest": {"m0": 80.25, "m1": 120.5}, "total": 200.75}},
+        "cross_site_notes": {"site-c": "no test file"}}))
+    text, page = write_report(tmp_path, fed)
+    row = summary_row(page, "mmvm")
+    assert row["coherence (m -> m', m != m')"] == "0.500 (1 seed)", row
+    assert row["self-coherence (m -> m)"] == "0.850 (1 seed)"
+    assert row["imputation NLL (each modality from the others, summed)"] == \
+        "200.8 (1 seed)"
+    assert "cross-site coherence" in row["numbers from"] and "site-c (no test file)" in text
+    table = next(t for t in page.tables if t[0][:2] == ["source", "target"])
+    assert ["m0", "m1", "0.750", "120.5"] in table and ["m1", "m0", "0.250", "80.2"] in table
