@@ -77,8 +77,12 @@ def make_data(root: Path, n_train: int = 96, n_test: int = 48) -> dict[str, Path
 
 
 class Deployment:
-    def __init__(self, root: Path, fork: bool = False) -> None:
-        self.root, self.fork = root, fork
+    def __init__(self, root: Path, fork: bool = False, plaintext: str | None = None
+                 ) -> None:
+        """``plaintext``: the sites' node configs hold no keys (plaintext sites, TLS
+        and node authentication all the same), and this text besides (their own
+        policy keys, e.g. ``'allow-collect=false'``)."""
+        self.root, self.fork, self.plaintext = root, fork, plaintext
         self.execs: dict[str, Process] = {}  # fork: each site's SuperExec
         self.ports: dict[str, int] = {}  # each SuperNode's Runtime API port
         self.keys = root / "keys"
@@ -139,13 +143,14 @@ class Deployment:
         pins = ";".join(f"{p}={directory[p].fingerprint.replace(' ', '')}"
                         for p in SITES if p != s)  # the site's own policy
         self.ports[s] = free_port()
+        policy = (f'keys="{site_dir / "site_keys.json"}" '
+                  f'directory="{site_dir / "public_keys.json"}" peers="{pins}"'
+                  if self.plaintext is None else self.plaintext)
         node = self.fleet.start_supernode(
             log_name or s, self.link, auth_key=site_dir / s, root_certificates=self.keys / "ca.crt",
             port=self.ports[s], extra_args=["--isolation", "process"] if self.fork else (),
-            node_config=f'site="{s}" data="{self.data[s]}" '
-                        f'keys="{site_dir / "site_keys.json"}" '
-                        f'directory="{site_dir / "public_keys.json"}" '
-                        f'peers="{pins}" state="{self.state / s}"')
+            node_config=f'site="{s}" data="{self.data[s]}" {policy} '
+                        f'state="{self.state / s}"')
         if self.fork and superexec:
             self.start_superexec(s, log_name)
         return node
