@@ -74,7 +74,7 @@ class Endpoint:
                           AttachRequest: self.attach, WindowRequest: self.window,
                           ConfirmRequest: self.confirm,
                           UnmaskRequest: self.unmask, ResumeRequest: self.resume,
-                          HeldOutRequest: self.test, EvaluateRequest: self.evaluate}
+                          HeldOutRequest: self.held_out, EvaluateRequest: self.evaluate}
 
     def handle(self, request):
         """The reply to ``request``, chosen by its type."""
@@ -309,7 +309,7 @@ class Endpoint:
         self.site.replies.keep("unmask", req.window, reply, req.groups)
         return reply
 
-    def test(self, req: HeldOutRequest) -> HeldOutReply:
+    def held_out(self, req: HeldOutRequest) -> HeldOutReply:
         """Plaintext runs: the test samples' ids and posteriors, for the cross-site
         evaluation (:mod:`mmvm.federation.site_cross_eval`), after the averaged
         weights are loaded; none where the node config says ``share-test = false``."""
