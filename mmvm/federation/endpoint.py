@@ -337,7 +337,7 @@ class Endpoint:
         probes = self._probes_allowed()
         try:
             metrics = evaluate_site(site, probes=probes, cross=req.posteriors.get(SERVER),
-                                    draw=req.draw)
+                                    draw=req.draw, log=self.notes.append)
         except Exception as err:
             if not self.channel.secure:
                 raise

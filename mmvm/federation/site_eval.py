@@ -28,7 +28,8 @@ from mmvm.federation.site_cross_eval import cross_scores, received
 
 @torch.no_grad()
 def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True,
-                  cross: bytes | None = None, draw: bool = True) -> dict[str, float]:
+                  cross: bytes | None = None, draw: bool = True,
+                  log=None) -> dict[str, float]:
     """``probe/<m>``, ``classes/<m>``, ``majority/<m>`` (the probe's chance: the share
     of m's commonest test label; none of the three unless ``probes``; ``unlabelled``
     when the site's files lack ``data.label``),
@@ -36,11 +37,11 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
     modalities' test posteriors (the server's table): imputation and, with
     ``probes``, coherence of the site's own modalities from them
     (:func:`mmvm.federation.site_cross_eval.cross_scores`; ``draw``: from one draw of
-    z, else the means)."""
+    z, else the means; ``log``: told where its judges are loaded from or trained to)."""
     if not site.test_path:
         return {}
     test = open_dataset(site.test_path, site.names, site.cfg.data)
-    out = _cross(site, test, cross, probes, draw) if cross is not None else {}
+    out = _cross(site, test, cross, probes, draw, log) if cross is not None else {}
     # the estimator `mmvm evaluate` reports (z drawn as in training, seeded), in
     # passes of the size the site's limits admitted
     rec = reconstruction_nll(site.model, test, site.cfg.model.method,
@@ -55,7 +56,8 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
     return out
 
 
-def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool) -> dict[str, float]:
+def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log
+           ) -> dict[str, float]:
     """The cross-site scores; judges only where the site may report on its labels."""
     from mmvm.classifiers import load_or_train, recipe_for  # a message that needs it
 
@@ -66,7 +68,7 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool) -> dict[str,
         with torch.enable_grad():  # (evaluate_site runs without it) a judge may train
             judges = load_or_train(
                 site.train_path, site.test_path, site.names, label=cfg.data.label,
-                cfg=recipe_for(cfg), device=site.device, tokens={
+                cfg=recipe_for(cfg), device=site.device, log=log, tokens={
                     m.name: m.classes for m in cfg.model.modalities if m.kind == "tokens"})
     return cross_scores(site, test, others, judges, sample=draw,
                         coherence_sample=draw and site.cfg.eval.coherence_sample)
