@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmvm.data.store_format import MAX_ID_CHARS
+from mmvm.federation.admission import short_reason
 from mmvm.federation.coordinator import Coordinator
 from mmvm.federation.messages import SERVER, HeldOutReply, HeldOutRequest
 from mmvm.federation.posteriors import (
@@ -30,6 +31,7 @@ from mmvm.federation.posteriors import (
     merge_tables,
     select_rows,
 )
+from mmvm.federation.window_metrics import WITHHELD
 from mmvm.imputation import scoring
 
 
@@ -75,7 +77,7 @@ def align_tests(coord: Coordinator, replies: Mapping[str, HeldOutReply], latent_
             tables[key] = _checked(coord, key, r, latent_dim, max_rows)
             ids[key] = r.identifiers
         except (PosteriorError, ValueError) as err:
-            out.notes[name] = str(err)
+            out.notes[name] = short_reason(str(err))
     union = sorted(set().union(*ids.values())) if ids else []
     row_of = {sid: i for i, sid in enumerate(union)}
     for key, site_ids in ids.items():
@@ -83,12 +85,26 @@ def align_tests(coord: Coordinator, replies: Mapping[str, HeldOutReply], latent_
         out.rows[key] = rows
         tables[key] = {m: Posteriors(rows[p.rows], p.mu, p.logvar)
                        for m, p in tables[key].items()}
-    try:
-        out.table = merge_tables(list(tables.values()))
-    except PosteriorError as err:  # two sites hold one modality of a test sample
-        out.notes["server"] = f"{err}: no cross-site evaluation"
-        out.rows, out.table = {}, {}
+    for key in _conflicts(tables):  # both sides of a clash: the server cannot tell
+        out.notes[coord.name(key)] = ("sent posteriors of a test sample's modality "
+                                      "that another site sent too")
+        del out.rows[key], tables[key]
+    out.table = merge_tables(list(tables.values()))
     return out
+
+
+def _conflicts(tables: Mapping[str, Mapping[str, Posteriors]]) -> set[str]:
+    """The sites whose table holds a (modality, test row) another site's holds."""
+    seen: dict[str, dict[int, str]] = {}
+    clash: set[str] = set()
+    for key, table in tables.items():
+        for m, p in table.items():
+            owner = seen.setdefault(m, {})
+            for r in p.rows.tolist():
+                other = owner.setdefault(r, key)
+                if other != key:
+                    clash |= {key, other}
+    return clash
 
 
 def _checked(coord: Coordinator, key: str, r: HeldOutReply, latent_dim: int,
@@ -110,6 +126,12 @@ def _checked(coord: Coordinator, key: str, r: HeldOutReply, latent_dim: int,
     stray = sorted(set(table) - set(coord.sites[key].modalities))
     if stray:
         raise ValueError(f"test posteriors of {stray}, which it does not hold")
+    covered = np.zeros(len(ids), bool)  # an id it has no posterior of: a guess of
+    for p in table.values():  # another site's ids, to be sent their posteriors
+        covered[p.rows] = True
+    if not covered.all():
+        raise ValueError(f"{int((~covered).sum())} of its test ids without a posterior "
+                         f"of its modalities")
     return table
 
 
@@ -121,28 +143,35 @@ def gather_tests(transport, coord: Coordinator, averaged: Mapping, wait: float,
         {key: HeldOutRequest(weights=coord.weights_for(key, averaged)) for key in coord.sites},
         wait)
     tables = align_tests(coord, replies, latent_dim, max_rows)
-    tables.notes.update({coord.name(k): f"failed: {why}" for k, why in failed.items()})
+    tables.notes.update({coord.name(k): short_reason(f"failed: {why}")
+                         for k, why in failed.items()})
     tables.notes.update({coord.name(k): "did not answer" for k in coord.sites
                          if k not in replies and k not in failed})
     return tables
 
 
-def combine(evaluation: Mapping[str, Mapping], names: list[str], tables: TestTables,
-            draw: bool) -> dict:
+def combine(evaluation: Mapping[str, Mapping], names: list[str],
+            holders: Mapping[str, list[str]], tables: TestTables, draw: bool) -> dict:
     """``{"imputation": ..., "coherence": ...}`` in eval.json's shapes from the sites'
     ``impute/``, ``impute_rest/`` and ``coherence/`` metrics (each site's mean
-    weighted by its ``_n`` count; by 1 where a site withheld its counts)."""
+    weighted by its ``_n`` count; by 1 where a site withheld its counts). Only what a
+    site may have scored counts (:func:`_scored`); a site that refused the server's
+    table is noted."""
     sums: dict[str, list[float]] = {}
     withheld = False
-    for ev in evaluation.values():
-        for k, v in ev.items():
-            if k.startswith(("impute/", "impute_rest/", "coherence/")) and \
-                    not k.endswith("_n"):
-                n = ev.get(f"{k}_n")
-                withheld |= n is None
-                acc = sums.setdefault(k, [0.0, 0.0])
-                acc[0] += float(v) * float(n or 1)
-                acc[1] += float(n or 1)
+    for key, ev in evaluation.items():  # took part, then scored nothing to count
+        why = "refused the server's test posteriors (its log says why)" \
+            if ev.get("cross_refused") else "withheld its imputation (report-losses)" \
+            if ev.get(WITHHELD) and key in tables.rows else ""
+        if why:
+            tables.notes[str(ev.get("site", key))] = why
+    for key, ev in evaluation.items():
+        for k, v, n in _scored(ev, names, holders.get(key, []),
+                               len(tables.rows.get(key, ()))):
+            withheld |= n is None
+            acc = sums.setdefault(k, [0.0, 0.0])
+            acc[0] += v * float(n or 1)
+            acc[1] += float(n or 1)
     means = {k: s / n for k, (s, n) in sums.items() if n > 0}
     counts = {k: n for k, (_, n) in sums.items()}
     out = {}
@@ -165,6 +194,26 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str], tables: TestTab
                             "self": float(np.mean(own)) if own else math.nan,
                             "where": "cross-site"}
     return out
+
+
+def _scored(ev: Mapping, names: list[str], own: list[str], sent: int):
+    """A site's cross-site scores as (key, value, count or None): only of a modality it
+    holds (the target) from one of the run's (the source), each count a whole number
+    from 1 to the test ids it sent, each coherence a fraction: a site cannot speak
+    for another's pairs, nor outweigh it."""
+    for k, v in ev.items():
+        kind, _, pair = str(k).partition("/")
+        if kind not in ("impute", "impute_rest", "coherence") or k.endswith("_n"):
+            continue
+        src, _, tgt = pair.rpartition("->") if kind != "impute_rest" else ("", "", pair)
+        n = ev.get(f"{k}_n")
+        if tgt not in own or (kind != "impute_rest" and src not in names) or \
+                not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                (kind == "coherence" and not 0.0 <= v <= 1.0) or \
+                (n is not None and not (isinstance(n, (int, float)) and
+                                        float(n).is_integer() and 1 <= n <= sent)):
+            continue
+        yield k, float(v), n
 
 
 def _pairs(means: Mapping[str, float], prefix: str, names: list[str]) -> dict:

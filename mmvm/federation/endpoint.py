@@ -22,7 +22,6 @@ from mmvm.data.store import read_site_meta
 from mmvm.federation.channel import Channel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import (
-    SERVER,
     AlignRequest,
     AttachReply,
     AttachRequest,
@@ -45,7 +44,7 @@ from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import EVALUATION
 from mmvm.federation.reply_cache import request_digest
 from mmvm.federation.site import Site
-from mmvm.federation.site_cross_eval import held_out_reply
+from mmvm.federation.site_cross_eval import admitted, held_out_reply
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.window_metrics import RESTORED, WITHHELD, withhold_losses
@@ -316,10 +315,11 @@ class Endpoint:
         if self.channel.secure:  # ids and posteriors in clear: never from a secure site
             raise FederationError(f"site {self.site.name}: a secure site does not send "
                                   f"its test samples' ids or posteriors")
-        self.site.progress.evaluate(self.site.name)
         self._check_shared(req.weights)
+        self.site.progress.held_out_step(self.site.name)  # before any weights load
         self._load_shared(req.weights, "the cross-site evaluation")
-        return held_out_reply(self.site, self.policy.share_test)
+        return held_out_reply(self.site, self.policy.share_test,
+                              request_digest({}, req.weights))
 
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
         site = self.site
@@ -327,6 +327,8 @@ class Endpoint:
         if req.posteriors and self.channel.secure:  # test posteriors travel in clear
             raise FederationError(f"site {site.name}: test posteriors in a secure run")
         self._check_shared(req.weights)
+        cross = admitted(site, self.policy.share_test, req.posteriors,
+                         request_digest({}, req.weights), self.notes, self._persist)
         self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
                                   {"config": config_digest(site.cfg),
                                    "collect": bool(req.collect)})
@@ -336,8 +338,8 @@ class Endpoint:
         model = {m: site.weights(m) for m in site.names if m not in kept} if collect else {}
         probes = self._probes_allowed()
         try:
-            metrics = evaluate_site(site, probes=probes, cross=req.posteriors.get(SERVER),
-                                    draw=req.draw, log=self.notes.append)
+            metrics = evaluate_site(site, probes=probes, cross=cross, draw=req.draw,
+                                    log=self.notes.append, policy=self.policy)
         except Exception as err:
             if not self.channel.secure:
                 raise
@@ -356,6 +358,10 @@ class Endpoint:
                               metrics=metrics, model=model)
         site.progress.phase = "evaluated"
         return reply
+
+    def _persist(self) -> None:
+        if self.store is not None:
+            self.store.save(self.site, snapshot=False)
 
     def _probes_allowed(self) -> bool:
         """The site's node config lets the evaluation probe the run's label column

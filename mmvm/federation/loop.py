@@ -327,8 +327,13 @@ def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
         result.evaluation[k] = {**metrics, "site": coord.name(k),  # what it holds, as
                                 "modalities": list(coord.sites[k].modalities)}  # described
     if cross != "off":
-        result.cross_site = combine(result.evaluation, coord.modalities, tables,
-                                    draw=cross == "draw")
+        tables.notes.update({coord.name(k): "did not evaluate" for k in tables.rows
+                             if k not in replies})
+        result.cross_site = combine(
+            result.evaluation, coord.modalities,
+            {k: list(i.modalities) for k, i in coord.sites.items()}, tables,
+            draw=cross == "draw")
+        result.cross_notes = dict(tables.notes)
     if not collect_model:  # every site keeps its weights
         result.kept_weights = sorted(coord.name(k) for k in replies)
         return

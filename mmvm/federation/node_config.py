@@ -219,7 +219,8 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         allow_compile=_bool(nc, "allow-compile", False),
         report_losses=_bool(nc, "report-losses", True),
         pictures=_bool(nc, "pictures", True),
-        share_test=_bool(nc, "share-test", True),
+        # a site that keeps its losses and sizes keeps its test posteriors too
+        share_test=_bool(nc, "share-test", _bool(nc, "report-losses", True)),
         holders=_holders(str(nc["holders"])) if "holders" in nc else None,
         experiments=_digests(str(nc["experiment"])) if "experiment" in nc else (),
         sources=tuple(k for k in KEYS if k in nc))

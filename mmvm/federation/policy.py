@@ -63,9 +63,12 @@ anything leaves the site:
 ``share-test``         plaintext runs: at the end, send the server the ids of its
                        test samples and its posteriors of them, so that every site
                        scores imputation and coherence of its modalities from the
-                       others' (:mod:`mmvm.federation.cross_eval`; default on;
-                       off, the site takes no part in it). A secure site never
-                       sends them
+                       others' (:mod:`mmvm.federation.cross_eval`; default on,
+                       off where ``report-losses`` is; off, the site takes no part
+                       in it). Answered once a run, with the weights its
+                       evaluation then uses; a score over fewer than a quarter of
+                       its test rows is not reported. A secure site never sends
+                       them
 ``holders``            per modality this site holds, every site that holds it
                        (``"frontal=hospital-a,hospital-c;lateral=hospital-b"``, this
                        site included): the masking group a secure run may put it

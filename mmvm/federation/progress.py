@@ -39,6 +39,8 @@ class Progress:
     unmasked: int = -1  # last window whose unmask step was answered
     mode: str = ""  # the channel the run began with ("plain", "sealed/<alignment>")
     config: str = ""  # the experiment's digest the run began with (mmvm.config)
+    held_out: str = ""  # digest of the weights its heldout answer was made with
+    cross_scored: bool = False  # an evaluation scored the server's test posteriors
 
     def _need(self, site: str, what: str, *phases: str) -> None:
         if self.phase not in phases:
@@ -105,6 +107,14 @@ class Progress:
 
     def evaluate(self, site: str) -> None:
         self._need(site, "evaluate", "attached")
+
+    def held_out_step(self, site: str) -> None:
+        """The heldout message is answered once a run: each answer is the test set
+        encoded by the weights the server sent with it (cross_eval.py)."""
+        self._need(site, "heldout", "attached")
+        if self.held_out:
+            raise ProtocolOrderError(f"site {site}: heldout refused: answered once in "
+                                     f"this run already")
 
     def state(self) -> dict:
         return asdict(self)

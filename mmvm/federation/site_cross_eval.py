@@ -33,7 +33,6 @@ import torch
 
 from mmvm.data import open_dataset
 from mmvm.evaluation import unimodal_posteriors
-from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import SERVER, HeldOutReply
 from mmvm.federation.posteriors import (
     PosteriorError,
@@ -44,18 +43,46 @@ from mmvm.federation.posteriors import (
 from mmvm.federation.site import Site
 
 
-def held_out_reply(site: Site, share: bool) -> HeldOutReply:
+def held_out_reply(site: Site, share: bool, digest: str) -> HeldOutReply:
     """The ids of the site's test samples and its posteriors of them (float32: an
-    evaluation's precision); empty, with why, without a test file or ``share``."""
+    evaluation's precision), the averaged weights (``digest``) loaded; empty, with
+    why, without a test file or ``share``. Answered once a run
+    (:meth:`Progress.held_out_step`): a server asking again with other weights would
+    get the test set encoded once more, by encoders of its choosing."""
+    site.progress.held_out_step(site.name)
     if not share:
         return HeldOutReply(reason="its node config keeps its test posteriors "
-                                "(share-test = false)")
+                                   "(share-test = false)")
     if not site.test_path:
         return HeldOutReply(reason="no test file")
     test = open_dataset(site.test_path, site.names, site.cfg.data)
     table = test_posteriors(site, test)
+    site.progress.held_out = digest
     return HeldOutReply(identifiers=list(test.sample_ids),
-                     posteriors={SERVER: encode_table(table)} if table else {})
+                        posteriors={SERVER: encode_table(table)} if table else {})
+
+
+def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: str,
+             notes: list[str], persist) -> bytes | None:
+    """The server's test posteriors an evaluation scores, or None (why: in
+    ``notes``, the site's journal). Only where the site took part (``share``, its
+    heldout answered with the same weights, ``digest``) and once a run: each
+    evaluation that scores them answers the server's table, and the server chooses
+    which rows a table holds. ``persist()`` writes the once before anything is
+    scored (a failed evaluation does not hand the server another try)."""
+    if not posteriors:
+        return None
+    p = site.progress
+    why = ("its node config keeps it out (share-test = false)" if not share
+           else "it answered no heldout message in this run" if not p.held_out
+           else "other weights than its heldout answer's" if p.held_out != digest
+           else "scored once in this run already" if p.cross_scored else "")
+    if why:
+        notes.append(f"the evaluation: the server's test posteriors ignored: {why}")
+        return None
+    p.cross_scored = True
+    persist()
+    return posteriors.get(SERVER, b"")
 
 
 @torch.no_grad()
@@ -72,18 +99,22 @@ def test_posteriors(site: Site, test) -> dict[str, Posteriors]:
                           np.concatenate([b for _, _, b in p])) for m, p in parts.items()}
 
 
-def received(site: Site, blob: bytes, n_test: int) -> dict[str, Posteriors]:
+def received(site: Site, blob: bytes, n_test: int, log) -> dict[str, Posteriors] | None:
     """The other modalities' test posteriors the server sent, checked: modalities of
-    the run that the site does not hold, rows among its ``n_test`` test rows."""
+    the run that the site does not hold, rows among its ``n_test`` test rows; None
+    where they are not (why: told to ``log``, the site's journal; the server learns
+    only that they were refused, not a text that may name the test set's size)."""
     try:
         table = decode_table(blob, latent_dim=site.cfg.model.latent_dim, n_rows=n_test,
                              sender="the server")
     except PosteriorError as err:
-        raise FederationError(f"site {site.name}: cross-site evaluation: {err}") from None
+        log(f"the evaluation: the server's test posteriors refused: {err}")
+        return None
     stray = sorted(m for m in table if m not in site.global_names or m in site.names)
     if stray:
-        raise FederationError(f"site {site.name}: cross-site evaluation: posteriors of "
-                              f"{stray}, which are not the run's other modalities")
+        log(f"the evaluation: the server's test posteriors refused: posteriors of "
+            f"{stray}, which are not the run's other modalities")
+        return None
     return table
 
 
@@ -96,7 +127,8 @@ def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
     each with its count under ``<key>_n``; nothing for a pair no sample holds."""
     model, names = site.model, site.global_names
     model.eval()
-    gen = torch.Generator().manual_seed(site.cfg.train.seed)
+    gen = torch.Generator().manual_seed(site.cfg.train.seed)  # the imputation's draws
+    coh_gen = torch.Generator().manual_seed(site.cfg.train.seed + 1)  # and coherence's
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
 
@@ -117,7 +149,7 @@ def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
             for s, (have, mu, lv) in post.items():
                 keep = have & (labels >= 0)
                 if bool(keep.any()):
-                    z = _draw(mu[keep], lv[keep], coherence_sample, gen)
+                    z = _draw(mu[keep], lv[keep], coherence_sample, coh_gen)
                     pred = judges[t](model.generate(t, z.to(site.device))).argmax(1)
                     add(f"coherence/{s}->{t}", (pred.cpu() == labels[keep]).double())
     out: dict[str, float] = {}
@@ -183,3 +215,32 @@ def _impute(site: Site, t: str, b: dict, post: Mapping, eps: torch.Tensor,
     scored = count > 0
     if bool(scored.any()):
         add(f"impute_rest/{t}", rest[scored] / count[scored])
+
+
+def judges_too_large(site: Site, recipe, policy) -> str | None:
+    """Why the judges of the site's modalities under ``recipe`` (the run config's
+    ``[eval]``: epochs, width, ensemble members) exceed the node config's
+    ``max-params``, ``max-steps`` or ``max-visits``, or None: a submitter must not
+    size the training a site's evaluation runs."""
+    from mmvm.classifier_nets import build_classifier
+    from mmvm.classifiers import recipe_for_rows, training_steps
+    from mmvm.judges import is_image
+
+    n = len(site.data)
+    classes = int(site.data.labels.max()) + 1 if site.data.labels is not None else 2
+    tokens = {m.name: m.classes for m in site.cfg.model.modalities if m.kind == "tokens"}
+    for m in site.names:
+        r = recipe_for_rows(recipe, n, bool(recipe.min_steps) and is_image(site.train_path, m))
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_classifier(
+                site.data.shapes[m], max(classes, 2), r.width, tokens.get(m, 0),
+                r.members).parameters())
+        for key, value, limit in (("max-params", params, policy.max_params),
+                                  ("max-steps", training_steps(n, r), policy.max_steps),
+                                  ("max-visits", r.members * r.epochs * n,
+                                   policy.max_visits)):
+            if value > limit:
+                return (f"the judge of {m} under the run's [eval] would take {value:,} "
+                        f"({key}; the node config allows {limit:,})")
+    return None
+

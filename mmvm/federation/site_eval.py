@@ -22,14 +22,15 @@ from mmvm.evaluation import (
     probe_accuracy,
     reconstruction_nll,
 )
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
-from mmvm.federation.site_cross_eval import cross_scores, received
+from mmvm.federation.site_cross_eval import cross_scores, judges_too_large, received
 
 
 @torch.no_grad()
 def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True,
                   cross: bytes | None = None, draw: bool = True,
-                  log=None) -> dict[str, float]:
+                  log=None, policy: SitePolicy | None = None) -> dict[str, float]:
     """``probe/<m>``, ``classes/<m>``, ``majority/<m>`` (the probe's chance: the share
     of m's commonest test label; none of the three unless ``probes``; ``unlabelled``
     when the site's files lack ``data.label``),
@@ -37,11 +38,14 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
     modalities' test posteriors (the server's table): imputation and, with
     ``probes``, coherence of the site's own modalities from them
     (:func:`mmvm.federation.site_cross_eval.cross_scores`; ``draw``: from one draw of
-    z, else the means; ``log``: told where its judges are loaded from or trained to)."""
+    z, else the means; ``log``: told where its judges are loaded from or trained to;
+    ``policy``: a deployed site's limits on its judges and its scores, see
+    :func:`_cross`)."""
     if not site.test_path:
         return {}
     test = open_dataset(site.test_path, site.names, site.cfg.data)
-    out = _cross(site, test, cross, probes, draw, log) if cross is not None else {}
+    out = _cross(site, test, cross, probes, draw, log or (lambda _: None), policy) \
+        if cross is not None else {}
     # the estimator `mmvm evaluate` reports (z drawn as in training, seeded), in
     # passes of the size the site's limits admitted
     rec = reconstruction_nll(site.model, test, site.cfg.model.method,
@@ -56,22 +60,39 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
     return out
 
 
-def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log
-           ) -> dict[str, float]:
-    """The cross-site scores; judges only where the site may report on its labels."""
+def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
+           policy: SitePolicy | None) -> dict[str, float]:
+    """The cross-site scores; judges only where the site may report on its labels
+    and, at a deployed site, within its ``max-params``, ``max-steps`` and
+    ``max-visits`` (the run config's ``[eval]`` sizes them). A deployed site reports
+    no score over fewer than a quarter of its test rows: the server chooses which
+    rows its table holds, and a score over one row would be that sample's."""
     from mmvm.classifiers import load_or_train, recipe_for  # a message that needs it
 
-    others = received(site, blob, len(test))
-    judges = None
+    others = received(site, blob, len(test), log)
+    if others is None:
+        return {"cross_refused": 1.0}
+    judges, cfg = None, site.cfg
+    deployed = policy is not None and not policy.test_bed
     if probes and site.data.labels is not None and test.labels is not None:
-        cfg = site.cfg
-        with torch.enable_grad():  # (evaluate_site runs without it) a judge may train
-            judges = load_or_train(
-                site.train_path, site.test_path, site.names, label=cfg.data.label,
-                cfg=recipe_for(cfg), device=site.device, log=log, tokens={
-                    m.name: m.classes for m in cfg.model.modalities if m.kind == "tokens"})
-    return cross_scores(site, test, others, judges, sample=draw,
-                        coherence_sample=draw and site.cfg.eval.coherence_sample)
+        too_large = judges_too_large(site, recipe_for(cfg), policy) if deployed else None
+        if too_large:
+            log(f"the evaluation: no coherence: {too_large}")
+        else:
+            with torch.enable_grad():  # (evaluate_site runs without it) a judge trains
+                judges = load_or_train(
+                    site.train_path, site.test_path, site.names, label=cfg.data.label,
+                    cfg=recipe_for(cfg), device=site.device, log=log, tokens={
+                        m.name: m.classes for m in cfg.model.modalities
+                        if m.kind == "tokens"})
+    scores = cross_scores(site, test, others, judges, sample=draw,
+                          coherence_sample=draw and cfg.eval.coherence_sample)
+    floor = math.ceil(len(test) / 4) if deployed else 1
+    few = sorted(k[:-2] for k, n in scores.items() if k.endswith("_n") and n < floor)
+    if few:
+        log(f"the evaluation: scores over fewer than {floor} test rows not reported: "
+            f"{', '.join(few)}")
+    return {k: v for k, v in scores.items() if k.removesuffix("_n") not in few}
 
 
 def _probes(site: Site, test, max_train: int) -> dict[str, float]:

@@ -166,6 +166,9 @@ def test_a_site_that_reports_no_losses_sends_no_imputation_nor_counts(
     assert not [k for k in ev if k.startswith("impute") or k.endswith("_n")], ev
     assert "m0" not in result.cross_site["imputation"]["rest"]
     assert "m1" in result.cross_site["imputation"]["rest"]
+    # a total over the others' modalities only would read as the whole: not given
+    assert math.isnan(result.cross_site["imputation"]["total"])
+    assert "report-losses" in result.cross_notes["site-m0"]
 
 
 def _repeat_an_id(reply) -> None:
@@ -219,3 +222,27 @@ def test_a_secure_run_sends_no_test_message_and_a_secure_site_refuses_one(
     site_endpoint = next(iter(endpoints.values()))
     with pytest.raises(Exception, match="secure site does not send"):
         site_endpoint.handle(HeldOutRequest())
+
+
+def test_a_site_that_fails_its_evaluation_makes_the_total_partial_and_is_named(
+        tiny_polymnist, tiny_config, tmp_path):
+    """site-m2 answered heldout, then failed its evaluation: the others' scores
+    stand, the total (a sum over every modality) is not given, the site named."""
+    from mmvm.federation.messages import SiteFailure
+
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
+    names = {k: s.name for k, s in sites.items()}
+
+    def alter(requests, replies):
+        for key, reply in list(replies.items()):
+            if reply.kind == "evaluate" and names[key] == "site-m2":
+                replies[key] = SiteFailure("site-m2", "RuntimeError: disk full")
+
+    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
+                      exchange="step", cross_eval="mean")
+    imp = result.cross_site["imputation"]
+    assert set(imp["rest"]) == {"m0", "m1"} and math.isnan(imp["total"])
+    assert result.cross_notes["site-m2"] == "did not evaluate"

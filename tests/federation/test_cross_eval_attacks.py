@@ -1,0 +1,177 @@
+"""A hostile server or site against the cross-site evaluation (security review of
+2026-12-05): what a site answers, scores and reports must stay within its node
+config whatever the server sends, and one site must not speak for another."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmvm.federation.channel import PlainChannel
+from mmvm.federation.cross_eval import combine
+from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.messages import SERVER, EvaluateRequest, HeldOutRequest
+from mmvm.federation.policy import SitePolicy
+from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
+from mmvm.federation.progress import ProtocolOrderError
+from tests.support.federate import Tampering, federate, make_sites, split
+
+DEPLOYED = SitePolicy()  # a node config's defaults (not a simulation's test bed)
+NO_LABELS = SitePolicy(eval_labels=())  # no judges to train (coherence not tested here)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_polymnist, tmp_path_factory):
+    """Three vertical sites after a plaintext run (no cross-site evaluation), put
+    back before their final evaluation: what a hostile server then sends is up to
+    the test."""
+    from tests.conftest import _tiny_config
+
+    cfg = _tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path_factory.mktemp("xattack"), "vertical")
+    sites = make_sites(cfg, specs, root)
+    federate(cfg, {k: Endpoint(s, PlainChannel()) for k, s in sites.items()},
+             exchange="step")
+    return cfg, sites
+
+
+@pytest.fixture
+def site(trained):
+    """site-m0, in the state before its evaluation, with a deployed site's policy."""
+    _, sites = trained
+    s = next(x for x in sites.values() if x.name == "site-m0")
+    s.progress.phase, s.progress.held_out, s.progress.cross_scored = "attached", "", False
+    return s
+
+
+def _table(site, rows, modality="m1") -> dict[str, bytes]:
+    d = site.cfg.model.latent_dim
+    rows = np.asarray(rows, np.int64)
+    z = np.zeros((len(rows), d), np.float32)
+    return {SERVER: encode_table({modality: Posteriors(rows, z, z)})}
+
+
+def test_heldout_is_answered_once_a_run(site):
+    ep = Endpoint(site, PlainChannel(), DEPLOYED)
+    first = ep.handle(HeldOutRequest())
+    assert len(first.identifiers) == 96
+    with pytest.raises(ProtocolOrderError, match="answered once"):
+        ep.handle(HeldOutRequest())  # e.g. with encoders of the server's choosing
+
+
+def test_a_table_is_scored_only_with_the_heldout_weights_and_once(site):
+    ep = Endpoint(site, PlainChannel(), DEPLOYED)
+    every = np.arange(96)
+    got = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
+    assert not any(k.startswith("impute") for k in got)  # no heldout answered
+    assert "no heldout" in " ".join(ep.notes)
+    site.progress.phase = "attached"  # as after an evaluation that failed
+    ep.handle(HeldOutRequest())
+    got = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
+    assert got["impute/m1->m0_n"] == 96
+    site.progress.phase = "attached"
+    again = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
+    assert not any(k.startswith("impute") for k in again)
+    assert "scored once" in " ".join(ep.notes)
+
+
+def test_a_site_that_does_not_share_scores_nothing(site):
+    ep = Endpoint(site, PlainChannel(), SitePolicy(share_test=False))
+    assert ep.handle(HeldOutRequest()).identifiers == []
+    got = ep.handle(EvaluateRequest(posteriors=_table(site, np.arange(96)))).metrics
+    assert not any(k.startswith(("impute", "coherence")) for k in got)
+
+
+def test_a_table_that_does_not_decode_is_refused_without_the_test_size(site):
+    """Its decode error named the test set's size ("outside the 96 aligned rows"),
+    which a site with report-losses off does not send."""
+    ep = Endpoint(site, PlainChannel(), SitePolicy(report_losses=False, share_test=True))
+    ep.handle(HeldOutRequest())
+    got = ep.handle(EvaluateRequest(posteriors=_table(site, [10**6]))).metrics
+    assert got.get("cross_refused") == 1.0
+    assert "96" not in " ".join(f"{k}={v}" for k, v in got.items())
+    assert any("96" in n for n in ep.notes)  # the site's own log says why
+
+
+def test_a_score_over_a_few_rows_the_server_chose_is_not_reported(site):
+    ep = Endpoint(site, PlainChannel(), DEPLOYED)
+    ep.handle(HeldOutRequest())
+    got = ep.handle(EvaluateRequest(posteriors=_table(site, [3]))).metrics
+    assert not [k for k in got if "m1->" in k or k.startswith("impute")], got
+    assert got["coherence/m0->m0_n"] == 96  # its own, over every row: reported
+    assert "fewer than 24 test rows" in " ".join(ep.notes)
+
+
+def test_judges_larger_than_the_node_config_allows_do_not_train(site):
+    ep = Endpoint(site, PlainChannel(), SitePolicy(max_params=1000))
+    ep.handle(HeldOutRequest())
+    got = ep.handle(EvaluateRequest(posteriors=_table(site, np.arange(96)))).metrics
+    assert "impute/m1->m0" in got and not any(k.startswith("coherence") for k in got)
+    assert "max-params" in " ".join(ep.notes)
+
+
+def test_a_site_that_lists_ids_it_has_no_posterior_of_is_left_out(
+        tiny_polymnist, tiny_config, tmp_path):
+    """Guessed ids (another site's) would be sent the others' posteriors of them."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
+    names = {k: s.name for k, s in sites.items()}
+
+    def alter(requests, replies):
+        for key, reply in replies.items():
+            if reply.kind == "heldout" and names[key] == "site-m2":
+                reply.identifiers += [f"guess-{i}" for i in range(5)]
+
+    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
+                      exchange="step", cross_eval="mean")
+    assert "5 of its test ids without a posterior" in result.cross_notes["site-m2"]
+    assert set(result.cross_site["imputation"]["pairs"]) == {"m0->m1", "m1->m0"}
+
+
+def test_two_sites_that_claim_one_sample_are_left_out_not_everyone(
+        tiny_polymnist, tiny_config, tmp_path):
+    """Hybrid layout: site-m0-1 also sends m0 posteriors of site-m0-0's test samples;
+    the server cannot tell whose are real, so both are left out, the others scored."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid")
+    sites = make_sites(cfg, specs, root)
+    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
+    names = {k: s.name for k, s in sites.items()}
+
+    def alter(requests, replies):
+        by_name = {names[k]: r for k, r in replies.items() if r.kind == "heldout"}
+        if not by_name:
+            return
+        victim, thief = by_name["site-m0-0"], by_name["site-m0-1"]
+        mine = decode_table(thief.posteriors[SERVER])["m0"]
+        extra = np.arange(len(thief.identifiers),
+                          len(thief.identifiers) + len(victim.identifiers))
+        z = np.zeros((len(extra), cfg.model.latent_dim), np.float32)
+        thief.identifiers += victim.identifiers
+        thief.posteriors[SERVER] = encode_table({"m0": Posteriors(
+            np.concatenate([mine.rows, extra]), np.concatenate([mine.mu, z]),
+            np.concatenate([mine.logvar, z]))})
+
+    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
+                      exchange="step", cross_eval="mean")
+    for name in ("site-m0-0", "site-m0-1"):
+        assert "another site sent too" in result.cross_notes[name]
+    assert set(result.cross_site["imputation"]["pairs"]) == {"m1->m2", "m2->m1"}
+
+
+def test_a_site_cannot_speak_for_another_sites_pairs_nor_outweigh_it():
+    holders = {"a": ["m0"], "b": ["m1"]}
+    evaluation = {"a": {"site": "a", "impute/m1->m0": 10.0, "impute/m1->m0_n": 4.0,
+                        "impute_rest/m0": 10.0, "impute_rest/m0_n": 4.0},
+                  "b": {"site": "b", "impute/m0->m1": 20.0, "impute/m0->m1_n": 4.0,
+                        # b's word on a's pair, with a count it cannot have
+                        "impute/m1->m0": 1e9, "impute/m1->m0_n": 1e300,
+                        "coherence/m0->m1": 7.0, "coherence/m0->m1_n": 4.0}}
+    from mmvm.federation.cross_eval import TestTables
+
+    tables = TestTables(rows={"a": np.arange(4), "b": np.arange(4)})
+    out = combine(evaluation, ["m0", "m1"], holders, tables, draw=True)
+    assert out["imputation"]["pairs"] == {"m1->m0": 10.0, "m0->m1": 20.0}
+    assert "coherence" not in out  # 7.0 is no fraction
