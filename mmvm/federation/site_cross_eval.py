@@ -46,10 +46,10 @@ from mmvm.federation.site import Site
 def held_out_reply(site: Site, share: bool, digest: str) -> HeldOutReply:
     """The ids of the site's test samples and its posteriors of them (float32: an
     evaluation's precision), the averaged weights (``digest``) loaded; empty, with
-    why, without a test file or ``share``. Answered once a run
-    (:meth:`Progress.held_out_step`): a server asking again with other weights would
-    get the test set encoded once more, by encoders of its choosing."""
-    site.progress.held_out_step(site.name)
+    why, without a test file or ``share``. Answered once a run (the endpoint checks
+    :meth:`Progress.held_out_step` first, and repeats this reply to the same weights):
+    a server asking again with other weights would get the test set encoded once
+    more, by encoders of its choosing."""
     if not share:
         return HeldOutReply(reason="its node config keeps its test posteriors "
                                    "(share-test = false)")

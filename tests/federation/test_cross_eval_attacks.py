@@ -41,6 +41,7 @@ def site(trained):
     _, sites = trained
     s = next(x for x in sites.values() if x.name == "site-m0")
     s.progress.phase, s.progress.held_out, s.progress.cross_scored = "attached", "", False
+    s.replies.entries.pop("heldout", None)
     return s
 
 
@@ -55,8 +56,14 @@ def test_heldout_is_answered_once_a_run(site):
     ep = Endpoint(site, PlainChannel(), DEPLOYED)
     first = ep.handle(HeldOutRequest())
     assert len(first.identifiers) == 96
-    with pytest.raises(ProtocolOrderError, match="answered once"):
-        ep.handle(HeldOutRequest())  # e.g. with encoders of the server's choosing
+    assert ep.handle(HeldOutRequest()) == first  # a restarted server: the same answer
+    other = {"m0": {n: a * 1.1 for n, a in site.weights("m0").items()}}
+    site.link.shared = ["m0"]  # as if m0 were shared, so that weights may come for it
+    try:
+        with pytest.raises(ProtocolOrderError, match="answered once"):
+            ep.handle(HeldOutRequest(weights=other))  # encoders of the server's choosing
+    finally:
+        site.link.shared = []
 
 
 def test_a_table_is_scored_only_with_the_heldout_weights_and_once(site):
