@@ -10,6 +10,7 @@ need labels with at least two classes.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,7 +65,8 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
            policy: SitePolicy | None) -> dict[str, float]:
     """The cross-site scores; judges only where the site may report on its labels
     and, at a deployed site, within its ``max-params``, ``max-steps`` and
-    ``max-visits`` (the run config's ``[eval]`` sizes them). A deployed site reports
+    ``max-visits`` (the run config's ``[eval]`` sizes them), kept under its node
+    config's ``state`` folder (``classifiers/``; a simulation's beside the data). A deployed site reports
     no score over fewer than a quarter of its test rows: the server chooses which
     rows its table holds, and a score over one row would be that sample's."""
     from mmvm.classifiers import load_or_train, recipe_for  # a message that needs it
@@ -79,10 +81,14 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
         if too_large:
             log(f"the evaluation: no coherence: {too_large}")
         else:
+            # a deployed site keeps them in its state folder, not its data's
+            keep = Path(policy.state) / "classifiers" if deployed and policy.state \
+                else None
             with torch.enable_grad():  # (evaluate_site runs without it) a judge trains
                 judges = load_or_train(
                     site.train_path, site.test_path, site.names, label=cfg.data.label,
-                    cfg=recipe_for(cfg), device=site.device, log=log, tokens={
+                    cfg=recipe_for(cfg), device=site.device, log=log, cache_dir=keep,
+                    tokens={
                         m.name: m.classes for m in cfg.model.modalities
                         if m.kind == "tokens"})
     scores = cross_scores(site, test, others, judges, sample=draw,

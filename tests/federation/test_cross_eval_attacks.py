@@ -66,8 +66,8 @@ def test_heldout_is_answered_once_a_run(site):
         site.link.shared = []
 
 
-def test_a_table_is_scored_only_with_the_heldout_weights_and_once(site):
-    ep = Endpoint(site, PlainChannel(), DEPLOYED)
+def test_a_table_is_scored_only_with_the_heldout_weights_and_once(site, tmp_path):
+    ep = Endpoint(site, PlainChannel(), SitePolicy(state=str(tmp_path / "state")))
     every = np.arange(96)
     got = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
     assert not any(k.startswith("impute") for k in got)  # no heldout answered
@@ -75,7 +75,9 @@ def test_a_table_is_scored_only_with_the_heldout_weights_and_once(site):
     site.progress.phase = "attached"  # as after an evaluation that failed
     ep.handle(HeldOutRequest())
     got = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
-    assert got["impute/m1->m0_n"] == 96
+    assert got["impute/m1->m0_n"] == 96 and got["coherence/m1->m0_n"] == 96
+    # its judge is kept in its state folder, not written into its data folder
+    assert list((tmp_path / "state" / "classifiers").glob("m0-*.pt"))
     site.progress.phase = "attached"
     again = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
     assert not any(k.startswith("impute") for k in again)
