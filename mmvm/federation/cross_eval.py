@@ -43,6 +43,8 @@ class TestTables:
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     table: dict[str, Posteriors] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # site name -> why not in it
+    # per site, per modality: the test rows it holds it for (its own) or was sent
+    available: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def request_for(self, coord: Coordinator, key: str) -> dict[str, bytes]:
         """The other modalities' posteriors of site ``key``'s test samples, keyed by
@@ -54,6 +56,7 @@ class TestTables:
         part = select_rows(self.table, mine[order], exclude=coord.sites[key].modalities)
         local = {m: Posteriors(order[np.searchsorted(mine[order], p.rows)], p.mu,
                                p.logvar) for m, p in part.items()}
+        self.available.setdefault(key, {}).update({m: len(p) for m, p in part.items()})
         return {SERVER: encode_table(local)}
 
     def multimodal(self) -> int:
@@ -85,6 +88,7 @@ def align_tests(coord: Coordinator, replies: Mapping[str, HeldOutReply], latent_
         out.rows[key] = rows
         tables[key] = {m: Posteriors(rows[p.rows], p.mu, p.logvar)
                        for m, p in tables[key].items()}
+        out.available[key] = {m: len(p) for m, p in tables[key].items()}
     for key in _conflicts(tables):  # both sides of a clash: the server cannot tell
         out.notes[coord.name(key)] = ("sent posteriors of a test sample's modality "
                                       "that another site sent too")
@@ -162,12 +166,14 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
     for key, ev in evaluation.items():  # took part, then scored nothing to count
         why = "refused the server's test posteriors (its log says why)" \
             if ev.get("cross_refused") else "withheld its imputation (report-losses)" \
-            if ev.get(WITHHELD) and key in tables.rows else ""
+            if ev.get(WITHHELD) and key in tables.rows else \
+            "left out scores over fewer than a quarter of its test rows" \
+            if ev.get("cross_floored") else ""
         if why:
             tables.notes[str(ev.get("site", key))] = why
     for key, ev in evaluation.items():
         for k, v, n in _scored(ev, names, holders.get(key, []),
-                               len(tables.rows.get(key, ()))):
+                               tables.available.get(key, {})):
             withheld |= n is None
             acc = sums.setdefault(k, [0.0, 0.0])
             acc[0] += v * float(n or 1)
@@ -196,22 +202,25 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
     return out
 
 
-def _scored(ev: Mapping, names: list[str], own: list[str], sent: int):
+def _scored(ev: Mapping, names: list[str], own: list[str], avail: Mapping[str, int]):
     """A site's cross-site scores as (key, value, count or None): only of a modality it
     holds (the target) from one of the run's (the source), each count a whole number
-    from 1 to the test ids it sent, each coherence a fraction: a site cannot speak
-    for another's pairs, nor outweigh it."""
+    from 1 to the rows it had of both (``avail``: per modality, the test rows it
+    posted or was sent), each coherence a fraction: a site cannot speak for another's
+    pairs, nor outweigh it."""
     for k, v in ev.items():
         kind, _, pair = str(k).partition("/")
         if kind not in ("impute", "impute_rest", "coherence") or k.endswith("_n"):
             continue
         src, _, tgt = pair.rpartition("->") if kind != "impute_rest" else ("", "", pair)
         n = ev.get(f"{k}_n")
+        most = avail.get(src, 0) if kind == "coherence" else avail.get(tgt, 0) \
+            if kind == "impute_rest" else min(avail.get(src, 0), avail.get(tgt, 0))
         if tgt not in own or (kind != "impute_rest" and src not in names) or \
                 not isinstance(v, (int, float)) or not math.isfinite(v) or \
                 (kind == "coherence" and not 0.0 <= v <= 1.0) or \
                 (n is not None and not (isinstance(n, (int, float)) and
-                                        float(n).is_integer() and 1 <= n <= sent)):
+                                        float(n).is_integer() and 1 <= n <= most)):
             continue
         yield k, float(v), n
 

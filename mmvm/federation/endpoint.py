@@ -44,7 +44,7 @@ from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import EVALUATION
 from mmvm.federation.reply_cache import request_digest
 from mmvm.federation.site import Site
-from mmvm.federation.site_cross_eval import admitted, held_out_reply
+from mmvm.federation.site_cross_eval import admitted, answer_held_out
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.window_metrics import RESTORED, WITHHELD, withhold_losses
@@ -197,12 +197,14 @@ class Endpoint:
         it repeats its reply; a secure site never goes back (a window is masked once)."""
         self.site.progress.resume(self.site.name)
         if req.window >= -1 and self.site.progress.window > req.window + 1:
-            if self.channel.secure or self.store is None:
+            if self.channel.secure or self.store is None or self.site.progress.held_out:
                 raise FederationError(
                     f"site {self.site.name}: trained up to window "
                     f"{self.site.progress.window + 1}, the server resumes after window "
                     f"{req.window + 1}; "
                     + ("a secure site never trains a window twice" if self.channel.secure
+                       else "its training is over (it answered heldout)"
+                       if self.site.progress.held_out
                        else "this site keeps no snapshots to go back to"))
             self.store.rollback(self.site, req.window)
         p = self.site.progress
@@ -315,16 +317,10 @@ class Endpoint:
         if self.channel.secure:  # ids and posteriors in clear: never from a secure site
             raise FederationError(f"site {self.site.name}: a secure site does not send "
                                   f"its test samples' ids or posteriors")
+        self.site.progress.evaluate(self.site.name)  # attached, not evaluated
         self._check_shared(req.weights)
-        digest = request_digest({}, req.weights)
-        again = self.site.replies.get("heldout", 0, digest)
-        if again is not None:  # a restarted server asks again: the same answer
-            return again
-        self.site.progress.held_out_step(self.site.name)  # before any weights load
-        self._load_shared(req.weights, "the cross-site evaluation")
-        reply = held_out_reply(self.site, self.policy.share_test, digest)
-        self.site.replies.keep("heldout", 0, reply, digest)
-        return reply
+        return answer_held_out(self.site, self.policy.share_test, req.weights, lambda:
+                               self._load_shared(req.weights, "the cross-site evaluation"))
 
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
         site = self.site

@@ -83,6 +83,9 @@ class Progress:
 
     def window_(self, site: str, index: int) -> None:
         self._need(site, f"window {index}", "attached")
+        if self.held_out:  # else its private weights could move under the digest
+            raise ProtocolOrderError(f"site {site}: window {index} refused: its "
+                                     f"training is over (it answered heldout)")
         if index <= self.window:
             raise ProtocolOrderError(f"site {site}: window {index} refused: window "
                                      f"{self.window} is already done (windows only "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mmvm.federation.channel import PlainChannel
 from mmvm.federation.cross_eval import combine
@@ -107,6 +108,7 @@ def test_a_score_over_a_few_rows_the_server_chose_is_not_reported(site):
     ep.handle(HeldOutRequest())
     got = ep.handle(EvaluateRequest(posteriors=_table(site, [3]))).metrics
     assert not [k for k in got if "m1->" in k or k.startswith("impute")], got
+    assert got["cross_floored"] == 1.0  # the server notes it (and gives no total)
     assert got["coherence/m0->m0_n"] == 96  # its own, over every row: reported
     assert "fewer than 24 test rows" in " ".join(ep.notes)
 
@@ -177,10 +179,77 @@ def test_a_site_cannot_speak_for_another_sites_pairs_nor_outweigh_it():
                   "b": {"site": "b", "impute/m0->m1": 20.0, "impute/m0->m1_n": 4.0,
                         # b's word on a's pair, with a count it cannot have
                         "impute/m1->m0": 1e9, "impute/m1->m0_n": 1e300,
-                        "coherence/m0->m1": 7.0, "coherence/m0->m1_n": 4.0}}
+                        "coherence/m0->m1": 7.0, "coherence/m0->m1_n": 4.0,
+                        # and a count beyond the rows it had of both
+                        "impute_rest/m1": 20.0, "impute_rest/m1_n": 5.0}}
     from mmvm.federation.cross_eval import TestTables
 
-    tables = TestTables(rows={"a": np.arange(4), "b": np.arange(4)})
+    tables = TestTables(rows={"a": np.arange(4), "b": np.arange(4)},
+                        available={"a": {"m0": 4, "m1": 4}, "b": {"m0": 4, "m1": 4}})
     out = combine(evaluation, ["m0", "m1"], holders, tables, draw=True)
     assert out["imputation"]["pairs"] == {"m1->m0": 10.0, "m0->m1": 20.0}
+    assert out["imputation"]["rest"] == {"m0": 10.0}
     assert "coherence" not in out  # 7.0 is no fraction
+
+
+def test_once_it_answered_heldout_a_site_trains_no_more_nor_goes_back(site, tmp_path):
+    """Else a server could roll it back to a snapshot from before its heldout answer
+    and ask again with other encoders, or move its private weights under the
+    digest its evaluation checks (review of the fixes, 2026-12-05)."""
+    from mmvm.federation.messages import ResumeRequest, WindowRequest
+    from mmvm.federation.site_store import SiteStore
+
+    ep = Endpoint(site, PlainChannel(), DEPLOYED, store=SiteStore(tmp_path / "s.pt"))
+    ep.handle(HeldOutRequest())
+    with pytest.raises(ProtocolOrderError, match="training is over"):
+        ep.handle(WindowRequest(window=site.progress.window + 1))
+    with pytest.raises(Exception, match="training is over"):
+        ep.handle(ResumeRequest(run="1", window=-1))
+
+
+def test_a_cached_heldout_answer_is_not_repeated_once_evaluated_or_not_shared(site):
+    ep = Endpoint(site, PlainChannel(), DEPLOYED)
+    ep.handle(HeldOutRequest())
+    ep.handle(EvaluateRequest())
+    with pytest.raises(ProtocolOrderError, match="evaluated"):
+        ep.handle(HeldOutRequest())  # the same weights: no replay after evaluation
+    site.progress.phase = "attached"
+    quiet = Endpoint(site, PlainChannel(), SitePolicy(share_test=False))
+    with pytest.raises(ProtocolOrderError, match="answered once"):
+        quiet.handle(HeldOutRequest())  # its node config now says no: nothing resent
+
+
+def test_a_site_with_every_modality_sends_which_rows_it_holds_not_their_values(
+        tiny_polymnist, tiny_config, tmp_path):
+    """Horizontal layout: no other site holds its samples, so its posteriors would
+    serve no one (and its averaged encoders are the server's choice); it still
+    scores its own modalities from each other, as a central evaluation would."""
+    import math
+
+    from mmvm.data import open_dataset
+    from mmvm.imputation import imputation_nll
+    from mmvm.training import build_model
+
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "horizontal")
+    sites = make_sites(cfg, specs, root)
+    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
+    sent = []
+
+    def alter(requests, replies):
+        sent.extend(r for r in replies.values() if r.kind == "heldout")
+
+    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
+                      exchange="round", cross_eval="mean")
+    for reply in sent:
+        for p in decode_table(reply.posteriors[SERVER]).values():
+            assert not p.mu.any() and not p.logvar.any()
+    model = build_model(cfg)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in result.model_state.items()})
+    want = imputation_nll(model, open_dataset(tiny_polymnist / "test.parquet",
+                                              ["m0", "m1", "m2"], cfg.data),
+                          "mmvm", sample=False)
+    got = result.cross_site["imputation"]
+    for k, v in want["pairs"].items():
+        assert math.isclose(got["pairs"][k], v, rel_tol=1e-4), (k, got["pairs"][k], v)
+    assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
