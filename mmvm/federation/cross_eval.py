@@ -155,7 +155,8 @@ def gather_tests(transport, coord: Coordinator, averaged: Mapping, wait: float,
 
 
 def combine(evaluation: Mapping[str, Mapping], names: list[str],
-            holders: Mapping[str, list[str]], tables: TestTables, draw: bool) -> dict:
+            holders: Mapping[str, list[str]], tables: TestTables, draw: bool,
+            method: str = "mmvm") -> dict:
     """``{"imputation": ..., "coherence": ...}`` in eval.json's shapes from the sites'
     ``impute/``, ``impute_rest/`` and ``coherence/`` metrics (each site's mean
     weighted by its ``_n`` count; by 1 where a site withheld its counts). Only what a
@@ -199,6 +200,10 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
         out["coherence"] = {**coherence, "mean": float(np.mean(cross)) if cross else math.nan,
                             "self": float(np.mean(own)) if own else math.nan,
                             "where": "cross-site"}
+    if out:
+        chance, warnings = cross_warnings(out, evaluation, method)
+        out.update(chance={"majority": chance} if chance is not None else {},
+                   warnings=warnings)
     return out
 
 
@@ -230,3 +235,32 @@ def _pairs(means: Mapping[str, float], prefix: str, names: list[str]) -> dict:
              if f"{prefix}/{s}->{t}" in means}
     matrix = [[pairs.get(f"{s}->{t}", math.nan) for t in names] for s in names]
     return {"pairs": pairs, "names": list(names), "matrix": matrix}
+
+
+def cross_warnings(cross: Mapping, evaluation: Mapping[str, Mapping], method: str
+                   ) -> tuple[float | None, list[str]]:
+    """The chance of the cross-site coherence (the sites' commonest test label's
+    share, their mean) and the warnings a central evaluation would give
+    (:func:`mmvm.chance.evaluation_warnings`): coherence at chance, imputation no
+    better than one constant output (the sites' ``constant_nll``), a judge near
+    chance on its site's test data. A run whose weights stayed at the sites has no
+    other reading of them."""
+    from mmvm.chance import evaluation_warnings
+
+    def means(prefix: str) -> dict[str, float]:
+        got: dict[str, list[float]] = {}
+        for ev in evaluation.values():
+            for k, v in ev.items():
+                if str(k).startswith(prefix) and isinstance(v, (int, float)):
+                    got.setdefault(str(k)[len(prefix):], []).append(float(v))
+        return {m: sum(v) / len(v) for m, v in got.items()}
+
+    majority = list(means("majority/").values())
+    chance = sum(majority) / len(majority) if majority else None
+    result = {"method": method, "coherence": cross.get("coherence") or {},
+              "imputation": cross.get("imputation") or {},
+              "reconstruction": {"baseline": means("constant_nll/")},
+              "classifier_accuracy": means("judge_accuracy/"),
+              "chance": {"majority": math.nan if chance is None else chance}}
+    return chance, evaluation_warnings(result)
+

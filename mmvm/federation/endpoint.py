@@ -352,7 +352,7 @@ class Endpoint:
             metrics["unconfirmed_means"] = float(len(kept))
         if not self.policy.report_losses:
             metrics = {k: v for k, v in metrics.items()  # nor sizes (n_test, counts)
-                       if not k.startswith(("recon_nll/", "impute"))
+                       if not k.startswith(("recon_nll/", "impute", "constant_nll/"))
                        and k != "n_test" and not k.endswith("_n")}
             metrics[WITHHELD] = 1.0
         reply = EvaluateReply(site=site.name, modalities=list(site.names),

@@ -257,7 +257,8 @@ def run_federation(transport: Transport, s: FederationSettings,
     result.seconds = before_restart + time.perf_counter() - t0  # training, not evaluation
     final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout,
                      cross=cross,
-                     latent_dim=s.experiment.model.latent_dim, max_rows=s.max_site_rows)
+                     latent_dim=s.experiment.model.latent_dim, max_rows=s.max_site_rows,
+                     method=s.experiment.model.method)
     return result
 
 
@@ -301,7 +302,8 @@ def _site_summary(coord: Coordinator) -> dict[str, dict]:
 
 def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
                      collect_model: bool, result: FederationResult, wait: float,
-                     cross: str = "off", latent_dim: int = 0, max_rows: int = 0) -> None:
+                     cross: str = "off", latent_dim: int = 0, max_rows: int = 0,
+                     method: str = "mmvm") -> None:
     """Last message: sites load the averaged shared weights and evaluate; with
     ``collect_model`` their weights are assembled into ``result.model_state``. A site
     that does not answer within ``wait``, or fails (its reason in
@@ -332,7 +334,7 @@ def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
         result.cross_site = combine(
             result.evaluation, coord.modalities,
             {k: list(i.modalities) for k, i in coord.sites.items()}, tables,
-            draw=cross == "draw")
+            draw=cross == "draw", method=method)
         result.cross_notes = dict(tables.notes)
     if not collect_model:  # every site keeps its weights
         result.kept_weights = sorted(coord.name(k) for k in replies)

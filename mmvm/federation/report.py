@@ -147,16 +147,31 @@ def cross_site_lines(cross: Mapping, notes: Mapping[str, str]) -> list[str]:
         return []
     lines = ["", "cross-site evaluation (each site scored its own modalities from the "
                  "other sites' test posteriors; results.json cross_site):"]
+    names = list((coh or imp).get("names") or [])
+    every = len(names) * (len(names) - 1)  # source -> target pairs, s != t
     if coh:
-        lines.append(f"  coherence {_num(coh.get('mean'))} (mean over source -> target "
-                     f"pairs; target from itself {_num(coh.get('self'))})")
+        pairs = [k for k in coh.get("pairs", {}) if len(set(k.split("->"))) == 2]
+        chance = (cross.get("chance") or {}).get("majority")
+        lines.append(f"  coherence {_num(coh.get('mean'))} (mean over {len(pairs)} of "
+                     f"{every} source -> target pairs"
+                     + (f", chance {_num(chance)}" if chance is not None else "")
+                     + f"; target from itself {_num(coh.get('self'))})")
     if imp:
-        per = ", ".join(f"{m} {_num(v, 1)}" for m, v in imp.get("rest", {}).items())
+        per = ", ".join(f"{m} {_num(v, 1)}{_sources(imp, m, names)}"
+                        for m, v in imp.get("rest", {}).items())
         z = "posterior means" if "means" in str(imp.get("scoring")) else "one draw of z"
         lines.append(f"  imputation NLL from the other modalities: {per} (total "
                      f"{_num(imp.get('total'), 1)}; {z} per source)")
     lines += [f"  {site}: not part of it ({why})" for site, why in sorted(notes.items())]
+    lines += [f"  warning: {w}" for w in cross.get("warnings") or []]
     return lines
+
+
+def _sources(imp: Mapping, target: str, names: list[str]) -> str:
+    """`` (from m0 only)`` where fewer than all other modalities were scored into
+    ``target`` (a site left out, or a pair under a site's floor)."""
+    got = [k.split("->", 1)[0] for k in imp.get("pairs", {}) if k.endswith(f"->{target}")]
+    return f" (from {', '.join(got)} only)" if got and len(got) < len(names) - 1 else ""
 
 
 def refusals(history: list[Mapping]) -> dict[str, list[dict]]:

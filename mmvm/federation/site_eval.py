@@ -26,6 +26,7 @@ from mmvm.evaluation import (
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import cross_scores, judges_too_large, received
+from mmvm.recon_baseline import baseline_nll
 
 
 @torch.no_grad()
@@ -53,6 +54,9 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
                              batch_size=site.pass_rows, seed=site.cfg.train.seed)
     out.update({f"recon_nll/{m}": v for m, v in rec["per_modality"].items()
                 if not math.isnan(v)})  # NaN: no test row holds m here
+    # one constant output's NLL: what a decoder or an imputation must beat
+    out.update({f"constant_nll/{m}": v for m, v in baseline_nll(
+        site.model, site.data, test, site.pass_rows).items() if not math.isnan(v)})
     if probes and site.data.labels is not None and test.labels is not None:
         out.update(_probes(site, test, max_probe_train))
     elif probes:  # the summary says why its probe column is empty
@@ -91,8 +95,11 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
                     tokens={
                         m.name: m.classes for m in cfg.model.modalities
                         if m.kind == "tokens"})
-    scores = cross_scores(site, test, others, judges, sample=draw,
-                          coherence_sample=draw and cfg.eval.coherence_sample)
+    accuracy = {f"judge_accuracy/{m}": a for m, a in
+                getattr(judges, "test_accuracy", {}).items() if not math.isnan(a)}
+    scores = accuracy | cross_scores(
+        site, test, others, judges, sample=draw,
+        coherence_sample=draw and cfg.eval.coherence_sample)
     floor = math.ceil(len(test) / 4) if deployed else 1
     few = sorted(k[:-2] for k, n in scores.items() if k.endswith("_n") and n < floor)
     if few:

@@ -32,6 +32,12 @@ def cross_site_metrics(run: Run, summary: Mapping) -> None:
             run.per_modality.setdefault(str(name), {})["imputed_nll"] = number(value)
     if coh:
         run.coherence_matrix = coherence_matrix(coh)
+    chance = cross.get("chance") if isinstance(cross.get("chance"), Mapping) else {}
+    if number(chance.get("majority")) is not None and "chance" not in run.metrics:
+        run.metrics["chance"] = number(chance["majority"])
+    said = cross.get("warnings")
+    run.warnings += [f"cross-site: {w}" for w in said if isinstance(w, str)] \
+        if isinstance(said, list) else []
     if found:
         run.metrics.update(found)
         run.metric_source = (run.metric_source + "; " if run.metric_source else "") + \

@@ -40,7 +40,8 @@ BOOKKEEPING = {
 WHERE_DATA_LIES = "data.root"
 # settings of a federated run that shape the experiment (results.json "settings")
 FEDERATED_SETTINGS = ("num_sites", "layout", "shards", "missing", "exchange",
-                      "exchange_steps", "local_epochs", "delta_tol", "float16", "secure")
+                      "exchange_steps", "local_epochs", "delta_tol", "float16", "secure",
+                      "cross_eval")
 
 
 # evaluate_run keys that are settings of the evaluation (they change its numbers)

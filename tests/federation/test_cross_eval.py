@@ -97,6 +97,25 @@ def test_coherence_equals_a_central_evaluation_with_the_sites_judges(
     assert every == [len(test)] * 9  # each pair judged on every labelled test sample
 
 
+def test_the_cross_site_numbers_come_with_their_chance_and_warnings(vertical):
+    """A run whose weights stay at the sites has no other reading of them: the
+    commonest test label's share beside the coherence, and a central evaluation's
+    warnings (one epoch: imputation no better than one constant output)."""
+    _, _, result = vertical
+    majority = [ev[f"majority/{m}"] for ev in result.evaluation.values()
+                for m in ev["modalities"]]
+    assert result.cross_site["chance"]["majority"] == pytest.approx(
+        sum(majority) / len(majority))
+    constants = {m: ev[f"constant_nll/{m}"] for ev in result.evaluation.values()
+                 for m in ev["modalities"]}
+    rest = result.cross_site["imputation"]["rest"]
+    worse = [m for m in rest if rest[m] > constants[m]]
+    said = " ".join(result.cross_site["warnings"])
+    assert all(f"{m} imputed from the other modalities scores" in said for m in worse)
+    assert all(f"judge_accuracy/{m}" in ev for ev in result.evaluation.values()
+               for m in ev["modalities"])
+
+
 def test_a_modality_held_by_two_sites_is_scored_on_each_ones_samples(
         tiny_polymnist, tiny_config, tmp_path):
     """Hybrid layout: m0's test samples are split over two sites; each scores its

@@ -97,3 +97,19 @@ def test_alignment_line_says_how_many_samples_the_sites_share():
     al = {**al, "coupled": {"frontal": 90, "lateral": 90}, "multimodal": 90}
     assert "\n" not in alignment_line(al, 2)
     assert "\n" not in alignment_line({**al, "coupled": None}, 2)  # an older server state
+
+
+def test_the_cross_site_lines_say_chance_coverage_and_warnings():
+    from mmvm.federation.report import cross_site_lines
+
+    cross = {"coherence": {"pairs": {"m0->m1": 0.5, "m1->m0": 0.4, "m0->m0": 0.9},
+                           "names": ["m0", "m1", "m2"], "mean": 0.45, "self": 0.9},
+             "imputation": {"pairs": {"m0->m1": 10.0}, "rest": {"m1": 10.0},
+                            "names": ["m0", "m1", "m2"], "total": float("nan"),
+                            "scoring": "one draw"},
+             "chance": {"majority": 0.15}, "warnings": ["coherence 0.450 is ..."]}
+    text = "\n".join(cross_site_lines(cross, {"site-m2": "did not evaluate"}))
+    assert "mean over 2 of 6 source -> target pairs, chance 0.150" in text
+    assert "m1 10.0 (from m0 only)" in text and "total -" in text
+    assert "site-m2: not part of it (did not evaluate)" in text
+    assert "warning: coherence 0.450 is ..." in text
