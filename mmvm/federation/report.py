@@ -90,8 +90,10 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
             probe = "withheld (the site's eval-labels)" if ev.get("probes_withheld") \
                 else "- (no data.label column at the site)" if ev.get("unlabelled") \
                 else _num(ev.get(f"probe/{m}")) + chance
+            constant = ev.get(f"constant_nll/{m}")
             recon = "withheld (report-losses)" if ev.get("losses_withheld") \
-                else _num(ev.get(f"recon_nll/{m}"), 1)
+                else _num(ev.get(f"recon_nll/{m}"), 1) + (
+                    f" (constant {_num(constant, 1)})" if constant is not None else "")
             rows.append([ev["site"], m, probe, recon])
     n = len(result.history)
     before = result.resumed_after  # the time is the whole run's, over its resumes
@@ -100,7 +102,8 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
              f"(the evaluation after them not included{resumed}); "
              f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
     lines += _table(["site", "modality", "probe accuracy", "test recon NLL"], rows)
-    lines += cross_site_lines(result.cross_site, result.cross_notes)
+    lines += cross_site_lines(result.cross_site, result.cross_notes,
+                              (assembled or {}).get("warnings", []))
     if assembled:
         lines += ["", "assembled model, evaluated by the server: " + _assembled(assembled),
                   "(its reconstruction NLLs decode z drawn by the server: they differ from "
@@ -138,10 +141,12 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     return "\n".join(lines)
 
 
-def cross_site_lines(cross: Mapping, notes: Mapping[str, str]) -> list[str]:
+def cross_site_lines(cross: Mapping, notes: Mapping[str, str], said: list[str] = ()
+                     ) -> list[str]:
     """The cross-site evaluation (each site scored its modalities from the others'
-    test posteriors): coherence and imputation NLL per target modality, and the
-    sites left out of it."""
+    test posteriors): coherence against its chance, imputation NLL per target
+    modality, the sites left out of it, and its warnings but those the assembled
+    model's evaluation ``said`` as well (printed below it)."""
     imp, coh = cross.get("imputation") or {}, cross.get("coherence") or {}
     if not (imp or coh or notes):
         return []
@@ -163,7 +168,7 @@ def cross_site_lines(cross: Mapping, notes: Mapping[str, str]) -> list[str]:
         lines.append(f"  imputation NLL from the other modalities: {per} (total "
                      f"{_num(imp.get('total'), 1)}; {z} per source)")
     lines += [f"  {site}: not part of it ({why})" for site, why in sorted(notes.items())]
-    lines += [f"  warning: {w}" for w in cross.get("warnings") or []]
+    lines += [f"  warning: {w}" for w in cross.get("warnings") or [] if w not in said]
     return lines
 
 

@@ -113,3 +113,6 @@ def test_the_cross_site_lines_say_chance_coverage_and_warnings():
     assert "m1 10.0 (from m0 only)" in text and "total -" in text
     assert "site-m2: not part of it (did not evaluate)" in text
     assert "warning: coherence 0.450 is ..." in text
+    # said by the assembled model's evaluation too: printed once, below it
+    again = cross_site_lines(cross, {}, ["coherence 0.450 is ..."])
+    assert not [line for line in again if "warning" in line]
