@@ -332,6 +332,9 @@ def app_run_config(**overrides) -> dict:
 
 def settings_for(experiment: ExperimentConfig, **overrides) -> FederationSettings:
     """Settings of an in-process run (tests, benchmarks): this app's run config with
-    ``overrides``, training ``experiment``."""
+    ``overrides``, training ``experiment``; the cross-site evaluation off unless
+    ``cross_eval`` asks for it (its judges train at every site: seconds each, which
+    runs measuring something else need not spend)."""
+    overrides.setdefault("cross_eval", "off")
     return dataclasses.replace(load_settings(app_run_config(**overrides)),
                                experiment=experiment)

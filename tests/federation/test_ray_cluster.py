@@ -55,7 +55,7 @@ def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
         link = fleet.start_superlink(simulation=True, ray_address=head)
         fleet.write_connection("sim", link)
         res = fleet.flwr(
-            "run", str(ROOT), "sim", "--stream", "--run-config", rc,
+            "run", str(ROOT), "sim", "--stream", "--run-config", f"{rc} cross-eval='off'",
             "--federation-config",
             f"num-supernodes={SITES} client-resources-num-cpus=1", timeout=900)
         out = res.stdout + res.stderr

@@ -26,9 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 ALARMING = ("Traceback", "Warning", "warnings.warn", "ERROR")
 
 
+def _quick(run_config: str) -> str:
+    """The cross-site evaluation off unless a test asks for it: its judges train at
+    every site (tests/federation/test_cross_eval.py and the hippocampus simulation
+    test it)."""
+    return run_config if "cross-eval" in run_config else f"{run_config} cross-eval='off'"
+
+
 def _mmvm_run(fleet: Fleet, run_config: str) -> tuple[int, str]:
     res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--connection", "sim",
-                          "--run-config", run_config],
+                          "--run-config", _quick(run_config)],
                          env=fleet.env, cwd=fleet.workdir, capture_output=True, text=True,
                          timeout=900)
     return res.returncode, res.stdout + res.stderr
@@ -39,7 +46,7 @@ def _acting(fleet: Fleet, run_config: str, until: str,
     """`mmvm run` of ``run_config``, ``act(proc)`` done at its first output line that
     contains ``until``; the process and its whole output."""
     proc = subprocess.Popen([sys.executable, "-m", "mmvm.cli", "run", "--connection",
-                             "sim", "--run-config", run_config], env=fleet.env,
+                             "sim", "--run-config", _quick(run_config)], env=fleet.env,
                             cwd=fleet.workdir, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen = []

@@ -67,11 +67,9 @@ def sealed_endpoints(sites: dict[str, Site], keys: dict[str, SiteKeys], state: P
 
 def federate(cfg, endpoints: dict[str, Endpoint], transport=None, **settings):
     """Run the round loop in-process; ``settings`` override the app's run config
-    (underscores for dashes), e.g. ``exchange="step"``, ``secure=True``. The
-    cross-site evaluation is off unless asked (``cross_eval="draw"``): its judges
-    train at every site (seconds each), which tests of other things need not wait for."""
+    (underscores for dashes), e.g. ``exchange="step"``, ``secure=True``; the
+    cross-site evaluation is off unless asked (``cross_eval="draw"``, settings_for)."""
     settings.setdefault("float16", False)
-    settings.setdefault("cross_eval", "off")
     transport = transport or LocalTransport(endpoints)
     return run_federation(transport, settings_for(cfg, **settings))
 
