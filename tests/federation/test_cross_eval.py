@@ -16,8 +16,6 @@ import torch
 from mmvm.classifiers import load_or_train, recipe_for
 from mmvm.data import open_dataset
 from mmvm.evaluation import coherence
-from mmvm.federation.channel import PlainChannel
-from mmvm.federation.endpoint import Endpoint
 from mmvm.federation.messages import SERVER, HeldOutRequest
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import decode_table, encode_table
@@ -26,6 +24,7 @@ from mmvm.training import build_model
 from tests.support.federate import (
     MODALITIES,
     Tampering,
+    cross_run,
     federate,
     make_sites,
     plain_endpoints,
@@ -121,10 +120,7 @@ def test_a_modality_held_by_two_sites_is_scored_on_each_ones_samples(
     """Hybrid layout: m0's test samples are split over two sites; each scores its
     own, and their means weighted by count are the central evaluation's."""
     cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "hybrid")
-    sites = make_sites(cfg, specs, root)
-    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
-    result = federate(cfg, endpoints, exchange="step", cross_eval="mean")
+    result = cross_run(cfg, tiny_polymnist, tmp_path, "hybrid")
     model, test = _central(cfg, result, tiny_polymnist)
     want = imputation_nll(model, test, "mmvm", sample=False)
     got = result.cross_site["imputation"]
@@ -142,14 +138,8 @@ def test_one_draw_scores_lie_around_the_means_and_say_so(tiny_polymnist, tiny_co
     other numbers than the means', the same samples counted, and the scoring string
     of a one-draw evaluation."""
     cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-
-    def run(mode):
-        sites = make_sites(cfg, specs, root)
-        endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
-        return federate(cfg, endpoints, exchange="step", cross_eval=mode).cross_site
-
-    drawn, means = run("draw")["imputation"], run("mean")["imputation"]
+    drawn, means = (cross_run(cfg, tiny_polymnist, tmp_path, cross_eval=mode)
+                    .cross_site["imputation"] for mode in ("draw", "mean"))
     assert drawn["scoring"] == scoring(sample=True)
     assert drawn["n"] == means["n"]
     assert all(math.isfinite(v) for v in drawn["pairs"].values())
@@ -160,13 +150,8 @@ def test_a_site_that_keeps_its_test_posteriors_is_named_and_left_out(
         tiny_polymnist, tiny_config, tmp_path):
     """share-test = false at site-m1: the server knows none of its test ids, so m1 is
     neither a source nor a target; the run says so, and the others are scored."""
-    cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    keep = SitePolicy(eval_labels=(), share_test=False)
-    endpoints = {k: Endpoint(s, PlainChannel(), keep if s.name == "site-m1" else NO_LABELS)
-                 for k, s in sites.items()}
-    result = federate(cfg, endpoints, exchange="step", cross_eval="mean")
+    result = cross_run(tiny_config(tiny_polymnist, epochs=1), tiny_polymnist, tmp_path,
+                       policies={"site-m1": SitePolicy(eval_labels=(), share_test=False)})
     assert set(result.cross_site["imputation"]["pairs"]) == {"m0->m2", "m2->m0"}
     assert "share-test = false" in result.cross_notes["site-m1"]
     assert math.isnan(result.cross_site["imputation"]["total"])  # not every sample's
@@ -174,13 +159,9 @@ def test_a_site_that_keeps_its_test_posteriors_is_named_and_left_out(
 
 def test_a_site_that_reports_no_losses_sends_no_imputation_nor_counts(
         tiny_polymnist, tiny_config, tmp_path):
-    cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
     quiet = SitePolicy(eval_labels=(), report_losses=False)
-    endpoints = {k: Endpoint(s, PlainChannel(), quiet if s.name == "site-m0" else NO_LABELS)
-                 for k, s in sites.items()}
-    result = federate(cfg, endpoints, exchange="step", cross_eval="mean")
+    result = cross_run(tiny_config(tiny_polymnist, epochs=1), tiny_polymnist, tmp_path,
+                       policies={"site-m0": quiet})
     ev = next(e for e in result.evaluation.values() if e["site"] == "site-m0")
     assert not [k for k in ev if k.startswith("impute") or k.endswith("_n")], ev
     assert "m0" not in result.cross_site["imputation"]["rest"]
@@ -206,19 +187,12 @@ def test_a_hostile_test_reply_is_left_out_and_the_run_ends(
     """A site that repeats an id, or sends posteriors of a modality it does not hold,
     is named and left out (its ids cannot be trusted: it gets nothing either); the
     others are still scored from each other, the run still written."""
-    cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
-    names = {k: s.name for k, s in sites.items()}
+    def alter(site, reply):
+        if reply.kind == "heldout" and site == "site-m2":
+            hostile(reply)
 
-    def alter(requests, replies):
-        for key, reply in replies.items():
-            if reply.kind == "heldout" and names[key] == "site-m2":
-                hostile(reply)
-
-    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
-                      exchange="step", cross_eval="mean")
+    result = cross_run(tiny_config(tiny_polymnist, epochs=1), tiny_polymnist, tmp_path,
+                       alter=alter)
     assert said in result.cross_notes["site-m2"]
     assert set(result.cross_site["imputation"]["pairs"]) == {"m0->m1", "m1->m0"}
     assert result.model_state is not None
@@ -249,19 +223,13 @@ def test_a_site_that_fails_its_evaluation_makes_the_total_partial_and_is_named(
     stand, the total (a sum over every modality) is not given, the site named."""
     from mmvm.federation.messages import SiteFailure
 
-    cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
-    names = {k: s.name for k, s in sites.items()}
+    def alter(site, reply):
+        if reply.kind == "evaluate" and site == "site-m2":
+            return SiteFailure("site-m2", "RuntimeError: disk full")
+        return None
 
-    def alter(requests, replies):
-        for key, reply in list(replies.items()):
-            if reply.kind == "evaluate" and names[key] == "site-m2":
-                replies[key] = SiteFailure("site-m2", "RuntimeError: disk full")
-
-    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
-                      exchange="step", cross_eval="mean")
+    result = cross_run(tiny_config(tiny_polymnist, epochs=1), tiny_polymnist, tmp_path,
+                       alter=alter)
     imp = result.cross_site["imputation"]
     assert set(imp["rest"]) == {"m0", "m1"} and math.isnan(imp["total"])
     assert result.cross_notes["site-m2"] == "did not evaluate"

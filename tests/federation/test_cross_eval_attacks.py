@@ -15,7 +15,7 @@ from mmvm.federation.messages import SERVER, EvaluateRequest, HeldOutRequest
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
 from mmvm.federation.progress import ProtocolOrderError
-from tests.support.federate import Tampering, federate, make_sites, split
+from tests.support.federate import Tampering, cross_run, federate, make_sites, split
 
 DEPLOYED = SitePolicy()  # a node config's defaults (not a simulation's test bed)
 NO_LABELS = SitePolicy(eval_labels=())  # no judges to train (coherence not tested here)
@@ -124,19 +124,12 @@ def test_judges_larger_than_the_node_config_allows_do_not_train(site):
 def test_a_site_that_lists_ids_it_has_no_posterior_of_is_left_out(
         tiny_polymnist, tiny_config, tmp_path):
     """Guessed ids (another site's) would be sent the others' posteriors of them."""
-    cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
-    names = {k: s.name for k, s in sites.items()}
+    def alter(site, reply):
+        if reply.kind == "heldout" and site == "site-m2":
+            reply.identifiers += [f"guess-{i}" for i in range(5)]
 
-    def alter(requests, replies):
-        for key, reply in replies.items():
-            if reply.kind == "heldout" and names[key] == "site-m2":
-                reply.identifiers += [f"guess-{i}" for i in range(5)]
-
-    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
-                      exchange="step", cross_eval="mean")
+    result = cross_run(tiny_config(tiny_polymnist, epochs=1), tiny_polymnist, tmp_path,
+                       alter=alter)
     assert "5 of its test ids without a posterior" in result.cross_notes["site-m2"]
     assert set(result.cross_site["imputation"]["pairs"]) == {"m0->m1", "m1->m0"}
 
@@ -231,16 +224,11 @@ def test_a_site_with_every_modality_sends_which_rows_it_holds_not_their_values(
     from mmvm.training import build_model
 
     cfg = tiny_config(tiny_polymnist, epochs=1)
-    specs, root = split(tiny_polymnist, tmp_path, "horizontal")
-    sites = make_sites(cfg, specs, root)
-    endpoints = {k: Endpoint(s, PlainChannel(), NO_LABELS) for k, s in sites.items()}
     sent = []
-
-    def alter(requests, replies):
-        sent.extend(r for r in replies.values() if r.kind == "heldout")
-
-    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
-                      exchange="round", cross_eval="mean")
+    result = cross_run(cfg, tiny_polymnist, tmp_path, "horizontal", exchange="round",
+                       alter=lambda site, reply: sent.append(reply)
+                       if reply.kind == "heldout" else None)
+    assert len(sent) == 2
     for reply in sent:
         for p in decode_table(reply.posteriors[SERVER]).values():
             assert not p.mu.any() and not p.logvar.any()

@@ -108,3 +108,29 @@ def restarted(cfg, sites: dict[str, Site], tmp_path) -> dict[str, Site]:
         fresh.restore(path)
         out[key] = fresh
     return out
+
+
+def cross_run(cfg, data_root: Path, tmp: Path, layout: str = "vertical",
+              policies: dict[str, SitePolicy] | None = None, alter=None, **settings):
+    """A plaintext run of ``layout`` ending in the cross-site evaluation
+    (``cross_eval="mean"``, exact windows, unless ``settings`` say otherwise).
+    ``policies``: a site's node-config policy by name (default: no label column
+    allowed, so no judge trains); ``alter(site name, reply)``: what a hostile site or
+    wire does to each reply before the server reads it (the reply replaced by what
+    it returns, if anything)."""
+    specs, root = split(data_root, tmp, layout)
+    sites = make_sites(cfg, specs, root)
+    quiet = SitePolicy(eval_labels=())
+    endpoints = {k: Endpoint(s, PlainChannel(), (policies or {}).get(s.name, quiet))
+                 for k, s in sites.items()}
+
+    def hostile(requests, replies):
+        for key in list(replies):
+            replaced = alter(sites[key].name, replies[key])
+            if replaced is not None:
+                replies[key] = replaced
+
+    settings = {"cross_eval": "mean", "exchange": "step", **settings}
+    return federate(cfg, endpoints, Tampering(endpoints, hostile) if alter else None,
+                    **settings)
+
