@@ -371,7 +371,12 @@ def classifiers_for(cfg, device: str | torch.device = "cpu", log=None,
     """Classifiers for an :class:`~mmvm.config.ExperimentConfig`'s data and modalities
     (``progress``: see :func:`load_or_train`)."""
     names = [m.name for m in cfg.model.modalities]
-    tokens = {m.name: m.classes for m in cfg.model.modalities if m.kind == "tokens"}
     return load_or_train(cfg.data.files("train"), cfg.data.files("test"), names,
                          label=cfg.data.label, cfg=recipe_for(cfg), device=device, log=log,
-                         tokens=tokens, progress=progress)
+                         tokens=vocabularies(cfg), progress=progress)
+
+
+def vocabularies(cfg) -> dict[str, int]:
+    """Modality -> vocabulary size, for the config's modalities of kind ``tokens``
+    (their judges embed token ids)."""
+    return {m.name: m.classes for m in cfg.model.modalities if m.kind == "tokens"}

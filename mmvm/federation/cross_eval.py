@@ -99,15 +99,15 @@ def align_tests(coord: Coordinator, replies: Mapping[str, HeldOutReply], latent_
 
 def _conflicts(tables: Mapping[str, Mapping[str, Posteriors]]) -> set[str]:
     """The sites whose table holds a (modality, test row) another site's holds."""
-    seen: dict[str, dict[int, str]] = {}
+    keys = list(tables)
     clash: set[str] = set()
-    for key, table in tables.items():
-        for m, p in table.items():
-            owner = seen.setdefault(m, {})
-            for r in p.rows.tolist():
-                other = owner.setdefault(r, key)
-                if other != key:
-                    clash |= {key, other}
+    for m in {m for table in tables.values() for m in table}:
+        held = [(i, tables[k][m].rows) for i, k in enumerate(keys) if m in tables[k]]
+        rows = np.concatenate([r for _, r in held])
+        owner = np.concatenate([np.full(len(r), i) for i, r in held])
+        uniq, counts = np.unique(rows, return_counts=True)
+        twice = np.isin(rows, uniq[counts > 1])
+        clash |= {keys[i] for i in np.unique(owner[twice])}
     return clash
 
 

@@ -182,8 +182,7 @@ class Endpoint:
         in a window lack a modality: whether one sample lacks it, whatever min-rows."""
         site = self.site
         site.link, site.progress.phase = None, "refused"
-        if self.store is not None:
-            self.store.save(site, snapshot=False)
+        self._persist()
         raise PolicyError(
             f"site {site.name}: refuses this run's plan: a window would train fewer of "
             f"its rows than its min-rows = {self.policy.min_rows}, in all or with a "

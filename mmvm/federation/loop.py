@@ -314,7 +314,6 @@ def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
     tables = TestTables()
     if cross != "off":
         tables = gather_tests(transport, coord, averaged, wait, latent_dim, max_rows)
-        result.cross_notes = dict(tables.notes)
     replies, failed = transport.gather(
         {key: EvaluateRequest(weights=coord.weights_for(key, averaged), collect=collect_model,
                               posteriors=tables.request_for(coord, key), draw=cross == "draw")

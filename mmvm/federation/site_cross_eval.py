@@ -72,10 +72,10 @@ def held_out_reply(site: Site, share: bool, digest: str) -> HeldOutReply:
     if not site.test_path:
         return HeldOutReply(reason="no test file")
     test = open_dataset(site.test_path, site.names, site.cfg.data)
-    table = test_posteriors(site, test)
     if set(site.names) >= set(site.global_names):  # no other site has its samples:
-        table = {m: Posteriors(p.rows, np.zeros_like(p.mu), np.zeros_like(p.logvar))
-                 for m, p in table.items()}  # which rows hold what, no values
+        table = _presence(site, test)  # which rows hold what, no values
+    else:
+        table = test_posteriors(site, test)
     site.progress.held_out = digest
     return HeldOutReply(identifiers=list(test.sample_ids),
                         posteriors={SERVER: encode_table(table)} if table else {})
@@ -116,6 +116,18 @@ def test_posteriors(site: Site, test) -> dict[str, Posteriors]:
     return {m: Posteriors(np.concatenate([r for r, _, _ in p]),
                           np.concatenate([a for _, a, _ in p]),
                           np.concatenate([b for _, _, b in p])) for m, p in parts.items()}
+
+
+def _presence(site: Site, test) -> dict[str, Posteriors]:
+    """The rows of ``test`` that hold each own modality, with zeros for values."""
+    mask = np.asarray(test.mask, dtype=bool)
+    zeros = lambda n: np.zeros((n, site.cfg.model.latent_dim), np.float32)  # noqa: E731
+    out = {}
+    for j, m in enumerate(test.names):
+        rows = np.flatnonzero(mask[:, j])
+        if len(rows):
+            out[m] = Posteriors(rows, zeros(len(rows)), zeros(len(rows)))
+    return out
 
 
 def received(site: Site, blob: bytes, n_test: int, log) -> dict[str, Posteriors] | None:
@@ -242,12 +254,12 @@ def judges_too_large(site: Site, recipe, policy) -> str | None:
     ``max-params``, ``max-steps`` or ``max-visits``, or None: a submitter must not
     size the training a site's evaluation runs."""
     from mmvm.classifier_nets import build_classifier
-    from mmvm.classifiers import recipe_for_rows, training_steps
+    from mmvm.classifiers import recipe_for_rows, training_steps, vocabularies
     from mmvm.judges import is_image
 
     n = len(site.data)
     classes = int(site.data.labels.max()) + 1 if site.data.labels is not None else 2
-    tokens = {m.name: m.classes for m in site.cfg.model.modalities if m.kind == "tokens"}
+    tokens = vocabularies(site.cfg)
     for m in site.names:
         r = recipe_for_rows(recipe, n, bool(recipe.min_steps) and is_image(site.train_path, m))
         with torch.device("meta"):

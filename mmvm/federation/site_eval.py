@@ -70,10 +70,15 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
     """The cross-site scores; judges only where the site may report on its labels
     and, at a deployed site, within its ``max-params``, ``max-steps`` and
     ``max-visits`` (the run config's ``[eval]`` sizes them), kept under its node
-    config's ``state`` folder (``classifiers/``; a simulation's beside the data). A deployed site reports
-    no score over fewer than a quarter of its test rows: the server chooses which
-    rows its table holds, and a score over one row would be that sample's."""
-    from mmvm.classifiers import load_or_train, recipe_for  # a message that needs it
+    config's ``state`` folder (``classifiers/``; a simulation's beside the data). A
+    deployed site reports no score over fewer than a quarter of its test rows: the
+    server chooses which rows its table holds, and a score over one row would be
+    that sample's."""
+    from mmvm.classifiers import (  # only in a message that needs them
+        load_or_train,
+        recipe_for,
+        vocabularies,
+    )
 
     others = received(site, blob, len(test), log)
     if others is None:
@@ -92,9 +97,7 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
                 judges = load_or_train(
                     site.train_path, site.test_path, site.names, label=cfg.data.label,
                     cfg=recipe_for(cfg), device=site.device, log=log, cache_dir=keep,
-                    tokens={
-                        m.name: m.classes for m in cfg.model.modalities
-                        if m.kind == "tokens"})
+                    tokens=vocabularies(cfg))
     accuracy = {f"judge_accuracy/{m}": a for m, a in
                 getattr(judges, "test_accuracy", {}).items() if not math.isnan(a)}
     scores = accuracy | cross_scores(
