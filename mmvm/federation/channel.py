@@ -28,11 +28,14 @@ from mmvm.federation.messages import (
     ConfirmReply,
     ConfirmRequest,
     DescribeReply,
+    HeldOutReply,
+    HeldOutRequest,
     UnmaskReply,
     UnmaskRequest,
 )
 from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
 from mmvm.federation.site import Site
+from mmvm.federation.site_cross_eval import answer_held_out
 
 Tables = dict[str, Posteriors]
 
@@ -102,6 +105,21 @@ class Channel(Protocol):
         """The modalities of the server's mean ``received`` the site does not load:
         secure mode, those no co-holder has confirmed sharing yet
         (:func:`mmvm.federation.sealed_weights.unconfirmed`)."""
+        ...
+
+    def held_out(self, site: Site, req: HeldOutRequest, share: bool,
+                 begin: Callable[[], None], load: Callable[[], object]) -> HeldOutReply:
+        """The cross-site evaluation's heldout answer (``share``: the node config's
+        ``share-test``; ``begin`` records the evaluation's inputs, ``load`` loads the
+        server's mean): test ids and posteriors to the server (plaintext), or keyed
+        pseudonyms, then envelopes to the peers (secure, two steps)."""
+        ...
+
+    def test_input(self, site: Site, blobs: Mapping[str, bytes], log
+                   ) -> tuple[bytes | None, Callable[[], None]]:
+        """The other modalities' test posteriors an evaluation received, as one table
+        in the site's test positions (None: refused, why told to ``log``), and what
+        to commit once the site's state is written."""
         ...
 
     def prove(self, run: str, challenge: str) -> str:
@@ -185,6 +203,17 @@ class PlainChannel:
 
     def unconfirmed(self, received: Arrays) -> list[str]:
         return []  # plaintext sharing is the site's choice (allow-collect) or a test bed
+
+    def held_out(self, site: Site, req: HeldOutRequest, share: bool,
+                 begin: Callable[[], None], load: Callable[[], object]) -> HeldOutReply:
+        if req.step or req.rows or req.peer_rows:
+            raise FederationError(f"site {site.name}: heldout step {req.step} with rows "
+                                  f"is a secure-mode message")
+        return answer_held_out(site, share, req.weights, load)
+
+    def test_input(self, site: Site, blobs: Mapping[str, bytes], log
+                   ) -> tuple[bytes | None, Callable[[], None]]:
+        return blobs.get(SERVER, b""), lambda: None
 
     def prove(self, run: str, challenge: str) -> str:
         return ""

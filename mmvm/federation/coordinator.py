@@ -173,6 +173,10 @@ class Coordinator:
                              peers=modalities, peer_rows=rows,
                              delta_tol=-1.0 if delta_tol is None else float(delta_tol))
 
+    def shares_rows(self, a: str, b: str) -> bool:
+        """Whether sites ``a`` and ``b`` hold an aligned row in common (peers)."""
+        return bool(len(np.intersect1d(self.sites[a].held, self.sites[b].held)))
+
     def _peers(self, key: str) -> tuple[dict[str, dict], dict[str, bytes]]:
         """Per other site sharing rows with ``key``: its modalities, and the shared
         rows as sorted little-endian uint32 bytes."""

@@ -1,5 +1,6 @@
 """The server's part of the cross-site evaluation (plaintext runs; the sites' part and
-what they score: :mod:`mmvm.federation.site_cross_eval`).
+what they score: :mod:`mmvm.federation.site_cross_eval`; a secure run's alignment and
+routing: :mod:`mmvm.federation.sealed_test_routing`, combined here too).
 
 Before the final evaluation every site answers a ``heldout`` message with its test
 samples' ids and its own modalities' posteriors of them. The server aligns the ids
@@ -58,6 +59,11 @@ class TestTables:
                                p.logvar) for m, p in part.items()}
         self.available.setdefault(key, {}).update({m: len(p) for m, p in part.items()})
         return {SERVER: encode_table(local)}
+
+    def exact(self) -> bool:
+        """Whether :meth:`multimodal` counts what the test samples hold (the server
+        of a secure run sees only which sites hold a sample)."""
+        return True
 
     def multimodal(self) -> int:
         """Test samples that hold two or more modalities."""
@@ -186,7 +192,8 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
     if rest:
         samples = tables.multimodal()
         total = sum(rest[t] * counts[f"impute_rest/{t}"] for t in rest) / samples \
-            if samples and not withheld and not tables.notes else math.nan
+            if samples and not withheld and not tables.notes and tables.exact() \
+            else math.nan
         out["imputation"] = {
             **_pairs(means, "impute", names), "rest": rest,
             "n": {t: int(counts[f"impute_rest/{t}"]) for t in rest},
@@ -202,6 +209,10 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
                             "where": "cross-site"}
     if out:
         chance, warnings = cross_warnings(out, evaluation, method)
+        if rest and not tables.exact():
+            warnings.append("no imputation total: a secure server does not see which "
+                            "modalities a test sample holds at a site holding several "
+                            "(each modality's mean from the rest stands)")
         out.update(chance={"majority": chance} if chance is not None else {},
                    warnings=warnings)
     return out

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import time
 from collections.abc import Mapping
 
 from mmvm.config import config_digest
-from mmvm.data.store import read_site_meta
 from mmvm.federation.channel import Channel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import (
@@ -44,11 +42,13 @@ from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import EVALUATION
 from mmvm.federation.reply_cache import request_digest
 from mmvm.federation.site import Site
-from mmvm.federation.site_cross_eval import admitted, answer_held_out
+from mmvm.federation.site_cross_eval import admitted
 from mmvm.federation.site_eval import evaluate_site
+from mmvm.federation.site_limits import check_tables
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.window_metrics import RESTORED, WITHHELD, withhold_losses
-from mmvm.footprint import step_bytes, table_bytes
+from mmvm.footprint import step_bytes
+from mmvm.secure.errors import SecurityError
 
 
 class WorkFailedError(RuntimeError):
@@ -140,7 +140,7 @@ class Endpoint:
                     shared=sorted(req.shared),
                     delta_tol=req.delta_tol if req.delta_tol >= 0 else None)
         try:
-            self._check_tables()
+            check_tables(site, self.policy)
         except PolicyError:
             site.link = None  # nothing of this attach stays
             raise
@@ -154,25 +154,6 @@ class Endpoint:
                 self._refuse_plan(err)
         site.progress.phase = "attached"
         return AttachReply(posteriors=self.channel.outgoing(site, 0))
-
-    def _check_tables(self) -> None:
-        """The posterior tables a window makes the site hold (its rows of the largest
-        window, every modality of the run) and its final evaluation's latents (all its
-        train and test rows, its own modalities), against ``max-step-gib``."""
-        site, policy = self.site, self.policy
-        if policy.test_bed:
-            return
-        widest = int(site.own_rows()[:, 0].max(initial=0))
-        if site.linked().delta_tol is not None:  # event-triggered: every row received
-            widest = len(site.data)  # or sent stays cached, for every modality
-        policy.check_held(site.name, f"a window's posteriors ({widest:,} rows x "
-                          f"{len(site.global_names)} modalities)",
-                          table_bytes(site.cfg, widest, len(site.global_names)))
-        test = site.test_path if site.test_path and os.path.isfile(site.test_path) else ""
-        rows = len(site.data) + (read_site_meta(test)["num_rows"] if test else 0)
-        policy.check_held(site.name, "the final evaluation's latents (its train and "
-                          "test rows; the server is not told how many)",
-                          table_bytes(site.cfg, rows, len(site.names)))
 
     def _refuse_plan(self, err: PolicyError) -> None:
         """Refuse the run's plan for good: the refusal is written with the site's
@@ -310,28 +291,42 @@ class Endpoint:
         return reply
 
     def held_out(self, req: HeldOutRequest) -> HeldOutReply:
-        """Plaintext runs: the test samples' ids and posteriors, for the cross-site
-        evaluation (:mod:`mmvm.federation.site_cross_eval`), after the averaged
-        weights are loaded; none where the node config says ``share-test = false``."""
-        if self.channel.secure:  # ids and posteriors in clear: never from a secure site
-            raise FederationError(f"site {self.site.name}: a secure site does not send "
-                                  f"its test samples' ids or posteriors")
-        self.site.progress.evaluate(self.site.name)  # attached, not evaluated
+        """The test samples' ids and posteriors, for the cross-site evaluation, after
+        the averaged weights are loaded: to the server (plaintext,
+        :mod:`mmvm.federation.site_cross_eval`), or as keyed pseudonyms and envelopes
+        to the peers (secure, :mod:`mmvm.federation.sealed_heldout`); none where the
+        node config says ``share-test = false``."""
+        site = self.site
+        site.progress.evaluate(site.name)  # attached, not evaluated
         self._check_shared(req.weights)
-        return answer_held_out(self.site, self.policy.share_test, req.weights, lambda:
-                               self._load_shared(req.weights, "the cross-site evaluation"))
+        try:
+            return self.channel.held_out(
+                site, req, self.policy.share_test,
+                lambda: self.channel.begin_window(site, EVALUATION, req.weights,
+                                                  self._evaluation_inputs()),
+                lambda: self._load_shared(req.weights, "the cross-site evaluation"))
+        except (FederationError, SecurityError):
+            raise
+        except Exception as err:  # as a window's: which error would say something
+            if not self.channel.secure:
+                raise
+            raise WorkFailedError(f"site {site.name}: its test posteriors failed (its "
+                                  f"log says why)") from err
 
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
         site = self.site
         site.progress.evaluate(site.name)
-        if req.posteriors and self.channel.secure:  # test posteriors travel in clear
-            raise FederationError(f"site {site.name}: test posteriors in a secure run")
         self._check_shared(req.weights)
-        cross = admitted(site, self.policy.share_test, req.posteriors,
-                         request_digest({}, req.weights), self.notes, self._persist)
+        cross, refused = admitted(site, self.policy.share_test, req.posteriors,
+                                  request_digest({}, req.weights), self.notes,
+                                  self._persist, expected=self.channel.secure
+                                  and bool(site.progress.held_out)), False
+        if cross is not None:
+            cross, commit = self.channel.test_input(site, cross, self.notes.append)
+            refused = cross is None
+            self._commits.append(commit)
         self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
-                                  {"config": config_digest(site.cfg),
-                                   "collect": bool(req.collect)})
+                                  self._evaluation_inputs())
         kept = self._load_shared(req.weights, "the evaluation")
         collect = req.collect and self.policy.allow_collect
         # not the mean the server sent: handing it in would read as a wrong average
@@ -345,6 +340,8 @@ class Endpoint:
                 raise
             raise WorkFailedError(f"site {site.name}: its evaluation failed (its log "
                                   f"says why)") from err
+        if refused:  # the server learns that, not why (the site's log says)
+            metrics["cross_refused"] = 1.0
         if not probes:  # said whether or not the site has that column
             metrics["probes_withheld"] = 1.0
         if kept:  # the server knows which means it sent; now also which were not taken
@@ -358,6 +355,11 @@ class Endpoint:
                               metrics=metrics, model=model)
         site.progress.phase = "evaluated"
         return reply
+
+    def _evaluation_inputs(self) -> dict:
+        """What a secure site's evaluation works on besides the mean: recorded once,
+        at heldout or at evaluate, whichever comes first (one mean for both)."""
+        return {"config": config_digest(self.site.cfg)}
 
     def _persist(self) -> None:
         if self.store is not None:

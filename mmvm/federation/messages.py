@@ -35,7 +35,8 @@ SERVER = "server"  # the counterpart of every posterior table in plaintext mode
 MASK_WEIGHT = "__weight__"  # secure mode: the masked sample count next to masked weights
 KIND_POSTERIOR = "posterior"  # envelope kinds: a window's posteriors to one peer,
 KIND_SHARE = "selfshare"  # and shares of a self-mask seed,
-KIND_VIEW = "view"  # and the unmask view a site committed to (dropouts)
+KIND_VIEW = "view"  # and the unmask view a site committed to (dropouts),
+KIND_TEST = "testposterior"  # and a site's test posteriors to one peer (cross-site)
 
 
 class MessageError(ValueError):
@@ -277,18 +278,28 @@ class ResumeReply:
 # ------------------------------------------------------------------------ evaluate
 @dataclass
 class HeldOutRequest:
-    """Plaintext runs, before the evaluation (cross-site evaluation,
-    :mod:`mmvm.federation.cross_eval`): the site loads the averaged weights of the
-    modalities it shares and answers with its test samples' posteriors."""
+    """Before the evaluation (cross-site evaluation, :mod:`mmvm.federation.cross_eval`):
+    the site loads the averaged weights of the modalities it shares and answers with
+    its test samples' ids and posteriors (plaintext). Secure runs take two steps
+    (:mod:`mmvm.federation.sealed_heldout`): step 0 asks for keyed pseudonyms of the
+    test ids; step 1 gives the aligned test row of each (``rows``, of ``n``) and per
+    peer the test rows both hold (``peer_rows``, sorted little-endian uint32), to seal
+    the site's posteriors of them to that peer."""
 
     kind: ClassVar[str] = "heldout"
     weights: Arrays = _arrays(payload=False)
+    step: int = _value(int, default=0)
+    n: int = _value(int, default=0)
+    rows: list[int] = _value(list, int, payload=True, default=[])
+    peer_rows: dict[str, bytes] = _blobs()
 
 
 @dataclass
 class HeldOutReply:
-    """The site's test sample ids and its own modalities' posteriors for them
-    (``posteriors[SERVER]``, rows: positions in ``identifiers``)."""
+    """The site's test sample ids (secure: keyed pseudonyms, sorted) and its own
+    modalities' posteriors for them, per recipient: ``posteriors[SERVER]`` (plaintext;
+    rows: positions in ``identifiers``), or envelopes per peer (secure, step 1; rows:
+    aligned test rows)."""
 
     kind: ClassVar[str] = "heldout"
     identifiers: list[str] = _value(list, str, payload=True, default=[])
@@ -298,9 +309,10 @@ class HeldOutReply:
 
 @dataclass
 class EvaluateRequest:
-    """The last message. ``posteriors[SERVER]`` (plaintext runs with a cross-site
-    evaluation): the other modalities' test posteriors of the site's test samples,
-    rows: positions in the ids of its :class:`HeldOutReply`."""
+    """The last message. ``posteriors`` (runs with a cross-site evaluation): the other
+    modalities' test posteriors of the site's test samples: ``posteriors[SERVER]`` in
+    plaintext (rows: positions in the ids of its :class:`HeldOutReply`), the peers'
+    envelopes by sender in secure runs (rows: aligned test rows)."""
 
     kind: ClassVar[str] = "evaluate"
     weights: Arrays = _arrays(payload=False)

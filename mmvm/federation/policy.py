@@ -60,15 +60,18 @@ anything leaves the site:
                        masked aggregate what it always can (deploy/README.md 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
-``share-test``         plaintext runs: at the end, send the server the ids of its
-                       test samples and its posteriors of them, so that every site
+``share-test``         at the end, take part in the cross-site evaluation:
+                       plaintext runs send the server the ids of its test samples
+                       and its posteriors of them; secure runs (keyed pseudonyms)
+                       send keyed pseudonyms of the test ids and seal the
+                       posteriors to the peers sharing each sample
+                       (:mod:`mmvm.federation.sealed_heldout`). Every site then
                        scores imputation and coherence of its modalities from the
                        others' (:mod:`mmvm.federation.cross_eval`; default on,
                        off where ``report-losses`` is; off, the site takes no part
                        in it). Answered once a run, with the weights its
                        evaluation then uses; a score over fewer than a quarter of
-                       its test rows is not reported. A secure site never sends
-                       them
+                       its test rows is not reported
 ``holders``            per modality this site holds, every site that holds it
                        (``"frontal=hospital-a,hospital-c;lateral=hospital-b"``, this
                        site included): the masking group a secure run may put it
@@ -157,7 +160,7 @@ class SitePolicy:
     allow_compile: bool = True  # a deployment site's default: False (load_policy)
     report_losses: bool = True  # off: loss sums and test NLL stay at the site
     pictures: bool = False  # a deployment site's default: True (load_policy)
-    share_test: bool = True  # plaintext: test ids and posteriors for cross-site scores
+    share_test: bool = True  # test ids (pseudonyms) and posteriors for cross-site scores
     holders: Mapping[str, frozenset[str]] | None = None  # modality -> its holders
     experiments: tuple[str, ...] = ()  # config digests it may run (node config experiment); () = any
     test_bed: bool = False  # simulation: the run config is the only config

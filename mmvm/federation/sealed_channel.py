@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mmvm.federation import sealed_align
+from mmvm.federation import sealed_align, sealed_heldout
 from mmvm.federation.channel import Tables, describe_site
 from mmvm.federation.messages import (
     KIND_POSTERIOR,
@@ -38,6 +38,8 @@ from mmvm.federation.messages import (
     ConfirmReply,
     ConfirmRequest,
     DescribeReply,
+    HeldOutReply,
+    HeldOutRequest,
     UnmaskReply,
     UnmaskRequest,
 )
@@ -268,6 +270,15 @@ class SealedChannel:
 
     def unconfirmed(self, received: Arrays) -> list[str]:
         return unconfirmed(self.sec, received)
+
+    def held_out(self, site: Site, req: HeldOutRequest, share: bool,
+                 begin: Callable[[], None], load: Callable[[], object]) -> HeldOutReply:
+        return sealed_heldout.answer(site, self.sec, self.align_mode, req, share, begin,
+                                     load)
+
+    def test_input(self, site: Site, blobs: Mapping[str, bytes], log
+                   ) -> tuple[bytes | None, Callable[[], None]]:
+        return sealed_heldout.opened(site, self.sec, blobs, log)
 
     def prove(self, run: str, challenge: str) -> str:
         """Signs the challenge for the run whose state this site holds, and no other

@@ -54,7 +54,7 @@ def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
     return inbox
 
 
-def _check_headers(site: str, blobs: Mapping[str, bytes], kind: str,
+def check_headers(site: str, blobs: Mapping[str, bytes], kind: str,
                    at: tuple[int, int] | None = None) -> None:
     """Each envelope's header (read, not authenticated: only its recipient can) must
     name ``site`` as its sender, the peer it goes to as recipient and ``kind`` (and,
@@ -109,7 +109,7 @@ class SealedRouting:
         if self.align_mode == "psi":
             return site_infos(described, self._psi(transport, names, counts))
         for d in described.values():  # a bad envelope is its sender's, not the recipient's
-            _check_headers(d.site, d.sealed, KIND_IDKEY)
+            check_headers(d.site, d.sealed, KIND_IDKEY)
         inbox = route({k: d.sealed for k, d in described.items()}, names)
         aligned = transport.exchange({key: AlignRequest(sealed=inbox[key], counts=counts)
                                       for key in described})
@@ -132,7 +132,7 @@ class SealedRouting:
                     raise FederationError(f"site {names[k]} sent PSI sets to "
                                           f"{sorted(r.sealed)[:4]}; at step {step - 1} it "
                                           f"sends one, to {nxt!r}")
-                _check_headers(names[k], r.sealed, KIND_PSI)
+                check_headers(names[k], r.sealed, KIND_PSI)
                 whose = origin(ring, nxt, step)  # the set nxt multiplies at this step
                 points = payload_size(r.sealed[nxt]) / POINT_BYTES
                 if points != counts[whose]:  # before it reaches nxt, which would fail
@@ -173,8 +173,8 @@ class SealedRouting:
                 route({key: r.posteriors}, names)
                 route({key: r.shares}, names)
                 # (window ``index``'s reply: posteriors for the next, shares for this)
-                _check_headers(names[key], r.posteriors, KIND_POSTERIOR, (index + 2, 0))
-                _check_headers(names[key], r.shares, KIND_SHARE, (index + 1, SHARE_COUNTER))
+                check_headers(names[key], r.posteriors, KIND_POSTERIOR, (index + 2, 0))
+                check_headers(names[key], r.shares, KIND_SHARE, (index + 1, SHARE_COUNTER))
                 for m, arrays in r.weights.items():
                     check_masked(coord, key, m, arrays)
                     unshared = [names[h] for h in coord.shared[m]
@@ -347,7 +347,7 @@ class SealedRouting:
                     raise FederationError(f"site {names[k]} sealed its view to "
                                           f"{sorted(r.sealed)[:8]}, not to its "
                                           f"co-survivors {owed}")
-                _check_headers(names[k], r.sealed, KIND_VIEW, (index + 1, VIEW_COUNTER))
+                check_headers(names[k], r.sealed, KIND_VIEW, (index + 1, VIEW_COUNTER))
             except FederationError as err:
                 failed[k] = str(err)
                 del replies[k]

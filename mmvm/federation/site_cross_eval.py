@@ -1,5 +1,6 @@
 """A site's part of the cross-site evaluation: its own modalities imputed and judged
-from the other sites' test posteriors (the server's part: :mod:`mmvm.federation.cross_eval`).
+from the other sites' test posteriors (the server's part: :mod:`mmvm.federation.cross_eval`;
+secure runs seal them to the peers instead: :mod:`mmvm.federation.sealed_heldout`).
 
 Coherence and imputation need one modality's encoder and another's decoder on the same
 sample. A plaintext run whose sites keep their weights (``allow-collect``), or a
@@ -82,14 +83,17 @@ def held_out_reply(site: Site, share: bool, digest: str) -> HeldOutReply:
 
 
 def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: str,
-             notes: list[str], persist) -> bytes | None:
-    """The server's test posteriors an evaluation scores, or None (why: in
-    ``notes``, the site's journal). Only where the site took part (``share``, its
-    heldout answered with the same weights, ``digest``) and once a run: each
-    evaluation that scores them answers the server's table, and the server chooses
-    which rows a table holds. ``persist()`` writes the once before anything is
-    scored (a failed evaluation does not hand the server another try)."""
-    if not posteriors:
+             notes: list[str], persist, expected: bool = False
+             ) -> Mapping[str, bytes] | None:
+    """The test posteriors an evaluation may score (the server's table, or the peers'
+    envelopes), or None (why: in ``notes``, the site's journal). Only where the site
+    took part (``share``, its heldout answered with the same weights, ``digest``) and
+    once a run: each evaluation that scores them answers the server's table, and the
+    server chooses which rows a table holds. ``persist()`` writes the once before
+    anything is scored (a failed evaluation does not hand the server another try).
+    ``expected``: scored without any (a secure site that no peer sealed to scores
+    its own modalities from each other)."""
+    if not posteriors and not expected:
         return None
     p = site.progress
     why = ("its node config keeps it out (share-test = false)" if not share
@@ -97,11 +101,11 @@ def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: s
            else "other weights than its heldout answer's" if p.held_out != digest
            else "scored once in this run already" if p.cross_scored else "")
     if why:
-        notes.append(f"the evaluation: the server's test posteriors ignored: {why}")
+        notes.append(f"the evaluation: the test posteriors ignored: {why}")
         return None
     p.cross_scored = True
     persist()
-    return posteriors.get(SERVER, b"")
+    return posteriors
 
 
 @torch.no_grad()

@@ -61,6 +61,13 @@ def group_key(contributions: Mapping[str, bytes], run_id: str) -> bytes:
                 info=b"mmvm/group-id-key/v1" + str(run_id).encode()).derive(parts)
 
 
+def test_key(group: bytes, run_id: str) -> bytes:
+    """The id key of the test split, from the run's group id key: the test ids'
+    pseudonyms cannot be linked to the training ids' (nor opened) by the server."""
+    return HKDF(hashes.SHA256(), 32, salt=None,
+                info=b"mmvm/test-id-key/v1" + str(run_id).encode()).derive(group)
+
+
 @dataclass
 class SiteSecrets:
     """A site's keys, the directory, and its secure state for one run."""

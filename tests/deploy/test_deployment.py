@@ -15,7 +15,7 @@ tests then
   sent or received, in Flower's wire encoding, recorded by the test-only ServerApp
   of ``tests/support/audit_app.py`` around the product's) for raw sample ids,
   plaintext posterior tables and the posterior values that travelled inside
-  envelopes;
+  envelopes (the training's and the cross-site evaluation's);
 * start a fourth SuperNode with an unregistered key and see it refused;
 * run with the server flipping one byte of one routed envelope: the run fails with
   the recipient's TamperedEnvelopeError and that site's state did not advance;
@@ -87,6 +87,12 @@ def test_two_windows_secure_run_completes(deployment, good_run):
         (m,) = e["modalities"]
         assert np.isfinite(e[f"recon_nll/{m}"]) and 0.0 <= e[f"probe/{m}"] <= 1.0
     assert res["bytes_total"] > 0
+    # the cross-site evaluation over sealed test posteriors: every ordered pair of
+    # the three sites' modalities scored, with the sites' own judges
+    cross = res["cross_site"]
+    assert len(cross["imputation"]["pairs"]) == 6 and res["cross_site_notes"] == {}
+    assert len([k for k in cross["coherence"]["pairs"] if len(set(k.split("->"))) == 2]) == 6
+    assert np.isfinite(cross["imputation"]["total"])
     # describe, align, attach, 2 windows and evaluate at each site, each in a child
     # forked by that site's SuperExec (the SuperNodes start none of their own)
     for s, proc in deployment.execs.items():
@@ -109,21 +115,23 @@ def test_server_never_handles_ids_or_plaintext_posteriors(deployment, good_run):
     run_id, out, dump_path = good_run
     records = read_dump(dump_path)
     stages = {h["stage"] for h, _ in records}
-    assert {"describe", "align", "attach", "window 0", "window 1", "evaluate"} <= stages
+    assert {"describe", "align", "attach", "window 0", "window 1", "heldout",
+            "evaluate"} <= stages
     dump = b"".join(body for _, body in records)
-    ids = [i for s in SITES for i in read_site_table(deployment.data[s] / "train.parquet")
-           .sample_ids]
+    ids = [i for s in SITES for split in ("train", "test")
+           for i in read_site_table(deployment.data[s] / f"{split}.parquet").sample_ids]
     assert not [i for i in ids if i.encode() in dump]
     assert b"mmvm.modality" not in dump and b"sample_id" not in dump
     keys = {s: SiteKeys.load(deployment.keys / "sites" / s / "site_keys.json")
             for s in SITES}
     directory = load_public_directory(deployment.keys / "public_keys.json")
-    vectors = 0
+    vectors = tests = 0
     for _, body in records:
         for blob in blobs_in(body):
             head = peek_header(blob)
-            if head.kind != "posterior":
+            if head.kind not in ("posterior", "testposterior"):
                 continue
+            tests += head.kind == "testposterior"
             payload = open_envelope(keys[head.recipient], directory[head.sender], blob,
                                     run_id=run_id, expected_round=head.round)
             for p in decode_table(payload).values():
@@ -132,6 +140,7 @@ def test_server_never_handles_ids_or_plaintext_posteriors(deployment, good_run):
                         assert row[:4].astype(np.float32).tobytes() not in dump
                         vectors += 1
     assert vectors > 100  # every window's posteriors were checked
+    assert tests == 6  # and the test posteriors each site sealed to each peer
 
 
 def test_unregistered_site_is_refused(deployment):

@@ -23,13 +23,10 @@ from mmvm.imputation import imputation_nll, scoring
 from mmvm.training import build_model
 from tests.support.federate import (
     MODALITIES,
-    Tampering,
     cross_run,
     federate,
     make_sites,
     plain_endpoints,
-    sealed_endpoints,
-    site_keys,
     split,
 )
 
@@ -198,23 +195,19 @@ def test_a_hostile_test_reply_is_left_out_and_the_run_ends(
     assert result.model_state is not None
 
 
-def test_a_secure_run_sends_no_test_message_and_a_secure_site_refuses_one(
+def test_a_plaintext_site_refuses_the_secure_steps_of_heldout(
         tiny_polymnist, tiny_config, tmp_path):
+    """Step 1 (rows to seal to peers) is a secure run's: a plaintext site refuses it
+    (tests/federation/test_sealed_cross_eval.py has the secure runs)."""
     cfg = tiny_config(tiny_polymnist, epochs=1)
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
-    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state")
-    kinds = []
-
-    def alter(requests, replies):
-        kinds.append(next(iter(requests.values())).kind)
-
-    result = federate(cfg, endpoints, transport=Tampering(endpoints, alter),
-                      exchange="step", secure=True, cross_eval="draw")
-    assert "heldout" not in kinds and result.cross_site == {}
+    endpoints = plain_endpoints(sites)
+    federate(cfg, endpoints, exchange="round")
     site_endpoint = next(iter(endpoints.values()))
-    with pytest.raises(Exception, match="secure site does not send"):
-        site_endpoint.handle(HeldOutRequest())
+    site_endpoint.site.progress.phase = "attached"
+    with pytest.raises(Exception, match="secure-mode message"):
+        site_endpoint.handle(HeldOutRequest(step=1, n=3, rows=[0, 1, 2]))
 
 
 def test_a_site_that_fails_its_evaluation_makes_the_total_partial_and_is_named(

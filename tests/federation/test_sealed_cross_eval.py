@@ -1,0 +1,287 @@
+"""The cross-site evaluation of a secure run: test ids travel as keyed pseudonyms of
+the test split, test posteriors sealed to the peers that share the sample, so the
+server routes bytes it cannot read (:mod:`mmvm.federation.sealed_heldout`,
+:mod:`mmvm.federation.sealed_test_routing`).
+
+With posterior means the scores are a function of the trained weights and the test
+data only: they must equal a central evaluation of the collected model on the joined
+test file, as in plaintext (tests/federation/test_cross_eval.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.classifiers import load_or_train, recipe_for
+from mmvm.data import open_dataset
+from mmvm.data.store import read_site_table
+from mmvm.evaluation import coherence
+from mmvm.federation.messages import KIND_TEST, HeldOutRequest
+from mmvm.federation.policy import SitePolicy
+from mmvm.federation.progress import ProtocolOrderError
+from mmvm.imputation import imputation_nll
+from mmvm.secure.envelope import peek_header
+from mmvm.secure.errors import SecurityError
+from mmvm.training import build_model
+from tests.support.federate import (
+    MODALITIES,
+    Tampering,
+    federate,
+    make_sites,
+    sealed_endpoints,
+    site_keys,
+    split,
+)
+
+
+def _central(cfg, result, data_root):
+    model = build_model(cfg)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in result.model_state.items()})
+    return model, open_dataset(data_root / "test.parquet", MODALITIES, cfg.data)
+
+
+def _close(got: dict, want: dict, rel: float = 1e-4) -> None:
+    assert got.keys() == want.keys(), (sorted(got), sorted(want))
+    for k in want:
+        assert math.isclose(got[k], want[k], rel_tol=rel), (k, got[k], want[k])
+
+
+NO_LABELS = SitePolicy(eval_labels=())  # a deployed site that reports no label: no judges
+
+
+def _secure_run(cfg, data_root, tmp, layout="vertical", alter=None, shards=3,
+                policy=NO_LABELS, **settings):
+    """A secure run (keyed pseudonyms) of ``layout`` ending in the cross-site
+    evaluation; ``alter(requests, replies)`` sees (and may change) every exchange."""
+    specs, root = split(data_root, tmp, layout, shards=shards)
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp / "state", policy)
+    transport = Tampering(endpoints, alter or (lambda requests, replies: None))
+    settings = {"cross_eval": "mean", "exchange": "step", "secure": True, **settings}
+    return federate(cfg, endpoints, transport, **settings), sites, endpoints, root
+
+
+@pytest.fixture(scope="module")
+def vertical(tiny_polymnist, tmp_path_factory):
+    """Three sites, one modality each; every message of the run recorded."""
+    from tests.conftest import _tiny_config
+
+    torch.set_num_threads(1)
+    cfg = _tiny_config(tiny_polymnist, epochs=1)
+    seen = []
+    result, sites, endpoints, root = _secure_run(
+        cfg, tiny_polymnist, tmp_path_factory.mktemp("sealed-cross"), policy=None,
+        alter=lambda requests, replies: seen.append((dict(requests), dict(replies))))
+    return cfg, sites, endpoints, result, seen, root
+
+
+def test_sealed_imputation_equals_a_central_evaluation_of_the_collected_model(
+        vertical, tiny_polymnist):
+    cfg, _, _, result, _, _ = vertical
+    model, test = _central(cfg, result, tiny_polymnist)
+    want = imputation_nll(model, test, "mmvm", sample=False)
+    got = result.cross_site["imputation"]
+    _close(got["pairs"], want["pairs"])
+    _close(got["rest"], want["rest"])
+    assert got["n"] == want["n"] and got["samples"] == want["samples"] == len(test)
+    assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
+    assert result.cross_notes == {}
+
+
+def test_sealed_coherence_equals_a_central_evaluation_with_the_sites_judges(
+        vertical, tiny_polymnist):
+    cfg, sites, _, result, _, _ = vertical
+    model, test = _central(cfg, result, tiny_polymnist)
+    judges = {}
+    for site in sites.values():  # the judges each site trained (cached beside its data)
+        judges.update(load_or_train(site.train_path, site.test_path, site.names,
+                                    cfg=recipe_for(cfg)).models)
+    want = coherence(model, test, judges, "mmvm", sample=False)
+    got = result.cross_site["coherence"]
+    assert got["pairs"].keys() == want["pairs"].keys()
+    for k, v in want["pairs"].items():  # one test sample's judgement at most
+        assert abs(got["pairs"][k] - v) <= 1 / len(test) + 1e-9, (k, got["pairs"][k], v)
+
+
+def test_the_server_sees_pseudonyms_and_envelopes_only(vertical):
+    """Every heldout and evaluate message of the run: no test id, no plaintext table;
+    the test posteriors travel as envelopes of kind ``testposterior``, each from a
+    site to another that shares the sample."""
+    _, sites, _, _, seen, root = vertical
+    ids = {i for s in sites.values() for i in read_site_table(s.test_path).sample_ids}
+    kinds = [next(iter(req.values())).kind for req, _ in seen]
+    assert kinds[-3:] == ["heldout", "heldout", "evaluate"]
+    (_, step0), (_, step1), (evaluate, _) = seen[-3:]
+    for reply in step0.values():
+        assert reply.identifiers and not set(reply.identifiers) & ids
+        assert not reply.posteriors
+    names = {s.name for s in sites.values()}
+    routed = 0
+    for key, reply in step1.items():
+        for peer, blob in reply.posteriors.items():
+            h = peek_header(blob)
+            assert (h.kind, h.sender, h.recipient) == (KIND_TEST, sites[key].name, peer)
+            assert peer in names - {sites[key].name}
+            routed += 1
+    assert routed == 6  # every ordered pair of the three sites
+    for key, req in evaluate.items():
+        assert set(req.posteriors) == names - {sites[key].name}
+        assert all(peek_header(b).kind == KIND_TEST for b in req.posteriors.values())
+
+
+def test_test_pseudonyms_are_not_the_training_ones(vertical):
+    """The test split has its own key: the server cannot link a test pseudonym to a
+    training one (or tell that an id is in both)."""
+    _, _, _, _, seen, _ = vertical
+    train = {i for req, replies in seen if next(iter(req.values())).kind == "align"
+             for r in replies.values() for i in r.identifiers}
+    test = {i for _, replies in seen[-3:-2] for r in replies.values()
+            for i in r.identifiers}
+    assert train and test and not train & test
+
+
+def test_a_site_answers_each_step_once_and_only_in_order(vertical):
+    """After the run: a second step 0 or step 1 is refused (each answer is the test
+    set encoded by the server's weights, sealed to rows of its choosing)."""
+    _, _, endpoints, _, _, _ = vertical
+    ep = next(iter(endpoints.values()))
+    ep.site.progress.phase = "attached"  # as if the evaluation had not been answered
+    with pytest.raises(ProtocolOrderError, match="answered once"):
+        ep.handle(HeldOutRequest())
+    with pytest.raises(ProtocolOrderError):
+        ep.handle(HeldOutRequest(step=1, n=96, rows=list(range(96))))
+    with pytest.raises(ProtocolOrderError, match="steps 0 and 1"):
+        ep.handle(HeldOutRequest(step=2))
+
+
+def test_server_claims_outside_the_sites_rows_are_refused(tiny_polymnist, tiny_config,
+                                                           tmp_path):
+    """Step 1 names rows the site did not send, or a peer it never trained with:
+    refused before anything is encoded or sealed."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    bad = {}
+
+    def alter(requests, replies):
+        req = next(iter(requests.values()))
+        if req.kind == "heldout" and req.step == 1 and not bad:
+            key = next(iter(requests))
+            ep, test = endpoints[key], endpoints[key].channel.sec.state["test"]
+            rows = list(req.rows)
+            for claim, match in (
+                    (HeldOutRequest(weights=req.weights, step=1, n=req.n,
+                                    rows=rows, peer_rows={"site-x": b"\x00\x00\x00\x00"}),
+                     "no peer of its training"),
+                    (HeldOutRequest(weights=req.weights, step=1, n=req.n,
+                                    rows=rows[:-1]), "one distinct row"),
+                    (HeldOutRequest(weights=req.weights, step=1, n=req.n, rows=rows,
+                                    peer_rows={p: np.asarray([req.n], "<u4").tobytes()
+                                               for p in req.peer_rows}),
+                     "distinct rows among")):
+                ep.site.replies.entries.pop("heldout", None)
+                test["sealed"] = False  # as before its answer: only the claim is wrong
+                with pytest.raises(SecurityError, match=match):
+                    ep.handle(claim)
+                bad[match] = True
+            test["sealed"] = True
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", NO_LABELS)
+    federate(cfg, endpoints, Tampering(endpoints, alter), cross_eval="mean",
+             exchange="step", secure=True)
+    assert bad
+
+
+def test_a_tampered_envelope_is_refused_and_the_rest_of_the_evaluation_stands(
+        tiny_polymnist, tiny_config, tmp_path):
+    """The server flips a byte of one routed test envelope: its recipient scores
+    nothing cross-site (its journal says why; the server is told it refused) and
+    still reports its probe and reconstruction; the other sites' scores stand."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    hit = []
+
+    class Flipping(Tampering):
+        def exchange(self, requests, wait=None, need=1):
+            first = next(iter(requests.values()))
+            if first.kind == "evaluate" and not hit:
+                key = sorted(requests)[0]
+                sender = sorted(requests[key].posteriors)[0]
+                blob = bytearray(requests[key].posteriors[sender])
+                blob[-1] ^= 1
+                requests[key].posteriors[sender] = bytes(blob)
+                hit.append(key)
+            return super().exchange(requests, wait, need)
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", NO_LABELS)
+    result = federate(cfg, endpoints, Flipping(endpoints, lambda r, s: None),
+                      cross_eval="mean", exchange="step", secure=True)
+    victim = sites[hit[0]].name
+    ev = result.evaluation[hit[0]]
+    assert ev["cross_refused"] == 1.0 and f"recon_nll/{sites[hit[0]].names[0]}" in ev
+    assert "refused" in result.cross_notes[victim]
+    assert not any(k.startswith(("impute", "coherence")) for k in ev)
+    others = {m for k, s in sites.items() if k != hit[0] for m in s.names}
+    assert set(result.cross_site["imputation"]["rest"]) == others
+    assert math.isnan(result.cross_site["imputation"]["total"])
+    assert any("refused" in n for n in endpoints[hit[0]].notes)
+
+
+def test_a_modality_at_three_sites_is_scored_on_each_ones_samples(
+        tiny_polymnist, tiny_config, tmp_path):
+    """Hybrid layout, m0's samples over three sites (a masked FedAvg group): the
+    means weighted by count are the central evaluation's, total included (each site
+    holds one modality, so the server's count of multimodal samples is exact)."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    result, *_ = _secure_run(cfg, tiny_polymnist, tmp_path, "hybrid")
+    model, test = _central(cfg, result, tiny_polymnist)
+    want = imputation_nll(model, test, "mmvm", sample=False)
+    got = result.cross_site["imputation"]
+    _close(got["pairs"], want["pairs"])
+    _close(got["rest"], want["rest"])
+    assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
+
+
+def test_sites_holding_every_modality_score_alone_and_give_no_total(
+        tiny_polymnist, tiny_config, tmp_path):
+    """Horizontal layout: no site shares a sample, so none seals anything; each
+    scores its modalities from its own others. The server cannot count what a
+    sample holds there: no total, and a warning says why."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    result, *_ = _secure_run(cfg, tiny_polymnist, tmp_path, "horizontal")
+    model, test = _central(cfg, result, tiny_polymnist)
+    want = imputation_nll(model, test, "mmvm", sample=False)
+    got = result.cross_site["imputation"]
+    _close(got["rest"], want["rest"])
+    assert math.isnan(got["total"])
+    assert any("no imputation total" in w for w in result.cross_site["warnings"])
+
+
+def test_a_psi_run_has_no_cross_site_evaluation_and_says_why(tiny_polymnist,
+                                                            tiny_config, tmp_path):
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
+    kinds, lines = [], []
+
+    def alter(requests, replies):
+        kinds.append(next(iter(requests.values())).kind)
+
+    from mmvm.federation.loop import run_federation
+    from mmvm.federation.settings import settings_for
+
+    result = run_federation(Tampering(endpoints, alter), settings_for(
+        cfg, exchange="step", secure=True, align="psi", cross_eval="draw",
+        float16=False), log=lines.append)
+    assert "heldout" not in kinds and result.cross_site == {}
+    assert any("align = \"pseudonym\"" in line for line in lines)
+    ep = next(iter(endpoints.values()))
+    ep.site.progress.phase = "attached"
+    ep.site.progress.held_out = ""
+    reply = ep.handle(HeldOutRequest())
+    assert not reply.identifiers and "psi" in reply.reason
