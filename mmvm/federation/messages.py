@@ -292,6 +292,7 @@ class HeldOutRequest:
     n: int = _value(int, default=0)
     rows: list[int] = _value(list, int, payload=True, default=[])
     peer_rows: dict[str, bytes] = _blobs()
+    counts: dict = _json()  # secure step 1: every site's count of test pseudonyms
 
 
 @dataclass

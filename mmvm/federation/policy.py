@@ -24,7 +24,9 @@ anything leaves the site:
                        plaintext runs (ids in clear); needs ``keys``
 ``min-rows``           secure runs: refuse a plan with a window that trains fewer
                        than this many of the site's rows (default 1); see
-                       :meth:`SitePolicy.check_plan`
+                       :meth:`SitePolicy.check_plan`. Any run: report no
+                       cross-site score whose test rows differ from another's by
+                       fewer (:func:`mmvm.federation.site_cross_eval.differing`)
 ``max-steps``          the most optimiser steps a run's plan may hold (default
                        10,000,000; 8 bytes a step held, ~100 while the plan
                        is checked at attach)

@@ -274,7 +274,7 @@ class SealedChannel:
     def held_out(self, site: Site, req: HeldOutRequest, share: bool,
                  begin: Callable[[], None], load: Callable[[], object]) -> HeldOutReply:
         return sealed_heldout.answer(site, self.sec, self.align_mode, req, share, begin,
-                                     load)
+                                     load, self.policy)
 
     def test_input(self, site: Site, blobs: Mapping[str, bytes], log
                    ) -> tuple[bytes | None, Callable[[], None]]:

@@ -16,7 +16,7 @@ in clear (the server's part: :mod:`mmvm.federation.sealed_test_routing`; the sco
    told they share; then it scores as in plaintext, means and counts only.
 
 Each step is answered once a run (the same answer to the same request, for a
-restarted server). Keyed-pseudonym alignment only: a PSI run has no group key, and
+restarted server or a process killed before its reply was kept). Keyed-pseudonym alignment only: a PSI run has no group key, and
 aligning the test sets would take another ring.
 """
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from mmvm.data import open_dataset
 from mmvm.federation.messages import KIND_TEST, HeldOutReply, HeldOutRequest
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import (
     PosteriorError,
     Posteriors,
@@ -49,7 +50,8 @@ TEST_ROUND = EVALUATION + 1  # after every window's round and the evaluation's
 
 
 def answer(site: Site, sec: SiteSecrets, align: str, req: HeldOutRequest, share: bool,
-           begin: Callable[[], None], load: Callable[[], object]) -> HeldOutReply:
+           begin: Callable[[], None], load: Callable[[], object],
+           policy: SitePolicy) -> HeldOutReply:
     """The reply to heldout step ``req.step`` (0: pseudonyms, 1: sealed posteriors)."""
     weights = request_digest({}, req.weights)
     if req.step == 0:
@@ -63,24 +65,25 @@ def answer(site: Site, sec: SiteSecrets, align: str, req: HeldOutRequest, share:
     if req.step != 1:
         raise ProtocolOrderError(f"site {site.name}: heldout step {req.step} refused "
                                  f"(a secure run's heldout has steps 0 and 1)")
-    asked = request_digest({"n": req.n, "rows": hashlib.sha256(
+    asked = request_digest({"n": req.n, "counts": req.counts, "rows": hashlib.sha256(
         np.asarray(req.rows, "<i8").tobytes()).hexdigest(), "peers": {
         p: hashlib.sha256(b).hexdigest() for p, b in sorted(req.peer_rows.items())}},
         req.weights)
-    again = site.replies.get("heldout", 1, asked)
+    again = site.replies.get("heldout.seal", 1, asked)
     if again is not None:
         return again
     test = sec.state.get("test") or {}
     if not site.progress.held_out or site.progress.held_out != weights or \
-            test.get("sealed", True):
+            test.get("sealed", True) and test.get("asked") != asked:
         raise ProtocolOrderError(f"site {site.name}: heldout step 1 refused: it follows "
                                  f"the site's step 0, with the same weights, once a run")
-    claims = _claims(site, sec, req, len(test["order"]))
-    test.update(sealed=True, n=req.n, rows=list(map(int, req.rows)),
+    claims = _claims(site, sec, req, len(test["order"]), policy)
+    test.update(sealed=True, asked=asked, n=req.n, rows=list(map(int, req.rows)),
                 peers={p: rows.tolist() for p, rows in claims.items()})
-    sec.save_state()  # once: written before anything is encoded
+    sec.save_state()  # once (the same request again gets the same answer: a process
+    # killed before its reply was kept encodes and seals the same rows again)
     reply = HeldOutReply(posteriors=_sealed(site, sec, test, claims))
-    site.replies.keep("heldout", 1, reply, asked)
+    site.replies.keep("heldout.seal", 1, reply, asked)
     return reply
 
 
@@ -105,17 +108,32 @@ def _pseudonyms(site: Site, sec: SiteSecrets, align: str, share: bool, weights: 
     return HeldOutReply(identifiers=[p for p, _ in named])
 
 
-def _claims(site: Site, sec: SiteSecrets, req: HeldOutRequest, count: int
-            ) -> dict[str, np.ndarray]:
-    """The server's word on the test rows: ``rows``, one distinct aligned row below
-    ``n`` per pseudonym sent; per peer, distinct sorted rows among those, and only
-    training peers (whose modalities the site knows). It cannot be verified here; a
-    malformed one is refused before anything is encoded."""
+def _claims(site: Site, sec: SiteSecrets, req: HeldOutRequest, count: int,
+            policy: SitePolicy) -> dict[str, np.ndarray]:
+    """The server's word on the test rows: every site's count of test pseudonyms (this
+    site's own, each within ``max-align-rows``: a peer holds the group key and could
+    bring pseudonyms of guessed ids, as at training's alignment), ``n`` no more than
+    their sum; ``rows``, one distinct aligned row below ``n`` per pseudonym sent; per
+    peer, distinct sorted rows among those, and only training peers (whose
+    modalities the site knows). It cannot be verified here; a malformed one is
+    refused before anything is encoded."""
+    counts = req.counts if isinstance(req.counts, dict) else {}
+    sizes = [n for n in counts.values() if type(n) is int and n > 0]
+    if counts.get(site.name) != count or len(sizes) != len(counts) or \
+            not set(req.peer_rows) <= set(counts):
+        raise SecurityError(f"site {site.name}: heldout step 1: the server's counts of "
+                            f"test pseudonyms are not positive whole numbers for every "
+                            f"site it names, this one's own included")
+    for peer, n in sorted(counts.items()):
+        if peer != site.name:
+            policy.check_peer_set(site.name, peer, n)
     rows = np.asarray(req.rows, dtype=np.int64)
-    if not 0 < req.n <= 2**32 or len(rows) != count or len(np.unique(rows)) != count \
-            or rows.min(initial=0) < 0 or rows.max(initial=0) >= req.n:
+    if not count <= req.n <= sum(sizes) or len(rows) != count or \
+            len(np.unique(rows)) != count or rows.min(initial=0) < 0 or \
+            rows.max(initial=0) >= req.n:
         raise SecurityError(f"site {site.name}: heldout step 1: the server's test rows "
-                            f"are not one distinct row below n per pseudonym sent")
+                            f"are not one distinct row below n per pseudonym sent, or n "
+                            f"is more than the sites' counts together")
     peers = sec.state.get("peers", {})
     out = {}
     for peer, blob in sorted(req.peer_rows.items()):
@@ -140,6 +158,10 @@ def _sealed(site: Site, sec: SiteSecrets, test: dict, claims: Mapping[str, np.nd
     aligned[np.asarray(test["order"], np.int64)] = test["rows"]  # dataset row -> aligned
     table = {m: Posteriors(aligned[p.rows], p.mu, p.logvar)
              for m, p in test_posteriors(site, data).items()}
+    # values a peer would refuse (a crafted mean can push chosen rows beyond the
+    # format's limits) fail this step as a whole: one outcome, not a bit per peer
+    decode_table(encode_table(table), latent_dim=site.cfg.model.latent_dim,
+                 n_rows=test["n"], sender=site.name)
     out = {}
     for peer, rows in claims.items():
         lacks = [m for m in table if m not in sec.state["peers"][peer]["modalities"]]
@@ -170,9 +192,11 @@ def opened(site: Site, sec: SiteSecrets, blobs: Mapping[str, bytes], log
     except (SecurityError, PosteriorError, ValueError) as err:
         log(f"the evaluation: the peers' test posteriors refused: {err}")
         return None, lambda: None
-    position = np.full(test["n"], -1, np.int64)  # aligned test row -> dataset row
-    position[np.asarray(test["rows"], np.int64)] = test["order"]
-    local = {m: Posteriors(position[p.rows], p.mu, p.logvar) for m, p in merged.items()}
+    rows = np.asarray(test["rows"], np.int64)  # aligned test row -> dataset row,
+    by_row = np.argsort(rows)  # without an array of the server's n
+    order = np.asarray(test["order"], np.int64)[by_row]
+    local = {m: Posteriors(order[np.searchsorted(rows[by_row], p.rows)], p.mu, p.logvar)
+             for m, p in merged.items()}
 
     def commit() -> None:
         sec.guard = guard

@@ -77,7 +77,8 @@ def gather_sealed_tests(transport, coord: Coordinator, averaged: Mapping, wait: 
         {key: HeldOutRequest(weights=weights[key], step=1, n=len(union),
                              rows=out.rows[key].tolist(),
                              peer_rows={coord.name(o): r.astype("<u4").tobytes()
-                                        for o, r in told[key].items()})
+                                        for o, r in told[key].items()},
+                             counts={coord.name(k): len(v) for k, v in ids.items()})
          for key in out.rows}, wait)
     _missing(out, coord, sealed, failed)
     for key in list(out.rows):

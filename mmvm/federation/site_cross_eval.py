@@ -156,10 +156,12 @@ def received(site: Site, blob: bytes, n_test: int, log) -> dict[str, Posteriors]
 @torch.no_grad()
 def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
                  judges: Mapping | None, sample: bool = True,
-                 coherence_sample: bool = True) -> dict[str, float]:
+                 coherence_sample: bool = True,
+                 sets: dict[str, list] | None = None) -> dict[str, float]:
     """``impute/<s>-><t>``, ``impute_rest/<t>`` (mean weighted NLLs) and
     ``coherence/<s>-><t>`` (accuracies, ``judges`` given and the test file labelled),
-    each with its count under ``<key>_n``; nothing for a pair no sample holds."""
+    each with its count under ``<key>_n``; nothing for a pair no sample holds.
+    ``sets``: filled with the test rows each score covers (:func:`differing`)."""
     model, names = site.model, site.global_names
     model.eval()
     gen = torch.Generator().manual_seed(site.cfg.train.seed)  # the imputation's draws
@@ -167,9 +169,11 @@ def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
 
-    def add(key: str, values: torch.Tensor) -> None:
+    def add(key: str, values: torch.Tensor, rows: np.ndarray) -> None:
         sums[key] = sums.get(key, 0.0) + float(values.double().sum())
         counts[key] = counts.get(key, 0) + int(values.numel())
+        if sets is not None:
+            sets.setdefault(key, []).append(rows)
 
     targets = [t for t in site.names if judges is not None and t in judges]
     for start in range(0, len(test), site.pass_rows):
@@ -178,7 +182,7 @@ def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
         post = _sources(site, b, rows, list(test.names), others)
         eps = torch.randn(len(rows), len(names), model.code_dim, generator=gen)
         for t in site.names:
-            _impute(site, t, b, post, eps, sample, add)
+            _impute(site, t, b, post, eps, sample, add, rows)
         labels = b.get("label")
         for t in targets if labels is not None else ():
             for s, (have, mu, lv) in post.items():
@@ -186,7 +190,8 @@ def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
                 if bool(keep.any()):
                     z = _draw(mu[keep], lv[keep], coherence_sample, coh_gen)
                     pred = judges[t](model.generate(t, z.to(site.device))).argmax(1)
-                    add(f"coherence/{s}->{t}", (pred.cpu() == labels[keep]).double())
+                    add(f"coherence/{s}->{t}", (pred.cpu() == labels[keep]).double(),
+                        rows[keep.numpy()])
     out: dict[str, float] = {}
     for key, total in sums.items():
         out[key], out[f"{key}_n"] = total / counts[key], float(counts[key])
@@ -227,7 +232,7 @@ def _draw(mu: torch.Tensor, lv: torch.Tensor, sample: bool, gen: torch.Generator
 
 
 def _impute(site: Site, t: str, b: dict, post: Mapping, eps: torch.Tensor,
-            sample: bool, add) -> None:
+            sample: bool, add, rows: np.ndarray) -> None:
     """Modality t of the batch's rows that hold it, from each other modality present
     (one draw of each, ``eps``'s) and from all of them (the mean of those NLLs)."""
     model, names = site.model, site.global_names
@@ -244,12 +249,30 @@ def _impute(site: Site, t: str, b: dict, post: Mapping, eps: torch.Tensor,
         x = b["x"][t][keep].to(site.device)
         nll = -weight * model.log_likelihood(t, x, model.decode(t, z.to(site.device)))
         nll = nll.double().cpu()
-        add(f"impute/{s}->{t}", nll)
+        add(f"impute/{s}->{t}", nll, rows[keep.numpy()])
         rest[keep] += nll
         count[keep] += 1
     scored = count > 0
     if bool(scored.any()):
-        add(f"impute_rest/{t}", rest[scored] / count[scored])
+        add(f"impute_rest/{t}", rest[scored] / count[scored], rows[scored.numpy()])
+
+
+def differing(sets: Mapping[str, list], floor: int) -> set[str]:
+    """The scores whose test rows differ from another score's by 1 to ``floor - 1``
+    rows (either way): the difference of two such means, times their counts, would
+    be a sum over so few samples (one sample's NLL, or whether one generation was
+    judged right), whatever floor each score alone passed. The server chooses which
+    rows each source's table holds, so it can make two row sets differ by one."""
+    if floor <= 1:
+        return set()
+    rows = {k: np.unique(np.concatenate(v)) for k, v in sets.items()}
+    keys, out = sorted(rows), set()
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            d = len(np.setxor1d(rows[a], rows[b], assume_unique=True))
+            if 0 < d < floor:
+                out |= {a, b}
+    return out
 
 
 def judges_too_large(site: Site, recipe, policy) -> str | None:

@@ -25,7 +25,12 @@ from mmvm.evaluation import (
 )
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
-from mmvm.federation.site_cross_eval import cross_scores, judges_too_large, received
+from mmvm.federation.site_cross_eval import (
+    cross_scores,
+    differing,
+    judges_too_large,
+    received,
+)
 from mmvm.recon_baseline import baseline_nll
 
 
@@ -100,14 +105,20 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
                     tokens=vocabularies(cfg))
     accuracy = {f"judge_accuracy/{m}": a for m, a in
                 getattr(judges, "test_accuracy", {}).items() if not math.isnan(a)}
+    sets: dict[str, list] = {}
     scores = accuracy | cross_scores(
         site, test, others, judges, sample=draw,
-        coherence_sample=draw and cfg.eval.coherence_sample)
+        coherence_sample=draw and cfg.eval.coherence_sample, sets=sets)
     floor = math.ceil(len(test) / 4) if deployed else 1
     few = sorted(k[:-2] for k, n in scores.items() if k.endswith("_n") and n < floor)
     if few:
         log(f"the evaluation: scores over fewer than {floor} test rows not reported: "
             f"{', '.join(few)}")
+    near = sorted(differing(sets, policy.min_rows if deployed else 1) - set(few))
+    if near:  # a node config's min-rows: no reported sum, nor difference of two, over
+        log(f"the evaluation: scores whose test rows differ from another's by fewer "
+            f"than min-rows = {policy.min_rows} not reported: {', '.join(near)}")
+        few += near  # fewer rows
     kept = {k: v for k, v in scores.items() if k.removesuffix("_n") not in few}
     return kept | ({"cross_floored": 1.0} if few else {})  # the server says so
 

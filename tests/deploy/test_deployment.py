@@ -140,7 +140,8 @@ def test_server_never_handles_ids_or_plaintext_posteriors(deployment, good_run):
                         assert row[:4].astype(np.float32).tobytes() not in dump
                         vectors += 1
     assert vectors > 100  # every window's posteriors were checked
-    assert tests == 6  # and the test posteriors each site sealed to each peer
+    assert tests == 12  # and the 6 test envelopes, each in its sender's reply and its
+    # recipient's evaluate message
 
 
 def test_unregistered_site_is_refused(deployment):

@@ -113,6 +113,42 @@ def test_a_score_over_a_few_rows_the_server_chose_is_not_reported(site):
     assert "fewer than 24 test rows" in " ".join(ep.notes)
 
 
+@pytest.mark.parametrize("min_rows", [1, 5])
+def test_scores_whose_rows_differ_by_fewer_than_min_rows_are_not_reported(site, min_rows):
+    """Security review (second one): the server gives m1's table the rows R (more
+    than a quarter of the test rows) and m2's R and one more row r. Each score passes
+    the floor, but 2 x rest - (m1 -> m0) - (m2 -> m0), as sums, is r's imputation
+    NLL. A node config's min-rows bounds the difference of two scores as it bounds
+    a window's sums; its default, 1, leaves that difference readable."""
+    d = site.cfg.model.latent_dim
+
+    def post(rows):
+        z = np.zeros((len(rows), d), np.float32)
+        return Posteriors(np.asarray(rows, np.int64), z, z)
+
+    rows = np.arange(40)
+    table = {SERVER: encode_table({"m1": post(rows), "m2": post(np.append(rows, 60))})}
+    ep = Endpoint(site, PlainChannel(), SitePolicy(eval_labels=(), min_rows=min_rows))
+    ep.handle(HeldOutRequest())
+    got = ep.handle(EvaluateRequest(posteriors=table, draw=False)).metrics
+    if min_rows == 1:  # one sample's NLL (row 60 from m2), read from three means
+        from mmvm.data import open_dataset
+
+        x = open_dataset(site.test_path, site.names, site.cfg.data).batch(
+            torch.as_tensor([60]))["x"]["m0"]
+        with torch.no_grad():
+            want = -float(site.model.specs["m0"].weight) * float(
+                site.model.log_likelihood("m0", x, site.model.decode(
+                    "m0", torch.zeros(1, d)))[0])
+        single = 2 * got["impute_rest/m0"] * 41 - got["impute/m1->m0"] * 40 \
+            - got["impute/m2->m0"] * 41
+        assert single == pytest.approx(want, rel=1e-3)
+        return
+    assert not [k for k in got if k.startswith("impute")], got
+    assert got["cross_floored"] == 1.0
+    assert "differ from another's by fewer than min-rows = 5" in " ".join(ep.notes)
+
+
 def test_judges_larger_than_the_node_config_allows_do_not_train(site):
     ep = Endpoint(site, PlainChannel(), SitePolicy(max_params=1000))
     ep.handle(HeldOutRequest())

@@ -144,15 +144,16 @@ def test_test_pseudonyms_are_not_the_training_ones(vertical):
 
 
 def test_a_site_answers_each_step_once_and_only_in_order(vertical):
-    """After the run: a second step 0 or step 1 is refused (each answer is the test
-    set encoded by the server's weights, sealed to rows of its choosing)."""
-    _, _, endpoints, _, _, _ = vertical
-    ep = next(iter(endpoints.values()))
+    """After the run: step 0 asked again gets the same pseudonyms (a restarted
+    server); step 1 with other rows is refused (each answer is the test set sealed
+    to rows of the server's choosing), as is a step that does not exist."""
+    _, _, endpoints, _, seen, _ = vertical
+    key, ep = next(iter(endpoints.items()))
     ep.site.progress.phase = "attached"  # as if the evaluation had not been answered
-    with pytest.raises(ProtocolOrderError, match="answered once"):
-        ep.handle(HeldOutRequest())
-    with pytest.raises(ProtocolOrderError):
-        ep.handle(HeldOutRequest(step=1, n=96, rows=list(range(96))))
+    assert ep.handle(HeldOutRequest()).identifiers == seen[-3][1][key].identifiers
+    with pytest.raises(ProtocolOrderError, match="once a run"):
+        ep.handle(HeldOutRequest(step=1, n=96, rows=list(range(96)),
+                                 counts={ep.site.name: 96}))
     with pytest.raises(ProtocolOrderError, match="steps 0 and 1"):
         ep.handle(HeldOutRequest(step=2))
 
@@ -172,13 +173,20 @@ def test_server_claims_outside_the_sites_rows_are_refused(tiny_polymnist, tiny_c
             rows = list(req.rows)
             for claim, match in (
                     (HeldOutRequest(weights=req.weights, step=1, n=req.n,
-                                    rows=rows, peer_rows={"site-x": b"\x00\x00\x00\x00"}),
+                                    rows=rows, peer_rows={"site-x": b"\x00\x00\x00\x00"},
+                                    counts={**req.counts, "site-x": 1}),
                      "no peer of its training"),
                     (HeldOutRequest(weights=req.weights, step=1, n=req.n,
-                                    rows=rows[:-1]), "one distinct row"),
+                                    rows=rows[:-1], counts=req.counts), "one distinct row"),
+                    (HeldOutRequest(weights=req.weights, step=1, n=10 * req.n,
+                                    rows=rows, counts=req.counts), "counts together"),
+                    (HeldOutRequest(weights=req.weights, step=1, n=req.n, rows=rows,
+                                    counts={**req.counts,
+                                            next(iter(req.peer_rows)): 2_000_000}),
+                     "max-align-rows"),
                     (HeldOutRequest(weights=req.weights, step=1, n=req.n, rows=rows,
                                     peer_rows={p: np.asarray([req.n], "<u4").tobytes()
-                                               for p in req.peer_rows}),
+                                               for p in req.peer_rows}, counts=req.counts),
                      "distinct rows among")):
                 ep.site.replies.entries.pop("heldout", None)
                 test["sealed"] = False  # as before its answer: only the claim is wrong
