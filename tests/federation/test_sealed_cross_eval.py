@@ -293,3 +293,29 @@ def test_a_psi_run_has_no_cross_site_evaluation_and_says_why(tiny_polymnist,
     ep.site.progress.held_out = ""
     reply = ep.handle(HeldOutRequest())
     assert not reply.identifiers and "psi" in reply.reason
+
+
+def test_test_posteriors_a_peer_would_refuse_fail_the_step_as_a_whole(
+        tiny_polymnist, tiny_config, tmp_path, monkeypatch):
+    """A crafted mean can push chosen test rows' posteriors beyond what the format
+    carries; each peer refusing its envelope (cross_refused) would be a bit per
+    peer about rows the server picked. The site checks its whole table first: its
+    step fails as one outcome, with no text of why, and the run goes on."""
+    from mmvm.federation import sealed_heldout
+
+    real = sealed_heldout.test_posteriors
+
+    def crafted(site, data):
+        table = real(site, data)
+        if site.name == "site-m0":
+            (p,) = table.values()
+            p.logvar[0, 0] = 100.0  # beyond LIMITS["logvar"]
+        return table
+
+    monkeypatch.setattr(sealed_heldout, "test_posteriors", crafted)
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    result, *_ = _secure_run(cfg, tiny_polymnist, tmp_path)
+    why = result.cross_notes["site-m0"]
+    assert "its test posteriors failed (its log says why)" in why and "80" not in why
+    assert set(result.cross_site["imputation"]["rest"]) == {"m1", "m2"}
+    assert set(result.cross_site["imputation"]["pairs"]) == {"m1->m2", "m2->m1"}
