@@ -323,7 +323,7 @@ class Endpoint:
                                   and bool(site.progress.held_out)), False
         if cross is not None:
             cross, commit = self.channel.test_input(site, cross, self.notes.append)
-            refused = cross is None
+            refused = cross is None and bool(req.posteriors)  # (none: it sealed none)
             self._commits.append(commit)
         self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
                                   self._evaluation_inputs())

@@ -251,15 +251,13 @@ def run_federation(transport: Transport, s: FederationSettings,
             raise RunStopped(w, len(coord.plan))
     result.missed = att.summary()
     result.bytes_total = meter.total
-    cross = "off" if s.secure and s.align != "pseudonym" else s.cross_eval
-    if log and cross != s.cross_eval:  # secure, PSI: no group key to name test ids by
-        log("mmvm: evaluation: no cross-site scores (they need align = \"pseudonym\")")
-    elif log and cross != "off":
+    cross = s.cross_eval
+    if log and cross != "off":
         log("mmvm: evaluation: the sites score each other's modalities from their test "
             "posteriors (cross-eval; a site's judges train once, then are cached)")
     result.seconds = before_restart + time.perf_counter() - t0  # training, not evaluation
     final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout,
-                     cross=cross, secure=s.secure,
+                     cross=cross, secure=s.align if s.secure else "",
                      latent_dim=s.experiment.model.latent_dim, max_rows=s.max_site_rows,
                      method=s.experiment.model.method)
     return result
@@ -306,18 +304,18 @@ def _site_summary(coord: Coordinator) -> dict[str, dict]:
 def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
                      collect_model: bool, result: FederationResult, wait: float,
                      cross: str = "off", latent_dim: int = 0, max_rows: int = 0,
-                     method: str = "mmvm", secure: bool = False) -> None:
+                     method: str = "mmvm", secure: str = "") -> None:
     """Last message: sites load the averaged shared weights and evaluate; with
     ``collect_model`` their weights are assembled into ``result.model_state``. A site
     that does not answer within ``wait``, or fails (its reason in
     ``result.evaluation_errors``), is listed in ``result.not_evaluated``: the trained
     run is still written, without that site's numbers (its weights stay with it, so
     there is no assembled model). ``cross`` ("draw" or "mean"): heldout messages
-    before (``secure``: sealed, :mod:`sealed_test_routing`), and
+    before (``secure``, the run's alignment: sealed, :mod:`sealed_test_routing`), and
     ``result.cross_site`` after (:mod:`cross_eval`)."""
     tables = TestTables()
     if cross != "off":
-        tables = gather_sealed_tests(transport, coord, averaged, wait, max_rows) \
+        tables = gather_sealed_tests(transport, coord, averaged, wait, max_rows, secure) \
             if secure else gather_tests(transport, coord, averaged, wait, latent_dim,
                                         max_rows)
     replies, failed = transport.gather(

@@ -282,7 +282,9 @@ class HeldOutRequest:
     the site loads the averaged weights of the modalities it shares and answers with
     its test samples' ids and posteriors (plaintext). Secure runs take two steps
     (:mod:`mmvm.federation.sealed_heldout`): step 0 asks for keyed pseudonyms of the
-    test ids; step 1 gives the aligned test row of each (``rows``, of ``n``) and per
+    test ids (with ``align = "psi"``: whether the site takes part; steps 1 to R are
+    then the PSI ring's steps 0 to R - 1 over the test sets); the last step (1, or
+    R + 1) gives the aligned test row of each identifier (``rows``, of ``n``) and per
     peer the test rows both hold (``peer_rows``, sorted little-endian uint32), to seal
     the site's posteriors of them to that peer."""
 
@@ -292,15 +294,18 @@ class HeldOutRequest:
     n: int = _value(int, default=0)
     rows: list[int] = _value(list, int, payload=True, default=[])
     peer_rows: dict[str, bytes] = _blobs()
-    counts: dict = _json()  # secure step 1: every site's count of test pseudonyms
+    counts: dict = _json()  # secure: every site's count of test identifiers
+    ring: list[str] = _value(list, str, default=[])  # secure, PSI: the test sets' ring
+    sealed: dict[str, bytes] = _blobs()  # PSI: the predecessor's sealed test set
 
 
 @dataclass
 class HeldOutReply:
-    """The site's test sample ids (secure: keyed pseudonyms, sorted) and its own
-    modalities' posteriors for them, per recipient: ``posteriors[SERVER]`` (plaintext;
-    rows: positions in ``identifiers``), or envelopes per peer (secure, step 1; rows:
-    aligned test rows)."""
+    """The site's test sample ids (secure: keyed pseudonyms, sorted, or at the PSI
+    ring's last step the tags of the set it finished) and its own modalities'
+    posteriors for them, per recipient: ``posteriors[SERVER]`` (plaintext; rows:
+    positions in ``identifiers``), or envelopes per peer (secure: the PSI ring's set
+    to the next site, or at the last step its posteriors; rows: aligned test rows)."""
 
     kind: ClassVar[str] = "heldout"
     identifiers: list[str] = _value(list, str, payload=True, default=[])

@@ -64,9 +64,9 @@ anything leaves the site:
                        networks (torch Inductor writes and builds code; default off)
 ``share-test``         at the end, take part in the cross-site evaluation:
                        plaintext runs send the server the ids of its test samples
-                       and its posteriors of them; secure runs (keyed pseudonyms)
-                       send keyed pseudonyms of the test ids and seal the
-                       posteriors to the peers sharing each sample
+                       and its posteriors of them; secure runs align the test ids
+                       as training's (keyed pseudonyms, or a PSI ring) and seal
+                       the posteriors to the peers sharing each sample
                        (:mod:`mmvm.federation.sealed_heldout`). Every site then
                        scores imputation and coherence of its modalities from the
                        others' (:mod:`mmvm.federation.cross_eval`; default on,

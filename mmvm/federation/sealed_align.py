@@ -130,7 +130,7 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
                                 f"count of {origin}'s samples is {n}: the server's word is "
                                 f"wrong, or it let the set through unchecked")
         policy.check_ring_set(me, origin, n)  # before it is read
-        points = _multiplied(me, prev, origin, payload, n, unb64(sec.state["scalar"]))
+        points = multiplied(me, prev, origin, payload, n, unb64(sec.state["scalar"]))
         sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
     if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin
@@ -145,7 +145,7 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
 _FIELD = 2 ** 255 - 19  # X25519's field: a canonical u-coordinate is below it
 
 
-def _multiplied(me: str, prev: str, origin: str, payload: bytes, n: int, scalar: bytes
+def multiplied(me: str, prev: str, origin: str, payload: bytes, n: int, scalar: bytes
                 ) -> list[bytes]:
     """The points of ``origin``'s set as ``prev`` sealed them, multiplied by this
     site's scalar, once they are as many as ``origin`` described, distinct and valid

@@ -6,18 +6,22 @@ in clear (the server's part: :mod:`mmvm.federation.sealed_test_routing`; the sco
    evaluation's inputs, recorded once: the evaluate message must bring the same),
    loads it, and answers the sorted keyed pseudonyms of its test ids, under a key
    of the test split derived from the run's group id key (the server can neither
-   open them nor link them to the training pseudonyms).
-2. **heldout, step 1**: the server sends the aligned test row of each pseudonym and,
-   per training peer, the test rows both hold; the site seals to that peer its own
-   posteriors of those rows, of the modalities the peer lacks (kind
-   ``testposterior``, round :data:`TEST_ROUND`), as a window seals its posteriors.
+   open them nor link them to the training pseudonyms). With ``align = "psi"`` it
+   says only that it takes part; steps 1 to R then run a PSI ring over the test
+   sets (:mod:`mmvm.federation.sealed_heldout_psi`), whose last step gives the
+   server every test set's tags.
+2. **heldout, last step** (1, or R + 1): the server sends the aligned test row of
+   each identifier and, per training peer, the test rows both hold; the site seals
+   to that peer its own posteriors of those rows, of the modalities the peer lacks
+   (kind ``testposterior``, round :data:`TEST_ROUND`), as a window seals its
+   posteriors.
 3. **evaluate**: the site opens the envelopes addressed to it (:func:`opened`): only
-   from the peers of step 1, of modalities they hold and it does not, of rows it was
-   told they share; then it scores as in plaintext, means and counts only.
+   from the peers of the last step, of modalities they hold and it does not, of
+   rows it was told they share; then it scores as in plaintext, means and counts
+   only.
 
 Each step is answered once a run (the same answer to the same request, for a
-restarted server or a process killed before its reply was kept). Keyed-pseudonym alignment only: a PSI run has no group key, and
-aligning the test sets would take another ring.
+restarted server or a process killed before its reply was kept).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from mmvm.federation.posteriors import (
 )
 from mmvm.federation.progress import EVALUATION, ProtocolOrderError
 from mmvm.federation.reply_cache import request_digest
+from mmvm.federation.sealed_heldout_psi import join, ring_step
 from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import test_posteriors
 from mmvm.secure.envelope import open_envelope, seal
@@ -52,7 +57,9 @@ TEST_ROUND = EVALUATION + 1  # after every window's round and the evaluation's
 def answer(site: Site, sec: SiteSecrets, align: str, req: HeldOutRequest, share: bool,
            begin: Callable[[], None], load: Callable[[], object],
            policy: SitePolicy) -> HeldOutReply:
-    """The reply to heldout step ``req.step`` (0: pseudonyms, 1: sealed posteriors)."""
+    """The reply to heldout step ``req.step``: 0 pseudonyms (PSI: taking part), PSI
+    ring steps (:mod:`mmvm.federation.sealed_heldout_psi`), then the sealed
+    posteriors."""
     weights = request_digest({}, req.weights)
     if req.step == 0:
         again = site.replies.get("heldout", 0, weights)
@@ -62,28 +69,45 @@ def answer(site: Site, sec: SiteSecrets, align: str, req: HeldOutRequest, share:
         reply = _pseudonyms(site, sec, align, share, weights, begin, load)
         site.replies.keep("heldout", 0, reply, weights)
         return reply
-    if req.step != 1:
+    test = sec.state.get("test") or {}
+    if not site.progress.held_out or site.progress.held_out != weights or not test:
+        raise ProtocolOrderError(f"site {site.name}: heldout step {req.step} refused: "
+                                 f"it follows the site's step 0, with the same weights")
+    ring = len(test.get("ring", ())) if test.get("mode") == "psi" else 0
+    asked = request_digest({"step": req.step, "n": req.n, "counts": req.counts,
+                            "ring": req.ring, "rows": hashlib.sha256(np.asarray(
+                                req.rows, "<i8").tobytes()).hexdigest(),
+                            "blobs": {p: hashlib.sha256(b).hexdigest() for p, b in sorted(
+                                {**req.peer_rows, **req.sealed}.items())}}, req.weights)
+    if test.get("mode") == "psi" and (req.step <= ring or not ring):
+        again = site.replies.get("heldout.ring", req.step, asked)
+        if again is None:
+            again = ring_step(site, sec, req, policy, TEST_ROUND)
+            site.replies.keep("heldout.ring", req.step, again, asked)
+        return again
+    if req.step != ring + 1:
         raise ProtocolOrderError(f"site {site.name}: heldout step {req.step} refused "
-                                 f"(a secure run's heldout has steps 0 and 1)")
-    asked = request_digest({"n": req.n, "counts": req.counts, "rows": hashlib.sha256(
-        np.asarray(req.rows, "<i8").tobytes()).hexdigest(), "peers": {
-        p: hashlib.sha256(b).hexdigest() for p, b in sorted(req.peer_rows.items())}},
-        req.weights)
-    again = site.replies.get("heldout.seal", 1, asked)
+                                 f"(this run's are 0 to {ring + 1})")
+    return _seal_step(site, sec, req, test, asked, policy)
+
+
+def _seal_step(site: Site, sec: SiteSecrets, req: HeldOutRequest, test: dict,
+               asked: str, policy: SitePolicy) -> HeldOutReply:
+    """The last step: the site's posteriors of the test rows each peer shares,
+    sealed to it; once (the same request again: the same answer)."""
+    again = site.replies.get("heldout.seal", req.step, asked)
     if again is not None:
         return again
-    test = sec.state.get("test") or {}
-    if not site.progress.held_out or site.progress.held_out != weights or \
-            test.get("sealed", True) and test.get("asked") != asked:
-        raise ProtocolOrderError(f"site {site.name}: heldout step 1 refused: it follows "
-                                 f"the site's step 0, with the same weights, once a run")
+    if test.get("sealed", True) and test.get("asked") != asked:
+        raise ProtocolOrderError(f"site {site.name}: heldout step {req.step} refused: "
+                                 f"the site sealed its test posteriors once in this run")
     claims = _claims(site, sec, req, len(test["order"]), policy)
     test.update(sealed=True, asked=asked, n=req.n, rows=list(map(int, req.rows)),
                 peers={p: rows.tolist() for p, rows in claims.items()})
     sec.save_state()  # once (the same request again gets the same answer: a process
     # killed before its reply was kept encodes and seals the same rows again)
     reply = HeldOutReply(posteriors=_sealed(site, sec, test, claims))
-    site.replies.keep("heldout.seal", 1, reply, asked)
+    site.replies.keep("heldout.seal", req.step, reply, asked)
     return reply
 
 
@@ -94,11 +118,13 @@ def _pseudonyms(site: Site, sec: SiteSecrets, align: str, share: bool, weights: 
                                    "(share-test = false)")
     if not site.test_path:
         return HeldOutReply(reason="no test file")
-    if align != "pseudonym" or "group_key" not in sec.state:
-        return HeldOutReply(reason="a cross-site evaluation needs keyed-pseudonym "
-                                   "alignment (align = \"psi\" has no group key)")
     begin()  # the evaluation's mean, fixed here: evaluate must bring the same
     load()
+    if align == "psi":
+        return join(site, sec, weights)
+    if "group_key" not in sec.state:
+        raise SecurityError(f"site {site.name}: heldout before its alignment (no group "
+                            f"key)")
     key = test_key(unb64(sec.state["group_key"]), sec.run_id)
     test = open_dataset(site.test_path, site.names, site.cfg.data)
     named = sorted((pseudonym(key, s), i) for i, s in enumerate(test.sample_ids))
@@ -121,9 +147,9 @@ def _claims(site: Site, sec: SiteSecrets, req: HeldOutRequest, count: int,
     sizes = [n for n in counts.values() if type(n) is int and n > 0]
     if counts.get(site.name) != count or len(sizes) != len(counts) or \
             not set(req.peer_rows) <= set(counts):
-        raise SecurityError(f"site {site.name}: heldout step 1: the server's counts of "
-                            f"test pseudonyms are not positive whole numbers for every "
-                            f"site it names, this one's own included")
+        raise SecurityError(f"site {site.name}: heldout, last step: the server's counts "
+                            f"of test identifiers are not positive whole numbers for "
+                            f"every site it names, this one's own included")
     for peer, n in sorted(counts.items()):
         if peer != site.name:
             policy.check_peer_set(site.name, peer, n)
@@ -131,7 +157,7 @@ def _claims(site: Site, sec: SiteSecrets, req: HeldOutRequest, count: int,
     if not count <= req.n <= sum(sizes) or len(rows) != count or \
             len(np.unique(rows)) != count or rows.min(initial=0) < 0 or \
             rows.max(initial=0) >= req.n:
-        raise SecurityError(f"site {site.name}: heldout step 1: the server's test rows "
+        raise SecurityError(f"site {site.name}: heldout, last step: the server's test rows "
                             f"are not one distinct row below n per pseudonym sent, or n "
                             f"is more than the sites' counts together")
     peers = sec.state.get("peers", {})
@@ -140,7 +166,7 @@ def _claims(site: Site, sec: SiteSecrets, req: HeldOutRequest, count: int,
         got = np.frombuffer(blob, dtype="<u4") if len(blob) % 4 == 0 else None
         if peer not in peers or got is None or not len(got) or \
                 np.any(np.diff(got.astype(np.int64)) <= 0) or not np.isin(got, rows).all():
-            raise SecurityError(f"site {site.name}: heldout step 1: the server's test "
+            raise SecurityError(f"site {site.name}: heldout, last step: the server's test "
                                 f"rows of peer {peer[:40]!r} are not distinct rows among "
                                 f"this site's, or it is no peer of its training")
         out[peer] = got.astype(np.int64)
@@ -182,7 +208,7 @@ def opened(site: Site, sec: SiteSecrets, blobs: Mapping[str, bytes], log
     test = sec.state.get("test") or {}
     if not test.get("sealed"):
         log("the evaluation: the peers' test posteriors refused: this site sealed none "
-            "of its own (no heldout step 1)")
+            "of its own (no last heldout step)")
         return None, lambda: None
     guard = copy.deepcopy(sec.guard)
     try:

@@ -19,10 +19,14 @@ from mmvm.federation.admission import short_reason
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.cross_eval import TestTables
 from mmvm.federation.messages import KIND_TEST, HeldOutReply, HeldOutRequest
+from mmvm.federation.sealed_align import KIND_PSI
 from mmvm.federation.sealed_heldout import TEST_ROUND
 from mmvm.federation.sealed_routing import check_headers, route
+from mmvm.secure.envelope import payload_size
+from mmvm.secure.psi import POINT_BYTES, origin, ring_neighbours
 
 _PSEUDONYM = re.compile("[0-9a-f]{32}")  # mmvm.secure.session.pseudonym's form
+_TAG = re.compile(f"[0-9a-f]{{{2 * POINT_BYTES}}}")  # a PSI tag: a point, in hex
 
 
 class SealedTestTables(TestTables):
@@ -53,20 +57,30 @@ class SealedTestTables(TestTables):
 
 
 def gather_sealed_tests(transport, coord: Coordinator, averaged: Mapping, wait: float,
-                        max_rows: int) -> SealedTestTables:
-    """Step 0 (pseudonyms) and step 1 (envelopes per peer) of the heldout message; a
-    site that fails either is named in the tables' notes (it still evaluates)."""
+                        max_rows: int, align: str = "pseudonym") -> SealedTestTables:
+    """The heldout steps: 0 (pseudonyms; PSI: who takes part), the PSI ring's over
+    the test sets (``align = "psi"``, :func:`_ring`), and the last (envelopes per
+    peer); a site that fails one is named in the tables' notes (it still
+    evaluates), and where the ring breaks every site of it is."""
     out = SealedTestTables()
     weights = {key: coord.weights_for(key, averaged) for key in coord.sites}
     replies, failed = transport.gather(
         {key: HeldOutRequest(weights=weights[key]) for key in coord.sites}, wait)
     _missing(out, coord, replies, failed)
-    ids = {}
+    ids, last = {}, 1
     for key, r in sorted(replies.items()):
         try:
-            ids[key] = _pseudonyms(r, max_rows)
+            ids[key] = _pseudonyms(r, max_rows) if align != "psi" else _joined(r)
         except ValueError as err:
             out.notes[coord.name(key)] = short_reason(str(err))
+    if align == "psi":
+        try:
+            ids, last = _ring(transport, coord, sorted(ids), weights, wait, max_rows), \
+                len(ids) + 1
+        except FederationError as err:
+            out.notes.update({coord.name(k): short_reason(f"the test sets' PSI ring "
+                                                          f"failed: {err}") for k in ids})
+            return out
     union = sorted(set().union(*ids.values())) if ids else []
     row_of = {p: i for i, p in enumerate(union)}
     out.rows = {key: np.fromiter((row_of[p] for p in v), np.int64, len(v))
@@ -74,7 +88,7 @@ def gather_sealed_tests(transport, coord: Coordinator, averaged: Mapping, wait: 
     out.holders = {key: tuple(coord.sites[key].modalities) for key in out.rows}
     told = {key: _peer_rows(coord, out.rows, key) for key in out.rows}
     sealed, failed = transport.gather(
-        {key: HeldOutRequest(weights=weights[key], step=1, n=len(union),
+        {key: HeldOutRequest(weights=weights[key], step=last, n=len(union),
                              rows=out.rows[key].tolist(),
                              peer_rows={coord.name(o): r.astype("<u4").tobytes()
                                         for o, r in told[key].items()},
@@ -89,8 +103,8 @@ def gather_sealed_tests(transport, coord: Coordinator, averaged: Mapping, wait: 
         peers = {coord.name(o) for o in told[key]}
         try:
             if set(r.posteriors) - peers or r.identifiers:
-                raise FederationError(f"envelopes to {sorted(set(r.posteriors) - peers)[:3]}"
-                                      f", not peers it was told of")
+                stray = sorted(set(r.posteriors) - peers)[:3]
+                raise FederationError(f"envelopes to {stray}, not peers it was told of")
             check_headers(coord.name(key), r.posteriors, KIND_TEST, at=(TEST_ROUND, 0))
             envelopes[key] = r.posteriors
         except FederationError as err:
@@ -110,6 +124,64 @@ def _missing(out: TestTables, coord: Coordinator, replies: Mapping, failed: Mapp
     out.notes.update({coord.name(k): "did not answer" for k in coord.sites
                       if k not in replies and k not in failed
                       and coord.name(k) not in out.notes})
+
+
+def _joined(r: HeldOutReply) -> list[str]:
+    """PSI, step 0: the site takes part (no identifiers yet), or says why not."""
+    if r.reason or r.identifiers or r.posteriors:
+        raise ValueError(r.reason or "sent identifiers or envelopes before the test ring")
+    return []
+
+
+def _ring(transport, coord: Coordinator, keys: list[str], weights: Mapping,
+          wait: float, max_rows: int) -> dict[str, list[str]]:
+    """The PSI ring over the test sets of ``keys`` (heldout steps 1 to R): each set
+    counted by its first envelope's size, routed to the next site, and at the last
+    step every site's tags (in its own order), as :meth:`SealedRouting._psi` does for
+    training; any failure breaks the ring (:class:`FederationError`)."""
+    names = {k: coord.name(k) for k in keys}
+    ring, key_of = sorted(names.values()), {n: k for k, n in names.items()}
+    if len(ring) < 2:
+        raise FederationError(f"{len(ring)} site(s) took part; a ring needs two")
+    counts: dict[str, int] = {}
+    replies: Mapping = {}
+    for step in range(len(ring)):
+        inbox = route({k: r.posteriors for k, r in replies.items()}, names) if step \
+            else {k: {} for k in keys}
+        replies, failed = transport.gather(
+            {k: HeldOutRequest(weights=weights[k], step=step + 1, ring=ring,
+                               counts=counts, sealed=inbox[k]) for k in keys}, wait)
+        if failed or set(replies) != set(keys):
+            gone = sorted(names[k] for k in keys if k not in replies)
+            raise FederationError(f"ring step {step}: no answer from {gone}")
+        if step < len(ring) - 1:
+            for k, r in replies.items():
+                _, nxt = ring_neighbours(ring, names[k])
+                if sorted(r.posteriors) != [nxt] or r.identifiers:
+                    raise FederationError(f"site {names[k]} sent its test ring set to "
+                                          f"{sorted(r.posteriors)[:4]}, not {nxt!r}")
+                check_headers(names[k], r.posteriors, KIND_PSI, at=(TEST_ROUND, step + 1))
+                whose = origin(ring, nxt, step + 1)
+                size = payload_size(r.posteriors[nxt]) / POINT_BYTES
+                if step == 0:
+                    if not size.is_integer() or not 0 < size <= max_rows:
+                        raise FederationError(f"site {names[k]}'s test set has {size:g} "
+                                              f"points (max-site-rows = {max_rows})")
+                    counts[names[k]] = int(size)
+                elif size != counts[whose]:
+                    raise FederationError(f"site {names[k]} sealed {nxt!r} {whose}'s "
+                                          f"test set of {size:g} points, not "
+                                          f"{counts[whose]}")
+    tags = {}
+    for k, r in replies.items():  # each finishes its origin's set, in that order
+        whose = origin(ring, names[k], len(ring) - 1)
+        n = counts[whose] if len(ring) > 1 else len(r.identifiers)
+        if len(r.identifiers) != n or len(set(r.identifiers)) != n or r.posteriors or \
+                not all(_TAG.fullmatch(t) for t in r.identifiers):
+            raise FederationError(f"site {names[k]} finished {whose}'s test set with "
+                                  f"{len(r.identifiers)} tags for {n} samples")
+        tags[key_of[whose]] = list(r.identifiers)
+    return tags
 
 
 def _pseudonyms(r: HeldOutReply, max_rows: int) -> list[str]:

@@ -224,6 +224,10 @@ def test_two_hospital_walkthrough(tmp_path):
             view = SITES[ev["site"]]
             assert ev["modalities"] == [view] and f"recon_nll/{view}" in ev, ev
             assert 0.0 <= ev[f"probe/{view}"] <= 1.0, ev  # "No Finding" probe
+        # each imputed its view from the other's test posteriors, sealed to it
+        # after a PSI ring over the test sets (the guide's section 5)
+        assert set(results["cross_site"]["imputation"]["pairs"]) == {
+            "frontal->lateral", "lateral->frontal"}, results.get("cross_site_notes")
         assert not (runs / f"run-{run_id}" / "checkpoint.pt").exists()
         for site in SITES:
             assert (state[site] / f"run-{run_id}" / f"{site}.pt").is_file()

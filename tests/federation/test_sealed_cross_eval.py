@@ -53,14 +53,15 @@ NO_LABELS = SitePolicy(eval_labels=())  # a deployed site that reports no label:
 
 
 def _secure_run(cfg, data_root, tmp, layout="vertical", alter=None, shards=3,
-                policy=NO_LABELS, **settings):
+                policy=NO_LABELS, align="pseudonym", **settings):
     """A secure run (keyed pseudonyms) of ``layout`` ending in the cross-site
     evaluation; ``alter(requests, replies)`` sees (and may change) every exchange."""
     specs, root = split(data_root, tmp, layout, shards=shards)
     sites = make_sites(cfg, specs, root)
-    endpoints = sealed_endpoints(sites, site_keys(sites), tmp / "state", policy)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp / "state", policy, align)
     transport = Tampering(endpoints, alter or (lambda requests, replies: None))
-    settings = {"cross_eval": "mean", "exchange": "step", "secure": True, **settings}
+    settings = {"cross_eval": "mean", "exchange": "step", "secure": True, "align": align,
+                **settings}
     return federate(cfg, endpoints, transport, **settings), sites, endpoints, root
 
 
@@ -151,10 +152,10 @@ def test_a_site_answers_each_step_once_and_only_in_order(vertical):
     key, ep = next(iter(endpoints.items()))
     ep.site.progress.phase = "attached"  # as if the evaluation had not been answered
     assert ep.handle(HeldOutRequest()).identifiers == seen[-3][1][key].identifiers
-    with pytest.raises(ProtocolOrderError, match="once a run"):
+    with pytest.raises(ProtocolOrderError, match="sealed its test posteriors once"):
         ep.handle(HeldOutRequest(step=1, n=96, rows=list(range(96)),
                                  counts={ep.site.name: 96}))
-    with pytest.raises(ProtocolOrderError, match="steps 0 and 1"):
+    with pytest.raises(ProtocolOrderError, match="are 0 to 1"):
         ep.handle(HeldOutRequest(step=2))
 
 
@@ -269,30 +270,61 @@ def test_sites_holding_every_modality_score_alone_and_give_no_total(
     assert any("no imputation total" in w for w in result.cross_site["warnings"])
 
 
-def test_a_psi_run_has_no_cross_site_evaluation_and_says_why(tiny_polymnist,
-                                                            tiny_config, tmp_path):
+@pytest.mark.parametrize("layout", ["vertical", "hybrid"])
+def test_a_psi_run_aligns_its_test_sets_by_a_ring_of_their_own(
+        tiny_polymnist, tiny_config, tmp_path, layout):
+    """``align = "psi"`` (what require-psi sites use): no group key, so the test
+    sets go around a PSI ring of their own (heldout steps 1 to R, PSI envelopes at
+    the evaluation's round); the numbers are the central evaluation's all the same,
+    and no test id, pseudonym of one or posterior reaches the server."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    seen = []
+    result, sites, _, _ = _secure_run(
+        cfg, tiny_polymnist, tmp_path, layout, align="psi",
+        alter=lambda requests, replies: seen.append((dict(requests), dict(replies))))
+    model, test = _central(cfg, result, tiny_polymnist)
+    want = imputation_nll(model, test, "mmvm", sample=False)
+    got = result.cross_site["imputation"]
+    _close(got["pairs"], want["pairs"])
+    _close(got["rest"], want["rest"])
+    assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
+    held = [(req, rep) for req, rep in seen if next(iter(req.values())).kind == "heldout"]
+    ring = len(sites)
+    assert [next(iter(req.values())).step for req, _ in held] == list(range(ring + 2))
+    ids = {i for s in sites.values() for i in read_site_table(s.test_path).sample_ids}
+    kinds = set()
+    for _, replies in held:
+        for r in replies.values():
+            assert not set(r.identifiers) & ids
+            kinds |= {peek_header(b).kind for b in r.posteriors.values()}
+    assert kinds == {"psi", KIND_TEST}
+
+
+def test_a_site_that_leaves_the_test_ring_breaks_it_and_the_evaluation_goes_on(
+        tiny_polymnist, tiny_config, tmp_path):
+    """One site fails the ring's second step: no site can finish the ring, so the
+    run has no cross-site scores, every site of the ring is named with why, and
+    each still reports its own evaluation."""
+    from mmvm.federation.messages import SiteFailure
+
+    def alter(requests, replies):
+        req = next(iter(requests.values()))
+        if req.kind == "heldout" and req.step == 2:
+            key = sorted(replies)[0]
+            replies[key] = SiteFailure(key, "RuntimeError: disk full")
+
     cfg = tiny_config(tiny_polymnist, epochs=1)
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
-    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", align="psi")
-    kinds, lines = [], []
-
-    def alter(requests, replies):
-        kinds.append(next(iter(requests.values())).kind)
-
-    from mmvm.federation.loop import run_federation
-    from mmvm.federation.settings import settings_for
-
-    result = run_federation(Tampering(endpoints, alter), settings_for(
-        cfg, exchange="step", secure=True, align="psi", cross_eval="draw",
-        float16=False), log=lines.append)
-    assert "heldout" not in kinds and result.cross_site == {}
-    assert any("align = \"pseudonym\"" in line for line in lines)
-    ep = next(iter(endpoints.values()))
-    ep.site.progress.phase = "attached"
-    ep.site.progress.held_out = ""
-    reply = ep.handle(HeldOutRequest())
-    assert not reply.identifiers and "psi" in reply.reason
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", NO_LABELS,
+                                 align="psi")
+    result = federate(cfg, endpoints, Tampering(endpoints, alter),
+                      cross_eval="mean", exchange="step", secure=True, align="psi")
+    assert result.cross_site == {}
+    assert set(result.cross_notes) == {s.name for s in sites.values()}
+    assert all("PSI ring failed" in why for why in result.cross_notes.values())
+    assert all(f"recon_nll/{s.names[0]}" in result.evaluation.get(k, {})
+               for k, s in sites.items())
 
 
 def test_test_posteriors_a_peer_would_refuse_fail_the_step_as_a_whole(
