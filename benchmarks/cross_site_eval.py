@@ -11,6 +11,13 @@ numbers of the run, and ``evaluate_run`` on the collected model with the joined 
 
     python benchmarks/cross_site_eval.py                       # hippocampus, ~6 min
     python benchmarks/cross_site_eval.py --config configs/polymnist_cpu.toml --epochs 4
+    python benchmarks/cross_site_eval.py --secure psi          # test sets by PSI ring
+
+``--secure pseudonym|psi`` runs the sites over sealed channels (generated keys, state
+in a temporary folder): test ids travel as keyed pseudonyms or PSI tags, test
+posteriors sealed to peers (:mod:`mmvm.federation.sealed_heldout`). The table also
+gives what the evaluation's messages cost (heldout and evaluate: seconds, payload
+bytes), which is where the modes differ.
 
 The table: mean ± standard error over seeds of each reading, and of their paired
 difference. Coherence differs by the judges (one per site against one on joined
@@ -25,6 +32,7 @@ import csv
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,10 +47,18 @@ from mmvm.data.dataset import MultimodalDataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
 from mmvm.data.hippocampus_knobs import parse_knobs  # noqa: E402
 from mmvm.evaluation import evaluate_run  # noqa: E402
-from mmvm.federation.local import run_local  # noqa: E402
+from mmvm.federation.channel import PlainChannel  # noqa: E402
+from mmvm.federation.endpoint import Endpoint  # noqa: E402
+from mmvm.federation.local import LocalTransport  # noqa: E402
+from mmvm.federation.loop import run_federation  # noqa: E402
+from mmvm.federation.messages import SiteFailure, payload_bytes  # noqa: E402
+from mmvm.federation.sealed_channel import SealedChannel  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
+from mmvm.federation.site import Site  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
+from mmvm.secure.keys import SiteKeys  # noqa: E402
+from mmvm.secure.session import SiteSecrets  # noqa: E402
 from mmvm.training import build_model  # noqa: E402
 
 READINGS = ("coherence", "imputation")
@@ -64,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exchange", default="round", help="the run's exchange period")
     p.add_argument("--mode", default="draw", choices=("draw", "mean"),
                    help="cross-eval: one draw of z (as mmvm evaluate) or the means")
+    p.add_argument("--secure", default="off", choices=("off", "pseudonym", "psi"),
+                   help="plaintext sites, or sealed ones aligned by keyed pseudonyms or PSI")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     p.add_argument("--data-dir", default=str(ROOT / "data"), help="data folder")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -109,10 +127,13 @@ def main(argv=None) -> int:
 def run_seed(args, cfg0, seed, sites, files, train_set, test_set, clfs) -> dict:
     cfg = dataclasses.replace(cfg0, train=dataclasses.replace(cfg0.train, seed=seed))
     t0 = time.perf_counter()
+    secure = {} if args.secure == "off" else {"secure": True, "align": args.secure}
     settings = settings_for(cfg, exchange=args.exchange, collect_model=True,
-                            cross_eval=args.mode)
-    res, _ = run_local(settings, {s.name: (files[s.name]["train"], files[s.name]["test"])
-                                  for s in sites})
+                            cross_eval=args.mode, **secure)
+    paths = {s.name: (files[s.name]["train"], files[s.name]["test"]) for s in sites}
+    with tempfile.TemporaryDirectory() as state:
+        transport = Counting(_endpoints(settings, paths, args.secure, Path(state)))
+        res = run_federation(transport, settings)
     model = build_model(cfg)
     model.load_state_dict({n: torch.as_tensor(v) for n, v in res.model_state.items()})
     ev = evaluate_run(cfg, model.eval(), train_set, test_set, clfs)
@@ -122,11 +143,42 @@ def run_seed(args, cfg0, seed, sites, files, train_set, test_set, clfs) -> dict:
            "coherence_cross": cross.get("coherence", {}).get("mean", float("nan")),
            "imputation_central": ev["imputation"]["total"],
            "imputation_cross": cross["imputation"]["total"],
+           "eval_seconds": round(transport.seconds, 2), "eval_bytes": transport.bytes,
            "seconds": round(time.perf_counter() - t0, 1)}
     for k in READINGS:
         row[f"{k}_diff"] = row[f"{k}_cross"] - row[f"{k}_central"]
     print(seed, {k: round(v, 4) for k, v in row.items()}, flush=True)
     return row
+
+
+class Counting(LocalTransport):
+    """Endpoints in this process; seconds and payload bytes of the evaluation's
+    messages (heldout, evaluate), which the run's ``bytes_total`` leaves out."""
+
+    seconds, bytes = 0.0, 0
+
+    def exchange(self, requests, wait=None, need=1):
+        t0 = time.perf_counter()
+        out = super().exchange(requests, wait, need)
+        if next(iter(requests.values())).kind in ("heldout", "evaluate"):
+            self.seconds += time.perf_counter() - t0
+            self.bytes += sum(payload_bytes(m) for m in (*requests.values(),
+                                                          *out.values())
+                              if not isinstance(m, SiteFailure))
+        return out
+
+
+def _endpoints(settings, paths: dict, secure: str, state: Path) -> dict:
+    sites = {name: Site(settings.experiment, name, train, test,
+                        overlap=settings.decode_ahead and secure == "off")
+             for name, (train, test) in paths.items()}
+    if secure == "off":
+        return {name: Endpoint(site, PlainChannel()) for name, site in sites.items()}
+    keys = {name: SiteKeys.generate(name) for name in sites}
+    directory = {name: k.public for name, k in keys.items()}
+    return {name: Endpoint(site, SealedChannel(SiteSecrets(
+        keys[name], directory, "1", state / "run-1"), align=secure))
+        for name, site in sites.items()}
 
 
 def _estimate(rows: list[dict], key: str) -> dict:
@@ -147,6 +199,9 @@ def markdown(summary: dict, seeds: int) -> str:
                         ("imputation", 1, "imputation NLL (total, from the rest)")):
         lines.append(f"| {label} | {pm(k + '_central', d)} | {pm(k + '_cross', d)} | "
                      f"{pm(k + '_diff', d)} |")
+    cost = summary.get("eval_bytes") or {}
+    lines += ["", f"evaluation messages (heldout, evaluate): {pm('eval_seconds', 2)} s, "
+                  f"{cost.get('mean', 0) / 1e6:.2f} MB of payload"]
     return "\n".join(lines)
 
 

@@ -42,7 +42,8 @@ def _from_state(value):
 
 
 class ReplyCache:
-    """``{kind: (window, view, reply)}`` for the kinds ``window`` and ``unmask``."""
+    """``{kind: (window, view, reply)}`` for the kinds ``window``, ``unmask`` and
+    ``heldout`` (a secure run's steps of it apart: ``heldout.ring``, ``heldout.seal``)."""
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, object, object]] = {}
@@ -65,7 +66,8 @@ class ReplyCache:
     def from_state(cls, state: dict) -> ReplyCache:
         cache = cls()
         for kind, e in state.items():
-            reply = REPLIES[kind](**_from_state(e["reply"]))
+            # "heldout.seal": a step of a kind kept apart from its others
+            reply = REPLIES[kind.partition(".")[0]](**_from_state(e["reply"]))
             cache.entries[kind] = (int(e["window"]), _from_state(e["view"]), reply)
         return cache
 

@@ -77,17 +77,18 @@ def answer(site: Site, sec: SiteSecrets, align: str, req: HeldOutRequest, share:
     asked = request_digest({"step": req.step, "n": req.n, "counts": req.counts,
                             "ring": req.ring, "rows": hashlib.sha256(np.asarray(
                                 req.rows, "<i8").tobytes()).hexdigest(),
-                            "blobs": {p: hashlib.sha256(b).hexdigest() for p, b in sorted(
-                                {**req.peer_rows, **req.sealed}.items())}}, req.weights)
+                            **{f: {p: hashlib.sha256(b).hexdigest() for p, b in sorted(
+                                getattr(req, f).items())} for f in ("peer_rows", "sealed")}},
+                           req.weights)
     if test.get("mode") == "psi" and (req.step <= ring or not ring):
         again = site.replies.get("heldout.ring", req.step, asked)
         if again is None:
             again = ring_step(site, sec, req, policy, TEST_ROUND)
             site.replies.keep("heldout.ring", req.step, again, asked)
         return again
-    if req.step != ring + 1:
+    if req.step != ring + 1 or ring and test.get("step") != ring + 1:
         raise ProtocolOrderError(f"site {site.name}: heldout step {req.step} refused "
-                                 f"(this run's are 0 to {ring + 1})")
+                                 f"(this run's are 0 to {ring + 1}, in order)")
     return _seal_step(site, sec, req, test, asked, policy)
 
 

@@ -66,9 +66,9 @@ def ring_step(site: Site, sec: SiteSecrets, req: HeldOutRequest, policy: SitePol
         points, guard = _multiply(site, sec, req, policy, round_, j)
     test["step"] = req.step + 1
     sec.save_state()
-    if guard is not None:  # after the state: a retry finds its envelope unused
-        sec.guard = guard
-        sec.save_guard()
+    if guard is not None:  # after the state (a process killed in between is refused
+        sec.guard = guard  # the step again: a ring step is multiplied once, whatever
+        sec.save_guard()  # failed, and the ring breaks)
     if j == len(ring) - 1:  # fully multiplied: the tags of the set's origin
         return HeldOutReply(identifiers=[p.hex() for p in points])
     _, nxt = psi.ring_neighbours(ring, me)

@@ -150,7 +150,7 @@ def _ring(transport, coord: Coordinator, keys: list[str], weights: Mapping,
             else {k: {} for k in keys}
         replies, failed = transport.gather(
             {k: HeldOutRequest(weights=weights[k], step=step + 1, ring=ring,
-                               counts=counts, sealed=inbox[k]) for k in keys}, wait)
+                               counts=dict(counts), sealed=inbox[k]) for k in keys}, wait)
         if failed or set(replies) != set(keys):
             gone = sorted(names[k] for k in keys if k not in replies)
             raise FederationError(f"ring step {step}: no answer from {gone}")
@@ -175,7 +175,7 @@ def _ring(transport, coord: Coordinator, keys: list[str], weights: Mapping,
     tags = {}
     for k, r in replies.items():  # each finishes its origin's set, in that order
         whose = origin(ring, names[k], len(ring) - 1)
-        n = counts[whose] if len(ring) > 1 else len(r.identifiers)
+        n = counts[whose]
         if len(r.identifiers) != n or len(set(r.identifiers)) != n or r.posteriors or \
                 not all(_TAG.fullmatch(t) for t in r.identifiers):
             raise FederationError(f"site {names[k]} finished {whose}'s test set with "

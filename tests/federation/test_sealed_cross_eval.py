@@ -351,3 +351,63 @@ def test_test_posteriors_a_peer_would_refuse_fail_the_step_as_a_whole(
     assert "its test posteriors failed (its log says why)" in why and "80" not in why
     assert set(result.cross_site["imputation"]["rest"]) == {"m1", "m2"}
     assert set(result.cross_site["imputation"]["pairs"]) == {"m1->m2", "m2->m1"}
+
+
+@pytest.mark.parametrize("align", ["pseudonym", "psi"])
+def test_sites_reloaded_from_disk_before_every_evaluation_message(
+        tiny_polymnist, tiny_config, tmp_path, align):
+    """A deployed site answers each message in a fresh process, from its state on
+    disk (a second review found the secure steps' kept replies unreadable there, so
+    every later message failed): here each site is saved and loaded again before
+    every heldout and evaluate message, and the numbers are the in-memory run's."""
+    from tests.support.federate import restarted
+
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", NO_LABELS,
+                                 align=align)
+
+    class Reloading(Tampering):
+        def exchange(self, requests, wait=None, need=1):
+            if next(iter(requests.values())).kind in ("heldout", "evaluate"):
+                fresh = restarted(cfg, {k: e.site for k, e in endpoints.items()},
+                                  tmp_path)
+                for k, e in endpoints.items():
+                    e.site = fresh[k]
+            return super().exchange(requests, wait, need)
+
+    result = federate(cfg, endpoints, Reloading(endpoints, lambda r, s: None),
+                      cross_eval="mean", exchange="step", secure=True, align=align,
+                      collect_model=True)
+    assert result.cross_notes == {} and result.evaluation_errors == {}
+    model, test = _central(cfg, result, tiny_polymnist)
+    _close(result.cross_site["imputation"]["rest"],
+           imputation_nll(model, test, "mmvm", sample=False)["rest"])
+
+
+def test_a_psi_site_seals_nothing_before_its_ring_is_done(tiny_polymnist, tiny_config,
+                                                          tmp_path):
+    """Second review: the seal step right after ring step 1 (of 3) sealed the site's
+    posteriors of every row the server named; it is now refused until the ring's
+    last step is answered."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    tried = []
+
+    def alter(requests, replies):
+        req = next(iter(requests.values()))
+        if req.kind == "heldout" and req.step == 1 and not tried:
+            key = sorted(requests)[0]
+            with pytest.raises(ProtocolOrderError, match="in order"):
+                endpoints[key].handle(HeldOutRequest(
+                    weights=req.weights, step=4, n=96, rows=list(range(96)),
+                    counts={n: 96 for n in req.ring}))
+            tried.append(key)
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", NO_LABELS,
+                                 align="psi")
+    result = federate(cfg, endpoints, Tampering(endpoints, alter), cross_eval="mean",
+                      exchange="step", secure=True, align="psi")
+    assert tried and set(result.cross_site["imputation"]["rest"]) == set(MODALITIES)
