@@ -115,22 +115,8 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
     else:
         if sec.state.get("mode") != "psi" or ring != sec.state["ring"]:
             raise SecurityError(f"site {me}: PSI step {req.step} for another ring")
-        prev, _ = psi.ring_neighbours(ring, me)
-        if set(req.sealed) != {prev}:
-            raise SecurityError(f"site {me}: PSI step {req.step} expects the set of "
-                                f"{prev!r} only, got {sorted(req.sealed)}")
-        guard = copy.deepcopy(sec.guard)
-        payload = _open(sec, prev, req.sealed[prev], f"PSI step {req.step}", guard=guard,
-                        expected_counter=req.step, kind=KIND_PSI)
-        origin = psi.origin(ring, me, req.step)
-        n = _count(sec, req, origin)  # the server checked the set's size against it
-        if len(payload) != n * psi.POINT_BYTES:
-            raise SecurityError(f"site {me}: the PSI set of {origin!r} from {prev!r} has "
-                                f"{len(payload) / psi.POINT_BYTES:g} points, the server's "
-                                f"count of {origin}'s samples is {n}: the server's word is "
-                                f"wrong, or it let the set through unchecked")
-        policy.check_ring_set(me, origin, n)  # before it is read
-        points = multiplied(me, prev, origin, payload, n, unb64(sec.state["scalar"]))
+        points, guard = ring_set(sec, ring, req.step, req.sealed, req.counts, policy,
+                                 unb64(sec.state["scalar"]), 0, "PSI step")
         sec.guard = guard  # written once the site's state is (SealedChannel.align)
     sec.save_state()
     if req.step == len(ring) - 1:  # fully multiplied: the tags of the set's origin
@@ -140,6 +126,41 @@ def align_psi(site: Site, sec: SiteSecrets, req: AlignRequest,
     return AlignReply(sealed={nxt: seal(sec.keys, sec.peer(nxt), psi.pack(points),
                                         run_id=sec.run_id, round=0, counter=req.step + 1,
                                         kind=KIND_PSI)})
+
+
+def ring_set(sec: SiteSecrets, ring: list[str], step: int, sealed: dict, counts,
+             policy: SitePolicy, scalar: bytes, round_: int, what: str
+             ) -> tuple[list[bytes], object]:
+    """Ring step ``step`` (>= 1) of a PSI ring: the predecessor's set, opened (kind
+    ``psi``, round ``round_``, counter ``step``), as many points as the server's
+    ``counts`` say its origin has and within ``max-align-rows`` before it is read,
+    multiplied by ``scalar``; and the replay guard that marks the envelope used
+    (written once the site's state is)."""
+    me = sec.site
+    prev, _ = psi.ring_neighbours(ring, me)
+    if set(sealed) != {prev}:
+        raise SecurityError(f"site {me}: {what} {step} expects the set of {prev!r} "
+                            f"only, got {sorted(sealed)[:4]}")
+    guard = copy.deepcopy(sec.guard)
+    try:
+        payload = open_envelope(sec.keys, sec.peer(prev), sealed[prev], run_id=sec.run_id,
+                                guard=guard, expected_round=round_,
+                                expected_counter=step, kind=KIND_PSI)
+    except SecurityError as err:  # the sender's (or the relay's) fault: say whose
+        raise type(err)(f"site {me}, {what} {step}: the envelope from {prev!r}: "
+                        f"{err}") from err
+    origin = psi.origin(ring, me, step)
+    n = counts.get(origin) if isinstance(counts, dict) else None
+    if type(n) is not int or n < 0:
+        raise SecurityError(f"site {me}: the server gives no sample count of "
+                            f"{origin!r} with {what} {step}")
+    if len(payload) != n * psi.POINT_BYTES:
+        raise SecurityError(f"site {me}: the PSI set of {origin!r} from {prev!r} has "
+                            f"{len(payload) / psi.POINT_BYTES:g} points, the server's "
+                            f"count of {origin}'s samples is {n}: the server's word is "
+                            f"wrong, or it let the set through unchecked")
+    policy.check_ring_set(me, origin, n)  # before it is read
+    return multiplied(me, prev, origin, payload, n, scalar), guard
 
 
 _FIELD = 2 ** 255 - 19  # X25519's field: a canonical u-coordinate is below it

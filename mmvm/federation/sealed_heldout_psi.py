@@ -16,16 +16,14 @@ kind ``psi`` at the evaluation's round, counter = ring step.
 
 from __future__ import annotations
 
-import copy
-
 from mmvm.data import open_dataset
 from mmvm.federation.messages import HeldOutReply, HeldOutRequest
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.progress import ProtocolOrderError
-from mmvm.federation.sealed_align import KIND_PSI, multiplied
+from mmvm.federation.sealed_align import KIND_PSI, ring_set
 from mmvm.federation.site import Site
 from mmvm.secure import psi
-from mmvm.secure.envelope import open_envelope, seal
+from mmvm.secure.envelope import seal
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.session import SiteSecrets, b64, unb64
 
@@ -79,26 +77,8 @@ def ring_step(site: Site, sec: SiteSecrets, req: HeldOutRequest, policy: SitePol
 
 def _multiply(site: Site, sec: SiteSecrets, req: HeldOutRequest, policy: SitePolicy,
               round_: int, j: int) -> tuple[list[bytes], object]:
-    test, me, ring = sec.state["test"], sec.site, list(req.ring)
-    if ring != test["ring"]:
-        raise SecurityError(f"site {me}: test PSI step {j} for another ring")
-    prev, _ = psi.ring_neighbours(ring, me)
-    if set(req.sealed) != {prev}:
-        raise SecurityError(f"site {me}: test PSI step {j} expects the set of {prev!r} "
-                            f"only, got {sorted(req.sealed)[:4]}")
-    guard = copy.deepcopy(sec.guard)
-    try:
-        payload = open_envelope(sec.keys, sec.peer(prev), req.sealed[prev],
-                                run_id=sec.run_id, guard=guard, expected_round=round_,
-                                expected_counter=j, kind=KIND_PSI)
-    except SecurityError as err:
-        raise type(err)(f"site {me}, test PSI step {j}: the envelope from {prev!r}: "
-                        f"{err}") from err
-    origin = psi.origin(ring, me, j)
-    n = req.counts.get(origin) if isinstance(req.counts, dict) else None
-    if type(n) is not int or len(payload) != n * psi.POINT_BYTES:
-        raise SecurityError(f"site {me}: the test PSI set of {origin!r} from {prev!r} "
-                            f"has {len(payload) / psi.POINT_BYTES:g} points, the "
-                            f"server's count of it is {n}")
-    policy.check_ring_set(me, origin, n)  # before it is read
-    return multiplied(me, prev, origin, payload, n, unb64(test["scalar"])), guard
+    test = sec.state["test"]
+    if list(req.ring) != test["ring"]:
+        raise SecurityError(f"site {sec.site}: test PSI step {j} for another ring")
+    return ring_set(sec, test["ring"], j, req.sealed, req.counts, policy,
+                    unb64(test["scalar"]), round_, "test PSI step")

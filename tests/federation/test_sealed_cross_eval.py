@@ -15,17 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from mmvm.classifiers import load_or_train, recipe_for
-from mmvm.data import open_dataset
 from mmvm.data.store import read_site_table
-from mmvm.evaluation import coherence
 from mmvm.federation.messages import KIND_TEST, HeldOutRequest
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.progress import ProtocolOrderError
 from mmvm.imputation import imputation_nll
 from mmvm.secure.envelope import peek_header
 from mmvm.secure.errors import SecurityError
-from mmvm.training import build_model
+from tests.support.central import (
+    central,
+    close,
+    coherence_matches,
+    imputation_matches,
+)
 from tests.support.federate import (
     MODALITIES,
     Tampering,
@@ -35,19 +37,6 @@ from tests.support.federate import (
     site_keys,
     split,
 )
-
-
-def _central(cfg, result, data_root):
-    model = build_model(cfg)
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in result.model_state.items()})
-    return model, open_dataset(data_root / "test.parquet", MODALITIES, cfg.data)
-
-
-def _close(got: dict, want: dict, rel: float = 1e-4) -> None:
-    assert got.keys() == want.keys(), (sorted(got), sorted(want))
-    for k in want:
-        assert math.isclose(got[k], want[k], rel_tol=rel), (k, got[k], want[k])
-
 
 NO_LABELS = SitePolicy(eval_labels=())  # a deployed site that reports no label: no judges
 
@@ -82,29 +71,18 @@ def vertical(tiny_polymnist, tmp_path_factory):
 def test_sealed_imputation_equals_a_central_evaluation_of_the_collected_model(
         vertical, tiny_polymnist):
     cfg, _, _, result, _, _ = vertical
-    model, test = _central(cfg, result, tiny_polymnist)
+    imputation_matches(cfg, result, tiny_polymnist)
+    model, test = central(cfg, result, tiny_polymnist)
     want = imputation_nll(model, test, "mmvm", sample=False)
     got = result.cross_site["imputation"]
-    _close(got["pairs"], want["pairs"])
-    _close(got["rest"], want["rest"])
     assert got["n"] == want["n"] and got["samples"] == want["samples"] == len(test)
-    assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
     assert result.cross_notes == {}
 
 
 def test_sealed_coherence_equals_a_central_evaluation_with_the_sites_judges(
         vertical, tiny_polymnist):
     cfg, sites, _, result, _, _ = vertical
-    model, test = _central(cfg, result, tiny_polymnist)
-    judges = {}
-    for site in sites.values():  # the judges each site trained (cached beside its data)
-        judges.update(load_or_train(site.train_path, site.test_path, site.names,
-                                    cfg=recipe_for(cfg)).models)
-    want = coherence(model, test, judges, "mmvm", sample=False)
-    got = result.cross_site["coherence"]
-    assert got["pairs"].keys() == want["pairs"].keys()
-    for k, v in want["pairs"].items():  # one test sample's judgement at most
-        assert abs(got["pairs"][k] - v) <= 1 / len(test) + 1e-9, (k, got["pairs"][k], v)
+    coherence_matches(cfg, sites, result, tiny_polymnist)
 
 
 def test_the_server_sees_pseudonyms_and_envelopes_only(vertical):
@@ -247,12 +225,7 @@ def test_a_modality_at_three_sites_is_scored_on_each_ones_samples(
     holds one modality, so the server's count of multimodal samples is exact)."""
     cfg = tiny_config(tiny_polymnist, epochs=1)
     result, *_ = _secure_run(cfg, tiny_polymnist, tmp_path, "hybrid")
-    model, test = _central(cfg, result, tiny_polymnist)
-    want = imputation_nll(model, test, "mmvm", sample=False)
-    got = result.cross_site["imputation"]
-    _close(got["pairs"], want["pairs"])
-    _close(got["rest"], want["rest"])
-    assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
+    imputation_matches(cfg, result, tiny_polymnist)
 
 
 def test_sites_holding_every_modality_score_alone_and_give_no_total(
@@ -262,10 +235,9 @@ def test_sites_holding_every_modality_score_alone_and_give_no_total(
     sample holds there: no total, and a warning says why."""
     cfg = tiny_config(tiny_polymnist, epochs=1)
     result, *_ = _secure_run(cfg, tiny_polymnist, tmp_path, "horizontal")
-    model, test = _central(cfg, result, tiny_polymnist)
-    want = imputation_nll(model, test, "mmvm", sample=False)
+    model, test = central(cfg, result, tiny_polymnist)
     got = result.cross_site["imputation"]
-    _close(got["rest"], want["rest"])
+    close(got["rest"], imputation_nll(model, test, "mmvm", sample=False)["rest"])
     assert math.isnan(got["total"])
     assert any("no imputation total" in w for w in result.cross_site["warnings"])
 
@@ -282,12 +254,7 @@ def test_a_psi_run_aligns_its_test_sets_by_a_ring_of_their_own(
     result, sites, _, _ = _secure_run(
         cfg, tiny_polymnist, tmp_path, layout, align="psi",
         alter=lambda requests, replies: seen.append((dict(requests), dict(replies))))
-    model, test = _central(cfg, result, tiny_polymnist)
-    want = imputation_nll(model, test, "mmvm", sample=False)
-    got = result.cross_site["imputation"]
-    _close(got["pairs"], want["pairs"])
-    _close(got["rest"], want["rest"])
-    assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
+    imputation_matches(cfg, result, tiny_polymnist)
     held = [(req, rep) for req, rep in seen if next(iter(req.values())).kind == "heldout"]
     ring = len(sites)
     assert [next(iter(req.values())).step for req, _ in held] == list(range(ring + 2))
@@ -381,9 +348,7 @@ def test_sites_reloaded_from_disk_before_every_evaluation_message(
                       cross_eval="mean", exchange="step", secure=True, align=align,
                       collect_model=True)
     assert result.cross_notes == {} and result.evaluation_errors == {}
-    model, test = _central(cfg, result, tiny_polymnist)
-    _close(result.cross_site["imputation"]["rest"],
-           imputation_nll(model, test, "mmvm", sample=False)["rest"])
+    imputation_matches(cfg, result, tiny_polymnist)
 
 
 def test_a_psi_site_seals_nothing_before_its_ring_is_done(tiny_polymnist, tiny_config,
