@@ -8,6 +8,7 @@ the collected model on the joined test file (:func:`mmvm.imputation.imputation_n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -36,7 +37,9 @@ def vertical(tiny_polymnist, tmp_path_factory):
     from tests.conftest import _tiny_config
 
     torch.set_num_threads(1)
-    cfg = _tiny_config(tiny_polymnist, epochs=1)
+    cfg = _tiny_config(tiny_polymnist, epochs=1)  # judges: 3 epochs, no step floor
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
+        cfg.eval, classifier_min_image_steps=0))
     specs, root = split(tiny_polymnist, tmp_path_factory.mktemp("cross"), "vertical")
     sites = make_sites(cfg, specs, root)
     result = federate(cfg, plain_endpoints(sites), exchange="step", cross_eval="mean")

@@ -9,6 +9,7 @@ test file, as in plaintext (tests/federation/test_cross_eval.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -60,7 +61,9 @@ def vertical(tiny_polymnist, tmp_path_factory):
     from tests.conftest import _tiny_config
 
     torch.set_num_threads(1)
-    cfg = _tiny_config(tiny_polymnist, epochs=1)
+    cfg = _tiny_config(tiny_polymnist, epochs=1)  # judges: 3 epochs, no step floor
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
+        cfg.eval, classifier_min_image_steps=0))
     seen = []
     result, sites, endpoints, root = _secure_run(
         cfg, tiny_polymnist, tmp_path_factory.mktemp("sealed-cross"), policy=None,
