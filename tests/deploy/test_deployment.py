@@ -181,7 +181,7 @@ def test_a_refused_reply_leaves_the_site_out_of_that_window_only(deployment, goo
     whose training diverged would): the run goes on without that site for window 0
     (its envelopes are not routed; the others' priors lack its modality), and the
     site trains window 1 and is evaluated."""
-    run_id, out = deployment.run(**{"test-spoil-window": 0})
+    run_id, out = deployment.run(**{"test-spoil-window": 0, "cross-eval": "off"})
     assert deployment.status(run_id) == "finished:completed", out
     m = re.search(r"TEST spoil: (\w+)'s reply to window 0", out)
     assert m, out
