@@ -79,6 +79,35 @@ def check_headers(site: str, blobs: Mapping[str, bytes], kind: str,
 _TAG = re.compile(f"[0-9a-f]{{{2 * POINT_BYTES}}}")  # a PSI tag: a point, in hex
 
 
+def check_ring_set(site: str, blobs: Mapping[str, bytes], ring: list[str], step: int,
+                   counts: Mapping[str, int], at: tuple[int, int] | None = None) -> None:
+    """A site's reply to ring step ``step`` (not the last): one set, sealed to the
+    ring's next site (envelope header of kind ``psi``, at ``at``), of as many points
+    as its origin's count. Checked before it reaches the next site, which would
+    blame the honest origin (training's ring and the test sets')."""
+    _, nxt = ring_neighbours(ring, site)
+    if sorted(blobs) != [nxt]:
+        raise FederationError(f"site {site} sent PSI sets to {sorted(blobs)[:4]}; at "
+                              f"step {step} it sends one, to {nxt!r}")
+    check_headers(site, blobs, KIND_PSI, at)
+    whose = origin(ring, nxt, step + 1)  # the set nxt multiplies at the next step
+    points = payload_size(blobs[nxt]) / POINT_BYTES
+    if points != counts[whose]:
+        raise FederationError(f"site {site} sealed {nxt!r} {whose}'s PSI set of "
+                              f"{points:g} points; {whose} described {counts[whose]} "
+                              f"samples")
+
+
+def check_tags(site: str, finished: str, tags: list[str], n: int) -> None:
+    """The tags of ``finished``'s set, from the site that finished it: its ``n``
+    samples, distinct, each a point in hex."""
+    if len(tags) != n or len(set(tags)) != n or not all(_TAG.fullmatch(t) for t in tags):
+        raise FederationError(
+            f"site {site} finished {finished}'s PSI set with {len(tags)} tags "
+            f"({len(set(tags))} distinct) for its {n} samples, or tags that are not "
+            f"{2 * POINT_BYTES} hex digits")
+
+
 class SealedRouting:
     """Private alignment, envelopes routed unopened, masked FedAvg."""
 
@@ -127,18 +156,7 @@ class SealedRouting:
                                       for k in names})
         for step in range(1, len(ring)):
             for k, r in replies.items():  # one set, to the ring's next site
-                _, nxt = ring_neighbours(ring, names[k])
-                if sorted(r.sealed) != [nxt]:
-                    raise FederationError(f"site {names[k]} sent PSI sets to "
-                                          f"{sorted(r.sealed)[:4]}; at step {step - 1} it "
-                                          f"sends one, to {nxt!r}")
-                check_headers(names[k], r.sealed, KIND_PSI)
-                whose = origin(ring, nxt, step)  # the set nxt multiplies at this step
-                points = payload_size(r.sealed[nxt]) / POINT_BYTES
-                if points != counts[whose]:  # before it reaches nxt, which would fail
-                    raise FederationError(
-                        f"site {names[k]} sealed {nxt!r} {whose}'s PSI set of {points:g} "
-                        f"points; {whose} described {counts[whose]} samples")
+                check_ring_set(names[k], r.sealed, ring, step - 1, counts)
             inbox = route({k: r.sealed for k, r in replies.items()}, names)
             replies = transport.exchange({k: AlignRequest(step=step, ring=ring, counts=counts,
                                                           sealed=inbox[k]) for k in names})
@@ -149,13 +167,7 @@ class SealedRouting:
                 raise FederationError(
                     f"site {names[key]} sent PSI tags for {r.origin[:64]!r}; at the last "
                     f"ring step it finishes {finished!r}'s set, and only it")
-            n, distinct = counts[finished], len(set(r.tags))
-            if len(r.tags) != n or distinct != n or \
-                    not all(_TAG.fullmatch(t) for t in r.tags):
-                raise FederationError(
-                    f"site {names[key]} finished {finished}'s PSI set with {len(r.tags)} "
-                    f"tags ({distinct} distinct) for its {n} samples, or tags that "
-                    f"are not {2 * POINT_BYTES} hex digits")
+            check_tags(names[key], finished, r.tags, counts[finished])
             tags[key_of[finished]] = list(r.tags)
         missing = [names[k] for k in names if k not in tags]
         if missing:

@@ -19,14 +19,17 @@ from mmvm.federation.admission import short_reason
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.cross_eval import TestTables
 from mmvm.federation.messages import KIND_TEST, HeldOutReply, HeldOutRequest
-from mmvm.federation.sealed_align import KIND_PSI
 from mmvm.federation.sealed_heldout import TEST_ROUND
-from mmvm.federation.sealed_routing import check_headers, route
+from mmvm.federation.sealed_routing import (
+    check_headers,
+    check_ring_set,
+    check_tags,
+    route,
+)
 from mmvm.secure.envelope import payload_size
-from mmvm.secure.psi import POINT_BYTES, origin, ring_neighbours
+from mmvm.secure.psi import POINT_BYTES, origin
 
 _PSEUDONYM = re.compile("[0-9a-f]{32}")  # mmvm.secure.session.pseudonym's form
-_TAG = re.compile(f"[0-9a-f]{{{2 * POINT_BYTES}}}")  # a PSI tag: a point, in hex
 
 
 class SealedTestTables(TestTables):
@@ -156,30 +159,23 @@ def _ring(transport, coord: Coordinator, keys: list[str], weights: Mapping,
             raise FederationError(f"ring step {step}: no answer from {gone}")
         if step < len(ring) - 1:
             for k, r in replies.items():
-                _, nxt = ring_neighbours(ring, names[k])
-                if sorted(r.posteriors) != [nxt] or r.identifiers:
-                    raise FederationError(f"site {names[k]} sent its test ring set to "
-                                          f"{sorted(r.posteriors)[:4]}, not {nxt!r}")
-                check_headers(names[k], r.posteriors, KIND_PSI, at=(TEST_ROUND, step + 1))
-                whose = origin(ring, nxt, step + 1)
-                size = payload_size(r.posteriors[nxt]) / POINT_BYTES
-                if step == 0:
+                if step == 0:  # the server's count of each test set: its first size
+                    size = payload_size(next(iter(r.posteriors.values()), b"")) \
+                        / POINT_BYTES if len(r.posteriors) == 1 else 0.0
                     if not size.is_integer() or not 0 < size <= max_rows:
                         raise FederationError(f"site {names[k]}'s test set has {size:g} "
                                               f"points (max-site-rows = {max_rows})")
                     counts[names[k]] = int(size)
-                elif size != counts[whose]:
-                    raise FederationError(f"site {names[k]} sealed {nxt!r} {whose}'s "
-                                          f"test set of {size:g} points, not "
-                                          f"{counts[whose]}")
+                if r.identifiers:
+                    raise FederationError(f"site {names[k]} sent tags at step {step}")
+                check_ring_set(names[k], r.posteriors, ring, step, counts,
+                               at=(TEST_ROUND, step + 1))
     tags = {}
     for k, r in replies.items():  # each finishes its origin's set, in that order
         whose = origin(ring, names[k], len(ring) - 1)
-        n = counts[whose]
-        if len(r.identifiers) != n or len(set(r.identifiers)) != n or r.posteriors or \
-                not all(_TAG.fullmatch(t) for t in r.identifiers):
-            raise FederationError(f"site {names[k]} finished {whose}'s test set with "
-                                  f"{len(r.identifiers)} tags for {n} samples")
+        if r.posteriors:
+            raise FederationError(f"site {names[k]} sent envelopes with its tags")
+        check_tags(names[k], whose, r.identifiers, counts[whose])
         tags[key_of[whose]] = list(r.identifiers)
     return tags
 

@@ -8,7 +8,6 @@ the collected model on the joined test file (:func:`mmvm.imputation.imputation_n
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -18,7 +17,12 @@ from mmvm.federation.messages import SERVER, HeldOutRequest
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import decode_table, encode_table
 from mmvm.imputation import imputation_nll, scoring
-from tests.support.central import central, coherence_matches, imputation_matches
+from tests.support.central import (
+    central,
+    coherence_matches,
+    imputation_matches,
+    judged_config,
+)
 from tests.support.federate import (
     MODALITIES,
     cross_run,
@@ -34,12 +38,8 @@ NO_LABELS = SitePolicy(eval_labels=())  # a deployed site that reports no label:
 @pytest.fixture(scope="module")
 def vertical(tiny_polymnist, tmp_path_factory):
     """Three sites, one modality each, every test sample at all three; judged."""
-    from tests.conftest import _tiny_config
-
     torch.set_num_threads(1)
-    cfg = _tiny_config(tiny_polymnist, epochs=1)  # judges: 3 epochs, no step floor
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
-        cfg.eval, classifier_min_image_steps=0))
+    cfg = judged_config(tiny_polymnist)
     specs, root = split(tiny_polymnist, tmp_path_factory.mktemp("cross"), "vertical")
     sites = make_sites(cfg, specs, root)
     result = federate(cfg, plain_endpoints(sites), exchange="step", cross_eval="mean")

@@ -9,7 +9,6 @@ test file, as in plaintext (tests/federation/test_cross_eval.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -28,6 +27,7 @@ from tests.support.central import (
     close,
     coherence_matches,
     imputation_matches,
+    judged_config,
 )
 from tests.support.federate import (
     MODALITIES,
@@ -58,12 +58,8 @@ def _secure_run(cfg, data_root, tmp, layout="vertical", alter=None, shards=3,
 @pytest.fixture(scope="module")
 def vertical(tiny_polymnist, tmp_path_factory):
     """Three sites, one modality each; every message of the run recorded."""
-    from tests.conftest import _tiny_config
-
     torch.set_num_threads(1)
-    cfg = _tiny_config(tiny_polymnist, epochs=1)  # judges: 3 epochs, no step floor
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(
-        cfg.eval, classifier_min_image_steps=0))
+    cfg = judged_config(tiny_polymnist)
     seen = []
     result, sites, endpoints, root = _secure_run(
         cfg, tiny_polymnist, tmp_path_factory.mktemp("sealed-cross"), policy=None,

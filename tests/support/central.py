@@ -3,6 +3,7 @@ collected, on the joined test file (tests of the cross-site evaluation)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -13,6 +14,16 @@ from mmvm.evaluation import coherence
 from mmvm.imputation import imputation_nll
 from mmvm.training import build_model
 from tests.support.federate import MODALITIES
+
+
+def judged_config(data_root):
+    """The tiny PolyMNIST config for one epoch, its judges trained 3 epochs without
+    the image step floor (the tests check exactness, not the judges' skill)."""
+    from tests.conftest import _tiny_config
+
+    cfg = _tiny_config(data_root, epochs=1)
+    return dataclasses.replace(cfg, eval=dataclasses.replace(
+        cfg.eval, classifier_min_image_steps=0))
 
 
 def central(cfg, result, data_root):
