@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from mmvm.help_format import DefaultsHelp
+from mmvm.jsonfile import json_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
         res["settings"] = evaluated_with(cfg, train_set, test_set)  # as mmvm evaluate
         res["train_seconds"] = t_train
         res["final_train_loss"] = trained.history[-1]["loss"] if trained.history else None
-        atomic_write(run_dir / "eval.json", json.dumps(res, indent=2).encode())
+        atomic_write(run_dir / "eval.json", json_bytes(res, indent=2))
         row = {**summary_row(res), "seed": seed, "train_seconds": t_train}
         results.append(res)
         rows.append(row)
@@ -243,7 +244,7 @@ def main(argv=None) -> int:
               f"coherence {row['coherence']:.3f}  imputation {row['imputation_nll']:8.1f}"
               f" ({time.perf_counter() - t0:.0f} s)",
               flush=True)
-    atomic_write(out / "results.json", json.dumps(results, indent=2).encode())
+    atomic_write(out / "results.json", json_bytes(results, indent=2))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from mmvm.federation.sealed_channel import SealedChannel  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.federation.site import Site  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.secure.keys import SiteKeys  # noqa: E402
 from mmvm.secure.session import SiteSecrets  # noqa: E402
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     summary = {k: _estimate(rows, k) for k in rows[0] if k != "seed"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
+    (out / "results.json").write_bytes(json_bytes(
         {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
          "summary": summary}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:

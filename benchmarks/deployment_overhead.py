@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from tests.support.deployment import SITES, TINY, make_data  # noqa: E402
 from tests.support.fleet import Fleet  # noqa: E402
@@ -422,7 +423,7 @@ def write_tables(runs: list[dict], out: Path, args: argparse.Namespace,
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "runs.json").write_text(json.dumps(
+    (out / "runs.json").write_bytes(json_bytes(
         {"args": vars(args), "summary": rows, "runs": runs}, indent=1))
 
 

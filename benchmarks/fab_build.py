@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ from flwr.cli.build import build_fab_from_disk  # noqa: E402
 
 from mmvm.cli.app_stage import staged_app  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                      "files_walked": mine[0]["files_walked"], "fab_bytes": mine[0]["bytes"]})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
+    (out / "results.json").write_bytes(json_bytes(
         {"app": str(app), "same_fab": same, "summary": rows, "runs": runs}, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

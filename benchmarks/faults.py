@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 import sys
@@ -40,6 +39,7 @@ from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.plan import PlanArgs  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 
 
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
                          "seconds": round(time.perf_counter() - t0, 1)})
             print({k: v for k, v in rows[-1].items()}, flush=True)
     table = summarize(rows)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows,
-                                                  "summary": table}, indent=2, default=str))
+    (out / "results.json").write_bytes(json_bytes({"args": vars(args), "rows": rows,
+                                                  "summary": table}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from mmvm.evaluation import evaluate_run  # noqa: E402
 from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
@@ -225,8 +225,8 @@ def _row(mode, cfg, model, train_set, test_set, clfs, seconds, nbytes, windows=0
 
 
 def _write(out: Path, rows: list[dict], summary: list[dict], args: dict) -> None:
-    (out / "results.json").write_text(json.dumps(
-        {"args": args, "rows": rows, "summary": summary}, indent=2, default=str))
+    (out / "results.json").write_bytes(json_bytes(
+        {"args": args, "rows": rows, "summary": summary}, indent=2))
     with open(out / "summary.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(summary[0]))
         w.writeheader()

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import re
 import shlex
@@ -59,6 +58,7 @@ import deployment_overhead as deploy  # noqa: E402
 from window_plot import window_histogram  # noqa: E402
 
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from tests.support.processes import QUIET_ENV, pids_mentioning  # noqa: E402
 
@@ -336,7 +336,7 @@ def write(runs: list[dict], out: Path, args: argparse.Namespace) -> None:
         w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
         w.writeheader()
         w.writerows(rows)
-    (out / "runs.json").write_text(json.dumps(
+    (out / "runs.json").write_bytes(json_bytes(
         {"args": vars(args), "summary": rows, "runs": runs}, indent=1))
     print(f"written: {out / 'table.md'}, {out / 'summary.csv'}, {out / 'runs.json'}")
     if window_histogram(runs, out / "windows.png"):

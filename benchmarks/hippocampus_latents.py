@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from mmvm.data.odor_decoding import raw_odor_decoding  # noqa: E402
 from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 from mmvm.probes import fit_probe  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     knobs = {t: resolve_knobs({"tuning": t, "tuned_fraction": args.tuned_fraction,
                                "gain_sd": args.gain_sd, "noise_sd": args.noise_sd})
              for t in args.tunings}
-    (out / "results.json").write_text(json.dumps(
+    (out / "results.json").write_bytes(json_bytes(
         {"args": vars(args), "knobs": knobs, "rows": rows, "summary": summary}, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["tuning", "seed", "run", "pooled", "per_rat",

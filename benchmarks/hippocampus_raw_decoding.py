@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from mmvm.data.hippocampus import (  # noqa: E402
 )
 from mmvm.data.odor_decoding import raw_odor_decoding  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                          **{m: vars(e) for m, e in per_rat.items()},
                          "mean over rats": vars(rat_mean)}
     seconds = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(json.dumps(
+    (out / "results.json").write_bytes(json_bytes(
         {"args": vars(args), "chance": 0.25, "seconds": seconds, "summary": summary,
          "rows": rows}, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 
 METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
 QUADRANTS = ["q0", "q1", "q2", "q3"]  # top-left, top-right, bottom-left, bottom-right
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
             seconds = sum(h["seconds"] for h in trained.history)
             res = evaluate_run(cfg, trained.model, train_set, test_set,
                                imputation_draws=args.imputation_draws)
-            atomic_write(run_dir / "eval.json", json.dumps(res, indent=2).encode())
+            atomic_write(run_dir / "eval.json", json_bytes(res, indent=2))
             row = row_of(method, seed, res, seconds)
             results.append(res)
             rows.append(row)
@@ -213,8 +213,8 @@ def main(argv=None) -> int:
                   f"{row['probe']:.3f}", flush=True)
     summary = summarize(rows)
     md = table(summary)
-    atomic_write(out / "results.json", json.dumps(
-        {"args": vars(args), "rows": rows, "evaluations": results}, indent=2).encode())
+    atomic_write(out / "results.json", json_bytes(
+        {"args": vars(args), "rows": rows, "evaluations": results}, indent=2))
     for name, data in (("results.csv", rows), ("summary.csv", summary)):
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(data[0]))

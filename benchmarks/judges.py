@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
 
 from mmvm.help_format import DefaultsHelp
+from mmvm.jsonfile import json_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{args.variant}"
-    stem.with_suffix(".json").write_text(json.dumps({"args": vars(args) | {
+    stem.with_suffix(".json").write_bytes(json_bytes({"args": vars(args) | {
         "recipes": [label(r) for r in args.recipes]}, "rows": rows}, indent=2))
     table = merge(stem.with_suffix(".csv"), rows)
     with stem.with_suffix(".csv").open("w", newline="") as f:

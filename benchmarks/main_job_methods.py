@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import tomllib
 from pathlib import Path
@@ -35,6 +34,7 @@ from mmvm.data import open_dataset  # noqa: E402
 from mmvm.data.default import ensure_default_sites  # noqa: E402
 from mmvm.evaluation import encode_dataset, present_labels, probe_accuracy  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
             for k in ("probe", "pooled")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
+    (out / "results.json").write_bytes(json_bytes(
         {"data": str(data), "app_config": rc, "extra": args.set, "rows": rows,
          "summary": summary, "paired": paired}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:

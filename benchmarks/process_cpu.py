@@ -17,7 +17,6 @@ from its start, and one that ends loses its last half second. Linux only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from mmvm.help_format import DefaultsHelp
+from mmvm.jsonfile import json_bytes
 
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 INTERPRETERS = ("python", "python3", "-u", "-m")
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     for name, g in list(groups.items())[:args.top]:
         print(f"| {name} | {g['cpu_s']:.1f} | {g['processes']} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"seconds": args.seconds, "cores":
+        Path(args.out).write_bytes(json_bytes({"seconds": args.seconds, "cores":
                                               os.cpu_count(), "groups": groups}, indent=1))
     return 0
 

@@ -14,7 +14,6 @@ overlaps are known; the benchmark checks them from the tags alone.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from mmvm.federation.messages import AlignRequest, payload_bytes  # noqa: E402
 from mmvm.federation.policy import SitePolicy  # noqa: E402
 from mmvm.federation.sealed_routing import route  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes
 from mmvm.secure.keys import SiteKeys, save_public_directory  # noqa: E402
 from mmvm.secure.session import SiteSecrets  # noqa: E402
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
               "correct": ok, "steps": steps}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.json").write_bytes(json_bytes(result, indent=2))
     print(f"\n| sites | ids per site | workers | wall s | MB | union (expected) | "
           f"in all sites (expected) |\n|---|---|---|---|---|---|---|\n"
           f"| {args.sites} | {args.ids:,} | {args.workers} | {wall:.1f} | "

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmvm import accel  # noqa: E402
 from mmvm.config import load_config  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
+from mmvm.jsonfile import json_bytes
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import build_model, train_step  # noqa: E402
 
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "cores": os.cpu_count(), "steps": args.steps,
             "warmup": args.warmup, "repeats": args.repeats}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "results.json").write_bytes(json_bytes({"meta": meta, "rows": rows}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from mmvm.eval_settings import evaluated_with
     from mmvm.evaluation import evaluate_run
     from mmvm.finite import finite_latents
+    from mmvm.jsonfile import json_bytes
     from mmvm.training import load_trained_model
 
     own = args.config is None and args.run is not None  # the run's own config
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     result["settings"] = evaluated_with(cfg, train_set, test_set)
     out = run_dir / "eval.json"
     # e.g. the federated server's, with coherence: never lost unseen, nor by a failed write
-    kept = write_keeping_earlier(out, json.dumps(result, indent=2).encode())
+    kept = write_keeping_earlier(out, json_bytes(result))
     if kept is not None:
         print(f"mmvm evaluate: the earlier {out.name} of this run is now {kept}")
     print_result(result)

@@ -18,6 +18,7 @@ from mmvm.atomic import atomic_write
 from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
 from mmvm.federation.report import refusals, restarts, unaveraged
+from mmvm.jsonfile import json_bytes
 from mmvm.training import build_model
 
 # data.root of a deployment's run: only the sites know their files (node config data=)
@@ -81,7 +82,7 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
               if k.startswith("probe/") and isinstance(v, (int, float))]
     if probes:
         summary["probe_mean"] = sum(probes) / len(probes)
-    atomic_write(out / "results.json", json.dumps(summary, indent=2, default=str).encode())
+    atomic_write(out / "results.json", json_bytes(summary))
     paths = {"metrics": str(out / "metrics.csv"), "results": str(out / "results.json")}
     if result.model_state and not refused:
         last = result.history[-1] if result.history else {"epoch": 0, "step": 0}
@@ -223,7 +224,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
         cfg, data=dataclasses.replace(cfg.data, max_train=0)), train_set, test_set)
     log(f"mmvm: evaluation {stages}/{stages}: pictures ({time.perf_counter() - t0:.0f} s "
         f"so far)")
-    atomic_write(out / "eval.json", json.dumps(ev, indent=2, default=str).encode())
+    atomic_write(out / "eval.json", json_bytes(ev))
     paths = {"eval": str(out / "eval.json")}
     drawn = run_picture(model, cfg, test_set, out, f"federated {cfg.model.method}")
     paths.update({k: str(v) for k, v in drawn.items()})

@@ -11,6 +11,7 @@ from mmvm.federation.loop import FederationResult
 from mmvm.federation.results import assembled_problem, write_results
 from mmvm.federation.settings import settings_for
 from mmvm.model import MultimodalVAE
+from tests.support.strict_json import strict
 
 
 def _state(cfg) -> dict:
@@ -36,9 +37,11 @@ def test_a_collected_model_is_checked_against_the_configs(tiny_polymnist, tiny_c
     history = [{"window": 0, "epoch": 1, "step": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 9}]
     s = settings_for(cfg)
     result = FederationResult(history=history, model_state=nan,
-                              evaluation={"k0": {"site": "a", "probe/m0": "x"}})
+                              evaluation={"k0": {"site": "a", "probe/m0": "x",
+                                                      "cross/total": float("nan")}})
     paths = write_results(tmp_path / "bad", s, result)
-    summary = json.loads((tmp_path / "bad" / "results.json").read_text())
+    summary = strict((tmp_path / "bad" / "results.json").read_bytes())
+    assert summary["evaluation"]["k0"]["cross/total"] is None  # NaN: strict JSON's null
     assert summary["model_refused"] == f"{name} holds non-finite values"
     assert "checkpoint" not in paths and not (tmp_path / "bad" / "checkpoint.pt").exists()
     assert result.model_state is None  # so the server does not evaluate it
