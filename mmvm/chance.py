@@ -139,8 +139,10 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     for m, floor_nll in recon.get("baseline", {}).items():
         nll = recon.get("per_modality", {}).get(m, math.nan)
         if nll >= floor_nll - 0.005 * abs(floor_nll):  # within 0.5%: False for NaN
-            out.append(f"the {m} reconstruction NLL {nll:.1f} is no better than "
-                       f"{floor_nll:.1f}, that of one constant output for every sample "
+            a, b = apart(nll, floor_nll)
+            than = "no better than" if nll >= floor_nll else "within 0.5 % of"
+            out.append(f"the {m} reconstruction NLL {a} is {than} {b}, that of one "
+                       f"constant output for every sample "
                        f"(the training data's median or mean at each pixel or value): the "
                        f"decoder reproduces the average sample, not this one")
     out += imputation_warnings(result)
@@ -151,9 +153,23 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
         if acc < floor + JUDGE_MARGIN * (1 - floor) and acc < 2 * floor:  # NaN: False
             out.append(f"the {m} judge scores {acc:.3f} on real test data, near chance "
                        f"({floor:.3f}, majority class): coherence through it is "
-                       f"meaningless; train the judges longer (eval.classifier_epochs: "
-                       f"a few hundred images need tens of epochs)")
+                       f"meaningless. A judge of few epochs may read more with more "
+                       f"(eval.classifier_epochs: a few hundred images need tens); if "
+                       f"more do not help, the label is barely readable from {m} itself "
+                       f"(check a probe of its raw data), and no judge of {m} can tell "
+                       f"coherent generations from chance")
     return out
+
+
+def apart(a: float, b: float, most: int = 4) -> tuple[str, str]:
+    """``a`` and ``b`` with one decimal, or as many more (up to ``most``) as it takes
+    for them to read differently: a warning that 34.34 is worse than 34.31 should
+    not print 34.3 and 34.3."""
+    for places in range(1, most + 1):
+        sa, sb = f"{a:.{places}f}", f"{b:.{places}f}"
+        if sa != sb:
+            break
+    return sa, sb
 
 
 def imputation_warnings(result: Mapping[str, Any], explode: float = 10.0) -> list[str]:
@@ -168,8 +184,9 @@ def imputation_warnings(result: Mapping[str, Any], explode: float = 10.0) -> lis
     rest = imp.get("rest") or {}
     for m, nll in rest.items():
         if m in floor and nll > floor[m]:  # False for NaN
-            out.append(f"{m} imputed from the other modalities scores {nll:.1f}, worse "
-                       f"than one constant output ({floor[m]:.1f}): their latents tell "
+            a, b = apart(nll, floor[m])
+            out.append(f"{m} imputed from the other modalities scores {a}, worse "
+                       f"than one constant output ({b}): their latents tell "
                        f"{m}'s decoder nothing it can use about the sample (they share "
                        f"only a label, or training was short)")
     wild = [f"{pair} {nll:,.0f}" for pair, nll in (imp.get("pairs") or {}).items()

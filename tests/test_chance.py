@@ -115,8 +115,11 @@ def test_evaluate_run_records_chance_and_warns_of_a_judge_near_chance():
     assert res["coherence"]["degenerate"] == []
     assert res["warnings"] == [
         "the m1 judge scores 0.200 on real test data, near chance (0.150, majority "
-        "class): coherence through it is meaningless; train the judges longer "
-        "(eval.classifier_epochs: a few hundred images need tens of epochs)"]
+        "class): coherence through it is meaningless. A judge of few epochs may read "
+        "more with more (eval.classifier_epochs: a few hundred images need tens); if "
+        "more do not help, the label is barely readable from m1 itself (check a probe "
+        "of its raw data), and no judge of m1 can tell coherent generations from "
+        "chance"]
     assert summary_row(res)["chance"] == 0.15
     # the 5 unlabelled rows are not probed: the title counts the labelled ones
     assert res["n_labelled"] == {"train": 100, "test": 100} and res["n_test"] == 105

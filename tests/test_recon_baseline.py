@@ -54,3 +54,11 @@ def test_a_decoder_no_better_than_the_constant_is_warned_of():
     assert len(said) == 1 and said[0].startswith(
         "the frontal reconstruction NLL 1846.8 is no better than 1845.1, that of one "
         "constant output for every sample")
+    close = evaluation_warnings({"reconstruction": {"per_modality": {"rat1": 66.72},
+                                                    "baseline": {"rat1": 66.78}}})
+    assert close[0].startswith("the rat1 reconstruction NLL 66.7 is within 0.5 % of "
+                               "66.8, that of one constant output")  # not "no better"
+    from mmvm.chance import apart
+    assert apart(34.31, 34.34) == ("34.31", "34.34")  # not 34.3 and 34.3
+    assert apart(34.3004, 34.3001) == ("34.3004", "34.3001")
+    assert apart(2.0, 2.0) == ("2.0000", "2.0000")  # equal: as far as it looks
