@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 from mmvm.data.coupling import uncoupled_warning, weak_coupling_note
+from mmvm.federation.server_state import STATE_FILE
 
 
 def duration(seconds: float) -> str:
@@ -108,6 +110,7 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
         lines += ["", "assembled model, evaluated by the server: " + _assembled(assembled),
                   "(its reconstruction NLLs decode z drawn by the server: they differ from "
                   "the sites' own draws above by that noise)"]
+        lines += _judges(assembled.get("classifier_accuracy"))
         lines += [f"warning: {w}" for w in assembled.get("warnings", [])]
     if result.missed:
         lines += ["", "windows missed (the run went on without the site): " + "; ".join(
@@ -136,8 +139,10 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
         lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights, "
                       f"each in its state file (collect-model = false, or the site's "
                       f"policy allow-collect = false): no assembled model"]
-    lines += ["", f"files in {run_dir}: " + ", ".join(sorted(
-        str(p).rsplit("/", 1)[-1] for p in paths.values()))]
+    written = {str(p).rsplit("/", 1)[-1] for p in paths.values()}
+    if (Path(run_dir) / STATE_FILE).is_file():  # what a resume continues from
+        written.add(STATE_FILE)
+    lines += ["", f"files in {run_dir}: " + ", ".join(sorted(written))]
     return "\n".join(lines)
 
 
@@ -161,6 +166,7 @@ def cross_site_lines(cross: Mapping, notes: Mapping[str, str], said: list[str] =
                      f"{every} source -> target pairs"
                      + (f", chance {_num(chance)}" if chance is not None else "")
                      + f"; target from itself {_num(coh.get('self'))})")
+        lines += _judges(cross.get("classifier_accuracy"), "  ")
     if imp:
         per = ", ".join(f"{m} {_num(v, 1)}{_sources(imp, m, names)}"
                         for m, v in imp.get("rest", {}).items())
@@ -170,6 +176,15 @@ def cross_site_lines(cross: Mapping, notes: Mapping[str, str], said: list[str] =
     lines += [f"  {site}: not part of it ({why})" for site, why in sorted(notes.items())]
     lines += [f"  warning: {w}" for w in cross.get("warnings") or [] if w not in said]
     return lines
+
+
+def _judges(accuracy: Mapping | None, indent: str = "") -> list[str]:
+    """The coherence judges' accuracy on real test data (what a coherence near chance
+    is read against), or nothing without judges."""
+    if not accuracy:
+        return []
+    return [f"{indent}coherence judges, accuracy on real test data: " + ", ".join(
+        f"{m} {_num(a)}" for m, a in accuracy.items())]
 
 
 def _sources(imp: Mapping, target: str, names: list[str]) -> str:

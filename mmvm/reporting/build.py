@@ -53,7 +53,8 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
     groups, repeated = split_repeated_seeds(group_runs(tag_results_files(collection.runs)))
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     doc = Document(title, intro=[
-        f"{len(collection.runs)} runs in {len(groups)} groups, from: {', '.join(inputs)}.",
+        f"{_count(len(collection.runs), 'run')} in {_count(len(groups), 'group')}, "
+        f"from: {', '.join(inputs)}.",
         f"Made by mmvm report on {now}.", SE_NOTE])
     if groups:
         doc.sections += [summary_section(groups), tradeoff_section(groups),
@@ -69,6 +70,24 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
         doc.sections.append(Section("Notes").add(
             *[Paragraph(n, note=True) for n in (*collection.notes, *repeated)]))
     return doc
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _no_coherence(groups: Sequence[Group]) -> str:
+    """Why no group has coherence: its runs were never evaluated, or were evaluated
+    without it (no label column, no judges)."""
+    runs = [r for g in groups for r in g.runs]
+    unevaluated = [r.name for r in runs if r.metric_source == "not evaluated"]
+    if len(unevaluated) == len(runs):
+        return ("Coherence: not evaluated (no run here has an eval.json yet: "
+                "mmvm evaluate --run RUN_DIR writes it).")
+    return ("Coherence: not evaluated (no eval.json here has a coherence section: it "
+            "needs a label column and the judges' modalities"
+            + (f"; not evaluated at all: {', '.join(unevaluated[:4])}"
+               f"{' ...' * (len(unevaluated) > 4)}" if unevaluated else "") + ").")
 
 
 def _optional(groups: Sequence[Group], metrics: Sequence[str]) -> list[str]:
@@ -122,8 +141,7 @@ def tradeoff_section(groups: Sequence[Group]) -> Section:
     bars = coherence_bars(groups)
     section.add(Figure("coherence-bars", bars, "Coherence per method and beta (solid: "
                        "cross-modal, hatched: self; bars: ± standard error).") if bars
-                else Paragraph("Coherence: not evaluated (no eval.json with a coherence "
-                               "section; mmvm evaluate needs a label column).", note=True))
+                else Paragraph(_no_coherence(groups), note=True))
     heat = coherence_heatmaps(groups)
     if heat:
         section.add(Figure("coherence-matrices", heat, "Coherence matrices, mean over "

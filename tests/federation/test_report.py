@@ -41,6 +41,7 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
     text = summary(res, "/runs/run-1", {"results": "/runs/run-1/results.json"},
                    {"probe": {"mean": 0.81, "all": 0.74}, "coherence": {"mean": 0.23},
                     "reconstruction": {"total": 3593.0}, "chance": {"majority": 0.15},
+                    "classifier_accuracy": {"m0": 0.93, "m1": 0.2},
                     "warnings": ["the m1 judge scores 0.200 on real test data"]})
     lines = text.splitlines()
     assert lines[0] == ("mmvm: trained 12 windows in 3 min 06 s (the evaluation after "
@@ -56,8 +57,17 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
     assert "withheld (the site's eval-labels)" in body[4]  # its node config's choice
     assert "probe 0.810 (pooled over all modalities 0.740), coherence 0.230" in text
     assert "reconstruction NLL 3593.0; chance 0.150" in text
-    assert "warning: the m1 judge scores 0.200 on real test data" in text
+    # the warnings say "see their accuracy": it is printed before them
+    judges = lines.index("coherence judges, accuracy on real test data: m0 0.930, m1 0.200")
+    assert lines[judges + 1] == "warning: the m1 judge scores 0.200 on real test data"
     assert text.endswith("files in /runs/run-1: results.json")
+
+
+def test_the_files_line_names_the_servers_state_a_resume_continues_from(tmp_path):
+    (tmp_path / "server_state.pt").write_bytes(b"x")
+    text = summary(FederationResult(seconds=1.0), str(tmp_path),
+                   {"results": str(tmp_path / "results.json")}, None)
+    assert text.endswith(f"files in {tmp_path}: results.json, server_state.pt")
 
 
 def test_the_assembled_models_line_says_what_its_probe_is_a_mean_of():
@@ -107,9 +117,11 @@ def test_the_cross_site_lines_say_chance_coverage_and_warnings():
              "imputation": {"pairs": {"m0->m1": 10.0}, "rest": {"m1": 10.0},
                             "names": ["m0", "m1", "m2"], "total": float("nan"),
                             "scoring": "one draw"},
-             "chance": {"majority": 0.15}, "warnings": ["coherence 0.450 is ..."]}
+             "chance": {"majority": 0.15}, "warnings": ["coherence 0.450 is ..."],
+             "classifier_accuracy": {"m0": 0.5, "m1": 0.75}}
     text = "\n".join(cross_site_lines(cross, {"site-m2": "did not evaluate"}))
     assert "mean over 2 of 6 source -> target pairs, chance 0.150" in text
+    assert "  coherence judges, accuracy on real test data: m0 0.500, m1 0.750" in text
     assert "m1 10.0 (from m0 only)" in text and "total -" in text
     assert "site-m2: not part of it (did not evaluate)" in text
     assert "warning: coherence 0.450 is ..." in text

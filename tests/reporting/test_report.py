@@ -87,6 +87,21 @@ def test_one_seed_and_missing_sections(tmp_path):
     assert row["reconstruction NLL (test, per sample)"] == "not evaluated"
     assert page.images == [] and "not drawn" in text
     assert "generations.png is not a PNG file" in text and "<svg" not in text
+    assert "1 run in 1 group, from:" in text
+    assert "no eval.json here has a coherence section" in text  # evaluated without it
+
+
+def test_a_run_not_yet_evaluated_is_told_how_to_be(tmp_path, real_run):
+    """A run that mmvm train wrote and no one evaluated: the report said coherence
+    "needs a label column", which the data had."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(real_run, run)
+    (run / "eval.json").unlink()
+    text, _ = write_report(tmp_path, run)
+    assert "no run here has an eval.json yet: mmvm evaluate --run RUN_DIR" in text
+    assert "label column" not in text
 
 
 def test_a_damaged_metrics_csv_is_named_and_the_others_still_drawn(tmp_path, fake_runs):
