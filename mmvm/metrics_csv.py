@@ -17,6 +17,11 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = next(reader, [])
+            if header and "epoch" not in header:  # eval.json, results.csv, a site file
+                raise ValueError(
+                    f"{path}: not a run's metrics.csv (its first line names no 'epoch' "
+                    f"column: {', '.join(header[:3])[:60]}{' ...' * (len(header) > 3)}); "
+                    f"pass the run's folder or its metrics.csv")
             cols: dict[str, list[float]] = {k: [] for k in header}
             for row in reader:
                 if row:

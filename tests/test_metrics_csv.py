@@ -36,3 +36,13 @@ def test_a_binary_file_is_named_as_not_text(tmp_path):
     path.write_bytes(b"epoch,loss\n1,\xff\xfe\n")
     with pytest.raises(ValueError, match=r"metrics.csv: not a text \(UTF-8\) CSV file"):
         read_metrics(path)
+
+
+def test_another_file_is_named_as_not_a_metrics_csv(tmp_path):
+    """`mmvm plot curves run/eval.json` said "line 2: 2 values for the header's 1
+    columns (a truncated or hand-edited row?)"."""
+    path = tmp_path / "eval.json"
+    path.write_text('{\n  "probe": {"mean": 0.5, "m0": 0.5}\n}\n')
+    with pytest.raises(ValueError, match=r"eval.json: not a run's metrics.csv \(its first "
+                                         r"line names no 'epoch' column: \{\); pass the"):
+        read_metrics(path)

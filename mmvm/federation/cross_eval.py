@@ -208,13 +208,15 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
                             "self": float(np.mean(own)) if own else math.nan,
                             "where": "cross-site"}
     if out:
-        chance, warnings = cross_warnings(out, evaluation, method)
+        chance, judges, warnings = cross_warnings(out, evaluation, method)
         if rest and not tables.exact():
             warnings.append("no imputation total: a secure server does not see which "
                             "modalities a test sample holds at a site holding several "
                             "(each modality's mean from the rest stands)")
         out.update(chance={"majority": chance} if chance is not None else {},
                    warnings=warnings)
+        if judges and "coherence" in out:  # what its coherence is read against
+            out["classifier_accuracy"] = judges
     return out
 
 
@@ -249,9 +251,10 @@ def _pairs(means: Mapping[str, float], prefix: str, names: list[str]) -> dict:
 
 
 def cross_warnings(cross: Mapping, evaluation: Mapping[str, Mapping], method: str
-                   ) -> tuple[float | None, list[str]]:
+                   ) -> tuple[float | None, dict[str, float], list[str]]:
     """The chance of the cross-site coherence (the sites' commonest test label's
-    share, their mean) and the warnings a central evaluation would give
+    share, their mean), the judges' accuracy on the sites' test data (per modality,
+    the mean over its sites) and the warnings a central evaluation would give
     (:func:`mmvm.chance.evaluation_warnings`): coherence at chance, imputation no
     better than one constant output (the sites' ``constant_nll``), a judge near
     chance on its site's test data. A run whose weights stayed at the sites has no
@@ -273,5 +276,5 @@ def cross_warnings(cross: Mapping, evaluation: Mapping[str, Mapping], method: st
               "reconstruction": {"baseline": means("constant_nll/")},
               "classifier_accuracy": means("judge_accuracy/"),
               "chance": {"majority": math.nan if chance is None else chance}}
-    return chance, evaluation_warnings(result)
+    return chance, result["classifier_accuracy"], evaluation_warnings(result)
 

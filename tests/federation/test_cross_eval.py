@@ -88,6 +88,10 @@ def test_the_cross_site_numbers_come_with_their_chance_and_warnings(vertical):
     assert all(f"{m} imputed from the other modalities scores" in said for m in worse)
     assert all(f"judge_accuracy/{m}" in ev for ev in result.evaluation.values()
                for m in ev["modalities"])
+    # the judges' accuracy, what "see their accuracy" points to (one site a modality)
+    assert result.cross_site["classifier_accuracy"] == pytest.approx({
+        m: ev[f"judge_accuracy/{m}"] for ev in result.evaluation.values()
+        for m in ev["modalities"]})
 
 
 def test_a_modality_held_by_two_sites_is_scored_on_each_ones_samples(
