@@ -118,6 +118,9 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
         print(f"mmvm train: warning: no label column {cfg.data.label!r} (data.label) in "
               f"the data; its label columns: {', '.join(have)}. Training needs none, "
               f"but mmvm evaluate's probes and coherence will", file=sys.stderr)
+    for line in test_split_problems(cfg):  # found now, not after hours of training
+        print(f"mmvm train: warning: {line}; training needs no test split, but mmvm "
+              f"evaluate will refuse the run until it has one", file=sys.stderr)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     if len(data) == 0:
         raise ValueError(f"no samples to train on: {', '.join(map(str, paths))} "
@@ -126,6 +129,24 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
     if len(paths) > 1:
         print(joined_line(data, len(paths)))
     return data
+
+
+def test_split_problems(cfg: ExperimentConfig) -> list[str]:
+    """What is wrong with the config's test split, from the files' metadata: not
+    there, unreadable, not fitting the modalities, no rows."""
+    from mmvm.data import check_data_fits
+    from mmvm.data.store import read_site_meta
+
+    paths = cfg.data.files("test")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        return [f"no test split: {', '.join(missing)} does not exist"]
+    try:
+        check_data_fits(cfg.model.modalities, paths, cfg.source)
+        empty = [str(p) for p in paths if read_site_meta(p)["num_rows"] == 0]
+    except (ValueError, OSError) as err:  # DataError is a ValueError
+        return [f"the test split cannot be used: {err}"]
+    return [f"the test split {', '.join(empty)} has no rows"] if empty else []
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:

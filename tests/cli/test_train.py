@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -350,12 +351,37 @@ def test_a_train_file_without_rows_is_named_and_nothing_written(tiny_polymnist, 
     table = pq.read_table(tiny_polymnist / "train.parquet")
     pq.write_table(table.slice(0, 0).replace_schema_metadata(table.schema.metadata),
                    empty / "train.parquet")
+    shutil.copy(tiny_polymnist / "test.parquet", empty / "test.parquet")
     out = tmp_path / "run"
     assert main(_args(empty, out)) == 2
     assert capsys.readouterr().err == (
         f"mmvm train: error: no samples to train on: {empty / 'train.parquet'} has no "
         "rows; make the data again or set data.root to a folder with samples\n")
     assert not out.exists()
+
+
+def test_a_test_split_evaluate_would_refuse_is_warned_of_before_training(
+        tiny_polymnist, tmp_path, capsys):
+    """An empty test.parquet was found by mmvm evaluate, after the training."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(tiny_polymnist / "train.parquet", data / "train.parquet")
+    assert main(_args(data, tmp_path / "run")) == 0  # training needs no test split
+    said = capsys.readouterr().err
+    assert (f"mmvm train: warning: no test split: {data / 'test.parquet'} does not "
+            "exist; training needs no test split, but mmvm evaluate will refuse the run "
+            "until it has one") in said
+    table = pq.read_table(tiny_polymnist / "test.parquet")
+    pq.write_table(table.slice(0, 0).replace_schema_metadata(table.schema.metadata),
+                   data / "test.parquet")
+    assert main(_args(data, tmp_path / "run2")) == 0
+    assert (f"mmvm train: warning: the test split {data / 'test.parquet'} has no rows"
+            in capsys.readouterr().err)
+    (data / "test.parquet").write_bytes(b"PAR1 not parquet")
+    assert main(_args(data, tmp_path / "run3")) == 0
+    err = capsys.readouterr().err
+    assert "mmvm train: warning: the test split cannot be used: " in err
+    assert str(data / "test.parquet") in err
 
 
 def test_pixels_the_model_would_see_as_0_to_255_are_warned_of_at_the_start(
@@ -368,6 +394,7 @@ def test_pixels_the_model_would_see_as_0_to_255_are_warned_of_at_the_start(
     t = read_site_table(tiny_polymnist / "train.parquet")
     write_site_table(data / "train.parquet", t.sample_ids, t.tensors, t.labels, {},
                      scales={"m2": 1.0})
+    shutil.copy(tiny_polymnist / "test.parquet", data / "test.parquet")
     assert main(_args(data, tmp_path / "run")) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines()
                 if "warning" in line]
