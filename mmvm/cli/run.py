@@ -54,6 +54,9 @@ from mmvm.config import ConfigError
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
              "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
              "RAY_USAGE_STATS_ENABLED": "0",
+             # each site's line as it comes: Ray's dedup held "[repeated 2x across
+             # cluster]" lines back for seconds, past the run's closing summary
+             "RAY_DEDUP_LOGS": "0",
              # Ray's FutureWarning about accelerator env vars (no GPU is requested)
              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 

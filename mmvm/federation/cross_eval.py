@@ -216,7 +216,7 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
         out.update(chance={"majority": chance} if chance is not None else {},
                    warnings=warnings)
         if judges and "coherence" in out:  # what its coherence is read against
-            out["classifier_accuracy"] = judges
+            out["classifier_accuracy"] = {m: judges[m] for m in names if m in judges}
     return out
 
 
