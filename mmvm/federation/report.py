@@ -29,7 +29,7 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     extrapolated (set-up and, after a resume, the windows before it left out)."""
     k = row["window"] + 1
     left = elapsed / (done or k) * (total - k)
-    tail = f"  ~{duration(left)} left" if k < total else \
+    tail = f"  ~{duration(left)} of training left" if k < total else \
         "  (last window: no posteriors to send on)"
     refused = row.get("refused") or {}
     silent = [n for n in row.get("missed", []) if n not in refused]

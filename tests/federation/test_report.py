@@ -14,9 +14,9 @@ def _row(w, n=12):
 def test_progress_line_counts_windows_and_estimates_the_time_left():
     line = window_line(_row(2), 12, elapsed=33.0)  # 3 windows in 33 s: 11 s each
     assert line.startswith("window 3/12  epoch 3")
-    assert "7.03 MB" in line and "~1 min 39 s left" in line
+    assert "7.03 MB" in line and "~1 min 39 s of training left" in line
     # resumed at window 3: windows 3-6 took 20 s, 6 are left (set-up not counted)
-    assert "~30 s left" in window_line(_row(5), 12, elapsed=20.0, done=4)
+    assert "~30 s of training left" in window_line(_row(5), 12, elapsed=20.0, done=4)
     # a window without some site: its terms estimated (~), or unknown (-)
     assert "rec_nll ~3600.0" in window_line({**_row(2), "estimated": 1}, 12, 33.0)
     assert "rec_nll -  " in window_line({**_row(2), "rec_nll": float("nan"),
