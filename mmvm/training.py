@@ -173,6 +173,10 @@ def train_step(
         terms = compute_loss(model, batch, cfg.model.method, cfg.train.beta, alpha, eps, aux)
     if not torch.isfinite(terms.loss):
         raise TrainingDivergedError(
+            f"loss is {terms.loss.item()} at step 0, before any update, so not the "
+            f"learning rate: check the data's scale (values far from 0, e.g. lab "
+            f"values in clinical units: mmvm data prepare table --standardize; mmvm "
+            f"train warns of them at its start)" if step == 0 else
             f"loss is {terms.loss.item()} at step {step}; lower train.lr or check the data"
         )
     optimizer.zero_grad(set_to_none=True)

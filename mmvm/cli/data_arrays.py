@@ -34,8 +34,24 @@ def add_arrays(names: argparse._SubParsersAction) -> None:
                         "order, listed with the config sections): column 'label', or "
                         "'label.NAME'; repeatable")
     _classes_option(q, "NAME", "the --label NAME (default: label)")
+    _standardize_option(q)
     _split_and_output(q, "arrays")
     handles(q, _prepare_arrays)
+
+
+def _standardize_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--standardize", nargs="*", metavar="NAME",
+                   help="z-score each column of these modalities (none named: every "
+                        "modality but images) by the training split's mean and std, "
+                        "kept in the files' metadata: lab values in clinical units "
+                        "(sodium ~140, platelets ~250,000) otherwise overflow the first "
+                        "loss or outweigh the other columns. Each site uses its own "
+                        "training rows: sites holding the same modality should agree "
+                        "on a scale instead")
+
+
+def _standardized(args: argparse.Namespace) -> list[str] | bool:
+    return () if args.standardize is None else args.standardize or True
 
 
 def _classes_option(q: argparse.ArgumentParser, key: str, which: str) -> None:
@@ -89,7 +105,7 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
         paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
                                groups=args.groups, test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
-                               classes=classes)
+                               classes=classes, standardize=_standardized(args))
     return _report(paths, args, args.ids is not None, args.groups)
 
 
@@ -130,14 +146,19 @@ def label_coverage(paths: dict) -> list[str]:
 def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None,
             group_flag: str = "--groups") -> int:
     """What was written, how it was split, and the config sections for it."""
-    from mmvm.data.prepare.arrays import config_snippet
+    from mmvm.data.prepare.snippet import config_snippet
+    from mmvm.data.prepare.standardize import scale_warnings
     from mmvm.data.store import read_site_meta
 
     report_paths(paths)
     rows = {k: read_site_meta(p)["num_rows"] for k, p in paths.items()}
     print(", ".join(f"{k} {n:,} rows" for k, n in rows.items()))
-    for line in label_coverage(paths):
+    for line in label_coverage(paths) + scale_warnings(paths["train"]):
         print(line)
+    scaled = (read_site_meta(paths["train"]).get("dataset") or {}).get("standardized")
+    if scaled:
+        print(f"standardized {', '.join(scaled)}: each column z-scored by the training "
+              f"split's mean and std (in the files' metadata, dataset.standardized)")
     share = rows.get("test", 0) / max(sum(rows.values()), 1)
     if groups is not None and abs(share - args.test_fraction) > max(
             0.1, args.test_fraction / 2):
@@ -186,6 +207,7 @@ def add_tables(names: argparse._SubParsersAction) -> None:
                    help="a column that is neither numbers of the modality nor a label "
                         "(a date, a session name); repeatable")
     _classes_option(q, "NAME", "the --label NAME (default: label)")
+    _standardize_option(q)
     _split_and_output(q, "table")
     handles(q, _prepare_tables)
 
@@ -202,7 +224,7 @@ def _prepare_tables(args: argparse.Namespace) -> int:
                                group_column=args.group_column, drop=args.drop,
                                test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
-                               classes=classes)
+                               classes=classes, standardize=_standardized(args))
     return _report(paths, args, True, args.group_column, "--group-column")
 
 

@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 
 FLOAT16_MAX = 65504.0  # train.amp = "fp16" casts the network's input to float16
+LARGE = 100.0  # |value| beyond which a vector modality is called far from 0
 
 
 def expected_range(spec) -> tuple[float, float, str] | None:
@@ -102,11 +103,26 @@ def value_warnings(path, spec, stored: dict, lo: float, hi: float,
                "rescale the data, or write it with a scale that brings it there")
         lines.append(f"{where} (stored value / the file's scale), outside "
                      f"{expected[0]:g}..{expected[1]:g}: {expected[2]}; {fix}")
+    if expected is None and (far := far_from_zero(f"modality {spec.name!r}", lo, hi)):
+        lines.append(f"{path}: {far}")
     if amp == "fp16" and max(-lo, hi) > FLOAT16_MAX:
         lines.append(f"{where}, beyond float16's {FLOAT16_MAX:g}: train.amp = 'fp16' "
                      f"makes them inf; use amp = 'bf16' or 'off', or write the data "
                      f"with a larger scale")
     return lines
+
+
+def far_from_zero(name: str, lo: float, hi: float) -> str | None:
+    """The warning for a vector modality ``name`` whose values span ``lo..hi``
+    beyond :data:`LARGE`, or None."""
+    if not max(abs(lo), abs(hi)) > LARGE:  # NaN: no warning
+        return None
+    return (f"{name} holds values {lo:.4g}..{hi:.4g}, far from 0: inputs and "
+            f"mse/gaussian targets that large make the first loss overflow (NaN at "
+            f"step 0, whatever the learning rate) or one column outweigh the rest; "
+            f"prepare it with --standardize (mmvm data prepare table or arrays: each "
+            f"column z-scored by the training split's mean and std; counts for a "
+            f"poisson likelihood may stay as they are)")
 
 
 def unscaled_pixels(name: str, stored: dict, hi: float) -> str | None:

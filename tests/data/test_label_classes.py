@@ -16,9 +16,10 @@ from mmvm.cli import main
 from mmvm.config import DataConfig, ModalitySpec
 from mmvm.data import check_data_fits, open_dataset
 from mmvm.data.dataset import MultimodalDataset
-from mmvm.data.prepare.arrays import config_snippet, load_labels, prepare_arrays
+from mmvm.data.prepare.arrays import load_labels, prepare_arrays
 from mmvm.data.prepare.image_folder import prepare_images
 from mmvm.data.prepare.label_values import class_ids
+from mmvm.data.prepare.snippet import config_snippet
 from mmvm.data.store import DataError, read_site_meta
 
 N = 60

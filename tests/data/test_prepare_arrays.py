@@ -10,12 +10,8 @@ import pytest
 from mmvm.cli import main
 from mmvm.config import config_from_dict
 from mmvm.data.dataset import MultimodalDataset
-from mmvm.data.prepare.arrays import (
-    config_snippet,
-    held_out,
-    load_labels,
-    prepare_arrays,
-)
+from mmvm.data.prepare.arrays import held_out, load_labels, prepare_arrays
+from mmvm.data.prepare.snippet import config_snippet
 from mmvm.data.store import DataError, read_site_meta, read_site_table
 
 N = 120

@@ -221,7 +221,8 @@ def test_a_simulation_on_the_users_own_site_folders(tmp_path):
     sample id, and results.json records them for `mmvm evaluate --run`."""
     import numpy as np
 
-    from mmvm.data.prepare.arrays import config_snippet, prepare_arrays
+    from mmvm.data.prepare.arrays import prepare_arrays
+    from mmvm.data.prepare.snippet import config_snippet
 
     rng = np.random.default_rng(0)
     n, labs = 160, tmp_path / "labs"

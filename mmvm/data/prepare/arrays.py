@@ -29,18 +29,12 @@ import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
 from mmvm.data.prepare.label_values import check_named, class_ids, label_hint
+from mmvm.data.prepare.standardize import standardized
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 from mmvm.data.store_format import LABEL_MAX, id_problem, show
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a modality: a column and a bare TOML key
 
-
-# first choices among the networks that take a shape, after the kind's default:
-# res_image (the MIMIC-CXR and CelebA configs') over cub_image (CUB's, birds in RGB):
-# on 64 px chest X-ray look-alikes, 30 epochs, probe 0.99 against 0.65 and a
-# reconstruction error below the mean image's against far above it (walkthrough of
-# 2026-12-05)
-PREFERRED = {"image": ("res_image",)}
 
 def is_image(a: np.ndarray) -> bool:
     """uint8 ``[N, C, H, W]`` with C = 1 or 3: kept as 0..255 bytes (scale 255); any
@@ -117,14 +111,17 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    row_group_size: int = 1024, force: bool = False,
                    progress: Progress | None = None,
                    sources: Mapping[str, os.PathLike] | None = None,
-                   classes: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
+                   classes: Mapping[str, Sequence[str]] | None = None,
+                   standardize: Sequence[str] | bool = ()) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
     (default: the row numbers, which align only sites whose rows are the same
     samples in the same order); ``groups``: a group id per row, read as ``ids`` are,
     to split by group (module docstring); ``classes``: label column -> its class
-    names in id order (the same at every site). A folder that already holds site
+    names in id order (the same at every site); ``standardize``: modalities z-scored
+    per feature by the training split's mean and std (True: every one but images),
+    both kept in the files' metadata (:mod:`mmvm.data.prepare.standardize`). A folder that already holds site
     files is refused unless ``force``."""
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
@@ -154,6 +151,10 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     _check_ids(sample_ids, ids)
     group_of = _load_groups(groups, n) if groups is not None else None
     test = held_out(group_of or sample_ids, test_fraction, seed)
+    images = [m for m, a in arrays.items() if is_image(a)]
+    arrays, scaled = standardized(
+        arrays, [m for m in arrays if m not in images] if standardize is True
+        else list(standardize or ()), np.flatnonzero(~test), images)
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
             "split_by": "sample id" if group_of is None else
                         f"group ({len(set(group_of))} groups from {Path(groups).name})",
@@ -163,7 +164,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
             "counts": [m for m, a in arrays.items()  # non-negative integers
                        if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0],
             "label_names": {c: names for c, (_, names) in loaded.items() if names},
-            "created_by": "mmvm.data.prepare.arrays.prepare_arrays"}
+            "created_by": "mmvm.data.prepare.arrays.prepare_arrays"} | (
+                {"standardized": scaled} if scaled else {})
     step = step_fn(progress, 2)
     paths = {}
     with staged_output(out_dir) as stage:
@@ -195,71 +197,6 @@ def _load_groups(path: str | os.PathLike, n: int) -> list[str]:
         raise DataError(f"{path}: {len(groups)} group ids, the arrays have {n} rows; "
                         f"give one group id (e.g. the trial) per row, in row order")
     return groups
-
-
-def config_snippet(paths: Mapping[str, Path]) -> str:
-    """``[model.modalities.<name>]`` sections for the written data: kind and shape as
-    the files say, a registered network that takes the shape, the usual likelihood
-    (a starting point, to be tuned)."""
-    from mmvm.data.store import read_site_meta
-    from mmvm.networks import DEFAULT_NETWORK, available_networks, get_network
-
-    meta = read_site_meta(paths["train"])
-    dtypes = (meta.get("dataset") or {}).get("source_dtypes") or {}
-    counted = set((meta.get("dataset") or {}).get("counts") or [])
-    out = []
-    for m, t in meta["tensors"].items():
-        shape = tuple(t["shape"])
-        image = t["dtype"] == "uint8" and len(shape) == 3 and shape[0] in (1, 3)
-        kind = "image" if image else "vector"
-        if not image and len(shape) == 3 and (shape[0] in (1, 3) or shape[2] in (1, 3)):
-            out.append(f"# {m}: [{', '.join(map(str, shape))}] numbers. If these are "
-                       f"images, save them as uint8 [N, C, H, W] with values 0..255 "
-                       f"for kind = \"image\" and an image network")
-        elif not image and len(shape) == 2 and min(shape) >= 8 and \
-                dtypes.get(m) == "uint8":
-            out.append(f"# {m}: [{', '.join(map(str, shape))}] bytes. If these are "
-                       f"grey images, add their channel axis (uint8 [N, 1, "
-                       f"{shape[0]}, {shape[1]}]: a[:, None]) for kind = \"image\" and "
-                       f"an image network")
-        names = [DEFAULT_NETWORK[kind], *PREFERRED.get(kind, ()),
-                 *available_networks(kind)]
-        fits = [n for n in dict.fromkeys(names) if get_network(n).accepts(shape)]
-        net = (f'network = "{fits[0]}"' if fits else
-               f"# no {kind} network takes {list(shape)}: "
-               + "; ".join(f"{n} takes {get_network(n).takes}"
-                           for n in available_networks(kind)))
-        size = ("" if image else "width = 0  # hidden units = input size (the "
-                "hippocampus paper's MLP)\nlayers = 2\n")
-        counts = not image and m in counted
-        likelihood = ('"laplace"  # or gaussian, mse; bernoulli for values in 0..1'
-                      if image else '"mse"  # summed squared error; or poisson (counts), '
-                      'gaussian, laplace, bernoulli (values in 0..1)')
-        if counts:
-            out.append(f"# {m}: non-negative integers ({dtypes.get(m, '?')}): if these "
-                       f"are counts, likelihood = \"poisson\" models them as such")
-        out.append(f'[model.modalities.{m}]\nkind = "{kind}"\nshape = {list(shape)}\n'
-                   f'{net}\n{size}likelihood = {likelihood}\n')
-    named = (meta.get("dataset") or {}).get("label_names") or {}
-    out += [f"# {c}: " + ", ".join(f"{i} = {n}" for i, n in enumerate(names))
-            for c, names in named.items()]
-    return "\n".join(out + _label_line(paths["train"]))
-
-
-def _label_line(path: Path) -> list[str]:
-    """The ``[data] label`` a config needs for these files, where the default
-    (``label``) is not among their label columns (``--label odor=...`` writes
-    ``label.odor``; a config copied from hippocampus.toml reads ``label``)."""
-    from mmvm.data.labels import all_label_columns
-
-    cols = all_label_columns([path])
-    if not cols or "label" in cols:
-        return []
-    others = f"; or {', '.join(cols[1:])}" if len(cols) > 1 else ""
-    # a comment: the config has its [data] table already (a second is invalid TOML)
-    return [f"# in the config's [data] table, the label column the probes and coherence "
-            f"score (the default, \"label\", is not in these files{others}):\n"
-            f"#   label = \"{cols[0]}\""]
 
 
 _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -384,11 +321,13 @@ def _chunks(rows: np.ndarray, ids: list[str], arrays: dict, cols: dict, size: in
         tensors = {}
         for m, a in arrays.items():
             part = np.asarray(a[idx])
-            tensors[m] = part if is_image(a) else part.astype(np.float32)
-            finite = np.isfinite(tensors[m].reshape(len(idx), -1)).all(1)
+            with np.errstate(over="ignore"):  # beyond float32: inf, named below
+                tensors[m] = part if is_image(a) else part.astype(np.float32)
+            finite = np.isfinite(tensors[m].reshape(len(idx), -1))
             if not finite.all():
-                row = int(idx[np.argmin(finite)])
-                raise DataError(f"{sources[m]}: row {row} (sample {ids[row]!r}): NaN, "
-                                f"inf, or beyond float32's range")
+                row, at = (int(v) for v in np.argwhere(~finite)[0])
+                raise DataError(f"{sources[m]}: row {idx[row]} (counted from 0; sample "
+                                f"{ids[idx[row]]!r}), value {at} of the row: NaN, inf, "
+                                f"or beyond float32's range")
         yield SiteChunk([ids[i] for i in idx], tensors,
                         {c: a[idx].astype(np.int64) for c, a in cols.items()} or None, None)

@@ -77,26 +77,52 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     odd = [c for c in kept if not (pa.types.is_integer(table.schema.field(c).type)
                                    or pa.types.is_floating(table.schema.field(c).type))]
     if odd:
-        raise DataError(f"{path}: columns {odd[:5]}{' ...' * (len(odd) > 5)} are not "
-                        f"numbers; name them with --label, --group-column or "
-                        f"--drop")
+        raise DataError(f"{path}: {_not_numbers(table, odd, ids)}")
     if not kept:
         raise DataError(f"{path}: no column of numbers besides {named}")
     x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
                          for c in kept])
-    bad = np.argwhere(~np.isfinite(x))
+    whole = all(pa.types.is_integer(table.schema.field(c).type) for c in kept)
+    with np.errstate(invalid="ignore"):  # float32 holds what the files will
+        bad = np.argwhere(~(np.abs(x) <= np.finfo(np.float32).max))
     if len(bad):
         row, col = (int(v) for v in bad[0])
         raise DataError(f"{path}: row {row + 1} (sample {ids[row]!r}), column "
-                        f"{kept[col]!r}: {x[row, col]} ({len(bad)} values missing or not "
-                        f"finite in all); fill or drop them before preparing")
+                        f"{kept[col]!r}: {x[row, col]} ({len(bad)} values missing, not "
+                        f"finite or beyond float32's range in all); fill or drop them "
+                        f"before preparing")
     text = {c: [_label_text(v) for v in table.column(c).to_pylist()]
             for c in labels if c in held}
     groups = [_label_text(v) for v in table.column(group_column).to_pylist()] \
         if group_column in held else None
-    whole = all(pa.types.is_integer(table.schema.field(c).type) for c in kept)
     # integers stay integers, so the config snippet can say they look like counts
     return ids, x.astype(np.int64 if whole else np.float32), text, groups
+
+
+def _not_numbers(table: pa.Table, odd: list[str], ids: list[str]) -> str:
+    """Why ``odd`` are not numbers: a column of numbers with a few cells that are not
+    (``<0.5``, ``n/a``) is named by its first such cell, row and sample id (a fix of
+    those cells keeps the column); a column of text by its name."""
+    for c in odd:
+        cells = table.column(c).to_pylist()
+        bad = [r for r, v in enumerate(cells)
+               if v is not None and str(v).strip() and not _number(v)]
+        if bad and len(bad) <= len(cells) // 2:  # mostly numbers
+            r = bad[0]
+            return (f"row {r + 1} (sample {ids[r]!r}), column {c!r}: {cells[r]!r} is not "
+                    f"a number ({len(bad)} such cell{'s' * (len(bad) > 1)} in the "
+                    f"column); write a number there, or leave the cell empty if it is "
+                    f"missing (then fill or drop the row)")
+    return (f"columns {odd[:5]}{' ...' * (len(odd) > 5)} are not numbers; name them "
+            f"with --label, --group-column or --drop")
+
+
+def _number(value) -> bool:
+    try:
+        float(str(value).strip())
+    except ValueError:
+        return False
+    return True
 
 
 def shown_columns(table: pa.Table, keep: int = 12) -> str:
