@@ -155,7 +155,10 @@ def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None
     print(", ".join(f"{k} {n:,} rows" for k, n in rows.items()))
     for line in label_coverage(paths) + scale_warnings(paths["train"]):
         print(line)
-    scaled = (read_site_meta(paths["train"]).get("dataset") or {}).get("standardized")
+    dataset = read_site_meta(paths["train"]).get("dataset") or {}
+    for note in dataset.get("notes") or []:
+        print(f"note: {note}")
+    scaled = dataset.get("standardized")
     if scaled:
         print(f"standardized {', '.join(scaled)}: each column z-scored by the training "
               f"split's mean and std (in the files' metadata, dataset.standardized)")

@@ -109,11 +109,11 @@ def test_16_bit_x_rays_are_scaled_not_clipped_to_white(tmp_path):
     """Pillow's convert("L") clips every value above 255: a 16-bit PNG X-ray became a
     white silhouette, its lesion gone, and the preparer said nothing."""
     (tmp_path / "wide").mkdir()
-    img = np.full((32, 32), 20000.0)
+    img = np.full((28, 28), 20000.0)
     img[8:16, 8:16] = 60000.0  # the lesion, brighter than its body
     for i in range(6):
         _png16(tmp_path / "wide" / f"s{i}.png", img)
-    p = prepare_images(tmp_path / "out", {"frontal": tmp_path / "wide"}, size=32,
+    p = prepare_images(tmp_path / "out", {"frontal": tmp_path / "wide"}, size=28,
                        test_fraction=0.34)
     x = read_site_table(p["train"]).tensors["frontal"][0, 0]
     assert x[0, 0] == round(20000 / 65535 * 255) and x[12, 12] == round(60000 / 65535 * 255)
@@ -121,22 +121,22 @@ def test_16_bit_x_rays_are_scaled_not_clipped_to_white(tmp_path):
 
 def test_12_bit_data_in_16_bit_files_needs_its_white_level(tmp_path):
     (tmp_path / "wide").mkdir()
-    img = np.full((32, 32), 1000.0)
+    img = np.full((28, 28), 1000.0)
     img[8:16, 8:16] = 4000.0
     for i in range(6):
         _png16(tmp_path / "wide" / f"s{i}.png", img)
     with pytest.raises(DataError, match=r"brightest pixel is 4000, below 4096 of 65535: "
                                         r"12-bit data in a 16-bit file\? Give the value "
                                         r"that is white \(--white-level 4095"):
-        prepare_images(tmp_path / "o", {"frontal": tmp_path / "wide"}, size=32)
+        prepare_images(tmp_path / "o", {"frontal": tmp_path / "wide"}, size=28)
     assert not (tmp_path / "o").exists()
     assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/wide",
-                 "--size", "32", "--white-level", "4095", "--test-fraction", "0.34",
+                 "--size", "28", "--white-level", "4095", "--test-fraction", "0.34",
                  "--out", f"{tmp_path}/site", "--quiet"]) == 0
     x = read_site_table(tmp_path / "site" / "train.parquet").tensors["frontal"][0, 0]
     assert x[0, 0] == round(1000 / 4095 * 255) and x[12, 12] == round(4000 / 4095 * 255)
     with pytest.raises(DataError, match=r"pixel values 1000\.\.4000 outside 0\.\.2000"):
-        prepare_images(tmp_path / "o", {"frontal": tmp_path / "wide"}, size=32, white=2000)
+        prepare_images(tmp_path / "o", {"frontal": tmp_path / "wide"}, size=28, white=2000)
 
 
 def test_a_table_that_names_none_of_the_images_is_refused(tmp_path):
@@ -160,3 +160,39 @@ def test_64_px_images_are_given_the_residual_network(tmp_path, capsys):
     assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/frontal",
                  "--size", "64", "--out", f"{tmp_path}/site", "--quiet"]) == 0
     assert 'shape = [1, 64, 64]\nnetwork = "res_image"' in capsys.readouterr().out
+
+
+def test_what_decoding_changed_and_ids_that_do_not_match_are_said(tmp_path, capsys):
+    """Mixed sizes, a colour image among grey ones and ids the table and the folder
+    do not share were changed or dropped without a word (walkthrough with own data)."""
+    _views(tmp_path)
+    Image.fromarray(np.zeros((40, 32), np.uint8)).save(tmp_path / "frontal" / "s001.png")
+    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(tmp_path / "frontal" / "s002.png")
+    rows = (tmp_path / "table.csv").read_text().replace("s003,", "s0O3,")  # a typo
+    (tmp_path / "typo.csv").write_text(rows)
+    assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/frontal",
+                 "--size", "28", "--table", f"{tmp_path}/typo.csv", "--label", "finding",
+                 "--out", f"{tmp_path}/site", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert (f"note: {tmp_path}/typo.csv: 1 of its 39 rows name no image here (e.g. "
+            f"'s0O3'): their labels are not used") in out
+    assert (f"note: 2 of the 40 images are not in {tmp_path}/typo.csv (e.g. 's003', "
+            f"'s039'): their labels are unknown") in out
+    assert ("note: frontal: images of 2 sizes (48x48: 39, 32x40: 1) resized to 28x28; "
+            "1 non-square one stretched") in out
+    assert ("note: frontal: 1 of 40 images were colour (RGB: 1), made grey (--mode RGB "
+            "keeps colour)") in out
+
+
+def test_a_size_no_network_takes_and_an_unquoted_comma_are_refused(tmp_path):
+    _views(tmp_path)
+    with pytest.raises(DataError, match=r"--size 32: no image network takes 32x32 "
+                                        r"images \(they take 28, 64, 224\)"):
+        prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=32)
+    rows = (tmp_path / "table.csv").read_text().replace("s004,normal,", "s004,normal, small,")
+    (tmp_path / "comma.csv").write_text(rows)
+    with pytest.raises(DataError, match=r"comma.csv: line 6 has 4 fields, the header 3: "
+                                        r"an unquoted comma in a value\?"):
+        prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=28,
+                       table=tmp_path / "comma.csv")
+    assert not (tmp_path / "o").exists()

@@ -86,18 +86,28 @@ def test_values_outside_the_likelihoods_range_are_named(tmp_path, values, spec, 
     assert said in lines[0]
 
 
-def test_any_range_fits_a_vector_with_a_location_likelihood(tmp_path):
+def test_a_location_likelihood_takes_any_range_but_far_from_0_is_warned_of(tmp_path):
+    """No range is wrong for mse/gaussian/laplace, but lab values in clinical units
+    made the first loss NaN: values beyond +-100 are warned of, with the fix."""
     x = np.full((4, 3), -1e6, np.float32)
     path = write_site_table(tmp_path / "a.parquet", IDS, {"x": x}, None, {})
-    assert range_warnings([_spec(likelihood="mse")], path) == []
+    assert range_warnings([_spec(likelihood="mse")], path) == [
+        f"{path}: modality 'x' holds values -1e+06..-1e+06, far from 0: inputs and "
+        f"mse/gaussian targets that large make the first loss overflow (NaN at step 0, "
+        f"whatever the learning rate) or one column outweigh the rest; prepare it with "
+        f"--standardize (mmvm data prepare table or arrays: each column z-scored by the "
+        f"training split's mean and std; counts for a poisson likelihood may stay as "
+        f"they are)"]
+    near = write_site_table(tmp_path / "b.parquet", IDS, {"x": x / 1e4}, None, {})
+    assert range_warnings([_spec(likelihood="gaussian")], near) == []  # -100: not beyond
 
 
 def test_fp16_mixed_precision_names_values_beyond_float16(tmp_path):
     x = np.zeros((4, 3), np.float32)
     x[3, 2] = 1e5
     path = write_site_table(tmp_path / "a.parquet", IDS, {"x": x}, None, {})
-    assert range_warnings([_spec()], path, amp="bf16") == []
-    assert range_warnings([_spec()], path, amp="fp16") == [
+    assert range_warnings([_spec()], path, amp="bf16")[0].endswith("may stay as they are)")
+    assert range_warnings([_spec()], path, amp="fp16")[1:] == [
         f"{path}: modality 'x' holds values 0..1e+05, beyond float16's 65504: train.amp "
         f"= 'fp16' makes them inf; use amp = 'bf16' or 'off', or write the data with a "
         f"larger scale"]

@@ -112,7 +112,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    progress: Progress | None = None,
                    sources: Mapping[str, os.PathLike] | None = None,
                    classes: Mapping[str, Sequence[str]] | None = None,
-                   standardize: Sequence[str] | bool = ()) -> dict[str, Path]:
+                   standardize: Sequence[str] | bool = (),
+                   notes: Sequence[str] = ()) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
@@ -121,7 +122,9 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     to split by group (module docstring); ``classes``: label column -> its class
     names in id order (the same at every site); ``standardize``: modalities z-scored
     per feature by the training split's mean and std (True: every one but images),
-    both kept in the files' metadata (:mod:`mmvm.data.prepare.standardize`). A folder that already holds site
+    both kept in the files' metadata (:mod:`mmvm.data.prepare.standardize`);
+    ``notes``: what a preparer changed or left out, kept in the metadata (the CLI
+    prints them). A folder that already holds site
     files is refused unless ``force``."""
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
@@ -165,7 +168,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                        if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0],
             "label_names": {c: names for c, (_, names) in loaded.items() if names},
             "created_by": "mmvm.data.prepare.arrays.prepare_arrays"} | (
-                {"standardized": scaled} if scaled else {})
+                {"standardized": scaled} if scaled else {}) | (
+                {"notes": list(notes)} if notes else {})
     step = step_fn(progress, 2)
     paths = {}
     with staged_output(out_dir) as stage:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from mmvm.data.prepare import Progress
 from mmvm.data.prepare.arrays import prepare_arrays
-from mmvm.data.prepare.images import load_image
+from mmvm.data.prepare.images import conversion_notes, load_image
 from mmvm.data.store import DataError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -49,15 +50,21 @@ def read_table(path: str | os.PathLike, id_column: str) -> dict[str, dict[str, s
     """``{sample id: {column: value}}`` of a CSV table with a header row."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: not a readable CSV table ({e})") from None
-    columns = list(rows[0]) if rows else []
     if id_column not in columns:
         raise DataError(f"{path}: no column {id_column!r} of sample ids (--id-column); "
                         f"its columns: {columns}")
     table: dict[str, dict[str, str]] = {}
     for i, row in enumerate(rows, start=2):
+        if None in row:  # DictReader keeps a row's extra fields under None
+            raise DataError(f"{path}: line {i} has {len(columns) + len(row[None])} "
+                            f"fields, the header {len(columns)}: an unquoted comma in a "
+                            f"value? Quote it (\"pneumonia, small\"), as spreadsheets "
+                            f"export it")
         sid = (row[id_column] or "").strip()
         if sid in table:
             raise DataError(f"{path}: line {i}: sample {sid!r} is listed twice")
@@ -81,6 +88,7 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
     value that is white in images of more than 8 bits (default: the file type's)."""
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode {mode!r}: 'L' (grey) or 'RGB'")
+    _check_size(size, mode)
     files = {m: image_files(f) for m, f in folders.items()}
     ids = sorted(next(iter(files.values())))
     for m, got in files.items():
@@ -102,10 +110,13 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
     missing = [c for c in keep + ([group_column] if group_column else []) if c not in columns]
     if missing:
         raise DataError(f"{table}: no column {missing[0]!r}; its columns: {columns}")
+    notes = table_notes(rows, ids, table) if rows else []
     with tempfile.TemporaryDirectory(prefix="mmvm-images-") as tmp:
         tmp = Path(tmp)
-        arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress, white)
-                  for m, got in files.items()}
+        seen = {m: Counter() for m in files}
+        arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress, white,
+                             seen[m]) for m, got in files.items()}
+        notes += [n for m in files for n in conversion_notes(m, seen[m], mode, size)]
         (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
         label_files = {}
         for c in keep:
@@ -125,21 +136,53 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
             groups.write_text("\n".join(values) + "\n")
         return prepare_arrays(out_dir, arrays, ids=tmp / "ids.txt", labels=label_files,
                               groups=groups, test_fraction=test_fraction, seed=seed,
-                              name=name, force=force, progress=progress,
+                              name=name, force=force, progress=progress, notes=notes,
                               sources={m: Path(f).resolve() for m, f in folders.items()},
                               classes={("label" if c == "label" else f"label.{c}"): v
                                        for c, v in (classes or {}).items()})
 
 
+def table_notes(rows: Mapping[str, dict], ids: Sequence[str], table) -> list[str]:
+    """The table's ids without an image here and the images the table lacks, with
+    examples: where a typo in an id shows (each side's count alone hides it)."""
+    have, listed = set(ids), set(rows)
+    stray = sorted(listed - have)
+    unlisted = sorted(have - listed)
+    notes = []
+    if stray:
+        notes.append(f"{table}: {len(stray)} of its {len(listed)} rows name no image "
+                     f"here (e.g. {', '.join(map(repr, stray[:3]))}): their labels are "
+                     f"not used (a typo in an id, or another site's sample)")
+    if unlisted:
+        notes.append(f"{len(unlisted)} of the {len(ids)} images are not in {table} (e.g. "
+                     f"{', '.join(map(repr, unlisted[:3]))}): their labels are unknown")
+    return notes
+
+
+def _check_size(size: int, mode: str) -> None:
+    """Refuse a ``size`` no image network takes (the files would train nothing)."""
+    from mmvm.networks import available_networks, get_network
+
+    channels = 1 if mode == "L" else 3
+    takes = {n: get_network(n) for n in available_networks("image")}
+    if not any(net.accepts((channels, size, size)) for net in takes.values()):
+        sizes = sorted({s for s in (28, 64, 128, 224, 256) for net in takes.values()
+                        if net.accepts((channels, s, s))})
+        raise DataError(f"--size {size}: no image network takes {size}x{size} images "
+                        f"(they take {', '.join(map(str, sizes))}); prepare at one of "
+                        f"those sizes")
+
+
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
-            path: Path, progress: Progress | None, white: float | None = None) -> Path:
+            path: Path, progress: Progress | None, white: float | None = None,
+            seen: Counter | None = None) -> Path:
     """The images of ``ids`` as one uint8 ``[N, C, size, size]`` .npy at ``path``,
     each decoded into it in turn (never the whole set in memory)."""
     channels = 1 if mode == "L" else 3
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
                                     shape=(len(ids), channels, size, size))
     for k, i in enumerate(ids):
-        out[k] = load_image(files[i], mode, size, white=white)
+        out[k] = load_image(files[i], mode, size, white=white, seen=seen)
         if progress is not None and (k % 64 == 0 or k == len(ids) - 1):
             progress(f"decoding {path.stem}", k + 1, len(ids))
     out.flush()

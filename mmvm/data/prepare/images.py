@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -15,7 +16,8 @@ LOW_BITS = 4096  # a 16-bit file whose brightest pixel is below this is 12-bit d
 
 
 def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
-               center_crop: int | None = None, white: float | None = None) -> np.ndarray:
+               center_crop: int | None = None, white: float | None = None,
+               seen: Counter | None = None) -> np.ndarray:
     """Decode ``path`` to uint8 ``[C, H, W]`` (``mode`` "L" -> C = 1, "RGB" -> 3).
 
     ``center_crop``: first cut the central ``c x c`` square; ``size``: then resize to
@@ -24,7 +26,8 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
     up to the decoder's own downsampling and much faster on large X-rays. Grey images
     of more than 8 bits (16-bit PNG, TIFF) are scaled, ``value / white * 255``
     (:func:`to_8bit`). Any decoding problem raises :class:`DataError` naming the
-    file.
+    file. ``seen``: counts each file's own ``(mode, (width, height))``, for the
+    preparer to say what was converted or resized.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -32,6 +35,8 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
         with Image.open(path) as img:
             if size is not None and center_crop is None and img.format == "JPEG":
                 img.draft(mode, (size, size))
+            if seen is not None:
+                seen[(img.mode, img.size)] += 1
             if img.mode in WIDE_MODES:
                 img = to_8bit(img, path, white)
             img = img.convert(mode)
@@ -81,3 +86,32 @@ def to_8bit(img, path: str | os.PathLike, white: float | None = None):
         raise DataError(f"{path}: pixel values {arr.min():g}..{peak:g} outside 0..{top:g} "
                         f"(the white level)")
     return Image.fromarray(np.round(arr / top * 255).astype(np.uint8), "L")
+
+
+COLOUR = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")  # a palette (P) may be grey
+
+
+def conversion_notes(name: str, seen: Counter, mode: str, size: int) -> list[str]:
+    """What decoding ``name``'s images changed beyond the documented resize to
+    ``size``: images of several sizes (non-square ones stretched), colour images
+    made grey, or transparency dropped."""
+    total, notes = sum(seen.values()), []
+    sizes = Counter(wh for (_, wh) in seen.elements())
+    stretched = sum(n for (w, h), n in sizes.items() if w != h)
+    if len(sizes) > 1 or stretched:
+        shown = ", ".join(f"{w}x{h}: {n}" for (w, h), n in sizes.most_common(4))
+        notes.append(f"{name}: images of {len(sizes)} size{'s' * (len(sizes) > 1)} "
+                     f"({shown}{' ...' * (len(sizes) > 4)}) resized to {size}x{size}"
+                     + (f"; {stretched} non-square one{'s' * (stretched > 1)} stretched "
+                        f"(crop them first to keep their proportions)" if stretched else ""))
+    modes = Counter(m for (m, _) in seen.elements())
+    if mode == "L":
+        colour = {m: n for m, n in modes.items() if m in COLOUR}
+        if colour:
+            notes.append(f"{name}: {sum(colour.values())} of {total} images were colour "
+                         f"({', '.join(f'{m}: {n}' for m, n in colour.items())}), made "
+                         f"grey (--mode RGB keeps colour)")
+    alpha = sum(n for m, n in modes.items() if m in ("RGBA", "LA", "PA"))
+    if alpha:
+        notes.append(f"{name}: {alpha} of {total} images had transparency, dropped")
+    return notes
