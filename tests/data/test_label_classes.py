@@ -161,3 +161,15 @@ def test_data_check_warns_where_one_site_names_the_classes_and_another_gives_ids
     err = capsys.readouterr().err
     assert f"label column 'label': {a} name its classes (0=lemon, 1=mint); {b} give " \
         "bare ids" in " ".join(err.split()) and "--classes lemon,mint" in err, err
+
+
+def test_one_class_written_two_ways_is_refused_unless_listed(tmp_path):
+    """"normal" and "Normal" became classes 0 = Normal, 2 = normal, one sample in a
+    class of its own and the ids of the rest shifted, without a word."""
+    with pytest.raises(DataError, match=r"f.txt: class names 'Normal' and 'normal' differ "
+                                        r"only in case or spacing"):
+        class_ids(["normal", "Normal", "effusion", ""], "f.txt")
+    with pytest.raises(DataError, match=r"'no  finding' and 'no finding'"):
+        class_ids(["no finding", "no  finding"], "f.txt")
+    ids, names = class_ids(["a", "A"], "f.txt", classes=["a", "A"])  # meant so
+    assert ids.tolist() == [0, 1] and names == ["a", "A"]

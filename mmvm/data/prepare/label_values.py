@@ -41,11 +41,27 @@ def class_ids(values: Sequence[str], where: str, classes: Sequence[str] | None =
                             f"{list(classes)[:10]}")
         return np.array([index.get(v, -1) for v in values], dtype=np.int64), list(classes)
     names = sorted(set(given))
+    _check_spellings(names, where)
     if len(names) > LABEL_MAX + 1:
         raise DataError(f"{where}: {len(names)} distinct label names; labels are class "
                         f"ids 0..{LABEL_MAX} (is this a column of ids or free text?)")
     index = {name: i for i, name in enumerate(names)}
     return np.array([index.get(v, -1) for v in values], dtype=np.int64), names
+
+
+def _check_spellings(names: Sequence[str], where: str) -> None:
+    """Refuse names that differ only in case or spacing ("normal", "Normal"): one
+    class written two ways would become two classes and shift the ids of the rest.
+    Classes meant to differ so are listed with ``--classes`` (not checked)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = " ".join(name.split()).casefold()
+        if key in seen:
+            raise DataError(f"{where}: class names {seen[key]!r} and {name!r} differ "
+                            f"only in case or spacing: one class written two ways? "
+                            f"Write them alike (or, if they are two classes, list "
+                            f"every class with --classes)")
+        seen[key] = name
 
 
 def check_classes(classes: Sequence[str], where: str) -> list[str]:
