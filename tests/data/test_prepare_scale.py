@@ -110,3 +110,15 @@ def test_a_value_beyond_float32_is_named_with_its_row_and_column(tmp_path, recwa
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "labs.csv"}, id_column="visit",
                        labels={"label": "outcome"})
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_csv_separated_by_semicolons_is_told_why_it_does_not_parse(tmp_path):
+    (tmp_path / "eu.csv").write_text("visit;outcome;sodium\nv1;none;140,2\nv2;sepsis;"
+                                     "138,9\n")
+    with pytest.raises(DataError, match=r"eu.csv: not a readable table .*its header is "
+                                        r"separated by ';'"):
+        prepare_tables(tmp_path / "o", {"labs": tmp_path / "eu.csv"}, id_column="visit")
+    (tmp_path / "eu2.csv").write_text("visit;outcome;count\nv1;none;3\nv2;sepsis;4\n")
+    with pytest.raises(DataError, match=r"eu2.csv: no column 'visit' \(its columns: "
+                                        r"visit;outcome;count\); its header is separated"):
+        prepare_tables(tmp_path / "o", {"labs": tmp_path / "eu2.csv"}, id_column="visit")

@@ -44,8 +44,26 @@ def read_table(path: str | os.PathLike, text: Sequence[str] = ()) -> pa.Table:
                 convert_options=csv.ConvertOptions(
                     column_types=dict.fromkeys(text, pa.string())))
     except (OSError, pa.ArrowInvalid) as err:
-        raise DataError(f"{path}: not a readable table ({err})") from None
+        raise DataError(f"{path}: not a readable table ({err}){_separator_hint(path)}"
+                        ) from None
     raise DataError(f"{path}: expected a table file ({', '.join(READERS)})")
+
+
+def _separator_hint(path: Path) -> str:
+    """Why a CSV did not parse when its header is separated by ';' (a spreadsheet's
+    export where the comma is the decimal mark)."""
+    if path.suffix != ".csv":
+        return ""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return ""
+    if header.count(";") >= 1 and "," not in header:
+        return ("; its header is separated by ';' (a spreadsheet export where the comma "
+                "is the decimal mark?): save it with ',' between values and '.' as the "
+                "decimal mark, or as .tsv or .parquet")
+    return ""
 
 
 def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
@@ -61,7 +79,7 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     absent = [c for c in [id_column, *drop] if c not in table.column_names]
     if absent:
         raise DataError(f"{path}: no column {', '.join(map(repr, absent))} (its columns: "
-                        f"{shown_columns(table)})")
+                        f"{shown_columns(table)}){_separator_hint(Path(path))}")
     held = [c for c in [*labels, *groups_of] if c in table.column_names]
     named = [id_column, *held, *drop]
     ids = [str(v).strip() if v is not None else "" for v in
