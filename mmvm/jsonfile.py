@@ -20,14 +20,17 @@ import numpy as np
 
 
 def finite(doc: Any) -> Any:
-    """``doc`` with every non-finite float (NaN, +-inf) replaced by None, numpy
-    scalars and arrays by Python numbers and lists; mappings and sequences copied."""
-    if isinstance(doc, (np.generic, np.ndarray)):
+    """``doc`` with every non-finite float (NaN, +-inf) replaced by None, numpy and
+    torch scalars and arrays by Python numbers and lists; mappings and sequences
+    copied."""
+    if isinstance(doc, (np.generic, np.ndarray)) or (
+            hasattr(doc, "tolist") and hasattr(doc, "dtype")):  # numpy, torch tensors
         doc = doc.tolist()
     if isinstance(doc, float):
         return doc if math.isfinite(doc) else None
-    if isinstance(doc, Mapping):
-        return {k: finite(v) for k, v in doc.items()}
+    if isinstance(doc, Mapping):  # a key JSON has no number for: its text ("nan")
+        return {k if not isinstance(k, float) or math.isfinite(k) else str(k):
+                finite(v) for k, v in doc.items()}
     if isinstance(doc, (list, tuple)):
         return [finite(v) for v in doc]
     return doc

@@ -40,3 +40,12 @@ def test_files_written_before_with_nan_still_read_as_not_measured():
     """The readers of results take NaN (older files) and null (these) alike."""
     old, new = json.loads('{"probe": NaN}'), strict(json_bytes({"probe": math.nan}))
     assert number(old["probe"]) is None and number(new["probe"]) is None
+
+
+def test_tensors_and_non_finite_keys_are_plain_json():
+    import torch
+
+    doc = {"loss": torch.tensor(float("nan")), "mu": torch.tensor([0.5, float("inf")]),
+           float("nan"): 1, 0.5: 2}
+    assert strict(json_bytes(doc)) == {"loss": None, "mu": [0.5, None], "nan": 1,
+                                       "0.5": 2}

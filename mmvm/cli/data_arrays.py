@@ -42,16 +42,26 @@ def add_arrays(names: argparse._SubParsersAction) -> None:
 def _standardize_option(q: argparse.ArgumentParser) -> None:
     q.add_argument("--standardize", nargs="*", metavar="NAME",
                    help="z-score each column of these modalities (none named: every "
-                        "modality but images) by the training split's mean and std, "
-                        "kept in the files' metadata: lab values in clinical units "
-                        "(sodium ~140, platelets ~250,000) otherwise overflow the first "
-                        "loss or outweigh the other columns. Each site uses its own "
-                        "training rows: sites holding the same modality should agree "
-                        "on a scale instead")
+                        "modality but images and non-negative integers, counts) by the "
+                        "training split's mean and std, kept in the files' metadata: "
+                        "lab values in clinical units (sodium ~140, platelets ~250,000) "
+                        "otherwise overflow the first loss or outweigh the other columns")
+    q.add_argument("--standardize-from", metavar="TRAIN.parquet",
+                   help="with --standardize: use the scale another site's prepared "
+                        "file was standardized with, for the modalities it holds, "
+                        "instead of this site's own training rows: sites that hold the "
+                        "same modality (horizontal, hybrid) should share one scale")
 
 
-def _standardized(args: argparse.Namespace) -> list[str] | bool:
-    return () if args.standardize is None else args.standardize or True
+def _standardized(args: argparse.Namespace) -> dict:
+    """The ``standardize`` and ``scale_from`` keywords of the two preparers."""
+    from mmvm.data.prepare.standardize import scale_of
+
+    if args.standardize_from and args.standardize is None:
+        raise ValueError("--standardize-from needs --standardize (which modalities)")
+    return {"standardize": () if args.standardize is None else args.standardize or True,
+            "scale_from": scale_of(args.standardize_from) if args.standardize_from
+            else None}
 
 
 def _classes_option(q: argparse.ArgumentParser, key: str, which: str) -> None:
@@ -105,7 +115,7 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
         paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
                                groups=args.groups, test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
-                               classes=classes, standardize=_standardized(args))
+                               classes=classes, **_standardized(args))
     return _report(paths, args, args.ids is not None, args.groups)
 
 
@@ -227,7 +237,7 @@ def _prepare_tables(args: argparse.Namespace) -> int:
                                group_column=args.group_column, drop=args.drop,
                                test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
-                               classes=classes, standardize=_standardized(args))
+                               classes=classes, **_standardized(args))
     return _report(paths, args, True, args.group_column, "--group-column")
 
 

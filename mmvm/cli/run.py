@@ -140,6 +140,8 @@ def flwr_command(args: argparse.Namespace, app: Path | None = None) -> list[str]
 
 def _env() -> dict[str, str]:
     env = {**os.environ, **QUIET_ENV}
+    if "RAY_DEDUP_LOGS" in os.environ:  # the user's choice (many sites: dedup) wins
+        env["RAY_DEDUP_LOGS"] = os.environ["RAY_DEDUP_LOGS"]
     bin_dir = str(Path(sys.executable).parent)  # the SuperLink spawns flwr tools from PATH
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     return env

@@ -118,9 +118,8 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
         print(f"mmvm train: warning: no label column {cfg.data.label!r} (data.label) in "
               f"the data; its label columns: {', '.join(have)}. Training needs none, "
               f"but mmvm evaluate's probes and coherence will", file=sys.stderr)
-    for line in test_split_problems(cfg):  # found now, not after hours of training
-        print(f"mmvm train: warning: {line}; training needs no test split, but mmvm "
-              f"evaluate will refuse the run until it has one", file=sys.stderr)
+    for line in held_out_problems(cfg):  # found now, not after hours of training
+        print(f"mmvm train: warning: {line}", file=sys.stderr)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
     if len(data) == 0:
         raise ValueError(f"no samples to train on: {', '.join(map(str, paths))} "
@@ -131,22 +130,32 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
     return data
 
 
-def test_split_problems(cfg: ExperimentConfig) -> list[str]:
+def held_out_problems(cfg: ExperimentConfig) -> list[str]:
     """What is wrong with the config's test split, from the files' metadata: not
-    there, unreadable, not fitting the modalities, no rows."""
+    there, unreadable, not fitting the modalities, no rows. With several folders
+    (joined by sample id) one folder's gap leaves its modalities without test rows."""
     from mmvm.data import check_data_fits
     from mmvm.data.store import read_site_meta
 
     paths = cfg.data.files("test")
+    refused = ("training needs no test split, but mmvm evaluate will refuse the run "
+               "until it has one")
+    partial = "mmvm evaluate scores that folder's modalities on no test sample"
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        return [f"no test split: {', '.join(missing)} does not exist"]
+        verb = "does" if len(missing) == 1 else "do"
+        return [f"no test split: {', '.join(missing)} {verb} not exist; " + (
+            refused if len(missing) == len(paths) else partial)]
     try:
         check_data_fits(cfg.model.modalities, paths, cfg.source)
         empty = [str(p) for p in paths if read_site_meta(p)["num_rows"] == 0]
     except (ValueError, OSError) as err:  # DataError is a ValueError
-        return [f"the test split cannot be used: {err}"]
-    return [f"the test split {', '.join(empty)} has no rows"] if empty else []
+        return [f"the test split cannot be used: {err}; {refused}"]
+    if not empty:
+        return []
+    has = "has" if len(empty) == 1 else "have"
+    return [f"the test split {', '.join(empty)} {has} no rows; "
+            + (refused if len(empty) == len(paths) else partial)]
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:

@@ -81,15 +81,18 @@ def range_warnings(specs: Sequence, paths: str | os.PathLike | Sequence,
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     lines = []
     for p in paths:
-        ranges, stored = file_ranges(p), read_site_meta(p)["tensors"]
+        meta = read_site_meta(p)
+        ranges, stored = file_ranges(p), meta["tensors"]
+        scaled = (meta.get("dataset") or {}).get("standardized") or {}
         lines += [line for spec in specs if spec.name in ranges
                   for line in value_warnings(p, spec, stored[spec.name],
-                                             *ranges[spec.name], amp)]
+                                             *ranges[spec.name], amp,
+                                             standardized=spec.name in scaled)]
     return lines
 
 
 def value_warnings(path, spec, stored: dict, lo: float, hi: float,
-                   amp: str = "off") -> list[str]:
+                   amp: str = "off", standardized: bool = False) -> list[str]:
     """What is wrong with modality ``spec``'s values ``lo..hi`` (stored / scale) in
     ``path``, whose tensor is ``stored`` (``dtype``, ``scale``): outside
     :func:`expected_range`, or beyond float16 under ``amp = "fp16"``."""
@@ -103,7 +106,8 @@ def value_warnings(path, spec, stored: dict, lo: float, hi: float,
                "rescale the data, or write it with a scale that brings it there")
         lines.append(f"{where} (stored value / the file's scale), outside "
                      f"{expected[0]:g}..{expected[1]:g}: {expected[2]}; {fix}")
-    if expected is None and (far := far_from_zero(f"modality {spec.name!r}", lo, hi)):
+    if expected is None and not standardized and (  # z-scores beyond 100: heavy tails
+            far := far_from_zero(f"modality {spec.name!r}", lo, hi)):
         lines.append(f"{path}: {far}")
     if amp == "fp16" and max(-lo, hi) > FLOAT16_MAX:
         lines.append(f"{where}, beyond float16's {FLOAT16_MAX:g}: train.amp = 'fp16' "
@@ -118,7 +122,7 @@ def far_from_zero(name: str, lo: float, hi: float) -> str | None:
     if not max(abs(lo), abs(hi)) > LARGE:  # NaN: no warning
         return None
     return (f"{name} holds values {lo:.4g}..{hi:.4g}, far from 0: inputs and "
-            f"mse/gaussian targets that large make the first loss overflow (NaN at "
+            f"mse/gaussian/laplace targets that large make the first loss overflow (NaN at "
             f"step 0, whatever the learning rate) or one column outweigh the rest; "
             f"prepare it with --standardize (mmvm data prepare table or arrays: each "
             f"column z-scored by the training split's mean and std; counts for a "

@@ -265,7 +265,8 @@ def cross_warnings(cross: Mapping, evaluation: Mapping[str, Mapping], method: st
         got: dict[str, list[float]] = {}
         for ev in evaluation.values():
             for k, v in ev.items():
-                if str(k).startswith(prefix) and isinstance(v, (int, float)):
+                if str(k).startswith(prefix) and isinstance(v, (int, float)) \
+                        and math.isfinite(v):  # NaN: that site did not measure it
                     got.setdefault(str(k)[len(prefix):], []).append(float(v))
         return {m: sum(v) / len(v) for m, v in got.items()}
 

@@ -166,7 +166,7 @@ def cross_site_lines(cross: Mapping, notes: Mapping[str, str], said: list[str] =
                      f"{every} source -> target pairs"
                      + (f", chance {_num(chance)}" if chance is not None else "")
                      + f"; target from itself {_num(coh.get('self'))})")
-        lines += _judges(cross.get("classifier_accuracy"), "  ")
+        lines += _judges(cross.get("classifier_accuracy"), "  ", sites=True)
     if imp:
         per = ", ".join(f"{m} {_num(v, 1)}{_sources(imp, m, names)}"
                         for m, v in imp.get("rest", {}).items())
@@ -178,13 +178,19 @@ def cross_site_lines(cross: Mapping, notes: Mapping[str, str], said: list[str] =
     return lines
 
 
-def _judges(accuracy: Mapping | None, indent: str = "") -> list[str]:
+def _judges(accuracy: Mapping | None, indent: str = "", sites: bool = False
+            ) -> list[str]:
     """The coherence judges' accuracy on real test data (what a coherence near chance
-    is read against), or nothing without judges."""
-    if not accuracy:
+    is read against; ``sites``: each site's judge on its own test data, a modality's
+    the mean over its sites), or nothing without a measured one."""
+    shown = {m: a for m, a in (accuracy or {}).items()
+             if isinstance(a, (int, float)) and math.isfinite(a)}
+    if not shown:
         return []
-    return [f"{indent}coherence judges, accuracy on real test data: " + ", ".join(
-        f"{m} {_num(a)}" for m, a in accuracy.items())]
+    whose = ("the sites' coherence judges, accuracy on their own real test data (a "
+             "modality's: the mean over its sites): " if sites else
+             "coherence judges, accuracy on real test data: ")
+    return [indent + whose + ", ".join(f"{m} {_num(a)}" for m, a in shown.items())]
 
 
 def _sources(imp: Mapping, target: str, names: list[str]) -> str:

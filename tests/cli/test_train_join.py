@@ -145,3 +145,14 @@ def test_sites_split_differently_are_refused_when_joined(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--no-progress"]) == 2
     assert "are in the train split of" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_one_folder_without_its_test_file_is_warned_of_for_its_modalities(tmp_path,
+                                                                          capsys):
+    _sites(tmp_path, b_ids=True)
+    gone = tmp_path / "sites" / "site-b" / "test.parquet"
+    gone.unlink()
+    assert _train(tmp_path, '["site-a", "site-b"]') == 0  # training needs none
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"mmvm train: warning: no test split: {gone} does not exist; mmvm evaluate "
+            f"scores that folder's modalities on no test sample") in err

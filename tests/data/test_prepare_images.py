@@ -167,14 +167,16 @@ def test_what_decoding_changed_and_ids_that_do_not_match_are_said(tmp_path, caps
     do not share were changed or dropped without a word (walkthrough with own data)."""
     _views(tmp_path)
     Image.fromarray(np.zeros((40, 32), np.uint8)).save(tmp_path / "frontal" / "s001.png")
-    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(tmp_path / "frontal" / "s002.png")
+    red = np.zeros((48, 48, 3), np.uint8)
+    red[..., 0] = 200
+    Image.fromarray(red).save(tmp_path / "frontal" / "s002.png")
     rows = (tmp_path / "table.csv").read_text().replace("s003,", "s0O3,")  # a typo
     (tmp_path / "typo.csv").write_text(rows)
     assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/frontal",
                  "--size", "28", "--table", f"{tmp_path}/typo.csv", "--label", "finding",
                  "--out", f"{tmp_path}/site", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert (f"note: {tmp_path}/typo.csv: 1 of its 39 rows name no image here (e.g. "
+    assert (f"note: {tmp_path}/typo.csv: 1 of its 39 rows names no image here (e.g. "
             f"'s0O3'): their labels are not used") in out
     assert (f"note: 2 of the 40 images are not in {tmp_path}/typo.csv (e.g. 's003', "
             f"'s039'): their labels are unknown") in out
@@ -196,3 +198,40 @@ def test_a_size_no_network_takes_and_an_unquoted_comma_are_refused(tmp_path):
         prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=28,
                        table=tmp_path / "comma.csv")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_colour_jpeg_is_noted_at_its_own_size_and_grey_rgb_is_not_colour(tmp_path):
+    """JPEGs are decoded in draft mode, which shrank and greyed them before they were
+    counted: a 384x512 colour JPEG was noted as a 48x64 grey one."""
+    from collections import Counter
+
+    from mmvm.data.prepare.images import conversion_notes, load_image
+
+    rgb = np.zeros((512, 384, 3), np.uint8)
+    rgb[..., 0] = 200  # red: colour
+    Image.fromarray(rgb).save(tmp_path / "colour.jpg", quality=95)
+    grey = np.repeat(np.arange(64, dtype=np.uint8)[:, None, None], 3, 2) * np.ones(
+        (1, 64, 1), np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.jpg", quality=95)
+    Image.fromarray(grey).save(tmp_path / "grey.png")  # an X-ray exported as RGB
+    seen = Counter()
+    for name in ("colour.jpg", "grey.jpg", "grey.png"):
+        assert load_image(tmp_path / name, "L", 64, seen=seen).shape == (1, 64, 64)
+    assert seen == Counter({("RGB", (384, 512)): 1, ("grey RGB", (64, 64)): 2})
+    notes = conversion_notes("frontal", seen, "L", 64)
+    assert "frontal: 1 of 3 images were colour (RGB: 1), made grey" in notes[1]
+    assert notes[0].startswith("frontal: images of 2 sizes (64x64: 2, 384x512: 1)")
+
+
+def test_a_short_row_is_named_and_a_spreadsheets_empty_rows_are_skipped(tmp_path):
+    _views(tmp_path)
+    text = (tmp_path / "table.csv").read_text()
+    (tmp_path / "empty_rows.csv").write_text(text + ",,\n,,\n")  # an Excel export
+    p = prepare_images(tmp_path / "ok", {"f": tmp_path / "frontal"}, size=28,
+                       table=tmp_path / "empty_rows.csv", labels=["finding"])
+    assert read_site_meta(p["train"])["num_rows"] > 0
+    (tmp_path / "short.csv").write_text(text.replace("s004,normal,p2", "s004,normal"))
+    with pytest.raises(DataError, match=r"short.csv: line 6 has 2 fields, the header 3: "
+                                        r"leave a missing value empty, but keep its comma"):
+        prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=28,
+                       table=tmp_path / "short.csv")

@@ -77,7 +77,7 @@ def test_standardize_z_scores_each_column_by_the_training_rows_only(tmp_path, ca
 
 
 def test_standardize_names_a_modality_it_lacks_and_refuses_images(tmp_path):
-    from mmvm.data.prepare.standardize import standardized
+    from mmvm.data.prepare.standardize import apply, scales
 
     _labs(tmp_path / "labs.csv")
     with pytest.raises(DataError, match=r"--standardize vitals: no such modality "
@@ -85,12 +85,12 @@ def test_standardize_names_a_modality_it_lacks_and_refuses_images(tmp_path):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "labs.csv"}, id_column="visit",
                        labels={"label": "outcome"}, standardize=["vitals"])
     with pytest.raises(DataError, match="--standardize img: images keep pixels in 0..1"):
-        standardized({"img": np.zeros((4, 1, 8, 8), np.uint8)}, ["img"], np.arange(2),
-                     images=["img"])
-    flat, stats = standardized({"v": np.array([[1.0, 5.0], [3.0, 5.0]])}, ["v"],
-                               np.arange(2))
-    assert stats["v"]["std"] == [1.0, 1.0]  # a constant column: its std kept at 1
-    np.testing.assert_array_equal(flat["v"], [[-1.0, 0.0], [1.0, 0.0]])
+        scales({"img": np.zeros((4, 1, 8, 8), np.uint8)}, ["img"], np.arange(2),
+               images=["img"])
+    v = np.array([[1.0, 5.0], [3.0, 5.0]])
+    got = scales({"v": v}, ["v"], np.arange(2))
+    assert got["v"]["std"] == [1.0, 1.0]  # a constant column: its std kept at 1
+    np.testing.assert_array_equal(apply(v, got["v"]), [[-1.0, 0.0], [1.0, 0.0]])
 
 
 def test_one_cell_that_is_not_a_number_is_named_not_its_whole_column(tmp_path):
@@ -105,7 +105,7 @@ def test_one_cell_that_is_not_a_number_is_named_not_its_whole_column(tmp_path):
 def test_a_value_beyond_float32_is_named_with_its_row_and_column(tmp_path, recwarn):
     _labs(tmp_path / "labs.csv", bad="1e40")
     with pytest.raises(DataError, match=r"labs.csv: row 8 \(sample 'v007'\), column "
-                                        r"'sodium': 1e\+40 \(1 values missing, not finite "
+                                        r"'sodium': 1e\+40 \(1 value missing, not finite "
                                         r"or beyond float32's range in all\)"):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "labs.csv"}, id_column="visit",
                        labels={"label": "outcome"})
@@ -122,3 +122,64 @@ def test_a_csv_separated_by_semicolons_is_told_why_it_does_not_parse(tmp_path):
     with pytest.raises(DataError, match=r"eu2.csv: no column 'visit' \(its columns: "
                                         r"visit;outcome;count\); its header is separated"):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "eu2.csv"}, id_column="visit")
+
+
+def test_arrays_are_z_scored_per_feature_from_a_memory_mapped_file(tmp_path):
+    """[N, 2, 3] float64 readings, read in blocks (never whole): each of the 6
+    features by its own training mean and std; a constant feature of 140.2 (whose
+    float64 std is rounding noise, ~1e-14) keeps std 1 instead of blowing its test
+    value up to 1e13; counts stay counts under a bare --standardize."""
+    from mmvm.data.prepare.arrays import prepare_arrays
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(250.0, 20.0, (50, 2, 3))
+    x[:, 1, 2] = 140.2
+    x[7, 1, 2] = 141.0  # one row off the constant: wherever it falls, not 1e13
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "n.npy", rng.poisson(3.0, (50, 4)).astype(np.int64))
+    (tmp_path / "ids.txt").write_text("\n".join(f"s{i}" for i in range(50)) + "\n")
+    paths = prepare_arrays(tmp_path / "out", {"x": tmp_path / "x.npy",
+                                              "n": tmp_path / "n.npy"},
+                           ids=tmp_path / "ids.txt", standardize=True)
+    meta = read_site_meta(paths["train"])["dataset"]
+    assert list(meta["standardized"]) == ["x"] and meta["counts"] == ["n"]
+    train = read_site_table(paths["train"])
+    rows = [int(i[1:]) for i in train.sample_ids]
+    flat = x.reshape(50, 6)[rows]
+    mean, std = flat.mean(0), flat.std(0)
+    std[5] = 1.0 if np.ptp(flat[:, 5]) == 0 else std[5]
+    np.testing.assert_allclose(meta["standardized"]["x"]["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(meta["standardized"]["x"]["std"], std, rtol=1e-9)
+    for part in (train, read_site_table(paths["test"])):
+        rows = [int(i[1:]) for i in part.sample_ids]
+        want = ((x.reshape(50, 6)[rows] - mean) / std).reshape(-1, 2, 3)
+        np.testing.assert_allclose(part.tensors["x"], want, rtol=1e-5, atol=1e-5)
+        assert np.abs(part.tensors["x"]).max() < 10  # the constant: 0 or 0.8
+        np.testing.assert_array_equal(part.tensors["n"],
+                                      np.load(tmp_path / "n.npy")[rows])
+
+
+def test_a_second_site_takes_the_first_sites_scale(tmp_path, capsys):
+    """Sites holding the same modality: one scale for all (--standardize-from)."""
+    x = _labs(tmp_path / "labs.csv")
+    assert _prepare(tmp_path, tmp_path / "a", "--standardize") == 0
+    first = read_site_meta(tmp_path / "a" / "train.parquet")["dataset"]["standardized"]
+    lines = (tmp_path / "labs.csv").read_text().splitlines()
+    (tmp_path / "labs.csv").write_text("\n".join(lines[:1] + lines[1:][::-1]) + "\n")
+    assert _prepare(tmp_path, tmp_path / "b", "--standardize", "--standardize-from",
+                    str(tmp_path / "a" / "train.parquet"), "--seed", "3") == 0
+    b = read_site_table(tmp_path / "b" / "train.parquet")
+    rows = [int(i[1:]) for i in b.sample_ids]
+    mean, std = (np.array(first["labs"][k]) for k in ("mean", "std"))
+    np.testing.assert_allclose(b.tensors["labs"], (x[rows] - mean) / std, rtol=1e-5,
+                               atol=1e-5)
+    assert read_site_meta(tmp_path / "b" / "train.parquet")["dataset"][
+        "standardized"] == first
+    capsys.readouterr()
+    assert _prepare(tmp_path, tmp_path / "c", "--standardize-from",
+                    str(tmp_path / "a" / "train.parquet")) == 2
+    assert "--standardize-from needs --standardize" in capsys.readouterr().err
+    from mmvm.data.prepare.standardize import scales
+    with pytest.raises(DataError, match=r"its scale of labs does not fit: 3 means and 3 "
+                                        r"standard deviations .* for this labs's 5"):
+        scales({"labs": np.zeros((4, 5))}, ["labs"], np.arange(3), given=first)

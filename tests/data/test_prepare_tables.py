@@ -52,7 +52,7 @@ def test_a_csv_per_rat_becomes_site_files_with_its_ids_labels_and_counts(tmp_pat
 def test_missing_values_and_text_columns_are_named_where_they_are(tmp_path):
     _rat_csv(tmp_path / "rat4.csv", nan_at=5)
     with pytest.raises(DataError, match=r"rat4.csv: row 6 \(sample 'T1035'\), column "
-                                        r"'n2': nan \(1 values missing"):
+                                        r"'n2': nan \(1 value missing"):
         prepare_tables(tmp_path / "out", {"rat4": tmp_path / "rat4.csv"},
                        id_column="trial_id", labels={"label": "stimulus"})
     _rat_csv(tmp_path / "rat1.csv", text_column=True)

@@ -93,7 +93,7 @@ def test_a_location_likelihood_takes_any_range_but_far_from_0_is_warned_of(tmp_p
     path = write_site_table(tmp_path / "a.parquet", IDS, {"x": x}, None, {})
     assert range_warnings([_spec(likelihood="mse")], path) == [
         f"{path}: modality 'x' holds values -1e+06..-1e+06, far from 0: inputs and "
-        f"mse/gaussian targets that large make the first loss overflow (NaN at step 0, "
+        f"mse/gaussian/laplace targets that large make the first loss overflow (NaN at step 0, "
         f"whatever the learning rate) or one column outweigh the rest; prepare it with "
         f"--standardize (mmvm data prepare table or arrays: each column z-scored by the "
         f"training split's mean and std; counts for a poisson likelihood may stay as "

@@ -205,3 +205,17 @@ def test_a_site_that_fails_its_evaluation_makes_the_total_partial_and_is_named(
     imp = result.cross_site["imputation"]
     assert set(imp["rest"]) == {"m0", "m1"} and math.isnan(imp["total"])
     assert result.cross_notes["site-m2"] == "did not evaluate"
+
+
+def test_a_modalitys_judge_accuracy_is_the_mean_over_the_sites_that_measured_it():
+    """A site whose judge was not measured (NaN) made the mean NaN: the other sites'
+    numbers vanished and the near-chance warning with them."""
+    from mmvm.federation.cross_eval import cross_warnings
+
+    evaluation = {"a": {"judge_accuracy/m0": 0.3, "majority/m0": 0.3},
+                  "b": {"judge_accuracy/m0": float("nan"), "majority/m0": float("nan")},
+                  "c": {"judge_accuracy/m0": 0.32, "majority/m0": 0.3}}
+    chance, judges, said = cross_warnings({"coherence": {}}, evaluation, "mmvm")
+    assert chance == pytest.approx(0.3) and judges == {"m0": pytest.approx(0.31)}
+    assert any(w.startswith("the m0 judge scores 0.310 on real test data, near chance")
+               for w in said)

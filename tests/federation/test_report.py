@@ -121,7 +121,10 @@ def test_the_cross_site_lines_say_chance_coverage_and_warnings():
              "classifier_accuracy": {"m0": 0.5, "m1": 0.75}}
     text = "\n".join(cross_site_lines(cross, {"site-m2": "did not evaluate"}))
     assert "mean over 2 of 6 source -> target pairs, chance 0.150" in text
-    assert "  coherence judges, accuracy on real test data: m0 0.500, m1 0.750" in text
+    assert ("  the sites' coherence judges, accuracy on their own real test data (a "
+            "modality's: the mean over its sites): m0 0.500, m1 0.750") in text
+    unmeasured = {**cross, "classifier_accuracy": {"m0": float("nan")}}
+    assert "judges" not in "\n".join(cross_site_lines(unmeasured, {}))
     assert "m1 10.0 (from m0 only)" in text and "total -" in text
     assert "site-m2: not part of it (did not evaluate)" in text
     assert "warning: coherence 0.450 is ..." in text

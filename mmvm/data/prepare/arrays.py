@@ -29,7 +29,7 @@ import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
 from mmvm.data.prepare.label_values import check_named, class_ids, label_hint
-from mmvm.data.prepare.standardize import standardized
+from mmvm.data.prepare.standardize import Scale, apply, scales
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 from mmvm.data.store_format import LABEL_MAX, id_problem, show
 
@@ -113,6 +113,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    sources: Mapping[str, os.PathLike] | None = None,
                    classes: Mapping[str, Sequence[str]] | None = None,
                    standardize: Sequence[str] | bool = (),
+                   scale_from: Mapping[str, Scale] | None = None,
                    notes: Sequence[str] = ()) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
@@ -121,8 +122,10 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     samples in the same order); ``groups``: a group id per row, read as ``ids`` are,
     to split by group (module docstring); ``classes``: label column -> its class
     names in id order (the same at every site); ``standardize``: modalities z-scored
-    per feature by the training split's mean and std (True: every one but images),
-    both kept in the files' metadata (:mod:`mmvm.data.prepare.standardize`);
+    per feature by the training split's mean and std (True: every one but images and
+    non-negative integers, counts), both kept in the files' metadata
+    (:mod:`mmvm.data.prepare.standardize`); ``scale_from``: another site's scales
+    (its ``dataset.standardized``) to use instead of this site's own;
     ``notes``: what a preparer changed or left out, kept in the metadata (the CLI
     prints them). A folder that already holds site
     files is refused unless ``force``."""
@@ -155,17 +158,18 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     group_of = _load_groups(groups, n) if groups is not None else None
     test = held_out(group_of or sample_ids, test_fraction, seed)
     images = [m for m, a in arrays.items() if is_image(a)]
-    arrays, scaled = standardized(
-        arrays, [m for m in arrays if m not in images] if standardize is True
-        else list(standardize or ()), np.flatnonzero(~test), images)
+    counts = [m for m, a in arrays.items()  # non-negative integers
+              if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0]
+    scaled = scales(arrays, [m for m in arrays if m not in images + counts]
+                    if standardize is True else list(standardize or ()),
+                    np.flatnonzero(~test), images, scale_from)
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
             "split_by": "sample id" if group_of is None else
                         f"group ({len(set(group_of))} groups from {Path(groups).name})",
             "sources": {m: str(Path(p).resolve())
                         for m, p in (sources or modalities).items()},
             "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},
-            "counts": [m for m, a in arrays.items()  # non-negative integers
-                       if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0],
+            "counts": [m for m in counts if m not in scaled],
             "label_names": {c: names for c, (_, names) in loaded.items() if names},
             "created_by": "mmvm.data.prepare.arrays.prepare_arrays"} | (
                 {"standardized": scaled} if scaled else {}) | (
@@ -183,7 +187,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                                 f"{'' if group_of is None else ' or groups'} or another "
                                 "fraction")
             step(f"writing {split} ({len(rows):,} samples)", k)
-            chunks = _chunks(rows, sample_ids, arrays, cols, row_group_size, modalities)
+            chunks = _chunks(rows, sample_ids, arrays, cols, row_group_size, modalities,
+                             scaled)
             paths[split] = write_site_table_batches(stage / f"{split}.parquet", chunks,
                                                     meta, row_group_size=row_group_size)
         step("done", 2)
@@ -319,19 +324,21 @@ def _check_ids(ids: list[str], id_path) -> None:
 
 
 def _chunks(rows: np.ndarray, ids: list[str], arrays: dict, cols: dict, size: int,
-            sources: Mapping) -> Iterator[SiteChunk]:
+            sources: Mapping, scaled: Mapping[str, Scale]) -> Iterator[SiteChunk]:
     for lo in range(0, len(rows), size):
         idx = rows[lo:lo + size]
         tensors = {}
         for m, a in arrays.items():
             part = np.asarray(a[idx])
-            with np.errstate(over="ignore"):  # beyond float32: inf, named below
-                tensors[m] = part if is_image(a) else part.astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # inf, NaN: named below
+                tensors[m] = part if is_image(a) else apply(part, scaled[m]) \
+                    if m in scaled else part.astype(np.float32)
             finite = np.isfinite(tensors[m].reshape(len(idx), -1))
             if not finite.all():
                 row, at = (int(v) for v in np.argwhere(~finite)[0])
+                where = ", ".join(map(str, np.unravel_index(at, a.shape[1:])))
                 raise DataError(f"{sources[m]}: row {idx[row]} (counted from 0; sample "
-                                f"{ids[idx[row]]!r}), value {at} of the row: NaN, inf, "
-                                f"or beyond float32's range")
+                                f"{ids[idx[row]]!r}), value [{where}] of the row: NaN, "
+                                f"inf, or beyond float32's range")
         yield SiteChunk([ids[i] for i in idx], tensors,
                         {c: a[idx].astype(np.int64) for c, a in cols.items()} or None, None)

@@ -51,7 +51,7 @@ def read_table(path: str | os.PathLike, id_column: str) -> dict[str, dict[str, s
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            rows = list(reader)
+            rows = [(reader.line_num, row) for row in reader]  # the file's line
             columns = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: not a readable CSV table ({e})") from None
@@ -59,12 +59,16 @@ def read_table(path: str | os.PathLike, id_column: str) -> dict[str, dict[str, s
         raise DataError(f"{path}: no column {id_column!r} of sample ids (--id-column); "
                         f"its columns: {columns}")
     table: dict[str, dict[str, str]] = {}
-    for i, row in enumerate(rows, start=2):
-        if None in row:  # DictReader keeps a row's extra fields under None
-            raise DataError(f"{path}: line {i} has {len(columns) + len(row[None])} "
-                            f"fields, the header {len(columns)}: an unquoted comma in a "
-                            f"value? Quote it (\"pneumonia, small\"), as spreadsheets "
-                            f"export it")
+    for i, row in rows:
+        if not any((v or "").strip() for k, v in row.items() if k is not None):
+            continue  # a spreadsheet's empty row (",,")
+        if None in row or None in row.values():  # extra fields / too few
+            got = len(columns) + len(row.get(None, [])) - list(row.values()).count(None)
+            raise DataError(f"{path}: line {i} has {got} field{'s' * (got != 1)}, the "
+                            f"header {len(columns)}: "
+                            + ("an unquoted comma in a value? Quote it (\"pneumonia, "
+                               "small\"), as spreadsheets export it" if None in row else
+                               "leave a missing value empty, but keep its comma"))
         sid = (row[id_column] or "").strip()
         if sid in table:
             raise DataError(f"{path}: line {i}: sample {sid!r} is listed twice")
@@ -150,7 +154,8 @@ def table_notes(rows: Mapping[str, dict], ids: Sequence[str], table) -> list[str
     unlisted = sorted(have - listed)
     notes = []
     if stray:
-        notes.append(f"{table}: {len(stray)} of its {len(listed)} rows name no image "
+        verb = "names" if len(stray) == 1 else "name"
+        notes.append(f"{table}: {len(stray)} of its {len(listed)} rows {verb} no image "
                      f"here (e.g. {', '.join(map(repr, stray[:3]))}): their labels are "
                      f"not used (a typo in an id, or another site's sample)")
     if unlisted:

@@ -33,10 +33,11 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
 
     try:
         with Image.open(path) as img:
+            wh, was = img.size, img.mode  # the file's own (draft changes both)
             if size is not None and center_crop is None and img.format == "JPEG":
-                img.draft(mode, (size, size))
+                img.draft("RGB" if was == "RGB" else mode, (size, size))
             if seen is not None:
-                seen[(img.mode, img.size)] += 1
+                seen[(_grey_or(img, was, mode), wh)] += 1
             if img.mode in WIDE_MODES:
                 img = to_8bit(img, path, white)
             img = img.convert(mode)
@@ -59,6 +60,16 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
     else:
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
+
+
+def _grey_or(img, was: str, mode: str) -> str:
+    """The file's mode, ``"grey RGB"`` for an RGB file whose three channels are equal
+    (to 2 levels: an X-ray exported as RGB, made grey, nothing lost). Read only when
+    the target is grey, where colour would be lost."""
+    if mode != "L" or was != "RGB" or img.mode != "RGB":
+        return was
+    a = np.asarray(img, dtype=np.int16)  # a JPEG's grey channels differ by a level or two
+    return "grey RGB" if int((a.max(2) - a.min(2)).max(initial=0)) <= 2 else was
 
 
 def to_8bit(img, path: str | os.PathLike, white: float | None = None):

@@ -71,7 +71,7 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
                  ) -> tuple[list[str], np.ndarray, dict[str, list[str]], list[str] | None]:
     """``(ids, numbers [N, F], {label column: values as text}, groups)`` of one table:
     the numbers are every column but the id, label, group and ``drop`` ones, in the
-    file's order (int64 where every such column holds integers, else float32). Label
+    file's order (int64 where every such column holds integers, else float64). Label
     and group columns the table lacks are left out (another table may hold them);
     the id column and ``drop`` must be there."""
     groups_of = [group_column] if group_column else []
@@ -106,15 +106,16 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     if len(bad):
         row, col = (int(v) for v in bad[0])
         raise DataError(f"{path}: row {row + 1} (sample {ids[row]!r}), column "
-                        f"{kept[col]!r}: {x[row, col]} ({len(bad)} values missing, not "
-                        f"finite or beyond float32's range in all); fill or drop them "
-                        f"before preparing")
+                        f"{kept[col]!r}: {x[row, col]} ({len(bad)} value"
+                        f"{'s' * (len(bad) > 1)} missing, not finite or beyond float32's "
+                        f"range in all); fill or drop them before preparing")
     text = {c: [_label_text(v) for v in table.column(c).to_pylist()]
             for c in labels if c in held}
     groups = [_label_text(v) for v in table.column(group_column).to_pylist()] \
         if group_column in held else None
     # integers stay integers, so the config snippet can say they look like counts
-    return ids, x.astype(np.int64 if whole else np.float32), text, groups
+    return ids, x.astype(np.int64) if whole else x, text, groups  # float64: z-scored
+    # (--standardize) before float32, so a large offset keeps its small spread
 
 
 def _not_numbers(table: pa.Table, odd: list[str], ids: list[str]) -> str:
