@@ -40,8 +40,10 @@ def register(subparsers) -> None:
                        "state) as the site's ClientApp reads it",
                        description=__doc__.replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--node-config", required=True, metavar="TEXT|FILE.toml",
-                   help="what you give flower-supernode --node-config")
+    c.add_argument("--node-config", metavar="TEXT|FILE.toml",
+                   help="what you give flower-supernode --node-config (without it, "
+                   "--config alone prints the experiment's digest, what a node "
+                   "config's experiment= pins)")
     add_config_arguments(c, None)
     c.add_argument("--app", metavar="DIR",
                    help="the Flower app the run will ship, whose configs/ the sites read "
@@ -65,6 +67,8 @@ def _check(args: argparse.Namespace) -> int:
     from mmvm.cli.site_check import ERROR, OK, WARNING, check_node_config
     from mmvm.config import load_config
 
+    if args.node_config is None:
+        return _digest(args)
     nc = parse_overrides(args.node_config, "--node-config", NODE_EXAMPLE)
     # an --app given must be an app; the default is the current folder's copy of it or
     # this checkout, whatever it is
@@ -101,6 +105,22 @@ def _check(args: argparse.Namespace) -> int:
     print(f"mmvm site check: {site}: {verdict}; {warnings} warning(s)",
           file=sys.stderr if errors else sys.stdout)
     return 1 if errors else 0
+
+
+def _digest(args: argparse.Namespace) -> int:
+    """``--config`` without ``--node-config``: the experiment's digest, to pin."""
+    from mmvm.config import config_digest, load_config
+
+    if not args.config:
+        raise ValueError("give --node-config (the site's node config to check), or "
+                         "--config alone for the experiment's digest")
+    app = checked_app(Path(args.app)) if args.app else default_app()
+    cfg = load_config(app_config(app, args.config), args.overrides)
+    print(f"experiment {cfg.source}: digest {config_digest(cfg)}\n"
+          f"pin it in each site's node config: experiment=\"{config_digest(cfg)}\" "
+          f"(then check the node config with --node-config and the same --config"
+          f"{' and --set' if args.overrides else ''})")
+    return 0
 
 
 def checked_app(app: Path) -> Path:

@@ -382,3 +382,16 @@ def test_the_experiment_a_site_may_run_is_pinned_by_the_digest_the_check_prints(
         _find(other, "experiment", ERROR)[0]
     bad = check_node_config(_nc(fed, experiment="abc"), cfg)
     assert "not experiment digests" in _find(bad, "policy", ERROR)[0]
+
+
+def test_the_config_alone_prints_the_digest_a_node_config_pins(capsys):
+    """The two-hospital guide said `mmvm site check --config FILE` prints the digest;
+    it answered "the following arguments are required: --node-config"."""
+    assert main(["site", "check", "--config", CONFIG]) == 0
+    out = capsys.readouterr().out
+    assert f"digest {DIGEST}" in out and f'experiment="{DIGEST}"' in out
+    assert main(["site", "check", "--config", CONFIG, "--set", "model.latent_dim=8"]) == 0
+    assert config_digest(load_config(CONFIG, ["model.latent_dim=8"])) in \
+        capsys.readouterr().out
+    assert main(["site", "check"]) == 2
+    assert "give --node-config" in capsys.readouterr().err
