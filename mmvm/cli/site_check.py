@@ -59,6 +59,8 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     if cfg is not None:
         _experiment(check, cfg, train, test, policy, app)
     _policy(check, policy, nc, partial=bool(problems))
+    if train is not None and policy.holders is not None:
+        _holders(check, policy.holders, train)
     if train is not None and policy.secure_site:
         _min_rows(check, policy, train)
     if train is not None:
@@ -69,6 +71,23 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     if "site" not in bad:  # else the state's default folder is not the site's
         _state(check, Path(policy.state))
     return check
+
+
+def _holders(check: NodeCheck, holders: Mapping, train: Path) -> None:
+    """The modalities the site's data holds against those ``holders`` lists it for:
+    a folder of the wrong view passed the check and failed the run after the
+    private set intersection had run."""
+    from mmvm.data.store import read_site_meta
+
+    held = list(read_site_meta(train)["tensors"])
+    mine = sorted(m for m, sites in holders.items() if check.site in sites)
+    unlisted = [m for m in held if check.site not in holders.get(m, ())]
+    absent = [m for m in mine if m not in held]
+    if unlisted or absent:
+        check.add("policy", ERROR, f"holders lists this site for "
+                  f"{', '.join(mine) or 'no modality'}, its data ({train.parent}) holds "
+                  f"{', '.join(held)}: the wrong data folder, or holders= to correct "
+                  f"(it names who shares each modality this site holds)")
 
 
 def _unknown_keys(nc: Mapping) -> str:

@@ -395,3 +395,14 @@ def test_the_config_alone_prints_the_digest_a_node_config_pins(capsys):
         capsys.readouterr().out
     assert main(["site", "check"]) == 2
     assert "give --node-config" in capsys.readouterr().err
+
+
+def test_a_data_folder_of_another_view_than_holders_lists_is_an_error(fed):
+    """A hospital's node config pointed at the lateral folder and listed itself as
+    frontal's holder: the check said ready, the run failed after the PSI had run."""
+    check = check_node_config(_nc(fed, holders="m1=site-a"))  # its data holds m0
+    assert not check.ok
+    said = _find(check, "policy", ERROR)[0]
+    assert said.startswith("holders lists this site for m1, its data (")
+    assert said.split("holds ")[1].startswith("m0: the wrong data folder")
+    assert check_node_config(_nc(fed)).ok  # m0=site-a: as its data
