@@ -269,7 +269,7 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing,
     answer each after seconds to minutes: the console was silent for 2.5 minutes)."""
     log(f"mmvm: set-up 1/3: asking the {len(meter.nodes())} sites what they hold")
     described = meter.exchange({key: DescribeRequest() for key in meter.nodes()})
-    check_described(described, s.max_site_rows)
+    check_described(described, s.max_site_rows, s.modalities)
     log(f"mmvm: set-up 2/3: aligning the samples of "
         f"{', '.join(sorted(d.site for d in described.values()))}"
         + {"psi": f" (private set intersection: {len(described)} ring steps)",

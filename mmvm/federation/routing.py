@@ -14,7 +14,7 @@ window's requests are built from them and how shared weights are averaged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -87,10 +87,20 @@ class Routing(Protocol):
         ...
 
 
-def check_described(described: Mapping[str, DescribeReply], max_rows: int) -> None:
+def check_described(described: Mapping[str, DescribeReply], max_rows: int,
+                    modalities: Sequence[str] = ()) -> None:
     """Each site's description within what the server takes (``max-site-rows``), a
-    valid site name and sample ids of 1 to ``MAX_ID_CHARS`` characters: checked
-    before alignment builds sets, rows and plans of them."""
+    valid site name and sample ids of 1 to ``MAX_ID_CHARS`` characters, and every
+    one of the experiment's ``modalities`` held by some site: checked before
+    alignment builds sets, rows and plans of them (and before a PSI runs)."""
+    held = {m for d in described.values() for m in d.modalities}
+    missing = [m for m in modalities if m not in held]
+    if missing:
+        raise FederationError(
+            f"no connected site holds modalities {missing} of the experiment; the sites "
+            f"hold: " + "; ".join(f"{d.site} {', '.join(d.modalities) or 'none'}"
+                                  for d in sorted(described.values(), key=lambda d: d.site))
+            + " (a site's data folder of another modality?)")
     for key, d in described.items():
         try:
             validate_site_name(d.site)

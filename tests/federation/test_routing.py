@@ -155,6 +155,21 @@ def test_the_server_refuses_a_description_beyond_its_limits(reply, match):
                                          identifiers=[f"s{i}" for i in range(10)])}, 10)
 
 
+def test_a_modality_no_site_describes_is_named_with_what_each_holds_before_alignment():
+    """Two hospitals whose folders both held the lateral view: the run failed with
+    "no connected site holds modalities ['frontal']" only after the PSI had run."""
+    from mmvm.federation.routing import check_described
+
+    described = {k: DescribeReply(site=name, modalities=["lateral"], n=3, labelled=False)
+                 for k, name in (("k2", "hospital-b"), ("k1", "hospital-a"))}
+    with pytest.raises(FederationError, match=r"no connected site holds modalities "
+                                              r"\['frontal'\] of the experiment; the "
+                                              r"sites hold: hospital-a lateral; "
+                                              r"hospital-b lateral \(a site's data"):
+        check_described(described, 10, ["frontal", "lateral"])
+    check_described(described, 10, ["lateral"])
+
+
 def test_sealed_routing_pins_each_sites_public_key_record():
     keys = SiteKeys.generate("a")
     record = keys.public.to_bytes().decode()
