@@ -249,7 +249,8 @@ def run_federation(transport: Transport, s: FederationSettings,
         last = w == len(coord.plan) - 1  # a stop asked in it: the run ends anyway
         if stopping or not last and w in persist and should_stop and should_stop():
             raise RunStopped(w, len(coord.plan))
-    result.missed = att.summary()
+    att.wait_for_quorum(meter.online, log)  # a site lost in the last window: as before
+    result.missed = att.summary()            # a window, the evaluation waits for it
     result.bytes_total = meter.total
     cross = s.cross_eval
     if log and cross != "off":

@@ -299,3 +299,43 @@ def test_a_window_that_waited_its_whole_site_timeout_says_so_once(cfg, tmp_path,
     assert len(notes) == 1 and notes[0].startswith("mmvm: note: window 2 waited its "
                                                    "site-timeout = 1e-06 s")
     assert "raise site-timeout if they are slow, not away" in notes[0]
+
+
+class BackForTheEvaluation(Outages):
+    """Away in its windows; connected again a few polls after the last one."""
+
+    def __init__(self, inner, away, polls: int = 3) -> None:
+        super().__init__(inner, away)
+        self.polls = polls
+
+    def online(self):
+        self.polls -= 1
+        return self.inner.online() if self.polls < 0 else super().online()
+
+
+def test_a_site_lost_in_the_last_window_is_waited_for_before_the_evaluation(
+        cfg, tmp_path, tiny_polymnist):
+    """Two hospitals, min-sites = 2: one lost during the last window, and the run went
+    on to evaluate without it and finished 'completed' with no pause, though it was
+    back a minute later (deployment walkthrough)."""
+    import dataclasses
+
+    from mmvm.federation.loop import run_federation
+    from mmvm.federation.settings import settings_for
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    said = []
+    s = settings_for(cfg, exchange="step", min_sites=3, pause_timeout=30.0, float16=False)
+    transport = BackForTheEvaluation(LocalTransport(plain_endpoints(sites)), {"n1": {2}})
+    res = run_federation(transport, dataclasses.replace(s), log=said.append)
+    assert res.missed == {sites["n1"].name: [2]}
+    assert any(line.startswith("mmvm: paused: 2 of 3 sites connected, waiting for "
+                               "min-sites = 3") for line in said)
+    assert not res.not_evaluated and res.model_state is not None  # n1 evaluated too
+    # away for good: the pause fails as a window's does
+    gone = Outages(LocalTransport(plain_endpoints(make_sites(cfg, specs, root))),
+                   {"n1": {2}})
+    with pytest.raises(FederationError, match=r"sites \['site-m1'\] did not return "
+                                              r"within pause-timeout"):
+        federate(cfg, {}, gone, exchange="step", min_sites=3, pause_timeout=0.2)
