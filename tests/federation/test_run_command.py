@@ -209,7 +209,9 @@ def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
     assert summary["missed_windows"] == {} and summary["windows"] == 9
     (site, restarts), = summary["restarted_sites"].items()
     assert restarts == [{"window": restarts[0]["window"], "after": -1}], restarts
-    assert 5 <= restarts[0]["window"] <= 7  # the window it died in, or one soon after
+    # the window it died in or a later one: which depends on when the console line
+    # that triggers the kill is read (a loaded CI machine read it at window 9 once)
+    assert 5 <= restarts[0]["window"] <= 8
     assert f"{site} restarted from its state after attach" in out
 
 
