@@ -189,7 +189,8 @@ def test_what_decoding_changed_and_ids_that_do_not_match_are_said(tmp_path, caps
 def test_a_size_no_network_takes_and_an_unquoted_comma_are_refused(tmp_path):
     _views(tmp_path)
     with pytest.raises(DataError, match=r"--size 32: no image network takes 32x32 "
-                                        r"images \(they take 28, 64, 224\)"):
+                                        r"images \(conv28 takes \[C, 28, 28\];.*"
+                                        r"res_image takes \[C, 64, 64\] or \[C, 224"):
         prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=32)
     rows = (tmp_path / "table.csv").read_text().replace("s004,normal,", "s004,normal, small,")
     (tmp_path / "comma.csv").write_text(rows)

@@ -93,20 +93,16 @@ def test_standardize_names_a_modality_it_lacks_and_refuses_images(tmp_path):
     np.testing.assert_array_equal(apply(v, got["v"]), [[-1.0, 0.0], [1.0, 0.0]])
 
 
-def test_one_cell_that_is_not_a_number_is_named_not_its_whole_column(tmp_path):
-    _labs(tmp_path / "labs.csv", bad="<0.5")
+@pytest.mark.parametrize("bad, said", [
+    # one cell that is not a number: named, not its whole column condemned
+    ("<0.5", r"'<0\.5' is not a number \(1 such cell in the column\); write a number"),
+    # beyond float32: named with its column, without numpy's RuntimeWarning
+    ("1e40", r"1e\+40 \(1 value missing, not finite or beyond float32's range in all\)"),
+])
+def test_a_bad_cell_is_named_with_its_row_sample_and_column(tmp_path, recwarn, bad, said):
+    _labs(tmp_path / "labs.csv", bad=bad)
     with pytest.raises(DataError, match=r"labs.csv: row 8 \(sample 'v007'\), column "
-                                        r"'sodium': '<0.5' is not a number \(1 such cell "
-                                        r"in the column\); write a number there"):
-        prepare_tables(tmp_path / "o", {"labs": tmp_path / "labs.csv"}, id_column="visit",
-                       labels={"label": "outcome"})
-
-
-def test_a_value_beyond_float32_is_named_with_its_row_and_column(tmp_path, recwarn):
-    _labs(tmp_path / "labs.csv", bad="1e40")
-    with pytest.raises(DataError, match=r"labs.csv: row 8 \(sample 'v007'\), column "
-                                        r"'sodium': 1e\+40 \(1 value missing, not finite "
-                                        r"or beyond float32's range in all\)"):
+                                        r"'sodium': " + said):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "labs.csv"}, id_column="visit",
                        labels={"label": "outcome"})
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -169,13 +169,11 @@ def _check_size(size: int, mode: str) -> None:
     from mmvm.networks import available_networks, get_network
 
     channels = 1 if mode == "L" else 3
-    takes = {n: get_network(n) for n in available_networks("image")}
-    if not any(net.accepts((channels, size, size)) for net in takes.values()):
-        sizes = sorted({s for s in (28, 64, 128, 224, 256) for net in takes.values()
-                        if net.accepts((channels, s, s))})
-        raise DataError(f"--size {size}: no image network takes {size}x{size} images "
-                        f"(they take {', '.join(map(str, sizes))}); prepare at one of "
-                        f"those sizes")
+    nets = {n: get_network(n) for n in available_networks("image")}
+    if not any(net.accepts((channels, size, size)) for net in nets.values()):
+        raise DataError(f"--size {size}: no image network takes {size}x{size} images ("
+                        + "; ".join(f"{n} takes {net.takes}" for n, net in nets.items())
+                        + "); prepare at one of those sizes")
 
 
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
