@@ -291,14 +291,17 @@ def _default_places(train_path, name: str) -> list[Path]:
 
 def _save_judge(path: Path, state: dict, fallback: Path | None, log) -> Path:
     """The judge saved at ``path``, or under ``fallback`` where ``path``'s folder
-    cannot be written (it was trained already: the evaluation failed after it)."""
+    cannot be written (it was trained already: the evaluation failed after it). A
+    folder made here is 0700, as its files are 0600: a site's judges stay its own."""
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         save_checkpoint(path, state)
         return path
     except OSError as err:
         if fallback is None:
             raise
         other = fallback / path.name
+        other.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         save_checkpoint(other, state)
         if log:
             log(f"cannot write {path.parent} ({err.strerror or err}): the classifier is "

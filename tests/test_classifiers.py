@@ -1,5 +1,7 @@
 """Judges: reproducible training, augmented batches, ensembles (mmvm.classifiers)."""
 
+import os
+
 import pytest
 import torch
 
@@ -153,6 +155,25 @@ def test_corrupt_classifier_cache_is_retrained(tmp_path):
     clf = load_or_train(p["train"], p["test"], ["m0"], cfg=recipe)
     assert clf.paths["m0"] == path and path.stat().st_size > 1000
     assert 0.0 <= clf.test_accuracy["m0"] <= 1.0
+
+
+def test_the_judges_folder_is_made_private_as_its_files_are(tmp_path):
+    """A site's judges are trained on its own data: their folder is 0700 and each
+    judge 0600, whatever the umask, so another account on the host lists nothing."""
+    import stat
+
+    from mmvm.classifiers import ClassifierConfig, load_or_train
+
+    p = digit_vectors(tmp_path)
+    old = os.umask(0o022)
+    try:
+        clf = load_or_train(p["train"], p["test"], ["m0"], cfg=ClassifierConfig(epochs=1))
+    finally:
+        os.umask(old)
+    kept = clf.paths["m0"]
+    assert kept.parent == tmp_path / "classifiers"
+    assert stat.S_IMODE(kept.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
 
 
 def test_a_data_folder_that_cannot_be_written_keeps_the_judge_in_the_user_cache(
