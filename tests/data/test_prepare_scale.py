@@ -120,6 +120,19 @@ def test_a_csv_separated_by_semicolons_is_told_why_it_does_not_parse(tmp_path):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "eu2.csv"}, id_column="visit")
 
 
+def test_a_tsv_with_decimal_commas_is_told_its_decimal_mark(tmp_path):
+    """A spreadsheet saved as .tsv in a locale that writes 140,2: the tabs split it
+    right and every lab cell is text. Said so, with the cell and what it should read;
+    a whole number among them (138) does not hide it."""
+    (tmp_path / "eu.tsv").write_text("visit\toutcome\tsodium\n"
+                                     "v1\tnone\t138\nv2\tsepsis\t140,2\n")
+    with pytest.raises(DataError, match=r"eu.tsv: row 2 \(sample 'v2'\), column 'sodium': "
+                                        r"'140,2' is not a number: a comma as the decimal mark "
+                                        r"\(140\.2\) or between thousands \(1402\)\? Save"):
+        prepare_tables(tmp_path / "o", {"labs": tmp_path / "eu.tsv"}, id_column="visit",
+                       labels={"label": "outcome"})
+
+
 def test_arrays_are_z_scored_per_feature_from_a_memory_mapped_file(tmp_path):
     """[N, 2, 3] float64 readings, read in blocks (never whole): each of the 6
     features by its own training mean and std; a constant feature of 140.2 (whose

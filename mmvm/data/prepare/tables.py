@@ -126,6 +126,13 @@ def _not_numbers(table: pa.Table, odd: list[str], ids: list[str]) -> str:
         cells = table.column(c).to_pylist()
         bad = [r for r, v in enumerate(cells)
                if v is not None and str(v).strip() and not _number(v)]
+        if bad and _decimal_comma(cells[bad[0]]):
+            r = bad[0]
+            text = str(cells[r]).strip()
+            return (f"row {r + 1} (sample {ids[r]!r}), column {c!r}: {text!r} is not a "
+                    f"number: a comma as the decimal mark ({text.replace(',', '.')}) or "
+                    f"between thousands ({text.replace(',', '')})? Save the table with "
+                    f"'.' as the decimal mark and no thousands separator")
         if bad and len(bad) <= len(cells) // 2:  # mostly numbers
             r = bad[0]
             return (f"row {r + 1} (sample {ids[r]!r}), column {c!r}: {cells[r]!r} is not "
@@ -134,6 +141,13 @@ def _not_numbers(table: pa.Table, odd: list[str], ids: list[str]) -> str:
                     f"missing (then fill or drop the row)")
     return (f"columns {odd[:5]}{' ...' * (len(odd) > 5)} are not numbers; name them "
             f"with --label, --group-column or --drop")
+
+
+def _decimal_comma(value) -> bool:
+    """``140,2`` or ``1,250``: a number written with a comma in it (a spreadsheet saved
+    in a locale that writes its decimal mark so, or with thousands separators)."""
+    text = str(value).strip()
+    return text.count(",") == 1 and _number(text.replace(",", "."))
 
 
 def _number(value) -> bool:
