@@ -317,10 +317,12 @@ class Endpoint:
         site = self.site
         site.progress.evaluate(site.name)
         self._check_shared(req.weights)
+        chosen = 1 if self.channel.secure or self.policy.test_bed else self.policy.min_rows
         cross, refused = admitted(site, self.policy.share_test, req.posteriors,
                                   request_digest({}, req.weights), self.notes,
                                   self._persist, expected=self.channel.secure
-                                  and bool(site.progress.held_out)), False
+                                  and bool(site.progress.held_out),
+                                  chosen_floor=chosen), False
         if cross is not None:
             cross, commit = self.channel.test_input(site, cross, self.notes.append)
             refused = cross is None and bool(req.posteriors)  # (none: it sealed none)
@@ -342,6 +344,8 @@ class Endpoint:
                                   f"says why)") from err
         if refused:  # the server learns that, not why (the site's log says)
             metrics["cross_refused"] = 1.0
+        if chosen > 1 and req.posteriors:  # its own policy: said (summary, results)
+            metrics["cross_withheld"] = 1.0
         if not probes:  # said whether or not the site has that column
             metrics["probes_withheld"] = 1.0
         if kept:  # the server knows which means it sent; now also which were not taken

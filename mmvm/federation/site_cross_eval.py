@@ -83,7 +83,7 @@ def held_out_reply(site: Site, share: bool, digest: str) -> HeldOutReply:
 
 
 def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: str,
-             notes: list[str], persist, expected: bool = False
+             notes: list[str], persist, expected: bool = False, chosen_floor: int = 1
              ) -> Mapping[str, bytes] | None:
     """The test posteriors an evaluation may score (the server's table, or the peers'
     envelopes), or None (why: in ``notes``, the site's journal). Only where the site
@@ -92,11 +92,14 @@ def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: s
     server chooses which rows a table holds. ``persist()`` writes the once before
     anything is scored (a failed evaluation does not hand the server another try).
     ``expected``: scored without any (a secure site that no peer sealed to scores
-    its own modalities from each other)."""
+    its own modalities from each other). ``chosen_floor``: the node config's
+    ``min-rows`` where the server chose the posterior values (a deployed plaintext
+    run): above 1, nothing is scored, see :func:`server_chosen_values`."""
     if not posteriors and not expected:
         return None
     p = site.progress
     why = ("its node config keeps it out (share-test = false)" if not share
+           else server_chosen_values(chosen_floor) if chosen_floor > 1
            else "it answered no heldout message in this run" if not p.held_out
            else "other weights than its heldout answer's" if p.held_out != digest
            else "scored once in this run already" if p.cross_scored else "")
@@ -106,6 +109,20 @@ def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: s
     p.cross_scored = True
     persist()
     return posteriors
+
+
+def server_chosen_values(floor: int) -> str:
+    """Why a deployed plaintext site whose ``min-rows`` is above 1 scores nothing
+    cross-site: ``min-rows`` keeps two scores from differing by a few test rows, but
+    in plaintext the server also chooses the values in its table. Two sources over
+    the same rows, equal but at one row, give two scores whose difference is that
+    one sample's imputation NLL (through the site's own decoder) and a bit of its
+    label (through its judge); and runs, whose ids travel in clear, can be compared
+    with each other. Sealed posteriors (secure runs) come from the peers unchanged."""
+    return (f"its node config's min-rows = {floor} asks that no score single out a "
+            f"few test samples, and in a plaintext run the server chooses the "
+            f"posterior values it sends: two sources equal but at one row would "
+            f"(a secure run scores the peers' sealed posteriors)")
 
 
 @torch.no_grad()

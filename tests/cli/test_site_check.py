@@ -285,7 +285,10 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     assert "is a link or belongs to another user" in _find(linked, "state", ERROR)[0]
     plain = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
                                   **{"require-psi": None, "min-rows": "5"}))
-    assert "min-rows without keys: no effect" in " ".join(_find(plain, "policy", WARNING))
+    plain_said = " ".join(_find(plain, "policy", WARNING))
+    assert "min-rows without keys" not in plain_said  # it has an effect there:
+    assert "min-rows 5 with require-secure off: a plaintext run's cross-site " \
+           "evaluation is not scored here" in plain_said
     typo = check_node_config(_nc(fed, **{"eval-labels": "label,label.dx"}),
                              load_config(CONFIG, ["data.label=label.dx"]))
     assert "eval-labels label.dx match no label column" in " ".join(

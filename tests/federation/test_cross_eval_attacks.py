@@ -113,40 +113,82 @@ def test_a_score_over_a_few_rows_the_server_chose_is_not_reported(site):
     assert "fewer than 24 test rows" in " ".join(ep.notes)
 
 
-@pytest.mark.parametrize("min_rows", [1, 5])
-def test_scores_whose_rows_differ_by_fewer_than_min_rows_are_not_reported(site, min_rows):
+def _post(site, rows, values=None):
+    d = site.cfg.model.latent_dim
+    z = np.zeros((len(rows), d), np.float32) if values is None else values
+    return Posteriors(np.asarray(rows, np.int64), z, np.zeros_like(z))
+
+
+def _one_nll(site, row: int, z: torch.Tensor) -> float:
+    """Test row ``row``'s reconstruction NLL of m0 from the code ``z`` [1, d]."""
+    from mmvm.data import open_dataset
+
+    x = open_dataset(site.test_path, site.names, site.cfg.data).batch(
+        torch.as_tensor([row]))["x"]["m0"]
+    with torch.no_grad():
+        return -float(site.model.specs["m0"].weight) * float(
+            site.model.log_likelihood("m0", x, site.model.decode("m0", z))[0])
+
+
+def test_a_plaintext_server_reads_one_samples_nll_from_scores_that_differ_by_a_row(site):
     """Security review (second one): the server gives m1's table the rows R (more
     than a quarter of the test rows) and m2's R and one more row r. Each score passes
     the floor, but 2 x rest - (m1 -> m0) - (m2 -> m0), as sums, is r's imputation
-    NLL. A node config's min-rows bounds the difference of two scores as it bounds
-    a window's sums; its default, 1, leaves that difference readable."""
-    d = site.cfg.model.latent_dim
-
-    def post(rows):
-        z = np.zeros((len(rows), d), np.float32)
-        return Posteriors(np.asarray(rows, np.int64), z, z)
-
-    rows = np.arange(40)
-    table = {SERVER: encode_table({"m1": post(rows), "m2": post(np.append(rows, 60))})}
-    ep = Endpoint(site, PlainChannel(), SitePolicy(eval_labels=(), min_rows=min_rows))
+    NLL. With min-rows at its default, 1, that difference is readable (documented);
+    a node config that raises it scores nothing cross-site in plaintext (below)."""
+    d, rows = site.cfg.model.latent_dim, np.arange(40)
+    table = {SERVER: encode_table({"m1": _post(site, rows),
+                                   "m2": _post(site, np.append(rows, 60))})}
+    ep = Endpoint(site, PlainChannel(), SitePolicy(eval_labels=(), min_rows=1))
     ep.handle(HeldOutRequest())
     got = ep.handle(EvaluateRequest(posteriors=table, draw=False)).metrics
-    if min_rows == 1:  # one sample's NLL (row 60 from m2), read from three means
-        from mmvm.data import open_dataset
+    single = 2 * got["impute_rest/m0"] * 41 - got["impute/m1->m0"] * 40 \
+        - got["impute/m2->m0"] * 41
+    assert single == pytest.approx(_one_nll(site, 60, torch.zeros(1, d)), rel=1e-3)
 
-        x = open_dataset(site.test_path, site.names, site.cfg.data).batch(
-            torch.as_tensor([60]))["x"]["m0"]
-        with torch.no_grad():
-            want = -float(site.model.specs["m0"].weight) * float(
-                site.model.log_likelihood("m0", x, site.model.decode(
-                    "m0", torch.zeros(1, d)))[0])
-        single = 2 * got["impute_rest/m0"] * 41 - got["impute/m1->m0"] * 40 \
-            - got["impute/m2->m0"] * 41
-        assert single == pytest.approx(want, rel=1e-3)
-        return
-    assert not [k for k in got if k.startswith("impute")], got
-    assert got["cross_floored"] == 1.0
-    assert "differ from another's by fewer than min-rows = 5" in " ".join(ep.notes)
+
+@pytest.mark.parametrize("attack", ["rows", "values"])
+def test_a_plaintext_site_with_min_rows_scores_nothing_the_server_could_difference(
+        site, attack):
+    """Security review (third one): min-rows withheld scores whose row sets differ by
+    a few rows, but the server also chooses the values: m1 and m2 over the same 96
+    rows, equal but at row 60, give two means whose difference times 96 is row 60's
+    NLL from two codes of the server's choosing (and a bit of its label from two
+    coherences), and plaintext runs can be compared with each other by their ids. A
+    deployed plaintext site whose node config raises min-rows scores nothing
+    cross-site, says why in its log, and tells the server that it withheld them."""
+    d, every = site.cfg.model.latent_dim, np.arange(96)
+    if attack == "rows":
+        m1, m2 = _post(site, every[:40]), _post(site, every[:41])
+    else:
+        other = np.zeros((96, d), np.float32)
+        other[60] = 2.0
+        m1, m2 = _post(site, every), _post(site, every, other)
+    table = {SERVER: encode_table({"m1": m1, "m2": m2})}
+    ep = Endpoint(site, PlainChannel(), SitePolicy(eval_labels=(), min_rows=5))
+    ep.handle(HeldOutRequest())
+    got = ep.handle(EvaluateRequest(posteriors=table, draw=False)).metrics
+    assert not [k for k in got if k.startswith("impute") or "m1->" in k], got
+    assert got["cross_withheld"] == 1.0 and "recon_nll/m0" in got  # its own: scored
+    said = " ".join(ep.notes)
+    assert "min-rows = 5" in said and "server chooses the posterior values" in said
+    notes = {}
+    combine({"k": {**got, "site": "site-m0"}}, ["m0", "m1", "m2"], {"k": ["m0"]},
+            type("T", (), {"notes": notes, "rows": {}, "available": {}})(), False)
+    assert "its min-rows is above 1" in notes["site-m0"]
+
+
+def test_differing_names_scores_whose_rows_differ_by_fewer_than_the_floor():
+    """Where min-rows still bounds row sets (secure runs, whose values the server
+    cannot choose): pairs that differ by 1 to floor - 1 rows, either way, in any of
+    a score's parts; equal sets and sets far apart are reported."""
+    from mmvm.federation.site_cross_eval import differing
+
+    r = np.arange
+    sets = {"a": [r(40)], "b": [r(20), r(20, 41)], "c": [r(40)], "d": [r(50, 96)]}
+    assert differing(sets, 5) == {"a", "b", "c"}
+    assert differing(sets, 1) == set()
+    assert differing({"a": [r(40)], "b": [r(45)]}, 5) == set()  # 5 rows apart
 
 
 def test_judges_larger_than_the_node_config_allows_do_not_train(site):
