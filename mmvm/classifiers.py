@@ -30,10 +30,12 @@ across site files (:mod:`mmvm.judges`); a modality without labelled rows gets no
 Trained classifiers are cached in ``<its folder>/classifiers/<modality>-<key>.pt``
 (where that folder cannot be written, a read-only data mount, under
 ``$MMVM_CACHE/classifiers/<folder name>-<hash of its path>/``),
-``key`` a hash of the train and test files' metadata (dataset JSON, row count, file
-size, the modality's tensor spec; the joined site files' too), the modality, the label
-column and the :class:`ClassifierConfig`, so a regenerated dataset or a changed config
-trains afresh. Files are written atomically (temp file, fsync, rename); a corrupt
+``key`` a hash of the train and test files' metadata (dataset JSON, row count, the
+SHA-256 of the file's bytes, the modality's tensor spec; the joined site files' too),
+the modality, the label column and the :class:`ClassifierConfig`, so a regenerated
+dataset or a changed config trains afresh: a file prepared again with corrected
+labels is another file even where its size is the same (it was keyed by its size,
+and a lab that swapped two odors' labels was scored by the judges of the old ones). Files are written atomically (temp file, fsync, rename); a corrupt
 cache file is retrained, not trusted.
 """
 
@@ -195,7 +197,7 @@ def cache_key(train_path, test_path, name: str, cfg: ClassifierConfig, vocab: in
     def facts(p: Path) -> dict:
         meta = read_site_meta(p)
         out = {"dataset": meta["dataset"], "rows": meta["num_rows"],
-               "bytes": p.stat().st_size}
+               "sha256": file_digest(p)}
         return out | ({"tensor": meta["tensors"][name]} if name in meta["tensors"] else {})
 
     split = [site_files(p) for p in (train_path, test_path)]
@@ -215,6 +217,19 @@ def cache_key(train_path, test_path, name: str, cfg: ClassifierConfig, vocab: in
         material["label"] = label
     blob = json.dumps(material, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (~1 s a GB), remembered while its size, time and
+    inode stay: a process that evaluates several times reads each file once."""
+    st = os.stat(path)
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def load_or_train(

@@ -144,6 +144,30 @@ def test_classifier_cache_key_follows_data_and_recipe(tmp_path):
     assert k != cache_key(p["train"], p["test"], "m0", ClassifierConfig(members=3))
 
 
+def test_a_file_prepared_again_with_other_labels_of_the_same_size_gets_new_judges(
+        tmp_path):
+    """Walkthrough (a lab swapped two odors' labels and prepared again): the files
+    kept their byte sizes, the key hashed the size, and the old judges scored the
+    new labels (coherence 0.79 -> 0.46, with the old accuracy printed). The key now
+    hashes the file's bytes: a rewrite with two labels swapped, same size, is new."""
+    from mmvm.classifiers import ClassifierConfig, cache_key, load_or_train
+    from mmvm.data.store import read_site_table, write_site_table
+
+    p = digit_vectors(tmp_path)
+    recipe = ClassifierConfig(epochs=1)
+    first = load_or_train(p["train"], p["test"], ["m0"], cfg=recipe)
+    t = read_site_table(p["train"])
+    y, old = t.labels["label"].copy(), t.labels["label"]
+    y[old == 2], y[old == 3] = 3, 2  # two classes swapped: here, the same size
+    size = p["train"].stat().st_size
+    write_site_table(p["train"], t.sample_ids, t.tensors, {"label": y}, {"name": "digit-vectors"})
+    assert p["train"].stat().st_size == size
+    assert cache_key(p["train"], p["test"], "m0", recipe) not in first.paths["m0"].name
+    said = []
+    again = load_or_train(p["train"], p["test"], ["m0"], cfg=recipe, log=said.append)
+    assert again.paths["m0"] != first.paths["m0"] and not any("loaded" in s for s in said)
+
+
 def test_corrupt_classifier_cache_is_retrained(tmp_path):
     from mmvm.classifiers import ClassifierConfig, cache_key, load_or_train
 
