@@ -106,6 +106,8 @@ def value_warnings(path, spec, stored: dict, lo: float, hi: float,
                "rescale the data, or write it with a scale that brings it there")
         lines.append(f"{where} (stored value / the file's scale), outside "
                      f"{expected[0]:g}..{expected[1]:g}: {expected[2]}; {fix}")
+    if spec.likelihood == "poisson" and (odd := not_counts(path, spec.name)):
+        lines.append(f"{path}: {odd}")
     if expected is None and not standardized and (  # z-scores beyond 100: heavy tails
             far := far_from_zero(f"modality {spec.name!r}", lo, hi)):
         lines.append(f"{path}: {far}")
@@ -114,6 +116,32 @@ def value_warnings(path, spec, stored: dict, lo: float, hi: float,
                      f"makes them inf; use amp = 'bf16' or 'off', or write the data "
                      f"with a larger scale")
     return lines
+
+
+def not_counts(path, name: str, rows: int = 4096) -> str | None:
+    """Why modality ``name`` in ``path`` is not counts, from its first ``rows`` rows
+    (stored / scale): a value that is not a whole number, or None. A Poisson
+    likelihood trains on firing rates in Hz or smoothed traces without a word, and
+    fits them badly (a walkthrough's rat of rates: reconstruction 2564 where the
+    others' counts gave 88-180, its probe below chance)."""
+    import numpy as np
+
+    from mmvm.data.store import iter_site_batches
+
+    batch = next(iter_site_batches(path, [name], batch_size=rows), None)
+    if batch is None:
+        return None
+    x = batch.tensors[name].astype(np.float64) / batch.scales[name]
+    odd = np.flatnonzero((x != np.round(x)).reshape(len(x), -1).any(axis=1))
+    if not len(odd):
+        return None
+    r = int(odd[0])
+    value = next(v for v in x[r].ravel() if v != round(v))
+    return (f"modality {name!r} holds values that are not whole numbers ({value:.4g} in "
+            f"sample {batch.sample_ids[r]!r}; {len(odd)} of the first {len(x)} rows): "
+            f"likelihood 'poisson' models counts. Firing rates (Hz) or smoothed traces "
+            f"are not counts: give the binned spike counts, or use likelihood "
+            f"'gaussian' with the data prepared with --standardize")
 
 
 def far_from_zero(name: str, lo: float, hi: float) -> str | None:
@@ -125,8 +153,8 @@ def far_from_zero(name: str, lo: float, hi: float) -> str | None:
             f"mse/gaussian/laplace targets that large make the first loss overflow (NaN at "
             f"step 0, whatever the learning rate) or one column outweigh the rest; "
             f"prepare it with --standardize (mmvm data prepare table or arrays: each "
-            f"column z-scored by the training split's mean and std; counts for a "
-            f"poisson likelihood may stay as they are)")
+            f"column z-scored by the training split's mean and std; whole-number "
+            f"counts under a poisson likelihood may stay as they are)")
 
 
 def unscaled_pixels(name: str, stored: dict, hi: float) -> str | None:

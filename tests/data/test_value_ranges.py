@@ -96,8 +96,8 @@ def test_a_location_likelihood_takes_any_range_but_far_from_0_is_warned_of(tmp_p
         f"mse/gaussian/laplace targets that large make the first loss overflow (NaN at step 0, "
         f"whatever the learning rate) or one column outweigh the rest; prepare it with "
         f"--standardize (mmvm data prepare table or arrays: each column z-scored by the "
-        f"training split's mean and std; counts for a poisson likelihood may stay as "
-        f"they are)"]
+        f"training split's mean and std; whole-number counts under a poisson likelihood "
+        f"may stay as they are)"]
     near = write_site_table(tmp_path / "b.parquet", IDS, {"x": x / 1e4}, None, {})
     assert range_warnings([_spec(likelihood="gaussian")], near) == []  # -100: not beyond
 
@@ -119,3 +119,19 @@ def test_without_a_config_only_uint8_with_scale_one_is_named():
     assert unscaled_pixels("m0", {"dtype": "uint8", "scale": 1.0}, 1) is None  # 0/1 masks
     assert unscaled_pixels("m0", {"dtype": "uint8", "scale": 255.0}, 1) is None
     assert unscaled_pixels("m0", {"dtype": "float32", "scale": 1.0}, 255) is None
+
+
+def test_rates_under_a_poisson_likelihood_are_named_and_counts_are_not(tmp_path):
+    """Walkthrough: one lab saved smoothed firing rates in Hz, its config said
+    poisson, and neither check said a word (only negative values were caught)."""
+    counts = np.array([[0, 3, 1], [2, 0, 7], [1, 1, 1], [0, 0, 4]], np.float32)
+    spec = _spec("rat", likelihood="poisson")
+    whole = write_site_table(tmp_path / "counts.parquet", IDS, {"rat": counts}, None, {})
+    assert range_warnings([spec], whole) == []
+    rates = counts * 2
+    rates[3, 1] = 37.25
+    path = write_site_table(tmp_path / "rates.parquet", IDS, {"rat": rates}, None, {})
+    (line,) = range_warnings([spec], path)
+    assert "modality 'rat' holds values that are not whole numbers (37.25 in sample " \
+           "'s3'; 1 of the first 4 rows): likelihood 'poisson' models counts" in line
+    assert "give the binned spike counts" in line
