@@ -139,6 +139,9 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
         lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights, "
                       f"each in its state file (collect-model = false, or the site's "
                       f"policy allow-collect = false): no assembled model"]
+    al = result.alignment or {}  # said at the start too, among the sites' lines
+    if alone := uncoupled_warning(al.get("per_modality") or {}, al.get("coupled")):
+        lines += ["", f"warning: {alone}"]
     written = {str(p).rsplit("/", 1)[-1] for p in paths.values()}
     if (Path(run_dir) / STATE_FILE).is_file():  # what a resume continues from
         written.add(STATE_FILE)

@@ -131,3 +131,15 @@ def test_the_cross_site_lines_say_chance_coverage_and_warnings():
     # said by the assembled model's evaluation too: printed once, below it
     again = cross_site_lines(cross, {}, ["coherence 0.450 is ..."])
     assert not [line for line in again if "warning" in line]
+
+
+def test_a_site_coupled_to_nothing_is_warned_of_again_at_the_end():
+    """Walkthrough: a rat prepared with its lab's own trial ids shared no sample, and
+    its warning was one line among the sites' thirty at the start; the run ended
+    'completed'. The summary repeats it beside the files."""
+    al = {"samples": 900, "per_modality": {"ratA": 400, "ratB": 100, "ratC": 400},
+          "coupled": {"ratA": 400, "ratB": 0, "ratC": 400}}
+    text = summary(FederationResult(seconds=1.0, alignment=al), "/r", {}, None)
+    assert "warning: ratB shares no sample with another modality: it trains as an " \
+           "independent VAE" in text
+    assert "shares no sample" not in summary(FederationResult(seconds=1.0), "/r", {}, None)
