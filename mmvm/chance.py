@@ -146,11 +146,16 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
                        f"(the training data's median or mean at each pixel or value): the "
                        f"decoder reproduces the average sample, not this one")
     out += imputation_warnings(result)
-    for m, acc in result.get("classifier_accuracy", {}).items():
-        # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
-        # (a 200-class judge at 0.10 is weak but 17x chance; one at 0.995 over a 0.92
-        # majority is good)
-        if acc < floor + JUDGE_MARGIN * (1 - floor) and acc < 2 * floor:  # NaN: False
+    accuracy = result.get("classifier_accuracy", {})
+    # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
+    # (a 200-class judge at 0.10 is weak but 17x chance; one at 0.995 over a 0.92
+    # majority is good)
+    near = {m for m, acc in accuracy.items()
+            if acc < floor + JUDGE_MARGIN * (1 - floor) and acc < 2 * floor}  # NaN: no
+    out += readier_than_real(result.get("coherence", {}),
+                             {m: a for m, a in accuracy.items() if m not in near})
+    for m, acc in accuracy.items():
+        if m in near:
             out.append(f"the {m} judge scores {acc:.3f} on real test data, near chance "
                        f"({floor:.3f}, majority class): coherence through it is "
                        f"meaningless. A judge of few epochs may read more with more "
@@ -159,6 +164,27 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
                        f"(check a probe of its raw data), and no judge of {m} can tell "
                        f"coherent generations from chance")
     return out
+
+
+def readier_than_real(coherence: Mapping, accuracy: Mapping[str, float],
+                      margin: float = 0.1) -> list[str]:
+    """A line per target whose judge reads generations from another modality better
+    (by more than ``margin``) than real test data of it: the judge scores the
+    decoder's mean output, free of the noise real data carry (a rat's spike counts,
+    a noisy image), so that coherence says how readable the generated means are,
+    not that they resemble real data (a walkthrough: 0.968 into a rat whose judge
+    scores 0.463 on its real counts)."""
+    high: dict[str, list[str]] = {}
+    for pair, c in (coherence.get("pairs") or {}).items():
+        src, tgt = pair.split("->", 1)
+        acc = accuracy.get(tgt, math.nan)
+        if src != tgt and c > acc + margin:  # NaN: False
+            high.setdefault(tgt, []).append(f"{src} {c:.3f}")
+    return [f"coherence into {t} ({', '.join(s)}) is above its judge's accuracy on real "
+            f"test data ({accuracy[t]:.3f}): the judge reads the decoder's mean output, "
+            f"free of the noise real {t} data carry, more easily than real {t}; it says "
+            f"that the generations carry the label, not that they look like real {t}"
+            for t, s in high.items()]
 
 
 def apart(a: float, b: float, most: int = 4) -> tuple[str, str]:
