@@ -150,6 +150,30 @@ def test_ids_written_differently_still_agree(arrays):
     assert got[0] == got[1] == got[2]
 
 
+def test_a_lab_table_given_where_one_value_per_line_is_read_is_refused(arrays):
+    """Walkthrough: a lab passed its trials.csv (header trial,odor) as --ids: '120
+    rows, where the other inputs have 121', and without the header each whole line
+    became an id and 120 odors a label of 120 classes, silently."""
+    d = arrays["dir"]
+    rows = [f"{i},odor{k % 4}" for k, i in enumerate(arrays["ids"])]
+    (d / "trials.csv").write_text("trial,odor\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"trials.csv: a table, where one value per "
+                                        r"line is read; prepare your tables with `mmvm "
+                                        r"data prepare table`"):
+        prepare_arrays(d / "o", {"eeg": d / "eeg.npy"}, ids=d / "trials.csv")
+    (d / "trials.txt").write_text("\n".join(rows) + "\n")  # no header, a .txt
+    with pytest.raises(DataError, match=r"line 1 \('subject-000,odor0'\) holds several "
+                                        r"values"):
+        prepare_arrays(d / "o", {"eeg": d / "eeg.npy"}, ids=d / "trials.txt")
+    # a class name may hold a comma; a label of a class per sample is noted
+    (d / "names.txt").write_text("\n".join(["effusion, left"] * 60 + ["normal"] * 60))
+    assert prepare_arrays(d / "n", {"eeg": d / "eeg.npy"}, labels={"label": d / "names.txt"})
+    (d / "odd.txt").write_text("\n".join(arrays["ids"]))
+    prepare_arrays(d / "u", {"eeg": d / "eeg.npy"}, labels={"label": d / "odd.txt"})
+    (note,) = read_site_meta(d / "u" / "train.parquet")["dataset"]["notes"]
+    assert note.startswith("label: each of its 120 labelled samples is a class of its own")
+
+
 def test_what_cannot_be_stored_says_what_to_do(arrays):
     d = arrays["dir"]
     np.save(d / "scalar.npy", np.float32(1.0))

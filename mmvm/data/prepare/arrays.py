@@ -57,15 +57,36 @@ def load_ids(path: str | os.PathLike) -> list[str]:
                     for v in arr.tolist()]
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: sample ids are not UTF-8 ({e})") from None
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
+    lines = text_lines(path)
     while lines and not lines[-1]:  # trailing blank lines are fine
         lines.pop()
     if "" in lines:  # within: a lost id or a stray line? Rows would pair by guesswork
         raise DataError(f"{path}: line {lines.index('') + 1} is blank; give one id per "
                         "line, one line per row of the arrays, without blank lines")
+    return lines
+
+
+def text_lines(path: Path, commas: bool = True) -> list[str]:
+    """A text file of one value per line, each stripped. A table (a ``.csv`` or
+    ``.tsv``, or a first line with a tab, or, with ``commas``, a comma between
+    words: ids have none, a class name may) is refused: its header would be a row and
+    each line a whole record (a lab passed its trials.csv as --ids: "120 rows, where
+    the other inputs have 121")."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        raise DataError(f"{path}: a table, where one value per line is read; prepare "
+                        f"your tables with `mmvm data prepare table` (an id column, a "
+                        f"label column, the numbers in the others), or write one value "
+                        f"per line to a .txt")
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
+    first = lines[0] if lines else ""
+    if "\t" in first or commas and len(first.split(",")) > 1 and all(
+            w.strip() for w in first.split(",")):
+        raise DataError(f"{path}: line 1 ({first[:60]!r}) holds several values, where "
+                        f"one value per line is read: a table's header? Give one value "
+                        f"per line, or prepare the table with `mmvm data prepare table`")
     return lines
 
 
@@ -85,13 +106,25 @@ def load_labels(path: Path, classes: Sequence[str] | None = None
             return a, named
         values = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in a]
     else:
-        try:
-            values = [v.strip() for v in path.read_text(encoding="utf-8-sig").splitlines()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
+        values = text_lines(path, commas=False)
         while values and not values[-1]:
             values.pop()
     return class_ids(values, str(path), classes)
+
+
+def unique_labels(cols: Mapping[str, np.ndarray], least: int = 20) -> list[str]:
+    """A note for each label column with a class of its own for every labelled row
+    (of at least ``least``): ids or free text, not classes; a probe of it would be
+    at chance by construction."""
+    out = []
+    for c, a in cols.items():
+        known = np.asarray(a)[np.asarray(a) >= 0] if np.asarray(a).dtype.kind in "iu" \
+            else np.asarray(a)
+        if len(known) >= least and len(np.unique(known)) == len(known):
+            out.append(f"{c}: each of its {len(known)} labelled samples is a class of its "
+                       f"own: ids or free text, not classes (a probe of it is at chance "
+                       f"by construction); was another file or column meant?")
+    return out
 
 
 def held_out(ids: list[str], test_fraction: float, seed: int) -> np.ndarray:
@@ -156,6 +189,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     _check_labels(cols, labels, sample_ids)
     _check_ids(sample_ids, ids)
     group_of = _load_groups(groups, n) if groups is not None else None
+    notes = [*notes, *unique_labels(cols)]
     test = held_out(group_of or sample_ids, test_fraction, seed)
     images = [m for m, a in arrays.items() if is_image(a)]
     counts = [m for m, a in arrays.items()  # non-negative integers
