@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmvm.cli import MAIN_JOB_CONFIG, add_config_arguments
+from mmvm.cli.earlier import replacing, write_keeping_earlier
 
 if TYPE_CHECKING:
     import torch
@@ -136,8 +137,20 @@ def run(args: argparse.Namespace) -> int:
         from mmvm.run_pictures import run_picture
 
         names = label_names_for(cfg.data.files("test"), cfg.data.label)
-        with finite_latents(model, source):
-            drawn = run_picture(model, cfg, test_set, run_dir, cfg.model.method, names)
+        drawn = {}
+
+        def draw() -> None:  # the run's earlier picture (its server's, say) is kept
+            with finite_latents(model, source):
+                drawn.update(run_picture(model, cfg, test_set, run_dir,
+                                         cfg.model.method, names))
+
+        picture = run_dir / ("generations.png" if any(
+            m.kind == "image" for m in cfg.model.modalities) else "latents.png")
+        kept = replacing(picture, draw)
+        if kept is not None and not drawn:  # nothing drawn: nothing replaced
+            kept.unlink()
+        elif kept is not None:
+            print(f"mmvm evaluate: the earlier {picture.name} of this run is now {kept}")
         for path in drawn.values():
             print(f"wrote {path}")
         if not drawn:
@@ -214,53 +227,6 @@ def at_the_sites(run_dir: Path, cfg) -> None:
             f"with --set 'data.folders=[\"site-a\",\"site-b\"]' when each site's "
             f"train.parquet and test.parquet are in a sub-folder of it (joined by "
             f"sample id)")
-
-
-def keep_earlier(path: Path) -> Path:
-    """Move ``path`` aside as ``<stem>.<its time>[.k]<suffix>`` (every earlier
-    evaluation kept, the newest under the plain name) and return where it went."""
-    target = earlier_name(path)
-    path.replace(target)
-    return target
-
-
-def earlier_name(path: Path) -> Path:
-    """``<stem>.<path's time>[.k]<suffix>``, a name not taken yet beside ``path``."""
-    import time
-
-    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime(path.stat().st_mtime))
-    target, k = path.with_name(f"{path.stem}.{stamp}{path.suffix}"), 1
-    while target.exists():
-        k += 1
-        target = path.with_name(f"{path.stem}.{stamp}.{k}{path.suffix}")
-    return target
-
-
-def write_keeping_earlier(path: Path, data: bytes) -> Path | None:
-    """Write ``data`` to ``path`` atomically, an earlier ``path`` kept as
-    :func:`earlier_name` (returned; None when there was none). The earlier file is
-    linked (or copied) there first and left under its own name until the new one
-    replaces it: a write that fails (a full disk) leaves it as it was."""
-    import os
-
-    from mmvm.atomic import atomic_write
-
-    kept = earlier_name(path) if path.is_file() else None
-    if kept is not None:
-        try:
-            os.link(path, kept)  # refuses an existing name: nothing overwritten
-        except OSError:  # a file system without hard links: a copy, its time kept
-            st = path.stat()
-            # (overwrite=False would link again; the name is a fresh time stamp)
-            atomic_write(kept, path.read_bytes(), mode=st.st_mode & 0o777)
-            os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
-    try:
-        atomic_write(path, data)
-    except BaseException:
-        if kept is not None:  # the earlier one is still under its own name
-            kept.unlink(missing_ok=True)
-        raise
-    return kept
 
 
 def _fmt(v) -> str:

@@ -204,7 +204,7 @@ def _set_aside_stale_outputs(run_dir: Path) -> None:
     latents.png, curves.png older than the run's checkpoint) is kept under its time
     (as ``mmvm evaluate`` keeps earlier evaluations), so that ``mmvm report`` does not
     pair this run's config with it."""
-    from mmvm.cli.evaluate import keep_earlier
+    from mmvm.cli.earlier import keep_earlier
     from mmvm.reporting.collect import RUN_IMAGES
 
     ckpt = run_dir / "checkpoint.pt"

@@ -191,6 +191,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
 
     from mmvm.classifiers import classifiers_for
     from mmvm.data.dataset import MultimodalDataset
+    from mmvm.data.label_names import label_names_for
     from mmvm.data.labels import is_labelled
     from mmvm.eval_settings import evaluated_with
     from mmvm.evaluation import evaluate_run
@@ -226,6 +227,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
         f"so far)")
     atomic_write(out / "eval.json", json_bytes(ev))
     paths = {"eval": str(out / "eval.json")}
-    drawn = run_picture(model, cfg, test_set, out, f"federated {cfg.model.method}")
+    drawn = run_picture(model, cfg, test_set, out, f"federated {cfg.model.method}",
+                        label_names_for(cfg.data.files("test"), cfg.data.label))
     paths.update({k: str(v) for k, v in drawn.items()})
     return paths, ev

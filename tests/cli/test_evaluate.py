@@ -155,6 +155,13 @@ def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
                  "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
     assert len(list((tmp_path / "run").glob("eval.*-*.json"))) == 2  # each one kept
     assert json.loads(kept.read_text()) == res
+    # drawn again: the earlier picture (a federated server's, say) is kept as well
+    first = (tmp_path / "run" / "latents.png").read_bytes()
+    assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-coherence"]) == 0
+    assert "the earlier latents.png of this run is now" in capsys.readouterr().out
+    (picture,) = (tmp_path / "run").glob("latents.*-*.png")
+    assert picture.read_bytes() == first
 
 
 # ------------------------------------------------------ refused before any scoring
@@ -379,7 +386,7 @@ def test_without_hard_links_the_earlier_eval_json_is_copied_with_its_time(
     import os
 
     import mmvm.atomic
-    from mmvm.cli.evaluate import write_keeping_earlier
+    from mmvm.cli.earlier import write_keeping_earlier
 
     path = tmp_path / "eval.json"
     path.write_text('{"earlier": 1}')
