@@ -3,8 +3,8 @@
 ``flwr run --stream`` exits 0 even when the run failed, and an interrupted CLI leaves
 the run going in the SuperLink. This command runs the app as ``flwr run`` would,
 streams its output, then asks the SuperLink for the run's final status (``flwr ls``)
-and exits 0 only if it completed; Ctrl-C, SIGTERM or SIGHUP stop the run: where its
-folder is on this machine the ServerApp first ends at a window everyone checkpoints
+and exits 0 only if it completed; Ctrl-C, SIGTERM, SIGHUP or a reader of its output
+that goes away (``mmvm run | head``) stop the run: where its folder is on this machine the ServerApp first ends at a window everyone checkpoints
 (the one it is in if that is a checkpoint window, else the next; ``stop.request``),
 then ``flwr stop``. Without ``--connection`` it is a local
 simulation, never flwr's default connection where that is a SuperLink; it starts exactly ``num-sites`` SuperNodes (the
@@ -302,7 +302,7 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
 
     before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        run_id, said = _stream(proc, seen)
+        run_id, said = _stream(proc, seen, lambda: on_signal(signal.SIGPIPE, None))
         for sig in STOP_SIGNALS:  # from here on: the stop and the status query finish
             signal.signal(sig, signal.SIG_IGN)
         if signals:
@@ -315,11 +315,12 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
             signal.signal(sig, handler)
 
 
-def _stream(proc: subprocess.Popen, seen: dict | None = None
+def _stream(proc: subprocess.Popen, seen: dict | None = None, broken=None
             ) -> tuple[str | None, bool]:
     """Show ``flwr run``'s output until it ends; the run id it started, if any (also
     in ``seen["run_id"]`` as soon as it is said), and whether the ServerApp said why
-    it failed."""
+    it failed. Where the reader of the output goes (``mmvm run | head``), the rest
+    goes nowhere and ``broken()`` stops the run, as a closed terminal's SIGHUP does."""
     run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
     failed = False  # mmvm said why the run failed
     for line in proc.stdout:
@@ -330,15 +331,18 @@ def _stream(proc: subprocess.Popen, seen: dict | None = None
                 seen["run_id"] = run_id
         quiet = NOISE + AFTER_FAILURE if failed else NOISE
         if not any(p.search(line) for p in quiet):
-            sys.stdout.write(ANSI.sub("", line) if plain else line)
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(ANSI.sub("", line) if plain else line)
+                sys.stdout.flush()
+            except BrokenPipeError:  # the rest (and at exit) to /dev/null; stop the run
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                broken and broken()
         failed = failed or line.startswith("mmvm: run failed:")
         if RAY_CLUSTER in line:  # the SuperLink's Ray is a cluster: what to do
             failed = True
             print(CLUSTER_HINT, file=sys.stderr, flush=True)
     proc.wait()
     return run_id, failed
-
 
 
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int,

@@ -235,3 +235,38 @@ def test_a_stop_in_the_last_window_lets_the_run_complete_and_says_so(
     assert "run 42 completed before the stop took effect" in err
     assert "did not end its window" not in err and "cannot be resumed" not in err
 
+
+
+CHATTY = """
+import signal, sys, time
+signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+print("Successfully started run 42", flush=True)
+for k in range(600):
+    print(f"window {k}", flush=True)
+    time.sleep(0.05)
+"""
+
+READ_BY_HEAD = """
+import argparse, sys
+from mmvm.cli.run import _run
+args = argparse.Namespace(connection=None, run_config=sys.argv[1])
+sys.exit(_run(args, [sys.executable, "-c", sys.argv[2]]))
+"""
+
+
+def test_a_reader_that_goes_away_stops_the_run_as_a_closed_terminal_does(tmp_path):
+    """Walkthrough: `mmvm run | head` died of the broken pipe and left the run
+    training in the SuperLink. The output now goes nowhere and the run is stopped,
+    with what to resume said on stderr; no traceback, no 'Exception ignored'."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", READ_BY_HEAD, f"out-dir='{tmp_path}'", CHATTY],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert "Successfully started run 42" in proc.stdout.readline()
+    proc.stdout.close()  # head has read its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert "stopped run 42; continue it with the same --run-config" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
