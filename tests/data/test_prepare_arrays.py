@@ -418,3 +418,18 @@ def test_class_names_become_ids_in_sorted_order_and_are_listed(arrays, form):
     (d / "mixed.txt").write_text("\n".join(["none", "2"] * (N // 2)))
     with pytest.raises(DataError, match="holds the number '2' among class names"):
         load_labels(d / "mixed.txt")
+
+
+def test_uint8_counts_shaped_like_an_image_are_noted(arrays):
+    """Walkthrough: spikes saved as uint8 [N, 1, neurons, bins] were stored as pixels
+    (scale 255) and refused by every image network, with no word that they looked
+    like counts. Noted; a square image of full range is not."""
+    d = arrays["dir"]
+    spikes = np.random.default_rng(1).poisson(1.0, size=(N, 1, 60, 10)).astype(np.uint8)
+    np.save(d / "spikes.npy", spikes)
+    prepare_arrays(d / "s", {"rat": d / "spikes.npy"})
+    (note,) = read_site_meta(d / "s" / "train.parquet")["dataset"]["notes"]
+    assert note.startswith("rat: uint8 [1, 60, 10] is read as an image") and \
+        "save it as int16 or int32" in note
+    prepare_arrays(d / "i", {"img": d / "img.npy"})
+    assert "notes" not in read_site_meta(d / "i" / "train.parquet")["dataset"]

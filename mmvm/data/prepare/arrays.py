@@ -112,6 +112,18 @@ def load_labels(path: Path, classes: Sequence[str] | None = None
     return class_ids(values, str(path), classes)
 
 
+def counts_as_image(name: str, a: np.ndarray) -> str | None:
+    """A note where a uint8 ``[N, 1, H, W]`` taken for an image (stored 0..1, scale
+    255) looks like counts: not square, or its values all small (a walkthrough's
+    uint8 spikes [N, 1, neurons, bins] became pixels, refused by every image net)."""
+    top = int(a[: 4096].max()) if len(a) else 0
+    if a.shape[2] == a.shape[3] and top > 15:
+        return None
+    return (f"{name}: uint8 {list(a.shape[1:])} is read as an image (pixels 0..255 -> "
+            f"0..1; its largest value {top}); if it holds counts (neurons x bins), "
+            f"save it as int16 or int32, or as [N, neurons, bins]")
+
+
 def unique_labels(cols: Mapping[str, np.ndarray], least: int = 20) -> list[str]:
     """A note for each label column with a class of its own for every labelled row
     (of at least ``least``): ids or free text, not classes; a probe of it would be
@@ -192,6 +204,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     notes = [*notes, *unique_labels(cols)]
     test = held_out(group_of or sample_ids, test_fraction, seed)
     images = [m for m, a in arrays.items() if is_image(a)]
+    notes += [n for m in images if (n := counts_as_image(m, arrays[m]))]
     counts = [m for m, a in arrays.items()  # non-negative integers
               if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0]
     scaled = scales(arrays, [m for m in arrays if m not in images + counts]
