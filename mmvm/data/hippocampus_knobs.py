@@ -16,7 +16,7 @@ KNOBS: dict[str, tuple[float, str]] = {
     "tuned_fraction": (0.2, "share of each rat's neurons that are odor-tuned (a random "
                              "subset per rat; the others fire alike for every odor)"),
     "tuning": (0.5, "SD of a tuned neuron's log-rate odor response, drawn per rat and "
-                    "neuron (rat-specific code; at 2.0 a few neurons fire 100+ spikes "
+                    "neuron (rat-specific code; at 2.0 a few neurons fire dozens of spikes "
                     "a bin: a clear code, not physiological rates)"),
     "gain_sd": (0.2, "SD of the log of the trial-to-trial gain shared by a rat's neurons"),
     "noise_sd": (0.5, "SD of per-trial, per-neuron log-rate noise (overdispersion)"),
