@@ -159,13 +159,18 @@ def test_a_lab_table_given_where_one_value_per_line_is_read_is_refused(arrays):
     (d / "trials.csv").write_text("trial,odor\n" + "\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"trials.csv: a table, where one value per "
                                         r"line is read; prepare your tables with `mmvm "
-                                        r"data prepare table`"):
+                                        r"data prepare table`"):  # (its header)
         prepare_arrays(d / "o", {"eeg": d / "eeg.npy"}, ids=d / "trials.csv")
     (d / "trials.txt").write_text("\n".join(rows) + "\n")  # no header, a .txt
     with pytest.raises(DataError, match=r"line 1 \('subject-000,odor0'\) holds several "
                                         r"values"):
         prepare_arrays(d / "o", {"eeg": d / "eeg.npy"}, ids=d / "trials.txt")
     # a class name may hold a comma; a label of a class per sample is noted
+    # a one-column .csv (np.savetxt's) is a list, as before
+    np.savetxt(d / "groups.csv", np.arange(N) // 4, fmt="%d")
+    got = prepare_arrays(d / "g", {"eeg": d / "eeg.npy"}, ids=d / "ids.txt",
+                         groups=d / "groups.csv")
+    assert read_site_meta(got["train"])["dataset"]["split_by"].startswith("group (30 ")
     (d / "names.txt").write_text("\n".join(["effusion, left"] * 60 + ["normal"] * 60))
     assert prepare_arrays(d / "n", {"eeg": d / "eeg.npy"}, labels={"label": d / "names.txt"})
     (d / "odd.txt").write_text("\n".join(arrays["ids"]))
@@ -428,8 +433,18 @@ def test_uint8_counts_shaped_like_an_image_are_noted(arrays):
     spikes = np.random.default_rng(1).poisson(1.0, size=(N, 1, 60, 10)).astype(np.uint8)
     np.save(d / "spikes.npy", spikes)
     prepare_arrays(d / "s", {"rat": d / "spikes.npy"})
+    assert len(read_site_table(d / "s" / "train.parquet").sample_ids) > N // 2
     (note,) = read_site_meta(d / "s" / "train.parquet")["dataset"]["notes"]
     assert note.startswith("rat: uint8 [1, 60, 10] is read as an image") and \
         "save it as int16 or int32" in note
     prepare_arrays(d / "i", {"img": d / "img.npy"})
     assert "notes" not in read_site_meta(d / "i" / "train.parquet")["dataset"]
+    # a colour or a grey image of full range, not square: an image, no note
+    photo = np.random.default_rng(2).integers(0, 256, (N, 3, 16, 12), dtype=np.uint8)
+    np.save(d / "photo.npy", photo)
+    np.save(d / "frame.npy", photo[:, :1])
+    for name in ("photo", "frame"):
+        paths = prepare_arrays(d / name, {name: d / f"{name}.npy"})
+        assert "notes" not in read_site_meta(paths["train"])["dataset"]
+        # (the sample count is the arrays', not a note's: the split is not empty)
+        assert len(read_site_table(paths["train"]).sample_ids) > N // 2

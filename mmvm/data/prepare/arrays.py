@@ -67,21 +67,20 @@ def load_ids(path: str | os.PathLike) -> list[str]:
 
 
 def text_lines(path: Path, commas: bool = True) -> list[str]:
-    """A text file of one value per line, each stripped. A table (a ``.csv`` or
-    ``.tsv``, or a first line with a tab, or, with ``commas``, a comma between
-    words: ids have none, a class name may) is refused: its header would be a row and
-    each line a whole record (a lab passed its trials.csv as --ids: "120 rows, where
+    """A text file of one value per line, each stripped. A table (a ``.csv`` whose
+    first line holds a comma, a first line with a tab, or, with ``commas``, a comma
+    between words: ids have none, a class name may) is refused: its header would be
+    a row and each line a whole record (a lab passed its trials.csv as --ids: "120 rows, where
     the other inputs have 121")."""
-    if path.suffix.lower() in (".csv", ".tsv"):
-        raise DataError(f"{path}: a table, where one value per line is read; prepare "
-                        f"your tables with `mmvm data prepare table` (an id column, a "
-                        f"label column, the numbers in the others), or write one value "
-                        f"per line to a .txt")
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
     first = lines[0] if lines else ""
+    if path.suffix.lower() == ".csv" and "," in first:  # a one-column one is a list
+        raise DataError(f"{path}: a table, where one value per line is read; prepare "
+                        f"your tables with `mmvm data prepare table` (an id column, a "
+                        f"label column, the numbers in the others), or give one column")
     if "\t" in first or commas and len(first.split(",")) > 1 and all(
             w.strip() for w in first.split(",")):
         raise DataError(f"{path}: line 1 ({first[:60]!r}) holds several values, where "
@@ -113,11 +112,12 @@ def load_labels(path: Path, classes: Sequence[str] | None = None
 
 
 def counts_as_image(name: str, a: np.ndarray) -> str | None:
-    """A note where a uint8 ``[N, 1, H, W]`` taken for an image (stored 0..1, scale
-    255) looks like counts: not square, or its values all small (a walkthrough's
-    uint8 spikes [N, 1, neurons, bins] became pixels, refused by every image net)."""
+    """A note where a grey uint8 ``[N, 1, H, W]`` taken for an image (stored 0..1,
+    scale 255) looks like counts, its values all below 16 (a walkthrough's uint8
+    spikes [N, 1, neurons, bins] became pixels, refused by every image net); a
+    colour image, or a grey one that uses its range, is an image."""
     top = int(a[: 4096].max()) if len(a) else 0
-    if a.shape[2] == a.shape[3] and top > 15:
+    if a.shape[1] != 1 or top > 15:
         return None
     return (f"{name}: uint8 {list(a.shape[1:])} is read as an image (pixels 0..255 -> "
             f"0..1; its largest value {top}); if it holds counts (neurons x bins), "
@@ -204,7 +204,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     notes = [*notes, *unique_labels(cols)]
     test = held_out(group_of or sample_ids, test_fraction, seed)
     images = [m for m, a in arrays.items() if is_image(a)]
-    notes += [n for m in images if (n := counts_as_image(m, arrays[m]))]
+    notes += [note for m in images if (note := counts_as_image(m, arrays[m]))]
     counts = [m for m, a in arrays.items()  # non-negative integers
               if a.dtype.kind == "u" or a.dtype.kind == "i" and a.min() >= 0]
     scaled = scales(arrays, [m for m in arrays if m not in images + counts]
