@@ -130,8 +130,27 @@ def test_a_tsv_with_decimal_commas_is_told_its_decimal_mark(tmp_path):
                                      "v1\tnone\t138\nv2\tsepsis\t140,2\n")
     with pytest.raises(DataError, match=r"eu.tsv: row 2 \(sample 'v2'\), column 'sodium': "
                                         r"'140,2' is not a number: a comma as the decimal mark "
-                                        r"\(140\.2\) or between thousands \(1402\)\? Save"):
+                                        r"\(140\.2\)\? Save the table with '\.' as the"):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "eu.tsv"}, id_column="visit",
+                       labels={"label": "outcome"})
+
+
+@pytest.mark.parametrize("cells, said", [
+    (["1,250", "980"], r"'1,250' is not a number: a comma as the decimal mark \(1\.250\) "
+                       r"or commas between thousands \(1250\)\?"),
+    (["1,250,000", "2"], r"'1,250,000' is not a number: commas between thousands "
+                         r"\(1250000\)\?"),
+    (["1.250,5", "3"], r"'1.250,5' is not a number: a comma as the decimal mark "
+                       r"\(1250\.5\)\?"),
+    # a column of text whose first odd cell happens to read as a number: text
+    (["ward 3", "3,4", "icu", "ward 1"], r"columns \['sodium'\] are not numbers"),
+])
+def test_numbers_written_with_commas_are_read_both_ways_and_text_stays_text(
+        tmp_path, cells, said):
+    rows = [f"v{i}\tnone\t{c}" for i, c in enumerate(cells)]
+    (tmp_path / "t.tsv").write_text("visit\toutcome\tsodium\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=said):
+        prepare_tables(tmp_path / "o", {"labs": tmp_path / "t.tsv"}, id_column="visit",
                        labels={"label": "outcome"})
 
 

@@ -11,6 +11,7 @@ numbering and the output are those of ``mmvm data prepare arrays``.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -126,13 +127,14 @@ def _not_numbers(table: pa.Table, odd: list[str], ids: list[str]) -> str:
         cells = table.column(c).to_pylist()
         bad = [r for r, v in enumerate(cells)
                if v is not None and str(v).strip() and not _number(v)]
-        if bad and _decimal_comma(cells[bad[0]]):
-            r = bad[0]
+        commas = [r for r in bad if _comma_readings(cells[r])]
+        if commas and len(commas) * 2 >= len(bad) and len(bad) <= len(cells) // 2 \
+                or commas and len(commas) == len(bad):  # numbers written with commas
+            r = commas[0]
             text = str(cells[r]).strip()
             return (f"row {r + 1} (sample {ids[r]!r}), column {c!r}: {text!r} is not a "
-                    f"number: a comma as the decimal mark ({text.replace(',', '.')}) or "
-                    f"between thousands ({text.replace(',', '')})? Save the table with "
-                    f"'.' as the decimal mark and no thousands separator")
+                    f"number: {' or '.join(_comma_readings(text))}? Save the table "
+                    f"with '.' as the decimal mark and no thousands separator")
         if bad and len(bad) <= len(cells) // 2:  # mostly numbers
             r = bad[0]
             return (f"row {r + 1} (sample {ids[r]!r}), column {c!r}: {cells[r]!r} is not "
@@ -143,11 +145,20 @@ def _not_numbers(table: pa.Table, odd: list[str], ids: list[str]) -> str:
             f"with --label, --group-column or --drop")
 
 
-def _decimal_comma(value) -> bool:
-    """``140,2`` or ``1,250``: a number written with a comma in it (a spreadsheet saved
-    in a locale that writes its decimal mark so, or with thousands separators)."""
+def _comma_readings(value) -> list[str]:
+    """What a number written with commas may mean: ``140,2`` a decimal comma (a
+    spreadsheet saved in a locale that writes it so), ``1,250`` that or thousands,
+    ``1,250,000`` thousands, ``1.250,5`` a decimal comma after dotted thousands;
+    empty for anything else (text)."""
     text = str(value).strip()
-    return text.count(",") == 1 and _number(text.replace(",", "."))
+    if re.fullmatch(r"[-+]?\d{1,3}(\.\d{3})+,\d+", text):
+        return [f"a comma as the decimal mark ({text.replace('.', '').replace(',', '.')})"]
+    out = []
+    if re.fullmatch(r"[-+]?\d*,\d+", text):
+        out.append(f"a comma as the decimal mark ({text.replace(',', '.')})")
+    if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+", text):
+        out.append(f"commas between thousands ({text.replace(',', '')})")
+    return out
 
 
 def _number(value) -> bool:
