@@ -208,7 +208,7 @@ def cache_key(train_path, test_path, name: str, cfg: ClassifierConfig, vocab: in
             del recipe[knob]
     material = {"files": [facts(p) for p in held], "modality": name, "config": recipe,
                 "version": CLASSIFIER_VERSION}
-    # each only when there is one, so the keys of one-file data stay as they were
+    # each only when there is one (the file digest replaced its size: judges retrain once)
     if vocab:
         material["vocab"] = vocab
     if joined := [facts(p) for files in split for p in files if p not in held]:

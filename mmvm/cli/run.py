@@ -45,6 +45,7 @@ from mmvm.cli.run_stop import (
     ASKED,
     EARLY,
     first_run,
+    nowhere,
     request_stop,
     run_folders,
     wait_for_stop,
@@ -319,8 +320,7 @@ def _stream(proc: subprocess.Popen, seen: dict | None = None, broken=None
             ) -> tuple[str | None, bool]:
     """Show ``flwr run``'s output until it ends; the run id it started, if any (also
     in ``seen["run_id"]`` as soon as it is said), and whether the ServerApp said why
-    it failed. Where the reader of the output goes (``mmvm run | head``), the rest
-    goes nowhere and ``broken()`` stops the run, as a closed terminal's SIGHUP does."""
+    it failed. A reader that goes (``| head``): the rest goes nowhere, ``broken()``."""
     run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
     failed = False  # mmvm said why the run failed
     for line in proc.stdout:
@@ -335,7 +335,7 @@ def _stream(proc: subprocess.Popen, seen: dict | None = None, broken=None
                 sys.stdout.write(ANSI.sub("", line) if plain else line)
                 sys.stdout.flush()
             except BrokenPipeError:  # the rest (and at exit) to /dev/null; stop the run
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                nowhere(sys.stdout, sys.stderr)
                 broken and broken()
         failed = failed or line.startswith("mmvm: run failed:")
         if RAY_CLUSTER in line:  # the SuperLink's Ray is a cluster: what to do

@@ -35,6 +35,20 @@ def run_folders(overrides: dict, run_id: str) -> tuple[Path, Path]:
 STOP_WAIT = 300  # seconds a stop waits for the current window to end and be written
 
 
+def nowhere(out, err) -> None:
+    """Send ``out`` (a closed pipe's writer) to /dev/null, and ``err`` too where it is
+    the same pipe (``mmvm run 2>&1 | head``): what is said after, the stop's lines
+    included, goes nowhere instead of failing the stop."""
+    import os
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    same = os.path.samestat(os.fstat(out.fileno()), os.fstat(err.fileno()))
+    os.dup2(null, out.fileno())
+    if same:
+        os.dup2(null, err.fileno())
+    os.close(null)
+
+
 def request_stop(state: Path, results: Path, run_id: str) -> str:
     """Ask the ServerApp to stop: :data:`ASKED` (it has a checkpoint: it stops after
     its current window, which everyone checkpoints), :data:`EARLY` (its sites have not

@@ -269,10 +269,13 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                   "to be inverted (as wide as the input, a learning rate of ~0) send its "
                   "samples themselves (deploy/README.md section 7): list the configs it "
                   "may run (experiment=\"<digest>\", which --config FILE prints)")
-    if p.min_rows > 1 and p.share_test and not p.require_secure:
-        check.add("policy", WARNING, f"min-rows {p.min_rows:,} with require-secure off: "
-                  f"a plaintext run's cross-site evaluation is not scored here (there "
-                  f"the server chooses the posterior values it sends)")
+    if p.min_rows > 1 and p.share_test and not (p.require_secure or p.require_psi):
+        check.add("policy", WARNING, f"min-rows {p.min_rows:,}: plaintext runs score no "
+                  f"cross-site evaluation here (its test posteriors are still sent; the "
+                  f"server chooses the values it would score)" + (
+                      "; their probes are scored, with the encoders the server averages "
+                      "for shared modalities: eval-labels = \"\" keeps test labels "
+                      "unread there" if p.eval_labels else ""))
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:

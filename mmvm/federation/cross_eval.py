@@ -172,12 +172,13 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
     withheld = False
     for key, ev in evaluation.items():  # took part, then scored nothing to count
         why = "refused the server's test posteriors (its log says why)" \
-            if ev.get("cross_refused") else "withheld its imputation (report-losses)" \
+            if ev.get("cross_refused") else "scored nothing cross-site: its min-rows " \
+            "is above 1, and in plaintext the server chooses the values it scores " \
+            "(run secure)" if ev.get("cross_withheld") else \
+            "withheld its imputation (report-losses)" \
             if ev.get(WITHHELD) and key in tables.rows else \
             "left out scores over fewer than a quarter of its test rows" \
-            if ev.get("cross_floored") else "scored nothing cross-site: its min-rows " \
-            "is above 1, and in plaintext the server chooses the values it scores " \
-            "(run secure)" if ev.get("cross_withheld") else ""
+            if ev.get("cross_floored") else ""
         if why:
             tables.notes[str(ev.get("site", key))] = why
     for key, ev in evaluation.items():

@@ -317,7 +317,7 @@ class Endpoint:
         site = self.site
         site.progress.evaluate(site.name)
         self._check_shared(req.weights)
-        chosen = 1 if self.channel.secure or self.policy.test_bed else self.policy.min_rows
+        chosen = 1 if self.channel.secure else self.policy.plain_floor
         cross, refused = admitted(site, self.policy.share_test, req.posteriors,
                                   request_digest({}, req.weights), self.notes,
                                   self._persist, expected=self.channel.secure

@@ -174,6 +174,14 @@ class SitePolicy:
     def secure_site(self) -> bool:
         return bool(self.keys)
 
+    @property
+    def plain_floor(self) -> int:
+        """``min-rows`` where a plaintext run's cross-site evaluation would score
+        values the server chose: above 1, it scores nothing (site_cross_eval's
+        ``server_chosen_values``); 1 for a test bed, and where ``share-test`` is off
+        (it takes no part, for its own reason)."""
+        return self.min_rows if self.share_test and not self.test_bed else 1
+
     def experiment(self, cfg):
         """The run's experiment config as this site runs it: on its own ``device``
         when its node config names one, compiled only where it allows that."""

@@ -241,7 +241,7 @@ CHATTY = """
 import signal, sys, time
 signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 print("Successfully started run 42", flush=True)
-for k in range(600):
+for k in range(100):  # 5 s: a stop asked of the ServerApp waits for its end
     print(f"window {k}", flush=True)
     time.sleep(0.05)
 """
@@ -270,3 +270,14 @@ def test_a_reader_that_goes_away_stops_the_run_as_a_closed_terminal_does(tmp_pat
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
     assert "stopped run 42; continue it with the same --run-config" in err
     assert "Traceback" not in err and "Exception ignored" not in err
+    # `mmvm run 2>&1 | head`: the stop's own lines go to the same closed pipe
+    folder = tmp_path / "run-42"
+    folder.mkdir()
+    (folder / "server_state.pt").write_bytes(b"a checkpoint")  # a stop is asked first
+    both = subprocess.Popen(
+        [sys.executable, "-c", READ_BY_HEAD, f"out-dir='{tmp_path}'", CHATTY],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert "Successfully started run 42" in both.stdout.readline()
+    both.stdout.close()
+    assert both.wait(timeout=60) == 128 + signal.SIGPIPE

@@ -287,8 +287,8 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
                                   **{"require-psi": None, "min-rows": "5"}))
     plain_said = " ".join(_find(plain, "policy", WARNING))
     assert "min-rows without keys" not in plain_said  # it has an effect there:
-    assert "min-rows 5 with require-secure off: a plaintext run's cross-site " \
-           "evaluation is not scored here" in plain_said
+    assert "min-rows 5: plaintext runs score no cross-site evaluation here" in plain_said
+    assert 'eval-labels = "" keeps test labels unread there' in plain_said
     typo = check_node_config(_nc(fed, **{"eval-labels": "label,label.dx"}),
                              load_config(CONFIG, ["data.label=label.dx"]))
     assert "eval-labels label.dx match no label column" in " ".join(

@@ -178,6 +178,31 @@ def test_a_plaintext_site_with_min_rows_scores_nothing_the_server_could_differen
     assert "its min-rows is above 1" in notes["site-m0"]
 
 
+def test_a_site_that_does_not_share_is_not_said_to_withhold_for_min_rows(site):
+    """share-test = false is the reason the server is told (it gets no heldout
+    answer); the min-rows note would name the wrong one."""
+    ep = Endpoint(site, PlainChannel(), SitePolicy(share_test=False, min_rows=5))
+    got = ep.handle(EvaluateRequest(posteriors=_table(site, np.arange(96)))).metrics
+    assert "cross_withheld" not in got
+    assert not any(k.startswith(("impute", "coherence")) for k in got)
+
+
+def test_where_values_cannot_be_chosen_min_rows_still_floors_row_sets(site):
+    """The sealed path (a secure run: peers' posteriors, the server cannot change
+    them) scores through evaluate_site with the node config's policy: row sets that
+    differ by one row are withheld there, end to end, not only in `differing`."""
+    from mmvm.federation.site_eval import evaluate_site
+
+    rows = np.arange(40)
+    blob = encode_table({"m1": _post(site, rows), "m2": _post(site, np.append(rows, 60))})
+    said = []
+    got = evaluate_site(site, cross=blob, draw=False, log=said.append,
+                        policy=SitePolicy(eval_labels=(), min_rows=5))
+    assert not [k for k in got if k.startswith("impute")], got
+    assert got["cross_floored"] == 1.0
+    assert "differ from another's by fewer than min-rows = 5" in " ".join(said)
+
+
 def test_differing_names_scores_whose_rows_differ_by_fewer_than_the_floor():
     """Where min-rows still bounds row sets (secure runs, whose values the server
     cannot choose): pairs that differ by 1 to floor - 1 rows, either way, in any of
