@@ -302,6 +302,15 @@ def test_corrupted_truncated_and_missing_checkpoints(tmp_path):
         checkpoint.load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*none\.pt"):
         checkpoint.load_checkpoint(tmp_path / "none.pt")
+    # bytes of a weight changed after the write: torch loads them without a word (the
+    # run then failed with "loss is nan ... lower train.lr"); the CRC catches them
+    from tests.support.damage import flip_tensor_bytes
+
+    checkpoint.save_checkpoint(path, {"w": torch.zeros(100)})
+    entry = flip_tensor_bytes(path)
+    with pytest.raises(ValueError, match=rf"checkpoint .*c\.pt: its entry '{entry}' "
+                                         rf"fails its CRC check"):
+        checkpoint.load_checkpoint(path)
 
 
 def test_training_on_a_corrupted_checkpoint_raises_clearly(tmp_path, data):

@@ -115,15 +115,16 @@ def _unlike(ours: dict, theirs) -> str:
 
 def _site_state(path: Path) -> dict:
     """A site's ``<site>.pt``, loaded as plain tensors and values (weights_only)."""
-    import torch
+    from mmvm.checkpoint import load_torch
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such site state file (a site keeps it as "
                                 f"<state>/run-<id>/<site>.pt)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch(path)  # its bytes checked against their CRCs
     except Exception as err:  # noqa: BLE001 - not a torch file, or not plain values
-        raise ValueError(f"{path}: not a readable state file ({type(err).__name__}); a "
+        raise ValueError(f"{path}: not a readable state file ({type(err).__name__}: "
+                         f"{str(err)[-100:]}); a "
                          f"site keeps its state as <state>/run-<id>/<site>.pt") from None
     if not isinstance(state, dict) or not {"names", "model"} <= set(state):
         run = isinstance(state, dict) and "config" in state

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mmvm.checkpoint import write_torch
+from mmvm.checkpoint import load_torch, write_torch
 from mmvm.config import ConfigError, shared_settings
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.settings import FederationSettings
@@ -95,11 +95,15 @@ def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:
                           f"writes it once the sites attached; is out-dir the one that "
                           f"run used?)")
     try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or unpickling refused
+        doc = load_torch(path)  # its bytes checked against their CRCs
+    except Exception as err:  # truncated, damaged, not a torch file, or refused
         raise ConfigError(f"resume = {s.resume}: {path} is not a readable server state "
-                          f"({type(err).__name__}); the server writes it atomically, so "
-                          f"it was damaged or replaced after the run") from None
+                          f"({type(err).__name__}: {str(err).replace(f'{path}: ', '')}"
+                          f"); the server writes "
+                          f"it atomically, so it was damaged or replaced after the run. "
+                          f"The sites' states are of the same window: a copy of the run "
+                          f"folder from a backup resumes; else start the run again"
+                          ) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: not a server state (a {type(doc).__name__})")
     if doc.get("version") != VERSION:

@@ -19,7 +19,7 @@ import torch
 
 from mmvm import accel
 from mmvm.aggregation import can_federate, federated_methods
-from mmvm.checkpoint import write_torch
+from mmvm.checkpoint import load_torch, write_torch
 from mmvm.config import ExperimentConfig
 from mmvm.data import check_data_fits, open_dataset
 from mmvm.data.store import DataError, read_site_meta
@@ -366,7 +366,7 @@ class Site:
 
     def restore(self, path: str | Path) -> None:
         self.settle()
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_torch(path, self.device)  # its bytes checked: damage is caught
         if state["names"] != self.names:
             raise ValueError(f"{path}: saved for modalities {state['names']}, this site "
                              f"holds {self.names}")

@@ -61,6 +61,14 @@ def test_a_damaged_server_state_is_refused_with_its_path(settings, tmp_path):
     good = tmp_path / "good.pt"
     save_server_state(good, settings, state)
     data = good.read_bytes()
+    from tests.support.damage import flip_tensor_bytes
+
+    flipped = tmp_path / "flipped.pt"  # a tensor's bytes changed: finite garbage
+    flipped.write_bytes(data)
+    flip_tensor_bytes(flipped)
+    with pytest.raises(ConfigError, match=r"flipped.pt is not a readable server state "
+                                          r"\(BadZipFile: .*fails its CRC check"):
+        load_server_state(flipped, settings)
     cases = {"cut.pt": data[: len(data) // 2], "text.pt": b"not a checkpoint"}
     for name, blob in cases.items():
         (tmp_path / name).write_bytes(blob)
