@@ -75,8 +75,11 @@ def collect(paths: Iterable[str | Path]) -> Collection:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
-        if unfinished(path):
-            out.notes.append(unfinished_note(path))
+        if state_only(path):
+            later = continued_by(path)
+            out.notes.append(unfinished_note(path) if later is None else
+                             f"{path}: left out: its training was resumed and finished "
+                             f"in {later.name}, which holds its results")
             continue
         if empty_run(path):
             out.notes.append(f"{path}: left out: a federated run folder with nothing in "
@@ -109,23 +112,26 @@ def empty_run(path: Path) -> bool:
         p.is_file() for p in path.rglob("*"))
 
 
-def unfinished(path: Path) -> bool:
-    """A federated run's folder with the server's state and no results yet, nor a
-    run beside it that resumed it (a resumed run writes its results in its own
-    folder; the state stays in the first run's)."""
-    if not (path.is_dir() and (path / STATE_FILE).is_file()) or any(
-            (path / f).is_file() for f in ("results.json", "eval.json", "checkpoint.pt")):
-        return False
+def state_only(path: Path) -> bool:
+    """A federated run's folder with the server's state and no results of its own."""
+    return path.is_dir() and (path / STATE_FILE).is_file() and not any(
+        (path / f).is_file() for f in ("results.json", "eval.json", "checkpoint.pt"))
+
+
+def continued_by(path: Path) -> Path | None:
+    """The run folder beside ``path`` whose results say it resumed ``path``'s run (a
+    resumed run writes its results in its own folder; the state stays in the first
+    run's), or None: the run has not finished."""
     first = path.name.removeprefix("run-")
-    for results in path.parent.glob("run-*/results.json"):
+    for results in sorted(path.parent.glob("run-*/results.json")):
         try:
             doc = json.loads(results.read_text())
         except (OSError, ValueError):
             continue
         settings = doc.get("settings") if isinstance(doc, dict) else None
         if isinstance(settings, dict) and str(settings.get("resume") or "") == first:
-            return False
-    return True
+            return results.parent
+    return None
 
 
 def classify(path: Path) -> tuple[str, Path]:

@@ -116,10 +116,12 @@ def test_an_unfinished_federated_run_is_left_out_with_a_note(tmp_path, fake_runs
     assert main(["report", str(unfinished), "--out", str(tmp_path / "alone.md")]) == 2
     err = capsys.readouterr().err
     assert "no runs to report" in err and "resume='123'" in err
-    # once a resume finished it (results in its own folder), it is no longer "unfinished"
-    from mmvm.reporting.collect import unfinished as is_unfinished
-
+    # once a resume finished it (results in its own folder), `runs/*` takes both: the
+    # first is left out as continued, not as unfinished (it stopped the report)
     resumed = tmp_path / "runs" / "run-456"
     resumed.mkdir()
     (resumed / "results.json").write_text('{"settings": {"resume": "123"}, "sites": {}}')
-    assert not is_unfinished(unfinished)
+    assert main(["report", *map(str, fake_runs), str(unfinished), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "run-123: left out: its training was resumed and finished in run-456" in md
+    assert "has not finished" not in md
