@@ -19,6 +19,7 @@ from flwr.app import Context, Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
+from mmvm.atomic import WriteError
 from mmvm.config import ConfigError
 from mmvm.data.store import DataError
 from mmvm.federation.coordinator import FederationError
@@ -201,8 +202,10 @@ class _NoTraceback(logging.Filter):
 
 
 logging.getLogger("flwr").addFilter(_NoTraceback())
+# WriteError: the server's own file (server_state.pt, results) could not be written
+# (a full disk, a folder made read-only): one line naming it, and where to resume from
 EXPECTED = (FederationError, ConfigError, SecurityError, MessageError, PosteriorError,
-            DataError)
+            DataError, WriteError)
 
 
 @app.main()

@@ -94,3 +94,31 @@ def test_a_resume_waits_for_the_serverapp_it_continues_to_end(tmp_path):
                                                                match=r"\(waited 0.2 s\)"):
         with folder_lock(folder, "the resume", wait=0.2):
             pass
+
+
+def test_a_server_file_that_cannot_be_written_is_one_line_and_a_resume(
+        tmp_path, monkeypatch, capsys):
+    """Walkthrough: the run folder made read-only mid-run ended in Flower's traceback
+    of a WriteError and 'ended without a reason of its own'. It is the run's failure
+    line now, with where its last state is to resume from."""
+    import errno
+
+    import pytest
+
+    import server.app as server_app
+    from mmvm.atomic import WriteError
+
+    ctx = _context(tmp_path)
+    path = tmp_path / "runs" / "run-42" / "server_state.pt"
+    save_server_state(path, load_settings(ctx.run_config), _state(5))
+
+    def full(grid, context):
+        raise WriteError(errno.EPERM, f"could not write {path}: Operation not permitted; "
+                                      f"the previous server_state.pt is intact")
+
+    monkeypatch.setattr(server_app, "run", full)
+    with pytest.raises(server_app.RunFailed):
+        server_app.main(None, ctx)
+    out = capsys.readouterr().out
+    assert f"mmvm: run failed: could not write {path}: Operation not permitted" in out
+    assert "after window 6 is in" in out and "resume='42'" in out
