@@ -45,6 +45,7 @@ from mmvm.cli.run_stop import (
     ASKED,
     EARLY,
     first_run,
+    kept_state,
     nowhere,
     request_stop,
     run_folders,
@@ -348,8 +349,7 @@ def _stream(proc: subprocess.Popen, seen: dict | None = None, broken=None
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int,
           asked: str | None = None, now: bool = False) -> int:
     """Stop the run once ``flwr run`` ended. ``asked``: what the first signal's
-    request did (else it is asked now, where it can be); ``now``: a second signal
-    came."""
+    request did (else it is asked now, where it can be); ``now``: a second came."""
     from mmvm.federation.server_state import STATE_FILE
 
     if not run_id:
@@ -379,7 +379,7 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
               file=sys.stderr)
     else:
         print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
-              f"--run-config and resume='{first}' (if its sites had attached)",
+              f"--run-config and resume='{first}' ({kept_state(state)})",
               file=sys.stderr)
     return 128 + signum
 

@@ -35,6 +35,15 @@ def run_folders(overrides: dict, run_id: str) -> tuple[Path, Path]:
 STOP_WAIT = 300  # seconds a stop waits for the current window to end and be written
 
 
+def kept_state(state: Path) -> str:
+    """What a stopped run continues from: its server's state file where this machine
+    holds it, else only where the sites had attached."""
+    from mmvm.federation.server_state import STATE_FILE
+
+    saved = state / STATE_FILE
+    return f"from {saved}" if saved.is_file() else "if its sites had attached"
+
+
 def nowhere(out, err) -> None:
     """Send ``out`` (a closed pipe's writer) to /dev/null, and ``err`` too where it is
     the same pipe (``mmvm run 2>&1 | head``): what is said after, the stop's lines

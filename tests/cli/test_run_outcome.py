@@ -41,7 +41,8 @@ def test_a_stop_finds_the_run_named_after_it_came(tmp_path, capsys):
     assert code == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     # a resumed run's state stays under the id it continues
-    assert "stopped run 42; continue it with the same --run-config and resume='7'" in err
+    assert "stopped run 42; continue it with the same --run-config and resume='7' (if " \
+           "its sites had attached)" in err  # no state of it on this machine
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
@@ -195,6 +196,7 @@ def test_the_first_stop_asks_at_once_and_a_second_stops_now(tmp_path, capsys):
     assert "stopping run 42 after its current window" in err
     assert "run 42 did not end its window yet; stopping it in Flower" in err
     assert "stopped run 42; continue it with the same --run-config and resume='42'" in err
+    assert f"resume='42' (from {folder / STATE_FILE})" in err  # not "if its sites ..."
     assert not (folder / STOP_REQUEST).exists()
 
 
