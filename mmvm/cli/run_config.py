@@ -172,6 +172,7 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
         from mmvm.federation.server_state import STATE_FILE, load_server_state
 
         load_server_state(Path(s.out_dir) / f"run-{s.resume}" / STATE_FILE, s)
+        _check_unfinished(Path(s.out_dir) / f"run-{s.resume}", s.resume)
     sites = simulated_sites(s)
     if not s.site_dirs and tuple(s.modalities) == ("m0", "m1", "m2"):  # made here
         from mmvm.data.polymnist import check_lookalike_fits
@@ -231,6 +232,18 @@ def _check_keys_dir(s) -> None:
                f"holds {there or 'none'})" if missing else "public_keys.json")
             + "; a simulated site is named after its site-dirs folder or the layout: "
               + hint)
+
+
+def _check_unfinished(first: Path, resume: str) -> None:
+    """A run whose results are written (its sites answered the final evaluation, and
+    refuse a resume) is refused here, not after Flower and Ray started (~30 s)."""
+    from mmvm.reporting.collect import continued_by
+
+    done = first if (first / "results.json").is_file() else continued_by(first)
+    if done is not None:
+        raise ConfigError(f"resume = {resume}: the run is complete (its results are in "
+                          f"{done}); its sites answered the final evaluation and refuse "
+                          f"a resume: start a new run (without resume)")
 
 
 def _check_writable(key: str, folder: Path) -> None:

@@ -386,6 +386,14 @@ def test_a_resume_under_other_settings_is_refused_before_flower(tmp_path):
         "a resumed run must train the same plan on the same data")
     with pytest.raises(ConfigError, match=r"no server state at .*run-456"):
         check_run_config(ROOT, f"{dirs} resume='456'", local=True)
+    # resumed once and completed there: its sites refuse another resume, which the
+    # ServerApp said after ~30 s of Flower and Ray starting
+    (tmp_path / "runs" / "run-789").mkdir()
+    (tmp_path / "runs" / "run-789" / "results.json").write_text(
+        '{"settings": {"resume": "123"}, "sites": {}}')
+    with pytest.raises(ConfigError, match=r"resume = 123: the run is complete \(its "
+                                          r"results are in .*run-789\)"):
+        check_run_config(ROOT, f"{dirs} resume='123'", local=True)
 
 
 def test_an_out_dir_it_cannot_write_in_is_named_before_flower(tmp_path):
