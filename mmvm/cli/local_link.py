@@ -79,6 +79,24 @@ def local_superlinks() -> list[LocalSuperLink]:
     return found
 
 
+def deployment_on(port: str) -> int | None:
+    """The pid of a SuperLink started without ``--simulation`` (a deployment's) that
+    serves ``port`` (its ``--port``, or an address ``...:port``), or None: flwr run
+    hands a local simulation to whatever answers there, and that one's SuperNodes
+    would answer it (a walkthrough's FLWR_LOCAL_SUPERLINK_HTTP_API_PORT was its
+    deployment's port: its real sites aligned the run's samples)."""
+    for entry in PROC.iterdir() if PROC.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        args = _cmdline(int(entry.name))
+        if not any(Path(a).name == "flower-superlink" for a in args[:2]) \
+                or "--simulation" in args:
+            continue
+        if _flag(args, "--port") == port or any(a.endswith(f":{port}") for a in args):
+            return int(entry.name)
+    return None
+
+
 def differences(link: LocalSuperLink, env: dict[str, str], bin_dir: Path) -> list[str]:
     """What this run needs that ``link`` was not started with, one phrase each."""
     said = []
@@ -133,6 +151,13 @@ def check_local_superlink(env: dict[str, str], bin_dir: Path | None = None,
     # the flower-superlink flwr run would start: the first on the run's PATH
     found = shutil.which("flower-superlink", path=env.get("PATH"))
     bin_dir = bin_dir or (Path(found).parent if found else Path(sys.executable).parent)
+    if (pid := deployment_on(port)) is not None:
+        raise ConfigError(
+            f"127.0.0.1:{port}, where flwr run hands a local simulation, is served by a "
+            f"deployment's SuperLink (pid {pid}, started without --simulation): its "
+            f"SuperNodes would answer this run. Give this FLWR_HOME other ports "
+            f"(FLWR_LOCAL_SUPERLINK_HTTP_API_PORT and FLWR_LOCAL_CONTROL_API_PORT), or "
+            f"run on that deployment with --connection")
     for link in (s for s in local_superlinks() if s.port == port):
         if link.home is None or os.path.realpath(link.home) != os.path.realpath(home):
             raise ConfigError(

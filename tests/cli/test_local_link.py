@@ -132,3 +132,26 @@ def test_a_superlink_it_must_not_stop_is_named_and_left_running(tmp_path, busy):
         assert link.poll() is None
     finally:
         _gone(link)
+
+
+def test_a_deployments_superlink_on_the_local_port_is_refused(tmp_path):
+    """Walkthrough: FLWR_LOCAL_SUPERLINK_HTTP_API_PORT was a deployment SuperLink's
+    port; a plain `mmvm run` (a simulation) was handed to it, and its real SuperNodes
+    aligned the run's samples. A look-alike process started without --simulation."""
+    port = free_port()
+    link = tmp_path / "flower-superlink"
+    link.write_text("import time\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, str(link), "--insecure",
+                             "--serverappio-api-address", f"127.0.0.1:{port}"],
+                            start_new_session=True)
+    try:
+        from mmvm.cli.local_link import deployment_on
+
+        _until(lambda: deployment_on(str(port)) is not None)
+        with pytest.raises(ConfigError, match=rf"127.0.0.1:{port}, where flwr run hands a "
+                                              rf"local simulation, is served by a "
+                                              rf"deployment's SuperLink \(pid {proc.pid}"):
+            check_local_superlink(_env(tmp_path / "home", port))
+        assert deployment_on(str(free_port())) is None
+    finally:
+        _gone(proc)
