@@ -38,6 +38,7 @@ class Attendance:
     last_quorum: float = field(default_factory=time.monotonic)
     max_refused: int = 2  # windows in a row a site's replies may be refused
     strikes: dict[str, int] = field(default_factory=dict)  # site key -> refused in a row
+    strangers: set[str] = field(default_factory=set)  # connected node ids of no site, said
 
     @property
     def quorum(self) -> int:
@@ -89,7 +90,10 @@ class Attendance:
                         log: Callable[[str], None] | None = None) -> None:
         """Before a window: if the last one had fewer than ``min-sites`` answers, wait
         until that many sites are connected; fail when no window has had a quorum
-        for ``pause-timeout`` seconds."""
+        for ``pause-timeout`` seconds. While a site is away, a node that is none of
+        the run's sites is named once (:meth:`_stranger`)."""
+        if self.absent and log:
+            self._stranger(online, log)
         if len(self.names) - len(self.absent) >= self.quorum:
             return
         said = False
@@ -105,6 +109,21 @@ class Attendance:
                     f"{self.absent_names()} are away)")
                 said = True
             time.sleep(self.poll)
+
+    def _stranger(self, online: Callable[[], Iterable[str]],
+                  log: Callable[[str], None]) -> None:
+        """A SuperNode restarted without node authentication registers under a new
+        node id, which the run does not address: the site stays away, the run goes
+        on without it (a walkthrough's ended 'completed' with a site missing six of
+        eight windows, nothing said of its return)."""
+        new = sorted(set(online()) - set(self.names) - self.strangers)
+        if new:
+            self.strangers |= set(new)
+            log(f"mmvm: note: node{'s' * (len(new) > 1)} {', '.join(new)} connected, "
+                f"none of this run's sites, while {', '.join(self.absent_names())} "
+                f"{'is' if len(self.absent) == 1 else 'are'} away: a SuperNode restarted "
+                f"without node authentication comes back under a new node id, which a "
+                f"running server does not address (deploy/README.md section 4)")
 
     def _why(self, up: set[str]) -> str:
         if len(up) >= self.quorum:  # connected, yet the windows go unanswered

@@ -142,6 +142,24 @@ def test_attendance_counts_missed_windows_and_the_quorum():
         att.wait_for_quorum(lambda: ["k0", "k1", "k2"])
 
 
+def test_a_node_of_no_site_while_one_is_away_is_named_once():
+    """Walkthrough (deployment without node authentication): site b's SuperNode,
+    killed and restarted, registered as a new node id; the run went on without b to
+    the end, 'completed', and nothing said that b had come back under another id."""
+    att = Attendance({"k0": "a", "k1": "b", "k2": "c"}, min_sites=2, pause_timeout=1.0)
+    said = []
+    att.record(0, ["k0", "k2"])
+    att.wait_for_quorum(lambda: ["k0", "k2", "k9"], said.append)
+    att.wait_for_quorum(lambda: ["k0", "k2", "k9"], said.append)  # said once
+    (line,) = said
+    assert line.startswith("mmvm: note: node k9 connected, none of this run's sites, "
+                           "while b is away: a SuperNode restarted without node "
+                           "authentication comes back under a new node id")
+    att.record(1, ["k0", "k1", "k2"])  # nobody away: not asked
+    att.wait_for_quorum(lambda: ["k0", "k1", "k2", "k8"], said.append)
+    assert len(said) == 1
+
+
 def test_the_console_says_which_site_was_missing():
     row = {"window": 3, "epoch": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 10, "seconds": 1.0,
            "missed": ["hospital-b"]}
