@@ -114,7 +114,9 @@ def load_server_state(path: str | Path, s: FederationSettings) -> ServerState:
     if changed:
         raise ConfigError(f"resume = {s.resume}: the run was started with other "
                           f"settings ({'; '.join(changed)}); a resumed run must train "
-                          f"the same plan on the same data")
+                          f"the same plan on the same data: give the run config it "
+                          f"started with (the left-hand values), or start a new run "
+                          f"without resume")
     try:
         return _state_of(doc)
     except (KeyError, TypeError, ValueError, AttributeError) as err:

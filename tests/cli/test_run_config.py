@@ -383,7 +383,7 @@ def test_a_resume_under_other_settings_is_refused_before_flower(tmp_path):
     said = str(info.value)
     assert "plan.epochs: " in said and "-> 7" in said and "experiment.train.epochs" in said
     assert "simulation.n-train: " in said and said.endswith(
-        "a resumed run must train the same plan on the same data")
+        "the left-hand values), or start a new run without resume")
     with pytest.raises(ConfigError, match=r"no server state at .*run-456"):
         check_run_config(ROOT, f"{dirs} resume='456'", local=True)
     # resumed once and completed there: its sites refuse another resume, which the
