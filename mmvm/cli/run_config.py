@@ -194,6 +194,11 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
             raise ConfigError(f"run config: {problem}")
     if s.site_dirs:
         _check_site_dirs(s)
+        ignored = [k for k in ("layout", "shards") if k in overrides]
+        if ignored:  # each folder is a site as it was prepared
+            raise ConfigError(f"run config: {' and '.join(ignored)} split the look-alike "
+                              f"into sites; with site-dirs each folder is one site as "
+                              f"prepared, so drop {' and '.join(ignored)}")
     if s.secure and local:
         _check_keys_dir(s)
     if s.site_dirs and s.eval_data == "default" and s.collect_model:

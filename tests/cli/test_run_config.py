@@ -229,6 +229,10 @@ def test_site_dirs_without_test_files_are_named_before_anything_trains(tiny_poly
                                           r"\(eval-data = 'default'\): no .*site-a/test"):
         check_run_config(ROOT, text, local=True)
     check_run_config(ROOT, text + " eval-data=''", local=True)  # no evaluation: fine
+    # walkthrough: layout='horizontal' beside site-dirs was ignored without a word
+    with pytest.raises(ConfigError, match=r"layout split the look-alike into sites; with "
+                                          r"site-dirs each folder is one site as prepared"):
+        check_run_config(ROOT, text + " eval-data='' layout='horizontal'", local=True)
 
 
 def test_a_named_local_connection_gets_a_simulations_checks(tmp_path, monkeypatch):
