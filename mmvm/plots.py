@@ -200,10 +200,10 @@ def scatter_runs(runs: Sequence, path: str | Path, y: str = "probe", title: str 
         (log or _warn)(note)
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     draw_tradeoff(ax, series)
-    scale = _y_scale(ax, series, chance)
+    scale = y_scale(ax, series, chance)
     ax.set_xlabel("reconstruction error (test NLL per sample)")
     ax.set_ylabel(_Y_LABEL[y])
-    ax.set_title(f"{title or f'reconstruction vs {y}'}\n({_point_text(groups, y)}{scale})",
+    ax.set_title(f"{title or f'reconstruction vs {y}'}\n({point_text(groups, y)}{scale})",
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -248,16 +248,17 @@ def short_names(paths: Collection[str]) -> dict[str, str]:
     return {p: p for p in paths}
 
 
-def _point_text(groups: Sequence, y: str) -> str:
-    """``"point labels: beta; bars: ± standard error over 3 seeds"``."""
-    ns = sorted({e.n for g in groups if (e := g.estimate(_METRIC[y]))})
+def point_text(groups: Sequence, y: str) -> str:
+    """``"point labels: beta; bars: ± standard error over 3 seeds"`` (``y``: a
+    figure's name, ``probe``, or a metric of the runs, ``coherence``)."""
+    ns = sorted({e.n for g in groups if (e := g.estimate(_METRIC.get(y, y)))})
     if ns[-1] == 1:
         return "point labels: beta; 1 seed per point, no error bars"
     many = f"{ns[0]}-{ns[-1]}" if len(ns) > 1 else str(ns[0])
     return f"point labels: beta; bars: ± standard error over {many} seeds"
 
 
-def _y_scale(ax, series: Mapping[str, Sequence[Point]], chance: float | None) -> str:
+def y_scale(ax, series: Mapping[str, Sequence[Point]], chance: float | None) -> str:
     """A dashed line at ``chance``, if given; points all within 0.01 of each other are
     shown from 0 (a zoomed axis would make a tiny spread look large). Returns what
     the title should add."""

@@ -42,19 +42,31 @@ def _errors(ax, xs, ys, xerr, yerr, color) -> None:
                         capsize=3, lw=1)
 
 
+def shared_chance(groups: Sequence[Group]) -> float | None:
+    """The groups' chance (the commonest test label's share) where every group has
+    the same one: a line for all of them (runs of other data have another)."""
+    found = [e.mean if (e := g.estimate("chance")) else None for g in groups]
+    if not found or None in found or max(found) - min(found) > 1e-9:
+        return None
+    return round(found[0], 4)
+
+
 def scatter(groups: Sequence[Group], y: str) -> bytes | None:
-    """Reconstruction NLL vs ``y`` with error bars; None when no group has both."""
-    from mmvm.plots import draw_tradeoff
+    """Reconstruction NLL vs ``y`` with error bars and, where the groups share one,
+    a dashed chance line; points all within 0.01 are drawn from 0 (a zoomed axis
+    made methods all at chance look ranked); None when no group has both."""
+    from mmvm.plots import draw_tradeoff, point_text, y_scale
 
     series = tradeoff_points(groups, y)
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     draw_tradeoff(ax, series)
+    scale = y_scale(ax, series, shared_chance(groups))
     ax.set_xlabel(METRICS["recon_nll"][0] + "  (lower is better)")
     ax.set_ylabel(METRICS[y][0])
-    ax.set_title(f"reconstruction vs {METRICS[y][0]}\n(point labels: beta; bars: "
-                 "± standard error over seeds)", fontsize=9)
+    ax.set_title(f"reconstruction vs {METRICS[y][0]}\n({point_text(groups, y)}{scale})",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return png_bytes(fig)
@@ -74,6 +86,9 @@ def coherence_bars(groups: Sequence[Group]) -> bytes | None:
         _errors(ax, x + offset, [e.mean if e else 0.0 for e in est], [None] * len(est),
                 [e.se if e else None for e in est], "black")
     ax.set_xticks(x, [g.label[:48] for g in shown], rotation=40, ha="right", fontsize=7)
+    chance = shared_chance(shown)
+    if chance is not None:
+        ax.axhline(chance, ls="--", lw=1, color="grey", label=f"chance ({chance:g})")
     ax.set_ylabel("coherence (fraction judged right)")
     ax.set_title("coherence per method and beta (bars: ± standard error over seeds)",
                  fontsize=9)

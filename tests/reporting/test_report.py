@@ -326,3 +326,33 @@ def test_a_federated_run_whose_weights_stayed_shows_its_cross_site_scores(tmp_pa
     assert "cross-site coherence" in row["numbers from"] and "site-c (no test file)" in text
     table = next(t for t in page.tables if t[0][:2] == ["source", "target"])
     assert ["m0", "m1", "0.750", "120.5"] in table and ["m1", "m0", "0.250", "80.2"] in table
+
+
+def test_the_reports_figures_draw_chance_where_the_groups_share_it(monkeypatch):
+    """A researcher: every method at chance (0.113) looked ranked on an axis from
+    0.110 to 0.1147, with no chance line; the benchmark's own figure had both."""
+    from mmvm.reporting.figures import scatter, shared_chance
+    from mmvm.reporting.runs import Run
+    from mmvm.reporting.stats import Group
+
+    def group(method, coherence, chance=0.1131):
+        runs = [Run(name=f"{method}{s}", source="x", kind="centralized", method=method,
+                    beta=2.0, seed=s, metrics={"coherence": coherence + 1e-4 * s,
+                                               "recon_nll": 3600.0 + s, "chance": chance})
+                for s in range(3)]
+        return Group(method, 2.0, {}, runs)
+
+    at_chance = [group("mmvm", 0.114), group("poe", 0.110)]
+    assert shared_chance(at_chance) == 0.1131
+    assert shared_chance([*at_chance, group("x", 0.2, chance=0.25)]) is None  # other data
+    import matplotlib.pyplot as plt
+
+    drawn, limits, original = [], [], plt.Axes.axhline
+    monkeypatch.setattr(plt.Axes, "axhline", lambda self, y, *a, **k: drawn.append(
+        (y, k.get("label"))) or original(self, y, *a, **k))
+    monkeypatch.setattr(plt.Axes, "set_title", lambda self, text, **k: limits.append(
+        (self.get_ylim()[0], text)))
+    assert scatter(at_chance, "coherence")
+    assert drawn == [(0.1131, "chance (0.1131)")]
+    ((low, title),) = limits  # the points within 0.004: the axis starts at 0
+    assert low == 0.0 and "bars: ± standard error over 3 seeds" in title
