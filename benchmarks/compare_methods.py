@@ -192,6 +192,25 @@ def print_table(md: str, file=None) -> None:
     Console(width=width, file=file).print(Markdown(md))
 
 
+def footer(results: list[dict], judges: dict, settings: str) -> str:
+    """Under the table: the settings, the chance level, the judges' accuracy on real
+    data and every warning the evaluations gave, with how many runs gave it (they
+    were only in results.json: a table of methods all at chance said nothing)."""
+    from collections import Counter
+
+    from mmvm.plots import common_chance
+
+    chance = common_chance(results)
+    said = Counter(w for r in results for w in r.get("warnings", []))
+    lines = [f"Settings: {settings}; mean ± standard error over seeds.",
+             f"Chance (the commonest test label's share): "
+             f"{'differs between runs' if chance is None else f'{chance:.3f}'}.",
+             "Judges' accuracy on real test data: " + ", ".join(
+                 f"{m} {a:.3f}" for m, a in judges.items()) + "."]
+    lines += [f"- warning ({n} of {len(results)} runs): {w}" for w, n in said.most_common()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -262,8 +281,12 @@ def main(argv=None) -> int:
                          f"train, {args.epochs} epochs, {len(args.seeds)} "
                          f"seed{'s' if len(args.seeds) != 1 else ''}")
     md = table(summary)
-    atomic_write(out / "results.md", (md + "\n").encode())
+    notes = footer(results, clf.test_accuracy,
+                   f"PolyMNIST look-alike ({args.variant}), {len(train_set)} train, "
+                   f"{args.epochs} epochs, seeds {list(args.seeds)}")
+    atomic_write(out / "results.md", (md + "\n\n" + notes + "\n").encode())
     print_table(md)
+    print(notes)
     print(f"classifier accuracy on real test data: {clf.test_accuracy}")
     print(f"wrote {out}/results.json, results.csv, results.md, scatter_probe.png, "
           f"scatter_coherence.png in {time.perf_counter() - t_start:.0f} s")

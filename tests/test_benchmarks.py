@@ -72,3 +72,22 @@ def test_the_imputation_benchmark_table_reads_each_nll_against_the_constant():
     assert rows[0]["gain"] == 5.0 and rows[1]["gain"] == 3.0 and rows[0]["imputed1"] == 47.0
     md = bench.table(bench.summarize(rows))
     assert "| mmvm | 2 | 31.0 ± 1.0 | 46.0 ± 1.0 | 47.0 ± 0.0 | 50.0 ± 0.0 | 4.0 ± 1.0 |" in md
+
+
+def test_the_methods_benchmark_table_says_chance_judges_and_warnings():
+    """A researcher: results.md of `compare_methods.py --quick` showed methods all at
+    a probe of 0.100, below chance (0.135), with no chance, no settings and none of
+    the warnings that results.json held."""
+    spec = importlib.util.spec_from_file_location(
+        "compare_bench", ROOT / "benchmarks" / "compare_methods.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = [{"chance": {"majority": 0.135}, "warnings": ["coherence 0.100 is below "
+                                                            "chance"]} for _ in range(3)]
+    results[0]["warnings"].append("every generation from m0 was judged class 3")
+    text = bench.footer(results, {"m0": 0.91}, "look-alike, 2 epochs, seeds [0, 1, 2]")
+    assert "Settings: look-alike, 2 epochs, seeds [0, 1, 2]; mean ± standard error" in text
+    assert "Chance (the commonest test label's share): 0.135." in text
+    assert "Judges' accuracy on real test data: m0 0.910." in text
+    assert "- warning (3 of 3 runs): coherence 0.100 is below chance" in text
+    assert "- warning (1 of 3 runs): every generation from m0" in text
