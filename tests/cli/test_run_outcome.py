@@ -243,7 +243,7 @@ CHATTY = """
 import signal, sys, time
 signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 print("Successfully started run 42", flush=True)
-for k in range(100):  # 5 s: a stop asked of the ServerApp waits for its end
+for k in range(40):  # 2 s: a stop asked of the ServerApp waits for its end
     print(f"window {k}", flush=True)
     time.sleep(0.05)
 """
