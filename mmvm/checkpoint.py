@@ -55,17 +55,21 @@ def write_torch(path: str | Path, obj: Any) -> None:
     atomic_write(path, buf.getbuffer())
 
 
+class DamagedFile(zipfile.BadZipFile):
+    """A torch file whose bytes changed after it was written (a zip entry's CRC)."""
+
+
 def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(weights_only=True)`` of a file whose zip entries are first checked
     against their CRC-32s: torch does not check them, so bytes changed after the
     write (a disk, a copy) loaded as other weights, and the run failed later with a
-    NaN loss blamed on the learning rate. A bad entry is a
-    :class:`zipfile.BadZipFile` naming the file and the entry (callers that fall back
-    to a snapshot take it as damage)."""
+    NaN loss blamed on the learning rate. A bad entry is a :class:`DamagedFile`
+    naming the file and the entry (a ``BadZipFile``: callers that fall back to a
+    snapshot take it as damage)."""
     with zipfile.ZipFile(path) as archive:  # ~0.1 s for 100 MB
         bad = archive.testzip()
     if bad is not None:
-        raise zipfile.BadZipFile(f"{path}: its entry {bad!r} fails its CRC check: the "
+        raise DamagedFile(f"{path}: its entry {bad!r} fails its CRC check: the "
                                  f"file's bytes changed after it was written")
     return torch.load(path, map_location=map_location, weights_only=True)
 
@@ -83,9 +87,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return load_torch(path, map_location)
-    except zipfile.BadZipFile as err:  # not a zip (torch's files are), or damaged
-        raise ValueError(f"checkpoint {err}" if "CRC" in str(err) else _unreadable(path)
-                         ) from None
+    except DamagedFile as err:
+        raise ValueError(f"checkpoint {err}") from None
+    except zipfile.BadZipFile:  # not a zip: torch's files are
+        raise ValueError(_unreadable(path)) from None
     except (OSError, MemoryError, torch.cuda.OutOfMemoryError):  # not the file's fault
         raise
     except pickle.UnpicklingError as err:

@@ -33,9 +33,8 @@ Trained classifiers are cached in ``<its folder>/classifiers/<modality>-<key>.pt
 ``key`` a hash of the train and test files' metadata (dataset JSON, row count, the
 SHA-256 of the file's bytes, the modality's tensor spec; the joined site files' too),
 the modality, the label column and the :class:`ClassifierConfig`, so a regenerated
-dataset or a changed config trains afresh: a file prepared again with corrected
-labels is another file even where its size is the same (it was keyed by its size,
-and a lab that swapped two odors' labels was scored by the judges of the old ones). Files are written atomically (temp file, fsync, rename); a corrupt
+dataset or a changed config trains afresh (relabelled files of the same size were
+scored by the old labels' judges). Files are written atomically; a corrupt
 cache file is retrained, not trusted.
 """
 

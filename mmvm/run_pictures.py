@@ -23,6 +23,12 @@ def present_latents(model, test_set) -> tuple[np.ndarray, np.ndarray]:
     return points[labels >= 0], labels[labels >= 0]  # -1: unknown, no colour
 
 
+def picture_name(cfg) -> str:
+    """The file :func:`run_picture` draws: generations of image data, else latents."""
+    return "generations.png" if any(m.kind == "image" for m in cfg.model.modalities) \
+        else "latents.png"
+
+
 def run_picture(model, cfg, test_set, out: Path, title: str,
                 label_names: list[str] | None = None) -> dict[str, Path]:
     """``{"generations": path}`` or ``{"latents": path}`` written in ``out``; ``{}``
@@ -31,7 +37,7 @@ def run_picture(model, cfg, test_set, out: Path, title: str,
     from mmvm.plot_latents import latent_2d
     from mmvm.plots import generation_grid
 
-    if any(m.kind == "image" for m in cfg.model.modalities):
+    if picture_name(cfg) == "generations.png":
         return {"generations": generation_grid(model, test_set, out / "generations.png",
                                                method=cfg.model.method,
                                                label_name=cfg.data.label)}

@@ -160,7 +160,8 @@ def test_a_file_prepared_again_with_other_labels_of_the_same_size_gets_new_judge
     y, old = t.labels["label"].copy(), t.labels["label"]
     y[old == 2], y[old == 3] = 3, 2  # two classes swapped: here, the same size
     size = p["train"].stat().st_size
-    write_site_table(p["train"], t.sample_ids, t.tensors, {"label": y}, {"name": "digit-vectors"})
+    write_site_table(p["train"], t.sample_ids, t.tensors, {"label": y},
+                     {"name": "digit-vectors"})
     assert p["train"].stat().st_size == size
     assert cache_key(p["train"], p["test"], "m0", recipe) not in first.paths["m0"].name
     said = []

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     if not args.no_plot:
         from mmvm.data.label_names import label_names_for
-        from mmvm.run_pictures import run_picture
+        from mmvm.run_pictures import picture_name, run_picture
 
         names = label_names_for(cfg.data.files("test"), cfg.data.label)
         drawn = {}
@@ -144,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
                 drawn.update(run_picture(model, cfg, test_set, run_dir,
                                          cfg.model.method, names))
 
-        picture = run_dir / ("generations.png" if any(
-            m.kind == "image" for m in cfg.model.modalities) else "latents.png")
+        picture = run_dir / picture_name(cfg)
         kept = replacing(picture, draw)
         if kept is not None and not drawn:  # nothing drawn: nothing replaced
             kept.unlink()

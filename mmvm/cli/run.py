@@ -3,16 +3,16 @@
 ``flwr run --stream`` exits 0 even when the run failed, and an interrupted CLI leaves
 the run going in the SuperLink. This command runs the app as ``flwr run`` would,
 streams its output, then asks the SuperLink for the run's final status (``flwr ls``)
-and exits 0 only if it completed; Ctrl-C, SIGTERM, SIGHUP or a reader of its output
-that goes away (``mmvm run | head``) stop the run: where its folder is on this machine the ServerApp first ends at a window everyone checkpoints
-(the one it is in if that is a checkpoint window, else the next; ``stop.request``),
-then ``flwr stop``. Without ``--connection`` it is a local
-simulation, never flwr's default connection where that is a SuperLink; it starts exactly ``num-sites`` SuperNodes (the
-run config's value, or the one given with ``--run-config``), so the two can never
-disagree. Flower packages a
-staged copy of the app (``mmvm.cli.app_stage``: the same FAB, without listing the
-project's ``.venv``, and refused if it would carry a site's private keys). It spawns
-the ``flwr`` CLI; of Flower it imports only the rules of what a FAB holds. The
+and exits 0 only if it completed. Ctrl-C, SIGTERM, SIGHUP or a reader that goes
+(``| head``) stop the run: where its folder is here the ServerApp first ends at a
+window everyone checkpoints (the one it is in if that is a checkpoint window, else the
+next; ``stop.request``), then ``flwr stop``. Without ``--connection`` it is a local
+simulation, never flwr's default connection where that is a SuperLink; it starts
+exactly ``num-sites`` SuperNodes (the run config's value, or the one given with
+``--run-config``), so the two can never disagree. Flower packages a staged copy of
+the app (``mmvm.cli.app_stage``: the same FAB, without listing the project's
+``.venv``, and refused if it would carry a site's private keys). It spawns the
+``flwr`` CLI; of Flower it imports only the rules of what a FAB holds. The
 run config is checked first (``mmvm.cli.run_config``): a typo fails at once.
 """
 

@@ -172,7 +172,8 @@ def test_a_lab_table_given_where_one_value_per_line_is_read_is_refused(arrays):
                          groups=d / "groups.csv")
     assert read_site_meta(got["train"])["dataset"]["split_by"].startswith("group (30 ")
     (d / "names.txt").write_text("\n".join(["effusion, left"] * 60 + ["normal"] * 60))
-    assert prepare_arrays(d / "n", {"eeg": d / "eeg.npy"}, labels={"label": d / "names.txt"})
+    assert prepare_arrays(d / "n", {"eeg": d / "eeg.npy"},
+                          labels={"label": d / "names.txt"})
     (d / "odd.txt").write_text("\n".join(arrays["ids"]))
     prepare_arrays(d / "u", {"eeg": d / "eeg.npy"}, labels={"label": d / "odd.txt"})
     (note,) = read_site_meta(d / "u" / "train.parquet")["dataset"]["notes"]

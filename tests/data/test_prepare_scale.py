@@ -128,9 +128,9 @@ def test_a_tsv_with_decimal_commas_is_told_its_decimal_mark(tmp_path):
     a whole number among them (138) does not hide it."""
     (tmp_path / "eu.tsv").write_text("visit\toutcome\tsodium\n"
                                      "v1\tnone\t138\nv2\tsepsis\t140,2\n")
-    with pytest.raises(DataError, match=r"eu.tsv: row 2 \(sample 'v2'\), column 'sodium': "
-                                        r"'140,2' is not a number: a comma as the decimal mark "
-                                        r"\(140\.2\)\? Save the table with '\.' as the"):
+    said = (r"eu.tsv: row 2 \(sample 'v2'\), column 'sodium': '140,2' is not a number: "
+            r"a comma as the decimal mark \(140\.2\)\? Save the table with '\.' as the")
+    with pytest.raises(DataError, match=said):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "eu.tsv"}, id_column="visit",
                        labels={"label": "outcome"})
 

@@ -67,7 +67,7 @@ def test_a_damaged_server_state_is_refused_with_its_path(settings, tmp_path):
     flipped.write_bytes(data)
     flip_tensor_bytes(flipped)
     with pytest.raises(ConfigError, match=r"flipped.pt is not a readable server state "
-                                          r"\(BadZipFile: .*fails its CRC check"):
+                                          r"\(DamagedFile: .*fails its CRC check"):
         load_server_state(flipped, settings)
     cases = {"cut.pt": data[: len(data) // 2], "text.pt": b"not a checkpoint"}
     for name, blob in cases.items():

@@ -70,8 +70,8 @@ def text_lines(path: Path, commas: bool = True) -> list[str]:
     """A text file of one value per line, each stripped. A table (a ``.csv`` whose
     first line holds a comma, a first line with a tab, or, with ``commas``, a comma
     between words: ids have none, a class name may) is refused: its header would be
-    a row and each line a whole record (a lab passed its trials.csv as --ids: "120 rows, where
-    the other inputs have 121")."""
+    a row and each line a whole record (a lab passed its trials.csv as --ids: "120
+    rows, where the other inputs have 121")."""
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
@@ -130,8 +130,7 @@ def unique_labels(cols: Mapping[str, np.ndarray], least: int = 20) -> list[str]:
     at chance by construction."""
     out = []
     for c, a in cols.items():
-        known = np.asarray(a)[np.asarray(a) >= 0] if np.asarray(a).dtype.kind in "iu" \
-            else np.asarray(a)
+        known = (a := np.asarray(a))[a >= 0] if a.dtype.kind in "iu" else a
         if len(known) >= least and len(np.unique(known)) == len(known):
             out.append(f"{c}: each of its {len(known)} labelled samples is a class of its "
                        f"own: ids or free text, not classes (a probe of it is at chance "
