@@ -23,12 +23,13 @@ from mmvm.atomic import WriteError
 from mmvm.config import ConfigError
 from mmvm.data.store import DataError
 from mmvm.federation.coordinator import FederationError
+from mmvm.federation.eval_data import eval_data_problem
 from mmvm.federation.loop import FederationResult, RunStopped, run_federation
 from mmvm.federation.messages import MessageError, SiteFailure
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import COMPLETE
 from mmvm.federation.report import alignment_line, summary, window_line
-from mmvm.federation.results import eval_data_problem, evaluate_assembled, write_results
+from mmvm.federation.results import evaluate_assembled, write_results
 from mmvm.federation.server_state import STATE_FILE, load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_dirs import joined_experiment

@@ -303,3 +303,24 @@ def test_a_real_os_error_names_the_path(monkeypatch, capsys, tmp_path):
     assert main(["evaluate"]) == 2
     assert capsys.readouterr().err == (f"mmvm evaluate: error: Not a directory: "
                                        f"{tmp_path / 'afile' / 'eval.json'}\n")
+
+
+@pytest.mark.parametrize("command", ["run", "site", "data", "report"])
+def test_a_command_that_needs_no_torch_starts_without_it(command):
+    """Only the named command's module is imported: ``mmvm run --help`` and
+    ``mmvm site check`` do not pay torch's import (~2 s of CPU); an unknown command
+    still lists every command."""
+    code = ("import sys\nfrom mmvm.cli import main\n"
+            f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.stdout.strip().endswith("False"), res.stdout[-500:] + res.stderr[-2000:]
+
+
+def test_an_unknown_command_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["trian"])
+    said = capsys.readouterr().err
+    assert "invalid choice: 'trian'" in said
+    assert all(name in said for name in ("train", "evaluate", "run", "site", "report"))

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 
 from mmvm.config import ConfigError
-from mmvm.training import TrainingDivergedError
 
 COMMAND_MODULES = ("data", "train", "evaluate", "compare", "encode", "plot", "report", "run",
                    "site")
@@ -23,14 +22,16 @@ COMMAND_MODULES = ("data", "train", "evaluate", "compare", "encode", "plot", "re
 MAIN_JOB_CONFIG = "configs/polymnist_cpu.toml"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone: ``mmvm run`` and
+    ``mmvm site check`` then start without importing torch (~2 s of CPU)."""
     parser = argparse.ArgumentParser(
         prog="mmvm",
         description="MMVM VAE: multimodal representation learning, centralized or "
         "federated (`mmvm run`: the federated app, as `flwr run .` runs it).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in (command,) if command in COMMAND_MODULES else COMMAND_MODULES:
         try:
             module = importlib.import_module(f"mmvm.cli.{name}")
         except ModuleNotFoundError as err:
@@ -44,11 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command: its exit status; errors it expects (bad config, data, files)
     and, as a last resort, any OSError are one line and exit 2; Ctrl-C exits 130."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, TrainingDivergedError) as err:
+    except expected_errors() as err:
         print(f"mmvm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file or folder the command could not use
@@ -57,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mmvm {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports in one line: a bad config or value, and a diverged
+    training where the command imported training (``mmvm run`` does not)."""
+    training = sys.modules.get("mmvm.training")
+    return (ConfigError, ValueError) + ((training.TrainingDivergedError,) if training
+                                        else ())
 
 
 def os_error_text(err: OSError) -> str:

@@ -142,16 +142,19 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     """The run config of a run of ``app`` with overrides ``text``: its keys checked,
     and where ``local`` (the server runs on this machine, a local simulation) its
     values as the ServerApp will check them, with the eval-data folder."""
-    from mmvm.federation.results import eval_data_problem
+    from mmvm.federation.eval_data import eval_data_problem
     from mmvm.federation.settings import load_settings
 
     defaults, overrides = app_defaults(app), parse_overrides(text)
-    for key in overrides:
-        if key not in defaults:
+    unknown = [key for key in overrides if key not in defaults]
+    if unknown:  # every one at once: a second typo should not cost a second try
+        named = []
+        for key in unknown:
             close = difflib.get_close_matches(key, sorted(defaults), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"--run-config: unknown key {key!r}{hint} (the keys are "
-                              f"those of [tool.flwr.app.config] in {app / 'pyproject.toml'})")
+            named.append(f"{key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        what = "unknown key " if len(named) == 1 else f"{len(named)} unknown keys: "
+        raise ConfigError(f"--run-config: {what}{' | '.join(named)} (the keys are those "
+                          f"of [tool.flwr.app.config] in {app / 'pyproject.toml'})")
     rc = {**defaults, **overrides}
     if not local:  # the ServerApp reads its config and paths on its own machine
         return rc
@@ -316,7 +319,7 @@ def _check_site_dirs(s) -> None:
 def _check_joined(s) -> None:
     """The server evaluates the assembled model on the site-dirs joined by sample id:
     each needs the config's train and test files, known before anything trains."""
-    from mmvm.federation.results import eval_data_problem
+    from mmvm.federation.eval_data import eval_data_problem
     from mmvm.federation.site_dirs import joined_experiment
 
     joined = joined_experiment(s.experiment, s.site_dirs)

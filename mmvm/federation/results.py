@@ -160,25 +160,6 @@ def assembled_problem(cfg, state: dict) -> str | None:
     return None
 
 
-def eval_data_problem(cfg, data_dir: str | Path) -> str | None:
-    """Why the server could not evaluate on ``data_dir`` (a file the config reads
-    there is missing), or None. Checked before the first window: a typo in
-    ``eval-data`` must not cost a run its evaluation after hours of training."""
-    import dataclasses
-
-    # what is read below: the probes' training rows, every test row
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, root=str(data_dir), max_train=cfg.eval.probe_train, max_test=0))
-    missing = [str(p) for split in ("train", "test") for p in cfg.data.files(split)
-               if not p.is_file()]
-    if not missing:
-        return None
-    return (f"eval-data = {str(data_dir)!r}: no {missing[0]}"
-            + (f" (and {len(missing) - 1} more of the config's files)" * (len(missing) > 1))
-            + "; give a folder with the config's train and test files, 'default' (the "
-              "simulation's data) or '' (no server-side evaluation)")
-
-
 def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: str | Path,
                        log=print) -> tuple[dict[str, str], dict]:
     """Evaluate the assembled federated model on a dataset folder the server may read

@@ -19,7 +19,7 @@ from mmvm.cli.run_config import (
     parse_overrides,
 )
 from mmvm.config import ConfigError
-from mmvm.federation.results import eval_data_problem
+from mmvm.federation.eval_data import eval_data_problem
 from mmvm.federation.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +49,9 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("num-site=3", r"unknown key 'num-site'; did you mean 'num-sites'\?"),
     ("exchang='step'", r"unknown key 'exchang'; did you mean 'exchange'\?"),
     ("zzz=1", r"unknown key 'zzz' \(the keys are those of \[tool.flwr.app.config\]"),
+    # every typo at once, not one per try
+    ("num-site=3 exchang='step' zzz=1", r"3 unknown keys: 'num-site'; did you mean "
+     r"'num-sites'\? \| 'exchang'; did you mean 'exchange'\? \| 'zzz' \(the keys"),
     ("exchange=step", r"exchange=step: step is not a value; strings take quotes"),
     ("num-sites=3 exchange=step", r": exchange=step: step is not a value"),  # its word
     ("a..b=1", r"a..b=1: 'a..b' is not a key"),

@@ -13,8 +13,9 @@ deliberately weak (raw decoding ~0.5, docs/hippocampus-lookalike.md); there this
 budget learns no odor code (pooled probe ~0.3 for both methods), and
 benchmarks/hippocampus_latents.py measures where MMVM's shared space appears.
 
-Measured (1 CPU thread, this file's settings, dense v1): fast test mmvm 0.848 vs
-independent 0.324; slow test mmvm 0.986 vs independent 0.459.
+Measured (1 CPU thread, this file's settings, dense v1): mmvm 0.848 vs independent
+0.324. The same claim at full size and over seeds and tunings (not one seed in a
+test) is benchmarks/hippocampus_latents.py's, quoted in the README.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
@@ -63,8 +63,8 @@ def _pooled_probe(tmp_path, trials_per_odor, epochs, width, lr,
     return scores
 
 
-def test_mmvm_shares_the_odor_space_fast(tmp_path):
-    """~30 s on one thread: 20 trials per odor, 30 epochs, narrow MLPs."""
+def test_mmvm_shares_the_odor_space(tmp_path):
+    """~12 s on one thread: 20 trials per odor, 30 epochs, narrow MLPs."""
     s = _pooled_probe(tmp_path, trials_per_odor=20, epochs=30, width=32, lr=3e-3)
     print(f"pooled odor probe: {s}")
     assert s["mmvm"] > 0.5  # chance is 0.25
@@ -78,12 +78,3 @@ def test_a_poisson_likelihood_learns_the_odor_code_from_counts(tmp_path):
                       methods=("mmvm",), extra=poisson)
     print(f"pooled odor probe, poisson: {s}")
     assert s["mmvm"] > 0.5  # chance is 0.25
-
-
-@pytest.mark.slow
-def test_mmvm_shares_the_odor_space(tmp_path):
-    """The dense look-alike at its full size (50 trials per odor), lr 1e-3, 40 epochs."""
-    s = _pooled_probe(tmp_path, trials_per_odor=50, epochs=40, width=64, lr=1e-3)
-    print(f"pooled odor probe: {s}")
-    assert s["mmvm"] > 0.85
-    assert s["mmvm"] > s["independent"] + 0.3

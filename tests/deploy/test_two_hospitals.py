@@ -13,7 +13,8 @@ studies. From one tiny tree in the published MIMIC-CXR-JPG layout
 3. the SuperLink with TLS, SuperNode authentication and ``--database``; both keys
    registered (``flwr supernode register``); both SuperNodes with the guide's node
    configs (``site``, ``data``, ``keys``, ``directory``, ``state``, ``peers``): A's
-   on the command line, B's in a TOML file; ``flwr supernode list`` shows both online;
+   on the command line, B's in a TOML file, each with the guide's environment for
+   two SuperNodes on one machine; ``flwr supernode list`` shows both online;
 4. ``flwr run`` with the guide's run config (``configs/mimic_cxr_64.toml``,
    ``num-sites=2 eval-data='' secure=true align='psi' collect-model=false``); the run ends
    ``finished:completed`` (``flwr ls``), ``results.json`` names both sites and says
@@ -24,7 +25,7 @@ studies. From one tiny tree in the published MIMIC-CXR-JPG layout
 
 The strings the guide gives for the node configs and the run config are checked to
 be in the guide, so the two cannot drift apart. Every process started is stopped
-in ``finally``. About 1.5-2 minutes on 2 cores.
+in ``finally``. About 2.5 minutes on 2 idle cores (3 without the environment).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ DIGEST = config_digest(load_config(ROOT / "configs" / "mimic_cxr_64.toml"))
 VIEW_OF = {dicom: "lateral" if view in ("LATERAL", "LL") else "frontal"
            for studies in mimic_studies(40).values() for images in studies.values()
            for dicom, view in images}
+# the guide's SuperNode environment for two sites on one machine (section 4)
+NODE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "OMP_NUM_THREADS": "1"}
 RUN_CONFIG = ("config='configs/mimic_cxr_64.toml' num-sites=2 eval-data='' "
               "secure=true align='psi' collect-model=false")
 pytestmark = [
@@ -175,6 +178,8 @@ def test_two_hospital_walkthrough(tmp_path):
             out = fleet.register(keys[site] / f"{site}.pub", "mmvm")
             assert "registered successfully" in out, out
         assert f"--node-config '{_inline(_generic('hospital-a'))}'" in guide
+        assert " ".join(f"{k}={v}" for k, v in NODE_ENV.items()) + " flower-supernode" \
+            in guide
         assert _toml(_generic("hospital-b")) in guide
         nodes, state = {}, {}
         for site in SITES:
@@ -194,7 +199,7 @@ def test_two_hospital_walkthrough(tmp_path):
             nodes[site] = fleet.start_supernode(
                 site, f"127.0.0.1:{port}", auth_key=keys[site] / site,
                 root_certificates=keys[site] / "ca.crt", port=free_port(),
-                node_config=text)
+                node_config=text, env=NODE_ENV)
         for proc in nodes.values():
             assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
                 proc.log_text()

@@ -212,8 +212,10 @@ class Fleet(RayNodes):
         port: int | None = None,
         max_retries: int | None = None,
         extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> Process:
-        """Start ``flower-supernode`` (its ClientAppIo port must differ per node)."""
+        """Start ``flower-supernode`` (its ClientAppIo port must differ per node);
+        ``env`` adds to its environment (its SuperExec and ClientApps inherit it)."""
         address = link.address if isinstance(link, SuperLinkInfo) else link
         argv = [self._exe("flower-supernode"), "--superlink", address,
                 "--port", str(port or free_port())]
@@ -228,7 +230,7 @@ class Fleet(RayNodes):
         if max_retries is not None:
             argv += ["--max-retries", str(max_retries)]
         argv += list(extra_args)
-        return self.start(f"supernode-{name}", argv)
+        return self.start(f"supernode-{name}", argv, env=env)
 
     # -- teardown ----------------------------------------------------------
     def stop(self) -> None:
