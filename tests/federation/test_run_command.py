@@ -79,10 +79,11 @@ def _dirs(tmp: Path) -> str:
 @pytest.mark.slow
 def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     # judges of 2 epochs: this test is about the console, not the judges' accuracy;
-    # exact windows of one step: the site hosts run each step's decoder half ahead
+    # exact windows of one step: the site hosts run each step's decoder half ahead;
+    # float32 posteriors: the run is then centralized training bit for bit (below)
     rc = (f"set='train.epochs=1;train.batch_size=100;eval.classifier_epochs=2;"
           f"eval.classifier_min_image_steps=0' "
-          f"exchange='step' n-train=300 n-test=100 {_dirs(tmp_path)}")
+          f"exchange='step' float16=false n-train=300 n-test=100 {_dirs(tmp_path)}")
     code, out = _simulate(tmp_path, rc)
     assert code == 0, out[-4000:]
     lines = out.splitlines()
@@ -110,6 +111,35 @@ def test_a_short_run_prints_progress_and_a_summary_and_exits_0(tmp_path):
     assert settings["data"]["root"].startswith(str(tmp_path / "data"))
     assert settings["dataset"]["test_samples"] == 100 and settings["data"]["max_test"] == 0
     assert settings["eval"]["classifier_epochs"] == 2
+    _equals_centralized(run_dir, used, tmp_path)
+
+
+def _equals_centralized(run_dir: Path, used: dict, tmp_path: Path) -> None:
+    """The README's claim for ``exchange='step'`` with float32 posteriors, under
+    Flower and Ray: the assembled model is ``mmvm train``'s on the same rows, every
+    weight bit for bit (tests/federation/test_exactness.py shows it in one process,
+    with missing modalities, BatchNorm, AMP and clipping too)."""
+    import torch
+
+    from mmvm.checkpoint import load_checkpoint
+    from mmvm.config import config_from_dict
+    from mmvm.data.dataset import MultimodalDataset
+    from mmvm.training import train
+
+    # the sites' files, which the run aligned; the sites' threads (client/hosts.py)
+    files = sorted((tmp_path / "data").glob("polymnist-*/sites-vertical-*/site-m*/"
+                                            "train.parquet"))
+    assert len(files) == 3, files
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 3))
+    data = MultimodalDataset.from_parquet(files, ["m0", "m1", "m2"])
+    raw = {k: v for k, v in used.items() if k != "source"}  # (where it was read)
+    cfg = config_from_dict({**raw, "train": {**raw["train"],
+                                             "out_dir": str(tmp_path / "central")}})
+    central = train(cfg, data, resume=False, show_progress=False).model.state_dict()
+    fed = load_checkpoint(run_dir / "checkpoint.pt")["model"]
+    assert set(fed) == set(central)
+    differ = [k for k in central if not torch.equal(fed[k], central[k])]
+    assert not differ, f"{len(differ)} of {len(central)} tensors differ, e.g. {differ[:3]}"
 
 
 @pytest.mark.slow
