@@ -307,9 +307,8 @@ def test_a_real_os_error_names_the_path(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.parametrize("command", ["run", "site", "data", "report"])
 def test_a_command_that_needs_no_torch_starts_without_it(command):
-    """Only the named command's module is imported: ``mmvm run --help`` and
-    ``mmvm site check`` do not pay torch's import (~2 s of CPU); an unknown command
-    still lists every command."""
+    """Only the named command's module is imported: ``mmvm run --help`` does not pay
+    torch's import (~2 s of CPU)."""
     code = ("import sys\nfrom mmvm.cli import main\n"
             f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)")

@@ -23,8 +23,10 @@ MAIN_JOB_CONFIG = "configs/polymnist_cpu.toml"
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every command, or of ``command`` alone: ``mmvm run`` and
-    ``mmvm site check`` then start without importing torch (~2 s of CPU)."""
+    """The parser of every command, or of ``command`` alone: ``mmvm run --help``,
+    ``mmvm data check`` and the like then start without importing torch (~2 s of
+    CPU); a command that needs torch (train, and ``run``'s and ``site check``'s
+    checks) imports it when it runs."""
     parser = argparse.ArgumentParser(
         prog="mmvm",
         description="MMVM VAE: multimodal representation learning, centralized or "
