@@ -178,7 +178,9 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
             "withheld its imputation (report-losses)" \
             if ev.get(WITHHELD) and key in tables.rows else \
             "left out scores over fewer than a quarter of its test rows" \
-            if ev.get("cross_floored") else ""
+            if ev.get("cross_floored") else \
+            "left out test rows that its scores, differenced, would single out " \
+            "(its min-rows)" if ev.get("cross_rows_left_out") else ""
         if why:
             tables.notes[str(ev.get("site", key))] = why
     for key, ev in evaluation.items():

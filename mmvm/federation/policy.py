@@ -24,9 +24,10 @@ anything leaves the site:
                        plaintext runs (ids in clear); needs ``keys``
 ``min-rows``           secure runs: refuse a plan with a window that trains fewer
                        than this many of the site's rows (default 1); see
-                       :meth:`SitePolicy.check_plan`. Secure runs: report no
-                       cross-site score whose test rows differ from another's by
-                       fewer (:func:`mmvm.federation.site_cross_eval.differing`);
+                       :meth:`SitePolicy.check_plan`. Secure runs: leave out of
+                       the cross-site scores test rows that fewer than this many
+                       share their scores with (no difference of scores is a sum
+                       over fewer: :func:`mmvm.federation.site_cross_eval.small_cells`);
                        plaintext runs, above 1: score nothing cross-site (the
                        server chooses the values too: ``server_chosen_values``)
 ``max-steps``          the most optimiser steps a run's plan may hold (default

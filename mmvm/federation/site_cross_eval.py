@@ -7,7 +7,7 @@ sample. A plaintext run whose sites keep their weights (``allow-collect``), or a
 deployment whose server has no data, had neither. Here each site sends the server its
 test samples' ids and its own modalities' posteriors (:func:`test_posteriors`); the
 server aligns them by id and gives every site the other modalities' posteriors of the
-test samples it holds; the site scores (:func:`cross_scores`), per own modality t and
+test samples it holds; the site scores (:func:`cross_values`), per own modality t and
 source s (another site's modality, or another of its own):
 
 - **imputation**: -w_t log p(x_t | z), z one seeded draw of q(z | x_s) (or its mean),
@@ -113,7 +113,8 @@ def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: s
 
 def server_chosen_values(floor: int) -> str:
     """Why a deployed plaintext site whose ``min-rows`` is above 1 scores nothing
-    cross-site: ``min-rows`` keeps two scores from differing by a few test rows, but
+    cross-site: ``min-rows`` keeps the scores' row sets from singling out a few test
+    rows (:func:`small_cells`), but
     in plaintext the server also chooses the values in its table. Two sources over
     the same rows, equal but at one row, give two scores whose difference is that
     one sample's imputation NLL (through the site's own decoder) and a bit of its
@@ -170,27 +171,25 @@ def received(site: Site, blob: bytes, n_test: int, log) -> dict[str, Posteriors]
     return table
 
 
+RowValues = dict[str, tuple[np.ndarray, np.ndarray]]  # score -> (test rows, values)
+
+
 @torch.no_grad()
-def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
+def cross_values(site: Site, test, others: Mapping[str, Posteriors],
                  judges: Mapping | None, sample: bool = True,
-                 coherence_sample: bool = True,
-                 sets: dict[str, list] | None = None) -> dict[str, float]:
-    """``impute/<s>-><t>``, ``impute_rest/<t>`` (mean weighted NLLs) and
-    ``coherence/<s>-><t>`` (accuracies, ``judges`` given and the test file labelled),
-    each with its count under ``<key>_n``; nothing for a pair no sample holds.
-    ``sets``: filled with the test rows each score covers (:func:`differing`)."""
+                 coherence_sample: bool = True) -> RowValues:
+    """Per score, the test rows it covers and each row's value: ``impute/<s>-><t>``,
+    ``impute_rest/<t>`` (weighted NLLs) and ``coherence/<s>-><t>`` (1.0 where the
+    judge was right; ``judges`` given and the test file labelled); nothing for a
+    pair no sample holds. :func:`cross_means` makes the scores of them."""
     model, names = site.model, site.global_names
     model.eval()
     gen = torch.Generator().manual_seed(site.cfg.train.seed)  # the imputation's draws
     coh_gen = torch.Generator().manual_seed(site.cfg.train.seed + 1)  # and coherence's
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def add(key: str, values: torch.Tensor, rows: np.ndarray) -> None:
-        sums[key] = sums.get(key, 0.0) + float(values.double().sum())
-        counts[key] = counts.get(key, 0) + int(values.numel())
-        if sets is not None:
-            sets.setdefault(key, []).append(rows)
+        parts.setdefault(key, []).append((rows, values.double().numpy()))
 
     targets = [t for t in site.names if judges is not None and t in judges]
     for start in range(0, len(test), site.pass_rows):
@@ -209,9 +208,19 @@ def cross_scores(site: Site, test, others: Mapping[str, Posteriors],
                     pred = judges[t](model.generate(t, z.to(site.device))).argmax(1)
                     add(f"coherence/{s}->{t}", (pred.cpu() == labels[keep]).double(),
                         rows[keep.numpy()])
+    return {k: (np.concatenate([r for r, _ in p]), np.concatenate([v for _, v in p]))
+            for k, p in parts.items()}
+
+
+def cross_means(values: RowValues, leave_out: np.ndarray | None = None
+                ) -> dict[str, float]:
+    """Each score's mean over its rows but ``leave_out``, with its count under
+    ``<key>_n``; nothing for a score left without rows."""
     out: dict[str, float] = {}
-    for key, total in sums.items():
-        out[key], out[f"{key}_n"] = total / counts[key], float(counts[key])
+    for key, (rows, v) in values.items():
+        kept = v if leave_out is None else v[~np.isin(rows, leave_out)]
+        if len(kept):
+            out[key], out[f"{key}_n"] = float(kept.sum() / len(kept)), float(len(kept))
     return out
 
 
@@ -274,22 +283,26 @@ def _impute(site: Site, t: str, b: dict, post: Mapping, eps: torch.Tensor,
         add(f"impute_rest/{t}", rest[scored] / count[scored], rows[scored.numpy()])
 
 
-def differing(sets: Mapping[str, list], floor: int) -> set[str]:
-    """The scores whose test rows differ from another score's by 1 to ``floor - 1``
-    rows (either way): the difference of two such means, times their counts, would
-    be a sum over so few samples (one sample's NLL, or whether one generation was
-    judged right), whatever floor each score alone passed. The server chooses which
-    rows each source's table holds, so it can make two row sets differ by one."""
-    if floor <= 1:
-        return set()
-    rows = {k: np.unique(np.concatenate(v)) for k, v in sets.items()}
-    keys, out = sorted(rows), set()
-    for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
-            d = len(np.setxor1d(rows[a], rows[b], assume_unique=True))
-            if 0 < d < floor:
-                out |= {a, b}
-    return out
+def small_cells(rows: Mapping[str, np.ndarray], floor: int) -> np.ndarray:
+    """The test rows to leave out of every score so that no combination of the
+    scores singles out fewer than ``floor`` samples.
+
+    The server reads each score's sum (mean x count), and chooses which rows each
+    source's table holds. Group the rows into cells by which scores cover them (a
+    Venn diagram of the scores' row sets). Any linear combination of the sums is,
+    row by row, the same combination of that row's values, the same for every row
+    of a cell (its scores are the same): so it is a sum over whole cells. Where each
+    cell covers ``floor`` rows or more, no difference of two scores, nor of three
+    (``2 x rest - the two pairs``), nor any other, isolates fewer. Leaving a small
+    cell's rows out of all scores keeps the others' cells as they are; with no
+    missing modality there is one cell and nothing is left out."""
+    keys = sorted(k for k, r in rows.items() if len(r))
+    if floor <= 1 or not keys:
+        return np.zeros(0, np.int64)
+    covered = np.unique(np.concatenate([rows[k] for k in keys]))
+    member = np.stack([np.isin(covered, rows[k]) for k in keys], axis=1)
+    _, cell, size = np.unique(member, axis=0, return_inverse=True, return_counts=True)
+    return covered[size[cell.ravel()] < floor]
 
 
 def judges_too_large(site: Site, recipe, policy) -> str | None:

@@ -26,10 +26,11 @@ from mmvm.evaluation import (
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import (
-    cross_scores,
-    differing,
+    cross_means,
+    cross_values,
     judges_too_large,
     received,
+    small_cells,
 )
 from mmvm.recon_baseline import baseline_nll
 
@@ -78,7 +79,8 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
     config's ``state`` folder (``classifiers/``; a simulation's beside the data). A
     deployed site reports no score over fewer than a quarter of its test rows: the
     server chooses which rows its table holds, and a score over one row would be
-    that sample's."""
+    that sample's. Its node config's ``min-rows`` also leaves out the rows that a
+    combination of the scores would single out (:func:`small_cells`)."""
     from mmvm.classifiers import (  # only in a message that needs them
         load_or_train,
         recipe_for,
@@ -105,22 +107,26 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
                     tokens=vocabularies(cfg))
     accuracy = {f"judge_accuracy/{m}": a for m, a in
                 getattr(judges, "test_accuracy", {}).items() if not math.isnan(a)}
-    sets: dict[str, list] = {}
-    scores = accuracy | cross_scores(
-        site, test, others, judges, sample=draw,
-        coherence_sample=draw and cfg.eval.coherence_sample, sets=sets)
+    values = cross_values(site, test, others, judges, sample=draw,
+                          coherence_sample=draw and cfg.eval.coherence_sample)
+    # a node config's min-rows: no reported sum, nor combination of sums, over fewer
+    # rows (a secure run's; a plaintext one with min-rows above 1 scored nothing)
+    cells = small_cells({k: r for k, (r, _) in values.items()},
+                        policy.min_rows if deployed else 1)
+    if len(cells):
+        log(f"the evaluation: {len(cells)} test rows left out of the cross-site "
+            f"scores: fewer than min-rows = {policy.min_rows} rows share the scores "
+            f"that cover them, so differences of the scores would single them out")
+    scores = accuracy | cross_means(values, cells)
     floor = math.ceil(len(test) / 4) if deployed else 1
     few = sorted(k[:-2] for k, n in scores.items() if k.endswith("_n") and n < floor)
     if few:
         log(f"the evaluation: scores over fewer than {floor} test rows not reported: "
             f"{', '.join(few)}")
-    near = sorted(differing(sets, policy.min_rows if deployed else 1) - set(few))
-    if near:  # a node config's min-rows: no reported sum, nor difference of two, over
-        log(f"the evaluation: scores whose test rows differ from another's by fewer "
-            f"than min-rows = {policy.min_rows} not reported: {', '.join(near)}")
-        few += near  # fewer rows
     kept = {k: v for k, v in scores.items() if k.removesuffix("_n") not in few}
-    return kept | ({"cross_floored": 1.0} if few else {})  # the server says so
+    # the server says so
+    return kept | ({"cross_floored": 1.0} if few else {}) | \
+        ({"cross_rows_left_out": 1.0} if len(cells) else {})
 
 
 def _probes(site: Site, test, max_train: int) -> dict[str, float]:

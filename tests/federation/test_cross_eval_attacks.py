@@ -187,33 +187,81 @@ def test_a_site_that_does_not_share_is_not_said_to_withhold_for_min_rows(site):
     assert not any(k.startswith(("impute", "coherence")) for k in got)
 
 
-def test_where_values_cannot_be_chosen_min_rows_still_floors_row_sets(site):
+def test_where_values_cannot_be_chosen_min_rows_leaves_out_rows_differences_isolate(
+        site):
     """The sealed path (a secure run: peers' posteriors, the server cannot change
-    them) scores through evaluate_site with the node config's policy: row sets that
-    differ by one row are withheld there, end to end, not only in `differing`."""
+    them) scores through evaluate_site with the node config's policy. The server's
+    rows R for m1 and R plus row 60 for m2 let 2 x rest - the two pairs, as sums,
+    read row 60's NLL (the plaintext test above); with min-rows = 5 row 60 is left
+    out of every score, end to end: the scores are those of tables without it, and
+    that difference is 0."""
     from mmvm.federation.site_eval import evaluate_site
 
-    rows = np.arange(40)
-    blob = encode_table({"m1": _post(site, rows), "m2": _post(site, np.append(rows, 60))})
-    said = []
-    got = evaluate_site(site, cross=blob, draw=False, log=said.append,
-                        policy=SitePolicy(eval_labels=(), min_rows=5))
-    assert not [k for k in got if k.startswith("impute")], got
-    assert got["cross_floored"] == 1.0
-    assert "differ from another's by fewer than min-rows = 5" in " ".join(said)
+    rows, policy, said = np.arange(40), SitePolicy(eval_labels=(), min_rows=5), []
+
+    def scores(m2_rows, log=said.append):
+        blob = encode_table({"m1": _post(site, rows), "m2": _post(site, m2_rows)})
+        return evaluate_site(site, cross=blob, draw=False, log=log, policy=policy)
+
+    got, without = scores(np.append(rows, 60)), scores(rows, log=lambda _: None)
+    impute = {k: v for k, v in got.items() if k.startswith("impute")}
+    assert impute == {k: v for k, v in without.items() if k.startswith("impute")}
+    assert impute["impute/m2->m0_n"] == impute["impute_rest/m0_n"] == 40
+    assert 2 * impute["impute_rest/m0"] * 40 - impute["impute/m1->m0"] * 40 \
+        - impute["impute/m2->m0"] * 40 == pytest.approx(0.0, abs=1e-6)
+    assert got["cross_rows_left_out"] == 1.0 and "cross_rows_left_out" not in without
+    assert "1 test rows left out" in " ".join(said) and "min-rows = 5" in " ".join(said)
+    notes = {}
+    combine({"k": {**got, "site": "site-m0"}}, ["m0", "m1", "m2"], {"k": ["m0"]},
+            type("T", (), {"notes": notes, "rows": {}, "available": {}})(), False)
+    assert "single out" in notes["site-m0"]
 
 
-def test_differing_names_scores_whose_rows_differ_by_fewer_than_the_floor():
-    """Where min-rows still bounds row sets (secure runs, whose values the server
-    cannot choose): pairs that differ by 1 to floor - 1 rows, either way, in any of
-    a score's parts; equal sets and sets far apart are reported."""
-    from mmvm.federation.site_cross_eval import differing
+def _support_sizes(sets: list[set], coefficients) -> set[int]:
+    """How many rows each combination sum_k c_k 1[S_k] is non-zero on."""
+    rows = sorted(set().union(*sets))
+    return {sum(1 for r in rows if sum(c * (r in s) for c, s in zip(cs, sets,
+                                                                     strict=True)))
+            for cs in coefficients}
+
+
+def test_small_cells_leave_no_combination_of_scores_over_fewer_rows_than_the_floor():
+    """Every combination of the scores' sums, with coefficients -2..2, of random row
+    sets is over 0 or at least `floor` rows once the small cells are left out (the
+    pairwise rule this replaced passed S1 = S2 + S3 + one row, S2 and S3 apart)."""
+    import itertools
+
+    from mmvm.federation.site_cross_eval import small_cells
 
     r = np.arange
-    sets = {"a": [r(40)], "b": [r(20), r(20, 41)], "c": [r(40)], "d": [r(50, 96)]}
-    assert differing(sets, 5) == {"a", "b", "c"}
-    assert differing(sets, 1) == set()
-    assert differing({"a": [r(40)], "b": [r(45)]}, 5) == set()  # 5 rows apart
+    three = {"a": r(0, 41), "b": r(0, 20), "c": r(21, 41)}  # a - b - c = row 20
+    assert small_cells(three, 5).tolist() == [20]
+    assert _support_sizes([set(v.tolist()) for v in three.values()],
+                          [(1, -1, -1)]) == {1}  # what it closes
+    gen = np.random.default_rng(0)
+    for trial in range(30):
+        floor = int(gen.integers(2, 6))
+        sets = {k: np.flatnonzero(gen.random(60) < gen.uniform(0.2, 0.9))
+                for k in "abcd"}
+        out = set(small_cells(sets, floor).tolist())
+        kept = [set(v.tolist()) - out for v in sets.values()]
+        sizes = _support_sizes(kept, itertools.product(range(-2, 3), repeat=4))
+        assert min(sizes - {0}, default=floor) >= floor, (trial, floor, sorted(sizes))
+        # only rows of small cells go: every row left out was in one
+        cells = [tuple(x in v for v in sets.values()) for x in range(60)]
+        for row in out:
+            assert cells.count(cells[row]) < floor
+
+
+def test_small_cells_leave_out_nothing_where_no_modality_is_missing_or_floor_is_1():
+    from mmvm.federation.site_cross_eval import small_cells
+
+    r = np.arange
+    assert small_cells({"a": r(40), "b": r(40), "c": r(40)}, 5).size == 0
+    assert small_cells({"a": r(40), "b": r(41)}, 1).size == 0
+    assert small_cells({"a": r(40), "b": r(45)}, 5).size == 0  # a cell of 5 rows
+    assert small_cells({"a": r(40), "b": r(44)}, 5).tolist() == [40, 41, 42, 43]
+    assert small_cells({}, 5).size == 0
 
 
 def test_judges_larger_than_the_node_config_allows_do_not_train(site):
