@@ -78,19 +78,12 @@ def test_flwr_run_on_ray_trains_hippocampus_sites(tmp_path):
 
 
 @pytest.mark.slow
-def test_flwr_run_failure_is_reported_as_failed(tmp_path):
-    """A config typo makes the run fail; its status must say so (exit code does not)."""
-    rc = f"set='train.epochz=1' {_dirs(tmp_path)}"
-    run_id, out, status = _simulate(tmp_path, rc, nodes=3)
-    assert "failed" in status, status
-    assert "epochz" in out and "epochs" in out  # the error names the typo and a fix
-
-
-@pytest.mark.slow
 def test_a_site_that_fails_before_the_server_knows_its_name_is_named(tmp_path):
     """At describe the server knows a node id only: a plaintext site's error says
     which site it is, and names the app's config as the run config does, not the
-    staged copy Flower runs."""
+    staged copy Flower runs. The run's status says it failed (`flwr run` exits 0):
+    every error the ServerApp reports in one line ends it the same way (a config
+    typo, refused in-process by tests/federation/test_settings.py, too)."""
     rc = (f"set='model.modalities.m0.kind=\"vector\";model.modalities.m0.network=\"mlp\";"
           f"model.modalities.m0.shape=[2352]' "
           f"eval-data='' {_dirs(tmp_path)}")
