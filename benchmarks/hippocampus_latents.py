@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ from mmvm.federation.local import run_local  # noqa: E402
 from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.method_styles import series_styles  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 from mmvm.probes import fit_probe  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
@@ -84,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=str(ROOT / "data"), help="data folder, made on first use")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/hippocampus"),
                    help="results folder")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw probes_vs_tuning.png from OUT/results.json, no training "
+                   "(latents.png needs the run's latents: run again)")
     return p.parse_args(argv)
 
 
@@ -225,25 +230,30 @@ def figures(summary: list[dict], mus: dict, out: Path) -> list[Path]:
 
 
 def plot_probes(summary: list[dict], path: Path) -> Path:
-    """probes_vs_tuning.png: both probes against tuning; one colour per run in both
-    panels (the raw decoders only have a per-rat value)."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    """probes_vs_tuning.png: both probes against tuning; one style per run in both
+    panels, a method's colour as in every figure (the raw decoders, dashed, only
+    have a per-rat value); bars: standard error over the seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     names = list(dict.fromkeys(s["run"] for s in summary))
-    colour = {run: plt.get_cmap("tab10")(i % 10) for i, run in enumerate(names)}
+    styles = series_styles(names)
+    lo, hi = min(s["seeds"] for s in summary), max(s["seeds"] for s in summary)
+    bars = "1 seed: no error bars" if hi == 1 else \
+        f"bars: ± standard error over {lo if lo == hi else f'{lo}-{hi}'} seeds"
     for ax, key, title in zip(axes, ("pooled", "per_rat"),
                               ("pooled odor probe (all rats)", "per-rat probe (mean)"),
                               strict=True):
         for run in names:
             pts = [(s["tuning"], s[key]) for s in summary if s["run"] == run and s[key]]
             if pts:
+                colour, line, marker = styles[run]
                 ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
-                            yerr=[p[1]["se"] or 0 for p in pts], marker="o", capsize=3,
-                            label=run, color=colour[run],
-                            linestyle="--" if run in (RAW, RAW_SUB) else "-")
-        ax.axhline(0.25, color="grey", lw=0.8, ls=":")
+                            yerr=[p[1]["se"] or 0 for p in pts], marker=marker,
+                            capsize=3, label=run, color=colour,
+                            linestyle="--" if run in (RAW, RAW_SUB) else line)
+        ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance (0.25)")
         ax.set_xlabel("tuning (log-rate SD of tuned neurons)")
-        ax.set_title(title, fontsize=10)
-    axes[0].set_ylabel("test accuracy (chance 0.25)")
+        ax.set_title(f"{title}\n({bars})", fontsize=9)
+    axes[0].set_ylabel("test accuracy")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -253,8 +263,12 @@ def plot_probes(summary: list[dict], path: Path) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.replot:
+        summary = json.loads((out / "results.json").read_text())["summary"]
+        print(f"wrote {plot_probes(summary, out / 'probes_vs_tuning.png')}")
+        return 0
+    torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     rows, mus = [], {}
     for tuning in args.tunings:

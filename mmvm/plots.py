@@ -288,12 +288,15 @@ def _settings_footnote(fig, groups: Sequence) -> None:
 def draw_tradeoff(ax, series: Mapping[str, Sequence[Point]]) -> None:
     """The paper's trade-off figure on ``ax``: per series (a method) a line through its
     points (one per beta, labelled), with standard-error bars where a point has one
-    (none for a single seed)."""
-    colors = plt.get_cmap("tab10")
-    for k, (name, points) in enumerate(series.items()):
-        color = colors(k % 10)
+    (none for a single seed). A method has its colour in every figure
+    (:mod:`mmvm.method_styles`)."""
+    from mmvm.method_styles import series_styles
+
+    styles = series_styles(list(series))
+    for name, points in series.items():
+        color, line, marker = styles[name]
         xs, ys = [p[1] for p in points], [p[2] for p in points]
-        ax.plot(xs, ys, "-o", color=color, ms=5, label=name[:60])
+        ax.plot(xs, ys, color=color, ls=line, marker=marker, ms=5, label=name[:60])
         for label, x, y, ex, ey in points:
             if ex is not None or ey is not None:
                 ax.errorbar([x], [y], xerr=None if ex is None else [ex],
