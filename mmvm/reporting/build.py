@@ -1,7 +1,8 @@
 """The report's content: tables and figures from collected runs.
 
 Sections, in order: a summary table (one row per method, beta and other settings,
-mean ± standard error over seeds), the trade-off figures (reconstruction vs probe,
+mean ± standard error over seeds), each method against MMVM (Welch's t-tests,
+Holm-adjusted: :mod:`mmvm.reporting.versus`), the trade-off figures (reconstruction vs probe,
 reconstruction vs coherence, coherence bars and matrices), a per-modality table, the
 pictures (:mod:`mmvm.reporting.pictures`), the federated runs' details
 (:mod:`mmvm.reporting.federated`), every run on its own, and the benchmarks' own
@@ -34,6 +35,7 @@ from mmvm.reporting.stats import (
     split_repeated_seeds,
     variants_of,
 )
+from mmvm.reporting.versus import versus_section
 
 MAX_TABLE_ROWS = 200
 MAX_TABLE_COLUMNS = 20
@@ -57,8 +59,10 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
         f"from: {', '.join(inputs)}.",
         f"Made by mmvm report on {now}.", SE_NOTE])
     if groups:
-        doc.sections += [summary_section(groups), tradeoff_section(groups),
-                         modality_section(groups)]
+        doc.sections.append(summary_section(groups))
+        versus = versus_section(groups)
+        doc.sections += ([versus] if versus else []) + [tradeoff_section(groups),
+                                                         modality_section(groups)]
         doc.sections += picture_sections(groups, generate)
         doc.sections += [federated_section(r) for r in collection.runs if r.federated]
         doc.sections.append(runs_section(collection.runs))

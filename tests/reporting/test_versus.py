@@ -1,0 +1,58 @@
+"""Each method against MMVM: Welch's t-test and Holm's adjustment, checked against
+their closed forms, and the report's table of them."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from mmvm.reporting.versus import holm, welch
+from tests.reporting.pages import PROBES, RECON, write_report
+
+
+def test_holm_multiplies_the_kth_smallest_p_by_m_minus_k_plus_1_and_stays_monotone():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.3]) == [0.3]  # one test: its own p
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def test_welch_is_the_closed_form_and_scipys():
+    a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0]
+    diff, se, t, p = welch(a, b)
+    # variances 1 and 4: se = sqrt(1/3 + 4/3); df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2)
+    assert (diff, se) == pytest.approx((-2.0, math.sqrt(5 / 3)))
+    assert t == pytest.approx(-2.0 / math.sqrt(5 / 3))
+    assert p == pytest.approx(2 * stats.t.sf(abs(t), 50 / 17))
+    assert p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert welch([1.0, 1.0], [1.0, 1.0])[3] == 1.0  # no spread, no difference
+    assert welch([2.0, 2.0], [1.0, 1.0])[3] == 0.0
+
+
+def test_the_report_tests_each_method_against_mmvm_per_metric(tmp_path, fake_runs):
+    _, page = write_report(tmp_path, *fake_runs)
+    table = next(t for t in page.tables if t[0][0] == "metric")
+    header, *rows = table
+    got = {(r[0], r[1]): dict(zip(header, r, strict=True)) for r in rows}
+    probe = got[("latent probe (mean over modalities)", "poe beta=1")]
+    _, _, t, p = welch(PROBES["poe"], PROBES["mmvm"])
+    assert probe["Welch t"] == f"{t:.2f}" and probe["p"] == f"{p:.3g}"
+    assert probe["seeds (group / reference)"] == "3 / 3"
+    diff = statistics.mean(PROBES["poe"]) - statistics.mean(PROBES["mmvm"])
+    assert probe["difference (group - mmvm) ± SE"].startswith(f"{diff:.3f} ± ")
+    assert probe["p, Holm (over n tests) *: < 0.05"].startswith(f"{p:.3g} (1)")
+    recon = got[("reconstruction NLL (test, per sample)", "poe beta=1")]
+    assert recon["direction"] == "lower is better"
+    assert recon["Welch t"] == f"{welch(RECON['poe'], RECON['mmvm'])[2]:.2f}"
+    assert not any(k[1].startswith("mmvm") for k in got)  # not against itself
+
+
+def test_with_one_seed_the_report_says_why_nothing_is_tested(tmp_path, fake_runs):
+    one_seed = [r for r in fake_runs if r.name.endswith("seed0")]
+    text, page = write_report(tmp_path, *one_seed)
+    assert "No comparison with MMVM: a test needs at least 2 seeds" in text
+    assert not [t for t in page.tables if t[0][0] == "metric"]
