@@ -19,12 +19,10 @@ then takes over, ``lookahead.py``) and its shared weights.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -33,12 +31,7 @@ from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.cross_eval import TestTables, combine, gather_tests
 from mmvm.federation.handover import assemble, checked_metrics
-from mmvm.federation.messages import (
-    DescribeRequest,
-    EvaluateRequest,
-    SiteFailure,
-    payload_bytes,
-)
+from mmvm.federation.messages import DescribeRequest, EvaluateRequest
 from mmvm.federation.resume import resume_run
 from mmvm.federation.routing import (
     EventTriggeredRouting,
@@ -50,26 +43,9 @@ from mmvm.federation.sealed_routing import SealedRouting
 from mmvm.federation.sealed_test_routing import gather_sealed_tests
 from mmvm.federation.server_state import ServerState, save_server_state
 from mmvm.federation.settings import FederationSettings
-from mmvm.federation.window_metrics import restored_after, window_means
+from mmvm.federation.transport import Metered, Transport
+from mmvm.federation.window_metrics import restored_after, window_row
 from mmvm.training import build_model
-
-
-class Transport(Protocol):
-    """How the server reaches sites: their keys, and one request per site at a time."""
-
-    def nodes(self) -> list[str]: ...
-
-    def online(self) -> list[str]:
-        """Keys of the sites connected now."""
-        ...
-
-    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
-                 ) -> dict:
-        """Replies by site key. ``wait=None``: every site must answer (or the run
-        fails); ``wait=seconds``: the replies that came in that time, or until ``need``
-        came (sites that are away are left out; one that answers with an error is a
-        :class:`SiteFailure`, unless its protection refused: that fails the run)."""
-        ...
 
 
 class RunStopped(Exception):
@@ -102,45 +78,6 @@ class FederationResult:
     cross_notes: dict[str, str] = field(default_factory=dict)  # site -> why not in it
 
 
-class Metered:
-    """A transport that adds up the payload bytes of everything it carries."""
-
-    def __init__(self, inner: Transport, window_wait: float | None = None) -> None:
-        self.inner, self.total, self.window_wait = inner, 0, window_wait
-        self.need = 1  # replies a window waits for beyond window_wait (the quorum)
-
-    def nodes(self) -> list[str]:
-        return self.inner.nodes()
-
-    def online(self) -> list[str]:
-        return self.inner.online()
-
-    def gather(self, requests: Mapping, wait: float | None = None
-               ) -> tuple[dict, dict[str, str]]:
-        """A window's exchange (or, with ``wait``, the final evaluation's): the replies
-        that came within ``site-timeout`` (``wait``), and the sites that failed it
-        (:class:`SiteFailure`) with the reason."""
-        replies = self._exchange(requests, wait or self.window_wait, self.need)
-        failed = {k: r.reason for k, r in replies.items() if isinstance(r, SiteFailure)}
-        return {k: r for k, r in replies.items() if k not in failed}, failed
-
-    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
-                 ) -> dict:
-        """Any exchange but a window's: a site that fails it fails the run."""
-        replies = self._exchange(requests, wait, need)
-        for r in replies.values():
-            if isinstance(r, SiteFailure):
-                kind = next(iter(requests.values())).kind
-                raise FederationError(f"{kind}: site {r.site} failed: {r.reason}")
-        return replies
-
-    def _exchange(self, requests: Mapping, wait: float | None, need: int) -> dict:
-        replies = self.inner.exchange(requests, wait, need) if wait is not None else \
-            self.inner.exchange(requests)
-        self.total += sum(payload_bytes(m) for m in (*requests.values(), *replies.values()))
-        return replies
-
-
 def make_routing(s: FederationSettings) -> Routing:
     latent = s.experiment.model.latent_dim
     if s.secure:
@@ -162,15 +99,131 @@ def run_federation(transport: Transport, s: FederationSettings,
     Sites that miss windows, fail them or send replies the server refuses are left
     out of them (:mod:`mmvm.federation.attendance`, :mod:`mmvm.federation.admission`).
     With ``checkpoint`` the server's state is written there after attach and at the
-    checkpoint windows (``s.checkpoints``, which the sites snapshot); ``resume_from`` continues the run whose state is there
-    (:mod:`mmvm.federation.server_state`) instead of starting one. When
-    ``should_stop()`` turns true, the run stops after the window it is in if that is
-    a checkpoint window, else after the next, which everyone then checkpoints
-    (:class:`RunStopped`)."""
+    checkpoint windows (``s.checkpoints``, which the sites snapshot); ``resume_from``
+    continues the run whose state is there (:mod:`mmvm.federation.server_state`)
+    instead of starting one. When ``should_stop()`` turns true, the run stops after
+    the window it is in if that is a checkpoint window, else after the next, which
+    everyone then checkpoints (:class:`RunStopped`)."""
+    asked = should_stop or (lambda: False)
+    if asked() and not resume_from:  # asked while Ray started
+        raise RunStopped(None)
+    run, start = _begin(transport, s, log, checkpoint, resume_from)
+    if on_align:
+        on_align(run.result.alignment)
+    if not resume_from:
+        run.save(-1)
+    if asked():  # asked while the sites attached: resumable
+        raise RunStopped(start - 1, len(run.coord.plan))
+    windows = len(run.coord.plan)
+    persist, timed_out = s.checkpoints(run.coord.plan), []
+    for w in range(start, windows):
+        run.att.wait_for_quorum(run.meter.online, log)
+        stopping = asked()
+        if stopping:
+            persist = persist | {w}  # the sites snapshot this window: resumed from it
+        row = run.window(w, w in persist)
+        if log and not timed_out and _waited_out(row, s.site_timeout, log):
+            timed_out.append(w)  # said once: a window as long as the wait is the wait's
+        if w in persist:
+            run.save(w)
+        if on_window:
+            on_window(row)
+        # asked during this window: stop now if everyone checkpointed it, else after
+        # the next (which everyone then checkpoints); a stop asked in the last window:
+        # the run ends anyway
+        if stopping or w < windows - 1 and w in persist and asked():
+            raise RunStopped(w, windows)
+    return run.finish(log)
+
+
+@dataclass
+class _Run:
+    """What the windows of one run share, and what each changes: the sites'
+    attendance, the averaged weights, the history and bytes so far."""
+
+    s: FederationSettings
+    meter: Metered
+    routing: Routing
+    coord: Coordinator
+    att: Attendance
+    result: FederationResult
+    averaged: dict
+    checkpoint: str | Path | None
+    before_restart: float  # training seconds of the runs this one resumes
+    t0: float = field(default_factory=time.perf_counter)
+
+    def save(self, window: int) -> None:
+        """The server's state after ``window`` (-1: after attach), where asked."""
+        if self.checkpoint:
+            save_server_state(self.checkpoint, self.s, ServerState(
+                window, list(self.coord.sites.values()), self.averaged,
+                self.routing.state(), self.att.summary(), sorted(self.att.absent),
+                self.result.history, self.meter.total, self.seconds(),
+                self.result.alignment))
+
+    def seconds(self) -> float:
+        return self.before_restart + time.perf_counter() - self.t0
+
+    def window(self, w: int, persist: bool) -> dict:
+        """Window ``w``: requests out, replies in and admitted, weights averaged;
+        its row of the history."""
+        coord, att, routing, meter = self.coord, self.att, self.routing, self.meter
+        tw, before = time.perf_counter(), meter.total
+        absent = att.absent_names()
+        requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent,
+                                           persist=persist)
+                    for k, r in routing.requests(coord, w, self.averaged).items()}
+        t_server = time.perf_counter() - tw
+        replies, failed = meter.gather(requests)
+        t_sent = time.perf_counter()
+        replies, refused = admit(w, coord, routing, replies, failed)
+        gone = att.record(w, replies)
+        for key in att.absent:
+            routing.missed(key)
+        means = routing.aggregate(meter, coord, w, replies)
+        self.averaged = {**self.averaged, **means}
+        refused |= {k: short_reason(f"failed the unmask step: {why}")
+                    for k, why in routing.failed.items()}
+        att.refuse(w, refused, [k for k in replies if k not in refused])
+        row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
+        row["missed"] = gone
+        row["unaveraged"] = sorted(m for m in coord.shared if m not in means)
+        row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
+        restored = {coord.name(k): restored_after(r, w) for k, r in replies.items()
+                    if k not in refused}
+        row["restored"] = {n: last for n, last in sorted(restored.items())
+                           if last is not None}
+        row["server_s"] = t_server + time.perf_counter() - t_sent
+        self.result.history.append(row)
+        return row
+
+    def finish(self, log: Callable[[str], None] | None) -> FederationResult:
+        """After the last window: the sites' final evaluation, once a quorum is back
+        (a site lost in the last window: as before a window)."""
+        s, result = self.s, self.result
+        self.att.wait_for_quorum(self.meter.online, log)
+        result.missed = self.att.summary()
+        result.bytes_total = self.meter.total
+        if log and s.cross_eval != "off":
+            log("mmvm: evaluation: the sites score each other's modalities from their "
+                "test posteriors (cross-eval; a site's judges train once, then are "
+                "cached)")
+        result.seconds = self.seconds()  # training, not evaluation
+        final_evaluation(self.meter, self.coord, self.averaged, s.collect_model, result,
+                         s.reply_timeout, cross=s.cross_eval,
+                         secure=s.align if s.secure else "",
+                         latent_dim=s.experiment.model.latent_dim,
+                         max_rows=s.max_site_rows, method=s.experiment.model.method)
+        return result
+
+
+def _begin(transport: Transport, s: FederationSettings,
+           log: Callable[[str], None] | None, checkpoint: str | Path | None,
+           resume_from: str | Path | None) -> tuple[_Run, int]:
+    """The sites attached, or back where ``resume_from``'s state left them; the
+    first window to train."""
     t0, routing = time.perf_counter(), make_routing(s)
     meter = Metered(transport, s.site_timeout)
-    if should_stop and should_stop() and not resume_from:  # asked while Ray started
-        raise RunStopped(None)
     if resume_from:
         back = resume_run(meter, s, routing, resume_from, log)
         coord, att, saved = back.coord, back.attendance, back.saved
@@ -185,83 +238,23 @@ def run_federation(transport: Transport, s: FederationSettings,
         att = Attendance({k: coord.name(k) for k in coord.sites}, s.min_sites,
                          s.pause_timeout, max_refused=s.max_refused)
     coord.expect_shapes(model_shapes(s.experiment, coord.shared))
-    if on_align:
-        on_align(result.alignment)
-    meter.need, before_restart = att.quorum, result.seconds
+    meter.need = att.quorum
+    return _Run(s, meter, routing, coord, att, result, averaged, checkpoint,
+                before_restart=result.seconds, t0=t0), start
 
-    def save(window: int) -> None:
-        if checkpoint:
-            save_server_state(checkpoint, s, ServerState(
-                window, list(coord.sites.values()), averaged, routing.state(),
-                att.summary(), sorted(att.absent), result.history, meter.total,
-                before_restart + time.perf_counter() - t0, result.alignment))
 
-    if not resume_from:
-        save(-1)
-    if should_stop and should_stop():  # asked while the sites attached: resumable
-        raise RunStopped(start - 1, len(coord.plan))
-    persist, timed_out = s.checkpoints(coord.plan), []
-    for w in range(start, len(coord.plan)):
-        att.wait_for_quorum(meter.online, log)
-        tw, before = time.perf_counter(), meter.total
-        absent = att.absent_names()
-        stopping = bool(should_stop and should_stop())
-        if stopping:
-            persist = persist | {w}  # the sites snapshot this window: resumed from it
-        requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent,
-                                           persist=w in persist)
-                    for k, r in routing.requests(coord, w, averaged).items()}
-        t_server = time.perf_counter() - tw
-        replies, failed = meter.gather(requests)
-        t_sent = time.perf_counter()
-        replies, refused = admit(w, coord, routing, replies, failed)
-        gone = att.record(w, replies)
-        for key in att.absent:
-            routing.missed(key)
-        means = routing.aggregate(meter, coord, w, replies)
-        averaged = {**averaged, **means}
-        refused |= {k: short_reason(f"failed the unmask step: {why}")
-                    for k, why in routing.failed.items()}
-        att.refuse(w, refused, [k for k in replies if k not in refused])
-        row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
-        row["missed"] = gone
-        row["unaveraged"] = sorted(m for m in coord.shared if m not in means)
-        row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
-        restored = {coord.name(k): restored_after(r, w) for k, r in replies.items()
-                    if k not in refused}
-        row["restored"] = {n: last for n, last in sorted(restored.items())
-                           if last is not None}
-        row["server_s"] = t_server + time.perf_counter() - t_sent
-        result.history.append(row)
-        if gone and row["seconds"] >= 0.9 * s.site_timeout and log and not timed_out:
-            timed_out.append(w)  # said once: a window as long as the wait is the wait's
-            log(f"mmvm: note: window {w + 1} waited its site-timeout = "
-                f"{s.site_timeout:g} s and went on without {', '.join(gone)}; sites whose "
-                f"windows take longer than that train them all the same, and their "
-                f"replies come too late to be used: raise site-timeout if they are "
-                f"slow, not away")
-        if w in persist:
-            save(w)
-        if on_window:
-            on_window(row)
-        # asked during this window: stop now if everyone checkpointed it, else after
-        # the next (which everyone then checkpoints)
-        last = w == len(coord.plan) - 1  # a stop asked in it: the run ends anyway
-        if stopping or not last and w in persist and should_stop and should_stop():
-            raise RunStopped(w, len(coord.plan))
-    att.wait_for_quorum(meter.online, log)  # a site lost in the last window: as before
-    result.missed = att.summary()            # a window, the evaluation waits for it
-    result.bytes_total = meter.total
-    cross = s.cross_eval
-    if log and cross != "off":
-        log("mmvm: evaluation: the sites score each other's modalities from their test "
-            "posteriors (cross-eval; a site's judges train once, then are cached)")
-    result.seconds = before_restart + time.perf_counter() - t0  # training, not evaluation
-    final_evaluation(meter, coord, averaged, s.collect_model, result, s.reply_timeout,
-                     cross=cross, secure=s.align if s.secure else "",
-                     latent_dim=s.experiment.model.latent_dim, max_rows=s.max_site_rows,
-                     method=s.experiment.model.method)
-    return result
+def _waited_out(row: dict, site_timeout: float, log: Callable[[str], None]) -> bool:
+    """Say so where a window went on without sites after waiting its whole
+    ``site-timeout``: sites slower than that are not away, and their replies come
+    too late to be used."""
+    if not (row["missed"] and row["seconds"] >= 0.9 * site_timeout):
+        return False
+    log(f"mmvm: note: window {row['window'] + 1} waited its site-timeout = "
+        f"{site_timeout:g} s and went on without {', '.join(row['missed'])}; sites "
+        f"whose windows take longer than that train them all the same, and their "
+        f"replies come too late to be used: raise site-timeout if they are slow, not "
+        f"away")
+    return True
 
 
 def _start(meter: Metered, s: FederationSettings, routing: Routing,
@@ -352,16 +345,6 @@ def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
     result.model_state = None if result.model_refused else state
 
 
-def window_row(w: int, coord: Coordinator, replies: Mapping, nbytes: int,
-               seconds: float) -> dict:
-    """One line of ``metrics.csv``: per-sample means over the window's rows
-    (:func:`mmvm.federation.window_metrics.window_means`), bytes and seconds."""
-    window = coord.plan[w]
-    return {"window": w, "windows": len(coord.plan), "epoch": window.steps[-1].epoch + 1,
-            "step": window.steps[-1].step + 1, **window_means(coord, w, replies),
-            "bytes": nbytes, "seconds": seconds, **site_seconds(replies)}
-
-
 def model_shapes(cfg, modalities) -> dict[str, dict[str, tuple]]:
     """The parameter shapes (by the names sites send) of each of ``modalities`` in
     the experiment's model: what FedAvg accepts of a site."""
@@ -370,27 +353,3 @@ def model_shapes(cfg, modalities) -> dict[str, dict[str, tuple]]:
     sd = build_model(cfg).state_dict()  # what sites share: floating tensors only
     return {m: {n: tuple(v.shape) for n, v in sd.items() if v.is_floating_point()
                 and n.startswith((f"encoders.{m}.", f"decoders.{m}."))} for m in modalities}
-
-
-TIMINGS = ("train_s", "codec_s", "disk_s")  # what a site reports of its window's time
-
-
-def site_seconds(replies: Mapping) -> dict:
-    """The slowest site's seconds in the window (sites run concurrently, so the
-    window waits for it): its total and the parts (training, message coding, disk);
-    and the longest decoder half run ahead, while the server routed (``ahead_s``)."""
-    def parts(r) -> dict:
-        return {k: _seconds(r.metrics.get(k)) for k in TIMINGS}
-
-    slowest = max((parts(r) for r in replies.values()), key=lambda p: sum(p.values()),
-                  default=dict.fromkeys(TIMINGS, 0.0))
-    return {"site_s": sum(slowest.values()), **slowest, "ahead_s": max(
-        (_seconds(r.metrics.get("ahead_s")) for r in replies.values()), default=0.0)}
-
-
-def _seconds(value) -> float:
-    try:
-        seconds = float(value or 0.0)
-    except (TypeError, ValueError, OverflowError):
-        return 0.0
-    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0

@@ -124,3 +124,37 @@ def restored_after(reply, window: int) -> int | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return last if last is not None and -1 <= last < window - 1 else None
+
+
+def window_row(w: int, coord, replies: Mapping, nbytes: int,
+               seconds: float) -> dict:
+    """One line of ``metrics.csv``: per-sample means over the window's rows
+    (:func:`mmvm.federation.window_metrics.window_means`), bytes and seconds."""
+    window = coord.plan[w]
+    return {"window": w, "windows": len(coord.plan), "epoch": window.steps[-1].epoch + 1,
+            "step": window.steps[-1].step + 1, **window_means(coord, w, replies),
+            "bytes": nbytes, "seconds": seconds, **site_seconds(replies)}
+
+
+TIMINGS = ("train_s", "codec_s", "disk_s")  # what a site reports of its window's time
+
+
+def site_seconds(replies: Mapping) -> dict:
+    """The slowest site's seconds in the window (sites run concurrently, so the
+    window waits for it): its total and the parts (training, message coding, disk);
+    and the longest decoder half run ahead, while the server routed (``ahead_s``)."""
+    def parts(r) -> dict:
+        return {k: _seconds(r.metrics.get(k)) for k in TIMINGS}
+
+    slowest = max((parts(r) for r in replies.values()), key=lambda p: sum(p.values()),
+                  default=dict.fromkeys(TIMINGS, 0.0))
+    return {"site_s": sum(slowest.values()), **slowest, "ahead_s": max(
+        (_seconds(r.metrics.get("ahead_s")) for r in replies.values()), default=0.0)}
+
+
+def _seconds(value) -> float:
+    try:
+        seconds = float(value or 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0

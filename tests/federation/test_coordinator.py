@@ -129,8 +129,8 @@ def test_a_windows_metrics_are_checked_site_by_site():
     """Per-sample means over the window's rows; a site's malformed, huge, NaN or
     negative metrics stop the run naming that site (timings are only shown: odd
     ones count as 0)."""
-    from mmvm.federation.loop import window_row
     from mmvm.federation.messages import WindowReply
+    from mmvm.federation.window_metrics import window_row
 
     c = _coord(("a", ["m0"], ["s0", "s1"]), ("b", ["m1"], ["s0", "s1"]))
 
