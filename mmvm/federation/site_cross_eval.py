@@ -27,7 +27,7 @@ Only means and counts leave the site.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import torch
@@ -299,10 +299,42 @@ def small_cells(rows: Mapping[str, np.ndarray], floor: int) -> np.ndarray:
     keys = sorted(k for k, r in rows.items() if len(r))
     if floor <= 1 or not keys:
         return np.zeros(0, np.int64)
+    twice = [k for k in keys if len(np.unique(rows[k])) < len(rows[k])]
+    if twice:  # a row counted twice in one sum would be a cell of its own
+        raise ValueError(f"scores {twice} cover a test row more than once")
     covered = np.unique(np.concatenate([rows[k] for k in keys]))
     member = np.stack([np.isin(covered, rows[k]) for k in keys], axis=1)
     _, cell, size = np.unique(member, axis=0, return_inverse=True, return_counts=True)
     return covered[size[cell.ravel()] < floor]
+
+
+def floored_means(values: RowValues, own: Collection[str], floor: int,
+                  log: Callable[[str], None]) -> tuple[dict[str, float], bool]:
+    """The scores of ``values`` a site whose ``min-rows`` is ``floor`` reports, and
+    whether rows were left out (:func:`small_cells`).
+
+    A score from one of the site's ``own`` modalities covers rows the site's data
+    fixes, not the server: where it would lose some, it is not reported at all, or
+    a server that left a row out in one run and not in another (two runs of the
+    same weights) would read that row's value from the difference (withholding a
+    score only merges cells: the rest still sum over whole cells). Above a floor of
+    1 the means are rounded to float32: a float64 mean times its count gives back
+    low-order bits of a small value among large ones."""
+    cells = small_cells({k: r for k, (r, _) in values.items()}, floor)
+    touched = sorted(k for k, (rows, _) in values.items() if len(cells)
+                     and "->" in k and k.split("/", 1)[1].split("->")[0] in own
+                     and np.isin(rows, cells).any())
+    if len(cells):
+        log(f"the evaluation: {len(cells)} test rows left out of the cross-site "
+            f"scores: fewer than min-rows = {floor} rows share the scores that cover "
+            f"them, so differences of the scores would single them out"
+            + (f"; not reported, as they would lose rows the site's own data fixes: "
+               f"{', '.join(touched)}" if touched else ""))
+    means = cross_means({k: v for k, v in values.items() if k not in touched}, cells)
+    if floor > 1:
+        means = {k: v if k.endswith("_n") else float(np.float32(v))
+                 for k, v in means.items()}
+    return means, bool(len(cells))
 
 
 def judges_too_large(site: Site, recipe, policy) -> str | None:

@@ -26,11 +26,10 @@ from mmvm.evaluation import (
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import (
-    cross_means,
     cross_values,
+    floored_means,
     judges_too_large,
     received,
-    small_cells,
 )
 from mmvm.recon_baseline import baseline_nll
 
@@ -80,7 +79,8 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
     deployed site reports no score over fewer than a quarter of its test rows: the
     server chooses which rows its table holds, and a score over one row would be
     that sample's. Its node config's ``min-rows`` also leaves out the rows that a
-    combination of the scores would single out (:func:`small_cells`)."""
+    combination of the scores would single out
+    (:func:`mmvm.federation.site_cross_eval.floored_means`)."""
     from mmvm.classifiers import (  # only in a message that needs them
         load_or_train,
         recipe_for,
@@ -109,15 +109,13 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
                 getattr(judges, "test_accuracy", {}).items() if not math.isnan(a)}
     values = cross_values(site, test, others, judges, sample=draw,
                           coherence_sample=draw and cfg.eval.coherence_sample)
+    if deployed and not policy.report_losses:  # not sent: they split no cell
+        values = {k: v for k, v in values.items() if not k.startswith("impute")}
     # a node config's min-rows: no reported sum, nor combination of sums, over fewer
     # rows (a secure run's; a plaintext one with min-rows above 1 scored nothing)
-    cells = small_cells({k: r for k, (r, _) in values.items()},
-                        policy.min_rows if deployed else 1)
-    if len(cells):
-        log(f"the evaluation: {len(cells)} test rows left out of the cross-site "
-            f"scores: fewer than min-rows = {policy.min_rows} rows share the scores "
-            f"that cover them, so differences of the scores would single them out")
-    scores = accuracy | cross_means(values, cells)
+    means, left_out = floored_means(values, site.names,
+                                    policy.min_rows if deployed else 1, log)
+    scores = accuracy | means
     floor = math.ceil(len(test) / 4) if deployed else 1
     few = sorted(k[:-2] for k, n in scores.items() if k.endswith("_n") and n < floor)
     if few:
@@ -126,7 +124,7 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
     kept = {k: v for k, v in scores.items() if k.removesuffix("_n") not in few}
     # the server says so
     return kept | ({"cross_floored": 1.0} if few else {}) | \
-        ({"cross_rows_left_out": 1.0} if len(cells) else {})
+        ({"cross_rows_left_out": 1.0} if left_out else {})
 
 
 def _probes(site: Site, test, max_train: int) -> dict[str, float]:

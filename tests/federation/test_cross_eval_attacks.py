@@ -392,3 +392,47 @@ def test_a_site_with_every_modality_sends_which_rows_it_holds_not_their_values(
     for k, v in want["pairs"].items():
         assert math.isclose(got["pairs"][k], v, rel_tol=1e-4), (k, got["pairs"][k], v)
     assert math.isclose(got["total"], want["total"], rel_tol=1e-4)
+
+
+def test_a_score_from_the_sites_own_modality_that_would_lose_rows_is_not_reported():
+    """Security review of small_cells: an own-source score's rows are the site's
+    data's, not the server's; left out a row in one run and not in another, two runs
+    of the same weights would difference to that row's value. Withheld instead, and
+    the rest (server-shaped) still sum over whole cells; means rounded to float32."""
+    from mmvm.federation.site_cross_eval import floored_means
+
+    r, said = np.arange, []
+    vals = lambda rows: (rows, np.linspace(1.0, 2.0, len(rows)))  # noqa: E731
+    values = {"coherence/m0->m0": vals(r(40)), "impute/m1->m0": vals(r(30)),
+              "coherence/m1->m0": vals(np.append(r(30), 35)),  # 35: a cell of one
+              "impute/m2->m0": vals(r(20))}
+    means, left = floored_means(values, ["m0"], 5, said.append)
+    assert left and "coherence/m0->m0" not in means  # own, would lose row 35
+    assert means["coherence/m1->m0_n"] == means["impute/m1->m0_n"] == 30  # minus 35
+    assert means["impute/m2->m0_n"] == 20
+    assert "coherence/m0->m0" in said[0] and "1 test rows left out" in said[0]
+    assert all(v == float(np.float32(v)) for v in means.values())
+    whole, left = floored_means({k: v for k, v in values.items() if k != "impute/m2->m0"
+                                 and "m1" not in k}, ["m0"], 5, said.append)
+    assert not left and whole["coherence/m0->m0_n"] == 40  # nothing left out: reported
+    with pytest.raises(ValueError, match="more than once"):
+        floored_means({"impute/m1->m0": vals(np.array([1, 1, 2]))}, [], 5, said.append)
+
+
+def test_scores_a_site_does_not_send_split_no_cell(site, monkeypatch):
+    """Security review of small_cells: with report-losses off the imputation scores
+    are never sent, so they must not decide which rows the coherences leave out (a
+    row's holding another own modality changed the reported coherence)."""
+    import mmvm.federation.site_eval as site_eval
+
+    rows = np.arange(60)
+    fake = {"coherence/m1->m0": (rows, np.ones(60)),
+            "impute/m1->m0": (rows[:-1], np.ones(59))}  # would split off row 59
+    monkeypatch.setattr(site_eval, "cross_values", lambda *a, **k: fake)
+    blob = encode_table({"m1": _post(site, rows)})
+    for losses, left in ((True, True), (False, False)):
+        got = site_eval.evaluate_site(site, cross=blob, draw=False, log=lambda _: None,
+                                      policy=SitePolicy(min_rows=5, eval_labels=(),
+                                                        report_losses=losses))
+        assert ("cross_rows_left_out" in got) == left, (losses, got)
+        assert got["coherence/m1->m0_n"] == (59 if left else 60)
