@@ -43,6 +43,22 @@ def used_config(settings, out_dir: str | Path, data: str | None) -> dict:
 SIMULATION_ONLY = ("layout", "shards", "missing", "data_dir", "n_train", "n_test",
                    "state_dir", "keys_dir", "data_variant", "hippocampus", "site_hosts",
                    "decode_ahead", "site_dirs")
+# what a simulation's sites make their data of: a simulation on the user's own site
+# folders (site-dirs) made none, and its results.json must not suggest it did
+MADE_DATA = ("layout", "shards", "missing", "data_dir", "n_train", "n_test",
+             "data_variant", "hippocampus")
+
+
+def recorded_settings(settings, simulated: bool) -> dict:
+    """The run's settings as results.json keeps them: only those that shaped it."""
+    s = {k: v for k, v in asdict(settings).items() if k != "experiment"}
+    if s.get("exchange") != "steps":  # the steps of a window only where it has them
+        s.pop("exchange_steps", None)
+    if not simulated:
+        return {k: v for k, v in s.items() if k not in SIMULATION_ONLY} | {"deployment": True}
+    if s.get("site_dirs"):
+        return {k: v for k, v in s.items() if k not in MADE_DATA}
+    return s
 
 
 def write_results(out_dir: str | Path, settings, result, data: str | None = None,
@@ -50,7 +66,8 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
     """metrics.csv, results.json, checkpoint.pt (if the sites handed in their weights)
     and curves.png in ``out_dir``; ``data``: the data folder the sites read, where the
     server knows it (simulation); ``simulated``: False in a deployment (its settings
-    then say ``"deployment": true`` and list no :data:`SIMULATION_ONLY` key)."""
+    then say ``"deployment": true`` and list no :data:`SIMULATION_ONLY` key; on the
+    user's site folders, no :data:`MADE_DATA` key)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -58,10 +75,7 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
     writer.writeheader()
     writer.writerows(result.history)
     atomic_write(out / "metrics.csv", buf.getvalue().encode())
-    s = {k: v for k, v in asdict(settings).items() if k != "experiment"}
-    if not simulated:
-        s = {k: v for k, v in s.items() if k not in SIMULATION_ONLY} | {"deployment": True}
-    summary = {"settings": s, "config": used_config(settings, out, data),
+    summary = {"settings": recorded_settings(settings, simulated), "config": used_config(settings, out, data),
                "sites": result.sites, "evaluation": result.evaluation,
                "bytes_total": result.bytes_total, "seconds": result.seconds,
                "windows": len(result.history), "kept_weights": result.kept_weights,

@@ -100,3 +100,23 @@ def test_the_servers_evaluation_of_unlabelled_data_is_reconstruction_only(tmp_pa
     assert ev["probe"] == {} and "coherence" not in ev and NO_LABELS in ev["warnings"]
     assert math.isfinite(ev["reconstruction"]["total"]) and len(said) == 2  # no judges
     assert json.loads((tmp_path / "out" / "eval.json").read_text())["n_test"] == 397
+
+
+def test_results_json_keeps_only_the_settings_that_shaped_the_run(tiny_config,
+                                                                  tiny_polymnist):
+    """A walkthrough on its own site folders read n_train 3000, data_variant 'soft'
+    and shards 2 in its results.json: data the simulation never made. And
+    exchange_steps under exchange 'round'."""
+    import dataclasses
+
+    from mmvm.federation.results import MADE_DATA, recorded_settings
+
+    s = settings_for(tiny_config(tiny_polymnist), exchange="round")
+    made = recorded_settings(s, simulated=True)
+    assert set(MADE_DATA) <= set(made) and "exchange_steps" not in made
+    own = recorded_settings(dataclasses.replace(s, site_dirs=("a", "b", "c")), True)
+    assert not set(MADE_DATA) & set(own) and own["site_dirs"] == ("a", "b", "c")
+    steps = recorded_settings(dataclasses.replace(s, exchange="steps"), True)
+    assert steps["exchange_steps"] == s.exchange_steps
+    deployed = recorded_settings(s, simulated=False)
+    assert deployed["deployment"] is True and "site_dirs" not in deployed
