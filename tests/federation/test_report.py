@@ -44,7 +44,8 @@ def test_summary_is_a_table_by_site_with_chance_and_the_files():
                     "classifier_accuracy": {"m0": 0.93, "m1": 0.2},
                     "warnings": ["the m1 judge scores 0.200 on real test data"]})
     lines = text.splitlines()
-    assert lines[0] == ("mmvm: trained 12 windows in 3 min 06 s (the evaluation after "
+    assert lines[0] == ("mmvm: trained 12 windows in 3 min 06 s (2 min 00 s of windows, "
+                        "1 min 06 s of set-up and state saving; the evaluation after "
                         "them not included); 84.0 MB exchanged")
     body = [line for line in lines if line.startswith("site-")]
     assert [b.split()[0] for b in body] == ["site-m0", "site-m1", "site-w", "site-x",
@@ -90,8 +91,9 @@ def test_a_resumed_runs_summary_says_how_many_windows_came_before_the_resume():
     res = FederationResult(history=[_row(w) for w in range(7)], bytes_total=5e5,
                            seconds=118.0, resumed_after=6)
     first = summary(res, "/runs/run-2", {}, None).splitlines()[0]
-    assert first == ("mmvm: trained 7 windows in 1 min 58 s (the evaluation after them "
-                     "not included; 6 of them before this resume); 0.5 MB exchanged")
+    assert first == ("mmvm: trained 7 windows in 1 min 58 s (1 min 10 s of windows, "
+                     "48 s of set-up and state saving; the evaluation after them not "
+                     "included; 6 of them before this resume); 0.5 MB exchanged")
 
 
 def test_alignment_line_says_how_many_samples_the_sites_share():
