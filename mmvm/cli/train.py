@@ -115,9 +115,11 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
         print(f"mmvm train: warning: {line}", file=sys.stderr)  # trains all the same
     have = all_label_columns(paths)
     if have and cfg.data.label not in have and not cfg.eval.labels:  # evaluate refuses
+        close = difflib.get_close_matches(cfg.data.label, have, 1, 0.0)
         print(f"mmvm train: warning: no label column {cfg.data.label!r} (data.label) in "
               f"the data; its label columns: {', '.join(have)}. Training needs none, "
-              f"but mmvm evaluate's probes and coherence will", file=sys.stderr)
+              f"but mmvm evaluate's probes and coherence will"
+              + (f": e.g. --set data.label={close[0]}" if close else ""), file=sys.stderr)
     for line in held_out_problems(cfg):  # found now, not after hours of training
         print(f"mmvm train: warning: {line}", file=sys.stderr)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)
