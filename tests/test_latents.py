@@ -104,8 +104,14 @@ def test_unknown_labels_are_null_and_read_back_as_unknown(tmp_path, capsys):
         "label.edema", table.column("label"))
     findings = write_latents(tmp_path / "findings.parquet", other, {})
     assert main(["plot", "latents", str(findings), "--out", str(tmp_path / "f.png")]) == 0
+    assert "note: coloured by label.edema, the files' only label column" in \
+        capsys.readouterr().out  # (a lab's label.odor: what else would it colour by)
+    two = other.append_column("label.effusion", table.column("label"))
+    findings = write_latents(tmp_path / "two.parquet", two, {})
+    assert main(["plot", "latents", str(findings), "--out", str(tmp_path / "f.png")]) == 0
     assert "note: no 'label' column: the points are drawn in one colour; colour them by " \
-           "one of label.edema with --label COLUMN" in capsys.readouterr().out
+           "one of label.edema, label.effusion with --label COLUMN" in \
+        capsys.readouterr().out
 
 
 @torch.no_grad()

@@ -146,18 +146,26 @@ def run_curves(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_other_labels(paths: list[str]) -> None:
-    """Files without a ``label`` column are drawn in one colour: say which label
-    columns they have instead (MIMIC-CXR's are ``label.<finding>``)."""
+def _default_label(paths: list[str]) -> str | None:
+    """The column to colour by without ``--label``: ``label``, else the files' only
+    label column (a lab's ``label.odor``, said); with several (MIMIC-CXR's
+    ``label.<finding>``) None, the points drawn in one colour, and which to choose
+    said."""
     import pyarrow.parquet as pq
 
     from mmvm.data.store_format import is_label_column
 
     names = [n for p in paths for n in pq.read_schema(p).names]
-    if "label" not in names and (others := list(dict.fromkeys(filter(is_label_column, names)))):
-        shown = ", ".join(others[:6]) + (f", ... ({len(others)} in all)" * (len(others) > 6))
-        print(f"note: no 'label' column: the points are drawn in one colour; colour "
-              f"them by one of {shown} with --label COLUMN")
+    others = list(dict.fromkeys(filter(is_label_column, names)))
+    if "label" in names or not others:
+        return None
+    if len(others) == 1:
+        print(f"note: coloured by {others[0]}, the files' only label column")
+        return others[0]
+    shown = ", ".join(others[:6]) + (f", ... ({len(others)} in all)" * (len(others) > 6))
+    print(f"note: no 'label' column: the points are drawn in one colour; colour "
+          f"them by one of {shown} with --label COLUMN")
+    return None
 
 
 def run_latents(args: argparse.Namespace) -> int:
@@ -165,9 +173,8 @@ def run_latents(args: argparse.Namespace) -> int:
     from mmvm.plot_latents import latent_2d
 
     out = _png_out(args.out or Path(args.latents[0]).with_suffix(".png"), args.latents)
-    mus, labels = read_latents(args.latents, args.label)
-    if args.label is None:
-        _say_other_labels(args.latents)
+    label = args.label if args.label is not None else _default_label(args.latents)
+    mus, labels = read_latents(args.latents, label)
     dims = {v.shape[1] for v in mus.values()}
     if len(dims) > 1:
         raise ValueError(f"the files' latents have different sizes {sorted(dims)}: "

@@ -280,7 +280,7 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing,
             f"\"steps\" with longer windows) or larger batches; nothing was attached")
     result = FederationResult(sites=_site_summary(coord), alignment=coord.alignment())
     log(f"mmvm: set-up 3/3: attaching the sites to the {coord.n} aligned rows and the "
-        f"plan of {len(coord.plan)} windows")
+        f"plan of {len(coord.plan)} window{'s' * (len(coord.plan) != 1)}")
     replies = meter.exchange({key: coord.attach_request(key, float16=s.float16,
                                                         delta_tol=s.delta_tol,
                                                         peers=routing.peers)

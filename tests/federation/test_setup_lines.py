@@ -22,4 +22,5 @@ def test_describe_align_and_attach_are_each_said_as_they_begin(cfg, tmp_path,
         "mmvm: set-up 1/3: asking the 3 sites what they hold",
         f"mmvm: set-up 2/3: aligning the samples of {names}",
         f"mmvm: set-up 3/3: attaching the sites to the {res.alignment['samples']} aligned "
-        f"rows and the plan of {len(res.history)} windows"]
+        f"rows and the plan of 1 window"]  # one epoch, exchange round: one
+    assert len(res.history) == 1
