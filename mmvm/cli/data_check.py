@@ -2,12 +2,14 @@
 summarise them; every file is checked, whatever the others hold. Each modality's
 values as the model sees them (stored / scale) are shown; with ``--config`` they are
 checked against its likelihoods (:mod:`mmvm.data.value_ranges`) and its shapes, and
-without one a uint8 tensor stored with scale 1 (the model sees 0..255) is named."""
+without one a uint8 tensor stored with scale 1 (the model sees 0..255) is named.
+Several sites' files are also joined by sample id (:func:`across_files`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mmvm.cli import add_config_arguments, console
 from mmvm.cli.data_common import handles, printable
@@ -22,6 +24,8 @@ def add_check(sub: argparse._SubParsersAction) -> None:
                                    "values as the model sees them (value / scale). "
                                    "With --config, also the config's shapes (an error) "
                                    "and the range its likelihoods expect (a warning). "
+                                   "Several sites' files of one split: how they join "
+                                   "by sample id, and samples split differently. "
                                    "Exit status 1 if any file is invalid.")
     c.add_argument("files", nargs="+", metavar="FILE", help="site .parquet files")
     add_config_arguments(c, None)
@@ -34,9 +38,10 @@ def check_file(path: str) -> dict:
     from mmvm.data.store import DataError, iter_site_batches, read_site_meta
 
     meta = read_site_meta(path)  # a folder: "give its site files"
-    rows, ranges = 0, {}
+    rows, ranges, ids = 0, {}, []
     for batch in iter_site_batches(path, None, batch_size=4096):
         rows += len(batch)
+        ids += batch.sample_ids
         for name, x in batch.tensors.items():  # the model's input: value / scale
             lo, hi = float(x.min()) / batch.scales[name], float(x.max()) / batch.scales[name]
             old = ranges.get(name, (lo, hi))
@@ -46,7 +51,7 @@ def check_file(path: str) -> dict:
                         f"sample (make or prepare the file again with samples)")
     return {"rows": rows, "tensors": meta["tensors"], "labels": meta["labels"],
             "columns": meta["columns"], "name": str(meta["dataset"].get("name", "")),
-            "ranges": ranges}
+            "ranges": ranges, "ids": ids}
 
 
 def check_problem(path: str) -> tuple[dict | None, str | None]:
@@ -105,12 +110,13 @@ def run_check(args: argparse.Namespace) -> int:
     for col in ("file", "status", "rows", "modalities", "labels", "dataset"):
         # a long path wraps onto further lines instead of being cut with "…"
         table.add_column(col, overflow="fold", min_width=12 if col == "file" else None)
-    errors, warnings, seen, columns = [], [], set(), {}
+    errors, warnings, seen, columns, valid = [], [], set(), {}, {}
     for f in args.files:
         s, problem = check_problem(f)
         seen.update(s["labels"] if s else ())
         if s:
             columns[f] = list(s["labels"])
+            valid[f] = s
         if problem is None:
             problem, said = config_problems(cfg, f, s)
             warnings += said
@@ -128,7 +134,10 @@ def run_check(args: argparse.Namespace) -> int:
                       Text(printable(mods, 400)), Text(printable(labels) or "-"),
                       Text(printable(s["name"], 60)))
     console().print(table)
-    warnings += label_missing(cfg, seen) + bare_ids(columns)
+    lines, joined = across_files(valid)
+    for line in lines:
+        print(line)
+    warnings += label_missing(cfg, seen) + bare_ids(columns) + joined
     for w in warnings:
         print(f"warning: {printable(w, 2000)}", file=sys.stderr)
     for e in errors:
@@ -148,6 +157,52 @@ def label_missing(cfg, labels: set[str]) -> list[str]:
     return [f"{cfg.source}: data.label {cfg.data.label!r} is in none of these files "
             f"(their label columns: {', '.join(sorted(labels))}); the probes and "
             f"coherence read it: --set data.label={near[0]}"]
+
+
+def across_files(found: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """What the sites' files say together: per split (``train.parquet``, ...) given
+    from several sites, how joining them by sample id couples the modalities (a site
+    prepared without ``--ids`` shares no sample: its modality would train as an
+    independent VAE, which ``mmvm run`` only says at alignment); and a sample in one
+    site's test split and another's train split. Lines to print, and warnings."""
+    import numpy as np
+
+    from mmvm.data.coupling import (
+        coupling_counts,
+        split_leak,
+        uncoupled_warning,
+        weak_coupling_note,
+    )
+
+    lines, warnings, splits = [], [], {}
+    for path in found:
+        splits.setdefault(Path(path).name, []).append(path)
+    for name, paths in splits.items():
+        holders: dict[str, set] = {}
+        for p in paths:
+            for m in found[p]["tensors"]:
+                holders.setdefault(m, set()).update(found[p]["ids"])
+        if len(paths) < 2 or len(holders) < 2:  # one site, or one modality everywhere
+            continue
+        ids = np.array(sorted(set().union(*holders.values())), dtype=object)
+        mask = np.stack([np.isin(ids, list(held)) for held in holders.values()], axis=1)
+        c = coupling_counts(mask, list(holders))
+        per = ", ".join(f"{m} {n:,}" for m, n in c["per_modality"].items())
+        lines.append(f"{name}: the {len(paths)} files joined by sample id: "
+                     f"{c['samples']:,} samples ({per}); {c['multimodal']:,} have two "
+                     f"or more modalities, {c['complete']:,} all")
+        if not c["multimodal"]:
+            warnings.append(f"the {name} files share no sample id: every modality would "
+                            f"train as an independent VAE (a federated run refuses "
+                            f"them); check that the sites prepared with the same --ids")
+        warnings += [f"{name}: {w}" for w in (
+            uncoupled_warning(c["per_modality"], c["coupled"]),
+            weak_coupling_note(c["per_modality"], c["coupled"])) if w]
+    trains = splits.get("train.parquet", [])
+    if len(trains) > 1 and (leak := split_leak(
+            trains, [str(Path(p).with_name("test.parquet")) for p in trains])):
+        warnings.append(leak)
+    return lines, warnings
 
 
 def _values(lo: float, hi: float) -> str:

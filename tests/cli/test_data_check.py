@@ -104,3 +104,35 @@ def test_a_value_that_overflows_once_scaled_is_an_error_naming_the_sample(tmp_pa
         f"column's scale 1e-06 overflows float32 (the model's input is value / scale, at "
         f"most 3.403e+38): write the column with a larger scale")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.parquet"]
+
+
+def _site(folder: Path, modality: str, train: list[str], test: list[str]) -> Path:
+    rng = np.random.default_rng(0)
+    for split, ids in (("train", train), ("test", test)):
+        write_site_table(folder / f"{split}.parquet", ids,
+                         {modality: rng.random((len(ids), 4)).astype(np.float32)},
+                         {"label": np.zeros(len(ids), np.int64)}, {})
+    return folder / "train.parquet"
+
+
+def test_the_sites_files_together_say_how_they_join_and_what_does_not(tmp_path, capsys):
+    """A walkthrough's third lab prepared without --ids: each file checked ok, and the
+    run then trained its rat as an independent VAE, said only at alignment."""
+    from mmvm.cli import main
+
+    ids = [f"trial{i:03d}" for i in range(60)]
+    a = _site(tmp_path / "a", "rat1", ids[:50], ids[50:])
+    b = _site(tmp_path / "b", "rat2", ids[:50], ids[50:])
+    c = _site(tmp_path / "c", "rat3", [str(i) for i in range(50)], ["x"])
+    assert main(["data", "check", str(a), str(b), str(c)]) == 0  # a warning, not invalid
+    said = capsys.readouterr()
+    assert ("train.parquet: the 3 files joined by sample id: 100 samples (rat1 50, "
+            "rat2 50, rat3 50); 50 have two or more modalities, 0 all") in said.out
+    assert "rat3 shares no sample with another modality" in said.err
+    # another split: b's test holds a of a's train samples
+    d = _site(tmp_path / "d", "rat2", ids[:49], ids[49:])
+    assert main(["data", "check", str(a), str(d)]) == 0
+    err = capsys.readouterr().err
+    assert "1 of the 11 test samples of" in err and "'trial049'" in err
+    assert main(["data", "check", str(a), str(b)]) == 0  # alike: nothing to say
+    assert "warning" not in capsys.readouterr().err
