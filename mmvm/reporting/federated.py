@@ -49,7 +49,9 @@ def sites_table(summary: Mapping) -> Table | None:
         info = info if isinstance(info, Mapping) else {}
         ev = evaluation.get(node) if isinstance(evaluation.get(node), Mapping) else {}
         mods = info.get("modalities") if isinstance(info.get("modalities"), list) else []
-        scores = [f"{k}: {_value(v)}" for k, v in ev.items()
+        # one precision per kind (a walkthrough read "1,238" beside "748.012")
+        scores = [f"{k}: {number(v):.3f}" if str(k).startswith("probe/")
+                  else f"{k}: {number(v):,.1f}" for k, v in ev.items()
                   if str(k).startswith(("probe/", "recon_nll/")) and number(v) is not None]
         rows.append([text(info.get("site", node)), ", ".join(map(text, mods)),
                      _value(info.get("n", "?")), "; ".join(scores) or "not evaluated"])

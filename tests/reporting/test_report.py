@@ -180,6 +180,7 @@ def test_results_files_and_federated_folders(tmp_path, fake_runs):
     fed_row = next(r for r in page.tables[0][1:] if "sites' own probes" in r[-1])
     assert "0.800 (1 seed)" in fed_row
     assert "Federated run run-7" in text and "site-a" in text and "1,234,567" in text
+    assert "probe/m0: 0.800; recon_nll/m0: 50.0" in text  # one precision per kind
     assert "Benchmark table:" in text
 
 
