@@ -46,7 +46,11 @@ from mmvm.federation.site_cross_eval import admitted
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_limits import check_tables
 from mmvm.federation.site_store import SiteStore
-from mmvm.federation.window_metrics import RESTORED, WITHHELD, withhold_losses
+from mmvm.federation.window_metrics import (
+    RESTORED,
+    evaluation_withheld,
+    withhold_losses,
+)
 from mmvm.footprint import step_bytes
 from mmvm.secure.errors import SecurityError
 
@@ -351,14 +355,10 @@ class Endpoint:
         if kept:  # the server knows which means it sent; now also which were not taken
             metrics["unconfirmed_means"] = float(len(kept))
         if not self.policy.report_losses:
-            metrics = {k: v for k, v in metrics.items()  # nor sizes (n_test, counts)
-                       if not k.startswith(("recon_nll/", "impute", "constant_nll/"))
-                       and k != "n_test" and not k.endswith("_n")}
-            metrics[WITHHELD] = 1.0
-        reply = EvaluateReply(site=site.name, modalities=list(site.names),
-                              metrics=metrics, model=model)
+            metrics = evaluation_withheld(metrics)
         site.progress.phase = "evaluated"
-        return reply
+        return EvaluateReply(site=site.name, modalities=list(site.names), metrics=metrics,
+                             model=model)
 
     def _evaluation_inputs(self) -> dict:
         """What a secure site's evaluation works on besides the mean: recorded once,

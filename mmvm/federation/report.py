@@ -71,6 +71,27 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)]
 
 
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95 % Wilson score interval of ``k`` right of ``n`` (scipy's): honest at
+    0 or n right, where the normal one collapses to a point."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _probe_cell(ev: Mapping, m: str) -> str:
+    """``0.743 (chance 0.15; 95 % 0.68-0.80 of 200)``: the probe, its chance and,
+    where the site sent how many test rows it scored, the interval a test set that
+    size leaves (a lab's 39 trials read 1.000, which is 0.91-1.00)."""
+    acc, majority, n = (ev.get(f"{k}/{m}") for k in ("probe", "majority", "probe_n"))
+    said = [f"chance {majority:.2f}"] if majority is not None else []
+    if acc is not None and n:
+        low, high = wilson(round(acc * n), int(n))
+        said.append(f"95 % {low:.2f}-{high:.2f} of {int(n)}")
+    return _num(acc) + (f" ({'; '.join(said)})" if said else "")
+
+
 def _num(v, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -93,11 +114,9 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     rows = []
     for ev in sorted(result.evaluation.values(), key=lambda e: e["site"]):
         for m in ev["modalities"]:
-            majority = ev.get(f"majority/{m}")
-            chance = f" (chance {majority:.2f})" if majority is not None else ""
             probe = "withheld (the site's eval-labels)" if ev.get("probes_withheld") \
                 else "- (no data.label column at the site)" if ev.get("unlabelled") \
-                else _num(ev.get(f"probe/{m}")) + chance
+                else _probe_cell(ev, m)
             constant = ev.get(f"constant_nll/{m}")
             recon = "withheld (report-losses)" if ev.get("losses_withheld") \
                 else _num(ev.get(f"recon_nll/{m}"), 1) + (

@@ -142,6 +142,7 @@ def _probes(site: Site, test, max_train: int) -> dict[str, float]:
                              max_train=max_train,
                              standardize=site.cfg.eval.probe_standardize)
         out[f"probe/{m}"] = acc[m]
+        out[f"probe_n/{m}"] = float((yte >= 0).sum())  # the test rows it scored
         out[f"classes/{m}"] = float(len(np.unique(ytr[ytr >= 0])))
         # the floor of the probe: always answering the test labels' commonest class
         out[f"majority/{m}"] = chance_levels(yte)["majority"]

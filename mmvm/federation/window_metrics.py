@@ -76,6 +76,16 @@ def withhold_losses(metrics: dict) -> dict:
                for k, v in metrics.items()}, WITHHELD: 1.0}
 
 
+def evaluation_withheld(metrics: dict) -> dict:
+    """The final evaluation's metrics as a site that keeps its losses sends them:
+    no reconstruction or imputation NLLs, nor any size (``n_test``, a score's
+    count, the probe's rows)."""
+    kept = {k: v for k, v in metrics.items()
+            if not k.startswith(("recon_nll/", "impute", "constant_nll/", "probe_n/"))
+            and k != "n_test" and not k.endswith("_n")}
+    return {**kept, WITHHELD: 1.0}
+
+
 def window_means(coord, w: int, replies: Mapping) -> dict:
     """``rec_nll`` and ``reg`` per sample of window ``w`` from the replies taken
     (``coord``: the :class:`~mmvm.federation.coordinator.Coordinator`), and whether

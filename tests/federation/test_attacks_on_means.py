@@ -248,5 +248,8 @@ def test_a_site_that_keeps_its_losses_sends_row_counts_only(cfg, tmp_path, tiny_
     mine = res.evaluation[victim]
     assert mine["losses_withheld"] == 1.0 and not any(k.startswith("recon_nll/") for k in mine)
     assert "n_test" not in mine  # nor the size of its test set
+    assert not any(k.startswith("probe_n/") for k in mine)  # nor its labelled rows'
+    assert any(k.startswith("probe_n/") for k in res.evaluation[next(
+        k for k in sites if k != victim)])
     assert any(k.startswith("recon_nll/") for k in res.evaluation[next(
         k for k in sites if k != victim)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mmvm.federation.loop import FederationResult
 from mmvm.federation.report import alignment_line, duration, summary, window_line
 
@@ -145,3 +147,23 @@ def test_a_site_coupled_to_nothing_is_warned_of_again_at_the_end():
     assert "warning: ratB shares no sample with another modality: it trains as an " \
            "independent VAE" in text
     assert "shares no sample" not in summary(FederationResult(seconds=1.0), "/r", {}, None)
+
+
+def test_a_probe_on_a_small_test_set_shows_its_interval():
+    """A lab's 39 trials read probe 1.000: the Wilson interval says 0.91-1.00."""
+    import math
+
+    from mmvm.federation.report import wilson
+
+    z = 1.959963984540054
+    for k, n in ((39, 39), (29, 200), (0, 10)):  # the closed form
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        assert wilson(k, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
+    res = FederationResult(history=[_row(0, 1)], seconds=1.0)
+    res.evaluation = {"1": {"site": "rat1", "modalities": ["rat1"], "probe/rat1": 1.0,
+                            "majority/rat1": 0.385, "probe_n/rat1": 39.0}}
+    line = next(ln for ln in summary(res, "/r", {}, None).splitlines()
+                if ln.startswith("rat1"))
+    assert "1.000 (chance 0.39; 95 % 0.91-1.00 of 39)" in line
