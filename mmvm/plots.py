@@ -355,7 +355,8 @@ def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2
         ax.set_title(key)
         ax.grid(alpha=0.3)
-    # name every run, on the fullest panel: a federated run has no line under "loss"
+    # name every run, on the fullest panel: a federated run of before its "loss"
+    # column has no line under "loss"
     drawn = {(ln.get_label(), ln.get_color()): ln for a in axes[0] for ln in a.get_lines()}
     max(axes[0], key=lambda a: len(a.get_lines())).legend(
         drawn.values(), [lab for lab, _ in drawn], fontsize=7)

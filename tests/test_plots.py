@@ -11,6 +11,7 @@ import torch
 
 from mmvm.config import ModalitySpec
 from mmvm.data.dataset import MultimodalDataset
+from mmvm.federation.results import WINDOW_FIELDS
 from mmvm.model import MultimodalVAE
 from mmvm.plot_latents import latent_2d
 from mmvm.plots import (
@@ -208,18 +209,17 @@ def test_plot_cli_writes_into_the_run_folder_by_default(tmp_path, monkeypatch):
 
 
 def test_plot_cli_curves_of_a_federated_run_draw_the_columns_it_has(tmp_path):
-    """A federated metrics.csv (mmvm/federation/results.py) has no "loss": the default
-    panels are those of loss, rec_nll, reg the files have; asked for, "loss" is an
-    error. The server's curves.png is left alone."""
+    """A federated metrics.csv written before its "loss" column: the default panels
+    are those of loss, rec_nll, reg the files have; asked for, "loss" is an error.
+    The server's curves.png is left alone."""
     from mmvm.cli import main
-    from mmvm.federation.results import WINDOW_FIELDS
 
     run = tmp_path / "fed"
     run.mkdir()
-    rows = [{k: 0 for k in WINDOW_FIELDS} | {"epoch": e, "rec_nll": 10.0 - e, "reg": 1.0}
+    rows = [{k: 0 for k in OLDER_FIELDS} | {"epoch": e, "rec_nll": 10.0 - e, "reg": 1.0}
             for e in (1, 2)]
     with open(run / "metrics.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=WINDOW_FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=OLDER_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     (run / "results.json").write_text("{}")  # a federated run folder: curves.png is the server's
@@ -229,16 +229,18 @@ def test_plot_cli_curves_of_a_federated_run_draw_the_columns_it_has(tmp_path):
                  str(tmp_path / "x.png")]) == 2
 
 
-def _federated_run(run):
-    """A federated run folder: its metrics.csv (by window) has no "loss" column."""
-    from mmvm.federation.results import WINDOW_FIELDS
+# a federated metrics.csv (by window) as runs wrote it before its "loss" column
+OLDER_FIELDS = [f for f in WINDOW_FIELDS if f != "loss"]
 
+
+def _federated_run(run):
+    """A federated run folder whose metrics.csv has no "loss" column."""
     run.mkdir(parents=True)
-    rows = [{k: 0 for k in WINDOW_FIELDS} | {"epoch": e, "step": 10 * e,
-                                             "rec_nll": 10.0 - e, "reg": 1.0}
+    rows = [{k: 0 for k in OLDER_FIELDS} | {"epoch": e, "step": 10 * e,
+                                            "rec_nll": 10.0 - e, "reg": 1.0}
             for e in (1, 2)]
     with open(run / "metrics.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=WINDOW_FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=OLDER_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     (run / "results.json").write_text("{}")

@@ -135,7 +135,7 @@ def run_curves(args: argparse.Namespace) -> int:
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such metrics file")
-    if args.keys is None:  # a federated run's metrics.csv has no "loss" column
+    if args.keys is None:  # an older federated metrics.csv has no "loss" column
         from mmvm.plots import read_metrics
 
         have = set().union(*(read_metrics(p) for p in paths))

@@ -186,6 +186,8 @@ class _Run:
                     for k, why in routing.failed.items()}
         att.refuse(w, refused, [k for k in replies if k not in refused])
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
+        # the objective as centralized training logs it: the rows' mean rec + beta R
+        row["loss"] = row["rec_nll"] + self.s.experiment.train.beta * row["reg"]
         row["missed"] = gone
         row["unaveraged"] = sorted(m for m in coord.shared if m not in means)
         row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}

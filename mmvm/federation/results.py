@@ -23,8 +23,9 @@ from mmvm.training import build_model
 
 # data.root of a deployment's run: only the sites know their files (node config data=)
 AT_THE_SITES = "at the sites (node config data=...)"
-WINDOW_FIELDS = ["window", "epoch", "step", "rec_nll", "reg", "bytes", "seconds", "site_s",
-                 "train_s", "codec_s", "disk_s", "server_s", "ahead_s", "estimated"]
+WINDOW_FIELDS = ["window", "epoch", "step", "loss", "rec_nll", "reg", "bytes", "seconds",
+                 "site_s", "train_s", "codec_s", "disk_s", "server_s", "ahead_s",
+                 "estimated"]
 
 
 def used_config(settings, out_dir: str | Path, data: str | None) -> dict:
