@@ -134,10 +134,11 @@ def run_check(args: argparse.Namespace) -> int:
                       Text(printable(mods, 400)), Text(printable(labels) or "-"),
                       Text(printable(s["name"], 60)))
     console().print(table)
-    lines, joined = across_files(valid)
+    lines, joined, clashes = across_files(valid)
     for line in lines:
         print(line)
     warnings += label_missing(cfg, seen) + bare_ids(columns) + joined
+    errors += clashes
     for w in warnings:
         print(f"warning: {printable(w, 2000)}", file=sys.stderr)
     for e in errors:
@@ -159,12 +160,14 @@ def label_missing(cfg, labels: set[str]) -> list[str]:
             f"coherence read it: --set data.label={near[0]}"]
 
 
-def across_files(found: dict[str, dict]) -> tuple[list[str], list[str]]:
+def across_files(found: dict[str, dict]) -> tuple[list[str], list[str], list[str]]:
     """What the sites' files say together: per split (``train.parquet``, ...) given
     from several sites, how joining them by sample id couples the modalities (a site
     prepared without ``--ids`` shares no sample: its modality would train as an
-    independent VAE, which ``mmvm run`` only says at alignment); and a sample in one
-    site's test split and another's train split. Lines to print, and warnings."""
+    independent VAE, which ``mmvm run`` only says at alignment); a sample in one
+    site's test split and another's train split; and, an error, classes the files
+    number differently (joined, one id would mean two classes). Lines to print,
+    warnings and errors."""
     import numpy as np
 
     from mmvm.data.coupling import (
@@ -173,10 +176,16 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str]]:
         uncoupled_warning,
         weak_coupling_note,
     )
+    from mmvm.data.label_names import check_label_names
+    from mmvm.data.store import DataError
 
-    lines, warnings, splits = [], [], {}
+    lines, warnings, errors, splits = [], [], [], {}
     for path in found:
         splits.setdefault(Path(path).name, []).append(path)
+    try:
+        check_label_names(list(found))
+    except DataError as err:
+        errors.append(str(err))
     for name, paths in splits.items():
         holders: dict[str, set] = {}
         for p in paths:
@@ -202,7 +211,7 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str]]:
     if len(trains) > 1 and (leak := split_leak(
             trains, [str(Path(p).with_name("test.parquet")) for p in trains])):
         warnings.append(leak)
-    return lines, warnings
+    return lines, warnings, errors
 
 
 def _values(lo: float, hi: float) -> str:

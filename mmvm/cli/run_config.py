@@ -318,12 +318,21 @@ def _check_site_dirs(s) -> None:
 
 def _check_joined(s) -> None:
     """The server evaluates the assembled model on the site-dirs joined by sample id:
-    each needs the config's train and test files, known before anything trains."""
+    each needs the config's train and test files, and the folders must number their
+    classes alike (a walkthrough's sites, 'Normal' and 'normal', trained to the end
+    and then failed that evaluation), known before anything trains."""
+    from mmvm.data.label_names import check_label_names
+    from mmvm.data.store import DataError
     from mmvm.federation.eval_data import eval_data_problem
     from mmvm.federation.site_dirs import joined_experiment
 
     joined = joined_experiment(s.experiment, s.site_dirs)
     problem = eval_data_problem(joined, joined.data.root)
+    try:
+        check_label_names([f for d in s.site_dirs for f in (
+            Path(d) / "train.parquet", Path(d) / "test.parquet") if f.is_file()])
+    except DataError as err:
+        problem = problem or f"labels: {err}; or eval-data='' to skip that evaluation"
     if problem:
         raise ConfigError(f"run config: site-dirs, joined for the server's evaluation "
                           f"(eval-data = 'default'): {problem.split(': ', 1)[1]}")

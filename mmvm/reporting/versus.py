@@ -35,8 +35,9 @@ def holm(ps: Sequence[float]) -> list[float]:
 
 def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, float]:
     """Mean of ``a`` minus mean of ``b``, its standard error, Welch's t and its
-    two-sided p (Welch-Satterthwaite degrees of freedom); p is 1.0 where both
-    samples are constant and equal, 0.0 where constant and different."""
+    two-sided p (Welch-Satterthwaite degrees of freedom); where both samples are
+    constant the test is undefined: se 0, and t and p as the limit (0 and 1 where
+    equal, inf and 0 where not), which :func:`comparisons` does not report."""
     from scipy import stats
 
     na, nb = len(a), len(b)
@@ -74,12 +75,16 @@ def comparisons(groups: Sequence[Group], reference: str = REFERENCE) -> list[lis
             a, b = _values(g, metric), _values(ref, metric)
             if len(a) >= 2 and len(b) >= 2:
                 found.append((g, len(a), len(b), sum(b) / len(b), *welch(a, b)))
-        adjusted = holm([row[-1] for row in found])
+        # no spread on either side (a probe at 1.000 for every seed): no test
+        tested = [i for i, row in enumerate(found) if row[5] > 0]
+        adjusted = dict(zip(tested, holm([found[i][-1] for i in tested]), strict=True))
         better = "higher" if METRICS[metric][1] else "lower"
-        for (g, na, nb, like, diff, se, t, p), q in zip(found, adjusted, strict=True):
+        for i, (g, na, nb, like, diff, se, t, p) in enumerate(found):
+            q = adjusted.get(i)
+            test = [f"{t:.2f}", f"{p:.3g}", f"{q:.3g} ({len(tested)})" + " *" * (q < 0.05)] \
+                if q is not None else ["-", "no spread over seeds: no test", "-"]
             rows.append([METRICS[metric][0], g.label, f"{na} / {nb}",
-                         f"{fmt(diff, like=like)} ± {fmt(se, like=like)}", f"{t:.2f}",
-                         f"{p:.3g}", f"{q:.3g} ({len(found)})" + " *" * (q < 0.05),
+                         f"{fmt(diff, like=like)} ± {fmt(se, like=like)}", *test,
                          f"{better} is better"])
     return rows
 

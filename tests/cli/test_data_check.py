@@ -106,12 +106,14 @@ def test_a_value_that_overflows_once_scaled_is_an_error_naming_the_sample(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.parquet"]
 
 
-def _site(folder: Path, modality: str, train: list[str], test: list[str]) -> Path:
+def _site(folder: Path, modality: str, train: list[str], test: list[str],
+          names: list[str] | None = None) -> Path:
     rng = np.random.default_rng(0)
+    meta = {"label_names": {"label": names}} if names else {}
     for split, ids in (("train", train), ("test", test)):
         write_site_table(folder / f"{split}.parquet", ids,
                          {modality: rng.random((len(ids), 4)).astype(np.float32)},
-                         {"label": np.zeros(len(ids), np.int64)}, {})
+                         {"label": np.zeros(len(ids), np.int64)}, meta)
     return folder / "train.parquet"
 
 
@@ -136,3 +138,18 @@ def test_the_sites_files_together_say_how_they_join_and_what_does_not(tmp_path, 
     assert "1 of the 11 test samples of" in err and "'trial049'" in err
     assert main(["data", "check", str(a), str(b)]) == 0  # alike: nothing to say
     assert "warning" not in capsys.readouterr().err
+
+
+def test_sites_that_number_their_classes_apart_are_an_error(tmp_path, capsys):
+    """A hospital walkthrough: 'Normal' at one site, 'normal' at the other; both files
+    were ok, the run trained and its joined evaluation failed at the end."""
+    from mmvm.cli import main
+
+    ids = [f"s{i:02d}" for i in range(30)]
+    a = _site(tmp_path / "a", "frontal", ids[:25], ids[25:], ["effusion", "normal"])
+    b = _site(tmp_path / "b", "lateral", ids[:25], ids[25:], ["Normal", "effusion"])
+    assert main(["data", "check", str(a), str(b)]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "number the classes of 'label' differently" in err
+    c = _site(tmp_path / "c", "lateral", ids[:25], ids[25:], ["effusion", "normal"])
+    assert main(["data", "check", str(a), str(c)]) == 0  # the same list: fine

@@ -412,3 +412,28 @@ def test_an_out_dir_it_cannot_write_in_is_named_before_flower(tmp_path):
                                f"eval-data=''", local=True)
     assert str(info.value) == (f"run config: out-dir = '{blocker}/runs': cannot write in "
                                f"{blocker} ({blocker} is not a folder)")
+
+
+def test_site_dirs_that_number_their_classes_apart_are_refused_before_flower(tmp_path):
+    """A hospital walkthrough: one site's CSV said 'Normal', the other's 'normal', so
+    each numbered the findings otherwise; both files checked ok, the run trained to
+    the end and then the server's evaluation on the joined folders failed."""
+    from mmvm.data.prepare.arrays import prepare_arrays
+
+    rng = np.random.default_rng(0)
+    ids = "\n".join(f"s{i:03d}" for i in range(40)) + "\n"
+    (tmp_path / "ids.txt").write_text(ids)
+    for m in ("m0", "m1", "m2"):
+        np.save(tmp_path / f"{m}.npy", rng.integers(0, 256, (40, 3, 28, 28), np.uint8))
+    sites = []
+    for name, normal, mods in (("a", "normal", ("m0", "m1")), ("b", "Normal", ("m2",))):
+        np.save(tmp_path / f"f{name}.npy", np.array([normal, "effusion"] * 20))
+        sites.append(tmp_path / f"site-{name}")
+        prepare_arrays(sites[-1], {m: tmp_path / f"{m}.npy" for m in mods},
+                       ids=tmp_path / "ids.txt", labels={"label": tmp_path / f"f{name}.npy"})
+    text = f"num-sites=2 site-dirs='{sites[0]},{sites[1]}'"
+    with pytest.raises(ConfigError, match=r"site-dirs, joined for the server's evaluation "
+                                          r"\(eval-data = 'default'\): .* number the "
+                                          r"classes of 'label' differently .*eval-data=''"):
+        check_run_config(ROOT, text, local=True)
+    check_run_config(ROOT, text + " eval-data=''", local=True)  # never joined: fine

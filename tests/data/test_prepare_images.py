@@ -125,10 +125,12 @@ def test_12_bit_data_in_16_bit_files_needs_its_white_level(tmp_path):
     img[8:16, 8:16] = 4000.0
     for i in range(6):
         _png16(tmp_path / "wide" / f"s{i}.png", img)
-    with pytest.raises(DataError, match=r"brightest pixel is 4000, below 4096 of 65535: "
-                                        r"12-bit data in a 16-bit file\? Give the value "
-                                        r"that is white \(--white-level 4095"):
+    with pytest.raises(DataError, match=r"s0.png: refused: a I;16 image whose brightest "
+                                        r"pixel is 4000, below 4096 of 65535: 12-bit data "
+                                        r"in a 16-bit file\? Give the value that is white "
+                                        r"\(--white-level 4095") as info:
         prepare_images(tmp_path / "o", {"frontal": tmp_path / "wide"}, size=28)
+    assert "cannot decode" not in str(info.value)  # it decoded: a walkthrough read that
     assert not (tmp_path / "o").exists()
     assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/wide",
                  "--size", "28", "--white-level", "4095", "--test-fraction", "0.34",

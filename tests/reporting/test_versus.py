@@ -56,3 +56,23 @@ def test_with_one_seed_the_report_says_why_nothing_is_tested(tmp_path, fake_runs
     text, page = write_report(tmp_path, *one_seed)
     assert "No comparison with MMVM: a test needs at least 2 seeds" in text
     assert not [t for t in page.tables if t[0][0] == "metric"]
+
+
+def test_no_spread_on_either_side_is_not_tested():
+    """A hospital walkthrough's probes were 1.000 for every seed of both methods:
+    the table read 't 0.00, p 1', a test that is undefined there."""
+    from mmvm.reporting.runs import Run
+    from mmvm.reporting.stats import Group
+    from mmvm.reporting.versus import comparisons
+
+    def group(method, probes, recon):
+        runs = [Run(f"{method}{i}", "x", "results row", metrics={"probe": p, "recon_nll": r})
+                for i, (p, r) in enumerate(zip(probes, recon, strict=True))]
+        return Group(method, 1.0, {}, runs)
+
+    rows = comparisons([group("mmvm", [1.0, 1.0, 1.0], [10.0, 11.0, 12.0]),
+                        group("independent", [1.0, 1.0, 1.0], [9.0, 9.5, 9.7])])
+    probe = next(r for r in rows if r[0].startswith("latent probe"))
+    assert probe[4:7] == ["-", "no spread over seeds: no test", "-"]
+    recon = next(r for r in rows if r[0].startswith("reconstruction"))
+    assert recon[6].startswith(f"{recon[5]} (1)")  # the only test: Holm leaves its p

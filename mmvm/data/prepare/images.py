@@ -53,6 +53,8 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
             arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except DataError:  # it decoded, and is refused (a white level, a crop): as it says
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from None
     if arr.ndim == 2:
@@ -89,10 +91,10 @@ def to_8bit(img, path: str | os.PathLike, white: float | None = None):
                         f"of its own: give the value that is white (--white-level)")
     peak = float(arr.max()) if arr.size else 0.0
     if white is None and peak < LOW_BITS:
-        raise DataError(f"{path}: a {img.mode} image whose brightest pixel is {peak:g}, "
-                        f"below {LOW_BITS} of {top}: 12-bit data in a 16-bit file? Give "
-                        f"the value that is white (--white-level 4095 for 12 bits, 255 "
-                        f"for 8-bit data in a 16-bit file; load_image's white=)")
+        raise DataError(f"{path}: refused: a {img.mode} image whose brightest pixel is "
+                        f"{peak:g}, below {LOW_BITS} of {top}: 12-bit data in a 16-bit "
+                        f"file? Give the value that is white (--white-level 4095 for 12 "
+                        f"bits, 255 for 8-bit data in a 16-bit file)")
     if not np.isfinite(peak) or peak > top or arr.min() < 0:
         raise DataError(f"{path}: pixel values {arr.min():g}..{peak:g} outside 0..{top:g} "
                         f"(the white level)")
