@@ -309,7 +309,7 @@ def run(grid: Grid, context: Context) -> None:
         s, cfg = dataclasses.replace(s, experiment=joined), joined
     eval_data = _eval_data(s, result, joined is not None) if result.model_state else None
     paths = write_results(out_dir, s, result, eval_data, simulated=simulated(grid))
-    assembled = None
+    assembled, failed = None, ""
     if eval_data and result.model_state:
         try:
             written, assembled = evaluate_assembled(
@@ -323,7 +323,12 @@ def run(grid: Grid, context: Context) -> None:
                   f"{context.run_config['config']}` and a --set for what this names "
                   f"(--set data.root=<a data folder> for data this machine lacks)",
                   flush=True)
+            failed = type(err).__name__
     print(summary(result, str(out_dir), paths, assembled), flush=True)
+    if failed:  # said again after the summary, where a reader of a long run looks
+        print(f"mmvm: warning: the server's evaluation of the assembled model failed "
+              f"({failed}, above): the training completed, its evaluation did not",
+              flush=True)
     if s.secure and simulated(grid) and result.model_state:
         print("mmvm: note: a simulation has no node configs: its sites gave the server "
               "their weights (allow-collect, a test bed's default); deployed sites with "

@@ -285,9 +285,12 @@ def print_result(result: dict) -> None:
     if "all" in result["probe"]:
         stacked = _fmt(result["probe"]["all"])
         console.print(f"pooled probe {stacked}: one classifier over every modality's "
-                      f"latents, stacked as samples (high only where the modalities "
-                      f"share one latent space; each modality's own probe cannot see a "
-                      f"swapped one)")
+                      f"latents, stacked as samples (low where the modalities arrange "
+                      f"the classes otherwise, which each one's own probe cannot see; "
+                      f"high does not prove one shared space: classes the modalities "
+                      f"keep apart in separate regions are separable too, so read "
+                      f"coherence, or a decoder fitted on one modality's latents and "
+                      f"tested on another's)")
     if "probe_labels" in result:
         console.print(label_table(result["probe_labels"]))
     if "classifier_accuracy" in result:

@@ -24,7 +24,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "chance": ("probe chance (the commonest test label's share)", True),  # the data's
     "coherence": ("coherence (m -> m', m != m')", True),
     "coherence_self": ("self-coherence (m -> m)", True),
-    "recon_nll": ("reconstruction NLL (test, per sample)", False),
+    "recon_nll": ("reconstruction NLL (test, per sample, summed over modalities)", False),
     "imputation_nll": ("imputation NLL (each modality from the others, summed)", False),
 }
 

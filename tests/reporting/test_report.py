@@ -50,7 +50,7 @@ def test_html_report_of_fake_and_real_runs(tmp_path, fake_runs, real_run):
         assert row["coherence (m -> m', m != m')"] == mean_se(COHERENCE[method])
         aggregated = [p + 0.01 for p in PROBES[method]]
         assert row["latent probe (aggregated latent)"] == mean_se(aggregated)
-        recon = row["reconstruction NLL (test, per sample)"]
+        recon = row["reconstruction NLL (test, per sample, summed over modalities)"]
         mean, se = recon.split(" ± ")
         assert float(mean) == pytest.approx(statistics.mean(RECON[method]), abs=0.05)
         want = statistics.stdev(RECON[method]) / math.sqrt(3)
@@ -84,7 +84,7 @@ def test_one_seed_and_missing_sections(tmp_path):
     row = summary_row(page, "mmvm")
     assert row["latent probe (mean over modalities)"] == "0.420 (1 seed)"
     assert row["coherence (m -> m', m != m')"] == "not evaluated"
-    assert row["reconstruction NLL (test, per sample)"] == "not evaluated"
+    assert row["reconstruction NLL (test, per sample, summed over modalities)"] == "not evaluated"
     assert page.images == [] and "not drawn" in text
     assert "generations.png is not a PNG file" in text and "<svg" not in text
     assert "1 run in 1 group, from:" in text
@@ -237,13 +237,13 @@ def test_a_federated_run_without_eval_json_shows_its_chance_and_reconstruction(t
     _, page = write_report(tmp_path, fed)
     row = summary_row(page, "mmvm")
     assert row["probe chance (the commonest test label's share)"] == "0.550 (1 seed)"
-    assert row["reconstruction NLL (test, per sample)"] == "100.0 (1 seed)"  # 60 + 40
+    assert row["reconstruction NLL (test, per sample, summed over modalities)"] == "100.0 (1 seed)"  # 60 + 40
     # samples without every modality: the sum of the modalities' means is no total
     summary["alignment"] = {"samples": 100, "complete": 70}
     (fed / "results.json").write_text(json.dumps(summary))
     _, page = write_report(tmp_path / "partial", fed)
     row = summary_row(page, "mmvm")
-    assert row["reconstruction NLL (test, per sample)"] == "not evaluated"
+    assert row["reconstruction NLL (test, per sample, summed over modalities)"] == "not evaluated"
 
 
 def test_what_an_evaluation_warned_of_is_on_the_page(tmp_path):

@@ -45,7 +45,7 @@ def test_the_report_tests_each_method_against_mmvm_per_metric(tmp_path, fake_run
     diff = statistics.mean(PROBES["poe"]) - statistics.mean(PROBES["mmvm"])
     assert probe["difference (group - mmvm) ± SE"].startswith(f"{diff:.3f} ± ")
     assert probe["p, Holm (over n tests) *: < 0.05"].startswith(f"{p:.3g} (1)")
-    recon = got[("reconstruction NLL (test, per sample)", "poe beta=1")]
+    recon = got[("reconstruction NLL (test, per sample, summed over modalities)", "poe beta=1")]
     assert recon["direction"] == "lower is better"
     assert recon["Welch t"] == f"{welch(RECON['poe'], RECON['mmvm'])[2]:.2f}"
     assert not any(k[1].startswith("mmvm") for k in got)  # not against itself
