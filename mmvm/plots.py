@@ -98,10 +98,12 @@ def _enlarge_small(rows: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
 @torch.no_grad()
 def generation_grid(model, dataset, path: str | Path, n: int = 8,
                     method: str = "mmvm", rows: Sequence[int] | None = None,
-                    label_name: str = "label") -> Path:
+                    label_name: str = "label",
+                    label_names: Sequence[str] | None = None) -> Path:
     """Conditional generations: per source m, the input row then one row per target.
     Samples: ``rows`` or the first ``n`` samples having the source modality; their
-    labels (the column ``label_name``) are named in the title."""
+    labels (the column ``label_name``) are named in the title, by the class names
+    the files store (``label_names``, id order) where given, else by id."""
     from mmvm.evaluation import conditional_latent
 
     model.eval()
@@ -135,9 +137,17 @@ def generation_grid(model, dataset, path: str | Path, n: int = 8,
                       [f"input {src}"] + [f"-> {t}" for t in names])
         ax.set_xticks([])
         shown = "label" in b and len(pick) <= 12
-        labels = f" ({label_name} {b['label'].tolist()})" if shown else ""
+        labels = f" ({label_name}: {_class_list(b['label'].tolist(), label_names)})" \
+            if shown else ""
         ax.set_title(f"{method}: generated from {src}{labels}", fontsize=9)
     return save_figure(fig, path)
+
+
+def _class_list(ids: Sequence[int], names: Sequence[str] | None) -> str:
+    """``"normal, effusion, ?"`` by the class names (``?``: unknown), else the ids."""
+    if not names:
+        return str(list(ids))
+    return ", ".join(names[i] if 0 <= i < len(names) else "?" for i in ids)
 
 
 _Y_LABEL = {"probe": "latent probe accuracy (mean over modalities)",

@@ -33,14 +33,16 @@ def run_picture(model, cfg, test_set, out: Path, title: str,
                 label_names: list[str] | None = None) -> dict[str, Path]:
     """``{"generations": path}`` or ``{"latents": path}`` written in ``out``; ``{}``
     for vector data without labels to colour by. ``label_names``: what the label ids
-    mean, for the latents' legend (:func:`mmvm.data.label_names.label_names_for`)."""
+    mean, for the generations' titles and the latents' legend
+    (:func:`mmvm.data.label_names.label_names_for`)."""
     from mmvm.plot_latents import latent_2d
     from mmvm.plots import generation_grid
 
     if picture_name(cfg) == "generations.png":
         return {"generations": generation_grid(model, test_set, out / "generations.png",
                                                method=cfg.model.method,
-                                               label_name=cfg.data.label)}
+                                               label_name=cfg.data.label,
+                                               label_names=label_names)}
     if test_set.labels is None:
         return {}
     if 1 < len(model.names) <= MAX_PANELS:  # one panel per modality, on shared axes:

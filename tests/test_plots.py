@@ -50,6 +50,30 @@ def test_generation_grid_images_and_vectors(tmp_path):
         assert _is_png(out)
 
 
+def test_generation_grid_names_the_classes_the_files_name(tmp_path, monkeypatch):
+    """A hospital walkthrough's titles read 'label.finding [1, 0, 0, 2]' while the
+    files store normal / effusion / pneumonia."""
+    import matplotlib.axes
+
+    specs = [ModalitySpec("a", "vector", (10,), width=8, layers=1),
+             ModalitySpec("b", "vector", (10,), width=8, layers=1)]
+    model = MultimodalVAE(specs, latent_dim=4, seed=0).eval()
+    rng = np.random.default_rng(0)
+    ds = MultimodalDataset([f"s{i}" for i in range(4)],
+                           {m: rng.random((4, 10), dtype=np.float32) for m in "ab"},
+                           {"a": 1.0, "b": 1.0}, np.ones((4, 2), bool),
+                           np.array([1, 0, -1, 2]))
+    titles = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, text, **kw: titles.append(text))
+    generation_grid(model, ds, tmp_path / "g.png", n=4, label_name="label.finding",
+                    label_names=["effusion", "normal", "pneumonia"])
+    assert titles[0] == ("mmvm: generated from a (label.finding: normal, effusion, ?, "
+                         "pneumonia)")
+    generation_grid(model, ds, tmp_path / "h.png", n=4)  # no names: the ids
+    assert titles[-1] == "mmvm: generated from b (label: [1, 0, -1, 2])"
+
+
 def test_tile_rows_keeps_each_rows_height_and_centres_its_label():
     """A generation grid's rows are as tall as their own modality (8 neurons under 40
     keep 8 rows of pixels), images centred; the tick of each row sits on its middle."""
