@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mmvm.data.coupling import uncoupled_warning, weak_coupling_note
 from mmvm.federation.server_state import STATE_FILE
+from mmvm.federation.window_metrics import seconds_of
 
 
 def duration(seconds: float) -> str:
@@ -46,12 +47,6 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     return (f"window {k}/{total}  epoch {row['epoch']}  rec_nll {rec}  "
             f"reg {row['reg']:.2f}  {row['bytes'] / 1e6:.2f} MB  "
             f"{row['seconds']:.1f} s" + tail + away)
-
-
-def _seconds(row: Mapping) -> float:
-    value = row.get("seconds")
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) \
-        else 0.0
 
 
 def alignment_line(al: Mapping, num_sites: int) -> str:
@@ -127,7 +122,7 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     resumed = f"; {before} of them before this resume" if before else ""
     # the set-up (Ray, the sites asked, aligned, attached) is most of a short run: a
     # walkthrough read "20 windows in 15 s" against the windows' "~4 s left"
-    windows = sum(_seconds(r) for r in result.history)
+    windows = sum(seconds_of(r.get("seconds")) for r in result.history)
     setup = max(0.0, result.seconds - windows)
     lines = [f"mmvm: trained {n} window{'s' if n != 1 else ''} in {duration(result.seconds)} "
              f"({duration(windows)} of windows, {duration(setup)} of set-up and state "

@@ -76,7 +76,8 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
     writer.writeheader()
     writer.writerows(result.history)
     atomic_write(out / "metrics.csv", buf.getvalue().encode())
-    summary = {"settings": recorded_settings(settings, simulated), "config": used_config(settings, out, data),
+    summary = {"settings": recorded_settings(settings, simulated),
+               "config": used_config(settings, out, data),
                "sites": result.sites, "evaluation": result.evaluation,
                "bytes_total": result.bytes_total, "seconds": result.seconds,
                "windows": len(result.history), "kept_weights": result.kept_weights,

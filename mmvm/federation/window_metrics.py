@@ -154,15 +154,16 @@ def site_seconds(replies: Mapping) -> dict:
     window waits for it): its total and the parts (training, message coding, disk);
     and the longest decoder half run ahead, while the server routed (``ahead_s``)."""
     def parts(r) -> dict:
-        return {k: _seconds(r.metrics.get(k)) for k in TIMINGS}
+        return {k: seconds_of(r.metrics.get(k)) for k in TIMINGS}
 
     slowest = max((parts(r) for r in replies.values()), key=lambda p: sum(p.values()),
                   default=dict.fromkeys(TIMINGS, 0.0))
     return {"site_s": sum(slowest.values()), **slowest, "ahead_s": max(
-        (_seconds(r.metrics.get("ahead_s")) for r in replies.values()), default=0.0)}
+        (seconds_of(r.metrics.get("ahead_s")) for r in replies.values()), default=0.0)}
 
 
-def _seconds(value) -> float:
+def seconds_of(value) -> float:
+    """A reported time as seconds: 0 for what is not a finite positive number."""
     try:
         seconds = float(value or 0.0)
     except (TypeError, ValueError, OverflowError):
