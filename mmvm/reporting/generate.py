@@ -11,6 +11,7 @@ first two principal components). Each returns PNG bytes, or raises
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmvm.reporting.runs import Run
@@ -22,10 +23,22 @@ class NotGenerated(Exception):
     """Why a picture could not be drawn (no checkpoint, data not reachable, ...)."""
 
 
-def load(run: Run):
-    """``(model, method, test_set)`` of ``run``; NotGenerated when something lacks."""
+@dataclass(frozen=True)
+class Loaded:
+    """A run's model and test set, and how its labels are named in pictures."""
+
+    model: object
+    method: str
+    test: object  # MultimodalDataset
+    label: str  # the label column (titles)
+    label_names: list[str] | None  # class names the files store, id order
+
+
+def load(run: Run) -> Loaded:
+    """``run``'s model and test set; NotGenerated when something lacks."""
     from mmvm.config import config_from_dict
     from mmvm.data.dataset import MultimodalDataset
+    from mmvm.data.label_names import label_names_for
     from mmvm.training import load_trained_model
 
     if run.folder is None or run.checkpoint is None:
@@ -44,26 +57,31 @@ def load(run: Run):
     try:
         test = MultimodalDataset.from_parquet(files, model.names, cfg.data.label,
                                               MAX_SAMPLES)
+        names = label_names_for(files, cfg.data.label)
     except (ValueError, OSError) as err:
         raise NotGenerated(f"test data not readable ({err})") from None
-    return model, cfg.model.method, test
+    return Loaded(model, cfg.model.method, test, cfg.data.label, names)
 
 
-def generations(model, method: str, test_set) -> bytes:
+def generations(run: Loaded) -> bytes:
+    """The generation grid, titled by the label column's class names where known."""
     from mmvm.plots import generation_grid
 
     with tempfile.TemporaryDirectory() as tmp:
-        return generation_grid(model, test_set, Path(tmp) / "g.png", method=method
-                               ).read_bytes()
+        return generation_grid(run.model, run.test, Path(tmp) / "g.png",
+                               method=run.method, label_name=run.label,
+                               label_names=run.label_names).read_bytes()
 
 
-def latents(model, title: str, test_set) -> bytes:
-    """Every present modality's posterior mean of every test sample, coloured by label."""
+def latents(run: Loaded, title: str) -> bytes:
+    """Every present modality's posterior mean of every test sample, coloured by label
+    (the legend names the classes where the files do)."""
     from mmvm.plot_latents import latent_2d
     from mmvm.run_pictures import present_latents
 
-    if test_set.labels is None:
+    if run.test.labels is None:
         raise NotGenerated("the data has no labels to colour latents by")
-    points, labels = present_latents(model, test_set)
+    points, labels = present_latents(run.model, run.test)
     with tempfile.TemporaryDirectory() as tmp:
-        return latent_2d({title: points}, labels, Path(tmp) / "l.png").read_bytes()
+        return latent_2d({title: points}, labels, Path(tmp) / "l.png",
+                         label_names=run.label_names).read_bytes()

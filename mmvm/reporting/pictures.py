@@ -15,7 +15,7 @@ from pathlib import Path
 from mmvm.metrics_csv import read_metrics
 from mmvm.reporting.document import Block, Figure, Paragraph, Section
 from mmvm.reporting.figures import curves as draw_curves
-from mmvm.reporting.generate import NotGenerated, generations, latents, load
+from mmvm.reporting.generate import Loaded, NotGenerated, generations, latents, load
 from mmvm.reporting.media import read_png
 from mmvm.reporting.runs import Run
 from mmvm.reporting.stats import Group
@@ -40,7 +40,7 @@ class Drawer:
     """Pictures drawn from checkpoints, each run's model loaded at most once."""
 
     def __init__(self) -> None:
-        self.loaded: dict[str, tuple | NotGenerated] = {}
+        self.loaded: dict[str, Loaded | NotGenerated] = {}
 
     def draw(self, run: Run, kind: str) -> bytes:
         if run.source not in self.loaded:
@@ -51,11 +51,10 @@ class Drawer:
         got = self.loaded[run.source]
         if isinstance(got, NotGenerated):
             raise got
-        model, method, test = got
         try:
             if kind == "generations":
-                return generations(model, method, test)
-            return latents(model, f"{run.name} ({method})", test)
+                return generations(got)
+            return latents(got, f"{run.name} ({got.method})")
         except (RuntimeError, ValueError, IndexError) as err:  # model and data disagree
             raise NotGenerated(f"drawing failed ({err})") from None
 

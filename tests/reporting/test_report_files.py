@@ -125,3 +125,36 @@ def test_an_unfinished_federated_run_is_left_out_with_a_note(tmp_path, fake_runs
     md = out.read_text()
     assert "run-123: left out: its training was resumed and finished in run-456" in md
     assert "has not finished" not in md
+
+
+def test_generate_names_the_classes_the_test_files_store(tmp_path, real_run,
+                                                         monkeypatch):
+    """Pictures drawn from a checkpoint title and colour by class name where the
+    files name the classes, as the run's own pictures do (a hospital walkthrough's
+    report read 'label [1, 0, 0, 2]' beside a run page that said normal, effusion)."""
+    import matplotlib.axes
+
+    from mmvm.data import label_names
+    from mmvm.reporting.collect import read_run_folder
+    from mmvm.reporting.generate import generations, latents, load
+
+    asked, titles, legends = [], [], []
+
+    def named(paths, column):
+        asked.append(([p.name for p in paths], column))
+        return [f"class{i}" for i in range(10)]
+
+    monkeypatch.setattr(label_names, "label_names_for", named)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, text, **kw: titles.append(text))
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend",
+                        lambda ax, *a, **kw: legends.extend(
+                            ax.get_legend_handles_labels()[1]))
+    loaded = load(read_run_folder(real_run))
+    assert asked == [(["test.parquet"], "label")]
+    generations(loaded)
+    shown = loaded.test.labels[:8].tolist()
+    assert titles[0] == ("mmvm: generated from m0 (label: "
+                         f"{', '.join(f'class{i}' for i in shown)})")
+    latents(loaded, "x")
+    assert legends and set(legends) <= {f"class{i}" for i in range(10)}, legends
