@@ -127,7 +127,8 @@ def simulated_sites(settings) -> int:
     from mmvm.federation.site_dirs import site_dir_problem
 
     if settings.site_dirs:  # the user's own site folders: one site each
-        problems = [p for p in map(site_dir_problem, settings.site_dirs) if p]
+        problems = [p for d in settings.site_dirs
+                    if (p := site_dir_problem(d, settings.site_dirs))]
         if problems:
             raise ConfigError(f"run config: {problems[0]}")
         return len(settings.site_dirs)

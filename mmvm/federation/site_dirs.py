@@ -19,6 +19,7 @@ config's ``data``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from pathlib import Path
 
@@ -54,13 +55,28 @@ def joined_experiment(cfg: ExperimentConfig, dirs: tuple[str, ...]) -> Experimen
                                                              folders=folders))
 
 
-def site_dir_problem(folder: str) -> str | None:
-    """Why ``folder`` cannot be a simulated site (no ``train.parquet``), or None."""
+def site_dir_problem(folder: str, listed: tuple[str, ...] = ()) -> str | None:
+    """Why ``folder`` cannot be a simulated site (no ``train.parquet``), or None;
+    with the site folder its name is close to, if any (not one of ``listed``)."""
     if not (Path(folder) / "train.parquet").is_file():
-        return (f"site-dirs: {folder} has no train.parquet (a site folder holds the files "
-                f"`mmvm data prepare ...` writes: train.parquet, and test.parquet for the "
-                f"final evaluation)")
+        what = "has no train.parquet" if Path(folder).is_dir() else "does not exist"
+        near = _near(Path(folder), {Path(d) for d in listed})
+        return (f"site-dirs: {folder} {what}{near} (a site folder holds "
+                f"the files `mmvm data prepare ...` writes: train.parquet, and "
+                f"test.parquet for the final evaluation)")
     return None
+
+
+def _near(folder: Path, listed: set[Path]) -> str:
+    """``"; did you mean /labs/site-rat1?"``: the sibling site folder (one that holds
+    a train.parquet, not ``listed``) whose name is closest to the one given, if any."""
+    try:
+        sites = [p.name for p in folder.parent.iterdir()
+                 if (p / "train.parquet").is_file() and p not in listed]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(folder.name, sorted(sites), n=1)
+    return f"; did you mean {folder.parent / close[0]}?" if close else ""
 
 
 def own_site_files(dirs: tuple[str, ...], pid: int, num: int
@@ -71,7 +87,7 @@ def own_site_files(dirs: tuple[str, ...], pid: int, num: int
         raise ConfigError(f"site-dirs lists {len(dirs)} folders but the simulation runs "
                           f"{num} SuperNodes: set num-sites={len(dirs)} (mmvm run starts "
                           f"that many) or --federation-config 'num-supernodes={len(dirs)}'")
-    problem = site_dir_problem(dirs[pid])
+    problem = site_dir_problem(dirs[pid], dirs)
     if problem:
         raise ConfigError(problem)
     test = Path(dirs[pid]) / "test.parquet"

@@ -74,8 +74,8 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("config='configs/cub.toml'", r"no embedded default data for modalities \['image', "
                                   r"'text'\].*site-dirs=.*deploy/README.md section 5"),
     # or the user's own site folders, each with the files a preparer writes
-    ("num-sites=1 site-dirs='/nowhere/site-a'", r"site-dirs: /nowhere/site-a has no "
-                                                r"train.parquet"),
+    ("num-sites=1 site-dirs='/nowhere/site-a'", r"site-dirs: /nowhere/site-a does not "
+                                                r"exist \(a site folder holds"),
     # the local SuperLink's folder is not the user's: results would land elsewhere
     ("out-dir='rel/out'", r"out-dir = 'rel/out' is relative, and the local SuperLink "
                           r"reads it from the folder it was started in.*e.g. /"),
@@ -216,6 +216,20 @@ def test_local_connection_knows_flwrs_local_forms(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"\[tool.flwr.federations\] section"):
         _no_federations(app)
     _no_federations(ROOT)  # this app has none
+
+
+def test_a_mistyped_site_folder_is_named_with_the_site_folder_it_is_close_to(tmp_path):
+    for name in ("site-rat1", "site-rat2", "site-rat4", "notes"):
+        (tmp_path / name).mkdir()
+    for name in ("site-rat1", "site-rat2", "site-rat4"):
+        (tmp_path / name / "train.parquet").write_bytes(b"")
+    with pytest.raises(ConfigError, match=rf"site-dirs: {tmp_path}/site-rat3 does not "
+                                          rf"exist; did you mean {tmp_path}/site-rat2\?"):
+        check_run_config(ROOT, f"num-sites=3 site-dirs='{tmp_path}/site-rat1,"
+                               f"{tmp_path}/site-rat3,{tmp_path}/site-rat4'", local=True)
+    with pytest.raises(ConfigError, match=rf"{tmp_path}/notes has no train.parquet "
+                                          rf"\(a site folder"):  # nothing close to it
+        check_run_config(ROOT, f"num-sites=1 site-dirs='{tmp_path}/notes'", local=True)
 
 
 def test_site_dirs_without_test_files_are_named_before_anything_trains(tiny_polymnist,
