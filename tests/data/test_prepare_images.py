@@ -238,3 +238,27 @@ def test_a_short_row_is_named_and_a_spreadsheets_empty_rows_are_skipped(tmp_path
                                         r"leave a missing value empty, but keep its comma"):
         prepare_images(tmp_path / "o", {"f": tmp_path / "frontal"}, size=28,
                        table=tmp_path / "short.csv")
+
+
+def test_8_bit_images_beside_16_bit_ones_are_noted(tmp_path):
+    """Two exports of one view (a PACS's 16-bit PNGs, someone's 8-bit ones) are each
+    scaled to 8 bits as their file type says; the mix is noted, since the two
+    exports' grey levels need not agree."""
+    from collections import Counter
+
+    from mmvm.data.prepare.images import conversion_notes, load_image
+
+    ramp = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    Image.fromarray((ramp >> 8).astype(np.uint8)).save(tmp_path / "narrow.png")
+    seen = Counter()
+    for name in ("wide.png", "narrow.png", "narrow.png"):
+        load_image(tmp_path / name, "L", 32, seen=seen)
+    (wide_mode,) = {m for m, _ in seen if m != "L"}
+    notes = conversion_notes("frontal", seen, "L", 32)
+    assert notes == [f"frontal: 1 of 3 images had more than 8 bits a pixel "
+                     f"({wide_mode}: 1), scaled to 8 bits by their white level; the "
+                     f"other 2 were 8-bit, kept as they are: two exports? Check that "
+                     f"their grey levels look alike"]
+    only_wide = Counter({(wide_mode, (64, 64)): 2})
+    assert conversion_notes("frontal", only_wide, "L", 32) == []  # one export: no note

@@ -107,7 +107,8 @@ COLOUR = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")  # a palette (P) may be 
 def conversion_notes(name: str, seen: Counter, mode: str, size: int) -> list[str]:
     """What decoding ``name``'s images changed beyond the documented resize to
     ``size``: images of several sizes (non-square ones stretched), colour images
-    made grey, or transparency dropped."""
+    made grey, transparency dropped, or 8-bit images beside wider ones (two exports
+    whose grey levels may not match)."""
     total, notes = sum(seen.values()), []
     sizes = Counter(wh for (_, wh) in seen.elements())
     stretched = sum(n for (w, h), n in sizes.items() if w != h)
@@ -124,6 +125,13 @@ def conversion_notes(name: str, seen: Counter, mode: str, size: int) -> list[str
             notes.append(f"{name}: {sum(colour.values())} of {total} images were colour "
                          f"({', '.join(f'{m}: {n}' for m, n in colour.items())}), made "
                          f"grey (--mode RGB keeps colour)")
+    wide = {m: n for m, n in modes.items() if m in WIDE_MODES}
+    if wide and sum(wide.values()) < total:
+        notes.append(f"{name}: {sum(wide.values())} of {total} images had more than 8 "
+                     f"bits a pixel ({', '.join(f'{m}: {n}' for m, n in wide.items())}), "
+                     f"scaled to 8 bits by their white level; the other "
+                     f"{total - sum(wide.values())} were 8-bit, kept as they are: two "
+                     f"exports? Check that their grey levels look alike")
     alpha = sum(n for m, n in modes.items() if m in ("RGBA", "LA", "PA"))
     if alpha:
         notes.append(f"{name}: {alpha} of {total} images had transparency, dropped")
