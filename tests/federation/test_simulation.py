@@ -75,22 +75,3 @@ def test_flwr_run_on_ray_trains_hippocampus_sites(tmp_path):
     assert set(cross["imputation"]["n"].values()) == {cross["imputation"]["samples"]}
     assert cross["coherence"]["mean"] > 0.4, cross["coherence"]  # odor: chance 0.25
     assert "cross-site evaluation" in out and "coherence" in out
-
-
-@pytest.mark.slow
-def test_a_site_that_fails_before_the_server_knows_its_name_is_named(tmp_path):
-    """At describe the server knows a node id only: a plaintext site's error says
-    which site it is, and names the app's config as the run config does, not the
-    staged copy Flower runs. The run's status says it failed (`flwr run` exits 0):
-    every error the ServerApp reports in one line ends it the same way (a config
-    typo, refused in-process by tests/federation/test_settings.py, too)."""
-    rc = (f"set='model.modalities.m0.kind=\"vector\";model.modalities.m0.network=\"mlp\";"
-          f"model.modalities.m0.shape=[2352]' "
-          f"eval-data='' {_dirs(tmp_path)}")
-    run_id, out, status = _simulate(tmp_path, rc, nodes=3)
-    assert "failed" in status, status
-    said = re.search(r"run failed: describe: site node \d+ \(says it is site-m0\) failed: "
-                     r"DataError: [^\n]*", out)
-    assert said, out[-3000:]
-    assert "configs/polymnist_cpu.toml" in said.group(0)
-    assert ".flwr" not in said.group(0) and "[site " not in said.group(0)
