@@ -56,12 +56,13 @@ def joined_experiment(cfg: ExperimentConfig, dirs: tuple[str, ...]) -> Experimen
 
 
 def site_dir_problem(folder: str, listed: tuple[str, ...] = ()) -> str | None:
-    """Why ``folder`` cannot be a simulated site (no ``train.parquet``), or None;
-    with the site folder its name is close to, if any (not one of ``listed``)."""
+    """Why ``folder`` cannot be a simulated site (no ``train.parquet``), or None; a
+    folder that does not exist with the site folder its name is close to, if any (a
+    typo; not one of ``listed``)."""
     if not (Path(folder) / "train.parquet").is_file():
-        what = "has no train.parquet" if Path(folder).is_dir() else "does not exist"
-        near = _near(Path(folder), {Path(d) for d in listed})
-        return (f"site-dirs: {folder} {what}{near} (a site folder holds "
+        what = "has no train.parquet" if Path(folder).is_dir() else \
+            "does not exist" + _near(Path(folder), {Path(d) for d in listed})
+        return (f"site-dirs: {folder} {what} (a site folder holds "
                 f"the files `mmvm data prepare ...` writes: train.parquet, and "
                 f"test.parquet for the final evaluation)")
     return None
