@@ -58,6 +58,8 @@ from flwr.supercore.superexec.executor import (
     SubprocessExecutor,
 )
 
+from deploy.fab_pin import allowed_hashes, pin
+
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 DEFAULT_POLL = 0.05  # seconds between AcquireTask calls (Flower's default: 1.0)
 # what a ClientApp process spends its start-up on, besides the app (measured: torch
@@ -91,10 +93,13 @@ def check_preload(modules: Sequence[str], app_packages: Sequence[str] = APP_PACK
 
 def run_task(runtime_api_address: str, token: str, insecure: bool,
              root_certificates_path: str | None, parent_pid: int | None,
-             runtime_dependency_install: bool, threads: int | None = None) -> None:
+             runtime_dependency_install: bool, threads: int | None = None,
+             allowed: frozenset[str] = frozenset()) -> None:
     """In the forked child: what ``flwr-clientapp --token ...`` runs
     (``flwr.supernode.cli.flwr_clientapp``), with the token handed over in memory;
-    ``threads``: torch's CPU threads for this task (None: torch's default)."""
+    ``threads``: torch's CPU threads for this task (None: torch's default);
+    ``allowed``: the app bundles' hashes this site runs (empty: any,
+    :mod:`deploy.fab_pin`)."""
     from logging import INFO
 
     if threads:
@@ -104,8 +109,11 @@ def run_task(runtime_api_address: str, token: str, insecure: bool,
 
     from flwr.supercore import log
     from flwr.supercore.tls import validate_and_resolve_root_certificates
+    from flwr.supernode.runtime import run_clientapp as runner
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+    if allowed:
+        pin(runner, allowed)
     log(INFO, "Start `flwr-clientapp` process (forked by deploy.superexec_fork)")
     run_clientapp(
         runtime_api_address=runtime_api_address,
@@ -129,9 +137,10 @@ class ForkExecutor:
     ClientApp tasks run in children of a warm fork server, others as Flower's
     subprocess executor runs them."""
 
-    def __init__(self, preload: Sequence[str], threads: int | None = None) -> None:
+    def __init__(self, preload: Sequence[str], threads: int | None = None,
+                 allowed: frozenset[str] = frozenset()) -> None:
         self.preload = [*preload, __name__]  # this module: run_task, once
-        self.threads = threads
+        self.threads, self.allowed = threads, allowed
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(self.preload)
         self.fallback = SubprocessExecutor()
@@ -162,13 +171,16 @@ class ForkExecutor:
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
         if spec.task_type != TaskType.CLIENT_APP:
+            if self.allowed:  # a process this executor cannot check the bundle of
+                return LaunchResult.failed(f"--allow-fab: this site runs ClientApp "
+                                           f"tasks only, not {spec.task_type}")
             return self.fallback.launch(spec)
         try:
             child = self.ctx.Process(
                 target=run_task, daemon=True, name=f"clientapp-task-{spec.task_id}",
                 args=(spec.runtime_api_address, spec.token, spec.insecure,
                       spec.root_certificates_path, spec.parent_pid,
-                      spec.runtime_dependency_install, self.threads))
+                      spec.runtime_dependency_install, self.threads, self.allowed))
             child.start()
         except OSError as err:  # the fork server is gone or out of resources
             return LaunchResult.failed(f"fork server: {err}")
@@ -206,6 +218,12 @@ def _own_args() -> argparse.ArgumentParser:
                    help="torch CPU threads per ClientApp task (default: torch's, one "
                         "per core: right for one site per host; with several sites on "
                         "one host, cores // sites, see deploy/README.md section 8)")
+    p.add_argument("--allow-fab", action="append", default=[], metavar="SHA256",
+                   help="run only app bundles (FABs) of this SHA-256, the reviewed "
+                        "release's (python -m deploy.fab_pin APP prints it; "
+                        "repeatable). Without it any bundle a run brings runs, and "
+                        "with it the code that reads the node config (deploy/README.md "
+                        "section 3)")
     p.add_argument("-h", "--help", action="store_true")
     return p
 
@@ -227,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         os.environ.setdefault(POLL_ENV, str(DEFAULT_POLL))
     preload = check_preload(own.preload or DEFAULT_PRELOAD)
+    try:
+        allowed = allowed_hashes(own.allow_fab)
+    except ValueError as err:
+        raise SystemExit(f"superexec_fork: {err}") from None
     if own.threads is not None and own.threads < 1:
         raise SystemExit("superexec_fork: --threads must be >= 1")
     if own.threads:  # OpenMP/MKL pools of the fork server's libraries: same size
@@ -237,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if executor_type != ExecutorType.SUBPROCESS:
             raise ValueError("deploy.superexec_fork replaces the subprocess executor "
                              f"only (got --executor {executor_type})")
-        return ForkExecutor(preload, own.threads)
+        return ForkExecutor(preload, own.threads, allowed)
 
     # the one seam: run_superexec builds its executor with this module-level name
     superexec.get_executor = get_executor

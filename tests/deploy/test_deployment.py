@@ -203,3 +203,31 @@ def test_a_secure_site_refuses_a_plaintext_run(deployment, good_run):
     assert not (deployment.out / f"run-{run_id}" / "results.json").exists()
     for s in SITES:  # no site even built its state for that run
         assert not (deployment.state / s / f"run-{run_id}").exists()
+
+
+def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
+    """The run submitter ships the code that reads the node config: a bundle with
+    those lines deleted would ignore it (a security walkthrough did so). Site c's
+    SuperExec pinned to the product's release (``flwr run`` of the repository)
+    refuses this deployment's app (the product plus the test's audit ServerApp):
+    the run fails at describe with c's reason, and c ran none of the bundle's code
+    (no state folder of that run). Pinned to this app's hash, the same run completes.
+    (Last in the module: site c stays pinned.)"""
+    from deploy.fab_pin import fab_sha256
+
+    dep, root = deployment, Path(__file__).resolve().parents[2]
+    release, app = fab_sha256(root), fab_sha256(dep.app)
+    assert release != app
+    pinned = dep.restart_superexec("c", "c-pinned", "--allow-fab", release)
+    run_id, out = dep.run(**{"cross-eval": "off"})
+    assert dep.status(run_id).startswith("finished:failed"), out
+    said = re.search(r"run failed: describe: site node \d+ failed: FabRefused: this site "
+                     r"runs only the app bundles it reviewed \(--allow-fab (\w+)\); the "
+                     r"run's is (\w+): refused before any of its code ran", out)
+    assert said and said.groups() == (release[:16], app[:16]), out
+    assert not (dep.state / "c" / f"run-{run_id}").exists()
+    assert "FabRefused" in pinned.log_text()  # the site's own log says it too
+    dep.restart_superexec("c", "c-pinned-app", "--allow-fab", app)
+    run_id, out = dep.run(**{"cross-eval": "off"})
+    assert dep.status(run_id) == "finished:completed", out
+    assert (dep.state / "c" / f"run-{run_id}" / "c.pt").is_file()

@@ -157,11 +157,22 @@ class Deployment:
             self.start_superexec(s, log_name)
         return node
 
-    def start_superexec(self, s: str, log_name: str | None = None) -> None:
-        """The fork-server SuperExec of site ``s``, on its SuperNode's Runtime API."""
+    def start_superexec(self, s: str, log_name: str | None = None,
+                        extra: tuple[str, ...] = ()) -> None:
+        """The fork-server SuperExec of site ``s``, on its SuperNode's Runtime API;
+        ``extra``: more of its arguments (``--allow-fab ...``)."""
         self.execs[s] = self.fleet.start(f"superexec-{log_name or s}", [
             sys.executable, "-m", "deploy.superexec_fork", "--insecure", "--threads", "1",
-            "--runtime-api-address", f"127.0.0.1:{self.ports[s]}"])
+            "--runtime-api-address", f"127.0.0.1:{self.ports[s]}", *extra])
+
+    def restart_superexec(self, s: str, log_name: str, *extra: str) -> Process:
+        """Site ``s``'s SuperExec killed (its process group, its fork server too) and
+        started again with ``extra`` arguments; the SuperNode stays up."""
+        old = self.execs.pop(s)
+        os.killpg(old.popen.pid, signal.SIGKILL)
+        old.popen.wait(10)
+        self.start_superexec(s, log_name, extra)
+        return self.execs[s]
 
     def kill_node(self, s: str) -> None:
         """SIGKILL site ``s``: its SuperNode and whatever runs its ClientApps (the

@@ -1,0 +1,113 @@
+"""A site runs only the app bundle it reviewed: the FAB's SHA-256, checked at the site.
+
+A SuperNode runs the ClientApp of the run's app bundle (FAB), which whoever submits
+the run chooses; the code that reads the site's node config is part of it, so a
+bundle with those lines deleted would ignore ``require-secure``, ``experiment`` and
+every other key (deploy/README.md section 3). Flower 1.41 verifies bundles only
+through Flower Hub signatures. A site that runs its own SuperExec
+(``deploy.superexec_fork --allow-fab SHA256``) pins the bundles it accepts instead:
+in the forked child, after Flower pulled the task and before it installs the bundle
+or imports any of its code, the bundle's bytes are hashed here and refused unless
+the hash is one the site allowed. The refusal is an ordinary ClientApp error, so the
+server hears why at once (no reply timeout), and the site's log says it.
+
+The hash to allow is that of the FAB ``flwr run APP`` uploads: Flower builds it
+deterministically (fixed zip dates, its own file filter), so each site computes it
+from the reviewed source (``python -m deploy.fab_pin APP``), a clean checkout of the
+agreed release: any other file in the folder that Flower ships (an untracked
+``*.json``, say) changes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class FabRefused(PermissionError):
+    """The run's app bundle is not one this site allowed."""
+
+
+def fab_sha256(app: str | Path) -> str:
+    """The SHA-256 of the FAB that ``flwr run APP`` uploads for the app folder."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(Path(app))).hexdigest()
+
+
+def allowed_hashes(values: Iterable[str]) -> frozenset[str]:
+    """``--allow-fab`` values as hashes (lower case); ValueError naming a bad one."""
+    out = set()
+    for v in values:
+        h = v.strip().lower()
+        if not SHA256.fullmatch(h):
+            raise ValueError(f"--allow-fab {v!r}: not a SHA-256 (64 hex digits; "
+                             f"python -m deploy.fab_pin APP prints an app's)")
+        out.add(h)
+    return frozenset(out)
+
+
+def check_fab(content: bytes, said: str | None, allowed: frozenset[str]) -> str:
+    """The bundle's hash if ``allowed`` holds it and the hash the task came with
+    (``said``: Flower's ``Fab.hash_str``, which names the folder the app is loaded
+    from) is the bundle's own; FabRefused otherwise."""
+    got = hashlib.sha256(content).hexdigest()
+    if got not in allowed:
+        raise FabRefused(f"this site runs only the app bundles it reviewed (--allow-fab "
+                         f"{', '.join(h[:16] for h in sorted(allowed))}); the run's is "
+                         f"{got[:16]}: refused before any of its code ran")
+    if said is not None and said != got:
+        raise FabRefused(f"the run's app bundle is {got[:16]} but came labelled "
+                         f"{said[:16]}: refused before any of its code ran")
+    return got
+
+
+def pin(module, allowed: frozenset[str]) -> None:
+    """Make Flower's ClientApp runner (``module``:
+    ``flwr.supernode.runtime.run_clientapp``) refuse any bundle outside ``allowed``
+    at the install step, in this process only (a forked task). The pull is wrapped
+    to remember the hash the bundle came labelled with; the check runs at install,
+    when the reply can carry the error."""
+    said: list[str | None] = [None]
+    pull: Callable = module.pull_task_input
+    install: Callable = module.install_from_fab
+
+    def pull_task_input(*args, **kwargs):
+        message, context, run, fab = pull(*args, **kwargs)
+        said[0] = fab.hash_str
+        return message, context, run, fab
+
+    def install_from_fab(content: bytes, *args, **kwargs):
+        check_fab(content, said[0], allowed)
+        return install(content, *args, **kwargs)
+
+    module.pull_task_input = pull_task_input
+    module.install_from_fab = install_from_fab
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m deploy.fab_pin",
+        description="Print the SHA-256 of the app bundle (FAB) flwr run uploads for an "
+                    "app folder: the value a site gives deploy.superexec_fork "
+                    "--allow-fab. Compute it from a clean checkout of the reviewed "
+                    "release.")
+    p.add_argument("app", nargs="+", help="app folder(s) (with pyproject.toml)")
+    args = p.parse_args(argv)
+    for app in args.app:
+        if not (Path(app) / "pyproject.toml").is_file():
+            print(f"deploy.fab_pin: {app}: no pyproject.toml (not an app folder)",
+                  file=sys.stderr)
+            return 2
+        print(f"{fab_sha256(app)}  {app}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
