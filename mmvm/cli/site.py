@@ -116,10 +116,16 @@ def _digest(args: argparse.Namespace) -> int:
                          "--config alone for the experiment's digest")
     app = checked_app(Path(args.app)) if args.app else default_app()
     cfg = load_config(app_config(app, args.config), args.overrides)
+    from deploy.fab_pin import fab_sha256
+
     print(f"experiment {cfg.source}: digest {config_digest(cfg)}\n"
           f"pin it in each site's node config: experiment=\"{config_digest(cfg)}\" "
           f"(then check the node config with --node-config and the same --config"
-          f"{' and --set' if args.overrides else ''})")
+          f"{' and --set' if args.overrides else ''})\n"
+          f"and the code that reads it: the app bundle {app} ships hashes to "
+          f"{fab_sha256(app)}; pin it at each site's SuperExec (python -m "
+          f"deploy.superexec_fork ... --allow-fab {fab_sha256(app)}; deploy/README.md "
+          f"section 3) if this is the reviewed release, a clean checkout")
     return 0
 
 

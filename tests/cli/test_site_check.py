@@ -393,6 +393,10 @@ def test_the_config_alone_prints_the_digest_a_node_config_pins(capsys):
     assert main(["site", "check", "--config", CONFIG]) == 0
     out = capsys.readouterr().out
     assert f"digest {DIGEST}" in out and f'experiment="{DIGEST}"' in out
+    from deploy.fab_pin import fab_sha256
+    from mmvm.cli.site import default_app
+
+    assert f"--allow-fab {fab_sha256(default_app())}" in out  # and the code to pin
     assert main(["site", "check", "--config", CONFIG, "--set", "model.latent_dim=8"]) == 0
     assert config_digest(load_config(CONFIG, ["model.latent_dim=8"])) in \
         capsys.readouterr().out
