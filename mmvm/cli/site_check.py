@@ -316,7 +316,11 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
     if not p.require_secure:
         check.add("policy", WARNING, "require-secure off: plaintext runs are accepted"
                   + (" (but none that average a modality's weights: allow-collect is "
-                     "off, and they send the weights in clear)") * (not p.allow_collect))
+                     "off, and they send the weights in clear)") * (not p.allow_collect)
+                  + (f"; min-rows {p.min_rows:,} does not bound them: their windows "
+                     f"report the losses of whatever batch the plan says, one row too, "
+                     f"beside the ids and posteriors they send in clear")
+                  * (p.min_rows > 1))
 
 
 def _state(check: NodeCheck, state: Path) -> None:

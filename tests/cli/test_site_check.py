@@ -289,6 +289,12 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     assert "min-rows without keys" not in plain_said  # it has an effect there:
     assert "min-rows 5: plaintext runs score no cross-site evaluation here" in plain_said
     assert 'eval-labels = "" keeps test labels unread there' in plain_said
+    # a keyed site that takes plaintext runs: min-rows guards its secure runs only
+    open_door = check_node_config(_nc(fed, **{"require-secure": "false",
+                                              "min-rows": "16"}))
+    assert "min-rows 16 does not bound them: their windows report the losses of " \
+        "whatever batch the plan says, one row too" in " ".join(
+            _find(open_door, "policy", WARNING))
     typo = check_node_config(_nc(fed, **{"eval-labels": "label,label.dx"}),
                              load_config(CONFIG, ["data.label=label.dx"]))
     assert "eval-labels label.dx match no label column" in " ".join(
