@@ -39,6 +39,7 @@ from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import Progress, ProtocolOrderError
 from mmvm.federation.sealed_channel import SealedChannel
+from mmvm.federation.sent_log import append_sent
 from mmvm.federation.settings import APP_DIR, FederationSettings, load_settings
 from mmvm.federation.site import Site
 from mmvm.federation.site_dirs import own_site_files
@@ -270,16 +271,29 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         if kind == "window":  # a wait for the decoder half at a checkpoint: training
             reply.metrics["disk_s"] = disk
             reply.metrics["train_s"] += node.site.take_waited()
+        append_sent(root / f"{files[0]}.sent.jsonl", kind, reply)  # not recorded: not sent
     except Exception as err:
         _after_failure(context, node, kind, resident and not s.secure)
         _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}")
         if s.secure or policy.secure_site:
             log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
-            return str(public_error(files[0], log, kind, err))
+            return _refused(root, files[0], kind, str(public_error(files[0], log, kind, err)))
         if isinstance(err, EXPECTED):
-            return said(files[0], err)
+            return _refused(root, files[0], kind, said(files[0], err))
         raise
     return to_record(reply)
+
+
+def _refused(root: Path, site: str, kind: str, text: str) -> str:
+    """``text``, the one line a failed message sends, recorded in the site's journal
+    of what it sent where its run folder exists (a full disk: the reply goes all the
+    same, the failure is in the SuperNode's log)."""
+    try:
+        if root.is_dir():
+            append_sent(root / f"{site}.sent.jsonl", kind, text)
+    except OSError as err:
+        _journal(site, f"could not record the refusal it sent: {err}")
+    return text
 
 
 def said(site: str, err: BaseException) -> str:

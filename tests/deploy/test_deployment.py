@@ -100,6 +100,36 @@ def test_two_windows_secure_run_completes(deployment, good_run):
         assert proc.popen.poll() is None, proc.log_text()  # the fork servers stay up
 
 
+def test_each_site_keeps_its_own_journal_of_what_it_sent(deployment, good_run):
+    """A security walkthrough could not tell afterwards what its site had sent. Each
+    site's ``<site>.sent.jsonl`` (0600, in its state folder) has one line per reply:
+    the values the server then recorded, and the sealed envelopes by recipient and
+    size; none of the site's sample ids."""
+    import stat
+
+    from mmvm.data.store import read_site_table
+
+    run_id, _, _ = good_run
+    res = json.loads((deployment.out / f"run-{run_id}" / "results.json").read_text())
+    evaluated = {e["site"]: e for e in res["evaluation"].values()}
+    for s in SITES:
+        path = deployment.state / s / f"run-{run_id}" / f"{s}.sent.jsonl"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        text = path.read_text()
+        lines = [json.loads(t) for t in text.splitlines()]
+        kinds = [ln["kind"] for ln in lines]
+        assert kinds[0] == "describe" and kinds.count("window") == 2, kinds
+        assert {"align", "attach", "heldout", "evaluate"} <= set(kinds), kinds
+        (last,) = [ln["sent"] for ln in lines if ln["kind"] == "evaluate"]
+        got = {k: v for k, v in last["metrics"].items() if k.startswith("probe/")}
+        assert got and all(evaluated[s][k] == v for k, v in got.items()), got
+        window = next(ln["sent"] for ln in lines if ln["kind"] == "window")
+        assert set(window["posteriors"]) == set(SITES) - {s}  # sealed, to each peer
+        assert all(v.endswith(" bytes>") for v in window["posteriors"].values())
+        ids = read_site_table(deployment.data[s] / "train.parquet").sample_ids
+        assert not [i for i in ids if f'"{i}"' in text]
+
+
 def test_server_never_handles_ids_or_plaintext_posteriors(deployment, good_run):
     """What this proves: no message content the ServerApp sent or received (its
     whole interface to the sites) holds a raw sample id, a plaintext Arrow
