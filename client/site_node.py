@@ -240,7 +240,10 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         who = name or f"of partition {nc.get('partition-id', '?')}"
         _journal(str(who),
                  f"refused the run's {kind} message: {type(err).__name__}: {err}")
-        return said(str(name), err) if name else f"{type(err).__name__}: {err}"
+        text = said(str(name), err) if name else f"{type(err).__name__}: {err}"
+        if nc.get("state") and name:  # a deployment site: its refusals of whole runs
+            _refused(Path(str(nc["state"])), "refused", kind, text, context.run_id)
+        return text
     node, root = None, _state_root(context, s, policy)
     if kind == "resume" and not root.is_dir():  # no state of this run: make none (its
         try:  # lock and error log went into a folder made for them)
@@ -271,28 +274,33 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         if kind == "window":  # a wait for the decoder half at a checkpoint: training
             reply.metrics["disk_s"] = disk
             reply.metrics["train_s"] += node.site.take_waited()
-        append_sent(root / f"{files[0]}.sent.jsonl", kind, reply)  # not recorded: not sent
+        record = to_record(reply)
+        # not recorded, not sent (the state is saved by now: a full disk fails the run)
+        append_sent(root / f"{files[0]}.sent.jsonl", kind, reply, context.run_id)
     except Exception as err:
         _after_failure(context, node, kind, resident and not s.secure)
         _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}")
         if s.secure or policy.secure_site:
             log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
-            return _refused(root, files[0], kind, str(public_error(files[0], log, kind, err)))
+            return _refused(root, f"{files[0]}.sent", kind,
+                            str(public_error(files[0], log, kind, err)), context.run_id)
         if isinstance(err, EXPECTED):
-            return _refused(root, files[0], kind, said(files[0], err))
+            return _refused(root, f"{files[0]}.sent", kind, said(files[0], err),
+                            context.run_id)
         raise
-    return to_record(reply)
+    return record
 
 
-def _refused(root: Path, site: str, kind: str, text: str) -> str:
-    """``text``, the one line a failed message sends, recorded in the site's journal
-    of what it sent where its run folder exists (a full disk: the reply goes all the
-    same, the failure is in the SuperNode's log)."""
+def _refused(folder: Path, stem: str, kind: str, text: str, run: int) -> str:
+    """``text``, the one line a refused or failed message sends, recorded in the
+    site's journal ``folder/stem.jsonl`` where the folder exists (the run's
+    ``<site>.sent``; a whole run refused: the state folder's ``refused``). A full
+    disk: the reply goes all the same, the failure is in the SuperNode's log."""
     try:
-        if root.is_dir():
-            append_sent(root / f"{site}.sent.jsonl", kind, text)
+        if folder.is_dir():
+            append_sent(folder / f"{stem}.jsonl", kind, text, run)
     except OSError as err:
-        _journal(site, f"could not record the refusal it sent: {err}")
+        _journal(stem, f"could not record the refusal it sent: {err}")
     return text
 
 

@@ -21,9 +21,12 @@ agreed release: any other file in the folder that Flower ships (an untracked
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -70,13 +73,24 @@ def check_fab(content: bytes, said: str | None, allowed: frozenset[str]) -> str:
 
 def pin(module, allowed: frozenset[str]) -> None:
     """Make Flower's ClientApp runner (``module``:
-    ``flwr.supernode.runtime.run_clientapp``) refuse any bundle outside ``allowed``
-    at the install step, in this process only (a forked task). The pull is wrapped
-    to remember the hash the bundle came labelled with; the check runs at install,
-    when the reply can carry the error."""
+    ``flwr.supernode.runtime.run_clientapp``) run only a bundle of ``allowed``, in
+    this process only (a forked task):
+
+    * the pull is wrapped to remember the hash the bundle came labelled with;
+    * the install checks the bytes (a refusal then, when the reply can carry it) and
+      extracts them into a new private folder, never one that exists already (Flower
+      skips extraction where its apps folder has the name, and names it by 8 hex
+      digits of the hash: an earlier or planted folder of that name would run);
+    * the loader loads the ClientApp from that folder only, where Flower refuses a
+      run whose app id or version differ from its ``pyproject.toml`` (they come from
+      the SuperLink, and name the folder the stock loader reads: a version with
+      ``/../`` in it pointed at any folder of the right suffix).
+    """
     said: list[str | None] = [None]
+    installed: list[Path] = []
     pull: Callable = module.pull_task_input
     install: Callable = module.install_from_fab
+    loader: Callable = module.get_load_client_app_fn
 
     def pull_task_input(*args, **kwargs):
         message, context, run, fab = pull(*args, **kwargs)
@@ -85,10 +99,19 @@ def pin(module, allowed: frozenset[str]) -> None:
 
     def install_from_fab(content: bytes, *args, **kwargs):
         check_fab(content, said[0], allowed)
-        return install(content, *args, **kwargs)
+        private = Path(tempfile.mkdtemp(prefix="mmvm-fab-"))  # 0700, new
+        atexit.register(shutil.rmtree, private, True)
+        installed.append(install(content, install_dir=private, skip_prompt=True))
+        return installed[-1]
+
+    def get_load_client_app_fn(*args, **kwargs):
+        if not installed:
+            raise FabRefused("no checked app bundle was installed for this task")
+        return loader(default_app_ref="", app_path=str(installed[-1]), multi_app=True)
 
     module.pull_task_input = pull_task_input
     module.install_from_fab = install_from_fab
+    module.get_load_client_app_fn = get_load_client_app_fn
 
 
 def main(argv: Sequence[str] | None = None) -> int:

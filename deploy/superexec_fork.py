@@ -175,6 +175,10 @@ class ForkExecutor:
                 return LaunchResult.failed(f"--allow-fab: this site runs ClientApp "
                                            f"tasks only, not {spec.task_type}")
             return self.fallback.launch(spec)
+        if self.allowed and spec.runtime_dependency_install:  # uv sync of loose ranges:
+            return LaunchResult.failed("--allow-fab: runtime dependency installation "
+                                       "would install packages no one pinned; leave "
+                                       "it off")
         try:
             child = self.ctx.Process(
                 target=run_task, daemon=True, name=f"clientapp-task-{spec.task_id}",

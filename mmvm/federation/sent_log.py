@@ -5,10 +5,13 @@ left the site, and the SuperNode's log shows only Flower's "Sending: ... message
 ``<state>/run-<id>/<site>.sent.jsonl`` (mode 0600, appended) holds one line per
 reply the site's ClientApp returned: the time, the message kind, every value and
 metric as sent, and for arrays and sealed blobs their names, shapes, dtypes and
-byte counts, not their contents (the journal copies nothing of the site's data: a
-list or text longer than a few items is shown by its length only). A refusal is
-the one line of text the server was sent. What a reply held is what the site
-answered; whether the server received it is Flower's to say.
+byte counts, not their contents (the journal copies nothing of the site's data:
+the fields that carry it, ids, tags, seed shares, are shown by their size, and a
+list or text longer than a few items by its length). A refusal is the one line of
+text the server was sent, whole. What a reply held is what the site answered;
+whether the server received it is Flower's to say. The journal is written by the
+app's code: it is the reviewed code's record where the site pins the bundle
+(``deploy.superexec_fork --allow-fab``), the submitter's otherwise.
 """
 
 from __future__ import annotations
@@ -53,12 +56,21 @@ def _arrays(value: dict) -> dict:
             for m, arrays in value.items()}
 
 
-def summary(kind: str, reply: Any) -> dict:
+def _sized(value: Any) -> str:
+    """A payload field by its size: ids, tags, seed shares never enter the journal."""
+    if isinstance(value, list | tuple):
+        return f"<list of {len(value):,}>"
+    return f"<{len(json.dumps(value, default=str)):,} characters of JSON>"
+
+
+def summary(kind: str, reply: Any, run: int | None = None) -> dict:
     """The journal's line for one reply (a message dataclass of
-    :mod:`mmvm.federation.messages`, or the refusal text sent instead)."""
-    line: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": kind}
+    :mod:`mmvm.federation.messages`, or the refusal text sent instead, whole: it is
+    one line the server already has) to a message of run ``run``."""
+    line: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": kind,
+                            "run": run}
     if not is_dataclass(reply):
-        line["refused"] = brief(str(reply))
+        line["refused"] = str(reply)
         return line
     sent = {}
     for f in fields(reply):
@@ -67,15 +79,19 @@ def summary(kind: str, reply: Any) -> dict:
             sent[f.name] = {str(k): f"<{len(b):,} bytes>" for k, b in v.items()}
         elif wire == "arrays":
             sent[f.name] = _arrays(v)
+        elif f.metadata.get("payload"):
+            sent[f.name] = _sized(v)
         else:
             sent[f.name] = brief(v)
     line["sent"] = sent
     return line
 
 
-def append_sent(path: str | Path, kind: str, reply: Any) -> None:
-    """One line for ``reply`` at the end of the journal ``path`` (made 0600)."""
-    text = json.dumps(summary(kind, reply), sort_keys=True, allow_nan=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+def append_sent(path: str | Path, kind: str, reply: Any, run: int | None = None) -> None:
+    """One line for ``reply`` at the end of the journal ``path`` (made 0600; a link
+    there is refused, not followed)."""
+    text = json.dumps(summary(kind, reply, run), sort_keys=True, allow_nan=True) + "\n"
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as fh:
         fh.write(text)

@@ -233,6 +233,11 @@ def test_a_secure_site_refuses_a_plaintext_run(deployment, good_run):
     assert not (deployment.out / f"run-{run_id}" / "results.json").exists()
     for s in SITES:  # no site even built its state for that run
         assert not (deployment.state / s / f"run-{run_id}").exists()
+        # each records, in its state folder, the run it refused and what it said
+        refused = [json.loads(t) for t in
+                   (deployment.state / s / "refused.jsonl").read_text().splitlines()]
+        assert [(r["run"], r["kind"]) for r in refused] == [(run_id, "describe")]
+        assert "require-secure" in refused[0]["refused"]
 
 
 def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):

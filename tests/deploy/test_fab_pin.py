@@ -43,21 +43,78 @@ def test_only_an_allowed_bundle_labelled_as_itself_passes():
         check_fab(good, hashlib.sha256(evil).hexdigest(), allowed)
 
 
-def test_pin_refuses_at_install_so_nothing_of_the_bundle_is_installed():
-    installed = []
-    fab = SimpleNamespace(hash_str=hashlib.sha256(b"evil").hexdigest(), content=b"evil")
-    runner = SimpleNamespace(pull_task_input=lambda client: ("msg", "ctx", "run", fab),
-                             install_from_fab=lambda content, **kw: installed.append(
-                                 content))
-    pin(runner, frozenset({hashlib.sha256(b"good").hexdigest()}))
-    assert runner.pull_task_input("client")[3] is fab
-    with pytest.raises(FabRefused):
-        runner.install_from_fab(fab.content, skip_prompt=True)
-    assert installed == []
-    fab.hash_str, fab.content = hashlib.sha256(b"good").hexdigest(), b"good"
+def _runner(fab, version: str = "0.1.0"):
+    """Flower's ClientApp runner module, its pull stubbed to hand out ``fab`` (the
+    install and the loader are Flower's own)."""
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.utils import get_load_client_app_fn
+
+    run = SimpleNamespace(fab_id="mmvm/mmvm", fab_version=version)
+    return run, SimpleNamespace(pull_task_input=lambda client: ("msg", "ctx", run, fab),
+                                install_from_fab=install_from_fab,
+                                get_load_client_app_fn=get_load_client_app_fn)
+
+
+def _fab(tmp_path, clientapp: str) -> bytes:
+    """A built app bundle whose ClientApp module prints ``clientapp`` when imported."""
+    from flwr.cli.build import build_fab_from_disk
+
+    app = tmp_path / f"app-{abs(hash(clientapp))}"
+    (app / "pinned_pkg").mkdir(parents=True)
+    (app / "pinned_pkg" / "__init__.py").write_text("")
+    (app / "pinned_pkg" / "app.py").write_text(
+        f"from flwr.clientapp import ClientApp\nprint({clientapp!r})\napp = ClientApp()\n")
+    (app / "pyproject.toml").write_text(
+        '[project]\nname = "mmvm"\nversion = "0.1.0"\n[tool.flwr.app]\npublisher = "mmvm"\n'
+        '[tool.flwr.app.components]\nserverapp = "pinned_pkg.app:app"\n'
+        'clientapp = "pinned_pkg.app:app"\n[tool.flwr.app.config]\n')
+    return build_fab_from_disk(app)
+
+
+def test_pin_refuses_before_install_and_loads_only_what_it_checked(tmp_path, monkeypatch,
+                                                                   capfd):
+    """The check runs at install (nothing of a refused bundle is extracted); the
+    checked bytes go into a new private folder, and the ClientApp is loaded from it
+    alone: a server-chosen version naming another folder (``/../``) is refused, and
+    a folder of the bundle's name planted in Flower's apps folder is never read."""
+    import sys as _sys
+
+    from flwr.supercore.fab import Fab
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    good, evil = _fab(tmp_path, "GOOD app"), _fab(tmp_path, "EVIL app")
+    h = hashlib.sha256(good).hexdigest()
+    allowed = frozenset({h})
+    run, runner = _runner(Fab(hashlib.sha256(evil).hexdigest(), evil, {}))
+    pin(runner, allowed)
     runner.pull_task_input("client")
-    runner.install_from_fab(b"good", skip_prompt=True)
-    assert installed == [b"good"]
+    with pytest.raises(FabRefused):
+        runner.install_from_fab(evil, skip_prompt=True)
+    with pytest.raises(FabRefused, match="no checked app bundle"):
+        runner.get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+    # Flower's own install of the evil bytes under the good bundle's folder name
+    from flwr.cli.install import install_from_fab
+
+    planted = tmp_path / "flwr-home" / "apps" / f"mmvm.mmvm.0.1.0.{h[:8]}"
+    install_from_fab(evil, install_dir=planted, skip_prompt=True)
+    for version in ("0.1.0", f"0.1.0.{h[:8]}/../../../elsewhere/x"):
+        _sys.modules.pop("pinned_pkg.app", None), _sys.modules.pop("pinned_pkg", None)
+        run, runner = _runner(Fab(h, good, {}), version)
+        pin(runner, allowed)
+        _, _, run, fab = runner.pull_task_input("client")
+        where = runner.install_from_fab(fab.content, skip_prompt=True)
+        assert where.is_dir() and not str(where).startswith(str(tmp_path / "flwr-home"))
+        load = runner.get_load_client_app_fn(default_app_ref="", app_path=None,
+                                             multi_app=True)
+        if version == "0.1.0":
+            load(run.fab_id, run.fab_version, fab.hash_str)
+            assert "GOOD app" in capfd.readouterr().out
+        else:
+            from flwr.clientapp.client_app import LoadClientAppError
+
+            with pytest.raises(LoadClientAppError, match="version mismatch"):
+                load(run.fab_id, run.fab_version, fab.hash_str)
+    assert "EVIL app" not in capfd.readouterr().out
 
 
 @pytest.mark.parametrize("value", ["xyz", "ab" * 31, "g" * 64])

@@ -9,8 +9,9 @@ import json
 import stat
 
 import numpy as np
+import pytest
 
-from mmvm.federation.messages import DescribeReply, WindowReply
+from mmvm.federation.messages import DescribeReply, UnmaskReply, WindowReply
 from mmvm.federation.sent_log import append_sent, brief, summary
 
 
@@ -32,6 +33,11 @@ def test_values_are_kept_and_data_is_shown_by_its_size_only():
     assert described["sent"]["identifiers"] == "<list of 500>"  # ids never copied
     assert "patient-1" not in json.dumps(described)
     assert described["sent"]["modalities"] == "<list of 1>"  # a list of texts: length
+    # seed shares go to the server once; the journal keeps their size, not them
+    shares = {"m0": {"b": "c2VjcmV0LXNoYXJl", "c": "b3RoZXItc2hhcmU="}}
+    unmasked = summary("unmask", UnmaskReply(shares=shares), run=7)
+    assert "c2VjcmV0" not in json.dumps(unmasked) and unmasked["run"] == 7
+    assert unmasked["sent"]["shares"].endswith("characters of JSON>")
 
 
 def test_brief_keeps_short_numbers_and_sizes_the_rest():
@@ -44,9 +50,15 @@ def test_brief_keeps_short_numbers_and_sizes_the_rest():
 
 def test_lines_are_appended_to_a_file_only_the_site_reads(tmp_path):
     path = tmp_path / "a.sent.jsonl"
-    append_sent(path, "attach", WindowReply())
-    append_sent(path, "window", "site a: window failed: DataError (see its log)")
+    append_sent(path, "attach", WindowReply(), run=3)
+    long = "site a: window failed: DataError: " + "x" * 400  # sent whole: kept whole
+    append_sent(path, "window", long, run=3)
     lines = [json.loads(t) for t in path.read_text().splitlines()]
-    assert [ln["kind"] for ln in lines] == ["attach", "window"]
-    assert lines[1]["refused"] == "site a: window failed: DataError (see its log)"
+    assert [(ln["kind"], ln["run"]) for ln in lines] == [("attach", 3), ("window", 3)]
+    assert lines[1]["refused"] == long
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    link = tmp_path / "link.jsonl"  # planted where the journal goes: not followed
+    link.symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(OSError):
+        append_sent(link, "attach", WindowReply())
+    assert not (tmp_path / "elsewhere.jsonl").exists()
