@@ -287,6 +287,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         if isinstance(err, EXPECTED):
             return _refused(root, f"{files[0]}.sent", kind, said(files[0], err),
                             context.run_id)
+        # a plaintext site's unexpected error: Flower sends its text, in this form
+        _refused(root, f"{files[0]}.sent", kind, f"{type(err)}:<'{err}'>", context.run_id)
         raise
     return record
 

@@ -229,6 +229,13 @@ def test_a_resident_site_that_fails_a_window_keeps_its_state(
                 for i, (k, n) in enumerate(names.items())}
     res = run_federation(_Processes(contexts), s)
     assert res.history[2]["refused"] == {names["n2"]: reason}
+    import json  # the site's journal of what it sent has the failure's line too
+
+    journal = tmp_path / "state" / names["n2"] / "run-7" / f"{names['n2']}.sent.jsonl"
+    lines = [json.loads(t) for t in journal.read_text().splitlines()]
+    failed = [ln for ln in lines if "refused" in ln]
+    assert [ln["kind"] for ln in failed] == ["window"], lines
+    assert "No space left on device" in failed[0]["refused"]
     for n in names.values():  # a deployed site's own pictures, beside its state
         assert (tmp_path / "state" / n / "run-7" / f"{n}-pictures" /
                 "generations.png").stat().st_size > 1000
