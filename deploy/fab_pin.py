@@ -21,7 +21,6 @@ agreed release: any other file in the folder that Flower ships (an untracked
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
 import re
 import shutil
@@ -71,7 +70,7 @@ def check_fab(content: bytes, said: str | None, allowed: frozenset[str]) -> str:
     return got
 
 
-def pin(module, allowed: frozenset[str]) -> None:
+def pin(module, allowed: frozenset[str]) -> Callable[[], None]:
     """Make Flower's ClientApp runner (``module``:
     ``flwr.supernode.runtime.run_clientapp``) run only a bundle of ``allowed``, in
     this process only (a forked task):
@@ -85,9 +84,13 @@ def pin(module, allowed: frozenset[str]) -> None:
       run whose app id or version differ from its ``pyproject.toml`` (they come from
       the SuperLink, and name the folder the stock loader reads: a version with
       ``/../`` in it pointed at any folder of the right suffix).
+
+    Returns what removes the private folders: call it when the task ends (a forked
+    child ends with ``os._exit``, which runs no ``atexit`` handler).
     """
     said: list[str | None] = [None]
     installed: list[Path] = []
+    private: list[Path] = []
     pull: Callable = module.pull_task_input
     install: Callable = module.install_from_fab
     loader: Callable = module.get_load_client_app_fn
@@ -99,9 +102,8 @@ def pin(module, allowed: frozenset[str]) -> None:
 
     def install_from_fab(content: bytes, *args, **kwargs):
         check_fab(content, said[0], allowed)
-        private = Path(tempfile.mkdtemp(prefix="mmvm-fab-"))  # 0700, new
-        atexit.register(shutil.rmtree, private, True)
-        installed.append(install(content, install_dir=private, skip_prompt=True))
+        private.append(Path(tempfile.mkdtemp(prefix="mmvm-fab-")))  # 0700, new
+        installed.append(install(content, install_dir=private[-1], skip_prompt=True))
         return installed[-1]
 
     def get_load_client_app_fn(*args, **kwargs):
@@ -109,9 +111,14 @@ def pin(module, allowed: frozenset[str]) -> None:
             raise FabRefused("no checked app bundle was installed for this task")
         return loader(default_app_ref="", app_path=str(installed[-1]), multi_app=True)
 
+    def remove() -> None:
+        for folder in private:
+            shutil.rmtree(folder, ignore_errors=True)
+
     module.pull_task_input = pull_task_input
     module.install_from_fab = install_from_fab
     module.get_load_client_app_fn = get_load_client_app_fn
+    return remove
 
 
 def main(argv: Sequence[str] | None = None) -> int:

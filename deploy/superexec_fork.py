@@ -112,18 +112,21 @@ def run_task(runtime_api_address: str, token: str, insecure: bool,
     from flwr.supernode.runtime import run_clientapp as runner
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
-    if allowed:
-        pin(runner, allowed)
+    remove = pin(runner, allowed) if allowed else None
     log(INFO, "Start `flwr-clientapp` process (forked by deploy.superexec_fork)")
-    run_clientapp(
-        runtime_api_address=runtime_api_address,
-        token=token,
-        insecure=insecure,
-        certificates=validate_and_resolve_root_certificates(root_certificates_path,
-                                                            insecure),
-        parent_pid=parent_pid,
-        runtime_dependency_install=runtime_dependency_install,
-    )
+    try:
+        run_clientapp(
+            runtime_api_address=runtime_api_address,
+            token=token,
+            insecure=insecure,
+            certificates=validate_and_resolve_root_certificates(root_certificates_path,
+                                                                insecure),
+            parent_pid=parent_pid,
+            runtime_dependency_install=runtime_dependency_install,
+        )
+    finally:  # it ends with sys.exit; the child then with os._exit (no atexit)
+        if remove is not None:
+            remove()  # the task's private copy of the app bundle
 
 
 def _ready(preload: list[str]) -> list[str]:

@@ -82,6 +82,11 @@ def test_pin_refuses_before_install_and_loads_only_what_it_checked(tmp_path, mon
     from flwr.supercore.fab import Fab
 
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where the private copies go
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     good, evil = _fab(tmp_path, "GOOD app"), _fab(tmp_path, "EVIL app")
     h = hashlib.sha256(good).hexdigest()
     allowed = frozenset({h})
@@ -100,7 +105,7 @@ def test_pin_refuses_before_install_and_loads_only_what_it_checked(tmp_path, mon
     for version in ("0.1.0", f"0.1.0.{h[:8]}/../../../elsewhere/x"):
         _sys.modules.pop("pinned_pkg.app", None), _sys.modules.pop("pinned_pkg", None)
         run, runner = _runner(Fab(h, good, {}), version)
-        pin(runner, allowed)
+        removes = [pin(runner, allowed)]
         _, _, run, fab = runner.pull_task_input("client")
         where = runner.install_from_fab(fab.content, skip_prompt=True)
         assert where.is_dir() and not str(where).startswith(str(tmp_path / "flwr-home"))
@@ -114,6 +119,9 @@ def test_pin_refuses_before_install_and_loads_only_what_it_checked(tmp_path, mon
 
             with pytest.raises(LoadClientAppError, match="version mismatch"):
                 load(run.fab_id, run.fab_version, fab.hash_str)
+        assert list((tmp_path / "tmp").iterdir())  # the task's private copy ...
+        removes[0]()
+        assert not list((tmp_path / "tmp").iterdir())  # ... gone when it ends
     assert "EVIL app" not in capfd.readouterr().out
 
 
