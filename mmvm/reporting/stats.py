@@ -91,15 +91,25 @@ class Group:
         return f"{len(self.runs)} (seed{'s' if len(self.runs) > 1 else ''} {seeds})"
 
 
+# settings that belong to one method: MMVAE+'s modality-specific latent (the config
+# allows it for MMVAE+ only, and mmvm compare gives it one): they vary only where runs
+# of one method differ in them, so MMVAE+ is grouped and tested beside the others
+METHOD_OWN = frozenset({"model.private_dim"})
+
+
 def varying_settings(runs: Sequence[Run]) -> list[str]:
-    """Settings recorded with more than one value (a run may not record a setting).
+    """Settings recorded with more than one value (a run may not record a setting);
+    one of :data:`METHOD_OWN` only where runs of one method differ in it.
 
     Never ``data.root``: the same data on two machines lies in two folders; runs on
     other data differ in another data setting (``dataset.variant``, sample counts, ...),
     and :func:`group_runs` then shows each group's ``data.root`` beside it.
     """
     keys = sorted({k for r in runs for k in r.settings} - {WHERE_DATA_LIES})
-    return [k for k in keys if len({r.settings[k] for r in runs if k in r.settings}) > 1]
+    return [k for k in keys if (len({(r.method, r.settings[k]) for r in runs
+                                     if k in r.settings}) > len({r.method for r in runs})
+                                if k in METHOD_OWN else
+                                len({r.settings[k] for r in runs if k in r.settings}) > 1)]
 
 
 def _show_data_root(group: Group) -> None:

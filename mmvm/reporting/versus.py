@@ -63,13 +63,12 @@ def comparisons(groups: Sequence[Group], reference: str = REFERENCE) -> list[lis
     group of the same beta, settings and tag, with at least 2 seeds on both sides;
     Holm's adjustment over the rows of one metric (one question: is the reference
     better or worse than the others on it)."""
-    refs = {(g.beta, tuple(sorted(g.settings.items())), g.tag): g
-            for g in groups if g.method == reference}
+    refs = {_key(g): g for g in groups if g.method == reference}
     rows = []
     for metric in TESTED:
         found = []
         for g in groups:
-            ref = refs.get((g.beta, tuple(sorted(g.settings.items())), g.tag))
+            ref = refs.get(_key(g))
             if g.method == reference or ref is None:
                 continue
             a, b = _values(g, metric), _values(ref, metric)
@@ -89,12 +88,29 @@ def comparisons(groups: Sequence[Group], reference: str = REFERENCE) -> list[lis
     return rows
 
 
+def _key(g: Group) -> tuple:
+    return g.beta, tuple(sorted(g.settings.items())), g.tag
+
+
+def untested(groups: Sequence[Group], reference: str = REFERENCE) -> list[str]:
+    """The groups of other methods that no ``reference`` group matches (another beta
+    or setting): said under the table, so that a method left out is not read as one
+    the reference beat."""
+    refs = {_key(g) for g in groups if g.method == reference}
+    return [g.label for g in groups if g.method != reference and _key(g) not in refs]
+
+
 def versus_section(groups: Sequence[Group], reference: str = REFERENCE) -> Section | None:
     """The table, or None where no method has a reference group to compare with."""
     if not any(g.method == reference for g in groups):
         return None
     rows = comparisons(groups, reference)
     section = Section(f"Against {reference.upper()}")
+    left = untested(groups, reference)
+    if left:
+        section.add(Paragraph(
+            f"Not tested, for want of a {reference.upper()} group at the same beta and "
+            f"settings: {', '.join(left)}.", note=True))
     if not rows:
         return section.add(Paragraph(
             f"No comparison with {reference.upper()}: a test needs at least 2 seeds of "
