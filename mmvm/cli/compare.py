@@ -28,6 +28,8 @@ METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
 # eval.json -> the table's columns (label, where in the result, higher is better)
 COLUMNS = {"probe": ("probe", ("probe", "mean")),
            "pooled": ("pooled probe", ("probe", "all")),
+           # the joint methods' own latent (AVG, PoE, ... ; MMVM's mixture)
+           "aggregated": ("aggregated probe", ("probe_aggregated", "mean")),
            "coherence": ("coherence", ("coherence", "mean")),
            "recon_nll": ("recon NLL", ("reconstruction", "total")),
            "imputed_nll": ("imputed NLL", ("imputation", "total"))}

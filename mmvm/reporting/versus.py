@@ -17,7 +17,8 @@ from mmvm.reporting.runs import METRICS
 from mmvm.reporting.stats import Group, fmt
 
 REFERENCE = "mmvm"
-TESTED = ("probe", "coherence", "recon_nll", "probe_all", "imputation_nll")
+TESTED = ("probe", "coherence", "recon_nll", "probe_all", "probe_aggregated",
+          "imputation_nll")
 
 
 def holm(ps: Sequence[float]) -> list[float]:

@@ -37,6 +37,12 @@ def test_compare_trains_each_method_and_seed_and_sums_them_up(tiny_polymnist, tm
     row = next(line for line in md.splitlines() if line.startswith("| mmvm |"))
     assert row.startswith(f"| mmvm | 2 | {statistics.mean(probes['mmvm']):.3f} ± "), md
     assert "| mmvaeplus | 2 |" in md and (out / "summary.csv").is_file()
+    # the joint methods' own latent has its column (AVG and PoE won it in a
+    # researcher's walkthrough, and the summary did not show it)
+    assert "| aggregated probe |" in md.splitlines()[0], md
+    agg = [json.loads((out / f"mmvm-seed{s}" / "eval.json").read_text())
+           ["probe_aggregated"]["mean"] for s in (0, 1)]
+    assert f"| {statistics.mean(agg):.3f} ± " in row, (row, agg)
     assert "mmvm report" in capsys.readouterr().out
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")}
     assert main(argv) == 0  # finished runs are reused, their evaluations kept
