@@ -132,9 +132,15 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     lines += cross_site_lines(result.cross_site, result.cross_notes,
                               (assembled or {}).get("warnings", []))
     if assembled:
+        both = (result.cross_site.get("coherence") or {}).get("mean") is not None and \
+            (assembled.get("coherence") or {}).get("mean") is not None
         lines += ["", "assembled model, evaluated by the server: " + _assembled(assembled),
                   "(its reconstruction NLLs decode z drawn by the server: they differ from "
-                  "the sites' own draws above by that noise)"]
+                  "the sites' own draws above by that noise"
+                  + ("; its coherence is scored by the server's judges on the joined test "
+                     "set, the cross-site one by each site's own judges on its own test "
+                     "rows: the same model, other judges and draws" if both else "")
+                  + ")"]
         lines += _judges(assembled.get("classifier_accuracy"))
         lines += [f"warning: {w}" for w in assembled.get("warnings", [])]
     if result.missed:

@@ -167,3 +167,16 @@ def test_a_probe_on_a_small_test_set_shows_its_interval():
     line = next(ln for ln in summary(res, "/r", {}, None).splitlines()
                 if ln.startswith("rat1"))
     assert "1.000 (chance 0.39; 95 % 0.91-1.00 of 39)" in line
+
+
+def test_two_coherences_of_one_model_say_why_they_differ():
+    """A researcher's walkthrough read coherence 0.199 (cross-site) and 0.224 (the
+    server's) for one model: the judges differ (each site's own, the server's)."""
+    assembled = {"probe": {"mean": 0.6}, "coherence": {"mean": 0.224},
+                 "reconstruction": {"total": 10.0}}
+    cross = {"coherence": {"pairs": {"a->b": 0.199}, "names": ["a", "b"], "mean": 0.199}}
+    both = summary(FederationResult(seconds=1.0, cross_site=cross), "/r", {}, assembled)
+    assert "its coherence is scored by the server's judges on the joined test set, the " \
+           "cross-site one by each site's own judges" in both
+    alone = summary(FederationResult(seconds=1.0), "/r", {}, assembled)
+    assert "server's judges" not in alone
