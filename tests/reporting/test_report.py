@@ -357,3 +357,27 @@ def test_the_reports_figures_draw_chance_where_the_groups_share_it(monkeypatch):
     assert drawn == [(0.1131, "chance (0.1131)")]
     ((low, title),) = limits  # the points within 0.004: the axis starts at 0
     assert low == 0.0 and "bars: ± standard error over 3 seeds" in title
+
+
+def test_warnings_of_one_kind_are_said_once_with_the_runs_that_gave_them(tmp_path):
+    """A researcher's comparison of 7 methods x 3 seeds opened with 240 warnings, one
+    per run and modality, before any result."""
+    runs = []
+    for seed, (a, b) in enumerate([(1422.4, 1375.4), (1426.6, 1375.4)]):
+        said = [f"m{m} imputed from the other modalities scores {a + m}, worse than one "
+                f"constant output ({b})" for m in range(3)]
+        runs.append(fake_run(tmp_path / f"mmvm-seed{seed}", {
+            **eval_result("mmvm", seed, 0.9, 100.0, 0.46), "warnings": said}))
+    other = "the m0 judge scores 0.463 on real test data, near chance (0.537)"
+    runs.append(fake_run(tmp_path / "weak", {**eval_result("poe", 0, 0.9, 100.0, 0.4),
+                                             "warnings": [other]}))
+    text, _ = write_report(tmp_path, *runs)
+    import html
+
+    start = text.index("<h2>Warnings</h2>")
+    section = html.unescape(text[start:text.index("<h2>", start + 5)])
+    assert section.count("imputed from the other modalities") == 1
+    assert ("mmvm-seed0: m0 imputed from the other modalities scores 1422.4, worse than "
+            "one constant output (1375.4) (6 times in 2 runs: mmvm-seed0, mmvm-seed1; "
+            "the numbers are mmvm-seed0's)") in section
+    assert f"weak: {other}" in section and f"{other} (" not in section  # once: no count
