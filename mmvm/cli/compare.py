@@ -147,7 +147,8 @@ def summarize(runs: list[tuple[str, int, dict]]) -> list[dict]:
             row[key] = est.mean if est else math.nan
             row[key + "_se"] = est.se if est and est.se is not None else math.nan
             row[key + "_n"] = est.n if est else 0
-        row["warnings"] = [f"seed {s}: {w}" for s, r in mine for w in r.get("warnings", [])]
+        row["warnings"] = [(f"{method} seed {s}", w) for s, r in mine
+                           for w in r.get("warnings", [])]
         rows.append(row)
     return rows
 
@@ -174,8 +175,10 @@ def write_summary(runs: list[tuple[str, int, dict]], out: Path,
              "over seeds.", "NLLs per sample, summed over the modalities (imputed: each "
              "one decoded from the others" + (f"; {scored}" if scored else "") +
              "): lower is better; probes and coherence: higher."]
-    warned = [f"- {line}" for line in failed] + \
-        [f"- {r['method']}, {_short(w)}" for r in rows for w in r["warnings"]]
+    from mmvm.reporting.warning_kinds import warning_kinds
+
+    warned = [f"- {line}" for line in failed] + [
+        f"- {line}" for line in warning_kinds([x for r in rows for x in r["warnings"]])]
     md = "\n".join(lines + [""] + notes + (["", "Warnings:"] + warned if warned else []))
     atomic_write(out / "summary.md", (md + "\n").encode())
     buf = io.StringIO()
@@ -185,11 +188,6 @@ def write_summary(runs: list[tuple[str, int, dict]], out: Path,
     writer.writerows(rows)
     atomic_write(out / "summary.csv", buf.getvalue().encode())
     return md
-
-
-def _short(warning: str, limit: int = 200) -> str:
-    """A warning cut for the summary (each run's eval.json has it whole)."""
-    return warning if len(warning) <= limit else warning[:limit - 3] + "..."
 
 
 def _cell(mean: float, se: float, digits: int) -> str:

@@ -13,7 +13,6 @@ replaced by a note saying why.
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Sequence
 
 from mmvm.reporting.collect import Collection, ResultsFile
@@ -37,6 +36,7 @@ from mmvm.reporting.stats import (
     variants_of,
 )
 from mmvm.reporting.versus import versus_section
+from mmvm.reporting.warning_kinds import warning_kinds
 
 MAX_TABLE_ROWS = 200
 MAX_TABLE_COLUMNS = 20
@@ -197,24 +197,12 @@ def runs_section(runs: Sequence[Run]) -> Section:
 def warnings_section(runs: Sequence[Run]) -> Section | None:
     """What the evaluations said not to trust (a judge at chance, generations all
     one class, a probe left out): a number in a table does not say it. One line per
-    kind of warning (its text with the numbers and modality indices left out), with
-    how often and in which runs: 21 runs x 5 warnings read as a wall before any
-    result."""
+    kind of warning, with how often and in which runs (:func:`warning_kinds`)."""
     said = [(r.name, w) for r in runs for w in r.warnings]
     if not said:
         return None
-    kinds: dict[str, list[tuple[str, str]]] = {}
-    for name, w in said:
-        kinds.setdefault(re.sub(r"\d+(?:\.\d+)?", "#", w), []).append((name, w))
-    section = Section("Warnings")
-    for items in kinds.values():
-        runs_said = list(dict.fromkeys(n for n, _ in items))
-        first, text = items[0]
-        more = (f" ({len(items)} times in {_count(len(runs_said), 'run')}: "
-                f"{', '.join(runs_said)}; the numbers are {first}'s)"
-                if len(items) > 1 else "")
-        section.add(Paragraph(f"{first}: {text}{more}", note=True))
-    return section
+    return Section("Warnings").add(*[Paragraph(line, note=True)
+                                     for line in warning_kinds(said)])
 
 
 def _plain(value) -> str:
