@@ -29,6 +29,7 @@ from mmvm.reporting.runs import METRICS, Run, number, text
 from mmvm.reporting.stats import (
     NOT_EVALUATED,
     Group,
+    fmt,
     group_runs,
     modality_names,
     show,
@@ -115,7 +116,7 @@ def summary_section(groups: Sequence[Group]) -> Section:
     for g in groups:
         row = [g.method or "?", "?" if g.beta is None else f"{g.beta:g}"]
         row += [g.setting_text] if settings else []
-        row += [g.seeds()] + [show(g.estimate(m), len(g.runs)) for m in metrics]
+        row += [g.seeds()] + [_cell(g, m) for m in metrics]
         row.append(", ".join(dict.fromkeys(r.metric_source for r in g.runs)))
         rows.append(row)
     metric = probe_metric([r for g in groups for r in g.runs])
@@ -130,6 +131,15 @@ def summary_section(groups: Sequence[Group]) -> Section:
                           caption="The settings in which the groups differ (\"-\": "
                           "the run does not record it)."))
     return section
+
+
+def _cell(g: Group, metric: str) -> str:
+    """A summary cell; the chance level, a property of the test data, without an
+    error bar where every seed saw the same ("0.341 ± 0.000" read as a measurement)."""
+    est = g.estimate(metric)
+    if metric == "chance" and est is not None and est.n > 1 and est.se == 0:
+        return f"{fmt(est.mean)} (every seed)"
+    return show(est, len(g.runs))
 
 
 def tradeoff_section(groups: Sequence[Group]) -> Section:

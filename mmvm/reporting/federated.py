@@ -30,11 +30,23 @@ def _value(v) -> str:
     return text(v) if len(text(v)) <= 120 else text(v)[:117] + "..."
 
 
+def _fact(key: str, v) -> str:
+    """A run fact: seconds to a tenth (a walkthrough read "22.0624"), the alignment's
+    counts by name (its JSON was cut short), the rest as :func:`_value` shows it."""
+    if key == "seconds" and number(v) is not None:
+        return f"{number(v):,.1f}"
+    if key == "alignment" and isinstance(v, Mapping):
+        counts = [f"{k} {_value(x)}" for k, x in v.items()
+                  if not isinstance(x, Mapping | list) and number(x) is not None]
+        return ", ".join(counts) or _value(v)
+    return _value(v)
+
+
 def settings_table(summary: Mapping) -> Table:
     settings = summary.get("settings")
     settings = settings if isinstance(settings, Mapping) else {}
     rows = [[k, _value(settings[k])] for k in FEDERATED_SETTINGS if k in settings]
-    rows += [[label, _value(summary[k])] for k, label in RUN_FACTS
+    rows += [[label, _fact(k, summary[k])] for k, label in RUN_FACTS
              if k in summary and summary[k] not in (None, [], {})]
     return Table(["setting", "value"], rows, caption="How the federation ran.")
 

@@ -234,7 +234,21 @@ def test_a_federated_run_without_eval_json_shows_its_chance_and_reconstruction(t
             "2": {"probe/m0": 0.6, "recon_nll/m0": 70.0, "majority/m0": 0.5},
             "3": {"probe/m1": 0.85, "recon_nll/m1": 40.0, "majority/m1": 0.6}}}
     (fed / "results.json").write_text(json.dumps(summary))
+    summary["seconds"] = 22.0624  # a researcher read it so, to the 1e-4 s
+    summary["alignment"] = {"samples": 100, "complete": 100, "multimodal": 100,
+                            "per_modality": {"m0": 100, "m1": 100}}
+    (fed / "results.json").write_text(json.dumps(summary))
+    again = tmp_path / "run-10"  # the same data, seed 1: the data's chance, no ± 0
+    again.mkdir()
+    (again / "results.json").write_text(json.dumps(
+        {**summary, "config": {**summary["config"], "train": {"beta": 1.0, "seed": 1}}}))
+    _, both = write_report(tmp_path / "two", fed, again)
+    assert summary_row(both, "mmvm")["probe chance (the commonest test label's share)"] \
+        == "0.550 (every seed)"
     _, page = write_report(tmp_path, fed)
+    facts = {r[0]: r[1] for t in page.tables if t[0] == ["setting", "value"] for r in t}
+    assert facts["wall time (s)"] == "22.1"
+    assert facts["alignment"] == "samples 100, complete 100, multimodal 100"
     row = summary_row(page, "mmvm")
     assert row["probe chance (the commonest test label's share)"] == "0.550 (1 seed)"
     assert row["reconstruction NLL (test, per sample, summed over modalities)"] == "100.0 (1 seed)"  # 60 + 40
