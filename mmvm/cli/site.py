@@ -118,13 +118,14 @@ def _digest(args: argparse.Namespace) -> int:
     cfg = load_config(app_config(app, args.config), args.overrides)
     from deploy.fab_pin import fab_sha256
 
+    bundle = fab_sha256(app)  # builds the whole bundle: once
     print(f"experiment {cfg.source}: digest {config_digest(cfg)}\n"
           f"pin it in each site's node config: experiment=\"{config_digest(cfg)}\" "
           f"(then check the node config with --node-config and the same --config"
           f"{' and --set' if args.overrides else ''})\n"
           f"and the code that reads it: the app bundle {app} ships hashes to "
-          f"{fab_sha256(app)}; pin it at each site's SuperExec (python -m "
-          f"deploy.superexec_fork ... --allow-fab {fab_sha256(app)}; deploy/README.md "
+          f"{bundle}; pin it at each site's SuperExec (python -m "
+          f"deploy.superexec_fork ... --allow-fab {bundle}; deploy/README.md "
           f"section 3) if this is the reviewed release, a clean checkout")
     return 0
 

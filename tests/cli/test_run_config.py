@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mmvm.cli.run_config import (
@@ -218,40 +217,6 @@ def test_local_connection_knows_flwrs_local_forms(tmp_path, monkeypatch):
     _no_federations(ROOT)  # this app has none
 
 
-def test_a_mistyped_site_folder_is_named_with_the_site_folder_it_is_close_to(tmp_path):
-    for name in ("site-rat1", "site-rat2", "site-rat4", "notes"):
-        (tmp_path / name).mkdir()
-    for name in ("site-rat1", "site-rat2", "site-rat4"):
-        (tmp_path / name / "train.parquet").write_bytes(b"")
-    with pytest.raises(ConfigError, match=rf"site-dirs: {tmp_path}/site-rat3 does not "
-                                          rf"exist; did you mean {tmp_path}/site-rat2\?"):
-        check_run_config(ROOT, f"num-sites=3 site-dirs='{tmp_path}/site-rat1,"
-                               f"{tmp_path}/site-rat3,{tmp_path}/site-rat4'", local=True)
-    with pytest.raises(ConfigError, match=rf"{tmp_path}/notes has no train.parquet "
-                                          rf"\(a site folder"):  # nothing close to it
-        check_run_config(ROOT, f"num-sites=1 site-dirs='{tmp_path}/notes'", local=True)
-
-
-def test_site_dirs_without_test_files_are_named_before_anything_trains(tiny_polymnist,
-                                                                        tmp_path):
-    """The server evaluates the assembled model on the site folders joined by sample
-    id: a folder without its test file would fail only after training."""
-    import shutil
-
-    site = tmp_path / "site-a"
-    site.mkdir()
-    shutil.copy(tiny_polymnist / "train.parquet", site / "train.parquet")
-    text = f"num-sites=1 site-dirs='{site}'"
-    with pytest.raises(ConfigError, match=r"site-dirs, joined for the server's evaluation "
-                                          r"\(eval-data = 'default'\): no .*site-a/test"):
-        check_run_config(ROOT, text, local=True)
-    check_run_config(ROOT, text + " eval-data=''", local=True)  # no evaluation: fine
-    # walkthrough: layout='horizontal' beside site-dirs was ignored without a word
-    with pytest.raises(ConfigError, match=r"layout split the look-alike into sites; with "
-                                          r"site-dirs each folder is one site as prepared"):
-        check_run_config(ROOT, text + " eval-data='' layout='horizontal'", local=True)
-
-
 def test_a_named_local_connection_gets_a_simulations_checks(tmp_path, monkeypatch):
     """`--connection local` is the simulation that `mmvm run` alone starts: its
     relative out-dir is refused before Flower starts, and --deployment on it is a
@@ -320,72 +285,6 @@ def test_a_ray_address_where_nothing_answers_is_one_line_before_flower(tmp_path)
             check_ray_address()
 
 
-def test_site_dirs_whose_images_the_config_does_not_take_are_named_before_flower(
-        tiny_polymnist, tmp_path):
-    """A site folder prepared at another size than the config's (64 vs 224 px) failed
-    only at the sites' first message, after Flower and Ray had started."""
-    import shutil
-
-    site = tmp_path / "site-a"
-    site.mkdir()
-    for f in ("train.parquet", "test.parquet"):
-        shutil.copy(tiny_polymnist / f, site / f)
-    text = f"num-sites=1 site-dirs='{site}' eval-data=''"
-    check_run_config(ROOT, text, local=True)  # the config's shapes: fine
-    wrong = text + (" set='model.modalities.m0.kind=\"vector\";model.modalities.m0.network="
-                    "\"mlp\";model.modalities.m0.shape=[2352]'")
-    with pytest.raises(ConfigError) as info:
-        check_run_config(ROOT, wrong, local=True)
-    assert str(info.value) == (
-        f"run config: site-dirs: {site / 'train.parquet'}: m0 is [3, 28, 28] there, "
-        f"[2352] in configs/polymnist_cpu.toml (model.modalities.m0.shape)")
-
-
-def test_modalities_no_site_folder_holds_are_named_before_flower(tiny_polymnist,
-                                                                  tmp_path):
-    """A lab left two copied [model.modalities.ratN] sections in its config: the run
-    failed ~20 s in ("no connected site holds modalities"), after Flower started."""
-    import shutil
-
-    site = tmp_path / "site-a"
-    site.mkdir()
-    for f in ("train.parquet", "test.parquet"):
-        shutil.copy(tiny_polymnist / f, site / f)
-    extra = ("model.modalities.rat4.kind=\"vector\";model.modalities.rat4.shape=[3];"
-             "model.modalities.rat5.kind=\"vector\";model.modalities.rat5.shape=[3]")
-    with pytest.raises(ConfigError) as info:
-        check_run_config(ROOT, f"num-sites=1 site-dirs='{site}' eval-data='' set='{extra}'",
-                         local=True)
-    assert str(info.value) == (
-        "run config: site-dirs: modalities ['rat4', 'rat5'] of configs/polymnist_cpu.toml "
-        "are in no site folder's files (they hold m0, m1, m2): remove their "
-        "[model.modalities.<name>] sections from the config, or add the folders that "
-        "hold them")
-
-
-def test_a_label_column_no_site_folder_has_is_refused_before_flower(tmp_path):
-    """A lab's folders held ``label.odor`` (``--label odor=...``), the config read
-    ``label``: the run went through with no probes and a server error at the end (a
-    warning before it was easy to miss: the neuroscience walkthrough did)."""
-    from mmvm.data.prepare.arrays import prepare_arrays
-
-    rng = np.random.default_rng(0)
-    for m in ("m0", "m1", "m2"):  # the config's images
-        np.save(tmp_path / f"{m}.npy", rng.integers(0, 256, (40, 3, 28, 28), np.uint8))
-    np.save(tmp_path / "odor.npy", rng.integers(0, 2, 40))
-    site = tmp_path / "lab"
-    prepare_arrays(site, {m: tmp_path / f"{m}.npy" for m in ("m0", "m1", "m2")},
-                   labels={"label.odor": tmp_path / "odor.npy"})
-    text = f"num-sites=1 site-dirs='{site}' eval-data=''"
-    with pytest.raises(ConfigError) as info:
-        check_run_config(ROOT, text, local=True)
-    assert str(info.value).startswith(
-        "run config: site-dirs: no site folder has the label column 'label' (data.label "
-        "of configs/polymnist_cpu.toml); their label columns: label.odor.")
-    assert "set='data.label=\"label.odor\"'" in str(info.value)
-    check_run_config(ROOT, text + " set='data.label=\"label.odor\"'", local=True)
-
-
 def test_a_resume_under_other_settings_is_refused_before_flower(tmp_path):
     """The ServerApp refused it ~17 s in, after Flower and Ray started, showing two
     raw dicts; a missing state the same."""
@@ -428,26 +327,3 @@ def test_an_out_dir_it_cannot_write_in_is_named_before_flower(tmp_path):
                                f"{blocker} ({blocker} is not a folder)")
 
 
-def test_site_dirs_that_number_their_classes_apart_are_refused_before_flower(tmp_path):
-    """A hospital walkthrough: one site's CSV said 'Normal', the other's 'normal', so
-    each numbered the findings otherwise; both files checked ok, the run trained to
-    the end and then the server's evaluation on the joined folders failed."""
-    from mmvm.data.prepare.arrays import prepare_arrays
-
-    rng = np.random.default_rng(0)
-    ids = "\n".join(f"s{i:03d}" for i in range(40)) + "\n"
-    (tmp_path / "ids.txt").write_text(ids)
-    for m in ("m0", "m1", "m2"):
-        np.save(tmp_path / f"{m}.npy", rng.integers(0, 256, (40, 3, 28, 28), np.uint8))
-    sites = []
-    for name, normal, mods in (("a", "normal", ("m0", "m1")), ("b", "Normal", ("m2",))):
-        np.save(tmp_path / f"f{name}.npy", np.array([normal, "effusion"] * 20))
-        sites.append(tmp_path / f"site-{name}")
-        prepare_arrays(sites[-1], {m: tmp_path / f"{m}.npy" for m in mods},
-                       ids=tmp_path / "ids.txt", labels={"label": tmp_path / f"f{name}.npy"})
-    text = f"num-sites=2 site-dirs='{sites[0]},{sites[1]}'"
-    with pytest.raises(ConfigError, match=r"site-dirs, joined for the server's evaluation "
-                                          r"\(eval-data = 'default'\): .* number the "
-                                          r"classes of 'label' differently .*eval-data=''"):
-        check_run_config(ROOT, text, local=True)
-    check_run_config(ROOT, text + " eval-data=''", local=True)  # never joined: fine
