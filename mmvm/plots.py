@@ -1,9 +1,7 @@
 """The paper's figures (matplotlib, Agg backend: no display needed).
 
-- :func:`generation_grid`: cross-modal generation; per source modality a block whose
-  first row is the input x_m and whose next rows are the generations of every modality
-  m' decoded from q(z | x_m) (the latent :func:`mmvm.evaluation.conditional_latent`
-  gives for m', its mean), shown as the likelihood's mean (``MultimodalVAE.generate``);
+- :func:`mmvm.plot_generations.generation_grid`: cross-modal generation, each
+  modality drawn as it reads best (images, heatmaps, curves);
 - :func:`scatter_recon_vs` / :func:`scatter_runs`: reconstruction error (x) against
   probe accuracy or coherence (y), one point per (method, beta, settings) as ``mmvm
   report`` groups runs (seeds averaged), one colour per series, a line through a
@@ -46,7 +44,7 @@ def save_figure(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def _as_image(t: torch.Tensor) -> np.ndarray:
+def as_image(t: torch.Tensor) -> np.ndarray:
     """[C, H, W] (C = 1 or 3) -> [H, W, 3] in [0, 1]; a matrix (e.g. neurons x time
     bins) -> itself as a heatmap, scaled to its own range; anything else -> a grey
     square of its values."""
@@ -82,72 +80,6 @@ def tile_rows(rows: list[list[np.ndarray]], pad: int = 1) -> tuple[np.ndarray, l
             x = pad + j * (w + pad) + (w - im.shape[1]) // 2
             canvas[y:y + im.shape[0], x:x + im.shape[1]] = im
     return canvas, [top + h / 2 for top, h in zip(tops, heights, strict=True)]
-
-
-def _enlarge_small(rows: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """Rows much shorter than the tallest (a 4x4 vector square under 28 px images)
-    repeated by a whole factor to about a third of its height, pixels kept sharp."""
-    top = max(im.shape[0] for r in rows for im in r)
-    out = []
-    for r in rows:
-        k = max(1, top // 3 // max(im.shape[0] for im in r))
-        out.append([im.repeat(k, 0).repeat(k, 1) for im in r] if k > 1 else r)
-    return out
-
-
-@torch.no_grad()
-def generation_grid(model, dataset, path: str | Path, n: int = 8,
-                    method: str = "mmvm", rows: Sequence[int] | None = None,
-                    label_name: str = "label",
-                    label_names: Sequence[str] | None = None) -> Path:
-    """Conditional generations: per source m, the input row then one row per target.
-    Samples: ``rows`` or the first ``n`` samples having the source modality; their
-    labels (the column ``label_name``) are named in the title, by the class names
-    the files store (``label_names``, id order) where given, else by id."""
-    from mmvm.evaluation import conditional_latent
-
-    model.eval()
-    device = next(model.parameters()).device
-    names = model.names
-    size = (n * 0.7 + 1.2, len(names) * (len(names) + 1) * 0.75)
-    fig, axes = plt.subplots(len(names), 1, figsize=size)
-    axes = np.atleast_1d(axes)
-    for ax, src in zip(axes, names, strict=True):
-        have = dataset.mask[:, dataset.names.index(src)].nonzero().flatten()
-        pick = torch.as_tensor(rows, dtype=torch.long) if rows is not None else have[:n]
-        if len(pick) == 0:
-            ax.set_axis_off()
-            ax.set_title(f"from {src}: no samples have it")
-            continue
-        b = dataset.batch(pick)
-        x = b["x"][src].to(device)
-        post = model.encode_modality(src, x)
-        grid = [[_as_image(im) for im in x]]
-        grid += [[_as_image(im) for im in model.generate(
-            t, conditional_latent(model, method, src, x, posterior=post, target=t))]
-            for t in names]
-        grid = _enlarge_small(grid)
-        canvas, centres = tile_rows(grid)
-        # matrices (neurons x bins) fill the panel; images keep their aspect
-        images = all(len(model.specs[t].shape) == 3 for t in names)
-        ax.imshow(canvas, interpolation="nearest", aspect="equal" if images else "auto")
-        # imshow puts pixel k's centre at k: a row spanning [top, top + h) centres at
-        # top + h / 2 - 0.5
-        ax.set_yticks([c - 0.5 for c in centres],
-                      [f"input {src}"] + [f"-> {t}" for t in names])
-        ax.set_xticks([])
-        shown = "label" in b and len(pick) <= 12
-        labels = f" ({label_name}: {_class_list(b['label'].tolist(), label_names)})" \
-            if shown else ""
-        ax.set_title(f"{method}: generated from {src}{labels}", fontsize=9)
-    return save_figure(fig, path)
-
-
-def _class_list(ids: Sequence[int], names: Sequence[str] | None) -> str:
-    """``"normal, effusion, ?"`` by the class names (``?``: unknown), else the ids."""
-    if not names:
-        return str(list(ids))
-    return ", ".join(names[i] if 0 <= i < len(names) else "?" for i in ids)
 
 
 _Y_LABEL = {"probe": "latent probe accuracy (mean over modalities)",

@@ -35,8 +35,8 @@ def run_picture(model, cfg, test_set, out: Path, title: str,
     for vector data without labels to colour by. ``label_names``: what the label ids
     mean, for the generations' titles and the latents' legend
     (:func:`mmvm.data.label_names.label_names_for`)."""
+    from mmvm.plot_generations import generation_grid
     from mmvm.plot_latents import latent_2d
-    from mmvm.plots import generation_grid
 
     if picture_name(cfg) == "generations.png":
         return {"generations": generation_grid(model, test_set, out / "generations.png",

@@ -17,7 +17,7 @@ from torch import nn
 from mmvm.aggregation import aggregate, has_private_latent
 from mmvm.evaluation import coherence, conditional_latent
 from mmvm.mmvaeplus import aux_logstds
-from mmvm.plots import generation_grid
+from mmvm.plot_generations import generation_grid
 from tests.support.evaluation_data import ARGMAX, NAMES, onehot_dataset, oracle_model
 
 torch.set_num_threads(1)

@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmvm.config import ModalitySpec
-from mmvm.data.dataset import MultimodalDataset
 from mmvm.federation.results import WINDOW_FIELDS
-from mmvm.model import MultimodalVAE
 from mmvm.plot_latents import latent_2d
 from mmvm.plots import (
-    generation_grid,
     loss_curves,
     scatter_recon_vs,
     tile_rows,
@@ -33,45 +29,6 @@ def _is_png(path) -> bool:
 ROWS = [{"method": m, "beta": b, "recon_nll": 100 + 10 * b + k, "probe": 0.5 + 0.1 * k,
          "coherence": 0.3 + 0.05 * b} for k, m in enumerate(["mmvm", "poe"])
         for b in (0.25, 1.0, 4.0)]
-
-
-def test_generation_grid_images_and_vectors(tmp_path):
-    specs = [ModalitySpec("a", "image", (3, 28, 28), width=4),
-             ModalitySpec("b", "vector", (10,), width=8, layers=1)]
-    model = MultimodalVAE(specs, latent_dim=4, seed=0).eval()
-    n = 6
-    rng = np.random.default_rng(0)
-    ds = MultimodalDataset([f"s{i}" for i in range(n)],
-                           {"a": rng.integers(0, 255, (n, 3, 28, 28), dtype=np.uint8),
-                            "b": rng.random((n, 10), dtype=np.float32)},
-                           {"a": 255.0, "b": 1.0}, np.ones((n, 2), bool), np.arange(n))
-    for method in ("mmvm", "poe"):
-        out = generation_grid(model, ds, tmp_path / f"grid-{method}.png", n=4, method=method)
-        assert _is_png(out)
-
-
-def test_generation_grid_names_the_classes_the_files_name(tmp_path, monkeypatch):
-    """A hospital walkthrough's titles read 'label.finding [1, 0, 0, 2]' while the
-    files store normal / effusion / pneumonia."""
-    import matplotlib.axes
-
-    specs = [ModalitySpec("a", "vector", (10,), width=8, layers=1),
-             ModalitySpec("b", "vector", (10,), width=8, layers=1)]
-    model = MultimodalVAE(specs, latent_dim=4, seed=0).eval()
-    rng = np.random.default_rng(0)
-    ds = MultimodalDataset([f"s{i}" for i in range(4)],
-                           {m: rng.random((4, 10), dtype=np.float32) for m in "ab"},
-                           {"a": 1.0, "b": 1.0}, np.ones((4, 2), bool),
-                           np.array([1, 0, -1, 2]))
-    titles = []
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
-                        lambda ax, text, **kw: titles.append(text))
-    generation_grid(model, ds, tmp_path / "g.png", n=4, label_name="label.finding",
-                    label_names=["effusion", "normal", "pneumonia"])
-    assert titles[0] == ("mmvm: generated from a (label.finding: normal, effusion, ?, "
-                         "pneumonia)")
-    generation_grid(model, ds, tmp_path / "h.png", n=4)  # no names: the ids
-    assert titles[-1] == "mmvm: generated from b (label: [1, 0, -1, 2])"
 
 
 def test_tile_rows_keeps_each_rows_height_and_centres_its_label():

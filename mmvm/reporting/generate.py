@@ -65,7 +65,7 @@ def load(run: Run) -> Loaded:
 
 def generations(run: Loaded) -> bytes:
     """The generation grid, titled by the label column's class names where known."""
-    from mmvm.plots import generation_grid
+    from mmvm.plot_generations import generation_grid
 
     with tempfile.TemporaryDirectory() as tmp:
         return generation_grid(run.model, run.test, Path(tmp) / "g.png",
