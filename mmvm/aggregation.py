@@ -154,8 +154,15 @@ def product_of_experts(mu: Tensor, logvar: Tensor, mask: Tensor) -> tuple[Tensor
 
 
 def slice_selection(batch_size: int, n_choices: int, device=None) -> Tensor:
-    """The reference's MoE selection: the batch cut into ``n_choices`` equal slices."""
-    return torch.arange(batch_size, device=device) * n_choices // batch_size
+    """The reference's MoE selection (``mixture_component_selection`` of
+    thomassutter/mmvmvae and MoPoE): slices of ``batch_size // n_choices`` rows in
+    order, the last slice taking the remainder (all rows when the batch is smaller
+    than ``n_choices``)."""
+    rows = torch.arange(batch_size, device=device)
+    size = batch_size // n_choices
+    if size == 0:
+        return torch.full_like(rows, n_choices - 1)
+    return torch.clamp(rows // size, max=n_choices - 1)
 
 
 def _joint(z_joint: Tensor, mu_j: Tensor, lv_j: Tensor, mask: Tensor, M: int):
@@ -183,7 +190,7 @@ def select_present(mask: Tensor, candidates: Tensor) -> Tensor:
 
     candidates: bool [B, K], which of K components a sample may use. Sample b in
     slice s takes the (s mod n_valid_b)-th valid candidate, so with everything
-    present this is exactly the reference's equal slices.
+    present this is exactly the reference's slices.
     """
     B, K = candidates.shape
     slot = slice_selection(B, K, candidates.device)

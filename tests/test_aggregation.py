@@ -11,6 +11,7 @@ from mmvm.aggregation import (
     federated_methods,
     get_method,
     register,
+    slice_selection,
     subsets,
 )
 from mmvm.divergences import kl_standard_normal, mmvm_regularizer
@@ -97,6 +98,24 @@ def test_moe_uses_equal_slices_of_the_batch():
     lv = torch.zeros(B, M, 1)
     z, _ = get_method("moe")(mu, lv, torch.ones(B, M, dtype=torch.bool), torch.zeros_like(mu), 0.0)
     assert z[:, 0, 0].tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+
+
+def _reference_slices(B: int, K: int) -> list[int]:
+    """thomassutter/mmvmvae ``mixture_component_selection`` with equal weights 1/K:
+    component k takes rows [start_k, start_k + floor(B / K)), the last one the rest."""
+    owner, start = [], 0
+    for k in range(K):
+        end = B if k == K - 1 else start + int(math.floor(B * (1.0 / K)))
+        owner += [k] * (end - start)
+        start = end
+    return owner
+
+
+@pytest.mark.parametrize("B,K", [(6, 3), (128, 3), (256, 31), (10, 4), (2, 3), (7, 7)])
+def test_slices_are_the_references_when_the_batch_does_not_divide(B, K):
+    """The reference's last component takes the remainder (256 rows of the rats' 31
+    MoPoE subsets: 8 each, 16 for the full set), not an even spread."""
+    assert slice_selection(B, K).tolist() == _reference_slices(B, K)
 
 
 def test_moe_never_selects_a_missing_modality():
