@@ -35,6 +35,7 @@ SPECS = [
     ModalitySpec("f", "tokens", (32,), width=2, classes=11, likelihood="categorical"),
     ModalitySpec("g", "vector", (40,), width=16, likelihood="bernoulli"),
     ModalitySpec("h", "vector", (5, 2), width=0),
+    ModalitySpec("i", "vector", (4, 10), width=0, network="hippocampus_mlp"),
 ]
 
 
@@ -66,6 +67,23 @@ def test_every_registered_network_is_covered_and_defaults_by_kind():
     assert SPECS[0].network == "conv28" and SPECS[6].network == "mlp"
     assert SPECS[5].network == "cub_text"
     assert available_networks("tokens") == ["cub_text"]
+
+
+def test_hippocampus_mlp_is_the_authors_per_rat_network():
+    """yangmeng96/mmvmvae-hippocampal NetworksRatsspike.py, D = 10 x neurons, latent 2:
+    encoder Linear(D, D) LReLU Linear(D, D) LReLU Linear(D, 2) LReLU, heads Linear(2, 2);
+    decoder Linear(2, D) LReLU Linear(D, D) LReLU Linear(D, D)."""
+    spec = ModalitySpec("rat", "vector", (46, 10), width=0, network="hippocampus_mlp")
+    enc, dec = build_encoder(spec, 2), build_decoder(spec, 2)
+
+    def plan(module):
+        return [(type(m).__name__, *(m.weight.shape[::-1] if isinstance(m, nn.Linear) else ()))
+                for m in module.modules() if isinstance(m, (nn.Linear, nn.LeakyReLU))]
+
+    lin, act = "Linear", ("LeakyReLU",)
+    assert plan(enc.body) == [(lin, 460, 460), act, (lin, 460, 460), act, (lin, 460, 2), act]
+    assert plan(enc.mu) == plan(enc.logvar) == [(lin, 2, 2)]
+    assert plan(dec) == [(lin, 2, 460), act, (lin, 460, 460), act, (lin, 460, 460)]
 
 
 def test_layers_default_per_network_and_deeper_residual_stages():
@@ -101,7 +119,7 @@ def test_wrong_token_shape_and_kind_and_unknown_network():
                                           r"token ids, got shape \[16\]"):
         ModalitySpec("t", "tokens", (16,), likelihood="categorical", classes=5)
     with pytest.raises(ConfigError, match=r"network 'cub_text' is for kind 'tokens', not "
-                                          r"'vector'; vector networks: \['mlp'\]"):
+                                          r"'vector'; vector networks: \['hippocampus_mlp', 'mlp'\]"):
         ModalitySpec("t", "vector", (32,), network="cub_text")
     with pytest.raises(ConfigError, match=r"modality 't': unknown network 'bert'; choose "
                                           r"one of \['conv28', "):
@@ -165,7 +183,8 @@ def test_register_network_adds_a_family_and_rejects_duplicates():
         with pytest.raises(ValueError, match="registered twice"):
             register_network("tiny_test_net")(Tiny)
         with pytest.raises(ConfigError, match=r"network 'tiny_test_net' takes \[3\], got "
-                                              r"shape \[4\] \(other vector networks: mlp"):
+                                              r"shape \[4\] \(other vector networks: hippocampus_mlp takes any "
+                                              r"shape \(flattened\); mlp"):
             ModalitySpec("v", "vector", (4,), network="tiny_test_net")
     finally:
         from mmvm.networks import registry

@@ -13,7 +13,8 @@ on a CPU.
   MIMIC-CXR network;
 - ``cub_image`` (image [C, 64, 64]) and ``cub_text`` (tokens [32], ``classes`` =
   vocabulary; the default tokens network): the authors' CUB networks;
-- ``mlp`` (vector, any shape; the default vector network): hippocampus, attributes.
+- ``mlp`` (vector, any shape; the default vector network): hippocampus, attributes;
+- ``hippocampus_mlp`` (vector, any shape): the hippocampus authors' per-rat network.
 
 :func:`resolve` checks a spec against its network (the config calls it for every
 modality) and :func:`build_encoder` / :func:`build_decoder` build the modules;

@@ -1,9 +1,14 @@
-"""``mlp``: the vector network (hippocampus spike counts, CelebA attributes; any shape).
+"""The vector networks (hippocampus spike counts, CelebA attributes; any shape).
 
-An MLP ``D -> H -> ... -> H`` (``layers`` hidden layers, default 2) with LeakyReLU and
-linear heads to mu and logvar; the decoder mirrors it with a linear output of the
-input's shape. ``width`` = H, and 0 means H = D, the input size (the hippocampus
-paper's per-rat MLP ``D -> D -> D -> 2``, D = 10 x neurons).
+``mlp``: an MLP ``D -> H -> ... -> H`` (``layers`` hidden layers, default 2) with
+LeakyReLU and linear heads H -> latent to mu and logvar; the decoder mirrors it with
+a linear output of the input's shape. ``width`` = H, and 0 means H = D, the input size.
+
+``hippocampus_mlp``: the hippocampus authors' per-rat network exactly
+(yangmeng96/mmvmvae-hippocampal ``networks/NetworksRatsspike.py``): the encoder runs
+``D -> H -> H -> latent`` with a LeakyReLU after every layer, the last included, then
+heads latent -> latent, so mu and logvar pass a latent-sized bottleneck (2 units for
+the rats); the decoder is ``mlp``'s (latent -> H -> H -> D), which is theirs.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, shape: tuple[int, ...], hidden: int, layers: int, latent_dim: int) -> None:
+    def __init__(self, shape: tuple[int, ...], hidden: int, layers: int, latent_dim: int,
+                 bottleneck: bool = False) -> None:
         super().__init__()
-        d_in = math.prod(shape)
-        self.body = nn.Sequential(nn.Flatten(), _mlp([d_in] + [hidden] * layers))
-        self.mu = nn.Linear(hidden, latent_dim)
-        self.logvar = nn.Linear(hidden, latent_dim)
+        sizes = [math.prod(shape)] + [hidden] * layers + ([latent_dim] if bottleneck else [])
+        self.body = nn.Sequential(nn.Flatten(), _mlp(sizes))
+        self.mu = nn.Linear(sizes[-1], latent_dim)
+        self.logvar = nn.Linear(sizes[-1], latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.body(x)
@@ -70,3 +76,14 @@ class MLP(Network):
     def decoder(cls, spec, latent_dim: int) -> nn.Module:
         hidden = spec.width or math.prod(spec.shape)
         return MLPDecoder(spec.shape, hidden, cls.depth(spec), latent_dim)
+
+
+@register_network("hippocampus_mlp")
+class HippocampusMLP(MLP):
+    """The hippocampus authors' per-rat MLP: ``mlp`` with a LeakyReLU'd latent-sized
+    layer before the encoder's heads (see the module)."""
+
+    @classmethod
+    def encoder(cls, spec, latent_dim: int) -> nn.Module:
+        hidden = spec.width or math.prod(spec.shape)
+        return MLPEncoder(spec.shape, hidden, cls.depth(spec), latent_dim, bottleneck=True)
