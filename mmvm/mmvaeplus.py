@@ -16,7 +16,9 @@ w~ ~ r_d(w) (reparametrised, so sigma_d learns). Sums run over present modalitie
 The KL terms are single-sample Monte-Carlo estimates (the mixture density has no
 closed form). Differences from the authors: Gaussian rather than Laplace posteriors
 and priors (every method here shares the same Gaussian encoders), K = 1 (no IWAE or
-DReG), and the auxiliary prior's mean fixed at 0 as in the paper.
+DReG), and the auxiliary prior's mean fixed at 0 as in the paper. This is Palumbo et
+al.'s objective (epalu/mmvaeplus ``m_elbo``), not the MMVM authors' own MMVAE+
+(closed-form KLs, a learnt auxiliary mean; ``docs/protocol.md``).
 
 Cross-modal generation (coherence, generation plots) decodes target t from source s
 as both authors' codes do at test time: [z ~ q(z | x_s), w ~ p(w) = N(0, I)]
