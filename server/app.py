@@ -314,7 +314,8 @@ def run(grid: Grid, context: Context) -> None:
         try:
             written, assembled = evaluate_assembled(
                 cfg, result.model_state, eval_data, out_dir,
-                log=lambda line: print(line, flush=True))
+                log=lambda line: print(line, flush=True),
+                epoch=result.history[-1]["epoch"] if result.history else 0)
             paths.update(written)
         except Exception as err:  # noqa: BLE001 (out of memory too): the trained run stays
             print(f"mmvm: server-side evaluation failed ({type(err).__name__}: {err}); the "

@@ -177,12 +177,13 @@ def assembled_problem(cfg, state: dict) -> str | None:
 
 
 def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: str | Path,
-                       log=print) -> tuple[dict[str, str], dict]:
+                       log=print, epoch: int | None = None) -> tuple[dict[str, str], dict]:
     """Evaluate the assembled federated model on a dataset folder the server may read
     (the config's train and test files under ``data_dir``; in simulation, the
     look-alike's full split): probes, coherence with the cached classifiers where
     the data has a label per sample, reconstruction, and pictures. Returns the paths
-    written and the evaluation; ``log`` gets one line per stage."""
+    written and the evaluation (with the run folder and the model's ``epoch``, as
+    ``mmvm evaluate`` records them); ``log`` gets one line per stage."""
     import dataclasses
     import time
 
@@ -216,6 +217,7 @@ def evaluate_assembled(cfg, model_state: dict, data_dir: str | Path, out_dir: st
     log(f"mmvm: evaluation {stages - 1}/{stages}: probes, coherence, reconstruction "
         f"({time.perf_counter() - t0:.0f} s so far)")
     ev = evaluate_run(cfg, model, train_set, test_set, clfs)
+    ev["run"], ev["epoch"] = str(out), epoch
     # data.max_train above only reads the probes' rows: the evaluation's setting is
     # eval.probe_train over all training rows, as mmvm evaluate's with max_train 0
     ev["settings"] = evaluated_with(dataclasses.replace(

@@ -73,9 +73,12 @@ def test_the_servers_evaluation_names_a_missing_label_column(tmp_path):
         "data.label=label")
     # per-label probes (configs/celeba.toml, mimic_cxr.toml) read their own columns
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, labels=["label"]))
-    paths, ev = evaluate_assembled(cfg, _state(cfg), tmp_path, tmp_path / "out", log=print)
+    paths, ev = evaluate_assembled(cfg, _state(cfg), tmp_path, tmp_path / "out", log=print,
+                                   epoch=3)
     assert set(ev["probe_labels"]["labels"]["m0"]) == {"label"} and "coherence" not in ev
-    assert (tmp_path / "out" / "eval.json").is_file()
+    written = json.loads((tmp_path / "out" / "eval.json").read_text())
+    # the run and epoch, as mmvm evaluate records them (the report read epoch null)
+    assert (written["run"], written["epoch"]) == (str(tmp_path / "out"), 3)
     # its settings read as mmvm evaluate's of the same config: the report split the
     # two into settings A and B on data.max_train, which only read the probes' rows
     assert ev["settings"]["data"]["max_train"] == cfg.data.max_train == 0
