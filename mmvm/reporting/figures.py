@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def coherence_bars(groups: Sequence[Group]) -> bytes | None:
                hatch=None if metric == "coherence" else "//", label=METRICS[metric][0])
         _errors(ax, x + offset, [e.mean if e else 0.0 for e in est], [None] * len(est),
                 [e.se if e else None for e in est], "black")
-    ax.set_xticks(x, [g.label[:48] for g in shown], rotation=40, ha="right", fontsize=7)
+    ax.set_xticks(x, [textwrap.fill(g.label, 48) for g in shown], rotation=40, ha="right",
+                  fontsize=7)
     chance = shared_chance(shown)
     if chance is not None:
         ax.axhline(chance, ls="--", lw=1, color="grey", label=f"chance ({chance:g})")
@@ -128,7 +130,9 @@ def coherence_heatmaps(groups: Sequence[Group]) -> bytes | None:
         ax.set_xlabel("generated", fontsize=7)
         ax.set_ylabel("from", fontsize=7)
         beta = "?" if g.beta is None else f"{g.beta:g}"
-        title = f"{g.method or '?'} beta={beta}\n{g.setting_text[:30]} n={len(g.runs)}"
+        # whole: two groups may differ only in a setting's last characters
+        setting = textwrap.fill(g.setting_text, 36) + "\n" if g.setting_text else ""
+        title = f"{g.method or '?'} beta={beta}\n{setting}n={len(g.runs)}"
         ax.set_title(title, fontsize=8)
         if len(names) <= 6:
             for (i, j), v in np.ndenumerate(matrix):

@@ -373,6 +373,28 @@ def test_the_reports_figures_draw_chance_where_the_groups_share_it(monkeypatch):
     assert low == 0.0 and "bars: ± standard error over 3 seeds" in title
 
 
+def test_coherence_matrix_titles_keep_their_settings_whole(monkeypatch):
+    """A neuroscientist's panel read 'mode=centralized, train.epochs n=1': the title
+    cut its settings at 30 characters (two groups differing after them looked alike)."""
+    import matplotlib.pyplot as plt
+
+    from mmvm.reporting.figures import coherence_heatmaps
+    from mmvm.reporting.runs import Run
+    from mmvm.reporting.stats import Group
+
+    def group(epochs):
+        run = Run(name=f"r{epochs}", source="x", kind="centralized", method="mmvm",
+                  beta=1.0, coherence_matrix=(["a", "b"], [[0.9, 0.5], [0.4, 0.8]]))
+        return Group("mmvm", 1.0, {"mode": "centralized", "train.epochs": str(epochs)},
+                     [run])
+
+    titles = []
+    monkeypatch.setattr(plt.Axes, "set_title", lambda self, text, **k: titles.append(text))
+    assert coherence_heatmaps([group(30), group(300)])
+    assert [t.replace("\n", " ") for t in titles] == [
+        f"mmvm beta=1 mode=centralized, train.epochs={e} n=1" for e in (30, 300)]
+
+
 def test_warnings_of_one_kind_are_said_once_with_the_runs_that_gave_them(tmp_path):
     """A researcher's comparison of 7 methods x 3 seeds opened with 240 warnings, one
     per run and modality, before any result."""
