@@ -103,7 +103,7 @@ def test_standardize_names_a_modality_it_lacks_and_refuses_images(tmp_path):
 ])
 def test_a_bad_cell_is_named_with_its_row_sample_and_column(tmp_path, recwarn, bad, said):
     _labs(tmp_path / "labs.csv", bad=bad)
-    with pytest.raises(DataError, match=r"labs.csv: row 8 \(sample 'v007'\), column "
+    with pytest.raises(DataError, match=r"labs.csv: row 8 \(line 9, sample 'v007'\), column "
                                         r"'sodium': " + said):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "labs.csv"}, id_column="visit",
                        labels={"label": "outcome"})
@@ -128,7 +128,7 @@ def test_a_tsv_with_decimal_commas_is_told_its_decimal_mark(tmp_path):
     a whole number among them (138) does not hide it."""
     (tmp_path / "eu.tsv").write_text("visit\toutcome\tsodium\n"
                                      "v1\tnone\t138\nv2\tsepsis\t140,2\n")
-    said = (r"eu.tsv: row 2 \(sample 'v2'\), column 'sodium': '140,2' is not a number: "
+    said = (r"eu.tsv: row 2 \(line 3, sample 'v2'\), column 'sodium': '140,2' is not a number: "
             r"a comma as the decimal mark \(140\.2\)\? Save the table with '\.' as the")
     with pytest.raises(DataError, match=said):
         prepare_tables(tmp_path / "o", {"labs": tmp_path / "eu.tsv"}, id_column="visit",

@@ -51,7 +51,7 @@ def test_a_csv_per_rat_becomes_site_files_with_its_ids_labels_and_counts(tmp_pat
 
 def test_missing_values_and_text_columns_are_named_where_they_are(tmp_path):
     _rat_csv(tmp_path / "rat4.csv", nan_at=5)
-    with pytest.raises(DataError, match=r"rat4.csv: row 6 \(sample 'T1035'\), column "
+    with pytest.raises(DataError, match=r"rat4.csv: row 6 \(line 7, sample 'T1035'\), column "
                                         r"'n2': nan \(1 value missing"):
         prepare_tables(tmp_path / "out", {"rat4": tmp_path / "rat4.csv"},
                        id_column="trial_id", labels={"label": "stimulus"})
@@ -66,6 +66,21 @@ def test_missing_values_and_text_columns_are_named_where_they_are(tmp_path):
     assert read_site_table(paths["train"]).tensors["rat1"].shape[1] == 6
     with pytest.raises(DataError, match="no column 'trial'"):
         prepare_tables(tmp_path / "o2", {"rat1": tmp_path / "rat1.csv"}, id_column="trial")
+
+
+def test_a_misspelt_label_or_group_column_is_said_as_a_typo(tmp_path):
+    """A neuroscientist's --label odor=stimuls read 'columns ['stimulus'] are not
+    numbers'."""
+    _rat_csv(tmp_path / "rat2.csv", text_column=True)
+    with pytest.raises(DataError, match=r"no column 'stimuls' \(--label\); did you mean "
+                                        r"'stimulus'\? \(its columns: trial_id, stimulus"):
+        prepare_tables(tmp_path / "out", {"rat2": tmp_path / "rat2.csv"},
+                       id_column="trial_id", labels={"label": "stimuls"}, drop=["session"])
+    with pytest.raises(DataError, match=r"no column 'sesion' \(--group-column\); did you "
+                                        r"mean 'session'\?"):
+        prepare_tables(tmp_path / "out", {"rat2": tmp_path / "rat2.csv"},
+                       id_column="trial_id", labels={"label": "stimulus"},
+                       group_column="sesion")
 
 
 def test_a_parquet_table_with_a_gap_in_integer_labels_keeps_it_unknown(tmp_path):
@@ -153,7 +168,7 @@ def test_ids_are_kept_as_written_and_a_row_without_id_or_group_is_refused(tmp_pa
                                                strict=True)}
     assert got == {"007": 1, "7": 0, "0007": -1, "00007": -1}
     (tmp_path / "b.csv").write_text("id,x\n007,1\n,2\n")
-    with pytest.raises(DataError, match=r"b.csv: row 2 has no sample id \(column 'id'\)"):
+    with pytest.raises(DataError, match=r"b.csv: row 2 \(line 3\) has no sample id \(column 'id'\)"):
         prepare_tables(tmp_path / "o2", {"b": tmp_path / "b.csv"}, id_column="id")
     (tmp_path / "c.csv").write_text("id,x,trial\ns1,1,t1\ns2,2,\n")
     with pytest.raises(DataError, match=r"sample 's2' has no group \(column 'trial'"):

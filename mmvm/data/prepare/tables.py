@@ -10,6 +10,7 @@ numbering and the output are those of ``mmvm data prepare arrays``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tempfile
@@ -86,8 +87,8 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     ids = [str(v).strip() if v is not None else "" for v in
            table.column(id_column).to_pylist()]
     if "" in ids:
-        raise DataError(f"{path}: row {ids.index('') + 1} has no sample id (column "
-                        f"{id_column!r}); every row needs one")
+        raise DataError(f"{path}: {row_name(path, ids.index(''))} has no sample id "
+                        f"(column {id_column!r}); every row needs one")
     twice = sorted({i for i, n in Counter(ids).items() if n > 1})
     if twice:
         raise DataError(f"{path}: sample id {twice[0]!r} is on more than one row "
@@ -96,7 +97,9 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     odd = [c for c in kept if not (pa.types.is_integer(table.schema.field(c).type)
                                    or pa.types.is_floating(table.schema.field(c).type))]
     if odd:
-        raise DataError(f"{path}: {_not_numbers(table, odd, ids)}")
+        why = _misnamed(labels, groups_of, table, odd) or \
+            _not_numbers(path, table, odd, ids)
+        raise DataError(f"{path}: {why}")
     if not kept:
         raise DataError(f"{path}: no column of numbers besides {named}")
     x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -106,7 +109,7 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
         bad = np.argwhere(~(np.abs(x) <= np.finfo(np.float32).max))
     if len(bad):
         row, col = (int(v) for v in bad[0])
-        raise DataError(f"{path}: row {row + 1} (sample {ids[row]!r}), column "
+        raise DataError(f"{path}: {row_name(path, row, ids[row])}, column "
                         f"{kept[col]!r}: {x[row, col]} ({len(bad)} value"
                         f"{'s' * (len(bad) > 1)} missing, not finite or beyond float32's "
                         f"range in all); fill or drop them before preparing")
@@ -119,7 +122,30 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     # (--standardize) before float32, so a large offset keeps its small spread
 
 
-def _not_numbers(table: pa.Table, odd: list[str], ids: list[str]) -> str:
+def _misnamed(labels: Sequence[str], groups: Sequence[str], table: pa.Table,
+              odd: list[str]) -> str:
+    """A ``--label`` or ``--group-column`` the table lacks whose name is close to one of
+    its text columns (``stimuls`` for ``stimulus``): a typo, said as one, rather than
+    that column not being a number."""
+    for flag, names in (("--label", labels), ("--group-column", groups)):
+        for name in names:
+            near = difflib.get_close_matches(name, odd, n=1)
+            if name not in table.column_names and near:
+                return (f"no column {name!r} ({flag}); did you mean {near[0]!r}? (its "
+                        f"columns: {shown_columns(table)})")
+    return ""
+
+
+def row_name(path: str | os.PathLike, r: int, sample: str | None = None) -> str:
+    """Data row ``r`` (from 0) as a reader finds it: ``row 18`` and, in a CSV or TSV,
+    the file's line below its header (``line 19``, where a spreadsheet shows it), then
+    the row's sample id if given."""
+    notes = [f"line {r + 2}"] * (Path(path).suffix in (".csv", ".tsv"))
+    notes += [f"sample {sample!r}"] * (sample is not None)
+    return f"row {r + 1}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _not_numbers(path, table: pa.Table, odd: list[str], ids: list[str]) -> str:
     """Why ``odd`` are not numbers: a column of numbers with a few cells that are not
     (``<0.5``, ``n/a``) is named by its first such cell, row and sample id (a fix of
     those cells keeps the column); a column of text by its name."""
@@ -132,14 +158,14 @@ def _not_numbers(table: pa.Table, odd: list[str], ids: list[str]) -> str:
                 or commas and len(commas) == len(bad):  # numbers written with commas
             r = commas[0]
             text = str(cells[r]).strip()
-            return (f"row {r + 1} (sample {ids[r]!r}), column {c!r}: {text!r} is not a "
-                    f"number: {' or '.join(_comma_readings(text))}? Save the table "
+            return (f"{row_name(path, r, ids[r])}, column {c!r}: {text!r} is "
+                    f"not a number: {' or '.join(_comma_readings(text))}? Save the table "
                     f"with '.' as the decimal mark and no thousands separator")
         if bad and len(bad) <= len(cells) // 2:  # mostly numbers
             r = bad[0]
-            return (f"row {r + 1} (sample {ids[r]!r}), column {c!r}: {cells[r]!r} is not "
-                    f"a number ({len(bad)} such cell{'s' * (len(bad) > 1)} in the "
-                    f"column); write a number there, or leave the cell empty if it is "
+            return (f"{row_name(path, r, ids[r])}, column {c!r}: "
+                    f"{cells[r]!r} is not a number ({len(bad)} such "
+                    f"cell{'s' * (len(bad) > 1)} in the column); write a number there, or leave the cell empty if it is "
                     f"missing (then fill or drop the row)")
     return (f"columns {odd[:5]}{' ...' * (len(odd) > 5)} are not numbers; name them "
             f"with --label, --group-column or --drop")
