@@ -83,6 +83,30 @@ def test_a_misspelt_label_or_group_column_is_said_as_a_typo(tmp_path):
                        group_column="sesion")
 
 
+def test_a_time_or_trial_column_left_in_is_named(tmp_path):
+    """A neuroscientist forgot --drop t_start_s: the modality grew a 'neuron' and the
+    only warning, 'values 0..1188, far from 0', named no column."""
+    rng = np.random.default_rng(0)
+    lines = ["window,trial_no,stimulus,t_start_s," + ",".join(f"u{j}" for j in range(5))]
+    lines += [f"T{i // 4:03d}_w{i % 4},{i // 4},{ODORS[i // 4 % 4]},{6 * i},"
+              + ",".join(map(str, rng.poisson(2, 5))) for i in range(120)]
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    paths = prepare_tables(tmp_path / "out", {"r1": tmp_path / "r.csv"},
+                           id_column="window", labels={"label.odor": "stimulus"},
+                           group_column="trial_no")
+    dataset = read_site_table(paths["train"]).dataset_meta
+    assert dataset["split_by"] == "group (30 groups from column 'trial_no')"
+    assert dataset["notes"] == [
+        f"r1: column 't_start_s' of {tmp_path / 'r.csv'} never falls from row to row "
+        f"(0..714): a trial number, an index or a time, read as a feature? --drop it if "
+        f"it is not a measurement",
+        "r1: the columns farthest from 0: t_start_s (0..714)"]
+    clean = prepare_tables(tmp_path / "ok", {"r1": tmp_path / "r.csv"},
+                           id_column="window", labels={"label.odor": "stimulus"},
+                           group_column="trial_no", drop=["t_start_s"])
+    assert "notes" not in read_site_table(clean["train"]).dataset_meta  # counts: no note
+
+
 def test_a_parquet_table_with_a_gap_in_integer_labels_keeps_it_unknown(tmp_path):
     n = 30
     table = pa.table({"id": [f"s{i}" for i in range(n)],

@@ -158,7 +158,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    classes: Mapping[str, Sequence[str]] | None = None,
                    standardize: Sequence[str] | bool = (),
                    scale_from: Mapping[str, Scale] | None = None,
-                   notes: Sequence[str] = ()) -> dict[str, Path]:
+                   notes: Sequence[str] = (),
+                   group_source: str | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
@@ -170,7 +171,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     non-negative integers, counts), both kept in the files' metadata
     (:mod:`mmvm.data.prepare.standardize`); ``scale_from``: another site's scales
     (its ``dataset.standardized``) to use instead of this site's own;
-    ``notes``: what a preparer changed or left out, kept in the metadata (the CLI
+    ``group_source``: where the groups came from, as the metadata says it (default:
+    the ``groups`` file's name); ``notes``: what a preparer changed or left out, kept in the metadata (the CLI
     prints them). A folder that already holds site
     files is refused unless ``force``."""
     if not modalities:
@@ -211,7 +213,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                     np.flatnonzero(~test), images, scale_from)
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
             "split_by": "sample id" if group_of is None else
-                        f"group ({len(set(group_of))} groups from {Path(groups).name})",
+                        f"group ({len(set(group_of))} groups from "
+                        f"{group_source or Path(groups).name})",
             "sources": {m: str(Path(p).resolve())
                         for m, p in (sources or modalities).items()},
             "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from mmvm.data.prepare.arrays import prepare_arrays
 from mmvm.data.store import DataError
+from mmvm.data.value_ranges import LARGE
 
 READERS = (".csv", ".tsv", ".parquet")
 
@@ -70,10 +71,12 @@ def _separator_hint(path: Path) -> str:
 
 def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
                  group_column: str | None = None, drop: Sequence[str] = ()
-                 ) -> tuple[list[str], np.ndarray, dict[str, list[str]], list[str] | None]:
-    """``(ids, numbers [N, F], {label column: values as text}, groups)`` of one table:
-    the numbers are every column but the id, label, group and ``drop`` ones, in the
-    file's order (int64 where every such column holds integers, else float64). Label
+                 ) -> tuple[list[str], np.ndarray, dict[str, list[str]], list[str] | None,
+                            list[str]]:
+    """``(ids, numbers [N, F], {label column: values as text}, groups, their columns)``
+    of one table: the numbers are every column but the id, label, group and ``drop``
+    ones, in the file's order (int64 where every such column holds integers, else
+    float64), and the names of those columns. Label
     and group columns the table lacks are left out (another table may hold them);
     the id column and ``drop`` must be there."""
     groups_of = [group_column] if group_column else []
@@ -118,8 +121,30 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     groups = [_label_text(v) for v in table.column(group_column).to_pylist()] \
         if group_column in held else None
     # integers stay integers, so the config snippet can say they look like counts
-    return ids, x.astype(np.int64) if whole else x, text, groups  # float64: z-scored
-    # (--standardize) before float32, so a large offset keeps its small spread
+    return ids, x.astype(np.int64) if whole else x, text, groups, kept  # float64:
+    # z-scored (--standardize) before float32, so a large offset keeps its small spread
+
+
+def suspect_columns(name: str, path, columns: Sequence[str], x: np.ndarray,
+                    standardized: bool) -> list[str]:
+    """Notes on the columns of modality ``name`` that may not be measurements: one that
+    never falls from row to row (a trial number, a time: an index read as a feature),
+    and, unless the modality is standardized, those farthest from 0 when its values
+    are (the warning that follows names no column)."""
+    notes = []
+    if len(x) >= 20:
+        for c, v in zip(columns, x.T, strict=True):
+            if (np.diff(v) >= 0).all() and len(np.unique(v)) >= 5:
+                notes.append(f"{name}: column {c!r} of {path} never falls from row to "
+                             f"row ({v[0]:.4g}..{v[-1]:.4g}): a trial number, an index "
+                             f"or a time, read as a feature? --drop it if it is not a "
+                             f"measurement")
+    peak = np.abs(x).max(0) if len(x) else np.zeros(len(columns))
+    if not standardized and peak.max(initial=0) > LARGE:
+        far = [f"{columns[j]} ({x[:, j].min():.4g}..{x[:, j].max():.4g})"
+               for j in np.argsort(-peak)[:3] if peak[j] > LARGE]
+        notes.append(f"{name}: the columns farthest from 0: {', '.join(far)}")
+    return notes
 
 
 def _misnamed(labels: Sequence[str], groups: Sequence[str], table: pa.Table,
@@ -227,13 +252,18 @@ def prepare_tables(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     first = next(iter(read))
     ids = read[first][0]
     numbers = {m: in_order(x, got, ids, modalities[m], modalities[first])
-               for m, (got, x, _, _) in read.items()}
+               for m, (got, x, _, _, _) in read.items()}
+    standardize = split.get("standardize") or ()
+    notes = [note for m, (_, x, _, _, cols) in read.items()
+             for note in suspect_columns(m, modalities[m], cols, x,
+                                         standardize is True or m in standardize)]
     columns = {src: merged(src, {modalities[m]: in_order(text[src], got, ids)
-                                 for m, (got, _, text, _) in read.items() if src in text},
+                                 for m, (got, _, text, _, _) in read.items()
+                                 if src in text},
                            ids, list(modalities.values()))
                for src in labels.values()}
     held_groups = {modalities[m]: in_order(g, got, ids)
-                   for m, (got, _, _, g) in read.items() if g is not None}
+                   for m, (got, _, _, g, _) in read.items() if g is not None}
     groups = merged(group_column, held_groups, ids, list(modalities.values())) \
         if group_column else None
     if groups is not None and "" in groups:
@@ -259,7 +289,9 @@ def prepare_tables(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                 out_dir, {m: t / f"{m}.npy" for m in read}, ids=t / "ids.txt",
                 labels={c: t / f"{c}.npy" for c in labels},
                 groups=t / "groups.txt" if groups is not None else None,
-                sources={m: Path(p) for m, p in modalities.items()}, **split)
+                group_source=f"column {group_column!r}" if groups is not None else None,
+                sources={m: Path(p) for m, p in modalities.items()},
+                notes=[*notes, *split.pop("notes", ())], **split)
         except (DataError, ValueError) as err:  # name the tables, not the temp files
             text = str(err)
             for temp, where in said.items():
