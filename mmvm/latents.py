@@ -131,6 +131,20 @@ def read_latents(paths: list[str | Path], label: str | None = None
     return mus, labels
 
 
+def latents_label_names(paths: list[str | Path], label: str | None) -> list[str] | None:
+    """The class names of label column ``label`` (None: ``label``) that ``mmvm encode``
+    copied from the site files into the outputs' metadata, or None where none did."""
+    import json
+
+    for p in paths:
+        raw = (pq.read_schema(p).metadata or {}).get(LATENTS_KEY)
+        names = (json.loads(raw).get("label_names") or {}).get(label or "label") \
+            if raw else None
+        if isinstance(names, list):
+            return [str(n) for n in names]
+    return None
+
+
 def _check_finite(values: np.ndarray, valid: np.ndarray, path: Path, column: str) -> None:
     """A NaN mean (a diverged model's) would otherwise surface as "SVD did not
     converge" or as points missing from the picture."""

@@ -242,7 +242,8 @@ def _lab_run(tmp_path) -> tuple[Path, list[str], np.ndarray]:
     rng, n = np.random.default_rng(0), 60
     (tmp_path / "ids.txt").write_text("\n".join(f"t{i}" for i in range(n)))
     sex = rng.integers(0, 2, n)
-    for name, values in (("y", rng.integers(0, 3, n)), ("sex", sex),
+    for name, values in (("y", rng.integers(0, 3, n)),
+                         ("sex", np.array(["female", "male"])[sex]),
                          ("eeg", rng.normal(size=(n, 6))), ("img", rng.normal(size=(n, 4)))):
         np.save(tmp_path / f"{name}.npy", values)
     sites = tmp_path / "sites"
@@ -259,7 +260,8 @@ def _lab_run(tmp_path) -> tuple[Path, list[str], np.ndarray]:
                               for s in ("site-eeg", "site-img")], sex
 
 
-def test_encode_carries_every_label_column_and_plot_colours_by_any(tmp_path, capsys):
+def test_encode_carries_every_label_column_and_plot_colours_by_any(tmp_path, capsys,
+                                                                  monkeypatch):
     """label.<name> columns reach the latents file (joined by id: img-only rows too),
     plot latents colours by one, and a column the file lacks is named with those it
     has; --out must be Parquet; the device defaults to auto, as train.device."""
@@ -274,9 +276,16 @@ def test_encode_carries_every_label_column_and_plot_colours_by_any(tmp_path, cap
     ids = table.column("sample_id").to_pylist()
     assert table.column("label.sex").to_pylist() == [int(sex[int(s[1:])]) for s in ids]
     png = tmp_path / "sex.png"
+    import mmvm.plot_latents
+
+    drawn, original = [], mmvm.plot_latents.latent_2d
+    monkeypatch.setattr(mmvm.plot_latents, "latent_2d", lambda *a, **k: drawn.append(
+        k["label_names"]) or original(*a, **k))
     assert main(["plot", "latents", str(out), "--label", "label.sex", "--out",
                  str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # the site files' class names, which encode carries: a legend of 0 / 1 otherwise
+    assert drawn == [["female", "male"]]
     from mmvm.latents import read_latents
 
     _, by_sex = read_latents([out], "label.sex")

@@ -135,6 +135,7 @@ def _site_state(path: Path) -> dict:
 
 def _encode(args: argparse.Namespace) -> int:
     from mmvm.data import check_data_fits, open_dataset
+    from mmvm.data.label_names import label_names_for
     from mmvm.finite import finite_latents
     from mmvm.latents import data_labels, latent_table, write_latents
     from mmvm.progress import progress_bar
@@ -158,9 +159,10 @@ def _encode(args: argparse.Namespace) -> int:
         table = latent_table(model, data, args.batch_size, device,
                              step=lambda done, total: bar.update(task, completed=done),
                              labels=labels)
+    named = {c: names for c in labels if (names := label_names_for(args.data, c))}
     meta = {**source, "data": [str(p) for p in args.data],
             "latent_dim": model.latent_dim, "modalities": model.names,
-            "labels": list(labels)}
+            "labels": list(labels), "label_names": named}
     out = write_latents(args.out, table, meta)
     held = [c.split(".", 1)[1] for c in table.column_names if c.startswith("mu.")]
     counts = ", ".join(f"{m} {table.column(f'mu.{m}').length() - table.column(f'mu.{m}').null_count:,}"

@@ -169,7 +169,7 @@ def _default_label(paths: list[str]) -> str | None:
 
 
 def run_latents(args: argparse.Namespace) -> int:
-    from mmvm.latents import common_2d, read_latents
+    from mmvm.latents import common_2d, latents_label_names, read_latents
     from mmvm.plot_latents import latent_2d
 
     out = _png_out(args.out or Path(args.latents[0]).with_suffix(".png"), args.latents)
@@ -183,5 +183,6 @@ def run_latents(args: argparse.Namespace) -> int:
     if pca:
         points = {f"{k} (common PCA)": v for k, v in points.items()}
         labels = {f"{k} (common PCA)": v for k, v in labels.items()}
-    print(f"wrote {latent_2d(points, labels, out, share_axes=True)}")
+    names = latents_label_names(args.latents, label)  # the files' class names
+    print(f"wrote {latent_2d(points, labels, out, label_names=names, share_axes=True)}")
     return 0
