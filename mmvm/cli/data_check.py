@@ -165,9 +165,10 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str], list[str
     from several sites, how joining them by sample id couples the modalities (a site
     prepared without ``--ids`` shares no sample: its modality would train as an
     independent VAE, which ``mmvm run`` only says at alignment); a sample in one
-    site's test split and another's train split; and, an error, classes the files
-    number differently (joined, one id would mean two classes). Lines to print,
-    warnings and errors."""
+    site's test split and another's train split (an error: training refuses it);
+    and, errors, classes the files number differently (joined, one id would mean two
+    classes) or a sample they label differently. Lines to print, warnings and
+    errors."""
     import numpy as np
 
     from mmvm.data.coupling import (
@@ -177,6 +178,7 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str], list[str
         weak_coupling_note,
     )
     from mmvm.data.label_names import check_label_names
+    from mmvm.data.labels import all_label_columns, read_labels
     from mmvm.data.store import DataError
 
     lines, warnings, errors, splits = [], [], [], {}
@@ -207,10 +209,15 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str], list[str
         warnings += [f"{name}: {w}" for w in (
             uncoupled_warning(c["per_modality"], c["coupled"]),
             weak_coupling_note(c["per_modality"], c["coupled"])) if w]
+        try:  # what training reads: a sample labelled differently at two sites
+            read_labels(paths, sorted(set().union(*holders.values())),
+                        all_label_columns(paths))
+        except DataError as err:
+            errors.append(str(err))
     trains = splits.get("train.parquet", [])
     if len(trains) > 1 and (leak := split_leak(
             trains, [str(Path(p).with_name("test.parquet")) for p in trains])):
-        warnings.append(leak)
+        errors.append(f"{leak} (mmvm train and mmvm run refuse these folders)")
     return lines, warnings, errors
 
 

@@ -99,9 +99,9 @@ def split_leak(train: Sequence, test: Sequence) -> str | None:
                         f"in the train split of {train[j]} (e.g. {sorted(both)[0]!r}): "
                         f"trained on through the joint prior, then scored as unseen. "
                         f"Prepare every site with the same --seed, --test-fraction and "
-                        f"--groups, each sample in the same group at every site (a "
-                        f"trial or patient id the sites share, not each site's own "
-                        f"numbering)")
+                        f"groups (--groups, --group-column), each sample in the same "
+                        f"group at every site (a trial or patient id the sites share, "
+                        f"not each site's own numbering)")
     return None
 
 

@@ -60,18 +60,36 @@ class IdIndex:
 def merge_labels(labels: np.ndarray, rows: np.ndarray, lab: np.ndarray, ids: list[str],
                  path: str, label: str) -> None:
     """Write one site file's known labels into ``labels`` at ``rows``; a sample whose
-    files disagree on its label is an error."""
+    files disagree on its label is an error, said by class name where the file
+    names its classes (the files then number them alike: a label that differs)."""
     known = lab >= 0
     clash = known & (labels[rows] >= 0) & (labels[rows] != lab)
     if clash.any():
         first = int(np.flatnonzero(clash)[0])
+        here, there = int(lab[first]), int(labels[rows[first]])
+        where = (f"{path}: sample id {ids[rows[first]]!r} has '{label}'")
+        count = f"({int(clash.sum())} samples disagree)"
+        names = _class_names(path, label)
+        if names and max(here, there) < len(names):
+            raise DataError(
+                f"{where} {names[here]!r} here and {names[there]!r} in another site file "
+                f"{count}: the sites label these samples differently; correct the "
+                f"label at one site, or leave it unknown there")
         raise DataError(
-            f"{path}: sample id {ids[rows[first]]!r} has '{label}' {int(lab[first])} "
-            f"here and {int(labels[rows[first]])} in another site file "
-            f"({int(clash.sum())} samples disagree): files that number the classes "
-            f"differently (class names are numbered in sorted order) need the same "
-            f"--classes when prepared (mmvm data prepare ... --classes)")
+            f"{where} {here} here and {there} in another site file {count}: the sites "
+            f"label these samples differently, or number the classes differently "
+            f"(class names are numbered in sorted order: prepare every site with the "
+            f"same --classes)")
     labels[rows[known]] = lab[known]
+
+
+def _class_names(path: str, label: str) -> list[str] | None:
+    from mmvm.data.label_names import label_names_for
+
+    try:
+        return label_names_for([path], label)
+    except (OSError, KeyError, ValueError, DataError):
+        return None
 
 
 class MultimodalDataset(IdIndex, torch.utils.data.Dataset):

@@ -107,13 +107,15 @@ def test_a_value_that_overflows_once_scaled_is_an_error_naming_the_sample(tmp_pa
 
 
 def _site(folder: Path, modality: str, train: list[str], test: list[str],
-          names: list[str] | None = None) -> Path:
+          names: list[str] | None = None, flip: str | None = None) -> Path:
+    """A site's two files, every sample of class 0 but ``flip`` (class 1)."""
     rng = np.random.default_rng(0)
     meta = {"label_names": {"label": names}} if names else {}
     for split, ids in (("train", train), ("test", test)):
         write_site_table(folder / f"{split}.parquet", ids,
                          {modality: rng.random((len(ids), 4)).astype(np.float32)},
-                         {"label": np.zeros(len(ids), np.int64)}, meta)
+                         {"label": np.array([int(i == flip) for i in ids], np.int64)},
+                         meta)
     return folder / "train.parquet"
 
 
@@ -133,9 +135,10 @@ def test_the_sites_files_together_say_how_they_join_and_what_does_not(tmp_path, 
     assert "rat3 shares no sample with another modality" in said.err
     # another split: b's test holds a of a's train samples
     d = _site(tmp_path / "d", "rat2", ids[:49], ids[49:])
-    assert main(["data", "check", str(a), str(d)]) == 0
+    assert main(["data", "check", str(a), str(d)]) == 1  # training refuses it: an error
     err = capsys.readouterr().err
     assert "1 of the 11 test samples of" in err and "'trial049'" in err
+    assert "(mmvm train and mmvm run refuse these folders)" in err
     assert main(["data", "check", str(a), str(b)]) == 0  # alike: nothing to say
     assert "warning" not in capsys.readouterr().err
 
@@ -153,3 +156,19 @@ def test_sites_that_number_their_classes_apart_are_an_error(tmp_path, capsys):
     assert "error:" in err and "number the classes of 'label' differently" in err
     c = _site(tmp_path / "c", "lateral", ids[:25], ids[25:], ["effusion", "normal"])
     assert main(["data", "check", str(a), str(c)]) == 0  # the same list: fine
+
+
+def test_a_sample_the_sites_label_differently_is_an_error_by_name(tmp_path, capsys):
+    """A neuroscientist relabelled one window at one lab: data check said ok, and
+    training blamed the class numbering, by id, which both labs shared."""
+    from mmvm.cli import main
+
+    ids = [f"s{i:02d}" for i in range(30)]
+    a = _site(tmp_path / "a", "rat1", ids[:25], ids[25:], ["anise", "lemon"])
+    b = _site(tmp_path / "b", "rat2", ids[:25], ids[25:], ["anise", "lemon"],
+              flip=ids[3])
+    assert main(["data", "check", str(a), str(b)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"sample id 's03' has 'label' 'lemon' here and 'anise' in another site "
+            f"file (1 samples disagree): the sites label these samples differently; "
+            f"correct the label at one site, or leave it unknown there") in err

@@ -133,8 +133,9 @@ def test_sites_split_differently_are_refused_when_joined(tmp_path, capsys):
     said = split_leak(files("train", "abc"), files("test", "abc"))
     assert said and "test samples of" in said and "are in the train split of" in said
     assert said.endswith("Prepare every site with the same --seed, --test-fraction and "
-                         "--groups, each sample in the same group at every site (a trial "
-                         "or patient id the sites share, not each site's own numbering)")
+                         "groups (--groups, --group-column), each sample in the same "
+                         "group at every site (a trial or patient id the sites share, "
+                         "not each site's own numbering)")
     # mmvm train refuses the join, before training
     (tmp_path / "sites").mkdir()
     for name, seed in (("a", 0), ("b", 1)):

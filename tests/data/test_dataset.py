@@ -63,8 +63,9 @@ def test_conflicting_labels_across_files_raise(tmp_path):
     b = _write(tmp_path / "b.parquet", ["s2", "s3"], {"w": np.zeros((2, 1), np.float32)},
                [3, 0])
     with pytest.raises(DataError, match=r"b\.parquet: sample id 's2' has 'label' 3 here "
-                                        r"and 2 in another site file .* need the same "
-                                        r"--classes when prepared"):
+                                        r"and 2 in another site file .* label these "
+                                        r"samples differently, or number the classes "
+                                        r"differently .* the same --classes"):
         MultimodalDataset.from_parquet([a, b])
     # an unknown label (-1) never conflicts; the known one wins whatever the file order
     c = _write(tmp_path / "c.parquet", ["s2", "s3"], {"w": np.zeros((2, 1), np.float32)},
