@@ -66,6 +66,9 @@ def test_chance_is_the_majority_class_rate_not_one_over_classes():
         {"majority": 2 / 3, "majority_class": 1, "uniform": 0.5})
     assert math.isnan(chance_levels(np.array([-1]))["majority"])
     assert "chance 0.150 (majority class 3" in chance_line(chance)
+    # by its name where the files name the classes (a hospital read "class 3")
+    names = [f"finding{k}" for k in range(10)]
+    assert "(majority class 3 = 'finding3' of the test labels" in chance_line(chance, names)
 
 
 def test_uniform_chance_counts_the_labels_classes_not_those_the_test_split_holds():

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mmvm.config import config_from_dict, load_config
     from mmvm.data.dataset import MultimodalDataset
+    from mmvm.data.label_names import label_names_for
     from mmvm.data.labels import is_labelled, label_columns
     from mmvm.eval_settings import evaluated_with
     from mmvm.evaluation import evaluate_run
@@ -130,13 +131,12 @@ def run(args: argparse.Namespace) -> int:
     kept = write_keeping_earlier(out, json_bytes(result))
     if kept is not None:
         print(f"mmvm evaluate: the earlier {out.name} of this run is now {kept}")
-    print_result(result)
+    names = label_names_for(cfg.data.files("test"), cfg.data.label)
+    print_result(result, names)
     print(f"wrote {out}")
     if not args.no_plot:
-        from mmvm.data.label_names import label_names_for
         from mmvm.run_pictures import picture_name, run_picture
 
-        names = label_names_for(cfg.data.files("test"), cfg.data.label)
         drawn = {}
 
         def draw() -> None:  # the run's earlier picture (its server's, say) is kept
@@ -232,8 +232,9 @@ def _fmt(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
-def print_result(result: dict) -> None:
-    """A rich table: per modality probe, coherence from it, reconstruction NLL."""
+def print_result(result: dict, class_names: list[str] | None = None) -> None:
+    """A rich table: per modality probe, coherence from it, reconstruction NLL;
+    ``class_names``: data.label's, in id order, to name the majority class."""
     from rich.table import Table
 
     from mmvm.cli import console as cli_console
@@ -297,7 +298,8 @@ def print_result(result: dict) -> None:
         accs = ", ".join(f"{k} {_fmt(v)}" for k, v in result["classifier_accuracy"].items())
         console.print(f"coherence classifiers, accuracy on real test data: {accs}")
     if "chance" in result:  # of data.label: the per-label table has each label's
-        console.print(("data.label " if per_label else "") + chance_line(result["chance"]),
+        console.print(("data.label " if per_label else "")
+                      + chance_line(result["chance"], class_names),
                       markup=False)
     for line in result.get("warnings", []):
         console.print(f"warning: {line}", style="bold yellow", markup=False)
@@ -312,11 +314,15 @@ def probe_rows(result: dict) -> str:
         for k, n in rows.items())
 
 
-def chance_line(chance: dict) -> str:
+def chance_line(chance: dict, names: list[str] | None = None) -> str:
     """``chance 0.150 (majority class 3 ...)``: what always answering the test labels'
-    most frequent class scores, the floor of the probe accuracies and coherence."""
+    most frequent class scores, the floor of the probe accuracies and coherence; the
+    class by its name where the files name their classes (``names``, id order)."""
+    k = chance.get("majority_class")
+    named = f"{k} = {names[k]!r}" if names and isinstance(k, int) and \
+        0 <= k < len(names) else k
     return (f"chance {_fmt(chance.get('majority'))} (majority class "
-            f"{chance.get('majority_class')} of the test labels; uniform "
+            f"{named} of the test labels; uniform "
             f"{_fmt(chance.get('uniform'))}): accuracies at this level mean nothing")
 
 
