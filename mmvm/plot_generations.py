@@ -26,7 +26,7 @@ from mmvm.plots import as_image, plt, save_figure, tile_rows
 
 _VECTOR_ROW_INCHES = 0.7
 _MATRIX_ROW_INCHES = 0.9
-_TITLE_INCHES = 0.4  # between blocks, for the next block's title
+_TITLE_INCHES = 0.6  # between blocks, for the next block's title and class names
 _TRUE_COLOUR = "0.65"
 
 
@@ -78,6 +78,17 @@ def draw_row(ax, kind: str, cells: torch.Tensor, truth: torch.Tensor | None = No
     ax.set_xticks([])
 
 
+def column_centres(kind: str, shape: Sequence[int], k: int) -> list[float]:
+    """Where each of ``k`` samples' cells is centred along a row of ``kind``, in the
+    row's x coordinates (an image row's pixels: :func:`mmvm.plots.tile_rows` puts a
+    1 px gap before each cell; a vector row: a slot of d + 1 values)."""
+    if kind == "vector":
+        d = int(np.prod(shape))
+        return [j * (d + 1) + (d - 1) / 2 for j in range(k)]
+    w = shape[-1] if kind != "square" else as_image(torch.zeros(*shape)).shape[1]
+    return [1 + j * (w + 1) + w / 2 - 0.5 for j in range(k)]
+
+
 def _truth(batch: dict, names: Sequence[str], target: str) -> torch.Tensor:
     """The samples' own x_target, NaN where a sample lacks it."""
     x = batch["x"][target].float().clone()
@@ -108,7 +119,10 @@ def generation_figure(model, dataset, n: int = 8, method: str = "mmvm",
     names = list(model.names)
     kinds = {t: row_kind(model.specs[t]) for t in names}
     k = len(rows) if rows is not None else n
-    width = k * 0.9  # the panels'; the row names go left of them
+    # a tile per sample: 0.9 in, wider for larger images up to their own pixels (dpi
+    # 120: a 224 px X-ray shown at 224 px, not shrunk to ~100)
+    widest = max([model.specs[t].shape[-1] for t in names if kinds[t] == "image"] or [0])
+    width = k * max(0.9, min(widest, 224) / 120)  # the panels'; row names go left
     row = {t: _row_inches(kinds[t], model.specs[t].shape, k, width) for t in names}
     blocks = [[row[src]] + [row[t] for t in names] for src in names]
     total = sum(map(sum, blocks))
@@ -137,19 +151,27 @@ def generation_figure(model, dataset, n: int = 8, method: str = "mmvm",
                                                        posterior=post, target=t))
             truth = _truth(batch, dataset.names, t) if kinds[t] == "vector" else None
             draw_row(ax, kinds[t], gen.cpu(), truth)
-            ax.set_ylabel(f"-> {t}", rotation=0, ha="right", va="center")
-        shown = "label" in batch and len(pick) <= 12
-        labels = f" ({label_name}: {_class_list(batch['label'].tolist(), label_names)})" \
-            if shown else ""
-        panel[0].set_title(f"{method}: generated from {src}{labels}", fontsize=9)
+            own = " (reconstruction)" if t == src else ""
+            ax.set_ylabel(f"-> {t}{own}", rotation=0, ha="right", va="center")
+        labelled = "label" in batch
+        if labelled:  # each sample's class above its own column
+            panel[0].set_xticks(column_centres(kinds[src], model.specs[src].shape,
+                                               len(pick)),
+                                class_labels(batch["label"].tolist(), label_names),
+                                fontsize=7)
+            panel[0].tick_params(top=False, bottom=False, labeltop=True,
+                                 labelbottom=False)
+        shown = f" (above each: {label_name})" if labelled else ""
+        panel[0].set_title(f"{method}: generated from {src}{shown}", fontsize=9)
     if "vector" in kinds.values():
         fig.text(0, -0.01, "vectors: generated (blue), the sample's own values (grey)",
                  fontsize=7, color="0.3", va="top")
     return fig
 
 
-def _class_list(ids: Sequence[int], names: Sequence[str] | None) -> str:
-    """``"normal, effusion, ?"`` by the class names (``?``: unknown), else the ids."""
+def class_labels(ids: Sequence[int], names: Sequence[str] | None) -> list[str]:
+    """Each id by its class name (``?``: unknown) where the files name their classes,
+    else the ids themselves."""
     if not names:
-        return str(list(ids))
-    return ", ".join(names[i] if 0 <= i < len(names) else "?" for i in ids)
+        return [str(i) for i in ids]
+    return [names[i] if 0 <= i < len(names) else "?" for i in ids]

@@ -4,6 +4,7 @@ matrices as heatmaps, vectors as curves beside the sample's own values)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mmvm.config import ModalitySpec
@@ -78,25 +79,48 @@ def test_matrices_are_heatmaps_that_fill_their_panel():
     plt.close(fig)
 
 
-def test_generation_grid_names_the_classes_the_files_name(monkeypatch):
+def test_each_column_is_named_by_its_samples_class():
     """A hospital walkthrough's titles read 'label.finding [1, 0, 0, 2]' while the
-    files store normal / effusion / pneumonia."""
-    import matplotlib.axes
+    files store normal / effusion / pneumonia; then one string for eight columns."""
     import matplotlib.pyplot as plt
 
     specs = [ModalitySpec("a", "vector", (10,), width=8, layers=1),
-             ModalitySpec("b", "vector", (10,), width=8, layers=1)]
+             ModalitySpec("b", "image", (1, 28, 28), width=4)]
     model = MultimodalVAE(specs, latent_dim=4, seed=0).eval()
     ds = _dataset(specs, 4, labels=np.array([1, 0, -1, 2]))
-    titles = []
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
-                        lambda ax, text, **kw: titles.append(text))
-    plt.close(generation_figure(model, ds, n=4, label_name="label.finding",
-                                label_names=["effusion", "normal", "pneumonia"]))
-    assert titles[0] == ("mmvm: generated from a (label.finding: normal, effusion, ?, "
-                         "pneumonia)")
-    plt.close(generation_figure(model, ds, n=4))  # no names: the ids
-    assert titles[-1] == "mmvm: generated from b (label: [1, 0, -1, 2])"
+    fig = generation_figure(model, ds, n=4, label_name="label.finding",
+                            label_names=["effusion", "normal", "pneumonia"])
+    vectors, images = fig.axes[0], fig.axes[3]
+    for ax in (vectors, images):
+        assert [t.get_text() for t in ax.get_xticklabels()] == [
+            "normal", "effusion", "?", "pneumonia"]
+    assert vectors.get_title() == "mmvm: generated from a (above each: label.finding)"
+    np.testing.assert_allclose(vectors.get_xticks(), [4.5, 15.5, 26.5, 37.5])  # slot middles
+    # pixel k is centred at k: tile j spans 1 + 29 j .. + 28, its middle 14.5 + 29 j
+    np.testing.assert_allclose(images.get_xticks(), [14.5, 43.5, 72.5, 101.5])
+    assert fig.axes[4].get_ylabel() == "-> a" and fig.axes[5].get_ylabel() == \
+        "-> b (reconstruction)"
+    plt.close(fig)
+    fig = generation_figure(model, ds, n=4)  # no names: the ids
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "0", "-1", "2"]
+    plt.close(fig)
+
+
+def test_large_images_are_drawn_at_their_own_size():
+    """A hospital's 224 px X-rays were shrunk to ~62 px tiles."""
+    import matplotlib.pyplot as plt
+
+    specs = [ModalitySpec("a", "image", (1, 64, 64), width=2, network="res_image"),
+             ModalitySpec("b", "vector", (5,), width=8, layers=1)]
+    model = MultimodalVAE(specs, latent_dim=4, seed=0).eval()
+    fig = generation_figure(model, _dataset(specs, 4), n=4)
+    assert fig.get_size_inches()[0] == pytest.approx(4 * 0.9)  # 64 px: the least width
+    plt.close(fig)
+    big = [ModalitySpec("a", "image", (1, 224, 224), width=2, network="res_image")]
+    model = MultimodalVAE(big, latent_dim=4, seed=0).eval()
+    fig = generation_figure(model, _dataset(big, 3), n=3)
+    assert fig.get_size_inches()[0] * 120 == pytest.approx(3 * 224)  # px at dpi 120
+    plt.close(fig)
 
 
 def test_a_source_no_sample_has_is_said():

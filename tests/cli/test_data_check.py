@@ -169,6 +169,6 @@ def test_a_sample_the_sites_label_differently_is_an_error_by_name(tmp_path, caps
               flip=ids[3])
     assert main(["data", "check", str(a), str(b)]) == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert (f"sample id 's03' has 'label' 'lemon' here and 'anise' in another site "
-            f"file (1 samples disagree): the sites label these samples differently; "
-            f"correct the label at one site, or leave it unknown there") in err
+    assert ("sample id 's03' has 'label' 'lemon' here and 'anise' in another site "
+            "file (1 samples disagree): the sites label these samples differently; "
+            "correct the label at one site, or leave it unknown there") in err
