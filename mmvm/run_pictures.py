@@ -36,7 +36,6 @@ def run_picture(model, cfg, test_set, out: Path, title: str,
     mean, for the generations' titles and the latents' legend
     (:func:`mmvm.data.label_names.label_names_for`)."""
     from mmvm.plot_generations import generation_grid
-    from mmvm.plot_latents import latent_2d
 
     if picture_name(cfg) == "generations.png":
         return {"generations": generation_grid(model, test_set, out / "generations.png",
@@ -45,19 +44,29 @@ def run_picture(model, cfg, test_set, out: Path, title: str,
                                                label_names=label_names)}
     if test_set.labels is None:
         return {}
-    if 1 < len(model.names) <= MAX_PANELS:  # one panel per modality, on shared axes:
-        # whether the modalities' latents of one sample (rats, views) fall together
+    return {"latents": latent_panels(model, test_set, out / "latents.png", title,
+                                     label_names)}
+
+
+def latent_panels(model, test_set, path: Path, title: str,
+                  label_names: list[str] | None = None) -> Path:
+    """The labelled test samples' latents: one panel per modality on shared axes
+    (whether the modalities' latents of one sample, rats or views, fall together; a
+    pooled panel would show every class twice, as if it had subtypes), or one panel
+    of them all beyond :data:`MAX_PANELS` modalities."""
+    from mmvm.plot_latents import latent_2d
+
+    if 1 < len(model.names) <= MAX_PANELS:
         from mmvm.latents import common_2d
 
         mus, ys = latents_by_modality(model, test_set)
         points, pca = common_2d(mus)  # one projection: per-panel PCA rotates each panel
         name = {m: f"{title}: {m}" + (" (common PCA)" if pca else "") for m in mus}
-        return {"latents": latent_2d({name[m]: points[m] for m in mus},
-                                     {name[m]: ys[m] for m in ys},
-                                     out / "latents.png", label_names, share_axes=True)}
+        return latent_2d({name[m]: points[m] for m in mus}, {name[m]: ys[m] for m in ys},
+                         path, label_names, share_axes=True)
     points, labels = present_latents(model, test_set)
     name = title if len(model.names) == 1 else f"{title}: all {len(model.names)} modalities"
-    return {"latents": latent_2d({name: points}, labels, out / "latents.png", label_names)}
+    return latent_2d({name: points}, labels, path, label_names)
 
 
 MAX_PANELS = 6  # modalities drawn side by side; more are drawn in one panel

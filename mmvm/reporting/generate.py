@@ -74,14 +74,12 @@ def generations(run: Loaded) -> bytes:
 
 
 def latents(run: Loaded, title: str) -> bytes:
-    """Every present modality's posterior mean of every test sample, coloured by label
-    (the legend names the classes where the files do)."""
-    from mmvm.plot_latents import latent_2d
-    from mmvm.run_pictures import present_latents
+    """The test samples' posterior means coloured by label, a panel per modality as
+    the run folder's own picture (the legend names the classes where the files do)."""
+    from mmvm.run_pictures import latent_panels
 
     if run.test.labels is None:
         raise NotGenerated("the data has no labels to colour latents by")
-    points, labels = present_latents(run.model, run.test)
     with tempfile.TemporaryDirectory() as tmp:
-        return latent_2d({title: points}, labels, Path(tmp) / "l.png",
-                         label_names=run.label_names).read_bytes()
+        return latent_panels(run.model, run.test, Path(tmp) / "l.png", title,
+                             run.label_names).read_bytes()

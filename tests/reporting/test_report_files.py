@@ -152,9 +152,16 @@ def test_generate_names_the_classes_the_test_files_store(tmp_path, real_run,
                             ax.get_legend_handles_labels()[1]))
     loaded = load(read_run_folder(real_run))
     assert asked == [(["test.parquet"], "label")]
+    ticks = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks",
+                        lambda ax, where, labels=None, **kw: labels and ticks.append(labels))
     generations(loaded)
     shown = loaded.test.labels[:8].tolist()
-    assert titles[0] == ("mmvm: generated from m0 (label: "
-                         f"{', '.join(f'class{i}' for i in shown)})")
+    assert titles[0] == "mmvm: generated from m0 (above each: label)"
+    assert ticks[0] == [f"class{i}" for i in shown]  # each column's class
+    titles.clear()
     latents(loaded, "x")
     assert legends and set(legends) <= {f"class{i}" for i in range(10)}, legends
+    # a panel per modality, as the run's own picture: pooled, each class showed twice
+    names = loaded.model.names
+    assert [t.split(" (")[0] for t in titles] == [f"x: {m}" for m in names]
