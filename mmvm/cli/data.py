@@ -26,6 +26,7 @@ from mmvm.cli.data_common import (
     refuse_held,
     report_paths,
 )
+from mmvm.cli.data_config import add_config
 from mmvm.cli.data_split import add_split
 from mmvm.cli.outputs import check_folder_out, positive_int
 from mmvm.data.hippocampus_knobs import KNOBS as HC_KNOBS
@@ -53,7 +54,7 @@ _HC_EPILOG = ("The defaults give per-rat raw odor decoding of about 0.5 (4 odors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``mmvm data {make,prepare,split,check}``."""
+    """Add ``mmvm data {make,prepare,split,check,config}``."""
     data = subparsers.add_parser(
         "data", help="make look-alike datasets, prepare real ones, check site files",
         description="Site data: Parquet files, one per (site, split); see "
@@ -188,6 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_split(sub)
     add_check(sub)
+    add_config(sub)
 
 
 def _make_polymnist(args: argparse.Namespace) -> int:
