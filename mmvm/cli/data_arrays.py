@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mmvm.cli.data_common import add_quiet, data_progress, handles, report_paths
 from mmvm.cli.outputs import check_folder_out
@@ -193,6 +194,9 @@ def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None
               f"of them is tested on after training on its neighbours")
     print(f"\n# for your config (kind, shape from the files; likelihood a starting "
           f"point):\n{config_snippet(paths)}")
+    print(f"\n# or a whole config for the sites' folders: mmvm data config "
+          f"{Path(paths['train']).parent} <the other sites' folders> --out "
+          f"configs/<name>.toml")
     return 0
 
 
