@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import fnmatch
+import json
 import re
 import sys
 from pathlib import Path
@@ -120,6 +122,13 @@ def training_data(cfg: ExperimentConfig) -> MultimodalDataset | StreamingDataset
               f"the data; its label columns: {', '.join(have)}. Training needs none, "
               f"but mmvm evaluate's probes and coherence will"
               + (f": e.g. --set data.label={close[0]}" if close else ""), file=sys.stderr)
+    missing = [c for c in cfg.eval.labels if not fnmatch.filter(have, c)]
+    if missing:  # a config copied from mimic_cxr.toml probes its 14 findings
+        print(f"mmvm train: warning: eval.labels {', '.join(missing)} match no label "
+              f"column of the data ({', '.join(have) or 'none'}); training needs none, "
+              f"but mmvm evaluate will refuse them: e.g. --set 'eval.labels="
+              f"{json.dumps(have[:3])}', or --set 'eval.labels=[]' to probe data.label",
+              file=sys.stderr)
     for line in held_out_problems(cfg):  # found now, not after hours of training
         print(f"mmvm train: warning: {line}", file=sys.stderr)
     data = open_dataset(paths, names, cfg.data, limit=cfg.data.max_train)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import json
 import os
 from collections.abc import Sequence
 
@@ -75,7 +76,10 @@ def label_columns(paths: Paths, patterns: Sequence[str]) -> list[str]:
                 difflib.get_close_matches(pattern, available, 1)
             raise DataError(f"label column {pattern!r} (eval.labels) matches none of "
                             f"the label columns of {[str(p) for p in paths]}: {available}"
-                            + (f"; did you mean {close[0]!r}?" if close else ""))
+                            + (f"; did you mean {close[0]!r}?" if close else
+                               f"; probe those with --set 'eval.labels="
+                               f"{json.dumps(available)}', or data.label alone with "
+                               f"--set 'eval.labels=[]'"))
         out += [c for c in hits if c not in out]
     return out
 

@@ -433,3 +433,11 @@ def test_a_label_column_the_data_lacks_is_warned_of_and_training_goes_on(
     assert ("mmvm train: warning: no label column 'digit' (data.label) in the data; its "
             "label columns: label. Training needs none") in err
     assert "coherence will: e.g. --set data.label=label" in err  # the column there is
+    # a config copied from mimic_cxr.toml probes its 14 findings: said before training,
+    # with the fix (the hospital's evaluation failed afterwards, without it)
+    assert main([*_args(tiny_polymnist, tmp_path / "run2"),
+                 "--set", 'eval.labels=["label.atelectasis", "label*"]']) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("warning: eval.labels label.atelectasis match no label column of the data "
+            "(label); training needs none, but mmvm evaluate will refuse them: e.g. --set "
+            "'eval.labels=[\"label\"]', or --set 'eval.labels=[]' to probe data.label") in err
