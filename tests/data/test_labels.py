@@ -23,7 +23,8 @@ def test_patterns_expand_in_file_order_once(tmp_path):
     assert label_columns([a, b], ["label.a", "label.*"]) == ["label.a", "label.b", "label.c"]
     with pytest.raises(DataError, match=r"label column 'label.x\*' \(eval.labels\) matches "
                                         r"none of the label columns of .*: \['label.b', "
-                                        r"'label.a', 'label', 'label.c'\]$"):
+                                        r"'label.a', 'label', 'label.c'\]; probe those with "
+                                        r"--set 'eval.labels=\[\"label.b\", "):
         label_columns([a, b], ["label.x*"])
     with pytest.raises(DataError, match=r"did you mean 'label.a'\?$"):  # a name: the closest
         label_columns([a, b], ["label.aa"])
