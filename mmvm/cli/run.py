@@ -8,13 +8,12 @@ and exits 0 only if it completed. Ctrl-C, SIGTERM, SIGHUP or a reader that goes
 window everyone checkpoints (the one it is in if that is a checkpoint window, else the
 next; ``stop.request``), then ``flwr stop``. Without ``--connection`` it is a local
 simulation, never flwr's default connection where that is a SuperLink; it starts
-exactly ``num-sites`` SuperNodes (the run config's value, or the one given with
-``--run-config``), so the two can never disagree. Flower packages a staged copy of
-the app (``mmvm.cli.app_stage``: the same FAB, without listing the project's
-``.venv``, and refused if it would carry a site's private keys). It spawns the
-``flwr`` CLI; of Flower it imports only the rules of what a FAB holds. The
-run config is checked first (``mmvm.cli.run_config``): a typo fails at once.
-"""
+exactly ``num-sites`` SuperNodes (the run config's value, the ``--run-config`` one,
+or the number of ``site-dirs``), so the two can never disagree. Flower packages a
+staged copy of the app (``mmvm.cli.app_stage``: the same FAB, without the project's
+``.venv``, refused if it would carry a site's private keys). It spawns the ``flwr``
+CLI; of Flower it imports only the rules of what a FAB holds. The run config is
+checked first (``mmvm.cli.run_config``): a typo fails at once."""
 
 from __future__ import annotations
 
@@ -34,11 +33,12 @@ from mmvm.cli.local_link import check_local_superlink
 from mmvm.cli.run_checks import check_ray_address, check_resources
 from mmvm.cli.run_config import (
     APP_DIR,
-    app_defaults,
     check_run_config,
     default_app,
     is_mmvm_app,
+    num_sites,
     parse_overrides,
+    with_site_count,
 )
 from mmvm.cli.run_hints import CLUSTER_HINT, RAY_CLUSTER, after_run
 from mmvm.cli.run_stop import (
@@ -106,16 +106,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-site", type=float, default=0.0,
                    help="simulation: GPU share per simulated site (default 0)")
     p.set_defaults(func=run)
-
-
-def num_sites(app: Path, overrides: str) -> int:
-    """``num-sites`` of the run: the override if given, else the app's default."""
-    config = {**app_defaults(app), **parse_overrides(overrides)}
-    if "num-sites" not in config:
-        raise ConfigError(f"{app / 'pyproject.toml'}: the app's run config has no "
-                          "num-sites, which says how many SuperNodes to simulate: is --app "
-                          f"{app} the mmvm app or a copy of it?")
-    return int(config["num-sites"])
 
 
 def flwr_command(args: argparse.Namespace, app: Path | None = None) -> list[str]:
@@ -254,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
             check_ray_address()
             check_resources(args)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
+            if not args.deployment:  # simulated SuperNodes: one per site folder
+                args.run_config = with_site_count(args.run_config)
             check_run_config(Path(args.app), args.run_config, local=simulation)
         else:
             parse_overrides(args.run_config)

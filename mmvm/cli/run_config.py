@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -198,16 +199,22 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
             raise ConfigError(f"run config: {problem}")
     if s.site_dirs:
         _check_site_dirs(s)
-        ignored = [k for k in ("layout", "shards") if k in overrides]
-        if ignored:  # each folder is a site as it was prepared
-            raise ConfigError(f"run config: {' and '.join(ignored)} split the look-alike "
-                              f"into sites; with site-dirs each folder is one site as "
-                              f"prepared, so drop {' and '.join(ignored)}")
+        ignored = [k for k in LOOKALIKE_KEYS if k in overrides]
+        if ignored:  # each folder is a site as it was prepared (n-train went unsaid)
+            keys = " and ".join(ignored)
+            raise ConfigError(f"run config: {keys} shape the look-alike the simulation "
+                              f"makes; with site-dirs each folder is one site as "
+                              f"prepared, all its rows used, so drop {keys}")
     if s.secure and local:
         _check_keys_dir(s)
     if s.site_dirs and s.eval_data == "default" and s.collect_model:
         _check_joined(s)
     return rc
+
+
+# run-config keys that make the simulation's own data, which site-dirs replace
+LOOKALIKE_KEYS = ("layout", "shards", "n-train", "n-test", "data-variant", "hippocampus",
+                  "data-dir")
 
 
 def _check_keys_dir(s) -> None:
@@ -337,3 +344,27 @@ def _check_joined(s) -> None:
     if problem:
         raise ConfigError(f"run config: site-dirs, joined for the server's evaluation "
                           f"(eval-data = 'default'): {problem.split(': ', 1)[1]}")
+
+
+def with_site_count(text: str) -> str:
+    """``--run-config`` with ``num-sites`` set to the number of ``site-dirs`` where it
+    lists folders and no ``num-sites`` is given (the app's default, 3, was refused
+    for two folders; said on stderr); else as given."""
+    from mmvm.federation.site_dirs import parse_site_dirs
+
+    given = parse_overrides(text)
+    if not given.get("site-dirs") or "num-sites" in given or text.strip().endswith(".toml"):
+        return text
+    n = len(parse_site_dirs(str(given["site-dirs"])))
+    print(f"mmvm run: num-sites={n}, the site-dirs' count", file=sys.stderr)
+    return f"{text} num-sites={n}"
+
+
+def num_sites(app: Path, overrides: str) -> int:
+    """``num-sites`` of the run: the override if given, else the app's default."""
+    config = {**app_defaults(app), **parse_overrides(overrides)}
+    if "num-sites" not in config:
+        raise ConfigError(f"{app / 'pyproject.toml'}: the app's run config has no "
+                          "num-sites, which says how many SuperNodes to simulate: is --app "
+                          f"{app} the mmvm app or a copy of it?")
+    return int(config["num-sites"])

@@ -44,9 +44,26 @@ def test_site_dirs_without_test_files_are_named_before_anything_trains(tiny_poly
         check_run_config(ROOT, text, local=True)
     check_run_config(ROOT, text + " eval-data=''", local=True)  # no evaluation: fine
     # walkthrough: layout='horizontal' beside site-dirs was ignored without a word
-    with pytest.raises(ConfigError, match=r"layout split the look-alike into sites; with "
-                                          r"site-dirs each folder is one site as prepared"):
+    with pytest.raises(ConfigError, match=r"layout shape the look-alike the simulation "
+                                          r"makes; with site-dirs each folder is one site "
+                                          r"as prepared"):
         check_run_config(ROOT, text + " eval-data='' layout='horizontal'", local=True)
+    # a hospital's n-train=100 n-test=40 trained on all 319 rows, unsaid
+    with pytest.raises(ConfigError, match=r"n-train and n-test shape the look-alike .* "
+                                          r"all its rows used, so drop n-train and n-test"):
+        check_run_config(ROOT, text + " eval-data='' n-train=100 n-test=40", local=True)
+
+
+def test_num_sites_is_the_site_dirs_count_unless_given(tmp_path, capsys):
+    """Two walkthroughs were refused for num-sites=3 (the app's default) beside two
+    site-dirs; mmvm run now counts them, and a num-sites given is kept (and checked)."""
+    from mmvm.cli.run_config import with_site_count
+
+    text = f"site-dirs='{tmp_path / 'a'},{tmp_path / 'b'}' exchange='step'"
+    assert with_site_count(text) == text + " num-sites=2"
+    assert "mmvm run: num-sites=2, the site-dirs' count" in capsys.readouterr().err
+    assert with_site_count(text + " num-sites=3") == text + " num-sites=3"
+    assert with_site_count("exchange='step'") == "exchange='step'"
 
 
 def test_site_dirs_whose_images_the_config_does_not_take_are_named_before_flower(

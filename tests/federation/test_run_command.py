@@ -265,26 +265,25 @@ def test_a_simulation_on_the_users_own_site_folders(tmp_path):
     sample id, and results.json records them for `mmvm evaluate --run`."""
     import numpy as np
 
+    from mmvm.cli import main
     from mmvm.data.prepare.arrays import prepare_arrays
-    from mmvm.data.prepare.snippet import config_snippet
 
     rng = np.random.default_rng(0)
     n, labs = 160, tmp_path / "labs"
     label = rng.integers(0, 2, n)
     (tmp_path / "ids.txt").write_text("\n".join(f"trial-{i}" for i in range(n)))
     np.save(tmp_path / "label.npy", label)
-    snippets = []
     for lab, dim in (("lab-eeg", 6), ("lab-mri", 4)):
         np.save(tmp_path / f"{lab}.npy", rng.normal(size=(n, dim)) + label[:, None])
-        paths = prepare_arrays(labs / lab, {lab.split("-")[1]: tmp_path / f"{lab}.npy"},
-                               ids=tmp_path / "ids.txt",
-                               labels={"label": tmp_path / "label.npy"})
-        snippets.append(config_snippet(paths))
+        prepare_arrays(labs / lab, {lab.split("-")[1]: tmp_path / f"{lab}.npy"},
+                       ids=tmp_path / "ids.txt", labels={"label": tmp_path / "label.npy"})
+    # the config as a user makes it: drafted from the folders (mmvm data config)
     config = tmp_path / "labs.toml"
-    config.write_text("[data]\nroot = 'unused'\nlabel = 'label'\n[model]\nlatent_dim = 2\n"
-                      + "\n".join(snippets) + "\n[train]\nepochs = 2\nbatch_size = 32\n"
-                      "device = 'cpu'\n[eval]\nclassifier_epochs = 2\n")
-    rc = (f"config='{config}' num-sites=2 site-dirs='{labs / 'lab-eeg'},{labs / 'lab-mri'}' "
+    assert main(["data", "config", str(labs / "lab-eeg"), str(labs / "lab-mri"),
+                 "--out", str(config)]) == 0
+    # num-sites left out: mmvm run counts the site-dirs
+    rc = (f"config='{config}' site-dirs='{labs / 'lab-eeg'},{labs / 'lab-mri'}' "
+          f"set='train.epochs=2;train.device=\"cpu\";eval.classifier_epochs=2' "
           f"{_dirs(tmp_path)}")
     code, out = _simulate(tmp_path, rc)
     assert code == 0, out[-4000:]
