@@ -265,6 +265,11 @@ def add_images(names: argparse._SubParsersAction) -> None:
                    help="images of more than 8 bits (16-bit PNG, TIFF): the pixel value "
                         "that is white (default: the file type's largest, 65535 for 16 "
                         "bits; 4095 for 12-bit data)")
+    q.add_argument("--fit", choices=("stretch", "pad", "crop"), default="stretch",
+                   help="a non-square image made square: stretched (the default), "
+                        "padded with black (proportions kept: a chest X-ray's heart "
+                        "keeps its width against the chest) or cut to its central "
+                        "square")
     q.add_argument("--table", metavar="CSV", help="labels (and groups) by sample id")
     q.add_argument("--id-column", default="sample_id",
                    help="the table's sample id column (default %(default)s)")
@@ -292,5 +297,5 @@ def _prepare_images(args: argparse.Namespace) -> int:
                                test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
                                classes=_classes(args.classes, None),
-                               white=args.white_level)
+                               white=args.white_level, fit=args.fit)
     return _report(paths, args, True, args.group_column, "--group-column")

@@ -183,9 +183,42 @@ def test_what_decoding_changed_and_ids_that_do_not_match_are_said(tmp_path, caps
     assert (f"note: 2 of the 40 images are not in {tmp_path}/typo.csv (e.g. 's003', "
             f"'s039'): their labels are unknown") in out
     assert ("note: frontal: images of 2 sizes (48x48: 39, 32x40: 1) resized to 28x28; "
-            "1 non-square one stretched") in out
+            "1 non-square one stretched (--fit pad or crop keeps their proportions)") in out
     assert ("note: frontal: 1 of 40 images were colour (RGB: 1), made grey (--mode RGB "
             "keeps colour)") in out
+    assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/frontal",
+                 "--size", "28", "--fit", "pad", "--out", f"{tmp_path}/site", "--force",
+                 "--quiet"]) == 0
+    assert "1 non-square one padded with black to a square" in capsys.readouterr().out
+
+
+def test_a_non_square_image_keeps_its_proportions_padded_or_cropped(tmp_path):
+    """A hospital's 80 x 64 views were stretched to squares: the heart's width against
+    the chest's, how cardiomegaly is read, changed. A white disc in a wide image stays
+    round padded (centred on black), and cropping keeps the central square."""
+    from mmvm.data.prepare.images import conversion_notes, load_image
+
+    yy, xx = np.mgrid[:64, :128]
+    disc = (((xx - 64) ** 2 + (yy - 32) ** 2) <= 20 ** 2).astype(np.uint8) * 255
+    path = tmp_path / "wide.png"
+    Image.fromarray(disc).save(path)
+    padded = load_image(path, "L", 64, fit="pad")[0]
+    assert padded.shape == (64, 64) and (padded[:16] == 0).all() and (padded[48:] == 0).all()
+    rows, cols = np.nonzero(padded > 127)
+    width, height = np.ptp(cols) + 1, np.ptp(rows) + 1  # 20 px radius at half scale
+    assert abs(width - height) <= 1 and 19 <= width <= 22
+    stretched = load_image(path, "L", 64)[0]
+    rows, cols = np.nonzero(stretched > 127)
+    assert np.ptp(rows) + 1 >= 1.8 * (np.ptp(cols) + 1)  # squashed sideways: an ellipse
+    cropped = load_image(path, "L", 64, fit="crop")[0]  # the central 64 x 64, as it was
+    np.testing.assert_array_equal(cropped, disc[:, 32:96])
+    from collections import Counter
+
+    seen = Counter({("L", (128, 64)): 1, ("L", (64, 64)): 3})
+    assert conversion_notes("frontal", seen, "L", 64, "pad")[0].endswith(
+        "1 non-square one padded with black to a square, proportions kept (--fit pad)")
+    with pytest.raises(ValueError, match="fit 'squash': one of stretch, pad, crop"):
+        load_image(path, "L", 64, fit="squash")
 
 
 def test_a_size_no_network_takes_and_an_unquoted_comma_are_refused(tmp_path):

@@ -83,13 +83,15 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                    seed: int = 0, name: str = "images", force: bool = False,
                    progress: Progress | None = None,
                    classes: Mapping[str, Sequence[str]] | None = None,
-                   white: float | None = None) -> dict[str, Path]:
+                   white: float | None = None, fit: str = "stretch") -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
     (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
     ``labels``: the table's columns to keep as labels (default: all but the id and
     group columns), written as ``label.<column>`` (``label`` stays ``label``);
     ``classes``: a table column -> its class names in id order; ``white``: the pixel
-    value that is white in images of more than 8 bits (default: the file type's)."""
+    value that is white in images of more than 8 bits (default: the file type's);
+    ``fit``: how a non-square image becomes square (:func:`~mmvm.data.prepare.images.
+    load_image`)."""
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode {mode!r}: 'L' (grey) or 'RGB'")
     _check_size(size, mode)
@@ -119,8 +121,8 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
         tmp = Path(tmp)
         seen = {m: Counter() for m in files}
         arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress, white,
-                             seen[m]) for m, got in files.items()}
-        notes += [n for m in files for n in conversion_notes(m, seen[m], mode, size)]
+                             seen[m], fit) for m, got in files.items()}
+        notes += [n for m in files for n in conversion_notes(m, seen[m], mode, size, fit)]
         (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
         label_files = {}
         for c in keep:
@@ -178,14 +180,14 @@ def _check_size(size: int, mode: str) -> None:
 
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
             path: Path, progress: Progress | None, white: float | None = None,
-            seen: Counter | None = None) -> Path:
+            seen: Counter | None = None, fit: str = "stretch") -> Path:
     """The images of ``ids`` as one uint8 ``[N, C, size, size]`` .npy at ``path``,
     each decoded into it in turn (never the whole set in memory)."""
     channels = 1 if mode == "L" else 3
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
                                     shape=(len(ids), channels, size, size))
     for k, i in enumerate(ids):
-        out[k] = load_image(files[i], mode, size, white=white, seen=seen)
+        out[k] = load_image(files[i], mode, size, white=white, seen=seen, fit=fit)
         if progress is not None and (k % 64 == 0 or k == len(ids) - 1):
             progress(f"decoding {path.stem}", k + 1, len(ids))
     out.flush()

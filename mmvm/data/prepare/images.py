@@ -15,13 +15,18 @@ WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535,
 LOW_BITS = 4096  # a 16-bit file whose brightest pixel is below this is 12-bit data
 
 
+FITS = ("stretch", "pad", "crop")  # how a non-square image becomes a square
+
+
 def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
                center_crop: int | None = None, white: float | None = None,
-               seen: Counter | None = None) -> np.ndarray:
+               seen: Counter | None = None, fit: str = "stretch") -> np.ndarray:
     """Decode ``path`` to uint8 ``[C, H, W]`` (``mode`` "L" -> C = 1, "RGB" -> 3).
 
     ``center_crop``: first cut the central ``c x c`` square; ``size``: then resize to
-    ``size x size`` (bicubic with antialiasing, aspect ratio not kept). JPEGs are
+    ``size x size`` (bicubic with antialiasing). A non-square image is, by ``fit``:
+    ``stretch``ed (aspect ratio not kept), ``pad``ded (resized whole, its longer side
+    to ``size``, centred on black) or ``crop``ped (its central square). JPEGs are
     decoded in draft mode at the smallest scale still >= the target, which is exact
     up to the decoder's own downsampling and much faster on large X-rays. Grey images
     of more than 8 bits (16-bit PNG, TIFF) are scaled, ``value / white * 255``
@@ -49,7 +54,7 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
                 left, top = (w - center_crop) // 2, (h - center_crop) // 2
                 img = img.crop((left, top, left + center_crop, top + center_crop))
             if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
+                img = fitted(img, size, fit)
             arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
@@ -62,6 +67,29 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
     else:
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
+
+
+def fitted(img, size: int, fit: str):
+    """``img`` (Pillow) as a ``size x size`` square, as ``fit`` says (see
+    :func:`load_image`): a chest X-ray stretched changes the heart's width against the
+    chest's, which is how cardiomegaly is read."""
+    from PIL import Image
+
+    w, h = img.size
+    if fit == "crop" and w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    elif fit == "pad" and w != h:
+        scale = size / max(w, h)
+        inner = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                           Image.Resampling.BICUBIC)
+        square = Image.new(img.mode, (size, size))  # black
+        square.paste(inner, ((size - inner.size[0]) // 2, (size - inner.size[1]) // 2))
+        return square
+    elif fit not in FITS:
+        raise ValueError(f"fit {fit!r}: one of {', '.join(FITS)}")
+    return img.resize((size, size), Image.Resampling.BICUBIC)
 
 
 def _grey_or(img, was: str, mode: str) -> str:
@@ -101,12 +129,16 @@ def to_8bit(img, path: str | os.PathLike, white: float | None = None):
     return Image.fromarray(np.round(arr / top * 255).astype(np.uint8), "L")
 
 
-COLOUR = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")  # a palette (P) may be grey
+COLOUR = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")
+FIT_SAID = {"stretch": "stretched (--fit pad or crop keeps their proportions)",
+            "pad": "padded with black to a square, proportions kept (--fit pad)",
+            "crop": "cut to their central square, proportions kept (--fit crop)"}  # a palette (P) may be grey
 
 
-def conversion_notes(name: str, seen: Counter, mode: str, size: int) -> list[str]:
+def conversion_notes(name: str, seen: Counter, mode: str, size: int,
+                     fit: str = "stretch") -> list[str]:
     """What decoding ``name``'s images changed beyond the documented resize to
-    ``size``: images of several sizes (non-square ones stretched), colour images
+    ``size``: images of several sizes (non-square ones made square by ``fit``), colour images
     made grey, transparency dropped, or 8-bit images beside wider ones (two exports
     whose grey levels may not match)."""
     total, notes = sum(seen.values()), []
@@ -116,8 +148,8 @@ def conversion_notes(name: str, seen: Counter, mode: str, size: int) -> list[str
         shown = ", ".join(f"{w}x{h}: {n}" for (w, h), n in sizes.most_common(4))
         notes.append(f"{name}: images of {len(sizes)} size{'s' * (len(sizes) > 1)} "
                      f"({shown}{' ...' * (len(sizes) > 4)}) resized to {size}x{size}"
-                     + (f"; {stretched} non-square one{'s' * (stretched > 1)} stretched "
-                        f"(crop them first to keep their proportions)" if stretched else ""))
+                     + (f"; {stretched} non-square one{'s' * (stretched > 1)} "
+                        + FIT_SAID[fit] if stretched else ""))
     modes = Counter(m for (m, _) in seen.elements())
     if mode == "L":
         colour = {m: n for m, n in modes.items() if m in COLOUR}
