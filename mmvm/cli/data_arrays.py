@@ -261,10 +261,12 @@ def add_images(names: argparse._SubParsersAction) -> None:
                    "%(default)s; 28 and 224 are the other sizes the image networks take)")
     q.add_argument("--mode", choices=("L", "RGB"), default="L",
                    help="grey (L, one channel) or RGB (default %(default)s)")
-    q.add_argument("--white-level", type=float, metavar="VALUE",
+    q.add_argument("--white-level", type=_white_level, metavar="VALUE",
                    help="images of more than 8 bits (16-bit PNG, TIFF): the pixel value "
                         "that is white (default: the file type's largest, 65535 for 16 "
-                        "bits; 4095 for 12-bit data)")
+                        "bits; 4095 for 12-bit data), or 'auto': each file's own, from "
+                        "the bits its brightest pixel needs (a folder of 12- and 16-bit "
+                        "exports)")
     q.add_argument("--fit", choices=("stretch", "pad", "crop"), default="stretch",
                    help="a non-square image made square: stretched (the default), "
                         "padded with black (proportions kept: a chest X-ray's heart "
@@ -281,6 +283,15 @@ def add_images(names: argparse._SubParsersAction) -> None:
     _classes_option(q, "COLUMN", "a label column of --table")
     _split_and_output(q, "images")
     handles(q, _prepare_images)
+
+
+def _white_level(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a pixel value or 'auto'") from None
 
 
 def _prepare_images(args: argparse.Namespace) -> int:

@@ -119,6 +119,29 @@ def test_16_bit_x_rays_are_scaled_not_clipped_to_white(tmp_path):
     assert x[0, 0] == round(20000 / 65535 * 255) and x[12, 12] == round(60000 / 65535 * 255)
 
 
+def test_a_folder_of_12_and_16_bit_exports_reads_each_at_its_own_white(tmp_path, capsys):
+    """A hospital's folder mixed 16-bit and 12-bit-in-16-bit exports: one
+    --white-level could not prepare it. And two corrupt files cost two reruns."""
+    (tmp_path / "wide").mkdir()
+    full, twelve = np.full((28, 28), 40000.0), np.full((28, 28), 2000.0)
+    for i in range(6):
+        _png16(tmp_path / "wide" / f"s{i}.png", full if i % 2 else twelve)
+    p = prepare_images(tmp_path / "out", {"frontal": tmp_path / "wide"}, size=28,
+                       test_fraction=0.34, white="auto")
+    got = {i: x[0, 0, 0] for t in (read_site_table(p["train"]), read_site_table(p["test"]))
+           for i, x in zip(t.sample_ids, t.tensors["frontal"], strict=True)}
+    assert got["s1"] == round(40000 / 65535 * 255) and got["s0"] == round(2000 / 4095 * 255)
+    for bad in ("s2", "s4"):
+        (tmp_path / "wide" / f"{bad}.png").write_bytes(b"not a png")
+    assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/wide",
+                 "--size", "28", "--white-level", "auto", "--out", f"{tmp_path}/o2",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "2 of the 6 frontal images cannot be used; fix or remove them" in err
+    assert "s2.png: cannot decode image" in err and "s4.png: cannot decode image" in err
+    assert not (tmp_path / "o2" / "train.parquet").exists()
+
+
 def test_12_bit_data_in_16_bit_files_needs_its_white_level(tmp_path):
     (tmp_path / "wide").mkdir()
     img = np.full((28, 28), 1000.0)

@@ -83,7 +83,8 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                    seed: int = 0, name: str = "images", force: bool = False,
                    progress: Progress | None = None,
                    classes: Mapping[str, Sequence[str]] | None = None,
-                   white: float | None = None, fit: str = "stretch") -> dict[str, Path]:
+                   white: float | str | None = None, fit: str = "stretch"
+                   ) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
     (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
     ``labels``: the table's columns to keep as labels (default: all but the id and
@@ -178,18 +179,30 @@ def _check_size(size: int, mode: str) -> None:
                         + "); prepare at one of those sizes")
 
 
+MAX_SAID = 20  # failing images listed by name
+
+
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
-            path: Path, progress: Progress | None, white: float | None = None,
+            path: Path, progress: Progress | None, white: float | str | None = None,
             seen: Counter | None = None, fit: str = "stretch") -> Path:
     """The images of ``ids`` as one uint8 ``[N, C, size, size]`` .npy at ``path``,
     each decoded into it in turn (never the whole set in memory)."""
     channels = 1 if mode == "L" else 3
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
                                     shape=(len(ids), channels, size, size))
+    bad = []  # every file that fails, said at once: not one fix and rerun per file
     for k, i in enumerate(ids):
-        out[k] = load_image(files[i], mode, size, white=white, seen=seen, fit=fit)
+        try:
+            out[k] = load_image(files[i], mode, size, white=white, seen=seen, fit=fit)
+        except DataError as err:
+            bad.append(str(err))
         if progress is not None and (k % 64 == 0 or k == len(ids) - 1):
             progress(f"decoding {path.stem}", k + 1, len(ids))
+    if bad:
+        shown = "\n  ".join(bad[:MAX_SAID])
+        more = f"\n  ... and {len(bad) - MAX_SAID} more" if len(bad) > MAX_SAID else ""
+        raise DataError(f"{len(bad)} of the {len(ids)} {path.stem} images cannot be "
+                        f"used; fix or remove them:\n  {shown}{more}")
     out.flush()
     del out
     return path

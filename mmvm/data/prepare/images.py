@@ -13,13 +13,14 @@ from mmvm.data.store import DataError
 WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535,
               "I": 65535, "F": None}
 LOW_BITS = 4096  # a 16-bit file whose brightest pixel is below this is 12-bit data
+AUTO_BITS = (8, 10, 12, 14, 16)  # bit depths --white-level auto tells apart
 
 
 FITS = ("stretch", "pad", "crop")  # how a non-square image becomes a square
 
 
 def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
-               center_crop: int | None = None, white: float | None = None,
+               center_crop: int | None = None, white: float | str | None = None,
                seen: Counter | None = None, fit: str = "stretch") -> np.ndarray:
     """Decode ``path`` to uint8 ``[C, H, W]`` (``mode`` "L" -> C = 1, "RGB" -> 3).
 
@@ -102,17 +103,22 @@ def _grey_or(img, was: str, mode: str) -> str:
     return "grey RGB" if int((a.max(2) - a.min(2)).max(initial=0)) <= 2 else was
 
 
-def to_8bit(img, path: str | os.PathLike, white: float | None = None):
+def to_8bit(img, path: str | os.PathLike, white: float | str | None = None):
     """A grey image of more than 8 bits a pixel as 8-bit "L": ``value / white * 255``,
     ``white`` by default the file type's largest value (65535 for 16 bits, as
     torchxrayvision reads 16-bit X-rays). Pillow's own ``convert("L")`` clips every
     value above 255 to white, which turned a 16-bit X-ray into a white silhouette.
     A 16-bit file whose brightest pixel is below 4096 holds 12-bit data (or less),
     which that scale would leave black: it is refused unless ``white`` says where
-    white is."""
+    white is. ``white = "auto"``: each file's own, 2^b - 1 for the fewest bits b of
+    8, 10, 12, 14, 16 that hold its brightest pixel (a folder of 12- and 16-bit
+    exports; a 16-bit image darker than 4096 is then read as 12-bit)."""
     from PIL import Image
 
     arr = np.asarray(img, dtype=np.float64)
+    if white == "auto":
+        peak = float(arr.max()) if arr.size else 0.0
+        white = next((2.0 ** b - 1 for b in AUTO_BITS if peak <= 2 ** b - 1), None)
     top = white if white is not None else WIDE_MODES[img.mode]
     if top is None:
         raise DataError(f"{path}: a floating-point image ({img.mode}) has no white level "
