@@ -244,6 +244,20 @@ def test_a_non_square_image_keeps_its_proportions_padded_or_cropped(tmp_path):
         load_image(path, "L", 64, fit="squash")
 
 
+def test_a_table_saved_with_semicolons_is_read(tmp_path):
+    """A spreadsheet export separated by ';' read as one column 'sample_id;finding;...'."""
+    truth = _views(tmp_path)
+    text = (tmp_path / "table.csv").read_text().replace(",", ";")
+    (tmp_path / "semi.csv").write_text(text)
+    p = prepare_images(tmp_path / "o", {"frontal": tmp_path / "frontal"}, size=28,
+                       table=tmp_path / "semi.csv", labels=["finding"])
+    t = read_site_table(p["train"])
+    names = t.dataset_meta["label_names"]["label.finding"]
+    for i, y in zip(t.sample_ids, t.labels["label.finding"], strict=True):
+        if i != "s039":
+            assert names[y] == ("cardiomegaly" if truth["cardio"][int(i[1:])] else "normal")
+
+
 def test_a_size_no_network_takes_and_an_unquoted_comma_are_refused(tmp_path):
     _views(tmp_path)
     with pytest.raises(DataError, match=r"--size 32: no image network takes 32x32 "

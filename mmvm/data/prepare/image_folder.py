@@ -47,10 +47,15 @@ def image_files(folder: str | os.PathLike) -> dict[str, Path]:
 
 
 def read_table(path: str | os.PathLike, id_column: str) -> dict[str, dict[str, str]]:
-    """``{sample id: {column: value}}`` of a CSV table with a header row."""
+    """``{sample id: {column: value}}`` of a CSV table with a header row; values
+    separated by ',', or by ';' or tabs where the header has no comma (a spreadsheet
+    saved in a locale whose decimal mark is the comma)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            header = fh.readline()
+            fh.seek(0)
+            sep = next((d for d in ";\t" if d in header and "," not in header), ",")
+            reader = csv.DictReader(fh, delimiter=sep)
             rows = [(reader.line_num, row) for row in reader]  # the file's line
             columns = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as e:
