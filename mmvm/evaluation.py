@@ -43,11 +43,13 @@ from mmvm.aggregation import aggregate, has_private_latent
 from mmvm.chance import (
     add_class_counts,
     chance_levels,
+    class_rates,
     evaluation_warnings,
     independent_accuracy,
     label_classes,
     labelled_rows,
 )
+from mmvm.data.label_names import class_names
 from mmvm.data.labels import NO_LABELS, label_columns
 from mmvm.imputation import imputation_nll
 from mmvm.model import MultimodalVAE
@@ -202,6 +204,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     Returns ``{"pairs": {"m->m'": acc}, "matrix": [[acc]] (rows source, cols target,
     NaN where no classifier), "mean": mean over pairs m != m', "self": mean over m = m,
     "degenerate": [pairs whose every generation (two or more) got one label],
+    "per_class": {class id: {"coherence", "n"}} over the pairs m != m' by true class,
     "judged_class": {degenerate pair: that label}, "independent": {"m->m'": the
     accuracy generations with the same class frequencies would score were they
     independent of the labels, sum_k p(label k) p(judged k)}, "n": {m: samples}}``
@@ -223,6 +226,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     seen: dict[tuple[str, str], set[int]] = {(s, t): set() for s in names for t in targets}
     judged = {(s, t): torch.zeros(0) for s in names for t in targets}  # per class
     truth = {s: torch.zeros(0) for s in names}
+    by_class = (torch.zeros(0), torch.zeros(0))  # cross pairs' (right, all) per class
     count = dict.fromkeys(names, 0)
     for rows in _chunks(len(dataset), batch_size):
         b = dataset.batch(rows)
@@ -239,6 +243,9 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
                 hits[(src, tgt)] += int((pred == y).sum())
                 seen[(src, tgt)].update(pred.unique().tolist())
                 judged[(src, tgt)] = add_class_counts(judged[(src, tgt)], pred)
+                if tgt != src:
+                    by_class = (add_class_counts(by_class[0], y[pred == y]),
+                                add_class_counts(by_class[1], y))
             truth[src] = add_class_counts(truth[src], y)
             count[src] += len(y)
     pairs = {f"{s}->{t}": hits[(s, t)] / count[s] if count[s] else math.nan
@@ -257,7 +264,8 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
             "mean": float(np.mean(cross)) if cross else math.nan,
             "self": float(np.mean(own)) if own else math.nan,
             "degenerate": list(one), "judged_class": one, "independent": independent,
-            "n": {s: count[s] for s in names if count[s]}}
+            "n": {s: count[s] for s in names if count[s]},
+            "per_class": class_rates(*by_class)}
 
 
 # ------------------------------------------------------------------ reconstruction
@@ -365,6 +373,7 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
         result["chance"] = chance_levels(test_set.labels, label_classes(probe_set, test_set))
         result["n_labelled"] = {"train": labelled_rows(probe_set),
                                 "test": labelled_rows(test_set)}
+        result["class_names"] = class_names(cfg.data.files("test"), cfg.data.label)
     result["warnings"] = evaluation_warnings(result) + notes + list(
         getattr(classifiers, "skipped", {}).values())
     return result

@@ -107,6 +107,36 @@ def test_a_judge_answering_one_class_makes_coherence_degenerate_and_says_so():
     assert coherence(oracle_model(), ds, ARGMAX, "mmvm")["degenerate"] == []
 
 
+class Misreads(nn.Module):
+    """A judge that reads one-hot inputs right but calls class ``lost`` class 0."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__()
+        self.lost = lost
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.argmax(1)
+        return nn.functional.one_hot(torch.where(y == self.lost, 0, y), 10).float()
+
+
+def test_a_class_never_generated_right_is_named_under_a_good_mean():
+    """A hospital's four coherence cells were all 0.790: every nodule generation was
+    wrong and every other right, and nothing said so."""
+    ds = _skewed_dataset()  # class 7: 10 of the 100 labelled samples
+    res = coherence(oracle_model(), ds, {m: Misreads(7) for m in NAMES}, "mmvm")
+    per = res["per_class"]
+    assert per["7"] == {"coherence": 0.0, "n": 10 * 6}  # 6 pairs m != m'
+    assert per["3"] == {"coherence": 1.0, "n": 15 * 6}
+    right = sum(c["coherence"] * c["n"] for c in per.values())
+    assert right / sum(c["n"] for c in per.values()) == pytest.approx(res["mean"])
+    names = [f"finding{k}" for k in range(10)]
+    lines = evaluation_warnings({"coherence": res, "class_names": names})
+    assert ("class 'finding7': coherence 0.00 over 60 cross-modal generations, against "
+            "0.90 over all: its generations show another class") in lines[0]
+    good = coherence(oracle_model(), ds, ARGMAX, "mmvm")
+    assert not [w for w in evaluation_warnings({"coherence": good}) if "class" in w]
+
+
 def test_evaluate_run_records_chance_and_warns_of_a_judge_near_chance():
     cfg = config_from_dict({"model": {"method": "mmvm", "latent_dim": 10, "modalities": {
         m: {"kind": "vector", "shape": [10], "likelihood": "gaussian", "width": 10,

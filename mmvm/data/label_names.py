@@ -72,6 +72,15 @@ def label_names_for(paths: Sequence[str | os.PathLike], column: str) -> list[str
     return found or None
 
 
+def class_names(paths: Sequence[str | os.PathLike], column: str) -> list[str]:
+    """:func:`label_names_for`, ``[]`` where no file names them or the files cannot
+    be read (an evaluation of data held in memory)."""
+    try:
+        return label_names_for(paths, column) or []
+    except (OSError, KeyError, DataError):
+        return []
+
+
 def _ids(names) -> str:
     text = ", ".join(f"{i}={n}" for i, n in enumerate(names))
     return text if len(text) <= 80 else text[:77] + "..."
