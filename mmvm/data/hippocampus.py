@@ -228,7 +228,8 @@ def write_splits(out_dir: str | os.PathLike, data: Mapping[str, dict], meta: dic
     for split in ("train", "test"):
         d = data[split]
         m = {**meta, "split": split, "n": len(d["ids"]), "n_trials": d["n_trials"],
-             "n_aligned_per_odor": list(map(int, data["n_aligned"]))}
+             "n_aligned_per_odor": list(map(int, data["n_aligned"])),
+             "group_column": "trial"}  # a trial's windows are not independent
         paths[split] = write_site_table(
             Path(out_dir) / f"{split}.parquet", d["ids"], d["x"], {"label": d["label"]},
             m, columns=d["cols"], row_group_size=row_group_size)

@@ -168,6 +168,8 @@ def _write_sites(paths: Sequence[Path], out_dir: Path, sites: Sequence[SiteSpec]
                 out_dir / s.name / path.name, [table.sample_ids[i] for i in rows],
                 {m: table.tensors[m][rows] for m in s.modalities},
                 {k2: v[rows] for k2, v in table.labels.items()}, meta,
+                columns={c: v[rows] for c, v in table.columns.items()
+                         if c == table.dataset_meta.get("group_column")} or None,
                 scales={m: table.scales[m] for m in s.modalities})
             result[s.name][path.stem] = str(out)
     return result

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SAMPLE_ID = "sample_id"
+GROUP_COLUMN = "group"  # carried: the trial or patient a sample belongs to (prepare --groups)
 TENSOR_KEY = "mmvm.tensor."
 DATASET_KEY = "mmvm.dataset"
 LATENTS_KEY = "mmvm.latents"  # an `mmvm encode` output's metadata (mmvm.latents)

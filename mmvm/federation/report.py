@@ -78,12 +78,21 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 def _probe_cell(ev: Mapping, m: str) -> str:
     """``0.743 (chance 0.15; 95 % 0.68-0.80 of 200)``: the probe, its chance and,
     where the site sent how many test rows it scored, the interval a test set that
-    size leaves (a lab's 39 trials read 1.000, which is 0.91-1.00)."""
-    acc, majority, n = (ev.get(f"{k}/{m}") for k in ("probe", "majority", "probe_n"))
+    size leaves (a lab's 39 trials read 1.000, which is 0.91-1.00). Rows that come in
+    groups (a trial's windows, a patient's images; the site sent how many groups)
+    count as their groups: the interval of 88 windows of 22 trials is that of 22,
+    the most it can claim when one trial's windows may all be right or all wrong."""
+    acc, majority, n, groups = (ev.get(f"{k}/{m}") for k in
+                                ("probe", "majority", "probe_n", "probe_groups"))
     said = [f"chance {majority:.2f}"] if majority is not None else []
     if acc is not None and n:
-        low, high = wilson(round(acc * n), int(n))
-        said.append(f"95 % {low:.2f}-{high:.2f} of {int(n)}")
+        if groups and groups < n:
+            low, high = wilson(round(acc * groups), int(groups))
+            said.append(f"95 % {low:.2f}-{high:.2f} of {int(groups)} groups, "
+                        f"{int(n)} rows")
+        else:
+            low, high = wilson(round(acc * n), int(n))
+            said.append(f"95 % {low:.2f}-{high:.2f} of {int(n)}")
     return _num(acc) + (f" ({'; '.join(said)})" if said else "")
 
 

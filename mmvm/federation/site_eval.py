@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mmvm.data import open_dataset
+from mmvm.data.groups import group_count, read_groups
 from mmvm.evaluation import (
     chance_levels,
     encode_dataset,
@@ -133,6 +134,7 @@ def _probes(site: Site, test, max_train: int) -> dict[str, float]:
     test_mu = encode_dataset(site.model, test, size, device=site.device)
     train_y = present_labels(site.data, site.names)
     test_y = present_labels(test, site.names)
+    groups = read_groups([site.test_path], test.sample_ids)  # trials, patients
     out = {}
     for m in site.names:
         ytr, yte = train_y[m], test_y[m]
@@ -143,6 +145,9 @@ def _probes(site: Site, test, max_train: int) -> dict[str, float]:
                              standardize=site.cfg.eval.probe_standardize)
         out[f"probe/{m}"] = acc[m]
         out[f"probe_n/{m}"] = float((yte >= 0).sum())  # the test rows it scored
+        held = np.flatnonzero(test.mask[:, test.names.index(m)].numpy())[yte >= 0]
+        if (n := group_count(groups, held)) is not None:  # how sure the score is
+            out[f"probe_groups/{m}"] = float(n)
         out[f"classes/{m}"] = float(len(np.unique(ytr[ytr >= 0])))
         # the floor of the probe: always answering the test labels' commonest class
         out[f"majority/{m}"] = chance_levels(yte)["majority"]

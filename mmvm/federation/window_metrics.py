@@ -81,7 +81,8 @@ def evaluation_withheld(metrics: dict) -> dict:
     no reconstruction or imputation NLLs, nor any size (``n_test``, a score's
     count, the probe's rows)."""
     kept = {k: v for k, v in metrics.items()
-            if not k.startswith(("recon_nll/", "impute", "constant_nll/", "probe_n/"))
+            if not k.startswith(("recon_nll/", "impute", "constant_nll/", "probe_n/",
+                                 "probe_groups/"))
             and k != "n_test" and not k.endswith("_n")}
     return {**kept, WITHHELD: 1.0}
 

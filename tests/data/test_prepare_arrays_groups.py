@@ -25,9 +25,20 @@ def test_groups_keep_every_trials_windows_on_one_side_of_the_split(tmp_path):
     assert not trial_of(paths["train"]) & trial_of(paths["test"])
     assert 0.1 * trials < len(trial_of(paths["test"])) < 0.35 * trials
     assert read_site_meta(paths["train"])["dataset"]["split_by"].startswith("group (60 groups")
+    # each sample's trial is kept (carried column "group"): a score over the test
+    # windows is as sure as its trials, not its windows (the federated summary's
+    # interval counted 88 windows of 22 trials as 88)
+    from mmvm.data.groups import group_count, read_groups
+
+    test_ids = read_site_table(paths["test"]).sample_ids
+    groups = read_groups([paths["test"]], test_ids)
+    assert list(groups) == [i.split("-")[0] for i in test_ids]
+    assert group_count(groups, np.arange(len(test_ids))) == len(trial_of(paths["test"]))
+    assert group_count(groups, np.array([0, 1])) == 1  # two windows of one trial
     loose = prepare_arrays(tmp_path / "w", {"x": tmp_path / "x.npy"},
                            ids=tmp_path / "ids.txt", seed=3)
     assert len(trial_of(loose["train"]) & trial_of(loose["test"])) > trials // 2
+    assert read_groups([loose["test"]], ["T000-w00"]) is None  # no groups: rows count
     (tmp_path / "short.txt").write_text("T000\n")
     with pytest.raises(DataError, match=r"short.txt: 1 group ids, the arrays have 480 rows"):
         prepare_arrays(tmp_path / "s", {"x": tmp_path / "x.npy"}, groups=tmp_path / "short.txt")

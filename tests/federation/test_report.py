@@ -167,6 +167,15 @@ def test_a_probe_on_a_small_test_set_shows_its_interval():
     line = next(ln for ln in summary(res, "/r", {}, None).splitlines()
                 if ln.startswith("rat1"))
     assert "1.000 (chance 0.39; 95 % 0.91-1.00 of 39)" in line
+    # 88 windows of 22 trials: as sure as 22 (a neuroscientist's 0.602 read 0.50-0.70
+    # of 88 windows; of its 22 trials it is 0.40-0.77)
+    res.evaluation["1"].update({"probe/rat1": 0.602, "probe_n/rat1": 88.0,
+                                "probe_groups/rat1": 22.0})
+    line = next(ln for ln in summary(res, "/r", {}, None).splitlines()
+                if ln.startswith("rat1"))
+    low, high = wilson(round(0.602 * 22), 22)
+    assert f"0.602 (chance 0.39; 95 % {low:.2f}-{high:.2f} of 22 groups, 88 rows)" in line
+    assert high - low > 0.3  # the 88-row interval was 0.20 wide
 
 
 def test_two_coherences_of_one_model_say_why_they_differ():

@@ -55,3 +55,24 @@ def test_a_site_without_its_label_column_says_so(tiny_polymnist, tiny_config, tm
     got = evaluate_site(site)
     assert got["unlabelled"] == 1.0 and "probe/m0" not in got
     assert "unlabelled" not in evaluate_site(site, probes=False)  # withheld: said apart
+
+
+def test_a_sites_probe_counts_the_groups_its_test_rows_come_in(tiny_polymnist,
+                                                               tiny_config, tmp_path):
+    """Windows of one trial are not independent: the site says how many trials its
+    scored rows span, and the summary's interval counts those (it counted windows)."""
+    import numpy as np
+
+    from mmvm.data.store import read_site_table, write_site_table
+
+    cfg = tiny_config(tiny_polymnist)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    site = make_sites(cfg, specs, root)["n0"]
+    assert "probe_groups/m0" not in evaluate_site(site)  # no groups: rows count
+    t = read_site_table(site.test_path)
+    trial = np.array([f"T{i // 4}" for i in range(len(t.sample_ids))])  # 4 rows a trial
+    write_site_table(site.test_path, t.sample_ids, t.tensors, t.labels,
+                     {**t.dataset_meta, "group_column": "trial"},
+                     columns={"trial": trial}, scales=t.scales)
+    got = evaluate_site(site)
+    assert got["probe_groups/m0"] == len(set(trial)) < got["probe_n/m0"]

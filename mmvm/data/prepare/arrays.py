@@ -31,7 +31,7 @@ from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
 from mmvm.data.prepare.label_values import check_named, class_ids, label_hint
 from mmvm.data.prepare.standardize import Scale, apply, scales
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
-from mmvm.data.store_format import LABEL_MAX, id_problem, show
+from mmvm.data.store_format import GROUP_COLUMN, LABEL_MAX, id_problem, show
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a modality: a column and a bare TOML key
 
@@ -220,6 +220,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
             "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},
             "counts": [m for m in counts if m not in scaled],
             "label_names": {c: names for c, (_, names) in loaded.items() if names},
+            **({"group_column": GROUP_COLUMN} if group_of is not None else {}),
             "created_by": "mmvm.data.prepare.arrays.prepare_arrays"} | (
                 {"standardized": scaled} if scaled else {}) | (
                 {"notes": list(notes)} if notes else {})
@@ -237,7 +238,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                                 "fraction")
             step(f"writing {split} ({len(rows):,} samples)", k)
             chunks = _chunks(rows, sample_ids, arrays, cols, row_group_size, modalities,
-                             scaled)
+                             scaled, group_of)
             paths[split] = write_site_table_batches(stage / f"{split}.parquet", chunks,
                                                     meta, row_group_size=row_group_size)
         step("done", 2)
@@ -373,7 +374,11 @@ def _check_ids(ids: list[str], id_path) -> None:
 
 
 def _chunks(rows: np.ndarray, ids: list[str], arrays: dict, cols: dict, size: int,
-            sources: Mapping, scaled: Mapping[str, Scale]) -> Iterator[SiteChunk]:
+            sources: Mapping, scaled: Mapping[str, Scale],
+            groups: list[str] | None = None) -> Iterator[SiteChunk]:
+    """The rows in chunks of ``size``; each sample's group (trial, patient) kept in
+    the carried column ``group``, for scores that count groups, not rows."""
+    group_of = np.asarray(groups, dtype=str) if groups is not None else None
     for lo in range(0, len(rows), size):
         idx = rows[lo:lo + size]
         tensors = {}
@@ -390,4 +395,5 @@ def _chunks(rows: np.ndarray, ids: list[str], arrays: dict, cols: dict, size: in
                                 f"{ids[idx[row]]!r}), value [{where}] of the row: NaN, "
                                 f"inf, or beyond float32's range")
         yield SiteChunk([ids[i] for i in idx], tensors,
-                        {c: a[idx].astype(np.int64) for c, a in cols.items()} or None, None)
+                        {c: a[idx].astype(np.int64) for c, a in cols.items()} or None,
+                        {GROUP_COLUMN: group_of[idx]} if group_of is not None else None)
