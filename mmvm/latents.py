@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import torch
 
 from mmvm.atomic import atomic_write
+from mmvm.data.store_format import GROUP_COLUMN, is_label_column
 from mmvm.data.store_format import LATENTS_KEY as LATENTS_NAME
-from mmvm.data.store_format import is_label_column
 from mmvm.evaluation import unimodal_posteriors
 from mmvm.model import MultimodalVAE
 
@@ -32,10 +32,13 @@ LATENTS_KEY = LATENTS_NAME.encode()  # schema metadata of every table write_late
 def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
                  device: str | torch.device = "cpu",
                  step: Callable[[int, int], None] | None = None,
-                 labels: Mapping[str, np.ndarray] | None = None) -> pa.Table:
+                 labels: Mapping[str, np.ndarray] | None = None,
+                 groups: np.ndarray | None = None) -> pa.Table:
     """The table described in the module docstring, rows in the dataset's order.
     ``step(done, total)`` is called after each batch. ``labels``: column -> int64 per
-    row (-1 unknown), e.g. :func:`data_labels`; default the dataset's own ``label``."""
+    row (-1 unknown), e.g. :func:`data_labels`; default the dataset's own ``label``.
+    ``groups``: each row's trial or patient (:func:`mmvm.data.groups.read_groups`),
+    written as the column ``group`` for analyses that must keep a group together."""
     n, d = len(dataset), model.latent_dim
     held = [m for m in model.names if m in dataset.names]
     if not held:
@@ -63,6 +66,8 @@ def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
         if len(values) != n:
             raise ValueError(f"label column {c!r}: {len(values)} values for {n} samples")
         cols[c] = pa.array(values, pa.int64(), mask=values < 0)
+    if groups is not None:
+        cols[GROUP_COLUMN] = pa.array([str(g) for g in groups], pa.string())
     return pa.table(cols)
 
 
@@ -102,6 +107,31 @@ def read_latents(paths: list[str | Path], label: str | None = None
     ``label`` column, all 0 in a file without it; a column a file does not have raises
     ``ValueError`` naming the label columns it has."""
     mus, labels = {}, {}
+    for key, path, table, valid, values in _latent_sets(paths):
+        mus[key], labels[key] = values[valid], _labels(table, path, label)[valid]
+    if not mus:
+        raise ValueError(f"{', '.join(map(str, paths))}: no sample has a posterior mean "
+                         "(no rows, or every mu.<modality> is null)")
+    return mus, labels
+
+
+def read_latent_groups(paths: list[str | Path]) -> dict[str, np.ndarray] | None:
+    """Each sample's group (trial, patient) per (file, modality), as
+    :func:`read_latents` orders them; None unless every file has the ``group`` column
+    (``mmvm encode`` of files prepared with groups)."""
+    out = {}
+    for key, _, table, valid, _ in _latent_sets(paths):
+        if GROUP_COLUMN not in table.column_names:
+            return None
+        out[key] = np.asarray(table.column(GROUP_COLUMN).to_pylist(), dtype=object)[valid]
+    return out
+
+
+def _latent_sets(paths: list[str | Path]):
+    """``(key, file, table, valid rows, means [N, D])`` per (file, modality) with a
+    sample;
+    the key is the modality, ``<file stem>: <modality>`` for several files."""
+    seen = set()
     for p in map(Path, paths):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such latents file (write one with mmvm "
@@ -110,7 +140,6 @@ def read_latents(paths: list[str | Path], label: str | None = None
         cols = [c for c in table.column_names if c.startswith("mu.")]
         if not cols:
             raise ValueError(f"{p}: no mu.<modality> column; not an mmvm encode output")
-        lab = _labels(table, p, label)
         for c in cols:
             col = table.column(c).combine_chunks()
             valid = col.is_valid().to_numpy(zero_copy_only=False)
@@ -119,16 +148,13 @@ def read_latents(paths: list[str | Path], label: str | None = None
             values = col.values.slice(col.offset * d, len(col) * d)
             values = values.to_numpy(zero_copy_only=False).reshape(-1, d)
             key = f"{p.stem}: {c[3:]}" if len(paths) > 1 else c[3:]
-            if key in mus:
+            if key in seen:
                 raise ValueError(f"two files named {p.name} hold {c}: give the latents "
                                  f"files distinct names")
+            seen.add(key)
             _check_finite(values, valid, p, c)
             if valid.any():  # a modality no sample of the file has: no empty panel
-                mus[key], labels[key] = values[valid], lab[valid]
-    if not mus:
-        raise ValueError(f"{', '.join(map(str, paths))}: no sample has a posterior mean "
-                         "(no rows, or every mu.<modality> is null)")
-    return mus, labels
+                yield key, p, table, valid, values
 
 
 def latents_label_names(paths: list[str | Path], label: str | None) -> list[str] | None:

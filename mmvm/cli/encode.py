@@ -135,6 +135,7 @@ def _site_state(path: Path) -> dict:
 
 def _encode(args: argparse.Namespace) -> int:
     from mmvm.data import check_data_fits, open_dataset
+    from mmvm.data.groups import read_groups
     from mmvm.data.label_names import label_names_for
     from mmvm.finite import finite_latents
     from mmvm.latents import data_labels, latent_table, write_latents
@@ -158,7 +159,7 @@ def _encode(args: argparse.Namespace) -> int:
         task = bar.add_task("encoding", total=len(data))
         table = latent_table(model, data, args.batch_size, device,
                              step=lambda done, total: bar.update(task, completed=done),
-                             labels=labels)
+                             labels=labels, groups=read_groups(args.data, data.sample_ids))
     named = {c: names for c in labels if (names := label_names_for(args.data, c))}
     meta = {**source, "data": [str(p) for p in args.data],
             "latent_dim": model.latent_dim, "modalities": model.names,

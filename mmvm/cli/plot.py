@@ -1,4 +1,4 @@
-"""mmvm plot scatter|curves|latents: the paper's figures from saved results.
+"""mmvm plot scatter|curves|latents|across: the paper's figures from saved results.
 
 - scatter: reconstruction error vs probe accuracy / coherence from results files
   (JSON: a list of eval.json dicts or of flat rows; CSV: columns method, beta, seed,
@@ -13,6 +13,8 @@
   on the same axes (a common PCA above two dimensions), coloured by a label column
   (label, or e.g. label.sex): whether the modalities, or the sites, share one latent
   space.
+- across: a probe fitted on each (file, modality)'s latent means scored on every
+  other's (:mod:`mmvm.latents_across`), as a heat map, a table and a JSON beside it.
 
 Each writes one PNG (--out must end in .png): never over one of its inputs, and
 checked before any work; an earlier PNG of the same name is replaced.
@@ -32,8 +34,8 @@ MATPLOTLIB_PNG = b"tEXtSoftware\x00Matplotlib"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="plot results (scatter), training curves or "
-                              "latents",
+    p = subparsers.add_parser("plot", help="plot results (scatter), training curves, "
+                              "latents or decoding across them",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="plot", metavar="KIND", required=True)
@@ -80,6 +82,24 @@ def register(subparsers) -> None:
     la.add_argument("--out", default=None,
                     help="PNG to write (default: <first file>.png next to it)")
     _handles(la, run_latents)
+    ac = sub.add_parser(
+        "across", help="decode a label across modalities from mmvm encode outputs",
+        description="Whether the modalities share one latent space: a probe fitted on "
+        "each (file, modality)'s latent means scored on every other's (rows: fitted on, "
+        "columns: scored on; the diagonal cross-validated, a trial's or patient's "
+        "samples kept in one fold where the files say their groups). Coherence and "
+        "the built-in probes agree with the pairing key whatever the pairing; this "
+        "does not (a mirrored lab decodes below chance). Prints the table and writes "
+        "the heat map and a JSON of the numbers.")
+    ac.add_argument("latents", nargs="+", help="mmvm encode outputs (.parquet)")
+    ac.add_argument("--label", default=None, metavar="COLUMN",
+                    help="the label to decode (default: label, or the files' only one)")
+    ac.add_argument("--folds", type=int, default=5, help="cross-validation folds of "
+                    "the diagonal (default %(default)s)")
+    ac.add_argument("--out", default=None,
+                    help="PNG to write (default: <first file>_across.png; the JSON "
+                         "beside it)")
+    _handles(ac, run_across)
 
 
 def _handles(parser: argparse.ArgumentParser,
@@ -186,3 +206,44 @@ def run_latents(args: argparse.Namespace) -> int:
     names = latents_label_names(args.latents, label)  # the files' class names
     print(f"wrote {latent_2d(points, labels, out, label_names=names, share_axes=True)}")
     return 0
+
+
+def run_across(args: argparse.Namespace) -> int:
+    from mmvm.atomic import atomic_write
+    from mmvm.jsonfile import json_bytes
+    from mmvm.latents import latents_label_names, read_latent_groups, read_latents
+    from mmvm.latents_across import across_matrix
+    from mmvm.plot_across import across_heatmap
+
+    first = Path(args.latents[0])
+    out = _png_out(args.out or first.with_name(f"{first.stem}_across.png"), args.latents)
+    label = args.label if args.label is not None else _default_label(args.latents)
+    mus, labels = read_latents(args.latents, label)
+    if len(mus) < 2:
+        raise ValueError(f"one latent set ({next(iter(mus))}): decoding across needs two "
+                         f"modalities or files")
+    result = across_matrix(mus, labels, read_latent_groups(args.latents), args.folds)
+    names = latents_label_names(args.latents, label)
+    result |= {"label": label or "label", "class_names": names or [],
+               "files": [str(p) for p in args.latents]}
+    print(across_table(result))
+    json_path = out.with_suffix(".json")
+    atomic_write(json_path, json_bytes(result))
+    print(f"wrote {across_heatmap(result, out)} and {json_path}")
+    return 0
+
+
+def across_table(result: dict) -> str:
+    """The matrix as text: a row per fitted-on set, chance and samples beside."""
+    names = result["names"]
+    width = max(len(n) for n in names)
+    head = " " * (width + 5) + "  ".join(f"{'-> ' + str(k + 1):>6}"
+                                         for k in range(len(names)))
+    lines = [f"probe of {result['label']} fitted on each row's latents, scored on each "
+             f"column's (-> k: row k's latents; the diagonal cross-validated)", head]
+    for k, (name, row) in enumerate(zip(names, result["matrix"], strict=True)):
+        cells = "  ".join(f"{v:6.3f}" if v == v else f"{'-':>6}" for v in row)
+        lines.append(f"{k + 1}. {name:<{width}}  {cells}   chance "
+                     f"{result['chance'][name]:.3f}, {result['n'][name]} samples")
+    return "\n".join(lines)
+

@@ -1,0 +1,97 @@
+"""Decoding across modalities (mmvm plot across): a probe fitted on one set of
+latents scored on another's tells a shared space from a mirrored one, and the
+diagonal's folds keep a trial's samples together."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mmvm.cli import main
+from mmvm.latents_across import across_matrix
+
+
+def _classes(rng, n=120):
+    y = rng.integers(0, 2, n)
+    x = np.stack([np.where(y == 1, 2.0, -2.0) + rng.normal(0, 0.5, n),
+                  rng.normal(0, 1, n)], 1)
+    return x, y
+
+
+def test_a_shared_space_decodes_across_and_a_mirrored_one_below_chance():
+    """A lab whose track runs the other way: its latents are the others' mirrored,
+    its own probe as good, and a decoder fitted on the others reads it wrong."""
+    rng = np.random.default_rng(0)
+    x, y = _classes(rng)
+    shared = x + rng.normal(0, 0.1, x.shape)
+    res = across_matrix({"rat1": x, "rat2": shared, "mirrored": -x},
+                        {"rat1": y, "rat2": y, "mirrored": y})
+    m = np.array(res["matrix"])
+    assert res["names"] == ["rat1", "rat2", "mirrored"]
+    assert m[0, 1] > 0.95 and m[1, 0] > 0.95  # one space
+    assert m[0, 2] < 0.05 and m[2, 0] < 0.05  # every sample read as the other class
+    assert np.diag(m).min() > 0.95  # each set decodes itself: the probe cannot tell
+    assert res["chance"]["rat1"] == pytest.approx(np.bincount(y).max() / len(y))
+    assert res["n"] == {"rat1": 120, "rat2": 120, "mirrored": 120}
+
+
+def test_the_diagonal_keeps_a_trials_samples_in_one_fold():
+    """Windows of one trial are alike and its label is the trial's: folds by window
+    test the probe on the neighbours of what it fitted and score well above chance;
+    folds by trial find nothing to decode, as there is nothing."""
+    rng = np.random.default_rng(1)
+    trials, per, dim = 80, 4, 60  # 80 trials in 60 dims: a probe fits any labels
+    centre = rng.normal(0, 1, (trials, dim))
+    y_trial = rng.integers(0, 2, trials)  # unrelated to the trial's latents
+    x = np.repeat(centre, per, 0) + rng.normal(0, 0.02, (trials * per, dim))
+    y, g = np.repeat(y_trial, per), np.repeat(np.arange(trials).astype(str), per)
+    loose = across_matrix({"a": x, "b": x}, {"a": y, "b": y})["matrix"][0][0]
+    kept = across_matrix({"a": x, "b": x}, {"a": y, "b": y}, {"a": g, "b": g})
+    assert kept["matrix"][0][0] < 0.65 and loose > 0.9  # trial-blind folds "decode"
+    one_class = across_matrix({"a": x, "b": x}, {"a": np.zeros_like(y), "b": y})
+    assert all(math.isnan(v) for v in one_class["matrix"][0])  # nothing to fit
+
+
+def test_plot_across_from_encode_outputs_of_files_with_trials(tmp_path, capsys):
+    from mmvm.data.prepare.arrays import prepare_arrays
+    from tests.support.lab import lab_config
+
+    rng = np.random.default_rng(2)
+    trials, per = 30, 4
+    odor = rng.integers(0, 2, trials)
+    ids = [f"T{t:02d}-w{w}" for t in range(trials) for w in range(per)]
+    (tmp_path / "ids.txt").write_text("\n".join(ids))
+    (tmp_path / "trial.txt").write_text("\n".join(i[:3] for i in ids))
+    np.save(tmp_path / "y.npy", np.array(["anise", "lemon"])[np.repeat(odor, per)])
+    for rat, d in (("rat1", 6), ("rat2", 5)):
+        x = rng.normal(0, 1, (len(ids), d)) + 2 * np.repeat(odor, per)[:, None]
+        np.save(tmp_path / f"{rat}.npy", x.astype(np.float32))
+        prepare_arrays(tmp_path / "sites" / f"site-{rat}", {rat: tmp_path / f"{rat}.npy"},
+                       ids=tmp_path / "ids.txt", groups=tmp_path / "trial.txt",
+                       labels={"label.odor": tmp_path / "y.npy"}, test_fraction=0.5)
+    (tmp_path / "lab.toml").write_text(lab_config(
+        tmp_path / "sites", tmp_path / "run", '["site-rat1", "site-rat2"]',
+        {"rat1": 6, "rat2": 5}, latent_dim=2))
+    assert main(["train", "--config", str(tmp_path / "lab.toml"), "--no-progress"]) == 0
+    files = [str(tmp_path / "sites" / f"site-{r}" / "test.parquet") for r in ("rat1", "rat2")]
+    lat = tmp_path / "lat.parquet"
+    assert main(["encode", "--run", str(tmp_path / "run"), *files, "--out", str(lat),
+                 "--no-progress"]) == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(lat)
+    assert table.column("group").to_pylist() == [i[:3] for i in table.column(
+        "sample_id").to_pylist()]  # each window's trial, for the diagonal's folds
+    capsys.readouterr()
+    assert main(["plot", "across", str(lat), "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "probe of label.odor fitted on each row's latents" in out
+    assert "1. rat1" in out and "2. rat2" in out
+    res = json.loads((tmp_path / "lat_across.json").read_text())
+    assert res["names"] == ["rat1", "rat2"] and res["class_names"] == ["anise", "lemon"]
+    assert (tmp_path / "lat_across.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", "across", str(lat), "--label", "label.odor", "--out",
+                 str(tmp_path / "x.png")]) == 0
