@@ -45,7 +45,8 @@ def register(subparsers) -> None:
                    "train.device)")
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="samples per forward pass (default %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", "--quiet", action="store_true",
+                   help="no progress bar (--quiet, as mmvm data takes it)")
     p.set_defaults(func=_encode)
 
 

@@ -51,8 +51,9 @@ def register(subparsers) -> None:
                         "score of one draw, as the reconstruction's)")
     p.add_argument("--no-plot", action="store_true",
                    help="do not write generations.png (image data) or latents.png")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar while the coherence classifiers train")
+    p.add_argument("--no-progress", "--quiet", action="store_true",
+                   help="no progress bar while the coherence classifiers train "
+                        "(--quiet, as mmvm data takes it)")
     p.set_defaults(func=run)
 
 

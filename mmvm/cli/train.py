@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ignore an existing checkpoint in train.out_dir and start over "
                    "(the earlier run stays whole until the new run's first checkpoint; "
                    "then its eval.json and pictures are kept under their time)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-progress", "--quiet", action="store_true",
+                   help="hide the progress bar (--quiet, as mmvm data takes it)")
     p.set_defaults(func=run)
 
 
