@@ -1,11 +1,15 @@
 """Training-step throughput on this machine: samples per second of ``train_step``.
 
-Two model sizes on the PolyMNIST look-alike's shape (3 x 28 x 28, 3 modalities):
+Model sizes on the PolyMNIST look-alike's shape (3 x 28 x 28, 3 modalities):
 
 - ``paper``: the authors' ResNet (``polymnist_resnet``, channels 64/128/256), latent
   512, batch 128 (docs/protocol.md, "The paper's settings");
 - ``cpu``: the configuration the main job trains (``configs/polymnist.toml`` with the
   app's overrides);
+
+and two chest X-ray views (1 channel, ``res_image``) as their configs train them:
+``xray64`` (``configs/mimic_cxr_64.toml``, the two-hospital guide's) and ``xray224``
+(``configs/mimic_cxr.toml``, the paper's 224 px);
 
 and, for each, what PyTorch offers on a CPU: threads (1, all cores), Adam's kernels
 (``adam``: fused, the default, or torch's per-tensor loop), the NHWC memory format
@@ -17,6 +21,8 @@ batches (throughput does not depend on the values), repeated ``--repeats`` times
 
     python benchmarks/throughput.py                       # ~10 min on 2 cores
     python benchmarks/throughput.py --sizes cpu --steps 5  # quick look
+    python benchmarks/throughput.py --sizes xray64 xray224 --variants "1 thread" \
+        "all threads" --steps 5 --out benchmarks/results/throughput_xray
 """
 
 from __future__ import annotations
@@ -42,11 +48,14 @@ from mmvm.training import build_model, train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("m0", "m1", "m2")
-SIZES = {
-    "paper": ["model.latent_dim=512", "train.batch_size=128",
-              *[f"model.modalities.{m}.network=polymnist_resnet" for m in NAMES],
-              *[f"model.modalities.{m}.width=64" for m in NAMES]],
-    "cpu": [],  # the config file as the main job uses it
+SIZES = {  # size -> (config file, overrides)
+    "paper": ("polymnist.toml", [
+        "model.latent_dim=512", "train.batch_size=128",
+        *[f"model.modalities.{m}.network=polymnist_resnet" for m in NAMES],
+        *[f"model.modalities.{m}.width=64" for m in NAMES]]),
+    "cpu": ("polymnist.toml", []),  # the config file as the main job uses it
+    "xray64": ("mimic_cxr_64.toml", []),
+    "xray224": ("mimic_cxr.toml", []),
 }
 VARIANTS = [  # (label, threads, channels_last, amp, compile, adam)
     ("1 thread", 1, False, "off", False, "fused"),
@@ -60,14 +69,16 @@ VARIANTS = [  # (label, threads, channels_last, amp, compile, adam)
 
 def measure(size: str, threads: int, channels_last: bool, amp: str, compile: bool,
             adam: str, steps: int, warmup: int) -> float:
-    cfg = load_config(ROOT / "configs" / "polymnist.toml", ["train.device=cpu", *SIZES[size]])
+    config, overrides = SIZES[size]
+    cfg = load_config(ROOT / "configs" / config, ["train.device=cpu", *overrides])
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     model = accel.prepare(build_model(cfg), channels_last=channels_last, compile=compile)
     opt = accel.adam(model.parameters(), cfg.train.lr, adam)
     B = cfg.train.batch_size
-    batch = {"x": {m: torch.rand(B, 3, 28, 28) for m in NAMES},
-             "mask": torch.ones(B, len(NAMES), dtype=torch.bool)}
+    specs = cfg.model.modalities
+    batch = {"x": {m.name: torch.rand(B, *m.shape) for m in specs},
+             "mask": torch.ones(B, len(specs), dtype=torch.bool)}
     if channels_last:
         batch["x"] = {m: accel.to_channels_last(v) for m, v in batch["x"].items()}
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp))
@@ -82,7 +93,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=DefaultsHelp)
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
-                   help="network sizes: the paper's, or the CPU main job's")
+                   help="network sizes: the paper's, the CPU main job's, or the X-ray "
+                        "configs'")
+    p.add_argument("--variants", nargs="+", default=[v[0] for v in VARIANTS],
+                   choices=[v[0] for v in VARIANTS], metavar="VARIANT",
+                   help="rows to measure, by label")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=3, help="measurements per row")
@@ -93,6 +108,8 @@ def main(argv=None) -> int:
     for size in args.sizes:
         base = None
         for label, threads, cl, amp, comp, adam in VARIANTS:
+            if label not in args.variants:
+                continue
             try:
                 runs = [measure(size, threads, cl, amp, comp, adam, args.steps, args.warmup)
                         for _ in range(args.repeats)]
