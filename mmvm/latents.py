@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mmvm.atomic import atomic_write
-from mmvm.data.store_format import GROUP_COLUMN, is_label_column
+from mmvm.data.store_format import GROUP_COLUMN, SAMPLE_ID, is_label_column
 from mmvm.data.store_format import LATENTS_KEY as LATENTS_NAME
 from mmvm.evaluation import unimodal_posteriors
 from mmvm.model import MultimodalVAE
@@ -38,7 +38,8 @@ def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
     ``step(done, total)`` is called after each batch. ``labels``: column -> int64 per
     row (-1 unknown), e.g. :func:`data_labels`; default the dataset's own ``label``.
     ``groups``: each row's trial or patient (:func:`mmvm.data.groups.read_groups`),
-    written as the column ``group`` for analyses that must keep a group together."""
+    written as the column ``group`` (coded: :func:`group_codes`) for analyses that
+    must keep a group together."""
     n, d = len(dataset), model.latent_dim
     held = [m for m in model.names if m in dataset.names]
     if not held:
@@ -67,7 +68,7 @@ def latent_table(model: MultimodalVAE, dataset, batch_size: int = 256,
             raise ValueError(f"label column {c!r}: {len(values)} values for {n} samples")
         cols[c] = pa.array(values, pa.int64(), mask=values < 0)
     if groups is not None:
-        cols[GROUP_COLUMN] = pa.array([str(g) for g in groups], pa.string())
+        cols[GROUP_COLUMN] = pa.array(group_codes(dataset.sample_ids, groups), pa.string())
     return pa.table(cols)
 
 
@@ -115,16 +116,29 @@ def read_latents(paths: list[str | Path], label: str | None = None
     return mus, labels
 
 
-def read_latent_groups(paths: list[str | Path]) -> dict[str, np.ndarray] | None:
-    """Each sample's group (trial, patient) per (file, modality), as
-    :func:`read_latents` orders them; None unless every file has the ``group`` column
-    (``mmvm encode`` of files prepared with groups)."""
+def read_latent_units(paths: list[str | Path]) -> dict[str, np.ndarray]:
+    """What each sample of each (file, modality) set belongs to, as
+    :func:`read_latents` orders them: its group (``mmvm encode`` of files prepared
+    with groups: the group's first sample id), else its own sample id. Samples of
+    one unit are one trial or one sample, whichever set holds them."""
     out = {}
     for key, _, table, valid, _ in _latent_sets(paths):
-        if GROUP_COLUMN not in table.column_names:
-            return None
-        out[key] = np.asarray(table.column(GROUP_COLUMN).to_pylist(), dtype=object)[valid]
+        ids = np.asarray(table.column(SAMPLE_ID).to_pylist(), dtype=object)
+        groups = np.asarray(table.column(GROUP_COLUMN).to_pylist(), dtype=object) \
+            if GROUP_COLUMN in table.column_names else np.full(len(ids), None)
+        out[key] = np.where([bool(g) for g in groups], groups, ids)[valid]
     return out
+
+
+def group_codes(ids: Sequence[str], groups: np.ndarray) -> list[str]:
+    """Each sample's group written as its group's first sample id (in sorted order):
+    which samples share a trial or patient, without the group's own name (a patient's
+    record number) in a file that may be shared; a sample without a group: ''."""
+    first: dict[str, str] = {}
+    for i, g in sorted(zip(ids, groups, strict=True)):
+        if g:
+            first.setdefault(str(g), str(i))
+    return [first[str(g)] if g else "" for g in groups]
 
 
 def _latent_sets(paths: list[str | Path]):

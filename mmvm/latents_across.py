@@ -6,11 +6,16 @@ were aligned by, so they cannot tell a wrong pairing from a right one (a lab who
 track positions run the other way scores as well, its latents mirrored against the
 others'). Whether the modalities share one latent space shows when a decoder fitted
 on one modality's latents reads another's: the README's check, which users wrote by
-hand from ``mmvm encode`` outputs. The diagonal (a set scored on itself) is a
-``folds``-fold cross-validated probe, whole groups to a fold where the samples come
-in groups (a trial's windows in one fold: split by window, the probe would be tested
-on the neighbours of what it fitted); an entry is NaN where the row's set has one
-class only or the column's no labelled sample.
+hand from ``mmvm encode`` outputs.
+
+Every cell is cross-validated over *units*: a sample's group (its trial or patient)
+where the files give one, else its sample id, the same unit in every set. A probe is
+fitted on the row set's samples outside one fold of units and scored on the column
+set's samples inside it, so no cell scores a sample, nor a neighbour of one from the
+same trial, that its probe was fitted on (two rats hold the same trials: a probe
+fitted on all of rat 1 and scored on rat 2 would be scored on what it fitted, through
+the other encoder, and "decode" labels that nothing in the latents carries). A cell
+is NaN where no fold could be fitted (one class) or scored.
 """
 
 from __future__ import annotations
@@ -20,52 +25,41 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mmvm.chance import chance_levels
 from mmvm.probes import fit_probe
 
 
 def across_matrix(mus: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
-                  groups: Mapping[str, np.ndarray] | None = None, folds: int = 5,
-                  seed: int = 0) -> dict:
+                  units: Mapping[str, np.ndarray], folds: int = 5, seed: int = 0) -> dict:
     """``{"names", "matrix": [[acc]] (rows: fitted on, columns: scored on), "chance":
-    {name: majority share}, "n": {name: labelled samples}}`` of the latent sets
-    ``mus`` and their ``labels`` (-1: unknown, left out); ``groups``: each sample's
-    group, kept whole in the diagonal's folds."""
+    {name: majority share}, "n": {name: labelled samples}, "folds"}`` of the latent
+    sets ``mus``, their ``labels`` (-1: unknown, left out) and each sample's unit
+    (group or sample id; the same in every set for the same trial or sample)."""
+    if folds < 2:
+        raise ValueError(f"folds = {folds}: cross-validation needs 2 or more")
     names = list(mus)
-    known = {k: labels[k] >= 0 for k in names}
+    known = {k: np.asarray(labels[k]) >= 0 for k in names}
     x = {k: np.asarray(mus[k], np.float64)[known[k]] for k in names}
     y = {k: np.asarray(labels[k])[known[k]] for k in names}
-    g = {k: np.asarray(groups[k])[known[k]] for k in names} if groups else {}
-    matrix = [[math.nan] * len(names) for _ in names]
-    for i, a in enumerate(names):
-        if len(np.unique(y[a])) < 2:
-            continue
-        probe = fit_probe(x[a], y[a])
-        for j, b in enumerate(names):
-            if i == j:
-                matrix[i][j] = _cross_validated(x[a], y[a], g.get(a), folds, seed)
-            elif len(y[b]):
-                matrix[i][j] = float(probe.score(x[b], y[b]))
-    chance = {k: float(np.bincount(y[k]).max() / len(y[k])) if len(y[k]) else math.nan
-              for k in names}
-    return {"names": names, "matrix": matrix, "chance": chance,
+    every = np.unique(np.concatenate([np.asarray(units[k], dtype=str) for k in names]))
+    fold_of = dict(zip(every, np.random.default_rng(seed).permutation(len(every)) % folds,
+                       strict=True))
+    fold = {k: np.array([fold_of[u] for u in np.asarray(units[k], dtype=str)[known[k]]],
+                        dtype=np.int64) for k in names}
+    matrix = [[_cell(x[a], y[a], fold[a], x[b], y[b], fold[b], folds) for b in names]
+              for a in names]
+    return {"names": names, "matrix": matrix, "folds": folds,
+            "chance": {k: chance_levels(y[k])["majority"] for k in names},
             "n": {k: int(len(y[k])) for k in names}}
 
 
-def _cross_validated(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
-                     folds: int, seed: int) -> float:
-    """The accuracy over all samples of ``folds`` probes, each scored on the samples
-    it did not see (stratified, seeded; whole groups to a fold); NaN where a class has
-    fewer samples, or groups, than folds, or a fold's training part one class."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
-    units = np.unique(groups).size if groups is not None else len(y)
-    if units < folds or np.bincount(y)[np.unique(y)].min() < folds:
-        return math.nan
-    split = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(
-        folds, shuffle=True, random_state=seed)
-    hits = 0.0
-    for tr, te in split.split(x, y, groups):
-        if len(np.unique(y[tr])) < 2:
-            return math.nan
-        hits += fit_probe(x[tr], y[tr]).score(x[te], y[te]) * len(te)
-    return float(hits / len(y))
+def _cell(xa, ya, fa, xb, yb, fb, folds: int) -> float:
+    """Accuracy on set b of probes fitted on set a, fold by fold (see the module)."""
+    hits = scored = 0
+    for f in range(folds):
+        fit, test = fa != f, fb == f
+        if len(np.unique(ya[fit])) < 2 or not test.any():
+            continue
+        hits += int((fit_probe(xa[fit], ya[fit]).predict(xb[test]) == yb[test]).sum())
+        scored += int(test.sum())
+    return hits / scored if scored else math.nan

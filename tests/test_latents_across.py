@@ -1,6 +1,6 @@
 """Decoding across modalities (mmvm plot across): a probe fitted on one set of
-latents scored on another's tells a shared space from a mirrored one, and the
-diagonal's folds keep a trial's samples together."""
+latents scored on another's tells a shared space from a mirrored one, and no cell
+scores a sample, or a trial, that its probe was fitted on."""
 
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ def test_a_shared_space_decodes_across_and_a_mirrored_one_below_chance():
     rng = np.random.default_rng(0)
     x, y = _classes(rng)
     shared = x + rng.normal(0, 0.1, x.shape)
+    ids = np.array([f"s{i}" for i in range(len(y))])
     res = across_matrix({"rat1": x, "rat2": shared, "mirrored": -x},
-                        {"rat1": y, "rat2": y, "mirrored": y})
+                        {"rat1": y, "rat2": y, "mirrored": y},
+                        {"rat1": ids, "rat2": ids, "mirrored": ids})
     m = np.array(res["matrix"])
     assert res["names"] == ["rat1", "rat2", "mirrored"]
     assert m[0, 1] > 0.95 and m[1, 0] > 0.95  # one space
@@ -38,21 +40,29 @@ def test_a_shared_space_decodes_across_and_a_mirrored_one_below_chance():
     assert res["n"] == {"rat1": 120, "rat2": 120, "mirrored": 120}
 
 
-def test_the_diagonal_keeps_a_trials_samples_in_one_fold():
-    """Windows of one trial are alike and its label is the trial's: folds by window
-    test the probe on the neighbours of what it fitted and score well above chance;
-    folds by trial find nothing to decode, as there is nothing."""
+def test_no_cell_scores_a_sample_or_trial_its_probe_was_fitted_on():
+    """Labels unrelated to the latents, 80 trials in 60 dimensions (a probe fits any
+    labels there). Two rats hold the same trials: fitted on all of rat 1 and scored on
+    rat 2, the probe read 0.92-0.98 (a review); by window, not trial, the diagonal did.
+    Folds of whole trials, shared by every set, find nothing, as there is nothing."""
     rng = np.random.default_rng(1)
-    trials, per, dim = 80, 4, 60  # 80 trials in 60 dims: a probe fits any labels
+    trials, per, dim = 80, 4, 60
     centre = rng.normal(0, 1, (trials, dim))
-    y_trial = rng.integers(0, 2, trials)  # unrelated to the trial's latents
-    x = np.repeat(centre, per, 0) + rng.normal(0, 0.02, (trials * per, dim))
-    y, g = np.repeat(y_trial, per), np.repeat(np.arange(trials).astype(str), per)
-    loose = across_matrix({"a": x, "b": x}, {"a": y, "b": y})["matrix"][0][0]
-    kept = across_matrix({"a": x, "b": x}, {"a": y, "b": y}, {"a": g, "b": g})
-    assert kept["matrix"][0][0] < 0.65 and loose > 0.9  # trial-blind folds "decode"
-    one_class = across_matrix({"a": x, "b": x}, {"a": np.zeros_like(y), "b": y})
+    y = np.repeat(rng.integers(0, 2, trials), per)  # unrelated to the trial's latents
+    rat1 = np.repeat(centre, per, 0) + rng.normal(0, 0.02, (trials * per, dim))
+    rat2 = np.repeat(centre, per, 0) + rng.normal(0, 0.3, (trials * per, dim))
+    ids = np.array([f"T{t}-w{w}" for t in range(trials) for w in range(per)])
+    trial = np.repeat(np.arange(trials).astype(str), per)
+    mus, ys = {"rat1": rat1, "rat2": rat2}, {"rat1": y, "rat2": y}
+    by_trial = np.array(across_matrix(mus, ys, {"rat1": trial, "rat2": trial})["matrix"])
+    assert (by_trial < 0.65).all(), by_trial
+    by_window = np.array(across_matrix(mus, ys, {"rat1": ids, "rat2": ids})["matrix"])
+    assert by_window.min() > 0.75  # a trial's other windows: what it memorised
+    one_class = across_matrix(mus, {"rat1": np.zeros_like(y), "rat2": y},
+                              {"rat1": trial, "rat2": trial})
     assert all(math.isnan(v) for v in one_class["matrix"][0])  # nothing to fit
+    with pytest.raises(ValueError, match="folds = 1: cross-validation needs 2 or more"):
+        across_matrix(mus, ys, {"rat1": trial, "rat2": trial}, folds=1)
 
 
 def test_plot_across_from_encode_outputs_of_files_with_trials(tmp_path, capsys):
@@ -83,8 +93,11 @@ def test_plot_across_from_encode_outputs_of_files_with_trials(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     table = pq.read_table(lat)
-    assert table.column("group").to_pylist() == [i[:3] for i in table.column(
-        "sample_id").to_pylist()]  # each window's trial, for the diagonal's folds
+    ids = table.column("sample_id").to_pylist()
+    # each window's trial, for the folds, written as its first window's id: which
+    # windows share a trial, not the trial's own name (a patient's record number)
+    assert table.column("group").to_pylist() == [min(j for j in ids if j[:3] == i[:3])
+                                                 for i in ids]
     capsys.readouterr()
     assert main(["plot", "across", str(lat), "--folds", "3"]) == 0
     out = capsys.readouterr().out

@@ -86,16 +86,17 @@ def register(subparsers) -> None:
         "across", help="decode a label across modalities from mmvm encode outputs",
         description="Whether the modalities share one latent space: a probe fitted on "
         "each (file, modality)'s latent means scored on every other's (rows: fitted on, "
-        "columns: scored on; the diagonal cross-validated, a trial's or patient's "
-        "samples kept in one fold where the files say their groups). Coherence and "
+        "columns: scored on), every cell cross-validated: scored only on samples, and "
+        "trials or patients where the files say them, that its probe was not fitted "
+        "on, whichever set holds them. Coherence and "
         "the built-in probes agree with the pairing key whatever the pairing; this "
         "does not (a mirrored lab decodes below chance). Prints the table and writes "
         "the heat map and a JSON of the numbers.")
     ac.add_argument("latents", nargs="+", help="mmvm encode outputs (.parquet)")
     ac.add_argument("--label", default=None, metavar="COLUMN",
                     help="the label to decode (default: label, or the files' only one)")
-    ac.add_argument("--folds", type=int, default=5, help="cross-validation folds of "
-                    "the diagonal (default %(default)s)")
+    ac.add_argument("--folds", type=int, default=5, help="cross-validation folds, "
+                    "2 or more (default %(default)s)")
     ac.add_argument("--out", default=None,
                     help="PNG to write (default: <first file>_across.png; the JSON "
                          "beside it)")
@@ -211,7 +212,7 @@ def run_latents(args: argparse.Namespace) -> int:
 def run_across(args: argparse.Namespace) -> int:
     from mmvm.atomic import atomic_write
     from mmvm.jsonfile import json_bytes
-    from mmvm.latents import latents_label_names, read_latent_groups, read_latents
+    from mmvm.latents import latents_label_names, read_latent_units, read_latents
     from mmvm.latents_across import across_matrix
     from mmvm.plot_across import across_heatmap
 
@@ -222,7 +223,7 @@ def run_across(args: argparse.Namespace) -> int:
     if len(mus) < 2:
         raise ValueError(f"one latent set ({next(iter(mus))}): decoding across needs two "
                          f"modalities or files")
-    result = across_matrix(mus, labels, read_latent_groups(args.latents), args.folds)
+    result = across_matrix(mus, labels, read_latent_units(args.latents), args.folds)
     names = latents_label_names(args.latents, label)
     result |= {"label": label or "label", "class_names": names or [],
                "files": [str(p) for p in args.latents]}
@@ -240,7 +241,8 @@ def across_table(result: dict) -> str:
     head = " " * (width + 5) + "  ".join(f"{'-> ' + str(k + 1):>6}"
                                          for k in range(len(names)))
     lines = [f"probe of {result['label']} fitted on each row's latents, scored on each "
-             f"column's (-> k: row k's latents; the diagonal cross-validated)", head]
+             f"column's (-> k: row k's latents), {result['folds']}-fold cross-validated: "
+             f"no sample or trial scored that its probe was fitted on", head]
     for k, (name, row) in enumerate(zip(names, result["matrix"], strict=True)):
         cells = "  ".join(f"{v:6.3f}" if v == v else f"{'-':>6}" for v in row)
         lines.append(f"{k + 1}. {name:<{width}}  {cells}   chance "
