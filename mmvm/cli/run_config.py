@@ -199,7 +199,9 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
             raise ConfigError(f"run config: {problem}")
     if s.site_dirs:
         _check_site_dirs(s)
-        ignored = [k for k in LOOKALIKE_KEYS if k in overrides]
+        from mmvm.federation.results import MADE_DATA  # the settings that make data
+
+        ignored = [k for k in (f.replace("_", "-") for f in MADE_DATA) if k in overrides]
         if ignored:  # each folder is a site as it was prepared (n-train went unsaid)
             keys = " and ".join(ignored)
             raise ConfigError(f"run config: {keys} shape the look-alike the simulation "
@@ -210,11 +212,6 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
     if s.site_dirs and s.eval_data == "default" and s.collect_model:
         _check_joined(s)
     return rc
-
-
-# run-config keys that make the simulation's own data, which site-dirs replace
-LOOKALIKE_KEYS = ("layout", "shards", "n-train", "n-test", "data-variant", "hippocampus",
-                  "data-dir")
 
 
 def _check_keys_dir(s) -> None:

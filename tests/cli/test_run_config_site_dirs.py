@@ -52,6 +52,8 @@ def test_site_dirs_without_test_files_are_named_before_anything_trains(tiny_poly
     with pytest.raises(ConfigError, match=r"n-train and n-test shape the look-alike .* "
                                           r"all its rows used, so drop n-train and n-test"):
         check_run_config(ROOT, text + " eval-data='' n-train=100 n-test=40", local=True)
+    with pytest.raises(ConfigError, match=r"missing shape the look-alike"):  # a review
+        check_run_config(ROOT, text + " eval-data='' missing=0.3", local=True)
 
 
 def test_num_sites_is_the_site_dirs_count_unless_given(tmp_path, capsys):
