@@ -131,6 +131,15 @@ def test_a_folder_of_12_and_16_bit_exports_reads_each_at_its_own_white(tmp_path,
     got = {i: x[0, 0, 0] for t in (read_site_table(p["train"]), read_site_table(p["test"]))
            for i, x in zip(t.sample_ids, t.tensors["frontal"], strict=True)}
     assert got["s1"] == round(40000 / 65535 * 255) and got["s0"] == round(2000 / 4095 * 255)
+    said = read_site_meta(p["train"])["dataset"]["notes"]
+    assert ("frontal: images of more than 8 bits read at white levels 4095 (3), 65535 "
+            "(3): a dark export read at a lower one is brightened; check them") in said
+    Image.fromarray(np.full((28, 28), 0.5, np.float32)).save(tmp_path / "f.tif")
+    from mmvm.data.prepare.images import load_image
+
+    with pytest.raises(DataError, match=r"f.tif: a floating-point image \(F\): "
+                                        r"--white-level auto reads integer exports only"):
+        load_image(tmp_path / "f.tif", "L", 28, white="auto")
     for bad in ("s2", "s4"):
         (tmp_path / "wide" / f"{bad}.png").write_bytes(b"not a png")
     assert main(["data", "prepare", "images", "--modality", f"frontal={tmp_path}/wide",

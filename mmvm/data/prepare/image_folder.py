@@ -125,10 +125,11 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
     notes = table_notes(rows, ids, table) if rows else []
     with tempfile.TemporaryDirectory(prefix="mmvm-images-") as tmp:
         tmp = Path(tmp)
-        seen = {m: Counter() for m in files}
+        seen, whites = {m: Counter() for m in files}, {m: Counter() for m in files}
         arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress, white,
-                             seen[m], fit) for m, got in files.items()}
-        notes += [n for m in files for n in conversion_notes(m, seen[m], mode, size, fit)]
+                             seen[m], fit, whites[m]) for m, got in files.items()}
+        notes += [n for m in files
+                  for n in conversion_notes(m, seen[m], mode, size, fit, whites[m])]
         (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
         label_files = {}
         for c in keep:
@@ -189,7 +190,8 @@ MAX_SAID = 20  # failing images listed by name
 
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
             path: Path, progress: Progress | None, white: float | str | None = None,
-            seen: Counter | None = None, fit: str = "stretch") -> Path:
+            seen: Counter | None = None, fit: str = "stretch",
+            whites: Counter | None = None) -> Path:
     """The images of ``ids`` as one uint8 ``[N, C, size, size]`` .npy at ``path``,
     each decoded into it in turn (never the whole set in memory)."""
     channels = 1 if mode == "L" else 3
@@ -198,7 +200,8 @@ def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
     bad = []  # every file that fails, said at once: not one fix and rerun per file
     for k, i in enumerate(ids):
         try:
-            out[k] = load_image(files[i], mode, size, white=white, seen=seen, fit=fit)
+            out[k] = load_image(files[i], mode, size, white=white, seen=seen, fit=fit,
+                                whites=whites)
         except DataError as err:
             bad.append(str(err))
         if progress is not None and (k % 64 == 0 or k == len(ids) - 1):

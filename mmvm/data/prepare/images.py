@@ -13,7 +13,7 @@ from mmvm.data.store import DataError
 WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535,
               "I": 65535, "F": None}
 LOW_BITS = 4096  # a 16-bit file whose brightest pixel is below this is 12-bit data
-AUTO_BITS = (8, 10, 12, 14, 16)  # bit depths --white-level auto tells apart
+AUTO_BITS = (10, 12, 14, 16)  # bit depths --white-level auto tells apart
 
 
 FITS = ("stretch", "pad", "crop")  # how a non-square image becomes a square
@@ -21,7 +21,8 @@ FITS = ("stretch", "pad", "crop")  # how a non-square image becomes a square
 
 def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
                center_crop: int | None = None, white: float | str | None = None,
-               seen: Counter | None = None, fit: str = "stretch") -> np.ndarray:
+               seen: Counter | None = None, fit: str = "stretch",
+               whites: Counter | None = None) -> np.ndarray:
     """Decode ``path`` to uint8 ``[C, H, W]`` (``mode`` "L" -> C = 1, "RGB" -> 3).
 
     ``center_crop``: first cut the central ``c x c`` square; ``size``: then resize to
@@ -33,7 +34,8 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
     of more than 8 bits (16-bit PNG, TIFF) are scaled, ``value / white * 255``
     (:func:`to_8bit`). Any decoding problem raises :class:`DataError` naming the
     file. ``seen``: counts each file's own ``(mode, (width, height))``, for the
-    preparer to say what was converted or resized.
+    preparer to say what was converted or resized; ``whites``: the white level each
+    file of more than 8 bits was read at.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -45,7 +47,7 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
             if seen is not None:
                 seen[(_grey_or(img, was, mode), wh)] += 1
             if img.mode in WIDE_MODES:
-                img = to_8bit(img, path, white)
+                img = to_8bit(img, path, white, whites)
             img = img.convert(mode)
             if center_crop is not None:
                 w, h = img.size
@@ -103,23 +105,31 @@ def _grey_or(img, was: str, mode: str) -> str:
     return "grey RGB" if int((a.max(2) - a.min(2)).max(initial=0)) <= 2 else was
 
 
-def to_8bit(img, path: str | os.PathLike, white: float | str | None = None):
+def to_8bit(img, path: str | os.PathLike, white: float | str | None = None,
+            whites: Counter | None = None):
     """A grey image of more than 8 bits a pixel as 8-bit "L": ``value / white * 255``,
     ``white`` by default the file type's largest value (65535 for 16 bits, as
     torchxrayvision reads 16-bit X-rays). Pillow's own ``convert("L")`` clips every
     value above 255 to white, which turned a 16-bit X-ray into a white silhouette.
     A 16-bit file whose brightest pixel is below 4096 holds 12-bit data (or less),
     which that scale would leave black: it is refused unless ``white`` says where
-    white is. ``white = "auto"``: each file's own, 2^b - 1 for the fewest bits b of
-    8, 10, 12, 14, 16 that hold its brightest pixel (a folder of 12- and 16-bit
-    exports; a 16-bit image darker than 4096 is then read as 12-bit)."""
+    white is. ``white = "auto"``: an integer image's own, 2^b - 1 for the fewest bits
+    b of 10, 12, 14, 16 that hold its brightest pixel (a folder of 12- and 16-bit
+    exports; a 16-bit image darker than 4096 is then read as 12-bit, brighter by 16:
+    ``whites`` counts the levels, which the preparer says)."""
     from PIL import Image
 
     arr = np.asarray(img, dtype=np.float64)
     if white == "auto":
+        if WIDE_MODES[img.mode] is None:
+            raise DataError(f"{path}: a floating-point image ({img.mode}): --white-level "
+                            f"auto reads integer exports only; give the value that is "
+                            f"white")
         peak = float(arr.max()) if arr.size else 0.0
-        white = next((2.0 ** b - 1 for b in AUTO_BITS if peak <= 2 ** b - 1), None)
+        white = next((2.0 ** b - 1 for b in AUTO_BITS if peak <= 2 ** b - 1), peak)
     top = white if white is not None else WIDE_MODES[img.mode]
+    if whites is not None:
+        whites[top] += 1
     if top is None:
         raise DataError(f"{path}: a floating-point image ({img.mode}) has no white level "
                         f"of its own: give the value that is white (--white-level)")
@@ -135,14 +145,14 @@ def to_8bit(img, path: str | os.PathLike, white: float | str | None = None):
     return Image.fromarray(np.round(arr / top * 255).astype(np.uint8), "L")
 
 
-COLOUR = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")
+COLOUR = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")  # a palette (P) may be grey
 FIT_SAID = {"stretch": "stretched (--fit pad or crop keeps their proportions)",
             "pad": "padded with black to a square, proportions kept (--fit pad)",
-            "crop": "cut to their central square, proportions kept (--fit crop)"}  # a palette (P) may be grey
+            "crop": "cut to their central square, proportions kept (--fit crop)"}
 
 
 def conversion_notes(name: str, seen: Counter, mode: str, size: int,
-                     fit: str = "stretch") -> list[str]:
+                     fit: str = "stretch", whites: Counter | None = None) -> list[str]:
     """What decoding ``name``'s images changed beyond the documented resize to
     ``size``: images of several sizes (non-square ones made square by ``fit``), colour images
     made grey, transparency dropped, or 8-bit images beside wider ones (two exports
@@ -170,6 +180,10 @@ def conversion_notes(name: str, seen: Counter, mode: str, size: int,
                      f"scaled to 8 bits by their white level; the other "
                      f"{total - sum(wide.values())} were 8-bit, kept as they are: two "
                      f"exports? Check that their grey levels look alike")
+    if whites and len(whites) > 1:  # --white-level auto read them at several depths
+        notes.append(f"{name}: images of more than 8 bits read at white levels "
+                     + ", ".join(f"{w:g} ({n})" for w, n in sorted(whites.items()))
+                     + ": a dark export read at a lower one is brightened; check them")
     alpha = sum(n for m, n in modes.items() if m in ("RGBA", "LA", "PA"))
     if alpha:
         notes.append(f"{name}: {alpha} of {total} images had transparency, dropped")
