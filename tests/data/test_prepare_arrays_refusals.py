@@ -78,8 +78,9 @@ def test_what_cannot_be_stored_says_what_to_do(arrays):
     np.save(d / "scalar.npy", np.float32(1.0))
     np.save(d / "flags.npy", np.zeros((N, 3), bool))
     np.save(d / "objects.npy", np.array(arrays["ids"], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="not 'sample_id' or 'label"):
-        prepare_arrays(d / "out", {"label": d / "eeg.npy"})
+    for name in ("label", "group"):  # group: the column of each sample's trial
+        with pytest.raises(ValueError, match="not 'sample_id', 'group' or 'label"):
+            prepare_arrays(d / "out", {name: d / "eeg.npy"})
     with pytest.raises(ValueError, match="letters, digits"):
         prepare_arrays(d / "out", {"my eeg": d / "eeg.npy"})
     with pytest.raises(DataError, match=r"scalar.npy: .* expected \[N samples"):

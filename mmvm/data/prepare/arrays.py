@@ -178,10 +178,11 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
     bad = [m for m in modalities if not NAME.fullmatch(m) or m.startswith("label")
-           or m == "sample_id"]
+           or m in ("sample_id", GROUP_COLUMN)]
     if bad:
         raise ValueError(f"modality names {bad}: use letters, digits, '_' and '-' (they "
-                         f"become config keys), not 'sample_id' or 'label...'")
+                         f"become config keys), not 'sample_id', '{GROUP_COLUMN}' or "
+                         f"'label...'")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction = {test_fraction}: must be in (0, 1)")
     if not force:
