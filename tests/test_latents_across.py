@@ -108,3 +108,9 @@ def test_plot_across_from_encode_outputs_of_files_with_trials(tmp_path, capsys):
     assert (tmp_path / "lat_across.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["plot", "across", str(lat), "--label", "label.odor", "--out",
                  str(tmp_path / "x.png")]) == 0
+    assert main(["plot", "across", str(lat), "--out", str(tmp_path / "x.png")]) == 0  # again
+    (tmp_path / "results.json").write_text('{"mine": 1}')  # a user's own JSON beside
+    assert main(["plot", "across", str(lat), "--out", str(tmp_path / "results.png")]) == 2
+    assert "was not written by mmvm plot across" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == '{"mine": 1}'
+    assert main(["plot", "across", str(lat), "--folds", "1"]) == 2

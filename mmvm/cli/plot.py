@@ -209,6 +209,9 @@ def run_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+ACROSS_MARK = b'"written_by": "mmvm plot across"'  # in every JSON it writes
+
+
 def run_across(args: argparse.Namespace) -> int:
     from mmvm.atomic import atomic_write
     from mmvm.jsonfile import json_bytes
@@ -218,6 +221,9 @@ def run_across(args: argparse.Namespace) -> int:
 
     first = Path(args.latents[0])
     out = _png_out(args.out or first.with_name(f"{first.stem}_across.png"), args.latents)
+    json_path = check_file_out(out.with_suffix(".json"), (".json",), "JSON results",
+                               input_files(args.latents), "--out (its .json)",
+                               "mmvm plot across", (ACROSS_MARK,))
     label = args.label if args.label is not None else _default_label(args.latents)
     mus, labels = read_latents(args.latents, label)
     if len(mus) < 2:
@@ -225,10 +231,9 @@ def run_across(args: argparse.Namespace) -> int:
                          f"modalities or files")
     result = across_matrix(mus, labels, read_latent_units(args.latents), args.folds)
     names = latents_label_names(args.latents, label)
-    result |= {"label": label or "label", "class_names": names or [],
-               "files": [str(p) for p in args.latents]}
+    result = {"written_by": "mmvm plot across", **result, "label": label or "label",
+              "class_names": names or [], "files": [str(p) for p in args.latents]}
     print(across_table(result))
-    json_path = out.with_suffix(".json")
     atomic_write(json_path, json_bytes(result))
     print(f"wrote {across_heatmap(result, out)} and {json_path}")
     return 0
