@@ -193,6 +193,12 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str], list[str
         for p in paths:
             for m in found[p]["tensors"]:
                 holders.setdefault(m, set()).update(found[p]["ids"])
+        if len(paths) > 1:  # what training reads: a sample two sites label apart
+            try:
+                read_labels(paths, sorted(set().union(*holders.values())),
+                            all_label_columns(paths))
+            except DataError as err:
+                errors.append(str(err))
         if len(paths) < 2 or len(holders) < 2:  # one site, or one modality everywhere
             continue
         ids = np.array(sorted(set().union(*holders.values())), dtype=object)
@@ -209,11 +215,6 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str], list[str
         warnings += [f"{name}: {w}" for w in (
             uncoupled_warning(c["per_modality"], c["coupled"]),
             weak_coupling_note(c["per_modality"], c["coupled"])) if w]
-        try:  # what training reads: a sample labelled differently at two sites
-            read_labels(paths, sorted(set().union(*holders.values())),
-                        all_label_columns(paths))
-        except DataError as err:
-            errors.append(str(err))
     trains = splits.get("train.parquet", [])
     if len(trains) > 1 and (leak := split_leak(
             trains, [str(Path(p).with_name("test.parquet")) for p in trains])):

@@ -172,3 +172,7 @@ def test_a_sample_the_sites_label_differently_is_an_error_by_name(tmp_path, caps
     assert ("sample id 's03' has 'label' 'lemon' here and 'anise' in another site "
             "file (1 samples disagree): the sites label these samples differently; "
             "correct the label at one site, or leave it unknown there") in err
+    # two sites of one modality (a horizontal split) are checked alike (a review)
+    c = _site(tmp_path / "c", "rat1", ids[:25], ids[25:], ["anise", "lemon"], flip=ids[3])
+    assert main(["data", "check", str(a), str(c)]) == 1
+    assert "the sites label these samples differently" in capsys.readouterr().err
