@@ -13,6 +13,7 @@ count. The draft is checked by the same loader that ``mmvm train`` uses.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 from collections.abc import Sequence
@@ -140,7 +141,11 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
     root = Path(os.path.commonpath([f.parent for f in folders]))
     data = {**raw.get("data", {}), "root": str(root), "max_train": 0, "max_test": 0,
             "folders": [str(f.relative_to(root)) for f in folders]}
-    if labels:
+    if not labels:  # the base's own column (label.no_finding) would be refused
+        data.pop("label", None)
+        notes.append("the files hold no label column: training needs none, probes and "
+                     "coherence do (mmvm data prepare ... --label)")
+    else:
         data["label"] = "label" if "label" in labels else labels[0]
         if len(labels) > 1:
             notes.append(f"data.label = {data['label']!r}: the probes' label; the files "
@@ -157,7 +162,7 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
                      f"give {rows // batch or 'under 1'} steps an epoch over {rows} rows)")
     evals = dict(raw.get("eval", {}))
     if "labels" in evals:  # the base's own label columns (MIMIC-CXR's 14 findings)
-        evals["labels"] = [c for c in evals["labels"] if c in labels]
+        evals["labels"] = [c for c in evals["labels"] if fnmatch.filter(labels, c)]
         if not evals["labels"]:
             del evals["labels"]
             evals.pop("metric", None)  # its per-finding AUROC: accuracy, the default

@@ -85,6 +85,17 @@ def test_the_bases_own_label_columns_are_not_carried_over(tmp_path, capsys):
     evals = tomllib.loads(out.read_text())["eval"]
     assert "labels" not in evals and "metric" not in evals  # accuracy on label.finding
     assert evals["probe_train"] == 20000
+    # a base's pattern that the files match is kept (celeba.toml: "label.*")
+    assert main(["data", "config", str(site), "--out", str(out), "--force", "--base",
+                 "configs/celeba.toml"]) == 0
+    assert tomllib.loads(out.read_text())["eval"]["labels"] == ["label.*"]
+    # files without labels: not the base's label.no_finding, which would be refused
+    (tmp_path / "bare").mkdir()
+    bare = _site(tmp_path / "bare", "frontal",
+                 rng.integers(0, 255, (40, 1, 64, 64), np.uint8))
+    assert main(["data", "config", str(bare), "--out", str(out), "--force"]) == 0
+    assert "label" not in tomllib.loads(out.read_text())["data"]
+    assert "the files hold no label column" in capsys.readouterr().out
 
 
 def test_what_no_network_takes_and_folders_that_disagree_are_refused(tmp_path, capsys):
