@@ -48,13 +48,14 @@ def image_files(folder: str | os.PathLike) -> dict[str, Path]:
 
 def read_table(path: str | os.PathLike, id_column: str) -> dict[str, dict[str, str]]:
     """``{sample id: {column: value}}`` of a CSV table with a header row; values
-    separated by ',', or by ';' or tabs where the header has no comma (a spreadsheet
-    saved in a locale whose decimal mark is the comma)."""
+    separated by ',', ';' (a spreadsheet saved in a locale whose decimal mark is the
+    comma) or tabs, whichever splits the header into the most fields."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             header = fh.readline()
             fh.seek(0)
-            sep = next((d for d in ";\t" if d in header and "," not in header), ",")
+            # the separator that splits the header into the most fields, quotes kept
+            sep = max(",;\t", key=lambda d: len(next(csv.reader([header], delimiter=d))))
             reader = csv.DictReader(fh, delimiter=sep)
             rows = [(reader.line_num, row) for row in reader]  # the file's line
             columns = list(reader.fieldnames or [])
