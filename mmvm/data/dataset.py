@@ -69,7 +69,9 @@ def merge_labels(labels: np.ndarray, rows: np.ndarray, lab: np.ndarray, ids: lis
         here, there = int(lab[first]), int(labels[rows[first]])
         where = (f"{path}: sample id {ids[rows[first]]!r} has '{label}'")
         count = f"({int(clash.sum())} samples disagree)"
-        names = _class_names(path, label)
+        from mmvm.data.label_names import class_names
+
+        names = class_names([path], label)
         if names and max(here, there) < len(names):
             raise DataError(
                 f"{where} {names[here]!r} here and {names[there]!r} in another site file "
@@ -81,15 +83,6 @@ def merge_labels(labels: np.ndarray, rows: np.ndarray, lab: np.ndarray, ids: lis
             f"(class names are numbered in sorted order: prepare every site with the "
             f"same --classes)")
     labels[rows[known]] = lab[known]
-
-
-def _class_names(path: str, label: str) -> list[str] | None:
-    from mmvm.data.label_names import label_names_for
-
-    try:
-        return label_names_for([path], label)
-    except (OSError, KeyError, ValueError, DataError):
-        return None
 
 
 class MultimodalDataset(IdIndex, torch.utils.data.Dataset):

@@ -71,8 +71,15 @@ def test_a_sites_probe_counts_the_groups_its_test_rows_come_in(tiny_polymnist,
     assert "probe_groups/m0" not in evaluate_site(site)  # no groups: rows count
     t = read_site_table(site.test_path)
     trial = np.array([f"T{i // 4}" for i in range(len(t.sample_ids))])  # 4 rows a trial
-    write_site_table(site.test_path, t.sample_ids, t.tensors, t.labels,
+    labels = {k: v.copy() for k, v in t.labels.items()}
+    labels["label"][:8] = -1  # trials T0 and T1 unlabelled: not scored, not counted
+    write_site_table(site.test_path, t.sample_ids, t.tensors, labels,
                      {**t.dataset_meta, "group_column": "trial"},
                      columns={"trial": trial}, scales=t.scales)
     got = evaluate_site(site)
-    assert got["probe_groups/m0"] == len(set(trial)) < got["probe_n/m0"]
+    assert got["probe_n/m0"] == len(trial) - 8
+    assert got["probe_groups/m0"] == len(set(trial)) - 2 < got["probe_n/m0"]
+    # a site that keeps its losses sends no size, this one included
+    from mmvm.federation.window_metrics import evaluation_withheld
+
+    assert not [k for k in evaluation_withheld(got) if k.startswith(("probe_n", "probe_g"))]
