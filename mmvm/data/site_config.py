@@ -137,30 +137,51 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
     base_path = Path(base) if base else base_for(mods)
     with open(base_path, "rb") as fh:
         raw = tomllib.load(fh)
-    notes = []
+    notes: list[str] = []
+    base_mods = raw.get("model", {}).get("modalities", {})
+    model = {**raw.get("model", {}),
+             "modalities": {m.name: modality_table(m, base_mods) for m in mods.values()}}
+    out = {"data": data_table(raw.get("data", {}), folders, labels, notes), "model": model,
+           "train": train_table(raw.get("train", {}), rows, name, notes)}
+    evals = eval_table(raw.get("eval", {}), rows, labels, notes)
+    return Draft(out | ({"eval": evals} if evals else {}), base_path, notes)
+
+
+def data_table(base: dict, folders: list[Path], labels: list[str], notes: list) -> dict:
+    """``[data]``: the folders joined by sample id under their common parent, every
+    row, and the files' label column (``label``, else the first; none: the default)."""
     root = Path(os.path.commonpath([f.parent for f in folders]))
-    data = {**raw.get("data", {}), "root": str(root), "max_train": 0, "max_test": 0,
+    data = {**base, "root": str(root), "max_train": 0, "max_test": 0,
             "folders": [str(f.relative_to(root)) for f in folders]}
     if not labels:  # the base's own column (label.no_finding) would be refused
         data.pop("label", None)
         notes.append("the files hold no label column: training needs none, probes and "
                      "coherence do (mmvm data prepare ... --label)")
-    else:
-        data["label"] = "label" if "label" in labels else labels[0]
-        if len(labels) > 1:
-            notes.append(f"data.label = {data['label']!r}: the probes' label; the files "
-                         f"also hold {', '.join(c for c in labels if c != data['label'])}"
-                         f" (eval.labels = [...] probes each)")
-    model = {**raw.get("model", {}), "modalities": {
-        m.name: modality_table(m, raw.get("model", {}).get("modalities", {}))
-        for m in mods.values()}}
-    train = {**raw.get("train", {}), "out_dir": f"runs/{name}"}
+        return data
+    data["label"] = "label" if "label" in labels else labels[0]
+    if len(labels) > 1:
+        notes.append(f"data.label = {data['label']!r}: the probes' label; the files also "
+                     f"hold {', '.join(c for c in labels if c != data['label'])} "
+                     f"(eval.labels = [...] probes each)")
+    return data
+
+
+def train_table(base: dict, rows: int, name: str, notes: list) -> dict:
+    """``[train]``: the base's, its run folder named, and a batch that gives at least
+    :data:`MIN_STEPS` steps an epoch over ``rows``."""
+    train = {**base, "out_dir": f"runs/{name}"}
     batch = int(train.get("batch_size", 128))
     if rows // batch < MIN_STEPS:
         train["batch_size"] = max(4, 2 ** int(math.log2(max(rows // MIN_STEPS, 1))))
         notes.append(f"train.batch_size = {train['batch_size']} (the base's {batch} would "
                      f"give {rows // batch or 'under 1'} steps an epoch over {rows} rows)")
-    evals = dict(raw.get("eval", {}))
+    return train
+
+
+def eval_table(base: dict, rows: int, labels: list[str], notes: list) -> dict:
+    """``[eval]``: the base's, without label columns the files lack, and judges
+    trained on at least :data:`JUDGE_SAMPLES` samples' worth of epochs."""
+    evals = dict(base)
     if "labels" in evals:  # the base's own label columns (MIMIC-CXR's 14 findings)
         evals["labels"] = [c for c in evals["labels"] if fnmatch.filter(labels, c)]
         if not evals["labels"]:
@@ -171,5 +192,4 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
         evals["classifier_epochs"] = min(judge, 50)
         notes.append(f"eval.classifier_epochs = {evals['classifier_epochs']} (coherence "
                      f"judges trained on {rows} rows need more epochs than the base's)")
-    out = {"data": data, "model": model, "train": train} | ({"eval": evals} if evals else {})
-    return Draft(out, base_path, notes)
+    return evals
