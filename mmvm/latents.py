@@ -105,8 +105,9 @@ def read_latents(paths: list[str | Path], label: str | None = None
                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Posterior means per (file, modality) of ``mmvm encode`` outputs, the samples
     that have the modality, and their ``label`` column (-1 where null). ``None``: the
-    ``label`` column, all 0 in a file without it; a column a file does not have raises
-    ``ValueError`` naming the label columns it has."""
+    ``label`` column, all -1 (unknown: grey, never a class's colour) in a file without
+    it; a column a file does not have raises ``ValueError`` naming the label columns
+    it has."""
     mus, labels = {}, {}
     for key, path, table, valid, values in _latent_sets(paths):
         mus[key], labels[key] = values[valid], _labels(table, path, label)[valid]
@@ -201,8 +202,8 @@ def _labels(table: pa.Table, path: Path, label: str | None) -> np.ndarray:
     if (label or "label") in have:
         lab = table.column(label or "label").to_numpy(zero_copy_only=False)
         return np.where(np.isnan(lab.astype(float)), -1, lab).astype(np.int64)
-    if label is None:
-        return np.zeros(table.num_rows, np.int64)
+    if label is None:  # unknown, not class 0 (an unlabelled site read as 'effusion')
+        return np.full(table.num_rows, -1, np.int64)
     raise ValueError(f"{path}: no label column {label!r}; its label columns: "
                      f"{', '.join(have) or 'none (the data mmvm encode read had none)'}")
 

@@ -33,6 +33,6 @@ def across_heatmap(result: dict, path: str | Path) -> Path:
     ax.set_xlabel("scored on")
     ax.set_ylabel("fitted on")
     ax.set_title(f"probe of {result['label']} across latents ({result['folds']}-fold "
-                 f"cross-validated by sample or trial)", fontsize=9)
+                 f"cross-validated by sample or group)", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8, label="above chance (0: chance, 1: all right)")
     return save_figure(fig, path)

@@ -92,9 +92,10 @@ def test_unknown_labels_are_null_and_read_back_as_unknown(tmp_path, capsys):
     out = write_latents(tmp_path / "l.parquet", table, {})
     _, back = read_latents([out])
     np.testing.assert_array_equal(back["m0"], labels)
-    # data without labels: one colour by default, an error when a column is asked for
+    # data without labels: unknown (grey) by default, never class 0's colour (a site
+    # without the label read as all 'effusion'); an error when a column is asked for
     bare = write_latents(tmp_path / "bare.parquet", table.drop_columns(["label"]), {})
-    assert read_latents([bare])[1]["m0"].tolist() == [0] * 5
+    assert read_latents([bare])[1]["m0"].tolist() == [-1] * 5
     with pytest.raises(ValueError, match="no label column 'label'; its label columns: none"):
         read_latents([bare], "label")
     # only label.<name> columns (MIMIC-CXR's findings): the plot says which to use

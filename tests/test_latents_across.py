@@ -114,3 +114,13 @@ def test_plot_across_from_encode_outputs_of_files_with_trials(tmp_path, capsys):
     assert "was not written by mmvm plot across" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == '{"mine": 1}'
     assert main(["plot", "across", str(lat), "--folds", "1"]) == 2
+    # a file without the label (an unlabelled site's): left out, said; its rows read
+    # "every sample class 0", a red cell that looked like a mirrored pairing
+    from mmvm.latents import write_latents
+
+    bare = write_latents(tmp_path / "bare.parquet", table.drop_columns(["label.odor"]), {})
+    capsys.readouterr()
+    assert main(["plot", "across", str(lat), str(bare), "--out",
+                 str(tmp_path / "two.png")]) == 0
+    assert f"note: {bare}: no label.odor column: left out" in capsys.readouterr().err
+    assert json.loads((tmp_path / "two.json").read_text())["names"] == ["rat1", "rat2"]

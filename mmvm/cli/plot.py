@@ -213,6 +213,8 @@ ACROSS_MARK = b'"written_by": "mmvm plot across"'  # in every JSON it writes
 
 
 def run_across(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
     from mmvm.atomic import atomic_write
     from mmvm.jsonfile import json_bytes
     from mmvm.latents import latents_label_names, read_latent_units, read_latents
@@ -225,14 +227,24 @@ def run_across(args: argparse.Namespace) -> int:
                                input_files(args.latents), "--out (its .json)",
                                "mmvm plot across", (ACROSS_MARK,))
     label = args.label if args.label is not None else _default_label(args.latents)
-    mus, labels = read_latents(args.latents, label)
+    column = label or "label"
+    files = [p for p in args.latents if column in pq.read_schema(p).names]
+    for p in sorted(set(args.latents) - set(files)):  # an unlabelled site's latents
+        print(f"note: {p}: no {column} column: left out", file=sys.stderr)
+    if not files:
+        raise ValueError(f"no file has the label column {column!r} (--label)")
+    mus, labels = read_latents(files, label)
+    for key in [k for k, y in labels.items() if not (y >= 0).any()]:
+        print(f"note: {key}: no sample labelled ({label or 'label'}): left out",
+              file=sys.stderr)  # not a row of 'every sample class 0' (a walkthrough)
+        del mus[key], labels[key]
     if len(mus) < 2:
-        raise ValueError(f"one latent set ({next(iter(mus))}): decoding across needs two "
-                         f"modalities or files")
-    result = across_matrix(mus, labels, read_latent_units(args.latents), args.folds)
+        raise ValueError(f"{len(mus)} labelled latent set(s): decoding across needs two "
+                         f"modalities or files whose samples carry the label (--label)")
+    result = across_matrix(mus, labels, read_latent_units(files), args.folds)
     names = latents_label_names(args.latents, label)
     result = {"written_by": "mmvm plot across", **result, "label": label or "label",
-              "class_names": names or [], "files": [str(p) for p in args.latents]}
+              "class_names": names or [], "files": [str(p) for p in files]}
     print(across_table(result))
     atomic_write(json_path, json_bytes(result))
     print(f"wrote {across_heatmap(result, out)} and {json_path}")
@@ -247,7 +259,8 @@ def across_table(result: dict) -> str:
                                          for k in range(len(names)))
     lines = [f"probe of {result['label']} fitted on each row's latents, scored on each "
              f"column's (-> k: row k's latents), {result['folds']}-fold cross-validated: "
-             f"no sample or trial scored that its probe was fitted on", head]
+             f"no sample, nor a sample of its group (trial, patient), scored that its "
+             f"probe was fitted on", head]
     for k, (name, row) in enumerate(zip(names, result["matrix"], strict=True)):
         cells = "  ".join(f"{v:6.3f}" if v == v else f"{'-':>6}" for v in row)
         lines.append(f"{k + 1}. {name:<{width}}  {cells}   chance "
