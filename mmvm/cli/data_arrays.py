@@ -275,9 +275,12 @@ def add_images(names: argparse._SubParsersAction) -> None:
     q.add_argument("--table", metavar="CSV", help="labels (and groups) by sample id")
     q.add_argument("--id-column", default="sample_id",
                    help="the table's sample id column (default %(default)s)")
-    q.add_argument("--label", action="append", metavar="COLUMN", help="a table column "
-                   "to keep as a label (class ids or names); repeatable (default: every "
-                   "column but the id and group columns)")
+    q.add_argument("--label", action="append", metavar="[NAME=]COLUMN",
+                   help="a table column to keep as a label (class ids or names): "
+                        "'label.COLUMN', or 'label.NAME' ('label' for NAME label), as "
+                        "prepare table names it: give another site's modality the same "
+                        "name; repeatable (default: every column but the id and group "
+                        "columns)")
     q.add_argument("--group-column", metavar="COLUMN", help="the table's group column "
                    "(e.g. patient): split by group, so no patient is in train and test")
     _classes_option(q, "COLUMN", "a label column of --table")

@@ -193,6 +193,8 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str], list[str
         for p in paths:
             for m in found[p]["tensors"]:
                 holders.setdefault(m, set()).update(found[p]["ids"])
+        if len(paths) > 1 and (apart := labels_named_apart(paths, found)):
+            warnings.append(f"{name}: {apart}")
         if len(paths) > 1:  # what training reads: a sample two sites label apart
             try:
                 read_labels(paths, sorted(set().union(*holders.values())),
@@ -220,6 +222,25 @@ def across_files(found: dict[str, dict]) -> tuple[list[str], list[str], list[str
             trains, [str(Path(p).with_name("test.parquet")) for p in trains])):
         errors.append(f"{leak} (mmvm train and mmvm run refuse these folders)")
     return lines, warnings, errors
+
+
+def labels_named_apart(paths: list[str], found: dict[str, dict]) -> str | None:
+    """Why sites whose label columns differ matter (a site of ``label`` beside one of
+    ``label.finding``, the same classes: in a federated run the one without
+    ``data.label`` got no probe and no judge, unsaid), or None."""
+    cols = {p: set(found[p]["labels"]) for p in paths}
+    if len({frozenset(c) for c in cols.values()}) < 2:
+        return None
+    from mmvm.data.label_names import class_names
+
+    held = ", ".join(f"{Path(p).parent.name}: {', '.join(sorted(c)) or 'none'}"
+                     for p, c in cols.items())
+    named = {tuple(class_names([p], c)) for p in paths for c in cols[p]} - {()}
+    same = " (the same class names: one label named two ways?)" if len(named) == 1 \
+        and all(cols.values()) else ""
+    return (f"the sites' label columns differ ({held}){same}: a federated run probes "
+            f"and judges data.label at each site, and a site without it gets neither; "
+            f"name a label alike at every site (prepare ... --label NAME=COLUMN)")
 
 
 def _values(lo: float, hi: float) -> str:

@@ -63,7 +63,7 @@ def run_config(args: argparse.Namespace) -> int:
     atomic_write(out, ("\n".join(header) + "\n" + text).encode())
     print(f"wrote {out} (settings from {draft.base})")
     for note in draft.notes:
-        print(f"note: {note}")
+        print(note if note.startswith("warning: ") else f"note: {note}")
     dirs = ",".join(str(Path(f).resolve()) for f in args.folders)
     print(f"train centrally:  mmvm train --config {out}\n"
           f"federated rehearsal:  mmvm run --run-config \"config='{out.resolve()}' "

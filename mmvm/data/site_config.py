@@ -53,9 +53,10 @@ def shipped_config(name: str) -> Path:
                             f"give --base")
 
 
-def site_modalities(folders: Sequence[Path]) -> tuple[dict[str, Modality], int, list[str]]:
+def site_modalities(folders: Sequence[Path]
+                    ) -> tuple[dict[str, Modality], int, list[list[str]]]:
     """The modalities the folders' ``train.parquet`` files hold, the most training rows
-    of any folder, and their label columns."""
+    of any folder, and each folder's label columns."""
     import pyarrow.parquet as pq
 
     from mmvm.data.labels import all_label_columns
@@ -81,7 +82,7 @@ def site_modalities(folders: Sequence[Path]) -> tuple[dict[str, Modality], int, 
             found.setdefault(m, new)
         rows = max(rows, pq.ParquetFile(path).metadata.num_rows)
         files.append(path)
-    return found, rows, all_label_columns(files)
+    return found, rows, [all_label_columns([f]) for f in files]
 
 
 def base_for(mods: dict[str, Modality]) -> Path:
@@ -133,7 +134,7 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
     import tomllib
 
     folders = [Path(f).resolve() for f in folders]
-    mods, rows, labels = site_modalities(folders)
+    mods, rows, held = site_modalities(folders)
     base_path = Path(base) if base else base_for(mods)
     with open(base_path, "rb") as fh:
         raw = tomllib.load(fh)
@@ -141,18 +142,31 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
     base_mods = raw.get("model", {}).get("modalities", {})
     model = {**raw.get("model", {}),
              "modalities": {m.name: modality_table(m, base_mods) for m in mods.values()}}
-    out = {"data": data_table(raw.get("data", {}), folders, labels, notes), "model": model,
+    out = {"data": data_table(raw.get("data", {}), folders, held, notes), "model": model,
            "train": train_table(raw.get("train", {}), rows, name, notes)}
-    evals = eval_table(raw.get("eval", {}), rows, labels, notes)
+    evals = eval_table(raw.get("eval", {}), rows,
+                       list(dict.fromkeys(c for cols in held for c in cols)), notes)
     return Draft(out | ({"eval": evals} if evals else {}), base_path, notes)
 
 
-def data_table(base: dict, folders: list[Path], labels: list[str], notes: list) -> dict:
+def data_table(base: dict, folders: list[Path], held: list[list[str]],
+               notes: list) -> dict:
     """``[data]``: the folders joined by sample id under their common parent, every
-    row, and the files' label column (``label``, else the first; none: the default)."""
+    row, and a label column (``label``, else the first) that every folder holds (each
+    site's probe and judge read it in a federated run), else any, said."""
     root = Path(os.path.commonpath([f.parent for f in folders]))
     data = {**base, "root": str(root), "max_train": 0, "max_test": 0,
             "folders": [str(f.relative_to(root)) for f in folders]}
+    labels = list(dict.fromkeys(c for cols in held for c in cols))
+    common = [c for c in labels if all(c in cols for cols in held)]
+    if labels and not common:
+        notes.append("warning: no label column is held by every folder ("
+                     + "; ".join(f"{f.name}: {', '.join(c) or 'none'}"
+                                 for f, c in zip(folders, held, strict=True))
+                     + "): in a federated run a site without data.label gets no probe "
+                       "and no judge; name the label alike (prepare ... --label "
+                       "NAME=COLUMN)")
+    labels = common or labels
     if not labels:  # the base's own column (label.no_finding) would be refused
         data.pop("label", None)
         notes.append("the files hold no label column: training needs none, probes and "

@@ -176,3 +176,27 @@ def test_a_sample_the_sites_label_differently_is_an_error_by_name(tmp_path, caps
     c = _site(tmp_path / "c", "rat1", ids[:25], ids[25:], ["anise", "lemon"], flip=ids[3])
     assert main(["data", "check", str(a), str(c)]) == 1
     assert "the sites label these samples differently" in capsys.readouterr().err
+
+
+def test_sites_that_name_one_label_two_ways_are_warned_of(tmp_path, capsys):
+    """A walkthrough's image site wrote label.finding and its lab-values site label
+    (prepare images --label finding, prepare table --label finding): every check was
+    ok, and the federated run gave the image site no probe and no judge."""
+    from mmvm.cli import main
+
+    ids = [f"s{i:02d}" for i in range(30)]
+    a = _site(tmp_path / "xray", "frontal", ids[:25], ids[25:], ["effusion", "normal"])
+    rng = np.random.default_rng(1)
+    for split, part in (("train", ids[:25]), ("test", ids[25:])):
+        write_site_table(tmp_path / "labs" / f"{split}.parquet", part,
+                         {"labs": rng.random((len(part), 4)).astype(np.float32)},
+                         {"label.finding": np.zeros(len(part), np.int64)},
+                         {"label_names": {"label.finding": ["effusion", "normal"]}})
+    assert main(["data", "check", str(a), str(tmp_path / "labs" / "train.parquet")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("the sites' label columns differ (xray: label, labs: label.finding) (the same "
+            "class names: one label named two ways?): a federated run probes and judges "
+            "data.label at each site, and a site without it gets neither") in err
+    c = _site(tmp_path / "c", "lateral", ids[:25], ids[25:], ["effusion", "normal"])
+    assert main(["data", "check", str(a), str(c)]) == 0
+    assert "label columns differ" not in capsys.readouterr().err

@@ -94,7 +94,8 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
     """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
     (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
     ``labels``: the table's columns to keep as labels (default: all but the id and
-    group columns), written as ``label.<column>`` (``label`` stays ``label``);
+    group columns), written as ``label.<column>`` (``label`` stays ``label``), or
+    ``NAME=COLUMN``, written as ``label.NAME`` (``label`` for NAME ``label``);
     ``classes``: a table column -> its class names in id order; ``white``: the pixel
     value that is white in images of more than 8 bits (default: the file type's);
     ``fit``: how a non-square image becomes square (:func:`~mmvm.data.prepare.images.
@@ -118,8 +119,12 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                         f"column (e.g. {next(iter(rows))!r}): name the files by the "
                         f"table's ids, or give the column that holds them (--id-column)")
     columns = list(next(iter(rows.values()))) if rows else []
-    keep = list(labels) if labels is not None else \
-        [c for c in columns if c != group_column]
+    # NAME=COLUMN: label.NAME ('label' for NAME label), as prepare table and arrays
+    # name it; a bare COLUMN: label.COLUMN
+    asked = [tuple(x.split("=", 1)) if "=" in x else (x, x) for x in labels] \
+        if labels is not None else [(c, c) for c in columns if c != group_column]
+    keep = [c for _, c in asked]
+    key_of = {c: "label" if n == "label" else f"label.{n}" for n, c in asked}
     missing = [c for c in keep + ([group_column] if group_column else []) if c not in columns]
     if missing:
         raise DataError(f"{table}: no column {missing[0]!r}; its columns: {columns}")
@@ -134,7 +139,7 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
         (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
         label_files = {}
         for c in keep:
-            key = "label" if c == "label" else f"label.{c}"
+            key = key_of[c]
             label_files[key] = tmp / f"{key}.npy"  # strings: an empty one is unknown
             np.save(label_files[key], np.array([rows.get(i, {}).get(c, "") for i in ids],
                                                dtype=str))
@@ -152,7 +157,7 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                               groups=groups, test_fraction=test_fraction, seed=seed,
                               name=name, force=force, progress=progress, notes=notes,
                               sources={m: Path(f).resolve() for m, f in folders.items()},
-                              classes={("label" if c == "label" else f"label.{c}"): v
+                              classes={key_of.get(c, f"label.{c}"): v
                                        for c, v in (classes or {}).items()})
 
 
