@@ -27,9 +27,21 @@ def add_check(sub: argparse._SubParsersAction) -> None:
                                    "Several sites' files of one split: how they join "
                                    "by sample id, and samples split differently. "
                                    "Exit status 1 if any file is invalid.")
-    c.add_argument("files", nargs="+", metavar="FILE", help="site .parquet files")
+    c.add_argument("files", nargs="+", metavar="FILE", help="site .parquet files, or "
+                   "site folders (their train.parquet and test.parquet)")
     add_config_arguments(c, None)
     handles(c, run_check)
+
+
+def site_files(given: list[str]) -> list[str]:
+    """The files to check: a site folder (as ``mmvm data config`` and ``site-dirs`` take
+    them) stands for its ``train.parquet`` and ``test.parquet``."""
+    out = []
+    for g in given:
+        split = [Path(g) / f"{s}.parquet" for s in ("train", "test")]
+        out += [str(p) for p in split if p.is_file()] if Path(g).is_dir() and \
+            any(p.is_file() for p in split) else [g]
+    return out
 
 
 def check_file(path: str) -> dict:
@@ -111,7 +123,7 @@ def run_check(args: argparse.Namespace) -> int:
         # a long path wraps onto further lines instead of being cut with "…"
         table.add_column(col, overflow="fold", min_width=12 if col == "file" else None)
     errors, warnings, seen, columns, valid = [], [], set(), {}, {}
-    for f in args.files:
+    for f in site_files(args.files):
         s, problem = check_problem(f)
         seen.update(s["labels"] if s else ())
         if s:

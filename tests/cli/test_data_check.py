@@ -200,3 +200,7 @@ def test_sites_that_name_one_label_two_ways_are_warned_of(tmp_path, capsys):
     c = _site(tmp_path / "c", "lateral", ids[:25], ids[25:], ["effusion", "normal"])
     assert main(["data", "check", str(a), str(c)]) == 0
     assert "label columns differ" not in capsys.readouterr().err
+    # site folders, as data config and site-dirs take them: their two files each
+    assert main(["data", "check", str(tmp_path / "xray"), str(tmp_path / "labs")]) == 0
+    said = capsys.readouterr()
+    assert said.out.count("ok") >= 4 and "label columns differ" in said.err
