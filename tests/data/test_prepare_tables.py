@@ -96,6 +96,9 @@ def test_a_time_or_trial_column_left_in_is_named(tmp_path):
                            group_column="trial_no")
     dataset = read_site_table(paths["train"]).dataset_meta
     assert dataset["split_by"] == "group (30 groups from column 'trial_no')"
+    # each feature's column name, in order, beside its scale (a walkthrough could not
+    # map a standardized value back to its lab test)
+    assert dataset["features"] == {"r1": ["t_start_s"] + [f"u{j}" for j in range(5)]}
     assert dataset["notes"] == [
         f"r1: column 't_start_s' of {tmp_path / 'r.csv'} never falls from row to row "
         f"(0..714): a trial number, an index or a time, read as a feature? --drop it if "

@@ -159,7 +159,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    standardize: Sequence[str] | bool = (),
                    scale_from: Mapping[str, Scale] | None = None,
                    notes: Sequence[str] = (),
-                   group_source: str | None = None) -> dict[str, Path]:
+                   group_source: str | None = None,
+                   features: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
@@ -172,7 +173,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     (:mod:`mmvm.data.prepare.standardize`); ``scale_from``: another site's scales
     (its ``dataset.standardized``) to use instead of this site's own;
     ``group_source``: where the groups came from, as the metadata says it (default:
-    the ``groups`` file's name); ``notes``: what a preparer changed or left out, kept in the metadata (the CLI
+    the ``groups`` file's name); ``features``: a modality's feature names in order
+    (a table's columns: sodium, platelets, ...), kept beside its scale; ``notes``: what a preparer changed or left out, kept in the metadata (the CLI
     prints them). A folder that already holds site
     files is refused unless ``force``."""
     if not modalities:
@@ -222,6 +224,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
             "counts": [m for m in counts if m not in scaled],
             "label_names": {c: names for c, (_, names) in loaded.items() if names},
             **({"group_column": GROUP_COLUMN} if group_of is not None else {}),
+            **({"features": {m: list(f) for m, f in features.items()}}
+               if features else {}),
             "created_by": "mmvm.data.prepare.arrays.prepare_arrays"} | (
                 {"standardized": scaled} if scaled else {}) | (
                 {"notes": list(notes)} if notes else {})

@@ -290,6 +290,7 @@ def prepare_tables(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                 labels={c: t / f"{c}.npy" for c in labels},
                 groups=t / "groups.txt" if groups is not None else None,
                 group_source=f"column {group_column!r}" if groups is not None else None,
+                features={m: cols for m, (_, _, _, _, cols) in read.items()},
                 sources={m: Path(p) for m, p in modalities.items()},
                 notes=[*notes, *split.pop("notes", ())], **split)
         except (DataError, ValueError) as err:  # name the tables, not the temp files
