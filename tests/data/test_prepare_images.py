@@ -214,7 +214,8 @@ def test_what_decoding_changed_and_ids_that_do_not_match_are_said(tmp_path, caps
             f"'s0O3'): their labels are not used") in out
     assert (f"note: 2 of the 40 images are not in {tmp_path}/typo.csv (e.g. 's003', "
             f"'s039'): their labels are unknown") in out
-    assert ("note: frontal: images of 2 sizes (48x48: 39, 32x40: 1) resized to 28x28; "
+    assert ("note: frontal: images of 2 sizes, width x height (48x48: 39, 32x40: 1) "
+            "resized to 28x28; "
             "1 non-square one stretched (--fit pad or crop keeps their proportions)") in out
     assert ("note: frontal: 1 of 40 images were colour (RGB: 1), made grey (--mode RGB "
             "keeps colour)") in out
@@ -304,7 +305,8 @@ def test_a_colour_jpeg_is_noted_at_its_own_size_and_grey_rgb_is_not_colour(tmp_p
     assert seen == Counter({("RGB", (384, 512)): 1, ("grey RGB", (64, 64)): 2})
     notes = conversion_notes("frontal", seen, "L", 64)
     assert "frontal: 1 of 3 images were colour (RGB: 1), made grey" in notes[1]
-    assert notes[0].startswith("frontal: images of 2 sizes (64x64: 2, 384x512: 1)")
+    assert notes[0].startswith("frontal: images of 2 sizes, width x height (64x64: 2, "
+                               "384x512: 1)")
 
 
 def test_a_short_row_is_named_and_a_spreadsheets_empty_rows_are_skipped(tmp_path):

@@ -162,8 +162,9 @@ def conversion_notes(name: str, seen: Counter, mode: str, size: int,
     stretched = sum(n for (w, h), n in sizes.items() if w != h)
     if len(sizes) > 1 or stretched:
         shown = ", ".join(f"{w}x{h}: {n}" for (w, h), n in sizes.most_common(4))
-        notes.append(f"{name}: images of {len(sizes)} size{'s' * (len(sizes) > 1)} "
-                     f"({shown}{' ...' * (len(sizes) > 4)}) resized to {size}x{size}"
+        notes.append(f"{name}: images of {len(sizes)} size{'s' * (len(sizes) > 1)}, "
+                     f"width x height ({shown}{' ...' * (len(sizes) > 4)}) resized to "
+                     f"{size}x{size}"
                      + (f"; {stretched} non-square one{'s' * (stretched > 1)} "
                         + FIT_SAID[fit] if stretched else ""))
     modes = Counter(m for (m, _) in seen.elements())
