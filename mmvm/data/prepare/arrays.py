@@ -29,6 +29,7 @@ import numpy as np
 
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
 from mmvm.data.prepare.label_values import check_named, class_ids, label_hint
+from mmvm.data.prepare.npy import load_npy
 from mmvm.data.prepare.standardize import Scale, apply, scales
 from mmvm.data.store import DataError, SiteChunk, write_site_table_batches
 from mmvm.data.store_format import GROUP_COLUMN, LABEL_MAX, id_problem, show
@@ -48,7 +49,7 @@ def load_ids(path: str | os.PathLike) -> list[str]:
     sites that wrote their ids differently still agree."""
     path = Path(path)
     if path.suffix == ".npy":
-        arr = _load(path, what="sample ids")
+        arr = load_npy(path, what="sample ids")
         if arr.ndim != 1 or arr.dtype.kind not in "iuUS":
             raise DataError(f"{path}: sample ids must be a 1-D array of strings or "
                             f"integers, got {arr.dtype} {arr.shape}")
@@ -97,7 +98,7 @@ def load_labels(path: Path, classes: Sequence[str] | None = None
     files keep what each id means. An empty entry is unknown (-1); ids and names
     mixed are refused."""
     if path.suffix == ".npy":
-        a = _load(path, what="labels")
+        a = load_npy(path, what="labels")
         if a.ndim != 1 or a.dtype.kind not in "US":
             named = None
             if classes is not None and a.ndim == 1 and a.dtype.kind in "iu":
@@ -190,7 +191,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     if not force:
         _refuse_site_files(Path(out_dir))
     labels = labels or {}
-    arrays = {m: _load(Path(p), mmap=True) for m, p in modalities.items()}
+    arrays = {m: load_npy(Path(p), mmap=True) for m, p in modalities.items()}
     classes = classes or {}
     stray = sorted(set(classes) - set(labels))
     if stray:
@@ -261,41 +262,6 @@ def _load_groups(path: str | os.PathLike, n: int) -> list[str]:
         raise DataError(f"{path}: {len(groups)} group ids, the arrays have {n} rows; "
                         f"give one group id (e.g. the trial) per row, in row order")
     return groups
-
-
-_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0}
-
-
-def _load(path: Path, mmap: bool = False, what: str = "numbers") -> np.ndarray:
-    if path.suffix != ".npy":
-        raise DataError(f"{path}: expected a NumPy .npy file" + (
-            " (a table: mmvm data prepare table --modality NAME=FILE --id-column COLUMN)"
-            if path.suffix in (".csv", ".tsv", ".parquet") else ""))
-    dtype = _header_dtype(path)
-    if dtype is not None and dtype.hasobject:  # e.g. from pandas: values are pickled
-        raise DataError(f"{path}: an object array (dtype {dtype}); save {what} with a plain "
-                        f"dtype (e.g. np.save(path, values.astype(str)))")
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from None
-
-
-def _header_dtype(path: Path) -> np.dtype | None:
-    """The dtype a ``.npy`` header declares (``None`` for a format version without a
-    public reader: :func:`numpy.load` checks those); :class:`DataError` when the file
-    has no NumPy header (a text or pickle file named ``.npy``)."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = _HEADERS.get(version)
-            return None if read is None else read(f)[2]
-    except OSError as e:
-        raise DataError(f"{path}: not readable ({e})") from None
-    except ValueError as e:
-        raise DataError(f"{path}: not a NumPy .npy file ({e}); save arrays with "
-                        f"np.save(path, array)") from None
 
 
 def _refuse_site_files(out: Path) -> None:
