@@ -291,11 +291,18 @@ def test_data_split_keeps_an_earlier_layout_unless_forced(tmp_path, capsys):
              f"the split writes {site}, which is one of the input files", site)
 
 
-def test_data_check_of_a_folder_suggests_its_files(made, capsys):
-    assert main(["data", "check", str(made["data"])]) == 1
+def test_data_check_of_a_folder_checks_its_files_or_suggests_them(made, capsys,
+                                                                  tmp_path):
+    """A site folder stands for its train.parquet and test.parquet (as data config and
+    site-dirs take it); a folder without them gets the suggestion."""
+    assert main(["data", "check", str(made["data"])]) == 0
+    out = capsys.readouterr().out
+    assert "train.parquet" in out and "test.parquet" in out
+    (tmp_path / "other").mkdir()
+    assert main(["data", "check", str(tmp_path / "other")]) == 1
     err = capsys.readouterr().err
-    assert f"{made['data']}: is a folder; give its site files, e.g. " \
-           f"{made['data'] / '*.parquet'}" in err
+    assert f"{tmp_path / 'other'}: is a folder; give its site files, e.g. " \
+           f"{tmp_path / 'other' / '*.parquet'}" in err
 
 
 def test_split_force_removes_only_listed_files_inside_out_and_says_so(tmp_path):
