@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from mmvm.cli.data_common import handles
@@ -62,8 +63,11 @@ def run_config(args: argparse.Namespace) -> int:
     text = one_line_arrays(tomli_w.dumps(draft.raw))
     atomic_write(out, ("\n".join(header) + "\n" + text).encode())
     print(f"wrote {out} (settings from {draft.base})")
-    for note in draft.notes:
-        print(note if note.startswith("warning: ") else f"note: {note}")
+    for note in draft.notes:  # warnings where the other commands put theirs
+        if note.startswith("warning: "):
+            print(note, file=sys.stderr)
+        else:
+            print(f"note: {note}")
     dirs = ",".join(str(Path(f).resolve()) for f in args.folders)
     print(f"train centrally:  mmvm train --config {out}\n"
           f"federated rehearsal:  mmvm run --run-config \"config='{out.resolve()}' "

@@ -38,11 +38,11 @@ def test_mixed_images_and_lab_values_get_a_config_that_trains(tmp_path, capsys):
     out = tmp_path / "configs" / "lab.toml"
     out.parent.mkdir()
     assert main(["data", "config", str(xray), str(labs), "--out", str(out)]) == 0
-    said = capsys.readouterr().out
-    assert "configs/mimic_cxr_64.toml" in said and "num-sites=2 site-dirs=" in said
+    said = capsys.readouterr()
+    assert "configs/mimic_cxr_64.toml" in said.out and "num-sites=2 site-dirs=" in said.out
     # the lab site holds no label: its probe and judge in a federated run, said
     assert ("warning: no label column is held by every folder (site-frontal: "
-            "label.finding; site-labs: none)") in said
+            "label.finding; site-labs: none)") in said.err
     raw = tomllib.loads(out.read_text())
     mods = raw["model"]["modalities"]
     assert mods["frontal"] == {"kind": "image", "shape": [1, 64, 64],
