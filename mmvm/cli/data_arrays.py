@@ -251,12 +251,14 @@ def add_images(names: argparse._SubParsersAction) -> None:
     q = names.add_parser("images", help=text, description=(
         f"{text}. A file's name without its suffix is its sample id (p0042.png -> "
         "p0042): name the views of one study alike at every site. Images are decoded "
-        "to grey (L) or RGB and resized to SIZE x SIZE; labels and the patient (for a "
-        "split by patient) come from a CSV table with a sample id column. Prints the "
-        "[model.modalities] sections for a config."))
+        "to grey (L) or RGB and resized to SIZE x SIZE (DICOM as its header says: "
+        "rescale, VOI window, MONOCHROME1 inverted; the pixels only); labels and the "
+        "patient (for a split by patient) come from a CSV table with a sample id "
+        "column. Prints the [model.modalities] sections for a config."))
     q.add_argument("--modality", action="append", required=True, metavar="NAME=FOLDER",
-                   help="a modality's folder of .png/.jpg/.bmp/.tif files; repeatable "
-                        "(the folders of one site hold the same sample ids)")
+                   help="a modality's folder of .png/.jpg/.bmp/.tif/.dcm files (and "
+                        "DICOM files without a suffix); repeatable (the folders of one "
+                        "site hold the same sample ids)")
     q.add_argument("--size", type=int, default=64, help="side in pixels (default "
                    "%(default)s; 28 and 224 are the other sizes the image networks take)")
     q.add_argument("--mode", choices=("L", "RGB"), default="L",
@@ -266,7 +268,11 @@ def add_images(names: argparse._SubParsersAction) -> None:
                         "that is white (default: the file type's largest, 65535 for 16 "
                         "bits; 4095 for 12-bit data), or 'auto': each file's own, from "
                         "the bits its brightest pixel needs (a folder of 12- and 16-bit "
-                        "exports)")
+                        "exports); for DICOM files it replaces the header's range")
+    q.add_argument("--dicom-window", choices=("file", "none"), default="file",
+                   help="DICOM: scale by the header's first VOI window (Window Center/"
+                        "Width or LUT: as the modality's viewer shows it; the default) "
+                        "or over the stored bits' whole range (none)")
     q.add_argument("--fit", choices=("stretch", "pad", "crop"), default="stretch",
                    help="a non-square image made square: stretched (the default), "
                         "padded with black (proportions kept: a chest X-ray's heart "
@@ -311,5 +317,6 @@ def _prepare_images(args: argparse.Namespace) -> int:
                                test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
                                classes=_classes(args.classes, None),
-                               white=args.white_level, fit=args.fit)
+                               white=args.white_level, fit=args.fit,
+                               window=args.dicom_window)
     return _report(paths, args, True, args.group_column, "--group-column")

@@ -22,27 +22,31 @@ import numpy as np
 
 from mmvm.data.prepare import Progress
 from mmvm.data.prepare.arrays import prepare_arrays
+from mmvm.data.prepare.dicom import SUFFIXES as DICOM_SUFFIXES
+from mmvm.data.prepare.dicom import is_dicom
 from mmvm.data.prepare.images import conversion_notes, load_image
 from mmvm.data.store import DataError
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff") + DICOM_SUFFIXES
 
 
 def image_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """``{sample id: file}`` of the image files directly in ``folder`` (by suffix);
-    :class:`DataError` when there are none or two share a name."""
+    """``{sample id: file}`` of the image files directly in ``folder`` (by suffix, or
+    DICOM files without one); :class:`DataError` when there are none or two share a
+    name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of images")
     out: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in SUFFIXES:
+        if path.is_file() and (path.suffix.lower() in SUFFIXES or is_dicom(path)):
             if path.stem in out:
                 raise DataError(f"{folder}: {out[path.stem].name} and {path.name} would "
                                 f"both be sample {path.stem!r}; one image per sample id")
             out[path.stem] = path
     if not out:
-        raise DataError(f"{folder}: no image files ({', '.join(SUFFIXES)})")
+        raise DataError(f"{folder}: no image files ({', '.join(SUFFIXES)}, or DICOM "
+                        f"without a suffix)")
     return out
 
 
@@ -89,8 +93,8 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                    seed: int = 0, name: str = "images", force: bool = False,
                    progress: Progress | None = None,
                    classes: Mapping[str, Sequence[str]] | None = None,
-                   white: float | str | None = None, fit: str = "stretch"
-                   ) -> dict[str, Path]:
+                   white: float | str | None = None, fit: str = "stretch",
+                   window: str = "file") -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
     (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
     ``labels``: the table's columns to keep as labels (default: all but the id and
@@ -98,8 +102,8 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
     ``NAME=COLUMN``, written as ``label.NAME`` (``label`` for NAME ``label``);
     ``classes``: a table column -> its class names in id order; ``white``: the pixel
     value that is white in images of more than 8 bits (default: the file type's);
-    ``fit``: how a non-square image becomes square (:func:`~mmvm.data.prepare.images.
-    load_image`)."""
+    ``fit``: how a non-square image becomes square, ``window``: whether a DICOM file's
+    VOI window is applied (:func:`~mmvm.data.prepare.images.load_image`)."""
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode {mode!r}: 'L' (grey) or 'RGB'")
     _check_size(size, mode)
@@ -133,7 +137,7 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
         tmp = Path(tmp)
         seen, whites = {m: Counter() for m in files}, {m: Counter() for m in files}
         arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress, white,
-                             seen[m], fit, whites[m]) for m, got in files.items()}
+                             seen[m], fit, whites[m], window) for m, got in files.items()}
         notes += [n for m in files
                   for n in conversion_notes(m, seen[m], mode, size, fit, whites[m])]
         (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
@@ -197,7 +201,7 @@ MAX_SAID = 20  # failing images listed by name
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
             path: Path, progress: Progress | None, white: float | str | None = None,
             seen: Counter | None = None, fit: str = "stretch",
-            whites: Counter | None = None) -> Path:
+            whites: Counter | None = None, window: str = "file") -> Path:
     """The images of ``ids`` as one uint8 ``[N, C, size, size]`` .npy at ``path``,
     each decoded into it in turn (never the whole set in memory)."""
     channels = 1 if mode == "L" else 3
@@ -207,7 +211,7 @@ def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
     for k, i in enumerate(ids):
         try:
             out[k] = load_image(files[i], mode, size, white=white, seen=seen, fit=fit,
-                                whites=whites)
+                                whites=whites, window=window)
         except DataError as err:
             bad.append(str(err))
         if progress is not None and (k % 64 == 0 or k == len(ids) - 1):

@@ -1,4 +1,5 @@
-"""Image decoding shared by the preparers: file -> uint8 ``[C, H, W]`` (Pillow)."""
+"""Image decoding shared by the preparers: file -> uint8 ``[C, H, W]`` (Pillow;
+DICOM through :mod:`mmvm.data.prepare.dicom`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ FITS = ("stretch", "pad", "crop")  # how a non-square image becomes a square
 def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
                center_crop: int | None = None, white: float | str | None = None,
                seen: Counter | None = None, fit: str = "stretch",
-               whites: Counter | None = None) -> np.ndarray:
+               whites: Counter | None = None, window: str = "file") -> np.ndarray:
     """Decode ``path`` to uint8 ``[C, H, W]`` (``mode`` "L" -> C = 1, "RGB" -> 3).
 
     ``center_crop``: first cut the central ``c x c`` square; ``size``: then resize to
@@ -32,44 +33,56 @@ def load_image(path: str | os.PathLike, mode: str, size: int | None = None,
     decoded in draft mode at the smallest scale still >= the target, which is exact
     up to the decoder's own downsampling and much faster on large X-rays. Grey images
     of more than 8 bits (16-bit PNG, TIFF) are scaled, ``value / white * 255``
-    (:func:`to_8bit`). Any decoding problem raises :class:`DataError` naming the
-    file. ``seen``: counts each file's own ``(mode, (width, height))``, for the
-    preparer to say what was converted or resized; ``whites``: the white level each
-    file of more than 8 bits was read at.
+    (:func:`to_8bit`); DICOM files are read as their header says, ``window``: its VOI
+    window or not (:mod:`~mmvm.data.prepare.dicom`). Any decoding problem raises
+    :class:`DataError` naming the file. ``seen``: counts each file's own ``(mode,
+    (width, height))``, for the preparer to say what was converted or resized;
+    ``whites``: the white level each file of more than 8 bits was read at.
     """
     from PIL import Image, UnidentifiedImageError
 
+    from mmvm.data.prepare.dicom import is_dicom, read_dicom
+
     try:
+        if is_dicom(path):
+            img, how = read_dicom(path, white, window)
+            return _finished(img, img.size, how, mode, size, center_crop, fit, path,
+                             seen)
         with Image.open(path) as img:
             wh, was = img.size, img.mode  # the file's own (draft changes both)
             if size is not None and center_crop is None and img.format == "JPEG":
                 img.draft("RGB" if was == "RGB" else mode, (size, size))
-            if seen is not None:
-                seen[(_grey_or(img, was, mode), wh)] += 1
+            was = _grey_or(img, was, mode) if seen is not None else was
             if img.mode in WIDE_MODES:
                 img = to_8bit(img, path, white, whites)
-            img = img.convert(mode)
-            if center_crop is not None:
-                w, h = img.size
-                if center_crop > min(w, h):
-                    raise DataError(f"{path}: image {w}x{h} is smaller than the "
-                                    f"{center_crop}x{center_crop} centre crop")
-                left, top = (w - center_crop) // 2, (h - center_crop) // 2
-                img = img.crop((left, top, left + center_crop, top + center_crop))
-            if size is not None and img.size != (size, size):
-                img = fitted(img, size, fit)
-            arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy)
+            return _finished(img, wh, was, mode, size, center_crop, fit, path, seen)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except DataError:  # it decoded, and is refused (a white level, a crop): as it says
         raise
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr)
+
+
+def _finished(img, wh: tuple[int, int], was: str, mode: str, size: int | None,
+              center_crop: int | None, fit: str, path, seen: Counter | None
+              ) -> np.ndarray:
+    """An 8-bit Pillow image as uint8 ``[C, H, W]`` in ``mode``: cropped, then made a
+    ``size`` square (:func:`load_image`); ``seen`` counts ``(was, wh)``."""
+    if seen is not None:
+        seen[(was, wh)] += 1
+    img = img.convert(mode)
+    if center_crop is not None:
+        w, h = img.size
+        if center_crop > min(w, h):
+            raise DataError(f"{path}: image {w}x{h} is smaller than the "
+                            f"{center_crop}x{center_crop} centre crop")
+        left, top = (w - center_crop) // 2, (h - center_crop) // 2
+        img = img.crop((left, top, left + center_crop, top + center_crop))
+    if size is not None and img.size != (size, size):
+        img = fitted(img, size, fit)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy)
+    return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
 
 
 def fitted(img, size: int, fit: str):
@@ -185,7 +198,28 @@ def conversion_notes(name: str, seen: Counter, mode: str, size: int,
         notes.append(f"{name}: images of more than 8 bits read at white levels "
                      + ", ".join(f"{w:g} ({n})" for w, n in sorted(whites.items()))
                      + ": a dark export read at a lower one is brightened; check them")
+    notes += dicom_notes(name, modes, total)
     alpha = sum(n for m, n in modes.items() if m in ("RGBA", "LA", "PA"))
     if alpha:
         notes.append(f"{name}: {alpha} of {total} images had transparency, dropped")
     return notes
+
+
+def dicom_notes(name: str, modes: Counter, total: int) -> list[str]:
+    """How ``name``'s DICOM files were read (``modes``: :func:`~mmvm.data.prepare.
+    dicom.read_dicom`'s ``how`` of each): inverted, windowed, their bit depths."""
+    read = Counter({m: n for m, n in modes.items() if m.startswith("DICOM")})
+    if not read:
+        return []
+    count = sum(read.values())
+    inverted = sum(n for m, n in read.items() if "MONOCHROME1" in m)
+    windowed = sum(n for m, n in read.items() if m.endswith("windowed"))
+    bits = Counter()
+    for m, n in read.items():
+        bits[next((w for w in m.split() if w.endswith("-bit")), "colour")] += n
+    return [f"{name}: {count} of {total} images were DICOM, read by their headers ("
+            + ", ".join(f"{b}: {n}" for b, n in sorted(bits.items()))
+            + f"); {windowed} by the header's VOI window (--dicom-window none: the "
+            f"stored range), {inverted} MONOCHROME1 inverted (bone white)"
+            + ("; the others were not DICOM: check that their grey levels look alike"
+               if count < total else "")]

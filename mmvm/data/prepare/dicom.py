@@ -1,0 +1,143 @@
+"""DICOM images (pydicom) -> 8-bit Pillow images, as a reading room's viewer shows them.
+
+A hospital's X-rays leave the PACS as DICOM, not PNG: 10 to 16 bits stored in 16, a
+rescale (the Modality LUT), a window the modality chose (the VOI LUT: Window Center /
+Width, or a lookup table) and, for MONOCHROME1, white meaning 0. The header says all
+of it, so nothing is guessed (``--white-level auto`` guesses a PNG's bit depth from
+its brightest pixel):
+
+1. the stored values go through the Modality LUT (``apply_modality_lut``);
+2. ``window = "file"``: through the header's first VOI window or LUT when it has one
+   (``apply_voi_lut``); ``"none"``: not;
+3. the result is scaled to 0..255 over its range as the header gives it: the window's
+   output range, else the stored bits' range (``BitsStored``, ``PixelRepresentation``)
+   through the rescale; a ``white`` level, where given, replaces the top (0 stays 0);
+4. MONOCHROME1 is inverted, so bone is white in every image.
+
+Only the pixels are read: no header value (names, dates, UIDs) reaches the site files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.data.store import DataError
+
+SUFFIXES = (".dcm", ".dicom")
+WINDOWS = ("file", "none")  # the header's VOI window, or the stored range
+_MAGIC_AT, _MAGIC = 128, b"DICM"  # a DICOM file's preamble, then these four bytes
+PLUGINS = ("pip install pylibjpeg pylibjpeg-libjpeg (JPEG Lossless, JPEG-LS) or "
+           "python-gdcm")  # baseline JPEG and JPEG 2000: Pillow's
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """A ``.dcm``/``.dicom`` file, or one without a suffix that starts as DICOM does
+    (PACS exports often name files ``IM000123``)."""
+    path = Path(path)
+    if path.suffix.lower() in SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_MAGIC_AT)
+            return fh.read(len(_MAGIC)) == _MAGIC
+    except OSError:
+        return False
+
+
+def read_dicom(path: str | os.PathLike, white: float | str | None = None,
+               window: str = "file"):
+    """``(image, how)``: the pixels of the DICOM file ``path`` as an 8-bit Pillow
+    image (grey ``L``, or ``RGB`` for colour), read as the module says, and how it was
+    read (``"DICOM MONOCHROME1 12-bit windowed"``), for the preparer's notes.
+    :class:`DataError` names the file for anything that is not one 2-D image."""
+    import pydicom
+    from PIL import Image
+    from pydicom.errors import InvalidDicomError
+
+    if window not in WINDOWS:
+        raise ValueError(f"window {window!r}: one of {', '.join(WINDOWS)}")
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError) as e:
+        why = str(e).split(". Use force=True")[0]  # pydicom's advice is not ours
+        raise DataError(f"{path}: not a readable DICOM file ({why})") from None
+    if "PixelData" not in ds:
+        raise DataError(f"{path}: a DICOM file without an image (SOP class "
+                        f"{ds.get('SOPClassUID', '?')!s}: a report or a presentation "
+                        f"state?); leave it out of the image folder")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataError(f"{path}: {frames} frames (a cine or tomosynthesis series); one "
+                        f"image per file: export the frame to use")
+    arr = _pixels(ds, path)
+    kind = str(ds.get("PhotometricInterpretation", "")).upper()
+    if arr.ndim == 3:  # colour: pydicom gives RGB (YBR converted)
+        if arr.dtype != np.uint8:
+            raise DataError(f"{path}: colour DICOM of {ds.BitsStored} bits; 8-bit colour "
+                            f"only")
+        return Image.fromarray(arr, "RGB"), f"DICOM {kind}"
+    if kind not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DataError(f"{path}: photometric interpretation {kind or '(none)'}: grey "
+                        f"(MONOCHROME1/2) or colour images only")
+    values, (lo, hi), windowed = grey_values(arr, ds, window)
+    if white is not None and white != "auto":
+        lo, hi = 0.0, float(white)
+    if not hi > lo:
+        raise DataError(f"{path}: the header's value range {lo:g}..{hi:g} is empty")
+    out = np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    if kind == "MONOCHROME1":  # 0 is white
+        out = 255.0 - out
+    how = f"DICOM {kind} {ds.BitsStored}-bit" + (" windowed" if windowed else "")
+    return Image.fromarray(np.round(out).astype(np.uint8), "L"), how
+
+
+def grey_values(arr: np.ndarray, ds, window: str = "file"
+                ) -> tuple[np.ndarray, tuple[float, float], bool]:
+    """``(values, (lo, hi), windowed)``: a grey image's stored values through the
+    Modality LUT and, for ``window = "file"`` where the header has one, its first VOI
+    window or LUT, with the range the header says they span (the output range of the
+    transform applied last)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    bits = int(ds.BitsStored)
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    if ds.get("ModalityLUTSequence"):  # a lookup table: its output bits
+        lo, hi = 0, 2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
+    else:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    if window == "none":
+        return values, (float(lo), float(hi)), False
+    if ds.get("VOILUTSequence"):
+        lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return (apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64),
+                (0.0, float(2 ** lut_bits - 1)), True)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        # pydicom's windowing maps onto the range above (PS3.3 C.11.2.1.2)
+        return apply_voi_lut(values, ds).astype(np.float64), (float(lo), float(hi)), True
+    return values, (float(lo), float(hi)), False
+
+
+def _pixels(ds, path) -> np.ndarray:
+    """The decoded pixel array; a compressed file whose decoder is not installed says
+    which plugin reads it (JPEG 2000 is read by Pillow)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(syntax, "name", None) or "an unknown transfer syntax"
+    try:
+        return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as e:
+        if "missing dependencies" in str(e):
+            raise DataError(f"{path}: pixel data compressed as {name}, whose decoder is "
+                            f"not installed: {PLUGINS}; or export uncompressed") from None
+        raise DataError(f"{path}: cannot decode its pixel data ({name}: "
+                        f"{' '.join(str(e).split())})") from None
+    except (ValueError, AttributeError, KeyError) as e:
+        raise DataError(f"{path}: cannot decode its pixel data ({name}: {e})") from None
