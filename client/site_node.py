@@ -39,7 +39,7 @@ from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import Progress, ProtocolOrderError
 from mmvm.federation.sealed_channel import SealedChannel
-from mmvm.federation.sent_log import append_sent
+from mmvm.federation.sent_log import append_sent, capped
 from mmvm.federation.settings import APP_DIR, FederationSettings, load_settings
 from mmvm.federation.site import Site
 from mmvm.federation.site_dirs import own_site_files
@@ -168,7 +168,7 @@ def _pictures(node: Node, site: str) -> None:
 def _journal(site: str, line: str) -> None:
     """One line in the SuperNode's own log (its stderr): what the site refused or
     failed, where its operator looks, whatever the server is told."""
-    print(f"mmvm site {site}: {line}", file=sys.stderr, flush=True)
+    print(f"mmvm site {site}: {capped(line)}", file=sys.stderr, flush=True)
 
 
 def _require_simulation(nc) -> None:
@@ -243,7 +243,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         text = said(str(name), err) if name else f"{type(err).__name__}: {err}"
         if nc.get("state") and name:  # a deployment site: its refusals of whole runs
             _refused(Path(str(nc["state"])), "refused", kind, text, context.run_id)
-        return text
+        return capped(text)
     node, root = None, _state_root(context, s, policy)
     if kind == "resume" and not root.is_dir():  # no state of this run: make none (its
         try:  # lock and error log went into a folder made for them)
@@ -297,7 +297,10 @@ def _refused(folder: Path, stem: str, kind: str, text: str, run: int) -> str:
     """``text``, the one line a refused or failed message sends, recorded in the
     site's journal ``folder/stem.jsonl`` where the folder exists (the run's
     ``<site>.sent``; a whole run refused: the state folder's ``refused``). A full
-    disk: the reply goes all the same, the failure is in the SuperNode's log."""
+    disk: the reply goes all the same, the failure is in the SuperNode's log. The
+    text is :func:`~mmvm.federation.sent_log.capped`: an error may quote what the
+    server sent."""
+    text = capped(text)
     try:
         if folder.is_dir():
             append_sent(folder / f"{stem}.jsonl", kind, text, run)

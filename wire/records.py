@@ -73,7 +73,7 @@ def _decode(cls, rd: RecordDict, what: str):
     body = dict(rd[BODY].items())
     stray = set(body) - {n for n, f in specs.items() if f.metadata["wire"] in ("value", "json")}
     if stray:
-        raise MessageError(f"{what}: unknown fields {sorted(stray)}")
+        raise MessageError(f"{what}: unknown fields {named(stray)}")
     values, used = {}, {BODY}
     for name, f in specs.items():
         wire = f.metadata["wire"]
@@ -91,8 +91,17 @@ def _decode(cls, rd: RecordDict, what: str):
             raise MessageError(f"{what}: missing field {name!r}")
     unknown = records - used
     if unknown:
-        raise MessageError(f"{what}: unknown records {sorted(unknown)}")
+        raise MessageError(f"{what}: unknown records {named(unknown)}")
     return cls(**values)
+
+
+def named(names, shown: int = 5, chars: int = 40) -> str:
+    """Names a message brought, as an error quotes them: the first ``shown`` (sorted),
+    each cut to ``chars``, and how many more: 64 field names of 16 KiB each made
+    one refusal a megabyte, journalled at the site each time it was sent."""
+    every = sorted(map(str, names))
+    cut = [n if len(n) <= chars else f"{n[:chars]}..." for n in every[:shown]]
+    return f"{cut}" + (f" and {len(every) - shown} more" if len(every) > shown else "")
 
 
 def _arrays(rd: RecordDict, name: str, what: str) -> dict[str, np.ndarray]:

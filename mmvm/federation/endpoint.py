@@ -321,7 +321,7 @@ class Endpoint:
         site = self.site
         site.progress.evaluate(site.name)
         self._check_shared(req.weights)
-        chosen = 1 if self.channel.secure else self.policy.plain_floor
+        chosen = self.policy.plain_floor  # the server's values, or colluding peers'
         cross, refused = admitted(site, self.policy.share_test, req.posteriors,
                                   request_digest({}, req.weights), self.notes,
                                   self._persist, expected=self.channel.secure

@@ -28,8 +28,9 @@ anything leaves the site:
                        the cross-site scores test rows that fewer than this many
                        share their scores with (no difference of scores is a sum
                        over fewer: :func:`mmvm.federation.site_cross_eval.small_cells`);
-                       plaintext runs, above 1: score nothing cross-site (the
-                       server chooses the values too: ``server_chosen_values``)
+                       above 1: score no posteriors others chose (the server's in
+                       plaintext, colluding peers' in secure runs:
+                       ``server_chosen_values``)
 ``max-steps``          the most optimiser steps a run's plan may hold (default
                        10,000,000; 8 bytes a step held, ~100 while the plan
                        is checked at attach)
@@ -177,10 +178,10 @@ class SitePolicy:
 
     @property
     def plain_floor(self) -> int:
-        """``min-rows`` where a plaintext run's cross-site evaluation would score
-        values the server chose: above 1, it scores nothing (site_cross_eval's
-        ``server_chosen_values``); 1 for a test bed, and where ``share-test`` is off
-        (it takes no part, for its own reason)."""
+        """``min-rows`` where the cross-site evaluation would score values another
+        party chose (the server in plaintext, colluding peers in a secure run): above
+        1, it scores none (site_cross_eval's ``server_chosen_values``); 1 for a test
+        bed, and where ``share-test`` is off (it takes no part, for its own reason)."""
         return self.min_rows if self.share_test and not self.test_bed else 1
 
     def experiment(self, cfg):

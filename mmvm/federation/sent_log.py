@@ -63,14 +63,26 @@ def _sized(value: Any) -> str:
     return f"<{len(json.dumps(value, default=str)):,} characters of JSON>"
 
 
+REFUSAL_CHARS = 2000  # a refusal's text, as sent and journalled
+
+
+def capped(text: str, limit: int = REFUSAL_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, its length said: an error may quote what
+    the server or the run's submitter sent (a field name, a run-config value of a
+    megabyte), and the site's journal and its SuperNode's log must not grow by it."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters, cut)"
+
+
 def summary(kind: str, reply: Any, run: int | None = None) -> dict:
     """The journal's line for one reply (a message dataclass of
-    :mod:`mmvm.federation.messages`, or the refusal text sent instead, whole: it is
+    :mod:`mmvm.federation.messages`, or the refusal text sent instead, :func:`capped`:
     one line the server already has) to a message of run ``run``."""
     line: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": kind,
                             "run": run}
     if not is_dataclass(reply):
-        line["refused"] = str(reply)
+        line["refused"] = capped(str(reply))
         return line
     sent = {}
     for f in fields(reply):

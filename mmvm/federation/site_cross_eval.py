@@ -93,13 +93,18 @@ def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: s
     anything is scored (a failed evaluation does not hand the server another try).
     ``expected``: scored without any (a secure site that no peer sealed to scores
     its own modalities from each other). ``chosen_floor``: the node config's
-    ``min-rows`` where the server chose the posterior values (a deployed plaintext
-    run): above 1, nothing is scored, see :func:`server_chosen_values`."""
+    ``min-rows`` at a deployed site: above 1, no posteriors another party chose are
+    scored (:func:`server_chosen_values`; a secure site scores its own modalities)."""
+    if share and chosen_floor > 1 and posteriors:
+        notes.append(f"the evaluation: the test posteriors ignored: "
+                     f"{server_chosen_values(chosen_floor)}")
+        if not expected:
+            return None
+        posteriors = {}
     if not posteriors and not expected:
         return None
     p = site.progress
     why = ("its node config keeps it out (share-test = false)" if not share
-           else server_chosen_values(chosen_floor) if chosen_floor > 1
            else "it answered no heldout message in this run" if not p.held_out
            else "other weights than its heldout answer's" if p.held_out != digest
            else "scored once in this run already" if p.cross_scored else "")
@@ -112,18 +117,19 @@ def admitted(site: Site, share: bool, posteriors: Mapping[str, bytes], digest: s
 
 
 def server_chosen_values(floor: int) -> str:
-    """Why a deployed plaintext site whose ``min-rows`` is above 1 scores nothing
-    cross-site: ``min-rows`` keeps the scores' row sets from singling out a few test
-    rows (:func:`small_cells`), but
-    in plaintext the server also chooses the values in its table. Two sources over
-    the same rows, equal but at one row, give two scores whose difference is that
-    one sample's imputation NLL (through the site's own decoder) and a bit of its
-    label (through its judge); and runs, whose ids travel in clear, can be compared
-    with each other. Sealed posteriors (secure runs) come from the peers unchanged."""
+    """Why a deployed site whose ``min-rows`` is above 1 scores nothing cross-site
+    from posteriors another party chose: ``min-rows`` keeps the scores' row sets from
+    singling out a few test rows (:func:`small_cells`), but the values are chosen
+    too: by the server in plaintext, by the peers that seal them in a secure run
+    (peers may collude with the server). Two sources over the same rows, equal but
+    at one row, give two scores whose difference is that one sample's imputation NLL
+    (through the site's own decoder) and a bit of its label (through its judge);
+    and plaintext runs, whose ids travel in clear, can be compared with each other.
+    A secure site still scores its own modalities from each other."""
     return (f"its node config's min-rows = {floor} asks that no score single out a "
-            f"few test samples, and in a plaintext run the server chooses the "
-            f"posterior values it sends: two sources equal but at one row would "
-            f"(a secure run scores the peers' sealed posteriors)")
+            f"few test samples, and the posterior values come from others (the "
+            f"server chooses them in a plaintext run, the peers in a secure one, "
+            f"and may collude): two sources equal but at one row would")
 
 
 @torch.no_grad()

@@ -76,11 +76,17 @@ def withhold_losses(metrics: dict) -> dict:
                for k, v in metrics.items()}, WITHHELD: 1.0}
 
 
+FRACTIONS = ("probe/", "majority/", "coherence/", "judge_accuracy/")  # hits / rows
+
+
 def evaluation_withheld(metrics: dict) -> dict:
     """The final evaluation's metrics as a site that keeps its losses sends them:
     no reconstruction or imputation NLLs, nor any size (``n_test``, a score's
-    count, the probe's rows)."""
-    kept = {k: v for k, v in metrics.items()
+    count, the probe's rows), and its fractions rounded to two decimals: exact,
+    8/96 and 13/96 give the server 96 back as their common denominator (a
+    security review of 2026-12-06)."""
+    kept = {k: round(v, 2) if k.startswith(FRACTIONS) else v
+            for k, v in metrics.items()
             if not k.startswith(("recon_nll/", "impute", "constant_nll/", "probe_n/",
                                  "probe_groups/"))
             and k != "n_test" and not k.endswith("_n")}

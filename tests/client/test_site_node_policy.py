@@ -6,6 +6,7 @@ be inverted), each refused before anything is sent."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,3 +227,35 @@ def test_a_site_that_pins_its_experiment_refuses_a_config_made_to_be_inverted(pl
     assert isinstance(reply, str) and reply.startswith(
         "PolicyError: site site-m0: the run's experiment config (digest ") \
         and f"(experiment={digest[:16]}...)" in reply and "Nothing was sent" in reply, reply
+
+
+def test_what_the_server_sends_cannot_grow_the_sites_journals(plain_site, capsys):
+    """Security review (2026-12-06): a window body of 64 field names of 16 KiB each
+    was refused with every name quoted, and the refusal journalled whole: 1 MiB of
+    the site's disk per message; a run config value of 1 MiB did the same to
+    refused.jsonl for every run the site refused."""
+    from flwr.app import ConfigRecord
+
+    from mmvm.federation.messages import DescribeRequest
+    from mmvm.federation.sent_log import REFUSAL_CHARS
+    from wire.records import to_record
+
+    ctx = Context(run_id=7, node_id=1, node_config=plain_site, state=RecordDict(),
+                  run_config=app_run_config())
+    body = ConfigRecord({f"k{i:02d}" + "A" * (16 << 10): 0 for i in range(64)})
+    for _ in range(3):
+        reply = site_node.answer("window", RecordDict({"body": body}), ctx)
+        assert "unknown fields" in reply and "and 59 more" in reply
+        assert len(reply) < 1000
+    sent = Path(plain_site["state"]) / "run-7" / "site-m0.sent.jsonl"
+    assert sent.stat().st_size < 3 * 2 * REFUSAL_CHARS
+    for run_id in (200, 201):
+        rc = app_run_config(exchange="x" * (1 << 20))
+        ctx = Context(run_id=run_id, node_id=1, node_config=plain_site,
+                      state=RecordDict(), run_config=rc)
+        reply = site_node.answer("describe", to_record(DescribeRequest()), ctx)
+        assert isinstance(reply, str) and "characters, cut" in reply
+        assert len(reply) < REFUSAL_CHARS + 100
+    refused = Path(plain_site["state"]) / "refused.jsonl"
+    assert refused.stat().st_size < 2 * 2 * REFUSAL_CHARS
+    assert max(map(len, capsys.readouterr().err.splitlines())) < REFUSAL_CHARS + 200

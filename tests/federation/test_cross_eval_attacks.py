@@ -171,7 +171,7 @@ def test_a_plaintext_site_with_min_rows_scores_nothing_the_server_could_differen
     assert not [k for k in got if k.startswith("impute") or "m1->" in k], got
     assert got["cross_withheld"] == 1.0 and "recon_nll/m0" in got  # its own: scored
     said = " ".join(ep.notes)
-    assert "min-rows = 5" in said and "server chooses the posterior values" in said
+    assert "min-rows = 5" in said and "server chooses them in a plaintext run" in said
     notes = {}
     combine({"k": {**got, "site": "site-m0"}}, ["m0", "m1", "m2"], {"k": ["m0"]},
             type("T", (), {"notes": notes, "rows": {}, "available": {}})(), False)

@@ -375,3 +375,22 @@ def test_a_psi_site_seals_nothing_before_its_ring_is_done(tiny_polymnist, tiny_c
     result = federate(cfg, endpoints, Tampering(endpoints, alter), cross_eval="mean",
                       exchange="step", secure=True, align="psi")
     assert tried and set(result.cross_site["imputation"]["rest"]) == set(MODALITIES)
+
+
+def test_a_site_with_min_rows_scores_no_posteriors_its_peers_chose(
+        tiny_polymnist, tiny_config, tmp_path):
+    """Security review (2026-12-06): peers colluding with the server choose the
+    values they seal. Two sources over the same test rows, equal but at one row,
+    gave two means whose difference times n is that row's imputation NLL, with
+    min-rows = 10 (one cell: nothing left out). A secure site whose min-rows is above
+    1 now treats sealed values as the plaintext site treats the server's: it scores
+    none of them, says why in its log and tells the server it withheld them."""
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    result, sites, endpoints, _ = _secure_run(
+        cfg, tiny_polymnist, tmp_path, policy=SitePolicy(eval_labels=(), min_rows=5))
+    for key, site in sites.items():
+        ev = result.evaluation[key]
+        assert ev["cross_withheld"] == 1.0 and f"recon_nll/{site.names[0]}" in ev
+        assert not any(k.startswith(("impute", "coherence")) for k in ev), ev
+        assert any("min-rows = 5" in n and "the peers in a secure one" in n
+                   for n in endpoints[key].notes)

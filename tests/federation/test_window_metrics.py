@@ -133,3 +133,20 @@ def test_a_restart_is_taken_only_as_a_window_before_the_last(value, want):
     recorded (a site's number is not the server's to trust)."""
     metrics = {"rec_nll": 1.0} if value is None else {"rec_nll": 1.0, RESTORED: value}
     assert restored_after(WindowReply(metrics=metrics), 5) == want
+
+
+def test_withheld_fractions_do_not_give_the_test_size_back():
+    """Security review (2026-12-06): with report-losses off a site sends no size, yet
+    probe = 8/96, majority = 13/96 and a coherence of 37/96, exact, gave the server
+    96 as their smallest common denominator. Rounded to two decimals, many sizes fit."""
+    from mmvm.federation.window_metrics import evaluation_withheld
+
+    exact = {"probe/m0": 8 / 96, "majority/m0": 13 / 96, "coherence/m1->m0": 37 / 96,
+             "judge_accuracy/m0": 90 / 96, "classes/m0": 10.0, "n_test": 96.0}
+    sent = evaluation_withheld(exact)
+    assert "n_test" not in sent and sent["classes/m0"] == 10.0
+    fractions = [v for k, v in sent.items() if "/" in k and k != "classes/m0"]
+    assert all(v == round(v, 2) for v in fractions)
+    fits = [n for n in range(20, 201)
+            if all(any(round(k / n, 2) == v for k in range(n + 1)) for v in fractions)]
+    assert 96 in fits and len(fits) > 20
