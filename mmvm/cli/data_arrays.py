@@ -273,6 +273,10 @@ def add_images(names: argparse._SubParsersAction) -> None:
                    help="DICOM: scale by the header's first VOI window (Window Center/"
                         "Width or LUT: as the modality's viewer shows it; the default) "
                         "or over the stored bits' whole range (none)")
+    q.add_argument("--skip-bad", action="store_true",
+                   help="leave out the samples an image of which cannot be used (in any "
+                        "modality), listed in a note; without it they are listed and "
+                        "nothing is written")
     q.add_argument("--fit", choices=("stretch", "pad", "crop"), default="stretch",
                    help="a non-square image made square: stretched (the default), "
                         "padded with black (proportions kept: a chest X-ray's heart "
@@ -318,5 +322,5 @@ def _prepare_images(args: argparse.Namespace) -> int:
                                name=args.name, force=args.force, progress=cb,
                                classes=_classes(args.classes, None),
                                white=args.white_level, fit=args.fit,
-                               window=args.dicom_window)
+                               window=args.dicom_window, skip_bad=args.skip_bad)
     return _report(paths, args, True, args.group_column, "--group-column")

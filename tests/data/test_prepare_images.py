@@ -345,3 +345,37 @@ def test_8_bit_images_beside_16_bit_ones_are_noted(tmp_path):
                      f"their grey levels look alike"]
     only_wide = Counter({(wide_mode, (64, 64)): 2})
     assert conversion_notes("frontal", only_wide, "L", 32) == []  # one export: no note
+
+
+def test_skip_bad_leaves_out_the_samples_of_unusable_images_in_every_view(tmp_path,
+                                                                          capsys):
+    """A hospital's export of 40 studies with a truncated frontal PNG and a lateral
+    one that is not an image: with --skip-bad both studies leave the site (its views
+    must hold the same samples), the rest is prepared as it would be without them,
+    and the note names both files."""
+    _views(tmp_path)
+    (tmp_path / "frontal" / "s007.png").write_bytes(
+        (tmp_path / "frontal" / "s007.png").read_bytes()[:40])
+    (tmp_path / "lateral" / "s012.png").write_bytes(b"not a png")
+    args = ["data", "prepare", "images", "--modality", f"frontal={tmp_path}/frontal",
+            "--modality", f"lateral={tmp_path}/lateral", "--size", "28", "--table",
+            f"{tmp_path}/table.csv", "--label", "finding", "--quiet"]
+    assert main([*args, "--out", f"{tmp_path}/refused"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 40 frontal images and 1 of the 40 lateral images cannot be used" \
+        in err and "--skip-bad" in err
+    assert main([*args, "--skip-bad", "--out", f"{tmp_path}/site"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of the 40 samples left out (--skip-bad)" in out
+    assert "s007.png" in out and "s012.png" in out
+    ids = [s for split in ("train", "test") for s in
+           read_site_table(tmp_path / "site" / f"{split}.parquet").sample_ids]
+    assert sorted(ids) == [f"s{i:03d}" for i in range(N) if i not in (7, 12)]
+    for split in ("train", "test"):
+        t = read_site_table(tmp_path / "site" / f"{split}.parquet")
+        for sid, x in zip(t.sample_ids, t.tensors["lateral"], strict=True):
+            want = np.array(Image.open(tmp_path / "lateral" / f"{sid}.png").resize(
+                (28, 28), Image.Resampling.BICUBIC))
+            assert (np.asarray(x)[0] == want).all()
+    assert "left out" in " ".join(read_site_meta(tmp_path / "site" / "train.parquet")
+                                  ["dataset"]["notes"])

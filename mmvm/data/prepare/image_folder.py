@@ -94,7 +94,7 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                    progress: Progress | None = None,
                    classes: Mapping[str, Sequence[str]] | None = None,
                    white: float | str | None = None, fit: str = "stretch",
-                   window: str = "file") -> dict[str, Path]:
+                   window: str = "file", skip_bad: bool = False) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
     (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
     ``labels``: the table's columns to keep as labels (default: all but the id and
@@ -103,7 +103,9 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
     ``classes``: a table column -> its class names in id order; ``white``: the pixel
     value that is white in images of more than 8 bits (default: the file type's);
     ``fit``: how a non-square image becomes square, ``window``: whether a DICOM file's
-    VOI window is applied (:func:`~mmvm.data.prepare.images.load_image`)."""
+    VOI window is applied (:func:`~mmvm.data.prepare.images.load_image`);
+    ``skip_bad``: leave out the samples whose image cannot be used in any modality
+    (listed in a note), where without it nothing is written."""
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode {mode!r}: 'L' (grey) or 'RGB'")
     _check_size(size, mode)
@@ -136,10 +138,16 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
     with tempfile.TemporaryDirectory(prefix="mmvm-images-") as tmp:
         tmp = Path(tmp)
         seen, whites = {m: Counter() for m in files}, {m: Counter() for m in files}
-        arrays = {m: _decode(got, ids, mode, size, tmp / f"{m}.npy", progress, white,
-                             seen[m], fit, whites[m], window) for m, got in files.items()}
+        bad: dict[str, dict[str, str]] = {}  # modality -> {sample id: why}
+        arrays = {}
+        for m, got in files.items():
+            arrays[m], bad[m] = _decode(got, ids, mode, size, tmp / f"{m}.npy", progress,
+                                        white, seen[m], fit, whites[m], window)
         notes += [n for m in files
                   for n in conversion_notes(m, seen[m], mode, size, fit, whites[m])]
+        if any(bad.values()):
+            ids, note = _without_bad(arrays, ids, bad, skip_bad)
+            notes.append(note)
         (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
         label_files = {}
         for c in keep:
@@ -201,26 +209,54 @@ MAX_SAID = 20  # failing images listed by name
 def _decode(files: Mapping[str, Path], ids: Sequence[str], mode: str, size: int,
             path: Path, progress: Progress | None, white: float | str | None = None,
             seen: Counter | None = None, fit: str = "stretch",
-            whites: Counter | None = None, window: str = "file") -> Path:
+            whites: Counter | None = None, window: str = "file"
+            ) -> tuple[Path, dict[str, str]]:
     """The images of ``ids`` as one uint8 ``[N, C, size, size]`` .npy at ``path``,
-    each decoded into it in turn (never the whole set in memory)."""
+    each decoded into it in turn (never the whole set in memory), and why each image
+    that failed did (by sample id; its row stays zero)."""
     channels = 1 if mode == "L" else 3
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
                                     shape=(len(ids), channels, size, size))
-    bad = []  # every file that fails, said at once: not one fix and rerun per file
+    bad = {}  # every file that fails, said at once: not one fix and rerun per file
     for k, i in enumerate(ids):
         try:
             out[k] = load_image(files[i], mode, size, white=white, seen=seen, fit=fit,
                                 whites=whites, window=window)
         except DataError as err:
-            bad.append(str(err))
+            bad[i] = str(err)
         if progress is not None and (k % 64 == 0 or k == len(ids) - 1):
             progress(f"decoding {path.stem}", k + 1, len(ids))
-    if bad:
-        shown = "\n  ".join(bad[:MAX_SAID])
-        more = f"\n  ... and {len(bad) - MAX_SAID} more" if len(bad) > MAX_SAID else ""
-        raise DataError(f"{len(bad)} of the {len(ids)} {path.stem} images cannot be "
-                        f"used; fix or remove them:\n  {shown}{more}")
     out.flush()
     del out
-    return path
+    return path, bad
+
+
+def _without_bad(arrays: dict[str, Path], ids: list[str], bad: Mapping[str, dict],
+                 skip: bool) -> tuple[list[str], str]:
+    """The ids whose images all decoded, their rows kept in ``arrays`` (rewritten in
+    place), and the note saying which were left out; without ``skip``, the refusal
+    listing every unusable image."""
+    why = [text for found in bad.values() for text in found.values()]
+    shown = "\n  ".join(why[:MAX_SAID])
+    more = f"\n  ... and {len(why) - MAX_SAID} more" if len(why) > MAX_SAID else ""
+    lost = {i for found in bad.values() for i in found}
+    if not skip or len(lost) == len(ids):
+        fix = "fix or remove them (or --skip-bad leaves their samples out)" if not skip \
+            else "none is left to prepare"
+        counts = " and ".join(f"{len(f)} of the {len(ids)} {m} images"
+                              for m, f in bad.items() if f)
+        raise DataError(f"{counts} cannot be used; {fix}:\n  {shown}{more}")
+    rows = np.array([k for k, i in enumerate(ids) if i not in lost])
+    for path in arrays.values():
+        src = np.load(path, mmap_mode="r")
+        kept = path.with_name(f"{path.stem}.kept.npy")
+        out = np.lib.format.open_memmap(kept, mode="w+", dtype=src.dtype,
+                                        shape=(len(rows), *src.shape[1:]))
+        for start in range(0, len(rows), 256):  # a block at a time, never the set
+            out[start:start + 256] = src[rows[start:start + 256]]
+        out.flush()
+        del out, src
+        os.replace(kept, path)
+    return [ids[k] for k in rows], (
+        f"{len(lost)} of the {len(ids)} samples left out (--skip-bad), an image of each "
+        f"unusable:\n  {shown}{more}")
