@@ -228,3 +228,22 @@ def _metrics_csv(history: list[dict[str, float]]) -> bytes:
     writer.writeheader()
     writer.writerows(history)
     return buf.getvalue().encode()
+
+
+def checked_optimizer_state(state: dict | None, n_params: int, path: str | Path
+                             ) -> dict | None:
+    """A saved Adam state that fits a model of ``n_params`` parameter tensors: one
+    parameter group over all of them, state only for those (checked here, where the
+    file is read; the optimizer itself is built at the first step)."""
+    if state is None:
+        return None
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    ok = (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
+          and list(groups[0].get("params", ())) == list(range(n_params))
+          and isinstance(state.get("state"), dict)
+          and set(state["state"]) <= set(range(n_params)))
+    if not ok:
+        raise ValueError(f"{path}: the saved optimizer state does not fit this site's "
+                         f"model (one parameter group over its {n_params} parameter "
+                         f"tensors)")
+    return state

@@ -79,6 +79,10 @@ def _model(args: argparse.Namespace, device: str):
         raise ValueError(f"{args.site_state}: the state holds modalities {names}, the "
                          f"config {args.config} has {ours}; give the run's --config and "
                          f"--set")
+    if state.get("model") is None:
+        raise ValueError(f"{args.site_state}: the site's state from before it attached "
+                         f"to the run: no weights were trained (the run ended, or was "
+                         f"refused, before its first window)")
     try:
         model = build_model(cfg, names)
         why = _unlike(model.state_dict(), state["model"])

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from mmvm.federation.coordinator import FederationError
 
 PHASES = ("new", "described", "aligned", "attached", "evaluated", "refused")
+PRE_ATTACH = PHASES[:3]  # no weights trained yet: the model is the config's seed's
 # what a site says when asked to continue a run it finished (the server then gives
 # no resume hint: there is nothing left to continue)
 COMPLETE = "the run is complete here (its final evaluation was answered); start a new run"

@@ -19,7 +19,7 @@ import torch
 
 from mmvm import accel
 from mmvm.aggregation import can_federate, federated_methods
-from mmvm.checkpoint import load_torch, write_torch
+from mmvm.checkpoint import checked_optimizer_state, load_torch, write_torch
 from mmvm.config import ExperimentConfig
 from mmvm.data import check_data_fits, open_dataset
 from mmvm.data.store import DataError, read_site_meta
@@ -29,7 +29,7 @@ from mmvm.federation.link import Link
 from mmvm.federation.lookahead import Lookahead, forward_ahead, start_ahead, step_inputs
 from mmvm.federation.plan import PlanArgs, Step, window_counts
 from mmvm.federation.posteriors import PosteriorError, Posteriors
-from mmvm.federation.progress import Progress
+from mmvm.federation.progress import PRE_ATTACH, Progress
 from mmvm.federation.reply_cache import ReplyCache
 from mmvm.federation.site_data import check_same_data, data_record
 from mmvm.federation.site_encode import encode_rows, step_groups
@@ -355,9 +355,13 @@ class Site:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Model, optimizer, counters and link, written atomically."""
+        """Model, optimizer, counters and link, written atomically. Before attach no
+        model or optimizer: the model is still the one the config's seed builds, and
+        whoever starts runs could otherwise have the site write one a run (a review)."""
         self.settle()
-        state = {"model": self.model.state_dict(), "optimizer": self._optimizer_state_dict(),
+        began = self.link is not None or self.progress.phase not in PRE_ATTACH
+        state = {"model": self.model.state_dict() if began else None,
+                 "optimizer": self._optimizer_state_dict() if began else None,
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
                  "progress": self.progress.state(), "replies": self.replies.state(),
@@ -371,30 +375,12 @@ class Site:
             raise ValueError(f"{path}: saved for modalities {state['names']}, this site "
                              f"holds {self.names}")
         check_same_data(self.name, self.train_path, self.data, state, path)
-        self.model.load_state_dict(state["model"])
+        if state["model"] is not None:  # None: before attach, the seed's (see save)
+            self.model.load_state_dict(state["model"])
         self._ahead = None
-        self._optimizer, self._optimizer_state = None, _checked_optimizer_state(
+        self._optimizer, self._optimizer_state = None, checked_optimizer_state(
             state["optimizer"], len(list(self.model.parameters())), path)
         self.windows_done = int(state["windows_done"])
         self.link = None if state["link"] is None else Link.from_state(state["link"])
         self.progress = Progress.from_state(state["progress"])
         self.replies = ReplyCache.from_state(state.get("replies", {}))
-
-
-def _checked_optimizer_state(state: dict | None, n_params: int, path: str | Path
-                             ) -> dict | None:
-    """A saved Adam state that fits a model of ``n_params`` parameter tensors: one
-    parameter group over all of them, state only for those (checked here, where the
-    file is read; the optimizer itself is built at the first step)."""
-    if state is None:
-        return None
-    groups = state.get("param_groups") if isinstance(state, dict) else None
-    ok = (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
-          and list(groups[0].get("params", ())) == list(range(n_params))
-          and isinstance(state.get("state"), dict)
-          and set(state["state"]) <= set(range(n_params)))
-    if not ok:
-        raise ValueError(f"{path}: the saved optimizer state does not fit this site's "
-                         f"model (one parameter group over its {n_params} parameter "
-                         f"tensors)")
-    return state

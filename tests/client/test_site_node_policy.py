@@ -259,3 +259,33 @@ def test_what_the_server_sends_cannot_grow_the_sites_journals(plain_site, capsys
     refused = Path(plain_site["state"]) / "refused.jsonl"
     assert refused.stat().st_size < 2 * 2 * REFUSAL_CHARS
     assert max(map(len, capsys.readouterr().err.splitlines())) < REFUSAL_CHARS + 200
+
+
+def test_a_run_that_only_describes_leaves_no_model_on_the_sites_disk(plain_site):
+    """Security review (2026-12-06): one describe message of a new run wrote the
+    site's whole model and optimizer (320 MB for a width the run's starter chose),
+    and every run id that reached the site left one. Before attach the model is the
+    seed's: the state file holds the protocol's place only, and a later process
+    rebuilds the same model from the config."""
+    import torch
+
+    from mmvm.federation.site import Site
+
+    for run_id, width in ((101, 4), (102, 256)):
+        ctx = Context(run_id=run_id, node_id=1, node_config=plain_site, state=RecordDict(),
+                      run_config=app_run_config(set=f"model.modalities.m0.width={width}"))
+        from mmvm.federation.messages import DescribeRequest
+        from wire.records import to_record
+
+        assert not isinstance(site_node.answer("describe", to_record(DescribeRequest()),
+                                               ctx), str)
+        pt = Path(plain_site["state"]) / f"run-{run_id}" / "site-m0.pt"
+        assert pt.stat().st_size < 100_000, pt.stat().st_size
+    state = torch.load(pt, weights_only=False)
+    assert state["model"] is None and state["progress"]["phase"] == "described"
+    s, _, files = site_node.settings_and_policy(ctx)
+    fresh, other = Site(s.experiment, *files), Site(s.experiment, *files)
+    fresh.restore(pt)  # as the process of the next message: the same model as any
+    assert fresh.progress.phase == "described"
+    theirs = other.model.state_dict()
+    assert all(torch.equal(theirs[k], v) for k, v in fresh.model.state_dict().items())
