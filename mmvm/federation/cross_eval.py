@@ -173,8 +173,9 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
     for key, ev in evaluation.items():  # took part, then scored nothing to count
         why = "refused the server's test posteriors (its log says why)" \
             if ev.get("cross_refused") else "scored nothing cross-site: its min-rows " \
-            "is above 1, and in plaintext the server chooses the values it scores " \
-            "(run secure)" if ev.get("cross_withheld") else \
+            "is above 1, and others chose the values (the server in plaintext, the " \
+            "peers, who may collude with it, in a secure run)" \
+            if ev.get("cross_withheld") else \
             "withheld its imputation (report-losses)" \
             if ev.get(WITHHELD) and key in tables.rows else \
             "left out scores over fewer than a quarter of its test rows" \
@@ -223,6 +224,37 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
         if judges and "coherence" in out:  # what its coherence is read against
             out["classifier_accuracy"] = {m: judges[m] for m in names if m in judges}
     return out
+
+
+def split_mismatch(coord: Coordinator, tables: TestTables) -> str | None:
+    """A warning naming the sites whose test samples other sites hold far less often
+    than their training samples (under half the share, of 10 or more test samples):
+    they split the same samples differently, so a sample one site tests on trained
+    at another, and the cross-site evaluation has few pairs, or none. A site's split
+    is a hash of its ``--seed`` and each sample's id or group: a group column of each
+    hospital's own patient numbers splits alike nowhere."""
+    train = np.zeros(coord.n, np.int64)
+    for info in coord.sites.values():
+        train[info.held] += 1
+    n = max((int(r.max(initial=-1)) + 1 for r in tables.rows.values()), default=0)
+    test = np.zeros(n, np.int64)
+    for rows in tables.rows.values():
+        test[rows] += 1
+    odd = []
+    for key, rows in tables.rows.items():
+        held = coord.sites[key].held
+        shared, tested = int((train[held] >= 2).sum()), int((test[rows] >= 2).sum())
+        if len(rows) >= 10 and shared and tested / len(rows) < 0.5 * shared / len(held):
+            odd.append(f"{coord.name(key)} {tested} of its {len(rows)} test samples, "
+                       f"against {shared} of its {len(held)} training samples")
+    if not odd:
+        return None
+    return (f"the sites split their samples differently: other sites hold "
+            f"{'; '.join(odd)}, so samples one site tested on trained at another and "
+            f"the cross-site evaluation has few pairs to score; every site must "
+            f"prepare with the same --seed and --test-fraction and, where it splits by "
+            f"group, group ids all sites share (a patient pseudonym, not each "
+            f"hospital's own patient numbers)")
 
 
 def _scored(ev: Mapping, names: list[str], own: list[str], avail: Mapping[str, int]):

@@ -29,7 +29,7 @@ import numpy as np
 from mmvm.federation.admission import admit, short_reason
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
-from mmvm.federation.cross_eval import TestTables, combine, gather_tests
+from mmvm.federation.cross_eval import TestTables, combine, gather_tests, split_mismatch
 from mmvm.federation.handover import assemble, checked_metrics
 from mmvm.federation.messages import DescribeRequest, EvaluateRequest
 from mmvm.federation.resume import resume_run
@@ -335,6 +335,9 @@ def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
             {k: list(i.modalities) for k, i in coord.sites.items()}, tables,
             draw=cross == "draw", method=method)
         result.cross_notes = dict(tables.notes)
+        mismatch = split_mismatch(coord, tables)
+        if mismatch:
+            result.cross_site.setdefault("warnings", []).append(mismatch)
     if not collect_model:  # every site keeps its weights
         result.kept_weights = sorted(coord.name(k) for k in replies)
         return

@@ -196,7 +196,7 @@ def cross_site_lines(cross: Mapping, notes: Mapping[str, str], said: list[str] =
     modality, the sites left out of it, and its warnings but those the assembled
     model's evaluation ``said`` as well (printed below it)."""
     imp, coh = cross.get("imputation") or {}, cross.get("coherence") or {}
-    if not (imp or coh or notes):
+    if not (imp or coh or notes or cross.get("warnings")):
         return []
     lines = ["", "cross-site evaluation (each site scored its own modalities from the "
                  "other sites' test posteriors; results.json cross_site):"]

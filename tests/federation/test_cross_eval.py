@@ -219,3 +219,42 @@ def test_a_modalitys_judge_accuracy_is_the_mean_over_the_sites_that_measured_it(
     assert chance == pytest.approx(0.3) and judges == {"m0": pytest.approx(0.31)}
     assert any(w.startswith("the m0 judge scores 0.310 on real test data, near chance")
                for w in said)
+
+
+def test_sites_that_split_their_samples_differently_are_warned_of(
+        tiny_polymnist, tiny_config, tmp_path):
+    """A hospital walkthrough (2026-12-06): two hospitals split by their own patient
+    numbers, so a study one tested on trained at the other; the run completed with a
+    cross-site evaluation of no pair and said nothing. Here site-m1's split is
+    turned over (its test rows trained on, as many of its training rows tested on):
+    the summary says that the sites split differently, and why."""
+    import numpy as np
+
+    from mmvm.data.store import read_site_table
+    from mmvm.data.store_write import write_site_table
+    from mmvm.federation.report import cross_site_lines
+    from tests.support.federate import split
+
+    _, root = split(tiny_polymnist, tmp_path, "vertical")
+    paths = {s: root / "site-m1" / f"{s}.parquet" for s in ("train", "test")}
+    t = {s: read_site_table(p) for s, p in paths.items()}
+    k, n = len(t["test"].sample_ids), len(t["train"].sample_ids)
+    turned = {"train": [(t["test"], np.arange(k)), (t["train"], np.arange(k, n))],
+              "test": [(t["train"], np.arange(k))]}
+    for s, parts in turned.items():
+        def joined(field, parts=parts):
+            return {c: np.concatenate([np.asarray(getattr(x, field)[c])[rows]
+                                       for x, rows in parts])
+                    for c in getattr(t["train"], field)}
+        write_site_table(paths[s], [x.sample_ids[i] for x, rows in parts for i in rows],
+                         joined("tensors"), joined("labels"), t["train"].dataset_meta,
+                         scales=t["train"].scales)
+    result = cross_run(tiny_config(tiny_polymnist, epochs=1), tiny_polymnist, tmp_path)
+    said = " ".join(result.cross_site["warnings"])
+    assert "the sites split their samples differently" in said
+    assert "patient pseudonym" in said
+    assert any("split their samples differently" in line
+               for line in cross_site_lines(result.cross_site, result.cross_notes))
+    fine = cross_run(tiny_config(tiny_polymnist, epochs=1), tiny_polymnist,
+                     tmp_path / "fine")
+    assert not any("split" in w for w in fine.cross_site.get("warnings", []))
