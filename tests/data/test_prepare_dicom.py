@@ -149,3 +149,60 @@ def test_a_pacs_export_prepares_a_site(tmp_path, capsys):
     assert pydicom.dcmread(folder / "IM0000").PatientName == "Doe^Jane"
     raw = (tmp_path / "site" / "train.parquet").read_bytes()
     assert b"Doe^Jane" not in raw  # the header stays at the PACS: pixels only
+
+
+def test_a_window_keeps_its_white_and_a_folder_of_both_kinds_is_noted(tmp_path, capsys):
+    """A hospital walkthrough: --white-level 4095 (the advice for 12-bit PNGs) moved
+    a windowed, rescaled file's white and washed its lungs out. The window says where
+    white is: the level scales unwindowed files only, and the note says which."""
+    _dicom(tmp_path / "w.dcm", WindowCenter=2048.0, WindowWidth=1024.0,
+           RescaleSlope=2.0, RescaleIntercept=-100.0)
+    assert (_read(tmp_path / "w.dcm", white=4095.0) == _read(tmp_path / "w.dcm")).all()
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i in range(6):
+        header = {"WindowCenter": 2048.0, "WindowWidth": 1024.0} if i < 4 else {}
+        _dicom(folder / f"s{i}.dcm", **header)
+    assert main(["data", "prepare", "images", "--modality", f"frontal={folder}",
+                 "--size", "28", "--white-level", "4095", "--test-fraction", "0.34",
+                 "--out", str(tmp_path / "site"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "4 scaled by the header's VOI window, 2 over the stored bits' range (2 up " \
+           "to --white-level)" in out
+    assert "windowed and unwindowed images differ in contrast" in out
+
+
+def test_an_export_named_by_uid_with_a_dicomdir_and_subfolders(tmp_path, capsys):
+    """Files named by UID (the text after the last dot is no suffix) are DICOM by
+    content and keep their whole name as id; the DICOMDIR index is no sample; a
+    nested series is said not to be read; and a new image read with the files'
+    recorded settings (image_preparation) is the row the site file holds."""
+    folder = tmp_path / "frontal"
+    (folder / "p1" / "s1").mkdir(parents=True)
+    uids = [f"1.2.840.113619.2.55.3.60468{i}" for i in range(6)]
+    wide = RNG.integers(0, 4096, (40, 32)).astype(np.uint16)  # not square: padded
+    for uid in uids:
+        _dicom(folder / uid, wide, WindowCenter=2000.0, WindowWidth=3000.0)
+    _dicom(folder / "p1" / "s1" / "IM0001.dcm")
+    ds = _dicom(tmp_path / "dicomdir.dcm")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    ds.save_as(folder / "DICOMDIR", enforce_file_format=True)
+    ds.save_as(tmp_path / "index.dcm", enforce_file_format=True)
+    assert sorted(image_files(folder)) == uids
+    with pytest.raises(DataError, match="a DICOMDIR, the export's index"):
+        load_image(tmp_path / "index.dcm", "L", 28)
+    assert main(["data", "prepare", "images", "--modality", f"frontal={folder}",
+                 "--size", "28", "--fit", "pad", "--test-fraction", "0.34",
+                 "--out", str(tmp_path / "site"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "1 subfolder (p1): images are read from the folder itself" in out
+    from mmvm.data.store import read_site_meta
+
+    prep = read_site_meta(tmp_path / "site" / "train.parquet")["dataset"][
+        "image_preparation"]
+    assert prep == {"mode": "L", "size": 28, "fit": "pad", "white": None,
+                    "window": "file"}
+    t = read_site_table(tmp_path / "site" / "train.parquet")
+    again = load_image(folder / t.sample_ids[0], **prep)
+    assert (np.asarray(t.tensors["frontal"][0]) == again).all()
+    assert (again != load_image(folder / t.sample_ids[0], "L", 28)).any()  # stretched

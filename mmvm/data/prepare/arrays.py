@@ -161,7 +161,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    scale_from: Mapping[str, Scale] | None = None,
                    notes: Sequence[str] = (),
                    group_source: str | None = None,
-                   features: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
+                   features: Mapping[str, Sequence[str]] | None = None,
+                   preparation: Mapping | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
@@ -176,7 +177,9 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     ``group_source``: where the groups came from, as the metadata says it (default:
     the ``groups`` file's name); ``features``: a modality's feature names in order
     (a table's columns: sodium, platelets, ...), kept beside its scale; ``notes``: what a preparer changed or left out, kept in the metadata (the CLI
-    prints them). A folder that already holds site
+    prints them); ``preparation``: how images were decoded (``image_preparation``:
+    :func:`~mmvm.data.prepare.images.load_image`'s settings, to read a new image as
+    the files were made). A folder that already holds site
     files is refused unless ``force``."""
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
@@ -227,6 +230,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
             **({"group_column": GROUP_COLUMN} if group_of is not None else {}),
             **({"features": {m: list(f) for m, f in features.items()}}
                if features else {}),
+            **({"image_preparation": dict(preparation)} if preparation else {}),
             "created_by": "mmvm.data.prepare.arrays.prepare_arrays"} | (
                 {"standardized": scaled} if scaled else {}) | (
                 {"notes": list(notes)} if notes else {})

@@ -11,7 +11,8 @@ its brightest pixel):
    (``apply_voi_lut``); ``"none"``: not;
 3. the result is scaled to 0..255 over its range as the header gives it: the window's
    output range, else the stored bits' range (``BitsStored``, ``PixelRepresentation``)
-   through the rescale; a ``white`` level, where given, replaces the top (0 stays 0);
+   through the rescale, whose top a ``white`` level, where given, replaces (0 stays
+   0; a windowed image keeps its window's: the window says where white is);
 4. MONOCHROME1 is inverted, so bone is white in every image.
 
 Only the pixels are read: no header value (names, dates, UIDs) reaches the site files.
@@ -27,6 +28,8 @@ import numpy as np
 from mmvm.data.store import DataError
 
 SUFFIXES = (".dcm", ".dicom")
+PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # Pillow's, never DICOM
+DIRECTORY_UID = "1.2.840.10008.1.3.10"  # a DICOMDIR: an export's index of its files
 WINDOWS = ("file", "none")  # the header's VOI window, or the stored range
 _MAGIC_AT, _MAGIC = 128, b"DICM"  # a DICOM file's preamble, then these four bytes
 PLUGINS = ("pip install pylibjpeg pylibjpeg-libjpeg (JPEG Lossless, JPEG-LS) or "
@@ -34,12 +37,12 @@ PLUGINS = ("pip install pylibjpeg pylibjpeg-libjpeg (JPEG Lossless, JPEG-LS) or 
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
-    """A ``.dcm``/``.dicom`` file, or one without a suffix that starts as DICOM does
-    (PACS exports often name files ``IM000123``)."""
+    """A ``.dcm``/``.dicom`` file, or one of no picture suffix that starts as DICOM
+    does (PACS exports name files ``IM000123`` or by UID, ``1.2.840...604688``)."""
     path = Path(path)
     if path.suffix.lower() in SUFFIXES:
         return True
-    if path.suffix:
+    if path.suffix.lower() in PICTURES:
         return False
     try:
         with open(path, "rb") as fh:
@@ -66,6 +69,10 @@ def read_dicom(path: str | os.PathLike, white: float | str | None = None,
     except (InvalidDicomError, EOFError) as e:
         why = str(e).split(". Use force=True")[0]  # pydicom's advice is not ours
         raise DataError(f"{path}: not a readable DICOM file ({why})") from None
+    if str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")) \
+            == DIRECTORY_UID:
+        raise DataError(f"{path}: a DICOMDIR, the export's index of its files, not an "
+                        f"image; leave it out of the image folder")
     if "PixelData" not in ds:
         raise DataError(f"{path}: a DICOM file without an image (SOP class "
                         f"{ds.get('SOPClassUID', '?')!s}: a report or a presentation "
@@ -85,14 +92,16 @@ def read_dicom(path: str | os.PathLike, white: float | str | None = None,
         raise DataError(f"{path}: photometric interpretation {kind or '(none)'}: grey "
                         f"(MONOCHROME1/2) or colour images only")
     values, (lo, hi), windowed = grey_values(arr, ds, window)
-    if white is not None and white != "auto":
+    given = white is not None and white != "auto"
+    if given and not windowed:  # a window sets its own white: the level is not used
         lo, hi = 0.0, float(white)
     if not hi > lo:
         raise DataError(f"{path}: the header's value range {lo:g}..{hi:g} is empty")
     out = np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255.0
     if kind == "MONOCHROME1":  # 0 is white
         out = 255.0 - out
-    how = f"DICOM {kind} {ds.BitsStored}-bit" + (" windowed" if windowed else "")
+    how = f"DICOM {kind} {ds.BitsStored}-bit" + (" white-level" * (given and not windowed)) \
+        + (" windowed" if windowed else "")
     return Image.fromarray(np.round(out).astype(np.uint8), "L"), how
 
 

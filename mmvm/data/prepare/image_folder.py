@@ -31,23 +31,44 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff") + DICOM_SUFFIXES
 
 
 def image_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """``{sample id: file}`` of the image files directly in ``folder`` (by suffix, or
-    DICOM files without one); :class:`DataError` when there are none or two share a
-    name."""
+    """``{sample id: file}`` of the image files directly in ``folder``: by suffix, the
+    id the name without it, or DICOM files of another or no suffix (by content; the
+    id the whole name: ``IM000123``, ``1.2.840...604688``); a DICOMDIR is the export's
+    index, not an image. :class:`DataError` when there are none or two share an id."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of images")
     out: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and (path.suffix.lower() in SUFFIXES or is_dicom(path)):
-            if path.stem in out:
-                raise DataError(f"{folder}: {out[path.stem].name} and {path.name} would "
-                                f"both be sample {path.stem!r}; one image per sample id")
-            out[path.stem] = path
+        if not path.is_file() or path.name.upper() == "DICOMDIR":
+            continue
+        known = path.suffix.lower() in SUFFIXES
+        if known or is_dicom(path):
+            sid = path.stem if known else path.name
+            if sid in out:
+                raise DataError(f"{folder}: {out[sid].name} and {path.name} would both "
+                                f"be sample {sid!r}; one image per sample id")
+            out[sid] = path
     if not out:
         raise DataError(f"{folder}: no image files ({', '.join(SUFFIXES)}, or DICOM "
                         f"without a suffix)")
     return out
+
+
+def unread_note(folder: str | os.PathLike, found: Mapping[str, Path]) -> str | None:
+    """What ``folder`` holds that :func:`image_files` did not take: subfolders (a
+    PACS export nests patient / study / series) and other files, with examples."""
+    folder = Path(folder)
+    taken = {p.name for p in found.values()}
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    other = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in taken
+                   and not p.name.startswith("."))
+    parts = ([f"{len(subs)} subfolder{'s' * (len(subs) > 1)} ({', '.join(subs[:3])}"
+              f"{' ...' * (len(subs) > 3)}): images are read from the folder itself, "
+              f"not below it (move or link them up, named by sample id)"] if subs else []) \
+        + ([f"{len(other)} other file{'s' * (len(other) > 1)} ({', '.join(other[:3])}"
+            f"{' ...' * (len(other) > 3)}): not images"] if other else [])
+    return f"{folder}: not read: " + "; ".join(parts) if parts else None
 
 
 def read_table(path: str | os.PathLike, id_column: str) -> dict[str, dict[str, str]]:
@@ -135,6 +156,7 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
     if missing:
         raise DataError(f"{table}: no column {missing[0]!r}; its columns: {columns}")
     notes = table_notes(rows, ids, table) if rows else []
+    notes += [n for m, got in files.items() if (n := unread_note(folders[m], got))]
     with tempfile.TemporaryDirectory(prefix="mmvm-images-") as tmp:
         tmp = Path(tmp)
         seen, whites = {m: Counter() for m in files}, {m: Counter() for m in files}
@@ -165,8 +187,13 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                                 f"its group to be split by it")
             groups = tmp / "groups.txt"
             groups.write_text("\n".join(values) + "\n")
+        white = white if isinstance(white, str) or white is None else float(white)
         return prepare_arrays(out_dir, arrays, ids=tmp / "ids.txt", labels=label_files,
                               groups=groups, test_fraction=test_fraction, seed=seed,
+                              group_source=group_column and f"column {group_column!r} "
+                                                            f"of {Path(table).name}",
+                              preparation={"mode": mode, "size": size, "fit": fit,
+                                           "white": white, "window": window},
                               name=name, force=force, progress=progress, notes=notes,
                               sources={m: Path(f).resolve() for m, f in folders.items()},
                               classes={key_of.get(c, f"label.{c}"): v

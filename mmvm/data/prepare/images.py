@@ -207,19 +207,27 @@ def conversion_notes(name: str, seen: Counter, mode: str, size: int,
 
 def dicom_notes(name: str, modes: Counter, total: int) -> list[str]:
     """How ``name``'s DICOM files were read (``modes``: :func:`~mmvm.data.prepare.
-    dicom.read_dicom`'s ``how`` of each): inverted, windowed, their bit depths."""
+    dicom.read_dicom`'s ``how`` of each): their bit depths, windowed or not (a
+    folder of both has two contrasts), inverted, scaled by ``--white-level``."""
     read = Counter({m: n for m, n in modes.items() if m.startswith("DICOM")})
     if not read:
         return []
     count = sum(read.values())
     inverted = sum(n for m, n in read.items() if "MONOCHROME1" in m)
     windowed = sum(n for m, n in read.items() if m.endswith("windowed"))
+    levelled = sum(n for m, n in read.items() if "white-level" in m)
     bits = Counter()
     for m, n in read.items():
         bits[next((w for w in m.split() if w.endswith("-bit")), "colour")] += n
-    return [f"{name}: {count} of {total} images were DICOM, read by their headers ("
+    said = (f"{name}: {count} of {total} images were DICOM, read by their headers ("
             + ", ".join(f"{b}: {n}" for b, n in sorted(bits.items()))
-            + f"); {windowed} by the header's VOI window (--dicom-window none: the "
-            f"stored range), {inverted} MONOCHROME1 inverted (bone white)"
-            + ("; the others were not DICOM: check that their grey levels look alike"
-               if count < total else "")]
+            + f"): {windowed} scaled by the header's VOI window, {count - windowed} over "
+            f"the stored bits' range" + (f" ({levelled} up to --white-level)"
+                                         if levelled else "")
+            + f"; {inverted} MONOCHROME1 inverted (bone white)")
+    if 0 < windowed < count:
+        said += ("; windowed and unwindowed images differ in contrast (--dicom-window "
+                 "none reads every one over its stored range)")
+    if count < total:
+        said += "; the others were not DICOM: check that their grey levels look alike"
+    return [said]
