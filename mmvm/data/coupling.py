@@ -54,7 +54,8 @@ def weak_coupling_note(per_modality: Mapping[str, int], coupled: Mapping[str, in
     return (f"not every sample is held with another modality ({'; '.join(weak)}); if the "
             f"sites should hold the same samples, check that they prepared their data alike "
             f"(same preparer, ids and metadata, and the same train/test split options: "
-            f"--seed, --test-fraction, --groups)")
+            f"--seed, --test-fraction, and groups all sites share: a trial or patient "
+            f"id, not each site's own numbering)")
 
 
 def uncoupled(per_modality: Mapping[str, int], coupled: Mapping[str, int] | None

@@ -107,7 +107,8 @@ class Coordinator:
                 f"the sites {names} share no sample: no id is held for two modalities, "
                 f"so nothing would couple their models; check that the sites name "
                 f"samples the same way (same preparer and metadata, and the same train/"
-                f"test split options: --seed, --test-fraction, --groups)")
+                f"test split options: --seed, --test-fraction, and groups all sites "
+                f"share, not each site's own numbering)")
 
     @property
     def n(self) -> int:

@@ -95,8 +95,9 @@ def test_coupling_counts():
                  "coupled": {"x": 2, "y": 2, "z": 1}, "multimodal": 2, "complete": 1}
     note = weak_coupling_note(c["per_modality"], c["coupled"])
     assert "(x 2 of 3, 67%; z 1 of 2, 50%)" in note  # y: both of its samples coupled
-    assert note.endswith("the same train/test split options: --seed, --test-fraction, "
-                         "--groups)")  # a split by --groups at one site only: the cause
+    # a split by groups at one site only, or by each site's own numbering: the cause
+    assert note.endswith("--seed, --test-fraction, and groups all sites share: a trial "
+                         "or patient id, not each site's own numbering)")
     # two sites that share ids and a third that shares none: the third is named,
     # though as many samples are multimodal as the smallest modality has
     ab = np.array([[1, 1, 0]] * 10 + [[0, 0, 1]] * 10, bool)
