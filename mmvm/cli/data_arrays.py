@@ -268,7 +268,8 @@ def add_images(names: argparse._SubParsersAction) -> None:
                         "that is white (default: the file type's largest, 65535 for 16 "
                         "bits; 4095 for 12-bit data), or 'auto': each file's own, from "
                         "the bits its brightest pixel needs (a folder of 12- and 16-bit "
-                        "exports); for DICOM files it replaces the header's range")
+                        "exports); for DICOM files a number replaces the top of the "
+                        "stored range of unwindowed files ('auto': the header's)")
     q.add_argument("--dicom-window", choices=("file", "none"), default="file",
                    help="DICOM: scale by the header's first VOI window (Window Center/"
                         "Width or LUT: as the modality's viewer shows it; the default) "

@@ -206,3 +206,42 @@ def test_an_export_named_by_uid_with_a_dicomdir_and_subfolders(tmp_path, capsys)
     again = load_image(folder / t.sample_ids[0], **prep)
     assert (np.asarray(t.tensors["frontal"][0]) == again).all()
     assert (again != load_image(folder / t.sample_ids[0], "L", 28)).any()  # stretched
+
+
+def test_a_file_cut_anywhere_is_refused_by_name(tmp_path):
+    """A review cut a file at every byte: at 11 offsets inside the header pydicom
+    raised struct.error, which stopped a whole site's preparation, --skip-bad too."""
+    whole = _dicom(tmp_path / "whole.dcm", PIXELS[:4, :4]) and \
+        (tmp_path / "whole.dcm").read_bytes()
+    for cut in range(132, len(whole)):
+        (tmp_path / "cut.dcm").write_bytes(whole[:cut])
+        with pytest.raises(DataError, match="cut.dcm: "):
+            load_image(tmp_path / "cut.dcm", "L")
+
+
+def test_a_negative_slope_a_voi_table_and_padding_read_as_a_viewer_shows_them(tmp_path):
+    """A review: pydicom's windowing maps onto the rescaled range, which a negative
+    slope turns upside down (the windowed image came out inverted); a VOI table
+    declared 16-bit with 12-bit entries left the image at 16 of 255 grey levels; and a
+    MONOCHROME1 collimator border padded with 0 came out white."""
+    _dicom(tmp_path / "plain.dcm", RescaleSlope=-1.0, RescaleIntercept=4095.0)
+    _dicom(tmp_path / "w.dcm", RescaleSlope=-1.0, RescaleIntercept=4095.0,
+           WindowCenter=2048.0, WindowWidth=4096.0)
+    plain, win = _read(tmp_path / "plain.dcm"), _read(tmp_path / "w.dcm")
+    assert np.corrcoef(plain.ravel(), win.ravel())[0, 1] > 0.99
+    assert np.corrcoef(plain.ravel(), PIXELS.ravel())[0, 1] < -0.99  # the slope's sign
+
+    ds = _dicom(tmp_path / "lut.dcm")
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]  # entries for 0..4095, declared 16 bits
+    item.add_new(0x00283006, "US", list(range(4096)))  # LUT Data: 12-bit, the identity
+    ds.VOILUTSequence = [item]
+    ds.save_as(tmp_path / "lut.dcm", enforce_file_format=True)
+    got = _read(tmp_path / "lut.dcm")
+    assert got.max() == 255 and (got == _scaled(PIXELS, 0, 4095)).all()
+
+    border = PIXELS.copy()
+    border[:, :4] = 0  # the collimator's edge, stored as the padding value
+    _dicom(tmp_path / "pad.dcm", border, kind="MONOCHROME1", PixelPaddingValue=0)
+    got = _read(tmp_path / "pad.dcm")
+    assert (got[:, :4] == 0).all() and got[:, 4:].mean() > 50

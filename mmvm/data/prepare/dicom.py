@@ -7,13 +7,14 @@ of it, so nothing is guessed (``--white-level auto`` guesses a PNG's bit depth f
 its brightest pixel):
 
 1. the stored values go through the Modality LUT (``apply_modality_lut``);
-2. ``window = "file"``: through the header's first VOI window or LUT when it has one
-   (``apply_voi_lut``); ``"none"``: not;
+2. ``window = "file"``: through the header's first VOI LUT or window when it has one
+   (the window as PS3.3 C.11.2.1.2 writes it out, 0 to 1); ``"none"``: not;
 3. the result is scaled to 0..255 over its range as the header gives it: the window's
    output range, else the stored bits' range (``BitsStored``, ``PixelRepresentation``)
    through the rescale, whose top a ``white`` level, where given, replaces (0 stays
    0; a windowed image keeps its window's: the window says where white is);
-4. MONOCHROME1 is inverted, so bone is white in every image.
+4. MONOCHROME1 is inverted, so bone is white in every image; the Pixel Padding Value
+   (a collimator's border, no part of the image) is black.
 
 Only the pixels are read: no header value (names, dates, UIDs) reaches the site files.
 """
@@ -57,13 +58,34 @@ def read_dicom(path: str | os.PathLike, white: float | str | None = None,
     """``(image, how)``: the pixels of the DICOM file ``path`` as an 8-bit Pillow
     image (grey ``L``, or ``RGB`` for colour), read as the module says, and how it was
     read (``"DICOM MONOCHROME1 12-bit windowed"``), for the preparer's notes.
-    :class:`DataError` names the file for anything that is not one 2-D image."""
+    :class:`DataError` names the file for anything that is not one 2-D image; an
+    export's file is untrusted input, so any failure reading it is the file's (a
+    file cut inside its header raised ``struct.error``)."""
+    if window not in WINDOWS:
+        raise ValueError(f"window {window!r}: one of {', '.join(WINDOWS)}")
+    try:
+        return _read(path, white, window)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 (see the docstring)
+        why = " ".join(str(e).split())[:200]
+        raise DataError(f"{path}: cannot read it as DICOM ({type(e).__name__}: "
+                        f"{why})") from None
+
+
+def _read(path: str | os.PathLike, white: float | str | None, window: str):
+    import warnings
+
+    with warnings.catch_warnings():  # pydicom warns of every odd value; the file is
+        warnings.simplefilter("ignore")  # read as it is, or refused by name
+        return _decoded(path, white, window)
+
+
+def _decoded(path: str | os.PathLike, white: float | str | None, window: str):
     import pydicom
     from PIL import Image
     from pydicom.errors import InvalidDicomError
 
-    if window not in WINDOWS:
-        raise ValueError(f"window {window!r}: one of {', '.join(WINDOWS)}")
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError) as e:
@@ -100,6 +122,7 @@ def read_dicom(path: str | os.PathLike, white: float | str | None = None,
     out = np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255.0
     if kind == "MONOCHROME1":  # 0 is white
         out = 255.0 - out
+    out[padding(arr, ds)] = 0.0  # no part of the image (a collimator's border): black
     how = f"DICOM {kind} {ds.BitsStored}-bit" + (" white-level" * (given and not windowed)) \
         + (" windowed" if windowed else "")
     return Image.fromarray(np.round(out).astype(np.uint8), "L"), how
@@ -109,8 +132,8 @@ def grey_values(arr: np.ndarray, ds, window: str = "file"
                 ) -> tuple[np.ndarray, tuple[float, float], bool]:
     """``(values, (lo, hi), windowed)``: a grey image's stored values through the
     Modality LUT and, for ``window = "file"`` where the header has one, its first VOI
-    window or LUT, with the range the header says they span (the output range of the
-    transform applied last)."""
+    LUT or window, with the range they span: the stored bits' through the rescale,
+    a VOI LUT's entries' (:func:`lut_top`), a window's 0..1 (:func:`windowed`)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     bits = int(ds.BitsStored)
@@ -125,14 +148,59 @@ def grey_values(arr: np.ndarray, ds, window: str = "file"
     values = apply_modality_lut(arr, ds).astype(np.float64)
     if window == "none":
         return values, (float(lo), float(hi)), False
-    if ds.get("VOILUTSequence"):
-        lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return (apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64),
-                (0.0, float(2 ** lut_bits - 1)), True)
+    if ds.get("VOILUTSequence"):  # a table indexed by the (integer) values
+        out = apply_voi_lut(np.rint(values).astype(np.int64), ds, prefer_lut=True)
+        return out.astype(np.float64), (0.0, lut_top(ds.VOILUTSequence[0])), True
     if "WindowCenter" in ds and "WindowWidth" in ds:
-        # pydicom's windowing maps onto the range above (PS3.3 C.11.2.1.2)
-        return apply_voi_lut(values, ds).astype(np.float64), (float(lo), float(hi)), True
+        return windowed(values, ds), (0.0, 1.0), True
     return values, (float(lo), float(hi)), False
+
+
+def windowed(values: np.ndarray, ds) -> np.ndarray:
+    """The header's first window (Window Center / Width, VOI LUT Function) applied to
+    ``values`` as 0 (its bottom) to 1 (its top), PS3.3 C.11.2.1.2-3. Written out, not
+    pydicom's: that maps onto the rescaled stored range, which a negative slope turns
+    upside down."""
+    def first(key):
+        value = ds[key].value
+        return float(value[0] if ds[key].VM > 1 else value)
+
+    c, w = first("WindowCenter"), first("WindowWidth")
+    kind = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if kind == "SIGMOID" and w > 0:
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+    if kind == "LINEAR_EXACT" and w > 0:
+        return np.clip((values - c) / w + 0.5, 0.0, 1.0)
+    if kind == "LINEAR" and w >= 1:
+        out = (values - (c - 0.5)) / max(w - 1.0, 1e-12) + 0.5
+        out[values <= c - 0.5 - (w - 1) / 2] = 0.0
+        out[values > c - 0.5 + (w - 1) / 2] = 1.0
+        return np.clip(out, 0.0, 1.0)
+    raise ValueError(f"window width {w:g} with VOI LUT function {kind} (LINEAR needs "
+                     f">= 1, LINEAR_EXACT and SIGMOID > 0)")
+
+
+def lut_top(item) -> float:
+    """A VOI LUT's white: its descriptor's bits, unless its entries need fewer (some
+    CR devices declare 16 bits and store 12; the declared top left them at 16 of 255
+    grey levels): then the smallest power of two that holds them, as viewers read it."""
+    declared = int(item.LUTDescriptor[2])
+    data = item.LUTData
+    entries = np.frombuffer(data, np.uint16 if declared > 8 else np.uint8) \
+        if isinstance(data, bytes) else np.asarray(data)
+    peak = int(entries.max(initial=0))
+    needed = max(1, peak.bit_length())
+    return float(2 ** min(declared, needed) - 1)
+
+
+def padding(arr: np.ndarray, ds) -> np.ndarray:
+    """Where ``arr`` holds the header's Pixel Padding Value (up to its Range Limit):
+    pixels that are no part of the image (PS3.3 C.7.5.1.1.2)."""
+    if "PixelPaddingValue" not in ds:
+        return np.zeros(arr.shape, bool)
+    a = int(ds.PixelPaddingValue)
+    b = int(ds.get("PixelPaddingRangeLimit", a))
+    return (arr >= min(a, b)) & (arr <= max(a, b))
 
 
 def _pixels(ds, path) -> np.ndarray:

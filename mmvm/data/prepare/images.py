@@ -181,8 +181,9 @@ def conversion_notes(name: str, seen: Counter, mode: str, size: int,
                      + (f"; {stretched} non-square one{'s' * (stretched > 1)} "
                         + FIT_SAID[fit] if stretched else ""))
     modes = Counter(m for (m, _) in seen.elements())
-    if mode == "L":
-        colour = {m: n for m, n in modes.items() if m in COLOUR}
+    if mode == "L":  # DICOM colour: "DICOM RGB", "DICOM YBR_FULL_422"
+        colour = {m: n for m, n in modes.items() if m in COLOUR
+                  or m.startswith("DICOM") and "MONOCHROME" not in m}
         if colour:
             notes.append(f"{name}: {sum(colour.values())} of {total} images were colour "
                          f"({', '.join(f'{m}: {n}' for m, n in colour.items())}), made "
