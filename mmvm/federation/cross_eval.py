@@ -172,9 +172,9 @@ def combine(evaluation: Mapping[str, Mapping], names: list[str],
     withheld = False
     for key, ev in evaluation.items():  # took part, then scored nothing to count
         why = "refused the server's test posteriors (its log says why)" \
-            if ev.get("cross_refused") else "scored nothing cross-site: its min-rows " \
-            "is above 1, and others chose the values (the server in plaintext, the " \
-            "peers, who may collude with it, in a secure run)" \
+            if ev.get("cross_refused") else "scored none of the others' test " \
+            "posteriors: its min-rows is above 1, and others chose their values (the " \
+            "server in plaintext, the peers, who may collude with it, in a secure run)" \
             if ev.get("cross_withheld") else \
             "withheld its imputation (report-losses)" \
             if ev.get(WITHHELD) and key in tables.rows else \
@@ -233,9 +233,9 @@ def split_mismatch(coord: Coordinator, tables: TestTables) -> str | None:
     at another, and the cross-site evaluation has few pairs, or none. A site's split
     is a hash of its ``--seed`` and each sample's id or group: a group column of each
     hospital's own patient numbers splits alike nowhere."""
-    train = np.zeros(coord.n, np.int64)
-    for info in coord.sites.values():
-        train[info.held] += 1
+    train = np.zeros(coord.n, np.int64)  # over the sites that sent test ids only: one
+    for key in tables.rows:  # that sent none (share-test off) would look like a split
+        train[coord.sites[key].held] += 1
     n = max((int(r.max(initial=-1)) + 1 for r in tables.rows.values()), default=0)
     test = np.zeros(n, np.int64)
     for rows in tables.rows.values():

@@ -8,7 +8,7 @@ metric as sent, and for arrays and sealed blobs their names, shapes, dtypes and
 byte counts, not their contents (the journal copies nothing of the site's data:
 the fields that carry it, ids, tags, seed shares, are shown by their size, and a
 list or text longer than a few items by its length). A refusal is the one line of
-text the server was sent, whole. What a reply held is what the site answered;
+text the server was sent, at most :data:`REFUSAL_CHARS` (:func:`capped`). What a reply held is what the site answered;
 whether the server received it is Flower's to say. The journal is written by the
 app's code: it is the reviewed code's record where the site pins the bundle
 (``deploy.superexec_fork --allow-fab``), the submitter's otherwise.
@@ -72,7 +72,8 @@ def capped(text: str, limit: int = REFUSAL_CHARS) -> str:
     megabyte), and the site's journal and its SuperNode's log must not grow by it."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}... ({len(text):,} characters, cut)"
+    said = f"... ({len(text):,} characters, cut)"
+    return text[:limit - len(said)] + said  # at most limit: capped again, the same
 
 
 def summary(kind: str, reply: Any, run: int | None = None) -> dict:

@@ -68,9 +68,7 @@ class Site:
             admit(self.names)
         self.data = open_dataset(train_path, self.names, cfg.data)
         self.device = resolve_device(cfg.train.device)
-        self.model = accel.prepare(build_model(cfg, self.names).to(self.device),
-                                   channels_last=cfg.train.channels_last,
-                                   compile=cfg.train.compile)
+        self.model = self._seeded()
         self._optimizer: torch.optim.Optimizer | None = None  # built at the first step
         self._optimizer_state: dict | None = None  # restored, not yet applied
         self.scaler = accel.grad_scaler(cfg.train.amp, self.device)
@@ -353,6 +351,11 @@ class Site:
                                       f"{tuple(v.shape)} (expected {own[k].shape}) or "
                                       f"non-finite values")
 
+    def _seeded(self) -> torch.nn.Module:
+        cfg = self.cfg  # the model the config's seed builds, as every process builds it
+        return accel.prepare(build_model(cfg, self.names).to(self.device),
+                             channels_last=cfg.train.channels_last, compile=cfg.train.compile)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Model, optimizer, counters and link, written atomically. Before attach no
@@ -375,7 +378,9 @@ class Site:
             raise ValueError(f"{path}: saved for modalities {state['names']}, this site "
                              f"holds {self.names}")
         check_same_data(self.name, self.train_path, self.data, state, path)
-        if state["model"] is not None:  # None: before attach, the seed's (see save)
+        if state["model"] is None:  # before attach: the seed's (see save), built anew
+            self.model = self._seeded()  # (this process may hold another run's)
+        else:
             self.model.load_state_dict(state["model"])
         self._ahead = None
         self._optimizer, self._optimizer_state = None, checked_optimizer_state(

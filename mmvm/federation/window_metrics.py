@@ -77,15 +77,18 @@ def withhold_losses(metrics: dict) -> dict:
 
 
 FRACTIONS = ("probe/", "majority/", "coherence/", "judge_accuracy/")  # hits / rows
+FRACTION_STEP = 0.05  # what a site that keeps its sizes rounds its fractions to
 
 
 def evaluation_withheld(metrics: dict) -> dict:
     """The final evaluation's metrics as a site that keeps its losses sends them:
     no reconstruction or imputation NLLs, nor any size (``n_test``, a score's
-    count, the probe's rows), and its fractions rounded to two decimals: exact,
-    8/96 and 13/96 give the server 96 back as their common denominator (a
-    security review of 2026-12-06)."""
-    kept = {k: round(v, 2) if k.startswith(FRACTIONS) else v
+    count, the probe's rows), and its fractions rounded to :data:`FRACTION_STEP`:
+    exact, 8/96 and 13/96 give the server 96 back as their smallest common
+    denominator, and rounded to 0.01 a test set of 50 rows or fewer still mostly did
+    (security reviews of 2026-12-06; one of 10 rows can still be read back)."""
+    kept = {k: round(round(v / FRACTION_STEP) * FRACTION_STEP, 2)
+            if k.startswith(FRACTIONS) else v
             for k, v in metrics.items()
             if not k.startswith(("recon_nll/", "impute", "constant_nll/", "probe_n/",
                                  "probe_groups/"))

@@ -285,6 +285,9 @@ def test_a_run_that_only_describes_leaves_no_model_on_the_sites_disk(plain_site)
     assert state["model"] is None and state["progress"]["phase"] == "described"
     s, _, files = site_node.settings_and_policy(ctx)
     fresh, other = Site(s.experiment, *files), Site(s.experiment, *files)
+    with torch.no_grad():  # a process that holds other weights (a review: restored
+        for p in fresh.model.parameters():  # into it, they stayed)
+            p.add_(1.0)
     fresh.restore(pt)  # as the process of the next message: the same model as any
     assert fresh.progress.phase == "described"
     theirs = other.model.state_dict()
