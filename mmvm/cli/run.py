@@ -343,6 +343,7 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
     """Stop the run once ``flwr run`` ended. ``asked``: what the first signal's
     request did (else it is asked now, where it can be); ``now``: a second came."""
     from mmvm.federation.server_state import STATE_FILE
+    from mmvm.federation.stop_request import StopRequest
 
     if not run_id:
         return 128 + signum
@@ -350,8 +351,10 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
     first, (state, results) = first_run(overrides, run_id), run_folders(overrides, run_id)
     if asked not in (ASKED, EARLY) and not now:  # not asked at the signal: the run id
         asked = request_stop(state, results, run_id)  # or its folder was not there yet
-    if asked == ASKED:  # flwr stop alone left a simulation's ServerApp training
-        wait_for_stop(state, run_id, now, lambda: status(cmd, args, run_id) == "running")
+    if asked in (ASKED, EARLY):  # flwr stop alone left a simulation's ServerApp
+        # training, or attaching: what is left to resume is known once it answered
+        wait_for_stop(state, run_id, now, lambda: status(cmd, args, run_id) == "running",
+                      early=asked == EARLY)
     subprocess.run(_flwr(cmd, args, "stop", run_id), env=_env(),
                    capture_output=True, timeout=120)
     if (results / "results.json").is_file():  # trained and written
@@ -366,9 +369,12 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
               file=sys.stderr)
     elif state.is_dir() and not (state / STATE_FILE).is_file():  # by now: an early
         # request may have been read only after the sites attached and state was written
+        pending = StopRequest(state, run_id).asked()  # its ServerApp has not answered
         print(f"\nmmvm run: stopped run {run_id} before its sites attached (no "
-              f"checkpoint in {state}): nothing to resume; start it again",
-              file=sys.stderr)
+              f"checkpoint in {state}): nothing to resume; start it again"
+              + (f" (its ServerApp has not answered yet: should it write {STATE_FILE} "
+                 f"there, it stopped after attaching, resumable with resume="
+                 f"'{first}')" if pending else ""), file=sys.stderr)
     else:
         print(f"\nmmvm run: stopped run {run_id}; continue it with the same "
               f"--run-config and resume='{first}' ({kept_state(state)})",

@@ -33,6 +33,7 @@ def run_folders(overrides: dict, run_id: str) -> tuple[Path, Path]:
 
 
 STOP_WAIT = 300  # seconds a stop waits for the current window to end and be written
+EARLY_WAIT = 60  # ... for a ServerApp asked before attach to answer (it may be attaching)
 
 
 def kept_state(state: Path) -> str:
@@ -70,7 +71,9 @@ def request_stop(state: Path, results: Path, run_id: str) -> str:
     if not state.is_dir() or (results / "results.json").is_file():
         return ""
     StopRequest(state, run_id).write()
-    if not (state / STATE_FILE).is_file():
+    if not (state / STATE_FILE).is_file():  # it may be attaching them: it then writes
+        print(f"\nmmvm run: stopping run {run_id} before its sites attach, or just after "
+              f"if they are attaching (then resumable)", file=sys.stderr, flush=True)
         return EARLY
     print(f"\nmmvm run: stopping run {run_id} after its current window, or the next if "
           f"the current one is not a checkpoint (its state is written then; Ctrl-C "
@@ -79,16 +82,19 @@ def request_stop(state: Path, results: Path, run_id: str) -> str:
 
 
 def wait_for_stop(state: Path, run_id: str, now: bool = False,
-                  running: Callable[[], bool] | None = None) -> None:
+                  running: Callable[[], bool] | None = None, early: bool = False) -> None:
     """Wait up to :data:`STOP_WAIT` s for the ServerApp to answer the request (it
     removes it when it ends, whichever way), unless ``now``, another Ctrl-C, or the
     run is no longer ``running()`` (asked every 5 s: a ServerApp that was killed
     answers nothing); a request still there is taken back (a later resume must not
-    stop at once)."""
+    stop at once). ``early``: asked before the sites attached, :data:`EARLY_WAIT` s
+    (it answers before attach or just after, unless Ray or its sites hang), and a
+    request still there is left for the ServerApp."""
     from mmvm.federation.stop_request import StopRequest
 
     request = StopRequest(state, run_id)
-    deadline, again = time.monotonic() + STOP_WAIT, [1] if now else []
+    deadline = time.monotonic() + (EARLY_WAIT if early else STOP_WAIT)
+    again = [1] if now else []
     before = signal.signal(signal.SIGINT, lambda *_: again.append(1))
     asked_status = time.monotonic()
     try:
@@ -100,7 +106,7 @@ def wait_for_stop(state: Path, run_id: str, now: bool = False,
                     break
     finally:
         signal.signal(signal.SIGINT, before)
-    if request.asked():
+    if request.asked() and not early:
         request.answer()
         print(f"mmvm run: run {run_id} did not end its window "
               f"{'yet' if again else f'within {STOP_WAIT} s'}; stopping it in Flower (a "

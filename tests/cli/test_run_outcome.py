@@ -69,9 +69,10 @@ def test_a_run_stopped_after_its_results_were_written_is_sent_to_evaluate(tmp_pa
 def test_a_run_stopped_before_its_sites_attached_is_stopped_at_once(tmp_path, capsys):
     """No checkpoint yet (a Ray that hangs, sites that never answer): the stop waited
     up to 300 s for a window that could not begin, then said to resume a run that
-    had nothing to resume. Now flwr run ends at once and the request is left for the
-    ServerApp, which reads it before its sites attach (flwr stop alone left a
-    simulation's ServerApp training)."""
+    had nothing to resume. Now the stop waits only while the run is listed as running
+    (at most 60 s) and the request is left for the ServerApp, which reads it before
+    its sites attach or just after (flwr stop alone left a simulation's ServerApp
+    training)."""
     import argparse
     import signal
     import threading
@@ -84,7 +85,9 @@ def test_a_run_stopped_before_its_sites_attached_is_stopped_at_once(tmp_path, ca
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
     assert _run(args, [sys.executable, "-c", RUNNING]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
-    assert "stopped run 42 before its sites attached" in err and "resume=" not in err
+    assert "stopped run 42 before its sites attached" in err and "nothing to resume" in err
+    # no ServerApp answered here (the stand-in has none): said, with what to do if it does
+    assert "its ServerApp has not answered yet: should it write server_state.pt" in err
     assert "stopping run 42 after its current window" not in err  # no wait for one
     assert StopRequest(tmp_path / "run-42", 42).asked()  # for the ServerApp
 
@@ -118,6 +121,37 @@ def test_an_early_stop_read_after_the_sites_attached_says_to_resume(tmp_path, ca
         128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert state.is_file() and "before its sites attached" not in err
+    assert "stopped run 42; continue it with the same --run-config and resume='42'" in err
+
+
+def test_an_early_stop_waits_for_a_serverapp_that_attaches_after_flwr_run_ended(
+        tmp_path, capsys):
+    """A flaky-lab walkthrough: Ctrl-C during set-up said "nothing to resume" and
+    returned, while the simulation's ServerApp (flwr stop does not end it) attached
+    the sites, wrote its state and stopped, resumable, 15 s later. The stop now waits
+    for the ServerApp's answer (it removes the request when it ends) before saying
+    what is left; here it answers 2 s after flwr run ended, with its state written."""
+    import argparse
+    import signal
+    import threading
+
+    from mmvm.cli.run import _run
+    from mmvm.federation.server_state import STATE_FILE
+    from mmvm.federation.stop_request import StopRequest
+
+    (tmp_path / "run-42").mkdir()
+    args = argparse.Namespace(connection=None, run_config=f"out-dir='{tmp_path}'")
+
+    def serverapp():  # attaches, writes its state, reads the request, ends
+        (tmp_path / "run-42" / STATE_FILE).write_text("{}")
+        StopRequest(tmp_path / "run-42", 42).answer()
+
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    threading.Timer(3.0, serverapp).start()
+    assert _run(args, [sys.executable, "-c", RUNNING]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopping run 42 before its sites attach" in err
+    assert "nothing to resume" not in err
     assert "stopped run 42; continue it with the same --run-config and resume='42'" in err
 
 
