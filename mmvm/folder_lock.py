@@ -53,19 +53,40 @@ def acquire(path: str | Path, wait: float, create: bool = True) -> int | None:
 @contextmanager
 def folder_lock(folder: Path, what: str, wait: float = 0.0) -> Iterator[None]:
     """Hold ``folder`` (made if absent) for the block; ``ValueError`` naming ``what``
-    if another process holds it for ``wait`` seconds."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = acquire(folder, wait, create=False)
-    except LockBusy:
-        waited = f" (waited {wait:g} s)" if wait else ""
-        raise ValueError(f"{folder}: another process ({what}) is writing this folder "
-                         f"now{waited}; wait for it to end or choose another folder"
-                         ) from None
-    except LockUnsupported:
-        fd = None  # a file system without flock: as on Windows, nothing is locked
+    if another process holds it for ``wait`` seconds. A folder it made that is still
+    empty after the block (a run that failed before writing anything) is removed; a
+    process that waited on it meanwhile locks the folder made anew."""
+    while True:
+        made = not folder.is_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = acquire(folder, wait, create=False)
+        except LockBusy:
+            waited = f" (waited {wait:g} s)" if wait else ""
+            raise ValueError(f"{folder}: another process ({what}) is writing this folder "
+                             f"now{waited}; wait for it to end or choose another folder"
+                             ) from None
+        except LockUnsupported:
+            fd = None  # a file system without flock: as on Windows, nothing is locked
+        if fd is None or _still(fd, folder):
+            break
+        os.close(fd)  # removed by its maker while this one waited
     try:
         yield
     finally:
+        if made:
+            try:
+                folder.rmdir()  # only if empty: anything written stays
+            except OSError:
+                pass
         if fd is not None:
             os.close(fd)
+
+
+def _still(fd: int, folder: Path) -> bool:
+    """Whether the locked descriptor ``fd`` is still the folder at ``folder``."""
+    try:
+        now, held = os.stat(folder), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
