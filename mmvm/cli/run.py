@@ -44,11 +44,13 @@ from mmvm.cli.run_hints import CLUSTER_HINT, RAY_CLUSTER, after_run
 from mmvm.cli.run_stop import (
     ASKED,
     EARLY,
+    STOP_SIGNALS,
     first_run,
     kept_state,
     nowhere,
     request_stop,
     run_folders,
+    stopping_now,
     wait_for_stop,
 )
 from mmvm.config import ConfigError
@@ -262,9 +264,6 @@ def run(args: argparse.Namespace) -> int:
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels
 
 
-# Ctrl-C, and SIGTERM / SIGHUP (``timeout``, a CI cancel, a batch scheduler, a closed
-# terminal): each stops the run in the SuperLink, not only this command
-STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
 RUN_LINE = re.compile(r"Successfully started run (\d+)")
 
 
@@ -290,6 +289,8 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
                                                    seen["run_id"]), seen["run_id"]))
             if asked[0] == ASKED:
                 return
+        if len(signals) == 2:  # said at once: the stop itself may take seconds
+            stopping_now(seen.get("run_id", ""))
         if not kill.is_alive() and proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             kill.start()

@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# Ctrl-C, and SIGTERM / SIGHUP (``timeout``, a CI cancel, a batch scheduler, a closed
+# terminal): each stops the run in the SuperLink, not only this command
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
 ASKED, EARLY = "asked", "early"  # what request_stop did: wait for a window, or not
 
 
@@ -81,6 +84,11 @@ def request_stop(state: Path, results: Path, run_id: str) -> str:
     return ASKED
 
 
+def stopping_now(run_id: str) -> None:
+    """What a second Ctrl-C says at once (stopping in Flower may take seconds)."""
+    print(f"\nmmvm run: stopping run {run_id} now, in Flower", file=sys.stderr, flush=True)
+
+
 def wait_for_stop(state: Path, run_id: str, now: bool = False,
                   running: Callable[[], bool] | None = None, early: bool = False) -> None:
     """Wait up to :data:`STOP_WAIT` s for the ServerApp to answer the request (it
@@ -95,7 +103,11 @@ def wait_for_stop(state: Path, run_id: str, now: bool = False,
     request = StopRequest(state, run_id)
     deadline = time.monotonic() + (EARLY_WAIT if early else STOP_WAIT)
     again = [1] if now else []
-    before = signal.signal(signal.SIGINT, lambda *_: again.append(1))
+    def second(*_):
+        again.append(1)
+        stopping_now(run_id)
+
+    before = signal.signal(signal.SIGINT, second)
     asked_status = time.monotonic()
     try:
         while request.pending() and not again and time.monotonic() < deadline:

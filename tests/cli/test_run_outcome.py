@@ -228,6 +228,7 @@ def test_the_first_stop_asks_at_once_and_a_second_stops_now(tmp_path, capsys):
     assert seen == [True]  # written while flwr run still streamed
     err = capsys.readouterr().err
     assert "stopping run 42 after its current window" in err
+    assert "stopping run 42 now, in Flower" in err  # the second, said when it came
     assert "run 42 did not end its window yet; stopping it in Flower" in err
     assert "stopped run 42; continue it with the same --run-config and resume='42'" in err
     assert f"resume='42' (from {folder / STATE_FILE})" in err  # not "if its sites ..."
