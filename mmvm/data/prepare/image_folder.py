@@ -22,12 +22,12 @@ import numpy as np
 
 from mmvm.data.prepare import Progress
 from mmvm.data.prepare.arrays import prepare_arrays
+from mmvm.data.prepare.dicom import PICTURES, is_dicom
 from mmvm.data.prepare.dicom import SUFFIXES as DICOM_SUFFIXES
-from mmvm.data.prepare.dicom import is_dicom
 from mmvm.data.prepare.images import conversion_notes, load_image
 from mmvm.data.store import DataError
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff") + DICOM_SUFFIXES
+SUFFIXES = PICTURES + DICOM_SUFFIXES
 
 
 def image_files(folder: str | os.PathLike) -> dict[str, Path]:
