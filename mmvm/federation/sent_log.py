@@ -10,9 +10,9 @@ the fields that carry it, ids, tags, seed shares, are shown by their size, and a
 list or text longer than a few items by its length). A refusal is the one line of
 text the server was sent, at most :data:`REFUSAL_CHARS` (:func:`capped`). What a
 reply held is what the site answered; whether the server received it is Flower's
-to say. The journal is written by the
-app's code: it is the reviewed code's record where the site pins the bundle
-(``deploy.superexec_fork --allow-fab``), the submitter's otherwise.
+to say. The journal is written by the app's code: it is the reviewed code's record
+where the site pins the bundle (``deploy.superexec_fork --allow-fab``), the
+submitter's otherwise.
 """
 
 from __future__ import annotations
