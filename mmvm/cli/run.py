@@ -361,8 +361,9 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
     if (results / "results.json").is_file():  # trained and written
         if status(cmd, args, run_id) == "finished:completed":
             print(f"\nmmvm run: run {run_id} completed before the stop took effect "
-                  f"(its last window was under way); its results are in {results}",
-                  file=sys.stderr)
+                  f"(its last window or its evaluation was under way); its results are "
+                  f"in {results} (its summary: flwr log {run_id} {args.connection or ''} "
+                  f"--show)".replace("  ", " "), file=sys.stderr)
             return 0
         print(f"\nmmvm run: stopped run {run_id} after its training was written "
               f"({results}); its sites answered the final evaluation, so it cannot be "

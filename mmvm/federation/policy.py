@@ -323,6 +323,15 @@ class SitePolicy:
                               f"to align; its node config allows "
                               f"{self.max_align_rows:,} (max-align-rows)")
 
+    def check_rows(self, site: str, rows: int) -> None:
+        """Refuse a secure run at describe where ``min-rows`` is more than the site's
+        training rows: no plan could pass :meth:`check_plan` (found at attach, late)."""
+        if self.min_rows > rows:
+            raise PolicyError(f"site {site}: its node config's min-rows = {self.min_rows} "
+                              f"is more than its {rows} training rows, so no plan can "
+                              f"train that many in a window; lower min-rows in its node "
+                              f"config (nothing was sent)")
+
     def check_plan(self, site: str, own_rows: np.ndarray,
                    shared: Mapping[str, np.ndarray]) -> None:
         """Refuse a secure run's plan in which a window's replies would describe too

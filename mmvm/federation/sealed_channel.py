@@ -98,6 +98,7 @@ class SealedChannel:
         if site.name != sec.site:
             raise SecurityError(f"node config names site {site.name!r} but its keys are "
                                 f"those of {sec.site!r}")
+        self.policy.check_rows(site.name, len(site.data))  # before the run id is used
         begin_once(sec)
         if self.align_mode == "psi":
             sec.state = {"mode": "psi"}

@@ -253,3 +253,22 @@ def test_a_plan_that_leaves_a_holder_idle_is_refused_by_the_server_first(
     sites, _, endpoints = _secure_setup(small, tmp_path / "round", tiny_polymnist,
                                         "hybrid")
     assert len(federate(small, endpoints, exchange="round", secure=True).history) == 1
+
+
+def test_a_min_rows_above_the_sites_rows_is_refused_at_describe(tiny_polymnist, cfg,
+                                                                  tmp_path):
+    """A secure-mode walkthrough: a site whose min-rows (1000) was above its 54 rows
+    was refused only at attach, after the PSI ring had carried its blinded ids, and
+    told to use larger batches, which no plan could satisfy. Now at describe, before
+    the run id is spent, naming the fix."""
+    from mmvm.federation.policy import PolicyError, SitePolicy
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state",
+                                 SitePolicy(test_bed=True, min_rows=100_000), "psi")
+    key, endpoint = next(iter(endpoints.items()))
+    with pytest.raises(PolicyError, match="min-rows = 100000 is more than its .* "
+                                          "training rows.*lower min-rows"):
+        endpoint.handle(DescribeRequest())
+    assert not list((tmp_path / "state").glob("*.secure-runs"))  # the run id unspent
