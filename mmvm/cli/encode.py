@@ -79,15 +79,12 @@ def _model(args: argparse.Namespace, device: str):
         raise ValueError(f"{args.site_state}: the state holds modalities {names}, the "
                          f"config {args.config} has {ours}; give the run's --config and "
                          f"--set")
-    if state.get("model") is None:
-        raise ValueError(f"{args.site_state}: the site's state from before it attached "
-                         f"to the run: no weights were trained (the run ended, or was "
-                         f"refused, before its first window)")
     try:
-        model = build_model(cfg, names)
-        why = _unlike(model.state_dict(), state["model"])
-        if not why:
-            model.load_state_dict(state["model"])
+        model = build_model(cfg, names)  # a state from before attach holds no weights:
+        weights = state.get("model")  # they are the seed's, as built here (untrained)
+        why = _unlike(model.state_dict(), weights) if weights is not None else ""
+        if weights is not None and not why:
+            model.load_state_dict(weights)
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         why = f"{type(err).__name__}: {str(err)[:300]}"
     if why:

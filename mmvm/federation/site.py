@@ -362,7 +362,8 @@ class Site:
         model or optimizer: the model is still the one the config's seed builds, and
         whoever starts runs could otherwise have the site write one a run (a review)."""
         self.settle()
-        began = self.link is not None or self.progress.phase not in PRE_ATTACH
+        began = self.link is not None or self.windows_done > 0 \
+            or self.progress.phase not in PRE_ATTACH
         state = {"model": self.model.state_dict() if began else None,
                  "optimizer": self._optimizer_state_dict() if began else None,
                  "windows_done": self.windows_done, "names": self.names,

@@ -189,7 +189,10 @@ def test_sigterm_stops_the_run_as_ctrl_c_does(tmp_path):
         run_id = re.search(r"mmvm run: stopped run (\d+)", out).group(1)
         text = fleet.flwr("ls", "--run-id", run_id, "--format", "json", "sim").stdout
         listed = json.loads(text[text.index("{"):])
-        assert listed["runs"][0]["status"].startswith("finished:stopped"), listed
+        # ended: stopped by Flower, or its ServerApp read the request and returned
+        # ("completed" in flwr's words) before training to the end: no results
+        assert listed["runs"][0]["status"].startswith("finished:"), listed
+        assert not (tmp_path / "runs" / f"run-{run_id}" / "results.json").exists()
 
 
 @pytest.mark.slow
