@@ -22,6 +22,7 @@ from mmvm.federation.admission import ANSI
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.messages import MessageError
 from mmvm.federation.posteriors import PosteriorError
+from mmvm.federation.sent_log import capped
 from mmvm.secure import session  # noqa: F401  (UnknownSiteError)
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import validate_site_name
@@ -112,9 +113,7 @@ def site_reason(text: str) -> str:
     if "Traceback" in out or "\n  File " in out:
         out = _cause(ANSI.sub("", out)) or out
     out = "".join(c if c.isprintable() or c == "\n" else " " for c in out)  # no escapes
-    if len(out) <= REASON_CHARS:  # a site's text: readable, not a flood in the log
-        return out
-    return f"{out[:REASON_CHARS]} ... ({len(out) - REASON_CHARS} more characters)"
+    return capped(out, REASON_CHARS)  # a site's text: readable, not a flood in the log
 
 
 _RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Iteration))"
