@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -40,19 +40,19 @@ from mmvm.cli.run_config import (
     parse_overrides,
     with_site_count,
 )
-from mmvm.cli.run_hints import CLUSTER_HINT, RAY_CLUSTER, after_run
+from mmvm.cli.run_hints import after_run
 from mmvm.cli.run_stop import (
     ASKED,
     EARLY,
     STOP_SIGNALS,
     first_run,
     kept_state,
-    nowhere,
     request_stop,
     run_folders,
     stopping_now,
     wait_for_stop,
 )
+from mmvm.cli.run_stream import RunStream
 from mmvm.config import ConfigError
 
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -63,26 +63,10 @@ QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
              "RAY_DEDUP_LOGS": "0",
              # Ray's FutureWarning about accelerator env vars (no GPU is requested)
              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
-
-
-# Third-party lines a person does not need, matched exactly (what mmvm could not fix at
-# the cause): Flower's unconditional note on the default simulation size (this command
-# sets the size) with its how-to, and Ray tearing actors down at the end of a run.
-NOISE = (re.compile(r"Since flwr 1\.32, default simulated SuperNodes changed from 10 to 2"),
-         re.compile(r"To change federation size, use the following command"),
-         re.compile(r"flwr federation simulation-config .* --num-supernodes <N>"),
-         re.compile(r"Manually terminating ClientAppActor"),
-         re.compile(r"^(\x1b\[[0-9;]*m)*(INFO|ERROR) ?(\x1b\[[0-9;]*m)*:\s*$"))  # empty log line
-# Flower's note on a ServerApp that raised, after mmvm's one line saying why: the
-# exception is mmvm's RunFailed, so "unhandled" and its link to exit code 700 mislead
-# (700: a simulation's ServerApp, 201: a deployment's)
-AFTER_FAILURE = (re.compile(r"(Simulation|ServerApp) raised an exception"),
-                 re.compile(r"Exit Code: (700|201)\b"),
-                 re.compile(r"An unhandled exception occurred (when running the "
-                            r"simulation|in the ServerApp)"),
-                 re.compile(r"For more information, visit: <https://flower\.ai/.*/"
-                            r"(700|201)\.html>"),
-                 re.compile(r"^\s*$"))
+# a run whose log stream ended while it goes on is followed again (flwr log), after a
+# pause, at most this many times
+ONGOING = ("pending", "starting", "running")
+FOLLOW_WAIT, MAX_FOLLOW = 2.0, 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -261,82 +245,67 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels
-
-
-RUN_LINE = re.compile(r"Successfully started run (\d+)")
-
-
 def _run(args: argparse.Namespace, cmd: list[str]) -> int:
-    """``flwr run`` streamed to the end. The first stop signal asks the ServerApp to
-    stop after its window (:mod:`mmvm.cli.run_stop`) and streaming goes on; a second
-    one, or a first where there is no window to wait for, asks flwr to end (SIGINT;
-    killed 15 s later if it has not): reading goes on to the end of its output, so no
-    line that names the run is lost, then the run is stopped with ``flwr stop`` while
-    further signals are ignored."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    """``flwr run`` streamed to the end, followed again (``flwr log``) where its stream
+    ends while the run goes on. The first stop signal asks the ServerApp to stop after
+    its window (:mod:`mmvm.cli.run_stop`) and streaming goes on; a second one, or a
+    first where there is no window to wait for, asks flwr to end (SIGINT; killed 15 s
+    later if it has not): reading goes on to the end of its output, so no line that
+    names the run is lost, then the run is stopped with ``flwr stop`` while further
+    signals are ignored."""
+    procs = [_spawn(cmd)]  # flwr run, then each flwr log that follows the run again
     signals: list[int] = []
-    seen: dict[str, str] = {}  # the run id, once flwr run has said it
     asked: list[str] = []  # what the first signal's request did (run_stop.ASKED, EARLY)
-    kill = threading.Timer(15, proc.kill)
+    kill = threading.Timer(15, lambda: procs[-1].kill())
     kill.daemon = True
 
     def on_signal(signum, frame):
         signals.append(signum)
-        if len(signals) == 1 and "run_id" in seen:
+        if len(signals) == 1 and out.run_id:
             asked.append(request_stop(*run_folders(parse_overrides(args.run_config),
-                                                   seen["run_id"]), seen["run_id"]))
+                                                   out.run_id), out.run_id))
             if asked[0] == ASKED:
                 return
         if len(signals) == 2:  # said at once: the stop itself may take seconds
-            stopping_now(seen.get("run_id", ""))
-        if not kill.is_alive() and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            stopping_now(out.run_id or "")
+        if not kill.is_alive() and procs[-1].poll() is None:
+            procs[-1].send_signal(signal.SIGINT)
             kill.start()
 
+    out = RunStream()
     before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        run_id, said = _stream(proc, seen, lambda: on_signal(signal.SIGPIPE, None))
+        final = None
+        while True:
+            out.follow(procs[-1], lambda: on_signal(signal.SIGPIPE, None))
+            if signals or not out.run_id:
+                break
+            final = status(cmd, args, out.run_id)
+            if final not in ONGOING or len(procs) > MAX_FOLLOW:
+                break
+            print(f"mmvm run: the log stream of run {out.run_id} ended while the run "
+                  f"goes on ({final}); following it again (flwr log {out.run_id} "
+                  f"--stream)", file=sys.stderr, flush=True)
+            time.sleep(FOLLOW_WAIT)
+            if signals:  # a stop meanwhile: nothing to follow, the run is stopped
+                break
+            procs.append(_spawn(_flwr(cmd, args, "log", out.run_id, "--stream")))
+            out.replaying()
         for sig in STOP_SIGNALS:  # from here on: the stop and the status query finish
             signal.signal(sig, signal.SIG_IGN)
         if signals:
-            return _stop(cmd, args, run_id, signals[0], asked[0] if asked else None,
+            return _stop(cmd, args, out.run_id, signals[0], asked[0] if asked else None,
                          now=len(signals) > 1)
-        return _final(cmd, args, run_id, proc.returncode, said)
+        return _final(cmd, args, out.run_id, procs[0].returncode, out.failed, final)
     finally:
         kill.cancel()
         for sig, handler in before.items():
             signal.signal(sig, handler)
 
 
-def _stream(proc: subprocess.Popen, seen: dict | None = None, broken=None
-            ) -> tuple[str | None, bool]:
-    """Show ``flwr run``'s output until it ends; the run id it started, if any (also
-    in ``seen["run_id"]`` as soon as it is said), and whether the ServerApp said why
-    it failed. A reader that goes (``| head``): the rest goes nowhere, ``broken()``."""
-    run_id, plain = None, not sys.stdout.isatty()  # a log file or a pipe: no colour codes
-    failed = False  # mmvm said why the run failed
-    for line in proc.stdout:
-        started = RUN_LINE.search(line)
-        if started and run_id is None:
-            run_id = started.group(1)
-            if seen is not None:
-                seen["run_id"] = run_id
-        quiet = NOISE + AFTER_FAILURE if failed else NOISE
-        if not any(p.search(line) for p in quiet):
-            try:
-                sys.stdout.write(ANSI.sub("", line) if plain else line)
-                sys.stdout.flush()
-            except BrokenPipeError:  # the rest (and at exit) to /dev/null; stop the run
-                nowhere(sys.stdout, sys.stderr)
-                broken and broken()
-        failed = failed or line.startswith("mmvm: run failed:")
-        if RAY_CLUSTER in line:  # the SuperLink's Ray is a cluster: what to do
-            failed = True
-            print(CLUSTER_HINT, file=sys.stderr, flush=True)
-    proc.wait()
-    return run_id, failed
+def _spawn(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
 
 
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int,
@@ -385,16 +354,18 @@ def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: 
 
 
 def _final(cmd: list[str], args: argparse.Namespace, run_id: str | None, code: int,
-           said: bool = False) -> int:
+           said: bool = False, final: str | None = None) -> int:
+    """The run's status (``final``, where it was asked already) said, with a hint
+    where it did not complete; exit status 0 only for a completed run."""
     if run_id is None:
         print(f"mmvm run: flwr run did not start a run (exit code {code})",
               file=sys.stderr)
         return 1
-    final = status(cmd, args, run_id)
+    final = final or status(cmd, args, run_id)
     ok = final == "finished:completed"
     print(f"mmvm run: run {run_id} {final}", file=sys.stdout if ok else sys.stderr)
-    hint = after_run(final, code, said, run_id, first_run(parse_overrides(args.run_config),
-                                                      run_id))
+    hint = after_run(final, code, said, run_id,
+                     first_run(parse_overrides(args.run_config), run_id), args.connection)
     if hint:
         print(hint, file=sys.stderr)
     return 0 if ok else 1

@@ -11,10 +11,17 @@ CLUSTER_HINT = ("mmvm run: the SuperLink's Ray is an existing cluster (its RAY_A
                 "as deploy/README.md section 6 shows")
 
 
-def after_run(final: str, code: int, said: bool, run_id: str, first: str) -> str | None:
+def after_run(final: str, code: int, said: bool, run_id: str, first: str,
+              connection: str | None = None) -> str | None:
     """The hint for a run whose status is ``final`` once ``flwr run`` exited with
     ``code``; ``said``: its ServerApp printed why it failed (and its own hint);
-    ``first``: the id its state is kept under (the run it resumes, or its own)."""
+    ``first``: the id its state is kept under (the run it resumes, or its own);
+    ``connection``: the flwr connection it ran on (None: flwr's default)."""
+    if not final.startswith(("finished", "unknown")):  # followed again and again
+        on = f" {connection}" if connection else ""
+        return (f"mmvm run: the log stream of run {run_id} kept ending while the run "
+                f"goes on in the SuperLink; follow it with flwr log {run_id}{on} "
+                f"--stream and see its status with flwr ls{on} --run-id {run_id}")
     if not final.startswith("finished"):  # flwr run ended, the run did not
         return (f"mmvm run: flwr run lost the SuperLink while run {run_id} ran (exit "
                 f"code {code}); its ServerApp may still be training without it (a "

@@ -156,18 +156,25 @@ def test_an_early_stop_waits_for_a_serverapp_that_attaches_after_flwr_run_ended(
 
 
 def test_a_run_that_outlived_flwr_run_says_what_to_do(monkeypatch, capsys):
-    """The SuperLink was killed: flwr run ended, the run was listed as running, and
-    mmvm run said only 'run X running' (the ServerApp trained on without it)."""
+    """The SuperLink was killed: flwr run ended, and mmvm run said only the status
+    (the ServerApp trained on without it). A run still listed as running once its
+    stream was followed again as often as mmvm run does is said to go on."""
     import argparse
 
     from mmvm.cli import run as run_cli
 
-    monkeypatch.setattr(run_cli, "status", lambda *a: "running")
+    monkeypatch.setattr(run_cli, "status", lambda *a: "unknown (connection refused)")
     args = argparse.Namespace(connection=None, run_config="resume='7' exchange='step'")
     assert run_cli._final(["flwr", "run"], args, "42", 1) == 1
     err = capsys.readouterr().err
-    assert err.startswith("mmvm run: run 42 running\nmmvm run: flwr run lost the SuperLink ")
+    assert err.startswith("mmvm run: run 42 unknown (connection refused)\n"
+                          "mmvm run: flwr run lost the SuperLink ")
     assert "continue it with the same --run-config and resume='7'" in err
+    args.connection = "lab"
+    assert run_cli._final(["flwr", "run"], args, "42", 0, final="running") == 1
+    err = capsys.readouterr().err
+    assert "kept ending while the run goes on" in err and "resume" not in err
+    assert "flwr log 42 lab --stream" in err and "flwr ls lab --run-id 42" in err
 
 
 def test_a_run_whose_serverapp_died_says_how_to_resume(monkeypatch, capsys):
@@ -192,14 +199,16 @@ def test_a_simulation_on_a_ray_cluster_given_a_cpu_count_says_what_to_do(capsys)
     """deploy/README said to set RAY_ADDRESS only for the SuperLink: mmvm run then
     gave the simulation a CPU count, which Ray refuses on an existing cluster (a
     ValueError among Flower's tracebacks, and 'finished:failed')."""
-    from mmvm.cli import run as run_cli
+    from mmvm.cli.run_stream import RunStream
 
     lines = ("Successfully started run 42\n"
              "ValueError: When connecting to an existing cluster, num_cpus and num_gpus "
              "must not be provided.\n")
     proc = subprocess.Popen([sys.executable, "-c", f"print({lines!r}, end='')"],
                             stdout=subprocess.PIPE, text=True)
-    assert run_cli._stream(proc) == ("42", True)  # said: no "without a reason" hint
+    out = RunStream()
+    out.follow(proc)
+    assert (out.run_id, out.failed) == ("42", True)  # said: no "without a reason" hint
     err = capsys.readouterr().err
     assert "give mmvm run the same RAY_ADDRESS" in err
 

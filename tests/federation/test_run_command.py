@@ -233,20 +233,36 @@ def _kill_a_site_host(fleet: Fleet) -> int:
     raise AssertionError("no site host of this fleet is running")
 
 
+def _cut_the_log_stream(fleet: Fleet) -> None:
+    """SIGKILL the ``flwr run`` that streams this fleet's run to ``mmvm run``, as a
+    dropped connection ends it; the run goes on in the SuperLink."""
+    pids = pids_mentioning("flwr run ", fleet.env["FLWR_HOME"])
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
     """A simulated site's host process killed mid-run (out of memory, say) is started
     again from the site's last checkpoint within the window: the run completes with
     the site, says which windows it trained from an older state, and shows no Ray
-    traceback (it failed after max-refused windows, each line a traceback)."""
+    traceback (it failed after max-refused windows, each line a traceback). At the
+    same moment the console's log stream is cut: ``mmvm run`` follows the run again
+    and shows each of its lines once (it said the run outlived flwr run, which it
+    had not)."""
     # the sites' state is written after attach and the last window only: whenever the
     # host dies, its successor has lost every window since attach (a checkpoint just
     # before the kill would leave nothing lost: the test would race the saves)
     rc = (f"set='train.epochs=3;train.batch_size=100' exchange='step' n-train=300 "
           f"n-test=100 eval-data='' checkpoint-every=100 {_dirs(tmp_path)}")
+
+    def faults(_):
+        _kill_a_site_host(fleet)
+        _cut_the_log_stream(fleet)
+
     with Fleet(tmp_path / "fleet") as fleet:
         fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        proc, out = _acting(fleet, rc, "window 5/", lambda _: _kill_a_site_host(fleet))
+        proc, out = _acting(fleet, rc, "window 5/", faults)
     assert proc.returncode == 0, out[-4000:]
     # Ray says a worker died ("(raylet) ... SYSTEM_ERROR"); Flower logs no exception
     assert "Traceback" not in out and "ERROR :" not in out, out[-4000:]
@@ -258,6 +274,12 @@ def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
     # that triggers the kill is read (a loaded CI machine read it at window 9 once)
     assert 5 <= restarts[0]["window"] <= 8
     assert f"{site} restarted from its state after attach" in out
+    run_id = re.search(r"Successfully started run (\d+)", out).group(1)
+    assert f"the log stream of run {run_id} ended while the run goes on" in out, out
+    windows = [ln for ln in out.splitlines() if re.search(r"\bwindow \d/9 ", ln)]
+    assert [re.search(r"window (\d)/9", ln).group(1) for ln in windows] == \
+        [str(k) for k in range(1, 10)], "\n".join(windows)
+    assert f"mmvm run: run {run_id} finished:completed" in out
 
 
 @pytest.mark.slow
