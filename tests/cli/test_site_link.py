@@ -1,6 +1,6 @@
 """``mmvm site check --superlink``: the TLS check against a TLS server on 127.0.0.1
 with certificates made by ``deploy/make_keys.py`` (the real SuperLink is checked in
-tests/deploy/test_tls_superlink.py)."""
+tests/deploy/test_deployment.py)."""
 
 from __future__ import annotations
 

@@ -16,18 +16,26 @@ tests then
   of ``tests/support/audit_app.py`` around the product's) for raw sample ids,
   plaintext posterior tables and the posterior values that travelled inside
   envelopes (the training's and the cross-site evaluation's);
-* start a fourth SuperNode with an unregistered key and see it refused;
+* check the SuperLink's TLS (``mmvm site check --superlink``: its CA verifies it,
+  another does not);
+* start a fourth SuperNode with an unregistered key and see it refused (the three
+  registered ones stay the only nodes listed);
 * run with the server flipping one byte of one routed envelope: the run fails with
   the recipient's TamperedEnvelopeError and that site's state did not advance;
-* run with one site's window reply spoiled (a NaN loss): the server refuses it and
-  the run completes without that site for that window.
+* refuse a run at a site pinned to another app bundle, then complete it pinned to
+  this one, with one site's window reply spoiled (a NaN loss) on the way: the server
+  refuses it and the run completes without that site for that window;
+* restart the three sites in plaintext, each keeping its weights
+  (``allow-collect=false``): the cross-site evaluation is then the run's only
+  coherence and imputation.
 
-Every process started is stopped in ``finally`` (and checked). About 1.5 minutes.
+Every process started is stopped in ``finally`` (and checked). About 4 minutes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sys
@@ -39,6 +47,8 @@ import numpy as np
 import pytest
 
 from deploy import make_keys
+from mmvm.cli.site_findings import ERROR, OK, NodeCheck
+from mmvm.cli.site_link import check_superlink
 from tests.support.audit_app import blobs_in, read_dump
 from tests.support.deployment import SITES, Deployment
 from tests.support.processes import wait_for_log
@@ -176,6 +186,20 @@ def test_server_never_handles_ids_or_plaintext_posteriors(deployment, good_run):
     # recipient's evaluate message
 
 
+def test_the_superlink_speaks_tls_that_only_its_ca_verifies(deployment, tmp_path):
+    """What ``mmvm site check --superlink`` finds: the SuperLink's certificate is
+    verified by the deployment's CA and by no other."""
+    assert "Uvicorn running on https://" in deployment.link.process.log_text()
+    check = NodeCheck("a")
+    check_superlink(check, deployment.link.address, str(deployment.keys / "ca.crt"))
+    assert [f.status for f in check.findings] == [OK], check.findings
+    other = tmp_path / "other"
+    make_keys.write_all(make_keys.pki_files(other, ["localhost"]), force=False)
+    check_superlink(check, deployment.link.address, str(other / "ca.crt"))
+    assert check.findings[-1].status == ERROR
+    assert f"does not verify against {other / 'ca.crt'}" in check.findings[-1].detail
+
+
 def test_unregistered_site_is_refused(deployment):
     other = deployment.root / "intruder"
     assert make_keys.main(["--out", str(other), "--sites", "mallory"]) == 0
@@ -189,6 +213,11 @@ def test_unregistered_site_is_refused(deployment):
         proc.log_text()
     proc.popen.wait(60)
     assert proc.popen.returncode != 0
+    assert "No SuperNode found with the given public key" in \
+        deployment.link.process.log_text()
+    listed = deployment.fleet.flwr("supernode", "list", "mmvm", "--format", "json")
+    nodes = json.loads(listed.stdout)["nodes"]  # the three registered sites only
+    assert [n["status"] for n in nodes] == ["online"] * len(SITES), listed.stdout
 
 
 def test_tampered_envelope_fails_the_run_and_applies_nothing(deployment, good_run):
@@ -206,24 +235,6 @@ def test_tampered_envelope_fails_the_run_and_applies_nothing(deployment, good_ru
     guard = json.loads((state / f"{victim}.guard.json").read_text())
     assert guard["latest_round"][sender] == 0  # only the id-key round was accepted
     assert not (deployment.out / f"run-{run_id}" / "results.json").exists()
-
-
-def test_a_refused_reply_leaves_the_site_out_of_that_window_only(deployment, good_run):
-    """The server refuses one site's window-0 reply (it reports a NaN loss, as a site
-    whose training diverged would): the run goes on without that site for window 0
-    (its envelopes are not routed; the others' priors lack its modality), and the
-    site trains window 1 and is evaluated."""
-    run_id, out = deployment.run(**{"test-spoil-window": 0, "cross-eval": "off"})
-    assert deployment.status(run_id) == "finished:completed", out
-    m = re.search(r"TEST spoil: (\w+)'s reply to window 0", out)
-    assert m, out
-    site = m.group(1)
-    assert re.search(rf"window 1/2 .*\(without {site}: refused, sent metrics .*nan", out), out
-    res = json.loads((deployment.out / f"run-{run_id}" / "results.json").read_text())
-    assert res["missed_windows"] == {site: [0]}
-    (refusal,) = res["refused_windows"][site]
-    assert refusal["window"] == 0 and "not finite" in refusal["reason"]
-    assert sorted(e["site"] for e in res["evaluation"].values()) == list(SITES)
 
 
 def test_a_secure_site_refuses_a_plaintext_run(deployment, good_run):
@@ -248,8 +259,9 @@ def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
     SuperExec pinned to the product's release (``flwr run`` of the repository)
     refuses this deployment's app (the product plus the test's audit ServerApp):
     the run fails at describe with c's reason, and c ran none of the bundle's code
-    (no state folder of that run). Pinned to this app's hash, the same run completes.
-    (Last in the module: site c stays pinned.)"""
+    (no state folder of that run). Pinned to this app's hash, the same run completes,
+    one site's window-0 reply refused on the way (:func:`_refused_reply_costs_window_0`).
+    (Site c stays pinned until the plaintext test restarts every site.)"""
     from deploy.fab_pin import fab_sha256
 
     dep, root = deployment, Path(__file__).resolve().parents[2]
@@ -266,8 +278,9 @@ def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
     assert "FabRefused" in pinned.log_text()  # the site's own log says it too
     copies = set(Path(tempfile.gettempdir()).glob("mmvm-fab-*"))
     dep.restart_superexec("c", "c-pinned-app", "--allow-fab", app)
-    run_id, out = dep.run(**{"cross-eval": "off"})
+    run_id, out = dep.run(**{"cross-eval": "off", "test-spoil-window": 0})
     assert dep.status(run_id) == "finished:completed", out
+    _refused_reply_costs_window_0(dep, run_id, out)
     assert (dep.state / "c" / f"run-{run_id}" / "c.pt").is_file()
     # each task's private copy of the bundle is removed when the task ends
     deadline = time.monotonic() + 20
@@ -275,3 +288,43 @@ def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
             time.monotonic() < deadline:
         time.sleep(0.5)
     assert not set(Path(tempfile.gettempdir()).glob("mmvm-fab-*")) - copies
+
+
+def test_plaintext_sites_that_keep_their_weights_get_coherence_and_imputation(
+        deployment, good_run):
+    """The same three sites restarted without keys, each with ``allow-collect=false``
+    in its node config: the server assembles no model and holds no data, so the
+    cross-site evaluation is the run's only coherence and imputation: each site sends
+    its test posteriors and scores its own modality from the other two sites'. (Last
+    in the module: the sites stay plaintext.)"""
+    dep = deployment
+    dep.restart_nodes(plaintext="allow-collect=false")
+    run_id, out = dep.run(secure=False, **{"collect-model": True})
+    assert dep.status(run_id) == "finished:completed", out
+    folder = dep.out / f"run-{run_id}"
+    res = json.loads((folder / "results.json").read_text())
+    assert sorted(res["kept_weights"]) == list(SITES)  # their node configs said so
+    assert not (folder / "checkpoint.pt").exists()
+    cross = res["cross_site"]
+    pairs = {f"m{i}->m{j}" for i in range(3) for j in range(3) if i != j}
+    assert set(cross["imputation"]["pairs"]) == pairs, cross
+    assert cross["imputation"]["samples"] == 48 and res["cross_site_notes"] == {}
+    assert all(math.isfinite(v) for v in cross["imputation"]["pairs"].values())
+    assert set(cross["coherence"]["pairs"]) == pairs | {f"m{i}->m{i}" for i in range(3)}
+    assert all(0.0 <= v <= 1.0 for v in cross["coherence"]["pairs"].values())
+    assert "cross-site evaluation" in out and "imputation NLL" in out
+
+def _refused_reply_costs_window_0(dep, run_id: int, out: str) -> None:
+    """The server refused one site's window-0 reply (it reports a NaN loss, as a site
+    whose training diverged would): the run went on without that site for window 0
+    (its envelopes not routed; the others' priors lacked its modality), and the site
+    trained window 1 and was evaluated."""
+    m = re.search(r"TEST spoil: (\w+)'s reply to window 0", out)
+    assert m, out
+    site = m.group(1)
+    assert re.search(rf"window 1/2 .*\(without {site}: refused, sent metrics .*nan", out), out
+    res = json.loads((dep.out / f"run-{run_id}" / "results.json").read_text())
+    assert res["missed_windows"] == {site: [0]}
+    (refusal,) = res["refused_windows"][site]
+    assert refusal["window"] == 0 and "not finite" in refusal["reason"]
+    assert sorted(e["site"] for e in res["evaluation"].values()) == list(SITES)

@@ -96,7 +96,7 @@ def test_sites_drop_out_rejoin_and_the_server_resumes(tmp_path):
         dep.restart_superlink()
         run.wait(60)
         first = int(re.search(r"Successfully started run (\d+)", log.read_text()).group(1))
-        run = dep.submit(log2, **opts, **{"resume": str(first), "connect-timeout": 30.0})
+        run = dep.submit(log2, **opts, **{"resume": str(first), "connect-timeout": 10.0})
         run.wait(600)
     finally:
         if run is not None and run.poll() is None:

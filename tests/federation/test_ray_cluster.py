@@ -7,6 +7,13 @@ every ClientApp actor must be scheduled on the worker node. That is what the tes
 checks, from the worker node's own Ray session logs, next to the run's status
 (`flwr ls`, since `flwr run --stream` exits 0 on failure) and its results.
 This is the single-machine rehearsal of deploy/README.md section 6.
+
+The run is also the suite's proof that a plain `flwr run` simulation learns: 5 rats =
+5 sites (one modality each), per-round exchange, float16 posteriors, on the dense (v1)
+look-alike, whose strong odor code 12 epochs learn (probes > 0.4; the default one is
+weak by design, docs/hippocampus-lookalike.md), with the cross-site evaluation at the
+end. (A Ray that Flower starts itself runs `mmvm run`'s simulations:
+tests/federation/test_run_command.py.)
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from tests.support.processes import QUIET_ENV, pids_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = 5
+WIDTHS = ";".join(f"model.modalities.rat{i}.width=32" for i in range(1, SITES + 1))
 
 
 def _actor_logs(node, actor: str = "ClientAppActor") -> list[Path]:
@@ -39,9 +47,10 @@ def _actor_logs(node, actor: str = "ClientAppActor") -> list[Path]:
 
 @pytest.mark.slow
 def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
-    rc = (f"config='configs/hippocampus.toml' set='train.epochs=2;train.device=cpu' "
-          f"num-sites={SITES} data-dir='{tmp_path}/data' out-dir='{tmp_path}/runs' "
-          f"state-dir='{tmp_path}/state' eval-data=''")
+    rc = (f"config='configs/hippocampus.toml' "
+          f"set='train.epochs=12;train.lr=3e-3;train.device=cpu;{WIDTHS}' "
+          f"num-sites={SITES} exchange='round' hippocampus='dense' "
+          f"data-dir='{tmp_path}/data' out-dir='{tmp_path}/runs' state-dir='{tmp_path}/state'")
     fleet = Fleet(tmp_path / "fleet")
     ray_root = None
     try:
@@ -55,7 +64,7 @@ def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
         link = fleet.start_superlink(simulation=True, ray_address=head)
         fleet.write_connection("sim", link)
         res = fleet.flwr(
-            "run", str(ROOT), "sim", "--stream", "--run-config", f"{rc} cross-eval='off'",
+            "run", str(ROOT), "sim", "--stream", "--run-config", rc,
             "--federation-config",
             f"num-supernodes={SITES} client-resources-num-cpus=1", timeout=900)
         out = res.stdout + res.stderr
@@ -68,9 +77,9 @@ def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
         assert "completed" in str(run.get("status", run)), (
             f"run {run_id}: {run}\n{out[-3000:]}\n{link.process.log_text()[-3000:]}")
 
-        results = tmp_path / "runs" / f"run-{run_id}" / "results.json"
-        assert results.exists()
-        assert json.loads(results.read_text())["windows"] == 2
+        _learned(json.loads((tmp_path / "runs" / f"run-{run_id}" / "results.json")
+                            .read_text()), out)
+        assert (tmp_path / "runs" / f"run-{run_id}" / "checkpoint.pt").exists()
 
         # The simulation used *this* cluster, and its actors ran on the worker:
         # one actor process per 1-CPU site slot of the worker's 2 CPUs.
@@ -94,6 +103,23 @@ def test_flwr_run_on_ray_cluster_head_and_worker(tmp_path):
     for proc in fleet.processes:
         assert proc.popen.poll() is not None, proc.name
     assert not _pids_in_groups(groups), "processes left in the fleet's groups"
+
+
+def _learned(results: dict, out: str) -> None:
+    """12 windows of 5 sites that learned the odor, and each rat scored from the
+    other four rats' test posteriors."""
+    assert results["windows"] == 12
+    assert results["settings"]["num_sites"] == SITES and "layout" in results["settings"]
+    assert "deployment" not in results["settings"] and results["bytes_total"] > 0
+    probes = [v for ev in results["evaluation"].values() for k, v in ev.items()
+              if k.startswith("probe/")]
+    assert len(probes) == SITES
+    assert min(probes) > 0.4, f"odor probes {probes} (chance 0.25)"
+    cross = results["cross_site"]
+    assert len(cross["imputation"]["pairs"]) == 20 and results["cross_site_notes"] == {}
+    assert set(cross["imputation"]["n"].values()) == {cross["imputation"]["samples"]}
+    assert cross["coherence"]["mean"] > 0.4, cross["coherence"]  # odor: chance 0.25
+    assert "cross-site evaluation" in out and "coherence" in out
 
 
 def _site_resources_no_node_has_are_refused(address: str, tmp_path: Path) -> None:

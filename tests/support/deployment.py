@@ -30,6 +30,7 @@ from tests.support.processes import (
     free_port,
     kill_until_gone,
     pids_mentioning,
+    stop_process,
     wait_for_log,
 )
 
@@ -204,6 +205,18 @@ class Deployment:
             self.kill_node(s)
             time.sleep(3)
         raise AssertionError(f"SuperNode {s} did not come back:\n{proc.log_text()}")
+
+    def restart_nodes(self, plaintext: str | None) -> None:
+        """Every site stopped as its operator would (SIGTERM: the SuperNode
+        deactivates its node key at the SuperLink) and started again with node
+        configs of ``plaintext`` (see ``__init__``), same keys, data and state."""
+        for s in SITES:
+            stop_process(self.nodes[s].popen)
+            if s in self.execs:
+                stop_process(self.execs.pop(s).popen)
+        self.plaintext = plaintext
+        for s in SITES:
+            self.restart_node(s)
 
     def _run_args(self, extra: dict) -> list[str]:
         cfg = {"config": "configs/tiny.toml", "set": "", "num-sites": 3,
