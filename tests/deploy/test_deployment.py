@@ -4,9 +4,9 @@ One SuperLink (TLS, SuperNode authentication) and three registered SuperNodes
 (sites a, b, c: one PolyMNIST modality each, data written by the test, keys by
 ``deploy.make_keys``) are started once for the module, each SuperNode with
 ``--isolation process`` and the site's fork-server SuperExec next to it
-(``deploy.superexec_fork``, deploy/README.md section 8; Flower's stock SuperExec, a
-``flwr-clientapp`` process per message, is what test_two_hospitals.py runs); the
-tests then
+(``deploy.superexec_fork``, deploy/README.md section 8; the last test restarts them
+with Flower's stock SuperExec, a ``flwr-clientapp`` process per message); the tests
+then
 
 * run a 2-window federation with ``secure = true`` and check its final status
   (``flwr ls``), the ``results.json`` the server wrote, and that every ClientApp
@@ -25,9 +25,9 @@ tests then
 * refuse a run at a site pinned to another app bundle, then complete it pinned to
   this one, with one site's window reply spoiled (a NaN loss) on the way: the server
   refuses it and the run completes without that site for that window;
-* restart the three sites in plaintext, each keeping its weights
-  (``allow-collect=false``): the cross-site evaluation is then the run's only
-  coherence and imputation.
+* restart the three sites in plaintext with Flower's stock SuperExec, each keeping
+  its weights (``allow-collect=false``): the cross-site evaluation is then the run's
+  only coherence and imputation.
 
 Every process started is stopped in ``finally`` (and checked). About 4 minutes.
 """
@@ -295,10 +295,12 @@ def test_plaintext_sites_that_keep_their_weights_get_coherence_and_imputation(
     """The same three sites restarted without keys, each with ``allow-collect=false``
     in its node config: the server assembles no model and holds no data, so the
     cross-site evaluation is the run's only coherence and imputation: each site sends
-    its test posteriors and scores its own modality from the other two sites'. (Last
-    in the module: the sites stay plaintext.)"""
+    its test posteriors and scores its own modality from the other two sites'. The
+    SuperNodes now run Flower's stock SuperExec (a ``flwr-clientapp`` process per
+    message; the only test of that path: the guides run the fork server). (Last in
+    the module: the sites stay so.)"""
     dep = deployment
-    dep.restart_nodes(plaintext="allow-collect=false")
+    dep.restart_nodes(plaintext="allow-collect=false", fork=False)
     run_id, out = dep.run(secure=False, **{"collect-model": True})
     assert dep.status(run_id) == "finished:completed", out
     folder = dep.out / f"run-{run_id}"

@@ -23,7 +23,7 @@ one is shown in one process, where the row order of the sealed protocol can be f
 tests/federation/test_resume.py.) The fork-server SuperExec answers a message in a
 forked child of a process that imported torch once; with Flower's stock SuperExec (a
 ``flwr-clientapp`` process per message, ~12 s a window on 2 slow cores; that path is
-what tests/deploy/test_two_hospitals.py runs) this test took 5 minutes.
+what tests/deploy/test_deployment.py's last test runs) this test took 5 minutes.
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ studies. From one tiny tree in the published MIMIC-CXR-JPG layout
    ``make_keys --site``, the operator's ``--directory``; each site checks the
    directory's fingerprints with the guide's one-liner;
 3. the SuperLink with TLS, SuperNode authentication and ``--database``; both keys
-   registered (``flwr supernode register``); both SuperNodes with the guide's node
-   configs (``site``, ``data``, ``keys``, ``directory``, ``state``, ``peers``): A's
-   on the command line, B's in a TOML file, each with the guide's environment for
-   two SuperNodes on one machine; ``flwr supernode list`` shows both online;
+   registered (``flwr supernode register``); both SuperNodes (``--isolation
+   process``) with the guide's node configs (``site``, ``data``, ``keys``,
+   ``directory``, ``state``, ``peers``): A's on the command line, B's in a TOML file;
+   next to each, the fork-server SuperExec pinned to the bundle hash ``mmvm site
+   check --config`` printed, as the guide starts it for two sites on one machine;
+   ``flwr supernode list`` shows both online;
 4. ``flwr run`` with the guide's run config (``configs/mimic_cxr_64.toml``,
    ``num-sites=2 eval-data='' secure=true align='psi' collect-model=false``); the run ends
    ``finished:completed`` (``flwr ls``), ``results.json`` names both sites and says
@@ -25,7 +27,8 @@ studies. From one tiny tree in the published MIMIC-CXR-JPG layout
 
 The strings the guide gives for the node configs and the run config are checked to
 be in the guide, so the two cannot drift apart. Every process started is stopped
-in ``finally``. About 2.5 minutes on 2 idle cores (3 without the environment).
+in ``finally``. About 2 minutes on 2 idle cores (4 with Flower's stock SuperExec,
+which the guide no longer runs: it has no pin).
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ DIGEST = config_digest(load_config(ROOT / "configs" / "mimic_cxr_64.toml"))
 VIEW_OF = {dicom: "lateral" if view in ("LATERAL", "LL") else "frontal"
            for studies in mimic_studies(40).values() for images in studies.values()
            for dicom, view in images}
-# the guide's SuperNode environment for two sites on one machine (section 4)
-NODE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "OMP_NUM_THREADS": "1"}
+# the guide's SuperExec for two sites on one machine (section 4), on its SuperNode's port
+SUPEREXEC = ("python -m deploy.superexec_fork --insecure --runtime-api-address "
+             "127.0.0.1:{port} --threads 1 --allow-fab {fab}")
 RUN_CONFIG = ("config='configs/mimic_cxr_64.toml' num-sites=2 eval-data='' "
               "secure=true align='psi' collect-model=false")
 pytestmark = [
@@ -178,9 +182,13 @@ def test_two_hospital_walkthrough(tmp_path):
             out = fleet.register(keys[site] / f"{site}.pub", "mmvm")
             assert "registered successfully" in out, out
         assert f"--node-config '{_inline(_generic('hospital-a'))}'" in guide
-        assert " ".join(f"{k}={v}" for k, v in NODE_ENV.items()) + " flower-supernode" \
-            in guide
+        assert "flower-supernode --isolation process --superlink" in guide
+        assert SUPEREXEC.format(port=9094, fab="...") in guide
         assert _toml(_generic("hospital-b")) in guide
+        # the bundle both hospitals pin: this checkout's, as the operator submits it
+        res = _sh(fleet, mmvm, "site", "check", "--config",
+                  ROOT / "configs" / "mimic_cxr_64.toml")
+        fab = re.search(r"--allow-fab ([0-9a-f]{64})", res.stdout).group(1)
         nodes, state = {}, {}
         for site in SITES:
             peer = next(p for p in SITES if p != site)
@@ -196,10 +204,13 @@ def test_two_hospital_walkthrough(tmp_path):
                       ROOT / "configs" / "mimic_cxr_64.toml", "--node-config", text)
             assert f"mmvm site check: {site}: ready; 0 warning(s)" in res.stdout, \
                 res.stdout
+            node_port = free_port()
             nodes[site] = fleet.start_supernode(
                 site, f"127.0.0.1:{port}", auth_key=keys[site] / site,
-                root_certificates=keys[site] / "ca.crt", port=free_port(),
-                node_config=text, env=NODE_ENV)
+                root_certificates=keys[site] / "ca.crt", port=node_port,
+                node_config=text, extra_args=["--isolation", "process"])
+            fleet.start(f"superexec-{site}", [str(python), *SUPEREXEC.format(
+                port=node_port, fab=fab).split()[1:]])
         for proc in nodes.values():
             assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
                 proc.log_text()

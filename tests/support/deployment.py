@@ -36,6 +36,10 @@ from tests.support.processes import (
 
 BIN = Path(sys.executable).parent
 SITES = ("a", "b", "c")
+# a stock SuperNode's environment, which its SuperExec and flwr-clientapp processes
+# inherit (deploy/README.md section 8): tasks picked up within 50 ms, not 1 s; one
+# torch thread per site of the three on this machine's cores
+STOCK_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "OMP_NUM_THREADS": "1"}
 
 TINY = """
 [data]
@@ -153,7 +157,8 @@ class Deployment:
             log_name or s, self.link, auth_key=site_dir / s, root_certificates=self.keys / "ca.crt",
             port=self.ports[s], extra_args=["--isolation", "process"] if self.fork else (),
             node_config=f'site="{s}" data="{self.data[s]}" {policy} '
-                        f'state="{self.state / s}"')
+                        f'state="{self.state / s}"',
+            env=None if self.fork else STOCK_ENV)
         if self.fork and superexec:
             self.start_superexec(s, log_name)
         return node
@@ -206,15 +211,16 @@ class Deployment:
             time.sleep(3)
         raise AssertionError(f"SuperNode {s} did not come back:\n{proc.log_text()}")
 
-    def restart_nodes(self, plaintext: str | None) -> None:
+    def restart_nodes(self, plaintext: str | None, fork: bool) -> None:
         """Every site stopped as its operator would (SIGTERM: the SuperNode
         deactivates its node key at the SuperLink) and started again with node
-        configs of ``plaintext`` (see ``__init__``), same keys, data and state."""
+        configs of ``plaintext`` and ``fork`` (see ``__init__``), same keys, data and
+        state."""
         for s in SITES:
             stop_process(self.nodes[s].popen)
             if s in self.execs:
                 stop_process(self.execs.pop(s).popen)
-        self.plaintext = plaintext
+        self.plaintext, self.fork = plaintext, fork
         for s in SITES:
             self.restart_node(s)
 
