@@ -23,8 +23,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 import tomllib
 from pathlib import Path
 
@@ -52,7 +50,7 @@ from mmvm.cli.run_stop import (
     stopping_now,
     wait_for_stop,
 )
-from mmvm.cli.run_stream import RunStream
+from mmvm.cli.run_stream import Console, RunStream, follow_run
 from mmvm.config import ConfigError
 
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -63,10 +61,6 @@ QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
              "RAY_DEDUP_LOGS": "0",
              # Ray's FutureWarning about accelerator env vars (no GPU is requested)
              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
-# a run whose log stream ended while it goes on is followed again (flwr log), after a
-# pause, at most this many times
-ONGOING = ("pending", "starting", "running")
-FOLLOW_WAIT, MAX_FOLLOW = 2.0, 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -131,8 +125,12 @@ def _flwr(cmd: list[str], args: argparse.Namespace, *extra: str) -> list[str]:
 
 def status(cmd: list[str], args: argparse.Namespace, run_id: str) -> str:
     """The run's status as the SuperLink reports it (e.g. ``finished:completed``)."""
-    res = subprocess.run(_flwr(cmd, args, "ls", "--run-id", run_id, "--format", "json"),
-                         env=_env(), capture_output=True, text=True, timeout=120)
+    try:
+        res = subprocess.run(_flwr(cmd, args, "ls", "--run-id", run_id, "--format",
+                                   "json"), env=_env(), capture_output=True, text=True,
+                             timeout=120)
+    except subprocess.TimeoutExpired:
+        return "unknown (flwr ls did not answer within 120 s)"
     try:
         doc = json.loads(res.stdout[res.stdout.index("{"):])
         return str(doc["runs"][0]["status"])
@@ -253,11 +251,9 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
     later if it has not): reading goes on to the end of its output, so no line that
     names the run is lost, then the run is stopped with ``flwr stop`` while further
     signals are ignored."""
-    procs = [_spawn(cmd)]  # flwr run, then each flwr log that follows the run again
+    console = Console(cmd, _env())
     signals: list[int] = []
     asked: list[str] = []  # what the first signal's request did (run_stop.ASKED, EARLY)
-    kill = threading.Timer(15, lambda: procs[-1].kill())
-    kill.daemon = True
 
     def on_signal(signum, frame):
         signals.append(signum)
@@ -268,44 +264,25 @@ def _run(args: argparse.Namespace, cmd: list[str]) -> int:
                 return
         if len(signals) == 2:  # said at once: the stop itself may take seconds
             stopping_now(out.run_id or "")
-        if not kill.is_alive() and procs[-1].poll() is None:
-            procs[-1].send_signal(signal.SIGINT)
-            kill.start()
+        console.interrupt()
 
     out = RunStream()
     before = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        final = None
-        while True:
-            out.follow(procs[-1], lambda: on_signal(signal.SIGPIPE, None))
-            if signals or not out.run_id:
-                break
-            final = status(cmd, args, out.run_id)
-            if final not in ONGOING or len(procs) > MAX_FOLLOW:
-                break
-            print(f"mmvm run: the log stream of run {out.run_id} ended while the run "
-                  f"goes on ({final}); following it again (flwr log {out.run_id} "
-                  f"--stream)", file=sys.stderr, flush=True)
-            time.sleep(FOLLOW_WAIT)
-            if signals:  # a stop meanwhile: nothing to follow, the run is stopped
-                break
-            procs.append(_spawn(_flwr(cmd, args, "log", out.run_id, "--stream")))
-            out.replaying()
+        final = follow_run(console, out, signals, lambda: on_signal(signal.SIGPIPE, None),
+                           lambda run_id: status(cmd, args, run_id),
+                           lambda run_id: _flwr(cmd, args, "log", run_id, "--stream"))
         for sig in STOP_SIGNALS:  # from here on: the stop and the status query finish
             signal.signal(sig, signal.SIG_IGN)
         if signals:
             return _stop(cmd, args, out.run_id, signals[0], asked[0] if asked else None,
                          now=len(signals) > 1)
-        return _final(cmd, args, out.run_id, procs[0].returncode, out.failed, final)
+        return _final(cmd, args, out.run_id, console.procs[0].returncode, out.failed,
+                      final)
     finally:
-        kill.cancel()
+        console.kill.cancel()
         for sig, handler in before.items():
             signal.signal(sig, handler)
-
-
-def _spawn(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
 
 
 def _stop(cmd: list[str], args: argparse.Namespace, run_id: str | None, signum: int,

@@ -12,8 +12,11 @@ shown pass unprinted, so the console reads as one stream.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 from mmvm.cli.run_hints import CLUSTER_HINT, RAY_CLUSTER
@@ -40,20 +43,23 @@ AFTER_FAILURE = (re.compile(r"(Simulation|ServerApp) raised an exception"),
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Flower's coloured log levels
 RUN_LINE = re.compile(r"Successfully started run (\d+)")
 LOG_START = "Starting logstream for run_id"  # flwr run's and flwr log's first log line
+# a run whose log stream ended while it goes on is followed again (flwr log), after a
+# pause, at most this many times
+ONGOING = ("pending", "starting", "running")  # flwr ls's statuses before finished:*
+FOLLOW_WAIT, MAX_FOLLOW = 2.0, 20
 
 
 class RunStream:
     """What the run's output said so far, over one or more streams of it.
 
-    ``run_id``: the run flwr started, once said (``on_run_id`` is called with it at
-    once, for a stop that comes meanwhile); ``failed``: mmvm said why the run failed;
-    ``log``: the run's log lines shown, from flwr's first (:data:`LOG_START`) on."""
+    ``run_id``: the run flwr started, once said (a stop signal reads it meanwhile);
+    ``failed``: mmvm said why the run failed; ``log``: the run's log lines shown, from
+    flwr's first (:data:`LOG_START`) on."""
 
-    def __init__(self, on_run_id: Callable[[str], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.run_id: str | None = None
         self.failed = False
         self.log: list[str] = []
-        self._on_run_id = on_run_id
         self._shown: list[str] = []  # the log lines a replay may repeat
         self._replay: int | None = None  # how many of them it has, so far
 
@@ -75,8 +81,6 @@ class RunStream:
             started = RUN_LINE.search(line)
             if started and self.run_id is None:
                 self.run_id = started.group(1)
-                if self._on_run_id is not None:
-                    self._on_run_id(self.run_id)
             quiet = NOISE + AFTER_FAILURE if self.failed else NOISE
             if not any(p.search(line) for p in quiet):
                 try:
@@ -105,3 +109,55 @@ class RunStream:
         if k >= len(self._shown) or k > 0:
             self._replay = None
         return False
+
+
+class Console:
+    """``flwr run``, then each ``flwr log`` that follows the run again (``procs``; the
+    last one is read), and what a stop signal does to the one being read: SIGINT,
+    then killed 15 s later if it has not ended."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.env = env
+        self.procs = [self._spawn(cmd)]
+        self.kill = threading.Timer(15, lambda: self.procs[-1].kill())
+        self.kill.daemon = True
+        self.interrupted = False
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        if not self.kill.is_alive() and self.procs[-1].poll() is None:
+            self.procs[-1].send_signal(signal.SIGINT)
+            self.kill.start()
+
+    def follow_with(self, cmd: list[str]) -> None:
+        self.procs.append(self._spawn(cmd))
+        if self.interrupted:  # a signal came while there was no process to read
+            self.interrupt()
+
+
+def follow_run(console: Console, out: RunStream, signals: list[int],
+               broken: Callable[[], None], status: Callable[[str], str],
+               log_cmd: Callable[[str], list[str]]) -> str | None:
+    """Read the run's output until its stream ends; while ``status(run_id)`` says the
+    run goes on (and no stop signal came: ``signals``), follow it again with
+    ``log_cmd(run_id)``, at most :data:`MAX_FOLLOW` times. The last status asked."""
+    final = None
+    while True:
+        out.follow(console.procs[-1], broken)
+        if signals or not out.run_id:
+            return final
+        final = status(out.run_id)
+        if signals or final not in ONGOING or len(console.procs) > MAX_FOLLOW:
+            return final
+        print(f"mmvm run: the log stream of run {out.run_id} ended while the run goes "
+              f"on ({final}); following it again (flwr log {out.run_id} --stream)",
+              file=sys.stderr, flush=True)
+        time.sleep(FOLLOW_WAIT)
+        if signals:  # a stop meanwhile: nothing to follow, the run is stopped
+            return final
+        console.follow_with(log_cmd(out.run_id))
+        out.replaying()

@@ -8,23 +8,27 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from mmvm.cli.run_stream import LOG_START, RunStream
+from mmvm.cli.run_stream import LOG_START, Console, RunStream, follow_run
 
 RUN = ["Loading project configuration...", "Successfully started run 42",
        f"{LOG_START} `42`", "INFO :      window 1/3", "INFO :      window 2/3"]
 
 
-def _printing(lines: list[str]) -> subprocess.Popen:
+def _code(lines: list[str]) -> str:
+    """A stand-in's program: print ``lines``."""
     text = "".join(f"{ln}\n" for ln in lines)
-    return subprocess.Popen([sys.executable, "-c", f"print({text!r}, end='')"],
-                            stdout=subprocess.PIPE, text=True)
+    return f"print({text!r}, end='')"
+
+
+def _printing(lines: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _code(lines)], stdout=subprocess.PIPE,
+                            text=True)
 
 
 def test_a_replay_of_the_log_shows_only_what_came_after(capsys):
-    out, seen = RunStream(), []
-    out._on_run_id = seen.append
+    out = RunStream()
     out.follow(_printing(RUN))
-    assert out.run_id == "42" and seen == ["42"]
+    assert out.run_id == "42"
     assert out.log == [f"{ln}\n" for ln in RUN[2:]]  # the run's log, from flwr's first line
     assert capsys.readouterr().out.splitlines() == RUN
     out.replaying()  # flwr log replays from the run's start, then goes on
@@ -60,3 +64,64 @@ def test_noise_is_left_out_and_the_run_id_is_the_first_named(capsys):
     assert out.run_id == "42"
     assert capsys.readouterr().out.splitlines() == ["Successfully started run 42",
                                                     "Successfully started run 43"]
+
+
+def _follow(monkeypatch, statuses: list[str], signals: list[int] | None = None,
+            on_status=None) -> tuple[str | None, Console]:
+    """follow_run over a stand-in flwr run, with ``statuses`` answered in turn (the
+    last one for ever) and every follow a stand-in flwr log replaying the run."""
+    from mmvm.cli import run_stream
+
+    monkeypatch.setattr(run_stream, "FOLLOW_WAIT", 0.0)
+    monkeypatch.setattr(run_stream, "MAX_FOLLOW", 3)
+    console, out, asked = Console([sys.executable, "-c", _code(RUN)], {}), RunStream(), []
+    signals = [] if signals is None else signals
+
+    def status(run_id):
+        asked.append(run_id)
+        if on_status:
+            on_status()
+        return statuses[min(len(asked), len(statuses)) - 1]
+
+    final = follow_run(console, out, signals, lambda: None, status,
+                       lambda run_id: [sys.executable, "-c", _code(RUN[2:])])
+    return final, console
+
+
+
+
+def test_a_run_that_goes_on_is_followed_until_it_ends(monkeypatch, capsys):
+    final, console = _follow(monkeypatch, ["running", "running", "finished:completed"])
+    assert final == "finished:completed" and len(console.procs) == 3
+    err = capsys.readouterr().err
+    assert err.count("following it again (flwr log 42 --stream)") == 2
+
+
+def test_a_run_listed_running_for_ever_is_followed_a_bounded_number_of_times(
+        monkeypatch, capsys):
+    final, console = _follow(monkeypatch, ["running"])
+    assert final == "running" and len(console.procs) == 4  # flwr run + MAX_FOLLOW logs
+
+
+def test_a_stop_while_the_status_is_asked_follows_nothing(monkeypatch, capsys):
+    signals: list[int] = []
+    final, console = _follow(monkeypatch, ["running"], signals,
+                             on_status=lambda: signals.append(2))
+    assert final == "running" and len(console.procs) == 1
+    assert "following it again" not in capsys.readouterr().err
+
+
+def test_a_stop_that_came_with_no_process_to_read_interrupts_the_next():
+    """The signal handler found the stream ended (nothing to interrupt); the flwr log
+    started next is interrupted at once instead of streaming the run to its end."""
+    waiting = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGINT, lambda *_: sys.exit(3))\n"
+               "print('up', flush=True)\ntime.sleep(30)\n")
+    console = Console([sys.executable, "-c", "pass"], {})
+    console.procs[0].wait()
+    console.interrupt()  # nothing alive: remembered
+    assert not console.kill.is_alive()
+    console.follow_with([sys.executable, "-c", waiting])
+    # SIGINT reached it (its handler's exit 3), or before its handler was set (-2)
+    assert console.procs[-1].wait(20) in (3, -2)
+    console.kill.cancel()

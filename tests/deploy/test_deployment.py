@@ -316,6 +316,7 @@ def test_plaintext_sites_that_keep_their_weights_get_coherence_and_imputation(
     assert all(0.0 <= v <= 1.0 for v in cross["coherence"]["pairs"].values())
     assert "cross-site evaluation" in out and "imputation NLL" in out
 
+
 def _refused_reply_costs_window_0(dep, run_id: int, out: str) -> None:
     """The server refused one site's window-0 reply (it reports a NaN loss, as a site
     whose training diverged would): the run went on without that site for window 0
