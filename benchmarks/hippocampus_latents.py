@@ -79,6 +79,9 @@ def parse_args(argv=None):
                    help="centralized methods to train")
     p.add_argument("--epochs", type=int, default=40, help="training epochs")
     p.add_argument("--width", type=int, default=64, help="MLP hidden units per rat")
+    p.add_argument("--network", default="mlp", choices=("mlp", "hippocampus_mlp"),
+                   help="each rat's encoder and decoder (default: mlp; hippocampus_mlp: "
+                        "the hippocampus authors' network exactly, mmvm/networks/mlp.py)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--no-federated", action="store_true",
                    help=f"skip the {FEDERATED!r} row")
@@ -155,7 +158,8 @@ def run_condition(args, tuning: float, seed: int, out: Path):
             f"model.method={method}", f"train.epochs={args.epochs}", f"train.lr={args.lr}",
             f"train.seed={seed}", "train.device=cpu", f"train.out_dir={tag / method}",
             "train.checkpoint_every=1000", f"data.root={full}",
-            *[f"model.modalities.{r}.width={args.width}" for r in rats]])
+            *[f"model.modalities.{r}.{k}={v}" for r in rats
+              for k, v in (("width", args.width), ("network", f'"{args.network}"'))]])
 
     mus = {}
     for method in args.methods:
