@@ -27,8 +27,8 @@ studies. From one tiny tree in the published MIMIC-CXR-JPG layout
 
 The strings the guide gives for the node configs and the run config are checked to
 be in the guide, so the two cannot drift apart. Every process started is stopped
-in ``finally``. About 2 minutes on 2 idle cores (4 with Flower's stock SuperExec,
-which the guide no longer runs: it has no pin).
+in ``finally``. About 2 minutes on 2 idle cores (2.5-3 with Flower's stock
+SuperExec, which the guide ran before it pinned the reviewed release).
 """
 
 from __future__ import annotations
