@@ -56,6 +56,7 @@ from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.federation.site import Site  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.secure.keys import SiteKeys  # noqa: E402
 from mmvm.secure.session import SiteSecrets  # noqa: E402
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_bytes(json_bytes(
         {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-         "summary": summary}, indent=2))
+         "summary": summary, "environment": environment()}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

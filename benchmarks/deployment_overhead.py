@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from tests.support.deployment import SITES, TINY, make_data  # noqa: E402
 from tests.support.fleet import Fleet  # noqa: E402
@@ -424,7 +425,8 @@ def write_tables(runs: list[dict], out: Path, args: argparse.Namespace,
         w.writeheader()
         w.writerows(rows)
     (out / "runs.json").write_bytes(json_bytes(
-        {"args": vars(args), "summary": rows, "runs": runs}, indent=1))
+        {"args": vars(args), "environment": environment(), "summary": rows,
+         "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

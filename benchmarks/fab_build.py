@@ -30,6 +30,7 @@ from flwr.cli.build import build_fab_from_disk  # noqa: E402
 from mmvm.cli.app_stage import staged_app  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 
 
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_bytes(json_bytes(
-        {"app": str(app), "same_fab": same, "summary": rows, "runs": runs}, indent=1))
+        {"app": str(app), "same_fab": same, "environment": environment(), "summary": rows,
+         "runs": runs}, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -41,6 +41,7 @@ from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
             print({k: v for k, v in rows[-1].items()}, flush=True)
     table = summarize(rows)
     (out / "results.json").write_bytes(json_bytes({"args": vars(args), "rows": rows,
-                                                  "summary": table}, indent=2))
+                                                  "summary": table,
+                                                  "environment": environment()}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -43,6 +43,7 @@ from mmvm.federation.settings import settings_for  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
 
@@ -226,7 +227,8 @@ def _row(mode, cfg, model, train_set, test_set, clfs, seconds, nbytes, windows=0
 
 def _write(out: Path, rows: list[dict], summary: list[dict], args: dict) -> None:
     (out / "results.json").write_bytes(json_bytes(
-        {"args": args, "rows": rows, "summary": summary}, indent=2))
+        {"args": args, "environment": environment(), "rows": rows, "summary": summary},
+        indent=2))
     with open(out / "summary.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(summary[0]))
         w.writeheader()

@@ -59,6 +59,7 @@ from window_plot import window_histogram  # noqa: E402
 
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from tests.support.processes import QUIET_ENV, pids_mentioning  # noqa: E402
 
@@ -337,7 +338,8 @@ def write(runs: list[dict], out: Path, args: argparse.Namespace) -> None:
         w.writeheader()
         w.writerows(rows)
     (out / "runs.json").write_bytes(json_bytes(
-        {"args": vars(args), "summary": rows, "runs": runs}, indent=1))
+        {"args": vars(args), "environment": environment(), "summary": rows,
+         "runs": runs}, indent=1))
     print(f"written: {out / 'table.md'}, {out / 'summary.csv'}, {out / 'runs.json'}")
     if window_histogram(runs, out / "windows.png"):
         print(f"written: {out / 'windows.png'} (seconds per window, per row)")

@@ -54,6 +54,7 @@ from mmvm.jsonfile import json_bytes  # noqa: E402
 from mmvm.method_styles import series_styles  # noqa: E402
 from mmvm.model import MultimodalVAE  # noqa: E402
 from mmvm.probes import fit_probe  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
@@ -286,7 +287,8 @@ def main(argv=None) -> int:
                                "gain_sd": args.gain_sd, "noise_sd": args.noise_sd})
              for t in args.tunings}
     (out / "results.json").write_bytes(json_bytes(
-        {"args": vars(args), "knobs": knobs, "rows": rows, "summary": summary}, indent=1))
+        {"args": vars(args), "environment": environment(), "knobs": knobs, "rows": rows,
+         "summary": summary}, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["tuning", "seed", "run", "pooled", "per_rat",
                                            "seconds", "bytes"])

@@ -34,6 +34,7 @@ from mmvm.data.hippocampus import (  # noqa: E402
 from mmvm.data.odor_decoding import raw_odor_decoding  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 
 
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
                          "mean over rats": vars(rat_mean)}
     seconds = round(time.perf_counter() - t0, 1)
     (out / "results.json").write_bytes(json_bytes(
-        {"args": vars(args), "chance": 0.25, "seconds": seconds, "summary": summary,
+        {"args": vars(args), "environment": environment(), "chance": 0.25,
+         "seconds": seconds, "summary": summary,
          "rows": rows}, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

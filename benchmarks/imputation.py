@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 
 METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
 QUADRANTS = ["q0", "q1", "q2", "q3"]  # top-left, top-right, bottom-left, bottom-right
@@ -214,7 +215,8 @@ def main(argv=None) -> int:
     summary = summarize(rows)
     md = table(summary)
     atomic_write(out / "results.json", json_bytes(
-        {"args": vars(args), "rows": rows, "evaluations": results}, indent=2))
+        {"args": vars(args), "environment": environment(), "rows": rows,
+         "evaluations": results}, indent=2))
     for name, data in (("results.csv", rows), ("summary.csv", summary)):
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(data[0]))

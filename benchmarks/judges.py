@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mmvm.help_format import DefaultsHelp
 from mmvm.jsonfile import json_bytes
+from mmvm.provenance import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -131,7 +132,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{args.variant}"
     stem.with_suffix(".json").write_bytes(json_bytes({"args": vars(args) | {
-        "recipes": [label(r) for r in args.recipes]}, "rows": rows}, indent=2))
+        "recipes": [label(r) for r in args.recipes]}, "environment": environment(),
+        "rows": rows}, indent=2))
     table = merge(stem.with_suffix(".csv"), rows)
     with stem.with_suffix(".csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -35,6 +35,7 @@ from mmvm.data.default import ensure_default_sites  # noqa: E402
 from mmvm.evaluation import encode_dataset, present_labels, probe_accuracy  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import train  # noqa: E402
 
@@ -104,7 +105,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_bytes(json_bytes(
-        {"data": str(data), "app_config": rc, "extra": args.set, "rows": rows,
+        {"data": str(data), "app_config": rc, "extra": args.set,
+         "environment": environment(), "rows": rows,
          "summary": summary, "paired": paired}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

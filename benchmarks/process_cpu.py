@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mmvm.help_format import DefaultsHelp
 from mmvm.jsonfile import json_bytes
+from mmvm.provenance import environment
 
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 INTERPRETERS = ("python", "python3", "-u", "-m")
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
         print(f"| {name} | {g['cpu_s']:.1f} | {g['processes']} |")
     if args.out:
         Path(args.out).write_bytes(json_bytes({"seconds": args.seconds, "cores":
-                                              os.cpu_count(), "groups": groups}, indent=1))
+                                              os.cpu_count(), "groups": groups,
+                                              "environment": environment()}, indent=1))
     return 0
 
 

@@ -28,6 +28,7 @@ from mmvm.federation.policy import SitePolicy  # noqa: E402
 from mmvm.federation.sealed_routing import route  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes
+from mmvm.provenance import environment
 from mmvm.secure.keys import SiteKeys, save_public_directory  # noqa: E402
 from mmvm.secure.session import SiteSecrets  # noqa: E402
 
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
               "wall_s": round(wall, 1), "MB": round(total_bytes / 1e6, 1),
               "union": len(union), "expected_union": expected_union,
               "common": len(common), "expected_common": expected_common,
-              "correct": ok, "steps": steps}
+              "correct": ok, "steps": steps, "environment": environment()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_bytes(json_bytes(result, indent=2))

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from mmvm.cli import main as mmvm  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.provenance import environment  # noqa: E402
 from mmvm.reporting.stats import estimate  # noqa: E402
 
 LABS = {"sodium": (140, 3), "creatinine": (1.0, 0.3), "wbc": (8000, 2000),
@@ -131,7 +132,8 @@ def main(argv=None) -> int:
                       **{k: vars(estimate(r[k] for r in done)) if done else None
                          for k in ("probe", "coherence", "chance")}}
     (out / "results.json").write_bytes(json_bytes(
-        {"args": vars(args), "seconds": round(time.perf_counter() - t0, 1),
+        {"args": vars(args), "environment": environment(),
+         "seconds": round(time.perf_counter() - t0, 1),
          "summary": summary, "rows": rows}, indent=1))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -43,6 +43,7 @@ from mmvm import accel  # noqa: E402
 from mmvm.config import load_config  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes
+from mmvm.provenance import environment
 from mmvm.reporting.stats import estimate  # noqa: E402
 from mmvm.training import build_model, train_step  # noqa: E402
 
@@ -124,8 +125,8 @@ def main(argv=None) -> int:
             print(rows[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "cores": os.cpu_count(), "cpu": cpu_model(),
-            "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
+    meta = {**environment(), "cores": os.cpu_count(), "steps": args.steps,
+            "warmup": args.warmup, "repeats": args.repeats}
     (out / "results.json").write_bytes(json_bytes({"meta": meta, "rows": rows}, indent=2))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -137,20 +138,6 @@ def main(argv=None) -> int:
         print(f"| {r['size']} | {r['variant']} | {r['samples_per_s']} ± {r['se']} | "
               f"{r['vs_1_thread']}x |")
     return 0
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo; else the platform's word), so
-    that two results folders say whether they were made on the same kind of CPU."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from mmvm.model import MultimodalVAE
 from mmvm.noise import aux_noise, step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
 from mmvm.progress import progress_bar
+from mmvm.provenance import environment
 from mmvm.schedule import epoch_batches, epoch_batches_grouped
 
 
@@ -301,6 +302,7 @@ def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
         "epoch": epoch,
         "step": step,
         "history": list(history),
+        "environment": environment(),  # the process that trained it last (provenance)
     }
 
 

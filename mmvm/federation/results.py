@@ -19,6 +19,7 @@ from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
 from mmvm.federation.report import refusals, restarts, unaveraged
 from mmvm.jsonfile import json_bytes
+from mmvm.provenance import environment
 from mmvm.training import build_model
 
 # data.root of a deployment's run: only the sites know their files (node config data=)
@@ -80,6 +81,7 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "config": used_config(settings, out, data),
                "sites": result.sites, "evaluation": result.evaluation,
                "bytes_total": result.bytes_total, "seconds": result.seconds,
+               "environment": environment(),  # the server's (sites' hosts: not sent)
                "windows": len(result.history), "kept_weights": result.kept_weights,
                "alignment": result.alignment,
                "missed_windows": result.missed, "refused_windows": refusals(result.history),

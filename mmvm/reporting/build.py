@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 
+from mmvm.provenance import differences
 from mmvm.reporting.collect import Collection, ResultsFile
 from mmvm.reporting.document import Document, Figure, Paragraph, Section, Table
 from mmvm.reporting.federated import federated_section
@@ -72,10 +73,28 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
         if warned:  # first, where a reader looks before trusting a number
             doc.sections.insert(0, warned)
     doc.sections += [results_section(r) for r in collection.results]
-    if collection.notes or repeated:
-        doc.sections.append(Section("Notes").add(
-            *[Paragraph(n, note=True) for n in (*collection.notes, *repeated)]))
+    notes = [*collection.notes, *repeated, *filter(None, [environment_note(collection.runs)])]
+    if notes:
+        doc.sections.append(Section("Notes").add(*[Paragraph(n, note=True) for n in notes]))
     return doc
+
+
+def environment_note(runs: Sequence[Run]) -> str | None:
+    """What differed between the environments that computed the runs' numbers (code,
+    torch, CPU, threads, device: the last digits of equal seeds differ with them), or
+    None where they agree or runs do not say (written before it was recorded)."""
+    envs = {r.name: r.environment or (r.federated or {}).get("environment") for r in runs}
+    differ = differences(envs)
+    if not differ:
+        return None
+
+    def names(ns: list[str]) -> str:
+        return ", ".join(ns[:3]) + (f" and {len(ns) - 3} more" if len(ns) > 3 else "")
+
+    parts = [f"{key}: " + "; ".join(f"{value} ({names(ns)})" for value, ns in values.items())
+             for key, values in differ.items()]
+    return ("The runs' numbers were computed in different environments (mmvm.provenance), "
+            "so equal seeds need not give equal digits: " + " | ".join(parts) + ".")
 
 
 def _count(n: int, noun: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from mmvm.federation.loop import FederationResult
 from mmvm.federation.results import assembled_problem, write_results
@@ -46,6 +47,7 @@ def test_a_collected_model_is_checked_against_the_configs(tiny_polymnist, tiny_c
     assert "checkpoint" not in paths and not (tmp_path / "bad" / "checkpoint.pt").exists()
     assert result.model_state is None  # so the server does not evaluate it
     assert "probe_mean" not in summary  # a probe that is not a number is not averaged
+    assert summary["environment"]["torch"] == torch.__version__  # the server's
     paths = write_results(tmp_path / "ok", s, FederationResult(history=history,
                                                                model_state=good))
     assert "checkpoint" in paths and "model_refused" not in json.loads(

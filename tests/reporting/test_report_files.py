@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -20,6 +21,20 @@ def test_markdown_report_puts_pngs_beside_it(tmp_path, fake_runs):
     pngs = sorted((tmp_path / "out" / "report_files").glob("*.png"))
     assert pngs and all(f"report_files/{p.name}" in md for p in pngs)
     assert all(Image.open(p).size[0] > 100 for p in pngs)
+
+
+def test_a_trained_and_evaluated_run_says_what_computed_it(real_run):
+    """eval.json names the evaluating process's environment, the checkpoint the
+    training's (mmvm.provenance): a rerun elsewhere that differs can be explained."""
+    import torch
+
+    from mmvm.checkpoint import load_checkpoint
+
+    evaluated = json.loads((real_run / "eval.json").read_text())["environment"]
+    trained = load_checkpoint(real_run / "checkpoint.pt")["environment"]
+    for env in (evaluated, trained):
+        assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert trained["threads"] == 1  # train.num_threads=1, as the run was given
 
 
 def test_generate_draws_grid_and_latents_from_the_checkpoint(tmp_path, real_run):

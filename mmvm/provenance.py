@@ -1,0 +1,134 @@
+"""What made a number: the code, the libraries and the hardware path its arithmetic took.
+
+A result that another machine cannot reproduce bit for bit is still a result; one that
+does not say where it came from cannot be checked at all. Training runs are
+deterministic on one machine (seeded, single-threaded benchmarks), but float sums
+depend on the kernels that computed them, and those are picked per host:
+
+- MKL chooses its matrix-product path by CPU (vendor, generation): the MLP networks'
+  last digits change between hosts. ``MKL_CBWR=COMPATIBLE`` pins one path on every
+  x86 CPU (Intel's "conditional numerical reproducibility"), at some speed.
+- oneDNN picks its convolution kernels by instruction set: ``ONEDNN_MAX_CPU_ISA=AVX2``
+  makes an AVX-512 host compute what an AVX2 host does.
+- a thread count, a torch release or a GPU changes the order of sums.
+
+:func:`environment` records all of that with every evaluation (``eval.json``) and
+every benchmark's ``results.json``; :func:`differences` says which of it differs
+between runs, so a report that compares them can say so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# environment variables that choose a numeric path or a thread count
+NUMERIC_VARIABLES = ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
+# what changes a number's last digits (the rest, python or platform, only describes)
+NUMERIC_KEYS = ("commit", "torch", "cpu", "cpu_capability", "threads", "device",
+                "numeric_variables")
+
+
+def environment() -> dict[str, Any]:
+    """The code, libraries and numeric path of this process, as a JSON-ready dict.
+
+    Keys: ``mmvm`` (version), ``commit`` (the checkout's git commit, ``+dirty`` when
+    tracked files differ from it; None outside a checkout, e.g. an installed app),
+    ``python``, ``platform``, ``torch``, ``flwr``, ``numpy``, ``cpu`` (model name),
+    ``cpu_capability`` (torch's SIMD level), ``threads`` (torch's intra-op),
+    ``device`` (the GPU's name, or "cpu"), ``deterministic`` (torch's flag) and
+    ``numeric_variables`` (those of :data:`NUMERIC_VARIABLES` that are set)."""
+    import torch
+
+    return {**_static(), "threads": torch.get_num_threads(), "device": _device(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "numeric_variables": {k: os.environ[k] for k in NUMERIC_VARIABLES
+                                  if k in os.environ}}
+
+
+@cache
+def _static() -> dict[str, Any]:
+    """The parts that cannot change while the process lives (read once)."""
+    import torch
+
+    return {"mmvm": _version("mmvm"), "commit": git_commit(Path(__file__).parent),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "torch": str(torch.__version__), "flwr": _version("flwr"),
+            "numpy": _version("numpy"), "cpu": cpu_model(),
+            "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return "cpu"
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit of the git checkout holding ``folder``, with ``+dirty`` when its
+    tracked files differ from it (benchmark results aside: a benchmark rerun into
+    ``benchmarks/results`` changes those, not the code); None when it is no checkout
+    or git is missing."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                                  text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                  ":(top,exclude)benchmarks/results")
+    return commit + ("+dirty" if changed else "")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; else the platform's word), so that
+    two results say whether they were made on the same kind of CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def differences(envs: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, list[str]]]:
+    """Of the :data:`NUMERIC_KEYS`, those whose value differs between the named
+    environments: key -> {value as text: [names]}. Names without an environment
+    (older results) are left out, not counted as a value."""
+    known = {name: env for name, env in envs.items() if isinstance(env, Mapping)}
+    out: dict[str, dict[str, list[str]]] = {}
+    for key in NUMERIC_KEYS:
+        values: dict[str, list[str]] = {}
+        for name, env in known.items():
+            values.setdefault(_text(env.get(key)), []).append(name)
+        if len(values) > 1:
+            out[key] = values
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none set"
+    return "unknown" if value is None else str(value)
