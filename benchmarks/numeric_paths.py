@@ -7,15 +7,18 @@ This trains each network several times under each path setting, in a fresh proce
 (the variables are read once, at load), and compares the final weights bit for bit
 with the default path's first run: same path again (determinism), MKL pinned to its
 reproducible path (``MKL_CBWR=COMPATIBLE``), oneDNN held to AVX2
-(``ONEDNN_MAX_CPU_ISA=AVX2``), and both. ``mmvm.provenance`` records these
-variables with every evaluation and checkpoint.
+(``ONEDNN_MAX_CPU_ISA=AVX2``), torch's own kernels held to AVX2
+(``ATEN_CPU_CAPABILITY=avx2``), and combinations. ``mmvm.provenance`` records these
+variables with every evaluation and checkpoint; each row's ``recorded`` is what the
+run's checkpoint says it saw (the top-level ``environment`` is this parent
+process's).
 
 Networks: ``mlp`` (configs/hippocampus.toml: 5 rats' spike counts, MLPs) and ``conv``
 (configs/polymnist_cpu.toml on a small soft PolyMNIST look-alike), made under
 ``--work`` with the run folders (each deleted once its weights are read). Writes
 results.json (with the environment) and results.csv under ``--out``; prints a table.
 
-    python benchmarks/numeric_paths.py --out benchmarks/results/numeric_paths  # ~6 min
+    python benchmarks/numeric_paths.py --out benchmarks/results/numeric_paths  # ~8 min
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from mmvm.provenance import environment  # noqa: E402
 
 PATHS = {"default": {}, "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
          "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
-         "both": {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+         "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
+         "mkl+onednn": {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+         "all": {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                 "ATEN_CPU_CAPABILITY": "avx2"}}
 NETWORKS = {  # name -> (config, data command, overrides)
     "mlp": ("configs/hippocampus.toml", ["hippocampus"], []),
     "conv": ("configs/polymnist_cpu.toml",
@@ -59,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     p.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     p.add_argument("--repeats", type=int, default=2, help="runs per path")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
     return p.parse_args(argv)
 
 
@@ -68,9 +74,10 @@ def mmvm(args: list[str], env: dict[str, str] | None = None) -> None:
                    env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
 
 
-def weights(run: Path) -> tuple[str, dict[str, torch.Tensor], float, float]:
+def weights(run: Path) -> tuple[str, dict[str, torch.Tensor], float, float, dict]:
     """sha256 of the model's weights (sorted by name), the weights, the last epoch's
-    loss and the training's seconds (its epochs', without start-up and writing)."""
+    loss, the training's seconds (its epochs', without start-up and writing) and the
+    environment the checkpoint records."""
     state = load_checkpoint(run / "checkpoint.pt")
     model = state["model"]
     digest = hashlib.sha256()
@@ -78,7 +85,7 @@ def weights(run: Path) -> tuple[str, dict[str, torch.Tensor], float, float]:
         digest.update(name.encode() + model[name].numpy().tobytes())
     history = state["history"]
     return (digest.hexdigest(), model, float(history[-1]["loss"]),
-            sum(float(h["seconds"]) for h in history))
+            sum(float(h["seconds"]) for h in history), state["environment"])
 
 
 def train_once(net: str, data: Path, out: Path, epochs: int, env: dict[str, str]) -> None:
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             for repeat in range(args.repeats):
                 run = work / "runs" / f"{net}-{path}-{repeat}"
                 train_once(net, data, run, args.epochs, PATHS[path])
-                digest, model, loss, seconds = weights(run)
+                digest, model, loss, seconds, env = weights(run)
                 shutil.rmtree(run)  # a wide MLP's checkpoints: ~75 MB each
                 if reference is None:
                     reference, ref_digest = model, digest
@@ -114,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                              "train_seconds": round(seconds, 2), "final_loss": loss,
                              "weights_sha256": digest[:16],
                              "same_bits_as_default": digest == ref_digest,
-                             "max_abs_weight_diff": diff})
+                             "max_abs_weight_diff": diff,
+                             "recorded": " ".join([*(f"{k}={v}" for k, v in
+                                                    env["numeric_variables"].items()),
+                                                  f"threads={env['threads']}"])})
                 r = rows[-1]
                 print(f"{net:5} {path:15} #{repeat} {seconds:6.2f} s  loss "
                       f"{loss:.9g}  {r['weights_sha256']}  same bits: "

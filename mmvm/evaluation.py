@@ -361,7 +361,8 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
                                      draws=imputation_draws),
         "probe_metric": cfg.eval.metric, "probe_standardized": cfg.eval.probe_standardize,
         "coherence_sampled": cfg.eval.coherence_sample, **extra,
-        "environment": environment(),  # what computed these numbers (mmvm.provenance)
+        # what computed these numbers (mmvm.provenance)
+        "environment": environment(next(model.parameters()).device),
     }
     models = getattr(classifiers, "models", classifiers)
     if models:

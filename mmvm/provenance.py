@@ -1,20 +1,21 @@
 """What made a number: the code, the libraries and the hardware path its arithmetic took.
 
 A result that another machine cannot reproduce bit for bit is still a result; one that
-does not say where it came from cannot be checked at all. Training runs are
-deterministic on one machine (seeded, single-threaded benchmarks), but float sums
-depend on the kernels that computed them, and those are picked per host:
+does not say where it came from cannot be checked at all. A seeded single-threaded
+run gives the same weights again on one host (``benchmarks/numeric_paths.py``), but
+float sums depend on the kernels that computed them, and those are picked per host:
 
-- MKL chooses its matrix-product path by CPU (vendor, generation): the MLP networks'
-  last digits change between hosts. ``MKL_CBWR=COMPATIBLE`` pins one path on every
-  x86 CPU (Intel's "conditional numerical reproducibility"), at some speed.
-- oneDNN picks its convolution kernels by instruction set: ``ONEDNN_MAX_CPU_ISA=AVX2``
-  makes an AVX-512 host compute what an AVX2 host does.
+- MKL chooses its matrix-product path by CPU (vendor, generation): on one host,
+  another path (``MKL_CBWR=COMPATIBLE``, Intel's "conditional numerical
+  reproducibility") moved an MLP's weights by 0.02 in 3 epochs.
+- oneDNN picks its convolution kernels, torch its own vectorized kernels, by
+  instruction set (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY`` cap them).
 - a thread count, a torch release or a GPU changes the order of sums.
 
-:func:`environment` records all of that with every evaluation (``eval.json``) and
-every benchmark's ``results.json``; :func:`differences` says which of it differs
-between runs, so a report that compares them can say so.
+:func:`environment` records all of that with every evaluation (``eval.json``), every
+checkpoint and every benchmark's ``results.json``; :func:`differences` says which of
+it differs between runs, so a report that compares them can say so. Only the process
+that writes a file records itself: a federated site's host is never sent.
 """
 
 from __future__ import annotations
@@ -22,32 +23,38 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # environment variables that choose a numeric path or a thread count
-NUMERIC_VARIABLES = ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
-                     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
+NUMERIC_VARIABLES = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
+                     "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS",
+                     "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 # what changes a number's last digits (the rest, python or platform, only describes)
 NUMERIC_KEYS = ("commit", "torch", "cpu", "cpu_capability", "threads", "device",
                 "numeric_variables")
 
 
-def environment() -> dict[str, Any]:
-    """The code, libraries and numeric path of this process, as a JSON-ready dict.
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The code, libraries and numeric path of this process, computing on ``device``
+    (the model's), as a JSON-ready dict.
 
     Keys: ``mmvm`` (version), ``commit`` (the checkout's git commit, ``+dirty`` when
-    tracked files differ from it; None outside a checkout, e.g. an installed app),
-    ``python``, ``platform``, ``torch``, ``flwr``, ``numpy``, ``cpu`` (model name),
-    ``cpu_capability`` (torch's SIMD level), ``threads`` (torch's intra-op),
-    ``device`` (the GPU's name, or "cpu"), ``deterministic`` (torch's flag) and
-    ``numeric_variables`` (those of :data:`NUMERIC_VARIABLES` that are set)."""
+    tracked files differed from it when first asked; None outside a checkout, e.g. an
+    installed app), ``python``, ``platform`` (system and machine: no kernel build),
+    ``torch``, ``flwr``, ``numpy``, ``cpu`` (model name), ``cpu_capability`` (torch's
+    SIMD level), ``threads`` (torch's intra-op), ``device`` ("cpu", or the GPU's
+    name), ``deterministic`` (torch's flag) and ``numeric_variables`` (those of
+    :data:`NUMERIC_VARIABLES` that are set)."""
     import torch
 
-    return {**_static(), "threads": torch.get_num_threads(), "device": _device(),
+    return {**_static(), "threads": torch.get_num_threads(), "device": _device(device),
             "deterministic": torch.are_deterministic_algorithms_enabled(),
             "numeric_variables": {k: os.environ[k] for k in NUMERIC_VARIABLES
                                   if k in os.environ}}
@@ -59,7 +66,8 @@ def _static() -> dict[str, Any]:
     import torch
 
     return {"mmvm": _version("mmvm"), "commit": git_commit(Path(__file__).parent),
-            "python": platform.python_version(), "platform": platform.platform(),
+            "python": platform.python_version(),
+            "platform": f"{platform.system()} {platform.machine()}",
             "torch": str(torch.__version__), "flwr": _version("flwr"),
             "numpy": _version("numpy"), "cpu": cpu_model(),
             "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
@@ -72,19 +80,23 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _device() -> str:
+def _device(device: str | torch.device) -> str:
+    """A CUDA device's name (only asked of a process that uses it: asking starts
+    CUDA), else the device as torch names it."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.cuda.current_device())
-    return "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return str(device)
 
 
 def git_commit(folder: Path) -> str | None:
-    """The commit of the git checkout holding ``folder``, with ``+dirty`` when its
-    tracked files differ from it (benchmark results aside: a benchmark rerun into
-    ``benchmarks/results`` changes those, not the code); None when it is no checkout
-    or git is missing."""
+    """The commit of the git checkout whose tracked files ``folder`` holds, with
+    ``+dirty`` when they differ from it (benchmark results aside: a benchmark rerun
+    into ``benchmarks/results`` changes those, not the code); None when git is
+    missing or ``folder`` is not tracked (an installed package inside some other
+    repository: a virtual environment in a checkout, a home folder kept in git)."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
@@ -94,10 +106,10 @@ def git_commit(folder: Path) -> str | None:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    if not commit:
+    if not commit or not git("ls-files", "--", "."):
         return None
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/",
-                  ":(top,exclude)benchmarks/results")
+    changed = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no",
+                  "--", ":/", ":(top,exclude)benchmarks/results")
     return commit + ("+dirty" if changed else "")
 
 
@@ -113,22 +125,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def differences(envs: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, list[str]]]:
+def differences(envs: Iterable[tuple[str, Mapping[str, Any] | None]]
+                ) -> dict[str, dict[str, list[str]]]:
     """Of the :data:`NUMERIC_KEYS`, those whose value differs between the named
-    environments: key -> {value as text: [names]}. Names without an environment
-    (older results) are left out, not counted as a value."""
-    known = {name: env for name, env in envs.items() if isinstance(env, Mapping)}
+    environments (``(name, environment)`` pairs): key -> {value as text: [names]}.
+    Names without an environment (older results) are left out, not counted as a
+    value; commits are shortened to 12 characters."""
+    known = [(name, env) for name, env in envs if isinstance(env, Mapping)]
     out: dict[str, dict[str, list[str]]] = {}
     for key in NUMERIC_KEYS:
         values: dict[str, list[str]] = {}
-        for name, env in known.items():
-            values.setdefault(_text(env.get(key)), []).append(name)
+        for name, env in known:
+            values.setdefault(_text(key, env.get(key)), []).append(name)
         if len(values) > 1:
             out[key] = values
     return out
 
 
-def _text(value: Any) -> str:
+def _text(key: str, value: Any) -> str:
     if isinstance(value, Mapping):
         return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none set"
+    if key == "commit" and isinstance(value, str):
+        commit, _, dirty = value.partition("+")
+        return commit[:12] + (f"+{dirty}" if dirty else "")
     return "unknown" if value is None else str(value)

@@ -302,7 +302,8 @@ def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
         "epoch": epoch,
         "step": step,
         "history": list(history),
-        "environment": environment(),  # the process that trained it last (provenance)
+        # the process that trained it last (mmvm.provenance)
+        "environment": environment(next(model.parameters()).device),
     }
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +31,9 @@ def test_the_environment_is_this_process_and_strict_json(monkeypatch):
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["threads"] == 1 and environment()["threads"] == threads
     assert env["numeric_variables"] == {"MKL_CBWR": "COMPATIBLE"}
-    assert env["device"] == ("cpu" if not torch.cuda.is_available() else env["device"])
+    assert env["device"] == "cpu"  # the model's device, on a GPU host too
+    assert environment(torch.device("cpu"))["device"] == "cpu"
+    assert env["platform"].split()[0] in ("Linux", "Darwin", "Windows")  # no kernel build
     assert set(NUMERIC_KEYS) <= set(env)
     assert json.loads(json_bytes(env)) == env  # plain JSON types, nothing lost
     buf = io.BytesIO()  # checkpoints hold it: a weights-only load takes no str subclass
@@ -58,15 +63,22 @@ def test_the_commit_says_dirty_for_changed_code_not_for_rerun_results(tmp_path):
     assert git_commit(inside) == head
     (tmp_path / "mmvm" / "model.py").write_text("x = 2\n")
     assert git_commit(inside) == head + "+dirty"
+    installed = tmp_path / "venv" / "site-packages" / "mmvm"  # untracked, in a repo
+    installed.mkdir(parents=True)
+    (installed / "provenance.py").write_text("")
+    assert git_commit(installed) is None  # not the enclosing repository's commit
 
 
 def test_differences_name_what_differs_and_who_had_which():
-    a = {"torch": "2.13.0", "cpu": "AMD EPYC", "threads": 1, "numeric_variables": {}}
-    assert differences({"a": a, "b": dict(a), "old": None}) == {}
-    b = {**a, "torch": "2.5.1", "numeric_variables": {"MKL_CBWR": "COMPATIBLE"}}
-    got = differences({"a": a, "b": b, "c": dict(a), "old": None})
-    assert got == {"torch": {"2.13.0": ["a", "c"], "2.5.1": ["b"]},
-                   "numeric_variables": {"none set": ["a", "c"],
+    a = {"torch": "2.13.0", "cpu": "AMD EPYC", "threads": 1, "numeric_variables": {},
+         "commit": "0123456789abcdef0123456789abcdef01234567"}
+    assert differences([("a", a), ("b", dict(a)), ("old", None)]) == {}
+    b = {**a, "torch": "2.5.1", "numeric_variables": {"MKL_CBWR": "COMPATIBLE"},
+         "commit": "fedcba9876543210fedcba9876543210fedcba98+dirty"}
+    got = differences([("a", a), ("b", b), ("a", dict(a)), ("old", None)])
+    assert got == {"commit": {"0123456789ab": ["a", "a"], "fedcba987654+dirty": ["b"]},
+                   "torch": {"2.13.0": ["a", "a"], "2.5.1": ["b"]},
+                   "numeric_variables": {"none set": ["a", "a"],
                                          "MKL_CBWR=COMPATIBLE": ["b"]}}
 
 
@@ -83,6 +95,47 @@ def test_a_report_says_when_runs_were_computed_in_different_environments(tmp_pat
         **eval_result("mmvm", 3, 0.9, 300.0, 0.4),
         "environment": {**env, "torch": "2.4.0", "cpu": "Intel Xeon"}})
     text, _ = write_report(tmp_path / "differ", *runs, old, other)
-    assert "computed in different environments" in text
+    assert "trained or evaluated in different environments" in text
     assert f"torch: {env['torch']} (mmvm-seed0, mmvm-seed1); 2.4.0 (mmvm-seed3)" in text
     assert "cpu: " in text and "Intel Xeon (mmvm-seed3)" in text
+    assert "hosts are not recorded" not in text  # no federated run among them
+    more = [fake_run(tmp_path / f"mmvm-seed{s}", {**eval_result("mmvm", s, 0.9, 300.0, 0.4),
+                                                  "environment": env}) for s in (4, 5)]
+    text, _ = write_report(tmp_path / "more", *runs, *more, other)
+    assert "(mmvm-seed0, mmvm-seed1, mmvm-seed4 and 1 more); 2.4.0 (mmvm-seed3)" in text
+
+
+def test_the_report_compares_the_trainers_environment_where_eval_json_has_it(tmp_path):
+    """mmvm evaluate writes the checkpoint's environment as trained_with: two runs
+    evaluated alike but trained with other torch releases differ where it counts."""
+    env = {**environment(), "threads": 1}
+    runs = [fake_run(tmp_path / f"mmvm-seed{s}", {
+        **eval_result("mmvm", s, 0.9, 300.0, 0.4), "environment": env,
+        "trained_with": {**env, "torch": release}}) for s, release in enumerate(("a", "b"))]
+    text, _ = write_report(tmp_path, *runs)
+    assert "torch: a (mmvm-seed0); b (mmvm-seed1)" in text
+    fed = tmp_path / "run-7"  # a federated run the server evaluated (eval.json)
+    fed.mkdir()
+    (fed / "results.json").write_text(json.dumps({
+        "settings": {"num_sites": 2}, "sites": {}, "environment": env,
+        "config": {"model": {"method": "mmvm"}, "train": {"beta": 0.9, "seed": 2}}}))
+    (fed / "eval.json").write_text(json.dumps({**eval_result("mmvm", 2, 0.9, 300.0, 0.4),
+                                               "environment": env}))
+    text, _ = write_report(tmp_path / "fed", *runs, fed)
+    text = html.unescape(text)
+    assert "(run-7)" in text and "its sites' hosts are not recorded" in text
+
+
+def test_a_seeded_run_gives_the_same_weights_in_two_processes(tmp_path):
+    """The claim the numeric-path benchmark rests on, through it: the same path twice
+    (two fresh mmvm train processes) gives the same weights bit for bit, and each
+    checkpoint records the variables and the thread count it ran with."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "benchmarks" / "numeric_paths.py"),
+                    "--networks", "mlp", "--paths", "default", "--repeats", "2",
+                    "--epochs", "1", "--out", str(tmp_path / "out"),
+                    "--work", str(tmp_path / "work")], check=True, capture_output=True)
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [r["same_bits_as_default"] for r in rows] == [True, True]
+    assert rows[1]["max_abs_weight_diff"] == 0 and rows[0]["recorded"] == "threads=1"
+    assert not (tmp_path / "work" / "runs" / "mlp-default-0").exists()  # deleted

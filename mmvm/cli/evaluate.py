@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
                               imputation_draws=args.imputation_draws)
     result["run"] = str(run_dir)
     result["epoch"] = state.get("epoch")
+    result["trained_with"] = state.get("environment")  # the trainer's (mmvm.provenance)
     result["settings"] = evaluated_with(cfg, train_set, test_set)
     out = run_dir / "eval.json"
     # e.g. the federated server's, with coherence: never lost unseen, nor by a failed write

@@ -81,10 +81,10 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
 
 def environment_note(runs: Sequence[Run]) -> str | None:
     """What differed between the environments that computed the runs' numbers (code,
-    torch, CPU, threads, device: the last digits of equal seeds differ with them), or
-    None where they agree or runs do not say (written before it was recorded)."""
-    envs = {r.name: r.environment or (r.federated or {}).get("environment") for r in runs}
-    differ = differences(envs)
+    torch, CPU, threads, device: the last digits of equal seeds differ with them): the
+    trainer's where eval.json records it, else the evaluator's; None where they agree
+    or runs do not say (written before it was recorded)."""
+    differ = differences((r.name, r.environment) for r in runs)
     if not differ:
         return None
 
@@ -93,8 +93,11 @@ def environment_note(runs: Sequence[Run]) -> str | None:
 
     parts = [f"{key}: " + "; ".join(f"{value} ({names(ns)})" for value, ns in values.items())
              for key, values in differ.items()]
-    return ("The runs' numbers were computed in different environments (mmvm.provenance), "
-            "so equal seeds need not give equal digits: " + " | ".join(parts) + ".")
+    sites = any(r.federated and r.environment for r in runs)
+    return ("The runs were trained or evaluated in different environments "
+            "(mmvm.provenance), so equal seeds need not give equal digits: "
+            + " | ".join(parts) + "." + (" A federated run's is its server's evaluation; "
+                                         "its sites' hosts are not recorded." if sites else ""))
 
 
 def _count(n: int, noun: str) -> str:
