@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ import torch  # noqa: E402
 from mmvm.checkpoint import load_checkpoint  # noqa: E402
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
-from mmvm.provenance import environment  # noqa: E402
+from mmvm.provenance import environment, weights_digest  # noqa: E402
 
 PATHS = {"default": {}, "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
          "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
@@ -79,12 +78,8 @@ def weights(run: Path) -> tuple[str, dict[str, torch.Tensor], float, float, dict
     loss, the training's seconds (its epochs', without start-up and writing) and the
     environment the checkpoint records."""
     state = load_checkpoint(run / "checkpoint.pt")
-    model = state["model"]
-    digest = hashlib.sha256()
-    for name in sorted(model):
-        digest.update(name.encode() + model[name].numpy().tobytes())
-    history = state["history"]
-    return (digest.hexdigest(), model, float(history[-1]["loss"]),
+    model, history = state["model"], state["history"]
+    return (weights_digest(model), model, float(history[-1]["loss"]),
             sum(float(h["seconds"]) for h in history), state["environment"])
 
 

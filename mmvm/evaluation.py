@@ -54,7 +54,7 @@ from mmvm.data.labels import NO_LABELS, label_columns
 from mmvm.imputation import imputation_nll
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, labelled_modalities, probe_accuracy
-from mmvm.provenance import environment
+from mmvm.provenance import environment, weights_digest
 from mmvm.recon_baseline import baseline_nll
 from mmvm.subsample import keep_rows
 
@@ -361,8 +361,9 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
                                      draws=imputation_draws),
         "probe_metric": cfg.eval.metric, "probe_standardized": cfg.eval.probe_standardize,
         "coherence_sampled": cfg.eval.coherence_sample, **extra,
-        # what computed these numbers (mmvm.provenance)
+        # what computed these numbers, from which weights (mmvm.provenance)
         "environment": environment(next(model.parameters()).device),
+        "weights_sha256": weights_digest(model.state_dict()),
     }
     models = getattr(classifiers, "models", classifiers)
     if models:

@@ -20,8 +20,10 @@ that writes a file records itself: a federated site's host is never sent.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -37,8 +39,8 @@ NUMERIC_VARIABLES = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA"
                      "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS",
                      "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 # what changes a number's last digits (the rest, python or platform, only describes)
-NUMERIC_KEYS = ("commit", "torch", "cpu", "cpu_capability", "threads", "device",
-                "numeric_variables")
+NUMERIC_KEYS = ("commit", "torch", "kernels", "cpu", "cpu_capability", "threads",
+                "device", "numeric_variables")
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -48,7 +50,9 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     Keys: ``mmvm`` (version), ``commit`` (the checkout's git commit, ``+dirty`` when
     tracked files differed from it when first asked; None outside a checkout, e.g. an
     installed app), ``python``, ``platform`` (system and machine: no kernel build),
-    ``torch``, ``flwr``, ``numpy``, ``cpu`` (model name), ``cpu_capability`` (torch's
+    ``torch``, ``kernels`` (the MKL and oneDNN releases torch was built with: a pip
+    and a conda torch of one version may differ), ``flwr``, ``numpy``, ``cpu`` (model
+    name), ``cpu_capability`` (torch's
     SIMD level), ``threads`` (torch's intra-op), ``device`` ("cpu", or the GPU's
     name), ``deterministic`` (torch's flag) and ``numeric_variables`` (those of
     :data:`NUMERIC_VARIABLES` that are set)."""
@@ -68,9 +72,40 @@ def _static() -> dict[str, Any]:
     return {"mmvm": _version("mmvm"), "commit": git_commit(Path(__file__).parent),
             "python": platform.python_version(),
             "platform": f"{platform.system()} {platform.machine()}",
-            "torch": str(torch.__version__), "flwr": _version("flwr"),
+            "torch": str(torch.__version__), "kernels": _kernels(),
+            "flwr": _version("flwr"),
             "numpy": _version("numpy"), "cpu": cpu_model(),
             "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
+def _kernels() -> str:
+    """The MKL and oneDNN lines of torch's build configuration, shortened: "MKL
+    2024.2-Product Build 20240605; oneDNN v3.12.0" ("none" without either)."""
+    import torch
+
+    found = []
+    for line in torch.__config__.show().splitlines():
+        line = line.strip(" -")
+        if "Math Kernel Library Version" in line:
+            found.append("MKL " + line.split("Version", 1)[1].split(" for ")[0].strip())
+        elif ("MKL-DNN" in line or "oneDNN" in line) and (
+                release := re.search(r"v\d[\w.]*", line)):
+            found.append("oneDNN " + release.group())
+    return "; ".join(found) or "none"
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a model's weights (``state_dict``, by name, bytes as stored): equal
+    for equal weights wherever they were saved, unlike a checkpoint file's, which also
+    holds the optimizer, the timings and this environment."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+    return digest.hexdigest()
 
 
 def _version(package: str) -> str | None:

@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from mmvm.jsonfile import json_bytes
-from mmvm.provenance import NUMERIC_KEYS, differences, environment, git_commit
+from mmvm.provenance import (
+    NUMERIC_KEYS,
+    differences,
+    environment,
+    git_commit,
+    weights_digest,
+)
 from tests.reporting.pages import eval_result, fake_run, write_report
 
 
@@ -69,6 +75,20 @@ def test_the_commit_says_dirty_for_changed_code_not_for_rerun_results(tmp_path):
     assert git_commit(installed) is None  # not the enclosing repository's commit
 
 
+def test_the_weights_digest_tells_weights_apart_and_ignores_the_rest():
+    """Equal weights, equal digest, whatever else a checkpoint holds; one element, a
+    dtype or a name changed: another digest (bfloat16 and 0-dim tensors included)."""
+    state = {"enc.w": torch.arange(6.0).reshape(2, 3), "bn.n": torch.tensor(7),
+             "dec.w": torch.ones(2, dtype=torch.bfloat16)}
+    same = {k: v.clone() for k, v in reversed(state.items())}
+    assert weights_digest(state) == weights_digest(same)
+    bumped = {**state, "enc.w": state["enc.w"].clone()}
+    bumped["enc.w"][1, 2] = torch.nextafter(bumped["enc.w"][1, 2], torch.tensor(99.0))
+    renamed = {("enc.v" if k == "enc.w" else k): v for k, v in state.items()}
+    as_double = {**state, "enc.w": state["enc.w"].double()}
+    assert len({weights_digest(d) for d in (state, bumped, renamed, as_double)}) == 4
+
+
 def test_differences_name_what_differs_and_who_had_which():
     a = {"torch": "2.13.0", "cpu": "AMD EPYC", "threads": 1, "numeric_variables": {},
          "commit": "0123456789abcdef0123456789abcdef01234567"}
@@ -95,14 +115,16 @@ def test_a_report_says_when_runs_were_computed_in_different_environments(tmp_pat
         **eval_result("mmvm", 3, 0.9, 300.0, 0.4),
         "environment": {**env, "torch": "2.4.0", "cpu": "Intel Xeon"}})
     text, _ = write_report(tmp_path / "differ", *runs, old, other)
-    assert "trained or evaluated in different environments" in text
-    assert f"torch: {env['torch']} (mmvm-seed0, mmvm-seed1); 2.4.0 (mmvm-seed3)" in text
-    assert "cpu: " in text and "Intel Xeon (mmvm-seed3)" in text
+    assert "not all computed alike" in text
+    assert f"evaluated with torch {env['torch']} (mmvm-seed0, mmvm-seed1); 2.4.0 " \
+        "(mmvm-seed3)" in text
+    assert "evaluated with cpu " in text and "Intel Xeon (mmvm-seed3)" in text
+    assert text.index("not all computed alike") < text.index("<h2>")  # before numbers
     assert "hosts are not recorded" not in text  # no federated run among them
     more = [fake_run(tmp_path / f"mmvm-seed{s}", {**eval_result("mmvm", s, 0.9, 300.0, 0.4),
                                                   "environment": env}) for s in (4, 5)]
     text, _ = write_report(tmp_path / "more", *runs, *more, other)
-    assert "(mmvm-seed0, mmvm-seed1, mmvm-seed4 and 1 more); 2.4.0 (mmvm-seed3)" in text
+    assert "(mmvm-seed0, mmvm-seed1, mmvm-seed4, mmvm-seed5); 2.4.0 (mmvm-seed3)" in text
 
 
 def test_the_report_compares_the_trainers_environment_where_eval_json_has_it(tmp_path):
@@ -113,17 +135,19 @@ def test_the_report_compares_the_trainers_environment_where_eval_json_has_it(tmp
         **eval_result("mmvm", s, 0.9, 300.0, 0.4), "environment": env,
         "trained_with": {**env, "torch": release}}) for s, release in enumerate(("a", "b"))]
     text, _ = write_report(tmp_path, *runs)
-    assert "torch: a (mmvm-seed0); b (mmvm-seed1)" in text
+    assert "trained with torch a (mmvm-seed0); b (mmvm-seed1)" in text
+    assert "evaluated with" not in text  # evaluated alike
     fed = tmp_path / "run-7"  # a federated run the server evaluated (eval.json)
     fed.mkdir()
     (fed / "results.json").write_text(json.dumps({
         "settings": {"num_sites": 2}, "sites": {}, "environment": env,
         "config": {"model": {"method": "mmvm"}, "train": {"beta": 0.9, "seed": 2}}}))
     (fed / "eval.json").write_text(json.dumps({**eval_result("mmvm", 2, 0.9, 300.0, 0.4),
-                                               "environment": env}))
+                                               "environment": {**env, "threads": 2}}))
     text, _ = write_report(tmp_path / "fed", *runs, fed)
     text = html.unescape(text)
-    assert "(run-7)" in text and "its sites' hosts are not recorded" in text
+    assert "evaluated with threads 1 (mmvm-seed0, mmvm-seed1); 2 (run-7)" in text
+    assert "A federated run's sites trained it; their hosts are not recorded" in text
 
 
 def test_a_seeded_run_gives_the_same_weights_in_two_processes(tmp_path):

@@ -43,6 +43,10 @@ def register(subparsers) -> None:
                    f"data; without either: {MAIN_JOB_CONFIG}")
     p.add_argument("--device", default="auto",
                    help="auto | cpu | cuda | cuda:<n> | mps (default: auto)")
+    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+                   help="torch threads (default: torch's, one per core); the last "
+                        "digits of an evaluation depend on it, as on the trainer's "
+                        "train.num_threads (README: What computed a number)")
     p.add_argument("--no-coherence", action="store_true",
                    help="skip coherence (no classifiers are trained or loaded)")
     p.add_argument("--imputation-draws", type=_positive, default=1, metavar="S",
@@ -81,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = None if own else load_config(args.config or MAIN_JOB_CONFIG, args.overrides)
     run_dir = Path(args.run or cfg.train.out_dir)
     device = preflight(args, run_dir)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, state = load_trained_model(run_dir, device=str(device))
     # the run decides model and method; the command line the data and eval sizes
     raw = dict(state["config"])

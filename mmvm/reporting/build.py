@@ -60,7 +60,8 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
     doc = Document(title, intro=[
         f"{_count(len(collection.runs), 'run')} in {_count(len(groups), 'group')}, "
         f"from: {', '.join(inputs)}.",
-        f"Made by mmvm report on {now}.", SE_NOTE])
+        f"Made by mmvm report on {now}.", SE_NOTE,
+        *filter(None, [environment_note(collection.runs)])])  # qualifies every number
     if groups:
         doc.sections.append(summary_section(groups))
         versus = versus_section(groups)
@@ -73,31 +74,30 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
         if warned:  # first, where a reader looks before trusting a number
             doc.sections.insert(0, warned)
     doc.sections += [results_section(r) for r in collection.results]
-    notes = [*collection.notes, *repeated, *filter(None, [environment_note(collection.runs)])]
-    if notes:
-        doc.sections.append(Section("Notes").add(*[Paragraph(n, note=True) for n in notes]))
+    if collection.notes or repeated:
+        doc.sections.append(Section("Notes").add(
+            *[Paragraph(n, note=True) for n in (*collection.notes, *repeated)]))
     return doc
 
 
 def environment_note(runs: Sequence[Run]) -> str | None:
-    """What differed between the environments that computed the runs' numbers (code,
-    torch, CPU, threads, device: the last digits of equal seeds differ with them): the
-    trainer's where eval.json records it, else the evaluator's; None where they agree
-    or runs do not say (written before it was recorded)."""
-    differ = differences((r.name, r.environment) for r in runs)
-    if not differ:
+    """What differed between the environments that trained the runs, and between those
+    that evaluated them (code, torch, CPU, threads, device: the last digits of equal
+    seeds differ with them), or None where they agree or runs do not say (written
+    before it was recorded)."""
+    parts = []
+    for role in ("trained", "evaluated"):
+        differ = differences((r.name, r.environment.get(role)) for r in runs)
+        parts += [f"{role} with {key} " + "; ".join(f"{value} ({', '.join(names)})"
+                                                     for value, names in values.items())
+                  for key, values in differ.items()]
+    if not parts:
         return None
-
-    def names(ns: list[str]) -> str:
-        return ", ".join(ns[:3]) + (f" and {len(ns) - 3} more" if len(ns) > 3 else "")
-
-    parts = [f"{key}: " + "; ".join(f"{value} ({names(ns)})" for value, ns in values.items())
-             for key, values in differ.items()]
     sites = any(r.federated and r.environment for r in runs)
-    return ("The runs were trained or evaluated in different environments "
-            "(mmvm.provenance), so equal seeds need not give equal digits: "
-            + " | ".join(parts) + "." + (" A federated run's is its server's evaluation; "
-                                         "its sites' hosts are not recorded." if sites else ""))
+    return ("The runs were not all computed alike, so equal seeds need not give equal "
+            "digits (README: What computed a number): " + " | ".join(parts) + "."
+            + (" A federated run's sites trained it; their hosts are not recorded."
+               if sites else ""))
 
 
 def _count(n: int, noun: str) -> str:

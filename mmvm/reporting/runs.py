@@ -70,8 +70,8 @@ class Run:
     checkpoint: Path | None = None
     federated: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)  # the evaluation's own
-    # what trained it, else what evaluated it (mmvm.provenance); None: not recorded
-    environment: dict[str, Any] | None = None
+    # "trained" / "evaluated" -> what did it, where recorded (mmvm.provenance)
+    environment: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -167,9 +167,9 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
         if cell:
             run.per_modality[str(name)] = cell
     run.coherence_matrix = coherence_matrix(coh)
-    for key in ("environment", "trained_with"):  # the trainer's over the evaluator's
-        env = result.get(key)
-        run.environment = dict(env) if isinstance(env, Mapping) else run.environment
+    for role, key in (("evaluated", "environment"), ("trained", "trained_with")):
+        if isinstance(result.get(key), Mapping):
+            run.environment[role] = dict(result[key])
     said = result.get("warnings")
     run.warnings = [str(w) for w in said if isinstance(w, str)] \
         if isinstance(said, list) else []

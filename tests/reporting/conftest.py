@@ -37,5 +37,5 @@ def real_run(tiny_polymnist, tmp_path_factory) -> Path:
     flags = [a for s in sets for a in ("--set", s)]
     assert main(["train", "--config", POLYMNIST, "--no-progress", *flags]) == 0
     assert main(["evaluate", "--config", POLYMNIST, *flags, "--run", str(out),
-                 "--device", "cpu", "--no-coherence"]) == 0
+                 "--device", "cpu", "--threads", "1", "--no-coherence"]) == 0
     return out

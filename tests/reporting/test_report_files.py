@@ -29,12 +29,17 @@ def test_a_trained_and_evaluated_run_says_what_computed_it(real_run):
     import torch
 
     from mmvm.checkpoint import load_checkpoint
+    from mmvm.provenance import weights_digest
 
-    evaluated = json.loads((real_run / "eval.json").read_text())["environment"]
-    trained = load_checkpoint(real_run / "checkpoint.pt")["environment"]
+    result = json.loads((real_run / "eval.json").read_text())
+    state = load_checkpoint(real_run / "checkpoint.pt")
+    evaluated, trained = result["environment"], state["environment"]
     for env in (evaluated, trained):
         assert env["torch"] == torch.__version__ and env["device"] == "cpu"
     assert trained["threads"] == 1  # train.num_threads=1, as the run was given
+    assert evaluated["threads"] == 1  # mmvm evaluate --threads 1
+    assert result["trained_with"] == trained
+    assert result["weights_sha256"] == weights_digest(state["model"])
 
 
 def test_generate_draws_grid_and_latents_from_the_checkpoint(tmp_path, real_run):
