@@ -36,6 +36,7 @@ from mmvm.federation.site_encode import encode_rows, step_groups
 from mmvm.federation.window_metrics import step_sums, zero_sums
 from mmvm.noise import modality_noise
 from mmvm.objectives import alpha_schedule, site_loss
+from mmvm.provenance import environment
 from mmvm.training import TrainingDivergedError, build_model, resolve_device
 
 
@@ -369,6 +370,7 @@ class Site:
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
                  "progress": self.progress.state(), "replies": self.replies.state(),
+                 "environment": environment(self.device),  # this host's: never sent
                  **data_record(self.data)}
         write_torch(path, state)
 

@@ -92,3 +92,12 @@ def test_a_damaged_live_state_gives_way_to_the_newest_readable_snapshot(
                        rf".*{site.name}\.pt cannot be read .* nor can any snapshot of it "
                        rf"\(\[3, 6\]\)"):
         SiteStore(live).refresh(Site(cfg, site.name, site.train_path))
+
+
+def test_a_sites_state_records_what_computed_its_part(cfg, tmp_path, tiny_polymnist):
+    """What computed a site's part of a run is on its own disk (mmvm.provenance), for
+    its operator: the server's results.json records only the server's."""
+    _, _, live = _stored_run(cfg, tmp_path, tiny_polymnist)
+    env = torch.load(live, weights_only=True)["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert env["threads"] == torch.get_num_threads() == 1
