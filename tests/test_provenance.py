@@ -150,6 +150,28 @@ def test_the_report_compares_the_trainers_environment_where_eval_json_has_it(tmp
     assert "A federated run's sites trained it; their hosts are not recorded" in text
 
 
+def test_runs_of_one_seed_are_said_to_reproduce_or_not_and_why(tmp_path):
+    """A colleague's rerun of a seed: the report says whether the weights are the
+    same (eval.json's weights_sha256) and, if not, whether the recorded environments
+    explain it."""
+    env = {**environment(), "threads": 1}
+
+    def run(name: str, digest: str, **changed) -> Path:
+        return fake_run(tmp_path / name, {**eval_result("mmvm", 0, 0.9, 300.0, 0.4),
+                                          "environment": env, "weights_sha256": digest,
+                                          "trained_with": {**env, **changed}})
+
+    mine, same = run("mine", "a" * 64), run("same", "a" * 64)
+    other, threads = run("other", "b" * 64), run("threads", "c" * 64, threads=2)
+    said = {}
+    for name, rerun in (("same", same), ("other", other), ("threads", threads)):
+        said[name] = html.unescape(write_report(tmp_path / f"r-{name}", mine, rerun)[0])
+    assert "seed 0: the same weights in every run (weights_sha256)" in said["same"]
+    assert "seed 0: other weights although computed alike" in said["other"]
+    assert "seed 0: other weights, computed in other environments" in said["threads"]
+    assert "trained with threads 1 (mine); 2 (threads)" in said["threads"]
+
+
 def test_a_seeded_run_gives_the_same_weights_in_two_processes(tmp_path):
     """The claim the numeric-path benchmark rests on, through it: the same path twice
     (two fresh mmvm train processes) gives the same weights bit for bit, and each

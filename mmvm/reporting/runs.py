@@ -72,6 +72,7 @@ class Run:
     warnings: list[str] = field(default_factory=list)  # the evaluation's own
     # "trained" / "evaluated" -> what did it, where recorded (mmvm.provenance)
     environment: dict[str, dict[str, Any]] = field(default_factory=dict)
+    weights: str | None = None  # eval.json's weights_sha256: equal weights, equal digest
 
     @property
     def label(self) -> str:
@@ -167,6 +168,8 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
         if cell:
             run.per_modality[str(name)] = cell
     run.coherence_matrix = coherence_matrix(coh)
+    digest = result.get("weights_sha256")
+    run.weights = digest if isinstance(digest, str) else run.weights
     for role, key in (("evaluated", "environment"), ("trained", "trained_with")):
         if isinstance(result.get(key), Mapping):
             run.environment[role] = dict(result[key])

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from mmvm.provenance import differences
 from mmvm.reporting.runs import WHERE_DATA_LIES, Run
 
 NOT_EVALUATED = "not evaluated"
@@ -175,15 +176,35 @@ def split_repeated_seeds(groups: Sequence[Group]) -> tuple[list[Group], list[str
         if not repeated:
             out.append(g)
             continue
+        verdicts = [f"; seed {seed}: {said}" for seed in repeated
+                    if (said := reproduced([r for r in g.runs if r.seed == seed]))]
         notes.append(f"{g.label}: seed{'s' if len(repeated) > 1 else ''} "
                      f"{', '.join(map(str, repeated))} given more than once ("
                      f"{', '.join(r.name for r in g.runs if r.seed in repeated)}): their "
                      "settings as recorded do not tell them apart; each run drawn on its "
-                     "own, not averaged as if they were independent seeds")
+                     "own, not averaged as if they were independent seeds" + "".join(verdicts))
         out += [Group(g.method, g.beta, g.settings, [run], g.variant,
                       "; ".join(t for t in (g.tag, f"run {run.name}") if t))
                 for run in g.runs]
     return out, notes
+
+
+def reproduced(runs: Sequence[Run]) -> str | None:
+    """Whether runs of one seed ended with the same weights (eval.json's
+    weights_sha256), and if not, whether their recorded environments explain it; None
+    where a run's evaluation predates the digest."""
+    if len(runs) < 2 or any(r.weights is None for r in runs):
+        return None
+    if len({r.weights for r in runs}) == 1:
+        return "the same weights in every run (weights_sha256), a reproduction"
+    for role in ("trained", "evaluated"):  # a benchmark's rows: trained where evaluated
+        envs = [(r.name, r.environment.get(role)) for r in runs]
+        if all(env for _, env in envs):
+            if differences(envs):
+                return "other weights, computed in other environments (named above)"
+            return ("other weights although computed alike (code, torch, CPU, threads, "
+                    "device as recorded): not deterministic here, or other data")
+    return "other weights; their environments are not all recorded"
 
 
 def series_of(groups: Sequence[Group]) -> dict[str, list[Group]]:
