@@ -79,12 +79,17 @@ def _static() -> dict[str, Any]:
 
 
 def _kernels() -> str:
-    """The MKL and oneDNN lines of torch's build configuration, shortened: "MKL
-    2024.2-Product Build 20240605; oneDNN v3.12.0" ("none" without either)."""
     import torch
 
+    return kernels(torch.__config__.show())
+
+
+def kernels(build: str) -> str:
+    """The MKL and oneDNN releases in torch's build configuration text
+    (``torch.__config__.show()``), shortened: "MKL 2024.2-Product Build 20240605;
+    oneDNN v3.12.0" ("none" without either)."""
     found = []
-    for line in torch.__config__.show().splitlines():
+    for line in build.splitlines():
         line = line.strip(" -")
         if "Math Kernel Library Version" in line:
             found.append("MKL " + line.split("Version", 1)[1].split(" for ")[0].strip())
@@ -164,14 +169,16 @@ def differences(envs: Iterable[tuple[str, Mapping[str, Any] | None]]
                 ) -> dict[str, dict[str, list[str]]]:
     """Of the :data:`NUMERIC_KEYS`, those whose value differs between the named
     environments (``(name, environment)`` pairs): key -> {value as text: [names]}.
-    Names without an environment (older results) are left out, not counted as a
-    value; commits are shortened to 12 characters."""
+    Names without an environment (older results), or whose environment lacks the key
+    (recorded before it was), are left out, not counted as a value; commits are
+    shortened to 12 characters."""
     known = [(name, env) for name, env in envs if isinstance(env, Mapping)]
     out: dict[str, dict[str, list[str]]] = {}
     for key in NUMERIC_KEYS:
         values: dict[str, list[str]] = {}
         for name, env in known:
-            values.setdefault(_text(key, env.get(key)), []).append(name)
+            if key in env:  # a key recorded since: not a difference with older files
+                values.setdefault(_text(key, env[key]), []).append(name)
         if len(values) > 1:
             out[key] = values
     return out

@@ -13,14 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmvm.cli import main
 from mmvm.jsonfile import json_bytes
 from mmvm.provenance import (
     NUMERIC_KEYS,
     differences,
     environment,
     git_commit,
+    kernels,
     weights_digest,
 )
+from mmvm.reporting.runs import Run
+from mmvm.reporting.stats import reproduced
 from tests.reporting.pages import eval_result, fake_run, write_report
 
 
@@ -87,12 +91,48 @@ def test_the_weights_digest_tells_weights_apart_and_ignores_the_rest():
     renamed = {("enc.v" if k == "enc.w" else k): v for k, v in state.items()}
     as_double = {**state, "enc.w": state["enc.w"].double()}
     assert len({weights_digest(d) for d in (state, bumped, renamed, as_double)}) == 4
+    transposed = {**state, "enc.w": state["enc.w"].T.contiguous().T}  # strides differ
+    assert not transposed["enc.w"].is_contiguous()
+    assert weights_digest(transposed) == weights_digest(state)
+    flags = {"m": torch.tensor([True, False])}
+    assert weights_digest(flags) != weights_digest({"m": torch.tensor([True, True])})
+
+
+def test_the_kernels_are_read_from_torchs_build_text():
+    build = ("PyTorch built with:\n  - GCC 13.3\n  - Intel(R) oneAPI Math Kernel Library "
+             "Version 2024.2-Product Build 20240605 for Intel(R) 64 architecture "
+             "applications\n  - Intel(R) MKL-DNN v3.12.0 (Git Hash 80afa71)\n")
+    assert kernels(build) == "MKL 2024.2-Product Build 20240605; oneDNN v3.12.0"
+    assert kernels("PyTorch built with:\n  - GCC 13.3\n") == "none"
+    assert environment()["kernels"] == kernels(torch.__config__.show())
+
+
+def test_reruns_whose_trainer_is_not_recorded_are_not_called_alike():
+    """A federated run's eval.json is the server's (its sites trained it), and an
+    eval.json whose checkpoint predates trained_with: neither says how it was
+    trained, so a difference of weights is not blamed on nondeterminism."""
+    env = {"torch": "2.13.0", "threads": 1}
+
+    def run(name, digest, **fields):
+        return Run(name, name, "centralized", seed=0, weights=digest, **fields)
+
+    fed = [run(n, n * 64, federated={"settings": {}}, environment={"evaluated": env})
+           for n in "ab"]
+    assert reproduced(fed) == "other weights; their environments are not all recorded"
+    old = run("c", "c" * 64, environment={"evaluated": env, "trained": {}})
+    bench = run("d", "d" * 64, environment={"evaluated": env})  # trained in-process
+    assert reproduced([old, bench]).endswith("not all recorded")
+    assert reproduced([bench, run("e", "e" * 64, environment={"evaluated": env})]) \
+        .startswith("other weights although trained alike")
+    assert reproduced([bench, run("f", None, environment={"evaluated": env})]) is None
 
 
 def test_differences_name_what_differs_and_who_had_which():
     a = {"torch": "2.13.0", "cpu": "AMD EPYC", "threads": 1, "numeric_variables": {},
          "commit": "0123456789abcdef0123456789abcdef01234567"}
     assert differences([("a", a), ("b", dict(a)), ("old", None)]) == {}
+    recorded_since = {**a, "kernels": "MKL 2024.2; oneDNN v3.12.0"}  # a has no kernels
+    assert differences([("a", a), ("new", recorded_since)]) == {}
     b = {**a, "torch": "2.5.1", "numeric_variables": {"MKL_CBWR": "COMPATIBLE"},
          "commit": "fedcba9876543210fedcba9876543210fedcba98+dirty"}
     got = differences([("a", a), ("b", b), ("a", dict(a)), ("old", None)])
@@ -147,7 +187,8 @@ def test_the_report_compares_the_trainers_environment_where_eval_json_has_it(tmp
     text, _ = write_report(tmp_path / "fed", *runs, fed)
     text = html.unescape(text)
     assert "evaluated with threads 1 (mmvm-seed0, mmvm-seed1); 2 (run-7)" in text
-    assert "A federated run's sites trained it; their hosts are not recorded" in text
+    assert "A federated run's sites trained it: each site's state file records its " \
+        "own host" in text
 
 
 def test_runs_of_one_seed_are_said_to_reproduce_or_not_and_why(tmp_path):
@@ -167,8 +208,8 @@ def test_runs_of_one_seed_are_said_to_reproduce_or_not_and_why(tmp_path):
     for name, rerun in (("same", same), ("other", other), ("threads", threads)):
         said[name] = html.unescape(write_report(tmp_path / f"r-{name}", mine, rerun)[0])
     assert "seed 0: the same weights in every run (weights_sha256)" in said["same"]
-    assert "seed 0: other weights although computed alike" in said["other"]
-    assert "seed 0: other weights, computed in other environments" in said["threads"]
+    assert "seed 0: other weights although trained alike" in said["other"]
+    assert "seed 0: other weights, trained in other environments" in said["threads"]
     assert "trained with threads 1 (mine); 2 (threads)" in said["threads"]
 
 
@@ -185,3 +226,10 @@ def test_a_seeded_run_gives_the_same_weights_in_two_processes(tmp_path):
     assert [r["same_bits_as_default"] for r in rows] == [True, True]
     assert rows[1]["max_abs_weight_diff"] == 0 and rows[0]["recorded"] == "threads=1"
     assert not (tmp_path / "work" / "runs" / "mlp-default-0").exists()  # deleted
+
+
+def test_evaluate_refuses_a_thread_count_torch_cannot_take(capsys):
+    with pytest.raises(SystemExit) as stop:  # torch.set_num_threads(10**8) segfaults
+        main(["evaluate", "--run", "runs/none", "--threads", "100000000"])
+    assert stop.value.code == 2 and "--threads: 100000000: at most 1024" in \
+        capsys.readouterr().err

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                    f"data; without either: {MAIN_JOB_CONFIG}")
     p.add_argument("--device", default="auto",
                    help="auto | cpu | cuda | cuda:<n> | mps (default: auto)")
-    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
                    help="torch threads (default: torch's, one per core); the last "
                         "digits of an evaluation depend on it, as on the trainer's "
                         "train.num_threads (README: What computed a number)")
@@ -59,6 +59,15 @@ def register(subparsers) -> None:
                    help="no progress bar while the coherence classifiers train "
                         "(--quiet, as mmvm data takes it)")
     p.set_defaults(func=run)
+
+
+def _threads(text: str) -> int:
+    from mmvm.config_ranges import MAX_THREADS  # torch.set_num_threads(10**8) segfaults
+
+    value = _positive(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text}: at most {MAX_THREADS}")
+    return value
 
 
 def _positive(text: str) -> int:

@@ -88,7 +88,7 @@ def environment_note(runs: Sequence[Run]) -> str | None:
     parts = []
     for role in ("trained", "evaluated"):
         differ = differences((r.name, r.environment.get(role)) for r in runs)
-        parts += [f"{role} with {key} " + "; ".join(f"{value} ({', '.join(names)})"
+        parts += [f"{role} with {key} " + "; ".join(f"{value} ({_names(names)})"
                                                      for value, names in values.items())
                   for key, values in differ.items()]
     if not parts:
@@ -96,8 +96,13 @@ def environment_note(runs: Sequence[Run]) -> str | None:
     sites = any(r.federated and r.environment for r in runs)
     return ("The runs were not all computed alike, so equal seeds need not give equal "
             "digits (README: What computed a number): " + " | ".join(parts) + "."
-            + (" A federated run's sites trained it; their hosts are not recorded."
-               if sites else ""))
+            + (" A federated run's sites trained it: each site's state file records its "
+               "own host, the server's files only the server's." if sites else ""))
+
+
+def _names(names: Sequence[str], shown: int = 8) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _count(n: int, noun: str) -> str:

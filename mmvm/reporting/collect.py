@@ -361,7 +361,7 @@ def deduplicate(runs: list[Run], notes: list[str]) -> list[Run]:
 def lend_numbers(source: Run, to: Run) -> None:
     to.metrics, to.per_modality = source.metrics, source.per_modality
     to.coherence_matrix, to.metric_source = source.coherence_matrix, source.metric_source
-    to.environment, to.weights = source.environment or to.environment, source.weights
+    to.environment, to.weights = source.environment or to.environment, source.weights or to.weights
 
 
 def compatible(a: Run, b: Run) -> bool:

@@ -171,8 +171,9 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
     digest = result.get("weights_sha256")
     run.weights = digest if isinstance(digest, str) else run.weights
     for role, key in (("evaluated", "environment"), ("trained", "trained_with")):
-        if isinstance(result.get(key), Mapping):
-            run.environment[role] = dict(result[key])
+        if key in result:  # trained_with null: evaluated apart, trainer not recorded
+            env = result[key]
+            run.environment[role] = dict(env) if isinstance(env, Mapping) else {}
     said = result.get("warnings")
     run.warnings = [str(w) for w in said if isinstance(w, str)] \
         if isinstance(said, list) else []

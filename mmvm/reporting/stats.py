@@ -197,14 +197,23 @@ def reproduced(runs: Sequence[Run]) -> str | None:
         return None
     if len({r.weights for r in runs}) == 1:
         return "the same weights in every run (weights_sha256), a reproduction"
-    for role in ("trained", "evaluated"):  # a benchmark's rows: trained where evaluated
-        envs = [(r.name, r.environment.get(role)) for r in runs]
-        if all(env for _, env in envs):
-            if differences(envs):
-                return "other weights, computed in other environments (named above)"
-            return ("other weights although computed alike (code, torch, CPU, threads, "
-                    "device as recorded): not deterministic here, or other data")
+    envs = [(r.name, trainer(r)) for r in runs]
+    if all(env for _, env in envs):
+        if differences(envs):
+            return "other weights, trained in other environments (named above)"
+        return ("other weights although trained alike (code, torch, CPU, threads, "
+                "device as recorded): not deterministic here, or other data")
     return "other weights; their environments are not all recorded"
+
+
+def trainer(run: Run) -> dict | None:
+    """The environment that trained ``run``: eval.json's trained_with, or where
+    evaluation and training were one process (a benchmark's row, which records no
+    trained_with) the evaluator's; None where it is not recorded (a federated run:
+    its sites')."""
+    if "trained" in run.environment:
+        return run.environment["trained"] or None
+    return None if run.federated else run.environment.get("evaluated")
 
 
 def series_of(groups: Sequence[Group]) -> dict[str, list[Group]]:
