@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     p.add_argument("--repeats", type=int, default=2, help="runs per path")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a config override for every run, as mmvm train takes it "
+                        "(repeatable), e.g. data.max_train=64")
     return p.parse_args(argv)
 
 
@@ -83,10 +86,11 @@ def weights(run: Path) -> tuple[str, dict[str, torch.Tensor], float, float, dict
             sum(float(h["seconds"]) for h in history), state["environment"])
 
 
-def train_once(net: str, data: Path, out: Path, epochs: int, env: dict[str, str]) -> None:
+def train_once(net: str, data: Path, out: Path, args: argparse.Namespace,
+               env: dict[str, str]) -> None:
     config, _, extra = NETWORKS[net]
-    sets = [f'data.root="{data}"', f'train.out_dir="{out}"', f"train.epochs={epochs}",
-            "train.num_threads=1", 'train.device="cpu"', "train.seed=0", *extra]
+    sets = [f'data.root="{data}"', f'train.out_dir="{out}"', f"train.epochs={args.epochs}",
+            "train.num_threads=1", 'train.device="cpu"', "train.seed=0", *extra, *args.set]
     mmvm(["train", "--config", config, "--no-progress", "--fresh",
           *[a for s in sets for a in ("--set", s)]], env)
 
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.paths:
             for repeat in range(args.repeats):
                 run = work / "runs" / f"{net}-{path}-{repeat}"
-                train_once(net, data, run, args.epochs, PATHS[path])
+                train_once(net, data, run, args, PATHS[path])
                 digest, model, loss, seconds, env = weights(run)
                 shutil.rmtree(run)  # a wide MLP's checkpoints: ~75 MB each
                 if reference is None:

@@ -220,7 +220,7 @@ def test_a_seeded_run_gives_the_same_weights_in_two_processes(tmp_path):
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, str(root / "benchmarks" / "numeric_paths.py"),
                     "--networks", "mlp", "--paths", "default", "--repeats", "2",
-                    "--epochs", "1", "--out", str(tmp_path / "out"),
+                    "--epochs", "1", "--set", "data.max_train=64", "--out", str(tmp_path / "out"),
                     "--work", str(tmp_path / "work")], check=True, capture_output=True)
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     assert [r["same_bits_as_default"] for r in rows] == [True, True]
