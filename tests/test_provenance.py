@@ -156,9 +156,10 @@ def test_a_report_says_when_runs_were_computed_in_different_environments(tmp_pat
         "environment": {**env, "torch": "2.4.0", "cpu": "Intel Xeon"}})
     text, _ = write_report(tmp_path / "differ", *runs, old, other)
     assert "not all computed alike" in text
-    assert f"evaluated with torch {env['torch']} (mmvm-seed0, mmvm-seed1); 2.4.0 " \
-        "(mmvm-seed3)" in text
-    assert "evaluated with cpu " in text and "Intel Xeon (mmvm-seed3)" in text
+    assert f"trained with torch {env['torch']} (mmvm-seed0, mmvm-seed1); 2.4.0 " \
+        "(mmvm-seed3)" in text  # rows trained where they were evaluated: said once
+    assert "trained with cpu " in text and "Intel Xeon (mmvm-seed3)" in text
+    assert "evaluated with" not in text
     assert text.index("not all computed alike") < text.index("<h2>")  # before numbers
     assert "hosts are not recorded" not in text  # no federated run among them
     more = [fake_run(tmp_path / f"mmvm-seed{s}", {**eval_result("mmvm", s, 0.9, 300.0, 0.4),

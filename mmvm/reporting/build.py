@@ -35,6 +35,7 @@ from mmvm.reporting.stats import (
     modality_names,
     show,
     split_repeated_seeds,
+    trainer,
     variants_of,
 )
 from mmvm.reporting.versus import versus_section
@@ -81,13 +82,13 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
 
 
 def environment_note(runs: Sequence[Run]) -> str | None:
-    """What differed between the environments that trained the runs, and between those
-    that evaluated them (code, torch, CPU, threads, device: the last digits of equal
+    """What differed between the environments that trained the runs (:func:`trainer`),
+    and between those that evaluated them (code, torch, CPU, threads, device: the last digits of equal
     seeds differ with them), or None where they agree or runs do not say (written
     before it was recorded)."""
     parts = []
-    for role in ("trained", "evaluated"):
-        differ = differences((r.name, r.environment.get(role)) for r in runs)
+    for role, env_of in (("trained", trainer), ("evaluated", evaluator)):
+        differ = differences((r.name, env_of(r)) for r in runs)
         parts += [f"{role} with {key} " + "; ".join(f"{value} ({_names(names)})"
                                                      for value, names in values.items())
                   for key, values in differ.items()]
@@ -98,6 +99,13 @@ def environment_note(runs: Sequence[Run]) -> str | None:
             "digits (README: What computed a number): " + " | ".join(parts) + "."
             + (" A federated run's sites trained it: each site's state file records its "
                "own host, the server's files only the server's." if sites else ""))
+
+
+def evaluator(run: Run) -> dict | None:
+    """The environment that evaluated ``run`` where that was not its trainer's process
+    (mmvm evaluate, a federated server); a benchmark's row is said once, as trained."""
+    apart = "trained" in run.environment or run.federated
+    return run.environment.get("evaluated") if apart else None
 
 
 def _names(names: Sequence[str], shown: int = 8) -> str:
