@@ -18,7 +18,7 @@ Networks: ``mlp`` (configs/hippocampus.toml: 5 rats' spike counts, MLPs) and ``c
 ``--work`` with the run folders (each deleted once its weights are read). Writes
 results.json (with the environment) and results.csv under ``--out``; prints a table.
 
-    python benchmarks/numeric_paths.py --out benchmarks/results/numeric_paths  # ~8 min
+    python benchmarks/numeric_paths.py --out benchmarks/results/numeric_paths  # ~9 min
 """
 
 from __future__ import annotations
