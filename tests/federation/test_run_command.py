@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,7 +57,17 @@ def _acting(fleet: Fleet, run_config: str, until: str,
             break
     assert seen and until in seen[-1], "".join(seen[-40:])
     act(proc)
-    return proc, "".join(seen) + proc.communicate(timeout=600)[0]
+    # the rest from the same reader: it has read ahead, and communicate(timeout=...)
+    # reads the pipe underneath it, so the lines it held were lost (CI lost windows
+    # 6 and 7 so, which made a console that had shown them look as if it had not)
+    hung = threading.Timer(600, proc.kill)
+    hung.start()
+    try:
+        seen.append(proc.stdout.read())
+    finally:
+        hung.cancel()
+    proc.wait()
+    return proc, "".join(seen)
 
 
 def _interrupted(fleet: Fleet, run_config: str, until: str, signum: int
@@ -262,7 +273,7 @@ def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
 
     with Fleet(tmp_path / "fleet") as fleet:
         fleet.write_connection("sim", fleet.start_superlink(simulation=True))
-        proc, out = _acting(fleet, rc, "window 5/", faults)
+        proc, out = _acting(fleet, rc, "window 3/", faults)
     assert proc.returncode == 0, out[-4000:]
     # Ray says a worker died ("(raylet) ... SYSTEM_ERROR"); Flower logs no exception
     assert "Traceback" not in out and "ERROR :" not in out, out[-4000:]
@@ -271,8 +282,10 @@ def test_a_site_host_that_is_killed_comes_back_and_the_run_completes(tmp_path):
     (site, restarts), = summary["restarted_sites"].items()
     assert restarts == [{"window": restarts[0]["window"], "after": -1}], restarts
     # the window it died in or a later one: which depends on when the console line
-    # that triggers the kill is read (a loaded CI machine read it at window 9 once)
-    assert 5 <= restarts[0]["window"] <= 8
+    # that triggers the kill is read: Flower delivers the log in batches (0.2 s
+    # uploads, 0.5 s polls), windows take 0.2-0.5 s, so the line of window 5 was read
+    # at window 9 here once, and on a loaded CI machine too
+    assert 3 <= restarts[0]["window"] <= 9
     assert f"{site} restarted from its state after attach" in out
     run_id = re.search(r"Successfully started run (\d+)", out).group(1)
     assert f"the log stream of run {run_id} ended while the run goes on" in out, out
