@@ -136,7 +136,12 @@ def git_commit(folder: Path) -> str | None:
     ``+dirty`` when they differ from it (benchmark results aside: a benchmark rerun
     into ``benchmarks/results`` changes those, not the code); None when git is
     missing or ``folder`` is not tracked (an installed package inside some other
-    repository: a virtual environment in a checkout, a home folder kept in git)."""
+    repository: a virtual environment in a checkout, a home folder kept in git).
+    Without a ``.git`` in ``folder`` or above no git process is started: a site's
+    security officer need not find one under an installed package."""
+    if not any((p / ".git").exists() for p in (folder, *folder.parents)):
+        return None
+
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,

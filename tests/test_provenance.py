@@ -79,6 +79,18 @@ def test_the_commit_says_dirty_for_changed_code_not_for_rerun_results(tmp_path):
     assert git_commit(installed) is None  # not the enclosing repository's commit
 
 
+def test_no_git_process_starts_where_there_is_no_checkout(tmp_path, monkeypatch):
+    """An installed package (a site's venv outside any checkout) starts no git."""
+    if any((p / ".git").exists() for p in tmp_path.parents):
+        pytest.skip("the temporary folder is inside a git checkout")
+
+    def refused(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "run", refused)
+    assert git_commit(tmp_path / "venv" / "site-packages" / "mmvm") is None
+
+
 def test_the_weights_digest_tells_weights_apart_and_ignores_the_rest():
     """Equal weights, equal digest, whatever else a checkpoint holds; one element, a
     dtype or a name changed: another digest (bfloat16 and 0-dim tensors included)."""
