@@ -128,7 +128,7 @@ class Endpoint:
                     or len(set(holders)) != len(holders):  # a str "holds" its substrings
                 raise FederationError(f"site {site.name}: told to share modality {m!r} "
                                       f"with {holders}")
-        self.policy.check_sharing(site.name, sorted(req.shared), self.channel.secure)
+        self.policy.check_sharing(site.name, req.shared, self.channel.secure)
         try:
             plan = PlanArgs.from_dict(req.plan)
         except ValueError as err:
@@ -150,10 +150,10 @@ class Endpoint:
             raise
         if self.channel.secure:  # the server's plan must not single samples out
             try:
-                shared = sorted(req.shared)
-                counts = site.own_rows(shared)
+                counts = site.own_rows(site.names)
                 self.policy.check_plan(site.name, counts[:, 0],
-                                       {m: counts[:, 1 + j] for j, m in enumerate(shared)})
+                                       {m: counts[:, 1 + j] for j, m in enumerate(site.names)},
+                                       sorted(req.shared))
             except PolicyError as err:
                 self._refuse_plan(err)
         site.progress.phase = "attached"

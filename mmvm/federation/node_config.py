@@ -12,14 +12,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmvm.federation.policy import (
-    KEYS,
-    LIMITS,
-    PolicyError,
-    SitePolicy,
-    fingerprint_digits,
-)
+from mmvm.federation.policy import KEYS, LIMITS, PolicyError, SitePolicy
 from mmvm.secure.keys import validate_site_name
+from mmvm.secure.pins import fingerprint_digits
 
 
 def _bool(nc: Mapping, key: str, default: bool) -> bool:

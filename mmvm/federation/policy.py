@@ -80,13 +80,14 @@ anything leaves the site:
                        its test rows is not reported
 ``holders``            per modality this site holds, every site that holds it
                        (``"frontal=hospital-a,hospital-c;lateral=hospital-b"``, this
-                       site included): the masking group a secure run may put it
-                       in. Only the server says who shares a modality; one that
+                       site included): who a run may say shares it (a secure
+                       run's masking group). Only the server says that; one that
                        put the site in a group of itself and colluding holders
                        (``{A, C1, C2}``: threshold 2, two colluders) had A's
                        self-mask seed from A's own shares, and A's weights, every
                        window (review of 2026-12-05). With ``holders`` a group
-                       that is not exactly the listed one is refused at attach,
+                       that is not exactly the listed one is refused at attach
+                       (plaintext runs too),
                        and so is a modality shared that it does not list
                        (``frontal=hospital-a``: never shared). Default: the
                        server's word (``mmvm site check`` warns)
@@ -103,7 +104,10 @@ anything leaves the site:
                        samples themselves, to its peers (secure) or the server
                        (plaintext; review of 2026-12-05). A run under any other
                        experiment is refused at its first message, before anything
-                       leaves the site. Default: any (``mmvm site check`` warns)
+                       leaves the site; so is a plaintext run that shares one of
+                       its modalities (the server alone chooses the mean it loads:
+                       :meth:`SitePolicy.check_sharing`). Default: any
+                       (``mmvm site check`` warns)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
                        plan's batch size: the layers' outputs and the objective's
                        terms (default 16; estimated on the meta device,
@@ -129,6 +133,7 @@ import numpy as np
 from mmvm.schedule import batches_per_epoch
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SitePublicKeys
+from mmvm.secure.pins import pinned_entries
 
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
@@ -227,20 +232,21 @@ class SitePolicy:
                 f"--config FILE --set ...` prints a config's digest. Nothing was sent")
 
     def check_holders(self, site: str, shared: Mapping[str, Sequence[str]]) -> None:
-        """The server's masking groups against the node config's ``holders``: each
-        must be exactly the listed holders of its modality (no roster: taken as
-        the server says)."""
+        """The server's groups of holders (a secure run's masking groups) against
+        the node config's ``holders``: each must be exactly the listed holders of its
+        modality (no roster: taken as the server says)."""
         if self.holders is None:
             return
         for m, named in sorted(shared.items()):
             want = self.holders.get(m)
             if want is None or set(named) != want:
                 raise PolicyError(
-                    f"site {site}: the server puts modality {m!r} in the masking group "
+                    f"site {site}: the server puts modality {m!r} in the group "
                     f"{sorted(named)}; its node config's holders= lists "
                     + (f"{sorted(want)}" if want is not None else f"no group for {m!r}")
                     + ": a group other than the real holders could unmask this site's "
-                    "weights with the help of a few of them. Nothing was sent")
+                    "weights with the help of a few of them (secure), or choose the "
+                    "mean it loads (plaintext). Nothing was sent")
 
     def check_size(self, site: str, n: int, batch_size: int, epochs: int) -> None:
         """Refuse, before anything is built, a plan over ``n`` aligned samples larger
@@ -260,16 +266,32 @@ class SitePolicy:
         if over:  # every limit it breaks, not only the first
             raise PolicyError(f"site {site}: the plan asks for " + "; and ".join(over))
 
-    def check_sharing(self, site: str, shared: Sequence[str], secure: bool) -> None:
-        """Refuse a plaintext run that would share modalities' weights when the site
-        keeps its weights (``allow-collect`` off): a plaintext site sends them to the
-        server in clear every window, and without keys it cannot tell real holders
-        from names the server made up (a "holder" of a modality only it has)."""
-        if shared and not secure and not self.allow_collect and not self.test_bed:
+    def check_sharing(self, site: str, shared: Mapping[str, Sequence[str]],
+                      secure: bool) -> None:
+        """The server's ``shared`` (modality -> its holders) against the node
+        config's ``holders``, in either mode; and refuse a plaintext run that would
+        share modalities' weights when the site keeps its weights (``allow-collect``
+        off: it would send them in clear every window) or pins its ``experiment``:
+        without keys a site cannot tell real holders from names the server made up,
+        so the server alone chooses the "mean" it loads, and a mean chosen to be
+        inverted is the encoder the pin refuses (security review of 2026-12-06)."""
+        self.check_holders(site, shared)
+        if not shared or secure or self.test_bed:
+            return
+        listed = ", ".join(sorted(shared))
+        if not self.allow_collect:
             raise PolicyError(f"site {site}: its node config keeps its weights "
                               f"(allow-collect = false), and this plaintext run would send "
-                              f"those of {', '.join(shared)} to the server in clear every "
+                              f"those of {listed} to the server in clear every "
                               f"window; run with secure = true (masked) or allow-collect")
+        if self.experiments:
+            raise PolicyError(f"site {site}: its node config pins the experiment "
+                              f"(experiment=), and in this plaintext run the server alone "
+                              f"chooses the weights of {listed} the site loads every "
+                              f"window (the holders' mean, which nothing checks without "
+                              f"keys): weights chosen to be inverted would send this "
+                              f"site's samples as their posteriors. Run with secure = "
+                              f"true, or without sharing {listed}")
 
     def check_params(self, site: str, count: int) -> None:
         """Refuse a model of more than ``max-params`` parameters (counted unbuilt);
@@ -332,25 +354,30 @@ class SitePolicy:
                               f"train that many in a window; lower min-rows in its node "
                               f"config (nothing was sent)")
 
-    def check_plan(self, site: str, own_rows: np.ndarray,
-                   shared: Mapping[str, np.ndarray]) -> None:
+    def check_plan(self, site: str, own_rows: np.ndarray, held: Mapping[str, np.ndarray],
+                   shared: Sequence[str] = ()) -> None:
         """Refuse a secure run's plan in which a window's replies would describe too
         few of the site's samples (the server picks batch size and exchange period).
 
         ``own_rows[w]``: how many of the site's rows window ``w`` trains; its metrics
-        are sums over them. ``shared[m][w]``: of those, the rows holding modality
-        ``m``, whose weights the site shares (masked FedAvg): a window of none would
-        send back the weights the site was given, and were every holder but one in
-        that case, the masked mean would be that one's weights."""
-        low = (own_rows > 0) & (own_rows < self.min_rows)
-        if low.any():
-            w = int(np.flatnonzero(low)[0])
-            raise PolicyError(
-                f"site {site}: the plan trains {int(own_rows[w])} of its rows in window "
-                f"{w} ({int(low.sum())} of {len(own_rows)} windows below the site's "
-                f"min-rows = {self.min_rows}); use larger batches or exchange = \"round\"")
+        are sums over them. ``held[m][w]``: of those, the rows holding modality ``m``,
+        whose NLL sum the reply carries too (``rec_nll.<m>``). Of a modality in
+        ``shared``, whose weights the site shares (masked FedAvg), a window of none
+        would send back the weights the site was given, and were every holder but one
+        in that case, the masked mean would be that one's weights."""
+        for m, rows in [("", own_rows), *((m, held[m]) for m in sorted(held)
+                                          if m not in shared)]:
+            low = (rows > 0) & (rows < self.min_rows)
+            if low.any():
+                w, what = int(np.flatnonzero(low)[0]), f" with modality {m!r}" * bool(m)
+                raise PolicyError(
+                    f"site {site}: the plan trains {int(rows[w])} of its rows{what} in "
+                    f"window {w} ({int(low.sum())} of {len(rows)} windows below the "
+                    f"site's min-rows = {self.min_rows}); use larger batches or "
+                    f"exchange = \"round\"")
         floor = max(1, self.min_rows)
-        for m, rows in sorted(shared.items()):
+        for m in sorted(shared):
+            rows = held[m]
             low = rows < floor
             if low.any():
                 w = int(np.flatnonzero(low)[0])
@@ -366,35 +393,8 @@ class SitePolicy:
     def trusted(self, site: str, directory: Mapping[str, SitePublicKeys]
                 ) -> dict[str, SitePublicKeys]:
         """The directory entries this site accepts: itself and its pinned peers,
-        each matching its pinned fingerprint."""
-        if self.peers is None:
-            return dict(directory)
-        out = {site: directory[site]} if site in directory else {}
-        missing = [n for n in self.peers if n not in directory]
-        wrong = [n for n, pinned in self.peers.items() if n in directory
-                 and fingerprint_digits(directory[n].fingerprint) != fingerprint_digits(pinned)]
-        problems = [f"pinned peers {', '.join(missing)} are not in the public key "
-                    f"directory"] * bool(missing)
-        if wrong:
-            problems.append(
-                f"the directory's keys of {', '.join(wrong)} are not the pinned ones ("
-                + "; ".join(f"{n}: directory {directory[n].fingerprint}, pinned "
-                            f"{_grouped(self.peers[n])}" for n in wrong)
-                + "). Re-confirm each fingerprint with that site's administrator out of "
-                  "band (phone, signed e-mail); do not copy it from the directory: a "
-                  "replaced directory entry is what pinning is there to catch")
-        if problems:
-            raise PolicyError(f"site {site}: " + "; and ".join(problems))
-        out.update({n: directory[n] for n in self.peers})
-        return out
-
-
-def fingerprint_digits(fingerprint: str) -> str:
-    """A fingerprint's hex digits, lower case (as typed, with spaces or colons)."""
-    return fingerprint.replace(" ", "").replace(":", "").lower()
-
-
-def _grouped(fingerprint: str) -> str:
-    """As fingerprints are printed: groups of 4 hex digits."""
-    f = fingerprint_digits(fingerprint)
-    return " ".join(f[i:i + 4] for i in range(0, len(f), 4))
+        each matching its pinned fingerprint (all of them without ``peers``)."""
+        try:
+            return pinned_entries(self.peers, site, directory)
+        except ValueError as err:
+            raise PolicyError(f"site {site}: {err}") from None

@@ -62,8 +62,8 @@ VIEW_COUNTER = 2  # and confirmed views counter 2
 def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: str,
                  site: str, policy: SitePolicy) -> dict[str, dict]:
     """``{modality: {"holders": [...], "label": ...}}``, refusing groups that are
-    too small for this site's policy, or other than its node config's ``holders``."""
-    policy.check_holders(site, shared)
+    too small for this site's policy (attach has checked them against its node
+    config's ``holders``: :meth:`SitePolicy.check_sharing`)."""
     out = {}
     for m, holders in sorted(shared.items()):
         holders = sorted(holders)

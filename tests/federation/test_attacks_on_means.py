@@ -175,19 +175,33 @@ def test_the_window_a_site_began_is_kept_on_disk(tmp_path):
     assert session().began == {"window": 5, "inputs": "mean-z", "what": "window 5"}
 
 
-def test_a_plaintext_site_that_keeps_its_weights_refuses_to_share_them_in_clear(
-        cfg, tmp_path, tiny_polymnist):
+@pytest.mark.parametrize("policy, says", [
+    (SitePolicy(allow_collect=False), r"keeps its weights \(allow-collect = false\), and "
+                                      r"this plaintext run would send those of {m} to the "
+                                      r"server in clear"),
+    # the server's "mean" is the encoder the site then sends its samples' posteriors
+    # of: the pinned experiment would not hold (security review of 2026-12-06)
+    (SitePolicy(experiments=("0" * 64,)), r"pins the experiment \(experiment=\), and in "
+                                          r"this plaintext run the server alone chooses "
+                                          r"the weights of {m}"),
+    (None, r"the server puts modality '{m}' in the group \['ghost-site', 'site-m0'\]; its "
+           r"node config's holders= lists \['site-m0'\]"),
+], ids=["allow-collect-off", "experiment-pinned", "holders"])
+def test_a_plaintext_site_refuses_a_ghost_holder_its_policy_rules_out(
+        cfg, tmp_path, tiny_polymnist, policy, says):
     """Without keys a site cannot tell a real holder from a name the server made up:
     told that a modality only it has is shared with "ghost-site", it would send that
-    modality's weights in clear every window. With allow-collect off it refuses any
-    plaintext run that shares weights, before it trains or sends anything."""
+    modality's weights in clear every window and load the "mean" the server sends.
+    With allow-collect off, with a pinned experiment (the mean would be an encoder of
+    the server's choosing), or with holders= saying who holds it, the site refuses
+    before it trains or sends anything."""
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
     endpoints = plain_endpoints(sites)
-    keep = SitePolicy(allow_collect=False)
     victim = next(iter(sites))
-    endpoints[victim].policy = keep
     mine = sites[victim].names[0]
+    name = sites[victim].name
+    endpoints[victim].policy = policy or SitePolicy(holders={mine: frozenset({name})})
 
     class Ghost(LocalTransport):
         def exchange(self, requests, wait=None, need=1):
@@ -197,13 +211,13 @@ def test_a_plaintext_site_that_keeps_its_weights_refuses_to_share_them_in_clear(
                     r, shared={mine: sorted([sites[victim].name, "ghost-site"])})
             return super().exchange(requests, wait, need)
 
-    with pytest.raises(PolicyError, match=rf"keeps its weights \(allow-collect = false\), "
-                                          rf"and this plaintext run would send those of "
-                                          rf"{mine} to the server in clear"):
+    with pytest.raises(PolicyError, match=says.format(m=mine)):
         federate(cfg, {}, transport=Ghost(endpoints), exchange="step")
     assert sites[victim].link is None  # nothing attached, nothing trained
-    keep.check_sharing("a", [], secure=False)  # a vertical plaintext run shares nothing
-    keep.check_sharing("a", [mine], secure=True)  # masked: the server sees no one's
+    keep = endpoints[victim].policy
+    keep.check_sharing(name, {}, secure=False)  # a vertical plaintext run shares nothing
+    if policy is not None:  # masked: the server sees no one's weights, nor chooses alone
+        keep.check_sharing(name, {mine: [name, "b", "c"]}, secure=True)
 
 
 def test_require_psi_refuses_plaintext_runs_which_send_ids_in_clear():

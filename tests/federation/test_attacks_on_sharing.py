@@ -359,7 +359,7 @@ def test_6d_a_site_masks_only_in_the_group_its_node_config_lists(cfg, tmp_path,
             if m in r.shared else r
 
     with pytest.raises(PolicyError, match=rf"the server puts modality '{m}' in the "
-                       rf"masking group \[.*\]; its node config's holders= lists "
+                       rf"group \[.*\]; its node config's holders= lists "
                        rf"\[.*\]: a group other than the real holders"):
         federate(cfg, {}, transport=AttachTamper(
             sealed_endpoints(sites, keys, tmp_path / "bad", policy), fake), secure=True)
