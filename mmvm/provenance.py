@@ -139,7 +139,8 @@ def git_commit(folder: Path) -> str | None:
     repository: a virtual environment in a checkout, a home folder kept in git).
     Without a ``.git`` in ``folder`` or above no git process is started: a site's
     security officer need not find one under an installed package."""
-    if not any((p / ".git").exists() for p in (folder, *folder.parents)):
+    here = folder.resolve()  # as git finds it: a package linked into a checkout
+    if not any((p / ".git").exists() for p in (here, *here.parents)):
         return None
 
     def git(*args: str) -> str | None:

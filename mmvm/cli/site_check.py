@@ -276,6 +276,9 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                       "; their probes are scored, with the encoders the server averages "
                       "for shared modalities: eval-labels = \"\" keeps test labels "
                       "unread there" if p.eval_labels else ""))
+    if p.holders is not None and check.site not in set().union(*p.holders.values()):
+        check.add("policy", ERROR, f"holders lists groups without this site "
+                  f"({check.site}): every run that shares its modality is refused")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:
@@ -285,6 +288,11 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
             check.add("policy", WARNING, "allow-collect off without keys: this site "
                       "refuses plaintext runs that average a modality's weights "
                       "(horizontal and hybrid layouts): they send its weights in clear")
+        elif p.experiments:
+            check.add("policy", WARNING, "experiment pinned without keys: this site "
+                      "refuses plaintext runs in which another site holds one of its "
+                      "modalities (horizontal and hybrid layouts): the server alone "
+                      "would choose the mean its encoders load")
         check.add("policy", ERROR if p.require_secure else WARNING,
                   "require-secure without keys: this site refuses plaintext runs and "
                   "cannot take part in secure ones" if p.require_secure else
@@ -300,9 +308,6 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                   "a modality with this one; one that puts it in a group of itself and "
                   "colluding sites unmasks its weights: list each modality's holders "
                   "(holders=\"frontal=hospital-a,hospital-c\")")
-    elif check.site not in set().union(*p.holders.values()):
-        check.add("policy", ERROR, f"holders lists groups without this site "
-                  f"({check.site}): every secure run that shares its modality is refused")
     if not p.require_psi:
         check.add("policy", WARNING, "require-psi off: runs may align by keyed pseudonyms, "
                   "with which a server colluding with any one site can test any number "
@@ -317,6 +322,9 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
         check.add("policy", WARNING, "require-secure off: plaintext runs are accepted"
                   + (" (but none that average a modality's weights: allow-collect is "
                      "off, and they send the weights in clear)") * (not p.allow_collect)
+                  + (" (but none that average a modality's weights: experiment is "
+                     "pinned, and the server alone would choose their mean)")
+                  * (p.allow_collect and bool(p.experiments))
                   + (f"; min-rows {p.min_rows:,} does not bound them: their windows "
                      f"report the losses of whatever batch the plan says, one row too, "
                      f"beside the ids and posteriors they send in clear")

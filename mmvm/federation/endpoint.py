@@ -150,10 +150,10 @@ class Endpoint:
             raise
         if self.channel.secure:  # the server's plan must not single samples out
             try:
-                counts = site.own_rows(site.names)
+                shared = sorted(req.shared)
+                counts = site.own_rows(shared)
                 self.policy.check_plan(site.name, counts[:, 0],
-                                       {m: counts[:, 1 + j] for j, m in enumerate(site.names)},
-                                       sorted(req.shared))
+                                       {m: counts[:, 1 + j] for j, m in enumerate(shared)})
             except PolicyError as err:
                 self._refuse_plan(err)
         site.progress.phase = "attached"

@@ -130,8 +130,9 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
 
 # keys that protect only secure runs (which need keys=): without keys they have no
 # effect (mmvm site check warns); of them, the ones that name a secure site's peers
-# are refused without keys (its keys= was lost: a typo, spaces around '=')
-SECURE_ONLY = ("peers", "directory", "allow-pair-masking", "max-align-rows", "holders")
+# are refused without keys (its keys= was lost: a typo, spaces around '='). holders
+# applies to plaintext runs too (a made-up holder of a modality the site holds alone)
+SECURE_ONLY = ("peers", "directory", "allow-pair-masking", "max-align-rows")
 SECURE_PEERS = ("peers", "directory")
 
 

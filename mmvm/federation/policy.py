@@ -60,10 +60,8 @@ anything leaves the site:
                        evaluation's reconstruction error (default on); off, the
                        site sends row counts and timings only, keeping the sums
                        in ``<site>.losses.csv`` in its state folder (with
-                       ``eval-labels = ""`` its evaluation no probe either); a
-                       server that crafts the mean it sends then reads from the
-                       replies whether a window failed, and when, and from the
-                       masked aggregate what it always can (deploy/README.md 7)
+                       ``eval-labels = ""`` its evaluation no probe either; what
+                       a crafted mean still tells: deploy/README.md 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
 ``share-test``         at the end, take part in the cross-site evaluation:
@@ -80,34 +78,26 @@ anything leaves the site:
                        its test rows is not reported
 ``holders``            per modality this site holds, every site that holds it
                        (``"frontal=hospital-a,hospital-c;lateral=hospital-b"``, this
-                       site included): who a run may say shares it (a secure
-                       run's masking group). Only the server says that; one that
-                       put the site in a group of itself and colluding holders
-                       (``{A, C1, C2}``: threshold 2, two colluders) had A's
-                       self-mask seed from A's own shares, and A's weights, every
-                       window (review of 2026-12-05). With ``holders`` a group
-                       that is not exactly the listed one is refused at attach
-                       (plaintext runs too),
-                       and so is a modality shared that it does not list
-                       (``frontal=hospital-a``: never shared). Default: the
-                       server's word (``mmvm site check`` warns)
+                       site included; ``frontal=hospital-a``: never shared): who a
+                       run may say shares it, in either mode; any other group is
+                       refused at attach. Only the server says that; a group of the
+                       site and colluding holders unmasks its weights (secure), a
+                       made-up holder shares a modality it holds alone (plaintext;
+                       deploy/README.md 7). Default: the server's word
+                       (``mmvm site check`` warns)
 ``pictures``           at the final evaluation, draw the site's own model's
                        pictures from its test file into its state folder
                        (``<site>-pictures/``; default on; nothing of them leaves
                        the site: :mod:`mmvm.federation.site_pictures`)
 ``experiment``         the experiment configs the site may run, by digest (64 hex
                        digits each, comma-separated; ``mmvm site check --config
-                       FILE --set ...`` prints it): the run config's ``config`` and
-                       ``set`` choose the model, and encoders chosen to be inverted
-                       (as wide as the input, a learning rate of ~0, weights known
-                       from ``train.seed``) make the posteriors a site sends its
-                       samples themselves, to its peers (secure) or the server
-                       (plaintext; review of 2026-12-05). A run under any other
-                       experiment is refused at its first message, before anything
-                       leaves the site; so is a plaintext run that shares one of
-                       its modalities (the server alone chooses the mean it loads:
-                       :meth:`SitePolicy.check_sharing`). Default: any
-                       (``mmvm site check`` warns)
+                       FILE --set ...`` prints it): the run config chooses the model,
+                       and encoders chosen to be inverted make the posteriors a site
+                       sends its samples themselves (deploy/README.md 7). A run under
+                       any other is refused at its first message, and so is a
+                       plaintext run that shares one of its modalities (the server
+                       alone chooses the mean it loads: :meth:`check_sharing`).
+                       Default: any (``mmvm site check`` warns)
 ``max-step-gib``       the most memory (GiB) one training step may need at the
                        plan's batch size: the layers' outputs and the objective's
                        terms (default 16; estimated on the meta device,
@@ -245,8 +235,9 @@ class SitePolicy:
                     f"{sorted(named)}; its node config's holders= lists "
                     + (f"{sorted(want)}" if want is not None else f"no group for {m!r}")
                     + ": a group other than the real holders could unmask this site's "
-                    "weights with the help of a few of them (secure), or choose the "
-                    "mean it loads (plaintext). Nothing was sent")
+                    "weights with the help of a few of them (secure), or be a name the "
+                    "server made up to share a modality the site holds alone "
+                    "(plaintext). Nothing was sent")
 
     def check_size(self, site: str, n: int, batch_size: int, epochs: int) -> None:
         """Refuse, before anything is built, a plan over ``n`` aligned samples larger
@@ -290,8 +281,10 @@ class SitePolicy:
                               f"chooses the weights of {listed} the site loads every "
                               f"window (the holders' mean, which nothing checks without "
                               f"keys): weights chosen to be inverted would send this "
-                              f"site's samples as their posteriors. Run with secure = "
-                              f"true, or without sharing {listed}")
+                              f"site's samples as their posteriors. Nothing was sent; "
+                              + ("run with secure = true, or where " if self.keys else
+                                 "this site (no keys) takes part in runs where ")
+                              + f"no other site holds {listed}")
 
     def check_params(self, site: str, count: int) -> None:
         """Refuse a model of more than ``max-params`` parameters (counted unbuilt);
@@ -354,30 +347,26 @@ class SitePolicy:
                               f"train that many in a window; lower min-rows in its node "
                               f"config (nothing was sent)")
 
-    def check_plan(self, site: str, own_rows: np.ndarray, held: Mapping[str, np.ndarray],
-                   shared: Sequence[str] = ()) -> None:
+    def check_plan(self, site: str, own_rows: np.ndarray,
+                   shared: Mapping[str, np.ndarray]) -> None:
         """Refuse a secure run's plan in which a window's replies would describe too
         few of the site's samples (the server picks batch size and exchange period).
 
         ``own_rows[w]``: how many of the site's rows window ``w`` trains; its metrics
-        are sums over them. ``held[m][w]``: of those, the rows holding modality ``m``,
-        whose NLL sum the reply carries too (``rec_nll.<m>``). Of a modality in
-        ``shared``, whose weights the site shares (masked FedAvg), a window of none
-        would send back the weights the site was given, and were every holder but one
-        in that case, the masked mean would be that one's weights."""
-        for m, rows in [("", own_rows), *((m, held[m]) for m in sorted(held)
-                                          if m not in shared)]:
-            low = (rows > 0) & (rows < self.min_rows)
-            if low.any():
-                w, what = int(np.flatnonzero(low)[0]), f" with modality {m!r}" * bool(m)
-                raise PolicyError(
-                    f"site {site}: the plan trains {int(rows[w])} of its rows{what} in "
-                    f"window {w} ({int(low.sum())} of {len(rows)} windows below the "
-                    f"site's min-rows = {self.min_rows}); use larger batches or "
-                    f"exchange = \"round\"")
+        are sums over them, also each modality's NLL (a site file holds every one of
+        its modalities at each of its rows: none is missing). ``shared[m][w]``: of those, the rows holding modality
+        ``m``, whose weights the site shares (masked FedAvg): a window of none would
+        send back the weights the site was given, and were every holder but one in
+        that case, the masked mean would be that one's weights."""
+        low = (own_rows > 0) & (own_rows < self.min_rows)
+        if low.any():
+            w = int(np.flatnonzero(low)[0])
+            raise PolicyError(
+                f"site {site}: the plan trains {int(own_rows[w])} of its rows in window "
+                f"{w} ({int(low.sum())} of {len(own_rows)} windows below the site's "
+                f"min-rows = {self.min_rows}); use larger batches or exchange = \"round\"")
         floor = max(1, self.min_rows)
-        for m in sorted(shared):
-            rows = held[m]
+        for m, rows in sorted(shared.items()):
             low = rows < floor
             if low.any():
                 w = int(np.flatnonzero(low)[0])

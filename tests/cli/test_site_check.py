@@ -99,7 +99,7 @@ def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
 def test_a_plaintext_site_and_trust_in_the_whole_directory_are_warned(fed):
     check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
                                   **{"require-psi": None}))
-    assert check.ok and "plaintext site" in _find(check, "policy", WARNING)[0]
+    assert check.ok and "plaintext site" in _find(check, "policy", WARNING)[-1]
     check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
                                   **{"require-secure": True, "require-psi": None}))
     # the node config is refused (it was a warning of the check only): require-secure
@@ -375,6 +375,26 @@ def test_a_secure_site_without_holders_is_warned_and_one_left_out_of_them_is_an_
     check = check_node_config(_nc(fed, holders="m0=site-b,site-c"))
     assert not check.ok and any("holders lists groups without this site (site-a)" in d
                                 for d in _find(check, "policy", ERROR))
+
+
+def test_a_plaintext_sites_holders_and_pinned_experiment_say_what_they_refuse(fed):
+    """Without keys, holders= still applies (a made-up co-holder of a modality the
+    site holds alone is refused), and a pinned experiment refuses plaintext runs that
+    share the site's modalities: the check says so instead of "no effect"."""
+    plain = dict(keys=None, peers=None, directory=None, **{"require-psi": None})
+    check = check_node_config(_nc(fed, holders="m0=site-a", **plain))
+    warned = " ".join(_find(check, "policy", WARNING))
+    assert check.ok and "holders" not in warned and "no effect" not in warned, warned
+    assert "experiment pinned without keys: this site refuses plaintext runs in which " \
+           "another site holds one of its modalities" in warned
+    check = check_node_config(_nc(fed, holders="m0=site-b,site-c", **plain))
+    assert not check.ok and any("holders lists groups without this site (site-a): every "
+                                "run that shares its modality is refused" in d
+                                for d in _find(check, "policy", ERROR))
+    check = check_node_config(_nc(fed, **{"require-secure": "false",  # keys: both modes
+                                          "allow-collect": "true"}))
+    assert "experiment is pinned, and the server alone would choose their mean" in \
+        " ".join(_find(check, "policy", WARNING))
 
 
 def test_the_experiment_a_site_may_run_is_pinned_by_the_digest_the_check_prints(fed):

@@ -181,6 +181,7 @@ def test_the_window_a_site_began_is_kept_on_disk(tmp_path):
                                       r"server in clear"),
     # the server's "mean" is the encoder the site then sends its samples' posteriors
     # of: the pinned experiment would not hold (security review of 2026-12-06)
+    # (in process no message checks the digest itself: client/site_node.py does)
     (SitePolicy(experiments=("0" * 64,)), r"pins the experiment \(experiment=\), and in "
                                           r"this plaintext run the server alone chooses "
                                           r"the weights of {m}"),

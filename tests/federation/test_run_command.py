@@ -67,6 +67,8 @@ def _acting(fleet: Fleet, run_config: str, until: str,
     finally:
         hung.cancel()
     proc.wait()
+    if hung.finished.is_set():
+        seen.append("\n[test: mmvm run was killed after 600 s without ending]\n")
     return proc, "".join(seen)
 
 
