@@ -222,7 +222,7 @@ def _channel(context: Context, node: Node) -> Channel:
                               f"node config (keys=\"/path/site_keys.json\")")
     secrets = SiteSecrets.load(keys, directory, run_id=_run_id(context, s),
                                state_dir=node.store.path.parent)
-    return SealedChannel(secrets, policy, s.align)
+    return SealedChannel(secrets, policy, s.align, flower_run=str(context.run_id))
 
 
 def answer(kind: str, content: RecordDict, context: Context, resident: bool = False

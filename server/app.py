@@ -296,7 +296,8 @@ def run(grid: Grid, context: Context) -> None:
             result = run_federation(transport, s, on_window=log, on_align=lambda al: print(
                 alignment_line(al, s.num_sites), flush=True),
                 log=lambda line: print(line, flush=True), checkpoint=state,
-                resume_from=state if s.resume else None, should_stop=stop.asked)
+                resume_from=state if s.resume else None, should_stop=stop.asked,
+                flower_run=str(context.run_id))
     except RunStopped as err:
         print(f"mmvm: run {err}; " + ("nothing to resume" if err.window is None else
               f"its state is in {state}: continue it with the same run config and "

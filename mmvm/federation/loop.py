@@ -93,7 +93,8 @@ def run_federation(transport: Transport, s: FederationSettings,
                    log: Callable[[str], None] | None = None,
                    checkpoint: str | Path | None = None,
                    resume_from: str | Path | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> FederationResult:
+                   should_stop: Callable[[], bool] | None = None,
+                   flower_run: str = "") -> FederationResult:
     """Align, train every window of the plan, evaluate; returns metrics and bytes.
 
     Sites that miss windows, fail them or send replies the server refuses are left
@@ -103,11 +104,13 @@ def run_federation(transport: Transport, s: FederationSettings,
     continues the run whose state is there (:mod:`mmvm.federation.server_state`)
     instead of starting one. When ``should_stop()`` turns true, the run stops after
     the window it is in if that is a checkpoint window, else after the next, which
-    everyone then checkpoints (:class:`RunStopped`)."""
+    everyone then checkpoints (:class:`RunStopped`). ``flower_run``: the Flower run
+    this server runs as (a resumed run's own id), which secure sites sign into their
+    answers to a resume (:mod:`mmvm.secure.identity`)."""
     asked = should_stop or (lambda: False)
     if asked() and not resume_from:  # asked while Ray started
         raise RunStopped(None)
-    run, start = _begin(transport, s, log, checkpoint, resume_from)
+    run, start = _begin(transport, s, log, checkpoint, resume_from, flower_run)
     if on_align:
         on_align(run.result.alignment)
     if not resume_from:
@@ -221,13 +224,13 @@ class _Run:
 
 def _begin(transport: Transport, s: FederationSettings,
            log: Callable[[str], None] | None, checkpoint: str | Path | None,
-           resume_from: str | Path | None) -> tuple[_Run, int]:
+           resume_from: str | Path | None, flower_run: str) -> tuple[_Run, int]:
     """The sites attached, or back where ``resume_from``'s state left them; the
     first window to train."""
     t0, routing = time.perf_counter(), make_routing(s)
     meter = Metered(transport, s.site_timeout)
     if resume_from:
-        back = resume_run(meter, s, routing, resume_from, log)
+        back = resume_run(meter, s, routing, resume_from, log, flower_run)
         coord, att, saved = back.coord, back.attendance, back.saved
         start, averaged = saved.window + 1, saved.averaged
         result = FederationResult(sites=_site_summary(coord), alignment=saved.alignment,

@@ -38,8 +38,9 @@ class Resumed:
 
 
 def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
-               log: Callable[[str], None] | None) -> Resumed:
-    """The saved run's coordinator and routing, checked against where the sites are."""
+               log: Callable[[str], None] | None, flower_run: str = "") -> Resumed:
+    """The saved run's coordinator and routing, checked against where the sites are
+    (in secure mode each signs its answer for ``flower_run``, the run that asks)."""
     saved = load_server_state(path, s)
     key_of = {i.name: i.key for i in saved.sites}
     here = wait_for_sites(meter, s, len(key_of))
@@ -58,7 +59,7 @@ def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
             f"reply-timeout = {s.reply_timeout:g} s while fewer had); it needs "
             f"min-sites = {need}")
     check_claims(s, saved, replies, routing.authenticate(saved.routing, s.resume,
-                                                         challenges, replies))
+                                                         challenges, replies, flower_run))
     saved = rekey(saved, {key_of[r.site]: k for k, r in replies.items()})
     coord = rebuild(saved, s)
     routing.load(saved.routing)

@@ -73,9 +73,10 @@ class Routing(Protocol):
         ...
 
     def authenticate(self, state: dict, run: str, challenges: Mapping[str, str],
-                     replies: Mapping) -> dict[str, str]:
+                     replies: Mapping, asker: str) -> dict[str, str]:
         """Resume: the answers (by node key) whose sender does not prove to be the site
-        it names, with why; ``state``: the saved run's :meth:`state`."""
+        it names, answering in Flower run ``asker``, with why; ``state``: the saved
+        run's :meth:`state`."""
         ...
 
     def load(self, state: dict) -> None:
@@ -240,7 +241,7 @@ class PlainRouting:
         return {"table": table_state(self.table)}
 
     def authenticate(self, state: dict, run: str, challenges: Mapping[str, str],
-                     replies: Mapping) -> dict[str, str]:
+                     replies: Mapping, asker: str) -> dict[str, str]:
         return {}  # a plaintext site has no key: its node id and its word
 
     def resumed(self, replies: Mapping) -> None:

@@ -84,12 +84,13 @@ class SealedChannel:
     secure = True
 
     def __init__(self, secrets: SiteSecrets, policy: SitePolicy | None = None,
-                 align: str = "pseudonym") -> None:
+                 align: str = "pseudonym", flower_run: str = "") -> None:
         if align not in sealed_align.MODES:
             raise ValueError(f"align must be one of {sealed_align.MODES}, got {align!r}")
         self.policy = policy or SitePolicy(test_bed=True)
         secrets.directory = self.policy.trusted(secrets.site, secrets.directory)
         self.sec, self.align_mode = secrets, align
+        self.flower_run = flower_run  # the run messages come in (resume proofs sign it)
         self.mode = f"sealed/{align}"
 
     # ------------------------------------------------------------------ set-up
@@ -290,7 +291,7 @@ class SealedChannel:
         if not 0 < len(challenge) <= 64:
             raise SecurityError(f"site {self.sec.site}: a resume challenge of "
                                 f"{len(challenge)} characters (it signs 1 to 64)")
-        return prove(self.sec.keys, str(self.sec.run_id), challenge)
+        return prove(self.sec.keys, str(self.sec.run_id), challenge, asker=self.flower_run)
 
 
 def _peer_claim(me: str, peer: str, claim, rows: bytes, own: np.ndarray,

@@ -246,7 +246,7 @@ class SealedRouting:
 
     @staticmethod
     def authenticate(state: dict, run: str, challenges: Mapping[str, str],
-                     replies: Mapping) -> dict[str, str]:
+                     replies: Mapping, asker: str) -> dict[str, str]:
         """Each answer signed, over the server's challenge to that node, with the key
         its site described itself with when the run began."""
         records = pinned(state.get("identities", {}))
@@ -256,7 +256,7 @@ class SealedRouting:
                 bad[key] = (f"the saved state has no public key record of {r.site} "
                             f"(written before resume answers were signed)")
             elif why := proof_problem(records[r.site], run, r.site,
-                                      challenges.get(key, ""), r.proof):
+                                      challenges.get(key, ""), r.proof, asker=asker):
                 bad[key] = why
         return bad
 

@@ -123,3 +123,27 @@ def test_a_secure_site_signs_only_for_the_run_its_state_is_of(cfg, tiny_polymnis
                        f"state is of run {RUN}"):
         site.handle(ResumeRequest(run="5", window=1, challenge="ab"))
     assert site.handle(ResumeRequest(run=RUN, window=1, challenge="ab")).proof
+
+
+def test_a_proof_given_in_another_run_does_not_answer_this_ones(cfg, tiny_polymnist,
+                                                                tmp_path, monkeypatch):
+    """Whoever can submit runs can start one with ``resume=<run>`` (Flower run Z) and
+    relay to the site there the challenge the real resumed run (Y) sent a colluding
+    node: the site signs the Flower run the challenge came in, which its SuperNode
+    tells it, so the signature does not answer Y's challenge (security review of
+    2026-12-06). Signed in Y, the same sites resume."""
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
+    sites, endpoints, s, ckpt = _crashed(cfg, tiny_polymnist, tmp_path, True)
+    renamed = {f"new-{k}": site for k, site in sites.items()}  # ids changed: signatures
+
+    def asked_in(run: str):
+        eps = endpoints(renamed)
+        for ep in eps.values():
+            ep.channel.flower_run = run
+        return LocalTransport(eps)
+
+    with pytest.raises(FederationError, match="its answer is not signed with the key .* "
+                       "for this challenge in this run"):
+        run_federation(asked_in("Z"), s, resume_from=ckpt, flower_run="Y")
+    res = run_federation(asked_in("Y"), s, resume_from=ckpt, flower_run="Y")
+    assert [r["window"] for r in res.history] == list(range(6))

@@ -22,20 +22,25 @@ def keys():
 
 def test_the_site_own_signature_over_the_challenge_is_accepted(keys):
     c = new_challenge()
-    assert proof_problem(record_of(keys["A"]), "7", "A", c, prove(keys["A"], "7", c)) is None
+    assert proof_problem(record_of(keys["A"]), "7", "A", c,
+                         prove(keys["A"], "7", c, asker="9"), asker="9") is None
 
 
-@pytest.mark.parametrize("change", ["run", "challenge", "signer", "garbage", "empty"])
+@pytest.mark.parametrize("change", ["run", "asker", "challenge", "signer", "garbage",
+                                    "empty"])
 def test_anything_but_the_site_own_signature_of_this_challenge_is_refused(keys, change):
+    """``asker``: the challenge relayed to the site in another run that resumes run 7
+    (a submitter's ``resume=7``): its signature does not answer run 9's."""
     c = new_challenge()
-    proof = {"run": prove(keys["A"], "8", c),                 # another run's answer
-             "challenge": prove(keys["A"], "7", new_challenge()),  # a replayed one
-             "signer": prove(keys["B"], "7", c),              # another site's key
+    proof = {"run": prove(keys["A"], "8", c, asker="9"),      # another run's answer
+             "asker": prove(keys["A"], "7", c, asker="10"),   # asked in another run
+             "challenge": prove(keys["A"], "7", new_challenge(), asker="9"),  # replayed
+             "signer": prove(keys["B"], "7", c, asker="9"),   # another site's key
              "garbage": "not base64!",
              "empty": ""}[change]
-    why = proof_problem(record_of(keys["A"]), "7", "A", c, proof)
+    why = proof_problem(record_of(keys["A"]), "7", "A", c, proof, asker="9")
     assert why, change
-    if change in ("run", "challenge", "signer"):
+    if change in ("run", "asker", "challenge", "signer"):
         assert "not signed with the key A began the run with (fingerprint" in why
 
 
