@@ -353,11 +353,11 @@ class SitePolicy:
         few of the site's samples (the server picks batch size and exchange period).
 
         ``own_rows[w]``: how many of the site's rows window ``w`` trains; its metrics
-        are sums over them, also each modality's NLL (a site file holds every one of
-        its modalities at each of its rows: none is missing). ``shared[m][w]``: of those, the rows holding modality
-        ``m``, whose weights the site shares (masked FedAvg): a window of none would
-        send back the weights the site was given, and were every holder but one in
-        that case, the masked mean would be that one's weights."""
+        are sums over them, each modality's NLL too (a site file holds each of its
+        modalities at every one of its rows). ``shared[m][w]``: of those, the rows
+        holding modality ``m``, whose weights the site shares (masked FedAvg): a
+        window of none would send back the weights the site was given, and were
+        every holder but one in that case, the masked mean would be that one's weights."""
         low = (own_rows > 0) & (own_rows < self.min_rows)
         if low.any():
             w = int(np.flatnonzero(low)[0])
