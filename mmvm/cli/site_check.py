@@ -61,6 +61,8 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     _policy(check, policy, nc, partial=bool(problems))
     if train is not None and policy.holders is not None:
         _holders(check, policy.holders, train)
+    if policy.holders is not None:
+        _holder_groups(check, policy)
     if train is not None and policy.secure_site:
         _min_rows(check, policy, train)
     if train is not None:
@@ -228,9 +230,11 @@ def _min_rows(check: NodeCheck, p: SitePolicy, train: Path) -> None:
     import pyarrow.parquet as pq
 
     rows = pq.ParquetFile(train).metadata.num_rows
-    if p.min_rows > rows:
-        check.add("policy", WARNING, f"min-rows {p.min_rows:,} is more than this site's "
-                  f"{rows:,} train rows: every secure run's plan will be refused")
+    if p.min_rows > rows:  # with require-secure no run at all
+        check.add("policy", ERROR if p.require_secure else WARNING,
+                  f"min-rows {p.min_rows:,} is more than this site's {rows:,} train "
+                  f"rows: every secure run's plan will be refused"
+                  + " (and require-secure refuses the others)" * p.require_secure)
 
 
 def _eval_labels(check: NodeCheck, p: SitePolicy, train: Path) -> None:
@@ -276,29 +280,26 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                       "; their probes are scored, with the encoders the server averages "
                       "for shared modalities: eval-labels = \"\" keeps test labels "
                       "unread there" if p.eval_labels else ""))
-    if p.holders is not None and check.site not in set().union(*p.holders.values()):
-        check.add("policy", ERROR, f"holders lists groups without this site "
-                  f"({check.site}): every run that shares its modality is refused")
     if not p.secure_site:
         idle = [k for k in SECURE_ONLY if k in nc]
         if idle:
             check.add("policy", WARNING, f"{', '.join(idle)} without keys: no effect "
                       f"(they protect secure runs, which need keys=)")
-        if not p.allow_collect:
-            check.add("policy", WARNING, "allow-collect off without keys: this site "
-                      "refuses plaintext runs that average a modality's weights "
-                      "(horizontal and hybrid layouts): they send its weights in clear")
-        elif p.experiments:
-            check.add("policy", WARNING, "experiment pinned without keys: this site "
+        if not p.allow_collect or p.experiments:  # a choice, said; not a weakness
+            check.add("policy", OK, ("allow-collect off" if not p.allow_collect else
+                                     "experiment pinned") + " without keys: this site "
                       "refuses plaintext runs in which another site holds one of its "
-                      "modalities (horizontal and hybrid layouts): the server alone "
-                      "would choose the mean its encoders load")
+                      "modalities (horizontal and hybrid layouts): " + (
+                          "they send its weights in clear" if not p.allow_collect else
+                          "the server alone would choose the mean its encoders load"))
         check.add("policy", ERROR if p.require_secure else WARNING,
                   "require-secure without keys: this site refuses plaintext runs and "
                   "cannot take part in secure ones" if p.require_secure else
                   "no keys: a plaintext site (secure = false runs only); the server "
                   "sees what the site sends (its sample ids, latent posteriors and "
-                  "weights) unencrypted (deploy/README.md section 7)")
+                  "weights) unencrypted" + (", and its final weights when a run asks "
+                  "(allow-collect on)") * p.allow_collect + " (deploy/README.md section "
+                  "7; `python -m deploy.make_keys` makes a site's keys, section 2)")
         return
     if p.allow_collect:
         check.add("policy", WARNING, "allow-collect on: the server receives this site's "
@@ -329,6 +330,40 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                      f"report the losses of whatever batch the plan says, one row too, "
                      f"beside the ids and posteriors they send in clear")
                   * (p.min_rows > 1))
+
+
+def _holder_groups(check: NodeCheck, p: SitePolicy) -> None:
+    """``holders`` against the rest of the policy: a group no run could use (this
+    site left out, two sites without allow-pair-masking, a site its peers do not
+    pin, or others at a plaintext site that refuses to share) fails every run."""
+    mine = {m: sorted(g) for m, g in p.holders.items() if check.site in g}
+    if len(mine) < len(p.holders):
+        left = "; ".join(f"{m}={','.join(sorted(g))}" for m, g in p.holders.items()
+                         if m not in mine)
+        check.add("policy", ERROR, f"holders lists {left} without this site "
+                  f"({check.site}): every run that shares it is refused")
+    shared = {m: g for m, g in mine.items() if len(g) > 1}
+    if shared and not p.secure_site and (p.experiments or not p.allow_collect):
+        check.add("policy", ERROR, f"holders says {', '.join(sorted(shared))} is held "
+                  f"at other sites too, and without keys this site refuses plaintext "
+                  f"runs that average it (" + ("experiment pinned" if p.experiments
+                                               else "allow-collect off")
+                  + "): every run of this federation would be refused; give the site "
+                  "keys (secure runs), or list it alone if no other site holds it")
+    if not p.secure_site:
+        return
+    pairs = sorted(m for m, g in shared.items() if len(g) == 2)
+    if pairs and not p.allow_pair_masking:
+        check.add("policy", ERROR, f"holders lists {', '.join(pairs)} at two sites, a "
+                  f"masking group that allow-pair-masking off refuses: every run that "
+                  f"averages it fails (allow-pair-masking=true lets each of the two "
+                  f"learn the other's weights)")
+    unpinned = sorted({h for g in shared.values() for h in g if h != check.site}
+                      - set(p.peers or ()))
+    if p.peers is not None and unpinned:
+        check.add("policy", ERROR, f"holders names {', '.join(unpinned)}, which peers "
+                  f"does not pin: this site cannot mask with a site it does not trust, "
+                  f"so every run that averages their modality fails; pin them in peers")
 
 
 def _state(check: NodeCheck, state: Path) -> None:

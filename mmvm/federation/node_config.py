@@ -173,9 +173,10 @@ def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
     if not nc.get("keys") and (secure_only or "require-secure" not in {
             k for k, _ in problems} and _bool(nc, "require-secure", False)):
         named = secure_only or ["require-secure"]
-        problems.append(("keys", f"node config of site {site}: {', '.join(named)} belong "
-                         f"to a secure site, but keys= is missing (spaces around its "
-                         f"'=', or a typo, drop it): without keys the site would answer "
+        problems.append(("keys", f"node config of site {site}: {', '.join(named)} "
+                         f"{'belongs' if len(named) == 1 else 'belong'} to a secure site, "
+                         f"but keys= is missing (a typo, or spaces around its '=', drop "
+                         f"it): without keys the site would answer "
                          f"plaintext runs, which send its sample ids in clear. Give "
                          f"keys=\"/path/site_keys.json\" (mmvm site check shows how "
                          f"Flower reads the node config)"))

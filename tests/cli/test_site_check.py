@@ -104,19 +104,25 @@ def test_a_plaintext_site_and_trust_in_the_whole_directory_are_warned(fed):
                                   **{"require-secure": True, "require-psi": None}))
     # the node config is refused (it was a warning of the check only): require-secure
     # without keys= is a secure site whose keys were lost to a typo
-    assert "require-secure belong to a secure site, but keys= is missing" in \
+    assert "require-secure belongs to a secure site, but keys= is missing" in \
         _find(check, "policy", ERROR)[0]
     check = check_node_config(_nc(fed, keys=None, directory=None,
                                   **{"require-psi": None}))
-    assert "peers belong to a secure site, but keys= is missing" in \
+    assert "peers belongs to a secure site, but keys= is missing" in \
         _find(check, "policy", ERROR)[0]
     check = check_node_config(_nc(fed, keys=None, peers=None, directory=None))
     assert "require-psi without keys would refuse every run" in \
         _find(check, "policy", ERROR)[0]
     check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
                                   **{"require-psi": None, "allow-collect": "false"}))
-    assert check.ok and "refuses plaintext runs that average a modality's weights" in \
-        " ".join(_find(check, "policy", WARNING))
+    # the safer choice is said, not warned; on, the weights are (the plaintext line)
+    assert check.ok and "allow-collect off without keys: this site refuses plaintext " \
+        "runs in which another site holds one of its modalities" in \
+        " ".join(_find(check, "policy", OK))
+    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+                                  **{"require-psi": None}))
+    assert "and its final weights when a run asks (allow-collect on)" in \
+        _find(check, "policy", WARNING)[-1]
     check = check_node_config(_nc(fed, peers="*"))
     assert check.ok and "every entry" in _find(check, "peers", WARNING)[0]
 
@@ -267,7 +273,14 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
                               load_config(CONFIG))
     assert "not pinned, so not trusted" in " ".join(_find(check, "peers", WARNING))
     warned = " ".join(_find(check, "policy", WARNING))
-    assert "require-psi off" in warned and "min-rows 100,000 is more than" in warned
+    assert "require-psi off" in warned
+    # require-secure (the secure site's default) refuses the rest: no run at all
+    assert "min-rows 100,000 is more than this site's 192 train rows: every secure " \
+        "run's plan will be refused (and require-secure refuses the others)" in \
+        _find(check, "policy", ERROR)
+    loose = check_node_config(_nc(fed, **{"min-rows": "100000", "require-secure": "false",
+                                          "allow-collect": "true"}))
+    assert "min-rows 100,000 is more than" in " ".join(_find(loose, "policy", WARNING))
     tight = check_node_config(_nc(fed, **{"max-batch": "2", "max-steps": "3",
                                           "max-step-gib": "1"}),
                               load_config(CONFIG, ["train.batch_size=4096"]))
@@ -373,28 +386,49 @@ def test_a_secure_site_without_holders_is_warned_and_one_left_out_of_them_is_an_
     assert check.ok and any("no holders: the server alone says which sites share"
                             in d for d in _find(check, "policy", WARNING))
     check = check_node_config(_nc(fed, holders="m0=site-b,site-c"))
-    assert not check.ok and any("holders lists groups without this site (site-a)" in d
+    assert not check.ok and any("holders lists m0=site-b,site-c without this site (site-a)" in d
                                 for d in _find(check, "policy", ERROR))
 
 
 def test_a_plaintext_sites_holders_and_pinned_experiment_say_what_they_refuse(fed):
     """Without keys, holders= still applies (a made-up co-holder of a modality the
     site holds alone is refused), and a pinned experiment refuses plaintext runs that
-    share the site's modalities: the check says so instead of "no effect"."""
+    share the site's modalities: the check says so instead of "no effect", and holders
+    that say another site holds the modality make that every run (a walkthrough's
+    site was "ready" so)."""
     plain = dict(keys=None, peers=None, directory=None, **{"require-psi": None})
     check = check_node_config(_nc(fed, holders="m0=site-a", **plain))
     warned = " ".join(_find(check, "policy", WARNING))
     assert check.ok and "holders" not in warned and "no effect" not in warned, warned
     assert "experiment pinned without keys: this site refuses plaintext runs in which " \
-           "another site holds one of its modalities" in warned
+           "another site holds one of its modalities" in " ".join(_find(check, "policy", OK))
     check = check_node_config(_nc(fed, holders="m0=site-b,site-c", **plain))
-    assert not check.ok and any("holders lists groups without this site (site-a): every "
-                                "run that shares its modality is refused" in d
+    assert not check.ok and "holders lists m0=site-b,site-c without this site (site-a): " \
+        "every run that shares it is refused" in _find(check, "policy", ERROR)
+    check = check_node_config(_nc(fed, holders="m0=site-a,site-c,site-d", **plain))
+    assert not check.ok and any("holders says m0 is held at other sites too, and without "
+                                "keys this site refuses plaintext runs that average it "
+                                "(experiment pinned)" in d
                                 for d in _find(check, "policy", ERROR))
     check = check_node_config(_nc(fed, **{"require-secure": "false",  # keys: both modes
                                           "allow-collect": "true"}))
     assert "experiment is pinned, and the server alone would choose their mean" in \
         " ".join(_find(check, "policy", WARNING))
+
+
+def test_holders_that_no_secure_run_could_use_fail_the_check(fed):
+    """Two holders without allow-pair-masking, or a holder the site does not pin:
+    every run that averages the modality fails at attach; the check says so now."""
+    check = check_node_config(_nc(fed, holders="m0=site-a,site-b"))
+    assert not check.ok and any("holders lists m0 at two sites, a masking group that "
+                                "allow-pair-masking off refuses" in d
+                                for d in _find(check, "policy", ERROR))
+    assert check_node_config(_nc(fed, holders="m0=site-a,site-b",
+                                 **{"allow-pair-masking": "true"})).ok
+    check = check_node_config(_nc(fed, holders="m0=site-a,site-b,site-x"))
+    assert not check.ok and any("holders names site-x, which peers does not pin" in d
+                                for d in _find(check, "policy", ERROR))
+    assert check_node_config(_nc(fed, holders="m0=site-a,site-b,site-c")).ok
 
 
 def test_the_experiment_a_site_may_run_is_pinned_by_the_digest_the_check_prints(fed):

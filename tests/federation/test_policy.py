@@ -240,7 +240,7 @@ def test_a_secure_sites_keys_without_keys_is_a_node_config_error(tmp_path, extra
     """`keys = "/k.json"` (spaces around its '=') is dropped by Flower: the site kept
     its pinned peers, required nothing, answered a plaintext describe and sent every
     sample id in clear. Peers, a directory or require-secure without keys: refused."""
-    with pytest.raises(PolicyError, match="belong to a secure site, but keys= is missing"):
+    with pytest.raises(PolicyError, match="belongs? to a secure site, but keys= is missing"):
         load_policy({"data": str(tmp_path), **extra}, "b")
     assert not load_policy({"data": str(tmp_path), "require-secure": "false"},
                            "b").require_secure  # a plaintext site, said so
