@@ -441,8 +441,8 @@ def test_the_experiment_a_site_may_run_is_pinned_by_the_digest_the_check_prints(
                             for d in _find(loose, "policy", WARNING))
     wide = load_config(CONFIG, ["model.latent_dim=256"])
     other = check_node_config(_nc(fed), wide)
-    assert not other.ok and "is not one its node config allows" in \
-        _find(other, "experiment", ERROR)[0]
+    assert not other.ok and f"is none the node config pins (experiment={DIGEST[:16]}...):" \
+        f" a run of it would be refused" in _find(other, "experiment", ERROR)[0]
     bad = check_node_config(_nc(fed, experiment="abc"), cfg)
     assert "not experiment digests" in _find(bad, "policy", ERROR)[0]
 
