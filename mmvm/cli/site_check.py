@@ -207,14 +207,13 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
         check.add("experiment", WARNING, f"{cfg.source}: data.label = "
                   f"{cfg.data.label!r} is not in this site's eval-labels: its final "
                   f"evaluation reports no probe (reconstruction only)")
-    n = sum(p.numel() for p in site.model.parameters())
+    n, digest = sum(p.numel() for p in site.model.parameters()), config_digest(cfg)
     check.add("experiment", OK, f"{cfg.source}: trains {', '.join(site.names)} "
               f"({n:,} parameters, about {step / 2**30:.2f} GiB a step at batch "
               f"{cfg.train.batch_size:,}, method {cfg.model.method}, device "
               f"{site.device}); "
               f"the run's config must be this file of the app, with the same `set`; "
-              f"digest {config_digest(cfg)}")
-    digest = config_digest(cfg)
+              f"digest {digest}")
     if policy.experiments and digest not in policy.experiments:  # check_experiment's
         check.add("experiment", ERROR, f"{cfg.source}: its digest {digest[:16]}... is "
                   f"none the node config pins (experiment=" + ",".join(
@@ -339,9 +338,8 @@ def _holder_groups(check: NodeCheck, p: SitePolicy) -> None:
     site left out, two sites without allow-pair-masking, a site its peers do not
     pin, or others at a plaintext site that refuses to share) fails every run."""
     mine = {m: sorted(g) for m, g in p.holders.items() if check.site in g}
-    if len(mine) < len(p.holders):
-        left = "; ".join(f"{m}={','.join(sorted(g))}" for m, g in p.holders.items()
-                         if m not in mine)
+    if not mine:  # (a group of a modality it does not hold is ignored: never asked)
+        left = "; ".join(f"{m}={','.join(sorted(g))}" for m, g in p.holders.items())
         check.add("policy", ERROR, f"holders lists {left} without this site "
                   f"({check.site}): every run that shares it is refused")
     shared = {m: g for m, g in mine.items() if len(g) > 1}
