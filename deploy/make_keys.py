@@ -208,11 +208,13 @@ def write_all(files: Files, *, force: bool) -> None:
         atomic_write(path, data, mode=mode, overwrite=force)
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The options (also ``mmvm site keys``'s, which takes them as a parent)."""
     p = argparse.ArgumentParser(
         prog="python -m deploy.make_keys",
         description=__doc__.split("\n\n")[0],
         epilog="See deploy/README.md for the full procedure.",
+        add_help=add_help,
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
     mode = p.add_mutually_exclusive_group()
@@ -239,13 +241,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     try:
-        return _main(_parser().parse_args(argv))
+        return make(parser().parse_args(argv))
     except (OSError, ValueError) as err:  # e.g. an --out under a file, a refused name
         print(f"make_keys: error: {err}", file=sys.stderr)
         return 2
 
 
-def _main(args: argparse.Namespace) -> int:
+def make(args: argparse.Namespace) -> int:
+    """Write what ``args`` (:func:`parser`'s) asks for; the exit status."""
     out: Path = args.out
     extra = [h.strip() for h in args.hosts.split(",") if h.strip()]
     hosts = list(DEFAULT_HOSTS) + extra

@@ -33,7 +33,8 @@ NODE_EXAMPLE = "e.g. 'site=\"site-a\" data=\"/srv/site-a\" keys=\"/etc/mmvm/site
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "site", help="check a site's node config before its SuperNode starts",
+        "site", help="a site's keys and node config: make them (keys), check them "
+        "before its SuperNode starts (check)",
         description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = sub.add_parser("check", help="check a node config (policy, data, keys, peers, "
@@ -55,6 +56,22 @@ def register(subparsers) -> None:
                    help="with --superlink: the CA file the SuperNode gets; the "
                    "SuperLink's certificate is verified against it")
     c.set_defaults(func=_check)
+    from deploy.make_keys import parser as keys_options
+
+    k = sub.add_parser("keys", parents=[keys_options(add_help=False)],
+                       help="make keys: this site's (--site NAME), the operator's CA and "
+                       "server certificate (--pki-only), the public key directory "
+                       "(--directory), or all of a test bed's (--sites a,b,c)",
+                       description=keys_options().description,
+                       epilog="The same as python -m deploy.make_keys; deploy/README.md "
+                       "section 2 has the procedure (each party makes its own secrets).")
+    k.set_defaults(func=_keys)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from deploy.make_keys import make
+
+    return make(args)
 
 
 def _check(args: argparse.Namespace) -> int:

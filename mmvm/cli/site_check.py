@@ -300,7 +300,7 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                   "sees what the site sends (its sample ids, latent posteriors and "
                   "weights) unencrypted" + (", and its final weights when a run asks "
                   "(allow-collect on)") * p.allow_collect + " (deploy/README.md section "
-                  "7; `python -m deploy.make_keys` makes a site's keys, section 2)")
+                  "7; `mmvm site keys --site NAME --out DIR` makes its keys, section 1)")
         return
     if p.allow_collect:
         check.add("policy", WARNING, "allow-collect on: the server receives this site's "

@@ -162,3 +162,18 @@ def test_cli_help():
     res = subprocess.run([sys.executable, "-m", "deploy.make_keys", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--sites" in res.stdout and "--force" in res.stdout
+
+
+def test_mmvm_site_keys_is_the_same_command(tmp_path, capsys):
+    """An administrator looks under `mmvm site` for the keys (a walkthrough found them
+    only in deploy/README.md): the same options, files and fingerprint."""
+    from mmvm.cli import main
+
+    assert main(["site", "keys", "--out", str(tmp_path / "k"), "--site", "site-b"]) == 0
+    said = capsys.readouterr().out
+    pub = json.loads((tmp_path / "k" / "site_public.json").read_text())
+    assert (tmp_path / "k" / "site_keys.json").stat().st_mode & 0o777 == 0o600
+    fingerprint = SitePublicKeys.from_bytes(json.dumps(pub).encode()).fingerprint
+    assert f"site site-b: fingerprint {fingerprint}" in said
+    assert main(["site", "keys", "--out", str(tmp_path / "k"), "--site", "site-b"]) == 2
+    assert "refusing to overwrite (use --force)" in capsys.readouterr().err
