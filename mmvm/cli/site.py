@@ -98,6 +98,11 @@ def _check(args: argparse.Namespace) -> int:
     if args.root_certificates and not args.superlink:
         raise ValueError("--root-certificates needs --superlink (the SuperLink to verify)")
     check = check_node_config(nc, cfg, app)
+    if check.count(ERROR) == 0:  # what no node config can say (a walkthrough asked)
+        check.add("code", OK, "a node config binds only the code that reads it: start "
+                  "the site's SuperExec with --allow-fab <sha256> of the reviewed app "
+                  "bundle (--config alone prints it; deploy/README.md section 3, "
+                  "\"Which code runs at the site\")")
     if args.superlink:
         from mmvm.cli.site_link import check_superlink
 

@@ -169,6 +169,9 @@ def test_the_command_takes_what_flower_supernode_takes(fed, capsys, tmp_path):
     assert main(["site", "check", "--config", CONFIG, "--node-config", text]) == 0
     out = capsys.readouterr().out
     assert "site-a: ready; 0 warning(s)" in out
+    # what it cannot check, said where an administrator would stop reading
+    assert "code        a node config binds only the code that reads it: start the " \
+           "site's SuperExec with --allow-fab <sha256>" in out
     toml = tmp_path / "node.toml"  # flower-supernode --node-config FILE.toml
     toml.write_text("\n".join(f'{k} = "{v}"' for k, v in nc.items()) + '\nmin-rows = 0\n')
     assert main(["site", "check", "--node-config", str(toml)]) == 1
