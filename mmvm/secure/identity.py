@@ -6,9 +6,9 @@ record of each site name in its state. When it resumes the run it sends every
 connected node a fresh random challenge, and a node answering as site ``S`` must
 sign ``(run, asker, S, challenge)`` with the Ed25519 key of ``S``'s record, where
 ``asker`` is the Flower run the challenge came in (the resumed run's own id, which
-the site reads from its SuperNode, not from the message; "" in one process): a site cannot
-answer as another one that is away, take its identity and inputs, and have the real
-site blamed for what it does (the server has no other way to tell SuperNodes apart
+the site reads from its SuperNode, not from the message; "" in one process): a site
+cannot answer as another one that is away, take its identity and inputs, and have the
+real site blamed for what it does (the server has no other way to tell SuperNodes apart
 when their node ids change, as they do in simulation or without node authentication).
 Without ``asker`` a submitter could start its own run with ``resume=<run>``, relay
 the real resumed run's challenge to the site there, and hand its signature to a
