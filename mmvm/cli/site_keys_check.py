@@ -19,6 +19,8 @@ def check_keys(check: NodeCheck, p: SitePolicy, pinned: bool, unpinned: bool) ->
     key_file = keys / "site_keys.json" if keys.is_dir() else keys
     dir_file = Path(p.directory) if p.directory else key_file.parent / "public_keys.json"
     own = attempt(check, "keys", lambda: SiteKeys.load(key_file))
+    # the site under either name (a wrong site= is said above): never a peer to pin
+    selves = {check.site} | ({own.site} if own is not None else set())
     if own is not None and own.site != check.site:
         check.add("keys", ERROR, f"{key_file} holds the keys of {own.site!r}, and the node "
                   f"config names site {check.site!r} (site=, or the data folder's name)")
@@ -35,9 +37,9 @@ def check_keys(check: NodeCheck, p: SitePolicy, pinned: bool, unpinned: bool) ->
     if directory is not None:
         _directory(check, p, own, directory, dir_file)
         if pinned:
-            _peers(check, p, directory, dir_file)
+            _peers(check, p, directory, dir_file, selves)
         elif unpinned:  # the policy error says peers is missing; name what to pin
-            others = sorted(n for n in directory if n != check.site)
+            others = sorted(n for n in directory if n not in selves)
             check.add("peers", ERROR, "to pin this directory's other sites: peers=\""
                       + ";".join(f"{n}=<fingerprint>" for n in others) + "\", each "
                       "fingerprint confirmed with that site's administrator out of band "
@@ -65,7 +67,8 @@ def _directory(check: NodeCheck, p: SitePolicy, own, directory: dict, path: Path
                       f"whom the site trusts; chmod go-w it")
 
 
-def _peers(check: NodeCheck, p: SitePolicy, directory: dict, path: Path) -> None:
+def _peers(check: NodeCheck, p: SitePolicy, directory: dict, path: Path,
+           selves: set[str]) -> None:
     from mmvm.federation.policy import PolicyError
 
     try:
@@ -79,7 +82,7 @@ def _peers(check: NodeCheck, p: SitePolicy, directory: dict, path: Path) -> None
         check.add("peers", WARNING, f"peers=\"*\": every entry of {path} is trusted, "
                   f"including any the operator adds later: {listing}")
     else:
-        ignored = sorted(set(directory) - set(trusted))
+        ignored = sorted(set(directory) - set(trusted) - selves)
         check.add("peers", OK, f"pinned and matching the directory: {listing}")
         if ignored:
             check.add("peers", WARNING, f"not pinned, so not trusted: {', '.join(ignored)} "

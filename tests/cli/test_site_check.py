@@ -88,6 +88,14 @@ def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
     root = fed["root"]
     check = check_node_config(_nc(fed, keys=str(root / "keys" / "site-b" / "site_keys.json")))
     assert "holds the keys of 'site-b'" in _find(check, "keys", ERROR)[0]
+    # the same mistake the other way (a wrong site=): the keys' own entry is no peer
+    # to pin (a walkthrough was told to pin its own site)
+    pins = ";".join(f"{n}={fed['keys'][n].public.fingerprint}" for n in ("site-b", "site-c"))
+    check = check_node_config(_nc(fed, "site-x", peers=pins, holders=None,
+                                  data=str(root / "data" / "site-a"),
+                                  keys=str(root / "keys" / "site-a" / "site_keys.json")))
+    assert "holds the keys of 'site-a'" in _find(check, "keys", ERROR)[0]
+    assert not any("site-a" in d for d in _find(check, "peers", WARNING)), check.findings
     # the operator's directory swaps site-a's key: the others would seal to it
     forged = {n: k.public for n, k in fed["keys"].items()}
     forged["site-a"] = SiteKeys.generate("site-a").public
