@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mmvm.cli.run_config import APP_DIR
 from mmvm.cli.site_findings import ERROR, OK, WARNING, NodeCheck
+from mmvm.cli.site_holders import check_holder_groups, check_holders_data, summary
 from mmvm.cli.site_keys_check import check_keys
 from mmvm.config import ExperimentConfig
 from mmvm.federation.node_config import (
@@ -59,12 +60,13 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     if cfg is not None:
         _experiment(check, cfg, train, test, policy, app)
     _policy(check, policy, nc, partial=bool(problems))
+    check.add("policy", OK, summary(policy))
     if train is not None and policy.holders is not None:
-        _holders(check, policy.holders, train)
+        check_holders_data(check, policy.holders, train)
     if policy.holders is not None:
-        _holder_groups(check, policy)
+        check_holder_groups(check, policy)
     if train is not None and policy.secure_site:
-        _min_rows(check, policy, train)
+        _min_rows(check, policy, train, test)
     if train is not None:
         _eval_labels(check, policy, train)
     if policy.secure_site:
@@ -73,23 +75,6 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     if "site" not in bad:  # else the state's default folder is not the site's
         _state(check, Path(policy.state))
     return check
-
-
-def _holders(check: NodeCheck, holders: Mapping, train: Path) -> None:
-    """The modalities the site's data holds against those ``holders`` lists it for:
-    a folder of the wrong view passed the check and failed the run after the
-    private set intersection had run."""
-    from mmvm.data.store import read_site_meta
-
-    held = list(read_site_meta(train)["tensors"])
-    mine = sorted(m for m, sites in holders.items() if check.site in sites)
-    unlisted = [m for m in held if check.site not in holders.get(m, ())]
-    absent = [m for m in mine if m not in held]
-    if unlisted or absent:
-        check.add("policy", ERROR, f"holders lists this site for "
-                  f"{', '.join(mine) or 'no modality'}, its data ({train.parent}) holds "
-                  f"{', '.join(held)}: the wrong data folder, or holders= to correct "
-                  f"(it names who shares each modality this site holds)")
 
 
 def _unknown_keys(nc: Mapping) -> str:
@@ -227,7 +212,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
                   f"the run is submitted, or give --app the folder of the app it ships")
 
 
-def _min_rows(check: NodeCheck, p: SitePolicy, train: Path) -> None:
+def _min_rows(check: NodeCheck, p: SitePolicy, train: Path, test: Path | None) -> None:
     import pyarrow.parquet as pq
 
     rows = pq.ParquetFile(train).metadata.num_rows
@@ -236,6 +221,11 @@ def _min_rows(check: NodeCheck, p: SitePolicy, train: Path) -> None:
                   f"min-rows {p.min_rows:,} is more than this site's {rows:,} train "
                   f"rows: every secure run's plan will be refused"
                   + " (and require-secure refuses the others)" * p.require_secure)
+    tests = pq.ParquetFile(test).metadata.num_rows if test is not None else 0
+    if 0 < tests < p.min_rows and p.share_test:
+        check.add("policy", WARNING, f"min-rows {p.min_rows:,} is more than this site's "
+                  f"{tests:,} test rows: every cross-site score of its test rows is "
+                  f"withheld (each is over fewer rows than min-rows)")
 
 
 def _eval_labels(check: NodeCheck, p: SitePolicy, train: Path) -> None:
@@ -331,39 +321,6 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                      f"report the losses of whatever batch the plan says, one row too, "
                      f"beside the ids and posteriors they send in clear")
                   * (p.min_rows > 1))
-
-
-def _holder_groups(check: NodeCheck, p: SitePolicy) -> None:
-    """``holders`` against the rest of the policy: a group no run could use (this
-    site left out, two sites without allow-pair-masking, a site its peers do not
-    pin, or others at a plaintext site that refuses to share) fails every run."""
-    mine = {m: sorted(g) for m, g in p.holders.items() if check.site in g}
-    if not mine:  # (a group of a modality it does not hold is ignored: never asked)
-        left = "; ".join(f"{m}={','.join(sorted(g))}" for m, g in p.holders.items())
-        check.add("policy", ERROR, f"holders lists {left} without this site "
-                  f"({check.site}): every run that shares it is refused")
-    shared = {m: g for m, g in mine.items() if len(g) > 1}
-    if shared and not p.secure_site and (p.experiments or not p.allow_collect):
-        check.add("policy", ERROR, f"holders says {', '.join(sorted(shared))} is held "
-                  f"at other sites too, and without keys this site refuses plaintext "
-                  f"runs that average it (" + ("experiment pinned" if p.experiments
-                                               else "allow-collect off")
-                  + "): every run of this federation would be refused; give the site "
-                  "keys (secure runs), or list it alone if no other site holds it")
-    if not p.secure_site:
-        return
-    pairs = sorted(m for m, g in shared.items() if len(g) == 2)
-    if pairs and not p.allow_pair_masking:
-        check.add("policy", ERROR, f"holders lists {', '.join(pairs)} at two sites, a "
-                  f"masking group that allow-pair-masking off refuses: every run that "
-                  f"averages it fails (allow-pair-masking=true lets each of the two "
-                  f"learn the other's weights)")
-    unpinned = sorted({h for g in shared.values() for h in g if h != check.site}
-                      - set(p.peers or ()))
-    if p.peers is not None and unpinned:
-        check.add("policy", ERROR, f"holders names {', '.join(unpinned)}, which peers "
-                  f"does not pin: this site cannot mask with a site it does not trust, "
-                  f"so every run that averages their modality fails; pin them in peers")
 
 
 def _state(check: NodeCheck, state: Path) -> None:

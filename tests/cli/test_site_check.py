@@ -70,6 +70,20 @@ def test_a_good_secure_site_is_ready_and_its_peers_are_listed(fed):
     assert "require-secure on, allow-collect off" in _find(check, "policy", OK)[0]
 
 
+def test_the_policy_is_said_in_one_sentence(fed):
+    """An administrator reads what the site accepts and keeps, not 23 settings."""
+    said = _find(check_node_config(_nc(fed)), "policy", OK)
+    assert f"this site accepts secure runs only aligned by PSI of experiment " \
+        f"{DIGEST[:16]}..., with site-b, site-c (pinned); it keeps its final weights; " \
+        f"reports a probe of label; trains on the device the run config says" in said
+    plain = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+                                  experiment=None, **{"require-psi": None}))
+    assert "this site accepts plaintext runs only (no keys) of any experiment the " \
+        "submitter chooses, with the sites the server names; it hands the server its " \
+        "final weights when a run asks; reports a probe of any label column the run " \
+        "names" in " ".join(_find(plain, "policy", OK))
+
+
 def test_every_problem_is_found_at_once(fed):
     """A typo'd key, a world-readable key file, a wrong pinned fingerprint: all
     three reported, the typo with its nearest valid key."""
@@ -289,6 +303,11 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     assert "min-rows 100,000 is more than this site's 192 train rows: every secure " \
         "run's plan will be refused (and require-secure refuses the others)" in \
         _find(check, "policy", ERROR)
+    # above the test rows (96) only: the site's cross-site scores are all withheld
+    few = check_node_config(_nc(fed, **{"min-rows": "100"}))
+    assert few.ok and "min-rows 100 is more than this site's 96 test rows: every " \
+        "cross-site score of its test rows is withheld" in " ".join(
+            _find(few, "policy", WARNING))
     loose = check_node_config(_nc(fed, **{"min-rows": "100000", "require-secure": "false",
                                           "allow-collect": "true"}))
     assert "min-rows 100,000 is more than" in " ".join(_find(loose, "policy", WARNING))
