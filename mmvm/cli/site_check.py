@@ -199,7 +199,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
               f"{site.device}); "
               f"the run's config must be this file of the app, with the same `set`; "
               f"digest {digest}")
-    if policy.experiments and digest not in policy.experiments:  # check_experiment's
+    if not policy.allows(digest):  # as check_experiment, said as a check's finding
         check.add("experiment", ERROR, f"{cfg.source}: its digest {digest[:16]}... is "
                   f"none the node config pins (experiment=" + ",".join(
                       d[:16] + "..." for d in policy.experiments) + "): a run of it "
@@ -276,9 +276,8 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
         if idle:
             check.add("policy", WARNING, f"{', '.join(idle)} without keys: no effect "
                       f"(they protect secure runs, which need keys=)")
-        if not p.allow_collect or p.experiments:  # a choice, said; not a weakness
-            check.add("policy", OK, ("allow-collect off" if not p.allow_collect else
-                                     "experiment pinned") + " without keys: this site "
+        if p.plain_sharing_refused:  # a choice, said; not a weakness
+            check.add("policy", OK, p.plain_sharing_refused + " without keys: this site "
                       "refuses plaintext runs in which another site holds one of its "
                       "modalities (horizontal and hybrid layouts): " + (
                           "they send its weights in clear" if not p.allow_collect else

@@ -38,13 +38,12 @@ def check_holder_groups(check: NodeCheck, p: SitePolicy) -> None:
         check.add("policy", ERROR, f"holders lists {left} without this site "
                   f"({check.site}): every run that shares it is refused")
     shared = {m: g for m, g in mine.items() if len(g) > 1}
-    if shared and not p.secure_site and (p.experiments or not p.allow_collect):
+    if shared and not p.secure_site and p.plain_sharing_refused:
         check.add("policy", ERROR, f"holders says {', '.join(sorted(shared))} is held "
                   f"at other sites too, and without keys this site refuses plaintext "
-                  f"runs that average it (" + ("experiment pinned" if p.experiments
-                                               else "allow-collect off")
-                  + "): every run of this federation would be refused; give the site "
-                  "keys (secure runs), or list it alone if no other site holds it")
+                  f"runs that average it ({p.plain_sharing_refused}): every run of this "
+                  f"federation would be refused; give the site keys (secure runs), or "
+                  f"list it alone if no other site holds it")
     if not p.secure_site:
         return
     pairs = sorted(m for m, g in shared.items() if len(g) == 2)

@@ -212,7 +212,7 @@ class SitePolicy:
         from mmvm.config import config_digest
 
         digest = config_digest(cfg)
-        if self.experiments and digest not in self.experiments:
+        if not self.allows(digest):
             raise PolicyError(
                 f"site {site}: the run's experiment config (digest {digest[:16]}...) is "
                 f"not one its node config allows (experiment="
@@ -257,6 +257,17 @@ class SitePolicy:
         if over:  # every limit it breaks, not only the first
             raise PolicyError(f"site {site}: the plan asks for " + "; and ".join(over))
 
+    @property
+    def plain_sharing_refused(self) -> str:
+        """Why this site refuses a plaintext run that shares its modalities' weights
+        (:meth:`check_sharing`), "" where it does not: ``mmvm site check`` says it."""
+        return ("allow-collect off" if not self.allow_collect else
+                "experiment pinned" if self.experiments else "")
+
+    def allows(self, digest: str) -> bool:
+        """Whether the node config's ``experiment`` admits the config of ``digest``."""
+        return not self.experiments or digest in self.experiments
+
     def check_sharing(self, site: str, shared: Mapping[str, Sequence[str]],
                       secure: bool) -> None:
         """The server's ``shared`` (modality -> its holders) against the node
@@ -269,13 +280,13 @@ class SitePolicy:
         self.check_holders(site, shared)
         if not shared or secure or self.test_bed:
             return
-        listed = ", ".join(sorted(shared))
-        if not self.allow_collect:
+        listed, why = ", ".join(sorted(shared)), self.plain_sharing_refused
+        if why == "allow-collect off":
             raise PolicyError(f"site {site}: its node config keeps its weights "
                               f"(allow-collect = false), and this plaintext run would send "
                               f"those of {listed} to the server in clear every "
                               f"window; run with secure = true (masked) or allow-collect")
-        if self.experiments:
+        if why:
             raise PolicyError(f"site {site}: its node config pins the experiment "
                               f"(experiment=), and in this plaintext run the server alone "
                               f"chooses the weights of {listed} the site loads every "

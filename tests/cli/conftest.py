@@ -1,5 +1,6 @@
 """What the `mmvm evaluate` tests share: one run trained on the digit vectors and
-a guard that fails a test if evaluate gets to scoring."""
+a guard that fails a test if evaluate gets to scoring; the `mmvm site check` tests,
+three sites with keys (``fed``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from mmvm.data.dataset import MultimodalDataset
 from tests.support.evaluation_data import NAMES, digit_vectors, vector_config
+from tests.support.site_nodes import three_sites
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +33,9 @@ def no_scoring(monkeypatch):
 
     monkeypatch.setattr(mmvm.evaluation, "evaluate_run", scored)
 
+
+
+@pytest.fixture
+def fed(tiny_polymnist, tmp_path) -> dict:
+    """Three vertical sites' files, every site's keys, the directory."""
+    return three_sites(tiny_polymnist, tmp_path)

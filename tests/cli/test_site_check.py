@@ -1,87 +1,30 @@
 """``mmvm site check``: a node config read as the site's ClientApp reads it, on real
-site files, real keys and a real public key directory."""
+site files, real keys and a real public key directory (``holders`` and the policy
+sentence: test_site_holders.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-
-import pytest
 
 from mmvm.cli import main
 from mmvm.cli.site_check import ERROR, OK, WARNING, check_node_config
 from mmvm.config import config_digest, load_config
-from mmvm.data.sites import site_layout, split_sites
 from mmvm.secure.keys import SiteKeys, save_public_directory
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = str(ROOT / "configs" / "polymnist_cpu.toml")
-SITES = ("site-a", "site-b", "site-c")
-DIGEST = config_digest(load_config(CONFIG))  # the experiment the sites pin
-
-
-@pytest.fixture
-def fed(tiny_polymnist, tmp_path) -> dict:
-    """Three vertical sites' files, every site's keys, the directory."""
-    layout = [dataclasses.replace(s, name=n) for s, n in
-              zip(site_layout("vertical", ["m0", "m1", "m2"]), SITES, strict=True)]
-    split_sites([tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet"],
-                tmp_path / "data", layout)
-    keys = {n: SiteKeys.generate(n) for n in SITES}
-    for n, k in keys.items():
-        k.save(tmp_path / "keys" / n / "site_keys.json")
-    save_public_directory(tmp_path / "keys" / "public_keys.json",
-                          {n: k.public for n, k in keys.items()})
-    return {"root": tmp_path, "keys": keys}
-
-
-def _nc(fed: dict, site: str = "site-a", **extra) -> dict:
-    root = fed["root"]
-    others = ";".join(f"{n}={k.public.fingerprint}" for n, k in fed["keys"].items()
-                      if n != site)
-    nc = {"site": site, "data": str(root / "data" / site),
-          "keys": str(root / "keys" / site / "site_keys.json"),
-          "directory": str(root / "keys" / "public_keys.json"), "peers": others,
-          "state": str(root / "state" / site), "require-psi": "true",
-          # vertical: its modality alone (a site of another name: none listed)
-          "holders": f"m{SITES.index(site)}={site}" if site in SITES else None,
-          "experiment": DIGEST}
-    nc.update(extra)
-    if nc.get("keys") is None and "holders" not in extra:  # a plaintext site's
-        nc["holders"] = None
-    return {k: v for k, v in nc.items() if v is not None}
-
-
-def _find(check, item: str, status: str) -> list[str]:
-    return [f.detail for f in check.findings if f.item == item and f.status == status]
+from tests.support.site_nodes import CONFIG, DIGEST, ROOT, findings, node_config
 
 
 def test_a_good_secure_site_is_ready_and_its_peers_are_listed(fed):
-    check = check_node_config(_nc(fed), load_config(CONFIG))
+    check = check_node_config(node_config(fed), load_config(CONFIG))
     assert check.ok and check.count(WARNING) == 0, check.findings
     assert {f.item for f in check.findings} == {"data", "experiment", "policy", "keys",
                                                  "directory", "peers", "state"}
-    assert "trains m0" in _find(check, "experiment", OK)[0]
-    assert "192 rows" in _find(check, "data", OK)[0]
-    peers = _find(check, "peers", OK)[0]
+    assert "trains m0" in findings(check, "experiment", OK)[0]
+    assert "192 rows" in findings(check, "data", OK)[0]
+    peers = findings(check, "peers", OK)[0]
     for n in ("site-b", "site-c"):
         assert f"{n} {fed['keys'][n].public.fingerprint}" in peers
-    assert "require-secure on, allow-collect off" in _find(check, "policy", OK)[0]
-
-
-def test_the_policy_is_said_in_one_sentence(fed):
-    """An administrator reads what the site accepts and keeps, not 23 settings."""
-    said = _find(check_node_config(_nc(fed)), "policy", OK)
-    assert f"this site accepts secure runs only aligned by PSI of experiment " \
-        f"{DIGEST[:16]}..., with site-b, site-c (pinned); it keeps its final weights; " \
-        f"reports a probe of label; trains on the device the run config says" in said
-    plain = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
-                                  experiment=None, **{"require-psi": None}))
-    assert "this site accepts plaintext runs only (no keys) of any experiment the " \
-        "submitter chooses, with the sites the server names; it hands the server its " \
-        "final weights when a run asks; reports a probe of any label column the run " \
-        "names" in " ".join(_find(plain, "policy", OK))
+    assert "require-secure on, allow-collect off" in findings(check, "policy", OK)[0]
 
 
 def test_every_problem_is_found_at_once(fed):
@@ -90,7 +33,7 @@ def test_every_problem_is_found_at_once(fed):
     key_file = fed["root"] / "keys" / "site-a" / "site_keys.json"
     key_file.chmod(0o644)
     bad_pin = "site-b=" + "0" * 32 + ";site-c=" + fed["keys"]["site-c"].public.fingerprint
-    check = check_node_config(_nc(fed, peers=bad_pin, **{"min-rowz": 3}))
+    check = check_node_config(node_config(fed, peers=bad_pin, **{"min-rowz": 3}))
     errors = [f"{f.item}: {f.detail}" for f in check.findings if f.status == ERROR]
     assert len(errors) == 3, errors
     assert "did you mean 'min-rows'?" in errors[0]
@@ -100,93 +43,93 @@ def test_every_problem_is_found_at_once(fed):
 
 def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
     root = fed["root"]
-    check = check_node_config(_nc(fed, keys=str(root / "keys" / "site-b" / "site_keys.json")))
-    assert "holds the keys of 'site-b'" in _find(check, "keys", ERROR)[0]
+    check = check_node_config(node_config(fed, keys=str(root / "keys" / "site-b" / "site_keys.json")))
+    assert "holds the keys of 'site-b'" in findings(check, "keys", ERROR)[0]
     # the same mistake the other way (a wrong site=): the keys' own entry is no peer
     # to pin (a walkthrough was told to pin its own site)
     pins = ";".join(f"{n}={fed['keys'][n].public.fingerprint}" for n in ("site-b", "site-c"))
-    check = check_node_config(_nc(fed, "site-x", peers=pins, holders=None,
+    check = check_node_config(node_config(fed, "site-x", peers=pins, holders=None,
                                   data=str(root / "data" / "site-a"),
                                   keys=str(root / "keys" / "site-a" / "site_keys.json")))
-    assert "holds the keys of 'site-a'" in _find(check, "keys", ERROR)[0]
-    assert not any("site-a" in d for d in _find(check, "peers", WARNING)), check.findings
+    assert "holds the keys of 'site-a'" in findings(check, "keys", ERROR)[0]
+    assert not any("site-a" in d for d in findings(check, "peers", WARNING)), check.findings
     # the operator's directory swaps site-a's key: the others would seal to it
     forged = {n: k.public for n, k in fed["keys"].items()}
     forged["site-a"] = SiteKeys.generate("site-a").public
     save_public_directory(root / "forged.json", forged)
-    check = check_node_config(_nc(fed, directory=str(root / "forged.json")))
-    assert "not this site's" in _find(check, "directory", ERROR)[0]
+    check = check_node_config(node_config(fed, directory=str(root / "forged.json")))
+    assert "not this site's" in findings(check, "directory", ERROR)[0]
 
 
 def test_a_plaintext_site_and_trust_in_the_whole_directory_are_warned(fed):
-    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+    check = check_node_config(node_config(fed, keys=None, peers=None, directory=None,
                                   **{"require-psi": None}))
-    assert check.ok and "plaintext site" in _find(check, "policy", WARNING)[-1]
-    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+    assert check.ok and "plaintext site" in findings(check, "policy", WARNING)[-1]
+    check = check_node_config(node_config(fed, keys=None, peers=None, directory=None,
                                   **{"require-secure": True, "require-psi": None}))
     # the node config is refused (it was a warning of the check only): require-secure
     # without keys= is a secure site whose keys were lost to a typo
     assert "require-secure belongs to a secure site, but keys= is missing" in \
-        _find(check, "policy", ERROR)[0]
-    check = check_node_config(_nc(fed, keys=None, directory=None,
+        findings(check, "policy", ERROR)[0]
+    check = check_node_config(node_config(fed, keys=None, directory=None,
                                   **{"require-psi": None}))
     assert "peers belongs to a secure site, but keys= is missing" in \
-        _find(check, "policy", ERROR)[0]
-    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None))
+        findings(check, "policy", ERROR)[0]
+    check = check_node_config(node_config(fed, keys=None, peers=None, directory=None))
     assert "require-psi without keys would refuse every run" in \
-        _find(check, "policy", ERROR)[0]
-    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+        findings(check, "policy", ERROR)[0]
+    check = check_node_config(node_config(fed, keys=None, peers=None, directory=None,
                                   **{"require-psi": None, "allow-collect": "false"}))
     # the safer choice is said, not warned; on, the weights are (the plaintext line)
     assert check.ok and "allow-collect off without keys: this site refuses plaintext " \
         "runs in which another site holds one of its modalities" in \
-        " ".join(_find(check, "policy", OK))
-    check = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+        " ".join(findings(check, "policy", OK))
+    check = check_node_config(node_config(fed, keys=None, peers=None, directory=None,
                                   **{"require-psi": None}))
     assert "and its final weights when a run asks (allow-collect on)" in \
-        _find(check, "policy", WARNING)[-1]
-    check = check_node_config(_nc(fed, peers="*"))
-    assert check.ok and "every entry" in _find(check, "peers", WARNING)[0]
+        findings(check, "policy", WARNING)[-1]
+    check = check_node_config(node_config(fed, peers="*"))
+    assert check.ok and "every entry" in findings(check, "peers", WARNING)[0]
 
 
 def test_data_that_does_not_fit_the_experiment_or_is_missing(fed, tmp_path):
     hippo = load_config(ROOT / "configs" / "hippocampus.toml")
-    check = check_node_config(_nc(fed), hippo)
-    assert "holds none of the configured modalities" in _find(check, "experiment",
+    check = check_node_config(node_config(fed), hippo)
+    assert "holds none of the configured modalities" in findings(check, "experiment",
                                                                ERROR)[0]
     (fed["root"] / "data" / "site-a" / "test.parquet").unlink()
-    check = check_node_config(_nc(fed))
-    assert check.ok and "evaluation" in _find(check, "data", WARNING)[0]
-    check = check_node_config(_nc(fed, data=str(tmp_path / "nowhere")))
-    assert "no train.parquet" in _find(check, "data", ERROR)[0]
+    check = check_node_config(node_config(fed))
+    assert check.ok and "evaluation" in findings(check, "data", WARNING)[0]
+    check = check_node_config(node_config(fed, data=str(tmp_path / "nowhere")))
+    assert "no train.parquet" in findings(check, "data", ERROR)[0]
     (fed["root"] / "state").mkdir()
     (fed["root"] / "state" / "site-a").write_text("a file")
-    assert "is not a folder" in _find(check_node_config(_nc(fed)), "state", ERROR)[0]
+    assert "is not a folder" in findings(check_node_config(node_config(fed)), "state", ERROR)[0]
 
 
 def test_an_experiment_beyond_the_sites_limits_fails_the_check(fed):
     """The limits a run's first messages would hit: the model's parameters
     (max-params) and the plan on the site's own 192 rows (max-visits)."""
     cfg = load_config(CONFIG)
-    ok = check_node_config(_nc(fed), cfg)
-    assert "max-params 200,000,000" in _find(ok, "policy", OK)[0]
-    small = check_node_config(_nc(fed, **{"max-params": "1000"}), cfg)
-    assert "(max-params)" in _find(small, "experiment", ERROR)[0]
-    short = check_node_config(_nc(fed, **{"max-visits": "1000"}), cfg)
+    ok = check_node_config(node_config(fed), cfg)
+    assert "max-params 200,000,000" in findings(ok, "policy", OK)[0]
+    small = check_node_config(node_config(fed, **{"max-params": "1000"}), cfg)
+    assert "(max-params)" in findings(small, "experiment", ERROR)[0]
+    short = check_node_config(node_config(fed, **{"max-visits": "1000"}), cfg)
     visits = 192 * cfg.train.epochs
     assert f"{cfg.train.epochs} epochs over 192 samples: {visits:,} rows" in \
-        _find(short, "experiment", ERROR)[0]
+        findings(short, "experiment", ERROR)[0]
 
 
 def test_an_open_state_folder_is_warned(fed):
     state = fed["root"] / "state" / "site-a"
     state.mkdir(parents=True)
     os.chmod(state, 0o755)
-    assert "chmod 700" in _find(check_node_config(_nc(fed)), "state", WARNING)[0]
+    assert "chmod 700" in findings(check_node_config(node_config(fed)), "state", WARNING)[0]
 
 
 def test_the_command_takes_what_flower_supernode_takes(fed, capsys, tmp_path):
-    nc = _nc(fed)
+    nc = node_config(fed)
     text = " ".join(f'{k}="{v}"' for k, v in nc.items())
     assert main(["site", "check", "--config", CONFIG, "--node-config", text]) == 0
     out = capsys.readouterr().out
@@ -207,14 +150,14 @@ def test_bad_values_do_not_hide_the_other_checks(fed):
     """Two values that do not parse and a wrong pin: three errors, and the keys, the
     directory and the state are still checked."""
     bad_pin = "site-b=" + "0" * 32 + ";site-c=" + fed["keys"]["site-c"].public.fingerprint
-    check = check_node_config(_nc(fed, peers=bad_pin, **{"min-rows": 0,
+    check = check_node_config(node_config(fed, peers=bad_pin, **{"min-rows": 0,
                                                          "require-secure": "maybe"}))
     errors = [f"{f.item}: {f.detail}" for f in check.findings if f.status == ERROR]
     assert len(errors) == 3, errors
     assert "not a boolean" in errors[0] and "positive integer" in errors[1]
     assert "keys of site-b are not the pinned ones" in errors[2]
-    assert _find(check, "keys", OK) and _find(check, "directory", OK)
-    assert "the values that parse" in _find(check, "policy", OK)[0]
+    assert findings(check, "keys", OK) and findings(check, "directory", OK)
+    assert "the values that parse" in findings(check, "policy", OK)[0]
 
 
 def test_a_test_split_of_other_modalities_fails_the_check(fed):
@@ -222,30 +165,30 @@ def test_a_test_split_of_other_modalities_fails_the_check(fed):
     root = fed["root"] / "data"
     (root / "site-a" / "test.parquet").write_bytes(
         (root / "site-b" / "test.parquet").read_bytes())
-    check = check_node_config(_nc(fed), load_config(CONFIG))
-    assert "does not hold train.parquet's modalities" in _find(check, "data", ERROR)[0]
+    check = check_node_config(node_config(fed), load_config(CONFIG))
+    assert "does not hold train.parquet's modalities" in findings(check, "data", ERROR)[0]
 
 
 def test_who_may_change_the_directory_and_relative_paths(fed, monkeypatch):
     directory = fed["root"] / "keys" / "public_keys.json"
     directory.chmod(0o666)
-    check = check_node_config(_nc(fed))
-    assert check.ok and "whom the site trusts" in _find(check, "directory", WARNING)[0]
+    check = check_node_config(node_config(fed))
+    assert check.ok and "whom the site trusts" in findings(check, "directory", WARNING)[0]
     monkeypatch.chdir(fed["root"])
-    check = check_node_config(_nc(fed, data="data/site-a"))
-    assert "is relative" in _find(check, "paths", WARNING)[0]
-    assert _find(check, "data", OK)  # read from here, as the SuperNode would
+    check = check_node_config(node_config(fed, data="data/site-a"))
+    assert "is relative" in findings(check, "paths", WARNING)[0]
+    assert findings(check, "data", OK)  # read from here, as the SuperNode would
 
 
 def test_a_config_outside_the_app_is_noted(fed, tmp_path):
     """A deployed run names configs/<file> of the app bundle: a config elsewhere
     checks fine here but cannot be the run's."""
-    assert not _find(check_node_config(_nc(fed), load_config(CONFIG)), "experiment",
+    assert not findings(check_node_config(node_config(fed), load_config(CONFIG)), "experiment",
                      WARNING)
     copy = tmp_path / "lab.toml"
     copy.write_text(Path(CONFIG).read_text())
-    check = check_node_config(_nc(fed), load_config(copy))
-    assert check.ok and "not under the app's" in _find(check, "experiment", WARNING)[0]
+    check = check_node_config(node_config(fed), load_config(copy))
+    assert check.ok and "not under the app's" in findings(check, "experiment", WARNING)[0]
 
 
 def test_a_copy_of_the_app_is_checked_with_app(fed, capsys, tmp_path, monkeypatch):
@@ -261,7 +204,7 @@ def test_a_copy_of_the_app_is_checked_with_app(fed, capsys, tmp_path, monkeypatc
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
     shutil.copytree(ROOT / "configs", copy / "configs")
     shutil.copy(CONFIG, copy / "configs" / "labs3.toml")
-    text = " ".join(f'{k}="{v}"' for k, v in _nc(fed).items())
+    text = " ".join(f'{k}="{v}"' for k, v in node_config(fed).items())
     check = ["site", "check", "--node-config", text, "--config", "configs/labs3.toml"]
     monkeypatch.chdir(copy)
     assert main(check) == 0
@@ -293,95 +236,95 @@ def test_settings_that_would_fail_runs_later_are_warned_now(fed):
     breaks is named, not only the first."""
     site_b = next(n for n in fed["keys"] if n != "site-a")
     pins = f"{site_b}={fed['keys'][site_b].public.fingerprint}"
-    check = check_node_config(_nc(fed, peers=pins, **{"require-psi": None,
+    check = check_node_config(node_config(fed, peers=pins, **{"require-psi": None,
                                                      "min-rows": "100000"}),
                               load_config(CONFIG))
-    assert "not pinned, so not trusted" in " ".join(_find(check, "peers", WARNING))
-    warned = " ".join(_find(check, "policy", WARNING))
+    assert "not pinned, so not trusted" in " ".join(findings(check, "peers", WARNING))
+    warned = " ".join(findings(check, "policy", WARNING))
     assert "require-psi off" in warned
     # require-secure (the secure site's default) refuses the rest: no run at all
     assert "min-rows 100,000 is more than this site's 192 train rows: every secure " \
         "run's plan will be refused (and require-secure refuses the others)" in \
-        _find(check, "policy", ERROR)
+        findings(check, "policy", ERROR)
     # above the test rows (96) only: the site's cross-site scores are all withheld
-    few = check_node_config(_nc(fed, **{"min-rows": "100"}))
+    few = check_node_config(node_config(fed, **{"min-rows": "100"}))
     assert few.ok and "min-rows 100 is more than this site's 96 test rows: every " \
         "cross-site score of its test rows is withheld" in " ".join(
-            _find(few, "policy", WARNING))
-    loose = check_node_config(_nc(fed, **{"min-rows": "100000", "require-secure": "false",
+            findings(few, "policy", WARNING))
+    loose = check_node_config(node_config(fed, **{"min-rows": "100000", "require-secure": "false",
                                           "allow-collect": "true"}))
-    assert "min-rows 100,000 is more than" in " ".join(_find(loose, "policy", WARNING))
-    tight = check_node_config(_nc(fed, **{"max-batch": "2", "max-steps": "3",
+    assert "min-rows 100,000 is more than" in " ".join(findings(loose, "policy", WARNING))
+    tight = check_node_config(node_config(fed, **{"max-batch": "2", "max-steps": "3",
                                           "max-step-gib": "1"}),
                               load_config(CONFIG, ["train.batch_size=4096"]))
-    errors = " ".join(_find(tight, "experiment", ERROR))
+    errors = " ".join(findings(tight, "experiment", ERROR))
     assert "(max-batch)" in errors and "(max-steps)" in errors
     assert "(max-step-gib)" in errors
     shared = fed["root"] / "shared"  # like /tmp: anyone may make the folder first
     shared.mkdir()
     os.chmod(shared, 0o1777)
-    early = check_node_config(_nc(fed, state=str(shared / "site-a")))
-    assert "another one could make it first" in _find(early, "state", WARNING)[0]
+    early = check_node_config(node_config(fed, state=str(shared / "site-a")))
+    assert "another one could make it first" in findings(early, "state", WARNING)[0]
     (shared / "theirs").mkdir()
     (shared / "link").symlink_to(shared / "theirs")
-    linked = check_node_config(_nc(fed, state=str(shared / "link")))
-    assert "is a link or belongs to another user" in _find(linked, "state", ERROR)[0]
-    plain = check_node_config(_nc(fed, keys=None, peers=None, directory=None,
+    linked = check_node_config(node_config(fed, state=str(shared / "link")))
+    assert "is a link or belongs to another user" in findings(linked, "state", ERROR)[0]
+    plain = check_node_config(node_config(fed, keys=None, peers=None, directory=None,
                                   **{"require-psi": None, "min-rows": "5"}))
-    plain_said = " ".join(_find(plain, "policy", WARNING))
+    plain_said = " ".join(findings(plain, "policy", WARNING))
     assert "min-rows without keys" not in plain_said  # it has an effect there:
     assert "min-rows 5: plaintext runs score no cross-site evaluation here" in plain_said
     assert 'eval-labels = "" keeps test labels unread there' in plain_said
     # a keyed site that takes plaintext runs: min-rows guards its secure runs only
-    open_door = check_node_config(_nc(fed, **{"require-secure": "false",
+    open_door = check_node_config(node_config(fed, **{"require-secure": "false",
                                               "min-rows": "16"}))
     assert "min-rows 16 does not bound them: their windows report the losses of " \
         "whatever batch the plan says, one row too" in " ".join(
-            _find(open_door, "policy", WARNING))
-    typo = check_node_config(_nc(fed, **{"eval-labels": "label,label.dx"}),
+            findings(open_door, "policy", WARNING))
+    typo = check_node_config(node_config(fed, **{"eval-labels": "label,label.dx"}),
                              load_config(CONFIG, ["data.label=label.dx"]))
     assert "eval-labels label.dx match no label column" in " ".join(
-        _find(typo, "policy", WARNING))
+        findings(typo, "policy", WARNING))
     assert "data.label = 'label.dx' is not in this site's eval-labels" not in " ".join(
-        _find(typo, "experiment", WARNING))
-    on_cpu = check_node_config(_nc(fed, device="cpu"),
+        findings(typo, "experiment", WARNING))
+    on_cpu = check_node_config(node_config(fed, device="cpu"),
                                load_config(CONFIG, ["train.device=cuda"]))
-    assert "device cpu)" in _find(on_cpu, "experiment", OK)[0]  # the site's, not the run's
-    other = check_node_config(_nc(fed), load_config(CONFIG, ["data.label=label.dx"]))
+    assert "device cpu)" in findings(on_cpu, "experiment", OK)[0]  # the site's, not the run's
+    other = check_node_config(node_config(fed), load_config(CONFIG, ["data.label=label.dx"]))
     assert "data.label = 'label.dx' is not in this site's eval-labels" in " ".join(
-        _find(other, "experiment", WARNING))
+        findings(other, "experiment", WARNING))
     typo_data = check_node_config({"site": "site-a", "dta": "/srv/site-a", "zzzz": "1"})
-    found = _find(typo_data, "data", ERROR)[0]
+    found = findings(typo_data, "data", ERROR)[0]
     assert "unknown key 'dta' (did you mean 'data'?), unknown key 'zzzz'" in found
-    lost = check_node_config(_nc(fed, directory=None))
-    assert "set directory= to the public key directory" in _find(lost, "directory",
+    lost = check_node_config(node_config(fed, directory=None))
+    assert "set directory= to the public key directory" in findings(lost, "directory",
                                                                 ERROR)[0]
 
 
 def test_a_plaintext_site_named_outside_its_state_folder_is_an_error(fed):
     """site="../x" would put `<state>/../x.pt` beside the folder; plaintext sites are
     held to it too (the ClientApp refuses the run), and no state is checked for it."""
-    check = check_node_config(_nc(fed, site="../x", keys=None, directory=None,
+    check = check_node_config(node_config(fed, site="../x", keys=None, directory=None,
                                   peers=None, data=str(fed["root"] / "data" / "site-a"),
                                   **{"require-psi": None}))
     assert not check.ok
-    assert "invalid site name '../x'" in _find(check, "policy", ERROR)[0]
+    assert "invalid site name '../x'" in findings(check, "policy", ERROR)[0]
     assert not [f for f in check.findings if f.item == "state"]
-    assert _find(check, "data", OK)  # the rest is still checked
+    assert findings(check, "data", OK)  # the rest is still checked
 
 
 def test_keys_or_state_inside_a_flower_app_are_warned(fed):
     """A test bed's keys and state made in the project go into the app bundle with a
     plain `flwr run .` (mmvm run refuses; Flower does not)."""
     (fed["root"] / "pyproject.toml").write_text('[tool.flwr.app]\npublisher = "x"\n')
-    check = check_node_config(_nc(fed))
-    said = " ".join(_find(check, "paths", WARNING))
+    check = check_node_config(node_config(fed))
+    said = " ".join(findings(check, "paths", WARNING))
     for key in ("keys", "directory", "state"):
         assert f"{key}={fed['root']}" in said
     assert f"is inside the Flower app {fed['root']}" in said
     # the documented layout: keys/ in the app's .gitignore (Flower's own matching)
     (fed["root"] / ".gitignore").write_text("/keys/\nstate/\n")
-    said = " ".join(_find(check_node_config(_nc(fed)), "paths", WARNING))
+    said = " ".join(findings(check_node_config(node_config(fed)), "paths", WARNING))
     assert "keys=" not in said and "directory=" not in said and "state=" not in said
 
 
@@ -394,87 +337,37 @@ def test_pixels_stored_unscaled_are_warned_before_a_run_trains_on_them(fed):
     for f in files:
         t = read_site_table(f)
         write_site_table(f, t.sample_ids, t.tensors, t.labels, {}, scales={"m0": 1.0})
-    check = check_node_config(_nc(fed), load_config(CONFIG))
-    warned = _find(check, "data", WARNING)
+    check = check_node_config(node_config(fed), load_config(CONFIG))
+    warned = findings(check, "data", WARNING)
     assert check.ok and len(warned) == 2, check.findings
     for f, line in zip(files, warned, strict=True):
         assert line.startswith(f"{f}: modality 'm0' holds values 0..255")
 
 
 def test_a_site_with_keys_but_no_peers_is_told_which_names_to_pin(fed):
-    check = check_node_config(_nc(fed, site="site-b", peers=None))
+    check = check_node_config(node_config(fed, site="site-b", peers=None))
     assert not check.ok
-    assert "must pin its peers" in _find(check, "policy", ERROR)[0]
+    assert "must pin its peers" in findings(check, "policy", ERROR)[0]
     others = sorted(n for n in fed["keys"] if n != "site-b")
-    hint = _find(check, "peers", ERROR)[0]
+    hint = findings(check, "peers", ERROR)[0]
     assert "peers=\"" + ";".join(f"{n}=<fingerprint>" for n in others) + "\"" in hint
     assert "site-b=" not in hint and "out of band" in hint
 
 
-def test_a_secure_site_without_holders_is_warned_and_one_left_out_of_them_is_an_error(fed):
-    check = check_node_config(_nc(fed, holders=None))
-    assert check.ok and any("no holders: the server alone says which sites share"
-                            in d for d in _find(check, "policy", WARNING))
-    check = check_node_config(_nc(fed, holders="m0=site-b,site-c"))
-    assert not check.ok and any("holders lists m0=site-b,site-c without this site (site-a)" in d
-                                for d in _find(check, "policy", ERROR))
-
-
-def test_a_plaintext_sites_holders_and_pinned_experiment_say_what_they_refuse(fed):
-    """Without keys, holders= still applies (a made-up co-holder of a modality the
-    site holds alone is refused), and a pinned experiment refuses plaintext runs that
-    share the site's modalities: the check says so instead of "no effect", and holders
-    that say another site holds the modality make that every run (a walkthrough's
-    site was "ready" so)."""
-    plain = dict(keys=None, peers=None, directory=None, **{"require-psi": None})
-    check = check_node_config(_nc(fed, holders="m0=site-a", **plain))
-    warned = " ".join(_find(check, "policy", WARNING))
-    assert check.ok and "holders" not in warned and "no effect" not in warned, warned
-    assert "experiment pinned without keys: this site refuses plaintext runs in which " \
-           "another site holds one of its modalities" in " ".join(_find(check, "policy", OK))
-    check = check_node_config(_nc(fed, holders="m0=site-b,site-c", **plain))
-    assert not check.ok and "holders lists m0=site-b,site-c without this site (site-a): " \
-        "every run that shares it is refused" in _find(check, "policy", ERROR)
-    check = check_node_config(_nc(fed, holders="m0=site-a,site-c,site-d", **plain))
-    assert not check.ok and any("holders says m0 is held at other sites too, and without "
-                                "keys this site refuses plaintext runs that average it "
-                                "(experiment pinned)" in d
-                                for d in _find(check, "policy", ERROR))
-    check = check_node_config(_nc(fed, **{"require-secure": "false",  # keys: both modes
-                                          "allow-collect": "true"}))
-    assert "experiment is pinned, and the server alone would choose their mean" in \
-        " ".join(_find(check, "policy", WARNING))
-
-
-def test_holders_that_no_secure_run_could_use_fail_the_check(fed):
-    """Two holders without allow-pair-masking, or a holder the site does not pin:
-    every run that averages the modality fails at attach; the check says so now."""
-    check = check_node_config(_nc(fed, holders="m0=site-a,site-b"))
-    assert not check.ok and any("holders lists m0 at two sites, a masking group that "
-                                "allow-pair-masking off refuses" in d
-                                for d in _find(check, "policy", ERROR))
-    assert check_node_config(_nc(fed, holders="m0=site-a,site-b",
-                                 **{"allow-pair-masking": "true"})).ok
-    check = check_node_config(_nc(fed, holders="m0=site-a,site-b,site-x"))
-    assert not check.ok and any("holders names site-x, which peers does not pin" in d
-                                for d in _find(check, "policy", ERROR))
-    assert check_node_config(_nc(fed, holders="m0=site-a,site-b,site-c")).ok
-
-
 def test_the_experiment_a_site_may_run_is_pinned_by_the_digest_the_check_prints(fed):
     cfg = load_config(CONFIG)
-    ok = check_node_config(_nc(fed), cfg)
-    assert f"digest {DIGEST}" in _find(ok, "experiment", OK)[0]
-    assert f"experiment {DIGEST[:16]}..." in _find(ok, "policy", OK)[0]
-    loose = check_node_config(_nc(fed, experiment=None), cfg)
+    ok = check_node_config(node_config(fed), cfg)
+    assert f"digest {DIGEST}" in findings(ok, "experiment", OK)[0]
+    assert f"experiment {DIGEST[:16]}..." in findings(ok, "policy", OK)[0]
+    loose = check_node_config(node_config(fed, experiment=None), cfg)
     assert loose.ok and any("no experiment: whoever submits a run chooses the model" in d
-                            for d in _find(loose, "policy", WARNING))
+                            for d in findings(loose, "policy", WARNING))
     wide = load_config(CONFIG, ["model.latent_dim=256"])
-    other = check_node_config(_nc(fed), wide)
+    other = check_node_config(node_config(fed), wide)
     assert not other.ok and f"is none the node config pins (experiment={DIGEST[:16]}...):" \
-        f" a run of it would be refused" in _find(other, "experiment", ERROR)[0]
-    bad = check_node_config(_nc(fed, experiment="abc"), cfg)
-    assert "not experiment digests" in _find(bad, "policy", ERROR)[0]
+        f" a run of it would be refused" in findings(other, "experiment", ERROR)[0]
+    bad = check_node_config(node_config(fed, experiment="abc"), cfg)
+    assert "not experiment digests" in findings(bad, "policy", ERROR)[0]
 
 
 def test_the_config_alone_prints_the_digest_a_node_config_pins(capsys):
@@ -492,14 +385,3 @@ def test_the_config_alone_prints_the_digest_a_node_config_pins(capsys):
         capsys.readouterr().out
     assert main(["site", "check"]) == 2
     assert "give --node-config" in capsys.readouterr().err
-
-
-def test_a_data_folder_of_another_view_than_holders_lists_is_an_error(fed):
-    """A hospital's node config pointed at the lateral folder and listed itself as
-    frontal's holder: the check said ready, the run failed after the PSI had run."""
-    check = check_node_config(_nc(fed, holders="m1=site-a"))  # its data holds m0
-    assert not check.ok
-    said = _find(check, "policy", ERROR)[0]
-    assert said.startswith("holders lists this site for m1, its data (")
-    assert said.split("holds ")[1].startswith("m0: the wrong data folder")
-    assert check_node_config(_nc(fed)).ok  # m0=site-a: as its data
