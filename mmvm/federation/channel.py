@@ -70,6 +70,16 @@ class Channel(Protocol):
         last window, so nothing of theirs comes."""
         ...
 
+    def attach_keys(self) -> dict[str, bytes]:
+        """Secure mode: this site's sketch key sealed to each co-holder, at attach
+        (:mod:`mmvm.federation.sealed_sketch`); plaintext: none."""
+        ...
+
+    def check_mean(self, received: Arrays, keys: Mapping[str, bytes]) -> None:
+        """Secure mode: open the co-holders' sketch ``keys`` it lacks, and refuse a
+        mean ``received`` whose sketch rows are not this site's rows of it."""
+        ...
+
     def begin_window(self, site: Site, index: int, received: Arrays,
                      inputs: Mapping[str, object]) -> None:
         """Before window ``index`` trains on ``received`` (the averaged weights the
@@ -180,6 +190,12 @@ class PlainChannel:
         link.others_cache.update(table)
         return link.others_cache.table(site.window_rows(index), exclude=site.names), \
             lambda: None
+
+    def attach_keys(self) -> dict[str, bytes]:
+        return {}
+
+    def check_mean(self, received: Arrays, keys: Mapping[str, bytes]) -> None:
+        pass  # its weights go to the server as they are: the mean is the server's word
 
     def begin_window(self, site: Site, index: int, received: Arrays,
                      inputs: Mapping[str, object]) -> None:

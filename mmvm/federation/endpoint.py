@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Mapping
 
 from mmvm.config import config_digest
 from mmvm.federation.channel import Channel
@@ -45,6 +44,7 @@ from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import admitted
 from mmvm.federation.site_eval import evaluate_site
 from mmvm.federation.site_limits import check_tables
+from mmvm.federation.site_means import checked_mean, load_mean
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.window_metrics import (
     RESTORED,
@@ -157,7 +157,8 @@ class Endpoint:
             except PolicyError as err:
                 self._refuse_plan(err)
         site.progress.phase = "attached"
-        return AttachReply(posteriors=self.channel.outgoing(site, 0))
+        return AttachReply(posteriors=self.channel.outgoing(site, 0),
+                           keys=self.channel.attach_keys())
 
     def _refuse_plan(self, err: PolicyError) -> None:
         """Refuse the run's plan for good: the refusal is written with the site's
@@ -214,9 +215,11 @@ class Endpoint:
             site.linked().resync()
         t0 = time.perf_counter()
         others, commit = self.channel.incoming(site, index, req.posteriors, req.absent)
-        self._check_shared(req.weights)  # before the window's inputs are recorded
+        # before the window's inputs are recorded
+        req = dataclasses.replace(req, weights=checked_mean(site, self.channel, req.weights,
+                                                            req.keys))
         self.channel.begin_window(site, index, req.weights, inputs)
-        self._load_shared(req.weights, f"window {index}")
+        load_mean(site, self.channel, req.weights, f"window {index}", self.notes.append)
         try:
             reply = self._train(req, others, t0)
         except Exception as err:
@@ -302,13 +305,14 @@ class Endpoint:
         node config says ``share-test = false``."""
         site = self.site
         site.progress.evaluate(site.name)  # attached, not evaluated
-        self._check_shared(req.weights)
+        req = dataclasses.replace(req, weights=checked_mean(site, self.channel, req.weights))
         try:
             return self.channel.held_out(
                 site, req, self.policy.share_test,
                 lambda: self.channel.begin_window(site, EVALUATION, req.weights,
                                                   self._evaluation_inputs()),
-                lambda: self._load_shared(req.weights, "the cross-site evaluation"))
+                lambda: load_mean(site, self.channel, req.weights, "the cross-site "
+                                  "evaluation", self.notes.append))
         except (FederationError, SecurityError):
             raise
         except Exception as err:  # as a window's: which error would say something
@@ -320,7 +324,7 @@ class Endpoint:
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
         site = self.site
         site.progress.evaluate(site.name)
-        self._check_shared(req.weights)
+        req = dataclasses.replace(req, weights=checked_mean(site, self.channel, req.weights))
         chosen = self.policy.plain_floor  # the server's values, or colluding peers'
         cross, refused = admitted(site, self.policy.share_test, req.posteriors,
                                   request_digest({}, req.weights), self.notes,
@@ -333,7 +337,8 @@ class Endpoint:
             self._commits.append(commit)
         self.channel.begin_window(site, EVALUATION, req.weights,  # as a last window
                                   self._evaluation_inputs())
-        kept = self._load_shared(req.weights, "the evaluation")
+        kept = load_mean(site, self.channel, req.weights, "the evaluation",
+                         self.notes.append)
         collect = req.collect and self.policy.allow_collect
         # not the mean the server sent: handing it in would read as a wrong average
         model = {m: site.weights(m) for m in site.names if m not in kept} if collect else {}
@@ -373,28 +378,3 @@ class Endpoint:
         """The site's node config lets the evaluation probe the run's label column
         (``eval-labels``; a run config may name any column of the site's files)."""
         return self.policy.label_allowed(self.site.cfg.data.label)
-
-    def _check_shared(self, weights: Mapping) -> None:
-        """Averaged weights only for the modalities this site shares, each of its
-        shapes and finite."""
-        stray = set(weights) - set(self.site.linked().shared)
-        if stray:
-            raise FederationError(f"site {self.site.name}: weights for {sorted(stray)}, "
-                                  f"which it does not share with other sites")
-        for m, arrays in weights.items():
-            self.site.check_weights(m, arrays)
-
-    def _load_shared(self, weights: Mapping, what: str) -> list[str]:
-        """Weights :meth:`_check_shared` passed, loaded, but for those the channel
-        does not take yet (secure: a group no co-holder has confirmed): returned."""
-        kept = self.channel.unconfirmed(weights)
-        for m, arrays in weights.items():
-            if m not in kept:
-                self.site.load_weights(m, arrays, checked=True)
-        if kept:
-            self.notes.append(
-                f"{what}: kept its own weights of {', '.join(map(repr, kept))}, not the "
-                f"server's mean: no other holder has confirmed sharing it yet (a "
-                f"co-holder's sealed share envelope names the group at an unmask; only "
-                f"the server says the modality is shared)")
-        return kept

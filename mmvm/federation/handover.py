@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mmvm.federation.messages import model_arrays
+
 MAX_METRIC_NAME = 200
 
 
@@ -51,7 +53,7 @@ def assemble(sites: Mapping[str, tuple[str, tuple[str, ...]]],
                 return {}, f"site {name} handed in parameters of {m!r}, not its own"
             if len(shared.get(m, ())) > 1:
                 if m in averaged:
-                    odd = _differ(arrays, averaged[m])
+                    odd = _differ(arrays, model_arrays(averaged[m]))
                     if odd:
                         return {}, (f"site {name} handed in weights of shared modality "
                                     f"{m!r} other than the average every holder loaded "

@@ -8,15 +8,17 @@ from collections.abc import Mapping
 import numpy as np
 
 from mmvm.federation.coordinator import Coordinator, FederationError
-from mmvm.federation.messages import MASK_WEIGHT
+from mmvm.federation.messages import MASK_WEIGHT, SKETCH, SKETCH_WINDOW
 from mmvm.federation.unmask_answers import Answer
+from mmvm.secure import sketch
 from mmvm.secure.masking import FixedPoint, aggregate_masked
 from mmvm.secure.unmasking import combine_seed
 
 
 def check_masked(coord: Coordinator, key: str, m: str, arrays) -> None:
     """A masked update of ``m``: of a modality site ``key`` shares, one uint64 array
-    per parameter of the modality's model and the masked weight (``(1,)``)."""
+    per parameter of the modality's model, the masked weight (``(1,)``) and the
+    holders' sketch rows (``(holders, ROWS)``: :mod:`mmvm.secure.sketch`)."""
     site = coord.name(key)
     if key not in coord.shared.get(m, []):
         raise FederationError(f"site {site} sent masked weights of {m!r}, which it does "
@@ -26,19 +28,22 @@ def check_masked(coord: Coordinator, key: str, m: str, arrays) -> None:
         raise FederationError(f"site {site}: masked weights of {m!r} are not arrays of "
                               f"a known model")
     want[MASK_WEIGHT] = (1,)
+    want[SKETCH] = (len(coord.shared[m]), sketch.ROWS)
     if sorted(arrays) != sorted(want) or any(
             getattr(a, "dtype", None) != np.uint64 or tuple(a.shape) != want[n]
             for n, a in arrays.items()):
         raise FederationError(f"site {site} sent a masked update of {m!r} that is not "
-                              f"one uint64 array per parameter of the modality's model "
-                              f"and the masked weight")
+                              f"one uint64 array per parameter of the modality's model, "
+                              f"the masked weight and the holders' sketch rows")
 
 
 def masked_mean(coord: Coordinator, m: str, survivors: list, replies: Mapping,
-                answers: Mapping[str, Answer]) -> dict:
+                answers: Mapping[str, Answer], index: int) -> dict:
     """Modality ``m``'s sample-weighted mean from the ``survivors``' masked updates
-    (``replies``) and unmask answers: self-masks rebuilt from shares, the dropped
-    sites' pair masks removed, the total weight checked against their counts."""
+    (``replies``) of window ``index`` and unmask answers: self-masks rebuilt from
+    shares, the dropped sites' pair masks removed, the total weight checked against
+    their counts. The parameters as float32 (what the sites load), the averaged
+    sketch rows as float64 with the window they are of (what each holder checks)."""
     name, n = coord.name, len(coord.shared[m])
     masked = {name(k): replies[k].weights[m] for k in survivors}
     params = sorted(p for p in next(iter(masked.values())) if p != MASK_WEIGHT)
@@ -72,4 +77,6 @@ def masked_mean(coord: Coordinator, m: str, survivors: list, replies: Mapping,
         raise FederationError(f"masked FedAvg of {m!r}: total weight {weight:.3f} is "
                               f"not the survivors' {expected} samples; the sites' "
                               f"views of the group differ, or an update is corrupt")
-    return {p: v.astype(np.float32) for p, v in zip(params, means, strict=True)}
+    out = {p: v.astype(np.float64 if p == SKETCH else np.float32)
+           for p, v in zip(params, means, strict=True)}
+    return {**out, SKETCH_WINDOW: np.array([float(index)])}

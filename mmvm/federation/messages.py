@@ -33,10 +33,18 @@ import numpy as np
 Arrays = dict[str, dict[str, np.ndarray]]
 SERVER = "server"  # the counterpart of every posterior table in plaintext mode
 MASK_WEIGHT = "__weight__"  # secure mode: the masked sample count next to masked weights
+SKETCH = "__sketch__"  # and each holder's sketch rows of them (mmvm.secure.sketch);
+SKETCH_WINDOW = "__sketch_window__"  # the mean's window, beside the averaged sketch
 KIND_POSTERIOR = "posterior"  # envelope kinds: a window's posteriors to one peer,
 KIND_SHARE = "selfshare"  # and shares of a self-mask seed,
 KIND_VIEW = "view"  # and the unmask view a site committed to (dropouts),
 KIND_TEST = "testposterior"  # and a site's test posteriors to one peer (cross-site)
+KIND_SKETCH = "sketchkey"  # and a holder's sketch key to its co-holders (at attach)
+
+
+def model_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A modality's parameters without what secure mode sends beside them."""
+    return {n: a for n, a in arrays.items() if n not in (MASK_WEIGHT, SKETCH, SKETCH_WINDOW)}
 
 
 class MessageError(ValueError):
@@ -146,10 +154,12 @@ class AttachRequest:
 
 @dataclass
 class AttachReply:
-    """The site's own posteriors for window 0's rows, per recipient."""
+    """The site's own posteriors for window 0's rows, per recipient; secure mode: its
+    sketch key sealed to each co-holder (``keys``)."""
 
     kind: ClassVar[str] = "attach"
     posteriors: dict[str, bytes] = _blobs()
+    keys: dict[str, bytes] = _blobs()
 
 
 # ------------------------------------------------------------------------ window
@@ -172,6 +182,7 @@ class WindowRequest:
     absent: list[str] = _value(list, str, default=[])
     resync: bool = _value(bool, default=False)
     persist: bool = _value(bool, default=True)
+    keys: dict[str, bytes] = _blobs()
 
 
 @dataclass

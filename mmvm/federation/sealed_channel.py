@@ -14,7 +14,9 @@
    round ``w+1``, replay guard on disk) *before* it applies anything: a tampered,
    replayed, misaddressed, unexpected or missing envelope raises a
    :class:`~mmvm.secure.errors.SecurityError`. Shared weights leave double-masked
-   (:mod:`mmvm.federation.sealed_weights`); the server learns only their mean.
+   (:mod:`mmvm.federation.sealed_weights`); the server learns only their mean, and
+   a mean whose sketch rows are not the site's own rows of it is refused
+   (:mod:`mmvm.federation.sealed_sketch`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mmvm.federation import sealed_align, sealed_heldout
+from mmvm.federation import sealed_align, sealed_heldout, sealed_sketch
 from mmvm.federation.channel import Tables, describe_site
 from mmvm.federation.messages import (
     KIND_POSTERIOR,
@@ -221,6 +223,13 @@ class SealedChannel:
                 raise PeerContentError(f"{who} sent row {bad[0]}, which is not a row "
                                        f"of this window we share")
         return t
+
+    def attach_keys(self) -> dict[str, bytes]:
+        return sealed_sketch.attach_keys(self.sec)
+
+    def check_mean(self, received: Arrays, keys: Mapping[str, bytes]) -> None:
+        sealed_sketch.take_keys(self.sec, keys)
+        sealed_sketch.check_mean(self.sec, received)
 
     def begin_window(self, site: Site, index: int, received: Arrays,
                      inputs: Mapping[str, object]) -> None:

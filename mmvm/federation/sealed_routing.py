@@ -19,9 +19,11 @@ from mmvm.federation.masked_mean import check_masked, masked_mean
 from mmvm.federation.messages import (
     KIND_POSTERIOR,
     KIND_SHARE,
+    KIND_SKETCH,
     KIND_VIEW,
     AlignRequest,
     Arrays,
+    AttachReply,
     ConfirmRequest,
     DescribeReply,
     UnmaskRequest,
@@ -30,6 +32,7 @@ from mmvm.federation.messages import (
 )
 from mmvm.federation.routing import site_infos
 from mmvm.federation.sealed_align import KIND_IDKEY, KIND_PSI
+from mmvm.federation.sealed_sketch import KEY_COUNTER, KEY_ROUND
 from mmvm.federation.sealed_weights import SHARE_COUNTER, VIEW_COUNTER
 from mmvm.federation.unmask_answers import Asked, read_answer
 from mmvm.secure.envelope import payload_size, peek_header
@@ -118,6 +121,7 @@ class SealedRouting:
         self.inbox: dict[str, dict[str, bytes]] = {}
         self.failed: dict[str, str] = {}  # the last unmask round's failed sites
         self.identities: dict[str, str] = {}  # site name -> its public key record
+        self.keys: dict[str, dict[str, bytes]] = {}  # sketch keys: recipient key -> sender
         # resume: window -> modality -> (survivors, dropped) the sites committed to
         self.committed: dict[int, dict[str, tuple[list[str], list[str]]]] = {}
 
@@ -200,14 +204,22 @@ class SealedRouting:
         return refused
 
     def receive(self, coord: Coordinator, replies: Mapping) -> dict[str, str]:
+        """The envelopes for the next window; at attach also the sketch keys, which
+        go with every window's request (:mod:`mmvm.federation.sealed_sketch`)."""
         names = {key: site.name for key, site in coord.sites.items()}
         self.inbox = route({k: r.posteriors for k, r in replies.items()}, names)
+        attach = {k: r.keys for k, r in replies.items() if isinstance(r, AttachReply)}
+        for key, blobs in attach.items():
+            check_headers(names[key], blobs, KIND_SKETCH, (KEY_ROUND, KEY_COUNTER))
+        if attach:
+            self.keys = route(attach, names)
         return {}
 
     def requests(self, coord: Coordinator, index: int, averaged: Arrays
                  ) -> dict[str, WindowRequest]:
         return {key: WindowRequest(window=index, posteriors=self.inbox.get(key, {}),
-                                   weights=coord.weights_for(key, averaged))
+                                   weights=coord.weights_for(key, averaged),
+                                   keys=self.keys.get(key, {}))
                 for key in coord.sites}
 
     def missed(self, key: str) -> None:
@@ -215,11 +227,13 @@ class SealedRouting:
 
     def state(self) -> dict:
         return {"inbox": {k: dict(v) for k, v in self.inbox.items()},
-                "identities": dict(self.identities)}
+                "identities": dict(self.identities),
+                "keys": {k: dict(v) for k, v in self.keys.items()}}
 
     def load(self, state: dict) -> None:
         self.inbox = {k: dict(v) for k, v in state["inbox"].items()}
         self.identities = pinned(state.get("identities", {}))
+        self.keys = {k: dict(v) for k, v in state.get("keys", {}).items()}
 
     def resumed(self, replies: Mapping) -> None:
         """The unmask views the sites committed to (``ResumeReply.view``): a server
@@ -314,7 +328,7 @@ class SealedRouting:
             except ValueError as err:  # left out, named, as one that failed the step
                 failed[k] = str(err)
         self.failed = failed
-        return {m: masked_mean(coord, m, u, replies, read)
+        return {m: masked_mean(coord, m, u, replies, read, index)
                 for m, (u, dd) in views.items() if all(k in read for k in u)}
 
     def _keep_committed(self, views: dict, coord: Coordinator, index: int,

@@ -2,8 +2,9 @@
 
 For every modality the site shares (a FedAvg group of holders), each window:
 
-1. the weights are masked with pairwise masks and a fresh self-mask
-   (:func:`mmvm.secure.masking.mask_update`) under a group label that binds the
+1. the weights, and every holder's sketch rows of them
+   (:mod:`mmvm.federation.sealed_sketch`), are masked with pairwise masks and a fresh
+   self-mask (:func:`mmvm.secure.masking.mask_update`) under a group label that binds the
    holders, the number of aligned rows and the plan, and, per window, the digests
    of the experiment config and of the mean the server sent: sites told different
    groups, configs or means derive different masks, and the aggregate fails its
@@ -34,6 +35,7 @@ from mmvm.federation.messages import (
     KIND_SHARE,
     KIND_VIEW,
     MASK_WEIGHT,
+    SKETCH,
     ConfirmReply,
     ConfirmRequest,
     UnmaskReply,
@@ -41,6 +43,7 @@ from mmvm.federation.messages import (
     unmask_view,
 )
 from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.sealed_sketch import sketch_rows
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
@@ -119,7 +122,9 @@ def masked_weights(site: Site, sec: SiteSecrets, index: int,
     for m, g in sorted(groups.items()):
         peers = {h: sec.peer(h) for h in g["holders"] if h != sec.site}
         arrays = site.shared_weights(m)
-        names = sorted(arrays)
+        rows = sketch_rows(sec, m, index, [arrays[n] for n in sorted(arrays)])
+        arrays[SKETCH] = rows
+        names = sorted(arrays)  # the order the server unmasks in
         seed = new_seed()
         masked = mask_update(sec.keys, peers, [arrays[n] for n in names],
                              run_id=sec.run_id, round=index, weight=float(len(site.data)),

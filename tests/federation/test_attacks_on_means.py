@@ -6,7 +6,10 @@ function of the site's rows (a loss that goes non-finite only if some row's pixe
 passes a threshold). A review read a secure site's pixels, one bit per retry, from
 which error a window failed with, sending the same window again and again. Each
 test plays the server; the site must refuse before it trains, or answer in a way
-that says nothing of its rows.
+that says nothing of its rows. A secure site refuses a mean whose sketch is not its
+own rows of it (tests/federation/test_mean_sketches.py); the tests here play a server
+that colludes with a co-holder, so it can forge those rows, and show the defences
+behind that check.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SiteKeys
 from mmvm.secure.session import SiteSecrets
 from tests.support.federate import federate, make_sites, plain_endpoints, split
-from tests.support.malicious import hybrid_sites
+from tests.support.malicious import forged, hybrid_sites
 
 
 class Stop(Exception):
@@ -58,14 +61,17 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
             r = requests.get(victim)
             if r is not None and r.kind == "window" and r.window == 1:
                 peer = sorted(r.posteriors)[0]
-                crafted = _filled(r.weights, 4000.0)
+                point = self.endpoints[victim]
+                crafted = forged(point, _filled(r.weights, 4000.0))
                 for what, probe in (
                         ("stray", dataclasses.replace(r, weights={**crafted, "zz": {}})),
-                        ("beyond", dataclasses.replace(r, weights=_filled(r.weights, 5e3))),
+                        ("beyond", dataclasses.replace(r, weights=forged(
+                            point, _filled(r.weights, 5e3)))),
                         ("float128", dataclasses.replace(r, weights=_cast(crafted, "g"))),
                         ("big-endian", dataclasses.replace(r, weights=_cast(crafted, ">f4"))),
                         ("crafted", dataclasses.replace(r, weights=crafted)),
-                        ("another", dataclasses.replace(r, weights=_filled(r.weights, 3999.0))),
+                        ("another", dataclasses.replace(r, weights=forged(
+                            point, _filled(r.weights, 3999.0)))),
                         ("absent", dataclasses.replace(r, weights=crafted, absent=[peer])),
                         ("resumed", dataclasses.replace(r, weights=crafted)),
                         ("again", dataclasses.replace(r, weights=crafted))):
@@ -135,8 +141,8 @@ def test_the_final_evaluation_is_the_last_window_of_one_mean(cfg, tmp_path,
             r = requests.get(victim)
             if r is not None and r.kind == "evaluate":
                 monkeypatch.setattr(endpoint, "evaluate_site", leaky)
-                for what, weights in (("first", r.weights),
-                                      ("another", _filled(r.weights, 0.5))):
+                another = forged(self.endpoints[victim], _filled(r.weights, 0.5))
+                for what, weights in (("first", r.weights), ("another", another)):
                     try:
                         self.endpoints[victim].handle(dataclasses.replace(r, weights=weights))
                     except Exception as err:  # noqa: BLE001 - what the server learns

@@ -38,7 +38,7 @@ from tests.support.federate import (
     site_keys,
     split,
 )
-from tests.support.malicious import AttachTamper, Recorder, hybrid_sites
+from tests.support.malicious import AttachTamper, Recorder, forged, hybrid_sites
 
 
 def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_path,
@@ -61,7 +61,7 @@ def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_pa
     # (the victim seals shares to the group it was told: the server refuses its
     # replies for the missing co-holder's share, or a holder refuses the view)
     with pytest.raises((SecurityError, FederationError), match="no self-mask share|not a "
-                       "split of the group|without a self-mask share"):
+                       "split of the group|without a self-mask share|share no modality"):
         federate(cfg, {}, transport=Liar(endpoints), secure=True, exchange="step")
 
 
@@ -86,9 +86,11 @@ def test_5b_holders_given_different_experiments_cannot_be_unmasked(cfg, tmp_path
 def test_5c_holders_sent_different_means_cannot_be_unmasked(cfg, tmp_path,
                                                             tiny_polymnist):
     """The server sends all holders of m0 but one other "averaged" weights (say, ones
-    on which their training cannot move, so they send back about what they got):
-    the masks are bound to the digest of the weights each holder was sent, so they
-    no longer cancel and the aggregate is refused instead of unmasked."""
+    on which their training cannot move, so they send back about what they got),
+    with sketch rows a colluding co-holder made for them (without, each holder
+    refuses them at once: tests/federation/test_mean_sketches.py): the masks are
+    bound to the digest of the weights each holder was sent, so they no longer
+    cancel and the aggregate is refused instead of unmasked."""
     sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     holders = [k for k, s in sites.items() if "m0" in s.names]
 
@@ -98,7 +100,8 @@ def test_5c_holders_sent_different_means_cannot_be_unmasked(cfg, tmp_path,
                 r = requests.get(k)
                 if r is not None and r.kind == "window" and r.weights.get("m0"):
                     dead = {n: np.zeros_like(a) for n, a in r.weights["m0"].items()}
-                    requests[k] = dataclasses.replace(r, weights={"m0": dead})
+                    requests[k] = dataclasses.replace(
+                        r, weights=forged(self.endpoints[k], {"m0": dead}))
             return super().exchange(requests, wait, need)
 
     with pytest.raises(FederationError, match="masked FedAvg of 'm0'"):
@@ -273,8 +276,10 @@ def test_5f_a_modality_only_the_site_holds_never_takes_the_servers_weights(
     victim alone, is "shared" with two sites that never hear of it, the victim
     accepted the attach and loaded every "mean" the server sent (each window's and the
     evaluation's): the server owned m0's encoder and decoder, and the model the site
-    keeps. Now a mean is loaded only once a co-holder's sealed share envelope has
-    named the same group; the victim keeps its own weights and says so in its log."""
+    keeps. Now such a mean has no sketch that the victim's key makes (no co-holder
+    was ever given that key) and is refused; and even with one (a leaked key), a mean
+    is loaded only once a co-holder's sealed share envelope has named the same group:
+    the victim keeps its own weights and says so in its log."""
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
     endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state")
@@ -298,7 +303,11 @@ def test_5f_a_modality_only_the_site_holds_never_takes_the_servers_weights(
     crafted = {n: rng.normal(0, 1, v.shape).astype(v.dtype)
                for n, v in site.shared_weights("m0").items()}
     before = site.shared_weights("m0")
-    endpoint.handle(WindowRequest(window=0, weights={"m0": crafted}, absent=others))
+    with pytest.raises(SecurityError, match="comes without the holders' sketch"):
+        endpoint.handle(WindowRequest(window=0, weights={"m0": crafted}, absent=others))
+    assert all((site.shared_weights("m0")[n] == before[n]).all() for n in before)
+    endpoint.handle(WindowRequest(window=0, weights=forged(endpoint, {"m0": crafted}),
+                                  absent=others))
     after = site.shared_weights("m0")
     moved = max(float(np.abs(after[n] - before[n]).max()) for n in after)
     assert 0 < moved < 0.1  # one window of Adam at lr 1e-3 from its own weights
@@ -314,7 +323,7 @@ def test_5f_a_modality_only_the_site_holds_never_takes_the_servers_weights(
         with pytest.raises(SecurityError, match="survivors"):
             endpoint.handle(UnmaskRequest(window=0, groups={"m0": view}))
     assert endpoint.channel.sec.state.get("confirmed", []) == []
-    said = endpoint.handle(EvaluateRequest(weights={"m0": crafted}))
+    said = endpoint.handle(EvaluateRequest(weights=forged(endpoint, {"m0": crafted})))
     assert all(np.array_equal(site.shared_weights("m0")[n], after[n]) for n in after)
     assert said.metrics["unconfirmed_means"] == 1.0  # the server learns it was not taken
     assert endpoint.notes[0].startswith("the evaluation: kept its own weights of 'm0'")

@@ -1,9 +1,15 @@
-"""The server's side of an attack: sealed hybrid sites, and transports that tamper
-with the attach requests or keep everything the server sees."""
+"""The server's side of an attack: sealed hybrid sites, transports that tamper with
+the attach requests or keep everything the server sees, and the sketch rows a server
+colluding with a co-holder can put beside a mean of its own."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from mmvm.federation.local import LocalTransport
+from mmvm.federation.messages import SKETCH, SKETCH_WINDOW, model_arrays
+from mmvm.secure import sketch
+from mmvm.secure.session import unb64
 from tests.support.federate import make_sites, sealed_endpoints, site_keys, split
 
 
@@ -13,6 +19,26 @@ def hybrid_sites(cfg, tmp_path, data_root, policy=None, shards=3):
     sites = make_sites(cfg, specs, root)
     keys = site_keys(sites)
     return sites, keys, sealed_endpoints(sites, keys, tmp_path / "state", policy)
+
+
+def forged(endpoint, weights: dict, window: int = 0) -> dict:
+    """``weights`` (a "mean" of the server's) with the sketch rows that ``endpoint``'s
+    site checks, made with its sketch key: what a server colluding with one of its
+    co-holders (who holds every holder's key) can send, so that the site's other
+    defences against a crafted mean are what is tested."""
+    sec = endpoint.channel.sec
+    out = {}
+    for m, arrays in weights.items():
+        g, mean = sec.state["groups"].get(m), model_arrays(arrays)
+        if g is None:
+            out[m] = dict(arrays)
+            continue
+        rows = np.zeros((len(g["holders"]), sketch.ROWS))
+        rows[g["holders"].index(sec.site)] = sketch.rows(
+            unb64(sec.state["sketch"]["key"]), g["label"], window,
+            [mean[n] for n in sorted(mean)])
+        out[m] = {**mean, SKETCH: rows, SKETCH_WINDOW: np.array([float(window)])}
+    return out
 
 
 class AttachTamper(LocalTransport):

@@ -1,0 +1,145 @@
+"""A secure site loads the server's mean of shared weights only if it is the holders'
+mean (:mod:`mmvm.secure.sketch`, :mod:`mmvm.federation.sealed_sketch`).
+
+Real sealed endpoints and the real round loop in one process; the tests play the
+server. Without a co-holder on its side, the server can send no other mean: one it
+changed, scaled or relabelled is refused before the window records anything, and
+one it withholds a key to make unverifiable fails the check too. An honest run
+carries the sketches and their keys, and no message holds a key in the clear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from mmvm.federation.coordinator import FederationError
+from mmvm.federation.local import LocalTransport
+from mmvm.federation.messages import SKETCH, SKETCH_WINDOW, model_arrays
+from mmvm.secure.errors import SecurityError
+from mmvm.secure.session import unb64
+from tests.support.federate import federate
+from tests.support.malicious import Recorder, hybrid_sites
+
+
+def _bytes_of(value) -> Iterator[bytes]:
+    """Every byte string a message holds (envelopes, arrays, texts), recursively."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _bytes_of(getattr(value, f.name))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _bytes_of(k)
+            yield from _bytes_of(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _bytes_of(v)
+    elif isinstance(value, bytes):
+        yield value
+    elif isinstance(value, np.ndarray):
+        yield value.tobytes()
+    elif isinstance(value, str):
+        yield value.encode()
+
+
+def _holders(sites, m: str = "m0") -> list[str]:
+    return [k for k, s in sites.items() if m in s.names]
+
+
+def test_an_honest_run_carries_sketches_and_no_key_in_the_clear(cfg, tmp_path,
+                                                                 tiny_polymnist):
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    server = Recorder(endpoints)
+    result = federate(cfg, {}, transport=server, secure=True, exchange="step")
+    assert len(result.history) == 3
+    holders = _holders(sites)
+    own = {sites[k].name: endpoints[k].channel.sec.state["sketch"]["key"] for k in holders}
+    for k in holders:  # each holder has each co-holder's key, as that one drew it
+        peers = endpoints[k].channel.sec.state["sketch"]["peers"]
+        assert peers == {n: key for n, key in own.items() if n != sites[k].name}
+    means = [(r.window, r.weights["m0"]) for kind, requests, _ in server.log
+             if kind == "window" for r in requests.values() if "m0" in r.weights]
+    assert [w for w, _ in means] and all(  # every mean: rows of each holder, its window
+        mean[SKETCH].shape == (len(holders), 8) and mean[SKETCH_WINDOW][0] == w - 1
+        for w, mean in means)
+    secret = [unb64(key) for key in own.values()] + [key.encode() for key in own.values()]
+    seen = [b for _, requests, replies in server.log
+            for message in [*requests.values(), *replies.values()] for b in _bytes_of(message)]
+    assert not [s for s in secret if any(s in b for b in seen)]
+
+
+def _tampered(mean: dict, how: str) -> dict:
+    params = model_arrays(mean)
+    first = sorted(params)[0]
+    if how == "nudged":  # one parameter's first value moved by 0.01
+        nudged = params[first].copy()
+        nudged.flat[0] += 0.01
+        return {**mean, first: nudged}
+    if how == "scaled":  # mean and rows by the same factor
+        return {**{n: (a * 1.01).astype(a.dtype) for n, a in params.items()},
+                SKETCH: mean[SKETCH] * 1.01, SKETCH_WINDOW: mean[SKETCH_WINDOW]}
+    if how == "relabelled":  # the rows said to be of the window before
+        return {**mean, SKETCH_WINDOW: mean[SKETCH_WINDOW] - 1}
+    return params  # "stripped": no rows at all
+
+
+def test_a_mean_the_server_changed_is_refused_and_nothing_recorded(cfg, tmp_path,
+                                                                   tiny_polymnist):
+    """At window 3 of 3 the server first sends a holder four other versions of the
+    mean, each refused with the weights untouched; the honest request that follows
+    trains (a refused mean was not recorded as the window's)."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    victim = _holders(sites)[0]
+    refused: dict[str, str] = {}
+
+    class Server(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            r = requests.get(victim)
+            if r is not None and r.kind == "window" and r.window == 2:
+                before = sites[victim].shared_weights("m0")
+                for how in ("nudged", "scaled", "relabelled", "stripped"):
+                    probe = dataclasses.replace(
+                        r, weights={**r.weights, "m0": _tampered(r.weights["m0"], how)})
+                    with pytest.raises(SecurityError) as err:
+                        self.endpoints[victim].handle(probe)
+                    refused[how] = str(err.value)
+                    after = sites[victim].shared_weights("m0")
+                    assert all(np.array_equal(after[n], before[n]) for n in before)
+            return super().exchange(requests, wait, need)
+
+    result = federate(cfg, {}, transport=Server(endpoints), secure=True, exchange="step")
+    assert len(result.history) == 3 and not result.history[-1]["missed"]
+    name = sites[victim].name
+    for how in ("nudged", "scaled", "relabelled"):
+        assert refused[how] == (
+            f"site {name}: the server's mean of 'm0' (window "
+            f"{1 if how == 'relabelled' else 2}) is not the mean its holders sent: its "
+            f"sketch does not match (the server changed it, or a co-holder sketched other "
+            f"weights than it masked); nothing was loaded")
+    assert "comes without the holders' sketch" in refused["stripped"]
+
+
+def test_a_key_the_server_withholds_fails_the_holders_check(cfg, tmp_path,
+                                                           tiny_polymnist):
+    """Kept from a co-holder, a holder's key is not a way around its check: the
+    co-holder sketches zeros for it, and the holder refuses the next mean."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    victim, other = _holders(sites)[:2]
+    name = sites[victim].name
+
+    class Server(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            r = requests.get(other)
+            if r is not None and r.kind == "window":
+                kept = {s: b for s, b in r.keys.items() if s != name}
+                requests = {**requests, other: dataclasses.replace(r, keys=kept)}
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises((SecurityError, FederationError),
+                       match=f"site {name}: the server's mean of 'm0' \\(window 1\\) is "
+                             f"not the mean its holders sent"):
+        federate(cfg, {}, transport=Server(endpoints), secure=True, exchange="step")
+    assert name not in endpoints[other].channel.sec.state["sketch"]["peers"]

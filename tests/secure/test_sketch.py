@@ -1,0 +1,133 @@
+"""Sketches of a masked mean: the true mean passes, a changed one does not.
+
+Checked against the mathematics of :mod:`mmvm.secure.sketch`: linearity through the
+real masked aggregation (fixed point, self-masks, dropout), ``S`` isotropic
+(``E[(S v)^2] = |v|^2`` per row), the rows a fixed function of (key, label, window)
+whatever the block size, and each forgery the module names failing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmvm.secure import sketch
+from mmvm.secure.masking import aggregate_masked, mask_update, reveal_seeds
+
+CTX = {"run_id": "run1", "round": 7, "group": "enc.m0"}
+WEIGHTS = {"a": 120.0, "b": 45.0, "c": 300.0, "d": 8.0}
+LABEL = "weights/m0/abc"
+
+
+def _params(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 0.1, size=(64, 32)).astype(np.float32),
+            rng.normal(0, 3.0, size=(32,)).astype(np.float32)]
+
+
+def _masked_round(keys, pubs, sketch_keys, window, sites="abcd"):
+    """Every site masks its parameters and every holder's rows of them."""
+    peers = {s: pubs[s] for s in sites}
+    out = {}
+    for i, s in enumerate(sites):
+        x = _params(i)
+        rows = np.stack([sketch.rows(sketch_keys[h], LABEL, window, x) for h in sites])
+        out[s] = mask_update(keys[s], peers, [*x, rows], weight=WEIGHTS[s], **CTX)
+    return out
+
+
+def _mean_and_rows(means):
+    return [m.astype(np.float32) for m in means[:-1]], means[-1]
+
+
+@pytest.fixture
+def sketch_keys():
+    return {s: sketch.new_key() for s in "abcd"}
+
+
+def test_the_masked_mean_passes_every_holders_check(sites, sketch_keys):
+    keys, pubs = sites
+    mean, rows = _mean_and_rows(aggregate_masked(_masked_round(keys, pubs, sketch_keys, 3)))
+    for i, s in enumerate("abcd"):  # the float32 mean a site loads, against its row
+        assert sketch.matches(sketch_keys[s], LABEL, 3, mean, rows[i])
+    # and the rows agree with the exact mean's far inside the tolerance
+    exact = [sum(WEIGHTS[s] * _params(i)[k].astype(np.float64)
+                 for i, s in enumerate("abcd")) / sum(WEIGHTS.values()) for k in range(2)]
+    want = sketch.rows(sketch_keys["a"], LABEL, 3, exact)
+    assert np.abs(want - rows[0]).max() < 1e-3 * sketch.tolerance(mean)
+
+
+def test_after_a_dropout_the_survivors_mean_passes(sites, sketch_keys):
+    keys, pubs = sites
+    masked = _masked_round(keys, pubs, sketch_keys, 2)
+    survivors = {s: masked[s] for s in "abc"}
+    revealed = {s: reveal_seeds(keys[s], pubs, ["d"], **CTX) for s in "abc"}
+    mean, rows = _mean_and_rows(aggregate_masked(survivors, participants="abcd",
+                                                 revealed=revealed))
+    assert all(sketch.matches(sketch_keys[s], LABEL, 2, mean, rows[i])
+               for i, s in enumerate("abc"))
+
+
+@pytest.mark.parametrize("forge", ["noise", "one-parameter", "scaled", "shifted",
+                                   "other-window", "other-holder", "other-group"])
+def test_a_mean_the_server_changed_fails(sites, sketch_keys, forge):
+    """What a server without the keys can do with the rows it was sent: keep them
+    beside another mean, scale both (the constant coordinate), send the rows of the
+    last window or of another holder, or a mean of another group."""
+    keys, pubs = sites
+    mean, rows = _mean_and_rows(aggregate_masked(_masked_round(keys, pubs, sketch_keys, 5)))
+    label, window, row = LABEL, 5, rows[0]
+    if forge == "noise":  # a change of norm 0.01 spread over 2,080 parameters
+        rng = np.random.default_rng(0)
+        d = [rng.normal(size=m.shape) for m in mean]
+        scale = 0.01 / np.sqrt(sum(float((x**2).sum()) for x in d))
+        mean = [(m + scale * x).astype(np.float32) for m, x in zip(mean, d, strict=True)]
+    elif forge == "one-parameter":
+        mean = [mean[0].copy(), mean[1]]
+        mean[0][3, 4] += 0.05
+    elif forge == "scaled":  # the same factor on the mean and on its rows
+        mean, row = [(1.01 * m).astype(np.float32) for m in mean], 1.01 * row
+    elif forge == "shifted":  # rows moved by what the mean moved, were S all ones
+        mean = [(m + 0.01).astype(np.float32) for m in mean]
+        row = row + 0.01 * sum(m.size for m in mean) * np.sqrt(3 / 2081)
+    elif forge == "other-window":
+        window = 6
+    elif forge == "other-holder":
+        row = rows[1]
+    else:
+        label = "weights/m1/abc"
+    assert not sketch.matches(sketch_keys["a"], label, window, mean, row)
+
+
+def test_rows_are_one_function_of_key_label_and_window(monkeypatch):
+    key = sketch.new_key()
+    x = [np.random.default_rng(1).normal(size=700_001)]  # three blocks of 2^18
+    whole = sketch.rows(key, LABEL, 0, x)
+    monkeypatch.setattr(sketch, "_CHUNK", 1000)  # the keystream goes on across blocks
+    np.testing.assert_allclose(sketch.rows(key, LABEL, 0, x), whole, rtol=1e-12,
+                               atol=1e-12)
+    assert not np.allclose(sketch.rows(key, LABEL, 1, x), whole)
+    assert not np.allclose(sketch.rows(sketch.new_key(), LABEL, 0, x), whole)
+
+
+def test_each_row_is_a_random_unit_direction():
+    """Over keys, a row of ``S`` has mean 0 and ``E[(S v)_r^2] = |u|^2 / N`` for
+    ``u = [v; 1]`` of ``N`` values (``E[S_rj^2] = 1 / N``: a row has norm about 1,
+    which bounds the float32 rounding a row can see by ``2^-24 |u|``), and a
+    forgery's rows are spread in that unit."""
+    v = [np.random.default_rng(2).normal(size=999)]
+    u = sketch.flatten(v)
+    unit = float(np.sum(u**2)) / u.size
+    got = np.concatenate([sketch.rows(sketch.new_key(), LABEL, 0, v) for _ in range(300)])
+    assert abs(float(np.mean(got))) < 4 * np.sqrt(unit / got.size)
+    assert 0.9 < float(np.mean(got**2)) / unit < 1.1  # 2,400 rows: sd of the ratio ~0.03
+
+
+def test_rows_refused_unless_shaped_and_finite():
+    key, x = sketch.new_key(), _params(0)
+    good = sketch.rows(key, LABEL, 0, x)
+    assert sketch.matches(key, LABEL, 0, x, good)
+    for bad in (good[:-1], np.append(good, 0.0), np.where(np.arange(8) == 2, np.nan, good)):
+        assert not sketch.matches(key, LABEL, 0, x, bad)
+    with pytest.raises(ValueError, match="32 bytes"):
+        sketch.rows(b"short", LABEL, 0, x)
