@@ -3,10 +3,13 @@
 The server aligns keyed pseudonyms, never ids; it moves each site's envelopes
 ``{recipient: blob}`` to their recipients as ``{sender: blob}`` without opening them,
 and recovers only the sample-weighted mean of each shared modality's weights from
-the sites' masked updates (:func:`mmvm.secure.masking.aggregate_masked`). What it
-still sees: pseudonyms and their overlap, counts, who sends how many bytes to whom,
-per-window training metrics (sums), the averaged shared weights, the evaluation
-metrics, and the final model if ``collect-model`` is on (``deploy/README.md``).
+the sites' masked updates (:func:`mmvm.secure.masking.aggregate_masked`), which it
+sends back with the averaged sketch rows each holder checks it by (it routes their
+keys sealed: :mod:`mmvm.federation.sealed_sketch`). What it still sees: pseudonyms
+and their overlap, counts, who sends how many bytes to whom, per-window training
+metrics (sums), the averaged shared weights (and projections of them under keys it
+does not hold), the evaluation metrics, and the final model if ``collect-model`` is
+on (``deploy/README.md``).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def take_keys(sec: SiteSecrets, blobs: Mapping[str, bytes]) -> None:
     """Open the key envelopes of co-holders whose key this site does not have yet
     (each key is one fact of the run: a second envelope of the same sender is not
     opened again); an envelope from a site that is no co-holder is refused."""
-    held = sec.state.get("sketch", {}).get("peers", {})
+    held = _keys(sec)["peers"] if blobs else {}
     stray = sorted(set(blobs) - set(co_holders(sec)))
     if stray:
         raise SecurityError(f"site {sec.site}: sketch keys from {stray}, which share no "
@@ -81,11 +81,20 @@ def take_keys(sec: SiteSecrets, blobs: Mapping[str, bytes]) -> None:
         sec.save_state()
 
 
+def _keys(sec: SiteSecrets) -> dict:
+    """This site's sketch key and the co-holders' it opened."""
+    if "sketch" not in sec.state:
+        raise SecurityError(f"site {sec.site}: its state of run {sec.run_id} has no "
+                            f"sketch key (a run attached by an mmvm before sketches, "
+                            f"2026-12-06): start a new run")
+    return sec.state["sketch"]
+
+
 def sketch_rows(sec: SiteSecrets, m: str, index: int, arrays: list[np.ndarray]
                 ) -> np.ndarray:
     """``(holders, ROWS)``: each holder's rows of this site's ``arrays`` of ``m`` for
     window ``index`` (zeros for a co-holder whose key never arrived)."""
-    g, keys = sec.state["groups"][m], sec.state["sketch"]
+    g, keys = sec.state["groups"][m], _keys(sec)
     out = np.zeros((len(g["holders"]), sketch.ROWS))
     for i, h in enumerate(g["holders"]):
         key = keys["key"] if h == sec.site else keys["peers"].get(h)
@@ -110,7 +119,7 @@ def check_mean(sec: SiteSecrets, received: Arrays) -> None:
             raise SecurityError(f"{what} comes without the holders' sketch of it; "
                                 f"nothing was loaded")
         w = int(window[0])
-        if not sketch.matches(unb64(sec.state["sketch"]["key"]), g["label"], w,
+        if not sketch.matches(unb64(_keys(sec)["key"]), g["label"], w,
                               [mean[n] for n in sorted(mean)],
                               rows[g["holders"].index(sec.site)]):
             raise SecurityError(f"{what} (window {w + 1}) is not the mean its holders "

@@ -19,8 +19,10 @@ import pytest
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.local import LocalTransport
 from mmvm.federation.messages import SKETCH, SKETCH_WINDOW, model_arrays
+from mmvm.federation.sealed_sketch import sketch_rows
 from mmvm.secure.errors import SecurityError
-from mmvm.secure.session import unb64
+from mmvm.secure.keys import SiteKeys
+from mmvm.secure.session import SiteSecrets, unb64
 from tests.support.federate import federate
 from tests.support.malicious import Recorder, hybrid_sites
 
@@ -143,3 +145,12 @@ def test_a_key_the_server_withholds_fails_the_holders_check(cfg, tmp_path,
                              f"not the mean its holders sent"):
         federate(cfg, {}, transport=Server(endpoints), secure=True, exchange="step")
     assert name not in endpoints[other].channel.sec.state["sketch"]["peers"]
+
+
+def test_a_state_without_a_sketch_key_says_to_start_a_new_run(tmp_path):
+    """A run attached before sketches existed cannot be continued by this code."""
+    keys = {n: SiteKeys.generate(n) for n in ("a", "b", "c")}
+    sec = SiteSecrets(keys["a"], {n: k.public for n, k in keys.items()}, "9", tmp_path)
+    sec.state["groups"] = {"m0": {"holders": ["a", "b", "c"], "label": "weights/m0/x"}}
+    with pytest.raises(SecurityError, match="has no sketch key .* start a new run"):
+        sketch_rows(sec, "m0", 0, [np.zeros(3, dtype=np.float32)])
