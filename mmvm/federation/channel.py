@@ -75,9 +75,11 @@ class Channel(Protocol):
         (:mod:`mmvm.federation.sealed_sketch`); plaintext: none."""
         ...
 
-    def check_mean(self, received: Arrays, keys: Mapping[str, bytes]) -> None:
+    def check_mean(self, site: Site, received: Arrays, keys: Mapping[str, bytes]
+                   ) -> None:
         """Secure mode: open the co-holders' sketch ``keys`` it lacks, and refuse a
-        mean ``received`` whose sketch rows are not this site's rows of it."""
+        mean ``received`` whose sketch rows are not this site's rows of it, or older
+        than the last it took (:mod:`mmvm.federation.sealed_sketch`)."""
         ...
 
     def begin_window(self, site: Site, index: int, received: Arrays,
@@ -194,7 +196,8 @@ class PlainChannel:
     def attach_keys(self) -> dict[str, bytes]:
         return {}
 
-    def check_mean(self, received: Arrays, keys: Mapping[str, bytes]) -> None:
+    def check_mean(self, site: Site, received: Arrays, keys: Mapping[str, bytes]
+                   ) -> None:
         pass  # its weights go to the server as they are: the mean is the server's word
 
     def begin_window(self, site: Site, index: int, received: Arrays,

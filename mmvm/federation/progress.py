@@ -13,7 +13,7 @@ atomic file, so it cannot run ahead of or behind the training it describes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from mmvm.federation.coordinator import FederationError
 
@@ -42,6 +42,9 @@ class Progress:
     config: str = ""  # the experiment's digest the run began with (mmvm.config)
     held_out: str = ""  # digest of the weights its heldout answer was made with
     cross_scored: bool = False  # an evaluation scored the server's test posteriors
+    # secure: per shared modality, the window of the last mean the site took (it
+    # takes none older: mmvm.federation.sealed_sketch)
+    means: dict = field(default_factory=dict)
 
     def _need(self, site: str, what: str, *phases: str) -> None:
         if self.phase not in phases:

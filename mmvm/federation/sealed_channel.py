@@ -227,9 +227,11 @@ class SealedChannel:
     def attach_keys(self) -> dict[str, bytes]:
         return sealed_sketch.attach_keys(self.sec)
 
-    def check_mean(self, received: Arrays, keys: Mapping[str, bytes]) -> None:
+    def check_mean(self, site: Site, received: Arrays, keys: Mapping[str, bytes]
+                   ) -> None:
         sealed_sketch.take_keys(self.sec, keys)
-        sealed_sketch.check_mean(self.sec, received)
+        taken = site.progress.means
+        taken.update(sealed_sketch.check_mean(self.sec, received, taken))
 
     def begin_window(self, site: Site, index: int, received: Arrays,
                      inputs: Mapping[str, object]) -> None:

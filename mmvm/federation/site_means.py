@@ -23,7 +23,7 @@ def checked_mean(site: Site, channel: Channel, received: Mapping,
                               f"does not share with other sites")
     for m, arrays in weights.items():
         site.check_weights(m, arrays)
-    channel.check_mean(received, keys or {})
+    channel.check_mean(site, received, keys or {})
     return weights
 
 

@@ -6,49 +6,59 @@ chose, on which every holder then trains, encodes its rows and evaluates (a mode
 built to read data out of the next updates, the model a site hands in). With
 sketches the server can send only the true mean.
 
-Each holder ``h`` of a modality draws a secret 32-byte key ``K_h`` when it attaches
-and seals it to the other holders (never to the server). In window ``w`` every
-holder ``i`` appends to its masked update, for every holder ``h``, the rows
+Each holder ``h`` of a modality draws a secret key when it attaches and seals the
+key of each group it is in (:func:`group_key`) to that group's other holders, never
+to the server. In window ``w`` every holder ``i`` appends to its masked update, for
+every holder ``h``, the rows
 
-    S_h(w) . [x_i; 1]        S_h(w): ROWS x (D + 1), entries uniform in (-1, 1) * sqrt(3 / (D + 1))
+    S_h(w) . [x_i; c]     S_h(w): ROWS x N, entries uniform in (-1, 1) * sqrt(3 / N)
 
-drawn from ChaCha20 under ``HMAC(K_h, label, w)`` (``ROWS`` bytes per parameter, in
-parameter order), ``x_i`` the ``D`` shared
-parameters as float64. The rows are masked and weighted like the parameters, so
-the unmasked mean carries ``S_h(w) . [mean; 1]`` (linearity). Holder ``h``
-recomputes that from the mean it is sent and compares. A server that does not know
-``K_h`` must forge a mean ``m' = mean + d`` and rows that agree under a random
-``S_h(w)`` it never saw: each row of ``S_h(w) . [d; 0]`` is spread like
-``|d| / sqrt(D + 1)`` (each row of ``S`` is a random direction of norm about 1),
-and the one multiple of ``[mean; 1]`` whose rows it knows has
-the constant ``1`` fixed. A mean of another window fails too (``S`` depends on
-``w``), so does a mean scaled by any factor (the constant coordinate), a change of
-a single parameter by ``delta`` passes a row with probability about
-``tol / (delta * sqrt(3 / D))``, all ``ROWS`` rows independently: a forged mean
-passes only if it lies within about ``tol * sqrt(D)`` of the true one.
+drawn from ChaCha20 under ``HMAC(K_h, w)`` (``ROWS`` bytes per value, in value
+order), ``x_i`` the ``D`` shared parameters as float64, ``N = D + 1`` and the
+constant ``c = sqrt(N)``. The rows are masked and weighted like the parameters, so
+the unmasked mean carries ``S_h(w) . [mean; c]`` (linearity). Holder ``h``
+recomputes that from the mean it is sent and compares (:func:`matches`).
 
-Tolerance: honest means differ from the rows only by the fixed-point rounding of
-the masked sum (``n * 2^-25 / W`` per value, random: about ``1e-8`` on a row) and by
-the float32 cast of the mean the site loads (at most ``2^-24 * |[mean; 1]|``):
-:func:`tolerance` allows four times that bound plus ``1e-6``.
+A server that does not know ``K_h`` must forge a mean ``m' = mean + d`` and rows
+that agree under an ``S_h(w)`` it never saw. Each row of ``S . [d; 0]`` is a sum of
+independent terms of variance ``d_j^2 / N``; the only vector whose rows it knows is
+``[mean; c]``, and the constant coordinate (weighted like the parameters together)
+rules out any multiple of it but itself. So ``d`` spread over many parameters
+passes a row with a chance of about ``tol * sqrt(N) / |d|``, one parameter moved by
+``delta`` with about ``tol * sqrt(N / 3) / delta``, every row independently; a mean
+scaled by ``a`` moves each row by about ``|1 - a| * sqrt(3)``. The rows change with
+the window (a mean relabelled to another window fails) and the group key.
 
-Not covered: a holder that colludes with the server knows every ``K_h`` and can
-compute any rows (as it could subtract its own weights from a mean of two).
+Tolerance (:func:`tolerance`): an honest mean differs from its rows by the fixed
+point rounding of the masked sums (``<= n * 2^-25 / W`` per value and per row, ``n``
+holders, ``W >= 1`` the total weight), by the float32 cast of the mean the site is
+sent (half an ulp per value) and by float64 arithmetic. ``S`` is independent of all
+of them, so a row sees each as a sum of terms of variance ``<= 3 / N`` times its
+square: :func:`tolerance` is eight times the sum of their standard deviations.
+
+One check per run: a holder that finds a mean that does not match refuses every
+later mean of the run (:mod:`mmvm.federation.sealed_sketch`): pass or fail of
+repeated tries, each with other rows, would tell the server ``S`` bit by bit.
+
+Not covered: a co-holder that colludes with the server holds the group's keys and
+can compute any rows (as it could subtract its own weights from a mean of two).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
+import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 ROWS = 8  # rows per holder: a forged mean must pass all of them
 KEY_BYTES = 32
-_CHUNK = 1 << 18  # parameters per block of S (ROWS x _CHUNK int8 at a time)
+_CHUNK = 1 << 18  # values per block of S (ROWS x _CHUNK int8 at a time)
 
 
 def new_key() -> bytes:
@@ -56,41 +66,50 @@ def new_key() -> bytes:
     return secrets.token_bytes(KEY_BYTES)
 
 
-def flatten(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """The parameters (in the given order) and the constant 1, as one float64 vector."""
-    parts = [np.ravel(np.asarray(a, dtype=np.float64)) for a in arrays]
-    return np.concatenate([*parts, np.ones(1)])
+def group_key(key: bytes, label: str) -> bytes:
+    """The key of one group (the one a holder seals to that group's holders only)."""
+    return hmac.new(key, f"mmvm/sketch-group/v1|{label}".encode(), hashlib.sha256).digest()
 
 
-def rows(key: bytes, label: str, window: int, arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """``S(window) . [x; 1]`` (``ROWS`` float64) of the arrays under ``key``; ``label``
-    names the group (one key sketches each of a holder's groups differently)."""
+def _values(arrays: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+    """The parameters as float64 blocks of at most ``_CHUNK`` values (no float64
+    copy of a whole model)."""
+    for a in arrays:
+        flat = np.ravel(np.asarray(a))
+        for start in range(0, flat.size, _CHUNK):
+            yield flat[start:start + _CHUNK].astype(np.float64)
+
+
+def rows(key: bytes, window: int, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``S(window) . [x; c]`` (``ROWS`` float64) of the arrays under a group ``key``."""
     if len(key) != KEY_BYTES:
         raise ValueError(f"a sketch key has {KEY_BYTES} bytes, not {len(key)}")
-    x = flatten(arrays)
-    seed = hmac.new(key, f"mmvm/sketch/v1|{label}|{int(window)}".encode(),
-                    hashlib.sha256).digest()
+    n = sum(int(np.size(a)) for a in arrays) + 1
+    seed = hmac.new(key, f"mmvm/sketch/v2|{int(window)}".encode(), hashlib.sha256).digest()
     stream = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
-    scale = np.sqrt(3.0 / x.size) / 128.0
     out = np.zeros(ROWS)
-    for start in range(0, x.size, _CHUNK):
-        part = x[start:start + _CHUNK]
+    for part in itertools.chain(_values(arrays), [np.array([math.sqrt(n)])]):
         block = np.frombuffer(stream.update(bytes(ROWS * part.size)), dtype=np.int8)
         out += part @ (block.reshape(part.size, ROWS).astype(np.float64) + 0.5)
-    return out * scale
+    return out * (math.sqrt(3.0 / n) / 128.0)
 
 
-def tolerance(arrays: Sequence[np.ndarray]) -> float:
-    """How far an honest mean's rows may lie from the rows it is sent (see above)."""
-    return 1e-6 + 4 * 2.0**-24 * float(np.linalg.norm(flatten(arrays)))
+def tolerance(arrays: Sequence[np.ndarray], holders: int) -> float:
+    """How far an honest mean's rows may lie from the rows it is sent (module doc):
+    8 x (fixed point ``sqrt(3) n 2^-25``, float32 ``sqrt(3) 2^-24 |m| / sqrt(N)``,
+    float64 ``2^-40 |m|``) plus the rows' own rounding ``n 2^-25``."""
+    n = sum(int(np.size(a)) for a in arrays) + 1
+    norm = math.sqrt(sum(float(part @ part) for part in _values(arrays)))
+    sd = math.sqrt(3) * (holders * 2.0**-25 + 2.0**-24 * norm / math.sqrt(n)) \
+        + 2.0**-40 * norm
+    return 8 * sd + holders * 2.0**-25
 
 
-def matches(key: bytes, label: str, window: int, mean: Sequence[np.ndarray],
-            sent: np.ndarray) -> bool:
-    """Whether ``sent`` (the rows the server sent with ``mean``) are this key's rows
-    of ``mean`` for ``window``, within :func:`tolerance`."""
+def matches(key: bytes, window: int, mean: Sequence[np.ndarray], sent: np.ndarray,
+            holders: int) -> bool:
+    """Whether ``sent`` (the rows the server sent with ``mean``) are this group key's
+    rows of ``mean`` for ``window``, within :func:`tolerance` for ``holders``."""
     got = np.asarray(sent, dtype=np.float64)
     if got.shape != (ROWS,) or not np.isfinite(got).all():
         return False
-    want = rows(key, label, window, mean)
-    return bool(np.abs(want - got).max() <= tolerance(mean))
+    return bool(np.abs(rows(key, window, mean) - got).max() <= tolerance(mean, holders))

@@ -4,8 +4,9 @@ mean (:mod:`mmvm.secure.sketch`, :mod:`mmvm.federation.sealed_sketch`).
 Real sealed endpoints and the real round loop in one process; the tests play the
 server. Without a co-holder on its side, the server can send no other mean: one it
 changed, scaled or relabelled is refused before the window records anything, and
-one it withholds a key to make unverifiable fails the check too. An honest run
-carries the sketches and their keys, and no message holds a key in the clear.
+one it withholds a key to make unverifiable fails the check too; after a mean
+that fails, the site takes no other. An honest run carries the sketches and their
+keys, and no message holds a key in the clear.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from mmvm.federation.coordinator import FederationError
 from mmvm.federation.local import LocalTransport
 from mmvm.federation.messages import SKETCH, SKETCH_WINDOW, model_arrays
 from mmvm.federation.sealed_sketch import sketch_rows
+from mmvm.secure import sketch
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SiteKeys
-from mmvm.secure.session import SiteSecrets, unb64
+from mmvm.secure.session import SiteSecrets, b64, unb64
 from tests.support.federate import federate
 from tests.support.malicious import Recorder, hybrid_sites
 
@@ -58,16 +60,21 @@ def test_an_honest_run_carries_sketches_and_no_key_in_the_clear(cfg, tmp_path,
     result = federate(cfg, {}, transport=server, secure=True, exchange="step")
     assert len(result.history) == 3
     holders = _holders(sites)
-    own = {sites[k].name: endpoints[k].channel.sec.state["sketch"]["key"] for k in holders}
-    for k in holders:  # each holder has each co-holder's key, as that one drew it
+    own = {sites[k].name: unb64(endpoints[k].channel.sec.state["sketch"]["key"])
+           for k in holders}
+    label = endpoints[holders[0]].channel.sec.state["groups"]["m0"]["label"]
+    group = {n: sketch.group_key(key, label) for n, key in own.items()}
+    for k in holders:  # each holder has each co-holder's key of m0's group, and only it
         peers = endpoints[k].channel.sec.state["sketch"]["peers"]
-        assert peers == {n: key for n, key in own.items() if n != sites[k].name}
+        assert peers == {n: {"m0": b64(key)} for n, key in group.items()
+                         if n != sites[k].name}
     means = [(r.window, r.weights["m0"]) for kind, requests, _ in server.log
              if kind == "window" for r in requests.values() if "m0" in r.weights]
     assert [w for w, _ in means] and all(  # every mean: rows of each holder, its window
         mean[SKETCH].shape == (len(holders), 8) and mean[SKETCH_WINDOW][0] == w - 1
         for w, mean in means)
-    secret = [unb64(key) for key in own.values()] + [key.encode() for key in own.values()]
+    keys = [*own.values(), *group.values()]
+    secret = keys + [b64(key).encode() for key in keys]
     seen = [b for _, requests, replies in server.log
             for message in [*requests.values(), *replies.values()] for b in _bytes_of(message)]
     assert not [s for s in secret if any(s in b for b in seen)]
@@ -83,45 +90,85 @@ def _tampered(mean: dict, how: str) -> dict:
     if how == "scaled":  # mean and rows by the same factor
         return {**{n: (a * 1.01).astype(a.dtype) for n, a in params.items()},
                 SKETCH: mean[SKETCH] * 1.01, SKETCH_WINDOW: mean[SKETCH_WINDOW]}
-    if how == "relabelled":  # the rows said to be of the window before
-        return {**mean, SKETCH_WINDOW: mean[SKETCH_WINDOW] - 1}
-    return params  # "stripped": no rows at all
+    return {**mean, SKETCH_WINDOW: mean[SKETCH_WINDOW] - 1}  # "relabelled"
 
 
-def test_a_mean_the_server_changed_is_refused_and_nothing_recorded(cfg, tmp_path,
-                                                                   tiny_polymnist):
-    """At window 3 of 3 the server first sends a holder four other versions of the
-    mean, each refused with the weights untouched; the honest request that follows
-    trains (a refused mean was not recorded as the window's)."""
+class Stop(Exception):
+    """The test's server has seen what it came for."""
+
+
+@pytest.mark.parametrize("how", ["nudged", "scaled", "relabelled"])
+def test_a_mean_the_server_changed_is_refused_and_no_other_taken(cfg, tmp_path,
+                                                                 tiny_polymnist, how):
+    """At window 3 of 3 the server sends a holder another version of the mean: it is
+    refused with the weights untouched, and so is every mean after it, the true one
+    too (tries with other rows, each answered pass or fail, would tell the server
+    the site's projections one bit at a time)."""
     sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     victim = _holders(sites)[0]
-    refused: dict[str, str] = {}
+    refused: list[str] = []
 
     class Server(LocalTransport):
         def exchange(self, requests, wait=None, need=1):
             r = requests.get(victim)
             if r is not None and r.kind == "window" and r.window == 2:
                 before = sites[victim].shared_weights("m0")
-                for how in ("nudged", "scaled", "relabelled", "stripped"):
-                    probe = dataclasses.replace(
-                        r, weights={**r.weights, "m0": _tampered(r.weights["m0"], how)})
+                probe = dataclasses.replace(
+                    r, weights={**r.weights, "m0": _tampered(r.weights["m0"], how)})
+                for request in (probe, r):
                     with pytest.raises(SecurityError) as err:
-                        self.endpoints[victim].handle(probe)
-                    refused[how] = str(err.value)
-                    after = sites[victim].shared_weights("m0")
-                    assert all(np.array_equal(after[n], before[n]) for n in before)
+                        self.endpoints[victim].handle(request)
+                    refused.append(str(err.value))
+                after = sites[victim].shared_weights("m0")
+                assert all(np.array_equal(after[n], before[n]) for n in before)
+                raise Stop
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(Stop):
+        federate(cfg, {}, transport=Server(endpoints), secure=True, exchange="step")
+    name = sites[victim].name
+    assert refused[0] == (
+        f"site {name}: the server's mean of 'm0' (window "
+        f"{1 if how == 'relabelled' else 2}) is not the mean its holders sent: its "
+        f"sketch does not match (the server changed it, or a co-holder sketched other "
+        f"weights than it masked); nothing was loaded, and the site takes no other "
+        f"mean of this run")
+    assert refused[1].startswith(f"site {name}: it found a mean of the server that was "
+                                 f"not its holders' ('m0', window ")
+
+
+def test_a_mean_without_rows_or_older_than_the_last_taken_is_refused(cfg, tmp_path,
+                                                                     tiny_polymnist):
+    """Neither says anything of the site's projections, so neither is final: the
+    window's mean without its rows is refused, then the true one trains; at the
+    evaluation the mean of window 1 (the true one, kept from window 2's request) is
+    refused as a rollback, then the last window's is taken."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    victim = _holders(sites)[0]
+    refused, old = {}, {}
+
+    class Server(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            r = requests.get(victim)
+            if r is not None and r.kind == "window" and r.window == 1:
+                old.update(r.weights)  # window 1's mean (window index 0)
+            if r is not None and r.kind == "window" and r.window == 2:
+                stripped = {**r.weights, "m0": model_arrays(r.weights["m0"])}
+                with pytest.raises(SecurityError) as err:
+                    self.endpoints[victim].handle(dataclasses.replace(r, weights=stripped))
+                refused["stripped"] = str(err.value)
+            if r is not None and r.kind == "evaluate":
+                with pytest.raises(SecurityError) as err:
+                    self.endpoints[victim].handle(dataclasses.replace(r, weights=old))
+                refused["older"] = str(err.value)
             return super().exchange(requests, wait, need)
 
     result = federate(cfg, {}, transport=Server(endpoints), secure=True, exchange="step")
     assert len(result.history) == 3 and not result.history[-1]["missed"]
-    name = sites[victim].name
-    for how in ("nudged", "scaled", "relabelled"):
-        assert refused[how] == (
-            f"site {name}: the server's mean of 'm0' (window "
-            f"{1 if how == 'relabelled' else 2}) is not the mean its holders sent: its "
-            f"sketch does not match (the server changed it, or a co-holder sketched other "
-            f"weights than it masked); nothing was loaded")
-    assert "comes without the holders' sketch" in refused["stripped"]
+    assert sites[victim].name in {e["site"] for e in result.evaluation.values()}
+    assert "comes without the holders' sketch of it" in refused["stripped"]
+    assert "is of window 1, and the site took the mean of window 2 already" in \
+        refused["older"]
 
 
 def test_a_key_the_server_withholds_fails_the_holders_check(cfg, tmp_path,

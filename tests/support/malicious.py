@@ -21,11 +21,11 @@ def hybrid_sites(cfg, tmp_path, data_root, policy=None, shards=3):
     return sites, keys, sealed_endpoints(sites, keys, tmp_path / "state", policy)
 
 
-def forged(endpoint, weights: dict, window: int = 0) -> dict:
+def forged(endpoint, weights: dict) -> dict:
     """``weights`` (a "mean" of the server's) with the sketch rows that ``endpoint``'s
-    site checks, made with its sketch key: what a server colluding with one of its
-    co-holders (who holds every holder's key) can send, so that the site's other
-    defences against a crafted mean are what is tested."""
+    site checks, made with its group keys and said to be of the last window whose mean
+    it took: what a server colluding with one of its co-holders (who holds the
+    group's keys) can send, so that the site's other defences are what is tested."""
     sec = endpoint.channel.sec
     out = {}
     for m, arrays in weights.items():
@@ -33,10 +33,11 @@ def forged(endpoint, weights: dict, window: int = 0) -> dict:
         if g is None:
             out[m] = dict(arrays)
             continue
+        window = endpoint.site.progress.means.get(m, 0)
+        key = sketch.group_key(unb64(sec.state["sketch"]["key"]), g["label"])
         rows = np.zeros((len(g["holders"]), sketch.ROWS))
-        rows[g["holders"].index(sec.site)] = sketch.rows(
-            unb64(sec.state["sketch"]["key"]), g["label"], window,
-            [mean[n] for n in sorted(mean)])
+        rows[g["holders"].index(sec.site)] = sketch.rows(key, window,
+                                                         [mean[n] for n in sorted(mean)])
         out[m] = {**mean, SKETCH: rows, SKETCH_WINDOW: np.array([float(window)])}
     return out
 
