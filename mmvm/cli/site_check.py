@@ -50,6 +50,7 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
         return check
     data = Path(str(nc["data"])).expanduser()
     check = NodeCheck(str(nc.get("site", data.name)))
+    _site_name(check, nc, data)
     _paths(check, nc)
     problems = policy_problems(nc, check.site)
     for _, message in problems:
@@ -75,6 +76,25 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
     if "site" not in bad:  # else the state's default folder is not the site's
         _state(check, Path(policy.state))
     return check
+
+
+def _site_name(check: NodeCheck, nc: Mapping, data: Path) -> None:
+    """A ``site`` that names neither the keys' site nor the data folder, which name
+    the same site: said first, as the likely cause of the holders, keys and
+    directory errors that name it (an administrator's walkthrough read those first)."""
+    if "site" not in nc or "keys" not in nc:
+        return
+    from mmvm.secure.keys import SiteKeys
+
+    keys = Path(str(nc["keys"])).expanduser()
+    try:
+        owner = SiteKeys.load(keys / "site_keys.json" if keys.is_dir() else keys).site
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the keys' own finding says why
+    if owner != check.site and data.name == owner:
+        check.add("site", ERROR, f"site = {check.site!r}, but the keys are those of {owner!r} and "
+                  f"the data folder is named {owner!r}: site= is likely meant to be "
+                  f"{owner!r} (the errors below that name {check.site!r} follow from it)")
 
 
 def _unknown_keys(nc: Mapping) -> str:

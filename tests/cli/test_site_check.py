@@ -45,6 +45,7 @@ def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
     root = fed["root"]
     check = check_node_config(node_config(fed, keys=str(root / "keys" / "site-b" / "site_keys.json")))
     assert "holds the keys of 'site-b'" in findings(check, "keys", ERROR)[0]
+    assert not findings(check, "site", ERROR)  # the data folder says site-a: keys wrong
     # the same mistake the other way (a wrong site=): the keys' own entry is no peer
     # to pin (a walkthrough was told to pin its own site)
     pins = ";".join(f"{n}={fed['keys'][n].public.fingerprint}" for n in ("site-b", "site-c"))
@@ -53,6 +54,10 @@ def test_keys_of_another_site_and_a_replaced_directory_entry(fed):
                                   keys=str(root / "keys" / "site-a" / "site_keys.json")))
     assert "holds the keys of 'site-a'" in findings(check, "keys", ERROR)[0]
     assert not any("site-a" in d for d in findings(check, "peers", WARNING)), check.findings
+    # and the cause comes first: the keys and the data folder both say site-a
+    first = check.findings[0]
+    assert (first.item, first.status) == ("site", ERROR), check.findings
+    assert "site= is likely meant to be 'site-a'" in first.detail
     # the operator's directory swaps site-a's key: the others would seal to it
     forged = {n: k.public for n, k in fed["keys"].items()}
     forged["site-a"] = SiteKeys.generate("site-a").public
