@@ -43,7 +43,8 @@ def masked_mean(coord: Coordinator, m: str, survivors: list, replies: Mapping,
     (``replies``) of window ``index`` and unmask answers: self-masks rebuilt from
     shares, the dropped sites' pair masks removed, the total weight checked against
     their counts. The parameters as float32 (what the sites load), the averaged
-    sketch rows as float64 with the window they are of (what each holder checks)."""
+    sketch rows as float64 with the window they are of and the total weight (what
+    each holder checks them by)."""
     name, n = coord.name, len(coord.shared[m])
     masked = {name(k): replies[k].weights[m] for k in survivors}
     params = sorted(p for p in next(iter(masked.values())) if p != MASK_WEIGHT)
@@ -79,4 +80,4 @@ def masked_mean(coord: Coordinator, m: str, survivors: list, replies: Mapping,
                               f"views of the group differ, or an update is corrupt")
     out = {p: v.astype(np.float64 if p == SKETCH else np.float32)
            for p, v in zip(params, means, strict=True)}
-    return {**out, SKETCH_WINDOW: np.array([float(index)])}
+    return {**out, SKETCH_WINDOW: np.array([float(index), weight])}

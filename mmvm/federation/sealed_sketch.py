@@ -7,10 +7,13 @@
    server sends each window's request with the co-holders' key envelopes, and the
    site opens those it lacks before it trains;
 2. its masked update of a shared modality carries one row block per holder (its
-   own group key's and every co-holder's), masked and weighted like the weights;
-   a co-holder whose key it lacks gets zeros (that holder's check then fails: only
-   a server that withheld the key causes that);
-3. the server's mean comes with the averaged rows and the window they are of;
+   own group key's and every co-holder's), masked and weighted like the weights,
+   the masks bound to the keys as it holds them (:func:`key_view`): a co-holder
+   that sealed two holders different keys (or one none) would read from its own
+   averaged rows projections of their weights apart; their masks then do not
+   cancel, and a site without every co-holder's key masks nothing and names it;
+3. the server's mean comes with the averaged rows, the window they are of and the
+   total weight (the holders' sample count, which sets the rounding allowed);
    before the mean is loaded (a window, the cross-site evaluation, the evaluation),
    the site recomputes its own rows of it and refuses a mean that does not match,
    and the mean of a window before the last one it took (a rollback). A mismatch
@@ -20,6 +23,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 
@@ -80,7 +84,7 @@ def take_keys(sec: SiteSecrets, blobs: Mapping[str, bytes]) -> None:
     (each is one fact of the run: a second envelope of the same sender is not
     opened); an envelope from a site that is no co-holder, or one with the keys of
     other groups than the two share, is refused."""
-    held = _keys(sec)["peers"] if blobs else {}
+    held = _keys(sec)["peers"] if blobs or co_holders(sec) else {}
     stray = sorted(set(blobs) - set(co_holders(sec)))
     if stray:
         raise SecurityError(f"site {sec.site}: sketch keys from {stray}, which share no "
@@ -94,7 +98,9 @@ def take_keys(sec: SiteSecrets, blobs: Mapping[str, bytes]) -> None:
             keys = {str(m): unb64(k) for m, k in json.loads(payload).items()}
             if set(keys) != set(_groups_with(sec, sender)) or \
                     any(len(k) != sketch.KEY_BYTES for k in keys.values()):
-                raise ValueError("not one key of each group the two share")
+                raise ValueError(f"keys of {sorted(keys)[:8]}; the two share "
+                                 f"{sorted(_groups_with(sec, sender))} as this site "
+                                 f"was told")
         except (ValueError, TypeError, AttributeError, RecursionError) as err:
             raise PeerContentError(f"site {sec.site}: {sender} sealed sketch keys that "
                                    f"do not decode ({err})") from None
@@ -102,20 +108,30 @@ def take_keys(sec: SiteSecrets, blobs: Mapping[str, bytes]) -> None:
     if new:
         sec.state["sketch"]["peers"] = {**held, **new}
         sec.save_state()
+    missing = sorted(h for h in co_holders(sec) if h not in _keys(sec)["peers"])
+    if missing:
+        raise SecurityError(f"site {sec.site}: no sketch keys from {missing} (each "
+                            f"holder seals its co-holders its key at attach, and the "
+                            f"server brings them with every window): it masks nothing "
+                            f"without them")
+
+
+def key_view(sec: SiteSecrets, m: str) -> str:
+    """A digest of the group keys of ``m`` as this site holds them, its own too (its
+    masks are bound to it)."""
+    g, peers = sec.state["groups"][m], _keys(sec)["peers"]
+    view = [[h, b64(_own(sec, g)) if h == sec.site else peers[h][m]]
+            for h in g["holders"]]
+    return hashlib.sha256(json.dumps(view).encode()).hexdigest()
 
 
 def sketch_rows(sec: SiteSecrets, m: str, index: int, arrays: list[np.ndarray]
                 ) -> np.ndarray:
     """``(holders, ROWS)``: each holder's rows of this site's ``arrays`` of ``m`` for
-    window ``index`` (zeros for a co-holder whose key never arrived)."""
+    window ``index`` (:func:`take_keys` made sure it holds every key)."""
     g, peers = sec.state["groups"][m], _keys(sec)["peers"]
-    out = np.zeros((len(g["holders"]), sketch.ROWS))
-    for i, h in enumerate(g["holders"]):
-        if h == sec.site:
-            out[i] = sketch.rows(_own(sec, g), index, arrays)
-        elif m in peers.get(h, {}):
-            out[i] = sketch.rows(unb64(peers[h][m]), index, arrays)
-    return out
+    return np.stack([sketch.rows(_own(sec, g) if h == sec.site else unb64(peers[h][m]),
+                                 index, arrays) for h in g["holders"]])
 
 
 def check_mean(sec: SiteSecrets, received: Arrays, taken: Mapping[str, int]
@@ -123,8 +139,10 @@ def check_mean(sec: SiteSecrets, received: Arrays, taken: Mapping[str, int]
     """The window of each shared modality's mean in ``received``, once this site's
     own rows of it match and it is no older than the one it last took (``taken``,
     kept with the site's state: a state rolled back to a snapshot takes that
-    snapshot's mean again). An older mean than the last averaged is not refused
-    where it is the last one taken (a modality too few holders answered keeps it)."""
+    snapshot's mean again). The same mean as last time passes: a modality too few
+    holders answered keeps its last mean."""
+    # (a request without a mean, window 0's, has nothing to refuse, and a site that
+    # never attached has no sketch state to read)
     refused = _keys(sec).get("refused") if received else None
     if refused:
         raise SecurityError(f"site {sec.site}: it found a mean of the server that was "
@@ -136,17 +154,22 @@ def check_mean(sec: SiteSecrets, received: Arrays, taken: Mapping[str, int]
         rows = np.asarray(arrays.get(SKETCH, np.zeros(0)), dtype=np.float64)
         window = np.asarray(arrays.get(SKETCH_WINDOW, np.zeros(0)), dtype=np.float64)
         what = f"site {sec.site}: the server's mean of {m!r}"
-        if rows.shape != (len(g["holders"]), sketch.ROWS) or window.shape != (1,) or \
-                not float(window[0]).is_integer() or not 0 <= window[0] < 2**31:
+        if rows.shape != (len(g["holders"]), sketch.ROWS) or window.shape != (2,) or \
+                not float(window[0]).is_integer() or not 0 <= window[0] < 2**31 or \
+                not np.isfinite(window[1]):
             raise SecurityError(f"{what} comes without the holders' sketch of it; "
                                 f"nothing was loaded")
         w = windows[m] = int(window[0])
+        # the total weight sets the fixed point's share of the tolerance: a server
+        # that says less loosens it to that of one sample, more makes a true mean fail
+        weight = max(1.0, float(window[1]))
         if w < taken.get(m, -1):
             raise SecurityError(f"{what} is of window {w + 1}, and the site took the "
                                 f"mean of window {taken[m] + 1} already; nothing was "
                                 f"loaded")
         if not sketch.matches(_own(sec, g), w, [mean[n] for n in sorted(mean)],
-                              rows[g["holders"].index(sec.site)], len(g["holders"])):
+                              rows[g["holders"].index(sec.site)], len(g["holders"]),
+                              weight):
             sec.state["sketch"]["refused"] = f"{m!r}, window {w + 1}"
             sec.save_state()  # before the answer: one such answer a run
             raise SecurityError(f"{what} (window {w + 1}) is not the mean its holders "

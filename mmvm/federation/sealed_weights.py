@@ -43,7 +43,7 @@ from mmvm.federation.messages import (
     unmask_view,
 )
 from mmvm.federation.policy import PolicyError, SitePolicy
-from mmvm.federation.sealed_sketch import sketch_rows
+from mmvm.federation.sealed_sketch import key_view, sketch_rows
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
@@ -107,15 +107,19 @@ def masked_weights(site: Site, sec: SiteSecrets, index: int,
     """(masked weights per shared modality, sealed self-mask shares per peer).
 
     ``received``: the averaged weights the server sent with this window. The masks
-    are bound to their digest and to the experiment config the site trains with:
+    are bound to their digest, to the group's sketch keys as this site holds them (a
+    co-holder that sealed two holders different keys would read the difference of
+    their projections from its own rows: their masks then differ) and to the
+    experiment config the site trains with:
     were holders sent different "means" (e.g. weights on which all but one holder's
     training cannot move, so that the others send back what they got) or different
     configs (a learning rate of 1e-30, a loss weight of 0; also on a resumed run),
     their masks would not cancel and nothing could be unmasked."""
     groups = sec.state.get("groups", {})
     config = config_digest(site.cfg)
-    digests = {m: hashlib.sha256(f"{config}/{weights_digest(received.get(m, {}))}"
-                                 .encode()).hexdigest() for m in sorted(groups)}
+    digests = {m: hashlib.sha256(f"{config}/{weights_digest(received.get(m, {}))}/"
+                                 f"{key_view(sec, m)}".encode()).hexdigest()
+               for m in sorted(groups)}
     if digests:
         sec.save_received(index, digests)  # before anything masked under them leaves
     weights, shares, labels = {}, {}, {}

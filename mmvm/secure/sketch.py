@@ -22,19 +22,26 @@ recomputes that from the mean it is sent and compares (:func:`matches`).
 A server that does not know ``K_h`` must forge a mean ``m' = mean + d`` and rows
 that agree under an ``S_h(w)`` it never saw. Each row of ``S . [d; 0]`` is a sum of
 independent terms of variance ``d_j^2 / N``; the only vector whose rows it knows is
-``[mean; c]``, and the constant coordinate (weighted like the parameters together)
-rules out any multiple of it but itself. So ``d`` spread over many parameters
-passes a row with a chance of about ``tol * sqrt(N) / |d|``, one parameter moved by
-``delta`` with about ``tol * sqrt(N / 3) / delta``, every row independently; a mean
-scaled by ``a`` moves each row by about ``|1 - a| * sqrt(3)``. The rows change with
-the window (a mean relabelled to another window fails) and the group key.
+``[mean; c]``, and the constant coordinate rules out any multiple of it but itself
+(a mean scaled by ``a`` moves each row by ``|1 - a| sqrt(3) |U|``, ``U`` uniform in
+(-1, 1)). So ``d`` spread over many parameters passes a row with a chance of about
+``tol * sqrt(N) / |d|``, one parameter moved by ``delta`` with about
+``tol * sqrt(N / 3) / delta`` (none once ``delta`` is 256 times that: ``S``'s entries
+take 256 values), every row independently. The rows change with the window (a
+mean relabelled to another window fails) and the group key.
 
 Tolerance (:func:`tolerance`): an honest mean differs from its rows by the fixed
 point rounding of the masked sums (``<= n * 2^-25 / W`` per value and per row, ``n``
-holders, ``W >= 1`` the total weight), by the float32 cast of the mean the site is
-sent (half an ulp per value) and by float64 arithmetic. ``S`` is independent of all
-of them, so a row sees each as a sum of terms of variance ``<= 3 / N`` times its
-square: :func:`tolerance` is eight times the sum of their standard deviations.
+holders, ``W`` the total weight, which the server sends), by the float32 cast of the
+mean the site is sent (half an ulp per value) and by float64 arithmetic. ``S`` is
+symmetric and independent of all of them, so a row sees each as a sum of
+independent terms, each within ``sqrt(3 / N)`` times its bound; by Hoeffding's
+inequality a row beyond eight times ``sqrt(3)`` times the bound's root sum of
+squares has a chance ``<= 2 exp(-32)``, and :func:`tolerance` adds the three such
+terms. At 3.4 million parameters of a trained model's size, 3 holders and 192
+samples that is about ``2.5e-8``: a change passes unseen only within about
+``tol * sqrt(N)`` (``5e-5``) spread out, or ``tol * sqrt(N / 3)`` (``3e-5``) on one
+parameter.
 
 One check per run: a holder that finds a mean that does not match refuses every
 later mean of the run (:mod:`mmvm.federation.sealed_sketch`): pass or fail of
@@ -95,22 +102,25 @@ def rows(key: bytes, window: int, arrays: Sequence[np.ndarray]) -> np.ndarray:
     return out * (math.sqrt(3.0 / n) / 128.0)
 
 
-def tolerance(arrays: Sequence[np.ndarray], holders: int) -> float:
+def tolerance(arrays: Sequence[np.ndarray], holders: int, weight: float = 1.0) -> float:
     """How far an honest mean's rows may lie from the rows it is sent (module doc):
-    8 x (fixed point ``sqrt(3) n 2^-25``, float32 ``sqrt(3) 2^-24 |m| / sqrt(N)``,
-    float64 ``2^-40 |m|``) plus the rows' own rounding ``n 2^-25``."""
+    8 x (fixed point ``sqrt(3) n 2^-25 / W``, float32 ``sqrt(3) 2^-24 |m| / sqrt(N)``,
+    float64 ``2^-40 |m|``) plus the rows' own rounding ``n 2^-25 / W``, for ``n``
+    holders of total weight ``W = weight >= 1``."""
     n = sum(int(np.size(a)) for a in arrays) + 1
     norm = math.sqrt(sum(float(part @ part) for part in _values(arrays)))
-    sd = math.sqrt(3) * (holders * 2.0**-25 + 2.0**-24 * norm / math.sqrt(n)) \
-        + 2.0**-40 * norm
-    return 8 * sd + holders * 2.0**-25
+    fixed = holders * 2.0**-25 / max(1.0, weight)
+    sd = math.sqrt(3) * (fixed + 2.0**-24 * norm / math.sqrt(n)) + 2.0**-40 * norm
+    return 8 * sd + fixed
 
 
 def matches(key: bytes, window: int, mean: Sequence[np.ndarray], sent: np.ndarray,
-            holders: int) -> bool:
+            holders: int, weight: float = 1.0) -> bool:
     """Whether ``sent`` (the rows the server sent with ``mean``) are this group key's
-    rows of ``mean`` for ``window``, within :func:`tolerance` for ``holders``."""
+    rows of ``mean`` for ``window``, within :func:`tolerance` for ``holders`` of total
+    weight ``weight``."""
     got = np.asarray(sent, dtype=np.float64)
     if got.shape != (ROWS,) or not np.isfinite(got).all():
         return False
-    return bool(np.abs(rows(key, window, mean) - got).max() <= tolerance(mean, holders))
+    return bool(np.abs(rows(key, window, mean) - got).max()
+                <= tolerance(mean, holders, weight))

@@ -9,6 +9,7 @@ anything it protects.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.secure.envelope import seal
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SiteKeys
+from mmvm.secure.session import b64
 from tests.support.federate import (
     RUN,
     federate,
@@ -61,7 +63,8 @@ def test_5_a_site_told_another_group_cannot_be_averaged_into_garbage(cfg, tmp_pa
     # (the victim seals shares to the group it was told: the server refuses its
     # replies for the missing co-holder's share, or a holder refuses the view)
     with pytest.raises((SecurityError, FederationError), match="no self-mask share|not a "
-                       "split of the group|without a self-mask share|share no modality"):
+                       "split of the group|without a self-mask share|share no modality|"
+                       "no sketch keys from"):
         federate(cfg, {}, transport=Liar(endpoints), secure=True, exchange="step")
 
 
@@ -276,10 +279,10 @@ def test_5f_a_modality_only_the_site_holds_never_takes_the_servers_weights(
     victim alone, is "shared" with two sites that never hear of it, the victim
     accepted the attach and loaded every "mean" the server sent (each window's and the
     evaluation's): the server owned m0's encoder and decoder, and the model the site
-    keeps. Now such a mean has no sketch that the victim's key makes (no co-holder
-    was ever given that key) and is refused; and even with one (a leaked key), a mean
-    is loaded only once a co-holder's sealed share envelope has named the same group:
-    the victim keeps its own weights and says so in its log."""
+    keeps. Now the victim trains no window without its co-holders' sealed sketch keys,
+    which made-up ones never send; and were they sites colluding with the server, a
+    mean is loaded only once a co-holder's sealed share envelope has named the same
+    group: the victim keeps its own weights and says so in its log."""
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
     endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state")
@@ -303,9 +306,16 @@ def test_5f_a_modality_only_the_site_holds_never_takes_the_servers_weights(
     crafted = {n: rng.normal(0, 1, v.shape).astype(v.dtype)
                for n, v in site.shared_weights("m0").items()}
     before = site.shared_weights("m0")
+    for weights in ({"m0": crafted}, forged(endpoint, {"m0": crafted})):
+        with pytest.raises(SecurityError, match=re.escape(f"no sketch keys from {others}")):
+            endpoint.handle(WindowRequest(window=0, weights=weights, absent=others))
+    assert all((site.shared_weights("m0")[n] == before[n]).all() for n in before)
+    # the made-up co-holders never sealed it keys; were they sites colluding with the
+    # server, keys would come, and the next defence is the co-holder's confirmation
+    sec = endpoint.channel.sec
+    sec.state["sketch"]["peers"] = {n: {"m0": b64(bytes(32))} for n in others}
     with pytest.raises(SecurityError, match="comes without the holders' sketch"):
         endpoint.handle(WindowRequest(window=0, weights={"m0": crafted}, absent=others))
-    assert all((site.shared_weights("m0")[n] == before[n]).all() for n in before)
     endpoint.handle(WindowRequest(window=0, weights=forged(endpoint, {"m0": crafted}),
                                   absent=others))
     after = site.shared_weights("m0")

@@ -12,6 +12,7 @@ keys, and no message holds a key in the clear.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,13 +20,14 @@ import pytest
 
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.local import LocalTransport
-from mmvm.federation.messages import SKETCH, SKETCH_WINDOW, model_arrays
-from mmvm.federation.sealed_sketch import sketch_rows
+from mmvm.federation.messages import KIND_SKETCH, SKETCH, SKETCH_WINDOW, model_arrays
+from mmvm.federation.sealed_sketch import KEY_COUNTER, KEY_ROUND, sketch_rows
 from mmvm.secure import sketch
+from mmvm.secure.envelope import seal
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.keys import SiteKeys
 from mmvm.secure.session import SiteSecrets, b64, unb64
-from tests.support.federate import federate
+from tests.support.federate import RUN, federate
 from tests.support.malicious import Recorder, hybrid_sites
 
 
@@ -171,10 +173,10 @@ def test_a_mean_without_rows_or_older_than_the_last_taken_is_refused(cfg, tmp_pa
         refused["older"]
 
 
-def test_a_key_the_server_withholds_fails_the_holders_check(cfg, tmp_path,
-                                                           tiny_polymnist):
-    """Kept from a co-holder, a holder's key is not a way around its check: the
-    co-holder sketches zeros for it, and the holder refuses the next mean."""
+def test_a_key_the_server_withholds_stops_the_co_holder_from_masking(cfg, tmp_path,
+                                                                    tiny_polymnist):
+    """Kept from a co-holder, a holder's key is not a way around its check: without
+    every holder's key a site masks nothing, and says whose it lacks."""
     sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     victim, other = _holders(sites)[:2]
     name = sites[victim].name
@@ -188,10 +190,33 @@ def test_a_key_the_server_withholds_fails_the_holders_check(cfg, tmp_path,
             return super().exchange(requests, wait, need)
 
     with pytest.raises((SecurityError, FederationError),
-                       match=f"site {name}: the server's mean of 'm0' \\(window 1\\) is "
-                             f"not the mean its holders sent"):
+                       match=f"site {sites[other].name}: no sketch keys from \\['{name}'\\]"):
         federate(cfg, {}, transport=Server(endpoints), secure=True, exchange="step")
-    assert name not in endpoints[other].channel.sec.state["sketch"]["peers"]
+
+
+def test_a_co_holder_that_seals_two_holders_different_keys_unmasks_nothing(
+        cfg, tmp_path, tiny_polymnist):
+    """Were its co-holders a and b given different keys K1 and K2, a dishonest holder
+    would read ``w_a (S1 - S2) x_a`` from its own averaged rows: a's weights apart
+    from the mean (review of 2026-12-06). Each site's masks are bound to the keys it
+    holds, so a's and b's do not cancel and nothing is unmasked."""
+    sites, keys, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    liar, _, b = _holders(sites)[:3]
+    me, to = sites[liar].name, sites[b].name
+
+    class Liar(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            replies = super().exchange(requests, wait, need)
+            if next(iter(requests.values())).kind == "attach":
+                other = seal(keys[me], keys[to].public,
+                             json.dumps({"m0": b64(sketch.new_key())}).encode(), run_id=RUN,
+                             round=KEY_ROUND, counter=KEY_COUNTER, kind=KIND_SKETCH)
+                replies[liar] = dataclasses.replace(
+                    replies[liar], keys={**replies[liar].keys, to: other})
+            return replies
+
+    with pytest.raises(FederationError, match="masked FedAvg of 'm0'"):
+        federate(cfg, {}, transport=Liar(endpoints), secure=True, exchange="step")
 
 
 def test_a_state_without_a_sketch_key_says_to_start_a_new_run(tmp_path):

@@ -38,7 +38,7 @@ def forged(endpoint, weights: dict) -> dict:
         rows = np.zeros((len(g["holders"]), sketch.ROWS))
         rows[g["holders"].index(sec.site)] = sketch.rows(key, window,
                                                          [mean[n] for n in sorted(mean)])
-        out[m] = {**mean, SKETCH: rows, SKETCH_WINDOW: np.array([float(window)])}
+        out[m] = {**mean, SKETCH: rows, SKETCH_WINDOW: np.array([float(window), 1.0])}
     return out
 
 
