@@ -26,6 +26,20 @@ def test_psi_alignment_finds_the_known_union_and_overlap(tmp_path):
     assert "| 3 | 300 | 1 |" in done.stdout
 
 
+def test_the_sketch_benchmark_measures_and_writes_its_table(tmp_path):
+    out = tmp_path / "sketch"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sketch_cost.py"),
+                           "--sizes", "1000", "20000", "--repeat", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["parameters"] for r in rows] == [1000, 20000]
+    assert all(r["sketch_s"] > 0 and r["update_bytes_added"] == 3 * 8 * 8 for r in rows)
+    # the forger's room grows with the model as sqrt(N): the tolerance itself barely
+    assert rows[1]["spread_change_passes_below"] > 4 * rows[0]["spread_change_passes_below"]
+    assert "| 20,000 |" in done.stdout
+
+
 def test_the_flower_benchmark_stops_only_its_own_local_superlink(tmp_path):
     """It stopped every process of the user whose command line named a
     "local-superlink": another person's, under their own FLWR_HOME, too."""
