@@ -75,11 +75,12 @@ class Channel(Protocol):
         (:mod:`mmvm.federation.sealed_sketch`); plaintext: none."""
         ...
 
-    def check_mean(self, site: Site, received: Arrays, keys: Mapping[str, bytes]
-                   ) -> None:
-        """Secure mode: open the co-holders' sketch ``keys`` it lacks, and refuse a
-        mean ``received`` whose sketch rows are not this site's rows of it, or older
-        than the last it took (:mod:`mmvm.federation.sealed_sketch`)."""
+    def check_mean(self, site: Site, received: Arrays,
+                   keys: Mapping[str, bytes] | None) -> None:
+        """Secure mode: refuse a mean ``received`` whose sketch rows are not this
+        site's rows of it, or older than the last it took
+        (:mod:`mmvm.federation.sealed_sketch`); ``keys`` (a window, which it masks):
+        the co-holders' sealed sketch keys, opened where new, and all needed."""
         ...
 
     def begin_window(self, site: Site, index: int, received: Arrays,
@@ -196,8 +197,8 @@ class PlainChannel:
     def attach_keys(self) -> dict[str, bytes]:
         return {}
 
-    def check_mean(self, site: Site, received: Arrays, keys: Mapping[str, bytes]
-                   ) -> None:
+    def check_mean(self, site: Site, received: Arrays,
+                   keys: Mapping[str, bytes] | None) -> None:
         pass  # its weights go to the server as they are: the mean is the server's word
 
     def begin_window(self, site: Site, index: int, received: Arrays,

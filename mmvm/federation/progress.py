@@ -42,8 +42,8 @@ class Progress:
     config: str = ""  # the experiment's digest the run began with (mmvm.config)
     held_out: str = ""  # digest of the weights its heldout answer was made with
     cross_scored: bool = False  # an evaluation scored the server's test posteriors
-    # secure: per shared modality, the window of the last mean the site took (it
-    # takes none older: mmvm.federation.sealed_sketch)
+    # secure: per shared modality, [window, digest] of the last mean the site took
+    # (it takes none older, nor another of that window: mmvm.federation.sealed_sketch)
     means: dict = field(default_factory=dict)
 
     def _need(self, site: str, what: str, *phases: str) -> None:

@@ -93,6 +93,7 @@ class SealedChannel:
         secrets.directory = self.policy.trusted(secrets.site, secrets.directory)
         self.sec, self.align_mode = secrets, align
         self.flower_run = flower_run  # the run messages come in (resume proofs sign it)
+        self._checked: dict[str, list] = {}  # means checked, not yet begun a window on
         self.mode = f"sealed/{align}"
 
     # ------------------------------------------------------------------ set-up
@@ -227,11 +228,13 @@ class SealedChannel:
     def attach_keys(self) -> dict[str, bytes]:
         return sealed_sketch.attach_keys(self.sec)
 
-    def check_mean(self, site: Site, received: Arrays, keys: Mapping[str, bytes]
-                   ) -> None:
-        sealed_sketch.take_keys(self.sec, keys)
-        taken = site.progress.means
-        taken.update(sealed_sketch.check_mean(self.sec, received, taken))
+    def check_mean(self, site: Site, received: Arrays,
+                   keys: Mapping[str, bytes] | None) -> None:
+        if keys is not None:  # a window: it masks, with every co-holder's key
+            sealed_sketch.take_keys(self.sec, keys)
+        p = site.progress  # recorded as taken once begin_window accepts it
+        self._checked = sealed_sketch.check_mean(self.sec, received, p.means,
+                                                 (p.unmasked, float(len(site.data))))
 
     def begin_window(self, site: Site, index: int, received: Arrays,
                      inputs: Mapping[str, object]) -> None:
@@ -255,6 +258,8 @@ class SealedChannel:
             inputs, sort_keys=True)).encode()).hexdigest()
         self.sec.begin_window(index, digest,
                               "the evaluation" if index == EVALUATION else "")
+        site.progress.means.update(self._checked)  # the means it takes
+        self._checked = {}
 
     def shared(self, site: Site, index: int, received: Arrays
                ) -> tuple[Arrays, dict[str, bytes]]:

@@ -44,6 +44,16 @@ from mmvm.secure.session import SiteSecrets, b64, unb64
 KEY_ROUND, KEY_COUNTER = 0, 2**32  # (round, counter) of the key envelopes: used once
 
 
+def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _groups_with(sec: SiteSecrets, peer: str) -> dict[str, dict]:
     """The groups this site shares with ``peer``."""
     return {m: g for m, g in sec.state.get("groups", {}).items() if peer in g["holders"]}
@@ -84,26 +94,34 @@ def take_keys(sec: SiteSecrets, blobs: Mapping[str, bytes]) -> None:
     (each is one fact of the run: a second envelope of the same sender is not
     opened); an envelope from a site that is no co-holder, or one with the keys of
     other groups than the two share, is refused."""
-    held = _keys(sec)["peers"] if blobs or co_holders(sec) else {}
+    if not blobs and not co_holders(sec):  # it shares nothing: no keys to hold
+        return
+    held = _keys(sec)["peers"]
     stray = sorted(set(blobs) - set(co_holders(sec)))
     if stray:
         raise SecurityError(f"site {sec.site}: sketch keys from {stray}, which share no "
                             f"modality with it")
     new = {}
     for sender in sorted(set(blobs) - set(held)):
-        payload = open_envelope(sec.keys, sec.peer(sender), blobs[sender],
-                                run_id=sec.run_id, expected_round=KEY_ROUND,
-                                expected_counter=KEY_COUNTER, kind=KIND_SKETCH)
+        try:
+            payload = open_envelope(sec.keys, sec.peer(sender), blobs[sender],
+                                    run_id=sec.run_id, expected_round=KEY_ROUND,
+                                    expected_counter=KEY_COUNTER, kind=KIND_SKETCH)
+        except SecurityError as err:  # the sender's, or the relay's, fault: say whose
+            raise type(err)(f"site {sec.site}: the sketch key envelope from "
+                            f"{sender!r}: {err}") from err
         try:
             keys = {str(m): unb64(k) for m, k in json.loads(payload).items()}
-            if set(keys) != set(_groups_with(sec, sender)) or \
-                    any(len(k) != sketch.KEY_BYTES for k in keys.values()):
-                raise ValueError(f"keys of {sorted(keys)[:8]}; the two share "
-                                 f"{sorted(_groups_with(sec, sender))} as this site "
-                                 f"was told")
+            if any(len(k) != sketch.KEY_BYTES for k in keys.values()):
+                raise ValueError("a key that is not 32 bytes")
         except (ValueError, TypeError, AttributeError, RecursionError) as err:
             raise PeerContentError(f"site {sec.site}: {sender} sealed sketch keys that "
                                    f"do not decode ({err})") from None
+        if set(keys) != set(_groups_with(sec, sender)):  # what each was told: the server's
+            raise SecurityError(f"site {sec.site}: {sender} sealed it sketch keys of "
+                                f"{sorted(keys)[:8]}, and this site was told the two "
+                                f"share {sorted(_groups_with(sec, sender))}: the server "
+                                f"told them different groups")
         new[sender] = {m: b64(k) for m, k in keys.items()}
     if new:
         sec.state["sketch"]["peers"] = {**held, **new}
@@ -134,39 +152,52 @@ def sketch_rows(sec: SiteSecrets, m: str, index: int, arrays: list[np.ndarray]
                                  index, arrays) for h in g["holders"]])
 
 
-def check_mean(sec: SiteSecrets, received: Arrays, taken: Mapping[str, int]
-               ) -> dict[str, int]:
-    """The window of each shared modality's mean in ``received``, once this site's
-    own rows of it match and it is no older than the one it last took (``taken``,
-    kept with the site's state: a state rolled back to a snapshot takes that
-    snapshot's mean again). The same mean as last time passes: a modality too few
-    holders answered keeps its last mean."""
+def _malformed(rows: np.ndarray, window: np.ndarray, holders: int) -> str:
+    """What is wrong with the rows and the window the server sent with a mean."""
+    if not rows.size:
+        return "no sketch rows (the holders' proof that it is their mean)"
+    if rows.shape != (holders, sketch.ROWS):
+        return f"sketch rows of shape {rows.shape}, not ({holders}, {sketch.ROWS})"
+    if window.shape != (2,) or not float(window[0]).is_integer() or \
+            not 0 <= window[0] < 2**31:
+        return f"its window and total weight are {window.tolist()[:4]}"
+    if not np.isfinite(window[1]) or not 0 < window[1] <= 2**27:
+        return f"a total weight of {window[1]} (at most 2^27 samples can be masked)"
+    return ""
+
+
+def check_mean(sec: SiteSecrets, received: Arrays, taken: Mapping[str, list],
+               own: tuple[int, float]) -> dict[str, list]:
+    """``[window, digest]`` of each shared modality's mean in ``received``, once this
+    site's own rows of it match and it is no older than the one it last took
+    (``taken``, kept with the site's state: a state rolled back to a snapshot takes
+    that snapshot's mean again), and is that very mean where of the same window (a
+    modality too few holders answered keeps its last mean). ``own``: the last window
+    this site unmasked and its weight: of that window's mean, the total weight is at
+    least its own, whatever the server says (the tolerance's fixed point share)."""
     # (a request without a mean, window 0's, has nothing to refuse, and a site that
     # never attached has no sketch state to read)
     refused = _keys(sec).get("refused") if received else None
     if refused:
         raise SecurityError(f"site {sec.site}: it found a mean of the server that was "
                             f"not its holders' ({refused}) and takes no more of this run")
-    groups, windows = sec.state.get("groups", {}), {}
+    groups, out = sec.state.get("groups", {}), {}
     for m in sorted(set(received) & set(groups)):
         g, arrays = groups[m], received[m]
         mean = model_arrays(arrays)
         rows = np.asarray(arrays.get(SKETCH, np.zeros(0)), dtype=np.float64)
         window = np.asarray(arrays.get(SKETCH_WINDOW, np.zeros(0)), dtype=np.float64)
         what = f"site {sec.site}: the server's mean of {m!r}"
-        if rows.shape != (len(g["holders"]), sketch.ROWS) or window.shape != (2,) or \
-                not float(window[0]).is_integer() or not 0 <= window[0] < 2**31 or \
-                not np.isfinite(window[1]):
-            raise SecurityError(f"{what} comes without the holders' sketch of it; "
-                                f"nothing was loaded")
-        w = windows[m] = int(window[0])
-        # the total weight sets the fixed point's share of the tolerance: a server
-        # that says less loosens it to that of one sample, more makes a true mean fail
-        weight = max(1.0, float(window[1]))
-        if w < taken.get(m, -1):
-            raise SecurityError(f"{what} is of window {w + 1}, and the site took the "
-                                f"mean of window {taken[m] + 1} already; nothing was "
-                                f"loaded")
+        if why := _malformed(rows, window, len(g["holders"])):
+            raise SecurityError(f"{what} comes with {why}; nothing was loaded")
+        w, digest = int(window[0]), weights_digest(mean)
+        last = list(taken.get(m, [-1, ""]))
+        if w < last[0] or w == last[0] and digest != last[1]:
+            took = "another mean of that window" if w == last[0] else \
+                f"the mean of window {last[0] + 1}"
+            raise SecurityError(f"{what} is of window {w + 1}, and the site took {took} "
+                                f"already; nothing was loaded")
+        weight = max(float(window[1]), own[1] if w == own[0] else 1.0)
         if not sketch.matches(_own(sec, g), w, [mean[n] for n in sorted(mean)],
                               rows[g["holders"].index(sec.site)], len(g["holders"]),
                               weight):
@@ -177,4 +208,5 @@ def check_mean(sec: SiteSecrets, received: Arrays, taken: Mapping[str, int]
                                 f"it, or a co-holder sketched other weights than it "
                                 f"masked); nothing was loaded, and the site takes no "
                                 f"other mean of this run")
-    return windows
+        out[m] = [w, digest]
+    return out

@@ -43,7 +43,7 @@ from mmvm.federation.messages import (
     unmask_view,
 )
 from mmvm.federation.policy import PolicyError, SitePolicy
-from mmvm.federation.sealed_sketch import key_view, sketch_rows
+from mmvm.federation.sealed_sketch import key_view, sketch_rows, weights_digest
 from mmvm.federation.site import Site
 from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
@@ -79,16 +79,6 @@ def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: st
         label = f"weights/{m}/{hashlib.sha256(text.encode()).hexdigest()[:32]}"
         out[m] = {"holders": holders, "label": label}
     return out
-
-
-def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 of named arrays (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def mean_digest(received: Mapping[str, Mapping[str, np.ndarray]]) -> str:

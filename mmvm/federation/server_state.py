@@ -140,10 +140,10 @@ def _state_of(doc: dict) -> ServerState:
 def rekey(state: ServerState, new: dict[str, str]) -> ServerState:
     """``state`` with site keys (node ids) replaced by ``new[old]`` where given: a
     SuperNode may come back with another node id. Routing state keyed by site
-    (``forwarded`` caches, the sealed ``inbox``) is rekeyed too."""
+    (``forwarded`` caches, the sealed ``inbox`` and sketch ``keys``) is rekeyed too."""
     key = lambda k: new.get(k, k)  # noqa: E731
     routing = {name: ({key(k): v for k, v in part.items()}
-                      if name in ("forwarded", "inbox") else part)
+                      if name in ("forwarded", "inbox", "keys") else part)
                for name, part in state.routing.items()}
     sites = [SiteInfo(key(i.key), i.name, list(i.modalities), list(i.identifiers))
              for i in state.sites]

@@ -15,7 +15,7 @@ def checked_mean(site: Site, channel: Channel, received: Mapping,
                  keys: Mapping[str, bytes] | None = None) -> Arrays:
     """Averaged weights only for the modalities ``site`` shares, each of its shapes
     and finite, and (secure) the holders' mean: returned without the sketches that
-    prove it (``keys``: the co-holders' sketch keys, opened where new)."""
+    prove it (``keys``, a window's: the co-holders' sketch keys, opened where new)."""
     weights = {m: model_arrays(a) for m, a in received.items()}
     stray = set(weights) - set(site.linked().shared)
     if stray:
@@ -23,7 +23,7 @@ def checked_mean(site: Site, channel: Channel, received: Mapping,
                               f"does not share with other sites")
     for m, arrays in weights.items():
         site.check_weights(m, arrays)
-    channel.check_mean(site, received, keys or {})
+    channel.check_mean(site, received, keys)
     return weights
 
 

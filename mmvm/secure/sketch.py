@@ -102,7 +102,7 @@ def rows(key: bytes, window: int, arrays: Sequence[np.ndarray]) -> np.ndarray:
     return out * (math.sqrt(3.0 / n) / 128.0)
 
 
-def tolerance(arrays: Sequence[np.ndarray], holders: int, weight: float = 1.0) -> float:
+def tolerance(arrays: Sequence[np.ndarray], holders: int, weight: float) -> float:
     """How far an honest mean's rows may lie from the rows it is sent (module doc):
     8 x (fixed point ``sqrt(3) n 2^-25 / W``, float32 ``sqrt(3) 2^-24 |m| / sqrt(N)``,
     float64 ``2^-40 |m|``) plus the rows' own rounding ``n 2^-25 / W``, for ``n``
@@ -115,7 +115,7 @@ def tolerance(arrays: Sequence[np.ndarray], holders: int, weight: float = 1.0) -
 
 
 def matches(key: bytes, window: int, mean: Sequence[np.ndarray], sent: np.ndarray,
-            holders: int, weight: float = 1.0) -> bool:
+            holders: int, weight: float) -> bool:
     """Whether ``sent`` (the rows the server sent with ``mean``) are this group key's
     rows of ``mean`` for ``window``, within :func:`tolerance` for ``holders`` of total
     weight ``weight``."""

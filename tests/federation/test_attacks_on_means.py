@@ -106,10 +106,11 @@ def test_a_window_is_trained_on_one_mean_and_its_failure_says_nothing(cfg, tmp_p
         assert str(got[what]) == f"site {sites[victim].name}: window 1 failed in " \
                                  f"training (its log says why)"
         assert got[what].__cause__ is not None  # the cause: in the site's log only
-    # another mean; or the same with a peer left out
-    for what in ("another", "absent"):
-        assert isinstance(got[what], SecurityError)
-        assert "window 1 was sent before with other inputs" in str(got[what])
+    # another mean (its rows forged: refused as another of the window the site took);
+    # or the same with a peer left out
+    assert "took another mean of that window already" in str(got["another"])
+    assert isinstance(got["absent"], SecurityError)
+    assert "window 1 was sent before with other inputs" in str(got["absent"])
     # under another config (a run that resumes this one brings its own `set`):
     # refused before any window input is read
     assert "this run began under another experiment config" in str(got["resumed"])
@@ -156,7 +157,7 @@ def test_the_final_evaluation_is_the_last_window_of_one_mean(cfg, tmp_path,
         federate(cfg, {}, transport=Prober(endpoints), secure=True, exchange="round")
     assert type(seen["first"]) is WorkFailedError and "246" not in str(seen["first"])
     assert "its evaluation failed" in str(seen["first"])
-    assert "the evaluation was sent before with other inputs" in str(seen["another"])
+    assert "took another mean of that window already" in str(seen["another"])
     assert seen["again"].metrics  # the same mean: answered
 
 

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from mmvm.federation.coordinator import FederationError
+from mmvm.federation.coordinator import FederationError, SiteInfo
 from mmvm.federation.local import LocalTransport
 from mmvm.federation.messages import KIND_SKETCH, SKETCH, SKETCH_WINDOW, model_arrays
 from mmvm.federation.sealed_sketch import KEY_COUNTER, KEY_ROUND, sketch_rows
+from mmvm.federation.server_state import ServerState, rekey
 from mmvm.secure import sketch
 from mmvm.secure.envelope import seal
 from mmvm.secure.errors import SecurityError
@@ -92,7 +93,7 @@ def _tampered(mean: dict, how: str) -> dict:
     if how == "scaled":  # mean and rows by the same factor
         return {**{n: (a * 1.01).astype(a.dtype) for n, a in params.items()},
                 SKETCH: mean[SKETCH] * 1.01, SKETCH_WINDOW: mean[SKETCH_WINDOW]}
-    return {**mean, SKETCH_WINDOW: mean[SKETCH_WINDOW] - 1}  # "relabelled"
+    return {**mean, SKETCH_WINDOW: mean[SKETCH_WINDOW] + [1, 0]}  # "relabelled"
 
 
 class Stop(Exception):
@@ -131,7 +132,7 @@ def test_a_mean_the_server_changed_is_refused_and_no_other_taken(cfg, tmp_path,
     name = sites[victim].name
     assert refused[0] == (
         f"site {name}: the server's mean of 'm0' (window "
-        f"{1 if how == 'relabelled' else 2}) is not the mean its holders sent: its "
+        f"{3 if how == 'relabelled' else 2}) is not the mean its holders sent: its "
         f"sketch does not match (the server changed it, or a co-holder sketched other "
         f"weights than it masked); nothing was loaded, and the site takes no other "
         f"mean of this run")
@@ -168,7 +169,7 @@ def test_a_mean_without_rows_or_older_than_the_last_taken_is_refused(cfg, tmp_pa
     result = federate(cfg, {}, transport=Server(endpoints), secure=True, exchange="step")
     assert len(result.history) == 3 and not result.history[-1]["missed"]
     assert sites[victim].name in {e["site"] for e in result.evaluation.values()}
-    assert "comes without the holders' sketch of it" in refused["stripped"]
+    assert "comes with no sketch rows" in refused["stripped"]
     assert "is of window 1, and the site took the mean of window 2 already" in \
         refused["older"]
 
@@ -226,3 +227,51 @@ def test_a_state_without_a_sketch_key_says_to_start_a_new_run(tmp_path):
     sec.state["groups"] = {"m0": {"holders": ["a", "b", "c"], "label": "weights/m0/x"}}
     with pytest.raises(SecurityError, match="has no sketch key .* start a new run"):
         sketch_rows(sec, "m0", 0, [np.zeros(3, dtype=np.float32)])
+
+
+def test_the_total_weight_is_never_taken_below_the_sites_own(cfg, tmp_path,
+                                                             tiny_polymnist):
+    """A server that says the mean's total weight is 1 would widen the tolerance to
+    a sample's rounding (a final review, 2026-12-06): of the window it unmasked, a
+    site bounds the weight by its own sample count, so rows off by half of that
+    wide tolerance are refused."""
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    victim = _holders(sites)[0]
+    refused = []
+
+    class Server(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            r = requests.get(victim)
+            if r is not None and r.kind == "window" and r.window == 2:
+                point = self.endpoints[victim]
+                assert point.site.progress.unmasked == 1  # the mean's window
+                mean = dict(r.weights["m0"])
+                holders = point.channel.sec.state["groups"]["m0"]["holders"]
+                params = model_arrays(mean)
+                off = 0.5 * sketch.tolerance([params[n] for n in sorted(params)],
+                                             len(holders), 1.0)
+                rows = mean[SKETCH].copy()
+                rows[holders.index(sites[victim].name)] += off
+                mean.update({SKETCH: rows, SKETCH_WINDOW: np.array([1.0, 1.0])})
+                with pytest.raises(SecurityError) as err:
+                    point.handle(dataclasses.replace(r, weights={**r.weights, "m0": mean}))
+                refused.append(str(err.value))
+                raise Stop
+            return super().exchange(requests, wait, need)
+
+    with pytest.raises(Stop):
+        federate(cfg, {}, transport=Server(endpoints), secure=True, exchange="step")
+    assert "is not the mean its holders sent" in refused[0]
+
+
+def test_a_site_back_under_another_node_id_still_gets_its_keys():
+    """``rekey`` renames the routing state kept by node id, the sketch keys too (a
+    site that still lacked a key would mask nothing after the restart)."""
+    state = ServerState(window=3, sites=[SiteInfo("n1", "a", ["m0"], [])], averaged={},
+                        routing={"inbox": {"n1": {}}, "keys": {"n1": {"b": b"k"}},
+                                 "identities": {"n1": "x"}},
+                        missed={}, absent=[], history=[], bytes_total=0, seconds=0.0,
+                        alignment={})
+    moved = rekey(state, {"n1": "n9"}).routing
+    assert moved["keys"] == {"n9": {"b": b"k"}} and moved["inbox"] == {"n9": {}}
+    assert moved["identities"] == {"n1": "x"}  # keyed by site name: left as it is

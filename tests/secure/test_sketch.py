@@ -131,9 +131,9 @@ def test_each_row_is_a_random_unit_direction():
 def test_rows_refused_unless_shaped_and_finite():
     key, x = sketch.new_key(), _params(0)
     good = sketch.rows(key, 0, x)
-    assert sketch.matches(key, 0, x, good, 3)
+    assert sketch.matches(key, 0, x, good, 3, 1.0)
     for bad in (good[:-1], np.append(good, 0.0), np.where(np.arange(8) == 2, np.nan, good)):
-        assert not sketch.matches(key, 0, x, bad, 3)
+        assert not sketch.matches(key, 0, x, bad, 3, 1.0)
     with pytest.raises(ValueError, match="32 bytes"):
         sketch.rows(b"short", 0, x)
 
@@ -151,9 +151,10 @@ def test_at_a_real_models_size_a_scaled_or_nudged_mean_fails():
     for _ in range(2):
         key = sketch.new_key()
         rows = sketch.rows(key, 4, exact)
-        assert sketch.matches(key, 4, sent, rows, 3)
-        assert not sketch.matches(key, 4, [1.001 * a for a in sent], 1.001 * rows, 3)
-        assert not sketch.matches(key, 4, nudged, rows, 3)
+        assert sketch.matches(key, 4, sent, rows, 3, 1.0)  # W = 1: the loosest
+        assert not sketch.matches(key, 4, [1.001 * a for a in sent], 1.001 * rows, 3,
+                                  1.0)
+        assert not sketch.matches(key, 4, nudged, rows, 3, 1.0)
 
 
 def test_honest_rounding_stays_far_inside_the_tolerance(sites):

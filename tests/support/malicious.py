@@ -33,7 +33,7 @@ def forged(endpoint, weights: dict) -> dict:
         if g is None:
             out[m] = dict(arrays)
             continue
-        window = endpoint.site.progress.means.get(m, 0)
+        window = endpoint.site.progress.means.get(m, [0])[0]
         key = sketch.group_key(unb64(sec.state["sketch"]["key"]), g["label"])
         rows = np.zeros((len(g["holders"]), sketch.ROWS))
         rows[g["holders"].index(sec.site)] = sketch.rows(key, window,
