@@ -254,7 +254,8 @@ class SealedChannel:
                 raise SecurityError(f"site {self.sec.site}, window {index}: the mean of "
                                     f"{m!r} has |values| up to {top:.3g}, beyond the "
                                     f"fixed-point range {clip:g} of any masked mean")
-        digest = hashlib.sha256((mean_digest(received) + json.dumps(
+        known = {m: d for m, (_, d) in self._checked.items()}  # check_mean hashed them
+        digest = hashlib.sha256((mean_digest(received, known) + json.dumps(
             inputs, sort_keys=True)).encode()).hexdigest()
         self.sec.begin_window(index, digest,
                               "the evaluation" if index == EVALUATION else "")

@@ -81,9 +81,13 @@ def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: st
     return out
 
 
-def mean_digest(received: Mapping[str, Mapping[str, np.ndarray]]) -> str:
-    """SHA-256 of a window's averaged weights, every modality's."""
-    text = json.dumps({m: weights_digest(a) for m, a in sorted(received.items())})
+def mean_digest(received: Mapping[str, Mapping[str, np.ndarray]],
+                known: Mapping[str, str] | None = None) -> str:
+    """SHA-256 of a window's averaged weights, every modality's (``known``: the
+    :func:`weights_digest` of modalities already hashed, not hashed again)."""
+    known = known or {}
+    text = json.dumps({m: known.get(m) or weights_digest(a)
+                       for m, a in sorted(received.items())})
     return hashlib.sha256(text.encode()).hexdigest()
 
 
