@@ -279,7 +279,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         append_sent(root / f"{files[0]}.sent.jsonl", kind, reply, context.run_id)
     except Exception as err:
         _after_failure(context, node, kind, resident and not s.secure)
-        _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}")
+        cause = f" [{err.__cause__}]" if err.__cause__ is not None else ""  # what the
+        _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}{cause}")  # server
         if s.secure or policy.secure_site:
             log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
             return _refused(root, f"{files[0]}.sent", kind,

@@ -43,7 +43,13 @@ from mmvm.federation.reply_cache import request_digest
 from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import admitted
 from mmvm.federation.site_eval import evaluate_site
-from mmvm.federation.site_limits import check_tables
+from mmvm.federation.site_limits import (
+    check_request,
+    check_rows,
+    check_tables,
+    passed,
+    recheck,
+)
 from mmvm.federation.site_means import checked_mean, load_mean
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.window_metrics import (
@@ -91,6 +97,8 @@ class Endpoint:
         self.notes.clear()
         self.site.progress.same_mode(self.site.name, self.channel.mode,
                                      config_digest(self.site.cfg))
+        if self.site.link is not None:  # a run attached before: under this node config?
+            recheck(self.site, self.policy, self.channel.secure)
         reply = handler(request)
         # the state first, then the replay guard: a process killed in between
         # retries the message from the old state (or repeats the kept reply) instead
@@ -128,7 +136,6 @@ class Endpoint:
                     or len(set(holders)) != len(holders):  # a str "holds" its substrings
                 raise FederationError(f"site {site.name}: told to share modality {m!r} "
                                       f"with {holders}")
-        self.policy.check_sharing(site.name, req.shared, self.channel.secure)
         try:
             plan = PlanArgs.from_dict(req.plan)
         except ValueError as err:
@@ -136,12 +143,11 @@ class Endpoint:
         if req.n < 1:
             raise FederationError(f"site {site.name}: attach with n = {req.n} rows")
         # before the plan is built: its size is the server's choice
-        self.policy.check_size(site.name, req.n, plan.batch_size, plan.epochs)
-        self.policy.check_step(site.name, plan.batch_size,
-                               lambda: step_bytes(site.cfg, site.names, plan.batch_size))
+        check_request(site.name, self.policy, req.shared, req.n, plan, self.channel.secure,
+                      lambda: step_bytes(site.cfg, site.names, plan.batch_size))
         positions = self.channel.positions(site, req)
         site.attach(req.n, req.rows, positions, plan, float16=req.float16,
-                    shared=sorted(req.shared),
+                    holders={m: sorted(h) for m, h in req.shared.items()},
                     delta_tol=req.delta_tol if req.delta_tol >= 0 else None)
         try:
             check_tables(site, self.policy)
@@ -150,12 +156,10 @@ class Endpoint:
             raise
         if self.channel.secure:  # the server's plan must not single samples out
             try:
-                shared = sorted(req.shared)
-                counts = site.own_rows(shared)
-                self.policy.check_plan(site.name, counts[:, 0],
-                                       {m: counts[:, 1 + j] for j, m in enumerate(shared)})
+                check_rows(site, self.policy)
             except PolicyError as err:
                 self._refuse_plan(err)
+        passed(site, self.policy)
         site.progress.phase = "attached"
         return AttachReply(posteriors=self.channel.outgoing(site, 0),
                            keys=self.channel.attach_keys())

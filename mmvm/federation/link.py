@@ -17,14 +17,18 @@ class Link:
     """What attaching to a federation fixed: the aligned rows and the plan.
 
     ``local_of[r]`` is the dataset row of aligned row r (-1 where this site does not
-    hold the sample); ``shared`` are own modalities other sites also hold (FedAvg)."""
+    hold the sample); ``holders``: of each own modality other sites also hold (FedAvg),
+the sites the server said hold it, this one included (checked against the node config
+at attach and again by each later process: :func:`mmvm.federation.site_limits.recheck`;
+empty lists in a state written before they were kept)."""
 
     n: int
     local_of: np.ndarray
     plan_args: PlanArgs
     float16: bool = False
-    shared: list[str] = field(default_factory=list)
+    holders: dict[str, list[str]] = field(default_factory=dict)
     delta_tol: float | None = None  # event-triggered exchange (delta.py)
+    checked: str = ""  # digest of the node config the checks of attach last passed
     sent_cache: PosteriorCache = field(default_factory=PosteriorCache)
     others_cache: PosteriorCache = field(default_factory=PosteriorCache)
     plan: Plan = field(init=False)  # made from plan_args: windows on demand
@@ -32,10 +36,16 @@ class Link:
     def __post_init__(self) -> None:
         self.plan = self.plan_args.plan(self.n)
 
+    @property
+    def shared(self) -> list[str]:
+        """Own modalities whose weights are averaged with other holders'."""
+        return sorted(self.holders)
+
     def state(self) -> dict:
         return {"n": self.n, "local_of": torch.from_numpy(self.local_of),
                 "plan_args": self.plan_args.to_dict(), "float16": self.float16,
-                "shared": list(self.shared), "delta_tol": self.delta_tol,
+                "holders": dict(self.holders), "delta_tol": self.delta_tol,
+                "checked": self.checked,
                 "sent_cache": self.sent_cache.state(),
                 "others_cache": self.others_cache.state()}
 
@@ -58,6 +68,12 @@ class Link:
     def from_state(cls, s: dict) -> Link:
         return cls(int(s["n"]), s["local_of"].numpy().copy(),
                    PlanArgs.from_dict(dict(s["plan_args"])), bool(s["float16"]),
-                   list(s["shared"]), s["delta_tol"],
+                   _holders(s), s["delta_tol"], str(s.get("checked", "")),
                    PosteriorCache.from_state(s["sent_cache"]),
                    PosteriorCache.from_state(s["others_cache"]))
+
+
+def _holders(s: dict) -> dict[str, list[str]]:
+    if "holders" not in s:  # a state from before holders were kept: names only
+        return {str(m): [] for m in s["shared"]}
+    return {str(m): [str(h) for h in hs] for m, hs in s["holders"].items()}

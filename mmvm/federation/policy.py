@@ -321,12 +321,12 @@ class SitePolicy:
                               f"{self.max_step_gib:,} GiB (max-step-gib)")
 
     def check_held(self, site: str, what: str, need: int) -> None:
-        """Refuse a message that would make the site hold more than ``max-step-gib``
-        in ``what`` (:func:`mmvm.footprint.table_bytes`); not in a test bed."""
+        """Refuse to hold more than ``max-step-gib`` in ``what`` (not in a test bed);
+        how much goes to the site's log only: it would give the test set's size away."""
         if not self.test_bed and need > self.max_step_gib * 2**30:
-            raise PolicyError(f"site {site}: {what} would need about {need / 2**30:,.1f} "
-                              f"GiB; its node config allows {self.max_step_gib:,} GiB "
-                              f"(max-step-gib)")
+            raise PolicyError(f"site {site}: {what} would need more than its node config "
+                              f"allows, {self.max_step_gib:,} GiB (max-step-gib); its "
+                              f"log says how much") from PolicyError(f"{need:,} bytes")
 
     def check_ring_set(self, site: str, origin: str, size: int) -> None:
         """Refuse to multiply a PSI ring set of more than ``max-align-rows`` points:

@@ -42,9 +42,10 @@ from mmvm.federation.messages import (
     UnmaskRequest,
     unmask_view,
 )
-from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.sealed_sketch import key_view, sketch_rows, weights_digest
 from mmvm.federation.site import Site
+from mmvm.federation.site_limits import check_groups
 from mmvm.secure.envelope import open_envelope, seal
 from mmvm.secure.errors import PeerContentError, SecurityError
 from mmvm.secure.masking import mask_update
@@ -67,13 +68,10 @@ def group_labels(shared: Mapping[str, list[str]], n: int, plan: dict, run_id: st
     """``{modality: {"holders": [...], "label": ...}}``, refusing groups that are
     too small for this site's policy (attach has checked them against its node
     config's ``holders``: :meth:`SitePolicy.check_sharing`)."""
+    check_groups(site, policy, shared)
     out = {}
     for m, holders in sorted(shared.items()):
         holders = sorted(holders)
-        if len(holders) < 2 or (len(holders) == 2 and not policy.allow_pair_masking):
-            raise PolicyError(f"site {site}: modality {m!r} would be averaged over "
-                              f"{holders}; masking groups need >= 3 sites (2 only with "
-                              f"allow-pair-masking in every holder's node config)")
         text = json.dumps({"m": m, "holders": holders, "n": n, "plan": plan,
                            "run": run_id}, sort_keys=True)
         label = f"weights/{m}/{hashlib.sha256(text.encode()).hexdigest()[:32]}"

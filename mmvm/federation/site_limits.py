@@ -1,14 +1,54 @@
-"""What a deployed site checks of the tables a run makes it hold, against its node
-config's ``max-step-gib`` (:class:`mmvm.federation.policy.SitePolicy`)."""
+"""What a site's node config (:class:`mmvm.federation.policy.SitePolicy`) allows of a
+run it attaches to: the server's groups of holders, the plan's size, the tables the
+plan makes it hold and, in a secure run, how few of its rows a window may train.
+
+Checked at attach, and again (:func:`recheck`) at any later message once the node
+config differs from the one they last passed under. An operator who turns
+``allow-collect`` off, pins an ``experiment``, lists ``holders`` or raises
+``min-rows`` after a run attached (and restarts the SuperNode) would otherwise see
+that run, continued by its server or brought back with ``resume``, go on under the
+policy it attached with: weights sent in clear every window, a mean of the server's
+choosing loaded (security review of 2026-12-07). A loosened limit simply passes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 
 from mmvm.data.store import read_site_meta
-from mmvm.federation.policy import SitePolicy
+from mmvm.federation.plan import PlanArgs
+from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
-from mmvm.footprint import table_bytes
+from mmvm.footprint import step_bytes, table_bytes
+
+
+def check_request(site: str, policy: SitePolicy, shared: Mapping[str, Sequence[str]],
+                  n: int, plan: PlanArgs, secure: bool,
+                  estimate: Callable[[], int]) -> None:
+    """Before the site builds anything: the server's groups (``shared``: modality ->
+    its holders) and the plan's size over ``n`` aligned samples (``estimate()``: the
+    bytes of one step, :func:`mmvm.footprint.step_bytes`)."""
+    policy.check_sharing(site, shared, secure)
+    if secure:
+        check_groups(site, policy, shared)
+    policy.check_size(site, n, plan.batch_size, plan.epochs)
+    policy.check_step(site, plan.batch_size, estimate)
+
+
+def check_groups(site: str, policy: SitePolicy, shared: Mapping[str, Sequence[str]]
+                 ) -> None:
+    """A secure run's masking groups: >= 3 holders, 2 only with ``allow-pair-masking``
+    (each of two then learns the other's weights from the mean)."""
+    for m, holders in sorted(shared.items()):
+        if len(holders) < 2 or (len(holders) == 2 and not policy.allow_pair_masking):
+            raise PolicyError(f"site {site}: modality {m!r} would be averaged over "
+                              f"{sorted(holders)}; masking groups need >= 3 sites (2 "
+                              f"only with allow-pair-masking in every holder's node "
+                              f"config)")
 
 
 def check_tables(site: Site, policy: SitePolicy) -> None:
@@ -26,5 +66,53 @@ def check_tables(site: Site, policy: SitePolicy) -> None:
     test = site.test_path if site.test_path and os.path.isfile(site.test_path) else ""
     rows = len(site.data) + (read_site_meta(test)["num_rows"] if test else 0)
     policy.check_held(site.name, "the final evaluation's latents (its train and "
-                      "test rows; the server is not told how many)",
-                      table_bytes(site.cfg, rows, len(site.names)))
+                      "test rows)", table_bytes(site.cfg, rows, len(site.names)))
+
+
+def check_rows(site: Site, policy: SitePolicy) -> None:
+    """A secure run's plan against ``min-rows``: the refusal names windows and row
+    counts, for the site's log only (callers tell the server less)."""
+    shared = sorted(site.linked().shared)
+    counts = site.own_rows(shared)
+    policy.check_plan(site.name, counts[:, 0],
+                      {m: counts[:, 1 + j] for j, m in enumerate(shared)})
+
+
+def passed(site: Site, policy: SitePolicy) -> None:
+    """Record, with the site's link (saved in its state), that the checks of attach
+    passed under ``policy``: :func:`recheck` runs them again only when it changed."""
+    site.linked().checked = _digest(policy)
+
+
+def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
+    """Every check of attach again, for a run this site attached to before, if the
+    node config changed since they last passed (the module's docstring says why)."""
+    link, name = site.linked(), site.name
+    if link.checked == _digest(policy):
+        return
+    if any(not hs for hs in link.holders.values()):
+        raise PolicyError(f"site {name}: this run attached before sites recorded the "
+                          f"groups they share weights with, so its node config cannot "
+                          f"be checked against them; start a new run")
+    later = ("; the run attached before the node config said so, and a site applies "
+             "its node config as it is now to every run")
+    try:
+        check_request(name, policy, link.holders, link.n, link.plan_args, secure,
+                      lambda: step_bytes(site.cfg, site.names, link.plan_args.batch_size))
+        check_tables(site, policy)
+    except PolicyError as err:
+        raise PolicyError(f"{err}{later}") from None
+    if secure:
+        try:
+            check_rows(site, policy)
+        except PolicyError as err:  # counts stay in the site's log, as at attach
+            raise PolicyError(f"site {name}: a window of this run's plan trains fewer "
+                              f"of its rows than its min-rows = {policy.min_rows}, in all "
+                              f"or with a modality it shares (the site's log says "
+                              f"which){later}") from err
+    passed(site, policy)
+
+
+def _digest(policy: SitePolicy) -> str:
+    text = json.dumps(dataclasses.asdict(policy), sort_keys=True, default=sorted)
+    return hashlib.sha256(text.encode()).hexdigest()

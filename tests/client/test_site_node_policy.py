@@ -5,6 +5,7 @@ be inverted), each refused before anything is sent."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -179,17 +180,23 @@ def _wide_latent_site(plain_site: dict, latent: int, run_id: int):
     ("step", "the final evaluation's latents"),
 ])
 def test_a_latent_that_would_fill_memory_in_tables_is_refused_at_attach(plain_site,
-                                                                         exchange, what):
+                                                                         exchange, what,
+                                                                         capfd):
     """A run config with a 600,000-dimensional latent over 1-unit MLPs passes
     max-params and a batch-of-one step, but a round window's posteriors (rows x
     latent) or the evaluation's latents of every row would need GiBs: refused at
-    attach, before anything is encoded, naming what and the limit."""
+    attach, before anything is encoded, naming what and the limit. How much it would
+    need is in the SuperNode's log only (of the latents, it would tell the server how
+    many test rows the site has)."""
     attach = _wide_latent_site(plain_site, 600_000, 93)
     said = attach({"batch_size": 1 if exchange == "round" else 4, "seed": 0,
                    "epochs": 1, "exchange": exchange})
     assert isinstance(said, str) and \
         untagged(said)[1].startswith(f"PolicyError: site site-m0: {what}")
-    assert said.endswith("its node config allows 1 GiB (max-step-gib)")
+    assert said.endswith("its node config allows, 1 GiB (max-step-gib); its log says "
+                         "how much")
+    assert re.search(r"attach failed: PolicyError: .*how much \[[\d,]+ bytes\]",
+                     capfd.readouterr().err)
 
 
 def test_event_triggered_exchange_counts_every_row_the_caches_keep(plain_site):

@@ -151,6 +151,14 @@ def test_max_limits_parse_and_refuse_plans_and_models_beyond_them():
                                           r"node config allows 2 GiB \(max-step-gib\)"):
         tight.check_step("a", 64, lambda: int(2.5 * 2**30))
     bed.check_step("a", 64, lambda: pytest.fail("no estimate in a test bed"))
+    # what a site would hold of its test set's latents: the amount would tell the
+    # server its size (the message goes to the server), so only the site's log has it
+    tight.check_held("a", "the latents", 2 * 2**30)
+    with pytest.raises(PolicyError, match=r"^site a: the latents would need more than its "
+                                          r"node config allows, 2 GiB \(max-step-gib\); "
+                                          r"its log says how much$") as refused:
+        tight.check_held("a", "the latents", 2 * 2**30 + 137 * 2**20)
+    assert str(refused.value.__cause__) == f"{2 * 2**30 + 137 * 2**20:,} bytes"
     with pytest.raises(PolicyError, match=r"max-steps = '0' is not a positive integer"):
         load_policy({"data": "/d", "max-steps": "0"}, "a")
     with pytest.raises(PolicyError, match=r"'max-step': did you mean 'max-steps'"):
