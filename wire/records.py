@@ -121,7 +121,10 @@ def _arrays(rd: RecordDict, name: str, what: str) -> dict[str, np.ndarray]:
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
             raise MessageError(f"{what}: {name}/{n} must be a numeric array, got "
                                f"{getattr(value, 'dtype', type(value).__name__)}")
-        out[n] = value
+        # the same values in this machine's byte order: torch refuses any other one,
+        # so a big-endian array that passed every check would fail the run where the
+        # server assembles its model (security review of 2026-12-07)
+        out[n] = value if value.dtype.isnative else value.astype(value.dtype.newbyteorder("="))
     return out
 
 

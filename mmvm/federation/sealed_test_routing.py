@@ -27,6 +27,7 @@ from mmvm.federation.sealed_routing import (
     route,
 )
 from mmvm.secure.envelope import payload_size
+from mmvm.secure.errors import SecurityError
 from mmvm.secure.psi import POINT_BYTES, origin
 
 _PSEUDONYM = re.compile("[0-9a-f]{32}")  # mmvm.secure.session.pseudonym's form
@@ -160,8 +161,11 @@ def _ring(transport, coord: Coordinator, keys: list[str], weights: Mapping,
         if step < len(ring) - 1:
             for k, r in replies.items():
                 if step == 0:  # the server's count of each test set: its first size
-                    size = payload_size(next(iter(r.posteriors.values()), b"")) \
-                        / POINT_BYTES if len(r.posteriors) == 1 else 0.0
+                    try:
+                        size = payload_size(next(iter(r.posteriors.values()), b"")) \
+                            / POINT_BYTES if len(r.posteriors) == 1 else 0.0
+                    except SecurityError as err:  # not an envelope: the ring fails
+                        raise FederationError(f"site {names[k]}'s test set: {err}") from None
                     if not size.is_integer() or not 0 < size <= max_rows:
                         raise FederationError(f"site {names[k]}'s test set has {size:g} "
                                               f"points (max-site-rows = {max_rows})")

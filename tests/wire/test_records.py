@@ -221,6 +221,21 @@ def test_weights_keep_their_shape_and_dtype_through_flower_arrays():
         assert got.shape == a.shape and got.dtype == a.dtype and np.array_equal(got, a), n
 
 
+def test_arrays_in_another_byte_order_arrive_in_this_machines():
+    """A big-endian array holds the same values, passes every check, and torch refuses
+    it (``ValueError``) where the server assembles the model: one site's evaluate
+    reply ended a run after its last window. Decoded, it is in native byte order."""
+    import torch
+
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    weights = {"m0": {"w": values.astype(">f4"), "n": np.array(7, ">i8")}}
+    back = reply_from_record("evaluate", to_record(EvaluateReply(
+        site="a", modalities=["m0"], metrics={}, model=weights))).model["m0"]
+    assert back["w"].dtype == np.float32 and back["n"].dtype == np.int64
+    assert np.array_equal(back["w"], values) and int(back["n"]) == 7
+    assert torch.as_tensor(back["w"]).sum().item() == 15.0
+
+
 def test_json_text_beyond_its_fields_cap_is_refused_before_it_is_parsed(monkeypatch):
     """Parsing JSON costs ~6x its text (~23x for a list of empty objects): a site's
     2 MB of metrics (or unmask shares) is refused by size, and JSON sent as bytes
