@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -110,7 +111,11 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
             "epoch": last["epoch"], "step": last["step"], "history": result.history,
             "federated": json.loads(json.dumps(summary, default=str))})  # plain types
         paths["checkpoint"] = str(out / "checkpoint.pt")
-    paths["curves"] = str(_plot_curves(out / "curves.png", result.history))
+    try:  # a picture: what a site's extreme (finite) loss sums do to the axes must
+        paths["curves"] = str(_plot_curves(out / "curves.png", result.history))
+    except (ValueError, OverflowError) as err:  # not fail a run whose results stand
+        print(f"mmvm: the loss curves were not drawn ({type(err).__name__}: {err}); "
+              f"the numbers are in {out / 'metrics.csv'}", file=sys.stderr, flush=True)
     return paths
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from mmvm.federation.loop import FederationResult
@@ -125,3 +126,23 @@ def test_results_json_keeps_only_the_settings_that_shaped_the_run(tiny_config,
     assert steps["exchange_steps"] == s.exchange_steps
     deployed = recorded_settings(s, simulated=False)
     assert deployed["deployment"] is True and "site_dirs" not in deployed
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # matplotlib's
+def test_loss_sums_too_large_to_plot_leave_the_results_and_name_metrics_csv(
+        tiny_polymnist, tiny_config, tmp_path, capsys):
+    """A site's finite but extreme loss sums (reg = +-1.7e308 in the windows it alone
+    reported) broke the curve plot's axes after results.json was written, and the
+    run was reported failed (review of a hostile site, 2026-12-07). The picture is
+    left out, said, and the run's files stand."""
+    cfg = tiny_config(tiny_polymnist)
+    history = [{"window": w, "epoch": 1, "step": w + 1, "rec_nll": 1.0, "reg": v,
+                "bytes": 9} for w, v in enumerate([1e-300, 1.7e308, -1.7e308])]
+    out = tmp_path / "run"
+    paths = write_results(out, settings_for(cfg), FederationResult(history=history))
+    assert "curves" not in paths and not (out / "curves.png").exists()
+    assert strict((out / "results.json").read_bytes())["windows"] == 3
+    assert "the loss curves were not drawn (ValueError: " in capsys.readouterr().err
+    paths = write_results(tmp_path / "fine", settings_for(cfg),
+                          FederationResult(history=history[:1]))
+    assert (tmp_path / "fine" / "curves.png").read_bytes()[:4] == b"\x89PNG"
