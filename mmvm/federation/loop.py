@@ -193,6 +193,9 @@ class _Run:
         row["loss"] = row["rec_nll"] + self.s.experiment.train.beta * row["reg"]
         row["missed"] = gone
         row["unaveraged"] = sorted(m for m in coord.shared if m not in means)
+        if routing.unaveraged:  # why, where the server knows
+            row["unaveraged_why"] = {m: short_reason(why)
+                                     for m, why in sorted(routing.unaveraged.items())}
         row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
         restored = {coord.name(k): restored_after(r, w) for k, r in replies.items()
                     if k not in refused}

@@ -38,9 +38,11 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     away += "".join(f"  (without {n}: refused, {why})" for n, why in refused.items())
     away += "".join(f"  ({n} restarted from its state after {_after(last)}: its own "
                     f"training since is lost)" for n, last in (row.get("restored") or {}).items())
-    kept = row.get("unaveraged") or []
+    why = row.get("unaveraged_why") or {}
+    kept = [m for m in row.get("unaveraged") or [] if m not in why]
     away += (f"  ({', '.join(kept)} not averaged: too few holders answered or "
              f"unmasked; each keeps its own weights)") if kept else ""
+    away += "".join(f"  ({m} not averaged this window: {r})" for m, r in why.items())
     rec = _num(row["rec_nll"], 1)
     if row.get("estimated") and rec != "-":  # some sites' terms estimated from the others'
         rec = "~" + rec

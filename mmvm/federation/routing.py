@@ -38,6 +38,7 @@ from mmvm.secure.keys import validate_site_name
 class Routing(Protocol):
     peers: bool  # attach requests carry each site's peers (rows shared with each)
     failed: dict[str, str]  # sites that failed the last aggregate's own round, and why
+    unaveraged: dict[str, str]  # modalities the last aggregate could not average, why
 
     def align(self, transport, described: Mapping[str, DescribeReply]) -> list[SiteInfo]:
         ...
@@ -141,6 +142,11 @@ class PlainRouting:
     @property
     def failed(self) -> dict[str, str]:
         """FedAvg asks the sites nothing more: nobody fails it."""
+        return {}
+
+    @property
+    def unaveraged(self) -> dict[str, str]:
+        """Screened weights always average."""
         return {}
 
     def __init__(self, latent_dim: int, float16: bool) -> None:

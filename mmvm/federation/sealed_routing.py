@@ -123,6 +123,7 @@ class SealedRouting:
         self.align_mode = align
         self.inbox: dict[str, dict[str, bytes]] = {}
         self.failed: dict[str, str] = {}  # the last unmask round's failed sites
+        self.unaveraged: dict[str, str] = {}  # the last aggregate's, why (no one named)
         self.identities: dict[str, str] = {}  # site name -> its public key record
         self.keys: dict[str, dict[str, bytes]] = {}  # sketch keys: recipient key -> sender
         # resume: window -> modality -> (survivors, dropped) the sites committed to
@@ -289,8 +290,10 @@ class SealedRouting:
         when fewer holders survived than the masking can unmask without exposing
         anyone (:func:`~mmvm.secure.unmasking.survivors_needed`), or when a survivor
         does not answer the confirm or unmask round or fails it (those are in
-        :attr:`failed`, with why)."""
-        self.failed = {}
+        :attr:`failed`, with why), or when the unmasked mean fails its checks (a
+        corrupt masked update or share, whose sender the masks hide: in
+        :attr:`unaveraged`; the run goes on)."""
+        self.failed, self.unaveraged = {}, {}
         if not coord.shared:
             return {}
         names = {key: site.name for key, site in coord.sites.items()}
@@ -330,9 +333,14 @@ class SealedRouting:
                 read[k] = read_answer(answer, names[k], asked)
             except ValueError as err:  # left out, named, as one that failed the step
                 failed[k] = str(err)
-        self.failed = failed
-        return {m: masked_mean(coord, m, u, replies, read, index)
-                for m, (u, dd) in views.items() if all(k in read for k in u)}
+        self.failed, means = failed, {}
+        for m, (u, _) in views.items():
+            if all(k in read for k in u):
+                try:
+                    means[m] = masked_mean(coord, m, u, replies, read, index)
+                except FederationError as err:
+                    self.unaveraged[m] = str(err)
+        return means
 
     def _keep_committed(self, views: dict, coord: Coordinator, index: int,
                         replies: Mapping) -> dict:

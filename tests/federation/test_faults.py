@@ -357,3 +357,32 @@ def test_a_site_lost_in_the_last_window_is_waited_for_before_the_evaluation(
     with pytest.raises(FederationError, match=r"sites \['site-m1'\] did not return "
                                               r"within pause-timeout"):
         federate(cfg, {}, gone, exchange="step", min_sites=3, pause_timeout=0.2)
+
+
+def test_a_corrupt_masked_update_costs_its_modality_one_window_not_the_run(
+        cfg, tmp_path, tiny_polymnist):
+    """One holder of m0 sends a masked update whose weight word is off (a corrupt
+    machine, or a hostile site): the unmasked total is not the holders' count. That
+    ended the run for everyone, naming no one (review of a hostile site, 2026-12-07).
+    Now m0 is not averaged that window, the console says why, and the run trains on:
+    m0 is averaged again the next window."""
+    from tests.support.federate import Tampering
+    from tests.support.malicious import hybrid_sites
+
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    holder = next(k for k, s in sites.items() if "m0" in s.names)
+
+    def corrupt(requests, replies):
+        r = replies.get(holder)
+        if next(iter(requests.values())).kind == "window" and \
+                next(iter(requests.values())).window == 0 and "m0" in r.weights:
+            r.weights["m0"]["__weight__"] = r.weights["m0"]["__weight__"] + np.uint64(1 << 40)
+
+    result = federate(cfg, {}, transport=Tampering(endpoints, corrupt), secure=True,
+                      exchange="step")
+    first, *rest = result.history
+    assert "m0" in first["unaveraged"] and "total weight" in first["unaveraged_why"]["m0"]
+    assert rest and all("m0" not in row["unaveraged"] for row in rest)
+    assert "(m0 not averaged this window: masked FedAvg of 'm0': total weight" in window_line(
+        first, len(result.history), 1.0)
+    assert len(result.evaluation) == len(sites)  # every site trained to the end
