@@ -158,10 +158,12 @@ def _plot_curves(path: Path, history: list[dict]) -> Path:
         ax.set_xlabel("optimiser step")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=110)
+    finally:  # (a figure that cannot be drawn is not kept open either)
+        plt.close(fig)
     atomic_write(path, buf.getvalue())
     return path
 

@@ -90,7 +90,8 @@ def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
     link, name = site.linked(), site.name
     if link.checked == _digest(policy):
         return
-    if any(not hs for hs in link.holders.values()):
+    legacy = any(not hs for hs in link.holders.values())  # a state from before them
+    if legacy and (secure or policy.holders is not None):
         raise PolicyError(f"site {name}: this run attached before sites recorded the "
                           f"groups they share weights with, so its node config cannot "
                           f"be checked against them; start a new run")
@@ -100,8 +101,8 @@ def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
         check_request(name, policy, link.holders, link.n, link.plan_args, secure,
                       lambda: step_bytes(site.cfg, site.names, link.plan_args.batch_size))
         check_tables(site, policy)
-    except PolicyError as err:
-        raise PolicyError(f"{err}{later}") from None
+    except PolicyError as err:  # (its cause: what only the site's log gets)
+        raise PolicyError(f"{err}{later}") from err.__cause__
     if secure:
         try:
             check_rows(site, policy)

@@ -59,12 +59,13 @@ def test_heldout_is_answered_once_a_run(site):
     assert len(first.identifiers) == 96
     assert ep.handle(HeldOutRequest()) == first  # a restarted server: the same answer
     other = {"m0": {n: a * 1.1 for n, a in site.weights("m0").items()}}
-    site.link.shared = ["m0"]  # as if m0 were shared, so that weights may come for it
+    site.link.holders = {"m0": [site.name, "b"]}  # as if m0 were shared, so that
+    # weights may come for it
     try:
         with pytest.raises(ProtocolOrderError, match="answered once"):
             ep.handle(HeldOutRequest(weights=other))  # encoders of the server's choosing
     finally:
-        site.link.shared = []
+        site.link.holders = {}
 
 
 def test_a_table_is_scored_only_with_the_heldout_weights_and_once(site, tmp_path):

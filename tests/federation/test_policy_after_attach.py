@@ -113,20 +113,32 @@ def test_the_checks_run_again_only_when_the_node_config_changed(cfg, tmp_path,
     assert len(calls) == 1  # changed (here: loosened): checked once, and it passed
 
 
-def test_a_state_without_the_groups_cannot_be_checked_and_says_start_anew(
-        cfg, tmp_path, tiny_polymnist):
+def test_a_state_without_the_groups_is_checked_but_for_them(cfg, tmp_path,
+                                                             tiny_polymnist):
+    """A state written before links kept the server's groups: every check that needs
+    no holder names runs (a plaintext run goes on, or is refused by allow-collect as
+    any); a node config with holders= cannot be checked, and says to start anew."""
     sites, stores, victim = _plain_run(cfg, tmp_path, tiny_polymnist)
-    endpoint = _restarted(cfg, sites, stores, victim, PlainChannel(), SitePolicy())
-    link = endpoint.site.link
-    state = link.state()
-    state.pop("holders")
-    state["shared"] = link.shared  # as states before holders were kept wrote it
-    legacy = type(link).from_state({**state, "checked": ""})
-    assert legacy.shared == link.shared and not any(legacy.holders.values())
-    endpoint.site.link = legacy
-    with pytest.raises(PolicyError, match="attached before sites recorded the groups "
-                                          "they share weights with.*start a new run"):
-        endpoint.handle(WindowRequest(window=1))
+    name = sites[victim].name
+    for policy, says in ((SitePolicy(), None),
+                         (SitePolicy(allow_collect=False), "keeps its weights"),
+                         (SitePolicy(holders={"m0": frozenset({name})}),
+                          "attached before sites recorded the groups they share weights "
+                          "with.*start a new run")):
+        endpoint = _restarted(cfg, sites, stores, victim, PlainChannel(), policy)
+        link = endpoint.site.link
+        state = link.state()
+        state.pop("holders")
+        state["shared"] = link.shared  # as states before holders were kept wrote it
+        legacy = type(link).from_state({**state, "checked": ""})
+        assert legacy.shared == link.shared and not any(legacy.holders.values())
+        endpoint.site.link = legacy
+        if says is None:
+            endpoint.handle(WindowRequest(window=1))
+            assert endpoint.site.progress.window == 1
+            continue
+        with pytest.raises(PolicyError, match=says):
+            endpoint.handle(WindowRequest(window=1))
 
 
 def test_a_secure_run_attached_before_min_rows_was_raised_is_refused_without_counts(
