@@ -7,8 +7,8 @@ or its posteriors do not decode into rows the site holds (plaintext; in secure m
 the recipients check the envelopes: a refusal there is the recipient's protection,
 which stops the run, naming the sender). One bad reply no longer ends a run of many
 windows: nothing of it is averaged or routed, the site is told to resync, and
-:class:`mmvm.federation.attendance.Attendance` stops the run when the same site is
-refused more than ``max-refused`` windows in a row.
+:class:`mmvm.federation.attendance.Attendance` excludes a site refused more than
+``max-refused`` windows in a row from the rest of the run.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 REASON_KEPT = 300  # characters of a refusal's reason kept in the window's record
 
 
-def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping[str, str]
-          ) -> tuple[dict, dict[str, str]]:
+def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping[str, str],
+          asked: int | None = None) -> tuple[dict, dict[str, str]]:
     """Window ``w``'s replies the server takes (``routing`` has kept their
     posteriors), and the refused sites by key with the reason (``failed``: those
-    that answered with an error)."""
+    that answered with an error; ``asked``: how many sites the window was sent to,
+    default all)."""
     refused = {k: f"failed: {why}" for k, why in failed.items()}
     for key, rep in replies.items():
         try:
@@ -39,7 +40,7 @@ def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping
     rest = {k: r for k, r in rest.items() if k not in refused}
     refused.update(routing.receive(coord, rest))
     kept = {k: r for k, r in rest.items() if k not in refused}
-    if len(refused) == len(coord.sites):
+    if len(refused) == (len(coord.sites) if asked is None else asked):
         full = all("No space left on device" in why for why in refused.values())
         raise FederationError(
             f"window {w + 1}/{len(coord.plan)}: every site failed or was refused, so the "

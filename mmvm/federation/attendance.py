@@ -11,7 +11,10 @@ missed, and its posteriors enter the prior again.
 
 A site whose reply is refused, or that fails a window (``admission.py``), misses it
 the same way; ``max-refused`` (default 2) windows in a row are tolerated, one more
-stops the run with the site's last reason.
+excludes the site from the rest of the run (it is sent no more windows, and said once
+with its last reason), as a site away for good is left out; the run stops only when
+the sites left are fewer than ``min-sites``. (Until 2026-12-07 one site's failures
+stopped the run for everyone: a review of a hostile site.)
 
 ``min-sites`` is the quorum: when fewer sites answered the last window, the server
 waits (up to ``pause-timeout`` since the last window that had a quorum) until that
@@ -39,6 +42,7 @@ class Attendance:
     max_refused: int = 2  # windows in a row a site's replies may be refused
     strikes: dict[str, int] = field(default_factory=dict)  # site key -> refused in a row
     strangers: set[str] = field(default_factory=set)  # connected node ids of no site, said
+    excluded: dict[str, str] = field(default_factory=dict)  # site key -> why, for good
 
     @property
     def quorum(self) -> int:
@@ -56,26 +60,38 @@ class Attendance:
         return sorted(self.names[k] for k in gone)
 
     def refuse(self, index: int, refused: Mapping[str, str], admitted: Iterable[str]
-               ) -> None:
+               ) -> dict[str, str]:
         """Note the sites whose window ``index`` was refused (by key, with why; they
         are then :meth:`record`-ed as not answering) and those whose reply was taken.
         A site refused more than ``max_refused`` windows in a row (windows it missed
-        in between do not break the row) stops the run, its last reason named."""
+        in between do not break the row) is excluded from the rest of the run:
+        returned (name -> why); the run stops if fewer than ``min-sites`` are left."""
         for k in admitted:
             self.strikes[k] = 0
         for k in refused:
             self.strikes[k] = self.strikes.get(k, 0) + 1
-        over = sorted(k for k in refused if self.strikes[k] > self.max_refused)
-        if over:
-            k = over[0]
+        new = {}
+        for k in sorted(k for k in refused if self.strikes[k] > self.max_refused):
+            n = self.strikes[k]
+            self.excluded[k] = new[self.names[k]] = (
+                f"failed, or its reply was refused, {n} window{'s' if n > 1 else ''} in a "
+                f"row (max-refused = {self.max_refused}); the last time: {refused[k]}")
+        left = len(self.names) - len(self.excluded)
+        if new and left < self.quorum:
             raise FederationError(
-                f"window {index + 1}: site {self.names[k]} failed, or its reply was refused, "
-                f"{self.strikes[k]} window{'s' if self.strikes[k] > 1 else ''} in a row "
-                f"(max-refused = {self.max_refused}); the last time: {refused[k]}")
+                f"window {index + 1}: " + "; ".join(f"site {n} {why}" for n, why in
+                                                    new.items())
+                + f". {left} site{'s' * (left != 1)} of {len(self.names)} left, fewer than "
+                  f"min-sites = {self.quorum}")
+        return new
 
     def recount(self, history: Iterable[Mapping]) -> None:
-        """Strikes as the saved window rows leave them (a resumed run)."""
+        """Strikes and exclusions as the saved window rows leave them (a resumed run)."""
+        key_of = {n: k for k, n in self.names.items()}
         for row in history:
+            for n, why in (row.get("excluded") or {}).items():
+                if n in key_of:
+                    self.excluded[key_of[n]] = why
             refused, missed = row.get("refused") or {}, set(row.get("missed", []))
             for k, n in self.names.items():
                 if n in refused:
@@ -98,7 +114,7 @@ class Attendance:
             return
         said = False
         while True:
-            up = set(online()) & set(self.names)
+            up = set(online()) & set(self.names) - set(self.excluded)
             if time.monotonic() - self.last_quorum > self.pause_timeout:
                 raise FederationError(self._why(up))
             if len(up) >= self.quorum:

@@ -172,14 +172,15 @@ class _Run:
         its row of the history."""
         coord, att, routing, meter = self.coord, self.att, self.routing, self.meter
         tw, before = time.perf_counter(), meter.total
-        absent = att.absent_names()
+        absent, left_out = att.absent_names(), sorted(coord.name(k) for k in att.excluded)
         requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent,
                                            persist=persist)
-                    for k, r in routing.requests(coord, w, self.averaged).items()}
+                    for k, r in routing.requests(coord, w, self.averaged).items()
+                    if k not in att.excluded}
         t_server = time.perf_counter() - tw
         replies, failed = meter.gather(requests)
         t_sent = time.perf_counter()
-        replies, refused = admit(w, coord, routing, replies, failed)
+        replies, refused = admit(w, coord, routing, replies, failed, len(requests))
         gone = att.record(w, replies)
         for key in att.absent:
             routing.missed(key)
@@ -187,7 +188,7 @@ class _Run:
         self.averaged = {**self.averaged, **means}
         refused |= {k: short_reason(f"failed the unmask step: {why}")
                     for k, why in routing.failed.items()}
-        att.refuse(w, refused, [k for k in replies if k not in refused])
+        excluded = att.refuse(w, refused, [k for k in replies if k not in refused])
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         # the objective as centralized training logs it: the rows' mean rec + beta R
         row["loss"] = row["rec_nll"] + self.s.experiment.train.beta * row["reg"]
@@ -197,6 +198,10 @@ class _Run:
             row["unaveraged_why"] = {m: short_reason(why)
                                      for m, why in sorted(routing.unaveraged.items())}
         row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
+        if excluded:  # from the next window on (a resumed run reads them back)
+            row["excluded"] = excluded
+        if left_out:
+            row["left_out"] = left_out  # excluded before this window
         restored = {coord.name(k): restored_after(r, w) for k, r in replies.items()
                     if k not in refused}
         row["restored"] = {n: last for n, last in sorted(restored.items())

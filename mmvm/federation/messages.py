@@ -362,7 +362,7 @@ class SiteFailure:
     """Not a message: what a transport returns, in a window's exchange, for a site that
     answered with an error other than a refusal by its protection (a crash, a full
     disk, a reply that does not decode). The round loop leaves the site out of the
-    window, as one that is away (``max-refused`` in a row stop the run)."""
+    window, as one that is away (more than ``max-refused`` in a row exclude it)."""
 
     site: str  # its name where the transport knows it, else its key
     reason: str

@@ -33,15 +33,19 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     tail = f"  ~{duration(left)} of training left" if k < total else \
         "  (last window: no posteriors to send on)"
     refused = row.get("refused") or {}
-    silent = [n for n in row.get("missed", []) if n not in refused]
+    left = row.get("left_out") or []
+    silent = [n for n in row.get("missed", []) if n not in refused and n not in left]
     away = f"  (without {', '.join(silent)}: no reply)" if silent else ""
+    away += f"  (without {', '.join(left)}: excluded)" if left else ""
     away += "".join(f"  (without {n}: refused, {why})" for n, why in refused.items())
     away += "".join(f"  ({n} restarted from its state after {_after(last)}: its own "
                     f"training since is lost)" for n, last in (row.get("restored") or {}).items())
+    away += "".join(f"  ({n} excluded from the rest of the run: it {why})"
+                    for n, why in (row.get("excluded") or {}).items())
     why = row.get("unaveraged_why") or {}
     kept = [m for m in row.get("unaveraged") or [] if m not in why]
     away += (f"  ({', '.join(kept)} not averaged: too few holders answered or "
-             f"unmasked; each keeps its own weights)") if kept else ""
+             f"unmasked; its holders go on from the last mean)") if kept else ""
     away += "".join(f"  ({m} not averaged this window: {r})" for m, r in why.items())
     rec = _num(row["rec_nll"], 1)
     if row.get("estimated") and rec != "-":  # some sites' terms estimated from the others'
@@ -257,7 +261,8 @@ def refusals(history: list[Mapping]) -> dict[str, list[dict]]:
 
 def unaveraged(history: list[Mapping]) -> dict[str, list[int]]:
     """``{modality: [windows]}``: the windows in which a shared modality was not
-    averaged (too few holders answered, or the unmask step failed)."""
+    averaged (too few holders answered, the unmask step failed, or the unmasked mean
+    failed its checks)."""
     out: dict[str, list[int]] = {}
     for row in history:
         for m in row.get("unaveraged") or []:

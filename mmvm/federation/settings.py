@@ -296,8 +296,8 @@ def _check(s: FederationSettings) -> None:
                           f">= 0 (0: every train.checkpoint_every epochs)")
     if s.max_refused < 0:
         raise ConfigError(f"run config: max-refused = {s.max_refused} must be >= 0 (0: the "
-                          f"first window a site fails, or whose reply is refused, stops "
-                          f"the run)")
+                          f"first window a site fails, or whose reply is refused, "
+                          f"excludes it from the run)")
     if s.max_site_rows < 1:
         raise ConfigError(f"run config: max-site-rows = {s.max_site_rows} must be >= 1")
     if s.min_sites < 1:
