@@ -167,6 +167,12 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
                       "does not take; the run went on without it): " + "; ".join(
                           f"{site} {_spans([r['window'] for r in rs])} (last: "
                           f"{rs[-1]['reason']})" for site, rs in sorted(refused.items()))]
+    out = excluded(result.history)
+    if out:
+        lines += ["", "sites excluded from the rest of the run (more than max-refused "
+                      "windows in a row): " + "; ".join(
+                          f"{site} after window {e['window'] + 1}" for site, e in
+                          sorted(out.items()))]
     restored = restarts(result.history)
     if restored:
         lines += ["", "sites restarted from a checkpoint (their own training between it "
@@ -257,6 +263,13 @@ def refusals(history: list[Mapping]) -> dict[str, list[dict]]:
         for site, why in (row.get("refused") or {}).items():
             out.setdefault(site, []).append({"window": row["window"], "reason": why})
     return out
+
+
+def excluded(history: list[Mapping]) -> dict[str, dict]:
+    """``{site: {"window", "reason"}}``: the sites excluded from the rest of the run,
+    after which window and why."""
+    return {site: {"window": row["window"], "reason": why} for row in history
+            for site, why in (row.get("excluded") or {}).items()}
 
 
 def unaveraged(history: list[Mapping]) -> dict[str, list[int]]:

@@ -18,7 +18,7 @@ import torch
 from mmvm.atomic import atomic_write
 from mmvm.checkpoint import save_checkpoint
 from mmvm.config import config_to_dict
-from mmvm.federation.report import refusals, restarts, unaveraged
+from mmvm.federation.report import excluded, refusals, restarts, unaveraged
 from mmvm.jsonfile import json_bytes
 from mmvm.provenance import environment
 from mmvm.training import build_model
@@ -86,6 +86,7 @@ def write_results(out_dir: str | Path, settings, result, data: str | None = None
                "windows": len(result.history), "kept_weights": result.kept_weights,
                "alignment": result.alignment,
                "missed_windows": result.missed, "refused_windows": refusals(result.history),
+               "excluded_sites": excluded(result.history),
                "restarted_sites": restarts(result.history),
                "unaveraged_windows": unaveraged(result.history),
                "not_evaluated": result.not_evaluated,

@@ -226,6 +226,8 @@ def test_a_site_refused_more_than_max_refused_windows_in_a_row_is_excluded(
     assert f"(without {name}: excluded)" in window_line(later[0], len(history), 1.0)
     assert all((w, "n2") not in spy.requests for w in range(limit + 1, len(history)))
     assert len(history) == 3 and sorted(res.missed[name]) == [0, 1, 2]
+    assert f"sites excluded from the rest of the run (more than max-refused windows in " \
+           f"a row): {name} after window {limit + 1}" in summary(res, "runs/x", {}, None)
     # with min-sites = 3 the run cannot go on without it: it stops, saying why
     with pytest.raises(FederationError, match=(
             rf"window {limit + 1}: site {name} failed, or its reply was refused, "
