@@ -13,7 +13,8 @@ A site whose reply is refused, or that fails a window (``admission.py``), misses
 the same way; ``max-refused`` (default 2) windows in a row are tolerated, one more
 excludes the site from the rest of the run (it is sent no more windows, and said once
 with its last reason), as a site away for good is left out; the run stops only when
-the sites left are fewer than ``min-sites``. (Until 2026-12-07 one site's failures
+the sites left are fewer than ``min-sites``. A resumed run (``resume=``) sends it
+windows again. (Until 2026-12-07 one site's failures
 stopped the run for everyone: a review of a hostile site.)
 
 ``min-sites`` is the quorum: when fewer sites answered the last window, the server
@@ -86,12 +87,10 @@ class Attendance:
         return new
 
     def recount(self, history: Iterable[Mapping]) -> None:
-        """Strikes and exclusions as the saved window rows leave them (a resumed run)."""
-        key_of = {n: k for k, n in self.names.items()}
+        """Strikes as the saved window rows leave them (a resumed run). A site excluded
+        before is sent windows again (its operator may have fixed it before the run
+        was resumed); its count goes on, so one more refusal excludes it again."""
         for row in history:
-            for n, why in (row.get("excluded") or {}).items():
-                if n in key_of:
-                    self.excluded[key_of[n]] = why
             refused, missed = row.get("refused") or {}, set(row.get("missed", []))
             for k, n in self.names.items():
                 if n in refused:

@@ -198,7 +198,7 @@ class _Run:
             row["unaveraged_why"] = {m: short_reason(why)
                                      for m, why in sorted(routing.unaveraged.items())}
         row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
-        if excluded:  # from the next window on (a resumed run reads them back)
+        if excluded:  # from the next window on
             row["excluded"] = excluded
         if left_out:
             row["left_out"] = left_out  # excluded before this window

@@ -361,8 +361,10 @@ def test_attendance_counts_refusals_in_a_row():
                    {"window": 3, "missed": ["b"], "refused": {}}])
     assert again.strikes == {"k0": 0, "k1": 1}  # as a resumed run counts on
     again.recount([{"window": 4, "missed": ["b"], "refused": {"b": "z"},
-                    "excluded": {"b": why}}])
-    assert again.excluded == {"k1": why}  # a resumed run sends b no window either
+                    "excluded": {"b": why}}, {"window": 5, "missed": ["b"]}])
+    # a resumed run sends b windows again (fixed, it may answer); one more refusal
+    # excludes it again at once, an answer starts its count anew
+    assert again.excluded == {} and again.strikes["k1"] == 2
 
 
 def test_max_refused_must_not_be_negative():
