@@ -81,7 +81,7 @@ class FederationResult:
 def make_routing(s: FederationSettings) -> Routing:
     latent = s.experiment.model.latent_dim
     if s.secure:
-        return SealedRouting(s.align)
+        return SealedRouting(s.align, latent)
     if s.delta_tol is not None:
         return EventTriggeredRouting(latent, s.float16)
     return PlainRouting(latent, s.float16)

@@ -14,10 +14,16 @@ on (``deploy/README.md``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
+from mmvm.federation.envelope_checks import (
+    check_headers,
+    check_ring_set,
+    check_sizes,
+    check_tags,
+    route,
+)
 from mmvm.federation.masked_mean import check_masked, masked_mean
 from mmvm.federation.messages import (
     KIND_POSTERIOR,
@@ -34,84 +40,13 @@ from mmvm.federation.messages import (
     unmask_view,
 )
 from mmvm.federation.routing import site_infos
-from mmvm.federation.sealed_align import KIND_IDKEY, KIND_PSI
+from mmvm.federation.sealed_align import KIND_IDKEY
 from mmvm.federation.sealed_sketch import KEY_COUNTER, KEY_ROUND
 from mmvm.federation.sealed_weights import SHARE_COUNTER, VIEW_COUNTER
 from mmvm.federation.unmask_answers import Asked, read_answer
-from mmvm.secure.envelope import payload_size, peek_header
-from mmvm.secure.errors import SecurityError
 from mmvm.secure.identity import parse_record, pinned, proof_problem
-from mmvm.secure.psi import POINT_BYTES, origin, ring_neighbours
+from mmvm.secure.psi import origin
 from mmvm.secure.unmasking import full_view_confirmed, survivors_needed
-
-
-def route(sealed: Mapping[str, Mapping[str, bytes]], names: Mapping[str, str]
-          ) -> dict[str, dict[str, bytes]]:
-    """``{sender key: {recipient name: blob}}`` -> ``{recipient key: {sender name:
-    blob}}``; an envelope to a non-participant or to its own sender is refused."""
-    key_of = {n: k for k, n in names.items()}
-    inbox: dict[str, dict[str, bytes]] = {k: {} for k in names}
-    for key, blobs in sealed.items():
-        for recipient, blob in blobs.items():
-            if recipient not in key_of or recipient == names[key]:
-                raise FederationError(f"site {names[key]} sent an envelope to "
-                                      f"{recipient!r}, which is not another participant")
-            inbox[key_of[recipient]][names[key]] = blob
-    return inbox
-
-
-def check_headers(site: str, blobs: Mapping[str, bytes], kind: str,
-                   at: tuple[int, int] | None = None) -> None:
-    """Each envelope's header (read, not authenticated: only its recipient can) must
-    name ``site`` as its sender, the peer it goes to as recipient and ``kind`` (and,
-    given ``at``, that round and counter): a site whose envelopes say otherwise is
-    refused now, not blamed on its recipient later."""
-    for recipient, blob in blobs.items():
-        try:
-            h = peek_header(blob)
-        except SecurityError as err:
-            raise FederationError(f"site {site} sent {recipient!r} an envelope that does "
-                                  f"not parse: {err}") from None
-        if (h.sender, h.recipient, h.kind) != (site, recipient, kind):
-            raise FederationError(
-                f"site {site} sent {recipient!r} an envelope whose header says "
-                f"{h.kind!r} from {h.sender[:40]!r} to {h.recipient[:40]!r}")
-        if at is not None and (h.round, h.counter) != at:
-            raise FederationError(
-                f"site {site} sent {recipient!r} a {kind} envelope of round {h.round}, "
-                f"counter {h.counter}; this window's are round {at[0]}, counter {at[1]}")
-
-
-_TAG = re.compile(f"[0-9a-f]{{{2 * POINT_BYTES}}}")  # a PSI tag: a point, in hex
-
-
-def check_ring_set(site: str, blobs: Mapping[str, bytes], ring: list[str], step: int,
-                   counts: Mapping[str, int], at: tuple[int, int] | None = None) -> None:
-    """A site's reply to ring step ``step`` (not the last): one set, sealed to the
-    ring's next site (envelope header of kind ``psi``, at ``at``), of as many points
-    as its origin's count. Checked before it reaches the next site, which would
-    blame the honest origin (training's ring and the test sets')."""
-    _, nxt = ring_neighbours(ring, site)
-    if sorted(blobs) != [nxt]:
-        raise FederationError(f"site {site} sent PSI sets to {sorted(blobs)[:4]}; at "
-                              f"step {step} it sends one, to {nxt!r}")
-    check_headers(site, blobs, KIND_PSI, at)
-    whose = origin(ring, nxt, step + 1)  # the set nxt multiplies at the next step
-    points = payload_size(blobs[nxt]) / POINT_BYTES
-    if points != counts[whose]:
-        raise FederationError(f"site {site} sealed {nxt!r} {whose}'s PSI set of "
-                              f"{points:g} points; {whose} described {counts[whose]} "
-                              f"samples")
-
-
-def check_tags(site: str, finished: str, tags: list[str], n: int) -> None:
-    """The tags of ``finished``'s set, from the site that finished it: its ``n``
-    samples, distinct, each a point in hex."""
-    if len(tags) != n or len(set(tags)) != n or not all(_TAG.fullmatch(t) for t in tags):
-        raise FederationError(
-            f"site {site} finished {finished}'s PSI set with {len(tags)} tags "
-            f"({len(set(tags))} distinct) for its {n} samples, or tags that are not "
-            f"{2 * POINT_BYTES} hex digits")
 
 
 class SealedRouting:
@@ -119,8 +54,8 @@ class SealedRouting:
 
     peers = True
 
-    def __init__(self, align: str = "pseudonym") -> None:
-        self.align_mode = align
+    def __init__(self, align: str = "pseudonym", latent_dim: int = 0) -> None:
+        self.align_mode, self.latent_dim = align, latent_dim  # 0: sizes unchecked
         self.inbox: dict[str, dict[str, bytes]] = {}
         self.failed: dict[str, str] = {}  # the last unmask round's failed sites
         self.unaveraged: dict[str, str] = {}  # the last aggregate's, why (no one named)
@@ -194,6 +129,7 @@ class SealedRouting:
                 route({key: r.shares}, names)
                 # (window ``index``'s reply: posteriors for the next, shares for this)
                 check_headers(names[key], r.posteriors, KIND_POSTERIOR, (index + 2, 0))
+                self._check_sizes(coord, key, r.posteriors)
                 check_headers(names[key], r.shares, KIND_SHARE, (index + 1, SHARE_COUNTER))
                 for m, arrays in r.weights.items():
                     check_masked(coord, key, m, arrays)
@@ -211,13 +147,22 @@ class SealedRouting:
         """The envelopes for the next window; at attach also the sketch keys, which
         go with every window's request (:mod:`mmvm.federation.sealed_sketch`)."""
         names = {key: site.name for key, site in coord.sites.items()}
-        self.inbox = route({k: r.posteriors for k, r in replies.items()}, names)
         attach = {k: r.keys for k, r in replies.items() if isinstance(r, AttachReply)}
+        for key in attach:  # (a window's replies were screened)
+            self._check_sizes(coord, key, replies[key].posteriors)
+        self.inbox = route({k: r.posteriors for k, r in replies.items()}, names)
         for key, blobs in attach.items():
             check_headers(names[key], blobs, KIND_SKETCH, (KEY_ROUND, KEY_COUNTER))
         if attach:
             self.keys = route(attach, names)
         return {}
+
+    def _check_sizes(self, coord: Coordinator, key: str, blobs: Mapping[str, bytes]
+                     ) -> None:
+        if self.latent_dim:
+            site = coord.sites[key]
+            check_sizes(site.name, blobs, len(site.held), len(site.modalities),
+                        self.latent_dim)
 
     def requests(self, coord: Coordinator, index: int, averaged: Arrays
                  ) -> dict[str, WindowRequest]:

@@ -18,14 +18,14 @@ import numpy as np
 from mmvm.federation.admission import short_reason
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.cross_eval import TestTables
-from mmvm.federation.messages import KIND_TEST, HeldOutReply, HeldOutRequest
-from mmvm.federation.sealed_heldout import TEST_ROUND
-from mmvm.federation.sealed_routing import (
+from mmvm.federation.envelope_checks import (
     check_headers,
     check_ring_set,
     check_tags,
     route,
 )
+from mmvm.federation.messages import KIND_TEST, HeldOutReply, HeldOutRequest
+from mmvm.federation.sealed_heldout import TEST_ROUND
 from mmvm.secure.envelope import payload_size
 from mmvm.secure.errors import SecurityError
 from mmvm.secure.psi import POINT_BYTES, origin

@@ -12,11 +12,12 @@ import pytest
 
 from mmvm.federation.coordinator import Coordinator, FederationError, SiteInfo
 from mmvm.federation.delta import PosteriorCache
+from mmvm.federation.envelope_checks import route
 from mmvm.federation.messages import DescribeReply, UnmaskReply, WindowReply
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.posteriors import Posteriors, decode_table, encode_table
 from mmvm.federation.routing import EventTriggeredRouting, PlainRouting
-from mmvm.federation.sealed_routing import SealedRouting, route
+from mmvm.federation.sealed_routing import SealedRouting
 from mmvm.secure.keys import SiteKeys
 from mmvm.secure.masking import mask_update
 from mmvm.secure.session import b64

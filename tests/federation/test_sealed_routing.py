@@ -273,3 +273,43 @@ def test_an_envelope_of_another_round_is_refused_by_the_server_naming_its_sender
     assert "selfshare envelope of round 1, counter 1; this window's are round 2" \
         in refused[liar]
     assert len(res.history) == 3 and res.evaluation
+
+
+def test_posterior_envelopes_larger_than_the_senders_rows_can_fill_are_refused(
+        cfg, tmp_path, tiny_polymnist):
+    """Site A seals B an envelope of the right header, 1 MB more than a table of every
+    row A holds, of all its modalities, values and increments, can fill: the server
+    refuses A's reply of that window by name, before the envelope reaches its inbox
+    (and checkpoint) or B. Envelopes were bounded only by Flower's message size (a
+    review of a hostile site, 2026-12-07)."""
+    from mmvm.federation.envelope_checks import TABLE_SLACK
+    from mmvm.federation.messages import KIND_POSTERIOR
+    from mmvm.secure.envelope import peek_header, seal
+    from tests.support.federate import RUN
+
+    sites, keys, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
+    done: dict = {}
+
+    class Bloat(LocalTransport):
+        def exchange(self, requests, wait=None, need=1):
+            out = super().exchange(requests, wait, need)
+            for k, r in out.items():
+                if getattr(r, "kind", "") == "window" and r.posteriors and not done:
+                    me, to = sites[k].name, sorted(r.posteriors)[0]
+                    h = peek_header(r.posteriors[to])
+                    rows, mods = len(sites[k].data), len(sites[k].names)
+                    most = 2 * mods * (rows * (4 + 8 * cfg.model.latent_dim + 16)
+                                       + TABLE_SLACK)
+                    big = seal(keys[me], keys[to].public, bytes(most + (1 << 20)),
+                               run_id=RUN, round=h.round, counter=h.counter,
+                               kind=KIND_POSTERIOR)
+                    out[k] = dataclasses.replace(r, posteriors={**r.posteriors, to: big})
+                    done["liar"] = me
+            return out
+
+    res = federate(cfg, {}, transport=Bloat(endpoints), secure=True, exchange="step")
+    refused = _refused(res)
+    assert list(refused) == [done["liar"]]
+    assert re.search(rf"site {done['liar']} sealed '.*' [\d,]+ bytes of posteriors; its "
+                     rf"[\d,]+ rows of \d modalities fill at most", refused[done["liar"]])
+    assert len(res.history) == 3 and len(res.evaluation) == len(sites)

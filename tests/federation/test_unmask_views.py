@@ -17,10 +17,10 @@ from __future__ import annotations
 import pytest
 
 from mmvm.federation import sealed_align
+from mmvm.federation.envelope_checks import route
 from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.messages import ConfirmRequest, UnmaskReply, UnmaskRequest
-from mmvm.federation.sealed_routing import route
 from mmvm.federation.settings import settings_for
 from mmvm.secure.errors import MaskingError, SecurityError
 from tests.support.federate import (
