@@ -40,7 +40,8 @@ def admit(w: int, coord: Coordinator, routing, replies: Mapping, failed: Mapping
     rest = {k: r for k, r in rest.items() if k not in refused}
     refused.update(routing.receive(coord, rest))
     kept = {k: r for k, r in rest.items() if k not in refused}
-    if len(refused) == (len(coord.sites) if asked is None else asked):
+    asked = len(coord.sites) if asked is None else asked
+    if len(refused) == asked > 1:  # (one site asked: its own fault, max-refused's)
         full = all("No space left on device" in why for why in refused.values())
         raise FederationError(
             f"window {w + 1}/{len(coord.plan)}: every site failed or was refused, so the "

@@ -107,7 +107,7 @@ class Attendance:
         until that many sites are connected; fail when no window has had a quorum
         for ``pause-timeout`` seconds. While a site is away, a node that is none of
         the run's sites is named once (:meth:`_stranger`)."""
-        if self.absent and log:
+        if self._away() and log:
             self._stranger(online, log)
         if len(self.names) - len(self.absent) >= self.quorum:
             return
@@ -120,8 +120,8 @@ class Attendance:
                 return
             if log and not said:
                 log(f"mmvm: paused: {len(up)} of {len(self.names)} sites connected, "
-                    f"waiting for min-sites = {self.quorum} (sites "
-                    f"{self.absent_names()} are away)")
+                    f"waiting for min-sites = {self.quorum} (sites {self._away()} are "
+                    f"away{self._out()})")
                 said = True
             time.sleep(self.poll)
 
@@ -135,8 +135,8 @@ class Attendance:
         if new:
             self.strangers |= set(new)
             log(f"mmvm: note: node{'s' * (len(new) > 1)} {', '.join(new)} connected, "
-                f"none of this run's sites, while {', '.join(self.absent_names())} "
-                f"{'is' if len(self.absent) == 1 else 'are'} away: a SuperNode restarted "
+                f"none of this run's sites, while {', '.join(self._away())} "
+                f"{'is' if len(self._away()) == 1 else 'are'} away: a SuperNode restarted "
                 f"without node authentication comes back under a new node id, which a "
                 f"running server does not address (deploy/README.md section 4)")
 
@@ -146,11 +146,21 @@ class Attendance:
                     f"pause-timeout = {self.pause_timeout:.0f} s although {len(up)} are "
                     f"connected: a window takes longer than site-timeout (raise it), or "
                     f"the sites fail (see their logs)")
-        away = sorted(self.names[k] for k in self.names if k not in up)
-        return (f"only {len(up)} of the {len(self.names)} sites are connected and the run "
+        away = sorted(self.names[k] for k in self.names
+                      if k not in up and k not in self.excluded)
+        return (f"only {len(up)} of the {len(self.names)} sites are connected{self._out()} "
+                f"and the run "
                 f"needs min-sites = {self.quorum}; sites {away} did not return within "
                 f"pause-timeout = {self.pause_timeout:.0f} s. The sites' state is on "
                 f"their disks")
+
+    def _away(self) -> list[str]:
+        """The sites that missed the last window, but for those excluded."""
+        return sorted(self.names[k] for k in self.absent if k not in self.excluded)
+
+    def _out(self) -> str:
+        out = sorted(self.names[k] for k in self.excluded)
+        return f"; {', '.join(out)} excluded" if out else ""
 
     def summary(self) -> dict[str, list[int]]:
         return {name: list(ws) for name, ws in sorted(self.missed.items())}

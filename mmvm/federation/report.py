@@ -45,7 +45,8 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     why = row.get("unaveraged_why") or {}
     kept = [m for m in row.get("unaveraged") or [] if m not in why]
     away += (f"  ({', '.join(kept)} not averaged: too few holders answered or "
-             f"unmasked; its holders go on from the last mean)") if kept else ""
+             f"unmasked; its holders go on from its last mean, or from their own "
+             f"weights if it has none)") if kept else ""
     away += "".join(f"  ({m} not averaged this window: {r})" for m, r in why.items())
     rec = _num(row["rec_nll"], 1)
     if row.get("estimated") and rec != "-":  # some sites' terms estimated from the others'
@@ -267,9 +268,15 @@ def refusals(history: list[Mapping]) -> dict[str, list[dict]]:
 
 def excluded(history: list[Mapping]) -> dict[str, dict]:
     """``{site: {"window", "reason"}}``: the sites excluded from the rest of the run,
-    after which window and why."""
-    return {site: {"window": row["window"], "reason": why} for row in history
-            for site, why in (row.get("excluded") or {}).items()}
+    after which window and why (not one that a resumed run took back, and that
+    answered a later window)."""
+    out: dict[str, dict] = {}
+    for row in history:
+        for site in [s for s in out if s not in row.get("missed", [])]:
+            del out[site]  # back (a resumed run sends it windows again)
+        for site, why in (row.get("excluded") or {}).items():
+            out[site] = {"window": row["window"], "reason": why}
+    return out
 
 
 def unaveraged(history: list[Mapping]) -> dict[str, list[int]]:

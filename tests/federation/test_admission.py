@@ -393,3 +393,26 @@ def test_a_reason_keeps_its_text_not_a_terminals_colour_codes():
     said = short_reason("failed: \x1b[36mray::ClientAppActor.run()\x1b[39m (pid=7)\nx")
     assert said == "failed: ray::ClientAppActor.run() (pid=7) x"
     assert short_reason("y" * 400) == "y" * REASON_KEPT + " ..."
+
+
+def test_an_excluded_site_is_not_called_away_and_a_resumed_run_takes_it_back():
+    """The pause and its failure name the sites that are away, and the excluded ones
+    as excluded; results.json's excluded_sites drops a site that a resumed run sent
+    windows again and that answered one (review of the exclusion, 2026-12-07)."""
+    from mmvm.federation.report import excluded
+
+    att = Attendance({"ka": "a", "kb": "b", "kc": "c"}, min_sites=2, pause_timeout=0.0,
+                     poll=0.0, max_refused=0)
+    assert att.refuse(0, {"kc": "failed: x"}, ["ka", "kb"]) == {
+        "c": "failed, or its reply was refused, 1 window in a row (max-refused = 0); "
+             "the last time: failed: x"}
+    att.record(1, ["ka"])  # b away, c excluded (not asked)
+    said = []
+    with pytest.raises(FederationError, match=r"only 1 of the 3 sites are connected; c "
+                                              r"excluded and the run needs min-sites = 2; "
+                                              r"sites \['b'\] did not return"):
+        att.wait_for_quorum(lambda: ["ka", "kc"], said.append)
+    history = [{"window": 0, "missed": ["c"], "excluded": {"c": "x"}},
+               {"window": 1, "missed": ["c"]}]
+    assert excluded(history) == {"c": {"window": 0, "reason": "x"}}
+    assert excluded([*history, {"window": 2, "missed": []}]) == {}  # back after a resume

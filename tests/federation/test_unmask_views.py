@@ -268,7 +268,7 @@ def test_a_window_that_cannot_average_a_modality_says_so(cfg, tmp_path, tiny_pol
                 and next(iter(req.values())).window == 1]
     line = window_line(res.history[1], len(res.history), 1.0)
     assert "(m0 not averaged: too few holders answered or unmasked; its holders go on " \
-           "from the last mean)" in line
+           "from its last mean, or from their own weights if it has none)" in line
     assert unaveraged(res.history) == {"m0": [1]}
 
 
