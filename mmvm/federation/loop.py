@@ -222,11 +222,19 @@ class _Run:
                 "test posteriors (cross-eval; a site's judges train once, then are "
                 "cached)")
         result.seconds = self.seconds()  # training, not evaluation
+        # an excluded site is not asked either: its weights are of the window it was
+        # excluded in, and one still broken would fail the test sets' PSI ring and the
+        # model's handover for everyone (it is "not evaluated", said why)
+        self.meter.skip = set(self.att.excluded)
         final_evaluation(self.meter, self.coord, self.averaged, s.collect_model, result,
                          s.reply_timeout, cross=s.cross_eval,
                          secure=s.align if s.secure else "",
                          latent_dim=s.experiment.model.latent_dim,
                          max_rows=s.max_site_rows, method=s.experiment.model.method)
+        for k, why in self.att.excluded.items():
+            result.evaluation_errors[self.coord.name(k)] = f"excluded from the run: it {why}"
+            if s.cross_eval != "off":
+                result.cross_notes[self.coord.name(k)] = "excluded from the run"
         return result
 
 

@@ -36,6 +36,7 @@ class Metered:
     def __init__(self, inner: Transport, window_wait: float | None = None) -> None:
         self.inner, self.total, self.window_wait = inner, 0, window_wait
         self.need = 1  # replies a window waits for beyond window_wait (the quorum)
+        self.skip: set[str] = set()  # sites asked nothing more (excluded from the run)
 
     def nodes(self) -> list[str]:
         return self.inner.nodes()
@@ -63,6 +64,7 @@ class Metered:
         return replies
 
     def _exchange(self, requests: Mapping, wait: float | None, need: int) -> dict:
+        requests = {k: r for k, r in requests.items() if k not in self.skip}
         replies = self.inner.exchange(requests, wait, need) if wait is not None else \
             self.inner.exchange(requests)
         self.total += sum(payload_bytes(m) for m in (*requests.values(), *replies.values()))

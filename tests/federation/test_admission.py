@@ -226,6 +226,10 @@ def test_a_site_refused_more_than_max_refused_windows_in_a_row_is_excluded(
     assert f"(without {name}: excluded)" in window_line(later[0], len(history), 1.0)
     assert all((w, "n2") not in spy.requests for w in range(limit + 1, len(history)))
     assert len(history) == 3 and sorted(res.missed[name]) == [0, 1, 2]
+    # nor is it asked to evaluate (it would have: only its training fails), its
+    # weights being of the window it was excluded in
+    assert res.not_evaluated == [name] and len(res.evaluation) == 2
+    assert res.evaluation_errors[name] == f"excluded from the run: it {why}"
     assert f"sites excluded from the rest of the run (more than max-refused windows in " \
            f"a row): {name} after window {limit + 1}" in summary(res, "runs/x", {}, None)
     # with min-sites = 3 the run cannot go on without it: it stops, saying why
@@ -416,3 +420,24 @@ def test_an_excluded_site_is_not_called_away_and_a_resumed_run_takes_it_back():
                {"window": 1, "missed": ["c"]}]
     assert excluded(history) == {"c": {"window": 0, "reason": "x"}}
     assert excluded([*history, {"window": 2, "missed": []}]) == {}  # back after a resume
+
+
+def test_an_excluded_site_is_left_out_of_a_secure_psi_cross_site_evaluation(
+        cfg, tmp_path, tiny_polymnist, monkeypatch):
+    """Secure, PSI, groups of four holders; n0 fails every window and is excluded
+    after the first. It is asked nothing at the end either: still broken, it would
+    have failed the test sets' PSI ring for everyone (review of the exclusion,
+    2026-12-07). The others' ring completes and they score each other."""
+    from mmvm.federation.policy import SitePolicy
+
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=4)
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state",
+                                 SitePolicy(test_bed=True, eval_labels=()), align="psi")
+    _failing(monkeypatch, sites["n0"], set(range(10)))
+    res = federate(cfg, endpoints, exchange="step", secure=True, align="psi",
+                   cross_eval="mean", max_refused=0)
+    name = sites["n0"].name
+    assert res.history[0]["excluded"] and res.not_evaluated == [name]
+    assert res.cross_site["imputation"]["pairs"]
+    assert res.cross_notes == {name: "excluded from the run"}
