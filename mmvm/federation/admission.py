@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.window_metrics import window_sums
+from mmvm.secure.unmasking import survivors_needed
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 REASON_KEPT = 300  # characters of a refusal's reason kept in the window's record
@@ -58,3 +59,25 @@ def short_reason(reason: str) -> str:
     reason = ANSI.sub("", reason)  # Ray's coloured traceback lines, in a site's failure
     text = "".join(c if c.isprintable() else " " for c in reason)
     return text if len(text) <= REASON_KEPT else text[:REASON_KEPT] + " ..."
+
+
+def check_left(w: int, coord: Coordinator, excluded: Mapping[str, str],
+               new: Mapping[str, str], secure: bool) -> None:
+    """After sites were ``new``-ly excluded in window ``w``: every modality must keep
+    a holder, and in a secure run every shared one enough holders to be unmasked
+    (:func:`~mmvm.secure.unmasking.survivors_needed`). Else the run stops, saying so:
+    it would train on with a modality gone, or averaged never again (its holders
+    reloading the last mean every window). Fixed, the site comes back on ``resume``."""
+    for m in coord.modalities:
+        n = len(coord.shared.get(m, []))
+        left = [k for k in coord.sites if m in coord.sites[k].modalities
+                and k not in excluded]
+        need = survivors_needed(n) if secure and n > 1 else 1
+        if len(left) < need:
+            why = "; ".join(f"site {name} {reason}" for name, reason in new.items())
+            them = "them" if len(new) > 1 else "it"
+            raise FederationError(
+                f"window {w + 1}: {why}. Without {them}, modality {m!r} has {len(left)} "
+                f"of its {max(n, 1)} holder(s) left, and "
+                + (f"a masked mean needs {need}" if need > 1 else "no one trains it")
+                + f": the run stops. Fix {them}, then continue the run with resume=")

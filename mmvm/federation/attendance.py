@@ -13,7 +13,8 @@ A site whose reply is refused, or that fails a window (``admission.py``), misses
 the same way; ``max-refused`` (default 2) windows in a row are tolerated, one more
 excludes the site from the rest of the run (it is sent no more windows, and said once
 with its last reason), as a site away for good is left out; the run stops only when
-the sites left are fewer than ``min-sites``. A resumed run (``resume=``) sends it
+the sites left are fewer than ``min-sites`` (or a modality would lose what it needs:
+:func:`mmvm.federation.admission.check_left`). A resumed run (``resume=``) sends it
 windows again. (Until 2026-12-07 one site's failures
 stopped the run for everyone: a review of a hostile site.)
 

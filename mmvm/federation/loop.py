@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmvm.federation.admission import admit, short_reason
+from mmvm.federation.admission import admit, check_left, short_reason
 from mmvm.federation.attendance import Attendance
 from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.cross_eval import TestTables, combine, gather_tests, split_mismatch
@@ -189,6 +189,8 @@ class _Run:
         refused |= {k: short_reason(f"failed the unmask step: {why}")
                     for k, why in routing.failed.items()}
         excluded = att.refuse(w, refused, [k for k in replies if k not in refused])
+        if excluded:
+            check_left(w, coord, att.excluded, excluded, self.s.secure)
         row = window_row(w, coord, replies, meter.total - before, time.perf_counter() - tw)
         # the objective as centralized training logs it: the rows' mean rec + beta R
         row["loss"] = row["rec_nll"] + self.s.experiment.train.beta * row["reg"]

@@ -205,16 +205,23 @@ def test_every_site_out_of_disk_is_said_to_be_a_full_disk(cfg, tmp_path, tiny_po
 @pytest.mark.parametrize("limit", [0, 1])
 def test_a_site_refused_more_than_max_refused_windows_in_a_row_is_excluded(
         cfg, tmp_path, tiny_polymnist, monkeypatch, limit):
-    """n2 fails every window: one more than ``max-refused`` in a row and it is left
-    out of the rest of the run (sent no more windows, said once), as a site away for
-    good is; the run goes on with the two sites left (min-sites = 2). That stopped the
-    run for everyone until a review of a hostile site (2026-12-07)."""
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites = make_sites(cfg, specs, root)
-    _failing(monkeypatch, sites["n2"], {0, 1, 2}, OSError(28, "No space left on device"))
+    """n0, one of m0's two holders, fails every window: one more than ``max-refused``
+    in a row and it is left out of the rest of the run (sent no more windows, said
+    once), as a site away for good is; the run goes on with the three sites left
+    (min-sites = 2). That stopped the run for everyone until a review of a hostile
+    site (2026-12-07). Where the sites left are fewer than min-sites, or a modality
+    would lose its last holder, the run stops, saying why."""
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=2)
+
+    def failing_n0(layout_sites):
+        _failing(monkeypatch, layout_sites["n0"], {0, 1, 2},
+                 OSError(28, "No space left on device"))
+        return layout_sites
+
+    sites = failing_n0(make_sites(cfg, specs, root))
     spy = Spoiler(plain_endpoints(sites))
     res = federate(cfg, {}, spy, exchange="step", max_refused=limit)
-    name, history = sites["n2"].name, res.history
+    name, history = sites["n0"].name, res.history
     why = (f"failed, or its reply was refused, {limit + 1} window{'s' * (limit > 0)} in a "
            f"row (max-refused = {limit}); the last time: failed: OSError: [Errno 28] No "
            f"space left on device")
@@ -224,23 +231,28 @@ def test_a_site_refused_more_than_max_refused_windows_in_a_row_is_excluded(
     later = history[limit + 1:]
     assert later and all(r["left_out"] == [name] and name in r["missed"] for r in later)
     assert f"(without {name}: excluded)" in window_line(later[0], len(history), 1.0)
-    assert all((w, "n2") not in spy.requests for w in range(limit + 1, len(history)))
+    assert all((w, "n0") not in spy.requests for w in range(limit + 1, len(history)))
     assert len(history) == 3 and sorted(res.missed[name]) == [0, 1, 2]
     # nor is it asked to evaluate (it would have: only its training fails), its
     # weights being of the window it was excluded in
-    assert res.not_evaluated == [name] and len(res.evaluation) == 2
+    assert res.not_evaluated == [name] and len(res.evaluation) == 3
     assert res.evaluation_errors[name] == f"excluded from the run: it {why}"
     assert f"sites excluded from the rest of the run (more than max-refused windows in " \
            f"a row): {name} after window {limit + 1}" in summary(res, "runs/x", {}, None)
-    # with min-sites = 3 the run cannot go on without it: it stops, saying why
-    with pytest.raises(FederationError, match=(
+    with pytest.raises(FederationError, match=(  # min-sites = 4: not without it
             rf"window {limit + 1}: site {name} failed, or its reply was refused, "
             rf"{limit + 1} windows? in a row \(max-refused = {limit}\); the last time: "
-            rf"failed: OSError: \[Errno 28\] No space left .*\. 2 sites of 3 left, fewer "
-            rf"than min-sites = 3")):
-        sites = make_sites(cfg, specs, root)
-        _failing(monkeypatch, sites["n2"], {0, 1, 2}, OSError(28, "No space left on device"))
-        federate(cfg, plain_endpoints(sites), exchange="step", max_refused=limit, min_sites=3)
+            rf"failed: OSError: \[Errno 28\] No space left .*\. 3 sites of 4 left, fewer "
+            rf"than min-sites = 4")):
+        federate(cfg, plain_endpoints(failing_n0(make_sites(cfg, specs, root))),
+                 exchange="step", max_refused=limit, min_sites=4)
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")  # n0: m0's only holder
+    with pytest.raises(FederationError, match=(
+            rf"window {limit + 1}: site site-m0 failed, .*\. Without it, modality 'm0' "
+            rf"has 0 of its 1 holder\(s\) left, and no one trains it: the run stops. Fix "
+            rf"it, then continue the run with resume=")):
+        federate(cfg, plain_endpoints(failing_n0(make_sites(cfg, specs, root))),
+                 exchange="step", max_refused=limit)
 
 
 def test_secure_mode_leaves_a_failed_site_out_through_the_dropout_path(
