@@ -98,13 +98,7 @@ def test_2d_a_secure_runs_state_is_never_continued_in_plaintext(cfg, tmp_path,
     one is refused, before anything is trained, rolled back or sent."""
     from mmvm.federation.channel import PlainChannel
     from mmvm.federation.messages import ResumeRequest, WindowRequest
-
-    class StopAfterWindow0(LocalTransport):
-        def exchange(self, requests, wait=None, need=1):
-            replies = super().exchange(requests, wait, need)
-            if next(iter(requests.values())).kind == "window":
-                raise RuntimeError("the server stops after window 0")
-            return replies
+    from tests.support.malicious import StopAfterWindow0
 
     sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     with pytest.raises(RuntimeError, match="stops after window 0"):

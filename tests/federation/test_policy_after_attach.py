@@ -21,21 +21,12 @@ import pytest
 from mmvm.config import config_digest
 from mmvm.federation.channel import PlainChannel
 from mmvm.federation.endpoint import Endpoint
-from mmvm.federation.local import LocalTransport
 from mmvm.federation.messages import WindowRequest
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.site import Site
 from mmvm.federation.site_store import SiteStore
 from tests.support.federate import federate, make_sites, split
-from tests.support.malicious import hybrid_sites
-
-
-class StopAfterWindow0(LocalTransport):
-    def exchange(self, requests, wait=None, need=1):
-        replies = super().exchange(requests, wait, need)
-        if next(iter(requests.values())).kind == "window":
-            raise RuntimeError("the server stops after window 0")
-        return replies
+from tests.support.malicious import StopAfterWindow0, hybrid_sites
 
 
 def _plain_run(cfg, tmp_path, data_root):

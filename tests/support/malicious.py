@@ -66,3 +66,14 @@ class Recorder(LocalTransport):
         replies = super().exchange(requests, wait, need)
         self.log.append((next(iter(requests.values())).kind, requests, replies))
         return replies
+
+
+class StopAfterWindow0(LocalTransport):
+    """A server that stops (raises) once the sites answered window 0: their state is
+    then that of a run attached and one window in, to continue or tamper with."""
+
+    def exchange(self, requests, wait=None, need=1):
+        replies = super().exchange(requests, wait, need)
+        if next(iter(requests.values())).kind == "window":
+            raise RuntimeError("the server stops after window 0")
+        return replies
