@@ -437,18 +437,27 @@ def test_an_excluded_site_is_not_called_away_and_a_resumed_run_takes_it_back():
 def test_an_excluded_site_is_left_out_of_a_secure_psi_cross_site_evaluation(
         cfg, tmp_path, tiny_polymnist, monkeypatch):
     """Secure, PSI, groups of four holders; n0 fails every window and is excluded
-    after the first. It is asked nothing at the end either: still broken, it would
-    have failed the test sets' PSI ring for everyone (review of the exclusion,
-    2026-12-07). The others' ring completes and they score each other."""
+    after the first, and it would fail the test ring too. It is asked nothing at
+    the end: asked, it would have failed the test sets' PSI ring for everyone
+    (review of the exclusion, 2026-12-07). The others' ring completes and they score
+    each other."""
+    from mmvm.federation.messages import SiteFailure
     from mmvm.federation.policy import SitePolicy
+    from tests.support.federate import Tampering
 
     specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=4)
     sites = make_sites(cfg, specs, root)
     endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state",
-                                 SitePolicy(test_bed=True, eval_labels=()), align="psi")
+                                 SitePolicy(eval_labels=()), align="psi")  # no judges
     _failing(monkeypatch, sites["n0"], set(range(10)))
-    res = federate(cfg, endpoints, exchange="step", secure=True, align="psi",
-                   cross_eval="mean", max_refused=0)
+
+    def broken(requests, replies):  # n0 fails the ring's second step, as it fails
+        req = requests.get("n0")    # its windows (a failure at the first only leaves
+        if req is not None and req.kind == "heldout" and req.step == 2:  # it out)
+            replies["n0"] = SiteFailure("n0", "RuntimeError: still broken")
+
+    res = federate(cfg, endpoints, Tampering(endpoints, broken), exchange="step",
+                   secure=True, align="psi", cross_eval="mean", max_refused=0)
     name = sites["n0"].name
     assert res.history[0]["excluded"] and res.not_evaluated == [name]
     assert res.cross_site["imputation"]["pairs"]
