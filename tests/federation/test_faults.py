@@ -26,6 +26,7 @@ from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.site import Site
 from mmvm.federation.site_store import SiteStore
 from tests.support.federate import (
+    Spoiler,
     federate,
     make_sites,
     params,
@@ -37,23 +38,6 @@ from tests.support.federate import (
 )
 
 
-class Spy(LocalTransport):
-    """Keeps every window request and reply by (window, site key)."""
-
-    def __init__(self, endpoints):
-        super().__init__(endpoints)
-        self.requests, self.replies = {}, {}
-
-    def exchange(self, requests, wait=None, need=1):
-        replies = super().exchange(requests, wait, need)
-        for k, r in requests.items():
-            if r.kind == "window":
-                self.requests[r.window, k] = r
-                if k in replies:
-                    self.replies[r.window, k] = replies[k]
-        return replies
-
-
 def _adam_steps(site) -> int:
     return int(next(iter(site.optimizer.state_dict()["state"].values()))["step"])
 
@@ -61,7 +45,7 @@ def _adam_steps(site) -> int:
 def test_an_away_site_leaves_the_prior_and_trains_again(cfg, tmp_path, tiny_polymnist):
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
-    spy = Spy(plain_endpoints(sites))
+    spy = Spoiler(plain_endpoints(sites))
     res = federate(cfg, {}, Outages(spy, {"n1": {1}}), exchange="step")
     away = sites["n1"].name
     assert res.missed == {away: [1]}
@@ -83,7 +67,7 @@ def test_fedavg_goes_on_among_the_sites_that_answered(cfg, tmp_path, tiny_polymn
     is back are the sample-weighted mean of the two others' window-0 weights."""
     specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=3)
     sites = make_sites(cfg, specs, root)
-    spy = Spy(plain_endpoints(sites))
+    spy = Spoiler(plain_endpoints(sites))
     res = federate(cfg, {}, Outages(spy, {"n0": {0}}), exchange="step")
     assert res.missed == {sites["n0"].name: [0]}
     counts = {k: len(sites[k].data) for k in ("n1", "n2")}

@@ -134,3 +134,33 @@ def cross_run(cfg, data_root: Path, tmp: Path, layout: str = "vertical",
     return federate(cfg, endpoints, Tampering(endpoints, hostile) if alter else None,
                     **settings)
 
+
+class Spoiler(LocalTransport):
+    """Keeps every window request and reply by (window, site key) and hands the round
+    loop ``spoil(window, key, reply)``'s version of each reply."""
+
+    def __init__(self, endpoints, spoil=lambda w, k, r: r):
+        super().__init__(endpoints)
+        self.spoil, self.requests, self.replies = spoil, {}, {}
+
+    def exchange(self, requests, wait=None, need=1):
+        replies = super().exchange(requests, wait, need)
+        for k, r in requests.items():
+            if r.kind == "window":
+                self.requests[r.window, k] = r
+                if k in replies:
+                    self.replies[r.window, k] = replies[k]
+                    replies[k] = self.spoil(r.window, k, replies[k])
+        return replies
+
+
+def failing(monkeypatch, site, windows, error: Exception | None = None):
+    """``site`` raises ``error`` when it trains one of ``windows`` (nothing applied)."""
+    train = site.train_window
+
+    def train_window(index, others):
+        if index in windows:
+            raise error or RuntimeError("CUDA out of memory")
+        return train(index, others)
+
+    monkeypatch.setattr(site, "train_window", train_window)
