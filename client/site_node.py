@@ -288,6 +288,11 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         if isinstance(err, EXPECTED):
             return _refused(root, f"{files[0]}.sent", kind, said(files[0], err),
                             context.run_id)
+        if not policy.report_losses:  # an unexpected error may quote the site's numbers
+            log = root / f"{files[0]}.errors.log"
+            return _refused(root, f"{files[0]}.sent", kind,
+                            said(files[0], public_error(files[0], log, kind, err)),
+                            context.run_id)
         # a plaintext site's unexpected error: Flower sends its text, in this form
         _refused(root, f"{files[0]}.sent", kind, f"{type(err)}:<'{err}'>", context.run_id)
         raise
