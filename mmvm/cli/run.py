@@ -74,9 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a SuperLink connection of $FLWR_HOME/config.toml (default: a "
                         "local simulation: flwr's default if it is one, else a "
                         "connection whose address is ':local:')")
-    p.add_argument("--run-config", default="",
+    p.add_argument("--run-config", action="append", default=[],
                    help="run-config overrides as flwr takes them, e.g. "
-                        "\"set='train.epochs=2' exchange='step'\"")
+                        "\"set='train.epochs=2' exchange='step'\"; may be given more "
+                        "than once (each key once)")
     p.add_argument("--deployment", action="store_true",
                    help="the connection is a deployment (SuperNodes started by the "
                         "sites): no simulated SuperNodes are configured")
@@ -218,19 +219,23 @@ def _no_federations(app: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     args.app = args.app or str(default_app())
     try:
+        args.run_config = one_run_config(args.run_config)
         simulation = not (args.connection or args.deployment)
         if simulation:
             _no_federations(Path(args.app))
             args.connection = local_connection()
         elif args.connection:  # a named local simulation is checked as one
             simulation = named_is_simulation(args.connection, args.deployment)
-        if simulation:  # the local SuperLink's Ray: this machine's, or RAY_ADDRESS's
+        # the local SuperLink's Ray (this machine's, or RAY_ADDRESS's), or the cluster
+        # a simulation SuperLink's RAY_ADDRESS names (deploy/README.md section 6)
+        if simulation or not args.deployment and os.environ.get("RAY_ADDRESS"):
             check_ray_address()
             check_resources(args)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
             if not args.deployment:  # simulated SuperNodes: one per site folder
                 args.run_config = with_site_count(args.run_config)
-            check_run_config(Path(args.app), args.run_config, local=simulation)
+            check_run_config(Path(args.app), args.run_config, local=simulation,
+                             deployment=args.deployment)
         else:
             parse_overrides(args.run_config)
         restarted = simulation and check_local_superlink(_env())
@@ -241,6 +246,17 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ConfigError) as err:
         print(f"mmvm run: {err}", file=sys.stderr)
         return 2
+
+
+def one_run_config(given: str | list[str]) -> str:
+    """``--run-config`` given once or more, as one string of ``key=value`` pairs (a
+    ``.toml`` file only alone: a later flag would silently replace it)."""
+    if isinstance(given, str):
+        return given
+    if len(given) > 1 and any(g.strip().endswith(".toml") for g in given):
+        raise ConfigError(f"--run-config {' '.join(given)}: a .toml run config is given "
+                          f"alone; write its keys as key=value pairs to add more")
+    return " ".join(given)
 
 
 def _run(args: argparse.Namespace, cmd: list[str]) -> int:

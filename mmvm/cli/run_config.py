@@ -120,6 +120,31 @@ def _flat(doc: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def check_remote_values(app: Path, rc: dict[str, Any], deployment: bool) -> None:
+    """A run on a SuperLink elsewhere: its values parsed as the ServerApp and the
+    sites will, with the app's own experiment config. A deployed site reads only the
+    app's files (an absolute ``config`` would be refused by every site at the first
+    message); a simulation SuperLink's may be a file of its own machine, unchecked."""
+    from mmvm.federation.settings import load_settings
+
+    text = str(rc.get("config", ""))
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        if deployment:
+            raise ConfigError(f"run config: config = {text!r}: deployed sites read only "
+                              f"the app's own config files; give it relative to the app, "
+                              f"e.g. config='configs/{path.name}' (the file in "
+                              f"{app / 'configs'}, in the app every site pinned)")
+        if not path.is_file():
+            return
+    else:
+        path = app / path
+        if not path.is_file():
+            raise ConfigError(f"run config: config = {text!r} is not a file of the app "
+                              f"{app}")
+    load_settings({**rc, "config": str(path)})
+
+
 def simulated_sites(settings) -> int:
     """How many sites a simulation of ``settings`` makes: its ``site-dirs``, or its
     default data's layout."""
@@ -140,10 +165,12 @@ def simulated_sites(settings) -> int:
         raise ConfigError(f"run config: {err}") from None
 
 
-def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
-    """The run config of a run of ``app`` with overrides ``text``: its keys checked,
-    and where ``local`` (the server runs on this machine, a local simulation) its
-    values as the ServerApp will check them, with the eval-data folder."""
+def check_run_config(app: Path, text: str, local: bool, deployment: bool = False
+                     ) -> dict[str, Any]:
+    """The run config of a run of ``app`` with overrides ``text``: its keys checked;
+    where ``local`` (the server runs on this machine, a local simulation) its values
+    as the ServerApp will check them, with the eval-data folder; elsewhere the values
+    that need none of the server's files (:func:`check_remote_values`)."""
     from mmvm.federation.eval_data import eval_data_problem
     from mmvm.federation.settings import load_settings
 
@@ -158,7 +185,8 @@ def check_run_config(app: Path, text: str, local: bool) -> dict[str, Any]:
         raise ConfigError(f"--run-config: {what}{' | '.join(named)} (the keys are those "
                           f"of [tool.flwr.app.config] in {app / 'pyproject.toml'})")
     rc = {**defaults, **overrides}
-    if not local:  # the ServerApp reads its config and paths on its own machine
+    if not local:  # the ServerApp reads its paths on its own machine
+        check_remote_values(app, rc, deployment)
         return rc
     for key in ("out-dir", "state-dir", "data-dir", "keys-dir"):
         value = str(rc.get(key, ""))

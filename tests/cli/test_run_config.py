@@ -94,10 +94,28 @@ def test_a_bad_run_config_is_named_before_anything_starts(text, match):
 def test_a_good_run_config_is_the_apps_defaults_with_the_overrides():
     rc = check_run_config(ROOT, "num-sites=3 exchange='step'", local=True)
     assert rc == {**app_defaults(ROOT), "num-sites": 3, "exchange": "step"}
-    # a server elsewhere reads its config files and eval-data on its own machine
+    # a simulation SuperLink elsewhere reads its config files and eval-data on its
+    # own machine
     check_run_config(ROOT, "eval-data='/nowhere' config='/srv/x.toml'", local=False)
     with pytest.raises(ConfigError, match="unknown key 'a.b'"):  # keys are checked there too
         check_run_config(ROOT, "a.b=1", local=False)
+
+
+@pytest.mark.parametrize("text, match", [
+    # every deployed site refused it at the first message, after the run was submitted
+    (f"config='{ROOT / 'configs/hippocampus.toml'}'",
+     r"deployed sites read only the app's own config files; give it relative to the "
+     r"app, e.g. config='configs/hippocampus.toml'"),
+    ("config='configs/hipocampus.toml'", "is not a file of the app"),
+    ("secure=true quantize='int8'", "quantize"),
+    ("set='train.epochs=zero'", "epochs"),
+    ("exchange='sometimes'", "exchange"),
+])
+def test_a_deployments_run_config_values_are_checked_before_it_is_submitted(text, match):
+    with pytest.raises(ConfigError, match=match):
+        check_run_config(ROOT, text, local=False, deployment=True)
+    check_run_config(ROOT, "config='configs/hippocampus.toml' exchange='step'", local=False,
+                     deployment=True)
 
 
 def test_eval_data_needs_the_configs_train_and_test_files(tiny_polymnist, tmp_path):
@@ -117,6 +135,21 @@ def test_mmvm_run_exits_2_with_one_line_and_starts_no_flower(tmp_path):
         f"mmvm run: --run-config: unknown key 'num-site'; did you mean 'num-sites'? (the "
         f"keys are those of [tool.flwr.app.config] in {ROOT / 'pyproject.toml'})"]
     assert "flwr" not in res.stdout.lower()
+
+
+def test_every_run_config_flag_counts_as_flwr_runs_do(tmp_path):
+    """``--run-config`` twice: argparse kept the last one and the first was dropped
+    without a word (a `config=` then `num-sites=5` ran PolyMNIST)."""
+    for flags in (["num-site=3", "exchange='step'"], ["exchange='step'", "num-site=3"]):
+        res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run",
+                              *[a for f in flags for a in ("--run-config", f)]],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "unknown key 'num-site'" in res.stderr, res.stderr
+    from mmvm.cli.run import one_run_config
+
+    assert one_run_config(["a=1", "b='x y'"]) == "a=1 b='x y'"
+    with pytest.raises(ConfigError, match="a .toml run config is given alone"):
+        one_run_config(["run.toml", "a=1"])
 
 
 def test_mmvm_run_refuses_an_empty_out_dir_before_flower_and_writes_nothing(tmp_path):
@@ -275,6 +308,18 @@ def test_a_ray_address_where_nothing_answers_is_one_line_before_flower(tmp_path)
     assert res.returncode == 2, res.stderr
     assert f"RAY_ADDRESS=127.0.0.1:{port}: nothing answers there" in res.stderr
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    # the same for a simulation SuperLink of its own (deploy/README.md section 6's
+    # `RAY_ADDRESS=... mmvm run --connection sim`), not for a deployment
+    (tmp_path / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n[superlink.local]\naddress = ":local:"\n'
+        '[superlink.sim]\naddress = "127.0.0.1:1"\ninsecure = true\n')
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--connection", "sim"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2 and "nothing answers there" in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, "-m", "mmvm.cli", "run", "--connection", "sim",
+                          "--deployment", "--run-config", "typo-key=1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert "RAY_ADDRESS" not in res.stderr and "typo-key" in res.stderr, res.stderr
     with socket.create_server(("127.0.0.1", 0)) as head, pytest.MonkeyPatch.context() as mp:
         for address in (f"127.0.0.1:{head.getsockname()[1]}",
                         f"ray://127.0.0.1:{head.getsockname()[1]}", "auto", ""):
