@@ -160,7 +160,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             q.add_argument("--correct-only", action="store_true",
                            default=argparse.SUPPRESS,
                            help="keep only correctly answered trials")
-            q.add_argument("--onsets", type=lambda s: [int(v) for v in s.split(",")],
+            q.add_argument("--onsets", type=_ints("--onsets", "odor-onset bins, one "
+                                                  "per rat"),
                            default=argparse.SUPPRESS,
                            help="odor-onset bin per rat, comma-separated "
                                 "(default the authors': 225,225,250,250,225)")
@@ -168,8 +169,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            default=argparse.SUPPRESS, help="the rat folders to read, "
                            "e.g. barat (a lab that holds one rat; it stays rat1; default "
                            "the authors' five)")
-            q.add_argument("--aligned", type=lambda s: [int(v) for v in s.split(",")],
-                           default=argparse.SUPPRESS, metavar="A,B,C,D",
+            q.add_argument("--aligned", type=_ints("--aligned", "four trial counts, "
+                                                   "one per odor A-D"),
+                           default=argparse.SUPPRESS, metavar="NA,NB,NC,ND",
                            help="trials per odor to align: the fewest of any rat of "
                                 "any lab (each lab's output says its own); with the "
                                 "same --seed every lab then writes the same ids and "
@@ -213,6 +215,18 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 320x256"
                                          ) from None
     return w, h
+
+
+def _ints(flag: str, what: str):
+    """An argparse type: comma-separated integers, refused naming what they are."""
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}, comma-separated "
+                                             f"integers (e.g. 40,38,41,39)") from None
+    parse.__name__ = flag  # argparse names the type in its message
+    return parse
 
 
 def _make_mimic_tree(args: argparse.Namespace) -> int:

@@ -58,8 +58,8 @@ def run_config(args: argparse.Namespace) -> int:
     draft = draft_config(args.folders, args.base, out.stem)
     config_from_dict(draft.raw, source=str(out))  # what mmvm train will say, said now
     header = [f"# drafted by `mmvm data config` from {', '.join(args.folders)}",
-              f"# [train] and [eval]: {draft.base}'s (tune them); the modalities: "
-              f"the files'", *(f"# {n}" for n in draft.notes), ""]
+              f"# [model] (but its modalities), [train] and [eval]: {draft.base}'s "
+              f"(tune them); the modalities: the files'", *(f"# {n}" for n in draft.notes), ""]
     text = one_line_arrays(tomli_w.dumps(draft.raw))
     atomic_write(out, ("\n".join(header) + "\n" + text).encode())
     print(f"wrote {out} (settings from {draft.base})")
@@ -71,5 +71,7 @@ def run_config(args: argparse.Namespace) -> int:
     dirs = ",".join(str(Path(f).resolve()) for f in args.folders)
     print(f"train centrally:  mmvm train --config {out}\n"
           f"federated rehearsal:  mmvm run --run-config \"config='{out.resolve()}' "
-          f"num-sites={len(args.folders)} site-dirs='{dirs}'\"")
+          f"num-sites={len(args.folders)} site-dirs='{dirs}'\"\n"
+          f"deployment:  copy it into the app's configs/ and name it config='configs/"
+          f"{out.name}' (deployed sites read only the app's files)")
     return 0

@@ -142,6 +142,11 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
     base_mods = raw.get("model", {}).get("modalities", {})
     model = {**raw.get("model", {}),
              "modalities": {m.name: modality_table(m, base_mods) for m in mods.values()}}
+    kept = {k: v for k, v in model.items() if k not in ("modalities", "method")}
+    if kept:  # the base's model settings, tuned for its data: said, not hidden
+        notes.append(f"[model] {', '.join(f'{k} = {v}' for k, v in sorted(kept.items()))} "
+                     f"from {base_path.name}; tune them for your data (e.g. a larger "
+                     f"latent_dim)")
     out = {"data": data_table(raw.get("data", {}), folders, held, notes), "model": model,
            "train": train_table(raw.get("train", {}), rows, name, notes)}
     evals = eval_table(raw.get("eval", {}), rows,

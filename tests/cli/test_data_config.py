@@ -71,7 +71,12 @@ def test_spike_counts_get_the_vector_config_and_a_poisson_likelihood(tmp_path, c
     out = tmp_path / "rats.toml"
     assert main(["data", "config", str(rat), "--out", str(out)]) == 0
     raw = tomllib.loads(out.read_text())
-    assert "configs/hippocampus.toml" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "configs/hippocampus.toml" in said
+    # the base's 2-D latent came along without a word
+    assert "note: [model] latent_dim = 2 from hippocampus.toml; tune them" in said, said
+    assert "# [model] latent_dim = 2 from hippocampus.toml" in out.read_text()
+    assert "config='configs/rats.toml'" in said  # the form a deployment takes
     assert raw["model"]["modalities"]["rat1"]["likelihood"] == "poisson"  # counts
     assert raw["model"]["latent_dim"] == 2 and raw["train"]["grad_clip"] == 5.0
     assert raw["train"]["batch_size"] == 32  # 320 rows / 8 steps, a power of two
