@@ -58,7 +58,8 @@ QUICK = dict(n_train=256, epochs=1, latent_dim=8, width=4, batch_size=64,
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=DefaultsHelp)
-    p.add_argument("--out", default="runs/compare", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default="runs/compare-methods",  # not mmvm compare's
+                   help="output folder (default: %(default)s)")
     p.add_argument("--data", default="data/polymnist-bench",
                    help="data folder, made on first use (default: %(default)s)")
     p.add_argument("--quick", action="store_true",

@@ -7,7 +7,7 @@ that of a copy of the app you changed, as mmvm run --app runs it):
 
     mmvm site check --config configs/mimic_cxr_64.toml --node-config \\
       'site="site-a" data="/srv/mmvm/data/site-a" keys="/etc/mmvm/site-a"
-       peers="site-b=8c34...;site-c=0f1e..." state="/var/lib/mmvm/site-a"'
+       peers="site-b=5a0e...;site-c=0f1e..." state="/var/lib/mmvm/site-a"'
 
 It reads what the site's ClientApp will read (policy, every row of the data files,
 keys, the public key directory and the pinned peers' fingerprints, the state
@@ -64,7 +64,7 @@ def register(subparsers) -> None:
                        "(--directory), or all of a test bed's (--sites a,b,c)",
                        description=keys_options().description,
                        epilog="The same as python -m deploy.make_keys; deploy/README.md "
-                       "section 2 has the procedure (each party makes its own secrets).")
+                       "section 1 has the procedure (each party makes its own secrets).")
     k.set_defaults(func=_keys)
 
 
