@@ -235,15 +235,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
     try:
         s, policy, files = settings_and_policy(context)
     except EXPECTED as err:  # settings or policy: nothing of the site was read yet
-        nc = context.node_config
-        name = nc.get("site") or (Path(str(nc["data"])).name if nc.get("data") else None)
-        who = name or f"of partition {nc.get('partition-id', '?')}"
-        _journal(str(who),
-                 f"refused the run's {kind} message: {type(err).__name__}: {err}")
-        text = said(str(name), err) if name else f"{type(err).__name__}: {err}"
-        if nc.get("state") and name:  # a deployment site: its refusals of whole runs
-            _refused(Path(str(nc["state"])), "refused", kind, text, context.run_id)
-        return capped(text)
+        return _run_refused(context, kind, err)
     node, root = None, _state_root(context, s, policy)
     if kind == "resume" and not root.is_dir():  # no state of this run: make none (its
         try:  # lock and error log went into a folder made for them)
@@ -281,22 +273,39 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         _after_failure(context, node, kind, resident and not s.secure)
         cause = f" [{err.__cause__}]" if err.__cause__ is not None else ""  # what the
         _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}{cause}")  # server
-        if s.secure or policy.secure_site:
-            log = _state_root(context, s, policy) / f"{files[0]}.errors.log"
-            return _refused(root, f"{files[0]}.sent", kind,
-                            str(public_error(files[0], log, kind, err)), context.run_id)
-        if isinstance(err, EXPECTED):
-            return _refused(root, f"{files[0]}.sent", kind, said(files[0], err),
-                            context.run_id)
-        if not policy.report_losses:  # an unexpected error may quote the site's numbers
-            log = root / f"{files[0]}.errors.log"
-            return _refused(root, f"{files[0]}.sent", kind,
-                            said(files[0], public_error(files[0], log, kind, err)),
-                            context.run_id)
-        # a plaintext site's unexpected error: Flower sends its text, in this form
-        _refused(root, f"{files[0]}.sent", kind, f"{type(err)}:<'{err}'>", context.run_id)
-        raise
+        text = _failure_text(files[0], root, kind, err, s.secure or policy.secure_site,
+                             policy.report_losses)
+        sent = _refused(root, f"{files[0]}.sent", kind,
+                        text or f"{type(err)}:<'{err}'>", context.run_id)
+        if text is None:  # a plaintext site's unexpected error: Flower sends its text,
+            raise  # in the form just recorded
+        return sent
     return record
+
+
+def _run_refused(context: Context, kind: str, err: Exception) -> str:
+    """The line a site sends for a run whose settings or policy it refuses, recorded
+    in its journals (nothing of the site was read)."""
+    nc = context.node_config
+    name = nc.get("site") or (Path(str(nc["data"])).name if nc.get("data") else None)
+    who = name or f"of partition {nc.get('partition-id', '?')}"
+    _journal(str(who), f"refused the run's {kind} message: {type(err).__name__}: {err}")
+    text = said(str(name), err) if name else f"{type(err).__name__}: {err}"
+    if nc.get("state") and name:  # a deployment site: its refusals of whole runs
+        _refused(Path(str(nc["state"])), "refused", kind, text, context.run_id)
+    return capped(text)
+
+
+def _failure_text(site: str, root: Path, kind: str, err: Exception, secure: bool,
+                  report_losses: bool) -> str | None:
+    """What the server is told of a failed message: a secure site, or a plaintext
+    one that keeps its numbers (an unexpected error may quote them), a code and where
+    to look (the error goes to ``<site>.errors.log``); an expected error its text;
+    None where Flower sends a plaintext site's unexpected error as it is."""
+    if secure or not report_losses and not isinstance(err, EXPECTED):
+        public = public_error(site, root / f"{site}.errors.log", kind, err)
+        return str(public) if secure else said(site, public)
+    return said(site, err) if isinstance(err, EXPECTED) else None
 
 
 def _refused(folder: Path, stem: str, kind: str, text: str, run: int) -> str:
