@@ -1,7 +1,7 @@
 """The server: a Flower ServerApp whose round loop is ``mmvm.federation.loop``.
 
-This file only carries the loop's typed messages as Flower Messages (``wire``),
-waits for the sites, and writes the run's results (metrics.csv, results.json, the
+This file runs the loop over Flower's grid (``server/transport.py`` carries its
+typed messages as Flower Messages and waits for the sites) and writes the run's results (metrics.csv, results.json, the
 assembled model as a checkpoint ``mmvm evaluate`` reads, a plot of the training
 curves, and, where the server may read evaluation data, eval.json and pictures).
 """
@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
-from flwr.app import Context, Message
-from flwr.common.constant import ErrorCode
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from mmvm.atomic import WriteError
@@ -25,7 +23,7 @@ from mmvm.data.store import DataError
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.eval_data import eval_data_problem
 from mmvm.federation.loop import FederationResult, RunStopped, run_federation
-from mmvm.federation.messages import MessageError, SiteFailure
+from mmvm.federation.messages import MessageError
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import COMPLETE
 from mmvm.federation.report import alignment_line, summary, window_line
@@ -33,158 +31,12 @@ from mmvm.federation.results import evaluate_assembled, write_results
 from mmvm.federation.server_state import STATE_FILE, load_server_state
 from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site_dirs import joined_experiment
-from mmvm.federation.site_errors import refused_by_protection, site_reason, untagged
 from mmvm.federation.stop_request import StopRequest
 from mmvm.folder_lock import folder_lock
 from mmvm.secure.errors import SecurityError
-from wire.records import flower_type, reply_from_record, to_record
+from server.transport import FlowerTransport, simulated
 
 app = ServerApp()
-
-
-class FlowerTransport:
-    """The loop's transport over a Flower Grid; node ids (as text) are the site keys."""
-
-    def __init__(self, grid: Grid, num_sites: int, timeout: float, connect_timeout: float
-                 ) -> None:
-        self.grid, self.num_sites, self.timeout = grid, num_sites, timeout
-        self.connect_timeout = connect_timeout
-        self.names: dict[str, str] = {}
-
-    def nodes(self) -> list[str]:
-        """The sites' node ids once exactly ``num-sites`` are connected."""
-        deadline = time.monotonic() + self.connect_timeout
-        n = self.num_sites
-        while True:
-            nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) > n:
-                raise FederationError(
-                    f"{len(nodes)} SuperNodes are connected but this run expects "
-                    f"num-sites = {n}: in a simulation pass --federation-config "
-                    f"'num-supernodes={n}' (or set num-sites), in a deployment stop the "
-                    f"extra SuperNodes")
-            if len(nodes) == n:
-                return [str(x) for x in nodes]
-            if time.monotonic() > deadline:
-                raise FederationError(
-                    f"only {len(nodes)} of the {n} sites this run expects (num-sites = "
-                    f"{n}) connected within connect-timeout = {self.connect_timeout:.0f} "
-                    f"s: in a simulation pass --federation-config 'num-supernodes={n}' "
-                    f"(or set num-sites), in a deployment start the missing SuperNodes")
-            time.sleep(0.5)
-
-    def online(self) -> list[str]:
-        """Node ids (as text) the SuperLink counts as connected now."""
-        return [str(x) for x in self.grid.get_node_ids()]
-
-    def exchange(self, requests: Mapping, wait: float | None = None, need: int = 1
-                 ) -> dict:
-        """Send one message per site and collect the replies.
-
-        ``wait=None``: every site must answer within ``reply-timeout``. ``wait=s``:
-        the replies that came within ``s`` seconds, or later, up to ``2 s``, while
-        fewer than ``need`` came (a slow window is not a dropout); a site that is
-        away (no reply, or Flower reports its node, message or ClientApp process
-        gone) is left out; a site that failed, or whose reply does not decode, is a
-        :class:`SiteFailure`, unless its protection refused the request (that fails
-        the run). Its message expires at the SuperLink after the longest wait
-        (twice ``site-timeout``, while a quorum is missing): a site that crashed and
-        is back before then may still train a window the server went on from (its
-        reply is not used; Flower 1.41 cannot withdraw a message). A resume
-        (set-up) waits up to ``reply-timeout`` while fewer than ``need`` answered: a
-        site may first finish the window it was in when the server went."""
-        kind = next(iter(requests.values())).kind
-        stage = f"window {requests[next(iter(requests))].window}" \
-            if kind in ("window", "confirm", "unmask") else kind
-        soft = self.timeout if wait is None else min(wait, self.timeout)
-        hard = self.timeout if wait is None or kind == "resume" \
-            else min(2 * wait, self.timeout)
-        msgs = [Message(to_record(req), dst_node_id=int(key), message_type=flower_type(req),
-                        group_id=stage, ttl=hard)
-                for key, req in requests.items()]
-        ids = list(self.grid.push_messages(msgs))
-        asked = dict(zip(ids, requests, strict=True))
-        out: dict = {}
-        fatal: dict[str, list[str]] = {}  # reason -> sites: all of them named at once
-        for r in _collect(self.grid, ids, hard, soft, need):
-            # a reply names the message it answers; an error Flower makes for a site that
-            # went away comes from the SuperLink's own node, so its sender is not the site
-            key = asked.get(r.metadata.reply_to_message_id, str(r.metadata.src_node_id))
-            who = self.names.get(key, f"node {key}")
-            if r.has_error():
-                if wait is not None and r.error.code in AWAY:
-                    continue
-                tag, reason = untagged(site_reason(r.error.reason))
-                if tag is not None and key not in self.names:  # a node id alone
-                    who = f"{who} (says it is {tag})"
-                if wait is None or refused_by_protection(reason):
-                    fatal.setdefault(reason, []).append(who)
-                    continue
-                out[key] = SiteFailure(who, reason)
-                continue
-            try:
-                out[key] = reply_from_record(kind, r.content)
-            except MessageError as err:
-                if wait is None:
-                    raise FederationError(f"{stage}: site {who}: {err}") from None
-                out[key] = SiteFailure(who, f"its reply does not decode: {err}")
-                continue
-            if kind in ("describe", "resume"):
-                self.names[key] = out[key].site
-        if fatal:
-            raise FederationError(f"{stage}: " + "; ".join(
-                f"site{'s' * (len(who) > 1)} {', '.join(who)} failed: {reason}"
-                for reason, who in fatal.items()))
-        silent = [self.names.get(k, k) for k in requests if k not in out]
-        if silent and wait is None:
-            raise FederationError(f"{stage}: no reply from sites {silent} within "
-                                  f"{self.timeout:.0f} s; their state is kept on disk")
-        return out
-
-
-# Flower's errors for a site that is away: its message or reply expired, its node
-# stopped sending heartbeats, its ClientApp process died
-AWAY = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
-        ErrorCode.NODE_UNAVAILABLE, ErrorCode.CLIENT_APP_CRASHED)
-
-
-POLL_LOCAL, POLL_REMOTE = 0.005, 0.02  # s between reply polls (see _collect)
-
-
-def simulated(grid: Grid) -> bool:
-    """A simulation's grid (Flower 1.41: the in-memory grid of a `--simulation`
-    SuperLink); a deployment's talks to the SuperLink over gRPC."""
-    return type(grid).__name__ == "InMemoryGrid"
-
-
-def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
-             poll: float | None = None, fast: float = 2.0, max_poll: float = 0.1
-             ) -> list[Message]:
-    """Replies to ``ids`` until all came, or ``soft`` seconds passed and ``need``
-    answers (error replies do not count: a failed site is no answer) are in, or
-    ``timeout`` passed. Polls every ``poll`` s for the first ``fast`` seconds (an
-    exact window is a step: ~0.1 s), then backs off to ``max_poll`` (Flower's own
-    send_and_receive sleeps 3 s between polls; at 0.5 s this cap added 0.25 s on
-    average to every window longer than ``fast``). ``poll=None``: 5 ms in a
-    simulation (the in-memory grid reads the SuperLink's state), 20 ms otherwise,
-    where every poll is an HTTP request the SuperLink serves (at 5 ms, 0.3 s of a 1 s
-    window on two shared cores went to polling)."""
-    if poll is None:
-        poll = POLL_LOCAL if simulated(grid) else POLL_REMOTE
-    pending, got, answers = set(ids), [], 0
-    start = time.monotonic()
-    while pending:
-        replies = list(grid.pull_messages(list(pending)))
-        got += replies
-        answers += sum(1 for r in replies if not r.has_error())  # a failure is no answer
-        pending -= {r.metadata.reply_to_message_id for r in replies}
-        elapsed = time.monotonic() - start
-        if not pending or elapsed >= timeout or (elapsed >= soft and answers >= need):
-            break
-        time.sleep(poll)
-        if elapsed > fast:
-            poll = min(max_poll, poll * 1.5)
-    return got
 
 
 class RunFailed(RuntimeError):
@@ -271,6 +123,15 @@ def run(grid: Grid, context: Context) -> None:
           flush=True)
     if note := exactness_note(s):
         print(note, flush=True)
+    result = _federate(grid, context, s)
+    if result is not None:  # None: stopped, and said so
+        _finish(grid, context, s, result, out_dir)
+
+
+def _federate(grid: Grid, context: Context, s: FederationSettings
+              ) -> FederationResult | None:
+    """The federation itself, windows printed as they end; None where it was stopped
+    on request (``mmvm run``'s Ctrl-C), saying how to continue it."""
     first: list[tuple[float, int]] = []  # when the first window of this process began
 
     def log(row: dict) -> None:
@@ -302,9 +163,17 @@ def run(grid: Grid, context: Context) -> None:
         print(f"mmvm: run {err}; " + ("nothing to resume" if err.window is None else
               f"its state is in {state}: continue it with the same run config and "
               f"resume='{s.resume or context.run_id}'"), flush=True)
-        return
+        return None
     finally:
         stop.answer()  # the answer `mmvm run` waits for, whichever way the run ends
+    return result
+
+
+def _finish(grid: Grid, context: Context, s: FederationSettings,
+            result: FederationResult, out_dir: Path) -> None:
+    """The trained run's results written, the assembled model evaluated where the
+    server may, and the summary printed."""
+    cfg = s.experiment
     joined = _site_dirs_experiment(s, result)
     if joined is not None:  # the simulated sites' folders, joined: evaluated and recorded
         s, cfg = dataclasses.replace(s, experiment=joined), joined

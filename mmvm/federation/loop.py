@@ -2,7 +2,7 @@
 final evaluation.
 
 ``run_federation`` is what the Flower ServerApp runs (over a transport made of
-Flower Messages, ``server/app.py``) and what tests and benchmarks run in one process
+Flower Messages, ``server/transport.py``) and what tests and benchmarks run in one process
 (over :class:`mmvm.federation.endpoint.LocalTransport`). It knows nothing of
 encryption: a :class:`~mmvm.federation.routing.Routing` decides how sites are
 aligned, how a window's requests are built from the last replies and how shared

@@ -1,5 +1,5 @@
 """How the server reaches its sites (:class:`Transport`: Flower Messages in
-``server/app.py``, function calls in :mod:`mmvm.federation.local`), and the bytes it
+``server/transport.py``, function calls in :mod:`mmvm.federation.local`), and the bytes it
 carries (:class:`Metered`: the payload of every message, counted the same way for
 every mode, :func:`mmvm.federation.messages.payload_bytes`)."""
 

@@ -19,7 +19,7 @@ from mmvm.federation.messages import (
     ResumeRequest,
     SiteFailure,
 )
-from server.app import FlowerTransport
+from server.transport import FlowerTransport
 from wire.records import to_record
 
 
@@ -37,7 +37,7 @@ class FakeGrid:
 
 
 def test_waits_until_all_sites_connect(monkeypatch):
-    monkeypatch.setattr("server.app.time.sleep", lambda s: None)
+    monkeypatch.setattr("server.transport.time.sleep", lambda s: None)
     grid = FakeGrid([[], [7], [7, 3], [7, 3, 5]])
     nodes = FlowerTransport(grid, 3, timeout=10, connect_timeout=60).nodes()
     assert nodes == ["3", "5", "7"]
