@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 
 from mmvm.cli.data_check import add_check
 from mmvm.cli.data_common import (
@@ -44,7 +45,7 @@ _PREPARE_HELP = {
 
 
 _PREPARE_OPTIONS = ("size", "seed", "skip_missing", "view", "test_fraction", "correct_only",
-                    "crop", "onsets", "rats", "aligned")
+                    "crop", "onsets", "rats", "aligned", "names")
 _MAKE_HC_OPTIONS = ("seed", "trials_per_odor", "tuning", "tuned_fraction", "gain_sd",
                     "noise_sd", "test_fraction")
 _HC_EPILOG = ("The defaults give per-rat raw odor decoding of about 0.5 (4 odors, chance "
@@ -163,19 +164,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             q.add_argument("--onsets", type=_ints("--onsets", "odor-onset bins, one "
                                                   "per rat"),
                            default=argparse.SUPPRESS,
-                           help="odor-onset bin per rat, comma-separated "
-                                "(default the authors': 225,225,250,250,225)")
+                           help="the first bin of each rat's 25-bin window (10 ms "
+                                "bins), comma-separated (default the authors' "
+                                "start_times: 225,225,250,250,225; where odor onset "
+                                "lies in them: docs/hippocampus-lookalike.md)")
             q.add_argument("--rats", type=lambda s: [v.strip() for v in s.split(",")],
                            default=argparse.SUPPRESS, help="the rat folders to read, "
                            "e.g. barat (a lab that holds one rat; it stays rat1; default "
                            "the authors' five)")
+            q.add_argument("--names", type=lambda t: [v.strip() for v in t.split(",")],
+                           default=argparse.SUPPRESS, metavar="NAME,...",
+                           help="the modality of each rat, as the federation's config "
+                                "names it (default: the authors' rats keep rat1..rat5, "
+                                "other rats are rat1.. in order)")
             q.add_argument("--aligned", type=_ints("--aligned", "four trial counts, "
                                                    "one per odor A-D"),
                            default=argparse.SUPPRESS, metavar="NA,NB,NC,ND",
                            help="trials per odor to align: the fewest of any rat of "
                                 "any lab (each lab's output says its own); with the "
-                                "same --seed every lab then writes the same ids and "
-                                "split (default: the fewest of the rats read)")
+                                "same --seed, --test-fraction and --correct-only every "
+                                "lab then writes the same ids and split, and prints the "
+                                "same fingerprint (default: the fewest of the rats read)")
         if name == "celeba":
             q.add_argument("--crop", type=int, default=argparse.SUPPRESS,
                            help="central crop before resizing (default 148)")
@@ -282,8 +291,15 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.dataset == "hippocampus":  # what labs preparing their rats apart agree on
         from mmvm.data.store import read_site_meta
 
-        counts = read_site_meta(next(iter(paths.values())))["dataset"]["aligned_per_odor"]
-        print(f"aligned trials per odor: {','.join(map(str, counts))} (labs that prepare "
-              f"their rats apart give each the fewest per odor of all of theirs as "
-              f"--aligned, and the same --seed)")
+        meta = read_site_meta(next(iter(paths.values())))["dataset"]
+        counts = meta["aligned_per_odor"]
+        agreed = (f"--aligned {','.join(map(str, counts))} --seed {meta['seed']} "
+                  f"--test-fraction {meta['test_fraction']:g}"
+                  + " --correct-only" * bool(meta["correct_only"]))
+        digest = hashlib.sha256(agreed.encode()).hexdigest()[:12]
+        print(f"aligned trials per odor: {','.join(map(str, counts))}; the split: "
+              f"{agreed} (fingerprint {digest}). Labs that prepare their rats apart "
+              f"give every lab the fewest per odor of all of theirs as --aligned and the "
+              f"same --seed, --test-fraction and --correct-only, and compare the "
+              f"fingerprints: the same sample ids then name the same trials and split")
     return code

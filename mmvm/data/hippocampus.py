@@ -290,6 +290,7 @@ def make_hippocampus(out_dir: str | os.PathLike, seed: int = 0,
         "rats": dict(zip(MODALITIES, RATS, strict=True)),
         "neurons": dict(zip(MODALITIES, NEURONS, strict=True)),
         "odors": list(ODORS[:N_ODORS]), "label": "odor (0..3 = A..D)",
+        "label_names": {"label": list(ODORS[:N_ODORS])},  # legends say A-D, not 0-3
         "simulation": simulation_meta(trials_per_odor, extra_trials, knobs),
         "recipe": recipe(), "test_fraction": test_fraction,
         "versions": {"numpy": np.__version__},

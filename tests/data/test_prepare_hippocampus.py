@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from mmvm.data import hippocampus as H
 from mmvm.data.prepare.hippocampus import prepare_hippocampus
-from mmvm.data.store import DataError, read_site_table
+from mmvm.data.store import DataError, read_site_meta, read_site_table
 
 
 def test_prepare_of_raw_equals_the_lookalike(tmp_path):
@@ -72,25 +74,29 @@ def test_a_lab_that_holds_one_rat_prepares_it_as_the_full_set_would(tmp_path, ca
     import shutil
 
     from mmvm.cli import main
-    from mmvm.data.store import read_site_meta
 
     H.write_hippocampus_raw(tmp_path / "raw", seed=1, trials_per_odor=6)
     full = prepare_hippocampus(tmp_path / "raw", tmp_path / "all", seed=5)
     counts = read_site_meta(full["train"])["dataset"]["aligned_per_odor"]
+    prints = set()  # what the labs compare: the split's settings and their fingerprint
     for rat, m in (("barat", "rat1"), ("stella", "rat4")):
         shutil.copytree(tmp_path / "raw" / rat, tmp_path / f"lab-{rat}" / rat)
         argv = ["data", "prepare", "hippocampus", str(tmp_path / f"lab-{rat}"), "--out",
                 str(tmp_path / f"site-{rat}"), "--rats", rat, "--seed", "5", "--quiet",
                 "--aligned", ",".join(map(str, counts))]
         assert main(argv) == 0
-        assert f"aligned trials per odor: {','.join(map(str, counts))}" in \
-            capsys.readouterr().out
+        said = capsys.readouterr().out
+        assert f"aligned trials per odor: {','.join(map(str, counts))}" in said
+        prints.add(re.search(r"the split: (.*?) \(fingerprint (\w{12})\)", said).groups())
         for split in ("train", "test"):
             lab = read_site_table(tmp_path / f"site-{rat}" / f"{split}.parquet")
             ref = read_site_table(full[split])
             assert list(lab.tensors) == [m] and lab.sample_ids == ref.sample_ids
             np.testing.assert_array_equal(lab.tensors[m], ref.tensors[m])
             np.testing.assert_array_equal(lab.labels["label"], ref.labels["label"])
+    assert len(prints) == 1, prints  # the two labs print the same fingerprint
+    assert prints.pop()[0] == f"--aligned {','.join(map(str, counts))} --seed 5 " \
+                              f"--test-fraction 0.2"
     alone = prepare_hippocampus(tmp_path / "lab-barat", tmp_path / "alone", rats=["barat"],
                                 seed=5)
     assert read_site_meta(alone["train"])["dataset"]["aligned_per_odor"] != counts
@@ -98,3 +104,24 @@ def test_a_lab_that_holds_one_rat_prepares_it_as_the_full_set_would(tmp_path, ca
                                         r"counts, each at least 1 and at most"):
         prepare_hippocampus(tmp_path / "lab-barat", tmp_path / "x", rats=["barat"],
                             aligned=[99, 1, 1, 1])
+
+
+def test_a_lab_names_its_rat_as_the_federations_config_does(tmp_path):
+    """A lab's rat that is not one of the authors' became ``rat1`` at every such lab;
+    ``names`` gives it the federation's name, and the same windows."""
+    H.write_hippocampus_raw(tmp_path / "raw", seed=2, trials_per_odor=5)
+    full = prepare_hippocampus(tmp_path / "raw", tmp_path / "all", seed=1)
+    counts = read_site_meta(full["train"])["dataset"]["aligned_per_odor"]
+    lab = prepare_hippocampus(tmp_path / "raw", tmp_path / "lab", rats=["stella"],
+                              names=["lab_b"], seed=1, aligned=counts)
+    got, ref = read_site_table(lab["train"]), read_site_table(full["train"])
+    assert list(got.tensors) == ["lab_b"] and got.sample_ids == ref.sample_ids
+    np.testing.assert_array_equal(got.tensors["lab_b"], ref.tensors["rat4"])
+    assert read_site_meta(lab["train"])["dataset"]["label_names"] == {
+        "label": ["A", "B", "C", "D"]}  # the legends say odors, not 0-3
+    for kwargs, match in ((dict(rats=["stella"], names=["a", "b"]), "one distinct name"),
+                          (dict(rats=["stella"], names=["1x"]), "one distinct name"),
+                          (dict(rats=["myrat"]), "give --onsets, the first bin")):
+        with pytest.raises(ValueError, match=match):
+            prepare_hippocampus(tmp_path / "raw", tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                         onsets: Sequence[int] | None = None, seed: int = 0,
                         test_fraction: float = 0.2, correct_only: bool = False,
                         aligned: Sequence[int] | None = None,
+                        names: Sequence[str] | None = None,
                         row_group_size: int = 1024,
                         progress: Progress | None = None) -> dict[str, Path]:
     """Window the raw recordings into ``train.parquet`` / ``test.parquet``.
@@ -92,9 +94,11 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     ----------
     src : folder holding one sub-folder per rat (raw layout above).
     out_dir : output folder; written atomically (nothing on error).
-    rats, onsets : rat folder names and odor-onset bins (default: the authors', by
-        rat). The authors' rats keep their modality (``barat`` is ``rat1`` also
-        alone); other names are ``rat1..`` in the order given.
+    rats, onsets : rat folder names and the first bin of each rat's 25-bin window
+        (10 ms bins; default: the authors' ``start_times``, by rat).
+    names : the modality of each rat (default: the authors' rats keep theirs,
+        ``barat`` is ``rat1`` also alone; other rats are ``rat1..`` in the order
+        given): the name the federation's config gives that lab's rat.
     seed : seeds the split of aligned trials into train and test.
     test_fraction : share of each odor's aligned trials held out.
     correct_only : keep only correctly answered trials (the authors keep all).
@@ -109,14 +113,21 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     if len(set(rats)) != len(rats):
         raise ValueError(f"rats {list(rats)}: each rat once")
     if len(rats) != len(onsets):
-        raise ValueError(f"{len(rats)} rats but {len(onsets)} onsets")
+        raise ValueError(f"{len(rats)} rats but {len(onsets)} onsets: give --onsets, the "
+                         f"first bin of each rat's window, one per rat (the defaults "
+                         f"are the authors' for their rats {', '.join(H.RATS)})")
+    modalities = list(names) if names is not None else \
+        [f"rat{(H.RATS.index(r) if known else i) + 1}" for i, r in enumerate(rats)]
+    if len(modalities) != len(rats) or len(set(modalities)) != len(modalities) or \
+            not all(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", m) for m in modalities):
+        raise ValueError(f"names {modalities}: one distinct name per rat (letters, digits, "
+                         f"_), for {len(rats)} rats")
     src = Path(src)
     step = step_fn(progress, len(rats) + 2)
     sessions = []
     for i, (rat, onset) in enumerate(zip(rats, onsets, strict=True)):
         step(f"reading {rat}", i)
         sessions.append(load_session(src, rat, onset))
-    modalities = [f"rat{(H.RATS.index(r) if known else i) + 1}" for i, r in enumerate(rats)]
     step("cutting windows", len(rats))
     data = H.window_samples(sessions, modalities, test_fraction, seed, correct_only,
                             aligned)
@@ -129,6 +140,7 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         "neurons": {m: int(s.spikes.shape[1]) for m, s in zip(modalities, sessions, strict=True)},
         "onsets": dict(zip(modalities, map(int, onsets), strict=True)),
         "odors": list(H.ODORS[:H.N_ODORS]), "label": "odor (0..3 = A..D)",
+        "label_names": {"label": list(H.ODORS[:H.N_ODORS])},  # legends say A-D, not 0-3
         "correct_only": correct_only, "test_fraction": test_fraction,
         "aligned_per_odor": [int(n) for n in data["n_aligned"]],
         "recipe": H.recipe(), "versions": {"numpy": np.__version__},
