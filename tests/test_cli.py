@@ -131,6 +131,9 @@ def test_train_missing_data_root_says_how_to_make_it(tmp_path, capsys, config, k
     err = capsys.readouterr().err
     assert f"{root / 'train.parquet'} does not exist" in err
     assert f"mmvm data make {kind} --out {root}" in err
+    # a lab with recordings of its own is not sent to make a simulation in their place
+    assert f"own: `mmvm data prepare {'hippocampus' if kind == 'hippocampus' else 'polymnist_png'}" \
+        f" SRC --out {root}`" in err, err
     assert not (tmp_path / "run").exists()  # nothing written
 
 
@@ -145,7 +148,8 @@ def test_train_missing_data_gives_the_configs_own_recipe(tmp_path, capsys, monke
     assert capsys.readouterr().err.strip() == (
         "mmvm train: error: data/polymnist-soft/train.parquet does not exist; make it "
         "first: `mmvm data make polymnist --variant soft --n-train 3000 --n-test 1000 "
-        "--out data/polymnist-soft`")
+        "--out data/polymnist-soft` (a look-alike; recordings or images of your own: "
+        "`mmvm data prepare polymnist_png SRC --out data/polymnist-soft`)")
 
 
 @pytest.mark.parametrize("name, size", [("mimic_cxr", 224), ("mimic_cxr_64", 64)])

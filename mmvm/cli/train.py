@@ -340,11 +340,15 @@ def _how_to_make(names: list[str], source: str, root: str, path: Path) -> str:
     for kind, mods in (("polymnist", POLYMNIST), ("hippocampus", RATS)):
         if tuple(names) == tuple(mods):
             recipe = config_recipe(source)
+            real = (f" (a look-alike; recordings or images of your own: `mmvm data "
+                    f"prepare {kind if kind == 'hippocampus' else 'polymnist_png'} SRC "
+                    f"--out {root}`)")
             if recipe and recipe[0].startswith(f"mmvm data make {kind} "):
                 command, out = recipe
                 near = "" if out == root else _near(path)  # a typo'd root, maybe
-                return f"{near}make it first: `{command.replace(f'--out {out}', f'--out {root}')}`"
-            return f"{_near(path)}make it first: `mmvm data make {kind} --out {root}`"
+                return (f"{near}make it first: "
+                        f"`{command.replace(f'--out {out}', f'--out {root}')}`{real}")
+            return f"{_near(path)}make it first: `mmvm data make {kind} --out {root}`{real}"
     recipe = config_recipe(source)
     if recipe and recipe[0].startswith("mmvm data prepare "):  # the config's own
         command, out = recipe
