@@ -272,9 +272,10 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
     except Exception as err:
         _after_failure(context, node, kind, resident and not s.secure)
         cause = f" [{err.__cause__}]" if err.__cause__ is not None else ""  # what the
-        _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}{cause}")  # server
-        text = _failure_text(files[0], root, kind, err, s.secure or policy.secure_site,
-                             policy.report_losses)
+        text, logged = _failure_text(files[0], root, kind, err,
+                                     s.secure or policy.secure_site, policy.report_losses)
+        where = f" (traceback: {root / files[0]}.errors.log)" if logged else ""
+        _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}{cause}{where}")
         sent = _refused(root, f"{files[0]}.sent", kind,
                         text or f"{type(err)}:<'{err}'>", context.run_id)
         if text is None:  # a plaintext site's unexpected error: Flower sends its text,
@@ -297,15 +298,17 @@ def _run_refused(context: Context, kind: str, err: Exception) -> str:
 
 
 def _failure_text(site: str, root: Path, kind: str, err: Exception, secure: bool,
-                  report_losses: bool) -> str | None:
+                  report_losses: bool) -> tuple[str | None, bool]:
     """What the server is told of a failed message: a secure site, or a plaintext
-    one that keeps its numbers (an unexpected error may quote them), a code and where
-    to look (the error goes to ``<site>.errors.log``); an expected error its text;
-    None where Flower sends a plaintext site's unexpected error as it is."""
-    if secure or not report_losses and not isinstance(err, EXPECTED):
+    one that keeps its numbers (an unexpected error or a divergence may quote them),
+    a code and where to look (the error goes to ``<site>.errors.log``); an expected
+    error its text; None where Flower sends a plaintext site's unexpected error as
+    it is. And whether the error went to that log."""
+    numbers = isinstance(err, TrainingDivergedError) or not isinstance(err, EXPECTED)
+    if secure or not report_losses and numbers:  # (a divergence names its step)
         public = public_error(site, root / f"{site}.errors.log", kind, err)
-        return str(public) if secure else said(site, public)
-    return said(site, err) if isinstance(err, EXPECTED) else None
+        return (str(public) if secure else said(site, public)), True
+    return (said(site, err) if isinstance(err, EXPECTED) else None), False
 
 
 def _refused(folder: Path, stem: str, kind: str, text: str, run: int) -> str:

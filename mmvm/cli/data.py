@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 
 from mmvm.cli.data_check import add_check
 from mmvm.cli.data_common import (
@@ -45,7 +44,7 @@ _PREPARE_HELP = {
 
 
 _PREPARE_OPTIONS = ("size", "seed", "skip_missing", "view", "test_fraction", "correct_only",
-                    "crop", "onsets", "rats", "aligned", "names")
+                    "crop", "onsets", "rats", "aligned", "names", "authors_images")
 _MAKE_HC_OPTIONS = ("seed", "trials_per_odor", "tuning", "tuned_fraction", "gain_sd",
                     "noise_sd", "test_fraction")
 _HC_EPILOG = ("The defaults give per-rat raw odor decoding of about 0.5 (4 odors, chance "
@@ -143,7 +142,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "paper: 224 for MIMIC-CXR)")
         if name in ("mimic_cxr", "hippocampus"):
             q.add_argument("--seed", type=int, default=argparse.SUPPRESS,
-                           help="seed of the train/test split (default 0)")
+                           help="seed of the split (default 0; mimic_cxr: train/val/test "
+                                "80/10/10 by patient)")
         if name == "mimic_cxr":
             q.add_argument("--skip-missing", action="store_true",
                            default=argparse.SUPPRESS,
@@ -155,6 +155,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="write only this view's site files, reading only its "
                                 "JPEGs (a hospital that holds one view); ids and splits "
                                 "come from the metadata CSV, the same at both sites")
+            q.add_argument("--authors-images", action="store_true",
+                           default=argparse.SUPPRESS,
+                           help="the MMVM authors' image recipe: the central square, "
+                                "resized, histogram-equalised (default: the whole "
+                                "image resized, aspect not kept, as read); both sites "
+                                "prepare alike")
         if name == "hippocampus":
             q.add_argument("--test-fraction", type=float, default=argparse.SUPPRESS,
                            help="share of aligned trials held out (default 0.2)")
@@ -289,17 +295,18 @@ def _prepare(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     if args.dataset == "hippocampus":  # what labs preparing their rats apart agree on
+        from mmvm.data.coupling import split_fingerprint
         from mmvm.data.store import read_site_meta
 
-        meta = read_site_meta(next(iter(paths.values())))["dataset"]
+        meta = read_site_meta(paths["train"])["dataset"]
         counts = meta["aligned_per_odor"]
         agreed = (f"--aligned {','.join(map(str, counts))} --seed {meta['seed']} "
-                  f"--test-fraction {meta['test_fraction']:g}"
+                  f"--test-fraction {meta['test_fraction']!r}"
                   + " --correct-only" * bool(meta["correct_only"]))
-        digest = hashlib.sha256(agreed.encode()).hexdigest()[:12]
         print(f"aligned trials per odor: {','.join(map(str, counts))}; the split: "
-              f"{agreed} (fingerprint {digest}). Labs that prepare their rats apart "
-              f"give every lab the fewest per odor of all of theirs as --aligned and the "
-              f"same --seed, --test-fraction and --correct-only, and compare the "
-              f"fingerprints: the same sample ids then name the same trials and split")
+              f"{agreed}, fingerprint {split_fingerprint(paths['train'], paths['test'])} "
+              f"(of its sample ids). Labs that prepare their rats apart give every lab "
+              f"the fewest per odor of all of theirs as --aligned and the same --seed, "
+              f"--test-fraction and --correct-only, and compare the fingerprints: the "
+              f"same, and the same sample ids name the same trials and split")
     return code

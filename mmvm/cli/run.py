@@ -102,7 +102,7 @@ def flwr_command(args: argparse.Namespace, app: Path | None = None) -> list[str]
         resources = f"client-resources-num-cpus={args.cpus_per_site}"
         if args.gpus_per_site:
             resources += f" client-resources-num-gpus={args.gpus_per_site:g}"
-        if "RAY_ADDRESS" not in os.environ:  # a cluster brings its own CPU count
+        if not os.environ.get("RAY_ADDRESS", "").strip():  # a cluster brings its own CPUs
             # every site's message in flight at once: the Flower actors only forward
             # to the sites' hosts (client/hosts.py), which do the work
             cores = max(os.cpu_count() or 1, n * args.cpus_per_site)
@@ -227,8 +227,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.connection:  # a named local simulation is checked as one
             simulation = named_is_simulation(args.connection, args.deployment)
         # the local SuperLink's Ray (this machine's, or RAY_ADDRESS's), or the cluster
-        # a simulation SuperLink's RAY_ADDRESS names (deploy/README.md section 6)
-        if simulation or not args.deployment and os.environ.get("RAY_ADDRESS"):
+        # a simulation SuperLink's RAY_ADDRESS names (deploy/README.md section 6; not
+        # this machine's GPUs then: the SuperLink's are elsewhere)
+        cluster = os.environ.get("RAY_ADDRESS", "").strip() not in ("", "auto", "local")
+        if simulation or not args.deployment and cluster:
             check_ray_address()
             check_resources(args)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply

@@ -106,7 +106,8 @@ def check_remote_values(app: Path, rc: dict[str, Any], deployment: bool) -> None
             return
     else:
         path = app / path
-        if not path.is_file():
+        inside = path.resolve().is_relative_to(app.resolve())  # as a deployed site asks
+        if not path.is_file() or deployment and not inside:
             raise ConfigError(f"run config: config = {text!r} is not a file of the app "
                               f"{app}")
     load_settings({**rc, "config": str(path)})

@@ -8,6 +8,7 @@ counts, and the note below them, are where it shows.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,6 +79,17 @@ def uncoupled_warning(per_modality: Mapping[str, int], coupled: Mapping[str, int
             f"modality: {'it trains as an independent VAE' if one else 'each trains as an independent VAE'}, "
             f"coupled to nothing; {'its' if one else 'their'} sample ids match none of the "
             f"others' (prepared without --ids, or with ids written another way)")
+
+
+def split_fingerprint(train: str | Path, test: str | Path) -> str:
+    """12 hex digits of the sorted sample ids of a site's train and test files: sites
+    prepared apart (one lab per rat) that must pair the same samples and split them
+    alike print the same, whatever settings or library versions got them there."""
+    digest = hashlib.sha256()
+    for path in (train, test):
+        ids = sorted(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
+        digest.update(("\n".join(ids) + "\n--\n").encode())
+    return digest.hexdigest()[:12]
 
 
 def split_leak(train: Sequence, test: Sequence) -> str | None:

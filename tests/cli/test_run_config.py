@@ -118,6 +118,19 @@ def test_a_deployments_run_config_values_are_checked_before_it_is_submitted(text
                      deployment=True)
 
 
+def test_a_deployments_config_outside_the_app_is_refused_as_the_sites_would(tmp_path):
+    """A deployed site reads only files inside the app: `../x.toml` is a file next to
+    the app here, and every site refused it at the first message."""
+    from mmvm.cli.run_values import check_remote_values
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "x.toml").write_text((ROOT / "configs/hippocampus.toml").read_text())
+    rc = {**app_defaults(ROOT), "config": "../x.toml"}
+    with pytest.raises(ConfigError, match="is not a file of the app"):
+        check_remote_values(tmp_path / "app", rc, deployment=True)
+    check_remote_values(tmp_path / "app", rc, deployment=False)  # a simulation's may
+
+
 def test_eval_data_needs_the_configs_train_and_test_files(tiny_polymnist, tmp_path):
     cfg = load_settings({**app_defaults(ROOT), "config": "configs/polymnist_cpu.toml"}
                         ).experiment

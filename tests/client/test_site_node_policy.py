@@ -301,14 +301,21 @@ def test_a_run_that_only_describes_leaves_no_model_on_the_sites_disk(plain_site)
     assert all(torch.equal(theirs[k], v) for k, v in fresh.model.state_dict().items())
 
 
-@pytest.mark.parametrize("report", [True, False])
+@pytest.mark.parametrize("report, error", [
+    (True, RuntimeError), (False, RuntimeError),
+    (False, "diverged")])  # an expected error that names the step it diverged at
 def test_an_unexpected_error_of_a_site_that_keeps_its_losses_stays_in_its_log(
-        plain_site, monkeypatch, report):
+        plain_site, monkeypatch, capsys, report, error):
     """A plaintext site's unexpected error travels as its text (Flower's error
     reply); one with ``report-losses = false`` sends the class and where to look,
-    since the text may quote the numbers it keeps (a loss, a weight)."""
+    since the text may quote the numbers it keeps (a loss, a weight, the step a
+    divergence began at); its SuperNode's log says where the traceback is."""
+    from mmvm.training import TrainingDivergedError
+
+    kind = TrainingDivergedError if error == "diverged" else error
+
     def fails(self, request):
-        raise RuntimeError("loss went to 1234.5678 at row 17")
+        raise kind("loss went to 1234.5678 at row 17")
 
     monkeypatch.setattr(site_node.Endpoint, "handle", fails)
     nc = {**plain_site, "report-losses": report}
@@ -318,7 +325,8 @@ def test_an_unexpected_error_of_a_site_that_keeps_its_losses_stays_in_its_log(
         return
     reply = _describe(nc)
     assert isinstance(reply, str) and "1234.5678" not in reply, reply
-    assert reply.startswith("[site site-m0] SiteError: RuntimeError in describe") \
+    assert reply.startswith(f"[site site-m0] SiteError: {kind.__name__} in describe") \
         and "its log" in reply, reply
     log = Path(plain_site["state"]) / "run-7" / "site-m0.errors.log"
     assert "loss went to 1234.5678 at row 17" in log.read_text()
+    assert f"(traceback: {log})" in capsys.readouterr().err  # the operator's pointer

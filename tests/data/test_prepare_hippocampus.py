@@ -87,7 +87,7 @@ def test_a_lab_that_holds_one_rat_prepares_it_as_the_full_set_would(tmp_path, ca
         assert main(argv) == 0
         said = capsys.readouterr().out
         assert f"aligned trials per odor: {','.join(map(str, counts))}" in said
-        prints.add(re.search(r"the split: (.*?) \(fingerprint (\w{12})\)", said).groups())
+        prints.add(re.search(r"the split: (.*?), fingerprint (\w{12}) ", said).groups())
         for split in ("train", "test"):
             lab = read_site_table(tmp_path / f"site-{rat}" / f"{split}.parquet")
             ref = read_site_table(full[split])
