@@ -32,7 +32,7 @@ reconstruction error.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -50,8 +50,17 @@ from mmvm.chance import (
     labelled_rows,
 )
 from mmvm.data.label_names import class_names
-from mmvm.data.labels import NO_LABELS, label_columns
+from mmvm.encoding import (
+    encode_aggregated,
+    encode_dataset,
+    model_device,
+    present_label_columns,
+    present_labels,
+    row_chunks,
+    unimodal_posteriors,
+)
 from mmvm.imputation import imputation_nll
+from mmvm.latent_probes import run_probes
 from mmvm.model import MultimodalVAE
 from mmvm.probes import fit_probe, label_scores, labelled_modalities, probe_accuracy
 from mmvm.provenance import environment, weights_digest
@@ -63,101 +72,6 @@ __all__ = ["chance_levels", "coherence", "conditional_latent", "encode_aggregate
            "fit_probe", "label_scores", "labelled_modalities", "present_label_columns",
            "present_labels",
            "probe_accuracy", "reconstruction_nll", "summary_row", "unimodal_posteriors"]
-
-
-def _device(model: MultimodalVAE) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _chunks(n: int, batch_size: int):
-    yield from (torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size))
-
-
-# ------------------------------------------------------------------ latents
-@torch.no_grad()
-def unimodal_posteriors(model: MultimodalVAE, dataset, batch_size: int = 256,
-                        device: str | torch.device | None = None
-                        ) -> Iterator[tuple[str, np.ndarray, Tensor, Tensor]]:
-    """Per batch of ``dataset`` and per modality of the model that the data holds:
-    ``(name, rows, mu, logvar)`` of q(z | x_m) for the batch's rows that have m (their
-    positions in the dataset, ascending). mu / logvar are the model's full outputs
-    (MMVAE+ appends its private part to the shared ``latent_dim``). The mask column is
-    looked up by name, so the data may hold its modalities in any order or extra ones.
-    """
-    device = torch.device(device) if device is not None else _device(model)
-    model.eval()
-    held = [m for m in model.names if m in dataset.names]
-    for rows in _chunks(len(dataset), batch_size):
-        b = dataset.batch(rows)
-        for name in held:
-            present = b["mask"][:, dataset.names.index(name)]
-            if not bool(present.any()):
-                continue
-            mu, logvar = model.encode_modality(name, b["x"][name][present].to(device))
-            yield name, rows[present].numpy(), mu, logvar
-
-
-def encode_dataset(model: MultimodalVAE, dataset, batch_size: int = 256,
-                   device: str | torch.device | None = None) -> dict[str, np.ndarray]:
-    """Unimodal posterior means mu_m [N_m, D] per modality, rows where m is present.
-
-    Row order is the dataset's; :func:`present_labels` gives the matching labels.
-    """
-    out: dict[str, list[np.ndarray]] = {n: [] for n in model.names}
-    for name, _, mu, _ in unimodal_posteriors(model, dataset, batch_size, device):
-        out[name].append(mu[:, :model.latent_dim].cpu().numpy())  # the shared part
-    return {n: np.concatenate(v) if v else np.zeros((0, model.latent_dim), np.float32)
-            for n, v in out.items()}
-
-
-@torch.no_grad()
-def encode_aggregated(model: MultimodalVAE, dataset, method: str, batch_size: int = 256,
-                      device: str | torch.device | None = None) -> dict[str, np.ndarray]:
-    """What each modality's decoder reads after aggregation, at the mean: per modality
-    m the slot m of ``aggregate(method, mu, logvar, mask, eps=0)`` over all present
-    modalities, rows where m is present (the row order of :func:`encode_dataset`).
-
-    For AVG / PoE every slot holds the joint posterior mean; MoE's and MoPoE's the
-    mean of the component the reference's batch-slice rule selects (so it depends on
-    ``batch_size``, as in training); MMVM and independent VAEs give mu_m.
-    """
-    device = torch.device(device) if device is not None else _device(model)
-    model.eval()
-    out: dict[str, list[np.ndarray]] = {n: [] for n in model.names}
-    for rows in _chunks(len(dataset), batch_size):
-        b = dataset.batch(rows)
-        x = {k: v.to(device) for k, v in b["x"].items()}
-        mask = b["mask"].to(device)
-        mu, lv = model.encode(x, mask)
-        z, _ = aggregate(method, mu, lv, mask, torch.zeros_like(mu), 0.0, model.private_dim)
-        for j, name in enumerate(model.names):
-            if bool(mask[:, j].any()):
-                out[name].append(z[mask[:, j], j, :model.latent_dim].cpu().numpy())
-    return {n: np.concatenate(v) if v else np.zeros((0, model.latent_dim), np.float32)
-            for n, v in out.items()}
-
-
-def present_labels(dataset, names: list[str]) -> dict[str, np.ndarray]:
-    """Labels of the rows :func:`encode_dataset` returns, per modality (-1 = unknown)."""
-    if dataset.labels is None:
-        raise ValueError("the dataset has no labels; probes and coherence need them")
-    labels = dataset.labels.numpy()
-    return {n: labels[dataset.mask[:, dataset.names.index(n)].numpy()] for n in names}
-
-
-def present_label_columns(dataset, names: list[str], paths, columns: list[str]
-                          ) -> dict[str, dict[str, np.ndarray]]:
-    """Label ``columns`` of the rows :func:`encode_dataset` returns, per modality:
-    ``{m: {column: int64 [N_m]}}`` (-1 = unknown), read from the site files
-    ``paths`` by the dataset's sample ids."""
-    from mmvm.data.labels import read_labels
-
-    cols = read_labels(paths, dataset.sample_ids, columns)
-    out = {}
-    for name in names:
-        present = dataset.mask[:, dataset.names.index(name)].numpy()
-        out[name] = {c: v[present] for c, v in cols.items()}
-    return out
 
 
 # ------------------------------------------------------------------ coherence
@@ -220,7 +134,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     targets = [n for n in names if n in classifiers]
     if not targets:
         raise ValueError(f"no classifier for any of the model's modalities {names}")
-    device = _device(model)
+    device = model_device(model)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     hits = {(s, t): 0 for s in names for t in targets}
@@ -229,7 +143,7 @@ def coherence(model: MultimodalVAE, dataset, classifiers: Mapping, method: str,
     truth = {s: torch.zeros(0) for s in names}
     by_class = (torch.zeros(0), torch.zeros(0))  # cross pairs' (right, all) per class
     count = dict.fromkeys(names, 0)
-    for rows in _chunks(len(dataset), batch_size):
+    for rows in row_chunks(len(dataset), batch_size):
         b = dataset.batch(rows)
         for j, src in enumerate(names):
             keep = b["mask"][:, j] & (b["label"] >= 0)
@@ -280,13 +194,13 @@ def reconstruction_nll(model: MultimodalVAE, dataset, method: str, batch_size: i
     the component a sample uses depends on its position in the batch (the reference's
     slice rule), so the number depends on ``batch_size`` like the training loss does.
     """
-    device = _device(model)
+    device = model_device(model)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     M, D = len(model.names), model.code_dim
     w = model.likelihood_weights.to(device)
     sums, counts, total, n = torch.zeros(M), torch.zeros(M), 0.0, 0
-    for rows in _chunks(len(dataset), batch_size):
+    for rows in row_chunks(len(dataset), batch_size):
         b = dataset.batch(rows)
         x = {k: v.to(device) for k, v in b["x"].items()}
         mask = b["mask"].to(device)
@@ -319,38 +233,12 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     the per-label scores; without labels it is empty. ``imputation_draws`` > 1: the
     imputation's predictive reading (:func:`~mmvm.imputation.imputation_nll`). JSON
     types only (NaN aside)."""
-    names, bs = model.names, cfg.eval.batch_size
+    bs = cfg.eval.batch_size
     method = cfg.model.method
     probe_set = train_set
     if cfg.eval.probe_train and len(train_set) > cfg.eval.probe_train:
         probe_set = train_set.subset(keep_rows(len(train_set), cfg.eval.probe_train))
-    train_mu = encode_dataset(model, probe_set, bs)
-    test_mu = encode_dataset(model, test_set, bs)
-    extra: dict[str, Any] = {}
-    notes: list[str] = []  # what was left out, for result["warnings"]
-    if cfg.eval.labels:
-        cols = label_columns(cfg.data.files("train"), cfg.eval.labels)
-        scores = label_scores(
-            train_mu, present_label_columns(probe_set, names, cfg.data.files("train"), cols),
-            test_mu, present_label_columns(test_set, names, cfg.data.files("test"), cols),
-            cfg.eval.metric, cfg.eval.probe_train, cfg.eval.probe_standardize)
-        probe = {**scores["per_modality"], "mean": scores["mean"]}
-        extra["probe_labels"] = scores
-    elif train_set.labels is None and test_set.labels is None:  # reconstruction only
-        probe, notes = {}, [NO_LABELS]
-    else:
-        ytr, yte = present_labels(probe_set, names), present_labels(test_set, names)
-        probed, notes = labelled_modalities(names, ytr, yte)
-        train_mu, test_mu = _only(train_mu, probed), _only(test_mu, probed)
-        std = cfg.eval.probe_standardize
-        probe = probe_accuracy(train_mu, ytr, test_mu, yte, cfg.eval.probe_train, std)
-        agg_tr = _only(encode_aggregated(model, probe_set, method, bs), probed)
-        agg_te = _only(encode_aggregated(model, test_set, method, bs), probed)
-        same = all(np.array_equal(agg_tr[m], train_mu[m]) and
-                   np.array_equal(agg_te[m], test_mu[m]) for m in probed)
-        # methods that decode z_m (MMVM, independent) aggregate nothing: same probe
-        extra["probe_aggregated"] = dict(probe) if same else probe_accuracy(
-            agg_tr, ytr, agg_te, yte, cfg.eval.probe_train, std)
+    probe, extra, notes = run_probes(cfg, model, probe_set, test_set)
     result: dict[str, Any] = {
         "method": method, "beta": cfg.train.beta, "alpha": cfg.train.alpha,
         "latent_dim": model.latent_dim, "seed": cfg.train.seed,
@@ -381,10 +269,6 @@ def evaluate_run(cfg, model: MultimodalVAE, train_set, test_set,
     result["warnings"] = evaluation_warnings(result) + notes + list(
         getattr(classifiers, "skipped", {}).values())
     return result
-
-
-def _only(latents: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    return {m: latents[m] for m in names}
 
 
 def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -92,3 +92,28 @@ def run_copy(trained, tmp_path):
     from pathlib import Path
 
     return Path(shutil.copytree(trained / "run", tmp_path / "run"))
+
+
+def findings_digits(tmp_path, names=("m0", "m1")):
+    """sklearn's digits as vector modalities ``names`` with three binary label columns
+    like findings (``label.even``, ``label.big``, ``label.zero``; no ``label``), and a
+    config that probes them per label by AUROC (``eval.labels``, as MIMIC-CXR's)."""
+    from sklearn.datasets import load_digits
+
+    from mmvm.data.store import write_site_table
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    for split, rows in (("train", np.arange(0, 600)), ("test", np.arange(600, 900))):
+        labels = {"label.even": y[rows] % 2, "label.big": (y[rows] >= 5).astype(np.int64),
+                  "label.zero": (y[rows] == 0).astype(np.int64)}
+        write_site_table(tmp_path / f"{split}.parquet", [f"{split}-{i}" for i in rows],
+                         {m: x[rows] for m in names}, labels, {"name": "digits"})
+    mods = {m: {"kind": "vector", "shape": [64], "likelihood": "gaussian", "scale": 0.3,
+                "width": 16, "layers": 1} for m in names}
+    return config_from_dict({
+        "data": {"root": str(tmp_path), "label": "label"},
+        "model": {"method": "mmvm", "latent_dim": 4, "modalities": mods},
+        "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "seed": 1},
+        "eval": {"labels": ["label.*"], "metric": "auroc", "probe_train": 1000,
+                 "batch_size": 128}})
