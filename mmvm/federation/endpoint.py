@@ -43,6 +43,7 @@ from mmvm.federation.reply_cache import request_digest
 from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import admitted
 from mmvm.federation.site_eval import evaluate_site
+from mmvm.federation.site_label_probes import allowed_label_columns
 from mmvm.federation.site_limits import (
     check_request,
     check_rows,
@@ -380,5 +381,8 @@ class Endpoint:
 
     def _probes_allowed(self) -> bool:
         """The site's node config lets the evaluation probe the run's label column
-        (``eval-labels``; a run config may name any column of the site's files)."""
+        (``eval-labels``; a run config may name any column of the site's files), or
+        with ``eval.labels`` one of its label columns."""
+        if self.site.cfg.eval.labels:
+            return bool(allowed_label_columns(self.site, self.policy))
         return self.policy.label_allowed(self.site.cfg.data.label)

@@ -30,7 +30,8 @@ def checked_metrics(metrics: Mapping) -> tuple[dict, list[str]]:
         elif isinstance(v, bool) or not isinstance(v, int | float) \
                 or not math.isfinite(v):
             problems.append(f"metric {name!r} = {str(v)[:40]!r} is not a finite number")
-        elif name.startswith(("probe/", "majority/")) and not 0 <= v <= 1:
+        elif name.startswith(("probe/", "majority/", "probe_label/", "chance/")) \
+                and not 0 <= v <= 1:
             problems.append(f"metric {name!r} = {v!r} is not a fraction in [0, 1]")
         else:
             kept[name] = float(v) if isinstance(v, float) else v

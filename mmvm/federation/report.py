@@ -89,6 +89,11 @@ def _probe_cell(ev: Mapping, m: str) -> str:
     groups (a trial's windows, a patient's images; the site sent how many groups)
     count as their groups: the interval of 88 windows of 22 trials is that of 22,
     the most it can claim when one trial's windows may all be right or all wrong."""
+    metric = next((k.partition("/")[2] for k in ev if k.startswith("probe_metric/")), None)
+    if metric is not None and f"probe_labels/{m}" in ev:  # per-label probes: their mean
+        return (f"{_num(ev.get(f'probe/{m}'))} ({metric}, mean of "
+                f"{int(ev[f'probe_labels/{m}'])} labels; chance "
+                f"{_num(ev.get(f'chance/{m}'), 2)})")
     acc, majority, n, groups = (ev.get(f"{k}/{m}") for k in
                                 ("probe", "majority", "probe_n", "probe_groups"))
     said = [f"chance {majority:.2f}"] if majority is not None else []
@@ -144,7 +149,10 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
              f"({duration(windows)} of windows, {duration(setup)} of set-up and state "
              f"saving; the evaluation after them not included{resumed}); "
              f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
-    lines += _table(["site", "modality", "probe accuracy", "test recon NLL"], rows)
+    per_label = any(k.startswith("probe_metric/") for ev in result.evaluation.values()
+                    for k in ev)
+    lines += _table(["site", "modality", "probe" if per_label else "probe accuracy",
+                     "test recon NLL"], rows)
     lines += cross_site_lines(result.cross_site, result.cross_notes,
                               (assembled or {}).get("warnings", []))
     if assembled:

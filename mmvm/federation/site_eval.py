@@ -32,16 +32,18 @@ from mmvm.federation.site_cross_eval import (
     judges_too_large,
     received,
 )
+from mmvm.federation.site_label_probes import allowed_label_columns, label_probes
 from mmvm.recon_baseline import baseline_nll
 
 
 @torch.no_grad()
-def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True,
+def evaluate_site(site: Site, max_probe_train: int | None = None, probes: bool = True,
                   cross: bytes | None = None, draw: bool = True,
                   log=None, policy: SitePolicy | None = None) -> dict[str, float]:
     """``probe/<m>``, ``classes/<m>``, ``majority/<m>`` (the probe's chance: the share
     of m's commonest test label; none of the three unless ``probes``; ``unlabelled``
-    when the site's files lack ``data.label``),
+    when the site's files lack ``data.label``; with ``eval.labels`` the per-label
+    probes of :mod:`mmvm.federation.site_label_probes` instead),
     ``recon_nll/<m>`` and ``n_test``; empty without a test file. ``cross``: the other
     modalities' test posteriors (the server's table): imputation and, with
     ``probes``, coherence of the site's own modalities from them
@@ -51,6 +53,8 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
     :func:`_cross`)."""
     if not site.test_path:
         return {}
+    if max_probe_train is None:  # as the central evaluation: the run's eval.probe_train
+        max_probe_train = site.cfg.eval.probe_train
     test = open_dataset(site.test_path, site.names, site.cfg.data)
     out = _cross(site, test, cross, probes, draw, log or (lambda _: None), policy) \
         if cross is not None else {}
@@ -63,7 +67,10 @@ def evaluate_site(site: Site, max_probe_train: int = 10_000, probes: bool = True
     # one constant output's NLL: what a decoder or an imputation must beat
     out.update({f"constant_nll/{m}": v for m, v in baseline_nll(
         site.model, site.data, test, site.pass_rows).items() if not math.isnan(v)})
-    if probes and site.data.labels is not None and test.labels is not None:
+    if probes and site.cfg.eval.labels:  # one probe per label column, as allowed
+        out.update(label_probes(site, test, max_probe_train,
+                                allowed_label_columns(site, policy)))
+    elif probes and site.data.labels is not None and test.labels is not None:
         out.update(_probes(site, test, max_probe_train))
     elif probes:  # the summary says why its probe column is empty
         out["unlabelled"] = 1.0

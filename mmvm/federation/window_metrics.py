@@ -76,7 +76,8 @@ def withhold_losses(metrics: dict) -> dict:
                for k, v in metrics.items()}, WITHHELD: 1.0}
 
 
-FRACTIONS = ("probe/", "majority/", "coherence/", "judge_accuracy/")  # hits / rows
+FRACTIONS = ("probe/", "majority/", "coherence/", "judge_accuracy/", "probe_label/",
+             "chance/")  # hits / rows, or ranks over pairs of rows (AUROC)
 FRACTION_STEP = 0.05  # what a site that keeps its sizes rounds its fractions to
 
 
