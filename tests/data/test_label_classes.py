@@ -173,3 +173,12 @@ def test_one_class_written_two_ways_is_refused_unless_listed(tmp_path):
         class_ids(["no finding", "no  finding"], "f.txt")
     ids, names = class_ids(["a", "A"], "f.txt", classes=["a", "A"])  # meant so
     assert ids.tolist() == [0, 1] and names == ["a", "A"]
+
+
+def test_ids_written_as_floats_are_ids_not_class_names():
+    """CheXpert's CSVs write findings as 1.0 / 0.0 / -1.0 (uncertain) / blank: sorted
+    as names they became a 3-class label (-1.0 < 0.0 < 1.0), scored by one-vs-rest."""
+    ids, names = class_ids(["1.0", "0.0", "-1.0", "", "1"], "chexpert.csv")
+    assert ids.tolist() == [1, 0, -1, -1, 1] and names is None
+    with pytest.raises(DataError, match="holds the number '1.0' among class names"):
+        class_ids(["1.0", "pacemaker"], "f.txt")

@@ -51,6 +51,12 @@ def test_pairs_labels_and_patient_split(tmp_path):
         subjects["train"] & subjects["test"]) and not (subjects["val"] & subjects["test"])
     n = {k: len(v) for k, v in subjects.items()}
     assert n["train"] >= 14 and n["val"] >= 1 and n["test"] >= 1
+    # the patient is the group: probe intervals and cross-validated reads count it
+    from mmvm.data.groups import read_groups
+
+    test = read_site_table(paths["frontal.test"])
+    groups = read_groups([paths["frontal.test"]], test.sample_ids)
+    assert groups is not None and set(groups) == {str(s) for s in subjects["test"]}
 
 
 def test_label_mapping(tmp_path):
@@ -83,6 +89,34 @@ def test_image_matches_a_direct_resize(tmp_path):
             assert ds.names == ["frontal", "lateral"] and bool(ds.mask.all())
             return
     pytest.fail("sample not found")
+
+
+def test_the_authors_image_recipe_is_their_crop_resize_and_equalise(tmp_path):
+    """agostini335/mmvm-mimic prepare_dataset.py: the central square, resized, its
+    histogram equalised (ImageOps.equalize); the default resizes the whole image."""
+    from PIL import ImageOps
+
+    _tree(tmp_path / "src")
+    paths = prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=20, seed=1,
+                              authors_images=True, view="lateral")
+    for split in ("train", "val", "test"):
+        t = read_site_table(paths[f"lateral.{split}"])
+        if "50000001_d1_d2" not in t.sample_ids:
+            continue
+        img = Image.open(tmp_path / "src" / "files/p10/p10000001/s50000001/d2.jpg")
+        img = img.convert("L")
+        w, h = img.size
+        side = min(w, h)
+        box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+        want = np.asarray(ImageOps.equalize(img.crop(box).resize(
+            (20, 20), Image.Resampling.BICUBIC))).astype(float)
+        got = t.tensors["lateral"][t.sample_ids.index("50000001_d1_d2"), 0].astype(float)
+        assert np.abs(got - want).mean() < 12, np.abs(got - want).mean()  # draft decoding
+        assert got.min() < 20 and got.max() > 235  # equalised: the full grey range
+        meta = read_site_meta(paths[f"lateral.{split}"])["dataset"]
+        assert "histogram equalised" in meta["recipe"]["image"]
+        return
+    raise AssertionError("the pair 50000001_d1_d2 is in no split")
 
 
 def test_missing_image_error_or_skip(tmp_path):

@@ -103,7 +103,13 @@ def label_hint(a: np.ndarray) -> str:
 
 
 def _int_or_none(text: str) -> int | None:
+    """An id written as a whole number, also as a float (CheXpert's CSVs write
+    ``1.0``, ``0.0``, ``-1.0``: ids, not the three class names they sorted into)."""
     try:
         return int(text)
     except ValueError:
-        return None
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return int(value) if value.is_integer() else None

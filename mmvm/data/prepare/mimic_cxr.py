@@ -6,7 +6,7 @@ Published layout::
     <src>/mimic-cxr-2.0.0-chexpert.csv   subject_id, study_id, 14 CheXpert labels
     <src>/files/p<2 digits>/p<subject_id>/s<study_id>/<dicom_id>.jpg
 
-(either CSV may be gzipped, ``.csv.gz``). Recipe (docs/protocol.md):
+(either CSV may be gzipped, ``.csv.gz``). Recipe (docs/protocol.md, "MIMIC-CXR"):
 
 - views: frontal = ``AP`` or ``PA``, lateral = ``LATERAL`` or ``LL``; every frontal x
   lateral pair of one study is a sample, id ``<study_id>_<frontal>_<lateral>``
@@ -16,7 +16,8 @@ Published layout::
   without a CheXpert row gets -1 (unknown) in every label column;
 - split 80/10/10 by patient (``subject_id``), seeded, so no patient spans two splits;
 - images: grayscale, resized to ``size x size`` (aspect ratio not kept; the paper
-  uses 224), uint8 ``[1, size, size]``, scale 255.
+  uses 224), uint8 ``[1, size, size]``, scale 255; ``authors_images``: the central
+  square, resized, histogram-equalised, as the authors' ``prepare_dataset.py``.
 
 Output: ``<out>/frontal/{train,val,test}.parquet`` and ``<out>/lateral/...``; the two
 sites' files of one split hold the same sample ids in the same order, so
@@ -146,6 +147,16 @@ def site_chunks(rows: list[tuple[str, str, str, str, str]], site: str,
                         f"{len(unreadable or [])} tried, e.g. {(unreadable or ['?'])[0]})")
 
 
+def _image(path: Path, size: int, authors: bool) -> np.ndarray:
+    """One X-ray as uint8 ``[1, size, size]``: resized whole, or the authors' way."""
+    if not authors:
+        return load_image(path, "L", size)
+    from PIL import Image, ImageOps
+
+    img = load_image(path, "L", size, fit="crop")
+    return np.asarray(ImageOps.equalize(Image.fromarray(img[0])))[None]
+
+
 def _decoded(image: Callable, key: tuple[str, str, str], unreadable: list[str] | None
              ) -> np.ndarray | None:
     try:
@@ -160,7 +171,8 @@ def _decoded(image: Callable, key: tuple[str, str, str], unreadable: list[str] |
 
 def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                       size: int = 64, seed: int = 0, skip_missing: bool = False,
-                      view: str | None = None, row_group_size: int = 256,
+                      view: str | None = None, authors_images: bool = False,
+                      row_group_size: int = 256,
                       progress: Progress | None = None,
                       notes: list[str] | None = None) -> dict[str, Path]:
     """Pair the views of each study and write the frontal and lateral site files.
@@ -178,6 +190,9 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         view's JPEGs (a hospital that holds one view). Sample ids and splits come from
         the metadata CSV alone, so two sites that prepare their view from the same
         CSV name the same studies the same way.
+    authors_images : the MMVM authors' image recipe (agostini335/mmvm-mimic
+        ``prepare_dataset.py``): the central square, resized, its histogram
+        equalised; default: the whole image resized (aspect not kept), as read.
 
     notes : a list the preparer adds what it left out to (studies without a pair,
         other view positions, empty splits, dropped pairs), for the user.
@@ -247,6 +262,9 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     done, paths = 0, {}
     unreadable: list[str] | None = [] if skip_missing else None
     with staged_output(out_dir) as stage:
+        image_recipe = (f"grayscale, central square resized to {size}x{size} (bicubic), "
+                        f"histogram equalised (the authors')") if authors_images else \
+            f"grayscale, resized to {size}x{size} (bicubic, aspect not kept)"
         for split in SPLITS:
             rows = [p for p in pairs if p[0] == split]
             if not rows:
@@ -264,12 +282,14 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                                              "study without CheXpert row -> -1",
                                    "split": "80/10/10 by subject_id, "
                                             "default_rng([seed, 7])",
-                                   "image": f"grayscale, resized to {size}x{size} "
-                                            f"(bicubic, aspect not kept)"},
+                                   "image": image_recipe},
                         "dropped_missing_pairs": dropped,
+                        # a patient's pairs are not independent samples: probes'
+                        # intervals and cross-validated reads count patients
+                        "group_column": "subject_id",
                         "created_by": "mmvm.data.prepare.mimic_cxr"}
                 chunks = site_chunks(rows, site, labels,
-                                     lambda p: load_image(jpg(*p), "L", size),
+                                     lambda p: _image(jpg(*p), size, authors_images),
                                      row_group_size, unreadable)
                 paths[f"{site}.{split}"] = write_site_table_batches(
                     stage / site / f"{split}.parquet",
