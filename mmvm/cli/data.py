@@ -44,7 +44,8 @@ _PREPARE_HELP = {
 
 
 _PREPARE_OPTIONS = ("size", "seed", "skip_missing", "view", "test_fraction", "correct_only",
-                    "crop", "onsets", "rats", "aligned", "names", "authors_images")
+                    "crop", "onsets", "rats", "aligned", "names", "authors_images",
+                    "uncertain")
 _MAKE_HC_OPTIONS = ("seed", "trials_per_odor", "tuning", "tuned_fraction", "gain_sd",
                     "noise_sd", "test_fraction")
 _HC_EPILOG = ("The defaults give per-rat raw odor decoding of about 0.5 (4 odors, chance "
@@ -161,6 +162,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "resized, histogram-equalised (default: the whole "
                                 "image resized, aspect not kept, as read); both sites "
                                 "prepare alike")
+            q.add_argument("--uncertain", choices=("zeros", "ones", "ignore"),
+                           default=argparse.SUPPRESS,
+                           help="CheXpert's uncertain (-1) findings: 0 (default, the "
+                                "authors'), 1, or unknown (each finding's probe leaves "
+                                "them out)")
         if name == "hippocampus":
             q.add_argument("--test-fraction", type=float, default=argparse.SUPPRESS,
                            help="share of aligned trials held out (default 0.2)")

@@ -59,17 +59,23 @@ def test_pairs_labels_and_patient_split(tmp_path):
     assert groups is not None and set(groups) == {str(s) for s in subjects["test"]}
 
 
-def test_label_mapping(tmp_path):
+@pytest.mark.parametrize("uncertain, as_", [("zeros", 0), ("ones", 1), ("ignore", -1)])
+def test_label_mapping(tmp_path, uncertain, as_):
+    """The source's findings are 1, 0, -1 (uncertain), blank, repeated; uncertain ones
+    follow CheXpert's U-Zeros (the authors'), U-Ones or U-Ignore (-1: unknown)."""
     _tree(tmp_path / "src")
-    paths = prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8)
+    paths = prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8,
+                              uncertain=uncertain)
     for p in paths.values():
         t = read_site_table(p)
         for i, sid in enumerate(t.sample_ids):
             got = [t.labels[label_column(c)][i] for c in CHEXPERT]
             if sid.startswith("50000004"):
                 assert got == [-1] * 14  # study without a CheXpert row
-            else:  # 1 -> 1, 0 -> 0, -1 -> 0, blank -> 0
-                assert got == ([1, 0, 0, 0] * 4)[:14]
+            else:  # 1 -> 1, 0 -> 0, -1 -> the policy's, blank -> 0
+                assert got == ([1, 0, as_, 0] * 4)[:14]
+    with pytest.raises(DataError, match="uncertain 'maybe': choose one of"):
+        prepare_mimic_cxr(tmp_path / "src", tmp_path / "x", size=8, uncertain="maybe")
 
 
 def test_image_matches_a_direct_resize(tmp_path):

@@ -11,7 +11,8 @@ Published layout::
 - views: frontal = ``AP`` or ``PA``, lateral = ``LATERAL`` or ``LL``; every frontal x
   lateral pair of one study is a sample, id ``<study_id>_<frontal>_<lateral>``
   (from the metadata CSV alone: ``view=`` writes one site, reading only its JPEGs);
-- labels: the 14 CheXpert columns, 1 -> 1 and uncertain (-1), 0 and blank -> 0,
+- labels: the 14 CheXpert columns, 1 -> 1 and uncertain (-1), 0 and blank -> 0 (the
+  authors'; ``uncertain`` chooses another policy for -1),
   stored as ``label.<snake_case name>`` (the mapping is in the metadata); a study
   without a CheXpert row gets -1 (unknown) in every label column;
 - split 80/10/10 by patient (``subject_id``), seeded, so no patient spans two splits;
@@ -79,7 +80,13 @@ def _read_csv(src: Path, name: str, required: tuple[str, ...]) -> list[dict]:
         return [dict(r, _row=i) for i, r in enumerate(reader)]
 
 
-def _label_value(text: str, path: str, row: int, col: str) -> int:
+UNCERTAIN = {"zeros": 0, "ones": 1, "ignore": -1}  # CheXpert's U-Zeros, U-Ones, U-Ignore
+
+
+def _label_value(text: str, path: str, row: int, col: str, uncertain: str = "zeros"
+                 ) -> int:
+    """One CheXpert cell: 1 -> 1; 0 and blank (not mentioned) -> 0; -1 (uncertain) by
+    ``uncertain``: 0 as the authors, 1, or -1 (unknown: left out of that probe)."""
     text = (text or "").strip()
     if text == "":
         return 0
@@ -90,7 +97,7 @@ def _label_value(text: str, path: str, row: int, col: str) -> int:
     if v not in (1, 0, -1):
         raise DataError(f"{path}: column '{col}', row {row}: {text!r} is not 1, 0, -1 "
                         f"or blank")
-    return 1 if v == 1 else 0
+    return UNCERTAIN[uncertain] if v == -1 else v
 
 
 def patient_split(subjects: list[str], seed: int) -> dict[str, str]:
@@ -172,6 +179,7 @@ def _decoded(image: Callable, key: tuple[str, str, str], unreadable: list[str] |
 def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                       size: int = 64, seed: int = 0, skip_missing: bool = False,
                       view: str | None = None, authors_images: bool = False,
+                      uncertain: str = "zeros",
                       row_group_size: int = 256,
                       progress: Progress | None = None,
                       notes: list[str] | None = None) -> dict[str, Path]:
@@ -193,6 +201,8 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     authors_images : the MMVM authors' image recipe (agostini335/mmvm-mimic
         ``prepare_dataset.py``): the central square, resized, its histogram
         equalised; default: the whole image resized (aspect not kept), as read.
+    uncertain : CheXpert's uncertain (-1) findings as ``"zeros"`` (the authors'),
+        ``"ones"``, or ``"ignore"`` (unknown: each probe leaves them out).
 
     notes : a list the preparer adds what it left out to (studies without a pair,
         other view positions, empty splits, dropped pairs), for the user.
@@ -205,6 +215,8 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     src = Path(src)
     if view is not None and view not in VIEWS:
         raise DataError(f"view {view!r}: choose one of {sorted(VIEWS)}")
+    if uncertain not in UNCERTAIN:
+        raise DataError(f"uncertain {uncertain!r}: choose one of {list(UNCERTAIN)}")
     views = [view] if view else list(VIEWS)
     meta_rows = _read_csv(src, METADATA, ("dicom_id", "subject_id", "study_id",
                                           "ViewPosition"))
@@ -212,7 +224,7 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     lab_path = str(src / LABELS)
     labels = {}
     for r in lab_rows:
-        labels[r["study_id"]] = [_label_value(r[c], lab_path, r["_row"], c)
+        labels[r["study_id"]] = [_label_value(r[c], lab_path, r["_row"], c, uncertain)
                                  for c in CHEXPERT]
     studies: dict[str, dict] = defaultdict(lambda: {"frontal": [], "lateral": []})
     others: Counter[str] = Counter()
@@ -278,8 +290,9 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                         "n": len(rows), "seed": seed, "size": size,
                         "labels": {label_column(c): c for c in CHEXPERT},
                         "recipe": {"pairs": "every frontal x lateral pair of a study",
-                                   "labels": "1 -> 1; 0, -1 (uncertain), blank -> 0; "
-                                             "study without CheXpert row -> -1",
+                                   "labels": f"1 -> 1; 0, blank -> 0; -1 (uncertain) "
+                                             f"-> {UNCERTAIN[uncertain]} ({uncertain}); "
+                                             f"study without CheXpert row -> -1",
                                    "split": "80/10/10 by subject_id, "
                                             "default_rng([seed, 7])",
                                    "image": image_recipe},
