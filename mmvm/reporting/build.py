@@ -68,6 +68,7 @@ def build(collection: Collection, title: str, inputs: Sequence[str],
         versus = versus_section(groups)
         doc.sections += ([versus] if versus else []) + [tradeoff_section(groups),
                                                          modality_section(groups)]
+        doc.sections += [s for s in [label_section(groups)] if s is not None]
         doc.sections += picture_sections(groups, generate)
         doc.sections += [federated_section(r) for r in collection.runs if r.federated]
         doc.sections.append(runs_section(collection.runs))
@@ -225,6 +226,29 @@ def modality_section(groups: Sequence[Group]) -> Section:
                              "between the constant (no information) and the "
                              "reconstruction (all of it). Mean ± standard error over "
                              "seeds."))
+
+
+def label_section(groups: Sequence[Group]) -> Section | None:
+    """Each label's probe per modality (``eval.labels``: MIMIC-CXR's findings), where
+    the runs have them: the summary's probe is their mean, which hides a finding that
+    no method reads, and one left out where it could not be scored."""
+    names = sorted({m for g in groups for r in g.runs for m in r.per_label})
+    if not names:
+        return None
+    labels = list(dict.fromkeys(c for g in groups for r in g.runs
+                                for per in r.per_label.values() for c in per))
+    rows = [[g.label, c, *(show(g.label_estimate(m, c), len(g.runs)) for m in names)]
+            for g in groups for c in labels
+            if any(c in r.per_label.get(m, {}) for r in g.runs for m in names)]
+    metric = probe_metric([r for g in groups for r in g.runs])
+    return Section("Per label").add(Table(
+        ["group", "label", *names], rows[:MAX_TABLE_ROWS],
+        caption=f"Each label column's latent probe ({metric}) per modality, mean ± "
+                f"standard error over seeds. \"{NOT_EVALUATED}\": the label could not be "
+                f"scored (one class in its train or test rows) and is left out of the "
+                f"probe's mean."
+                + (f" {len(rows) - MAX_TABLE_ROWS} more rows left out." if
+                   len(rows) > MAX_TABLE_ROWS else "")))
 
 
 def runs_section(runs: Sequence[Run]) -> Section:

@@ -62,6 +62,8 @@ class Run:
     settings: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     per_modality: dict[str, dict[str, float]] = field(default_factory=dict)
+    # eval.labels' probes: modality -> label column -> eval.metric (None: not scored)
+    per_label: dict[str, dict[str, float | None]] = field(default_factory=dict)
     coherence_matrix: tuple[list[str], list[list[float]]] | None = None
     metric_source: str = "not evaluated"
     folder: Path | None = None
@@ -167,6 +169,7 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
         cell = {k: v for k, v in cell.items() if v is not None}
         if cell:
             run.per_modality[str(name)] = cell
+    run.per_label = label_scores(result)
     run.coherence_matrix = coherence_matrix(coh)
     digest = result.get("weights_sha256")
     run.weights = digest if isinstance(digest, str) else run.weights
@@ -181,6 +184,18 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
         run.warnings.append("its imputation NLL was scored the old way (at the mean "
                             "latent, or by a mixture's likelihood), not as runs evaluated "
                             "since: run mmvm evaluate on it again before comparing")
+
+
+def label_scores(result: Mapping) -> dict[str, dict[str, float | None]]:
+    """``probe_labels`` of an ``evaluate_run`` dict as modality -> label -> score (its
+    ``metric``; None where that label could not be scored: one class in its rows)."""
+    scores = result.get("probe_labels")
+    if not isinstance(scores, Mapping) or not isinstance(scores.get("labels"), Mapping):
+        return {}
+    metric = str(scores.get("metric", ""))
+    return {str(m): {str(c): number(v.get(metric)) if isinstance(v, Mapping) else None
+                     for c, v in per.items()}
+            for m, per in scores["labels"].items() if isinstance(per, Mapping)}
 
 
 def coherence_matrix(coh: Mapping) -> tuple[list[str], list[list[float]]] | None:

@@ -86,6 +86,9 @@ class Group:
     def modality_estimate(self, name: str, metric: str) -> Estimate | None:
         return estimate(r.per_modality.get(name, {}).get(metric) for r in self.runs)
 
+    def label_estimate(self, name: str, label: str) -> Estimate | None:
+        return estimate(r.per_label.get(name, {}).get(label) for r in self.runs)
+
     def seeds(self) -> str:
         """``"3 (seeds 0, 1, 2)"``; unknown seeds are shown as ``?``."""
         seeds = ", ".join("?" if r.seed is None else str(r.seed) for r in self.runs)
