@@ -85,6 +85,12 @@ def _split_and_output(q: argparse.ArgumentParser, name: str) -> None:
     q.add_argument("--test-fraction", type=float, default=0.2,
                    help="share of samples held out (default %(default)g)")
     q.add_argument("--seed", type=int, default=0, help="split seed (default %(default)s)")
+    q.add_argument("--split-from", metavar="FOLDER",
+                   help="another site's folder of site files: each sample it holds takes "
+                        "its split there (its train.parquet: train; test, val: test), "
+                        "by sample id, whatever preparer made it; the rest are split by "
+                        "--seed and --test-fraction (a third site beside prepared "
+                        "MIMIC-CXR views, say)")
     q.add_argument("--name", default=name, help="dataset name in the files' metadata")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--force", action="store_true",
@@ -116,7 +122,8 @@ def _prepare_arrays(args: argparse.Namespace) -> int:
         paths = prepare_arrays(args.out, mods, ids=args.ids, labels=labels,
                                groups=args.groups, test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
-                               classes=classes, **_standardized(args))
+                               classes=classes, split_from=args.split_from,
+                               **_standardized(args))
     return _report(paths, args, args.ids is not None, args.groups)
 
 
@@ -184,11 +191,15 @@ def _report(paths: dict, args: argparse.Namespace, ids: bool, groups: str | None
               "other sites' samples only if those sites' rows are the same samples in the "
               "same order (give --ids otherwise)")
     by = "sample id" if groups is None else f"group ({groups})"
-    print(f"split by {by} with --seed {args.seed} --test-fraction "
-          f"{args.test_fraction:g}: every site must use the same two values (and write "
-          f"the ids{'' if groups is None else ' and groups'} the same way) for "
-          f"their shared samples to fall in the same split")
-    if groups is None:
+    if args.split_from:  # the other site's sides, said with how many it gave
+        print(f"split as {dataset.get('split_by')}")
+    else:
+        print(f"split by {by} with --seed {args.seed} --test-fraction "
+              f"{args.test_fraction:g}: every site must use the same two values (and "
+              f"write the ids{'' if groups is None else ' and groups'} the same way) "
+              f"for their shared samples to fall in the same split, or take another "
+              f"site's with --split-from")
+    if groups is None and not args.split_from:
         print("note: samples are split one by one; if several come from one trial or "
               f"patient (e.g. overlapping time windows), give {group_flag} so that none "
               f"of them is tested on after training on its neighbours")
@@ -241,7 +252,8 @@ def _prepare_tables(args: argparse.Namespace) -> int:
                                group_column=args.group_column, drop=args.drop,
                                test_fraction=args.test_fraction, seed=args.seed,
                                name=args.name, force=args.force, progress=cb,
-                               classes=classes, **_standardized(args))
+                               classes=classes, split_from=args.split_from,
+                               **_standardized(args))
     return _report(paths, args, True, args.group_column, "--group-column")
 
 
@@ -323,5 +335,6 @@ def _prepare_images(args: argparse.Namespace) -> int:
                                name=args.name, force=args.force, progress=cb,
                                classes=_classes(args.classes, None),
                                white=args.white_level, fit=args.fit,
-                               window=args.dicom_window, skip_bad=args.skip_bad)
+                               window=args.dicom_window, skip_bad=args.skip_bad,
+                               split_from=args.split_from)
     return _report(paths, args, True, args.group_column, "--group-column")

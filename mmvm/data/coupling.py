@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from mmvm.data.store_format import DataError
+
 OVERLAP_NOTE = 0.9  # the share of a modality's samples that should be held with another
 
 
@@ -92,6 +94,35 @@ def split_fingerprint(train: str | Path, test: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def split_like(sample_ids: Sequence[str], folder: str | Path, fallback: np.ndarray
+               ) -> tuple[np.ndarray, int]:
+    """``(held out, taken)``: each sample's side as another site's files in ``folder``
+    have it (its ``train.parquet``: trained; any other split file, ``test``, ``val``:
+    held out), ``fallback``'s side for a sample that site lacks, and how many sides
+    were taken from it. A third site (a hospital's lab values beside the X-ray
+    sites) so splits its shared samples as they are split there, whatever the
+    preparer and its settings."""
+    files = {p.stem: p for p in sorted(Path(folder).glob("*.parquet"))}
+    if "train" not in files:
+        raise DataError(f"--split-from {folder}: no train.parquet there (a site folder "
+                        f"of another preparer's output)")
+
+    def ids(path: Path) -> set[str]:
+        return set(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
+
+    trained = ids(files["train"])
+    held = set().union(*(ids(p) for k, p in files.items() if k != "train"))
+    out, taken = np.array(fallback, dtype=bool), 0
+    for i, sid in enumerate(sample_ids):
+        if sid in trained or sid in held:
+            out[i], taken = sid in held, taken + 1
+    if not taken:
+        raise DataError(f"--split-from {folder}: none of its {len(trained | held):,} "
+                        f"sample ids is among these (e.g. {sorted(trained)[0]!r} there, "
+                        f"{sample_ids[0]!r} here): write the ids as that site does")
+    return out, taken
+
+
 def split_leak(train: Sequence, test: Sequence) -> str | None:
     """Why the folders whose train files are ``train`` and test files ``test`` (the
     same order) split their shared samples differently, or None: a sample in one
@@ -114,7 +145,9 @@ def split_leak(train: Sequence, test: Sequence) -> str | None:
                         f"Prepare every site with the same --seed, --test-fraction and "
                         f"groups (--groups, --group-column), each sample in the same "
                         f"group at every site (a trial or patient id the sites share, "
-                        f"not each site's own numbering)")
+                        f"not each site's own numbering), or prepare it with "
+                        f"--split-from <the other site's folder> (another preparer's "
+                        f"split, MIMIC-CXR's by patient say)")
     return None
 
 

@@ -136,7 +136,14 @@ def test_sites_split_differently_are_refused_when_joined(tmp_path, capsys):
     assert said.endswith("Prepare every site with the same --seed, --test-fraction and "
                          "groups (--groups, --group-column), each sample in the same "
                          "group at every site (a trial or patient id the sites share, "
-                         "not each site's own numbering)")
+                         "not each site's own numbering), or prepare it with "
+                         "--split-from <the other site's folder> (another preparer's "
+                         "split, MIMIC-CXR's by patient say)")
+    # c takes a's split, whatever its seed: nothing leaks
+    prepare_arrays(tmp_path / "site-c", {"c": tmp_path / "c.npy"},
+                   ids=tmp_path / "ids.txt", seed=1, force=True,
+                   split_from=tmp_path / "site-a")
+    assert split_leak(files("train", "abc"), files("test", "abc")) is None
     # mmvm train refuses the join, before training
     (tmp_path / "sites").mkdir()
     for name, seed in (("a", 0), ("b", 1)):

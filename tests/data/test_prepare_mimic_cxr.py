@@ -299,3 +299,40 @@ print(peak({SIZE}, "big") - peak(8, "small"))  # what the images themselves cost
     # the one-shot preparer held both sites' train splits (~2 x split); streaming
     # holds about two row groups (the chunk and its stacked copy)
     assert images < split / 2, (images, split)
+
+
+def test_a_third_site_takes_the_x_ray_sites_split(tmp_path, capsys):
+    """A hospital's lab values beside the two X-ray sites: MIMIC-CXR splits 80/10/10
+    by patient, the table preparer by a hash of the id, so no --seed made them agree
+    and the leak check's advice could not be followed. --split-from takes each shared
+    sample's side from the X-ray site's files; samples it lacks split as before."""
+    from mmvm.cli import main
+    from mmvm.data.coupling import split_leak
+
+    _tree(tmp_path / "src")
+    paths = prepare_mimic_cxr(tmp_path / "src", tmp_path / "xray", size=8, seed=3)
+    sides = {sid: split for split in ("train", "val", "test")
+             for sid in read_site_table(paths[f"frontal.{split}"]).sample_ids}
+    extra = [f"lab-only-{i}" for i in range(40)]
+    with open(tmp_path / "labs.csv", "w") as fh:
+        fh.write("sample_id,sodium,potassium\n")
+        for i, sid in enumerate([*sides, *extra]):
+            fh.write(f"{sid},{135 + i % 7},{4 + i % 3}\n")
+    argv = ["data", "prepare", "table", "--modality", f"labs={tmp_path / 'labs.csv'}",
+            "--id-column", "sample_id", "--out", str(tmp_path / "labs"), "--quiet",
+            "--split-from", str(tmp_path / "xray" / "frontal")]
+    assert main(argv) == 0
+    assert f"split as the split of {tmp_path / 'xray' / 'frontal'} ({len(sides)} of " \
+        f"{len(sides) + len(extra)} samples; the others by sample id)" in capsys.readouterr().out
+    train = set(read_site_table(tmp_path / "labs" / "train.parquet").sample_ids)
+    test = set(read_site_table(tmp_path / "labs" / "test.parquet").sample_ids)
+    assert {s for s in sides if sides[s] == "train"} <= train
+    assert {s for s in sides if sides[s] != "train"} <= test  # val and test: held out
+    assert train & set(extra) and test & set(extra)  # the rest by the hash split
+    frontal = tmp_path / "xray" / "frontal"
+    assert split_leak([frontal / "train.parquet", tmp_path / "labs" / "train.parquet"],
+                      [frontal / "test.parquet", tmp_path / "labs" / "test.parquet"]) is None
+    with pytest.raises(DataError, match="none of its .* sample ids is among these"):
+        from mmvm.data.coupling import split_like
+
+        split_like(["x", "y"], frontal, np.zeros(2, bool))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmvm.data.coupling import split_like
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
 from mmvm.data.prepare.label_values import check_named, class_ids, label_hint
 from mmvm.data.prepare.npy import load_npy
@@ -162,7 +163,8 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                    notes: Sequence[str] = (),
                    group_source: str | None = None,
                    features: Mapping[str, Sequence[str]] | None = None,
-                   preparation: Mapping | None = None) -> dict[str, Path]:
+                   preparation: Mapping | None = None,
+                   split_from: str | os.PathLike | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` under ``out_dir`` (atomically:
     nothing on error). ``modalities``: name -> ``.npy``; ``labels``: column
     (``label`` or ``label.<name>``) -> ``.npy``; ``ids``: see :func:`load_ids`
@@ -179,8 +181,9 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     (a table's columns: sodium, platelets, ...), kept beside its scale; ``notes``: what a preparer changed or left out, kept in the metadata (the CLI
     prints them); ``preparation``: how images were decoded (``image_preparation``:
     :func:`~mmvm.data.prepare.images.load_image`'s settings, to read a new image as
-    the files were made). A folder that already holds site
-    files is refused unless ``force``."""
+    the files were made); ``split_from``: another site's folder whose split its
+    shared samples take (:func:`~mmvm.data.coupling.split_like`). A folder that
+    already holds site files is refused unless ``force``."""
     if not modalities:
         raise ValueError("give at least one modality (name=file.npy)")
     bad = [m for m in modalities if not NAME.fullmatch(m) or m.startswith("label")
@@ -211,6 +214,12 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
     group_of = _load_groups(groups, n) if groups is not None else None
     notes = [*notes, *unique_labels(cols)]
     test = held_out(group_of or sample_ids, test_fraction, seed)
+    split_by = "sample id" if group_of is None else \
+        f"group ({len(set(group_of))} groups from {group_source or Path(groups).name})"
+    if split_from is not None:  # another site's sides for the samples it shares
+        test, taken = split_like(sample_ids, split_from, test)
+        split_by = (f"the split of {Path(split_from).resolve()} ({taken:,} of {n:,} "
+                    f"samples; the others by {split_by})")
     images = [m for m, a in arrays.items() if is_image(a)]
     notes += [note for m in images if (note := counts_as_image(m, arrays[m]))]
     counts = [m for m, a in arrays.items()  # non-negative integers
@@ -219,9 +228,7 @@ def prepare_arrays(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                     if standardize is True else list(standardize or ()),
                     np.flatnonzero(~test), images, scale_from)
     meta = {"name": name, "seed": seed, "test_fraction": test_fraction,
-            "split_by": "sample id" if group_of is None else
-                        f"group ({len(set(group_of))} groups from "
-                        f"{group_source or Path(groups).name})",
+            "split_by": split_by,
             "sources": {m: str(Path(p).resolve())
                         for m, p in (sources or modalities).items()},
             "source_dtypes": {m: str(a.dtype) for m, a in arrays.items()},

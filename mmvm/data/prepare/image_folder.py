@@ -115,7 +115,8 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                    progress: Progress | None = None,
                    classes: Mapping[str, Sequence[str]] | None = None,
                    white: float | str | None = None, fit: str = "stretch",
-                   window: str = "file", skip_bad: bool = False) -> dict[str, Path]:
+                   window: str = "file", skip_bad: bool = False,
+                   split_from: str | os.PathLike | None = None) -> dict[str, Path]:
     """Write ``train.parquet`` and ``test.parquet`` of the images in ``folders``
     (modality -> folder; every folder holds the same sample ids) under ``out_dir``.
     ``labels``: the table's columns to keep as labels (default: all but the id and
@@ -195,6 +196,7 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
                               preparation={"mode": mode, "size": size, "fit": fit,
                                            "white": white, "window": window},
                               name=name, force=force, progress=progress, notes=notes,
+                              split_from=split_from,
                               sources={m: Path(f).resolve() for m, f in folders.items()},
                               classes={key_of.get(c, f"label.{c}"): v
                                        for c, v in (classes or {}).items()})
