@@ -45,7 +45,7 @@ _PREPARE_HELP = {
 
 _PREPARE_OPTIONS = ("size", "seed", "skip_missing", "view", "test_fraction", "correct_only",
                     "crop", "onsets", "rats", "aligned", "names", "authors_images",
-                    "uncertain")
+                    "uncertain", "id_key")
 _MAKE_HC_OPTIONS = ("seed", "trials_per_odor", "tuning", "tuned_fraction", "gain_sd",
                     "noise_sd", "test_fraction")
 _HC_EPILOG = ("The defaults give per-rat raw odor decoding of about 0.5 (4 odors, chance "
@@ -184,6 +184,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            default=argparse.SUPPRESS, help="the rat folders to read, "
                            "e.g. barat (a lab that holds one rat; it stays rat1; default "
                            "the authors' five)")
+            q.add_argument("--id-key-file", dest="id_key", type=_key_file,
+                           default=argparse.SUPPRESS, metavar="FILE",
+                           help="a secret the labs share (not the server; e.g. openssl "
+                                "rand -hex 32): sample ids become its HMAC of the trial's "
+                                "id, the same at every lab, so in plaintext mode they do "
+                                "not tell the server each sample's odor")
             q.add_argument("--names", type=lambda t: [v.strip() for v in t.split(",")],
                            default=argparse.SUPPRESS, metavar="NAME,...",
                            help="the modality of each rat, as the federation's config "
@@ -236,6 +242,13 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 320x256"
                                          ) from None
     return w, h
+
+
+def _key_file(path: str) -> bytes:
+    try:
+        return open(path, "rb").read().strip()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"{path}: {err.strerror or err}") from None
 
 
 def _ints(flag: str, what: str):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmvm.data import hippocampus as H
-from mmvm.data.prepare.hippocampus import prepare_hippocampus
+from mmvm.data.prepare.hippocampus import keyed_ids, prepare_hippocampus
 from mmvm.data.store import DataError, read_site_meta, read_site_table
 
 
@@ -125,3 +125,24 @@ def test_a_lab_names_its_rat_as_the_federations_config_does(tmp_path):
         with pytest.raises(ValueError, match=match):
             prepare_hippocampus(tmp_path / "raw", tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_keyed_ids_say_nothing_of_the_odor_and_still_pair_the_labs(tmp_path):
+    """``A012-w03`` tells a plaintext server each sample's odor; under the labs' key
+    the ids are an HMAC, the same at every lab, so the rats still pair."""
+    H.write_hippocampus_raw(tmp_path / "raw", seed=4, trials_per_odor=5)
+    key = b"a secret only the labs hold, 32b"
+    full = prepare_hippocampus(tmp_path / "raw", tmp_path / "all", seed=2, id_key=key)
+    counts = read_site_meta(full["train"])["dataset"]["aligned_per_odor"]
+    lab = prepare_hippocampus(tmp_path / "raw", tmp_path / "lab", rats=["mitt"], seed=2,
+                              aligned=counts, id_key=key)
+    plain = prepare_hippocampus(tmp_path / "raw", tmp_path / "plain", seed=2)
+    for split in ("train", "test"):
+        ids = read_site_table(full[split]).sample_ids
+        assert read_site_table(lab[split]).sample_ids == ids  # the labs still pair
+        assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids), ids[:3]
+        assert len(set(ids)) == len(ids)
+        assert ids == keyed_ids(read_site_table(plain[split]).sample_ids, key)
+    assert "HMAC-SHA256" in read_site_meta(full["train"])["dataset"]["recipe"]["sample_id"]
+    with pytest.raises(ValueError, match="give at least 16"):
+        prepare_hippocampus(tmp_path / "raw", tmp_path / "x", id_key=b"short")

@@ -17,6 +17,8 @@ and ``test.parquet`` with columns ``rat1..rat5`` (float32 ``[neurons, 10]``),
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -80,12 +82,25 @@ def read_simulation(src: Path) -> dict | None:
     return sim
 
 
+KEYED = "HMAC-SHA256 of <odor><index>-w<window> under the labs' key, 16 hex digits"
+MIN_KEY_BYTES = 16
+
+
+def keyed_ids(ids: Sequence[str], key: bytes) -> list[str]:
+    """Sample ids that say nothing without ``key`` (see ``prepare_hippocampus``)."""
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"an id key of {len(key)} bytes: give at least {MIN_KEY_BYTES} "
+                         f"(e.g. `openssl rand -hex 32 > key`, shared by the labs only)")
+    return [hmac.new(key, i.encode(), hashlib.sha256).hexdigest()[:16] for i in ids]
+
+
 def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                         rats: Sequence[str] = H.RATS,
                         onsets: Sequence[int] | None = None, seed: int = 0,
                         test_fraction: float = 0.2, correct_only: bool = False,
                         aligned: Sequence[int] | None = None,
                         names: Sequence[str] | None = None,
+                        id_key: bytes | None = None,
                         row_group_size: int = 1024,
                         progress: Progress | None = None) -> dict[str, Path]:
     """Window the raw recordings into ``train.parquet`` / ``test.parquet``.
@@ -99,6 +114,9 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     names : the modality of each rat (default: the authors' rats keep theirs,
         ``barat`` is ``rat1`` also alone; other rats are ``rat1..`` in the order
         given): the name the federation's config gives that lab's rat.
+    id_key : a secret the labs share (not the server): each sample id becomes 16 hex
+        digits of its HMAC-SHA256 under it, the same at every lab, so ids no longer
+        spell the odor and trial (``A012-w03``) to a plaintext server.
     seed : seeds the split of aligned trials into train and test.
     test_fraction : share of each odor's aligned trials held out.
     correct_only : keep only correctly answered trials (the authors keep all).
@@ -134,6 +152,9 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     if min(data["n_aligned"]) == 0:
         raise DataError(f"{src}: some odor has no trial in every rat "
                         f"(aligned trials per odor: {data['n_aligned']})")
+    if id_key is not None:
+        for split in ("train", "test"):
+            data[split]["ids"] = keyed_ids(data[split]["ids"], id_key)
     meta = {
         "name": "hippocampus", "source": str(src.resolve()), "seed": seed,
         "modalities": modalities, "rats": dict(zip(modalities, rats, strict=True)),
@@ -143,7 +164,8 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
         "label_names": {"label": list(H.ODORS[:H.N_ODORS])},  # legends say A-D, not 0-3
         "correct_only": correct_only, "test_fraction": test_fraction,
         "aligned_per_odor": [int(n) for n in data["n_aligned"]],
-        "recipe": H.recipe(), "versions": {"numpy": np.__version__},
+        "recipe": {**H.recipe(), **({"sample_id": KEYED} if id_key is not None else {})},
+        "versions": {"numpy": np.__version__},
         "created_by": "mmvm.data.prepare.hippocampus.prepare_hippocampus",
     }
     simulation = read_simulation(src)
