@@ -266,6 +266,12 @@ def make(args: argparse.Namespace) -> int:
     elif args.pki_only or args.sites:
         files.update(pki_files(out, hosts))
         sites = [s.strip() for s in (args.sites or "").split(",") if s.strip()]
+        if args.sites is not None and not sites:  # "," made the PKI alone, unsaid
+            raise ValueError(f"--sites {args.sites!r} names no site; give their names, "
+                             f"comma-separated, or --pki-only")
+        again = sorted({s for s in sites if sites.count(s) > 1})
+        if again:
+            raise ValueError(f"--sites: {', '.join(again)} given twice; name each site once")
         folded = [s.casefold() for s in sites]
         twice = sorted({s for s in sites if folded.count(s.casefold()) > 1})
         if twice:  # `A` and `a` are one folder on macOS's and Windows' disks

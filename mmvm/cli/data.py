@@ -189,7 +189,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="a secret the labs share (not the server; e.g. openssl "
                                 "rand -hex 32): sample ids become its HMAC of the trial's "
                                 "id, the same at every lab, so in plaintext mode they do "
-                                "not tell the server each sample's odor")
+                                "not tell the server each sample's odor (default: ids "
+                                "such as A012-w03)")
             q.add_argument("--names", type=lambda t: [v.strip() for v in t.split(",")],
                            default=argparse.SUPPRESS, metavar="NAME,...",
                            help="the modality of each rat, as the federation's config "

@@ -336,6 +336,11 @@ def _how_to_make(names: list[str], source: str, root: str, path: Path) -> str:
         return (f"the folders under {root} hold {path.name} ({', '.join(sites)}): join "
                 f"them by sample id with --set {listed} (or folders = "
                 f"[...] in the config's [data])")
+    held = sorted(p.name for p in path.parent.glob("*.parquet")) \
+        if path.parent.is_dir() else []
+    if held:  # a mistyped data.train / data.test / folder: no data to make
+        return (f"{path.parent} holds {', '.join(held)}: check data.train, data.test "
+                f"and data.folders (a typo?); making the data again would not help")
 
     for kind, mods in (("polymnist", POLYMNIST), ("hippocampus", RATS)):
         if tuple(names) == tuple(mods):

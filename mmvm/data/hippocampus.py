@@ -184,6 +184,12 @@ def window_samples(sessions: Sequence[RatSession], modalities: Sequence[str],
         is_test[rng.permutation(k)[:n_test]] = True
         for i in range(k):
             pairs["test" if is_test[i] else "train"].append((o, i))
+    empty = [split for split, pp in pairs.items() if not pp]
+    if empty:  # a file of no rows, which every reader then refused
+        raise DataError(f"the {empty[0]} split is empty: test_fraction {test_fraction:g} "
+                        f"of {', '.join(map(str, n_aligned))} aligned trials per odor "
+                        f"rounds to {'none' if empty[0] == 'test' else 'all'}; give a "
+                        f"test fraction that holds out some trials and keeps some")
     out = {}
     for split, pp in pairs.items():
         n = len(pp) * N_SUB

@@ -41,6 +41,9 @@ def mimic_studies(extra: int = 20) -> dict[str, dict[str, list[tuple[str, str]]]
 
 
 
+MAX_SIDE = 4096  # a look-alike's image side: a mistyped 100000 asked for 149 GiB
+
+
 def mimic_tree(root, size=(40, 48), extra: int = 20, labels: str = "fixed",
                seed: int = 0) -> None:
     """Grey sine-pattern images (``size`` = width, height) for :func:`mimic_studies`
@@ -87,8 +90,9 @@ def make_mimic_tree(out: str | Path, patients: int = 60, size: tuple[int, int] =
         raise ValueError(f"patients = {patients}: at least 10, so that the preparer's "
                          f"train, validation and test splits can all get pairs (with "
                          f"few patients a split may still get none; prepare says so)")
-    if min(size) < 16:
-        raise ValueError(f"size = {size}: images of at least 16 x 16 pixels")
+    if min(size) < 16 or max(size) > MAX_SIDE:
+        raise ValueError(f"size = {size[0]}x{size[1]}: images of 16 to {MAX_SIDE} pixels "
+                         f"a side (MIMIC-CXR's JPEGs are about 2500 x 3000)")
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder; give a new folder")
     with staged_output(out) as stage:

@@ -131,13 +131,11 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
                  name: str) -> Draft:
     """The config for training on ``folders`` (joined by sample id), named ``name``
     (its run folder ``runs/<name>``), from ``base`` or the shipped config for the data."""
-    import tomllib
 
     folders = [Path(f).resolve() for f in folders]
     mods, rows, held = site_modalities(folders)
     base_path = Path(base) if base else base_for(mods)
-    with open(base_path, "rb") as fh:
-        raw = tomllib.load(fh)
+    raw = _base_config(base_path)
     notes: list[str] = []
     base_mods = raw.get("model", {}).get("modalities", {})
     model = {**raw.get("model", {}),
@@ -152,6 +150,24 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
     evals = eval_table(raw.get("eval", {}), rows,
                        list(dict.fromkeys(c for cols in held for c in cols)), notes)
     return Draft(out | ({"eval": evals} if evals else {}), base_path, notes)
+
+
+def _base_config(path: Path) -> dict:
+    """The base config's TOML, checked as a config of its own first: its errors name
+    it, not the draft they would otherwise be found in."""
+    import tomllib
+
+    from mmvm.config import ConfigError, config_from_dict
+
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as err:
+        raise ConfigError(f"--base {path}: {err.strerror or err}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--base {path}: not a TOML config ({err})") from None
+    config_from_dict(raw, source=str(path))
+    return raw
 
 
 def data_table(base: dict, folders: list[Path], held: list[list[str]],

@@ -124,7 +124,8 @@ def test_a_site_named_like_a_file_of_its_folder_is_refused(tmp_path, capsys, nam
 @pytest.mark.parametrize("sites, match", [
     ("CA.crt,b", "site name 'CA.crt' is the name of a file its folder holds"),
     ("Site-A,site-a,b", "Site-A, site-a name one site folder on a case-insensitive disk"),
-    ("a,a", "a name one site folder"),
+    ("a,a", "--sites: a given twice; name each site once"),
+    (",", "--sites ',' names no site"),  # made the PKI alone, unsaid
 ])
 def test_names_that_one_case_insensitive_disk_confuses_are_refused(tmp_path, capsys,
                                                                    sites, match):

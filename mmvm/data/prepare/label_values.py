@@ -9,6 +9,7 @@ own, would scramble the ids without a word.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +30,12 @@ def class_ids(values: Sequence[str], where: str, classes: Sequence[str] | None =
     if given and all(n is not None for v, n in zip(values, numbers, strict=True) if v):
         ids = np.array([-1 if n is None else n for n in numbers], dtype=np.int64)
         return ids, (check_named(ids, classes, where) if classes is not None else None)
+    fractional = [v for v in given if _fraction(v)]
+    if fractional and all(_fraction(v) or _int_or_none(v) is not None for v in given):
+        raise DataError(f"{where}: label values such as {fractional[0]!r} are numbers "
+                        f"that are not whole: a continuous value, not classes? Bin it into "
+                        f"classes first (a probe of it as names would have a class per "
+                        f"value)")
     if any(n is not None for n in numbers):
         row = next(i for i, n in enumerate(numbers) if n is not None)
         raise DataError(f"{where}: row {row} holds the number {values[row]!r} among "
@@ -100,6 +107,15 @@ def label_hint(a: np.ndarray) -> str:
                 "11)[1:-1]) for 10 bins, and decode the value itself from `mmvm encode`'s "
                 "latents")
     return ""
+
+
+def _fraction(text: str) -> bool:
+    """A finite number that is not whole (``"-0.0021"``, ``"3.5"``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and not value.is_integer()
 
 
 def _int_or_none(text: str) -> int | None:

@@ -38,18 +38,31 @@ def read_table(path: str | os.PathLike, text: Sequence[str] = ()) -> pa.Table:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
+            _unique_columns(path, pq.read_schema(path).names)
             return pq.read_table(path)
         if path.suffix in (".csv", ".tsv"):
             from pyarrow import csv
 
-            return csv.read_csv(path, parse_options=csv.ParseOptions(
+            table = csv.read_csv(path, parse_options=csv.ParseOptions(
                 delimiter="\t" if path.suffix == ".tsv" else ","),
                 convert_options=csv.ConvertOptions(
                     column_types=dict.fromkeys(text, pa.string())))
+            _unique_columns(path, table.column_names)
+            return table
     except (OSError, pa.ArrowInvalid) as err:
         raise DataError(f"{path}: not a readable table ({err}){_separator_hint(path)}"
                         ) from None
     raise DataError(f"{path}: expected a table file ({', '.join(READERS)})")
+
+
+def _unique_columns(path: Path, names: Sequence[str]) -> None:
+    """A column named twice is refused by name (pyarrow raised a KeyError, or dumped
+    its own schema, once the column was looked up)."""
+    twice = [c for c, n in Counter(names).items() if n > 1]
+    if twice:
+        where = [i + 1 for i, c in enumerate(names) if c == twice[0]]
+        raise DataError(f"{path}: column name {twice[0]!r} appears {len(where)} times "
+                        f"(columns {', '.join(map(str, where))}); rename all but one")
 
 
 def _separator_hint(path: Path) -> str:

@@ -1,0 +1,76 @@
+"""Bad input found by a review that tried ~500 of them on the CLI: each is refused in
+one line that names the file and what to do, exit 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmvm.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _refused(capsys, argv, said, out=None):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert out is None or not Path(out).exists()
+
+
+def test_a_table_that_names_a_column_twice(tmp_path, capsys):
+    """pyarrow raised a KeyError (a traceback) for a CSV, dumped its schema for
+    Parquet."""
+    (tmp_path / "t.csv").write_text("sid,y,f1,f1\na,0,1,2\nb,1,3,4\n")
+    _refused(capsys, ["data", "prepare", "table", "--modality", f"x={tmp_path / 't.csv'}",
+                      "--id-column", "sid", "--out", str(tmp_path / "o"), "--quiet"],
+             "column name 'f1' appears 2 times (columns 3, 4); rename all but one",
+             tmp_path / "o")
+
+
+def test_a_continuous_label_is_not_a_class_per_value(tmp_path, capsys):
+    rows = "\n".join(f"s{i},{np.sin(i):.5f},{i % 3}" for i in range(30))
+    (tmp_path / "t.csv").write_text(f"sid,y,f\n{rows}\n")
+    _refused(capsys, ["data", "prepare", "table", "--modality", f"x={tmp_path / 't.csv'}",
+                      "--id-column", "sid", "--label", "y", "--out", str(tmp_path / "o"),
+                      "--quiet"], "are numbers that are not whole: a continuous value",
+             tmp_path / "o")
+
+
+def test_look_alikes_that_would_be_no_data(tmp_path, capsys):
+    # 100000 x 100000 asked numpy for 149 GiB, a traceback
+    _refused(capsys, ["data", "make", "mimic_cxr", "--out", str(tmp_path / "m"),
+                      "--patients", "10", "--size", "100000x100000"],
+             "images of 16 to 4096 pixels a side", tmp_path / "m")
+    # a test file of no rows, which every reader then refused
+    _refused(capsys, ["data", "make", "hippocampus", "--out", str(tmp_path / "h"),
+                      "--test-fraction", "0", "--trials-per-odor", "2", "--quiet"],
+             "the test split is empty: test_fraction 0", tmp_path / "h")
+
+
+def test_a_base_configs_errors_name_the_base(tmp_path, capsys, tiny_polymnist):
+    """The draft's path was named for a typo in --base, and no file for bad TOML."""
+    from mmvm.data.sites import site_layout, split_sites
+
+    split_sites([tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet"],
+                tmp_path / "sites", site_layout("vertical", ["m0", "m1", "m2"]))
+    base = tmp_path / "base.toml"
+    text = (ROOT / "configs" / "polymnist_cpu.toml").read_text()
+    for content, said in ((text.replace("latent_dim", "latnet_dim"),
+                           f"{base}: unknown key 'model.latnet_dim'"),
+                          ("[model\n", f"--base {base}: not a TOML config")):
+        base.write_text(content)
+        _refused(capsys, ["data", "config", str(tmp_path / "sites" / "site-m0"), "--out",
+                          str(tmp_path / "d.toml"), "--base", str(base)], said,
+                 tmp_path / "d.toml")
+
+
+def test_a_mistyped_data_file_is_not_sent_to_make_data_again(tmp_path, capsys,
+                                                              tiny_polymnist):
+    config = ROOT / "configs" / "polymnist_cpu.toml"
+    _refused(capsys, ["train", "--config", str(config), "--set",
+                      f'data.root="{tiny_polymnist}"', "--set", "data.train=nope.parquet",
+                      "--set", f'train.out_dir="{tmp_path / "run"}"'],
+             f"{tiny_polymnist} holds test.parquet, train.parquet: check data.train",
+             tmp_path / "run")
