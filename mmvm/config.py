@@ -217,6 +217,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
             if not path.is_absolute() and shipped.is_file():
                 where += (f"; this mmvm checkout has {shipped} (run from {CHECKOUT}, "
                           f"where its data paths point too, or give that path)")
+            if path.is_dir():
+                held = sorted(p.name for p in path.glob("*.toml"))[:5]
+                raise ConfigError(f"config file {path} is a folder; give a .toml file"
+                                  + (f" (it holds {', '.join(held)})" if held else ""))
             raise ConfigError(f"config file {path} does not exist{where}")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))

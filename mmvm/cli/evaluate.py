@@ -223,6 +223,8 @@ def no_checkpoint(run_dir: Path) -> str:
     except (OSError, ValueError):
         summary = None
     if not is_federated_summary(summary):
+        if run_dir.is_file():  # --run runs/x/checkpoint.pt
+            return f"--run {run_dir} is a file; --run takes the run folder ({run_dir.parent})"
         return f"no checkpoint.pt in {run_dir}; train first (mmvm train) or pass --run DIR"
     return (f"{run_dir} is a federated run without an assembled model (no "
             f"checkpoint.pt): {why_no_model(summary)}. Each site's own evaluation of "

@@ -74,3 +74,15 @@ def test_a_mistyped_data_file_is_not_sent_to_make_data_again(tmp_path, capsys,
                       "--set", f'train.out_dir="{tmp_path / "run"}"'],
              f"{tiny_polymnist} holds test.parquet, train.parquet: check data.train",
              tmp_path / "run")
+
+
+def test_a_folder_for_a_file_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "lab.toml").write_text("")
+    _refused(capsys, ["train", "--config", str(tmp_path / "cfgs")],
+             f"config file {tmp_path / 'cfgs'} is a folder; give a .toml file (it holds "
+             f"lab.toml)")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    _refused(capsys, ["evaluate", "--run", str(tmp_path / "run" / "checkpoint.pt")],
+             f"is a file; --run takes the run folder ({tmp_path / 'run'})")
