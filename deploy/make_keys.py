@@ -255,7 +255,7 @@ def make(args: argparse.Namespace) -> int:
     files: Files = {}
     publics: list[SitePublicKeys] = []
     if args.directory:
-        publics = [SitePublicKeys.from_bytes(p.read_bytes()) for p in args.directory]
+        publics = [_public_record(p) for p in args.directory]
     elif args.site:
         f, pub = site_files(out, args.site)
         files.update(f)
@@ -296,6 +296,17 @@ def make(args: argparse.Namespace) -> int:
         print(f"site {pub.site}: fingerprint {pub.fingerprint}")
     print(f"wrote {len(files)} file{'s' * (len(files) != 1)} under {out}")
     return 0
+
+
+def _public_record(path: Path) -> SitePublicKeys:
+    """A site's ``site_public.json``, or an error that names the file."""
+    try:
+        return SitePublicKeys.from_bytes(path.read_bytes())
+    except OSError as err:
+        raise ValueError(f"--directory {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise ValueError(f"--directory {path}: {err} (a site's site_public.json, as "
+                         f"`mmvm site keys --site` wrote it)") from None
 
 
 if __name__ == "__main__":

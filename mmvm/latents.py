@@ -151,7 +151,7 @@ def _latent_sets(paths: list[str | Path]):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such latents file (write one with mmvm "
                                     f"encode)")
-        table = pq.read_table(p)
+        table = _readable(pq.read_table, p)
         cols = [c for c in table.column_names if c.startswith("mu.")]
         if not cols:
             raise ValueError(f"{p}: no mu.<modality> column; not an mmvm encode output")
@@ -178,12 +178,29 @@ def latents_label_names(paths: list[str | Path], label: str | None) -> list[str]
     import json
 
     for p in paths:
-        raw = (pq.read_schema(p).metadata or {}).get(LATENTS_KEY)
+        raw = (latents_schema(p).metadata or {}).get(LATENTS_KEY)
         names = (json.loads(raw).get("label_names") or {}).get(label or "label") \
             if raw else None
         if isinstance(names, list):
             return [str(n) for n in names]
     return None
+
+
+def latents_schema(path: str | Path):
+    """The Parquet schema of an ``mmvm encode`` output, or an error naming it."""
+    return _readable(pq.read_schema, path)
+
+
+def _readable(read, path):
+    """``read(path)`` (a pyarrow reader), or a ValueError that names the file: pyarrow's
+    own words ("Parquet magic bytes not found") name none."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such latents file (write one with mmvm encode)")
+    try:
+        return read(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({err}); write it again "
+                         f"with mmvm encode") from None
 
 
 def _check_finite(values: np.ndarray, valid: np.ndarray, path: Path, column: str) -> None:

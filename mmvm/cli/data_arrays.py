@@ -315,9 +315,13 @@ def _white_level(text: str) -> float | str:
     if text == "auto":
         return text
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: a pixel value or 'auto'") from None
+    if not value > 0 or value == float("inf"):  # every image was "outside 0..-5"
+        raise argparse.ArgumentTypeError(f"{text!r}: the white level is a pixel value "
+                                         f"above 0 (e.g. 4095 for 12-bit), or 'auto'")
+    return value
 
 
 def _prepare_images(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                    "run folders)")
     s.add_argument("--y", choices=("probe", "coherence", "probe_all", "probe_agg"),
                    default="probe", help="quantity on the y axis (default: probe)")
-    s.add_argument("--chance", type=float, default=None, metavar="P",
+    s.add_argument("--chance", type=_fraction, default=None, metavar="P",
                    help="draw the chance level P as a dashed line (e.g. 0.1 for 10 "
                    "balanced classes; default: the results' own \"chance\" (majority "
                    "class rate), when they all give the same one)")
@@ -172,11 +172,10 @@ def _default_label(paths: list[str]) -> str | None:
     label column (a lab's ``label.odor``, said); with several (MIMIC-CXR's
     ``label.<finding>``) None, the points drawn in one colour, and which to choose
     said."""
-    import pyarrow.parquet as pq
-
     from mmvm.data.store_format import is_label_column
+    from mmvm.latents import latents_schema
 
-    names = [n for p in paths for n in pq.read_schema(p).names]
+    names = [n for p in paths for n in latents_schema(p).names]
     others = list(dict.fromkeys(filter(is_label_column, names)))
     if "label" in names or not others:
         return None
@@ -187,6 +186,18 @@ def _default_label(paths: list[str]) -> str | None:
     print(f"note: no 'label' column: the points are drawn in one colour; colour "
           f"them by one of {shown} with --label COLUMN")
     return None
+
+
+def _fraction(text: str) -> float:
+    """A chance level: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a chance level is a fraction in "
+                                         f"[0, 1] (e.g. 0.1 for 10 balanced classes)")
+    return value
 
 
 def run_latents(args: argparse.Namespace) -> int:
@@ -213,11 +224,15 @@ ACROSS_MARK = b'"written_by": "mmvm plot across"'  # in every JSON it writes
 
 
 def run_across(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
 
     from mmvm.atomic import atomic_write
     from mmvm.jsonfile import json_bytes
-    from mmvm.latents import latents_label_names, read_latent_units, read_latents
+    from mmvm.latents import (
+        latents_label_names,
+        latents_schema,
+        read_latent_units,
+        read_latents,
+    )
     from mmvm.latents_across import across_matrix
     from mmvm.plot_across import across_heatmap
 
@@ -228,7 +243,7 @@ def run_across(args: argparse.Namespace) -> int:
                                "mmvm plot across", (ACROSS_MARK,))
     label = args.label if args.label is not None else _default_label(args.latents)
     column = label or "label"
-    files = [p for p in args.latents if column in pq.read_schema(p).names]
+    files = [p for p in args.latents if column in latents_schema(p).names]
     for p in sorted(set(args.latents) - set(files)):  # an unlabelled site's latents
         print(f"note: {p}: no {column} column: left out", file=sys.stderr)
     if not files:

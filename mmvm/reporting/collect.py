@@ -184,7 +184,7 @@ def read_run_folder(folder: Path) -> Run:
         if not isinstance(result, Mapping):
             raise ValueError(f"{folder / 'eval.json'}: not an evaluation (a JSON object)")
         source = "eval.json (assembled model)" if run.federated else "eval.json"
-        apply_eval(run, result, source)
+        apply_eval(run, result, source, folder / "eval.json")
     elif run.federated:
         site_evaluations(run, run.federated)
         cross_site_metrics(run, run.federated)

@@ -129,8 +129,10 @@ def identity_from_config(run: Run, config: Mapping) -> None:
     run.settings.update(flatten(config))
 
 
-def apply_eval(run: Run, result: Mapping, source: str) -> None:
-    """Identity and numbers from an ``evaluate_run`` dict; unknown keys are ignored."""
+def apply_eval(run: Run, result: Mapping, source: str, path: Path | None = None) -> None:
+    """Identity and numbers from an ``evaluate_run`` dict; unknown keys are ignored.
+    ``path``: the file it was read from, named where it holds no number at all
+    (every ``evaluate_run`` writes a reconstruction)."""
     if "method" in result:
         run.method = str(result["method"])
     run.beta = number(result.get("beta")) if "beta" in result else run.beta
@@ -156,6 +158,10 @@ def apply_eval(run: Run, result: Mapping, source: str) -> None:
                               if isinstance(result.get("chance"), Mapping) else None),
              "coherence": number(coh.get("mean")), "coherence_self": number(coh.get("self")),
              "imputation_nll": number(imp.get("total"))}
+    if path is not None and all(v is None for v in found.values()):
+        raise ValueError(f"{path}: no number where mmvm evaluate writes one (probe, "
+                         f"reconstruction, coherence): a damaged file? Run mmvm evaluate "
+                         f"on the run again")
     _set_metrics(run, found, source)
     per_recon = recon.get("per_modality")
     per_recon = per_recon if isinstance(per_recon, Mapping) else {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mmvm.cli import main
 
@@ -86,3 +87,36 @@ def test_a_folder_for_a_file_is_named_as_such(tmp_path, capsys):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     _refused(capsys, ["evaluate", "--run", str(tmp_path / "run" / "checkpoint.pt")],
              f"is a file; --run takes the run folder ({tmp_path / 'run'})")
+
+
+def test_damaged_outputs_are_named_not_read_as_empty(tmp_path, capsys):
+    """An eval.json of strings was reported as "no run here has an eval.json yet",
+    exit 0; a truncated latents file and a public-key record said nothing of the file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.json").write_text('{"method": "mmvm", "probe": {"mean": "oops"}, '
+                                   '"reconstruction": {"total": "oops"}}')
+    _refused(capsys, ["report", str(run), "--out", str(tmp_path / "r.html")],
+             f"{run / 'eval.json'}: no number where mmvm evaluate writes one",
+             tmp_path / "r.html")
+    (tmp_path / "lat.parquet").write_bytes(b"PAR1 not really")
+    for command in ("latents", "across"):
+        _refused(capsys, ["plot", command, str(tmp_path / "lat.parquet"), "--out",
+                          str(tmp_path / "p.png")],
+                 f"{tmp_path / 'lat.parquet'}: not a readable Parquet file")
+    (tmp_path / "pub.json").write_text("{\n")
+    _refused(capsys, ["site", "keys", "--out", str(tmp_path / "k"), "--directory",
+                      str(tmp_path / "pub.json")], f"--directory {tmp_path / 'pub.json'}: ",
+             tmp_path / "k")
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["data", "prepare", "images", "--modality", "a=x", "--size", "8", "--out", "o",
+      "--white-level", "-5"], "the white level is a pixel value above 0"),
+    (["plot", "scatter", "r.csv", "--chance", "1.5"], "a chance level is a fraction"),
+    (["plot", "scatter", "r.csv", "--chance", "nan"], "a chance level is a fraction"),
+])
+def test_values_out_of_range_are_refused_by_the_flag(capsys, argv, said):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and said in capsys.readouterr().err
