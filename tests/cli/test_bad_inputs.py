@@ -120,3 +120,18 @@ def test_values_out_of_range_are_refused_by_the_flag(capsys, argv, said):
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert stop.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_an_image_tables_label_error_names_the_table(tmp_path, capsys):
+    """It named the preparer's temporary /tmp/mmvm-images-*/label.dx.npy."""
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "a" / f"s{i}.png")
+    rows = "\n".join(f"s{i},{v}" for i, v in enumerate(["1", "x", "2", "y", "1", "x"]))
+    (tmp_path / "t.csv").write_text(f"sample_id,dx\n{rows}\n")
+    _refused(capsys, ["data", "prepare", "images", "--modality", f"a={tmp_path / 'a'}",
+                      "--size", "28", "--table", str(tmp_path / "t.csv"), "--out",
+                      str(tmp_path / "o"), "--quiet"],
+             f"{tmp_path / 't.csv'} column 'dx': row ", tmp_path / "o")

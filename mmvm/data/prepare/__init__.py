@@ -102,3 +102,12 @@ def reported(chunks: Iterable[T], step: Callable[[str, int], None], description:
         yield chunk
         done += len(chunk.sample_ids)
         step(description, done)
+
+
+def renamed(err: Exception, said: dict[str, str]) -> Exception:
+    """``err`` again with the temporary files a preparer made named as the user's
+    inputs they came from (``said``: temporary path -> what to call it)."""
+    text = str(err)
+    for temp, where in said.items():
+        text = text.replace(temp, where)
+    return type(err)(text)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmvm.data.prepare import Progress
+from mmvm.data.prepare import Progress, renamed
 from mmvm.data.prepare.arrays import prepare_arrays
 from mmvm.data.prepare.dicom import PICTURES, is_dicom
 from mmvm.data.prepare.dicom import SUFFIXES as DICOM_SUFFIXES
@@ -189,17 +189,21 @@ def prepare_images(out_dir: str | os.PathLike, folders: Mapping[str, str | os.Pa
             groups = tmp / "groups.txt"
             groups.write_text("\n".join(values) + "\n")
         white = white if isinstance(white, str) or white is None else float(white)
-        return prepare_arrays(out_dir, arrays, ids=tmp / "ids.txt", labels=label_files,
-                              groups=groups, test_fraction=test_fraction, seed=seed,
-                              group_source=group_column and f"column {group_column!r} "
-                                                            f"of {Path(table).name}",
-                              preparation={"mode": mode, "size": size, "fit": fit,
-                                           "white": white, "window": window},
-                              name=name, force=force, progress=progress, notes=notes,
-                              split_from=split_from,
-                              sources={m: Path(f).resolve() for m, f in folders.items()},
-                              classes={key_of.get(c, f"label.{c}"): v
-                                       for c, v in (classes or {}).items()})
+        said = {str(label_files[key_of[c]]): f"{table} column {c!r}" for c in keep}
+        try:  # errors name the table's columns, not the files made from them here
+            return prepare_arrays(out_dir, arrays, ids=tmp / "ids.txt", labels=label_files,
+                                  groups=groups, test_fraction=test_fraction, seed=seed,
+                                  group_source=group_column and f"column {group_column!r} "
+                                                                f"of {Path(table).name}",
+                                  preparation={"mode": mode, "size": size, "fit": fit,
+                                               "white": white, "window": window},
+                                  name=name, force=force, progress=progress, notes=notes,
+                                  split_from=split_from,
+                                  sources={m: Path(f).resolve() for m, f in folders.items()},
+                                  classes={key_of.get(c, f"label.{c}"): v
+                                           for c, v in (classes or {}).items()})
+        except (DataError, ValueError) as err:
+            raise renamed(err, said) from None
 
 
 def table_notes(rows: Mapping[str, dict], ids: Sequence[str], table) -> list[str]:

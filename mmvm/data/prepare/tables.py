@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from mmvm.data.prepare import renamed
 from mmvm.data.prepare.arrays import prepare_arrays
 from mmvm.data.store import DataError
 from mmvm.data.value_ranges import LARGE
@@ -307,10 +308,7 @@ def prepare_tables(out_dir: str | os.PathLike, modalities: Mapping[str, str | os
                 sources={m: Path(p) for m, p in modalities.items()},
                 notes=[*notes, *split.pop("notes", ())], **split)
         except (DataError, ValueError) as err:  # name the tables, not the temp files
-            text = str(err)
-            for temp, where in said.items():
-                text = text.replace(temp, where)
-            raise type(err)(text) from None
+            raise renamed(err, said) from None
 
 
 def in_order(values, got: list[str], ids: list[str], path=None, first=None):
