@@ -328,8 +328,9 @@ def _prepare_images(args: argparse.Namespace) -> int:
     from mmvm.data.prepare.image_folder import prepare_images
 
     check_folder_out(args.out)
-    if args.label and not args.table:
-        raise ValueError("--label names columns of --table, which is missing")
+    for flag, given in (("--label", args.label), ("--group-column", args.group_column)):
+        if given and not args.table:
+            raise ValueError(f"{flag} names columns of --table, which is missing")
     with data_progress(not args.quiet) as cb:
         paths = prepare_images(args.out, _pairs(args.modality, "--modality"),
                                size=args.size, mode=args.mode, table=args.table,

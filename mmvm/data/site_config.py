@@ -133,6 +133,9 @@ def draft_config(folders: Sequence[str | os.PathLike], base: str | os.PathLike |
     (its run folder ``runs/<name>``), from ``base`` or the shipped config for the data."""
 
     folders = [Path(f).resolve() for f in folders]
+    again = sorted({str(f) for f in folders if folders.count(f) > 1})
+    if again:  # a config listing it twice trained on nothing of the sites left out
+        raise ValueError(f"{again[0]} is given twice; give each site folder once")
     mods, rows, held = site_modalities(folders)
     base_path = Path(base) if base else base_for(mods)
     raw = _base_config(base_path)

@@ -135,3 +135,17 @@ def test_an_image_tables_label_error_names_the_table(tmp_path, capsys):
                       "--size", "28", "--table", str(tmp_path / "t.csv"), "--out",
                       str(tmp_path / "o"), "--quiet"],
              f"{tmp_path / 't.csv'} column 'dx': row ", tmp_path / "o")
+
+
+def test_a_site_folder_twice_and_a_group_column_without_table(tmp_path, capsys,
+                                                               tiny_polymnist):
+    from mmvm.data.sites import site_layout, split_sites
+
+    split_sites([tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet"],
+                tmp_path / "sites", site_layout("vertical", ["m0", "m1", "m2"]))
+    site = str(tmp_path / "sites" / "site-m0")
+    _refused(capsys, ["data", "config", site, site, "--out", str(tmp_path / "d.toml")],
+             "site-m0 is given twice; give each site folder once", tmp_path / "d.toml")
+    _refused(capsys, ["data", "prepare", "images", "--modality", f"a={tmp_path}", "--size",
+                      "28", "--group-column", "patient", "--out", str(tmp_path / "o")],
+             "--group-column names columns of --table, which is missing", tmp_path / "o")
