@@ -336,3 +336,15 @@ def test_a_third_site_takes_the_x_ray_sites_split(tmp_path, capsys):
         from mmvm.data.coupling import split_like
 
         split_like(["x", "y"], frontal, np.zeros(2, bool))
+
+
+def test_an_image_listed_twice_in_the_metadata_is_named_by_line(tmp_path):
+    """It was reported as a duplicate sample id in the preparer's staging folder."""
+    _tree(tmp_path / "src")
+    meta = tmp_path / "src" / "mimic-cxr-2.0.0-metadata.csv"
+    lines = meta.read_text().splitlines()
+    meta.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(DataError, match=rf"{meta}: dicom_id '\w+' is listed on lines 2 "
+                                        rf"and {len(lines) + 1}; one line per image"):
+        prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8)
+    assert not (tmp_path / "out").exists()

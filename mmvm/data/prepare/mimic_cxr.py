@@ -228,7 +228,12 @@ def prepare_mimic_cxr(src: str | os.PathLike, out_dir: str | os.PathLike, *,
                                  for c in CHEXPERT]
     studies: dict[str, dict] = defaultdict(lambda: {"frontal": [], "lateral": []})
     others: Counter[str] = Counter()
+    seen: dict[str, int] = {}
     for r in meta_rows:
+        first = seen.setdefault(r["dicom_id"], r["_row"])
+        if first != r["_row"]:  # a pair would be a sample twice (its id in two rows)
+            raise DataError(f"{src / METADATA}: dicom_id {r['dicom_id']!r} is listed on "
+                            f"lines {first + 2} and {r['_row'] + 2}; one line per image")
         view = (r["ViewPosition"] or "").strip().upper()
         for site, codes in VIEWS.items():
             if view in codes:
