@@ -149,3 +149,10 @@ def test_a_site_folder_twice_and_a_group_column_without_table(tmp_path, capsys,
     _refused(capsys, ["data", "prepare", "images", "--modality", f"a={tmp_path}", "--size",
                       "28", "--group-column", "patient", "--out", str(tmp_path / "o")],
              "--group-column names columns of --table, which is missing", tmp_path / "o")
+
+
+def test_a_table_of_only_a_header(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("sid,f1,f2\n")
+    _refused(capsys, ["data", "prepare", "table", "--modality", f"x={tmp_path / 't.csv'}",
+                      "--id-column", "sid", "--out", str(tmp_path / "o"), "--quiet"],
+             "t.csv: no rows below its header", tmp_path / "o")

@@ -99,6 +99,9 @@ def table_arrays(path: str | os.PathLike, id_column: str, labels: Sequence[str],
     if absent:
         raise DataError(f"{path}: no column {', '.join(map(repr, absent))} (its columns: "
                         f"{shown_columns(table)}){_separator_hint(Path(path))}")
+    if table.num_rows == 0:  # its columns read as text: "not numbers" misled
+        raise DataError(f"{path}: no rows below its header; a table of samples needs "
+                        f"at least one")
     held = [c for c in [*labels, *groups_of] if c in table.column_names]
     named = [id_column, *held, *drop]
     ids = [str(v).strip() if v is not None else "" for v in
