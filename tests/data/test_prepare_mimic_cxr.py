@@ -348,3 +348,11 @@ def test_an_image_listed_twice_in_the_metadata_is_named_by_line(tmp_path):
                                         rf"and {len(lines) + 1}; one line per image"):
         prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_csv_that_is_not_utf8_is_named(tmp_path):
+    _tree(tmp_path / "src")
+    labels = tmp_path / "src" / "mimic-cxr-2.0.0-chexpert.csv"
+    labels.write_bytes(labels.read_bytes() + b"\xff\xfe,1\n")
+    with pytest.raises(DataError, match=rf"{labels}: not UTF-8 text"):
+        prepare_mimic_cxr(tmp_path / "src", tmp_path / "out", size=8)

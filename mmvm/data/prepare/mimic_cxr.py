@@ -71,13 +71,17 @@ def _read_csv(src: Path, name: str, required: tuple[str, ...]) -> list[dict]:
     else:
         raise DataError(f"{src / name}: missing (nor {name}.gz)")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing columns {missing} "
-                            f"(has {reader.fieldnames})")
-        return [dict(r, _row=i) for i, r in enumerate(reader)]
+    try:
+        with opener(path, "rt", newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: missing columns {missing} "
+                                f"(has {reader.fieldnames})")
+            return [dict(r, _row=i) for i, r in enumerate(reader)]
+    except UnicodeDecodeError as err:  # the codec's words name no file
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                        f"the published CSVs are UTF-8: download it again") from None
 
 
 UNCERTAIN = {"zeros": 0, "ones": 1, "ignore": -1}  # CheXpert's U-Zeros, U-Ones, U-Ignore
