@@ -131,8 +131,8 @@ def identity_from_config(run: Run, config: Mapping) -> None:
 
 def apply_eval(run: Run, result: Mapping, source: str, path: Path | None = None) -> None:
     """Identity and numbers from an ``evaluate_run`` dict; unknown keys are ignored.
-    ``path``: the file it was read from, named where it holds no number at all
-    (every ``evaluate_run`` writes a reconstruction)."""
+    ``path``: the file it was read from, named where its sections (probe,
+    reconstruction, ...) hold no number at all: damaged, not "not evaluated"."""
     if "method" in result:
         run.method = str(result["method"])
     run.beta = number(result.get("beta")) if "beta" in result else run.beta
@@ -158,7 +158,9 @@ def apply_eval(run: Run, result: Mapping, source: str, path: Path | None = None)
                               if isinstance(result.get("chance"), Mapping) else None),
              "coherence": number(coh.get("mean")), "coherence_self": number(coh.get("self")),
              "imputation_nll": number(imp.get("total"))}
-    if path is not None and all(v is None for v in found.values()):
+    sections = ("probe", "reconstruction", "coherence", "imputation")
+    if path is not None and any(k in result for k in sections) and \
+            all(v is None for v in found.values()):  # there, and no number in them
         raise ValueError(f"{path}: no number where mmvm evaluate writes one (probe, "
                          f"reconstruction, coherence): a damaged file? Run mmvm evaluate "
                          f"on the run again")
