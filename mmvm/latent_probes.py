@@ -32,18 +32,14 @@ def run_probes(cfg, model: MultimodalVAE, probe_set, test_set
         ytr = present_label_columns(probe_set, names, cfg.data.files("train"), cols)
         yte = present_label_columns(test_set, names, cfg.data.files("test"), cols)
 
-        def scored(tr: dict, te: dict) -> dict:
-            return label_scores(tr, ytr, te, yte, cfg.eval.metric, cfg.eval.probe_train,
-                                cfg.eval.probe_standardize)
+        def scored(tr: dict, te: dict) -> tuple[dict, dict]:
+            s = label_scores(tr, ytr, te, yte, cfg.eval.metric, cfg.eval.probe_train,
+                             cfg.eval.probe_standardize)
+            return {**s["per_modality"], "mean": s["mean"]}, s
 
-        scores = scored(train_mu, test_mu)
-        probe = {**scores["per_modality"], "mean": scores["mean"]}
+        probe, scores = scored(train_mu, test_mu)
         agg = _aggregated(cfg, model, probe_set, test_set, names, train_mu, test_mu)
-        if agg is None:
-            aggregated = dict(probe)
-        else:
-            agg_scores = scored(*agg)
-            aggregated = {**agg_scores["per_modality"], "mean": agg_scores["mean"]}
+        aggregated = dict(probe) if agg is None else scored(*agg)[0]
         return probe, {"probe_labels": scores, "probe_aggregated": aggregated}, []
     if probe_set.labels is None and test_set.labels is None:  # reconstruction only
         return {}, {}, [NO_LABELS]

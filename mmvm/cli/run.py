@@ -28,7 +28,7 @@ from pathlib import Path
 
 from mmvm.cli.app_stage import staged_app
 from mmvm.cli.local_link import check_local_superlink
-from mmvm.cli.run_checks import check_ray_address, check_resources
+from mmvm.cli.run_checks import check_ray_address, check_resources, cluster_address
 from mmvm.cli.run_config import (
     APP_DIR,
     check_run_config,
@@ -229,8 +229,7 @@ def run(args: argparse.Namespace) -> int:
         # the local SuperLink's Ray (this machine's, or RAY_ADDRESS's), or the cluster
         # a simulation SuperLink's RAY_ADDRESS names (deploy/README.md section 6; not
         # this machine's GPUs then: the SuperLink's are elsewhere)
-        cluster = os.environ.get("RAY_ADDRESS", "").strip() not in ("", "auto", "local")
-        if simulation or not args.deployment and cluster:
+        if simulation or not args.deployment and cluster_address():
             check_ray_address()
             check_resources(args)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply

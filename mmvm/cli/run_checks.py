@@ -11,6 +11,13 @@ from urllib.parse import urlsplit
 from mmvm.config import ConfigError
 
 
+def cluster_address() -> str:
+    """``RAY_ADDRESS`` where it names a running cluster's head ('' for none, ``auto``
+    or ``local``: this machine's Ray)."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return "" if address in ("auto", "local") else address
+
+
 def check_resources(args: argparse.Namespace) -> None:
     """Site resources the simulation can give: Ray starts no site at all where each
     needs more than any node has (Flower's "ActorPool is empty", in the SuperLink's
@@ -18,8 +25,8 @@ def check_resources(args: argparse.Namespace) -> None:
     if args.cpus_per_site < 1 or not 0 <= args.gpus_per_site <= 1:
         raise ConfigError(f"--cpus-per-site {args.cpus_per_site} must be >= 1 and "
                           f"--gpus-per-site {args.gpus_per_site:g} in [0, 1]")
-    address = os.environ.get("RAY_ADDRESS", "").strip()
-    if address not in ("", "auto", "local"):  # a cluster: its nodes must hold a site
+    address = cluster_address()
+    if address:  # a cluster: its nodes must hold a site
         check_cluster_nodes(address, args.cpus_per_site, args.gpus_per_site)
     elif args.gpus_per_site:
         import torch

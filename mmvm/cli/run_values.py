@@ -92,24 +92,19 @@ def check_remote_values(app: Path, rc: dict[str, Any], deployment: bool) -> None
     sites will, with the app's own experiment config. A deployed site reads only the
     app's files (an absolute ``config`` would be refused by every site at the first
     message); a simulation SuperLink's may be a file of its own machine, unchecked."""
-    from mmvm.federation.settings import load_settings
+    from mmvm.federation.settings import config_path, load_settings
 
     text = str(rc.get("config", ""))
     path = Path(text).expanduser()
-    if path.is_absolute():
-        if deployment:
-            raise ConfigError(f"run config: config = {text!r}: deployed sites read only "
-                              f"the app's own config files; give it relative to the app, "
-                              f"e.g. config='configs/{path.name}' (the file in "
-                              f"{app / 'configs'}, in the app every site pinned)")
-        if not path.is_file():
-            return
-    else:
+    if deployment:  # refused here as every deployed site would refuse it
+        path = config_path(text, app_only=True, app=app)
+    elif not path.is_absolute():
         path = app / path
-        inside = path.resolve().is_relative_to(app.resolve())  # as a deployed site asks
-        if not path.is_file() or deployment and not inside:
+        if not path.is_file():
             raise ConfigError(f"run config: config = {text!r} is not a file of the app "
                               f"{app}")
+    elif not path.is_file():  # the simulation SuperLink's machine's file
+        return
     load_settings({**rc, "config": str(path)})
 
 

@@ -89,9 +89,15 @@ def split_fingerprint(train: str | Path, test: str | Path) -> str:
     alike print the same, whatever settings or library versions got them there."""
     digest = hashlib.sha256()
     for path in (train, test):
-        ids = sorted(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
-        digest.update(("\n".join(ids) + "\n--\n").encode())
+        digest.update(("\n".join(sorted(_sample_ids(path))) + "\n--\n").encode())
     return digest.hexdigest()[:12]
+
+
+def _sample_ids(path: str | Path) -> set[str]:
+    """A site file's sample ids (its ``sample_id`` column only); none for no file."""
+    if not Path(path).is_file():
+        return set()
+    return set(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
 
 
 def split_like(sample_ids: Sequence[str], folder: str | Path, fallback: np.ndarray
@@ -106,12 +112,8 @@ def split_like(sample_ids: Sequence[str], folder: str | Path, fallback: np.ndarr
     if "train" not in files:
         raise DataError(f"--split-from {folder}: no train.parquet there (a site folder "
                         f"of another preparer's output)")
-
-    def ids(path: Path) -> set[str]:
-        return set(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
-
-    trained = ids(files["train"])
-    held = set().union(*(ids(p) for k, p in files.items() if k != "train"))
+    trained = _sample_ids(files["train"])
+    held = set().union(*(_sample_ids(p) for k, p in files.items() if k != "train"))
     out, taken = np.array(fallback, dtype=bool), 0
     for i, sid in enumerate(sample_ids):
         if sid in trained or sid in held:
@@ -129,12 +131,7 @@ def split_leak(train: Sequence, test: Sequence) -> str | None:
     folder's test split and another's train split is trained on through the joint
     prior and then scored as unseen (sites prepared with another --seed,
     --test-fraction or --groups). Reads the ``sample_id`` column only."""
-    def ids(path) -> set[str]:
-        if not Path(path).is_file():
-            return set()
-        return set(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
-
-    trains, tests = [ids(p) for p in train], [ids(p) for p in test]
+    trains, tests = [_sample_ids(p) for p in train], [_sample_ids(p) for p in test]
     for i, held_out in enumerate(tests):
         for j, trained in enumerate(trains):
             both = held_out & trained if i != j else set()

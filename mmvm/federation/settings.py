@@ -124,14 +124,18 @@ def _path(rc: Mapping, key: str) -> str:
     return str(Path(value).expanduser()) if value else ""
 
 
-def _config_path(text: str, app_only: bool) -> Path:
+def config_path(text: str, app_only: bool, app: Path = APP_DIR) -> Path:
+    """The experiment config a run config's ``config`` names. ``app_only`` (a deployed
+    site): a file inside ``app`` (the installed app; ``mmvm run`` asks of the app it
+    submits), refused otherwise."""
     path = Path(text)
     if app_only:
         try:
-            inside = (APP_DIR / path).resolve()
+            inside = (app / path).resolve()
         except (OSError, ValueError):  # a NUL, a symlink loop
             inside = None
-        if path.is_absolute() or inside is None or not inside.is_relative_to(APP_DIR):
+        if path.is_absolute() or inside is None or \
+                not inside.is_relative_to(app.resolve()):
             raise ConfigError(f"run config: config = {text!r}: a site reads only the "
                               f"app's own config files (a path inside the app, e.g. "
                               f"'configs/hippocampus.toml')")
@@ -203,7 +207,7 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
     ``app_only``: the experiment config must be one of the app's own files (a
     deployment site: whoever submits the run must not make it read, and echo
     errors about, any file of the site's)."""
-    cfg_path = _config_path(_get(rc, "config", str), app_only)
+    cfg_path = config_path(_get(rc, "config", str), app_only)
     overrides = [s.strip() for s in _get(rc, "set", str).split(";") if s.strip()]
     tol = _get(rc, "delta-tol", float)
     eval_data = _get(rc, "eval-data", str)

@@ -52,7 +52,7 @@ def label_probes(site: Site, test, max_train: int, columns: list[str]) -> dict[s
         scored = {c: s for c, s in per.items() if not math.isnan(s[metric])}
         if not scored:  # no label with both classes in m's train and test rows
             continue
-        out[f"probe/{m}"] = float(np.mean([s[metric] for s in scored.values()]))
+        out[f"probe/{m}"] = float(scores["per_modality"][m])  # the scored labels' mean
         out[f"probe_labels/{m}"] = float(len(scored))
         out[f"chance/{m}"] = float(np.mean([s["chance"] for s in scored.values()]))
         out.update({f"probe_label/{m}/{c}": float(s[metric]) for c, s in scored.items()})

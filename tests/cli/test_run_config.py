@@ -104,8 +104,7 @@ def test_a_good_run_config_is_the_apps_defaults_with_the_overrides():
 @pytest.mark.parametrize("text, match", [
     # every deployed site refused it at the first message, after the run was submitted
     (f"config='{ROOT / 'configs/hippocampus.toml'}'",
-     r"deployed sites read only the app's own config files; give it relative to the "
-     r"app, e.g. config='configs/hippocampus.toml'"),
+     r"a site reads only the app's own config files \(a path inside the app"),
     ("config='configs/hipocampus.toml'", "is not a file of the app"),
     ("secure=true quantize='int8'", "quantize"),
     ("set='train.epochs=zero'", "epochs"),
@@ -126,7 +125,7 @@ def test_a_deployments_config_outside_the_app_is_refused_as_the_sites_would(tmp_
     (tmp_path / "app").mkdir()
     (tmp_path / "x.toml").write_text((ROOT / "configs/hippocampus.toml").read_text())
     rc = {**app_defaults(ROOT), "config": "../x.toml"}
-    with pytest.raises(ConfigError, match="is not a file of the app"):
+    with pytest.raises(ConfigError, match="a site reads only the app's own config files"):
         check_remote_values(tmp_path / "app", rc, deployment=True)
     check_remote_values(tmp_path / "app", rc, deployment=False)  # a simulation's may
 

@@ -120,7 +120,7 @@ def test_a_lab_names_its_rat_as_the_federations_config_does(tmp_path):
     assert read_site_meta(lab["train"])["dataset"]["label_names"] == {
         "label": ["A", "B", "C", "D"]}  # the legends say odors, not 0-3
     for kwargs, match in ((dict(rats=["stella"], names=["a", "b"]), "one distinct name"),
-                          (dict(rats=["stella"], names=["1x"]), "one distinct name"),
+                          (dict(rats=["stella"], names=["a b"]), "one distinct name"),
                           (dict(rats=["myrat"]), "give --onsets, the first bin")):
         with pytest.raises(ValueError, match=match):
             prepare_hippocampus(tmp_path / "raw", tmp_path / "x", **kwargs)

@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from mmvm.data import hippocampus as H
 from mmvm.data.prepare import Progress, final_paths, staged_output, step_fn
+from mmvm.data.prepare.arrays import NAME
 from mmvm.data.store import DataError
 
 
@@ -137,9 +137,10 @@ def prepare_hippocampus(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     modalities = list(names) if names is not None else \
         [f"rat{(H.RATS.index(r) if known else i) + 1}" for i, r in enumerate(rats)]
     if len(modalities) != len(rats) or len(set(modalities)) != len(modalities) or \
-            not all(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", m) for m in modalities):
+            not all(NAME.fullmatch(m) and not m.startswith("label") for m in modalities):
         raise ValueError(f"names {modalities}: one distinct name per rat (letters, digits, "
-                         f"_), for {len(rats)} rats")
+                         f"_ and -, as prepare arrays names modalities), for {len(rats)} "
+                         f"rats")
     src = Path(src)
     step = step_fn(progress, len(rats) + 2)
     sessions = []
