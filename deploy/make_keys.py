@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -97,6 +98,32 @@ def make_ca(
         .sign(key, hashes.SHA384())
     )
     return cert, key
+
+
+# a DNS name's label (RFC 1123): letters, digits and inner hyphens, at most 63 long
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(host: str) -> str:
+    """``host`` if it is an IP address or a DNS name a certificate can hold.
+
+    A TLS client matches the name it dialled against the SAN, so a typo here
+    (``superlink example.org``) makes a certificate no SuperNode accepts; a wildcard
+    is allowed as the leftmost label only, as RFC 6125 says.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if labels and labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"--hosts: {host!r} is neither an IP address nor a DNS name "
+                         f"(letters, digits, hyphens and dots; '*.' only in front); "
+                         f"give the names SuperNodes dial, comma-separated")
+    return host
 
 
 def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
@@ -250,7 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def make(args: argparse.Namespace) -> int:
     """Write what ``args`` (:func:`parser`'s) asks for; the exit status."""
     out: Path = args.out
-    extra = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (made if missing)")
+    extra = [check_host(h.strip()) for h in args.hosts.split(",") if h.strip()]
     hosts = list(DEFAULT_HOSTS) + extra
     files: Files = {}
     publics: list[SitePublicKeys] = []

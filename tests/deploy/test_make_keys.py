@@ -143,6 +143,35 @@ def test_an_out_under_a_file_is_one_line(tmp_path, capsys):
     assert err.startswith("make_keys: error: ") and err.count("\n") == 1
 
 
+def test_an_out_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert make_keys.main(["--out", str(tmp_path / "afile"), "--pki-only"]) == 2
+    assert f"--out {tmp_path / 'afile'} is a file; give a folder" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("host", ["bad host!", "superlink example.org", "-a.org",
+                                  "a..org", "x" * 64 + ".org", "a.*.org", "*"])
+def test_a_host_no_certificate_can_name_is_refused(tmp_path, capsys, host):
+    """A SuperNode matches the name it dials against the SAN: a typo made a
+    certificate nobody could use, found only at the first connection."""
+    assert make_keys.main(["--out", str(tmp_path / "k"), "--pki-only",
+                           "--hosts", f"ok.org,{host}"]) == 2
+    assert f"--hosts: {host!r} is neither an IP address nor a DNS name" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
+
+
+def test_wildcards_ipv6_and_trailing_dots_are_hosts(tmp_path):
+    hosts = ["*.example.org", "::1", "link.example.org.", "xn--bcher-kva.example"]
+    assert make_keys.main(["--out", str(tmp_path / "k"), "--pki-only",
+                           "--hosts", ",".join(hosts)]) == 0
+    san = _cert(tmp_path / "k" / "server.pem").extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert "*.example.org" in san.get_values_for_type(x509.DNSName)
+    assert ipaddress.ip_address("::1") in san.get_values_for_type(x509.IPAddress)
+
+
 def test_force_and_per_party_modes(tmp_path):
     out = tmp_path / "k"
     assert make_keys.main(["--out", str(out), "--pki-only"]) == 0
