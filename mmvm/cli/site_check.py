@@ -139,7 +139,9 @@ def _data(check: NodeCheck, data: Path) -> tuple[Path | None, Path | None]:
 
     train, test = data / "train.parquet", data / "test.parquet"
     if not train.is_file():
-        check.add("data", ERROR, f"data={data}: no train.parquet there")
+        check.add("data", ERROR, f"data={data}: " + ("no train.parquet there"
+                  if data.is_dir() else "no such folder (it names the site's folder "
+                  "of train.parquet and test.parquet)"))
         return None, None
     summary, problem = check_problem(str(train))
     if problem:

@@ -227,8 +227,10 @@ def missing_paths(nc: Mapping) -> list[str]:
     (what is missing)``: a typo found when the site starts a run, not as a bare
     FileNotFoundError of the first message."""
     found = []
-    if "data" in nc and not (Path(str(nc["data"])).expanduser() / "train.parquet").is_file():
-        found.append(f"data={nc['data']} (no train.parquet there)")
+    data = Path(str(nc.get("data", ""))).expanduser()
+    if "data" in nc and not (data / "train.parquet").is_file():
+        found.append(f"data={nc['data']} (" + ("no train.parquet there)" if data.is_dir()
+                                              else "no such folder)"))
     for key in ("keys", "directory"):
         if nc.get(key) and not Path(str(nc[key])).expanduser().exists():
             found.append(f"{key}={nc[key]} (no such file or folder)")

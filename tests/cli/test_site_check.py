@@ -106,7 +106,9 @@ def test_data_that_does_not_fit_the_experiment_or_is_missing(fed, tmp_path):
     check = check_node_config(node_config(fed))
     assert check.ok and "evaluation" in findings(check, "data", WARNING)[0]
     check = check_node_config(node_config(fed, data=str(tmp_path / "nowhere")))
-    assert "no train.parquet" in findings(check, "data", ERROR)[0]
+    assert "nowhere: no such folder" in findings(check, "data", ERROR)[0]
+    check = check_node_config(node_config(fed, data=str(tmp_path)))
+    assert f"data={tmp_path}: no train.parquet there" in findings(check, "data", ERROR)[0]
     (fed["root"] / "state").mkdir()
     (fed["root"] / "state" / "site-a").write_text("a file")
     assert "is not a folder" in findings(check_node_config(node_config(fed)), "state", ERROR)[0]

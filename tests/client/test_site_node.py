@@ -99,7 +99,7 @@ def test_node_config_paths_that_are_not_there_are_named_at_the_site_only(tmp_pat
                      "that are not there (the site's log says which)")
     assert str(tmp_path) not in reply  # the server does not learn the site's paths
     err = capsys.readouterr().err
-    assert f"mmvm site hospital-a: node config: data={data} (no train.parquet there); " \
+    assert f"mmvm site hospital-a: node config: data={data} (no such folder); " \
            f"keys={tmp_path / 'site_key.json'} (no such file or folder)" in err
     assert "refused the run's describe message: ConfigError" in err
 
