@@ -113,7 +113,9 @@ class Endpoint:
     def describe(self, req: DescribeRequest):
         self.site.progress.describe(self.site.name)
         reply = self.channel.describe(self.site)
-        reply.labelled = reply.labelled and self._probes_allowed()  # nor if it has one
+        # whether it has the run's data.label column only where it may report on it
+        reply.labelled = reply.labelled and self.policy.label_allowed(
+            self.site.cfg.data.label)
         p = self.site.progress
         p.phase, p.mode, p.config = "described", self.channel.mode, config_digest(self.site.cfg)
         return reply

@@ -100,7 +100,13 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
         return {"cross_refused": 1.0}
     judges, cfg = None, site.cfg
     deployed = policy is not None and not policy.test_bed
-    if probes and site.data.labels is not None and test.labels is not None:
+    # the judges learn, and coherence scores, the run config's data.label: a column
+    # its eval-labels must allow even where eval.labels names allowed ones
+    judged = probes and (policy is None or policy.label_allowed(cfg.data.label))
+    if probes and not judged:
+        log(f"the evaluation: no coherence: data.label {cfg.data.label!r} is not in "
+            f"the node config's eval-labels")
+    if judged and site.data.labels is not None and test.labels is not None:
         too_large = judges_too_large(site, recipe_for(cfg), policy) if deployed else None
         if too_large:
             log(f"the evaluation: no coherence: {too_large}")

@@ -54,3 +54,36 @@ def test_the_summary_names_the_metric_and_the_labels(site):
     ev = {"site": "hospital-a", "modalities": NAMES, **evaluate_site(site, probes=True)}
     text = summary(FederationResult(evaluation={"k": ev}), "run", {}, None)
     assert f"{ev['probe/m0']:.3f} (auroc, mean of 3 labels; chance 0.50)" in text, text
+
+
+def test_data_label_must_be_allowed_for_judges_even_beside_allowed_eval_labels(tmp_path):
+    """A submitter named an allowed column in eval.labels and a forbidden one as
+    data.label: the site trained its coherence judges on the forbidden column and
+    reported their accuracy and coherence against it. Now neither is computed, and
+    the describe reply does not say whether the site has that column."""
+    import dataclasses
+
+    from mmvm.federation.channel import PlainChannel
+    from mmvm.federation.endpoint import Endpoint
+    from mmvm.federation.messages import DescribeRequest
+    from mmvm.federation.posteriors import encode_table
+
+    cfg = findings_digits(tmp_path, NAMES)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label="label.even"),
+                              eval=dataclasses.replace(cfg.eval, labels=("label.big",),
+                                                       classifier_epochs=1))
+    site = Site(cfg, "hospital-a", tmp_path / "train.parquet", tmp_path / "test.parquet")
+    policy = SitePolicy(eval_labels=("label.big",), state=str(tmp_path / "state"))
+    said = []
+    got = evaluate_site(site, probes=True, cross=encode_table({}), policy=policy,
+                        log=said.append)
+    assert not [k for k in got if k.startswith(("judge_accuracy", "coherence"))], got
+    assert "probe_label/m0/label.big" in got and "probe_label/m0/label.even" not in got
+    assert any("data.label 'label.even' is not in the node config's eval-labels" in s
+               for s in said)
+    assert Endpoint(site, PlainChannel(), policy).handle(DescribeRequest()).labelled is False
+    # allowed, the same evaluation trains the judges and scores coherence
+    allowed = SitePolicy(eval_labels=("label.big", "label.even"),
+                         state=str(tmp_path / "state"))
+    got = evaluate_site(site, probes=True, cross=encode_table({}), policy=allowed)
+    assert "judge_accuracy/m0" in got and "coherence/m0->m1" in got
