@@ -39,7 +39,7 @@ from mmvm.federation.messages import (
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import EVALUATION
-from mmvm.federation.reply_cache import request_digest
+from mmvm.federation.reply_cache import evaluation_digest, request_digest
 from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import admitted
 from mmvm.federation.site_eval import evaluate_site
@@ -311,7 +311,7 @@ class Endpoint:
         to the peers (secure, :mod:`mmvm.federation.sealed_heldout`); none where the
         node config says ``share-test = false``."""
         site = self.site
-        site.progress.evaluate(site.name)  # attached, not evaluated
+        site.progress.held_out_again(site.name)  # a first answer: attached only
         req = dataclasses.replace(req, weights=checked_mean(site, self.channel, req.weights))
         try:
             return self.channel.held_out(
@@ -329,7 +329,10 @@ class Endpoint:
                                   f"log says why)") from err
 
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
-        site = self.site
+        site, asked = self.site, evaluation_digest(req)
+        again = site.replies.get("evaluate", EVALUATION, asked)
+        if again is not None:  # a server that died before it wrote the results
+            return again
         site.progress.evaluate(site.name)
         req = dataclasses.replace(req, weights=checked_mean(site, self.channel, req.weights))
         chosen = self.policy.plain_floor  # the server's values, or colluding peers'
@@ -369,8 +372,10 @@ class Endpoint:
         if not self.policy.report_losses:
             metrics = evaluation_withheld(metrics)
         site.progress.phase = "evaluated"
-        return EvaluateReply(site=site.name, modalities=list(site.names), metrics=metrics,
-                             model=model)
+        reply = EvaluateReply(site=site.name, modalities=list(site.names), metrics=metrics,
+                              model=model)
+        site.replies.keep("evaluate", EVALUATION, reply, asked)
+        return reply
 
     def _evaluation_inputs(self) -> dict:
         """What a secure site's evaluation works on besides the mean: recorded once,

@@ -19,8 +19,8 @@ from mmvm.federation.coordinator import FederationError
 
 PHASES = ("new", "described", "aligned", "attached", "evaluated", "refused")
 PRE_ATTACH = PHASES[:3]  # no weights trained yet: the model is the config's seed's
-# what a site says when asked to continue a run it finished (the server then gives
-# no resume hint: there is nothing left to continue)
+# what a site says when asked to evaluate a run it finished again, with other inputs
+# (the server then gives no resume hint: there is nothing left to continue)
 COMPLETE = "the run is complete here (its final evaluation was answered); start a new run"
 # the evaluation's place among the windows a secure site begins on the server's
 # means (SealedChannel.begin_window): after every window
@@ -103,17 +103,27 @@ class Progress:
                                      f"{self.unmasked})")
 
     def resume(self, site: str) -> None:
-        if self.phase == "evaluated":
-            raise ProtocolOrderError(f"site {site}: resume refused: {COMPLETE}")
+        """Attached, or evaluated: a server that died in the final evaluation asks
+        again, and an evaluated site repeats its answers (:meth:`evaluated_again`)."""
         if self.phase == "new":  # no state of the run where the site keeps it
             raise ProtocolOrderError(
                 f"site {site}: resume refused: the site has no state of this run (its "
                 f"state-dir, or its node config's state folder, is not the one the run "
                 f"used, or the site never attached to it)")
-        self._need(site, "resume", "attached")
+        self._need(site, "resume", "attached", "evaluated")
 
     def evaluate(self, site: str) -> None:
+        """Once: an evaluate message the site answered before gets the kept reply (the
+        endpoint looks first), another (other weights or test posteriors) is refused."""
+        if self.phase == "evaluated":
+            raise ProtocolOrderError(f"site {site}: evaluate refused: it answered the "
+                                     f"final evaluation to other inputs; {COMPLETE}")
         self._need(site, "evaluate", "attached")
+
+    def held_out_again(self, site: str) -> None:
+        """A heldout message after the training: a first answer only where attached
+        (:meth:`held_out_step`), the kept one where evaluated as well."""
+        self._need(site, "heldout", "attached", "evaluated")
 
     def held_out_step(self, site: str) -> None:
         """The heldout message is answered once a run: each answer is the test set

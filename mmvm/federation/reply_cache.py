@@ -42,8 +42,10 @@ def _from_state(value):
 
 
 class ReplyCache:
-    """``{kind: (window, view, reply)}`` for the kinds ``window``, ``unmask`` and
-    ``heldout`` (a secure run's steps of it apart: ``heldout.ring``, ``heldout.seal``)."""
+    """``{kind: (window, view, reply)}`` for the kinds ``window``, ``unmask``,
+    ``heldout`` (a secure run's steps of it apart: ``heldout.ring``, ``heldout.seal``)
+    and ``evaluate`` (a server that died in the final evaluation, before it wrote the
+    results, asks again on resume)."""
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, object, object]] = {}
@@ -83,3 +85,12 @@ def request_digest(inputs: Mapping, weights: Mapping[str, Mapping[str, np.ndarra
             h.update(f"{m}/{n}/{a.dtype.str}/{a.shape}".encode())
             h.update(a.tobytes())
     return h.hexdigest()
+
+
+def evaluation_digest(req) -> str:
+    """SHA-256 of an evaluate request (:class:`EvaluateRequest`): its weights, the
+    test posteriors it brings and what it asks for."""
+    return request_digest({"collect": bool(req.collect), "draw": bool(req.draw),
+                           "posteriors": {s: hashlib.sha256(b).hexdigest()
+                                          for s, b in sorted(req.posteriors.items())}},
+                          req.weights)

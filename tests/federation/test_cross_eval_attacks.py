@@ -42,7 +42,8 @@ def site(trained):
     _, sites = trained
     s = next(x for x in sites.values() if x.name == "site-m0")
     s.progress.phase, s.progress.held_out, s.progress.cross_scored = "attached", "", False
-    s.replies.entries.pop("heldout", None)
+    for kind in ("heldout", "evaluate"):
+        s.replies.entries.pop(kind, None)
     return s
 
 
@@ -74,13 +75,15 @@ def test_a_table_is_scored_only_with_the_heldout_weights_and_once(site, tmp_path
     got = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
     assert not any(k.startswith("impute") for k in got)  # no heldout answered
     assert "no heldout" in " ".join(ep.notes)
-    site.progress.phase = "attached"  # as after an evaluation that failed
+    site.progress.phase = "attached"  # as after an evaluation that failed (its
+    site.replies.entries.pop("evaluate")  # reply is not kept then)
     ep.handle(HeldOutRequest())
     got = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
     assert got["impute/m1->m0_n"] == 96 and got["coherence/m1->m0_n"] == 96
     # its judge is kept in its state folder, not written into its data folder
     assert list((tmp_path / "state" / "classifiers").glob("m0-*.pt"))
     site.progress.phase = "attached"
+    site.replies.entries.pop("evaluate")
     again = ep.handle(EvaluateRequest(posteriors=_table(site, every))).metrics
     assert not any(k.startswith("impute") for k in again)
     assert "scored once" in " ".join(ep.notes)
@@ -352,12 +355,21 @@ def test_once_it_answered_heldout_a_site_trains_no_more_nor_goes_back(site, tmp_
         ep.handle(ResumeRequest(run="1", window=-1))
 
 
-def test_a_cached_heldout_answer_is_not_repeated_once_evaluated_or_not_shared(site):
+def test_a_cached_heldout_answer_is_repeated_only_as_it_was_and_while_shared(site):
+    """A server that died in the final evaluation asks again with the same weights:
+    the same answer, byte for byte (it had it); other weights get nothing."""
     ep = Endpoint(site, PlainChannel(), DEPLOYED)
-    ep.handle(HeldOutRequest())
+    first = ep.handle(HeldOutRequest())
     ep.handle(EvaluateRequest())
-    with pytest.raises(ProtocolOrderError, match="evaluated"):
-        ep.handle(HeldOutRequest())  # the same weights: no replay after evaluation
+    assert ep.handle(HeldOutRequest()) is first
+    other = {"m0": {n: v + 1.0 for n, v in site.weights("m0").items()}}
+    site.link.holders = {"m0": [site.name, "b"]}  # as if m0 were shared (weights may
+    try:                                          # come for it)
+        with pytest.raises(ProtocolOrderError, match="heldout refused: the site is "
+                                                     "'evaluated'"):
+            ep.handle(HeldOutRequest(weights=other))
+    finally:
+        site.link.holders = {}
     site.progress.phase = "attached"
     quiet = Endpoint(site, PlainChannel(), SitePolicy(share_test=False))
     with pytest.raises(ProtocolOrderError, match="answered once"):

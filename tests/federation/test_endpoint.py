@@ -55,9 +55,17 @@ def test_describe_attach_window_evaluate(endpoint):
     ev = endpoint.handle(EvaluateRequest(collect=True))
     assert ev.site == "site-m0" and "probe/m0" in ev.metrics
     assert set(ev.model) == {"m0"}
-    # a finished run is not continued, and the site says so (not "expects attached")
-    with pytest.raises(ProtocolOrderError, match="the run is complete here"):
-        endpoint.handle(ResumeRequest(run="1", window=0))
+    # a server that died before it wrote the results resumes and asks again: the
+    # same reply, byte for byte; other inputs, or more training, are refused
+    back = endpoint.handle(ResumeRequest(run="1", window=0))
+    assert (back.phase, back.window) == ("evaluated", 0)
+    again = endpoint.handle(EvaluateRequest(collect=True))
+    assert again.metrics == ev.metrics and again.model is ev.model
+    with pytest.raises(ProtocolOrderError, match="evaluate refused: it answered the final "
+                       "evaluation to other inputs; the run is complete here"):
+        endpoint.handle(EvaluateRequest(collect=False))
+    with pytest.raises(ProtocolOrderError, match="window 1 refused: the site is 'evaluated'"):
+        endpoint.handle(WindowRequest(window=1))
 
 
 def test_a_label_column_outside_the_sites_eval_labels_gets_no_probe(

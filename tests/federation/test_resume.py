@@ -22,6 +22,7 @@ from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
 from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
+from mmvm.federation.policy import SitePolicy
 from mmvm.federation.settings import settings_for
 from mmvm.federation.site import Site
 from mmvm.federation.site_store import SiteStore
@@ -233,6 +234,57 @@ def test_a_site_repeats_its_reply_but_never_trains_a_window_twice(cfg, tmp_path,
         endpoint.handle(WindowRequest(window=2))
     with pytest.raises(FederationError, match="window 1 refused"):
         endpoint.handle(WindowRequest(window=1))
+
+
+class CrashInEvaluation(LocalTransport):
+    """The first site answers the final evaluation, then the server dies."""
+
+    def exchange(self, requests, wait=None, need=1):
+        if next(iter(requests.values())).kind == "evaluate":
+            first = next(iter(requests))
+            super().exchange({first: requests[first]}, wait, need)
+            raise Crash("server killed in the final evaluation")
+        return super().exchange(requests, wait, need)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_server_that_dies_in_the_final_evaluation_resumes_to_the_same_results(
+        cfg, tmp_path, tiny_polymnist, secure, monkeypatch):
+    """The final evaluation can take many minutes (the judges train at every site).
+    A site that had answered it refused every resume ("the run is complete here"),
+    so a crash there lost a finished run's results. It now repeats its answers to
+    the same requests: the resumed run's evaluation is the uninterrupted one's."""
+    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=3)
+    opts = {"exchange": "round", "float16": False, "secure": secure, "cross_eval": "mean",
+            "collect_model": not secure}
+    ref_sites = make_sites(cfg, specs, root)
+    keys = site_keys(ref_sites)
+
+    def endpoints(sites, state):  # no label column allowed: no judge to train
+        quiet = SitePolicy(eval_labels=())
+        return sealed_endpoints(sites, keys, state, quiet) if secure else \
+            {k: Endpoint(s, PlainChannel(), quiet) for k, s in sites.items()}
+
+    ref = run_federation(LocalTransport(endpoints(ref_sites, tmp_path / "ref-state")),
+                         settings_for(cfg, **opts))
+    sites, state, ckpt = make_sites(cfg, specs, root), tmp_path / "state", \
+        tmp_path / "server_state.pt"
+    with pytest.raises(Crash):
+        run_federation(CrashInEvaluation(endpoints(sites, state)),
+                       settings_for(cfg, **opts), checkpoint=ckpt)
+    assert sorted(s.progress.phase for s in sites.values()) == \
+        ["attached"] * (len(sites) - 1) + ["evaluated"]
+    sites = restarted(cfg, sites, tmp_path)
+    res = run_federation(LocalTransport(endpoints(sites, state)),
+                         settings_for(cfg, resume=RUN, **opts), checkpoint=ckpt,
+                         resume_from=ckpt)
+    assert not res.evaluation_errors and not res.not_evaluated
+    assert res.evaluation == ref.evaluation
+    assert res.cross_site and res.cross_site == ref.cross_site
+    if not secure:  # the assembled model of the same weights
+        assert all(np.array_equal(ref.model_state[n], res.model_state[n])
+                   for n in ref.model_state)
 
 
 class Stored(Endpoint):
