@@ -255,7 +255,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             node.site.overlap = resident and s.decode_ahead and not s.secure
             request = request_from_record(kind, content)
             endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
-                                resident)
+                                resident, flower_run=str(context.run_id))
             reply = endpoint.handle(request)  # and writes the state as due
             if kind == "evaluate" and policy.pictures:
                 _pictures(node, files[0])

@@ -71,12 +71,14 @@ class Endpoint:
     """One site answering the federation's requests."""
 
     def __init__(self, site: Site, channel: Channel, policy: SitePolicy | None = None,
-                 store: SiteStore | None = None, resident: bool = False) -> None:
+                 store: SiteStore | None = None, resident: bool = False,
+                 flower_run: str = "") -> None:
         """``store``: where the site's state is written after each reply
         (:meth:`SiteStore.after`; ``resident``: this process keeps the site for the
-        run, so windows are written only when due)."""
+        run, so windows are written only when due); ``flower_run``: the Flower run
+        asking (:meth:`Progress.answers`)."""
         self.site, self.channel, self.store = site, channel, store
-        self.resident = resident
+        self.resident, self.flower_run = resident, flower_run
         self._commits: list = []  # what marks this message's envelopes as used
         self.notes: list[str] = []  # for the site's own log, not the server
         self.policy = policy or SitePolicy(test_bed=True)
@@ -96,11 +98,13 @@ class Endpoint:
                                   f"{type(request).__name__}") from None
         self._commits.clear()
         self.notes.clear()
-        self.site.progress.same_mode(self.site.name, self.channel.mode,
-                                     config_digest(self.site.cfg))
+        progress = self.site.progress
+        progress.answers(self.site.name, request.kind, self.flower_run)
+        progress.same_mode(self.site.name, self.channel.mode, config_digest(self.site.cfg))
         if self.site.link is not None:  # a run attached before: under this node config?
             recheck(self.site, self.policy, self.channel.secure)
         reply = handler(request)
+        self.site.progress.owner = self.flower_run or self.site.progress.owner
         # the state first, then the replay guard: a process killed in between
         # retries the message from the old state (or repeats the kept reply) instead
         # of finding its envelopes already marked as used

@@ -45,12 +45,23 @@ class Progress:
     # secure: per shared modality, [window, digest] of the last mean the site took
     # (it takes none older, nor another of that window: mmvm.federation.sealed_sketch)
     means: dict = field(default_factory=dict)
+    owner: str = ""  # the Flower run whose messages the state answers (a resume moves it)
 
     def _need(self, site: str, what: str, *phases: str) -> None:
         if self.phase not in phases:
             raise ProtocolOrderError(f"site {site}: {what} refused: the site is "
                                      f"{self.phase!r} in this run (expects "
                                      f"{' or '.join(map(repr, phases))})")
+
+    def answers(self, site: str, kind: str, flower_run: str) -> None:
+        """Only the Flower run that owns this state, or a resume (which then owns it):
+        a second ``resume`` of a run whose server still lives (its log stream ended,
+        say) would otherwise interleave two servers' messages over one state."""
+        if flower_run and self.owner and self.owner != flower_run and kind != "resume":
+            raise ProtocolOrderError(
+                f"site {site}: {kind} of Flower run {flower_run} refused: the site's "
+                f"state of this run answers Flower run {self.owner} (the last to begin "
+                f"or resume it); a run resumed again continues only in the newest")
 
     def describe(self, site: str) -> None:
         self._need(site, "describe", "new")

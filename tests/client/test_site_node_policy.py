@@ -127,7 +127,12 @@ def test_a_resume_that_brings_another_experiment_is_refused_before_it_trains(pla
     the same, but every step pairs all of them) would train past the max-step-gib
     checked at attach. Every message of the resumed run is refused; the same config
     resumes."""
-    from mmvm.federation.messages import AttachRequest, DescribeRequest, WindowRequest
+    from mmvm.federation.messages import (
+        AttachRequest,
+        DescribeRequest,
+        ResumeRequest,
+        WindowRequest,
+    )
     from wire.records import reply_from_record, to_record
 
     nc = {**plain_site, "max-step-gib": "1"}
@@ -145,9 +150,14 @@ def test_a_resume_that_brings_another_experiment_is_refused_before_it_trains(pla
     plan = {"batch_size": 32, "seed": 0, "epochs": 1, "exchange": "step"}
     assert not isinstance(send(AttachRequest(n=d.n, rows=list(range(d.n)), float16=False,
                                              shared={}, peers={}, plan=plan), honest, 90), str)
-    said = send(WindowRequest(window=0), dict(app_run_config(set=wide), resume="90"), 91)
+    widened = dict(app_run_config(set=wide), resume="90")
+    said = send(ResumeRequest(run="90", window=-1), widened, 91)
     assert isinstance(said, str) and "this run began under another experiment config" \
         in said, said
+    said = send(WindowRequest(window=0), widened, 91)  # its resume was refused
+    assert isinstance(said, str) and "answers Flower run 90" in said, said
+    assert not isinstance(send(ResumeRequest(run="90", window=-1), dict(honest, resume="90"),
+                               92), str)
     again = send(WindowRequest(window=0), dict(honest, resume="90"), 92)
     assert not isinstance(again, str) and again.metrics["rows"] > 0
 

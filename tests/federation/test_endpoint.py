@@ -219,3 +219,25 @@ def test_weights_only_for_shared_modalities(endpoint):
     after = endpoint.site.weights("m0")
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert endpoint.site.windows_done == 0
+
+
+def test_the_state_answers_the_flower_run_that_began_or_last_resumed_it(endpoint):
+    """A user whose log stream ended resumes a run whose server still lives: the two
+    servers' messages interleaved over one state (windows refused as done, strikes,
+    an exclusion). Now the resume takes the state over and the old server is told."""
+    site = endpoint.site
+    first = Endpoint(site, PlainChannel(), flower_run="11")
+    first.handle(DescribeRequest())
+    _attach(first)
+    first.handle(WindowRequest(window=0))
+    assert site.progress.owner == "11"
+    other = Endpoint(site, PlainChannel(), flower_run="12")
+    with pytest.raises(ProtocolOrderError, match="window of Flower run 12 refused: the "
+                       "site's state of this run answers Flower run 11"):
+        other.handle(WindowRequest(window=1))
+    assert site.progress.window == 0  # nothing moved
+    other.handle(ResumeRequest(run="11", window=0))
+    with pytest.raises(ProtocolOrderError, match="window of Flower run 11 refused: .* "
+                       "answers Flower run 12"):
+        first.handle(WindowRequest(window=1))
+    assert other.handle(WindowRequest(window=1)).metrics["steps"] == 1
