@@ -71,6 +71,12 @@ def main(grid: Grid, context: Context) -> None:
         if hint:
             print(hint, flush=True)
         raise RunFailed(str(err)) from None
+    except Exception as err:  # a bug, or Flower's grid giving up: the traceback follows
+        print(f"mmvm: run failed: unexpected {type(err).__name__}: {err}", flush=True)
+        hint = resume_hint(context)
+        if hint:
+            print(hint, flush=True)
+        raise
 
 
 def exactness_note(s: FederationSettings) -> str | None:

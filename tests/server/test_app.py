@@ -124,6 +124,29 @@ def test_a_server_file_that_cannot_be_written_is_one_line_and_a_resume(
     assert "after window 6 is in" in out and "resume='42'" in out
 
 
+def test_an_unexpected_error_still_says_where_to_resume_and_keeps_its_traceback(
+        tmp_path, monkeypatch, capsys):
+    """A bug, or Flower's grid giving up after its retries, ended in a traceback
+    alone: a user of a long run did not learn that its state is kept."""
+    import pytest
+
+    import server.app as server_app
+
+    ctx = _context(tmp_path)
+    save_server_state(tmp_path / "runs" / "run-42" / "server_state.pt",
+                      load_settings(ctx.run_config), _state(5))
+
+    def broken(grid, context):
+        raise KeyError("node 7")
+
+    monkeypatch.setattr(server_app, "run", broken)
+    with pytest.raises(KeyError):  # re-raised: Flower logs the traceback
+        server_app.main(None, ctx)
+    out = capsys.readouterr().out
+    assert "mmvm: run failed: unexpected KeyError: 'node 7'" in out
+    assert "after window 6 is in" in out and "resume='42'" in out
+
+
 def test_step_exchange_says_when_it_is_not_bit_for_bit(tmp_path):
     """The README's 'identical to centralized, bit for bit' needs float32 posteriors;
     the default float16 gave 1.5e-3 after 10 steps and nothing said so."""
