@@ -231,7 +231,8 @@ class SealedRouting:
         When a holder dropped (in groups of 8 or more: always), a confirm round comes
         first (:meth:`_confirm`).
 
-        A modality is not averaged this window (its holders keep their own weights)
+        A modality is not averaged this window (its holders go on from its last
+        mean, as after a FedAvg round that failed: the next request brings it again)
         when fewer holders survived than the masking can unmask without exposing
         anyone (:func:`~mmvm.secure.unmasking.survivors_needed`), or when a survivor
         does not answer the confirm or unmask round or fails it (those are in

@@ -156,7 +156,7 @@ def test_an_unmask_answer_of_the_wrong_form_fails_only_its_sender(cfg, tmp_path,
                                                                   tiny_polymnist, part):
     """A list where the answer's shares (or seeds) of a modality must be a map: that
     site failed the unmask step, by name; the modality is not averaged that window
-    (its holders keep their weights) and the run goes on."""
+    (its holders go on from its last mean) and the run goes on."""
     sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist)
     done: dict = {}
 

@@ -246,7 +246,7 @@ def test_a_server_restarted_in_a_dropout_window_keeps_the_view_the_sites_took(
 
 def test_a_window_that_cannot_average_a_modality_says_so(cfg, tmp_path, tiny_polymnist):
     """Two of four holders away: nothing can be unmasked (3 survivors needed), the
-    holders keep their own weights, and only the sites' logs showed it (the deployment
+    holders go on from the last mean, and only the sites' logs showed it (the deployment
     walkthrough recomputed means from state files): the window line and results.json
     name the modality now."""
     from mmvm.federation.report import unaveraged, window_line
