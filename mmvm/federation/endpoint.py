@@ -202,7 +202,8 @@ class Endpoint:
                        else "its training is over (it answered heldout)"
                        if self.site.progress.held_out
                        else "this site keeps no snapshots to go back to"))
-            self.store.rollback(self.site, req.window)
+            if said := self.store.rollback(self.site, req.window):
+                self.notes.append(said)
         p = self.site.progress
         return ResumeReply(site=self.site.name, phase=p.phase, window=p.window,
                            unmasked=p.unmasked, view=self.channel.committed_view(),

@@ -162,17 +162,26 @@ class SiteStore:
         if not resident or request.kind != "window" or checkpoint or secure:
             self.save(site, snapshot=checkpoint)
 
-    def rollback(self, site: Site, window: int) -> None:
-        """Go back to the snapshot of ``window`` (the server's last checkpoint), and
-        make it the live state."""
-        if window not in self.snapshots():
+    def rollback(self, site: Site, window: int) -> str | None:
+        """Go back to the snapshot of ``window`` (the server's last checkpoint), or to
+        the newest before it where the site has none of that window (it was away or
+        failed at that checkpoint: it is then behind, and trains on from there as a
+        restarted one does), and make it the live state; what it says of that."""
+        older = [w for w in self.snapshots() if w <= window]
+        if not older:
             raise FederationError(
                 f"site {site.name}: the server resumes after window {window + 1}, the "
                 f"site trained up to window {site.progress.window + 1} and kept "
-                f"snapshots of windows {[w + 1 for w in self.snapshots()]} only: its "
-                f"state folder is not the one of that run, or was pruned")
-        site.restore(self._snapshot(window))
+                f"snapshots of windows {[w + 1 for w in self.snapshots()]} only, none "
+                f"at or before it: its state folder is not the one of that run, or "
+                f"was pruned")
+        site.restore(self._snapshot(older[-1]))
         self.save(site, snapshot=False)
+        if older[-1] == window:
+            return None
+        return (f"no snapshot of window {window + 1} (away or failed at that checkpoint): "
+                f"went back to its snapshot of " + (f"window {older[-1] + 1}" if
+                                                    older[-1] >= 0 else "attach"))
 
     def take(self) -> float:
         """Seconds spent on disk since the last call (for the window's timing)."""

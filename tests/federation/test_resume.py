@@ -376,6 +376,32 @@ def test_plaintext_sites_ahead_of_the_checkpoint_roll_back_to_it(
     assert res.evaluation == ref.evaluation
 
 
+def test_a_site_without_a_snapshot_of_the_checkpoint_goes_back_to_an_older_one(
+        cfg, tmp_path, tiny_polymnist):
+    """A site away at checkpoint window 3 keeps no snapshot of it. After a crash at
+    window 5 every resume failed ("kept snapshots of windows [0] only"); it now goes
+    back to its snapshot of attach, is behind, and trains on as a restarted site
+    does. The run completes."""
+    from mmvm.federation.local import Outages
+
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid")
+    opts = {**_every_third(None), "min_sites": 2}
+    sites, folder = make_sites(cfg, specs, root), tmp_path / "state"
+    ckpt, away = tmp_path / "server_state.pt", "n0"
+    stored = {key: Stored(s, folder, False) for key, s in sites.items()}
+    with pytest.raises(Crash):
+        run_federation(Outages(CrashAt(stored, 4, True), {away: {2}}),
+                       settings_for(cfg, **opts), checkpoint=ckpt)
+    assert SiteStore(folder / f"{sites[away].name}.pt").snapshots() == [-1]
+    assert sites[away].progress.window == 4
+    stored = {key: Stored(s, folder, False) for key, s in sites.items()}
+    res = run_federation(LocalTransport(stored), settings_for(cfg, resume=RUN, **opts),
+                         checkpoint=ckpt, resume_from=ckpt)
+    assert [r["window"] for r in res.history] == list(range(6))
+    assert not res.history[3]["missed"] and not res.history[3]["refused"]  # it trained
+    assert all(s.progress.window == 5 for s in sites.values())
+
+
 def test_a_secure_site_ahead_of_the_checkpoint_refuses_to_go_back(cfg, tmp_path,
                                                                    tiny_polymnist,
                                                                    monkeypatch):
