@@ -32,7 +32,7 @@ from mmvm.federation.coordinator import Coordinator, FederationError
 from mmvm.federation.cross_eval import TestTables, combine, gather_tests, split_mismatch
 from mmvm.federation.handover import assemble, checked_metrics
 from mmvm.federation.messages import DescribeRequest, EvaluateRequest
-from mmvm.federation.resume import resume_run
+from mmvm.federation.resume import late_resumes, resume_run
 from mmvm.federation.routing import (
     EventTriggeredRouting,
     PlainRouting,
@@ -154,6 +154,8 @@ class _Run:
     checkpoint: str | Path | None
     before_restart: float  # training seconds of the runs this one resumes
     t0: float = field(default_factory=time.perf_counter)
+    pending: set = field(default_factory=set)  # away at the resume: asked when back
+    flower_run: str = ""
 
     def save(self, window: int) -> None:
         """The server's state after ``window`` (-1: after attach), where asked."""
@@ -172,15 +174,18 @@ class _Run:
         its row of the history."""
         coord, att, routing, meter = self.coord, self.att, self.routing, self.meter
         tw, before = time.perf_counter(), meter.total
+        late = late_resumes(meter, self.s, routing, coord, self.pending, w - 1,
+                            self.flower_run) if self.pending else {}
         absent, left_out = att.absent_names(), sorted(coord.name(k) for k in att.excluded)
         requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent,
                                            persist=persist)
                     for k, r in routing.requests(coord, w, self.averaged).items()
-                    if k not in att.excluded}
+                    if k not in att.excluded and k not in self.pending}
         t_server = time.perf_counter() - tw
         replies, failed = meter.gather(requests)
         t_sent = time.perf_counter()
         replies, refused = admit(w, coord, routing, replies, failed, len(requests))
+        refused |= {k: short_reason(why) for k, why in late.items()}
         gone = att.record(w, replies)
         for key in att.absent:
             routing.missed(key)
@@ -227,12 +232,16 @@ class _Run:
         # an excluded site is not asked either: its weights are of the window it was
         # excluded in, and one still broken would fail the test sets' PSI ring and the
         # model's handover for everyone (it is "not evaluated", said why)
-        self.meter.skip = set(self.att.excluded)
+        late = late_resumes(self.meter, s, self.routing, self.coord, self.pending,
+                            len(self.coord.plan) - 1, self.flower_run) if self.pending else {}
+        self.meter.skip = set(self.att.excluded) | self.pending | set(late)
         final_evaluation(self.meter, self.coord, self.averaged, s.collect_model, result,
                          s.reply_timeout, cross=s.cross_eval,
                          secure=s.align if s.secure else "",
                          latent_dim=s.experiment.model.latent_dim,
                          max_rows=s.max_site_rows, method=s.experiment.model.method)
+        for k, why in late.items():
+            result.evaluation_errors[self.coord.name(k)] = why
         for k, why in self.att.excluded.items():
             result.evaluation_errors[self.coord.name(k)] = f"excluded from the run: it {why}"
             if s.cross_eval != "off":
@@ -246,7 +255,7 @@ def _begin(transport: Transport, s: FederationSettings,
     """The sites attached, or back where ``resume_from``'s state left them; the
     first window to train."""
     t0, routing = time.perf_counter(), make_routing(s)
-    meter = Metered(transport, s.site_timeout)
+    meter, pending = Metered(transport, s.site_timeout), set()
     if resume_from:
         back = resume_run(meter, s, routing, resume_from, log, flower_run)
         coord, att, saved = back.coord, back.attendance, back.saved
@@ -254,7 +263,7 @@ def _begin(transport: Transport, s: FederationSettings,
         result = FederationResult(sites=_site_summary(coord), alignment=saved.alignment,
                                   history=list(saved.history), seconds=saved.seconds,
                                   resumed_after=len(saved.history))
-        meter.total = saved.bytes_total
+        meter.total, pending = saved.bytes_total, back.pending
     else:
         coord, result = _start(meter, s, routing, log or (lambda _: None))
         start, averaged = 0, {}
@@ -263,7 +272,8 @@ def _begin(transport: Transport, s: FederationSettings,
     coord.expect_shapes(model_shapes(s.experiment, coord.shared))
     meter.need = att.quorum
     return _Run(s, meter, routing, coord, att, result, averaged, checkpoint,
-                before_restart=result.seconds, t0=t0), start
+                before_restart=result.seconds, t0=t0, pending=pending,
+                flower_run=flower_run), start
 
 
 def _waited_out(row: dict, site_timeout: float, log: Callable[[str], None]) -> bool:

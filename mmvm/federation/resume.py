@@ -35,6 +35,35 @@ class Resumed:
     coord: Coordinator
     attendance: Attendance
     saved: ServerState  # rekeyed to the nodes the sites answer from now
+    pending: set[str]  # the saved run's sites that did not answer: asked when back
+
+
+def late_resumes(meter, s: FederationSettings, routing: Routing, coord: Coordinator,
+                 pending: set[str], window: int, flower_run: str = "") -> dict[str, str]:
+    """The sites of a resumed run that were away at its resume and are connected now
+    are asked where they are, as the others were, before their first window (a
+    plaintext one goes back to its snapshot: it is ``window``s ahead, and every window
+    would be refused as done). Those that answer as themselves leave ``pending``;
+    returned: the ones that failed it, with why (the window refuses them)."""
+    back = sorted(pending & set(meter.online()))
+    if not back:
+        return {}
+    challenges = {k: new_challenge() for k in back} if s.secure else {}
+    replies, failed = meter.gather({k: ResumeRequest(run=s.resume, window=window,
+                                                     challenge=challenges.get(k, ""))
+                                    for k in back}, s.site_timeout)
+    bad = {k: f"its resume failed: {why}" for k, why in failed.items()}
+    state = routing.state() if s.secure else {}
+    for k, why in routing.authenticate(state, s.resume, challenges, replies,
+                                       flower_run).items():
+        bad[k] = f"its resume answer {why}"
+    for k, r in replies.items():
+        if r.site != coord.name(k):
+            bad[k] = f"it was site {coord.name(k)} and answers its resume as site {r.site}"
+        elif r.window > window + 1:
+            bad[k] = f"it trained up to window {r.window + 1}, the run is after {window + 1}"
+    pending -= set(replies) - set(bad)
+    return bad
 
 
 def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
@@ -79,7 +108,7 @@ def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
         log(f"mmvm: resuming run {s.resume} after window {saved.window + 1}/"
             f"{len(coord.plan)} (sites' last windows: {at}"
             + (f"; away: {', '.join(away)})" if away else ")"))
-    return Resumed(coord, att, saved)
+    return Resumed(coord, att, saved, set(coord.sites) - set(replies))
 
 
 def check_claims(s: FederationSettings, saved: ServerState, replies: Mapping,

@@ -149,7 +149,8 @@ class GoneAtResume(LocalTransport):
     resume message with an error saying so (``MESSAGE_UNAVAILABLE``: its node was
     still listed when the message was sent). ``FlowerTransport`` leaves such a site
     out of an exchange that may go on without it and fails one that may not
-    (tests/server/test_transport.py); this transport does the same."""
+    (tests/server/test_transport.py); this transport does the same. The site is back
+    once the resume exchange is over."""
 
     def __init__(self, endpoints, gone: str):
         super().__init__(endpoints)
@@ -161,6 +162,7 @@ class GoneAtResume(LocalTransport):
                 raise FederationError(f"resume: site {self.gone} failed: Message "
                                       f"Unavailable")
             requests = {k: r for k, r in requests.items() if k != self.gone}
+            self.gone = None
         return super().exchange(requests, wait, need)
 
 
@@ -188,6 +190,39 @@ def test_a_listed_site_that_is_gone_at_resume_is_away_not_fatal(cfg, tmp_path,
     assert f"away: {sites['n1'].name})" in lines[0], lines[0]
     assert [r["window"] for r in res.history] == list(range(6))
     assert sites["n1"].progress.window == 5  # it answered the windows after the resume
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_site_away_at_the_resume_is_asked_when_it_is_back(cfg, tmp_path, tiny_polymnist,
+                                                            secure):
+    """Killed at window 6 (plaintext: checkpoint after window 3); site n2 misses the
+    resume exchange and is back for the next window, its state ahead: every window was
+    refused as done until it was excluded, and the run stopped (the only holder of
+    m2). It is now asked where it is before its first window (a plaintext site goes
+    back to its snapshot; a secure one signs its answer, checked), and the run ends
+    as it would have."""
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites, folder = make_sites(cfg, specs, root), tmp_path / "state"
+    opts, ckpt = {**_every_third(None), "min_sites": 2}, tmp_path / "server_state.pt"
+    keys = site_keys(sites)
+
+    def endpoints():
+        return sealed_endpoints(sites, keys, folder) if secure else \
+            {k: Stored(s, folder, False) for k, s in sites.items()}
+
+    with pytest.raises(Crash):
+        run_federation(CrashAt(endpoints(), 5, True),
+                       settings_for(cfg, secure=secure, **opts), checkpoint=ckpt)
+    assert sites["n2"].progress.window == 5
+    opts["secure"] = secure
+    lines = []
+    res = run_federation(GoneAtResume(endpoints(), "n2"),
+                         settings_for(cfg, resume=RUN, **opts), log=lines.append,
+                         checkpoint=ckpt, resume_from=ckpt)
+    assert f"away: {sites['n2'].name})" in lines[0]
+    assert [r["window"] for r in res.history] == list(range(6))
+    assert not any(r["refused"] for r in res.history) and not res.evaluation_errors
+    assert sites["n2"].progress.window == 5 and sites["n2"].progress.phase == "evaluated"
 
 
 def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_path,
