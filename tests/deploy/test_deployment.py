@@ -39,7 +39,6 @@ import math
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -276,7 +275,7 @@ def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
     assert said and said.groups() == (release[:16], app[:16]), out
     assert not (dep.state / "c" / f"run-{run_id}").exists()
     assert "FabRefused" in pinned.log_text()  # the site's own log says it too
-    copies = set(Path(tempfile.gettempdir()).glob("mmvm-fab-*"))
+    copies = set(dep.fab_tmp.glob("mmvm-fab-*"))
     dep.restart_superexec("c", "c-pinned-app", "--allow-fab", app)
     run_id, out = dep.run(**{"cross-eval": "off", "test-spoil-window": 0})
     assert dep.status(run_id) == "finished:completed", out
@@ -284,10 +283,9 @@ def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
     assert (dep.state / "c" / f"run-{run_id}" / "c.pt").is_file()
     # each task's private copy of the bundle is removed when the task ends
     deadline = time.monotonic() + 20
-    while set(Path(tempfile.gettempdir()).glob("mmvm-fab-*")) - copies and \
-            time.monotonic() < deadline:
+    while set(dep.fab_tmp.glob("mmvm-fab-*")) - copies and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not set(Path(tempfile.gettempdir()).glob("mmvm-fab-*")) - copies
+    assert not set(dep.fab_tmp.glob("mmvm-fab-*")) - copies
 
 
 def test_plaintext_sites_that_keep_their_weights_get_coherence_and_imputation(

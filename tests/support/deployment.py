@@ -167,9 +167,17 @@ class Deployment:
                         extra: tuple[str, ...] = ()) -> None:
         """The fork-server SuperExec of site ``s``, on its SuperNode's Runtime API;
         ``extra``: more of its arguments (``--allow-fab ...``)."""
+        self.fab_tmp.mkdir(exist_ok=True)
         self.execs[s] = self.fleet.start(f"superexec-{log_name or s}", [
             sys.executable, "-m", "deploy.superexec_fork", "--insecure", "--threads", "1",
-            "--runtime-api-address", f"127.0.0.1:{self.ports[s]}", *extra])
+            "--runtime-api-address", f"127.0.0.1:{self.ports[s]}", *extra],
+            env={"TMPDIR": str(self.fab_tmp)})
+
+    @property
+    def fab_tmp(self) -> Path:
+        """The SuperExecs' temporary folder (their private bundle copies), this
+        deployment's own: another test's processes leave theirs in the system's."""
+        return self.fleet.workdir / "superexec-tmp"
 
     def restart_superexec(self, s: str, log_name: str, *extra: str) -> Process:
         """Site ``s``'s SuperExec killed (its process group, its fork server too) and

@@ -31,6 +31,19 @@ _HANDED_OUT: set[int] = set()
 PORT_RANGE = "MMVM_TEST_PORTS"  # e.g. "19500-19599": the only ports tests may take
 
 
+def _share(lo: int, hi: int) -> range:
+    """This pytest-xdist worker's slice of ``lo..hi``: two workers scanning the same
+    range would hand out one port twice before either bound it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    size = (hi - lo + 1) // max(count, 1)
+    if size < 1 or index >= count:
+        return range(lo, hi + 1)
+    start = lo + index * size
+    return range(start, hi + 1 if index == count - 1 else start + size)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago and that this process has not handed out
     before (the kernel may give the same free port to two calls in a row, and Ray
@@ -44,7 +57,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         except ValueError:
             raise ValueError(f"{PORT_RANGE}={span!r}: expected lo-hi, e.g. 19500-19599") \
                 from None
-        for port in range(lo, hi + 1):
+        for port in _share(lo, hi):
             if port not in _HANDED_OUT and _bindable(host, port):
                 _HANDED_OUT.add(port)
                 return port
