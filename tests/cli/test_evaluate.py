@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from mmvm.data.dataset import MultimodalDataset
-from tests.support.evaluation_data import NAMES, digit_vectors, run_copy, vector_config
+from tests.support.evaluation_data import (
+    NAMES,
+    TEST_ROWS,
+    digit_vectors,
+    run_copy,
+    vector_config,
+)
 
 torch.set_num_threads(1)
 
@@ -96,7 +102,7 @@ def test_evaluate_a_deployments_run_names_the_data_it_needs(tmp_path, capsys):
                  "--set", f"data.folders={folders}", *flags]) == 0
     used = json.loads((run / "eval.json").read_text())["settings"]
     assert used["data"]["root"] == str(tmp_path / "sites")
-    assert used["dataset"]["test_samples"] == 397
+    assert used["dataset"]["test_samples"] == TEST_ROWS
     capsys.readouterr()
     toml = tmp_path / "eval.toml"  # another config's data: the note says what the run had
     toml.write_text(f'[data]\nroot = "{tmp_path / "all"}"\n[model]\nlatent_dim = 8\n' + "".join(

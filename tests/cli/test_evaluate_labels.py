@@ -5,7 +5,13 @@ only), and an eval.labels typo named before the judges train."""
 from __future__ import annotations
 
 from mmvm.data.dataset import MultimodalDataset
-from tests.support.evaluation_data import NAMES, digit_vectors, run_copy, vector_config
+from tests.support.evaluation_data import (
+    NAMES,
+    TEST_ROWS,
+    digit_vectors,
+    run_copy,
+    vector_config,
+)
 
 
 def test_a_label_column_the_data_lacks_is_named_with_the_ones_it_has(trained, tmp_path,
@@ -66,7 +72,7 @@ def test_unlabelled_data_is_evaluated_for_reconstruction(tmp_path, capsys):
           MultimodalDataset.from_parquet(paths["train"], NAMES), show_progress=False)
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--device", "cpu"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps to the terminal
-    assert f"warning: {NO_LABELS}" in out and "no probes, 397 test rows" in out
+    assert f"warning: {NO_LABELS}" in out and f"no probes, {TEST_ROWS} test rows" in out
     assert "probe acc" not in out and "Traceback" not in out
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["probe"] == {} and result["reconstruction"]["total"] > 0

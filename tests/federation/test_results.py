@@ -96,7 +96,7 @@ def test_the_servers_evaluation_of_unlabelled_data_is_reconstruction_only(tmp_pa
 
     from mmvm.data.labels import NO_LABELS
     from mmvm.federation.results import evaluate_assembled
-    from tests.support.evaluation_data import digit_vectors, vector_config
+    from tests.support.evaluation_data import TEST_ROWS, digit_vectors, vector_config
 
     digit_vectors(tmp_path, labelled=False)
     cfg = vector_config(tmp_path)
@@ -105,7 +105,7 @@ def test_the_servers_evaluation_of_unlabelled_data_is_reconstruction_only(tmp_pa
                                    log=said.append)
     assert ev["probe"] == {} and "coherence" not in ev and NO_LABELS in ev["warnings"]
     assert math.isfinite(ev["reconstruction"]["total"]) and len(said) == 2  # no judges
-    assert json.loads((tmp_path / "out" / "eval.json").read_text())["n_test"] == 397
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["n_test"] == TEST_ROWS
 
 
 def test_results_json_keeps_only_the_settings_that_shaped_the_run(tiny_config,

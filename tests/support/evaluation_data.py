@@ -15,6 +15,9 @@ from mmvm.model import MultimodalVAE
 
 NAMES = ["m0", "m1", "m2"]
 
+TRAIN_ROWS = 1400  # of sklearn's 1,797 digits; the rest are the test rows
+TEST_ROWS = 1797 - TRAIN_ROWS
+
 
 def oracle_model(weights=(1.0, 1.0, 1.0), perm_m1: bool = False,
                   private_dim: int = 0) -> MultimodalVAE:
@@ -60,7 +63,8 @@ def digit_vectors(tmp_path, labelled: bool = True):
     rng = np.random.default_rng(0)
     x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
     paths = {}
-    for split, rows in (("train", np.arange(0, 1400)), ("test", np.arange(1400, 1797))):
+    for split, rows in (("train", np.arange(0, TRAIN_ROWS)),
+                        ("test", np.arange(TRAIN_ROWS, len(d.target)))):
         mods = {m: np.empty((len(rows), 64), np.float32) for m in NAMES}
         for c in range(10):
             idx = rows[y[rows] == c]
