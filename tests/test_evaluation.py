@@ -251,31 +251,3 @@ def test_short_training_run_learns_a_linearly_readable_label(tmp_path):
     import json
 
     json.dumps(out)  # serialisable
-
-
-@pytest.mark.slow
-def test_polymnist_lookalike_run_end_to_end(tmp_path):
-    """Image modalities: loss falls, evaluation is complete (probes of a barely
-    trained conv VAE on translated digits are only modestly above chance)."""
-    from mmvm.config import load_config
-    from mmvm.data.polymnist import make_polymnist
-    from mmvm.training import train
-
-    p = make_polymnist(tmp_path / "pm", seed=0, n_train=300, n_test=100,
-                       digits_source="sklearn")
-    sets = ["data.root=" + repr(str(tmp_path / "pm")), "model.latent_dim=16",
-            "train.epochs=3", "train.batch_size=32", "train.lr=1e-3", 'train.device="cpu"',
-            "train.out_dir=" + repr(str(tmp_path / "run")), "train.num_threads=1"]
-    sets += [f"model.modalities.{m}.width=8" for m in NAMES]
-    cfg = load_config("configs/polymnist.toml", sets)
-    tr = MultimodalDataset.from_parquet(p["train"], NAMES)
-    te = MultimodalDataset.from_parquet(p["test"], NAMES)
-    result = train(cfg, tr, show_progress=False)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
-    out = evaluate_run(cfg, result.model, tr, te, None)
-    assert set(out["probe"]) == {*NAMES, "mean", "all"}
-    assert 0.0 <= out["probe"]["mean"] <= 1.0
-    assert out["reconstruction"]["total"] == pytest.approx(
-        sum(out["reconstruction"]["per_modality"].values()), rel=1e-5)
-
-

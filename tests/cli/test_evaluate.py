@@ -121,18 +121,16 @@ def test_evaluate_a_deployments_run_names_the_data_it_needs(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
+def test_evaluate_cli_writes_eval_json_and_generations(trained, tmp_path, capsys):
     import json
 
     from mmvm.cli import main
-    from mmvm.training import train
 
-    paths = digit_vectors(tmp_path)
-    cfg = vector_config(tmp_path, epochs=1)
-    train(cfg, MultimodalDataset.from_parquet(paths["train"], NAMES), show_progress=False)
+    cfg = vector_config(trained, epochs=1)  # what trained the run (the session's)
+    run_copy(trained, tmp_path)  # into tmp_path / "run"
     toml = tmp_path / "c.toml"
     toml.write_text(
-        f'[data]\nroot = "{tmp_path}"\n[model]\nlatent_dim = 8\n' + "".join(
+        f'[data]\nroot = "{trained}"\n[model]\nlatent_dim = 8\n' + "".join(
             f'[model.modalities.{m}]\nkind = "vector"\nshape = [64]\n' for m in NAMES)
         + '[eval]\nclassifier_epochs = 2\n')
     assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
@@ -142,7 +140,7 @@ def test_evaluate_cli_writes_eval_json_and_generations(tmp_path, capsys):
     # the settings this evaluation used (its --config), not the run's config.json
     used = res["settings"]
     assert used["eval"]["classifier_epochs"] == 2 != cfg.eval.classifier_epochs
-    assert used["data"]["root"] == str(tmp_path) and used["data"]["max_test"] == 0
+    assert used["data"]["root"] == str(trained) and used["data"]["max_test"] == 0
     assert used["dataset"]["test_samples"] == res["n_test"]
     # vector data: the latents by label (as the federated server draws), not vectors
     # drawn as grey images

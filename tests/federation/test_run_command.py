@@ -164,13 +164,12 @@ VECTOR_M0 = ("set='model.modalities.m0.kind=\"vector\";model.modalities.m0.netwo
     # a site fails at describe, when the server knows its node id only: the line says
     # which site it is and names the app's config, not the staged copy Flower runs
     # (every error the ServerApp reports in one line ends the run the same way: a
-    # config typo, refused in-process by tests/federation/test_settings.py, too)
+    # config typo, refused in-process by tests/federation/test_settings.py, and a
+    # missing eval-data folder, by tests/server/test_app.py, too)
     (f"{VECTOR_M0} eval-data=''",
      r"run failed: describe: site node \d+ \(says it is site-m0\) failed: DataError: "
      r".*configs/polymnist_cpu\.toml"),
-    # the ServerApp checks the folder before the first window, not after training
-    ("eval-data='/nowhere'", r"eval-data = '/nowhere': no /nowhere/train\.parquet"),
-], ids=["a-site-fails-at-describe", "no-eval-data"])
+], ids=["a-site-fails-at-describe"])
 def test_a_run_that_cannot_start_exits_1_with_one_reason(tmp_path, bad, reason):
     """The console shows the reason, not a traceback, and no window was trained; the
     run's status in the SuperLink says it failed (``flwr run`` itself exits 0)."""

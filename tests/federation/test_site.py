@@ -48,8 +48,7 @@ def test_a_site_that_does_not_train_never_imports_dynamo(tiny_polymnist, tmp_pat
     assert res.stdout.split() == ["before", "False", "after", "True"], res.stdout
 
 
-@pytest.fixture
-def trained(tiny_polymnist, tiny_config, tmp_path):
+def _federated(tiny_polymnist, tiny_config, tmp_path):
     cfg = tiny_config(tiny_polymnist)
     specs, root = split(tiny_polymnist, tmp_path, "vertical")
     sites = make_sites(cfg, specs, root)
@@ -57,8 +56,31 @@ def trained(tiny_polymnist, tiny_config, tmp_path):
     return cfg, sites["n0"]
 
 
-def test_a_restored_site_trains_on_exactly_as_the_one_that_saved(trained, tmp_path):
-    cfg, site = trained
+@pytest.fixture(scope="module")
+def saved(tiny_polymnist, tiny_config, tmp_path_factory):
+    """One federation for the module: its config, site n0's folder and saved state."""
+    cfg, site = _federated(tiny_polymnist, tiny_config, tmp_path_factory.mktemp("fed"))
+    folder = Path(site.train_path).parent
+    site.save(folder / "n0-state.pt")
+    return cfg, site.name, folder
+
+
+@pytest.fixture
+def trained(saved, tmp_path):
+    """Site n0 after the run, restored from its state into a copy of its folder (a
+    test may rewrite the files)."""
+    import shutil
+
+    cfg, name, folder = saved
+    copy = Path(shutil.copytree(folder, tmp_path / "site"))
+    site = Site(cfg, name, copy / "train.parquet")
+    site.restore(copy / "n0-state.pt")
+    return cfg, site
+
+
+def test_a_restored_site_trains_on_exactly_as_the_one_that_saved(tiny_polymnist,
+                                                                  tiny_config, tmp_path):
+    cfg, site = _federated(tiny_polymnist, tiny_config, tmp_path)  # the live one
     site.save(tmp_path / "a.pt")
     fresh = Site(cfg, site.name, site.train_path)
     fresh.restore(tmp_path / "a.pt")

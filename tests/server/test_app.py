@@ -147,6 +147,24 @@ def test_an_unexpected_error_still_says_where_to_resume_and_keeps_its_traceback(
     assert "after window 6 is in" in out and "resume='42'" in out
 
 
+def test_a_missing_eval_data_folder_fails_the_run_before_it_asks_any_site(tmp_path, capsys):
+    """The ServerApp checks the folder before the first message, not after training
+    (in-process: every failure line ends a run the same way under ``flwr run``, as
+    tests/federation/test_run_command.py shows with a site's)."""
+    import pytest
+
+    import server.app as server_app
+
+    rc = app_run_config(out_dir=str(tmp_path / "runs"), eval_data="/nowhere")
+    ctx = Context(run_id=42, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    with pytest.raises(server_app.RunFailed):
+        server_app.main(None, ctx)  # no grid: no site is asked anything
+    out = capsys.readouterr().out
+    assert out.count("run failed:") == 1 and "resume=" not in out
+    assert "mmvm: run failed: run config: eval-data = '/nowhere': no " \
+           "/nowhere/train.parquet" in out, out
+
+
 def test_step_exchange_says_when_it_is_not_bit_for_bit(tmp_path):
     """The README's 'identical to centralized, bit for bit' needs float32 posteriors;
     the default float16 gave 1.5e-3 after 10 steps and nothing said so."""
