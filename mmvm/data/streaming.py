@@ -293,6 +293,3 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
         the most ever held at once; ``reads``: reads per key; ``capacity``."""
         return {"cached": list(self._cache), "peak": self.peak_cached,
                 "reads": dict(self.reads), "capacity": self.cache_row_groups}
-
-    def clear_cache(self) -> None:
-        self._cache.clear()

@@ -365,12 +365,6 @@ def masking_seed(me: SiteKeys, peer: SitePublicKeys, run_id: str | int) -> bytes
     return pairwise_key(me, peer, key_context("masking", run_id, a, b))
 
 
-def id_hash_key(me: SiteKeys, peer: SitePublicKeys, run_id: str | int) -> bytes:
-    """Symmetric pairwise key for keyed hashing of sample ids (never at the server)."""
-    a, b = sorted((me.site, peer.site))
-    return pairwise_key(me, peer, key_context("id-hash", run_id, a, b))
-
-
 def subkey(
     key: bytes, purpose: str, *fields: str | int | bytes, length: int = 32
 ) -> bytes:

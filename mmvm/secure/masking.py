@@ -124,10 +124,6 @@ def _pair_sign(me: str, peer: str) -> int:
     return 1 if me < peer else -1
 
 
-def _flat_size(shapes: Sequence[tuple[int, ...]]) -> int:
-    return int(sum(int(np.prod(s)) for s in shapes)) + 1  # + the weight element
-
-
 def _split(flat: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
     out, pos = [], 0
     for s in shapes:
@@ -200,37 +196,6 @@ def mask_update(
     return _split(flat, shapes)
 
 
-def reveal_seeds(
-    me: SiteKeys,
-    peers: Mapping[str, SitePublicKeys],
-    dropped: Sequence[str],
-    *,
-    run_id: str | int,
-    round: int,
-    group: str,
-    max_dropped: int | None = None,
-) -> dict[str, bytes]:
-    """Survivor side of dropout recovery: this round's seeds shared with ``dropped``.
-
-    Reveal only after sending one's own masked update, and only for sites the
-    server says it has *no* update from (see the module's trade-off note).
-    ``max_dropped`` bounds how many seeds one request may obtain.
-    """
-    dropped = sorted(set(dropped) - {me.site})
-    if max_dropped is not None and len(dropped) > max_dropped:
-        raise MaskingError(
-            f"server asks for seeds of {len(dropped)} dropped sites, more than the "
-            f"allowed {max_dropped}"
-        )
-    missing = [d for d in dropped if d not in peers]
-    if missing:
-        raise MaskingError(f"unknown sites in the dropout list: {missing}")
-    return {
-        d: round_seed(me, peers[d], run_id=run_id, round=round, group=group)
-        for d in dropped
-    }
-
-
 def unmask_dropout(
     total: Sequence[np.ndarray], revealed: Mapping[str, Mapping[str, bytes]]
 ) -> list[np.ndarray]:
@@ -241,7 +206,8 @@ def unmask_dropout(
     total
         The modular sum of the survivors' masked updates (``mask_update`` layout).
     revealed
-        ``revealed[survivor][dropped] = seed`` from :func:`reveal_seeds`.
+        ``revealed[survivor][dropped] = seed``, the pair seeds a survivor reveals
+        (:func:`mmvm.secure.unmasking.reveal`).
     """
     shapes = [np.shape(a) for a in total[:-1]]
     flat = np.concatenate([np.ravel(np.asarray(a, dtype=np.uint64)) for a in total])
@@ -273,7 +239,8 @@ def aggregate_masked(
         of ``masked`` (no dropout). Sites missing from ``masked`` are dropped,
         and ``revealed`` must hold every (survivor, dropped) seed.
     revealed
-        Seeds from :func:`reveal_seeds`, ``revealed[survivor][dropped]``.
+        Pair seeds survivors revealed (:func:`mmvm.secure.unmasking.reveal`),
+        ``revealed[survivor][dropped]``.
     self_seeds
         Every survivor's self-mask seed (reconstructed from shares), when the
         updates carry self-masks.

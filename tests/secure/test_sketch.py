@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from mmvm.secure import sketch
-from mmvm.secure.masking import aggregate_masked, mask_update, reveal_seeds
+from mmvm.secure.masking import aggregate_masked, mask_update
+from tests.secure.test_masking import reveal_seeds
 
 CTX = {"run_id": "run1", "round": 7, "group": "enc.m0"}
 WEIGHTS = {"a": 120.0, "b": 45.0, "c": 300.0, "d": 8.0}
