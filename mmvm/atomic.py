@@ -1,7 +1,9 @@
 """The one atomic file writer: a reader sees the old file or the new one, never a part.
 
 Every file the project writes (checkpoints, site Parquet files, keys, results, plots)
-goes through :func:`atomic_write`:
+goes through :func:`atomic_write`, or into a staging folder that then moves in whole
+(:func:`mmvm.data.prepare.staged_output`, the data preparers'), or is a hard link
+renamed into place (a site's snapshots, :mod:`mmvm.federation.site_store`):
 
 1. a temporary file ``.<name>.<random>.tmp`` in the target's directory (same file
    system, so the final move is atomic), with permission ``mode`` before any byte is

@@ -3,7 +3,7 @@ final evaluation.
 
 ``run_federation`` is what the Flower ServerApp runs (over a transport made of
 Flower Messages, ``server/transport.py``) and what tests and benchmarks run in one process
-(over :class:`mmvm.federation.endpoint.LocalTransport`). It knows nothing of
+(over :class:`mmvm.federation.local.LocalTransport`). It knows nothing of
 encryption: a :class:`~mmvm.federation.routing.Routing` decides how sites are
 aligned, how a window's requests are built from the last replies and how shared
 weights are averaged. Bytes are counted the same way for every mode: the payload of
@@ -237,7 +237,7 @@ class _Run:
         self.meter.skip = set(self.att.excluded) | self.pending | set(late)
         final_evaluation(self.meter, self.coord, self.averaged, s.collect_model, result,
                          s.reply_timeout, cross=s.cross_eval,
-                         secure=s.align if s.secure else "",
+                         sealed=s.align if s.secure else "",
                          latent_dim=s.experiment.model.latent_dim,
                          max_rows=s.max_site_rows, method=s.experiment.model.method)
         for k, why in late.items():
@@ -331,19 +331,19 @@ def _site_summary(coord: Coordinator) -> dict[str, dict]:
 def final_evaluation(transport: Metered, coord: Coordinator, averaged: Mapping,
                      collect_model: bool, result: FederationResult, wait: float,
                      cross: str = "off", latent_dim: int = 0, max_rows: int = 0,
-                     method: str = "mmvm", secure: str = "") -> None:
+                     method: str = "mmvm", sealed: str = "") -> None:
     """Last message: sites load the averaged shared weights and evaluate; with
     ``collect_model`` their weights are assembled into ``result.model_state``. A site
     that does not answer within ``wait``, or fails (its reason in
     ``result.evaluation_errors``), is listed in ``result.not_evaluated``: the trained
     run is still written, without that site's numbers (its weights stay with it, so
     there is no assembled model). ``cross`` ("draw" or "mean"): heldout messages
-    before (``secure``, the run's alignment: sealed, :mod:`sealed_test_routing`), and
+    before (``sealed``: a secure run's alignment, :mod:`sealed_test_routing`), and
     ``result.cross_site`` after (:mod:`cross_eval`)."""
     tables = TestTables()
     if cross != "off":
-        tables = gather_sealed_tests(transport, coord, averaged, wait, max_rows, secure) \
-            if secure else gather_tests(transport, coord, averaged, wait, latent_dim,
+        tables = gather_sealed_tests(transport, coord, averaged, wait, max_rows, sealed) \
+            if sealed else gather_tests(transport, coord, averaged, wait, latent_dim,
                                         max_rows)
     replies, failed = transport.gather(
         {key: EvaluateRequest(weights=coord.weights_for(key, averaged), collect=collect_model,
