@@ -41,9 +41,9 @@ def _hosted(context: Context) -> bool:
     if "partition-id" not in context.node_config:
         return False
     from client.hosts import hosted
+    from mmvm.federation.booleans import as_bool
 
-    return hosted(context, str(context.run_config.get("site-hosts", "true")).lower()
-                  in ("true", "1", "yes"))
+    return hosted(context, as_bool(context.run_config.get("site-hosts", True)) is not False)
 
 
 def _error(msg: Message, text: str) -> Message:

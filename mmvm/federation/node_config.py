@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from mmvm.federation.booleans import as_bool
 from mmvm.federation.policy import KEYS, LIMITS, PolicyError, SitePolicy
 from mmvm.secure.keys import validate_site_name
 from mmvm.secure.pins import fingerprint_digits
@@ -21,10 +22,8 @@ def _bool(nc: Mapping, key: str, default: bool) -> bool:
     if key not in nc:
         return default
     v = nc[key]
-    if isinstance(v, bool):
-        return v
-    if str(v).lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-        return str(v).lower() in ("true", "1", "yes", "on")
+    if (flag := as_bool(v)) is not None:
+        return flag
     raise PolicyError(f"node config: {key} = {v!r} is not a boolean (true or false; "
                       f"yes/no, on/off, 1/0 also do)")
 

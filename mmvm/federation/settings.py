@@ -19,6 +19,7 @@ from pathlib import Path
 from mmvm.config import ConfigError, ExperimentConfig, load_config
 from mmvm.data.hippocampus_knobs import parse_knobs
 from mmvm.data.sites import LAYOUTS
+from mmvm.federation.booleans import as_bool
 from mmvm.federation.delta import UNITS
 from mmvm.federation.plan import EXCHANGES, QUANTIZE, Plan, PlanArgs, checkpoint_windows
 from mmvm.federation.site_dirs import parse_site_dirs
@@ -99,11 +100,10 @@ def _get(rc: Mapping, key: str, kind: type):
         raise ConfigError(f"run config: missing key {key!r} (see [tool.flwr.app.config])")
     value = rc[key]
     if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "false", "1", "0", "yes", "no"):
-            return str(value).lower() in ("true", "1", "yes")
-        raise ConfigError(f"run config: {key} = {value!r} is not a boolean")
+        if (flag := as_bool(value)) is None:
+            raise ConfigError(f"run config: {key} = {value!r} is not a boolean (true or "
+                              f"false; yes/no, on/off, 1/0 also do)")
+        return flag
     # flwr passes numbers as TOML gives them: 3.7 or true for an int would be cut to 3
     # or 1 without a word, and NaN compares false with everything (delta-tol=nan: off)
     if kind in (int, float) and isinstance(value, bool) or kind is int and \

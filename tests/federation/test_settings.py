@@ -37,6 +37,9 @@ def test_overrides_and_string_forms_of_flower_values():
     ({"local_epochs": 0}, r"must be >= 1"),
     ({"missing": 1.0}, r"missing = 1.0 must be in \[0, 1\)"),
     ({"float16": "maybe"}, r"float16 = 'maybe' is not a boolean"),
+    # a node config's words for a boolean, read alike (a run config refused "on")
+    ({"float16": "on", "secure": "maybe"}, r"secure = 'maybe' is not a boolean \(true or "
+                                          r"false; yes/no, on/off, 1/0 also do\)"),
     ({"num_sites": "three"}, r"num-sites = 'three' is not a valid int"),
     # flwr hands numbers over as TOML reads them: neither cut nor read as NaN
     ({"num_sites": 3.7}, r"num-sites = 3.7 is not a valid int"),
@@ -140,3 +143,12 @@ def test_site_dirs_are_joined_by_sample_id_under_their_common_parent():
     # a deployment site reads its node config's data, never site-dirs, and a bad one
     # does not make it refuse the run
     assert load_settings({**rc, "site-dirs": "relative/x"}, app_only=True).site_dirs == ()
+
+
+@pytest.mark.parametrize("word, flag", [("on", True), ("OFF", False), (" yes ", True),
+                                        ("0", False), (True, True)])
+def test_a_boolean_is_read_as_a_node_config_reads_it(word, flag):
+    from mmvm.federation.node_config import load_policy
+
+    assert load_settings(app_run_config(float16=word)).float16 is flag
+    assert load_policy({"data": "/d", "pictures": word}, "a").pictures is flag
