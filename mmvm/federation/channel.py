@@ -59,8 +59,10 @@ class Channel(Protocol):
         order of ``req.rows``); checks what the server says about peers."""
         ...
 
-    def outgoing(self, site: Site, index: int) -> dict[str, bytes]:
-        """Own posteriors for window ``index``'s rows, per recipient."""
+    def outgoing(self, site: Site, index: int, excluded: Sequence[str] = ()
+                 ) -> dict[str, bytes]:
+        """Own posteriors for window ``index``'s rows, per recipient (none to a site
+        ``excluded`` from the rest of the run)."""
         ...
 
     def incoming(self, site: Site, index: int, blobs: Mapping[str, bytes],
@@ -163,7 +165,8 @@ class PlainChannel:
     def positions(self, site: Site, req: AttachRequest) -> np.ndarray:
         return np.arange(len(site.data), dtype=np.int64)
 
-    def outgoing(self, site: Site, index: int) -> dict[str, bytes]:
+    def outgoing(self, site: Site, index: int, excluded: Sequence[str] = ()
+                 ) -> dict[str, bytes]:
         link = site.linked()
         rows = site.window_rows(index)
         table, deltas = site.encode_window(index), None

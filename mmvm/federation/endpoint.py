@@ -12,7 +12,6 @@ decides whether its final weights may leave.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 
 from mmvm.config import config_digest
@@ -39,7 +38,7 @@ from mmvm.federation.messages import (
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.progress import EVALUATION
-from mmvm.federation.reply_cache import evaluation_digest, request_digest
+from mmvm.federation.reply_cache import evaluation_digest, request_digest, window_inputs
 from mmvm.federation.site import Site
 from mmvm.federation.site_cross_eval import admitted
 from mmvm.federation.site_eval import evaluate_site
@@ -212,10 +211,7 @@ class Endpoint:
 
     def window(self, req: WindowRequest) -> WindowReply:
         site, index = self.site, req.window
-        inputs = {"config": config_digest(site.cfg),  # a resumed run brings its own
-                  "absent": sorted(req.absent), "resync": bool(req.resync),
-                  "posteriors": {s: hashlib.sha256(b).hexdigest()
-                                 for s, b in sorted(req.posteriors.items())}}
+        inputs = window_inputs(config_digest(site.cfg), req)  # a resume brings its own
         asked = request_digest(inputs, req.weights)
         again = site.replies.get("window", index, asked)
         if again is not None:  # a restarted server asks again: the same reply, byte for
@@ -276,7 +272,7 @@ class Endpoint:
         t2 = time.perf_counter()
         weights, shares = self.channel.shared(site, index, req.weights)
         encoded = site.encoded_s
-        posteriors = self.channel.outgoing(site, index + 1)
+        posteriors = self.channel.outgoing(site, index + 1, req.excluded)
         encoded = site.encoded_s - encoded
         # seconds of this window at the site: training (with any wait for the decoder
         # half that ran while the server routed, whose own time is ahead_s, and the

@@ -177,8 +177,8 @@ class _Run:
         late = late_resumes(meter, self.s, routing, coord, self.pending, w - 1,
                             self.flower_run) if self.pending else {}
         absent, left_out = att.absent_names(), sorted(coord.name(k) for k in att.excluded)
-        requests = {k: dataclasses.replace(r, absent=absent, resync=k in att.absent,
-                                           persist=persist)
+        requests = {k: dataclasses.replace(r, absent=absent, excluded=left_out,
+                                           resync=k in att.absent, persist=persist)
                     for k, r in routing.requests(coord, w, self.averaged).items()
                     if k not in att.excluded and k not in self.pending}
         t_server = time.perf_counter() - tw

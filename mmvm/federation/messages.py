@@ -173,13 +173,15 @@ class WindowRequest:
     site missed the last window; with event-triggered exchange it forgets what it
     thinks it sent and received, and sends all its rows again. ``persist``: the server
     checkpoints after this window, so the site writes its state durably (and keeps a
-    snapshot of it) before it answers; a site kept in memory writes nothing between."""
+    snapshot of it) before it answers; a site kept in memory writes nothing between.
+    ``excluded``: sites excluded from the rest of the run (nothing is sealed to them)."""
 
     kind: ClassVar[str] = "window"
     window: int = _value(int)
     posteriors: dict[str, bytes] = _blobs()
     weights: Arrays = _arrays()
     absent: list[str] = _value(list, str, default=[])
+    excluded: list[str] = _value(list, str, default=[])
     resync: bool = _value(bool, default=False)
     persist: bool = _value(bool, default=True)
     keys: dict[str, bytes] = _blobs()

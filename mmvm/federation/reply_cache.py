@@ -94,3 +94,13 @@ def evaluation_digest(req) -> str:
                            "posteriors": {s: hashlib.sha256(b).hexdigest()
                                           for s, b in sorted(req.posteriors.items())}},
                           req.weights)
+
+
+def window_inputs(config: str, req) -> dict:
+    """What a window request (:class:`WindowRequest`) brings besides its weights: the
+    experiment's digest ``config``, the sites absent and excluded, resync, and the
+    digest of each sender's posteriors."""
+    return {"config": config, "absent": sorted(req.absent),
+            "excluded": sorted(req.excluded), "resync": bool(req.resync),
+            "posteriors": {s: hashlib.sha256(b).hexdigest()
+                           for s, b in sorted(req.posteriors.items())}}

@@ -143,13 +143,18 @@ class SealedChannel:
         return order
 
     # ------------------------------------------------------------------ windows
-    def outgoing(self, site: Site, index: int) -> dict[str, bytes]:
-        """Per peer: own posteriors for the rows of window ``index`` the peer shares."""
+    def outgoing(self, site: Site, index: int, excluded: Sequence[str] = ()
+                 ) -> dict[str, bytes]:
+        """Per peer: own posteriors for the rows of window ``index`` the peer shares;
+        nothing to a peer ``excluded`` from the rest of the run (the server would keep
+        envelopes it never delivers, sealed to a site it found at fault)."""
         sec, link = self.sec, site.linked()
         wrows = site.window_rows(index)
         table = site.encode_window(index)
         out = {}
         for peer, info in sorted(sec.state["peers"].items()):
+            if peer in excluded:
+                continue
             need = np.intersect1d(info["rows"], wrows)
             if not len(need):
                 continue

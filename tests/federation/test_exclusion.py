@@ -156,14 +156,20 @@ def test_an_excluded_site_is_left_out_of_a_secure_psi_cross_site_evaluation(
                                  SitePolicy(eval_labels=()), align="psi")  # no judges
     failing(monkeypatch, sites["n0"], set(range(10)))
 
+    name, sealed_to = sites["n0"].name, []
+
     def broken(requests, replies):  # n0 fails the ring's second step, as it fails
         req = requests.get("n0")    # its windows (a failure at the first only leaves
         if req is not None and req.kind == "heldout" and req.step == 2:  # it out)
             replies["n0"] = SiteFailure("n0", "RuntimeError: still broken")
+        sealed_to.extend((r.window, k) for k, r in requests.items() if r.kind == "window"
+                         and name in getattr(replies.get(k), "posteriors", {}))
 
     res = federate(cfg, endpoints, Tampering(endpoints, broken), exchange="step",
                    secure=True, align="psi", cross_eval="mean", max_refused=0)
-    name = sites["n0"].name
     assert res.history[0]["excluded"] and res.not_evaluated == [name]
+    # sealed to it in window 0, before it was excluded; never after (the server kept
+    # envelopes it would never deliver, sealed to a site it had found at fault)
+    assert sealed_to and {w for w, _ in sealed_to} == {0}
     assert res.cross_site["imputation"]["pairs"]
     assert res.cross_notes == {name: "excluded from the run"}
