@@ -209,6 +209,21 @@ def test_a_latent_that_would_fill_memory_in_tables_is_refused_at_attach(plain_si
                      capfd.readouterr().err)
 
 
+def test_the_latents_check_counts_test_rows_as_a_power_of_two(plain_site):
+    """192 train and 96 test rows at a 440,000-wide latent: 288 rows would fit in
+    1 GiB, 192 + 128 do not. The submitter chooses the latent; refusals at sizes of
+    its choosing read the exact test count off a site that withholds sizes, so the
+    check counts test rows rounded up to a power of two (review, 2026-12-07)."""
+    from mmvm.federation.settings import load_settings
+    from mmvm.footprint import table_bytes
+
+    cfg = load_settings(app_run_config(set="model.latent_dim=440000")).experiment
+    assert table_bytes(cfg, 192 + 96, 1) < 2**30 < table_bytes(cfg, 192 + 128, 1)
+    attach = _wide_latent_site(plain_site, 440_000, 95)
+    said = attach({"batch_size": 4, "seed": 0, "epochs": 1, "exchange": "step"})
+    assert isinstance(said, str) and "the final evaluation's latents" in said, said
+
+
 def test_event_triggered_exchange_counts_every_row_the_caches_keep(plain_site):
     """With delta-tol the site keeps every row it received or sent, for every
     modality: a batch-of-one plan's window tables are small, the caches are not."""
