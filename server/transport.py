@@ -70,9 +70,11 @@ class FlowerTransport:
         kind = next(iter(requests.values())).kind
         stage = f"window {requests[next(iter(requests))].window}" \
             if kind in ("window", "confirm", "unmask") else kind
-        soft = self.timeout if wait is None else min(wait, self.timeout)
-        hard = self.timeout if wait is None or kind == "resume" \
-            else min(2 * wait, self.timeout)
+        # a window waits site-timeout, whatever reply-timeout (set-up's) is: a slow
+        # hospital's longer site-timeout was cut at reply-timeout, unsaid
+        soft = self.timeout if wait is None else \
+            min(wait, self.timeout) if kind == "resume" else wait
+        hard = self.timeout if wait is None or kind == "resume" else 2 * wait
         msgs = [Message(to_record(req), dst_node_id=int(key), message_type=flower_type(req),
                         group_id=stage, ttl=hard)
                 for key, req in requests.items()]

@@ -292,11 +292,6 @@ def _check(s: FederationSettings) -> None:
     if not (s.site_timeout > 0 and s.pause_timeout > 0):
         raise ConfigError(f"run config: site-timeout = {s.site_timeout} and "
                           f"pause-timeout = {s.pause_timeout} must be > 0")
-    if s.site_timeout > s.reply_timeout:  # Flower's messages expire after reply-timeout
-        raise ConfigError(f"run config: site-timeout = {s.site_timeout:g} is above "
-                          f"reply-timeout = {s.reply_timeout:g}, which bounds every wait "
-                          f"(a window would give up after {s.reply_timeout:g} s); raise "
-                          f"reply-timeout as well")
     if s.resume and not (s.resume.isascii() and s.resume.isdigit()):
         raise ConfigError(f"run config: resume = {s.resume!r} is not a run id (the number "
                           f"`flwr ls` shows, or '' to start a new run)")

@@ -235,3 +235,25 @@ def test_a_traceback_raised_during_handling_is_shown_as_its_last_exception():
           'exception, another exception occurred:\n\nTraceback (most recent call last):'
           '\n  File "b.py", line 9, in g\nMemoryError\n')
     assert site_reason(tb) == "MemoryError (b.py:9 in g)"
+
+
+def test_a_window_waits_site_timeout_even_above_reply_timeout(monkeypatch):
+    """A user raised site-timeout to 1800 s for a slow hospital: the window's wait and
+    its messages' lifetime were cut at reply-timeout (900 s), and the note that
+    says a window waited its whole site-timeout never came."""
+    from mmvm.federation.messages import WindowRequest
+    from server import transport as flower_transport
+
+    _identity(monkeypatch)
+    seen = {}
+
+    def collect(grid, ids, timeout, soft, need, **kw):
+        seen.update(timeout=timeout, soft=soft)
+        return []
+
+    monkeypatch.setattr(flower_transport, "_collect", collect)
+    grid = ReplyingGrid()
+    transport = FlowerTransport(grid, 1, timeout=900, connect_timeout=1)
+    transport.exchange({"7": WindowRequest(window=0)}, wait=1800.0)
+    assert seen == {"timeout": 3600.0, "soft": 1800.0}
+    assert grid.pushed[-1].metadata.ttl == 3600.0
