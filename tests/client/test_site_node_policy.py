@@ -65,6 +65,20 @@ def test_a_resume_where_the_site_has_no_state_leaves_nothing_behind(plain_site):
     assert not (Path(plain_site["state"]) / "run-70").exists()
 
 
+def test_a_site_without_keys_refuses_a_secure_run_naming_what_it_lacks(plain_site):
+    """A deployed site whose node config has no keys, asked to run secure: it cannot
+    seal anything, and says what its administrator would add (not a stack trace from
+    the key loader)."""
+    from mmvm.federation.messages import DescribeRequest
+    from wire.records import to_record
+
+    context = Context(run_id=72, node_id=1, node_config=plain_site, state=RecordDict(),
+                      run_config=app_run_config(secure=True))
+    said = site_node.answer("describe", to_record(DescribeRequest()), context)
+    assert isinstance(said, str) and "secure = true needs the site's keys in its node " \
+        "config (keys=" in said, said
+
+
 def test_the_sites_device_is_its_node_configs(plain_site):
     """A run config asking for CUDA at a CPU site: the site trains where its node
     config says; without the key the run's device fails there."""

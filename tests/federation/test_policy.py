@@ -54,6 +54,9 @@ def test_switches_and_their_errors(tmp_path, directory):
                        "a").require_secure
     with pytest.raises(PolicyError, match="is not 'name=fingerprint'"):
         load_policy({"data": "/d", "keys": "k", "peers": "b=12ab"}, "a")
+    for empty in ("", " ", ";", " ; ;"):  # never "trust everyone" by accident: that
+        with pytest.raises(PolicyError, match="peers is empty"):  # is peers="*"
+            load_policy({"data": "/d", "keys": "k", "peers": empty}, "a")
 
 
 def test_pinned_peers_filter_the_directory_and_catch_substituted_keys(directory):
