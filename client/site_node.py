@@ -352,7 +352,7 @@ def _after_failure(context: Context, node: Node | None, kind: str, keep: bool) -
 def _run_id(context: Context, s: FederationSettings) -> int:
     """The run this site's state belongs to: a resumed run continues the old one's
     state (forward only: the site's place in the run is kept with it)."""
-    return int(s.resume) if s.resume else context.run_id
+    return int(s.first_run(context.run_id))
 
 
 def _state_root(context: Context, s: FederationSettings, policy: SitePolicy) -> Path:

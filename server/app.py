@@ -96,7 +96,7 @@ def state_path(s: FederationSettings, run_id: int) -> Path:
     run continues it, because the sites keep their state under that run's id
     (``client/site_node.py`` ``_run_id``); so a resumed run that fails is resumed
     again with the same id."""
-    return Path(s.out_dir) / f"run-{s.resume or run_id}" / STATE_FILE
+    return Path(s.out_dir) / f"run-{s.first_run(run_id)}" / STATE_FILE
 
 
 def resume_hint(context: Context) -> str | None:
@@ -112,7 +112,7 @@ def resume_hint(context: Context) -> str | None:
         return None
     where = f"after window {done}" if done else "after the sites attached"
     return (f"mmvm: its state {where} is in {path}; once the cause is fixed, continue it "
-            f"with the same run config and resume='{s.resume or context.run_id}'")
+            f"with the same run config and resume='{s.first_run(context.run_id)}'")
 
 
 def run(grid: Grid, context: Context) -> None:
@@ -155,7 +155,7 @@ def _federate(grid: Grid, context: Context, s: FederationSettings
                 # a resume may come while the ServerApp it continues is still ending
                 # (its SuperLink was restarted): that one gets connect-timeout to go
                 held.enter_context(folder_lock(
-                    state.parent, f"a ServerApp of run {s.resume or context.run_id}",
+                    state.parent, f"a ServerApp of run {s.first_run(context.run_id)}",
                     wait=s.connect_timeout if s.resume else 0.0))
             except ValueError as err:
                 raise ConfigError(str(err)) from None
@@ -168,7 +168,7 @@ def _federate(grid: Grid, context: Context, s: FederationSettings
     except RunStopped as err:
         print(f"mmvm: run {err}; " + ("nothing to resume" if err.window is None else
               f"its state is in {state}: continue it with the same run config and "
-              f"resume='{s.resume or context.run_id}'"), flush=True)
+              f"resume='{s.first_run(context.run_id)}'"), flush=True)
         return None
     finally:
         stop.answer()  # the answer `mmvm run` waits for, whichever way the run ends

@@ -77,6 +77,11 @@ class FederationSettings:
     site_dirs: tuple[str, ...] = ()  # simulation: the sites' own folders (site_dirs.py)
     cross_eval: str = "draw"  # plaintext: cross-site imputation, coherence (cross_eval.py)
 
+    def first_run(self, run_id: int | str) -> str:
+        """The run whose state this one continues: ``resume``'s, else ``run_id`` (a
+        resumed run keeps writing, and its sites keep reading, the first run's)."""
+        return self.resume or str(run_id)
+
     def checkpoints(self, plan: Plan) -> set[int]:
         """Windows the server checkpoints after; secure runs: every window (a site
         never goes back to a snapshot, so it must never be ahead of one)."""
