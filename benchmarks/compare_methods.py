@@ -44,11 +44,12 @@ from pathlib import Path
 
 from mmvm.help_format import DefaultsHelp
 from mmvm.jsonfile import json_bytes
+from mmvm.method_names import TABLE_ORDER
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
+METHODS = list(TABLE_ORDER)
 DEFAULTS = dict(n_train=2000, epochs=6, latent_dim=32, width=8, batch_size=32,
                 betas=[0.25, 1.0, 4.0], classifier_epochs=20)
 QUICK = dict(n_train=256, epochs=1, latent_dim=8, width=4, batch_size=64,

@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from mmvm.help_format import DefaultsHelp  # noqa: E402
 from mmvm.jsonfile import json_bytes  # noqa: E402
+from mmvm.method_names import TABLE_ORDER  # noqa: E402
 from mmvm.provenance import environment  # noqa: E402
 
-METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
+METHODS = list(TABLE_ORDER)
 QUADRANTS = ["q0", "q1", "q2", "q3"]  # top-left, top-right, bottom-left, bottom-right
 
 

@@ -291,13 +291,13 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
     reject_unknown_sections(raw, {**sections, "model": ModelConfig}, source)
     built = {k: build_table(cls, raw.get(k, {}), k, source) for k, cls in sections.items()}
     model = build_table(ModelConfig, model_raw, "model", source, extra={"modalities": specs})
-    from mmvm.aggregation import available_methods
+    from mmvm.aggregation import available_methods, has_private_latent
 
     if model.method not in available_methods():
         raise ConfigError(
             f"{source}: model.method = {model.method!r} is unknown; choose one of {available_methods()}"
         )
-    if (model.method == "mmvaeplus") != (model.private_dim > 0) or model.private_dim < 0:
+    if has_private_latent(model.method) != (model.private_dim > 0) or model.private_dim < 0:
         raise ConfigError(
             f"{source}: model.private_dim = {model.private_dim}: MMVAE+ (method "
             f"'mmvaeplus') needs a modality-specific latent (private_dim >= 1); every "

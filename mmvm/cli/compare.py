@@ -23,8 +23,9 @@ import math
 from pathlib import Path
 
 from mmvm.cli import MAIN_JOB_CONFIG, add_config_arguments
+from mmvm.method_names import TABLE_ORDER
 
-METHODS = ["independent", "mmvm", "avg", "poe", "moe", "mopoe", "mmvaeplus"]
+METHODS = list(TABLE_ORDER)
 # eval.json -> the table's columns (label, where in the result, higher is better)
 COLUMNS = {"probe": ("probe", ("probe", "mean")),
            "pooled": ("pooled probe", ("probe", "all")),
