@@ -42,10 +42,11 @@ Method = Callable[..., tuple[Tensor, Tensor]]
 _METHODS: dict[str, Method] = {}
 _FEDERATED: set[str] = set()
 _SPLIT: set[str] = set()  # methods whose codes are [shared, private] (private_dim > 0)
+_SUBSET: dict[str, str] = {}  # joint methods: the rule that fuses a subset of modalities
 
 
-def register(name: str, *, federated: bool = False, split: bool = False
-             ) -> Callable[[Method], Method]:
+def register(name: str, *, federated: bool = False, split: bool = False,
+             subset: str | None = None) -> Callable[[Method], Method]:
     """Decorator adding a method to the registry under ``name``.
 
     Parameters
@@ -56,11 +57,18 @@ def register(name: str, *, federated: bool = False, split: bool = False
         per-sample posterior parameters (mu, logvar), which sites can exchange.
     split : whether the method's codes carry a modality-specific part (it then
         takes ``private_dim=``).
+    subset : for a joint method (one latent of the modalities seen), the registered
+        rule whose posterior of a subset of them imputes the others (MoPoE: "poe");
+        None for a mixture of unimodal posteriors.
     """
 
     def add(fn: Method) -> Method:
         _METHODS[name] = fn
         (_SPLIT.add if split else _SPLIT.discard)(name)
+        if subset is not None:
+            _SUBSET[name] = subset
+        else:
+            _SUBSET.pop(name, None)
         if federated:
             _FEDERATED.add(name)
         else:
@@ -107,6 +115,14 @@ def aggregate(name: str, mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor,
         raise ValueError(f"method {name!r} has no modality-specific latent "
                          f"(private_dim = {private_dim})")
     return fn(mu, logvar, mask, eps, alpha)
+
+
+def subset_rule(name: str) -> str | None:
+    """The rule fusing a subset of modalities for joint method ``name`` (its
+    imputations decode that subset's posterior), or None for a mixture method;
+    unknown names raise."""
+    get_method(name)
+    return _SUBSET.get(name)
 
 
 def has_private_latent(name: str) -> bool:
@@ -171,14 +187,14 @@ def _joint(z_joint: Tensor, mu_j: Tensor, lv_j: Tensor, mask: Tensor, M: int):
     return z_joint.unsqueeze(1).expand(-1, M, -1), reg
 
 
-@register("avg")
+@register("avg", subset="avg")
 def avg(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
     mask = check_posteriors(mu, logvar, mask)
     mu_j, lv_j = average(mu, logvar, mask)
     return _joint(reparameterize(mu_j, lv_j, eps[:, 0]), mu_j, lv_j, mask, mu.shape[1])
 
 
-@register("poe")
+@register("poe", subset="poe")
 def poe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
     mask = check_posteriors(mu, logvar, mask)
     mu_j, lv_j = product_of_experts(mu, logvar, mask)
@@ -220,7 +236,7 @@ def subsets(M: int) -> Tensor:
     return torch.tensor(rows, dtype=torch.bool)
 
 
-@register("mopoe")
+@register("mopoe", subset="poe")
 def mopoe(mu: Tensor, logvar: Tensor, mask: Tensor, eps: Tensor, alpha: float = 0.0):
     mask = check_posteriors(mu, logvar, mask)
     B, M, D = mu.shape

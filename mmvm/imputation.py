@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmvm.aggregation import aggregate, has_private_latent, reparameterize
+from mmvm.aggregation import aggregate, has_private_latent, reparameterize, subset_rule
 from mmvm.model import MultimodalVAE
 
 # how an imputation is scored, in eval.json: an evaluation scored otherwise (the mean
@@ -55,8 +55,8 @@ def imputing_latents(method: str, mu: Tensor, logvar: Tensor, sources: Tensor,
     joint posterior. Mixture methods (MMVM, independent, MoE, MMVAE+): K = M, one per
     unimodal posterior; the rows of absent sources are to be left out of the mixture
     (:func:`imputation_ll`)."""
-    if method in ("avg", "poe", "mopoe"):
-        fuse = "avg" if method == "avg" else "poe"  # MoPoE: the PoE of the subset
+    fuse = subset_rule(method)  # MoPoE: the PoE of the subset
+    if fuse is not None:
         z, _ = aggregate(fuse, mu, logvar, sources,
                          torch.zeros_like(mu) if eps is None else eps, 0.0)
         return z[:, :1]
