@@ -191,15 +191,16 @@ class Endpoint:
         snapshot of that window (:mod:`mmvm.federation.site_store`); one window past,
         it repeats its reply; a secure site never goes back (a window is masked once)."""
         self.site.progress.resume(self.site.name)
-        if req.window >= -1 and self.site.progress.window > req.window + 1:
-            if self.channel.secure or self.store is None or self.site.progress.held_out:
+        p = self.site.progress
+        if req.window >= -1 and p.window > req.window + 1:
+            over = p.held_out or p.phase == "evaluated"  # else evaluated again and again
+            if self.channel.secure or self.store is None or over:
                 raise FederationError(
-                    f"site {self.site.name}: trained up to window "
-                    f"{self.site.progress.window + 1}, the server resumes after window "
-                    f"{req.window + 1}; "
+                    f"site {self.site.name}: trained up to window {p.window + 1}, the "
+                    f"server resumes after window {req.window + 1}; "
                     + ("a secure site never trains a window twice" if self.channel.secure
-                       else "its training is over (it answered heldout)"
-                       if self.site.progress.held_out
+                       else "its training is over (it answered heldout or the "
+                       "evaluation)" if over
                        else "this site keeps no snapshots to go back to"))
             if said := self.store.rollback(self.site, req.window):
                 self.notes.append(said)
@@ -330,7 +331,7 @@ class Endpoint:
                                   f"log says why)") from err
 
     def evaluate(self, req: EvaluateRequest) -> EvaluateReply:
-        site, asked = self.site, evaluation_digest(req)
+        site, asked = self.site, evaluation_digest(req, self.policy)
         again = site.replies.get("evaluate", EVALUATION, asked)
         if again is not None:  # a server that died before it wrote the results
             return again

@@ -174,6 +174,7 @@ class _Run:
         its row of the history."""
         coord, att, routing, meter = self.coord, self.att, self.routing, self.meter
         tw, before = time.perf_counter(), meter.total
+        self.pending -= set(att.excluded)  # (not asked anything again)
         late = late_resumes(meter, self.s, routing, coord, self.pending, w - 1,
                             self.flower_run) if self.pending else {}
         absent, left_out = att.absent_names(), sorted(coord.name(k) for k in att.excluded)

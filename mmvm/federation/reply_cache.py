@@ -10,6 +10,7 @@ for the same view of survivors and dropped sites; any other view is refused as b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -87,10 +88,14 @@ def request_digest(inputs: Mapping, weights: Mapping[str, Mapping[str, np.ndarra
     return h.hexdigest()
 
 
-def evaluation_digest(req) -> str:
+def evaluation_digest(req, policy) -> str:
     """SHA-256 of an evaluate request (:class:`EvaluateRequest`): its weights, the
-    test posteriors it brings and what it asks for."""
+    test posteriors it brings and what it asks for, under the node config's
+    ``policy`` (a kept answer is not repeated once the node config changed: it may
+    no longer hand in the weights, or report those labels)."""
+    rules = json.dumps(dataclasses.asdict(policy), sort_keys=True, default=sorted)
     return request_digest({"collect": bool(req.collect), "draw": bool(req.draw),
+                           "policy": hashlib.sha256(rules.encode()).hexdigest(),
                            "posteriors": {s: hashlib.sha256(b).hexdigest()
                                           for s, b in sorted(req.posteriors.items())}},
                           req.weights)
@@ -98,9 +103,10 @@ def evaluation_digest(req) -> str:
 
 def window_inputs(config: str, req) -> dict:
     """What a window request (:class:`WindowRequest`) brings besides its weights: the
-    experiment's digest ``config``, the sites absent and excluded, resync, and the
-    digest of each sender's posteriors."""
-    return {"config": config, "absent": sorted(req.absent),
-            "excluded": sorted(req.excluded), "resync": bool(req.resync),
+    experiment's digest ``config``, the sites absent, resync, and the digest of each
+    sender's posteriors. Not the excluded sites: a resumed run asks its windows again
+    without the exclusions (it sends excluded sites windows again), and the kept
+    reply tells it nothing new."""
+    return {"config": config, "absent": sorted(req.absent), "resync": bool(req.resync),
             "posteriors": {s: hashlib.sha256(b).hexdigest()
                            for s, b in sorted(req.posteriors.items())}}

@@ -49,9 +49,10 @@ def late_resumes(meter, s: FederationSettings, routing: Routing, coord: Coordina
     if not back:
         return {}
     challenges = {k: new_challenge() for k in back} if s.secure else {}
+    # (a late site that stays silent costs site-timeout, as it would in a window)
     replies, failed = meter.gather({k: ResumeRequest(run=s.resume, window=window,
                                                      challenge=challenges.get(k, ""))
-                                    for k in back}, s.site_timeout)
+                                    for k in back}, s.site_timeout, need=len(back))
     bad = {k: f"its resume failed: {why}" for k, why in failed.items()}
     state = routing.state() if s.secure else {}
     for k, why in routing.authenticate(state, s.resume, challenges, replies,

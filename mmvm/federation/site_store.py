@@ -177,6 +177,9 @@ class SiteStore:
                 f"was pruned")
         site.restore(self._snapshot(older[-1]))
         self.save(site, snapshot=False)
+        for newer in self.snapshots():  # of the windows it goes back from: a later
+            if newer > older[-1]:       # rollback must not find them
+                self._snapshot(newer).unlink(missing_ok=True)
         if older[-1] == window:
             return None
         return (f"no snapshot of window {window + 1} (away or failed at that checkpoint): "

@@ -44,12 +44,14 @@ class Metered:
     def online(self) -> list[str]:
         return self.inner.online()
 
-    def gather(self, requests: Mapping, wait: float | None = None
-               ) -> tuple[dict, dict[str, str]]:
+    def gather(self, requests: Mapping, wait: float | None = None,
+               need: int | None = None) -> tuple[dict, dict[str, str]]:
         """A window's exchange (or, with ``wait``, the final evaluation's): the replies
         that came within ``site-timeout`` (``wait``), and the sites that failed it
-        (:class:`SiteFailure`) with the reason."""
-        replies = self._exchange(requests, wait or self.window_wait, self.need)
+        (:class:`SiteFailure`) with the reason. ``need``: replies that end the wait
+        early (default: the run's quorum)."""
+        replies = self._exchange(requests, wait or self.window_wait,
+                                 self.need if need is None else need)
         failed = {k: r.reason for k, r in replies.items() if isinstance(r, SiteFailure)}
         return {k: r for k, r in replies.items() if k not in failed}, failed
 

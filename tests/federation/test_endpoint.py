@@ -64,6 +64,12 @@ def test_describe_attach_window_evaluate(endpoint):
     with pytest.raises(ProtocolOrderError, match="evaluate refused: it answered the final "
                        "evaluation to other inputs; the run is complete here"):
         endpoint.handle(EvaluateRequest(collect=False))
+    # its node config now keeps its weights: the kept answer (which hands them in) is not
+    # repeated (nor is any, under a changed node config)
+    keeps = Endpoint(endpoint.site, PlainChannel(), SitePolicy(test_bed=True,
+                                                               allow_collect=False))
+    with pytest.raises(ProtocolOrderError, match="to other inputs"):
+        keeps.handle(EvaluateRequest(collect=True))
     with pytest.raises(ProtocolOrderError, match="window 1 refused: the site is 'evaluated'"):
         endpoint.handle(WindowRequest(window=1))
 
@@ -243,3 +249,27 @@ def test_the_state_answers_the_flower_run_that_began_or_last_resumed_it(endpoint
                        "answers Flower run 12"):
         first.handle(WindowRequest(window=1))
     assert other.handle(WindowRequest(window=1)).metrics["steps"] == 1
+
+
+def test_an_evaluated_site_is_not_rolled_back_to_be_evaluated_again(endpoint, tmp_path):
+    """A server that never checkpoints its windows (only attach's snapshot), then asks
+    for the evaluation and a resume from attach: the site went back, trained the
+    server's windows again and answered one evaluation after another, each under
+    weights of the server's choosing (review of the session's diff). Its training
+    is over once it answered the evaluation: no rollback."""
+    from mmvm.federation.site_store import SiteStore
+
+    site = endpoint.site
+    store = SiteStore(tmp_path / "state" / f"{site.name}.pt")
+    (tmp_path / "state").mkdir()
+    ep = Endpoint(site, PlainChannel(), SitePolicy(test_bed=True), store, flower_run="7")
+    _attach(ep)
+    for w in range(3):
+        ep.handle(WindowRequest(window=w, persist=False))
+    assert store.snapshots() == [-1]
+    ep.handle(EvaluateRequest(collect=True))
+    with pytest.raises(FederationError, match="its training is over \\(it answered "
+                                              "heldout or the evaluation\\)"):
+        ep.handle(ResumeRequest(run="1", window=-1))
+    assert site.progress.phase == "evaluated" and site.progress.window == 2
+    assert ep.handle(ResumeRequest(run="1", window=1)).phase == "evaluated"  # its own

@@ -225,6 +225,30 @@ def test_a_site_away_at_the_resume_is_asked_when_it_is_back(cfg, tmp_path, tiny_
     assert sites["n2"].progress.window == 5 and sites["n2"].progress.phase == "evaluated"
 
 
+def test_a_resume_after_an_exclusion_repeats_the_kept_window_replies(cfg, tmp_path,
+                                                                     tiny_polymnist,
+                                                                     monkeypatch):
+    """n0 is excluded in window 1, the server dies after the sites answered window 4.
+    The resumed run asks window 4 again without the exclusion (it sends the excluded
+    site windows again): the others repeat their kept replies; when the exclusion was
+    part of what a reply answers, each was refused as "already done"."""
+    from tests.support.federate import failing
+
+    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=4)
+    sites, ckpt = make_sites(cfg, specs, root), tmp_path / "server_state.pt"
+    failing(monkeypatch, sites["n0"], set(range(10)))
+    opts = {"exchange": "step", "checkpoint_every": 1, "max_refused": 0, "min_sites": 2}
+    with pytest.raises(Crash):
+        run_federation(CrashAt(plain_endpoints(sites), 3, True), settings_for(cfg, **opts),
+                       checkpoint=ckpt)
+    res = run_federation(LocalTransport(plain_endpoints(sites)),
+                         settings_for(cfg, resume=RUN, **opts), checkpoint=ckpt,
+                         resume_from=ckpt)
+    assert [r["window"] for r in res.history] == list(range(6))
+    n0 = sites["n0"].name
+    assert all(set(r["refused"]) <= {n0} for r in res.history), res.history[3]["refused"]
+
+
 def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_path,
                                                                      tiny_polymnist):
     """Simulated SuperNodes, or SuperNodes without node authentication, get a new node
