@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from deploy import make_keys
@@ -167,7 +170,6 @@ class Deployment:
                         extra: tuple[str, ...] = ()) -> None:
         """The fork-server SuperExec of site ``s``, on its SuperNode's Runtime API;
         ``extra``: more of its arguments (``--allow-fab ...``)."""
-        self.fab_tmp.mkdir(exist_ok=True)
         self.execs[s] = self.fleet.start(f"superexec-{log_name or s}", [
             sys.executable, "-m", "deploy.superexec_fork", "--insecure", "--threads", "1",
             "--runtime-api-address", f"127.0.0.1:{self.ports[s]}", *extra],
@@ -176,8 +178,13 @@ class Deployment:
     @property
     def fab_tmp(self) -> Path:
         """The SuperExecs' temporary folder (their private bundle copies), this
-        deployment's own: another test's processes leave theirs in the system's."""
-        return self.fleet.workdir / "superexec-tmp"
+        deployment's own: another test's processes leave theirs in the system's. In
+        the system's temporary folder, not under pytest's: its fork server's socket
+        goes there, and a Unix socket's path may not pass 107 bytes."""
+        if getattr(self, "_fab_tmp", None) is None:
+            self._fab_tmp = Path(tempfile.mkdtemp(prefix="mmvm-dep-"))
+            weakref.finalize(self, shutil.rmtree, self._fab_tmp, True)
+        return self._fab_tmp
 
     def restart_superexec(self, s: str, log_name: str, *extra: str) -> Process:
         """Site ``s``'s SuperExec killed (its process group, its fork server too) and
