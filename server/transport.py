@@ -68,13 +68,14 @@ class FlowerTransport:
         (set-up) waits up to ``reply-timeout`` while fewer than ``need`` answered: a
         site may first finish the window it was in when the server went."""
         kind = next(iter(requests.values())).kind
-        stage = f"window {requests[next(iter(requests))].window}" \
-            if kind in ("window", "confirm", "unmask") else kind
-        # a window waits site-timeout, whatever reply-timeout (set-up's) is: a slow
-        # hospital's longer site-timeout was cut at reply-timeout, unsaid
-        soft = self.timeout if wait is None else \
-            min(wait, self.timeout) if kind == "resume" else wait
-        hard = self.timeout if wait is None or kind == "resume" else 2 * wait
+        windowed = kind in ("window", "confirm", "unmask")
+        stage = f"window {requests[next(iter(requests))].window}" if windowed else kind
+        # a window waits site-timeout, whatever reply-timeout (set-up's and the
+        # evaluation's, which bounds the rest) is: a slow hospital's longer
+        # site-timeout was cut at reply-timeout, unsaid
+        soft = self.timeout if wait is None else wait if windowed else min(wait, self.timeout)
+        hard = self.timeout if wait is None or kind == "resume" else \
+            2 * wait if windowed else min(2 * wait, self.timeout)
         msgs = [Message(to_record(req), dst_node_id=int(key), message_type=flower_type(req),
                         group_id=stage, ttl=hard)
                 for key, req in requests.items()]

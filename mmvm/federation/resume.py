@@ -49,10 +49,11 @@ def late_resumes(meter, s: FederationSettings, routing: Routing, coord: Coordina
     if not back:
         return {}
     challenges = {k: new_challenge() for k in back} if s.secure else {}
-    # (a late site that stays silent costs site-timeout, as it would in a window)
+    # need=0: done once all answered, or after site-timeout (a late site that stays
+    # silent costs that, as it would in a window; not reply-timeout, a resume's bound)
     replies, failed = meter.gather({k: ResumeRequest(run=s.resume, window=window,
                                                      challenge=challenges.get(k, ""))
-                                    for k in back}, s.site_timeout, need=len(back))
+                                    for k in back}, s.site_timeout, need=0)
     bad = {k: f"its resume failed: {why}" for k, why in failed.items()}
     state = routing.state() if s.secure else {}
     for k, why in routing.authenticate(state, s.resume, challenges, replies,

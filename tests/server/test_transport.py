@@ -257,3 +257,6 @@ def test_a_window_waits_site_timeout_even_above_reply_timeout(monkeypatch):
     transport.exchange({"7": WindowRequest(window=0)}, wait=1800.0)
     assert seen == {"timeout": 3600.0, "soft": 1800.0}
     assert grid.pushed[-1].metadata.ttl == 3600.0
+    # the evaluation (its wait is reply-timeout) stays bounded by reply-timeout
+    transport.exchange({"7": EvaluateRequest(weights={}, collect=False)}, wait=900.0)
+    assert seen == {"timeout": 900.0, "soft": 900.0}
