@@ -176,7 +176,7 @@ class _Run:
         tw, before = time.perf_counter(), meter.total
         self.pending -= set(att.excluded)  # (not asked anything again)
         late = late_resumes(meter, self.s, routing, coord, self.pending, w - 1,
-                            self.flower_run) if self.pending else {}
+                            self.flower_run)
         absent, left_out = att.absent_names(), sorted(coord.name(k) for k in att.excluded)
         requests = {k: dataclasses.replace(r, absent=absent, excluded=left_out,
                                            resync=k in att.absent, persist=persist)
@@ -233,8 +233,9 @@ class _Run:
         # an excluded site is not asked either: its weights are of the window it was
         # excluded in, and one still broken would fail the test sets' PSI ring and the
         # model's handover for everyone (it is "not evaluated", said why)
+        self.pending -= set(self.att.excluded)
         late = late_resumes(self.meter, s, self.routing, self.coord, self.pending,
-                            len(self.coord.plan) - 1, self.flower_run) if self.pending else {}
+                            len(self.coord.plan) - 1, self.flower_run)
         self.meter.skip = set(self.att.excluded) | self.pending | set(late)
         final_evaluation(self.meter, self.coord, self.averaged, s.collect_model, result,
                          s.reply_timeout, cross=s.cross_eval,

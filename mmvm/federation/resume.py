@@ -45,7 +45,7 @@ def late_resumes(meter, s: FederationSettings, routing: Routing, coord: Coordina
     plaintext one goes back to its snapshot: it is ``window``s ahead, and every window
     would be refused as done). Those that answer as themselves leave ``pending``;
     returned: the ones that failed it, with why (the window refuses them)."""
-    back = sorted(pending & set(meter.online()))
+    back = sorted(pending & set(meter.online())) if pending else []
     if not back:
         return {}
     challenges = {k: new_challenge() for k in back} if s.secure else {}
