@@ -115,7 +115,7 @@ class Progress:
 
     def resume(self, site: str) -> None:
         """Attached, or evaluated: a server that died in the final evaluation asks
-        again, and an evaluated site repeats its answers (:meth:`evaluated_again`)."""
+        again, and an evaluated site repeats its answers (:meth:`evaluate`)."""
         if self.phase == "new":  # no state of the run where the site keeps it
             raise ProtocolOrderError(
                 f"site {site}: resume refused: the site has no state of this run (its "

@@ -93,12 +93,9 @@ def evaluation_digest(req, policy) -> str:
     test posteriors it brings and what it asks for, under the node config's
     ``policy`` (a kept answer is not repeated once the node config changed: it may
     no longer hand in the weights, or report those labels)."""
-    rules = json.dumps(dataclasses.asdict(policy), sort_keys=True, default=sorted)
     return request_digest({"collect": bool(req.collect), "draw": bool(req.draw),
-                           "policy": hashlib.sha256(rules.encode()).hexdigest(),
-                           "posteriors": {s: hashlib.sha256(b).hexdigest()
-                                          for s, b in sorted(req.posteriors.items())}},
-                          req.weights)
+                           "policy": policy_digest(policy),
+                           "posteriors": blob_digests(req.posteriors)}, req.weights)
 
 
 def window_inputs(config: str, req) -> dict:
@@ -108,5 +105,17 @@ def window_inputs(config: str, req) -> dict:
     without the exclusions (it sends excluded sites windows again), and the kept
     reply tells it nothing new."""
     return {"config": config, "absent": sorted(req.absent), "resync": bool(req.resync),
-            "posteriors": {s: hashlib.sha256(b).hexdigest()
-                           for s, b in sorted(req.posteriors.items())}}
+            "posteriors": blob_digests(req.posteriors)}
+
+
+def blob_digests(blobs: Mapping[str, bytes]) -> dict[str, str]:
+    """SHA-256 of each sender's blob, by sender (what a request's digest covers)."""
+    return {s: hashlib.sha256(b).hexdigest() for s, b in sorted(blobs.items())}
+
+
+def policy_digest(policy) -> str:
+    """SHA-256 of every rule of a node config's policy (:class:`SitePolicy`): what a
+    site's attach checks and kept answers were made under (a changed node config
+    gets neither)."""
+    text = json.dumps(dataclasses.asdict(policy), sort_keys=True, default=sorted)
+    return hashlib.sha256(text.encode()).hexdigest()

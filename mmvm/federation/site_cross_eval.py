@@ -47,8 +47,8 @@ from mmvm.federation.site import Site
 
 def answer_held_out(site: Site, share: bool, weights, load) -> HeldOutReply:
     """The heldout answer: the same reply to the same ``weights`` (a restarted
-    server asks again, also after the site's evaluation), else once a run (:meth:`Progress.held_out_step`, checked
-    before ``load()`` loads the weights)."""
+    server asks again, also after the site's evaluation), else once a run
+    (:meth:`Progress.held_out_step`, checked before ``load()`` loads the weights)."""
     digest = request_digest({}, weights)
     again = site.replies.get("heldout", 0, digest)
     if again is not None and (share or not again.posteriors):  # what its node config

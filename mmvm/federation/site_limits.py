@@ -13,15 +13,13 @@ choosing loaded (security review of 2026-12-07). A loosened limit simply passes.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 
 from mmvm.data.store import read_site_meta
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.reply_cache import policy_digest
 from mmvm.federation.site import Site
 from mmvm.footprint import step_bytes, table_bytes
 
@@ -84,14 +82,14 @@ def check_rows(site: Site, policy: SitePolicy) -> None:
 def passed(site: Site, policy: SitePolicy) -> None:
     """Record, with the site's link (saved in its state), that the checks of attach
     passed under ``policy``: :func:`recheck` runs them again only when it changed."""
-    site.linked().checked = _digest(policy)
+    site.linked().checked = policy_digest(policy)
 
 
 def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
     """Every check of attach again, for a run this site attached to before, if the
     node config changed since they last passed (the module's docstring says why)."""
     link, name = site.linked(), site.name
-    if link.checked == _digest(policy):
+    if link.checked == policy_digest(policy):
         return
     legacy = any(not hs for hs in link.holders.values())  # a state from before them
     if legacy and (secure or policy.holders is not None):
@@ -115,8 +113,3 @@ def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
                               f"or with a modality it shares (the site's log says "
                               f"which){later}") from err
     passed(site, policy)
-
-
-def _digest(policy: SitePolicy) -> str:
-    text = json.dumps(dataclasses.asdict(policy), sort_keys=True, default=sorted)
-    return hashlib.sha256(text.encode()).hexdigest()

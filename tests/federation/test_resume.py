@@ -17,15 +17,13 @@ import torch
 
 from mmvm.config import ConfigError
 from mmvm.federation import sealed_align
-from mmvm.federation.channel import PlainChannel
 from mmvm.federation.coordinator import FederationError
-from mmvm.federation.endpoint import Endpoint
 from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
-from mmvm.federation.policy import SitePolicy
 from mmvm.federation.settings import settings_for
 from mmvm.federation.site import Site
 from mmvm.federation.site_store import SiteStore
+from tests.support.crashes import Crash, CrashAt, GoneAtResume, Stored, every_third
 from tests.support.federate import (
     RUN,
     make_sites,
@@ -36,27 +34,6 @@ from tests.support.federate import (
     site_keys,
     split,
 )
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAt(LocalTransport):
-    """Raises when window ``k`` is sent; ``delivered``: after the sites trained it."""
-
-    def __init__(self, endpoints, k: int, delivered: bool):
-        super().__init__(endpoints)
-        self.k, self.delivered = k, delivered
-
-    def exchange(self, requests, wait=None, need=1):
-        first = next(iter(requests.values()))
-        if first.kind == "window" and first.window == self.k:
-            self.sent = dict(requests)  # what the sites got, to be asked again
-            if self.delivered:
-                super().exchange(requests, wait, need)
-            raise Crash(f"server killed at window {self.k}")
-        return super().exchange(requests, wait, need)
 
 
 @pytest.fixture
@@ -144,28 +121,6 @@ def test_resume_refuses_other_settings_and_other_sites(cfg, tmp_path, tiny_polym
                        resume_from=tmp_path / "missing.pt")
 
 
-class GoneAtResume(LocalTransport):
-    """Lists every site as connected, but site ``gone`` is gone: Flower answers its
-    resume message with an error saying so (``MESSAGE_UNAVAILABLE``: its node was
-    still listed when the message was sent). ``FlowerTransport`` leaves such a site
-    out of an exchange that may go on without it and fails one that may not
-    (tests/server/test_transport.py); this transport does the same. The site is back
-    once the resume exchange is over."""
-
-    def __init__(self, endpoints, gone: str):
-        super().__init__(endpoints)
-        self.gone = gone
-
-    def exchange(self, requests, wait=None, need=1):
-        if next(iter(requests.values())).kind == "resume" and self.gone in requests:
-            if wait is None:
-                raise FederationError(f"resume: site {self.gone} failed: Message "
-                                      f"Unavailable")
-            requests = {k: r for k, r in requests.items() if k != self.gone}
-            self.gone = None
-        return super().exchange(requests, wait, need)
-
-
 def test_a_listed_site_that_is_gone_at_resume_is_away_not_fatal(cfg, tmp_path,
                                                                 tiny_polymnist):
     """After a restart the SuperLink may still list a SuperNode that died (its
@@ -190,63 +145,6 @@ def test_a_listed_site_that_is_gone_at_resume_is_away_not_fatal(cfg, tmp_path,
     assert f"away: {sites['n1'].name})" in lines[0], lines[0]
     assert [r["window"] for r in res.history] == list(range(6))
     assert sites["n1"].progress.window == 5  # it answered the windows after the resume
-
-
-@pytest.mark.parametrize("secure", [False, True])
-def test_a_site_away_at_the_resume_is_asked_when_it_is_back(cfg, tmp_path, tiny_polymnist,
-                                                            secure):
-    """Killed at window 6 (plaintext: checkpoint after window 3); site n2 misses the
-    resume exchange and is back for the next window, its state ahead: every window was
-    refused as done until it was excluded, and the run stopped (the only holder of
-    m2). It is now asked where it is before its first window (a plaintext site goes
-    back to its snapshot; a secure one signs its answer, checked), and the run ends
-    as it would have."""
-    specs, root = split(tiny_polymnist, tmp_path, "vertical")
-    sites, folder = make_sites(cfg, specs, root), tmp_path / "state"
-    opts, ckpt = {**_every_third(None), "min_sites": 2}, tmp_path / "server_state.pt"
-    keys = site_keys(sites)
-
-    def endpoints():
-        return sealed_endpoints(sites, keys, folder) if secure else \
-            {k: Stored(s, folder, False) for k, s in sites.items()}
-
-    with pytest.raises(Crash):
-        run_federation(CrashAt(endpoints(), 5, True),
-                       settings_for(cfg, secure=secure, **opts), checkpoint=ckpt)
-    assert sites["n2"].progress.window == 5
-    opts["secure"] = secure
-    lines = []
-    res = run_federation(GoneAtResume(endpoints(), "n2"),
-                         settings_for(cfg, resume=RUN, **opts), log=lines.append,
-                         checkpoint=ckpt, resume_from=ckpt)
-    assert f"away: {sites['n2'].name})" in lines[0]
-    assert [r["window"] for r in res.history] == list(range(6))
-    assert not any(r["refused"] for r in res.history) and not res.evaluation_errors
-    assert sites["n2"].progress.window == 5 and sites["n2"].progress.phase == "evaluated"
-
-
-def test_a_resume_after_an_exclusion_repeats_the_kept_window_replies(cfg, tmp_path,
-                                                                     tiny_polymnist,
-                                                                     monkeypatch):
-    """n0 is excluded in window 1, the server dies after the sites answered window 4.
-    The resumed run asks window 4 again without the exclusion (it sends the excluded
-    site windows again): the others repeat their kept replies; when the exclusion was
-    part of what a reply answers, each was refused as "already done"."""
-    from tests.support.federate import failing
-
-    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=4)
-    sites, ckpt = make_sites(cfg, specs, root), tmp_path / "server_state.pt"
-    failing(monkeypatch, sites["n0"], set(range(10)))
-    opts = {"exchange": "step", "checkpoint_every": 1, "max_refused": 0, "min_sites": 2}
-    with pytest.raises(Crash):
-        run_federation(CrashAt(plain_endpoints(sites), 3, True), settings_for(cfg, **opts),
-                       checkpoint=ckpt)
-    res = run_federation(LocalTransport(plain_endpoints(sites)),
-                         settings_for(cfg, resume=RUN, **opts), checkpoint=ckpt,
-                         resume_from=ckpt)
-    assert [r["window"] for r in res.history] == list(range(6))
-    n0 = sites["n0"].name
-    assert all(set(r["refused"]) <= {n0} for r in res.history), res.history[3]["refused"]
 
 
 def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_path,
@@ -295,72 +193,6 @@ def test_a_site_repeats_its_reply_but_never_trains_a_window_twice(cfg, tmp_path,
         endpoint.handle(WindowRequest(window=1))
 
 
-class CrashInEvaluation(LocalTransport):
-    """The first site answers the final evaluation, then the server dies."""
-
-    def exchange(self, requests, wait=None, need=1):
-        if next(iter(requests.values())).kind == "evaluate":
-            first = next(iter(requests))
-            super().exchange({first: requests[first]}, wait, need)
-            raise Crash("server killed in the final evaluation")
-        return super().exchange(requests, wait, need)
-
-
-@pytest.mark.parametrize("secure", [False, True])
-def test_a_server_that_dies_in_the_final_evaluation_resumes_to_the_same_results(
-        cfg, tmp_path, tiny_polymnist, secure, monkeypatch):
-    """The final evaluation can take many minutes (the judges train at every site).
-    A site that had answered it refused every resume ("the run is complete here"),
-    so a crash there lost a finished run's results. It now repeats its answers to
-    the same requests: the resumed run's evaluation is the uninterrupted one's."""
-    monkeypatch.setattr(sealed_align, "pseudonym", lambda key, sid: sid)
-    specs, root = split(tiny_polymnist, tmp_path, "hybrid", shards=3)
-    opts = {"exchange": "round", "float16": False, "secure": secure, "cross_eval": "mean",
-            "collect_model": not secure}
-    ref_sites = make_sites(cfg, specs, root)
-    keys = site_keys(ref_sites)
-
-    def endpoints(sites, state):  # no label column allowed: no judge to train
-        quiet = SitePolicy(eval_labels=())
-        return sealed_endpoints(sites, keys, state, quiet) if secure else \
-            {k: Endpoint(s, PlainChannel(), quiet) for k, s in sites.items()}
-
-    ref = run_federation(LocalTransport(endpoints(ref_sites, tmp_path / "ref-state")),
-                         settings_for(cfg, **opts))
-    sites, state, ckpt = make_sites(cfg, specs, root), tmp_path / "state", \
-        tmp_path / "server_state.pt"
-    with pytest.raises(Crash):
-        run_federation(CrashInEvaluation(endpoints(sites, state)),
-                       settings_for(cfg, **opts), checkpoint=ckpt)
-    assert sorted(s.progress.phase for s in sites.values()) == \
-        ["attached"] * (len(sites) - 1) + ["evaluated"]
-    sites = restarted(cfg, sites, tmp_path)
-    res = run_federation(LocalTransport(endpoints(sites, state)),
-                         settings_for(cfg, resume=RUN, **opts), checkpoint=ckpt,
-                         resume_from=ckpt)
-    assert not res.evaluation_errors and not res.not_evaluated
-    assert res.evaluation == ref.evaluation
-    assert res.cross_site and res.cross_site == ref.cross_site
-    if not secure:  # the assembled model of the same weights
-        assert all(np.array_equal(ref.model_state[n], res.model_state[n])
-                   for n in ref.model_state)
-
-
-class Stored(Endpoint):
-    """A site as its process answers (``client/site_node.answer``): after each reply
-    its :class:`SiteStore` writes what has to be written; ``resident`` (a site host
-    that keeps the site in memory): only at attach and the server's checkpoints."""
-
-    def __init__(self, site: Site, folder, resident: bool):
-        super().__init__(site, PlainChannel(), store=SiteStore(folder / f"{site.name}.pt"),
-                         resident=resident)
-
-
-def _every_third(delta_tol: float | None) -> dict:
-    return {"exchange": "step", "float16": False, "checkpoint_every": 3,
-            **({} if delta_tol is None else {"delta_tol": delta_tol})}
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_polymnist, tiny_config, tmp_path_factory):
     """``run(delta_tol)``: the result and final parameters of the run without a crash
@@ -373,7 +205,7 @@ def uninterrupted(tiny_polymnist, tiny_config, tmp_path_factory):
             sites = make_sites(cfg, *split(tiny_polymnist, tmp_path_factory.mktemp("ref"),
                                            "hybrid"))
             res = run_federation(LocalTransport(plain_endpoints(sites)),
-                                 settings_for(cfg, **_every_third(delta_tol)))
+                                 settings_for(cfg, **every_third(delta_tol)))
             runs[delta_tol] = res, params(sites.values())
         return runs[delta_tol]
     return run
@@ -400,7 +232,7 @@ def test_plaintext_sites_ahead_of_the_checkpoint_roll_back_to_it(
     to record). Each goes back to its snapshot of the server's window, and the
     resumed run ends exactly as the run without the crash."""
     specs, root = split(tiny_polymnist, tmp_path, "hybrid")
-    opts = _every_third(delta_tol)
+    opts = every_third(delta_tol)
     ref, ref_params = uninterrupted(delta_tol)
 
     sites, folder = make_sites(cfg, specs, root), tmp_path / "state"
@@ -433,32 +265,6 @@ def test_plaintext_sites_ahead_of_the_checkpoint_roll_back_to_it(
     for key in ("rec_nll", "reg", "bytes"):
         assert [r[key] for r in res.history] == [r[key] for r in ref.history], key
     assert res.evaluation == ref.evaluation
-
-
-def test_a_site_without_a_snapshot_of_the_checkpoint_goes_back_to_an_older_one(
-        cfg, tmp_path, tiny_polymnist):
-    """A site away at checkpoint window 3 keeps no snapshot of it. After a crash at
-    window 5 every resume failed ("kept snapshots of windows [0] only"); it now goes
-    back to its snapshot of attach, is behind, and trains on as a restarted site
-    does. The run completes."""
-    from mmvm.federation.local import Outages
-
-    specs, root = split(tiny_polymnist, tmp_path, "hybrid")
-    opts = {**_every_third(None), "min_sites": 2}
-    sites, folder = make_sites(cfg, specs, root), tmp_path / "state"
-    ckpt, away = tmp_path / "server_state.pt", "n0"
-    stored = {key: Stored(s, folder, False) for key, s in sites.items()}
-    with pytest.raises(Crash):
-        run_federation(Outages(CrashAt(stored, 4, True), {away: {2}}),
-                       settings_for(cfg, **opts), checkpoint=ckpt)
-    assert SiteStore(folder / f"{sites[away].name}.pt").snapshots() == [-1]
-    assert sites[away].progress.window == 4
-    stored = {key: Stored(s, folder, False) for key, s in sites.items()}
-    res = run_federation(LocalTransport(stored), settings_for(cfg, resume=RUN, **opts),
-                         checkpoint=ckpt, resume_from=ckpt)
-    assert [r["window"] for r in res.history] == list(range(6))
-    assert not res.history[3]["missed"] and not res.history[3]["refused"]  # it trained
-    assert all(s.progress.window == 5 for s in sites.values())
 
 
 def test_a_secure_site_ahead_of_the_checkpoint_refuses_to_go_back(cfg, tmp_path,
