@@ -146,7 +146,8 @@ def _federate(grid: Grid, context: Context, s: FederationSettings
         print(window_line(row, row["windows"], now - first[0][0],
                           row["window"] - first[0][1] + 1), flush=True)
 
-    transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout)
+    transport = FlowerTransport(grid, s.num_sites, s.reply_timeout, s.connect_timeout,
+                                s.reply_poll or None)
     state = state_path(s, context.run_id)
     stop = StopRequest(state.parent, context.run_id)  # `mmvm run`'s Ctrl-C
     try:

@@ -19,10 +19,12 @@ from wire.records import flower_type, reply_from_record, to_record
 class FlowerTransport:
     """The loop's transport over a Flower Grid; node ids (as text) are the site keys."""
 
-    def __init__(self, grid: Grid, num_sites: int, timeout: float, connect_timeout: float
-                 ) -> None:
+    def __init__(self, grid: Grid, num_sites: int, timeout: float, connect_timeout: float,
+                 poll: float | None = None) -> None:
+        """``poll``: seconds between reply polls at first (``_collect``); ``None``:
+        the grid's default."""
         self.grid, self.num_sites, self.timeout = grid, num_sites, timeout
-        self.connect_timeout = connect_timeout
+        self.connect_timeout, self.poll = connect_timeout, poll
         self.names: dict[str, str] = {}
 
     def nodes(self) -> list[str]:
@@ -83,7 +85,7 @@ class FlowerTransport:
         asked = dict(zip(ids, requests, strict=True))
         out: dict = {}
         fatal: dict[str, list[str]] = {}  # reason -> sites: all of them named at once
-        for r in _collect(self.grid, ids, hard, soft, need):
+        for r in _collect(self.grid, ids, hard, soft, need, poll=self.poll):
             # a reply names the message it answers; an error Flower makes for a site that
             # went away comes from the SuperLink's own node, so its sender is not the site
             key = asked.get(r.metadata.reply_to_message_id, str(r.metadata.src_node_id))
@@ -148,6 +150,7 @@ def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
     window on two shared cores went to polling)."""
     if poll is None:
         poll = POLL_LOCAL if simulated(grid) else POLL_REMOTE
+    max_poll = max(max_poll, poll)  # a slower poll asked for is not sped up
     pending, got, answers = set(ids), [], 0
     start = time.monotonic()
     while pending:

@@ -76,6 +76,7 @@ class FederationSettings:
     delta_unit: str = "latent"  # delta-tol in latent units or posterior stds (delta.py)
     site_dirs: tuple[str, ...] = ()  # simulation: the sites' own folders (site_dirs.py)
     cross_eval: str = "draw"  # plaintext: cross-site imputation, coherence (cross_eval.py)
+    reply_poll: float = 0.0  # s between the server's reply polls; 0: 5 ms sim, 20 ms deployed
 
     def first_run(self, run_id: int | str) -> str:
         """The run whose state this one continues: ``resume``'s, else ``run_id`` (a
@@ -240,7 +241,7 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
         site_hosts=_get(rc, "site-hosts", bool),
         decode_ahead=_get(rc, "decode-ahead", bool), max_refused=_get(rc, "max-refused", int),
         max_site_rows=_get(rc, "max-site-rows", int),
-        cross_eval=_get(rc, "cross-eval", str),
+        cross_eval=_get(rc, "cross-eval", str), reply_poll=_get(rc, "reply-poll", float),
         **_encoding(rc))
     _check(s)
     return s
@@ -309,6 +310,9 @@ def _check(s: FederationSettings) -> None:
                           f"excludes it from the run)")
     if s.max_site_rows < 1:
         raise ConfigError(f"run config: max-site-rows = {s.max_site_rows} must be >= 1")
+    if not 0.0 <= s.reply_poll <= 1.0:
+        raise ConfigError(f"run config: reply-poll = {s.reply_poll} must be in [0, 1] "
+                          f"seconds (0: 5 ms in a simulation, 20 ms in a deployment)")
     if s.min_sites < 1:
         raise ConfigError(f"run config: min-sites = {s.min_sites} must be >= 1 (values "
                           f"above num-sites mean every site)")

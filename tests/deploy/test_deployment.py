@@ -4,13 +4,14 @@ One SuperLink (TLS, SuperNode authentication) and three registered SuperNodes
 (sites a, b, c: one PolyMNIST modality each, data written by the test, keys by
 ``deploy.make_keys``) are started once for the module, each SuperNode with
 ``--isolation process`` and the site's fork-server SuperExec next to it
-(``deploy.superexec_fork``, deploy/README.md section 8; the last test restarts them
-with Flower's stock SuperExec, a ``flwr-clientapp`` process per message); the tests
+(``deploy.superexec_fork``, deploy/README.md section 8; the last test restarts site
+c with Flower's stock SuperExec, a ``flwr-clientapp`` process per message); the tests
 then
 
 * run a 2-window federation with ``secure = true`` and check its final status
   (``flwr ls``), the ``results.json`` the server wrote, and that every ClientApp
-  message ran in a child forked by the site's SuperExec, which stays up;
+  message ran in a child forked by the site's SuperExec, which stays up (site c's
+  SuperExec runs only this app's bundle hash: ``--allow-fab``);
 * check the server's audit log of that run (every message content the ServerApp
   sent or received, in Flower's wire encoding, recorded by the test-only ServerApp
   of ``tests/support/audit_app.py`` around the product's) for raw sample ids,
@@ -22,14 +23,16 @@ then
   registered ones stay the only nodes listed);
 * run with the server flipping one byte of one routed envelope: the run fails with
   the recipient's TamperedEnvelopeError and that site's state did not advance;
-* refuse a run at a site pinned to another app bundle, then complete it pinned to
-  this one, with one site's window reply spoiled (a NaN loss) on the way: the server
-  refuses it and the run completes without that site for that window;
-* restart the three sites in plaintext with Flower's stock SuperExec, each keeping
+* refuse a run at a site pinned to another app bundle (the release's);
+* restart the three sites in plaintext, c with Flower's stock SuperExec, each keeping
   its weights (``allow-collect=false``): the cross-site evaluation is then the run's
-  only coherence and imputation.
+  only coherence and imputation; one site's window reply is spoiled (a NaN loss) on
+  the way: the server refuses it and the run completes without that site for that
+  window.
 
-Every process started is stopped in ``finally`` (and checked). About 4 minutes.
+Every process started is stopped in ``finally`` (and checked). About 4 minutes
+(5 runs: the good one, the tampered, the refused plaintext, the refused bundle, the
+stock plaintext).
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
+    from deploy.fab_pin import fab_sha256
+
     dep = Deployment(tmp_path_factory.mktemp("deploy"), fork=True)
+    dep.allow_fab["c"] = fab_sha256(dep.app)  # c runs this app's bundle only
     try:
         dep.start()
         dep.runs = {}
@@ -109,6 +115,9 @@ def test_two_windows_secure_run_completes(deployment, good_run):
     for s, proc in deployment.execs.items():
         assert proc.log_text().count("forked by deploy.superexec_fork") >= 6, s
         assert proc.popen.poll() is None, proc.log_text()  # the fork servers stay up
+    # c ran it pinned to this app's bundle (the refusal of another: below)
+    assert deployment.execs["c"].popen.args[-2:] == ["--allow-fab",
+                                                     deployment.allow_fab["c"]]
 
 
 def test_each_site_keeps_its_own_journal_of_what_it_sent(deployment, good_run):
@@ -258,14 +267,20 @@ def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
     SuperExec pinned to the product's release (``flwr run`` of the repository)
     refuses this deployment's app (the product plus the test's audit ServerApp):
     the run fails at describe with c's reason, and c ran none of the bundle's code
-    (no state folder of that run). Pinned to this app's hash, the same run completes,
-    one site's window-0 reply refused on the way (:func:`_refused_reply_costs_window_0`).
-    (Site c stays pinned until the plaintext test restarts every site.)"""
+    (no state folder of that run). Pinned to this app's hash, c ran the good run
+    (:func:`test_two_windows_secure_run_completes`), and each of its tasks' private
+    copies of the bundle is gone. (Site c stays pinned to the release until the
+    plaintext test restarts every site.)"""
     from deploy.fab_pin import fab_sha256
 
     dep, root = deployment, Path(__file__).resolve().parents[2]
-    release, app = fab_sha256(root), fab_sha256(dep.app)
+    release, app = fab_sha256(root), dep.allow_fab["c"]
     assert release != app
+    # each task's private copy of the bundle was removed when the task ended
+    deadline = time.monotonic() + 20
+    while list(dep.fab_tmp.glob("mmvm-fab-*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not list(dep.fab_tmp.glob("mmvm-fab-*"))
     pinned = dep.restart_superexec("c", "c-pinned", "--allow-fab", release)
     run_id, out = dep.run(**{"cross-eval": "off"})
     assert dep.status(run_id).startswith("finished:failed"), out
@@ -275,17 +290,6 @@ def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
     assert said and said.groups() == (release[:16], app[:16]), out
     assert not (dep.state / "c" / f"run-{run_id}").exists()
     assert "FabRefused" in pinned.log_text()  # the site's own log says it too
-    copies = set(dep.fab_tmp.glob("mmvm-fab-*"))
-    dep.restart_superexec("c", "c-pinned-app", "--allow-fab", app)
-    run_id, out = dep.run(**{"cross-eval": "off", "test-spoil-window": 0})
-    assert dep.status(run_id) == "finished:completed", out
-    _refused_reply_costs_window_0(dep, run_id, out)
-    assert (dep.state / "c" / f"run-{run_id}" / "c.pt").is_file()
-    # each task's private copy of the bundle is removed when the task ends
-    deadline = time.monotonic() + 20
-    while set(dep.fab_tmp.glob("mmvm-fab-*")) - copies and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not set(dep.fab_tmp.glob("mmvm-fab-*")) - copies
 
 
 def test_plaintext_sites_that_keep_their_weights_get_coherence_and_imputation(
@@ -293,14 +297,16 @@ def test_plaintext_sites_that_keep_their_weights_get_coherence_and_imputation(
     """The same three sites restarted without keys, each with ``allow-collect=false``
     in its node config: the server assembles no model and holds no data, so the
     cross-site evaluation is the run's only coherence and imputation: each site sends
-    its test posteriors and scores its own modality from the other two sites'. The
-    SuperNodes now run Flower's stock SuperExec (a ``flwr-clientapp`` process per
-    message; the only test of that path: the guides run the fork server). (Last in
-    the module: the sites stay so.)"""
+    its test posteriors and scores its own modality from the other two sites'. One
+    site's window-0 reply is refused on the way (:func:`_refused_reply_costs_window_0`).
+    Site c's SuperNode now runs Flower's stock SuperExec (a ``flwr-clientapp``
+    process per message, 6-8 s of CPU each here; the only test of that path: the
+    guides run the fork server). (Last in the module: the sites stay so.)"""
     dep = deployment
-    dep.restart_nodes(plaintext="allow-collect=false", fork=False)
-    run_id, out = dep.run(secure=False, **{"collect-model": True})
+    dep.restart_nodes(plaintext="allow-collect=false", stock=("c",))
+    run_id, out = dep.run(secure=False, **{"collect-model": True, "test-spoil-window": 0})
     assert dep.status(run_id) == "finished:completed", out
+    _refused_reply_costs_window_0(dep, run_id, out)
     folder = dep.out / f"run-{run_id}"
     res = json.loads((folder / "results.json").read_text())
     assert sorted(res["kept_weights"]) == list(SITES)  # their node configs said so

@@ -45,6 +45,7 @@ import pytest
 
 from mmvm.config import config_digest, load_config
 from mmvm.data.store import read_site_table
+from tests.support.deployment import REPLY_POLL, TASK_POLL
 from tests.support.fleet import Fleet
 from tests.support.processes import free_port, wait_for_log, wait_for_port
 from tests.support.published import mimic_studies, mimic_tree
@@ -210,7 +211,7 @@ def test_two_hospital_walkthrough(tmp_path):
                 root_certificates=keys[site] / "ca.crt", port=node_port,
                 node_config=text, extra_args=["--isolation", "process"])
             fleet.start(f"superexec-{site}", [str(python), *SUPEREXEC.format(
-                port=node_port, fab=fab).split()[1:]])
+                port=node_port, fab=fab).split()[1:], "--task-poll-interval", str(TASK_POLL)])
         for proc in nodes.values():
             assert wait_for_log(proc.log, ["SuperNode ID:"], 90, proc.popen), \
                 proc.log_text()
@@ -222,7 +223,8 @@ def test_two_hospital_walkthrough(tmp_path):
         assert f'--run-config "{RUN_CONFIG}"' in guide
         runs = tmp_path / "operator" / "runs"
         res = fleet.flwr("run", str(ROOT), "mmvm", "--stream", "--run-config",
-                         f"{RUN_CONFIG} out-dir='{runs}'", timeout=600, check=False)
+                         f"{RUN_CONFIG} out-dir='{runs}' reply-poll={REPLY_POLL}",
+                         timeout=600, check=False)
         out = res.stdout + res.stderr
         m = re.search(r"Successfully started run (\d+)", out)
         assert m, out

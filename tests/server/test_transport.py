@@ -260,3 +260,57 @@ def test_a_window_waits_site_timeout_even_above_reply_timeout(monkeypatch):
     # the evaluation (its wait is reply-timeout) stays bounded by reply-timeout
     transport.exchange({"7": EvaluateRequest(weights={}, collect=False)}, wait=900.0)
     assert seen == {"timeout": 900.0, "soft": 900.0}
+
+
+class _Clock:
+    """time.monotonic and time.sleep of server.transport, on a counter: sleeping
+    moves it, nothing else does."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+
+class _ClockedLateGrid(LateGrid):
+    def __init__(self, clock: _Clock, delay: float) -> None:
+        super().__init__(delay)
+        self.clock = clock
+        self.pulls = 0
+
+    def push_messages(self, msgs):
+        ids = ReplyingGrid.push_messages(self, msgs)
+        self.start = self.clock.now
+        return ids
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        if self.clock.now - self.start < self.delay:
+            return []
+        return [Message(to_record(ResumeReply(site="b", phase="window", window=3,
+                                              unmasked=3)), reply_to=m)
+                for m in self.pushed if m.metadata.message_id in ids]
+
+
+@pytest.mark.parametrize("poll, first, pulls", [
+    (None, 0.02, (120, 128)),  # a deployment's grid: 20 ms, 0.1 s after 2 s
+    (0.1, 0.1, (40, 41)),  # run config reply-poll = 0.1: 0.1 s throughout
+    (0.5, 0.5, (9, 9)),  # slower than the back-off's cap: not sped up after 2 s
+])
+def test_reply_poll_sets_how_often_the_superlink_is_asked(monkeypatch, poll, first, pulls):
+    """Each poll is a request the SuperLink serves: ``reply-poll`` (run config) trades
+    a window's last reply being seen up to that much later for fewer requests."""
+    _identity(monkeypatch)
+    clock = _Clock()
+    monkeypatch.setattr("server.transport.time", clock)
+    grid = _ClockedLateGrid(clock, delay=4.0)
+    got = FlowerTransport(grid, 1, timeout=10, connect_timeout=1, poll=poll).exchange(
+        {"7": ResumeRequest(run="1", window=2)})
+    assert got["7"].site == "b" and 4.0 <= clock.now < 4.0 + max(first, 0.1) + 1e-9
+    assert clock.sleeps[0] == first and max(clock.sleeps) == max(first, 0.1)
+    assert pulls[0] <= grid.pulls <= pulls[1], grid.pulls

@@ -39,10 +39,18 @@ from tests.support.processes import (
 
 BIN = Path(sys.executable).parent
 SITES = ("a", "b", "c")
+# Seconds between a SuperExec's task polls, both kinds. The guide's 0.05 s makes 20
+# requests a second per site that its SuperNode serves: with three sites on two cores
+# they took a fifth of the module's CPU (79 s of the SuperNodes' and 48 s of the
+# SuperExecs' in test_deployment.py), time the tests on the other worker lacked; a
+# task now waits 0.1 s on average more, beside the SuperNode's 3 s pulls.
+TASK_POLL = 0.2
+# the ServerApp's reply polls (run config reply-poll): every poll is a SuperLink request
+REPLY_POLL = 0.1
 # a stock SuperNode's environment, which its SuperExec and flwr-clientapp processes
-# inherit (deploy/README.md section 8): tasks picked up within 50 ms, not 1 s; one
-# torch thread per site of the three on this machine's cores
-STOCK_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "OMP_NUM_THREADS": "1"}
+# inherit (deploy/README.md section 8): the poll above, not Flower's 1 s; one torch
+# thread per site of the three on this machine's cores
+STOCK_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(TASK_POLL), "OMP_NUM_THREADS": "1"}
 
 TINY = """
 [data]
@@ -94,6 +102,8 @@ class Deployment:
         policy keys, e.g. ``'allow-collect=false'``)."""
         self.root, self.fork, self.plaintext = root, fork, plaintext
         self.execs: dict[str, Process] = {}  # fork: each site's SuperExec
+        self.allow_fab: dict[str, str] = {}  # fork: site -> the bundle hash it runs only
+        self.stock: set[str] = set()  # fork: sites on Flower's stock SuperExec all the same
         self.ports: dict[str, int] = {}  # each SuperNode's Runtime API port
         self.keys = root / "keys"
         assert make_keys.main(["--out", str(self.keys), "--sites", ",".join(SITES)]) == 0
@@ -158,20 +168,24 @@ class Deployment:
                   if self.plaintext is None else self.plaintext)
         node = self.fleet.start_supernode(
             log_name or s, self.link, auth_key=site_dir / s, root_certificates=self.keys / "ca.crt",
-            port=self.ports[s], extra_args=["--isolation", "process"] if self.fork else (),
+            port=self.ports[s], extra_args=["--isolation", "process"] if self.forks(s) else (),
             node_config=f'site="{s}" data="{self.data[s]}" {policy} '
                         f'state="{self.state / s}"',
-            env=None if self.fork else STOCK_ENV)
-        if self.fork and superexec:
+            env=None if self.forks(s) else STOCK_ENV)
+        if self.forks(s) and superexec:
             self.start_superexec(s, log_name)
         return node
 
     def start_superexec(self, s: str, log_name: str | None = None,
-                        extra: tuple[str, ...] = ()) -> None:
+                        extra: tuple[str, ...] | None = None) -> None:
         """The fork-server SuperExec of site ``s``, on its SuperNode's Runtime API;
-        ``extra``: more of its arguments (``--allow-fab ...``)."""
+        ``extra``: more of its arguments (``--allow-fab ...``; default: the pin of
+        ``allow_fab``, if any)."""
+        if extra is None:
+            extra = ("--allow-fab", self.allow_fab[s]) if s in self.allow_fab else ()
         self.execs[s] = self.fleet.start(f"superexec-{log_name or s}", [
             sys.executable, "-m", "deploy.superexec_fork", "--insecure", "--threads", "1",
+            "--task-poll-interval", str(TASK_POLL),
             "--runtime-api-address", f"127.0.0.1:{self.ports[s]}", *extra],
             env={"TMPDIR": str(self.fab_tmp)})
 
@@ -219,23 +233,28 @@ class Deployment:
             name = f"{s}-restart{attempt}"
             proc = self.nodes[s] = self.start_node(s, name, superexec=False)
             if wait_for_log(proc.log, ["SuperNode ID:"], 20, proc.popen):
-                if self.fork:
+                if self.forks(s):
                     self.start_superexec(s, name)
                 return proc
             self.kill_node(s)
             time.sleep(3)
         raise AssertionError(f"SuperNode {s} did not come back:\n{proc.log_text()}")
 
-    def restart_nodes(self, plaintext: str | None, fork: bool) -> None:
+    def forks(self, s: str) -> bool:
+        """Site ``s`` runs the fork-server SuperExec (else Flower's stock one)."""
+        return self.fork and s not in self.stock
+
+    def restart_nodes(self, plaintext: str | None, stock: tuple[str, ...] = ()) -> None:
         """Every site stopped as its operator would (SIGTERM: the SuperNode
         deactivates its node key at the SuperLink) and started again with node
-        configs of ``plaintext`` and ``fork`` (see ``__init__``), same keys, data and
-        state."""
+        configs of ``plaintext`` (see ``__init__``), same keys, data and state;
+        the ``stock`` sites with Flower's stock SuperExec (a ``flwr-clientapp``
+        process per message), the others as before."""
         for s in SITES:
             stop_process(self.nodes[s].popen)
             if s in self.execs:
                 stop_process(self.execs.pop(s).popen)
-        self.plaintext, self.fork = plaintext, fork
+        self.plaintext, self.stock = plaintext, set(stock)
         for s in SITES:
             self.restart_node(s)
 
@@ -243,7 +262,8 @@ class Deployment:
         cfg = {"config": "configs/tiny.toml", "set": "", "num-sites": 3,
                "exchange": "round", "local-epochs": 1, "float16": False,
                "out-dir": str(self.out), "state-dir": str(self.state),
-               "collect-model": False, "reply-timeout": 120.0, "secure": True, **extra}
+               "collect-model": False, "reply-timeout": 120.0, "secure": True,
+               "reply-poll": REPLY_POLL, **extra}
         text = " ".join(f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
                         for k, v in cfg.items())
         return ["run", str(self.app), "mmvm", "--stream", "--run-config", text]
