@@ -37,10 +37,19 @@ class FabRefused(PermissionError):
 
 
 def fab_sha256(app: str | Path) -> str:
-    """The SHA-256 of the FAB that ``flwr run APP`` uploads for the app folder."""
+    """The SHA-256 of the FAB that ``flwr run APP`` uploads for the app folder.
+
+    Built from the app's staged copy (:func:`mmvm.cli.app_stage.staged_app`, what
+    ``mmvm run`` submits): the same bytes as Flower's build of the folder itself
+    (tests/deploy/test_fab_pin.py), without Flower first listing every file of a
+    ``.venv`` inside it (7 s of a 1 s hash in a checkout with CPU torch). Refuses, as
+    ``mmvm run`` does, a folder whose bundle would carry a site's secrets."""
     from flwr.cli.build import build_fab_from_disk
 
-    return hashlib.sha256(build_fab_from_disk(Path(app))).hexdigest()
+    from mmvm.cli.app_stage import staged_app
+
+    with staged_app(Path(app)) as stage:
+        return hashlib.sha256(build_fab_from_disk(stage)).hexdigest()
 
 
 def allowed_hashes(values: Iterable[str]) -> frozenset[str]:
@@ -135,7 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"deploy.fab_pin: {app}: no pyproject.toml (not an app folder)",
                   file=sys.stderr)
             return 2
-        print(f"{fab_sha256(app)}  {app}")
+        try:
+            print(f"{fab_sha256(app)}  {app}")
+        except (ValueError, OSError) as err:  # (ConfigError is a ValueError)
+            print(f"deploy.fab_pin: {app}: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -147,3 +147,9 @@ def test_the_command_line_prints_the_hash_of_each_app(tmp_path, capsys):
     assert capsys.readouterr().out == f"{fab_sha256(ROOT)}  {ROOT}\n"
     assert main([str(tmp_path)]) == 2
     assert "no pyproject.toml (not an app folder)" in capsys.readouterr().err
+    # a folder whose bundle would carry a site's private keys is no release to pin
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    (tmp_path / "keys.json").write_text('{"x25519_private": "' + "A" * 43 + '="}')
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deploy.fab_pin: {tmp_path}: ") and "secrets" in err, err

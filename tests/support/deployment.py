@@ -40,10 +40,10 @@ from tests.support.processes import (
 BIN = Path(sys.executable).parent
 SITES = ("a", "b", "c")
 # Seconds between a SuperExec's task polls, both kinds. The guide's 0.05 s makes 20
-# requests a second per site that its SuperNode serves: with three sites on two cores
-# they took a fifth of the module's CPU (79 s of the SuperNodes' and 48 s of the
-# SuperExecs' in test_deployment.py), time the tests on the other worker lacked; a
-# task now waits 0.1 s on average more, beside the SuperNode's 3 s pulls.
+# requests a second per site that its SuperNode serves, on cores the other pytest
+# worker needs: test_deployment.py's SuperNodes used 79 s of CPU at 0.05 s, 33 s at
+# 0.2 s (the fork SuperExecs 27 and 15 s). A task waits 0.075 s longer on average,
+# beside the SuperNode's pulls every 3 s.
 TASK_POLL = 0.2
 # the ServerApp's reply polls (run config reply-poll): every poll is a SuperLink request
 REPLY_POLL = 0.1
