@@ -40,6 +40,9 @@ def _tiny_config(root, method: str = "mmvm", **train) -> ExperimentConfig:
         "model": {"method": method, "latent_dim": 8, "modalities": mods},
         "train": {"epochs": 2, "batch_size": 64, "lr": 1e-3, "beta": 1.0, "seed": 3,
                   "device": "cpu", **train},
+        # the judges (coherence) train 3 epochs of 3 steps, not the 100 steps at
+        # least that make image judges worth trusting: the tests check the plumbing
+        "eval": {"classifier_min_image_steps": 0},
     })
 
 
