@@ -379,8 +379,8 @@ def recipe_for(cfg) -> ClassifierConfig:
     ev = cfg.eval
     return ClassifierConfig(epochs=ev.classifier_epochs, shift=ev.classifier_shift,
                             rotate=ev.classifier_rotate, members=ev.classifier_members,
-                            width=ev.classifier_width,
-                            min_steps=ev.classifier_min_image_steps)
+                            width=ev.classifier_width, batch_size=ev.classifier_batch_size,
+                            lr=ev.classifier_lr, min_steps=ev.classifier_min_image_steps)
 
 
 def classifiers_for(cfg, device: str | torch.device = "cpu", log=None,

@@ -51,6 +51,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.classifier_width": (lambda v: v >= 1, ">= 1"),
     "eval.classifier_rotate": (lambda v: 0 <= v <= 180, "in [0, 180]"),
     "eval.classifier_members": (lambda v: v >= 1, ">= 1"),
+    "eval.classifier_batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.classifier_lr": (lambda v: 0 < v < float("inf"), "> 0"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
 }
 

@@ -237,3 +237,25 @@ def test_image_judges_train_at_least_min_steps_batches_and_other_recipes_keep_th
     assert recipe_for_rows(cfg, 9000, image=True) == ClassifierConfig(epochs=3)  # 213
     off = dataclasses.replace(cfg, min_steps=0)
     assert recipe_for_rows(off, 10, image=True) == ClassifierConfig(epochs=3)
+
+
+def test_the_judges_batch_size_and_learning_rate_come_from_the_config():
+    """They were constants of the recipe; the defaults stay the recipe's own."""
+    import dataclasses
+
+    import pytest
+
+    from mmvm.classifiers import recipe_for
+    from mmvm.config import ConfigError, load_config
+
+    config = "configs/polymnist_cpu.toml"
+    default = recipe_for(load_config(config))
+    assert (default.batch_size, default.lr) == (ClassifierConfig().batch_size,
+                                                ClassifierConfig().lr)
+    cfg = load_config(config, ["eval.classifier_batch_size=32", "eval.classifier_lr=1e-3"])
+    assert recipe_for(cfg) == dataclasses.replace(default, batch_size=32, lr=1e-3)
+    for bad, said in (("eval.classifier_lr=0", "eval.classifier_lr must be > 0, got 0.0"),
+                      ("eval.classifier_batch_size=0",
+                       "eval.classifier_batch_size must be >= 1, got 0")):
+        with pytest.raises(ConfigError, match=said):
+            load_config(config, [bad])
