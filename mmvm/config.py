@@ -202,6 +202,23 @@ def config_digest(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"train.lr: 0.001 -> 0.002"`` for each dotted key whose value differs
+    (``(unset)`` where one side lacks the key)."""
+    out = []
+    for key in sorted(set(saved) | set(now), key=str):
+        old, new = saved.get(key, "(unset)"), now.get(key, "(unset)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {_shown(old)} -> {_shown(new)}")
+    return out
+
+
+def _shown(value: Any) -> str:
+    return value if value == "(unset)" else json.dumps(value, default=str)
+
+
 # ----------------------------------------------------------------------------- loading
 CHECKOUT = Path(__file__).resolve().parents[1]  # the source tree this package runs from
 def load_config(path: str | Path | None, overrides: list[str] | None = None,

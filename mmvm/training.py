@@ -21,7 +21,6 @@ a killed run's writes left in ``out_dir`` are removed when the next run starts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,7 +41,13 @@ from mmvm.checkpoint import (
     write_companions,
     write_metrics,
 )
-from mmvm.config import DataConfig, ExperimentConfig, config_from_dict, config_to_dict
+from mmvm.config import (
+    DataConfig,
+    ExperimentConfig,
+    config_changes,
+    config_from_dict,
+    config_to_dict,
+)
 from mmvm.config_ranges import device_problem
 from mmvm.finite import nonfinite_tensor
 from mmvm.interrupts import deferred_signals
@@ -239,7 +244,7 @@ def train(
     own = not ckpt_path.exists()  # no earlier run's checkpoint to keep whole here
     if resume and ckpt_path.is_file():
         own = True
-        state = _resume(ckpt_path, cfg, model, optimizer)
+        state = _resume(ckpt_path, cfg, model, optimizer, scaler)
         start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
         write_companions(out_dir, state)  # whatever an earlier run left: this model's
         if log is not None and start_epoch < cfg.train.epochs:
@@ -270,7 +275,8 @@ def train(
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 _refuse_nonfinite(model, epoch + 1, step)
                 with deferred_signals():  # checkpoint, companions, the caller's record
-                    save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history))
+                    save_run(out_dir, _state(cfg, model, optimizer, epoch + 1, step, history,
+                                             scaler))
                     own = True
                     if on_checkpoint is not None:
                         on_checkpoint(epoch + 1)
@@ -294,11 +300,13 @@ def _refuse_nonfinite(model: MultimodalVAE, epoch: int, step: int) -> None:
                                     f"{bad}; not checkpointed; lower train.lr")
 
 
-def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
+def _state(cfg, model, optimizer, epoch, step, history, scaler=None) -> dict[str, Any]:
     return {
         "config": config_to_dict(cfg),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        # float16's loss scale and its growth count: a resume goes on from them
+        "scaler": None if scaler is None else scaler.state_dict(),
         "epoch": epoch,
         "step": step,
         "history": list(history),
@@ -310,9 +318,11 @@ def _state(cfg, model, optimizer, epoch, step, history) -> dict[str, Any]:
 _READ_ONLY_KEYS = ("streaming", "cache_row_groups")
 
 
-def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> dict[str, Any]:
-    """The checkpoint at ``path``, checked against ``cfg`` and loaded into ``model``
-    and ``optimizer``."""
+def _resume(path: Path, cfg: ExperimentConfig, model, optimizer, scaler=None
+            ) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked against ``cfg`` and loaded into ``model``,
+    ``optimizer`` and ``scaler`` (float16; a checkpoint without its state: a fresh
+    scale, as before the scale was saved)."""
     try:
         state = training_state(path)
     except ValueError as err:
@@ -352,6 +362,8 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer) -> dict[str, An
     _load_weights(model, state, path)
     try:
         accel.load_optimizer_state(optimizer, state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path}: its optimizer state does not fit the model "
                          f"({type(err).__name__}: {str(err)[:200]}); start over with "
@@ -366,23 +378,6 @@ def _load_weights(model: MultimodalVAE, state: dict[str, Any], path: Path) -> No
         first = str(err).splitlines()[0]
         raise ValueError(f"checkpoint {path}: its weights do not fit the model its "
                          f"config describes ({first})") from None
-
-
-def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"train.lr: 0.001 -> 0.002"`` for each dotted key whose value differs
-    (``(unset)`` where one side lacks the key)."""
-    out = []
-    for key in sorted(set(saved) | set(now), key=str):
-        old, new = saved.get(key, "(unset)"), now.get(key, "(unset)")
-        if isinstance(old, dict) and isinstance(new, dict):
-            out += config_changes(old, new, f"{prefix}{key}.")
-        elif old != new:
-            out.append(f"{prefix}{key}: {_shown(old)} -> {_shown(new)}")
-    return out
-
-
-def _shown(value: Any) -> str:
-    return value if value == "(unset)" else json.dumps(value, default=str)
 
 
 def load_trained_model(run_dir: str | Path, device: str = "cpu") -> tuple[MultimodalVAE, dict]:

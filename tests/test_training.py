@@ -116,7 +116,9 @@ def test_config_changes_name_every_differing_key_old_to_new():
     saved = {"train": {"lr": 0.001, "seed": 0}, "model": {"modalities": {"a": {"width": 4}}}}
     now = {"train": {"lr": 0.002, "seed": 0},
            "model": {"modalities": {"a": {"width": 8}, "b": {"width": 4}}}}
-    assert training.config_changes(saved, now) == [
+    from mmvm.config import config_changes
+
+    assert config_changes(saved, now) == [
         'model.modalities.a.width: 4 -> 8', 'model.modalities.b: (unset) -> {"width": 4}',
         "train.lr: 0.001 -> 0.002"]
 

@@ -367,6 +367,7 @@ class Site:
             or self.progress.phase not in PRE_ATTACH
         state = {"model": self.model.state_dict() if began else None,
                  "optimizer": self._optimizer_state_dict() if began else None,
+                 "scaler": None if self.scaler is None else self.scaler.state_dict(),
                  "windows_done": self.windows_done, "names": self.names,
                  "link": None if self.link is None else self.link.state(),
                  "progress": self.progress.state(), "replies": self.replies.state(),
@@ -388,6 +389,8 @@ class Site:
         self._ahead = None
         self._optimizer, self._optimizer_state = None, checked_optimizer_state(
             state["optimizer"], len(list(self.model.parameters())), path)
+        if self.scaler is not None and state.get("scaler"):  # float16's loss scale
+            self.scaler.load_state_dict(state["scaler"])
         self.windows_done = int(state["windows_done"])
         self.link = None if state["link"] is None else Link.from_state(state["link"])
         self.progress = Progress.from_state(state["progress"])
