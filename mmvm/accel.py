@@ -25,6 +25,7 @@ reference every federated run is compared with):
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -60,6 +61,28 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                   for g, ours in zip(saved, optimizer.param_groups, strict=True)]
         state = {**state, "param_groups": groups}
     optimizer.load_state_dict(state)  # torch checks the rest and raises
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler | None, state: object) -> None:
+    """A saved float16 loss scale into ``scaler``; none saved (an older file, or a
+    run without float16): the scaler keeps its initial scale. Raises ValueError on a
+    state no scaler wrote: a scale of 0, NaN or below 0 would load and skip every
+    step after it, and a missing key fails inside torch without naming it."""
+    if scaler is None or not state:
+        return
+    if not isinstance(state, dict):
+        raise ValueError(f"its loss scale is {type(state).__name__}, not a scaler's state")
+    scale, tracker = state.get("scale"), state.get("_growth_tracker")
+    if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"its loss scale is {scale!r}, not a finite number > 0")
+    if not (isinstance(tracker, int) and tracker >= 0):
+        raise ValueError(f"its loss scale's growth count is {tracker!r}, not a whole "
+                         f"number >= 0")
+    try:
+        scaler.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(f"its loss scale's state does not load ({type(err).__name__}: "
+                         f"{str(err)[:200]})") from None
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -362,12 +362,15 @@ def _resume(path: Path, cfg: ExperimentConfig, model, optimizer, scaler=None
     _load_weights(model, state, path)
     try:
         accel.load_optimizer_state(optimizer, state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path}: its optimizer state does not fit the model "
                          f"({type(err).__name__}: {str(err)[:200]}); start over with "
                          "`mmvm train --fresh` or choose another train.out_dir") from None
+    try:
+        accel.load_scaler_state(scaler, state.get("scaler"))
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path}: {err}; start over with `mmvm train "
+                         "--fresh` or choose another train.out_dir") from None
     return state
 
 

@@ -11,6 +11,9 @@ steps those are depends on the scaler's state."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 import mmvm.accel as accel
@@ -52,3 +55,33 @@ def test_a_site_keeps_its_loss_scale_across_a_save_and_restore(tmp_path, monkeyp
     assert again.scaler.get_scale() == 2.0 ** 120
     again.restore(tmp_path / "a.pt")
     assert again.scaler.get_scale() == 1024.0
+    from mmvm.checkpoint import load_torch, write_torch
+
+    state = load_torch(tmp_path / "a.pt", torch.device("cpu"))
+    write_torch(tmp_path / "a.pt", {**state, "scaler": {"scale": 0.0, "_growth_tracker": 0}})
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'a.pt'))}: its loss "
+                                         f"scale is 0.0, not a finite number > 0"):
+        again.restore(tmp_path / "a.pt")
+
+
+@pytest.mark.parametrize("bad, said", [
+    ({"scale": 0.0, "_growth_tracker": 0}, "its loss scale is 0.0, not a finite number > 0"),
+    ({"scale": float("nan"), "_growth_tracker": 0}, "its loss scale is nan, not a finite"),
+    ({"scale": 8.0, "_growth_tracker": -1}, "its loss scale's growth count is -1, not"),
+    ({"scale": 8.0, "_growth_tracker": 0}, "its loss scale's state does not load"),
+    ([8.0], "its loss scale is list, not a scaler's state"),
+])
+def test_a_loss_scale_no_scaler_wrote_is_refused_naming_the_file(tmp_path, monkeypatch,
+                                                                 bad, said):
+    """A scale of 0 or NaN loaded silently and skipped every step after it; a missing
+    key failed inside torch (KeyError 'growth_factor') without naming the file."""
+    from mmvm.checkpoint import write_torch
+
+    monkeypatch.setattr(accel, "grad_scaler", _scaler)
+    data = two_factor_data()
+    train(tiny_config(tmp_path, epochs=1), data, show_progress=False)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    write_torch(path, {**state, "scaler": bad})
+    with pytest.raises(ValueError, match=f"^checkpoint {re.escape(str(path))}: {re.escape(said)}"):
+        train(tiny_config(tmp_path, epochs=2), data, resume=True, show_progress=False)

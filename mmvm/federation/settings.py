@@ -310,9 +310,9 @@ def _check(s: FederationSettings) -> None:
                           f"excludes it from the run)")
     if s.max_site_rows < 1:
         raise ConfigError(f"run config: max-site-rows = {s.max_site_rows} must be >= 1")
-    if not 0.0 <= s.reply_poll <= 1.0:
-        raise ConfigError(f"run config: reply-poll = {s.reply_poll} must be in [0, 1] "
-                          f"seconds (0: 5 ms in a simulation, 20 ms in a deployment)")
+    if not (s.reply_poll == 0.0 or 0.005 <= s.reply_poll <= 1.0):
+        raise ConfigError(f"run config: reply-poll = {s.reply_poll} must be 0 (5 ms in a "
+                          f"simulation, 20 ms in a deployment) or in [0.005, 1] seconds")
     if s.min_sites < 1:
         raise ConfigError(f"run config: min-sites = {s.min_sites} must be >= 1 (values "
                           f"above num-sites mean every site)")

@@ -359,7 +359,8 @@ class Site:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Model, optimizer, counters and link, written atomically. Before attach no
+        """Model, optimizer (and float16's loss scale), counters and link, written
+        atomically. Before attach no
         model or optimizer: the model is still the one the config's seed builds, and
         whoever starts runs could otherwise have the site write one a run (a review)."""
         self.settle()
@@ -389,8 +390,10 @@ class Site:
         self._ahead = None
         self._optimizer, self._optimizer_state = None, checked_optimizer_state(
             state["optimizer"], len(list(self.model.parameters())), path)
-        if self.scaler is not None and state.get("scaler"):  # float16's loss scale
-            self.scaler.load_state_dict(state["scaler"])
+        try:  # float16's loss scale
+            accel.load_scaler_state(self.scaler, state.get("scaler"))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         self.windows_done = int(state["windows_done"])
         self.link = None if state["link"] is None else Link.from_state(state["link"])
         self.progress = Progress.from_state(state["progress"])

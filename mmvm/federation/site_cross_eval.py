@@ -345,9 +345,9 @@ def floored_means(values: RowValues, own: Collection[str], floor: int,
 
 def judges_too_large(site: Site, recipe, policy) -> str | None:
     """Why the judges of the site's modalities under ``recipe`` (the run config's
-    ``[eval]``: epochs, width, ensemble members) exceed the node config's
-    ``max-params``, ``max-steps`` or ``max-visits``, or None: a submitter must not
-    size the training a site's evaluation runs."""
+    ``[eval]``: epochs, width, ensemble members, batch size) exceed the node config's
+    ``max-params``, ``max-steps``, ``max-visits`` or ``max-batch``, or None: a
+    submitter must not size the training a site's evaluation runs."""
     from mmvm.classifier_nets import build_classifier
     from mmvm.classifiers import recipe_for_rows, training_steps, vocabularies
     from mmvm.judges import is_image
@@ -364,7 +364,8 @@ def judges_too_large(site: Site, recipe, policy) -> str | None:
         for key, value, limit in (("max-params", params, policy.max_params),
                                   ("max-steps", training_steps(n, r), policy.max_steps),
                                   ("max-visits", r.members * r.epochs * n,
-                                   policy.max_visits)):
+                                   policy.max_visits),
+                                  ("max-batch", min(r.batch_size, n), policy.max_batch)):
             if value > limit:
                 return (f"the judge of {m} under the run's [eval] would take {value:,} "
                         f"({key}; the node config allows {limit:,})")

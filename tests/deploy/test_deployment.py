@@ -82,8 +82,24 @@ def deployment(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def good_run(deployment):
-    dump = deployment.root / "server-messages.bin"
-    run_id, out = deployment.run(**{"test-dump-messages": str(dump)})
+    """The secure run the module's tests look into; meanwhile the private copies of
+    the bundle that pinned site c's tasks make are recorded (``fab_copies``)."""
+    import threading
+
+    dump, seen, done = deployment.root / "server-messages.bin", set(), threading.Event()
+
+    def watch() -> None:  # a task's copy lives while the task runs (0.5 s or more)
+        while not done.wait(0.1):
+            seen.update(p.name for p in deployment.fab_tmp.glob("mmvm-fab-*"))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run_id, out = deployment.run(**{"test-dump-messages": str(dump)})
+    finally:
+        done.set()
+        watcher.join()
+    deployment.fab_copies = seen
     return run_id, out, dump
 
 
@@ -277,6 +293,7 @@ def test_a_site_pinned_to_its_reviewed_app_runs_no_other(deployment, good_run):
     release, app = fab_sha256(root), dep.allow_fab["c"]
     assert release != app
     # each task's private copy of the bundle was removed when the task ended
+    assert dep.fab_copies, "c's tasks made no private copy of the bundle to remove"
     deadline = time.monotonic() + 20
     while list(dep.fab_tmp.glob("mmvm-fab-*")) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -324,8 +341,9 @@ def test_plaintext_sites_that_keep_their_weights_get_coherence_and_imputation(
 def _refused_reply_costs_window_0(dep, run_id: int, out: str) -> None:
     """The server refused one site's window-0 reply (it reports a NaN loss, as a site
     whose training diverged would): the run went on without that site for window 0
-    (its envelopes not routed; the others' priors lacked its modality), and the site
-    trained window 1 and was evaluated."""
+    (its posteriors not routed; the others' priors lacked its modality), and the site
+    trained window 1 and was evaluated. (A secure run leaves such a site out through
+    the same dropout path: tests/federation/test_admission.py, in one process.)"""
     m = re.search(r"TEST spoil: (\w+)'s reply to window 0", out)
     assert m, out
     site = m.group(1)

@@ -47,8 +47,10 @@ def test_overrides_and_string_forms_of_flower_values():
     ({"delta_tol": float("nan")}, r"delta-tol = nan is not a number"),
     ({"delta_tol": "nan"}, r"delta-tol = 'nan' is not a number"),
     ({"reply_timeout": 0}, r"reply-timeout = 0.0 and connect-timeout = 30.0 must be > 0"),
-    ({"reply_poll": -0.1}, r"reply-poll = -0.1 must be in \[0, 1\] seconds"),
-    ({"reply_poll": 5}, r"reply-poll = 5.0 must be in \[0, 1\] seconds \(0: 5 ms"),
+    ({"reply_poll": -0.1}, r"reply-poll = -0.1 must be 0 \(5 ms in a simulation"),
+    ({"reply_poll": 5}, r"reply-poll = 5.0 must be 0 .* or in \[0.005, 1\] seconds"),
+    # a poll every microsecond would keep the SuperLink busy answering the server
+    ({"reply_poll": 1e-6}, r"reply-poll = 1e-06 must be 0 .* or in \[0.005, 1\]"),
     ({"secure": True, "delta_tol": 0.1}, r"delta-tol .* not available with secure"),
     ({"set": "train.epochz=2"}, r"did you mean 'train.epochs'"),
     # named as the run config names them, not by where Flower staged the app

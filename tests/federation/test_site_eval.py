@@ -83,3 +83,25 @@ def test_a_sites_probe_counts_the_groups_its_test_rows_come_in(tiny_polymnist,
     from mmvm.federation.window_metrics import evaluation_withheld
 
     assert not [k for k in evaluation_withheld(got) if k.startswith(("probe_n", "probe_g"))]
+
+
+def test_judges_the_run_config_sizes_beyond_the_node_configs_limits_are_not_trained(
+        tiny_polymnist, tiny_config):
+    """The run's [eval] sizes the judges a site trains: its limits bound them as they
+    bound the VAE's own training (a batch of every row was one way past max-batch)."""
+    import dataclasses
+
+    from mmvm.classifiers import recipe_for
+    from mmvm.federation.policy import SitePolicy
+    from mmvm.federation.site import Site
+    from mmvm.federation.site_cross_eval import judges_too_large
+
+    cfg = tiny_config(tiny_polymnist)
+    site = Site(cfg, "a", tiny_polymnist / "train.parquet")  # 192 rows
+    recipe, policy = recipe_for(cfg), SitePolicy(max_batch=150)
+    assert recipe.batch_size <= 150 and judges_too_large(site, recipe, policy) is None
+    wide = judges_too_large(site, dataclasses.replace(recipe, batch_size=10**6), policy)
+    assert wide == ("the judge of m0 under the run's [eval] would take 192 (max-batch; "
+                    "the node config allows 150)")
+    long = judges_too_large(site, dataclasses.replace(recipe, epochs=10**6), policy)
+    assert "would take 192,000,000 (max-visits; the node config allows" in long

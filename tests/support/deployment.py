@@ -202,7 +202,9 @@ class Deployment:
 
     def restart_superexec(self, s: str, log_name: str, *extra: str) -> Process:
         """Site ``s``'s SuperExec killed (its process group, its fork server too) and
-        started again with ``extra`` arguments; the SuperNode stays up."""
+        started again with ``extra`` arguments; the SuperNode stays up. (``extra`` is
+        for this start only: a later :meth:`restart_node` starts it with
+        ``allow_fab``'s pin again.)"""
         old = self.execs.pop(s)
         os.killpg(old.popen.pid, signal.SIGKILL)
         old.popen.wait(10)
