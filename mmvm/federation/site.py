@@ -360,9 +360,9 @@ class Site:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Model, optimizer (and float16's loss scale), counters and link, written
-        atomically. Before attach no
-        model or optimizer: the model is still the one the config's seed builds, and
-        whoever starts runs could otherwise have the site write one a run (a review)."""
+        atomically. Before attach no model or optimizer: the model is still the one
+        the config's seed builds, and whoever starts runs could otherwise have the
+        site write one a run (a review)."""
         self.settle()
         began = self.link is not None or self.windows_done > 0 \
             or self.progress.phase not in PRE_ATTACH
