@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from mmvm.config import ConfigError
 from mmvm.federation import sealed_align
@@ -35,11 +34,7 @@ from tests.support.federate import (
     split,
 )
 
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=2)  # 6 one-step windows
+pytestmark = pytest.mark.epochs(2)  # six one-step windows (conftest.py's cfg)
 
 
 def _endpoints(sites, secure, keys, state):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from mmvm.federation import sealed_align
 from mmvm.federation.channel import PlainChannel
@@ -34,11 +33,7 @@ from tests.support.federate import (
     split,
 )
 
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=2)  # 6 one-step windows
+pytestmark = pytest.mark.epochs(2)  # six one-step windows (conftest.py's cfg)
 
 
 @pytest.mark.parametrize("secure", [False, True])

@@ -13,14 +13,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from mmvm.federation import sealed_align
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.local import LocalTransport
 from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
-from tests.federation.test_resume import Crash, CrashAt
+from tests.support.crashes import Crash, CrashAt
 from tests.support.federate import (
     RUN,
     make_sites,
@@ -31,11 +30,7 @@ from tests.support.federate import (
     split,
 )
 
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=2)
+pytestmark = pytest.mark.epochs(2)  # six one-step windows (conftest.py's cfg)
 
 
 class AnswersAs(LocalTransport):

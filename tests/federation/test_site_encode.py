@@ -14,7 +14,7 @@ from mmvm.federation.settings import settings_for
 from mmvm.federation.site_encode import step_groups
 from mmvm.model import norm_stats_frozen
 from tests.federation.test_exactness import batchnorm_sites  # noqa: F401 (a fixture)
-from tests.federation.test_resume import Crash, CrashAt
+from tests.support.crashes import Crash, CrashAt
 from tests.support.federate import make_sites, plain_endpoints
 
 

@@ -16,11 +16,7 @@ from mmvm.federation.site import Site
 from mmvm.federation.site_store import SiteStore
 from tests.support.federate import make_sites, split
 
-
-@pytest.fixture
-def cfg(tiny_polymnist, tiny_config):
-    torch.set_num_threads(1)
-    return tiny_config(tiny_polymnist, epochs=2)  # 6 one-step windows
+pytestmark = pytest.mark.epochs(2)  # six one-step windows (conftest.py's cfg)
 
 
 def _stored_run(cfg, tmp_path, tiny_polymnist):
