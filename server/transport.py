@@ -7,7 +7,11 @@ import time
 from collections.abc import Mapping
 
 from flwr.app import Message
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import (
+    HEARTBEAT_DEFAULT_INTERVAL,
+    HEARTBEAT_PATIENCE,
+    ErrorCode,
+)
 from flwr.serverapp import Grid
 
 from mmvm.federation.coordinator import FederationError
@@ -20,28 +24,41 @@ class FlowerTransport:
     """The loop's transport over a Flower Grid; node ids (as text) are the site keys."""
 
     def __init__(self, grid: Grid, num_sites: int, timeout: float, connect_timeout: float,
-                 poll: float | None = None) -> None:
+                 poll: float | None = None, stale_wait: float | None = None) -> None:
         """``poll``: seconds between reply polls at first (``_collect``); ``None``:
-        the grid's default."""
+        the grid's default. ``stale_wait``: how long more SuperNodes than sites are
+        waited on at the start (:meth:`nodes`); ``None``: none in a simulation, in a
+        deployment as long as Flower lists a SuperNode that is gone."""
         self.grid, self.num_sites, self.timeout = grid, num_sites, timeout
         self.connect_timeout, self.poll = connect_timeout, poll
+        self.stale_wait = stale_wait if stale_wait is not None else \
+            0.0 if simulated(grid) else STALE_NODE_S
         self.names: dict[str, str] = {}
 
     def nodes(self) -> list[str]:
-        """The sites' node ids once exactly ``num-sites`` are connected."""
-        deadline = time.monotonic() + self.connect_timeout
+        """The sites' node ids once exactly ``num-sites`` are connected.
+
+        Too many fail at once in a simulation; a deployment's are waited on for up to
+        ``stale_wait`` s first: a SuperNode restarted without node authentication
+        registers under a new node id, and the SuperLink lists its old one until its
+        heartbeats lapse."""
+        start = time.monotonic()
         n = self.num_sites
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) > n:
+            if len(nodes) == n:
+                return [str(x) for x in nodes]
+            waited = time.monotonic() - start
+            if len(nodes) > n and waited >= self.stale_wait:
                 raise FederationError(
                     f"{len(nodes)} SuperNodes are connected but this run expects "
                     f"num-sites = {n}: in a simulation pass --federation-config "
                     f"'num-supernodes={n}' (or set num-sites), in a deployment stop the "
-                    f"extra SuperNodes")
-            if len(nodes) == n:
-                return [str(x) for x in nodes]
-            if time.monotonic() > deadline:
+                    f"extra SuperNodes" + (
+                        f" (still {len(nodes)} after {waited:.0f} s: a SuperNode that is "
+                        f"gone is listed only until its heartbeats lapse)"
+                        if self.stale_wait else ""))
+            if len(nodes) < n and waited > self.connect_timeout:
                 raise FederationError(
                     f"only {len(nodes)} of the {n} sites this run expects (num-sites = "
                     f"{n}) connected within connect-timeout = {self.connect_timeout:.0f} "
@@ -128,6 +145,9 @@ AWAY = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
 
 
 POLL_LOCAL, POLL_REMOTE = 0.005, 0.02  # s between reply polls (see _collect)
+# how long a SuperLink lists a SuperNode that is gone: until its heartbeats lapse
+# (Flower 1.41: the SuperNode's interval, 30 s by default, times the patience, 2), +5 s
+STALE_NODE_S = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL + 5.0
 
 
 def simulated(grid: Grid) -> bool:

@@ -22,7 +22,14 @@ from mmvm.federation.loop import run_federation
 from mmvm.federation.settings import settings_for
 from mmvm.federation.site import Site
 from mmvm.federation.site_store import SiteStore
-from tests.support.crashes import Crash, CrashAt, GoneAtResume, Stored, every_third
+from tests.support.crashes import (
+    Crash,
+    CrashAt,
+    GoneAtResume,
+    StaleListed,
+    Stored,
+    every_third,
+)
 from tests.support.federate import (
     RUN,
     make_sites,
@@ -157,10 +164,13 @@ def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_pat
                        settings_for(cfg, exchange="step", delta_tol=0.0, checkpoint_every=1),
                        checkpoint=ckpt)
     renamed = {f"new-{k}": s for k, s in reversed(list(sites.items()))}
-    run_federation(LocalTransport(plain_endpoints(renamed)),
-                   settings_for(cfg, exchange="step", delta_tol=0.0, resume=RUN,
-                                checkpoint_every=1),
+    # the old node ids are still listed (as Flower does for a minute): the resume waits
+    # connect-timeout for them to go, then asks every node; the old ones are away
+    stale = StaleListed(plain_endpoints(renamed), stale=list(sites))
+    run_federation(stale, settings_for(cfg, exchange="step", delta_tol=0.0, resume=RUN,
+                                       checkpoint_every=1, connect_timeout=0.2),
                    resume_from=ckpt)
+    assert sorted(stale.asked) == sorted(sites)  # asked once, at the resume
     a, b = params(ref.values()), params(sites.values())
     assert max(float(np.abs(a[n] - b[n]).max()) for n in a) == 0.0
 

@@ -46,12 +46,27 @@ def test_waits_until_all_sites_connect(monkeypatch):
 
 def test_too_many_supernodes_fail_at_once_naming_the_fix():
     grid = FakeGrid([[1, 2, 3]])
-    with pytest.raises(FederationError) as err:
-        FlowerTransport(grid, 2, timeout=10, connect_timeout=60).nodes()
+    with pytest.raises(FederationError) as err:  # stale_wait=0: as in a simulation
+        FlowerTransport(grid, 2, timeout=10, connect_timeout=60, stale_wait=0.0).nodes()
     msg = str(err.value)
     assert "3 SuperNodes" in msg and "num-sites = 2" in msg
     assert "num-supernodes=2" in msg
     assert grid.calls == 1
+
+
+def test_a_deployment_waits_for_a_supernode_that_is_gone_to_be_unlisted(monkeypatch):
+    """A SuperNode restarted without node authentication is listed twice until its old
+    node id's heartbeats lapse (Flower: up to a minute): the run starts once it is not,
+    with the sites that are there; one more than that for longer fails naming it."""
+    monkeypatch.setattr("server.transport.time.sleep", lambda s: None)
+    grid = FakeGrid([[1, 2, 3, 4], [1, 2, 3, 4], [2, 3, 4]])
+    transport = FlowerTransport(grid, 3, timeout=10, connect_timeout=0.0)
+    assert transport.stale_wait > 60  # not a simulation's grid: Flower's heartbeat window
+    assert transport.nodes() == ["2", "3", "4"] and grid.calls == 3
+    with pytest.raises(FederationError, match=r"4 SuperNodes .* num-sites = 3.*\(still 4 "
+                                              r"after \d+ s: a SuperNode that is gone"):
+        FlowerTransport(FakeGrid([[1, 2, 3, 4]]), 3, timeout=10, connect_timeout=0.0,
+                        stale_wait=0.01).nodes()
 
 
 def test_missing_sites_fail_after_the_connect_timeout():

@@ -56,6 +56,31 @@ class GoneAtResume(LocalTransport):
         return super().exchange(requests, wait, need)
 
 
+class StaleListed(LocalTransport):
+    """Also lists ``stale`` node ids as connected, nodes that are gone: what Flower's
+    SuperLink shows for a minute after a SuperNode without node authentication
+    restarted under a new node id (its old one is online until its heartbeats lapse).
+    A message to one of them gets no answer: left out of an exchange that may go on
+    without it (Flower's ``NODE_UNAVAILABLE``, ``FlowerTransport``), the run fails on
+    one that may not."""
+
+    def __init__(self, endpoints, stale):
+        super().__init__(endpoints)
+        self.stale = list(stale)
+        self.asked: list[str] = []  # the stale nodes a message was sent to
+
+    def online(self):
+        return [*super().online(), *self.stale]
+
+    def exchange(self, requests, wait=None, need=1):
+        gone = [k for k in requests if k in self.stale]
+        self.asked += gone
+        if gone and wait is None:
+            raise FederationError(f"site node {gone[0]} failed: Node Unavailable")
+        return super().exchange({k: r for k, r in requests.items() if k not in gone},
+                                wait, need)
+
+
 class CrashInEvaluation(LocalTransport):
     """The first site answers the final evaluation, then the server dies."""
 
