@@ -29,13 +29,12 @@ across site files (:mod:`mmvm.judges`); a modality without labelled rows gets no
 
 Trained classifiers are cached in ``<its folder>/classifiers/<modality>-<key>.pt``
 (where that folder cannot be written, a read-only data mount, under
-``$MMVM_CACHE/classifiers/<folder name>-<hash of its path>/``),
-``key`` a hash of the train and test files' metadata (dataset JSON, row count, the
-SHA-256 of the file's bytes, the modality's tensor spec; the joined site files' too),
-the modality, the label column and the :class:`ClassifierConfig`, so a regenerated
-dataset or a changed config trains afresh (relabelled files of the same size were
-scored by the old labels' judges). Files are written atomically; a corrupt
-cache file is retrained, not trusted.
+``$MMVM_CACHE/classifiers/<folder name>-<hash of its path>/``), ``key`` a hash of the
+train and test files' metadata (dataset JSON, row count, the SHA-256 of the file's
+bytes, the modality's tensor spec; the joined site files' too), the modality, the
+label column and the :class:`ClassifierConfig`, so a regenerated dataset or a changed
+config trains afresh (relabelled files of the same size were scored by the old
+labels' judges). Files are written atomically; a corrupt cache file is retrained.
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ from torch import Tensor, nn
 from mmvm.augment import random_rotate, random_shift
 from mmvm.checkpoint import load_checkpoint, save_checkpoint
 from mmvm.classifier_nets import Ensemble, ImageClassifier, build_classifier
+from mmvm.config import EvalConfig
 from mmvm.judges import (
     holding,
     is_image,
@@ -71,16 +71,17 @@ CLASSIFIER_VERSION = 3  # bump when the architectures or the training recipe cha
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Training recipe of the coherence classifiers (part of the cache key)."""
+    """The judges' training recipe (part of the cache key); defaults: ``[eval]``'s
+    (:class:`mmvm.config.EvalConfig`), but a hand-built recipe asks no ``min_steps``."""
 
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3  # peak of the one-cycle schedule
-    width: int = 16  # image: base channels w; vector: 8 w hidden units (at least 64)
+    epochs: int = EvalConfig.classifier_epochs  # (each field: EvalConfig's classifier_*)
+    batch_size: int = EvalConfig.classifier_batch_size
+    lr: float = EvalConfig.classifier_lr  # peak of the one-cycle schedule
+    width: int = EvalConfig.classifier_width  # image: channels w; vector: 8 w units (>= 64)
     seed: int = 0
-    shift: int = 0  # images: random translation by up to this many pixels per axis
-    rotate: float = 0.0  # images: random rotation by up to this many degrees
-    members: int = 1  # an ensemble of this many judges (seeds seed, seed + 1, ...)
+    shift: int = EvalConfig.classifier_shift
+    rotate: float = EvalConfig.classifier_rotate
+    members: int = EvalConfig.classifier_members  # seeds seed, seed + 1, ...
     min_steps: int = 0  # images: at least this many batches (:func:`recipe_for_rows`)
 
 

@@ -167,7 +167,7 @@ class EvalConfig:
     classifier_width: int = 16  # judges' base width (image: channels w, 2w, 4w)
     classifier_rotate: float = 0.0  # image judges train on copies turned up to this many degrees
     classifier_members: int = 1  # judges per modality, voting as an ensemble
-    classifier_batch_size: int = 128  # judges' batches (= ClassifierConfig's defaults)
+    classifier_batch_size: int = 128  # judges' batches (ClassifierConfig's default)
     classifier_lr: float = 3e-3  # peak of the judges' one-cycle learning rate (AdamW)
     batch_size: int = 256
     # label columns for per-label latent probes ("label.*" style patterns allowed);
