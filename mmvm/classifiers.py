@@ -15,13 +15,11 @@ generated from; the judge is a classifier of modality m' trained on *real* m' da
   head. Generated captions are read as the decoder's most likely token per position
   (:meth:`mmvm.model.MultimodalVAE.generate`).
 
-Training: AdamW (weight decay 1e-4) with a one-cycle learning-rate schedule peaking at
-``lr`` (0.86 -> 0.89 over plain Adam at a constant rate, same data and epochs). Image
-judges may train on randomly shifted and rotated copies (``shift`` pixels each way,
-``rotate`` degrees either side, edges replicated): the look-alikes hold 9,000 digits
-where the authors' judges see 60,000, and a shifted or slightly turned digit is still
-the same digit. ``members`` > 1 trains that many judges from consecutive seeds and
-averages their log-probabilities (:class:`Ensemble`).
+Training: AdamW (weight decay 1e-4), one-cycle learning rate peaking at ``lr`` (0.86
+-> 0.89 over plain Adam at a constant rate). Image judges may train on shifted and
+rotated copies (``mmvm/augment.py``): the look-alikes hold 9,000 digits where the
+authors' judges see 60,000. ``members`` > 1 trains that many judges from consecutive
+seeds and averages their log-probabilities (:class:`Ensemble`).
 
 Inputs are the model's float inputs (stored values divided by ``scale``), so a
 classifier reads real data and decoder outputs alike. Labels are joined by sample id
@@ -67,6 +65,7 @@ from mmvm.judges import (
 )
 
 CLASSIFIER_VERSION = 3  # bump when the architectures or the training recipe change
+PREDICT_ROWS = 512  # rows a judge scores at a time (predict)
 
 
 @dataclass(frozen=True)
@@ -87,11 +86,10 @@ class ClassifierConfig:
 
 def recipe_for_rows(cfg: ClassifierConfig, n: int, image: bool) -> ClassifierConfig:
     """The recipe an image judge of ``n`` labelled rows trains with: enough epochs
-    for ``cfg.min_steps`` batches. Three epochs of a few hundred images are nine
-    batches, and left 64 px X-ray judges at chance (0.463, majority 0.537) where 30
-    epochs reached 1.000, so coherence measured nothing (walkthrough of 2026-12-05).
-    Vector judges keep their epochs: the hippocampus's (2,640 rows) score lower at
-    40 epochs than at 3 (rat1 0.485 against 0.500, rat4 0.357 against 0.463)."""
+    for ``cfg.min_steps`` batches. Three epochs of a few hundred images (nine batches)
+    left 64 px X-ray judges at chance (0.463, majority 0.537), 30 epochs reached 1.000
+    (walkthrough of 2026-12-05). Vector judges keep their epochs: the hippocampus's
+    score lower at 40 epochs than at 3 (rat1 0.485 against 0.500, rat4 0.357/0.463)."""
     if not image or not cfg.min_steps:
         return dataclasses.replace(cfg, min_steps=0)
     per_epoch = max(math.ceil(n / cfg.batch_size), 1)
@@ -178,7 +176,8 @@ def _fit(x: Tensor, y: Tensor, n_classes: int, cfg: ClassifierConfig,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 512, scale: float = 1.0) -> Tensor:
+def predict(model: nn.Module, x: Tensor, batch_size: int = PREDICT_ROWS,
+            scale: float = 1.0) -> Tensor:
     """Predicted class per row of ``x`` [N, *shape] (float or stored dtype)."""
     device = next(model.parameters()).device
     out = [model(x[i:i + batch_size].to(device).float().div_(scale)).argmax(1).cpu()

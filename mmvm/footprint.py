@@ -10,9 +10,12 @@ torch's meta device: shapes only, no memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
+from mmvm.classifier_nets import ImageClassifier, build_classifier
 from mmvm.config import ExperimentConfig
 from mmvm.training import build_model
 
@@ -40,6 +43,22 @@ def step_bytes(cfg: ExperimentConfig, names: list[str], batch_size: int) -> int:
 def _layer_outputs(model: nn.Module, batch_size: int) -> int:
     """Elements of each modality's batch and of every leaf module's outputs in one
     encode-decode pass of each of ``model``'s modalities (on the meta device)."""
+    def passes() -> int:
+        total = 0
+        for name, spec in model.specs.items():
+            dtype = torch.long if spec.kind == "tokens" else torch.float32
+            x = torch.zeros(batch_size, *spec.shape, dtype=dtype)
+            total += x.numel()  # the batch itself
+            mu, _ = model.encoders[name](x)
+            model.decoders[name](mu)
+        return total
+
+    return _leaf_outputs(model, passes)
+
+
+def _leaf_outputs(model: nn.Module, run: Callable[[], int]) -> int:
+    """Elements of every leaf module's outputs while ``run()`` runs, plus what it
+    returns (the elements it made itself)."""
     total = 0
 
     def count(_module, _inputs, output) -> None:
@@ -50,16 +69,29 @@ def _layer_outputs(model: nn.Module, batch_size: int) -> int:
     leaves = [m for m in model.modules() if not next(m.children(), None)]
     hooks = [m.register_forward_hook(count) for m in leaves]
     try:
-        for name, spec in model.specs.items():
-            dtype = torch.long if spec.kind == "tokens" else torch.float32
-            x = torch.zeros(batch_size, *spec.shape, dtype=dtype)
-            total += x.numel()  # the batch itself
-            mu, _ = model.encoders[name](x)
-            model.decoders[name](mu)
+        made = run()  # (not total += run(): that reads total before the hooks add)
     finally:
         for h in hooks:
             h.remove()
-    return total
+    return total + made
+
+
+def judge_step_bytes(shape: Sequence[int], classes: int, width: int, vocab: int,
+                     rows: int, shift: int = 0, rotate: float = 0.0) -> int:
+    """Bytes one training step of a coherence judge (one ensemble member: they train
+    one after another) creates at ``rows`` rows: the batch, its shifted copy padded
+    by ``shift`` pixels each side and its rotation grid where the judge is an image
+    CNN (``mmvm/augment.py``), every layer's output. The recipe's width and batch are
+    the run config's: the judge's parameters alone do not bound this."""
+    with torch.device("meta"):
+        net = build_classifier(shape, classes, width, vocab)
+        x = torch.zeros(rows, *shape, dtype=torch.long if vocab else torch.float32)
+        count = _leaf_outputs(net, lambda: (net(x), x.numel())[1])
+    if isinstance(net, ImageClassifier):
+        c, h, w = (int(s) for s in shape)
+        count += rows * c * (h + 2 * shift) * (w + 2 * shift) * (shift > 0)
+        count += rows * (2 * h * w + c * h * w) * (rotate > 0)  # grid, turned copy
+    return count * FLOAT_BYTES
 
 
 def table_bytes(cfg: ExperimentConfig, rows: int, modalities: int) -> int:

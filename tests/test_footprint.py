@@ -92,3 +92,47 @@ def test_every_shipped_modality_is_sized_within_the_default_limit(config):
     for m in cfg.model.modalities:
         assert 0 < step_bytes(cfg, [m.name], cfg.train.batch_size) < \
             LIMITS["max-step-gib"] * 2**30
+
+
+@pytest.mark.parametrize("shape,vocab", [((3, 28, 28), 0), ((1, 64, 64), 0),
+                                         ((40,), 0), ((32,), 50)],
+                         ids=["image-rgb", "image-gray", "vector", "tokens"])
+def test_a_judges_estimate_bounds_what_its_training_step_keeps(shape, vocab):
+    """Every judge family (``mmvm/classifier_nets.py``): the estimate is at least what
+    autograd saves for a real training step's backward, and not wildly more."""
+    from mmvm.classifier_nets import build_classifier
+    from mmvm.footprint import judge_step_bytes
+
+    net = build_classifier(shape, 10, 16, vocab).train()
+    x = torch.randint(0, vocab, (64, *shape)) if vocab else torch.rand(64, *shape)
+    saved = _saved_bytes(lambda: net(x).sum().backward(), net.parameters())
+    assert saved <= judge_step_bytes(shape, 10, 16, vocab, 64) < 3 * saved
+
+
+def test_a_judges_shifted_batch_is_counted_padded():
+    """``eval.classifier_shift`` pads every image batch by that many pixels each side
+    before it crops (``mmvm/augment.py``): the run config's shift alone can make a
+    batch of a few images terabytes; the estimate grows by exactly the padded copy."""
+    from mmvm.footprint import FLOAT_BYTES, judge_step_bytes
+
+    plain = judge_step_bytes((3, 28, 28), 10, 16, 0, 128)
+    shifted = judge_step_bytes((3, 28, 28), 10, 16, 0, 128, shift=20_000)
+    assert shifted - plain == 128 * 3 * (28 + 40_000) ** 2 * FLOAT_BYTES > 2**40
+    assert judge_step_bytes((40,), 10, 16, 0, 128, shift=20_000) == \
+        judge_step_bytes((40,), 10, 16, 0, 128)  # vectors are never shifted
+
+
+@pytest.mark.parametrize("config", sorted(p.stem for p in CONFIGS.glob("*.toml")))
+def test_every_shipped_configs_judges_fit_the_default_limit(config):
+    """The judges of every shipped config's modalities under its own [eval], at the
+    rows a judge scores at a time: well within the default max-step-gib."""
+    from mmvm.classifiers import PREDICT_ROWS, recipe_for, vocabularies
+    from mmvm.federation.policy import LIMITS
+    from mmvm.footprint import judge_step_bytes
+
+    cfg = load_config(CONFIGS / f"{config}.toml")
+    r, vocab = recipe_for(cfg), vocabularies(cfg)
+    for m in cfg.model.modalities:
+        need = judge_step_bytes(m.shape, 10, r.width, vocab.get(m.name, 0),
+                                max(r.batch_size, PREDICT_ROWS), r.shift, r.rotate)
+        assert 0 < need < LIMITS["max-step-gib"] * 2**30 / 4, (m.name, need)

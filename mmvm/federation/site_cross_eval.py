@@ -345,11 +345,19 @@ def floored_means(values: RowValues, own: Collection[str], floor: int,
 
 def judges_too_large(site: Site, recipe, policy) -> str | None:
     """Why the judges of the site's modalities under ``recipe`` (the run config's
-    ``[eval]``: epochs, width, ensemble members, batch size) exceed the node config's
-    ``max-params``, ``max-steps``, ``max-visits`` or ``max-batch``, or None: a
-    submitter must not size the training a site's evaluation runs."""
+    ``[eval]``: epochs, width, ensemble members, batch size, shift) exceed the node
+    config's ``max-params``, ``max-steps``, ``max-visits``, ``max-batch`` or
+    ``max-step-gib``, or None: a submitter must not size the training a site's
+    evaluation runs. Memory is counted at the judge's batch, or at the rows a judge
+    scores at a time if more (then with the training's activations: an upper bound)."""
     from mmvm.classifier_nets import build_classifier
-    from mmvm.classifiers import recipe_for_rows, training_steps, vocabularies
+    from mmvm.classifiers import (
+        PREDICT_ROWS,
+        recipe_for_rows,
+        training_steps,
+        vocabularies,
+    )
+    from mmvm.footprint import judge_step_bytes
     from mmvm.judges import is_image
 
     n = len(site.data)
@@ -369,5 +377,12 @@ def judges_too_large(site: Site, recipe, policy) -> str | None:
             if value > limit:
                 return (f"the judge of {m} under the run's [eval] would take {value:,} "
                         f"({key}; the node config allows {limit:,})")
+        need = judge_step_bytes(site.data.shapes[m], max(classes, 2), r.width,
+                                tokens.get(m, 0), min(max(r.batch_size, PREDICT_ROWS), n),
+                                r.shift, r.rotate)
+        if need > policy.max_step_gib * 2**30:
+            return (f"the judge of {m} under the run's [eval] would take "
+                    f"{need / 2**30:,.1f} GiB a step (max-step-gib; the node config "
+                    f"allows {policy.max_step_gib:,})")
     return None
 

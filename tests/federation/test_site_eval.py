@@ -5,6 +5,7 @@ decoding the posterior mean, a smaller number where q is wide)."""
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -105,3 +106,11 @@ def test_judges_the_run_config_sizes_beyond_the_node_configs_limits_are_not_trai
                     "the node config allows 150)")
     long = judges_too_large(site, dataclasses.replace(recipe, epochs=10**6), policy)
     assert "would take 192,000,000 (max-visits; the node config allows" in long
+    # memory: a width and batch within max-params and max-batch, or a shift, that
+    # a step of the judge could not hold (the VAE's own step is bounded so too)
+    for big in ({"width": 256, "batch_size": 150}, {"shift": 2_000}):
+        said = judges_too_large(site, dataclasses.replace(recipe, **big),
+                                SitePolicy(max_batch=150, max_step_gib=1))
+        assert re.fullmatch(r"the judge of m0 under the run's \[eval\] would take "
+                            r"[\d,.]+ GiB a step \(max-step-gib; the node config allows "
+                            r"1\)", said or ""), (big, said)
