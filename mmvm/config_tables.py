@@ -26,6 +26,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
+    except RecursionError:  # (tomllib's, on arrays nested thousands deep)
+        raise ConfigError(f"override {item[:60]!r}...: its value is nested too deeply "
+                          f"to be a config value") from None
     except tomllib.TOMLDecodeError:
         if re.search(r"\s[A-Za-z_][\w.]*\.[\w]+\s*=", value):
             raise ConfigError(

@@ -203,8 +203,8 @@ def _encoding(rc: Mapping) -> dict:
 
 def _run_id(text: str) -> str:
     """A run id as Flower prints it ('042' is run 42: the folders are named so)."""
-    text = text.strip()
-    return str(int(text)) if text.isascii() and text.isdigit() else text
+    text = text.strip()  # (not int(): it refuses more than 4,300 digits, unsaid)
+    return (text.lstrip("0") or "0") if text.isascii() and text.isdigit() else text
 
 
 def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
@@ -298,9 +298,10 @@ def _check(s: FederationSettings) -> None:
     if not (s.site_timeout > 0 and s.pause_timeout > 0):
         raise ConfigError(f"run config: site-timeout = {s.site_timeout} and "
                           f"pause-timeout = {s.pause_timeout} must be > 0")
-    if s.resume and not (s.resume.isascii() and s.resume.isdigit()):
-        raise ConfigError(f"run config: resume = {s.resume!r} is not a run id (the number "
-                          f"`flwr ls` shows, or '' to start a new run)")
+    if s.resume and not (s.resume.isascii() and s.resume.isdigit()
+                         and int(s.resume[:21]) < 2**64):  # Flower's ids: 64 bits
+        raise ConfigError(f"run config: resume = {s.resume[:40]!r} is not a run id (the "
+                          f"number `flwr ls` shows, or '' to start a new run)")
     if s.checkpoint_every < 0:
         raise ConfigError(f"run config: checkpoint-every = {s.checkpoint_every} must be "
                           f">= 0 (0: every train.checkpoint_every epochs)")

@@ -67,6 +67,11 @@ def test_overrides_and_string_forms_of_flower_values():
      r"site-dirs lists 2 folders and num-sites = 3: set num-sites=2"),
     ({"site_dirs": "labs/a,/labs/b", "num_sites": 2}, r"site-dirs 'labs/a' is relative"),
     ({"site_dirs": "/x/a,/y/a", "num_sites": 2}, r"several folders named 'a'"),
+    # what a site's parser met untrusted (it raised past the site's refusal, a
+    # ValueError from int() and a RecursionError from tomllib): refused, named
+    ({"resume": "1" * 5000}, r"resume = '1111.*' is not a run id"),
+    ({"resume": str(2**64)}, r"resume = '18446744073709551616' is not a run id"),
+    ({"set": "eval.labels=" + "[" * 5000}, r"eval.labels=\[\[.*nested too deeply"),
 ])
 def test_bad_values_fail_naming_the_key(change, match):
     with pytest.raises(ConfigError, match=match):
@@ -99,6 +104,13 @@ def test_empty_keys_dir_and_eval_data_keep_their_meaning_a_blank_one_is_refused(
     with pytest.raises(ConfigError, match=r"^run config: eval-data = ' ' is blank; give a "
                                           r"folder, or '' for no server-side evaluation$"):
         load_settings(app_run_config(eval_data=" "))
+
+
+def test_a_run_id_is_read_as_flower_prints_it():
+    """'042' is run 42 (the folders are named so); the largest 64-bit id is one."""
+    assert load_settings(app_run_config(resume="042")).resume == "42"
+    assert load_settings(app_run_config(resume=str(2**64 - 1))).resume == str(2**64 - 1)
+    assert load_settings(app_run_config(resume="000")).resume == "0"
 
 
 def test_hippocampus_lookalike_knobs():
