@@ -106,6 +106,13 @@ def test_plot_across_from_encode_outputs_of_files_with_trials(tmp_path, capsys):
     res = json.loads((tmp_path / "lat_across.json").read_text())
     assert res["names"] == ["rat1", "rat2"] and res["class_names"] == ["anise", "lemon"]
     assert (tmp_path / "lat_across.png").read_bytes()[:4] == b"\x89PNG"
+    # another label's default picture is another file: the first is not written over
+    before = (tmp_path / "lat_across.json").read_bytes()
+    assert main(["plot", "across", str(lat), "--label", "label.odor", "--folds", "3"]) == 0
+    assert "lat_across_label.odor.png" in capsys.readouterr().out
+    assert json.loads((tmp_path / "lat_across_label.odor.json").read_text())["label"] == \
+        "label.odor"
+    assert (tmp_path / "lat_across.json").read_bytes() == before
     assert main(["plot", "across", str(lat), "--label", "label.odor", "--out",
                  str(tmp_path / "x.png")]) == 0
     assert main(["plot", "across", str(lat), "--out", str(tmp_path / "x.png")]) == 0  # again

@@ -23,6 +23,7 @@ checked before any work; an earlier PNG of the same name is replaced.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,7 +81,8 @@ def register(subparsers) -> None:
                     help="label column colouring the points, e.g. label.sex (default: "
                     "label, one colour in files without it)")
     la.add_argument("--out", default=None,
-                    help="PNG to write (default: <first file>.png next to it)")
+                    help="PNG to write (default: <first file>.png next to it, "
+                         "<first file>_<label>.png with --label)")
     _handles(la, run_latents)
     ac = sub.add_parser(
         "across", help="decode a label across modalities from mmvm encode outputs",
@@ -98,7 +100,8 @@ def register(subparsers) -> None:
     ac.add_argument("--folds", type=int, default=5, help="cross-validation folds, "
                     "2 or more (default %(default)s)")
     ac.add_argument("--out", default=None,
-                    help="PNG to write (default: <first file>_across.png; the JSON "
+                    help="PNG to write (default: <first file>_across.png, "
+                         "<first file>_across_<label>.png with --label; the JSON "
                          "beside it)")
     _handles(ac, run_across)
 
@@ -167,6 +170,12 @@ def run_curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def _by(args: argparse.Namespace) -> str:
+    """The default output's mark of a ``--label`` given (another label's picture is
+    another file, not written over): ``_label.sex``."""
+    return "_" + re.sub(r"[^\w.-]", "_", args.label) if args.label else ""
+
+
 def _default_label(paths: list[str]) -> str | None:
     """The column to colour by without ``--label``: ``label``, else the files' only
     label column (a lab's ``label.odor``, said); with several (MIMIC-CXR's
@@ -204,7 +213,8 @@ def run_latents(args: argparse.Namespace) -> int:
     from mmvm.latents import common_2d, latents_label_names, read_latents
     from mmvm.plot_latents import latent_2d
 
-    out = _png_out(args.out or Path(args.latents[0]).with_suffix(".png"), args.latents)
+    first = Path(args.latents[0])
+    out = _png_out(args.out or first.with_name(f"{first.stem}{_by(args)}.png"), args.latents)
     label = args.label if args.label is not None else _default_label(args.latents)
     mus, labels = read_latents(args.latents, label)
     dims = {v.shape[1] for v in mus.values()}
@@ -237,7 +247,8 @@ def run_across(args: argparse.Namespace) -> int:
     from mmvm.plot_across import across_heatmap
 
     first = Path(args.latents[0])
-    out = _png_out(args.out or first.with_name(f"{first.stem}_across.png"), args.latents)
+    out = _png_out(args.out or first.with_name(f"{first.stem}_across{_by(args)}.png"),
+                   args.latents)
     json_path = check_file_out(out.with_suffix(".json"), (".json",), "JSON results",
                                input_files(args.latents), "--out (its .json)",
                                "mmvm plot across", (ACROSS_MARK,))

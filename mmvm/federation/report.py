@@ -24,6 +24,11 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+def size(n: float, digits: int = 2) -> str:
+    """Bytes as MB, or kB below 0.1 MB (a small run's "0.00 MB" read as nothing sent)."""
+    return f"{n / 1e6:.{digits}f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
 def window_line(row: Mapping, total: int, elapsed: float, done: int | None = None) -> str:
     """The progress line of window ``row`` out of ``total``; ``elapsed``: seconds the
     last ``done`` windows took (default: all so far), from which the time left is
@@ -52,7 +57,7 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     if row.get("estimated") and rec != "-":  # some sites' terms estimated from the others'
         rec = "~" + rec
     return (f"window {k}/{total}  epoch {row['epoch']}  rec_nll {rec}  "
-            f"reg {row['reg']:.2f}  {row['bytes'] / 1e6:.2f} MB  "
+            f"reg {row['reg']:.2f}  {size(row['bytes'])}  "
             f"{row['seconds']:.1f} s" + tail + away)
 
 
@@ -148,7 +153,7 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
     lines = [f"mmvm: trained {n} window{'s' if n != 1 else ''} in {duration(result.seconds)} "
              f"({duration(windows)} of windows, {duration(setup)} of set-up and state "
              f"saving; the evaluation after them not included{resumed}); "
-             f"{result.bytes_total / 1e6:.1f} MB exchanged", ""]
+             f"{size(result.bytes_total, 1)} exchanged", ""]
     per_label = any(k.startswith("probe_metric/") for ev in result.evaluation.values()
                     for k in ev)
     lines += _table(["site", "modality", "probe" if per_label else "probe accuracy",

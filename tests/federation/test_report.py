@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from mmvm.federation.loop import FederationResult
-from mmvm.federation.report import alignment_line, duration, summary, window_line
+from mmvm.federation.report import (
+    alignment_line,
+    duration,
+    size,
+    summary,
+    window_line,
+)
 
 
 def _row(w, n=12):
@@ -26,6 +32,10 @@ def test_progress_line_counts_windows_and_estimates_the_time_left():
     last = window_line(_row(11), 12, elapsed=130.0)
     assert "left" not in last and "last window: no posteriors to send on" in last
     assert duration(41.4) == "41 s" and duration(125) == "2 min 05 s"
+    # a small run's bytes in kB: "0.00 MB" read as if nothing crossed the wire
+    assert "  3.2 kB  " in window_line({**_row(2), "bytes": 3200}, 12, 33.0)
+    assert (size(99_999), size(100_000), size(84e6, 1)) == ("100.0 kB", "0.10 MB",
+                                                              "84.0 MB")
 
 
 def test_summary_is_a_table_by_site_with_chance_and_the_files():
