@@ -41,14 +41,16 @@ class FlowerTransport:
         Too many fail at once in a simulation; a deployment's are waited on for up to
         ``stale_wait`` s first: a SuperNode restarted without node authentication
         registers under a new node id, and the SuperLink lists its old one until its
-        heartbeats lapse."""
-        start = time.monotonic()
+        heartbeats lapse (connect-timeout counts from when they are gone)."""
+        start = since = time.monotonic()
         n = self.num_sites
         while True:
             nodes = sorted(self.grid.get_node_ids())
             if len(nodes) == n:
                 return [str(x) for x in nodes]
-            waited = time.monotonic() - start
+            now = time.monotonic()
+            waited = now - start
+            since = now if len(nodes) > n else since
             if len(nodes) > n and waited >= self.stale_wait:
                 raise FederationError(
                     f"{len(nodes)} SuperNodes are connected but this run expects "
@@ -58,7 +60,7 @@ class FlowerTransport:
                         f" (still {len(nodes)} after {waited:.0f} s: a SuperNode that is "
                         f"gone is listed only until its heartbeats lapse)"
                         if self.stale_wait else ""))
-            if len(nodes) < n and waited > self.connect_timeout:
+            if len(nodes) < n and now - since > self.connect_timeout:
                 raise FederationError(
                     f"only {len(nodes)} of the {n} sites this run expects (num-sites = "
                     f"{n}) connected within connect-timeout = {self.connect_timeout:.0f} "

@@ -144,16 +144,30 @@ def wait_for_sites(meter, s: FederationSettings, n: int, poll: float = 0.5) -> l
     ``connect-timeout``, once at least ``min-sites`` are (the others are away: they
     miss windows until they are back); fails after a further ``pause-timeout``.
 
-    More than ``n`` nodes are waited on too, then all asked: a SuperNode restarted
-    without node authentication comes back under a new node id while the SuperLink
-    lists its old one until its heartbeats lapse (up to a minute). Such a node does not
-    answer (it is away); one that answers as none of the run's sites is refused by
-    name (:func:`check_claims`)."""
+    More than ``n`` nodes are refused, after ``meter.stale_wait`` seconds: a SuperNode
+    restarted without node authentication comes back under a new node id while the
+    SuperLink lists its old one until its heartbeats lapse (up to a minute); connect-
+    timeout counts from when they are gone. Extra nodes are never asked: a plaintext
+    node's answer is only its word, and one answering as a slow site would take its
+    place."""
     need = min(s.min_sites, n)
-    deadline = time.monotonic() + s.connect_timeout
+    stale_wait = getattr(meter, "stale_wait", 0.0)
+    start = since = time.monotonic()
     while True:
         up = sorted(meter.online())
-        late = time.monotonic() - deadline
+        now = time.monotonic()
+        if len(up) > n:
+            if now - start >= stale_wait:
+                raise FederationError(
+                    f"resume = {s.resume}: {len(up)} SuperNodes are connected, the run "
+                    f"had {n} sites" + (f" (still after {now - start:.0f} s: a SuperNode "
+                                        f"that is gone is listed only until its "
+                                        f"heartbeats lapse); stop the extra SuperNodes"
+                                        if stale_wait else ""))
+            since = now
+            time.sleep(poll)
+            continue
+        late = now - since - s.connect_timeout
         if len(up) == n or (late > 0 and len(up) >= need):
             return up
         if late > s.pause_timeout:

@@ -35,6 +35,9 @@ class Metered:
 
     def __init__(self, inner: Transport, window_wait: float | None = None) -> None:
         self.inner, self.total, self.window_wait = inner, 0, window_wait
+        # how long more nodes than sites may be listed before that is an error (a
+        # SuperNode that is gone stays listed a while: FlowerTransport's)
+        self.stale_wait = getattr(inner, "stale_wait", 0.0)
         self.need = 1  # replies a window waits for beyond window_wait (the quorum)
         self.skip: set[str] = set()  # sites asked nothing more (excluded from the run)
 

@@ -63,6 +63,13 @@ def test_a_deployment_waits_for_a_supernode_that_is_gone_to_be_unlisted(monkeypa
     transport = FlowerTransport(grid, 3, timeout=10, connect_timeout=0.0)
     assert transport.stale_wait > 60  # not a simulation's grid: Flower's heartbeat window
     assert transport.nodes() == ["2", "3", "4"] and grid.calls == 3
+    # connect-timeout counts from when the stale ids are gone: a site that was not up
+    # yet gets its time (here: 50 s listed twice, then 25 s for the third to come)
+    clock = _Clock()
+    monkeypatch.setattr("server.transport.time", clock)
+    late = FakeGrid([[1, 2, 3, 4]] * 100 + [[2, 3]] * 50 + [[2, 3, 5]])
+    assert FlowerTransport(late, 3, timeout=10, connect_timeout=30).nodes() == \
+        ["2", "3", "5"] and clock.now == 75.0
     with pytest.raises(FederationError, match=r"4 SuperNodes .* num-sites = 3.*\(still 4 "
                                               r"after \d+ s: a SuperNode that is gone"):
         FlowerTransport(FakeGrid([[1, 2, 3, 4]]), 3, timeout=10, connect_timeout=0.0,

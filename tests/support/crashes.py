@@ -57,28 +57,28 @@ class GoneAtResume(LocalTransport):
 
 
 class StaleListed(LocalTransport):
-    """Also lists ``stale`` node ids as connected, nodes that are gone: what Flower's
-    SuperLink shows for a minute after a SuperNode without node authentication
-    restarted under a new node id (its old one is online until its heartbeats lapse).
-    A message to one of them gets no answer: left out of an exchange that may go on
-    without it (Flower's ``NODE_UNAVAILABLE``, ``FlowerTransport``), the run fails on
-    one that may not."""
+    """Also lists ``stale`` node ids as connected, for the first ``lapse`` calls of
+    :meth:`online`: what Flower's SuperLink shows for up to a minute after a SuperNode
+    without node authentication restarted under a new node id (its old one is online
+    until its heartbeats lapse). ``stale_wait``: how long the server may wait for
+    that (``FlowerTransport``'s). A message to a stale id is recorded in ``asked``."""
 
-    def __init__(self, endpoints, stale):
+    def __init__(self, endpoints, stale, lapse: int | None = None,
+                 stale_wait: float = 60.0):
         super().__init__(endpoints)
-        self.stale = list(stale)
-        self.asked: list[str] = []  # the stale nodes a message was sent to
+        self.stale, self.lapse, self.stale_wait = list(stale), lapse, stale_wait
+        self.asked: list[str] = []
 
     def online(self):
-        return [*super().online(), *self.stale]
+        listed = self.lapse is None or self.lapse > 0
+        if self.lapse:
+            self.lapse -= 1
+        return [*super().online(), *(self.stale if listed else [])]
 
     def exchange(self, requests, wait=None, need=1):
-        gone = [k for k in requests if k in self.stale]
-        self.asked += gone
-        if gone and wait is None:
-            raise FederationError(f"site node {gone[0]} failed: Node Unavailable")
-        return super().exchange({k: r for k, r in requests.items() if k not in gone},
-                                wait, need)
+        self.asked += [k for k in requests if k in self.stale]
+        return super().exchange({k: r for k, r in requests.items()
+                                 if k not in self.stale}, wait, need)
 
 
 class CrashInEvaluation(LocalTransport):
