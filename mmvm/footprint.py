@@ -89,8 +89,11 @@ def judge_step_bytes(shape: Sequence[int], classes: int, width: int, vocab: int,
         count = _leaf_outputs(net, lambda: (net(x), x.numel())[1])
     if isinstance(net, ImageClassifier):
         c, h, w = (int(s) for s in shape)
-        count += rows * c * (h + 2 * shift) * (w + 2 * shift) * (shift > 0)
-        count += rows * (2 * h * w + c * h * w) * (rotate > 0)  # grid, turned copy
+        count += rows * c * 28 * 28  # its input resized to 28 x 28 (not a module)
+        # the padded copy, the crop gathered from it and its index tensors
+        count += rows * c * ((h + 2 * shift) * (w + 2 * shift) + 2 * h * w) * (shift > 0)
+        # affine_grid's base and sampling grids, the turned copy
+        count += rows * (5 * h * w + c * h * w) * (rotate > 0)
     return count * FLOAT_BYTES
 
 

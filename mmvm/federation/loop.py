@@ -296,8 +296,9 @@ def _start(meter: Metered, s: FederationSettings, routing: Routing,
            log: Callable[[str], None]) -> tuple[Coordinator, FederationResult]:
     """describe -> align -> attach, each said as it begins (a deployment's sites
     answer each after seconds to minutes: the console was silent for 2.5 minutes)."""
-    log(f"mmvm: set-up 1/3: asking the {len(meter.nodes())} sites what they hold")
-    described = meter.exchange({key: DescribeRequest() for key in meter.nodes()})
+    nodes = meter.nodes()  # (once: it may wait, and two calls may differ)
+    log(f"mmvm: set-up 1/3: asking the {len(nodes)} sites what they hold")
+    described = meter.exchange({key: DescribeRequest() for key in nodes})
     check_described(described, s.max_site_rows, s.modalities)
     log(f"mmvm: set-up 2/3: aligning the samples of "
         f"{', '.join(sorted(d.site for d in described.values()))}"

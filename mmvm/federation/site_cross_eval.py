@@ -349,7 +349,7 @@ def judges_too_large(site: Site, recipe, policy) -> str | None:
     config's ``max-params``, ``max-steps``, ``max-visits``, ``max-batch`` or
     ``max-step-gib``, or None: a submitter must not size the training a site's
     evaluation runs. Memory is counted at the judge's batch, or at the rows a judge
-    scores at a time if more (then with the training's activations: an upper bound)."""
+    scores at a time (test rows too) if more, then with the training's activations."""
     from mmvm.classifier_nets import build_classifier
     from mmvm.classifiers import (
         PREDICT_ROWS,
@@ -378,7 +378,7 @@ def judges_too_large(site: Site, recipe, policy) -> str | None:
                 return (f"the judge of {m} under the run's [eval] would take {value:,} "
                         f"({key}; the node config allows {limit:,})")
         need = judge_step_bytes(site.data.shapes[m], max(classes, 2), r.width,
-                                tokens.get(m, 0), min(max(r.batch_size, PREDICT_ROWS), n),
+                                tokens.get(m, 0), max(min(r.batch_size, n), PREDICT_ROWS),
                                 r.shift, r.rotate)
         if need > policy.max_step_gib * 2**30:
             return (f"the judge of {m} under the run's [eval] would take "
