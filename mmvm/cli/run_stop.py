@@ -24,8 +24,11 @@ ASKED, EARLY = "asked", "early"  # what request_stop did: wait for a window, or 
 
 
 def first_run(overrides: dict, run_id: str) -> str:
-    """The id a run's state is kept under: the run it resumes, or its own."""
-    return str(overrides.get("resume") or run_id)
+    """The id a run's state is kept under: the run it resumes, or its own (read as
+    the server reads it: resume='042' is run 42's folder)."""
+    from mmvm.federation.settings import run_id_text
+
+    return run_id_text(str(overrides.get("resume") or run_id))
 
 
 def run_folders(overrides: dict, run_id: str) -> tuple[Path, Path]:

@@ -201,7 +201,7 @@ def _encoding(rc: Mapping) -> dict:
             "delta_unit": unit}
 
 
-def _run_id(text: str) -> str:
+def run_id_text(text: str) -> str:
     """A run id as Flower prints it ('042' is run 42: the folders are named so)."""
     text = text.strip()  # (not int(): it refuses more than 4,300 digits, unsaid)
     return (text.lstrip("0") or "0") if text.isascii() and text.isdigit() else text
@@ -233,7 +233,7 @@ def load_settings(rc: Mapping, app_only: bool = False) -> FederationSettings:
         reply_timeout=_get(rc, "reply-timeout", float),
         connect_timeout=_get(rc, "connect-timeout", float),
         site_timeout=_get(rc, "site-timeout", float), min_sites=_get(rc, "min-sites", int),
-        pause_timeout=_get(rc, "pause-timeout", float), resume=_run_id(_get(rc, "resume", str)),
+        pause_timeout=_get(rc, "pause-timeout", float), resume=run_id_text(_get(rc, "resume", str)),
         eval_data=eval_data if eval_data == "default" else _path(rc, "eval-data"),
         secure=_get(rc, "secure", bool), keys_dir=_path(rc, "keys-dir"),
         align=_get(rc, "align", str), data_variant=_get(rc, "data-variant", str),

@@ -327,3 +327,12 @@ def test_a_reader_that_goes_away_stops_the_run_as_a_closed_terminal_does(tmp_pat
     assert "Successfully started run 42" in both.stdout.readline()
     both.stdout.close()
     assert both.wait(timeout=60) == 128 + signal.SIGPIPE
+
+
+def test_a_resumes_folders_are_named_as_the_server_names_them(tmp_path):
+    """resume='042' is run 42 (as Flower prints ids): Ctrl-C's stop request goes to the
+    folder the ServerApp keeps that run's state in, run-42, not run-042."""
+    from mmvm.cli.run_stop import run_folders
+
+    state, results = run_folders({"resume": "042", "out-dir": str(tmp_path)}, "7")
+    assert (state, results) == (tmp_path / "run-42", tmp_path / "run-7")
