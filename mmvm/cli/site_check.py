@@ -182,6 +182,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
     from mmvm.data.value_ranges import range_warnings
     from mmvm.federation.policy import PolicyError
     from mmvm.federation.site import Site
+    from mmvm.federation.site_limits import check_latents
     from mmvm.footprint import step_bytes
     from mmvm.training import count_parameters
 
@@ -205,7 +206,8 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
         check.add("data", WARNING, line)  # values the model would read wrongly
     for limit in (lambda: policy.check_size(check.site, len(site.data), t.batch_size,
                                             t.epochs),
-                  lambda: policy.check_step(check.site, t.batch_size, lambda: step)):
+                  lambda: policy.check_step(check.site, t.batch_size, lambda: step),
+                  lambda: check_latents(site, policy)):  # (a window's tables: the plan's)
         try:  # each limit the experiment breaks, not only the first
             limit()
         except PolicyError as err:

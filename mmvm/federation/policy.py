@@ -32,11 +32,9 @@ anything leaves the site:
                        plaintext, colluding peers' in secure runs:
                        ``server_chosen_values``)
 ``max-steps``          the most optimiser steps a run's plan may hold (default
-                       10,000,000; 8 bytes a step held, ~100 while the plan
-                       is checked at attach)
+                       10,000,000; 8 bytes a step held, ~100 while it is checked)
 ``max-visits``         the most sample visits (epochs x aligned samples) a run may
-                       ask for (default 100,000,000); attaching holds ~60 bytes per
-                       aligned sample while the plan is checked, 8 after
+                       ask for (default 100,000,000; ~60 bytes each while checked)
 ``max-batch``          the largest batch a run may ask for (default 4,096)
 ``max-params``         the most parameters of the site's model under the run's
                        experiment config (default 200,000,000; counted before it
@@ -58,7 +56,8 @@ anything leaves the site:
                        (default: the run config's)
 ``report-losses``      send the server each window's loss sums and the final
                        evaluation's reconstruction error (default on); off, the
-                       site sends row counts and timings only, keeping the sums
+                       site sends row counts, timings and the evaluation's
+                       fractions rounded to 0.05, keeping the sums
                        in ``<site>.losses.csv`` in its state folder (with
                        ``eval-labels = ""`` its evaluation no probe either; what
                        a crafted mean still tells: deploy/README.md 7)
@@ -98,10 +97,11 @@ anything leaves the site:
                        plaintext run that shares one of its modalities (the server
                        alone chooses the mean it loads: :meth:`check_sharing`).
                        Default: any (``mmvm site check`` warns)
-``max-step-gib``       the most memory (GiB) one training step may need at the
-                       plan's batch size: the layers' outputs and the objective's
-                       terms (default 16; estimated on the meta device,
-                       :mod:`mmvm.footprint`)
+``max-step-gib``       the most memory (whole GiB) one training step may need at
+                       the plan's batch size (the layers' outputs and the
+                       objective's terms), a window's posterior tables, the final
+                       evaluation's latents, a coherence judge's step (default 16;
+                       estimated on the meta device, :mod:`mmvm.footprint`)
 =====================  ==========================================================
 
 The ``max-*`` limits keep a server's plan or a submitter's config from exhausting

@@ -61,6 +61,12 @@ def check_tables(site: Site, policy: SitePolicy) -> None:
     policy.check_held(site.name, f"a window's posteriors ({widest:,} rows x "
                       f"{len(site.global_names)} modalities)",
                       table_bytes(site.cfg, widest, len(site.global_names)))
+    check_latents(site, policy)
+
+
+def check_latents(site: Site, policy: SitePolicy) -> None:
+    """The final evaluation's latents (all the site's train rows and its test rows
+    rounded up to a power of two, its own modalities) against ``max-step-gib``."""
     test = site.test_path if site.test_path and os.path.isfile(site.test_path) else ""
     # its test rows rounded up to a power of two: the submitter sizes the latents, and
     # refusals at chosen sizes would read the count a site that withholds sizes keeps

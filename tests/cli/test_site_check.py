@@ -128,6 +128,22 @@ def test_an_experiment_beyond_the_sites_limits_fails_the_check(fed):
         findings(short, "experiment", ERROR)[0]
 
 
+def test_latents_beyond_max_step_gib_fail_the_check_not_the_first_run(fed, monkeypatch):
+    """The final evaluation's latents (train and test rows x latent size) are refused
+    at attach under max-step-gib: the check says so first. (A latent size that big
+    would build a model of gigabytes here: the tables' size is stood in for.)"""
+    from mmvm.federation import site_limits
+
+    cfg = load_config(CONFIG)
+    sizes = []
+    monkeypatch.setattr(site_limits, "table_bytes",
+                        lambda c, rows, mods: sizes.append((rows, mods)) or 2**31)
+    found = check_node_config(node_config(fed, **{"max-step-gib": "1"}), cfg)
+    assert "the final evaluation's latents (its train and test rows) would need" in \
+        " ".join(findings(found, "experiment", ERROR)), found
+    assert sizes == [(192 + 128, 1)]  # 96 test rows counted as the next power of two
+
+
 def test_an_open_state_folder_is_warned(fed):
     state = fed["root"] / "state" / "site-a"
     state.mkdir(parents=True)
