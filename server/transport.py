@@ -43,13 +43,18 @@ class FlowerTransport:
         registers under a new node id, and the SuperLink lists its old one until its
         heartbeats lapse (connect-timeout counts from when they are gone)."""
         start = since = time.monotonic()
-        n = self.num_sites
+        n, said = self.num_sites, False
         while True:
             nodes = sorted(self.grid.get_node_ids())
             if len(nodes) == n:
                 return [str(x) for x in nodes]
             now = time.monotonic()
             waited = now - start
+            if len(nodes) > n and waited < self.stale_wait and not said:
+                print(f"mmvm: {len(nodes)} SuperNodes are listed for num-sites = {n}: "
+                      f"waiting up to {self.stale_wait:.0f} s for the ids of SuperNodes "
+                      f"that are gone to lapse (their heartbeats)", flush=True)
+                said = True
             since = now if len(nodes) > n else since
             if len(nodes) > n and waited >= self.stale_wait:
                 raise FederationError(

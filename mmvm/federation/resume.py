@@ -74,7 +74,7 @@ def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
     (in secure mode each signs its answer for ``flower_run``, the run that asks)."""
     saved = load_server_state(path, s)
     key_of = {i.name: i.key for i in saved.sites}
-    here = wait_for_sites(meter, s, len(key_of))
+    here = wait_for_sites(meter, s, len(key_of), log=log)
     # a node the SuperLink still lists may be gone (its heartbeat not yet expired):
     # Flower answers its message with an error, and it is away like one not listed;
     # a slow one is waited for (up to reply-timeout) while fewer than need answered
@@ -139,7 +139,8 @@ def check_claims(s: FederationSettings, saved: ServerState, replies: Mapping,
             f"config and the same state folder")
 
 
-def wait_for_sites(meter, s: FederationSettings, n: int, poll: float = 0.5) -> list[str]:
+def wait_for_sites(meter, s: FederationSettings, n: int, poll: float = 0.5,
+                   log: Callable[[str], None] | None = None) -> list[str]:
     """The connected nodes once all ``n`` sites of the saved run are, or, after
     ``connect-timeout``, once at least ``min-sites`` are (the others are away: they
     miss windows until they are back); fails after a further ``pause-timeout``.
@@ -151,12 +152,17 @@ def wait_for_sites(meter, s: FederationSettings, n: int, poll: float = 0.5) -> l
     node's answer is only its word, and one answering as a slow site would take its
     place."""
     need = min(s.min_sites, n)
-    stale_wait = getattr(meter, "stale_wait", 0.0)
+    stale_wait, said = getattr(meter, "stale_wait", 0.0), False
     start = since = time.monotonic()
     while True:
         up = sorted(meter.online())
         now = time.monotonic()
         if len(up) > n:
+            if log and stale_wait and not said:  # once, as the wait begins
+                said = True
+                log(f"mmvm: resume: {len(up)} SuperNodes are listed for the run's {n} "
+                    f"sites: waiting up to {stale_wait:.0f} s for the ids of SuperNodes "
+                    f"that are gone to lapse (their heartbeats)")
             if now - start >= stale_wait:
                 raise FederationError(
                     f"resume = {s.resume}: {len(up)} SuperNodes are connected, the run "

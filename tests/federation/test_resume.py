@@ -173,8 +173,12 @@ def test_sites_that_come_back_with_other_node_ids_are_found_by_name(cfg, tmp_pat
                                               r"5 sites \(still after \d+ s: a SuperNode"):
         run_federation(StaleListed(plain_endpoints(renamed), list(sites), stale_wait=0.01),
                        settings_for(cfg, **opts), resume_from=ckpt)
-    run_federation(stale, settings_for(cfg, **opts), resume_from=ckpt)
+    lines = []
+    run_federation(stale, settings_for(cfg, **opts), resume_from=ckpt, log=lines.append)
     assert stale.asked == [] and stale.lapse == 0
+    assert [ln for ln in lines if "waiting up to 60 s" in ln] == [
+        "mmvm: resume: 10 SuperNodes are listed for the run's 5 sites: waiting up to "
+        "60 s for the ids of SuperNodes that are gone to lapse (their heartbeats)"]
     a, b = params(ref.values()), params(sites.values())
     assert max(float(np.abs(a[n] - b[n]).max()) for n in a) == 0.0
 

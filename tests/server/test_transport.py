@@ -54,7 +54,8 @@ def test_too_many_supernodes_fail_at_once_naming_the_fix():
     assert grid.calls == 1
 
 
-def test_a_deployment_waits_for_a_supernode_that_is_gone_to_be_unlisted(monkeypatch):
+def test_a_deployment_waits_for_a_supernode_that_is_gone_to_be_unlisted(monkeypatch,
+                                                                         capsys):
     """A SuperNode restarted without node authentication is listed twice until its old
     node id's heartbeats lapse (Flower: up to a minute): the run starts once it is not,
     with the sites that are there; one more than that for longer fails naming it."""
@@ -63,6 +64,9 @@ def test_a_deployment_waits_for_a_supernode_that_is_gone_to_be_unlisted(monkeypa
     transport = FlowerTransport(grid, 3, timeout=10, connect_timeout=0.0)
     assert transport.stale_wait > 60  # not a simulation's grid: Flower's heartbeat window
     assert transport.nodes() == ["2", "3", "4"] and grid.calls == 3
+    said = capsys.readouterr().out.splitlines()  # once, as the wait begins
+    assert said == ["mmvm: 4 SuperNodes are listed for num-sites = 3: waiting up to 65 s "
+                    "for the ids of SuperNodes that are gone to lapse (their heartbeats)"]
     # connect-timeout counts from when the stale ids are gone: a site that was not up
     # yet gets its time (here: 50 s listed twice, then 25 s for the third to come)
     clock = _Clock()
