@@ -86,7 +86,12 @@ def judge_step_bytes(shape: Sequence[int], classes: int, width: int, vocab: int,
     with torch.device("meta"):
         net = build_classifier(shape, classes, width, vocab)
         x = torch.zeros(rows, *shape, dtype=torch.long if vocab else torch.float32)
-        count = _leaf_outputs(net, lambda: (net(x), x.numel())[1])
+
+        def step() -> int:  # the batch's own elements; the layers' by the hooks
+            net(x)
+            return x.numel()
+
+        count = _leaf_outputs(net, step)
     if isinstance(net, ImageClassifier):
         c, h, w = (int(s) for s in shape)
         count += rows * c * 28 * 28  # its input resized to 28 x 28 (not a module)

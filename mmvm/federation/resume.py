@@ -27,6 +27,7 @@ from mmvm.federation.messages import ResumeRequest
 from mmvm.federation.routing import Routing
 from mmvm.federation.server_state import ServerState, load_server_state, rebuild, rekey
 from mmvm.federation.settings import FederationSettings
+from mmvm.federation.transport import Metered
 from mmvm.secure.identity import new_challenge
 
 
@@ -38,7 +39,7 @@ class Resumed:
     pending: set[str]  # the saved run's sites that did not answer: asked when back
 
 
-def late_resumes(meter, s: FederationSettings, routing: Routing, coord: Coordinator,
+def late_resumes(meter: Metered, s: FederationSettings, routing: Routing, coord: Coordinator,
                  pending: set[str], window: int, flower_run: str = "") -> dict[str, str]:
     """The sites of a resumed run that were away at its resume and are connected now
     are asked where they are, as the others were, before their first window (a
@@ -68,7 +69,7 @@ def late_resumes(meter, s: FederationSettings, routing: Routing, coord: Coordina
     return bad
 
 
-def resume_run(meter, s: FederationSettings, routing: Routing, path: str | Path,
+def resume_run(meter: Metered, s: FederationSettings, routing: Routing, path: str | Path,
                log: Callable[[str], None] | None, flower_run: str = "") -> Resumed:
     """The saved run's coordinator and routing, checked against where the sites are
     (in secure mode each signs its answer for ``flower_run``, the run that asks)."""
@@ -139,7 +140,7 @@ def check_claims(s: FederationSettings, saved: ServerState, replies: Mapping,
             f"config and the same state folder")
 
 
-def wait_for_sites(meter, s: FederationSettings, n: int, poll: float = 0.5,
+def wait_for_sites(meter: Metered, s: FederationSettings, n: int, poll: float = 0.5,
                    log: Callable[[str], None] | None = None) -> list[str]:
     """The connected nodes once all ``n`` sites of the saved run are, or, after
     ``connect-timeout``, once at least ``min-sites`` are (the others are away: they
@@ -152,7 +153,7 @@ def wait_for_sites(meter, s: FederationSettings, n: int, poll: float = 0.5,
     node's answer is only its word, and one answering as a slow site would take its
     place."""
     need = min(s.min_sites, n)
-    stale_wait, said = getattr(meter, "stale_wait", 0.0), False
+    stale_wait, said = meter.stale_wait, False
     start = since = time.monotonic()
     while True:
         up = sorted(meter.online())
