@@ -188,11 +188,18 @@ class ExperimentConfig:
     source: str = "<defaults>"
 
 
+# the settings a site's node config may decide for itself (mmvm.federation.policy)
+SITE_CHOSEN = (("train", "device"), ("train", "compile"), ("data", "streaming"),
+               ("data", "cache_row_groups"))
+
+
 def shared_settings(cfg: ExperimentConfig) -> dict:
-    """The settings sites must share (not ``source``, nor ``train.device`` and
-    ``train.compile``, a site's node config's to decide), JSON-able."""
+    """The settings sites must share (not ``source``, nor ``train.device``,
+    ``train.compile``, ``data.streaming`` and ``data.cache_row_groups``, a site's node
+    config's to decide: none changes the results), JSON-able."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
-    settings["train"].pop("device", None), settings["train"].pop("compile", None)
+    for section, key in SITE_CHOSEN:
+        settings[section].pop(key, None)
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 

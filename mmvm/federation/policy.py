@@ -23,28 +23,23 @@ anything leaves the site:
 ``require-psi``        refuse keyed-pseudonym alignment (ids guessable) and
                        plaintext runs (ids in clear); needs ``keys``
 ``min-rows``           secure runs: refuse a plan with a window that trains fewer
-                       than this many of the site's rows (default 1); see
-                       :meth:`SitePolicy.check_plan`. Secure runs: leave out of
-                       the cross-site scores test rows that fewer than this many
-                       share their scores with (no difference of scores is a sum
-                       over fewer: :func:`mmvm.federation.site_cross_eval.small_cells`);
-                       above 1: score no posteriors others chose (the server's in
-                       plaintext, colluding peers' in secure runs:
-                       ``server_chosen_values``)
+                       than this many of the site's rows (default 1,
+                       :meth:`SitePolicy.check_plan`), and leave out of the
+                       cross-site scores test rows that fewer share their scores
+                       with (``site_cross_eval.small_cells``); above 1: score no
+                       posteriors others chose (``server_chosen_values``)
 ``max-steps``          the most optimiser steps a run's plan may hold (default
                        10,000,000; 8 bytes a step held, ~100 while it is checked)
 ``max-visits``         the most sample visits (epochs x aligned samples) a run may
                        ask for (default 100,000,000; ~60 bytes each while checked)
 ``max-batch``          the largest batch a run may ask for (default 4,096)
 ``max-params``         the most parameters of the site's model under the run's
-                       experiment config (default 200,000,000; counted before it
-                       is built)
+                       config (default 200,000,000; counted before it is built)
 ``max-align-rows``     the largest set of identifiers another site may align with
                        this one (default 1,000,000): a peer can fill its set with
                        guesses of this site's ids, and attach says which are this
                        site's. PSI: checked on each set this site multiplies;
-                       pseudonyms: on each peer's count (the server's, from
-                       describe) before this site's pseudonyms leave
+                       pseudonyms: on each peer's count (the server's) at describe
 ``eval-labels``        the label columns the site's final evaluation may probe,
                        comma-separated, ``fnmatch`` patterns (``"label,label.dx"``,
                        ``"label.*"``, ``"*"``; ``""``: none). Default: ``label``
@@ -52,8 +47,11 @@ anything leaves the site:
                        column (``data.label``); one it does not allow gets no
                        probe (reconstruction is still evaluated)
 ``device``             where the site trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
-                       ``auto``): the run config's ``train.device`` is ignored then
-                       (default: the run config's)
+                       ``auto``); default: the run config's ``train.device``
+``streaming``          read the site's files row group by row group (true) or whole
+                       (false); default: the run config's ``data.streaming``
+``cache-row-groups``   the most row groups a streaming site holds decoded (default
+                       8 where ``streaming`` is true, else the run config's)
 ``report-losses``      send the server each window's loss sums and the final
                        evaluation's reconstruction error (default on); off, the
                        site sends row counts, timings and the evaluation's
@@ -63,18 +61,15 @@ anything leaves the site:
                        a crafted mean still tells: deploy/README.md 7)
 ``allow-compile``      let the run config's ``train.compile`` compile the site's
                        networks (torch Inductor writes and builds code; default off)
-``share-test``         at the end, take part in the cross-site evaluation:
-                       plaintext runs send the server the ids of its test samples
-                       and its posteriors of them; secure runs align the test ids
-                       as training's (keyed pseudonyms, or a PSI ring) and seal
-                       the posteriors to the peers sharing each sample
-                       (:mod:`mmvm.federation.sealed_heldout`). Every site then
-                       scores imputation and coherence of its modalities from the
-                       others' (:mod:`mmvm.federation.cross_eval`; default on,
-                       off where ``report-losses`` is; off, the site takes no part
-                       in it). Answered once a run, with the weights its
-                       evaluation then uses; a score over fewer than a quarter of
-                       its test rows is not reported
+``share-test``         take part in the cross-site evaluation (default on, off
+                       where ``report-losses`` is): plaintext runs send the server
+                       its test ids and posteriors; secure runs align the ids as
+                       training's (pseudonyms, or a PSI ring) and seal the
+                       posteriors to the peers sharing each sample
+                       (:mod:`mmvm.federation.sealed_heldout`); each site scores
+                       its modalities from the others' once a run
+                       (:mod:`mmvm.federation.cross_eval`), none over fewer than
+                       a quarter of its test rows
 ``holders``            per modality this site holds, every site that holds it
                        (``"frontal=hospital-a,hospital-c;lateral=hospital-b"``, this
                        site included; ``frontal=hospital-a``: never shared): who a
@@ -104,11 +99,9 @@ anything leaves the site:
                        estimated on the meta device, :mod:`mmvm.footprint`)
 =====================  ==========================================================
 
-The ``max-*`` limits keep a server's plan or a submitter's config from exhausting
-the site's host: without them one attach message could ask for 10^9 epochs.
-
-A simulation has no node config: its sites follow the run config (``secure``,
-``keys-dir``), a test bed run by one person, where none of this applies.
+The ``max-*`` limits (and ``streaming``) keep a server's plan or a submitter's config
+from exhausting the site's host (one attach message could ask for 10^9 epochs). A
+simulation has no node config: its sites follow the run config, a test bed.
 """
 
 from __future__ import annotations
@@ -128,7 +121,7 @@ from mmvm.secure.pins import pinned_entries
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
-        "device", "allow-compile", "report-losses", "pictures", "share-test", "holders",
+        "device", "streaming", "cache-row-groups", "allow-compile", "report-losses", "pictures", "share-test", "holders",
         "experiment")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
@@ -158,6 +151,8 @@ class SitePolicy:
     max_align_rows: int = LIMITS["max-align-rows"]
     eval_labels: tuple[str, ...] = ("*",)  # label columns probed at evaluation
     device: str = ""  # where the site trains; "" = the run config's train.device
+    streaming: bool | None = None  # None = the run config's data.streaming
+    cache_row_groups: int = 0  # 0 = the run config's data.cache_row_groups
     allow_compile: bool = True  # a deployment site's default: False (load_policy)
     report_losses: bool = True  # off: loss sums and test NLL stay at the site
     pictures: bool = False  # a deployment site's default: True (load_policy)
@@ -180,11 +175,16 @@ class SitePolicy:
         return self.min_rows if self.share_test and not self.test_bed else 1
 
     def experiment(self, cfg):
-        """The run's experiment config as this site runs it: on its own ``device``
-        when its node config names one, compiled only where it allows that."""
-        return dataclasses.replace(cfg, train=dataclasses.replace(
-            cfg.train, device=self.device or cfg.train.device,
-            compile=cfg.train.compile and self.allow_compile))
+        """The run's experiment config as this site runs it: on its own ``device``,
+        reading its files as its ``streaming`` says, when its node config names them,
+        compiled only where it allows that (none of it changes the results)."""
+        stream = cfg.data.streaming if self.streaming is None else self.streaming
+        return dataclasses.replace(
+            cfg, train=dataclasses.replace(
+                cfg.train, device=self.device or cfg.train.device,
+                compile=cfg.train.compile and self.allow_compile),
+            data=dataclasses.replace(cfg.data, streaming=stream, cache_row_groups=(
+                self.cache_row_groups or cfg.data.cache_row_groups)))
 
     def label_allowed(self, label: str) -> bool:
         """Whether the final evaluation may report a probe of label column ``label``

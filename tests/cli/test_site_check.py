@@ -408,3 +408,23 @@ def test_the_config_alone_prints_the_digest_a_node_config_pins(capsys):
         capsys.readouterr().out
     assert main(["site", "check"]) == 2
     assert "give --node-config" in capsys.readouterr().err
+
+
+def test_a_site_whose_data_fits_only_streamed_is_told_to_say_so(fed, monkeypatch):
+    """A train file whose tensors would take over half the host's memory read whole
+    (a run config's data.streaming=false, the default) is warned, naming the node
+    config key that decides it; with streaming="true" the policy says it streams."""
+    from mmvm.cli import site_check
+
+    whole = 192 * 3 * 28 * 28  # site-a's train rows x its m0 image, uint8
+    monkeypatch.setattr(site_check, "memory_budget", lambda: 2 * whole - 1)
+    warned = findings(check_node_config(node_config(fed)), "data", WARNING)
+    assert len(warned) == 1 and "441.0 KiB of tensors" in warned[0] \
+        and 'set streaming="true"' in warned[0], warned
+    streams = check_node_config(node_config(fed, streaming="true"))
+    assert not findings(streams, "data", WARNING)
+    said = findings(streams, "policy", OK)
+    assert "streaming on (8 row groups)" in said[0] and "reads its files streamed" in \
+        said[1], said
+    monkeypatch.setattr(site_check, "memory_budget", lambda: 2 * whole)
+    assert not findings(check_node_config(node_config(fed)), "data", WARNING)

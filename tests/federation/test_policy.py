@@ -208,6 +208,31 @@ def test_a_sites_device_is_its_node_configs_and_not_part_of_the_shared_experimen
         load_policy({"data": "/d", "device": "gpu"}, "a")
 
 
+def test_a_site_reads_its_files_as_its_node_config_says_and_the_experiment_is_shared():
+    """A hospital whose images fit only streamed says so in its node config: the run
+    config's data.streaming=false (or a cache of a million row groups, the whole
+    file) is ignored there; reading streamed gives the same batches, so the sites
+    still agree on the experiment's digest (masks and the experiment pin bind to it)."""
+    from pathlib import Path
+
+    from mmvm.config import config_digest, load_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "hippocampus.toml"
+    cfg = load_config(path, ["data.streaming=false", "data.cache_row_groups=1000000"])
+    streams = load_policy({"data": "/d", "streaming": "true"}, "a").experiment(cfg)
+    assert streams.data.streaming and streams.data.cache_row_groups == 8
+    assert config_digest(streams) == config_digest(cfg)
+    small = load_policy({"data": "/d", "streaming": "true", "cache-row-groups": "2"}, "a")
+    assert small.experiment(cfg).data.cache_row_groups == 2
+    whole = load_policy({"data": "/d", "streaming": "false"}, "a")
+    assert not whole.experiment(load_config(path, ["data.streaming=true"])).data.streaming
+    assert load_policy({"data": "/d"}, "a").experiment(cfg) == cfg  # the run's
+    with pytest.raises(PolicyError, match=r"streaming"):
+        load_policy({"data": "/d", "streaming": "sometimes"}, "a")
+    with pytest.raises(PolicyError, match=r"cache-row-groups"):
+        load_policy({"data": "/d", "cache-row-groups": "0"}, "a")
+
+
 def test_a_run_config_compiles_a_sites_networks_only_where_the_site_allows_it():
     """train.compile makes torch Inductor write C++/Triton code under /tmp and build
     it at every message: a deployment site does that only with allow-compile; a
