@@ -42,6 +42,7 @@ from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.sent_log import append_sent, capped
 from mmvm.federation.settings import APP_DIR, FederationSettings, load_settings
 from mmvm.federation.site import Site
+from mmvm.federation.site_config import site_experiment
 from mmvm.federation.site_dirs import own_site_files
 from mmvm.federation.site_errors import SITE_TAG, public_error
 from mmvm.federation.site_store import SiteStore
@@ -200,7 +201,8 @@ def _node(context: Context, s: FederationSettings, policy: SitePolicy, files: tu
         name, train, test = files
         store = SiteStore(root / f"{name}.pt",  # a secure site never goes back
                           fall_back=not (s.secure or policy.secure_site))
-        site = Site(policy.experiment(s.experiment), name, train, test,
+        cfg = site_experiment(policy, s.experiment, (train, test))
+        site = Site(cfg, name, train, test,
                     admit=lambda names: policy.check_params(
                         name, count_parameters(s.experiment, names)))
         node = _NODES[key] = Node(s, policy, site, store)

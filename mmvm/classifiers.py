@@ -56,6 +56,7 @@ from mmvm.checkpoint import load_checkpoint, save_checkpoint
 from mmvm.classifier_nets import Ensemble, ImageClassifier, build_classifier
 from mmvm.config import EvalConfig
 from mmvm.judges import (
+    file_digest,
     holding,
     is_image,
     labelled_count,
@@ -218,24 +219,12 @@ def cache_key(train_path, test_path, name: str, cfg: ClassifierConfig, vocab: in
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (~1 s a GB), remembered while its size, time and
-    inode stay: a process that evaluates several times reads each file once."""
-    st = os.stat(path)
-    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-@functools.lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def load_or_train(
     train_path, test_path, names: Sequence[str], *,
     label: str = "label", cfg: ClassifierConfig = ClassifierConfig(),
     cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
     log=None, tokens: Mapping[str, int] | None = None, progress: bool | None = None,
+    decoded_dir: str = "",
 ) -> TrainedClassifiers:
     """The classifier of every modality in ``names`` with labelled rows, from the cache
     or trained now; the others are ``skipped`` (and logged) before any judge trains.
@@ -249,6 +238,8 @@ def load_or_train(
     log : optional ``callable(str)`` told what is loaded, trained or skipped.
     tokens : modality -> vocabulary size, for modalities of kind ``tokens``.
     progress : a bar per classifier trained; None: when stdout is a terminal.
+    decoded_dir : train from a decoded copy there (a streaming site's: its rows read
+        a batch at a time, never the whole file; :func:`mmvm.judges.labelled_rows`).
     """
     tokens = dict(tokens or {})
     if progress is None:  # stdout may be None or a wrapper without isatty
@@ -279,7 +270,7 @@ def load_or_train(
             if log:
                 log(f"training the {name} classifier ({recipe.epochs} epochs) -> {path}")
             model, state = _train_judge(name, train_path, test_path, label, recipe,
-                                        device, vocab, progress)
+                                        device, vocab, progress, decoded_dir)
             path = _save_judge(path, state, None if cache_dir else
                                _default_places(train_path, name)[1], log)
         elif log:
@@ -325,15 +316,15 @@ def _save_judge(path: Path, state: dict, fallback: Path | None, log) -> Path:
 
 def _train_judge(name: str, train_paths, test_paths, label: str,
                  cfg: ClassifierConfig, device: str | torch.device, vocab: int,
-                 progress: bool) -> tuple[nn.Module, dict]:
+                 progress: bool, decoded_dir: str = "") -> tuple[nn.Module, dict]:
     """Modality ``name``'s judge, trained and scored, and the state the cache keeps."""
     from mmvm.progress import counting_bar
 
-    x, y, scale = labelled_rows(train_paths, name, label)
+    x, y, scale = labelled_rows(train_paths, name, label, decoded_dir)
     n_classes, text = int(y.max()) + 1, functools.partial(_judge_text, name, len(x), cfg)
     with counting_bar(training_steps(len(x), cfg), text, progress) as step:
         model = train_classifier(x, y, n_classes, cfg, device, scale, vocab, step)
-    xt, yt, _ = labelled_rows(test_paths, name, label)
+    xt, yt, _ = labelled_rows(test_paths, name, label, decoded_dir)
     hits = (predict(model, xt, scale=scale) == yt).float()
     acc = float(hits.mean()) if len(yt) else math.nan
     state = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},

@@ -110,6 +110,10 @@ class DataConfig:
     # groups, so the data need not fit in memory; same batches, same results.
     streaming: bool = False
     cache_row_groups: int = 8
+    # streaming with a folder: the tensors decoded once into .npy files there, which
+    # batches read row by row (random rows at disk speed; mmvm.data.decoded). A
+    # deployed site's is <state>/decoded whenever it streams (its node config's)
+    decoded_dir: str = ""
     # permutation: the full seeded permutation (exact, shared with federation);
     # grouped (needs streaming): shuffle row groups, and rows within windows of
     # schedule_window groups, so batches touch few groups (mmvm.schedule).
@@ -190,7 +194,7 @@ class ExperimentConfig:
 
 # the settings a site's node config may decide for itself (mmvm.federation.policy)
 SITE_CHOSEN = (("train", "device"), ("train", "compile"), ("data", "streaming"),
-               ("data", "cache_row_groups"))
+               ("data", "cache_row_groups"), ("data", "decoded_dir"))
 
 
 def shared_settings(cfg: ExperimentConfig) -> dict:

@@ -5,15 +5,19 @@ joined by sample id across all the site files (as the probes read them: a sample
 label is known if any file has it), so a modality whose own file has no label column
 still gets a judge from the labels other sites keep. :func:`labelled_count` says how
 many rows that is without decoding a tensor, so a modality with none is known before
-any judge trains.
+any judge trains. A streaming site's judges read their rows a batch at a time from its
+decoded copy (:class:`StreamedRows`), never the whole file.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
@@ -53,19 +57,53 @@ def labelled_count(paths: Paths, name: str, label: str = "label") -> int:
     return int((read_labels(site_files(paths), ids, [label])[label] >= 0).sum())
 
 
-def labelled_rows(paths: Paths, name: str, label: str = "label"
-                  ) -> tuple[Tensor, Tensor, float]:
+def labelled_rows(paths: Paths, name: str, label: str = "label", decoded_dir: str = ""
+                  ) -> tuple[Tensor | StreamedRows, Tensor, float]:
     """A modality's stored rows that have a known label (joined by sample id across
     ``paths``, one file or several), those labels, and the modality's scale; no rows
-    when no file has a ``label`` column."""
-    import torch
-
+    when no file has a ``label`` column. With ``decoded_dir``: the rows as
+    :class:`StreamedRows` of a decoded copy there, already scaled (scale 1)."""
     from mmvm.data.dataset import MultimodalDataset
+    from mmvm.data.streaming import StreamingDataset
 
-    ds = MultimodalDataset.from_parquet(site_files(paths), [name], label=label)
+    ds = StreamingDataset(site_files(paths), [name], label, decoded_dir=decoded_dir) \
+        if decoded_dir else MultimodalDataset.from_parquet(site_files(paths), [name],
+                                                           label=label)
     labels = ds.labels if ds.labels is not None else torch.full((len(ds),), -1)
     keep = ds.mask[:, 0] & (labels >= 0)
+    if decoded_dir:
+        return StreamedRows(ds, name, torch.nonzero(keep).flatten()), labels[keep], 1.0
     return ds.tensors[name][keep], labels[keep], ds.scales[name]
+
+
+class StreamedRows:
+    """Rows ``rows`` of modality ``name`` of a streaming dataset, indexed like the
+    tensor of them (``x[idx]``, ``x[i:j]``, ``len``, ``shape``) and read only when
+    indexed: the model's float inputs (the stored values over their scale), which
+    a judge's ``.float().div_(1.0)`` leaves as they are."""
+
+    def __init__(self, ds, name: str, rows: Tensor) -> None:
+        self.ds, self.name, self.rows = ds, name, rows
+        self.shape = torch.Size((len(rows), *ds.shapes[name]))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> Tensor:
+        return self.ds.batch(self.rows[idx])["x"][self.name]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (~1 s a GB), remembered while its size, time and
+    inode stay: a process that evaluates several times reads each file once."""
+    st = os.stat(path)
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def no_judge(paths: Paths, name: str, label: str) -> str:

@@ -315,7 +315,7 @@ def _state(cfg, model, optimizer, epoch, step, history, scaler=None) -> dict[str
     }
 
 
-_READ_ONLY_KEYS = ("streaming", "cache_row_groups")
+_READ_ONLY_KEYS = ("streaming", "cache_row_groups", "decoded_dir")
 
 
 def _resume(path: Path, cfg: ExperimentConfig, model, optimizer, scaler=None

@@ -105,3 +105,19 @@ def test_the_methods_benchmark_table_says_chance_judges_and_warnings():
     assert "Judges' accuracy on real test data: m0 0.910." in text
     assert "- warning (3 of 3 runs): coherence 0.100 is below chance" in text
     assert "- warning (1 of 3 runs): every generation from m0" in text
+
+
+def test_the_streaming_benchmark_measures_each_way_of_reading_and_writes_its_table(
+        tmp_path):
+    out = tmp_path / "streaming"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "streaming_reads.py"),
+                           "--rows", "300", "--side", "8", "--row-group", "64",
+                           "--batches", "3", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {r["mode"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert set(runs) == {"memory", "row-groups", "decoded-copy"}
+    assert runs["decoded-copy"]["disk_mib"] * 2**20 == 300 * 3 * 8 * 8 + 128  # + header
+    assert all(r["batch_ms"] > 0 for r in runs.values())
+    assert "| decoded-copy |" in done.stdout and (out / "results.csv").is_file()
+    assert not (out / "work").exists()

@@ -259,3 +259,27 @@ def test_the_judges_batch_size_and_learning_rate_come_from_the_config():
                        "eval.classifier_batch_size must be >= 1, got 0")):
         with pytest.raises(ConfigError, match=said):
             load_config(config, [bad])
+
+
+def test_a_streaming_sites_judges_read_a_batch_at_a_time_and_are_the_same_judges(
+        tiny_polymnist, tmp_path, monkeypatch):
+    """A streaming site's judges train from its decoded copy (no whole read of its
+    train or test file: that would take the memory streaming spares) and are the
+    judges a whole read trains, weight for weight, with the same test accuracy."""
+    from mmvm.classifiers import ClassifierConfig, load_or_train
+    from mmvm.data.dataset import MultimodalDataset
+
+    files = (tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet")
+    recipe = ClassifierConfig(epochs=1, width=4, shift=2, rotate=10.0)
+    whole = load_or_train(*files, ["m0"], cfg=recipe, cache_dir=tmp_path / "a")
+
+    def no_whole_read(*args, **kwargs):
+        raise AssertionError("a whole read at a streaming site")
+
+    monkeypatch.setattr(MultimodalDataset, "from_parquet", no_whole_read)
+    streamed = load_or_train(*files, ["m0"], cfg=recipe, cache_dir=tmp_path / "b",
+                             decoded_dir=str(tmp_path / "decoded"))
+    assert len(list((tmp_path / "decoded").glob("*.npy"))) == 2  # train's m0, test's m0
+    a, b = whole.models["m0"].state_dict(), streamed.models["m0"].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.test_accuracy == streamed.test_accuracy

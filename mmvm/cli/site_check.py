@@ -14,6 +14,7 @@ test split read as the final evaluation reads it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import os
@@ -24,8 +25,8 @@ from mmvm.cli.run_config import APP_DIR
 from mmvm.cli.site_findings import ERROR, OK, WARNING, NodeCheck
 from mmvm.cli.site_holders import check_holder_groups, check_holders_data, summary
 from mmvm.cli.site_keys_check import check_keys
+from mmvm.cli.site_reading import check_reading
 from mmvm.config import ExperimentConfig
-from mmvm.data.store_limits import fmt_bytes, memory_budget, row_bytes
 from mmvm.federation.node_config import (
     SECURE_ONLY,
     SECURE_PEERS,
@@ -71,7 +72,7 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
         _min_rows(check, policy, train, test)
     if train is not None:
         _eval_labels(check, policy, train)
-        _reading(check, policy, train)
+        check_reading(check, policy, train, test)
     if policy.secure_site:
         check_keys(check, policy, pinned="peers" in nc and "peers" not in bad,
               unpinned="peers" not in nc)
@@ -184,6 +185,7 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
     from mmvm.data.value_ranges import range_warnings
     from mmvm.federation.policy import PolicyError
     from mmvm.federation.site import Site
+    from mmvm.federation.site_config import site_experiment
     from mmvm.federation.site_limits import check_latents
     from mmvm.footprint import step_bytes
     from mmvm.training import count_parameters
@@ -193,7 +195,9 @@ def _experiment(check: NodeCheck, cfg: ExperimentConfig, train: Path | None,
                   f"train.parquet)")
         return
     try:  # a model beyond max-params is not built, so the limits below wait for it
-        cfg = policy.experiment(cfg)  # on the site's own device, if it names one
+        # on the site's own device, reading as it will (a check writes no decoded copy)
+        cfg = site_experiment(policy, cfg, [p for p in (train, test) if p])
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, decoded_dir=""))
         site = Site(cfg, check.site, train, test, admit=lambda names: policy.check_params(
             check.site, count_parameters(cfg, names)))
         if test is not None:
@@ -267,21 +271,6 @@ def _eval_labels(check: NodeCheck, p: SitePolicy, train: Path) -> None:
                   f"column of {train} (it has {', '.join(columns) or 'none'})")
 
 
-def _reading(check: NodeCheck, p: SitePolicy, train: Path) -> None:
-    """Warn where a run config's ``data.streaming=false`` (the default) would read the
-    train file whole into over half this host's memory: ``streaming`` decides it."""
-    from mmvm.data.store import open_parquet, read_layout
-
-    layout = read_layout(open_parquet(train), str(train))
-    whole, budget = layout.num_rows * row_bytes(layout.specs, list(layout.specs)), \
-        memory_budget()
-    if p.streaming is None and 2 * whole > budget:
-        check.add("data", WARNING, f"{train} read whole holds {fmt_bytes(whole)} of "
-                  f"tensors, this host has {fmt_bytes(budget)}: a run config's "
-                  f"data.streaming=false (its default) would read it so; set "
-                  f"streaming=\"true\" (row groups on demand, cache-row-groups at a time)")
-
-
 def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None:
     on = {True: "on", False: "off"}
     check.add("policy", OK, "the values that parse: " * partial + f"require-secure "
@@ -292,8 +281,8 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}, max-align-rows "
               f"{p.max_align_rows:,}; eval-labels {','.join(p.eval_labels) or 'none'}; device "
               f"{p.device or 'as the run config says'}; streaming " + (
-                  "as the run config says" if p.streaming is None else
-                  f"on ({p.cache_row_groups} row groups)" if p.streaming else "off")
+                  "by the files' size" if p.streaming is None else
+                  "on (a decoded copy in <state>/decoded)" if p.streaming else "off")
               + f"; allow-compile {on[p.allow_compile]}"
               f", report-losses {on[p.report_losses]}, pictures {on[p.pictures]}, "
               f"share-test {on[p.share_test]}; "

@@ -78,5 +78,5 @@ def summary(p: SitePolicy) -> str:
                + ", ".join(p.eval_labels) if p.eval_labels else "; reports no probe")
             + ("" if p.report_losses else "; keeps its loss sums")
             + f"; trains on {p.device or 'the device the run config says'}"
-            + "; reads its files " + ("as the run config says" if p.streaming is None
+            + "; reads its files " + ("as their size says" if p.streaming is None
                                       else "streamed" if p.streaming else "whole"))

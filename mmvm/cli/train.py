@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data.folders: <data.root>/<folder>/<data.train> for each, joined by sample id). "
         "Resumes from <train.out_dir>/checkpoint.pt when the config matches. "
         "--set data.streaming=true reads the file row group by row group instead of "
-        "loading it whole.")
+        "loading it whole (with data.schedule=grouped; or with "
+        "data.decoded_dir=FOLDER from a decoded copy there, in any order).")
     add_config_arguments(p, MAIN_JOB_CONFIG)
     p.add_argument("--fresh", action="store_true",
                    help="ignore an existing checkpoint in train.out_dir and start over "

@@ -38,7 +38,7 @@ def open_dataset(
     paths : one site file or several (joined by sample id).
     names : the modalities to load, in this order; ``None`` = all the files hold.
     data_cfg : the experiment's ``[data]`` section (``label``, ``streaming``,
-        ``cache_row_groups``).
+        ``cache_row_groups``, ``decoded_dir``).
     limit : keep ``limit`` samples chosen at random, reproducibly by sample id (0 = all;
         :func:`mmvm.subsample.keep_ids`).
     """
@@ -47,7 +47,8 @@ def open_dataset(
         from mmvm.data.streaming import StreamingDataset
 
         return StreamingDataset(paths, names, data_cfg.label, limit,
-                                cache_row_groups=data_cfg.cache_row_groups)
+                                cache_row_groups=data_cfg.cache_row_groups,
+                                decoded_dir=data_cfg.decoded_dir)
     from mmvm.data.dataset import MultimodalDataset
 
     return MultimodalDataset.from_parquet(paths, names, data_cfg.label, limit)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from mmvm.data.dataset import IdIndex, merge_labels
+from mmvm.data.decoded import decoded_arrays
 from mmvm.data.label_names import check_label_names
 from mmvm.data.store import (
     DataError,
@@ -106,11 +107,15 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
         :func:`mmvm.subsample.keep_ids`).
     cache_row_groups : decoded row groups kept in memory (LRU), at least 1. One batch
         reads each row group it needs once, whatever this size.
+    decoded_dir : a folder for a decoded copy of the tensors that batches read row by
+        row (:mod:`mmvm.data.decoded`: random rows at disk speed, the tensors' size on
+        disk); "" = none, batches decode the row groups they touch.
     """
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike],
                  names: Sequence[str] | None = None, label: str = "label",
-                 limit: int = 0, cache_row_groups: int = 8) -> None:
+                 limit: int = 0, cache_row_groups: int = 8,
+                 decoded_dir: str | os.PathLike = "") -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         if not paths:
@@ -127,10 +132,15 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
         check_label_names(paths)
         rows = sum(int(f.offsets[-1]) for f in files)
         groups = sorted((f.group_bytes() for f in files), reverse=True)
+        held = 1 if decoded_dir else self.cache_row_groups  # a decoded copy holds none
         check_fits(", ".join(str(p) for p in paths),
-                   f"an index of {rows} rows and {self.cache_row_groups} cached row groups",
-                   rows * ROW_INDEX_BYTES + sum(groups[:self.cache_row_groups]), STREAM_HINT)
+                   f"an index of {rows} rows and {held} cached row groups",
+                   rows * ROW_INDEX_BYTES + sum(groups[:held]), STREAM_HINT)
         self._build_index(names, label, limit)
+        self._mapped = [decoded_arrays(
+            decoded_dir, f.path, int(f.offsets[-1]), f.layout.specs, f.held,
+            f.num_row_groups, self._group_reader(fi), f.offsets)
+            if decoded_dir else None for fi, f in enumerate(files)]
         self._cache: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
         self.reads: Counter[tuple[int, int]] = Counter()  # (file, group) -> reads
         self.peak_cached = 0
@@ -246,6 +256,9 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
                 at = np.flatnonzero(fi_all == fi)
                 frow = self._src_row[m][pos[at]]
                 f = self.files[fi]
+                if self._mapped[fi] is not None:  # a decoded copy: read just these rows
+                    bufs[m][at] = self._mapped[fi][m][frow]
+                    continue
                 grp = np.searchsorted(f.offsets, frow, side="right") - 1
                 for k in np.unique(grp):
                     sel = grp == k
@@ -272,15 +285,18 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
                 "index": b["index"][0], **({"label": b["label"][0]} if "label" in b else {})}
 
     # ------------------------------------------------------------------ cache
+    def _group_reader(self, fi: int):
+        """``read(k)``: row group ``k`` of file ``fi``, checked against the index."""
+        f = self.files[fi]
+        return lambda k: f.read_group(k, self._file_ids[fi][f.offsets[k]:f.offsets[k + 1]])
+
     def _group(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
         fi, k = key
-        f = self.files[fi]
-        ids = self._file_ids[fi][f.offsets[k]:f.offsets[k + 1]]
-        group = f.read_group(k, ids)
+        group = self._group_reader(fi)(k)
         self.reads[key] += 1
         self._cache[key] = group
         while len(self._cache) > self.cache_row_groups:

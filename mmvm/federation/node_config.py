@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmvm.config import DataConfig
 from mmvm.federation.booleans import as_bool
 from mmvm.federation.policy import KEYS, LIMITS, PolicyError, SitePolicy
 from mmvm.secure.keys import validate_site_name
@@ -121,7 +120,6 @@ _READERS = {"require-secure": lambda nc, k: _bool(nc, k, False),
             "eval-labels": lambda nc, k: _labels(str(nc[k])),
             "device": lambda nc, k: _device(str(nc[k])),
             "streaming": lambda nc, k: _bool(nc, k, False),
-            "cache-row-groups": lambda nc, k: _positive(nc, k, DataConfig.cache_row_groups),
             "allow-compile": lambda nc, k: _bool(nc, k, False),
             "report-losses": lambda nc, k: _bool(nc, k, True),
             "pictures": lambda nc, k: _bool(nc, k, True),
@@ -215,9 +213,6 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         else ("label",) if keys else ("*",),
         device=_device(str(nc["device"])) if "device" in nc else "",
         streaming=_bool(nc, "streaming", False) if "streaming" in nc else None,
-        # a site that streams bounds its cache too (a huge one is the whole file)
-        cache_row_groups=_positive(nc, "cache-row-groups", DataConfig.cache_row_groups)
-        if "cache-row-groups" in nc or _bool(nc, "streaming", False) else 0,
         allow_compile=_bool(nc, "allow-compile", False),
         report_losses=_bool(nc, "report-losses", True),
         pictures=_bool(nc, "pictures", True),

@@ -39,7 +39,8 @@ anything leaves the site:
                        this one (default 1,000,000): a peer can fill its set with
                        guesses of this site's ids, and attach says which are this
                        site's. PSI: checked on each set this site multiplies;
-                       pseudonyms: on each peer's count (the server's) at describe
+                       pseudonyms: on each peer's count (the server's, from
+                       describe) before this site's pseudonyms leave
 ``eval-labels``        the label columns the site's final evaluation may probe,
                        comma-separated, ``fnmatch`` patterns (``"label,label.dx"``,
                        ``"label.*"``, ``"*"``; ``""``: none). Default: ``label``
@@ -48,10 +49,10 @@ anything leaves the site:
                        probe (reconstruction is still evaluated)
 ``device``             where the site trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
                        ``auto``); default: the run config's ``train.device``
-``streaming``          read the site's files row group by row group (true) or whole
-                       (false); default: the run config's ``data.streaming``
-``cache-row-groups``   the most row groups a streaming site holds decoded (default
-                       8 where ``streaming`` is true, else the run config's)
+``streaming``          read the site's files through a decoded copy in
+                       ``<state>/decoded`` (true) or whole (false); default: the
+                       site decides by their size (never the run config:
+                       :mod:`mmvm.federation.site_config`)
 ``report-losses``      send the server each window's loss sums and the final
                        evaluation's reconstruction error (default on); off, the
                        site sends row counts, timings and the evaluation's
@@ -67,9 +68,11 @@ anything leaves the site:
                        training's (pseudonyms, or a PSI ring) and seal the
                        posteriors to the peers sharing each sample
                        (:mod:`mmvm.federation.sealed_heldout`); each site scores
-                       its modalities from the others' once a run
-                       (:mod:`mmvm.federation.cross_eval`), none over fewer than
-                       a quarter of its test rows
+                       its modalities from the others'
+                       (:mod:`mmvm.federation.cross_eval`); off, the site takes
+                       no part in it. Answered once a run, with the weights its
+                       evaluation then uses; no score over fewer than a quarter
+                       of its test rows
 ``holders``            per modality this site holds, every site that holds it
                        (``"frontal=hospital-a,hospital-c;lateral=hospital-b"``, this
                        site included; ``frontal=hospital-a``: never shared): who a
@@ -101,12 +104,12 @@ anything leaves the site:
 
 The ``max-*`` limits (and ``streaming``) keep a server's plan or a submitter's config
 from exhausting the site's host (one attach message could ask for 10^9 epochs). A
-simulation has no node config: its sites follow the run config, a test bed.
+simulation has no node config: its sites follow the run config (``secure``,
+``keys-dir``), a test bed run by one person, where none of this applies.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,8 +124,8 @@ from mmvm.secure.pins import pinned_entries
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
         "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
-        "device", "streaming", "cache-row-groups", "allow-compile", "report-losses", "pictures", "share-test", "holders",
-        "experiment")
+        "device", "streaming", "allow-compile", "report-losses", "pictures", "share-test",
+        "holders", "experiment")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
           "max-align-rows": 1_000_000}  # the max-* keys' defaults
@@ -151,8 +154,7 @@ class SitePolicy:
     max_align_rows: int = LIMITS["max-align-rows"]
     eval_labels: tuple[str, ...] = ("*",)  # label columns probed at evaluation
     device: str = ""  # where the site trains; "" = the run config's train.device
-    streaming: bool | None = None  # None = the run config's data.streaming
-    cache_row_groups: int = 0  # 0 = the run config's data.cache_row_groups
+    streaming: bool | None = None  # None: by the files' size (site_config.streams)
     allow_compile: bool = True  # a deployment site's default: False (load_policy)
     report_losses: bool = True  # off: loss sums and test NLL stay at the site
     pictures: bool = False  # a deployment site's default: True (load_policy)
@@ -173,18 +175,6 @@ class SitePolicy:
         1, it scores none (site_cross_eval's ``server_chosen_values``); 1 for a test
         bed, and where ``share-test`` is off (it takes no part, for its own reason)."""
         return self.min_rows if self.share_test and not self.test_bed else 1
-
-    def experiment(self, cfg):
-        """The run's experiment config as this site runs it: on its own ``device``,
-        reading its files as its ``streaming`` says, when its node config names them,
-        compiled only where it allows that (none of it changes the results)."""
-        stream = cfg.data.streaming if self.streaming is None else self.streaming
-        return dataclasses.replace(
-            cfg, train=dataclasses.replace(
-                cfg.train, device=self.device or cfg.train.device,
-                compile=cfg.train.compile and self.allow_compile),
-            data=dataclasses.replace(cfg.data, streaming=stream, cache_row_groups=(
-                self.cache_row_groups or cfg.data.cache_row_groups)))
 
     def label_allowed(self, label: str) -> bool:
         """Whether the final evaluation may report a probe of label column ``label``

@@ -118,7 +118,8 @@ def _cross(site: Site, test, blob: bytes, probes: bool, draw: bool, log,
                 judges = load_or_train(
                     site.train_path, site.test_path, site.names, label=cfg.data.label,
                     cfg=recipe_for(cfg), device=site.device, log=log, cache_dir=keep,
-                    tokens=vocabularies(cfg))
+                    tokens=vocabularies(cfg),  # a streaming site's from its copy
+                    decoded_dir=cfg.data.decoded_dir * cfg.data.streaming)
     accuracy = {f"judge_accuracy/{m}": a for m, a in
                 getattr(judges, "test_accuracy", {}).items() if not math.isnan(a)}
     values = cross_values(site, test, others, judges, sample=draw,

@@ -31,6 +31,7 @@ METRICS: dict[str, tuple[str, bool]] = {
 # config keys that differ between seeds or machines without changing the experiment
 BOOKKEEPING = {
     "source", "data.folders", "data.streaming", "data.cache_row_groups",
+    "data.decoded_dir",
     "train.seed", "train.out_dir", "train.device", "train.num_threads",
     "train.checkpoint_every", "train.compile", "train.amp", "train.channels_last",
     "model.method", "train.beta", "eval.batch_size",

@@ -410,21 +410,37 @@ def test_the_config_alone_prints_the_digest_a_node_config_pins(capsys):
     assert "give --node-config" in capsys.readouterr().err
 
 
-def test_a_site_whose_data_fits_only_streamed_is_told_to_say_so(fed, monkeypatch):
-    """A train file whose tensors would take over half the host's memory read whole
-    (a run config's data.streaming=false, the default) is warned, naming the node
-    config key that decides it; with streaming="true" the policy says it streams."""
-    from mmvm.cli import site_check
+def test_the_check_says_how_the_site_reads_its_files_and_what_streaming_needs(
+        fed, monkeypatch):
+    """Without streaming= the site streams where its files' tensors take over a
+    quarter of the host's memory (the check says which, and why); a site that
+    streams is told what its decoded copy needs on the state folder's disk, warned
+    where that disk lacks it."""
+    from collections import namedtuple
 
-    whole = 192 * 3 * 28 * 28  # site-a's train rows x its m0 image, uint8
-    monkeypatch.setattr(site_check, "memory_budget", lambda: 2 * whole - 1)
-    warned = findings(check_node_config(node_config(fed)), "data", WARNING)
-    assert len(warned) == 1 and "441.0 KiB of tensors" in warned[0] \
-        and 'set streaming="true"' in warned[0], warned
+    from mmvm.cli import site_reading
+
+    whole = (192 + 96) * 3 * 28 * 28  # site-a's train and test rows x its m0, uint8
+    monkeypatch.setattr(site_reading, "memory_budget", lambda: 4 * whole)
+    said = findings(check_node_config(node_config(fed)), "data", OK)
+    assert any("streaming by size: its files hold 661.5 KiB of tensors" in d and
+               "it reads them whole" in d for d in said), said
+    assert not any(d.startswith("streaming: its files' decoded copy") for d in said)
+    monkeypatch.setattr(site_reading, "memory_budget", lambda: 4 * whole - 1)
+    said = findings(check_node_config(node_config(fed)), "data", OK)
+    assert any("it streams them (over a quarter)" in d for d in said), said
+    assert said[-1].startswith("streaming: its files' decoded copy needs 661.5 KiB in ")
     streams = check_node_config(node_config(fed, streaming="true"))
-    assert not findings(streams, "data", WARNING)
-    said = findings(streams, "policy", OK)
-    assert "streaming on (8 row groups)" in said[0] and "reads its files streamed" in \
-        said[1], said
-    monkeypatch.setattr(site_check, "memory_budget", lambda: 2 * whole)
-    assert not findings(check_node_config(node_config(fed)), "data", WARNING)
+    told = findings(streams, "policy", OK)
+    assert "streaming on (a decoded copy in <state>/decoded)" in told[0] and \
+        "reads its files streamed" in told[1], told
+    assert not any("by size" in d for d in findings(streams, "data", OK))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(site_reading.shutil, "disk_usage",
+                        lambda _: usage(2**40, 2**40 - 2**20, 2**20))
+    warned = findings(check_node_config(node_config(fed, streaming="true")), "data",
+                      WARNING)
+    assert warned == [f"streaming: its files' decoded copy needs 661.5 KiB in "
+                      f"{fed['root'] / 'state' / 'site-a' / 'decoded'}, whose disk has "
+                      f"1.0 MiB free: a run will be refused there (it keeps 1.0 GiB "
+                      f"spare)"], warned

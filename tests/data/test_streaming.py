@@ -86,7 +86,8 @@ def test_names_subset_and_limit_match(one_file):
     assert st.sample_ids == mem.sample_ids
 
 
-def test_multi_file_join_with_missing_modalities_matches(tmp_path):
+@pytest.mark.parametrize("decoded", [False, True], ids=["row-groups", "decoded-copy"])
+def test_multi_file_join_with_missing_modalities_matches(tmp_path, decoded):
     rng = np.random.default_rng(2)
     ids = [f"p{i:03d}" for i in range(120)]
 
@@ -107,7 +108,8 @@ def test_multi_file_join_with_missing_modalities_matches(tmp_path):
              site("w", perm[90:], ["a"], 5)]               # a, horizontally, for the rest
     names = ["a", "b", "c"]
     mem = MultimodalDataset.from_parquet(paths, names)
-    st = StreamingDataset(paths, names, cache_row_groups=2)
+    st = StreamingDataset(paths, names, cache_row_groups=2,
+                          decoded_dir=tmp_path / "decoded" if decoded else "")
     assert st.sample_ids == mem.sample_ids and len(st) == 120
     assert torch.equal(st.mask, mem.mask) and not bool(st.mask.all())
     assert torch.equal(st.labels, mem.labels)
@@ -115,6 +117,9 @@ def test_multi_file_join_with_missing_modalities_matches(tmp_path):
         rows = np.random.default_rng(seed).choice(120, size=40, replace=False)
         _assert_batches_equal(st.batch(rows), mem.batch(rows))
     _assert_batches_equal(st.batch(np.arange(120)), mem.batch(np.arange(120)))
+    # the decoded copy: one file per file's held modality, and no group read per batch
+    assert len(list((tmp_path / "decoded").glob("*.npy"))) == 4 * decoded
+    assert bool(st.cache_info()["reads"]) != decoded
     # default names: every tensor column in file order, as from_parquet
     assert StreamingDataset(paths).names == MultimodalDataset.from_parquet(paths).names
     # every row is in exactly one row group of row_groups()

@@ -9,6 +9,7 @@ import pytest
 
 from mmvm.federation.node_config import load_policy
 from mmvm.federation.policy import PolicyError, SitePolicy
+from mmvm.federation.site_config import site_experiment
 from mmvm.secure.keys import SiteKeys
 
 
@@ -197,40 +198,53 @@ def test_a_sites_device_is_its_node_configs_and_not_part_of_the_shared_experimen
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "hippocampus.toml",
                       ["train.device=cuda"])
     p = load_policy({"data": "/d", "device": "cpu"}, "a")
-    assert p.experiment(cfg).train.device == "cpu" and cfg.train.device == "cuda"
-    assert config_digest(p.experiment(cfg)) == config_digest(cfg)
+    assert site_experiment(p, cfg).train.device == "cpu" and cfg.train.device == "cuda"
+    assert config_digest(site_experiment(p, cfg)) == config_digest(cfg)
     other = load_config(Path(__file__).resolve().parents[2] / "configs" /
                         "hippocampus.toml", ["train.lr=0.002"])
     assert config_digest(other) != config_digest(cfg)  # the rest still counts
-    assert load_policy({"data": "/d"}, "a").experiment(cfg) == cfg  # the run's
+    assert site_experiment(load_policy({"data": "/d"}, "a"), cfg) == cfg  # the run's
     assert load_policy({"data": "/d", "device": "cuda:1"}, "a").device == "cuda:1"
     with pytest.raises(PolicyError, match=r"device = 'gpu' is not a device"):
         load_policy({"data": "/d", "device": "gpu"}, "a")
 
 
-def test_a_site_reads_its_files_as_its_node_config_says_and_the_experiment_is_shared():
-    """A hospital whose images fit only streamed says so in its node config: the run
-    config's data.streaming=false (or a cache of a million row groups, the whole
-    file) is ignored there; reading streamed gives the same batches, so the sites
-    still agree on the experiment's digest (masks and the experiment pin bind to it)."""
+def test_a_site_reads_its_files_as_its_node_config_says_and_the_experiment_is_shared(
+        tmp_path, monkeypatch):
+    """A hospital whose images fit only streamed says so in its node config, or the
+    site decides by its files' size (streamed above a quarter of its memory): the run
+    config's data.streaming is not a deployed site's, nor where its decoded copy goes
+    (the site's data: its state folder). Streamed or not, the batches are the same,
+    so the sites still agree on the experiment's digest (masks and pins bind to it)."""
     from pathlib import Path
 
     from mmvm.config import config_digest, load_config
+    from mmvm.data.store import write_site_table
+    from mmvm.federation import site_config
 
     path = Path(__file__).resolve().parents[2] / "configs" / "hippocampus.toml"
-    cfg = load_config(path, ["data.streaming=false", "data.cache_row_groups=1000000"])
-    streams = load_policy({"data": "/d", "streaming": "true"}, "a").experiment(cfg)
-    assert streams.data.streaming and streams.data.cache_row_groups == 8
+    cfg = load_config(path, ["data.streaming=false", "data.decoded_dir='/tmp/open'"])
+    nc = {"data": "/d", "state": "/srv/st", "streaming": "true"}
+    streams = site_experiment(load_policy(nc, "a"), cfg)
+    assert streams.data.streaming and streams.data.decoded_dir == "/srv/st/decoded"
     assert config_digest(streams) == config_digest(cfg)
-    small = load_policy({"data": "/d", "streaming": "true", "cache-row-groups": "2"}, "a")
-    assert small.experiment(cfg).data.cache_row_groups == 2
-    whole = load_policy({"data": "/d", "streaming": "false"}, "a")
-    assert not whole.experiment(load_config(path, ["data.streaming=true"])).data.streaming
-    assert load_policy({"data": "/d"}, "a").experiment(cfg) == cfg  # the run's
-    with pytest.raises(PolicyError, match=r"streaming"):
+    run_streams = load_config(path, ["data.streaming=true", "data.decoded_dir='/tmp/o'"])
+    auto = load_policy({"data": "/d", "state": "/srv/st"}, "a")
+    files = [write_site_table(tmp_path / "train.parquet", ["a", "b"],
+                              {"x": np.zeros((2, 1000), np.float32)}, None, {})]
+    ran = site_experiment(auto, run_streams, files)  # 8 kB: read whole, whatever the run
+    assert not ran.data.streaming and ran.data.decoded_dir == ""
+    monkeypatch.setattr(site_config, "memory_budget", lambda: 4 * 8000)
+    assert not site_experiment(auto, cfg, files).data.streaming  # a quarter: whole
+    monkeypatch.setattr(site_config, "memory_budget", lambda: 4 * 8000 - 1)
+    big = site_experiment(auto, cfg, files)
+    assert big.data.streaming and big.data.decoded_dir == "/srv/st/decoded"
+    whole = site_experiment(load_policy({"data": "/d", "streaming": "false"}, "a"), cfg,
+                            files)
+    assert not whole.data.streaming and whole.data.decoded_dir == ""
+    assert site_experiment(SitePolicy(test_bed=True), run_streams) == run_streams
+    with pytest.raises(PolicyError, match=r"streaming = 'sometimes' is not a boolean"):
         load_policy({"data": "/d", "streaming": "sometimes"}, "a")
-    with pytest.raises(PolicyError, match=r"cache-row-groups"):
-        load_policy({"data": "/d", "cache-row-groups": "0"}, "a")
 
 
 def test_a_run_config_compiles_a_sites_networks_only_where_the_site_allows_it():
@@ -245,11 +259,11 @@ def test_a_run_config_compiles_a_sites_networks_only_where_the_site_allows_it():
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "hippocampus.toml",
                       ["train.compile=true"])
     site = load_policy({"data": "/d"}, "a")
-    assert site.allow_compile is False and site.experiment(cfg).train.compile is False
+    assert site.allow_compile is False and site_experiment(site, cfg).train.compile is False
     allowed = load_policy({"data": "/d", "allow-compile": "true"}, "a")
-    assert allowed.experiment(cfg).train.compile is True
-    assert config_digest(site.experiment(cfg)) == config_digest(cfg)
-    assert SitePolicy(test_bed=True).experiment(cfg).train.compile is True
+    assert site_experiment(allowed, cfg).train.compile is True
+    assert config_digest(site_experiment(site, cfg)) == config_digest(cfg)
+    assert site_experiment(SitePolicy(test_bed=True), cfg).train.compile is True
     with pytest.raises(PolicyError, match=r"allow-compile"):
         load_policy({"data": "/d", "allow-compile": "maybe"}, "a")
 

@@ -1,0 +1,79 @@
+"""mmvm.data.decoded: a site file's decoded copy is reused while the file is unchanged,
+made again when it changes, and never left half-written (no room on the disk, a row
+group that fails to read)."""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+
+from mmvm.data import decoded
+from mmvm.data.dataset import MultimodalDataset
+from mmvm.data.store import DataError, write_site_table
+from mmvm.data.streaming import StreamingDataset
+
+
+def _file(path, seed: int = 0, n: int = 90):
+    rng = np.random.default_rng(seed)
+    write_site_table(path, [f"s{i:03d}" for i in rng.permutation(n)],
+                     {"img": rng.integers(0, 256, size=(n, 1, 4, 4), dtype=np.uint8),
+                      "vec": rng.normal(size=(n, 3)).astype(np.float32)},
+                     {"label": rng.integers(0, 3, size=n)}, {}, row_group_size=16)
+    return path
+
+
+def _same(a: StreamingDataset, path) -> None:
+    mem = MultimodalDataset.from_parquet(path)
+    rows = np.random.default_rng(1).permutation(len(mem))
+    for m in mem.names:
+        assert torch.equal(a.batch(rows)["x"][m], mem.batch(rows)["x"][m]), m
+
+
+def test_a_copy_is_reused_while_the_file_is_unchanged_and_made_again_when_it_changes(
+        tmp_path):
+    path, folder = _file(tmp_path / "train.parquet"), tmp_path / "decoded"
+    _same(StreamingDataset(path, decoded_dir=folder), path)
+    copies = sorted(folder.glob("*.npy"))
+    assert len(copies) == 2 and folder.stat().st_mode & 0o777 == 0o700
+    made = [c.stat().st_mtime_ns for c in copies]
+    _same(StreamingDataset(path, decoded_dir=folder), path)
+    assert [c.stat().st_mtime_ns for c in copies] == made  # reused, not written again
+    _file(path, seed=5)  # the site's file replaced: other values, same ids
+    _same(StreamingDataset(path, decoded_dir=folder), path)
+    now = sorted(folder.glob("*.npy"))
+    assert len(now) == 2 and not set(now) & set(copies)  # the older copy is gone
+
+
+def test_no_room_on_the_disk_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    path, folder = _file(tmp_path / "train.parquet"), tmp_path / "decoded"
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(decoded.shutil, "disk_usage",
+                        lambda _: usage(2**40, 2**40 - 2**29, 2**29))
+    with pytest.raises(DataError, match=r"train\.parquet: its decoded copy for streaming "
+                                        r"needs 2\.5 KiB in .*decoded, which has "
+                                        r"512\.0 MiB free"):
+        StreamingDataset(path, decoded_dir=folder)
+    assert os.listdir(folder) == []
+
+
+def test_a_read_that_fails_midway_leaves_no_copy(tmp_path, monkeypatch):
+    """A row group that fails to read (a corrupt page, the file rewritten meanwhile)
+    fails the open with its error and leaves neither a copy nor a temporary file."""
+    path, folder = _file(tmp_path / "train.parquet"), tmp_path / "decoded"
+    real = StreamingDataset._group_reader
+
+    def failing(self, fi):
+        read = real(self, fi)
+        return lambda k: read(k) if k < 3 else (_ for _ in ()).throw(
+            DataError(f"{path}: row group {k} is corrupt"))
+
+    monkeypatch.setattr(StreamingDataset, "_group_reader", failing)
+    with pytest.raises(DataError, match="row group 3 is corrupt"):
+        StreamingDataset(path, decoded_dir=folder)
+    assert os.listdir(folder) == []
+    monkeypatch.undo()
+    _same(StreamingDataset(path, decoded_dir=folder), path)  # and it works after
