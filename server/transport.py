@@ -4,7 +4,7 @@ with a short poll, and Flower's errors sorted into away, failed and fatal."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from flwr.app import Message
 from flwr.common.constant import (
@@ -109,7 +109,13 @@ class FlowerTransport:
         asked = dict(zip(ids, requests, strict=True))
         out: dict = {}
         fatal: dict[str, list[str]] = {}  # reason -> sites: all of them named at once
-        for r in _collect(self.grid, ids, hard, soft, need, poll=self.poll):
+        def note(pending: set, elapsed: float) -> None:
+            late = sorted(self.names.get(asked[m], f"node {asked[m]}") for m in pending)
+            print(f"mmvm: {stage}: waiting for site{'s' * (len(late) > 1)} "
+                  f"{', '.join(late)} ({elapsed:.0f} s; it waits up to {soft:.0f} s)",
+                  flush=True)
+
+        for r in _collect(self.grid, ids, hard, soft, need, poll=self.poll, note=note):
             # a reply names the message it answers; an error Flower makes for a site that
             # went away comes from the SuperLink's own node, so its sender is not the site
             key = asked.get(r.metadata.reply_to_message_id, str(r.metadata.src_node_id))
@@ -152,6 +158,7 @@ AWAY = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
 
 
 POLL_LOCAL, POLL_REMOTE = 0.005, 0.02  # s between reply polls (see _collect)
+NOTE_EVERY = 30.0  # s between the lines that name the sites a long wait is for
 # how long a SuperLink lists a SuperNode that is gone: until its heartbeats lapse
 # (Flower 1.41: the SuperNode's interval, 30 s by default, times the patience, 2), +5 s
 STALE_NODE_S = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL + 5.0
@@ -164,8 +171,8 @@ def simulated(grid: Grid) -> bool:
 
 
 def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
-             poll: float | None = None, fast: float = 2.0, max_poll: float = 0.1
-             ) -> list[Message]:
+             poll: float | None = None, fast: float = 2.0, max_poll: float = 0.1,
+             note: Callable[[set, float], None] | None = None) -> list[Message]:
     """Replies to ``ids`` until all came, or ``soft`` seconds passed and ``need``
     answers (error replies do not count: a failed site is no answer) are in, or
     ``timeout`` passed. Polls every ``poll`` s for the first ``fast`` seconds (an
@@ -174,12 +181,13 @@ def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
     average to every window longer than ``fast``). ``poll=None``: 5 ms in a
     simulation (the in-memory grid reads the SuperLink's state), 20 ms otherwise,
     where every poll is an HTTP request the SuperLink serves (at 5 ms, 0.3 s of a 1 s
-    window on two shared cores went to polling)."""
+    window on two shared cores went to polling). ``note(pending, elapsed)`` every
+    ``NOTE_EVERY`` s while replies are missing: a long wait is said, not silent."""
     if poll is None:
         poll = POLL_LOCAL if simulated(grid) else POLL_REMOTE
     max_poll = max(max_poll, poll)  # a slower poll asked for is not sped up
     pending, got, answers = set(ids), [], 0
-    start = time.monotonic()
+    start, said = time.monotonic(), NOTE_EVERY
     while pending:
         replies = list(grid.pull_messages(list(pending)))
         got += replies
@@ -188,6 +196,9 @@ def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
         elapsed = time.monotonic() - start
         if not pending or elapsed >= timeout or (elapsed >= soft and answers >= need):
             break
+        if note is not None and elapsed >= said:
+            note(pending, elapsed)
+            said += NOTE_EVERY
         time.sleep(poll)
         if elapsed > fast:
             poll = min(max_poll, poll * 1.5)

@@ -340,3 +340,22 @@ def test_reply_poll_sets_how_often_the_superlink_is_asked(monkeypatch, poll, fir
     assert got["7"].site == "b" and 4.0 <= clock.now < 4.0 + max(first, 0.1) + 1e-9
     assert clock.sleeps[0] == first and max(clock.sleeps) == max(first, 0.1)
     assert pulls[0] <= grid.pulls <= pulls[1], grid.pulls
+
+
+def test_a_long_wait_names_the_sites_it_is_for_every_half_minute(monkeypatch, capsys):
+    """A site's first message may decode its files, its final evaluation train its
+    judges: minutes in which the console said nothing (a user took it for a hang).
+    Every NOTE_EVERY seconds a line names the sites still awaited."""
+    from server.transport import NOTE_EVERY
+
+    _identity(monkeypatch)
+    clock = _Clock()
+    monkeypatch.setattr("server.transport.time", clock)
+    grid = _ClockedLateGrid(clock, delay=2.5 * NOTE_EVERY)
+    transport = FlowerTransport(grid, 1, timeout=900, connect_timeout=1)
+    transport.names["7"] = "hospital-b"
+    got = transport.exchange({"7": ResumeRequest(run="1", window=2)})
+    assert got["7"].site == "b" and clock.now >= 2.5 * NOTE_EVERY
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "waiting for" in ln]
+    assert lines == [f"mmvm: resume: waiting for site hospital-b ({s:.0f} s; it waits "
+                     f"up to 900 s)" for s in (NOTE_EVERY, 2 * NOTE_EVERY)], lines
