@@ -10,9 +10,10 @@ are the kernel's to drop), at the cost of the tensors' size on disk.
 
 The copy is one file per held modality, named by the site file's path and kept while
 the site file has the size and modification time it was decoded from; a changed file
-is decoded again and the older copy removed. It is written to a temporary name and
-renamed when complete, after a check that the folder's disk has room: an interrupted
-or refused decode leaves nothing half-written.
+is decoded again and the older copy removed, and so is a copy that is not whole (a
+truncated file). It is written (mode 0600) to a temporary name and renamed when
+complete, after a check that the folder's disk has room: an interrupted or refused
+decode leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def decoded_arrays(folder: str | os.PathLike, path: str, rows: int,
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     files = {m: folder / f"{stem}-{_safe(m)}-{tag(m)}.npy" for m in names}
-    todo = [m for m in names if not files[m].is_file()]
+    todo = [m for m in names if not _intact(files[m], rows, specs[m])]
     if todo:
         _check_room(folder, path, copy_bytes(rows, specs, todo))
         _decode(files, todo, rows, specs, groups, read_group, offsets)
@@ -77,6 +78,21 @@ def decoded_arrays(folder: str | os.PathLike, path: str, rows: int,
                 if old != files[m]:
                     old.unlink(missing_ok=True)
     return {m: np.load(files[m], mmap_mode="r") for m in names}
+
+
+def _intact(path: Path, rows: int, spec: Mapping) -> bool:
+    """Whether ``path`` is a whole copy (a truncated or damaged one is removed)."""
+    if not path.is_file():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r")
+        ok = arr.shape == (rows, *spec["shape"]) and arr.dtype == np.dtype(spec["dtype"])
+        del arr
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)
+    return ok
 
 
 def _safe(name: str) -> str:
@@ -101,6 +117,8 @@ def _decode(files: Mapping[str, Path], todo: list[str], rows: int,
         out = {m: np.lib.format.open_memmap(tmp[m], mode="w+", dtype=specs[m]["dtype"],
                                             shape=(rows, *specs[m]["shape"]))
                for m in todo}
+        for t in tmp.values():  # the site's data: its own, as its state folder is
+            os.chmod(t, 0o600)
         for k in range(groups):
             group = read_group(k)
             for m in todo:

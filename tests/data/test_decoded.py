@@ -77,3 +77,18 @@ def test_a_read_that_fails_midway_leaves_no_copy(tmp_path, monkeypatch):
     assert os.listdir(folder) == []
     monkeypatch.undo()
     _same(StreamingDataset(path, decoded_dir=folder), path)  # and it works after
+
+
+def test_a_damaged_copy_is_made_again_and_copies_are_the_sites_own(tmp_path):
+    """A copy cut short (a full disk, an operator's cp) is not read as data: it is
+    decoded again. Copies are 0600 in a 0700 folder, as the site's state is."""
+    path, folder = _file(tmp_path / "train.parquet"), tmp_path / "decoded"
+    StreamingDataset(path, decoded_dir=folder)
+    copies = sorted(folder.glob("*.npy"))
+    assert {c.stat().st_mode & 0o777 for c in copies} == {0o600}
+    sizes = [c.stat().st_size for c in copies]
+    with open(copies[0], "r+b") as fh:
+        fh.truncate(copies[0].stat().st_size // 2)
+    _same(StreamingDataset(path, decoded_dir=folder), path)
+    assert sorted(folder.glob("*.npy")) == copies
+    assert [c.stat().st_size for c in copies] == sizes  # whole again
