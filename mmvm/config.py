@@ -198,9 +198,9 @@ SITE_CHOSEN = (("train", "device"), ("train", "compile"), ("data", "streaming"),
 
 
 def shared_settings(cfg: ExperimentConfig) -> dict:
-    """The settings sites must share (not ``source``, nor ``train.device``,
-    ``train.compile``, ``data.streaming`` and ``data.cache_row_groups``, a site's node
-    config's to decide: none changes the results), JSON-able."""
+    """The settings sites must share (not ``source``, nor :data:`SITE_CHOSEN`: where a
+    site trains, whether it compiles, how it reads its files, its node config's to
+    decide, none of which changes the results), JSON-able."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
     for section, key in SITE_CHOSEN:
         settings[section].pop(key, None)

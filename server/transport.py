@@ -111,9 +111,10 @@ class FlowerTransport:
         fatal: dict[str, list[str]] = {}  # reason -> sites: all of them named at once
         def note(pending: set, elapsed: float) -> None:
             late = sorted(self.names.get(asked[m], f"node {asked[m]}") for m in pending)
+            # past soft, a window (or resume) waits on while a quorum is missing
             print(f"mmvm: {stage}: waiting for site{'s' * (len(late) > 1)} "
-                  f"{', '.join(late)} ({elapsed:.0f} s; it waits up to {soft:.0f} s)",
-                  flush=True)
+                  f"{', '.join(late)} ({elapsed:.0f} s; it waits up to "
+                  f"{soft if elapsed < soft else hard:.0f} s)", flush=True)
 
         for r in _collect(self.grid, ids, hard, soft, need, poll=self.poll, note=note):
             # a reply names the message it answers; an error Flower makes for a site that
@@ -198,7 +199,7 @@ def _collect(grid: Grid, ids: list[str], timeout: float, soft: float, need: int,
             break
         if note is not None and elapsed >= said:
             note(pending, elapsed)
-            said += NOTE_EVERY
+            said = elapsed + NOTE_EVERY  # (after a long pull: one line, not a burst)
         time.sleep(poll)
         if elapsed > fast:
             poll = min(max_poll, poll * 1.5)

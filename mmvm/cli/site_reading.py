@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from mmvm.cli.site_findings import OK, WARNING, NodeCheck
-from mmvm.data.decoded import SPARE_BYTES, tensor_bytes
+from mmvm.data.decoded import SPARE_BYTES, copies_bytes, tensor_bytes
 from mmvm.data.store_limits import fmt_bytes, memory_budget
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.site_config import WHOLE_READ_SHARE
@@ -30,8 +30,13 @@ def check_reading(check: NodeCheck, p: SitePolicy, train: Path, test: Path | Non
     folder = Path(p.state, "decoded")
     near = next(d for d in (folder, *folder.parents) if d.exists())
     free = shutil.disk_usage(near).free
-    said = f"streaming: its files' decoded copy needs {fmt_bytes(whole)} in {folder}"
-    if whole + SPARE_BYTES > free:
+    have = sum(copies_bytes(folder, f) for f in (train, test) if f is not None)
+    if have >= whole:  # a run made it: the next reuses it
+        check.add("data", OK, f"streaming: its files' decoded copy ({fmt_bytes(whole)}) "
+                  f"is in {folder}, current")
+        return
+    said = f"streaming: its files' decoded copy needs {fmt_bytes(whole - have)} in {folder}"
+    if whole - have + SPARE_BYTES > free:
         check.add("data", WARNING, f"{said}, whose disk has {fmt_bytes(free)} free: "
                   f"a run will be refused there (it keeps {fmt_bytes(SPARE_BYTES)} spare)")
     else:

@@ -9,11 +9,13 @@ once they were read, and the process holds no more than the batch (the cached pa
 are the kernel's to drop), at the cost of the tensors' size on disk.
 
 The copy is one file per held modality, named by the site file's path and kept while
-the site file has the size and modification time it was decoded from; a changed file
-is decoded again and the older copy removed, and so is a copy that is not whole (a
-truncated file). It is written (mode 0600) to a temporary name and renamed when
-complete, after a check that the folder's disk has room: an interrupted or refused
-decode leaves nothing half-written.
+the site file has the inode, size and change and modification times it had before it
+was opened (a file rewritten in place or renamed over it is decoded again: ``cp -p``
+keeps a modification time, nothing sets a change time); the older copy is then
+removed, and so is a copy whose header and size are not whole. It is written (mode
+0600, made exclusively) to a temporary name and renamed when complete, after a check
+that the folder's disk has room, under a lock, so that two processes never decode one
+file at once; a killed decode's temporary file is removed by the next one.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mmvm.data.store_format import DataError
 from mmvm.data.store_limits import fmt_bytes
+from mmvm.folder_lock import LockUnsupported, acquire
 
 SPARE_BYTES = 1 << 30  # free disk the copy leaves (the state, logs, the OS)
 
@@ -50,53 +54,109 @@ def tensor_bytes(path: str | os.PathLike) -> int:
     return copy_bytes(layout.num_rows, layout.specs, list(layout.specs))
 
 
-def decoded_arrays(folder: str | os.PathLike, path: str, rows: int,
-                   specs: Mapping[str, dict], names: list[str], groups: int,
-                   read_group: Callable[[int], Mapping[str, np.ndarray]],
-                   offsets: np.ndarray) -> dict[str, np.memmap]:
-    """The tensors ``names`` of site file ``path`` as read-only memmaps in ``folder``,
-    decoded there first where no current copy is (``read_group(k)``: row group ``k``'s
-    validated tensors, which start at row ``offsets[k]``)."""
+@dataclass(frozen=True)
+class Source:
+    """What a copy is decoded from: a site file, as it was before it was opened."""
+
+    path: str
+    stat: os.stat_result  # taken before the file was opened
+    rows: int
+    specs: Mapping[str, dict]  # modality -> {"shape", "dtype"}
+    offsets: np.ndarray  # row group k holds rows offsets[k]..offsets[k+1]
+    read_group: Callable[[int], Mapping[str, np.ndarray]]  # validated tensors of group k
+
+
+def copies_bytes(folder: str | os.PathLike, path: str | os.PathLike) -> int:
+    """Bytes of the whole copies of site file ``path`` as it is now in ``folder``
+    (reused by a run: the room it needs is the rest)."""
+    from mmvm.data.store import open_parquet, read_layout
+
+    stat = os.stat(path)
+    layout = read_layout(open_parquet(path), str(path))
+    src = Source(str(path), stat, layout.num_rows, layout.specs, np.zeros(1), None)
+    files = [Path(folder) / f"{_stem(path)}-{_safe(m)}-{_tag(src, m)}.npy"
+             for m in layout.specs]
+    return sum(f.stat().st_size for f, m in zip(files, layout.specs, strict=True)
+               if _intact(f, src, m, remove=False))  # (a check writes nothing)
+
+
+def _stem(path: str | os.PathLike) -> str:
+    return hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+
+
+def decoded_arrays(folder: str | os.PathLike, src: Source, names: list[str]
+                   ) -> dict[str, np.memmap]:
+    """The tensors ``names`` of ``src`` as read-only memmaps in ``folder``, decoded
+    there first where no whole copy of the file as it is now is."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stat = os.stat(path)
-    stem = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
-
-    def tag(m: str) -> str:  # per modality: opened with other modalities, it is shared
-        key = {"path": os.path.abspath(path), "size": stat.st_size, "rows": rows,
-               "mtime": stat.st_mtime_ns, "modality": m,
-               "shape": list(specs[m]["shape"]), "dtype": str(specs[m]["dtype"])}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-    files = {m: folder / f"{stem}-{_safe(m)}-{tag(m)}.npy" for m in names}
-    todo = [m for m in names if not _intact(files[m], rows, specs[m])]
-    if todo:
-        _check_room(folder, path, copy_bytes(rows, specs, todo))
-        _decode(files, todo, rows, specs, groups, read_group, offsets)
-        for m in todo:  # copies of the file as it was before
-            for old in folder.glob(f"{stem}-{_safe(m)}-*.npy"):
-                if old != files[m]:
-                    old.unlink(missing_ok=True)
+    stem = _stem(src.path)
+    files = {m: folder / f"{stem}-{_safe(m)}-{_tag(src, m)}.npy" for m in names}
+    if any(not _intact(files[m], src, m) for m in names):
+        try:
+            fd = acquire(folder / f".{stem}.lock", wait=float("inf"))
+        except LockUnsupported:  # (a network file system) one decode at a time is
+            fd = None            # then the operator's to keep
+        try:
+            _remove_killed(folder, stem)
+            todo = [m for m in names if not _intact(files[m], src, m)]  # made meanwhile?
+            if todo:
+                _check_room(folder, src.path, copy_bytes(src.rows, src.specs, todo))
+                _decode(src, {m: files[m] for m in todo})
+            for m in todo:  # copies of the file as it was before
+                for old in folder.glob(f"{stem}-{_safe(m)}-*.npy"):
+                    if old != files[m]:
+                        old.unlink(missing_ok=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
     return {m: np.load(files[m], mmap_mode="r") for m in names}
 
 
-def _intact(path: Path, rows: int, spec: Mapping) -> bool:
-    """Whether ``path`` is a whole copy (a truncated or damaged one is removed)."""
+def _tag(src: Source, m: str) -> str:
+    """The copy's key: per modality (opened with other modalities, it is shared)."""
+    st = src.stat
+    key = {"path": os.path.abspath(src.path), "inode": st.st_ino, "size": st.st_size,
+           "mtime": st.st_mtime_ns, "ctime": st.st_ctime_ns, "rows": src.rows,
+           "modality": m, "shape": list(src.specs[m]["shape"]),
+           "dtype": str(src.specs[m]["dtype"])}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _intact(path: Path, src: Source, m: str, remove: bool = True) -> bool:
+    """Whether ``path`` is a whole copy, read from its header and size (no mapping:
+    an address-space limit must not pass for damage); a damaged one is removed."""
     if not path.is_file():
         return False
+    shape, dtype = (src.rows, *src.specs[m]["shape"]), np.dtype(src.specs[m]["dtype"])
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
     try:
-        arr = np.load(path, mmap_mode="r")
-        ok = arr.shape == (rows, *spec["shape"]) and arr.dtype == np.dtype(spec["dtype"])
-        del arr
+        with open(path, "rb") as fh:
+            read = readers.get(np.lib.format.read_magic(fh))
+            ok = read is not None and read(fh) == (shape, False, dtype) and \
+                path.stat().st_size == fh.tell() + math.prod(shape) * dtype.itemsize
     except (OSError, ValueError):
         ok = False
-    if not ok:
+    if not ok and remove:
         path.unlink(missing_ok=True)
     return ok
 
 
 def _safe(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def _remove_killed(folder: Path, stem: str) -> None:
+    """Temporary files of decodes whose process is gone (killed: no ``finally``)."""
+    for tmp in folder.glob(f".{stem}-*.tmp.npy"):
+        pid = tmp.name.split(".")[-3]
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError):
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _check_room(folder: Path, path: str, need: int) -> None:
@@ -108,22 +168,21 @@ def _check_room(folder: Path, path: str, need: int) -> None:
                         f"the file whole (streaming off) on a host with the memory")
 
 
-def _decode(files: Mapping[str, Path], todo: list[str], rows: int,
-            specs: Mapping[str, dict], groups: int,
-            read_group: Callable[[int], Mapping[str, np.ndarray]],
-            offsets: np.ndarray) -> None:
-    tmp = {m: files[m].with_name(f".{files[m].stem}.{os.getpid()}.tmp.npy") for m in todo}
+def _decode(src: Source, files: Mapping[str, Path]) -> None:
+    """Every row group of ``src`` into the ``files`` (modality -> copy), atomically."""
+    tmp = {m: f.with_name(f".{f.stem}.{os.getpid()}.tmp.npy") for m, f in files.items()}
     try:
-        out = {m: np.lib.format.open_memmap(tmp[m], mode="w+", dtype=specs[m]["dtype"],
-                                            shape=(rows, *specs[m]["shape"]))
-               for m in todo}
-        for t in tmp.values():  # the site's data: its own, as its state folder is
-            os.chmod(t, 0o600)
-        for k in range(groups):
-            group = read_group(k)
-            for m in todo:
-                out[m][offsets[k]:offsets[k + 1]] = group[m]
-        for m in todo:
+        out = {}
+        for m, t in tmp.items():  # the site's data: its own (0600), made here, not found
+            os.close(os.open(t, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW,
+                             0o600))
+            out[m] = np.lib.format.open_memmap(t, mode="w+", dtype=src.specs[m]["dtype"],
+                                               shape=(src.rows, *src.specs[m]["shape"]))
+        for k in range(len(src.offsets) - 1):
+            group = src.read_group(k)
+            for m in out:
+                out[m][src.offsets[k]:src.offsets[k + 1]] = group[m]
+        for m in list(out):
             out[m].flush()
             del out[m]
             os.replace(tmp[m], files[m])

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mmvm.data.dataset import IdIndex, merge_labels
-from mmvm.data.decoded import decoded_arrays
+from mmvm.data.decoded import Source, decoded_arrays
 from mmvm.data.label_names import check_label_names
 from mmvm.data.store import (
     DataError,
@@ -55,6 +55,7 @@ class _File:
 
     def __init__(self, path: str, names: Sequence[str] | None) -> None:
         self.path = path
+        self.stat = os.stat(path) if os.path.exists(path) else None  # before it is read
         self.pf = open_parquet(path)
         self.layout = read_layout(self.pf, path)
         if names is None:
@@ -137,10 +138,10 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
                    f"an index of {rows} rows and {held} cached row groups",
                    rows * ROW_INDEX_BYTES + sum(groups[:held]), STREAM_HINT)
         self._build_index(names, label, limit)
-        self._mapped = [decoded_arrays(
-            decoded_dir, f.path, int(f.offsets[-1]), f.layout.specs, f.held,
-            f.num_row_groups, self._group_reader(fi), f.offsets)
-            if decoded_dir else None for fi, f in enumerate(files)]
+        self._mapped = [decoded_arrays(decoded_dir, Source(
+            f.path, f.stat, int(f.offsets[-1]), f.layout.specs, f.offsets,
+            self._group_reader(fi)), f.held) if decoded_dir else None
+            for fi, f in enumerate(files)]
         self._cache: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
         self.reads: Counter[tuple[int, int]] = Counter()  # (file, group) -> reads
         self.peak_cached = 0

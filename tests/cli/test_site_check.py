@@ -435,7 +435,21 @@ def test_the_check_says_how_the_site_reads_its_files_and_what_streaming_needs(
     assert "streaming on (a decoded copy in <state>/decoded)" in told[0] and \
         "reads its files streamed" in told[1], told
     assert not any("by size" in d for d in findings(streams, "data", OK))
+    # once its copy is there (made by a run), the check says so and asks no room
+    from mmvm.data.streaming import StreamingDataset
+
+    data = fed["root"] / "data" / "site-a"
+    for split in ("train", "test"):
+        StreamingDataset(data / f"{split}.parquet", decoded_dir=fed["root"] / "state" /
+                         "site-a" / "decoded")
     usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(site_reading.shutil, "disk_usage",
+                        lambda _: usage(2**40, 2**40 - 2**30, 2**30))
+    said = findings(check_node_config(node_config(fed, streaming="true")), "data", OK)
+    assert said[-1] == f"streaming: its files' decoded copy (661.5 KiB) is in " \
+        f"{fed['root'] / 'state' / 'site-a' / 'decoded'}, current", said
+    for copy in (fed["root"] / "state" / "site-a" / "decoded").glob("*.npy"):
+        copy.unlink()
     monkeypatch.setattr(site_reading.shutil, "disk_usage",
                         lambda _: usage(2**40, 2**40 - 2**20, 2**20))
     warned = findings(check_node_config(node_config(fed, streaming="true")), "data",

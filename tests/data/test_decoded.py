@@ -57,7 +57,7 @@ def test_no_room_on_the_disk_is_refused_before_anything_is_written(tmp_path, mon
                                         r"needs 2\.5 KiB in .*decoded, which has "
                                         r"512\.0 MiB free"):
         StreamingDataset(path, decoded_dir=folder)
-    assert os.listdir(folder) == []
+    assert [f for f in os.listdir(folder) if not f.endswith(".lock")] == []
 
 
 def test_a_read_that_fails_midway_leaves_no_copy(tmp_path, monkeypatch):
@@ -74,7 +74,7 @@ def test_a_read_that_fails_midway_leaves_no_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(StreamingDataset, "_group_reader", failing)
     with pytest.raises(DataError, match="row group 3 is corrupt"):
         StreamingDataset(path, decoded_dir=folder)
-    assert os.listdir(folder) == []
+    assert [f for f in os.listdir(folder) if not f.endswith(".lock")] == []
     monkeypatch.undo()
     _same(StreamingDataset(path, decoded_dir=folder), path)  # and it works after
 
@@ -92,3 +92,46 @@ def test_a_damaged_copy_is_made_again_and_copies_are_the_sites_own(tmp_path):
     _same(StreamingDataset(path, decoded_dir=folder), path)
     assert sorted(folder.glob("*.npy")) == copies
     assert [c.stat().st_size for c in copies] == sizes  # whole again
+
+
+def test_a_file_rewritten_with_its_old_size_and_time_is_decoded_again(tmp_path):
+    """``cp -p``, ``rsync -a`` and ``tar x`` keep a file's modification time, and a
+    rewrite of the same shape keeps its size: the copy is keyed on the change time
+    and inode too, which nothing sets back."""
+    def vectors(path, seed: int):  # uncompressed, distinct floats: the size is fixed
+        write_site_table(path, [f"s{i:03d}" for i in range(90)], {"vec": np.random.
+                         default_rng(seed).normal(size=(90, 3)).astype(np.float32)},
+                         None, {}, compression="none")
+        return path
+
+    path, folder = vectors(tmp_path / "train.parquet", 0), tmp_path / "decoded"
+    StreamingDataset(path, decoded_dir=folder)
+    before = path.stat()
+    os.replace(vectors(tmp_path / "other.parquet", 9), path)  # new values, same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+    _same(StreamingDataset(path, decoded_dir=folder), path)
+
+
+def test_a_killed_decodes_leftover_is_removed_and_one_decode_runs_at_a_time(tmp_path):
+    """A decode killed mid-way (no ``finally``) left its hidden temporary file, which
+    the next decode removes; a live process's is kept. Two processes decoding the one
+    file take turns (a lock), so both do not fill the disk with a copy each."""
+    import threading
+    import time
+
+    from mmvm.folder_lock import acquire
+
+    path, folder = _file(tmp_path / "train.parquet"), tmp_path / "decoded"
+    folder.mkdir()
+    stem = decoded.hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    dead = folder / f".{stem}-aaaa-bbbb.999999999.tmp.npy"
+    alive = folder / f".{stem}-aaaa-cccc.{os.getpid()}.tmp.npy"
+    dead.write_bytes(b"x" * 100), alive.write_bytes(b"x")
+    held = acquire(folder / f".{stem}.lock", wait=0)
+    threading.Timer(0.3, os.close, [held]).start()
+    t0 = time.monotonic()
+    _same(StreamingDataset(path, decoded_dir=folder), path)
+    assert time.monotonic() - t0 >= 0.3  # it waited for the holder
+    assert not dead.exists() and alive.exists()

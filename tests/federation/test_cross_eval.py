@@ -262,3 +262,28 @@ def test_sites_that_split_their_samples_differently_are_warned_of(
                          "site-m1": SitePolicy(share_test=False, eval_labels=())})
     assert "site-m1" in fine.cross_notes
     assert not any("split" in w for w in fine.cross_site.get("warnings", []))
+
+
+def test_streaming_sites_score_coherence_from_their_decoded_copies(
+        tiny_polymnist, tiny_config, tmp_path, monkeypatch):
+    """Sites that stream their files train their coherence judges from the decoded
+    copy, a batch at a time (a whole read would take the memory streaming spares):
+    the scores equal those of sites that read their files whole."""
+    import dataclasses
+
+    from mmvm.data.dataset import MultimodalDataset
+
+    cfg = tiny_config(tiny_polymnist, epochs=1)
+    judged = {f"site-m{i}": SitePolicy() for i in range(3)}  # labels allowed: judges
+    whole = cross_run(cfg, tiny_polymnist, tmp_path / "whole", policies=judged)
+    streams = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, streaming=True, decoded_dir=str(tmp_path / "decoded")))
+
+    def no_whole_read(*args, **kwargs):
+        raise AssertionError("a whole read at a streaming site")
+
+    monkeypatch.setattr(MultimodalDataset, "from_parquet", no_whole_read)
+    streamed = cross_run(streams, tiny_polymnist, tmp_path / "streamed", policies=judged)
+    assert whole.cross_site["coherence"]["pairs"], whole.cross_site
+    assert streamed.cross_site == whole.cross_site
+    assert len(list((tmp_path / "decoded").glob("*.npy"))) == 6  # 3 sites x train, test

@@ -359,3 +359,30 @@ def test_a_long_wait_names_the_sites_it_is_for_every_half_minute(monkeypatch, ca
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "waiting for" in ln]
     assert lines == [f"mmvm: resume: waiting for site hospital-b ({s:.0f} s; it waits "
                      f"up to 900 s)" for s in (NOTE_EVERY, 2 * NOTE_EVERY)], lines
+
+
+def test_a_window_past_its_wait_says_the_longer_wait_for_a_quorum(monkeypatch, capsys):
+    """Past site-timeout a window waits on (up to twice it) while fewer than min-sites
+    answered: the line says that limit, not the one already passed."""
+    from mmvm.federation.messages import WindowRequest
+    from server import transport as flower_transport
+
+    _identity(monkeypatch)
+    clock = _Clock()
+    monkeypatch.setattr("server.transport.time", clock)
+    said = []
+
+    def collect(grid, ids, timeout, soft, need, note=None, **kw):
+        for t in (30.0, 45.0):
+            note(set(ids), t)
+        said.append((timeout, soft))
+        return []
+
+    monkeypatch.setattr(flower_transport, "_collect", collect)
+    transport = FlowerTransport(ReplyingGrid(), 2, timeout=900, connect_timeout=1)
+    transport.names.update({"7": "a", "8": "b"})
+    transport.exchange({"7": WindowRequest(window=3), "8": WindowRequest(window=3)},
+                       wait=40.0, need=1)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "waiting" in ln]
+    assert lines == ["mmvm: window 3: waiting for sites a, b (30 s; it waits up to 40 s)",
+                     "mmvm: window 3: waiting for sites a, b (45 s; it waits up to 80 s)"]
