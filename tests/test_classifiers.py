@@ -261,15 +261,20 @@ def test_the_judges_batch_size_and_learning_rate_come_from_the_config():
             load_config(config, [bad])
 
 
+@pytest.mark.parametrize("kind", ["image", "vector"])
 def test_a_streaming_sites_judges_read_a_batch_at_a_time_and_are_the_same_judges(
-        tiny_polymnist, tmp_path, monkeypatch):
+        tiny_polymnist, tmp_path, monkeypatch, kind):
     """A streaming site's judges train from its decoded copy (no whole read of its
     train or test file: that would take the memory streaming spares) and are the
     judges a whole read trains, weight for weight, with the same test accuracy."""
     from mmvm.classifiers import ClassifierConfig, load_or_train
     from mmvm.data.dataset import MultimodalDataset
 
-    files = (tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet")
+    if kind == "image":
+        files = (tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet")
+    else:
+        p = digit_vectors(tmp_path)
+        files = (p["train"], p["test"])
     recipe = ClassifierConfig(epochs=1, width=4, shift=2, rotate=10.0)
     whole = load_or_train(*files, ["m0"], cfg=recipe, cache_dir=tmp_path / "a")
 

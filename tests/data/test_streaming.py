@@ -47,13 +47,20 @@ def one_file(tmp_path):
 
 
 # ------------------------------------------------------------------------- exactness
-def test_open_dataset_follows_the_streaming_switch(one_file):
+def test_open_dataset_follows_the_streaming_switch(one_file, tmp_path):
     mem = open_dataset(one_file, ["vec"], DataConfig(label="label"), limit=50)
     st = open_dataset(one_file, ["vec"], DataConfig(streaming=True, cache_row_groups=2),
                       limit=50)
     assert type(mem) is MultimodalDataset and type(st) is StreamingDataset
     assert len(mem) == len(st) == 50 and st.cache_row_groups == 2
     _assert_batches_equal(st.batch(range(50)), mem.batch(range(50)))
+    # data.decoded_dir (mmvm train's, a simulation's): rows from a decoded copy there
+    copy = open_dataset(one_file, ["vec"], DataConfig(streaming=True, decoded_dir=str(
+        tmp_path / "copy")), limit=50)
+    _assert_batches_equal(copy.batch(range(50)), mem.batch(range(50)))
+    assert not copy.cache_info()["reads"] and len(list((tmp_path / "copy").glob("*.npy")))
+    whole = open_dataset(one_file, ["vec"], DataConfig(decoded_dir=str(tmp_path / "w")))
+    assert type(whole) is MultimodalDataset  # a folder without streaming: no copy
 
 
 def test_single_file_batches_equal_in_memory(one_file):
