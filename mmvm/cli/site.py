@@ -34,7 +34,7 @@ NODE_EXAMPLE = "e.g. 'site=\"site-a\" data=\"/srv/site-a\" keys=\"/etc/mmvm/site
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "site", help="a site's keys and node config: make them (keys), check them "
-        "before its SuperNode starts (check)",
+        "before its SuperNode starts (check), make its streaming copy (prepare)",
         description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = sub.add_parser("check", help="check a node config (policy, data, keys, peers, "
@@ -56,6 +56,17 @@ def register(subparsers) -> None:
                    help="with --superlink: the CA file the SuperNode gets; the "
                    "SuperLink's certificate is verified against it")
     c.set_defaults(func=_check)
+    r = sub.add_parser("prepare", help="make a streaming site's decoded copy of its "
+                       "files before its first run (deploy/README.md section 3)",
+                       description="Decode the site's train and test files into "
+                       "<state>/decoded, where a site that streams them reads its rows "
+                       "(its node config's streaming=true, or files over a quarter of "
+                       "its memory); otherwise the first message of its first run does, "
+                       "within the server's reply-timeout.")
+    r.add_argument("--node-config", metavar="TEXT|FILE.toml", required=True,
+                   help="what you give flower-supernode --node-config")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=_prepare)
     from deploy.make_keys import parser as keys_options
 
     k = sub.add_parser("keys", parents=[keys_options(add_help=False)],
@@ -66,6 +77,14 @@ def register(subparsers) -> None:
                        epilog="The same as python -m deploy.make_keys; deploy/README.md "
                        "section 1 has the procedure (each party makes its own secrets).")
     k.set_defaults(func=_keys)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from mmvm.cli.run_config import parse_overrides
+    from mmvm.cli.site_prepare import prepare
+
+    return prepare(parse_overrides(args.node_config, "--node-config", NODE_EXAMPLE),
+                   progress=not args.no_progress)
 
 
 def _keys(args: argparse.Namespace) -> int:

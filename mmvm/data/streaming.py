@@ -140,7 +140,7 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
         self._build_index(names, label, limit)
         self._mapped = [decoded_arrays(decoded_dir, Source(
             f.path, f.stat, int(f.offsets[-1]), f.layout.specs, f.offsets,
-            self._group_reader(fi)), f.held) if decoded_dir else None
+            self.group_reader(fi)), f.held) if decoded_dir else None
             for fi, f in enumerate(files)]
         self._cache: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
         self.reads: Counter[tuple[int, int]] = Counter()  # (file, group) -> reads
@@ -286,7 +286,7 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
                 "index": b["index"][0], **({"label": b["label"][0]} if "label" in b else {})}
 
     # ------------------------------------------------------------------ cache
-    def _group_reader(self, fi: int):
+    def group_reader(self, fi: int):
         """``read(k)``: row group ``k`` of file ``fi``, checked against the index."""
         f = self.files[fi]
         return lambda k: f.read_group(k, self._file_ids[fi][f.offsets[k]:f.offsets[k + 1]])
@@ -297,7 +297,7 @@ class StreamingDataset(IdIndex, torch.utils.data.Dataset):
             self._cache.move_to_end(key)
             return hit
         fi, k = key
-        group = self._group_reader(fi)(k)
+        group = self.group_reader(fi)(k)
         self.reads[key] += 1
         self._cache[key] = group
         while len(self._cache) > self.cache_row_groups:

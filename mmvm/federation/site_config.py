@@ -34,6 +34,11 @@ def streams(policy: SitePolicy, cfg: ExperimentConfig,
         return cfg.data.streaming
     if policy.streaming is not None:
         return policy.streaming
+    return too_large_to_hold(files)
+
+
+def too_large_to_hold(files: Sequence[str | os.PathLike]) -> bool:
+    """Whether ``files``' tensors take over a quarter of this host's memory."""
     whole = sum(tensor_bytes(f) for f in files if f and Path(f).is_file())
     return WHOLE_READ_SHARE * whole > memory_budget()
 

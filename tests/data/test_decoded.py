@@ -64,14 +64,14 @@ def test_a_read_that_fails_midway_leaves_no_copy(tmp_path, monkeypatch):
     """A row group that fails to read (a corrupt page, the file rewritten meanwhile)
     fails the open with its error and leaves neither a copy nor a temporary file."""
     path, folder = _file(tmp_path / "train.parquet"), tmp_path / "decoded"
-    real = StreamingDataset._group_reader
+    real = StreamingDataset.group_reader
 
     def failing(self, fi):
         read = real(self, fi)
         return lambda k: read(k) if k < 3 else (_ for _ in ()).throw(
             DataError(f"{path}: row group {k} is corrupt"))
 
-    monkeypatch.setattr(StreamingDataset, "_group_reader", failing)
+    monkeypatch.setattr(StreamingDataset, "group_reader", failing)
     with pytest.raises(DataError, match="row group 3 is corrupt"):
         StreamingDataset(path, decoded_dir=folder)
     assert [f for f in os.listdir(folder) if not f.endswith(".lock")] == []
