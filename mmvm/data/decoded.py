@@ -89,7 +89,9 @@ def decoded_arrays(folder: str | os.PathLike, src: Source, names: list[str]
     """The tensors ``names`` of ``src`` as read-only memmaps in ``folder``, decoded
     there first where no whole copy of the file as it is now is."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for d in [*reversed(folder.parents), folder]:  # made here: the site's own (0700),
+        if not d.exists():                          # as its state folder is
+            d.mkdir(mode=0o700, exist_ok=True)
     stem = _stem(src.path)
     files = {m: folder / f"{stem}-{_safe(m)}-{_tag(src, m)}.npy" for m in names}
     if any(not _intact(files[m], src, m) for m in names):

@@ -25,6 +25,8 @@ def test_a_streaming_site_prepares_the_copy_its_runs_read(fed, capsys):
     assert f"test.parquet -> {folder} (220.5 KiB, " in out, out
     copies = {c: c.stat().st_mtime_ns for c in folder.glob("*.npy")}
     assert len(copies) == 2
+    # the state folder it made first is as private as the site makes it
+    assert {d.stat().st_mode & 0o777 for d in (folder, folder.parent)} == {0o700}
     train = fed["root"] / "data" / "site-a" / "train.parquet"
     st = StreamingDataset(train, decoded_dir=folder)  # as the site opens it: reused
     assert {c: c.stat().st_mtime_ns for c in folder.glob("*.npy")} == copies
