@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmvm.data.decoded import Source, copy_bytes, decoded_arrays
+from mmvm.data.decoded import Source, copies_bytes, copy_bytes, decoded_arrays
 from mmvm.data.store_limits import fmt_bytes
 from mmvm.federation.node_config import load_policy
 from mmvm.federation.site_config import too_large_to_hold
@@ -51,7 +51,11 @@ def decode(path: Path, folder: Path, progress: bool = True) -> None:
 
     index = StreamingDataset(path)  # the ids, to check every row group against
     f = index.files[0]
-    size = fmt_bytes(copy_bytes(int(f.offsets[-1]), f.layout.specs, f.held))
+    need = copy_bytes(int(f.offsets[-1]), f.layout.specs, f.held)
+    size = fmt_bytes(need)
+    if copies_bytes(folder, path) == need:
+        print(f"mmvm site prepare: {path}: its copy in {folder} is current ({size})")
+        return
     t0 = time.monotonic()
     with counting_bar(f.num_row_groups, lambda k: f"{path.name}: row group {k}/"
                       f"{f.num_row_groups} ({size})", progress) as step:

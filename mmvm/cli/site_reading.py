@@ -40,4 +40,5 @@ def check_reading(check: NodeCheck, p: SitePolicy, train: Path, test: Path | Non
         check.add("data", WARNING, f"{said}, whose disk has {fmt_bytes(free)} free: "
                   f"a run will be refused there (it keeps {fmt_bytes(SPARE_BYTES)} spare)")
     else:
-        check.add("data", OK, f"{said} (made at the first run; {fmt_bytes(free)} free)")
+        check.add("data", OK, f"{said} ({fmt_bytes(free)} free; made by mmvm site "
+                  f"prepare, or at the first run)")

@@ -67,8 +67,8 @@ class Source:
 
 
 def copies_bytes(folder: str | os.PathLike, path: str | os.PathLike) -> int:
-    """Bytes of the whole copies of site file ``path`` as it is now in ``folder``
-    (reused by a run: the room it needs is the rest)."""
+    """Tensor bytes (as :func:`copy_bytes` counts them) of the whole copies of site
+    file ``path`` as it is now in ``folder`` (reused by a run: it needs the rest)."""
     from mmvm.data.store import open_parquet, read_layout
 
     stat = os.stat(path)
@@ -76,7 +76,8 @@ def copies_bytes(folder: str | os.PathLike, path: str | os.PathLike) -> int:
     src = Source(str(path), stat, layout.num_rows, layout.specs, np.zeros(1), None)
     files = [Path(folder) / f"{_stem(path)}-{_safe(m)}-{_tag(src, m)}.npy"
              for m in layout.specs]
-    return sum(f.stat().st_size for f, m in zip(files, layout.specs, strict=True)
+    return sum(copy_bytes(layout.num_rows, layout.specs, [m])
+               for f, m in zip(files, layout.specs, strict=True)
                if _intact(f, src, m, remove=False))  # (a check writes nothing)
 
 

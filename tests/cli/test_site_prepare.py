@@ -34,6 +34,10 @@ def test_a_streaming_site_prepares_the_copy_its_runs_read(fed, capsys):
     assert torch.equal(st.batch(rows)["x"]["m0"],
                        MultimodalDataset.from_parquet(train).batch(rows)["x"]["m0"])
     assert not st.cache_info()["reads"]
+    assert main(["site", "prepare", "--no-progress", "--node-config", _text(nc)]) == 0
+    assert f"train.parquet: its copy in {folder} is current (441.0 KiB)" in \
+        capsys.readouterr().out  # said, not decoded again
+    assert {c: c.stat().st_mtime_ns for c in folder.glob("*.npy")} == copies
 
 
 def test_a_site_that_reads_its_files_whole_has_nothing_to_prepare(fed, capsys):
