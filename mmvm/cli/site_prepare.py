@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mmvm.data.decoded import Source, copies_bytes, copy_bytes, decoded_arrays
-from mmvm.data.store_limits import fmt_bytes
+from mmvm.data.store_limits import fmt_bytes, memory_budget
 from mmvm.federation.node_config import load_policy
-from mmvm.federation.site_config import too_large_to_hold
+from mmvm.federation.site_config import deployed_streams, whole_bytes
 from mmvm.progress import counting_bar
 
 
@@ -31,9 +31,7 @@ def prepare(nc: Mapping, progress: bool = True) -> int:
     files = [p for p in (data / "train.parquet", data / "test.parquet") if p.is_file()]
     if not files:
         raise FileNotFoundError(f"data={nc['data']}: no train.parquet or test.parquet")
-    stream = policy.streaming if policy.streaming is not None else \
-        too_large_to_hold(files)
-    if not stream:
+    if not deployed_streams(policy, whole_bytes(files), memory_budget()):
         why = "streaming=false" if policy.streaming is False else \
             "they take under a quarter of this host's memory"
         print(f"mmvm site prepare: site {site} reads its files whole ({why}): nothing "

@@ -8,18 +8,17 @@ import shutil
 from pathlib import Path
 
 from mmvm.cli.site_findings import OK, WARNING, NodeCheck
-from mmvm.data.decoded import SPARE_BYTES, copies_bytes, tensor_bytes
+from mmvm.data.decoded import SPARE_BYTES, copies_bytes
 from mmvm.data.store_limits import fmt_bytes, memory_budget
 from mmvm.federation.policy import SitePolicy
-from mmvm.federation.site_config import WHOLE_READ_SHARE
+from mmvm.federation.site_config import deployed_streams, whole_bytes
 
 
 def check_reading(check: NodeCheck, p: SitePolicy, train: Path, test: Path | None) -> None:
     """Say how the site reads its files and, where it streams, what its decoded copy
     needs on the state folder's disk (a warning where that disk lacks the room)."""
-    whole = tensor_bytes(train) + (tensor_bytes(test) if test is not None else 0)
-    budget = memory_budget()
-    stream = p.streaming if p.streaming is not None else WHOLE_READ_SHARE * whole > budget
+    whole, budget = whole_bytes([f for f in (train, test) if f is not None]), memory_budget()
+    stream = deployed_streams(p, whole, budget)
     if p.streaming is None:
         check.add("data", OK, f"streaming by size: its files hold {fmt_bytes(whole)} of "
                   f"tensors, this host {fmt_bytes(budget)} of memory: it " + (

@@ -32,15 +32,20 @@ def streams(policy: SitePolicy, cfg: ExperimentConfig,
     """Whether the site reads ``files`` (its train and test files) streamed."""
     if policy.test_bed:
         return cfg.data.streaming
+    return deployed_streams(policy, whole_bytes(files), memory_budget())
+
+
+def deployed_streams(policy: SitePolicy, whole: int, budget: int) -> bool:
+    """A deployed site's rule: its node config's ``streaming``, else whether its files'
+    tensors (``whole`` bytes) take over a quarter of its memory (``budget`` bytes)."""
     if policy.streaming is not None:
         return policy.streaming
-    return too_large_to_hold(files)
+    return WHOLE_READ_SHARE * whole > budget
 
 
-def too_large_to_hold(files: Sequence[str | os.PathLike]) -> bool:
-    """Whether ``files``' tensors take over a quarter of this host's memory."""
-    whole = sum(tensor_bytes(f) for f in files if f and Path(f).is_file())
-    return WHOLE_READ_SHARE * whole > memory_budget()
+def whole_bytes(files: Sequence[str | os.PathLike]) -> int:
+    """The bytes of the tensors in those of ``files`` that exist."""
+    return sum(tensor_bytes(f) for f in files if f and Path(f).is_file())
 
 
 def site_experiment(policy: SitePolicy, cfg: ExperimentConfig,
