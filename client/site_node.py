@@ -42,7 +42,7 @@ from mmvm.federation.sealed_channel import SealedChannel
 from mmvm.federation.sent_log import append_sent, capped
 from mmvm.federation.settings import APP_DIR, FederationSettings, load_settings
 from mmvm.federation.site import Site
-from mmvm.federation.site_config import site_experiment
+from mmvm.federation.site_config import reading, site_experiment
 from mmvm.federation.site_dirs import own_site_files
 from mmvm.federation.site_errors import SITE_TAG, public_error
 from mmvm.federation.site_store import SiteStore
@@ -261,6 +261,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             reply = endpoint.handle(request)  # and writes the state as due
             if kind == "evaluate" and policy.pictures:
                 _pictures(node, files[0])
+            if kind in ("describe", "resume") and not policy.test_bed:
+                _journal(files[0], reading(node.site.cfg))
             for note in [*node.store.notes, *endpoint.notes]:
                 _journal(files[0], note)
             node.store.notes.clear()

@@ -60,3 +60,13 @@ def site_experiment(policy: SitePolicy, cfg: ExperimentConfig,
             cfg.train, device=policy.device or cfg.train.device,
             compile=cfg.train.compile and policy.allow_compile),
         data=dataclasses.replace(cfg.data, streaming=stream, decoded_dir=decoded))
+
+
+def reading(cfg: ExperimentConfig) -> str:
+    """How a site that runs ``cfg`` (from :func:`site_experiment`) reads its files: a
+    line for its own journal, where its operator looks."""
+    if not cfg.data.streaming:
+        return "reads its files whole"
+    if cfg.data.decoded_dir:
+        return f"reads its files streamed, from its decoded copy in {cfg.data.decoded_dir}"
+    return "reads its files streamed, by Parquet row group"

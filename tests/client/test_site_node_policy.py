@@ -369,3 +369,17 @@ def test_an_unexpected_error_of_a_site_that_keeps_its_losses_stays_in_its_log(
     log = Path(plain_site["state"]) / "run-7" / "site-m0.errors.log"
     assert "loss went to 1234.5678 at row 17" in log.read_text()
     assert f"(traceback: {log})" in capsys.readouterr().err  # the operator's pointer
+
+
+def test_the_sites_journal_says_how_it_reads_its_files(plain_site, capsys):
+    """Its operator reads in the SuperNode's log whether the site streams (and from
+    which copy) or reads its files whole, as its node config's streaming decides; the
+    server is told nothing of it."""
+    decoded = Path(plain_site["state"]) / "decoded"
+    assert not isinstance(_describe(dict(plain_site, streaming="false"), 80), str)
+    assert "mmvm site site-m0: reads its files whole\n" in capsys.readouterr().err
+    reply = _describe(dict(plain_site, streaming="true"), 81)
+    assert not isinstance(reply, str) and "decoded" not in repr(reply)
+    assert f"mmvm site site-m0: reads its files streamed, from its decoded copy in " \
+        f"{decoded}\n" in capsys.readouterr().err
+    assert any(decoded.glob("*.npy"))  # describe read the files: through the copy
