@@ -34,7 +34,7 @@ import numpy as np
 
 from mmvm.data import open_dataset
 from mmvm.federation.messages import KIND_TEST, HeldOutReply, HeldOutRequest
-from mmvm.federation.policy import SitePolicy
+from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.posteriors import (
     PosteriorError,
     Posteriors,
@@ -61,10 +61,13 @@ def answer(site: Site, sec: SiteSecrets, align: str, req: HeldOutRequest, share:
     ring steps (:mod:`mmvm.federation.sealed_heldout_psi`), then the sealed
     posteriors."""
     weights = request_digest({}, req.weights)
+    if not share and req.step:  # its node config as it is now (turned off after step
+        raise PolicyError(f"site {site.name}: heldout step {req.step} refused: its "
+                          f"node config keeps its test set out (share-test = false)")
     if req.step == 0:
         again = site.replies.get("heldout", 0, weights)
-        if again is not None:
-            return again
+        if again is not None:  # what it no longer shares is not sent again
+            return again if share or again.reason else _kept_out()
         site.progress.held_out_step(site.name)
         reply = _pseudonyms(site, sec, align, share, weights, begin, load)
         site.replies.keep("heldout", 0, reply, weights)
@@ -112,11 +115,15 @@ def _seal_step(site: Site, sec: SiteSecrets, req: HeldOutRequest, test: dict,
     return reply
 
 
+def _kept_out() -> HeldOutReply:
+    return HeldOutReply(reason="its node config keeps its test set out (share-test = "
+                               "false)")
+
+
 def _pseudonyms(site: Site, sec: SiteSecrets, align: str, share: bool, weights: str,
                 begin: Callable[[], None], load: Callable[[], object]) -> HeldOutReply:
     if not share:
-        return HeldOutReply(reason="its node config keeps its test set out "
-                                   "(share-test = false)")
+        return _kept_out()
     if not site.test_path:
         return HeldOutReply(reason="no test file")
     begin()  # the evaluation's mean, fixed here: evaluate must bring the same

@@ -402,3 +402,42 @@ def test_a_site_with_min_rows_scores_no_posteriors_its_peers_chose(
         assert not any(k.startswith(("impute", "coherence")) for k in ev), ev
         assert any("min-rows = 5" in n and "the peers in a secure one" in n
                    for n in endpoints[key].notes)
+
+
+@pytest.mark.parametrize("align", ["pseudonym", "psi"])
+def test_a_site_that_stops_sharing_its_test_set_seals_nothing_more(
+        tiny_polymnist, tiny_config, tmp_path, align):
+    """Security review (2026-12-07): share-test was read at heldout step 0 only, so a
+    site whose operator turned it off after answering step 0 (and restarted its
+    SuperNode) still answered the PSI ring and sealed its test posteriors to the
+    peers the server named. Now its node config as it is now holds at every step:
+    step 0 asked again says it keeps its test set out, later steps are refused."""
+    import dataclasses
+
+    from mmvm.federation.policy import PolicyError
+
+    cfg, stopped = tiny_config(tiny_polymnist, epochs=1), []
+
+    def alter(requests, replies):
+        req = next(iter(requests.values()))
+        if req.kind == "heldout" and req.step == 0 and not stopped:
+            key = sorted(requests)[0]
+            ep = endpoints[key]
+            loose, ep.policy = ep.policy, dataclasses.replace(ep.policy, share_test=False)
+            again = ep.handle(requests[key])
+            assert not again.identifiers and not again.posteriors
+            assert "share-test = false" in again.reason
+            later = dataclasses.replace(requests[key], step=1, n=96,
+                                        rows=list(range(96)), counts={ep.site.name: 96})
+            with pytest.raises(PolicyError, match="share-test = false"):
+                ep.handle(later)
+            stopped.append(ep.site.name)
+            ep.policy = loose  # (this harness raises a site's refusal: the run goes on)
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = sealed_endpoints(sites, site_keys(sites), tmp_path / "state", NO_LABELS,
+                                 align=align)
+    result = federate(cfg, endpoints, Tampering(endpoints, alter), cross_eval="mean",
+                      exchange="step", secure=True, align=align)
+    assert stopped and result.evaluation_errors == {}
