@@ -59,6 +59,7 @@ from mmvm.judges import (
     file_digest,
     holding,
     is_image,
+    keep_only,
     labelled_count,
     labelled_rows,
     no_judge,
@@ -234,7 +235,8 @@ def load_or_train(
     train_path, test_path : the real data's Parquet files (train fits, test scores);
         each one file or a list of site files joined by sample id (a modality's rows
         come from the files holding it, its labels from any file: :mod:`mmvm.judges`).
-    cache_dir : where classifiers are kept; default ``classifiers/`` by its train file.
+    cache_dir : where classifiers are kept, the latest of each modality only (a
+        site's state folder); default ``classifiers/`` by its train file, every recipe's.
     log : optional ``callable(str)`` told what is loaded, trained or skipped.
     tokens : modality -> vocabulary size, for modalities of kind ``tokens``.
     progress : a bar per classifier trained; None: when stdout is a terminal.
@@ -273,6 +275,8 @@ def load_or_train(
                                         device, vocab, progress, decoded_dir)
             path = _save_judge(path, state, None if cache_dir else
                                _default_places(train_path, name)[1], log)
+            if cache_dir:  # a site's state folder: its latest judge of each only
+                keep_only(path, name)
         elif log:
             log(f"loaded the {name} classifier from {path}")
         models[name] = model.to(device).eval()

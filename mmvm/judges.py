@@ -111,3 +111,16 @@ def no_judge(paths: Paths, name: str, label: str) -> str:
     files = ", ".join(str(p) for p in site_files(paths))
     return (f"no {name} sample has a known {label!r} in {files} (labels joined by "
             f"sample id): no {name} judge, so coherence to {name} is not scored")
+
+
+def keep_only(path: Path, name: str) -> None:
+    """Remove the judges of modality ``name`` in ``path``'s folder other than ``path``
+    (``<name>-<16 hex digits>.pt``): a site keeps one judge per modality, so runs
+    whose recipes differ (each keyed apart, each up to its max-params) cannot fill
+    its state folder's disk."""
+    import re
+
+    mine = re.compile(rf"{re.escape(name)}-[0-9a-f]{{16}}\.pt")
+    for other in path.parent.iterdir():
+        if other != path and mine.fullmatch(other.name):
+            other.unlink(missing_ok=True)

@@ -201,6 +201,27 @@ def test_the_judges_folder_is_made_private_as_its_files_are(tmp_path):
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
 
 
+def test_a_sites_judges_folder_keeps_its_latest_judge_of_each_modality(tmp_path):
+    """Security review (2026-12-07): each recipe is a judge of its own, so a submitter
+    changing the recipe every run (each judge up to the site's max-params) filled the
+    site's state folder's disk. Given a folder (a site's), a new judge of a modality
+    replaces its older ones there; the other modality's judge and other files stay."""
+    from mmvm.classifiers import ClassifierConfig, load_or_train
+
+    p, kept = digit_vectors(tmp_path), tmp_path / "state" / "classifiers"
+    runs = [load_or_train(p["train"], p["test"], names, cache_dir=kept,
+                          cfg=ClassifierConfig(epochs=1, width=4, lr=lr))
+            for names, lr in ((["m0", "m1"], 1e-3), (["m0"], 2e-3))]
+    (kept / "m0-notes.txt").write_text("the operator's")
+    assert sorted(f.name for f in kept.iterdir()) == sorted(
+        [runs[1].paths["m0"].name, runs[0].paths["m1"].name, "m0-notes.txt"])
+    assert runs[0].paths["m0"] != runs[1].paths["m0"]
+    for lr in (3e-3, 4e-3):  # beside the data (mmvm evaluate's): every recipe's kept
+        load_or_train(p["train"], p["test"], ["m0"],
+                      cfg=ClassifierConfig(epochs=1, width=4, lr=lr))
+    assert len(list((tmp_path / "classifiers").glob("m0-*.pt"))) == 2
+
+
 def test_a_data_folder_that_cannot_be_written_keeps_the_judge_in_the_user_cache(
         tmp_path, monkeypatch):
     """A read-only data mount: the judge was trained, then its save failed the whole
