@@ -34,7 +34,7 @@ from mmvm.federation.channel import Channel, PlainChannel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
 from mmvm.federation.messages import MessageError
-from mmvm.federation.node_config import load_policy, missing_paths
+from mmvm.federation.node_config import load_policy, missing_paths, state_folder
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import Progress, ProtocolOrderError
@@ -296,8 +296,12 @@ def _run_refused(context: Context, kind: str, err: Exception) -> str:
     who = name or f"of partition {nc.get('partition-id', '?')}"
     _journal(str(who), f"refused the run's {kind} message: {type(err).__name__}: {err}")
     text = said(str(name), err) if name else f"{type(err).__name__}: {err}"
-    if nc.get("state") and name:  # a deployment site: its refusals of whole runs
-        _refused(Path(str(nc["state"])), "refused", kind, text, context.run_id)
+    try:  # a deployment site: its refusals of whole runs, in its state folder
+        folder = state_folder(nc, str(name)) if nc.get("data") and name else None
+    except ValueError:  # not a site name (the refusal says so)
+        folder = None
+    if folder is not None:
+        _refused(folder, "refused", kind, text, context.run_id)
     return capped(text)
 
 

@@ -188,6 +188,14 @@ def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
     return problems
 
 
+def state_folder(nc: Mapping, site: str) -> Path:
+    """A deployment site's state folder: its node config's ``state``, by default
+    ``~/.mmvm/state/<site>`` (a name that is no site name is refused there: ``..``)."""
+    if not nc.get("state"):
+        validate_site_name(site)
+    return Path(str(nc.get("state", "")) or Path("~/.mmvm/state") / site).expanduser()
+
+
 def load_policy(nc: Mapping, site: str) -> SitePolicy:
     """The policy of a SuperNode's node config (``site`` names it in messages);
     refused, with every problem (:func:`policy_problems`), if it has any."""
@@ -197,11 +205,10 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
     if problems:
         raise PolicyError("; ".join(message for _, message in problems))
     keys = str(Path(str(nc["keys"])).expanduser()) if nc.get("keys") else ""
-    state = str(nc.get("state", "")) or str(Path("~/.mmvm/state") / site)
     return SitePolicy(
         keys=keys, directory=str(Path(str(nc["directory"])).expanduser())
         if nc.get("directory") else "",
-        state=str(Path(state).expanduser()),
+        state=str(state_folder(nc, site)),
         require_secure=_bool(nc, "require-secure", bool(keys)),
         allow_collect=_bool(nc, "allow-collect", not keys),
         peers=_peers(str(nc["peers"])) if "peers" in nc else None,

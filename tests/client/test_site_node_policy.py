@@ -383,3 +383,22 @@ def test_the_sites_journal_says_how_it_reads_its_files(plain_site, capsys):
     assert f"mmvm site site-m0: reads its files streamed, from its decoded copy in " \
         f"{decoded}\n" in capsys.readouterr().err
     assert any(decoded.glob("*.npy"))  # describe read the files: through the copy
+
+
+@pytest.mark.parametrize("state", [None, "~/st"])
+def test_a_refused_run_is_journalled_in_the_default_or_a_home_state_folder(
+        plain_site, tmp_path, monkeypatch, state):
+    """Security review (2026-12-07): the refusal of a whole run was recorded only
+    where the node config named its state folder, and not expanding ``~`` there:
+    a site on the default ``~/.mmvm/state/<site>`` or a ``~/...`` one kept no record
+    of the runs it refused."""
+    import json
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / (".mmvm/state/site-m0" if state is None else "st")
+    folder.mkdir(parents=True)
+    nc = {"data": plain_site["data"], "experiment": "0" * 64}
+    said = _describe(nc if state is None else dict(nc, state=state), 82)
+    assert isinstance(said, str) and "not one its node config allows" in said, said
+    lines = [json.loads(t) for t in (folder / "refused.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["refused"] == said and lines[0]["run"] == 82
