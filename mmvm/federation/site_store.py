@@ -122,7 +122,8 @@ class SiteStore:
             self.save(site, snapshot=False)  # a new file, not the snapshot's inode
             return
         raise StateFileError(
-            f"site {site.name}: its saved state {self.path} cannot be read ({why})"
+            f"site {site.name}: its saved state {self.path.parent.name}/{self.path.name} "
+            f"(in its state folder: the server learns no path) cannot be read ({why})"
             + (f", nor can any snapshot of it ({[w + 1 for w in self.snapshots()] or 'none'})"
                if self.fall_back else " and a secure site never goes back to a snapshot")
             + ": the disk or the file was damaged; start a new run") from None
