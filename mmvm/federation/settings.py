@@ -265,8 +265,28 @@ def _check_folders(s: FederationSettings) -> None:
                               f"folder, or '' for {none}")
 
 
+def check_federable(cfg: ExperimentConfig) -> None:
+    """Refuse an experiment no federation trains: an aggregated method, whose joint
+    posterior needs every encoder in one graph, or a schedule of its own (the sites
+    follow the server's shared permutation). The server checks at start, each site
+    again."""
+    from mmvm.aggregation import can_federate, federated_methods
+
+    if not can_federate(cfg.model.method):
+        raise ConfigError(
+            f"{cfg.source}: model.method = {cfg.model.method!r} cannot train federated: "
+            f"its joint posterior needs every encoder in one graph; use one of "
+            f"{federated_methods()} (the aggregated baselines train centrally with "
+            f"`mmvm train`)")
+    if cfg.data.schedule != "permutation":
+        raise ConfigError(f"{cfg.source}: data.schedule = {cfg.data.schedule!r}: "
+                          f"federated sites follow the server's shared permutation "
+                          f"schedule; use 'permutation'")
+
+
 def _check(s: FederationSettings) -> None:
     _check_folders(s)
+    check_federable(s.experiment)
     if s.exchange not in EXCHANGES:
         raise ConfigError(f"run config: exchange = {s.exchange!r}; choose one of "
                           f"{list(EXCHANGES)}")

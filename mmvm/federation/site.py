@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from mmvm import accel
-from mmvm.aggregation import can_federate, federated_methods
 from mmvm.checkpoint import checked_optimizer_state, load_torch, write_torch
 from mmvm.config import ExperimentConfig
 from mmvm.data import check_data_fits, open_dataset
@@ -31,6 +30,7 @@ from mmvm.federation.plan import PlanArgs, Step, window_counts
 from mmvm.federation.posteriors import PosteriorError, Posteriors
 from mmvm.federation.progress import PRE_ATTACH, Progress
 from mmvm.federation.reply_cache import ReplyCache
+from mmvm.federation.settings import check_federable
 from mmvm.federation.site_data import check_same_data, data_record
 from mmvm.federation.site_encode import encode_rows, step_groups
 from mmvm.federation.window_metrics import step_sums, zero_sums
@@ -47,14 +47,7 @@ class Site:
                  test_path: str | Path | None = None, overlap: bool = True,
                  admit: Callable[[list[str]], None] | None = None) -> None:
         """``admit(names)`` may refuse the model of ``names`` (raise) before it is built."""
-        if not can_federate(cfg.model.method):
-            raise ValueError(
-                f"method {cfg.model.method!r} cannot train federated: its joint posterior "
-                f"needs every encoder in one graph; use one of {federated_methods()} "
-                f"(the aggregated baselines train centrally with `mmvm train`)")
-        if cfg.data.schedule != "permutation":
-            raise ValueError(f"data.schedule = {cfg.data.schedule!r}: federated sites follow "
-                             f"the server's shared permutation schedule; use 'permutation'")
+        check_federable(cfg)
         self.cfg, self.name = cfg, name
         self.global_names = [m.name for m in cfg.model.modalities]
         held = read_site_meta(train_path)["tensors"]

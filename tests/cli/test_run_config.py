@@ -65,6 +65,10 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("num-sites=2", r"layout = 'vertical' of the config's 3 modalities has 3 sites but "
                     r"num-sites = 2: set num-sites=3"),
     ("layout='horizontal' shards=1", r"layout = 'horizontal' needs shards >= 2"),
+    # Flower started and every site failed describe with a traceback (a walkthrough)
+    ("set='model.method=poe'", r"polymnist_cpu.toml: model.method = 'poe' cannot "
+                               r"train federated: .*use one of \['independent', 'mmvm'\] "
+                               r"\(the aggregated baselines train centrally"),
     ("n-train=-5", r"n-train = -5 and n-test = 1000 \(the simulation's default data\) "
                    r"must be >= 1"),
     ("n-train=900000000000", r"run config: PolyMNIST look-alike \(train\): "
@@ -109,6 +113,7 @@ def test_a_good_run_config_is_the_apps_defaults_with_the_overrides():
     ("secure=true quantize='int8'", "quantize"),
     ("set='train.epochs=zero'", "epochs"),
     ("exchange='sometimes'", "exchange"),
+    ("set='model.method=mopoe'", "'mopoe' cannot train federated"),
 ])
 def test_a_deployments_run_config_values_are_checked_before_it_is_submitted(text, match):
     with pytest.raises(ConfigError, match=match):

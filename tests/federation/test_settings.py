@@ -72,6 +72,10 @@ def test_overrides_and_string_forms_of_flower_values():
     ({"resume": "1" * 5000}, r"resume = '1111.*' is not a run id"),
     ({"resume": str(2**64)}, r"resume = '18446744073709551616' is not a run id"),
     ({"set": "eval.labels=" + "[" * 5000}, r"eval.labels=\[\[.*nested too deeply"),
+    # no federation trains them: refused at the server's start, not at describe
+    ({"set": "model.method=moe"}, r"model.method = 'moe' cannot train federated"),
+    ({"set": "data.streaming=true;data.schedule=grouped"},
+     r"data.schedule = 'grouped': federated sites follow the server's shared"),
 ])
 def test_bad_values_fail_naming_the_key(change, match):
     with pytest.raises(ConfigError, match=match):
