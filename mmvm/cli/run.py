@@ -31,6 +31,7 @@ from mmvm.cli.local_link import check_local_superlink
 from mmvm.cli.run_checks import check_ray_address, check_resources, cluster_address
 from mmvm.cli.run_config import (
     APP_DIR,
+    app_defaults,
     check_run_config,
     default_app,
     is_mmvm_app,
@@ -234,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
             check_resources(args)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
             if not args.deployment:  # simulated SuperNodes: one per site folder
-                args.run_config = with_site_count(args.run_config)
+                args.run_config = with_site_count(args.run_config,
+                                                  app_defaults(Path(args.app)))
             check_run_config(Path(args.app), args.run_config, local=simulation,
                              deployment=args.deployment)
         else:

@@ -14,6 +14,7 @@ import difflib
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,12 @@ def app_defaults(app: Path) -> dict[str, Any]:
                           "a Flower app (mmvm run runs this app or a copy of it)") from None
 
 
-def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPLE
-                    ) -> dict[str, Any]:
+def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPLE,
+                    defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``--run-config`` as ``flwr run`` reads it (and ``--node-config`` as
     ``flower-supernode`` does: the same parser), except that a word that is not
-    ``key=value``, which Flower drops silently, is an error."""
+    ``key=value``, which Flower drops silently, is an error. ``defaults``: the app's
+    values, whose types name what a value that does not parse should be."""
     text = text.strip()
     if not text:
         return {}
@@ -90,18 +92,29 @@ def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPL
     try:  # flattened as flwr does: a.b=1 is the key "a.b"
         return _flat(tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs)))
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{flag}: {_bad_pair(pairs) or err}; strings take quotes "
+        raise ConfigError(f"{flag}: {_bad_pair(pairs, defaults or {}) or err} "
                           f"({example})") from None
 
 
-def _bad_pair(pairs: list[tuple[str, str]]) -> str:
+KINDS = {bool: "true or false", int: "a whole number", float: "a number",
+         str: "a string in quotes"}
+
+
+def _bad_pair(pairs: list[tuple[str, str]], defaults: Mapping[str, Any]) -> str:
     """The first ``key=value`` of ``pairs`` that TOML cannot read, named by its words
-    (TOML's own message gives a line and column of a text the user never wrote)."""
+    (TOML's own message gives a line and column of a text the user never wrote), and
+    what its key takes where ``defaults`` has it."""
     for k, v in pairs:
-        if _toml_error(f"{k} = {v}"):
-            what = f"{v} is not a value" if _toml_error(f"x = {v}") else \
-                f"{k!r} is not a key (letters, digits, - _ and .)"
-            return f"{k}={v}: {what}"
+        if not _toml_error(f"{k} = {v}"):
+            continue
+        if not _toml_error(f"x = {v}"):
+            return f"{k}={v}: {k!r} is not a key (letters, digits, - _ and .)"
+        kind = KINDS.get(type(defaults.get(k)))
+        if kind is None:
+            return f"{k}={v}: {v} is not a value; strings take quotes"
+        default = defaults[k]
+        shown = f"'{default}'" if isinstance(default, str) else str(default).lower()
+        return f"{k}={v}: {k} takes {kind}, e.g. {k}={shown} (the app's default)"
     return ""
 
 
@@ -128,7 +141,8 @@ def check_run_config(app: Path, text: str, local: bool, deployment: bool = False
     that need none of the server's files."""
     from mmvm.cli.run_values import check_local_values, check_remote_values
 
-    defaults, overrides = app_defaults(app), parse_overrides(text)
+    defaults = app_defaults(app)
+    overrides = parse_overrides(text, defaults=defaults)
     unknown = [key for key in overrides if key not in defaults]
     if unknown:  # every one at once: a second typo should not cost a second try
         named = []
@@ -146,13 +160,13 @@ def check_run_config(app: Path, text: str, local: bool, deployment: bool = False
     return rc
 
 
-def with_site_count(text: str) -> str:
+def with_site_count(text: str, defaults: Mapping[str, Any] | None = None) -> str:
     """``--run-config`` with ``num-sites`` set to the number of ``site-dirs`` where it
     lists folders and no ``num-sites`` is given (the app's default, 3, was refused
     for two folders; said on stderr); else as given."""
     from mmvm.federation.site_dirs import parse_site_dirs
 
-    given = parse_overrides(text)
+    given = parse_overrides(text, defaults=defaults)
     if not given.get("site-dirs") or "num-sites" in given or text.strip().endswith(".toml"):
         return text
     n = len(parse_site_dirs(str(given["site-dirs"])))

@@ -51,8 +51,12 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     # every typo at once, not one per try
     ("num-site=3 exchang='step' zzz=1", r"3 unknown keys: 'num-site'; did you mean "
      r"'num-sites'\? \| 'exchang'; did you mean 'exchange'\? \| 'zzz' \(the keys"),
-    ("exchange=step", r"exchange=step: step is not a value; strings take quotes"),
-    ("num-sites=3 exchange=step", r": exchange=step: step is not a value"),  # its word
+    ("exchange=step", r"exchange=step: exchange takes a string in quotes, e.g. "
+                      r"exchange='round' \(the app's default\)"),
+    # the hint to quote a value was wrong for a number (a walkthrough)
+    ("n-train=abc", r"n-train=abc: n-train takes a whole number, e.g. n-train=3000 "),
+    ("secure=yes", r"secure=yes: secure takes true or false, e.g. secure=false "),
+    ("num-sites=3 exchange=step", r": exchange=step: exchange takes a string"),  # its word
     ("a..b=1", r"a..b=1: 'a..b' is not a key"),
     ("num-sites=3 num-sites=4", r"num-sites is given 2 times; give each key once"),
     ("num-sites=3 oops", r"'oops' is not key=value"),
