@@ -44,12 +44,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def innermost(parser: argparse.ArgumentParser, argv: Sequence[str]
+              ) -> argparse.ArgumentParser:
+    """The (sub)parser of the command ``argv`` names, e.g. ``mmvm data make
+    polymnist``'s."""
+    for word in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and word in subs[0].choices:
+            parser = subs[0].choices[word]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command: its exit status; errors it expects (bad config, data, files)
     and, as a last resort, any OSError are one line and exit 2; Ctrl-C exits 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said with the usage of the command given, not of `mmvm`
+        innermost(parser, argv).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except expected_errors() as err:

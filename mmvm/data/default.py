@@ -57,6 +57,18 @@ def check_default_modalities(modalities: Sequence[str]) -> None:
             f"--deployment")
 
 
+def default_folder(data_dir: str | Path, modalities: tuple[str, ...], seed: int,
+                   n_train: int, n_test: int, variant: str = "translated",
+                   hippocampus: Mapping[str, float] | None = None) -> Path:
+    """Where :func:`ensure_default_sites` makes the look-alike of ``modalities``."""
+    root = Path(data_dir).expanduser()
+    check_default_modalities(modalities)
+    if tuple(modalities) == tuple(RAT_MODALITIES):
+        return hippocampus_folder(root, seed, resolve_knobs(hippocampus))
+    prefix = "polymnist" if variant == "translated" else f"polymnist-{variant}"
+    return root / f"{prefix}-seed{seed}-n{n_train}-{n_test}"
+
+
 def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards: int = 2,
                          missing: float = 0.0, n_train: int = 3000, n_test: int = 1000,
                          seed: int = 0, modalities: tuple[str, ...] = ("m0", "m1", "m2"),
@@ -68,14 +80,11 @@ def ensure_default_sites(data_dir: str | Path, layout: str = "vertical", shards:
     ``hippocampus``: the hippocampus look-alike's knobs (``mmvm.data.hippocampus_knobs``,
     None = the defaults)."""
     root = Path(data_dir).expanduser()
-    check_default_modalities(modalities)
+    full = default_folder(root, modalities, seed, n_train, n_test, variant, hippocampus)
     if tuple(modalities) == tuple(RAT_MODALITIES):
         knobs = resolve_knobs(hippocampus)
-        full = hippocampus_folder(root, seed, knobs)
         make = lambda: make_hippocampus(full, seed=seed, **knobs)  # noqa: E731
-    elif tuple(modalities) == ("m0", "m1", "m2"):
-        prefix = "polymnist" if variant == "translated" else f"polymnist-{variant}"
-        full = root / f"{prefix}-seed{seed}-n{n_train}-{n_test}"
+    else:
         make = lambda: make_polymnist(full, seed=seed, n_train=n_train,  # noqa: E731
                                       n_test=n_test, variant=variant)
     sites = site_layout(layout, modalities, shards)

