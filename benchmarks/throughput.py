@@ -4,8 +4,8 @@ Model sizes on the PolyMNIST look-alike's shape (3 x 28 x 28, 3 modalities):
 
 - ``paper``: the authors' ResNet (``polymnist_resnet``, channels 64/128/256), latent
   512, batch 128 (docs/protocol.md, "The paper's settings");
-- ``cpu``: the configuration the main job trains (``configs/polymnist.toml`` with the
-  app's overrides);
+- ``cpu``: ``configs/polymnist.toml`` as it is (``conv28`` width 16, latent 64, batch
+  128; the main job's ``polymnist_cpu.toml`` is half as wide at batch 32);
 
 and two chest X-ray views (1 channel, ``res_image``) as their configs train them:
 ``xray64`` (``configs/mimic_cxr_64.toml``, the two-hospital guide's) and ``xray224``
@@ -54,7 +54,7 @@ SIZES = {  # size -> (config file, overrides)
         "model.latent_dim=512", "train.batch_size=128",
         *[f"model.modalities.{m}.network=polymnist_resnet" for m in NAMES],
         *[f"model.modalities.{m}.width=64" for m in NAMES]]),
-    "cpu": ("polymnist.toml", []),  # the config file as the main job uses it
+    "cpu": ("polymnist.toml", []),  # the config file as it is
     "xray64": ("mimic_cxr_64.toml", []),
     "xray224": ("mimic_cxr.toml", []),
 }
