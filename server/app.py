@@ -115,6 +115,17 @@ def resume_hint(context: Context) -> str | None:
             f"with the same run config and resume='{s.first_run(context.run_id)}'")
 
 
+def start_line(s: FederationSettings, run_id: int, out_dir: Path) -> str:
+    """The run's first line: what trains, and where its results go (a resume's are
+    its own run's folder; its state stays in the first run's, which it names)."""
+    cfg = s.experiment
+    resumes = f"; it resumes run {s.resume}, whose state stays in " \
+        f"{Path(s.out_dir) / f'run-{s.first_run(run_id)}'}" if s.resume else ""
+    return (f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange "
+            f"{s.exchange}, {cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}, "
+            f"secure {s.secure}; results will be in {out_dir}{resumes}")
+
+
 def run(grid: Grid, context: Context) -> None:
     s = load_settings(context.run_config)
     out_dir = Path(s.out_dir) / f"run-{context.run_id}"
@@ -123,10 +134,7 @@ def run(grid: Grid, context: Context) -> None:
         problem = eval_data_problem(cfg, s.eval_data)
         if problem:
             raise ConfigError(f"run config: {problem}")
-    print(f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange {s.exchange}, "
-          f"{cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}, secure {s.secure}; "
-          f"results will be in {out_dir}",
-          flush=True)
+    print(start_line(s, context.run_id, out_dir), flush=True)
     if note := exactness_note(s):
         print(note, flush=True)
     result = _federate(grid, context, s)

@@ -6,7 +6,7 @@ from flwr.app import Context, RecordDict
 
 from mmvm.federation.server_state import ServerState, save_server_state
 from mmvm.federation.settings import app_run_config, load_settings
-from server.app import resume_hint, state_path
+from server.app import resume_hint, start_line, state_path
 
 
 def _context(tmp_path, run_id: int = 42) -> Context:
@@ -179,3 +179,17 @@ def test_step_exchange_says_when_it_is_not_bit_for_bit(tmp_path):
                                                      quantize="int8"))
     assert exactness_note(settings(exchange="step", float16=False)) is None
     assert exactness_note(settings(exchange="round")) is None
+
+
+def test_a_resumed_runs_first_line_names_the_run_and_folder_it_continues(tmp_path):
+    """A walkthrough's resume wrote its results to a new run folder while the one the
+    stop named kept only server_state.pt, and nothing said how the two belong
+    together: the resumed run's first line says so."""
+    runs = tmp_path / "runs"
+    first = start_line(load_settings(app_run_config(out_dir=str(runs))), 42,
+                       runs / "run-42")
+    assert first.endswith(f"results will be in {runs / 'run-42'}"), first
+    again = start_line(load_settings(app_run_config(out_dir=str(runs), resume="42")), 77,
+                       runs / "run-77")
+    assert again.endswith(f"results will be in {runs / 'run-77'}; it resumes run 42, "
+                          f"whose state stays in {runs / 'run-42'}"), again
