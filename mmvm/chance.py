@@ -143,13 +143,17 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     (:func:`swapped_pairs`), a mean coherence within 0.02 of chance, a modality's
     reconstruction or imputation no better than a constant's
     (:func:`imputation_warnings`), judges near chance on real data."""
-    out, groups = [], {}
+    out, groups, alike = [], {}, {}
     for pair, c in result.get("coherence", {}).get("judged_class", {}).items():
         src, tgt = pair.split("->", 1)
         groups.setdefault((src, c), []).append(tgt)
-    for (src, c), tgts in groups.items():
-        out.append(f"every generation from {src} (to {', '.join(tgts)}) was judged class "
-                   f"{c}: the decoder has not learnt yet, or the judge is weak")
+    for (src, c), tgts in groups.items():  # sources alike in targets and class: a line
+        alike.setdefault((tuple(tgts), c), []).append(src)
+    for (tgts, c), srcs in alike.items():
+        one = len(srcs) == 1
+        out.append(f"every generation from {', '.join(srcs)} (to {', '.join(tgts)}) was "
+                   f"judged class {c}: the decoder{'s' * (not one)} {'has' if one else 'have'}"
+                   f" not learnt yet, or the judge{'s are' if not one else ' is'} weak")
     out += lost_classes(result)
     if result.get("method") != "independent":  # unaligned latents by design
         out += swapped_pairs(result.get("coherence", {}),
@@ -161,16 +165,24 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
         out.append(f"coherence {mean:.3f} is {where} chance ({floor:.3f}, majority "
                    "class): the generations do not carry their sample's label, or the "
                    "judges do not read it (see their accuracy)")
-    recon = result.get("reconstruction", {})
+    recon, flat = result.get("reconstruction", {}), {}
     for m, floor_nll in recon.get("baseline", {}).items():
         nll = recon.get("per_modality", {}).get(m, math.nan)
         if nll >= floor_nll - 0.005 * abs(floor_nll):  # within 0.5%: False for NaN
-            a, b = apart(nll, floor_nll)
             than = "no better than" if nll >= floor_nll else "within 0.5 % of"
+            flat.setdefault(than, []).append((m, *apart(nll, floor_nll)))
+    for than, rows in flat.items():  # one line for the modalities alike
+        if len(rows) == 1:
+            (m, a, b), = rows
             out.append(f"the {m} reconstruction NLL {a} is {than} {b}, that of one "
                        f"constant output for every sample "
                        f"(the training data's median or mean at each pixel or value): the "
                        f"decoder reproduces the average sample, not this one")
+        else:
+            out.append(f"the reconstruction NLLs {_each(rows, 1)} are {than} those of "
+                       f"one constant output for every sample ({_each(rows, 2)}; the "
+                       f"training data's median or mean at each pixel or value): the "
+                       f"decoders reproduce the average sample, not this one")
     out += imputation_warnings(result)
     accuracy = result.get("classifier_accuracy", {})
     # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
@@ -213,6 +225,11 @@ def readier_than_real(coherence: Mapping, accuracy: Mapping[str, float],
             for t, s in high.items()]
 
 
+def _each(rows: list[tuple[str, str, str]], k: int) -> str:
+    """``m0 1411.8, m1 1201.6, m2 1423.1``: each row's name and its ``k``-th value."""
+    return ", ".join(f"{row[0]} {row[k]}" for row in rows)
+
+
 def apart(a: float, b: float, most: int = 4) -> tuple[str, str]:
     """``a`` and ``b`` with one decimal, or as many more (up to ``most``) as it takes
     for them to read differently: a warning that 34.34 is worse than 34.31 should
@@ -234,13 +251,19 @@ def imputation_warnings(result: Mapping[str, Any], explode: float = 10.0) -> lis
     imp = result.get("imputation") or {}
     floor = (result.get("reconstruction") or {}).get("baseline") or {}
     rest = imp.get("rest") or {}
-    for m, nll in rest.items():
-        if m in floor and nll > floor[m]:  # False for NaN
-            a, b = apart(nll, floor[m])
-            out.append(f"{m} imputed from the other modalities scores {a}, worse "
-                       f"than one constant output ({b}): their latents tell "
-                       f"{m}'s decoder nothing it can use about the sample (they share "
-                       f"only a label, or training was short)")
+    rows = [(m, *apart(nll, floor[m])) for m, nll in rest.items()
+            if m in floor and nll > floor[m]]  # False for NaN
+    if len(rows) == 1:
+        (m, a, b), = rows
+        out.append(f"{m} imputed from the other modalities scores {a}, worse "
+                   f"than one constant output ({b}): their latents tell "
+                   f"{m}'s decoder nothing it can use about the sample (they share "
+                   f"only a label, or training was short)")
+    elif rows:
+        out.append(f"imputed from the other modalities, {_each(rows, 1)} each score "
+                   f"worse than one constant output ({_each(rows, 2)}): their latents "
+                   f"tell the decoders nothing they can use about the sample (they share "
+                   f"only a label, or training was short)")
     wild = [f"{pair} {nll:,.0f}" for pair, nll in (imp.get("pairs") or {}).items()
             if (t := pair.split("->", 1)[1]) in floor  # above the constant by more than
             and nll - floor[t] > (explode - 1) * max(  # (explode - 1) of a scale that

@@ -91,11 +91,14 @@ def test_a_judge_answering_one_class_makes_coherence_degenerate_and_says_so():
     assert res["degenerate"] == [f"{s}->{t}" for s in NAMES for t in NAMES]
     assert res["judged_class"]["m0->m2"] == 3
     lines = evaluation_warnings({"coherence": res})
-    assert lines[0] == ("every generation from m0 (to m0, m1, m2) was judged class 3: "
-                        "the decoder has not learnt yet, or the judge is weak")
-    assert len(lines) == 3
+    assert lines == ["every generation from m0, m1, m2 (to m0, m1, m2) was judged class "
+                     "3: the decoders have not learnt yet, or the judges are weak"]  # alike
     at_chance = evaluation_warnings({"coherence": res, "chance": chance_levels(ds.labels)})
-    assert at_chance[3].startswith("coherence 0.150 is at chance (0.150, majority class)")
+    assert at_chance[1].startswith("coherence 0.150 is at chance (0.150, majority class)")
+    one = evaluation_warnings({"coherence": {"judged_class": {"m0->m1": 2, "m1->m0": 3}}})
+    assert one == [f"every generation from m{s} (to m{t}) was judged class {c}: the "
+                   f"decoder has not learnt yet, or the judge is weak"
+                   for s, t, c in ((0, 1, 2), (1, 0, 3))]
     # a judge that calls every real image the minority class: below, not "at" chance
     below = evaluation_warnings({"coherence": {"mean": 0.161}, "chance": {"majority": 0.839}})
     assert below == ["coherence 0.161 is below chance (0.839, majority class): the "
@@ -257,6 +260,12 @@ def test_an_imputation_worse_than_a_constant_or_running_off_is_warned_of():
     assert any(w.startswith("a imputed from the other modalities scores 72.7, worse "
                             "than one constant output (71.4)") for w in said)
     assert not any(w.startswith(("b imputed", "c imputed")) for w in said)
+    result["imputation"]["rest"]["b"] = 67.0  # two worse: one line naming both
+    both = [w for w in evaluation_warnings(result) if "imputed" in w]
+    assert both == ["imputed from the other modalities, a 72.7, b 67.0 each score worse "
+                    "than one constant output (a 71.4, b 66.8): their latents tell the "
+                    "decoders nothing they can use about the sample (they share only a "
+                    "label, or training was short)"]
     wild = [w for w in said if w.startswith("imputation runs off")]
     assert wild == [w for w in wild if "b->c 7,566,420,298" in w and "a->c" not in w]
     assert len(wild) == 1

@@ -54,6 +54,13 @@ def test_a_decoder_no_better_than_the_constant_is_warned_of():
     assert len(said) == 1 and said[0].startswith(
         "the frontal reconstruction NLL 1846.8 is no better than 1845.1, that of one "
         "constant output for every sample")
+    both = evaluation_warnings({"reconstruction": {  # alike: one line for the two
+        "per_modality": {"frontal": 1846.8, "lateral": 1781.9},
+        "baseline": {"frontal": 1845.1, "lateral": 1781.2}}})
+    assert both == ["the reconstruction NLLs frontal 1846.8, lateral 1781.9 are no better "
+                    "than those of one constant output for every sample (frontal 1845.1, "
+                    "lateral 1781.2; the training data's median or mean at each pixel or "
+                    "value): the decoders reproduce the average sample, not this one"]
     close = evaluation_warnings({"reconstruction": {"per_modality": {"rat1": 66.72},
                                                     "baseline": {"rat1": 66.78}}})
     assert close[0].startswith("the rat1 reconstruction NLL 66.7 is within 0.5 % of "
