@@ -235,8 +235,8 @@ def run(args: argparse.Namespace) -> int:
             check_resources(args)
         if is_mmvm_app(Path(args.app)):  # this app or a copy: its checks apply
             if not args.deployment:  # simulated SuperNodes: one per site folder
-                args.run_config = with_site_count(args.run_config,
-                                                  app_defaults(Path(args.app)))
+                args.run_config = with_site_count(
+                    args.run_config, app_defaults(Path(args.app)), Path(args.app))
             check_run_config(Path(args.app), args.run_config, local=simulation,
                              deployment=args.deployment)
         else:

@@ -160,18 +160,47 @@ def check_run_config(app: Path, text: str, local: bool, deployment: bool = False
     return rc
 
 
-def with_site_count(text: str, defaults: Mapping[str, Any] | None = None) -> str:
-    """``--run-config`` with ``num-sites`` set to the number of ``site-dirs`` where it
-    lists folders and no ``num-sites`` is given (the app's default, 3, was refused
-    for two folders; said on stderr); else as given."""
-    from mmvm.federation.site_dirs import parse_site_dirs
-
+def with_site_count(text: str, defaults: Mapping[str, Any] | None = None,
+                    app: Path | None = None) -> str:
+    """``--run-config`` with ``num-sites`` set where none is given: to the number of
+    ``site-dirs`` where it lists folders (the app's default, 3, was refused for two
+    folders), else, with the ``app`` whose config it reads, to the sites of the
+    default data's layout where they differ from the app's (5 for the hippocampus
+    config); said on stderr. Else as given."""
     given = parse_overrides(text, defaults=defaults)
-    if not given.get("site-dirs") or "num-sites" in given or text.strip().endswith(".toml"):
+    if "num-sites" in given or text.strip().endswith(".toml"):
         return text
-    n = len(parse_site_dirs(str(given["site-dirs"])))
-    print(f"mmvm run: num-sites={n}, the site-dirs' count", file=sys.stderr)
+    if given.get("site-dirs"):
+        from mmvm.federation.site_dirs import parse_site_dirs
+
+        n, why = len(parse_site_dirs(str(given["site-dirs"]))), "the site-dirs' count"
+    elif app is not None and defaults:
+        n = layout_sites(app, {**defaults, **given})
+        if n is None or n == defaults.get("num-sites"):
+            return text
+        why = "the sites of its layout"
+    else:
+        return text
+    print(f"mmvm run: num-sites={n}, {why}", file=sys.stderr)
     return f"{text} num-sites={n}"
+
+
+def layout_sites(app: Path, rc: Mapping[str, Any]) -> int | None:
+    """How many sites a simulation of run config ``rc`` makes from its config's
+    default data; None where this machine cannot tell (a config file elsewhere, data
+    the simulation does not make): the checks that follow say why, if anything."""
+    from mmvm.cli.run_values import simulated_sites
+    from mmvm.federation.settings import APP_DIR, load_settings
+
+    config = Path(str(rc.get("config", "")))
+    if app.resolve() != APP_DIR and not config.is_absolute():
+        config = app / config
+    if not (config if config.is_absolute() else APP_DIR / config).is_file():
+        return None
+    try:
+        return simulated_sites(load_settings({**rc, "config": str(config)}))
+    except ValueError:  # ConfigError too: said by the checks, with their context
+        return None
 
 
 def num_sites(app: Path, overrides: str) -> int:

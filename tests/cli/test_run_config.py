@@ -420,3 +420,22 @@ def test_a_simulation_says_where_its_sites_make_the_data_and_what_they_fetch(
     check_run_config(ROOT, hc, local=True)
     said = capsys.readouterr().err
     assert "look-alike data in " in said and "npm" not in said
+
+
+def test_num_sites_follows_the_configs_layout_unless_given(capsys):
+    """A walkthrough's `config='configs/hippocampus.toml'` was refused for num-sites=3
+    (the app's default) beside the rats' 5 sites: mmvm run now counts the layout's
+    sites, says so, and keeps a num-sites given (checked as before)."""
+    from mmvm.cli.run_config import with_site_count
+
+    defaults, hc = app_defaults(ROOT), "config='configs/hippocampus.toml'"
+    assert with_site_count(hc, defaults, ROOT) == hc + " num-sites=5"
+    assert "mmvm run: num-sites=5, the sites of its layout" in capsys.readouterr().err
+    check_run_config(ROOT, hc + " num-sites=5", local=True)  # what it then checks
+    assert with_site_count(hc + " num-sites=2", defaults, ROOT) == hc + " num-sites=2"
+    hybrid = "layout='hybrid' shards=2"  # the app's PolyMNIST in 2 shards: 4 sites
+    assert with_site_count(hybrid, defaults, ROOT) == hybrid + " num-sites=4"
+    assert with_site_count("exchange='step'", defaults, ROOT) == "exchange='step'"
+    assert capsys.readouterr().err.count("mmvm run: num-sites=") == 1  # the hybrid's
+    gone = "config='configs/nowhere.toml'"  # the checks say what is wrong with it
+    assert with_site_count(gone, defaults, ROOT) == gone
