@@ -247,6 +247,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             return said(files[0], err) if not (s.secure or policy.secure_site) \
                 else f"{type(err).__name__}: {err}"
     try:
+        # decoded first: a malformed message costs no read of the site's files
+        request = request_from_record(kind, content)
         for folder in (root.parent, root):  # the site's model and ledger: its own
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with state_lock(root / f"{files[0]}.lock"):  # one process answers at a time
@@ -255,7 +257,6 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             # written after every window (secure runs: the save would wait for it),
             # unless the run says no
             node.site.overlap = resident and s.decode_ahead and not s.secure
-            request = request_from_record(kind, content)
             endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
                                 resident, flower_run=str(context.run_id))
             reply = endpoint.handle(request)  # and writes the state as due

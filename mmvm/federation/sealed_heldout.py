@@ -61,7 +61,7 @@ def answer(site: Site, sec: SiteSecrets, align: str, req: HeldOutRequest, share:
     ring steps (:mod:`mmvm.federation.sealed_heldout_psi`), then the sealed
     posteriors."""
     weights = request_digest({}, req.weights)
-    if not share and req.step:  # its node config as it is now (turned off after step
+    if not share and req.step:  # its node config as it is now, also off after step 0
         raise PolicyError(f"site {site.name}: heldout step {req.step} refused: its "
                           f"node config keeps its test set out (share-test = false)")
     if req.step == 0:

@@ -402,3 +402,19 @@ def test_a_refused_run_is_journalled_in_the_default_or_a_home_state_folder(
     assert isinstance(said, str) and "not one its node config allows" in said, said
     lines = [json.loads(t) for t in (folder / "refused.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["refused"] == said and lines[0]["run"] == 82
+
+
+def test_a_malformed_message_is_refused_before_the_site_reads_its_files(
+        plain_site, monkeypatch):
+    """Security review (2026-12-07): every message built the site (its whole train
+    file read, the run's model built, its state restored) before the message was
+    decoded, so a server repeating malformed messages made the site do seconds of
+    work and allocate the model's memory for each. Now it is decoded first."""
+    def built(*args, **kwargs):
+        raise AssertionError("the site was built for a malformed message")
+
+    monkeypatch.setattr(site_node, "Site", built)
+    context = Context(run_id=83, node_id=1, node_config=plain_site, state=RecordDict(),
+                      run_config=app_run_config())
+    said = site_node.answer("window", RecordDict(), context)
+    assert isinstance(said, str) and "MessageError" in said and "no 'body'" in said, said
