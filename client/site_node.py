@@ -247,10 +247,10 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             return said(files[0], err) if not (s.secure or policy.secure_site) \
                 else f"{type(err).__name__}: {err}"
     try:
-        # decoded first: a malformed message costs no read of the site's files
-        request = request_from_record(kind, content)
         for folder in (root.parent, root):  # the site's model and ledger: its own
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # decoded first: a malformed message costs no read of the site's files
+        request = request_from_record(kind, content)
         with state_lock(root / f"{files[0]}.lock"):  # one process answers at a time
             node = _node(context, s, policy, files, root)
             # a decoder half only where its step will run and the state is not
