@@ -238,7 +238,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         s, policy, files = settings_and_policy(context)
     except EXPECTED as err:  # settings or policy: nothing of the site was read yet
         return _run_refused(context, kind, err)
-    node, root = None, _state_root(context, s, policy)
+    node, request, root = None, None, _state_root(context, s, policy)
     if kind == "resume" and not root.is_dir():  # no state of this run: make none (its
         try:  # lock and error log went into a folder made for them)
             Progress().resume(files[0])
@@ -275,7 +275,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         # not recorded, not sent (the state is saved by now: a full disk fails the run)
         append_sent(root / f"{files[0]}.sent.jsonl", kind, reply, context.run_id)
     except Exception as err:
-        _after_failure(context, node, kind, resident and not s.secure)
+        if request is not None:  # one that did not decode changed nothing of the site
+            _after_failure(context, node, kind, resident and not s.secure)
         cause = f" [{err.__cause__}]" if err.__cause__ is not None else ""  # what the
         text, logged = _failure_text(files[0], root, kind, err,
                                      s.secure or policy.secure_site, policy.report_losses)
@@ -302,6 +303,10 @@ def _run_refused(context: Context, kind: str, err: Exception) -> str:
     except ValueError:  # not a site name (the refusal says so)
         folder = None
     if folder is not None:
+        try:  # the node config's (trusted) folder, made as the site's first run would
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as mkdir_err:
+            _journal(str(who), f"could not make its state folder {folder}: {mkdir_err}")
         _refused(folder, "refused", kind, text, context.run_id)
     return capped(text)
 

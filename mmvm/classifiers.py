@@ -353,6 +353,8 @@ def _read_cache(path: Path) -> dict | None:
         state = load_checkpoint(path)
     except ValueError:
         return None  # corrupt: retrain and overwrite
+    except FileNotFoundError:  # another run at the site kept its own judge only
+        return None
     needed = {"state_dict", "shape", "n_classes", "config", "test_accuracy"}
     return state if isinstance(state, dict) and needed <= set(state) else None
 

@@ -120,7 +120,7 @@ def start_line(s: FederationSettings, run_id: int, out_dir: Path) -> str:
     its own run's folder; its state stays in the first run's, which it names)."""
     cfg = s.experiment
     resumes = f"; it resumes run {s.resume}, whose state stays in " \
-        f"{Path(s.out_dir) / f'run-{s.first_run(run_id)}'}" if s.resume else ""
+        f"{state_path(s, run_id).parent}" if s.resume else ""
     return (f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange "
             f"{s.exchange}, {cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}, "
             f"secure {s.secure}; results will be in {out_dir}{resumes}")

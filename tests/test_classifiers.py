@@ -216,6 +216,19 @@ def test_a_sites_judges_folder_keeps_its_latest_judge_of_each_modality(tmp_path)
     assert sorted(f.name for f in kept.iterdir()) == sorted(
         [runs[1].paths["m0"].name, runs[0].paths["m1"].name, "m0-notes.txt"])
     assert runs[0].paths["m0"] != runs[1].paths["m0"]
+    # another run at the site removed the judge between its check and its load: it
+    # is no judge cached (trained again), not a failed evaluation (a review)
+    import mmvm.classifiers as classifiers
+
+    def gone(path):
+        raise FileNotFoundError(path)
+
+    said = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(classifiers, "load_checkpoint", gone)
+        load_or_train(p["train"], p["test"], ["m1"], cache_dir=kept, log=said.append,
+                      cfg=ClassifierConfig(epochs=1, width=4, lr=1e-3))
+    assert any(s.startswith("training the m1 classifier") for s in said), said
     for lr in (3e-3, 4e-3):  # beside the data (mmvm evaluate's): every recipe's kept
         load_or_train(p["train"], p["test"], ["m0"],
                       cfg=ClassifierConfig(epochs=1, width=4, lr=lr))

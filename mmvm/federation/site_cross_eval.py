@@ -51,8 +51,9 @@ def answer_held_out(site: Site, share: bool, weights, load) -> HeldOutReply:
     (:meth:`Progress.held_out_step`, checked before ``load()`` loads the weights)."""
     digest = request_digest({}, weights)
     again = site.replies.get("heldout", 0, digest)
-    if again is not None and (share or not again.posteriors):  # what its node config
-        return again  # no longer shares is not sent again (its reasons are)
+    if again is not None:  # what its node config no longer shares is not sent again
+        return again if share or not again.posteriors else held_out_reply(site, share,
+                                                                          digest)
     site.progress.held_out_step(site.name)
     load()
     reply = held_out_reply(site, share, digest)

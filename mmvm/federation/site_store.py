@@ -107,7 +107,10 @@ class SiteStore:
         damaged with it. A secure site never goes back (it masked the windows since,
         and masks a window once): it, or no snapshot readable, is a
         :class:`StateFileError` naming the file."""
-        why = f"{type(err).__name__}: {str(err)[:160]}"
+        # the error may quote the file's path (a CRC failure does): the server
+        # learns the file's name within the state folder only
+        text = str(err).replace(str(self.path.parent), self.path.parent.name)
+        why = f"{type(err).__name__}: {text[:160]}"
         for window in reversed(self.snapshots() if self.fall_back else []):
             try:
                 site.restore(self._snapshot(window))

@@ -413,7 +413,10 @@ def test_a_simulation_says_where_its_sites_make_the_data_and_what_they_fetch(
     check_run_config(ROOT, f"data-dir='{data}' n-train=300 n-test=100", local=True)
     assert capsys.readouterr().err.strip().endswith(str(folder))  # nothing to fetch
     folder.mkdir(parents=True)
-    (folder / "test.parquet").write_bytes(b"")
+    (folder / "test.parquet").write_bytes(b"")  # made first: the pair is not there yet
+    check_run_config(ROOT, f"data-dir='{data}' n-train=300 n-test=100", local=True)
+    assert "look-alike data in " in capsys.readouterr().err
+    (folder / "train.parquet").write_bytes(b"")
     check_run_config(ROOT, f"data-dir='{data}' n-train=300 n-test=100", local=True)
     assert "look-alike" not in capsys.readouterr().err
     hc = f"data-dir='{data}' config='configs/hippocampus.toml' num-sites=5"

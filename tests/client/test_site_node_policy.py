@@ -391,17 +391,18 @@ def test_a_refused_run_is_journalled_in_the_default_or_a_home_state_folder(
     """Security review (2026-12-07): the refusal of a whole run was recorded only
     where the node config named its state folder, and not expanding ``~`` there:
     a site on the default ``~/.mmvm/state/<site>`` or a ``~/...`` one kept no record
-    of the runs it refused."""
+    of the runs it refused; nor did a fresh site, whose state folder its first run
+    makes."""
     import json
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     folder = tmp_path / "home" / (".mmvm/state/site-m0" if state is None else "st")
-    folder.mkdir(parents=True)
     nc = {"data": plain_site["data"], "experiment": "0" * 64}
     said = _describe(nc if state is None else dict(nc, state=state), 82)
     assert isinstance(said, str) and "not one its node config allows" in said, said
     lines = [json.loads(t) for t in (folder / "refused.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["refused"] == said and lines[0]["run"] == 82
+    assert folder.stat().st_mode & 0o777 == 0o700  # a fresh site's, made for it
 
 
 def test_a_malformed_message_is_refused_before_the_site_reads_its_files(
@@ -413,8 +414,12 @@ def test_a_malformed_message_is_refused_before_the_site_reads_its_files(
     def built(*args, **kwargs):
         raise AssertionError("the site was built for a malformed message")
 
-    monkeypatch.setattr(site_node, "Site", built)
     context = Context(run_id=83, node_id=1, node_config=plain_site, state=RecordDict(),
                       run_config=app_run_config())
-    said = site_node.answer("window", RecordDict(), context)
+    assert not isinstance(_describe(plain_site, 83), str)
+    kept = site_node._NODES[(83, 1)]  # a site host keeps it between messages
+    monkeypatch.setattr(site_node, "Site", built)
+    said = site_node.answer("window", RecordDict(), context, resident=True)
     assert isinstance(said, str) and "MessageError" in said and "no 'body'" in said, said
+    assert site_node._NODES[(83, 1)] is kept  # as it was: a plaintext host's training
+    # since its last checkpoint is not thrown away for a message it could not read

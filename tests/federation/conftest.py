@@ -34,7 +34,7 @@ def trained_sites(tiny_polymnist, tmp_path_factory):
 
 
 @pytest.fixture
-def site(trained_sites):
+def site_before_eval(trained_sites):
     """site-m0, in the state before its evaluation, with a deployed site's policy."""
     _, sites = trained_sites
     s = next(x for x in sites.values() if x.name == "site-m0")

@@ -21,6 +21,12 @@ DEPLOYED = SitePolicy()  # a node config's defaults (not a simulation's test bed
 NO_LABELS = SitePolicy(eval_labels=())  # no judges to train (coherence not tested here)
 
 
+@pytest.fixture
+def site(site_before_eval):
+    """site-m0 before its evaluation (the federation conftest's)."""
+    return site_before_eval
+
+
 def _table(site, rows, modality="m1") -> dict[str, bytes]:
     d = site.cfg.model.latent_dim
     rows = np.asarray(rows, np.int64)
@@ -200,8 +206,10 @@ def test_a_cached_heldout_answer_is_repeated_only_as_it_was_and_while_shared(sit
         site.link.holders = {}
     site.progress.phase = "attached"
     quiet = Endpoint(site, PlainChannel(), SitePolicy(share_test=False))
-    with pytest.raises(ProtocolOrderError, match="answered once"):
-        quiet.handle(HeldOutRequest())  # its node config now says no: nothing resent
+    again = quiet.handle(HeldOutRequest())  # its node config now says no: nothing
+    assert not again.identifiers and not again.posteriors  # resent, and it says why
+    assert again.reason == "its node config keeps its test posteriors (share-test = " \
+        "false)"  # as a secure site's does
 
 
 def test_a_site_with_every_modality_sends_which_rows_it_holds_not_their_values(

@@ -17,6 +17,12 @@ from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import Posteriors, encode_table
 
 
+@pytest.fixture
+def site(site_before_eval):
+    """site-m0 before its evaluation (the federation conftest's)."""
+    return site_before_eval
+
+
 def _post(site, rows, values=None):
     d = site.cfg.model.latent_dim
     z = np.zeros((len(rows), d), np.float32) if values is None else values

@@ -243,6 +243,14 @@ def test_a_site_reads_its_files_as_its_node_config_says_and_the_experiment_is_sh
                             files)
     assert not whole.data.streaming and whole.data.decoded_dir == ""
     assert site_experiment(SitePolicy(test_bed=True), run_streams) == run_streams
+    # what its journal says of it (client/site_node.py, at each run's first message)
+    import dataclasses
+
+    assert site_config.reading(big) == "reads its files streamed, from its decoded " \
+        "copy in /srv/st/decoded" and site_config.reading(whole) == "reads its files whole"
+    by_group = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, streaming=True, decoded_dir=""))  # (a test bed's run config's choice)
+    assert site_config.reading(by_group) == "reads its files streamed, by Parquet row group"
     with pytest.raises(PolicyError, match=r"streaming = 'sometimes' is not a boolean"):
         load_policy({"data": "/d", "streaming": "sometimes"}, "a")
 

@@ -68,8 +68,13 @@ def test_a_damaged_live_state_gives_way_to_the_newest_readable_snapshot(
         flip_tensor_bytes(f)
     damaged = live.read_bytes()
     with pytest.raises(StateFileError, match=r"cannot be read .* and a secure site "
-                                             r"never goes back to a snapshot"):
+                                             r"never goes back to a snapshot") as crc:
         SiteStore(live, fall_back=False).refresh(Site(cfg, site.name, site.train_path))
+    # the CRC failure quoted the file's path, and a secure site sends this text: the
+    # server learns the file within the state folder only (a review of 2026-12-07)
+    said = str(crc.value)
+    assert "fails its CRC check" in said and str(folder.parent) not in said, said
+    assert f"{folder.name}/{site.name}.pt" in said
     store, fresh = SiteStore(live), Site(cfg, site.name, site.train_path, site.test_path)
     store.refresh(fresh)
     assert fresh.progress.window == 2 and live.stat().st_nlink == 1  # not w3's inode
