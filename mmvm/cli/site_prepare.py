@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mmvm.data.decoded import Source, copies_bytes, copy_bytes, decoded_arrays
-from mmvm.data.store_limits import fmt_bytes, memory_budget
+from mmvm.data.store_limits import fmt_bytes
 from mmvm.federation.node_config import load_policy
 from mmvm.federation.site_config import deployed_streams, whole_bytes
 from mmvm.progress import counting_bar
@@ -31,7 +31,7 @@ def prepare(nc: Mapping, progress: bool = True) -> int:
     files = [p for p in (data / "train.parquet", data / "test.parquet") if p.is_file()]
     if not files:
         raise FileNotFoundError(f"data={nc['data']}: no train.parquet or test.parquet")
-    if not deployed_streams(policy, whole_bytes(files), memory_budget()):
+    if not deployed_streams(policy, lambda: whole_bytes(files)):
         why = "streaming=false" if policy.streaming is False else \
             "they take under a quarter of this host's memory"
         print(f"mmvm site prepare: site {site} reads its files whole ({why}): nothing "

@@ -18,7 +18,7 @@ def check_reading(check: NodeCheck, p: SitePolicy, train: Path, test: Path | Non
     """Say how the site reads its files and, where it streams, what its decoded copy
     needs on the state folder's disk (a warning where that disk lacks the room)."""
     whole, budget = whole_bytes([f for f in (train, test) if f is not None]), memory_budget()
-    stream = deployed_streams(p, whole, budget)
+    stream = deployed_streams(p, lambda: whole, lambda: budget)
     if p.streaming is None:
         check.add("data", OK, f"streaming by size: its files hold {fmt_bytes(whole)} of "
                   f"tensors, this host {fmt_bytes(budget)} of memory: it " + (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mmvm.config import ExperimentConfig
@@ -32,15 +32,18 @@ def streams(policy: SitePolicy, cfg: ExperimentConfig,
     """Whether the site reads ``files`` (its train and test files) streamed."""
     if policy.test_bed:
         return cfg.data.streaming
-    return deployed_streams(policy, whole_bytes(files), memory_budget())
+    return deployed_streams(policy, lambda: whole_bytes(files))
 
 
-def deployed_streams(policy: SitePolicy, whole: int, budget: int) -> bool:
+def deployed_streams(policy: SitePolicy, whole: Callable[[], int],
+                     budget: Callable[[], int] | None = None) -> bool:
     """A deployed site's rule: its node config's ``streaming``, else whether its files'
-    tensors (``whole`` bytes) take over a quarter of its memory (``budget`` bytes)."""
+    tensors (``whole()`` bytes) take over a quarter of its memory (``budget()``
+    bytes, by default :func:`memory_budget`); neither is read where the node config
+    decides."""
     if policy.streaming is not None:
         return policy.streaming
-    return WHOLE_READ_SHARE * whole > budget
+    return WHOLE_READ_SHARE * whole() > (budget or memory_budget)()
 
 
 def whole_bytes(files: Sequence[str | os.PathLike]) -> int:
