@@ -229,7 +229,8 @@ def test_a_site_reads_its_files_as_its_node_config_says_and_the_experiment_is_sh
     assert streams.data.streaming and streams.data.decoded_dir == "/srv/st/decoded"
     assert config_digest(streams) == config_digest(cfg)
     (tmp_path / "not.parquet").write_bytes(b"no parquet")  # not read where the node
-    assert site_experiment(load_policy(nc, "a"), cfg, [tmp_path / "not.parquet"])  # says
+    assert site_experiment(load_policy(nc, "a"), cfg,  # says
+                           [tmp_path / "not.parquet"]).data.streaming
     run_streams = load_config(path, ["data.streaming=true", "data.decoded_dir='/tmp/o'"])
     auto = load_policy({"data": "/d", "state": "/srv/st"}, "a")
     files = [write_site_table(tmp_path / "train.parquet", ["a", "b"],
