@@ -143,17 +143,21 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     (:func:`swapped_pairs`), a mean coherence within 0.02 of chance, a modality's
     reconstruction or imputation no better than a constant's
     (:func:`imputation_warnings`), judges near chance on real data."""
-    out, groups, alike = [], {}, {}
+    out, judged, alike = [], {}, {}
     for pair, c in result.get("coherence", {}).get("judged_class", {}).items():
         src, tgt = pair.split("->", 1)
-        groups.setdefault((src, c), []).append(tgt)
-    for (src, c), tgts in groups.items():  # sources alike in targets and class: a line
-        alike.setdefault((tuple(tgts), c), []).append(src)
-    for (tgts, c), srcs in alike.items():
-        one = len(srcs) == 1
-        out.append(f"every generation from {', '.join(srcs)} (to {', '.join(tgts)}) was "
-                   f"judged class {c}: the decoder{'s' * (not one)} {'has' if one else 'have'}"
-                   f" not learnt yet, or the judge{'s are' if not one else ' is'} weak")
+        judged.setdefault(src, {})[tgt] = c
+    for src, classes in judged.items():  # sources alike in what each target got: a line
+        alike.setdefault(tuple(classes.items()), []).append(src)
+    for classes, srcs in alike.items():
+        one, tgts = len(srcs) == 1, ", ".join(t for t, _ in classes)
+        kinds = {c for _, c in classes}
+        what = f"(to {tgts}) was judged class {classes[0][1]}" if len(kinds) == 1 else \
+            "was judged one class per target (" + ", ".join(
+                f"to {t} class {c}" for t, c in classes) + ")"
+        out.append(f"every generation from {', '.join(srcs)} {what}: the decoder"
+                   f"{'s' * (not one)} {'has' if one else 'have'} not learnt yet, or the "
+                   f"judge{'s are' if not one else ' is'} weak")
     out += lost_classes(result)
     if result.get("method") != "independent":  # unaligned latents by design
         out += swapped_pairs(result.get("coherence", {}),

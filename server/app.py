@@ -123,7 +123,7 @@ def start_line(s: FederationSettings, run_id: int, out_dir: Path) -> str:
         f"{state_path(s, run_id).parent}" if s.resume else ""
     return (f"mmvm: {s.num_sites} sites, method {cfg.model.method}, exchange "
             f"{s.exchange}, {cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}, "
-            f"secure {s.secure}; results will be in {out_dir}{resumes}")
+            f"secure {'on' if s.secure else 'off'}; results will be in {out_dir}{resumes}")
 
 
 def run(grid: Grid, context: Context) -> None:

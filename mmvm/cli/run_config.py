@@ -92,8 +92,9 @@ def parse_overrides(text: str, flag: str = "--run-config", example: str = EXAMPL
     try:  # flattened as flwr does: a.b=1 is the key "a.b"
         return _flat(tomllib.loads("\n".join(f"{k} = {v}" for k, v in pairs)))
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{flag}: {_bad_pair(pairs, defaults or {}) or err} "
-                          f"({example})") from None
+        bad = _bad_pair(pairs, defaults or {})  # one that names its key's type has its
+        raise ConfigError(f"{flag}: {bad or err}" + (  # own example
+            "" if " takes " in bad else f" ({example})")) from None
 
 
 KINDS = {bool: "true or false", int: "a whole number", float: "a number",

@@ -54,7 +54,8 @@ def test_overrides_are_read_as_flwr_reads_them(tmp_path):
     ("exchange=step", r"exchange=step: exchange takes a string in quotes, e.g. "
                       r"exchange='round' \(the app's default\)"),
     # the hint to quote a value was wrong for a number (a walkthrough)
-    ("n-train=abc", r"n-train=abc: n-train takes a whole number, e.g. n-train=3000 "),
+    ("n-train=abc", r"n-train=abc: n-train takes a whole number, e.g. n-train=3000 "
+                    r"\(the app's default\)$"),  # one example, not two
     ("secure=yes", r"secure=yes: secure takes true or false, e.g. secure=false "),
     ("num-sites=3 exchange=step", r": exchange=step: exchange takes a string"),  # its word
     ("a..b=1", r"a..b=1: 'a..b' is not a key"),
