@@ -90,6 +90,21 @@ def independent_accuracy(truth: Tensor, judged: Tensor) -> float:
 
 
 JUDGE_MARGIN = 0.1  # a judge within this of the majority rate on real data says nothing
+# what a modality no better than one constant output says: (one, several)
+FLAT_RECON = (
+    "the {m} reconstruction NLL {a} is {than} {b}, that of one constant output for every "
+    "sample (the training data's median or mean at each pixel or value): the decoder "
+    "reproduces the average sample, not this one",
+    "the reconstruction NLLs {a} are {than} those of one constant output for every "
+    "sample ({b}; the training data's median or mean at each pixel or value): the "
+    "decoders reproduce the average sample, not this one")
+WORSE_IMPUTED = (
+    "{m} imputed from the other modalities scores {a}, worse than one constant output "
+    "({b}): their latents tell {m}'s decoder nothing it can use about the sample (they "
+    "share only a label, or training was short)",
+    "imputed from the other modalities, {a} each score worse than one constant output "
+    "({b}): their latents tell the decoders nothing they can use about the sample (they "
+    "share only a label, or training was short)")
 SWAP_P = 1e-3  # a pair this unlikely below label-independent judgements is swapped
 
 
@@ -176,17 +191,7 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
             than = "no better than" if nll >= floor_nll else "within 0.5 % of"
             flat.setdefault(than, []).append((m, *apart(nll, floor_nll)))
     for than, rows in flat.items():  # one line for the modalities alike
-        if len(rows) == 1:
-            (m, a, b), = rows
-            out.append(f"the {m} reconstruction NLL {a} is {than} {b}, that of one "
-                       f"constant output for every sample "
-                       f"(the training data's median or mean at each pixel or value): the "
-                       f"decoder reproduces the average sample, not this one")
-        else:
-            out.append(f"the reconstruction NLLs {_each(rows, 1)} are {than} those of "
-                       f"one constant output for every sample ({_each(rows, 2)}; the "
-                       f"training data's median or mean at each pixel or value): the "
-                       f"decoders reproduce the average sample, not this one")
+        out += _alike(rows, FLAT_RECON, than=than)
     out += imputation_warnings(result)
     accuracy = result.get("classifier_accuracy", {})
     # near: within JUDGE_MARGIN of the way from chance to 1, and under twice chance
@@ -229,9 +234,16 @@ def readier_than_real(coherence: Mapping, accuracy: Mapping[str, float],
             for t, s in high.items()]
 
 
-def _each(rows: list[tuple[str, str, str]], k: int) -> str:
-    """``m0 1411.8, m1 1201.6, m2 1423.1``: each row's name and its ``k``-th value."""
-    return ", ".join(f"{row[0]} {row[k]}" for row in rows)
+def _alike(rows: list[tuple[str, str, str]], said: tuple[str, str], **words: str
+           ) -> list[str]:
+    """The warning ``said`` (for one modality, for several) of ``rows`` (modality, its
+    value, the constant's): several are one line listing each (``m0 1411.8, m1
+    1201.6``)."""
+    if len(rows) == 1:
+        m, a, b = rows[0]
+        return [said[0].format(m=m, a=a, b=b, **words)]
+    a, b = (", ".join(f"{row[0]} {row[k]}" for row in rows) for k in (1, 2))
+    return [said[1].format(a=a, b=b, **words)] if rows else []
 
 
 def apart(a: float, b: float, most: int = 4) -> tuple[str, str]:
@@ -246,28 +258,17 @@ def apart(a: float, b: float, most: int = 4) -> tuple[str, str]:
 
 
 def imputation_warnings(result: Mapping[str, Any], explode: float = 10.0) -> list[str]:
-    """A line per modality whose imputation from the others scores worse than one
-    constant output (the others' latents tell its decoder nothing it can use: they
-    share only a label, or training was short), and one naming the pairs whose
+    """A line naming the modalities whose imputation from the others scores worse than
+    one constant output (the others' latents tell their decoders nothing they can use:
+    they share only a label, or training was short), and one naming the pairs whose
     imputation NLL exceeds ``explode`` times the constant's (a decoder's output
     running off on a latent it was not trained on: a lone PoE expert's draw)."""
-    out = []
     imp = result.get("imputation") or {}
     floor = (result.get("reconstruction") or {}).get("baseline") or {}
     rest = imp.get("rest") or {}
     rows = [(m, *apart(nll, floor[m])) for m, nll in rest.items()
             if m in floor and nll > floor[m]]  # False for NaN
-    if len(rows) == 1:
-        (m, a, b), = rows
-        out.append(f"{m} imputed from the other modalities scores {a}, worse "
-                   f"than one constant output ({b}): their latents tell "
-                   f"{m}'s decoder nothing it can use about the sample (they share "
-                   f"only a label, or training was short)")
-    elif rows:
-        out.append(f"imputed from the other modalities, {_each(rows, 1)} each score "
-                   f"worse than one constant output ({_each(rows, 2)}): their latents "
-                   f"tell the decoders nothing they can use about the sample (they share "
-                   f"only a label, or training was short)")
+    out = _alike(rows, WORSE_IMPUTED)
     wild = [f"{pair} {nll:,.0f}" for pair, nll in (imp.get("pairs") or {}).items()
             if (t := pair.split("->", 1)[1]) in floor  # above the constant by more than
             and nll - floor[t] > (explode - 1) * max(  # (explode - 1) of a scale that
