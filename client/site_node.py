@@ -34,7 +34,12 @@ from mmvm.federation.channel import Channel, PlainChannel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
 from mmvm.federation.messages import MessageError
-from mmvm.federation.node_config import load_policy, missing_paths, state_folder
+from mmvm.federation.node_config import (
+    load_policy,
+    missing_paths,
+    site_name,
+    state_folder,
+)
 from mmvm.federation.policy import SitePolicy
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import Progress, ProtocolOrderError
@@ -74,7 +79,7 @@ def _site_files(nc, s: FederationSettings, run_id: int) -> tuple[str, str, str |
     if "data" in nc:  # deployment: the site brings its own files
         data = Path(str(nc["data"])).expanduser()
         test = data / "test.parquet"
-        return str(nc.get("site", data.name)), str(data / "train.parquet"), \
+        return site_name(nc), str(data / "train.parquet"), \
             str(test) if test.exists() else None
     pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
     if s.site_dirs:  # a simulation on the user's own site folders
@@ -294,7 +299,7 @@ def _run_refused(context: Context, kind: str, err: Exception) -> str:
     """The line a site sends for a run whose settings or policy it refuses, recorded
     in its journals (nothing of the site was read)."""
     nc = context.node_config
-    name = nc.get("site") or (Path(str(nc["data"])).name if nc.get("data") else None)
+    name = site_name(nc) if nc.get("data") else nc.get("site")
     who = name or f"of partition {nc.get('partition-id', '?')}"
     _journal(str(who), f"refused the run's {kind} message: {type(err).__name__}: {err}")
     text = said(str(name), err) if name else f"{type(err).__name__}: {err}"

@@ -32,6 +32,7 @@ from mmvm.federation.node_config import (
     SECURE_PEERS,
     load_policy,
     policy_problems,
+    site_name,
 )
 from mmvm.federation.policy import KEYS, SitePolicy
 
@@ -51,7 +52,7 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
                   + f"; {typo}" * bool(typo))
         return check
     data = Path(str(nc["data"])).expanduser()
-    check = NodeCheck(str(nc.get("site", data.name)))
+    check = NodeCheck(site_name(nc))
     _site_name(check, nc, data)
     _paths(check, nc)
     problems = policy_problems(nc, check.site)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mmvm.data.decoded import Source, copies_bytes, copy_bytes, decoded_arrays
 from mmvm.data.store_limits import fmt_bytes
-from mmvm.federation.node_config import load_policy
+from mmvm.federation.node_config import load_policy, site_name
 from mmvm.federation.site_config import deployed_streams, whole_bytes
 from mmvm.progress import counting_bar
 
@@ -26,7 +26,7 @@ def prepare(nc: Mapping, progress: bool = True) -> int:
         raise ValueError("--node-config has no data=\"/path/to/site\": a deployment site "
                          "names its data folder in its node config")
     data = Path(str(nc["data"])).expanduser()
-    site = str(nc.get("site", data.name))
+    site = site_name(nc)
     policy = load_policy(nc, site)
     files = [p for p in (data / "train.parquet", data / "test.parquet") if p.is_file()]
     if not files:

@@ -188,6 +188,12 @@ def policy_problems(nc: Mapping, site: str) -> list[tuple[str, str]]:
     return problems
 
 
+def site_name(nc: Mapping) -> str:
+    """A deployment site's name (``data`` in its node config): its ``site``, by default
+    its data folder's name."""
+    return str(nc.get("site", Path(str(nc["data"])).expanduser().name))
+
+
 def state_folder(nc: Mapping, site: str) -> Path:
     """A deployment site's state folder: its node config's ``state``, by default
     ``~/.mmvm/state/<site>`` (a name that is no site name is refused there: ``..``)."""
