@@ -268,7 +268,7 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             if kind == "evaluate" and policy.pictures:
                 _pictures(node, files[0])
             if kind in ("describe", "resume") and not policy.test_bed:
-                _journal(files[0], reading(node.site.cfg))
+                _journal(files[0], f"trains on {node.site.device}; {reading(node.site.cfg)}")
             for note in [*node.store.notes, *endpoint.notes]:
                 _journal(files[0], note)
             node.store.notes.clear()

@@ -77,6 +77,6 @@ def summary(p: SitePolicy) -> str:
                if "*" in p.eval_labels else "; reports a probe of "
                + ", ".join(p.eval_labels) if p.eval_labels else "; reports no probe")
             + ("" if p.report_losses else "; keeps its loss sums")
-            + f"; trains on {p.device or 'the device the run config says'}"
+            + f"; trains on {'a GPU when it has one, else the CPU' if p.device == 'auto' else p.device}"
             + "; reads its files " + ("as their size says" if p.streaming is None
                                       else "streamed" if p.streaming else "whole"))

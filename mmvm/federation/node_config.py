@@ -224,7 +224,8 @@ def load_policy(nc: Mapping, site: str) -> SitePolicy:
         **{k.replace("-", "_"): _positive(nc, k, v) for k, v in LIMITS.items()},
         eval_labels=_labels(str(nc["eval-labels"])) if "eval-labels" in nc
         else ("label",) if keys else ("*",),
-        device=_device(str(nc["device"])) if "device" in nc else "",
+        # the host's hardware is the site's: never the submitter's cuda:N on a shared host
+        device=_device(str(nc["device"])) if "device" in nc else "auto",
         streaming=_bool(nc, "streaming", False) if "streaming" in nc else None,
         allow_compile=_bool(nc, "allow-compile", False),
         report_losses=_bool(nc, "report-losses", True),

@@ -48,7 +48,8 @@ anything leaves the site:
                        column (``data.label``); one it does not allow gets no
                        probe (reconstruction is still evaluated)
 ``device``             where the site trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``,
-                       ``auto``); default: the run config's ``train.device``
+                       ``auto``); default: ``auto`` (a GPU when the host has one),
+                       never the run config's ``train.device``
 ``streaming``          read the site's files through a decoded copy in
                        ``<state>/decoded`` (true) or whole (false); default: the
                        site decides by their size (never the run config:
@@ -153,7 +154,7 @@ class SitePolicy:
     max_step_gib: int = LIMITS["max-step-gib"]
     max_align_rows: int = LIMITS["max-align-rows"]
     eval_labels: tuple[str, ...] = ("*",)  # label columns probed at evaluation
-    device: str = ""  # where the site trains; "" = the run config's train.device
+    device: str = ""  # where the site trains; "" (simulation) = the run config's
     streaming: bool | None = None  # None: by the files' size (site_config.streams)
     allow_compile: bool = True  # a deployment site's default: False (load_policy)
     report_losses: bool = True  # off: loss sums and test NLL stay at the site

@@ -13,7 +13,7 @@ def test_the_policy_is_said_in_one_sentence(fed):
     said = findings(check_node_config(node_config(fed)), "policy", OK)
     assert f"this site accepts secure runs only aligned by PSI of experiment " \
         f"{DIGEST[:16]}..., with site-b, site-c (pinned); it keeps its final weights; " \
-        f"reports a probe of label; trains on the device the run config says; reads its " \
+        f"reports a probe of label; trains on a GPU when it has one, else the CPU; reads its " \
         f"files as their size says" in said
     plain = check_node_config(node_config(fed, keys=None, peers=None, directory=None,
                                   experiment=None, **{"require-psi": None}))

@@ -203,7 +203,9 @@ def test_a_sites_device_is_its_node_configs_and_not_part_of_the_shared_experimen
     other = load_config(Path(__file__).resolve().parents[2] / "configs" /
                         "hippocampus.toml", ["train.lr=0.002"])
     assert config_digest(other) != config_digest(cfg)  # the rest still counts
-    assert site_experiment(load_policy({"data": "/d"}, "a"), cfg) == cfg  # the run's
+    # without the key: a GPU when the host has one, never the submitter's choice
+    assert site_experiment(load_policy({"data": "/d"}, "a"), cfg).train.device == "auto"
+    assert site_experiment(SitePolicy(test_bed=True), cfg) == cfg  # a simulation: the run's
     assert load_policy({"data": "/d", "device": "cuda:1"}, "a").device == "cuda:1"
     with pytest.raises(PolicyError, match=r"device = 'gpu' is not a device"):
         load_policy({"data": "/d", "device": "gpu"}, "a")
