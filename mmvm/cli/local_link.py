@@ -185,6 +185,34 @@ def check_local_superlink(env: dict[str, str], bin_dir: Path | None = None,
     return None
 
 
+def stop_local_superlink(env: dict[str, str], wait: float = 15.0) -> str:
+    """Stop the local SuperLink of ``env``'s FLWR_HOME and port (the one ``flwr run``
+    keeps for the next simulation), while it runs no simulation; returns what was
+    done. Refused (ConfigError) while it runs one, naming them: stopping it ends them."""
+    from flwr.cli.constant import LOCAL_SUPERLINK_HTTP_API_PORT
+
+    home = Path(env.get("FLWR_HOME") or Path.home() / ".flwr")
+    port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", LOCAL_SUPERLINK_HTTP_API_PORT)
+    mine = [s for s in local_superlinks() if s.port == port and s.home is not None
+            and os.path.realpath(s.home) == os.path.realpath(home)]
+    if not mine:
+        return (f"mmvm run: no local SuperLink of FLWR_HOME={home} runs on "
+                f"127.0.0.1:{port}: nothing to stop")
+    for link in mine:
+        busy = running_simulations(link.pid)
+        if busy:
+            raise ConfigError(
+                f"the local SuperLink of FLWR_HOME={home} (pid {link.pid}) is running "
+                f"{len(busy)} simulation(s) (pids {', '.join(map(str, busy))}): stop "
+                f"them first (Ctrl-C in their mmvm run, or flwr stop), or kill "
+                f"{link.pid} to end them with it")
+    for link in mine:
+        _stop(link.pid, wait)
+    return (f"mmvm run: stopped the local SuperLink of FLWR_HOME={home} (pid "
+            f"{', '.join(str(s.pid) for s in mine)}); the next simulation starts a "
+            f"fresh one")
+
+
 def _stop(pid: int, wait: float) -> None:
     """SIGTERM (its SuperExec follows its parent), SIGKILL if it outlives ``wait``."""
     for sig, limit in ((signal.SIGTERM, wait), (signal.SIGKILL, 5.0)):

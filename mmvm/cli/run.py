@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 
 from mmvm.cli.app_stage import staged_app
-from mmvm.cli.local_link import check_local_superlink
+from mmvm.cli.local_link import check_local_superlink, stop_local_superlink
 from mmvm.cli.run_checks import check_ray_address, check_resources, cluster_address
 from mmvm.cli.run_config import (
     APP_DIR,
@@ -87,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 1; whole cores: Flower takes integers)")
     p.add_argument("--gpus-per-site", type=float, default=0.0,
                    help="simulation: GPU share per simulated site (default 0)")
+    p.add_argument("--stop-superlink", action="store_true",
+                   help="stop the local SuperLink that flwr run keeps in the background "
+                        "for the next simulation (this FLWR_HOME's; refused while it "
+                        "runs one) and exit; no run is started")
     p.set_defaults(func=run)
 
 
@@ -220,6 +224,9 @@ def _no_federations(app: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     args.app = args.app or str(default_app())
     try:
+        if args.stop_superlink:
+            print(stop_local_superlink(_env()), file=sys.stderr)
+            return 0
         args.run_config = one_run_config(args.run_config)
         simulation = not (args.connection or args.deployment)
         if simulation:

@@ -155,3 +155,36 @@ def test_a_deployments_superlink_on_the_local_port_is_refused(tmp_path):
         assert deployment_on(str(free_port())) is None
     finally:
         _gone(proc)
+
+
+def test_mmvm_run_stop_superlink_stops_an_idle_one_and_leaves_a_busy_one(tmp_path):
+    """``mmvm run --stop-superlink``: the background SuperLink of this FLWR_HOME goes
+    (its SuperExec with it) while it runs nothing; running a simulation, it stays and
+    the command says which simulation and how to end it (exit 2)."""
+    home, port = tmp_path / "flwr", free_port()
+
+    def stop(env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "mmvm"), "run", "--stop-superlink"], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    link = _flower_superlink(home, port, _env(home, port))
+    try:
+        done = stop(_env(home, port))
+        assert done.returncode == 0, done.stderr
+        assert f"stopped the local SuperLink of FLWR_HOME={home} (pid {link.pid})" \
+            in done.stderr
+        assert link.wait(timeout=20) is not None
+        assert not kill_until_gone(lambda: pids_mentioning(str(home)), timeout=20)
+        again = stop(_env(home, port))
+        assert again.returncode == 0 and "nothing to stop" in again.stderr, again.stderr
+    finally:
+        _gone(link)
+    busy = _look_alike(tmp_path, home, port, busy=True)
+    try:
+        _until(lambda: pids_mentioning(str(tmp_path / "flwr-simulation")))
+        refused = stop(_env(home, port))
+        assert refused.returncode == 2, refused.stderr
+        assert f"(pid {busy.pid}) is running 1 simulation(s)" in refused.stderr
+        assert busy.poll() is None
+    finally:
+        _gone(busy)
