@@ -148,6 +148,24 @@ def describe_site(site: Site, **extra) -> DescribeReply:
                          labelled=site.data.labels is not None, **extra)
 
 
+def _check_rows(site: Site, index: int, table: Tables, frame: np.ndarray) -> None:
+    """The server's posteriors name rows of the window this site holds (explicit
+    row columns are otherwise only bounded by the aligned rows, and an event cache
+    keeps what arrives: a server could grow it past every limit) of the run's other
+    modalities."""
+    others = {s.name for s in site.cfg.model.modalities} - set(site.names)
+    for m, p in table.items():
+        if m not in others:
+            raise FederationError(f"site {site.name}, window {index}: the server sent "
+                                  f"posteriors of {m!r}, not one of the run's other "
+                                  f"modalities {sorted(others)}")
+        bad = p.rows[~np.isin(p.rows, frame)]
+        if len(bad):
+            raise FederationError(f"site {site.name}, window {index}: the server sent "
+                                  f"row {int(bad[0])} of {m!r}, which is not a row of "
+                                  f"this window the site holds")
+
+
 class PlainChannel:
     """Sample ids and posterior tables in the clear, through the server."""
 
@@ -191,6 +209,7 @@ class PlainChannel:
                              n_rows=link.n, sender=SERVER, max_rows=len(rows),
                              frame=link.frame(rows),
                              base=link.others_cache.values if event else None)
+        _check_rows(site, index, table, link.frame(rows))
         if not event:
             return table, lambda: None
         link.others_cache.update(table)

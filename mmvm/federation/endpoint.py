@@ -150,7 +150,8 @@ class Endpoint:
             raise FederationError(f"site {site.name}: attach with n = {req.n} rows")
         # before the plan is built: its size is the server's choice
         check_request(site.name, self.policy, req.shared, req.n, plan, self.channel.secure,
-                      lambda: step_bytes(site.cfg, site.names, plan.batch_size))
+                      lambda: step_bytes(site.cfg, site.names, plan.batch_size),
+                      site.cfg.train)
         positions = self.channel.positions(site, req)
         site.attach(req.n, req.rows, positions, plan, float16=req.float16,
                     holders={m: sorted(h) for m, h in req.shared.items()},

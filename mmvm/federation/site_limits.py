@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 
+from mmvm.config import TrainConfig
 from mmvm.data.store import read_site_meta
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import PolicyError, SitePolicy
@@ -26,15 +27,30 @@ from mmvm.footprint import step_bytes, table_bytes
 
 def check_request(site: str, policy: SitePolicy, shared: Mapping[str, Sequence[str]],
                   n: int, plan: PlanArgs, secure: bool,
-                  estimate: Callable[[], int]) -> None:
+                  estimate: Callable[[], int], train: TrainConfig) -> None:
     """Before the site builds anything: the server's groups (``shared``: modality ->
-    its holders) and the plan's size over ``n`` aligned samples (``estimate()``: the
-    bytes of one step, :func:`mmvm.footprint.step_bytes`)."""
+    its holders), the plan's size over ``n`` aligned samples (``estimate()``: the
+    bytes of one step, :func:`mmvm.footprint.step_bytes`) and, at a site pinned to
+    an experiment, that the plan is that experiment's (``train``: its settings)."""
     policy.check_sharing(site, shared, secure)
     if secure:
         check_groups(site, policy, shared)
+    if policy.experiments:
+        check_pinned_plan(site, plan, train)
     policy.check_size(site, n, plan.batch_size, plan.epochs)
     policy.check_step(site, plan.batch_size, estimate)
+
+
+def check_pinned_plan(site: str, plan: PlanArgs, train: TrainConfig) -> None:
+    """The server derives the plan's batch size, epochs and seed from the experiment
+    config, but sends them apart from it: at a pinned site a plan of batch 1 and 500
+    epochs would run under the digest of batch 128 and 10 (a review of 2026-12-07)."""
+    differ = [f"{key} {getattr(plan, key)} (the experiment's: {getattr(train, key)})"
+              for key in ("batch_size", "epochs", "seed")
+              if getattr(plan, key) != getattr(train, key)]
+    if differ:
+        raise PolicyError(f"site {site}: the plan is not the pinned experiment's: "
+                          f"{', '.join(differ)}")
 
 
 def check_groups(site: str, policy: SitePolicy, shared: Mapping[str, Sequence[str]]
@@ -106,7 +122,8 @@ def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
              "its node config as it is now to every run")
     try:
         check_request(name, policy, link.holders, link.n, link.plan_args, secure,
-                      lambda: step_bytes(site.cfg, site.names, link.plan_args.batch_size))
+                      lambda: step_bytes(site.cfg, site.names, link.plan_args.batch_size),
+                      site.cfg.train)
         check_tables(site, policy)
     except PolicyError as err:  # (its cause: what only the site's log gets)
         raise PolicyError(f"{err}{later}") from err.__cause__

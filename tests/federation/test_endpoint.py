@@ -211,6 +211,64 @@ def test_a_step_beyond_the_sites_memory_limit_is_refused_at_attach(
     assert ep.site.link is None
 
 
+def test_a_site_pinned_to_an_experiment_refuses_a_plan_that_is_not_its(endpoint):
+    """The server sends batch size, epochs and seed apart from the experiment config:
+    a pinned site trains the pinned experiment's plan only (batch 1 for 500 epochs
+    would otherwise run under the digest of batch 64 for 1)."""
+    from mmvm.config import config_digest
+    from mmvm.federation.policy import PolicyError
+
+    site = endpoint.site
+    pinned = Endpoint(site, PlainChannel(), SitePolicy(
+        experiments=(config_digest(site.cfg),), max_step_gib=1))
+    pinned.handle(DescribeRequest())
+    n = len(site.data)
+    for plan, says in [(PlanArgs(batch_size=1, seed=3, epochs=500),
+                        r"batch_size 1 \(the experiment's: 64\), epochs 500 \(the "
+                        r"experiment's: 1\)"),
+                       (PlanArgs(batch_size=64, seed=4, epochs=1),
+                        r"seed 4 \(the experiment's: 3\)")]:
+        with pytest.raises(PolicyError, match="the plan is not the pinned experiment's: "
+                           + says):
+            pinned.handle(AttachRequest(n=n, rows=list(range(n)), float16=False,
+                                        plan=plan.to_dict()))
+        assert site.link is None  # nothing of it attached
+    reply = pinned.handle(AttachRequest(n=n, rows=list(range(n)), float16=False,
+                                        plan=PlanArgs(batch_size=64, seed=3,
+                                                      epochs=1).to_dict()))
+    assert list(reply.posteriors) == ["server"]
+
+
+@pytest.mark.parametrize("delta_tol", [-1.0, 0.0])  # every row / event-triggered
+def test_server_posteriors_outside_the_window_or_of_its_own_modality_are_refused(
+        endpoint, delta_tol):
+    """An explicit row column is bounded by the aligned rows alone: a server sending
+    rows this site does not train in the window (kept by an event cache, past every
+    limit) or posteriors of the site's own modality is refused, and nothing trains."""
+    from mmvm.federation.messages import SERVER
+    from mmvm.federation.posteriors import Posteriors, encode_table
+
+    _attach(endpoint, delta_tol=delta_tol)
+    site = endpoint.site
+    frame = site.linked().frame(site.window_rows(0))
+    outside = np.setdiff1d(np.arange(site.linked().n), frame)[:2]
+    d = site.model.latent_dim
+
+    def table(m, rows):
+        return {SERVER: encode_table({m: Posteriors(rows, np.zeros((len(rows), d),
+                                                                   np.float32),
+                                                    np.zeros((len(rows), d), np.float32))})}
+
+    for blobs, says in [(table("m1", outside), rf"row {outside[0]} of 'm1', which is not "
+                                               r"a row of this window the site holds"),
+                        (table("m0", frame[:2]), r"posteriors of 'm0', not one of the "
+                                                 r"run's other modalities \['m1', 'm2'\]")]:
+        with pytest.raises(FederationError, match=says):
+            endpoint.handle(WindowRequest(window=0, posteriors=blobs))
+        assert site.progress.window == -1 and not site.linked().others_cache.stores
+    assert endpoint.handle(WindowRequest(window=0, posteriors=table("m1", frame)))
+
+
 def test_rows_must_be_a_permutation_within_n(endpoint):
     with pytest.raises(FederationError, match="invalid or repeated rows"):
         _attach(endpoint, rows=[0] * 192)
