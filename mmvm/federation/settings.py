@@ -156,13 +156,20 @@ def config_path(text: str, app_only: bool, app: Path = APP_DIR) -> Path:
 
 
 MAX_OVERRIDES = 256  # in a run config's `set`
+MAX_SET_CHARS = 16_384  # a set's length: each site parses it (~1 ms a modality) per message
 
 
 def _experiment(path: Path, overrides: list[str]) -> ExperimentConfig:
     """The experiment config; its errors name the app's files as the run config does
     (``configs/x.toml``), not the staged copy Flower runs (``~/.flwr/apps/<hash>/``),
     with the nearest of the app's configs when the file is not there. Every site
-    parses it at every message: a ``set`` of more than ``MAX_OVERRIDES`` is refused."""
+    parses it at every message, before any node config check: a ``set`` of more than
+    ``MAX_OVERRIDES``, or longer than ``MAX_SET_CHARS``, is refused."""
+    chars = sum(map(len, overrides))
+    if chars > MAX_SET_CHARS:
+        raise ConfigError(f"run config: set is {chars:,} characters long; at most "
+                          f"{MAX_SET_CHARS:,} (write the experiment into a config file "
+                          f"of the app)")
     if len(overrides) > MAX_OVERRIDES:
         raise ConfigError(f"run config: set has {len(overrides)} overrides; at most "
                           f"{MAX_OVERRIDES} (write the experiment into a config file of "

@@ -62,6 +62,11 @@ def test_overrides_and_string_forms_of_flower_values():
     ({"hippocampus": "sparse"}, r"hippocampus = 'sparse': 'sparse': expected name=number"),
     # every site parses the run config at every message: not a `set` of thousands
     ({"set": ";".join(["train.lr=0.001"] * 257)}, r"set has 257 overrides; at most 256"),
+    # ... nor one override of thousands of modalities (parsed before any node config
+    # check: ~1 ms of a site's CPU each, at every message)
+    ({"set": "model.modalities={" + ",".join(f'x{i}={{kind="vector",shape=[4]}}'
+                                             for i in range(700)) + "}"},
+     r"set is 21,608 characters long; at most 16,384"),
     # the user's own site folders: one simulated site per folder, named after it
     ({"site_dirs": "/labs/a,/labs/b", "num_sites": 3},
      r"site-dirs lists 2 folders and num-sites = 3: set num-sites=2"),
