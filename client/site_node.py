@@ -264,8 +264,10 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             node.site.overlap = resident and s.decode_ahead and not s.secure
             endpoint = Endpoint(node.site, _channel(context, node), policy, node.store,
                                 resident, flower_run=str(context.run_id))
+            # an evaluate asked again gets its kept reply: nothing new to draw
+            drawn = node.site.progress.phase == "evaluated"
             reply = endpoint.handle(request)  # and writes the state as due
-            if kind == "evaluate" and policy.pictures:
+            if kind == "evaluate" and policy.pictures and not drawn:
                 _pictures(node, files[0])
             if kind in ("describe", "resume") and not policy.test_bed:
                 _journal(files[0], f"trains on {node.site.device}; {reading(node.site.cfg)}")
