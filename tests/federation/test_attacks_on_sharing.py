@@ -248,6 +248,14 @@ def test_6b_the_servers_word_on_a_peers_rows_must_be_the_sites_own_rows(
                                             r"modalities or with rows, not both"):
         federate(cfg, {}, transport=AttachTamper(endpoints, lambda r: dataclasses.replace(
             r, peer_rows=dict(list(r.peer_rows.items())[1:]))), secure=True)
+    # a peer that did not align is refused as such, before its claim is read (a
+    # claim is converted to ~9x its bytes: the server could name thousands)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path / "stranger", tiny_polymnist)
+    with pytest.raises(SecurityError, match=r"names peers \['site-zz'\] that did not "
+                                            r"take part in the alignment"):
+        federate(cfg, {}, transport=AttachTamper(endpoints, lambda r: dataclasses.replace(
+            r, peers={**r.peers, "site-zz": {"modalities": "m0m1"}},
+            peer_rows={**r.peer_rows, "site-zz": b"\0"})), secure=True)
 
 
 def test_6c_a_pseudonym_peer_that_aligned_more_than_max_align_rows_is_refused(
