@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,7 +250,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             Progress().resume(files[0])
         except ProtocolOrderError as err:
             _journal(files[0], f"resume refused: {err}")
-            return said(files[0], err) if not (s.secure or policy.secure_site) \
+            return said(files[0], err, context.node_config) \
+                if not (s.secure or policy.secure_site) \
                 else f"{type(err).__name__}: {err}"
     try:
         for folder in (root.parent, root):  # the site's model and ledger: its own
@@ -286,7 +288,8 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             _after_failure(context, node, kind, resident and not s.secure)
         cause = f" [{err.__cause__}]" if err.__cause__ is not None else ""  # what the
         text, logged = _failure_text(files[0], root, kind, err,
-                                     s.secure or policy.secure_site, policy.report_losses)
+                                     s.secure or policy.secure_site, policy.report_losses,
+                                     context.node_config)
         where = f" (traceback: {root / files[0]}.errors.log)" if logged else ""
         _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}{cause}{where}")
         sent = _refused(root, f"{files[0]}.sent", kind,
@@ -304,7 +307,7 @@ def _run_refused(context: Context, kind: str, err: Exception) -> str:
     name = site_name(nc) if nc.get("data") else nc.get("site")
     who = name or f"of partition {nc.get('partition-id', '?')}"
     _journal(str(who), f"refused the run's {kind} message: {type(err).__name__}: {err}")
-    text = said(str(name), err) if name else f"{type(err).__name__}: {err}"
+    text = said(str(name), err, nc) if name else f"{type(err).__name__}: {err}"
     try:  # a deployment site: its refusals of whole runs, in its state folder
         folder = state_folder(nc, str(name)) if nc.get("data") and name else None
     except ValueError:  # not a site name (the refusal says so)
@@ -319,7 +322,7 @@ def _run_refused(context: Context, kind: str, err: Exception) -> str:
 
 
 def _failure_text(site: str, root: Path, kind: str, err: Exception, secure: bool,
-                  report_losses: bool) -> tuple[str | None, bool]:
+                  report_losses: bool, nc: Mapping) -> tuple[str | None, bool]:
     """What the server is told of a failed message: a secure site, or a plaintext
     one that keeps its numbers (an unexpected error or a divergence may quote them),
     a code and where to look (the error goes to ``<site>.errors.log``); an expected
@@ -328,8 +331,8 @@ def _failure_text(site: str, root: Path, kind: str, err: Exception, secure: bool
     numbers = isinstance(err, TrainingDivergedError) or not isinstance(err, EXPECTED)
     if secure or not report_losses and numbers:  # (a divergence names its step)
         public = public_error(site, root / f"{site}.errors.log", kind, err)
-        return (str(public) if secure else said(site, public)), True
-    return (said(site, err) if isinstance(err, EXPECTED) else None), False
+        return (str(public) if secure else said(site, public, nc)), True
+    return (said(site, err, nc) if isinstance(err, EXPECTED) else None), False
 
 
 def _refused(folder: Path, stem: str, kind: str, text: str, run: int) -> str:
@@ -348,11 +351,18 @@ def _refused(folder: Path, stem: str, kind: str, text: str, run: int) -> str:
     return text
 
 
-def said(site: str, err: BaseException) -> str:
+def said(site: str, err: BaseException, nc: Mapping | None = None) -> str:
     """A plaintext site's failure as the server shows it: tagged with the site's name
-    (at describe the server knows only a node id) and the app's files named as in
-    the run config (``configs/x.toml``), not by the staged copy Flower runs."""
+    (at describe the server knows only a node id), the app's files named as in the
+    run config (``configs/x.toml``), not by the staged copy Flower runs, and a
+    deployment's folders by their node config keys (``<data>/train.parquet``): where
+    the site keeps its files is not the server's to learn."""
     text = str(err).replace(f"{APP_DIR}{os.sep}", "")
+    if nc is not None and nc.get("data"):
+        for key in ("data", "state", "keys", "directory"):
+            if nc.get(key):
+                folder = str(Path(str(nc[key])).expanduser())
+                text = text.replace(folder.rstrip(os.sep) or os.sep, f"<{key}>")
     return f"{SITE_TAG.format(site=site)}{type(err).__name__}: {text}"
 
 

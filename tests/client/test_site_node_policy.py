@@ -427,3 +427,18 @@ def test_a_malformed_message_is_refused_before_the_site_reads_its_files(
     assert isinstance(said, str) and "MessageError" in said and "no 'body'" in said, said
     assert site_node._NODES[(83, 1)] is kept  # as it was: a plaintext host's training
     # since its last checkpoint is not thrown away for a message it could not read
+
+
+def test_a_plaintext_sites_error_names_its_folders_by_their_node_config_keys(plain_site):
+    """Where a deployed site keeps its files is not the server's to learn: a run over
+    modalities the site does not hold is refused with ``<data>/train.parquet``, the
+    absolute path staying in the site's own log."""
+    from mmvm.federation.messages import DescribeRequest
+    from wire.records import to_record
+
+    context = Context(run_id=73, node_id=1, node_config=plain_site, state=RecordDict(),
+                      run_config=app_run_config(config="configs/hippocampus.toml"))
+    said = site_node.answer("describe", to_record(DescribeRequest()), context)
+    assert isinstance(said, str) and "DataError: <data>/train.parquet: site 'site-m0' " \
+        "holds none of the configured modalities" in said, said
+    assert plain_site["data"] not in said
