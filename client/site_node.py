@@ -41,7 +41,7 @@ from mmvm.federation.node_config import (
     site_name,
     state_folder,
 )
-from mmvm.federation.policy import SitePolicy
+from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import Progress, ProtocolOrderError
 from mmvm.federation.sealed_channel import SealedChannel
@@ -51,6 +51,7 @@ from mmvm.federation.site import Site
 from mmvm.federation.site_config import reading, site_experiment
 from mmvm.federation.site_dirs import own_site_files
 from mmvm.federation.site_errors import SITE_TAG, public_error
+from mmvm.federation.site_limits import check_state_room
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.state_lock import state_lock
 from mmvm.secure.errors import SecurityError
@@ -253,6 +254,11 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             return said(files[0], err, context.node_config) \
                 if not (s.secure or policy.secure_site) \
                 else f"{type(err).__name__}: {err}"
+    if not root.is_dir():  # a new run: room for its state (any server may start runs)
+        try:
+            check_state_room(files[0], policy, root.parent)
+        except PolicyError as err:
+            return _run_refused(context, kind, err)
     try:
         for folder in (root.parent, root):  # the site's model and ledger: its own
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -306,7 +312,9 @@ def _run_refused(context: Context, kind: str, err: Exception) -> str:
     nc = context.node_config
     name = site_name(nc) if nc.get("data") else nc.get("site")
     who = name or f"of partition {nc.get('partition-id', '?')}"
-    _journal(str(who), f"refused the run's {kind} message: {type(err).__name__}: {err}")
+    cause = f" [{err.__cause__}]" if err.__cause__ is not None else ""  # the log's only
+    _journal(str(who), f"refused the run's {kind} message: {type(err).__name__}: {err}"
+                       f"{cause}")
     text = said(str(name), err, nc) if name else f"{type(err).__name__}: {err}"
     try:  # a deployment site: its refusals of whole runs, in its state folder
         folder = state_folder(nc, str(name)) if nc.get("data") and name else None

@@ -101,6 +101,9 @@ anything leaves the site:
                        objective's terms), a window's posterior tables, the final
                        evaluation's latents, a coherence judge's step (default 16;
                        estimated on the meta device, :mod:`mmvm.footprint`)
+``max-state-gib``      the most its runs' state folders (``run-<id>``) may hold
+                       before a new run is refused (default 100; each run keeps its
+                       state for ``resume`` and its trained model)
 =====================  ==========================================================
 
 The ``max-*`` limits (and ``streaming``) keep a server's plan or a submitter's config
@@ -124,12 +127,13 @@ from mmvm.secure.pins import pinned_entries
 
 KEYS = ("keys", "directory", "state", "require-secure", "allow-collect", "peers",
         "allow-pair-masking", "require-psi", "min-rows", "max-steps", "max-visits",
-        "max-batch", "max-params", "max-step-gib", "max-align-rows", "eval-labels",
+        "max-batch", "max-params", "max-step-gib", "max-align-rows", "max-state-gib",
+        "eval-labels",
         "device", "streaming", "allow-compile", "report-losses", "pictures", "share-test",
         "holders", "experiment")
 LIMITS = {"max-steps": 10_000_000, "max-visits": 100_000_000, "max-batch": 4096,
           "max-params": 200_000_000, "max-step-gib": 16,
-          "max-align-rows": 1_000_000}  # the max-* keys' defaults
+          "max-align-rows": 1_000_000, "max-state-gib": 100}  # the max-* keys' defaults
 
 
 class PolicyError(SecurityError):
@@ -153,6 +157,7 @@ class SitePolicy:
     max_params: int = LIMITS["max-params"]
     max_step_gib: int = LIMITS["max-step-gib"]
     max_align_rows: int = LIMITS["max-align-rows"]
+    max_state_gib: int = LIMITS["max-state-gib"]
     eval_labels: tuple[str, ...] = ("*",)  # label columns probed at evaluation
     device: str = ""  # where the site trains; "" (simulation) = the run config's
     streaming: bool | None = None  # None: by the files' size (site_config.streams)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from mmvm.config import TrainConfig
 from mmvm.data.store import read_site_meta
@@ -136,3 +137,30 @@ def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
                               f"or with a modality it shares (the site's log says "
                               f"which){later}") from err
     passed(site, policy)
+
+
+def runs_bytes(state: Path) -> int:
+    """The bytes of the files in ``state``'s run folders (``run-<id>``; links not
+    followed): what :func:`check_state_room` bounds."""
+    total = 0
+    for run in state.glob("run-*"):
+        if run.is_dir() and not run.is_symlink():
+            for root, _, names in os.walk(run):
+                total += sum(os.lstat(os.path.join(root, n)).st_size for n in names)
+    return total
+
+
+def check_state_room(site: str, policy: SitePolicy, state: Path) -> None:
+    """Before a new run's folder is made: its runs' folders under ``max-state-gib``.
+    Each run keeps its state (weights, optimiser, caches: up to ``max-params`` x 16
+    bytes and more), and any server may start runs: without a bound they fill the
+    site's disk. How much they hold goes to the site's log only."""
+    if policy.test_bed or not state.is_dir():
+        return
+    used = runs_bytes(state)
+    if used > policy.max_state_gib * 2**30:
+        raise PolicyError(f"site {site}: its earlier runs' state takes more than its node "
+                          f"config allows, {policy.max_state_gib:,} GiB (max-state-gib): "
+                          f"a new run is refused until its operator removes old "
+                          f"run-<id> folders; its log says how much") \
+            from PolicyError(f"{used:,} bytes in {state}")

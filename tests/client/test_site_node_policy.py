@@ -442,3 +442,26 @@ def test_a_plaintext_sites_error_names_its_folders_by_their_node_config_keys(pla
     assert isinstance(said, str) and "DataError: <data>/train.parquet: site 'site-m0' " \
         "holds none of the configured modalities" in said, said
     assert plain_site["data"] not in said
+
+
+def test_a_new_run_is_refused_while_the_earlier_runs_state_exceeds_max_state_gib(
+        plain_site, capsys):
+    """Each run keeps its state, and any server may start runs: past its node config's
+    max-state-gib a site refuses new runs (journalled, the amount in its log only),
+    while a run it has begun goes on."""
+    import json
+
+    state = Path(plain_site["state"])
+    (state / "run-1").mkdir(parents=True)
+    with open(state / "run-1" / "big.pt", "wb") as fh:  # 2 GiB, sparse: no disk used
+        fh.truncate(2 * 2**30)
+    tight = dict(plain_site, **{"max-state-gib": "1"})
+    said = _describe(tight, 74)
+    assert isinstance(said, str) and "its earlier runs' state takes more than its node " \
+        "config allows, 1 GiB (max-state-gib)" in said and str(state) not in said
+    assert not (state / "run-74").exists()
+    assert f"[{2 * 2**30:,} bytes in {state}]" in capsys.readouterr().err  # its log's
+    refused = [json.loads(t) for t in (state / "refused.jsonl").read_text().splitlines()]
+    assert "max-state-gib" in refused[-1]["refused"]
+    assert not isinstance(_describe(tight, 1), str)  # a run it has begun goes on
+    assert not isinstance(_describe(plain_site, 75), str)  # the default: 100 GiB
