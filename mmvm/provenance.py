@@ -39,8 +39,10 @@ NUMERIC_VARIABLES = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA"
                      "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS",
                      "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 # what changes a number's last digits (the rest, python or platform, only describes)
-NUMERIC_KEYS = ("commit", "torch", "kernels", "cpu", "cpu_capability", "threads",
+NUMERIC_KEYS = ("commit", "code", "torch", "kernels", "cpu", "cpu_capability", "threads",
                 "device", "numeric_variables")
+# the packages whose sources :func:`code_digest` hashes: the app's, as Flower bundles it
+CODE_PACKAGES = ("mmvm", "server", "client", "wire", "deploy")
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -49,7 +51,9 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 
     Keys: ``mmvm`` (version), ``commit`` (the checkout's git commit, ``+dirty`` when
     tracked files differed from it when first asked; None outside a checkout, e.g. an
-    installed app), ``python``, ``platform`` (system and machine: no kernel build),
+    installed app or the app bundle a Flower run executes), ``code``
+    (:func:`code_digest`: the same for the same sources, in a checkout or a bundle),
+    ``python``, ``platform`` (system and machine: no kernel build),
     ``torch``, ``kernels`` (the MKL and oneDNN releases torch was built with: a pip
     and a conda torch of one version may differ), ``flwr``, ``numpy``, ``cpu`` (model
     name), ``cpu_capability`` (torch's
@@ -70,12 +74,30 @@ def _static() -> dict[str, Any]:
     import torch
 
     return {"mmvm": _version("mmvm"), "commit": git_commit(Path(__file__).parent),
+            "code": code_digest(Path(__file__).resolve().parent.parent),
             "python": platform.python_version(),
             "platform": f"{platform.system()} {platform.machine()}",
             "torch": str(torch.__version__), "kernels": _kernels(),
             "flwr": _version("flwr"),
             "numpy": _version("numpy"), "cpu": cpu_model(),
             "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
+def code_digest(root: Path) -> str | None:
+    """sha256 of the Python sources of :data:`CODE_PACKAGES` under ``root`` (by path
+    relative to it, bytes as stored; ``__pycache__`` aside), None where none is
+    there. A federated run executes the app bundle Flower installed, where git
+    knows no commit: equal digests say a run and one from a checkout ran the same
+    code, whatever packaged it."""
+    digest, found = hashlib.sha256(), False
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            found = True
+            digest.update(f"{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest() if found else None
 
 
 def _kernels() -> str:
@@ -176,14 +198,15 @@ def differences(envs: Iterable[tuple[str, Mapping[str, Any] | None]]
     """Of the :data:`NUMERIC_KEYS`, those whose value differs between the named
     environments (``(name, environment)`` pairs): key -> {value as text: [names]}.
     Names without an environment (older results), or whose environment lacks the key
-    (recorded before it was), are left out, not counted as a value; commits are
-    shortened to 12 characters."""
+    (recorded before it was), are left out, not counted as a value, as is an unknown
+    commit (an app bundle's: ``code`` compares its sources); commits and code
+    digests are shortened to 12 characters."""
     known = [(name, env) for name, env in envs if isinstance(env, Mapping)]
     out: dict[str, dict[str, list[str]]] = {}
     for key in NUMERIC_KEYS:
         values: dict[str, list[str]] = {}
         for name, env in known:
-            if key in env:  # a key recorded since: not a difference with older files
+            if key in env and not (key == "commit" and env[key] is None):
                 values.setdefault(_text(key, env[key]), []).append(name)
         if len(values) > 1:
             out[key] = values
@@ -193,7 +216,7 @@ def differences(envs: Iterable[tuple[str, Mapping[str, Any] | None]]
 def _text(key: str, value: Any) -> str:
     if isinstance(value, Mapping):
         return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none set"
-    if key == "commit" and isinstance(value, str):
+    if key in ("commit", "code") and isinstance(value, str):
         commit, _, dirty = value.partition("+")
         return commit[:12] + (f"+{dirty}" if dirty else "")
     return "unknown" if value is None else str(value)

@@ -154,6 +154,32 @@ def test_differences_name_what_differs_and_who_had_which():
                                          "MKL_CBWR=COMPATIBLE": ["b"]}}
 
 
+def test_the_same_sources_have_the_same_code_digest_in_a_checkout_or_a_bundle(tmp_path):
+    """A federated run executes the app bundle Flower installed (no git, commit
+    None): its code digest equals the checkout's for the same sources, so a report
+    comparing it with a centralized run no longer says "commit unknown" where the
+    code was the same, and names the code where it was not."""
+    from mmvm.provenance import CODE_PACKAGES, code_digest
+
+    root = Path(__file__).resolve().parents[1]
+    bundle = tmp_path / "bundle"
+    for package in CODE_PACKAGES:
+        shutil.copytree(root / package, bundle / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (bundle / "mmvm" / "__pycache__").mkdir(exist_ok=True)  # bytecode is not code
+    (bundle / "mmvm" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    here = code_digest(root)
+    assert here == environment()["code"] and code_digest(bundle) == here
+    assert code_digest(tmp_path / "empty") is None
+    central = {"commit": "0123456789abcdef0123456789abcdef01234567", "code": here}
+    assert differences([("central", central), ("federated", {**central,
+                                                             "commit": None})]) == {}
+    (bundle / "mmvm" / "objectives.py").write_text("# another objective\n")
+    changed = {"commit": None, "code": code_digest(bundle)}
+    assert differences([("central", central), ("federated", changed)]) == {
+        "code": {here[:12]: ["central"], changed["code"][:12]: ["federated"]}}
+
+
 def test_a_report_says_when_runs_were_computed_in_different_environments(tmp_path):
     """Two seeds' digits differ with the host's kernels: the page says the runs
     were not computed alike (and nothing where they were, or where runs predate it)."""
