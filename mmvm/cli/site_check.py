@@ -32,6 +32,7 @@ from mmvm.federation.node_config import (
     SECURE_PEERS,
     load_policy,
     policy_problems,
+    runs_bytes,
     site_name,
 )
 from mmvm.federation.policy import KEYS, SitePolicy
@@ -78,7 +79,7 @@ def check_node_config(nc: Mapping, cfg: ExperimentConfig | None = None,
         check_keys(check, policy, pinned="peers" in nc and "peers" not in bad,
               unpinned="peers" not in nc)
     if "site" not in bad:  # else the state's default folder is not the site's
-        _state(check, Path(policy.state))
+        _state(check, Path(policy.state), policy.max_state_gib)
     return check
 
 
@@ -357,7 +358,7 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
                   * (p.min_rows > 1))
 
 
-def _state(check: NodeCheck, state: Path) -> None:
+def _state(check: NodeCheck, state: Path, max_gib: int) -> None:
     if state.is_symlink() or state.exists() and state.stat().st_uid != os.geteuid():
         check.add("state", ERROR, f"state={state} is a link or belongs to another user: "
                   f"whoever owns it can read and change the site's model and keys' state; "
@@ -375,6 +376,13 @@ def _state(check: NodeCheck, state: Path) -> None:
                       f"each run's folder in it is made 700, chmod 700 it too")
         else:
             check.add("state", OK, f"{state} (writable, mode {mode:o})")
+        if used := state.is_dir() and os.access(state, os.R_OK | os.X_OK) and \
+                runs_bytes(state):
+            full = used > max_gib * 2**30
+            check.add("state", WARNING if full else OK, f"its runs' folders hold "
+                      f"{used / 2**30:,.1f} GiB of max-state-gib {max_gib:,}" + (
+                          "; new runs are refused until old run-<id> folders are "
+                          "removed" if full else ""))
         return
     parent = next(p for p in state.resolve().parents if p.exists())
     if os.access(parent, os.W_OK | os.X_OK) and parent.stat().st_mode & 0o002:

@@ -8,6 +8,7 @@ and what each protects are in :mod:`mmvm.federation.policy`.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -200,6 +201,17 @@ def state_folder(nc: Mapping, site: str) -> Path:
     if not nc.get("state"):
         validate_site_name(site)
     return Path(str(nc.get("state", "")) or Path("~/.mmvm/state") / site).expanduser()
+
+
+def runs_bytes(state: Path) -> int:
+    """The bytes of the files in ``state``'s run folders (``run-<id>``; links not
+    followed): what :func:`check_state_room` bounds."""
+    total = 0
+    for run in state.glob("run-*"):
+        if run.is_dir() and not run.is_symlink():
+            for root, _, names in os.walk(run):
+                total += sum(os.lstat(os.path.join(root, n)).st_size for n in names)
+    return total
 
 
 def load_policy(nc: Mapping, site: str) -> SitePolicy:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mmvm.config import TrainConfig
 from mmvm.data.store import read_site_meta
+from mmvm.federation.node_config import runs_bytes
 from mmvm.federation.plan import PlanArgs
 from mmvm.federation.policy import PolicyError, SitePolicy
 from mmvm.federation.reply_cache import policy_digest
@@ -137,17 +138,6 @@ def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
                               f"or with a modality it shares (the site's log says "
                               f"which){later}") from err
     passed(site, policy)
-
-
-def runs_bytes(state: Path) -> int:
-    """The bytes of the files in ``state``'s run folders (``run-<id>``; links not
-    followed): what :func:`check_state_room` bounds."""
-    total = 0
-    for run in state.glob("run-*"):
-        if run.is_dir() and not run.is_symlink():
-            for root, _, names in os.walk(run):
-                total += sum(os.lstat(os.path.join(root, n)).st_size for n in names)
-    return total
 
 
 def check_state_room(site: str, policy: SitePolicy, state: Path) -> None:

@@ -465,3 +465,11 @@ def test_a_new_run_is_refused_while_the_earlier_runs_state_exceeds_max_state_gib
     assert "max-state-gib" in refused[-1]["refused"]
     assert not isinstance(_describe(tight, 1), str)  # a run it has begun goes on
     assert not isinstance(_describe(plain_site, 75), str)  # the default: 100 GiB
+    # mmvm site check says so before the server does
+    from mmvm.cli.site_check import check_node_config
+    from mmvm.cli.site_findings import WARNING
+
+    said = [f.detail for f in check_node_config(tight).findings
+            if f.status == WARNING and f.item == "state"]
+    assert "its runs' folders hold 2.0 GiB of max-state-gib 1; new runs are refused " \
+        "until old run-<id> folders are removed" in said, said
