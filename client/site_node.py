@@ -19,49 +19,44 @@ as an error code and a message that names no data; the details go to
 from __future__ import annotations
 
 import difflib
-import os
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Context, RecordDict
 
-from mmvm.atomic import WriteError
+from client.site_journal import (
+    EXPECTED,
+    failure_text,
+    journal,
+    record_refusal,
+    refuse_run,
+    said,
+)
 from mmvm.config import ConfigError
 from mmvm.data.default import ensure_default_sites
-from mmvm.data.store import DataError
 from mmvm.federation.channel import Channel, PlainChannel
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
-from mmvm.federation.messages import MessageError
 from mmvm.federation.node_config import (
     load_policy,
     missing_paths,
     site_name,
-    state_folder,
 )
 from mmvm.federation.policy import PolicyError, SitePolicy
-from mmvm.federation.posteriors import PosteriorError
 from mmvm.federation.progress import Progress, ProtocolOrderError
 from mmvm.federation.sealed_channel import SealedChannel
-from mmvm.federation.sent_log import append_sent, capped
-from mmvm.federation.settings import APP_DIR, FederationSettings, load_settings
+from mmvm.federation.sent_log import append_sent
+from mmvm.federation.settings import FederationSettings, load_settings
 from mmvm.federation.site import Site
 from mmvm.federation.site_config import reading, site_experiment
 from mmvm.federation.site_dirs import own_site_files
-from mmvm.federation.site_errors import SITE_TAG, public_error
 from mmvm.federation.site_limits import check_state_room
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.state_lock import state_lock
-from mmvm.secure.errors import SecurityError
 from mmvm.secure.session import SiteSecrets
-from mmvm.training import TrainingDivergedError, count_parameters
+from mmvm.training import count_parameters
 from wire.records import request_from_record, to_record
-
-# failures a site explains in one line (configuration, data, protocol, policy)
-EXPECTED = (ConfigError, DataError, SecurityError, FederationError, MessageError,
-            PosteriorError, TrainingDivergedError, WriteError)
 
 
 @dataclass
@@ -150,7 +145,7 @@ def settings_and_policy(context: Context) -> tuple[FederationSettings, SitePolic
     policy = load_policy(context.node_config, files[0])
     missing = missing_paths(context.node_config) if deployment else []
     if missing:  # the paths to the site's log only: the server learns the keys
-        _journal(files[0], f"node config: {'; '.join(missing)}")
+        journal(files[0], f"node config: {'; '.join(missing)}")
         raise ConfigError(f"node config of site {files[0]}: "
                           f"{', '.join(m.split('=', 1)[0] for m in missing)} name files "
                           f"that are not there (the site's log says which)")
@@ -167,16 +162,10 @@ def _pictures(node: Node, site: str) -> None:
     try:
         drawn = draw_site_pictures(node.site, node.store.path.parent)
     except Exception as err:  # noqa: BLE001 - matplotlib, a full disk: said, not fatal
-        _journal(site, f"no pictures of its own model: {type(err).__name__}: {err}")
+        journal(site, f"no pictures of its own model: {type(err).__name__}: {err}")
         return
     for path in drawn.values():
-        _journal(site, f"pictures of its own model: {path}")
-
-
-def _journal(site: str, line: str) -> None:
-    """One line in the SuperNode's own log (its stderr): what the site refused or
-    failed, where its operator looks, whatever the server is told."""
-    print(f"mmvm site {site}: {capped(line)}", file=sys.stderr, flush=True)
+        journal(site, f"pictures of its own model: {path}")
 
 
 def _require_simulation(nc) -> None:
@@ -244,21 +233,21 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
     try:
         s, policy, files = settings_and_policy(context)
     except EXPECTED as err:  # settings or policy: nothing of the site was read yet
-        return _run_refused(context, kind, err)
+        return refuse_run(context, kind, err)
     node, request, root = None, None, _state_root(context, s, policy)
     if kind == "resume" and not root.is_dir():  # no state of this run: make none (its
         try:  # lock and error log went into a folder made for them)
             Progress().resume(files[0])
         except ProtocolOrderError as err:
-            _journal(files[0], f"resume refused: {err}")
+            journal(files[0], f"resume refused: {err}")
             return said(files[0], err, context.node_config) \
                 if not (s.secure or policy.secure_site) \
                 else f"{type(err).__name__}: {err}"
-    if not root.is_dir():  # a new run: room for its state (any server may start runs)
-        try:
+    if not root.is_dir() or kind == "attach":  # a run that begins to keep state: room
+        try:  # for it (any server may start runs; described ones are small until attach)
             check_state_room(files[0], policy, root.parent)
         except PolicyError as err:
-            return _run_refused(context, kind, err)
+            return refuse_run(context, kind, err)
     try:
         for folder in (root.parent, root):  # the site's model and ledger: its own
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -278,9 +267,9 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
             if kind == "evaluate" and policy.pictures and not drawn:
                 _pictures(node, files[0])
             if kind in ("describe", "resume") and not policy.test_bed:
-                _journal(files[0], f"trains on {node.site.device}; {reading(node.site.cfg)}")
+                journal(files[0], f"trains on {node.site.device}; {reading(node.site.cfg)}")
             for note in [*node.store.notes, *endpoint.notes]:
-                _journal(files[0], note)
+                journal(files[0], note)
             node.store.notes.clear()
             disk = node.store.take()  # every message's: set-up writes are no window's
         if kind == "window":  # a wait for the decoder half at a checkpoint: training
@@ -293,85 +282,17 @@ def answer(kind: str, content: RecordDict, context: Context, resident: bool = Fa
         if request is not None:  # one that did not decode changed nothing of the site
             _after_failure(context, node, kind, resident and not s.secure)
         cause = f" [{err.__cause__}]" if err.__cause__ is not None else ""  # what the
-        text, logged = _failure_text(files[0], root, kind, err,
+        text, logged = failure_text(files[0], root, kind, err,
                                      s.secure or policy.secure_site, policy.report_losses,
                                      context.node_config)
         where = f" (traceback: {root / files[0]}.errors.log)" if logged else ""
-        _journal(files[0], f"{kind} failed: {type(err).__name__}: {err}{cause}{where}")
-        sent = _refused(root, f"{files[0]}.sent", kind,
+        journal(files[0], f"{kind} failed: {type(err).__name__}: {err}{cause}{where}")
+        sent = record_refusal(root, f"{files[0]}.sent", kind,
                         text or f"{type(err)}:<'{err}'>", context.run_id)
         if text is None:  # a plaintext site's unexpected error: Flower sends its text,
             raise  # in the form just recorded
         return sent
     return record
-
-
-def _run_refused(context: Context, kind: str, err: Exception) -> str:
-    """The line a site sends for a run whose settings or policy it refuses, recorded
-    in its journals (nothing of the site was read)."""
-    nc = context.node_config
-    name = site_name(nc) if nc.get("data") else nc.get("site")
-    who = name or f"of partition {nc.get('partition-id', '?')}"
-    cause = f" [{err.__cause__}]" if err.__cause__ is not None else ""  # the log's only
-    _journal(str(who), f"refused the run's {kind} message: {type(err).__name__}: {err}"
-                       f"{cause}")
-    text = said(str(name), err, nc) if name else f"{type(err).__name__}: {err}"
-    try:  # a deployment site: its refusals of whole runs, in its state folder
-        folder = state_folder(nc, str(name)) if nc.get("data") and name else None
-    except ValueError:  # not a site name (the refusal says so)
-        folder = None
-    if folder is not None:
-        try:  # the node config's (trusted) folder, made as the site's first run would
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as mkdir_err:
-            _journal(str(who), f"could not make its state folder {folder}: {mkdir_err}")
-        _refused(folder, "refused", kind, text, context.run_id)
-    return capped(text)
-
-
-def _failure_text(site: str, root: Path, kind: str, err: Exception, secure: bool,
-                  report_losses: bool, nc: Mapping) -> tuple[str | None, bool]:
-    """What the server is told of a failed message: a secure site, or a plaintext
-    one that keeps its numbers (an unexpected error or a divergence may quote them),
-    a code and where to look (the error goes to ``<site>.errors.log``); an expected
-    error its text; None where Flower sends a plaintext site's unexpected error as
-    it is. And whether the error went to that log."""
-    numbers = isinstance(err, TrainingDivergedError) or not isinstance(err, EXPECTED)
-    if secure or not report_losses and numbers:  # (a divergence names its step)
-        public = public_error(site, root / f"{site}.errors.log", kind, err)
-        return (str(public) if secure else said(site, public, nc)), True
-    return (said(site, err, nc) if isinstance(err, EXPECTED) else None), False
-
-
-def _refused(folder: Path, stem: str, kind: str, text: str, run: int) -> str:
-    """``text``, the one line a refused or failed message sends, recorded in the
-    site's journal ``folder/stem.jsonl`` where the folder exists (the run's
-    ``<site>.sent``; a whole run refused: the state folder's ``refused``). A full
-    disk: the reply goes all the same, the failure is in the SuperNode's log. The
-    text is :func:`~mmvm.federation.sent_log.capped`: an error may quote what the
-    server sent."""
-    text = capped(text)
-    try:
-        if folder.is_dir():
-            append_sent(folder / f"{stem}.jsonl", kind, text, run)
-    except OSError as err:
-        _journal(stem, f"could not record the refusal it sent: {err}")
-    return text
-
-
-def said(site: str, err: BaseException, nc: Mapping | None = None) -> str:
-    """A plaintext site's failure as the server shows it: tagged with the site's name
-    (at describe the server knows only a node id), the app's files named as in the
-    run config (``configs/x.toml``), not by the staged copy Flower runs, and a
-    deployment's folders by their node config keys (``<data>/train.parquet``): where
-    the site keeps its files is not the server's to learn."""
-    text = str(err).replace(f"{APP_DIR}{os.sep}", "")
-    if nc is not None and nc.get("data"):
-        for key in ("data", "state", "keys", "directory"):
-            if nc.get(key):
-                folder = str(Path(str(nc[key])).expanduser())
-                text = text.replace(folder.rstrip(os.sep) or os.sep, f"<{key}>")
-    return f"{SITE_TAG.format(site=site)}{type(err).__name__}: {text}"
 
 
 def _after_failure(context: Context, node: Node | None, kind: str, keep: bool) -> None:

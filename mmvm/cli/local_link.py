@@ -191,6 +191,10 @@ def stop_local_superlink(env: dict[str, str], wait: float = 15.0) -> str:
     done. Refused (ConfigError) while it runs one, naming them: stopping it ends them."""
     from flwr.cli.constant import LOCAL_SUPERLINK_HTTP_API_PORT
 
+    if not PROC.is_dir():
+        raise ConfigError("this system has no /proc, where mmvm finds the local "
+                          "SuperLink: stop the flower-superlink process started with "
+                          "--simulation yourself")
     home = Path(env.get("FLWR_HOME") or Path.home() / ".flwr")
     port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", LOCAL_SUPERLINK_HTTP_API_PORT)
     mine = [s for s in local_superlinks() if s.port == port and s.home is not None

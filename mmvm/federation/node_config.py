@@ -203,6 +203,30 @@ def state_folder(nc: Mapping, site: str) -> Path:
     return Path(str(nc.get("state", "")) or Path("~/.mmvm/state") / site).expanduser()
 
 
+def redacted(text: str, nc: Mapping) -> str:
+    """``text`` with a deployment's folders (``data``, ``keys``, ``directory`` and its
+    state folder, the default one too; as written and resolved) named by their node
+    config keys, ``<data>/train.parquet``: where a site keeps its files is not the
+    server's to learn. A simulation's (no ``data``) is left as it is."""
+    if not nc.get("data"):
+        return text
+    folders = {}
+    for key in ("data", "keys", "directory"):
+        if nc.get(key):
+            folders[key] = Path(str(nc[key])).expanduser()
+    try:
+        folders["state"] = state_folder(nc, site_name(nc))
+    except ValueError:  # not a site name: no default folder to name
+        pass
+    forms = {(str(form).rstrip(os.sep), key) for key, folder in folders.items()
+             for form in (folder, folder.absolute(), folder.resolve())}
+    for form, key in sorted(forms, key=lambda f: -len(f[0])):  # the innermost first
+        if form.startswith(os.sep) and form != os.sep:  # absolute, and whole: /srv/a
+            # is not /srv/ab (a relative "data" would be any word "data")
+            text = re.sub(re.escape(form) + r"(?![^/\s'\":,;)\]])", f"<{key}>", text)
+    return text
+
+
 def runs_bytes(state: Path) -> int:
     """The bytes of the files in ``state``'s run folders (``run-<id>``; links not
     followed): what :func:`check_state_room` bounds."""
@@ -210,7 +234,11 @@ def runs_bytes(state: Path) -> int:
     for run in state.glob("run-*"):
         if run.is_dir() and not run.is_symlink():
             for root, _, names in os.walk(run):
-                total += sum(os.lstat(os.path.join(root, n)).st_size for n in names)
+                for name in names:
+                    try:
+                        total += os.lstat(os.path.join(root, name)).st_size
+                    except OSError:  # another run's temporary file, renamed since
+                        continue
     return total
 
 

@@ -53,7 +53,8 @@ def whole_bytes(files: Sequence[str | os.PathLike]) -> int:
 
 def site_experiment(policy: SitePolicy, cfg: ExperimentConfig,
                     files: Sequence[str | os.PathLike] = ()) -> ExperimentConfig:
-    """``cfg`` on the site's own ``device`` (where its node config names one),
+    """``cfg`` on the site's own ``device`` (a deployed site's node config's, by
+    default ``auto``; a simulation's: the run config's),
     compiled only where it allows that, reading ``files`` as :func:`streams` says."""
     stream = streams(policy, cfg, files)
     decoded = cfg.data.decoded_dir if policy.test_bed else str(

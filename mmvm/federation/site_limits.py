@@ -141,7 +141,8 @@ def recheck(site: Site, policy: SitePolicy, secure: bool) -> None:
 
 
 def check_state_room(site: str, policy: SitePolicy, state: Path) -> None:
-    """Before a new run's folder is made: its runs' folders under ``max-state-gib``.
+    """Before a new run's folder is made, and at a run's attach (after which it keeps
+    its state): the site's runs' folders under ``max-state-gib``.
     Each run keeps its state (weights, optimiser, caches: up to ``max-params`` x 16
     bytes and more), and any server may start runs: without a bound they fill the
     site's disk. How much they hold goes to the site's log only."""
@@ -151,6 +152,6 @@ def check_state_room(site: str, policy: SitePolicy, state: Path) -> None:
     if used > policy.max_state_gib * 2**30:
         raise PolicyError(f"site {site}: its earlier runs' state takes more than its node "
                           f"config allows, {policy.max_state_gib:,} GiB (max-state-gib): "
-                          f"a new run is refused until its operator removes old "
-                          f"run-<id> folders; its log says how much") \
+                          f"no run begins here (a new one, or an attach) until its "
+                          f"operator removes old run-<id> folders; its log says how much") \
             from PolicyError(f"{used:,} bytes in {state}")

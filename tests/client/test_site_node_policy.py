@@ -407,6 +407,14 @@ def test_a_refused_run_is_journalled_in_the_default_or_a_home_state_folder(
     lines = [json.loads(t) for t in (folder / "refused.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["refused"] == said and lines[0]["run"] == 82
     assert folder.stat().st_mode & 0o777 == 0o700  # a fresh site's, made for it
+    # a server's flood of refused runs fills no disk: past LOG_BYTES the journal keeps
+    # its first refusals, and the SuperNode's log (rotated by its service) each one
+    from mmvm.federation.site_errors import LOG_BYTES
+
+    with open(folder / "refused.jsonl", "ab") as fh:
+        fh.truncate(LOG_BYTES)
+    again = _describe(nc if state is None else dict(nc, state=state), 84)
+    assert isinstance(again, str) and (folder / "refused.jsonl").stat().st_size == LOG_BYTES
 
 
 def test_a_malformed_message_is_refused_before_the_site_reads_its_files(
@@ -451,18 +459,30 @@ def test_a_new_run_is_refused_while_the_earlier_runs_state_exceeds_max_state_gib
     while a run it has begun goes on."""
     import json
 
+    from mmvm.federation.messages import AttachRequest
+    from wire.records import to_record
+
     state = Path(plain_site["state"])
+    tight = dict(plain_site, **{"max-state-gib": "1"})
+    assert not isinstance(_describe(tight, 76), str)  # described while there was room
     (state / "run-1").mkdir(parents=True)
     with open(state / "run-1" / "big.pt", "wb") as fh:  # 2 GiB, sparse: no disk used
         fh.truncate(2 * 2**30)
-    tight = dict(plain_site, **{"max-state-gib": "1"})
     said = _describe(tight, 74)
     assert isinstance(said, str) and "its earlier runs' state takes more than its node " \
         "config allows, 1 GiB (max-state-gib)" in said and str(state) not in said
     assert not (state / "run-74").exists()
-    assert f"[{2 * 2**30:,} bytes in {state}]" in capsys.readouterr().err  # its log's
+    assert re.search(rf"\[2,147,4\d\d,\d{{3}} bytes in {re.escape(str(state))}\]",
+                     capsys.readouterr().err)  # its log's (the run described, too)
     refused = [json.loads(t) for t in (state / "refused.jsonl").read_text().splitlines()]
     assert "max-state-gib" in refused[-1]["refused"]
+    # a run described while there was room begins to keep its state at attach: refused
+    # there (a server that described many runs first would fill the disk at attach)
+    context = Context(run_id=76, node_id=1, node_config=tight, state=RecordDict(),
+                      run_config=app_run_config())
+    said = site_node.answer("attach", to_record(AttachRequest(n=1, rows=[0], float16=False,
+                                                              plan={})), context)
+    assert isinstance(said, str) and "(max-state-gib)" in said, said
     assert not isinstance(_describe(tight, 1), str)  # a run it has begun goes on
     assert not isinstance(_describe(plain_site, 75), str)  # the default: 100 GiB
     # mmvm site check says so before the server does

@@ -348,3 +348,21 @@ def test_experiment_lists_the_config_digests_a_site_may_run(tmp_path):
     for bad in ("abc", digest + "0", ",", digest[:-1] + "g"):
         with pytest.raises(PolicyError, match="not experiment digests"):
             load_policy({"data": str(tmp_path), "experiment": bad}, "a")
+
+
+def test_a_sites_folders_are_named_by_their_node_config_keys_in_what_it_sends(
+        tmp_path, monkeypatch):
+    """Its data, keys and state folders (the default state folder too, written or
+    resolved) become ``<data>``, ``<state>``...; whole paths only (``/srv/a`` is not
+    ``/srv/ab``), the innermost first; a simulation's text is left as it is."""
+    from mmvm.federation.node_config import redacted
+
+    nc = {"data": "/srv/a", "state": "/srv/a/st", "keys": "/etc/k"}
+    assert redacted("/srv/a/train.parquet, /srv/ab/x '/srv/a/st/run-1/a.pt' /etc/k",
+                    nc) == "<data>/train.parquet, /srv/ab/x '<state>/run-1/a.pt' <keys>"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert redacted(f"could not write {tmp_path}/.mmvm/state/a/run-5/a.pt",
+                    {"data": "/srv/a"}) == "could not write <state>/run-5/a.pt"
+    monkeypatch.chdir(tmp_path)
+    assert redacted(f"the data in {tmp_path}/d/x", {"data": "d"}) == "the data in <data>/x"
+    assert redacted("/srv/a/x", {"partition-id": 0}) == "/srv/a/x"
