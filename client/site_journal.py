@@ -79,13 +79,21 @@ def failure_text(site: str, root: Path, kind: str, err: Exception, secure: bool,
     """What the server is told of a failed message: a secure site, or a plaintext
     one that keeps its numbers (an unexpected error or a divergence may quote them),
     a code and where to look (the error goes to ``<site>.errors.log``); an expected
-    error its text; None where Flower sends a plaintext site's unexpected error as
-    it is. And whether the error went to that log."""
+    error its text; a deployed plaintext site's unexpected error its text too, its
+    folders named by their keys (the traceback, which names them, to that log); None
+    where Flower sends a simulated site's unexpected error as it is. And whether the
+    error went to that log."""
     numbers = isinstance(err, TrainingDivergedError) or not isinstance(err, EXPECTED)
+    log = root / f"{site}.errors.log"
     if secure or not report_losses and numbers:  # (a divergence names its step)
-        public = public_error(site, root / f"{site}.errors.log", kind, err)
+        public = public_error(site, log, kind, err)
         return (str(public) if secure else said(site, public, nc)), True
-    return (said(site, err, nc) if isinstance(err, EXPECTED) else None), False
+    if isinstance(err, EXPECTED):
+        return said(site, err, nc), False
+    if nc.get("data"):  # a deployment's: Flower would send its text with the paths
+        public_error(site, log, kind, err)
+        return said(site, err, nc), True
+    return None, False
 
 
 def record_refusal(folder: Path, stem: str, kind: str, text: str, run: int) -> str:

@@ -186,7 +186,7 @@ def _write_error():
 
 @pytest.mark.parametrize("error,reason", [
     (lambda: OSError(28, "No space left on device"),
-     "failed: OSError: [Errno 28] No space left on device"),
+     "failed: [site site-m2] OSError: [Errno 28] No space left on device"),
     # mmvm's own words, with the file, in one line: the server showed the OSError it
     # was raised from, with the wrong place, and Flower printed two tracebacks
     (_write_error, "failed: [site site-m2] WriteError: could not write "

@@ -345,28 +345,31 @@ def test_a_run_that_only_describes_leaves_no_model_on_the_sites_disk(plain_site)
     (False, "diverged")])  # an expected error that names the step it diverged at
 def test_an_unexpected_error_of_a_site_that_keeps_its_losses_stays_in_its_log(
         plain_site, monkeypatch, capsys, report, error):
-    """A plaintext site's unexpected error travels as its text (Flower's error
-    reply); one with ``report-losses = false`` sends the class and where to look,
-    since the text may quote the numbers it keeps (a loss, a weight, the step a
-    divergence began at); its SuperNode's log says where the traceback is."""
+    """A deployed plaintext site's unexpected error travels as its text, its folders
+    named by their node config keys (Flower's error reply would carry them); one with
+    ``report-losses = false`` sends the class and where to look, since the text may
+    quote the numbers it keeps (a loss, a weight, the step a divergence began at);
+    the traceback goes to its error log, and its SuperNode's log says where."""
     from mmvm.training import TrainingDivergedError
 
     kind = TrainingDivergedError if error == "diverged" else error
 
     def fails(self, request):
-        raise kind("loss went to 1234.5678 at row 17")
+        raise kind(f"loss went to 1234.5678 at row 17 of {plain_site['data']}/x")
 
     monkeypatch.setattr(site_node.Endpoint, "handle", fails)
     nc = {**plain_site, "report-losses": report}
-    if report:
-        with pytest.raises(RuntimeError, match="1234.5678"):
-            _describe(nc)
-        return
     reply = _describe(nc)
+    log = Path(plain_site["state"]) / "run-7" / "site-m0.errors.log"
+    if report:
+        assert reply == "[site site-m0] RuntimeError: loss went to 1234.5678 at row 17 " \
+            "of <data>/x", reply
+        assert f"(traceback: {log})" in capsys.readouterr().err
+        assert "Traceback" in log.read_text()
+        return
     assert isinstance(reply, str) and "1234.5678" not in reply, reply
     assert reply.startswith(f"[site site-m0] SiteError: {kind.__name__} in describe") \
         and "its log" in reply, reply
-    log = Path(plain_site["state"]) / "run-7" / "site-m0.errors.log"
     assert "loss went to 1234.5678 at row 17" in log.read_text()
     assert f"(traceback: {log})" in capsys.readouterr().err  # the operator's pointer
 
