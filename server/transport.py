@@ -95,7 +95,10 @@ class FlowerTransport:
         site may first finish the window it was in when the server went."""
         kind = next(iter(requests.values())).kind
         windowed = kind in ("window", "confirm", "unmask")
-        stage = f"window {requests[next(iter(requests))].window}" if windowed else kind
+        index = requests[next(iter(requests))].window if windowed else -1
+        stage = f"window {index}" if windowed else kind  # Flower's group id
+        # what the console says: windows numbered from 1, as the progress lines do
+        shown = f"window {index + 1}" if windowed else kind
         # a window waits site-timeout, whatever reply-timeout (set-up's and the
         # evaluation's, which bounds the rest) is: a slow hospital's longer
         # site-timeout was cut at reply-timeout, unsaid
@@ -112,7 +115,7 @@ class FlowerTransport:
         def note(pending: set, elapsed: float) -> None:
             late = sorted(self.names.get(asked[m], f"node {asked[m]}") for m in pending)
             # past soft, a window (or resume) waits on while a quorum is missing
-            print(f"mmvm: {stage}: waiting for site{'s' * (len(late) > 1)} "
+            print(f"mmvm: {shown}: waiting for site{'s' * (len(late) > 1)} "
                   f"{', '.join(late)} ({elapsed:.0f} s; it waits up to "
                   f"{soft if elapsed < soft else hard:.0f} s)", flush=True)
 

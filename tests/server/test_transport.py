@@ -384,5 +384,7 @@ def test_a_window_past_its_wait_says_the_longer_wait_for_a_quorum(monkeypatch, c
     transport.exchange({"7": WindowRequest(window=3), "8": WindowRequest(window=3)},
                        wait=40.0, need=1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "waiting" in ln]
-    assert lines == ["mmvm: window 3: waiting for sites a, b (30 s; it waits up to 40 s)",
-                     "mmvm: window 3: waiting for sites a, b (45 s; it waits up to 80 s)"]
+    # window index 3 is the progress lines' "window 4/..." (a walkthrough read "window
+    # 3: waiting" beside "window 4/10 ... (without b)")
+    assert lines == ["mmvm: window 4: waiting for sites a, b (30 s; it waits up to 40 s)",
+                     "mmvm: window 4: waiting for sites a, b (45 s; it waits up to 80 s)"]
