@@ -272,9 +272,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     superexec.get_executor = get_executor
     sys.argv = ["flower-superexec", *rest]
     flower_superexec()
-
-
-if __name__ == "__main__":  # run as deploy.superexec_fork, so children find run_task
-    from deploy.superexec_fork import main as _main
-
-    _main()

@@ -130,6 +130,8 @@ def test_two_windows_secure_run_completes(deployment, good_run):
     # forked by that site's SuperExec (the SuperNodes start none of their own)
     for s, proc in deployment.execs.items():
         assert proc.log_text().count("forked by deploy.superexec_fork") >= 6, s
+        # no child re-ran the module as its __main__ (runpy warned at every message)
+        assert "RuntimeWarning" not in proc.log_text(), proc.log_text()[-3000:]
         assert proc.popen.poll() is None, proc.log_text()  # the fork servers stay up
     # c ran it pinned to this app's bundle (the refusal of another: below)
     assert deployment.execs["c"].popen.args[-2:] == ["--allow-fab",
