@@ -134,6 +134,16 @@ def running_simulations(pid: int) -> list[int]:
     return sorted(out)
 
 
+def _home_and_port(env: dict[str, str]) -> tuple[Path, str]:
+    """The FLWR_HOME and port of the local SuperLink ``flwr run`` hands a simulation
+    to, under ``env``."""
+    from flwr.cli.constant import LOCAL_SUPERLINK_HTTP_API_PORT
+
+    home = Path(env.get("FLWR_HOME") or Path.home() / ".flwr")
+    return home, env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT",
+                         LOCAL_SUPERLINK_HTTP_API_PORT)
+
+
 def check_local_superlink(env: dict[str, str], bin_dir: Path | None = None,
                           wait: float = 15.0) -> str | None:
     """Make sure the local SuperLink ``flwr run`` would hand this run to (the one
@@ -144,10 +154,7 @@ def check_local_superlink(env: dict[str, str], bin_dir: Path | None = None,
     ConfigError where it must not be stopped."""
     if not PROC.is_dir():
         return None
-    from flwr.cli.constant import LOCAL_SUPERLINK_HTTP_API_PORT
-
-    home = Path(env.get("FLWR_HOME") or Path.home() / ".flwr")
-    port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", LOCAL_SUPERLINK_HTTP_API_PORT)
+    home, port = _home_and_port(env)
     # the flower-superlink flwr run would start: the first on the run's PATH
     found = shutil.which("flower-superlink", path=env.get("PATH"))
     bin_dir = bin_dir or (Path(found).parent if found else Path(sys.executable).parent)
@@ -189,14 +196,11 @@ def stop_local_superlink(env: dict[str, str], wait: float = 15.0) -> str:
     """Stop the local SuperLink of ``env``'s FLWR_HOME and port (the one ``flwr run``
     keeps for the next simulation), while it runs no simulation; returns what was
     done. Refused (ConfigError) while it runs one, naming them: stopping it ends them."""
-    from flwr.cli.constant import LOCAL_SUPERLINK_HTTP_API_PORT
-
     if not PROC.is_dir():
         raise ConfigError("this system has no /proc, where mmvm finds the local "
                           "SuperLink: stop the flower-superlink process started with "
                           "--simulation yourself")
-    home = Path(env.get("FLWR_HOME") or Path.home() / ".flwr")
-    port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", LOCAL_SUPERLINK_HTTP_API_PORT)
+    home, port = _home_and_port(env)
     mine = [s for s in local_superlinks() if s.port == port and s.home is not None
             and os.path.realpath(s.home) == os.path.realpath(home)]
     if not mine:

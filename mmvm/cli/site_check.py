@@ -281,7 +281,8 @@ def _policy(check: NodeCheck, p: SitePolicy, nc: Mapping, partial: bool) -> None
               f"{on[p.require_psi]}, min-rows {p.min_rows}; max-steps {p.max_steps:,}, "
               f"max-visits {p.max_visits:,}, max-batch {p.max_batch:,}, max-params "
               f"{p.max_params:,}, max-step-gib {p.max_step_gib:,}, max-align-rows "
-              f"{p.max_align_rows:,}, max-state-gib {p.max_state_gib:,}; eval-labels {','.join(p.eval_labels) or 'none'}; "
+              f"{p.max_align_rows:,}, max-state-gib {p.max_state_gib:,}; eval-labels "
+              f"{','.join(p.eval_labels) or 'none'}; "
               f"device {p.device}{' (a GPU when the host has one)' * (p.device == 'auto')}"
               "; streaming " + (
                   "by the files' size" if p.streaming is None else

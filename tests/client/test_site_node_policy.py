@@ -16,27 +16,7 @@ from flwr.app import Context, RecordDict
 from client import site_node
 from mmvm.federation.settings import app_run_config
 from mmvm.federation.site_errors import untagged
-
-
-@pytest.fixture
-def plain_site(tiny_polymnist, tmp_path):
-    """A plaintext deployment site's node config over real site files (it holds m0)."""
-    from mmvm.data.sites import site_layout, split_sites
-
-    layout = site_layout("vertical", ["m0", "m1", "m2"])
-    assert layout[0].name == "site-m0"
-    split_sites([tiny_polymnist / "train.parquet", tiny_polymnist / "test.parquet"],
-                tmp_path / "data", layout)
-    return {"data": str(tmp_path / "data" / "site-m0"), "state": str(tmp_path / "st")}
-
-
-def _describe(nc: dict, run_id: int = 7) -> RecordDict | str:
-    from mmvm.federation.messages import DescribeRequest
-    from wire.records import to_record
-
-    context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
-                      run_config=app_run_config())
-    return site_node.answer("describe", to_record(DescribeRequest()), context)
+from tests.support.site_nodes import describe
 
 
 def test_the_state_folders_a_site_makes_are_its_own(plain_site):
@@ -44,7 +24,7 @@ def test_the_state_folders_a_site_makes_are_its_own(plain_site):
     check warns of anything wider), not only the innermost one."""
     from pathlib import Path
 
-    assert not isinstance(_describe(plain_site, run_id=70), str)
+    assert not isinstance(describe(plain_site, run_id=70), str)
     state = Path(plain_site["state"])
     assert state.stat().st_mode & 0o777 == 0o700
     assert (state / "run-70").stat().st_mode & 0o777 == 0o700
@@ -98,11 +78,11 @@ def test_the_sites_device_is_its_node_configs(plain_site):
 
 
 def test_the_sites_max_params_refuses_the_runs_model_before_it_is_built(plain_site):
-    reply = untagged(_describe({**plain_site, "max-params": "1000"}))[1]
+    reply = untagged(describe({**plain_site, "max-params": "1000"}))[1]
     assert isinstance(reply, str) and reply.startswith("PolicyError: site site-m0: the "
                                                        "run's model has ") \
         and "allows 1,000 (max-params)" in reply, reply
-    assert not isinstance(_describe(plain_site, run_id=8), str)  # the default admits it
+    assert not isinstance(describe(plain_site, run_id=8), str)  # the default admits it
 
 
 def test_a_second_process_on_the_sites_state_is_refused_naming_no_path(plain_site,
@@ -125,14 +105,14 @@ def test_a_second_process_on_the_sites_state_is_refused_naming_no_path(plain_sit
     try:
         assert proc.stdout.readline().strip() == "held"
         monkeypatch.setattr(site_node, "state_lock", functools.partial(state_lock, wait=0.3))
-        reply = _describe(plain_site)
+        reply = describe(plain_site)
     finally:
         proc.kill()
         proc.wait()
     assert reply.startswith("[site site-m0] StateBusyError: run-7/site-m0.lock: another "
                             "process"), reply
     assert plain_site["state"] not in reply
-    assert not isinstance(_describe(plain_site), str)  # the holder gone: answered
+    assert not isinstance(describe(plain_site), str)  # the holder gone: answered
 
 
 def test_a_resume_that_brings_another_experiment_is_refused_before_it_trains(plain_site):
@@ -259,7 +239,7 @@ def test_a_site_that_pins_its_experiment_refuses_a_config_made_to_be_inverted(pl
 
     digest = config_digest(load_settings(app_run_config(), app_only=True).experiment)
     pinned = {**plain_site, "experiment": digest}
-    assert not isinstance(_describe(pinned, run_id=11), str)
+    assert not isinstance(describe(pinned, run_id=11), str)
     invert = ("model.latent_dim=4704;model.modalities.m0.kind=\"vector\";"
               "model.modalities.m0.network=\"mlp\";model.modalities.m0.width=4704;"
               "model.modalities.m0.layers=1;train.lr=1e-30")
@@ -273,38 +253,6 @@ def test_a_site_that_pins_its_experiment_refuses_a_config_made_to_be_inverted(pl
     assert isinstance(reply, str) and reply.startswith(
         "PolicyError: site site-m0: the run's experiment config (digest ") \
         and f"(experiment={digest[:16]}...)" in reply and "Nothing was sent" in reply, reply
-
-
-def test_what_the_server_sends_cannot_grow_the_sites_journals(plain_site, capsys):
-    """Security review (2026-12-06): a window body of 64 field names of 16 KiB each
-    was refused with every name quoted, and the refusal journalled whole: 1 MiB of
-    the site's disk per message; a run config value of 1 MiB did the same to
-    refused.jsonl for every run the site refused."""
-    from flwr.app import ConfigRecord
-
-    from mmvm.federation.messages import DescribeRequest
-    from mmvm.federation.sent_log import REFUSAL_CHARS
-    from wire.records import to_record
-
-    ctx = Context(run_id=7, node_id=1, node_config=plain_site, state=RecordDict(),
-                  run_config=app_run_config())
-    body = ConfigRecord({f"k{i:02d}" + "A" * (16 << 10): 0 for i in range(64)})
-    for _ in range(3):
-        reply = site_node.answer("window", RecordDict({"body": body}), ctx)
-        assert "unknown fields" in reply and "and 59 more" in reply
-        assert len(reply) < 1000
-    sent = Path(plain_site["state"]) / "run-7" / "site-m0.sent.jsonl"
-    assert sent.stat().st_size < 3 * 2 * REFUSAL_CHARS
-    for run_id in (200, 201):
-        rc = app_run_config(exchange="x" * (1 << 20))
-        ctx = Context(run_id=run_id, node_id=1, node_config=plain_site,
-                      state=RecordDict(), run_config=rc)
-        reply = site_node.answer("describe", to_record(DescribeRequest()), ctx)
-        assert isinstance(reply, str) and "characters, cut" in reply
-        assert len(reply) < REFUSAL_CHARS + 100
-    refused = Path(plain_site["state"]) / "refused.jsonl"
-    assert refused.stat().st_size < 2 * 2 * REFUSAL_CHARS
-    assert max(map(len, capsys.readouterr().err.splitlines())) < REFUSAL_CHARS + 200
 
 
 def test_a_run_that_only_describes_leaves_no_model_on_the_sites_disk(plain_site):
@@ -340,86 +288,6 @@ def test_a_run_that_only_describes_leaves_no_model_on_the_sites_disk(plain_site)
     assert all(torch.equal(theirs[k], v) for k, v in fresh.model.state_dict().items())
 
 
-@pytest.mark.parametrize("report, error", [
-    (True, RuntimeError), (False, RuntimeError),
-    (False, "diverged")])  # an expected error that names the step it diverged at
-def test_an_unexpected_error_of_a_site_that_keeps_its_losses_stays_in_its_log(
-        plain_site, monkeypatch, capsys, report, error):
-    """A deployed plaintext site's unexpected error travels as its text, its folders
-    named by their node config keys (Flower's error reply would carry them); one with
-    ``report-losses = false`` sends the class and where to look, since the text may
-    quote the numbers it keeps (a loss, a weight, the step a divergence began at);
-    the traceback goes to its error log, and its SuperNode's log says where."""
-    from mmvm.training import TrainingDivergedError
-
-    kind = TrainingDivergedError if error == "diverged" else error
-
-    def fails(self, request):
-        raise kind(f"loss went to 1234.5678 at row 17 of {plain_site['data']}/x")
-
-    monkeypatch.setattr(site_node.Endpoint, "handle", fails)
-    nc = {**plain_site, "report-losses": report}
-    reply = _describe(nc)
-    log = Path(plain_site["state"]) / "run-7" / "site-m0.errors.log"
-    if report:
-        assert reply == "[site site-m0] RuntimeError: loss went to 1234.5678 at row 17 " \
-            "of <data>/x", reply
-        assert f"(traceback: {log})" in capsys.readouterr().err
-        assert "Traceback" in log.read_text()
-        return
-    assert isinstance(reply, str) and "1234.5678" not in reply, reply
-    assert reply.startswith(f"[site site-m0] SiteError: {kind.__name__} in describe") \
-        and "its log" in reply, reply
-    assert "loss went to 1234.5678 at row 17" in log.read_text()
-    assert f"(traceback: {log})" in capsys.readouterr().err  # the operator's pointer
-
-
-def test_the_sites_journal_says_how_it_reads_its_files(plain_site, capsys):
-    """Its operator reads in the SuperNode's log where the site trains (its node
-    config's device, else a GPU when the host has one) and whether it streams (and
-    from which copy) or reads its files whole, as its node config's streaming decides;
-    the server is told nothing of it."""
-    decoded = Path(plain_site["state"]) / "decoded"
-    site = dict(plain_site, streaming="false", device="cpu")
-    assert not isinstance(_describe(site, 80), str)
-    assert "mmvm site site-m0: trains on cpu; reads its files whole\n" in \
-        capsys.readouterr().err
-    reply = _describe(dict(plain_site, streaming="true"), 81)
-    assert not isinstance(reply, str) and "decoded" not in repr(reply)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    assert f"mmvm site site-m0: trains on {auto}; reads its files streamed, from its " \
-        f"decoded copy in {decoded}\n" in capsys.readouterr().err
-    assert any(decoded.glob("*.npy"))  # describe read the files: through the copy
-
-
-@pytest.mark.parametrize("state", [None, "~/st"])
-def test_a_refused_run_is_journalled_in_the_default_or_a_home_state_folder(
-        plain_site, tmp_path, monkeypatch, state):
-    """Security review (2026-12-07): the refusal of a whole run was recorded only
-    where the node config named its state folder, and not expanding ``~`` there:
-    a site on the default ``~/.mmvm/state/<site>`` or a ``~/...`` one kept no record
-    of the runs it refused; nor did a fresh site, whose state folder its first run
-    makes."""
-    import json
-
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    folder = tmp_path / "home" / (".mmvm/state/site-m0" if state is None else "st")
-    nc = {"data": plain_site["data"], "experiment": "0" * 64}
-    said = _describe(nc if state is None else dict(nc, state=state), 82)
-    assert isinstance(said, str) and "not one its node config allows" in said, said
-    lines = [json.loads(t) for t in (folder / "refused.jsonl").read_text().splitlines()]
-    assert len(lines) == 1 and lines[0]["refused"] == said and lines[0]["run"] == 82
-    assert folder.stat().st_mode & 0o777 == 0o700  # a fresh site's, made for it
-    # a server's flood of refused runs fills no disk: past LOG_BYTES the journal keeps
-    # its first refusals, and the SuperNode's log (rotated by its service) each one
-    from mmvm.federation.site_errors import LOG_BYTES
-
-    with open(folder / "refused.jsonl", "ab") as fh:
-        fh.truncate(LOG_BYTES)
-    again = _describe(nc if state is None else dict(nc, state=state), 84)
-    assert isinstance(again, str) and (folder / "refused.jsonl").stat().st_size == LOG_BYTES
-
-
 def test_a_malformed_message_is_refused_before_the_site_reads_its_files(
         plain_site, monkeypatch):
     """Security review (2026-12-07): every message built the site (its whole train
@@ -431,28 +299,13 @@ def test_a_malformed_message_is_refused_before_the_site_reads_its_files(
 
     context = Context(run_id=83, node_id=1, node_config=plain_site, state=RecordDict(),
                       run_config=app_run_config())
-    assert not isinstance(_describe(plain_site, 83), str)
+    assert not isinstance(describe(plain_site, 83), str)
     kept = site_node._NODES[(83, 1)]  # a site host keeps it between messages
     monkeypatch.setattr(site_node, "Site", built)
     said = site_node.answer("window", RecordDict(), context, resident=True)
     assert isinstance(said, str) and "MessageError" in said and "no 'body'" in said, said
     assert site_node._NODES[(83, 1)] is kept  # as it was: a plaintext host's training
     # since its last checkpoint is not thrown away for a message it could not read
-
-
-def test_a_plaintext_sites_error_names_its_folders_by_their_node_config_keys(plain_site):
-    """Where a deployed site keeps its files is not the server's to learn: a run over
-    modalities the site does not hold is refused with ``<data>/train.parquet``, the
-    absolute path staying in the site's own log."""
-    from mmvm.federation.messages import DescribeRequest
-    from wire.records import to_record
-
-    context = Context(run_id=73, node_id=1, node_config=plain_site, state=RecordDict(),
-                      run_config=app_run_config(config="configs/hippocampus.toml"))
-    said = site_node.answer("describe", to_record(DescribeRequest()), context)
-    assert isinstance(said, str) and "DataError: <data>/train.parquet: site 'site-m0' " \
-        "holds none of the configured modalities" in said, said
-    assert plain_site["data"] not in said
 
 
 def test_a_new_run_is_refused_while_the_earlier_runs_state_exceeds_max_state_gib(
@@ -467,11 +320,11 @@ def test_a_new_run_is_refused_while_the_earlier_runs_state_exceeds_max_state_gib
 
     state = Path(plain_site["state"])
     tight = dict(plain_site, **{"max-state-gib": "1"})
-    assert not isinstance(_describe(tight, 76), str)  # described while there was room
+    assert not isinstance(describe(tight, 76), str)  # described while there was room
     (state / "run-1").mkdir(parents=True)
     with open(state / "run-1" / "big.pt", "wb") as fh:  # 2 GiB, sparse: no disk used
         fh.truncate(2 * 2**30)
-    said = _describe(tight, 74)
+    said = describe(tight, 74)
     assert isinstance(said, str) and "its earlier runs' state takes more than its node " \
         "config allows, 1 GiB (max-state-gib)" in said and str(state) not in said
     assert not (state / "run-74").exists()
@@ -486,8 +339,8 @@ def test_a_new_run_is_refused_while_the_earlier_runs_state_exceeds_max_state_gib
     said = site_node.answer("attach", to_record(AttachRequest(n=1, rows=[0], float16=False,
                                                               plan={})), context)
     assert isinstance(said, str) and "(max-state-gib)" in said, said
-    assert not isinstance(_describe(tight, 1), str)  # a run it has begun goes on
-    assert not isinstance(_describe(plain_site, 75), str)  # the default: 100 GiB
+    assert not isinstance(describe(tight, 1), str)  # a run it has begun goes on
+    assert not isinstance(describe(plain_site, 75), str)  # the default: 100 GiB
     # mmvm site check says so before the server does
     from mmvm.cli.site_check import check_node_config
     from mmvm.cli.site_findings import WARNING

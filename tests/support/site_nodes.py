@@ -1,5 +1,7 @@
 """Three vertical sites with real files, keys and a public key directory, and the
-node configs ``mmvm site check`` is given for them (tests/cli/test_site_*.py)."""
+node configs ``mmvm site check`` is given for them (tests/cli/test_site_*.py); and
+:func:`describe`, a run's first message to a deployment site as its ClientApp
+answers it (tests/client)."""
 
 from __future__ import annotations
 
@@ -52,3 +54,18 @@ def node_config(fed: dict, site: str = "site-a", **extra) -> dict:
 def findings(check, item: str, status: str) -> list[str]:
     """The details of ``check``'s findings of ``item`` with ``status``."""
     return [f.detail for f in check.findings if f.item == item and f.status == status]
+
+
+def describe(nc: dict, run_id: int = 7):
+    """The reply (a RecordDict) or refusal (one line) of the site of node config ``nc``
+    to run ``run_id``'s describe message, under the app's default run config."""
+    from flwr.app import Context, RecordDict
+
+    from client import site_node
+    from mmvm.federation.messages import DescribeRequest
+    from mmvm.federation.settings import app_run_config
+    from wire.records import to_record
+
+    context = Context(run_id=run_id, node_id=1, node_config=nc, state=RecordDict(),
+                      run_config=app_run_config())
+    return site_node.answer("describe", to_record(DescribeRequest()), context)
