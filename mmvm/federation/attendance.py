@@ -45,14 +45,21 @@ class Attendance:
     strikes: dict[str, int] = field(default_factory=dict)  # site key -> refused in a row
     strangers: set[str] = field(default_factory=set)  # connected node ids of no site, said
     excluded: dict[str, str] = field(default_factory=dict)  # site key -> why, for good
+    back: dict[str, list[int]] = field(default_factory=dict)  # name -> windows it missed
 
     @property
     def quorum(self) -> int:
         return min(self.min_sites, len(self.names))
 
     def record(self, index: int, answered: Iterable[str]) -> list[str]:
-        """Note who answered window ``index``; returns the names of those who did not."""
+        """Note who answered window ``index``; returns the names of those who did not.
+        ``back``: the sites that missed the windows just before it and answered it,
+        with those windows (a walkthrough's console said a site was missing, never
+        that it had returned)."""
         answered = set(answered)
+        streaks = {self.names[k]: self._streak(self.names[k], index)
+                   for k in sorted(self.absent & answered)}
+        self.back = {name: ws for name, ws in streaks.items() if ws}
         gone = [k for k in self.names if k not in answered]
         for k in gone:
             self.missed.setdefault(self.names[k], []).append(index)
@@ -99,6 +106,13 @@ class Attendance:
                 elif n not in missed:
                     self.strikes[k] = 0
 
+    def _streak(self, name: str, index: int) -> list[int]:
+        """The windows ``name`` missed in a row before window ``index``."""
+        missed, run = set(self.missed.get(name, [])), []
+        while index - len(run) - 1 in missed:
+            run.append(index - len(run) - 1)
+        return run[::-1]
+
     def absent_names(self) -> list[str]:
         return sorted(self.names[k] for k in self.absent)
 
@@ -112,18 +126,21 @@ class Attendance:
             self._stranger(online, log)
         if len(self.names) - len(self.absent) >= self.quorum:
             return
-        said = False
+        said = 0.0  # when the pause was said
         while True:
             up = set(online()) & set(self.names) - set(self.excluded)
             if time.monotonic() - self.last_quorum > self.pause_timeout:
                 raise FederationError(self._why(up))
             if len(up) >= self.quorum:
+                if said:
+                    log(f"mmvm: going on: {len(up)} of {len(self.names)} sites connected "
+                        f"again after {time.monotonic() - said:.0f} s")
                 return
             if log and not said:
                 log(f"mmvm: paused: {len(up)} of {len(self.names)} sites connected, "
                     f"waiting for min-sites = {self.quorum} (sites {self._away()} are "
                     f"away{self._out()})")
-                said = True
+                said = time.monotonic()
             time.sleep(self.poll)
 
     def _stranger(self, online: Callable[[], Iterable[str]],

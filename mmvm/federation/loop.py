@@ -201,6 +201,8 @@ class _Run:
         # the objective as centralized training logs it: the rows' mean rec + beta R
         row["loss"] = row["rec_nll"] + self.s.experiment.train.beta * row["reg"]
         row["missed"] = gone
+        if att.back:  # answered again after missing windows
+            row["back"] = att.back
         row["unaveraged"] = sorted(m for m in coord.shared if m not in means)
         if routing.unaveraged:  # why, where the server knows
             row["unaveraged_why"] = {m: short_reason(why)

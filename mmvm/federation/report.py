@@ -43,6 +43,8 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     away = f"  (without {', '.join(silent)}: no reply)" if silent else ""
     away += f"  (without {', '.join(left)}: excluded)" if left else ""
     away += "".join(f"  (without {n}: refused, {why})" for n, why in refused.items())
+    away += "".join(f"  ({n} back after missing {_windows(ws)})"
+                    for n, ws in (row.get("back") or {}).items())
     away += "".join(f"  ({n} restarted from its state after {_after(last)}: its own "
                     f"training since is lost)" for n, last in (row.get("restored") or {}).items())
     away += "".join(f"  ({n} excluded from the rest of the run: it {why})"
@@ -312,6 +314,11 @@ def restarts(history: list[Mapping]) -> dict[str, list[dict]]:
         for site, last in (row.get("restored") or {}).items():
             out.setdefault(site, []).append({"window": row["window"], "after": last})
     return out
+
+
+def _windows(ws: list[int]) -> str:
+    """``"window 3"`` / ``"windows 3-5"`` of indices from 0."""
+    return f"window {ws[0] + 1}" if len(ws) == 1 else f"windows {_spans(ws)}"
 
 
 def _after(last: int) -> str:

@@ -50,6 +50,7 @@ def test_an_away_site_leaves_the_prior_and_trains_again(cfg, tmp_path, tiny_poly
     away = sites["n1"].name
     assert res.missed == {away: [1]}
     assert [r["missed"] for r in res.history] == [[], [away], []]
+    assert [r.get("back") for r in res.history] == [None, None, {away: [1]}]
     # window 1: n1's posteriors came with its window-0 reply; window 2: none (away in 1)
     n0 = sites["n0"].linked()
     seen = {w: set(decode_table(spy.requests[w, "n0"].posteriors[SERVER], latent_dim=8,
@@ -124,6 +125,32 @@ def test_attendance_counts_missed_windows_and_the_quorum():
     with pytest.raises(FederationError, match=r"although 3 are connected: a window takes "
                                               r"longer than site-timeout"):
         att.wait_for_quorum(lambda: ["k0", "k1", "k2"])
+
+
+def test_a_site_that_returns_and_the_end_of_a_pause_are_said():
+    """Walkthrough (deployment): the console said 'without hospital-b' and 'paused',
+    never that hospital-b had come back or that the run went on."""
+    att = Attendance({"k0": "a", "k1": "b", "k2": "c"}, min_sites=2, pause_timeout=5.0,
+                     poll=0.01)
+    att.record(0, ["k0", "k1", "k2"])
+    att.record(1, ["k0", "k2"])
+    att.record(2, ["k0"])  # b and c away: below the quorum
+    said, calls = [], iter([["k0"], ["k0"], ["k0", "k1"]])
+    att.wait_for_quorum(lambda: next(calls), said.append)
+    assert said[0].startswith("mmvm: paused: 1 of 3 sites connected")
+    assert said[1].startswith("mmvm: going on: 2 of 3 sites connected again after")
+    assert len(said) == 2
+    att.record(3, ["k0", "k1"])
+    assert att.back == {"b": [1, 2]}
+    att.record(4, ["k0", "k1", "k2"])
+    assert att.back == {"c": [2, 3]}
+    att.record(5, ["k0", "k1", "k2"])
+    assert att.back == {}
+    row = {"window": 4, "epoch": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 10,
+           "seconds": 1.0, "missed": [], "back": {"c": [2, 3]}}
+    assert window_line(row, 10, 4.0).endswith("(c back after missing windows 3-4)")
+    row["back"] = {"b": [1]}
+    assert window_line(row, 10, 4.0).endswith("(b back after missing window 2)")
 
 
 def test_a_node_of_no_site_while_one_is_away_is_named_once():
