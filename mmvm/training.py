@@ -272,6 +272,8 @@ def train(
             row = {"epoch": epoch + 1, "step": step, **{k: v / count for k, v in sums.items()},
                    "alpha": alpha_at(step), "seconds": time.perf_counter() - t0}
             history.append(row)
+            if log is not None and show_progress and not bar.console.is_terminal:
+                log(_epoch_line(row, cfg))  # a log file or pipe gets no live bar
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 _refuse_nonfinite(model, epoch + 1, step)
                 with deferred_signals():  # checkpoint, companions, the caller's record
@@ -290,6 +292,13 @@ def _bar_text(epoch: int, cfg: ExperimentConfig, sums: dict[str, float], count: 
     """The bar's label: the epoch and its running mean loss (sample-weighted, as the
     epoch's row in metrics.csv), not the last batch's loss."""
     return f"epoch {epoch + 1}/{cfg.train.epochs} mean loss {sums['loss'] / count:.1f}"
+
+
+def _epoch_line(row: dict, cfg: ExperimentConfig) -> str:
+    """An epoch's row as one line, where no progress bar can be drawn (a batch job's
+    log showed nothing for 18 minutes but "resuming from epoch 1")."""
+    return (f"epoch {row['epoch']}/{cfg.train.epochs}  loss {row['loss']:.1f}  "
+            f"rec_nll {row['rec_nll']:.1f}  reg {row['reg']:.2f}  {row['seconds']:.1f} s")
 
 
 def _refuse_nonfinite(model: MultimodalVAE, epoch: int, step: int) -> None:

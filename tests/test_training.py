@@ -135,6 +135,18 @@ def test_resume_says_where_it_starts_and_result_counts_epochs(tmp_path, data):
     assert said == [] and (again.start_epoch, again.trained_epochs) == (3, 0)
 
 
+def test_without_a_terminal_each_epoch_is_a_line(tmp_path, data):
+    """pytest captures stdout: rich draws no live bar there, as in a batch job's log."""
+    said: list[str] = []
+    result = train(tiny_config(tmp_path, epochs=2), data, log=said.append)
+    assert said == [f"epoch {r['epoch']}/2  loss {r['loss']:.1f}  rec_nll {r['rec_nll']:.1f}"
+                    f"  reg {r['reg']:.2f}  {r['seconds']:.1f} s" for r in result.history]
+    said.clear()
+    train(tiny_config(tmp_path / "quiet", epochs=1), data, show_progress=False,
+          log=said.append)
+    assert said == []  # --no-progress: quiet
+
+
 def _recording_bar(monkeypatch) -> list:
     """Replaces the trainer's progress bar; returns [(enabled, [descriptions])]."""
     from contextlib import contextmanager
@@ -142,6 +154,8 @@ def _recording_bar(monkeypatch) -> list:
     bars: list = []
 
     class Bar:
+        console = type("Console", (), {"is_terminal": True})()  # draws live
+
         def add_task(self, *a, **k):
             return 0
 
