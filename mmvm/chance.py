@@ -167,9 +167,9 @@ def evaluation_warnings(result: Mapping[str, Any]) -> list[str]:
     for classes, srcs in alike.items():
         one, tgts = len(srcs) == 1, ", ".join(t for t, _ in classes)
         kinds = {c for _, c in classes}
-        what = f"(to {tgts}) was judged class {classes[0][1]}" if len(kinds) == 1 else \
-            "was judged one class per target (" + ", ".join(
-                f"to {t} class {c}" for t, c in classes) + ")"
+        what = f"into {tgts} was judged class {classes[0][1]}" if len(kinds) == 1 else \
+            "was judged one class per target modality (" + ", ".join(
+                f"into {t} class {c}" for t, c in classes) + ")"
         out.append(f"every generation from {', '.join(srcs)} {what}: the decoder"
                    f"{'s' * (not one)} {'has' if one else 'have'} not learnt yet, or the "
                    f"judge{'s are' if not one else ' is'} weak")

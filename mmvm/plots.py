@@ -265,6 +265,13 @@ def _check_curve_keys(runs: Sequence[Mapping], paths: Sequence,
                          f"the columns are {', '.join(have)}")
 
 
+def curve_axis(runs: Sequence[Mapping]) -> str:
+    """"step" where a federated run (a row per window, several per epoch) is among
+    ``runs`` (read metrics.csv columns) and every run has steps, else "epoch"."""
+    return "step" if any("window" in r for r in runs) and all("step" in r for r in runs) \
+        else "epoch"
+
+
 def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
                 keys: Sequence[str] = ("loss", "rec_nll", "reg"),
                 labels: Sequence[str] | None = None) -> Path:
@@ -281,8 +288,7 @@ def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
     labels = list(labels) if labels else [Path(p).parent.name or str(p) for p in metrics_paths]
     # a federated metrics.csv has a row per window, several per epoch: by step, as
     # its own curves.png (a centralized one has steps too, so both fit one axis)
-    x = "step" if any("window" in r for r in runs) and all("step" in r for r in runs) \
-        else "epoch"
+    x = curve_axis(runs)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for i, (run, lab) in enumerate(zip(runs, labels, strict=False)):
@@ -290,11 +296,11 @@ def loss_curves(metrics_paths: Sequence[str | Path], path: str | Path,
                 marker = "." if len(run[x]) < 50 else None
                 ax.plot(run[x], run[key], marker=marker, label=lab, color=f"C{i % 10}")
         ax.set_xlabel("optimiser step" if x == "step" else "epoch")
-        xs = sorted({v for run in runs if key in run for v in run[x]})
-        if len(xs) <= 10:  # few epochs: a tick at each (an axis around one point
-            ax.set_xticks(xs)  # would read 0.96 .. 1.04)
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2
+        xs = {v for run in runs if key in run for v in run[x]}
+        if len(xs) == 1:  # one point: a tick there (an axis around it would read
+            ax.set_xticks(sorted(xs))  # 0.96 .. 1.04)
+        else:  # no epoch 1.2; not a tick at every point (steps 10, 20 and 94 read "1020")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         ax.grid(alpha=0.3)
     # name every run, on the fullest panel: a federated run of before its "loss"

@@ -91,16 +91,16 @@ def test_a_judge_answering_one_class_makes_coherence_degenerate_and_says_so():
     assert res["degenerate"] == [f"{s}->{t}" for s in NAMES for t in NAMES]
     assert res["judged_class"]["m0->m2"] == 3
     lines = evaluation_warnings({"coherence": res})
-    assert lines == ["every generation from m0, m1, m2 (to m0, m1, m2) was judged class "
+    assert lines == ["every generation from m0, m1, m2 into m0, m1, m2 was judged class "
                      "3: the decoders have not learnt yet, or the judges are weak"]  # alike
     at_chance = evaluation_warnings({"coherence": res, "chance": chance_levels(ds.labels)})
     assert at_chance[1].startswith("coherence 0.150 is at chance (0.150, majority class)")
     per_target = {f"rat{s}->rat{t}": t for s in (1, 2) for t in (1, 3)}  # a walkthrough
     assert evaluation_warnings({"coherence": {"judged_class": per_target}}) == [
-        "every generation from rat1, rat2 was judged one class per target (to rat1 class "
-        "1, to rat3 class 3): the decoders have not learnt yet, or the judges are weak"]
+        "every generation from rat1, rat2 was judged one class per target modality (into "
+        "rat1 class 1, into rat3 class 3): the decoders have not learnt yet, or the judges are weak"]
     one = evaluation_warnings({"coherence": {"judged_class": {"m0->m1": 2, "m1->m0": 3}}})
-    assert one == [f"every generation from m{s} (to m{t}) was judged class {c}: the "
+    assert one == [f"every generation from m{s} into m{t} was judged class {c}: the "
                    f"decoder has not learnt yet, or the judge is weak"
                    for s, t, c in ((0, 1, 2), (1, 0, 3))]
     # a judge that calls every real image the minority class: below, not "at" chance

@@ -254,3 +254,24 @@ def test_plot_cli_curves_name_a_run_that_lacks_the_first_panel(tmp_path, monkeyp
     assert set(named) == {"central", "fed"}
     for ln in (ln for ax in fig.axes for ln in ax.get_lines()):
         assert ln.get_color() == named[ln.get_label()]
+
+
+def test_curves_of_runs_of_different_lengths_get_evenly_spaced_ticks(tmp_path, monkeypatch):
+    """A walkthrough's report drew a federated run (steps 10, 20) beside a centralized
+    one (steps 94, 188) with a tick at every point: "10" and "20" read "1020"."""
+    import mmvm.plots
+
+    figs, save = [], mmvm.plots.save_figure
+    monkeypatch.setattr(mmvm.plots, "save_figure",
+                        lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    central = tmp_path / "central" / "metrics.csv"
+    central.parent.mkdir()
+    central.write_text("epoch,step,loss,rec_nll,reg,alpha,seconds\n"
+                       "1,94,9.0,8.0,1.0,0,1\n2,188,8.0,7.0,1.0,0,1\n")
+    fed = _federated_run(tmp_path / "fed") / "metrics.csv"
+    loss_curves([central, fed], tmp_path / "c.png")
+    for ax in figs[0].axes:
+        ticks = np.asarray(ax.get_xticks())
+        assert ax.get_xlabel() == "optimiser step" and len(ticks) >= 3
+        assert np.allclose(np.diff(ticks), ticks[1] - ticks[0]), ticks  # evenly spaced
+        assert all(float(t).is_integer() for t in ticks)

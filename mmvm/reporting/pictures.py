@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmvm.metrics_csv import read_metrics
+from mmvm.plots import curve_axis
 from mmvm.reporting.document import Block, Figure, Paragraph, Section
 from mmvm.reporting.figures import curves as draw_curves
 from mmvm.reporting.generate import Loaded, NotGenerated, generations, latents, load
@@ -134,10 +135,11 @@ def curves_section(groups: Sequence[Group]) -> Section:
     for g in groups:
         by_method.setdefault(g.method or "?", []).extend(r for r in g.runs if r.metrics_csv)
     for method, runs in by_method.items():
-        readable, cols = [], set()
+        readable, cols, tables = [], set(), []
         for run in runs:
             try:
-                cols |= set(read_metrics(run.metrics_csv))
+                tables.append(read_metrics(run.metrics_csv))
+                cols |= set(tables[-1])
             except (ValueError, OSError) as err:
                 section.add(Paragraph(f"{method}: {run.name}'s metrics.csv is left out: "
                                       f"{err}.", note=True))
@@ -153,7 +155,10 @@ def curves_section(groups: Sequence[Group]) -> Section:
             section.add(Paragraph(f"{method}: no training curves ({err}).", note=True))
             continue
         section.add(Figure(slug(f"curves-{method}"), png,
-                           f"{method}: {', '.join(keys)} per epoch, one line per run."))
+                           f"{method}: {', '.join(keys)} per "
+                           + ("optimiser step (a federated run's row per window)"
+                              if curve_axis(tables) == "step" else "epoch")
+                           + ", one line per run."))
     if not section.blocks:
         section.add(Paragraph("No metrics.csv in these runs.", note=True))
     return section

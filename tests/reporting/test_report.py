@@ -104,6 +104,19 @@ def test_a_run_not_yet_evaluated_is_told_how_to_be(tmp_path, real_run):
     assert "label column" not in text
 
 
+def test_curves_with_a_federated_run_are_captioned_per_step(tmp_path, fake_runs):
+    """A federated run's metrics.csv has a row per window: its method's curves are
+    drawn per optimiser step, and the caption said "per epoch" (a walkthrough)."""
+    fed = fake_runs[0] / "metrics.csv"
+    rows = fed.read_text().splitlines()
+    fed.write_text("\n".join([rows[0] + ",window"] + [f"{r},{i}" for i, r in
+                                                      enumerate(rows[1:])]) + "\n")
+    text, _ = write_report(tmp_path, *fake_runs)
+    assert ("mmvm: loss, rec_nll, reg per optimiser step (a federated run&#x27;s row per "
+            "window)") in text
+    assert "poe: loss, rec_nll, reg per epoch" in text
+
+
 def test_a_damaged_metrics_csv_is_named_and_the_others_still_drawn(tmp_path, fake_runs):
     """A truncated row in one run's metrics.csv: the page is written, that run is left
     out of its method's curves with the line named, the other runs are drawn."""
