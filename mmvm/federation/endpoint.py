@@ -50,10 +50,11 @@ from mmvm.federation.site_limits import (
     passed,
     recheck,
 )
-from mmvm.federation.site_means import checked_mean, load_mean
+from mmvm.federation.site_means import checked_mean, load_mean, unaveraged
 from mmvm.federation.site_store import SiteStore
 from mmvm.federation.window_metrics import (
     RESTORED,
+    as_now_allowed,
     evaluation_withheld,
     withhold_losses,
 )
@@ -216,8 +217,8 @@ class Endpoint:
         inputs = window_inputs(config_digest(site.cfg), req)  # a resume brings its own
         asked = request_digest(inputs, req.weights)
         again = site.replies.get("window", index, asked)
-        if again is not None:  # a restarted server asks again: the same reply, byte for
-            return again       # byte (the site trains a window once, masks it once);
+        if again is not None:  # a restarted server asks again: the same reply (a window
+            return as_now_allowed(again, self.policy.report_losses)  # trained, masked once)
         site.progress.window_(site.name, index)  # other inputs: "already done"
         site.check_window(index)
         restored = self._check_place(req)  # the last window its state has
@@ -354,7 +355,8 @@ class Endpoint:
                          self.notes.append)
         collect = req.collect and self.policy.allow_collect
         # not the mean the server sent: handing it in would read as a wrong average
-        model = {m: site.weights(m) for m in site.names if m not in kept} if collect else {}
+        out = {*kept, *unaveraged(site, self.channel, req.weights, collect, self.notes.append)}
+        model = {m: site.weights(m) for m in site.names if m not in out} if collect else {}
         probes = self._probes_allowed()
         try:
             metrics = evaluate_site(site, probes=probes, cross=cross, draw=req.draw,

@@ -66,6 +66,12 @@ def assemble(sites: Mapping[str, tuple[str, tuple[str, ...]]],
                                     f"holders {other} and {name} keep different weights: "
                                     f"no single model")
             state.update({n: np.asarray(v) for n, v in arrays.items()})
+    for m, holders in sorted(shared.items()):
+        if len(holders) > 1 and not any(m in handed.get(k, {}) for k in holders):
+            return {}, (f"no holder of shared modality {m!r} handed in its weights (a "
+                        f"secure holder hands in only a mean it loaded: "
+                        + ("this one was never averaged)" if m not in averaged else
+                           "none had confirmed sharing it)"))
     return state, None
 
 

@@ -205,8 +205,9 @@ def summary(result, run_dir: str, paths: Mapping[str, str], assembled: Mapping |
         lines += ["", f"no assembled model: {result.model_refused}"]
     if result.kept_weights:
         lines += ["", f"sites {sorted(result.kept_weights)} kept their final weights, "
-                      f"each in its state file (collect-model = false, or the site's "
-                      f"policy allow-collect = false): no assembled model"]
+                      f"each in its state file (collect-model = false, the site's "
+                      f"policy allow-collect = false, or, secure, a shared modality "
+                      f"it was sent no mean of): no assembled model"]
     al = result.alignment or {}  # said at the start too, among the sites' lines
     if alone := uncoupled_warning(al.get("per_modality") or {}, al.get("coupled")):
         lines += ["", f"warning: {alone}"]

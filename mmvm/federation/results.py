@@ -135,7 +135,8 @@ def why_no_model(summary: dict) -> str:
                 f"(or failed it), so their weights stayed with them")
     if summary.get("kept_weights"):
         return (f"sites {summary['kept_weights']} kept their final weights (their node "
-                f"config's allow-collect = false)")
+                f"config's allow-collect = false, or, secure, a shared modality they "
+                f"were sent no mean of)")
     return "the sites handed in no weights"
 
 

@@ -42,3 +42,19 @@ def load_mean(site: Site, channel: Channel, weights: Mapping, what: str,
              f"sealed share envelope names the group at an unmask; only the server says "
              f"the modality is shared)")
     return kept
+
+
+def unaveraged(site: Site, channel: Channel, means: Mapping, collect: bool,
+               note: Callable[[str], None]) -> list[str]:
+    """Secure, where the server ``collect``s the model: the shared modalities of which
+    the evaluation brought no mean, said in the site's log (``note``): the site hands
+    in no weights of them. Handing in its own would show the server what the masking
+    hides (a server that sent no mean got one holder's weights in clear: a review)."""
+    if not (channel.secure and collect):
+        return []
+    alone = sorted(m for m in site.linked().shared if m not in means)
+    if alone:
+        note(f"the evaluation: hands in no weights of {', '.join(map(repr, alone))}: the "
+             f"server sent no mean of {'it' if len(alone) == 1 else 'them'}, and a secure "
+             f"site shows the server only the mean of a modality it shares")
+    return alone

@@ -16,6 +16,7 @@ no holder of a modality answered, nothing stands for its terms: the window's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
@@ -74,6 +75,15 @@ def withhold_losses(metrics: dict) -> dict:
     lossy = ("rec_nll", "reg")
     return {**{k: 0.0 if k in lossy or k.startswith("rec_nll.") else v
                for k, v in metrics.items()}, WITHHELD: 1.0}
+
+
+def as_now_allowed(reply, report_losses: bool):
+    """A kept window ``reply``, sent again to a restarted server, as the site's node
+    config allows now: its loss sums withheld where ``report-losses`` was turned off
+    since (a review: the kept reply went out with them)."""
+    if report_losses or reply.metrics.get(WITHHELD):
+        return reply
+    return dataclasses.replace(reply, metrics=withhold_losses(reply.metrics))
 
 
 FRACTIONS = ("probe/", "majority/", "coherence/", "judge_accuracy/", "probe_label/",

@@ -238,6 +238,29 @@ def test_require_psi_refuses_plaintext_runs_which_send_ids_in_clear():
     policy.check_run("a", secure=True, align="psi")
 
 
+def test_a_kept_window_reply_sent_again_withholds_the_losses_the_site_now_keeps(
+        cfg, tmp_path, tiny_polymnist):
+    """A review: a window answered with its loss sums, report-losses turned off in the
+    node config, and a resumed server's identical request got the kept reply with
+    them. Sent again now, its sums are withheld; the rest is the same reply."""
+    from tests.support.federate import Spoiler
+
+    specs, root = split(tiny_polymnist, tmp_path, "vertical")
+    sites = make_sites(cfg, specs, root)
+    endpoints = plain_endpoints(sites)
+    spy = Spoiler(endpoints)
+    res = federate(cfg, {}, spy, exchange="step")
+    last = len(res.history) - 1
+    first = spy.replies[last, "n0"]
+    assert first.metrics["rec_nll"] > 0 and "losses_withheld" not in first.metrics
+    endpoints["n0"].policy = SitePolicy(report_losses=False)
+    again = endpoints["n0"].window(spy.requests[last, "n0"])
+    assert again.metrics["losses_withheld"] == 1.0
+    assert again.metrics["rec_nll"] == again.metrics["reg"] == 0.0
+    assert again.metrics["rows"] == first.metrics["rows"]
+    assert again.posteriors == first.posteriors and again.weights is first.weights
+
+
 def test_a_site_that_keeps_its_losses_sends_row_counts_only(cfg, tmp_path, tiny_polymnist):
     """report-losses = false: the loss sums of every window and the test NLL of the
     evaluation stay at the site (a crafted mean then reads only whether a window

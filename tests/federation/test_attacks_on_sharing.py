@@ -16,6 +16,7 @@ import pytest
 
 from mmvm.federation.coordinator import FederationError
 from mmvm.federation.endpoint import Endpoint
+from mmvm.federation.handover import assemble
 from mmvm.federation.local import LocalTransport
 from mmvm.federation.messages import (
     SKETCH_WINDOW,
@@ -162,6 +163,44 @@ def test_1_a_secure_site_keeps_its_weights_unless_it_allows_collection(cfg, tmp_
     assert sorted(res.kept_weights) == sorted(s.name for s in sites.values())
     evaluated = [r for kind, _, reps in rec.log if kind == "evaluate" for r in reps.values()]
     assert evaluated and all(r.model == {} for r in evaluated)
+
+
+class NoMeanAtEvaluate(LocalTransport):
+    """Sends the evaluation without the means of the shared modalities; keeps the
+    evaluate replies."""
+
+    def exchange(self, requests, wait=None, need=1):
+        kind = next(iter(requests.values())).kind
+        if kind == "evaluate":
+            requests = {k: dataclasses.replace(r, weights={}) for k, r in requests.items()}
+        replies = super().exchange(requests, wait, need)
+        if kind == "evaluate":
+            self.evaluated = replies
+        return replies
+
+
+def test_1b_a_secure_holder_hands_in_no_weights_of_a_shared_modality_without_its_mean(
+        cfg, tmp_path, tiny_polymnist):
+    """A review: with allow-collect on, a server that left the mean of m0 out of the
+    evaluate message got each holder's own weights of m0, which the masking hides."""
+    policy = SitePolicy(keys="k", require_secure=True, allow_collect=True, peers=None)
+    sites, _, endpoints = hybrid_sites(cfg, tmp_path, tiny_polymnist, policy)
+    transport = NoMeanAtEvaluate(endpoints)
+    res = federate(cfg, {}, transport=transport, secure=True, collect_model=True)
+    holders = [k for k, s in sites.items() if "m0" in s.names]
+    assert len(holders) > 1 and set(transport.evaluated) == set(sites)
+    for k in holders:
+        handed = transport.evaluated[k].model
+        assert "m0" not in handed, k
+        assert set(handed) == set(sites[k].names) - {"m0"}  # its own modalities: handed
+        assert any("hands in no weights of 'm0'" in n for n in endpoints[k].notes)
+    assert res.model_state is None  # the sites that hold m0 alone handed in nothing
+    assert sorted(res.kept_weights) == sorted(s.name for s in sites.values()
+                                              if s.names == ["m0"])
+    others = {k: transport.evaluated[k].model for k in sites}
+    assert assemble({k: (sites[k].name, tuple(sites[k].names)) for k in sites}, others,
+                    {"m0": holders}, {})[1].startswith(
+        "no holder of shared modality 'm0' handed in its weights")
 
 
 def test_6_a_colluding_ring_peer_tests_one_bounded_set_of_guesses_at_most(
