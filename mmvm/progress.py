@@ -1,4 +1,5 @@
-"""Progress bars for long work (rich), silenced when not wanted (tests, CI logs)."""
+"""Progress bars for long work (rich), silenced when not wanted (tests, CI logs), and
+the trainer's epoch in words."""
 
 from __future__ import annotations
 
@@ -45,3 +46,16 @@ def counting_bar(total: int, describe: Callable[[int], str],
             bar.update(task, advance=1, description=describe(done))
 
         yield step
+
+
+def epoch_text(epoch: int, epochs: int, sums: dict[str, float], count: int) -> str:
+    """The training bar's label: the epoch and its running mean loss (sample-weighted,
+    as the epoch's row in metrics.csv), not the last batch's loss."""
+    return f"epoch {epoch + 1}/{epochs} mean loss {sums['loss'] / count:.1f}"
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """An epoch's row of metrics.csv as one line, where no progress bar can be drawn
+    (a batch job's log showed nothing for 18 minutes but "resuming from epoch 1")."""
+    return (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.1f}  "
+            f"rec_nll {row['rec_nll']:.1f}  reg {row['reg']:.2f}  {row['seconds']:.1f} s")

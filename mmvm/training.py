@@ -54,7 +54,7 @@ from mmvm.interrupts import deferred_signals
 from mmvm.model import MultimodalVAE
 from mmvm.noise import aux_noise, step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
-from mmvm.progress import progress_bar
+from mmvm.progress import epoch_line, epoch_text, progress_bar
 from mmvm.provenance import environment
 from mmvm.schedule import epoch_batches, epoch_batches_grouped
 
@@ -268,12 +268,12 @@ def train(
                     sums[k] += metrics[k] * n
                 count += n
                 step += 1
-                bar.update(task, advance=1, description=_bar_text(epoch, cfg, sums, count))
+                bar.update(task, advance=1, description=epoch_text(epoch, cfg.train.epochs, sums, count))
             row = {"epoch": epoch + 1, "step": step, **{k: v / count for k, v in sums.items()},
                    "alpha": alpha_at(step), "seconds": time.perf_counter() - t0}
             history.append(row)
             if log is not None and show_progress and not bar.console.is_terminal:
-                log(_epoch_line(row, cfg))  # a log file or pipe gets no live bar
+                log(epoch_line(row, cfg.train.epochs))  # a log or pipe: no live bar
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 _refuse_nonfinite(model, epoch + 1, step)
                 with deferred_signals():  # checkpoint, companions, the caller's record
@@ -286,19 +286,6 @@ def train(
                 write_metrics(out_dir, history)
     model.eval()
     return TrainResult(model=model, history=history, out_dir=out_dir, start_epoch=start_epoch)
-
-
-def _bar_text(epoch: int, cfg: ExperimentConfig, sums: dict[str, float], count: int) -> str:
-    """The bar's label: the epoch and its running mean loss (sample-weighted, as the
-    epoch's row in metrics.csv), not the last batch's loss."""
-    return f"epoch {epoch + 1}/{cfg.train.epochs} mean loss {sums['loss'] / count:.1f}"
-
-
-def _epoch_line(row: dict, cfg: ExperimentConfig) -> str:
-    """An epoch's row as one line, where no progress bar can be drawn (a batch job's
-    log showed nothing for 18 minutes but "resuming from epoch 1")."""
-    return (f"epoch {row['epoch']}/{cfg.train.epochs}  loss {row['loss']:.1f}  "
-            f"rec_nll {row['rec_nll']:.1f}  reg {row['reg']:.2f}  {row['seconds']:.1f} s")
 
 
 def _refuse_nonfinite(model: MultimodalVAE, epoch: int, step: int) -> None:
