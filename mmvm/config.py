@@ -232,6 +232,17 @@ def _shown(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- loading
 CHECKOUT = Path(__file__).resolve().parents[1]  # the source tree this package runs from
+def _nearby(path: Path) -> str:
+    """What the existing folder of a missing config file holds: the closest name to
+    it, else every .toml file there."""
+    if not path.parent.is_dir():
+        return ""
+    there = {p.stem: p.name for p in sorted(path.parent.glob("*.toml"))}
+    close = difflib.get_close_matches(path.stem, list(there), n=1)  # not ".toml"
+    return f"; did you mean {there[close[0]]!r}?" if close else \
+        f"; the folder has {', '.join(there.values()) or 'no .toml file'}"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 base: tuple[dict, str] | None = None) -> ExperimentConfig:
     """Read a TOML config and apply ``section.key=value`` overrides, strictly.
@@ -251,7 +262,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 held = sorted(p.name for p in path.glob("*.toml"))[:5]
                 raise ConfigError(f"config file {path} is a folder; give a .toml file"
                                   + (f" (it holds {', '.join(held)})" if held else ""))
-            raise ConfigError(f"config file {path} does not exist{where}")
+            raise ConfigError(f"config file {path} does not exist{where}{_nearby(path)}")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

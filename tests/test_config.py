@@ -74,8 +74,17 @@ def test_defaults_without_file_need_modalities():
 
 
 def test_missing_file_and_invalid_toml(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match=r"nope\.toml does not exist"):
+    with pytest.raises(ConfigError, match=r"nope\.toml does not exist; the folder has "
+                                          r"no \.toml file$"):
         load_config(tmp_path / "nope.toml")
+    (tmp_path / "hippocampus.toml").write_text("")
+    (tmp_path / "polymnist.toml").write_text("")
+    with pytest.raises(ConfigError, match=r"hipocampus\.toml does not exist; did you mean "
+                                          r"'hippocampus\.toml'\?$"):  # mmvm train too
+        load_config(tmp_path / "hipocampus.toml")
+    with pytest.raises(ConfigError, match=r"celeba\.toml does not exist; the folder has "
+                                          r"hippocampus\.toml, polymnist\.toml$"):
+        load_config(tmp_path / "celeba.toml")
     # a checkout's config named from another folder: where it is
     monkeypatch.chdir(tmp_path)
     relative = Path("configs/polymnist.toml")

@@ -63,7 +63,8 @@ def _model(args: argparse.Namespace, device: str):
             raise ValueError("--run takes the model and its config from the run's "
                              "checkpoint; --config/--set are for --site-state")
         if not (Path(args.run) / "checkpoint.pt").is_file():
-            raise FileNotFoundError(f"no checkpoint.pt in {args.run}")
+            raise FileNotFoundError(f"no checkpoint.pt in {args.run}" if Path(args.run)
+                                    .is_dir() else f"--run {args.run}: no such folder")
         model, state = load_trained_model(args.run, device=device)
         raw = {k: v for k, v in state["config"].items() if k != "source"}
         return model, config_from_dict(raw, source=str(args.run)), {

@@ -223,6 +223,9 @@ def no_checkpoint(run_dir: Path) -> str:
     except (OSError, ValueError):
         summary = None
     if not is_federated_summary(summary):
+        if not run_dir.exists():
+            return (f"--run {run_dir}: no such folder"
+                    + f" (relative to {Path.cwd()})" * (not run_dir.is_absolute()))
         if run_dir.is_file():  # --run runs/x/checkpoint.pt
             return f"--run {run_dir} is a file; --run takes the run folder ({run_dir.parent})"
         return f"no checkpoint.pt in {run_dir}; train first (mmvm train) or pass --run DIR"

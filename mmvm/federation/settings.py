@@ -9,7 +9,6 @@ naming the key. The server reads them once per run, a site once per run and proc
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -177,13 +176,7 @@ def _experiment(path: Path, overrides: list[str]) -> ExperimentConfig:
     try:
         return load_config(path, overrides)
     except ConfigError as err:
-        text = str(err).replace(f"{APP_DIR}{os.sep}", "")
-        if not path.is_file() and path.parent.is_dir():
-            there = {p.stem: p.name for p in sorted(path.parent.glob("*.toml"))}
-            close = difflib.get_close_matches(path.stem, list(there), n=1)  # not ".toml"
-            text += f"; did you mean {there[close[0]]!r}?" if close else \
-                f"; the folder has {', '.join(there.values()) or 'no .toml file'}"
-        raise ConfigError(text) from None
+        raise ConfigError(str(err).replace(f"{APP_DIR}{os.sep}", "")) from None
 
 
 def _hippocampus(rc: Mapping) -> dict:

@@ -87,6 +87,11 @@ def test_a_folder_for_a_file_is_named_as_such(tmp_path, capsys):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     _refused(capsys, ["evaluate", "--run", str(tmp_path / "run" / "checkpoint.pt")],
              f"is a file; --run takes the run folder ({tmp_path / 'run'})")
+    _refused(capsys, ["evaluate", "--run", str(tmp_path / "nope")],  # not "no checkpoint"
+             f"--run {tmp_path / 'nope'}: no such folder")
+    _refused(capsys, ["encode", "--run", str(tmp_path / "nope"), "--out",
+                      str(tmp_path / "z.parquet"), str(tmp_path / "t.parquet")],
+             f"--run {tmp_path / 'nope'}: no such folder")
 
 
 def test_damaged_outputs_are_named_not_read_as_empty(tmp_path, capsys):
