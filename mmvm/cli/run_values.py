@@ -28,8 +28,6 @@ def check_local_values(app: Path, rc: dict[str, Any], overrides: dict[str, Any])
         load_server_state(Path(s.out_dir) / f"run-{s.resume}" / STATE_FILE, s)
         _check_unfinished(Path(s.out_dir) / f"run-{s.resume}", s.resume)
     _check_sites(s)
-    if not s.site_dirs:
-        _note_data_to_make(s)
     if s.eval_data not in ("default", "") and Path(s.eval_data).is_absolute() \
             and s.collect_model:  # a relative folder is the ServerApp's to resolve
         from mmvm.federation.eval_data import eval_data_problem
@@ -44,6 +42,8 @@ def check_local_values(app: Path, rc: dict[str, Any], overrides: dict[str, Any])
         _check_keys_dir(s)
     if s.site_dirs and s.eval_data == "default" and s.collect_model:
         _check_joined(s)
+    if not s.site_dirs:  # once nothing refused the run (it said so before a refusal)
+        _note_data_to_make(s)
 
 
 def app_config(app: Path, rc: dict[str, Any]) -> Path:

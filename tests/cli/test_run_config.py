@@ -426,6 +426,13 @@ def test_a_simulation_says_where_its_sites_make_the_data_and_what_they_fetch(
     assert "look-alike data in " in said and "npm" not in said
 
 
+def test_a_refused_run_says_nothing_of_data_to_make(tmp_path, capsys):
+    """A walkthrough: 'the sites first make ... data' came before eval-data's refusal."""
+    with pytest.raises(ConfigError, match="eval-data = '/nowhere'"):
+        check_run_config(ROOT, f"data-dir='{tmp_path}' eval-data='/nowhere'", local=True)
+    assert "look-alike" not in capsys.readouterr().err
+
+
 def test_num_sites_follows_the_configs_layout_unless_given(capsys):
     """A walkthrough's `config='configs/hippocampus.toml'` was refused for num-sites=3
     (the app's default) beside the rats' 5 sites: mmvm run now counts the layout's
