@@ -64,11 +64,33 @@ QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 
 
+HELP = """\
+mmvm run: run the federated app as `flwr run` does, show its progress, and exit with
+the run's status (0 only if it completed; `flwr run` exits 0 for a failed run too).
+
+Without --connection it is a local simulation with num-sites simulated sites; with
+--connection it runs on that SuperLink (--deployment: sites' own SuperNodes). The run
+config is checked before Flower starts: a typo fails at once, naming the key.
+Ctrl-C (or SIGTERM) ends the run after a window every site checkpoints; continue it
+with --run-config "resume='<run id>'". A second Ctrl-C stops it at once."""
+
+EXAMPLES = """\
+examples:
+  mmvm run                                               # the default simulation
+  mmvm run --run-config "set='train.epochs=2' n-train=300 n-test=100"   # a smoke test
+  mmvm run --run-config "config='configs/hippocampus.toml'"   # 5 rats = 5 sites
+  mmvm run --run-config "exchange='step'"               # exact: the centralized steps
+  mmvm run --connection hospitals --deployment           # deploy/README.md
+  mmvm run --stop-superlink                              # the local SuperLink, idle
+
+Run-config keys: README.md "Run configuration"; results: <out-dir>/run-<id>/."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run the federated app (flwr run) and exit with the run's status",
-        description=(__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1]
-                     ).replace("``", ""))  # no RST markup in a terminal
+        description=HELP, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--app", default=None, help=f"the Flower app (default: the current "
                    f"folder if it is a copy of this app, else {APP_DIR})")
     p.add_argument("--connection", default=None,

@@ -16,6 +16,7 @@ from mmvm.cli.run_config import (
     check_run_config,
     is_mmvm_app,
     parse_overrides,
+    with_site_count,
 )
 from mmvm.config import ConfigError
 from mmvm.federation.eval_data import eval_data_problem
@@ -424,6 +425,21 @@ def test_a_simulation_says_where_its_sites_make_the_data_and_what_they_fetch(
     check_run_config(ROOT, hc, local=True)
     said = capsys.readouterr().err
     assert "look-alike data in " in said and "npm" not in said
+
+
+def test_the_run_configs_of_mmvm_run_help_are_valid(tmp_path):
+    """`mmvm run --help`'s examples, checked as a run would check them."""
+    import shlex
+
+    from mmvm.cli.run import EXAMPLES
+
+    given = [shlex.split(line.split("#")[0])[3] for line in EXAMPLES.splitlines()
+             if "--run-config" in line]
+    assert len(given) >= 3
+    dirs = f" out-dir='{tmp_path}/runs' state-dir='{tmp_path}/s' data-dir='{tmp_path}/d'"
+    for text in given:  # as mmvm run: num-sites set to the config's sites
+        check_run_config(ROOT, with_site_count(text + dirs, app_defaults(ROOT), ROOT),
+                         local=True)
 
 
 def test_a_refused_run_says_nothing_of_data_to_make(tmp_path, capsys):
