@@ -15,11 +15,14 @@ def keep_earlier(path: Path) -> Path:
     return target
 
 
-def earlier_name(path: Path) -> Path:
-    """``<stem>.<path's time>[.k]<suffix>``, a name not taken yet beside ``path``."""
+def earlier_name(path: Path, like: Path | None = None) -> Path:
+    """``<stem>.<path's time>[.k]<suffix>``, a name not taken yet beside ``path``;
+    ``like``: a file kept of the same earlier command, whose time names it instead
+    (an evaluation's eval.json and picture, written seconds apart, kept as a pair)."""
     import time
 
-    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime(path.stat().st_mtime))
+    when = (like or path).stat().st_mtime
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime(when))
     target, k = path.with_name(f"{path.stem}.{stamp}{path.suffix}"), 1
     while target.exists():
         k += 1
@@ -37,7 +40,7 @@ def write_keeping_earlier(path: Path, data: bytes) -> Path | None:
     return replacing(path, lambda: atomic_write(path, data))
 
 
-def replacing(path: Path, write) -> Path | None:
+def replacing(path: Path, write, like: Path | None = None) -> Path | None:
     """Run ``write()``, which replaces ``path``, with an earlier ``path`` kept as
     :func:`earlier_name` (returned; None when there was none): linked (or copied)
     there first, so that a write that fails leaves it as it was, under its name."""
@@ -45,7 +48,7 @@ def replacing(path: Path, write) -> Path | None:
 
     from mmvm.atomic import atomic_write
 
-    kept = earlier_name(path) if path.is_file() else None
+    kept = earlier_name(path, like) if path.is_file() else None
     if kept is not None:
         try:
             os.link(path, kept)  # refuses an existing name: nothing overwritten

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     result["settings"] = evaluated_with(cfg, train_set, test_set)
     out = run_dir / "eval.json"
     # e.g. the federated server's, with coherence: never lost unseen, nor by a failed write
-    kept = write_keeping_earlier(out, json_bytes(result))
+    kept = kept_eval = write_keeping_earlier(out, json_bytes(result))
     if kept is not None:
         print(f"mmvm evaluate: the earlier {out.name} of this run is now {kept}")
     names = label_names_for(cfg.data.files("test"), cfg.data.label)
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                                          cfg.model.method, names))
 
         picture = run_dir / picture_name(cfg)
-        kept = replacing(picture, draw)
+        kept = replacing(picture, draw, like=kept_eval)  # named as its eval.json
         if kept is not None and not drawn:  # nothing drawn: nothing replaced
             kept.unlink()
         elif kept is not None:

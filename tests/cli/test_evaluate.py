@@ -5,6 +5,7 @@ generations, earlier evaluations kept (a failed write loses none); a diverged mo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -159,13 +160,19 @@ def test_evaluate_cli_writes_eval_json_and_generations(trained, tmp_path, capsys
                  "--device", "cpu", "--no-coherence", "--no-plot"]) == 0
     assert len(list((tmp_path / "run").glob("eval.*-*.json"))) == 2  # each one kept
     assert json.loads(kept.read_text()) == res
-    # drawn again: the earlier picture (a federated server's, say) is kept as well
+    # drawn again: the earlier picture (a federated server's, say) is kept as well,
+    # under the time of the eval.json kept with it (written seconds apart, the pair
+    # had two names: a walkthrough), not its own
     first = (tmp_path / "run" / "latents.png").read_bytes()
+    os.utime(tmp_path / "run" / "latents.png", (1.6e9, 1.6e9))  # 2020
+    before = set((tmp_path / "run").glob("eval.*-*.json"))
     assert main(["evaluate", "--config", str(toml), "--run", str(tmp_path / "run"),
                  "--device", "cpu", "--no-coherence"]) == 0
     assert "the earlier latents.png of this run is now" in capsys.readouterr().out
     (picture,) = (tmp_path / "run").glob("latents.*-*.png")
     assert picture.read_bytes() == first
+    (pair,) = set((tmp_path / "run").glob("eval.*-*.json")) - before
+    assert picture.name.split(".")[1] == pair.name.split(".")[1], (picture, pair)
 
 
 # ------------------------------------------------------ refused before any scoring
