@@ -232,15 +232,18 @@ def _shown(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- loading
 CHECKOUT = Path(__file__).resolve().parents[1]  # the source tree this package runs from
+
+
 def _nearby(path: Path) -> str:
     """What the existing folder of a missing config file holds: the closest name to
-    it, else every .toml file there."""
+    it, else its first .toml files."""
     if not path.parent.is_dir():
         return ""
     there = {p.stem: p.name for p in sorted(path.parent.glob("*.toml"))}
     close = difflib.get_close_matches(path.stem, list(there), n=1)  # not ".toml"
+    shown = list(there.values())[:10] + ["..."] * (len(there) > 10)
     return f"; did you mean {there[close[0]]!r}?" if close else \
-        f"; the folder has {', '.join(there.values()) or 'no .toml file'}"
+        f"; the folder has {', '.join(shown) or 'no .toml file'}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,

@@ -48,6 +48,13 @@ def counting_bar(total: int, describe: Callable[[int], str],
         yield step
 
 
+def draws_live(bar: Progress) -> bool:
+    """Whether ``bar`` is redrawn as it goes: a terminal rich can redraw in, or a
+    notebook; a log file, a pipe or a dumb terminal sees nothing until the end."""
+    c = bar.console
+    return c.is_jupyter or (c.is_terminal and not c.is_dumb_terminal)
+
+
 def epoch_text(epoch: int, epochs: int, sums: dict[str, float], count: int) -> str:
     """The training bar's label: the epoch and its running mean loss (sample-weighted,
     as the epoch's row in metrics.csv), not the last batch's loss."""

@@ -54,7 +54,7 @@ from mmvm.interrupts import deferred_signals
 from mmvm.model import MultimodalVAE
 from mmvm.noise import aux_noise, step_noise
 from mmvm.objectives import alpha_schedule, compute_loss
-from mmvm.progress import epoch_line, epoch_text, progress_bar
+from mmvm.progress import draws_live, epoch_line, epoch_text, progress_bar
 from mmvm.provenance import environment
 from mmvm.schedule import epoch_batches, epoch_batches_grouped
 
@@ -268,11 +268,12 @@ def train(
                     sums[k] += metrics[k] * n
                 count += n
                 step += 1
-                bar.update(task, advance=1, description=epoch_text(epoch, cfg.train.epochs, sums, count))
+                bar.update(task, advance=1,
+                           description=epoch_text(epoch, cfg.train.epochs, sums, count))
             row = {"epoch": epoch + 1, "step": step, **{k: v / count for k, v in sums.items()},
                    "alpha": alpha_at(step), "seconds": time.perf_counter() - t0}
             history.append(row)
-            if log is not None and show_progress and not bar.console.is_terminal:
+            if log is not None and show_progress and not draws_live(bar):
                 log(epoch_line(row, cfg.train.epochs))  # a log or pipe: no live bar
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 _refuse_nonfinite(model, epoch + 1, step)

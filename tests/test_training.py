@@ -135,8 +135,9 @@ def test_resume_says_where_it_starts_and_result_counts_epochs(tmp_path, data):
     assert said == [] and (again.start_epoch, again.trained_epochs) == (3, 0)
 
 
-def test_without_a_terminal_each_epoch_is_a_line(tmp_path, data):
-    """pytest captures stdout: rich draws no live bar there, as in a batch job's log."""
+def test_without_a_terminal_each_epoch_is_a_line(tmp_path, data, monkeypatch):
+    """A batch job's log: rich draws no live bar there (rich's own switch for it)."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
     said: list[str] = []
     result = train(tiny_config(tmp_path, epochs=2), data, log=said.append)
     assert said == [f"epoch {r['epoch']}/2  loss {r['loss']:.1f}  rec_nll {r['rec_nll']:.1f}"
@@ -154,7 +155,8 @@ def _recording_bar(monkeypatch) -> list:
     bars: list = []
 
     class Bar:
-        console = type("Console", (), {"is_terminal": True})()  # draws live
+        console = type("Console", (), {"is_terminal": True, "is_jupyter": False,
+                                        "is_dumb_terminal": False})()  # draws live
 
         def add_task(self, *a, **k):
             return 0

@@ -71,8 +71,9 @@ the run's status (0 only if it completed; `flwr run` exits 0 for a failed run to
 Without --connection it is a local simulation with num-sites simulated sites; with
 --connection it runs on that SuperLink (--deployment: sites' own SuperNodes). The run
 config is checked before Flower starts: a typo fails at once, naming the key.
-Ctrl-C (or SIGTERM) ends the run after a window every site checkpoints; continue it
-with --run-config "resume='<run id>'". A second Ctrl-C stops it at once."""
+Ctrl-C (or SIGTERM) ends a run whose folder is on this machine after a window every
+site checkpoints (continue it with --run-config "resume='<run id>'"), another at once;
+a second Ctrl-C stops it at once."""
 
 EXAMPLES = """\
 examples:
@@ -80,7 +81,7 @@ examples:
   mmvm run --run-config "set='train.epochs=2' n-train=300 n-test=100"   # a smoke test
   mmvm run --run-config "config='configs/hippocampus.toml'"   # 5 rats = 5 sites
   mmvm run --run-config "exchange='step'"               # exact: the centralized steps
-  mmvm run --connection hospitals --deployment           # deploy/README.md
+  mmvm run --connection mmvm --deployment                # deploy/README.md
   mmvm run --stop-superlink                              # the local SuperLink, idle
 
 Run-config keys: README.md "Run configuration"; results: <out-dir>/run-<id>/."""

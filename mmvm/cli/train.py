@@ -67,6 +67,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _said(line: str) -> None:
+    """A line as it happens: a log file or pipe (a batch job) buffers stdout, and a
+    line per epoch would otherwise appear ~135 epochs late."""
+    print(line, flush=True)
+
+
 def _train(args: argparse.Namespace, cfg: ExperimentConfig, data, out_dir: Path
            ) -> TrainResult | int:
     """The run's result, or the exit status of a divergence or a stop (said)."""
@@ -82,7 +88,7 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig, data, out_dir: Path
 
     try:
         return train(cfg, data, resume=not args.fresh, show_progress=not args.no_progress,
-                     log=print, on_checkpoint=checkpointed)
+                     log=_said, on_checkpoint=checkpointed)
     except TrainingDivergedError as err:  # the last checkpoint is intact: say so, no traceback
         print(f"mmvm train: error: {err} ({left_behind(out_dir, saved, args.fresh, before)})",
               file=sys.stderr)

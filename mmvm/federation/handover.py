@@ -68,10 +68,9 @@ def assemble(sites: Mapping[str, tuple[str, tuple[str, ...]]],
             state.update({n: np.asarray(v) for n, v in arrays.items()})
     for m, holders in sorted(shared.items()):
         if len(holders) > 1 and not any(m in handed.get(k, {}) for k in holders):
-            return {}, (f"no holder of shared modality {m!r} handed in its weights (a "
-                        f"secure holder hands in only a mean it loaded: "
-                        + ("this one was never averaged)" if m not in averaged else
-                           "none had confirmed sharing it)"))
+            return {}, (f"no holder of shared modality {m!r} handed in its weights "
+                        f"(secure holders hand in only a mean they loaded and confirmed"
+                        + ("; it was never averaged)" if m not in averaged else ")"))
     return state, None
 
 

@@ -201,13 +201,12 @@ class _Run:
         # the objective as centralized training logs it: the rows' mean rec + beta R
         row["loss"] = row["rec_nll"] + self.s.experiment.train.beta * row["reg"]
         row["missed"] = gone
-        if att.back:  # answered again after missing windows
-            row["back"] = att.back
         row["unaveraged"] = sorted(m for m in coord.shared if m not in means)
         if routing.unaveraged:  # why, where the server knows
             row["unaveraged_why"] = {m: short_reason(why)
                                      for m, why in sorted(routing.unaveraged.items())}
         row["refused"] = {coord.name(k): why for k, why in sorted(refused.items())}
+        row["back"] = {n: ws for n, ws in att.back.items() if n not in row["refused"]}
         if excluded:  # from the next window on
             row["excluded"] = excluded
         if left_out:

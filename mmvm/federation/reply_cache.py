@@ -4,7 +4,8 @@ A server that crashes after a site answered window w, but before it wrote its ow
 checkpoint, resumes at window w and asks again. The site must not train w a second
 time (its model moved on) nor mask a second update for w (two masked updates of one
 window under the same pair masks, one claimed dropped and one not, would unmask it):
-it answers with the reply it sent, byte for byte. The unmask answer is repeated only
+it answers with the reply it sent, byte for byte (but for its loss sums, withheld
+where its node config turned report-losses off since). The unmask answer is repeated only
 for the same view of survivors and dropped sites; any other view is refused as before.
 """
 

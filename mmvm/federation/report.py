@@ -43,7 +43,7 @@ def window_line(row: Mapping, total: int, elapsed: float, done: int | None = Non
     away = f"  (without {', '.join(silent)}: no reply)" if silent else ""
     away += f"  (without {', '.join(left)}: excluded)" if left else ""
     away += "".join(f"  (without {n}: refused, {why})" for n, why in refused.items())
-    away += "".join(f"  ({n} back after missing {_windows(ws)})"
+    away += "".join(f"  ({n} answers again after missing {_windows(ws)})"
                     for n, ws in (row.get("back") or {}).items())
     away += "".join(f"  ({n} restarted from its state after {_after(last)}: its own "
                     f"training since is lost)" for n, last in (row.get("restored") or {}).items())

@@ -415,3 +415,34 @@ def test_a_label_column_the_data_lacks_is_warned_of_and_training_goes_on(
     assert ("warning: eval.labels label.atelectasis match no label column of the data "
             "(label); training needs none, but mmvm evaluate will refuse them: e.g. --set "
             "'eval.labels=[\"label\"]', or --set 'eval.labels=[]' to probe data.label") in err
+
+
+def test_in_a_log_file_each_epoch_is_a_line_written_as_it_ends(tiny_polymnist, tmp_path,
+                                                                monkeypatch):
+    """A batch job's log: stdout to a file is block-buffered, and the epoch lines
+    (rich draws no bar there) came at the end with everything else (a review)."""
+    import io
+
+    class Log(io.StringIO):
+        events: list[str] = []
+
+        def write(self, text):
+            self.events.append(text)
+            return super().write(text)
+
+        def flush(self):
+            self.events.append("<flush>")
+
+        def isatty(self):
+            return False
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    log = Log()
+    monkeypatch.setattr(sys, "stdout", log)
+    args = [a for a in _args(tiny_polymnist, tmp_path / "run", "--set", "train.epochs=2")
+            if a != "--no-progress"]
+    assert main(args) == 0
+    lines = [i for i, e in enumerate(log.events)  # (not rich's closing bar)
+             if e.startswith("epoch ") and "  rec_nll " in e]
+    assert [log.events[i].split()[1] for i in lines] == ["1/2", "2/2"]
+    assert all("<flush>" in log.events[i + 1:i + 3] for i in lines), log.events

@@ -112,7 +112,7 @@ def test_sites_drop_out_rejoin_and_the_server_resumes(tmp_path):
     assert missed["b"] and max(missed["b"]) < WINDOWS - 1, missed  # b trained again
     assert WINDOWS - 1 in missed["c"] and res["not_evaluated"] == ["c"], res
     assert "without b" in before and "windows missed" in out, before + out
-    assert "(b back after missing window" in before, before  # said when it returned
+    assert "(b answers again after missing window" in before, before  # said when back
     assert {e["site"] for e in res["evaluation"].values()} == {"a", "b"}
     rows = (dep.out / f"run-{run_id}" / "metrics.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(WINDOWS))

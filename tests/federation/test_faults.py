@@ -50,7 +50,7 @@ def test_an_away_site_leaves_the_prior_and_trains_again(cfg, tmp_path, tiny_poly
     away = sites["n1"].name
     assert res.missed == {away: [1]}
     assert [r["missed"] for r in res.history] == [[], [away], []]
-    assert [r.get("back") for r in res.history] == [None, None, {away: [1]}]
+    assert [r["back"] for r in res.history] == [{}, {}, {away: [1]}]
     # window 1: n1's posteriors came with its window-0 reply; window 2: none (away in 1)
     n0 = sites["n0"].linked()
     seen = {w: set(decode_table(spy.requests[w, "n0"].posteriors[SERVER], latent_dim=8,
@@ -148,9 +148,9 @@ def test_a_site_that_returns_and_the_end_of_a_pause_are_said():
     assert att.back == {}
     row = {"window": 4, "epoch": 1, "rec_nll": 1.0, "reg": 0.1, "bytes": 10,
            "seconds": 1.0, "missed": [], "back": {"c": [2, 3]}}
-    assert window_line(row, 10, 4.0).endswith("(c back after missing windows 3-4)")
+    assert window_line(row, 10, 4.0).endswith("(c answers again after missing windows 3-4)")
     row["back"] = {"b": [1]}
-    assert window_line(row, 10, 4.0).endswith("(b back after missing window 2)")
+    assert window_line(row, 10, 4.0).endswith("(b answers again after missing window 2)")
 
 
 def test_a_node_of_no_site_while_one_is_away_is_named_once():
