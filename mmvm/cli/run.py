@@ -71,9 +71,9 @@ the run's status (0 only if it completed; `flwr run` exits 0 for a failed run to
 Without --connection it is a local simulation with num-sites simulated sites; with
 --connection it runs on that SuperLink (--deployment: sites' own SuperNodes). The run
 config is checked before Flower starts: a typo fails at once, naming the key.
-Ctrl-C (or SIGTERM) ends a run whose folder is on this machine after a window every
-site checkpoints (continue it with --run-config "resume='<run id>'"), another at once;
-a second Ctrl-C stops it at once."""
+Ctrl-C (or SIGTERM) stops the run: where its folder is on this machine after a window
+every site checkpoints (continue it with --run-config "resume='<run id>'"), else at
+once. A second Ctrl-C stops it at once."""
 
 EXAMPLES = """\
 examples:
